@@ -1,0 +1,72 @@
+"""Errors a user can cause, each with an optional Span and hint; ``render`` gives ``path:line:col: error: ...``."""
+from __future__ import annotations
+
+from .source import Source, Span
+
+
+class LipdslError(Exception):
+    """A user-facing error. Raised with a Span where one exists; rendered once, by the CLI."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    def render(self, source: Source | None = None) -> str:
+        """``path:line:col: error: message``, the source line, a caret line and an optional hint."""
+        if source is None:
+            head = f"error: {self.message}"
+            return head + (f"\n  hint: {self.hint}" if self.hint else "")
+        if self.span is None:
+            out = [f"{source.path}: error: {self.message}"]
+        else:
+            out = [f"{source.path}:{self.span.line}:{self.span.col}: error: {self.message}"]
+            text = source.line(self.span.line)
+            if len(text) > 200:  # keep pathological lines readable
+                start = max(0, self.span.col - 80)
+                text, col = text[start:start + 160], self.span.col - start
+            else:
+                col = self.span.col
+            gutter = f"{self.span.line:>5} | "
+            out.append(gutter + text)
+            width = (self.span.end_col - self.span.col) if self.span.end_line == self.span.line else len(text) - col + 1
+            width = max(1, min(width, max(1, len(text) - col + 1)))
+            out.append(" " * (len(gutter) - 2) + "| " + " " * (col - 1) + "^" + "~" * (width - 1))
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+
+class ParseError(LipdslError):
+    """The text is not valid lipdsl syntax."""
+
+
+class ShapeError(LipdslError, ValueError):
+    """Shapes, channels or weights do not fit together."""
+
+
+class WeightError(LipdslError):
+    """A weight file or tensor is missing, unsafe, or holds non-finite numbers."""
+
+
+class LoweringError(LipdslError):
+    """A layer cannot be realized as a state-space system."""
+
+
+class UnsupportedError(LipdslError):
+    """The network uses a construct the chosen method cannot bound soundly."""
+
+
+class SolveError(LipdslError):
+    """The solver failed, or is not installed; no bound is reported."""
+
+    exit_code = 3
+
+
+class CertificateError(LipdslError):
+    """The solver's point could not be certified; no bound is reported."""
+
+    exit_code = 3
