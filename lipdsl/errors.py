@@ -8,6 +8,7 @@ class LipdslError(Exception):
     """A user-facing error. Raised with a Span where one exists; rendered once, by the CLI."""
 
     exit_code = 1
+    source: Source | None = None  # set by lipdsl.load.load_network so callers can render(err.source)
 
     def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
         super().__init__(message)
@@ -46,6 +47,10 @@ class ParseError(LipdslError):
 
 class ShapeError(LipdslError, ValueError):
     """Shapes, channels or weights do not fit together."""
+
+
+class SpecError(LipdslError):
+    """The spec is well-formed but says something invalid: an unknown name, a duplicate layer, a bad slope."""
 
 
 class WeightError(LipdslError):

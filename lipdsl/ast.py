@@ -1,0 +1,195 @@
+"""Syntax tree of a spec: what the text says, unchecked (built by parse, read by check).
+
+Every node is a frozen, slotted dataclass carrying the ``Span`` it was written at. Numbers stay plain Python
+``int``/``float`` (so a spec without arithmetic never imports sympy); any other expression holds a sympy
+expression whose free symbols are the ``let`` names it uses, listed with their spans in ``Expr.names``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+from .source import Span
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """A name used inside an expression: a ``let`` constant, or a function when ``call`` is true."""
+
+    id: str
+    span: Span
+    call: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Expr:
+    """An arithmetic expression as written: ``value`` is an int/float literal or a sympy expression."""
+
+    value: Any  # int | float | sympy.Expr
+    span: Span
+    names: tuple[Name, ...] = ()
+
+    @property
+    def is_number(self) -> bool:
+        """True for a plain literal (possibly negated): no sympy involved."""
+        return isinstance(self.value, (int, float))
+
+
+def exact(e: "Expr | int | float"):
+    """The exact sympy value of an Expr or a plain number: decimals become the rationals they spell."""
+    import sympy
+
+    value = e.value if isinstance(e, Expr) else e
+    if isinstance(value, int):
+        return sympy.Integer(value)
+    if isinstance(value, float):
+        finite = value == value and abs(value) != float("inf")
+        # repr() is the shortest text that reads back as this float, i.e. what the user wrote.
+        return sympy.Rational(repr(value)) if finite else sympy.Float(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; ``items`` are Tensors or Exprs."""
+
+    items: tuple[Union["Tensor", Expr], ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """A stored tensor: ``key`` in the current ``weights`` file, ``"file.npz":key``, or a whole ``"file.npy"``."""
+
+    file: str | None
+    key: str | None
+    span: Span
+
+
+TensorSource = Union[Tensor, TensorRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """``kernel 3``, ``padding causal``, ``weight conv1.weight``, ``slope [0, 1]``... as written after a layer.
+
+    ``value`` is an Expr, a padding mode string, a TensorSource, or a pair of Exprs for ``slope``.
+    """
+
+    key: str
+    value: Any
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """``input 1 x 128`` (signal), ``input 3 x *`` (any length: ``any_length``) or ``input 784`` (a vector)."""
+
+    channels: Expr
+    length: Expr | None
+    any_length: bool
+    span: Span
+
+    @property
+    def flat(self) -> bool:
+        return self.length is None and not self.any_length
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """``weights "file.npz"``: default source of keyed tensors for the layers that follow."""
+
+    path: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Let:
+    """``let name = expr``: a constant usable in later expressions."""
+
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Conv1d:
+    """``conv1d [name:] c_in -> c_out, kernel k[, stride s][, dilation d][, padding p], weight W[, bias b]``."""
+
+    name: str | None
+    c_in: Expr
+    c_out: Expr
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Dense:
+    """``dense [name:] n_in -> n_out, weight W[, bias b]``."""
+
+    name: str | None
+    n_in: Expr
+    n_out: Expr
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """``avgpool [name:] k[, stride s]`` or ``maxpool ...`` (``op`` is "avg" or "max"); ``kernel`` may be an option."""
+
+    op: str
+    name: str | None
+    kernel: Expr | None
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalAvgPool:
+    """``global_avgpool [name]``: mean over time of each channel."""
+
+    name: str | None
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Flatten:
+    """``flatten [name]``: channel-major, as torch.flatten."""
+
+    name: str | None
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """``relu``, ``leaky_relu(0.01)``, ``tanh t1, slope [0, 1]``, ``swish slope [-0.1, 1.1]``..."""
+
+    function: str
+    parameter: Expr | None
+    name: str | None
+    options: tuple[Option, ...]
+    span: Span
+    function_span: Span
+
+
+Layer = Union[Conv1d, Dense, Pool, GlobalAvgPool, Flatten, Activation]
+Statement = Union[Input, Let, Weights, Layer]
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A whole spec: its name, its input, and every statement in order (``input`` included, ``network`` not)."""
+
+    name: str | None
+    input: Input
+    body: tuple[Statement, ...]
+    span: Span
+    name_span: Span | None = None
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return tuple(s for s in self.body if not isinstance(s, (Input, Let, Weights)))

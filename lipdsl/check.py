@@ -1,0 +1,646 @@
+"""Check shapes and load weights: ast.Network -> typed.Network (PyTorch's shape rules, float64 weights)."""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import ast, typed
+from .errors import ShapeError, SpecError, WeightError
+from .source import Source, Span
+from .typed import Shape
+
+__all__ = ["check", "conv1d_length", "pool_length", "conv1d_padding", "ACTIVATIONS"]
+
+# Built-in activations: name -> (takes a parameter, its default, slope bounds as a function of it).
+# The bounds are the sector [alpha, beta] that (phi(a) - phi(b)) / (a - b) always lies in.
+ACTIVATIONS: dict[str, tuple[str, Any]] = {
+    "relu": ("none", None),
+    "tanh": ("none", None),
+    "sigmoid": ("none", None),
+    "softplus": ("none", None),
+    "hardtanh": ("none", None),
+    "leaky_relu": ("required", None),
+    "elu": ("optional", 1),
+}
+_FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
+_RESERVED = ("pi", "e") + _FUNCTIONS
+_OPTIONS = {
+    "conv1d": ("kernel", "stride", "dilation", "padding", "weight", "bias"),
+    "dense": ("weight", "bias"),
+    "pool": ("kernel", "stride"),
+    "global_avgpool": (),
+    "flatten": (),
+    "activation": ("slope",),
+}
+
+
+def conv1d_padding(mode: str | int, kernel: int, dilation: int) -> tuple[int, int]:
+    """(pad_left, pad_right) of a Conv1d: an int pads both sides; 'same' as PyTorch; 'causal' left only.
+
+    ``same``: total = dilation*(kernel-1), left = total // 2, right = total - left (PyTorch's split).
+    ``causal``: left = dilation*(kernel-1), right = 0.
+    """
+    reach = dilation * (kernel - 1)
+    if mode == "valid":
+        return 0, 0
+    if mode == "same":
+        return reach // 2, reach - reach // 2
+    if mode == "causal":
+        return reach, 0
+    return int(mode), int(mode)
+
+
+def conv1d_length(length: int, kernel: int, stride: int, dilation: int, pad_left: int, pad_right: int) -> int:
+    """PyTorch Conv1d: ``L_out = floor((L + pl + pr - dilation*(kernel-1) - 1) / stride) + 1``."""
+    return (length + pad_left + pad_right - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_length(length: int, kernel: int, stride: int) -> int:
+    """PyTorch AvgPool1d/MaxPool1d without padding, floor mode: ``L_out = floor((L - kernel) / stride) + 1``."""
+    return (length - kernel) // stride + 1
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+@dataclass
+class _Loaded:
+    """A tensor ready for a layer: float64 values, exact values if written with expressions, a label."""
+
+    values: np.ndarray
+    expr: Any
+    label: str
+    span: Span
+
+
+@dataclass
+class _Checker:
+    source: Source
+    allow_outside: bool
+    env: dict[str, Any] = field(default_factory=dict)  # let name -> int | float | sympy
+    env_lines: dict[str, int] = field(default_factory=dict)
+    weights: tuple[str, Span] | None = None  # current default weights file
+    files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
+
+    # -- expressions -------------------------------------------------------------------------------
+    def value(self, e: ast.Expr, what: str) -> Any:
+        """The value of ``e`` with let names substituted: int/float, or a sympy number."""
+        if e.is_number:
+            if isinstance(e.value, float) and not math.isfinite(e.value):
+                raise SpecError(f"{what}: the number is too large for float64", e.span)
+            return e.value
+        import sympy
+
+        for n in e.names:
+            if n.call:
+                if n.id not in _FUNCTIONS:
+                    raise SpecError(f"unknown function {n.id!r}", n.span,
+                                    hint=_did_you_mean(n.id, _FUNCTIONS) + "functions: " + ", ".join(_FUNCTIONS))
+            elif n.id not in self.env:
+                hint = _did_you_mean(n.id, self.env) + f"define it first, as in 'let {n.id} = 1/8'"
+                raise SpecError(f"unknown name {n.id!r}", n.span, hint=hint)
+        subs = {sympy.Symbol(n.id): ast.exact(self.env[n.id]) for n in e.names if not n.call}
+        return e.value.xreplace(subs) if subs else e.value
+
+    def number(self, e: ast.Expr, what: str) -> tuple[float, Any]:
+        """(float value, exact sympy value or None when ``e`` is a plain number) of a real expression."""
+        v = self.value(e, what)
+        if isinstance(v, (int, float)):
+            return float(v), None
+        return self.to_float(v, e.span, what), v
+
+    @staticmethod
+    def to_float(v: Any, span: Span, what: str) -> float:
+        try:
+            f = float(v.evalf(20) if hasattr(v, "evalf") else v)
+        except (TypeError, ValueError, OverflowError):
+            raise SpecError(f"{what} is not a real number: {v}", span) from None
+        if not math.isfinite(f):
+            raise SpecError(f"{what} is not finite: {v}", span, hint="check for a division by zero or an overflow")
+        return f
+
+    def integer(self, e: ast.Expr, what: str, minimum: int) -> int:
+        """An integer-valued expression, at least ``minimum``."""
+        v = self.value(e, what)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        elif not isinstance(v, int):
+            if getattr(v, "is_Integer", False):
+                v = int(v)
+            else:
+                shown = v if isinstance(v, float) else self.to_float(v, e.span, what)
+                raise SpecError(f"{what} must be an integer, got {shown:g}", e.span)
+        if v < minimum:
+            raise SpecError(f"{what} must be at least {minimum}, got {v}", e.span)
+        return v
+
+    # -- tensors -----------------------------------------------------------------------------------
+    def display_path(self, rel: str) -> str:
+        if self.source.path in ("<string>", "<stdin>"):
+            return rel
+        return os.path.normpath(os.path.join(os.path.dirname(self.source.path), rel))
+
+    def resolve(self, rel: str, span: Span) -> Path:
+        """The file ``rel`` names, relative to the spec's directory, refusing escapes unless allowed."""
+        if not self.allow_outside:
+            if os.path.isabs(rel) or rel.startswith("~"):
+                raise WeightError(f"weight file {rel!r} is an absolute path", span,
+                                  hint="give paths relative to the spec, or pass --allow-outside if you trust "
+                                       "this spec (it may read any file you can)")
+            if os.path.normpath(rel).split(os.sep)[0] == "..":
+                raise WeightError(f"weight file {rel!r} is outside the spec's directory", span,
+                                  hint="copy the file next to the spec, or pass --allow-outside if you trust "
+                                       "this spec (it may read any file you can)")
+        return self.source.directory / os.path.expanduser(rel) if rel.startswith("~") else \
+            self.source.directory / rel
+
+    def open(self, rel: str, span: Span) -> Any:
+        path = self.resolve(rel, span)
+        key = str(path)
+        if key in self.files:
+            return self.files[key]
+        shown = self.display_path(rel)
+        if not path.is_file():
+            raise WeightError(f"weight file {shown!r} not found", span,
+                              hint="paths are relative to the spec's directory")
+        if path.suffix.lower() not in (".npz", ".npy"):
+            raise WeightError(f"weight file {shown!r} is neither .npz nor .npy", span,
+                              hint="save tensors with numpy.savez (named) or numpy.save (one tensor)")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise WeightError(f"cannot read weight file {shown!r}: {exc}", span) from None
+        self.files[key] = loaded
+        return loaded
+
+    def close(self) -> None:
+        for f in self.files.values():
+            if hasattr(f, "close"):
+                f.close()
+
+    def tensor(self, src: ast.TensorSource, role: str) -> _Loaded:
+        """Load a weight or bias: from a file (by key) or inline; float64, finite."""
+        if isinstance(src, ast.Tensor):
+            return self.inline(src, role)
+        if src.file is None:
+            if self.weights is None:
+                raise WeightError(f"no weights file to take {src.key!r} from", src.span,
+                                  hint="declare one before this layer, as in 'weights \"net.npz\"', "
+                                       f"or write \"net.npz\":{src.key}")
+            rel = self.weights[0]
+            data = self.open(rel, self.weights[1])
+        else:
+            rel = src.file
+            data = self.open(rel, src.span)
+        shown = self.display_path(rel)
+        if isinstance(data, np.ndarray):
+            if src.key is not None:
+                raise WeightError(f"{shown!r} is a .npy file holding one tensor; it has no key {src.key!r}",
+                                  src.span, hint=f"write \"{rel}\" alone")
+            array, label = data, repr(shown)
+        else:
+            if src.key is None:
+                raise WeightError(f"{shown!r} holds several tensors; say which one", src.span,
+                                  hint=f"write \"{rel}\":KEY with KEY one of: " + _listing(data.files))
+            if src.key not in data.files:
+                raise WeightError(f"no tensor {src.key!r} in {shown!r}", src.span,
+                                  hint=_did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files))
+            try:
+                array = data[src.key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise WeightError(f"cannot read {src.key!r} from {shown!r}: {exc}", src.span) from None
+            label = f"{src.key!r} in {shown!r}"
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)) \
+                or array.dtype == np.bool_:
+            raise WeightError(f"{label} has dtype {array.dtype}; weights must be real numbers", src.span,
+                              hint="save it as float64, e.g. numpy.asarray(w, dtype=numpy.float64)")
+        if np.issubdtype(array.dtype, np.integer):
+            raise WeightError(f"{label} has integer dtype {array.dtype}; weights must be floating point",
+                              src.span, hint="save it as float64, e.g. w.astype(numpy.float64)")
+        values = np.array(array, dtype=np.float64)
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            where = tuple(int(i) for i in bad[0])
+            what = "NaN" if np.isnan(values[where]) else "Inf"
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise WeightError(f"{label} holds {what} at index {where}{more}", src.span,
+                              hint="lipdsl bounds finite weights only; check how the tensor was saved")
+        values.setflags(write=False)
+        return _Loaded(values, None, label, src.span)
+
+    def inline(self, t: ast.Tensor, role: str) -> _Loaded:
+        shape = self.inline_shape(t)
+        entries: list[ast.Expr] = []
+
+        def walk(node):
+            for item in node.items:
+                if isinstance(item, ast.Tensor):
+                    walk(item)
+                else:
+                    entries.append(item)
+
+        walk(t)
+        floats, exact = [], []
+        for e in entries:
+            f, x = self.number(e, f"inline {role} entry")
+            floats.append(f)
+            exact.append(x)
+        values = np.array(floats, dtype=np.float64).reshape(shape)
+        values.setflags(write=False)
+        expr = None
+        if any(x is not None for x in exact):
+            import sympy
+
+            flat = [ast.exact(e) if x is None else x for e, x in zip(entries, exact)]
+            expr = sympy.ImmutableDenseNDimArray(flat, shape)
+        return _Loaded(values, expr, f"the inline {role}", t.span)
+
+    def inline_shape(self, t: ast.Tensor) -> tuple[int, ...]:
+        if not t.items:
+            return (0,)
+        kinds = {isinstance(i, ast.Tensor) for i in t.items}
+        if len(kinds) == 2:
+            raise ShapeError("inline tensor mixes numbers and lists at the same depth", t.span,
+                             hint="every row of a nested list needs the same shape")
+        if kinds == {False}:
+            return (len(t.items),)
+        first = self.inline_shape(t.items[0])
+        for row in t.items[1:]:
+            shape = self.inline_shape(row)
+            if shape != first:
+                raise ShapeError(f"ragged inline tensor: this row has shape {_fmt(shape)}, the first has "
+                                 f"{_fmt(first)}", row.span, hint="every row of a nested list needs the same shape")
+        return (len(t.items),) + first
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _listing(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+
+
+def _kind(layer) -> str:
+    if isinstance(layer, ast.Conv1d):
+        return "conv1d"
+    if isinstance(layer, ast.Dense):
+        return "dense"
+    if isinstance(layer, ast.Pool):
+        return f"{layer.op}pool"
+    if isinstance(layer, ast.GlobalAvgPool):
+        return "global_avgpool"
+    if isinstance(layer, ast.Flatten):
+        return "flatten"
+    return layer.function
+
+
+_AUTO_PREFIX = {"conv1d": "conv", "dense": "dense", "avgpool": "avgpool", "maxpool": "maxpool",
+                "global_avgpool": "gap", "flatten": "flatten"}
+
+
+def _names(layers) -> list[str]:
+    """Layer names: as written, else ``<kind><n>`` (conv1, dense2, relu1, avgpool1...) skipping taken ones.
+
+    ``n`` counts the layers of that kind so far, named or not, so inserting a named layer does not rename
+    the unnamed ones before it.
+    """
+    taken: dict[str, Span] = {}
+    for layer in layers:
+        if layer.name is not None:
+            if layer.name in taken:
+                raise SpecError(f"duplicate layer name {layer.name!r}", layer.span,
+                                hint=f"{layer.name!r} is already the name of the layer at line "
+                                     f"{taken[layer.name].line}; layer names must be unique")
+            taken[layer.name] = layer.span
+    counts: dict[str, int] = {}
+    out = []
+    for layer in layers:
+        kind = _kind(layer)
+        prefix = _AUTO_PREFIX.get(kind, kind)
+        counts[prefix] = counts.get(prefix, 0) + 1
+        if layer.name is not None:
+            out.append(layer.name)
+            continue
+        n = counts[prefix]
+        while f"{prefix}{n}" in taken:
+            n += 1
+        taken[f"{prefix}{n}"] = layer.span
+        out.append(f"{prefix}{n}")
+    return out
+
+
+def _options(layer, kind: str, family: str) -> dict[str, ast.Option]:
+    got: dict[str, ast.Option] = {}
+    allowed = _OPTIONS[family]
+    for opt in layer.options:
+        if opt.key not in allowed:
+            takes = ("takes " + ", ".join(allowed)) if allowed else "takes no options"
+            raise SpecError(f"{kind} takes no {opt.key!r} option", opt.span, hint=f"{kind} {takes}")
+        if opt.key in got:
+            raise SpecError(f"option {opt.key!r} given twice", opt.span,
+                            hint=f"the first is at column {got[opt.key].span.col}")
+        got[opt.key] = opt
+    return got
+
+
+def _producer(prev: str | None) -> str:
+    return f"{prev!r} produces" if prev else "the input is"
+
+
+def check(net: ast.Network, source: Source, *, allow_outside: bool = False) -> typed.Network:
+    """Infer and check every layer's shape, load the weights, and resolve activations' slopes.
+
+    Shapes follow PyTorch: Conv1d ``L_out = floor((L + pl + pr - d*(k-1) - 1)/s) + 1``, pooling
+    ``floor((L - k)/s) + 1``, channel-major flatten, Linear ``(out, in)``.
+
+    Parameters
+    ----------
+    net : ast.Network
+        The parsed spec.
+    source : Source
+        Its text and path; weight paths are relative to ``source.directory``.
+    allow_outside : bool
+        Allow weight files given by absolute paths or outside the spec's directory (``..``).
+
+    Returns
+    -------
+    typed.Network
+        Every layer with its input/output Shape, float64 weights and slope bounds.
+
+    Raises
+    ------
+    ShapeError
+        Sizes that do not fit together (channels, lengths, weight shapes).
+    WeightError
+        A missing, unreadable, unsafe or non-finite weight file or tensor.
+    SpecError
+        Unknown names, duplicate layer names, bad slopes or options.
+    """
+    ck = _Checker(source, allow_outside)
+    try:
+        return _check(ck, net, source)
+    finally:
+        ck.close()
+
+
+def _check(ck: _Checker, net: ast.Network, source: Source) -> typed.Network:
+    layer_nodes = [s for s in net.body if not isinstance(s, (ast.Input, ast.Let, ast.Weights))]
+    names = iter(_names(layer_nodes))
+    shape: Shape | None = None
+    input_shape: Shape | None = None
+    prev: str | None = None
+    layers: list[typed.Layer] = []
+    for st in net.body:
+        if isinstance(st, ast.Let):
+            if st.name in _RESERVED:
+                raise SpecError(f"{st.name!r} is a built-in name and cannot be redefined", st.name_span,
+                                hint="pick another name")
+            if st.name in ck.env:
+                raise SpecError(f"{st.name!r} is already defined", st.name_span,
+                                hint=f"it was defined at line {ck.env_lines[st.name]}; pick another name")
+            v = ck.value(st.value, f"let {st.name}")
+            if not isinstance(v, (int, float)):
+                ck.to_float(v, st.value.span, f"let {st.name}")  # refuse complex/infinite values early
+            ck.env[st.name] = v
+            ck.env_lines[st.name] = st.span.line
+            continue
+        if isinstance(st, ast.Weights):
+            ck.weights = (st.path, st.span)
+            ck.open(st.path, st.span)  # report a missing file where it is declared
+            continue
+        if isinstance(st, ast.Input):
+            channels = ck.integer(st.channels, "input size" if st.flat else "input channels", 1)
+            if st.flat:
+                shape = Shape(channels, None, flat=True)
+            elif st.any_length:
+                shape = Shape(channels, None)
+            else:
+                shape = Shape(channels, ck.integer(st.length, "input length", 1))
+            input_shape = shape
+            continue
+        assert shape is not None  # parse() refuses layers before the input
+        name = next(names)
+        layer = _layer(ck, st, name, shape, prev)
+        layers.append(layer)
+        shape = layer.out_shape
+        prev = name
+    if not layers:
+        raise SpecError("the network has no layers", net.input.span, hint="add layers after the input line")
+    title = net.name or (Path(source.path).stem if source.path not in ("<string>", "<stdin>") else "network")
+    return typed.Network(title, input_shape, tuple(layers), net.span, source.path)
+
+
+def _layer(ck: _Checker, st, name: str, shape: Shape, prev: str | None) -> typed.Layer:
+    if isinstance(st, ast.Conv1d):
+        return _conv1d(ck, st, name, shape, prev)
+    if isinstance(st, ast.Dense):
+        return _dense(ck, st, name, shape, prev)
+    if isinstance(st, ast.Pool):
+        return _pool(ck, st, name, shape)
+    if isinstance(st, ast.GlobalAvgPool):
+        _options(st, "global_avgpool", "global_avgpool")
+        _need_signal(shape, "global_avgpool", name, st.span, prev)
+        return typed.GlobalAvgPool(name, st.span, shape, Shape(shape.channels, None, flat=True))
+    if isinstance(st, ast.Flatten):
+        _options(st, "flatten", "flatten")
+        if shape.flat:
+            raise ShapeError(f"flatten {name!r}: the input is already a flat vector of {shape.channels}", st.span,
+                             hint="remove this line")
+        if shape.length is None:
+            raise ShapeError(f"flatten {name!r} needs a known length, but the input is declared with any "
+                             "length ('x *')", st.span,
+                             hint="use global_avgpool to turn any-length signals into vectors, or declare a length")
+        return typed.Flatten(name, st.span, shape, Shape(shape.channels * shape.length, None, flat=True))
+    return _activation(ck, st, name, shape)
+
+
+def _need_signal(shape: Shape, kind: str, name: str, span: Span, prev: str | None) -> None:
+    if shape.flat:
+        raise ShapeError(f"{kind} {name!r} needs a signal (channels x samples), but {_producer(prev)} a flat "
+                         f"vector of {shape.channels}", span,
+                         hint="put flatten/global_avgpool after the convolutional part, not before it")
+
+
+def _conv1d(ck: _Checker, st: ast.Conv1d, name: str, shape: Shape, prev: str | None) -> typed.Conv1d:
+    opts = _options(st, "conv1d", "conv1d")
+    _need_signal(shape, "conv1d", name, st.span, prev)
+    c_in = ck.integer(st.c_in, "input channels", 1)
+    c_out = ck.integer(st.c_out, "output channels", 1)
+    if c_in != shape.channels:
+        raise ShapeError(f"conv1d {name!r} expects {_plural(c_in, 'input channel')}, but {_producer(prev)} "
+                         f"{shape.channels}", st.c_in.span, hint=f"write {shape.channels} -> {c_out}")
+    if "kernel" not in opts:
+        raise SpecError(f"conv1d {name!r} needs a kernel size", st.span, hint="add ', kernel 3' (for example)")
+    kernel = ck.integer(opts["kernel"].value, "kernel", 1)
+    stride = ck.integer(opts["stride"].value, "stride", 1) if "stride" in opts else 1
+    dilation = ck.integer(opts["dilation"].value, "dilation", 1) if "dilation" in opts else 1
+    padding: str | int = 0
+    if "padding" in opts:
+        p = opts["padding"].value
+        if isinstance(p, str):
+            padding = p
+        else:
+            if len(p.names) == 1 and not p.names[0].call and p.names[0].id not in ck.env \
+                    and p.names[0].span == p.span:
+                raise SpecError(f"padding must be an integer, valid, same or causal, got {p.names[0].id!r}",
+                                p.span, hint=_did_you_mean(p.names[0].id, ("valid", "same", "causal")).strip()
+                                or None)
+            padding = ck.integer(p, "padding", 0)
+        if padding == "same" and stride != 1:
+            raise ShapeError(f"conv1d {name!r}: padding same needs stride 1, got stride {stride}",
+                             opts["padding"].span,
+                             hint="PyTorch refuses 'same' for strided convolutions; give the padding as a number")
+    pad_left, pad_right = conv1d_padding(padding, kernel, dilation)
+    length = None
+    if shape.length is not None:
+        length = conv1d_length(shape.length, kernel, stride, dilation, pad_left, pad_right)
+        if length < 1:
+            reach = dilation * (kernel - 1) + 1
+            raise ShapeError(f"conv1d {name!r} has no output: its kernel spans {reach} samples, but the padded "
+                             f"input has {shape.length + pad_left + pad_right}", st.span,
+                             hint="use a smaller kernel or dilation, or more padding")
+    if "weight" not in opts:
+        raise SpecError(f"conv1d {name!r} needs a weight", st.span,
+                        hint="add ', weight KEY' (a key of the weights file) or an inline [[[...]]] tensor")
+    w = ck.tensor(opts["weight"].value, "weight")
+    _expect_shape(w, (c_out, c_in, kernel), f"conv1d {name!r} weight", "(c_out, c_in, kernel)",
+                  {0: "output channels", 1: "input channels", 2: "kernel"})
+    b = _bias(ck, opts, c_out, f"conv1d {name!r}")
+    return typed.Conv1d(name, st.span, c_in, c_out, kernel, stride, dilation, pad_left, pad_right,
+                        str(padding), w.values, b, shape, Shape(c_out, length), w.expr)
+
+
+def _dense(ck: _Checker, st: ast.Dense, name: str, shape: Shape, prev: str | None) -> typed.Dense:
+    opts = _options(st, "dense", "dense")
+    n_in = ck.integer(st.n_in, "input size", 1)
+    n_out = ck.integer(st.n_out, "output size", 1)
+    if not shape.flat:
+        if shape.length is None:
+            hint = f"add 'global_avgpool' before it ({shape.channels} values)"
+        else:
+            hint = (f"add 'flatten' before it ({shape.size} values, channel-major) or 'global_avgpool' "
+                    f"({shape.channels} values)")
+        raise ShapeError(f"dense {name!r} needs a vector, but {_producer(prev)} a {shape} signal", st.span,
+                         hint=hint)
+    if n_in != shape.channels:
+        raise ShapeError(f"dense {name!r} expects {_plural(n_in, 'input')}, but {_producer(prev)} "
+                         f"{shape.channels}", st.n_in.span, hint=f"write {shape.channels} -> {n_out}")
+    if "weight" not in opts:
+        raise SpecError(f"dense {name!r} needs a weight", st.span,
+                        hint="add ', weight KEY' (a key of the weights file) or an inline [[...]] tensor")
+    w = ck.tensor(opts["weight"].value, "weight")
+    _expect_shape(w, (n_out, n_in), f"dense {name!r} weight", "(out, in)", {0: "output size", 1: "input size"})
+    b = _bias(ck, opts, n_out, f"dense {name!r}")
+    return typed.Dense(name, st.span, n_in, n_out, w.values, b, shape, Shape(n_out, None, flat=True), w.expr)
+
+
+def _bias(ck: _Checker, opts, n: int, what: str) -> np.ndarray | None:
+    if "bias" not in opts:
+        return None
+    b = ck.tensor(opts["bias"].value, "bias")
+    _expect_shape(b, (n,), f"{what} bias", "(out,)", {0: "output size"})
+    return b.values
+
+
+def _expect_shape(t: _Loaded, want: tuple[int, ...], what: str, layout: str, axes: dict[int, str]) -> None:
+    got = t.values.shape
+    if got == want:
+        return
+    hint = None
+    if len(got) == len(want):
+        diffs = [i for i in range(len(want)) if got[i] != want[i]]
+        hint = "; ".join(f"the {axes[i]} would be {got[i]}" for i in diffs) + " if the tensor is right"
+    elif len(got) + 1 == len(want) or len(got) == len(want) + 1:
+        hint = f"PyTorch layout is {layout}"
+    raise ShapeError(f"{what} {t.label} has shape {_fmt(got)}, but the layer declares {layout} = {_fmt(want)}",
+                     t.span, hint=hint)
+
+
+def _pool(ck: _Checker, st: ast.Pool, name: str, shape: Shape) -> typed.Pool:
+    kind = f"{st.op}pool"
+    opts = _options(st, kind, "pool")
+    if st.kernel is not None and "kernel" in opts:
+        raise SpecError(f"{kind} {name!r}: the kernel is given twice", opts["kernel"].span,
+                        hint=f"write '{kind} {ck_text(st.kernel)}' or '{kind} kernel {ck_text(st.kernel)}'")
+    kernel_expr = st.kernel if st.kernel is not None else (opts["kernel"].value if "kernel" in opts else None)
+    if kernel_expr is None:
+        raise SpecError(f"{kind} {name!r} needs a kernel size", st.span, hint=f"write '{kind} 2' (for example)")
+    _need_signal(shape, kind, name, st.span, None)
+    kernel = ck.integer(kernel_expr, "kernel", 1)
+    stride = ck.integer(opts["stride"].value, "stride", 1) if "stride" in opts else kernel  # PyTorch's default
+    length = None
+    if shape.length is not None:
+        if shape.length < kernel:
+            raise ShapeError(f"{kind} {name!r} has no output: kernel {kernel} is longer than the input's "
+                             f"{shape.length} samples", st.span, hint="use a smaller kernel")
+        length = pool_length(shape.length, kernel, stride)
+    return typed.Pool(name, st.span, st.op, kernel, stride, shape, Shape(shape.channels, length))
+
+
+def ck_text(e: ast.Expr) -> str:
+    return str(e.value)
+
+
+def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> typed.Activation:
+    fn = st.function
+    opts = _options(st, fn, "activation")
+    builtin = ACTIVATIONS.get(fn)
+    parameter = None
+    param_exact = None
+    if st.parameter is not None:
+        if builtin is not None and builtin[0] == "none":
+            raise SpecError(f"{fn} takes no parameter", st.parameter.span, hint=f"write '{fn}'")
+        parameter, param_exact = ck.number(st.parameter, f"{fn} parameter")
+    elif builtin is not None and builtin[0] == "required":
+        raise SpecError(f"{fn} needs its parameter", st.function_span, hint=f"write '{fn}(0.01)' (for example)")
+    elif builtin is not None and builtin[0] == "optional":
+        parameter = float(builtin[1])
+
+    alpha_expr = beta_expr = None
+    if "slope" in opts:
+        lo, hi = opts["slope"].value
+        alpha, alpha_expr = ck.number(lo, "slope alpha")
+        beta, beta_expr = ck.number(hi, "slope beta")
+        if alpha > beta:
+            raise SpecError(f"slope [alpha, beta] needs alpha <= beta, got [{alpha:g}, {beta:g}]",
+                            opts["slope"].span, hint=f"swap them: slope [{beta:g}, {alpha:g}]")
+    elif builtin is None:
+        raise SpecError(f"unknown activation {fn!r}", st.function_span,
+                        hint=_did_you_mean(fn, ACTIVATIONS) + f"for another function, give the bounds of its slope: "
+                             f"'{fn} slope [alpha, beta]'")
+    elif fn == "leaky_relu":
+        alpha, beta = min(parameter, 1.0), max(parameter, 1.0)
+        if param_exact is not None:
+            import sympy
+
+            alpha_expr, beta_expr = sympy.Min(param_exact, 1), sympy.Max(param_exact, 1)
+    elif fn == "elu":
+        if parameter < 0:
+            raise SpecError(f"elu needs alpha >= 0, got {parameter:g}", st.parameter.span,
+                            hint="for a negative alpha give the slope: 'elu(a) slope [alpha, beta]'")
+        alpha, beta = 0.0, max(1.0, parameter)
+        if param_exact is not None:
+            import sympy
+
+            alpha_expr, beta_expr = sympy.Integer(0), sympy.Max(param_exact, 1)
+    elif fn == "sigmoid":
+        alpha, beta = 0.0, 0.25
+    else:  # relu, tanh, softplus, hardtanh
+        alpha, beta = 0.0, 1.0
+    return typed.Activation(name, st.span, fn, alpha, beta, shape, shape, parameter, alpha_expr, beta_expr)
+

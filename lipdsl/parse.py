@@ -1,0 +1,503 @@
+"""Parse spec text: Source -> ast.Network (Lark LALR, grammar/lipdsl.lark)."""
+from __future__ import annotations
+
+import importlib.resources
+import os
+from copy import copy
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lexer import PatternStr
+from lark.lark import PostLex
+from lark.parsers.lalr_parser_state import ParserState
+
+from . import ast
+from .errors import ParseError
+from .source import Source, Span
+
+__all__ = ["parse", "grammar_text", "match_syntax_error", "SYNTAX_ERRORS"]
+
+# Plain-word messages for syntax errors, each with bad examples that reach the same parser state
+# (Lark's own grammar loader does this with GRAMMAR_ERRORS). tests/test_parse.py checks that every
+# example fails and is matched back to its own message.
+SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
+    ("a line must start with network, input, weights, let, a layer kind (conv1d, dense, avgpool, maxpool, "
+     "global_avgpool, flatten) or an activation name",
+     ["1 -> 2\n", "-> 2\n", '"ecg.npz"\n', "[1]\n", "(relu)\n"]),
+    ("write the layer kind first and then its name, as in 'conv1d c1: 1 -> 2'",
+     ["c1: conv1d 1 -> 2\n", "f1: dense 3 -> 4\n"]),
+    ("'network' needs a name, as in 'network ecg'", ["network\n", 'network "ecg"\n', "network 3\n"]),
+    ("expected 'input C x N', 'input C x *' or 'input N'",
+     ["input\n", "input 1 x\n", "input 1 128\n", "input 1 x 128 x 2\n", "input x 128\n"]),
+    ("'weights' needs a file name in double quotes, as in 'weights \"net.npz\"'",
+     ["weights ecg.npz\n", "weights\n", "weights ecg\n", 'weights "a.npz" "b.npz"\n']),
+    ("a file name needs a closing '\"'", ['weights "ecg.npz\n', 'dense 1 -> 1, weight "w.npy\n']),
+    ("expected 'let NAME = VALUE', as in 'let a = 1/8'",
+     ["let a 3\n", "let = 3\n", "let 3 = a\n", "let a = 1 = 2\n", "let a := 2\n"]),
+    ("missing value after '='", ["let a =\n"]),
+    ("incomplete expression: an operator needs a value after it",
+     ["let a = 1 +\n", "let a = 2 * * 3\n", "let a = 2 ^\n", "let a = -\n", "let a = 1 /\n", "let a = 1 -\n",
+      "let a = 2 **\n"]),
+    ("two values in a row: is an operator missing?", ["let a = 2 3\n", "let a = 2 b\n", "let a = (1) 2\n"]),
+    ("a function takes its argument in parentheses, as in sqrt(2)", ["let a = sqrt 2\n"]),
+    ("missing ')'", ["let a = sqrt(2 3)\n", "let a = (1 + 2 3)\n", "let a = (1 relu\n"]),
+    ("this '(' is never closed", ["let a = sqrt(2\n", "let a = (1 + 2\n", "let a = (\n", "leaky_relu(0.1\n"]),
+    ("a layer name must be followed by ':', as in 'conv1d c1: 1 -> 2'",
+     ["conv1d c1 1 -> 2\n", "dense d1 3 -> 4\n"]),
+    ("expected 'IN -> OUT' sizes after the layer kind, as in 'conv1d c1: 1 -> 2'",
+     ["conv1d\n", "conv1d c1:\n", "conv1d c1: -> 2\n", "dense\n", "dense d1:\n", "dense d1: -> 4\n",
+      "conv1d c1: , kernel 3\n", "dense d: , weight w\n"]),
+    ("missing '->' between the input and output sizes",
+     ["conv1d c1: 1 2\n", "dense d1: 96 60\n", "conv1d c1: 1, 2\n", "dense 1\n", "conv1d 1\n",
+      "conv1d c1: 1 => 2\n"]),
+    ("missing output size after '->'", ["conv1d c1: 1 ->\n", "dense 3 -> , weight w\n"]),
+    ("options are written as a keyword and a value without '=', as in 'kernel 3'",
+     ["conv1d c: 1 -> 2, kernel=3\n", "conv1d c: 1 -> 2, stride=2\n", "conv1d c: 1 -> 2, dilation=2\n",
+      "conv1d c: 1 -> 2, padding=1\n", "dense d: 1 -> 2, weight=w\n", "dense d: 1 -> 2, bias=b\n",
+      "relu slope=[0, 1]\n", "conv1d c: 1 -> 2, kernel: 3\n", "dense d: 1 -> 2, weight: w\n"]),
+    ("unknown option: a layer takes kernel, stride, dilation, padding, weight, bias or slope",
+     ["conv1d c: 1 -> 2, kernal 3\n", "conv1d c: 1 -> 2 kernal 3\n", "dense d: 1 -> 2, wieght w\n",
+      "relu, alpha 0\n", "conv1d c: 1 -> 2, 3\n", "relu r1 r2\n", "flatten f1 f2\n", "conv1d c: 1 -> 2,,\n",
+      "avgpool 2, 2\n", "avgpool 2 2\n", "conv1d c: 1 -> 2, kernel 3, relu\n", "conv1d c: 1 -> 2, kernel 3 relu\n"]),
+    ("missing value after the option's keyword",
+     ["conv1d c: 1 -> 2, kernel\n", "conv1d c: 1 -> 2, stride\n", "conv1d c: 1 -> 2, dilation\n",
+      "conv1d c: 1 -> 2, kernel, stride 1\n", "conv1d c: 1 -> 2, padding\n"]),
+    ("expected a tensor: a key of the weights file, \"file.npz\":key, \"file.npy\" or inline [nested, lists]",
+     ["dense d: 1 -> 1, weight\n", "dense d: 1 -> 1, weight 3\n", "dense d: 1 -> 1, bias\n",
+      "dense d: 1 -> 1, bias 0\n", "dense d: 1 -> 1, weight -1\n"]),
+    ("expected a key after ':', as in \"file.npz\":conv1.weight",
+     ['dense d: 1 -> 1, weight "w.npz":\n', 'dense d: 1 -> 1, weight "w.npz": "k"\n']),
+    ("missing ',' or ']' in an inline tensor",
+     ["dense d: 2 -> 1, weight [[1 2]]\n", "dense d: 2 -> 1, weight [[1, 2] [3, 4]]\n",
+      "dense d: 2 -> 1, weight [[1, 2]\nrelu\n", "dense d: 2 -> 1, weight [[1, a b]]\n",
+      "dense d: 2 -> 1, weight [[1, 2)]\n"]),
+    ("this '[' is never closed",
+     ["dense d: 2 -> 1, weight [[1, 2]\n", "dense d: 2 -> 1, weight [[1, 2\n", "dense d: 2 -> 1, weight [\n",
+      "dense d: 2 -> 1, weight [[1, 2],\n", "relu slope [0, 1\n", "relu slope [\n", "relu slope [0,\n"]),
+    ("expected a value in the inline tensor", ["dense d: 1 -> 1, weight [,]\n"]),
+    ("'slope' needs two bounds in brackets, as in 'slope [0, 1]'",
+     ["relu slope 0, 1\n", "relu slope [0]\n", "relu slope [0, 1, 2]\n", "relu slope\n", "relu slope []\n",
+      "relu slope [0 1]\n"]),
+    ("activation parameters go in parentheses, as in 'leaky_relu(0.01)'",
+     ["leaky_relu 0.01\n", "elu 1\n", "leaky_relu -0.1\n"]),
+    ("an activation takes one parameter, as in 'leaky_relu(0.01)'", ["leaky_relu(0.1, 2)\n", "elu()\n"]),
+    ("'padding' takes a number, valid, same or causal", ["conv1d c: 1 -> 2, padding \"same\"\n"]),
+    ("unexpected character", ["let a = 1 @ 2\n", "relu $\n", "let a = 1 % 2\n", "conv1d c: 1 -> 2; kernel 3\n"]),
+]
+
+_FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
+_CONSTANTS = ("pi", "e")
+
+# How terminals are named in "expected ..." lists when no example matches.
+_TERMINAL_WORDS = {
+    "NAME": "a name", "KEY": "a tensor key", "NUMBER": "a number", "STRING": "a quoted file name",
+    "_NL": "the end of the line", "_TIMES": "'x'", "_POW": "'^'", "$END": "the end of the file",
+}
+_OPENERS = {"LSQB": "RSQB", "LPAR": "RPAR"}
+
+
+class _Continuation(PostLex):
+    """Join continued lines: drop line breaks inside brackets and after a comma; end the text with one.
+
+    At the end of a text with an unclosed bracket, the final line break is placed at that bracket, so the
+    syntax error points at it.
+    """
+
+    always_accept = ("_NL",)
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        open_brackets: list[Token] = []
+        last: Token | None = None
+        for tok in stream:
+            if tok.type == "_NL":
+                if last is None or last.type in ("_NL", "COMMA") or open_brackets:
+                    continue
+            elif tok.type in _OPENERS:
+                open_brackets.append(tok)
+            elif tok.type in ("RSQB", "RPAR") and open_brackets:
+                open_brackets.pop()
+            last = tok
+            yield tok
+        if last is not None and last.type != "_NL":
+            at = open_brackets[-1] if open_brackets else None
+            if at is not None:
+                yield Token("_NL", "", at.start_pos, at.line, at.column, at.end_line, at.end_column, at.end_pos)
+            else:
+                yield Token("_NL", "", last.end_pos, last.end_line, last.end_column, last.end_line,
+                            last.end_column, last.end_pos)
+
+
+def grammar_text() -> str:
+    """The text of lipdsl.lark: from the installed package, else from the repository (editable installs).
+
+    Hatchling's editable install puts the repository on ``sys.path`` and copies force-included files as a
+    snapshot that the import system never sees, so ``lipdsl/grammar/`` is absent and ``grammar/`` is used.
+    """
+    packaged = importlib.resources.files("lipdsl").joinpath("grammar").joinpath("lipdsl.lark")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / "grammar" / "lipdsl.lark").read_text(encoding="utf-8")
+
+
+def _cache_path() -> str | bool:
+    """A per-user file for Lark's pickled parser tables (building them costs ~0.1 s); False to not cache.
+
+    Not Lark's ``cache=True``, which loads a pickle from the shared temporary directory.
+    """
+    if os.environ.get("LIPDSL_NO_CACHE"):
+        return False
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "lipdsl")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError:
+        return False
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    return os.path.join(folder, "grammar-py%d%d.lark-cache" % sys.version_info[:2])
+
+
+_PARSER: Lark | None = None
+
+
+def _parser() -> Lark:
+    """The Lark parser, built once per process (lazily)."""
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = Lark(grammar_text(), parser="lalr", lexer="contextual", propagate_positions=True,
+                       maybe_placeholders=True, postlex=_Continuation(), cache=_cache_path())
+    return _PARSER
+
+
+def _operator(fn_name: str, meta, left: ast.Expr, right: ast.Expr) -> ast.Expr:
+    import sympy
+
+    a, b = ast.exact(left), ast.exact(right)
+    if fn_name == "add":
+        value = a + b
+    elif fn_name == "sub":
+        value = a - b
+    elif fn_name == "mul":
+        value = a * b
+    elif fn_name == "div":
+        value = a / b
+    else:
+        # Exact powers with huge exponents would be expanded digit by digit; keep those unevaluated.
+        big = b.is_Number and abs(b) > 256 and a.is_Number
+        value = sympy.Pow(a, b, evaluate=not big)
+    return ast.Expr(value, Span.of(meta), left.names + right.names)
+
+
+@v_args(meta=True)
+class ToAst(Transformer):
+    """Parse tree -> ast nodes; builds nodes and nothing else (checks belong to check.py)."""
+
+    def start(self, meta, kids):
+        return list(kids)
+
+    # -- statements --------------------------------------------------------------------------------
+    def network(self, meta, kids):
+        (name,) = kids
+        return ("network", str(name), Span.of(name), Span.of(meta))
+
+    def input_flat(self, meta, kids):
+        return ast.Input(kids[0], None, False, Span.of(meta))
+
+    def input_signal(self, meta, kids):
+        return ast.Input(kids[0], kids[1], False, Span.of(meta))
+
+    def input_any(self, meta, kids):
+        return ast.Input(kids[0], None, True, Span.of(meta))
+
+    def weights(self, meta, kids):
+        return ast.Weights(str(kids[0])[1:-1], Span.of(meta))
+
+    def let(self, meta, kids):
+        name, value = kids
+        return ast.Let(str(name), value, Span.of(meta), Span.of(name))
+
+    def conv1d(self, meta, kids):
+        name, c_in, c_out, *options = kids
+        return ast.Conv1d(name, c_in, c_out, tuple(options), Span.of(meta))
+
+    def dense(self, meta, kids):
+        name, n_in, n_out, *options = kids
+        return ast.Dense(name, n_in, n_out, tuple(options), Span.of(meta))
+
+    def avgpool(self, meta, kids):
+        name, kernel, *options = kids
+        return ast.Pool("avg", name, kernel, tuple(options), Span.of(meta))
+
+    def maxpool(self, meta, kids):
+        name, kernel, *options = kids
+        return ast.Pool("max", name, kernel, tuple(options), Span.of(meta))
+
+    def global_avgpool(self, meta, kids):
+        name, *options = kids
+        return ast.GlobalAvgPool(name, tuple(options), Span.of(meta))
+
+    def flatten(self, meta, kids):
+        name, *options = kids
+        return ast.Flatten(name, tuple(options), Span.of(meta))
+
+    def activation(self, meta, kids):
+        function, parameter, name, *options = kids
+        return ast.Activation(str(function), parameter, name, tuple(options), Span.of(meta), Span.of(function))
+
+    def layer_name(self, meta, kids):
+        return str(kids[0])
+
+    label = layer_name
+
+    # -- options -----------------------------------------------------------------------------------
+    def _option(key):
+        def build(self, meta, kids):
+            return ast.Option(key, kids[0], Span.of(meta))
+        return build
+
+    kernel = _option("kernel")
+    stride = _option("stride")
+    dilation = _option("dilation")
+    padding = _option("padding")
+    weight = _option("weight")
+    bias = _option("bias")
+    del _option
+
+    def slope(self, meta, kids):
+        return ast.Option("slope", (kids[0], kids[1]), Span.of(meta))
+
+    def pad_mode(self, meta, kids):
+        return str(kids[0])
+
+    def tensor_key(self, meta, kids):
+        return ast.TensorRef(None, str(kids[0]), Span.of(meta))
+
+    def tensor_file(self, meta, kids):
+        path, key = kids
+        return ast.TensorRef(str(path)[1:-1], None if key is None else str(key), Span.of(meta))
+
+    def tensor(self, meta, kids):
+        items = tuple(k for k in kids if k is not None)  # `[]` gives one placeholder
+        return ast.Tensor(items, Span.of(meta))
+
+    # -- expressions -------------------------------------------------------------------------------
+    def number(self, meta, kids):
+        text = str(kids[0])
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+        return ast.Expr(value, Span.of(meta))
+
+    def name(self, meta, kids):
+        import sympy
+
+        id_ = str(kids[0])
+        value = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
+        names = () if id_ in _CONSTANTS else (ast.Name(id_, Span.of(meta)),)
+        return ast.Expr(value, Span.of(meta), names)
+
+    def call(self, meta, kids):
+        import sympy
+
+        fn, arg = kids
+        builtin = {"sqrt": sympy.sqrt, "exp": sympy.exp, "log": sympy.log, "sin": sympy.sin, "cos": sympy.cos,
+                   "tan": sympy.tan, "tanh": sympy.tanh, "atan": sympy.atan, "abs": sympy.Abs}
+        f = builtin.get(str(fn)) or sympy.Function(str(fn))
+        return ast.Expr(f(ast.exact(arg)), Span.of(meta), (ast.Name(str(fn), Span.of(fn), call=True),) + arg.names)
+
+    def neg(self, meta, kids):
+        (arg,) = kids
+        value = -arg.value if arg.is_number else -ast.exact(arg)
+        return ast.Expr(value, Span.of(meta), arg.names)
+
+    def add(self, meta, kids):
+        return _operator("add", meta, *kids)
+
+    def sub(self, meta, kids):
+        return _operator("sub", meta, *kids)
+
+    def mul(self, meta, kids):
+        return _operator("mul", meta, *kids)
+
+    def div(self, meta, kids):
+        return _operator("div", meta, *kids)
+
+    def pow(self, meta, kids):
+        return _operator("pow", meta, *kids)
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "_NL":
+        return "the end of the file" if tok.value == "" else "the end of the line"
+    if tok.type == "$END":
+        return "the end of the file"
+    return repr(str(tok))
+
+
+def _expected_words(names) -> str:
+    parser = _parser()
+    words = set()
+    for n in names:
+        if n in _TERMINAL_WORDS:
+            words.add(_TERMINAL_WORDS[n])
+            continue
+        try:
+            pattern = parser.get_terminal(n).pattern
+        except KeyError:
+            continue
+        words.add(repr(pattern.value) if isinstance(pattern, PatternStr) else n.lower())
+    listed = sorted(words)
+    if len(listed) > 8:
+        listed = listed[:8] + ["..."]
+    return ", ".join(listed)
+
+
+def _accepts(state: ParserState) -> frozenset[str]:
+    """Terminals that the parser in ``state`` would accept next (Lark's InteractiveParser.accepts)."""
+    conf = copy(state.parse_conf)
+    conf.callbacks = {}
+    accepted = set()
+    for t in state.parse_conf.parse_table.states[state.position]:
+        if t.isupper():
+            trial = state.copy(deepcopy_values=False)
+            trial.parse_conf = conf
+            try:
+                trial.feed_token(Token(t, ""), is_end=(t == "$END"))
+            except UnexpectedInput:
+                continue
+            accepted.add(t)
+    return frozenset(accepted)
+
+
+def _signature(exc: UnexpectedInput) -> tuple | None:
+    """(parser state, accepted terminals, offending terminal) of a syntax error, or None if unknown.
+
+    Written out instead of Lark's ``UnexpectedInput.match_examples``, which in Lark 1.3 formats the
+    ParserState it compares with ``%d`` and raises TypeError whenever two examples' accepts differ.
+    """
+    state = getattr(exc, "state", None)
+    if not isinstance(state, ParserState):
+        return None
+    token_type = exc.token.type if isinstance(exc, UnexpectedToken) else None
+    return state.position, _accepts(state), token_type
+
+
+_EXAMPLE_SIGNATURES: list[tuple[str, tuple]] | None = None
+
+
+def _example_signatures() -> list[tuple[str, tuple]]:
+    global _EXAMPLE_SIGNATURES
+    if _EXAMPLE_SIGNATURES is None:
+        found = []
+        for label, examples in SYNTAX_ERRORS:
+            for text in examples:
+                try:
+                    _parser().parse(text)
+                except UnexpectedInput as exc:
+                    sig = _signature(exc)
+                    if sig is not None:
+                        found.append((label, sig))
+        _EXAMPLE_SIGNATURES = found
+    return _EXAMPLE_SIGNATURES
+
+
+def match_syntax_error(exc: UnexpectedInput) -> str | None:
+    """The SYNTAX_ERRORS message whose examples fail like ``exc`` (same state and accepts), or None.
+
+    Among examples failing in the same state, one failing on the same kind of token is preferred.
+    """
+    sig = _signature(exc)
+    if sig is None:
+        return None
+    same_state = [label for label, s in _example_signatures() if s[:2] == sig[:2]]
+    same_token = [label for label, s in _example_signatures() if s == sig]
+    return (same_token or same_state or [None])[0]
+
+
+def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
+    """Translate a Lark error into a ParseError in plain words, located at the offending token."""
+    label = match_syntax_error(exc)
+    if isinstance(exc, UnexpectedCharacters):
+        char = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else ""
+        span = Span(exc.line, exc.column, exc.line, exc.column + 1)
+        found = f"unexpected character {char!r}"
+        message = f"{label}: {found}" if label and label != "unexpected character" else found
+        return ParseError(message, span)
+    if isinstance(exc, UnexpectedToken):
+        tok = exc.token
+        line, col = tok.line or 1, tok.column or 1
+        end_col = (tok.end_column or col + 1) if tok.value else col + 1
+        span = Span(line, col, tok.end_line or line, max(end_col, col + 1))
+        found = _describe(tok)
+        if label:
+            return ParseError(f"{label} (found {found})", span)
+        expected = _expected_words(_accepts(exc.state) if isinstance(exc.state, ParserState) else exc.expected)
+        return ParseError(f"unexpected {found}", span, hint=f"expected one of: {expected}" if expected else None)
+    if isinstance(exc, UnexpectedEOF):  # pragma: no cover - the post-lexer always ends with a line break
+        return ParseError("unexpected end of file", None)
+    return ParseError(str(exc).strip().splitlines()[0], None)  # pragma: no cover
+
+
+def parse(source: Source) -> ast.Network:
+    """Parse the text of a spec into an ``ast.Network``.
+
+    Parameters
+    ----------
+    source : Source
+        The spec text and the path that messages name.
+
+    Returns
+    -------
+    ast.Network
+        Unchecked syntax tree; every node carries its span.
+
+    Raises
+    ------
+    ParseError
+        On a syntax error (message in plain words, located at the offending token), or when the spec has no
+        ``input`` line, or more than one ``network``/``input`` line, or a layer before the ``input`` line.
+    """
+    try:
+        tree = _parser().parse(source.text)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, source) from None
+    statements = ToAst().transform(tree)
+
+    name = name_span = None
+    network_span = None
+    inputs: list[ast.Input] = []
+    body: list = []
+    for st in statements:
+        if isinstance(st, tuple):  # ("network", name, name_span, span)
+            if name is not None:
+                raise ParseError("a spec has one 'network' line", st[3],
+                                 hint=f"the network is already named {name!r} at line {network_span.line}")
+            _, name, name_span, network_span = st
+            continue
+        if isinstance(st, ast.Input):
+            if inputs:
+                raise ParseError("a spec has one 'input' line", st.span,
+                                 hint=f"the input is already declared at line {inputs[0].span.line}")
+            inputs.append(st)
+        elif not isinstance(st, (ast.Let, ast.Weights)) and not inputs:
+            raise ParseError(f"{_kind_word(st)} before the 'input' line", st.span,
+                             hint="declare the input first, as in 'input 1 x 128'")
+        body.append(st)
+    if not inputs:
+        last = max(1, len(source.text.splitlines()))
+        raise ParseError("the spec has no 'input' line", Span(1, 1, 1, 2) if source.text.strip() else None,
+                         hint="declare the input's shape, as in 'input 1 x 128' (channels x samples)"
+                         if last else None)
+    end = source.text.count("\n") + 1
+    span = Span(1, 1, end, 1)
+    return ast.Network(name, inputs[0], tuple(body), span, name_span)
+
+
+def _kind_word(layer) -> str:
+    if isinstance(layer, ast.Activation):
+        return f"activation {layer.function!r}"
+    if isinstance(layer, ast.Pool):
+        return f"'{layer.op}pool'"
+    return {"Conv1d": "'conv1d'", "Dense": "'dense'", "GlobalAvgPool": "'global_avgpool'",
+            "Flatten": "'flatten'"}[type(layer).__name__]
