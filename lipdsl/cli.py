@@ -30,6 +30,111 @@ def cli() -> None:
     """lipdsl: certified Lipschitz bounds for 1D convolutional neural networks."""
 
 
+# -- front end: check / show (issue 2) -------------------------------------------------------------------
+
+def load_or_fail(path: str, allow_outside: bool = False):
+    """``lipdsl.load.load_network`` for commands: (Source, typed.Network), or print the error and exit 1."""
+    from .load import load_network
+
+    try:
+        return load_network(path, allow_outside=allow_outside)
+    except LipdslError as err:
+        fail(err, err.source)
+
+
+_ALLOW_OUTSIDE = click.option("--allow-outside", is_flag=True,
+                              help="Allow weight files outside the spec's directory (absolute paths, '..').")
+
+
+def _params(layer) -> int:
+    weight = getattr(layer, "weight", None)
+    bias = getattr(layer, "bias", None)
+    return (0 if weight is None else int(weight.size)) + (0 if bias is None else int(bias.size))
+
+
+def _details(layer) -> str:
+    exact = " (exact)" if getattr(layer, "weight_expr", None) is not None else ""
+    if layer.kind == "conv1d":
+        pads = layer.padding if layer.padding.isdigit() else f"{layer.padding} ({layer.pad_left},{layer.pad_right})"
+        bias = "" if layer.bias is not None else ", no bias"
+        return f"k={layer.kernel} s={layer.stride} d={layer.dilation} pad={pads}{bias}{exact}"
+    if layer.kind == "dense":
+        return ("bias" if layer.bias is not None else "no bias") + exact
+    if layer.kind == "pool":
+        return f"{layer.op}, kernel {layer.kernel}, stride {layer.stride}"
+    if layer.kind == "activation":
+        fn = layer.function if layer.parameter is None else f"{layer.function}({layer.parameter:g})"
+        return f"{fn}, slope [{layer.alpha:g}, {layer.beta:g}]"
+    return ""
+
+
+def _shape_json(shape) -> list:
+    return [shape.channels] if shape.flat else [shape.channels, shape.length]
+
+
+def _summary(net) -> str:
+    counts: dict[str, int] = {}
+    for layer in net.layers:
+        counts[layer.kind] = counts.get(layer.kind, 0) + 1
+    kinds = ", ".join(f"{n} {k}" for k, n in counts.items())
+    params = sum(_params(layer) for layer in net.layers)
+    return (f"network {net.name!r}: {net.input_shape} -> {net.output_shape}, {len(net.layers)} layers "
+            f"({kinds}), {params} parameters")
+
+
+@cli.command("check")
+@click.argument("spec")
+@_ALLOW_OUTSIDE
+def check_command(spec: str, allow_outside: bool) -> None:
+    """Parse and check SPEC: print OK and a summary, or the errors (exit 1)."""
+    _, net = load_or_fail(spec, allow_outside)
+    click.echo(f"OK {_summary(net)}")
+
+
+@cli.command("show")
+@click.argument("spec")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@_ALLOW_OUTSIDE
+def show_command(spec: str, as_json: bool, allow_outside: bool) -> None:
+    """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
+    _, net = load_or_fail(spec, allow_outside)
+    if as_json:
+        import json
+
+        layers = []
+        for layer in net.layers:
+            entry = {"name": layer.name, "kind": layer.kind, "in": _shape_json(layer.in_shape),
+                     "out": _shape_json(layer.out_shape), "params": _params(layer), "line": layer.span.line}
+            if layer.kind == "conv1d":
+                entry.update(kernel=layer.kernel, stride=layer.stride, dilation=layer.dilation,
+                             padding=layer.padding, pad_left=layer.pad_left, pad_right=layer.pad_right,
+                             bias=layer.bias is not None)
+            elif layer.kind == "dense":
+                entry.update(bias=layer.bias is not None)
+            elif layer.kind == "pool":
+                entry.update(op=layer.op, kernel=layer.kernel, stride=layer.stride)
+            elif layer.kind == "activation":
+                entry.update(function=layer.function, parameter=layer.parameter, slope=[layer.alpha, layer.beta])
+            layers.append(entry)
+        click.echo(json.dumps({"name": net.name, "source": net.source_path, "input": _shape_json(net.input_shape),
+                               "output": _shape_json(net.output_shape), "any_length": net.any_length,
+                               "params": sum(e["params"] for e in layers), "layers": layers}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{net.name}  ({net.source_path})")
+    for col in ("#", "name", "kind", "in", "out", "params", "details"):
+        table.add_column(col, justify="right" if col in ("#", "params") else "left")
+    table.add_row("", "input", "", "", str(net.input_shape), "", "")
+    for i, layer in enumerate(net.layers, 1):
+        kind = layer.function if layer.kind == "activation" else layer.kind
+        table.add_row(str(i), layer.name, kind, str(layer.in_shape), str(layer.out_shape),
+                      str(_params(layer) or ""), _details(layer))
+    Console().print(table)
+    click.echo(_summary(net))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lipdsl`` console script."""
     try:
