@@ -101,6 +101,7 @@ class Weights:
 
     path: str
     span: Span
+    path_span: Span | None = None
 
 
 @dataclass(frozen=True, slots=True)

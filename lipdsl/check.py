@@ -26,6 +26,7 @@ ACTIVATIONS: dict[str, tuple[str, Any]] = {
     "sigmoid": ("none", None),
     "softplus": ("none", None),
     "hardtanh": ("none", None),
+    "identity": ("none", None),
     "leaky_relu": ("required", None),
     "elu": ("optional", 1),
 }
@@ -148,10 +149,10 @@ class _Checker:
         return v
 
     # -- tensors -----------------------------------------------------------------------------------
-    def display_path(self, rel: str) -> str:
-        if self.source.path in ("<string>", "<stdin>"):
-            return rel
-        return os.path.normpath(os.path.join(os.path.dirname(self.source.path), rel))
+    @staticmethod
+    def display_path(rel: str) -> str:
+        """Paths are shown as the spec writes them (relative to the spec), whatever the working directory."""
+        return rel
 
     def resolve(self, rel: str, span: Span) -> Path:
         """The file ``rel`` names, relative to the spec's directory, refusing escapes unless allowed."""
@@ -420,8 +421,8 @@ def _check(ck: _Checker, net: ast.Network, source: Source) -> typed.Network:
             ck.env_lines[st.name] = st.span.line
             continue
         if isinstance(st, ast.Weights):
-            ck.weights = (st.path, st.span)
-            ck.open(st.path, st.span)  # report a missing file where it is declared
+            ck.weights = (st.path, st.path_span or st.span)
+            ck.open(st.path, st.path_span or st.span)  # report a missing file where it is declared
             continue
         if isinstance(st, ast.Input):
             channels = ck.integer(st.channels, "input size" if st.flat else "input channels", 1)
@@ -640,6 +641,8 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
             alpha_expr, beta_expr = sympy.Integer(0), sympy.Max(param_exact, 1)
     elif fn == "sigmoid":
         alpha, beta = 0.0, 0.25
+    elif fn == "identity":
+        alpha, beta = 1.0, 1.0
     else:  # relu, tanh, softplus, hardtanh
         alpha, beta = 0.0, 1.0
     return typed.Activation(name, st.span, fn, alpha, beta, shape, shape, parameter, alpha_expr, beta_expr)

@@ -213,7 +213,7 @@ class ToAst(Transformer):
         return ast.Input(kids[0], None, True, Span.of(meta))
 
     def weights(self, meta, kids):
-        return ast.Weights(str(kids[0])[1:-1], Span.of(meta))
+        return ast.Weights(str(kids[0])[1:-1], Span.of(meta), Span.of(kids[0]))
 
     def let(self, meta, kids):
         name, value = kids

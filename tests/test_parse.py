@@ -1,0 +1,156 @@
+"""Parse stage: spec text -> ast.Network; the SYNTAX_ERRORS table matches its own examples."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lark.exceptions import UnexpectedInput
+
+from lipdsl import ast
+from lipdsl.errors import ParseError
+from lipdsl.parse import SYNTAX_ERRORS, _parser, match_syntax_error, parse
+from lipdsl.source import Source, Span
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD = sorted((ROOT / "specs").glob("*.lip"))
+
+
+def p(text: str) -> ast.Network:
+    return parse(Source("<string>", text))
+
+
+@pytest.mark.parametrize("spec", GOOD, ids=lambda s: s.name)
+def test_good_specs_parse(spec):
+    net = parse(Source.read(spec))
+    assert net.layers
+    assert all(layer.span.line >= 1 for layer in net.layers)
+
+
+def test_ecg_ast():
+    net = parse(Source.read(ROOT / "specs" / "ecg.lip"))
+    assert net.name == "ecg"
+    assert (net.input.channels.value, net.input.length.value, net.input.any_length) == (1, 128, False)
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert kinds == ["Conv1d", "Activation", "Pool", "Conv1d", "Activation", "Pool", "Flatten", "Dense",
+                     "Activation", "Dense"]
+    c1 = net.layers[0]
+    assert c1.name == "c1" and c1.c_in.value == 1 and c1.c_out.value == 2
+    opts = {o.key: o.value for o in c1.options}
+    assert opts["kernel"].value == 3 and opts["padding"] == "causal"
+    assert opts["weight"] == ast.TensorRef(None, "conv1.weight", opts["weight"].span)
+    assert isinstance(net.body[1], ast.Weights) and net.body[1].path == "weights/ecg_CNN_23_03_08_11_52.npz"
+    # plain numbers stay Python ints: no sympy for specs without arithmetic
+    assert isinstance(c1.c_in.value, int) and c1.c_in.is_number
+
+
+def test_spans_are_one_based_and_end_exclusive():
+    net = p("input 1 x 8\nconv1d c1: 1 -> 2, kernel 3, weight w\n")
+    conv = net.layers[0]
+    assert conv.span == Span(2, 1, 2, 38)  # 37 characters
+    assert conv.c_in.span == Span(2, 12, 2, 13)
+
+
+def test_statement_forms():
+    net = p('network n\ninput 3 x *\nweights "w.npz"\nlet a = 1/8\n'
+            'conv1d 3 -> 4, kernel 3, stride 2, dilation 2, padding 1, weight "o.npz":x.0.w, bias "b.npy"\n'
+            'maxpool p: 3, stride 1\navgpool kernel 2\nglobal_avgpool g\nflatten\n'
+            'leaky_relu(0.1) lr: slope [0, 1]\nswish s slope [-0.1, 1.1]\ndense 4 -> 2, weight [[1, 2, 3, 4], [a, 0, 0, 0]]\n')
+    assert net.input.any_length and net.input.length is None
+    conv, maxp, avgp, gap, flat, lrelu, swish, dense = net.layers
+    opts = {o.key: o.value for o in conv.options}
+    assert conv.name is None
+    assert opts["weight"] == ast.TensorRef("o.npz", "x.0.w", opts["weight"].span)
+    assert opts["bias"] == ast.TensorRef("b.npy", None, opts["bias"].span)
+    assert opts["padding"].value == 1
+    assert (maxp.op, maxp.name, maxp.kernel.value) == ("max", "p", 3)
+    assert avgp.kernel is None and avgp.options[0].key == "kernel"
+    assert gap.name == "g" and flat.name is None
+    assert (lrelu.function, lrelu.parameter.value, lrelu.name) == ("leaky_relu", 0.1, "lr")
+    assert swish.function == "swish" and swish.name == "s" and swish.options[0].key == "slope"
+    w = dense.options[0].value
+    assert isinstance(w, ast.Tensor) and len(w.items) == 2 and len(w.items[1].items) == 4
+
+
+def test_flat_input_and_times_sign():
+    assert p("input 784\nrelu\n").input.flat
+    net = p("input 2×16\nrelu\n")
+    assert (net.input.channels.value, net.input.length.value) == (2, 16)
+    assert p("input 2x16\nrelu\n").input.length.value == 16
+
+
+def test_expressions_are_sympy_built_from_the_tree():
+    import sympy
+
+    net = p("input 2\nlet a = -2^2 + 2^3^2 - 2**-1 + 0.1 * (3 - 1) / 4 + sqrt(2) * pi + e\nrelu\n")
+    value = net.body[1].value.value
+    want = -4 + 512 - sympy.Rational(1, 2) + sympy.Rational(1, 20) + sympy.sqrt(2) * sympy.pi + sympy.E
+    assert sympy.simplify(value - want) == 0
+    assert p("input 2\nlet b = 1/8\nrelu\n").body[1].value.value == sympy.Rational(1, 8)
+
+
+def test_names_in_expressions_keep_their_spans():
+    net = p("input 2\nlet b = 2 * a + foo(c)\nrelu\n")
+    names = net.body[1].value.names
+    assert [(n.id, n.call) for n in names] == [("a", False), ("foo", True), ("c", False)]
+    assert names[0].span == Span(2, 13, 2, 14)
+
+
+def test_negative_literal_stays_plain():
+    e = p("input 2\nlet a = -0.5\nrelu\n").body[1].value
+    assert e.is_number and e.value == -0.5
+
+
+def test_continuation_lines_comments_crlf_and_no_final_newline():
+    text = ("# header\r\n\r\nnetwork n   # name\r\ninput 2\r\n"
+            "dense d: 2 -> 2,\r\n   weight [[1, 0],  # row 1\r\n           [0, 1]],\r\n   bias [0, 0]\r\nrelu")
+    net = p(text)
+    assert [type(x).__name__ for x in net.layers] == ["Dense", "Activation"]
+    assert [o.key for o in net.layers[0].options] == ["weight", "bias"]
+
+
+def test_keywords_are_not_names_but_x_is():
+    net = p("input 2\nlet x = 3\nrelu\n")
+    assert net.body[1].name == "x"
+
+
+def test_structure_errors():
+    with pytest.raises(ParseError, match="one 'input' line"):
+        p("input 2\ninput 3\n")
+    with pytest.raises(ParseError, match="one 'network' line"):
+        p("network a\nnetwork b\ninput 2\nrelu\n")
+    with pytest.raises(ParseError, match="no 'input' line"):
+        p("network a\n")
+    with pytest.raises(ParseError, match="before the 'input' line"):
+        p("relu\ninput 2\n")
+
+
+@pytest.mark.parametrize("label,example", [(label, ex) for label, exs in SYNTAX_ERRORS for ex in exs])
+def test_syntax_error_table(label, example):
+    """Every example is a syntax error, and is translated back to its own message."""
+    with pytest.raises(UnexpectedInput) as info:
+        _parser().parse(example)
+    assert match_syntax_error(info.value) == label
+    with pytest.raises(ParseError) as err:
+        p(example)
+    assert err.value.message.startswith(label) or err.value.message.startswith("unexpected character")
+    assert err.value.span is not None
+
+
+def test_unmatched_syntax_error_lists_what_was_expected():
+    with pytest.raises(ParseError) as err:
+        p("input 2\nconv1d c: 1 -> 2, kernel 3 +\n")
+    assert err.value.span.line == 2
+    assert "found" in err.value.message or err.value.hint
+
+
+def test_unclosed_bracket_points_at_the_bracket():
+    with pytest.raises(ParseError) as err:
+        p("input 2\ndense d: 2 -> 1,\n  weight [[1, 2]\n")
+    assert "never closed" in err.value.message
+    assert (err.value.span.line, err.value.span.col) == (3, 10)
+
+
+def test_grammar_loads_from_package_or_repo():
+    from lipdsl.parse import grammar_text
+
+    assert grammar_text() == (ROOT / "grammar" / "lipdsl.lark").read_text(encoding="utf-8")
