@@ -1,0 +1,228 @@
+"""Certify a solver's point: (Sdp, Solution) -> Certificate (LMIs rebuilt in numpy, repaired, verified).
+
+The LMIs are rebuilt from the systems' ``(A, B, C, D)`` with the closed-form blocks (independently of the
+sparse assembly in ``sdp``). An interior-point solver returns a point whose LMIs hold only up to its
+tolerance (minimum eigenvalues around -1e-10), so the point is repaired, from the output back to the input:
+for a system whose output weight was raised by ``t`` (by the repair of the system after it) and whose LMI
+has ``lambda_min = -e0``, with ``e = max(e0, 0) + margin`` and ``E = [C D]``:
+
+    Lambda += eta I,  eta = t + e;        P += tau G,  tau = e + eta (alpha^2 + beta^2) ||E||^2;
+    X_in += t_in I,   t_in = (k-1) tau + e + eta (alpha^2 + beta^2) ||E||^2,
+
+where ``G = diag(1, ..., k-1) (x) I`` satisfies ``G - A'GA = I`` and ``B'GB = (k-1) I`` for the FIR shift
+``A``, ``A'GB = 0``. The change of the LMI is then ``>= e I`` by a Schur complement, so the repaired LMI is
+positive semidefinite with margin. ``X_in`` is the previous system's output weight (repaired next) or, for
+the first system, ``rho I``: the certified bound is ``sqrt(rho + t_in) * factor``. A linear system (no
+activation) uses ``eta = 0`` and ``t ||E||^2`` in place of ``eta (alpha^2 + beta^2) ||E||^2``. Side
+conditions (``lambda >= 0``, ``P >= 0`` where not implied, ``X >= 0`` before pooling) are enforced too.
+Finally every LMI is recomputed at the repaired point and its minimum eigenvalue must be at least
+``16 m eps ||M||`` (a bound on the eigenvalue solver's rounding error) for the bound to be called certified.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import lowered
+from .sdp import Link, Sdp, Weight
+from .solve import Solution
+
+EPS = np.finfo(float).eps
+
+
+def system_matrix(sys: lowered.System, P, lam, X_in: np.ndarray, X_out: np.ndarray) -> np.ndarray:
+    """The LMI matrix of one system (sdp module docstring), from its state space and multipliers."""
+    ss = sys.ss
+    A, B, C, D = ss.A, ss.B, ss.C, ss.D
+    nx, nu = ss.nx, ss.nu
+    AB = np.hstack([A, B])
+    E = np.hstack([C, D])
+    top = np.zeros((nx + nu, nx + nu))
+    if nx:
+        top[:nx, :nx] += P
+        top -= AB.T @ P @ AB
+    top[nx:, nx:] += X_in
+    if sys.slope is None:
+        top -= E.T @ X_out @ E
+        return (top + top.T) / 2
+    alpha, beta = sys.slope
+    L = np.diag(lam)
+    top += 2 * alpha * beta * (E.T @ L @ E)
+    cross = -(alpha + beta) * (E.T @ L)
+    M = np.block([[top, cross], [cross.T, 2 * L - X_out]])
+    return (M + M.T) / 2
+
+
+@dataclass(frozen=True)
+class LmiCheck:
+    """One LMI at the solver's point and at the repaired point (eigenvalues relative to ``||M||``)."""
+
+    name: str
+    size: int
+    min_eig_solver: float
+    min_eig_certified: float
+    threshold: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What was proven: ``lipschitz`` is an upper bound iff ``verified``; ``claimed_status`` is the solver's."""
+
+    verified: bool
+    lipschitz: float | None
+    rho: float | None
+    lipschitz_solver: float | None
+    rho_solver: float | None
+    claimed_status: str
+    factor: float
+    checks: tuple[LmiCheck, ...] = field(default=())
+    reason: str = ""
+
+    @property
+    def inflation(self) -> float | None:
+        """Relative increase of the bound made by the repair (certified / solver - 1)."""
+        if self.lipschitz is None or not self.lipschitz_solver:
+            return None
+        return self.lipschitz / self.lipschitz_solver - 1.0
+
+
+def _min_eig(M: np.ndarray) -> float:
+    return float(np.linalg.eigvalsh(M)[0]) if M.size else 0.0
+
+
+def _norm(M: np.ndarray) -> float:
+    return float(np.linalg.norm(M, 2)) if M.size else 0.0
+
+
+def _shift_gramian(sys: lowered.System) -> tuple[np.ndarray, int]:
+    """``G = diag(1..k-1) (x) I_cin`` with ``G - A'GA = I`` and ``B'GB = (k-1) I``; returns (G, k-1)."""
+    nx, nu = sys.ss.nx, sys.ss.nu
+    blocks = nx // nu if nu else 0
+    return np.kron(np.diag(np.arange(1, blocks + 1, dtype=float)), np.eye(nu)), blocks
+
+
+class _Point:
+    """Mutable multiplier values of every link, so the repair can shift them."""
+
+    def __init__(self, sdp: Sdp, x: np.ndarray):
+        self.rho = max(float(x[sdp.rho.offset]), 0.0)
+        self.vars = {}
+        for v in sdp.variables:
+            if v.role == "rho":
+                continue
+            val = v.value(x)
+            if v.role == "lambda":
+                val = np.maximum(val, 0.0)
+            elif v.structure == "diagonal":
+                val = np.diag(np.maximum(np.diag(val), 0.0))
+            self.vars[v.name] = np.array(val, dtype=float)
+
+    def weight(self, w: Weight) -> np.ndarray:
+        if w.kind == "const":
+            return w.constant
+        if w.kind == "rho":
+            return self.rho * np.eye(w.n)
+        X = self.vars[w.variable.name]
+        return np.kron(X, np.eye(w.kron)) if w.kron > 1 else X
+
+    def matrix(self, link: Link) -> np.ndarray:
+        P = self.vars[link.P.name] if link.P is not None else None
+        lam = self.vars[link.lam.name] if link.lam is not None else None
+        return system_matrix(link.system, P, lam, self.weight(link.w_in), self.weight(link.w_out))
+
+    def shift_weight(self, w: Weight, t: float) -> None:
+        if t == 0 or w.kind == "const":
+            return
+        if w.kind == "rho":
+            self.rho += t
+        else:
+            n = w.variable.n
+            self.vars[w.variable.name] = self.vars[w.variable.name] + t * np.eye(n)
+
+
+def _margin(M: np.ndarray, rel: float) -> float:
+    """Eigenvalue margin: the rounding bound ``16 m eps ||M||`` times 4, plus ``rel * ||M||``."""
+    nrm = max(_norm(M), 1e-300)
+    return 64 * M.shape[0] * EPS * nrm + rel * nrm
+
+
+def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certificate:
+    """Repair the solver's point until every LMI provably holds, then verify (module docstring).
+
+    ``margin`` is the relative eigenvalue margin (times ``||M||``) the repair aims for.
+    """
+    factor = sdp.factor
+    if solution.x is None or solution.rho is None or not np.all(np.isfinite(solution.x)):
+        return Certificate(False, None, None, None, None, solution.claimed_status, factor,
+                           reason="the solver returned no point")
+    x = solution.x
+    rho_solver = float(solution.rho)
+    L_solver = math.sqrt(max(rho_solver, 0.0)) * factor
+    point = _Point(sdp, x)
+    before = {link.lmi.name: _min_eig(point.matrix(link)) / max(_norm(point.matrix(link)), 1e-300)
+              for link in sdp.links}
+    psd_names = {v.name for v in sdp.psd_weights}
+    t_next = 0.0
+    for link in reversed(sdp.links):
+        sys = link.system
+        point.shift_weight(link.w_out, t_next)
+        M = point.matrix(link)
+        e = max(-_min_eig(M), 0.0) + _margin(M, margin)
+        E = np.hstack([sys.ss.C, sys.ss.D])
+        nE = _norm(E) ** 2
+        if sys.slope is not None:
+            alpha, beta = sys.slope
+            eta = t_next + e
+            point.vars[link.lam.name] = point.vars[link.lam.name] + eta
+            need = eta * (alpha ** 2 + beta ** 2) * nE
+        else:
+            need = t_next * nE
+        t_in = e + need
+        if link.P is not None:
+            G, km1 = _shift_gramian(sys)
+            tau = e + need
+            if link.needs_P_psd:
+                tau += max(-_min_eig(point.vars[link.P.name] + tau * G), 0.0) + _margin(G, margin)
+            point.vars[link.P.name] = point.vars[link.P.name] + tau * G
+            t_in += km1 * tau
+        # X >= 0 where pooling needs it (the input weight of this link is that X after the shift)
+        if link.w_in.kind == "var" and link.w_in.variable.name in psd_names:
+            X = point.vars[link.w_in.variable.name]
+            t_in = max(t_in, -_min_eig(X) + _margin(X, margin))
+        t_next = t_in
+    first = sdp.links[0]
+    point.shift_weight(first.w_in, t_next) if first.w_in.kind == "rho" else None
+
+    checks = []
+    ok_all = True
+    for link in sdp.links:
+        M = point.matrix(link)
+        nrm = max(_norm(M), 1e-300)
+        thr = 16 * M.shape[0] * EPS * nrm
+        lo = _min_eig(M)
+        ok = lo >= thr
+        ok_all &= ok
+        checks.append(LmiCheck(link.lmi.name, M.shape[0], before[link.lmi.name], lo / nrm, thr / nrm, ok))
+        if link.needs_P_psd:
+            Pm = point.vars[link.P.name]
+            okp = _min_eig(Pm) >= 16 * Pm.shape[0] * EPS * max(_norm(Pm), 1e-300)
+            ok_all &= okp
+            checks.append(LmiCheck(f"P[{link.system.name}]>=0", Pm.shape[0], float("nan"),
+                                   _min_eig(Pm) / max(_norm(Pm), 1e-300), 0.0, okp))
+    for v in sdp.psd_weights:
+        X = point.vars[v.name]
+        okx = _min_eig(X) >= 16 * X.shape[0] * EPS * max(_norm(X), 1e-300)
+        ok_all &= okx
+        checks.append(LmiCheck(f"{v.name}>=0", X.shape[0], float("nan"), _min_eig(X) / max(_norm(X), 1e-300),
+                               0.0, okx))
+    # lambda >= 0 and diagonal X >= 0 hold by construction (clipped, then only increased).
+    rho = point.rho
+    lip = math.sqrt(rho) * factor
+    if not math.isfinite(lip):
+        ok_all = False
+    reason = "" if ok_all else "an LMI is not positive semidefinite at the repaired point"
+    return Certificate(bool(ok_all), lip if ok_all else None, rho if ok_all else None, L_solver, rho_solver,
+                       solution.claimed_status, factor, tuple(checks), reason)

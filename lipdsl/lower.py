@@ -1,0 +1,172 @@
+"""Lower to state space: typed.Network -> lowered.Network (conv filters as causal FIR systems, numpy).
+
+A conv layer with PyTorch weight ``W`` (c_out, c_in, k), dilation ``d``, is the causal filter
+
+    z[t] = sum_{m=0}^{k_e-1} K_m u[t-m],   K_m = W_e[:, :, k_e-1-m],   k_e = d (k-1) + 1,
+
+(``W_e`` = ``W`` with ``d-1`` zero taps between taps), realized with state ``x[t] = [u[t-k_e+1]; ...; u[t-1]]``:
+
+    A = block up-shift (identity blocks on the super-diagonal),  B = [0; ...; 0; I],
+    C = [K_{k_e-1}, ..., K_1] = [W_e[:,:,0], ..., W_e[:,:,k_e-2]],  D = K_0 = W_e[:,:,k_e-1].
+
+Any padding, stride or cropping only selects samples of this causal output (run on the input followed by
+zeros), and dropping samples can only lower the left side of a dissipation inequality: the bound stays sound.
+The symbolic form (``symbolic_state_space``) is for display and derivation; the numeric path fills the same
+block structure with numpy so that it stays fast for wide layers.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import lowered, typed
+from .errors import LoweringError
+
+
+def shift_structure(c_in: int, taps: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, B)`` of the FIR state: ``A`` shifts the ``taps-1`` input blocks up by one, ``B`` loads the newest."""
+    nx = (taps - 1) * c_in
+    A = np.eye(nx, k=c_in) if nx else np.zeros((0, 0))
+    B = np.zeros((nx, c_in))
+    if nx:
+        B[nx - c_in:, :] = np.eye(c_in)
+    return A, B
+
+
+def dilated_kernel(weight: np.ndarray, dilation: int) -> np.ndarray:
+    """``W_e``: the kernel with ``dilation-1`` zero taps inserted between taps (shape c_out, c_in, d(k-1)+1)."""
+    c_out, c_in, k = weight.shape
+    if dilation == 1:
+        return weight
+    out = np.zeros((c_out, c_in, dilation * (k - 1) + 1), dtype=weight.dtype)
+    out[:, :, ::dilation] = weight
+    return out
+
+
+def conv_state_space(weight: np.ndarray, dilation: int = 1) -> lowered.StateSpace:
+    """Numeric causal realization ``(A, B, C, D)`` of a conv1d kernel (see the module docstring)."""
+    W = dilated_kernel(np.asarray(weight, dtype=float), dilation)
+    c_out, c_in, k = W.shape
+    A, B = shift_structure(c_in, k)
+    # C = [W[:,:,0], ..., W[:,:,k-2]] as one (c_out, (k-1) c_in) matrix: tap-major blocks.
+    C = np.ascontiguousarray(W[:, :, : k - 1].transpose(0, 2, 1).reshape(c_out, (k - 1) * c_in))
+    D = np.ascontiguousarray(W[:, :, k - 1])
+    return lowered.StateSpace(A, B, C, D)
+
+
+def dense_state_space(weight: np.ndarray) -> lowered.StateSpace:
+    """Static system ``v = W u`` (``nx = 0``)."""
+    W = np.asarray(weight, dtype=float)
+    return lowered.StateSpace(np.zeros((0, 0)), np.zeros((0, W.shape[1])), np.zeros((W.shape[0], 0)), W)
+
+
+def symbolic_state_space(conv: typed.Conv1d):
+    """Symbolic ``(A, B, C, D)`` as sympy ImmutableMatrix: taps as the spec's expressions, else symbols.
+
+    Entries of ``C`` and ``D`` are ``w_{o,i,j}`` (``W[o, i, j]`` in PyTorch layout) when the weights came
+    from a file, or the spec's own expressions when written inline.
+    """
+    import sympy
+
+    c_out, c_in, k = conv.c_out, conv.c_in, conv.kernel
+    if conv.weight_expr is not None:
+        def tap(o, i, j):
+            return sympy.sympify(conv.weight_expr[o, i, j])
+    else:
+        def tap(o, i, j):
+            return sympy.Symbol(f"w_{{{o},{i},{j}}}")
+    d = conv.dilation
+    ke = d * (k - 1) + 1
+
+    def expanded(o, i, m):  # tap m of the dilated kernel
+        return tap(o, i, m // d) if m % d == 0 else sympy.Integer(0)
+
+    A, B = shift_structure(c_in, ke)
+    C = sympy.ImmutableMatrix(c_out, (ke - 1) * c_in, lambda r, col: expanded(r, col % c_in, col // c_in))
+    D = sympy.ImmutableMatrix(c_out, c_in, lambda r, col: expanded(r, col, ke - 1))
+    return sympy.ImmutableMatrix(A.astype(int)), sympy.ImmutableMatrix(B.astype(int)), C, D
+
+
+def _scale_of(ss: lowered.StateSpace) -> float:
+    """``||[C D]||_2``, the factor divided out of a layer's weights; 1 for an all-zero map."""
+    s = float(np.linalg.norm(np.hstack([ss.C, ss.D]), 2)) if ss.ny and (ss.nx + ss.nu) else 0.0
+    return s if s > 0 and math.isfinite(s) else 1.0
+
+
+def _scaled(ss: lowered.StateSpace, s: float) -> lowered.StateSpace:
+    return lowered.StateSpace(ss.A, ss.B, ss.C / s, ss.D / s)
+
+
+def lower(net: typed.Network, *, scale: bool = True) -> lowered.Network:
+    """Group layers into systems (linear map + optional activation) and reshaping steps; realize each map.
+
+    ``scale``: divide each map by ``||[C D]||_2`` (a congruence of the SDP; the factor is moved into
+    ``lowered.Network.factor``) so that the SDP is well conditioned.
+
+    Raises
+    ------
+    LoweringError
+        For a global average pool over a signal of unspecified length (the factor 1/sqrt(N) needs N).
+    """
+    steps: list[lowered.Step] = []
+    factor = 1.0
+    layers = list(net.layers)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(layer, (typed.Conv1d, typed.Dense, typed.Activation)):
+            if isinstance(layer, typed.Conv1d):
+                ss, kind = conv_state_space(layer.weight, layer.dilation), "conv"
+                note = f"FIR k={layer.kernel}" + (f" d={layer.dilation}" if layer.dilation > 1 else "") + \
+                    (f", stride {layer.stride} as sub-sampling" if layer.stride > 1 else "")
+            elif isinstance(layer, typed.Dense):
+                ss, kind, note = dense_state_space(layer.weight), "dense", ""
+            else:
+                ss, kind, note = dense_state_space(np.eye(layer.in_shape.channels)), "activation", "identity map"
+            act = None
+            if kind == "activation":
+                act = layer
+            elif isinstance(nxt, typed.Activation):
+                act = nxt
+                i += 1
+            s = _scale_of(ss) if scale else 1.0
+            factor *= s
+            names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
+            slope = None if act is None else (float(act.alpha), float(act.beta))
+            if slope == (1.0, 1.0):  # an identity "activation" is a linear map
+                slope = None
+            steps.append(lowered.System(
+                name="+".join(names), layers=names, kind=kind, ss=_scaled(ss, s), scale=s, slope=slope,
+                activation=None if act is None else act.function, note=note))
+        elif isinstance(layer, typed.Pool):
+            overlap = math.ceil(layer.kernel / layer.stride)
+            if layer.op == "avg":
+                # y_t = (1/k) sum_{j in window t} w_j;  sum_t |y_t|_X^2 <= (ceil(k/s)/k) sum_t |w_t|_X^2, X >= 0
+                gain = math.sqrt(overlap / layer.kernel)
+                note = f"avg pool k{layer.kernel} s{layer.stride}: factor sqrt({overlap}/{layer.kernel})"
+            else:
+                # |max_j a_j - max_j b_j| <= max_j |a_j - b_j|, each sample in <= ceil(k/s) windows
+                gain = math.sqrt(overlap)
+                note = f"max pool k{layer.kernel} s{layer.stride}: factor sqrt({overlap}), diagonal X"
+            factor *= gain
+            steps.append(lowered.Pool(layer.name, layer.op, gain, layer.op == "max", note))
+        elif isinstance(layer, typed.GlobalAvgPool):
+            n = layer.in_shape.length
+            if n is None:
+                raise LoweringError(
+                    f"global average pool {layer.name!r} over a signal of any length: the bound needs N",
+                    span=layer.span, hint="declare the input length, e.g. 'input 1 x 128'")
+            gain = 1.0 / math.sqrt(n)
+            factor *= gain
+            steps.append(lowered.Pool(layer.name, "global_avg", gain, False, f"global avg over {n}: 1/sqrt({n})"))
+        elif isinstance(layer, typed.Flatten):
+            if layer.in_shape.flat:
+                pass  # flattening a vector is the identity
+            else:
+                steps.append(lowered.Flatten(layer.name, layer.in_shape.channels, int(layer.in_shape.length)))
+        else:  # pragma: no cover - typed.Layer is closed
+            raise LoweringError(f"cannot lower layer {layer!r}")
+        i += 1
+    return lowered.Network(net.name, tuple(steps), factor, net)

@@ -1,0 +1,101 @@
+"""The lowered network: what ``lower`` produces and ``sdp``/``certify`` consume (state space + reshaping steps)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+from . import typed
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpace:
+    """Discrete-time system ``x[t+1] = A x[t] + B u[t]``, ``v[t] = C x[t] + D u[t]`` (numpy, float64).
+
+    A dense layer is the static case ``nx = 0`` (``v = D u``).
+    """
+
+    A: np.ndarray
+    B: np.ndarray
+    C: np.ndarray
+    D: np.ndarray
+
+    @property
+    def nx(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def nu(self) -> int:
+        return self.D.shape[1]
+
+    @property
+    def ny(self) -> int:
+        return self.D.shape[0]
+
+    def simulate(self, u: np.ndarray) -> np.ndarray:
+        """Outputs ``v[0..T-1]`` for inputs ``u`` of shape ``(nu, T)``, from ``x[0] = 0``."""
+        x = np.zeros(self.nx)
+        out = np.empty((self.ny, u.shape[1]))
+        for t in range(u.shape[1]):
+            out[:, t] = self.C @ x + self.D @ u[:, t]
+            x = self.A @ x + self.B @ u[:, t]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    """One LMI: a linear map (conv filter, dense matrix, or identity before a lone activation), then ``phi``.
+
+    ``ss`` is realized from the weights divided by ``scale`` (an exact rescaling, undone in the bound);
+    ``slope`` is ``(alpha, beta)`` of the activation that follows, or None when the map is linear.
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    kind: str  # "conv", "dense" or "activation"
+    ss: StateSpace
+    scale: float
+    slope: tuple[float, float] | None
+    activation: str | None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A pooling layer between systems: the supply weight passes through, the bound gains ``gain``.
+
+    ``diagonal``: the weight ``X`` before it must be diagonal (max pooling is 1-Lipschitz per channel only).
+    """
+
+    name: str
+    op: str  # "avg", "max" or "global_avg"
+    gain: float
+    diagonal: bool
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Flatten:
+    """``c x N -> c*N`` channel-major: the next system sees ``X (x) I_N``."""
+
+    name: str
+    channels: int
+    length: int
+
+
+Step = Union[System, Pool, Flatten]
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Steps in order; the Lipschitz bound is ``sqrt(rho) * factor`` with ``factor`` = scales x pooling gains."""
+
+    name: str
+    steps: tuple[Step, ...]
+    factor: float
+    typed: typed.Network
+
+    @property
+    def systems(self) -> tuple[System, ...]:
+        return tuple(s for s in self.steps if isinstance(s, System))

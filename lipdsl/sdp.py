@@ -1,0 +1,415 @@
+"""Build the dissipativity SDP: lowered.Network -> Sdp (LMIs as F0 + sum_k x_k F_k, sparse; PICOS on demand).
+
+For a system ``(A, B, C, D)`` followed by an activation with slope in ``[alpha, beta]``, input weight ``X_in``
+and output weight ``X_out`` (method.md §4-5, the paper's Corollary 10 with general slopes)::
+
+    M = [[P - A'PA + 2ab C'LC,   -A'PB + 2ab C'LD,        -(a+b) C'L],
+         [      .,               X_in - B'PB + 2ab D'LD,  -(a+b) D'L],
+         [      .,                     .,                  2L - X_out]]  >= 0,   L = diag(lambda) >= 0,
+
+which makes ``sum_t |dw_t|^2_{X_out} <= sum_t |du_t|^2_{X_in}`` along any two trajectories from rest. A linear
+system (no activation) uses ``[[P - A'PA - C'X_out C, -A'PB - C'X_out D], [., X_in - B'PB - D'X_out D]] >= 0``.
+The chain starts with ``X_in = rho I`` and ends with ``X_out = I``; a flatten makes the next input weight
+``X (x) I_N`` (channel-major); pooling keeps ``X`` (diagonal before max pooling, ``X >= 0`` explicitly where
+no later LMI implies it). When the last layer is a linear dense map after an activation, its constraint
+``X_{l-1} >= W'W`` is tight at the optimum, so ``X_{l-1} := W'W`` is substituted (method.md §8).
+The bound is ``L = sqrt(rho) * factor`` (scales and pooling gains). ``P >= 0`` is implied by the (1,1)
+block when ``A`` is nilpotent and ``alpha*beta <= 0``, so it is added only when ``alpha*beta > 0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import lowered
+from .errors import UnsupportedError
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A block of the decision vector ``x``: ``rho``, a system's ``P``, ``lambda`` or an output weight ``X``.
+
+    ``structure``: ``scalar`` (1 entry), ``symmetric`` (upper triangle, row by row: n(n+1)/2 entries),
+    ``diagonal`` or ``vector`` (n entries).
+    """
+
+    name: str
+    role: str
+    system: str | None
+    n: int
+    structure: str
+    offset: int
+
+    @property
+    def dim(self) -> int:
+        return {"scalar": 1, "symmetric": self.n * (self.n + 1) // 2}.get(self.structure, self.n)
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.offset, self.offset + self.dim)
+
+    def value(self, x: np.ndarray):
+        """The variable's value at ``x``: float, vector, or (diagonal / symmetric) matrix."""
+        v = np.asarray(x[self.slice], dtype=float)
+        if self.structure == "scalar":
+            return float(v[0])
+        if self.structure == "vector":
+            return v
+        if self.structure == "diagonal":
+            return np.diag(v)
+        M = np.zeros((self.n, self.n))
+        iu = np.triu_indices(self.n)
+        M[iu] = v
+        return M + np.triu(M, 1).T
+
+    def pack(self, value) -> np.ndarray:
+        """Inverse of ``value``: the entries of ``x`` that represent ``value``."""
+        if self.structure == "scalar":
+            return np.array([float(value)])
+        if self.structure == "vector":
+            return np.asarray(value, dtype=float)
+        if self.structure == "diagonal":
+            return np.diag(value).astype(float)
+        return np.asarray(value, dtype=float)[np.triu_indices(self.n)]
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A supply weight on a signal: ``rho * I``, a variable ``X`` (times ``I_N`` after a flatten), or a constant."""
+
+    kind: str  # "rho", "var" or "const"
+    n: int  # order of the matrix the LMI sees
+    variable: Variable | None = None
+    kron: int = 1
+    constant: np.ndarray | None = None
+
+    def value(self, x: np.ndarray, rho_shift: float = 0.0, shift: float = 0.0) -> np.ndarray:
+        """The matrix at ``x``; ``shift * I`` added to a variable weight (used when certifying)."""
+        if self.kind == "const":
+            return self.constant
+        if self.kind == "rho":
+            return (self.variable.value(x) + rho_shift) * np.eye(self.n)
+        X = self.variable.value(x) + shift * np.eye(self.variable.n)
+        return np.kron(X, np.eye(self.kron)) if self.kron > 1 else X
+
+
+@dataclass(frozen=True)
+class Factored:
+    """``F_k = sum_{r: col_r = k} coef_r (u_r v_r' + v_r u_r')`` with ``u_r``, ``v_r`` the columns of U, V."""
+
+    U: sp.csc_matrix
+    V: sp.csc_matrix
+    coef: np.ndarray
+    col: np.ndarray
+
+
+@dataclass(frozen=True)
+class Lmi:
+    """``F(x) = F0 + sum_k x_k F_k >= 0`` with ``vec(F(x)) = vec(F0) + G x`` (column-major vec, m^2 rows)."""
+
+    name: str
+    system: str | None
+    blocks: tuple[tuple[str, int], ...]  # (label, size) of the diagonal blocks, in order
+    F0: np.ndarray
+    G: sp.csc_matrix
+    factored: Factored
+
+    @property
+    def size(self) -> int:
+        return self.F0.shape[0]
+
+    def value(self, x: np.ndarray) -> np.ndarray:
+        m = self.size
+        F = self.F0 + (self.G @ x).reshape(m, m, order="F")
+        return (F + F.T) / 2
+
+
+@dataclass(frozen=True)
+class Link:
+    """One system's LMI with its variables, as ``certify`` needs them to rebuild and repair it."""
+
+    system: lowered.System
+    lmi: Lmi
+    P: Variable | None
+    lam: Variable | None
+    w_in: Weight
+    w_out: Weight
+    needs_P_psd: bool
+
+
+@dataclass(frozen=True)
+class Sdp:
+    """minimize rho over x subject to every LMI and ``x[nonneg] >= 0``; ``L = sqrt(rho) * factor``."""
+
+    network: lowered.Network
+    variables: tuple[Variable, ...]
+    lmis: tuple[Lmi, ...]
+    nonneg: tuple[Variable, ...]
+    rho: Variable
+    factor: float
+    links: tuple[Link, ...]
+    psd_weights: tuple[Variable, ...]  # X that must be >= 0 (pooled), with an explicit LMI in ``lmis``
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def n(self) -> int:
+        return sum(v.dim for v in self.variables)
+
+    def objective(self) -> np.ndarray:
+        c = np.zeros(self.n)
+        c[self.rho.offset] = 1.0
+        return c
+
+
+class _LmiBuilder:
+    """Accumulates ``F(x) = F0 + sum_r x_{col_r} c_r (a_r b_r' + b_r a_r')``: every term symmetric, low rank.
+
+    The factored terms give both ``G`` (``vec F_k`` as columns) and the structure the KKT solver uses.
+    """
+
+    def __init__(self, size: int, n_vars_ref: list[int]):
+        self.m = size
+        self.F0 = np.zeros((size, size))
+        self.terms: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = []
+        self._n = n_vars_ref
+
+    def _outer(self, col: int, a_idx, a_val, b_idx, b_val, coef: float):
+        """Add ``coef * (a b' + b a')`` (a, b sparse m-vectors) to ``F_col``."""
+        if len(a_idx) == 0 or len(b_idx) == 0 or coef == 0:
+            return
+        self.terms.append((col, np.asarray(a_idx, dtype=np.int64), np.asarray(a_val, dtype=float),
+                           np.asarray(b_idx, dtype=np.int64), np.asarray(b_val, dtype=float), float(coef)))
+
+    def _unit(self, col: int, i: int, j: int, coef: float):
+        self.terms.append((col, np.array([i]), np.ones(1), np.array([j]), np.ones(1), float(coef)))
+
+    def congruence(self, var: Variable, T: sp.csr_matrix, coef: float):
+        """Add ``coef * T' V T`` for a symmetric, diagonal or scalar*I variable ``V`` (``T``: n x m, sparse)."""
+        T = sp.csr_matrix(T)
+        rows = [(T.indices[T.indptr[i]:T.indptr[i + 1]], T.data[T.indptr[i]:T.indptr[i + 1]])
+                for i in range(T.shape[0])]
+        if var.structure == "scalar":
+            for a_idx, a_val in rows:
+                self._outer(var.offset, a_idx, a_val, a_idx, a_val, coef / 2)
+            return
+        if var.structure in ("diagonal", "vector"):
+            for i, (a_idx, a_val) in enumerate(rows):
+                self._outer(var.offset + i, a_idx, a_val, a_idx, a_val, coef / 2)
+            return
+        k = var.offset
+        for i in range(var.n):
+            for j in range(i, var.n):
+                a_idx, a_val = rows[i]
+                b_idx, b_val = rows[j]
+                # V = sum_{i<=j} v_ij (E_ij + E_ji) for i < j, v_ii E_ii:  T'E_ijT = t_i t_j'
+                self._outer(k, a_idx, a_val, b_idx, b_val, coef if i != j else coef / 2)
+                k += 1
+
+    def diag_bilinear(self, var: Variable, L: sp.csr_matrix, R: sp.csr_matrix, coef: float):
+        """Add ``coef * (L' diag(v) R + R' diag(v) L)`` (``L``, ``R``: n x m, sparse)."""
+        L, R = sp.csr_matrix(L), sp.csr_matrix(R)
+        for i in range(var.n):
+            a = slice(L.indptr[i], L.indptr[i + 1])
+            b = slice(R.indptr[i], R.indptr[i + 1])
+            self._outer(var.offset + i, L.indices[a], L.data[a], R.indices[b], R.data[b], coef)
+
+    def weight(self, w: Weight, offset: int, coef: float):
+        """Add ``coef * W`` on the diagonal block starting at ``offset`` (``W`` = rho I, X, X (x) I_N or const)."""
+        if w.kind == "const":
+            self.F0[offset:offset + w.n, offset:offset + w.n] += coef * w.constant
+            return
+        var, N = w.variable, w.kron
+        if w.kind == "rho":
+            for i in range(w.n):
+                self._unit(var.offset, offset + i, offset + i, coef / 2)
+            return
+        if var.structure == "diagonal":
+            for i in range(var.n):
+                for t in range(N):
+                    self._unit(var.offset + i, offset + i * N + t, offset + i * N + t, coef / 2)
+            return
+        k = var.offset
+        for i in range(var.n):
+            for j in range(i, var.n):
+                for t in range(N):  # channel-major: index ch*N + t
+                    self._unit(k, offset + i * N + t, offset + j * N + t, coef if i != j else coef / 2)
+                k += 1
+
+    def build(self, name, system, blocks) -> Lmi:
+        n, m = self._n[0], self.m
+        R = len(self.terms)
+        if R:
+            cols = np.array([t[0] for t in self.terms], dtype=np.int64)
+            coef = np.array([t[5] for t in self.terms])
+            U = _columns([t[1] for t in self.terms], [t[2] for t in self.terms], m)
+            V = _columns([t[3] for t in self.terms], [t[4] for t in self.terms], m)
+        else:
+            cols, coef = np.zeros(0, dtype=np.int64), np.zeros(0)
+            U = V = sp.csc_matrix((m, 0))
+        rows_, cols_, vals_ = [], [], []
+        for r, (k, ai, av, bi, bv, c) in enumerate(self.terms):
+            # vec(a b') = kron(b, a), plus its transpose
+            rows_ += [(bi[:, None] * m + ai[None, :]).ravel(), (ai[:, None] * m + bi[None, :]).ravel()]
+            v = (bv[:, None] * av[None, :]).ravel() * c
+            vals_ += [v, (av[:, None] * bv[None, :]).ravel() * c]
+            cols_ += [np.full(v.shape, k), np.full(v.shape, k)]
+        if rows_:
+            G = sp.coo_matrix((np.concatenate(vals_), (np.concatenate(rows_), np.concatenate(cols_))),
+                              shape=(m * m, n)).tocsc()
+            G.sum_duplicates()
+        else:
+            G = sp.csc_matrix((m * m, n))
+        return Lmi(name, system, tuple(blocks), self.F0, G, Factored(U, V, coef, cols))
+
+
+def _columns(idx: list[np.ndarray], val: list[np.ndarray], m: int) -> sp.csc_matrix:
+    """Sparse m x R matrix whose column r has entries ``val[r]`` at rows ``idx[r]``."""
+    indptr = np.concatenate([[0], np.cumsum([len(i) for i in idx])])
+    return sp.csc_matrix((np.concatenate(val), np.concatenate(idx), indptr), shape=(m, len(idx)))
+
+
+def _sel(n: int, offset: int, m: int) -> sp.csr_matrix:
+    """Selection ``[0 I 0]`` (n x m) picking coordinates ``offset .. offset+n-1``."""
+    return sp.csr_matrix((np.ones(n), (np.arange(n), offset + np.arange(n))), shape=(n, m))
+
+
+def _place(M: np.ndarray, col_offset: int, m: int) -> sp.csr_matrix:
+    """``[0 M 0]``: the matrix ``M`` (r x c) placed at columns ``col_offset..`` of an r x m matrix."""
+    M = sp.csr_matrix(M)
+    out = sp.hstack([sp.csr_matrix((M.shape[0], col_offset)), M,
+                     sp.csr_matrix((M.shape[0], m - col_offset - M.shape[1]))], format="csr")
+    return out
+
+
+def system_lmi_terms(b: _LmiBuilder, sys: lowered.System, P, lam, w_in: Weight, w_out: Weight):
+    """Add the terms of one system's LMI (module docstring) to ``b``; coordinates (state, input, output)."""
+    ss = sys.ss
+    nx, nu, ny = ss.nx, ss.nu, ss.ny
+    m = b.m
+    xs, us, ws = 0, nx, nx + nu
+    if nx:
+        E2 = _place(np.hstack([ss.A, ss.B]), 0, m)  # x+ = [A B](x,u)
+        b.congruence(P, _sel(nx, xs, m), +1.0)
+        b.congruence(P, E2, -1.0)
+    b.weight(w_in, us, +1.0)
+    CD = np.hstack([ss.C, ss.D])
+    Psi_v = _place(CD, 0, m)  # v = C x + D u
+    if sys.slope is not None:
+        alpha, beta = sys.slope
+        Psi_w = _sel(ny, ws, m)
+        if alpha * beta != 0:
+            b.diag_bilinear(lam, Psi_v, Psi_v, alpha * beta)  # 2ab C'LC etc. (diag_bilinear symmetrises)
+        b.diag_bilinear(lam, Psi_v, Psi_w, -(alpha + beta))
+        b.diag_bilinear(lam, Psi_w, Psi_w, 1.0)  # 2 L
+        b.weight(w_out, ws, -1.0)
+    else:
+        # - [C D]' X_out [C D]
+        if w_out.kind == "const":
+            b.F0[: nx + nu, : nx + nu] -= CD.T @ w_out.constant @ CD
+        else:
+            if w_out.kron != 1:
+                raise UnsupportedError("a linear layer feeding a flatten needs an activation in this version")
+            b.congruence(w_out.variable, Psi_v, -1.0)
+
+
+def build_sdp(net: lowered.Network) -> Sdp:
+    """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs)."""
+    steps = list(net.steps)
+    systems = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
+    if not systems:
+        raise UnsupportedError(f"network {net.name!r} has no conv, dense or activation layer to bound")
+    variables: list[Variable] = []
+    count = [0]
+
+    def new_var(name, role, system, n, structure) -> Variable:
+        v = Variable(name, role, system, n, structure, count[0])
+        count[0] += v.dim
+        variables.append(v)
+        return v
+
+    rho = new_var("rho", "rho", None, 1, "scalar")
+    notes: list[str] = []
+
+    # Substitute X_{l-1} := W'W when the network ends in a linear dense layer after an activation.
+    eliminated: np.ndarray | None = None
+    last = steps[systems[-1]]
+    if (len(systems) >= 2 and last.kind == "dense" and last.slope is None
+            and steps[systems[-2]].slope is not None):
+        between = steps[systems[-2] + 1: systems[-1]]
+        if all(isinstance(s, lowered.Pool) and s.op != "max" for s in between):
+            eliminated = last.ss.D.T @ last.ss.D
+            notes.append(f"{last.name}: X_(l-1) := W'W substituted (tight at the optimum)")
+            steps = steps[: systems[-1]] + steps[systems[-1] + 1:]
+            systems = systems[:-1]
+
+    nonneg: list[Variable] = [rho]
+    links: list[Link] = []
+    lmis: list[Lmi] = []
+    psd_weights: list[Variable] = []
+    prev_out: Weight | None = None
+    # Walk: input weight of each system = output weight of the previous one, through pools/flattens.
+    for pos, i in enumerate(systems):
+        sys: lowered.System = steps[i]
+        before = steps[(systems[pos - 1] + 1) if pos else 0: i]
+        kron = 1
+        for s in before:
+            if isinstance(s, lowered.Flatten):
+                kron *= s.length
+        if pos == 0:
+            w_in = Weight("rho", sys.ss.nu, rho)
+        else:
+            assert prev_out is not None
+            if prev_out.kind == "var":
+                w_in = Weight("var", sys.ss.nu, prev_out.variable, kron=kron)
+            else:
+                w_in = Weight("const", sys.ss.nu, constant=np.kron(prev_out.constant, np.eye(kron)))
+        after = steps[i + 1: systems[pos + 1]] if pos + 1 < len(systems) else steps[i + 1:]
+        diagonal = any(isinstance(s, lowered.Pool) and s.diagonal for s in after)
+        pooled = any(isinstance(s, lowered.Pool) for s in after)
+        ny = sys.ss.ny
+        if pos + 1 < len(systems):
+            X = new_var(f"X[{sys.name}]", "X", sys.name, ny, "diagonal" if diagonal else "symmetric")
+            w_out = Weight("var", ny, X)
+            if diagonal:
+                nonneg.append(X)
+            consumer: lowered.System = steps[systems[pos + 1]]
+            implied = consumer.slope is not None and consumer.slope[0] * consumer.slope[1] <= 0
+            if pooled and not diagonal and not implied:
+                psd_weights.append(X)
+        elif eliminated is not None:
+            w_out = Weight("const", ny, constant=eliminated)
+        else:
+            w_out = Weight("const", ny, constant=np.eye(ny))
+        P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric") if sys.ss.nx else None
+        lam = None
+        if sys.slope is not None:
+            lam = new_var(f"lambda[{sys.name}]", "lambda", sys.name, ny, "vector")
+            nonneg.append(lam)
+        needs_P_psd = P is not None and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
+        links.append(Link(sys, None, P, lam, w_in, w_out, needs_P_psd))  # lmi filled below
+        prev_out = w_out
+
+    n_ref = [count[0]]
+    final_links = []
+    for link in links:
+        sys = link.system
+        nx, nu, ny = sys.ss.nx, sys.ss.nu, sys.ss.ny
+        size = nx + nu + (ny if sys.slope is not None else 0)
+        b = _LmiBuilder(size, n_ref)
+        system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out)
+        blocks = [("state", nx), ("input", nu)] + ([("output", ny)] if sys.slope is not None else [])
+        lmi = b.build(f"LMI[{sys.name}]", sys.name, [(lbl, s) for lbl, s in blocks if s])
+        lmis.append(lmi)
+        final_links.append(Link(sys, lmi, link.P, link.lam, link.w_in, link.w_out, link.needs_P_psd))
+        if link.needs_P_psd:
+            bp = _LmiBuilder(nx, n_ref)
+            bp.congruence(link.P, _sel(nx, 0, nx), 1.0)
+            lmis.append(bp.build(f"P[{sys.name}]>=0", sys.name, [("state", nx)]))
+    for X in psd_weights:
+        bx = _LmiBuilder(X.n, n_ref)
+        bx.congruence(X, _sel(X.n, 0, X.n), 1.0)
+        lmis.append(bx.build(f"{X.name}>=0", X.system, [("weight", X.n)]))
+    return Sdp(net, tuple(variables), tuple(lmis), tuple(nonneg), rho, net.factor, tuple(final_links),
+               tuple(psd_weights), tuple(notes))
