@@ -4,6 +4,7 @@ Every node is a frozen, slotted dataclass carrying the ``Span`` it was written a
 ``int``/``float`` (so a spec without arithmetic never imports sympy); any other expression holds a sympy
 expression whose free symbols are the ``let`` names it uses, listed with their spans in ``Expr.names``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ def exact(e: "Expr | int | float"):
 
 @dataclass(frozen=True, slots=True)
 class Tensor:
-    """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; ``items`` are Tensors or Exprs."""
+    """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; items are Tensors or Exprs."""
 
     items: tuple[Union["Tensor", Expr], ...]
     span: Span
@@ -59,7 +60,7 @@ class Tensor:
 
 @dataclass(frozen=True, slots=True)
 class TensorRef:
-    """A stored tensor: ``key`` in the current ``weights`` file, ``"file.npz":key``, or a whole ``"file.npy"``."""
+    """A stored tensor: ``key`` in the current ``weights`` file, ``"file.npz":key``, or a ``"file.npy"``."""
 
     file: str | None
     key: str | None
@@ -71,7 +72,7 @@ TensorSource = Union[Tensor, TensorRef]
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """``kernel 3``, ``padding causal``, ``weight conv1.weight``, ``slope [0, 1]``... as written after a layer.
+    """``kernel 3``, ``padding causal``, ``weight conv1.weight``, ``slope [0, 1]``... written after a layer.
 
     ``value`` is an Expr, a padding mode string, a TensorSource, or a pair of Exprs for ``slope``.
     """
@@ -83,7 +84,7 @@ class Option:
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """``input 1 x 128`` (signal), ``input 3 x *`` (any length: ``any_length``) or ``input 784`` (a vector)."""
+    """``input 1 x 128`` (a signal), ``input 3 x *`` (``any_length``) or ``input 784`` (a vector)."""
 
     channels: Expr
     length: Expr | None
@@ -116,7 +117,10 @@ class Let:
 
 @dataclass(frozen=True, slots=True)
 class Conv1d:
-    """``conv1d [name:] c_in -> c_out, kernel k[, stride s][, dilation d][, padding p], weight W[, bias b]``."""
+    """``conv1d [name:] c_in -> c_out, kernel k[, stride s][, dilation d][, padding p], weight W[, bias b]``.
+
+    Options are kept as written (checked in check.py).
+    """
 
     name: str | None
     c_in: Expr
@@ -138,7 +142,7 @@ class Dense:
 
 @dataclass(frozen=True, slots=True)
 class Pool:
-    """``avgpool [name:] k[, stride s]`` or ``maxpool ...`` (``op`` is "avg" or "max"); ``kernel`` may be an option."""
+    """``avgpool [name:] k[, stride s]`` or ``maxpool ...``; ``op`` is "avg" or "max"."""
 
     op: str
     name: str | None
@@ -183,7 +187,7 @@ Statement = Union[Input, Let, Weights, Layer]
 
 @dataclass(frozen=True, slots=True)
 class Network:
-    """A whole spec: its name, its input, and every statement in order (``input`` included, ``network`` not)."""
+    """A whole spec: its name, its input, and every statement in order (``input`` too, not ``network``)."""
 
     name: str | None
     input: Input

@@ -1,4 +1,5 @@
 """Check shapes and load weights: ast.Network -> typed.Network (PyTorch's shape rules, float64 weights)."""
+
 from __future__ import annotations
 
 import difflib
@@ -64,7 +65,7 @@ def conv1d_length(length: int, kernel: int, stride: int, dilation: int, pad_left
 
 
 def pool_length(length: int, kernel: int, stride: int) -> int:
-    """PyTorch AvgPool1d/MaxPool1d without padding, floor mode: ``L_out = floor((L - kernel) / stride) + 1``."""
+    """PyTorch Avg/MaxPool1d, no padding, floor mode: ``L_out = floor((L - kernel) / stride) + 1``."""
     return (length - kernel) // stride + 1
 
 
@@ -108,8 +109,11 @@ class _Checker:
         for n in e.names:
             if n.call:
                 if n.id not in _FUNCTIONS:
-                    raise SpecError(f"unknown function {n.id!r}", n.span,
-                                    hint=_did_you_mean(n.id, _FUNCTIONS) + "functions: " + ", ".join(_FUNCTIONS))
+                    raise SpecError(
+                        f"unknown function {n.id!r}",
+                        n.span,
+                        hint=_did_you_mean(n.id, _FUNCTIONS) + "functions: " + ", ".join(_FUNCTIONS),
+                    )
             elif n.id not in self.env:
                 hint = _did_you_mean(n.id, self.env) + f"define it first, as in 'let {n.id} = 1/8'"
                 raise SpecError(f"unknown name {n.id!r}", n.span, hint=hint)
@@ -130,7 +134,9 @@ class _Checker:
         except (TypeError, ValueError, OverflowError):
             raise SpecError(f"{what} is not a real number: {v}", span) from None
         if not math.isfinite(f):
-            raise SpecError(f"{what} is not finite: {v}", span, hint="check for a division by zero or an overflow")
+            raise SpecError(
+                f"{what} is not finite: {v}", span, hint="check for a division by zero or an overflow"
+            )
         return f
 
     def integer(self, e: ast.Expr, what: str, minimum: int) -> int:
@@ -158,15 +164,24 @@ class _Checker:
         """The file ``rel`` names, relative to the spec's directory, refusing escapes unless allowed."""
         if not self.allow_outside:
             if os.path.isabs(rel) or rel.startswith("~"):
-                raise WeightError(f"weight file {rel!r} is an absolute path", span,
-                                  hint="give paths relative to the spec, or pass --allow-outside if you trust "
-                                       "this spec (it may read any file you can)")
+                raise WeightError(
+                    f"weight file {rel!r} is an absolute path",
+                    span,
+                    hint="give paths relative to the spec, or pass --allow-outside if you trust "
+                    "this spec (it may read any file you can)",
+                )
             if os.path.normpath(rel).split(os.sep)[0] == "..":
-                raise WeightError(f"weight file {rel!r} is outside the spec's directory", span,
-                                  hint="copy the file next to the spec, or pass --allow-outside if you trust "
-                                       "this spec (it may read any file you can)")
-        return self.source.directory / os.path.expanduser(rel) if rel.startswith("~") else \
-            self.source.directory / rel
+                raise WeightError(
+                    f"weight file {rel!r} is outside the spec's directory",
+                    span,
+                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
+                    "this spec (it may read any file you can)",
+                )
+        return (
+            self.source.directory / os.path.expanduser(rel)
+            if rel.startswith("~")
+            else self.source.directory / rel
+        )
 
     def open(self, rel: str, span: Span) -> Any:
         path = self.resolve(rel, span)
@@ -175,11 +190,15 @@ class _Checker:
             return self.files[key]
         shown = self.display_path(rel)
         if not path.is_file():
-            raise WeightError(f"weight file {shown!r} not found", span,
-                              hint="paths are relative to the spec's directory")
+            raise WeightError(
+                f"weight file {shown!r} not found", span, hint="paths are relative to the spec's directory"
+            )
         if path.suffix.lower() not in (".npz", ".npy"):
-            raise WeightError(f"weight file {shown!r} is neither .npz nor .npy", span,
-                              hint="save tensors with numpy.savez (named) or numpy.save (one tensor)")
+            raise WeightError(
+                f"weight file {shown!r} is neither .npz nor .npy",
+                span,
+                hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
+            )
         try:
             loaded = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -198,9 +217,12 @@ class _Checker:
             return self.inline(src, role)
         if src.file is None:
             if self.weights is None:
-                raise WeightError(f"no weights file to take {src.key!r} from", src.span,
-                                  hint="declare one before this layer, as in 'weights \"net.npz\"', "
-                                       f"or write \"net.npz\":{src.key}")
+                raise WeightError(
+                    f"no weights file to take {src.key!r} from",
+                    src.span,
+                    hint="declare one before this layer, as in 'weights \"net.npz\"', "
+                    f'or write "net.npz":{src.key}',
+                )
             rel = self.weights[0]
             data = self.open(rel, self.weights[1])
         else:
@@ -209,36 +231,56 @@ class _Checker:
         shown = self.display_path(rel)
         if isinstance(data, np.ndarray):
             if src.key is not None:
-                raise WeightError(f"{shown!r} is a .npy file holding one tensor; it has no key {src.key!r}",
-                                  src.span, hint=f"write \"{rel}\" alone")
+                raise WeightError(
+                    f"{shown!r} is a .npy file holding one tensor; it has no key {src.key!r}",
+                    src.span,
+                    hint=f'write "{rel}" alone',
+                )
             array, label = data, repr(shown)
         else:
             if src.key is None:
-                raise WeightError(f"{shown!r} holds several tensors; say which one", src.span,
-                                  hint=f"write \"{rel}\":KEY with KEY one of: " + _listing(data.files))
+                raise WeightError(
+                    f"{shown!r} holds several tensors; say which one",
+                    src.span,
+                    hint=f'write "{rel}":KEY with KEY one of: ' + _listing(data.files),
+                )
             if src.key not in data.files:
-                raise WeightError(f"no tensor {src.key!r} in {shown!r}", src.span,
-                                  hint=_did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files))
+                raise WeightError(
+                    f"no tensor {src.key!r} in {shown!r}",
+                    src.span,
+                    hint=_did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
+                )
             try:
                 array = data[src.key]
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise WeightError(f"cannot read {src.key!r} from {shown!r}: {exc}", src.span) from None
             label = f"{src.key!r} in {shown!r}"
-        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)) \
-                or array.dtype == np.bool_:
-            raise WeightError(f"{label} has dtype {array.dtype}; weights must be real numbers", src.span,
-                              hint="save it as float64, e.g. numpy.asarray(w, dtype=numpy.float64)")
+        if (
+            not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer))
+            or array.dtype == np.bool_
+        ):
+            raise WeightError(
+                f"{label} has dtype {array.dtype}; weights must be real numbers",
+                src.span,
+                hint="save it as float64, e.g. numpy.asarray(w, dtype=numpy.float64)",
+            )
         if np.issubdtype(array.dtype, np.integer):
-            raise WeightError(f"{label} has integer dtype {array.dtype}; weights must be floating point",
-                              src.span, hint="save it as float64, e.g. w.astype(numpy.float64)")
+            raise WeightError(
+                f"{label} has integer dtype {array.dtype}; weights must be floating point",
+                src.span,
+                hint="save it as float64, e.g. w.astype(numpy.float64)",
+            )
         values = np.array(array, dtype=np.float64)
         bad = np.argwhere(~np.isfinite(values))
         if bad.size:
             where = tuple(int(i) for i in bad[0])
             what = "NaN" if np.isnan(values[where]) else "Inf"
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise WeightError(f"{label} holds {what} at index {where}{more}", src.span,
-                              hint="lipdsl bounds finite weights only; check how the tensor was saved")
+            raise WeightError(
+                f"{label} holds {what} at index {where}{more}",
+                src.span,
+                hint="lipdsl bounds finite weights only; check how the tensor was saved",
+            )
         values.setflags(write=False)
         return _Loaded(values, None, label, src.span)
 
@@ -265,7 +307,7 @@ class _Checker:
         if any(x is not None for x in exact):
             import sympy
 
-            flat = [ast.exact(e) if x is None else x for e, x in zip(entries, exact)]
+            flat = [ast.exact(e) if x is None else x for e, x in zip(entries, exact, strict=True)]
             expr = sympy.ImmutableDenseNDimArray(flat, shape)
         return _Loaded(values, expr, f"the inline {role}", t.span)
 
@@ -274,16 +316,22 @@ class _Checker:
             return (0,)
         kinds = {isinstance(i, ast.Tensor) for i in t.items}
         if len(kinds) == 2:
-            raise ShapeError("inline tensor mixes numbers and lists at the same depth", t.span,
-                             hint="every row of a nested list needs the same shape")
+            raise ShapeError(
+                "inline tensor mixes numbers and lists at the same depth",
+                t.span,
+                hint="every row of a nested list needs the same shape",
+            )
         if kinds == {False}:
             return (len(t.items),)
         first = self.inline_shape(t.items[0])
         for row in t.items[1:]:
             shape = self.inline_shape(row)
             if shape != first:
-                raise ShapeError(f"ragged inline tensor: this row has shape {_fmt(shape)}, the first has "
-                                 f"{_fmt(first)}", row.span, hint="every row of a nested list needs the same shape")
+                raise ShapeError(
+                    f"ragged inline tensor: this row has shape {_fmt(shape)}, the first has {_fmt(first)}",
+                    row.span,
+                    hint="every row of a nested list needs the same shape",
+                )
         return (len(t.items),) + first
 
 
@@ -310,8 +358,14 @@ def _kind(layer) -> str:
     return layer.function
 
 
-_AUTO_PREFIX = {"conv1d": "conv", "dense": "dense", "avgpool": "avgpool", "maxpool": "maxpool",
-                "global_avgpool": "gap", "flatten": "flatten"}
+_AUTO_PREFIX = {
+    "conv1d": "conv",
+    "dense": "dense",
+    "avgpool": "avgpool",
+    "maxpool": "maxpool",
+    "global_avgpool": "gap",
+    "flatten": "flatten",
+}
 
 
 def _names(layers) -> list[str]:
@@ -324,9 +378,12 @@ def _names(layers) -> list[str]:
     for layer in layers:
         if layer.name is not None:
             if layer.name in taken:
-                raise SpecError(f"duplicate layer name {layer.name!r}", layer.span,
-                                hint=f"{layer.name!r} is already the name of the layer at line "
-                                     f"{taken[layer.name].line}; layer names must be unique")
+                raise SpecError(
+                    f"duplicate layer name {layer.name!r}",
+                    layer.span,
+                    hint=f"{layer.name!r} is already the name of the layer at line "
+                    f"{taken[layer.name].line}; layer names must be unique",
+                )
             taken[layer.name] = layer.span
     counts: dict[str, int] = {}
     out = []
@@ -353,8 +410,11 @@ def _options(layer, kind: str, family: str) -> dict[str, ast.Option]:
             takes = ("takes " + ", ".join(allowed)) if allowed else "takes no options"
             raise SpecError(f"{kind} takes no {opt.key!r} option", opt.span, hint=f"{kind} {takes}")
         if opt.key in got:
-            raise SpecError(f"option {opt.key!r} given twice", opt.span,
-                            hint=f"the first is at column {got[opt.key].span.col}")
+            raise SpecError(
+                f"option {opt.key!r} given twice",
+                opt.span,
+                hint=f"the first is at column {got[opt.key].span.col}",
+            )
         got[opt.key] = opt
     return got
 
@@ -409,11 +469,17 @@ def _check(ck: _Checker, net: ast.Network, source: Source) -> typed.Network:
     for st in net.body:
         if isinstance(st, ast.Let):
             if st.name in _RESERVED:
-                raise SpecError(f"{st.name!r} is a built-in name and cannot be redefined", st.name_span,
-                                hint="pick another name")
+                raise SpecError(
+                    f"{st.name!r} is a built-in name and cannot be redefined",
+                    st.name_span,
+                    hint="pick another name",
+                )
             if st.name in ck.env:
-                raise SpecError(f"{st.name!r} is already defined", st.name_span,
-                                hint=f"it was defined at line {ck.env_lines[st.name]}; pick another name")
+                raise SpecError(
+                    f"{st.name!r} is already defined",
+                    st.name_span,
+                    hint=f"it was defined at line {ck.env_lines[st.name]}; pick another name",
+                )
             v = ck.value(st.value, f"let {st.name}")
             if not isinstance(v, (int, float)):
                 ck.to_float(v, st.value.span, f"let {st.name}")  # refuse complex/infinite values early
@@ -460,21 +526,29 @@ def _layer(ck: _Checker, st, name: str, shape: Shape, prev: str | None) -> typed
     if isinstance(st, ast.Flatten):
         _options(st, "flatten", "flatten")
         if shape.flat:
-            raise ShapeError(f"flatten {name!r}: the input is already a flat vector of {shape.channels}", st.span,
-                             hint="remove this line")
+            raise ShapeError(
+                f"flatten {name!r}: the input is already a flat vector of {shape.channels}",
+                st.span,
+                hint="remove this line",
+            )
         if shape.length is None:
-            raise ShapeError(f"flatten {name!r} needs a known length, but the input is declared with any "
-                             "length ('x *')", st.span,
-                             hint="use global_avgpool to turn any-length signals into vectors, or declare a length")
+            raise ShapeError(
+                f"flatten {name!r} needs a known length, but the input is declared with any length ('x *')",
+                st.span,
+                hint="use global_avgpool to turn any-length signals into vectors, or declare a length",
+            )
         return typed.Flatten(name, st.span, shape, Shape(shape.channels * shape.length, None, flat=True))
     return _activation(ck, st, name, shape)
 
 
 def _need_signal(shape: Shape, kind: str, name: str, span: Span, prev: str | None) -> None:
     if shape.flat:
-        raise ShapeError(f"{kind} {name!r} needs a signal (channels x samples), but {_producer(prev)} a flat "
-                         f"vector of {shape.channels}", span,
-                         hint="put flatten/global_avgpool after the convolutional part, not before it")
+        raise ShapeError(
+            f"{kind} {name!r} needs a signal (channels x samples), but {_producer(prev)} a flat "
+            f"vector of {shape.channels}",
+            span,
+            hint="put flatten/global_avgpool after the convolutional part, not before it",
+        )
 
 
 def _conv1d(ck: _Checker, st: ast.Conv1d, name: str, shape: Shape, prev: str | None) -> typed.Conv1d:
@@ -483,10 +557,16 @@ def _conv1d(ck: _Checker, st: ast.Conv1d, name: str, shape: Shape, prev: str | N
     c_in = ck.integer(st.c_in, "input channels", 1)
     c_out = ck.integer(st.c_out, "output channels", 1)
     if c_in != shape.channels:
-        raise ShapeError(f"conv1d {name!r} expects {_plural(c_in, 'input channel')}, but {_producer(prev)} "
-                         f"{shape.channels}", st.c_in.span, hint=f"write {shape.channels} -> {c_out}")
+        raise ShapeError(
+            f"conv1d {name!r} expects {_plural(c_in, 'input channel')}, but {_producer(prev)} "
+            f"{shape.channels}",
+            st.c_in.span,
+            hint=f"write {shape.channels} -> {c_out}",
+        )
     if "kernel" not in opts:
-        raise SpecError(f"conv1d {name!r} needs a kernel size", st.span, hint="add ', kernel 3' (for example)")
+        raise SpecError(
+            f"conv1d {name!r} needs a kernel size", st.span, hint="add ', kernel 3' (for example)"
+        )
     kernel = ck.integer(opts["kernel"].value, "kernel", 1)
     stride = ck.integer(opts["stride"].value, "stride", 1) if "stride" in opts else 1
     dilation = ck.integer(opts["dilation"].value, "dilation", 1) if "dilation" in opts else 1
@@ -496,34 +576,68 @@ def _conv1d(ck: _Checker, st: ast.Conv1d, name: str, shape: Shape, prev: str | N
         if isinstance(p, str):
             padding = p
         else:
-            if len(p.names) == 1 and not p.names[0].call and p.names[0].id not in ck.env \
-                    and p.names[0].span == p.span:
-                raise SpecError(f"padding must be an integer, valid, same or causal, got {p.names[0].id!r}",
-                                p.span, hint=_did_you_mean(p.names[0].id, ("valid", "same", "causal")).strip()
-                                or None)
+            if (
+                len(p.names) == 1
+                and not p.names[0].call
+                and p.names[0].id not in ck.env
+                and p.names[0].span == p.span
+            ):
+                raise SpecError(
+                    f"padding must be an integer, valid, same or causal, got {p.names[0].id!r}",
+                    p.span,
+                    hint=_did_you_mean(p.names[0].id, ("valid", "same", "causal")).strip() or None,
+                )
             padding = ck.integer(p, "padding", 0)
         if padding == "same" and stride != 1:
-            raise ShapeError(f"conv1d {name!r}: padding same needs stride 1, got stride {stride}",
-                             opts["padding"].span,
-                             hint="PyTorch refuses 'same' for strided convolutions; give the padding as a number")
+            raise ShapeError(
+                f"conv1d {name!r}: padding same needs stride 1, got stride {stride}",
+                opts["padding"].span,
+                hint="PyTorch refuses 'same' for strided convolutions; give the padding as a number",
+            )
     pad_left, pad_right = conv1d_padding(padding, kernel, dilation)
     length = None
     if shape.length is not None:
         length = conv1d_length(shape.length, kernel, stride, dilation, pad_left, pad_right)
         if length < 1:
             reach = dilation * (kernel - 1) + 1
-            raise ShapeError(f"conv1d {name!r} has no output: its kernel spans {reach} samples, but the padded "
-                             f"input has {shape.length + pad_left + pad_right}", st.span,
-                             hint="use a smaller kernel or dilation, or more padding")
+            raise ShapeError(
+                f"conv1d {name!r} has no output: its kernel spans {reach} samples, but the padded "
+                f"input has {shape.length + pad_left + pad_right}",
+                st.span,
+                hint="use a smaller kernel or dilation, or more padding",
+            )
     if "weight" not in opts:
-        raise SpecError(f"conv1d {name!r} needs a weight", st.span,
-                        hint="add ', weight KEY' (a key of the weights file) or an inline [[[...]]] tensor")
+        raise SpecError(
+            f"conv1d {name!r} needs a weight",
+            st.span,
+            hint="add ', weight KEY' (a key of the weights file) or an inline [[[...]]] tensor",
+        )
     w = ck.tensor(opts["weight"].value, "weight")
-    _expect_shape(w, (c_out, c_in, kernel), f"conv1d {name!r} weight", "(c_out, c_in, kernel)",
-                  {0: "output channels", 1: "input channels", 2: "kernel"})
+    _expect_shape(
+        w,
+        (c_out, c_in, kernel),
+        f"conv1d {name!r} weight",
+        "(c_out, c_in, kernel)",
+        {0: "output channels", 1: "input channels", 2: "kernel"},
+    )
     b = _bias(ck, opts, c_out, f"conv1d {name!r}")
-    return typed.Conv1d(name, st.span, c_in, c_out, kernel, stride, dilation, pad_left, pad_right,
-                        str(padding), w.values, b, shape, Shape(c_out, length), w.expr)
+    return typed.Conv1d(
+        name,
+        st.span,
+        c_in,
+        c_out,
+        kernel,
+        stride,
+        dilation,
+        pad_left,
+        pad_right,
+        str(padding),
+        w.values,
+        b,
+        shape,
+        Shape(c_out, length),
+        w.expr,
+    )
 
 
 def _dense(ck: _Checker, st: ast.Dense, name: str, shape: Shape, prev: str | None) -> typed.Dense:
@@ -534,18 +648,29 @@ def _dense(ck: _Checker, st: ast.Dense, name: str, shape: Shape, prev: str | Non
         if shape.length is None:
             hint = f"add 'global_avgpool' before it ({shape.channels} values)"
         else:
-            hint = (f"add 'flatten' before it ({shape.size} values, channel-major) or 'global_avgpool' "
-                    f"({shape.channels} values)")
-        raise ShapeError(f"dense {name!r} needs a vector, but {_producer(prev)} a {shape} signal", st.span,
-                         hint=hint)
+            hint = (
+                f"add 'flatten' before it ({shape.size} values, channel-major) or 'global_avgpool' "
+                f"({shape.channels} values)"
+            )
+        raise ShapeError(
+            f"dense {name!r} needs a vector, but {_producer(prev)} a {shape} signal", st.span, hint=hint
+        )
     if n_in != shape.channels:
-        raise ShapeError(f"dense {name!r} expects {_plural(n_in, 'input')}, but {_producer(prev)} "
-                         f"{shape.channels}", st.n_in.span, hint=f"write {shape.channels} -> {n_out}")
+        raise ShapeError(
+            f"dense {name!r} expects {_plural(n_in, 'input')}, but {_producer(prev)} {shape.channels}",
+            st.n_in.span,
+            hint=f"write {shape.channels} -> {n_out}",
+        )
     if "weight" not in opts:
-        raise SpecError(f"dense {name!r} needs a weight", st.span,
-                        hint="add ', weight KEY' (a key of the weights file) or an inline [[...]] tensor")
+        raise SpecError(
+            f"dense {name!r} needs a weight",
+            st.span,
+            hint="add ', weight KEY' (a key of the weights file) or an inline [[...]] tensor",
+        )
     w = ck.tensor(opts["weight"].value, "weight")
-    _expect_shape(w, (n_out, n_in), f"dense {name!r} weight", "(out, in)", {0: "output size", 1: "input size"})
+    _expect_shape(
+        w, (n_out, n_in), f"dense {name!r} weight", "(out, in)", {0: "output size", 1: "input size"}
+    )
     b = _bias(ck, opts, n_out, f"dense {name!r}")
     return typed.Dense(name, st.span, n_in, n_out, w.values, b, shape, Shape(n_out, None, flat=True), w.expr)
 
@@ -568,32 +693,46 @@ def _expect_shape(t: _Loaded, want: tuple[int, ...], what: str, layout: str, axe
         hint = "; ".join(f"the {axes[i]} would be {got[i]}" for i in diffs) + " if the tensor is right"
     elif len(got) + 1 == len(want) or len(got) == len(want) + 1:
         hint = f"PyTorch layout is {layout}"
-    raise ShapeError(f"{what} {t.label} has shape {_fmt(got)}, but the layer declares {layout} = {_fmt(want)}",
-                     t.span, hint=hint)
+    raise ShapeError(
+        f"{what} {t.label} has shape {_fmt(got)}, but the layer declares {layout} = {_fmt(want)}",
+        t.span,
+        hint=hint,
+    )
 
 
 def _pool(ck: _Checker, st: ast.Pool, name: str, shape: Shape) -> typed.Pool:
     kind = f"{st.op}pool"
     opts = _options(st, kind, "pool")
     if st.kernel is not None and "kernel" in opts:
-        raise SpecError(f"{kind} {name!r}: the kernel is given twice", opts["kernel"].span,
-                        hint=f"write '{kind} {ck_text(st.kernel)}' or '{kind} kernel {ck_text(st.kernel)}'")
+        raise SpecError(
+            f"{kind} {name!r}: the kernel is given twice",
+            opts["kernel"].span,
+            hint=f"write '{kind} {_expr_text(st.kernel)}' or '{kind} kernel {_expr_text(st.kernel)}'",
+        )
     kernel_expr = st.kernel if st.kernel is not None else (opts["kernel"].value if "kernel" in opts else None)
     if kernel_expr is None:
-        raise SpecError(f"{kind} {name!r} needs a kernel size", st.span, hint=f"write '{kind} 2' (for example)")
+        raise SpecError(
+            f"{kind} {name!r} needs a kernel size", st.span, hint=f"write '{kind} 2' (for example)"
+        )
     _need_signal(shape, kind, name, st.span, None)
     kernel = ck.integer(kernel_expr, "kernel", 1)
-    stride = ck.integer(opts["stride"].value, "stride", 1) if "stride" in opts else kernel  # PyTorch's default
+    stride = (
+        ck.integer(opts["stride"].value, "stride", 1) if "stride" in opts else kernel
+    )  # PyTorch's default
     length = None
     if shape.length is not None:
         if shape.length < kernel:
-            raise ShapeError(f"{kind} {name!r} has no output: kernel {kernel} is longer than the input's "
-                             f"{shape.length} samples", st.span, hint="use a smaller kernel")
+            raise ShapeError(
+                f"{kind} {name!r} has no output: kernel {kernel} is longer than the input's "
+                f"{shape.length} samples",
+                st.span,
+                hint="use a smaller kernel",
+            )
         length = pool_length(shape.length, kernel, stride)
     return typed.Pool(name, st.span, st.op, kernel, stride, shape, Shape(shape.channels, length))
 
 
-def ck_text(e: ast.Expr) -> str:
+def _expr_text(e: ast.Expr) -> str:
     return str(e.value)
 
 
@@ -608,7 +747,9 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
             raise SpecError(f"{fn} takes no parameter", st.parameter.span, hint=f"write '{fn}'")
         parameter, param_exact = ck.number(st.parameter, f"{fn} parameter")
     elif builtin is not None and builtin[0] == "required":
-        raise SpecError(f"{fn} needs its parameter", st.function_span, hint=f"write '{fn}(0.01)' (for example)")
+        raise SpecError(
+            f"{fn} needs its parameter", st.function_span, hint=f"write '{fn}(0.01)' (for example)"
+        )
     elif builtin is not None and builtin[0] == "optional":
         parameter = float(builtin[1])
 
@@ -618,12 +759,18 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
         alpha, alpha_expr = ck.number(lo, "slope alpha")
         beta, beta_expr = ck.number(hi, "slope beta")
         if alpha > beta:
-            raise SpecError(f"slope [alpha, beta] needs alpha <= beta, got [{alpha:g}, {beta:g}]",
-                            opts["slope"].span, hint=f"swap them: slope [{beta:g}, {alpha:g}]")
+            raise SpecError(
+                f"slope [alpha, beta] needs alpha <= beta, got [{alpha:g}, {beta:g}]",
+                opts["slope"].span,
+                hint=f"swap them: slope [{beta:g}, {alpha:g}]",
+            )
     elif builtin is None:
-        raise SpecError(f"unknown activation {fn!r}", st.function_span,
-                        hint=_did_you_mean(fn, ACTIVATIONS) + f"for another function, give the bounds of its slope: "
-                             f"'{fn} slope [alpha, beta]'")
+        raise SpecError(
+            f"unknown activation {fn!r}",
+            st.function_span,
+            hint=_did_you_mean(fn, ACTIVATIONS) + f"for another function, give the bounds of its slope: "
+            f"'{fn} slope [alpha, beta]'",
+        )
     elif fn == "leaky_relu":
         alpha, beta = min(parameter, 1.0), max(parameter, 1.0)
         if param_exact is not None:
@@ -632,8 +779,11 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
             alpha_expr, beta_expr = sympy.Min(param_exact, 1), sympy.Max(param_exact, 1)
     elif fn == "elu":
         if parameter < 0:
-            raise SpecError(f"elu needs alpha >= 0, got {parameter:g}", st.parameter.span,
-                            hint="for a negative alpha give the slope: 'elu(a) slope [alpha, beta]'")
+            raise SpecError(
+                f"elu needs alpha >= 0, got {parameter:g}",
+                st.parameter.span,
+                hint="for a negative alpha give the slope: 'elu(a) slope [alpha, beta]'",
+            )
         alpha, beta = 0.0, max(1.0, parameter)
         if param_exact is not None:
             import sympy
@@ -646,4 +796,3 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
     else:  # relu, tanh, softplus, hardtanh
         alpha, beta = 0.0, 1.0
     return typed.Activation(name, st.span, fn, alpha, beta, shape, shape, parameter, alpha_expr, beta_expr)
-

@@ -55,7 +55,9 @@ def _params(layer) -> int:
 def _details(layer) -> str:
     exact = " (exact)" if getattr(layer, "weight_expr", None) is not None else ""
     if layer.kind == "conv1d":
-        pads = layer.padding if layer.padding.isdigit() else f"{layer.padding} ({layer.pad_left},{layer.pad_right})"
+        pads = layer.padding
+        if not pads.isdigit():
+            pads += f" ({layer.pad_left},{layer.pad_right})"
         bias = "" if layer.bias is not None else ", no bias"
         return f"k={layer.kernel} s={layer.stride} d={layer.dilation} pad={pads}{bias}{exact}"
     if layer.kind == "dense":
@@ -114,9 +116,11 @@ def show_command(spec: str, as_json: bool, allow_outside: bool) -> None:
             elif layer.kind == "pool":
                 entry.update(op=layer.op, kernel=layer.kernel, stride=layer.stride)
             elif layer.kind == "activation":
-                entry.update(function=layer.function, parameter=layer.parameter, slope=[layer.alpha, layer.beta])
+                entry.update(function=layer.function, parameter=layer.parameter,
+                             slope=[layer.alpha, layer.beta])
             layers.append(entry)
-        click.echo(json.dumps({"name": net.name, "source": net.source_path, "input": _shape_json(net.input_shape),
+        click.echo(json.dumps({"name": net.name, "source": net.source_path,
+                               "input": _shape_json(net.input_shape),
                                "output": _shape_json(net.output_shape), "any_length": net.any_length,
                                "params": sum(e["params"] for e in layers), "layers": layers}))
         return

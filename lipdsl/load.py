@@ -1,4 +1,5 @@
 """Read, parse and check a spec: path -> (Source, typed.Network); the front end in one call."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Parse spec text: Source -> ast.Network (Lark LALR, grammar/lipdsl.lark)."""
+
 from __future__ import annotations
 
 import importlib.resources
@@ -24,68 +25,174 @@ __all__ = ["parse", "grammar_text", "match_syntax_error", "SYNTAX_ERRORS"]
 # (Lark's own grammar loader does this with GRAMMAR_ERRORS). tests/test_parse.py checks that every
 # example fails and is matched back to its own message.
 SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
-    ("a line must start with network, input, weights, let, a layer kind (conv1d, dense, avgpool, maxpool, "
-     "global_avgpool, flatten) or an activation name",
-     ["1 -> 2\n", "-> 2\n", '"ecg.npz"\n', "[1]\n", "(relu)\n"]),
-    ("write the layer kind first and then its name, as in 'conv1d c1: 1 -> 2'",
-     ["c1: conv1d 1 -> 2\n", "f1: dense 3 -> 4\n"]),
+    (
+        "a line must start with network, input, weights, let, a layer kind (conv1d, dense, avgpool, maxpool, "
+        "global_avgpool, flatten) or an activation name",
+        ["1 -> 2\n", "-> 2\n", '"ecg.npz"\n', "[1]\n", "(relu)\n"],
+    ),
+    (
+        "write the layer kind first and then its name, as in 'conv1d c1: 1 -> 2'",
+        ["c1: conv1d 1 -> 2\n", "f1: dense 3 -> 4\n"],
+    ),
     ("'network' needs a name, as in 'network ecg'", ["network\n", 'network "ecg"\n', "network 3\n"]),
-    ("expected 'input C x N', 'input C x *' or 'input N'",
-     ["input\n", "input 1 x\n", "input 1 128\n", "input 1 x 128 x 2\n", "input x 128\n"]),
-    ("'weights' needs a file name in double quotes, as in 'weights \"net.npz\"'",
-     ["weights ecg.npz\n", "weights\n", "weights ecg\n", 'weights "a.npz" "b.npz"\n']),
+    (
+        "expected 'input C x N', 'input C x *' or 'input N'",
+        ["input\n", "input 1 x\n", "input 1 128\n", "input 1 x 128 x 2\n", "input x 128\n"],
+    ),
+    (
+        "'weights' needs a file name in double quotes, as in 'weights \"net.npz\"'",
+        ["weights ecg.npz\n", "weights\n", "weights ecg\n", 'weights "a.npz" "b.npz"\n'],
+    ),
     ("a file name needs a closing '\"'", ['weights "ecg.npz\n', 'dense 1 -> 1, weight "w.npy\n']),
-    ("expected 'let NAME = VALUE', as in 'let a = 1/8'",
-     ["let a 3\n", "let = 3\n", "let 3 = a\n", "let a = 1 = 2\n", "let a := 2\n"]),
+    (
+        "expected 'let NAME = VALUE', as in 'let a = 1/8'",
+        ["let a 3\n", "let = 3\n", "let 3 = a\n", "let a = 1 = 2\n", "let a := 2\n"],
+    ),
     ("missing value after '='", ["let a =\n"]),
-    ("incomplete expression: an operator needs a value after it",
-     ["let a = 1 +\n", "let a = 2 * * 3\n", "let a = 2 ^\n", "let a = -\n", "let a = 1 /\n", "let a = 1 -\n",
-      "let a = 2 **\n"]),
+    (
+        "incomplete expression: an operator needs a value after it",
+        [
+            "let a = 1 +\n",
+            "let a = 2 * * 3\n",
+            "let a = 2 ^\n",
+            "let a = -\n",
+            "let a = 1 /\n",
+            "let a = 1 -\n",
+            "let a = 2 **\n",
+        ],
+    ),
     ("two values in a row: is an operator missing?", ["let a = 2 3\n", "let a = 2 b\n", "let a = (1) 2\n"]),
     ("a function takes its argument in parentheses, as in sqrt(2)", ["let a = sqrt 2\n"]),
     ("missing ')'", ["let a = sqrt(2 3)\n", "let a = (1 + 2 3)\n", "let a = (1 relu\n"]),
     ("this '(' is never closed", ["let a = sqrt(2\n", "let a = (1 + 2\n", "let a = (\n", "leaky_relu(0.1\n"]),
-    ("a layer name must be followed by ':', as in 'conv1d c1: 1 -> 2'",
-     ["conv1d c1 1 -> 2\n", "dense d1 3 -> 4\n"]),
-    ("expected 'IN -> OUT' sizes after the layer kind, as in 'conv1d c1: 1 -> 2'",
-     ["conv1d\n", "conv1d c1:\n", "conv1d c1: -> 2\n", "dense\n", "dense d1:\n", "dense d1: -> 4\n",
-      "conv1d c1: , kernel 3\n", "dense d: , weight w\n"]),
-    ("missing '->' between the input and output sizes",
-     ["conv1d c1: 1 2\n", "dense d1: 96 60\n", "conv1d c1: 1, 2\n", "dense 1\n", "conv1d 1\n",
-      "conv1d c1: 1 => 2\n"]),
+    (
+        "a layer name must be followed by ':', as in 'conv1d c1: 1 -> 2'",
+        ["conv1d c1 1 -> 2\n", "dense d1 3 -> 4\n"],
+    ),
+    (
+        "expected 'IN -> OUT' sizes after the layer kind, as in 'conv1d c1: 1 -> 2'",
+        [
+            "conv1d\n",
+            "conv1d c1:\n",
+            "conv1d c1: -> 2\n",
+            "dense\n",
+            "dense d1:\n",
+            "dense d1: -> 4\n",
+            "conv1d c1: , kernel 3\n",
+            "dense d: , weight w\n",
+        ],
+    ),
+    (
+        "missing '->' between the input and output sizes",
+        [
+            "conv1d c1: 1 2\n",
+            "dense d1: 96 60\n",
+            "conv1d c1: 1, 2\n",
+            "dense 1\n",
+            "conv1d 1\n",
+            "conv1d c1: 1 => 2\n",
+        ],
+    ),
     ("missing output size after '->'", ["conv1d c1: 1 ->\n", "dense 3 -> , weight w\n"]),
-    ("options are written as a keyword and a value without '=', as in 'kernel 3'",
-     ["conv1d c: 1 -> 2, kernel=3\n", "conv1d c: 1 -> 2, stride=2\n", "conv1d c: 1 -> 2, dilation=2\n",
-      "conv1d c: 1 -> 2, padding=1\n", "dense d: 1 -> 2, weight=w\n", "dense d: 1 -> 2, bias=b\n",
-      "relu slope=[0, 1]\n", "conv1d c: 1 -> 2, kernel: 3\n", "dense d: 1 -> 2, weight: w\n"]),
-    ("unknown option: a layer takes kernel, stride, dilation, padding, weight, bias or slope",
-     ["conv1d c: 1 -> 2, kernal 3\n", "conv1d c: 1 -> 2 kernal 3\n", "dense d: 1 -> 2, wieght w\n",
-      "relu, alpha 0\n", "conv1d c: 1 -> 2, 3\n", "relu r1 r2\n", "flatten f1 f2\n", "conv1d c: 1 -> 2,,\n",
-      "avgpool 2, 2\n", "avgpool 2 2\n", "conv1d c: 1 -> 2, kernel 3, relu\n", "conv1d c: 1 -> 2, kernel 3 relu\n"]),
-    ("missing value after the option's keyword",
-     ["conv1d c: 1 -> 2, kernel\n", "conv1d c: 1 -> 2, stride\n", "conv1d c: 1 -> 2, dilation\n",
-      "conv1d c: 1 -> 2, kernel, stride 1\n", "conv1d c: 1 -> 2, padding\n"]),
-    ("expected a tensor: a key of the weights file, \"file.npz\":key, \"file.npy\" or inline [nested, lists]",
-     ["dense d: 1 -> 1, weight\n", "dense d: 1 -> 1, weight 3\n", "dense d: 1 -> 1, bias\n",
-      "dense d: 1 -> 1, bias 0\n", "dense d: 1 -> 1, weight -1\n"]),
-    ("expected a key after ':', as in \"file.npz\":conv1.weight",
-     ['dense d: 1 -> 1, weight "w.npz":\n', 'dense d: 1 -> 1, weight "w.npz": "k"\n']),
-    ("missing ',' or ']' in an inline tensor",
-     ["dense d: 2 -> 1, weight [[1 2]]\n", "dense d: 2 -> 1, weight [[1, 2] [3, 4]]\n",
-      "dense d: 2 -> 1, weight [[1, 2]\nrelu\n", "dense d: 2 -> 1, weight [[1, a b]]\n",
-      "dense d: 2 -> 1, weight [[1, 2)]\n"]),
-    ("this '[' is never closed",
-     ["dense d: 2 -> 1, weight [[1, 2]\n", "dense d: 2 -> 1, weight [[1, 2\n", "dense d: 2 -> 1, weight [\n",
-      "dense d: 2 -> 1, weight [[1, 2],\n", "relu slope [0, 1\n", "relu slope [\n", "relu slope [0,\n"]),
+    (
+        "options are written as a keyword and a value without '=', as in 'kernel 3'",
+        [
+            "conv1d c: 1 -> 2, kernel=3\n",
+            "conv1d c: 1 -> 2, stride=2\n",
+            "conv1d c: 1 -> 2, dilation=2\n",
+            "conv1d c: 1 -> 2, padding=1\n",
+            "dense d: 1 -> 2, weight=w\n",
+            "dense d: 1 -> 2, bias=b\n",
+            "relu slope=[0, 1]\n",
+            "conv1d c: 1 -> 2, kernel: 3\n",
+            "dense d: 1 -> 2, weight: w\n",
+        ],
+    ),
+    (
+        "unknown option: a layer takes kernel, stride, dilation, padding, weight, bias or slope",
+        [
+            "conv1d c: 1 -> 2, kernal 3\n",
+            "conv1d c: 1 -> 2 kernal 3\n",
+            "dense d: 1 -> 2, wieght w\n",
+            "relu, alpha 0\n",
+            "conv1d c: 1 -> 2, 3\n",
+            "relu r1 r2\n",
+            "flatten f1 f2\n",
+            "conv1d c: 1 -> 2,,\n",
+            "avgpool 2, 2\n",
+            "avgpool 2 2\n",
+            "conv1d c: 1 -> 2, kernel 3, relu\n",
+            "conv1d c: 1 -> 2, kernel 3 relu\n",
+        ],
+    ),
+    (
+        "missing value after the option's keyword",
+        [
+            "conv1d c: 1 -> 2, kernel\n",
+            "conv1d c: 1 -> 2, stride\n",
+            "conv1d c: 1 -> 2, dilation\n",
+            "conv1d c: 1 -> 2, kernel, stride 1\n",
+            "conv1d c: 1 -> 2, padding\n",
+        ],
+    ),
+    (
+        'expected a tensor: a key of the weights file, "file.npz":key, "file.npy" or inline [nested, lists]',
+        [
+            "dense d: 1 -> 1, weight\n",
+            "dense d: 1 -> 1, weight 3\n",
+            "dense d: 1 -> 1, bias\n",
+            "dense d: 1 -> 1, bias 0\n",
+            "dense d: 1 -> 1, weight -1\n",
+        ],
+    ),
+    (
+        "expected a key after ':', as in \"file.npz\":conv1.weight",
+        ['dense d: 1 -> 1, weight "w.npz":\n', 'dense d: 1 -> 1, weight "w.npz": "k"\n'],
+    ),
+    (
+        "missing ',' or ']' in an inline tensor",
+        [
+            "dense d: 2 -> 1, weight [[1 2]]\n",
+            "dense d: 2 -> 1, weight [[1, 2] [3, 4]]\n",
+            "dense d: 2 -> 1, weight [[1, 2]\nrelu\n",
+            "dense d: 2 -> 1, weight [[1, a b]]\n",
+            "dense d: 2 -> 1, weight [[1, 2)]\n",
+        ],
+    ),
+    (
+        "this '[' is never closed",
+        [
+            "dense d: 2 -> 1, weight [[1, 2]\n",
+            "dense d: 2 -> 1, weight [[1, 2\n",
+            "dense d: 2 -> 1, weight [\n",
+            "dense d: 2 -> 1, weight [[1, 2],\n",
+            "relu slope [0, 1\n",
+            "relu slope [\n",
+            "relu slope [0,\n",
+        ],
+    ),
     ("expected a value in the inline tensor", ["dense d: 1 -> 1, weight [,]\n"]),
-    ("'slope' needs two bounds in brackets, as in 'slope [0, 1]'",
-     ["relu slope 0, 1\n", "relu slope [0]\n", "relu slope [0, 1, 2]\n", "relu slope\n", "relu slope []\n",
-      "relu slope [0 1]\n"]),
-    ("activation parameters go in parentheses, as in 'leaky_relu(0.01)'",
-     ["leaky_relu 0.01\n", "elu 1\n", "leaky_relu -0.1\n"]),
+    (
+        "'slope' needs two bounds in brackets, as in 'slope [0, 1]'",
+        [
+            "relu slope 0, 1\n",
+            "relu slope [0]\n",
+            "relu slope [0, 1, 2]\n",
+            "relu slope\n",
+            "relu slope []\n",
+            "relu slope [0 1]\n",
+        ],
+    ),
+    (
+        "activation parameters go in parentheses, as in 'leaky_relu(0.01)'",
+        ["leaky_relu 0.01\n", "elu 1\n", "leaky_relu -0.1\n"],
+    ),
     ("an activation takes one parameter, as in 'leaky_relu(0.01)'", ["leaky_relu(0.1, 2)\n", "elu()\n"]),
-    ("'padding' takes a number, valid, same or causal", ["conv1d c: 1 -> 2, padding \"same\"\n"]),
-    ("unexpected character", ["let a = 1 @ 2\n", "relu $\n", "let a = 1 % 2\n", "conv1d c: 1 -> 2; kernel 3\n"]),
+    ("'padding' takes a number, valid, same or causal", ['conv1d c: 1 -> 2, padding "same"\n']),
+    (
+        "unexpected character",
+        ["let a = 1 @ 2\n", "relu $\n", "let a = 1 % 2\n", "conv1d c: 1 -> 2; kernel 3\n"],
+    ),
 ]
 
 _FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
@@ -93,8 +200,14 @@ _CONSTANTS = ("pi", "e")
 
 # How terminals are named in "expected ..." lists when no example matches.
 _TERMINAL_WORDS = {
-    "NAME": "a name", "KEY": "a tensor key", "NUMBER": "a number", "STRING": "a quoted file name",
-    "_NL": "the end of the line", "_TIMES": "'x'", "_POW": "'^'", "$END": "the end of the file",
+    "NAME": "a name",
+    "KEY": "a tensor key",
+    "NUMBER": "a number",
+    "STRING": "a quoted file name",
+    "_NL": "the end of the line",
+    "_TIMES": "'x'",
+    "_POW": "'^'",
+    "$END": "the end of the file",
 }
 _OPENERS = {"LSQB": "RSQB", "LPAR": "RPAR"}
 
@@ -124,10 +237,20 @@ class _Continuation(PostLex):
         if last is not None and last.type != "_NL":
             at = open_brackets[-1] if open_brackets else None
             if at is not None:
-                yield Token("_NL", "", at.start_pos, at.line, at.column, at.end_line, at.end_column, at.end_pos)
+                yield Token(
+                    "_NL", "", at.start_pos, at.line, at.column, at.end_line, at.end_column, at.end_pos
+                )
             else:
-                yield Token("_NL", "", last.end_pos, last.end_line, last.end_column, last.end_line,
-                            last.end_column, last.end_pos)
+                yield Token(
+                    "_NL",
+                    "",
+                    last.end_pos,
+                    last.end_line,
+                    last.end_column,
+                    last.end_line,
+                    last.end_column,
+                    last.end_pos,
+                )
 
 
 def grammar_text() -> str:
@@ -167,8 +290,15 @@ def _parser() -> Lark:
     """The Lark parser, built once per process (lazily)."""
     global _PARSER
     if _PARSER is None:
-        _PARSER = Lark(grammar_text(), parser="lalr", lexer="contextual", propagate_positions=True,
-                       maybe_placeholders=True, postlex=_Continuation(), cache=_cache_path())
+        _PARSER = Lark(
+            grammar_text(),
+            parser="lalr",
+            lexer="contextual",
+            propagate_positions=True,
+            maybe_placeholders=True,
+            postlex=_Continuation(),
+            cache=_cache_path(),
+        )
     return _PARSER
 
 
@@ -245,7 +375,9 @@ class ToAst(Transformer):
 
     def activation(self, meta, kids):
         function, parameter, name, *options = kids
-        return ast.Activation(str(function), parameter, name, tuple(options), Span.of(meta), Span.of(function))
+        return ast.Activation(
+            str(function), parameter, name, tuple(options), Span.of(meta), Span.of(function)
+        )
 
     def layer_name(self, meta, kids):
         return str(kids[0])
@@ -256,6 +388,7 @@ class ToAst(Transformer):
     def _option(key):
         def build(self, meta, kids):
             return ast.Option(key, kids[0], Span.of(meta))
+
         return build
 
     kernel = _option("kernel")
@@ -301,10 +434,21 @@ class ToAst(Transformer):
         import sympy
 
         fn, arg = kids
-        builtin = {"sqrt": sympy.sqrt, "exp": sympy.exp, "log": sympy.log, "sin": sympy.sin, "cos": sympy.cos,
-                   "tan": sympy.tan, "tanh": sympy.tanh, "atan": sympy.atan, "abs": sympy.Abs}
+        builtin = {
+            "sqrt": sympy.sqrt,
+            "exp": sympy.exp,
+            "log": sympy.log,
+            "sin": sympy.sin,
+            "cos": sympy.cos,
+            "tan": sympy.tan,
+            "tanh": sympy.tanh,
+            "atan": sympy.atan,
+            "abs": sympy.Abs,
+        }
         f = builtin.get(str(fn)) or sympy.Function(str(fn))
-        return ast.Expr(f(ast.exact(arg)), Span.of(meta), (ast.Name(str(fn), Span.of(fn), call=True),) + arg.names)
+        return ast.Expr(
+            f(ast.exact(arg)), Span.of(meta), (ast.Name(str(fn), Span.of(fn), call=True),) + arg.names
+        )
 
     def neg(self, meta, kids):
         (arg,) = kids
@@ -432,8 +576,12 @@ def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
         found = _describe(tok)
         if label:
             return ParseError(f"{label} (found {found})", span)
-        expected = _expected_words(_accepts(exc.state) if isinstance(exc.state, ParserState) else exc.expected)
-        return ParseError(f"unexpected {found}", span, hint=f"expected one of: {expected}" if expected else None)
+        expected = _expected_words(
+            _accepts(exc.state) if isinstance(exc.state, ParserState) else exc.expected
+        )
+        return ParseError(
+            f"unexpected {found}", span, hint=f"expected one of: {expected}" if expected else None
+        )
     if isinstance(exc, UnexpectedEOF):  # pragma: no cover - the post-lexer always ends with a line break
         return ParseError("unexpected end of file", None)
     return ParseError(str(exc).strip().splitlines()[0], None)  # pragma: no cover
@@ -471,24 +619,35 @@ def parse(source: Source) -> ast.Network:
     for st in statements:
         if isinstance(st, tuple):  # ("network", name, name_span, span)
             if name is not None:
-                raise ParseError("a spec has one 'network' line", st[3],
-                                 hint=f"the network is already named {name!r} at line {network_span.line}")
+                raise ParseError(
+                    "a spec has one 'network' line",
+                    st[3],
+                    hint=f"the network is already named {name!r} at line {network_span.line}",
+                )
             _, name, name_span, network_span = st
             continue
         if isinstance(st, ast.Input):
             if inputs:
-                raise ParseError("a spec has one 'input' line", st.span,
-                                 hint=f"the input is already declared at line {inputs[0].span.line}")
+                raise ParseError(
+                    "a spec has one 'input' line",
+                    st.span,
+                    hint=f"the input is already declared at line {inputs[0].span.line}",
+                )
             inputs.append(st)
         elif not isinstance(st, (ast.Let, ast.Weights)) and not inputs:
-            raise ParseError(f"{_kind_word(st)} before the 'input' line", st.span,
-                             hint="declare the input first, as in 'input 1 x 128'")
+            raise ParseError(
+                f"{_kind_word(st)} before the 'input' line",
+                st.span,
+                hint="declare the input first, as in 'input 1 x 128'",
+            )
         body.append(st)
     if not inputs:
         last = max(1, len(source.text.splitlines()))
-        raise ParseError("the spec has no 'input' line", Span(1, 1, 1, 2) if source.text.strip() else None,
-                         hint="declare the input's shape, as in 'input 1 x 128' (channels x samples)"
-                         if last else None)
+        raise ParseError(
+            "the spec has no 'input' line",
+            Span(1, 1, 1, 2) if source.text.strip() else None,
+            hint="declare the input's shape, as in 'input 1 x 128' (channels x samples)" if last else None,
+        )
     end = source.text.count("\n") + 1
     span = Span(1, 1, end, 1)
     return ast.Network(name, inputs[0], tuple(body), span, name_span)
@@ -499,5 +658,9 @@ def _kind_word(layer) -> str:
         return f"activation {layer.function!r}"
     if isinstance(layer, ast.Pool):
         return f"'{layer.op}pool'"
-    return {"Conv1d": "'conv1d'", "Dense": "'dense'", "GlobalAvgPool": "'global_avgpool'",
-            "Flatten": "'flatten'"}[type(layer).__name__]
+    return {
+        "Conv1d": "'conv1d'",
+        "Dense": "'dense'",
+        "GlobalAvgPool": "'global_avgpool'",
+        "Flatten": "'flatten'",
+    }[type(layer).__name__]

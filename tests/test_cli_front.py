@@ -1,4 +1,5 @@
 """CLI front end: `lipdsl check` / `lipdsl show` exit codes, summary, --json shapes, no tracebacks."""
+
 from __future__ import annotations
 
 import json
@@ -52,10 +53,18 @@ def test_show_json_any_length(capsys):
     assert code == 0 and data["any_length"] and data["input"] == [2, None]
 
 
-@pytest.mark.parametrize("argv,code", [
-    (["check"], 2), (["check", "a", "b"], 2), (["show", "--bogus", "x.lip"], 2), (["nosuchcommand"], 2),
-    (["check", "does/not/exist.lip"], 1), (["check", "specs"], 1), (["show", "does/not/exist.lip"], 1),
-])
+@pytest.mark.parametrize(
+    "argv,code",
+    [
+        (["check"], 2),
+        (["check", "a", "b"], 2),
+        (["show", "--bogus", "x.lip"], 2),
+        (["nosuchcommand"], 2),
+        (["check", "does/not/exist.lip"], 1),
+        (["check", "specs"], 1),
+        (["show", "does/not/exist.lip"], 1),
+    ],
+)
 def test_exit_codes(argv, code, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     got, out, err = run(argv, capsys)
@@ -79,9 +88,14 @@ def test_console_script_from_elsewhere(tmp_path):
     exe = Path(sys.executable).with_name("lipdsl")
     if not exe.exists():
         pytest.skip("lipdsl console script not installed next to this python")
-    done = subprocess.run([str(exe), "check", str(ROOT / "specs" / "ecg.lip")], cwd=tmp_path,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(exe), "check", str(ROOT / "specs" / "ecg.lip")], cwd=tmp_path, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
-    bad = subprocess.run([str(exe), "check", str(ROOT / "specs" / "bad" / "channels.lip")], cwd=tmp_path,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(exe), "check", str(ROOT / "specs" / "bad" / "channels.lip")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr

@@ -1,4 +1,5 @@
-"""Error rendering: every specs/bad/*.lip gives exit 1 and exactly its golden .err (path:line:col, caret, hint)."""
+"""Error rendering: every specs/bad/*.lip gives exit 1 and exactly its golden .err (location, caret, hint)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,5 @@ def test_render_format():
     src = Source("x.lip", "input 2\nconv1d c2 in=8\n")
     err = LipdslError("something is wrong", Span(2, 8, 2, 10), hint="fix it")
     assert err.render(src) == (
-        "x.lip:2:8: error: something is wrong\n"
-        "    2 | conv1d c2 in=8\n"
-        "      |        ^~\n"
-        "  hint: fix it")
+        "x.lip:2:8: error: something is wrong\n    2 | conv1d c2 in=8\n      |        ^~\n  hint: fix it"
+    )

@@ -1,4 +1,5 @@
 """Parse stage: spec text -> ast.Network; the SYNTAX_ERRORS table matches its own examples."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,18 @@ def test_ecg_ast():
     assert net.name == "ecg"
     assert (net.input.channels.value, net.input.length.value, net.input.any_length) == (1, 128, False)
     kinds = [type(layer).__name__ for layer in net.layers]
-    assert kinds == ["Conv1d", "Activation", "Pool", "Conv1d", "Activation", "Pool", "Flatten", "Dense",
-                     "Activation", "Dense"]
+    assert kinds == [
+        "Conv1d",
+        "Activation",
+        "Pool",
+        "Conv1d",
+        "Activation",
+        "Pool",
+        "Flatten",
+        "Dense",
+        "Activation",
+        "Dense",
+    ]
     c1 = net.layers[0]
     assert c1.name == "c1" and c1.c_in.value == 1 and c1.c_out.value == 2
     opts = {o.key: o.value for o in c1.options}
@@ -51,10 +62,13 @@ def test_spans_are_one_based_and_end_exclusive():
 
 
 def test_statement_forms():
-    net = p('network n\ninput 3 x *\nweights "w.npz"\nlet a = 1/8\n'
-            'conv1d 3 -> 4, kernel 3, stride 2, dilation 2, padding 1, weight "o.npz":x.0.w, bias "b.npy"\n'
-            'maxpool p: 3, stride 1\navgpool kernel 2\nglobal_avgpool g\nflatten\n'
-            'leaky_relu(0.1) lr: slope [0, 1]\nswish s slope [-0.1, 1.1]\ndense 4 -> 2, weight [[1, 2, 3, 4], [a, 0, 0, 0]]\n')
+    net = p(
+        'network n\ninput 3 x *\nweights "w.npz"\nlet a = 1/8\n'
+        'conv1d 3 -> 4, kernel 3, stride 2, dilation 2, padding 1, weight "o.npz":x.0.w, bias "b.npy"\n'
+        "maxpool p: 3, stride 1\navgpool kernel 2\nglobal_avgpool g\nflatten\n"
+        "leaky_relu(0.1) lr: slope [0, 1]\nswish s slope [-0.1, 1.1]\n"
+        "dense 4 -> 2, weight [[1, 2, 3, 4], [a, 0, 0, 0]]\n"
+    )
     assert net.input.any_length and net.input.length is None
     conv, maxp, avgp, gap, flat, lrelu, swish, dense = net.layers
     opts = {o.key: o.value for o in conv.options}
@@ -101,8 +115,10 @@ def test_negative_literal_stays_plain():
 
 
 def test_continuation_lines_comments_crlf_and_no_final_newline():
-    text = ("# header\r\n\r\nnetwork n   # name\r\ninput 2\r\n"
-            "dense d: 2 -> 2,\r\n   weight [[1, 0],  # row 1\r\n           [0, 1]],\r\n   bias [0, 0]\r\nrelu")
+    text = (
+        "# header\r\n\r\nnetwork n   # name\r\ninput 2\r\n"
+        "dense d: 2 -> 2,\r\n   weight [[1, 0],  # row 1\r\n           [0, 1]],\r\n   bias [0, 0]\r\nrelu"
+    )
     net = p(text)
     assert [type(x).__name__ for x in net.layers] == ["Dense", "Activation"]
     assert [o.key for o in net.layers[0].options] == ["weight", "bias"]

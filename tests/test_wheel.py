@@ -3,6 +3,7 @@
 Slow (builds a wheel, installs its dependencies from the package index): runs only when selected,
 ``pytest -m wheel``, or with LIPDSL_TEST_WHEEL=1.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,15 @@ def wheel(tmp_path_factory, request):
     # No build isolation when hatchling is already importable: offline and fast; else let pip fetch it.
     try:
         import hatchling  # noqa: F401
+
         isolation = ["--no-build-isolation"]
     except ImportError:
         isolation = []
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(out), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     (whl,) = out.glob("lipdsl-*.whl")
     return whl
 
@@ -46,16 +51,27 @@ def test_installed_wheel_checks_specs_outside_the_repo(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     bindir = env_dir / ("Scripts" if os.name == "nt" else "bin")
-    subprocess.run([str(bindir / "python"), "-m", "pip", "install", "--quiet", str(wheel)], check=True,
-                   capture_output=True, timeout=900)
+    subprocess.run(
+        [str(bindir / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     for spec in sorted((ROOT / "specs").glob("*.lip")):
-        done = subprocess.run([str(bindir / "lipdsl"), "check", str(spec)], cwd=work, env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [str(bindir / "lipdsl"), "check", str(spec)], cwd=work, env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("OK network")
-    where = subprocess.run([str(bindir / "python"), "-c", "import lipdsl.parse as p; print(p.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [str(bindir / "python"), "-c", "import lipdsl.parse as p; print(p.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert str(env_dir) in where  # the installed copy, not the repository
