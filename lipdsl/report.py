@@ -1,0 +1,101 @@
+"""Report results: api.Result -> text (rich) or a JSON-ready dict. The only module besides cli that prints."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .api import Result
+from .lowered import System
+
+
+def _system_rows(result: Result) -> list[dict]:
+    """Per system: spec layers, LMI size, multiplier summary (at the solver's point)."""
+    rows = []
+    x = result.solution.x
+    for link in result.sdp.links:
+        sys: System = link.system
+        entry = {"system": sys.name, "layers": list(sys.layers), "kind": sys.kind, "lmi_size": link.lmi.size,
+                 "states": sys.ss.nx, "slope": list(sys.slope) if sys.slope else None, "scale": sys.scale,
+                 "note": sys.note}
+        if x is not None and link.lam is not None:
+            lam = link.lam.value(x)
+            entry["lambda"] = {"min": float(lam.min()), "max": float(lam.max()), "count": int(lam.size)}
+        if x is not None and link.w_out.kind == "var":
+            X = link.w_out.variable.value(x)
+            ev = np.linalg.eigvalsh(X)
+            entry["X_out"] = {"structure": link.w_out.variable.structure, "eig_min": float(ev[0]),
+                              "eig_max": float(ev[-1])}
+        else:
+            entry["X_out"] = {"structure": "constant"}
+        rows.append(entry)
+    return rows
+
+
+def to_json(result: Result) -> dict:
+    """The whole result as one JSON-ready dict (``lipschitz`` is null unless certified)."""
+    cert, sol, net = result.certificate, result.solution, result.network
+    return {
+        "network": net.name,
+        "source": net.source_path,
+        "method": "dissipative",
+        "lipschitz": cert.lipschitz if cert.verified else None,
+        "certified": cert.verified,
+        "lipschitz_solver": cert.lipschitz_solver,
+        "rho_solver": cert.rho_solver,
+        "rho_certified": cert.rho,
+        "factor": cert.factor,
+        "inflation": cert.inflation,
+        "claimed_status": sol.claimed_status,
+        "solver": sol.solver,
+        "iterations": sol.iterations,
+        "reason": cert.reason or None,
+        "any_length": net.any_length,
+        "input": str(net.input_shape),
+        "output": str(net.output_shape),
+        "norm": "l2 on the flattened input and output",
+        "seconds": result.seconds,
+        "lmis": [{"name": c.name, "size": c.size, "min_eig_solver": None if math.isnan(c.min_eig_solver)
+                  else c.min_eig_solver, "min_eig_certified": c.min_eig_certified, "ok": bool(c.ok)}
+                 for c in cert.checks],
+        "systems": _system_rows(result),
+        "notes": list(result.sdp.notes) + [s.note for s in result.lowered.steps if getattr(s, "note", "")
+                                           and not isinstance(s, System)],
+    }
+
+
+def print_text(result: Result, console) -> None:
+    """Human-readable report on a rich Console."""
+    from rich.table import Table
+
+    cert, sol, net = result.certificate, result.solution, result.network
+    if cert.verified:
+        console.print(f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
+                      f"(certified)")
+        console.print(f"  solver value {cert.lipschitz_solver:.10g}, repaired by {cert.inflation:.2e} relative; "
+                      f"l2 norm on the flattened input ({net.input_shape}) and output ({net.output_shape})")
+    else:
+        console.print(f"[bold red]no certified bound[/] for {net.name}: {cert.reason}")
+    if net.any_length:
+        console.print("  fully convolutional: the bound holds for every input length N")
+    console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations")
+    console.print("  time: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.seconds.items()))
+    table = Table(title="LMIs (one per layer group)")
+    for col in ("system", "layers", "LMI", "states", "slope", "multipliers", "min eig (solver -> cert.)"):
+        table.add_column(col)
+    checks = {c.name: c for c in cert.checks}
+    for row, link in zip(_system_rows(result), result.sdp.links):
+        c = checks.get(link.lmi.name)
+        mult = ""
+        if "lambda" in row:
+            lam = row["lambda"]
+            mult = f"lambda x{lam['count']} in [{lam['min']:.3g}, {lam['max']:.3g}]"
+        if row["X_out"]["structure"] != "constant":
+            mult += ("; " if mult else "") + f"X {row['X_out']['structure']}"
+        slope = "linear" if row["slope"] is None else f"[{row['slope'][0]:g}, {row['slope'][1]:g}]"
+        eig = "" if c is None else f"{c.min_eig_solver:.1e} -> {c.min_eig_certified:.1e}"
+        table.add_row(row["system"], ", ".join(row["layers"]), str(row["lmi_size"]), str(row["states"]), slope,
+                      mult, eig)
+    console.print(table)
+    for note in to_json(result)["notes"]:
+        console.print(f"  note: {note}")

@@ -1,0 +1,76 @@
+"""sdp: LMIs are symmetric, have the expected sizes, and the sparse assembly equals the closed-form blocks."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipdsl.certify import _Point
+from lipdsl.lower import lower
+from lipdsl.sdp import build_sdp
+from nets import Builder
+
+DATA = Path(__file__).parent / "data"
+
+
+def ecg(name="CNN_23_03_08_11_52"):
+    d = np.load(DATA / "ecg" / f"{name}.npz", allow_pickle=False)
+    return (Builder(1, 128, name=name)
+            .conv(d["conv1.weight"], padding="causal").act("relu").pool("avg", 2)
+            .conv(d["conv2.weight"], padding="causal").act("relu").pool("avg", 2)
+            .flatten().dense(d["fc1.weight"]).act("relu").dense(d["fc2.weight"]).build())
+
+
+def mixed_net(seed):
+    rng = np.random.default_rng(seed)
+    return (Builder(2, 12).conv(rng.normal(size=(3, 2, 3)), padding="same").act("leaky_relu", 0.1)
+            .pool("max", 2).conv(rng.normal(size=(2, 3, 2)), padding="valid").act("sigmoid")
+            .pool("avg", 3, 2).flatten().dense(rng.normal(size=(4, 4))).act("tanh")
+            .dense(rng.normal(size=(3, 4))).build())
+
+
+def test_ecg_lmi_sizes_and_variables():
+    sdp = build_sdp(lower(ecg()))
+    # conv1: 2 states + 1 input + 2 outputs; conv2: 4 + 2 + 3; dense: 96 (3 x 32 flattened) + 60
+    assert [lmi.size for lmi in sdp.lmis] == [5, 9, 156]
+    # rho, P1 (3), lambda1 (2), X1 (3), P2 (10), lambda2 (3), X2 (6), lambda3 (60); X3 = W4'W4 eliminated
+    assert sdp.n == 1 + 3 + 2 + 3 + 10 + 3 + 6 + 60
+    assert any("substituted" in note for note in sdp.notes)
+
+
+@pytest.mark.parametrize("build", [ecg, lambda: mixed_net(0), lambda: mixed_net(1)])
+def test_assembly_equals_closed_form(build):
+    sdp = build_sdp(lower(build()))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=sdp.n)
+    point = _Point(sdp, x)
+    for v in sdp.nonneg:  # _Point clips these at zero: compare at a point where that is a no-op
+        x[v.slice] = np.abs(x[v.slice])
+    point = _Point(sdp, x)
+    for link in sdp.links:
+        F = link.lmi.value(x)
+        raw = link.lmi.F0 + (link.lmi.G @ x).reshape(link.lmi.size, link.lmi.size, order="F")
+        assert np.allclose(raw, raw.T), "every F_k must be symmetric"
+        assert np.allclose(F, point.matrix(link), atol=1e-10)
+
+
+def test_factored_form_reproduces_G():
+    sdp = build_sdp(lower(mixed_net(2)))
+    for lmi in sdp.lmis:
+        f = lmi.factored
+        m = lmi.size
+        for k in range(sdp.n):
+            sel = f.col == k
+            U, V = f.U[:, sel].toarray(), f.V[:, sel].toarray()
+            Fk = (U * f.coef[sel]) @ V.T
+            Fk = Fk + Fk.T
+            assert np.allclose(Fk.reshape(-1, order="F"), lmi.G[:, k].toarray().ravel())
+        assert m == lmi.F0.shape[0]
+
+
+def test_max_pool_makes_weight_diagonal_and_mixed_slopes_add_psd_constraints():
+    sdp = build_sdp(lower(mixed_net(3)))
+    X1 = [v for v in sdp.variables if v.role == "X"][0]
+    assert X1.structure == "diagonal" and X1 in sdp.nonneg
+    # sigmoid has alpha*beta = 0, so P >= 0 is implied; leaky ReLU (0.1, 1) needs P >= 0 explicitly
+    assert [link.needs_P_psd for link in sdp.links] == [True, False, False]
+    assert any(lmi.name.startswith("P[") for lmi in sdp.lmis)
