@@ -32,19 +32,31 @@ class Result:
     solution: Solution
     certificate: Certificate
     seconds: dict[str, float] = field(default_factory=dict)
+    min_length: int | None = None
+
+    @property
+    def validity(self) -> str:
+        """For which input lengths the bound holds, in words."""
+        if not self.network.any_length:
+            return f"inputs of shape {self.network.input_shape}"
+        if any(s.op == "global_avg" for s in self.lowered.steps if hasattr(s, "op")):
+            return f"every input length N >= {self.min_length}"
+        return "every input length N (fully convolutional)"
 
 
 def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e-8, max_iterations: int = 100,
-                  margin: float = 1e-11, verbose: bool = False, seconds: dict[str, float] | None = None) -> Result:
+                  margin: float = 1e-11, verbose: bool = False, min_length: int | None = None,
+                  seconds: dict[str, float] | None = None) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
-    ``seconds`` may carry earlier stage times (e.g. ``{"parse+check": ...}``); the stages run here are added.
+    ``min_length``: for any-length inputs, the shortest input length the bound must cover (needed only by a
+    global average pool). ``seconds`` may carry earlier stage times (e.g. ``{"parse+check": ...}``); the stages run here are added.
     Raises ``LipdslError`` subclasses for unsupported networks or a solver that fails without a point; an
     uncertified point is *not* an exception: see ``result.certificate.verified``.
     """
     times = dict(seconds or {})
     t0 = time.perf_counter()
-    low = lower(net)
+    low = lower(net, min_length=min_length)
     t1 = time.perf_counter()
     sdp = build_sdp(low)
     t2 = time.perf_counter()
@@ -53,4 +65,4 @@ def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e
     cert = certify(sdp, sol, margin=margin)
     t4 = time.perf_counter()
     times.update({"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2, "certify": t4 - t3})
-    return Result(net, low, sdp, sol, cert, times)
+    return Result(net, low, sdp, sol, cert, times, min_length)

@@ -155,9 +155,11 @@ def show_command(spec: str, as_json: bool, allow_outside: bool) -> None:
 @click.option("--tol", default=1e-8, show_default=True, type=float, help="Solver's relative tolerance.")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
 @click.option("--verbose", is_flag=True, help="Show the solver's iterations.")
+@click.option("--length", "min_length", type=click.IntRange(min=1), default=None,
+              help="For 'input c x *' nets with global average pooling: the shortest input length to cover.")
 @_ALLOW_OUTSIDE
 def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterations: int, verbose: bool,
-                  allow_outside: bool) -> None:
+                  min_length: int | None, allow_outside: bool) -> None:
     """Certified Lipschitz upper bound of SPEC (exit 0 certified, 3 solver failed or not certified)."""
     import time
 
@@ -169,7 +171,7 @@ def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterati
 
     try:
         result = solve_network(net, solver=solver, tol=tol, max_iterations=max_iterations, verbose=verbose,
-                               seconds={"parse+check": t1 - t0})
+                               min_length=min_length, seconds={"parse+check": t1 - t0})
     except LipdslError as err:
         fail(err, source)
     if as_json:

@@ -98,11 +98,34 @@ def _scaled(ss: lowered.StateSpace, s: float) -> lowered.StateSpace:
     return lowered.StateSpace(ss.A, ss.B, ss.C / s, ss.D / s)
 
 
-def lower(net: typed.Network, *, scale: bool = True) -> lowered.Network:
+def _lengths(net: typed.Network, min_length: int | None) -> list[int | None]:
+    """Length of the signal entering each layer when the input has ``min_length`` samples (any-length nets)."""
+    from .check import conv1d_length, pool_length
+
+    n = net.input_shape.length if net.input_shape.length is not None else min_length
+    out = []
+    for layer in net.layers:
+        out.append(n)
+        if n is None:
+            continue
+        if isinstance(layer, typed.Conv1d):
+            n = conv1d_length(n, layer.kernel, layer.stride, layer.dilation, layer.pad_left, layer.pad_right)
+        elif isinstance(layer, typed.Pool):
+            n = pool_length(n, layer.kernel, layer.stride)
+        if n is not None and n < 1:
+            raise LoweringError(f"an input of length {min_length} is too short for layer {layer.name!r}",
+                                span=layer.span, hint="give a larger --length")
+    return out
+
+
+def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = None) -> lowered.Network:
     """Group layers into systems (linear map + optional activation) and reshaping steps; realize each map.
 
     ``scale``: divide each map by ``||[C D]||_2`` (a congruence of the SDP; the factor is moved into
     ``lowered.Network.factor``) so that the SDP is well conditioned.
+    ``min_length``: for an any-length input, the shortest input the bound must hold for; only a global
+    average pool needs it (its factor ``1/sqrt(N)`` shrinks as N grows, so the bound holds for every longer
+    input too).
 
     Raises
     ------
@@ -112,6 +135,7 @@ def lower(net: typed.Network, *, scale: bool = True) -> lowered.Network:
     steps: list[lowered.Step] = []
     factor = 1.0
     layers = list(net.layers)
+    lengths = _lengths(net, min_length)
     i = 0
     while i < len(layers):
         layer = layers[i]
@@ -153,14 +177,18 @@ def lower(net: typed.Network, *, scale: bool = True) -> lowered.Network:
             factor *= gain
             steps.append(lowered.Pool(layer.name, layer.op, gain, layer.op == "max", note))
         elif isinstance(layer, typed.GlobalAvgPool):
-            n = layer.in_shape.length
+            n = lengths[i]
             if n is None:
                 raise LoweringError(
                     f"global average pool {layer.name!r} over a signal of any length: the bound needs N",
-                    span=layer.span, hint="declare the input length, e.g. 'input 1 x 128'")
+                    span=layer.span, hint="give the shortest input length the bound must cover with --length N, "
+                    "or declare it in the spec, e.g. 'input 1 x 128'")
             gain = 1.0 / math.sqrt(n)
             factor *= gain
-            steps.append(lowered.Pool(layer.name, "global_avg", gain, False, f"global avg over {n}: 1/sqrt({n})"))
+            note = f"global avg over {n} samples: factor 1/sqrt({n})"
+            if net.any_length:
+                note += f" (input length >= {min_length}: the bound holds for every longer input too)"
+            steps.append(lowered.Pool(layer.name, "global_avg", gain, False, note))
         elif isinstance(layer, typed.Flatten):
             if layer.in_shape.flat:
                 pass  # flattening a vector is the identity

@@ -51,6 +51,7 @@ def to_json(result: Result) -> dict:
         "iterations": sol.iterations,
         "reason": cert.reason or None,
         "any_length": net.any_length,
+        "valid_for": result.validity,
         "input": str(net.input_shape),
         "output": str(net.output_shape),
         "norm": "l2 on the flattened input and output",
@@ -76,8 +77,7 @@ def print_text(result: Result, console) -> None:
                       f"l2 norm on the flattened input ({net.input_shape}) and output ({net.output_shape})")
     else:
         console.print(f"[bold red]no certified bound[/] for {net.name}: {cert.reason}")
-    if net.any_length:
-        console.print("  fully convolutional: the bound holds for every input length N")
+    console.print(f"  valid for {result.validity}")
     console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations")
     console.print("  time: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.seconds.items()))
     table = Table(title="LMIs (one per layer group)")

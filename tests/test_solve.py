@@ -1,0 +1,122 @@
+"""solve + certify end to end: the authors' ECG bounds, LipSDP's exact value, and a soundness sandwich."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipdsl.api import solve_network
+from lipdsl.baselines import lipsdp, naive_hinf
+from lipdsl.empirical import lower_bound
+from lipdsl.load import load_network
+from nets import Builder, dense_net
+from test_sdp import DATA, ecg
+
+pytestmark = pytest.mark.solver
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_ECG = ROOT.parent / "shared" / "cases" / "ecg"
+REFERENCE = json.loads((DATA / "ecg" / "reference.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_ecg_reference_bounds(name):
+    """The authors' MOSEK bounds (shared/cases/ecg/reference.json) to relative error <= 1e-6, certified."""
+    result = solve_network(ecg(name))
+    cert = result.certificate
+    ref = REFERENCE[name]["lipschitz_reference"]
+    assert cert.verified
+    assert abs(cert.lipschitz - ref) / ref <= 1e-6
+    low = REFERENCE[name]["empirical_lower_reference"]
+    assert low is None or low <= cert.lipschitz
+
+
+def test_ecg_spec_matches_the_hand_built_network():
+    _, net = load_network(ROOT / "specs" / "ecg.lip")
+    spec = solve_network(net).certificate
+    assert spec.verified and abs(spec.lipschitz - 109.12299234900972) / 109.12299234900972 <= 1e-6
+
+
+@pytest.mark.skipif(not SHARED_ECG.is_dir(), reason="shared/cases/ecg is not beside this clone")
+@pytest.mark.parametrize("index", [0, 17, 33, 58])
+def test_sampled_shared_ecg_models_certify(index):
+    """A sample of the 59 ECG models (the benchmark runs all): certified and below the H-infinity product."""
+    files = sorted(SHARED_ECG.glob("*.npz"))
+    d = np.load(files[index], allow_pickle=False)
+    net = (Builder(1, 128).conv(d["conv1.weight"], padding="causal").act("relu").pool("avg", 2)
+           .conv(d["conv2.weight"], padding="causal").act("relu").pool("avg", 2)
+           .flatten().dense(d["fc1.weight"]).act("relu").dense(d["fc2.weight"]).build())
+    cert = solve_network(net).certificate
+    assert cert.verified
+    assert cert.lipschitz <= naive_hinf(net) * (1 + 1e-9)
+
+
+def test_lipsdp_random_weights_is_exact():
+    """LipSDP's random net: all weights >= 0, so the exact constant 36.48222959637795 must come out."""
+    _, net = load_network(ROOT / "specs" / "lipsdp_random.lip")
+    cert = solve_network(net).certificate
+    assert cert.verified
+    assert abs(cert.lipschitz - 36.48222959637795) / 36.48222959637795 <= 1e-5
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dense_nets_equal_lipsdp_neuron(seed):
+    """For pure dense nets the layer-wise SDP is LipSDP-Neuron (the paper's Remark 12)."""
+    rng = np.random.default_rng(seed)
+    sizes = [int(s) for s in rng.integers(2, 9, size=int(rng.integers(3, 5)))]
+    net = dense_net([rng.normal(size=(sizes[i + 1], sizes[i])) for i in range(len(sizes) - 1)],
+                    activation=str(rng.choice(["relu", "tanh"])))
+    ours = solve_network(net).certificate
+    theirs = lipsdp(net, "neuron")
+    assert ours.verified
+    assert abs(ours.lipschitz - theirs.bound) / theirs.bound <= 1e-5
+
+
+def test_single_dense_layer_is_its_spectral_norm():
+    W = np.random.default_rng(5).normal(size=(4, 7))
+    cert = solve_network(dense_net([W])).certificate
+    assert cert.verified and math.isclose(cert.lipschitz, np.linalg.norm(W, 2), rel_tol=1e-6)
+
+
+def random_small_cnn(rng: np.random.Generator):
+    """conv/pool/dense nets with ReLU or tanh: strides, dilation, paddings, avg/max pools, flatten or GAP."""
+    act = str(rng.choice(["relu", "tanh"]))
+    b = Builder(int(rng.integers(1, 3)), int(rng.integers(8, 16)))
+    for _ in range(int(rng.integers(1, 3))):
+        k = int(rng.integers(1, 4))
+        padding = str(rng.choice(["valid", "causal", "same", "1"]))
+        stride = 1 if padding == "same" else int(rng.choice([1, 1, 2]))
+        dilation = int(rng.choice([1, 2]))
+        span = dilation * (k - 1)
+        extra = {"valid": 0, "causal": span, "same": span, "1": 2}[padding]
+        if b.shape.length + extra - span < 2:
+            continue
+        c_out = int(rng.integers(1, 4))
+        b.conv(rng.normal(size=(c_out, b.shape.channels, k)), stride=stride, dilation=dilation,
+               padding=padding if padding != "1" else 1)
+        b.act(act)
+        if b.shape.length >= 4 and rng.random() < 0.6:
+            op = str(rng.choice(["avg", "max"]))
+            kernel = int(rng.integers(2, 4))
+            b.pool(op, kernel, int(rng.integers(1, kernel + 1)))
+    if rng.random() < 0.3:
+        b.gap()
+    else:
+        b.flatten()
+    if rng.random() < 0.5:
+        h = int(rng.integers(2, 6))
+        b.dense(rng.normal(size=(h, b.shape.channels))).act(act)
+    b.dense(rng.normal(size=(int(rng.integers(1, 4)), b.shape.channels)))
+    return b.build()
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_soundness_sandwich(seed):
+    """empirical lower bound <= lipdsl bound <= product of the length-independent gains, every time."""
+    net = random_small_cnn(np.random.default_rng(1000 + seed))
+    cert = solve_network(net).certificate
+    assert cert.verified
+    low = lower_bound(net, starts=6, steps=10, seed=seed, time_budget=2.0).value
+    high = naive_hinf(net)
+    assert low <= cert.lipschitz * (1 + 1e-9), (low, cert.lipschitz)
+    assert cert.lipschitz <= high * (1 + 1e-7), (cert.lipschitz, high)
