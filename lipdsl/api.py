@@ -44,7 +44,7 @@ class Result:
         return "every input length N (fully convolutional)"
 
 
-def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e-8, max_iterations: int = 100,
+def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e-7, max_iterations: int = 100,
                   margin: float = 1e-11, verbose: bool = False, min_length: int | None = None,
                   seconds: dict[str, float] | None = None) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.

@@ -150,9 +150,10 @@ def show_command(spec: str, as_json: bool, allow_outside: bool) -> None:
 @cli.command("solve")
 @click.argument("spec")
 @click.option("--solver", default="cvxopt", show_default=True,
-              help="cvxopt (structured KKT), cvxopt-generic, or any PICOS solver installed (qics, smcp, mosek).")
+              help="cvxopt (structured KKT), cvxopt-generic, sdpa (sdpa-python), or any PICOS solver installed "
+                   "(qics, smcp, mosek).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
-@click.option("--tol", default=1e-8, show_default=True, type=float, help="Solver's relative tolerance.")
+@click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
 @click.option("--verbose", is_flag=True, help="Show the solver's iterations.")
 @click.option("--length", "min_length", type=click.IntRange(min=1), default=None,
@@ -184,6 +185,37 @@ def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterati
         print_text(result, Console())
     if not result.certificate.verified:
         sys.exit(3)
+
+
+# -- export (issue 5) -------------------------------------------------------------------------------------
+
+@cli.command("export")
+@click.argument("spec")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The .dat-s file to write (SDPA sparse format).")
+@click.option("--length", "min_length", type=click.IntRange(min=1), default=None,
+              help="For 'input c x *' nets with global average pooling: the shortest input length to cover.")
+@_ALLOW_OUTSIDE
+def export_command(spec: str, output: str, min_length: int | None, allow_outside: bool) -> None:
+    """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
+    source, net = load_or_fail(spec, allow_outside)
+    from .lower import lower
+    from .sdp import build_sdp
+    from .sdpa import write_sdpa
+
+    try:
+        sdp = build_sdp(lower(net, min_length=min_length))
+    except LipdslError as err:
+        fail(err, source)
+    try:
+        size = write_sdpa(sdp, output, spec_name=spec)
+    except OSError as exc:
+        click.echo(f"{output}: error: cannot write: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    blocks = " ".join(str(b) for b in size.blocks)
+    click.echo(f"wrote {output}: SDPA sparse, m = {size.m} variables, {len(size.blocks)} blocks ({blocks}), "
+               f"{size.nonzeros} nonzeros, {size.bytes} bytes")
+    click.echo(f"bound = sqrt(objective) * {float(sdp.factor)!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,6 +167,17 @@ def _solve_picos(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verb
     return Solution(status, rho, x, solver, seconds)
 
 
+def _solve_sdpa(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool) -> Solution:
+    """Solve through sdpa-python: the SDP is written in SDPA sparse format (``sdpa.write_sdpa``) and read back.
+
+    SDPA's LMI form ``sum_k F_k x_k - F_0 >= 0`` has our ``x`` as its primal vector, so no mapping is needed.
+    """
+    from .sdpa import solve_with_sdpa
+
+    res = solve_with_sdpa(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose)
+    return Solution(res.status, float(res.x[sdp.rho.offset]), res.x, "sdpa", res.seconds, res.iterations)
+
+
 def to_picos(sdp: Sdp):
     """The same SDP as a ``picos.Problem`` over one vector variable ``x`` (each LMI built as F0 + sum x_k F_k)."""
     import cvxopt
@@ -187,7 +198,7 @@ def to_picos(sdp: Sdp):
     return problem
 
 
-SOLVERS = ("cvxopt", "cvxopt-generic", "qics", "smcp", "mosek")
+SOLVERS = ("cvxopt", "cvxopt-generic", "sdpa", "qics", "smcp", "mosek")
 
 
 def solve(sdp: Sdp, solver: str = "cvxopt", *, tol: float = 1e-9, max_iterations: int = 100,
@@ -203,6 +214,8 @@ def solve(sdp: Sdp, solver: str = "cvxopt", *, tol: float = 1e-9, max_iterations
         return _solve_cvxopt(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose, structured=True)
     if solver == "cvxopt-generic":
         return _solve_cvxopt(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose, structured=False)
+    if solver == "sdpa":
+        return _solve_sdpa(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose)
     try:
         import picos
     except ImportError as exc:  # pragma: no cover - picos is a core dependency

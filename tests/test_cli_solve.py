@@ -1,0 +1,79 @@
+"""`lipdsl solve` end to end: report, JSON, exit codes (0 certified, 1 input error, 3 solver failed / not certified)."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import lipdsl.api
+from lipdsl.cli import cli
+
+pytestmark = pytest.mark.solver
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_solve_ecg_text_report():
+    res = run("solve", str(SPECS / "ecg.lip"))
+    assert res.exit_code == 0, res.output
+    assert "109.12299" in res.output and "(certified)" in res.output
+    assert "LMI" in res.output and "c1+relu1" in res.output
+    assert "time:" in res.output
+
+
+def test_solve_json_is_one_object_with_the_certificate():
+    res = run("solve", "--json", str(SPECS / "ecg.lip"))
+    assert res.exit_code == 0
+    out = json.loads(res.output)
+    assert out["certified"] is True
+    assert abs(out["lipschitz"] - 109.12299234900972) / 109.12299234900972 <= 1e-6
+    assert out["lipschitz"] >= out["lipschitz_solver"]
+    assert [lmi["size"] for lmi in out["lmis"]] == [5, 9, 156]
+    assert set(out["seconds"]) == {"parse+check", "lower", "sdp", "solve", "certify"}
+    assert all(lmi["ok"] for lmi in out["lmis"])
+
+
+def test_fully_convolutional_bound_holds_for_every_length():
+    res = run("solve", "--json", str(SPECS / "tcn_any_length.lip"))
+    assert res.exit_code == 0
+    assert json.loads(res.output)["valid_for"].startswith("every input length N")
+
+
+def test_global_average_pool_over_any_length_needs_a_length():
+    res = run("solve", str(SPECS / "gap.lip"))
+    assert res.exit_code == 1
+    assert "gap.lip:" in res.output and "--length" in res.output and "Traceback" not in res.output
+    res = run("solve", "--json", "--length", "64", str(SPECS / "gap.lip"))
+    assert res.exit_code == 0
+    assert json.loads(res.output)["valid_for"] == "every input length N >= 64"
+
+
+def test_missing_solver_exits_3_without_a_bound():
+    res = run("solve", "--solver", "no-such-solver", str(SPECS / "lipsdp_random.lip"))
+    assert res.exit_code == 3
+    assert "not installed" in res.output and "certified" not in res.output
+
+
+def test_uncertified_point_exits_3_and_prints_no_bound(monkeypatch):
+    real = lipdsl.api.certify
+
+    def refuse(sdp, solution, **kw):
+        cert = real(sdp, solution, **kw)
+        return replace(cert, verified=False, lipschitz=None, rho=None, reason="forced failure (test)")
+
+    monkeypatch.setattr(lipdsl.api, "certify", refuse)
+    res = run("solve", "--json", str(SPECS / "lipsdp_random.lip"))
+    assert res.exit_code == 3
+    out = json.loads(res.output)
+    assert out["lipschitz"] is None and out["certified"] is False
+    res = run("solve", str(SPECS / "lipsdp_random.lip"))
+    assert res.exit_code == 3 and "no certified bound" in res.output and "36.48" not in res.output
+
+
+def test_bad_spec_is_an_input_error():
+    res = run("solve", str(SPECS / "bad" / "channels.lip"))
+    assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
