@@ -168,7 +168,7 @@ def _solve_picos(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verb
 
 
 def _solve_sdpa(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool) -> Solution:
-    """Solve through sdpa-python: the SDP is written in SDPA sparse format (``sdpa.write_sdpa``) and read back.
+    """Solve with sdpa-python: the SDP is written in SDPA sparse format (``sdpa.write_sdpa``) and read back.
 
     SDPA's LMI form ``sum_k F_k x_k - F_0 >= 0`` has our ``x`` as its primal vector, so no mapping is needed.
     """
