@@ -1,0 +1,115 @@
+"""Benchmark the ECG models: certified bounds of all 59 authors' networks and the speed of `lipdsl solve`.
+
+    python bench/ecg.py [--cases ../shared/cases/ecg] [--repeat 5] [--out bench/out]
+
+Prints (1) every model's certified bound, its relative error against the authors' MOSEK value where one is
+given, the solver stage time, and (2) the whole-process time of `lipdsl solve specs/ecg.lip` (median of
+``--repeat`` runs) with its stage times, and (3) the ratio of our structured CVXOPT KKT solver against
+CVXOPT's generic one ('chol'), run in this same process on the same SDPs (the baseline). Writes CSV files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from lipdsl.api import solve_network  # noqa: E402
+from nets import Builder  # noqa: E402
+
+
+def ecg_net(path: Path):
+    d = np.load(path, allow_pickle=False)
+    return (Builder(1, 128, name=path.stem).conv(d["conv1.weight"], padding="causal").act("relu").pool("avg", 2)
+            .conv(d["conv2.weight"], padding="causal").act("relu").pool("avg", 2)
+            .flatten().dense(d["fc1.weight"]).act("relu").dense(d["fc2.weight"]).build())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=str(ROOT.parent / "shared" / "cases" / "ecg"))
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--baseline", type=int, default=3, help="models also solved with CVXOPT's generic KKT")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    args = ap.parse_args()
+    cases = Path(args.cases)
+    files = sorted(cases.glob("*.npz")) if cases.is_dir() else sorted((ROOT / "tests" / "data" / "ecg").glob("*.npz"))
+    ref_file = (cases if cases.is_dir() else ROOT / "tests" / "data" / "ecg") / "reference.json"
+    refs = json.loads(ref_file.read_text())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    print(f"{'model':28} {'bound':>14} {'cert':>5} {'rel.err vs MOSEK':>17} {'iters':>5} {'solve s':>8} "
+          f"{'total s':>8}")
+    for f in files:
+        t0 = time.perf_counter()
+        r = solve_network(ecg_net(f))
+        total = time.perf_counter() - t0
+        c = r.certificate
+        ref = refs.get(f.stem, {}).get("lipschitz_reference")
+        err = None if ref is None or c.lipschitz is None else abs(c.lipschitz - ref) / ref
+        rows.append({"model": f.stem, "bound": c.lipschitz, "certified": c.verified, "reference": ref,
+                     "rel_error": err, "iterations": r.solution.iterations, "status": r.solution.claimed_status,
+                     "solve_s": r.seconds["solve"], "pipeline_s": total})
+        print(f"{f.stem:28} {c.lipschitz if c.lipschitz is not None else float('nan'):14.8g} "
+              f"{'yes' if c.verified else 'NO':>5} {'' if err is None else f'{err:.1e}':>17} "
+              f"{r.solution.iterations:5d} {r.seconds['solve']:8.3f} {total:8.3f}")
+    with open(out / "ecg_models.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    solve_times = [row["solve_s"] for row in rows]
+    print(f"\n{len(rows)} models: {sum(r['certified'] for r in rows)} certified; solver stage median "
+          f"{statistics.median(solve_times):.3f} s, max {max(solve_times):.3f} s; "
+          f"max rel. error vs MOSEK {max((r['rel_error'] for r in rows if r['rel_error'] is not None), default=0):.1e}")
+
+    # baseline in the same process: CVXOPT's own 'chol' KKT solver on the same SDPs
+    print("\nstructured KKT vs CVXOPT generic KKT (same SDP, same process):")
+    for f in files[: args.baseline]:
+        net = ecg_net(f)
+        ours = solve_network(net)
+        generic = solve_network(net, solver="cvxopt-generic")
+        print(f"  {f.stem:28} ours {ours.seconds['solve']:.3f} s ({ours.solution.iterations} it), generic "
+              f"{generic.seconds['solve']:.3f} s ({generic.solution.iterations} it): ratio "
+              f"{ours.seconds['solve'] / generic.seconds['solve']:.2f}; bounds agree to "
+              f"{abs(ours.certificate.lipschitz - generic.certificate.lipschitz) / ours.certificate.lipschitz:.1e}")
+
+    # whole process, as a user runs it
+    exe = [sys.executable, "-m", "lipdsl", "solve", "--json", str(ROOT / "specs" / "ecg.lip")]
+    walls, stages = [], []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        done = subprocess.run(exe, capture_output=True, text=True, check=True)
+        walls.append(time.perf_counter() - t0)
+        stages.append(json.loads(done.stdout)["seconds"])
+    med = statistics.median(walls)
+    stage_med = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+    print(f"\n`lipdsl solve specs/ecg.lip` whole process: median {med:.3f} s over {args.repeat} runs "
+          f"(min {min(walls):.3f}); stages (median): "
+          + ", ".join(f"{k} {v:.3f} s" for k, v in stage_med.items()))
+    print(f"targets: whole process <= 1.5 s -> ratio {med / 1.5:.2f}; solver stage <= 0.3 s -> ratio "
+          f"{stage_med['solve'] / 0.3:.2f}")
+    with open(out / "ecg_cli.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["run", "wall_s"] + list(stages[0]))
+        for i, (wall, s) in enumerate(zip(walls, stages)):
+            w.writerow([i, wall] + list(s.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
