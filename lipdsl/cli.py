@@ -102,10 +102,16 @@ def check_command(spec: str, allow_outside: bool) -> None:
 @cli.command("show")
 @click.argument("spec")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--state-space", "state_space", is_flag=True,
+              help="Print each conv layer's causal realization (A, B, C, D), symbolically.")
+@click.option("--latex", is_flag=True, help="With --state-space: LaTeX instead of pretty-printed matrices.")
 @_ALLOW_OUTSIDE
-def show_command(spec: str, as_json: bool, allow_outside: bool) -> None:
+def show_command(spec: str, as_json: bool, state_space: bool, latex: bool, allow_outside: bool) -> None:
     """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
     _, net = load_or_fail(spec, allow_outside)
+    if state_space:
+        _print_state_space(net, latex)
+        return
     if as_json:
         import json
 
@@ -143,6 +149,38 @@ def show_command(spec: str, as_json: bool, allow_outside: bool) -> None:
                       str(_params(layer) or ""), _details(layer))
     Console().print(table)
     click.echo(_summary(net))
+
+
+def _print_state_space(net, latex: bool) -> None:
+    """Each conv layer's (A, B, C, D): entry by entry when small, else in block form with taps W_j."""
+    import sympy
+
+    from .lower import symbolic_block_state_space, symbolic_state_space
+
+    convs = [layer for layer in net.layers if layer.kind == "conv1d"]
+    if not convs:
+        click.echo(f"network {net.name!r} has no conv1d layer (dense layers are static: v = W u)")
+    for layer in convs:
+        ke = layer.dilation * (layer.kernel - 1) + 1
+        nx = (ke - 1) * layer.c_in
+        click.echo(f"conv1d {layer.name}: {layer.c_in} -> {layer.c_out}, kernel {layer.kernel}"
+                   f"{f', dilation {layer.dilation}' if layer.dilation > 1 else ''}: causal realization, "
+                   f"{nx} states (independent of the signal length)")
+        state = {0: "no state: v[t] = D u[t]", 1: "x[t] = u[t-1]"}.get(ke - 1, f"x[t] = [u[t-{ke - 1}]; ...; u[t-1]]")
+        click.echo(f"  x[t+1] = A x[t] + B u[t],  v[t] = C x[t] + D u[t],  {state}")
+        small = nx + layer.c_in <= 16 and layer.c_out <= 16
+        mats = symbolic_state_space(layer) if small else symbolic_block_state_space(layer)
+        if not small:
+            click.echo("  (block form: W_j = W[:, :, j] is c_out x c_in in PyTorch layout)")
+        for label, M in zip("ABCD", mats):
+            if M is None or 0 in M.shape:
+                click.echo(f"  {label}: empty (no state)")
+                continue
+            if latex:
+                click.echo(f"  {label} = {sympy.latex(M)}")
+            else:
+                text = sympy.pretty(M, use_unicode=True)
+                click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
 
 
 # -- solve (issue 3) --------------------------------------------------------------------------------------

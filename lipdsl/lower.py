@@ -88,6 +88,31 @@ def symbolic_state_space(conv: typed.Conv1d):
     return sympy.ImmutableMatrix(A.astype(int)), sympy.ImmutableMatrix(B.astype(int)), C, D
 
 
+def symbolic_block_state_space(conv: typed.Conv1d):
+    """``(A, B, C, D)`` as sympy block matrices of ``c_in x c_in`` identities and the taps ``W_j`` (c_out x c_in).
+
+    The compact form for layers too wide to print entry by entry: ``W_j = W[:, :, j]`` in PyTorch layout.
+    """
+    import sympy
+
+    c_out, c_in, d = conv.c_out, conv.c_in, conv.dilation
+    ke = d * (conv.kernel - 1) + 1
+    blocks = ke - 1
+    Z, I = sympy.ZeroMatrix(c_in, c_in), sympy.Identity(c_in)
+
+    def tap(m):  # tap m of the dilated kernel, as a c_out x c_in symbol (or zero)
+        return sympy.MatrixSymbol(f"W_{m // d}", c_out, c_in) if m % d == 0 else sympy.ZeroMatrix(c_out, c_in)
+
+    if blocks == 0:
+        return None, None, None, tap(0)
+    A = sympy.BlockMatrix([[I if j == i + 1 else Z for j in range(blocks)] for i in range(blocks)]) \
+        if blocks > 1 else sympy.ZeroMatrix(c_in, c_in)
+    B = sympy.BlockMatrix([[Z] for _ in range(blocks - 1)] + [[I]]) if blocks > 1 else I
+    C = sympy.BlockMatrix([[tap(m) for m in range(blocks)]]) if blocks > 1 else tap(0)
+    D = tap(ke - 1)
+    return A, B, C, D
+
+
 def _scale_of(ss: lowered.StateSpace) -> float:
     """``||[C D]||_2``, the factor divided out of a layer's weights; 1 for an all-zero map."""
     s = float(np.linalg.norm(np.hstack([ss.C, ss.D]), 2)) if ss.ny and (ss.nx + ss.nu) else 0.0

@@ -77,3 +77,12 @@ def test_uncertified_point_exits_3_and_prints_no_bound(monkeypatch):
 def test_bad_spec_is_an_input_error():
     res = run("solve", str(SPECS / "bad" / "channels.lip"))
     assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
+
+
+def test_show_state_space_pretty_and_latex():
+    res = run("show", "--state-space", str(SPECS / "ecg.lip"))
+    assert res.exit_code == 0
+    assert "conv1d c1: 1 -> 2, kernel 3: causal realization, 2 states" in res.output
+    assert "w_{0,0,2}" in res.output  # D = W[:, :, k-1]
+    res = run("show", "--state-space", "--latex", str(SPECS / "haar_exact.lip"))
+    assert res.exit_code == 0 and r"\frac{1}{2}" in res.output  # the spec's own expressions, kept exact
