@@ -143,11 +143,28 @@ def _lengths(net: typed.Network, min_length: int | None) -> list[int | None]:
     return out
 
 
-def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = None) -> lowered.Network:
+def compress_input(ss: lowered.StateSpace) -> tuple[lowered.StateSpace, int]:
+    """Replace a first dense map ``W`` (ny x nu, nu > rank) by ``U_r S_r`` from its thin SVD ``W = U S V'``.
+
+    Exact for the first system, whose input weight is ``rho I``: its LMI depends on the input ``u`` only
+    through ``|u|^2`` and ``W u``, and ``min |u|^2`` subject to ``W u = U_r S_r s`` is ``|s|^2`` (take
+    ``u = V_r s``). The LMI shrinks from ``nu + ny`` to ``r + ny`` (method.md §8: 784-50-10 gives 834 -> 100).
+    Returns the new system and the original input size.
+    """
+    W = ss.D
+    U, S, _ = np.linalg.svd(W, full_matrices=False)
+    tol = S.max(initial=0.0) * max(W.shape) * np.finfo(float).eps
+    r = max(int((S > tol).sum()), 1)
+    return dense_state_space(U[:, :r] * S[:r]), W.shape[1]
+
+
+def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = None,
+          compress: bool = True) -> lowered.Network:
     """Group layers into systems (linear map + optional activation) and reshaping steps; realize each map.
 
     ``scale``: divide each map by ``||[C D]||_2`` (a congruence of the SDP; the factor is moved into
     ``lowered.Network.factor``) so that the SDP is well conditioned.
+    ``compress``: shrink a wide dense first layer to its row space (``compress_input``; exact).
     ``min_length``: for an any-length input, the shortest input the bound must hold for; only a global
     average pool needs it (its factor ``1/sqrt(N)`` shrinks as N grows, so the bound holds for every longer
     input too).
@@ -172,6 +189,9 @@ def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = No
                     (f", stride {layer.stride} as sub-sampling" if layer.stride > 1 else "")
             elif isinstance(layer, typed.Dense):
                 ss, kind, note = dense_state_space(layer.weight), "dense", ""
+                if compress and not any(isinstance(st, lowered.System) for st in steps) and ss.nu > ss.ny:
+                    ss, n_in = compress_input(ss)
+                    note = f"input compressed {n_in} -> {ss.nu} (exact: first layer, input weight rho I)"
             else:
                 ss, kind, note = dense_state_space(np.eye(layer.in_shape.channels)), "activation", "identity map"
             act = None

@@ -146,4 +146,4 @@ class Network:
     @property
     def any_length(self) -> bool:
         """True for a fully convolutional net declared with ``input c x *``."""
-        return self.input_shape.length is None
+        return not self.input_shape.flat and self.input_shape.length is None

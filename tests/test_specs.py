@@ -1,0 +1,34 @@
+"""Every shipped spec solves, certifies, and lands inside the bracket its header comment promises."""
+import re
+from pathlib import Path
+
+import pytest
+
+from lipdsl.api import solve_network
+from lipdsl.load import load_network
+
+pytestmark = pytest.mark.solver
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+LENGTH = {"gap": 64}  # any-length specs with global average pooling: the length their header assumes
+
+
+def header_bracket(text: str) -> tuple[float, float]:
+    """The ``Expected bound`` of a spec header: 'in [a, b]', 'exactly x' or 'exact ... constant is x'."""
+    head = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+    m = re.search(r"Expected bound[^:]*: in \[([0-9.e+-]+), ([0-9.e+-]+)\]", head)
+    if m:
+        return float(m.group(1)), float(m.group(2))
+    m = re.search(r"Expected bound[^:]*: (?:exactly|the exact Lipschitz constant is) ([0-9.e+-]+)", head)
+    assert m, "every spec's header states its expected bound"
+    value = float(m.group(1))
+    return value * (1 - 1e-5), value * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("spec", sorted(p.stem for p in SPECS.glob("*.lip") if p.stem != "lipsdp_mnist"))
+def test_spec_certifies_inside_its_bracket(spec):
+    path = SPECS / f"{spec}.lip"
+    lo, hi = header_bracket(path.read_text())
+    _, net = load_network(path)
+    cert = solve_network(net, min_length=LENGTH.get(spec)).certificate
+    assert cert.verified
+    assert lo <= cert.lipschitz <= hi * (1 + 1e-9), (lo, cert.lipschitz, hi)
