@@ -105,10 +105,17 @@ def check_command(spec: str, allow_outside: bool) -> None:
 @click.option("--state-space", "state_space", is_flag=True,
               help="Print each conv layer's causal realization (A, B, C, D), symbolically.")
 @click.option("--latex", is_flag=True, help="With --state-space: LaTeX instead of pretty-printed matrices.")
+@click.option("--lowering", is_flag=True, help="Show how each layer enters the SDP (which construct, and why).")
+@click.option("--length", "min_length", type=click.IntRange(min=1), default=None,
+              help="With --lowering, for 'input c x *' nets with global average pooling: the shortest length.")
 @_ALLOW_OUTSIDE
-def show_command(spec: str, as_json: bool, state_space: bool, latex: bool, allow_outside: bool) -> None:
+def show_command(spec: str, as_json: bool, state_space: bool, latex: bool, lowering: bool,
+                 min_length: int | None, allow_outside: bool) -> None:
     """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
-    _, net = load_or_fail(spec, allow_outside)
+    source, net = load_or_fail(spec, allow_outside)
+    if lowering:
+        _print_lowering(net, source, min_length)
+        return
     if state_space:
         _print_state_space(net, latex)
         return
@@ -149,6 +156,37 @@ def show_command(spec: str, as_json: bool, state_space: bool, latex: bool, allow
                       str(_params(layer) or ""), _details(layer))
     Console().print(table)
     click.echo(_summary(net))
+
+
+def _print_lowering(net, source, min_length) -> None:
+    """One row per SDP step: the systems (one LMI each) and the pooling/flatten steps between them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import lowered
+    from .lower import lower
+
+    try:
+        low = lower(net, min_length=min_length)
+    except LipdslError as err:
+        fail(err, source)
+    table = Table(title=f"{net.name}: how each layer enters the SDP (bound = sqrt(rho) x {low.factor:.6g})")
+    for col in ("step", "layers", "construct", "LMI rows (state+in+out)", "scale / factor"):
+        table.add_column(col)
+    for st in low.steps:
+        if isinstance(st, lowered.System):
+            ss = st.ss
+            slope = "linear" if st.slope is None else f"{st.activation} slope [{st.slope[0]:g}, {st.slope[1]:g}]"
+            what = {"conv": "causal FIR state space", "dense": "static map", "activation": "identity map"}[st.kind]
+            rows = ss.nx + ss.nu + (ss.ny if st.slope is not None else 0)
+            table.add_row(st.name, ", ".join(st.layers), f"{what} + {slope}" + (f"; {st.note}" if st.note else ""),
+                          f"{rows} ({ss.nx}+{ss.nu}+{ss.ny if st.slope is not None else 0})", f"{st.scale:.4g}")
+        elif isinstance(st, lowered.Pool):
+            table.add_row(st.name, st.name, st.note, "-", f"{st.gain:.4g}")
+        else:
+            table.add_row(st.name, st.name, f"flatten {st.channels}x{st.length}: next input weight X (x) I_{st.length}",
+                          "-", "1")
+    Console().print(table)
 
 
 def _print_state_space(net, latex: bool) -> None:

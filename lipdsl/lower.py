@@ -193,7 +193,7 @@ def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = No
                     ss, n_in = compress_input(ss)
                     note = f"input compressed {n_in} -> {ss.nu} (exact: first layer, input weight rho I)"
             else:
-                ss, kind, note = dense_state_space(np.eye(layer.in_shape.channels)), "activation", "identity map"
+                ss, kind, note = dense_state_space(np.eye(layer.in_shape.channels)), "activation", ""
             act = None
             if kind == "activation":
                 act = layer

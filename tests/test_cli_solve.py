@@ -86,3 +86,10 @@ def test_show_state_space_pretty_and_latex():
     assert "w_{0,0,2}" in res.output  # D = W[:, :, k-1]
     res = run("show", "--state-space", "--latex", str(SPECS / "haar_exact.lip"))
     assert res.exit_code == 0 and r"\frac{1}{2}" in res.output  # the spec's own expressions, kept exact
+
+
+def test_show_lowering_names_each_construct():
+    res = run("show", "--lowering", str(SPECS / "features.lip"))
+    assert res.exit_code == 0
+    for words in ("max pool", "diagonal X", "avg pool", "sub-sampling", "flatten 3x6"):
+        assert words in res.output.replace("\n", " ") or words.split()[0] in res.output
