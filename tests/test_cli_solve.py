@@ -89,7 +89,8 @@ def test_show_state_space_pretty_and_latex():
 
 
 def test_show_lowering_names_each_construct():
-    res = run("show", "--lowering", str(SPECS / "features.lip"))
+    res = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["show", "--lowering", str(SPECS / "features.lip")])
     assert res.exit_code == 0
-    for words in ("max pool", "diagonal X", "avg pool", "sub-sampling", "flatten 3x6"):
-        assert words in res.output.replace("\n", " ") or words.split()[0] in res.output
+    for words in ("max pool k2 s2: factor sqrt(1), diagonal X", "avg pool k4 s2: factor sqrt(2/4)",
+                  "stride 2 as sub-sampling", "flatten 3x6", "swish slope [-0.1, 1.1]"):
+        assert words in res.output
