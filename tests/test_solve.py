@@ -149,3 +149,20 @@ def test_input_compression_is_exact(seed):
         assert cert.verified
         bounds.append(cert.lipschitz)
     assert abs(bounds[0] - bounds[1]) <= 1e-6 * bounds[1]
+
+
+def _has_max_pool(net) -> bool:
+    return any(getattr(layer, "op", "") == "max" for layer in net.layers)
+
+
+# LipSDP refuses max pooling (not slope-restricted): take the first 20 generated nets without it
+NO_MAX_SEEDS = [s for s in range(1000, 1100) if not _has_max_pool(random_small_cnn(np.random.default_rng(s)))][:20]
+
+
+@pytest.mark.parametrize("seed", NO_MAX_SEEDS)
+def test_lipsdp_neuron_on_the_unrolled_net_is_at_most_ours(seed):
+    """LipSDP-Neuron (one LMI on the Toeplitz-unrolled net, a multiplier per neuron) is at least as tight."""
+    net = random_small_cnn(np.random.default_rng(seed))
+    ours = solve_network(net).certificate.lipschitz
+    theirs = lipsdp(net, "neuron").bound
+    assert theirs <= ours * (1 + 1e-6), (theirs, ours)
