@@ -298,6 +298,25 @@ def naive_hinf(net: typed.Network, length: int | None = None) -> float:
 # --------------------------------------------------------------------------- LipSDP
 
 
+def _prune(mats: list[sp.csr_matrix]) -> list[sp.csr_matrix] | None:
+    """Drop hidden neurons whose output is constant (zero row of ``M_k``) or unused (zero column of
+    ``M_{k+1}``); they do not change the Lipschitz constant and would leave a multiplier free in the SDP."""
+    mats = list(mats)
+    changed = True
+    while changed:
+        changed = False
+        for k in range(len(mats) - 1):
+            used = np.asarray(abs(mats[k]).sum(axis=1)).ravel() != 0
+            used &= np.asarray(abs(mats[k + 1]).sum(axis=0)).ravel() != 0
+            if not used.all():
+                if not used.any():
+                    return None
+                mats[k] = mats[k][used]
+                mats[k + 1] = mats[k + 1][:, used]
+                changed = True
+    return mats
+
+
 def _lipsdp_data(net: typed.Network, length: int | None):
     """Unrolled, scaled data of the LipSDP LMI: hidden matrices, slopes, output matrix and the scale."""
     steps = unroll(net, length)
@@ -311,6 +330,11 @@ def _lipsdp_data(net: typed.Network, length: int | None):
     out = steps[-1].matrix if steps[-1].slope is None else sp.identity(steps[-1].matrix.shape[0], format="csr")
     if steps[-1].slope is None:
         assert all(U.slope is not None for U in steps[:-1])
+    hidden_mats = _prune([sp.csr_matrix(U.matrix) for U in hidden] + [sp.csr_matrix(out)])
+    if hidden_mats is None:
+        return None, None, None, 0.0  # some layer has no live neuron: the output is constant
+    hidden = [UnrolledLayer(M, U.slope, U.name) for M, U in zip(hidden_mats[:-1], hidden)]
+    out = hidden_mats[-1]
     mats, slopes, scale = [], [], 1.0
     for U in hidden:
         s = spectral_norm(U.matrix)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -138,6 +138,7 @@ class _Step:
     layer: typed.Layer
     in_shape: tuple[int, ...]  # per-sample shape of the layer's input
     data: object = None  # activation derivative, or max-pool argmax indices
+    rms: float = 0.0  # root mean square of an activation's input (sets the surrogate's temperature)
 
 
 @dataclass
@@ -247,7 +248,7 @@ def _input_batch(net: typed.Network, u: np.ndarray, batch: bool) -> np.ndarray:
 
 
 def linearize(net: typed.Network, u: np.ndarray, *, batch: bool = False,
-              surrogate_tau: float | None = None) -> Linearization:
+              surrogate_tau: float | Sequence[float] | None = None) -> Linearization:
     """Run the forward pass and record what the Jacobian needs.
 
     Parameters
@@ -255,13 +256,15 @@ def linearize(net: typed.Network, u: np.ndarray, *, batch: bool = False,
     net : typed.Network
     u : ndarray
         One input, ``(c, N)`` or flat ``(c*N,)`` (channel-major); with ``batch=True`` a leading batch axis.
-    surrogate_tau : float, optional
+    surrogate_tau : float or sequence of float, optional
         If given, ReLU and leaky ReLU are replaced by the smooth ``phi_tau`` of :func:`_surrogate_functions`
-        (used by the lower-bound search to follow a gradient through activation patterns).
+        (used by the lower-bound search to follow a gradient through activation patterns); a sequence gives one
+        ``tau`` per activation layer, in order.
     """
     x = _input_batch(net, u, batch)
     input_shape = x.shape[1:]
     steps = []
+    n_act = 0
     for L in net.layers:
         st = _Step(L, x.shape[1:])
         if isinstance(L, typed.Conv1d):
@@ -275,7 +278,12 @@ def linearize(net: typed.Network, u: np.ndarray, *, batch: bool = False,
             if L.bias is not None:
                 x = x + L.bias[None, :]
         elif isinstance(L, typed.Activation):
-            fns = _surrogate_functions(L, surrogate_tau) if surrogate_tau is not None else None
+            st.rms = float(np.sqrt(np.mean(x * x)))
+            fns = None
+            if surrogate_tau is not None:
+                tau = surrogate_tau if np.isscalar(surrogate_tau) else surrogate_tau[n_act]
+                fns = _surrogate_functions(L, max(float(tau), 1e-300))
+            n_act += 1
             phi, dphi = fns if fns is not None else _activation_functions(L)
             st.data = dphi(x)
             x = phi(x)
