@@ -294,6 +294,51 @@ def export_command(spec: str, output: str, min_length: int | None, allow_outside
     click.echo(f"bound = sqrt(objective) * {float(sdp.factor)!r}")
 
 
+# -- lower (issue 4) --------------------------------------------------------------------------------------
+
+@cli.command("lower")
+@click.argument("spec")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random starts.")
+@click.option("--starts", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Random starts to ascend from.")
+@click.option("--time-budget", default=20.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds after which no new start is begun.")
+@click.option("--length", type=click.IntRange(min=1), default=None,
+              help="Input length for 'input c x *' nets (default 64).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
+@_ALLOW_OUTSIDE
+def lower_command(spec: str, seed: int, starts: int, time_budget: float, length: int | None, as_json: bool,
+                  allow_outside: bool) -> None:
+    """Empirical lower bound of SPEC's Lipschitz constant: max of ||J(u)||_2 over searched inputs u."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .empirical import lower_bound
+
+    source, net = load_or_fail(spec, allow_outside)
+    err_console = Console(stderr=True)
+    try:
+        with Progress(TextColumn("lower bound"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("best {task.fields[best]:.6g}"), TimeElapsedColumn(),
+                      console=err_console, transient=True, disable=as_json or not err_console.is_terminal) as bar:
+            task = bar.add_task("starts", total=starts, best=0.0)
+            result = lower_bound(net, starts=starts, seed=seed, time_budget=time_budget, length=length,
+                                 progress=lambda done, total, best: bar.update(task, completed=done, best=best))
+    except LipdslError as err:
+        fail(err, source)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"spec": spec, "network": net.name, "lower_bound": result.value,
+                               "seed": seed, "starts": result.starts, "evaluations": result.evaluations,
+                               "length": result.length, "seconds": result.seconds,
+                               "argmax_input": result.argmax_input.tolist()}))
+        return
+    where = f", input length {result.length}" if net.any_length else ""
+    click.echo(f"{net.name}: lipschitz >= {result.value:.10g}  (empirical: max ||J(u)||_2 over {result.starts} "
+               f"starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lipdsl`` console script."""
     try:

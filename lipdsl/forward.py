@@ -10,7 +10,7 @@ from . import typed
 from .errors import LipdslError
 
 #: Activations whose function (not only its slope bound) is known; ``forward`` refuses any other name.
-KNOWN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "elu", "identity")
+KNOWN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus", "hardtanh", "identity")
 
 
 # --------------------------------------------------------------------------- layer maps on a batch
@@ -96,6 +96,10 @@ def _activation_functions(layer: typed.Activation) -> tuple[Callable, Callable]:
         a = 1.0 if a is None else float(a)
         return ((lambda z: np.where(z > 0, z, a * np.expm1(np.minimum(z, 0.0)))),
                 (lambda z: np.where(z > 0, 1.0, a * np.exp(np.minimum(z, 0.0)))))
+    if fn == "softplus":
+        return (lambda z: np.logaddexp(0.0, z)), (lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)))
+    if fn == "hardtanh":
+        return (lambda z: np.clip(z, -1.0, 1.0)), (lambda z: ((z > -1.0) & (z < 1.0)).astype(float))
     if fn in ("identity", "linear"):
         return (lambda z: z), (lambda z: np.ones_like(z))
     raise LipdslError(
@@ -111,19 +115,21 @@ def _surrogate_functions(layer: typed.Activation, tau: float) -> tuple[Callable,
     ``phi_tau(z) = a z + (1 - a) tau softplus(z / tau)`` with ``a`` the slope for ``z < 0``, so that
     ``phi_tau'(z) = a + (1 - a) sigmoid(z / tau)`` tends to the true derivative as ``tau -> 0``.
     """
-    if layer.function == "relu":
-        a = 0.0
-    elif layer.function == "leaky_relu":
-        a = 0.01 if layer.parameter is None else float(layer.parameter)
-    else:
-        return None
-
     def softplus(z):
         return np.logaddexp(0.0, z)
 
     def sig(z):
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
+    if layer.function == "hardtanh":  # clip(z, -1, 1) = relu(z + 1) - relu(z - 1) - 1, each part smoothed
+        return ((lambda z: tau * (softplus((z + 1) / tau) - softplus((z - 1) / tau)) - 1.0),
+                (lambda z: sig((z + 1) / tau) - sig((z - 1) / tau)))
+    if layer.function == "relu":
+        a = 0.0
+    elif layer.function == "leaky_relu":
+        a = 0.01 if layer.parameter is None else float(layer.parameter)
+    else:
+        return None
     return ((lambda z: a * z + (1.0 - a) * tau * softplus(z / tau)),
             (lambda z: a + (1.0 - a) * sig(z / tau)))
 

@@ -11,7 +11,8 @@ from lipdsl.typed import Shape
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "cases"
 SPECS_WEIGHTS = Path(__file__).resolve().parents[1] / "specs" / "weights"
 
-SLOPES = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "sigmoid": (0.0, 0.25), "identity": (1.0, 1.0)}
+SLOPES = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "sigmoid": (0.0, 0.25), "identity": (1.0, 1.0),
+          "softplus": (0.0, 1.0), "hardtanh": (0.0, 1.0)}
 
 
 def case_file(*parts: str) -> Path | None:

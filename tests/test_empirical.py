@@ -57,3 +57,16 @@ def test_custom_activation_refused():
     net = Builder(4, flat=True).dense(np.eye(4)).act("mystep", slope=(0.0, 1.0)).build()
     with pytest.raises(LipdslError, match="known function"):
         lower_bound(net)
+
+
+def test_surrogates_follow_the_true_derivative():
+    """The smoothed ReLU / leaky ReLU / hardtanh tend to the true function and derivative as tau -> 0."""
+    from lipdsl.forward import _activation_functions, _surrogate_functions
+
+    z = np.array([-2.0, -0.5, 0.3, 0.9, 1.7])
+    for fn, p in [("relu", None), ("leaky_relu", 0.2), ("hardtanh", None)]:
+        layer = Builder(5, flat=True).act(fn, p).build().layers[0]
+        phi, dphi = _activation_functions(layer)
+        sphi, sdphi = _surrogate_functions(layer, 1e-4)
+        np.testing.assert_allclose(sphi(z), phi(z), atol=1e-3)
+        np.testing.assert_allclose(sdphi(z), dphi(z), atol=1e-3)

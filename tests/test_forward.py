@@ -73,7 +73,8 @@ def test_activations():
     z = np.linspace(-3, 3, 13)
     for fn, p, ref in [("relu", None, np.maximum(z, 0)), ("tanh", None, np.tanh(z)),
                        ("sigmoid", None, 1 / (1 + np.exp(-z))), ("leaky_relu", 0.2, np.where(z > 0, z, 0.2 * z)),
-                       ("elu", 0.5, np.where(z > 0, z, 0.5 * (np.exp(z) - 1)))]:
+                       ("elu", 0.5, np.where(z > 0, z, 0.5 * (np.exp(z) - 1))),
+                       ("softplus", None, np.log1p(np.exp(z))), ("hardtanh", None, np.clip(z, -1, 1))]:
         net = Builder(13, flat=True).act(fn, p).build()
         np.testing.assert_allclose(forward(net, z), ref, atol=1e-14)
 
@@ -92,7 +93,7 @@ def smooth_cnn(rng, act):
             .build())
 
 
-@pytest.mark.parametrize("act", ["tanh", "sigmoid", "elu"])
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "elu", "softplus"])
 def test_jacobian_matches_finite_differences(act):
     rng = np.random.default_rng(3)
     net = smooth_cnn(rng, act)
