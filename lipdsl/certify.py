@@ -9,10 +9,12 @@ has ``lambda_min = -e0``, with ``e = max(e0, 0) + margin`` and ``E = [C D]``:
     Lambda += eta I,  eta = t + e;        P += tau G,  tau = e + eta (alpha^2 + beta^2) ||E||^2;
     X_in += t_in I,   t_in = (k-1) tau + e + eta (alpha^2 + beta^2) ||E||^2,
 
-where ``G = diag(1, ..., k-1) (x) I`` satisfies ``G - A'GA = I`` and ``B'GB = (k-1) I`` for the FIR shift
-``A``, ``A'GB = 0``. The change of the LMI is then ``>= e I`` by a Schur complement, so the repaired LMI is
-positive semidefinite with margin. ``X_in`` is the previous system's output weight (repaired next) or, for
-the first system, ``rho I``: the certified bound is ``sqrt(rho + t_in) * factor``. A linear system (no
+where ``G = sum_j (A')^j A^j`` solves ``G - A'GA = I`` (``A`` is nilpotent: FIR, also when lifted). For the
+FIR shift, ``G = diag(1, ..., k-1) (x) I``, ``A'GB = 0`` and ``B'GB = (k-1) I``. When ``K = A'GB != 0`` (a
+lifted system), ``tau`` is doubled and ``t_in`` gets ``tau ||B'GB|| + tau^2 ||K||^2 / (tau - e - q)``
+instead, with ``q = eta (alpha^2 + beta^2) ||E||^2``. The change of the LMI is then ``>= e I`` by a Schur
+complement, so the repaired LMI is positive semidefinite with margin. ``X_in`` is the previous system's
+output weight (repaired next) or, for the first system, ``rho I``: the certified bound is ``sqrt(rho + t_in) * factor``. A linear system (no
 activation) uses ``eta = 0`` and ``t ||E||^2`` in place of ``eta (alpha^2 + beta^2) ||E||^2``. Side
 conditions (``lambda >= 0``, ``P >= 0`` where not implied, ``X >= 0`` before pooling) are enforced too.
 Finally every LMI is recomputed at the repaired point and its minimum eigenvalue must be at least
@@ -97,11 +99,17 @@ def _norm(M: np.ndarray) -> float:
     return float(np.linalg.norm(M, 2)) if M.size else 0.0
 
 
-def _shift_gramian(sys: lowered.System) -> tuple[np.ndarray, int]:
-    """``G = diag(1..k-1) (x) I_cin`` with ``G - A'GA = I`` and ``B'GB = (k-1) I``; returns (G, k-1)."""
-    nx, nu = sys.ss.nx, sys.ss.nu
-    blocks = nx // nu if nu else 0
-    return np.kron(np.diag(np.arange(1, blocks + 1, dtype=float)), np.eye(nu)), blocks
+def _stein_gramian(A: np.ndarray) -> np.ndarray:
+    """``G = sum_j (A')^j A^j``, the solution of ``G - A'GA = I`` for a nilpotent ``A`` (``G >= I``)."""
+    n = A.shape[0]
+    G = np.eye(n)
+    M = np.eye(n)
+    for _ in range(n):
+        M = A.T @ M @ A
+        if not M.any():
+            return G
+        G += M
+    raise ValueError("the state matrix is not nilpotent")  # pragma: no cover - FIR realizations are
 
 
 class _Point:
@@ -182,12 +190,16 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
             need = t_next * nE
         t_in = e + need
         if link.P is not None:
-            G, km1 = _shift_gramian(sys)
-            tau = e + need
+            A, B = sys.ss.A, sys.ss.B
+            G = _stein_gramian(A)
+            bgb = _norm(B.T @ G @ B)
+            k2 = _norm(A.T @ G @ B) ** 2
+            q = e + need  # the state block needs tau - e - (need) >= 0, plus room for the cross term
+            tau = q if k2 == 0 else 2 * q
             if link.needs_P_psd:
                 tau += max(-_min_eig(point.vars[link.P.name] + tau * G), 0.0) + _margin(G, margin)
             point.vars[link.P.name] = point.vars[link.P.name] + tau * G
-            t_in += km1 * tau
+            t_in += tau * bgb + (tau ** 2 * k2 / (tau - q) if k2 else 0.0)
         # X >= 0 where pooling needs it (the input weight of this link is that X after the shift)
         if link.w_in.kind == "var" and link.w_in.variable.name in psd_names:
             X = point.vars[link.w_in.variable.name]
