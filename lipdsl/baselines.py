@@ -1,4 +1,4 @@
-"""Reference upper bounds: typed.Network -> naive products and LipSDP (Fazlyab et al. 2019) on the unrolled net."""
+"""Reference upper bounds: typed.Network -> naive products and LipSDP (Fazlyab et al. 2019), unrolled."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from . import typed
 from .errors import CertificateError, LipdslError, SolveError, UnsupportedError
 
-#: Largest matrix dimension whose spectral norm is taken by a dense SVD (exact); above it ``svds`` (iterative).
+#: Largest matrix dimension whose spectral norm is a dense SVD (exact); above it ``svds`` (iterative).
 DENSE_SVD_LIMIT = 5000
 #: LipSDP asks its (scaled) hidden block to be <= -HIDDEN_MARGIN * I; see ``lipsdp``.
 HIDDEN_MARGIN = 1e-7
@@ -54,7 +54,7 @@ class BaselineResult:
 
 
 def _conv_matrix(L: typed.Conv1d, n: int) -> sp.csr_matrix:
-    """Toeplitz matrix of a conv1d on ``c_in x n``: ``M[o*n_out + t, i*n + s*t + d*j - p_left] = W[o, i, j]``."""
+    """Toeplitz matrix of a conv1d on ``c_in x n``: ``M[o*n_out + t, i*n + s*t + d*j - p_l] = W[o,i,j]``."""
     c_out, c_in, k = L.weight.shape
     n_out = (n + L.pad_left + L.pad_right - L.dilation * (k - 1) - 1) // L.stride + 1
     o, i, j, t = np.meshgrid(np.arange(c_out), np.arange(c_in), np.arange(k), np.arange(n_out), indexing="ij")
@@ -82,12 +82,13 @@ def _length_of(net: typed.Network, length: int | None) -> int | None:
         return None
     if shp.length is not None:
         if length is not None and length != shp.length:
-            raise LipdslError(f"the network's input length is {shp.length}, got length={length}", span=net.span)
+            raise LipdslError(f"the network's input length is {shp.length}, got length={length}",
+                              span=net.span)
         return shp.length
     if length is None:
         raise UnsupportedError(
-            f"network {net.name!r} takes inputs of any length; this bound depends on the length", span=net.span,
-            hint="give an input length (e.g. --length 64)")
+            f"network {net.name!r} takes inputs of any length; this bound depends on the length",
+            span=net.span, hint="give an input length (e.g. --length 64)")
     return int(length)
 
 
@@ -180,12 +181,12 @@ def spectral_norm(M) -> float:
 
 
 def _maxpool_gain(kernel: int, stride: int) -> float:
-    """Lipschitz constant of max pooling: ``sqrt(ceil(k/s))`` (each input lies in at most that many windows)."""
+    """Lipschitz constant of max pooling: ``sqrt(ceil(k/s))`` (each input is in at most that many windows)."""
     return math.sqrt(math.ceil(kernel / stride))
 
 
 def naive(net: typed.Network, length: int | None = None) -> float:
-    """``prod_k ||M_k||_2 * max(|alpha_k|, |beta_k|)`` over the unrolled steps (max pool: ``sqrt(ceil(k/s))``).
+    """``prod_k ||M_k||_2 * max(|alpha_k|, |beta_k|)`` over the unrolled steps (max pool: sqrt(ceil(k/s))).
 
     Depends on the input length: for short signals it can lie below :func:`naive_hinf`, never above it.
     """
@@ -327,7 +328,8 @@ def _lipsdp_data(net: typed.Network, length: int | None):
                 "(it is a maximum over a window, not an elementwise map)",
                 hint="use the naive bound or the dissipative method, which handle max pooling")
     hidden = [U for U in steps if U.slope is not None]
-    out = steps[-1].matrix if steps[-1].slope is None else sp.identity(steps[-1].matrix.shape[0], format="csr")
+    last = steps[-1].matrix
+    out = last if steps[-1].slope is None else sp.identity(last.shape[0], format="csr")
     if steps[-1].slope is None:
         assert all(U.slope is not None for U in steps[:-1])
     hidden_mats = _prune([sp.csr_matrix(U.matrix) for U in hidden] + [sp.csr_matrix(out)])
@@ -406,9 +408,9 @@ def _to_cvxopt(M: sp.spmatrix):
 def _certify(C, E0, F, N, n0, lam, rho_claimed, margin=1e-9):
     """Smallest verified ``rho`` for the multipliers ``lam``: ``F(rho, lam) <= 0`` checked by ``eigvalsh``.
 
-    With ``F(0, lam) = [[P, Q], [Q^T, R]]`` split after the ``n0`` input rows and ``R < 0`` (Cholesky of ``-R``),
-    ``F(rho, lam) <= 0  <=>  rho >= lambda_max(P - Q R^{-1} Q^T)`` (Schur complement); that value times
-    ``1 + margin`` is checked directly. If ``R`` is not negative definite, ``rho_claimed`` is raised instead.
+    With ``F(0, lam) = [[P, Q], [Q^T, R]]`` split after the ``n0`` input rows and ``R < 0`` (Cholesky of
+    ``-R``), ``F(rho, lam) <= 0  <=>  rho >= lambda_max(P - Q R^{-1} Q^T)`` (Schur complement); that value
+    times ``1 + margin`` is checked directly. If ``R`` is not negative definite, ``rho_claimed`` is raised instead.
     """
     M0 = (C + F @ sp.csr_matrix(lam.reshape(-1, 1))).toarray().reshape(N, N, order="F")
     M0 = (M0 + M0.T) / 2
@@ -436,7 +438,8 @@ def _certify(C, E0, F, N, n0, lam, rho_claimed, margin=1e-9):
         if ev <= 0.0:
             return rho, ev
     raise CertificateError(
-        f"LipSDP: the LMI does not hold at the solver's multipliers (largest eigenvalue {ev:.3g} at rho={rho:.6g})",
+        f"LipSDP: the LMI does not hold at the solver's multipliers "
+        f"(largest eigenvalue {ev:.3g} at rho={rho:.6g})",
         hint="the solver did not converge; no bound is reported")
 
 
@@ -450,9 +453,9 @@ def lipsdp(net: typed.Network, mode: str = "neuron", length: int | None = None, 
         [A; B]^T [[-2 alpha beta T, (alpha+beta) T], [(alpha+beta) T, -2 T]] [A; B]
             + diag(-rho I_{n_0}, 0, ..., 0, M_out^T M_out)  <= 0,
 
-    ``A = [blkdiag(M_1, ..., M_l), 0]``, ``B = [0, I]``; then ``L = sqrt(rho)``. Each ``M_k`` is scaled to unit
-    norm (and the slopes to max 1) and the scale is multiplied back into ``L``. If ``n_0 > n_1``, ``M_1`` is
-    replaced by ``U S`` from its SVD ``M_1 = U S V^T``: the dropped input directions only add the block
+    ``A = [blkdiag(M_1, ..., M_l), 0]``, ``B = [0, I]``; then ``L = sqrt(rho)``. Each ``M_k`` is scaled to
+    unit norm (and the slopes to max 1) and the scale is multiplied back into ``L``. If ``n_0 > n_1``, ``M_1``
+    is replaced by ``U S`` from its SVD ``M_1 = U S V^T``: the dropped input directions only add the block
     ``-rho I``, so the LMI is equivalent and much smaller (MNIST: 834 -> 100).
 
     Raises

@@ -33,7 +33,8 @@ def _input_shape(net: typed.Network, length: int | None) -> tuple[int, ...]:
         return (shp.channels,)
     if shp.length is not None:
         if length is not None and length != shp.length:
-            raise LipdslError(f"the network's input length is {shp.length}, got length={length}", span=net.span)
+            raise LipdslError(f"the network's input length is {shp.length}, got length={length}",
+                              span=net.span)
         return (shp.channels, shp.length)
     return (shp.channels, int(length or DEFAULT_LENGTH))
 
@@ -52,9 +53,9 @@ def _sigma(net, u) -> float:
 def _ascent(net, u, steps, tau_range, deadline, record):
     """Ascend ``sigma_max(J_tau(u))`` of the smooth surrogate, recording the exact norm at every iterate.
 
-    ``d sigma / du = grad_u (v^T J_tau(u) w) = (J_tau(u + h w)^T v - J_tau(u - h w)^T v) / (2 h) + O(h^2)`` for
-    the top singular pair ``(v, w)`` (exact derivative of a simple singular value). Steps are normalised to a
-    fraction ``eta`` of ``||u||``; ``eta`` halves when the surrogate value drops. ``tau`` (relative to each
+    ``d sigma / du = grad_u (v^T J_tau(u) w) = (J_tau(u + h w)^T v - J_tau(u - h w)^T v) / (2 h) + O(h^2)``
+    for the top singular pair ``(v, w)`` (exact derivative of a simple singular value). Steps are normalised to
+    a fraction ``eta`` of ``||u||``; ``eta`` halves when the surrogate value drops. ``tau`` (relative to each
     activation input's RMS) is annealed geometrically from ``tau_range[0]`` to ``tau_range[1]``.
     """
     eta = 0.2
@@ -92,8 +93,8 @@ def lower_bound(net: typed.Network, *, starts: int = 32, seed: int = 0, time_bud
     ``oversample * starts`` Gaussian inputs at log-uniform scales in ``[0.1, 10]`` are scored, and the best
     ``starts`` of them are ascended (at most a quarter of the budget goes to scoring). The ascent follows
     ``sigma_max(J(u))``; for piecewise-linear activations (whose Jacobian is locally constant) it follows a
-    smoothed surrogate ``phi_tau`` instead and anneals ``tau -> 0``, so it moves towards activation patterns with
-    a larger gain; every iterate is scored with the exact Jacobian of the true network.
+    smoothed surrogate ``phi_tau`` instead and anneals ``tau -> 0``, so it moves towards activation patterns
+    with a larger gain; every iterate is scored with the exact Jacobian of the true network.
 
     Parameters
     ----------

@@ -65,7 +65,8 @@ def conv1d_transpose(g: np.ndarray, weight: np.ndarray, n_in: int, stride: int =
     gp = np.zeros((g.shape[0], c_in, n_in + pad_left + pad_right))
     for j in range(k):
         start = dilation * j
-        gp[:, :, start:start + stride * (n_out - 1) + 1:stride] += np.einsum("oi,bot->bit", weight[:, :, j], g)
+        stop = start + stride * (n_out - 1) + 1
+        gp[:, :, start:stop:stride] += np.einsum("oi,bot->bit", weight[:, :, j], g)
     return gp[:, :, pad_left:pad_left + n_in]
 
 
@@ -103,8 +104,8 @@ def _activation_functions(layer: typed.Activation) -> tuple[Callable, Callable]:
     if fn in ("identity", "linear"):
         return (lambda z: z), (lambda z: np.ones_like(z))
     raise LipdslError(
-        f"activation {layer.name!r} ('{fn}') is known only by its slope bound [{layer.alpha:g}, {layer.beta:g}]; "
-        f"the empirical lower bound needs a known function",
+        f"activation {layer.name!r} ('{fn}') is known only by its slope bound "
+        f"[{layer.alpha:g}, {layer.beta:g}]; the empirical lower bound needs a known function",
         span=layer.span,
         hint=f"use one of {', '.join(KNOWN_ACTIVATIONS[:-1])}, or compute only upper bounds")
 
@@ -152,9 +153,9 @@ class Linearization:
     """A forward pass at a batch of inputs with its Jacobian-vector and vector-Jacobian products.
 
     ``jvp(T)`` maps input tangents ``T`` (B, n_in) to ``J T`` (B, n_out) and ``vjp(G)`` maps output
-    cotangents ``G`` (B, n_out) to ``J^T G`` (B, n_in), where ``J`` is the Jacobian at each sample of the batch
-    (the same sample per row: tangents are applied row by row to the recorded samples, or broadcast when the
-    recorded batch has one sample).
+    cotangents ``G`` (B, n_out) to ``J^T G`` (B, n_in), where ``J`` is the Jacobian at each sample of the
+    batch (tangents are applied row by row to the recorded samples, or broadcast when the recorded batch has
+    one sample).
     """
 
     steps: list
@@ -184,7 +185,7 @@ class Linearization:
         return x.reshape(x.shape[0], -1)
 
     def matrix(self) -> np.ndarray:
-        """The dense Jacobian (n_out x n_in) of a single-sample linearization, by the cheaper of JVP and VJP."""
+        """The dense Jacobian (n_out x n_in) of a single-sample linearization (the cheaper of JVP, VJP)."""
         if self.n_in <= self.n_out:
             return self.jvp(np.eye(self.n_in)).T
         return self.vjp(np.eye(self.n_out))
@@ -264,8 +265,8 @@ def linearize(net: typed.Network, u: np.ndarray, *, batch: bool = False,
         One input, ``(c, N)`` or flat ``(c*N,)`` (channel-major); with ``batch=True`` a leading batch axis.
     surrogate_tau : float or sequence of float, optional
         If given, ReLU and leaky ReLU are replaced by the smooth ``phi_tau`` of :func:`_surrogate_functions`
-        (used by the lower-bound search to follow a gradient through activation patterns); a sequence gives one
-        ``tau`` per activation layer, in order.
+        (used by the lower-bound search to follow a gradient through activation patterns); a sequence gives
+        one ``tau`` per activation layer, in order.
     """
     x = _input_batch(net, u, batch)
     input_shape = x.shape[1:]

@@ -127,7 +127,7 @@ def lipsdp_net(name: str) -> typed.Network | None:
 
 
 def ecg_network(name: str = "CNN_23_03_08_11_52", biases: bool = True) -> typed.Network | None:
-    """The authors' ECG CNN (input 1x128; conv k3 causal, ReLU, avgpool 2, twice; flatten; 96-60-5), or None."""
+    """The authors' ECG CNN (1x128; [conv k3 causal, ReLU, avgpool 2] x 2; flatten; 96-60-5), or None."""
     f = case_file("ecg", f"{name}.npz")
     if f is None:
         return None
@@ -139,7 +139,8 @@ def ecg_network(name: str = "CNN_23_03_08_11_52", biases: bool = True) -> typed.
     return (Builder(1, 128, name=name)
             .conv(d["conv1.weight"], padding="causal", bias=bias("conv1.bias")).act("relu").pool("avg", 2)
             .conv(d["conv2.weight"], padding="causal", bias=bias("conv2.bias")).act("relu").pool("avg", 2)
-            .flatten().dense(d["fc1.weight"], bias("fc1.bias")).act("relu").dense(d["fc2.weight"], bias("fc2.bias"))
+            .flatten().dense(d["fc1.weight"], bias("fc1.bias")).act("relu")
+            .dense(d["fc2.weight"], bias("fc2.bias"))
             .build())
 
 
@@ -175,7 +176,8 @@ def random_cnn(rng: np.random.Generator, *, activation: str | None = None, lengt
     b.flatten()
     if rng.random() < 0.5:
         h = int(rng.integers(2, 8))
-        b.dense(rng.standard_normal((h, b.shape.channels)) / np.sqrt(b.shape.channels), 0.1 * rng.standard_normal(h))
+        b.dense(rng.standard_normal((h, b.shape.channels)) / np.sqrt(b.shape.channels),
+                0.1 * rng.standard_normal(h))
         b.act(act)
     m = int(rng.integers(1, 4))
     b.dense(rng.standard_normal((m, b.shape.channels)) / np.sqrt(b.shape.channels))

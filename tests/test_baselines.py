@@ -22,19 +22,22 @@ def need(net):
 
 
 def test_unroll_linear_net_equals_jacobian():
-    """A net without activations unrolls to one matrix: the forward pass's Jacobian (an independent oracle)."""
+    """A net without activations unrolls to one matrix: the forward pass's Jacobian (independent oracle)."""
     rng = np.random.default_rng(0)
     for padding, stride, dilation in [("causal", 1, 1), ("same", 1, 2), (1, 2, 1), ("valid", 3, 2)]:
-        net = (Builder(2, 13).conv(rng.standard_normal((3, 2, 3)), padding=padding, stride=stride, dilation=dilation)
+        net = (Builder(2, 13)
+               .conv(rng.standard_normal((3, 2, 3)), padding=padding, stride=stride, dilation=dilation)
                .pool("avg", 3, 2).conv(rng.standard_normal((2, 3, 2)), padding="causal").flatten()
                .dense(rng.standard_normal((4, net_len(2, 13, padding, stride, dilation)))).build())
         steps = unroll(net)
         assert len(steps) == 1 and steps[0].slope is None
-        np.testing.assert_allclose(steps[0].matrix.toarray(), jacobian(net, rng.standard_normal(26)), atol=1e-12)
+        J = jacobian(net, rng.standard_normal(26))
+        np.testing.assert_allclose(steps[0].matrix.toarray(), J, atol=1e-12)
 
 
 def net_len(c, n, padding, stride, dilation):
-    b = Builder(c, n).conv(np.ones((3, c, 3)), padding=padding, stride=stride, dilation=dilation).pool("avg", 3, 2)
+    b = Builder(c, n).conv(np.ones((3, c, 3)), padding=padding, stride=stride, dilation=dilation)
+    b.pool("avg", 3, 2)
     return 2 * b.conv(np.ones((2, 3, 2)), padding="causal").shape.length
 
 
@@ -145,14 +148,15 @@ def test_mnist_neuron_unreduced():
 def test_general_slopes_exact_on_positive_weights():
     """Leaky ReLU / ELU with non-negative weights: the all-active region is reachable, L = ||W3 W2 W1||."""
     rng = np.random.default_rng(5)
-    W = [np.abs(rng.standard_normal((6, 3))), np.abs(rng.standard_normal((5, 6))), np.abs(rng.standard_normal((2, 5)))]
+    W = [np.abs(rng.standard_normal(s)) for s in [(6, 3), (5, 6), (2, 5)]]
     exact = np.linalg.norm(W[2] @ W[1] @ W[0], 2)
     net = dense_net(W, activation="leaky_relu")
     bound = lipsdp(net).bound
     assert exact <= bound <= exact * (1 + 1e-6)
     assert lower_bound(net, starts=4, steps=5).value == pytest.approx(exact, rel=1e-9)
     b = Builder(3, flat=True).dense(W[0]).act("sigmoid").dense(W[1]).act("elu", 0.5).dense(W[2]).build()
-    lo, ne, la, nv = lower_bound(b, starts=4, steps=10).value, lipsdp(b).bound, lipsdp(b, "layer").bound, naive(b)
+    lo, ne = lower_bound(b, starts=4, steps=10).value, lipsdp(b).bound
+    la, nv = lipsdp(b, "layer").bound, naive(b)
     assert lo <= ne <= la * (1 + 1e-7) and la <= nv * (1 + 1e-7)
 
 

@@ -10,7 +10,7 @@ from nets import Builder, dense_net, ecg_network, random_cnn
 
 
 def conv_loop(x, w, b, stride, dilation, pl, pr):
-    """Textbook cross-correlation, one scalar at a time: y[o,t] = b[o] + sum_ij w[o,i,j] xpad[i, s t + d j]."""
+    """Textbook cross-correlation, one scalar at a time: y[o,t] = b[o] + sum_ij w[o,i,j] xp[i, s t + d j]."""
     c_in, n = x.shape
     c_out, _, k = w.shape
     xp = np.zeros((c_in, n + pl + pr))
@@ -28,7 +28,8 @@ def conv_loop(x, w, b, stride, dilation, pl, pr):
 
 
 @pytest.mark.parametrize("k,stride,dilation,pl,pr", [
-    (1, 1, 1, 0, 0), (3, 1, 1, 2, 0), (3, 2, 1, 1, 1), (4, 1, 2, 3, 3), (3, 3, 2, 0, 0), (3, 1, 2, 4, 0), (5, 2, 1, 2, 2),
+    (1, 1, 1, 0, 0), (3, 1, 1, 2, 0), (3, 2, 1, 1, 1), (4, 1, 2, 3, 3), (3, 3, 2, 0, 0), (3, 1, 2, 4, 0),
+    (5, 2, 1, 2, 2),
     (2, 1, 1, 1, 0)])
 def test_conv_matches_loop(k, stride, dilation, pl, pr):
     rng = np.random.default_rng(k * 100 + stride * 10 + dilation)
@@ -72,7 +73,8 @@ def test_pools_flatten_gap():
 def test_activations():
     z = np.linspace(-3, 3, 13)
     for fn, p, ref in [("relu", None, np.maximum(z, 0)), ("tanh", None, np.tanh(z)),
-                       ("sigmoid", None, 1 / (1 + np.exp(-z))), ("leaky_relu", 0.2, np.where(z > 0, z, 0.2 * z)),
+                       ("sigmoid", None, 1 / (1 + np.exp(-z))),
+                       ("leaky_relu", 0.2, np.where(z > 0, z, 0.2 * z)),
                        ("elu", 0.5, np.where(z > 0, z, 0.5 * (np.exp(z) - 1))),
                        ("softplus", None, np.log1p(np.exp(z))), ("hardtanh", None, np.clip(z, -1, 1))]:
         net = Builder(13, flat=True).act(fn, p).build()
@@ -88,8 +90,10 @@ def test_custom_activation_refused():
 def smooth_cnn(rng, act):
     return (Builder(2, 9).conv(rng.standard_normal((3, 2, 3)), padding="causal", bias=rng.standard_normal(3))
             .act(act).pool("avg", 3, 2)
-            .conv(rng.standard_normal((2, 3, 2)), stride=2, dilation=1, padding=1).act(act, 0.3 if act == "elu" else None)
-            .flatten().dense(rng.standard_normal((4, 6)), rng.standard_normal(4)).act(act).dense(rng.standard_normal((3, 4)))
+            .conv(rng.standard_normal((2, 3, 2)), stride=2, dilation=1, padding=1)
+            .act(act, 0.3 if act == "elu" else None)
+            .flatten().dense(rng.standard_normal((4, 6)), rng.standard_normal(4)).act(act)
+            .dense(rng.standard_normal((3, 4)))
             .build())
 
 
@@ -110,7 +114,8 @@ def test_jacobian_piecewise_linear_exact():
     """ReLU + max pool: inside a linear region f(u + e) - f(u) = J e exactly for small e."""
     rng = np.random.default_rng(4)
     net = (Builder(1, 12).conv(rng.standard_normal((3, 1, 3)), padding="same", bias=rng.standard_normal(3))
-           .act("relu").pool("max", 3, 2).conv(rng.standard_normal((2, 3, 2)), dilation=2).act("leaky_relu", 0.1)
+           .act("relu").pool("max", 3, 2).conv(rng.standard_normal((2, 3, 2)), dilation=2)
+           .act("leaky_relu", 0.1)
            .flatten().dense(rng.standard_normal((4, 2 * 3))).build())
     u = rng.standard_normal(12)
     J = jacobian(net, u)
