@@ -410,7 +410,8 @@ def _certify(C, E0, F, N, n0, lam, rho_claimed, margin=1e-9):
 
     With ``F(0, lam) = [[P, Q], [Q^T, R]]`` split after the ``n0`` input rows and ``R < 0`` (Cholesky of
     ``-R``), ``F(rho, lam) <= 0  <=>  rho >= lambda_max(P - Q R^{-1} Q^T)`` (Schur complement); that value
-    times ``1 + margin`` is checked directly. If ``R`` is not negative definite, ``rho_claimed`` is raised instead.
+    times ``1 + margin`` is checked directly. If ``R`` is not negative definite, ``rho_claimed`` is raised
+    instead.
     """
     M0 = (C + F @ sp.csr_matrix(lam.reshape(-1, 1))).toarray().reshape(N, N, order="F")
     M0 = (M0 + M0.T) / 2
