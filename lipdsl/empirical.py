@@ -54,8 +54,8 @@ def _ascent(net, u, steps, tau_range, deadline, record):
     """Ascend ``sigma_max(J_tau(u))`` of the smooth surrogate, recording the exact norm at every iterate.
 
     ``d sigma/du = grad_u (v^T J_tau(u) w) = (J_tau(u + h w)^T v - J_tau(u - h w)^T v) / (2h) + O(h^2)``
-    for the top singular pair ``(v, w)`` (exact derivative of a simple singular value). Steps are normalised to
-    a fraction ``eta`` of ``||u||``; ``eta`` halves when the surrogate value drops. ``tau`` (relative to each
+    for the top singular pair ``(v, w)`` (exact derivative of a simple singular value). Steps are normalised
+    to a fraction ``eta`` of ``||u||``; ``eta`` halves when the surrogate value drops. ``tau`` (relative to each
     activation input's RMS) is annealed geometrically from ``tau_range[0]`` to ``tau_range[1]``.
     """
     eta = 0.2
