@@ -339,6 +339,43 @@ def lower_command(spec: str, seed: int, starts: int, time_budget: float, length:
                f"starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)")
 
 
+# -- import (issue 7) -------------------------------------------------------------------------------------
+
+@cli.command("import")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .lip spec to write.")
+@click.option("-w", "--weights", "weights", type=click.Path(dir_okay=False), default=None,
+              help="The .npz to write the tensors to (default: the spec's path with .npz).")
+@click.option("--like", type=click.Path(dir_okay=False), default=None,
+              help="For a PyTorch state_dict (.pt/.pth): the .lip spec giving the architecture; its weight "
+                   "keys are filled from the state_dict.")
+@click.option("--length", type=click.IntRange(min=1), default=None,
+              help="ONNX: input length when the model's time axis is symbolic.")
+@click.option("--name", default=None, help="The network's name (default: the model file's stem).")
+def import_command(model: str, output: str, weights: str | None, like: str | None, length: int | None,
+                   name: str | None) -> None:
+    """Write a .lip spec and an .npz of weights from MODEL: an ONNX graph (.onnx) or, with --like, a
+    PyTorch state_dict (loaded with torch.load(weights_only=True); pickled modules are refused)."""
+    from .importer import import_onnx, import_state_dict
+    from .load import load_network
+
+    try:
+        if like is not None:
+            spec_path, weights_path = import_state_dict(model, like, output, weights)
+        elif model.lower().endswith((".pt", ".pth", ".bin", ".ckpt")):
+            raise LipdslError(f"{model!r} looks like a PyTorch file; its architecture is not in it",
+                              hint="pass --like ARCH.lip (a spec whose weight keys name the state_dict's "
+                                   "tensors), export the model to ONNX, or use lipdsl.from_torch in Python")
+        else:
+            imported = import_onnx(model, name=name, length=length)
+            spec_path, weights_path = imported.write(output, weights)
+        _, net = load_network(spec_path)
+    except LipdslError as err:
+        fail(err, err.source)
+    click.echo(f"wrote {spec_path} and {weights_path}")
+    click.echo(f"OK {_summary(net)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lipdsl`` console script."""
     try:

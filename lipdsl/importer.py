@@ -949,9 +949,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for refused files
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        why = (f"it holds a pickled {found.group(1)}" if found else
+               (str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         raise ImportError_(
-            f"{str(path)!r} is not a state_dict that loads with torch.load(weights_only=True): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            f"{str(path)!r} is not a state_dict that loads with torch.load(weights_only=True): {why}",
             hint="save the weights with torch.save(model.state_dict(), path) (a whole pickled module is never "
                  "loaded: unpickling can run any code), export to ONNX, or call lipdsl.from_torch(model, shape) "
                  "in Python") from None
