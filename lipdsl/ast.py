@@ -29,6 +29,7 @@ class Expr:
     value: Any  # int | float | sympy.Expr
     span: Span
     names: tuple[Name, ...] = ()
+    depth: int = 1  # nesting of operators and calls; parse refuses more than MAX_DEPTH
 
     @property
     def is_number(self) -> bool:
@@ -48,6 +49,85 @@ def exact(e: "Expr | int | float"):
         # repr() is the shortest text that reads back as this float, i.e. what the user wrote.
         return sympy.Rational(repr(value)) if finite else sympy.Float(value)
     return value
+
+
+#: Deepest expression (operators and calls, as a tree) the parser accepts: sympy walks expressions
+#: recursively, and a spec has no use for a chain of hundreds of operators.
+MAX_DEPTH = 100
+#: Deepest bracket nesting, ``(`` and ``[`` together: weights need three levels.
+MAX_NESTING = 32
+
+#: Largest exact number an expression may reach: numerators and denominators of at most this many bits
+#: (2**8192 ~ 1e2466, far beyond float64). Larger values would be computed digit by digit (10^10^10 takes
+#: hours), and keeping them unevaluated lets evalf lose every digit to cancellation (10^400 - 10^400).
+MAX_BITS = 8192
+#: Largest exponent of an irrational base (sqrt(2)^n is expanded exactly by sympy).
+MAX_EXPONENT = 4096
+
+
+class TooLarge(ArithmeticError):
+    """An exact value would exceed ``MAX_BITS``; the caller raises a LipdslError with the span."""
+
+
+def _bits(value) -> int:
+    """Bits of the numerator/denominator of a rational value, 0 for anything else."""
+    if getattr(value, "is_Rational", False):
+        return max(int(value.p).bit_length(), int(value.q).bit_length())
+    return 0
+
+
+def bounded(value):
+    """``value`` if its exact size is within ``MAX_BITS``, else raise TooLarge."""
+    if _bits(value) > MAX_BITS:
+        raise TooLarge("the exact value has more than %d bits" % MAX_BITS)
+    return value
+
+
+def power(base, exponent):
+    """``base ** exponent`` (sympy), refusing results beyond ``MAX_BITS`` before computing them."""
+    import sympy
+
+    if exponent.is_Number and base.is_number:
+        e = abs(exponent)
+        if base.is_Rational:
+            if base not in (0, 1, -1) and e * _bits(base) > MAX_BITS:
+                raise TooLarge(f"the power would have about {float(e) * _bits(base):.3g} bits (at most {MAX_BITS})")
+        elif e > MAX_EXPONENT:
+            raise TooLarge(f"the exponent exceeds {MAX_EXPONENT}")
+    return bounded(sympy.Pow(base, exponent))
+
+
+def substitute(value, subs: dict):
+    """``value`` with symbols replaced by ``subs``, rebuilt bottom up (no recursion) with ``power``'s limits.
+
+    sympy's own ``xreplace`` would evaluate ``a^a^a`` with ``a = 2`` without bounds.
+    """
+    import sympy
+
+    post: list = []
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        post.append(node)
+        stack.extend(node.args)
+    done: dict = {}
+    for node in reversed(post):
+        if node in done:
+            continue
+        if not node.args:
+            done[node] = subs.get(node, node)
+            continue
+        args = [done[a] for a in node.args]
+        if isinstance(node, sympy.Pow):
+            new = power(args[0], args[1])
+        elif isinstance(node, (sympy.Add, sympy.Mul)):
+            new = args[0]
+            for a in args[1:]:
+                new = bounded(new + a if isinstance(node, sympy.Add) else new * a)
+        else:
+            new = bounded(node.func(*args))
+        done[node] = new
+    return done[value]
 
 
 @dataclass(frozen=True, slots=True)

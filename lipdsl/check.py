@@ -118,24 +118,47 @@ class _Checker:
                 hint = _did_you_mean(n.id, self.env) + f"define it first, as in 'let {n.id} = 1/8'"
                 raise SpecError(f"unknown name {n.id!r}", n.span, hint=hint)
         subs = {sympy.Symbol(n.id): ast.exact(self.env[n.id]) for n in e.names if not n.call}
-        return e.value.xreplace(subs) if subs else e.value
+        if not subs:
+            return e.value
+        try:
+            return ast.substitute(e.value, subs)
+        except ast.TooLarge as exc:
+            raise SpecError(
+                f"{what}: number too large to compute exactly: {exc}",
+                e.span,
+                hint="values must fit in float64 (about 1.8e308); lipdsl computes expressions exactly first",
+            ) from None
 
     def number(self, e: ast.Expr, what: str) -> tuple[float, Any]:
         """(float value, exact sympy value or None when ``e`` is a plain number) of a real expression."""
         v = self.value(e, what)
-        if isinstance(v, (int, float)):
-            return float(v), None
+        if isinstance(v, float):
+            return v, None
+        if isinstance(v, int):
+            try:
+                return float(v), None
+            except OverflowError:
+                raise SpecError(f"{what}: the number is too large for float64", e.span) from None
         return self.to_float(v, e.span, what), v
 
     @staticmethod
     def to_float(v: Any, span: Span, what: str) -> float:
+        from sympy.core.evalf import PrecisionExhausted
+
         try:
-            f = float(v.evalf(20) if hasattr(v, "evalf") else v)
+            # strict: raise rather than return digits lost to cancellation
+            f = float(v.evalf(20, strict=True) if hasattr(v, "evalf") else v)
         except (TypeError, ValueError, OverflowError):
-            raise SpecError(f"{what} is not a real number: {v}", span) from None
+            raise SpecError(f"{what} is not a real number: {_short(v)}", span) from None
+        except PrecisionExhausted:
+            raise SpecError(
+                f"{what} cannot be evaluated to 20 significant digits: {_short(v)}",
+                span,
+                hint="write it in a simpler form (it may be an exact zero sympy cannot recognise)",
+            ) from None
         if not math.isfinite(f):
             raise SpecError(
-                f"{what} is not finite: {v}", span, hint="check for a division by zero or an overflow"
+                f"{what} is not finite: {_short(v)}", span, hint="check for a division by zero or an overflow"
             )
         return f
 
@@ -333,6 +356,12 @@ class _Checker:
                     hint="every row of a nested list needs the same shape",
                 )
         return (len(t.items),) + first
+
+
+def _short(v: Any) -> str:
+    """``str(v)``, shortened for messages (an exact value may have thousands of digits)."""
+    text = str(v)
+    return text if len(text) <= 60 else f"{text[:28]}...{text[-28:]} ({len(text)} characters)"
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Transformer_NonRecursive, v_args
+from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken,
+                             VisitError)
 from lark.lexer import PatternStr
 from lark.lark import PostLex
 from lark.parsers.lalr_parser_state import ParserState
 
 from . import ast
-from .errors import ParseError
+from .errors import LipdslError, ParseError
 from .source import Source, Span
 
 __all__ = ["parse", "grammar_text", "match_syntax_error", "SYNTAX_ERRORS"]
@@ -230,6 +231,12 @@ class _Continuation(PostLex):
                     continue
             elif tok.type in _OPENERS:
                 open_brackets.append(tok)
+                if len(open_brackets) > ast.MAX_NESTING:
+                    raise ParseError(
+                        f"brackets nested more than {ast.MAX_NESTING} deep",
+                        Span(tok.line, tok.column, tok.end_line, tok.end_column),
+                        hint="weights need at most three levels: [[[...]]] for conv1d (c_out, c_in, kernel)",
+                    )
             elif tok.type in ("RSQB", "RPAR") and open_brackets:
                 open_brackets.pop()
             last = tok
@@ -302,28 +309,52 @@ def _parser() -> Lark:
     return _PARSER
 
 
-def _operator(fn_name: str, meta, left: ast.Expr, right: ast.Expr) -> ast.Expr:
-    import sympy
+def _nested(meta, *kids: ast.Expr) -> int:
+    """Depth of an expression node over ``kids``; refuses more than ``ast.MAX_DEPTH``."""
+    depth = 1 + max(k.depth for k in kids)
+    if depth > ast.MAX_DEPTH:
+        raise ParseError(
+            f"expression nested more than {ast.MAX_DEPTH} levels deep",
+            Span.of(meta),
+            hint="split it into 'let' constants",
+        )
+    return depth
 
+
+def _too_large(exc: ast.TooLarge, meta) -> ParseError:
+    return ParseError(
+        f"number too large to compute exactly: {exc}",
+        Span.of(meta),
+        hint="values must fit in float64 (about 1.8e308); lipdsl computes expressions exactly first",
+    )
+
+
+def _operator(fn_name: str, meta, left: ast.Expr, right: ast.Expr) -> ast.Expr:
+    depth = _nested(meta, left, right)
     a, b = ast.exact(left), ast.exact(right)
-    if fn_name == "add":
-        value = a + b
-    elif fn_name == "sub":
-        value = a - b
-    elif fn_name == "mul":
-        value = a * b
-    elif fn_name == "div":
-        value = a / b
-    else:
-        # Exact powers with huge exponents would be expanded digit by digit; keep those unevaluated.
-        big = b.is_Number and abs(b) > 256 and a.is_Number
-        value = sympy.Pow(a, b, evaluate=not big)
-    return ast.Expr(value, Span.of(meta), left.names + right.names)
+    try:
+        if fn_name == "add":
+            value = ast.bounded(a + b)
+        elif fn_name == "sub":
+            value = ast.bounded(a - b)
+        elif fn_name == "mul":
+            value = ast.bounded(a * b)
+        elif fn_name == "div":
+            value = ast.bounded(a / b)
+        else:
+            value = ast.power(a, b)
+    except ast.TooLarge as exc:
+        raise _too_large(exc, meta) from None
+    return ast.Expr(value, Span.of(meta), left.names + right.names, depth)
 
 
 @v_args(meta=True)
-class ToAst(Transformer):
-    """Parse tree -> ast nodes; builds nodes and nothing else (checks belong to check.py)."""
+class ToAst(Transformer_NonRecursive):
+    """Parse tree -> ast nodes; builds nodes and nothing else (checks belong to check.py).
+
+    Non-recursive, so that long operator chains (``1+1+...+1``) cannot exhaust Python's stack; depth and
+    number size limits are enforced while building (``_nested``, ``ast.power``).
+    """
 
     def start(self, meta, kids):
         return list(kids)
@@ -419,7 +450,16 @@ class ToAst(Transformer):
     # -- expressions -------------------------------------------------------------------------------
     def number(self, meta, kids):
         text = str(kids[0])
-        value = float(text) if any(c in text for c in ".eE") else int(text)
+        if any(c in text for c in ".eE"):
+            value = float(text)  # inf when out of range: check reports it with the span
+        elif len(text) > 1000:  # beyond float64 (and Python's int(str) limit of 4300 digits)
+            raise ParseError(
+                f"number with {len(text)} digits is too large",
+                Span.of(meta),
+                hint="values must fit in float64 (about 1.8e308)",
+            )
+        else:
+            value = int(text)
         return ast.Expr(value, Span.of(meta))
 
     def name(self, meta, kids):
@@ -446,14 +486,17 @@ class ToAst(Transformer):
             "abs": sympy.Abs,
         }
         f = builtin.get(str(fn)) or sympy.Function(str(fn))
-        return ast.Expr(
-            f(ast.exact(arg)), Span.of(meta), (ast.Name(str(fn), Span.of(fn), call=True),) + arg.names
-        )
+        depth = _nested(meta, arg)
+        try:
+            value = ast.bounded(f(ast.exact(arg)))
+        except ast.TooLarge as exc:
+            raise _too_large(exc, meta) from None
+        return ast.Expr(value, Span.of(meta), (ast.Name(str(fn), Span.of(fn), call=True),) + arg.names, depth)
 
     def neg(self, meta, kids):
         (arg,) = kids
         value = -arg.value if arg.is_number else -ast.exact(arg)
-        return ast.Expr(value, Span.of(meta), arg.names)
+        return ast.Expr(value, Span.of(meta), arg.names, arg.depth if arg.is_number else _nested(meta, arg))
 
     def add(self, meta, kids):
         return _operator("add", meta, *kids)
@@ -610,7 +653,12 @@ def parse(source: Source) -> ast.Network:
         tree = _parser().parse(source.text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, source) from None
-    statements = ToAst().transform(tree)
+    try:
+        statements = ToAst().transform(tree)
+    except VisitError as exc:  # Lark wraps what the callbacks raise; ours are LipdslErrors with a span
+        if isinstance(exc.orig_exc, LipdslError):
+            raise exc.orig_exc from None
+        raise
 
     name = name_span = None
     network_span = None
