@@ -357,7 +357,10 @@ def solve_sdpa_file(path: str | os.PathLike, *, tol: float = 1e-9, max_iteration
         import sdpap
     except ImportError as exc:
         raise SolveError("sdpa-python is not installed", hint="pip install sdpa-python") from exc
-    A, b, c, K, J = sdpap.importsdpa(str(path))
+    with warnings.catch_warnings():
+        # NOTE: importsdpa never closes its file; the ResourceWarning fires when it returns.
+        warnings.simplefilter("ignore", ResourceWarning)
+        A, b, c, K, J = sdpap.importsdpa(str(path))
     option = {"print": "display" if verbose else "no", "numThreads": 1, "maxIteration": int(max_iterations),
               "epsilonStar": float(tol), "epsilonDash": float(tol),
               "lowerBound": -1.0e30, "upperBound": 1.0e30}
