@@ -215,7 +215,7 @@ def write_sdpa(sdp: Sdp, path_or_file: str | os.PathLike | IO[str], *, spec_name
          "  objective = rho, the SDPA primal optimum (solvers that report the dual form may print -rho)",
          f"bound = sqrt(objective) * {float(sdp.factor)!r}",
          "  (machine-readable line above: the l2 Lipschitz upper bound is sqrt(rho) * factor, factor =",
-         "   layer scales and pooling gains; proven only once the solver's point is checked by lipdsl certify)"]
+         "   layer scales and pooling gains; a bound only once the solver's point is checked by certify)"]
     for note in sdp.notes:
         c.append(f"note: {note}")
     c.append(f"blocks ({len(blocks)}):")

@@ -1,4 +1,4 @@
-"""sdpa: golden .dat-s for a 2-layer net, every export valid SDPA and equal to our LMIs, round trip via sdpa-python."""
+"""sdpa: golden .dat-s (2-layer net), every export valid and equal to our LMIs, round trip via sdpa-python."""
 import io
 import math
 import os
@@ -68,7 +68,7 @@ def test_golden_tiny(tmp_path):
 
 
 def test_golden_tiny_means_what_the_comments_say():
-    """Read the golden file's matrices by hand: block 1 is the conv LMI, block 2 the dense one, then x >= 0."""
+    """The golden file's matrices, read by hand: block 1 is the conv LMI, 2 the dense one, 3 is x >= 0."""
     d = read_sdpa(GOLDEN)
     assert d.factor == pytest.approx(math.sqrt(2))  # ||conv|| = 1, ||W|| = sqrt 2
     # x4 = lambda: -(alpha+beta) C'L, -(alpha+beta) D'L with C = 0.6, D = 0.8 (taps reversed), and 2L
@@ -163,7 +163,7 @@ def test_solve_network_with_sdpa_backend():
 
 @pytest.mark.solver
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("LIPDSL_SLOW"), reason="the 784-50-10 net: set LIPDSL_SLOW=1 to run it")
+@pytest.mark.skipif(not os.environ.get("LIPDSL_SLOW"), reason="784-50-10 net: set LIPDSL_SLOW=1 to run it")
 def test_round_trip_mnist(tmp_path):
     net, sdp = spec_sdp("lipsdp_mnist")
     path = export(sdp, tmp_path, "mnist")
