@@ -46,17 +46,18 @@ class Result:
 
 def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e-7, max_iterations: int = 100,
                   margin: float = 1e-11, verbose: bool = False, min_length: int | None = None,
-                  seconds: dict[str, float] | None = None) -> Result:
+                  lift: int = 1, seconds: dict[str, float] | None = None) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
     ``min_length``: for any-length inputs, the shortest input length the bound must cover (needed only by a
-    global average pool). ``seconds`` may carry earlier stage times (e.g. ``{"parse+check": ...}``); the stages run here are added.
+    global average pool). ``lift``: realize conv layers on blocks of ``lift`` samples (tighter, larger
+    LMIs; see ``lipdsl.lower.lower``). ``seconds`` may carry earlier stage times (e.g. ``{"parse+check": ...}``); the stages run here are added.
     Raises ``LipdslError`` subclasses for unsupported networks or a solver that fails without a point; an
     uncertified point is *not* an exception: see ``result.certificate.verified``.
     """
     times = dict(seconds or {})
     t0 = time.perf_counter()
-    low = lower(net, min_length=min_length)
+    low = lower(net, min_length=min_length, lift=lift)
     t1 = time.perf_counter()
     sdp = build_sdp(low)
     t2 = time.perf_counter()

@@ -234,9 +234,11 @@ def _print_state_space(net, latex: bool) -> None:
 @click.option("--verbose", is_flag=True, help="Show the solver's iterations.")
 @click.option("--length", "min_length", type=click.IntRange(min=1), default=None,
               help="For 'input c x *' nets with global average pooling: the shortest input length to cover.")
+@click.option("--lift", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Realize conv layers on blocks of L samples: tighter (towards LipSDP-Neuron), larger LMIs.")
 @_ALLOW_OUTSIDE
 def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterations: int, verbose: bool,
-                  min_length: int | None, allow_outside: bool) -> None:
+                  min_length: int | None, lift: int, allow_outside: bool) -> None:
     """Certified Lipschitz upper bound of SPEC (exit 0 certified, 3 solver failed or not certified)."""
     import time
 
@@ -248,7 +250,7 @@ def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterati
 
     try:
         result = solve_network(net, solver=solver, tol=tol, max_iterations=max_iterations, verbose=verbose,
-                               min_length=min_length, seconds={"parse+check": t1 - t0})
+                               min_length=min_length, lift=lift, seconds={"parse+check": t1 - t0})
     except LipdslError as err:
         fail(err, source)
     if as_json:

@@ -123,6 +123,197 @@ def _scaled(ss: lowered.StateSpace, s: float) -> lowered.StateSpace:
     return lowered.StateSpace(ss.A, ss.B, ss.C / s, ss.D / s)
 
 
+def lift_state_space(ss: lowered.StateSpace, b: int) -> lowered.StateSpace:
+    """The system on blocks of ``b`` samples: ``u~[tau] = [u[tau b]; ...; u[tau b + b-1]]`` (sample-major).
+
+        A~ = A^b,  B~ = [A^(b-1) B, ..., A B, B],  C~ = [C; C A; ...; C A^(b-1)],
+        D~[i, j] = D (i = j),  C A^(i-1-j) B (i > j),  0 (i < j),
+
+    the same input-output map (x~[tau] = x[tau b]); the state dimension does not grow.
+    """
+    A, B, C, D = ss.A, ss.B, ss.C, ss.D
+    nx, nu, ny = ss.nx, ss.nu, ss.ny
+    powers = [np.eye(nx)]
+    for _ in range(b):
+        powers.append(A @ powers[-1])
+    Bt = np.hstack([powers[b - 1 - j] @ B for j in range(b)]) if nx else np.zeros((0, nu * b))
+    Ct = np.vstack([C @ powers[i] for i in range(b)]) if nx else np.zeros((ny * b, 0))
+    Dt = np.zeros((ny * b, nu * b))
+    for i in range(b):
+        Dt[i * ny:(i + 1) * ny, i * nu:(i + 1) * nu] = D
+        for j in range(i):
+            if nx:
+                Dt[i * ny:(i + 1) * ny, j * nu:(j + 1) * nu] = C @ powers[i - 1 - j] @ B
+    return lowered.StateSpace(powers[b] if nx else A, Bt, Ct, Dt)
+
+
+def _avgpool_block(c: int, b: int, s: int) -> np.ndarray:
+    """Average pooling (kernel = stride = s) of one block of ``b`` samples, sample-major: (c b/s) x (c b)."""
+    P = np.zeros((c * (b // s), c * b))
+    for j in range(b // s):
+        for m in range(s):
+            P[j * c:(j + 1) * c, (j * s + m) * c:(j * s + m + 1) * c] = np.eye(c) / s
+    return P
+
+
+def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network:
+    """``lower`` on blocks of ``lift`` samples (see ``lower``); average pools become exact linear maps."""
+    from .errors import UnsupportedError
+
+    def refuse(layer, why):
+        raise UnsupportedError(f"--lift {lift}: {why} ({layer.kind} {layer.name!r})", span=layer.span,
+                               hint="use --lift 1 (the paper's realization), which supports every layer")
+
+    steps: list[lowered.Step] = []
+    factor = 1.0
+    b = lift  # samples per block of the current signal
+    c = net.input_shape.channels
+    premap: np.ndarray | None = None  # a static map (average pools) waiting to be merged into the next system
+    flat_from: tuple[int, int, int, int] | None = None  # (channels, length, block, blocks) at a flatten
+    layers = list(net.layers)
+    i = 0
+
+    def merge(ss: lowered.StateSpace) -> lowered.StateSpace:
+        if premap is None:
+            return ss
+        return lowered.StateSpace(ss.A, ss.B @ premap, ss.C, ss.D @ premap)
+
+    def flush() -> None:
+        """Turn pending average pools into a linear static system of their own (exact)."""
+        nonlocal premap, factor
+        if premap is None:
+            return
+        ss = dense_state_space(premap)
+        sc = _scale_of(ss) if scale else 1.0
+        factor *= sc
+        steps.append(lowered.System("avgpool-map", ("avgpool",), "dense", _scaled(ss, sc), sc, None, None,
+                                    "average pooling as an exact linear map"))
+        premap = None
+
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(layer, (typed.Conv1d, typed.Activation)) and flat_from is None and not layer.in_shape.flat:
+            if isinstance(layer, typed.Conv1d) and b == 1:
+                # one sample per block: the plain realization, any padding and stride (sample selection)
+                ss, kind, c_out = conv_state_space(layer.weight, layer.dilation), "conv", layer.c_out
+                note = f"FIR k={layer.kernel}" + (f", stride {layer.stride} as sub-sampling" if layer.stride > 1
+                                                  else "")
+            elif isinstance(layer, typed.Conv1d):
+                span = layer.dilation * (layer.kernel - 1)
+                if (layer.pad_left, layer.pad_right) != (span, 0):
+                    refuse(layer, "lifting keeps block boundaries aligned only with causal padding")
+                if b % layer.stride:
+                    refuse(layer, f"stride {layer.stride} does not divide the block of {b} samples")
+                ss = lift_state_space(conv_state_space(layer.weight, layer.dilation), b)
+                if layer.stride > 1:  # keep samples 0, s, 2s, ... of each block
+                    keep = np.concatenate([np.arange(j * layer.c_out, (j + 1) * layer.c_out)
+                                           for j in range(0, b, layer.stride)])
+                    ss = lowered.StateSpace(ss.A, ss.B, ss.C[keep], ss.D[keep])
+                    b //= layer.stride
+                kind, c_out = "conv", layer.c_out
+                note = f"FIR k={layer.kernel} lifted by {b * layer.stride}"
+            else:
+                ss, kind, c_out, note = dense_state_space(np.eye(c * b)), "activation", c, f"lifted by {b}"
+            ss = merge(ss)
+            premap = None
+            act = layer if kind == "activation" else (nxt if isinstance(nxt, typed.Activation) else None)
+            if act is nxt and act is not None:
+                i += 1
+            s = _scale_of(ss) if scale else 1.0
+            factor *= s
+            names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
+            slope = None if act is None else (float(act.alpha), float(act.beta))
+            slope = None if slope == (1.0, 1.0) else slope
+            steps.append(lowered.System("+".join(names), names, kind, _scaled(ss, s), s, slope,
+                                        None if act is None else act.function, note))
+            c = c_out
+        elif isinstance(layer, typed.Pool) and layer.op == "avg" and layer.kernel == layer.stride \
+                and b > 1 and b % layer.stride == 0:
+            P = _avgpool_block(c, b, layer.stride)
+            premap = P if premap is None else P @ premap
+            b //= layer.stride
+            steps.append(lowered.Pool(layer.name, "avg", 1.0, False,
+                                      f"avg pool k{layer.kernel}: exact linear map merged into the next layer"))
+        elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)) and b == 1:
+            flush()
+            if isinstance(layer, typed.GlobalAvgPool):
+                n = layer.in_shape.length
+                if n is None:
+                    refuse(layer, "a global average pool over any length needs --lift 1 and --length")
+                gain = 1.0 / math.sqrt(n)
+                steps.append(lowered.Pool(layer.name, "global_avg", gain, False, f"global avg over {n}: 1/sqrt({n})"))
+            else:
+                overlap = math.ceil(layer.kernel / layer.stride)
+                gain = math.sqrt(overlap / layer.kernel) if layer.op == "avg" else math.sqrt(overlap)
+                steps.append(lowered.Pool(layer.name, layer.op, gain, layer.op == "max",
+                                          f"{layer.op} pool k{layer.kernel} s{layer.stride}: factor {gain:.4g}"
+                                          + (", diagonal X" if layer.op == "max" else "")))
+            factor *= gain
+        elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)):
+            refuse(layer, f"only average pooling with kernel = stride dividing the block of {b} is exact when lifted")
+        elif isinstance(layer, typed.Flatten) and layer.in_shape.flat:
+            pass  # flattening a vector (after a global average pool) is the identity
+        elif isinstance(layer, typed.Flatten):
+            n = int(layer.in_shape.length)
+            blocks = -(-n // b)
+            flat_from = (c, n, b, blocks)
+            width = premap.shape[1] if premap is not None else c * b  # lifted channels of the last system
+            steps.append(lowered.Flatten(layer.name, width, blocks))
+        elif isinstance(layer, typed.Dense) and flat_from is not None and flat_from[0] >= 0:
+            # dense on the flattened signal: columns reordered from channel-major (ch N + t) to the lifted
+            # kron order (q T + tau), and the pending average pools folded in
+            ch, n, bb, T = flat_from
+            W = np.asarray(layer.weight, dtype=float)
+            width = premap.shape[1] if premap is not None else ch * bb
+            Weff = np.zeros((W.shape[0], width * T))
+            for tau in range(T):
+                sel = np.zeros((W.shape[0], ch * bb))
+                for j in range(bb):
+                    t = tau * bb + j
+                    if t < n:
+                        sel[:, j * ch:(j + 1) * ch] = W[:, np.arange(ch) * n + t]
+                blk = sel @ premap if premap is not None else sel
+                Weff[:, np.arange(width) * T + tau] = blk
+            premap = None
+            flat_from = (-1, 0, 0, 0)
+            ss = dense_state_space(Weff)
+            act = nxt if isinstance(nxt, typed.Activation) else None
+            if act is not None:
+                i += 1
+            s = _scale_of(ss) if scale else 1.0
+            factor *= s
+            names = (layer.name,) if act is None else (layer.name, act.name)
+            slope = None if act is None else (float(act.alpha), float(act.beta))
+            slope = None if slope == (1.0, 1.0) else slope
+            steps.append(lowered.System("+".join(names), names, "dense", _scaled(ss, s), s, slope,
+                                        None if act is None else act.function,
+                                        "columns in lifted order, pooling folded in"))
+            c = layer.n_out
+        elif isinstance(layer, (typed.Dense, typed.Activation)):  # on a vector: the plain static maps
+            flush()
+            if isinstance(layer, typed.Dense):
+                ss, kind, width = dense_state_space(layer.weight), "dense", layer.n_out
+            else:
+                ss, kind, width = dense_state_space(np.eye(layer.in_shape.channels)), "activation", c
+            act = layer if kind == "activation" else (nxt if isinstance(nxt, typed.Activation) else None)
+            if act is nxt and act is not None:
+                i += 1
+            sc = _scale_of(ss) if scale else 1.0
+            factor *= sc
+            names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
+            slope = None if act is None else (float(act.alpha), float(act.beta))
+            slope = None if slope == (1.0, 1.0) else slope
+            steps.append(lowered.System("+".join(names), names, kind, _scaled(ss, sc), sc, slope,
+                                        None if act is None else act.function, ""))
+            c = width
+        else:  # pragma: no cover - every typed layer is handled above
+            refuse(layer, "not supported with lifting")
+        i += 1
+    flush()  # a network ending in average pooling: a final linear map
+    return lowered.Network(net.name, tuple(steps), factor, net)
+
+
 def _lengths(net: typed.Network, min_length: int | None) -> list[int | None]:
     """Length of the signal entering each layer when the input has ``min_length`` samples (any-length nets)."""
     from .check import conv1d_length, pool_length
@@ -159,11 +350,15 @@ def compress_input(ss: lowered.StateSpace) -> tuple[lowered.StateSpace, int]:
 
 
 def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = None,
-          compress: bool = True) -> lowered.Network:
+          compress: bool = True, lift: int = 1) -> lowered.Network:
     """Group layers into systems (linear map + optional activation) and reshaping steps; realize each map.
 
     ``scale``: divide each map by ``||[C D]||_2`` (a congruence of the SDP; the factor is moved into
     ``lowered.Network.factor``) so that the SDP is well conditioned.
+    ``lift``: realize conv layers on blocks of ``lift`` samples (``lift_state_space``): ``c lift`` channels
+    with a multiplier each, average pools (kernel = stride) become exact linear maps merged into the next
+    layer, and the bound tightens towards LipSDP-Neuron as ``lift`` grows. Needs causal convs, strides and
+    pools that divide the block; other layers are refused with a hint to use ``lift = 1``.
     ``compress``: shrink a wide dense first layer to its row space (``compress_input``; exact).
     ``min_length``: for an any-length input, the shortest input the bound must hold for; only a global
     average pool needs it (its factor ``1/sqrt(N)`` shrinks as N grows, so the bound holds for every longer
@@ -174,6 +369,8 @@ def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = No
     LoweringError
         For a global average pool over a signal of unspecified length (the factor 1/sqrt(N) needs N).
     """
+    if lift > 1 and not net.input_shape.flat:
+        return _lower_lifted(net, lift, scale)
     steps: list[lowered.Step] = []
     factor = 1.0
     layers = list(net.layers)
