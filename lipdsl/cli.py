@@ -108,13 +108,14 @@ def check_command(spec: str, allow_outside: bool) -> None:
 @click.option("--lowering", is_flag=True, help="Show how each layer enters the SDP (which construct, and why).")
 @click.option("--length", "min_length", type=click.IntRange(min=1), default=None,
               help="With --lowering, for 'input c x *' nets with global average pooling: the shortest length.")
+@click.option("--lift", type=click.IntRange(min=1), default=1, help="With --lowering: as `lipdsl solve --lift`.")
 @_ALLOW_OUTSIDE
 def show_command(spec: str, as_json: bool, state_space: bool, latex: bool, lowering: bool,
-                 min_length: int | None, allow_outside: bool) -> None:
+                 min_length: int | None, lift: int, allow_outside: bool) -> None:
     """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
     source, net = load_or_fail(spec, allow_outside)
     if lowering:
-        _print_lowering(net, source, min_length)
+        _print_lowering(net, source, min_length, lift)
         return
     if state_space:
         _print_state_space(net, latex)
@@ -158,7 +159,7 @@ def show_command(spec: str, as_json: bool, state_space: bool, latex: bool, lower
     click.echo(_summary(net))
 
 
-def _print_lowering(net, source, min_length) -> None:
+def _print_lowering(net, source, min_length, lift=1) -> None:
     """One row per SDP step: the systems (one LMI each) and the pooling/flatten steps between them."""
     from rich.console import Console
     from rich.table import Table
@@ -167,7 +168,7 @@ def _print_lowering(net, source, min_length) -> None:
     from .lower import lower
 
     try:
-        low = lower(net, min_length=min_length)
+        low = lower(net, min_length=min_length, lift=lift)
     except LipdslError as err:
         fail(err, source)
     table = Table(title=f"{net.name}: how each layer enters the SDP (bound = sqrt(rho) x {low.factor:.6g})")
