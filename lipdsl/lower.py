@@ -233,7 +233,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
             P = _avgpool_block(c, b, layer.stride)
             premap = P if premap is None else P @ premap
             b //= layer.stride
-            steps.append(lowered.Pool(layer.name, "avg", 1.0, False,
+            steps.append(lowered.Pool(layer.name, "merged", 1.0, False,
                                       f"avg pool k{layer.kernel}: exact linear map merged into the next layer"))
         elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)) and b == 1:
             flush()

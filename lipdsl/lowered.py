@@ -69,7 +69,7 @@ class Pool:
     """
 
     name: str
-    op: str  # "avg", "max" or "global_avg"
+    op: str  # "avg", "max", "global_avg", or "merged" (an exact linear map folded into the next system)
     gain: float
     diagonal: bool
     note: str = ""

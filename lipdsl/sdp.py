@@ -367,7 +367,7 @@ def build_sdp(net: lowered.Network) -> Sdp:
                 w_in = Weight("const", sys.ss.nu, constant=np.kron(prev_out.constant, np.eye(kron)))
         after = steps[i + 1: systems[pos + 1]] if pos + 1 < len(systems) else steps[i + 1:]
         diagonal = any(isinstance(s, lowered.Pool) and s.diagonal for s in after)
-        pooled = any(isinstance(s, lowered.Pool) for s in after)
+        pooled = any(isinstance(s, lowered.Pool) and s.op != "merged" for s in after)
         ny = sys.ss.ny
         if pos + 1 < len(systems):
             X = new_var(f"X[{sys.name}]", "X", sys.name, ny, "diagonal" if diagonal else "symmetric")
