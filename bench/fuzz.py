@@ -1,0 +1,135 @@
+"""Fuzz the front end: >= 10,000 generated and mutated specs through parse + check; count the outcomes.
+
+    nice python bench/fuzz.py [--cases 10000] [--valid-share 0.1] [--timeout 10] [--seed 0]
+
+Every case must end in success or a LipdslError rendered as ``path:line:col: error: ...``. Prints the counts
+(ok / LipdslError with a position / LipdslError without one / traceback / hang), the slowest case, the first
+few tracebacks in full, and the parse+check time of 1 MB specs. A hang is a case still running after
+``--timeout`` seconds (SIGALRM). Writes the failing inputs to bench/out/fuzz-failures/ for replay.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import numpy as np  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fuzzing import fixture_dir, hostile_specs, run_case, valid_specs  # noqa: E402
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang()
+
+
+def one_mb_specs() -> dict[str, str]:
+    """Specs of about 1 MB: inline weights (the realistic case) and many short layers (the worst case)."""
+    rng = np.random.default_rng(0)
+    n = 300
+    rows = ",\n ".join("[" + ", ".join(f"{v:.6f}" for v in rng.standard_normal(n)) + "]" for _ in range(n))
+    weights = f"input {n}\ndense d: {n} -> {n}, weight [{rows}]\nrelu\n"
+    layers = "input 4 x 128\n" + "relu\n" * (1_000_000 // 5)
+    comment = "input 1\n# " + "x" * 1_000_000 + "\nrelu\n"
+    return {"inline weights (300x300)": weights, "200,000 'relu' lines": layers, "one 1 MB comment": comment}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=10_000)
+    ap.add_argument("--valid-share", type=float, default=0.1, help="share of unmutated generated specs")
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a case counts as a hang")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-1mb", action="store_true")
+    args = ap.parse_args()
+
+    directory = fixture_dir(Path(tempfile.mkdtemp(prefix="lipdsl-fuzz-")))
+    failures = ROOT / "bench" / "out" / "fuzz-failures"
+    counts: collections.Counter[str] = collections.Counter()
+    slowest = (0.0, b"", "")
+    shown = 0
+    signal.signal(signal.SIGALRM, _alarm)
+    t_start = time.perf_counter()
+
+    @settings(max_examples=args.cases, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def body(data):
+        nonlocal slowest, shown
+        if data.draw(st.floats(0, 1)) < args.valid_share:
+            spec = data.draw(valid_specs()).encode("utf-8")
+        else:
+            spec = data.draw(hostile_specs())
+        t0 = time.perf_counter()
+        signal.setitimer(signal.ITIMER_REAL, args.timeout)
+        try:
+            kind = run_case(spec, directory).kind
+        except Hang:
+            kind = "hang"
+        except Exception:  # noqa: BLE001 - the harness counts bugs; it does not hide them (printed below)
+            kind = "traceback"
+            if shown < 5:
+                shown += 1
+                print("--- traceback on", repr(spec[:300]), file=sys.stderr)
+                traceback.print_exc()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        dt = time.perf_counter() - t0
+        counts[kind] += 1
+        if kind in ("hang", "traceback"):
+            failures.mkdir(parents=True, exist_ok=True)
+            (failures / f"{kind}-{sum(counts.values())}.lip").write_bytes(spec)
+        if dt > slowest[0]:
+            slowest = (dt, spec, kind)
+        done = sum(counts.values())
+        if done % 1000 == 0:
+            print(f"  {done} cases, {time.perf_counter() - t_start:.0f} s: {dict(counts)}", flush=True)
+
+    import random
+
+    random.seed(args.seed)
+    body()
+    total = sum(counts.values())
+    print(f"\n{total} cases in {time.perf_counter() - t_start:.0f} s")
+    for kind in ("ok", "error", "error-no-position", "traceback", "hang"):
+        print(f"  {kind:18} {counts.get(kind, 0)}")
+    dt, spec, kind = slowest
+    print(f"slowest case: {dt:.3f} s ({kind}), {len(spec)} bytes: {spec[:160]!r}")
+
+    if not args.skip_1mb:
+        from lipdsl.load import check_source
+        from lipdsl.parse import parse
+        from lipdsl.source import Source
+
+        print("\nparse + check of 1 MB specs (best of 3):")
+        for label, text in one_mb_specs().items():
+            best = best_parse = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                parse(Source("<1mb>", text))
+                t1 = time.perf_counter()
+                check_source(Source("<1mb>", text))
+                best_parse, best = min(best_parse, t1 - t0), min(best, time.perf_counter() - t1)
+            print(f"  {label:28} {len(text) / 1e6:.2f} MB: parse {best_parse:.2f} s, parse+check {best:.2f} s")
+    return 0 if counts.get("traceback", 0) == 0 and counts.get("hang", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

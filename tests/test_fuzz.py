@@ -1,0 +1,34 @@
+"""Fuzzed front end: generated specs are accepted; mutated ones give success or a positioned LipdslError.
+
+A few hundred cases here (bench/fuzz.py runs >= 10,000). Any exception other than LipdslError fails the test.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from fuzzing import fixture_dir, hostile_specs, run_case, valid_specs
+
+pytestmark = pytest.mark.fuzz
+SETTINGS = dict(deadline=None, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(text=valid_specs())
+def test_generated_specs_are_valid(text, tmp_path_factory):
+    directory = fixture_dir(tmp_path_factory.getbasetemp() / "valid")
+    out = run_case(text.encode("utf-8"), directory)
+    assert out.kind == "ok", f"{out.detail}\n--- spec ---\n{text}"
+
+
+@settings(max_examples=250, **SETTINGS)
+@given(data=hostile_specs())
+def test_mutated_specs_never_trace_back(data, tmp_path_factory):
+    directory = fixture_dir(tmp_path_factory.getbasetemp() / "hostile")
+    t0 = time.perf_counter()
+    out = run_case(data, directory)
+    assert out.kind in ("ok", "error") or (out.kind == "error-no-position" and not data.strip()), out.detail
+    assert time.perf_counter() - t0 < 10, "a mutated spec took over 10 s"
