@@ -274,8 +274,10 @@ def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterati
               help="The .dat-s file to write (SDPA sparse format).")
 @click.option("--length", "min_length", type=click.IntRange(min=1), default=None,
               help="For 'input c x *' nets with global average pooling: the shortest input length to cover.")
+@click.option("--lift", type=click.IntRange(min=1), default=1, show_default=True,
+              help="As `lipdsl solve --lift`: conv layers realized on blocks of L samples.")
 @_ALLOW_OUTSIDE
-def export_command(spec: str, output: str, min_length: int | None, allow_outside: bool) -> None:
+def export_command(spec: str, output: str, min_length: int | None, lift: int, allow_outside: bool) -> None:
     """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
     source, net = load_or_fail(spec, allow_outside)
     from .lower import lower
@@ -283,7 +285,7 @@ def export_command(spec: str, output: str, min_length: int | None, allow_outside
     from .sdpa import write_sdpa
 
     try:
-        sdp = build_sdp(lower(net, min_length=min_length))
+        sdp = build_sdp(lower(net, min_length=min_length, lift=lift))
     except LipdslError as err:
         fail(err, source)
     try:

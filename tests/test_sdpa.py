@@ -193,3 +193,18 @@ def test_cli_export_errors(tmp_path):
     assert res.exit_code == 0
     res = CliRunner().invoke(cli, ["export", str(SPECS / "ecg.lip"), "-o", str(tmp_path / "no" / "x.dat-s")])
     assert res.exit_code == 1 and "cannot write" in res.output
+
+
+@pytest.mark.solver
+def test_cli_export_lift_matches_solve_lift(tmp_path):
+    """`export --lift 2` writes the lifted SDP that `solve --lift 2` solves."""
+    out = tmp_path / "tcn.dat-s"
+    spec = SPECS / "tcn_any_length.lip"
+    res = CliRunner().invoke(cli, ["export", str(spec), "--lift", "2", "-o", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    _, net = load_network(spec)
+    sdp = build_sdp(lower(net, lift=2))
+    d = _check_file(sdp, out)
+    ours = solve_network(net, lift=2, tol=1e-9)
+    assert math.sqrt(solve_sdpa_file(out, tol=1e-9).objective) * d.factor == pytest.approx(
+        ours.certificate.lipschitz, rel=1e-6)
