@@ -370,9 +370,12 @@ def solve_sdpa_file(path: str | os.PathLike, *, tol: float = 1e-9, max_iteration
         # judged by lipdsl's certificate, not by these diagnostics.
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
-            _, y, info, _, sdpainfo = sdpap.solve(A, b, c, K, J, option)
+            out = sdpap.solve(A, b, c, K, J, option)
         except (ValueError, RuntimeError, ArithmeticError) as exc:
             raise SolveError(f"sdpa-python failed: {exc}") from exc
+    if out is None:  # sdpa-python returns None when it rejects the cone data
+        raise SolveError(f"sdpa-python refused the problem in {path}")
+    _, y, info, _, sdpainfo = out
     seconds = time.perf_counter() - t0
     x = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=float).ravel()
     objective = float(np.asarray(b.toarray() if sp.issparse(b) else b).ravel() @ x) * -1.0
