@@ -5,7 +5,9 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ ACTIVATIONS: dict[str, tuple[str, Any]] = {
     "leaky_relu": ("required", None),
     "elu": ("optional", 1),
 }
+#: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
+MAX_WEIGHT_BYTES = 1 << 30
 _FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
 _RESERVED = ("pi", "e") + _FUNCTIONS
 _OPTIONS = {
@@ -96,6 +100,7 @@ class _Checker:
     env_lines: dict[str, int] = field(default_factory=dict)
     weights: tuple[str, Span] | None = None  # current default weights file
     files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
+    handles: list = field(default_factory=list)  # open files behind the NpzFiles
 
     # -- expressions -------------------------------------------------------------------------------
     def value(self, e: ast.Expr, what: str) -> Any:
@@ -222,9 +227,28 @@ class _Checker:
                 span,
                 hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
             )
+        size = path.stat().st_size
+        if size > MAX_WEIGHT_BYTES:
+            raise WeightError(
+                f"weight file {shown!r} has {_bytes(size)}, more than lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                span,
+                hint="a network this large is beyond the SDP solvers anyway; check that this is the right file",
+            )
         try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            if path.suffix.lower() == ".npy":
+                with open(path, "rb") as f:
+                    _check_header(f, size, f"weight file {shown!r}", span)
+            handle = open(path, "rb")  # ours, not numpy's: numpy leaks its handle when a .npz is corrupt
+            try:
+                loaded = np.load(handle, allow_pickle=False)
+            except BaseException:
+                handle.close()
+                raise
+            if isinstance(loaded, np.ndarray):
+                handle.close()
+            else:
+                self.handles.append(handle)
+        except _READ_ERRORS as exc:
             raise WeightError(f"cannot read weight file {shown!r}: {exc}", span) from None
         self.files[key] = loaded
         return loaded
@@ -233,6 +257,8 @@ class _Checker:
         for f in self.files.values():
             if hasattr(f, "close"):
                 f.close()
+        for handle in self.handles:
+            handle.close()
 
     def tensor(self, src: ast.TensorSource, role: str) -> _Loaded:
         """Load a weight or bias: from a file (by key) or inline; float64, finite."""
@@ -274,8 +300,19 @@ class _Checker:
                     hint=_did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
                 )
             try:
+                member = data.zip.getinfo(src.key + ".npy") if src.key + ".npy" in data.zip.namelist() else None
+                if member is not None:
+                    if member.file_size > MAX_WEIGHT_BYTES:
+                        raise WeightError(
+                            f"tensor {src.key!r} in {shown!r} inflates to {_bytes(member.file_size)}, more than "
+                            f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                            src.span,
+                            hint="check that this is the right file (a compressed .npz can hide a huge tensor)",
+                        )
+                    with data.zip.open(member) as f:
+                        _check_header(f, member.file_size, f"tensor {src.key!r} in {shown!r}", src.span)
                 array = data[src.key]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            except _READ_ERRORS as exc:
                 raise WeightError(f"cannot read {src.key!r} from {shown!r}: {exc}", src.span) from None
             label = f"{src.key!r} in {shown!r}"
         if (
@@ -356,6 +393,48 @@ class _Checker:
                     hint="every row of a nested list needs the same shape",
                 )
         return (len(t.items),) + first
+
+
+# What numpy/zipfile raise on a corrupt or hostile file (zlib.error: a broken deflate stream;
+# NotImplementedError: an unsupported zip compression method; SyntaxError and TokenError: numpy parses
+# the .npy header, a Python dict literal, with ast.literal_eval after tokenizing it).
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, SyntaxError,
+                tokenize.TokenError)
+
+
+def _check_header(f, available: int, what: str, span: Span) -> None:
+    """Read a .npy header and refuse, before numpy allocates it, a tensor that is not real or is too large.
+
+    numpy allocates ``prod(shape) * itemsize`` bytes as the header says, whatever the file really holds.
+    """
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return  # format 3.0 is for structured dtypes, refused after loading
+    nbytes = math.prod(shape) * dtype.itemsize
+    if dtype.hasobject:
+        raise WeightError(
+            f"{what} holds Python objects (dtype {dtype}); lipdsl does not unpickle weights",
+            span,
+            hint="save a float array: numpy.save(path, numpy.asarray(w, dtype=numpy.float64))",
+        )
+    if nbytes > available or nbytes > MAX_WEIGHT_BYTES:
+        raise WeightError(
+            f"{what} declares shape {tuple(shape)} of {dtype} ({_bytes(nbytes)}), but "
+            + ("the file holds less" if nbytes > available else f"lipdsl reads at most {_bytes(MAX_WEIGHT_BYTES)}"),
+            span,
+            hint="the file is truncated or not what it claims; save it again with numpy.save",
+        )
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _short(v: Any) -> str:

@@ -339,7 +339,7 @@ def test_weight_sources(wdir):
         ('dense 2 -> 1, weight "one.npy":k\n', "holding one tensor"),
         ('dense 2 -> 2, weight "w.npz":ints\n', "integer dtype int64"),
         ('dense 2 -> 2, weight "w.npz":bad\n', r"holds Inf at index \(0, 1\)"),
-        ('dense 2 -> 1, weight "obj.npy"\n', "cannot read weight file"),
+        ('dense 2 -> 1, weight "obj.npy"\n', "holds Python objects"),
         ('dense 2 -> 2, weight "../w.npz":a.weight\n', "outside the spec's directory"),
         ('dense 2 -> 2, weight "sub/../../w.npz":a.weight\n', "outside the spec's directory"),
         ('dense 2 -> 2, weight "/etc/passwd.npz":a.weight\n', "absolute path"),
