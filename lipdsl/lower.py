@@ -123,6 +123,21 @@ def _scaled(ss: lowered.StateSpace, s: float) -> lowered.StateSpace:
     return lowered.StateSpace(ss.A, ss.B, ss.C / s, ss.D / s)
 
 
+def make_system(layer, act, ss: lowered.StateSpace, kind: str, note: str, scale: bool) -> lowered.System:
+    """A System for ``layer`` (conv, dense, or a lone activation) followed by ``act`` (or None), scaled.
+
+    ``scale``: divide the map by ``||[C D]||_2`` (recorded in ``System.scale``); an identity "activation"
+    (slope [1, 1]) makes the system linear.
+    """
+    s = _scale_of(ss) if scale else 1.0
+    names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
+    slope = None if act is None else (float(act.alpha), float(act.beta))
+    if slope == (1.0, 1.0):
+        slope = None
+    return lowered.System("+".join(names), names, kind, _scaled(ss, s), s, slope,
+                          None if act is None else act.function, note)
+
+
 def lift_state_space(ss: lowered.StateSpace, b: int) -> lowered.StateSpace:
     """The system on blocks of ``b`` samples: ``u~[tau] = [u[tau b]; ...; u[tau b + b-1]]`` (sample-major).
 
@@ -220,13 +235,8 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
             act = layer if kind == "activation" else (nxt if isinstance(nxt, typed.Activation) else None)
             if act is nxt and act is not None:
                 i += 1
-            s = _scale_of(ss) if scale else 1.0
-            factor *= s
-            names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
-            slope = None if act is None else (float(act.alpha), float(act.beta))
-            slope = None if slope == (1.0, 1.0) else slope
-            steps.append(lowered.System("+".join(names), names, kind, _scaled(ss, s), s, slope,
-                                        None if act is None else act.function, note))
+            steps.append(make_system(layer, act, ss, kind, note, scale))
+            factor *= steps[-1].scale
             c = c_out
         elif isinstance(layer, typed.Pool) and layer.op == "avg" and layer.kernel == layer.stride \
                 and b > 1 and b % layer.stride == 0:
@@ -281,14 +291,8 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
             act = nxt if isinstance(nxt, typed.Activation) else None
             if act is not None:
                 i += 1
-            s = _scale_of(ss) if scale else 1.0
-            factor *= s
-            names = (layer.name,) if act is None else (layer.name, act.name)
-            slope = None if act is None else (float(act.alpha), float(act.beta))
-            slope = None if slope == (1.0, 1.0) else slope
-            steps.append(lowered.System("+".join(names), names, "dense", _scaled(ss, s), s, slope,
-                                        None if act is None else act.function,
-                                        "columns in lifted order, pooling folded in"))
+            steps.append(make_system(layer, act, ss, "dense", "columns in lifted order, pooling folded in", scale))
+            factor *= steps[-1].scale
             c = layer.n_out
         elif isinstance(layer, (typed.Dense, typed.Activation)):  # on a vector: the plain static maps
             flush()
@@ -299,13 +303,8 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
             act = layer if kind == "activation" else (nxt if isinstance(nxt, typed.Activation) else None)
             if act is nxt and act is not None:
                 i += 1
-            sc = _scale_of(ss) if scale else 1.0
-            factor *= sc
-            names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
-            slope = None if act is None else (float(act.alpha), float(act.beta))
-            slope = None if slope == (1.0, 1.0) else slope
-            steps.append(lowered.System("+".join(names), names, kind, _scaled(ss, sc), sc, slope,
-                                        None if act is None else act.function, ""))
+            steps.append(make_system(layer, act, ss, kind, "", scale))
+            factor *= steps[-1].scale
             c = width
         else:  # pragma: no cover - every typed layer is handled above
             refuse(layer, "not supported with lifting")
@@ -397,15 +396,8 @@ def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = No
             elif isinstance(nxt, typed.Activation):
                 act = nxt
                 i += 1
-            s = _scale_of(ss) if scale else 1.0
-            factor *= s
-            names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
-            slope = None if act is None else (float(act.alpha), float(act.beta))
-            if slope == (1.0, 1.0):  # an identity "activation" is a linear map
-                slope = None
-            steps.append(lowered.System(
-                name="+".join(names), layers=names, kind=kind, ss=_scaled(ss, s), scale=s, slope=slope,
-                activation=None if act is None else act.function, note=note))
+            steps.append(make_system(layer, act, ss, kind, note, scale))
+            factor *= steps[-1].scale
         elif isinstance(layer, typed.Pool):
             overlap = math.ceil(layer.kernel / layer.stride)
             if layer.op == "avg":
