@@ -1,4 +1,4 @@
-"""Python API: a spec (path or text), an ONNX file or a torch module -> Network, with the CLI's commands as methods.
+"""Python API: spec (path or text), ONNX file or torch module -> Network (the CLI's commands as methods).
 
 Load a spec and bound it, as ``lipdsl solve`` does:
 
@@ -23,6 +23,7 @@ A spec as text (weight files, if any, are relative to the working directory):
 
 A PyTorch ``nn.Sequential`` converts without files (``lipdsl.from_torch``); see :func:`from_torch`.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,7 @@ METHODS = ("dissipative", "naive", "naive_hinf", "lipsdp", "lipsdp-neuron", "lip
 class Bound:
     """An upper bound on the ℓ2 Lipschitz constant, by one method; ``lipschitz`` is None unless ``verified``.
 
-    ``details`` holds the method's full report (for ``dissipative``: the same dict as ``lipdsl solve --json``).
+    ``details`` holds the method's report (for ``dissipative``: the dict ``lipdsl solve --json`` prints).
     """
 
     network: str
@@ -58,10 +59,17 @@ class Bound:
     details: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
-        """A JSON-ready dict: ``network, method, lipschitz, verified, seconds, solver, claimed_status, details``."""
-        return {"network": self.network, "method": self.method, "lipschitz": self.lipschitz,
-                "verified": self.verified, "seconds": self.seconds, "solver": self.solver,
-                "claimed_status": self.claimed_status, "details": self.details}
+        """A JSON-ready dict of every field."""
+        return {
+            "network": self.network,
+            "method": self.method,
+            "lipschitz": self.lipschitz,
+            "verified": self.verified,
+            "seconds": self.seconds,
+            "solver": self.solver,
+            "claimed_status": self.claimed_status,
+            "details": self.details,
+        }
 
 
 @dataclass(frozen=True)
@@ -79,9 +87,16 @@ class LowerBound:
 
     def to_json(self) -> dict:
         """A JSON-ready dict, as ``lipdsl lower --json`` prints it."""
-        return {"network": self.network, "lower_bound": self.value, "seed": self.seed, "starts": self.starts,
-                "evaluations": self.evaluations, "length": self.length, "seconds": self.seconds,
-                "argmax_input": self.argmax_input.tolist()}
+        return {
+            "network": self.network,
+            "lower_bound": self.value,
+            "seed": self.seed,
+            "starts": self.starts,
+            "evaluations": self.evaluations,
+            "length": self.length,
+            "seconds": self.seconds,
+            "argmax_input": self.argmax_input.tolist(),
+        }
 
 
 @dataclass(frozen=True)
@@ -94,8 +109,11 @@ class Comparison:
 
     def to_json(self) -> dict:
         """A JSON-ready dict with one entry per method and the lower bound."""
-        return {"network": self.network, "bounds": [b.to_json() for b in self.bounds],
-                "lower_bound": None if self.lower is None else self.lower.to_json()}
+        return {
+            "network": self.network,
+            "bounds": [b.to_json() for b in self.bounds],
+            "lower_bound": None if self.lower is None else self.lower.to_json(),
+        }
 
     def __str__(self) -> str:
         rows = [f"{self.network}:"]
@@ -126,8 +144,10 @@ class Network:
         self._imported = imported
 
     def __repr__(self) -> str:
-        return (f"Network({self.typed.name!r}, input {self.typed.input_shape} -> {self.typed.output_shape}, "
-                f"{len(self.typed.layers)} layers)")
+        return (
+            f"Network({self.typed.name!r}, input {self.typed.input_shape} -> {self.typed.output_shape}, "
+            f"{len(self.typed.layers)} layers)"
+        )
 
     @property
     def name(self) -> str:
@@ -137,15 +157,21 @@ class Network:
     def layers(self) -> tuple[typed.Layer, ...]:
         return self.typed.layers
 
-    def solve(self, method: str = "dissipative", solver: str = "cvxopt", *, length: int | None = None,
-              **options: Any) -> Bound:
+    def solve(
+        self,
+        method: str = "dissipative",
+        solver: str = "cvxopt",
+        *,
+        length: int | None = None,
+        **options: Any,
+    ) -> Bound:
         """Upper bound on the ℓ2 Lipschitz constant, verified with numpy at the solver's point.
 
         Parameters
         ----------
         method : str
-            ``dissipative`` (the paper's layer-wise SDP, as ``lipdsl solve``), ``naive`` (product of the layers'
-            norms at this input length), ``naive_hinf`` (product of the filters' H-infinity norms),
+            ``dissipative`` (the paper's layer-wise SDP, as ``lipdsl solve``), ``naive`` (product of the
+            layers' norms at this input length), ``naive_hinf`` (product of the filters' H-infinity norms),
             ``lipsdp``/``lipsdp-neuron`` or ``lipsdp-layer`` (one SDP on the unrolled network).
         solver : str
             For the SDP methods: ``cvxopt`` and the others ``lipdsl solve --solver`` knows.
@@ -176,23 +202,46 @@ class Network:
 
             result = solve_network(self.typed, solver=solver, min_length=length, **options)
             cert = result.certificate
-            return Bound(self.name, method, cert.lipschitz if cert.verified else None, bool(cert.verified),
-                         time.perf_counter() - t0, result.solution.solver, result.solution.claimed_status,
-                         to_json(result))
+            return Bound(
+                self.name,
+                method,
+                cert.lipschitz if cert.verified else None,
+                bool(cert.verified),
+                time.perf_counter() - t0,
+                result.solution.solver,
+                result.solution.claimed_status,
+                to_json(result),
+            )
         from . import baselines
 
         if method in ("naive", "naive_hinf"):
             value = getattr(baselines, method)(self.typed, length)
-            return Bound(self.name, method, float(value), True, time.perf_counter() - t0, None, "exact",
-                         {"kind": "product of layer gains"})
+            return Bound(
+                self.name,
+                method,
+                float(value),
+                True,
+                time.perf_counter() - t0,
+                None,
+                "exact",
+                {"kind": "product of layer gains"},
+            )
         mode = "layer" if method == "lipsdp-layer" else "neuron"
         res = baselines.lipsdp(self.typed, mode=mode, length=length, solver=solver)
-        return Bound(self.name, method, float(res.bound), res.status in ("verified", "exact"), res.seconds, solver,
-                     res.claimed_status, {"status": res.status, "rho": res.rho, "max_eig": res.max_eig,
-                                          "lmi_size": res.lmi_size})
+        return Bound(
+            self.name,
+            method,
+            float(res.bound),
+            res.status in ("verified", "exact"),
+            res.seconds,
+            solver,
+            res.claimed_status,
+            {"status": res.status, "rho": res.rho, "max_eig": res.max_eig, "lmi_size": res.lmi_size},
+        )
 
-    def lower_bound(self, *, starts: int = 32, seed: int = 0, time_budget: float = 20.0,
-                    length: int | None = None) -> LowerBound:
+    def lower_bound(
+        self, *, starts: int = 32, seed: int = 0, time_budget: float = 20.0, length: int | None = None
+    ) -> LowerBound:
         """Empirical lower bound ``max ||J(u)||_2`` over searched inputs, as ``lipdsl lower``.
 
         Examples
@@ -205,12 +254,19 @@ class Network:
         from .empirical import lower_bound
 
         r = lower_bound(self.typed, starts=starts, seed=seed, time_budget=time_budget, length=length)
-        return LowerBound(self.name, float(r.value), r.argmax_input, seed, r.starts, r.evaluations, r.seconds,
-                          r.length)
+        return LowerBound(
+            self.name, float(r.value), r.argmax_input, seed, r.starts, r.evaluations, r.seconds, r.length
+        )
 
-    def compare(self, solver: str = "cvxopt", *, methods: tuple[str, ...] = ("dissipative", "lipsdp", "naive",
-                                                                            "naive_hinf"),
-                length: int | None = None, lower: bool = True, time_budget: float = 5.0) -> Comparison:
+    def compare(
+        self,
+        solver: str = "cvxopt",
+        *,
+        methods: tuple[str, ...] = ("dissipative", "lipsdp", "naive", "naive_hinf"),
+        length: int | None = None,
+        lower: bool = True,
+        time_budget: float = 5.0,
+    ) -> Comparison:
         """Bounds by several methods and an empirical lower bound (``lower=False`` skips it).
 
         A method that does not apply to this network (LipSDP with max pooling, say) is left out.
@@ -280,8 +336,9 @@ class Network:
         from .errors import LipdslError
 
         if self._imported is None:
-            raise LipdslError(f"network {self.name!r} was read from a spec; it is saved already",
-                              hint="copy the spec file")
+            raise LipdslError(
+                f"network {self.name!r} was read from a spec; it is saved already", hint="copy the spec file"
+            )
         return self._imported.write(spec_path, weights_path)
 
 
