@@ -16,10 +16,76 @@ from dataclasses import dataclass, field
 
 from . import typed
 from .certify import Certificate, certify
+from .errors import LimitError, SolveError
 from .lower import lower
 from .lowered import Network as LoweredNetwork
 from .sdp import Sdp, build_sdp
-from .solve import Solution, solve
+from .solve import Solution, converged, solve
+
+#: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
+#: O(m^2) memory per LMI and O(n^2) for the Newton system; one 1000-row LMI already takes ~80 s (method.md §9).
+MAX_LMI = 4000
+#: Default limit on the number of scalar decision variables: the Newton (KKT) matrix is n x n doubles.
+MAX_VARIABLES = 20000
+#: A certified bound from a solver that did not converge is reported only if the repair raised it by at
+#: most this much relative to the solver's own value (a nearly feasible point; e.g. CVXOPT ending on a
+#: singular KKT matrix after reaching its tolerance), or with ``accept_unconverged``.
+UNCONVERGED_INFLATION = 1e-3
+
+
+@dataclass(frozen=True)
+class ProblemSize:
+    """Sizes of the SDP that ``build_sdp`` would build, computed from the typed network without lowering."""
+
+    largest_lmi: int
+    largest_system: str
+    detail: str  # e.g. "2048 states + 256 inputs + 16 outputs"
+    variables: int
+
+    @property
+    def gib(self) -> float:
+        """Rough memory of the solver: the largest LMI and the n x n Newton matrix, as doubles, in GiB."""
+        return 8.0 * (3 * self.largest_lmi ** 2 + self.variables ** 2) / 2 ** 30
+
+
+def problem_size(net: typed.Network, lift: int = 1) -> ProblemSize:
+    """Orders of the LMIs and the variable count, mirroring ``lower``'s grouping (map + activation).
+
+    A conv layer (c_in -> c_out, kernel k, dilation d) has ``nx = d (k-1) c_in`` states; its LMI has
+    ``nx + c_in`` rows plus ``c_out`` when an activation follows; a dense layer ``n_in + n_out``. Variables:
+    ``nx (nx+1)/2`` per P, one lambda per activated output, an output weight X (``ny (ny+1)/2``) between
+    layers. With ``lift = b`` signals carry ``b`` samples per step (an upper estimate: strides shrink b).
+    """
+    layers = list(net.layers)
+    best = (0, "", "")
+    variables = 1
+    outputs = []
+    b = lift if not net.input_shape.flat else 1
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, (typed.Flatten, typed.GlobalAvgPool)):
+            b = 1
+        if isinstance(layer, (typed.Conv1d, typed.Dense, typed.Activation)):
+            if isinstance(layer, typed.Conv1d):
+                reach = layer.dilation * (layer.kernel - 1)
+                nx, nu, ny = -(-reach // b) * b * layer.c_in, layer.c_in * b, layer.c_out * b
+            elif isinstance(layer, typed.Dense):
+                nx, nu, ny = 0, layer.n_in, layer.n_out
+            else:
+                c = layer.in_shape.channels * (1 if layer.in_shape.flat else b)
+                nx, nu, ny = 0, c, c
+            act = isinstance(layer, typed.Activation)
+            if not act and i + 1 < len(layers) and isinstance(layers[i + 1], typed.Activation):
+                act, i = True, i + 1
+            size = nx + nu + (ny if act else 0)
+            if size > best[0]:
+                best = (size, layer.name, f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else ""))
+            variables += nx * (nx + 1) // 2 + (ny if act else 0)
+            outputs.append(ny)
+        i += 1
+    variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
+    return ProblemSize(best[0], best[1], best[2], variables)
 
 
 @dataclass(frozen=True)
@@ -46,7 +112,9 @@ class Result:
 
 def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e-7, max_iterations: int = 100,
                   margin: float = 1e-11, verbose: bool = False, min_length: int | None = None,
-                  lift: int = 1, seconds: dict[str, float] | None = None) -> Result:
+                  lift: int = 1, seconds: dict[str, float] | None = None, max_lmi: int | None = MAX_LMI,
+                  max_variables: int | None = MAX_VARIABLES, timeout: float | None = None,
+                  accept_unconverged: bool = False) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
     ``min_length``: for any-length inputs, the shortest input length the bound must cover (needed only by a
@@ -54,16 +122,50 @@ def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e
     LMIs; see ``lipdsl.lower.lower``). ``seconds`` may carry earlier stage times (e.g. ``{"parse+check": ...}``); the stages run here are added.
     Raises ``LipdslError`` subclasses for unsupported networks or a solver that fails without a point; an
     uncertified point is *not* an exception: see ``result.certificate.verified``.
+
+    Limits: ``max_lmi`` (order of the largest LMI) and ``max_variables`` are checked before anything is
+    lowered or allocated (``LimitError``); ``timeout`` (seconds) stops the solver (``SolveError``). A bound
+    certified from a solver that did not converge is sound but may be loose: unless ``accept_unconverged``,
+    it raises ``SolveError`` (with the Result in ``err.result``) when the repair raised the solver's value
+    by more than ``UNCONVERGED_INFLATION``.
     """
+    size = problem_size(net, lift)
+    if max_lmi is not None and size.largest_lmi > max_lmi:
+        raise LimitError(
+            f"the LMI of layer {size.largest_system!r} would have {size.largest_lmi} rows ({size.detail}), "
+            f"more than --max-lmi {max_lmi}; the SDP would have {size.variables} variables (about "
+            f"{size.gib:.3g} GiB for the solver)", span=_span(net, size.largest_system),
+            hint="raise --max-lmi if the machine has the memory and time; a conv layer costs "
+                 "(dilation*(kernel-1)+1)*c_in rows (times --lift)")
+    if max_variables is not None and size.variables > max_variables:
+        raise LimitError(
+            f"the SDP would have {size.variables} variables, more than {max_variables} (about {size.gib:.3g} "
+            f"GiB for the solver's Newton matrix); its largest LMI has {size.largest_lmi} rows", span=None,
+            hint="wide conv layers need (states)^2/2 variables each; raise the limit only with the memory")
     times = dict(seconds or {})
     t0 = time.perf_counter()
     low = lower(net, min_length=min_length, lift=lift)
     t1 = time.perf_counter()
     sdp = build_sdp(low)
     t2 = time.perf_counter()
-    sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose)
+    sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, timeout=timeout)
     t3 = time.perf_counter()
     cert = certify(sdp, sol, margin=margin)
     t4 = time.perf_counter()
     times.update({"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2, "certify": t4 - t3})
-    return Result(net, low, sdp, sol, cert, times, min_length)
+    result = Result(net, low, sdp, sol, cert, times, min_length)
+    if (cert.verified and not accept_unconverged and not converged(sol.claimed_status)
+            and not (cert.inflation is not None and cert.inflation <= UNCONVERGED_INFLATION)):
+        err = SolveError(
+            f"{sol.solver} stopped after {sol.iterations} iterations without converging (status "
+            f"{sol.claimed_status!r}); the bound certified from its last point, {cert.lipschitz:.6g}, is "
+            f"{1 + cert.inflation:.4g} times the solver's value {cert.lipschitz_solver:.6g} and may be loose",
+            hint="raise --max-iterations, try another --solver, or pass --accept-unconverged to report this "
+                 "(sound) bound")
+        err.result = result
+        raise err
+    return result
+
+
+def _span(net: typed.Network, name: str):
+    return next((layer.span for layer in net.layers if layer.name == name), None)

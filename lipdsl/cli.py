@@ -237,9 +237,16 @@ def _print_state_space(net, latex: bool) -> None:
               help="For 'input c x *' nets with global average pooling: the shortest input length to cover.")
 @click.option("--lift", type=click.IntRange(min=1), default=1, show_default=True,
               help="Realize conv layers on blocks of L samples: tighter (towards LipSDP-Neuron), larger LMIs.")
+@click.option("--max-lmi", type=click.IntRange(min=1), default=4000, show_default=True,
+              help="Refuse (exit 3, before allocating) SDPs whose largest LMI has more rows than this.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop the solver after SECONDS (exit 3).")
+@click.option("--accept-unconverged", is_flag=True,
+              help="Report a bound certified from a solver that did not converge (sound, possibly loose).")
 @_ALLOW_OUTSIDE
 def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterations: int, verbose: bool,
-                  min_length: int | None, lift: int, allow_outside: bool) -> None:
+                  min_length: int | None, lift: int, max_lmi: int, timeout: float | None, accept_unconverged: bool,
+                  allow_outside: bool) -> None:
     """Certified Lipschitz upper bound of SPEC (exit 0 certified, 3 solver failed or not certified)."""
     import time
 
@@ -251,7 +258,8 @@ def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterati
 
     try:
         result = solve_network(net, solver=solver, tol=tol, max_iterations=max_iterations, verbose=verbose,
-                               min_length=min_length, lift=lift, seconds={"parse+check": t1 - t0})
+                               min_length=min_length, lift=lift, seconds={"parse+check": t1 - t0},
+                               max_lmi=max_lmi, timeout=timeout, accept_unconverged=accept_unconverged)
     except LipdslError as err:
         fail(err, source)
     if as_json:

@@ -75,3 +75,9 @@ class CertificateError(LipdslError):
     """The solver's point could not be certified; no bound is reported."""
 
     exit_code = 3
+
+
+class LimitError(LipdslError):
+    """The problem exceeds a resource limit (``--max-lmi``); refused before anything large is allocated."""
+
+    exit_code = 3

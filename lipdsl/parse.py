@@ -693,7 +693,7 @@ def parse(source: Source) -> ast.Network:
         last = max(1, len(source.text.splitlines()))
         raise ParseError(
             "the spec has no 'input' line",
-            Span(1, 1, 1, 2) if source.text.strip() else None,
+            Span(1, 1, 1, 2),  # even for an empty file: every error has a place
             hint="declare the input's shape, as in 'input 1 x 128' (channels x samples)" if last else None,
         )
     end = source.text.count("\n") + 1

@@ -15,6 +15,9 @@ status 'unknown' and handed to the certificate check, which either proves a boun
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -123,6 +126,8 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
     import cvxopt.solvers
 
     c, G_all, h, dims, nonneg_idx = cone_data(sdp)
+    if not (np.all(np.isfinite(G_all.data)) and np.all(np.isfinite(h))):
+        raise SolveError("the SDP has non-finite coefficients", hint="check the weights for overflow")
     Gc = G_all.tocoo()
     G = cvxopt.spmatrix(Gc.data, Gc.row.astype(int).tolist(), Gc.col.astype(int).tolist(), G_all.shape)
     opts = {"show_progress": verbose, "abstol": tol * 1e-2, "reltol": tol, "feastol": tol,
@@ -135,6 +140,11 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
         raise SolveError(f"CVXOPT failed before its first iterate: {exc}",
                          hint="try another solver with --solver, e.g. --solver qics") from exc
     seconds = time.perf_counter() - t0
+    if res["status"] in ("primal infeasible", "dual infeasible"):
+        # x'' is a certificate of infeasibility here, not a point: nothing to certify.
+        meaning = "no multipliers satisfy the LMIs" if res["status"] == "primal infeasible" else "unbounded"
+        raise SolveError(f"CVXOPT reports the SDP {res['status']} ({meaning}) after {res.get('iterations')} "
+                         "iterations", hint="try another solver (--solver sdpa) or check the weights' scale")
     x = None if res["x"] is None else np.asarray(res["x"]).ravel()
     rho = None if x is None else float(x[sdp.rho.offset])
     return Solution(res["status"], rho, x, "cvxopt", seconds, res.get("iterations"))
@@ -157,6 +167,8 @@ def _solve_picos(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verb
         sol = problem.solve()
     except picos.SolutionFailure as exc:
         raise SolveError(f"{solver} failed: {exc}", hint="try --solver cvxopt") from exc
+    except _Timeout:
+        raise
     except Exception as exc:  # noqa: BLE001 - solver back-ends raise anything; report it, do not trace back
         raise SolveError(f"{solver} failed: {type(exc).__name__}: {exc}") from exc
     seconds = time.perf_counter() - t0
@@ -201,15 +213,60 @@ def to_picos(sdp: Sdp):
 SOLVERS = ("cvxopt", "cvxopt-generic", "sdpa", "qics", "smcp", "mosek")
 
 
+def converged(status: str) -> bool:
+    """Whether a solver's claimed status says it reached its optimality tolerance (CVXOPT, SDPA, PICOS)."""
+    return status == "optimal" or status == "pdOPT" or status.startswith("optimal/")
+
+
+class _Timeout(Exception):
+    """Raised by the alarm inside the solver; deliberately not an ArithmeticError/ValueError, which solvers
+    catch and retry on."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float | None, solver: str):
+    """Stop the solve after ``seconds`` (SIGALRM on the main thread) with a SolveError.
+
+    CVXOPT and our KKT solver run Python between their BLAS calls, so the alarm lands within one linear
+    solve. A solver that stays in C for long (sdpa-python) is stopped when it returns to Python.
+    """
+    if seconds is None:
+        yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        raise SolveError("a solver timeout needs the main thread (it uses SIGALRM)",
+                         hint="call solve() from the main thread, or pass timeout=None")
+
+    def ring(signum, frame):
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except _Timeout:
+        raise SolveError(f"{solver} did not finish within the time limit of {seconds:g} s",
+                         hint="raise --timeout, lower --max-iterations, or try another --solver") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def solve(sdp: Sdp, solver: str = "cvxopt", *, tol: float = 1e-9, max_iterations: int = 100,
-          verbose: bool = False) -> Solution:
-    """Solve ``min rho`` over the SDP with ``solver``; never raises for a bad status (``certify`` judges).
+          verbose: bool = False, timeout: float | None = None) -> Solution:
+    """Solve ``min rho`` over the SDP with ``solver``; ``certify`` judges the point it returns.
 
     Raises
     ------
     SolveError
-        The solver is not installed, or failed without returning any point.
+        The solver is not installed, failed without returning any point, reports the SDP infeasible or
+        unbounded, or did not finish within ``timeout`` seconds.
     """
+    with _deadline(timeout, solver):
+        return _solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose)
+
+
+def _solve(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verbose: bool) -> Solution:
     if solver == "cvxopt":
         return _solve_cvxopt(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose, structured=True)
     if solver == "cvxopt-generic":
