@@ -7,6 +7,7 @@ given, the solver stage time, and (2) the whole-process time of `lipdsl solve sp
 ``--repeat`` runs) with its stage times, and (3) the ratio of our structured CVXOPT KKT solver against
 CVXOPT's generic one ('chol'), run in this same process on the same SDPs (the baseline). Writes CSV files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,20 @@ from nets import Builder  # noqa: E402
 
 def ecg_net(path: Path):
     d = np.load(path, allow_pickle=False)
-    return (Builder(1, 128, name=path.stem).conv(d["conv1.weight"], padding="causal").act("relu").pool("avg", 2)
-            .conv(d["conv2.weight"], padding="causal").act("relu").pool("avg", 2)
-            .flatten().dense(d["fc1.weight"]).act("relu").dense(d["fc2.weight"]).build())
+    return (
+        Builder(1, 128, name=path.stem)
+        .conv(d["conv1.weight"], padding="causal")
+        .act("relu")
+        .pool("avg", 2)
+        .conv(d["conv2.weight"], padding="causal")
+        .act("relu")
+        .pool("avg", 2)
+        .flatten()
+        .dense(d["fc1.weight"])
+        .act("relu")
+        .dense(d["fc2.weight"])
+        .build()
+    )
 
 
 def main() -> int:
@@ -46,15 +58,21 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     args = ap.parse_args()
     cases = Path(args.cases)
-    files = sorted(cases.glob("*.npz")) if cases.is_dir() else sorted((ROOT / "tests" / "data" / "ecg").glob("*.npz"))
+    files = (
+        sorted(cases.glob("*.npz"))
+        if cases.is_dir()
+        else sorted((ROOT / "tests" / "data" / "ecg").glob("*.npz"))
+    )
     ref_file = (cases if cases.is_dir() else ROOT / "tests" / "data" / "ecg") / "reference.json"
     refs = json.loads(ref_file.read_text())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     rows = []
-    print(f"{'model':28} {'bound':>14} {'cert':>5} {'rel.err vs MOSEK':>17} {'iters':>5} {'solve s':>8} "
-          f"{'total s':>8}")
+    print(
+        f"{'model':28} {'bound':>14} {'cert':>5} {'rel.err vs MOSEK':>17} {'iters':>5} {'solve s':>8} "
+        f"{'total s':>8}"
+    )
     for f in files:
         t0 = time.perf_counter()
         r = solve_network(ecg_net(f))
@@ -62,20 +80,35 @@ def main() -> int:
         c = r.certificate
         ref = refs.get(f.stem, {}).get("lipschitz_reference")
         err = None if ref is None or c.lipschitz is None else abs(c.lipschitz - ref) / ref
-        rows.append({"model": f.stem, "bound": c.lipschitz, "certified": c.verified, "reference": ref,
-                     "rel_error": err, "iterations": r.solution.iterations, "status": r.solution.claimed_status,
-                     "solve_s": r.seconds["solve"], "pipeline_s": total})
-        print(f"{f.stem:28} {c.lipschitz if c.lipschitz is not None else float('nan'):14.8g} "
-              f"{'yes' if c.verified else 'NO':>5} {'' if err is None else f'{err:.1e}':>17} "
-              f"{r.solution.iterations:5d} {r.seconds['solve']:8.3f} {total:8.3f}")
+        rows.append(
+            {
+                "model": f.stem,
+                "bound": c.lipschitz,
+                "certified": c.verified,
+                "reference": ref,
+                "rel_error": err,
+                "iterations": r.solution.iterations,
+                "status": r.solution.claimed_status,
+                "solve_s": r.seconds["solve"],
+                "pipeline_s": total,
+            }
+        )
+        print(
+            f"{f.stem:28} {c.lipschitz if c.lipschitz is not None else float('nan'):14.8g} "
+            f"{'yes' if c.verified else 'NO':>5} {'' if err is None else f'{err:.1e}':>17} "
+            f"{r.solution.iterations:5d} {r.seconds['solve']:8.3f} {total:8.3f}"
+        )
     with open(out / "ecg_models.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     solve_times = [row["solve_s"] for row in rows]
-    print(f"\n{len(rows)} models: {sum(r['certified'] for r in rows)} certified; solver stage median "
-          f"{statistics.median(solve_times):.3f} s, max {max(solve_times):.3f} s; "
-          f"max rel. error vs MOSEK {max((r['rel_error'] for r in rows if r['rel_error'] is not None), default=0):.1e}")
+    max_err = max((r["rel_error"] for r in rows if r["rel_error"] is not None), default=0.0)
+    print(
+        f"\n{len(rows)} models: {sum(r['certified'] for r in rows)} certified; solver stage median "
+        f"{statistics.median(solve_times):.3f} s, max {max(solve_times):.3f} s; "
+        f"max rel. error vs MOSEK {max_err:.1e}"
+    )
 
     # baseline in the same process: CVXOPT's own 'chol' KKT solver on the same SDPs
     print("\nstructured KKT vs CVXOPT generic KKT (same SDP, same process):")
@@ -83,10 +116,12 @@ def main() -> int:
         net = ecg_net(f)
         ours = solve_network(net)
         generic = solve_network(net, solver="cvxopt-generic")
-        print(f"  {f.stem:28} ours {ours.seconds['solve']:.3f} s ({ours.solution.iterations} it), generic "
-              f"{generic.seconds['solve']:.3f} s ({generic.solution.iterations} it): ratio "
-              f"{ours.seconds['solve'] / generic.seconds['solve']:.2f}; bounds agree to "
-              f"{abs(ours.certificate.lipschitz - generic.certificate.lipschitz) / ours.certificate.lipschitz:.1e}")
+        print(
+            f"  {f.stem:28} ours {ours.seconds['solve']:.3f} s ({ours.solution.iterations} it), generic "
+            f"{generic.seconds['solve']:.3f} s ({generic.solution.iterations} it): ratio "
+            f"{ours.seconds['solve'] / generic.seconds['solve']:.2f}; bounds agree to "
+            f"{abs(ours.certificate.lipschitz / generic.certificate.lipschitz - 1):.1e}"
+        )
 
     # whole process, as a user runs it
     exe = [sys.executable, "-m", "lipdsl", "solve", "--json", str(ROOT / "specs" / "ecg.lip")]
@@ -98,11 +133,15 @@ def main() -> int:
         stages.append(json.loads(done.stdout)["seconds"])
     med = statistics.median(walls)
     stage_med = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
-    print(f"\n`lipdsl solve specs/ecg.lip` whole process: median {med:.3f} s over {args.repeat} runs "
-          f"(min {min(walls):.3f}); stages (median): "
-          + ", ".join(f"{k} {v:.3f} s" for k, v in stage_med.items()))
-    print(f"targets: whole process <= 1.5 s -> ratio {med / 1.5:.2f}; solver stage <= 0.3 s -> ratio "
-          f"{stage_med['solve'] / 0.3:.2f}")
+    print(
+        f"\n`lipdsl solve specs/ecg.lip` whole process: median {med:.3f} s over {args.repeat} runs "
+        f"(min {min(walls):.3f}); stages (median): "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in stage_med.items())
+    )
+    print(
+        f"targets: whole process <= 1.5 s -> ratio {med / 1.5:.2f}; solver stage <= 0.3 s -> ratio "
+        f"{stage_med['solve'] / 0.3:.2f}"
+    )
     with open(out / "ecg_cli.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["run", "wall_s"] + list(stages[0]))

@@ -1,4 +1,4 @@
-"""Benchmark the lifting knob: bound and time of `--lift L` (L = 1, 2, 4, 8) against L = 1 in the same process.
+"""Benchmark the lifting knob: bound and time of `--lift L` (L = 1, 2, 4, 8) against L = 1, same process.
 
     python bench/lift.py [--lifts 1 2 4 8] [--out bench/out]
 
@@ -7,6 +7,7 @@ conv k3 causal ReLU, avgpool 2, conv k3 ReLU, avgpool 2, flatten, dense to 5) wi
 weights (seed 0). Prints bound(L)/bound(1) and time(L)/time(1); writes a CSV and, if matplotlib is installed,
 bench/out/lift.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cases = [(name, ecg(name)) for name in ("CNN_23_03_08_11_52", "CNN_23_03_08_12_42", "CNN_L2_23_03_08_04_10")]
+    cases = [
+        (name, ecg(name)) for name in ("CNN_23_03_08_11_52", "CNN_23_03_08_12_42", "CNN_L2_23_03_08_04_10")
+    ]
     cases.append(("fig2_deep_4_8", deep_cnn(4, 8)))
     rows = []
     print(f"{'case':24} {'L':>3} {'bound':>14} {'bound/L1':>9} {'time s':>8} {'time/L1':>8} {'LMI rows':>14}")
@@ -58,11 +61,22 @@ def main() -> int:
             c = r.certificate
             if base is None:
                 base = (c.lipschitz, sec)
-            rows.append({"case": name, "lift": L, "bound": c.lipschitz, "certified": c.verified, "seconds": sec,
-                         "bound_ratio": c.lipschitz / base[0], "time_ratio": sec / base[1],
-                         "lmi_rows": "+".join(str(lmi.size) for lmi in r.sdp.lmis)})
-            print(f"{name:24} {L:3d} {c.lipschitz:14.8g} {c.lipschitz / base[0]:9.4f} {sec:8.2f} "
-                  f"{sec / base[1]:8.2f} {rows[-1]['lmi_rows']:>14}")
+            rows.append(
+                {
+                    "case": name,
+                    "lift": L,
+                    "bound": c.lipschitz,
+                    "certified": c.verified,
+                    "seconds": sec,
+                    "bound_ratio": c.lipschitz / base[0],
+                    "time_ratio": sec / base[1],
+                    "lmi_rows": "+".join(str(lmi.size) for lmi in r.sdp.lmis),
+                }
+            )
+            print(
+                f"{name:24} {L:3d} {c.lipschitz:14.8g} {c.lipschitz / base[0]:9.4f} {sec:8.2f} "
+                f"{sec / base[1]:8.2f} {rows[-1]['lmi_rows']:>14}"
+            )
     with open(out / "lift.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -80,8 +94,13 @@ def main() -> int:
         rs = [r for r in rows if r["case"] == name]
         a1.plot([r["lift"] for r in rs], [r["bound_ratio"] for r in rs], "o-", label=name)
         a2.plot([r["lift"] for r in rs], [r["seconds"] for r in rs], "o-", label=name)
-    a1.set_xlabel("lift L"); a1.set_ylabel("bound / bound at L = 1"); a1.set_xscale("log", base=2)
-    a2.set_xlabel("lift L"); a2.set_ylabel("time [s]"); a2.set_xscale("log", base=2); a2.set_yscale("log")
+    a1.set_xlabel("lift L")
+    a1.set_ylabel("bound / bound at L = 1")
+    a1.set_xscale("log", base=2)
+    a2.set_xlabel("lift L")
+    a2.set_ylabel("time [s]")
+    a2.set_xscale("log", base=2)
+    a2.set_yscale("log")
     a1.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "lift.png", dpi=120)

@@ -9,6 +9,7 @@ The Python API the CLI uses::
     >>> result.certificate.verified, round(result.certificate.lipschitz, 4)   # doctest: +SKIP
     (True, 109.123)
 """
+
 from __future__ import annotations
 
 import time
@@ -23,7 +24,7 @@ from .sdp import Sdp, build_sdp
 from .solve import Solution, converged, solve
 
 #: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
-#: O(m^2) memory per LMI and O(n^2) for the Newton system; one 1000-row LMI already takes ~80 s (method.md §9).
+#: O(m^2) memory per LMI and O(n^2) for the Newton system; one 1000-row LMI takes ~80 s (method.md §9).
 MAX_LMI = 4000
 #: Default limit on the number of scalar decision variables: the Newton (KKT) matrix is n x n doubles.
 MAX_VARIABLES = 20000
@@ -45,7 +46,7 @@ class ProblemSize:
     @property
     def gib(self) -> float:
         """Rough memory of the solver: the largest LMI and the n x n Newton matrix, as doubles, in GiB."""
-        return 8.0 * (3 * self.largest_lmi ** 2 + self.variables ** 2) / 2 ** 30
+        return 8.0 * (3 * self.largest_lmi**2 + self.variables**2) / 2**30
 
 
 def problem_size(net: typed.Network, lift: int = 1) -> ProblemSize:
@@ -110,16 +111,28 @@ class Result:
         return "every input length N (fully convolutional)"
 
 
-def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e-7, max_iterations: int = 100,
-                  margin: float = 1e-11, verbose: bool = False, min_length: int | None = None,
-                  lift: int = 1, seconds: dict[str, float] | None = None, max_lmi: int | None = MAX_LMI,
-                  max_variables: int | None = MAX_VARIABLES, timeout: float | None = None,
-                  accept_unconverged: bool = False) -> Result:
+def solve_network(
+    net: typed.Network,
+    *,
+    solver: str = "cvxopt",
+    tol: float = 1e-7,
+    max_iterations: int = 100,
+    margin: float = 1e-11,
+    verbose: bool = False,
+    min_length: int | None = None,
+    lift: int = 1,
+    seconds: dict[str, float] | None = None,
+    max_lmi: int | None = MAX_LMI,
+    max_variables: int | None = MAX_VARIABLES,
+    timeout: float | None = None,
+    accept_unconverged: bool = False,
+) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
     ``min_length``: for any-length inputs, the shortest input length the bound must cover (needed only by a
     global average pool). ``lift``: realize conv layers on blocks of ``lift`` samples (tighter, larger
-    LMIs; see ``lipdsl.lower.lower``). ``seconds`` may carry earlier stage times (e.g. ``{"parse+check": ...}``); the stages run here are added.
+    LMIs; see ``lipdsl.lower.lower``). ``seconds`` may carry earlier stage times
+    (e.g. ``{"parse+check": ...}``); the stages run here are added.
     Raises ``LipdslError`` subclasses for unsupported networks or a solver that fails without a point; an
     uncertified point is *not* an exception: see ``result.certificate.verified``.
 
@@ -134,14 +147,18 @@ def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e
         raise LimitError(
             f"the LMI of layer {size.largest_system!r} would have {size.largest_lmi} rows ({size.detail}), "
             f"more than --max-lmi {max_lmi}; the SDP would have {size.variables} variables (about "
-            f"{size.gib:.3g} GiB for the solver)", span=_span(net, size.largest_system),
+            f"{size.gib:.3g} GiB for the solver)",
+            span=_span(net, size.largest_system),
             hint="raise --max-lmi if the machine has the memory and time; a conv layer costs "
-                 "(dilation*(kernel-1)+1)*c_in rows (times --lift)")
+            "(dilation*(kernel-1)+1)*c_in rows (times --lift)",
+        )
     if max_variables is not None and size.variables > max_variables:
         raise LimitError(
             f"the SDP would have {size.variables} variables, more than {max_variables} (about {size.gib:.3g} "
-            f"GiB for the solver's Newton matrix); its largest LMI has {size.largest_lmi} rows", span=None,
-            hint="wide conv layers need (states)^2/2 variables each; raise the limit only with the memory")
+            f"GiB for the solver's Newton matrix); its largest LMI has {size.largest_lmi} rows",
+            span=None,
+            hint="wide conv layers need (states)^2/2 variables each; raise the limit only with the memory",
+        )
     times = dict(seconds or {})
     t0 = time.perf_counter()
     low = lower(net, min_length=min_length, lift=lift)
@@ -154,14 +171,19 @@ def solve_network(net: typed.Network, *, solver: str = "cvxopt", tol: float = 1e
     t4 = time.perf_counter()
     times.update({"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2, "certify": t4 - t3})
     result = Result(net, low, sdp, sol, cert, times, min_length)
-    if (cert.verified and not accept_unconverged and not converged(sol.claimed_status)
-            and not (cert.inflation is not None and cert.inflation <= UNCONVERGED_INFLATION)):
+    if (
+        cert.verified
+        and not accept_unconverged
+        and not converged(sol.claimed_status)
+        and not (cert.inflation is not None and cert.inflation <= UNCONVERGED_INFLATION)
+    ):
         err = SolveError(
             f"{sol.solver} stopped after {sol.iterations} iterations without converging (status "
             f"{sol.claimed_status!r}); the bound certified from its last point, {cert.lipschitz:.6g}, is "
             f"{1 + cert.inflation:.4g} times the solver's value {cert.lipschitz_solver:.6g} and may be loose",
             hint="raise --max-iterations, try another --solver, or pass --accept-unconverged to report this "
-                 "(sound) bound")
+            "(sound) bound",
+        )
         err.result = result
         raise err
     return result

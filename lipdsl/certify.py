@@ -14,12 +14,14 @@ FIR shift, ``G = diag(1, ..., k-1) (x) I``, ``A'GB = 0`` and ``B'GB = (k-1) I``.
 lifted system), ``tau`` is doubled and ``t_in`` gets ``tau ||B'GB|| + tau^2 ||K||^2 / (tau - e - q)``
 instead, with ``q = eta (alpha^2 + beta^2) ||E||^2``. The change of the LMI is then ``>= e I`` by a Schur
 complement, so the repaired LMI is positive semidefinite with margin. ``X_in`` is the previous system's
-output weight (repaired next) or, for the first system, ``rho I``: the certified bound is ``sqrt(rho + t_in) * factor``. A linear system (no
+output weight (repaired next) or, for the first system, ``rho I``: the certified bound is
+``sqrt(rho + t_in) * factor``. A linear system (no
 activation) uses ``eta = 0`` and ``t ||E||^2`` in place of ``eta (alpha^2 + beta^2) ||E||^2``. Side
 conditions (``lambda >= 0``, ``P >= 0`` where not implied, ``X >= 0`` before pooling) are enforced too.
 Finally every LMI is recomputed at the repaired point and its minimum eigenvalue must be at least
 ``16 m eps ||M||`` (a bound on the eigenvalue solver's rounding error) for the bound to be called certified.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,7 +73,8 @@ class LmiCheck:
 
 @dataclass(frozen=True)
 class Certificate:
-    """What was proven: ``lipschitz`` is an upper bound iff ``verified``; ``claimed_status`` is the solver's."""
+    """What was proven: ``lipschitz`` is an upper bound iff ``verified``; ``claimed_status`` is the solver's
+    word."""
 
     verified: bool
     lipschitz: float | None
@@ -164,14 +167,24 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
     """
     factor = sdp.factor
     if solution.x is None or solution.rho is None or not np.all(np.isfinite(solution.x)):
-        return Certificate(False, None, None, None, None, solution.claimed_status, factor,
-                           reason="the solver returned no point")
+        return Certificate(
+            False,
+            None,
+            None,
+            None,
+            None,
+            solution.claimed_status,
+            factor,
+            reason="the solver returned no point",
+        )
     x = solution.x
     rho_solver = float(solution.rho)
     L_solver = math.sqrt(max(rho_solver, 0.0)) * factor
     point = _Point(sdp, x)
-    before = {link.lmi.name: _min_eig(point.matrix(link)) / max(_norm(point.matrix(link)), 1e-300)
-              for link in sdp.links}
+    before = {
+        link.lmi.name: _min_eig(point.matrix(link)) / max(_norm(point.matrix(link)), 1e-300)
+        for link in sdp.links
+    }
     psd_names = {v.name for v in sdp.psd_weights}
     t_next = 0.0
     for link in reversed(sdp.links):
@@ -185,7 +198,7 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
             alpha, beta = sys.slope
             eta = t_next + e
             point.vars[link.lam.name] = point.vars[link.lam.name] + eta
-            need = eta * (alpha ** 2 + beta ** 2) * nE
+            need = eta * (alpha**2 + beta**2) * nE
         else:
             need = t_next * nE
         t_in = e + need
@@ -199,7 +212,7 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
             if link.needs_P_psd:
                 tau += max(-_min_eig(point.vars[link.P.name] + tau * G), 0.0) + _margin(G, margin)
             point.vars[link.P.name] = point.vars[link.P.name] + tau * G
-            t_in += tau * bgb + (tau ** 2 * k2 / (tau - q) if k2 else 0.0)
+            t_in += tau * bgb + (tau**2 * k2 / (tau - q) if k2 else 0.0)
         # X >= 0 where pooling needs it (the input weight of this link is that X after the shift)
         if link.w_in.kind == "var" and link.w_in.variable.name in psd_names:
             X = point.vars[link.w_in.variable.name]
@@ -222,19 +235,37 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
             Pm = point.vars[link.P.name]
             okp = _min_eig(Pm) >= 16 * Pm.shape[0] * EPS * max(_norm(Pm), 1e-300)
             ok_all &= okp
-            checks.append(LmiCheck(f"P[{link.system.name}]>=0", Pm.shape[0], float("nan"),
-                                   _min_eig(Pm) / max(_norm(Pm), 1e-300), 0.0, okp))
+            checks.append(
+                LmiCheck(
+                    f"P[{link.system.name}]>=0",
+                    Pm.shape[0],
+                    float("nan"),
+                    _min_eig(Pm) / max(_norm(Pm), 1e-300),
+                    0.0,
+                    okp,
+                )
+            )
     for v in sdp.psd_weights:
         X = point.vars[v.name]
         okx = _min_eig(X) >= 16 * X.shape[0] * EPS * max(_norm(X), 1e-300)
         ok_all &= okx
-        checks.append(LmiCheck(f"{v.name}>=0", X.shape[0], float("nan"), _min_eig(X) / max(_norm(X), 1e-300),
-                               0.0, okx))
+        checks.append(
+            LmiCheck(f"{v.name}>=0", X.shape[0], float("nan"), _min_eig(X) / max(_norm(X), 1e-300), 0.0, okx)
+        )
     # lambda >= 0 and diagonal X >= 0 hold by construction (clipped, then only increased).
     rho = point.rho
     lip = math.sqrt(rho) * factor
     if not math.isfinite(lip):
         ok_all = False
     reason = "" if ok_all else "an LMI is not positive semidefinite at the repaired point"
-    return Certificate(bool(ok_all), lip if ok_all else None, rho if ok_all else None, L_solver, rho_solver,
-                       solution.claimed_status, factor, tuple(checks), reason)
+    return Certificate(
+        bool(ok_all),
+        lip if ok_all else None,
+        rho if ok_all else None,
+        L_solver,
+        rho_solver,
+        solution.claimed_status,
+        factor,
+        tuple(checks),
+        reason,
+    )

@@ -4,7 +4,8 @@ A conv layer with PyTorch weight ``W`` (c_out, c_in, k), dilation ``d``, is the 
 
     z[t] = sum_{m=0}^{k_e-1} K_m u[t-m],   K_m = W_e[:, :, k_e-1-m],   k_e = d (k-1) + 1,
 
-(``W_e`` = ``W`` with ``d-1`` zero taps between taps), realized with state ``x[t] = [u[t-k_e+1]; ...; u[t-1]]``:
+(``W_e`` = ``W`` with ``d-1`` zero taps between taps), realized with state
+``x[t] = [u[t-k_e+1]; ...; u[t-1]]``:
 
     A = block up-shift (identity blocks on the super-diagonal),  B = [0; ...; 0; I],
     C = [K_{k_e-1}, ..., K_1] = [W_e[:,:,0], ..., W_e[:,:,k_e-2]],  D = K_0 = W_e[:,:,k_e-1].
@@ -14,6 +15,7 @@ zeros), and dropping samples can only lower the left side of a dissipation inequ
 The symbolic form (``symbolic_state_space``) is for display and derivation; the numeric path fills the same
 block structure with numpy so that it stays fast for wide layers.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,17 +27,17 @@ from .errors import LoweringError
 
 
 def shift_structure(c_in: int, taps: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(A, B)`` of the FIR state: ``A`` shifts the ``taps-1`` input blocks up by one, ``B`` loads the newest."""
+    """``(A, B)`` of the FIR state: ``A`` shifts the ``taps-1`` input blocks up, ``B`` loads the newest."""
     nx = (taps - 1) * c_in
     A = np.eye(nx, k=c_in) if nx else np.zeros((0, 0))
     B = np.zeros((nx, c_in))
     if nx:
-        B[nx - c_in:, :] = np.eye(c_in)
+        B[nx - c_in :, :] = np.eye(c_in)
     return A, B
 
 
 def dilated_kernel(weight: np.ndarray, dilation: int) -> np.ndarray:
-    """``W_e``: the kernel with ``dilation-1`` zero taps inserted between taps (shape c_out, c_in, d(k-1)+1)."""
+    """``W_e``: the kernel with ``dilation-1`` zero taps between taps (shape c_out, c_in, d(k-1)+1)."""
     c_out, c_in, k = weight.shape
     if dilation == 1:
         return weight
@@ -71,11 +73,14 @@ def symbolic_state_space(conv: typed.Conv1d):
 
     c_out, c_in, k = conv.c_out, conv.c_in, conv.kernel
     if conv.weight_expr is not None:
+
         def tap(o, i, j):
             return sympy.sympify(conv.weight_expr[o, i, j])
     else:
+
         def tap(o, i, j):
             return sympy.Symbol(f"w_{{{o},{i},{j}}}")
+
     d = conv.dilation
     ke = d * (k - 1) + 1
 
@@ -89,7 +94,7 @@ def symbolic_state_space(conv: typed.Conv1d):
 
 
 def symbolic_block_state_space(conv: typed.Conv1d):
-    """``(A, B, C, D)`` as sympy block matrices of ``c_in x c_in`` identities and the taps ``W_j`` (c_out x c_in).
+    """``(A, B, C, D)`` as sympy block matrices: ``c_in x c_in`` identities and taps ``W_j`` (c_out x c_in).
 
     The compact form for layers too wide to print entry by entry: ``W_j = W[:, :, j]`` in PyTorch layout.
     """
@@ -98,16 +103,19 @@ def symbolic_block_state_space(conv: typed.Conv1d):
     c_out, c_in, d = conv.c_out, conv.c_in, conv.dilation
     ke = d * (conv.kernel - 1) + 1
     blocks = ke - 1
-    Z, I = sympy.ZeroMatrix(c_in, c_in), sympy.Identity(c_in)
+    Z, eye = sympy.ZeroMatrix(c_in, c_in), sympy.Identity(c_in)
 
     def tap(m):  # tap m of the dilated kernel, as a c_out x c_in symbol (or zero)
         return sympy.MatrixSymbol(f"W_{m // d}", c_out, c_in) if m % d == 0 else sympy.ZeroMatrix(c_out, c_in)
 
     if blocks == 0:
         return None, None, None, tap(0)
-    A = sympy.BlockMatrix([[I if j == i + 1 else Z for j in range(blocks)] for i in range(blocks)]) \
-        if blocks > 1 else sympy.ZeroMatrix(c_in, c_in)
-    B = sympy.BlockMatrix([[Z] for _ in range(blocks - 1)] + [[I]]) if blocks > 1 else I
+    A = (
+        sympy.BlockMatrix([[eye if j == i + 1 else Z for j in range(blocks)] for i in range(blocks)])
+        if blocks > 1
+        else sympy.ZeroMatrix(c_in, c_in)
+    )
+    B = sympy.BlockMatrix([[Z] for _ in range(blocks - 1)] + [[eye]]) if blocks > 1 else eye
     C = sympy.BlockMatrix([[tap(m) for m in range(blocks)]]) if blocks > 1 else tap(0)
     D = tap(ke - 1)
     return A, B, C, D
@@ -134,8 +142,9 @@ def make_system(layer, act, ss: lowered.StateSpace, kind: str, note: str, scale:
     slope = None if act is None else (float(act.alpha), float(act.beta))
     if slope == (1.0, 1.0):
         slope = None
-    return lowered.System("+".join(names), names, kind, _scaled(ss, s), s, slope,
-                          None if act is None else act.function, note)
+    return lowered.System(
+        "+".join(names), names, kind, _scaled(ss, s), s, slope, None if act is None else act.function, note
+    )
 
 
 def lift_state_space(ss: lowered.StateSpace, b: int) -> lowered.StateSpace:
@@ -155,10 +164,10 @@ def lift_state_space(ss: lowered.StateSpace, b: int) -> lowered.StateSpace:
     Ct = np.vstack([C @ powers[i] for i in range(b)]) if nx else np.zeros((ny * b, 0))
     Dt = np.zeros((ny * b, nu * b))
     for i in range(b):
-        Dt[i * ny:(i + 1) * ny, i * nu:(i + 1) * nu] = D
+        Dt[i * ny : (i + 1) * ny, i * nu : (i + 1) * nu] = D
         for j in range(i):
             if nx:
-                Dt[i * ny:(i + 1) * ny, j * nu:(j + 1) * nu] = C @ powers[i - 1 - j] @ B
+                Dt[i * ny : (i + 1) * ny, j * nu : (j + 1) * nu] = C @ powers[i - 1 - j] @ B
     return lowered.StateSpace(powers[b] if nx else A, Bt, Ct, Dt)
 
 
@@ -167,7 +176,7 @@ def _avgpool_block(c: int, b: int, s: int) -> np.ndarray:
     P = np.zeros((c * (b // s), c * b))
     for j in range(b // s):
         for m in range(s):
-            P[j * c:(j + 1) * c, (j * s + m) * c:(j * s + m + 1) * c] = np.eye(c) / s
+            P[j * c : (j + 1) * c, (j * s + m) * c : (j * s + m + 1) * c] = np.eye(c) / s
     return P
 
 
@@ -176,8 +185,11 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
     from .errors import UnsupportedError
 
     def refuse(layer, why):
-        raise UnsupportedError(f"--lift {lift}: {why} ({layer.kind} {layer.name!r})", span=layer.span,
-                               hint="use --lift 1 (the paper's realization), which supports every layer")
+        raise UnsupportedError(
+            f"--lift {lift}: {why} ({layer.kind} {layer.name!r})",
+            span=layer.span,
+            hint="use --lift 1 (the paper's realization), which supports every layer",
+        )
 
     steps: list[lowered.Step] = []
     factor = 1.0
@@ -201,19 +213,34 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
         ss = dense_state_space(premap)
         sc = _scale_of(ss) if scale else 1.0
         factor *= sc
-        steps.append(lowered.System("avgpool-map", ("avgpool",), "dense", _scaled(ss, sc), sc, None, None,
-                                    "average pooling as an exact linear map"))
+        steps.append(
+            lowered.System(
+                "avgpool-map",
+                ("avgpool",),
+                "dense",
+                _scaled(ss, sc),
+                sc,
+                None,
+                None,
+                "average pooling as an exact linear map",
+            )
+        )
         premap = None
 
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if isinstance(layer, (typed.Conv1d, typed.Activation)) and flat_from is None and not layer.in_shape.flat:
+        if (
+            isinstance(layer, (typed.Conv1d, typed.Activation))
+            and flat_from is None
+            and not layer.in_shape.flat
+        ):
             if isinstance(layer, typed.Conv1d) and b == 1:
                 # one sample per block: the plain realization, any padding and stride (sample selection)
                 ss, kind, c_out = conv_state_space(layer.weight, layer.dilation), "conv", layer.c_out
-                note = f"FIR k={layer.kernel}" + (f", stride {layer.stride} as sub-sampling" if layer.stride > 1
-                                                  else "")
+                note = f"FIR k={layer.kernel}" + (
+                    f", stride {layer.stride} as sub-sampling" if layer.stride > 1 else ""
+                )
             elif isinstance(layer, typed.Conv1d):
                 span = layer.dilation * (layer.kernel - 1)
                 if (layer.pad_left, layer.pad_right) != (span, 0):
@@ -222,8 +249,9 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
                     refuse(layer, f"stride {layer.stride} does not divide the block of {b} samples")
                 ss = lift_state_space(conv_state_space(layer.weight, layer.dilation), b)
                 if layer.stride > 1:  # keep samples 0, s, 2s, ... of each block
-                    keep = np.concatenate([np.arange(j * layer.c_out, (j + 1) * layer.c_out)
-                                           for j in range(0, b, layer.stride)])
+                    keep = np.concatenate(
+                        [np.arange(j * layer.c_out, (j + 1) * layer.c_out) for j in range(0, b, layer.stride)]
+                    )
                     ss = lowered.StateSpace(ss.A, ss.B, ss.C[keep], ss.D[keep])
                     b //= layer.stride
                 kind, c_out = "conv", layer.c_out
@@ -238,13 +266,25 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
             steps.append(make_system(layer, act, ss, kind, note, scale))
             factor *= steps[-1].scale
             c = c_out
-        elif isinstance(layer, typed.Pool) and layer.op == "avg" and layer.kernel == layer.stride \
-                and b > 1 and b % layer.stride == 0:
+        elif (
+            isinstance(layer, typed.Pool)
+            and layer.op == "avg"
+            and layer.kernel == layer.stride
+            and b > 1
+            and b % layer.stride == 0
+        ):
             P = _avgpool_block(c, b, layer.stride)
             premap = P if premap is None else P @ premap
             b //= layer.stride
-            steps.append(lowered.Pool(layer.name, "merged", 1.0, False,
-                                      f"avg pool k{layer.kernel}: exact linear map merged into the next layer"))
+            steps.append(
+                lowered.Pool(
+                    layer.name,
+                    "merged",
+                    1.0,
+                    False,
+                    f"avg pool k{layer.kernel}: exact linear map merged into the next layer",
+                )
+            )
         elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)) and b == 1:
             flush()
             if isinstance(layer, typed.GlobalAvgPool):
@@ -252,16 +292,28 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
                 if n is None:
                     refuse(layer, "a global average pool over any length needs --lift 1 and --length")
                 gain = 1.0 / math.sqrt(n)
-                steps.append(lowered.Pool(layer.name, "global_avg", gain, False, f"global avg over {n}: 1/sqrt({n})"))
+                steps.append(
+                    lowered.Pool(layer.name, "global_avg", gain, False, f"global avg over {n}: 1/sqrt({n})")
+                )
             else:
                 overlap = math.ceil(layer.kernel / layer.stride)
                 gain = math.sqrt(overlap / layer.kernel) if layer.op == "avg" else math.sqrt(overlap)
-                steps.append(lowered.Pool(layer.name, layer.op, gain, layer.op == "max",
-                                          f"{layer.op} pool k{layer.kernel} s{layer.stride}: factor {gain:.4g}"
-                                          + (", diagonal X" if layer.op == "max" else "")))
+                steps.append(
+                    lowered.Pool(
+                        layer.name,
+                        layer.op,
+                        gain,
+                        layer.op == "max",
+                        f"{layer.op} pool k{layer.kernel} s{layer.stride}: factor {gain:.4g}"
+                        + (", diagonal X" if layer.op == "max" else ""),
+                    )
+                )
             factor *= gain
         elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)):
-            refuse(layer, f"only average pooling with kernel = stride dividing the block of {b} is exact when lifted")
+            refuse(
+                layer,
+                f"only average pooling with kernel = stride dividing the block of {b} is exact when lifted",
+            )
         elif isinstance(layer, typed.Flatten) and layer.in_shape.flat:
             pass  # flattening a vector (after a global average pool) is the identity
         elif isinstance(layer, typed.Flatten):
@@ -282,7 +334,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
                 for j in range(bb):
                     t = tau * bb + j
                     if t < n:
-                        sel[:, j * ch:(j + 1) * ch] = W[:, np.arange(ch) * n + t]
+                        sel[:, j * ch : (j + 1) * ch] = W[:, np.arange(ch) * n + t]
                 blk = sel @ premap if premap is not None else sel
                 Weff[:, np.arange(width) * T + tau] = blk
             premap = None
@@ -291,7 +343,9 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
             act = nxt if isinstance(nxt, typed.Activation) else None
             if act is not None:
                 i += 1
-            steps.append(make_system(layer, act, ss, "dense", "columns in lifted order, pooling folded in", scale))
+            steps.append(
+                make_system(layer, act, ss, "dense", "columns in lifted order, pooling folded in", scale)
+            )
             factor *= steps[-1].scale
             c = layer.n_out
         elif isinstance(layer, (typed.Dense, typed.Activation)):  # on a vector: the plain static maps
@@ -314,7 +368,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
 
 
 def _lengths(net: typed.Network, min_length: int | None) -> list[int | None]:
-    """Length of the signal entering each layer when the input has ``min_length`` samples (any-length nets)."""
+    """Length of the signal entering each layer for an input of ``min_length`` samples (any-length nets)."""
     from .check import conv1d_length, pool_length
 
     n = net.input_shape.length if net.input_shape.length is not None else min_length
@@ -328,8 +382,11 @@ def _lengths(net: typed.Network, min_length: int | None) -> list[int | None]:
         elif isinstance(layer, typed.Pool):
             n = pool_length(n, layer.kernel, layer.stride)
         if n is not None and n < 1:
-            raise LoweringError(f"an input of length {min_length} is too short for layer {layer.name!r}",
-                                span=layer.span, hint="give a larger --length")
+            raise LoweringError(
+                f"an input of length {min_length} is too short for layer {layer.name!r}",
+                span=layer.span,
+                hint="give a larger --length",
+            )
     return out
 
 
@@ -348,8 +405,14 @@ def compress_input(ss: lowered.StateSpace) -> tuple[lowered.StateSpace, int]:
     return dense_state_space(U[:, :r] * S[:r]), W.shape[1]
 
 
-def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = None,
-          compress: bool = True, lift: int = 1) -> lowered.Network:
+def lower(
+    net: typed.Network,
+    *,
+    scale: bool = True,
+    min_length: int | None = None,
+    compress: bool = True,
+    lift: int = 1,
+) -> lowered.Network:
     """Group layers into systems (linear map + optional activation) and reshaping steps; realize each map.
 
     ``scale``: divide each map by ``||[C D]||_2`` (a congruence of the SDP; the factor is moved into
@@ -381,8 +444,11 @@ def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = No
         if isinstance(layer, (typed.Conv1d, typed.Dense, typed.Activation)):
             if isinstance(layer, typed.Conv1d):
                 ss, kind = conv_state_space(layer.weight, layer.dilation), "conv"
-                note = f"FIR k={layer.kernel}" + (f" d={layer.dilation}" if layer.dilation > 1 else "") + \
-                    (f", stride {layer.stride} as sub-sampling" if layer.stride > 1 else "")
+                note = (
+                    f"FIR k={layer.kernel}"
+                    + (f" d={layer.dilation}" if layer.dilation > 1 else "")
+                    + (f", stride {layer.stride} as sub-sampling" if layer.stride > 1 else "")
+                )
             elif isinstance(layer, typed.Dense):
                 ss, kind, note = dense_state_space(layer.weight), "dense", ""
                 if compress and not any(isinstance(st, lowered.System) for st in steps) and ss.nu > ss.ny:
@@ -401,7 +467,7 @@ def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = No
         elif isinstance(layer, typed.Pool):
             overlap = math.ceil(layer.kernel / layer.stride)
             if layer.op == "avg":
-                # y_t = (1/k) sum_{j in window t} w_j;  sum_t |y_t|_X^2 <= (ceil(k/s)/k) sum_t |w_t|_X^2, X >= 0
+                # y_t = (1/k) sum_{j in window t} w_j: sum_t |y_t|_X^2 <= (ceil(k/s)/k) sum_t |w_t|_X^2
                 gain = math.sqrt(overlap / layer.kernel)
                 note = f"avg pool k{layer.kernel} s{layer.stride}: factor sqrt({overlap}/{layer.kernel})"
             else:
@@ -415,8 +481,10 @@ def lower(net: typed.Network, *, scale: bool = True, min_length: int | None = No
             if n is None:
                 raise LoweringError(
                     f"global average pool {layer.name!r} over a signal of any length: the bound needs N",
-                    span=layer.span, hint="give the shortest input length the bound must cover with --length N, "
-                    "or declare it in the spec, e.g. 'input 1 x 128'")
+                    span=layer.span,
+                    hint="give the shortest input length the bound must cover with --length N, "
+                    "or declare it in the spec, e.g. 'input 1 x 128'",
+                )
             gain = 1.0 / math.sqrt(n)
             factor *= gain
             note = f"global avg over {n} samples: factor 1/sqrt({n})"

@@ -1,4 +1,5 @@
-"""The lowered network: what ``lower`` produces and ``sdp``/``certify`` consume (state space + reshaping steps)."""
+"""The lowered network: what ``lower`` produces and ``sdp``/``certify`` consume (state space + steps)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ Step = Union[System, Pool, Flatten]
 
 @dataclass(frozen=True, slots=True)
 class Network:
-    """Steps in order; the Lipschitz bound is ``sqrt(rho) * factor`` with ``factor`` = scales x pooling gains."""
+    """Steps in order; the bound is ``sqrt(rho) * factor``, ``factor`` = scales x pooling gains."""
 
     name: str
     steps: tuple[Step, ...]

@@ -1,4 +1,5 @@
 """Report results: api.Result -> text (rich) or a JSON-ready dict. The only module besides cli that prints."""
+
 from __future__ import annotations
 
 import math
@@ -15,17 +16,27 @@ def _system_rows(result: Result) -> list[dict]:
     x = result.solution.x
     for link in result.sdp.links:
         sys: System = link.system
-        entry = {"system": sys.name, "layers": list(sys.layers), "kind": sys.kind, "lmi_size": link.lmi.size,
-                 "states": sys.ss.nx, "slope": list(sys.slope) if sys.slope else None, "scale": sys.scale,
-                 "note": sys.note}
+        entry = {
+            "system": sys.name,
+            "layers": list(sys.layers),
+            "kind": sys.kind,
+            "lmi_size": link.lmi.size,
+            "states": sys.ss.nx,
+            "slope": list(sys.slope) if sys.slope else None,
+            "scale": sys.scale,
+            "note": sys.note,
+        }
         if x is not None and link.lam is not None:
             lam = link.lam.value(x)
             entry["lambda"] = {"min": float(lam.min()), "max": float(lam.max()), "count": int(lam.size)}
         if x is not None and link.w_out.kind == "var":
             X = link.w_out.variable.value(x)
             ev = np.linalg.eigvalsh(X)
-            entry["X_out"] = {"structure": link.w_out.variable.structure, "eig_min": float(ev[0]),
-                              "eig_max": float(ev[-1])}
+            entry["X_out"] = {
+                "structure": link.w_out.variable.structure,
+                "eig_min": float(ev[0]),
+                "eig_max": float(ev[-1]),
+            }
         else:
             entry["X_out"] = {"structure": "constant"}
         rows.append(entry)
@@ -56,12 +67,19 @@ def to_json(result: Result) -> dict:
         "output": str(net.output_shape),
         "norm": "l2 on the flattened input and output",
         "seconds": result.seconds,
-        "lmis": [{"name": c.name, "size": c.size, "min_eig_solver": None if math.isnan(c.min_eig_solver)
-                  else c.min_eig_solver, "min_eig_certified": c.min_eig_certified, "ok": bool(c.ok)}
-                 for c in cert.checks],
+        "lmis": [
+            {
+                "name": c.name,
+                "size": c.size,
+                "min_eig_solver": None if math.isnan(c.min_eig_solver) else c.min_eig_solver,
+                "min_eig_certified": c.min_eig_certified,
+                "ok": bool(c.ok),
+            }
+            for c in cert.checks
+        ],
         "systems": _system_rows(result),
-        "notes": list(result.sdp.notes) + [s.note for s in result.lowered.steps if getattr(s, "note", "")
-                                           and not isinstance(s, System)],
+        "notes": list(result.sdp.notes)
+        + [s.note for s in result.lowered.steps if getattr(s, "note", "") and not isinstance(s, System)],
     }
 
 
@@ -71,10 +89,14 @@ def print_text(result: Result, console) -> None:
 
     cert, sol, net = result.certificate, result.solution, result.network
     if cert.verified:
-        console.print(f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
-                      f"(certified)")
-        console.print(f"  solver value {cert.lipschitz_solver:.10g}, repaired by {cert.inflation:.2e} relative; "
-                      f"l2 norm on the flattened input ({net.input_shape}) and output ({net.output_shape})")
+        console.print(
+            f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
+            f"(certified)"
+        )
+        console.print(
+            f"  solver value {cert.lipschitz_solver:.10g}, repaired by {cert.inflation:.2e} relative; "
+            f"l2 norm on the flattened input ({net.input_shape}) and output ({net.output_shape})"
+        )
     else:
         console.print(f"[bold red]no certified bound[/] for {net.name}: {cert.reason}")
     console.print(f"  valid for {result.validity}")
@@ -94,8 +116,15 @@ def print_text(result: Result, console) -> None:
             mult += ("; " if mult else "") + f"X {row['X_out']['structure']}"
         slope = "linear" if row["slope"] is None else f"[{row['slope'][0]:g}, {row['slope'][1]:g}]"
         eig = "" if c is None else f"{c.min_eig_solver:.1e} -> {c.min_eig_certified:.1e}"
-        table.add_row(row["system"], ", ".join(row["layers"]), str(row["lmi_size"]), str(row["states"]), slope,
-                      mult, eig)
+        table.add_row(
+            row["system"],
+            ", ".join(row["layers"]),
+            str(row["lmi_size"]),
+            str(row["states"]),
+            slope,
+            mult,
+            eig,
+        )
     console.print(table)
     for note in to_json(result)["notes"]:
         console.print(f"  note: {note}")

@@ -8,7 +8,8 @@ and output weight ``X_out`` (method.md §4-5, the paper's Corollary 10 with gene
          [      .,                     .,                  2L - X_out]]  >= 0,   L = diag(lambda) >= 0,
 
 which makes ``sum_t |dw_t|^2_{X_out} <= sum_t |du_t|^2_{X_in}`` along any two trajectories from rest. A linear
-system (no activation) uses ``[[P - A'PA - C'X_out C, -A'PB - C'X_out D], [., X_in - B'PB - D'X_out D]] >= 0``.
+system (no activation) uses
+``[[P - A'PA - C'X_out C, -A'PB - C'X_out D], [., X_in - B'PB - D'X_out D]] >= 0``.
 The chain starts with ``X_in = rho I`` and ends with ``X_out = I``; a flatten makes the next input weight
 ``X (x) I_N`` (channel-major); pooling keeps ``X`` (diagonal before max pooling, ``X >= 0`` explicitly where
 no later LMI implies it). When the last layer is a linear dense map after an activation, its constraint
@@ -16,6 +17,7 @@ no later LMI implies it). When the last layer is a linear dense map after an act
 The bound is ``L = sqrt(rho) * factor`` (scales and pooling gains). ``P >= 0`` is implied by the (1,1)
 block when ``A`` is nilpotent and ``alpha*beta <= 0``, so it is added only when ``alpha*beta > 0``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -77,7 +79,7 @@ class Variable:
 
 @dataclass(frozen=True)
 class Weight:
-    """A supply weight on a signal: ``rho * I``, a variable ``X`` (times ``I_N`` after a flatten), or a constant."""
+    """A supply weight: ``rho * I``, a variable ``X`` (times ``I_N`` after a flatten), or a constant."""
 
     kind: str  # "rho", "var" or "const"
     n: int  # order of the matrix the LMI sees
@@ -179,17 +181,27 @@ class _LmiBuilder:
         """Add ``coef * (a b' + b a')`` (a, b sparse m-vectors) to ``F_col``."""
         if len(a_idx) == 0 or len(b_idx) == 0 or coef == 0:
             return
-        self.terms.append((col, np.asarray(a_idx, dtype=np.int64), np.asarray(a_val, dtype=float),
-                           np.asarray(b_idx, dtype=np.int64), np.asarray(b_val, dtype=float), float(coef)))
+        self.terms.append(
+            (
+                col,
+                np.asarray(a_idx, dtype=np.int64),
+                np.asarray(a_val, dtype=float),
+                np.asarray(b_idx, dtype=np.int64),
+                np.asarray(b_val, dtype=float),
+                float(coef),
+            )
+        )
 
     def _unit(self, col: int, i: int, j: int, coef: float):
         self.terms.append((col, np.array([i]), np.ones(1), np.array([j]), np.ones(1), float(coef)))
 
     def congruence(self, var: Variable, T: sp.csr_matrix, coef: float):
-        """Add ``coef * T' V T`` for a symmetric, diagonal or scalar*I variable ``V`` (``T``: n x m, sparse)."""
+        """Add ``coef * T' V T`` for a symmetric, diagonal or scalar*I variable ``V`` (``T``: n x m)."""
         T = sp.csr_matrix(T)
-        rows = [(T.indices[T.indptr[i]:T.indptr[i + 1]], T.data[T.indptr[i]:T.indptr[i + 1]])
-                for i in range(T.shape[0])]
+        rows = [
+            (T.indices[T.indptr[i] : T.indptr[i + 1]], T.data[T.indptr[i] : T.indptr[i + 1]])
+            for i in range(T.shape[0])
+        ]
         if var.structure == "scalar":
             for a_idx, a_val in rows:
                 self._outer(var.offset, a_idx, a_val, a_idx, a_val, coef / 2)
@@ -216,9 +228,9 @@ class _LmiBuilder:
             self._outer(var.offset + i, L.indices[a], L.data[a], R.indices[b], R.data[b], coef)
 
     def weight(self, w: Weight, offset: int, coef: float):
-        """Add ``coef * W`` on the diagonal block starting at ``offset`` (``W`` = rho I, X, X (x) I_N or const)."""
+        """Add ``coef * W`` on the diagonal block at ``offset`` (``W`` = rho I, X, X (x) I_N or const)."""
         if w.kind == "const":
-            self.F0[offset:offset + w.n, offset:offset + w.n] += coef * w.constant
+            self.F0[offset : offset + w.n, offset : offset + w.n] += coef * w.constant
             return
         var, N = w.variable, w.kron
         if w.kind == "rho":
@@ -249,15 +261,16 @@ class _LmiBuilder:
             cols, coef = np.zeros(0, dtype=np.int64), np.zeros(0)
             U = V = sp.csc_matrix((m, 0))
         rows_, cols_, vals_ = [], [], []
-        for r, (k, ai, av, bi, bv, c) in enumerate(self.terms):
+        for k, ai, av, bi, bv, c in self.terms:
             # vec(a b') = kron(b, a), plus its transpose
             rows_ += [(bi[:, None] * m + ai[None, :]).ravel(), (ai[:, None] * m + bi[None, :]).ravel()]
             v = (bv[:, None] * av[None, :]).ravel() * c
             vals_ += [v, (av[:, None] * bv[None, :]).ravel() * c]
             cols_ += [np.full(v.shape, k), np.full(v.shape, k)]
         if rows_:
-            G = sp.coo_matrix((np.concatenate(vals_), (np.concatenate(rows_), np.concatenate(cols_))),
-                              shape=(m * m, n)).tocsc()
+            G = sp.coo_matrix(
+                (np.concatenate(vals_), (np.concatenate(rows_), np.concatenate(cols_))), shape=(m * m, n)
+            ).tocsc()
             G.sum_duplicates()
         else:
             G = sp.csc_matrix((m * m, n))
@@ -278,8 +291,14 @@ def _sel(n: int, offset: int, m: int) -> sp.csr_matrix:
 def _place(M: np.ndarray, col_offset: int, m: int) -> sp.csr_matrix:
     """``[0 M 0]``: the matrix ``M`` (r x c) placed at columns ``col_offset..`` of an r x m matrix."""
     M = sp.csr_matrix(M)
-    out = sp.hstack([sp.csr_matrix((M.shape[0], col_offset)), M,
-                     sp.csr_matrix((M.shape[0], m - col_offset - M.shape[1]))], format="csr")
+    out = sp.hstack(
+        [
+            sp.csr_matrix((M.shape[0], col_offset)),
+            M,
+            sp.csr_matrix((M.shape[0], m - col_offset - M.shape[1])),
+        ],
+        format="csr",
+    )
     return out
 
 
@@ -335,13 +354,17 @@ def build_sdp(net: lowered.Network) -> Sdp:
     # Substitute X_{l-1} := W'W when the network ends in a linear dense layer after an activation.
     eliminated: np.ndarray | None = None
     last = steps[systems[-1]]
-    if (len(systems) >= 2 and last.kind == "dense" and last.slope is None
-            and steps[systems[-2]].slope is not None):
-        between = steps[systems[-2] + 1: systems[-1]]
+    if (
+        len(systems) >= 2
+        and last.kind == "dense"
+        and last.slope is None
+        and steps[systems[-2]].slope is not None
+    ):
+        between = steps[systems[-2] + 1 : systems[-1]]
         if all(isinstance(s, lowered.Pool) and s.op != "max" for s in between):
             eliminated = last.ss.D.T @ last.ss.D
             notes.append(f"{last.name}: X_(l-1) := W'W substituted (tight at the optimum)")
-            steps = steps[: systems[-1]] + steps[systems[-1] + 1:]
+            steps = steps[: systems[-1]] + steps[systems[-1] + 1 :]
             systems = systems[:-1]
 
     nonneg: list[Variable] = [rho]
@@ -352,7 +375,7 @@ def build_sdp(net: lowered.Network) -> Sdp:
     # Walk: input weight of each system = output weight of the previous one, through pools/flattens.
     for pos, i in enumerate(systems):
         sys: lowered.System = steps[i]
-        before = steps[(systems[pos - 1] + 1) if pos else 0: i]
+        before = steps[(systems[pos - 1] + 1) if pos else 0 : i]
         kron = 1
         for s in before:
             if isinstance(s, lowered.Flatten):
@@ -365,7 +388,7 @@ def build_sdp(net: lowered.Network) -> Sdp:
                 w_in = Weight("var", sys.ss.nu, prev_out.variable, kron=kron)
             else:
                 w_in = Weight("const", sys.ss.nu, constant=np.kron(prev_out.constant, np.eye(kron)))
-        after = steps[i + 1: systems[pos + 1]] if pos + 1 < len(systems) else steps[i + 1:]
+        after = steps[i + 1 : systems[pos + 1]] if pos + 1 < len(systems) else steps[i + 1 :]
         diagonal = any(isinstance(s, lowered.Pool) and s.diagonal for s in after)
         pooled = any(isinstance(s, lowered.Pool) and s.op != "merged" for s in after)
         ny = sys.ss.ny
@@ -411,5 +434,14 @@ def build_sdp(net: lowered.Network) -> Sdp:
         bx = _LmiBuilder(X.n, n_ref)
         bx.congruence(X, _sel(X.n, 0, X.n), 1.0)
         lmis.append(bx.build(f"{X.name}>=0", X.system, [("weight", X.n)]))
-    return Sdp(net, tuple(variables), tuple(lmis), tuple(nonneg), rho, net.factor, tuple(final_links),
-               tuple(psd_weights), tuple(notes))
+    return Sdp(
+        net,
+        tuple(variables),
+        tuple(lmis),
+        tuple(nonneg),
+        rho,
+        net.factor,
+        tuple(final_links),
+        tuple(psd_weights),
+        tuple(notes),
+    )

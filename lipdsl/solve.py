@@ -13,6 +13,7 @@ which costs ``O(m^2 R + m R^2)`` for ``R`` terms instead. Other solvers go throu
 CVXOPT's "singular KKT matrix" ending after progress is not retried: its last iterate is returned with
 status 'unknown' and handed to the certificate check, which either proves a bound from it or refuses.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,7 +63,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
     def factor(W):
         di = np.asarray(W["di"]).ravel()
         H = np.zeros((n, n))
-        np.add.at(H, (nonneg_idx, nonneg_idx), di ** 2)
+        np.add.at(H, (nonneg_idx, nonneg_idx), di**2)
         scaled = []
         for (U, V, coef, col, agg, m), rti in zip(blocks, W["rti"]):
             R = np.asarray(rti)
@@ -86,7 +87,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
             at = n_l
             for Ut, Vt, coef, col, m in scaled:
-                B = bt[at:at + m * m].reshape(m, m, order="F")
+                B = bt[at : at + m * m].reshape(m, m, order="F")
                 B = np.tril(B) + np.tril(B, -1).T
                 # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r ; G = -F on 's' blocks
                 contrib = 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt)
@@ -101,7 +102,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             for Ut, Vt, coef, col, m in scaled:
                 g = coef * ux[col]
                 M = (Ut * g) @ Vt.T
-                out[at:at + m * m] -= (M + M.T).reshape(-1, order="F")
+                out[at : at + m * m] -= (M + M.T).reshape(-1, order="F")
                 at += m * m
             z[:] = cvxopt.matrix(out)
 
@@ -130,21 +131,30 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
         raise SolveError("the SDP has non-finite coefficients", hint="check the weights for overflow")
     Gc = G_all.tocoo()
     G = cvxopt.spmatrix(Gc.data, Gc.row.astype(int).tolist(), Gc.col.astype(int).tolist(), G_all.shape)
-    opts = {"show_progress": verbose, "abstol": tol * 1e-2, "reltol": tol, "feastol": tol,
-            "maxiters": max_iterations}
+    opts = {
+        "show_progress": verbose,
+        "abstol": tol * 1e-2,
+        "reltol": tol,
+        "feastol": tol,
+        "maxiters": max_iterations,
+    }
     kkt = _structured_kkt(sdp, nonneg_idx) if structured else "chol"
     t0 = time.perf_counter()
     try:
         res = cvxopt.solvers.conelp(cvxopt.matrix(c), G, cvxopt.matrix(h), dims, kktsolver=kkt, options=opts)
     except (ArithmeticError, ValueError) as exc:
-        raise SolveError(f"CVXOPT failed before its first iterate: {exc}",
-                         hint="try another solver with --solver, e.g. --solver qics") from exc
+        raise SolveError(
+            f"CVXOPT failed before its first iterate: {exc}",
+            hint="try another solver with --solver, e.g. --solver qics",
+        ) from exc
     seconds = time.perf_counter() - t0
     if res["status"] in ("primal infeasible", "dual infeasible"):
         # x'' is a certificate of infeasibility here, not a point: nothing to certify.
         meaning = "no multipliers satisfy the LMIs" if res["status"] == "primal infeasible" else "unbounded"
-        raise SolveError(f"CVXOPT reports the SDP {res['status']} ({meaning}) after {res.get('iterations')} "
-                         "iterations", hint="try another solver (--solver sdpa) or check the weights' scale")
+        raise SolveError(
+            f"CVXOPT reports the SDP {res['status']} ({meaning}) after {res.get('iterations')} iterations",
+            hint="try another solver (--solver sdpa) or check the weights' scale",
+        )
     x = None if res["x"] is None else np.asarray(res["x"]).ravel()
     rho = None if x is None else float(x[sdp.rho.offset])
     return Solution(res["status"], rho, x, "cvxopt", seconds, res.get("iterations"))
@@ -191,7 +201,7 @@ def _solve_sdpa(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool) -> 
 
 
 def to_picos(sdp: Sdp):
-    """The same SDP as a ``picos.Problem`` over one vector variable ``x`` (each LMI built as F0 + sum x_k F_k)."""
+    """The same SDP as a ``picos.Problem`` over one vector variable ``x`` (LMIs as F0 + sum x_k F_k)."""
     import cvxopt
     import picos
 
@@ -202,7 +212,8 @@ def to_picos(sdp: Sdp):
         G = lmi.G.tocoo()
         coef = cvxopt.spmatrix(G.data, G.row.astype(int).tolist(), G.col.astype(int).tolist(), (m * m, sdp.n))
         expr = picos.expressions.AffineExpression(
-            lmi.name, (m, m), {x: coef, (): cvxopt.matrix(lmi.F0.reshape(-1, order="F"))})
+            lmi.name, (m, m), {x: coef, (): cvxopt.matrix(lmi.F0.reshape(-1, order="F"))}
+        )
         problem.add_constraint(expr >> 0)
     idx = [int(i) for v in sdp.nonneg for i in range(v.offset, v.offset + v.dim)]
     problem.add_constraint(x[idx] >= 0)
@@ -234,8 +245,10 @@ def _deadline(seconds: float | None, solver: str):
         yield
         return
     if threading.current_thread() is not threading.main_thread():
-        raise SolveError("a solver timeout needs the main thread (it uses SIGALRM)",
-                         hint="call solve() from the main thread, or pass timeout=None")
+        raise SolveError(
+            "a solver timeout needs the main thread (it uses SIGALRM)",
+            hint="call solve() from the main thread, or pass timeout=None",
+        )
 
     def ring(signum, frame):
         raise _Timeout()
@@ -245,15 +258,24 @@ def _deadline(seconds: float | None, solver: str):
     try:
         yield
     except _Timeout:
-        raise SolveError(f"{solver} did not finish within the time limit of {seconds:g} s",
-                         hint="raise --timeout, lower --max-iterations, or try another --solver") from None
+        raise SolveError(
+            f"{solver} did not finish within the time limit of {seconds:g} s",
+            hint="raise --timeout, lower --max-iterations, or try another --solver",
+        ) from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
-def solve(sdp: Sdp, solver: str = "cvxopt", *, tol: float = 1e-9, max_iterations: int = 100,
-          verbose: bool = False, timeout: float | None = None) -> Solution:
+def solve(
+    sdp: Sdp,
+    solver: str = "cvxopt",
+    *,
+    tol: float = 1e-9,
+    max_iterations: int = 100,
+    verbose: bool = False,
+    timeout: float | None = None,
+) -> Solution:
     """Solve ``min rho`` over the SDP with ``solver``; ``certify`` judges the point it returns.
 
     Raises
@@ -279,6 +301,8 @@ def _solve(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verbose: b
         raise SolveError("PICOS is not installed") from exc
     available = picos.available_solvers()
     if solver not in available:
-        raise SolveError(f"solver {solver!r} is not installed (PICOS can use: {', '.join(available)})",
-                         hint="pip install the solver's package, or use the default --solver cvxopt")
+        raise SolveError(
+            f"solver {solver!r} is not installed (PICOS can use: {', '.join(available)})",
+            hint="pip install the solver's package, or use the default --solver cvxopt",
+        )
     return _solve_picos(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose)

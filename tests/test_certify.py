@@ -1,4 +1,5 @@
 """certify: the repaired point proves a bound that is never below the true optimum; bad points are refused."""
+
 import math
 from dataclasses import replace
 

@@ -1,4 +1,5 @@
-"""`lipdsl solve` end to end: report, JSON, exit codes (0 certified, 1 input error, 3 solver failed / not certified)."""
+"""`lipdsl solve` end to end: report, JSON, exit codes (0 certified, 1 input error, 3 failed/uncertified)."""
+
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -91,6 +92,11 @@ def test_show_state_space_pretty_and_latex():
 def test_show_lowering_names_each_construct():
     res = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["show", "--lowering", str(SPECS / "features.lip")])
     assert res.exit_code == 0
-    for words in ("max pool k2 s2: factor sqrt(1), diagonal X", "avg pool k4 s2: factor sqrt(2/4)",
-                  "stride 2 as sub-sampling", "flatten 3x6", "swish slope [-0.1, 1.1]"):
+    for words in (
+        "max pool k2 s2: factor sqrt(1), diagonal X",
+        "avg pool k4 s2: factor sqrt(2/4)",
+        "stride 2 as sub-sampling",
+        "flatten 3x6",
+        "swish slope [-0.1, 1.1]",
+    ):
         assert words in res.output

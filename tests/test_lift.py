@@ -1,4 +1,5 @@
 """Lifting (--lift L): the block realization is the same map, and the bound tightens soundly with L."""
+
 import numpy as np
 import pytest
 
@@ -67,8 +68,14 @@ def test_ecg_lift_4_is_tighter_and_above_the_authors_lower_bound():
 
 def test_unaligned_layers_are_refused_with_a_hint():
     rng = np.random.default_rng(0)
-    net = Builder(1, 16).conv(rng.normal(size=(2, 1, 3)), padding="same").act("relu").flatten() \
-        .dense(rng.normal(size=(2, 32))).build()
+    net = (
+        Builder(1, 16)
+        .conv(rng.normal(size=(2, 1, 3)), padding="same")
+        .act("relu")
+        .flatten()
+        .dense(rng.normal(size=(2, 32)))
+        .build()
+    )
     with pytest.raises(UnsupportedError, match="causal padding") as info:
         lower(net, lift=2)
     assert "--lift 1" in info.value.hint

@@ -1,4 +1,5 @@
 """lower: the state-space realization reproduces PyTorch's conv1d for every padding, stride and dilation."""
+
 import numpy as np
 import pytest
 
@@ -57,8 +58,9 @@ def test_realization_equals_conv1d(seed):
     x = rng.normal(size=(c_in, n))
     ref = brute_conv(x, W, stride, dilation, pl, pr)
     assert np.allclose(realized_conv(x, W, stride, dilation, pl, pr), ref, atol=1e-12)
-    assert np.allclose(conv1d(x[None], W, stride=stride, dilation=dilation, pad_left=pl, pad_right=pr)[0], ref,
-                       atol=1e-12)
+    assert np.allclose(
+        conv1d(x[None], W, stride=stride, dilation=dilation, pad_left=pl, pad_right=pr)[0], ref, atol=1e-12
+    )
 
 
 def test_state_dimension_is_independent_of_length():
@@ -76,7 +78,9 @@ def test_symbolic_matches_numeric():
     W = rng.normal(size=(2, 3, 3))
     net = Builder(3, 10).conv(W, padding="causal", dilation=2).build()
     A, B, C, D = symbolic_state_space(net.layers[0])
-    subs = {sympy.Symbol(f"w_{{{o},{i},{j}}}"): W[o, i, j] for o in range(2) for i in range(3) for j in range(3)}
+    subs = {
+        sympy.Symbol(f"w_{{{o},{i},{j}}}"): W[o, i, j] for o in range(2) for i in range(3) for j in range(3)
+    }
     ss = conv_state_space(W, dilation=2)
     for sym, num in zip((A, B, C, D), (ss.A, ss.B, ss.C, ss.D)):
         assert np.allclose(np.array(sym.subs(subs), dtype=float), num)
@@ -85,7 +89,7 @@ def test_symbolic_matches_numeric():
 def test_lower_groups_layers_and_scales():
     rng = np.random.default_rng(2)
     W1, W2 = rng.normal(size=(3, 1, 3)), rng.normal(size=(4, 6))
-    net = (Builder(1, 4).conv(W1, padding="causal").act("relu").pool("avg", 2).flatten().dense(W2).build())
+    net = Builder(1, 4).conv(W1, padding="causal").act("relu").pool("avg", 2).flatten().dense(W2).build()
     low = lower(net)
     kinds = [type(s).__name__ for s in low.steps]
     assert kinds == ["System", "Pool", "Flatten", "System"]

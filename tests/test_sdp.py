@@ -1,4 +1,5 @@
 """sdp: LMIs are symmetric, have the expected sizes, and the sparse assembly equals the closed-form blocks."""
+
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +15,38 @@ DATA = Path(__file__).parent / "data"
 
 def ecg(name="CNN_23_03_08_11_52"):
     d = np.load(DATA / "ecg" / f"{name}.npz", allow_pickle=False)
-    return (Builder(1, 128, name=name)
-            .conv(d["conv1.weight"], padding="causal").act("relu").pool("avg", 2)
-            .conv(d["conv2.weight"], padding="causal").act("relu").pool("avg", 2)
-            .flatten().dense(d["fc1.weight"]).act("relu").dense(d["fc2.weight"]).build())
+    return (
+        Builder(1, 128, name=name)
+        .conv(d["conv1.weight"], padding="causal")
+        .act("relu")
+        .pool("avg", 2)
+        .conv(d["conv2.weight"], padding="causal")
+        .act("relu")
+        .pool("avg", 2)
+        .flatten()
+        .dense(d["fc1.weight"])
+        .act("relu")
+        .dense(d["fc2.weight"])
+        .build()
+    )
 
 
 def mixed_net(seed):
     rng = np.random.default_rng(seed)
-    return (Builder(2, 12).conv(rng.normal(size=(3, 2, 3)), padding="same").act("leaky_relu", 0.1)
-            .pool("max", 2).conv(rng.normal(size=(2, 3, 2)), padding="valid").act("sigmoid")
-            .pool("avg", 3, 2).flatten().dense(rng.normal(size=(4, 4))).act("tanh")
-            .dense(rng.normal(size=(3, 4))).build())
+    return (
+        Builder(2, 12)
+        .conv(rng.normal(size=(3, 2, 3)), padding="same")
+        .act("leaky_relu", 0.1)
+        .pool("max", 2)
+        .conv(rng.normal(size=(2, 3, 2)), padding="valid")
+        .act("sigmoid")
+        .pool("avg", 3, 2)
+        .flatten()
+        .dense(rng.normal(size=(4, 4)))
+        .act("tanh")
+        .dense(rng.normal(size=(3, 4)))
+        .build()
+    )
 
 
 def test_ecg_lmi_sizes_and_variables():

@@ -1,4 +1,5 @@
 """solve + certify end to end: the authors' ECG bounds, LipSDP's exact value, and a soundness sandwich."""
+
 import json
 import math
 from pathlib import Path
@@ -43,9 +44,20 @@ def test_sampled_shared_ecg_models_certify(index):
     """A sample of the 59 ECG models (the benchmark runs all): certified and below the H-infinity product."""
     files = sorted(SHARED_ECG.glob("*.npz"))
     d = np.load(files[index], allow_pickle=False)
-    net = (Builder(1, 128).conv(d["conv1.weight"], padding="causal").act("relu").pool("avg", 2)
-           .conv(d["conv2.weight"], padding="causal").act("relu").pool("avg", 2)
-           .flatten().dense(d["fc1.weight"]).act("relu").dense(d["fc2.weight"]).build())
+    net = (
+        Builder(1, 128)
+        .conv(d["conv1.weight"], padding="causal")
+        .act("relu")
+        .pool("avg", 2)
+        .conv(d["conv2.weight"], padding="causal")
+        .act("relu")
+        .pool("avg", 2)
+        .flatten()
+        .dense(d["fc1.weight"])
+        .act("relu")
+        .dense(d["fc2.weight"])
+        .build()
+    )
     cert = solve_network(net).certificate
     assert cert.verified
     assert cert.lipschitz <= naive_hinf(net) * (1 + 1e-9)
@@ -64,8 +76,10 @@ def test_dense_nets_equal_lipsdp_neuron(seed):
     """For pure dense nets the layer-wise SDP is LipSDP-Neuron (the paper's Remark 12)."""
     rng = np.random.default_rng(seed)
     sizes = [int(s) for s in rng.integers(2, 9, size=int(rng.integers(3, 5)))]
-    net = dense_net([rng.normal(size=(sizes[i + 1], sizes[i])) for i in range(len(sizes) - 1)],
-                    activation=str(rng.choice(["relu", "tanh"])))
+    net = dense_net(
+        [rng.normal(size=(sizes[i + 1], sizes[i])) for i in range(len(sizes) - 1)],
+        activation=str(rng.choice(["relu", "tanh"])),
+    )
     ours = solve_network(net).certificate
     theirs = lipsdp(net, "neuron")
     assert ours.verified
@@ -92,8 +106,12 @@ def random_small_cnn(rng: np.random.Generator):
         if b.shape.length + extra - span < 2:
             continue
         c_out = int(rng.integers(1, 4))
-        b.conv(rng.normal(size=(c_out, b.shape.channels, k)), stride=stride, dilation=dilation,
-               padding=padding if padding != "1" else 1)
+        b.conv(
+            rng.normal(size=(c_out, b.shape.channels, k)),
+            stride=stride,
+            dilation=dilation,
+            padding=padding if padding != "1" else 1,
+        )
         b.act(act)
         if b.shape.length >= 4 and rng.random() < 0.6:
             op = str(rng.choice(["avg", "max"]))
@@ -123,7 +141,7 @@ def test_soundness_sandwich(seed):
 
 
 def test_lipsdp_mnist_with_input_compression():
-    """784-50-10: the first LMI shrinks from 834 to 100 rows (exact), and LipSDP-Neuron's 24.3663 comes out."""
+    """784-50-10: the first LMI shrinks from 834 to 100 rows (exact); LipSDP-Neuron's 24.3663 comes out."""
     _, net = load_network(ROOT / "specs" / "lipsdp_mnist.lip")
     result = solve_network(net)
     assert [lmi.size for lmi in result.sdp.lmis] == [100]
@@ -156,7 +174,9 @@ def _has_max_pool(net) -> bool:
 
 
 # LipSDP refuses max pooling (not slope-restricted): take the first 20 generated nets without it
-NO_MAX_SEEDS = [s for s in range(1000, 1100) if not _has_max_pool(random_small_cnn(np.random.default_rng(s)))][:20]
+NO_MAX_SEEDS = [
+    s for s in range(1000, 1100) if not _has_max_pool(random_small_cnn(np.random.default_rng(s)))
+][:20]
 
 
 @pytest.mark.parametrize("seed", NO_MAX_SEEDS)

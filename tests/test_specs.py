@@ -1,4 +1,5 @@
 """Every shipped spec solves, certifies, and lands inside the bracket its header comment promises."""
+
 import re
 from pathlib import Path
 
