@@ -80,3 +80,41 @@ def test_unaligned_layers_are_refused_with_a_hint():
         lower(net, lift=2)
     assert "--lift 1" in info.value.hint
     lower(net, lift=1)  # the paper's realization handles it
+
+
+def lift_friendly_cnn(rng: np.random.Generator):
+    """Causal convs (dilation, stride 2), average pools with kernel = stride, mixed slopes, flatten, dense."""
+    acts = ["relu", "tanh", "sigmoid", "leaky_relu"]
+    b = Builder(int(rng.integers(1, 3)), 16)
+    for _ in range(int(rng.integers(1, 3))):
+        c_out = int(rng.integers(1, 4))
+        stride = int(rng.choice([1, 1, 2])) if b.shape.length >= 8 else 1
+        b.conv(rng.normal(size=(c_out, b.shape.channels, int(rng.integers(1, 4)))), padding="causal",
+               dilation=int(rng.choice([1, 2])), stride=stride)
+        act = str(rng.choice(acts))
+        b.act(act, 0.1 if act == "leaky_relu" else None)
+        if rng.random() < 0.5 and b.shape.length >= 8:
+            b.pool("avg", 2)
+    b.flatten()
+    if rng.random() < 0.5:
+        b.dense(rng.normal(size=(int(rng.integers(2, 6)), b.shape.channels))).act("relu")
+    return b.dense(rng.normal(size=(int(rng.integers(1, 3)), b.shape.channels))).build()
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(40))
+def test_mixed_nets_every_lift_is_sandwiched(seed):
+    """40 nets: lower <= LipSDP-Neuron <= dissipative(L) <= H-inf product, and non-increasing along L."""
+    net = lift_friendly_cnn(np.random.default_rng(500 + seed))
+    bounds = []
+    for L in (1, 2, 4):
+        cert = solve_network(net, lift=L).certificate
+        assert cert.verified
+        bounds.append(cert.lipschitz)
+    for a, b in zip(bounds, bounds[1:]):
+        assert b <= a * (1 + 1e-6), bounds
+    neuron = lipsdp(net, "neuron").bound
+    assert neuron <= bounds[-1] * (1 + 1e-6), (neuron, bounds)
+    assert bounds[0] <= naive_hinf(net) * (1 + 1e-7)
+    low = lower_bound(net, starts=4, steps=8, seed=seed, time_budget=1.0).value
+    assert low <= neuron * (1 + 1e-7)
