@@ -132,10 +132,14 @@ def substitute(value, subs: dict):
 
 @dataclass(frozen=True, slots=True)
 class Tensor:
-    """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; items are Tensors or Exprs."""
+    """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; items are Tensors or Exprs.
+
+    A regular tensor of plain numbers (the parser's fast path) has no items but ``values``: float64, its shape.
+    """
 
     items: tuple[Union["Tensor", Expr], ...]
     span: Span
+    values: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,6 +345,15 @@ class _Checker:
         return _Loaded(values, None, label, src.span)
 
     def inline(self, t: ast.Tensor, role: str) -> _Loaded:
+        if t.values is not None:  # plain numbers, already float64 (the parser's fast path)
+            bad = np.argwhere(~np.isfinite(t.values))
+            if bad.size:
+                raise SpecError(
+                    f"inline {role} entry at index {tuple(int(i) for i in bad[0])}: the number is too large "
+                    "for float64",
+                    t.span,
+                )
+            return _Loaded(t.values, None, f"the inline {role}", t.span)
         shape = self.inline_shape(t)
         entries: list[ast.Expr] = []
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 from copy import copy
 import sys
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken,
                              VisitError)
@@ -208,6 +210,7 @@ _TERMINAL_WORDS = {
     "_NL": "the end of the line",
     "_TIMES": "'x'",
     "_POW": "'^'",
+    "NUMBERS": "an inline tensor",
     "$END": "the end of the file",
 }
 _OPENERS = {"LSQB": "RSQB", "LPAR": "RPAR"}
@@ -443,6 +446,9 @@ class ToAst(Transformer_NonRecursive):
         path, key = kids
         return ast.TensorRef(str(path)[1:-1], None if key is None else str(key), Span.of(meta))
 
+    def tensor_numbers(self, meta, kids):
+        return _numbers(kids[0])
+
     def tensor(self, meta, kids):
         items = tuple(k for k in kids if k is not None)  # `[]` gives one placeholder
         return ast.Tensor(items, Span.of(meta))
@@ -512,6 +518,65 @@ class ToAst(Transformer_NonRecursive):
 
     def pow(self, meta, kids):
         return _operator("pow", meta, *kids)
+
+
+_NUMBERS_PARTS = re.compile(r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)")
+
+
+def _numbers(tok: Token) -> ast.Tensor:
+    """An inline tensor of plain numbers lexed as one NUMBERS token: float64 values when it is regular (the
+    fast path), else the same ``ast.Tensor`` of ``ast.Expr`` the grammar's ``tensor`` rule builds, with spans,
+    so that check reports ragged rows exactly as for any tensor."""
+    text = str(tok)
+    stack: list[list] = [[]]
+    for m in _NUMBERS_PARTS.finditer(text):
+        part = m.group()
+        if part == "[":
+            stack.append([])
+        elif part == "]":
+            row = stack.pop()
+            stack[-1].append(row)
+        else:
+            stack[-1].append(float(m.group(1) + m.group(2)))
+    (nested,) = stack[0]
+    try:
+        values = np.array(nested, dtype=np.float64)
+    except ValueError:  # ragged or mixed depth
+        return _numbers_slow(tok)
+    if not np.isfinite(values).all():  # 1e400: let check point at the entry itself
+        return _numbers_slow(tok)
+    values.setflags(write=False)
+    return ast.Tensor((), Span.of(tok), values)
+
+
+def _numbers_slow(tok: Token) -> ast.Tensor:
+    text = str(tok)
+
+    def at(offset: int) -> tuple[int, int]:
+        nl = text.rfind("\n", 0, offset)
+        line = tok.line + text.count("\n", 0, offset)
+        return line, (offset - nl) if nl >= 0 else tok.column + offset
+
+    stack: list[tuple[int, list]] = [(0, [])]
+    for m in _NUMBERS_PARTS.finditer(text):
+        part = m.group()
+        if part == "[":
+            stack.append((m.start(), []))
+        elif part == "]":
+            start, items = stack.pop()
+            stack[-1][1].append(ast.Tensor(tuple(items), Span(*at(start), *at(m.end()))))
+        else:
+            sign, digits = m.group(1), m.group(2)
+            span = Span(*at(m.start(1) if sign else m.start(2)), *at(m.end()))
+            if any(c in digits for c in ".eE"):
+                value = float(digits)
+            elif len(digits) > 1000:
+                raise ParseError(f"number with {len(digits)} digits is too large", span,
+                                 hint="values must fit in float64 (about 1.8e308)")
+            else:
+                value = int(digits)
+            stack[-1][1].append(ast.Expr(-value if sign == "-" else value, span))
+    return stack[0][1][0]
 
 
 def _describe(tok: Token) -> str:

@@ -8,7 +8,7 @@ import pytest
 from lark.exceptions import UnexpectedInput
 
 from lipdsl import ast
-from lipdsl.errors import ParseError
+from lipdsl.errors import LipdslError, ParseError
 from lipdsl.parse import SYNTAX_ERRORS, _parser, match_syntax_error, parse
 from lipdsl.source import Source, Span
 
@@ -170,3 +170,45 @@ def test_grammar_loads_from_package_or_repo():
     from lipdsl.parse import grammar_text
 
     assert grammar_text() == (ROOT / "grammar" / "lipdsl.lark").read_text(encoding="utf-8")
+
+
+# -- fast path for inline tensors of plain numbers (one NUMBERS token) -----------------------------------
+
+@pytest.mark.parametrize("text", [
+    "[[1, -2.5e3 ,]]", "[[[1], [2]], [[3], [4]]]", "[]", "[[]]", "[ - 1, + .5, 7., 1E-3 ]",
+    "[[1, 2],\n   [3, 4]]", "[[1, 2], [3]]", "[[1], 2]", "[1, 1e400]", "[-0, 0]",
+])
+def test_numeric_tensors_parse_like_the_general_rule(text):
+    """The NUMBERS token gives float64 values equal to the literal; irregular or non-finite tensors fall back
+    to the general AST (with spans), which check refuses as before."""
+    import numpy as np
+
+    from lipdsl.check import _Checker
+
+    fast = parse(Source("<t>", f"input 1\ndense d: 1 -> 1, weight {text}\n")).body[1].options[0].value
+    ck = _Checker(Source("<t>", ""), False)
+    if fast.values is not None:
+        assert fast.values.dtype == np.float64 and not fast.values.flags.writeable
+        expected = np.array(eval(text.replace("\n", " ")), dtype=float)  # plain Python literals here
+        assert fast.values.shape == expected.shape and np.array_equal(fast.values, expected)
+    else:  # ragged, mixed or non-finite: the general AST with spans, judged by check as before
+        assert fast.items
+        with pytest.raises(LipdslError):
+            ck.inline(fast, "weight")
+
+
+def test_one_megabyte_of_inline_weights_parses_and_checks_quickly():
+    import time
+
+    import numpy as np
+
+    from lipdsl.load import check_source
+
+    rng = np.random.default_rng(0)
+    rows = ",\n ".join("[" + ", ".join(f"{v:.6f}" for v in rng.standard_normal(300)) + "]" for _ in range(300))
+    text = f"input 300\ndense d: 300 -> 300, weight [{rows}]\nrelu\n"
+    assert len(text) > 900_000
+    t0 = time.perf_counter()
+    net = check_source(Source("<1mb>", text))
+    assert time.perf_counter() - t0 < 3.0  # ~0.3 s on an idle machine; generous for a loaded one
+    assert net.layers[0].weight.shape == (300, 300)
