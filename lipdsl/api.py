@@ -15,12 +15,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import typed
 from .certify import Certificate, certify
 from .errors import LimitError, SolveError
 from .lower import lower
 from .lowered import Network as LoweredNetwork
-from .sdp import Sdp, build_sdp
+from .sdp import Sdp, Variable, build_sdp
 from .solve import Solution, converged, solve
 
 #: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
@@ -163,6 +165,10 @@ def solve_network(
     t0 = time.perf_counter()
     low = lower(net, min_length=min_length, lift=lift)
     t1 = time.perf_counter()
+    exact = _exact_bound(low)
+    if exact is not None:
+        times.update({"lower": t1 - t0})
+        return _exact_result(net, low, *exact, times, min_length)
     sdp = build_sdp(low)
     t2 = time.perf_counter()
     sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, timeout=timeout)
@@ -187,6 +193,33 @@ def solve_network(
         err.result = result
         raise err
     return result
+
+
+def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:
+    """A bound that needs no SDP, with the reason, or None.
+
+    A layer that maps everything to zero (all-zero weights) or an activation with slope [0, 0] makes the
+    network constant: L = 0. A network with no conv, dense or activation layer (pooling and flattening only)
+    is bounded by the product of the pooling factors, which ``lower`` already multiplied into ``factor``.
+    """
+    for s in low.systems:
+        if not (s.ss.C.any() or s.ss.D.any()):
+            return 0.0, f"layer {s.layers[0]!r} has all-zero weights: the network is constant"
+        if s.slope == (0.0, 0.0):
+            return 0.0, f"{s.activation} {s.layers[-1]!r} has slope [0, 0]: the network is constant"
+    if not low.systems:
+        return float(low.factor), "no conv, dense or activation layer: the product of the pooling factors"
+    return None
+
+
+def _exact_result(net, low, lipschitz: float, why: str, times, min_length) -> Result:
+    """A Result whose certificate needs no solver: an empty SDP, status 'closed-form'."""
+    rho_var = Variable("rho", "rho", None, 1, "scalar", 0)
+    rho = (lipschitz / low.factor) ** 2 if low.factor else 0.0
+    sdp = Sdp(low, (rho_var,), (), (rho_var,), rho_var, low.factor, (), (), (f"closed form, no SDP: {why}",))
+    sol = Solution("closed-form", rho, np.array([rho]), "none", 0.0, 0)
+    cert = Certificate(True, lipschitz, rho, lipschitz, rho, "closed-form", low.factor)
+    return Result(net, low, sdp, sol, cert, times, min_length)
 
 
 def _span(net: typed.Network, name: str):

@@ -93,15 +93,21 @@ def print_text(result: Result, console) -> None:
             f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
             f"(certified)"
         )
+        repaired = "closed form, no SDP needed" if sol.claimed_status == "closed-form" else (
+            f"solver value {cert.lipschitz_solver:.10g}, repaired by {cert.inflation:.2e} relative"
+            if cert.inflation is not None else f"solver value {cert.lipschitz_solver:.10g}")
         console.print(
-            f"  solver value {cert.lipschitz_solver:.10g}, repaired by {cert.inflation:.2e} relative; "
-            f"l2 norm on the flattened input ({net.input_shape}) and output ({net.output_shape})"
+            f"  {repaired}; l2 norm on the flattened input ({net.input_shape}) and output ({net.output_shape})"
         )
     else:
         console.print(f"[bold red]no certified bound[/] for {net.name}: {cert.reason}")
     console.print(f"  valid for {result.validity}")
     console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations")
     console.print("  time: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.seconds.items()))
+    if not result.sdp.links:  # a closed-form bound: no LMI to show
+        for note in to_json(result)["notes"]:
+            console.print(f"  note: {note}")
+        return
     table = Table(title="LMIs (one per layer group)")
     for col in ("system", "layers", "LMI", "states", "slope", "multipliers", "min eig (solver -> cert.)"):
         table.add_column(col)

@@ -226,7 +226,7 @@ SOLVERS = ("cvxopt", "cvxopt-generic", "sdpa", "qics", "smcp", "mosek")
 
 def converged(status: str) -> bool:
     """Whether a solver's claimed status says it reached its optimality tolerance (CVXOPT, SDPA, PICOS)."""
-    return status == "optimal" or status == "pdOPT" or status.startswith("optimal/")
+    return status in ("optimal", "pdOPT", "closed-form") or status.startswith("optimal/")
 
 
 class _Timeout(Exception):

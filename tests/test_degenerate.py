@@ -8,7 +8,6 @@ from click.testing import CliRunner
 from lipdsl.api import solve_network
 from lipdsl.cli import cli
 from lipdsl.empirical import lower_bound
-from lipdsl.errors import UnsupportedError
 from nets import Builder, case_file, ecg_network
 
 pytestmark = pytest.mark.solver
@@ -22,18 +21,25 @@ def bound(net) -> float:
 
 
 def test_all_zero_weights_certify_a_zero_bound():
-    zero_dense = Builder(3, flat=True).dense(np.zeros((2, 3))).act().dense(np.zeros((1, 2))).build()
-    zero_conv = (Builder(1, 8).conv(np.zeros((2, 1, 3)), padding="causal").act().flatten()
-                 .dense(np.zeros((1, 16))).build())
-    for net in (zero_dense, zero_conv):
-        assert 0.0 <= bound(net) <= 1e-100
-
-
-def test_a_zero_layer_in_the_middle_makes_the_bound_small_but_not_below_zero():
     w1, w3 = RNG.standard_normal((4, 3)), RNG.standard_normal((2, 4))
-    net = Builder(3, flat=True).dense(w1).act().dense(np.zeros((4, 4))).act().dense(w3).build()
-    # the net is constant (L = 0); the layer-wise SDP proves a small bound, not exactly 0
-    assert 0.0 <= bound(net) <= 1e-3 * np.linalg.norm(w1, 2) * np.linalg.norm(w3, 2)
+    nets = [
+        Builder(3, flat=True).dense(np.zeros((2, 3))).act().dense(np.zeros((1, 2))).build(),
+        Builder(1, 8).conv(np.zeros((2, 1, 3)), padding="causal").act().flatten().dense(np.zeros((1, 16))).build(),
+        Builder(3, flat=True).dense(w1).act().dense(np.zeros((4, 4))).act().dense(w3).build(),  # zero middle
+        Builder(3, flat=True).dense(w1).act("relu", slope=(0.0, 0.0)).dense(w3).build(),  # constant activation
+    ]
+    for net in nets:
+        result = solve_network(net)
+        assert result.certificate.verified and result.certificate.lipschitz == 0.0
+        assert result.solution.claimed_status == "closed-form" and "the network is constant" in result.sdp.notes[0]
+
+
+def test_zero_network_from_the_command_line(tmp_path):
+    spec = tmp_path / "z.lip"
+    spec.write_text("input 2\ndense 2 -> 2, weight [[0, 0], [0, 0]]\nrelu\ndense 2 -> 1, weight [[1, 1]]\n")
+    res = CliRunner().invoke(cli, ["solve", str(spec)])
+    assert res.exit_code == 0 and "Lipschitz upper bound of z: 0 (certified)" in res.output
+    assert "all-zero weights" in res.output
 
 
 @pytest.mark.parametrize("build,expected", [
@@ -48,16 +54,18 @@ def test_single_layer_networks(build, expected):
     assert bound(build()) == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("build", [lambda: Builder(2, 8).pool("avg", 2).build(),
-                                   lambda: Builder(2, 8).flatten().build()])
-def test_pool_or_flatten_alone_is_a_clear_error(build, tmp_path):
-    with pytest.raises(UnsupportedError, match="has no conv, dense or activation layer to bound"):
-        solve_network(build())
-    spec = tmp_path / "p.lip"
-    spec.write_text("input 2 x 8\navgpool 2\n")
-    res = CliRunner().invoke(cli, ["solve", str(spec)])
-    assert res.exit_code == 1 and "has no conv, dense or activation layer" in res.output
-    assert "Traceback" not in res.output
+@pytest.mark.parametrize("build,expected", [
+    (lambda: Builder(2, 8).pool("avg", 2).build(), np.sqrt(1 / 2)),  # exact for non-overlapping windows
+    (lambda: Builder(2, 8).pool("avg", 3, 2).build(), np.sqrt(2 / 3)),  # overlapping: an upper bound
+    (lambda: Builder(2, 8).pool("max", 2).build(), 1.0),
+    (lambda: Builder(2, 8).flatten().build(), 1.0),
+    (lambda: Builder(2, 9).gap().build(), 1 / 3),
+])
+def test_pool_or_flatten_alone_has_a_closed_form_bound(build, expected):
+    net = build()
+    result = solve_network(net)
+    assert result.certificate.verified and result.certificate.lipschitz == pytest.approx(expected, rel=1e-15)
+    assert lower_bound(net, starts=2, time_budget=2).value <= result.certificate.lipschitz * (1 + 1e-12)
 
 
 def test_dead_relu_network_bound_ignores_biases_and_stays_above_the_lower_bound():
