@@ -154,6 +154,22 @@ class _Point:
             self.vars[w.variable.name] = self.vars[w.variable.name] + t * np.eye(n)
 
 
+def _term_scale(point: "_Point", link: Link) -> float:
+    """Sum of the norms of the terms added up in a link's LMI (``P``, ``A'PA``, ``X_in``, ``E'X_out E``,
+    the multiplier blocks): the rounding of the computed ``M`` is a few ``eps`` times this, not times
+    ``||M||``, which is far smaller when the terms cancel (a tight 1 x 1 LMI ``X - W'W ~ 0``)."""
+    sys = link.system
+    nE = _norm(np.hstack([sys.ss.C, sys.ss.D])) ** 2
+    total = _norm(point.weight(link.w_in)) + _norm(point.weight(link.w_out)) * (1.0 if sys.slope else nE)
+    if link.P is not None:
+        total += _norm(point.vars[link.P.name]) * (1.0 + _norm(np.hstack([sys.ss.A, sys.ss.B])) ** 2)
+    if link.lam is not None and sys.slope is not None:
+        alpha, beta = sys.slope
+        lam = float(np.max(np.abs(point.vars[link.lam.name]))) if point.vars[link.lam.name].size else 0.0
+        total += lam * (2.0 + 2 * abs(alpha * beta) * nE + 2 * abs(alpha + beta) * math.sqrt(nE))
+    return total
+
+
 def _margin(M: np.ndarray, rel: float) -> float:
     """Eigenvalue margin: the rounding bound ``16 m eps ||M||`` times 4, plus ``rel * ||M||``."""
     nrm = max(_norm(M), 1e-300)
@@ -191,7 +207,7 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
         sys = link.system
         point.shift_weight(link.w_out, t_next)
         M = point.matrix(link)
-        e = max(-_min_eig(M), 0.0) + _margin(M, margin)
+        e = max(-_min_eig(M), 0.0) + _margin(M, margin) + 64 * M.shape[0] * EPS * _term_scale(point, link)
         E = np.hstack([sys.ss.C, sys.ss.D])
         nE = _norm(E) ** 2
         if sys.slope is not None:
@@ -226,7 +242,7 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
     for link in sdp.links:
         M = point.matrix(link)
         nrm = max(_norm(M), 1e-300)
-        thr = 16 * M.shape[0] * EPS * nrm
+        thr = 16 * M.shape[0] * EPS * max(nrm, _term_scale(point, link))  # rounding of M's terms included
         lo = _min_eig(M)
         ok = lo >= thr
         ok_all &= ok

@@ -80,14 +80,9 @@ def test_dead_relu_network_bound_ignores_biases_and_stays_above_the_lower_bound(
 def test_one_channel_one_sample_input_dense_head():
     # 1 x 1 input, k=1 conv, then a dense head on the flattened single sample: L = |2 * 3| = 6
     net = Builder(1, 1).conv(np.array([[[2.0]]])).act().flatten().dense(np.array([[-3.0]])).build()
-    cert = solve_network(net).certificate
-    # KNOWN LIMITATION: the last LMI is 1 x 1 and exactly tight (X = W'W), so the repair's margin, taken
-    # relative to ||M|| ~ 0, drowns in the rounding of X - W'W and certification fails (exit 3, no bound).
-    # Sound, but it should certify 6: the margin needs the scale of the terms (certify.py).
-    if cert.verified:
-        assert cert.lipschitz == pytest.approx(6.0, rel=1e-6)
-    else:
-        assert cert.lipschitz is None and "not positive semidefinite" in cert.reason
+    # the last LMI is 1 x 1 and exactly tight (X = W'W): the repair's margin must be taken relative to the
+    # terms' size, not to ||M|| ~ 0, or the rounding of X - W'W defeats it (it did before this test)
+    assert bound(net) == pytest.approx(6.0, rel=1e-6)
     two = Builder(1, 2).conv(np.array([[[2.0]]])).act().flatten().dense(np.array([[-3.0, 1.0]])).build()
     assert bound(two) == pytest.approx(2 * np.sqrt(10), rel=1e-6)
 
