@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a case counts as a hang")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-1mb", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each 1 MB spec (best is shown)")
     args = ap.parse_args()
 
     directory = fixture_dir(Path(tempfile.mkdtemp(prefix="lipdsl-fuzz-")))
@@ -118,10 +119,10 @@ def main() -> int:
         from lipdsl.parse import parse
         from lipdsl.source import Source
 
-        print("\nparse + check of 1 MB specs (best of 3):")
+        print(f"\nparse + check of 1 MB specs (best of {args.repeat}):")
         for label, text in one_mb_specs().items():
             best = best_parse = float("inf")
-            for _ in range(3):
+            for _ in range(args.repeat):
                 t0 = time.perf_counter()
                 parse(Source("<1mb>", text))
                 t1 = time.perf_counter()
