@@ -224,6 +224,9 @@ def _print_state_space(net, latex: bool) -> None:
 
 # -- solve (issue 3) --------------------------------------------------------------------------------------
 
+_METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")  # = compare.METHODS
+
+
 @cli.command("solve")
 @click.argument("spec")
 @click.option("--solver", default="cvxopt", show_default=True,
@@ -243,16 +246,23 @@ def _print_state_space(net, latex: bool) -> None:
               help="Stop the solver after SECONDS (exit 3).")
 @click.option("--accept-unconverged", is_flag=True,
               help="Report a bound certified from a solver that did not converge (sound, possibly loose).")
+@click.option("--method", type=click.Choice(_METHODS), default="dissipative", show_default=True,
+              help="dissipative (the paper's LMIs, certified), or a baseline: naive (unrolled norm product), "
+                   "naive-hinf (length-independent), lipsdp-neuron / lipsdp-layer (LipSDP on the unrolled net).")
+@click.option("--force", is_flag=True, help="With --method lipsdp-*: run even a LipSDP LMI above the size guard.")
 @_ALLOW_OUTSIDE
 def solve_command(spec: str, solver: str, as_json: bool, tol: float, max_iterations: int, verbose: bool,
                   min_length: int | None, lift: int, max_lmi: int, timeout: float | None, accept_unconverged: bool,
-                  allow_outside: bool) -> None:
+                  method: str, force: bool, allow_outside: bool) -> None:
     """Certified Lipschitz upper bound of SPEC (exit 0 certified, 3 solver failed or not certified)."""
     import time
 
     t0 = time.perf_counter()
     source, net = load_or_fail(spec, allow_outside)
     t1 = time.perf_counter()
+    if method != "dissipative":
+        _solve_baseline(net, method, min_length, force, as_json)
+        return
     from .api import solve_network
     from .report import print_text, to_json
 
@@ -350,6 +360,134 @@ def lower_command(spec: str, seed: int, starts: int, time_budget: float, length:
     where = f", input length {result.length}" if net.any_length else ""
     click.echo(f"{net.name}: lipschitz >= {result.value:.10g}  (empirical: max ||J(u)||_2 over {result.starts} "
                f"starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)")
+
+
+# -- compare and solve --method (issue 4) ----------------------------------------------------------------
+
+_STATUS_WORDS = {"exact norm": "exact norm product", "iterative norm": "iterative norm product (not a proof)",
+                 "verified LMI": "verified LMI", "certified": "certified"}
+
+
+def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: bool) -> None:
+    """``lipdsl solve --method <baseline>``: the bound with how it is known; exit 3 when refused or failed."""
+    import json
+
+    from .compare import run_method
+
+    r = run_method(net, method, length=length, force=force)
+    if as_json:
+        click.echo(json.dumps({"network": net.name, "source": net.source_path, "method": method,
+                               "lipschitz": r.bound, "status": r.status, "note": r.note, "length": r.length,
+                               "lmi_rows": r.lmi_rows, "seconds": r.seconds}))
+    elif r.ok:
+        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {r.bound:.10g} ({_STATUS_WORDS[r.status]})")
+        size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
+        click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
+    else:
+        click.echo(f"no bound for {net.name} ({method}): {r.status}: {r.note}")
+    if not r.ok:
+        sys.exit(3)
+
+
+def _fmt(x: float | None, spec: str = ".6g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _print_comparison(c) -> None:
+    """The comparison as a rich table (the lower bound first), then one note line per method."""
+    from rich.console import Console
+    from rich.table import Table
+
+    net = c.network
+    where = f", unrolled for N = {c.length}" if c.length else ""
+    table = Table(title=f"{net.name}: Lipschitz bounds ({net.input_shape} -> {net.output_shape}{where})")
+    for col in ("method", "bound", "/ lower", "/ dissip.", "time", "status"):
+        table.add_column(col, justify="left" if col in ("method", "status") else "right", no_wrap=True)
+    d = c.lower_detail
+    notes = []
+    if c.lower is not None:
+        table.add_row("lower (empirical)", f"{c.lower:.6g}", "1", _fmt(c.ratio_dissipative(c.lower), ".3f"),
+                      f"{d['seconds']:.2f} s", "witnessed")
+        notes.append(f"lower: max ||J(u)||_2 over {d['starts']} starts, seed {d['seed']}")
+    elif "error" in d:
+        table.add_row("lower (empirical)", "-", "", "", "", "[red]not run[/]")
+        notes.append(f"lower: not run: {d['error']}")
+    for r in c.results:
+        status = r.status if r.ok else f"[red]{r.status}[/]"
+        table.add_row(r.method, _fmt(r.bound), _fmt(c.ratio_lower(r), ".3f"), _fmt(c.ratio_dissipative(r), ".3f"),
+                      "" if r.status == "refused" else f"{r.seconds:.2f} s", status)
+        size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
+        notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
+    Console().print(table)
+    for line in notes:
+        click.echo("  " + line)
+
+
+@cli.command("compare")
+@click.argument("spec")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also write a bar chart of the bounds and times (PNG; needs the 'plot' extra: matplotlib).")
+@click.option("--methods", default=",".join(_METHODS), show_default=True,
+              help="Comma-separated methods to run.")
+@click.option("--length", type=click.IntRange(min=1), default=None,
+              help="Input length for 'input c x *' nets (the N-dependent baselines and the lower bound; "
+                   "default 64).")
+@click.option("--lower-starts", default=16, show_default=True, type=click.IntRange(min=0),
+              help="Random starts of the empirical lower bound (0: skip it).")
+@click.option("--time-budget", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds for the lower bound's search.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the lower bound's starts.")
+@click.option("--solver", default="cvxopt", show_default=True, help="Solver of the dissipative SDP.")
+@click.option("--lift", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Lift of the dissipative method (see solve --lift).")
+@click.option("--force", is_flag=True, help="Run LipSDP even when its LMI exceeds the size guard (minutes).")
+@_ALLOW_OUTSIDE
+def compare_command(spec: str, as_json: bool, plot: str | None, methods: str, length: int | None,
+                    lower_starts: int, time_budget: float, seed: int, solver: str, lift: int, force: bool,
+                    allow_outside: bool) -> None:
+    """Compare the dissipative bound of SPEC with naive products, LipSDP and an empirical lower bound."""
+    import contextlib
+    import json
+
+    from rich.console import Console
+
+    from .compare import as_dict, compare
+
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in _METHODS]
+    if unknown:
+        raise click.BadParameter(f"unknown method(s) {', '.join(unknown)}; expected some of {', '.join(_METHODS)}",
+                                 param_hint="--methods")
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            click.echo("error: --plot needs matplotlib; install it with: pip install 'lipdsl[plot]'", err=True)
+            sys.exit(1)
+    source, net = load_or_fail(spec, allow_outside)
+    err_console = Console(stderr=True)
+    with err_console.status("", spinner="dots") if (err_console.is_terminal and not as_json) \
+            else contextlib.nullcontext() as st:
+        def progress(label):
+            if st is not None:
+                st.update(f"running {label} ...")
+
+        try:
+            c = compare(net, methods=chosen, length=length, lower_starts=lower_starts, time_budget=time_budget,
+                        seed=seed, solver=solver, lift=lift, force=force, progress=progress)
+        except LipdslError as err:
+            fail(err, source)
+    if plot is not None:
+        from .plot import plot_comparison
+
+        plot_comparison(c, plot)
+    if as_json:
+        click.echo(json.dumps(as_dict(c)))
+    else:
+        _print_comparison(c)
+        if plot is not None:
+            click.echo(f"wrote {plot}")
 
 
 # -- import (issue 7) -------------------------------------------------------------------------------------
