@@ -1,0 +1,127 @@
+"""`lipdsl compare` and `solve --method`: known optima (LipSDP's random net), orderings, refusals, JSON, exits."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lipdsl.cli import cli
+from lipdsl.compare import MAXPOOL_REFUSAL, check_ordering, compare, run_method
+from lipdsl.load import load_network
+
+from nets import Builder
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+RANDOM = str(SPECS / "lipsdp_random.lip")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def random_comparison():
+    _, net = load_network(RANDOM)
+    return compare(net, lower_starts=4, time_budget=5)
+
+
+@pytest.mark.solver
+def test_lipsdp_random_known_values_and_ordering(random_comparison):
+    c = random_comparison
+    assert c.get("naive").bound == pytest.approx(43.3056, rel=1e-4)
+    assert c.get("naive-hinf").bound == pytest.approx(43.3056, rel=1e-4)  # dense only: the same product
+    assert c.get("lipsdp-neuron").bound == pytest.approx(36.4822, rel=1e-4)
+    assert c.get("lipsdp-layer").bound == pytest.approx(39.839, rel=1e-4)
+    assert c.get("dissipative").bound == pytest.approx(36.48, rel=1e-3)
+    assert [c.get(m).status for m in ("dissipative", "lipsdp-neuron", "naive")] == \
+        ["certified", "verified LMI", "exact norm"]
+    # lower <= neuron <= dissipative <= naive-hinf (relative rounding of the two verified LMIs allowed)
+    b = {m: c.get(m).bound for m in ("lipsdp-neuron", "dissipative", "naive-hinf")}
+    assert c.lower <= b["lipsdp-neuron"] * (1 + 1e-9)
+    assert b["lipsdp-neuron"] <= b["dissipative"] * (1 + 1e-6) and b["dissipative"] <= b["naive-hinf"]
+    assert check_ordering(c) == []
+
+
+@pytest.mark.solver
+def test_ordering_on_a_small_cnn():
+    """A conv net unrolled for N = 8: lower <= neuron <= layer <= naive and neuron <= dissipative <= hinf."""
+    rng = np.random.default_rng(3)
+    net = (Builder(1, 8).conv(rng.standard_normal((2, 1, 3)), padding="causal").act("relu")
+           .conv(rng.standard_normal((3, 2, 3)), padding="causal").act("relu").pool("avg", 2).flatten()
+           .dense(rng.standard_normal((2, 12))).build())
+    c = compare(net, lower_starts=4, time_budget=5)
+    assert all(r.ok for r in c.results), c.results
+    assert check_ordering(c) == []
+    assert c.lower <= c.get("lipsdp-neuron").bound <= c.get("lipsdp-layer").bound * (1 + 1e-6)
+
+
+def test_maxpool_refused_for_lipsdp_with_no_number():
+    rng = np.random.default_rng(0)
+    net = (Builder(1, 8).conv(rng.standard_normal((2, 1, 3)), padding="causal").act("relu").pool("max", 2)
+           .flatten().dense(rng.standard_normal((2, 8))).build())
+    for m in ("lipsdp-neuron", "lipsdp-layer"):
+        r = run_method(net, m)
+        assert r.bound is None and f"{r.status}: {r.note}" == MAXPOOL_REFUSAL
+    assert run_method(net, "naive").ok
+
+
+def test_size_guard_skips_large_lipsdp():
+    _, net = load_network(str(SPECS / "ecg.lip"))
+    r = run_method(net, "lipsdp-neuron")
+    assert r.status == "skipped" and r.bound is None and r.lmi_rows == 636 and "--force" in r.note
+
+
+def test_compare_cli_text_refusal_and_table():
+    res = run("compare", "--lower-starts", "0", "--methods", "naive,lipsdp-neuron,naive-hinf",
+              str(SPECS / "features.lip"))
+    assert res.exit_code == 0, res.output
+    assert "lipsdp-neuron: refused: max pooling is not slope-restricted" in res.output
+    assert "naive-hinf" in res.output and "exact norm" in res.output
+
+
+@pytest.mark.solver
+def test_compare_cli_json_shape():
+    res = run("compare", "--json", "--lower-starts", "2", "--time-budget", "3", RANDOM)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["network"] == "lipsdp_random" and data["ordering_violations"] == []
+    assert [m["method"] for m in data["methods"]] == \
+        ["dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf"]
+    assert set(data["methods"][0]) == {"method", "bound", "status", "note", "ratio_lower", "ratio_dissipative",
+                                       "seconds", "length", "lmi_rows"}
+    assert data["methods"][0]["ratio_dissipative"] == 1.0
+    assert data["lower_bound"]["value"] == pytest.approx(36.4822, rel=1e-4)
+
+
+def test_compare_cli_unknown_method_is_a_usage_error():
+    res = run("compare", "--methods", "naive,lipsdp-network", RANDOM)
+    assert res.exit_code == 2 and "lipsdp-network" in res.output
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("method, code, text", [
+    ("naive", 0, "43.30557372 (exact norm product)"),
+    ("naive-hinf", 0, "(exact norm product)"),
+    ("lipsdp-layer", 0, "39.8386"),
+    ("lipsdp-neuron", 0, "(verified LMI)"),
+])
+def test_solve_method_exit_codes(method, code, text):
+    res = run("solve", "--method", method, RANDOM)
+    assert res.exit_code == code, res.output
+    assert text in res.output
+
+
+def test_solve_method_refused_exits_3_without_a_number():
+    res = run("solve", "--method", "lipsdp-neuron", "--json", str(SPECS / "features.lip"))
+    assert res.exit_code == 3
+    data = json.loads(res.output)
+    assert data["lipschitz"] is None and data["status"] == "refused"
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "c.png"
+    res = run("compare", "--lower-starts", "0", "--methods", "naive,naive-hinf", "--plot", str(out), RANDOM)
+    assert res.exit_code == 0, res.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
