@@ -115,6 +115,10 @@ def _stein_gramian(A: np.ndarray) -> np.ndarray:
     raise ValueError("the state matrix is not nilpotent")  # pragma: no cover - FIR realizations are
 
 
+class _NotInvertible(ValueError):
+    """The solver's ``Y`` is not positive definite, so ``X = Y^-1`` does not exist."""
+
+
 class _Point:
     """Mutable multiplier values of every link, so the repair can shift them."""
 
@@ -127,6 +131,11 @@ class _Point:
             val = v.value(x)
             if v.role == "lambda":
                 val = np.maximum(val, 0.0)
+            elif v.role == "Xinv":  # the SDP was solved in Y = X^-1 (sdp module docstring): back to X
+                w, V = np.linalg.eigh((val + val.T) / 2)
+                if w.size and w[0] <= 0:
+                    raise _NotInvertible(v.name)
+                val = (V / w) @ V.T
             elif v.structure == "diagonal":
                 val = np.diag(np.maximum(np.diag(val), 0.0))
             self.vars[v.name] = np.array(val, dtype=float)
@@ -196,7 +205,11 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
     x = solution.x
     rho_solver = float(solution.rho)
     L_solver = math.sqrt(max(rho_solver, 0.0)) * factor
-    point = _Point(sdp, x)
+    try:
+        point = _Point(sdp, x)
+    except _NotInvertible as exc:
+        return Certificate(False, None, None, L_solver, rho_solver, solution.claimed_status, factor,
+                           reason=f"{exc.args[0]} = X^-1 is not positive definite at the solver's point")
     before = {
         link.lmi.name: _min_eig(point.matrix(link)) / max(_norm(point.matrix(link)), 1e-300)
         for link in sdp.links

@@ -14,6 +14,11 @@ The chain starts with ``X_in = rho I`` and ends with ``X_out = I``; a flatten ma
 ``X (x) I_N`` (channel-major); pooling keeps ``X`` (diagonal before max pooling, ``X >= 0`` explicitly where
 no later LMI implies it). When the last layer is a linear dense map after an activation, its constraint
 ``X_{l-1} >= W'W`` is tight at the optimum, so ``X_{l-1} := W'W`` is substituted (method.md §8).
+When the network ends in ``flatten -> linear dense W`` (m outputs from c x N), the constraint
+``X (x) I_N - W'W >= 0`` (cN rows) is solved in the inverse ``Y = X^-1`` instead: it is equivalent to
+``I_m - sum_t W_t Y W_t' >= 0`` (m rows; ``W_t`` the columns of time t), and the previous system's
+``-X`` becomes the Schur form ``[[., 0], [., 2L, I], [0, I, Y]] >= 0`` (``[[Q, E'], [E, Y]] >= 0`` for a
+linear system) - exact, and an LMI of cN rows turns into one of m. ``certify`` maps ``Y`` back to ``X``.
 The bound is ``L = sqrt(rho) * factor`` (scales and pooling gains). ``P >= 0`` is implied by the (1,1)
 block when ``A`` is nilpotent and ``alpha*beta <= 0``, so it is added only when ``alpha*beta > 0``.
 """
@@ -302,8 +307,14 @@ def _place(M: np.ndarray, col_offset: int, m: int) -> sp.csr_matrix:
     return out
 
 
-def system_lmi_terms(b: _LmiBuilder, sys: lowered.System, P, lam, w_in: Weight, w_out: Weight):
-    """Add the terms of one system's LMI (module docstring) to ``b``; coordinates (state, input, output)."""
+def system_lmi_terms(
+    b: _LmiBuilder, sys: lowered.System, P, lam, w_in: Weight, w_out: Weight, inverse_out: bool = False
+):
+    """Add the terms of one system's LMI (module docstring) to ``b``; coordinates (state, input, output).
+
+    ``inverse_out``: ``w_out`` holds ``Y = X_out^-1``; ``-X_out`` is written in Schur form with ``ny`` more
+    rows (after the output rows, or after the input rows for a linear system).
+    """
     ss = sys.ss
     nx, nu, ny = ss.nx, ss.nu, ss.ny
     m = b.m
@@ -322,7 +333,18 @@ def system_lmi_terms(b: _LmiBuilder, sys: lowered.System, P, lam, w_in: Weight, 
             b.diag_bilinear(lam, Psi_v, Psi_v, alpha * beta)  # 2ab C'LC etc. (diag_bilinear symmetrises)
         b.diag_bilinear(lam, Psi_v, Psi_w, -(alpha + beta))
         b.diag_bilinear(lam, Psi_w, Psi_w, 1.0)  # 2 L
-        b.weight(w_out, ws, -1.0)
+        if inverse_out:  # [[2L, I], [I, Y]]: 2L - Y^-1 by a Schur complement
+            zs = ws + ny
+            b.F0[ws + np.arange(ny), zs + np.arange(ny)] = 1.0
+            b.F0[zs + np.arange(ny), ws + np.arange(ny)] = 1.0
+            b.weight(w_out, zs, +1.0)
+        else:
+            b.weight(w_out, ws, -1.0)
+    elif inverse_out:  # [[Q, E'], [E, Y]]: Q - E' Y^-1 E by a Schur complement
+        zs = nx + nu
+        b.F0[: nx + nu, zs : zs + ny] += CD.T
+        b.F0[zs : zs + ny, : nx + nu] += CD
+        b.weight(w_out, zs, +1.0)
     else:
         # - [C D]' X_out [C D]
         if w_out.kind == "const":
@@ -333,7 +355,17 @@ def system_lmi_terms(b: _LmiBuilder, sys: lowered.System, P, lam, w_in: Weight, 
             b.congruence(w_out.variable, Psi_v, -1.0)
 
 
-def build_sdp(net: lowered.Network) -> Sdp:
+def final_inverse_terms(b: _LmiBuilder, sys: lowered.System, w_in: Weight):
+    """``I_m - sum_t W_t Y W_t' >= 0``: the final ``X (x) I_N - W'W >= 0`` in ``Y = X^-1`` (module doc)."""
+    W = sys.ss.D
+    c, N = w_in.variable.n, w_in.kron
+    b.F0[np.arange(W.shape[0]), np.arange(W.shape[0])] += 1.0
+    for t in range(N):
+        Wt = W[:, np.arange(c) * N + t]  # channel-major: column ch*N + t
+        b.congruence(w_in.variable, sp.csr_matrix(Wt.T), -1.0)
+
+
+def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
     """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs)."""
     steps = list(net.steps)
     systems = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
@@ -367,6 +399,17 @@ def build_sdp(net: lowered.Network) -> Sdp:
             steps = steps[: systems[-1]] + steps[systems[-1] + 1 :]
             systems = systems[:-1]
 
+    # Solve in Y = X^-1 when the network ends in flatten -> linear dense with fewer outputs than inputs.
+    invert_at = None
+    if inverse and len(systems) >= 2:
+        final = steps[systems[-1]]
+        kron = int(np.prod([st.length for st in steps[systems[-2] + 1 : systems[-1]]
+                            if isinstance(st, lowered.Flatten)] or [1]))
+        if final.kind == "dense" and final.slope is None and kron > 1 and final.ss.ny < final.ss.nu:
+            invert_at = len(systems) - 2
+            notes.append(f"{final.name}: X (x) I_{kron} - W'W >= 0 solved as I - W (Y (x) I) W' >= 0, "
+                         f"Y = X^-1 ({final.ss.nu} -> {final.ss.ny} rows)")
+
     nonneg: list[Variable] = [rho]
     links: list[Link] = []
     lmis: list[Lmi] = []
@@ -393,13 +436,15 @@ def build_sdp(net: lowered.Network) -> Sdp:
         pooled = any(isinstance(s, lowered.Pool) and s.op != "merged" for s in after)
         ny = sys.ss.ny
         if pos + 1 < len(systems):
-            X = new_var(f"X[{sys.name}]", "X", sys.name, ny, "diagonal" if diagonal else "symmetric")
+            inverted = pos == invert_at
+            X = new_var(f"{'Y' if inverted else 'X'}[{sys.name}]", "Xinv" if inverted else "X", sys.name, ny,
+                        "diagonal" if diagonal else "symmetric")
             w_out = Weight("var", ny, X)
             if diagonal:
                 nonneg.append(X)
             consumer: lowered.System = steps[systems[pos + 1]]
-            implied = consumer.slope is not None and consumer.slope[0] * consumer.slope[1] <= 0
-            if pooled and not diagonal and not implied:
+            implied = inverted or (consumer.slope is not None and consumer.slope[0] * consumer.slope[1] <= 0)
+            if pooled and not diagonal and not implied:  # (Y > 0, hence X > 0, is forced by its Schur LMI)
                 psd_weights.append(X)
         elif eliminated is not None:
             w_out = Weight("const", ny, constant=eliminated)
@@ -419,10 +464,17 @@ def build_sdp(net: lowered.Network) -> Sdp:
     for link in links:
         sys = link.system
         nx, nu, ny = sys.ss.nx, sys.ss.nu, sys.ss.ny
-        size = nx + nu + (ny if sys.slope is not None else 0)
-        b = _LmiBuilder(size, n_ref)
-        system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out)
-        blocks = [("state", nx), ("input", nu)] + ([("output", ny)] if sys.slope is not None else [])
+        inverse_out = link.w_out.kind == "var" and link.w_out.variable.role == "Xinv"
+        if link.w_in.kind == "var" and link.w_in.variable.role == "Xinv":  # the final I - W (Y (x) I) W' >= 0
+            b = _LmiBuilder(ny, n_ref)
+            final_inverse_terms(b, sys, link.w_in)
+            blocks = [("outputs", ny)]
+        else:
+            outputs = [("output", ny)] if sys.slope is not None else []
+            extra = [("Y = X_out^-1", ny)] if inverse_out else []
+            blocks = [("state", nx), ("input", nu)] + outputs + extra
+            b = _LmiBuilder(sum(size for _, size in blocks), n_ref)
+            system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out)
         lmi = b.build(f"LMI[{sys.name}]", sys.name, [(lbl, s) for lbl, s in blocks if s])
         lmis.append(lmi)
         final_links.append(Link(sys, lmi, link.P, link.lam, link.w_in, link.w_out, link.needs_P_psd))

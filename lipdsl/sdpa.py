@@ -112,6 +112,9 @@ def _describe(v: Variable, sdp: Sdp) -> list[str]:
         what = f"P[{v.system}]: storage matrix of layer {layers} (symmetric {v.n}x{v.n})"
     elif v.role == "lambda":
         what = f"lambda[{v.system}]: activation multiplier of layer {layers} (Lambda = diag, >= 0)"
+    elif v.role == "Xinv":
+        shape = "diagonal, > 0" if v.structure == "diagonal" else f"symmetric {v.n}x{v.n}, > 0"
+        what = f"Y[{v.system}] = X^-1: inverse of the output supply weight of layer {layers} ({shape})"
     else:
         shape = "diagonal, >= 0" if v.structure == "diagonal" else f"symmetric {v.n}x{v.n}"
         what = f"X[{v.system}]: output supply weight of layer {layers} ({shape})"

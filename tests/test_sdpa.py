@@ -60,7 +60,7 @@ def test_golden_tiny(tmp_path):
     path.write_text(text)
     got, want = read_sdpa(path), read_sdpa(GOLDEN)
     assert got.comments == want.comments
-    assert (got.m, got.blocks) == (want.m, want.blocks) == (4, (3, 2, -2))
+    assert (got.m, got.blocks) == (want.m, want.blocks) == (4, (4, 1, -2))
     assert np.array_equal(got.entries, want.entries)
     assert np.allclose(got.values, want.values, rtol=1e-12, atol=0)
     assert np.array_equal(got.c, [1.0, 0.0, 0.0, 0.0])
@@ -68,13 +68,20 @@ def test_golden_tiny(tmp_path):
 
 
 def test_golden_tiny_means_what_the_comments_say():
-    """The golden file's matrices, read by hand: block 1 is the conv LMI, 2 the dense one, 3 is x >= 0."""
+    """The golden file's matrices, read by hand: block 1 is the conv LMI, 2 the dense one, 3 is x >= 0.
+
+    The network ends in flatten -> linear dense, so the SDP is solved in Y = X^-1 (sdp module docstring):
+    x1 = rho, x2 = Y, x3 = P, x4 = lambda.
+    """
     d = read_sdpa(GOLDEN)
     assert d.factor == pytest.approx(math.sqrt(2))  # ||conv|| = 1, ||W|| = sqrt 2
-    # x4 = lambda: -(alpha+beta) C'L, -(alpha+beta) D'L with C = 0.6, D = 0.8 (taps reversed), and 2L
-    assert np.allclose(d.matrix(4, 1), [[0, 0, -0.6], [0, 0, -0.8], [-0.6, -0.8, 2]])
-    # dense layer: X (x) I_2 - W'W/2 >= 0, so F_0 = W'W/2 on block 2
-    assert np.allclose(d.matrix(0, 2), [[0.5, -0.5], [-0.5, 0.5]])
+    # block 1 rows (state, input, output, Y): x4 = lambda gives -(alpha+beta) C'L, -(alpha+beta) D'L with
+    # C = 0.6, D = 0.8 (taps reversed), and 2L; the Schur coupling [[2L, I], [I, Y]] is constant
+    assert np.allclose(d.matrix(4, 1), [[0, 0, -0.6, 0], [0, 0, -0.8, 0], [-0.6, -0.8, 2, 0], [0, 0, 0, 0]])
+    assert np.allclose(d.matrix(2, 1), np.diag([0, 0, 0, 1]))
+    assert np.allclose(d.matrix(0, 1)[2, 3], -1.0)  # SDPA's F_0 = -(our constant): the I coupling
+    # dense layer: X (x) I_2 - W'W/2 >= 0 becomes 1 - Y (W/sqrt 2 has columns +-1/sqrt 2) >= 0
+    assert np.allclose(d.matrix(0, 2), [[-1.0]]) and np.allclose(d.matrix(2, 2), [[-1.0]])
     assert np.allclose(d.matrix(1, 3), np.diag([1, 0])) and np.allclose(d.matrix(4, 3), np.diag([0, 1]))
 
 
@@ -120,7 +127,7 @@ BAD = [  # (what, edit of the tiny file's lines) -> read_sdpa must refuse
     ("matrix out of range", lambda L: L + ["5 1 1 1 1.0"], "matrix number 5"),
     ("index outside block", lambda L: L + ["1 2 1 3 1.0"], "outside block 2"),
     ("LP off-diagonal", lambda L: L + ["1 3 1 2 1.0"], "off the diagonal"),
-    ("not finite", lambda L: L + ["1 2 1 2 nan"], "non-finite"),
+    ("not finite", lambda L: L + ["1 1 1 2 nan"], "non-finite"),
     ("short entry", lambda L: L + ["1 2 1"], "expected 'matno blkno i j value'"),
     ("short c", lambda L: [s if s != "1.0 0.0 0.0 0.0" else "1.0 0.0" for s in L], "expected 4 values in c"),
     ("bad header", lambda L: [s if s != "3 = nBLOCK" else "three = nBLOCK" for s in L], "integer"),
@@ -200,7 +207,8 @@ def test_cli_export_lift_matches_solve_lift(tmp_path):
     """`export --lift 2` writes the lifted SDP that `solve --lift 2` solves."""
     out = tmp_path / "tcn.dat-s"
     spec = SPECS / "tcn_any_length.lip"
-    res = CliRunner().invoke(cli, ["export", str(spec), "--lift", "2", "-o", str(out)], catch_exceptions=False)
+    args = ["export", str(spec), "--lift", "2", "-o", str(out)]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     _, net = load_network(spec)
     sdp = build_sdp(lower(net, lift=2))
