@@ -40,5 +40,6 @@ class Source:
 
     def line(self, number: int) -> str:
         """Source line ``number`` (1-based) without its newline, or '' if out of range."""
-        lines = self.text.splitlines()
-        return lines[number - 1] if 1 <= number <= len(lines) else ""
+        # Lark counts lines by "\n" only; str.splitlines() would also split on \x0c, \x85, \u2028, ...
+        lines = self.text.split("\n")
+        return lines[number - 1].rstrip("\r") if 1 <= number <= len(lines) else ""

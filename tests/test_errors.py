@@ -39,3 +39,13 @@ def test_render_format():
     assert err.render(src) == (
         "x.lip:2:8: error: something is wrong\n    2 | conv1d c2 in=8\n      |        ^~\n  hint: fix it"
     )
+
+
+def test_caret_line_counts_newlines_as_lark_does():
+    """A form feed or U+2028 inside a line must not shift the quoted source line (Lark counts only \\n)."""
+    from lipdsl.errors import LipdslError
+    from lipdsl.source import Source, Span
+
+    src = Source("x.lip", "network a\x0c# comment\u2028more\ninput 1 x 4\nbogus line\n")
+    text = LipdslError("bad", Span(3, 1, 3, 6)).render(src)
+    assert "    3 | bogus line" in text
