@@ -695,6 +695,26 @@ def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
     return ParseError(str(exc).strip().splitlines()[0], None)  # pragma: no cover
 
 
+#: Most statements (lines starting with a word) a spec may have. Real 1D CNNs have tens of layers; the limit
+#: keeps a pathological spec (e.g. 1 MB of 'relu' lines, ~30 s in Lark's pure-Python LALR) a fast, clear error.
+MAX_STATEMENTS = 2000
+_STATEMENT = re.compile(r"^[ \t]*[A-Za-z_]", re.MULTILINE)
+
+
+def _check_statement_count(source: Source) -> None:
+    """Refuse a spec with more than ``MAX_STATEMENTS`` statements before Lark sees it (a cheap regex count)."""
+    count = 0
+    for match in _STATEMENT.finditer(source.text):
+        count += 1
+        if count > MAX_STATEMENTS:
+            line = source.text.count("\n", 0, match.start()) + 1
+            raise ParseError(
+                f"the spec has more than {MAX_STATEMENTS} statements",
+                Span(line, 1, line, 2),
+                hint="lipdsl describes networks of up to a few thousand layers; is this file really a spec?",
+            )
+
+
 def parse(source: Source) -> ast.Network:
     """Parse the text of a spec into an ``ast.Network``.
 
@@ -714,6 +734,7 @@ def parse(source: Source) -> ast.Network:
         On a syntax error (message in plain words, located at the offending token), or when the spec has no
         ``input`` line, or more than one ``network``/``input`` line, or a layer before the ``input`` line.
     """
+    _check_statement_count(source)
     try:
         tree = _parser().parse(source.text)
     except UnexpectedInput as exc:

@@ -212,3 +212,15 @@ def test_one_megabyte_of_inline_weights_parses_and_checks_quickly():
     net = check_source(Source("<1mb>", text))
     assert time.perf_counter() - t0 < 3.0  # ~0.3 s on an idle machine; generous for a loaded one
     assert net.layers[0].weight.shape == (300, 300)
+
+
+def test_a_spec_of_too_many_statements_is_refused_fast():
+    """1 MB of 'relu' lines took ~30 s in Lark; a cheap count refuses it first, with a place and a hint."""
+    from lipdsl.errors import ParseError
+    from lipdsl.parse import MAX_STATEMENTS, parse
+    from lipdsl.source import Source
+
+    text = "network big\ninput 1 x 8\n" + "relu\n" * 200_000
+    with pytest.raises(ParseError, match=f"more than {MAX_STATEMENTS} statements") as info:
+        parse(Source("big.lip", text))
+    assert info.value.span.line == MAX_STATEMENTS + 1
