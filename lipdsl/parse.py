@@ -696,13 +696,13 @@ def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
 
 
 #: Most statements (lines starting with a word) a spec may have. Real 1D CNNs have tens of layers; the limit
-#: keeps a pathological spec (e.g. 1 MB of 'relu' lines, ~30 s in Lark's pure-Python LALR) a fast, clear error.
+#: keeps a pathological spec (1 MB of 'relu' lines: ~30 s in Lark's pure-Python LALR) a fast, clear error.
 MAX_STATEMENTS = 2000
 _STATEMENT = re.compile(r"^[ \t]*[A-Za-z_]", re.MULTILINE)
 
 
 def _check_statement_count(source: Source) -> None:
-    """Refuse a spec with more than ``MAX_STATEMENTS`` statements before Lark sees it (a cheap regex count)."""
+    """Refuse a spec of more than ``MAX_STATEMENTS`` statements before Lark sees it (a cheap regex count)."""
     count = 0
     for match in _STATEMENT.finditer(source.text):
         count += 1

@@ -205,7 +205,9 @@ def test_one_megabyte_of_inline_weights_parses_and_checks_quickly():
     from lipdsl.load import check_source
 
     rng = np.random.default_rng(0)
-    rows = ",\n ".join("[" + ", ".join(f"{v:.6f}" for v in rng.standard_normal(300)) + "]" for _ in range(300))
+    rows = ",\n ".join(
+        "[" + ", ".join(f"{v:.6f}" for v in rng.standard_normal(300)) + "]" for _ in range(300)
+    )
     text = f"input 300\ndense d: 300 -> 300, weight [{rows}]\nrelu\n"
     assert len(text) > 900_000
     t0 = time.perf_counter()
