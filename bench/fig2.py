@@ -1,4 +1,4 @@
-"""The paper's Fig. 2 (Pauli et al., L4DC 2023) with lipdsl: bounds and times of every method, two net families.
+"""The paper's Fig. 2 (Pauli et al., L4DC 2023) with lipdsl: bounds and times of every method, two nets.
 
 Left: a fully convolutional net, channels [1, 3, 5, 10], kernels 3 (causal), ReLU between the convs, random
 kernels (seed 0), input lengths N = 3 ... 60. The dissipative bound holds for every N (one value, also
@@ -98,7 +98,7 @@ class Budget:
         return self.end - time.perf_counter()
 
     def predict(self, mode: str, rows: int) -> float | None:
-        """``t = a rows^p`` fitted (least squares in log-log) to this mode's last solves; ``p`` in [2, 4.5]."""
+        """``t = a rows^p`` fitted (log-log least squares) to this mode's last solves; ``p`` in [2, 4.5]."""
         pts = self.a.get(mode, [])[-4:]
         if not pts:
             return None
@@ -206,7 +206,8 @@ def plot_left(rows, diss, path):
     import matplotlib.pyplot as plt
 
     fig, (ax_b, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"naive": ("tab:gray", "s"), "lipsdp-layer": ("tab:orange", "^"), "lipsdp-neuron": ("tab:green", "o")}
+    styles = {"naive": ("tab:gray", "s"), "lipsdp-layer": ("tab:orange", "^"),
+              "lipsdp-neuron": ("tab:green", "o")}
     for m, (col, mk) in styles.items():
         pts = [(r["N"], r["bound"], r["seconds"]) for r in rows
                if r["method"] == m and r["panel"] == "left" and r["bound"] is not None]
@@ -247,7 +248,8 @@ def normalised(rows, channels):
         for r in rows:
             if r.get("channels") == tag and r["bound"] is not None and r["method"] != "dissipative":
                 out.setdefault(r["method"], []).append(
-                    (tag, r["bound"] / d["bound"], None if r["method"] == "lower" else r["seconds"] / d["seconds"]))
+                    (tag, r["bound"] / d["bound"],
+                     None if r["method"] == "lower" else r["seconds"] / d["seconds"]))
     return out
 
 
@@ -260,7 +262,8 @@ def plot_right(rows, channels, path):
     tags = [f"{a}/{b}" for a, b in channels]
     x = {t: i for i, t in enumerate(tags)}
     fig, (ax_b, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
-    styles = {"naive": ("tab:gray", "s"), "naive-hinf": ("tab:brown", "D"), "lipsdp-layer": ("tab:orange", "^"),
+    styles = {"naive": ("tab:gray", "s"), "naive-hinf": ("tab:brown", "D"),
+              "lipsdp-layer": ("tab:orange", "^"),
               "lipsdp-neuron": ("tab:green", "o"), "lower": ("k", "x")}
     for m, (col, mk) in styles.items():
         pts = norm.get(m, [])
@@ -291,7 +294,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=600.0, help="seconds for LipSDP solves in total")
     ap.add_argument("--cap", type=float, default=240.0, help="skip a LipSDP solve predicted above this")
     ap.add_argument("--max-rows", type=int, default=None, help="skip LipSDP LMIs above this many rows")
-    ap.add_argument("--quick", action="store_true", help="smoke run: few N, two deep nets, LipSDP <= 200 rows")
+    ap.add_argument("--quick", action="store_true", help="smoke run: few N, 2 deep nets, LipSDP <= 200 rows")
     ap.add_argument("--no-docs", action="store_true", help="do not copy the figures to docs/")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -314,7 +317,8 @@ def main(argv=None) -> int:
     right = run_right(budget, channels, 2.0 if args.quick else 4.0, log)
     rows = left + right
 
-    fields = ["panel", "N", "channels", "lift", "solver", "method", "bound", "seconds", "status", "rows", "note"]
+    fields = ["panel", "N", "channels", "lift", "solver", "method", "bound", "seconds", "status", "rows",
+              "note"]
     with open(OUT / "fig2.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -333,7 +337,8 @@ def main(argv=None) -> int:
                     for L, r in sorted(info["dissipative"].items()) if L > 1))
     n_last = max((r["N"] for r in left if str(r["method"]).startswith("lipsdp") and r["bound"] is not None),
                  default=None)
-    print(f"  at N = 60 (paper: ours 140.3, Neuron 135.9, Layer 145.6, naive 191.9; ratios 0.969, 1.038, 1.368):")
+    print("  at N = 60 (paper: ours 140.3, Neuron 135.9, Layer 145.6, naive 191.9; "
+          "ratios 0.969, 1.038, 1.368):")
     for m in ("lipsdp-neuron", "lipsdp-layer", "naive"):
         pts = [r for r in left if r["method"] == m and r["bound"] is not None]
         if not pts:

@@ -1,11 +1,10 @@
-"""Compare methods: typed.Network -> Comparison (dissipative, naive, naive-hinf, LipSDP-Neuron/-Layer, lower bound).
+"""Compare methods: typed.Network -> Comparison (dissipative, naive, naive-hinf, LipSDP, lower bound).
 
 Every upper bound is kept with how it is known (``certified`` LMI, ``exact norm`` product, ``verified LMI``)
 or why there is none (``refused``, ``failed``, ``skipped``); a refusal never comes with a number.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -119,7 +118,8 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
             if lift > 1:
                 note += f"; lifted by {lift}"
             if not cert.verified:
-                return MethodResult(method, None, time.perf_counter() - t0, "not certified", cert.reason or "")
+                return MethodResult(method, None, time.perf_counter() - t0, "not certified",
+                                    cert.reason or "")
             return MethodResult(method, cert.lipschitz, time.perf_counter() - t0, "certified", note,
                                 lmi_rows=max(c.size for c in cert.checks))
         if method == "naive-hinf":
@@ -197,7 +197,8 @@ def check_ordering(c: Comparison, rtol: float = 1e-6) -> list[str]:
         r = c.get(m)
         return None if r is None else r.bound
 
-    chains = [("lower", "lipsdp-neuron", "lipsdp-layer", "naive"), ("lipsdp-neuron", "dissipative", "naive-hinf"),
+    chains = [("lower", "lipsdp-neuron", "lipsdp-layer", "naive"),
+              ("lipsdp-neuron", "dissipative", "naive-hinf"),
               ("lower", "dissipative")]
     vals = {m: b(m) for m in METHODS}
     vals["lower"] = c.lower

@@ -1,4 +1,4 @@
-"""`lipdsl compare` and `solve --method`: known optima (LipSDP's random net), orderings, refusals, JSON, exits."""
+"""`lipdsl compare`, `solve --method`: known optima (LipSDP's random net), orderings, refusals, JSON."""
 import json
 from pathlib import Path
 
@@ -88,8 +88,8 @@ def test_compare_cli_json_shape():
     assert data["network"] == "lipsdp_random" and data["ordering_violations"] == []
     assert [m["method"] for m in data["methods"]] == \
         ["dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf"]
-    assert set(data["methods"][0]) == {"method", "bound", "status", "note", "ratio_lower", "ratio_dissipative",
-                                       "seconds", "length", "lmi_rows"}
+    assert set(data["methods"][0]) == {"method", "bound", "status", "note", "ratio_lower",
+                                       "ratio_dissipative", "seconds", "length", "lmi_rows"}
     assert data["methods"][0]["ratio_dissipative"] == 1.0
     assert data["lower_bound"]["value"] == pytest.approx(36.4822, rel=1e-4)
 
