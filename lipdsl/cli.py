@@ -380,7 +380,8 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
                                "lipschitz": r.bound, "status": r.status, "note": r.note, "length": r.length,
                                "lmi_rows": r.lmi_rows, "seconds": r.seconds}))
     elif r.ok:
-        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {r.bound:.10g} ({_STATUS_WORDS[r.status]})")
+        words = _STATUS_WORDS[r.status]
+        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {r.bound:.10g} ({words})")
         size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
         click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
     else:
@@ -414,7 +415,8 @@ def _print_comparison(c) -> None:
         notes.append(f"lower: not run: {d['error']}")
     for r in c.results:
         status = r.status if r.ok else f"[red]{r.status}[/]"
-        table.add_row(r.method, _fmt(r.bound), _fmt(c.ratio_lower(r), ".3f"), _fmt(c.ratio_dissipative(r), ".3f"),
+        table.add_row(r.method, _fmt(r.bound), _fmt(c.ratio_lower(r), ".3f"),
+                      _fmt(c.ratio_dissipative(r), ".3f"),
                       "" if r.status == "refused" else f"{r.seconds:.2f} s", status)
         size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
         notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
@@ -427,7 +429,7 @@ def _print_comparison(c) -> None:
 @click.argument("spec")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Also write a bar chart of the bounds and times (PNG; needs the 'plot' extra: matplotlib).")
+              help="Also write a bar chart of bounds and times (PNG; needs the 'plot' extra: matplotlib).")
 @click.option("--methods", default=",".join(_METHODS), show_default=True,
               help="Comma-separated methods to run.")
 @click.option("--length", type=click.IntRange(min=1), default=None,
@@ -457,13 +459,15 @@ def compare_command(spec: str, as_json: bool, plot: str | None, methods: str, le
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in chosen if m not in _METHODS]
     if unknown:
-        raise click.BadParameter(f"unknown method(s) {', '.join(unknown)}; expected some of {', '.join(_METHODS)}",
+        raise click.BadParameter(f"unknown method(s) {', '.join(unknown)}; "
+                                 f"expected some of {', '.join(_METHODS)}",
                                  param_hint="--methods")
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            click.echo("error: --plot needs matplotlib; install it with: pip install 'lipdsl[plot]'", err=True)
+            click.echo("error: --plot needs matplotlib; install it with: pip install 'lipdsl[plot]'",
+                       err=True)
             sys.exit(1)
     source, net = load_or_fail(spec, allow_outside)
     err_console = Console(stderr=True)
@@ -474,8 +478,9 @@ def compare_command(spec: str, as_json: bool, plot: str | None, methods: str, le
                 st.update(f"running {label} ...")
 
         try:
-            c = compare(net, methods=chosen, length=length, lower_starts=lower_starts, time_budget=time_budget,
-                        seed=seed, solver=solver, lift=lift, force=force, progress=progress)
+            c = compare(net, methods=chosen, length=length, lower_starts=lower_starts,
+                        time_budget=time_budget, seed=seed, solver=solver, lift=lift, force=force,
+                        progress=progress)
         except LipdslError as err:
             fail(err, source)
     if plot is not None:
