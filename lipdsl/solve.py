@@ -48,6 +48,9 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
 
     Works with the scaled factors ``u~ = rti' u``, ``v~ = rti' v`` (so that ``rti' F_k rti`` is the sum of
     ``c (u~ v~' + v~ u~')``), exactly the quantities CVXOPT's own 'chol' solver forms column by column.
+    An LMI with few rows but many terms (e.g. ``I - sum_t W_t Y W_t'``: N terms per entry of ``Y``) is
+    cheaper the classic way, scaling its own ``n_k`` dense coefficient matrices (``O(n_k m^3 + n_k^2 m^2)``
+    against ``O(m^2 R + m R^2)``): each block takes the cheaper of the two.
     """
     import cvxopt
     from cvxopt import misc
@@ -57,22 +60,34 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
     blocks = []
     for lmi in sdp.lmis:
         f = lmi.factored
-        agg = sp.csr_matrix((f.coef, (f.col, np.arange(len(f.col)))), shape=(n, len(f.col)))
-        blocks.append((f.U.tocsc(), f.V.tocsc(), f.coef, f.col, agg, lmi.size))
+        m, R = lmi.size, len(f.col)
+        cols = np.unique(f.col)
+        if len(cols) * m**3 + len(cols) ** 2 * m**2 < m**2 * R + m * R**2:
+            F = np.asarray(lmi.G[:, cols].todense()).T.reshape(len(cols), m, m)  # F_k (column-major vec)
+            blocks.append(("dense", (np.transpose(F, (0, 2, 1)) + F) / 2, cols, m))
+        else:
+            agg = sp.csr_matrix((f.coef, (f.col, np.arange(R))), shape=(n, R))
+            blocks.append(("factored", (f.U.tocsc(), f.V.tocsc(), f.coef, f.col, agg), None, m))
 
     def factor(W):
         di = np.asarray(W["di"]).ravel()
         H = np.zeros((n, n))
         np.add.at(H, (nonneg_idx, nonneg_idx), di**2)
         scaled = []
-        for (U, V, coef, col, agg, m), rti in zip(blocks, W["rti"]):
+        for (mode, data, cols, m), rti in zip(blocks, W["rti"]):
             R = np.asarray(rti)
+            if mode == "dense":
+                Ft = np.einsum("ji,kjl,lm->kim", R, data, R)  # rti' F_k rti for every k
+                H[np.ix_(cols, cols)] += np.einsum("aij,bij->ab", Ft, Ft)
+                scaled.append((mode, Ft, cols, m))
+                continue
+            U, V, coef, col, agg = data
             Ut = np.asarray((U.T @ R).T)  # rti' U  (m x R)
             Vt = np.asarray((V.T @ R).T)
             AB = Ut.T @ Vt
             T = 2.0 * ((Ut.T @ Ut) * (Vt.T @ Vt) + AB * AB.T)
             H += agg @ (agg @ T.T).T
-            scaled.append((Ut, Vt, coef, col, m))
+            scaled.append((mode, (Ut, Vt, coef, col), None, m))
         try:
             cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
         except (np.linalg.LinAlgError, ValueError) as exc:
@@ -86,12 +101,14 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             rhs = np.asarray(x).ravel().copy()
             rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
             at = n_l
-            for Ut, Vt, coef, col, m in scaled:
+            for mode, data, cols, m in scaled:
                 B = bt[at : at + m * m].reshape(m, m, order="F")
                 B = np.tril(B) + np.tril(B, -1).T
-                # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r ; G = -F on 's' blocks
-                contrib = 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt)
-                np.subtract.at(rhs, col, contrib)
+                if mode == "dense":  # <rti' F_k rti, B>; G = -F on 's' blocks
+                    rhs[cols] -= np.einsum("kij,ij->k", data, B)
+                else:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
+                    Ut, Vt, coef, col = data
+                    np.subtract.at(rhs, col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt))
                 at += m * m
             ux = scipy.linalg.cho_solve(cho, rhs)
             x[:] = cvxopt.matrix(ux)
@@ -99,10 +116,13 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             out = np.asarray(w).ravel() * -1.0
             out[:n_l] += -di * np.bincount(np.arange(n_l), weights=ux[nonneg_idx], minlength=n_l)
             at = n_l
-            for Ut, Vt, coef, col, m in scaled:
-                g = coef * ux[col]
-                M = (Ut * g) @ Vt.T
-                out[at : at + m * m] -= (M + M.T).reshape(-1, order="F")
+            for mode, data, cols, m in scaled:
+                if mode == "dense":
+                    out[at : at + m * m] -= np.einsum("k,kij->ji", ux[cols], data).reshape(-1, order="F")
+                else:
+                    Ut, Vt, coef, col = data
+                    M = (Ut * (coef * ux[col])) @ Vt.T
+                    out[at : at + m * m] -= (M + M.T).reshape(-1, order="F")
                 at += m * m
             z[:] = cvxopt.matrix(out)
 
