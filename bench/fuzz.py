@@ -7,6 +7,7 @@ Every case must end in success or a LipdslError rendered as ``path:line:col: err
 few tracebacks in full, and the parse+check time of 1 MB specs. A hang is a case still running after
 ``--timeout`` seconds (SIGALRM). Writes the failing inputs to bench/out/fuzz-failures/ for replay.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,13 @@ def main() -> int:
     signal.signal(signal.SIGALRM, _alarm)
     t_start = time.perf_counter()
 
-    @settings(max_examples=args.cases, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=args.cases,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.data())
     def body(data):
         nonlocal slowest, shown
@@ -128,7 +134,9 @@ def main() -> int:
                 t1 = time.perf_counter()
                 check_source(Source("<1mb>", text))
                 best_parse, best = min(best_parse, t1 - t0), min(best, time.perf_counter() - t1)
-            print(f"  {label:28} {len(text) / 1e6:.2f} MB: parse {best_parse:.2f} s, parse+check {best:.2f} s")
+            print(
+                f"  {label:28} {len(text) / 1e6:.2f} MB: parse {best_parse:.2f} s, parse+check {best:.2f} s"
+            )
     return 0 if counts.get("traceback", 0) == 0 and counts.get("hang", 0) == 0 else 1
 
 

@@ -91,7 +91,9 @@ def power(base, exponent):
         e = abs(exponent)
         if base.is_Rational:
             if base not in (0, 1, -1) and e * _bits(base) > MAX_BITS:
-                raise TooLarge(f"the power would have about {float(e) * _bits(base):.3g} bits (at most {MAX_BITS})")
+                raise TooLarge(
+                    f"the power would have about {float(e) * _bits(base):.3g} bits (at most {MAX_BITS})"
+                )
         elif e > MAX_EXPONENT:
             raise TooLarge(f"the exponent exceeds {MAX_EXPONENT}")
     return bounded(sympy.Pow(base, exponent))
@@ -134,7 +136,8 @@ def substitute(value, subs: dict):
 class Tensor:
     """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; items are Tensors or Exprs.
 
-    A regular tensor of plain numbers (the parser's fast path) has no items but ``values``: float64, its shape.
+    A regular tensor of plain numbers (the parser's fast path) has no items but ``values`` (float64,
+    its shape).
     """
 
     items: tuple[Union["Tensor", Expr], ...]

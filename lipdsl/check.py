@@ -230,9 +230,11 @@ class _Checker:
         size = path.stat().st_size
         if size > MAX_WEIGHT_BYTES:
             raise WeightError(
-                f"weight file {shown!r} has {_bytes(size)}, more than lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                f"weight file {shown!r} has {_bytes(size)}, "
+                f"more than lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
                 span,
-                hint="a network this large is beyond the SDP solvers anyway; check that this is the right file",
+                hint="a network this large is beyond the SDP solvers anyway; "
+                "check that this is the right file",
             )
         try:
             if path.suffix.lower() == ".npy":
@@ -300,14 +302,18 @@ class _Checker:
                     hint=_did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
                 )
             try:
-                member = data.zip.getinfo(src.key + ".npy") if src.key + ".npy" in data.zip.namelist() else None
+                member = (
+                    data.zip.getinfo(src.key + ".npy") if src.key + ".npy" in data.zip.namelist() else None
+                )
                 if member is not None:
                     if member.file_size > MAX_WEIGHT_BYTES:
                         raise WeightError(
-                            f"tensor {src.key!r} in {shown!r} inflates to {_bytes(member.file_size)}, more than "
+                            f"tensor {src.key!r} in {shown!r} inflates to {_bytes(member.file_size)}, "
+                            "more than "
                             f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
                             src.span,
-                            hint="check that this is the right file (a compressed .npz can hide a huge tensor)",
+                            hint="check that this is the right file "
+                            "(a compressed .npz can hide a huge tensor)",
                         )
                     with data.zip.open(member) as f:
                         _check_header(f, member.file_size, f"tensor {src.key!r} in {shown!r}", src.span)
@@ -407,8 +413,16 @@ class _Checker:
 # What numpy/zipfile raise on a corrupt or hostile file (zlib.error: a broken deflate stream;
 # NotImplementedError: an unsupported zip compression method; SyntaxError and TokenError: numpy parses
 # the .npy header, a Python dict literal, with ast.literal_eval after tokenizing it).
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, SyntaxError,
-                tokenize.TokenError)
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    SyntaxError,
+    tokenize.TokenError,
+)
 
 
 def _check_header(f, available: int, what: str, span: Span) -> None:
@@ -433,7 +447,11 @@ def _check_header(f, available: int, what: str, span: Span) -> None:
     if nbytes > available or nbytes > MAX_WEIGHT_BYTES:
         raise WeightError(
             f"{what} declares shape {tuple(shape)} of {dtype} ({_bytes(nbytes)}), but "
-            + ("the file holds less" if nbytes > available else f"lipdsl reads at most {_bytes(MAX_WEIGHT_BYTES)}"),
+            + (
+                "the file holds less"
+                if nbytes > available
+                else f"lipdsl reads at most {_bytes(MAX_WEIGHT_BYTES)}"
+            ),
             span,
             hint="the file is truncated or not what it claims; save it again with numpy.save",
         )

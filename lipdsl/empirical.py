@@ -1,4 +1,5 @@
 """Empirical lower bound: typed.Network -> LowerBound (max of ||J(u)||_2 over sampled and ascended inputs)."""
+
 from __future__ import annotations
 
 import time
@@ -33,8 +34,9 @@ def _input_shape(net: typed.Network, length: int | None) -> tuple[int, ...]:
         return (shp.channels,)
     if shp.length is not None:
         if length is not None and length != shp.length:
-            raise LipdslError(f"the network's input length is {shp.length}, got length={length}",
-                              span=net.span)
+            raise LipdslError(
+                f"the network's input length is {shp.length}, got length={length}", span=net.span
+            )
         return (shp.channels, shp.length)
     return (shp.channels, int(length or DEFAULT_LENGTH))
 
@@ -55,7 +57,8 @@ def _ascent(net, u, steps, tau_range, deadline, record):
 
     ``d sigma/du = grad_u (v^T J_tau(u) w) = (J_tau(u + h w)^T v - J_tau(u - h w)^T v) / (2h) + O(h^2)``
     for the top singular pair ``(v, w)`` (exact derivative of a simple singular value). Steps are normalised
-    to a fraction ``eta`` of ``||u||``; ``eta`` halves when the surrogate value drops. ``tau`` (relative to each
+    to a fraction ``eta`` of ``||u||``; ``eta`` halves when the surrogate value drops.
+    ``tau`` (relative to each
     activation input's RMS) is annealed geometrically from ``tau_range[0]`` to ``tau_range[1]``.
     """
     eta = 0.2
@@ -84,9 +87,17 @@ def _ascent(net, u, steps, tau_range, deadline, record):
     record(u, _sigma(net, u))
 
 
-def lower_bound(net: typed.Network, *, starts: int = 32, seed: int = 0, time_budget: float = 20.0,
-                length: int | None = None, steps: int = 30, oversample: int = 8,
-                progress: Callable[[int, int, float], None] | None = None) -> LowerBound:
+def lower_bound(
+    net: typed.Network,
+    *,
+    starts: int = 32,
+    seed: int = 0,
+    time_budget: float = 20.0,
+    length: int | None = None,
+    steps: int = 30,
+    oversample: int = 8,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> LowerBound:
     """``max_u ||J(u)||_2`` over random starts followed by gradient ascent: a lower bound on the ℓ2 Lipschitz
     constant (``||J(u)||_2 <= L`` wherever ``f`` is differentiable).
 
@@ -147,5 +158,11 @@ def lower_bound(net: typed.Network, *, starts: int = 32, seed: int = 0, time_bud
         done += 1
         if progress is not None:
             progress(done, starts, best["value"])
-    return LowerBound(best["value"], best["u"].reshape(shape), best["n"], time.perf_counter() - t0, done,
-                      None if net.input_shape.flat else shape[-1])
+    return LowerBound(
+        best["value"],
+        best["u"].reshape(shape),
+        best["n"],
+        time.perf_counter() - t0,
+        done,
+        None if net.input_shape.flat else shape[-1],
+    )

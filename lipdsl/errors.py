@@ -1,4 +1,5 @@
-"""Errors a user can cause, each with an optional Span and hint; ``render`` gives ``path:line:col: error: ...``."""
+"""Errors a user can cause, with an optional Span and hint; ``render`` gives ``path:line:col: error: ...``."""
+
 from __future__ import annotations
 
 from .source import Source, Span
@@ -28,12 +29,16 @@ class LipdslError(Exception):
             text = source.line(self.span.line)
             if len(text) > 200:  # keep pathological lines readable
                 start = max(0, self.span.col - 80)
-                text, col = text[start:start + 160], self.span.col - start
+                text, col = text[start : start + 160], self.span.col - start
             else:
                 col = self.span.col
             gutter = f"{self.span.line:>5} | "
             out.append(gutter + text)
-            width = (self.span.end_col - self.span.col) if self.span.end_line == self.span.line else len(text) - col + 1
+            width = (
+                (self.span.end_col - self.span.col)
+                if self.span.end_line == self.span.line
+                else len(text) - col + 1
+            )
             width = max(1, min(width, max(1, len(text) - col + 1)))
             out.append(" " * (len(gutter) - 2) + "| " + " " * (col - 1) + "^" + "~" * (width - 1))
         if self.hint:

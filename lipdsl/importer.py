@@ -1000,7 +1000,7 @@ def import_torch(module: Any, input_shape: Any, *, name: str | None = None) -> I
         where = f"module {path or '<root>'!r} ({type(m).__name__})"
         origin = f"{path or 'module'}: {type(m).__name__}"
 
-        def param(attr: str):
+        def param(attr: str, m=m, path=path):  # bound now: called within this iteration only
             t = getattr(m, attr)
             if t is None:
                 return None

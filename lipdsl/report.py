@@ -93,11 +93,18 @@ def print_text(result: Result, console) -> None:
             f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
             f"(certified)"
         )
-        repaired = "closed form, no SDP needed" if sol.claimed_status == "closed-form" else (
-            f"solver value {cert.lipschitz_solver:.10g}, repaired by {cert.inflation:.2e} relative"
-            if cert.inflation is not None else f"solver value {cert.lipschitz_solver:.10g}")
+        repaired = (
+            "closed form, no SDP needed"
+            if sol.claimed_status == "closed-form"
+            else (
+                f"solver value {cert.lipschitz_solver:.10g}, repaired by {cert.inflation:.2e} relative"
+                if cert.inflation is not None
+                else f"solver value {cert.lipschitz_solver:.10g}"
+            )
+        )
         console.print(
-            f"  {repaired}; l2 norm on the flattened input ({net.input_shape}) and output ({net.output_shape})"
+            f"  {repaired}; l2 norm on the flattened input ({net.input_shape}) "
+            f"and output ({net.output_shape})"
         )
     else:
         console.print(f"[bold red]no certified bound[/] for {net.name}: {cert.reason}")

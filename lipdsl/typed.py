@@ -1,9 +1,11 @@
-"""The checked network: what ``check`` produces and every later stage consumes (shapes known, weights numeric).
+"""The checked network: what ``check`` produces and later stages consume (shapes known, weights numeric).
 
-Conventions (PyTorch's): conv weights are ``(c_out, c_in, k)`` cross-correlations, dense weights ``(out, in)``,
+Conventions (PyTorch's): conv weights are ``(c_out, c_in, k)`` cross-correlations, dense weights
+``(out, in)``,
 flatten is channel-major (index ``ch * N + t``). A ``Shape`` with ``length=None`` is a signal of any length
 (``input 3 x *``); a flat vector has ``flat=True`` and ``channels`` = its size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

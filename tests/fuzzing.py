@@ -7,6 +7,7 @@ lines, truncation). ``run_case`` reads the bytes as ``Source.read`` does and run
 acceptable outcomes are a typed network or a ``LipdslError`` that renders as ``path:line:col: error: ...``.
 Used by tests/test_fuzz.py (a few hundred cases) and bench/fuzz.py (>= 10,000).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,10 +23,37 @@ from lipdsl.errors import LipdslError
 from lipdsl.load import check_source
 from lipdsl.source import Source
 
-ACTIVATIONS = ["relu", "tanh", "sigmoid", "softplus", "hardtanh", "identity", "leaky_relu(0.1)", "elu",
-               "elu(2)", "swish slope [-0.1, 1.1]", "tanh slope [0, 1/2]"]
-EXPRESSIONS = ["1/2", "sqrt(2)/2", "-3^2", "2**-1", "(1 + 2) * 3", "pi/4", "e", "abs(-1)", "tanh(1)", "0.25e1",
-               ".5", "1e-3", "atan(1)*4", "exp(0)", "log(2)", "-(1)"]
+ACTIVATIONS = [
+    "relu",
+    "tanh",
+    "sigmoid",
+    "softplus",
+    "hardtanh",
+    "identity",
+    "leaky_relu(0.1)",
+    "elu",
+    "elu(2)",
+    "swish slope [-0.1, 1.1]",
+    "tanh slope [0, 1/2]",
+]
+EXPRESSIONS = [
+    "1/2",
+    "sqrt(2)/2",
+    "-3^2",
+    "2**-1",
+    "(1 + 2) * 3",
+    "pi/4",
+    "e",
+    "abs(-1)",
+    "tanh(1)",
+    "0.25e1",
+    ".5",
+    "1e-3",
+    "atan(1)*4",
+    "exp(0)",
+    "log(2)",
+    "-(1)",
+]
 
 
 def _number(draw) -> str:
@@ -51,7 +79,9 @@ def valid_specs(draw) -> str:
     if draw(st.booleans()):
         lines.append(f"network {draw(st.sampled_from(['net', 'ecg', 'n_1', 'Fuzz']))}")
     if draw(st.booleans()):
-        lines.append("# " + draw(st.text(st.characters(codec="utf-8", exclude_characters="\n\r"), max_size=30)))
+        lines.append(
+            "# " + draw(st.text(st.characters(codec="utf-8", exclude_characters="\n\r"), max_size=30))
+        )
     flat = draw(st.integers(0, 4)) == 0
     channels = draw(st.integers(1, 3))
     length = draw(st.integers(1, 12))
@@ -60,7 +90,11 @@ def valid_specs(draw) -> str:
         lets.append("h")
         lines.append(f"let h = {draw(st.sampled_from(EXPRESSIONS))}")
     size = lambda n: f"{n}" if draw(st.integers(0, 5)) else f"({n} + 0)"  # noqa: E731
-    lines.append(f"input {size(channels)}" if flat else f"input {size(channels)} {draw(st.sampled_from(['x', '×']))} {length}")
+    lines.append(
+        f"input {size(channels)}"
+        if flat
+        else f"input {size(channels)} {draw(st.sampled_from(['x', '×']))} {length}"
+    )
     multiline = draw(st.booleans())
     named = draw(st.booleans())
     n_layers = draw(st.integers(1, 5))
@@ -111,8 +145,10 @@ def valid_specs(draw) -> str:
             out = draw(st.integers(1, 4))
             denses += 1
             name = f"d{denses}: " if named else ""
-            lines.append(f"dense {name}{channels} -> {out}, weight {_tensor(draw, (out, channels), multiline)}"
-                         + (f", bias {_tensor(draw, (out,), False)}" if draw(st.booleans()) else ""))
+            lines.append(
+                f"dense {name}{channels} -> {out}, weight {_tensor(draw, (out, channels), multiline)}"
+                + (f", bias {_tensor(draw, (out,), False)}" if draw(st.booleans()) else "")
+            )
             channels = out
         else:
             lines.append(draw(st.sampled_from(ACTIVATIONS)))
@@ -123,10 +159,32 @@ def valid_specs(draw) -> str:
 
 
 _TOKEN = re.compile(rb"\s+|[\[\](),:]|[^\s\[\](),:]+")
-HUGE = [b"1e400", b"9" * 400, b"9" * 5000, b"10^10^10", b"2^2^2^2^2", b"1e-400", b"-0", b"0/0", b"1/0",
-        b"999999999999999999999", b"10**308*10", b"exp(1000)", b"2^-2000", b"sin(10^100)"]
-NESTING = [b"(" * 2000 + b"1" + b")" * 2000, b"[" * 2000 + b"1" + b"]" * 2000, b"-" * 3000 + b"1",
-           b"2^" * 500 + b"2", b"+".join([b"1"] * 3000), b"a" * 10000, b"[" * 40, b"(" * 40 + b"1"]
+HUGE = [
+    b"1e400",
+    b"9" * 400,
+    b"9" * 5000,
+    b"10^10^10",
+    b"2^2^2^2^2",
+    b"1e-400",
+    b"-0",
+    b"0/0",
+    b"1/0",
+    b"999999999999999999999",
+    b"10**308*10",
+    b"exp(1000)",
+    b"2^-2000",
+    b"sin(10^100)",
+]
+NESTING = [
+    b"(" * 2000 + b"1" + b")" * 2000,
+    b"[" * 2000 + b"1" + b"]" * 2000,
+    b"-" * 3000 + b"1",
+    b"2^" * 500 + b"2",
+    b"+".join([b"1"] * 3000),
+    b"a" * 10000,
+    b"[" * 40,
+    b"(" * 40 + b"1",
+]
 
 
 @st.composite
@@ -153,14 +211,49 @@ def hostile_specs(draw) -> bytes:
         elif kind == 6:
             tokens.insert(i, b"x" * draw(st.sampled_from([10_000, 200_000])))
         elif kind == 7:
-            tokens.insert(i, draw(st.sampled_from([b"\xff", b"\xc3", b"\x00", b"\xed\xa0\x80", b"\xe2\x80\xa8",
-                                                    b"\x0c", b"\r", b"\x85", b"\t"])))
+            tokens.insert(
+                i,
+                draw(
+                    st.sampled_from(
+                        [
+                            b"\xff",
+                            b"\xc3",
+                            b"\x00",
+                            b"\xed\xa0\x80",
+                            b"\xe2\x80\xa8",
+                            b"\x0c",
+                            b"\r",
+                            b"\x85",
+                            b"\t",
+                        ]
+                    )
+                ),
+            )
         elif kind == 8:
             tokens = tokens[:i]
         elif kind == 9:
-            tokens.insert(i, draw(st.sampled_from([b"input 1 x 4", b"weights \"w.npz\"", b"let a = 1",
-                                                    b"weight w", b"bias b", b'"w.npz":w', b'"../w.npy"',
-                                                    b'"/etc/passwd"', b"flatten", b"\n", b",", b"->", b"*"])))
+            tokens.insert(
+                i,
+                draw(
+                    st.sampled_from(
+                        [
+                            b"input 1 x 4",
+                            b'weights "w.npz"',
+                            b"let a = 1",
+                            b"weight w",
+                            b"bias b",
+                            b'"w.npz":w',
+                            b'"../w.npy"',
+                            b'"/etc/passwd"',
+                            b"flatten",
+                            b"\n",
+                            b",",
+                            b"->",
+                            b"*",
+                        ]
+                    )
+                ),
+            )
         else:
             tokens[i] = tokens[i].upper() if draw(st.booleans()) else tokens[i][::-1]
         data = b"".join(tokens)

@@ -1,4 +1,5 @@
-"""Degenerate networks: zero, single-layer, dead, 1x1, huge and tiny weights give correct bounds or clear errors."""
+"""Degenerate networks (zero, single-layer, dead, 1x1, huge, tiny): correct bounds or clear errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,14 +25,26 @@ def test_all_zero_weights_certify_a_zero_bound():
     w1, w3 = RNG.standard_normal((4, 3)), RNG.standard_normal((2, 4))
     nets = [
         Builder(3, flat=True).dense(np.zeros((2, 3))).act().dense(np.zeros((1, 2))).build(),
-        Builder(1, 8).conv(np.zeros((2, 1, 3)), padding="causal").act().flatten().dense(np.zeros((1, 16))).build(),
+        Builder(1, 8)
+        .conv(np.zeros((2, 1, 3)), padding="causal")
+        .act()
+        .flatten()
+        .dense(np.zeros((1, 16)))
+        .build(),
         Builder(3, flat=True).dense(w1).act().dense(np.zeros((4, 4))).act().dense(w3).build(),  # zero middle
-        Builder(3, flat=True).dense(w1).act("relu", slope=(0.0, 0.0)).dense(w3).build(),  # constant activation
+        Builder(3, flat=True)
+        .dense(w1)
+        .act("relu", slope=(0.0, 0.0))
+        .dense(w3)
+        .build(),  # constant activation
     ]
     for net in nets:
         result = solve_network(net)
         assert result.certificate.verified and result.certificate.lipschitz == 0.0
-        assert result.solution.claimed_status == "closed-form" and "the network is constant" in result.sdp.notes[0]
+        assert (
+            result.solution.claimed_status == "closed-form"
+            and "the network is constant" in result.sdp.notes[0]
+        )
 
 
 def test_zero_network_from_the_command_line(tmp_path):
@@ -42,25 +55,31 @@ def test_zero_network_from_the_command_line(tmp_path):
     assert "all-zero weights" in res.output
 
 
-@pytest.mark.parametrize("build,expected", [
-    (lambda: Builder(3, flat=True).dense(np.array([[3.0, 0, 0], [0, 4.0, 0]])).build(), 4.0),  # ||W||_2
-    (lambda: Builder(3, flat=True).act().build(), 1.0),  # ReLU alone: its slope bound
-    (lambda: Builder(3, flat=True).act("sigmoid").build(), 0.25),
-    # a lone conv (no flatten): the length-independent bound is the H-infinity norm |1 + 2 + 3|
-    (lambda: Builder(1, 8).conv(np.array([[[1.0, 2.0, 3.0]]]), padding="causal").build(), 6.0),
-    (lambda: Builder(1, 8).conv(np.array([[[1.0, 2.0, 3.0]]]), padding="causal").act().build(), 6.0),
-])
+@pytest.mark.parametrize(
+    "build,expected",
+    [
+        (lambda: Builder(3, flat=True).dense(np.array([[3.0, 0, 0], [0, 4.0, 0]])).build(), 4.0),  # ||W||_2
+        (lambda: Builder(3, flat=True).act().build(), 1.0),  # ReLU alone: its slope bound
+        (lambda: Builder(3, flat=True).act("sigmoid").build(), 0.25),
+        # a lone conv (no flatten): the length-independent bound is the H-infinity norm |1 + 2 + 3|
+        (lambda: Builder(1, 8).conv(np.array([[[1.0, 2.0, 3.0]]]), padding="causal").build(), 6.0),
+        (lambda: Builder(1, 8).conv(np.array([[[1.0, 2.0, 3.0]]]), padding="causal").act().build(), 6.0),
+    ],
+)
 def test_single_layer_networks(build, expected):
     assert bound(build()) == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("build,expected", [
-    (lambda: Builder(2, 8).pool("avg", 2).build(), np.sqrt(1 / 2)),  # exact for non-overlapping windows
-    (lambda: Builder(2, 8).pool("avg", 3, 2).build(), np.sqrt(2 / 3)),  # overlapping: an upper bound
-    (lambda: Builder(2, 8).pool("max", 2).build(), 1.0),
-    (lambda: Builder(2, 8).flatten().build(), 1.0),
-    (lambda: Builder(2, 9).gap().build(), 1 / 3),
-])
+@pytest.mark.parametrize(
+    "build,expected",
+    [
+        (lambda: Builder(2, 8).pool("avg", 2).build(), np.sqrt(1 / 2)),  # exact for non-overlapping windows
+        (lambda: Builder(2, 8).pool("avg", 3, 2).build(), np.sqrt(2 / 3)),  # overlapping: an upper bound
+        (lambda: Builder(2, 8).pool("max", 2).build(), 1.0),
+        (lambda: Builder(2, 8).flatten().build(), 1.0),
+        (lambda: Builder(2, 9).gap().build(), 1 / 3),
+    ],
+)
 def test_pool_or_flatten_alone_has_a_closed_form_bound(build, expected):
     net = build()
     result = solve_network(net)

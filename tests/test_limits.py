@@ -1,5 +1,6 @@
 """Resource limits and solver failures: every failure path exits 3 with the solver's words and a hint, and
 `lipdsl solve` never exits 0 without printing a certified bound."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 import lipdsl.api
 from lipdsl.api import problem_size, solve_network
 from lipdsl.cli import cli
-from lipdsl.errors import LimitError, SolveError
+from lipdsl.errors import LimitError
 from lipdsl.load import load_network
 from lipdsl.sdp import Factored, Lmi
 
@@ -38,6 +39,7 @@ def write(tmp_path, text: str) -> str:
 
 # -- resource limits (no solver needed) -------------------------------------------------------------------
 
+
 def test_problem_size_matches_the_built_sdp():
     from lipdsl.lower import lower
     from lipdsl.sdp import build_sdp
@@ -51,20 +53,26 @@ def test_problem_size_matches_the_built_sdp():
 
 
 def test_max_lmi_refuses_before_allocating(tmp_path):
-    spec = write(tmp_path, "input 1 x 4\nconv1d c: 1 -> 1, kernel 2, dilation 10^12, padding causal, "
-                           "weight [[[1, 1]]]\nrelu\n")
+    spec = write(
+        tmp_path,
+        "input 1 x 4\nconv1d c: 1 -> 1, kernel 2, dilation 10^12, padding causal, weight [[[1, 1]]]\nrelu\n",
+    )
     t0 = time.perf_counter()
     res = run("solve", spec)
     assert time.perf_counter() - t0 < 5
     assert res.exit_code == 3 and res.stdout == ""
-    assert "would have 1000000000002 rows (1000000000000 states + 1 inputs + 1 outputs), more than " \
-           "--max-lmi 4000" in res.stderr
+    assert (
+        "would have 1000000000002 rows (1000000000000 states + 1 inputs + 1 outputs), more than "
+        "--max-lmi 4000" in res.stderr
+    )
     assert "net.lip:2:1: error:" in res.stderr and "hint: raise --max-lmi" in res.stderr
 
 
 def test_max_lmi_option_and_variable_limit(tmp_path):
     np.save(tmp_path / "w.npy", np.zeros((64, 64, 9)))
-    spec = write(tmp_path, 'input 64 x 32\nconv1d c: 64 -> 64, kernel 9, padding causal, weight "w.npy"\nrelu\n')
+    spec = write(
+        tmp_path, 'input 64 x 32\nconv1d c: 64 -> 64, kernel 9, padding causal, weight "w.npy"\nrelu\n'
+    )
     res = run("solve", "--max-lmi", "100", spec)
     assert res.exit_code == 3 and "would have 640 rows (512 states + 64 inputs + 64 outputs)" in res.stderr
     res = run("solve", spec)  # 640 rows pass --max-lmi, but P alone has 512*513/2 variables
@@ -123,8 +131,14 @@ def test_impossible_lmi_is_reported_infeasible(monkeypatch):
     def impossible(low):
         sdp = real(low)
         empty = sp.csc_matrix((1, 0))
-        lmi = Lmi("impossible", None, (("x", 1),), np.array([[-1.0]]), sp.csc_matrix((1, sdp.n)),
-                  Factored(empty, empty, np.zeros(0), np.zeros(0, dtype=np.int64)))
+        lmi = Lmi(
+            "impossible",
+            None,
+            (("x", 1),),
+            np.array([[-1.0]]),
+            sp.csc_matrix((1, sdp.n)),
+            Factored(empty, empty, np.zeros(0), np.zeros(0, dtype=np.int64)),
+        )
         return replace(sdp, lmis=sdp.lmis + (lmi,))
 
     monkeypatch.setattr(lipdsl.api, "build_sdp", impossible)
@@ -144,7 +158,9 @@ def test_numerical_failure_before_the_first_iterate(monkeypatch):
     monkeypatch.setattr(cvxopt.solvers, "conelp", singular)
     res = run("solve", ECG)
     assert res.exit_code == 3 and res.stdout == ""
-    assert "CVXOPT failed before its first iterate: singular KKT matrix" in res.stderr and "hint:" in res.stderr
+    assert (
+        "CVXOPT failed before its first iterate: singular KKT matrix" in res.stderr and "hint:" in res.stderr
+    )
 
 
 @pytest.mark.solver
@@ -156,9 +172,19 @@ def test_solver_not_installed(monkeypatch):
 
 
 @pytest.mark.solver
-@pytest.mark.parametrize("args", [["--max-iterations", "1"], ["--max-iterations", "3"], ["--max-iterations", "8"],
-                                  ["--tol", "1e-2"], [], ["--solver", "no-such"], ["--max-lmi", "10"],
-                                  ["--timeout", "0.001"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max-iterations", "1"],
+        ["--max-iterations", "3"],
+        ["--max-iterations", "8"],
+        ["--tol", "1e-2"],
+        [],
+        ["--solver", "no-such"],
+        ["--max-lmi", "10"],
+        ["--timeout", "0.001"],
+    ],
+)
 def test_exit_0_only_with_a_certified_bound_on_stdout(args):
     for spec in (ECG, str(SPECS / "lipsdp_random.lip")):
         res = run("solve", *args, spec)

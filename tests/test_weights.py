@@ -1,5 +1,6 @@
 """Hostile weight files: nothing is unpickled, sizes are checked before numpy allocates, bad dtypes and
 non-finite entries are refused with the tensor's name and index, paths stay inside the spec's directory."""
+
 from __future__ import annotations
 
 import io
@@ -51,13 +52,16 @@ def test_pickled_object_arrays_are_never_unpickled(tmp_path):
     assert not MARKER.exists()
 
 
-@pytest.mark.parametrize("dtype,match", [
-    (np.complex128, "dtype complex128; weights must be real"),
-    (np.int32, "integer dtype int32"),
-    (np.bool_, "dtype bool; weights must be real"),
-    ("<U3", "dtype <U3; weights must be real"),
-    ([("a", "f8"), ("b", "f8")], "weights must be real"),
-])
+@pytest.mark.parametrize(
+    "dtype,match",
+    [
+        (np.complex128, "dtype complex128; weights must be real"),
+        (np.int32, "integer dtype int32"),
+        (np.bool_, "dtype bool; weights must be real"),
+        ("<U3", "dtype <U3; weights must be real"),
+        ([("a", "f8"), ("b", "f8")], "weights must be real"),
+    ],
+)
 def test_non_float_dtypes_are_refused(tmp_path, dtype, match):
     np.savez(tmp_path / "w.npz", w=np.zeros((1, 2), dtype=dtype))
     refused(tmp_path, 'dense 2 -> 1, weight "w.npz":w\n', match)
@@ -75,12 +79,18 @@ def test_non_finite_entries_name_the_tensor_and_index(tmp_path, value, word):
     w[2, 1] = value
     w[2, 0] = np.nan
     np.savez(tmp_path / "w.npz", **{"fc1.weight": w})
-    err = refused(tmp_path, 'weights "w.npz"\ndense 2 -> 3, weight fc1.weight\n',
-                  rf"'fc1.weight' in 'w.npz' holds NaN at index \(2, 0\) \(and 1 more\)")
+    err = refused(
+        tmp_path,
+        'weights "w.npz"\ndense 2 -> 3, weight fc1.weight\n',
+        r"'fc1.weight' in 'w.npz' holds NaN at index \(2, 0\) \(and 1 more\)",
+    )
     assert "finite" in err.hint
     np.save(tmp_path / "b.npy", np.array([0.0, value]))
-    refused(tmp_path, 'dense 2 -> 2, weight [[1, 0], [0, 1]], bias "b.npy"\n',
-            rf"'b.npy' holds {word} at index \(1,\)")
+    refused(
+        tmp_path,
+        'dense 2 -> 2, weight [[1, 0], [0, 1]], bias "b.npy"\n',
+        rf"'b.npy' holds {word} at index \(1,\)",
+    )
 
 
 def test_inline_infinity_is_refused_with_its_position(tmp_path):
@@ -93,7 +103,11 @@ def test_file_size_limit(tmp_path, monkeypatch):
     np.savez(tmp_path / "w.npz", w=np.ones((1, 2)))
     np.save(tmp_path / "w.npy", np.ones((1, 2)))
     monkeypatch.setattr(check_module, "MAX_WEIGHT_BYTES", 64)
-    refused(tmp_path, 'dense 2 -> 1, weight "w.npy"\n', r"weight file 'w.npy' has \d+ bytes, more than lipdsl reads")
+    refused(
+        tmp_path,
+        'dense 2 -> 1, weight "w.npy"\n',
+        r"weight file 'w.npy' has \d+ bytes, more than lipdsl reads",
+    )
     refused(tmp_path, 'dense 2 -> 1, weight "w.npz":w\n', r"weight file 'w.npz' has \d+ bytes")
 
 
@@ -117,12 +131,15 @@ def test_header_claiming_a_huge_shape_is_refused_without_allocating(tmp_path):
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("w.npy", _npy_claiming((10**12,)))
     (tmp_path / "liar.npz").write_bytes(buf.getvalue())
-    refused(tmp_path, 'dense 2 -> 1, weight "liar.npy"\n', r"declares shape \(1000000, 1000000\).*file holds less")
+    refused(
+        tmp_path, 'dense 2 -> 1, weight "liar.npy"\n', r"declares shape \(1000000, 1000000\).*file holds less"
+    )
     refused(tmp_path, 'dense 2 -> 1, weight "liar.npz":w\n', r"declares shape \(1000000000000,\)")
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04garbage", b"\x93NUMPY\x01\x00\xff\xff{", b"\x00" * 100,
-                                     b"\x93NUMPY\x09\x00"])
+@pytest.mark.parametrize(
+    "content", [b"", b"PK\x03\x04garbage", b"\x93NUMPY\x01\x00\xff\xff{", b"\x00" * 100, b"\x93NUMPY\x09\x00"]
+)
 def test_corrupt_files_are_weight_errors(tmp_path, content):
     (tmp_path / "w.npz").write_bytes(content)
     (tmp_path / "w.npy").write_bytes(content)
@@ -145,8 +162,11 @@ def test_escapes_are_refused_with_the_reason_unless_allowed(tmp_path, capsys):
     (inner / "up.lip").write_text('input 2\ndense 2 -> 1, weight "../w.npz":w\n')
     (inner / "abs.lip").write_text(f'input 2\ndense 2 -> 1, weight "{tmp_path / "w.npz"}":w\n')
     (inner / "home.lip").write_text('input 2\ndense 2 -> 1, weight "~/w.npz":w\n')
-    for name, what in [("up", "outside the spec's directory"), ("abs", "absolute path"),
-                       ("home", "absolute path")]:
+    for name, what in [
+        ("up", "outside the spec's directory"),
+        ("abs", "absolute path"),
+        ("home", "absolute path"),
+    ]:
         assert main(["check", str(inner / f"{name}.lip")]) == 1
         err = capsys.readouterr().err
         assert what in err and "--allow-outside" in err and "it may read any file you can" in err
@@ -171,12 +191,18 @@ VALID_FILES = _valid_files()
 
 
 @settings(max_examples=150, deadline=None, database=None, derandomize=True)
-@given(name=st.sampled_from(sorted(VALID_FILES)), flips=st.lists(st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=4)), min_size=1, max_size=4), cut=st.integers(0, 10**6))
+@given(
+    name=st.sampled_from(sorted(VALID_FILES)),
+    flips=st.lists(
+        st.tuples(st.integers(0, 10**6), st.binary(min_size=1, max_size=4)), min_size=1, max_size=4
+    ),
+    cut=st.integers(0, 10**6),
+)
 def test_corrupted_weight_files_load_or_give_a_weight_error(tmp_path_factory, name, flips, cut):
     data = bytearray(VALID_FILES[name])
     for at, chunk in flips:
         at %= len(data)
-        data[at:at + len(chunk)] = chunk
+        data[at : at + len(chunk)] = chunk
     data = bytes(data[: max(1, cut % (len(data) + 1))]) if cut % 3 == 0 else bytes(data)
     directory = tmp_path_factory.mktemp("corrupt")
     (directory / name).write_bytes(data)

@@ -79,8 +79,13 @@ def test_installed_wheel_checks_specs_outside_the_repo(wheel, tmp_path):
     # and the whole pipeline runs from the installed copy: a certified bound, exit 0
     import json
 
-    done = subprocess.run([str(bindir / "lipdsl"), "solve", "--json", str(ROOT / "specs" / "ecg.lip")], cwd=work,
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(bindir / "lipdsl"), "solve", "--json", str(ROOT / "specs" / "ecg.lip")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["certified"] and abs(report["lipschitz"] - 109.12299234900972) <= 1e-6 * 109.12299234900972
