@@ -23,31 +23,12 @@ from pathlib import Path
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from lipdsl.api import solve_network  # noqa: E402
-from nets import Builder  # noqa: E402
-
-
-def ecg_net(path: Path):
-    d = np.load(path, allow_pickle=False)
-    return (
-        Builder(1, 128, name=path.stem)
-        .conv(d["conv1.weight"], padding="causal")
-        .act("relu")
-        .pool("avg", 2)
-        .conv(d["conv2.weight"], padding="causal")
-        .act("relu")
-        .pool("avg", 2)
-        .flatten()
-        .dense(d["fc1.weight"])
-        .act("relu")
-        .dense(d["fc2.weight"])
-        .build()
-    )
+from nets import ecg_from_npz as ecg_net  # noqa: E402
 
 
 def main() -> int:

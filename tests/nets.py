@@ -126,22 +126,25 @@ def lipsdp_net(name: str) -> typed.Network | None:
     return dense_net([d[k] for k in keys])
 
 
-def ecg_network(name: str = "CNN_23_03_08_11_52", biases: bool = True) -> typed.Network | None:
-    """The authors' ECG CNN (1x128; [conv k3 causal, ReLU, avgpool 2] x 2; flatten; 96-60-5), or None."""
-    f = case_file("ecg", f"{name}.npz")
-    if f is None:
-        return None
-    d = np.load(f)
+def ecg_from_npz(path, name: str | None = None, biases: bool = True) -> typed.Network:
+    """The authors' ECG CNN (1x128; [conv k3 causal, ReLU, avgpool 2] x 2; flatten; 96-60-5) from an .npz."""
+    d = np.load(path, allow_pickle=False)
 
     def bias(k):
         return d[k] if biases else None
 
-    return (Builder(1, 128, name=name)
+    return (Builder(1, 128, name=name or Path(path).stem)
             .conv(d["conv1.weight"], padding="causal", bias=bias("conv1.bias")).act("relu").pool("avg", 2)
             .conv(d["conv2.weight"], padding="causal", bias=bias("conv2.bias")).act("relu").pool("avg", 2)
             .flatten().dense(d["fc1.weight"], bias("fc1.bias")).act("relu")
             .dense(d["fc2.weight"], bias("fc2.bias"))
             .build())
+
+
+def ecg_network(name: str = "CNN_23_03_08_11_52", biases: bool = True) -> typed.Network | None:
+    """The ECG CNN ``name`` from the shared cases (or its copy in specs/weights), or None."""
+    f = case_file("ecg", f"{name}.npz")
+    return None if f is None else ecg_from_npz(f, name, biases)
 
 
 def random_cnn(rng: np.random.Generator, *, activation: str | None = None, length: int | None = None,

@@ -8,27 +8,14 @@ import pytest
 from lipdsl.certify import _Point
 from lipdsl.lower import lower
 from lipdsl.sdp import build_sdp
-from nets import Builder
+from nets import Builder, ecg_from_npz
 
 DATA = Path(__file__).parent / "data"
 
 
 def ecg(name="CNN_23_03_08_11_52"):
-    d = np.load(DATA / "ecg" / f"{name}.npz", allow_pickle=False)
-    return (
-        Builder(1, 128, name=name)
-        .conv(d["conv1.weight"], padding="causal")
-        .act("relu")
-        .pool("avg", 2)
-        .conv(d["conv2.weight"], padding="causal")
-        .act("relu")
-        .pool("avg", 2)
-        .flatten()
-        .dense(d["fc1.weight"])
-        .act("relu")
-        .dense(d["fc2.weight"])
-        .build()
-    )
+    """One of the three reference ECG models copied into tests/data (biases left out: they do not matter)."""
+    return ecg_from_npz(DATA / "ecg" / f"{name}.npz", biases=False)
 
 
 def mixed_net(seed):

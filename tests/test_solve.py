@@ -11,7 +11,7 @@ from lipdsl.api import solve_network
 from lipdsl.baselines import lipsdp, naive_hinf
 from lipdsl.empirical import lower_bound
 from lipdsl.load import load_network
-from nets import Builder, dense_net
+from nets import Builder, dense_net, ecg_from_npz
 from test_sdp import DATA, ecg
 
 pytestmark = pytest.mark.solver
@@ -43,21 +43,7 @@ def test_ecg_spec_matches_the_hand_built_network():
 def test_sampled_shared_ecg_models_certify(index):
     """A sample of the 59 ECG models (the benchmark runs all): certified and below the H-infinity product."""
     files = sorted(SHARED_ECG.glob("*.npz"))
-    d = np.load(files[index], allow_pickle=False)
-    net = (
-        Builder(1, 128)
-        .conv(d["conv1.weight"], padding="causal")
-        .act("relu")
-        .pool("avg", 2)
-        .conv(d["conv2.weight"], padding="causal")
-        .act("relu")
-        .pool("avg", 2)
-        .flatten()
-        .dense(d["fc1.weight"])
-        .act("relu")
-        .dense(d["fc2.weight"])
-        .build()
-    )
+    net = ecg_from_npz(files[index], biases=False)
     cert = solve_network(net).certificate
     assert cert.verified
     assert cert.lipschitz <= naive_hinf(net) * (1 + 1e-9)
