@@ -50,6 +50,21 @@ def load_or_fail(path: str, allow_outside: bool = False):
         fail(err, err.source)
 
 
+# Options that solve and export share: both build the same SDP.
+_MIN_LENGTH = click.option(
+    "--length",
+    "min_length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="For 'input c x *' nets with global average pooling: the shortest input length to cover.",
+)
+_LIFT = click.option(
+    "--lift",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Realize conv layers on blocks of L samples: tighter (towards LipSDP-Neuron), larger LMIs.",
+)
 _ALLOW_OUTSIDE = click.option(
     "--allow-outside",
     is_flag=True,
@@ -315,20 +330,8 @@ _METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf
 @click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
 @click.option("--verbose", is_flag=True, help="Show the solver's iterations.")
-@click.option(
-    "--length",
-    "min_length",
-    type=click.IntRange(min=1),
-    default=None,
-    help="For 'input c x *' nets with global average pooling: the shortest input length to cover.",
-)
-@click.option(
-    "--lift",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Realize conv layers on blocks of L samples: tighter (towards LipSDP-Neuron), larger LMIs.",
-)
+@_MIN_LENGTH
+@_LIFT
 @click.option(
     "--max-lmi",
     type=click.IntRange(min=1),
@@ -427,20 +430,8 @@ def solve_command(
     type=click.Path(dir_okay=False),
     help="The .dat-s file to write (SDPA sparse format).",
 )
-@click.option(
-    "--length",
-    "min_length",
-    type=click.IntRange(min=1),
-    default=None,
-    help="For 'input c x *' nets with global average pooling: the shortest input length to cover.",
-)
-@click.option(
-    "--lift",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="As `lipdsl solve --lift`: conv layers realized on blocks of L samples.",
-)
+@_MIN_LENGTH
+@_LIFT
 @_ALLOW_OUTSIDE
 def export_command(spec: str, output: str, min_length: int | None, lift: int, allow_outside: bool) -> None:
     """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
