@@ -493,7 +493,8 @@ def _kind(layer) -> str:
     return layer.function
 
 
-_AUTO_PREFIX = {
+#: Prefix of auto-generated layer names (``conv1``, ``gap1``, ...); the importer writes the same names.
+AUTO_PREFIX = {
     "conv1d": "conv",
     "dense": "dense",
     "avgpool": "avgpool",
@@ -524,7 +525,7 @@ def _names(layers) -> list[str]:
     out = []
     for layer in layers:
         kind = _kind(layer)
-        prefix = _AUTO_PREFIX.get(kind, kind)
+        prefix = AUTO_PREFIX.get(kind, kind)
         counts[prefix] = counts.get(prefix, 0) + 1
         if layer.name is not None:
             out.append(layer.name)

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import typed
-from .check import conv1d_length, conv1d_padding, pool_length
+from .check import AUTO_PREFIX, conv1d_length, conv1d_padding, pool_length
 from .errors import LipdslError, UnsupportedError
 from .typed import Shape
 
@@ -41,14 +41,6 @@ _RESERVED = frozenset(
     "pi e sqrt exp log sin cos tan tanh atan abs relu sigmoid softplus hardtanh identity "
     "leaky_relu elu".split()
 )
-_AUTO_PREFIX = {
-    "conv1d": "conv",
-    "dense": "dense",
-    "avgpool": "avgpool",
-    "maxpool": "maxpool",
-    "global_avgpool": "gap",
-    "flatten": "flatten",
-}
 _ONNX_SUPPORTED = (
     "Conv (1-D), Relu, Tanh, Sigmoid, LeakyRelu, Elu, AveragePool, MaxPool, GlobalAveragePool, "
     "ReduceMean over time, Flatten, Reshape (as a flatten), Squeeze (after a global pool), "
@@ -267,7 +259,7 @@ def _auto_names(layers: list[Layer]) -> list[str]:
     names = []
     for L in layers:
         kind = L.options["function"] if L.kind == "activation" else L.kind
-        prefix = _AUTO_PREFIX.get(kind, kind)
+        prefix = AUTO_PREFIX.get(kind, kind)
         counts[prefix] = counts.get(prefix, 0) + 1
         if L.name:
             names.append(L.name)
