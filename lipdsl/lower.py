@@ -131,6 +131,30 @@ def _scaled(ss: lowered.StateSpace, s: float) -> lowered.StateSpace:
     return lowered.StateSpace(ss.A, ss.B, ss.C / s, ss.D / s)
 
 
+def pool_step(layer: typed.Pool) -> lowered.Pool:
+    """The gain of a pooling layer, kernel k, stride s, no padding: each sample is in <= ceil(k/s) windows.
+
+    Average: ``y_t = (1/k) sum_{j in window t} w_j`` gives
+    ``sum_t |y_t|_X^2 <= (ceil(k/s)/k) sum_t |w_t|_X^2`` for ``X >= 0``.
+    Max: ``|max_j a_j - max_j b_j| <= max_j |a_j - b_j|`` per channel, so the factor is
+    ``sqrt(ceil(k/s))`` with a diagonal ``X``.
+    """
+    overlap = math.ceil(layer.kernel / layer.stride)
+    if layer.op == "avg":
+        gain = math.sqrt(overlap / layer.kernel)
+        note = f"avg pool k{layer.kernel} s{layer.stride}: factor sqrt({overlap}/{layer.kernel})"
+    else:
+        gain = math.sqrt(overlap)
+        note = f"max pool k{layer.kernel} s{layer.stride}: factor sqrt({overlap}), diagonal X"
+    return lowered.Pool(layer.name, layer.op, gain, layer.op == "max", note)
+
+
+def global_pool_step(name: str, n: int, note: str = "") -> lowered.Pool:
+    """Global average pooling over ``n`` samples: ``|mean_t w_t|_X^2 <= (1/n) sum_t |w_t|_X^2``."""
+    return lowered.Pool(name, "global_avg", 1.0 / math.sqrt(n), False,
+                        f"global avg over {n} samples: factor 1/sqrt({n})" + note)
+
+
 def make_system(layer, act, ss: lowered.StateSpace, kind: str, note: str, scale: bool) -> lowered.System:
     """A System for ``layer`` (conv, dense, or a lone activation) followed by ``act`` (or None), scaled.
 
@@ -288,27 +312,12 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
         elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)) and b == 1:
             flush()
             if isinstance(layer, typed.GlobalAvgPool):
-                n = layer.in_shape.length
-                if n is None:
+                if layer.in_shape.length is None:
                     refuse(layer, "a global average pool over any length needs --lift 1 and --length")
-                gain = 1.0 / math.sqrt(n)
-                steps.append(
-                    lowered.Pool(layer.name, "global_avg", gain, False, f"global avg over {n}: 1/sqrt({n})")
-                )
+                steps.append(global_pool_step(layer.name, layer.in_shape.length))
             else:
-                overlap = math.ceil(layer.kernel / layer.stride)
-                gain = math.sqrt(overlap / layer.kernel) if layer.op == "avg" else math.sqrt(overlap)
-                steps.append(
-                    lowered.Pool(
-                        layer.name,
-                        layer.op,
-                        gain,
-                        layer.op == "max",
-                        f"{layer.op} pool k{layer.kernel} s{layer.stride}: factor {gain:.4g}"
-                        + (", diagonal X" if layer.op == "max" else ""),
-                    )
-                )
-            factor *= gain
+                steps.append(pool_step(layer))
+            factor *= steps[-1].gain
         elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)):
             refuse(
                 layer,
@@ -465,17 +474,8 @@ def lower(
             steps.append(make_system(layer, act, ss, kind, note, scale))
             factor *= steps[-1].scale
         elif isinstance(layer, typed.Pool):
-            overlap = math.ceil(layer.kernel / layer.stride)
-            if layer.op == "avg":
-                # y_t = (1/k) sum_{j in window t} w_j: sum_t |y_t|_X^2 <= (ceil(k/s)/k) sum_t |w_t|_X^2
-                gain = math.sqrt(overlap / layer.kernel)
-                note = f"avg pool k{layer.kernel} s{layer.stride}: factor sqrt({overlap}/{layer.kernel})"
-            else:
-                # |max_j a_j - max_j b_j| <= max_j |a_j - b_j|, each sample in <= ceil(k/s) windows
-                gain = math.sqrt(overlap)
-                note = f"max pool k{layer.kernel} s{layer.stride}: factor sqrt({overlap}), diagonal X"
-            factor *= gain
-            steps.append(lowered.Pool(layer.name, layer.op, gain, layer.op == "max", note))
+            steps.append(pool_step(layer))
+            factor *= steps[-1].gain
         elif isinstance(layer, typed.GlobalAvgPool):
             n = lengths[i]
             if n is None:
@@ -485,12 +485,9 @@ def lower(
                     hint="give the shortest input length the bound must cover with --length N, "
                     "or declare it in the spec, e.g. 'input 1 x 128'",
                 )
-            gain = 1.0 / math.sqrt(n)
-            factor *= gain
-            note = f"global avg over {n} samples: factor 1/sqrt({n})"
-            if net.any_length:
-                note += f" (input length >= {min_length}: the bound holds for every longer input too)"
-            steps.append(lowered.Pool(layer.name, "global_avg", gain, False, note))
+            longer = f" (input length >= {min_length}: the bound holds for every longer input too)"
+            steps.append(global_pool_step(layer.name, n, longer if net.any_length else ""))
+            factor *= steps[-1].gain
         elif isinstance(layer, typed.Flatten):
             if layer.in_shape.flat:
                 pass  # flattening a vector is the identity
