@@ -92,15 +92,6 @@ class Weight:
     kron: int = 1
     constant: np.ndarray | None = None
 
-    def value(self, x: np.ndarray, rho_shift: float = 0.0, shift: float = 0.0) -> np.ndarray:
-        """The matrix at ``x``; ``shift * I`` added to a variable weight (used when certifying)."""
-        if self.kind == "const":
-            return self.constant
-        if self.kind == "rho":
-            return (self.variable.value(x) + rho_shift) * np.eye(self.n)
-        X = self.variable.value(x) + shift * np.eye(self.variable.n)
-        return np.kron(X, np.eye(self.kron)) if self.kron > 1 else X
-
 
 @dataclass(frozen=True)
 class Factored:
