@@ -71,16 +71,6 @@ class Variable:
         M[iu] = v
         return M + np.triu(M, 1).T
 
-    def pack(self, value) -> np.ndarray:
-        """Inverse of ``value``: the entries of ``x`` that represent ``value``."""
-        if self.structure == "scalar":
-            return np.array([float(value)])
-        if self.structure == "vector":
-            return np.asarray(value, dtype=float)
-        if self.structure == "diagonal":
-            return np.diag(value).astype(float)
-        return np.asarray(value, dtype=float)[np.triu_indices(self.n)]
-
 
 @dataclass(frozen=True)
 class Weight:
