@@ -131,6 +131,10 @@ class _Point:
             val = v.value(x)
             if v.role == "lambda":
                 val = np.maximum(val, 0.0)
+            elif v.role == "lambdainv":  # solved in M = Lambda^-1 (sdp module docstring): back to Lambda
+                # M_i = 0 only for a neuron with no input (its Lambda_i is free): any large value serves
+                floor = max(float(val.max(initial=0.0)), 1e-300) * 1e-12
+                val = 1.0 / np.maximum(val, floor)
             elif v.role == "Xinv":  # the SDP was solved in Y = X^-1 (sdp module docstring): back to X
                 w, V = np.linalg.eigh((val + val.T) / 2)
                 if w.size and w[0] <= 0:

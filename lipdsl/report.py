@@ -28,6 +28,8 @@ def _system_rows(result: Result) -> list[dict]:
         }
         if x is not None and link.lam is not None:
             lam = link.lam.value(x)
+            if link.lam.role == "lambdainv":  # solved in M = Lambda^-1
+                lam = 1.0 / np.maximum(lam, 1e-300)
             entry["lambda"] = {"min": float(lam.min()), "max": float(lam.max()), "count": int(lam.size)}
         if x is not None and link.w_out.kind == "var":
             X = link.w_out.variable.value(x)

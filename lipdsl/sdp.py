@@ -247,7 +247,20 @@ class _LmiBuilder:
             cols, coef = np.zeros(0, dtype=np.int64), np.zeros(0)
             U = V = sp.csc_matrix((m, 0))
         rows_, cols_, vals_ = [], [], []
+        # columns made of many terms (a congruence through a flatten): F_k = U_k C V_k' + V_k C U_k' as one
+        # sparse product, which merges the duplicate entries far faster than a sort of all of them
+        counts = np.bincount(cols, minlength=n) if R else np.zeros(n, dtype=np.int64)
+        many = counts >= 8
+        for k in np.flatnonzero(many):
+            sel = np.flatnonzero(cols == k)
+            Fk = (U[:, sel] @ sp.diags(coef[sel]) @ V[:, sel].T).tocoo()
+            Fk = (Fk + Fk.T).tocoo()
+            rows_.append(Fk.col.astype(np.int64) * m + Fk.row)
+            vals_.append(Fk.data)
+            cols_.append(np.full(Fk.data.shape, k))
         for k, ai, av, bi, bv, c in self.terms:
+            if many[k]:
+                continue
             # vec(a b') = kron(b, a), plus its transpose
             rows_ += [(bi[:, None] * m + ai[None, :]).ravel(), (ai[:, None] * m + bi[None, :]).ravel()]
             v = (bv[:, None] * av[None, :]).ravel() * c
@@ -346,6 +359,33 @@ def final_inverse_terms(b: _LmiBuilder, sys: lowered.System, w_in: Weight):
         b.congruence(w_in.variable, sp.csr_matrix(Wt.T), -1.0)
 
 
+def final_inverse_activation_terms(b: _LmiBuilder, sys: lowered.System, w_in: Weight, mu: Variable,
+                                   F: np.ndarray):
+    """``[[2M - beta^2 sum_t W_t Y W_t', M F'], [F M, I_r]] >= 0``, ``M = Lambda^-1`` (module docstring).
+
+    The last activation layer ``w = phi(W u)``, slope ``[0, beta]``, input weight ``X (x) I_N`` (``Y = X^-1``)
+    and constant output weight ``E = F'F``; coordinates (outputs, the r rows of ``F``).
+    """
+    W = sys.ss.D
+    ny, m = W.shape[0], b.m
+    beta = sys.slope[1]
+    c, N = w_in.variable.n, w_in.kron
+    out = _sel(ny, 0, m)
+    b.diag_bilinear(mu, out, out, 1.0)  # 2M
+    b.diag_bilinear(mu, out, _place(F.T, ny, m), 1.0)  # M F' and F M
+    b.F0[ny + np.arange(F.shape[0]), ny + np.arange(F.shape[0])] += 1.0
+    for t in range(N):
+        Wt = W[:, np.arange(c) * N + t]  # channel-major: column ch*N + t
+        b.congruence(w_in.variable, _place(Wt.T, 0, m), -(beta**2))
+
+
+def _factor(E: np.ndarray) -> np.ndarray:
+    """``F`` with ``F'F = E`` and as few rows as ``rank(E)`` (``E`` symmetric positive semidefinite)."""
+    w, V = np.linalg.eigh((E + E.T) / 2)
+    keep = w > w.max(initial=0.0) * E.shape[0] * np.finfo(float).eps
+    return (V[:, keep] * np.sqrt(w[keep])).T
+
+
 def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
     """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs)."""
     steps = list(net.steps)
@@ -366,6 +406,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
 
     # Substitute X_{l-1} := W'W when the network ends in a linear dense layer after an activation.
     eliminated: np.ndarray | None = None
+    eliminated_factor: np.ndarray | None = None
     last = steps[systems[-1]]
     if (
         len(systems) >= 2
@@ -376,12 +417,14 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
         between = steps[systems[-2] + 1 : systems[-1]]
         if all(isinstance(s, lowered.Pool) and s.op != "max" for s in between):
             eliminated = last.ss.D.T @ last.ss.D
+            eliminated_factor = last.ss.D if last.ss.D.shape[0] <= last.ss.D.shape[1] else _factor(eliminated)
             notes.append(f"{last.name}: X_(l-1) := W'W substituted (tight at the optimum)")
             steps = steps[: systems[-1]] + steps[systems[-1] + 1 :]
             systems = systems[:-1]
 
     # Solve in Y = X^-1 when the network ends in flatten -> linear dense with fewer outputs than inputs.
     invert_at = None
+    head_factor: np.ndarray | None = None  # F (E = F'F) when the last activation layer is solved in M, Y
     if inverse and len(systems) >= 2:
         final = steps[systems[-1]]
         kron = int(np.prod([st.length for st in steps[systems[-2] + 1 : systems[-1]]
@@ -390,6 +433,16 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
             invert_at = len(systems) - 2
             notes.append(f"{final.name}: X (x) I_{kron} - W'W >= 0 solved as I - W (Y (x) I) W' >= 0, "
                          f"Y = X^-1 ({final.ss.nu} -> {final.ss.ny} rows)")
+        elif (final.kind == "dense" and final.slope is not None and final.slope[0] == 0 and final.slope[1] > 0
+              and kron > 1 and final.ss.nx == 0):
+            F = eliminated_factor if eliminated is not None else np.eye(final.ss.ny)
+            before_rows = final.ss.nu + final.ss.ny
+            after_rows = final.ss.ny + F.shape[0] + steps[systems[-2]].ss.ny  # (+ the Schur rows upstream)
+            if after_rows < before_rows:
+                invert_at, head_factor = len(systems) - 2, F
+                notes.append(f"{final.name}: [[X (x) I_{kron}, -W'L], [-LW, 2L - E]] >= 0 solved in "
+                             f"Y = X^-1, M = L^-1 as [[2M - W (Y (x) I) W', M F'], [F M, I]] >= 0 "
+                             f"({before_rows} -> {final.ss.ny + F.shape[0]} rows)")
 
     nonneg: list[Variable] = [rho]
     links: list[Link] = []
@@ -433,7 +486,10 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
             w_out = Weight("const", ny, constant=np.eye(ny))
         P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric") if sys.ss.nx else None
         lam = None
-        if sys.slope is not None:
+        if sys.slope is not None and head_factor is not None and pos == len(systems) - 1:
+            lam = new_var(f"M[{sys.name}]", "lambdainv", sys.name, ny, "vector")  # M = Lambda^-1
+            nonneg.append(lam)
+        elif sys.slope is not None:
             lam = new_var(f"lambda[{sys.name}]", "lambda", sys.name, ny, "vector")
             nonneg.append(lam)
         needs_P_psd = P is not None and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
@@ -446,7 +502,11 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
         sys = link.system
         nx, nu, ny = sys.ss.nx, sys.ss.nu, sys.ss.ny
         inverse_out = link.w_out.kind == "var" and link.w_out.variable.role == "Xinv"
-        if link.w_in.kind == "var" and link.w_in.variable.role == "Xinv":  # the final I - W (Y (x) I) W' >= 0
+        if link.lam is not None and link.lam.role == "lambdainv":  # the last activation layer in M, Y
+            blocks = [("outputs", ny), ("F rows", head_factor.shape[0])]
+            b = _LmiBuilder(ny + head_factor.shape[0], n_ref)
+            final_inverse_activation_terms(b, sys, link.w_in, link.lam, head_factor)
+        elif link.w_in.kind == "var" and link.w_in.variable.role == "Xinv":  # I - W (Y (x) I) W' >= 0
             b = _LmiBuilder(ny, n_ref)
             final_inverse_terms(b, sys, link.w_in)
             blocks = [("outputs", ny)]

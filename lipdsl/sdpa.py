@@ -112,6 +112,8 @@ def _describe(v: Variable, sdp: Sdp) -> list[str]:
         what = f"P[{v.system}]: storage matrix of layer {layers} (symmetric {v.n}x{v.n})"
     elif v.role == "lambda":
         what = f"lambda[{v.system}]: activation multiplier of layer {layers} (Lambda = diag, >= 0)"
+    elif v.role == "lambdainv":
+        what = f"M[{v.system}] = Lambda^-1: inverse activation multiplier of layer {layers} (diagonal, > 0)"
     elif v.role == "Xinv":
         shape = "diagonal, > 0" if v.structure == "diagonal" else f"symmetric {v.n}x{v.n}, > 0"
         what = f"Y[{v.system}] = X^-1: inverse of the output supply weight of layer {layers} ({shape})"

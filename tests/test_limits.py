@@ -46,8 +46,10 @@ def test_problem_size_matches_the_built_sdp():
 
     _, net = load_network(ECG)
     size = problem_size(net)
-    sdp = build_sdp(lower(net))
+    sdp = build_sdp(lower(net), inverse=False)
     assert size.largest_lmi == max(lmi.size for lmi in sdp.lmis) == 156
+    # the inverse forms (sdp module docstring) only shrink it: the estimate is an upper one
+    assert max(lmi.size for lmi in build_sdp(lower(net)).lmis) == 65
     # the estimate ignores the substituted last output weight, so it may only over-count
     assert size.variables >= sdp.n
 

@@ -37,7 +37,7 @@ def mixed_net(seed):
 
 
 def test_ecg_lmi_sizes_and_variables():
-    sdp = build_sdp(lower(ecg()))
+    sdp = build_sdp(lower(ecg()), inverse=False)
     # conv1: 2 states + 1 input + 2 outputs; conv2: 4 + 2 + 3; dense: 96 (3 x 32 flattened) + 60
     assert [lmi.size for lmi in sdp.lmis] == [5, 9, 156]
     # rho, P1 (3), lambda1 (2), X1 (3), P2 (10), lambda2 (3), X2 (6), lambda3 (60); X3 = W4'W4 eliminated
@@ -45,9 +45,19 @@ def test_ecg_lmi_sizes_and_variables():
     assert any("substituted" in note for note in sdp.notes)
 
 
+def test_ecg_head_is_solved_in_inverse_multipliers():
+    """flatten -> dense(60)+ReLU -> dense(5): the 156-row LMI becomes 60 + 5 rows in Y = X2^-1, M = L^-1;
+    conv2's LMI gets 3 Schur rows; the variables are the same in number."""
+    sdp = build_sdp(lower(ecg()))
+    assert [lmi.size for lmi in sdp.lmis] == [5, 9 + 3, 60 + 5]
+    assert sdp.n == 1 + 3 + 2 + 3 + 10 + 3 + 6 + 60
+    roles = [v.role for v in sdp.variables]
+    assert roles.count("lambdainv") == 1 and roles.count("Xinv") == 1 and roles[-1] == "lambdainv"
+
+
 @pytest.mark.parametrize("build", [ecg, lambda: mixed_net(0), lambda: mixed_net(1)])
 def test_assembly_equals_closed_form(build):
-    sdp = build_sdp(lower(build()))
+    sdp = build_sdp(lower(build()), inverse=False)  # (the inverse forms are other matrices: tested below)
     rng = np.random.default_rng(0)
     x = rng.normal(size=sdp.n)
     point = _Point(sdp, x)
@@ -88,6 +98,40 @@ def flatten_head_net(seed, pool="avg"):
     rng = np.random.default_rng(seed)
     b = Builder(1, 16).conv(rng.normal(size=(3, 1, 3)), padding="causal").act("relu").pool(pool, 2)
     return b.flatten().dense(rng.normal(size=(2, b.shape.size))).build()
+
+
+def activation_head_net(seed, pool="avg", final=True, slope=None):
+    """conv -> ReLU -> pool -> flatten -> dense+activation [-> dense]: the head solved in Y and M."""
+    rng = np.random.default_rng(seed)
+    b = Builder(1, 24).conv(rng.normal(size=(3, 1, 3)), padding="causal").act("relu").pool(pool, 2)
+    b = b.conv(rng.normal(size=(2, 3, 2)), padding="same").act("relu").flatten()
+    b = b.dense(rng.normal(size=(6, b.shape.size)))
+    b = b.act("relu") if slope is None else b.act("custom", slope=slope)
+    return (b.dense(rng.normal(size=(2, 6))) if final else b).build()
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed, pool, final, slope", [(0, "avg", True, None), (1, "max", True, None),
+                                                      (2, "avg", False, None), (3, "avg", True, (0.0, 2.5))])
+def test_inverse_multiplier_form_of_the_activation_head_is_exact(seed, pool, final, slope):
+    """[[X (x) I, -bW'L], [-bLW, 2L - F'F]] >= 0 solved as [[2M - b^2 W (Y (x) I) W', M F'], [F M, I]] >= 0:
+    smaller, and the same certified bound as the direct form; certify maps Y, M back to X, L."""
+    from lipdsl.certify import certify
+    from lipdsl.solve import solve
+
+    low = lower(activation_head_net(seed, pool, final, slope))
+    small, big = build_sdp(low), build_sdp(low, inverse=False)
+    assert any(v.role == "lambdainv" for v in small.variables)
+    assert small.lmis[-1].size < big.lmis[-1].size
+    bounds = [certify(s, solve(s)) for s in (small, big)]
+    assert all(c.verified for c in bounds)
+    assert abs(bounds[0].lipschitz - bounds[1].lipschitz) <= 1e-6 * bounds[1].lipschitz
+
+
+def test_inverse_multiplier_form_needs_a_zero_lower_slope():
+    """tanh-like [0, 1] qualifies; leaky ReLU (alpha > 0) keeps the direct form (its W'LW term)."""
+    low = lower(activation_head_net(4, slope=(0.1, 1.0)))
+    assert not any(v.role == "lambdainv" for v in build_sdp(low).variables)
 
 
 @pytest.mark.solver

@@ -186,7 +186,7 @@ def test_cli_export_writes_and_reports_size(tmp_path):
     out = tmp_path / "ecg.dat-s"
     res = CliRunner().invoke(cli, ["export", str(SPECS / "ecg.lip"), "-o", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert f"wrote {out}" in res.output and "m = 88 variables" in res.output and "(5 9 156 -66)" in res.output
+    assert f"wrote {out}" in res.output and "m = 88 variables" in res.output and "(5 12 65 -66)" in res.output
     d = read_sdpa(out)
     assert f"bound = sqrt(objective) * {d.factor!r}" in res.output
     assert any("ecg.lip" in line for line in d.comments[:1])
