@@ -19,6 +19,16 @@ When the network ends in ``flatten -> linear dense W`` (m outputs from c x N), t
 ``I_m - sum_t W_t Y W_t' >= 0`` (m rows; ``W_t`` the columns of time t), and the previous system's
 ``-X`` becomes the Schur form ``[[., 0], [., 2L, I], [0, I, Y]] >= 0`` (``[[Q, E'], [E, Y]] >= 0`` for a
 linear system) - exact, and an LMI of cN rows turns into one of m. ``certify`` maps ``Y`` back to ``X``.
+When it ends in ``flatten -> dense W + activation [0, b]`` with a constant output weight ``E = F'F``
+(``W_2'W_2`` substituted, or ``I``), its LMI ``[[X (x) I_N, -b W'L], [-b L W, 2L - E]] >= 0`` (cN + n rows)
+is, for ``X > 0`` and ``L > 0`` (Schur complement on ``X (x) I_N``, congruence with ``M = L^-1``, Schur
+complement again), equivalent to
+
+    [[2M - b^2 sum_t W_t Y W_t',  M F'],
+     [F M,                        I_r ]]  >= 0,     Y = X^-1,  M = L^-1  (n + r rows),
+
+linear in ``(Y, M)``; used when it is smaller (ECG: 156 rows -> 60 + 5, plus 3 Schur rows upstream).
+Only ``alpha = 0``: a nonzero ``alpha`` adds ``2ab W'LW`` to the flattened block, which has no such form.
 The bound is ``L = sqrt(rho) * factor`` (scales and pooling gains). ``P >= 0`` is implied by the (1,1)
 block when ``A`` is nilpotent and ``alpha*beta <= 0``, so it is added only when ``alpha*beta > 0``.
 """
