@@ -48,9 +48,10 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
 
     Works with the scaled factors ``u~ = rti' u``, ``v~ = rti' v`` (so that ``rti' F_k rti`` is the sum of
     ``c (u~ v~' + v~ u~')``), exactly the quantities CVXOPT's own 'chol' solver forms column by column.
-    An LMI with few rows but many terms (e.g. ``I - sum_t W_t Y W_t'``: N terms per entry of ``Y``) is
-    cheaper the classic way, scaling its own ``n_k`` dense coefficient matrices (``O(n_k m^3 + n_k^2 m^2)``
-    against ``O(m^2 R + m R^2)``): each block takes the cheaper of the two.
+    A variable with many terms in one LMI (e.g. an entry of ``Y`` in ``I - sum_t W_t Y W_t'``: N terms) is
+    cheaper the classic way, scaling its dense ``F_k`` (``O(m^3)`` against ``O(m^2 R_k + m R_k R)``): within
+    each block every variable takes the cheaper of the two, and the mixed entries of ``H`` are
+    ``H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r`` (``k`` dense, ``l`` factored).
     """
     import cvxopt
     from cvxopt import misc
@@ -61,33 +62,44 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
     for lmi in sdp.lmis:
         f = lmi.factored
         m, R = lmi.size, len(f.col)
-        cols = np.unique(f.col)
-        if len(cols) * m**3 + len(cols) ** 2 * m**2 < m**2 * R + m * R**2:
-            F = np.asarray(lmi.G[:, cols].todense()).T.reshape(len(cols), m, m)  # F_k (column-major vec)
-            blocks.append(("dense", (np.transpose(F, (0, 2, 1)) + F) / 2, cols, m))
-        else:
-            agg = sp.csr_matrix((f.coef, (f.col, np.arange(R))), shape=(n, R))
-            blocks.append(("factored", (f.U.tocsc(), f.V.tocsc(), f.coef, f.col, agg), None, m))
+        counts = np.bincount(f.col, minlength=n)
+        dense_cols = np.flatnonzero(2 * m * m < counts * (2 * m + R))
+        is_dense = np.isin(f.col, dense_cols)
+        F = None
+        if len(dense_cols):
+            F = np.asarray(lmi.G[:, dense_cols].todense()).T.reshape(len(dense_cols), m, m)
+            F = (np.transpose(F, (0, 2, 1)) + F) / 2
+        keep = np.flatnonzero(~is_dense)
+        U, V = f.U.tocsc()[:, keep], f.V.tocsc()[:, keep]
+        coef, col = f.coef[keep], f.col[keep]
+        agg = sp.csr_matrix((coef, (col, np.arange(len(keep)))), shape=(n, len(keep)))
+        blocks.append((m, dense_cols, F, (U, V, coef, col, agg) if len(keep) else None))
 
     def factor(W):
         di = np.asarray(W["di"]).ravel()
         H = np.zeros((n, n))
         np.add.at(H, (nonneg_idx, nonneg_idx), di**2)
         scaled = []
-        for (mode, data, cols, m), rti in zip(blocks, W["rti"]):
+        for (m, cols, F, fac), rti in zip(blocks, W["rti"]):
             R = np.asarray(rti)
-            if mode == "dense":
-                Ft = np.einsum("ji,kjl,lm->kim", R, data, R)  # rti' F_k rti for every k
-                H[np.ix_(cols, cols)] += np.einsum("aij,bij->ab", Ft, Ft)
-                scaled.append((mode, Ft, cols, m))
-                continue
-            U, V, coef, col, agg = data
-            Ut = np.asarray((U.T @ R).T)  # rti' U  (m x R)
-            Vt = np.asarray((V.T @ R).T)
-            AB = Ut.T @ Vt
-            T = 2.0 * ((Ut.T @ Ut) * (Vt.T @ Vt) + AB * AB.T)
-            H += agg @ (agg @ T.T).T
-            scaled.append((mode, (Ut, Vt, coef, col), None, m))
+            Ft = Ut = Vt = None
+            if F is not None:
+                Ft = R.T @ F @ R  # rti' F_k rti for every dense k (stacked matmul)
+                Fv = Ft.reshape(len(cols), -1)
+                H[np.ix_(cols, cols)] += Fv @ Fv.T
+            if fac is not None:
+                U, V, coef, col, agg = fac
+                Ut = np.asarray((U.T @ R).T)  # rti' U  (m x R)
+                Vt = np.asarray((V.T @ R).T)
+                AB = Ut.T @ Vt
+                T = 2.0 * ((Ut.T @ Ut) * (Vt.T @ Vt) + AB * AB.T)
+                H += agg @ (agg @ T.T).T
+                if Ft is not None:  # H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r
+                    Q = np.einsum("ir,kir->kr", Ut, Ft @ Vt)
+                    cross = 2.0 * np.asarray((agg @ Q.T).T)  # (dense cols) x n
+                    H[cols, :] += cross
+                    H[:, cols] += cross.T
+            scaled.append((m, cols, Ft, None if fac is None else (Ut, Vt, fac[2], fac[3])))
         try:
             cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
         except (np.linalg.LinAlgError, ValueError) as exc:
@@ -101,13 +113,13 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             rhs = np.asarray(x).ravel().copy()
             rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
             at = n_l
-            for mode, data, cols, m in scaled:
+            for m, cols, Ft, fac in scaled:
                 B = bt[at : at + m * m].reshape(m, m, order="F")
                 B = np.tril(B) + np.tril(B, -1).T
-                if mode == "dense":  # <rti' F_k rti, B>; G = -F on 's' blocks
-                    rhs[cols] -= np.einsum("kij,ij->k", data, B)
-                else:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
-                    Ut, Vt, coef, col = data
+                if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
+                    rhs[cols] -= np.einsum("kij,ij->k", Ft, B)
+                if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
+                    Ut, Vt, coef, col = fac
                     np.subtract.at(rhs, col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt))
                 at += m * m
             ux = scipy.linalg.cho_solve(cho, rhs)
@@ -116,13 +128,15 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             out = np.asarray(w).ravel() * -1.0
             out[:n_l] += -di * np.bincount(np.arange(n_l), weights=ux[nonneg_idx], minlength=n_l)
             at = n_l
-            for mode, data, cols, m in scaled:
-                if mode == "dense":
-                    out[at : at + m * m] -= np.einsum("k,kij->ji", ux[cols], data).reshape(-1, order="F")
-                else:
-                    Ut, Vt, coef, col = data
+            for m, cols, Ft, fac in scaled:
+                M = np.zeros((m, m))
+                if fac is not None:
+                    Ut, Vt, coef, col = fac
                     M = (Ut * (coef * ux[col])) @ Vt.T
-                    out[at : at + m * m] -= (M + M.T).reshape(-1, order="F")
+                    M = M + M.T
+                if Ft is not None:
+                    M += np.einsum("k,kij->ji", ux[cols], Ft)
+                out[at : at + m * m] -= M.reshape(-1, order="F")
                 at += m * m
             z[:] = cvxopt.matrix(out)
 
@@ -142,6 +156,31 @@ def cone_data(sdp: Sdp):
     return sdp.objective(), G_all, h, dims, nonneg_idx
 
 
+def _operator(G_all: sp.csr_matrix, dims: dict):
+    """``G`` for CVXOPT as the function ``y := alpha op(G) x + beta y`` (``op`` = ``G`` or ``G'``).
+
+    As in ``cvxopt.misc.sgemv``, the 's' blocks of ``x`` in ``G'x`` are in lower-triangular storage:
+    the strictly lower entries count twice and the upper ones not at all.
+    """
+    lower = [np.ones(dims["l"])]
+    for m in dims["s"]:
+        i, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")  # vec index j*m + i (column-major)
+        lower.append(np.where(i > j, 2.0, np.where(i == j, 1.0, 0.0)).reshape(-1, order="F"))
+    lower = np.concatenate(lower)
+    GT = G_all.T.tocsr()
+
+    def G(x, y, alpha=1.0, beta=0.0, trans="N"):
+        if trans == "N":
+            out = alpha * (G_all @ np.asarray(x).ravel())
+        else:
+            out = alpha * (GT @ (lower * np.asarray(x).ravel()))
+        if beta != 0.0:
+            out += beta * np.asarray(y).ravel()
+        y[:] = out
+
+    return G
+
+
 def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, structured: bool) -> Solution:
     import cvxopt
     import cvxopt.solvers
@@ -149,8 +188,11 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
     c, G_all, h, dims, nonneg_idx = cone_data(sdp)
     if not (np.all(np.isfinite(G_all.data)) and np.all(np.isfinite(h))):
         raise SolveError("the SDP has non-finite coefficients", hint="check the weights for overflow")
-    Gc = G_all.tocoo()
-    G = cvxopt.spmatrix(Gc.data, Gc.row.astype(int).tolist(), Gc.col.astype(int).tolist(), G_all.shape)
+    if structured:  # G as an operator (scipy products): building a cvxopt.spmatrix costs ~1.6 us per entry
+        G = _operator(G_all, dims)
+    else:
+        Gc = G_all.tocoo()
+        G = cvxopt.spmatrix(Gc.data, Gc.row.astype(int).tolist(), Gc.col.astype(int).tolist(), G_all.shape)
     opts = {
         "show_progress": verbose,
         "abstol": tol * 1e-2,
