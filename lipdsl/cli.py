@@ -346,6 +346,14 @@ _METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf
     help="Stop the solver after SECONDS (exit 3).",
 )
 @click.option(
+    "--frequencies",
+    type=click.IntRange(min=3),
+    default=None,
+    help="Solve conv layers' LMIs in the frequency domain on K frequencies and recover their storage "
+    "matrices afterwards (KYP lemma + Riccati): for wide conv layers; certified the same way, slightly "
+    "looser.",
+)
+@click.option(
     "--accept-unconverged",
     is_flag=True,
     help="Report a bound certified from a solver that did not converge (sound, possibly loose).",
@@ -373,6 +381,7 @@ def solve_command(
     lift: int,
     max_lmi: int,
     timeout: float | None,
+    frequencies: int | None,
     accept_unconverged: bool,
     method: str,
     force: bool,
@@ -403,6 +412,7 @@ def solve_command(
             max_lmi=max_lmi,
             timeout=timeout,
             accept_unconverged=accept_unconverged,
+            frequencies=frequencies,
         )
     except LipdslError as err:
         fail(err, source)

@@ -150,9 +150,16 @@ class Sdp:
     links: tuple[Link, ...]
     psd_weights: tuple[Variable, ...]  # X that must be >= 0 (pooled), with an explicit LMI in ``lmis``
     notes: tuple[str, ...] = field(default=())
+    storage: tuple[Variable, ...] = field(default=())  # P left to ``kyp`` (frequency-domain LMIs instead)
+    frequencies: tuple[float, ...] = field(default=())
 
     @property
     def n(self) -> int:
+        """The solver's variables (the storage P of gridded systems, which come last, excluded)."""
+        return sum(v.dim for v in self.variables) - sum(v.dim for v in self.storage)
+
+    @property
+    def n_total(self) -> int:
         return sum(v.dim for v in self.variables)
 
     def objective(self) -> np.ndarray:
@@ -215,13 +222,13 @@ class _LmiBuilder:
                 self._outer(k, a_idx, a_val, b_idx, b_val, coef if i != j else coef / 2)
                 k += 1
 
-    def diag_bilinear(self, var: Variable, L: sp.csr_matrix, R: sp.csr_matrix, coef: float):
-        """Add ``coef * (L' diag(v) R + R' diag(v) L)`` (``L``, ``R``: n x m, sparse)."""
+    def diag_bilinear(self, var: Variable, L: sp.csr_matrix, R: sp.csr_matrix, coef: float, repeat: int = 1):
+        """Add ``coef * (L' diag(v (x) 1_repeat) R + R' diag(v (x) 1_repeat) L)`` (``L``, ``R``: n x m)."""
         L, R = sp.csr_matrix(L), sp.csr_matrix(R)
-        for i in range(var.n):
+        for i in range(var.n * repeat):
             a = slice(L.indptr[i], L.indptr[i + 1])
             b = slice(R.indptr[i], R.indptr[i + 1])
-            self._outer(var.offset + i, L.indices[a], L.data[a], R.indices[b], R.data[b], coef)
+            self._outer(var.offset + i // repeat, L.indices[a], L.data[a], R.indices[b], R.data[b], coef)
 
     def weight(self, w: Weight, offset: int, coef: float):
         """Add ``coef * W`` on the diagonal block at ``offset`` (``W`` = rho I, X, X (x) I_N or const)."""
@@ -312,12 +319,14 @@ def _place(M: np.ndarray, col_offset: int, m: int) -> sp.csr_matrix:
 
 
 def system_lmi_terms(
-    b: _LmiBuilder, sys: lowered.System, P, lam, w_in: Weight, w_out: Weight, inverse_out: bool = False
+    b: _LmiBuilder, sys: lowered.System, P, lam, w_in: Weight, w_out: Weight, inverse_out: bool = False,
+    repeat: int = 1,
 ):
     """Add the terms of one system's LMI (module docstring) to ``b``; coordinates (state, input, output).
 
     ``inverse_out``: ``w_out`` holds ``Y = X_out^-1``; ``-X_out`` is written in Schur form with ``ny`` more
-    rows (after the output rows, or after the input rows for a linear system).
+    rows (after the output rows, or after the input rows for a linear system). ``repeat``: each multiplier
+    serves ``repeat`` consecutive outputs (the real and imaginary parts of a frequency LMI).
     """
     ss = sys.ss
     nx, nu, ny = ss.nx, ss.nu, ss.ny
@@ -334,9 +343,9 @@ def system_lmi_terms(
         alpha, beta = sys.slope
         Psi_w = _sel(ny, ws, m)
         if alpha * beta != 0:
-            b.diag_bilinear(lam, Psi_v, Psi_v, alpha * beta)  # 2ab C'LC etc. (diag_bilinear symmetrises)
-        b.diag_bilinear(lam, Psi_v, Psi_w, -(alpha + beta))
-        b.diag_bilinear(lam, Psi_w, Psi_w, 1.0)  # 2 L
+            b.diag_bilinear(lam, Psi_v, Psi_v, alpha * beta, repeat)  # 2ab C'LC etc. (symmetrised)
+        b.diag_bilinear(lam, Psi_v, Psi_w, -(alpha + beta), repeat)
+        b.diag_bilinear(lam, Psi_w, Psi_w, 1.0, repeat)  # 2 L
         if inverse_out:  # [[2L, I], [I, Y]]: 2L - Y^-1 by a Schur complement
             zs = ws + ny
             b.F0[ws + np.arange(ny), zs + np.arange(ny)] = 1.0
@@ -353,10 +362,62 @@ def system_lmi_terms(
         # - [C D]' X_out [C D]
         if w_out.kind == "const":
             b.F0[: nx + nu, : nx + nu] -= CD.T @ w_out.constant @ CD
-        else:
-            if w_out.kron != 1:
-                raise UnsupportedError("a linear layer feeding a flatten needs an activation in this version")
-            b.congruence(w_out.variable, Psi_v, -1.0)
+        else:  # X (x) I_k: sum_t T_t' X T_t with T_t the rows i*k + t (channel-major)
+            k = w_out.kron
+            for t in range(k):
+                b.congruence(w_out.variable, Psi_v[t::k], -1.0)
+
+
+def frequency_response(ss: lowered.StateSpace, omegas: np.ndarray) -> np.ndarray:
+    """``H(e^{iw}) = D + sum_j C A^j B e^{-iw(j+1)}`` at each ``w`` (``A`` nilpotent: a finite sum)."""
+    taps = [ss.D]
+    AjB = ss.B
+    for _ in range(ss.nx):
+        if not AjB.any():
+            break
+        taps.append(ss.C @ AjB)
+        AjB = ss.A @ AjB
+    else:
+        if AjB.any():
+            raise ValueError("the state matrix is not nilpotent")  # pragma: no cover - FIR realizations are
+    phase = np.exp(-1j * np.outer(omegas, np.arange(len(taps))))  # (K, J)
+    return np.einsum("kj,jab->kab", phase, np.array(taps))
+
+
+def _repeat_weight(w: Weight, r: int) -> Weight:
+    """``W (x) I_r`` (the real embedding of a real weight when ``r = 2``)."""
+    if r == 1:
+        return w
+    if w.kind == "rho":
+        return Weight("rho", w.n * r, w.variable)
+    if w.kind == "var":
+        return Weight("var", w.n * r, w.variable, kron=w.kron * r)
+    return Weight("const", w.n * r, constant=np.kron(w.constant, np.eye(r)))
+
+
+def frequency_lmi_terms(b: _LmiBuilder, sys: lowered.System, H: np.ndarray, lam, w_in: Weight, w_out: Weight,
+                        inverse_out: bool = False):
+    """The frequency-domain LMI of a system at one frequency (module docstring, KYP lemma).
+
+    ``H`` is ``H(e^{iw})``; a complex one enters through its real embedding ``[[Re H, -Im H], [Im H, Re H]]``
+    with rows and columns interleaved (index ``2 i + part``), so the weights become ``X (x) I_2`` and each
+    multiplier serves two rows.
+    """
+    if np.iscomplexobj(H):
+        D = np.kron(H.real, np.eye(2)) + np.kron(H.imag, np.array([[0.0, -1.0], [1.0, 0.0]]))
+        r = 2
+    else:
+        D, r = H, 1
+    static = lowered.System(sys.name, sys.layers, "frequency",
+                            lowered.StateSpace(np.zeros((0, 0)), np.zeros((0, D.shape[1])),
+                                               np.zeros((D.shape[0], 0)), D),
+                            sys.scale, sys.slope, sys.activation)
+    system_lmi_terms(b, static, None, lam, _repeat_weight(w_in, r), _repeat_weight(w_out, r), inverse_out, r)
+
+
+def frequency_grid(count: int) -> np.ndarray:
+    """``count`` frequencies ``pi j / (count - 1)``, ``j = 0 .. count-1`` (both ends included)."""
+    return np.pi * np.arange(count) / max(count - 1, 1)
 
 
 def final_inverse_terms(b: _LmiBuilder, sys: lowered.System, w_in: Weight):
@@ -396,8 +457,12 @@ def _factor(E: np.ndarray) -> np.ndarray:
     return (V[:, keep] * np.sqrt(w[keep])).T
 
 
-def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
-    """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs)."""
+def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | None = None) -> Sdp:
+    """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs).
+
+    ``frequencies``: replace each conv system's LMI by its frequency-domain form on that many frequencies
+    (no ``P`` among the solver's variables; ``P`` is recovered afterwards, see ``lipdsl.kyp``).
+    """
     steps = list(net.steps)
     systems = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
     if not systems:
@@ -494,7 +559,11 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
             w_out = Weight("const", ny, constant=eliminated)
         else:
             w_out = Weight("const", ny, constant=np.eye(ny))
-        P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric") if sys.ss.nx else None
+        needs_P_psd = sys.ss.nx > 0 and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
+        gridded = frequencies is not None and sys.ss.nx > 0 and not needs_P_psd
+        P = None
+        if sys.ss.nx and not gridded:
+            P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric")
         lam = None
         if sys.slope is not None and head_factor is not None and pos == len(systems) - 1:
             lam = new_var(f"M[{sys.name}]", "lambdainv", sys.name, ny, "vector")  # M = Lambda^-1
@@ -502,11 +571,22 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
         elif sys.slope is not None:
             lam = new_var(f"lambda[{sys.name}]", "lambda", sys.name, ny, "vector")
             nonneg.append(lam)
-        needs_P_psd = P is not None and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
         links.append(Link(sys, None, P, lam, w_in, w_out, needs_P_psd))  # lmi filled below
         prev_out = w_out
 
-    n_ref = [count[0]]
+    n_ref = [count[0]]  # the solver's variables; the storage P of gridded systems come after them
+    storage: list[Variable] = []
+    for j, link in enumerate(links):
+        if frequencies is not None and link.system.ss.nx and link.P is None:
+            sys = link.system
+            P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric")
+            storage.append(P)
+            links[j] = Link(sys, None, P, link.lam, link.w_in, link.w_out, False)
+    omegas = frequency_grid(frequencies) if frequencies is not None else np.zeros(0)
+    if storage:
+        notes.append(f"{', '.join(v.system for v in storage)}: LMI imposed in the frequency domain on "
+                     f"{frequencies} frequencies (KYP lemma); P from a Riccati equation afterwards, then "
+                     "certified")
     final_links = []
     for link in links:
         sys = link.system
@@ -520,6 +600,21 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
             b = _LmiBuilder(ny, n_ref)
             final_inverse_terms(b, sys, link.w_in)
             blocks = [("outputs", ny)]
+        elif link.P in storage:  # the frequency-domain LMIs; the link keeps an empty stand-in of the LMI
+            H = frequency_response(sys.ss, omegas)
+            for w, Hw in zip(omegas, H):
+                real = w == 0 or w == np.pi
+                r = 1 if real else 2
+                fblocks = [("input", r * nu), ("output", r * ny if sys.slope is not None else 0),
+                           ("Y = X_out^-1", r * ny if inverse_out else 0)]
+                b = _LmiBuilder(sum(size for _, size in fblocks), n_ref)
+                frequency_lmi_terms(b, sys, Hw.real if real else Hw, link.lam, link.w_in, link.w_out,
+                                    inverse_out)
+                lmis.append(b.build(f"LMI[{sys.name}](w={w:.4g})", sys.name, [x for x in fblocks if x[1]]))
+            outputs = [("output", ny)] if sys.slope is not None else []
+            extra = [("Y = X_out^-1", ny)] if inverse_out else []
+            blocks = [("state", nx), ("input", nu)] + outputs + extra
+            b = _LmiBuilder(sum(size for _, size in blocks), n_ref)
         else:
             outputs = [("output", ny)] if sys.slope is not None else []
             extra = [("Y = X_out^-1", ny)] if inverse_out else []
@@ -527,7 +622,8 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
             b = _LmiBuilder(sum(size for _, size in blocks), n_ref)
             system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out)
         lmi = b.build(f"LMI[{sys.name}]", sys.name, [(lbl, s) for lbl, s in blocks if s])
-        lmis.append(lmi)
+        if link.P not in storage:
+            lmis.append(lmi)
         final_links.append(Link(sys, lmi, link.P, link.lam, link.w_in, link.w_out, link.needs_P_psd))
         if link.needs_P_psd:
             bp = _LmiBuilder(nx, n_ref)
@@ -547,4 +643,6 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True) -> Sdp:
         tuple(final_links),
         tuple(psd_weights),
         tuple(notes),
+        tuple(storage),
+        tuple(float(w) for w in omegas),
     )

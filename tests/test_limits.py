@@ -130,8 +130,8 @@ def test_max_iterations_exits_3_unless_the_loose_bound_is_accepted():
 def test_impossible_lmi_is_reported_infeasible(monkeypatch):
     real = lipdsl.api.build_sdp
 
-    def impossible(low):
-        sdp = real(low)
+    def impossible(low, **options):
+        sdp = real(low, **options)
         empty = sp.csc_matrix((1, 0))
         lmi = Lmi(
             "impossible",

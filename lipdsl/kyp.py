@@ -1,0 +1,143 @@
+"""Recover the storage matrices of a frequency-domain solve: (Sdp, Solution) -> Solution with every P.
+
+For wide conv layers the storage matrix ``P`` (``nx = (k-1) c`` states, ``nx (nx+1)/2`` entries) dominates
+the SDP; ``build_sdp(..., frequencies=K)`` leaves it out and imposes, for each conv system, the
+frequency-domain form of its LMI on ``K`` frequencies instead. By the discrete-time KYP lemma (``(A, B)``
+controllable, as the FIR shift realization is), with ``Q, S, R`` the blocks of the system's LMI at ``P = 0``
+and ``B_ = [B 0]`` (the activation's output does not drive the state),
+
+    exists P:  M(P) = [[P - A'PA + Q, S - A'PB_], [., R - B_'PB_]] > 0
+    <=>  Phi(w) = [[X_in + 2ab H*LH, -(a+b) H*L], [., 2L - X_out]] > 0  for every w in [0, pi],
+
+``H = H(e^{iw})`` the layer's frequency response (``Phi = X_in - H* X_out H`` for a linear layer): only
+``rho``, the multipliers ``L`` and the weights ``X`` remain, and the SDP shrinks from ``O(k^2 c^2)`` to
+``O(c^2)`` variables per layer. The solver enforces ``Phi`` only on its grid, so from the last system to
+the first:
+
+1. the output weight was raised by ``t`` (by the system after it): ``L += t/2`` restores ``2L - X_out``;
+2. ``e = max(0, -min_w lambda_min(Phi(w))) + margin`` over a fine grid (``FINE_GRID`` frequencies):
+   ``X_in += e I`` (which raises the previous system's output weight, or ``rho``);
+3. ``P`` = minus the stabilizing solution of the Riccati equation
+   ``A'XA - X - (A'XB_ + S)(R + B_'XB_)^-1 (B_'XA + S') + Q = 0`` (``scipy.linalg.solve_discrete_are``),
+   which makes the Schur complement of ``M(P)`` zero: ``M(P) >= 0``.
+
+Nothing here is trusted: ``certify`` rebuilds every LMI with these ``P``, repairs what rounding or the
+grid left negative, and checks the minimum eigenvalues as for any other solve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import scipy.linalg
+
+from .certify import _Point, system_matrix
+from .sdp import Sdp, Variable, frequency_grid, frequency_response
+from .solve import Solution
+
+#: Frequencies of the check in step 2 (the entries of ``Phi`` are trigonometric polynomials of degree
+#: ``2 (k-1)``, far below this).
+FINE_GRID = 2048
+
+
+def phi_min_eigenvalue(sys, lam, X_in: np.ndarray, X_out: np.ndarray, omegas: np.ndarray) -> float:
+    """``min_w lambda_min(Phi(w))`` over ``omegas`` (module docstring)."""
+    H = frequency_response(sys.ss, omegas)  # (K, ny, nu)
+    Hh = np.conj(np.transpose(H, (0, 2, 1)))
+    if sys.slope is None:
+        Phi = X_in[None] - Hh @ X_out @ H
+    else:
+        a, b = sys.slope
+        L = np.diag(lam)
+        top = X_in[None] + 2 * a * b * (Hh @ L @ H)
+        cross = -(a + b) * (Hh @ L)
+        bottom = np.broadcast_to(2 * L - X_out, (len(omegas),) + L.shape)
+        cross_h = np.conj(np.transpose(cross, (0, 2, 1)))
+        Phi = np.concatenate([np.concatenate([top, cross], axis=2),
+                              np.concatenate([cross_h, bottom], axis=2)], axis=1)
+    return float(np.linalg.eigvalsh(Phi).min())
+
+
+def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray) -> np.ndarray:
+    """``P`` from the stabilizing solution of the Riccati equation (module docstring, step 3)."""
+    nx = sys.ss.nx
+    M0 = system_matrix(sys, np.zeros((nx, nx)), lam, X_in, X_out)
+    Q, S, R = M0[:nx, :nx], M0[:nx, nx:], M0[nx:, nx:]
+    B_ = np.zeros((nx, R.shape[0]))
+    B_[:, : sys.ss.nu] = sys.ss.B
+    X = scipy.linalg.solve_discrete_are(sys.ss.A, B_, Q, R, s=S)
+    return -(X + X.T) / 2
+
+
+def _pack(v: Variable, value) -> np.ndarray:
+    if v.structure == "scalar":
+        return np.array([float(value)])
+    if v.structure == "vector":
+        return np.asarray(value, dtype=float)
+    if v.structure == "diagonal":
+        return np.diag(value).astype(float)
+    return np.asarray(value, dtype=float)[np.triu_indices(v.n)]
+
+
+def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-9) -> Solution:
+    """The solver's point with every storage ``P`` filled in (and ``rho``, ``L``, ``X`` raised as needed).
+
+    ``solution.rho`` stays the solver's value, so the certificate's inflation shows the whole cost.
+    """
+    if not sdp.storage or solution.x is None:
+        return solution
+    x = np.zeros(sdp.n_total)
+    x[: sdp.n] = solution.x
+    point = _Point(sdp, x)
+    fine = frequency_grid(FINE_GRID)
+    storage = {v.name for v in sdp.storage}
+    t_next = 0.0
+    for link in reversed(sdp.links):
+        if link.P is None or link.P.name not in storage:
+            t_next = 0.0  # (an exact LMI whose output weight was raised: certify repairs it)
+            continue
+        sys = link.system
+        lam = None
+        if link.lam is not None:
+            point.vars[link.lam.name] = point.vars[link.lam.name] + t_next / 2
+            lam = point.vars[link.lam.name]
+        X_out = point.weight(link.w_out)
+        hmax2 = float(np.max(np.linalg.norm(frequency_response(sys.ss, fine), 2, axis=(1, 2)))) ** 2
+        e = 0.0
+        P = None
+        for attempt in range(6):
+            X_in = point.weight(link.w_in)
+            scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
+            v = max(0.0, -phi_min_eigenvalue(sys, lam, X_in, X_out, fine)) + margin * scale * 10.0**attempt
+            shift = v
+            if lam is not None:  # Phi + v [[2ab H*H, -(a+b) H*], [., 2I]] + diag(e I, 0) >= Phi + v I
+                a, b = sys.slope
+                point.vars[link.lam.name] = point.vars[link.lam.name] + v
+                lam = point.vars[link.lam.name]
+                shift += v * (a * a + b * b) * hmax2
+            point.shift_weight(link.w_in, shift)
+            e += shift
+            try:
+                P = storage_matrix(sys, lam, point.weight(link.w_in), X_out)
+            except (np.linalg.LinAlgError, ValueError):
+                P = None
+                continue
+            if np.all(np.isfinite(P)):
+                break
+        if P is None:
+            P = np.zeros((sys.ss.nx, sys.ss.nx))  # certify will refuse rather than guess
+        point.vars[link.P.name] = P
+        t_next = e
+    out = np.zeros(sdp.n_total)
+    for v in sdp.variables:
+        if v.role == "rho":
+            out[v.slice] = point.rho
+            continue
+        val = point.vars[v.name]
+        if v.role == "Xinv":
+            val = np.linalg.inv(val)
+        elif v.role == "lambdainv":
+            val = 1.0 / val
+        out[v.slice] = _pack(v, val)
+    return dataclasses.replace(solution, x=out)

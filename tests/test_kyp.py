@@ -1,0 +1,144 @@
+"""kyp: frequency-domain LMIs for conv layers, storage matrices P from Riccati equations, then certify."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from nets import Builder, random_cnn
+
+from lipdsl.api import problem_size, solve_network
+from lipdsl.certify import _Point, certify
+from lipdsl.cli import cli
+from lipdsl.kyp import phi_min_eigenvalue, recover_storage
+from lipdsl.lower import lower
+from lipdsl.sdp import build_sdp, frequency_grid, frequency_response
+from lipdsl.solve import solve
+
+
+def conv_net(seed, *, channels=3, kernel=4, act="relu", linear_middle=False, head="gap", padding="same"):
+    rng = np.random.default_rng(seed)
+    b = Builder(1, 16)
+    b.conv(rng.normal(size=(channels, 1, kernel)) / 2, padding="causal").act(act)
+    b.conv(rng.normal(size=(channels, channels, kernel)) / channels, padding=padding, dilation=2)
+    if not linear_middle:
+        b.act(act)
+    b.conv(rng.normal(size=(channels, channels, kernel)) / channels, padding="causal").act(act)
+    if head == "gap":
+        b.gap()
+        b.dense(rng.normal(size=(2, channels)))
+    else:
+        b.pool("avg", 2).flatten()
+        b.dense(rng.normal(size=(5, b.shape.size))).act("relu").dense(rng.normal(size=(2, 5)))
+    return b.build()
+
+
+@pytest.mark.parametrize("lift", [1, 2])
+def test_frequency_response_is_the_dft_of_the_impulse_response(lift):
+    net = conv_net(0, padding="causal", head="flatten")  # (lifting: causal padding, no GAP)
+    for sys in lower(net, lift=lift).systems:
+        if not sys.ss.nx:
+            continue
+        T = 64
+        impulses = []
+        for j in range(sys.ss.nu):
+            u = np.zeros((sys.ss.nu, T))
+            u[j, 0] = 1.0
+            impulses.append(sys.ss.simulate(u))  # (ny, T)
+        h = np.stack(impulses, axis=1)  # (ny, nu, T): the impulse response dies within nx + 1 steps
+        omegas = frequency_grid(9)
+        dft = np.einsum("abt,kt->kab", h, np.exp(-1j * np.outer(omegas, np.arange(T))))
+        assert np.allclose(frequency_response(sys.ss, omegas), dft, atol=1e-12)
+
+
+def _solve_both(net, frequencies):
+    low = lower(net)
+    exact = build_sdp(low)
+    c_exact = certify(exact, solve(exact))
+    gridded = build_sdp(low, frequencies=frequencies)
+    sol = solve(gridded)
+    full = recover_storage(gridded, sol)
+    return exact, c_exact, gridded, sol, full, certify(gridded, full)
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("kwargs", [{}, {"act": "tanh"}, {"linear_middle": True}, {"head": "flatten"}])
+def test_frequency_form_is_certified_and_close_to_the_exact_sdp(kwargs):
+    """The gridded solve is a relaxation (its value <= the exact optimum); after the Riccati recovery the
+    certified bound is >= the exact one and within 1 % of it on 65 frequencies."""
+    exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, **kwargs), 65)
+    assert gridded.storage and gridded.n < exact.n
+    assert c_exact.verified and cert.verified
+    assert cert.lipschitz_solver <= c_exact.lipschitz * (1 + 1e-6)
+    assert c_exact.lipschitz * (1 - 1e-7) <= cert.lipschitz <= 1.01 * c_exact.lipschitz
+
+
+@pytest.mark.solver
+def test_riccati_storage_makes_every_conv_lmi_psd_before_the_certificate_repair():
+    _, _, gridded, _, full, cert = _solve_both(conv_net(2), 33)
+    point = _Point(gridded, full.x)
+    for link in gridded.links:
+        M = point.matrix(link)
+        assert np.linalg.eigvalsh(M)[0] >= -1e-9 * np.linalg.norm(M, 2), link.lmi.name
+    rho_recovered = full.x[gridded.rho.offset]
+    assert cert.verified and cert.rho - rho_recovered <= 1e-6 * rho_recovered  # certify adds only margins
+
+
+@pytest.mark.solver
+def test_recovery_closes_the_gaps_between_the_grid_frequencies():
+    """On few frequencies Phi dips below zero between them; the recovery raises X_in until it holds on
+    the fine grid (so the certificate costs more, but still holds)."""
+    net = conv_net(3, kernel=5)
+    low = lower(net)
+    gridded = build_sdp(low, frequencies=5)
+    sol = solve(gridded)
+    point = _Point(gridded, np.concatenate([sol.x, np.zeros(gridded.n_total - gridded.n)]))
+    fine = frequency_grid(512)
+    link = next(lk for lk in gridded.links if lk.P in gridded.storage)
+    lam = point.vars[link.lam.name]
+    before = phi_min_eigenvalue(link.system, lam, point.weight(link.w_in), point.weight(link.w_out), fine)
+    assert before < 0
+    cert = certify(gridded, recover_storage(gridded, sol))
+    assert cert.verified and cert.lipschitz > cert.lipschitz_solver
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(6))
+def test_random_cnns_in_frequency_form_stay_above_the_exact_bound(seed):
+    net = random_cnn(np.random.default_rng(100 + seed))
+    exact = solve_network(net)
+    freq = solve_network(net, frequencies=33)
+    assert exact.certificate.verified and freq.certificate.verified
+    assert freq.certificate.lipschitz >= exact.certificate.lipschitz * (1 - 1e-7)
+
+
+def test_layers_needing_p_psd_keep_the_exact_lmi():
+    """leaky ReLU (alpha * beta > 0) needs P >= 0, which the Riccati solution does not promise."""
+    sdp = build_sdp(lower(conv_net(4, act="leaky_relu")), frequencies=9)
+    assert not sdp.storage and all(link.P is not None for link in sdp.links if link.system.ss.nx)
+
+
+def test_problem_size_counts_no_storage_in_frequency_form():
+    net = conv_net(5, channels=16, kernel=9)
+    exact, freq = problem_size(net), problem_size(net, frequencies=17)
+    assert freq.variables < exact.variables / 10
+    assert freq.largest_lmi == 2 * (16 + 16) and "frequency" in freq.detail
+
+
+@pytest.mark.solver
+def test_cli_solve_with_frequencies(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "w.npz", c1=rng.normal(size=(4, 1, 5)) / 3, c2=rng.normal(size=(4, 4, 5)) / 4,
+             fc=rng.normal(size=(2, 4)))
+    spec = tmp_path / "net.lip"
+    spec.write_text('input 1 x 32\nweights "w.npz"\nconv1d c1: 1 -> 4, kernel 5, padding causal, weight c1\n'
+                    "relu\nconv1d c2: 4 -> 4, kernel 5, padding causal, weight c2\nrelu\nglobal_avgpool\n"
+                    "dense fc: 4 -> 2, weight fc\n")
+    args = ["solve", "--json", "--frequencies", "33", str(spec)]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    exact = json.loads(CliRunner().invoke(cli, ["solve", "--json", str(spec)]).output)
+    assert out["certified"] and "storage" in out["seconds"]
+    assert exact["lipschitz"] * (1 - 1e-7) <= out["lipschitz"] <= 1.02 * exact["lipschitz"]
+    assert any("frequency domain" in note for note in out["notes"])
