@@ -7,7 +7,9 @@ Each case is written as a .lip spec plus .npz (random weights, seed 0) and solve
 resident set size. Cases: LipSDP's MNIST net (target <= 5 s), the ECG spec (<= 1.5 s), and generated CNNs
 with channels 8/16/32/64, kernels 3/5/9, depth 2/4, ending in global average pooling or flatten + dense.
 Cases beyond the solver's reach are refused by lipdsl's own limits (--max-lmi, the variable limit) before
-anything large is allocated; the table says so. Ratios are against the ECG run of the same session.
+anything large is allocated; the table says so. Every generated case runs twice: the exact SDP and
+`--frequencies 4(k-1)+1` (conv LMIs in the frequency domain, P recovered by Riccati; column /exact = its
+bound over the exact one when both finish). Ratios are against the ECG run of the same session.
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ def write_cnn(folder: Path, channels: int, kernel: int, depth: int, head: str, l
     return spec
 
 
-def run(spec: Path, timeout: float) -> dict:
+def run(spec: Path, timeout: float, frequencies: int | None = None) -> dict:
     """Solve ``spec`` in a child process; its own peak RSS comes from ``os.wait4``."""
     cmd = [sys.executable, "-m", "lipdsl", "solve", "--json", "--timeout", str(timeout), str(spec)]
+    if frequencies:
+        cmd[4:4] = ["--frequencies", str(frequencies)]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
         child = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
@@ -66,7 +70,8 @@ def run(spec: Path, timeout: float) -> dict:
         so.seek(0)
         se.seek(0)
         stdout, stderr = so.read(), se.read()
-    row = {"case": spec.stem, "exit": child.returncode, "wall_s": wall, "peak_mb": usage.ru_maxrss / 1024}
+    row = {"case": spec.stem, "mode": f"freq {frequencies}" if frequencies else "exact",
+           "exit": child.returncode, "wall_s": wall, "peak_mb": usage.ru_maxrss / 1024}
     if child.returncode == 0:
         out = json.loads(stdout)
         row.update(
@@ -92,28 +97,40 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        specs = [ROOT / "specs" / "ecg.lip", ROOT / "specs" / "lipsdp_mnist.lip"]
+        cases = [(ROOT / "specs" / "ecg.lip", None), (ROOT / "specs" / "lipsdp_mnist.lip", None)]
         grid = [(8, 3, 2), (8, 9, 4), (16, 5, 2), (16, 9, 4), (32, 3, 2), (32, 9, 4), (64, 9, 4)]
         if args.quick:
             grid = grid[:3]
         for c, k, d in grid:
             for head in ("gap", "flat"):
-                specs.append(write_cnn(folder, c, k, d, head))
+                spec = write_cnn(folder, c, k, d, head)
+                # exact SDP, then the frequency-domain form (P recovered by Riccati) on 4(k-1)+1 frequencies
+                cases += [(spec, None), (spec, 4 * (k - 1) + 1)]
         print(
-            f"{'case':28} {'exit':>4} {'bound':>12} {'wall s':>8} {'solve s':>8} {'peak MB':>8} "
-            f"{'ratio':>6}  LMIs"
+            f"{'case':28} {'mode':>8} {'exit':>4} {'bound':>12} {'wall s':>8} {'solve s':>8} {'peak MB':>8} "
+            f"{'ratio':>6} {'/exact':>7}  LMIs"
         )
         base = None
-        for spec in specs:
-            row = run(spec, args.timeout)
+        exact: dict[str, dict] = {}
+        for spec, frequencies in cases:
+            row = run(spec, args.timeout, frequencies)
             base = base or row["wall_s"]
             row["ratio_to_ecg"] = row["wall_s"] / base
+            ref = exact.get(spec.stem)
+            if frequencies is None:
+                exact[spec.stem] = row
+            elif ref is not None and ref["bound"] and row["bound"]:
+                row["bound_over_exact"] = row["bound"] / ref["bound"]
+                row["time_over_exact"] = row["wall_s"] / ref["wall_s"]
             rows.append(row)
             bound = "" if row["bound"] is None else f"{row['bound']:.6g}"
             solve = "" if row["solve_s"] is None else f"{row['solve_s']:.2f}"
+            over = f"{row['bound_over_exact']:.5f}" if "bound_over_exact" in row else ""
+            lmis = row["lmis"] if len(row["lmis"]) < 40 else row["lmis"][:37] + "..."
             print(
-                f"{row['case']:28} {row['exit']:4d} {bound:>12} {row['wall_s']:8.2f} {solve:>8} "
-                f"{row['peak_mb']:8.0f} {row['ratio_to_ecg']:6.1f}  {row['lmis'] or row.get('error', '')}"
+                f"{row['case']:28} {row['mode']:>8} {row['exit']:4d} {bound:>12} {row['wall_s']:8.2f} "
+                f"{solve:>8} {row['peak_mb']:8.0f} {row['ratio_to_ecg']:6.1f} {over:>7}  "
+                f"{lmis or row.get('error', '')}"
             )
     with open(out / "scale.csv", "w", newline="") as fh:
         keys = sorted({k for r in rows for k in r})

@@ -15,8 +15,10 @@ and ``B_ = [B 0]`` (the activation's output does not drive the state),
 the first:
 
 1. the output weight was raised by ``t`` (by the system after it): ``L += t/2`` restores ``2L - X_out``;
-2. ``e = max(0, -min_w lambda_min(Phi(w))) + margin`` over a fine grid (``FINE_GRID`` frequencies):
-   ``X_in += e I`` (which raises the previous system's output weight, or ``rho``);
+2. on a fine grid (``FINE_GRID`` frequencies), ``L += eta`` and ``X_in += e I`` with ``e`` the least
+   shift that makes ``Phi >= 0`` there (``input_shift``, a Schur complement on ``2L - X_out``), ``eta``
+   the one of a few multiplier shifts (0, ``v``, ``4v``, ...; ``v = -min lambda_min(Phi)``) that needs the
+   least ``e``, plus a margin; ``X_in`` is the previous system's output weight (or ``rho``);
 3. ``P`` = minus the stabilizing solution of the Riccati equation
    ``A'XA - X - (A'XB_ + S)(R + B_'XB_)^-1 (B_'XA + S') + Q = 0`` (``scipy.linalg.solve_discrete_are``),
    which makes the Schur complement of ``M(P)`` zero: ``M(P) >= 0``.
@@ -59,6 +61,27 @@ def phi_min_eigenvalue(sys, lam, X_in: np.ndarray, X_out: np.ndarray, omegas: np
     return float(np.linalg.eigvalsh(Phi).min())
 
 
+def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> float:
+    """The least ``e >= 0`` with ``Phi(w) + diag(e I, 0) >= 0`` at the frequencies of ``H`` (``inf`` when
+    ``2L - X_out`` is not positive definite): by a Schur complement on that block,
+    ``e = max(0, -min_w lambda_min(X_in + 2ab H*LH - (a+b)^2 H*L (2L - X_out)^-1 LH))``."""
+    Hh = np.conj(np.transpose(H, (0, 2, 1)))
+    if sys.slope is None:
+        schur = X_in[None] - Hh @ X_out @ H
+    else:
+        a, b = sys.slope
+        L = np.diag(lam)
+        bottom = 2 * L - X_out
+        try:
+            chol = np.linalg.cholesky((bottom + bottom.T) / 2)
+        except np.linalg.LinAlgError:
+            return float("inf")
+        G = np.linalg.solve(chol, L @ H)  # chol^-1 L H, so that H*L bottom^-1 LH = G*G
+        Gh = np.conj(np.transpose(G, (0, 2, 1)))
+        schur = X_in[None] + 2 * a * b * (Hh @ L @ H) - (a + b) ** 2 * (Gh @ G)
+    return max(0.0, -float(np.linalg.eigvalsh(schur).min()))
+
+
 def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray) -> np.ndarray:
     """``P`` from the stabilizing solution of the Riccati equation (module docstring, step 3)."""
     nx = sys.ss.nx
@@ -80,7 +103,7 @@ def _pack(v: Variable, value) -> np.ndarray:
     return np.asarray(value, dtype=float)[np.triu_indices(v.n)]
 
 
-def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-9) -> Solution:
+def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> Solution:
     """The solver's point with every storage ``P`` filled in (and ``rho``, ``L``, ``X`` raised as needed).
 
     ``solution.rho`` stays the solver's value, so the certificate's inflation shows the whole cost.
@@ -103,19 +126,22 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-9) -> So
             point.vars[link.lam.name] = point.vars[link.lam.name] + t_next / 2
             lam = point.vars[link.lam.name]
         X_out = point.weight(link.w_out)
-        hmax2 = float(np.max(np.linalg.norm(frequency_response(sys.ss, fine), 2, axis=(1, 2)))) ** 2
+        H = frequency_response(sys.ss, fine)
         e = 0.0
         P = None
         for attempt in range(6):
             X_in = point.weight(link.w_in)
             scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
-            v = max(0.0, -phi_min_eigenvalue(sys, lam, X_in, X_out, fine)) + margin * scale * 10.0**attempt
-            shift = v
-            if lam is not None:  # Phi + v [[2ab H*H, -(a+b) H*], [., 2I]] + diag(e I, 0) >= Phi + v I
-                a, b = sys.slope
-                point.vars[link.lam.name] = point.vars[link.lam.name] + v
+            tiny = margin * scale * 10.0**attempt
+            # the multiplier shift eta that needs the least input shift (only the latter costs bound)
+            v = max(0.0, -phi_min_eigenvalue(sys, lam, X_in, X_out, fine)) + tiny
+            etas = [0.0] if lam is None else [0.0] + [v * 4.0**j for j in range(6)]
+            shifts = [input_shift(sys, None if lam is None else lam + eta, X_in, X_out, H) for eta in etas]
+            best = int(np.argmin(shifts))
+            if lam is not None:
+                point.vars[link.lam.name] = point.vars[link.lam.name] + etas[best]
                 lam = point.vars[link.lam.name]
-                shift += v * (a * a + b * b) * hmax2
+            shift = shifts[best] + tiny
             point.shift_weight(link.w_in, shift)
             e += shift
             try:
