@@ -149,3 +149,20 @@ def test_inverse_weight_form_is_exact_and_small(seed, pool):
     bounds = [certify(s, solve(s)) for s in (small, big)]
     assert all(c.verified for c in bounds)
     assert abs(bounds[0].lipschitz - bounds[1].lipschitz) <= 1e-6 * bounds[1].lipschitz
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", [0, 1])
+def test_linear_conv_feeding_a_flatten(seed):
+    """conv -> ReLU -> conv (no activation) -> flatten -> dense: the linear layer's output weight is
+    X (x) I_N, written as sum_t T_t' X T_t; the bound lies between LipSDP-Neuron and the H-infinity product."""
+    from lipdsl.api import solve_network
+    from lipdsl.baselines import lipsdp, naive_hinf
+
+    rng = np.random.default_rng(seed)
+    b = Builder(1, 12).conv(rng.normal(size=(3, 1, 3)), padding="causal").act("relu")
+    b = b.conv(rng.normal(size=(2, 3, 3)) / 2, padding="same").flatten()
+    net = b.dense(rng.normal(size=(4, b.shape.size)) / 4).act("relu").dense(rng.normal(size=(2, 4))).build()
+    cert = solve_network(net).certificate
+    assert cert.verified
+    assert lipsdp(net, "neuron").bound * (1 - 1e-6) <= cert.lipschitz <= naive_hinf(net) * (1 + 1e-9)
