@@ -17,6 +17,7 @@ status 'unknown' and handed to the certificate check, which either proves a boun
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -73,7 +74,11 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
         U, V = f.U.tocsc()[:, keep], f.V.tocsc()[:, keep]
         coef, col = f.coef[keep], f.col[keep]
         agg = sp.csr_matrix((coef, (col, np.arange(len(keep)))), shape=(n, len(keep)))
-        blocks.append((m, dense_cols, F, (U, V, coef, col, agg) if len(keep) else None))
+        Rk = len(keep)
+        # very sparse terms (unit vectors of a weight X (x) I): Gram matrices of S = rti rti' beat rti' U
+        # (scipy.sparse costs ~0.1 ms a product: not worth it for small blocks)
+        gram = os.environ.get("NOGRAM") is None and m >= 32 and 2 * m**3 + (U.nnz + V.nnz) * (m + Rk) + 4 * Rk**2 < m * m * Rk + m * Rk**2
+        blocks.append((m, dense_cols, F, (U, V, coef, col, agg, gram) if Rk else None))
 
     def factor(W):
         di = np.asarray(W["di"]).ravel()
@@ -87,8 +92,22 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
                 Ft = R.T @ F @ R  # rti' F_k rti for every dense k (stacked matmul)
                 Fv = Ft.reshape(len(cols), -1)
                 H[np.ix_(cols, cols)] += Fv @ Fv.T
+            if fac is not None and fac[5]:  # Gram form: u~_r' u~_s = u_r' S u_s with S = rti rti'
+                U, V, coef, col, agg, _ = fac
+                S = R @ R.T
+                SU, SV = np.asarray(U.T @ S).T, np.asarray(V.T @ S).T  # S U, S V  (m x R)
+                AB = np.asarray(U.T @ SV)
+                T = 2.0 * (np.asarray(U.T @ SU) * np.asarray(V.T @ SV) + AB * AB.T)
+                H += np.asarray(agg @ (agg @ T.T).T)
+                if F is not None:  # H_kl = sum_{r in l} 2 c_r (S u_r)' F_k (S v_r)
+                    Q = np.einsum("ir,kir->kr", SU, F @ SV)
+                    cross = 2.0 * np.asarray((agg @ Q.T).T)
+                    H[cols, :] += cross
+                    H[:, cols] += cross.T
+                scaled.append((m, cols, Ft, ("gram", R, U, V, coef, col)))
+                continue
             if fac is not None:
-                U, V, coef, col, agg = fac
+                U, V, coef, col, agg, _ = fac
                 Ut = np.asarray((U.T @ R).T)  # rti' U  (m x R)
                 Vt = np.asarray((V.T @ R).T)
                 AB = Ut.T @ Vt
@@ -99,7 +118,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
                     cross = 2.0 * np.asarray((agg @ Q.T).T)  # (dense cols) x n
                     H[cols, :] += cross
                     H[:, cols] += cross.T
-            scaled.append((m, cols, Ft, None if fac is None else (Ut, Vt, fac[2], fac[3])))
+            scaled.append((m, cols, Ft, None if fac is None else ("factored", Ut, Vt, fac[2], fac[3])))
         try:
             cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
         except (np.linalg.LinAlgError, ValueError) as exc:
@@ -118,8 +137,12 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
                 B = np.tril(B) + np.tril(B, -1).T
                 if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
                     rhs[cols] -= np.einsum("kij,ij->k", Ft, B)
-                if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
-                    Ut, Vt, coef, col = fac
+                if fac is not None and fac[0] == "gram":  # = sum_r 2 c_r u_r' (rti B rti') v_r
+                    _, R, U, V, coef, col = fac
+                    BV = np.asarray(V.T @ (R @ B @ R.T)).T
+                    np.subtract.at(rhs, col, 2.0 * coef * np.asarray(U.multiply(BV).sum(axis=0)).ravel())
+                elif fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
+                    _, Ut, Vt, coef, col = fac
                     np.subtract.at(rhs, col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt))
                 at += m * m
             ux = scipy.linalg.cho_solve(cho, rhs)
@@ -130,13 +153,91 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             at = n_l
             for m, cols, Ft, fac in scaled:
                 M = np.zeros((m, m))
-                if fac is not None:
-                    Ut, Vt, coef, col = fac
+                if fac is not None and fac[0] == "gram":  # rti' (sum_r c_r x_r (u_r v_r' + v_r u_r')) rti
+                    _, R, U, V, coef, col = fac
+                    Fx = np.asarray((U @ sp.diags(coef * ux[col]) @ V.T).todense())
+                    M = R.T @ (Fx + Fx.T) @ R
+                elif fac is not None:
+                    _, Ut, Vt, coef, col = fac
                     M = (Ut * (coef * ux[col])) @ Vt.T
                     M = M + M.T
                 if Ft is not None:
                     M += np.einsum("k,kij->ji", ux[cols], Ft)
                 out[at : at + m * m] -= M.reshape(-1, order="F")
+                at += m * m
+            z[:] = cvxopt.matrix(out)
+
+        return solve
+
+    return factor
+
+
+def _gram_kkt(sdp, nonneg_idx: np.ndarray):
+    """A CVXOPT ``kktsolver`` for LMIs of many very sparse rank-two terms (the LipSDP baseline).
+
+    With ``S = rti rti'`` formed once per block (``O(m^3)``), the entries of ``H`` (module docstring) need
+    only the Gram matrices ``U'SU``, ``V'SV`` and ``U'SV``, which sparse products give in
+    ``O(m nnz(U) + R nnz(U))``, instead of the dense ``m x R`` factors ``rti' U`` (``O(m^2 R + m R^2)``).
+    Right-hand sides use ``<rti' F_k rti, B> = <F_k, rti B rti'>`` and ``rti' (sum_k x_k F_k) rti``.
+    Chosen by ``solve`` for a problem whose ``kkt`` attribute is ``"gram"``.
+    """
+    import cvxopt
+    from cvxopt import misc
+
+    n = sdp.n
+    n_l = len(nonneg_idx)
+    blocks = []
+    for lmi in sdp.lmis:
+        f = lmi.factored
+        agg = sp.csr_matrix((f.coef, (f.col, np.arange(len(f.col)))), shape=(n, len(f.col)))
+        blocks.append((lmi.size, f.U.tocsc(), f.V.tocsc(), f.coef, f.col, agg, lmi.G.tocsr()))
+
+    def factor(W):
+        di = np.asarray(W["di"]).ravel()
+        H = np.zeros((n, n))
+        np.add.at(H, (nonneg_idx, nonneg_idx), di**2)
+        scaled = []
+        for (m, U, V, coef, col, agg, G), rti in zip(blocks, W["rti"]):
+            R = np.asarray(rti)
+            S = R @ R.T
+            SU, SV = np.asarray(U.T @ S).T, np.asarray(V.T @ S).T
+            UV = np.asarray(U.T @ SV)
+            T = 2.0 * (np.asarray(U.T @ SU) * np.asarray(V.T @ SV) + UV * UV.T)
+            H += np.asarray(agg @ (agg @ T.T).T)
+            scaled.append((m, R, U, V, coef, col, G))
+        try:
+            cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
+        except np.linalg.LinAlgError:
+            # Free variables (a chordal split's separators) can make H singular to rounding near the optimum:
+            # one retry with a relative 1e-12 diagonal shift, then CVXOPT's 'singular KKT' ending.
+            H[np.diag_indices(n)] += 1e-12 * max(float(np.max(np.diag(H))), 1e-300)
+            try:
+                cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
+            except (np.linalg.LinAlgError, ValueError) as exc:
+                raise ArithmeticError("singular KKT matrix") from exc
+        except ValueError as exc:
+            raise ArithmeticError("singular KKT matrix") from exc
+
+        def solve(x, y, z):
+            w = cvxopt.matrix(z)
+            misc.scale(w, W, trans="T", inverse="I")
+            bt = np.asarray(w).ravel()
+            rhs = np.asarray(x).ravel().copy()
+            rhs[nonneg_idx] -= di * bt[:n_l]
+            at = n_l
+            for m, R, U, V, coef, col, _ in scaled:
+                B = bt[at : at + m * m].reshape(m, m, order="F")
+                B = np.tril(B) + np.tril(B, -1).T
+                BV = np.asarray(V.T @ (R @ B @ R.T)).T  # <rti' F_k rti, B> = sum 2 c_r u_r' (rti B rti') v_r
+                np.subtract.at(rhs, col, 2.0 * coef * np.asarray(U.multiply(BV).sum(axis=0)).ravel())
+                at += m * m
+            ux = scipy.linalg.cho_solve(cho, rhs)
+            x[:] = cvxopt.matrix(ux)
+            out = np.asarray(w).ravel() * -1.0
+            out[:n_l] -= di * ux[nonneg_idx]
+            at = n_l
+            for m, R, _, _, _, _, G in scaled:
+                out[at : at + m * m] -= (R.T @ (G @ ux).reshape(m, m, order="F") @ R).reshape(-1, order="F")
                 at += m * m
             z[:] = cvxopt.matrix(out)
 
@@ -200,7 +301,12 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
         "feastol": tol,
         "maxiters": max_iterations,
     }
-    kkt = _structured_kkt(sdp, nonneg_idx) if structured else "chol"
+    if not structured:
+        kkt = "chol"
+    elif getattr(sdp, "kkt", None) == "gram":  # the LipSDP baseline's problems (baselines.LipsdpProblem)
+        kkt = _gram_kkt(sdp, nonneg_idx)
+    else:
+        kkt = _structured_kkt(sdp, nonneg_idx)
     t0 = time.perf_counter()
     try:
         res = cvxopt.solvers.conelp(cvxopt.matrix(c), G, cvxopt.matrix(h), dims, kktsolver=kkt, options=opts)
