@@ -182,3 +182,63 @@ def test_ecg_naive():
     nv, nh = naive(net), naive_hinf(net)
     assert nv <= nh * (1 + 1e-9)
     assert nh < 1.01 * nv  # N = 128 is long: the Toeplitz norms are close to the H-infinity norms
+
+
+@pytest.mark.solver
+def test_structured_path_equals_picos_on_random_cnns():
+    """The default path (lipdsl's CVXOPT driver, Gram KKT, chordal split if forced) gives PICOS's optimum."""
+    rng = np.random.default_rng(77)
+    for i in range(4):
+        net = random_cnn(rng, activation="relu")
+        for mode in ("neuron", "layer"):
+            ref = lipsdp(net, mode, solver="picos-cvxopt")
+            for chordal in (False, True):
+                fast = lipsdp(net, mode, chordal=chordal)
+                assert fast.status == "verified" and fast.max_eig <= 0, (i, mode, chordal)
+                assert fast.bound == pytest.approx(ref.bound, rel=1e-6), (i, mode, chordal)
+
+
+@pytest.mark.solver
+def test_chordal_split_of_a_fully_conv_net():
+    """A fully convolutional net splits into several clique LMIs; the certified bound is the unsplit one's."""
+    rng = np.random.default_rng(3)
+    b = Builder(1, 24)
+    for c_in, c_out in [(1, 3), (3, 4)]:
+        b.conv(rng.standard_normal((c_out, c_in, 3)), padding="causal").act("relu")
+    net = b.conv(rng.standard_normal((2, 4, 3)), padding="causal").build()
+    split, whole = lipsdp(net, chordal=True), lipsdp(net, chordal=False)
+    assert len(split.blocks) >= 2 and max(split.blocks) < split.lmi_size and whole.blocks == (whole.lmi_size,)
+    assert split.bound == pytest.approx(whole.bound, rel=1e-6)
+
+
+def test_chordal_split_is_exact_algebra():
+    """sum_k P_k' A_k(x) P_k = A(x) for any x (the separators' Z cancel), and every clique is in the chain."""
+    from lipdsl import chordal
+    from lipdsl.baselines import _lipsdp_data, _lipsdp_terms
+
+    rng = np.random.default_rng(5)
+    b = Builder(2, 20).conv(rng.standard_normal((3, 2, 3)), padding="causal").act("relu")
+    net = b.conv(rng.standard_normal((2, 3, 2)), padding="causal").act("relu").flatten() \
+        .dense(rng.standard_normal((3, 40))).build()
+    mats, slopes, out, _ = _lipsdp_data(net, None)
+    N, F0, terms, n_vars, lifted = _lipsdp_terms(mats, slopes, out, "neuron")
+    assert lifted  # 3 x 40 output map: lifted into 3 rows
+    A = chordal.pattern(N, F0, terms)
+    chain = chordal.chain_cliques(A, n_vars, widths=[20])
+    chain, blocks, n_total = chordal.decompose(N, F0, terms, n_vars, chain)
+    assert len(blocks) >= 2 and n_total == n_vars + chain.overlap_variables()
+    x = rng.standard_normal(n_total)
+
+    def value(F0, terms, size):
+        M = F0.copy()
+        for col, ai, av, bi, bv, c in terms:
+            u, v = np.zeros(size), np.zeros(size)
+            np.add.at(u, ai, av)
+            np.add.at(v, bi, bv)
+            M += x[col] * c * (np.outer(u, v) + np.outer(v, u))
+        return M
+
+    total = np.zeros((N, N))
+    for rows, F0k, tk in blocks:
+        total[np.ix_(rows, rows)] += value(F0k, tk, len(rows))
+    np.testing.assert_allclose(total, value(F0, terms, N), atol=1e-12)
