@@ -67,9 +67,26 @@ def test_maxpool_refused_for_lipsdp_with_no_number():
 
 
 def test_size_guard_skips_large_lipsdp():
-    _, net = load_network(str(SPECS / "ecg.lip"))
+    rng = np.random.default_rng(0)
+    net = (Builder(1, 150).conv(rng.standard_normal((4, 1, 3)), padding="causal").act("relu")
+           .conv(rng.standard_normal((4, 4, 3)), padding="causal").act("relu").flatten()
+           .dense(rng.standard_normal((2, 600))).build())
     r = run_method(net, "lipsdp-neuron")
-    assert r.status == "skipped" and r.bound is None and r.lmi_rows == 636 and "--force" in r.note
+    assert r.status == "skipped" and r.bound is None and r.lmi_rows == 1350 and "--force" in r.note
+
+
+@pytest.mark.slow
+@pytest.mark.solver
+def test_compare_ecg_json_has_lipsdp_bounds():
+    """ECG (a 641-row LipSDP LMI, unsplit: its dense layer joins every clique): both LipSDP bounds, certified
+    and ordered (about two minutes on one core)."""
+    res = run("compare", "--json", "--lower-starts", "2", "--time-budget", "3", str(SPECS / "ecg.lip"))
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    b = {m["method"]: m for m in data["methods"]}
+    assert all(b[m]["status"] == "verified LMI" for m in ("lipsdp-neuron", "lipsdp-layer"))
+    assert b["lipsdp-neuron"]["bound"] <= b["lipsdp-layer"]["bound"] <= b["naive"]["bound"]
+    assert b["lipsdp-neuron"]["bound"] <= b["dissipative"]["bound"] and data["ordering_violations"] == []
 
 
 def test_compare_cli_text_refusal_and_table():
