@@ -17,7 +17,6 @@ status 'unknown' and handed to the certificate check, which either proves a boun
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -74,11 +73,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
         U, V = f.U.tocsc()[:, keep], f.V.tocsc()[:, keep]
         coef, col = f.coef[keep], f.col[keep]
         agg = sp.csr_matrix((coef, (col, np.arange(len(keep)))), shape=(n, len(keep)))
-        Rk = len(keep)
-        # very sparse terms (unit vectors of a weight X (x) I): Gram matrices of S = rti rti' beat rti' U
-        # (scipy.sparse costs ~0.1 ms a product: not worth it for small blocks)
-        gram = os.environ.get("NOGRAM") is None and m >= 32 and 2 * m**3 + (U.nnz + V.nnz) * (m + Rk) + 4 * Rk**2 < m * m * Rk + m * Rk**2
-        blocks.append((m, dense_cols, F, (U, V, coef, col, agg, gram) if Rk else None))
+        blocks.append((m, dense_cols, F, (U, V, coef, col, agg) if len(keep) else None))
 
     def factor(W):
         di = np.asarray(W["di"]).ravel()
@@ -92,22 +87,8 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
                 Ft = R.T @ F @ R  # rti' F_k rti for every dense k (stacked matmul)
                 Fv = Ft.reshape(len(cols), -1)
                 H[np.ix_(cols, cols)] += Fv @ Fv.T
-            if fac is not None and fac[5]:  # Gram form: u~_r' u~_s = u_r' S u_s with S = rti rti'
-                U, V, coef, col, agg, _ = fac
-                S = R @ R.T
-                SU, SV = np.asarray(U.T @ S).T, np.asarray(V.T @ S).T  # S U, S V  (m x R)
-                AB = np.asarray(U.T @ SV)
-                T = 2.0 * (np.asarray(U.T @ SU) * np.asarray(V.T @ SV) + AB * AB.T)
-                H += np.asarray(agg @ (agg @ T.T).T)
-                if F is not None:  # H_kl = sum_{r in l} 2 c_r (S u_r)' F_k (S v_r)
-                    Q = np.einsum("ir,kir->kr", SU, F @ SV)
-                    cross = 2.0 * np.asarray((agg @ Q.T).T)
-                    H[cols, :] += cross
-                    H[:, cols] += cross.T
-                scaled.append((m, cols, Ft, ("gram", R, U, V, coef, col)))
-                continue
             if fac is not None:
-                U, V, coef, col, agg, _ = fac
+                U, V, coef, col, agg = fac
                 Ut = np.asarray((U.T @ R).T)  # rti' U  (m x R)
                 Vt = np.asarray((V.T @ R).T)
                 AB = Ut.T @ Vt
@@ -118,7 +99,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
                     cross = 2.0 * np.asarray((agg @ Q.T).T)  # (dense cols) x n
                     H[cols, :] += cross
                     H[:, cols] += cross.T
-            scaled.append((m, cols, Ft, None if fac is None else ("factored", Ut, Vt, fac[2], fac[3])))
+            scaled.append((m, cols, Ft, None if fac is None else (Ut, Vt, fac[2], fac[3])))
         try:
             cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
         except (np.linalg.LinAlgError, ValueError) as exc:
@@ -137,12 +118,8 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
                 B = np.tril(B) + np.tril(B, -1).T
                 if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
                     rhs[cols] -= np.einsum("kij,ij->k", Ft, B)
-                if fac is not None and fac[0] == "gram":  # = sum_r 2 c_r u_r' (rti B rti') v_r
-                    _, R, U, V, coef, col = fac
-                    BV = np.asarray(V.T @ (R @ B @ R.T)).T
-                    np.subtract.at(rhs, col, 2.0 * coef * np.asarray(U.multiply(BV).sum(axis=0)).ravel())
-                elif fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
-                    _, Ut, Vt, coef, col = fac
+                if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
+                    Ut, Vt, coef, col = fac
                     np.subtract.at(rhs, col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt))
                 at += m * m
             ux = scipy.linalg.cho_solve(cho, rhs)
@@ -153,12 +130,8 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             at = n_l
             for m, cols, Ft, fac in scaled:
                 M = np.zeros((m, m))
-                if fac is not None and fac[0] == "gram":  # rti' (sum_r c_r x_r (u_r v_r' + v_r u_r')) rti
-                    _, R, U, V, coef, col = fac
-                    Fx = np.asarray((U @ sp.diags(coef * ux[col]) @ V.T).todense())
-                    M = R.T @ (Fx + Fx.T) @ R
-                elif fac is not None:
-                    _, Ut, Vt, coef, col = fac
+                if fac is not None:
+                    Ut, Vt, coef, col = fac
                     M = (Ut * (coef * ux[col])) @ Vt.T
                     M = M + M.T
                 if Ft is not None:
