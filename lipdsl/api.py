@@ -59,8 +59,8 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     ``nx (nx+1)/2`` per P, one lambda per activated output, an output weight X (``ny (ny+1)/2``) between
     layers. With ``lift = b`` signals carry ``b`` samples per step (an upper estimate: strides shrink b).
     These are the direct forms; the inverse forms of ``sdp`` (a flatten head) can only be smaller. With
-    ``frequencies`` the conv layers' P are not solver variables and their LMIs are the frequency-domain
-    ones (``2 (n_u + n_y)`` rows; an upper estimate: ``P >= 0`` layers keep their P).
+    ``frequencies`` the P of conv layers with ``nx >= n_u + n_y`` (and no ``P >= 0`` constraint) are not
+    solver variables and their LMIs are the frequency-domain ones (``2 (n_u + n_y)`` rows), as in ``sdp``.
     """
     layers = list(net.layers)
     best = (0, "", "")
@@ -86,7 +86,8 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
                 act, i = True, i + 1
             size = nx + nu + (ny if act else 0)
             detail = f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else "")
-            if frequencies is not None and nx:
+            psd = act and layers[i].alpha * layers[i].beta > 0  # (P >= 0 needed: the layer stays exact)
+            if frequencies is not None and nx and nx >= nu + ny and not psd:
                 size = 2 * (nu + (ny if act else 0))
                 detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
                 nx = 0

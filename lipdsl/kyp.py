@@ -106,7 +106,11 @@ def _pack(v: Variable, value) -> np.ndarray:
 def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> Solution:
     """The solver's point with every storage ``P`` filled in (and ``rho``, ``L``, ``X`` raised as needed).
 
-    ``solution.rho`` stays the solver's value, so the certificate's inflation shows the whole cost.
+    Every system is treated the same way, from the last to the first (module docstring): the exact LMIs
+    too (a dense layer's ``Phi`` is its LMI, at one "frequency"; a conv layer solved with its P gets P
+    from the Riccati equation as well), so a raised output weight costs the least input shift everywhere.
+    Systems that need ``P >= 0`` are left to ``certify``. ``solution.rho`` stays the solver's value, so the
+    certificate's inflation shows the whole cost.
     """
     if not sdp.storage or solution.x is None:
         return solution
@@ -114,11 +118,10 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
     x[: sdp.n] = solution.x
     point = _Point(sdp, x)
     fine = frequency_grid(FINE_GRID)
-    storage = {v.name for v in sdp.storage}
     t_next = 0.0
     for link in reversed(sdp.links):
-        if link.P is None or link.P.name not in storage:
-            t_next = 0.0  # (an exact LMI whose output weight was raised: certify repairs it)
+        if link.needs_P_psd:
+            t_next = 0.0  # (its raised output weight is repaired by certify)
             continue
         sys = link.system
         lam = None
@@ -126,7 +129,8 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
             point.vars[link.lam.name] = point.vars[link.lam.name] + t_next / 2
             lam = point.vars[link.lam.name]
         X_out = point.weight(link.w_out)
-        H = frequency_response(sys.ss, fine)
+        grid = fine if sys.ss.nx else np.zeros(1)
+        H = frequency_response(sys.ss, grid)
         e = 0.0
         P = None
         for attempt in range(6):
@@ -134,7 +138,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
             scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
             tiny = margin * scale * 10.0**attempt
             # the multiplier shift eta that needs the least input shift (only the latter costs bound)
-            v = max(0.0, -phi_min_eigenvalue(sys, lam, X_in, X_out, fine)) + tiny
+            v = max(0.0, -phi_min_eigenvalue(sys, lam, X_in, X_out, grid)) + tiny
             etas = [0.0] if lam is None else [0.0] + [v * 4.0**j for j in range(6)]
             shifts = [input_shift(sys, None if lam is None else lam + eta, X_in, X_out, H) for eta in etas]
             best = int(np.argmin(shifts))
@@ -144,6 +148,8 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
             shift = shifts[best] + tiny
             point.shift_weight(link.w_in, shift)
             e += shift
+            if not sys.ss.nx:
+                break
             try:
                 P = storage_matrix(sys, lam, point.weight(link.w_in), X_out)
             except (np.linalg.LinAlgError, ValueError):
@@ -151,9 +157,8 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
                 continue
             if np.all(np.isfinite(P)):
                 break
-        if P is None:
-            P = np.zeros((sys.ss.nx, sys.ss.nx))  # certify will refuse rather than guess
-        point.vars[link.P.name] = P
+        if sys.ss.nx:
+            point.vars[link.P.name] = P if P is not None else np.zeros((sys.ss.nx, sys.ss.nx))
         t_next = e
     out = np.zeros(sdp.n_total)
     for v in sdp.variables:

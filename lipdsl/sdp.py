@@ -460,8 +460,9 @@ def _factor(E: np.ndarray) -> np.ndarray:
 def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | None = None) -> Sdp:
     """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs).
 
-    ``frequencies``: replace each conv system's LMI by its frequency-domain form on that many frequencies
-    (no ``P`` among the solver's variables; ``P`` is recovered afterwards, see ``lipdsl.kyp``).
+    ``frequencies``: replace the LMI of each conv system with at least as many states as inputs and
+    outputs together by its frequency-domain form on that many frequencies (no ``P`` among the solver's
+    variables; ``P`` is recovered afterwards, see ``lipdsl.kyp``).
     """
     steps = list(net.steps)
     systems = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
@@ -560,7 +561,8 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         else:
             w_out = Weight("const", ny, constant=np.eye(ny))
         needs_P_psd = sys.ss.nx > 0 and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
-        gridded = frequencies is not None and sys.ss.nx > 0 and not needs_P_psd
+        # (a small P, e.g. of a first layer with one input channel, is cheaper than K frequency LMIs)
+        gridded = frequencies is not None and sys.ss.nx >= sys.ss.nu + sys.ss.ny and not needs_P_psd
         P = None
         if sys.ss.nx and not gridded:
             P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric")
