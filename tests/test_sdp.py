@@ -155,7 +155,7 @@ def test_inverse_weight_form_is_exact_and_small(seed, pool):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_linear_conv_feeding_a_flatten(seed):
     """conv -> ReLU -> conv (no activation) -> flatten -> dense: the linear layer's output weight is
-    X (x) I_N, written as sum_t T_t' X T_t; the bound lies between LipSDP-Neuron and the H-infinity product."""
+    X (x) I_N, written as sum_t T_t' X T_t; the bound lies between LipSDP-Neuron and the H-inf product."""
     from lipdsl.api import solve_network
     from lipdsl.baselines import lipsdp, naive_hinf
 
