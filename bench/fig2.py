@@ -7,9 +7,12 @@ Right: the deep CNN 1x128 -> conv k3 causal ReLU -> avgpool 2 -> conv k3 ReLU ->
 dense 5, channels [2,4], [4,8], ..., [12,24] (random weights, seed 0): bounds and times divided by the
 dissipative method's.
 
-LipSDP is one dense LMI of n0 + sum(hidden) rows on the unrolled net; its CVXOPT solve grows like rows^3.5.
-Each LipSDP solve is predicted from the ones measured before it (t = a rows^3.5, fitted per mode) and skipped
-with a printed note when the prediction exceeds --cap seconds or the remaining --budget.
+LipSDP is one LMI of n0 + sum(hidden) rows on the unrolled net, solved by lipdsl's CVXOPT driver (sparse Gram
+KKT solver) after an exact chordal split into clique LMIs where the net is banded in time (the fully conv net:
+540 rows at N = 60 -> four blocks of <= 158 rows; the deep CNNs' dense output layer is lifted into 5 rows
+shared by every clique). Each LipSDP solve is predicted from the ones measured before it (t = a rows^p,
+fitted per mode) and skipped with a printed note when the prediction exceeds --cap seconds or the remaining
+--budget.
 
     nice python bench/fig2.py                # 8-15 min on 2 shared cores; writes bench/out/fig2_*.png, .csv
     python bench/fig2.py --quick             # a smoke run (few N, two deep nets, no LipSDP above 200 rows)
@@ -43,7 +46,7 @@ PAPER = {  # normalised to the paper's method (its Fig. 2, middle/right) and its
     "lipsdp-neuron": "0.57-0.75", "lipsdp-layer": "0.70-0.91", "naive": "1.25-1.94", "time": "5-108x slower",
     "N60": {"dissipative": 140.3, "lipsdp-neuron": 135.9, "lipsdp-layer": 145.6, "naive": 191.9},
 }
-EXPONENT = 3.5  # LipSDP time ~ rows^3.5 (measured 90/180/270 rows: 1.5/10/47 s)
+EXPONENT = 3.0  # prior LipSDP time ~ rows^3 until three solves are measured (then fitted)
 
 
 def write_spec(directory: Path, name: str, text: str, weights: dict) -> Path:

@@ -180,15 +180,9 @@ def _gram_kkt(sdp, nonneg_idx: np.ndarray):
             scaled.append((m, R, U, V, coef, col, G))
         try:
             cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
-        except np.linalg.LinAlgError:
-            # Free variables (a chordal split's separators) can make H singular to rounding near the optimum:
-            # one retry with a relative 1e-12 diagonal shift, then CVXOPT's 'singular KKT' ending.
-            H[np.diag_indices(n)] += 1e-12 * max(float(np.max(np.diag(H))), 1e-300)
-            try:
-                cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
-            except (np.linalg.LinAlgError, ValueError) as exc:
-                raise ArithmeticError("singular KKT matrix") from exc
-        except ValueError as exc:
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            # Free variables (a chordal split's separators) make H singular to rounding near the optimum:
+            # CVXOPT then ends with 'singular KKT matrix' and its last iterate goes to the certificate check.
             raise ArithmeticError("singular KKT matrix") from exc
 
         def solve(x, y, z):
