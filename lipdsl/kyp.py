@@ -43,21 +43,23 @@ from .solve import Solution
 FINE_GRID = 2048
 
 
-def phi_min_eigenvalue(sys, lam, X_in: np.ndarray, X_out: np.ndarray, omegas: np.ndarray) -> float:
-    """``min_w lambda_min(Phi(w))`` over ``omegas`` (module docstring)."""
-    H = frequency_response(sys.ss, omegas)  # (K, ny, nu)
-    Hh = np.conj(np.transpose(H, (0, 2, 1)))
+def _h(H: np.ndarray) -> np.ndarray:
+    """Conjugate transpose of each matrix in a stack."""
+    return np.conj(np.transpose(H, (0, 2, 1)))
+
+
+def phi_min_eigenvalue(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> float:
+    """``min_w lambda_min(Phi(w))`` over the frequencies of ``H`` (``frequency_response``; module doc)."""
     if sys.slope is None:
-        Phi = X_in[None] - Hh @ X_out @ H
+        Phi = X_in[None] - _h(H) @ X_out @ H
     else:
         a, b = sys.slope
         L = np.diag(lam)
-        top = X_in[None] + 2 * a * b * (Hh @ L @ H)
-        cross = -(a + b) * (Hh @ L)
-        bottom = np.broadcast_to(2 * L - X_out, (len(omegas),) + L.shape)
-        cross_h = np.conj(np.transpose(cross, (0, 2, 1)))
+        top = X_in[None] + 2 * a * b * (_h(H) @ L @ H)
+        cross = -(a + b) * (_h(H) @ L)
+        bottom = np.broadcast_to(2 * L - X_out, (len(H),) + L.shape)
         Phi = np.concatenate([np.concatenate([top, cross], axis=2),
-                              np.concatenate([cross_h, bottom], axis=2)], axis=1)
+                              np.concatenate([_h(cross), bottom], axis=2)], axis=1)
     return float(np.linalg.eigvalsh(Phi).min())
 
 
@@ -65,9 +67,8 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) ->
     """The least ``e >= 0`` with ``Phi(w) + diag(e I, 0) >= 0`` at the frequencies of ``H`` (``inf`` when
     ``2L - X_out`` is not positive definite): by a Schur complement on that block,
     ``e = max(0, -min_w lambda_min(X_in + 2ab H*LH - (a+b)^2 H*L (2L - X_out)^-1 LH))``."""
-    Hh = np.conj(np.transpose(H, (0, 2, 1)))
     if sys.slope is None:
-        schur = X_in[None] - Hh @ X_out @ H
+        schur = X_in[None] - _h(H) @ X_out @ H
     else:
         a, b = sys.slope
         L = np.diag(lam)
@@ -77,8 +78,7 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) ->
         except np.linalg.LinAlgError:
             return float("inf")
         G = np.linalg.solve(chol, L @ H)  # chol^-1 L H, so that H*L bottom^-1 LH = G*G
-        Gh = np.conj(np.transpose(G, (0, 2, 1)))
-        schur = X_in[None] + 2 * a * b * (Hh @ L @ H) - (a + b) ** 2 * (Gh @ G)
+        schur = X_in[None] + 2 * a * b * (_h(H) @ L @ H) - (a + b) ** 2 * (_h(G) @ G)
     return max(0.0, -float(np.linalg.eigvalsh(schur).min()))
 
 
@@ -138,7 +138,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
             scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
             tiny = margin * scale * 10.0**attempt
             # the multiplier shift eta that needs the least input shift (only the latter costs bound)
-            v = max(0.0, -phi_min_eigenvalue(sys, lam, X_in, X_out, grid)) + tiny
+            v = max(0.0, -phi_min_eigenvalue(sys, lam, X_in, X_out, H)) + tiny
             etas = [0.0] if lam is None else [0.0] + [v * 4.0**j for j in range(6)]
             shifts = [input_shift(sys, None if lam is None else lam + eta, X_in, X_out, H) for eta in etas]
             best = int(np.argmin(shifts))

@@ -98,7 +98,8 @@ def test_recovery_closes_the_gaps_between_the_grid_frequencies():
     fine = frequency_grid(512)
     link = next(lk for lk in gridded.links if lk.P in gridded.storage)
     lam = point.vars[link.lam.name]
-    before = phi_min_eigenvalue(link.system, lam, point.weight(link.w_in), point.weight(link.w_out), fine)
+    H = frequency_response(link.system.ss, fine)
+    before = phi_min_eigenvalue(link.system, lam, point.weight(link.w_in), point.weight(link.w_out), H)
     assert before < 0
     cert = certify(gridded, recover_storage(gridded, sol))
     assert cert.verified and cert.lipschitz > cert.lipschitz_solver
