@@ -78,7 +78,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
     def factor(W):
         di = np.asarray(W["di"]).ravel()
         H = np.zeros((n, n))
-        np.add.at(H, (nonneg_idx, nonneg_idx), di**2)
+        H[nonneg_idx, nonneg_idx] += di**2  # (distinct indices)
         scaled = []
         for (m, cols, F, fac), rti in zip(blocks, W["rti"]):
             R = np.asarray(rti)
@@ -106,27 +106,27 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             raise ArithmeticError("singular KKT matrix") from exc
 
         def solve(x, y, z):
-            # bt = W^-T bz (lower triangles meaningful in each 's' block)
-            w = cvxopt.matrix(z)
-            misc.scale(w, W, trans="T", inverse="I")
-            bt = np.asarray(w).ravel()
-            rhs = np.asarray(x).ravel().copy()
+            # bt = W^-T bz (lower triangles meaningful in each 's' block); z is overwritten below anyway
+            misc.scale(z, W, trans="T", inverse="I")
+            bt = np.array(z).ravel()
+            rhs = np.array(x).ravel()
             rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
             at = n_l
             for m, cols, Ft, fac in scaled:
                 B = bt[at : at + m * m].reshape(m, m, order="F")
-                B = np.tril(B) + np.tril(B, -1).T
+                B = np.tril(B)
+                B = B + B.T - np.diag(np.diag(B))
                 if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
                     rhs[cols] -= np.einsum("kij,ij->k", Ft, B)
                 if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
                     Ut, Vt, coef, col = fac
-                    np.subtract.at(rhs, col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt))
+                    rhs -= np.bincount(col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt), minlength=n)
                 at += m * m
             ux = scipy.linalg.cho_solve(cho, rhs)
             x[:] = cvxopt.matrix(ux)
             # W uz = W^-T (G ux - bz) = W^-T G ux - bt
-            out = np.asarray(w).ravel() * -1.0
-            out[:n_l] += -di * np.bincount(np.arange(n_l), weights=ux[nonneg_idx], minlength=n_l)
+            out = -bt
+            out[:n_l] -= di * ux[nonneg_idx]
             at = n_l
             for m, cols, Ft, fac in scaled:
                 M = np.zeros((m, m))
