@@ -34,6 +34,10 @@ MAX_VARIABLES = 20000
 #: most this much relative to the solver's own value (a nearly feasible point; e.g. CVXOPT ending on a
 #: singular KKT matrix after reaching its tolerance), or with ``accept_unconverged``.
 UNCONVERGED_INFLATION = 1e-3
+#: ... or if the solver stopped with relative gap and residuals within this many times ``tol`` (the point is
+#: then as good as an 'optimal' one; with ``--frequencies`` the repair also pays for the frequency grid, so
+#: the inflation test alone would reject converged solves).
+NEAR_OPTIMAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,7 @@ def solve_network(
         cert.verified
         and not accept_unconverged
         and not converged(sol.claimed_status)
+        and not sol.near_optimal(NEAR_OPTIMAL * tol)
         and not (cert.inflation is not None and cert.inflation <= UNCONVERGED_INFLATION)
     ):
         err = SolveError(

@@ -62,6 +62,8 @@ def to_json(result: Result) -> dict:
         "claimed_status": sol.claimed_status,
         "solver": sol.solver,
         "iterations": sol.iterations,
+        "relative_gap": sol.relative_gap,
+        "residual": sol.residual,
         "reason": cert.reason or None,
         "any_length": net.any_length,
         "valid_for": result.validity,

@@ -41,6 +41,15 @@ class Solution:
     seconds: float
     iterations: int | None = None
     log: tuple[str, ...] = field(default=())
+    #: where the solver stopped: relative duality gap and the larger of the primal/dual residuals (CVXOPT)
+    relative_gap: float | None = None
+    residual: float | None = None
+
+    def near_optimal(self, tol: float) -> bool:
+        """Stopped without claiming optimality (e.g. CVXOPT's singular KKT ending) but within ``tol`` on the
+        relative gap and the residuals: as good as converged, whatever the status says."""
+        return (self.relative_gap is not None and self.residual is not None
+                and abs(self.relative_gap) <= tol and self.residual <= tol)
 
 
 def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
@@ -292,7 +301,13 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
         )
     x = None if res["x"] is None else np.asarray(res["x"]).ravel()
     rho = None if x is None else float(x[sdp.rho.offset])
-    return Solution(res["status"], rho, x, "cvxopt", seconds, res.get("iterations"))
+    gap = res.get("relative gap")
+    if gap is None and res.get("gap") is not None and rho:  # (CVXOPT leaves it None when an objective <= 0)
+        gap = float(res["gap"]) / abs(rho)
+    residuals = [res.get("primal infeasibility"), res.get("dual infeasibility")]
+    residual = None if any(r is None for r in residuals) else float(max(residuals))
+    return Solution(res["status"], rho, x, "cvxopt", seconds, res.get("iterations"),
+                    relative_gap=None if gap is None else float(gap), residual=residual)
 
 
 def _solve_picos(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verbose: bool) -> Solution:
