@@ -22,7 +22,7 @@ from .certify import Certificate, certify
 from .errors import LimitError, SolveError
 from .lower import lower
 from .lowered import Network as LoweredNetwork
-from .sdp import Sdp, Variable, build_sdp
+from .sdp import Sdp, Variable, build_sdp, in_frequency_form
 from .solve import Solution, converged, solve
 
 #: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
@@ -90,8 +90,8 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
                 act, i = True, i + 1
             size = nx + nu + (ny if act else 0)
             detail = f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else "")
-            psd = act and layers[i].alpha * layers[i].beta > 0  # (P >= 0 needed: the layer stays exact)
-            if frequencies is not None and nx and nx >= nu + ny and not psd:
+            slope = (layers[i].alpha, layers[i].beta) if act else None
+            if frequencies is not None and in_frequency_form(nx, nu, ny, slope):
                 size = 2 * (nu + (ny if act else 0))
                 detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
                 nx = 0

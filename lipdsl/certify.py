@@ -144,6 +144,21 @@ class _Point:
                 val = np.diag(np.maximum(np.diag(val), 0.0))
             self.vars[v.name] = np.array(val, dtype=float)
 
+    def vector(self, sdp: Sdp) -> np.ndarray:
+        """The point as a decision vector of ``sdp`` (``Y = X^-1`` and ``M = Lambda^-1`` mapped back)."""
+        x = np.zeros(sdp.n_total)
+        for v in sdp.variables:
+            if v.role == "rho":
+                x[v.slice] = self.rho
+                continue
+            val = self.vars[v.name]
+            if v.role == "Xinv":
+                val = np.linalg.inv(val)
+            elif v.role == "lambdainv":
+                val = 1.0 / val
+            x[v.slice] = v.pack(val)
+        return x
+
     def weight(self, w: Weight) -> np.ndarray:
         if w.kind == "const":
             return w.constant

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.linalg
 
 from .certify import _Point, system_matrix
-from .sdp import Sdp, Variable, frequency_grid, frequency_response
+from .sdp import Sdp, frequency_grid, frequency_response
 from .solve import Solution
 
 #: Frequencies of the check in step 2 (the entries of ``Phi`` are trigonometric polynomials of degree
@@ -91,16 +91,6 @@ def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray) -> np.ndarray:
     B_[:, : sys.ss.nu] = sys.ss.B
     X = scipy.linalg.solve_discrete_are(sys.ss.A, B_, Q, R, s=S)
     return -(X + X.T) / 2
-
-
-def _pack(v: Variable, value) -> np.ndarray:
-    if v.structure == "scalar":
-        return np.array([float(value)])
-    if v.structure == "vector":
-        return np.asarray(value, dtype=float)
-    if v.structure == "diagonal":
-        return np.diag(value).astype(float)
-    return np.asarray(value, dtype=float)[np.triu_indices(v.n)]
 
 
 def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> Solution:
@@ -160,15 +150,4 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
         if sys.ss.nx:
             point.vars[link.P.name] = P if P is not None else np.zeros((sys.ss.nx, sys.ss.nx))
         t_next = e
-    out = np.zeros(sdp.n_total)
-    for v in sdp.variables:
-        if v.role == "rho":
-            out[v.slice] = point.rho
-            continue
-        val = point.vars[v.name]
-        if v.role == "Xinv":
-            val = np.linalg.inv(val)
-        elif v.role == "lambdainv":
-            val = 1.0 / val
-        out[v.slice] = _pack(v, val)
-    return dataclasses.replace(solution, x=out)
+    return dataclasses.replace(solution, x=point.vector(sdp))

@@ -81,6 +81,16 @@ class Variable:
         M[iu] = v
         return M + np.triu(M, 1).T
 
+    def pack(self, value) -> np.ndarray:
+        """The entries of ``x[self.slice]`` that ``value`` returns ``value`` for (its inverse)."""
+        if self.structure == "scalar":
+            return np.array([float(value)])
+        if self.structure == "vector":
+            return np.asarray(value, dtype=float)
+        if self.structure == "diagonal":
+            return np.diag(value).astype(float)
+        return np.asarray(value, dtype=float)[np.triu_indices(self.n)]
+
 
 @dataclass(frozen=True)
 class Weight:
@@ -151,7 +161,6 @@ class Sdp:
     psd_weights: tuple[Variable, ...]  # X that must be >= 0 (pooled), with an explicit LMI in ``lmis``
     notes: tuple[str, ...] = field(default=())
     storage: tuple[Variable, ...] = field(default=())  # P left to ``kyp`` (frequency-domain LMIs instead)
-    frequencies: tuple[float, ...] = field(default=())
 
     @property
     def n(self) -> int:
@@ -415,6 +424,13 @@ def frequency_lmi_terms(b: _LmiBuilder, sys: lowered.System, H: np.ndarray, lam,
     system_lmi_terms(b, static, None, lam, _repeat_weight(w_in, r), _repeat_weight(w_out, r), inverse_out, r)
 
 
+def in_frequency_form(nx: int, nu: int, ny: int, slope: tuple[float, float] | None) -> bool:
+    """Whether ``build_sdp(frequencies=K)`` imposes a system's LMI in the frequency domain: it has a state,
+    at least as many states as inputs and outputs together (a small P, e.g. of a first layer with one
+    input channel, is cheaper than K frequency LMIs), and no ``P >= 0`` constraint (``alpha * beta > 0``)."""
+    return nx > 0 and nx >= nu + ny and not (slope is not None and slope[0] * slope[1] > 0)
+
+
 def frequency_grid(count: int) -> np.ndarray:
     """``count`` frequencies ``pi j / (count - 1)``, ``j = 0 .. count-1`` (both ends included)."""
     return np.pi * np.arange(count) / max(count - 1, 1)
@@ -561,8 +577,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         else:
             w_out = Weight("const", ny, constant=np.eye(ny))
         needs_P_psd = sys.ss.nx > 0 and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
-        # (a small P, e.g. of a first layer with one input channel, is cheaper than K frequency LMIs)
-        gridded = frequencies is not None and sys.ss.nx >= sys.ss.nu + sys.ss.ny and not needs_P_psd
+        gridded = frequencies is not None and in_frequency_form(sys.ss.nx, sys.ss.nu, sys.ss.ny, sys.slope)
         P = None
         if sys.ss.nx and not gridded:
             P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric")
@@ -602,27 +617,24 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             b = _LmiBuilder(ny, n_ref)
             final_inverse_terms(b, sys, link.w_in)
             blocks = [("outputs", ny)]
-        elif link.P in storage:  # the frequency-domain LMIs; the link keeps an empty stand-in of the LMI
-            H = frequency_response(sys.ss, omegas)
-            for w, Hw in zip(omegas, H):
-                real = w == 0 or w == np.pi
-                r = 1 if real else 2
-                fblocks = [("input", r * nu), ("output", r * ny if sys.slope is not None else 0),
-                           ("Y = X_out^-1", r * ny if inverse_out else 0)]
-                b = _LmiBuilder(sum(size for _, size in fblocks), n_ref)
-                frequency_lmi_terms(b, sys, Hw.real if real else Hw, link.lam, link.w_in, link.w_out,
-                                    inverse_out)
-                lmis.append(b.build(f"LMI[{sys.name}](w={w:.4g})", sys.name, [x for x in fblocks if x[1]]))
-            outputs = [("output", ny)] if sys.slope is not None else []
-            extra = [("Y = X_out^-1", ny)] if inverse_out else []
-            blocks = [("state", nx), ("input", nu)] + outputs + extra
-            b = _LmiBuilder(sum(size for _, size in blocks), n_ref)
         else:
             outputs = [("output", ny)] if sys.slope is not None else []
             extra = [("Y = X_out^-1", ny)] if inverse_out else []
             blocks = [("state", nx), ("input", nu)] + outputs + extra
             b = _LmiBuilder(sum(size for _, size in blocks), n_ref)
-            system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out)
+            if link.P not in storage:
+                system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out)
+            else:  # the frequency-domain LMIs; the link keeps the empty ``b`` as a stand-in of its LMI
+                H = frequency_response(sys.ss, omegas)
+                for w, Hw in zip(omegas, H):
+                    real = w == 0 or w == np.pi
+                    r = 1 if real else 2
+                    fblocks = [(lbl, r * s) for lbl, s in blocks[1:]]  # (input, output, Y rows) x r
+                    fb = _LmiBuilder(sum(size for _, size in fblocks), n_ref)
+                    frequency_lmi_terms(fb, sys, Hw.real if real else Hw, link.lam, link.w_in, link.w_out,
+                                        inverse_out)
+                    name = f"LMI[{sys.name}](w={w:.4g})"
+                    lmis.append(fb.build(name, sys.name, [x for x in fblocks if x[1]]))
         lmi = b.build(f"LMI[{sys.name}]", sys.name, [(lbl, s) for lbl, s in blocks if s])
         if link.P not in storage:
             lmis.append(lmi)
@@ -646,5 +658,4 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         tuple(psd_weights),
         tuple(notes),
         tuple(storage),
-        tuple(float(w) for w in omegas),
     )
