@@ -252,9 +252,8 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
             slope = (
                 "linear" if st.slope is None else f"{st.activation} slope [{st.slope[0]:g}, {st.slope[1]:g}]"
             )
-            what = {"conv": "causal FIR state space", "dense": "static map", "activation": "identity map"}[
-                st.kind
-            ]
+            what = {"conv": "causal FIR state space", "dense": "static map", "activation": "identity map",
+                    "pool": "causal FIR state space"}[st.kind]
             rows = ss.nx + ss.nu + (ss.ny if st.slope is not None else 0)
             table.add_row(
                 st.name,

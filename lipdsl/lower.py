@@ -12,6 +12,9 @@ A conv layer with PyTorch weight ``W`` (c_out, c_in, k), dilation ``d``, is the 
 
 Any padding, stride or cropping only selects samples of this causal output (run on the input followed by
 zeros), and dropping samples can only lower the left side of a dissipation inequality: the bound stays sound.
+An average pool with stride s < kernel is the same kind of filter read on blocks of s samples
+(``strided_fir``, ``avgpool_systems``): a linear system with input weight ``X (x) I_s``, merged with a linear
+conv before it or folded into a dense layer after a flatten, instead of the factor ``sqrt(ceil(k/s)/k)``.
 The symbolic form (``symbolic_state_space``) is for display and derivation; the numeric path fills the same
 block structure with numpy so that it stays fast for wide layers.
 """
@@ -19,6 +22,7 @@ block structure with numpy so that it stays fast for wide layers.
 from __future__ import annotations
 
 import math
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 
@@ -149,17 +153,164 @@ def pool_step(layer: typed.Pool) -> lowered.Pool:
     return lowered.Pool(layer.name, layer.op, gain, layer.op == "max", note)
 
 
+def overlapping_avgpool(layer) -> bool:
+    """Whether ``layer`` is an average pool whose windows overlap (stride < kernel): realized as an FIR."""
+    return isinstance(layer, typed.Pool) and layer.op == "avg" and layer.stride < layer.kernel
+
+
+def strided_fir(taps: np.ndarray, stride: int, delay: int) -> tuple[lowered.StateSpace, int]:
+    """Causal realization, on blocks of ``S = stride`` input samples, of the strided filter
+
+        o[t] = z[S t + delay],   z[n] = sum_q G_q u[n - q]   (taps ``G_q`` = ``taps[q]``, c_out x c_in),
+
+    with input blocks ``u~[tau] = (u[S tau + r])`` channel-major (index ``ch S + r``) and output
+    ``y~[tau] = o[tau - m0]``, ``m0 = max(0, ceil((delay - S + 1) / S))`` (the first block that holds the
+    newest sample of ``o[t]`` is ``t + m0``). Sample ``S (tau - m0) + delay - q`` lies ``b_q`` blocks back, at
+    position ``r_q`` in its block, so ``y~`` is a causal FIR in ``tau`` with block taps
+    ``K~_b[:, ch S + r] = sum_{q: (b_q, r_q) = (b, r)} G_q[:, ch]``, realized as in ``conv_state_space``
+    (``c_in S`` input channels, ``max b_q`` block taps of state). Returns the system and ``m0``: the first
+    ``m0`` outputs are extra (partial windows before the signal), every ``o[t]``, ``t >= 0``, is an output.
+    """
+    q_count, c_out, c_in = taps.shape
+    S = stride
+    m0 = max(0, -(-(delay - S + 1) // S))
+    rel = delay - S * m0 - np.arange(q_count)  # sample offset of tap q from S tau (<= S - 1)
+    back, pos = -(rel // S), rel % S
+    nb = int(back.max()) + 1
+    W = np.zeros((c_out, c_in * S, nb))  # PyTorch layout: W[:, :, nb-1-b] multiplies u~[tau - b]
+    for q in range(q_count):
+        W[:, np.arange(c_in) * S + pos[q], nb - 1 - back[q]] += taps[q]
+    return conv_state_space(W), m0
+
+
+def avgpool_fir(c: int, kernel: int, stride: int) -> lowered.StateSpace:
+    """An average pool (kernel k, stride s, c channels) at the pooled rate: ``strided_fir`` with taps
+    ``G_q = I/k`` (q < k) and ``delay = k-1`` (window ``[s t, s t + k - 1]`` ends at ``z[s t + k - 1]``).
+
+    Never looser than the factor ``sqrt(q/k)``, ``q = ceil(k/s)``: for ``X >= 0``, with ``n_j`` the number
+    of windows at or after block ``tau`` that contain sample ``j`` (<= q), the storage
+    ``V = sum_{j in state} (n_j / q) |u_j|^2_X`` (quadratic in the state, ``P = diag(n_j / q) (x) X >= 0``)
+    satisfies ``V(tau+1) - V(tau) <= |u~[tau]|^2_{X (x) I_s} - (1/q) sum_{j in window tau} |u_j|^2_X
+    <= |u~[tau]|^2_{X (x) I_s} - (k/q) |y~[tau]|^2_X`` (Jensen), i.e. the factor's certificate is a feasible
+    point of this system's LMI with ``X_out = (k/q) X``.
+    """
+    taps = np.broadcast_to(np.eye(c) / kernel, (kernel, c, c))
+    return strided_fir(np.array(taps), stride, kernel - 1)[0]
+
+
+def conv_avgpool_fir(conv: typed.Conv1d, pool: typed.Pool) -> lowered.StateSpace:
+    """A conv layer (no activation) followed by an average pool as one strided FIR on blocks of
+    ``S = s_conv s_pool`` input samples.
+
+    The conv's output ``t`` is its causal filter ``z_c[n] = sum_m K_m u[n-m]`` at ``n = s_c t + d1``,
+    ``d1 = k_e - 1 - pad_left`` (module docstring); the pool averages outputs ``s_p t .. s_p t + k - 1``, so
+
+        y[t] = (1/k) sum_j z_c[S t + s_c j + d1] = sum_q G_q u[S t + delay - q],
+        delay = d1 + s_c (k-1),   G_q = (1/k) sum_{j < k} K_{q - s_c (k-1-j)}.
+    """
+    W = dilated_kernel(np.asarray(conv.weight, dtype=float), conv.dilation)
+    ke = W.shape[2]
+    K = W[:, :, ::-1].transpose(2, 0, 1)  # K_m = W_e[:, :, k_e-1-m]
+    k, sc = pool.kernel, conv.stride
+    G = np.zeros((sc * (k - 1) + ke, conv.c_out, conv.c_in))
+    for j in range(k):
+        G[sc * (k - 1 - j) : sc * (k - 1 - j) + ke] += K / k
+    return strided_fir(G, sc * pool.stride, ke - 1 - conv.pad_left + sc * (k - 1))[0]
+
+
+def fold_avgpool_into_dense(pool: typed.Pool, flatten: typed.Flatten, dense: typed.Dense):
+    """``pool -> flatten -> dense W`` as ``flatten -> dense W (I_c (x) T)``: ``T`` (N' x N) the pool's
+    Toeplitz matrix, ``T[t, s t + j] = 1/k``; exact (channel-major flatten). Returns the new flatten and
+    dense."""
+    c, n, n_out = pool.in_shape.channels, int(pool.in_shape.length), int(pool.out_shape.length)
+    T = np.zeros((n_out, n))
+    for t in range(n_out):
+        T[t, pool.stride * t : pool.stride * t + pool.kernel] = 1.0 / pool.kernel
+    W = np.asarray(dense.weight, dtype=float).reshape(dense.n_out, c, n_out) @ T
+    flat = typed.Shape(c * n, None, True)
+    return (
+        dataclasses_replace(flatten, in_shape=pool.in_shape, out_shape=flat),
+        dataclasses_replace(dense, weight=W.reshape(dense.n_out, c * n), n_in=c * n, in_shape=flat,
+                            weight_expr=None),
+    )
+
+
+FOLD_LIMIT = 1024  # fold an overlapping pool into the dense layer after a flatten while c N stays this small
+MERGE_GROWTH = 2  # merge a conv with the pool after it while its LMI has at most this times the separate rows
+
+
+def avgpool_systems(layers: list, i: int, scale: bool):
+    """Lower an overlapping average pool at ``layers[i]`` (or a conv at ``layers[i]`` followed by one) without
+    the factor ``sqrt(ceil(k/s)/k)``; returns ``(steps, consumed, channels)`` or None if it does not apply.
+
+    Three constructs, each exact for the pooled samples (derivation: docs/method.md, "Overlapping average
+    pooling"):
+
+    - ``conv -> avgpool`` (no activation between): one strided FIR (``conv_avgpool_fir``), with the
+      activation after the pool, while its LMI has at most ``MERGE_GROWTH`` times the rows of the two
+      separate ones (a conv with many input channels before a large stride can grow it);
+    - ``avgpool -> flatten -> dense``: the pool's Toeplitz matrix folded into the dense layer
+      (``fold_avgpool_into_dense``; ``layers`` is updated in place), while ``c N <= FOLD_LIMIT``;
+    - else ``avgpool`` as a linear FIR system at the pooled rate (``avgpool_fir``), with the activation
+      after it if there is one.
+
+    The FIR systems read ``S`` input samples per step (``System.block_in = S``), so their input weight is
+    ``X (x) I_S``: ``sum_tau |u~[tau]|^2_{X (x) I_S} = sum_t |u[t]|^2_X`` and the previous system's
+    dissipation inequality chains exactly. Their first ``m0`` outputs are partial windows that the network
+    does not compute; they only add to the left side of the dissipation inequality (``X_out >= 0``).
+    """
+    layer = layers[i]
+    after = layers[i + 1] if i + 1 < len(layers) else None
+    if isinstance(layer, typed.Conv1d) and overlapping_avgpool(after):
+        conv, pool = layer, after
+        ss = conv_avgpool_fir(conv, pool)
+        S = conv.stride * pool.stride
+        ke = conv.dilation * (conv.kernel - 1) + 1
+        q = math.ceil(pool.kernel / pool.stride)
+        separate = ke * conv.c_in + q * pool.stride * conv.c_out
+        if ss.nx + ss.nu > MERGE_GROWTH * separate:
+            return None
+        act = layers[i + 2] if i + 2 < len(layers) and isinstance(layers[i + 2], typed.Activation) else None
+        note = (f"FIR k={conv.kernel}" + (f" d={conv.dilation}" if conv.dilation > 1 else "")
+                + (f" s={conv.stride}" if conv.stride > 1 else "")
+                + f" and avg pool k{pool.kernel} s{pool.stride} merged: one FIR on blocks of {S} samples "
+                f"(input weight X (x) I_{S}; overlapping windows exact, no factor sqrt({q}/{pool.kernel}))")
+        sys = make_system(conv, act, ss, "conv", note, scale, block_in=S)
+        sys = dataclasses_replace(sys, name="+".join((conv.name, pool.name) + ((act.name,) if act else ())),
+                                  layers=(conv.name, pool.name) + ((act.name,) if act else ()))
+        return [sys], 2 + (act is not None), conv.c_out
+    if not overlapping_avgpool(layer):
+        return None
+    pool = layer
+    c = pool.in_shape.channels
+    q = math.ceil(pool.kernel / pool.stride)
+    nxt2 = layers[i + 2] if i + 2 < len(layers) else None
+    if (isinstance(after, typed.Flatten) and isinstance(nxt2, typed.Dense)
+            and pool.in_shape.length is not None and c * pool.in_shape.length <= FOLD_LIMIT):
+        layers[i + 1], layers[i + 2] = fold_avgpool_into_dense(pool, after, nxt2)
+        note = (f"avg pool k{pool.kernel} s{pool.stride}: its Toeplitz map folded into dense {nxt2.name!r} "
+                f"after the flatten (exact, no factor sqrt({q}/{pool.kernel}))")
+        return [lowered.Pool(pool.name, "merged", 1.0, False, note)], 1, c
+    act = after if isinstance(after, typed.Activation) else None
+    note = (f"avg pool k{pool.kernel} s{pool.stride} as a linear FIR on blocks of {pool.stride} samples "
+            f"(input weight X (x) I_{pool.stride}; overlapping windows exact, no factor "
+            f"sqrt({q}/{pool.kernel}))")
+    ss = avgpool_fir(c, pool.kernel, pool.stride)
+    return [make_system(pool, act, ss, "pool", note, scale, block_in=pool.stride)], 1 + (act is not None), c
+
+
 def global_pool_step(name: str, n: int, note: str = "") -> lowered.Pool:
     """Global average pooling over ``n`` samples: ``|mean_t w_t|_X^2 <= (1/n) sum_t |w_t|_X^2``."""
     return lowered.Pool(name, "global_avg", 1.0 / math.sqrt(n), False,
                         f"global avg over {n} samples: factor 1/sqrt({n})" + note)
 
 
-def make_system(layer, act, ss: lowered.StateSpace, kind: str, note: str, scale: bool) -> lowered.System:
-    """A System for ``layer`` (conv, dense, or a lone activation) followed by ``act`` (or None), scaled.
+def make_system(layer, act, ss: lowered.StateSpace, kind: str, note: str, scale: bool,
+                block_in: int = 1) -> lowered.System:
+    """A System for ``layer`` (conv, dense, pool or a lone activation) followed by ``act`` (or None), scaled.
 
     ``scale``: divide the map by ``||[C D]||_2`` (recorded in ``System.scale``); an identity "activation"
-    (slope [1, 1]) makes the system linear.
+    (slope [1, 1]) makes the system linear. ``block_in``: samples per input step (``System.block_in``).
     """
     s = _scale_of(ss) if scale else 1.0
     names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
@@ -167,7 +318,8 @@ def make_system(layer, act, ss: lowered.StateSpace, kind: str, note: str, scale:
     if slope == (1.0, 1.0):
         slope = None
     return lowered.System(
-        "+".join(names), names, kind, _scaled(ss, s), s, slope, None if act is None else act.function, note
+        "+".join(names), names, kind, _scaled(ss, s), s, slope, None if act is None else act.function, note,
+        block_in,
     )
 
 
@@ -204,7 +356,7 @@ def _avgpool_block(c: int, b: int, s: int) -> np.ndarray:
     return P
 
 
-def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network:
+def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = True) -> lowered.Network:
     """``lower`` on blocks of ``lift`` samples (see ``lower``); average pools become exact linear maps."""
     from .errors import UnsupportedError
 
@@ -254,6 +406,15 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool) -> lowered.Network
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
+        fir = (avgpool_systems(layers, i, scale)
+               if pool_fir and b == 1 and flat_from is None and not layer.in_shape.flat else None)
+        if fir is not None:  # one sample per block again: overlapping average pools as at lift 1
+            flush()
+            new, consumed, c = fir
+            steps += new
+            factor *= new[0].scale if isinstance(new[0], lowered.System) else new[0].gain
+            i += consumed
+            continue
         if (
             isinstance(layer, (typed.Conv1d, typed.Activation))
             and flat_from is None
@@ -421,6 +582,7 @@ def lower(
     min_length: int | None = None,
     compress: bool = True,
     lift: int = 1,
+    pool_fir: bool = True,
 ) -> lowered.Network:
     """Group layers into systems (linear map + optional activation) and reshaping steps; realize each map.
 
@@ -430,6 +592,9 @@ def lower(
     with a multiplier each, average pools (kernel = stride) become exact linear maps merged into the next
     layer, and the bound tightens towards LipSDP-Neuron as ``lift`` grows. Needs causal convs, strides and
     pools that divide the block; other layers are refused with a hint to use ``lift = 1``.
+    ``pool_fir``: realize average pools with stride < kernel as linear FIR systems at the pooled rate,
+    merged with a conv before them or folded into a dense layer after a flatten (``avgpool_systems``);
+    False keeps the factor ``sqrt(ceil(k/s)/k)`` (``pool_step``), which is never tighter.
     ``compress``: shrink a wide dense first layer to its row space (``compress_input``; exact).
     ``min_length``: for an any-length input, the shortest input the bound must hold for; only a global
     average pool needs it (its factor ``1/sqrt(N)`` shrinks as N grows, so the bound holds for every longer
@@ -441,7 +606,7 @@ def lower(
         For a global average pool over a signal of unspecified length (the factor 1/sqrt(N) needs N).
     """
     if lift > 1 and not net.input_shape.flat:
-        return _lower_lifted(net, lift, scale)
+        return _lower_lifted(net, lift, scale, pool_fir)
     steps: list[lowered.Step] = []
     factor = 1.0
     layers = list(net.layers)
@@ -450,6 +615,13 @@ def lower(
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
+        fir = avgpool_systems(layers, i, scale) if pool_fir else None
+        if fir is not None:  # an overlapping average pool (with the conv before it): exact, no factor
+            new, consumed, _ = fir
+            steps += new
+            factor *= new[0].scale if isinstance(new[0], lowered.System) else new[0].gain
+            i += consumed
+            continue
         if isinstance(layer, (typed.Conv1d, typed.Dense, typed.Activation)):
             if isinstance(layer, typed.Conv1d):
                 ss, kind = conv_state_space(layer.weight, layer.dilation), "conv"

@@ -50,16 +50,20 @@ class System:
 
     ``ss`` is realized from the weights divided by ``scale`` (an exact rescaling, undone in the bound);
     ``slope`` is ``(alpha, beta)`` of the activation that follows, or None when the map is linear.
+    ``block_in``: the system reads its input signal in blocks of that many samples, channel-major (input
+    ``ch * block_in + r`` is sample ``block_in * tau + r`` of channel ``ch``), so its input weight is
+    ``X (x) I_block_in`` (an average pool with stride < kernel, realized at the pooled rate).
     """
 
     name: str
     layers: tuple[str, ...]
-    kind: str  # "conv", "dense" or "activation"
+    kind: str  # "conv", "dense", "activation" or "pool"
     ss: StateSpace
     scale: float
     slope: tuple[float, float] | None
     activation: str | None
     note: str = ""
+    block_in: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,10 @@ system (no activation) uses
 ``[[P - A'PA - C'X_out C, -A'PB - C'X_out D], [., X_in - B'PB - D'X_out D]] >= 0``.
 The chain starts with ``X_in = rho I`` and ends with ``X_out = I``; a flatten makes the next input weight
 ``X (x) I_N`` (channel-major); pooling keeps ``X`` (diagonal before max pooling, ``X >= 0`` explicitly where
-no later LMI implies it). When the last layer is a linear dense map after an activation, its constraint
-``X_{l-1} >= W'W`` is tight at the optimum, so ``X_{l-1} := W'W`` is substituted (method.md §8).
+no later LMI implies it); a system that reads its input in blocks of ``S`` samples (an overlapping average
+pool, ``System.block_in``) sees ``X (x) I_S``. When the last layer is a linear dense map after an
+activation, its constraint ``X_{l-1} >= W'W`` is tight at the optimum, so ``X_{l-1} := W'W`` is
+substituted (method.md §8).
 When the network ends in ``flatten -> linear dense W`` (m outputs from c x N), the constraint
 ``X (x) I_N - W'W >= 0`` (cN rows) is solved in the inverse ``Y = X^-1`` instead: it is equivalent to
 ``I_m - sum_t W_t Y W_t' >= 0`` (m rows; ``W_t`` the columns of time t), and the previous system's
@@ -545,7 +547,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
     for pos, i in enumerate(systems):
         sys: lowered.System = steps[i]
         before = steps[(systems[pos - 1] + 1) if pos else 0 : i]
-        kron = 1
+        kron = sys.block_in  # input in blocks of samples (an overlapping average pool): X (x) I_block_in
         for s in before:
             if isinstance(s, lowered.Flatten):
                 kron *= s.length

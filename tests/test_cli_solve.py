@@ -94,7 +94,7 @@ def test_show_lowering_names_each_construct():
     assert res.exit_code == 0
     for words in (
         "max pool k2 s2: factor sqrt(1), diagonal X",
-        "avg pool k4 s2: factor sqrt(2/4)",
+        "FIR k=3 and avg pool k4 s2 merged: one FIR on blocks of 2 samples",
         "stride 2 as sub-sampling",
         "flatten 3x6",
         "swish slope [-0.1, 1.1]",

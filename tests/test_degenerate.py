@@ -74,7 +74,6 @@ def test_single_layer_networks(build, expected):
     "build,expected",
     [
         (lambda: Builder(2, 8).pool("avg", 2).build(), np.sqrt(1 / 2)),  # exact for non-overlapping windows
-        (lambda: Builder(2, 8).pool("avg", 3, 2).build(), np.sqrt(2 / 3)),  # overlapping: an upper bound
         (lambda: Builder(2, 8).pool("max", 2).build(), 1.0),
         (lambda: Builder(2, 8).flatten().build(), 1.0),
         (lambda: Builder(2, 9).gap().build(), 1 / 3),
@@ -84,6 +83,17 @@ def test_pool_or_flatten_alone_has_a_closed_form_bound(build, expected):
     net = build()
     result = solve_network(net)
     assert result.certificate.verified and result.certificate.lipschitz == pytest.approx(expected, rel=1e-15)
+    assert lower_bound(net, starts=2, time_budget=2).value <= result.certificate.lipschitz * (1 + 1e-12)
+
+
+def test_overlapping_average_pool_alone_is_its_fir_gain():
+    """avgpool k3 s2 is an FIR on blocks of 2 samples, y[t] = (u[2t-2] + u[2t-1] + u[2t]) / 3 per channel:
+    its gain max_w |[1 + e^-iw, 1]| / 3 = sqrt(5)/3 (at w = 0), below the old factor sqrt(2/3)."""
+    net = Builder(2, 8).pool("avg", 3, 2).build()
+    result = solve_network(net)
+    assert result.certificate.verified
+    assert result.certificate.lipschitz == pytest.approx(np.sqrt(5) / 3, rel=1e-6)
+    assert result.certificate.lipschitz < np.sqrt(2 / 3)
     assert lower_bound(net, starts=2, time_budget=2).value <= result.certificate.lipschitz * (1 + 1e-12)
 
 

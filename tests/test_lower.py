@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from lipdsl.forward import conv1d
-from lipdsl.lower import conv_state_space, lower, symbolic_state_space
+from lipdsl.forward import conv1d, forward
+from lipdsl.lower import (
+    avgpool_fir,
+    conv_avgpool_fir,
+    conv_state_space,
+    fold_avgpool_into_dense,
+    lower,
+    symbolic_state_space,
+)
 from nets import Builder
 
 
@@ -97,3 +104,93 @@ def test_lower_groups_layers_and_scales():
     assert s1.slope == (0.0, 1.0) and s2.slope is None
     assert np.isclose(low.factor, s1.scale * s2.scale / np.sqrt(2))
     assert np.isclose(np.linalg.norm(np.hstack([s1.ss.C, s1.ss.D]), 2), 1.0)
+
+
+def blocked(x, S, extra=4):
+    """``x`` (c, n) followed by zeros, as blocks of S samples, channel-major: row ch*S + r, column tau."""
+    c, n = x.shape
+    nb = -(-n // S) + extra
+    xp = np.hstack([x, np.zeros((c, nb * S - n))])
+    return xp.reshape(c, nb, S).transpose(0, 2, 1).reshape(c * S, nb)
+
+
+def brute_avgpool(x, k, s):
+    """PyTorch AvgPool1d (no padding, floor): y[:, t] = mean of x[:, s t .. s t + k - 1]."""
+    n_out = (x.shape[1] - k) // s + 1
+    return np.stack([x[:, s * t : s * t + k].mean(axis=1) for t in range(n_out)], axis=1)
+
+
+@pytest.mark.parametrize("c,k,s", [(1, 3, 2), (2, 3, 2), (2, 4, 2), (3, 5, 2), (1, 7, 3), (2, 3, 1),
+                                   (1, 5, 4)])
+def test_overlapping_avgpool_fir_reproduces_pooling(c, k, s):
+    """avgpool_fir on blocks of s samples: its outputs from m0 = ceil(k/s) - 1 on are PyTorch's pool."""
+    x = np.random.default_rng(k * 10 + s).normal(size=(c, 23))
+    ref = brute_avgpool(x, k, s)
+    ss = avgpool_fir(c, k, s)
+    m0 = -(-k // s) - 1
+    assert ss.nu == c * s and ss.ny == c and ss.nx == m0 * c * s
+    y = ss.simulate(blocked(x, s))
+    assert np.allclose(y[:, m0 : m0 + ref.shape[1]], ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_conv_then_avgpool_is_one_strided_fir(seed):
+    """conv (any padding, stride, dilation) then an overlapping average pool = conv_avgpool_fir on blocks of
+    s_conv * s_pool samples, outputs delayed by m0 blocks (strided_fir's docstring)."""
+    rng = np.random.default_rng(seed)
+    c_in, c_out, k1 = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 5))
+    stride, dilation = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    span = dilation * (k1 - 1)
+    pl = pr = int(rng.integers(0, span + 3))  # also more padding than the kernel's reach
+    kp = int(rng.integers(2, 6))
+    sp_ = int(rng.integers(1, kp))
+    n = 30
+    W = rng.normal(size=(c_out, c_in, k1))
+    x = rng.normal(size=(c_in, n))
+    z = brute_conv(x, W, stride, dilation, pl, pr)
+    if z.shape[1] < kp:
+        pytest.skip("too short for the pool")
+    ref = brute_avgpool(z, kp, sp_)
+    net = Builder(c_in, n).conv(W, stride=stride, dilation=dilation, padding=pl).pool("avg", kp, sp_).build()
+    ss = conv_avgpool_fir(*net.layers)
+    S = stride * sp_
+    delay = dilation * (k1 - 1) - pl + stride * (kp - 1)
+    m0 = max(0, -(-(delay - S + 1) // S))
+    y = ss.simulate(blocked(x, S, extra=8))
+    assert np.allclose(y[:, m0 : m0 + ref.shape[1]], ref, atol=1e-12)
+
+
+def test_avgpool_before_flatten_dense_is_folded_exactly():
+    """avgpool k3 s2 -> flatten -> dense W equals flatten -> dense W (I_c (x) T) on every input."""
+    rng = np.random.default_rng(3)
+    net = Builder(2, 11).pool("avg", 3, 2).flatten().dense(rng.normal(size=(3, 10))).build()
+    flat, dense = fold_avgpool_into_dense(*net.layers)
+    assert flat.in_shape == net.layers[0].in_shape and dense.n_in == 22
+    x = rng.normal(size=(2, 11))
+    assert np.allclose(dense.weight @ x.reshape(-1), forward(net, x), atol=1e-12)
+
+
+def test_lowering_of_overlapping_pools_names_each_construct():
+    """Alone (FIR system, X (x) I_s), after a linear conv (merged, with the activation), before a flatten
+    (folded into the dense); pools with stride = kernel keep the exact factor; pool_fir=False: the factor."""
+    rng = np.random.default_rng(4)
+    net = (Builder(1, 40).conv(rng.normal(size=(2, 1, 3)), padding="causal").act("relu")
+           .pool("avg", 3, 2)                                       # alone -> FIR system
+           .conv(rng.normal(size=(2, 2, 2)), padding="causal")      # linear conv -> merged with the pool
+           .pool("avg", 4, 2).act("tanh")
+           .pool("avg", 2)                                          # kernel = stride: the factor 1/sqrt(2)
+           .pool("avg", 3, 2).flatten()                             # folded into the dense
+           .dense(rng.normal(size=(2, 2))).build())
+    low = lower(net)
+    kinds = [(type(st).__name__, getattr(st, "kind", getattr(st, "op", ""))) for st in low.steps]
+    assert kinds == [("System", "conv"), ("System", "pool"), ("System", "conv"), ("Pool", "avg"),
+                     ("Pool", "merged"), ("Flatten", ""), ("System", "dense")]
+    pool_sys, merged = low.steps[1], low.steps[2]
+    assert pool_sys.block_in == 2 and pool_sys.slope is None and "X (x) I_2" in pool_sys.note
+    assert merged.block_in == 2 and merged.slope == (0.0, 1.0)
+    assert merged.layers == ("conv4", "avgpool5", "tanh6")
+    assert "folded into dense" in low.steps[4].note and low.steps[6].ss.nu == 2 * 4
+    old = lower(net, pool_fir=False)
+    assert [st.note for st in old.steps if type(st).__name__ == "Pool"] == [
+        "avg pool k3 s2: factor sqrt(2/3)", "avg pool k4 s2: factor sqrt(2/4)",
+        "avg pool k2 s2: factor sqrt(1/2)", "avg pool k3 s2: factor sqrt(2/3)"]
