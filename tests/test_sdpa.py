@@ -22,7 +22,7 @@ from test_sdp import ecg, mixed_net
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 GOLDEN = Path(__file__).parent / "golden" / "tiny.dat-s"
 # every good spec but the 784-50-10 MNIST net (slow); gap.lip is any-length with a global average pool
-ROUND_TRIP = ["ecg", "lipsdp_random", "haar_exact", "tcn_any_length", "features", "gap"]
+ROUND_TRIP = ["ecg", "lipsdp_random", "haar_exact", "tcn_any_length", "features", "gap", "avgpool_overlap"]
 LENGTH = {"gap": 64}
 
 

@@ -31,3 +31,8 @@ np.savez("gap_demo.npz", **{
     "head.fc1.weight": w(4, 8), "head.fc1.bias": w(4, scale=0.1),
     "head.fc2.weight": w(2, 4), "head.fc2.bias": w(2, scale=0.1),
 })
+np.savez("avgpool_overlap_demo.npz", **{
+    "c1.weight": w(4, 2, 3), "c1.bias": w(4, scale=0.1),
+    "c2.weight": w(4, 4, 3), "c2.bias": w(4, scale=0.1),
+    "head.weight": w(3, 4 * 6), "head.bias": w(3, scale=0.1),
+})
