@@ -160,7 +160,7 @@ class Network:
     def solve(
         self,
         method: str = "dissipative",
-        solver: str = "cvxopt",
+        solver: str | None = None,
         *,
         length: int | None = None,
         **options: Any,
@@ -173,8 +173,9 @@ class Network:
             ``dissipative`` (the paper's layer-wise SDP, as ``lipdsl solve``), ``naive`` (product of the
             layers' norms at this input length), ``naive_hinf`` (product of the filters' H-infinity norms),
             ``lipsdp``/``lipsdp-neuron`` or ``lipsdp-layer`` (one SDP on the unrolled network).
-        solver : str
-            For the SDP methods: ``cvxopt`` and the others ``lipdsl solve --solver`` knows.
+        solver : str, optional
+            For the SDP methods: ``cvxopt`` (dissipative's default) and the others ``lipdsl solve --solver``
+            knows; for LipSDP also ``hkm`` (its default, lipdsl's HKM interior-point method).
         length : int, optional
             For ``input c x *`` nets: the (shortest) input length to cover.
         **options
@@ -200,7 +201,7 @@ class Network:
             from .api import solve_network
             from .report import to_json
 
-            result = solve_network(self.typed, solver=solver, min_length=length, **options)
+            result = solve_network(self.typed, solver=solver or "cvxopt", min_length=length, **options)
             cert = result.certificate
             return Bound(
                 self.name,
@@ -227,6 +228,7 @@ class Network:
                 {"kind": "product of layer gains"},
             )
         mode = "layer" if method == "lipsdp-layer" else "neuron"
+        solver = solver or "hkm"
         res = baselines.lipsdp(self.typed, mode=mode, length=length, solver=solver)
         return Bound(
             self.name,
