@@ -52,7 +52,107 @@ class Solution:
                 and abs(self.relative_gap) <= tol and self.residual <= tol)
 
 
-def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
+#: A block keeps all its factored terms on the general path below this many unit terms (``e_a e_b'``):
+#: the unit path's bookkeeping does not pay on small LMIs.
+UNIT_MIN = 64
+
+
+def _block(rows: np.ndarray, cols: np.ndarray):
+    """The index of the submatrix ``[rows, cols]``: slices where both are contiguous ranges (an in-place
+    update through slices is much cheaper than through ``np.ix_``)."""
+    if np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1):
+        return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    return np.ix_(rows, cols)
+
+
+@dataclass
+class _UnitFamily:
+    """The unit terms ``c_r (e_a e_b' + e_b e_a')`` shared by LMI blocks of identical structure (e.g. one
+    layer's frequency LMIs), and how ``H`` is formed from them (``_structured_kkt``).
+
+    Terms are sorted by variable; ``local`` indexes the blocks' factored variables. ``rows``: per number
+    ``T`` of unit terms of a variable, (local rows, ``a``, ``b``, ``c`` as ``(vars, T)`` arrays).
+    ``cols``: groups of terms (one variable, its ``t``-th term each) whose rows and columns fall in a small
+    index set ``D`` (``|D|^2 <= 4 * terms``: e.g. ``X (x) I_2``), with each term's position in ``D x D``.
+    ``rest``: the other terms (sorted-term indices), formed entry by entry.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    loc: np.ndarray  # position of each term's variable in ``local``
+    agg: sp.csr_matrix  # (variables x terms) with the coefficients c
+    rows: list
+    cols: list
+    rest: np.ndarray
+    rest_agg: sp.csr_matrix  # (variables x rest terms)
+    members: list = field(default_factory=list)  # the blocks (indices into ``sdp.lmis``)
+    local: np.ndarray | None = None
+
+    @classmethod
+    def plan(cls, a, b, c, loc, var_of, nloc):
+        order = np.lexsort((np.arange(len(loc)), loc))
+        a, b, c, loc, var_of = a[order], b[order], c[order], loc[order], var_of[order]
+        first = np.r_[0, np.flatnonzero(np.diff(loc)) + 1]
+        count = np.diff(np.r_[first, len(loc)])
+        occ = np.arange(len(loc)) - np.repeat(first, count)
+        per_term = np.repeat(count, count)
+        rows = []
+        for T in np.unique(count):
+            sel = np.flatnonzero(per_term == T).reshape(-1, T)
+            rows.append((loc[sel[:, 0]], a[sel], b[sel], c[sel]))
+        cols, rest = [], []
+        key = var_of * (occ.max() + 1) + occ
+        for k in np.unique(key):
+            sel = np.flatnonzero(key == k)
+            D = np.unique(np.r_[a[sel], b[sel]])
+            if len(sel) >= 16 and len(D) ** 2 <= 4 * len(sel):
+                flat = np.searchsorted(D, a[sel]) * len(D) + np.searchsorted(D, b[sel])
+                cols.append((D, flat, 2.0 * c[sel], loc[sel]))
+            else:
+                rest.append(sel)
+        rest = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
+        agg = sp.csr_matrix((c, (loc, np.arange(len(loc)))), shape=(nloc, len(loc)))
+        return cls(a, b, c, loc, agg, rows, cols, rest, agg[:, rest].tocsr())
+
+    def gram(self, Hl: np.ndarray, S: list[np.ndarray]):
+        """Add the unit-unit part of ``H`` (every member block, ``S = rti rti'`` each) to ``Hl``.
+
+        ``H_kl = 2 sum_{s in l} c_s (Y_k + Y_k')[a_s, b_s]``, ``Y_k = sum_{r in k} c_r S e_{a_r} e_{b_r}' S``,
+        summed over the blocks: for a column group only ``Y_k`` on ``D x D`` is needed, a batched product
+        with inner dimension (blocks x terms of k), then two gathers.
+        """
+        St = np.stack(S)
+        B = len(S)
+        for D, flat, cg, lg in self.cols:
+            d = len(D)
+            Z = np.ascontiguousarray(St[:, :, D].transpose(1, 0, 2))  # Z[a, b] = S_b[a, D]
+            flat_t = (flat % d) * d + flat // d  # (Y + Y')[a, b] = Y[a, b] + Y[b, a]
+            for lr, A, Bi, C in self.rows:
+                T = A.shape[1]
+                step = max(1, 2**17 // (d * B * T))  # rows per batch: keep the batch in cache
+                for i in range(0, len(lr), step):
+                    sl = slice(i, i + step)
+                    nr = len(lr[sl])
+                    P = Z[A[sl]]  # (rows, T, B, d)
+                    P *= C[sl][:, :, None, None]
+                    Q = Z[Bi[sl]].reshape(nr, T * B, d)
+                    Y = np.matmul(P.reshape(nr, T * B, d).transpose(0, 2, 1), Q).reshape(nr, d * d)
+                    G = Y[:, flat]
+                    G += Y[:, flat_t]
+                    G *= cg
+                    Hl[_block(lr[sl], lg)] += G
+        if len(self.rest):
+            ar, br = self.a[self.rest], self.b[self.rest]
+            for Sb in S:
+                Sa, Sbb = Sb[:, ar], Sb[:, br]  # T_rs = S[a_r, a_s] S[b_r, b_s] + S[a_r, b_s] S[b_r, a_s]
+                T = Sa[self.a] * Sbb[self.b]
+                T += Sbb[self.a] * Sa[self.b]
+                Z = np.asarray(self.agg @ T)  # (variables x rest terms)
+                Hl += 2.0 * np.asarray(self.rest_agg @ Z.T).T
+
+
+def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     """A CVXOPT ``kktsolver`` for ``[[0, G'], [G, -W'W]]`` using the factored LMIs (module docstring).
 
     Works with the scaled factors ``u~ = rti' u``, ``v~ = rti' v`` (so that ``rti' F_k rti`` is the sum of
@@ -61,13 +161,20 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
     cheaper the classic way, scaling its dense ``F_k`` (``O(m^3)`` against ``O(m^2 R_k + m R_k R)``): within
     each block every variable takes the cheaper of the two, and the mixed entries of ``H`` are
     ``H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r`` (``k`` dense, ``l`` factored).
+
+    Unit terms ``c (e_a e_b' + e_b e_a')`` (the weights ``X (x) I``, ``rho I``, multipliers on output rows:
+    almost all terms of a frequency LMI) need no ``rti' u``: their products are entries of ``S = rti rti'``
+    (``_UnitFamily``), formed once for all blocks of the same structure; right-hand sides use
+    ``rti B rti'`` and ``rti' F rti``. ``unit_terms=False`` treats every term as general (the reference).
     """
     import cvxopt
     from cvxopt import misc
 
     n = sdp.n
     n_l = len(nonneg_idx)
+    offsets = np.array(sorted(v.offset for v in sdp.variables))
     blocks = []
+    families: dict[bytes, _UnitFamily] = {}
     for lmi in sdp.lmis:
         f = lmi.factored
         m, R = lmi.size, len(f.col)
@@ -81,34 +188,90 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
         keep = np.flatnonzero(~is_dense)
         U, V = f.U.tocsc()[:, keep], f.V.tocsc()[:, keep]
         coef, col = f.coef[keep], f.col[keep]
-        agg = sp.csr_matrix((coef, (col, np.arange(len(keep)))), shape=(n, len(keep)))
-        blocks.append((m, dense_cols, F, (U, V, coef, col, agg) if len(keep) else None))
+        local = np.unique(col)
+        loc = np.searchsorted(local, col)
+        unit = np.zeros(len(keep), dtype=bool)
+        if unit_terms:
+            unit = (np.diff(U.indptr) == 1) & (np.diff(V.indptr) == 1)
+            if unit.sum() < UNIT_MIN:
+                unit[:] = False
+        fam = units = None
+        if unit.any():
+            u = np.flatnonzero(unit)
+            a, b = U.indices[U.indptr[u]], V.indices[V.indptr[u]]
+            c = coef[u] * U.data[U.indptr[u]] * V.data[V.indptr[u]]
+            key = b"".join(x.tobytes() for x in (np.array([m]), local, a, b, c, col[u]))
+            fam = families.get(key)
+            if fam is None:
+                var_of = np.searchsorted(offsets, col[u], side="right")
+                fam = families[key] = _UnitFamily.plan(a, b, c, loc[u], var_of, len(local))
+                fam.local = local
+            fam.members.append(len(blocks))
+            units = (a, b, c, col[u])
+        g = np.flatnonzero(~unit)
+        gen = None
+        if len(g):
+            gl = np.unique(loc[g])  # the general terms' variables, among ``local``
+            agg = sp.csr_matrix((coef[g], (np.searchsorted(gl, loc[g]), np.arange(len(g)))),
+                                shape=(len(gl), len(g)))
+            # where the general-general part goes: H itself, or the local block of a unit family
+            where = np.ix_(gl, gl) if fam is not None else np.ix_(local[gl], local[gl])
+            gen = (U[:, g], V[:, g], coef[g], col[g], gl, agg, where)
+        cross = None
+        if F is not None and len(keep):  # mixed dense/factored entries need rti' u for every term
+            cross = (U, V, sp.csr_matrix((coef, (loc, np.arange(len(keep)))), shape=(len(local), len(keep))))
+        blocks.append((m, dense_cols, F, local, gen, units, fam, cross))
 
     def factor(W):
         di = np.asarray(W["di"]).ravel()
         H = np.zeros((n, n))
         H[nonneg_idx, nonneg_idx] += di**2  # (distinct indices)
+        acc: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # local variables -> their block of H
+        S_of: dict[int, np.ndarray] = {}
         scaled = []
-        for (m, cols, F, fac), rti in zip(blocks, W["rti"]):
+        for bi, ((m, cols, F, local, gen, units, fam, cross), rti) in enumerate(zip(blocks, W["rti"])):
             R = np.asarray(rti)
             Ft = Ut = Vt = None
             if F is not None:
                 Ft = R.T @ F @ R  # rti' F_k rti for every dense k (stacked matmul)
                 Fv = Ft.reshape(len(cols), -1)
                 H[np.ix_(cols, cols)] += Fv @ Fv.T
-            if fac is not None:
-                U, V, coef, col, agg = fac
-                Ut = np.asarray((U.T @ R).T)  # rti' U  (m x R)
-                Vt = np.asarray((V.T @ R).T)
+            if fam is not None:
+                k = local.tobytes()
+                if k not in acc:
+                    acc[k] = (local, np.zeros((len(local), len(local))))
+                Hl = acc[k][1]
+            if gen is not None:
+                Ug, Vg, _, _, gl, agg, where = gen
+                Ut = np.asarray((Ug.T @ R).T)  # rti' U  (m x R)
+                Vt = np.asarray((Vg.T @ R).T)
                 AB = Ut.T @ Vt
                 T = 2.0 * ((Ut.T @ Ut) * (Vt.T @ Vt) + AB * AB.T)
-                H += agg @ (agg @ T.T).T
-                if Ft is not None:  # H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r
-                    Q = np.einsum("ir,kir->kr", Ut, Ft @ Vt)
-                    cross = 2.0 * np.asarray((agg @ Q.T).T)  # (dense cols) x n
-                    H[cols, :] += cross
-                    H[:, cols] += cross.T
-            scaled.append((m, cols, Ft, None if fac is None else (Ut, Vt, fac[2], fac[3])))
+                (H if fam is None else Hl)[where] += agg @ (agg @ T).T  # (T is symmetric)
+            if fam is not None:
+                S_of[bi] = R @ R.T
+                if gen is not None:  # unit x general: u_r'S u_s = (S u_s)[a_r] etc.
+                    SU, SV = R @ Ut, R @ Vt
+                    a, b = fam.a, fam.b
+                    T = 2.0 * (SU[a] * SV[b] + SV[a] * SU[b])  # (unit terms x general terms)
+                    X = np.asarray(agg @ np.asarray(fam.agg @ T).T)  # (general vars x local vars)
+                    Hl[gl, :] += X
+                    Hl[:, gl] += X.T
+            if cross is not None:  # H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r
+                U, V, agg_all = cross
+                if fam is None:  # every term general: the same rti' U as above
+                    Uc, Vc = Ut, Vt
+                else:
+                    Uc, Vc = np.asarray((U.T @ R).T), np.asarray((V.T @ R).T)
+                Q = np.einsum("ir,kir->kr", Uc, Ft @ Vc)
+                X = 2.0 * np.asarray((agg_all @ Q.T).T)  # (dense cols) x local
+                H[np.ix_(cols, local)] += X
+                H[np.ix_(local, cols)] += X.T
+            scaled.append((m, R, cols, Ft, None if gen is None else (Ut, Vt, gen[2], gen[3]), units))
+        for fam in families.values():
+            fam.gram(acc[fam.local.tobytes()][1], [S_of[i] for i in fam.members])
+        for local, Hl in acc.values():
+            H[np.ix_(local, local)] += Hl
         try:
             cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
         except (np.linalg.LinAlgError, ValueError) as exc:
@@ -121,7 +284,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             rhs = np.array(x).ravel()
             rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
             at = n_l
-            for m, cols, Ft, fac in scaled:
+            for m, R, cols, Ft, fac, units in scaled:
                 B = bt[at : at + m * m].reshape(m, m, order="F")
                 B = np.tril(B)
                 B = B + B.T - np.diag(np.diag(B))
@@ -130,6 +293,10 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
                 if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
                     Ut, Vt, coef, col = fac
                     rhs -= np.bincount(col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt), minlength=n)
+                if units is not None:  # u~' B v~ = (rti B rti')[a, b]
+                    a, b, c, col = units
+                    C = R @ B @ R.T
+                    rhs -= np.bincount(col, 2.0 * c * C[a, b], minlength=n)
                 at += m * m
             ux = scipy.linalg.cho_solve(cho, rhs)
             x[:] = cvxopt.matrix(ux)
@@ -137,12 +304,16 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray):
             out = -bt
             out[:n_l] -= di * ux[nonneg_idx]
             at = n_l
-            for m, cols, Ft, fac in scaled:
+            for m, R, cols, Ft, fac, units in scaled:
                 M = np.zeros((m, m))
                 if fac is not None:
                     Ut, Vt, coef, col = fac
                     M = (Ut * (coef * ux[col])) @ Vt.T
                     M = M + M.T
+                if units is not None:  # rti' (sum_r c_r x_r (e_a e_b' + e_b e_a')) rti
+                    a, b, c, col = units
+                    E = np.bincount(a * m + b, c * ux[col], minlength=m * m).reshape(m, m)
+                    M += R.T @ (E + E.T) @ R
                 if Ft is not None:
                     M += np.einsum("k,kij->ji", ux[cols], Ft)
                 out[at : at + m * m] -= M.reshape(-1, order="F")

@@ -172,3 +172,71 @@ def test_lipsdp_neuron_on_the_unrolled_net_is_at_most_ours(seed):
     ours = solve_network(net).certificate.lipschitz
     theirs = lipsdp(net, "neuron").bound
     assert theirs <= ours * (1 + 1e-6), (theirs, ours)
+
+
+def _kkt_nets():
+    """A --frequencies net (8 channels: each frequency LMI has >= UNIT_MIN unit terms), a small random
+    CNN whose flatten LMI has 79 unit terms, the ECG net."""
+    from lipdsl.lower import lower
+    from lipdsl.sdp import build_sdp
+
+    rng = np.random.default_rng(7)
+    b = Builder(1, 16)
+    b.conv(rng.normal(size=(8, 1, 3)) / 2, padding="causal").act("relu")
+    b.conv(rng.normal(size=(8, 8, 5)) / 8, padding="causal").act("relu")
+    b.conv(rng.normal(size=(8, 8, 5)) / 8, padding="causal").act("tanh").gap()
+    b.dense(rng.normal(size=(3, 8)))
+    freq = build_sdp(lower(b.build()), frequencies=9)
+    flat = build_sdp(lower(random_small_cnn(np.random.default_rng(1006))))
+    return {"frequencies": freq, "flatten": flat, "ecg": build_sdp(lower(ecg("CNN_23_03_08_11_52")))}
+
+
+@pytest.mark.parametrize("unit_min", [None, 1])
+@pytest.mark.parametrize("case", ["frequencies", "flatten", "ecg"])
+def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
+    """The unit-term path of the structured KKT solver (entries of S = rti rti', blocks of one structure
+    formed together) solves the same Newton systems as the general factored path to rounding, and the
+    whole solve takes the same iterations to the same bound. ``unit_min=1`` puts every block's unit terms
+    on the new path (dense columns, mixed and single-term groups included). (Small random CNNs mostly end on
+    CVXOPT's singular KKT matrix, where rounding decides the last iterations: their final points are not
+    compared.)"""
+    import cvxopt
+
+    import lipdsl.solve as solve_mod
+
+    if unit_min is not None:
+        monkeypatch.setattr(solve_mod, "UNIT_MIN", unit_min)
+    sdp = _kkt_nets()[case]
+    reference = solve_mod._structured_kkt
+    worst, calls = [0.0], [0]
+
+    def both(sdp_, nonneg_idx):
+        new, old = reference(sdp_, nonneg_idx), reference(sdp_, nonneg_idx, unit_terms=False)
+
+        def factor(W):
+            s_new, s_old = new(W), old(W)
+
+            def solve(x, y, z):
+                xo, yo, zo = cvxopt.matrix(x), cvxopt.matrix(y), cvxopt.matrix(z)
+                s_old(xo, yo, zo)
+                s_new(x, y, z)
+                for a, b in ((x, xo), (z, zo)):
+                    a, b = np.array(a), np.array(b)
+                    worst[0] = max(worst[0], np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+                calls[0] += 1
+
+            return solve
+
+        return factor
+
+    monkeypatch.setattr(solve_mod, "_structured_kkt", both)
+    solve_mod.solve(sdp, max_iterations=6)
+    assert calls[0] > 6 and worst[0] <= 1e-9, worst
+    if case == "flatten":
+        return
+    monkeypatch.setattr(solve_mod, "_structured_kkt", reference)
+    new = solve_mod.solve(sdp)
+    monkeypatch.setattr(solve_mod, "_structured_kkt", lambda s, i: reference(s, i, unit_terms=False))
+    old = solve_mod.solve(sdp)
+    assert new.claimed_status == old.claimed_status and abs(new.iterations - old.iterations) <= 1
+    assert abs(new.rho - old.rho) <= 1e-9 * abs(old.rho)
