@@ -106,7 +106,7 @@ class _UnitFamily:
         for k in np.unique(key):
             sel = np.flatnonzero(key == k)
             D = np.unique(np.r_[a[sel], b[sel]])
-            if len(sel) >= 16 and len(D) ** 2 <= 4 * len(sel):
+            if len(sel) >= 16 and len(D) ** 2 <= 64 * len(sel):
                 flat = np.searchsorted(D, a[sel]) * len(D) + np.searchsorted(D, b[sel])
                 cols.append((D, flat, 2.0 * c[sel], loc[sel]))
             else:
@@ -128,20 +128,26 @@ class _UnitFamily:
             d = len(D)
             Z = np.ascontiguousarray(St[:, :, D].transpose(1, 0, 2))  # Z[a, b] = S_b[a, D]
             flat_t = (flat % d) * d + flat // d  # (Y + Y')[a, b] = Y[a, b] + Y[b, a]
+            cols = _block(lg[:1], lg)[1]
             for lr, A, Bi, C in self.rows:
                 T = A.shape[1]
-                step = max(1, 2**17 // (d * B * T))  # rows per batch: keep the batch in cache
+                step = max(1, 2**15 // (d * B * T))  # rows per batch: keep the batch in cache
+                whole = _block(lr, lg[:1])[0]
                 for i in range(0, len(lr), step):
                     sl = slice(i, i + step)
                     nr = len(lr[sl])
+                    if isinstance(whole, slice) and isinstance(cols, slice):
+                        where = slice(whole.start + i, whole.start + i + nr), cols
+                    else:
+                        where = np.ix_(lr[sl], lg)
                     P = Z[A[sl]]  # (rows, T, B, d)
                     P *= C[sl][:, :, None, None]
                     Q = Z[Bi[sl]].reshape(nr, T * B, d)
                     Y = np.matmul(P.reshape(nr, T * B, d).transpose(0, 2, 1), Q).reshape(nr, d * d)
-                    G = Y[:, flat]
-                    G += Y[:, flat_t]
+                    G = np.take(Y, flat, axis=1)
+                    G += np.take(Y, flat_t, axis=1)
                     G *= cg
-                    Hl[_block(lr[sl], lg)] += G
+                    Hl[where] += G
         if len(self.rest):
             ar, br = self.a[self.rest], self.b[self.rest]
             for Sb in S:
