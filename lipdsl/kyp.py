@@ -55,7 +55,9 @@ def phi_min_eigenvalue(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndar
     else:
         a, b = sys.slope
         L = np.diag(lam)
-        top = X_in[None] + 2 * a * b * (_h(H) @ L @ H)
+        top = np.broadcast_to(X_in, (len(H),) + X_in.shape)
+        if a * b != 0:  # (ReLU-like slopes: no such term)
+            top = top + 2 * a * b * (_h(H) @ L @ H)
         cross = -(a + b) * (_h(H) @ L)
         bottom = np.broadcast_to(2 * L - X_out, (len(H),) + L.shape)
         Phi = np.concatenate([np.concatenate([top, cross], axis=2),
@@ -77,8 +79,13 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) ->
             chol = np.linalg.cholesky((bottom + bottom.T) / 2)
         except np.linalg.LinAlgError:
             return float("inf")
-        G = np.linalg.solve(chol, L @ H)  # chol^-1 L H, so that H*L bottom^-1 LH = G*G
-        schur = X_in[None] + 2 * a * b * (_h(H) @ L @ H) - (a + b) ** 2 * (_h(G) @ G)
+        # chol^-1 L H (one triangular solve for all frequencies), so that H*L bottom^-1 LH = G*G
+        LH = L @ H
+        G = scipy.linalg.solve_triangular(chol, LH.transpose(1, 0, 2).reshape(len(L), -1), lower=True)
+        G = G.reshape(len(L), len(H), -1).transpose(1, 0, 2)
+        schur = X_in[None] - (a + b) ** 2 * (_h(G) @ G)
+        if a * b != 0:
+            schur = schur + 2 * a * b * (_h(H) @ LH)
     return max(0.0, -float(np.linalg.eigvalsh(schur).min()))
 
 
