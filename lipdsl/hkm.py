@@ -69,14 +69,22 @@ class _Block:
     """One LMI block: ``F0``, the vectorised coefficients ``G`` and the factored terms for the Gram data."""
 
     def __init__(self, lmi, n: int):
-        self.m = lmi.size
+        self.m = m = lmi.size
         self.F0 = _sym(np.asarray(lmi.F0, dtype=float))
         self.G = sp.csr_matrix(lmi.G)
         self.GT = self.G.T.tocsr()
         f = lmi.factored
-        self.U, self.V = sp.csc_matrix(f.U), sp.csc_matrix(f.V)
+        # A variable with many terms (rho on a wide input, a weight row cut into pieces by a chordal split)
+        # is cheaper as one sparse F_k: its column of H is A(Z F_k S^-1), O(m^3), against O(R_k R) entries.
+        counts = np.bincount(f.col, minlength=n)
+        self.dense = np.flatnonzero(2 * m * m < counts * (2 * m + len(f.col)))
+        self.factored = np.setdiff1d(np.arange(n), self.dense)
+        Gc = sp.csc_matrix(lmi.G)
+        self.F_dense = [sp.csr_matrix(Gc[:, k].toarray().reshape(m, m, order="F")) for k in self.dense]
+        keep = np.flatnonzero(~np.isin(f.col, self.dense))
+        self.U, self.V = sp.csc_matrix(f.U)[:, keep], sp.csc_matrix(f.V)[:, keep]
         self.UT, self.VT = self.U.T.tocsr(), self.V.T.tocsr()
-        self.agg = sp.csr_matrix((f.coef, (f.col, np.arange(len(f.col)))), shape=(n, len(f.col)))
+        self.agg = sp.csr_matrix((f.coef[keep], (f.col[keep], np.arange(len(keep)))), shape=(n, len(keep)))
 
     def adjoint(self, x: np.ndarray) -> np.ndarray:
         """``sum_k x_k F_k`` (dense, symmetric)."""
@@ -87,11 +95,18 @@ class _Block:
         return self.GT @ np.ascontiguousarray(M).reshape(-1)
 
     def gram(self, Z: np.ndarray, T: np.ndarray) -> np.ndarray:
-        """This block's ``H`` (module docstring), in row chunks of the ``R x R`` term matrix."""
+        """This block's ``H`` (module docstring): the dense variables' columns ``A(Z F_k S^-1)``, the others'
+        entries in row chunks of the ``R x R`` term matrix."""
         n, R = self.agg.shape
+        H = np.zeros((n, n))
+        for k, Fk in zip(self.dense, self.F_dense):
+            col = self.apply(Z @ np.asarray(Fk @ T))
+            H[:, k] = col
+            H[k, self.factored] = col[self.factored]
+        if R == 0:
+            return H
         ZU, ZV = (self.UT @ Z).T, (self.VT @ Z).T  # m x R: Z u_r, Z v_r
         TU, TV = (self.UT @ T).T, (self.VT @ T).T
-        H = np.zeros((n, n))
         step = max(1, min(R, GRAM_CHUNK_ENTRIES // max(R, 1)))
         for lo in range(0, R, step):
             hi = min(R, lo + step)

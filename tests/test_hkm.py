@@ -6,7 +6,7 @@ from lipdsl import baselines
 from lipdsl.hkm import _Block, _max_step, solve_hkm
 from lipdsl.solve import solve
 
-from nets import Builder, lipsdp_net, random_cnn
+from nets import Builder, dense_net, lipsdp_net, random_cnn
 
 
 def _problem(net, mode="neuron", chordal=None):
@@ -14,13 +14,17 @@ def _problem(net, mode="neuron", chordal=None):
     return baselines.lipsdp_problem(mats, slopes, out, mode, chordal), scale
 
 
-def test_gram_is_the_schur_complement_of_the_definition():
-    """H_kl = <F_k, Z F_l S^-1> from the sparse Gram products equals the definition, for random Z, S > 0."""
+@pytest.mark.parametrize("wide", [False, True])
+def test_gram_is_the_schur_complement_of_the_definition(wide):
+    """H_kl = <F_k, Z F_l S^-1> from the sparse Gram products (and, for a variable with many terms such as
+    rho on a wide input, from A(Z F_k S^-1)) equals the definition, for random Z, S > 0."""
     rng = np.random.default_rng(0)
-    net = random_cnn(rng, activation="relu")
+    net = dense_net([rng.standard_normal((3, 40)), rng.standard_normal((2, 3))]) if wide else \
+        random_cnn(rng, activation="relu")
     problem, _ = _problem(net, chordal=False)
     lmi = problem.lmis[0]
     block = _Block(lmi, problem.n)
+    assert (len(block.dense) > 0) == wide
     m = lmi.size
     A, B = rng.standard_normal((m, m)), rng.standard_normal((m, m))
     Z, S = A @ A.T + np.eye(m), B @ B.T + np.eye(m)
