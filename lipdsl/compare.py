@@ -5,7 +5,9 @@ or why there is none (``refused``, ``failed``, ``skipped``); a refusal never com
 """
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,11 +16,10 @@ from .errors import LipdslError, UnsupportedError
 
 #: The methods in table order; ``dissipative`` is the paper's (and lipdsl's) method.
 METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")
-#: LipSDP on the unrolled network is one LMI of n_0 + sum(hidden) rows. lipdsl's CVXOPT driver (sparse Gram
-#: KKT solver, chordal split of time-banded nets into clique LMIs) costs ~2.5 s per interior-point iteration
-#: on one core for an unsplit 640-row block (ECG: ~35 iterations), growing like rows^3; a net with a dense
-#: layer does not split (every clique would hold its neurons). Larger LMIs are skipped (with a note) unless
-#: forced.
+#: LipSDP on the unrolled network is one LMI of n_0 + sum(hidden) rows. lipdsl's HKM method (chordal split of
+#: time-banded nets into clique LMIs) costs ~0.5-0.8 s per interior-point iteration on one core for an
+#: unsplit 640-row block (ECG: ~30 iterations), growing like rows^3; a net with a dense layer does not split
+#: (every clique would hold its neurons). Larger LMIs are skipped (with a note) unless forced.
 MAX_LIPSDP_ROWS = 1000
 MAXPOOL_REFUSAL = "refused: max pooling is not slope-restricted"
 
@@ -164,17 +165,34 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
 def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: int | None = None,
             lower_starts: int = 16, time_budget: float = 10.0, seed: int = 0, solver: str = "cvxopt",
             lift: int = 1, force: bool = False, max_rows: int = MAX_LIPSDP_ROWS,
-            progress: Callable[[str], None] | None = None) -> Comparison:
+            progress: Callable[[str], None] | None = None, workers: int | None = None) -> Comparison:
     """Run ``methods`` (see ``run_method``) and, unless ``lower_starts == 0``, the empirical lower bound.
 
-    ``progress(label)`` is called before each method (for a CLI status line; this module prints nothing).
+    The LipSDP methods run in up to ``workers`` threads (default: 2 if the machine has 2 cores) while the
+    others run on the calling thread: their time is in LAPACK calls, which release the GIL, so LipSDP-Neuron
+    and -Layer share the cores (each with the BLAS threads it is given; the CLI pins one). The lower bound
+    runs after them, alone, so that its time budget is not shared. ``progress(label)`` is called before each
+    step (for a CLI status line; this module prints nothing).
     """
-    results = []
-    for m in methods:
-        if progress is not None:
-            progress(m)
-        results.append(run_method(net, m, length=length, solver=solver, lift=lift, force=force,
-                                  max_rows=max_rows))
+    workers = min(2, os.cpu_count() or 1) if workers is None else max(1, workers)
+
+    def run(m):
+        return run_method(net, m, length=length, solver=solver, lift=lift, force=force, max_rows=max_rows)
+
+    background = [m for m in methods if m.startswith("lipsdp")] if workers > 1 else []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {m: pool.submit(run, m) for m in background}
+        done = {}
+        for m in methods:
+            if m in futures:
+                continue
+            if progress is not None:
+                progress(m + (f" ({', '.join(background)} in the background)" if background else ""))
+            done[m] = run(m)
+        if futures and progress is not None:
+            progress(", ".join(background))
+        done.update({m: f.result() for m, f in futures.items()})
+    results = [done[m] for m in methods]
     lower, detail = None, {}
     if lower_starts > 0:
         from .empirical import lower_bound

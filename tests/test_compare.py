@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from lipdsl.cli import cli
-from lipdsl.compare import MAXPOOL_REFUSAL, check_ordering, compare, run_method
+from lipdsl.compare import MAXPOOL_REFUSAL, METHODS, check_ordering, compare, run_method
 from lipdsl.load import load_network
 
 from nets import Builder
@@ -41,6 +41,19 @@ def test_lipsdp_random_known_values_and_ordering(random_comparison):
     assert c.lower <= b["lipsdp-neuron"] * (1 + 1e-9)
     assert b["lipsdp-neuron"] <= b["dissipative"] * (1 + 1e-6) and b["dissipative"] <= b["naive-hinf"]
     assert check_ordering(c) == []
+
+
+@pytest.mark.solver
+def test_lipsdp_in_threads_gives_the_sequential_results():
+    """LipSDP-Neuron and -Layer run in two threads by default; one worker gives the same numbers and order."""
+    _, net = load_network(RANDOM)
+    seq = compare(net, lower_starts=0, workers=1)
+    labels = []
+    par = compare(net, lower_starts=0, workers=2, progress=labels.append)
+    assert [r.method for r in par.results] == [r.method for r in seq.results] == list(METHODS)
+    for a, b in zip(seq.results, par.results):
+        assert (a.bound, a.status) == (b.bound, b.status), a.method
+    assert any("in the background" in label for label in labels)
 
 
 @pytest.mark.solver

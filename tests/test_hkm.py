@@ -1,4 +1,4 @@
-"""The HKM interior-point method (lipdsl.hkm): the same optima as CVXOPT on LipSDP problems, honest statuses."""
+"""The HKM interior-point method (lipdsl.hkm): the same optima as CVXOPT on LipSDP problems; honest status."""
 import numpy as np
 import pytest
 
