@@ -105,8 +105,9 @@ class _Block:
             H[k, self.factored] = col[self.factored]
         if R == 0:
             return H
-        ZU, ZV = (self.UT @ Z).T, (self.VT @ Z).T  # m x R: Z u_r, Z v_r
-        TU, TV = (self.UT @ T).T, (self.VT @ T).T
+        # m x R: Z u_r, Z v_r, ... (C order: scipy's sparse @ dense would copy a transposed view per product)
+        ZU, ZV = np.ascontiguousarray((self.UT @ Z).T), np.ascontiguousarray((self.VT @ Z).T)
+        TU, TV = np.ascontiguousarray((self.UT @ T).T), np.ascontiguousarray((self.VT @ T).T)
         step = max(1, min(R, GRAM_CHUNK_ENTRIES // max(R, 1)))
         for lo in range(0, R, step):
             hi = min(R, lo + step)
@@ -115,7 +116,7 @@ class _Block:
             ZUU, ZUV, ZVU, ZVV = u @ ZU, u @ ZV, v @ ZU, v @ ZV
             TUU, TUV, TVU, TVV = u @ TU, u @ TV, v @ TU, v @ TV
             W = ZUU * TVV + ZUV * TVU + ZVU * TUV + ZVV * TUU
-            H += np.asarray(self.agg[:, lo:hi] @ (self.agg @ W.T).T)
+            H += np.asarray(self.agg[:, lo:hi] @ (self.agg @ np.ascontiguousarray(W.T)).T)
         return H
 
 
