@@ -142,12 +142,14 @@ def solve_network(
     timeout: float | None = None,
     accept_unconverged: bool = False,
     frequencies: int | None = None,
+    merge_linear: bool = True,
 ) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
     ``min_length``: for any-length inputs, the shortest input length the bound must cover (needed only by a
     global average pool). ``lift``: realize conv layers on blocks of ``lift`` samples (tighter, larger
-    LMIs; see ``lipdsl.lower.lower``). ``seconds`` may carry earlier stage times
+    LMIs; see ``lipdsl.lower.lower``). ``merge_linear=False``: one linear LMI per linear layer instead of
+    merged maps (for comparison; never tighter). ``seconds`` may carry earlier stage times
     (e.g. ``{"parse+check": ...}``); the stages run here are added.
     Raises ``LipdslError`` subclasses for unsupported networks or a solver that fails without a point; an
     uncertified point is *not* an exception: see ``result.certificate.verified``.
@@ -182,7 +184,7 @@ def solve_network(
         )
     times = dict(seconds or {})
     t0 = time.perf_counter()
-    low = lower(net, min_length=min_length, lift=lift)
+    low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
     t1 = time.perf_counter()
     exact = _exact_bound(low)
     if exact is not None:

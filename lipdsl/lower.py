@@ -15,6 +15,9 @@ zeros), and dropping samples can only lower the left side of a dissipation inequ
 An average pool with stride s < kernel is the same kind of filter read on blocks of s samples
 (``strided_fir``, ``avgpool_systems``): a linear system with input weight ``X (x) I_s``, merged with a linear
 conv before it or folded into a dense layer after a flatten, instead of the factor ``sqrt(ceil(k/s)/k)``.
+Adjacent linear layers (no activation between) are merged into one exact map where that keeps the LMI
+small: convs and pools into one strided FIR (``compose_fir``, ``linear_chain_system``), a run of them
+before ``flatten -> dense`` into the dense layer, dense layers into one (``merge_dense_layers``).
 The symbolic form (``symbolic_state_space``) is for display and derivation; the numeric path fills the same
 block structure with numpy so that it stays fast for wide layers.
 """
@@ -299,6 +302,177 @@ def avgpool_systems(layers: list, i: int, scale: bool):
     return [make_system(pool, act, ss, "pool", note, scale, block_in=pool.stride)], 1 + (act is not None), c
 
 
+# --------------------------------------------------------------------------- linear layers merged
+def _causal_taps(layer) -> tuple[np.ndarray, int, int]:
+    """``(K, s, delta)`` of a conv or average pool: ``y[t] = sum_m K_m u[s t + delta - m]`` (module
+    docstring; ``K``: (taps, c_out, c_in), ``delta = k_e - 1 - pad_left``; a pool: taps ``I/k``)."""
+    if isinstance(layer, typed.Conv1d):
+        W = dilated_kernel(np.asarray(layer.weight, dtype=float), layer.dilation)
+        return W[:, :, ::-1].transpose(2, 0, 1), layer.stride, W.shape[2] - 1 - layer.pad_left
+    c = layer.in_shape.channels
+    taps = np.array(np.broadcast_to(np.eye(c) / layer.kernel, (layer.kernel, c, c)))
+    return taps, layer.stride, layer.kernel - 1
+
+
+def compose_fir(G: np.ndarray, S: int, delta: int, layer, n0: int | None):
+    """A strided filter ``y[j] = sum_q G_q u[S j + delta - q]`` followed by ``layer`` (a conv or an average
+    pool, no activation between) as one strided filter, or None where that is not exact.
+
+    With the layer's taps ``K_m``, stride ``s`` and ``delta_2`` (``_causal_taps``),
+
+        y2[t] = sum_m K_m y[s t + delta_2 - m] = sum_q' G'_q' u[S' t + delta' - q'],
+        S' = S s,  delta' = S delta_2 + delta,  G'_q' = sum_m K_m G_{q' - S m}.
+
+    The formula for ``y[j]`` agrees with the network's signal for ``0 <= j < N_1``; the layer's zero
+    padding must agree with it too: on the left ``y[j] = 0`` for ``j < 0`` holds for every input (the
+    input is zero before ``t = 0``) iff ``delta < S``; on the right ``y[j] = 0`` for ``j >= N_1`` holds iff
+    ``S N_1 + delta - (Q - 1) >= N_0`` (every tap reads past the input's end; needs the input length
+    ``n0``, else refused).
+    """
+    K, s, d2 = _causal_taps(layer)
+    pl = layer.pad_left if isinstance(layer, typed.Conv1d) else 0
+    pr = layer.pad_right if isinstance(layer, typed.Conv1d) else 0
+    if pl > 0 and delta >= S:
+        return None
+    if pr > 0:
+        n1 = layer.in_shape.length
+        if n0 is None or n1 is None or S * n1 + delta - (G.shape[0] - 1) < n0:
+            return None
+    G2 = np.zeros((S * (K.shape[0] - 1) + G.shape[0], K.shape[1], G.shape[2]))
+    for m in range(K.shape[0]):
+        G2[S * m : S * m + G.shape[0]] += np.einsum("ab,qbc->qac", K[m], G)
+    return G2, S * s, S * d2 + delta
+
+
+def _separate_rows(layer) -> int:
+    """Rows ``nx + nu`` of the linear LMI a conv or average pool gets on its own (0 for a pooling factor)."""
+    if isinstance(layer, typed.Conv1d):
+        return (layer.dilation * (layer.kernel - 1) + 1) * layer.c_in
+    if overlapping_avgpool(layer):
+        ss = avgpool_fir(layer.in_shape.channels, layer.kernel, layer.stride)
+        return ss.nx + ss.nu
+    return 0
+
+
+def _linear_chain_layer(layer) -> bool:
+    return isinstance(layer, typed.Conv1d) or (isinstance(layer, typed.Pool) and layer.op == "avg")
+
+
+def linear_chain_system(layers: list, i: int, scale: bool):
+    """Adjacent linear convs (and average pools) from ``layers[i]`` merged into one strided FIR system, with
+    the activation after the last one; ``(steps, consumed, channels)``, or None if fewer than two layers merge
+    (or only a conv and an overlapping pool: ``avgpool_systems`` does that).
+
+    ``compose_fir`` builds the composed filter while it is exact; ``strided_fir`` realizes it on blocks of
+    ``S`` (product of the strides) input samples, input weight ``X (x) I_S`` (``System.block_in``). A layer
+    joins while the merged LMI has at most ``MERGE_GROWTH`` times the rows of the separate linear LMIs.
+    Exact, so never looser than the chain through intermediate weights: the separate systems' joint state
+    (their shift registers) is a linear function ``T x`` of the merged system's past inputs, so their summed
+    storage ``x' T' P T x`` (delayed to the merged system's output time, as in docs/method.md) certifies the
+    merged LMI with the same multipliers.
+    """
+    first = layers[i]
+    if not isinstance(first, typed.Conv1d):
+        return None
+    if i + 1 < len(layers) and isinstance(layers[i + 1], typed.Activation):
+        return None
+    G, S, delta = _causal_taps(first)
+    n0 = first.in_shape.length
+    chain, separate, best = [first], _separate_rows(first), None
+    j = i + 1
+    while j < len(layers) and _linear_chain_layer(layers[j]):
+        new = compose_fir(G, S, delta, layers[j], n0)
+        if new is None:
+            break
+        ss = strided_fir(*new)[0]
+        sep = separate + _separate_rows(layers[j])
+        if ss.nx + ss.nu > MERGE_GROWTH * max(sep, 1):
+            break
+        chain.append(layers[j])
+        G, S, delta = new
+        separate, best = sep, (ss, S)
+        j += 1
+        if j < len(layers) and isinstance(layers[j], typed.Activation):
+            break
+    if best is None or (len(chain) == 2 and overlapping_avgpool(chain[1])):
+        return None
+    ss, S = best
+    act = layers[j] if j < len(layers) and isinstance(layers[j], typed.Activation) else None
+    names = tuple(layer.name for layer in chain)
+    note = (f"linear layers {', '.join(names)} merged: one FIR with {G.shape[0]} taps"
+            + (f" on blocks of {S} samples (input weight X (x) I_{S})" if S > 1 else "")
+            + f", {ss.nx + ss.nu} rows instead of {separate} (exact composition, no intermediate X)")
+    sys = make_system(first, act, ss, "conv", note, scale, block_in=S)
+    names += (act.name,) if act is not None else ()
+    sys = dataclasses_replace(sys, name="+".join(names), layers=names)
+    c_out = chain[-1].c_out if isinstance(chain[-1], typed.Conv1d) else chain[-1].in_shape.channels
+    return [sys], len(chain) + (act is not None), c_out
+
+
+def _toeplitz(run: list) -> np.ndarray:
+    """The matrix of linear convs / average pools applied in turn, on channel-major flattened signals."""
+    from .forward import conv1d
+
+    c, n = run[0].in_shape.channels, int(run[0].in_shape.length)
+    x = np.eye(c * n).reshape(c * n, c, n)
+    for layer in run:
+        if isinstance(layer, typed.Conv1d):
+            x = conv1d(x, layer.weight, layer.stride, layer.dilation, layer.pad_left, layer.pad_right)
+        else:
+            K, s, _ = _causal_taps(layer)
+            n_out = int(layer.out_shape.length)
+            x = np.stack([x[:, :, s * t : s * t + layer.kernel].mean(axis=2) for t in range(n_out)], axis=2)
+    return x.reshape(c * n, -1).T
+
+
+def fold_linear_into_dense(layers: list, i: int) -> tuple | None:
+    """``conv/avgpool ... (linear) -> flatten -> dense W`` as ``flatten -> dense W T`` (``T``: the run's
+    Toeplitz matrix, paddings and strides included, so always exact); ``layers`` is updated in place.
+    Applies to a run with at least one conv, while the new dense layer's ``c_0 N_0`` inputs are at most
+    ``FOLD_LIMIT`` and ``MERGE_GROWTH`` times the separate rows (the run's linear LMIs plus the dense
+    layer's inputs). Returns the fields of the ``lowered.Pool`` step that records it, or None."""
+    j = i
+    while j < len(layers) and _linear_chain_layer(layers[j]):
+        j += 1
+    run = layers[i:j]
+    if (not any(isinstance(layer, typed.Conv1d) for layer in run) or j + 1 >= len(layers)
+            or not isinstance(layers[j], typed.Flatten) or not isinstance(layers[j + 1], typed.Dense)
+            or run[0].in_shape.length is None):
+        return None
+    flatten, dense = layers[j], layers[j + 1]
+    n_in = run[0].in_shape.channels * int(run[0].in_shape.length)
+    separate = sum(_separate_rows(layer) for layer in run) + dense.n_in
+    if n_in > FOLD_LIMIT or n_in > MERGE_GROWTH * separate:
+        return None
+    W = np.asarray(dense.weight, dtype=float) @ _toeplitz(run)
+    flat = typed.Shape(n_in, None, True)
+    layers[i:j + 2] = [
+        dataclasses_replace(flatten, in_shape=run[0].in_shape, out_shape=flat),
+        dataclasses_replace(dense, weight=W, n_in=n_in, in_shape=flat, weight_expr=None),
+    ]
+    note = (f"linear {', '.join(layer.name for layer in run)} folded into dense {dense.name!r} after the "
+            f"flatten: W T, T their Toeplitz map ({n_in} inputs; exact)")
+    return "+".join(layer.name for layer in run), "merged", 1.0, False, note
+
+
+def merge_dense_layers(layers: list) -> tuple[list, dict[str, str]]:
+    """Adjacent dense layers with no activation between as one: ``W_2 (W_1 u + b_1) + b_2`` has the matrix
+    ``W_2 W_1`` (exact; the merged LMI has ``n_in + n_out`` rows instead of the two LMIs' ``n_in + n_mid``
+    and ``n_mid + n_out``, and no intermediate weight). Returns the new list and a note per merged layer."""
+    out, notes = [], {}
+    for layer in layers:
+        prev = out[-1] if out else None
+        if isinstance(layer, typed.Dense) and isinstance(prev, typed.Dense):
+            W = np.asarray(layer.weight, dtype=float) @ np.asarray(prev.weight, dtype=float)
+            name = f"{prev.name}+{layer.name}"
+            out[-1] = dataclasses_replace(layer, name=name, weight=W, n_in=prev.n_in, in_shape=prev.in_shape,
+                                          weight_expr=None, bias=None)
+            notes[name] = f"linear dense layers {', '.join(name.split('+'))} merged: W = W2 W1 (exact)"
+        else:
+            out.append(layer)
+    return out, notes
+
+
 def global_pool_step(name: str, n: int, note: str = "") -> lowered.Pool:
     """Global average pooling over ``n`` samples: ``|mean_t w_t|_X^2 <= (1/n) sum_t |w_t|_X^2``."""
     return lowered.Pool(name, "global_avg", 1.0 / math.sqrt(n), False,
@@ -356,8 +530,76 @@ def _avgpool_block(c: int, b: int, s: int) -> np.ndarray:
     return P
 
 
-def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = True) -> lowered.Network:
-    """``lower`` on blocks of ``lift`` samples (see ``lower``); average pools become exact linear maps."""
+def delayed_lifted_conv(layer: typed.Conv1d, b: int) -> tuple[lowered.StateSpace, int, int]:
+    """A conv with any padding on blocks of ``b`` samples; returns ``(system, m0, D)``.
+
+    The layer is ``y[t] = z[s t + delta]`` (``z`` its causal filter, ``delta = k_e - 1 - pad_left``; the
+    zeros of the padding are the input's zeros before ``0`` and after its end). With
+    ``m0 = max(0, ceil(delta / b))`` and ``D = b m0 - delta >= 0``, let ``zbar[n] = z[n - D]`` (the causal
+    filter with ``D`` more zero taps, still causal): then ``y[t] = zbar[s t + b m0]``, so output sample ``j``
+    of block ``tau`` is ``y[(tau - m0) b/s + j] = zbar[b tau + s j]`` -- the causal lifted system
+    (``lift_state_space``) of the delayed filter, keeping samples ``0, s, 2s, ...`` of each block. Its
+    output blocks ``tau < m0`` are not computed by the network (partial windows before the signal); dropping
+    them keeps the chain sound since the output weight is ``>= 0`` (``lower`` docstring). The right padding's
+    zeros are the input's zeros after its end only if the system is fed exactly the network's signal, which
+    ends on a block boundary when ``b | N`` (checked by the caller). Never looser than the undelayed
+    realization: with ``V`` a storage of it, ``V(x[n - D]) + sum_{n-D <= m < n} |u[m]|^2_X`` is one of the
+    delayed system (whose state holds ``u[n - D - k_e + 1 .. n - 1]``).
+    """
+    W = dilated_kernel(np.asarray(layer.weight, dtype=float), layer.dilation)
+    delta = W.shape[2] - 1 - layer.pad_left
+    m0 = max(0, -(-delta // b))
+    D = b * m0 - delta
+    if D:
+        W = np.concatenate([W, np.zeros(W.shape[:2] + (D,))], axis=2)  # K'_m = K_{m-D}: D zero taps first
+    ss = lift_state_space(conv_state_space(W), b)
+    if layer.stride > 1:  # keep samples 0, s, 2s, ... of each block (sample-major)
+        keep = np.concatenate([np.arange(j * layer.c_out, (j + 1) * layer.c_out)
+                               for j in range(0, b, layer.stride)])
+        ss = lowered.StateSpace(ss.A, ss.B, ss.C[keep], ss.D[keep])
+    return ss, m0, D
+
+
+def global_pool_lifted(c: int, b: int) -> np.ndarray:
+    """The static map ``(1/sqrt(b)) [I_c, ..., I_c]`` (c x cb, sample-major) of a global average pool over
+    ``N = T b`` samples on blocks of ``b``, whose factor stays ``1/sqrt(N)``.
+
+    ``g = (1/N) sum_{tau < T} S y~[tau]`` with ``S = [I ... I]``. For ``X >= 0`` Jensen gives
+    ``T |v|_X^2 <= sum_tau |y~[tau]|_X^2`` for the block mean ``v``, and ``g = (1/b) S v
+    = (1/sqrt(N)) (1/sqrt(b)) S (sqrt(T) v)``. The lift-1 weight is feasible: with ``X (x) I_b`` on the
+    block, ``|(1/sqrt(b)) S w|_X^2 <= |w|_{X (x) I_b}^2`` (Jensen again), so lifting never loosens it.
+    """
+    return np.tile(np.eye(c), (1, b)) / math.sqrt(b)
+
+
+def _window_major(c: int, b: int, k: int) -> np.ndarray:
+    """Row order ``(window j, channel ch, sample m)`` of a block of ``b`` samples (sample-major rows
+    ``(j k + m) c + ch``): after it, the weight ``diag(x) (x) I_k`` is equal on the k samples of a window.
+
+    A max pool (kernel = stride = k) with ``X_out = diag(x) (x) I_k`` and next input weight ``diag(x)``:
+    ``x |max_m a_m - max_m b_m|^2 <= x max_m |a_m - b_m|^2 <= sum_m x |a_m - b_m|^2`` per channel and window.
+    The lift-1 certificate (one ``x`` per channel) has this form, so lifting never loosens it.
+    """
+    return np.array([(j * k + m) * c + ch for j in range(b // k) for ch in range(c) for m in range(k)])
+
+
+def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = True,
+                  merge_linear: bool = True) -> lowered.Network:
+    """``lower`` on blocks of ``lift`` samples (see ``lower``); average pools become exact linear maps.
+
+    While a block holds ``b > 1`` samples, besides causal convs and average pools with kernel = stride:
+
+    - a conv with any padding (``delayed_lifted_conv``): a causal conv with ``D`` more zero taps, read
+      ``m0`` blocks late; the ``m0`` leading output blocks are extra, and right padding needs ``b | N``;
+    - a global average pool over ``N`` samples, ``b | N`` (``global_pool_lifted``): factor ``1/sqrt(N)`` and
+      the static map ``(1/sqrt(b)) [I ... I]`` merged into the next system;
+    - a max pool with kernel = stride ``k`` dividing ``b``: the previous system's outputs reordered so that
+      its output weight is ``diag(x) (x) I_k`` (``lowered.Pool.tied``), equal on the k samples of a window.
+
+    Each interface passes the *network's* signal to the next system; dropping whole blocks of a system's
+    output (leading extra blocks, trailing ones) only lowers the left side of its dissipation inequality
+    because every output weight is ``>= 0`` (docs/method.md, "Lifting").
+    """
     from .errors import UnsupportedError
 
     def refuse(layer, why):
@@ -374,6 +616,9 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
     premap: np.ndarray | None = None  # a static map (average pools) waiting to be merged into the next system
     flat_from: tuple[int, int, int, int] | None = None  # (channels, length, block, blocks) at a flatten
     layers = list(net.layers)
+    dense_notes: dict[str, str] = {}
+    if merge_linear:
+        layers, dense_notes = merge_dense_layers(layers)
     i = 0
 
     def merge(ss: lowered.StateSpace) -> lowered.StateSpace:
@@ -404,8 +649,21 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
         premap = None
 
     while i < len(layers):
+        if merge_linear and flat_from is None and not layers[i].in_shape.flat:
+            folded = fold_linear_into_dense(layers, i)
+            if folded is not None:  # a linear conv run folded into the dense layer after the flatten
+                steps.append(lowered.Pool(*folded))
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
+        chain = (linear_chain_system(layers, i, scale)
+                 if merge_linear and b == 1 and flat_from is None and not layer.in_shape.flat else None)
+        if chain is not None:  # one sample per block: adjacent linear convs as at lift 1
+            flush()
+            new, consumed, c = chain
+            steps += new
+            factor *= new[0].scale
+            i += consumed
+            continue
         fir = (avgpool_systems(layers, i, scale)
                if pool_fir and b == 1 and flat_from is None and not layer.in_shape.flat else None)
         if fir is not None:  # one sample per block again: overlapping average pools as at lift 1
@@ -427,20 +685,18 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
                     f", stride {layer.stride} as sub-sampling" if layer.stride > 1 else ""
                 )
             elif isinstance(layer, typed.Conv1d):
-                span = layer.dilation * (layer.kernel - 1)
-                if (layer.pad_left, layer.pad_right) != (span, 0):
-                    refuse(layer, "lifting keeps block boundaries aligned only with causal padding")
+                n_in = layer.in_shape.length
+                if layer.pad_right and (n_in is None or n_in % b):
+                    refuse(layer, f"right padding needs an input length that the block of {b} samples "
+                           f"divides (got {'any length' if n_in is None else n_in})")
                 if b % layer.stride:
                     refuse(layer, f"stride {layer.stride} does not divide the block of {b} samples")
-                ss = lift_state_space(conv_state_space(layer.weight, layer.dilation), b)
-                if layer.stride > 1:  # keep samples 0, s, 2s, ... of each block
-                    keep = np.concatenate(
-                        [np.arange(j * layer.c_out, (j + 1) * layer.c_out) for j in range(0, b, layer.stride)]
-                    )
-                    ss = lowered.StateSpace(ss.A, ss.B, ss.C[keep], ss.D[keep])
-                    b //= layer.stride
+                ss, m0, delay = delayed_lifted_conv(layer, b)  # (samples 0, s, 2s, ... of each block kept)
+                b //= layer.stride
                 kind, c_out = "conv", layer.c_out
-                note = f"FIR k={layer.kernel} lifted by {b * layer.stride}"
+                note = f"FIR k={layer.kernel} lifted by {b * layer.stride}" + (
+                    f"; padding {layer.padding}: {delay} delay taps, output {m0} block(s) late"
+                    if delay or m0 else "")
             else:
                 ss, kind, c_out, note = dense_state_space(np.eye(c * b)), "activation", c, f"lifted by {b}"
             ss = merge(ss)
@@ -479,10 +735,35 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             else:
                 steps.append(pool_step(layer))
             factor *= steps[-1].gain
+        elif isinstance(layer, typed.GlobalAvgPool):
+            n = layer.in_shape.length
+            if n is None or n % b:
+                refuse(layer, f"a global average pool needs a length that the block of {b} samples divides "
+                       f"(got {'any length' if n is None else n})")
+            G = global_pool_lifted(c, b)
+            premap = G if premap is None else G @ premap
+            steps.append(global_pool_step(layer.name, n, f"; blocks of {b}: (1/sqrt({b})) [I ... I] merged "
+                                          "into the next layer"))
+            factor *= steps[-1].gain
+            b = 1
+        elif (isinstance(layer, typed.Pool) and layer.op == "max" and layer.kernel == layer.stride
+              and b % layer.kernel == 0):
+            flush()
+            if not steps or not isinstance(steps[-1], lowered.System):
+                refuse(layer, "a lifted max pool needs a conv, dense or activation layer right before it")
+            k = layer.kernel
+            sys = steps[-1]
+            perm = _window_major(c, b, k)
+            steps[-1] = dataclasses_replace(sys, ss=lowered.StateSpace(sys.ss.A, sys.ss.B, sys.ss.C[perm],
+                                                                       sys.ss.D[perm]))
+            b //= k
+            steps.append(lowered.Pool(layer.name, "max", 1.0, True,
+                                      f"max pool k{k} on blocks: exact per window with diagonal X equal on "
+                                      f"its {k} samples (X (x) I_{k} before, X after)", tied=k))
         elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)):
             refuse(
                 layer,
-                f"only average pooling with kernel = stride dividing the block of {b} is exact when lifted",
+                f"only pooling with kernel = stride dividing the block of {b} is exact when lifted",
             )
         elif isinstance(layer, typed.Flatten) and layer.in_shape.flat:
             pass  # flattening a vector (after a global average pool) is the identity
@@ -519,15 +800,19 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             factor *= steps[-1].scale
             c = layer.n_out
         elif isinstance(layer, (typed.Dense, typed.Activation)):  # on a vector: the plain static maps
-            flush()
             if isinstance(layer, typed.Dense):
                 ss, kind, width = dense_state_space(layer.weight), "dense", layer.n_out
             else:
                 ss, kind, width = dense_state_space(np.eye(layer.in_shape.channels)), "activation", c
+            note = "; ".join(filter(None, [dense_notes.get(layer.name),
+                                           "global average pool's block map merged in" if premap is not None
+                                           else None]))
+            ss = merge(ss)  # (a pending global average pool's block map)
+            premap = None
             act = layer if kind == "activation" else (nxt if isinstance(nxt, typed.Activation) else None)
             if act is nxt and act is not None:
                 i += 1
-            steps.append(make_system(layer, act, ss, kind, "", scale))
+            steps.append(make_system(layer, act, ss, kind, note, scale))
             factor *= steps[-1].scale
             c = width
         else:  # pragma: no cover - every typed layer is handled above
@@ -583,6 +868,7 @@ def lower(
     compress: bool = True,
     lift: int = 1,
     pool_fir: bool = True,
+    merge_linear: bool = True,
 ) -> lowered.Network:
     """Group layers into systems (linear map + optional activation) and reshaping steps; realize each map.
 
@@ -590,11 +876,16 @@ def lower(
     ``lowered.Network.factor``) so that the SDP is well conditioned.
     ``lift``: realize conv layers on blocks of ``lift`` samples (``lift_state_space``): ``c lift`` channels
     with a multiplier each, average pools (kernel = stride) become exact linear maps merged into the next
-    layer, and the bound tightens towards LipSDP-Neuron as ``lift`` grows. Needs causal convs, strides and
-    pools that divide the block; other layers are refused with a hint to use ``lift = 1``.
+    layer, and the bound tightens towards LipSDP-Neuron as ``lift`` grows. Needs strides and pools (kernel =
+    stride, average or max) that divide the block, and lengths the block divides for right padding and a
+    global average pool (``_lower_lifted``); other layers are refused with a hint to use ``lift = 1``.
     ``pool_fir``: realize average pools with stride < kernel as linear FIR systems at the pooled rate,
     merged with a conv before them or folded into a dense layer after a flatten (``avgpool_systems``);
     False keeps the factor ``sqrt(ceil(k/s)/k)`` (``pool_step``), which is never tighter.
+    ``merge_linear``: merge adjacent linear layers into one exact map where that keeps the LMI small:
+    convs and average pools with no activation between into one strided FIR (``linear_chain_system``), such
+    a run before ``flatten -> dense`` into the dense layer (``fold_linear_into_dense``), dense layers into
+    one (``merge_dense_layers``); False keeps one linear LMI per layer (never tighter).
     ``compress``: shrink a wide dense first layer to its row space (``compress_input``; exact).
     ``min_length``: for an any-length input, the shortest input the bound must hold for; only a global
     average pool needs it (its factor ``1/sqrt(N)`` shrinks as N grows, so the bound holds for every longer
@@ -606,15 +897,30 @@ def lower(
         For a global average pool over a signal of unspecified length (the factor 1/sqrt(N) needs N).
     """
     if lift > 1 and not net.input_shape.flat:
-        return _lower_lifted(net, lift, scale, pool_fir)
+        return _lower_lifted(net, lift, scale, pool_fir, merge_linear)
     steps: list[lowered.Step] = []
     factor = 1.0
     layers = list(net.layers)
     lengths = _lengths(net, min_length)
+    dense_notes: dict[str, str] = {}
+    if merge_linear:  # (dense layers come after every layer with a length: ``lengths`` stays aligned)
+        layers, dense_notes = merge_dense_layers(layers)
     i = 0
     while i < len(layers):
+        before = len(layers)
+        folded = fold_linear_into_dense(layers, i) if merge_linear else None
+        if folded is not None:  # a linear conv run folded into the dense layer after the flatten
+            del lengths[i + 1 : i + 1 + before - len(layers)]
+            steps.append(lowered.Pool(*folded))
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
+        chain = linear_chain_system(layers, i, scale) if merge_linear else None
+        if chain is not None:  # adjacent linear convs (and pools): one FIR, exact
+            new, consumed, _ = chain
+            steps += new
+            factor *= new[0].scale
+            i += consumed
+            continue
         fir = avgpool_systems(layers, i, scale) if pool_fir else None
         if fir is not None:  # an overlapping average pool (with the conv before it): exact, no factor
             new, consumed, _ = fir
@@ -631,10 +937,11 @@ def lower(
                     + (f", stride {layer.stride} as sub-sampling" if layer.stride > 1 else "")
                 )
             elif isinstance(layer, typed.Dense):
-                ss, kind, note = dense_state_space(layer.weight), "dense", ""
+                ss, kind, note = dense_state_space(layer.weight), "dense", dense_notes.get(layer.name, "")
                 if compress and not any(isinstance(st, lowered.System) for st in steps) and ss.nu > ss.ny:
                     ss, n_in = compress_input(ss)
-                    note = f"input compressed {n_in} -> {ss.nu} (exact: first layer, input weight rho I)"
+                    note = "; ".join(filter(None, [note, f"input compressed {n_in} -> {ss.nu} (exact: first "
+                                                  "layer, input weight rho I)"]))
             else:
                 ss, kind, note = dense_state_space(np.eye(layer.in_shape.channels)), "activation", ""
             act = None

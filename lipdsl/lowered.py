@@ -71,6 +71,8 @@ class Pool:
     """A pooling layer between systems: the supply weight passes through, the bound gains ``gain``.
 
     ``diagonal``: the weight ``X`` before it must be diagonal (max pooling is 1-Lipschitz per channel only).
+    ``tied``: the weight before it is ``X (x) I_tied`` (``X`` diagonal, the next system's input weight): a
+    lifted max pool whose windows of ``tied`` samples are consecutive outputs of the system before it.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Pool:
     gain: float
     diagonal: bool
     note: str = ""
+    tied: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -565,9 +565,11 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         ny = sys.ss.ny
         if pos + 1 < len(systems):
             inverted = pos == invert_at
-            X = new_var(f"{'Y' if inverted else 'X'}[{sys.name}]", "Xinv" if inverted else "X", sys.name, ny,
-                        "diagonal" if diagonal else "symmetric")
-            w_out = Weight("var", ny, X)
+            # a lifted max pool: X (x) I_tied on the system's outputs, X on the next system's inputs
+            tied = max((s.tied for s in after if isinstance(s, lowered.Pool)), default=1)
+            X = new_var(f"{'Y' if inverted else 'X'}[{sys.name}]", "Xinv" if inverted else "X", sys.name,
+                        ny // tied, "diagonal" if diagonal else "symmetric")
+            w_out = Weight("var", ny, X, kron=tied)
             if diagonal:
                 nonneg.append(X)
             consumer: lowered.System = steps[systems[pos + 1]]

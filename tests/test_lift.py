@@ -67,19 +67,28 @@ def test_ecg_lift_4_is_tighter_and_above_the_authors_lower_bound():
 
 
 def test_unaligned_layers_are_refused_with_a_hint():
+    """Right padding on a signal whose length the block does not divide (its zeros would share a block with
+    samples), and a global average pool over such a length, are refused; with 16 samples they are lifted."""
     rng = np.random.default_rng(0)
-    net = (
-        Builder(1, 16)
-        .conv(rng.normal(size=(2, 1, 3)), padding="same")
-        .act("relu")
-        .flatten()
-        .dense(rng.normal(size=(2, 32)))
-        .build()
-    )
-    with pytest.raises(UnsupportedError, match="causal padding") as info:
-        lower(net, lift=2)
-    assert "--lift 1" in info.value.hint
-    lower(net, lift=1)  # the paper's realization handles it
+    for n, ok in ((15, False), (16, True)):
+        net = (
+            Builder(1, n)
+            .conv(rng.normal(size=(2, 1, 3)), padding="same")
+            .act("relu")
+            .flatten()
+            .dense(rng.normal(size=(2, 2 * n)))
+            .build()
+        )
+        gap = Builder(1, n).conv(rng.normal(size=(2, 1, 3)), padding="causal").act("relu").gap().build()
+        if ok:
+            lower(net, lift=2), lower(gap, lift=2)
+            continue
+        with pytest.raises(UnsupportedError, match="right padding") as info:
+            lower(net, lift=2)
+        assert "--lift 1" in info.value.hint
+        with pytest.raises(UnsupportedError, match="global average pool"):
+            lower(gap, lift=2)
+        lower(net, lift=1), lower(gap, lift=1)  # the paper's realization handles both
 
 
 def lift_friendly_cnn(rng: np.random.Generator):
@@ -118,3 +127,77 @@ def test_mixed_nets_every_lift_is_sandwiched(seed):
     assert bounds[0] <= naive_hinf(net) * (1 + 1e-7)
     low = lower_bound(net, starts=4, steps=8, seed=seed, time_budget=1.0).value
     assert low <= neuron * (1 + 1e-7)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_padded_conv_on_blocks_is_the_network_layer_delayed(seed):
+    """delayed_lifted_conv: output blocks from m0 on are the PyTorch conv (any padding, stride dividing b)."""
+    from lipdsl.forward import conv1d
+    from lipdsl.lower import delayed_lifted_conv
+
+    rng = np.random.default_rng(seed)
+    b = int(rng.choice([2, 4]))
+    k, d, s = int(rng.integers(1, 5)), int(rng.integers(1, 3)), int(rng.choice([1, 2]))
+    span = d * (k - 1)
+    pad = str(rng.choice(["same", "valid", "2"]))
+    n = 16
+    net = Builder(2, n).conv(rng.normal(size=(3, 2, k)), stride=s if pad != "same" else 1, dilation=d,
+                             padding=2 if pad == "2" else pad).build()
+    conv = net.layers[0]
+    ss, m0, D = delayed_lifted_conv(conv, b)
+    assert ss.nx == (span + D) * 2
+    x = rng.normal(size=(2, n))
+    ref = conv1d(x[None], conv.weight, conv.stride, d, conv.pad_left, conv.pad_right)[0]
+    blocks = np.hstack([x, np.zeros((2, 4 * b))])  # sample-major blocks: row r*c + ch
+    T = blocks.shape[1] // b
+    y = ss.simulate(blocks.T.reshape(T, b * 2).T)
+    bo = b // conv.stride
+    out = y.T.reshape(T * bo, 3).T  # back to (channels, samples)
+    assert np.allclose(out[:, m0 * bo : m0 * bo + ref.shape[1]], ref, atol=1e-12)
+
+
+def newly_liftable_cnn(rng):
+    """A CNN with the layers --lift now accepts while a block holds > 1 sample: 'same'/'valid'/int padding
+    (lengths that 8 divides), max pools with kernel = stride, and a global average pool at the end (or a
+    flatten)."""
+    acts = ["relu", "tanh", "leaky_relu"]
+    b = Builder(int(rng.integers(1, 3)), 16)
+    for _ in range(int(rng.integers(1, 3))):
+        k = int(rng.integers(1, 4))
+        pad = str(rng.choice(["same", "valid", "causal", "1"]))
+        if pad in ("valid", "1") and b.shape.length < 8:
+            pad = "same"
+        b.conv(rng.normal(size=(int(rng.integers(1, 4)), b.shape.channels, k)) / np.sqrt(k),
+               padding=1 if pad == "1" else pad)
+        act = str(rng.choice(acts))
+        b.act(act, 0.1 if act == "leaky_relu" else None)
+        if rng.random() < 0.5 and b.shape.length >= 8 and b.shape.length % 2 == 0:
+            b.pool("max" if rng.random() < 0.7 else "avg", 2)
+    if b.shape.length % 4 == 0 and rng.random() < 0.5:
+        b.gap()
+    b.flatten()
+    return b.dense(rng.normal(size=(int(rng.integers(1, 3)), b.shape.channels))).build()
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(16))
+def test_padding_max_pool_and_gap_lift_soundly(seed):
+    """lower <= LipSDP-Neuron (no max pools) <= dissipative(L), non-increasing along the lifts it admits."""
+    net = newly_liftable_cnn(np.random.default_rng(900 + seed))
+    bounds = []
+    for L in (1, 2, 4, 8):
+        try:
+            cert = solve_network(net, lift=L).certificate
+        except UnsupportedError:
+            break
+        assert cert.verified
+        bounds.append(cert.lipschitz)
+    assert len(bounds) >= 2
+    for a, b in zip(bounds, bounds[1:]):
+        assert b <= a * (1 + 1e-6), bounds
+    assert bounds[0] <= naive_hinf(net) * (1 + 1e-7)
+    low = lower_bound(net, starts=4, steps=8, seed=seed, time_budget=1.0).value
+    assert low <= bounds[-1] * (1 + 1e-7)
+    if not any(layer.kind == "pool" and layer.op == "max" for layer in net.layers):  # (LipSDP: no max pools)
+        neuron = lipsdp(net, "neuron").bound
+        assert low <= neuron * (1 + 1e-7) and neuron <= bounds[-1] * (1 + 1e-6), (low, neuron, bounds)

@@ -194,3 +194,93 @@ def test_lowering_of_overlapping_pools_names_each_construct():
     assert [st.note for st in old.steps if type(st).__name__ == "Pool"] == [
         "avg pool k3 s2: factor sqrt(2/3)", "avg pool k4 s2: factor sqrt(2/4)",
         "avg pool k2 s2: factor sqrt(1/2)", "avg pool k3 s2: factor sqrt(2/3)"]
+
+
+def random_linear_chain(rng):
+    """2-3 linear convs (random padding, stride, dilation), sometimes an average pool between."""
+    c, n = int(rng.integers(1, 3)), int(rng.integers(12, 30))
+    b = Builder(c, n)
+    for _ in range(int(rng.integers(2, 4))):
+        if rng.random() < 0.3 and b.shape.length >= 4:
+            k = int(rng.integers(2, 4))
+            b.pool("avg", k, int(rng.integers(1, k + 1)))
+            continue
+        k, d, st = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        pad = str(rng.choice(["valid", "causal", "same", "1"]))
+        span = d * (k - 1)
+        pl, pr = {"valid": (0, 0), "causal": (span, 0), "same": (span // 2, span - span // 2),
+                  "1": (1, 1)}[pad]
+        if b.shape.length + pl + pr - span < 2:
+            continue
+        b.conv(rng.normal(size=(int(rng.integers(1, 4)), b.shape.channels, k)),
+               stride=1 if pad == "same" else st, dilation=d, padding=1 if pad == "1" else pad)
+    return b.build()
+
+
+def test_linear_conv_chains_merge_into_one_exact_fir():
+    """Adjacent linear convs / average pools: the merged system's outputs, from some m0 on, are the network's
+    (PyTorch semantics, paddings included); chains whose padding zeros the composition cannot reproduce
+    (e.g. 'same' after 'same') are not merged."""
+    from lipdsl.lower import linear_chain_system
+
+    merged = refused = 0
+    for seed in range(120):
+        rng = np.random.default_rng(seed)
+        net = random_linear_chain(rng)
+        if len(net.layers) < 2 or net.layers[0].kind != "conv1d":
+            continue
+        res = linear_chain_system(list(net.layers), 0, False)
+        if res is None:
+            refused += 1
+            continue
+        (sys,), consumed, _ = res
+        sub = type(net)(net.name, net.input_shape, net.layers[:consumed])
+        x = rng.normal(size=(net.input_shape.channels, net.input_shape.length))
+        ref = forward(sub, x)
+        y = sys.ss.simulate(blocked(x, sys.block_in, extra=40))
+        assert any(np.allclose(y[:, m : m + ref.shape[1]], ref, atol=1e-10) for m in range(30)), seed
+        assert sys.layers == tuple(layer.name for layer in net.layers[:consumed])
+        merged += 1
+    assert merged >= 30 and refused >= 5
+
+
+def test_linear_runs_fold_into_the_dense_and_dense_layers_merge():
+    """conv (same) -> avgpool -> flatten -> dense: one dense W T on the unconvolved signal; two linear dense
+    layers: W2 W1; both exact on random inputs, and named by show --lowering's notes."""
+    from lipdsl.lower import fold_linear_into_dense, merge_dense_layers
+
+    rng = np.random.default_rng(5)
+    net = (Builder(2, 10).conv(rng.normal(size=(3, 2, 3)), padding="same").pool("avg", 2).flatten()
+           .dense(rng.normal(size=(4, 15))).dense(rng.normal(size=(2, 4))).build())
+    layers = list(net.layers)
+    name, op, gain, diagonal, note = fold_linear_into_dense(layers, 0)
+    assert name == "conv1+avgpool2" and op == "merged" and "folded into dense 'fc4'" in note
+    layers, notes = merge_dense_layers(layers)
+    assert [layer.kind for layer in layers] == ["flatten", "dense"] and layers[1].weight.shape == (2, 20)
+    assert "fc4+fc5" in notes
+    x = rng.normal(size=(2, 10))
+    assert np.allclose(layers[1].weight @ x.reshape(-1), forward(net, x), atol=1e-12)
+    low = lower(net)
+    assert [type(st).__name__ for st in low.steps] == ["Pool", "Flatten", "System"]
+    assert low.steps[2].layers == ("fc4+fc5",) and "W = W2 W1" in low.steps[2].note
+    assert len(lower(net, merge_linear=False).systems) == 3
+
+
+def test_conv_conv_merge_is_named_and_capped():
+    """causal conv -> causal conv -> relu: one system; a wide conv into a 1-channel one keeps two systems when
+    the merged LMI would exceed MERGE_GROWTH times the separate ones."""
+    from lipdsl.lower import MERGE_GROWTH
+
+    rng = np.random.default_rng(6)
+    net = (Builder(1, 16).conv(rng.normal(size=(4, 1, 3)), padding="causal")
+           .conv(rng.normal(size=(2, 4, 3)), padding="causal").act("relu").flatten()
+           .dense(rng.normal(size=(2, 32))).act("relu").dense(rng.normal(size=(1, 2))).build())
+    low = lower(net)
+    first = low.steps[0]
+    assert first.layers == ("conv1", "conv2", "relu3") and "merged: one FIR with 5 taps" in first.note
+    assert first.ss.nx + first.ss.nu == 5 and first.slope == (0.0, 1.0)
+    wide = (Builder(8, 16).conv(rng.normal(size=(1, 8, 5)), padding="causal", stride=2)
+            .conv(rng.normal(size=(1, 1, 5)), padding="causal", stride=2).act("relu").build())
+    low = lower(wide)
+    assert len(low.systems) == 2  # merged: 8 channels x 4-sample blocks x 5 blocks > MERGE_GROWTH x (40 + 5)
+    assert MERGE_GROWTH == 2

@@ -253,3 +253,45 @@ def test_fir_pooling_is_sandwiched_and_never_looser_than_the_factor(seed):
     assert neuron <= new * (1 + 1e-6), (neuron, new)
     low = lower_bound(net, starts=4, steps=10, seed=seed, time_budget=2.0).value
     assert low <= neuron * (1 + 1e-7), (low, neuron)
+
+
+def linear_merge_net(rng):
+    """A small CNN with linear layers next to each other: conv -> conv (no activation), sometimes a pool in
+    the run, an activation, then flatten -> dense -> dense (sometimes linear) -> dense."""
+    c, n = int(rng.integers(1, 3)), int(rng.integers(8, 14))
+    b = Builder(c, n)
+    for _ in range(2):
+        pad = str(rng.choice(["causal", "valid", "causal"]))
+        k = int(rng.integers(2, 4))
+        if b.shape.length < k + 1:
+            break
+        b.conv(rng.normal(size=(int(rng.integers(1, 4)), b.shape.channels, k)) / np.sqrt(k), padding=pad,
+               stride=int(rng.choice([1, 1, 2])))
+    if rng.random() < 0.3 and b.shape.length >= 4:
+        b.pool("avg", 2)
+    b.act(str(rng.choice(["relu", "tanh"])))
+    b.flatten()
+    h = int(rng.integers(2, 6))
+    b.dense(rng.normal(size=(h, b.shape.channels)) / np.sqrt(b.shape.channels))
+    if rng.random() < 0.5:
+        b.act("relu")
+    b.dense(rng.normal(size=(3, h)) / np.sqrt(h)).act("relu")
+    return b.dense(rng.normal(size=(int(rng.integers(1, 3)), 3))).build()
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(12))
+def test_merged_linear_layers_are_sandwiched_and_never_looser(seed):
+    """lower <= LipSDP-Neuron <= merged <= separate linear LMIs (1e-6) <= H-inf product."""
+    from lipdsl.baselines import lipsdp, naive_hinf
+    from lipdsl.empirical import lower_bound
+
+    net = linear_merge_net(np.random.default_rng(700 + seed))
+    assert len(lower(net).systems) <= len(lower(net, merge_linear=False).systems)
+    new, old = _bound(net), _bound(net, merge_linear=False)
+    assert new <= old * (1 + 1e-6), (new, old)
+    assert old <= naive_hinf(net) * (1 + 1e-7)
+    neuron = lipsdp(net, "neuron").bound
+    assert neuron <= new * (1 + 1e-6), (neuron, new)
+    low = lower_bound(net, starts=4, steps=10, seed=seed, time_budget=2.0).value
+    assert low <= neuron * (1 + 1e-7), (low, neuron)
