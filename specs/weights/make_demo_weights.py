@@ -36,3 +36,11 @@ np.savez("avgpool_overlap_demo.npz", **{
     "c2.weight": w(4, 4, 3), "c2.bias": w(4, scale=0.1),
     "head.weight": w(3, 4 * 6), "head.bias": w(3, scale=0.1),
 })
+np.savez("linear_merge_demo.npz", **{
+    "c1.weight": w(8, 2, 5), "c1.bias": w(8, scale=0.1),
+    "c2.weight": w(8, 8, 3), "c2.bias": w(8, scale=0.1),
+    "c3.weight": w(4, 8, 3), "c3.bias": w(4, scale=0.1),
+    "c4.weight": w(4, 4, 3), "c4.bias": w(4, scale=0.1),
+    "f1.weight": w(16, 4 * 30), "f1.bias": w(16, scale=0.1),
+    "f2.weight": w(3, 16), "f2.bias": w(3, scale=0.1),
+})
