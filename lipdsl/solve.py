@@ -277,7 +277,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         for fam in families.values():
             fam.gram(acc[fam.local.tobytes()][1], [S_of[i] for i in fam.members])
         for local, Hl in acc.values():
-            H[np.ix_(local, local)] += Hl
+            H[_block(local, local)] += Hl
         try:
             cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
         except (np.linalg.LinAlgError, ValueError) as exc:
