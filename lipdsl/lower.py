@@ -473,6 +473,40 @@ def merge_dense_layers(layers: list) -> tuple[list, dict[str, str]]:
     return out, notes
 
 
+def merge_causal_convs(layers: list) -> tuple[list, dict[str, str]]:
+    """Runs of causal stride-1 convs with no activation between as one causal conv (for ``--lift``, whose
+    blocks do not use ``linear_chain_system``): with ``y1[t] = sum_j K1_j u[t - d1 (k1-1-j)]`` and ``y2`` the
+    same of ``y1``, ``y2[t] = sum_lag W[lag] u[t - lag]``, ``W[lag] = sum_{d2 a + d1 b = lag} K2_a K1_b``
+    (``a, b`` the lags of the two kernels), and causal padding is zero before ``t = 0`` for both (exact for
+    the linear part; the biases only add an offset that does not depend on the input, ``K2 b1`` summed over
+    the taps that read real samples, so the merged layer carries none). Merged only while
+    ``linear_chain_system`` would merge the pair at one sample per block too, so that ``--lift L`` starts
+    from the same realization as ``--lift 1``."""
+    out, notes = [], {}
+    for layer in layers:
+        prev = out[-1] if out else None
+        if (isinstance(layer, typed.Conv1d) and isinstance(prev, typed.Conv1d)
+                and layer.padding == prev.padding == "causal" and layer.stride == prev.stride == 1
+                and linear_chain_system([prev, layer], 0, False) is not None):
+            K1, K2 = np.asarray(prev.weight, float), np.asarray(layer.weight, float)
+            k1, k2, d1, d2 = prev.kernel, layer.kernel, prev.dilation, layer.dilation
+            span = d1 * (k1 - 1) + d2 * (k2 - 1)
+            W = np.zeros((layer.c_out, prev.c_in, span + 1))
+            for a in range(k2):
+                for b in range(k1):
+                    lag = d2 * (k2 - 1 - a) + d1 * (k1 - 1 - b)
+                    W[:, :, span - lag] += K2[:, :, a] @ K1[:, :, b]
+            name = f"{prev.name}+{layer.name}"
+            out[-1] = dataclasses_replace(layer, name=name, weight=W, c_in=prev.c_in, kernel=span + 1,
+                                          dilation=1, pad_left=span, pad_right=0, in_shape=prev.in_shape,
+                                          bias=None, weight_expr=None)
+            notes[name] = (f"linear convs {', '.join(name.split('+'))} merged: one causal conv with "
+                           f"{span + 1} taps (exact)")
+        else:
+            out.append(layer)
+    return out, notes
+
+
 def global_pool_step(name: str, n: int, note: str = "") -> lowered.Pool:
     """Global average pooling over ``n`` samples: ``|mean_t w_t|_X^2 <= (1/n) sum_t |w_t|_X^2``."""
     return lowered.Pool(name, "global_avg", 1.0 / math.sqrt(n), False,
@@ -619,6 +653,8 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
     dense_notes: dict[str, str] = {}
     if merge_linear:
         layers, dense_notes = merge_dense_layers(layers)
+        layers, conv_notes = merge_causal_convs(layers)
+        dense_notes.update(conv_notes)
     i = 0
 
     def merge(ss: lowered.StateSpace) -> lowered.StateSpace:
@@ -699,6 +735,8 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
                     if delay or m0 else "")
             else:
                 ss, kind, c_out, note = dense_state_space(np.eye(c * b)), "activation", c, f"lifted by {b}"
+            if layer.name in dense_notes:  # a run of linear causal convs merged (merge_causal_convs)
+                note = f"{dense_notes[layer.name]}; {note}"
             ss = merge(ss)
             premap = None
             act = layer if kind == "activation" else (nxt if isinstance(nxt, typed.Activation) else None)

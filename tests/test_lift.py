@@ -92,29 +92,40 @@ def test_unaligned_layers_are_refused_with_a_hint():
 
 
 def lift_friendly_cnn(rng: np.random.Generator):
-    """Causal convs (dilation, stride 2), average pools with kernel = stride, mixed slopes, flatten, dense."""
+    """Convs (causal or "same", dilation, stride 2; sometimes linear: no activation after), mixed slopes,
+    pools with kernel = stride (average or max), flatten or global average pool, dense. Returns the net and
+    whether it has a max pool (LipSDP refuses those)."""
     acts = ["relu", "tanh", "sigmoid", "leaky_relu"]
     b = Builder(int(rng.integers(1, 3)), 16)
+    has_max = False
     for _ in range(int(rng.integers(1, 3))):
         c_out = int(rng.integers(1, 4))
         stride = int(rng.choice([1, 1, 2])) if b.shape.length >= 8 else 1
-        b.conv(rng.normal(size=(c_out, b.shape.channels, int(rng.integers(1, 4)))), padding="causal",
+        padding = "same" if stride == 1 and rng.random() < 0.3 else "causal"
+        b.conv(rng.normal(size=(c_out, b.shape.channels, int(rng.integers(1, 4)))), padding=padding,
                dilation=int(rng.choice([1, 2])), stride=stride)
-        act = str(rng.choice(acts))
-        b.act(act, 0.1 if act == "leaky_relu" else None)
+        if rng.random() < 0.8:
+            act = str(rng.choice(acts))
+            b.act(act, 0.1 if act == "leaky_relu" else None)
         if rng.random() < 0.5 and b.shape.length >= 8:
-            b.pool("avg", 2)
-    b.flatten()
+            op = "max" if rng.random() < 0.3 else "avg"
+            has_max |= op == "max"
+            b.pool(op, 2)
+    if rng.random() < 0.25:
+        b.gap()
+    else:
+        b.flatten()
     if rng.random() < 0.5:
-        b.dense(rng.normal(size=(int(rng.integers(2, 6)), b.shape.channels))).act("relu")
-    return b.dense(rng.normal(size=(int(rng.integers(1, 3)), b.shape.channels))).build()
+        b.dense(rng.normal(size=(int(rng.integers(2, 6)), b.shape.size))).act("relu")
+    return b.dense(rng.normal(size=(int(rng.integers(1, 3)), b.shape.size))).build(), has_max
 
 
 @pytest.mark.solver
 @pytest.mark.parametrize("seed", range(40))
 def test_mixed_nets_every_lift_is_sandwiched(seed):
-    """40 nets: lower <= LipSDP-Neuron <= dissipative(L) <= H-inf product, and non-increasing along L."""
-    net = lift_friendly_cnn(np.random.default_rng(500 + seed))
+    """40 nets: lower <= LipSDP-Neuron <= dissipative(L) <= H-inf product, and non-increasing along L
+    (LipSDP skipped for max pools: lower <= dissipative(L) then)."""
+    net, has_max = lift_friendly_cnn(np.random.default_rng(500 + seed))
     bounds = []
     for L in (1, 2, 4):
         cert = solve_network(net, lift=L).certificate
@@ -122,11 +133,43 @@ def test_mixed_nets_every_lift_is_sandwiched(seed):
         bounds.append(cert.lipschitz)
     for a, b in zip(bounds, bounds[1:]):
         assert b <= a * (1 + 1e-6), bounds
+    low = lower_bound(net, starts=4, steps=8, seed=seed, time_budget=1.0).value
+    assert bounds[0] <= naive_hinf(net) * (1 + 1e-7)
+    if has_max:
+        assert low <= bounds[-1] * (1 + 1e-7)
+        return
     neuron = lipsdp(net, "neuron").bound
     assert neuron <= bounds[-1] * (1 + 1e-6), (neuron, bounds)
-    assert bounds[0] <= naive_hinf(net) * (1 + 1e-7)
-    low = lower_bound(net, starts=4, steps=8, seed=seed, time_budget=1.0).value
     assert low <= neuron * (1 + 1e-7)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_causal_conv_runs_merge_exactly(seed):
+    """merge_causal_convs: the composed causal conv is the two convs in turn; with biases the difference is
+    an offset that does not depend on the input (the Lipschitz constant is the same)."""
+    from lipdsl.forward import conv1d
+    from lipdsl.lower import merge_causal_convs
+
+    rng = np.random.default_rng(seed)
+    b = Builder(2, 20)
+    for c_in, c_out, k_min in ((2, 3, 1), (3, 2, 2)):
+        b.conv(rng.normal(size=(c_out, c_in, int(rng.integers(k_min, 4)))), padding="causal",
+               dilation=int(rng.integers(1, 3)), bias=rng.normal(size=c_out))
+    net = b.act("relu").flatten().dense(rng.normal(size=(1, 40))).build()
+    merged, notes = merge_causal_convs(list(net.layers))
+    assert len(merged) == len(net.layers) - 1 and "merged" in next(iter(notes.values()))
+    m = merged[0]
+    assert m.bias is None
+    x = rng.normal(size=(5, 2, 20))
+    outs = []
+    for biased in (False, True):
+        y = x
+        for L in net.layers[:2]:
+            y = conv1d(y, L.weight, L.stride, L.dilation, L.pad_left, L.pad_right)
+            y = y + L.bias[:, None] if biased else y
+        outs.append(y - conv1d(x, m.weight, m.stride, m.dilation, m.pad_left, m.pad_right))
+    np.testing.assert_allclose(outs[0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(outs[1], np.broadcast_to(outs[1][0], outs[1].shape), atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(12))
