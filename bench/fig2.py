@@ -7,14 +7,13 @@ Right: the deep CNN 1x128 -> conv k3 causal ReLU -> avgpool 2 -> conv k3 ReLU ->
 dense 5, channels [2,4], [4,8], ..., [12,24] (random weights, seed 0): bounds and times divided by the
 dissipative method's.
 
-LipSDP is one LMI of n0 + sum(hidden) rows on the unrolled net, solved by lipdsl's CVXOPT driver (sparse Gram
-KKT solver) after an exact chordal split into clique LMIs where the net is banded in time (the fully conv net:
-540 rows at N = 60 -> four blocks of <= 158 rows; the deep CNNs' dense output layer is lifted into 5 rows
-shared by every clique). Each LipSDP solve is predicted from the ones measured before it (t = a rows^p,
-fitted per mode) and skipped with a printed note when the prediction exceeds --cap seconds or the remaining
---budget.
+LipSDP is one LMI of n0 + sum(hidden) rows on the unrolled net, solved by lipdsl's HKM interior-point method
+(lipdsl/hkm.py) after an exact chordal split into clique LMIs where the net is banded in time (the fully conv
+net: 540 rows at N = 60 -> four blocks of <= 158 rows; the deep CNNs' dense output layer is lifted into 5 rows
+shared by every clique). Each LipSDP solve is predicted from the ones measured before it (t = a rows^p, fitted
+per mode) and skipped with a printed note when the prediction exceeds --cap seconds or the remaining --budget.
 
-    nice python bench/fig2.py                # 8-15 min on 2 shared cores; writes bench/out/fig2_*.png, .csv
+    nice python bench/fig2.py                # ~10 min on 2 shared cores; writes bench/out/fig2_*.png, .csv
     python bench/fig2.py --quick             # a smoke run (few N, two deep nets, no LipSDP above 200 rows)
 
 Figures are copied to docs/fig2_left.png and docs/fig2_right.png (shown in the README).
@@ -188,7 +187,7 @@ def run_right(budget: Budget, channels, lower_budget, log) -> list[dict]:
             rows.append(row_of(run_method(net, m), panel="right", N=128, channels=tag, solver=""))
         for mode in ("layer", "neuron"):
             rows.append({**lipsdp_point(net, mode, None, budget, log), "panel": "right", "N": 128,
-                         "channels": tag, "solver": "cvxopt"})
+                         "channels": tag, "solver": "hkm"})
         if lower_budget > 0:
             lb = lower_bound(net, starts=8, time_budget=lower_budget)
             rows.append({"method": "lower", "bound": lb.value, "seconds": lb.seconds, "status": "witnessed",
