@@ -456,7 +456,7 @@ class LipsdpProblem:
 
     ``x = (rho, lam, Z)``: ``lam`` one multiplier per neuron (or per layer), ``Z`` the free separator
     variables of the chordal split (``chordal.decompose``; none when ``cliques`` has one entry). Solved by
-    ``solve.solve`` with the sparse Gram KKT solver (``kkt = "gram"``).
+    ``hkm.solve_hkm`` (default) or ``solve.solve`` with the sparse Gram KKT solver (``kkt = "gram"``).
     """
 
     n: int
