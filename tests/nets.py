@@ -106,6 +106,20 @@ class Builder:
         return typed.Network(self.name, self.input_shape, tuple(self.layers))
 
 
+def random_head(b: Builder, rng: np.random.Generator, act: str, p_gap: float,
+                max_outputs: int) -> typed.Network:
+    """Finish a random conv stack: global average pool (probability ``p_gap``) or flatten, sometimes a hidden
+    dense layer with ``act``, then a dense output of 1 .. ``max_outputs - 1`` (the draws in this order)."""
+    if rng.random() < p_gap:
+        b.gap()
+    else:
+        b.flatten()
+    if rng.random() < 0.5:
+        h = int(rng.integers(2, 6))
+        b.dense(rng.normal(size=(h, b.shape.channels))).act(act)
+    return b.dense(rng.normal(size=(int(rng.integers(1, max_outputs)), b.shape.channels))).build()
+
+
 def dense_net(weights, activation="relu", biases=None) -> typed.Network:
     """Dense net ``W_l phi(... phi(W_1 x))`` from a list of (out, in) matrices."""
     b = Builder(weights[0].shape[1], flat=True)

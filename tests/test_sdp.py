@@ -8,7 +8,7 @@ import pytest
 from lipdsl.certify import _Point
 from lipdsl.lower import lower
 from lipdsl.sdp import build_sdp
-from nets import Builder, ecg_from_npz
+from nets import Builder, ecg_from_npz, random_head
 
 DATA = Path(__file__).parent / "data"
 
@@ -221,14 +221,7 @@ def random_overlap_cnn(rng):
             b.pool("avg", kp, int(rng.integers(1, kp)))
             if linear or rng.random() < 0.3:
                 b.act(act)
-    if rng.random() < 0.2:
-        b.gap()
-    else:
-        b.flatten()
-    if rng.random() < 0.5:
-        h = int(rng.integers(2, 6))
-        b.dense(rng.normal(size=(h, b.shape.channels))).act(act)
-    return b.dense(rng.normal(size=(int(rng.integers(1, 3)), b.shape.channels))).build()
+    return random_head(b, rng, act, p_gap=0.2, max_outputs=3)
 
 
 def _bound(net, **options):

@@ -11,7 +11,7 @@ from lipdsl.api import solve_network
 from lipdsl.baselines import lipsdp, naive_hinf
 from lipdsl.empirical import lower_bound
 from lipdsl.load import load_network
-from nets import Builder, dense_net, ecg_from_npz
+from nets import Builder, dense_net, ecg_from_npz, random_head
 from test_sdp import DATA, ecg
 
 pytestmark = pytest.mark.solver
@@ -103,15 +103,7 @@ def random_small_cnn(rng: np.random.Generator):
             op = str(rng.choice(["avg", "max"]))
             kernel = int(rng.integers(2, 4))
             b.pool(op, kernel, int(rng.integers(1, kernel + 1)))
-    if rng.random() < 0.3:
-        b.gap()
-    else:
-        b.flatten()
-    if rng.random() < 0.5:
-        h = int(rng.integers(2, 6))
-        b.dense(rng.normal(size=(h, b.shape.channels))).act(act)
-    b.dense(rng.normal(size=(int(rng.integers(1, 4)), b.shape.channels)))
-    return b.build()
+    return random_head(b, rng, act, p_gap=0.3, max_outputs=4)
 
 
 @pytest.mark.parametrize("seed", range(50))
