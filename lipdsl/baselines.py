@@ -360,6 +360,26 @@ def _lipsdp_data(net: typed.Network, length: int | None):
     return mats, slopes, out / s_out, scale * s_out
 
 
+def _layout(mats) -> tuple[list[int], np.ndarray]:
+    """Block sizes ``n_0, ..., n_l`` of ``x = [x_0; ...; x_l]`` and their offsets (``offs[-1]`` = total)."""
+    sizes = [mats[0].shape[1]] + [M.shape[0] for M in mats]
+    return sizes, np.concatenate([[0], np.cumsum(sizes)])
+
+
+def _neurons(mats, slopes, offs):
+    """Every hidden neuron in order: ``(q, k, alpha, beta, idx, v, e)`` with ``q`` its running index, ``k``
+    its layer, ``a_q`` (row ``q`` of ``M_k`` on block ``k - 1``) as indices ``idx`` and values ``v``, and
+    ``e`` the index of its output on block ``k`` (the LipSDP LMI of ``_lmi_coefficients`` and
+    ``_lipsdp_terms``)."""
+    q = 0
+    for k, (M, (a, b)) in enumerate(zip(mats, slopes)):
+        M = sp.csr_matrix(M)
+        for r in range(M.shape[0]):
+            lo, hi = M.indptr[r], M.indptr[r + 1]
+            yield q, k, a, b, M.indices[lo:hi] + offs[k], M.data[lo:hi], int(offs[k + 1] + r)
+            q += 1
+
+
 def _lmi_coefficients(mats, slopes, out, mode):
     """Sparse coefficients of ``F(rho, lam) = C - rho E0 + sum_q lam_q F_q`` (to be ``<= 0``), vectorised.
 
@@ -369,26 +389,19 @@ def _lmi_coefficients(mats, slopes, out, mode):
     ``E0 = diag(I_{n_0}, 0)``, ``C = diag(0, ..., 0, M_out^T M_out)``. Layer mode sums the ``F_q`` of a layer.
     Returns ``(C, E0, Fcoef, N)`` with columns ``vec(F)`` (column-major, ``vec(F)[r + c*N] = F[r, c]``).
     """
-    sizes = [mats[0].shape[1]] + [M.shape[0] for M in mats]
-    offs = np.concatenate([[0], np.cumsum(sizes)])
+    sizes, offs = _layout(mats)
     N = int(offs[-1])
     rows, cols, vals, var = [], [], [], []
-    q = 0
-    for k, (M, (a, b)) in enumerate(zip(mats, slopes)):
-        M = sp.csr_matrix(M)
-        for r in range(M.shape[0]):
-            idx = M.indices[M.indptr[r]:M.indptr[r + 1]] + offs[k]
-            v = M.data[M.indptr[r]:M.indptr[r + 1]]
-            e = offs[k + 1] + r
-            if a != 0.0:
-                rows.append(np.repeat(idx, idx.size))
-                cols.append(np.tile(idx, idx.size))
-                vals.append(-2 * a * b * np.outer(v, v).ravel())
-            rows.append(np.concatenate([idx, np.full(idx.size, e), [e]]))
-            cols.append(np.concatenate([np.full(idx.size, e), idx, [e]]))
-            vals.append(np.concatenate([(a + b) * v, (a + b) * v, [-2.0]]))
-            var.append(np.full(rows[-1].size + (idx.size ** 2 if a != 0.0 else 0), q))
-            q += 1
+    for q, _, a, b, idx, v, e in _neurons(mats, slopes, offs):
+        if a != 0.0:
+            rows.append(np.repeat(idx, idx.size))
+            cols.append(np.tile(idx, idx.size))
+            vals.append(-2 * a * b * np.outer(v, v).ravel())
+        rows.append(np.concatenate([idx, np.full(idx.size, e), [e]]))
+        cols.append(np.concatenate([np.full(idx.size, e), idx, [e]]))
+        vals.append(np.concatenate([(a + b) * v, (a + b) * v, [-2.0]]))
+        var.append(np.full(rows[-1].size + (idx.size ** 2 if a != 0.0 else 0), q))
+    q = sum(M.shape[0] for M in mats)
     rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     var = np.concatenate(var)
     F = sp.csr_matrix((vals, (rows + cols * N, var)), shape=(N * N, q))
@@ -490,8 +503,7 @@ def _lipsdp_terms(mats, slopes, out, mode):
     complement), which keeps the pattern sparse for the chordal split.
     Returns ``(N, F0, terms, n_vars, lifted)``.
     """
-    sizes = [mats[0].shape[1]] + [M.shape[0] for M in mats]
-    offs = np.concatenate([[0], np.cumsum(sizes)])
+    sizes, offs = _layout(mats)
     N0 = int(offs[-1])
     out = sp.csr_matrix(out)
     OtO = (out.T @ out).tocsr()
@@ -509,22 +521,17 @@ def _lipsdp_terms(mats, slopes, out, mode):
         F0[offs[-2]:N0, offs[-2]:N0] -= OtO.toarray()
     one = np.ones(1)
     terms = [(0, np.array([i]), one, np.array([i]), one, 0.5) for i in range(sizes[0])]
-    q = 0
-    for k, (M, (a, b)) in enumerate(zip(mats, slopes)):
-        M = sp.csr_matrix(M)
-        for r in range(M.shape[0]):
-            idx = M.indices[M.indptr[r]:M.indptr[r + 1]] + offs[k]
-            v = M.data[M.indptr[r]:M.indptr[r + 1]]
-            e = np.array([offs[k + 1] + r])
-            col = 1 + (q if mode == "neuron" else k)
-            if a * b != 0.0:
-                terms.append((col, idx, v, idx, v, a * b))
-            terms.append((col, idx, v, e, one, -(a + b)))
-            terms.append((col, e, one, e, one, 1.0))
-            q += 1
+    for q, k, a, b, idx, v, e in _neurons(mats, slopes, offs):
+        col = 1 + (q if mode == "neuron" else k)
+        e = np.array([e])
+        if a * b != 0.0:
+            terms.append((col, idx, v, idx, v, a * b))
+        terms.append((col, idx, v, e, one, -(a + b)))
+        terms.append((col, e, one, e, one, 1.0))
     if mode not in ("neuron", "layer"):
         raise ValueError(f"mode must be 'neuron' or 'layer', got {mode!r}")
-    return N, F0, terms, 1 + (q if mode == "neuron" else len(mats)), lifted
+    n_neurons = sum(M.shape[0] for M in mats)
+    return N, F0, terms, 1 + (n_neurons if mode == "neuron" else len(mats)), lifted
 
 
 def lipsdp_problem(mats, slopes, out, mode: str, chordal: bool | None = None) -> LipsdpProblem:
