@@ -180,7 +180,7 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
         return run_method(net, m, length=length, solver=solver, lift=lift, force=force, max_rows=max_rows)
 
     background = [m for m in methods if m.startswith("lipsdp")] if workers > 1 else []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {m: pool.submit(run, m) for m in background}
         done = {}
         for m in methods:

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from .errors import SolveError
+from .solve import Solution, dense_variables
 
 
 def _sym(M: np.ndarray) -> np.ndarray:
@@ -75,15 +76,13 @@ class _Block:
         self.GT = self.G.T.tocsr()
         f = lmi.factored
         # A variable with many terms (rho on a wide input, a weight row cut into pieces by a chordal split)
-        # is cheaper as one sparse F_k: its column of H is A(Z F_k S^-1), O(m^3), against O(R_k R) entries.
-        counts = np.bincount(f.col, minlength=n)
-        self.dense = np.flatnonzero(2 * m * m < counts * (2 * m + len(f.col)))
+        # is cheaper as one sparse F_k: its column of H is A(Z F_k S^-1) (the structured KKT's rule).
+        self.dense = dense_variables(lmi, n)
         self.factored = np.setdiff1d(np.arange(n), self.dense)
         Gc = sp.csc_matrix(lmi.G)
         self.F_dense = [sp.csr_matrix(Gc[:, k].toarray().reshape(m, m, order="F")) for k in self.dense]
         keep = np.flatnonzero(~np.isin(f.col, self.dense))
-        self.U, self.V = sp.csc_matrix(f.U)[:, keep], sp.csc_matrix(f.V)[:, keep]
-        self.UT, self.VT = self.U.T.tocsr(), self.V.T.tocsr()
+        self.UT, self.VT = sp.csr_matrix(f.U.T)[keep], sp.csr_matrix(f.V.T)[keep]
         self.agg = sp.csr_matrix((f.coef[keep], (f.col[keep], np.arange(len(keep)))), shape=(n, len(keep)))
 
     def adjoint(self, x: np.ndarray) -> np.ndarray:
@@ -128,11 +127,10 @@ class _Newton:
     """The HKM Newton system at one iterate ``(x, S, Z)`` (LP part ``sl, zl``): factorisations, ``H`` and its
     Cholesky factor; ``direction`` solves it for a centring target and second-order correction."""
 
-    def __init__(self, blocks, nn, c, x, S, sl, Z, zl, norm_F):
+    def __init__(self, blocks, nn, c, S, sl, Z, zl, rp, rpl, norm_F):
         self.blocks, self.nn, self.c = blocks, nn, c
         self.S, self.sl, self.Z, self.zl = S, sl, Z, zl
-        self.rp = [Si - b.F0 - b.adjoint(x) for Si, b in zip(S, blocks)]
-        self.rpl = sl - x[nn]
+        self.rp, self.rpl = rp, rpl  # S - F(x), sl - x[nn]
         self.LS, self.LZ = [_cholesky(Si) for Si in S], [_cholesky(Zi) for Zi in Z]
         if any(L is None for L in self.LS + self.LZ):
             raise np.linalg.LinAlgError("an iterate left the cone")
@@ -190,8 +188,6 @@ def solve_hkm(sdp, *, tol: float = 1e-8, max_iterations: int = 100, verbose: boo
     ``max(gap, residuals)`` with status 'unknown'. ``verbose`` prints one line per iteration (also in
     ``Solution.log``).
     """
-    from .solve import Solution
-
     t0 = time.perf_counter()
     n = sdp.n
     c = sdp.objective()
@@ -216,8 +212,8 @@ def solve_hkm(sdp, *, tol: float = 1e-8, max_iterations: int = 100, verbose: boo
         pobj = float(c @ x)
         dobj = -sum(float(np.sum(b.F0 * Zi)) for b, Zi in zip(blocks, Z))
         gap = mu * m_total / (1.0 + abs(pobj) + abs(dobj))
-        res_p = max([float(np.linalg.norm(Si - b.F0 - b.adjoint(x))) for Si, b in zip(S, blocks)]
-                    + [float(np.linalg.norm(sl - x[nn]))]) / (1 + norm_F)
+        rp, rpl = [Si - b.F0 - b.adjoint(x) for Si, b in zip(S, blocks)], sl - x[nn]
+        res_p = max([float(np.linalg.norm(r)) for r in rp] + [float(np.linalg.norm(rpl))]) / (1 + norm_F)
         rd = c - sum((b.apply(Zi) for b, Zi in zip(blocks, Z)), np.zeros(n))
         rd[nn] -= zl
         res_d = float(np.linalg.norm(rd)) / (1 + float(np.linalg.norm(c)))
@@ -231,7 +227,7 @@ def solve_hkm(sdp, *, tol: float = 1e-8, max_iterations: int = 100, verbose: boo
         elif max(gap, res) > 1e3 * best[0] or it - best[4] >= 5 or it == max_iterations:
             break  # near the optimum H is ill-conditioned and the residuals drift: keep the best iterate
         try:
-            newton = _Newton(blocks, nn, c, x, S, sl, Z, zl, norm_F)
+            newton = _Newton(blocks, nn, c, S, sl, Z, zl, rp, rpl, norm_F)
         except (np.linalg.LinAlgError, ValueError):
             break
         # Mehrotra: predictor, then the corrector aimed at sigma mu with SDPT3's exponent rule

@@ -158,6 +158,14 @@ class _UnitFamily:
                 Hl += 2.0 * np.asarray(self.rest_agg @ Z.T).T
 
 
+def dense_variables(lmi, n: int) -> np.ndarray:
+    """The variables of ``lmi`` cheaper in ``H`` as one (dense or sparse) ``F_k`` than as their ``R_k``
+    rank-two terms: ``O(m^3)`` against ``O(m^2 R_k + m R_k R)`` for ``R`` terms in the block, i.e.
+    ``2 m^2 < R_k (2 m + R)`` (an entry of ``Y`` in the head's inverse form, ``rho`` on a wide input)."""
+    m, col = lmi.size, lmi.factored.col
+    return np.flatnonzero(2 * m * m < np.bincount(col, minlength=n) * (2 * m + len(col)))
+
+
 def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     """A CVXOPT ``kktsolver`` for ``[[0, G'], [G, -W'W]]`` using the factored LMIs (module docstring).
 
@@ -183,9 +191,8 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     families: dict[bytes, _UnitFamily] = {}
     for lmi in sdp.lmis:
         f = lmi.factored
-        m, R = lmi.size, len(f.col)
-        counts = np.bincount(f.col, minlength=n)
-        dense_cols = np.flatnonzero(2 * m * m < counts * (2 * m + R))
+        m = lmi.size
+        dense_cols = dense_variables(lmi, n)
         is_dense = np.isin(f.col, dense_cols)
         F = None
         if len(dense_cols):
