@@ -10,7 +10,10 @@ from nets import Builder, random_cnn
 from lipdsl.api import problem_size, solve_network
 from lipdsl.certify import _Point, certify
 from lipdsl.cli import cli
-from lipdsl.kyp import phi_min_eigenvalue, recover_storage
+import scipy.linalg
+
+from lipdsl import kyp
+from lipdsl.kyp import phi_min_eigenvalue, recover_storage, riccati_doubling, riccati_residual
 from lipdsl.lower import lower
 from lipdsl.sdp import build_sdp, frequency_grid, frequency_response
 from lipdsl.solve import solve
@@ -172,3 +175,46 @@ def test_singular_kkt_ending_at_tolerance_is_not_refused_in_frequency_form():
 
     exact = solve_network(load_network(spec)[1]).certificate.lipschitz
     assert out["certified"] and out["lipschitz"] >= exact * (1 - 1e-7)
+
+
+def _fir_riccati_data(rng, c=3, taps=4):
+    """A DARE of the FIR kind (block shift A, input into the first block) with a cross term, well posed."""
+    nx = c * (taps - 1)
+    A = np.eye(nx, k=-c)
+    B = np.zeros((nx, 2 * c))
+    B[:c, :c] = np.eye(c)
+    G = rng.normal(size=(nx + 2 * c, nx + 2 * c))
+    M = G @ G.T + np.eye(nx + 2 * c)
+    return A, B, M[:nx, :nx], M[nx:, nx:], M[:nx, nx:]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_riccati_doubling_matches_the_qz_solution(seed):
+    A, B, Q, R, S = _fir_riccati_data(np.random.default_rng(seed))
+    X = riccati_doubling(A, B, Q, R, S)
+    X_qz = scipy.linalg.solve_discrete_are(A, B, Q, R, s=S)
+    assert np.allclose(X, X_qz, rtol=1e-9, atol=1e-9 * np.abs(X_qz).max())
+    assert riccati_residual(A, B, Q, R, S, X) < 1e-12
+    K = np.linalg.solve(R + B.T @ X @ B, B.T @ X @ A + S.T)  # the stabilizing solution: closed loop stable
+    assert np.abs(np.linalg.eigvals(A - B @ K)).max() < 1
+
+
+@pytest.mark.solver
+def test_storage_falls_back_to_qz_when_the_doubling_does_not_converge(monkeypatch):
+    """With no doubling step its 'solution' is the first iterate, far from the Riccati solution: the residual
+    check sends every system to QZ, and the certificate is the default one (these systems are small, so
+    QZ ran there too) and within Riccati accuracy of doubling alone."""
+    net = conv_net(2)
+    gridded = build_sdp(lower(net), frequencies=33)
+    sol = solve(gridded)
+    qz_too = certify(gridded, recover_storage(gridded, sol))
+    calls = []
+    qz = scipy.linalg.solve_discrete_are
+    monkeypatch.setattr(kyp, "QZ_STATES", 0)
+    reference = certify(gridded, recover_storage(gridded, sol))  # doubling only (residual ~1e-7 here)
+    monkeypatch.setattr(kyp, "DOUBLING_STEPS", 0)
+    monkeypatch.setattr(kyp.scipy.linalg, "solve_discrete_are", lambda *a, **k: calls.append(1) or qz(*a, **k))
+    cert = certify(gridded, recover_storage(gridded, sol))
+    assert calls and cert.verified and reference.verified
+    assert cert.lipschitz == pytest.approx(qz_too.lipschitz, rel=1e-12)  # (small systems: QZ won before)
+    assert cert.lipschitz == pytest.approx(reference.lipschitz, rel=1e-4)  # Riccati accuracy
