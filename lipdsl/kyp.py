@@ -121,7 +121,7 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
     With the cross term eliminated (``A0 = A - B R^-1 S'``, ``H0 = Q - S R^-1 S'``, ``G0 = B R^-1 B'``) the
     equation is ``X = A0' X (I + G0 X)^-1 A0 + H0``, and with ``W_j = I + G_j H_j``
 
-        A_{j+1} = A_j W_j^-1 A_j,   G_{j+1} = G_j + A_j W_j^-1 G_j A_j',   H_{j+1} = H_j + A_j' H_j W_j^-1 A_j,
+        A_{j+1} = A_j W_j^-1 A_j,  G_{j+1} = G_j + A_j W_j^-1 G_j A_j',  H_{j+1} = H_j + A_j' H_j W_j^-1 A_j,
 
     ``H_j -> X`` quadratically (the closed loop's eigenvalues squared each step). Stops when ``H`` changes by
     less than 1e-14 relative, or (eigenvalues at the unit circle: no progress) after ``DOUBLING_STALL``

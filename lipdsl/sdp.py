@@ -206,8 +206,13 @@ class _LmiBuilder:
             )
         )
 
-    def _unit(self, col: int, i: int, j: int, coef: float):
-        self.terms.append((col, np.array([i]), np.ones(1), np.array([j]), np.ones(1), float(coef)))
+    def _units(self, cols, i, j, coef):
+        """Add ``coef_r (e_{i_r} e_{j_r}' + e_{j_r} e_{i_r}')`` to ``F_{cols_r}`` for every ``r`` (arrays, or
+        scalars broadcast): one entry of ``terms`` for the whole batch (``_UnitBatch``)."""
+        cols, i, j, coef = np.broadcast_arrays(np.asarray(cols, np.int64), np.asarray(i, np.int64),
+                                               np.asarray(j, np.int64), np.asarray(coef, float))
+        if cols.size:
+            self.terms.append(_UnitBatch(cols.ravel(), i.ravel(), j.ravel(), coef.ravel()))
 
     def congruence(self, var: Variable, T: sp.csr_matrix, coef: float):
         """Add ``coef * T' V T`` for a symmetric, diagonal or scalar*I variable ``V`` (``T``: n x m)."""
@@ -248,32 +253,39 @@ class _LmiBuilder:
             return
         var, N = w.variable, w.kron
         if w.kind == "rho":
-            for i in range(w.n):
-                self._unit(var.offset, offset + i, offset + i, coef / 2)
+            idx = offset + np.arange(w.n)
+            self._units(var.offset, idx, idx, coef / 2)
             return
-        if var.structure == "diagonal":
-            for i in range(var.n):
-                for t in range(N):
-                    self._unit(var.offset + i, offset + i * N + t, offset + i * N + t, coef / 2)
+        if var.structure == "diagonal":  # v_i on rows i*N + t
+            idx = offset + np.arange(var.n * N)
+            self._units(var.offset + idx // N - offset, idx, idx, coef / 2)
             return
-        k = var.offset
-        for i in range(var.n):
-            for j in range(i, var.n):
-                for t in range(N):  # channel-major: index ch*N + t
-                    self._unit(k, offset + i * N + t, offset + j * N + t, coef if i != j else coef / 2)
-                k += 1
+        # the upper triangle i <= j row by row (the variable's order), each pair on its N rows
+        iu, ju = np.triu_indices(var.n)
+        t = np.tile(np.arange(N), len(iu))  # channel-major: index ch*N + t
+        iu, ju, k = np.repeat(iu, N), np.repeat(ju, N), np.repeat(var.offset + np.arange(len(iu)), N)
+        self._units(k, offset + iu * N + t, offset + ju * N + t, np.where(iu != ju, coef, coef / 2))
 
     def build(self, name, system, blocks) -> Lmi:
         n, m = self._n[0], self.m
-        R = len(self.terms)
-        if R:
-            cols = np.array([t[0] for t in self.terms], dtype=np.int64)
-            coef = np.array([t[5] for t in self.terms])
-            U = _columns([t[1] for t in self.terms], [t[2] for t in self.terms], m)
-            V = _columns([t[3] for t in self.terms], [t[4] for t in self.terms], m)
+        # every term as (column, a, b, coefficient) in the order added; unit batches stay arrays
+        parts = []  # (columns, nnz of a, a rows, a values, nnz of b, b rows, b values, coefficients)
+        for t in self.terms:
+            if isinstance(t, _UnitBatch):
+                one, ones = np.ones(len(t.cols), np.int64), np.ones(len(t.cols))
+                parts.append((t.cols, one, t.i, ones, one, t.j, ones, t.coef))
+            else:
+                k, ai, av, bi, bv, c = t
+                parts.append(([k], [len(ai)], ai, av, [len(bi)], bi, bv, [c]))
+        if parts:
+            cols, nnz_a, a_idx, a_val, nnz_b, b_idx, b_val, coef = (np.concatenate([p[f] for p in parts])
+                                                                    for f in range(8))
+            cols, coef = cols.astype(np.int64), coef.astype(float)
+            U, V = _columns(nnz_a, a_idx, a_val, m), _columns(nnz_b, b_idx, b_val, m)
         else:
             cols, coef = np.zeros(0, dtype=np.int64), np.zeros(0)
             U = V = sp.csc_matrix((m, 0))
+        R = len(cols)
         rows_, cols_, vals_ = [], [], []
         # columns made of many terms (a congruence through a flatten): F_k = U_k C V_k' + V_k C U_k' as one
         # sparse product, which merges the duplicate entries far faster than a sort of all of them
@@ -286,7 +298,15 @@ class _LmiBuilder:
             rows_.append(Fk.col.astype(np.int64) * m + Fk.row)
             vals_.append(Fk.data)
             cols_.append(np.full(Fk.data.shape, k))
-        for k, ai, av, bi, bv, c in self.terms:
+        for t in self.terms:
+            if isinstance(t, _UnitBatch):  # vec(e_i e_j') = e_{j m + i}, plus the transpose
+                keep = ~many[t.cols]
+                i, j, c, k = t.i[keep], t.j[keep], t.coef[keep], t.cols[keep]
+                rows_ += [j * m + i, i * m + j]
+                vals_ += [c, c]
+                cols_ += [k, k]
+                continue
+            k, ai, av, bi, bv, c = t
             if many[k]:
                 continue
             # vec(a b') = kron(b, a), plus its transpose
@@ -304,10 +324,20 @@ class _LmiBuilder:
         return Lmi(name, system, tuple(blocks), self.F0, G, Factored(U, V, coef, cols))
 
 
-def _columns(idx: list[np.ndarray], val: list[np.ndarray], m: int) -> sp.csc_matrix:
-    """Sparse m x R matrix whose column r has entries ``val[r]`` at rows ``idx[r]``."""
-    indptr = np.concatenate([[0], np.cumsum([len(i) for i in idx])])
-    return sp.csc_matrix((np.concatenate(val), np.concatenate(idx), indptr), shape=(m, len(idx)))
+@dataclass(frozen=True)
+class _UnitBatch:
+    """Unit terms ``coef_r (e_{i_r} e_{j_r}' + e_{j_r} e_{i_r}')`` of ``F_{cols_r}``, one batch."""
+
+    cols: np.ndarray
+    i: np.ndarray
+    j: np.ndarray
+    coef: np.ndarray
+
+
+def _columns(nnz: np.ndarray, idx: np.ndarray, val: np.ndarray, m: int) -> sp.csc_matrix:
+    """Sparse m x R matrix whose column r has the next ``nnz[r]`` entries of ``val`` at rows of ``idx``."""
+    indptr = np.concatenate([[0], np.cumsum(nnz)])
+    return sp.csc_matrix((np.asarray(val, float), np.asarray(idx, np.int64), indptr), shape=(m, len(nnz)))
 
 
 def _sel(n: int, offset: int, m: int) -> sp.csr_matrix:

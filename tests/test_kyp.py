@@ -213,7 +213,8 @@ def test_storage_falls_back_to_qz_when_the_doubling_does_not_converge(monkeypatc
     monkeypatch.setattr(kyp, "QZ_STATES", 0)
     reference = certify(gridded, recover_storage(gridded, sol))  # doubling only (residual ~1e-7 here)
     monkeypatch.setattr(kyp, "DOUBLING_STEPS", 0)
-    monkeypatch.setattr(kyp.scipy.linalg, "solve_discrete_are", lambda *a, **k: calls.append(1) or qz(*a, **k))
+    spy = lambda *a, **k: calls.append(1) or qz(*a, **k)  # noqa: E731
+    monkeypatch.setattr(kyp.scipy.linalg, "solve_discrete_are", spy)
     cert = certify(gridded, recover_storage(gridded, sol))
     assert calls and cert.verified and reference.verified
     assert cert.lipschitz == pytest.approx(qz_too.lipschitz, rel=1e-12)  # (small systems: QZ won before)
