@@ -17,9 +17,11 @@ status 'unknown' and handed to the certificate check, which either proves a boun
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +57,31 @@ class Solution:
 #: A block keeps all its factored terms on the general path below this many unit terms (``e_a e_b'``):
 #: the unit path's bookkeeping does not pay on small LMIs.
 UNIT_MIN = 64
+#: Threads for the structured KKT solver's loops over LMI blocks (numpy's BLAS calls release the GIL), used
+#: when the blocks hold at least ``THREAD_MIN_ENTRIES`` entries in all (e.g. 52 frequency LMIs of 128 rows);
+#: 1 runs everything inline. Each thread sums its own share, and the shares are added in a fixed order,
+#: so the result does not depend on the scheduling.
+KKT_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+THREAD_MIN_ENTRIES = 1 << 18
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _map(fn, items: list, threads: int) -> list:
+    """``[fn(item) for item in items]``, on ``threads`` worker threads when more than one."""
+    if threads <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lipdsl-kkt")
+    return list(pool.map(fn, items))
+
+
+def _split(costs: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Indices ``0 .. len(costs)-1`` in at most ``parts`` contiguous runs of about equal total cost."""
+    if parts <= 1 or len(costs) <= 1:
+        return [np.arange(len(costs))]
+    edges = np.searchsorted(np.cumsum(costs), np.sum(costs) * np.arange(1, parts) / parts)
+    return [run for run in np.split(np.arange(len(costs)), edges) if len(run)]
 
 
 def _block(rows: np.ndarray, cols: np.ndarray):
@@ -115,12 +142,13 @@ class _UnitFamily:
         agg = sp.csr_matrix((c, (loc, np.arange(len(loc)))), shape=(nloc, len(loc)))
         return cls(a, b, c, loc, agg, rows, cols, rest, agg[:, rest].tocsr())
 
-    def gram(self, Hl: np.ndarray, S: list[np.ndarray]):
+    def gram(self, Hl: np.ndarray, S: list[np.ndarray], threads: int = 1):
         """Add the unit-unit part of ``H`` (every member block, ``S = rti rti'`` each) to ``Hl``.
 
         ``H_kl = 2 sum_{s in l} c_s (Y_k + Y_k')[a_s, b_s]``, ``Y_k = sum_{r in k} c_r S e_{a_r} e_{b_r}' S``,
         summed over the blocks: for a column group only ``Y_k`` on ``D x D`` is needed, a batched product
-        with inner dimension (blocks x terms of k), then two gathers.
+        with inner dimension (blocks x terms of k), then two gathers. With ``threads > 1`` the rows of each
+        group are shared out (each thread writes its own rows of ``Hl``).
         """
         St = np.stack(S)
         B = len(S)
@@ -133,21 +161,26 @@ class _UnitFamily:
                 T = A.shape[1]
                 step = max(1, 2**15 // (d * B * T))  # rows per batch: keep the batch in cache
                 whole = _block(lr, lg[:1])[0]
-                for i in range(0, len(lr), step):
-                    sl = slice(i, i + step)
-                    nr = len(lr[sl])
-                    if isinstance(whole, slice) and isinstance(cols, slice):
-                        where = slice(whole.start + i, whole.start + i + nr), cols
-                    else:
-                        where = np.ix_(lr[sl], lg)
-                    P = Z[A[sl]]  # (rows, T, B, d)
-                    P *= C[sl][:, :, None, None]
-                    Q = Z[Bi[sl]].reshape(nr, T * B, d)
-                    Y = np.matmul(P.reshape(nr, T * B, d).transpose(0, 2, 1), Q).reshape(nr, d * d)
-                    G = np.take(Y, flat, axis=1)
-                    G += np.take(Y, flat_t, axis=1)
-                    G *= cg
-                    Hl[where] += G
+
+                def rows(share, lr=lr, A=A, Bi=Bi, C=C, T=T, step=step, whole=whole, Z=Z, d=d, lg=lg,
+                         cols=cols, flat=flat, flat_t=flat_t, cg=cg):
+                    for i in range(share[0], share[-1] + 1, step):
+                        sl = slice(i, min(i + step, share[-1] + 1))
+                        nr = len(lr[sl])
+                        if isinstance(whole, slice) and isinstance(cols, slice):
+                            where = slice(whole.start + i, whole.start + i + nr), cols
+                        else:
+                            where = np.ix_(lr[sl], lg)
+                        P = Z[A[sl]]  # (rows, T, B, d)
+                        P *= C[sl][:, :, None, None]
+                        Q = Z[Bi[sl]].reshape(nr, T * B, d)
+                        Y = np.matmul(P.reshape(nr, T * B, d).transpose(0, 2, 1), Q).reshape(nr, d * d)
+                        G = np.take(Y, flat, axis=1)
+                        G += np.take(Y, flat_t, axis=1)
+                        G *= cg
+                        Hl[where] += G
+
+                _map(rows, _split(np.ones(len(lr)), threads), threads)
         if len(self.rest):
             ar, br = self.a[self.rest], self.b[self.rest]
             for Sb in S:
@@ -234,6 +267,10 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         if F is not None and len(keep):  # mixed dense/factored entries need rti' u for every term
             cross = (U, V, sp.csr_matrix((coef, (loc, np.arange(len(keep)))), shape=(len(local), len(keep))))
         blocks.append((m, dense_cols, F, local, gen, units, fam, cross))
+    sizes = np.array([b[0] for b in blocks], dtype=float)
+    threads = KKT_THREADS if np.sum(sizes**2) >= THREAD_MIN_ENTRIES else 1
+    shares = _split(sizes**3, threads)  # the solve's blocks per thread
+    starts = n_l + np.concatenate([[0], np.cumsum(sizes**2)]).astype(int)  # each block in CVXOPT's z
 
     def factor(W):
         di = np.asarray(W["di"]).ravel()
@@ -282,7 +319,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                 H[np.ix_(local, cols)] += X.T
             scaled.append((m, R, cols, Ft, None if gen is None else (Ut, Vt, gen[2], gen[3]), units))
         for fam in families.values():
-            fam.gram(acc[fam.local.tobytes()][1], [S_of[i] for i in fam.members])
+            fam.gram(acc[fam.local.tobytes()][1], [S_of[i] for i in fam.members], threads)
         for local, Hl in acc.values():
             H[_block(local, local)] += Hl
         try:
@@ -296,41 +333,50 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             bt = np.array(z).ravel()
             rhs = np.array(x).ravel()
             rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
-            at = n_l
-            for m, R, cols, Ft, fac, units in scaled:
-                B = bt[at : at + m * m].reshape(m, m, order="F")
-                B = np.tril(B)
-                B = B + B.T - np.diag(np.diag(B))
-                if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
-                    rhs[cols] -= np.einsum("kij,ij->k", Ft, B)
-                if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
-                    Ut, Vt, coef, col = fac
-                    rhs -= np.bincount(col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt), minlength=n)
-                if units is not None:  # u~' B v~ = (rti B rti')[a, b]
-                    a, b, c, col = units
-                    C = R @ B @ R.T
-                    rhs -= np.bincount(col, 2.0 * c * C[a, b], minlength=n)
-                at += m * m
+
+            def rhs_share(share):  # this share's part of -sum_blocks <rti' F_k rti, B>
+                part = np.zeros(n)
+                for i in share:
+                    m, R, cols, Ft, fac, units = scaled[i]
+                    B = bt[starts[i] : starts[i] + m * m].reshape(m, m, order="F")
+                    B = np.tril(B)
+                    B = B + B.T - np.diag(np.diag(B))
+                    if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
+                        part[cols] -= np.einsum("kij,ij->k", Ft, B)
+                    if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
+                        Ut, Vt, coef, col = fac
+                        part -= np.bincount(col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt), minlength=n)
+                    if units is not None:  # u~' B v~ = (rti B rti')[a, b]
+                        a, b, c, col = units
+                        C = R @ B @ R.T
+                        part -= np.bincount(col, 2.0 * c * C[a, b], minlength=n)
+                return part
+
+            for part in _map(rhs_share, shares, threads):  # (in a fixed order)
+                rhs += part
             ux = scipy.linalg.cho_solve(cho, rhs)
             x[:] = cvxopt.matrix(ux)
             # W uz = W^-T (G ux - bz) = W^-T G ux - bt
             out = -bt
             out[:n_l] -= di * ux[nonneg_idx]
-            at = n_l
-            for m, R, cols, Ft, fac, units in scaled:
-                M = np.zeros((m, m))
-                if fac is not None:
-                    Ut, Vt, coef, col = fac
-                    M = (Ut * (coef * ux[col])) @ Vt.T
-                    M = M + M.T
-                if units is not None:  # rti' (sum_r c_r x_r (e_a e_b' + e_b e_a')) rti
-                    a, b, c, col = units
-                    E = np.bincount(a * m + b, c * ux[col], minlength=m * m).reshape(m, m)
-                    M += R.T @ (E + E.T) @ R
-                if Ft is not None:
-                    M += np.einsum("k,kij->ji", ux[cols], Ft)
-                out[at : at + m * m] -= M.reshape(-1, order="F")
-                at += m * m
+
+            def out_share(share):  # each block's own slice of out
+                for i in share:
+                    m, R, cols, Ft, fac, units = scaled[i]
+                    M = np.zeros((m, m))
+                    if fac is not None:
+                        Ut, Vt, coef, col = fac
+                        M = (Ut * (coef * ux[col])) @ Vt.T
+                        M = M + M.T
+                    if units is not None:  # rti' (sum_r c_r x_r (e_a e_b' + e_b e_a')) rti
+                        a, b, c, col = units
+                        E = np.bincount(a * m + b, c * ux[col], minlength=m * m).reshape(m, m)
+                        M += R.T @ (E + E.T) @ R
+                    if Ft is not None:
+                        M += np.einsum("k,kij->ji", ux[cols], Ft)
+                    out[starts[i] : starts[i] + m * m] -= M.reshape(-1, order="F")
+
+            _map(out_share, shares, threads)
             z[:] = cvxopt.matrix(out)
 
         return solve

@@ -232,3 +232,21 @@ def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
     old = solve_mod.solve(sdp)
     assert new.claimed_status == old.claimed_status and abs(new.iterations - old.iterations) <= 1
     assert abs(new.rho - old.rho) <= 1e-9 * abs(old.rho)
+
+
+@pytest.mark.parametrize("case", ["frequencies", "ecg"])
+def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
+    """The structured KKT solver's block loops on two threads (forced here; by default only for large
+    problems): the same iterations and optimum as inline, and bit for bit the same point on every run
+    (each thread sums its own share of the blocks, and the shares are added in a fixed order)."""
+    import lipdsl.solve as solve_mod
+
+    sdp = _kkt_nets()[case]
+    monkeypatch.setattr(solve_mod, "KKT_THREADS", 1)
+    inline = solve_mod.solve(sdp)
+    monkeypatch.setattr(solve_mod, "KKT_THREADS", 2)
+    monkeypatch.setattr(solve_mod, "THREAD_MIN_ENTRIES", 0)
+    first, second = solve_mod.solve(sdp), solve_mod.solve(sdp)
+    assert np.array_equal(first.x, second.x)
+    assert first.claimed_status == inline.claimed_status and abs(first.iterations - inline.iterations) <= 1
+    assert abs(first.rho - inline.rho) <= 1e-9 * abs(inline.rho)
