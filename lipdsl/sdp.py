@@ -258,7 +258,7 @@ class _LmiBuilder:
             return
         if var.structure == "diagonal":  # v_i on rows i*N + t
             idx = offset + np.arange(var.n * N)
-            self._units(var.offset + idx // N - offset, idx, idx, coef / 2)
+            self._units(var.offset + (idx - offset) // N, idx, idx, coef / 2)
             return
         # the upper triangle i <= j row by row (the variable's order), each pair on its N rows
         iu, ju = np.triu_indices(var.n)

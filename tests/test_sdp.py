@@ -286,3 +286,41 @@ def test_merged_linear_layers_are_sandwiched_and_never_looser(seed):
     net = linear_merge_net(np.random.default_rng(700 + seed))
     assert len(lower(net).systems) <= len(lower(net, merge_linear=False).systems)
     _assert_sandwiched(net, seed, merge_linear=False)
+
+
+@pytest.mark.parametrize("structure", ["symmetric", "diagonal", "rho"])
+@pytest.mark.parametrize("kron", [1, 3])
+def test_weight_blocks_are_x_kron_identity_at_their_offset(structure, kron):
+    """``_LmiBuilder.weight`` adds ``coef * (X (x) I_N)`` on the diagonal block at ``offset`` (channel-major
+    rows ``ch * N + t``), for every variable structure, as the dense matrix built from the values."""
+    import scipy.sparse as sp
+
+    from lipdsl.sdp import Variable, Weight, _LmiBuilder
+
+    rng = np.random.default_rng(0)
+    c, offset, m, var_offset = 4, 5, 20, 7
+    if structure == "rho":
+        var, X = Variable("rho", "rho", None, 1, "scalar", var_offset), None
+        values = rng.normal(size=1)
+        X = values[0] * np.eye(c * kron)
+        w = Weight("rho", c * kron, var)
+    else:
+        var = Variable("X", "weight", None, c, structure, var_offset)
+        values = rng.normal(size=var.dim)
+        if structure == "diagonal":
+            X = np.diag(values)
+        else:
+            X = np.zeros((c, c))
+            X[np.triu_indices(c)] = values
+            X = X + np.triu(X, 1).T
+        X = np.kron(X, np.eye(kron))
+        w = Weight("var", c * kron, var, kron=kron)
+    b = _LmiBuilder(m, [var_offset + var.dim])
+    b.weight(w, offset, -2.0)
+    lmi = b.build("test", None, [])
+    x = np.zeros(var_offset + var.dim)
+    x[var_offset:] = values
+    F = (sp.csc_matrix(lmi.G) @ x).reshape(m, m, order="F")
+    expected = np.zeros((m, m))
+    expected[offset : offset + c * kron, offset : offset + c * kron] = -2.0 * X
+    assert np.allclose(F, expected, atol=1e-14)
