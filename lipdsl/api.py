@@ -104,6 +104,25 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     return ProblemSize(best[0], best[1], best[2], variables)
 
 
+def lowered_lmi_size(low: LoweredNetwork, frequencies: int | None = None) -> tuple[int, str, str]:
+    """(rows, system, detail) of the largest LMI of the lowered network, in the direct forms as in
+    ``problem_size``, but after ``lower``'s merges and folds (a linear conv composed with the next conv or
+    pool, an overlapping pool folded into the dense layer after a flatten: up to ``MERGE_GROWTH`` times the
+    separate rows, which ``problem_size`` does not model)."""
+    best = (0, "", "")
+    for s in low.systems:
+        nx, nu, ny = s.ss.nx, s.ss.nu, s.ss.ny
+        act = s.slope is not None
+        size = nx + nu + (ny if act else 0)
+        detail = f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else "")
+        if frequencies is not None and in_frequency_form(nx, nu, ny, s.slope):
+            size = 2 * (nu + (ny if act else 0))
+            detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
+        if size > best[0]:
+            best = (size, s.name, detail)
+    return best
+
+
 @dataclass(frozen=True)
 class Result:
     """Everything a report needs: the certificate (the proof), the solver's claim, and how it was built."""
@@ -186,6 +205,16 @@ def solve_network(
     t0 = time.perf_counter()
     low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
     t1 = time.perf_counter()
+    rows, system, detail = lowered_lmi_size(low, frequencies)
+    if max_lmi is not None and rows > max_lmi:  # a merge or fold made an LMI larger than estimated above
+        first = next((sys.layers[0] for sys in low.systems if sys.name == system), system)
+        raise LimitError(
+            f"the LMI of {system!r} would have {rows} rows ({detail}) after merging linear layers, more than "
+            f"--max-lmi {max_lmi}",
+            span=_span(net, first),
+            hint="raise --max-lmi if the machine has the memory and time (the merged map is exact and its "
+            "bound tighter than one LMI per layer)",
+        )
     exact = _exact_bound(low)
     if exact is not None:
         times.update({"lower": t1 - t0})

@@ -195,3 +195,24 @@ def test_exit_0_only_with_a_certified_bound_on_stdout(args):
             assert "(certified)" in res.stdout
         else:
             assert "Lipschitz upper bound" not in res.stdout and "(certified)" not in res.stdout
+
+
+def test_max_lmi_counts_the_lmis_after_merging_linear_layers(tmp_path):
+    """An overlapping average pool before flatten -> dense is folded into the dense layer (its LMI reads the
+    unpooled signal: 4 x 32 = 128 inputs where the typed estimate counts the pooled 4 x 15 = 60): the limit
+    is checked again on the lowered systems, before the SDP is built, with the layer's position."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "w.npz", c=rng.normal(size=(4, 4, 5)), fc=rng.normal(size=(3, 60)))
+    spec = write(
+        tmp_path,
+        'input 4 x 32\nweights "w.npz"\nconv1d c: 4 -> 4, kernel 5, padding causal, weight c\nrelu\n'
+        "avgpool kernel 4, stride 2\nflatten\ndense fc: 60 -> 3, weight fc\n",
+    )
+    _, net = load_network(spec)
+    assert problem_size(net).largest_lmi < 100
+    res = run("solve", "--max-lmi", "100", spec)
+    assert res.exit_code == 3 and res.stdout == ""
+    assert "the LMI of 'fc' would have 128 rows (0 states + 128 inputs) after merging" in res.stderr
+    assert "net.lip:7:1: error:" in res.stderr and "hint: raise --max-lmi" in res.stderr
+    res = run("solve", "--max-lmi", "128", spec)
+    assert res.exit_code == 0 and "(certified)" in res.stdout
