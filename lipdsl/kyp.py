@@ -25,6 +25,9 @@ the first:
    matrix products of order ``nx``, about 20 ms a step at 256 states against 5.5 s for the QZ method of
    ``scipy.linalg.solve_discrete_are``, which remains the fallback).
 
+4. if the first system kept its exact LMI (its ``P`` a solver variable), its ``P``, ``Lambda`` and ``rho``
+   are re-solved for the repaired output weight (``refit_first_system``): the least ``rho`` it allows.
+
 The multiplier shift of step 2 is chosen on a coarse grid (``COARSE_GRID``, every 8th fine frequency); only
 the chosen one is checked on the fine grid.
 
@@ -235,4 +238,75 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
         if sys.ss.nx:
             point.vars[link.P.name] = P if P is not None else np.zeros((sys.ss.nx, sys.ss.nx))
         t_next = e
+    refit_first_system(sdp, point)
     return dataclasses.replace(solution, x=point.vector(sdp))
+
+
+#: ``refit_first_system`` runs when its small SDP has at most this many variables.
+REFIT_MAX_VARIABLES = 2000
+
+
+def refit_first_system(sdp: Sdp, point: _Point) -> bool:
+    """Re-solve the first system's own LMI, ``min rho`` over its ``P``, ``Lambda`` and ``rho`` with its output
+    weight fixed at the repaired value (step 4 of the module docstring); keep it if ``rho`` drops.
+
+    The repairs cascade from the last system to the first, and each raised output weight ``t`` costs more
+    input weight upstream (``Lambda += t/2`` changes the cross terms ``-(a+b) H*Lambda``): at 32 channels,
+    k = 9, K = 17 the first system's input shift is 9.5 % of ``rho``, from a ``t`` of 2.3 %. When the first
+    system kept its exact LMI (its ``P`` is a solver variable, typically a first conv layer with one input
+    channel), the least ``rho`` for the repaired downstream weights is a small SDP (``nx (nx+1)/2 + ny + 1``
+    variables): CVXOPT with dense data (0.75 % off the bound at 32 channels: 2.8902 -> 2.8686). Returns
+    whether the point changed; ``certify`` checks it as always.
+    """
+    link = sdp.links[0]
+    sys = link.system
+    if (link.w_in.kind != "rho" or link.P is None or link.P in sdp.storage or not sys.ss.nx
+            or (link.lam is not None and link.lam.role != "lambda")):
+        return False
+    nx, nu = sys.ss.nx, sys.ss.nu
+    n_lam = 0 if link.lam is None else len(point.vars[link.lam.name])
+    iu = np.triu_indices(nx)
+    n = 1 + n_lam + len(iu[0])
+    if n > REFIT_MAX_VARIABLES:
+        return False
+    X_out = point.weight(link.w_out)
+
+    def lmi(z: np.ndarray) -> np.ndarray:
+        P = np.zeros((nx, nx))
+        P[iu] = z[1 + n_lam :]
+        P = P + np.triu(P, 1).T
+        return system_matrix(sys, P, z[1 : 1 + n_lam] if n_lam else None, z[0] * np.eye(nu), X_out)
+
+    M0 = lmi(np.zeros(n))
+    F = np.stack([lmi(e) - M0 for e in np.eye(n)], axis=-1).reshape(-1, n)  # column k: vec F_k
+    blocks = [(M0, F)]
+    if link.needs_P_psd:  # P >= 0 as a second LMI
+        E = np.zeros((nx * nx, n))
+        for k, (i, j) in enumerate(zip(*iu)):
+            E[i * nx + j, 1 + n_lam + k] = E[j * nx + i, 1 + n_lam + k] = 1.0
+        blocks.append((np.zeros((nx, nx)), E))
+    import cvxopt
+    import cvxopt.solvers
+
+    G = np.vstack([-np.eye(n)[: 1 + n_lam]] + [-Fk for _, Fk in blocks])
+    h = np.concatenate([np.zeros(1 + n_lam)] + [M.reshape(-1) for M, _ in blocks])
+    c = np.zeros(n)
+    c[0] = 1.0
+    dims = {"l": 1 + n_lam, "q": [], "s": [M.shape[0] for M, _ in blocks]}
+    try:
+        res = cvxopt.solvers.conelp(cvxopt.matrix(c), cvxopt.matrix(G), cvxopt.matrix(h), dims,
+                                    options={"show_progress": False})
+    except (ArithmeticError, ValueError):
+        return False
+    if res["x"] is None or res["status"] != "optimal":
+        return False
+    z = np.asarray(res["x"]).ravel()
+    if not z[0] < point.rho:
+        return False
+    point.rho = float(z[0])
+    if n_lam:
+        point.vars[link.lam.name] = np.maximum(z[1 : 1 + n_lam], 0.0)
+    P = np.zeros((nx, nx))
+    P[iu] = z[1 + n_lam :]
+    point.vars[link.P.name] = P + np.triu(P, 1).T
+    return True
