@@ -60,9 +60,20 @@ UNIT_MIN = 64
 #: Threads for the structured KKT solver's loops over LMI blocks (numpy's BLAS calls release the GIL), used
 #: when the blocks hold at least ``THREAD_MIN_ENTRIES`` entries in all (e.g. 52 frequency LMIs of 128 rows);
 #: 1 runs everything inline. Each thread sums its own share, and the shares are added in a fixed order,
-#: so the result does not depend on the scheduling.
-KKT_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+#: so the result does not depend on the scheduling. None: two (at most the cores) when BLAS is pinned to
+#: one thread (``OPENBLAS_NUM_THREADS=1``, as the CLI does), else 1 -- a multi-threaded BLAS already uses
+#: the cores (at 32 channels the whole solve takes the same time either way), and both together
+#: oversubscribe them (KKT solves 0.11 -> 0.19 s).
+KKT_THREADS: int | None = None
 THREAD_MIN_ENTRIES = 1 << 18
+
+
+def _kkt_threads() -> int:
+    if KKT_THREADS is not None:
+        return KKT_THREADS
+    pinned = any(os.environ.get(var) == "1" for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(2, cores) if pinned else 1
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -268,7 +279,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             cross = (U, V, sp.csr_matrix((coef, (loc, np.arange(len(keep)))), shape=(len(local), len(keep))))
         blocks.append((m, dense_cols, F, local, gen, units, fam, cross))
     sizes = np.array([b[0] for b in blocks], dtype=float)
-    threads = KKT_THREADS if np.sum(sizes**2) >= THREAD_MIN_ENTRIES else 1
+    threads = _kkt_threads() if np.sum(sizes**2) >= THREAD_MIN_ENTRIES else 1
     shares = _split(sizes**3, threads)  # the solve's blocks per thread
     starts = n_l + np.concatenate([[0], np.cumsum(sizes**2)]).astype(int)  # each block in CVXOPT's z
 

@@ -250,3 +250,21 @@ def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
     assert np.array_equal(first.x, second.x)
     assert first.claimed_status == inline.claimed_status and abs(first.iterations - inline.iterations) <= 1
     assert abs(first.rho - inline.rho) <= 1e-9 * abs(inline.rho)
+
+
+def test_kkt_threads_only_when_blas_is_pinned_to_one_thread(monkeypatch):
+    """Two KKT threads on top of a multi-threaded BLAS oversubscribe the cores: by default the block loops
+    run on threads only when BLAS is pinned to one thread (the CLI pins it)."""
+    import lipdsl.solve as solve_mod
+
+    monkeypatch.setattr(solve_mod, "KKT_THREADS", None)
+    monkeypatch.setattr(solve_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    assert solve_mod._kkt_threads() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    assert solve_mod._kkt_threads() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert solve_mod._kkt_threads() == 2
+    monkeypatch.setattr(solve_mod, "KKT_THREADS", 3)
+    assert solve_mod._kkt_threads() == 3
