@@ -104,12 +104,14 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     return ProblemSize(best[0], best[1], best[2], variables)
 
 
-def lowered_lmi_size(low: LoweredNetwork, frequencies: int | None = None) -> tuple[int, str, str]:
-    """(rows, system, detail) of the largest LMI of the lowered network, in the direct forms as in
-    ``problem_size``, but after ``lower``'s merges and folds (a linear conv composed with the next conv or
-    pool, an overlapping pool folded into the dense layer after a flatten: up to ``MERGE_GROWTH`` times the
-    separate rows, which ``problem_size`` does not model)."""
+def lowered_size(low: LoweredNetwork, frequencies: int | None = None) -> ProblemSize:
+    """``problem_size`` counted on the lowered systems: after ``lower``'s merges and folds (a linear conv
+    composed with the next conv or pool, an overlapping pool folded into the dense layer after a flatten),
+    which can make an LMI up to ``MERGE_GROWTH`` times the separate rows and its ``P`` up to four times the
+    variables -- ``problem_size`` does not model them. The same direct forms and variables as there."""
     best = (0, "", "")
+    variables = 1
+    outputs = []
     for s in low.systems:
         nx, nu, ny = s.ss.nx, s.ss.nu, s.ss.ny
         act = s.slope is not None
@@ -118,9 +120,13 @@ def lowered_lmi_size(low: LoweredNetwork, frequencies: int | None = None) -> tup
         if frequencies is not None and in_frequency_form(nx, nu, ny, s.slope):
             size = 2 * (nu + (ny if act else 0))
             detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
+            nx = 0
         if size > best[0]:
             best = (size, s.name, detail)
-    return best
+        variables += nx * (nx + 1) // 2 + (ny if act else 0)
+        outputs.append(ny)
+    variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
+    return ProblemSize(best[0], best[1], best[2], variables)
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,8 @@ def solve_network(
     uncertified point is *not* an exception: see ``result.certificate.verified``.
 
     Limits: ``max_lmi`` (order of the largest LMI) and ``max_variables`` are checked before anything is
-    lowered or allocated (``LimitError``); ``timeout`` (seconds) stops the solver (``SolveError``). A bound
+    lowered or allocated, and again on the lowered systems before the SDP is built (``LimitError``);
+    ``timeout`` (seconds) stops the solver (``SolveError``). A bound
     certified from a solver that did not converge is sound but may be loose: unless ``accept_unconverged``,
     it raises ``SolveError`` (with the Result in ``err.result``) when the repair raised the solver's value
     by more than ``UNCONVERGED_INFLATION``.
@@ -205,15 +212,23 @@ def solve_network(
     t0 = time.perf_counter()
     low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
     t1 = time.perf_counter()
-    rows, system, detail = lowered_lmi_size(low, frequencies)
-    if max_lmi is not None and rows > max_lmi:  # a merge or fold made an LMI larger than estimated above
-        first = next((sys.layers[0] for sys in low.systems if sys.name == system), system)
+    merged = lowered_size(low, frequencies)  # merges and folds can outgrow the estimate above
+    if max_lmi is not None and merged.largest_lmi > max_lmi:
+        first = next((s.layers[0] for s in low.systems if s.name == merged.largest_system), None)
         raise LimitError(
-            f"the LMI of {system!r} would have {rows} rows ({detail}) after merging linear layers, more than "
-            f"--max-lmi {max_lmi}",
+            f"the LMI of {merged.largest_system!r} would have {merged.largest_lmi} rows ({merged.detail}) "
+            f"after merging linear layers, more than --max-lmi {max_lmi}",
             span=_span(net, first),
             hint="raise --max-lmi if the machine has the memory and time (the merged map is exact and its "
             "bound tighter than one LMI per layer)",
+        )
+    if max_variables is not None and merged.variables > max_variables:
+        raise LimitError(
+            f"the SDP would have {merged.variables} variables after merging linear layers, more than "
+            f"{max_variables} (about {merged.gib:.3g} GiB for the solver's Newton matrix)",
+            span=None,
+            hint="solve with --frequencies 33 (the P of wide conv layers eliminated by the KYP lemma), or "
+            "raise max_variables (Python API) only with the memory",
         )
     exact = _exact_bound(low)
     if exact is not None:

@@ -216,3 +216,25 @@ def test_max_lmi_counts_the_lmis_after_merging_linear_layers(tmp_path):
     assert "net.lip:7:1: error:" in res.stderr and "hint: raise --max-lmi" in res.stderr
     res = run("solve", "--max-lmi", "128", spec)
     assert res.exit_code == 0 and "(certified)" in res.stdout
+
+
+def test_variable_limit_counts_the_merged_storage(tmp_path):
+    """Two linear causal convs merged into one FIR: its P has (2 (k-1) c)^2/2 variables, about twice the two
+    separate P together; the variable limit is checked on the lowered systems too."""
+    from lipdsl.api import lowered_size
+    from lipdsl.lower import lower
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "w.npz", a=rng.normal(size=(4, 4, 5)), b=rng.normal(size=(4, 4, 5)))
+    spec = write(
+        tmp_path,
+        'input 4 x 32\nweights "w.npz"\nconv1d a: 4 -> 4, kernel 5, padding causal, weight a\n'
+        "conv1d b: 4 -> 4, kernel 5, padding causal, weight b\nrelu\n",
+    )
+    _, net = load_network(spec)
+    estimate, merged = problem_size(net), lowered_size(lower(net))
+    assert merged.variables > estimate.variables
+    limit = (estimate.variables + merged.variables) // 2
+    with pytest.raises(LimitError, match="variables after merging linear layers"):
+        solve_network(net, max_variables=limit)
+    assert solve_network(net, max_variables=merged.variables).certificate.verified
