@@ -190,46 +190,13 @@ def solve_network(
     recover their storage matrices P afterwards (``lipdsl.kyp``): far fewer variables for wide layers, a
     bound slightly above the exact SDP's (still certified the same way).
     """
-    size = problem_size(net, lift, frequencies)
-    if max_lmi is not None and size.largest_lmi > max_lmi:
-        raise LimitError(
-            f"the LMI of layer {size.largest_system!r} would have {size.largest_lmi} rows ({size.detail}), "
-            f"more than --max-lmi {max_lmi}; the SDP would have {size.variables} variables (about "
-            f"{size.gib:.3g} GiB for the solver)",
-            span=_span(net, size.largest_system),
-            hint="raise --max-lmi if the machine has the memory and time; a conv layer costs "
-            "(dilation*(kernel-1)+1)*c_in rows (times --lift)",
-        )
-    if max_variables is not None and size.variables > max_variables:
-        raise LimitError(
-            f"the SDP would have {size.variables} variables, more than {max_variables} (about {size.gib:.3g} "
-            f"GiB for the solver's Newton matrix); its largest LMI has {size.largest_lmi} rows",
-            span=None,
-            hint="wide conv layers need (states)^2/2 variables each: solve with --frequencies 33 (P "
-            "eliminated by the KYP lemma, recovered afterwards), or raise the limit only with the memory",
-        )
+    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables)
     times = dict(seconds or {})
     t0 = time.perf_counter()
     low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
     t1 = time.perf_counter()
-    merged = lowered_size(low, frequencies)  # merges and folds can outgrow the estimate above
-    if max_lmi is not None and merged.largest_lmi > max_lmi:
-        first = next((s.layers[0] for s in low.systems if s.name == merged.largest_system), None)
-        raise LimitError(
-            f"the LMI of {merged.largest_system!r} would have {merged.largest_lmi} rows ({merged.detail}) "
-            f"after merging linear layers, more than --max-lmi {max_lmi}",
-            span=_span(net, first),
-            hint="raise --max-lmi if the machine has the memory and time (the merged map is exact and its "
-            "bound tighter than one LMI per layer)",
-        )
-    if max_variables is not None and merged.variables > max_variables:
-        raise LimitError(
-            f"the SDP would have {merged.variables} variables after merging linear layers, more than "
-            f"{max_variables} (about {merged.gib:.3g} GiB for the solver's Newton matrix)",
-            span=None,
-            hint="solve with --frequencies 33 (the P of wide conv layers eliminated by the KYP lemma), or "
-            "raise max_variables (Python API) only with the memory",
-        )
+    # merges and folds can outgrow the estimate above: the same limits on the lowered systems
+    _check_limits(net, lowered_size(low, frequencies), max_lmi, max_variables, low)
     exact = _exact_bound(low)
     if exact is not None:
         times.update({"lower": t1 - t0})
@@ -266,6 +233,35 @@ def solve_network(
         err.result = result
         raise err
     return result
+
+
+def _check_limits(net: typed.Network, size: ProblemSize, max_lmi: int | None, max_variables: int | None,
+                  low: LoweredNetwork | None = None) -> None:
+    """``LimitError`` when ``size`` (``problem_size``, or ``lowered_size`` of ``low``) exceeds a limit."""
+    merged = "" if low is None else " after merging linear layers"
+    system = size.largest_system
+    if low is not None:  # a system (e.g. "c1+c2+relu3"): its first layer for the position
+        system = next((s.layers[0] for s in low.systems if s.name == system), system)
+    if max_lmi is not None and size.largest_lmi > max_lmi:
+        raise LimitError(
+            f"the LMI of {'layer ' if low is None else ''}{size.largest_system!r} would have "
+            f"{size.largest_lmi} rows ({size.detail}){merged}, more than --max-lmi {max_lmi}; the SDP would "
+            f"have {size.variables} variables (about {size.gib:.3g} GiB for the solver)",
+            span=_span(net, system),
+            hint="raise --max-lmi if the machine has the memory and time; a conv layer costs "
+            "(dilation*(kernel-1)+1)*c_in rows (times --lift)" if low is None else
+            "raise --max-lmi if the machine has the memory and time (the merged map is exact and its bound "
+            "tighter than one LMI per layer)",
+        )
+    if max_variables is not None and size.variables > max_variables:
+        raise LimitError(
+            f"the SDP would have {size.variables} variables{merged}, more than {max_variables} (about "
+            f"{size.gib:.3g} GiB for the solver's Newton matrix); its largest LMI has {size.largest_lmi} "
+            "rows",
+            span=None,
+            hint="wide conv layers need (states)^2/2 variables each: solve with --frequencies 33 (P "
+            "eliminated by the KYP lemma, recovered afterwards), or raise the limit only with the memory",
+        )
 
 
 def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:
