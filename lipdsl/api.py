@@ -67,9 +67,7 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     solver variables and their LMIs are the frequency-domain ones (``2 (n_u + n_y)`` rows), as in ``sdp``.
     """
     layers = list(net.layers)
-    best = (0, "", "")
-    variables = 1
-    outputs = []
+    systems = []  # (name, nx, nu, ny, slope or None) of each map + activation
     b = lift if not net.input_shape.flat else 1
     i = 0
     while i < len(layers):
@@ -88,20 +86,9 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
             act = isinstance(layer, typed.Activation)
             if not act and i + 1 < len(layers) and isinstance(layers[i + 1], typed.Activation):
                 act, i = True, i + 1
-            size = nx + nu + (ny if act else 0)
-            detail = f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else "")
-            slope = (layers[i].alpha, layers[i].beta) if act else None
-            if frequencies is not None and in_frequency_form(nx, nu, ny, slope):
-                size = 2 * (nu + (ny if act else 0))
-                detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
-                nx = 0
-            if size > best[0]:
-                best = (size, layer.name, detail)
-            variables += nx * (nx + 1) // 2 + (ny if act else 0)
-            outputs.append(ny)
+            systems.append((layer.name, nx, nu, ny, (layers[i].alpha, layers[i].beta) if act else None))
         i += 1
-    variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
-    return ProblemSize(best[0], best[1], best[2], variables)
+    return _size(systems, frequencies)
 
 
 def lowered_size(low: LoweredNetwork, frequencies: int | None = None) -> ProblemSize:
@@ -109,20 +96,24 @@ def lowered_size(low: LoweredNetwork, frequencies: int | None = None) -> Problem
     composed with the next conv or pool, an overlapping pool folded into the dense layer after a flatten),
     which can make an LMI up to ``MERGE_GROWTH`` times the separate rows and its ``P`` up to four times the
     variables -- ``problem_size`` does not model them. The same direct forms and variables as there."""
+    return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope) for s in low.systems], frequencies)
+
+
+def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
+    """The largest LMI and the variable count of ``(name, nx, nu, ny, slope)`` systems (``problem_size``)."""
     best = (0, "", "")
     variables = 1
     outputs = []
-    for s in low.systems:
-        nx, nu, ny = s.ss.nx, s.ss.nu, s.ss.ny
-        act = s.slope is not None
+    for name, nx, nu, ny, slope in systems:
+        act = slope is not None
         size = nx + nu + (ny if act else 0)
         detail = f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else "")
-        if frequencies is not None and in_frequency_form(nx, nu, ny, s.slope):
+        if frequencies is not None and in_frequency_form(nx, nu, ny, slope):
             size = 2 * (nu + (ny if act else 0))
             detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
             nx = 0
         if size > best[0]:
-            best = (size, s.name, detail)
+            best = (size, name, detail)
         variables += nx * (nx + 1) // 2 + (ny if act else 0)
         outputs.append(ny)
     variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
