@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +79,22 @@ def run(spec: Path, timeout: float, frequencies: int | None = None) -> dict:
         row.update(
             bound=out["lipschitz"],
             solve_s=out["seconds"]["solve"],
-            lmis="+".join(str(m["size"]) for m in out["lmis"]),
+            lmis=_solver_lmis(out),
         )
     else:
         first = (stderr.strip().splitlines() or [""])[0]
         row.update(bound=None, solve_s=None, lmis="", error=first[:120])
     return row
+
+
+def _solver_lmis(out: dict) -> str:
+    """The LMIs the solver saw (``sdp`` in the JSON), largest first: e.g. ``128x48+64x6+41 (n=1749)``."""
+    sizes = out.get("sdp", {}).get("lmi_sizes") or [m["size"] for m in out["lmis"]]
+    counts = Counter(sizes)
+    text = "+".join(f"{size}x{count}" if count > 1 else str(size)
+                    for size, count in sorted(counts.items(), reverse=True))
+    n = out.get("sdp", {}).get("variables")
+    return text if n is None else f"{text} (n={n})"
 
 
 def main() -> int:

@@ -81,6 +81,9 @@ def to_json(result: Result) -> dict:
             }
             for c in cert.checks
         ],
+        # what the solver saw (the LMIs above are the certified, direct forms: an inverse head or frequency
+        # LMIs are solved smaller than they are checked)
+        "sdp": {"variables": result.sdp.n, "lmi_sizes": [lmi.size for lmi in result.sdp.lmis]},
         "systems": _system_rows(result),
         "notes": list(result.sdp.notes)
         + [s.note for s in result.lowered.steps if getattr(s, "note", "") and not isinstance(s, System)],

@@ -34,6 +34,7 @@ def test_solve_json_is_one_object_with_the_certificate():
     assert abs(out["lipschitz"] - 109.12299234900972) / 109.12299234900972 <= 1e-6
     assert out["lipschitz"] >= out["lipschitz_solver"]
     assert [lmi["size"] for lmi in out["lmis"]] == [5, 9, 156]
+    assert out["sdp"]["lmi_sizes"] == [5, 12, 65]  # solved with the head in Y = X^-1, M = Lambda^-1
     assert set(out["seconds"]) == {"parse+check", "lower", "sdp", "solve", "certify"}
     assert all(lmi["ok"] for lmi in out["lmis"])
 
