@@ -419,7 +419,7 @@ def _toeplitz(run: list) -> np.ndarray:
         if isinstance(layer, typed.Conv1d):
             x = conv1d(x, layer.weight, layer.stride, layer.dilation, layer.pad_left, layer.pad_right)
         else:
-            K, s, _ = _causal_taps(layer)
+            s = layer.stride
             n_out = int(layer.out_shape.length)
             x = np.stack([x[:, :, s * t : s * t + layer.kernel].mean(axis=2) for t in range(n_out)], axis=2)
     return x.reshape(c * n, -1).T
@@ -477,9 +477,10 @@ def merge_causal_convs(layers: list) -> tuple[list, dict[str, str]]:
     """Runs of causal stride-1 convs with no activation between as one causal conv (for ``--lift``, whose
     blocks do not use ``linear_chain_system``): with ``y1[t] = sum_j K1_j u[t - d1 (k1-1-j)]`` and ``y2`` the
     same of ``y1``, ``y2[t] = sum_lag W[lag] u[t - lag]``, ``W[lag] = sum_{d2 a + d1 b = lag} K2_a K1_b``
-    (``a, b`` the lags of the two kernels), and causal padding is zero before ``t = 0`` for both (exact for
-    the linear part; the biases only add an offset that does not depend on the input, ``K2 b1`` summed over
-    the taps that read real samples, so the merged layer carries none). Merged only while
+    (``a, b`` the lags of the two kernels; ``compose_fir`` with stride 1), and causal padding is zero before
+    ``t = 0`` for both (exact for the linear part; the biases only add an offset that does not depend on the
+    input, ``K2 b1`` summed over the taps that read real samples, so the merged layer carries none). Merged
+    only while
     ``linear_chain_system`` would merge the pair at one sample per block too, so that ``--lift L`` starts
     from the same realization as ``--lift 1``."""
     out, notes = [], {}
@@ -488,14 +489,9 @@ def merge_causal_convs(layers: list) -> tuple[list, dict[str, str]]:
         if (isinstance(layer, typed.Conv1d) and isinstance(prev, typed.Conv1d)
                 and layer.padding == prev.padding == "causal" and layer.stride == prev.stride == 1
                 and linear_chain_system([prev, layer], 0, False) is not None):
-            K1, K2 = np.asarray(prev.weight, float), np.asarray(layer.weight, float)
-            k1, k2, d1, d2 = prev.kernel, layer.kernel, prev.dilation, layer.dilation
-            span = d1 * (k1 - 1) + d2 * (k2 - 1)
-            W = np.zeros((layer.c_out, prev.c_in, span + 1))
-            for a in range(k2):
-                for b in range(k1):
-                    lag = d2 * (k2 - 1 - a) + d1 * (k1 - 1 - b)
-                    W[:, :, span - lag] += K2[:, :, a] @ K1[:, :, b]
+            G, _, _ = compose_fir(*_causal_taps(prev), layer, prev.in_shape.length)  # (causal: delta 0)
+            W = np.ascontiguousarray(G[::-1].transpose(1, 2, 0))  # taps G_q on u[t - q]: a conv kernel
+            span = W.shape[2] - 1
             name = f"{prev.name}+{layer.name}"
             out[-1] = dataclasses_replace(layer, name=name, weight=W, c_in=prev.c_in, kernel=span + 1,
                                           dilation=1, pad_left=span, pad_right=0, in_shape=prev.in_shape,
