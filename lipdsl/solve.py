@@ -17,6 +17,7 @@ status 'unknown' and handed to the certificate check, which either proves a boun
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -68,13 +69,16 @@ KKT_THREADS: int | None = None
 THREAD_MIN_ENTRIES = 1 << 18
 
 
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
 def _kkt_threads() -> int:
+    """``KKT_THREADS``, or its default rule (above) when it is None."""
     if KKT_THREADS is not None:
         return KKT_THREADS
     pinned = any(os.environ.get(var) == "1" for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(2, cores) if pinned else 1
-_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def _map(fn, items: list, threads: int) -> list:
@@ -168,30 +172,10 @@ class _UnitFamily:
             Z = np.ascontiguousarray(St[:, :, D].transpose(1, 0, 2))  # Z[a, b] = S_b[a, D]
             flat_t = (flat % d) * d + flat // d  # (Y + Y')[a, b] = Y[a, b] + Y[b, a]
             cols = _block(lg[:1], lg)[1]
-            for lr, A, Bi, C in self.rows:
-                T = A.shape[1]
-                step = max(1, 2**15 // (d * B * T))  # rows per batch: keep the batch in cache
-                whole = _block(lr, lg[:1])[0]
-
-                def rows(share, lr=lr, A=A, Bi=Bi, C=C, T=T, step=step, whole=whole, Z=Z, d=d, lg=lg,
-                         cols=cols, flat=flat, flat_t=flat_t, cg=cg):
-                    for i in range(share[0], share[-1] + 1, step):
-                        sl = slice(i, min(i + step, share[-1] + 1))
-                        nr = len(lr[sl])
-                        if isinstance(whole, slice) and isinstance(cols, slice):
-                            where = slice(whole.start + i, whole.start + i + nr), cols
-                        else:
-                            where = np.ix_(lr[sl], lg)
-                        P = Z[A[sl]]  # (rows, T, B, d)
-                        P *= C[sl][:, :, None, None]
-                        Q = Z[Bi[sl]].reshape(nr, T * B, d)
-                        Y = np.matmul(P.reshape(nr, T * B, d).transpose(0, 2, 1), Q).reshape(nr, d * d)
-                        G = np.take(Y, flat, axis=1)
-                        G += np.take(Y, flat_t, axis=1)
-                        G *= cg
-                        Hl[where] += G
-
-                _map(rows, _split(np.ones(len(lr)), threads), threads)
+            for row_group in self.rows:
+                step = max(1, 2**15 // (d * B * row_group[1].shape[1]))  # rows per batch: stay in cache
+                batch = functools.partial(_gram_rows, Hl, Z, (flat, flat_t, cg, lg, cols), row_group, step)
+                _map(batch, _split(np.ones(len(row_group[0])), threads), threads)
         if len(self.rest):
             ar, br = self.a[self.rest], self.b[self.rest]
             for Sb in S:
@@ -200,6 +184,30 @@ class _UnitFamily:
                 T += Sbb[self.a] * Sa[self.b]
                 Z = np.asarray(self.agg @ T)  # (variables x rest terms)
                 Hl += 2.0 * np.asarray(self.rest_agg @ Z.T).T
+
+
+def _gram_rows(Hl, Z, column_group, row_group, step: int, share: np.ndarray):
+    """``_UnitFamily.gram`` for the rows ``share`` of one row group against one column group, ``step``
+    rows per batched product (a thread writes only its own rows of ``Hl``)."""
+    flat, flat_t, cg, lg, cols = column_group
+    lr, A, Bi, C = row_group
+    T, B, d = A.shape[1], Z.shape[1], Z.shape[2]
+    whole = _block(lr, lg[:1])[0]
+    for i in range(share[0], share[-1] + 1, step):
+        sl = slice(i, min(i + step, share[-1] + 1))
+        nr = len(lr[sl])
+        if isinstance(whole, slice) and isinstance(cols, slice):
+            where = slice(whole.start + i, whole.start + i + nr), cols
+        else:
+            where = np.ix_(lr[sl], lg)
+        P = Z[A[sl]]  # (rows, T, B, d)
+        P *= C[sl][:, :, None, None]
+        Q = Z[Bi[sl]].reshape(nr, T * B, d)
+        Y = np.matmul(P.reshape(nr, T * B, d).transpose(0, 2, 1), Q).reshape(nr, d * d)
+        G = np.take(Y, flat, axis=1)
+        G += np.take(Y, flat_t, axis=1)
+        G *= cg
+        Hl[where] += G
 
 
 def dense_variables(lmi, n: int) -> np.ndarray:
