@@ -401,13 +401,14 @@ def _lmi_coefficients(mats, slopes, out, mode):
         cols.append(np.concatenate([np.full(idx.size, e), idx, [e]]))
         vals.append(np.concatenate([(a + b) * v, (a + b) * v, [-2.0]]))
         var.append(np.full(rows[-1].size + (idx.size ** 2 if a != 0.0 else 0), q))
-    q = sum(M.shape[0] for M in mats)
+    n_neurons = sum(M.shape[0] for M in mats)
     rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
     var = np.concatenate(var)
-    F = sp.csr_matrix((vals, (rows + cols * N, var)), shape=(N * N, q))
+    F = sp.csr_matrix((vals, (rows + cols * N, var)), shape=(N * N, n_neurons))
     if mode == "layer":
         layer_of = np.repeat(np.arange(len(mats)), [M.shape[0] for M in mats])
-        F = (F @ sp.csr_matrix((np.ones(q), (np.arange(q), layer_of)), shape=(q, len(mats)))).tocsr()
+        F = (F @ sp.csr_matrix((np.ones(n_neurons), (np.arange(n_neurons), layer_of)),
+                               shape=(n_neurons, len(mats)))).tocsr()
     elif mode != "neuron":
         raise ValueError(f"mode must be 'neuron' or 'layer', got {mode!r}")
     OtO = (out.T @ out).tocoo()

@@ -271,11 +271,13 @@ def refit_first_system(sdp: Sdp, point: _Point) -> bool:
         return False
     X_out = point.weight(link.w_out)
 
-    def lmi(z: np.ndarray) -> np.ndarray:
+    def storage(z: np.ndarray) -> np.ndarray:  # P from its upper triangle, row by row
         P = np.zeros((nx, nx))
         P[iu] = z[1 + n_lam :]
-        P = P + np.triu(P, 1).T
-        return system_matrix(sys, P, z[1 : 1 + n_lam] if n_lam else None, z[0] * np.eye(nu), X_out)
+        return P + np.triu(P, 1).T
+
+    def lmi(z: np.ndarray) -> np.ndarray:
+        return system_matrix(sys, storage(z), z[1 : 1 + n_lam] if n_lam else None, z[0] * np.eye(nu), X_out)
 
     M0 = lmi(np.zeros(n))
     F = np.stack([lmi(e) - M0 for e in np.eye(n)], axis=-1).reshape(-1, n)  # column k: vec F_k
@@ -306,7 +308,5 @@ def refit_first_system(sdp: Sdp, point: _Point) -> bool:
     point.rho = float(z[0])
     if n_lam:
         point.vars[link.lam.name] = np.maximum(z[1 : 1 + n_lam], 0.0)
-    P = np.zeros((nx, nx))
-    P[iu] = z[1 + n_lam :]
-    point.vars[link.P.name] = P + np.triu(P, 1).T
+    point.vars[link.P.name] = storage(z)
     return True
