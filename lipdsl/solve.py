@@ -81,6 +81,12 @@ def _kkt_threads() -> int:
     return min(2, cores) if pinned else 1
 
 
+def _block_threads(sizes) -> int:
+    """Threads for work shared out by LMI block (the KKT solver's loops, CVXOPT's cone operations): those of
+    ``_kkt_threads`` when the blocks of orders ``sizes`` hold at least ``THREAD_MIN_ENTRIES`` entries."""
+    return _kkt_threads() if np.sum(np.square(np.asarray(sizes, dtype=float))) >= THREAD_MIN_ENTRIES else 1
+
+
 def _map(fn, items: list, threads: int) -> list:
     """``[fn(item) for item in items]``, on ``threads`` worker threads when more than one."""
     if threads <= 1 or len(items) <= 1:
@@ -210,6 +216,21 @@ def _gram_rows(Hl, Z, column_group, row_group, step: int, share: np.ndarray):
         Hl[where] += G
 
 
+def _lower_half(v: np.ndarray, start: int, m: int) -> np.ndarray:
+    """``L`` with ``L + L'`` the symmetric matrix of the lower triangle of the column-major ``m x m`` block of
+    ``v`` at ``start`` (how CVXOPT reads an 's' block): that triangle with its diagonal halved."""
+    X = v[start : start + m * m].reshape(m, m, order="F")
+    L = np.where(_lower(m), X, 0.0)
+    L.flat[:: m + 1] *= 0.5
+    return L
+
+
+@functools.cache
+def _lower(m: int) -> np.ndarray:
+    """``True`` on and below the diagonal of an ``m x m`` matrix."""
+    return np.tri(m, dtype=bool)
+
+
 def dense_variables(lmi, n: int) -> np.ndarray:
     """The variables of ``lmi`` cheaper in ``H`` as one (dense or sparse) ``F_k`` than as their ``R_k``
     rank-two terms: ``O(m^3)`` against ``O(m^2 R_k + m R_k R)`` for ``R`` terms in the block, i.e.
@@ -234,7 +255,6 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     ``rti B rti'`` and ``rti' F rti``. ``unit_terms=False`` treats every term as general (the reference).
     """
     import cvxopt
-    from cvxopt import misc
 
     n = sdp.n
     n_l = len(nonneg_idx)
@@ -287,7 +307,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             cross = (U, V, sp.csr_matrix((coef, (loc, np.arange(len(keep)))), shape=(len(local), len(keep))))
         blocks.append((m, dense_cols, F, local, gen, units, fam, cross))
     sizes = np.array([b[0] for b in blocks], dtype=float)
-    threads = _kkt_threads() if np.sum(sizes**2) >= THREAD_MIN_ENTRIES else 1
+    threads = _block_threads(sizes)
     shares = _split(sizes**3, threads)  # the solve's blocks per thread
     starts = n_l + np.concatenate([[0], np.cumsum(sizes**2)]).astype(int)  # each block in CVXOPT's z
 
@@ -347,19 +367,19 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             raise ArithmeticError("singular KKT matrix") from exc
 
         def solve(x, y, z):
-            # bt = W^-T bz (lower triangles meaningful in each 's' block); z is overwritten below anyway
-            misc.scale(z, W, trans="T", inverse="I")
+            # bt = W^-T bz: di .* bz on 'l', B = rti' bz rti on each 's' block (bz: its lower triangle)
             bt = np.array(z).ravel()
             rhs = np.array(x).ravel()
-            rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
+            bt[:n_l] *= di
+            rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection
 
-            def rhs_share(share):  # this share's part of -sum_blocks <rti' F_k rti, B>
+            def rhs_share(share):  # this share's part of -sum_blocks <rti' F_k rti, B>, and its B
                 part = np.zeros(n)
                 for i in share:
                     m, R, cols, Ft, fac, units = scaled[i]
-                    B = bt[starts[i] : starts[i] + m * m].reshape(m, m, order="F")
-                    B = np.tril(B)
-                    B = B + B.T - np.diag(np.diag(B))
+                    A = R.T @ _lower_half(bt, starts[i], m) @ R  # B = A + A'
+                    B = A + A.T
+                    bt[starts[i] : starts[i] + m * m] = B.ravel()
                     if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
                         part[cols] -= np.einsum("kij,ij->k", Ft, B)
                     if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
@@ -532,9 +552,18 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
         kkt = _gram_kkt(sdp, nonneg_idx)
     else:
         kkt = _structured_kkt(sdp, nonneg_idx)
+    threads = _block_threads(dims["s"]) if structured else 1
+    cone_ops = contextlib.nullcontext()
+    if threads > 1:  # CVXOPT's per-block scaling work on the same threads (lipdsl.cones)
+        from .cones import installed
+
+        cone_ops = installed(functools.partial(_map, threads=threads),
+                             lambda sizes: _split(np.asarray(sizes, dtype=float) ** 3, threads))
     t0 = time.perf_counter()
     try:
-        res = cvxopt.solvers.conelp(cvxopt.matrix(c), G, cvxopt.matrix(h), dims, kktsolver=kkt, options=opts)
+        with cone_ops:
+            res = cvxopt.solvers.conelp(cvxopt.matrix(c), G, cvxopt.matrix(h), dims, kktsolver=kkt,
+                                        options=opts)
     except (ArithmeticError, ValueError) as exc:
         raise SolveError(
             f"CVXOPT failed before its first iterate: {exc}",

@@ -230,7 +230,9 @@ def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
     new = solve_mod.solve(sdp)
     monkeypatch.setattr(solve_mod, "_structured_kkt", lambda s, i: reference(s, i, unit_terms=False))
     old = solve_mod.solve(sdp)
-    assert new.claimed_status == old.claimed_status and abs(new.iterations - old.iterations) <= 1
+    assert new.claimed_status == old.claimed_status
+    if new.claimed_status == "optimal":  # (where CVXOPT gives up on a singular KKT matrix is rounding's call)
+        assert abs(new.iterations - old.iterations) <= 1
     assert abs(new.rho - old.rho) <= 1e-9 * abs(old.rho)
 
 
@@ -250,6 +252,101 @@ def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
     assert np.array_equal(first.x, second.x)
     assert first.claimed_status == inline.claimed_status and abs(first.iterations - inline.iterations) <= 1
     assert abs(first.rho - inline.rho) <= 1e-9 * abs(inline.rho)
+
+
+def _cone_point(rng, dims):
+    """A random interior point of R+^l x S+^m1 x ... in CVXOPT's storage, and a random direction."""
+    def block(m):
+        A = rng.normal(size=(m, m))
+        return (A @ A.T + m * np.eye(m)).ravel(order="F")
+
+    point = np.concatenate([rng.random(dims["l"]) + 0.5] + [block(m) for m in dims["s"]])
+    return point, rng.normal(size=len(point))
+
+
+def _cone_ops(threads=2):
+    from cvxopt import misc
+
+    import lipdsl.solve as solve_mod
+    from lipdsl.cones import REPLACED, ConeOps
+
+    return ConeOps({name: getattr(misc, name) for name in REPLACED},
+                   lambda fn, items: solve_mod._map(fn, items, threads),
+                   lambda sizes: solve_mod._split(np.asarray(sizes, dtype=float) ** 3, threads))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cone_ops_equal_cvxopts(threads):
+    """lipdsl.cones' max_step and update_scaling (numpy, blocks shared among threads) against CVXOPT's own
+    on a point with an 'l' part and 's' blocks of orders 1-7: the same step, eigenvalues, eigenvectors (up to
+    sign), and the same scaling (``r`` up to the signs of its columns, which the SVD leaves free)."""
+    import cvxopt
+    from cvxopt import misc
+
+    rng = np.random.default_rng(3)
+    dims = {"l": 3, "q": [], "s": [4, 7, 7, 1, 5]}
+    ops = _cone_ops(threads)
+    s, z = (cvxopt.matrix(_cone_point(rng, dims)[0]) for _ in range(2))
+    lmbda = cvxopt.matrix(0.0, (dims["l"] + sum(dims["s"]) + 1, 1))
+    W = misc.compute_scaling(s, z, lmbda, dims, mnl=0)  # (as conelp: with an empty 'dnl')
+    for with_sigma in (False, True):
+        x = _cone_point(rng, dims)[1]
+        a, b = cvxopt.matrix(x), cvxopt.matrix(x)
+        if with_sigma:
+            sa, sb = (cvxopt.matrix(0.0, (sum(dims["s"]), 1)) for _ in range(2))
+            ta, tb = misc.max_step(a, dims, 0, sigma=sa), ops.max_step(b, dims, 0, sigma=sb)
+            assert np.allclose(np.array(sa), np.array(sb), rtol=0, atol=1e-12)
+            assert np.allclose(np.abs(np.array(a)), np.abs(np.array(b)), rtol=0, atol=1e-10)
+        else:
+            ta, tb = misc.max_step(a, dims), ops.max_step(b, dims)
+        assert abs(ta - tb) <= 1e-12 * max(1.0, abs(ta))
+
+    def lower_triangular_factors():
+        return np.concatenate([rng.random(dims["l"]) + 0.5]
+                              + [(np.tril(rng.normal(size=(m, m))) + 3 * np.eye(m)).ravel(order="F")
+                                 for m in dims["s"]])
+
+    ls, lz = lower_triangular_factors(), lower_triangular_factors()
+    ours = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in W.items()}
+    theirs = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in W.items()}
+    la, lb = +lmbda, +lmbda
+    sa, za, sb, zb = cvxopt.matrix(ls), cvxopt.matrix(lz), cvxopt.matrix(ls), cvxopt.matrix(lz)
+    misc.update_scaling(theirs, la, sa, za)
+    ops.update_scaling(ours, lb, sb, zb)
+    assert np.allclose(np.array(la), np.array(lb), rtol=1e-13, atol=0)
+    for key in ("d", "di"):
+        assert np.allclose(np.array(theirs[key]), np.array(ours[key]), rtol=1e-14, atol=0)
+    for r_a, r_b, rti_b in zip(theirs["r"], ours["r"], ours["rti"]):
+        r_a, r_b = np.array(r_a), np.array(r_b)
+        signs = np.linalg.solve(r_a, r_b)
+        assert np.allclose(np.abs(signs), np.eye(len(r_a)), atol=1e-10)
+        assert np.allclose(np.array(rti_b), np.linalg.inv(r_b).T, atol=1e-10)
+    assert np.allclose(np.abs(np.array(sa)), np.abs(np.array(sb)), atol=1e-10)  # U, left in s
+
+
+def test_cone_ops_leave_other_cones_to_cvxopt_and_restore_its_functions():
+    """A second-order cone or several columns go to CVXOPT's own functions; ``installed`` puts CVXOPT's back
+    when the last (nested) solve ends."""
+    import cvxopt
+    from cvxopt import misc
+
+    from lipdsl.cones import installed
+
+    originals = (misc.max_step, misc.update_scaling)
+    calls = []
+    ops = _cone_ops()
+    ops.originals = {"max_step": lambda *a, **k: calls.append("max_step") or 0.0,
+                     "update_scaling": lambda *a, **k: calls.append("update_scaling")}
+    x = cvxopt.matrix(np.ones(7))
+    ops.max_step(x, {"l": 3, "q": [4], "s": []})
+    ops.max_step(cvxopt.matrix(np.ones((4, 2))), {"l": 4, "q": [], "s": []})
+    ops.update_scaling({"d": x, "di": x, "v": [x], "beta": [1.0], "r": [], "rti": []}, x, x, x)
+    assert calls == ["max_step", "max_step", "update_scaling"]
+    with installed(ops.run, ops.shares):
+        with installed(ops.run, ops.shares):
+            assert misc.max_step is not originals[0]
+        assert misc.update_scaling is not originals[1]
+    assert (misc.max_step, misc.update_scaling) == originals
 
 
 def test_kkt_threads_only_when_blas_is_pinned_to_one_thread(monkeypatch):

@@ -1,0 +1,160 @@
+"""CVXOPT's cone operations on 'l' and 's' cones, block by block in numpy and shared among threads: the same
+results as ``cvxopt.misc``'s, in place.
+
+On a large SDP (52 frequency LMIs of 128 rows at 32 channels) CVXOPT's ``conelp`` spends a third of each
+iteration in two functions of ``cvxopt.misc`` that loop over the LMI blocks while holding the GIL: the step to
+the cone boundary (``max_step``: eigenvalues of every block) and the Nesterov-Todd scaling update
+(``update_scaling``: an SVD per block). ``ConeOps`` computes the same quantities from their definitions
+(L. Vandenberghe, *The CVXOPT linear and quadratic cone program solvers*, 2010, §4; CVXOPT's ``misc.py``
+documents each) with numpy, whose LAPACK calls release the GIL (scipy's f2py wrappers do not), so the blocks
+are shared among threads; ``installed`` puts them into ``cvxopt.misc`` for the duration of a solve.
+(``misc.scale`` stays CVXOPT's: its triangular products do 3 m^3 flops per block against numpy's 4 m^3, and
+two threads only break even.)
+
+Storage (CVXOPT's): a vector holds the 'l' part, then each 's' block ``k`` of order ``m`` as ``m * m``
+entries in column-major order; the scaling ``W`` holds ``d``, ``di`` (the 'l' part: ``W x = d .* x``) and per
+'s' block ``r``, ``rti = r^-T``. Anything else (second-order cones, the nonlinear solvers' ``dnl``, several
+columns) goes to CVXOPT's own functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+#: The functions of ``cvxopt.misc`` that ``installed`` replaces.
+REPLACED = ("max_step", "update_scaling")
+
+
+def _column(x) -> np.ndarray:
+    """The entries of a one-column ``cvxopt.matrix`` as a writable numpy view."""
+    return np.asarray(x)[:, 0]
+
+
+def _block(v: np.ndarray, start: int, m: int) -> np.ndarray:
+    """The ``m x m`` view of ``v[start : start + m*m]`` (column-major, as CVXOPT stores 's' blocks)."""
+    return v[start : start + m * m].reshape(m, m, order="F")
+
+
+def _unsupported(W: dict) -> bool:
+    """Whether the scaling has parts ``ConeOps`` leaves to CVXOPT: second-order cones, a nonlinear block
+    (``conelp`` itself keeps an empty ``dnl``)."""
+    return bool(W["v"]) or len(W.get("dnl", ())) > 0
+
+
+class ConeOps:
+    """``max_step`` and ``update_scaling`` of ``cvxopt.misc``, with the 's' blocks processed by
+    ``run(fn, shares)`` (e.g. on threads); ``shares`` splits a list of block orders into groups of indices.
+    The results do not depend on how the blocks are shared."""
+
+    def __init__(self, originals: dict[str, Callable], run: Callable, shares: Callable):
+        self.originals = originals
+        self.run = run
+        self.shares = shares
+
+    def _each_block(self, sizes: list[int], start: int, start_eig: int, fn: Callable) -> list:
+        """``fn(k, m, offset, eig_offset)`` for every 's' block ``k`` (``offset`` into a vector,
+        ``eig_offset`` into a vector of eigenvalues), grouped by ``shares``; the results in block order."""
+        offsets = start + np.concatenate([[0], np.cumsum(np.square(sizes))]).astype(int)
+        eig_offsets = start_eig + np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+
+        def share(indices):
+            return [fn(k, sizes[k], offsets[k], eig_offsets[k]) for k in indices]
+
+        return [out for part in self.run(share, self.shares(sizes)) for out in part]
+
+    def max_step(self, x, dims: dict, mnl: int = 0, sigma=None) -> float:
+        """``min {t : x + t e >= 0}`` (``e``: ones on 'l', the identity on 's' blocks), i.e. the largest of
+        ``-min(x_l)`` and ``-lambda_min(X_k)``; 0 with no cones. With ``sigma``, each block's eigenvalues
+        (ascending) go to ``sigma`` and its eigenvectors overwrite the block."""
+        if mnl or dims["q"] or x.size[1] != 1:
+            step = self.originals["max_step"]  # (its C version crashes on an explicit sigma=None)
+            return step(x, dims, mnl) if sigma is None else step(x, dims, mnl, sigma=sigma)
+        v = _column(x)
+        ml = dims["l"]
+        worst = [-float(np.min(v[:ml]))] if ml else []
+        eigs = None if sigma is None else _column(sigma)
+
+        def one(k, m, at, at_eig):
+            if not m:
+                return None
+            X = _block(v, at, m)
+            if eigs is None:  # (numpy's eigh and eigvalsh read the lower triangle, as CVXOPT's LAPACK calls)
+                return -float(np.linalg.eigvalsh(X)[0])
+            w, Q = np.linalg.eigh(X)
+            eigs[at_eig : at_eig + m] = w
+            X[...] = Q
+            return -float(w[0])
+
+        worst += [t for t in self._each_block(list(dims["s"]), ml, 0, one) if t is not None]
+        return max(worst) if worst else 0.0
+
+    def update_scaling(self, W, lmbda, s, z) -> None:
+        """The Nesterov-Todd scaling at the new iterates, so that ``W z~ = W^-T s~ = lambda`` on exit.
+
+        On entry the 'l' parts of ``s``, ``z`` hold the new iterates in the current scaling, and each 's'
+        block factors ``Ls``, ``Lz`` of them (``W^-T s~ = Ls Ls'``, ``W z~ = Lz Lz'``). 'l':
+        ``d := d .* sqrt(s ./ z)``, ``lambda := sqrt(s .* z)``. 's' blocks, with the SVD
+        ``Lz' Ls = U diag(lambda_k) V'``::
+
+            r := r Ls V diag(lambda_k)^-1/2,    rti := rti Lz U diag(lambda_k)^-1/2,
+
+        and ``U``, ``V'`` are left in the blocks of ``s`` and ``z``.
+        """
+        if _unsupported(W):
+            return self.originals["update_scaling"](W, lmbda, s, z)
+        sv, zv, lv = _column(s), _column(z), _column(lmbda)
+        ml = len(W["d"])
+        sv[:ml] = np.sqrt(sv[:ml])
+        zv[:ml] = np.sqrt(zv[:ml])
+        d = _column(W["d"])
+        d *= sv[:ml]
+        d /= zv[:ml]
+        _column(W["di"])[:] = 1.0 / d
+        lv[:ml] = sv[:ml] * zv[:ml]
+
+        def one(k, m, at, at_eig):
+            Ls, Lz = _block(sv, at, m), _block(zv, at, m)
+            r, rti = np.asarray(W["r"][k]), np.asarray(W["rti"][k])
+            U, lam, Vt = np.linalg.svd(Lz.T @ Ls)
+            scaling = 1.0 / np.sqrt(lam)
+            r[...] = ((r @ Ls) @ Vt.T) * scaling
+            rti[...] = ((rti @ Lz) @ U) * scaling
+            lv[at_eig : at_eig + m] = lam
+            Ls[...] = U
+            Lz[...] = Vt
+
+        self._each_block([r.size[0] for r in W["r"]], ml, ml, one)
+
+
+_install_lock = threading.Lock()
+_installs = 0
+_saved: dict[str, Callable] = {}
+
+
+@contextlib.contextmanager
+def installed(run: Callable, shares: Callable):
+    """``cvxopt.misc``'s ``max_step`` and ``update_scaling`` replaced by ``ConeOps`` inside the block
+    (reference-counted: nested or concurrent solves restore CVXOPT's own functions when the last one ends)."""
+    from cvxopt import misc
+
+    global _installs
+    with _install_lock:
+        if _installs == 0:
+            _saved.update({name: getattr(misc, name) for name in REPLACED})
+        ops = ConeOps(dict(_saved), run, shares)
+        if _installs == 0:
+            for name in REPLACED:
+                setattr(misc, name, getattr(ops, name))
+        _installs += 1
+    try:
+        yield ops
+    finally:
+        with _install_lock:
+            _installs -= 1
+            if _installs == 0:
+                for name in REPLACED:
+                    setattr(misc, name, _saved[name])
