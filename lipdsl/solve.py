@@ -113,6 +113,23 @@ def _block(rows: np.ndarray, cols: np.ndarray):
     return np.ix_(rows, cols)
 
 
+def _runs(index: np.ndarray) -> list[tuple[slice, slice]]:
+    """The sorted ``index`` as runs of consecutive values: ``(positions in index, values)`` slice pairs."""
+    breaks = np.flatnonzero(np.diff(index) != 1) + 1
+    starts, ends = np.r_[0, breaks], np.r_[breaks, len(index)]
+    return [(slice(int(a), int(b)), slice(int(index[a]), int(index[b - 1]) + 1))
+            for a, b in zip(starts, ends)]
+
+
+def _add_at(H: np.ndarray, rows: np.ndarray, cols: np.ndarray, X: np.ndarray) -> None:
+    """``H[np.ix_(rows, cols)] += X`` for sorted ``rows``, ``cols``, one slice per pair of runs (far cheaper
+    than the fancy-indexed update when they are a few ranges, e.g. a frequency LMI's weights and
+    multipliers)."""
+    for pr, hr in _runs(rows):
+        for pc, hc in _runs(cols):
+            H[hr, hc] += X[pr, pc]
+
+
 @dataclass
 class _UnitFamily:
     """The unit terms ``c_r (e_a e_b' + e_b e_a')`` shared by LMI blocks of identical structure (e.g. one
@@ -317,6 +334,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         H[nonneg_idx, nonneg_idx] += di**2  # (distinct indices)
         acc: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # local variables -> their block of H
         S_of: dict[int, np.ndarray] = {}
+        mixed: dict[tuple[bytes, bytes], list] = {}  # unit x general parts of the local blocks
         scaled = []
         for bi, ((m, cols, F, local, gen, units, fam, cross), rti) in enumerate(zip(blocks, W["rti"])):
             R = np.asarray(rti)
@@ -344,8 +362,11 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                     a, b = fam.a, fam.b
                     T = 2.0 * (SU[a] * SV[b] + SV[a] * SU[b])  # (unit terms x general terms)
                     X = np.asarray(agg @ np.asarray(fam.agg @ T).T)  # (general vars x local vars)
-                    Hl[gl, :] += X
-                    Hl[:, gl] += X.T
+                    key = (k, gl.tobytes())  # summed over the family, added to rows and columns below
+                    if key in mixed:
+                        mixed[key][2] += X
+                    else:
+                        mixed[key] = [Hl, gl, X]
             if cross is not None:  # H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r
                 U, V, agg_all = cross
                 if fam is None:  # every term general: the same rti' U as above
@@ -357,10 +378,13 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                 H[np.ix_(cols, local)] += X
                 H[np.ix_(local, cols)] += X.T
             scaled.append((m, R, cols, Ft, None if gen is None else (Ut, Vt, gen[2], gen[3]), units))
+        for Hl, gl, X in mixed.values():
+            Hl[gl, :] += X
+            Hl[:, gl] += X.T
         for fam in families.values():
             fam.gram(acc[fam.local.tobytes()][1], [S_of[i] for i in fam.members], threads)
         for local, Hl in acc.values():
-            H[_block(local, local)] += Hl
+            _add_at(H, local, local, Hl)
         try:
             cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
         except (np.linalg.LinAlgError, ValueError) as exc:
