@@ -38,13 +38,14 @@ grid left negative, and checks the minimum eigenvalues as for any other solve.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import numpy as np
 import scipy.linalg
 
 from .certify import _Point, system_matrix
 from .sdp import Sdp, frequency_grid, frequency_response
-from .solve import Solution
+from .solve import Solution, _kkt_threads, _map
 
 #: Frequencies of the check in step 2 (the entries of ``Phi`` are trigonometric polynomials of degree
 #: ``2 (k-1)``, far below this).
@@ -108,6 +109,14 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) ->
         if a * b != 0:
             schur = schur + 2 * a * b * (_h(H) @ LH)
     return max(0.0, -float(np.linalg.eigvalsh(schur).min()))
+
+
+def _over_frequencies(fn, H: np.ndarray, threads: int, combine):
+    """``combine`` of ``fn`` on ``threads`` parts of the frequencies of ``H`` (e.g. ``max`` of
+    ``input_shift``: the same value as on all of them at once; batched numpy releases the GIL)."""
+    if threads <= 1 or len(H) < 8 * threads:
+        return fn(H)
+    return combine(_map(fn, np.array_split(H, threads), threads))
 
 
 def riccati_residual(A, B, Q, R, S, X) -> float:
@@ -194,6 +203,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
     x = np.zeros(sdp.n_total)
     x[: sdp.n] = solution.x
     point = _Point(sdp, x)
+    threads = _kkt_threads()
     fine = frequency_grid(FINE_GRID)
     every = (FINE_GRID - 1) // (COARSE_GRID - 1)
     t_next = 0.0
@@ -218,12 +228,15 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
             # the multiplier shift eta that needs the least input shift (only the latter costs bound),
             # chosen on the coarse grid; the input shift it needs is then taken on the fine one
             if lam is not None:
-                v = max(0.0, -phi_min_eigenvalue(sys, lam, X_in, X_out, H_coarse)) + tiny
+                phi_min = _over_frequencies(partial(phi_min_eigenvalue, sys, lam, X_in, X_out), H_coarse,
+                                            threads, min)
+                v = max(0.0, -phi_min) + tiny
                 etas = [0.0] + [v * 4.0**j for j in range(6)]
-                shifts = [input_shift(sys, lam + eta, X_in, X_out, H_coarse) for eta in etas]
+                shifts = [_over_frequencies(partial(input_shift, sys, lam + eta, X_in, X_out), H_coarse,
+                                            threads, max) for eta in etas]
                 point.vars[link.lam.name] = point.vars[link.lam.name] + etas[int(np.argmin(shifts))]
                 lam = point.vars[link.lam.name]
-            shift = input_shift(sys, lam, X_in, X_out, H) + tiny
+            shift = _over_frequencies(partial(input_shift, sys, lam, X_in, X_out), H, threads, max) + tiny
             point.shift_weight(link.w_in, shift)
             e += shift
             if not sys.ss.nx:

@@ -422,7 +422,8 @@ def frequency_response(ss: lowered.StateSpace, omegas: np.ndarray) -> np.ndarray
         if AjB.any():
             raise ValueError("the state matrix is not nilpotent")  # pragma: no cover - FIR realizations are
     phase = np.exp(-1j * np.outer(omegas, np.arange(len(taps))))  # (K, J)
-    return np.einsum("kj,jab->kab", phase, np.array(taps))
+    taps = np.array(taps, dtype=complex)
+    return (phase @ taps.reshape(len(taps), -1)).reshape((len(omegas),) + taps.shape[1:])  # one product
 
 
 def _repeat_weight(w: Weight, r: int) -> Weight:

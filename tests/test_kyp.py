@@ -109,6 +109,21 @@ def test_recovery_closes_the_gaps_between_the_grid_frequencies():
 
 
 @pytest.mark.solver
+def test_recovery_on_two_threads_is_the_inline_recovery(monkeypatch):
+    """Step 2's eigenvalue checks split over the frequencies on two threads give the same point, bit for
+    bit (each part's minimum is exact; the parts are combined with min/max)."""
+    import lipdsl.solve as solve_mod
+
+    gridded = build_sdp(lower(conv_net(4, channels=4, kernel=5)), frequencies=9)
+    sol = solve(gridded)
+    points = []
+    for threads in (1, 2):
+        monkeypatch.setattr(solve_mod, "KKT_THREADS", threads)
+        points.append(recover_storage(gridded, sol).x)
+    assert np.array_equal(points[0], points[1])
+
+
+@pytest.mark.solver
 @pytest.mark.parametrize("seed", range(6))
 def test_random_cnns_in_frequency_form_stay_above_the_exact_bound(seed):
     net = random_cnn(np.random.default_rng(100 + seed))

@@ -251,7 +251,7 @@ def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
     first, second = solve_mod.solve(sdp), solve_mod.solve(sdp)
     assert np.array_equal(first.x, second.x)
     assert first.claimed_status == inline.claimed_status
-    if inline.claimed_status == "optimal":  # (where CVXOPT gives up on a singular KKT matrix is rounding's call)
+    if inline.claimed_status == "optimal":  # (where CVXOPT gives up on a singular KKT matrix: rounding)
         assert abs(first.iterations - inline.iterations) <= 1
     assert abs(first.rho - inline.rho) <= 1e-9 * abs(inline.rho)
 
