@@ -336,37 +336,32 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         S_of: dict[int, np.ndarray] = {}
         mixed: dict[tuple[bytes, bytes], list] = {}  # unit x general parts of the local blocks
         scaled = []
-        for bi, ((m, cols, F, local, gen, units, fam, cross), rti) in enumerate(zip(blocks, W["rti"])):
-            R = np.asarray(rti)
-            Ft = Ut = Vt = None
+
+        def scale_block(bi: int):
+            """Block ``bi``'s scaled factors and its parts of ``H`` (on a worker thread: nothing shared is
+            written here; the parts are added below in block order, so the sums do not depend on threads)."""
+            m, cols, F, local, gen, units, fam, cross = blocks[bi]
+            R = np.asarray(W["rti"][bi])
+            Ft = Ut = Vt = S = mix = None
+            parts = []  # (into the local block of its family?, index, value)
             if F is not None:
                 Ft = R.T @ F @ R  # rti' F_k rti for every dense k (stacked matmul)
                 Fv = Ft.reshape(len(cols), -1)
-                H[np.ix_(cols, cols)] += Fv @ Fv.T
-            if fam is not None:
-                k = local.tobytes()
-                if k not in acc:
-                    acc[k] = (local, np.zeros((len(local), len(local))))
-                Hl = acc[k][1]
+                parts.append((False, np.ix_(cols, cols), Fv @ Fv.T))
             if gen is not None:
                 Ug, Vg, _, _, gl, agg, where = gen
                 Ut = np.asarray((Ug.T @ R).T)  # rti' U  (m x R)
                 Vt = np.asarray((Vg.T @ R).T)
                 AB = Ut.T @ Vt
                 T = 2.0 * ((Ut.T @ Ut) * (Vt.T @ Vt) + AB * AB.T)
-                (H if fam is None else Hl)[where] += agg @ (agg @ T).T  # (T is symmetric)
+                parts.append((fam is not None, where, agg @ (agg @ T).T))  # (T is symmetric)
             if fam is not None:
-                S_of[bi] = R @ R.T
+                S = R @ R.T
                 if gen is not None:  # unit x general: u_r'S u_s = (S u_s)[a_r] etc.
                     SU, SV = R @ Ut, R @ Vt
                     a, b = fam.a, fam.b
                     T = 2.0 * (SU[a] * SV[b] + SV[a] * SU[b])  # (unit terms x general terms)
-                    X = np.asarray(agg @ np.asarray(fam.agg @ T).T)  # (general vars x local vars)
-                    key = (k, gl.tobytes())  # summed over the family, added to rows and columns below
-                    if key in mixed:
-                        mixed[key][2] += X
-                    else:
-                        mixed[key] = [Hl, gl, X]
+                    mix = (gl, np.asarray(agg @ np.asarray(fam.agg @ T).T))  # (general vars x local vars)
             if cross is not None:  # H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r
                 U, V, agg_all = cross
                 if fam is None:  # every term general: the same rti' U as above
@@ -375,9 +370,28 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                     Uc, Vc = np.asarray((U.T @ R).T), np.asarray((V.T @ R).T)
                 Q = np.einsum("ir,kir->kr", Uc, Ft @ Vc)
                 X = 2.0 * np.asarray((agg_all @ Q.T).T)  # (dense cols) x local
-                H[np.ix_(cols, local)] += X
-                H[np.ix_(local, cols)] += X.T
-            scaled.append((m, R, cols, Ft, None if gen is None else (Ut, Vt, gen[2], gen[3]), units))
+                parts += [(False, np.ix_(cols, local), X), (False, np.ix_(local, cols), X.T)]
+            fac = None if gen is None else (Ut, Vt, gen[2], gen[3])
+            return (m, R, cols, Ft, fac, units), parts, S, mix
+
+        prepared = _map(lambda share: [scale_block(bi) for bi in share], shares, threads)
+        for bi, (block_scaled, parts, S, mix) in enumerate(r for share in prepared for r in share):
+            fam, local = blocks[bi][6], blocks[bi][3]
+            if fam is not None:
+                k = local.tobytes()
+                if k not in acc:
+                    acc[k] = (local, np.zeros((len(local), len(local))))
+                Hl = acc[k][1]
+                S_of[bi] = S
+            for into_local, where, value in parts:
+                (Hl if into_local else H)[where] += value
+            if mix is not None:
+                key = (k, mix[0].tobytes())  # summed over the family, added to rows and columns below
+                if key in mixed:
+                    mixed[key][2] += mix[1]
+                else:
+                    mixed[key] = [Hl, *mix]
+            scaled.append(block_scaled)
         for Hl, gl, X in mixed.values():
             Hl[gl, :] += X
             Hl[:, gl] += X.T
