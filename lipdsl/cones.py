@@ -1,15 +1,14 @@
-"""CVXOPT's cone operations on 'l' and 's' cones, block by block in numpy and shared among threads: the same
-results as ``cvxopt.misc``'s, in place.
+"""CVXOPT's cone operations on 'l' and 's' cones with the LMI blocks shared among threads: the same results as
+``cvxopt.misc``'s, in place.
 
-On a large SDP (52 frequency LMIs of 128 rows at 32 channels) CVXOPT's ``conelp`` spends a third of each
-iteration in two functions of ``cvxopt.misc`` that loop over the LMI blocks while holding the GIL: the step to
-the cone boundary (``max_step``: eigenvalues of every block) and the Nesterov-Todd scaling update
-(``update_scaling``: an SVD per block). ``ConeOps`` computes the same quantities from their definitions
-(L. Vandenberghe, *The CVXOPT linear and quadratic cone program solvers*, 2010, §4; CVXOPT's ``misc.py``
-documents each) with numpy, whose LAPACK calls release the GIL (scipy's f2py wrappers do not), so the blocks
-are shared among threads; ``installed`` puts them into ``cvxopt.misc`` for the duration of a solve.
-(``misc.scale`` stays CVXOPT's: its triangular products do 3 m^3 flops per block against numpy's 4 m^3, and
-two threads only break even.)
+On a large SDP (52 frequency LMIs of 128 rows at 32 channels) CVXOPT's ``conelp`` spends about half of each
+iteration in three functions of ``cvxopt.misc`` that loop over the blocks in C while holding the GIL:
+applying the Nesterov-Todd scaling (``scale``), the step to the cone boundary (``max_step``: eigenvalues of
+every block) and the scaling update (``update_scaling``: an SVD per block). ``ConeOps`` computes the same
+quantities block by block from their definitions (L. Vandenberghe, *The CVXOPT linear and quadratic cone
+program solvers*, 2010, §4; CVXOPT's ``misc.py`` documents each) with calls that release the GIL -- numpy's
+LAPACK (scipy's f2py wrappers do not release it) and CVXOPT's own BLAS -- so the blocks are shared among
+threads; ``installed`` puts them into ``cvxopt.misc`` for the duration of a solve.
 
 Storage (CVXOPT's): a vector holds the 'l' part, then each 's' block ``k`` of order ``m`` as ``m * m``
 entries in column-major order; the scaling ``W`` holds ``d``, ``di`` (the 'l' part: ``W x = d .* x``) and per
@@ -26,7 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 #: The functions of ``cvxopt.misc`` that ``installed`` replaces.
-REPLACED = ("max_step", "update_scaling")
+REPLACED = ("scale", "max_step", "update_scaling")
 
 
 def _column(x) -> np.ndarray:
@@ -46,7 +45,7 @@ def _unsupported(W: dict) -> bool:
 
 
 class ConeOps:
-    """``max_step`` and ``update_scaling`` of ``cvxopt.misc``, with the 's' blocks processed by
+    """``scale``, ``max_step`` and ``update_scaling`` of ``cvxopt.misc``, with the 's' blocks processed by
     ``run(fn, shares)`` (e.g. on threads); ``shares`` splits a list of block orders into groups of indices.
     The results do not depend on how the blocks are shared."""
 
@@ -65,6 +64,39 @@ class ConeOps:
             return [fn(k, sizes[k], offsets[k], eig_offsets[k]) for k in indices]
 
         return [out for part in self.run(share, self.shares(sizes)) for out in part]
+
+    def scale(self, x, W, trans: str = "N", inverse: str = "N") -> None:
+        """``x := W x``, ``W' x``, ``W^-1 x`` or ``W^-T x`` (``trans``, ``inverse`` as in CVXOPT): ``d .* x``
+        or ``di .* x`` on 'l'; on 's' blocks, with ``X = L + L'`` the symmetric matrix of the block's lower
+        triangle (``L``: that triangle, diagonal halved),
+
+            W x = r' X r,   W' x = r X r',   W^-1 x = rti X rti',   W^-T x = rti' X rti,
+
+        e.g. ``r' X r = r'(L r) + (L r)'r``: a triangular product and a rank-2k update that writes the lower
+        triangle only. Here in CVXOPT's own BLAS, which releases the GIL (numpy has no triangular product,
+        and its two general ones cost a third more)."""
+        from cvxopt import blas, matrix
+
+        if _unsupported(W) or x.size[1] != 1:
+            return self.originals["scale"](x, W, trans=trans, inverse=inverse)
+        ml = len(W["d"])
+        v = _column(x)
+        v[:ml] *= _column(W["d"] if inverse == "N" else W["di"])
+        Rs = W["r"] if inverse == "N" else W["rti"]
+        left = (inverse == "N") == (trans == "N")  # R' X R; else R X R'
+        work: dict[tuple[int, int], object] = {}  # one m x m matrix per thread and order
+
+        def one(k, m, at, _):
+            A = work.get((threading.get_ident(), m))
+            if A is None:
+                A = work[threading.get_ident(), m] = matrix(0.0, (m, m))
+            R = Rs[k]
+            blas.scal(0.5, x, offset=at, inc=m + 1, n=m)
+            blas.copy(R, A)
+            blas.trmm(x, A, side="L" if left else "R", m=m, n=m, ldA=m, ldB=m, offsetA=at)  # L R or R L
+            blas.syr2k(R, A, x, trans="T" if left else "N", n=m, k=m, ldB=m, ldC=m, offsetC=at)
+
+        self._each_block([r.size[0] for r in Rs], ml, 0, one)
 
     def max_step(self, x, dims: dict, mnl: int = 0, sigma=None) -> float:
         """``min {t : x + t e >= 0}`` (``e``: ones on 'l', the identity on 's' blocks), i.e. the largest of
@@ -137,8 +169,9 @@ _saved: dict[str, Callable] = {}
 
 @contextlib.contextmanager
 def installed(run: Callable, shares: Callable):
-    """``cvxopt.misc``'s ``max_step`` and ``update_scaling`` replaced by ``ConeOps`` inside the block
-    (reference-counted: nested or concurrent solves restore CVXOPT's own functions when the last one ends)."""
+    """``cvxopt.misc``'s ``scale``, ``max_step`` and ``update_scaling`` replaced by ``ConeOps`` inside the
+    block (reference-counted: nested or concurrent solves restore CVXOPT's own functions when the last one
+    ends)."""
     from cvxopt import misc
 
     global _installs

@@ -279,7 +279,7 @@ def _cone_ops(threads=2):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_cone_ops_equal_cvxopts(threads):
-    """lipdsl.cones' max_step and update_scaling (numpy, blocks shared among threads) against CVXOPT's own
+    """lipdsl.cones' scale, max_step and update_scaling (blocks shared among threads) against CVXOPT's own
     on a point with an 'l' part and 's' blocks of orders 1-7: the same step, eigenvalues, eigenvectors (up to
     sign), and the same scaling (``r`` up to the signs of its columns, which the SVD leaves free)."""
     import cvxopt
@@ -291,6 +291,13 @@ def test_cone_ops_equal_cvxopts(threads):
     s, z = (cvxopt.matrix(_cone_point(rng, dims)[0]) for _ in range(2))
     lmbda = cvxopt.matrix(0.0, (dims["l"] + sum(dims["s"]) + 1, 1))
     W = misc.compute_scaling(s, z, lmbda, dims, mnl=0)  # (as conelp: with an empty 'dnl')
+    for trans in "NT":
+        for inverse in "NI":
+            x = _cone_point(rng, dims)[1]
+            a, b = cvxopt.matrix(x), cvxopt.matrix(x)
+            misc.scale(a, W, trans=trans, inverse=inverse)
+            ops.scale(b, W, trans=trans, inverse=inverse)
+            assert np.allclose(np.array(a), np.array(b), rtol=0, atol=1e-12)  # (upper triangles included)
     for with_sigma in (False, True):
         x = _cone_point(rng, dims)[1]
         a, b = cvxopt.matrix(x), cvxopt.matrix(x)
@@ -334,21 +341,26 @@ def test_cone_ops_leave_other_cones_to_cvxopt_and_restore_its_functions():
 
     from lipdsl.cones import installed
 
-    originals = (misc.max_step, misc.update_scaling)
+    originals = (misc.scale, misc.max_step, misc.update_scaling)
     calls = []
     ops = _cone_ops()
-    ops.originals = {"max_step": lambda *a, **k: calls.append("max_step") or 0.0,
-                     "update_scaling": lambda *a, **k: calls.append("update_scaling")}
+    def recorder(name):
+        return lambda *args, **kwargs: calls.append(name) or 0.0
+
+    ops.originals = {name: recorder(name) for name in ("scale", "max_step", "update_scaling")}
     x = cvxopt.matrix(np.ones(7))
+    with_q = {"d": x, "di": x, "v": [x], "beta": [1.0], "r": [], "rti": []}
     ops.max_step(x, {"l": 3, "q": [4], "s": []})
     ops.max_step(cvxopt.matrix(np.ones((4, 2))), {"l": 4, "q": [], "s": []})
-    ops.update_scaling({"d": x, "di": x, "v": [x], "beta": [1.0], "r": [], "rti": []}, x, x, x)
-    assert calls == ["max_step", "max_step", "update_scaling"]
+    ops.update_scaling(with_q, x, x, x)
+    ops.scale(x, with_q)
+    ops.scale(cvxopt.matrix(np.ones((4, 2))), {**with_q, "v": []})
+    assert calls == ["max_step", "max_step", "update_scaling", "scale", "scale"]
     with installed(ops.run, ops.shares):
         with installed(ops.run, ops.shares):
             assert misc.max_step is not originals[0]
         assert misc.update_scaling is not originals[1]
-    assert (misc.max_step, misc.update_scaling) == originals
+    assert (misc.scale, misc.max_step, misc.update_scaling) == originals
 
 
 def test_kkt_threads_only_when_blas_is_pinned_to_one_thread(monkeypatch):
