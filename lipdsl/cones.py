@@ -101,25 +101,31 @@ class ConeOps:
     def max_step(self, x, dims: dict, mnl: int = 0, sigma=None) -> float:
         """``min {t : x + t e >= 0}`` (``e``: ones on 'l', the identity on 's' blocks), i.e. the largest of
         ``-min(x_l)`` and ``-lambda_min(X_k)``; 0 with no cones. With ``sigma``, each block's eigenvalues
-        (ascending) go to ``sigma`` and its eigenvectors overwrite the block."""
+        (ascending) go to ``sigma`` and its eigenvectors overwrite the block. (CVXOPT's LAPACK, which
+        releases the GIL: ``syevr`` for the smallest eigenvalue alone is 3x faster than numpy's ``eigvalsh``.)
+        """
+        from cvxopt import blas, lapack, matrix
+
         if mnl or dims["q"] or x.size[1] != 1:
             step = self.originals["max_step"]  # (its C version crashes on an explicit sigma=None)
             return step(x, dims, mnl) if sigma is None else step(x, dims, mnl, sigma=sigma)
-        v = _column(x)
         ml = dims["l"]
-        worst = [-float(np.min(v[:ml]))] if ml else []
-        eigs = None if sigma is None else _column(sigma)
+        worst = [-float(np.min(_column(x)[:ml]))] if ml else []
+        work: dict[tuple[int, int], tuple] = {}  # a block's copy and its eigenvalue, per thread and order
 
         def one(k, m, at, at_eig):
             if not m:
                 return None
-            X = _block(v, at, m)
-            if eigs is None:  # (numpy's eigh and eigvalsh read the lower triangle, as CVXOPT's LAPACK calls)
-                return -float(np.linalg.eigvalsh(X)[0])
-            w, Q = np.linalg.eigh(X)
-            eigs[at_eig : at_eig + m] = w
-            X[...] = Q
-            return -float(w[0])
+            at, at_eig = int(at), int(at_eig)
+            if sigma is not None:  # all eigenvalues into sigma, the eigenvectors into the block (syevd)
+                lapack.syevd(x, sigma, jobz="V", n=m, ldA=m, offsetA=at, offsetW=at_eig)
+                return -sigma[at_eig]
+            Q, w = work.get((threading.get_ident(), m), (None, None))
+            if Q is None:
+                Q, w = work[threading.get_ident(), m] = matrix(0.0, (m, m)), matrix(0.0, (m, 1))
+            blas.copy(x, Q, offsetx=at, n=m * m)
+            lapack.syevr(Q, w, range="I", il=1, iu=1, n=m, ldA=m)  # the smallest eigenvalue only
+            return -w[0]
 
         worst += [t for t in self._each_block(list(dims["s"]), ml, 0, one) if t is not None]
         return max(worst) if worst else 0.0
