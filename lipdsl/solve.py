@@ -436,7 +436,9 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
 
             for part in _map(rhs_share, shares, threads):  # (in a fixed order)
                 rhs += part
-            ux = scipy.linalg.cho_solve(cho, rhs)
+            if not np.all(np.isfinite(rhs)):
+                raise ValueError("non-finite right-hand side in the KKT system")
+            ux = scipy.linalg.cho_solve(cho, rhs, check_finite=False)  # (cho was checked when formed)
             _write(x, ux)
             # W uz = W^-T (G ux - bz) = W^-T G ux - bt
             out = -bt
@@ -519,7 +521,9 @@ def _gram_kkt(sdp, nonneg_idx: np.ndarray):
                 BV = np.asarray(V.T @ (R @ B @ R.T)).T  # <rti' F_k rti, B> = sum 2 c_r u_r' (rti B rti') v_r
                 np.subtract.at(rhs, col, 2.0 * coef * np.asarray(U.multiply(BV).sum(axis=0)).ravel())
                 at += m * m
-            ux = scipy.linalg.cho_solve(cho, rhs)
+            if not np.all(np.isfinite(rhs)):
+                raise ValueError("non-finite right-hand side in the KKT system")
+            ux = scipy.linalg.cho_solve(cho, rhs, check_finite=False)  # (cho was checked when formed)
             _write(x, ux)
             out = np.asarray(w).ravel() * -1.0
             out[:n_l] -= di * ux[nonneg_idx]
