@@ -38,6 +38,31 @@ def _block(v: np.ndarray, start: int, m: int) -> np.ndarray:
     return v[start : start + m * m].reshape(m, m, order="F")
 
 
+def congruence(x, R, work, out, left: bool, at: int = 0, out_at: int = 0) -> None:
+    """The lower triangle of ``out``'s ``m x m`` block at ``out_at`` := ``R' X R`` (``left``) or ``R X R'``,
+    with ``X`` the symmetric matrix of the lower triangle of ``x``'s block at ``at`` (all ``cvxopt.matrix``,
+    column-major; ``work`` an ``m x m`` scratch matrix; ``out`` may be ``x``). With ``L`` that triangle,
+    diagonal halved (in ``x``), ``X = L + L'`` and ``R' X R = R'(L R) + (L R)'R``: a triangular product and a
+    rank-2k update, 3 m^3 flops in CVXOPT's BLAS, which releases the GIL."""
+    from cvxopt import blas
+
+    m = R.size[0]
+    blas.scal(0.5, x, offset=at, inc=m + 1, n=m)
+    blas.copy(R, work)
+    blas.trmm(x, work, side="L" if left else "R", m=m, n=m, ldA=m, ldB=m, offsetA=at)  # L R or R L
+    blas.syr2k(R, work, out, trans="T" if left else "N", n=m, k=m, ldB=m, ldC=m, offsetC=out_at)
+
+
+def scratch(store: dict, m: int):
+    """An ``m x m`` ``cvxopt.matrix`` of zeros kept in ``store`` for the calling thread."""
+    from cvxopt import matrix
+
+    key = (threading.get_ident(), m)
+    if key not in store:
+        store[key] = matrix(0.0, (m, m))
+    return store[key]
+
+
 def _unsupported(W: dict) -> bool:
     """Whether the scaling has parts ``ConeOps`` leaves to CVXOPT: second-order cones, a nonlinear block
     (``conelp`` itself keeps an empty ``dnl``)."""
@@ -75,8 +100,6 @@ class ConeOps:
         e.g. ``r' X r = r'(L r) + (L r)'r``: a triangular product and a rank-2k update that writes the lower
         triangle only. Here in CVXOPT's own BLAS, which releases the GIL (numpy has no triangular product,
         and its two general ones cost a third more)."""
-        from cvxopt import blas, matrix
-
         if _unsupported(W) or x.size[1] != 1:
             return self.originals["scale"](x, W, trans=trans, inverse=inverse)
         ml = len(W["d"])
@@ -84,17 +107,10 @@ class ConeOps:
         v[:ml] *= _column(W["d"] if inverse == "N" else W["di"])
         Rs = W["r"] if inverse == "N" else W["rti"]
         left = (inverse == "N") == (trans == "N")  # R' X R; else R X R'
-        work: dict[tuple[int, int], object] = {}  # one m x m matrix per thread and order
+        work: dict = {}
 
         def one(k, m, at, _):
-            A = work.get((threading.get_ident(), m))
-            if A is None:
-                A = work[threading.get_ident(), m] = matrix(0.0, (m, m))
-            R = Rs[k]
-            blas.scal(0.5, x, offset=at, inc=m + 1, n=m)
-            blas.copy(R, A)
-            blas.trmm(x, A, side="L" if left else "R", m=m, n=m, ldA=m, ldB=m, offsetA=at)  # L R or R L
-            blas.syr2k(R, A, x, trans="T" if left else "N", n=m, k=m, ldB=m, ldC=m, offsetC=at)
+            congruence(x, Rs[k], scratch(work, m), x, left, int(at), int(at))
 
         self._each_block([r.size[0] for r in Rs], ml, 0, one)
 
