@@ -19,10 +19,12 @@ columns) goes to CVXOPT's own functions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
 
 import numpy as np
+from cvxopt import blas, lapack, matrix
 
 #: The functions of ``cvxopt.misc`` that ``installed`` replaces.
 REPLACED = ("scale", "max_step", "update_scaling")
@@ -38,14 +40,18 @@ def _block(v: np.ndarray, start: int, m: int) -> np.ndarray:
     return v[start : start + m * m].reshape(m, m, order="F")
 
 
+@functools.cache
+def _lower_mask(m: int) -> np.ndarray:
+    """``True`` on and below the diagonal of an ``m x m`` matrix."""
+    return np.tri(m, dtype=bool)
+
+
 def congruence(x, R, work, out, left: bool, at: int = 0, out_at: int = 0) -> None:
     """The lower triangle of ``out``'s ``m x m`` block at ``out_at`` := ``R' X R`` (``left``) or ``R X R'``,
     with ``X`` the symmetric matrix of the lower triangle of ``x``'s block at ``at`` (all ``cvxopt.matrix``,
     column-major; ``work`` an ``m x m`` scratch matrix; ``out`` may be ``x``). With ``L`` that triangle,
     diagonal halved (in ``x``), ``X = L + L'`` and ``R' X R = R'(L R) + (L R)'R``: a triangular product and a
     rank-2k update, 3 m^3 flops in CVXOPT's BLAS, which releases the GIL."""
-    from cvxopt import blas
-
     m = R.size[0]
     blas.scal(0.5, x, offset=at, inc=m + 1, n=m)
     blas.copy(R, work)
@@ -54,13 +60,10 @@ def congruence(x, R, work, out, left: bool, at: int = 0, out_at: int = 0) -> Non
 
 
 def scratch(store: dict, m: int):
-    """An ``m x m`` ``cvxopt.matrix`` of zeros kept in ``store`` for the calling thread."""
-    from cvxopt import matrix
-
-    key = (threading.get_ident(), m)
-    if key not in store:
-        store[key] = matrix(0.0, (m, m))
-    return store[key]
+    """An ``m x m`` ``cvxopt.matrix`` kept in ``store`` (one store per thread), zeros when first made."""
+    if m not in store:
+        store[m] = matrix(0.0, (m, m))
+    return store[m]
 
 
 def _unsupported(W: dict) -> bool:
@@ -107,10 +110,11 @@ class ConeOps:
         v[:ml] *= _column(W["d"] if inverse == "N" else W["di"])
         Rs = W["r"] if inverse == "N" else W["rti"]
         left = (inverse == "N") == (trans == "N")  # R' X R; else R X R'
-        work: dict = {}
+        work: dict = {}  # scratch matrices per thread
 
         def one(k, m, at, _):
-            congruence(x, Rs[k], scratch(work, m), x, left, int(at), int(at))
+            mine = work.setdefault(threading.get_ident(), {})
+            congruence(x, Rs[k], scratch(mine, m), x, left, int(at), int(at))
 
         self._each_block([r.size[0] for r in Rs], ml, 0, one)
 
@@ -120,8 +124,6 @@ class ConeOps:
         (ascending) go to ``sigma`` and its eigenvectors overwrite the block. (CVXOPT's LAPACK, which
         releases the GIL: ``syevr`` for the smallest eigenvalue alone is 3x faster than numpy's ``eigvalsh``.)
         """
-        from cvxopt import blas, lapack, matrix
-
         if mnl or dims["q"] or x.size[1] != 1:
             step = self.originals["max_step"]  # (its C version crashes on an explicit sigma=None)
             return step(x, dims, mnl) if sigma is None else step(x, dims, mnl, sigma=sigma)

@@ -277,10 +277,6 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     (``_UnitFamily``), formed once for all blocks of the same structure; right-hand sides use
     ``rti B rti'`` and ``rti' F rti``. ``unit_terms=False`` treats every term as general (the reference).
     """
-    import cvxopt
-    from cvxopt import blas
-
-    from .cones import congruence, scratch
 
     n = sdp.n
     n_l = len(nonneg_idx)
@@ -318,7 +314,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                 fam = families[key] = _UnitFamily.plan(a, b, c, loc[u], var_of, len(local))
                 fam.local = local
             fam.members.append(len(blocks))
-            units = (np.minimum(a, b), np.maximum(a, b), c, col[u])  # (low, high: in the lower triangle)
+            units = (a, b, c, col[u])
         g = np.flatnonzero(~unit)
         gen = None
         if len(g):
@@ -414,37 +410,28 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             raise ArithmeticError("singular KKT matrix") from exc
 
         def solve(x, y, z):
-            """``ux = H^-1 (bx - sum_k <rti' F_k rti, B_k>)``, ``B = W^-T bz``; ``z := W uz = B' - B`` with
-            ``B' = W^-T G ux``. On 's' blocks ``B = rti' bz rti``, and a unit term's ``u~' B v~`` is an entry
-            of ``rti B rti'``; the congruences are ``lipdsl.cones.congruence`` (lower triangles: CVXOPT reads
-            no more of ``z``, and its own KKT solvers leave the upper ones unscaled)."""
-            bz = cvxopt.matrix(z)  # becomes B = W^-T bz (lower triangles) in place
-            bt = np.asarray(bz)[:, 0]
+            # bt = W^-T bz: di .* bz on 'l', B = rti' bz rti on each 's' block (bz: its lower triangle)
+            bt = np.array(z).ravel()
             rhs = np.array(x).ravel()
             bt[:n_l] *= di
             rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection
-            work, copies, results = {}, {}, {}  # m x m scratch matrices per thread (cones.scratch)
 
             def rhs_share(share):  # this share's part of -sum_blocks <rti' F_k rti, B>, and its B
                 part = np.zeros(n)
                 for i in share:
                     m, R, cols, Ft, fac, units = scaled[i]
-                    at = int(starts[i])
-                    congruence(bz, W["rti"][i], scratch(work, m), bz, True, at, at)
-                    if Ft is not None or fac is not None:
-                        B = bt[at : at + m * m].reshape(m, m, order="F")
-                        B = np.tril(B) + np.tril(B, -1).T
+                    A = R.T @ _lower_half(bt, starts[i], m) @ R  # B = A + A'
+                    B = A + A.T
+                    bt[starts[i] : starts[i] + m * m] = B.ravel()
                     if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
                         part[cols] -= np.einsum("kij,ij->k", Ft, B)
                     if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
                         Ut, Vt, coef, col = fac
                         part -= np.bincount(col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt), minlength=n)
-                    if units is not None:  # u~' B v~ = (rti B rti')[a, b], from its lower triangle
-                        low, high, c, col = units
-                        Bk, Ck = scratch(copies, m), scratch(results, m)
-                        blas.copy(bz, Bk, offsetx=at, n=m * m)
-                        congruence(Bk, W["rti"][i], scratch(work, m), Ck, False)
-                        part -= np.bincount(col, 2.0 * c * np.asarray(Ck)[high, low], minlength=n)
+                    if units is not None:  # u~' B v~ = (rti B rti')[a, b]
+                        a, b, c, col = units
+                        C = R @ B @ R.T
+                        part -= np.bincount(col, 2.0 * c * C[a, b], minlength=n)
                 return part
 
             for part in _map(rhs_share, shares, threads):  # (in a fixed order)
@@ -460,21 +447,18 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             def out_share(share):  # each block's own slice of out
                 for i in share:
                     m, R, cols, Ft, fac, units = scaled[i]
-                    at = int(starts[i])
-                    block = out[at : at + m * m].reshape(m, m, order="F")
+                    M = np.zeros((m, m))
                     if fac is not None:
                         Ut, Vt, coef, col = fac
                         M = (Ut * (coef * ux[col])) @ Vt.T
-                        block -= M + M.T
+                        M = M + M.T
                     if units is not None:  # rti' (sum_r c_r x_r (e_a e_b' + e_b e_a')) rti
-                        low, high, c, col = units
-                        E, Mk = scratch(copies, m), scratch(results, m)
-                        lower = np.bincount(high * m + low, c * ux[col], minlength=m * m).reshape(m, m)
-                        np.asarray(E)[...] = lower + lower.T
-                        congruence(E, W["rti"][i], scratch(work, m), Mk, True)
-                        block -= np.asarray(Mk)  # (its upper triangle stays zero)
+                        a, b, c, col = units
+                        E = np.bincount(a * m + b, c * ux[col], minlength=m * m).reshape(m, m)
+                        M += R.T @ (E + E.T) @ R
                     if Ft is not None:
-                        block -= np.einsum("k,kij->ji", ux[cols], Ft)
+                        M += np.einsum("k,kij->ji", ux[cols], Ft)
+                    out[starts[i] : starts[i] + m * m] -= M.reshape(-1, order="F")
 
             _map(out_share, shares, threads)
             _write(z, out)
