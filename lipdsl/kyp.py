@@ -29,7 +29,8 @@ the first:
    are re-solved for the repaired output weight (``refit_first_system``): the least ``rho`` it allows.
 
 The multiplier shift of step 2 is chosen on a coarse grid (``COARSE_GRID``, every 8th fine frequency); only
-the chosen one is checked on the fine grid.
+the chosen one is checked on the fine grid. These eigenvalue checks run on the solver's KKT threads
+(``solve._kkt_threads``), the frequencies split in parts.
 
 Nothing here is trusted: ``certify`` rebuilds every LMI with these ``P``, repairs what rounding or the
 grid left negative, and checks the minimum eigenvalues as for any other solve.
@@ -146,12 +147,21 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
     Hj, Gj = (Hj + Hj.T) / 2, (Gj + Gj.T) / 2
     eye = np.eye(len(A))
     best, best_change, stalled = Hj, np.inf, 0
+    threads = min(2, _kkt_threads())
     for _ in range(DOUBLING_STEPS):
-        lu = scipy.linalg.lu_factor(eye + Gj @ Hj, check_finite=True)
-        WA, WG = scipy.linalg.lu_solve(lu, Aj), scipy.linalg.lu_solve(lu, Gj)
-        G_next = Gj + Aj @ WG @ Aj.T
-        H_next = Hj + Aj.T @ (Hj @ WA)
-        Aj = Aj @ WA
+        Wj = eye + Gj @ Hj
+        if not np.all(np.isfinite(Wj)):
+            raise np.linalg.LinAlgError("the doubling iteration diverged")
+
+        def next_g(Aj=Aj, Gj=Gj, Wj=Wj):  # G_{j+1} = G_j + A_j W_j^-1 G_j A_j'
+            return Gj + Aj @ np.linalg.solve(Wj, Gj) @ Aj.T
+
+        def next_a_h(Aj=Aj, Hj=Hj, Wj=Wj):  # A_{j+1} = A_j W_j^-1 A_j,  H_{j+1} = H_j + A_j' H_j W_j^-1 A_j
+            WA = np.linalg.solve(Wj, Aj)
+            return Aj @ WA, Hj + Aj.T @ (Hj @ WA)
+
+        # the two chains on two threads (numpy releases the GIL); the same operations either way
+        G_next, (Aj, H_next) = _map(lambda step: step(), [next_g, next_a_h], threads)
         G_next, H_next = (G_next + G_next.T) / 2, (H_next + H_next.T) / 2
         change = float(np.linalg.norm(H_next - Hj) / max(np.linalg.norm(H_next), 1e-300))
         Hj, Gj = H_next, G_next
