@@ -194,8 +194,8 @@ _saved: dict[str, Callable] = {}
 @contextlib.contextmanager
 def installed(run: Callable, shares: Callable):
     """``cvxopt.misc``'s ``scale``, ``max_step`` and ``update_scaling`` replaced by ``ConeOps`` inside the
-    block (reference-counted: nested or concurrent solves restore CVXOPT's own functions when the last one
-    ends)."""
+    block (reference-counted: nested or concurrent solves share the first one's threads, and CVXOPT's own
+    functions come back when the last one ends)."""
     from cvxopt import misc
 
     global _installs
