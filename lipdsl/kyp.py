@@ -30,7 +30,7 @@ the first:
 
 The multiplier shift of step 2 is chosen on a coarse grid (``COARSE_GRID``, every 8th fine frequency); only
 the chosen one is checked on the fine grid. These eigenvalue checks run on the solver's KKT threads
-(``solve._kkt_threads``), the frequencies split in parts.
+(``solve.kkt_threads``), the frequencies split in parts.
 
 Nothing here is trusted: ``certify`` rebuilds every LMI with these ``P``, repairs what rounding or the
 grid left negative, and checks the minimum eigenvalues as for any other solve.
@@ -46,7 +46,7 @@ import scipy.linalg
 
 from .certify import _Point, system_matrix
 from .sdp import Sdp, frequency_grid, frequency_response
-from .solve import Solution, _kkt_threads, _map
+from .solve import Solution, kkt_threads, thread_map
 
 #: Frequencies of the check in step 2 (the entries of ``Phi`` are trigonometric polynomials of degree
 #: ``2 (k-1)``, far below this).
@@ -117,7 +117,7 @@ def _over_frequencies(fn, H: np.ndarray, threads: int, combine):
     ``input_shift``: the same value as on all of them at once; batched numpy releases the GIL)."""
     if threads <= 1 or len(H) < 8 * threads:
         return fn(H)
-    return combine(_map(fn, np.array_split(H, threads), threads))
+    return combine(thread_map(fn, np.array_split(H, threads), threads))
 
 
 def riccati_residual(A, B, Q, R, S, X) -> float:
@@ -147,7 +147,7 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
     Hj, Gj = (Hj + Hj.T) / 2, (Gj + Gj.T) / 2
     eye = np.eye(len(A))
     best, best_change, stalled = Hj, np.inf, 0
-    threads = min(2, _kkt_threads())
+    threads = min(2, kkt_threads())
     for _ in range(DOUBLING_STEPS):
         Wj = eye + Gj @ Hj
         if not np.all(np.isfinite(Wj)):
@@ -161,7 +161,7 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
             return Aj @ WA, Hj + Aj.T @ (Hj @ WA)
 
         # the two chains on two threads (numpy releases the GIL); the same operations either way
-        G_next, (Aj, H_next) = _map(lambda step: step(), [next_g, next_a_h], threads)
+        G_next, (Aj, H_next) = thread_map(lambda step: step(), [next_g, next_a_h], threads)
         G_next, H_next = (G_next + G_next.T) / 2, (H_next + H_next.T) / 2
         change = float(np.linalg.norm(H_next - Hj) / max(np.linalg.norm(H_next), 1e-300))
         Hj, Gj = H_next, G_next
@@ -213,7 +213,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
     x = np.zeros(sdp.n_total)
     x[: sdp.n] = solution.x
     point = _Point(sdp, x)
-    threads = _kkt_threads()
+    threads = kkt_threads()
     fine = frequency_grid(FINE_GRID)
     every = (FINE_GRID - 1) // (COARSE_GRID - 1)
     t_next = 0.0

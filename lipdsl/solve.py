@@ -72,7 +72,7 @@ THREAD_MIN_ENTRIES = 1 << 18
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def _kkt_threads() -> int:
+def kkt_threads() -> int:
     """``KKT_THREADS``, or its default rule (above) when it is None."""
     if KKT_THREADS is not None:
         return KKT_THREADS
@@ -89,11 +89,11 @@ def _write(target, values: np.ndarray) -> None:
 
 def _block_threads(sizes) -> int:
     """Threads for work shared out by LMI block (the KKT solver's loops, CVXOPT's cone operations): those of
-    ``_kkt_threads`` when the blocks of orders ``sizes`` hold at least ``THREAD_MIN_ENTRIES`` entries."""
-    return _kkt_threads() if np.sum(np.square(np.asarray(sizes, dtype=float))) >= THREAD_MIN_ENTRIES else 1
+    ``kkt_threads`` when the blocks of orders ``sizes`` hold at least ``THREAD_MIN_ENTRIES`` entries."""
+    return kkt_threads() if np.sum(np.square(np.asarray(sizes, dtype=float))) >= THREAD_MIN_ENTRIES else 1
 
 
-def _map(fn, items: list, threads: int) -> list:
+def thread_map(fn, items: list, threads: int) -> list:
     """``[fn(item) for item in items]``, on ``threads`` worker threads when more than one."""
     if threads <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
@@ -204,7 +204,7 @@ class _UnitFamily:
             for row_group in self.rows:
                 step = max(1, 2**15 // (d * B * row_group[1].shape[1]))  # rows per batch: stay in cache
                 batch = functools.partial(_gram_rows, Hl, Z, (flat, flat_t, cg, lg, cols), row_group, step)
-                _map(batch, _split(np.ones(len(row_group[0])), threads), threads)
+                thread_map(batch, _split(np.ones(len(row_group[0])), threads), threads)
         if len(self.rest):
             ar, br = self.a[self.rest], self.b[self.rest]
             for Sb in S:
@@ -379,7 +379,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             fac = None if gen is None else (Ut, Vt, gen[2], gen[3])
             return (m, R, cols, Ft, fac, units), parts, S, mix
 
-        prepared = _map(lambda share: [scale_block(bi) for bi in share], shares, threads)
+        prepared = thread_map(lambda share: [scale_block(bi) for bi in share], shares, threads)
         for bi, (block_scaled, parts, S, mix) in enumerate(r for share in prepared for r in share):
             fam, local = blocks[bi][6], blocks[bi][3]
             if fam is not None:
@@ -434,7 +434,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                         part -= np.bincount(col, 2.0 * c * C[a, b], minlength=n)
                 return part
 
-            for part in _map(rhs_share, shares, threads):  # (in a fixed order)
+            for part in thread_map(rhs_share, shares, threads):  # (in a fixed order)
                 rhs += part
             if not np.all(np.isfinite(rhs)):
                 raise ValueError("non-finite right-hand side in the KKT system")
@@ -460,7 +460,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                         M += np.einsum("k,kij->ji", ux[cols], Ft)
                     out[starts[i] : starts[i] + m * m] -= M.reshape(-1, order="F")
 
-            _map(out_share, shares, threads)
+            thread_map(out_share, shares, threads)
             _write(z, out)
 
         return solve
@@ -604,7 +604,7 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
     if threads > 1:  # CVXOPT's per-block scaling work on the same threads (lipdsl.cones)
         from .cones import installed
 
-        cone_ops = installed(functools.partial(_map, threads=threads),
+        cone_ops = installed(functools.partial(thread_map, threads=threads),
                              lambda sizes: _split(np.asarray(sizes, dtype=float) ** 3, threads))
     t0 = time.perf_counter()
     try:

@@ -273,7 +273,7 @@ def _cone_ops(threads=2):
     from lipdsl.cones import REPLACED, ConeOps
 
     return ConeOps({name: getattr(misc, name) for name in REPLACED},
-                   lambda fn, items: solve_mod._map(fn, items, threads),
+                   lambda fn, items: solve_mod.thread_map(fn, items, threads),
                    lambda sizes: solve_mod._split(np.asarray(sizes, dtype=float) ** 3, threads))
 
 
@@ -372,10 +372,10 @@ def test_kkt_threads_only_when_blas_is_pinned_to_one_thread(monkeypatch):
     monkeypatch.setattr(solve_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
-    assert solve_mod._kkt_threads() == 1
+    assert solve_mod.kkt_threads() == 1
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
-    assert solve_mod._kkt_threads() == 1
+    assert solve_mod.kkt_threads() == 1
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert solve_mod._kkt_threads() == 2
+    assert solve_mod.kkt_threads() == 2
     monkeypatch.setattr(solve_mod, "KKT_THREADS", 3)
-    assert solve_mod._kkt_threads() == 3
+    assert solve_mod.kkt_threads() == 3
