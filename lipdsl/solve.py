@@ -9,7 +9,9 @@ rank-two terms ``c_r (u_r v_r' + v_r u_r')`` (sdp.Factored), so with ``S = rti r
     H_ij = sum_{r in i, s in j} c_r c_s tr((u_r v_r' + v_r u_r') S (u_s v_s' + v_s u_s') S)
          = sum 2 c_r c_s [ (u_r'S u_s)(v_r'S v_s) + (u_r'S v_s)(v_r'S u_s) ],
 
-which costs ``O(m^2 R + m R^2)`` for ``R`` terms instead. Other solvers go through PICOS (``--solver``).
+which costs ``O(m^2 R + m R^2)`` for ``R`` terms instead. For large SDPs (``THREAD_MIN_ENTRIES``) the
+per-block work runs on two threads: the KKT solver's and, through ``lipdsl.cones``, CVXOPT's own scaling
+and step-length operations. Other solvers go through PICOS (``--solver``).
 CVXOPT's "singular KKT matrix" ending after progress is not retried: its last iterate is returned with
 status 'unknown' and handed to the certificate check, which either proves a bound from it or refuses.
 """
@@ -277,7 +279,6 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     (``_UnitFamily``), formed once for all blocks of the same structure; right-hand sides use
     ``rti B rti'`` and ``rti' F rti``. ``unit_terms=False`` treats every term as general (the reference).
     """
-
     n = sdp.n
     n_l = len(nonneg_idx)
     offsets = np.array(sorted(v.offset for v in sdp.variables))
