@@ -19,7 +19,6 @@ columns) goes to CVXOPT's own functions.
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 from collections.abc import Callable
 
@@ -40,30 +39,24 @@ def _block(v: np.ndarray, start: int, m: int) -> np.ndarray:
     return v[start : start + m * m].reshape(m, m, order="F")
 
 
-@functools.cache
-def _lower_mask(m: int) -> np.ndarray:
-    """``True`` on and below the diagonal of an ``m x m`` matrix."""
-    return np.tri(m, dtype=bool)
-
-
-def congruence(x, R, work, out, left: bool, at: int = 0, out_at: int = 0) -> None:
-    """The lower triangle of ``out``'s ``m x m`` block at ``out_at`` := ``R' X R`` (``left``) or ``R X R'``,
-    with ``X`` the symmetric matrix of the lower triangle of ``x``'s block at ``at`` (all ``cvxopt.matrix``,
-    column-major; ``work`` an ``m x m`` scratch matrix; ``out`` may be ``x``). With ``L`` that triangle,
-    diagonal halved (in ``x``), ``X = L + L'`` and ``R' X R = R'(L R) + (L R)'R``: a triangular product and a
-    rank-2k update, 3 m^3 flops in CVXOPT's BLAS, which releases the GIL."""
+def _congruence(x, at: int, R, work, left: bool) -> None:
+    """The lower triangle of ``x``'s ``m x m`` block at ``at`` := ``R' X R`` (``left``) or ``R X R'``, with
+    ``X`` the symmetric matrix of that block's lower triangle (``work``: an ``m x m`` scratch matrix). With
+    ``L`` that triangle, diagonal halved, ``X = L + L'`` and ``R' X R = R'(L R) + (L R)'R``: a triangular
+    product and a rank-2k update, 3 m^3 flops in CVXOPT's BLAS, which releases the GIL."""
     m = R.size[0]
     blas.scal(0.5, x, offset=at, inc=m + 1, n=m)
     blas.copy(R, work)
     blas.trmm(x, work, side="L" if left else "R", m=m, n=m, ldA=m, ldB=m, offsetA=at)  # L R or R L
-    blas.syr2k(R, work, out, trans="T" if left else "N", n=m, k=m, ldB=m, ldC=m, offsetC=out_at)
+    blas.syr2k(R, work, x, trans="T" if left else "N", n=m, k=m, ldB=m, ldC=m, offsetC=at)
 
 
-def scratch(store: dict, m: int):
-    """An ``m x m`` ``cvxopt.matrix`` kept in ``store`` (one store per thread), zeros when first made."""
-    if m not in store:
-        store[m] = matrix(0.0, (m, m))
-    return store[m]
+def _scratch(stores: dict, shape: tuple[int, int]):
+    """A ``cvxopt.matrix`` of ``shape`` for the calling thread, kept in ``stores`` (zeros when first made)."""
+    store = stores.setdefault(threading.get_ident(), {})
+    if shape not in store:
+        store[shape] = matrix(0.0, shape)
+    return store[shape]
 
 
 def _unsupported(W: dict) -> bool:
@@ -110,11 +103,10 @@ class ConeOps:
         v[:ml] *= _column(W["d"] if inverse == "N" else W["di"])
         Rs = W["r"] if inverse == "N" else W["rti"]
         left = (inverse == "N") == (trans == "N")  # R' X R; else R X R'
-        work: dict = {}  # scratch matrices per thread
+        work: dict = {}
 
         def one(k, m, at, _):
-            mine = work.setdefault(threading.get_ident(), {})
-            congruence(x, Rs[k], scratch(mine, m), x, left, int(at), int(at))
+            _congruence(x, int(at), Rs[k], _scratch(work, (m, m)), left)
 
         self._each_block([r.size[0] for r in Rs], ml, 0, one)
 
@@ -129,7 +121,7 @@ class ConeOps:
             return step(x, dims, mnl) if sigma is None else step(x, dims, mnl, sigma=sigma)
         ml = dims["l"]
         worst = [-float(np.min(_column(x)[:ml]))] if ml else []
-        work: dict[tuple[int, int], tuple] = {}  # a block's copy and its eigenvalue, per thread and order
+        work: dict = {}
 
         def one(k, m, at, at_eig):
             if not m:
@@ -138,9 +130,7 @@ class ConeOps:
             if sigma is not None:  # all eigenvalues into sigma, the eigenvectors into the block (syevd)
                 lapack.syevd(x, sigma, jobz="V", n=m, ldA=m, offsetA=at, offsetW=at_eig)
                 return -sigma[at_eig]
-            Q, w = work.get((threading.get_ident(), m), (None, None))
-            if Q is None:
-                Q, w = work[threading.get_ident(), m] = matrix(0.0, (m, m)), matrix(0.0, (m, 1))
+            Q, w = _scratch(work, (m, m)), _scratch(work, (m, 1))  # a copy of the block, its eigenvalue
             blas.copy(x, Q, offsetx=at, n=m * m)
             lapack.syevr(Q, w, range="I", il=1, iu=1, n=m, ldA=m)  # the smallest eigenvalue only
             return -w[0]
