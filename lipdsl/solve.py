@@ -241,15 +241,6 @@ def _gram_rows(Hl, Z, column_group, row_group, step: int, share: np.ndarray):
         Hl[where] += G
 
 
-def _lower_half(v: np.ndarray, start: int, m: int) -> np.ndarray:
-    """``L`` with ``L + L'`` the symmetric matrix of the lower triangle of the column-major ``m x m`` block of
-    ``v`` at ``start`` (how CVXOPT reads an 's' block): that triangle with its diagonal halved."""
-    X = v[start : start + m * m].reshape(m, m, order="F")
-    L = np.where(_lower(m), X, 0.0)
-    L.flat[:: m + 1] *= 0.5
-    return L
-
-
 @functools.cache
 def _lower(m: int) -> np.ndarray:
     """``True`` on and below the diagonal of an ``m x m`` matrix."""
@@ -279,6 +270,8 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     (``_UnitFamily``), formed once for all blocks of the same structure; right-hand sides use
     ``rti B rti'`` and ``rti' F rti``. ``unit_terms=False`` treats every term as general (the reference).
     """
+    from cvxopt import misc
+
     n = sdp.n
     n_l = len(nonneg_idx)
     offsets = np.array(sorted(v.offset for v in sdp.variables))
@@ -411,18 +404,18 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             raise ArithmeticError("singular KKT matrix") from exc
 
         def solve(x, y, z):
-            # bt = W^-T bz: di .* bz on 'l', B = rti' bz rti on each 's' block (bz: its lower triangle)
+            # bt = W^-T bz (lower triangles meaningful in each 's' block); z is overwritten below anyway
+            misc.scale(z, W, trans="T", inverse="I")  # (lipdsl.cones' threaded version for large SDPs)
             bt = np.array(z).ravel()
             rhs = np.array(x).ravel()
-            bt[:n_l] *= di
-            rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection
+            rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
 
             def rhs_share(share):  # this share's part of -sum_blocks <rti' F_k rti, B>, and its B
                 part = np.zeros(n)
                 for i in share:
                     m, R, cols, Ft, fac, units = scaled[i]
-                    A = R.T @ _lower_half(bt, starts[i], m) @ R  # B = A + A'
-                    B = A + A.T
+                    B = bt[starts[i] : starts[i] + m * m].reshape(m, m, order="F")
+                    B = np.where(_lower(m), B, B.T)  # (its lower triangle)
                     bt[starts[i] : starts[i] + m * m] = B.ravel()
                     if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
                         part[cols] -= np.einsum("kij,ij->k", Ft, B)
