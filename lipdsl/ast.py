@@ -268,7 +268,34 @@ class Activation:
     function_span: Span
 
 
-Layer = Union[Conv1d, Dense, Pool, GlobalAvgPool, Flatten, Activation]
+@dataclass(frozen=True, slots=True)
+class BatchNorm:
+    """``batchnorm [name:] C, weights PREFIX[, eps E]`` or with ``weight/bias/running_mean/running_var`` keys."""
+
+    name: str | None
+    channels: Expr
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Residual:
+    """``residual [name]`` ... [``shortcut`` ...] ``end``: ``y = main(x) + shortcut(x)``.
+
+    ``shortcut`` is None for an identity shortcut; ``span`` covers the ``residual`` line only (the block's
+    header, where messages about the whole block point).
+    """
+
+    name: str | None
+    main: tuple["Layer", ...]
+    shortcut: tuple["Layer", ...] | None
+    span: Span
+    shortcut_span: Span | None = None
+    end_span: Span | None = None
+    options: tuple[Option, ...] = ()
+
+
+Layer = Union[Conv1d, Dense, Pool, GlobalAvgPool, Flatten, Activation, BatchNorm, Residual]
 Statement = Union[Input, Let, Weights, Layer]
 
 

@@ -111,6 +111,17 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
         For a net of any input length when ``length`` is not given.
     """
     n = _length_of(net, length)
+    if net.residual:
+        block = next(L for L in net.layers if isinstance(L, typed.Residual))
+        raise UnsupportedError(
+            f"residual block {block.name!r}: the unrolled network is a graph, not a chain x_(k+1) = "
+            "phi_k(M_k x_k); LipSDP and the unrolled naive product are not available for residual networks yet",
+            span=block.span, hint="the dissipative bound, naive-hinf and the lower bound handle residual blocks")
+    if any(isinstance(L, typed.BatchNorm) for L in net.layers):
+        from .lower import fold_batchnorm
+
+        net = typed.Network(net.name, net.input_shape, tuple(fold_batchnorm(net.layers)), net.span,
+                            net.source_path)
     c = net.input_shape.channels
     size = c if net.input_shape.flat else c * n
     out: list[UnrolledLayer] = []
@@ -195,7 +206,10 @@ def naive(net: typed.Network, length: int | None = None) -> float:
     """``prod_k ||M_k||_2 * max(|alpha_k|, |beta_k|)`` over the unrolled steps (max pool: sqrt(ceil(k/s))).
 
     Depends on the input length: for short signals it can lie below :func:`naive_hinf`, never above it.
+    A residual block contributes ``naive(main) + naive(shortcut)`` (1 for an identity shortcut).
     """
+    if net.residual:
+        return _residual_product(net, length, naive)
     gain = 1.0
     for U in unroll(net, length):
         if U.maxpool is not None:
@@ -276,7 +290,12 @@ def naive_hinf(net: typed.Network, length: int | None = None) -> float:
     ------
     UnsupportedError
         For a global average pool in a net of any length when ``length`` is not given.
+
+    Batch norm: ``max |scale|`` after folding (``lower.fold_batchnorm``); a residual block:
+    ``naive_hinf(main) + naive_hinf(shortcut)`` (1 for an identity shortcut).
     """
+    if net.residual or any(isinstance(L, typed.BatchNorm) for L in net.layers):
+        return _residual_product(net, length, naive_hinf)
     gain = 1.0
     n = net.input_shape.length if net.input_shape.length is not None else length
     for L in net.layers:
@@ -299,6 +318,37 @@ def naive_hinf(net: typed.Network, length: int | None = None) -> float:
                     f"global average pool {L.name!r} scales by 1/sqrt(N), and this network takes any length",
                     span=L.span, hint="give an input length (e.g. --length 64)")
             gain /= math.sqrt(n)
+    return gain
+
+
+def _residual_product(net: typed.Network, length: int | None, fn) -> float:
+    """``fn`` (a naive product) of a net with residual blocks or batch norm: batch norm folded
+    (``lower.fold_batchnorm``), then the product over the sequential runs between blocks of ``fn(run)``,
+    times ``fn(main) + fn(shortcut)`` per block (``||f + g|| <= ||f|| + ||g||``; identity shortcut: 1)."""
+    from .lower import _lengths, fold_batchnorm
+
+    layers = fold_batchnorm(net.layers)
+    flat = typed.Network(net.name, net.input_shape, tuple(layers), net.span, net.source_path)
+    if not net.residual:
+        return fn(flat, length)
+    n0 = net.input_shape.length if net.input_shape.length is not None else length
+    lens = _lengths(flat, n0)
+
+    def run(ls, i) -> float:
+        shape = ls[0].in_shape
+        if not shape.flat and lens[i] is not None:
+            shape = typed.Shape(shape.channels, lens[i])
+        return fn(typed.Network(net.name, shape, tuple(ls), net.span, net.source_path), lens[i])
+
+    gain, start = 1.0, 0
+    for i, L in enumerate(layers):
+        if isinstance(L, typed.Residual):
+            if start < i:
+                gain *= run(layers[start:i], start)
+            gain *= run(list(L.main), i) + (run(list(L.shortcut), i) if L.shortcut else 1.0)
+            start = i + 1
+    if start < len(layers):
+        gain *= run(layers[start:], start)
     return gain
 
 

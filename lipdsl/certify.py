@@ -36,8 +36,13 @@ from .solve import Solution
 EPS = np.finfo(float).eps
 
 
-def system_matrix(sys: lowered.System, P, lam, X_in: np.ndarray, X_out: np.ndarray) -> np.ndarray:
-    """The LMI matrix of one system (sdp module docstring), from its state space and multipliers."""
+def system_matrix(sys: lowered.System, P, lam, X_in: np.ndarray, X_out: np.ndarray, inner=()) -> np.ndarray:
+    """The LMI matrix of one system (sdp module docstring), from its state space and multipliers.
+
+    ``inner``: the multiplier vectors of a residual block's internal activations (``System.internal``);
+    each pair ``(v_j, w_j)`` adds ``2ab C_j'L_jC_j``, ``-(a+b) C_j'L_j S_j``, ``2 S_j'L_jS_j`` with ``v_j = C_j xi``
+    and ``w_j = S_j xi`` over ``xi = (x, u, w)`` (docs/method.md, residual blocks).
+    """
     ss = sys.ss
     A, B, C, D = ss.A, ss.B, ss.C, ss.D
     nx, nu = ss.nx, ss.nu
@@ -47,7 +52,18 @@ def system_matrix(sys: lowered.System, P, lam, X_in: np.ndarray, X_out: np.ndarr
     if nx:
         top[:nx, :nx] += P
         top -= AB.T @ P @ AB
-    top[nx:, nx:] += X_in
+    top[nx : nx + sys.n_in, nx : nx + sys.n_in] += X_in
+    r = 0
+    for act, lj in zip(sys.internal, inner):
+        Ej = E[r : r + act.n]
+        col = nx + sys.n_in + r
+        cross = -(act.alpha + act.beta) * (Ej.T * lj)  # -(a+b) E_j' L_j, into the columns of w_j
+        top += 2 * act.alpha * act.beta * (Ej.T * lj) @ Ej
+        top[:, col : col + act.n] += cross
+        top[col : col + act.n, :] += cross.T
+        top[col : col + act.n, col : col + act.n] += 2 * np.diag(lj)
+        r += act.n
+    E = E[r:]
     if sys.slope is None:
         top -= E.T @ X_out @ E
         return (top + top.T) / 2
@@ -170,7 +186,8 @@ class _Point:
     def matrix(self, link: Link) -> np.ndarray:
         P = self.vars[link.P.name] if link.P is not None else None
         lam = self.vars[link.lam.name] if link.lam is not None else None
-        return system_matrix(link.system, P, lam, self.weight(link.w_in), self.weight(link.w_out))
+        inner = [self.vars[v.name] for v in link.inner]
+        return system_matrix(link.system, P, lam, self.weight(link.w_in), self.weight(link.w_out), inner)
 
     def shift_weight(self, w: Weight, t: float) -> None:
         if t == 0 or w.kind == "const":
@@ -195,6 +212,9 @@ def _term_scale(point: "_Point", link: Link) -> float:
         alpha, beta = sys.slope
         lam = float(np.max(np.abs(point.vars[link.lam.name]))) if point.vars[link.lam.name].size else 0.0
         total += lam * (2.0 + 2 * abs(alpha * beta) * nE + 2 * abs(alpha + beta) * math.sqrt(nE))
+    for act, v in zip(sys.internal, link.inner):
+        lam = float(np.max(np.abs(point.vars[v.name]))) if point.vars[v.name].size else 0.0
+        total += lam * (2.0 + 2 * abs(act.alpha * act.beta) * nE + 2 * abs(act.alpha + act.beta) * math.sqrt(nE))
     return total
 
 
@@ -202,6 +222,91 @@ def _margin(M: np.ndarray, rel: float) -> float:
     """Eigenvalue margin: the rounding bound ``16 m eps ||M||`` times 4, plus ``rel * ||M||``."""
     nrm = max(_norm(M), 1e-300)
     return 64 * M.shape[0] * EPS * nrm + rel * nrm
+
+
+def _state_groups(sys: lowered.System) -> list[tuple[np.ndarray, slice]]:
+    """The states of a block driven by each input group (``u``, then each internal activation): the
+    ``(state indices, input columns)`` of the shift registers fed by that group (``residual_system``)."""
+    ss = sys.ss
+    groups, cols = [], [slice(0, sys.n_in)]
+    r = sys.n_in
+    for act in sys.internal:
+        cols.append(slice(r, r + act.n))
+        r += act.n
+    for c in cols:
+        reach = np.zeros(ss.nx, dtype=bool)
+        M = ss.B[:, c]
+        for _ in range(ss.nx + 1):
+            hit = np.abs(M).sum(axis=1) > 0
+            if not (hit & ~reach).any():
+                break
+            reach |= hit
+            M = ss.A @ M
+        groups.append((np.flatnonzero(reach), c))
+    return groups
+
+
+def _repair_block(point: "_Point", link: Link, t: float, e: float, margin: float) -> float:
+    """Repair a residual block's LMI (output weight raised by ``t``, eigenvalue deficit ``e`` included in
+    ``e``); returns the raise ``t_in`` of its input weight.
+
+    Coordinates are grouped (states driven by ``u`` or by ``w_j``, ``u``, each ``w_j``, the output). Raising
+    a multiplier by ``eta`` adds at least ``eta (|w|^2 - (a^2 + b^2) |E xi|^2)`` (``|w - (a+b) v|^2 >= 0``),
+    ``P += tau G_g`` (``G_g - A'G_gA = I`` on the group's states, ``A'G_gB = 0``) adds
+    ``tau (|x_g|^2 - xi_g'B'G_gB xi_g)``; from the output back to ``u`` each group gets ``e`` plus what the
+    later raises took from it (``need``), through ``|E xi|^2 <= ||E||^2 |xi_S|^2`` over the columns ``S`` that
+    ``E`` uses. The final eigenvalue check decides; this only finds the point.
+    """
+    sys = link.system
+    ss = sys.ss
+    nx = ss.nx
+    E = np.hstack([ss.C, ss.D])
+    groups = _state_groups(sys)
+    # coordinate -> group: states by driving group, then u, then each w_j
+    owner = np.full(nx + ss.nu, -1)
+    for g, (idx, cols) in enumerate(groups):
+        owner[idx] = g  # state groups 0..q
+        owner[nx + np.arange(cols.start, cols.stop)] = len(groups) + g  # input groups q+1..
+    need = np.zeros(2 * len(groups))
+
+    def charge(rows: np.ndarray, amount: float) -> None:
+        used = np.unique(owner[np.abs(rows).sum(axis=0) > 0])
+        need[used[used >= 0]] += amount * _norm(rows) ** 2
+
+    r_out = sys.n_internal
+    Ey = E[r_out:]
+    if sys.slope is not None:
+        alpha, beta = sys.slope
+        eta = t + e
+        point.vars[link.lam.name] = point.vars[link.lam.name] + eta
+        charge(Ey, eta * (alpha**2 + beta**2))
+    else:
+        charge(Ey, t)
+    tau_psd = 0.0
+    if link.needs_P_psd:
+        tau_psd = max(-_min_eig(point.vars[link.P.name]), 0.0) + _margin(point.vars[link.P.name], margin)
+    offsets = np.concatenate([[0], np.cumsum([a.n for a in sys.internal])]).astype(int)
+    P = point.vars[link.P.name] if link.P is not None else None
+    q = len(sys.internal)
+    for g in range(q, -1, -1):  # states driven by w_g (g >= 1) or u (g = 0), then w_g itself
+        idx, cols = groups[g]
+        if len(idx):
+            sub = np.ix_(idx, idx)
+            G = _stein_gramian(ss.A[sub])
+            tau = e + need[g] + tau_psd
+            P[sub] += tau * G
+            Bg = ss.B[np.ix_(idx, np.arange(cols.start, cols.stop))]
+            need[len(groups) + g] += tau * _norm(Bg.T @ G @ Bg)
+        if g == 0:
+            break
+        j = g - 1
+        act, v = sys.internal[j], link.inner[j]
+        eta = e + need[len(groups) + g]
+        point.vars[v.name] = point.vars[v.name] + eta
+        charge(E[offsets[j] : offsets[j + 1]], eta * (act.alpha**2 + act.beta**2))
+    if P is not None:
+        point.vars[link.P.name] = P
+    return e + need[len(groups)]
 
 
 def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certificate:
@@ -240,6 +345,13 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
         point.shift_weight(link.w_out, t_next)
         M = point.matrix(link)
         e = max(-_min_eig(M), 0.0) + _margin(M, margin) + 64 * M.shape[0] * EPS * _term_scale(point, link)
+        if sys.internal:  # a residual block: the repair by groups of coordinates (_repair_block)
+            t_in = _repair_block(point, link, t_next, e, margin)
+            if link.w_in.kind == "var" and link.w_in.variable.name in psd_names:
+                X = point.vars[link.w_in.variable.name]
+                t_in = max(t_in, -_min_eig(X) + _margin(X, margin))
+            t_next = t_in
+            continue
         E = np.hstack([sys.ss.C, sys.ss.D])
         nE = _norm(E) ** 2
         if sys.slope is not None:

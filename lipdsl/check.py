@@ -44,6 +44,7 @@ _OPTIONS = {
     "global_avgpool": (),
     "flatten": (),
     "activation": ("slope",),
+    "batchnorm": ("weights", "weight", "bias", "running_mean", "running_var", "eps"),
 }
 
 
@@ -490,6 +491,10 @@ def _kind(layer) -> str:
         return "global_avgpool"
     if isinstance(layer, ast.Flatten):
         return "flatten"
+    if isinstance(layer, ast.BatchNorm):
+        return "batchnorm"
+    if isinstance(layer, ast.Residual):
+        return "residual"
     return layer.function
 
 
@@ -501,7 +506,19 @@ AUTO_PREFIX = {
     "maxpool": "maxpool",
     "global_avgpool": "gap",
     "flatten": "flatten",
+    "batchnorm": "bn",
+    "residual": "block",
 }
+
+
+def _layer_nodes(layers) -> list:
+    """Layer nodes in naming order: a residual block, then its main path, then its shortcut."""
+    out = []
+    for layer in layers:
+        out.append(layer)
+        if isinstance(layer, ast.Residual):
+            out += _layer_nodes(layer.main) + _layer_nodes(layer.shortcut or ())
+    return out
 
 
 def _names(layers) -> list[str]:
@@ -597,7 +614,7 @@ def check(net: ast.Network, source: Source, *, allow_outside: bool = False) -> t
 
 def _check(ck: _Checker, net: ast.Network, source: Source) -> typed.Network:
     layer_nodes = [s for s in net.body if not isinstance(s, (ast.Input, ast.Let, ast.Weights))]
-    names = iter(_names(layer_nodes))
+    names = iter(_names(_layer_nodes(layer_nodes)))
     shape: Shape | None = None
     input_shape: Shape | None = None
     prev: str | None = None
@@ -638,7 +655,8 @@ def _check(ck: _Checker, net: ast.Network, source: Source) -> typed.Network:
             continue
         assert shape is not None  # parse() refuses layers before the input
         name = next(names)
-        layer = _layer(ck, st, name, shape, prev)
+        layer = _residual(ck, st, name, names, shape, prev) if isinstance(st, ast.Residual) else \
+            _layer(ck, st, name, shape, prev)
         layers.append(layer)
         shape = layer.out_shape
         prev = name
@@ -674,7 +692,81 @@ def _layer(ck: _Checker, st, name: str, shape: Shape, prev: str | None) -> typed
                 hint="use global_avgpool to turn any-length signals into vectors, or declare a length",
             )
         return typed.Flatten(name, st.span, shape, Shape(shape.channels * shape.length, None, flat=True))
+    if isinstance(st, ast.BatchNorm):
+        return _batchnorm(ck, st, name, shape, prev)
+    if isinstance(st, ast.Residual):
+        raise SpecError("residual blocks do not nest", st.span, hint="close the outer block with 'end' first")
     return _activation(ck, st, name, shape)
+
+
+def _branch(ck: _Checker, nodes, names, shape: Shape, prev: str | None) -> tuple[list, Shape, str | None]:
+    """Check one branch of a residual block: its layers in order, from ``shape``."""
+    layers = []
+    for st in nodes:
+        layer = _layer(ck, st, next(names), shape, prev)
+        layers.append(layer)
+        shape, prev = layer.out_shape, layer.name
+    return layers, shape, prev
+
+
+def _residual(ck: _Checker, st: ast.Residual, name: str, names, shape: Shape, prev: str | None) -> typed.Residual:
+    """``main(x) + shortcut(x)``: both branches from ``shape``, to the same shape (else a ShapeError)."""
+    main, out, last = _branch(ck, st.main, names, shape, prev)
+    short, out_s, _ = _branch(ck, st.shortcut or (), names, shape, prev)
+    if out != out_s:
+        where = st.shortcut_span if st.shortcut else st.span
+        what = f"the shortcut produces {out_s}" if st.shortcut else f"the identity shortcut passes {out_s} on"
+        hint = (f"the shortcut needs a layer to {out.channels} channels, e.g. 'conv1d {out_s.channels} -> "
+                f"{out.channels}, kernel 1, weight KEY' (with stride if the main path is strided)"
+                if not st.shortcut else "both branches must end in the same channels x samples")
+        raise ShapeError(f"residual block {name!r}: the main path produces {out} (after {last!r}), but {what}",
+                         where, hint=hint)
+    if out.flat or shape.flat:
+        raise ShapeError(f"residual block {name!r} needs signals (channels x samples), not flat vectors",
+                         st.span, hint="put the block before flatten/global_avgpool")
+    return typed.Residual(name, st.span, tuple(main), tuple(short), shape, out)
+
+
+def _batchnorm(ck: _Checker, st: ast.BatchNorm, name: str, shape: Shape, prev: str | None) -> typed.BatchNorm:
+    """``scale = weight / sqrt(running_var + eps)``, ``shift = bias - scale * running_mean`` per channel."""
+    opts = _options(st, "batchnorm", "batchnorm")
+    c = ck.integer(st.channels, "channels", 1)
+    if c != shape.channels:
+        raise ShapeError(f"batchnorm {name!r} expects {_plural(c, 'channel')}, but {_producer(prev)} "
+                         f"{shape.channels}", st.channels.span, hint=f"write batchnorm {shape.channels}")
+    eps = ck.number(opts["eps"].value, "eps")[0] if "eps" in opts else 1e-5
+    if not eps > 0:
+        raise SpecError(f"batchnorm {name!r}: eps must be positive, got {eps:g}", opts["eps"].span,
+                        hint="PyTorch's default is eps 1e-5")
+    prefix = opts.get("weights")
+    if prefix is not None and not (isinstance(prefix.value, ast.TensorRef) and prefix.value.key):
+        raise SpecError(f"batchnorm {name!r}: 'weights' takes the key prefix of the BatchNorm1d module, as in "
+                        "'weights layer1.bn1'", prefix.span, hint="or give running_mean, running_var, weight "
+                        "and bias one by one")
+    tensors = {}
+    for role, default in (("weight", 1.0), ("bias", 0.0), ("running_mean", None), ("running_var", None)):
+        if role in opts:
+            src = opts[role].value
+        elif prefix is not None:
+            ref = prefix.value
+            src = ast.TensorRef(ref.file, f"{ref.key}.{role}", ref.span)
+        elif default is not None:
+            tensors[role] = np.full(c, default)
+            continue
+        else:
+            raise SpecError(f"batchnorm {name!r} needs its {role}", st.span,
+                            hint=f"add ', weights PREFIX' (the module's state_dict prefix, e.g. bn1) or ', {role} KEY'")
+        t = ck.tensor(src, role)
+        _expect_shape(t, (c,), f"batchnorm {name!r} {role}", "(channels,)", {0: "channels"})
+        tensors[role] = t.values
+    var = tensors["running_var"]
+    if np.any(var + eps <= 0):
+        i = int(np.flatnonzero(var + eps <= 0)[0])
+        raise WeightError(f"batchnorm {name!r}: running_var + eps must be positive, got {var[i] + eps:g} at "
+                          f"channel {i}", (opts.get("running_var") or prefix or opts.get("eps")).span)
+    scale = tensors["weight"] / np.sqrt(var + eps)
+    shift = tensors["bias"] - scale * tensors["running_mean"]
+    return typed.BatchNorm(name, st.span, c, scale, shift, float(eps), shape, shape)
 
 
 def _need_signal(shape: Shape, kind: str, name: str, span: Span, prev: str | None) -> None:

@@ -135,7 +135,8 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
             from .baselines import DENSE_SVD_LIMIT, naive, unroll
 
             bound = naive(net, n)
-            big = any(U.matrix is not None and min(U.shape) > DENSE_SVD_LIMIT for U in unroll(net, n))
+            big = not net.residual and any(U.matrix is not None and min(U.shape) > DENSE_SVD_LIMIT
+                                           for U in unroll(net, n))
             return MethodResult(method, bound, time.perf_counter() - t0,
                                 "iterative norm" if big else "exact norm",
                                 "product of the unrolled maps' spectral norms" + (f", N = {n}" if n else ""),

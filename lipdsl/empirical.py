@@ -69,7 +69,7 @@ def _ascent(net, u, steps, tau_range, deadline, record):
         rel = tau_range[0] * (tau_range[1] / tau_range[0]) ** (it / max(steps - 1, 1))
         base = linearize(net, u)
         record(u, float(np.linalg.norm(base.matrix(), 2)))
-        taus = [rel * max(st.rms, 1e-12) for st in base.steps if isinstance(st.layer, typed.Activation)]
+        taus = [rel * max(st.rms, 1e-12) for st in base.activation_steps]
         lin = linearize(net, u, surrogate_tau=taus)
         s, v, w = _top_triple(lin.matrix())
         if s < prev:
@@ -125,7 +125,7 @@ def lower_bound(
         If an activation has no known function (only a slope bound).
     """
     t0 = time.perf_counter()
-    for L in net.layers:
+    for L in typed.flat_layers(net.layers):
         if isinstance(L, typed.Activation):
             _activation_functions(L)  # raises for activations known only by their slope
     shape = _input_shape(net, length)

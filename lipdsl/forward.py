@@ -184,6 +184,18 @@ class Linearization:
             x = _linear_step(st, x, transpose=True)
         return x.reshape(x.shape[0], -1)
 
+    @property
+    def activation_steps(self) -> list:
+        """The steps of every activation, residual blocks' included, in ``typed.flat_layers`` order."""
+        def walk(steps):
+            for st in steps:
+                if isinstance(st.layer, typed.Residual):
+                    yield from walk(st.data[0])
+                    yield from walk(st.data[1])
+                elif isinstance(st.layer, typed.Activation):
+                    yield st
+        return list(walk(self.steps))
+
     def matrix(self) -> np.ndarray:
         """The dense Jacobian (n_out x n_in) of a single-sample linearization (the cheaper of JVP, VJP)."""
         if self.n_in <= self.n_out:
@@ -194,6 +206,16 @@ class Linearization:
 def _linear_step(st: _Step, x: np.ndarray, transpose: bool) -> np.ndarray:
     """Apply one layer's Jacobian (or its transpose) to a batch of tangents ``x``."""
     L = st.layer
+    if isinstance(L, typed.Residual):
+        main, short = st.data
+        y, z = x, x
+        for sub in (reversed(main) if transpose else main):
+            y = _linear_step(sub, y, transpose)
+        for sub in (reversed(short) if transpose else short):
+            z = _linear_step(sub, z, transpose)
+        return y + z
+    if isinstance(L, typed.BatchNorm):
+        return x * L.scale.reshape((1, -1) if x.ndim == 2 else (1, -1, 1))
     if isinstance(L, typed.Conv1d):
         args = (L.stride, L.dilation, L.pad_left, L.pad_right)
         if transpose:
@@ -270,11 +292,25 @@ def linearize(net: typed.Network, u: np.ndarray, *, batch: bool = False,
     """
     x = _input_batch(net, u, batch)
     input_shape = x.shape[1:]
+    steps, x = _run(net.layers, x, surrogate_tau, [0])
+    return Linearization(steps, x, input_shape)
+
+
+def _run(layers, x: np.ndarray, surrogate_tau, n_act: list) -> tuple[list, np.ndarray]:
+    """The forward pass through ``layers`` from ``x``, recording each step (``n_act[0]`` counts the
+    activations met so far, residual blocks' included, in ``typed.flat_layers`` order)."""
     steps = []
-    n_act = 0
-    for L in net.layers:
+    for L in layers:
         st = _Step(L, x.shape[1:])
-        if isinstance(L, typed.Conv1d):
+        if isinstance(L, typed.Residual):
+            main, y = _run(L.main, x, surrogate_tau, n_act)
+            short, z = _run(L.shortcut, x, surrogate_tau, n_act)
+            st.data = (main, short)
+            x = y + z
+        elif isinstance(L, typed.BatchNorm):
+            shape = (1, -1) if x.ndim == 2 else (1, -1, 1)
+            x = x * L.scale.reshape(shape) + L.shift.reshape(shape)
+        elif isinstance(L, typed.Conv1d):
             if x.ndim != 3:
                 raise LipdslError(f"conv1d {L.name!r} needs a signal input, got a flat vector", span=L.span)
             x = conv1d(x, L.weight, L.stride, L.dilation, L.pad_left, L.pad_right)
@@ -288,9 +324,9 @@ def linearize(net: typed.Network, u: np.ndarray, *, batch: bool = False,
             st.rms = float(np.sqrt(np.mean(x * x)))
             fns = None
             if surrogate_tau is not None:
-                tau = surrogate_tau if np.isscalar(surrogate_tau) else surrogate_tau[n_act]
+                tau = surrogate_tau if np.isscalar(surrogate_tau) else surrogate_tau[n_act[0]]
                 fns = _surrogate_functions(L, max(float(tau), 1e-300))
-            n_act += 1
+            n_act[0] += 1
             phi, dphi = fns if fns is not None else _activation_functions(L)
             st.data = dphi(x)
             x = phi(x)
@@ -312,7 +348,7 @@ def linearize(net: typed.Network, u: np.ndarray, *, batch: bool = False,
         else:  # pragma: no cover
             raise TypeError(f"unknown layer type {type(L).__name__}")
         steps.append(st)
-    return Linearization(steps, x, input_shape)
+    return steps, x
 
 
 def forward(net: typed.Network, u: np.ndarray) -> np.ndarray:

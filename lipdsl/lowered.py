@@ -45,6 +45,17 @@ class StateSpace:
 
 
 @dataclass(frozen=True, slots=True)
+class Internal:
+    """An activation inside a residual block: ``n`` outputs ``v`` of the block's system feed it, and its
+    ``n`` outputs ``w = phi(v)``, slope in ``[alpha, beta]``, are inputs of the same system (feedforward)."""
+
+    name: str
+    n: int
+    alpha: float
+    beta: float
+
+
+@dataclass(frozen=True, slots=True)
 class System:
     """One LMI: a linear map (conv filter, dense matrix, or identity before a lone activation), then ``phi``.
 
@@ -64,6 +75,22 @@ class System:
     activation: str | None
     note: str = ""
     block_in: int = 1
+    internal: tuple[Internal, ...] = ()  # a residual block: its activations (docs/method.md, residual blocks)
+
+    @property
+    def n_internal(self) -> int:
+        """Inputs (and outputs) that are internal activations' signals: ``ss.nu = n_in + n_internal``."""
+        return sum(a.n for a in self.internal)
+
+    @property
+    def n_in(self) -> int:
+        """Size of the signal entering the system (the supply's input): ``ss.nu`` minus internal inputs."""
+        return self.ss.nu - self.n_internal
+
+    @property
+    def n_out(self) -> int:
+        """Size of the signal leaving the system: ``ss.ny`` minus the internal activations' inputs."""
+        return self.ss.ny - self.n_internal
 
 
 @dataclass(frozen=True, slots=True)

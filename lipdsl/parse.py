@@ -351,6 +351,63 @@ def _operator(fn_name: str, meta, left: ast.Expr, right: ast.Expr) -> ast.Expr:
     return ast.Expr(value, Span.of(meta), left.names + right.names, depth)
 
 
+class _Marker:
+    """A ``residual``, ``shortcut`` or ``end`` line, before ``_group_blocks`` turns them into ast.Residual."""
+
+    __slots__ = ("word", "name", "span")
+
+    def __init__(self, word: str, name: str | None, span: Span):
+        self.word, self.name, self.span = word, name, span
+
+
+def _group_blocks(statements: list) -> list:
+    """Replace each ``residual ... [shortcut ...] end`` run of statements by one ``ast.Residual``.
+
+    Raises ParseError for a ``shortcut``/``end`` outside a block, a nested block, a second ``shortcut``,
+    a block with no ``end`` or no layers, and header statements (``input``, ``weights``, ...) inside one.
+    """
+    out: list = []
+    block: _Marker | None = None
+    main: list = []
+    short: list | None = None
+    short_span: Span | None = None
+    for st in statements:
+        if isinstance(st, _Marker):
+            if st.word == "residual":
+                if block is not None:
+                    raise ParseError("residual blocks do not nest", st.span,
+                                     hint=f"close the block of line {block.span.line} with 'end' first")
+                block, main, short, short_span = st, [], None, None
+            elif block is None:
+                raise ParseError(f"'{st.word}' outside a residual block", st.span,
+                                 hint="a block is 'residual NAME:', its layers, optionally 'shortcut' and the "
+                                 "shortcut's layers, then 'end'")
+            elif st.word == "shortcut":
+                if short is not None:
+                    raise ParseError("a residual block has one 'shortcut'", st.span,
+                                     hint=f"the shortcut already starts at line {short_span.line}")
+                short, short_span = [], st.span
+            else:
+                if not main:
+                    raise ParseError("a residual block needs at least one layer on its main path", block.span,
+                                     hint="write the main path's layers between 'residual' and 'shortcut'/'end'")
+                out.append(ast.Residual(block.name, tuple(main), None if short is None else tuple(short),
+                                        block.span, short_span, st.span))
+                block = None
+            continue
+        if block is None:
+            out.append(st)
+        elif isinstance(st, (tuple, ast.Input, ast.Let, ast.Weights)):
+            raise ParseError("only layers go inside a residual block", st.span if not isinstance(st, tuple)
+                             else st[3], hint=f"move this line before the block of line {block.span.line}")
+        else:
+            (main if short is None else short).append(st)
+    if block is not None:
+        raise ParseError("this residual block has no 'end'", block.span,
+                         hint="close it with a line 'end' after its last layer")
+    return out
+
+
 @v_args(meta=True)
 class ToAst(Transformer_NonRecursive):
     """Parse tree -> ast nodes; builds nodes and nothing else (checks belong to check.py).
@@ -413,6 +470,19 @@ class ToAst(Transformer_NonRecursive):
             str(function), parameter, name, tuple(options), Span.of(meta), Span.of(function)
         )
 
+    def batchnorm(self, meta, kids):
+        name, channels, *options = kids
+        return ast.BatchNorm(name, channels, tuple(options), Span.of(meta))
+
+    def residual(self, meta, kids):
+        return _Marker("residual", kids[0], Span.of(meta))
+
+    def shortcut(self, meta, kids):
+        return _Marker("shortcut", None, Span.of(meta))
+
+    def end(self, meta, kids):
+        return _Marker("end", None, Span.of(meta))
+
     def layer_name(self, meta, kids):
         return str(kids[0])
 
@@ -431,6 +501,10 @@ class ToAst(Transformer_NonRecursive):
     padding = _option("padding")
     weight = _option("weight")
     bias = _option("bias")
+    prefix = _option("weights")
+    running_mean = _option("running_mean")
+    running_var = _option("running_var")
+    eps = _option("eps")
     del _option
 
     def slope(self, meta, kids):
@@ -745,6 +819,7 @@ def parse(source: Source) -> ast.Network:
         if isinstance(exc.orig_exc, LipdslError):
             raise exc.orig_exc from None
         raise
+    statements = _group_blocks(statements)
 
     name = name_span = None
     network_span = None
@@ -792,6 +867,10 @@ def _kind_word(layer) -> str:
         return f"activation {layer.function!r}"
     if isinstance(layer, ast.Pool):
         return f"'{layer.op}pool'"
+    if isinstance(layer, ast.Residual):
+        return "'residual'"
+    if isinstance(layer, ast.BatchNorm):
+        return "'batchnorm'"
     return {
         "Conv1d": "'conv1d'",
         "Dense": "'dense'",

@@ -147,6 +147,7 @@ class Link:
     w_in: Weight
     w_out: Weight
     needs_P_psd: bool
+    inner: tuple[Variable, ...] = ()  # multipliers of a residual block's internal activations, in order
 
 
 @dataclass(frozen=True)
@@ -361,16 +362,20 @@ def _place(M: np.ndarray, col_offset: int, m: int) -> sp.csr_matrix:
 
 def system_lmi_terms(
     b: _LmiBuilder, sys: lowered.System, P, lam, w_in: Weight, w_out: Weight, inverse_out: bool = False,
-    repeat: int = 1,
+    repeat: int = 1, inner: tuple = (),
 ):
     """Add the terms of one system's LMI (module docstring) to ``b``; coordinates (state, input, output).
 
     ``inverse_out``: ``w_out`` holds ``Y = X_out^-1``; ``-X_out`` is written in Schur form with ``ny`` more
     rows (after the output rows, or after the input rows for a linear system). ``repeat``: each multiplier
-    serves ``repeat`` consecutive outputs (the real and imaginary parts of a frequency LMI).
+    serves ``repeat`` consecutive outputs (the real and imaginary parts of a frequency LMI). ``inner``: the
+    multipliers of a residual block's internal activations (``System.internal``): coordinates (state,
+    input, internal activations' outputs, output), each internal pair ``(v_j, w_j)`` adding the
+    activation's term as the output pair does (docs/method.md, residual blocks).
     """
     ss = sys.ss
-    nx, nu, ny = ss.nx, ss.nu, ss.ny
+    nx, nu = ss.nx, ss.nu
+    ny = sys.n_out
     m = b.m
     xs, us, ws = 0, nx, nx + nu
     if nx:
@@ -379,7 +384,16 @@ def system_lmi_terms(
         b.congruence(P, E2, -1.0)
     b.weight(w_in, us, +1.0)
     CD = np.hstack([ss.C, ss.D])
-    Psi_v = _place(CD, 0, m)  # v = C x + D u
+    r = 0  # a residual block's internal activations: w_j = phi_j(v_j), v_j = rows r.. of [C D] (feedforward)
+    for act, lam_j in zip(sys.internal, inner):
+        Pv, Pw = _place(CD[r : r + act.n], 0, m), _sel(act.n, nx + sys.n_in + r, m)
+        if act.alpha * act.beta != 0:
+            b.diag_bilinear(lam_j, Pv, Pv, act.alpha * act.beta)
+        b.diag_bilinear(lam_j, Pv, Pw, -(act.alpha + act.beta))
+        b.diag_bilinear(lam_j, Pw, Pw, 1.0)
+        r += act.n
+    CD = CD[r:]
+    Psi_v = _place(CD, 0, m)  # v = C x + D u (the system's output rows)
     if sys.slope is not None:
         alpha, beta = sys.slope
         Psi_w = _sel(ny, ws, m)
@@ -550,7 +564,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
     # Solve in Y = X^-1 when the network ends in flatten -> linear dense with fewer outputs than inputs.
     invert_at = None
     head_factor: np.ndarray | None = None  # F (E = F'F) when the last activation layer is solved in M, Y
-    if inverse and len(systems) >= 2:
+    if inverse and len(systems) >= 2 and not steps[systems[-2]].internal:  # (no Schur form for blocks yet)
         final = steps[systems[-1]]
         kron = int(np.prod([st.length for st in steps[systems[-2] + 1 : systems[-1]]
                             if isinstance(st, lowered.Flatten)] or [1]))
@@ -583,17 +597,17 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             if isinstance(s, lowered.Flatten):
                 kron *= s.length
         if pos == 0:
-            w_in = Weight("rho", sys.ss.nu, rho)
+            w_in = Weight("rho", sys.n_in, rho)
         else:
             assert prev_out is not None
             if prev_out.kind == "var":
-                w_in = Weight("var", sys.ss.nu, prev_out.variable, kron=kron)
+                w_in = Weight("var", sys.n_in, prev_out.variable, kron=kron)
             else:
-                w_in = Weight("const", sys.ss.nu, constant=np.kron(prev_out.constant, np.eye(kron)))
+                w_in = Weight("const", sys.n_in, constant=np.kron(prev_out.constant, np.eye(kron)))
         after = steps[i + 1 : systems[pos + 1]] if pos + 1 < len(systems) else steps[i + 1 :]
         diagonal = any(isinstance(s, lowered.Pool) and s.diagonal for s in after)
         pooled = any(isinstance(s, lowered.Pool) and s.op != "merged" for s in after)
-        ny = sys.ss.ny
+        ny = sys.n_out
         if pos + 1 < len(systems):
             inverted = pos == invert_at
             # a lifted max pool: X (x) I_tied on the system's outputs, X on the next system's inputs
@@ -611,8 +625,10 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             w_out = Weight("const", ny, constant=eliminated)
         else:
             w_out = Weight("const", ny, constant=np.eye(ny))
-        needs_P_psd = sys.ss.nx > 0 and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
-        gridded = frequencies is not None and in_frequency_form(sys.ss.nx, sys.ss.nu, sys.ss.ny, sys.slope)
+        needs_P_psd = sys.ss.nx > 0 and ((sys.slope is not None and sys.slope[0] * sys.slope[1] > 0)
+                                         or any(a.alpha * a.beta > 0 for a in sys.internal))
+        gridded = (frequencies is not None and not sys.internal
+                   and in_frequency_form(sys.ss.nx, sys.ss.nu, sys.ss.ny, sys.slope))
         P = None
         if sys.ss.nx and not gridded:
             P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric")
@@ -623,7 +639,11 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         elif sys.slope is not None:
             lam = new_var(f"lambda[{sys.name}]", "lambda", sys.name, ny, "vector")
             nonneg.append(lam)
-        links.append(Link(sys, None, P, lam, w_in, w_out, needs_P_psd))  # lmi filled below
+        inner = []
+        for act in sys.internal:  # a residual block's internal activations: one multiplier vector each
+            inner.append(new_var(f"lambda[{sys.name}/{act.name}]", "lambda", sys.name, act.n, "vector"))
+            nonneg.append(inner[-1])
+        links.append(Link(sys, None, P, lam, w_in, w_out, needs_P_psd, tuple(inner)))  # lmi filled below
         prev_out = w_out
 
     n_ref = [count[0]]  # the solver's variables; the storage P of gridded systems come after them
@@ -633,7 +653,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             sys = link.system
             P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric")
             storage.append(P)
-            links[j] = Link(sys, None, P, link.lam, link.w_in, link.w_out, False)
+            links[j] = Link(sys, None, P, link.lam, link.w_in, link.w_out, False, link.inner)
     omegas = frequency_grid(frequencies) if frequencies is not None else np.zeros(0)
     if storage:
         notes.append(f"{', '.join(v.system for v in storage)}: LMI imposed in the frequency domain on "
@@ -642,7 +662,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
     final_links = []
     for link in links:
         sys = link.system
-        nx, nu, ny = sys.ss.nx, sys.ss.nu, sys.ss.ny
+        nx, nu, ny = sys.ss.nx, sys.ss.nu, sys.n_out
         inverse_out = link.w_out.kind == "var" and link.w_out.variable.role == "Xinv"
         if link.lam is not None and link.lam.role == "lambdainv":  # the last activation layer in M, Y
             blocks = [("outputs", ny), ("F rows", head_factor.shape[0])]
@@ -655,10 +675,12 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         else:
             outputs = [("output", ny)] if sys.slope is not None else []
             extra = [("Y = X_out^-1", ny)] if inverse_out else []
-            blocks = [("state", nx), ("input", nu)] + outputs + extra
+            inputs = [("input", nu)] if not sys.internal else [("input", sys.n_in)] + [
+                (f"w[{a.name}]", a.n) for a in sys.internal]
+            blocks = [("state", nx)] + inputs + outputs + extra
             b = _LmiBuilder(sum(size for _, size in blocks), n_ref)
             if link.P not in storage:
-                system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out)
+                system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out, inner=link.inner)
             else:  # the frequency-domain LMIs; the link keeps the empty ``b`` as a stand-in of its LMI
                 H = frequency_response(sys.ss, omegas)
                 for w, Hw in zip(omegas, H):
@@ -673,7 +695,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         lmi = b.build(f"LMI[{sys.name}]", sys.name, [(lbl, s) for lbl, s in blocks if s])
         if link.P not in storage:
             lmis.append(lmi)
-        final_links.append(Link(sys, lmi, link.P, link.lam, link.w_in, link.w_out, link.needs_P_psd))
+        final_links.append(Link(sys, lmi, link.P, link.lam, link.w_in, link.w_out, link.needs_P_psd, link.inner))
         if link.needs_P_psd:
             bp = _LmiBuilder(nx, n_ref)
             bp.congruence(link.P, _sel(nx, 0, nx), 1.0)

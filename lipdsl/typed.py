@@ -128,7 +128,52 @@ class Flatten:
     kind: str = field(default="flatten", init=False)
 
 
-Layer = Union[Conv1d, Dense, Activation, Pool, GlobalAvgPool, Flatten]
+@dataclass(frozen=True, slots=True)
+class BatchNorm:
+    """Eval-mode batch norm per channel: ``y = scale * x + shift`` (PyTorch BatchNorm1d with running stats),
+
+        scale = weight / sqrt(running_var + eps),   shift = bias - scale * running_mean.
+    """
+
+    name: str
+    span: Span | None
+    channels: int
+    scale: np.ndarray  # (channels,)
+    shift: np.ndarray  # (channels,)
+    eps: float
+    in_shape: Shape
+    out_shape: Shape
+    kind: str = field(default="batchnorm", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Residual:
+    """``y = main(x) + shortcut(x)``: two chains of layers from the same input, summed.
+
+    ``shortcut`` is empty for the identity. Both branches map ``in_shape`` to ``out_shape``.
+    """
+
+    name: str
+    span: Span | None
+    main: tuple["Layer", ...]
+    shortcut: tuple["Layer", ...]
+    in_shape: Shape
+    out_shape: Shape
+    kind: str = field(default="residual", init=False)
+
+
+Layer = Union[Conv1d, Dense, Activation, Pool, GlobalAvgPool, Flatten, BatchNorm, Residual]
+
+
+def flat_layers(layers) -> list:
+    """Every layer, the layers of residual blocks included (main path, then shortcut), in order."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, Residual):
+            out += flat_layers(layer.main) + flat_layers(layer.shortcut)
+        else:
+            out.append(layer)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +189,11 @@ class Network:
     @property
     def output_shape(self) -> Shape:
         return self.layers[-1].out_shape if self.layers else self.input_shape
+
+    @property
+    def residual(self) -> bool:
+        """True when the network has residual blocks (a graph, not a chain of layers)."""
+        return any(isinstance(layer, Residual) for layer in self.layers)
 
     @property
     def any_length(self) -> bool:
