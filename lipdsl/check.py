@@ -721,10 +721,30 @@ def _residual(ck: _Checker, st: ast.Residual, name: str, names, shape: Shape, pr
                 if not st.shortcut else "both branches must end in the same channels x samples")
         raise ShapeError(f"residual block {name!r}: the main path produces {out} (after {last!r}), but {what}",
                          where, hint=hint)
+    if shape.length is None and not shape.flat:  # any length: the branches must change it the same way
+        for n in (64, 65):
+            a, b = _probe_length(main, n), _probe_length(short, n)
+            if a != b:
+                raise ShapeError(
+                    f"residual block {name!r}: for an input of {n} samples the main path gives {a} and the "
+                    f"shortcut {b}", st.shortcut_span if st.shortcut else st.span,
+                    hint="both branches must keep the same length (e.g. padding same or causal in both)")
     if out.flat or shape.flat:
         raise ShapeError(f"residual block {name!r} needs signals (channels x samples), not flat vectors",
                          st.span, hint="put the block before flatten/global_avgpool")
     return typed.Residual(name, st.span, tuple(main), tuple(short), shape, out)
+
+
+def _probe_length(layers, n: int | None) -> int | None:
+    """The length after ``layers`` for an input of ``n`` samples (None once a layer has no output)."""
+    for layer in layers:
+        if n is None or n < 1:
+            return None
+        if isinstance(layer, typed.Conv1d):
+            n = conv1d_length(n, layer.kernel, layer.stride, layer.dilation, layer.pad_left, layer.pad_right)
+        elif isinstance(layer, typed.Pool):
+            n = pool_length(n, layer.kernel, layer.stride) if n >= layer.kernel else None
+    return n
 
 
 def _batchnorm(ck: _Checker, st: ast.BatchNorm, name: str, shape: Shape, prev: str | None) -> typed.BatchNorm:

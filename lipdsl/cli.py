@@ -73,6 +73,10 @@ _ALLOW_OUTSIDE = click.option(
 
 
 def _params(layer) -> int:
+    if layer.kind == "residual":
+        return sum(_params(sub) for sub in layer.main + layer.shortcut)
+    if layer.kind == "batchnorm":
+        return 2 * layer.channels  # the folded scale and shift (PyTorch: weight, bias + running mean, var)
     weight = getattr(layer, "weight", None)
     bias = getattr(layer, "bias", None)
     return (0 if weight is None else int(weight.size)) + (0 if bias is None else int(bias.size))
@@ -93,7 +97,30 @@ def _details(layer) -> str:
     if layer.kind == "activation":
         fn = layer.function if layer.parameter is None else f"{layer.function}({layer.parameter:g})"
         return f"{fn}, slope [{layer.alpha:g}, {layer.beta:g}]"
+    if layer.kind == "batchnorm":
+        return f"eval mode, eps {layer.eps:g}, |scale| in [{abs(layer.scale).min():.3g}, {abs(layer.scale).max():.3g}]"
+    if layer.kind == "residual":
+        main = " -> ".join(sub.name for sub in layer.main)
+        short = " -> ".join(sub.name for sub in layer.shortcut) or "identity"
+        return f"y = main(x) + shortcut(x); main: {main}; shortcut: {short}"
     return ""
+
+
+def _layer_json(layer) -> dict:
+    entry = {
+        "name": layer.name,
+        "kind": layer.kind,
+        "in": _shape_json(layer.in_shape),
+        "out": _shape_json(layer.out_shape),
+        "params": _params(layer),
+        "line": layer.span.line if layer.span else None,
+    }
+    if layer.kind == "residual":
+        entry.update(main=[_layer_json(sub) for sub in layer.main],
+                     shortcut=[_layer_json(sub) for sub in layer.shortcut])
+    elif layer.kind == "batchnorm":
+        entry.update(channels=layer.channels, eps=layer.eps)
+    return entry
 
 
 def _shape_json(shape) -> list:
@@ -168,14 +195,7 @@ def show_command(
 
         layers = []
         for layer in net.layers:
-            entry = {
-                "name": layer.name,
-                "kind": layer.kind,
-                "in": _shape_json(layer.in_shape),
-                "out": _shape_json(layer.out_shape),
-                "params": _params(layer),
-                "line": layer.span.line,
-            }
+            entry = _layer_json(layer)
             if layer.kind == "conv1d":
                 entry.update(
                     kernel=layer.kernel,
@@ -216,17 +236,17 @@ def show_command(
     for col in ("#", "name", "kind", "in", "out", "params", "details"):
         table.add_column(col, justify="right" if col in ("#", "params") else "left")
     table.add_row("", "input", "", "", str(net.input_shape), "", "")
-    for i, layer in enumerate(net.layers, 1):
-        kind = layer.function if layer.kind == "activation" else layer.kind
-        table.add_row(
-            str(i),
-            layer.name,
-            kind,
-            str(layer.in_shape),
-            str(layer.out_shape),
-            str(_params(layer) or ""),
-            _details(layer),
-        )
+    def rows(layers, prefix: str, indent: str) -> None:
+        for i, layer in enumerate(layers, 1):
+            kind = layer.function if layer.kind == "activation" else layer.kind
+            table.add_row(f"{prefix}{i}", indent + layer.name, kind, str(layer.in_shape), str(layer.out_shape),
+                          str(_params(layer) or ""), _details(layer))
+            if layer.kind == "residual":  # the block's structure: its main path, then its shortcut
+                rows(layer.main, f"{prefix}{i}.", indent + "  main ")
+                if layer.shortcut:
+                    rows(layer.shortcut, f"{prefix}{i}.s", indent + "  shortcut ")
+
+    rows(net.layers, "", "")
     Console().print(table)
     click.echo(_summary(net))
 

@@ -1,0 +1,353 @@
+"""Residual blocks and batch norm through every stage: spec -> check -> forward/Jacobian -> lower -> SDP -> certify.
+
+Generated networks (spec text + .npz weights), checked against independent references:
+- forward pass and Jacobian: the two branches evaluated as separate sequential networks, finite differences;
+- soundness: empirical lower bound (Jacobian norms) <= certified bound <= naive product (per block
+  ``||main|| + ||shortcut||``, conv gains as H-infinity norms);
+- exactness on linear blocks: the bound equals the H-infinity norm of the block's transfer matrix, computed
+  from the block's impulse response (forward pass on a long signal) and ``baselines.hinf_norm``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipdsl import lowered, typed
+from lipdsl.baselines import hinf_norm, naive, naive_hinf
+from lipdsl.certify import certify
+from lipdsl.errors import LipdslError, LoweringError, ShapeError, UnsupportedError
+from lipdsl.forward import forward, jacobian
+from lipdsl.load import check_source
+from lipdsl.lower import fold_batchnorm, lower
+from lipdsl.sdp import build_sdp
+from lipdsl.solve import solve
+from lipdsl.source import Source
+
+ACTS = ("relu", "tanh", "leaky_relu(0.1)")
+
+
+class Spec:
+    """Spec text and its weights, written into ``tmp_path`` and checked."""
+
+    def __init__(self, c: int, n: int | None):
+        self.lines = [f"input {c} x {'*' if n is None else n}", 'weights "w.npz"']
+        self.w: dict[str, np.ndarray] = {}
+        self.k = 0
+
+    def key(self, value: np.ndarray) -> str:
+        self.k += 1
+        self.w[f"t{self.k}"] = value
+        return f"t{self.k}"
+
+    def conv(self, rng, c_in, c_out, k, *, padding="same", dilation=1, stride=1, indent="") -> None:
+        w = self.key(rng.normal(size=(c_out, c_in, k)) / np.sqrt(c_in * k))
+        self.lines.append(f"{indent}conv1d {c_in} -> {c_out}, kernel {k}, dilation {dilation}, stride {stride}, "
+                          f"padding {padding}, weight {w}")
+
+    def bn(self, rng, c, indent="") -> None:
+        self.k += 1
+        p = f"bn{self.k}"
+        self.w.update({f"{p}.weight": rng.uniform(0.5, 1.5, c), f"{p}.bias": rng.normal(size=c),
+                       f"{p}.running_mean": rng.normal(size=c), f"{p}.running_var": rng.uniform(0.3, 2.0, c)})
+        self.lines.append(f"{indent}batchnorm {c}, weights {p}")
+
+    def load(self, tmp_path) -> typed.Network:
+        np.savez(tmp_path / "w.npz", **self.w)
+        path = tmp_path / "net.lip"
+        path.write_text("\n".join(self.lines) + "\n")
+        return check_source(Source(str(path), path.read_text()))
+
+
+def random_residual(rng: np.random.Generator, tmp_path, *, n: int | None = 14) -> typed.Network:
+    """A random residual net: a stem conv (strided sometimes), one or two blocks (identity, batch-norm-only or
+    1x1 conv (+ batch norm) shortcut; dilations, causal/same/int paddings, batch norm), an activation after
+    a block sometimes, and a head (global average pool, or flatten, then dense) unless ``n`` is None."""
+    c0 = int(rng.integers(1, 3))
+    s = Spec(c0, n)
+    act = ACTS[int(rng.integers(len(ACTS)))]
+    c = int(rng.integers(2, 4))
+    stride = int(rng.integers(1, 3)) if n is not None else 1
+    s.conv(rng, c0, c, int(rng.integers(1, 4)), padding="causal", stride=stride)
+    causal = rng.random() < 0.5
+    for b in range(int(rng.integers(1, 3))):
+        c_in = c
+        c_out = c if rng.random() < 0.5 else c + 1
+        s.lines.append(f"residual blk{b}:")
+        for j in range(int(rng.integers(1, 3))):
+            pad = "causal" if causal else ["same", 1][int(rng.integers(2))]
+            k, d = (3, 1) if pad == 1 else (int(rng.integers(1, 4)), int(rng.integers(1, 3)))
+            s.conv(rng, c, c_out, k, padding=pad, dilation=d, indent="  ")
+            if rng.random() < 0.5:
+                s.bn(rng, c_out, indent="  ")
+            if rng.random() < 0.7:
+                s.lines.append(f"  {act}")
+            c = c_out
+        if c_out != c_in:
+            s.lines.append("shortcut")
+            s.conv(rng, c_in, c_out, 1, padding=0, indent="  ")
+            if rng.random() < 0.5:
+                s.bn(rng, c_out, indent="  ")
+        elif rng.random() < 0.3:
+            s.lines.append("shortcut")
+            s.bn(rng, c_out, indent="  ")
+        s.lines.append("end")
+        if rng.random() < 0.7:
+            s.lines.append(act)
+    if n is not None and rng.random() < 0.5:
+        s.lines += ["global_avgpool", f"dense {c} -> 2, weight {s.key(rng.normal(size=(2, c)))}"]
+    elif n is not None:
+        size = s.load(tmp_path).output_shape.size  # the flattened size, known once checked
+        s.lines += ["flatten", f"dense {size} -> 2, weight {s.key(rng.normal(size=(2, size)) / np.sqrt(size))}"]
+    return s.load(tmp_path)
+
+
+def certified(net: typed.Network, **kw) -> float:
+    sdp = build_sdp(lower(net), **kw)
+    cert = certify(sdp, solve(sdp))
+    assert cert.verified, cert.reason
+    return cert.lipschitz
+
+
+def jacobian_lower(net: typed.Network, rng, count: int = 12) -> float:
+    shape = (net.input_shape.channels, net.input_shape.length)
+    return max(np.linalg.norm(jacobian(net, rng.normal(size=shape) * rng.uniform(0.1, 3)), 2) for _ in range(count))
+
+
+# ------------------------------------------------------------------------------------------- language
+def test_parse_and_check_block_structure(tmp_path):
+    s = Spec(2, 20)
+    rng = np.random.default_rng(0)
+    s.lines.append("residual b1:")
+    s.conv(rng, 2, 4, 3, indent="  ")
+    s.bn(rng, 4, indent="  ")
+    s.lines.append("  relu")
+    s.conv(rng, 4, 4, 3, indent="  ")
+    s.lines.append("shortcut")
+    s.conv(rng, 2, 4, 1, padding=0, indent="  ")
+    s.lines += ["end", "relu"]
+    net = s.load(tmp_path)
+    block = net.layers[0]
+    assert isinstance(block, typed.Residual) and block.name == "b1"
+    assert [L.kind for L in block.main] == ["conv1d", "batchnorm", "activation", "conv1d"]
+    assert [L.kind for L in block.shortcut] == ["conv1d"]
+    assert block.in_shape == typed.Shape(2, 20) and block.out_shape == typed.Shape(4, 20)
+    assert [L.name for L in block.main] == ["conv1", "bn1", "relu1", "conv2"] and block.shortcut[0].name == "conv3"
+    assert net.layers[1].name == "relu2"
+
+
+def test_branch_shapes_must_agree(tmp_path):
+    s = Spec(2, 20)
+    rng = np.random.default_rng(0)
+    s.lines.append("residual b1:")
+    s.conv(rng, 2, 4, 3, indent="  ")
+    s.lines.append("end")
+    with pytest.raises(ShapeError) as err:
+        s.load(tmp_path)
+    assert "main path produces 4x20" in err.value.message and "identity shortcut passes 2x20" in err.value.message
+    assert err.value.span.line == 3 and "kernel 1" in err.value.hint
+
+
+def test_batchnorm_forward_matches_definition(tmp_path):
+    rng = np.random.default_rng(1)
+    s = Spec(3, 10)
+    s.bn(rng, 3)
+    net = s.load(tmp_path)
+    u = rng.normal(size=(3, 10))
+    w = s.w
+    p = "bn1"
+    want = (u - w[f"{p}.running_mean"][:, None]) / np.sqrt(w[f"{p}.running_var"][:, None] + 1e-5) \
+        * w[f"{p}.weight"][:, None] + w[f"{p}.bias"][:, None]
+    assert np.allclose(forward(net, u), want, atol=1e-13)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_forward_is_main_plus_shortcut_and_jacobian_matches_differences(seed, tmp_path):
+    rng = np.random.default_rng(seed)
+    net = random_residual(rng, tmp_path, n=None)
+    block = next(L for L in net.layers if isinstance(L, typed.Residual))
+    i = net.layers.index(block)
+    u = rng.normal(size=(net.input_shape.channels, 17))
+    x = forward(typed.Network("pre", net.input_shape, net.layers[:i]), u) if i else u
+    main = forward(typed.Network("m", typed.Shape(x.shape[0], None), block.main), x)
+    short = forward(typed.Network("s", typed.Shape(x.shape[0], None), block.shortcut), x) if block.shortcut else x
+    whole = forward(typed.Network("b", typed.Shape(x.shape[0], None), (block,)), x)
+    assert np.allclose(whole, main + short, atol=1e-12)
+    J = jacobian(net, u)
+    h, E = 1e-6, np.eye(u.size)
+    fd = np.stack([(forward(net, u + h * E[k].reshape(u.shape)) - forward(net, u - h * E[k].reshape(u.shape))).ravel()
+                   / (2 * h) for k in range(u.size)], 1)
+    assert np.abs(J - fd).max() < 1e-6 * max(1.0, np.abs(J).max())
+
+
+def test_fold_batchnorm_keeps_the_jacobian(tmp_path):
+    rng = np.random.default_rng(3)
+    net = random_residual(rng, tmp_path)
+    folded = typed.Network(net.name, net.input_shape, tuple(fold_batchnorm(net.layers)))
+    assert not any(isinstance(L, typed.BatchNorm) for L in typed.flat_layers(folded.layers))
+    u = rng.normal(size=(net.input_shape.channels, net.input_shape.length))
+    assert np.allclose(jacobian(net, u), jacobian(folded, u), atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- lowering
+def test_block_system_reproduces_the_block(tmp_path):
+    """A linear causal block: the lowered system simulates the block (batch norm's shift aside: no biases)."""
+    rng = np.random.default_rng(7)
+    s = Spec(2, None)
+    s.lines.append("residual b:")
+    s.conv(rng, 2, 3, 3, padding="causal", dilation=2, indent="  ")
+    s.bn(rng, 3, indent="  ")
+    s.conv(rng, 3, 3, 2, padding="causal", indent="  ")
+    s.lines.append("shortcut")
+    s.conv(rng, 2, 3, 1, padding=0, indent="  ")
+    s.lines.append("end")
+    net = s.load(tmp_path)
+    low = lower(net, scale=False)
+    sys = next(s for s in low.systems if s.kind == "block")
+    block = next(L for L in net.layers if isinstance(L, typed.Residual))
+    assert sys.internal == () and sys.n_in == block.in_shape.channels
+    x = rng.normal(size=(block.in_shape.channels, 25))
+    b = typed.Network("b", typed.Shape(block.in_shape.channels, None), (block,))
+    want = forward(b, x) - forward(b, np.zeros_like(x))  # (the batch norm's shift is a bias)
+    got = sys.ss.simulate(x)
+    assert np.allclose(got, want, atol=1e-12)
+
+
+def test_internal_activations_are_feedforward(tmp_path):
+    rng = np.random.default_rng(11)
+    net = random_residual(rng, tmp_path)
+    for sys in lower(net).systems:
+        if not sys.internal:
+            continue
+        D = sys.ss.D
+        r, c = 0, sys.n_in
+        for a in sys.internal:  # v_j reads w_i for i < j only: no algebraic loop
+            assert not D[r : r + a.n, c:].any()
+            r += a.n
+            c += a.n
+
+
+# ------------------------------------------------------------------------------------------- bounds
+def _sound(seed: int, tmp_path) -> tuple[float, float, float]:
+    rng = np.random.default_rng(seed)
+    net = random_residual(rng, tmp_path)
+    lo = jacobian_lower(net, rng)
+    up = certified(net)
+    nv = naive_hinf(net)
+    assert lo <= up * (1 + 1e-9), (seed, lo, up)
+    assert up <= nv * (1 + 1e-6), (seed, up, nv)
+    return lo, up, nv
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lower_le_bound_le_naive(seed, tmp_path):
+    _sound(seed, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(8, 40))
+def test_lower_le_bound_le_naive_many(seed, tmp_path):
+    _sound(seed, tmp_path)
+
+
+def _block_hinf(net: typed.Network, c: int) -> float:
+    """H-infinity norm of a linear fully convolutional net, from its impulse responses in the middle of a long
+    signal (every tap, non-causal ones included) and ``hinf_norm`` (a guaranteed bound within 1e-9)."""
+    n = 161
+    mid = n // 2
+    taps = []
+    zero = forward(net, np.zeros((c, n)))  # (batch norm's shift)
+    for i in range(c):
+        u = np.zeros((c, n))
+        u[i, mid] = 1.0
+        taps.append(forward(net, u) - zero)
+    H = np.stack(taps, 1)  # (c_out, c_in, n): response at time t to an impulse at mid
+    nz = np.flatnonzero(np.abs(H).sum(axis=(0, 1)) > 0)
+    assert nz[0] > 0 and nz[-1] < n - 1  # the response lies inside the signal
+    return hinf_norm(H[:, :, nz[0] : nz[-1] + 1][:, :, ::-1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_linear_block_bound_is_its_hinf_norm(seed, tmp_path):
+    rng = np.random.default_rng(100 + seed)
+    s = Spec(int(rng.integers(1, 4)), None)
+    c = s.lines[0].split()[1]
+    c = int(c)
+    c_out = c if seed % 2 == 0 else c + 1
+    s.lines.append("residual b:")
+    cin = c
+    for j in range(int(rng.integers(1, 4))):
+        s.conv(rng, cin, c_out, int(rng.integers(1, 4)), padding="causal", dilation=int(rng.integers(1, 3)),
+               indent="  ")
+        if rng.random() < 0.5:
+            s.bn(rng, c_out, indent="  ")
+        cin = c_out
+    if c_out != c or seed % 4 == 1:
+        s.lines.append("shortcut")
+        s.conv(rng, c, c_out, int(rng.integers(1, 3)), padding="causal", indent="  ")
+    s.lines.append("end")
+    net = s.load(tmp_path)
+    ref = _block_hinf(net, c)
+    got = certified(net)
+    assert got >= ref * (1 - 1e-9), (got, ref)
+    assert got <= ref * (1 + 1e-6), (got, ref)
+
+
+@pytest.mark.parametrize("padding", ["same", "1"])
+def test_linear_same_padding_single_conv_branches_exact(padding, tmp_path):
+    """One non-causal conv per branch needs no window: the bound is the H-infinity norm too."""
+    rng = np.random.default_rng(5)
+    s = Spec(2, None)
+    s.lines.append("residual b:")
+    s.conv(rng, 2, 3, 3, padding=padding, indent="  ")
+    s.lines.append("shortcut")
+    s.conv(rng, 2, 3, 1, padding=0, indent="  ")
+    s.lines.append("end")
+    net = s.load(tmp_path)
+    ref = _block_hinf(net, 2)
+    got = certified(net)
+    assert ref * (1 - 1e-9) <= got <= ref * (1 + 1e-6)
+
+
+def test_zero_shortcut_at_least_as_tight_as_the_chain(tmp_path):
+    """A block whose shortcut is zero is the sequential chain in one LMI: never looser than the chain."""
+    rng = np.random.default_rng(2)
+    w1, w2 = rng.normal(size=(3, 2, 3)), rng.normal(size=(2, 3, 3))
+    s = Spec(2, None)
+    k1, k2, k0 = s.key(w1), s.key(w2), s.key(np.zeros((2, 2, 1)))
+    s.lines += ["residual b:", f"  conv1d 2 -> 3, kernel 3, padding causal, weight {k1}", "  tanh",
+                f"  conv1d 3 -> 2, kernel 3, padding causal, weight {k2}", "shortcut",
+                f"  conv1d 2 -> 2, kernel 1, weight {k0}", "end"]
+    block = s.load(tmp_path)
+    text = "\n".join(s.lines[:2] + [f"conv1d 2 -> 3, kernel 3, padding causal, weight {k1}", "tanh",
+                                    f"conv1d 3 -> 2, kernel 3, padding causal, weight {k2}"]) + "\n"
+    chain = check_source(Source(str(tmp_path / "chain.lip"), text))
+    b, c = certified(block), certified(chain)
+    assert b <= c * (1 + 1e-6)
+
+
+# ------------------------------------------------------------------------------------------- refusals
+def test_refusals_name_the_layer(tmp_path):
+    rng = np.random.default_rng(0)
+    s = Spec(2, 16)
+    s.lines.append("residual b:")
+    s.conv(rng, 2, 2, 3, padding=1, stride=2, indent="  ")
+    s.lines += ["shortcut", "  avgpool 2", "end"]
+    net = s.load(tmp_path)
+    with pytest.raises(LoweringError) as err:
+        lower(net)
+    assert "stride 2" in err.value.message and err.value.span.line == 4
+    with pytest.raises(LoweringError):
+        lower(net, lift=2)
+    with pytest.raises(UnsupportedError):
+        from lipdsl.baselines import unroll
+
+        unroll(net)
+
+
+def test_frequencies_keep_blocks_exact(tmp_path):
+    rng = np.random.default_rng(4)
+    net = random_residual(rng, tmp_path)
+    a = certified(net)
+    b = certified(net, frequencies=9)
+    assert b >= a * (1 - 1e-6)  # the gridded layers' bound is never below the exact SDP's
