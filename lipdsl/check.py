@@ -717,7 +717,7 @@ def _residual(ck: _Checker, st: ast.Residual, name: str, names, shape: Shape, pr
         where = st.shortcut_span if st.shortcut else st.span
         what = f"the shortcut produces {out_s}" if st.shortcut else f"the identity shortcut passes {out_s} on"
         hint = (f"the shortcut needs a layer to {out.channels} channels, e.g. 'conv1d {out_s.channels} -> "
-                f"{out.channels}, kernel 1, weight KEY' (with stride if the main path is strided)"
+                f"{out.channels}, kernel 1, weight KEY' in a 'shortcut' section"
                 if not st.shortcut else "both branches must end in the same channels x samples")
         raise ShapeError(f"residual block {name!r}: the main path produces {out} (after {last!r}), but {what}",
                          where, hint=hint)

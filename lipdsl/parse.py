@@ -30,7 +30,7 @@ __all__ = ["parse", "grammar_text", "match_syntax_error", "SYNTAX_ERRORS"]
 SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
     (
         "a line must start with network, input, weights, let, a layer kind (conv1d, dense, avgpool, maxpool, "
-        "global_avgpool, flatten) or an activation name",
+        "global_avgpool, flatten, batchnorm, residual) or an activation name",
         ["1 -> 2\n", "-> 2\n", '"ecg.npz"\n', "[1]\n", "(relu)\n"],
     ),
     (
