@@ -270,7 +270,7 @@ class Activation:
 
 @dataclass(frozen=True, slots=True)
 class BatchNorm:
-    """``batchnorm [name:] C, weights PREFIX[, eps E]`` or with ``weight/bias/running_mean/running_var`` keys."""
+    """``batchnorm [name:] C, weights PREFIX[, eps E]``, or ``weight/bias/running_mean/running_var`` keys."""
 
     name: str | None
     channels: Expr

@@ -115,8 +115,10 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
         block = next(L for L in net.layers if isinstance(L, typed.Residual))
         raise UnsupportedError(
             f"residual block {block.name!r}: the unrolled network is a graph, not a chain x_(k+1) = "
-            "phi_k(M_k x_k); LipSDP and the unrolled naive product are not available for residual networks yet",
-            span=block.span, hint="the dissipative bound, naive-hinf and the lower bound handle residual blocks")
+            "phi_k(M_k x_k); LipSDP and the unrolled naive product are not available for residual "
+            "networks yet",
+            span=block.span,
+            hint="the dissipative bound, naive-hinf and the lower bound handle residual blocks")
     if any(isinstance(L, typed.BatchNorm) for L in net.layers):
         from .lower import fold_batchnorm
 

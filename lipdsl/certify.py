@@ -40,8 +40,8 @@ def system_matrix(sys: lowered.System, P, lam, X_in: np.ndarray, X_out: np.ndarr
     """The LMI matrix of one system (sdp module docstring), from its state space and multipliers.
 
     ``inner``: the multiplier vectors of a residual block's internal activations (``System.internal``);
-    each pair ``(v_j, w_j)`` adds ``2ab C_j'L_jC_j``, ``-(a+b) C_j'L_j S_j``, ``2 S_j'L_jS_j`` with ``v_j = C_j xi``
-    and ``w_j = S_j xi`` over ``xi = (x, u, w)`` (docs/method.md, residual blocks).
+    each pair ``(v_j, w_j)`` adds ``2ab C_j'L_jC_j``, ``-(a+b) C_j'L_j S_j``, ``2 S_j'L_jS_j`` with
+    ``v_j = C_j xi`` and ``w_j = S_j xi`` over ``xi = (x, u, w)`` (docs/method.md, residual blocks).
     """
     ss = sys.ss
     A, B, C, D = ss.A, ss.B, ss.C, ss.D
@@ -214,7 +214,8 @@ def _term_scale(point: "_Point", link: Link) -> float:
         total += lam * (2.0 + 2 * abs(alpha * beta) * nE + 2 * abs(alpha + beta) * math.sqrt(nE))
     for act, v in zip(sys.internal, link.inner):
         lam = float(np.max(np.abs(point.vars[v.name]))) if point.vars[v.name].size else 0.0
-        total += lam * (2.0 + 2 * abs(act.alpha * act.beta) * nE + 2 * abs(act.alpha + act.beta) * math.sqrt(nE))
+        a, b = act.alpha, act.beta
+        total += lam * (2.0 + 2 * abs(a * b) * nE + 2 * abs(a + b) * math.sqrt(nE))
     return total
 
 

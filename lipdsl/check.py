@@ -709,7 +709,8 @@ def _branch(ck: _Checker, nodes, names, shape: Shape, prev: str | None) -> tuple
     return layers, shape, prev
 
 
-def _residual(ck: _Checker, st: ast.Residual, name: str, names, shape: Shape, prev: str | None) -> typed.Residual:
+def _residual(ck: _Checker, st: ast.Residual, name: str, names, shape: Shape,
+              prev: str | None) -> typed.Residual:
     """``main(x) + shortcut(x)``: both branches from ``shape``, to the same shape (else a ShapeError)."""
     main, out, last = _branch(ck, st.main, names, shape, prev)
     short, out_s, _ = _branch(ck, st.shortcut or (), names, shape, prev)
@@ -719,8 +720,8 @@ def _residual(ck: _Checker, st: ast.Residual, name: str, names, shape: Shape, pr
         hint = (f"the shortcut needs a layer to {out.channels} channels, e.g. 'conv1d {out_s.channels} -> "
                 f"{out.channels}, kernel 1, weight KEY' in a 'shortcut' section"
                 if not st.shortcut else "both branches must end in the same channels x samples")
-        raise ShapeError(f"residual block {name!r}: the main path produces {out} (after {last!r}), but {what}",
-                         where, hint=hint)
+        raise ShapeError(f"residual block {name!r}: the main path produces {out} (after {last!r}), "
+                         f"but {what}", where, hint=hint)
     if shape.length is None and not shape.flat:  # any length: the branches must change it the same way
         for n in (64, 65):
             a, b = _probe_length(main, n), _probe_length(short, n)
@@ -760,9 +761,9 @@ def _batchnorm(ck: _Checker, st: ast.BatchNorm, name: str, shape: Shape, prev: s
                         hint="PyTorch's default is eps 1e-5")
     prefix = opts.get("weights")
     if prefix is not None and not (isinstance(prefix.value, ast.TensorRef) and prefix.value.key):
-        raise SpecError(f"batchnorm {name!r}: 'weights' takes the key prefix of the BatchNorm1d module, as in "
-                        "'weights layer1.bn1'", prefix.span, hint="or give running_mean, running_var, weight "
-                        "and bias one by one")
+        raise SpecError(f"batchnorm {name!r}: 'weights' takes the key prefix of the BatchNorm1d module, "
+                        "as in 'weights layer1.bn1'", prefix.span,
+                        hint="or give running_mean, running_var, weight and bias one by one")
     tensors = {}
     for role, default in (("weight", 1.0), ("bias", 0.0), ("running_mean", None), ("running_var", None)):
         if role in opts:
@@ -775,7 +776,8 @@ def _batchnorm(ck: _Checker, st: ast.BatchNorm, name: str, shape: Shape, prev: s
             continue
         else:
             raise SpecError(f"batchnorm {name!r} needs its {role}", st.span,
-                            hint=f"add ', weights PREFIX' (the module's state_dict prefix, e.g. bn1) or ', {role} KEY'")
+                            hint=f"add ', weights PREFIX' (the module's state_dict prefix, e.g. bn1) or "
+                            f"', {role} KEY'")
         t = ck.tensor(src, role)
         _expect_shape(t, (c,), f"batchnorm {name!r} {role}", "(channels,)", {0: "channels"})
         tensors[role] = t.values

@@ -98,7 +98,8 @@ def _details(layer) -> str:
         fn = layer.function if layer.parameter is None else f"{layer.function}({layer.parameter:g})"
         return f"{fn}, slope [{layer.alpha:g}, {layer.beta:g}]"
     if layer.kind == "batchnorm":
-        return f"eval mode, eps {layer.eps:g}, |scale| in [{abs(layer.scale).min():.3g}, {abs(layer.scale).max():.3g}]"
+        scale = abs(layer.scale)
+        return f"eval mode, eps {layer.eps:g}, |scale| in [{scale.min():.3g}, {scale.max():.3g}]"
     if layer.kind == "residual":
         main = " -> ".join(sub.name for sub in layer.main)
         short = " -> ".join(sub.name for sub in layer.shortcut) or "identity"
@@ -239,8 +240,8 @@ def show_command(
     def rows(layers, prefix: str, indent: str) -> None:
         for i, layer in enumerate(layers, 1):
             kind = layer.function if layer.kind == "activation" else layer.kind
-            table.add_row(f"{prefix}{i}", indent + layer.name, kind, str(layer.in_shape), str(layer.out_shape),
-                          str(_params(layer) or ""), _details(layer))
+            table.add_row(f"{prefix}{i}", indent + layer.name, kind, str(layer.in_shape),
+                          str(layer.out_shape), str(_params(layer) or ""), _details(layer))
             if layer.kind == "residual":  # the block's structure: its main path, then its shortcut
                 rows(layer.main, f"{prefix}{i}.", indent + "  main ")
                 if layer.shortcut:
@@ -273,13 +274,16 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
                 "linear" if st.slope is None else f"{st.activation} slope [{st.slope[0]:g}, {st.slope[1]:g}]"
             )
             what = {"conv": "causal FIR state space", "dense": "static map", "activation": "identity map",
-                    "pool": "causal FIR state space"}[st.kind]
-            rows = ss.nx + ss.nu + (ss.ny if st.slope is not None else 0)
+                    "pool": "causal FIR state space", "block": "residual block, one LTI system"}[st.kind]
+            if st.internal:
+                what += " with internal " + ", ".join(f"{a.name} [{a.alpha:g}, {a.beta:g}]" for a in st.internal)
+            n_out = st.n_out if st.slope is not None else 0
+            rows = ss.nx + ss.nu + n_out
             table.add_row(
                 st.name,
                 ", ".join(st.layers),
                 f"{what} + {slope}" + (f"; {st.note}" if st.note else ""),
-                f"{rows} ({ss.nx}+{ss.nu}+{ss.ny if st.slope is not None else 0})",
+                f"{rows} ({ss.nx}+{ss.nu}+{n_out})",
                 f"{st.scale:.4g}",
             )
         elif isinstance(st, lowered.Pool):

@@ -176,12 +176,12 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
     return best
 
 
-def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray) -> np.ndarray:
+def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=()) -> np.ndarray:
     """``P`` from the stabilizing solution of the Riccati equation (module docstring, step 3): by doubling,
     and by QZ too for small systems or when the doubling's residual is above ``RICCATI_RESIDUAL`` (the
-    smaller residual wins)."""
+    smaller residual wins). ``inner``: a residual block's internal multipliers."""
     nx = sys.ss.nx
-    M0 = system_matrix(sys, np.zeros((nx, nx)), lam, X_in, X_out)
+    M0 = system_matrix(sys, np.zeros((nx, nx)), lam, X_in, X_out, inner)
     Q, S, R = M0[:nx, :nx], M0[:nx, nx:], M0[nx:, nx:]
     B_ = np.zeros((nx, R.shape[0]))
     B_[:, : sys.ss.nu] = sys.ss.B
@@ -218,8 +218,11 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
     every = (FINE_GRID - 1) // (COARSE_GRID - 1)
     t_next = 0.0
     for link in reversed(sdp.links):
-        if link.needs_P_psd:
+        if link.needs_P_psd or (link.system.internal and link.P not in sdp.storage):
             t_next = 0.0  # (its raised output weight is repaired by certify)
+            continue
+        if link.system.internal:  # a residual block in the frequency domain
+            t_next = _recover_block(point, link, t_next, fine, margin)
             continue
         sys = link.system
         lam = None
@@ -265,6 +268,99 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
     return dataclasses.replace(solution, x=point.vector(sdp))
 
 
+def block_phi(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """A residual block's frequency-domain LMI at each frequency of ``H`` (``frequency_response``: rows
+    ``(v_1 .. v_q, y)``, columns ``(u, w_1 .. w_q)``), over ``xi = (u, w, w_out)``: the block's LMI
+    (``certify.system_matrix``) with ``H`` in place of ``[C D]`` and no state."""
+    K, ny, nu = H.shape
+    n_in, n_out = sys.n_in, sys.n_out
+    m = nu + (n_out if sys.slope is not None else 0)
+    Phi = np.zeros((K, m, m), dtype=complex)
+    Phi[:, :n_in, :n_in] += X_in
+    E = np.zeros((K, ny, m), dtype=complex)
+    E[:, :, :nu] = H
+    r = 0
+    pairs = [(a.alpha, a.beta, lj, r0) for a, lj, r0 in zip(
+        sys.internal, inner, np.cumsum([0] + [a.n for a in sys.internal])[:-1])]
+    for a, b, lj, r0 in pairs:
+        n = len(lj)
+        Ej = E[:, r0 : r0 + n]
+        col = n_in + r0
+        Phi += 2 * a * b * (_h(Ej) * lj) @ Ej
+        cross = -(a + b) * (_h(Ej) * lj)
+        Phi[:, :, col : col + n] += cross
+        Phi[:, col : col + n, :] += _h(cross)
+        Phi[:, col + np.arange(n), col + np.arange(n)] += 2 * lj
+        r = r0 + n
+    Ey = E[:, r:]
+    if sys.slope is None:
+        Phi -= _h(Ey) @ X_out @ Ey
+    else:
+        a, b = sys.slope
+        col = nu
+        Phi += 2 * a * b * (_h(Ey) * lam) @ Ey
+        cross = -(a + b) * (_h(Ey) * lam)
+        Phi[:, :, col:] += cross
+        Phi[:, col:, :] += _h(cross)
+        Phi[:, col:, col:] += 2 * np.diag(lam) - X_out
+    return (Phi + _h(Phi)) / 2
+
+
+def _recover_block(point: _Point, link, t: float, fine: np.ndarray, margin: float) -> float:
+    """Steps 1-3 of the module docstring for a residual block; returns the raise of its input weight.
+
+    Step 2 repairs the frequency-domain LMI (``block_phi``) on the fine grid by groups, as
+    ``certify._repair_block`` does with states: with ``e`` the deficit, the output multiplier gets ``e``, each
+    internal one ``e`` plus what the later raises took from its signal (``eta (a^2 + b^2) max_w ||H_j||^2`` on
+    the inputs its rows ``H_j`` use), and ``X_in`` the rest.
+    """
+    sys = link.system
+    lam = None
+    if link.lam is not None:
+        point.vars[link.lam.name] = point.vars[link.lam.name] + t / 2
+        lam = point.vars[link.lam.name]
+    inner = [point.vars[v.name] for v in link.inner]
+    X_out = point.weight(link.w_out)
+    X_in = point.weight(link.w_in)
+    H = frequency_response(sys.ss, fine)
+    Phi = block_phi(sys, lam, inner, X_in, X_out, H)
+    scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
+    e = max(0.0, -float(np.linalg.eigvalsh(Phi).min())) + margin * scale
+    n_in = sys.n_in
+    offsets = np.cumsum([0] + [a.n for a in sys.internal])
+    # input groups: u, then w_j; need[g] accumulates what later raises take from group g
+    need = np.zeros(1 + len(sys.internal))
+
+    def charge(Hrows: np.ndarray, amount: float) -> None:
+        used = np.abs(Hrows).max(axis=(0, 1)) > 0
+        g2 = float(np.max(np.linalg.norm(Hrows, ord=2, axis=(1, 2)) ** 2)) if Hrows.size else 0.0
+        groups = [0] if used[:n_in].any() else []
+        groups += [j + 1 for j in range(len(sys.internal))
+                   if used[n_in + offsets[j] : n_in + offsets[j + 1]].any()]
+        need[groups] += amount * g2
+
+    Hy = H[:, offsets[-1] :]
+    if sys.slope is not None:
+        a, b = sys.slope
+        point.vars[link.lam.name] = point.vars[link.lam.name] + e
+        charge(Hy, e * (a * a + b * b))
+    for j in range(len(sys.internal) - 1, -1, -1):
+        act, v = sys.internal[j], link.inner[j]
+        eta = e + need[j + 1]
+        point.vars[v.name] = point.vars[v.name] + eta
+        charge(H[:, offsets[j] : offsets[j + 1]], eta * (act.alpha**2 + act.beta**2))
+    shift = e + need[0]
+    point.shift_weight(link.w_in, shift)
+    lam = point.vars[link.lam.name] if link.lam is not None else None
+    inner = [point.vars[v.name] for v in link.inner]
+    try:
+        P = storage_matrix(sys, lam, point.weight(link.w_in), X_out, inner)
+    except (np.linalg.LinAlgError, ValueError):
+        P = np.zeros((sys.ss.nx, sys.ss.nx))
+    point.vars[link.P.name] = P if np.all(np.isfinite(P)) else np.zeros((sys.ss.nx, sys.ss.nx))
+    return shift
+
+
 #: ``refit_first_system`` runs when its small SDP has at most this many variables.
 REFIT_MAX_VARIABLES = 2000
 
@@ -283,7 +379,7 @@ def refit_first_system(sdp: Sdp, point: _Point) -> bool:
     """
     link = sdp.links[0]
     sys = link.system
-    if (link.w_in.kind != "rho" or link.P is None or link.P in sdp.storage or not sys.ss.nx
+    if (sys.internal or link.w_in.kind != "rho" or link.P is None or link.P in sdp.storage or not sys.ss.nx
             or (link.lam is not None and link.lam.role != "lambda")):
         return False
     nx, nu = sys.ss.nx, sys.ss.nu

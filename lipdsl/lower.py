@@ -942,7 +942,8 @@ def lower(
     typed_net = net
     if any(isinstance(layer, (typed.Residual, typed.BatchNorm)) for layer in net.layers):
         if lift > 1:
-            first = next(layer for layer in net.layers if isinstance(layer, (typed.Residual, typed.BatchNorm)))
+            first = next(layer for layer in net.layers
+                         if isinstance(layer, (typed.Residual, typed.BatchNorm)))
             raise LoweringError(f"--lift {lift} is not supported with residual blocks or batch norm yet",
                                 span=first.span, hint="use --lift 1 (the default)")
         net = dataclasses_replace(net, layers=tuple(fold_batchnorm(net.layers)))
@@ -1048,8 +1049,9 @@ def fold_batchnorm(layers) -> list:
     """Batch norms folded into the conv or dense layer before them, else after them, else kept as the
     diagonal linear layer ``diag(scale)`` (a kernel-1 conv, or a dense layer on a vector); recursively
     inside residual blocks. ``y = scale * x + shift`` after ``W``: ``W' = diag(scale) W`` (bias
-    ``scale * b + shift``), exact. Before ``W``: ``W' = W diag(scale)`` (``W'[:, i, :] = scale_i W[:, i, :]``),
-    exact for the Jacobian (zero padding stays zero); the bias is not used by the bound and is dropped.
+    ``scale * b + shift``), exact. Before ``W``: ``W' = W diag(scale)``
+    (``W'[:, i, :] = scale_i W[:, i, :]``), exact for the Jacobian (zero padding stays zero); the bias is
+    not used by the bound and is dropped.
     """
     out: list = []
     pending: typed.BatchNorm | None = None  # a batch norm waiting for the conv/dense after it
@@ -1060,12 +1062,13 @@ def fold_batchnorm(layers) -> list:
         if pending is not None:
             if isinstance(layer, typed.Conv1d):
                 s = pending.scale
-                layer = dataclasses_replace(layer, name=f"{pending.name}+{layer.name}", in_shape=pending.in_shape,
-                                            weight=layer.weight * s[None, :, None], bias=None, weight_expr=None)
+                layer = dataclasses_replace(layer, name=f"{pending.name}+{layer.name}",
+                                            in_shape=pending.in_shape, weight=layer.weight * s[None, :, None],
+                                            bias=None, weight_expr=None)
             elif isinstance(layer, typed.Dense) and layer.in_shape == pending.out_shape:
-                layer = dataclasses_replace(layer, name=f"{pending.name}+{layer.name}", in_shape=pending.in_shape,
-                                            weight=layer.weight * pending.scale[None, :], bias=None,
-                                            weight_expr=None)
+                layer = dataclasses_replace(layer, name=f"{pending.name}+{layer.name}",
+                                            in_shape=pending.in_shape, bias=None, weight_expr=None,
+                                            weight=layer.weight * pending.scale[None, :])
             else:
                 out.append(_diag_layer(pending))
             pending = None
@@ -1074,12 +1077,12 @@ def fold_batchnorm(layers) -> list:
             s, t = layer.scale, layer.shift
             if isinstance(prev, typed.Conv1d):
                 b = s * (prev.bias if prev.bias is not None else 0.0) + t
-                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}", weight=prev.weight * s[:, None, None],
-                                              bias=b, weight_expr=None)
+                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}",
+                                              weight=prev.weight * s[:, None, None], bias=b, weight_expr=None)
             elif isinstance(prev, typed.Dense):
                 b = s * (prev.bias if prev.bias is not None else 0.0) + t
-                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}", weight=prev.weight * s[:, None],
-                                              bias=b, weight_expr=None)
+                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}",
+                                              weight=prev.weight * s[:, None], bias=b, weight_expr=None)
             else:
                 pending = layer
             continue
@@ -1112,8 +1115,8 @@ def _branch_segments(block: typed.Residual, branch, masked: bool) -> tuple[list,
         if not isinstance(layer, typed.Conv1d):
             raise LoweringError(
                 f"residual block {block.name!r}: {layer.kind} {layer.name!r} inside a block is not supported",
-                span=layer.span, hint="a block's branches take conv1d, batchnorm and activations; put pooling, "
-                "flatten and dense layers after the block")
+                span=layer.span, hint="a block's branches take conv1d, batchnorm and activations; put "
+                "pooling, flatten and dense layers after the block")
         if layer.stride != 1:
             raise LoweringError(
                 f"residual block {block.name!r}: conv1d {layer.name!r} has stride {layer.stride}; strided "
@@ -1157,13 +1160,15 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
         x+ = A x + B_u u + B_w w,   v_j = C_j x + D_j (u, w),   y = C_y x + D_y (u, w),
 
     with ``A = blkdiag(A_F)``, ``w_j = phi_j(v_j)`` (``v_j`` depends on ``w_i``, ``i < j``, only), and
-    ``y = F_r(main) + F_r'(shortcut)``; an identity shortcut is the one-tap filter ``I``. With ``scale``
+    ``y = F_r(main) + F_r'(shortcut)``; an identity shortcut is the one-tap filter ``I``. Maps reading the
+    same signal share one shift register (the first conv of the main path and a delayed shortcut both
+    read ``u``). With ``scale``
     each internal signal is divided by the norm of its rows of ``[C D]`` (a congruence: every activation
     class is closed under ``phi(s v) / s``) and ``y`` by ``||[C_y D_y]||`` (``System.scale``).
     """
     branches = [fold_batchnorm(block.main), fold_batchnorm(block.shortcut)]
-    masked = any(isinstance(layer, typed.Conv1d) and not (layer.pad_left == layer.dilation * (layer.kernel - 1)
-                                                             and layer.pad_right == 0)
+    masked = any(isinstance(layer, typed.Conv1d)
+                 and not (layer.pad_left == layer.dilation * (layer.kernel - 1) and layer.pad_right == 0)
                  for branch in branches for layer in branch)
     parts = [_branch_segments(block, branch, masked) for branch in branches]
     delay = max(d for _, d in parts)
@@ -1171,7 +1176,7 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
     internal: list[lowered.Internal] = []
     for segments, d in parts:
         src = -1
-        for k, (K, a) in enumerate(segments):
+        for K, a in segments:
             if a is None and d < delay:  # the last map of the branch with the smaller delay: delayed
                 K = np.concatenate([np.zeros((delay - d,) + K.shape[1:]), K])
             if a is None:
@@ -1185,18 +1190,31 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
     in_off = np.concatenate([[c_in], c_in + np.cumsum(widths)]).astype(int)  # input offsets of w_j
     out_off = np.concatenate([[0], np.cumsum(widths)]).astype(int)  # output offsets of v_j; y after them
     nu, ny = c_in + sum(widths), sum(widths) + c_out
-    systems = [(_fir_system(K), src, dst) for K, src, dst in maps]
-    nx = sum(ss.nx for ss, _, _ in systems)
+    # the maps that read the same signal share one shift register (e.g. the first conv of the main path and
+    # the delayed shortcut both read u): one FIR per source, its outputs stacked
+    sources: dict[int, list] = {}
+    for K, src, dst in maps:
+        sources.setdefault(src, []).append((K, dst))
+    systems = []
+    for src, group in sources.items():
+        taps = max(K.shape[0] for K, _ in group)
+        stacked = np.concatenate([np.concatenate([K, np.zeros((taps - K.shape[0],) + K.shape[1:])])
+                                  for K, _ in group], axis=1)
+        systems.append((_fir_system(stacked), src, [dst for _, dst in group], [K.shape[1] for K, _ in group]))
+    nx = sum(ss.nx for ss, *_ in systems)
     A, B, C, D = np.zeros((nx, nx)), np.zeros((nx, nu)), np.zeros((ny, nx)), np.zeros((ny, nu))
     x0 = 0
-    for ss, src, dst in systems:
+    for ss, src, dsts, sizes in systems:
         xs = slice(x0, x0 + ss.nx)
         cols = slice(0, c_in) if src < 0 else slice(in_off[src], in_off[src] + widths[src])
-        rows = slice(out_off[-1], ny) if dst is None else slice(out_off[dst], out_off[dst] + widths[dst])
         A[xs, xs] = ss.A
         B[xs, cols] = ss.B
-        C[rows, xs] += ss.C
-        D[rows, cols] += ss.D
+        r0 = 0
+        for dst, size in zip(dsts, sizes):
+            rows = slice(out_off[-1], ny) if dst is None else slice(out_off[dst], out_off[dst] + widths[dst])
+            C[rows, xs] += ss.C[r0 : r0 + size]
+            D[rows, cols] += ss.D[r0 : r0 + size]
+            r0 += size
         x0 += ss.nx
     if scale:  # internal signals in feedforward order, then the output
         for j, a in enumerate(internal):

@@ -380,8 +380,8 @@ def _group_blocks(statements: list) -> list:
                 block, main, short, short_span = st, [], None, None
             elif block is None:
                 raise ParseError(f"'{st.word}' outside a residual block", st.span,
-                                 hint="a block is 'residual NAME:', its layers, optionally 'shortcut' and the "
-                                 "shortcut's layers, then 'end'")
+                                 hint="a block is 'residual NAME:', its layers, optionally 'shortcut' "
+                                 "and the shortcut's layers, then 'end'")
             elif st.word == "shortcut":
                 if short is not None:
                     raise ParseError("a residual block has one 'shortcut'", st.span,
@@ -390,7 +390,8 @@ def _group_blocks(statements: list) -> list:
             else:
                 if not main:
                     raise ParseError("a residual block needs at least one layer on its main path", block.span,
-                                     hint="write the main path's layers between 'residual' and 'shortcut'/'end'")
+                                     hint="write the main path's layers between 'residual' and "
+                                     "'shortcut'/'end'")
                 out.append(ast.Residual(block.name, tuple(main), None if short is None else tuple(short),
                                         block.span, short_span, st.span))
                 block = None

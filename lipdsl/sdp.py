@@ -388,9 +388,9 @@ def system_lmi_terms(
     for act, lam_j in zip(sys.internal, inner):
         Pv, Pw = _place(CD[r : r + act.n], 0, m), _sel(act.n, nx + sys.n_in + r, m)
         if act.alpha * act.beta != 0:
-            b.diag_bilinear(lam_j, Pv, Pv, act.alpha * act.beta)
-        b.diag_bilinear(lam_j, Pv, Pw, -(act.alpha + act.beta))
-        b.diag_bilinear(lam_j, Pw, Pw, 1.0)
+            b.diag_bilinear(lam_j, Pv, Pv, act.alpha * act.beta, repeat)
+        b.diag_bilinear(lam_j, Pv, Pw, -(act.alpha + act.beta), repeat)
+        b.diag_bilinear(lam_j, Pw, Pw, 1.0, repeat)
         r += act.n
     CD = CD[r:]
     Psi_v = _place(CD, 0, m)  # v = C x + D u (the system's output rows)
@@ -452,7 +452,7 @@ def _repeat_weight(w: Weight, r: int) -> Weight:
 
 
 def frequency_lmi_terms(b: _LmiBuilder, sys: lowered.System, H: np.ndarray, lam, w_in: Weight, w_out: Weight,
-                        inverse_out: bool = False):
+                        inverse_out: bool = False, inner: tuple = ()):
     """The frequency-domain LMI of a system at one frequency (module docstring, KYP lemma).
 
     ``H`` is ``H(e^{iw})``; a complex one enters through its real embedding ``[[Re H, -Im H], [Im H, Re H]]``
@@ -464,11 +464,13 @@ def frequency_lmi_terms(b: _LmiBuilder, sys: lowered.System, H: np.ndarray, lam,
         r = 2
     else:
         D, r = H, 1
+    internal = tuple(lowered.Internal(a.name, a.n * r, a.alpha, a.beta) for a in sys.internal)  # r rows each
     static = lowered.System(sys.name, sys.layers, "frequency",
                             lowered.StateSpace(np.zeros((0, 0)), np.zeros((0, D.shape[1])),
                                                np.zeros((D.shape[0], 0)), D),
-                            sys.scale, sys.slope, sys.activation)
-    system_lmi_terms(b, static, None, lam, _repeat_weight(w_in, r), _repeat_weight(w_out, r), inverse_out, r)
+                            sys.scale, sys.slope, sys.activation, internal=internal)
+    system_lmi_terms(b, static, None, lam, _repeat_weight(w_in, r), _repeat_weight(w_out, r), inverse_out, r,
+                     inner=inner)
 
 
 def in_frequency_form(nx: int, nu: int, ny: int, slope: tuple[float, float] | None) -> bool:
@@ -627,8 +629,8 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             w_out = Weight("const", ny, constant=np.eye(ny))
         needs_P_psd = sys.ss.nx > 0 and ((sys.slope is not None and sys.slope[0] * sys.slope[1] > 0)
                                          or any(a.alpha * a.beta > 0 for a in sys.internal))
-        gridded = (frequencies is not None and not sys.internal
-                   and in_frequency_form(sys.ss.nx, sys.ss.nu, sys.ss.ny, sys.slope))
+        gridded = (frequencies is not None and in_frequency_form(sys.ss.nx, sys.ss.nu, sys.ss.ny, sys.slope)
+                   and not any(a.alpha * a.beta > 0 for a in sys.internal))
         P = None
         if sys.ss.nx and not gridded:
             P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric")
@@ -680,7 +682,8 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             blocks = [("state", nx)] + inputs + outputs + extra
             b = _LmiBuilder(sum(size for _, size in blocks), n_ref)
             if link.P not in storage:
-                system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out, inner=link.inner)
+                system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out,
+                                 inner=link.inner)
             else:  # the frequency-domain LMIs; the link keeps the empty ``b`` as a stand-in of its LMI
                 H = frequency_response(sys.ss, omegas)
                 for w, Hw in zip(omegas, H):
@@ -689,13 +692,14 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
                     fblocks = [(lbl, r * s) for lbl, s in blocks[1:]]  # (input, output, Y rows) x r
                     fb = _LmiBuilder(sum(size for _, size in fblocks), n_ref)
                     frequency_lmi_terms(fb, sys, Hw.real if real else Hw, link.lam, link.w_in, link.w_out,
-                                        inverse_out)
+                                        inverse_out, link.inner)
                     name = f"LMI[{sys.name}](w={w:.4g})"
                     lmis.append(fb.build(name, sys.name, [x for x in fblocks if x[1]]))
         lmi = b.build(f"LMI[{sys.name}]", sys.name, [(lbl, s) for lbl, s in blocks if s])
         if link.P not in storage:
             lmis.append(lmi)
-        final_links.append(Link(sys, lmi, link.P, link.lam, link.w_in, link.w_out, link.needs_P_psd, link.inner))
+        final_links.append(Link(sys, lmi, link.P, link.lam, link.w_in, link.w_out, link.needs_P_psd,
+                                link.inner))
         if link.needs_P_psd:
             bp = _LmiBuilder(nx, n_ref)
             bp.congruence(link.P, _sel(nx, 0, nx), 1.0)
