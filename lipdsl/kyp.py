@@ -306,53 +306,59 @@ def block_phi(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarra
     return (Phi + _h(Phi)) / 2
 
 
+def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> float:
+    """The least ``e >= 0`` with ``block_phi + diag(e I, 0) >= 0`` at the frequencies of ``H``: a Schur
+    complement on the coordinates other than ``u`` (``inf`` where that block is not positive definite), as
+    ``input_shift`` does for a single activation."""
+    Phi = block_phi(sys, lam, inner, X_in, X_out, H)
+    n = sys.n_in
+    R = Phi[:, n:, n:]
+    if R.shape[1] == 0:
+        return max(0.0, -float(np.linalg.eigvalsh(Phi).min()))
+    try:
+        chol = np.linalg.cholesky(R)
+    except np.linalg.LinAlgError:
+        return float("inf")
+    G = np.linalg.solve(chol, _h(Phi[:, :n, n:]))  # chol^-1 S*, so that S R^-1 S* = G*G
+    schur = Phi[:, :n, :n] - _h(G) @ G
+    return max(0.0, -float(np.linalg.eigvalsh((schur + _h(schur)) / 2).min()))
+
+
 def _recover_block(point: _Point, link, t: float, fine: np.ndarray, margin: float) -> float:
     """Steps 1-3 of the module docstring for a residual block; returns the raise of its input weight.
 
-    Step 2 repairs the frequency-domain LMI (``block_phi``) on the fine grid by groups, as
-    ``certify._repair_block`` does with states: with ``e`` the deficit, the output multiplier gets ``e``, each
-    internal one ``e`` plus what the later raises took from its signal (``eta (a^2 + b^2) max_w ||H_j||^2`` on
-    the inputs its rows ``H_j`` use), and ``X_in`` the rest.
+    Step 1: the output multiplier gets ``t/2``. Step 2: every multiplier of the block gets ``eta`` (one of
+    ``0, v, 4v, ..., 4^5 v``, ``v`` the deficit of the frequency-domain LMI ``block_phi``, chosen on the
+    coarse grid for the least input shift), then ``X_in`` the least shift that makes ``block_phi >= 0`` on
+    the fine grid (``block_input_shift``) plus a margin. Step 3: ``P`` from the Riccati equation.
     """
     sys = link.system
-    lam = None
     if link.lam is not None:
         point.vars[link.lam.name] = point.vars[link.lam.name] + t / 2
-        lam = point.vars[link.lam.name]
-    inner = [point.vars[v.name] for v in link.inner]
+    names = ([link.lam.name] if link.lam is not None else []) + [v.name for v in link.inner]
+
+    def multipliers(eta: float):
+        lam = point.vars[link.lam.name] + eta if link.lam is not None else None
+        return lam, [point.vars[v.name] + eta for v in link.inner]
+
     X_out = point.weight(link.w_out)
     X_in = point.weight(link.w_in)
     H = frequency_response(sys.ss, fine)
-    Phi = block_phi(sys, lam, inner, X_in, X_out, H)
+    every = (FINE_GRID - 1) // (COARSE_GRID - 1)
+    Hc = H[::every]
     scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
-    e = max(0.0, -float(np.linalg.eigvalsh(Phi).min())) + margin * scale
-    n_in = sys.n_in
-    offsets = np.cumsum([0] + [a.n for a in sys.internal])
-    # input groups: u, then w_j; need[g] accumulates what later raises take from group g
-    need = np.zeros(1 + len(sys.internal))
-
-    def charge(Hrows: np.ndarray, amount: float) -> None:
-        used = np.abs(Hrows).max(axis=(0, 1)) > 0
-        g2 = float(np.max(np.linalg.norm(Hrows, ord=2, axis=(1, 2)) ** 2)) if Hrows.size else 0.0
-        groups = [0] if used[:n_in].any() else []
-        groups += [j + 1 for j in range(len(sys.internal))
-                   if used[n_in + offsets[j] : n_in + offsets[j + 1]].any()]
-        need[groups] += amount * g2
-
-    Hy = H[:, offsets[-1] :]
-    if sys.slope is not None:
-        a, b = sys.slope
-        point.vars[link.lam.name] = point.vars[link.lam.name] + e
-        charge(Hy, e * (a * a + b * b))
-    for j in range(len(sys.internal) - 1, -1, -1):
-        act, v = sys.internal[j], link.inner[j]
-        eta = e + need[j + 1]
-        point.vars[v.name] = point.vars[v.name] + eta
-        charge(H[:, offsets[j] : offsets[j + 1]], eta * (act.alpha**2 + act.beta**2))
-    shift = e + need[0]
+    tiny = margin * scale
+    v = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, *multipliers(0.0), X_in, X_out, Hc)).min())) + tiny
+    etas = [0.0] + [v * 4.0**j for j in range(6)]
+    shifts = [block_input_shift(sys, *multipliers(eta), X_in, X_out, Hc) for eta in etas]
+    eta = etas[int(np.argmin(shifts))]
+    for name in names:
+        point.vars[name] = point.vars[name] + eta
+    lam, inner = multipliers(0.0)
+    shift = block_input_shift(sys, lam, inner, X_in, X_out, H) + tiny
+    if not np.isfinite(shift):  # (no multiplier shift made the block's other coordinates definite)
+        shift = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, lam, inner, X_in, X_out, H)).min())) + tiny
     point.shift_weight(link.w_in, shift)
-    lam = point.vars[link.lam.name] if link.lam is not None else None
-    inner = [point.vars[v.name] for v in link.inner]
     try:
         P = storage_matrix(sys, lam, point.weight(link.w_in), X_out, inner)
     except (np.linalg.LinAlgError, ValueError):

@@ -1164,7 +1164,8 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
     same signal share one shift register (the first conv of the main path and a delayed shortcut both
     read ``u``). With ``scale``
     each internal signal is divided by the norm of its rows of ``[C D]`` (a congruence: every activation
-    class is closed under ``phi(s v) / s``) and ``y`` by ``||[C_y D_y]||`` (``System.scale``).
+    class is closed under ``phi(s v) / s``; the register of ``w_j`` holds the scaled signal, a similarity)
+    and ``y`` by ``||[C_y D_y]||`` (``System.scale``).
     """
     branches = [fold_batchnorm(block.main), fold_batchnorm(block.shortcut)]
     masked = any(isinstance(layer, typed.Conv1d)
@@ -1204,8 +1205,10 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
     nx = sum(ss.nx for ss, *_ in systems)
     A, B, C, D = np.zeros((nx, nx)), np.zeros((nx, nu)), np.zeros((ny, nx)), np.zeros((ny, nu))
     x0 = 0
+    registers: dict[int, slice] = {}  # the states that hold past values of each signal
     for ss, src, dsts, sizes in systems:
         xs = slice(x0, x0 + ss.nx)
+        registers[src] = xs
         cols = slice(0, c_in) if src < 0 else slice(in_off[src], in_off[src] + widths[src])
         A[xs, xs] = ss.A
         B[xs, cols] = ss.B
@@ -1223,9 +1226,11 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
             if s > 0 and math.isfinite(s):
                 C[rows] /= s
                 D[rows] /= s
-                cols = slice(in_off[j], in_off[j] + a.n)
-                B[:, cols] *= s
-                D[:, cols] *= s
+                # w_j = s w'_j: its register keeps holding w'_j (B stays a 0/1 shift, so that certify's
+                # G - A'GA = I repair costs (k-1) on w'_j), what reads w_j or its register is scaled
+                D[:, in_off[j] : in_off[j] + a.n] *= s
+                if j in registers:
+                    C[:, registers[j]] *= s
     ss = lowered.StateSpace(A, B, C, D)
     s_out = 1.0
     if scale:
