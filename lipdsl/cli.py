@@ -276,7 +276,8 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
             what = {"conv": "causal FIR state space", "dense": "static map", "activation": "identity map",
                     "pool": "causal FIR state space", "block": "residual block, one LTI system"}[st.kind]
             if st.internal:
-                what += " with internal " + ", ".join(f"{a.name} [{a.alpha:g}, {a.beta:g}]" for a in st.internal)
+                what += " with internal " + ", ".join(f"{a.name} [{a.alpha:g}, {a.beta:g}]"
+                                                      for a in st.internal)
             n_out = st.n_out if st.slope is not None else 0
             rows = ss.nx + ss.nu + n_out
             table.add_row(

@@ -99,3 +99,18 @@ def test_console_script_from_elsewhere(tmp_path):
         text=True,
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_show_draws_residual_blocks(capsys):
+    code, out, _ = run(["show", str(ROOT / "specs" / "resnet1d.lip"), "--json"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    blocks = [layer for layer in data["layers"] if layer["kind"] == "residual"]
+    assert [b["name"] for b in blocks] == ["block1", "block2", "block3"]
+    assert [x["kind"] for x in blocks[0]["main"]] == ["conv1d", "batchnorm", "activation"] * 2 + ["conv1d",
+                                                                                                  "batchnorm"]
+    assert [x["kind"] for x in blocks[0]["shortcut"]] == ["conv1d", "batchnorm"]
+    assert blocks[2]["shortcut"] == []
+    assert data["params"] == 32306  # as PyTorch counts them (batch norm: weight and bias)
+    code, out, _ = run(["show", str(ROOT / "specs" / "resnet1d.lip")], capsys)
+    assert code == 0 and "block3" in out and "shortcut" in out

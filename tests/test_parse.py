@@ -226,3 +226,38 @@ def test_a_spec_of_too_many_statements_is_refused_fast():
     with pytest.raises(ParseError, match=f"more than {MAX_STATEMENTS} statements") as info:
         parse(Source("big.lip", text))
     assert info.value.span.line == MAX_STATEMENTS + 1
+
+
+# ------------------------------------------------------------------------------ residual blocks, batch norm
+def test_residual_block_groups_its_lines():
+    net = p("input 2 x 8\nresidual b1:\n  conv1d 2 -> 2, kernel 1, weight w\n  relu\nshortcut\n"
+            "  batchnorm 2, weights bn\nend\nrelu\n")
+    block, act = net.layers
+    assert isinstance(block, ast.Residual) and block.name == "b1"
+    assert [type(x).__name__ for x in block.main] == ["Conv1d", "Activation"]
+    assert [type(x).__name__ for x in block.shortcut] == ["BatchNorm"]
+    assert block.span.line == 2 and block.shortcut_span.line == 5 and block.end_span.line == 7
+    assert isinstance(act, ast.Activation)
+    identity = p("input 2 x 8\nresidual\n  relu\nend\n").layers[0]
+    assert identity.shortcut is None and identity.name is None
+
+
+def test_batchnorm_options():
+    (bn,) = p('input 4\nbatchnorm bn1: 4, weights "f.npz":layer.bn, eps 1e-3\n').layers
+    assert isinstance(bn, ast.BatchNorm) and bn.name == "bn1"
+    keys = {o.key: o.value for o in bn.options}
+    assert keys["weights"].file == "f.npz" and keys["weights"].key == "layer.bn"
+    assert keys["eps"].value == 1e-3
+
+
+@pytest.mark.parametrize("text, message, line", [
+    ("input 1 x 8\nresidual a\nresidual b\nrelu\nend\nend\n", "residual blocks do not nest", 3),
+    ("input 1 x 8\nresidual a\n  relu\nweights \"w.npz\"\nend\n", "only layers go inside a residual", 4),
+    ("input 1 x 8\nresidual a\n  relu\nshortcut\nshortcut\nend\n", "a residual block has one 'shortcut'", 5),
+    ("input 1 x 8\nresidual a\nshortcut\n  relu\nend\n", "needs at least one layer on its main path", 2),
+    ("input 1 x 8\nrelu\nend\n", "'end' outside a residual block", 3),
+])
+def test_residual_block_errors(text, message, line):
+    with pytest.raises(ParseError) as err:
+        p(text)
+    assert message in err.value.message and err.value.span.line == line and err.value.hint
