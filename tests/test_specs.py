@@ -11,8 +11,9 @@ from lipdsl.load import load_network
 pytestmark = pytest.mark.solver
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 LENGTH = {"gap": 64}  # any-length specs with global average pooling: the length their header assumes
-#: specs too wide for the exact LMIs, solved as their header says (frequency-domain form; slow: ~1 min each)
-FREQUENCIES = {"resnet1d": 33, "tcn": 33}
+#: specs too wide for the exact LMIs, solved as their header says (frequency-domain form, a sound bound also
+#: when CVXOPT stops 'unknown'; slow: 0.5-2.5 min of CPU each)
+FREQUENCIES = {"resnet1d": 17, "tcn": 17}
 
 
 def header_bracket(text: str) -> tuple[float, float]:
@@ -36,6 +37,7 @@ def test_spec_certifies_inside_its_bracket(spec):
     path = SPECS / f"{spec}.lip"
     lo, hi = header_bracket(path.read_text())
     _, net = load_network(path)
-    cert = solve_network(net, min_length=LENGTH.get(spec), frequencies=FREQUENCIES.get(spec)).certificate
+    cert = solve_network(net, min_length=LENGTH.get(spec), frequencies=FREQUENCIES.get(spec),
+                         accept_unconverged=spec in FREQUENCIES).certificate
     assert cert.verified
     assert lo <= cert.lipschitz <= hi * (1 + 1e-9), (lo, cert.lipschitz, hi)
