@@ -329,8 +329,9 @@ def _recover_block(point: _Point, link, t: float, fine: np.ndarray, margin: floa
 
     Step 1: the output multiplier gets ``t/2``. Step 2: every multiplier of the block gets ``eta`` (one of
     ``0, v, 4v, ..., 4^5 v``, ``v`` the deficit of the frequency-domain LMI ``block_phi``, chosen on the
-    coarse grid for the least input shift), then ``X_in`` the least shift that makes ``block_phi >= 0`` on
-    the fine grid (``block_input_shift``) plus a margin. Step 3: ``P`` from the Riccati equation.
+    coarse grid for the least input shift), then each multiplier alone a further ``v/4 .. 16 v`` where that
+    lowers the input shift (two passes), then ``X_in`` the least shift that makes ``block_phi >= 0`` on the
+    fine grid (``block_input_shift``) plus a margin. Step 3: ``P`` from the Riccati equation.
     """
     sys = link.system
     if link.lam is not None:
@@ -354,6 +355,16 @@ def _recover_block(point: _Point, link, t: float, fine: np.ndarray, margin: floa
     eta = etas[int(np.argmin(shifts))]
     for name in names:
         point.vars[name] = point.vars[name] + eta
+    best = float(np.min(shifts))
+    for _ in range(2):  # then one multiplier at a time: a further shift where it lowers the input shift
+        for name in names:
+            base = point.vars[name]
+            for extra in (v / 4, v, 4 * v, 16 * v):
+                point.vars[name] = base + extra
+                trial = block_input_shift(sys, *multipliers(0.0), X_in, X_out, Hc)
+                if trial < best:
+                    best, base = trial, base + extra
+            point.vars[name] = base
     lam, inner = multipliers(0.0)
     shift = block_input_shift(sys, lam, inner, X_in, X_out, H) + tiny
     if not np.isfinite(shift):  # (no multiplier shift made the block's other coordinates definite)
