@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lipdsl import typed
-from lipdsl.baselines import hinf_norm, naive_hinf
+from lipdsl.baselines import hinf_norm, naive, naive_hinf
 from lipdsl.certify import certify
 from lipdsl.errors import LoweringError, ShapeError, UnsupportedError
 from lipdsl.kyp import recover_storage
@@ -334,6 +334,33 @@ def test_zero_shortcut_at_least_as_tight_as_the_chain(tmp_path):
     chain = check_source(Source(str(tmp_path / "chain.lip"), text))
     b, c = certified(block), certified(chain)
     assert b <= c * (1 + 1e-6)
+
+
+def test_naive_products_of_a_residual_block():
+    """naive-hinf of ``relu(main(x) + S x) -> GAP -> dense``: (prod of main's gains + ||S||) / sqrt(N) ||W||,
+    batch norm as the diagonal it is (here after the shortcut conv: folded into it)."""
+    rng = np.random.default_rng(0)
+    w1, w2, ws, W = rng.normal(size=(3, 2, 3)), rng.normal(size=(3, 3, 2)), rng.normal(size=(3, 2, 1)), \
+        rng.normal(size=(2, 3))
+    scale = np.array([0.5, 2.0, 1.0])
+    sig, flat = typed.Shape(2, 16), typed.Shape(3, 16)
+
+    def conv(name, w, shp, pad):
+        k = w.shape[2]
+        return typed.Conv1d(name, None, w.shape[1], w.shape[0], k, 1, 1, pad, k - 1 - pad, "x", w, None, shp,
+                            flat)
+
+    act = typed.Activation("r", None, "relu", 0.0, 1.0, flat, flat)
+    block = typed.Residual("b", None, (conv("c1", w1, sig, 1), act, conv("c2", w2, flat, 1)),
+                           (conv("s", ws, sig, 0), typed.BatchNorm("bn", None, 3, scale, np.zeros(3), 1e-5,
+                                                                   flat, flat)), sig, flat)
+    vec = typed.Shape(3, None, True)
+    net = typed.Network("n", sig, (block, act, typed.GlobalAvgPool("g", None, flat, vec),
+                                   typed.Dense("d", None, 3, 2, W, None, vec, typed.Shape(2, None, True))))
+    short = hinf_norm(ws * scale[:, None, None])
+    want = (hinf_norm(w1) * hinf_norm(w2) + short) / 4.0 * np.linalg.norm(W, 2)
+    assert naive_hinf(net) == pytest.approx(want, rel=1e-9)
+    assert naive(net) <= naive_hinf(net) * (1 + 1e-9)
 
 
 # ------------------------------------------------------------------------------------------- refusals
