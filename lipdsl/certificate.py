@@ -77,6 +77,13 @@ def describe_steps(low: lowered.Network) -> list[dict]:
     return out
 
 
+def solve_options(min_length, lift, merge_linear, frequencies, solver) -> dict:
+    """The options a certificate records: those that change the lowering (``min_length``, ``lift``,
+    ``merge_linear``: the verifier lowers with them) and, for the record, ``frequencies`` and the solver."""
+    return {"min_length": min_length, "lift": int(lift), "merge_linear": bool(merge_linear),
+            "frequencies": frequencies, "solver": solver}
+
+
 def _matrix(a: np.ndarray) -> list:
     """A symmetric matrix as nested lists (``(a + a')/2``: an inverse ``X = Y^-1`` is symmetric only to
     rounding, which the repair's margin covers)."""
@@ -99,10 +106,11 @@ def build(result, *, options: dict[str, Any] | None = None) -> dict:
     low: lowered.Network = result.lowered
     systems = list(low.systems)
     links = list(result.sdp.links)
-    if not links:
-        if cert.point is not None or cert.claimed_status != "closed-form":
-            raise CertificateError("cannot export this certificate: no LMI links")
-    elif cert.point is None:  # pragma: no cover - certify always attaches it to a certified point
+    if not links and systems:  # a closed-form bound of a constant network (zero weights, slope [0, 0])
+        raise CertificateError(
+            "cannot export a certificate for this closed-form bound yet: " + " ".join(result.sdp.notes),
+            hint="the bound needs no SDP; lipdsl solve prints it without --certificate / --exact")
+    if links and cert.point is None:  # pragma: no cover - certify always attaches it to a certified point
         raise CertificateError("cannot export this certificate: certify kept no point")
     scales = [s.scale for s in systems]
     # T_i = prod_{j > i} s_j^2, by position in the system list

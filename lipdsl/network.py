@@ -37,7 +37,7 @@ import numpy as np
 from . import typed
 from .source import Source
 
-__all__ = ["Network", "Bound", "LowerBound", "Comparison", "load", "parse", "from_torch", "from_onnx"]
+__all__ = ["Network", "Bound", "LowerBound", "Comparison", "load", "parse", "verify", "from_torch", "from_onnx"]
 
 METHODS = ("dissipative", "naive", "naive_hinf", "lipsdp", "lipsdp-neuron", "lipsdp-layer")
 
@@ -179,7 +179,9 @@ class Network:
         length : int, optional
             For ``input c x *`` nets: the (shortest) input length to cover.
         **options
-            Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``).
+            Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``, ``lift``,
+            ``frequencies``); ``certificate=path`` (dissipative only) writes the certificate file of a
+            certified bound (``docs/certificate.md``; check it with :func:`verify`).
 
         Returns
         -------
@@ -201,8 +203,15 @@ class Network:
             from .api import solve_network
             from .report import to_json
 
+            cert_path = options.pop("certificate", None)
             result = solve_network(self.typed, solver=solver or "cvxopt", min_length=length, **options)
             cert = result.certificate
+            if cert_path is not None and cert.verified:
+                from . import certificate
+
+                certificate.write(result, cert_path, options=certificate.solve_options(
+                    length, options.get("lift", 1), options.get("merge_linear", True),
+                    options.get("frequencies"), solver or "cvxopt"))
             return Bound(
                 self.name,
                 method,
@@ -375,6 +384,21 @@ def parse(text: str, *, path: str = "<string>", allow_outside: bool = False) -> 
 
     source = Source(path, text)
     return Network(check_source(source, allow_outside=allow_outside), source)
+
+
+def verify(spec: "str | os.PathLike | Network", certificate: "str | os.PathLike | dict", *, exact: bool = False,
+           backend: str = "auto", allow_outside: bool = False):
+    """Check a certificate file against a spec, independently of the solver -> ``lipdsl.verify.Verdict``.
+
+    ``verdict.ok`` is True when every LMI holds (rigorous floating point, or ``exact=True``: rational
+    arithmetic); ``verdict.lipschitz`` is then a proved upper bound (``verdict.bound_text`` rounded up).
+    Raises ``LipdslError`` for an unreadable spec or certificate, another schema or lipdsl version, or a
+    certificate written for other weights or another network (``docs/certificate.md``).
+    """
+    from .verify import verify as check
+
+    target = spec.typed if isinstance(spec, Network) else spec
+    return check(target, certificate, exact=exact, backend_name=backend, allow_outside=allow_outside)
 
 
 def from_torch(module: Any, input_shape: Any, *, name: str | None = None) -> Network:
