@@ -1,0 +1,206 @@
+"""The independent checker: (spec, certificate) -> Verdict, in floating point and exact arithmetic."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cert_cases import CONSTRUCTS, ECG_REFERENCE, SPECS, case_id, solved
+
+import lipdsl
+from lipdsl.errors import CertificateError
+from lipdsl.verify import congruence_check, ldl_pivots, verify
+
+pytestmark = pytest.mark.solver
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_verify_imports_no_solver_code():
+    code = (
+        "import sys, lipdsl.verify, lipdsl.certificate, lipdsl.load\n"
+        "from lipdsl.verify import verify\n"
+        f"v = verify({str(SPECS / 'haar_exact.lip')!r}, sys.argv[1], exact=True)\n"
+        "assert v.ok, v.reason\n"
+        "bad = [m for m in ('cvxopt', 'picos', 'lipdsl.solve', 'lipdsl.sdp', 'lipdsl.certify', 'lipdsl.kyp',\n"
+        "                   'lipdsl.hkm', 'lipdsl.cones', 'lipdsl.api') if m in sys.modules]\n"
+        "print('loaded:', bad)\n"
+        "assert not bad, bad\n"
+    )
+    _, _, doc = solved("haar_exact.lip")
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"haar-{os.getpid()}.cert.json"
+    path.write_text(json.dumps(doc))
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env)
+    finally:
+        path.unlink()
+    assert out.returncode == 0, out.stderr
+    assert "loaded: []" in out.stdout
+
+
+def test_ecg_exact_proof_target():
+    net, _, doc = solved("ecg.lip")
+    t0 = time.perf_counter()
+    v = verify(net, doc, exact=True)
+    seconds = time.perf_counter() - t0
+    assert v.ok, v.reason
+    assert v.mode == "exact" and v.realization_exact
+    assert abs(v.lipschitz - ECG_REFERENCE) <= 1e-6
+    assert v.lipschitz >= ECG_REFERENCE * (1 - 1e-9)
+    # the printed text is an upper bound of sqrt(rho * gains^2) in exact arithmetic
+    assert Fraction(v.bound_text) ** 2 >= Fraction(doc["rho"]) * Fraction(1, 4) * (1 - Fraction(1, 10**15))
+    assert seconds < 10
+
+
+@pytest.mark.parametrize("case", CONSTRUCTS, ids=case_id)
+def test_every_construct_verifies_exactly(case):
+    net, result, doc = solved(case[0], **case[1])
+    v = verify(net, doc, exact=True)
+    assert v.ok, v.reason
+    assert v.lipschitz >= result.certificate.lipschitz * (1 - 1e-12)
+    assert all(c.ok for c in v.checks)
+
+
+def test_realization_is_the_weights_for_plain_layers_only():
+    assert verify(*solved("ecg.lip")[::2]).realization_exact
+    v = verify(*solved("linear_merge.lip")[::2])  # merged maps: lower.py's rounded products
+    assert v.ok and not v.realization_exact
+    assert any(not c.exact_realization for c in v.checks)
+
+
+# -- tampering -------------------------------------------------------------------------------------------
+
+
+def _digit_changed(x: float) -> float:
+    """``x`` with one decimal digit of its repr changed (the first significant one, +1 mod 10)."""
+    s = repr(x)
+    i = next(k for k, ch in enumerate(s) if ch in "123456789")
+    return float(s[:i] + str((int(s[i]) + 1) % 10) + s[i + 1 :])
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("system, index", [("c1+relu1", 1), ("f1+relu3", 17)])
+def test_one_digit_of_one_multiplier(system, index, exact):
+    net, _, doc = solved("ecg.lip")
+    entry = next(e for e in doc["lmis"] if e["system"] == system)
+    entry["lambda"][index] = _digit_changed(entry["lambda"][index])
+    v = verify(net, doc, exact=exact)
+    assert not v.ok
+    assert f"LMI[{system}]" in v.reason and "fails" in v.reason
+    assert ("pivot" in v.reason) or ("eigenvalue" in v.reason)
+
+
+def test_one_digit_of_storage_or_weight_matrix():
+    net, _, doc = solved("ecg.lip")
+    doc["lmis"][1]["P"][0][0] = _digit_changed(doc["lmis"][1]["P"][0][0]) / 10
+    v = verify(net, doc, exact=True)
+    assert not v.ok and "LMI[c2+relu2]" in v.reason and "pivot" in v.reason
+
+
+def test_claimed_bound_below_the_proof_fails():
+    net, _, doc = solved("ecg.lip")
+    doc["lipschitz"] = 109.12
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert not v.ok and "claimed bound 109.12 is below" in v.reason
+
+
+def test_lower_rho_fails_in_the_first_lmi():
+    net, _, doc = solved("ecg.lip")
+    doc["rho"] *= 0.999
+    v = verify(net, doc, exact=True)
+    assert not v.ok and "LMI[c1+relu1]" in v.reason
+
+
+def test_one_weight_in_the_npz(tmp_path):
+    spec_dir = tmp_path / "specs"
+    shutil.copytree(SPECS / "weights", spec_dir / "weights")
+    shutil.copy(SPECS / "ecg.lip", spec_dir / "ecg.lip")
+    npz = spec_dir / "weights" / "ecg_CNN_23_03_08_11_52.npz"
+    arrays = dict(np.load(npz))
+    _, _, doc = solved("ecg.lip")
+    assert verify(spec_dir / "ecg.lip", doc).ok
+    arrays["fc1.weight"][3, 7] = np.nextafter(arrays["fc1.weight"][3, 7], 1.0)
+    np.savez(npz, **arrays)
+    with pytest.raises(CertificateError, match=r"weight tensor 'f1.weight' of the spec does not match"):
+        verify(spec_dir / "ecg.lip", doc)
+
+
+def test_certificate_of_another_network_or_options():
+    net, _, doc = solved("ecg.lip", lift=2)
+    doc["options"]["lift"] = 1
+    with pytest.raises(CertificateError, match="does not match the certificate"):
+        verify(net, doc)
+    other, _, _ = solved("tcn_any_length.lip")
+    with pytest.raises(CertificateError, match="weight tensor"):
+        verify(other, solved("ecg.lip")[2])
+
+
+def test_negative_multiplier_and_asymmetric_matrix_are_named():
+    net, _, doc = solved("ecg.lip")
+    doc["lmis"][2]["lambda"][5] = -1.0
+    with pytest.raises(CertificateError, match=r"LMI\[f1\+relu3\]: multiplier lambda\[5\]"):
+        verify(net, doc)
+    net, _, doc = solved("ecg.lip")
+    doc["X"]["c1+relu1"]["matrix"][0][1] += 1.0
+    with pytest.raises(CertificateError, match=r"X\[c1\+relu1\]: not symmetric"):
+        verify(net, doc)
+
+
+def test_api_verify_and_certificate_keyword(tmp_path):
+    net = lipdsl.load(SPECS / "ecg.lip")
+    path = tmp_path / "ecg.cert.json"
+    bound = net.solve(certificate=path)
+    assert bound.verified and path.exists()
+    v = lipdsl.verify(net, path, exact=True)
+    assert v.ok and v.lipschitz >= bound.lipschitz * (1 - 1e-12)
+    assert lipdsl.verify(SPECS / "ecg.lip", path).ok
+
+
+# -- the exact arithmetic itself (generated cases) -------------------------------------------------------
+
+
+def _random_rational_psd(rng, n, shift):
+    G = rng.integers(-8, 9, size=(n, n))
+    M = G @ G.T + shift * np.eye(n, dtype=int)
+    return [[Fraction(int(v), 4) for v in row] for row in M]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ldl_pivots_match_leading_minors(seed):
+    import sympy
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 9))
+    rows = _random_rational_psd(rng, n, int(rng.integers(-40, 3)))
+    ok, at, v = ldl_pivots([list(r) for r in rows])
+    minors = [sympy.Matrix(rows)[:k, :k].det() for k in range(1, n + 1)]
+    first_bad = next((k for k, m in enumerate(minors) if m <= 0), -1)
+    assert ok == (first_bad == -1)
+    assert at == first_bad
+    if not ok:  # the pivot is the ratio of consecutive leading minors
+        prev = minors[at - 1] if at else 1
+        assert Fraction(str(v)) == Fraction(str(minors[at])) / Fraction(str(prev))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_congruence_check_proves_definite_and_refuses_indefinite(seed):
+    from lipdsl.verify import backend
+
+    be = backend("flint")
+    rng = np.random.default_rng(100 + seed)
+    n = 60
+    good = _random_rational_psd(rng, n, 1)
+    rows = [[be.q(v) for v in row] for row in good]
+    assert congruence_check(be, rows)[0]
+    bad = [list(r) for r in rows]
+    w, V = np.linalg.eigh(np.array([[float(v) for v in r] for r in good]))
+    # subtract slightly more than the smallest eigenvalue along the first coordinate's direction
+    bad[0][0] = bad[0][0] - be.q(float(w[-1]) * 4)
+    assert not congruence_check(be, bad)[0]
