@@ -169,6 +169,38 @@ class _Link:
     w_out: tuple  # ("I",), ("X", name, tied) or ("WtW", system)
     needs_P_psd: bool
     exact_realization: bool
+    slope: tuple[Fraction, Fraction] | None = None  # exact, outward: [a, b] contains the spec's slopes
+    slope_float: tuple[float, float] | None = None  # doubles a' <= a, b' >= b
+
+
+def slope_bounds(sys: lowered.System, net: typed.Network) -> tuple[tuple[Fraction, Fraction],
+                                                                   tuple[float, float]] | None:
+    """The activation's slope interval ``[a, b]`` as exact rationals and as doubles, both outward.
+
+    A rational expression in the spec (``leaky_relu(1/10)``) is taken exactly; a number without one is
+    covered both as the double the checker holds and as its shortest decimal (what the spec most likely
+    wrote, e.g. ``0.01``): ``a = min`` of the two, ``b = max``. A wider interval is sound (the sector
+    condition only gets weaker), and the LMI's margin absorbs the change of an ulp.
+    """
+    if sys.slope is None:
+        return None
+    act = next((layer for layer in net.layers if layer.name == sys.layers[-1]), None)
+    alpha, beta = sys.slope
+
+    def exact(value: float, expr, low: bool) -> Fraction:
+        try:
+            if expr is not None and getattr(expr, "is_Rational", False):
+                return Fraction(int(expr.p), int(expr.q))
+        except (TypeError, ValueError):  # pragma: no cover - sympy Rationals have p and q
+            pass
+        pair = (Fraction(value), Fraction(repr(value)))
+        return min(pair) if low else max(pair)
+
+    a = exact(alpha, getattr(act, "alpha_expr", None), True)
+    b = exact(beta, getattr(act, "beta_expr", None), False)
+    af = float(a) if Fraction(float(a)) <= a else math.nextafter(float(a), -math.inf)
+    bf = float(b) if Fraction(float(b)) >= b else math.nextafter(float(b), math.inf)
+    return (a, b), (af, bf)
 
 
 def _fail(message: str, hint: str | None = None) -> CertificateError:
@@ -258,7 +290,9 @@ def _links(doc: dict, low: lowered.Network, net: typed.Network) -> tuple[list[_L
                 raise _fail(f"X[{sys.name}] must be diagonal (max pooling follows)")
             w_out = ("X", sys.name, tied)
         needs = nx > 0 and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
-        links.append(_Link(sys, P, lam, w_in, w_out, needs, _own_realization(sys, net)))
+        slopes = slope_bounds(sys, net)
+        links.append(_Link(sys, P, lam, w_in, w_out, needs, _own_realization(sys, net),
+                           None if slopes is None else slopes[0], None if slopes is None else slopes[1]))
     return links, eliminated
 
 
@@ -338,7 +372,7 @@ def _float_lmi(link: _Link, X_in: np.ndarray, X_out: np.ndarray, X_out_abs: np.n
         top -= E.T @ X_out @ E
         top_abs += aE.T @ X_out_abs @ aE
         return (top + top.T) / 2, top_abs
-    a, b = link.sys.slope
+    a, b = link.slope_float
     lam = link.lam
     top += 2 * a * b * ((E.T * lam) @ E)
     top_abs += abs(2 * a * b) * ((aE.T * lam) @ aE)
@@ -597,7 +631,7 @@ def _exact_lmi(be, link: _Link, X_in, X_out):
     top = top + be.block([[be.zeros(nx, nx), be.zeros(nx, nu)], [be.zeros(nu, nx), X_in]]) if nx else top + X_in
     if link.sys.slope is None:
         return top - be.T(E) * X_out * E
-    a, b = link.sys.slope
+    a, b = link.slope
     lam = be.mat(np.diag(link.lam))
     qa, qb = be.q(a), be.q(b)
     LE = lam * E
