@@ -164,9 +164,24 @@ def build(result, *, options: dict[str, Any] | None = None) -> dict:
     }
 
 
-def write(result, path: str | Path, *, options: dict[str, Any] | None = None) -> dict:
-    """``build`` the document and write it to ``path`` (JSON, floats written exactly by ``repr``)."""
+def write(result, path: str | Path, *, options: dict[str, Any] | None = None, check: bool = True) -> dict:
+    """``build`` the document, check it with ``lipdsl.verify`` (floating point) and write it to ``path``
+    (JSON, floats written exactly by ``repr``). A document that does not verify is never written.
+
+    Raises
+    ------
+    CertificateError
+        Not certified, not exportable, or (``check``) the independent check fails.
+    """
     doc = build(result, options=options)
+    if check:
+        from .verify import verify
+
+        verdict = verify(result.network, doc)
+        if not verdict.ok:
+            raise CertificateError(f"the certificate does not verify: {verdict.reason}",
+                                   hint="nothing was written; please report this (certified by lipdsl.certify "
+                                   "but not by the independent check)")
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
     return doc
 

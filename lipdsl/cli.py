@@ -404,6 +404,8 @@ def solve_command(
     """Certified Lipschitz upper bound of SPEC (exit 0 certified, 3 solver failed or not certified)."""
     import time
 
+    if method != "dissipative" and (certificate_path is not None or exact):
+        raise click.UsageError("--certificate and --exact apply to --method dissipative only")
     t0 = time.perf_counter()
     source, net = load_or_fail(spec, allow_outside)
     t1 = time.perf_counter()

@@ -181,7 +181,8 @@ class Network:
         **options
             Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``, ``lift``,
             ``frequencies``); ``certificate=path`` (dissipative only) writes the certificate file of a
-            certified bound (``docs/certificate.md``; check it with :func:`verify`).
+            certified bound after checking it independently (``docs/certificate.md``; nothing is written
+            for an uncertified bound; re-check it with :func:`verify`).
 
         Returns
         -------

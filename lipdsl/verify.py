@@ -696,7 +696,15 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     opts = doc["options"]
     from .lower import lower
 
-    low = lower(net, scale=False, min_length=opts.get("min_length"), lift=int(opts.get("lift", 1)),
+    try:
+        min_length = opts.get("min_length")
+        lift = int(opts.get("lift", 1))
+        if (min_length is not None and not isinstance(min_length, int)) or lift < 1:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise _fail(f"the certificate's options {opts!r} are not valid (min_length: an integer or null, lift: "
+                    "a positive integer)") from None
+    low = lower(net, scale=False, min_length=min_length, lift=lift,
                 merge_linear=bool(opts.get("merge_linear", True)))
     _structure(doc, low)
     links, eliminated = _links(doc, low, net)

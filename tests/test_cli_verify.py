@@ -106,3 +106,19 @@ def test_constant_network_cannot_be_exported(tmp_path):
     assert "hint:" in res.stderr
     assert not (tmp_path / "zero.json").exists()
     assert res.stdout == ""
+
+
+def test_certificate_options_need_the_dissipative_method():
+    res = run("solve", SPECS / "ecg.lip", "--method", "naive", "--exact")
+    assert res.exit_code == 2
+    assert "--certificate and --exact apply to --method dissipative only" in res.stderr
+
+
+def test_pooling_only_network_has_a_certificate_too(tmp_path):
+    spec = tmp_path / "pool.lip"
+    spec.write_text("network pool\ninput 2 x 8\navgpool 2\nflatten\n")
+    res = run("solve", spec, "--exact", "--certificate", tmp_path / "pool.json")
+    assert res.exit_code == 0, res.stderr
+    assert "proved: L <= 0.7071067812" in res.stdout
+    res = run("verify", spec, tmp_path / "pool.json", "--exact")
+    assert res.exit_code == 0 and "<= 0.7071067812" in res.stdout
