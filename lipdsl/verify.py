@@ -335,7 +335,9 @@ def _sqrt_up(x: Fraction, digits: int = 10) -> tuple[Fraction, str]:
     n = math.isqrt(y.numerator // y.denominator)
     while Fraction(n * n) < y:
         n += 1
-    return Fraction(n) / scale, format(Decimal(n).scaleb(e), "f")
+    value = Decimal(n).scaleb(e)
+    text = format(value, "f") if -6 <= value.adjusted() < 15 else format(value, "e")
+    return Fraction(n) / scale, text
 
 
 def _float_up(d: Fraction) -> float:
@@ -382,24 +384,26 @@ def _float_lmi(link: _Link, X_in: np.ndarray, X_out: np.ndarray, X_out_abs: np.n
     return (M + M.T) / 2, Mabs
 
 
-def _psd_float(M: np.ndarray, Mabs: np.ndarray, K: int) -> tuple[bool, str]:
+def _psd_float(M: np.ndarray, Mabs: np.ndarray, K: int) -> tuple[bool, str, bool]:
     """Rump's criterion (module docstring): True if the exact ``M`` (within ``gamma_K |M|`` of ``fl(M)``)
-    is positive semidefinite; the detail names the smallest eigenvalue when not."""
+    is positive semidefinite; the detail names the smallest eigenvalue when not. The third value: the
+    test was inconclusive (the smallest eigenvalue is within 4 rounding bounds of 0, so exact arithmetic
+    may still prove ``M >= 0``)."""
     n = M.shape[0]
     if n == 0:
-        return True, "empty"
+        return True, "empty", False
     g = _gamma(2 * (n + 1))
     tr = float(np.sum(np.maximum(np.diag(M), 0.0)))
     d_form = 1.01 * _gamma(K) * float(np.linalg.norm(Mabs, "fro")) * (1 + n * n * U)
     c = d_form + 1.01 * g / (1 - g) * tr + 3 * n * (2 * n + tr) * ETA + 2 * U * float(np.max(np.abs(np.diag(M))))
     try:
         np.linalg.cholesky(M - c * np.eye(n))
-        return True, f"Cholesky of M - c I with c = {c:.3g} (rounding bound)"
+        return True, f"Cholesky of M - c I with c = {c:.3g} (rounding bound)", False
     except np.linalg.LinAlgError:
         w, V = np.linalg.eigh(M)
         k = int(np.argmax(np.abs(V[:, 0])))
         return False, (f"smallest eigenvalue {w[0]:.6g} (largest component at row {k}) is below the "
-                       f"rounding bound {c:.3g}")
+                       f"rounding bound {c:.3g}"), bool(w[0] >= -4 * c)
 
 
 # -- exact check -----------------------------------------------------------------------------------------
@@ -747,44 +751,26 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
         else:
             X_out = weight(link.w_out, exact, rho)
             X_out_abs = np.abs(X_out)
+        inconclusive = False
         if not exact:
             Xi = rho * np.eye(ss.nu) if X_in is None else X_in
             M, Mabs = _float_lmi(link, Xi, X_out, X_out_abs)
             K = 2 * (ss.nx + ss.nu + ss.ny) + 16 + (ss.ny if link.w_out[0] == "WtW" else 0)
-            ok, detail = _psd_float(M, Mabs, K)
-        else:
-            if link.w_out[0] == "WtW":
-                Dq = be.mat(systems[link.w_out[1]].ss.D)
-                Xo = be.T(Dq) * Dq
-            else:
-                Xo = be.mat(X_out)
-            if link.w_in[0] == "rho":  # the one LMI rho enters: raise it by the least dyadic amount needed
-                ok, raise_by, how = False, Fraction(0), ""
-                for attempt in range(RHO_RAISE_STEPS + 1):
-                    if attempt:
-                        raise_by = Fraction(max(rho, 1e-300)) / (1 << (RHO_RAISE_STEPS + 40 - attempt))
-                    M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q + raise_by)), Xo)
-                    ok, how = _prove(be, M)
-                    if ok:
-                        break
-                if ok:
-                    rho_raise = raise_by
-                    detail = how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else "")
-                else:
-                    M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q)), Xo)
-                    detail = _explain(be, M) + " (also with rho raised by up to 2^-40 of itself)"
-            else:
-                M = _exact_lmi(be, link, be.mat(X_in), Xo)
-                ok, detail = _prove(be, M)
-                if not ok:
-                    detail = _explain(be, M)
+            ok, detail, inconclusive = _psd_float(M, Mabs, K)
+        if exact or inconclusive:  # (floating point too close to call: this LMI in exact arithmetic)
+            be = be if be is not None else backend(backend_name)
+            ok, how, raise_by = _exact_link(be, link, X_in, X_out, systems, rho_q, allow_raise=exact)
+            if exact and link.w_in[0] == "rho":
+                rho_raise = raise_by
+            detail = how if exact else (f"floating point inconclusive ({detail}); exact: {how}" if ok else
+                                        f"{how} (floating point: {detail})")
         checks.append(LmiVerdict(name + where, n, ok, detail, link.exact_realization))
         if link.needs_P_psd:
-            okp, dp = _side_psd(be, link.P, exact)
+            okp, dp = _side_psd(be, link.P, exact, backend_name)
             checks.append(LmiVerdict(f"P[{link.sys.name}] >= 0", ss.nx, okp, dp, True))
     for name in sorted(pooled):
         if name in Xs:
-            okx, dx = _side_psd(be, Xs[name], exact)
+            okx, dx = _side_psd(be, Xs[name], exact, backend_name)
             checks.append(LmiVerdict(f"X[{name}] >= 0 (pooled)", Xs[name].shape[0], okx, dx, True))
     if eliminated is not None:
         checks.append(LmiVerdict(f"LMI[{eliminated}]", systems[eliminated].ss.nu, True,
@@ -795,7 +781,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     d, text = _sqrt_up(L2)
     seconds = time.perf_counter() - t0
     mode = "exact" if exact else "float"
-    bname = be.name if be is not None else "numpy"
+    bname = "numpy" if not exact else be.name
     if bad is not None:
         return Verdict(False, mode, doc["network"], None, None, claimed, tuple(checks),
                        f"{bad.name} fails: {bad.detail}", float(rho_raise), seconds, bname)
@@ -805,6 +791,32 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                        f"sqrt(rho * prod(pool gains^2)) <= {text}", float(rho_raise), seconds, bname)
     return Verdict(True, mode, doc["network"], _float_up(d), text, claimed, tuple(checks), "",
                    float(rho_raise), seconds, bname)
+
+
+def _exact_link(be, link: _Link, X_in, X_out, systems, rho_q: Fraction, allow_raise: bool):
+    """One LMI in exact arithmetic: (ok, detail, raise of rho). The first LMI (``X_in = rho I``) may get
+    ``rho`` raised by the least of ``2^-51 rho, ..., 2^-40 rho`` that makes it strictly feasible."""
+    ss = link.sys.ss
+    if link.w_out[0] == "WtW":
+        Dq = be.mat(systems[link.w_out[1]].ss.D)
+        Xo = be.T(Dq) * Dq
+    else:
+        Xo = be.mat(X_out)
+    if link.w_in[0] != "rho":
+        M = _exact_lmi(be, link, be.mat(X_in), Xo)
+        ok, how = _prove(be, M)
+        return ok, how if ok else _explain(be, M), Fraction(0)
+    raise_by = Fraction(0)
+    for attempt in range(RHO_RAISE_STEPS + 1 if allow_raise else 1):
+        if attempt:
+            raise_by = max(rho_q, Fraction(1, 1 << 1000)) / (1 << (RHO_RAISE_STEPS + 40 - attempt))
+        M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q + raise_by)), Xo)
+        ok, how = _prove(be, M)
+        if ok:
+            return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else ""), raise_by
+    M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q)), Xo)
+    return False, _explain(be, M) + (" (also with rho raised by up to 2^-40 of itself)" if allow_raise else ""), \
+        Fraction(0)
 
 
 def _scaled_identity(be, n: int, r):
@@ -818,13 +830,17 @@ def _scaled_identity(be, n: int, r):
     return M
 
 
-def _side_psd(be, S: np.ndarray, exact: bool) -> tuple[bool, str]:
-    """``S >= 0`` for a side condition (``P``, pooled ``X``): exact LDL' or Rump's test on ``S`` itself."""
-    if exact:
-        M = be.mat(S)
-        ok, how = _prove(be, M)
-        return ok, how if ok else _explain(be, M)
-    return _psd_float(S, np.abs(S), 4)
+def _side_psd(be, S: np.ndarray, exact: bool, backend_name: str = "auto") -> tuple[bool, str]:
+    """``S >= 0`` for a side condition (``P``, pooled ``X``): exact LDL' or Rump's test on ``S`` itself
+    (exact arithmetic when that is inconclusive)."""
+    if not exact:
+        ok, detail, inconclusive = _psd_float(S, np.abs(S), 4)
+        if not inconclusive:
+            return ok, detail
+        be = be if be is not None else backend(backend_name)
+    M = be.mat(S)
+    ok, how = _prove(be, M)
+    return ok, how if ok else _explain(be, M)
 
 
 #: In exact mode rho is raised by at most 2^-40 of itself, in this many doublings from 2^-(40+steps).

@@ -204,3 +204,27 @@ def test_congruence_check_proves_definite_and_refuses_indefinite(seed):
     # subtract slightly more than the smallest eigenvalue along the first coordinate's direction
     bad[0][0] = bad[0][0] - be.q(float(w[-1]) * 4)
     assert not congruence_check(be, bad)[0]
+
+
+@pytest.mark.parametrize("shrink", [1e-8, 1e-16])
+def test_float_mode_falls_back_to_exact_when_rounding_is_too_close_to_call(shrink):
+    # like 14 of the authors' L2-regularized ECG models (bounds 1e-20 ... 1e-33): a first layer with tiny
+    # weights makes the first LMI's smallest eigenvalue fall inside the floating-point rounding bound
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from nets import Builder
+
+    from lipdsl import certificate
+    from lipdsl.api import solve_network
+
+    d = np.load(Path(__file__).resolve().parent / "data" / "ecg" / "CNN_L2_23_03_08_04_10.npz")
+    net = (Builder(1, 128, name="tiny").conv(d["conv1.weight"] * shrink, padding="causal").act("relu")
+           .pool("avg", 2).conv(d["conv2.weight"], padding="causal").act("relu").pool("avg", 2)
+           .flatten().dense(d["fc1.weight"]).act("relu").dense(d["fc2.weight"]).build())
+    result = solve_network(net)
+    doc = certificate.build(result)
+    v = verify(net, doc)
+    assert v.ok, v.reason
+    assert any(c.detail.startswith("floating point inconclusive") and "exact" in c.detail for c in v.checks)
+    assert v.lipschitz >= result.certificate.lipschitz * (1 - 1e-12)
+    assert "e-" in v.bound_text and float(v.bound_text) >= result.certificate.lipschitz  # scientific when tiny
+    assert verify(net, doc, exact=True).ok
