@@ -29,8 +29,11 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
     cases = Path("/work/shared/cases/ecg")
-    files = sorted(cases.glob("*.npz")) if cases.is_dir() else sorted((ROOT / "tests" / "data" / "ecg").glob("*.npz"))
-    reference = json.loads((cases / "reference.json").read_text()) if (cases / "reference.json").exists() else {}
+    if not cases.is_dir():
+        cases = ROOT / "tests" / "data" / "ecg"
+    files = sorted(cases.glob("*.npz"))
+    ref_file = cases / "reference.json"
+    reference = json.loads(ref_file.read_text()) if ref_file.exists() else {}
     rows = []
     for f in files[: args.limit]:
         net = ecg_from_npz(f)
@@ -52,7 +55,8 @@ def main() -> int:
             ref = ref.get("lipschitz_reference")
         row["reference"] = ref if isinstance(ref, (int, float)) else None
         rows.append(row)
-        print(" | ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+        print(" | ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
     with open(out / "certificate.csv", "w", newline="") as fh:

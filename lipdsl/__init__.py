@@ -25,10 +25,10 @@ class _CallableModule(types.ModuleType):
 
 
 class _Package(types.ModuleType):
-    # NOTE: ``lipdsl.load``, ``lipdsl.parse`` and ``lipdsl.verify`` name both pipeline modules and API functions. Importing a
-    # submodule sets it as an attribute of the package, which would hide the function; instead the module
-    # is made callable, so ``lipdsl.load("net.lip")``, ``lipdsl.load.load_network`` and
-    # ``import lipdsl.parse as p`` all keep working.
+    # NOTE: ``lipdsl.load``, ``lipdsl.parse`` and ``lipdsl.verify`` name both pipeline modules and API
+    # functions. Importing a submodule sets it as an attribute of the package, which would hide the
+    # function; instead the module is made callable, so ``lipdsl.load("net.lip")``,
+    # ``lipdsl.load.load_network`` and ``import lipdsl.parse as p`` all keep working.
     def __setattr__(self, name, value):
         if name in ("load", "parse", "verify") and isinstance(value, types.ModuleType):
             value.__class__ = _CallableModule

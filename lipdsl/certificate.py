@@ -180,8 +180,8 @@ def write(result, path: str | Path, *, options: dict[str, Any] | None = None, ch
         verdict = verify(result.network, doc)
         if not verdict.ok:
             raise CertificateError(f"the certificate does not verify: {verdict.reason}",
-                                   hint="nothing was written; please report this (certified by lipdsl.certify "
-                                   "but not by the independent check)")
+                                   hint="nothing was written; please report this (certified by "
+                                   "lipdsl.certify but not by the independent check)")
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
     return doc
 
@@ -229,13 +229,14 @@ def validate(data: Any, where: str = "<certificate>") -> dict:
         raise CertificateFileError(f"{where}: not a lipdsl certificate (no 'schema' field)",
                                hint=f"expected a JSON object with \"schema\": \"{SCHEMA}\"")
     if data["schema"] != SCHEMA:
-        raise CertificateFileError(f"{where}: certificate schema {data['schema']!r} is not supported; this lipdsl "
-                               f"reads {SCHEMA!r}", hint="re-create the certificate with this lipdsl: "
+        raise CertificateFileError(f"{where}: certificate schema {data['schema']!r} is not supported; this "
+                               f"lipdsl reads {SCHEMA!r}", hint="re-create the certificate with this lipdsl: "
                                "lipdsl solve SPEC --certificate FILE")
     if data.get("lipdsl_version") != version():
-        raise CertificateFileError(f"{where}: certificate written by lipdsl {data.get('lipdsl_version')!r}, this "
-                               f"is lipdsl {version()!r}", hint="verify with the lipdsl version that wrote "
-                               "it, or re-create it with this one (the lowering may differ between versions)")
+        raise CertificateFileError(f"{where}: certificate written by lipdsl {data.get('lipdsl_version')!r}, "
+                               f"this is lipdsl {version()!r}",
+                               hint="verify with the lipdsl version that wrote it, or re-create it with "
+                               "this one (the lowering may differ between versions)")
     for key, kind in _REQUIRED.items():
         value = data.get(key)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \

@@ -37,7 +37,8 @@ import numpy as np
 from . import typed
 from .source import Source
 
-__all__ = ["Network", "Bound", "LowerBound", "Comparison", "load", "parse", "verify", "from_torch", "from_onnx"]
+__all__ = ["Network", "Bound", "LowerBound", "Comparison", "load", "parse", "verify", "from_torch",
+           "from_onnx"]
 
 METHODS = ("dissipative", "naive", "naive_hinf", "lipsdp", "lipsdp-neuron", "lipsdp-layer")
 
@@ -387,8 +388,8 @@ def parse(text: str, *, path: str = "<string>", allow_outside: bool = False) -> 
     return Network(check_source(source, allow_outside=allow_outside), source)
 
 
-def verify(spec: "str | os.PathLike | Network", certificate: "str | os.PathLike | dict", *, exact: bool = False,
-           backend: str = "auto", allow_outside: bool = False):
+def verify(spec: "str | os.PathLike | Network", certificate: "str | os.PathLike | dict", *,
+           exact: bool = False, backend: str = "auto", allow_outside: bool = False):
     """Check a certificate file against a spec, independently of the solver -> ``lipdsl.verify.Verdict``.
 
     ``verdict.ok`` is True when every LMI holds (rigorous floating point, or ``exact=True``: rational

@@ -153,21 +153,26 @@ def print_text(result: Result, console, proof=None) -> None:
 
 def print_verdict(verdict, console, errors) -> None:
     """``lipdsl verify``: the proved bound and each check on ``console``; a failure on ``errors``."""
-    how = "exact rational arithmetic" if verdict.mode == "exact" else "floating point with rounding bounds"
+    how = ("exact rational arithmetic" if verdict.mode == "exact"
+           else "floating point with rounding bounds")
     if verdict.ok:
         console.print(f"[bold]verified[/bold]: Lipschitz constant of {verdict.network} <= "
-                      f"[bold green]{verdict.bound_text}[/] ({how}; claimed {verdict.claimed:.10g})", soft_wrap=True)
+                      f"[bold green]{verdict.bound_text}[/] ({how}; claimed {verdict.claimed:.10g})",
+                      soft_wrap=True)
     else:
-        errors.print(f"error: the certificate of {verdict.network} does not verify ({how}): {verdict.reason}",
-                     markup=False, highlight=False, soft_wrap=True)
+        errors.print(f"error: the certificate of {verdict.network} does not verify ({how}): "
+                     f"{verdict.reason}", markup=False, highlight=False, soft_wrap=True)
     for c in verdict.checks:
         mark = "ok  " if c.ok else "FAIL"
         real = "" if c.exact_realization else " [realization: lower.py's rounded products]"
-        console.print(f"  {mark} {c.name}, {c.size} rows: {c.detail}{real}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"  {mark} {c.name}, {c.size} rows: {c.detail}{real}", markup=False, highlight=False,
+                      soft_wrap=True)
     if verdict.rho_raise:
         console.print(f"  rho raised by {verdict.rho_raise:.3g} for strict feasibility in exact arithmetic",
                       soft_wrap=True)
     if not verdict.realization_exact:
-        console.print("  note: merged or composed maps are checked with lower.py's floating-point realization "
-                      "(products of weights rounded to double)", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"  time {verdict.seconds:.3f} s" + (f", {verdict.backend}" if verdict.mode == "exact" else ""))
+        console.print("  note: merged or composed maps are checked with lower.py's floating-point "
+                      "realization (products of weights rounded to double)", markup=False, highlight=False,
+                      soft_wrap=True)
+    backend = f", {verdict.backend}" if verdict.mode == "exact" else ""
+    console.print(f"  time {verdict.seconds:.3f} s{backend}")

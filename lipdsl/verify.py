@@ -24,7 +24,8 @@ the terms' absolute products, so that ``|M - fl(M)| <= gamma_K |M|`` entrywise (
 Stability of Numerical Algorithms*, 2nd ed., §3.5; ``gamma_K = K u / (1 - K u)``, ``K`` the longest chain of
 products and sums). Then ``fl(M) - c I`` is factored by Cholesky, with
 
-    c = d_form + 2 gamma_{n+1} / (1 - gamma_{n+1}) tr(fl(M)) + 3 n (2 n + tr) eta,   d_form = gamma_K ||  |M|  ||_F.
+    c = d_form + 2 gamma_{n+1} / (1 - gamma_{n+1}) tr(fl(M)) + 3 n (2 n + tr) eta,
+    d_form = gamma_K || |M| ||_F.
 
 If the factorization runs to completion, ``fl(M) - cI + Delta = R'R`` with ``|Delta| <= gamma_{n+1} |R'||R|``
 and ``||Delta||_2 <= gamma_{n+1} / (1 - gamma_{n+1}) tr(fl(M) - cI)`` (Demmel 1989; Higham, Thm. 10.3);
@@ -48,7 +49,6 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
@@ -112,7 +112,8 @@ def realize(layer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | No
     """``(A, B, C, D)`` of a conv (causal FIR, ``docs/certificate.md``) or dense layer from its weights.
 
     Conv ``W`` (c_out, c_in, k), dilation d: ``W_e`` with d-1 zero taps between taps, ``k_e = d(k-1)+1``;
-    ``A`` shifts the ``k_e - 1`` input blocks up, ``B = [0; ...; I]``, ``C = [W_e[:,:,0] ... W_e[:,:,k_e-2]]``,
+    ``A`` shifts the ``k_e - 1`` input blocks up, ``B = [0; ...; I]``,
+    ``C = [W_e[:,:,0] ... W_e[:,:,k_e-2]]``,
     ``D = W_e[:,:,k_e-1]``. Dense ``W``: ``(0, 0, 0, W)``. None for other layers.
     """
     if isinstance(layer, typed.Dense):
@@ -158,7 +159,7 @@ def _own_realization(sys: lowered.System, net: typed.Network) -> bool:
 # -- the chain of LMIs ------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Link:
     """One LMI to check: the system, its certificate values and where its weights come from."""
 
@@ -258,7 +259,7 @@ def _links(doc: dict, low: lowered.Network, net: typed.Network) -> tuple[list[_L
         e = entries.get(sys.name)
         if e is None:
             raise _fail(f"the certificate has no LMI for {sys.name!r} (layers {', '.join(sys.layers)})")
-        nx, nu, ny = sys.ss.nx, sys.ss.nu, sys.ss.ny
+        nx, ny = sys.ss.nx, sys.ss.ny
         P = _matrix(e.get("P"), (nx, nx), f"P of LMI[{sys.name}]") if nx else None
         lam = None
         if sys.slope is not None:
@@ -286,7 +287,8 @@ def _links(doc: dict, low: lowered.Network, net: typed.Network) -> tuple[list[_L
             n = ny // tied
             X = _matrix(Xs[sys.name].get("matrix") if isinstance(Xs[sys.name], dict) else None, (n, n),
                         f"X[{sys.name}]")
-            if any(isinstance(s, lowered.Pool) and s.diagonal for s in after) and np.any(X - np.diag(np.diag(X))):
+            max_pooled = any(isinstance(s, lowered.Pool) and s.diagonal for s in after)
+            if max_pooled and np.any(X - np.diag(np.diag(X))):
                 raise _fail(f"X[{sys.name}] must be diagonal (max pooling follows)")
             w_out = ("X", sys.name, tied)
         needs = nx > 0 and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
@@ -326,7 +328,7 @@ def _gain_squared(low: lowered.Network) -> Fraction:
 
 
 def _sqrt_up(x: Fraction, digits: int = 10) -> tuple[Fraction, str]:
-    """A decimal ``d >= sqrt(x)`` with ``digits`` significant digits, and its text (exact integer arithmetic)."""
+    """A decimal ``d >= sqrt(x)`` with ``digits`` significant digits and its text (exact integers)."""
     if x <= 0:
         return Fraction(0), "0"
     e = math.floor(math.log10(math.sqrt(float(x)))) - digits + 1
@@ -395,7 +397,8 @@ def _psd_float(M: np.ndarray, Mabs: np.ndarray, K: int) -> tuple[bool, str, bool
     g = _gamma(2 * (n + 1))
     tr = float(np.sum(np.maximum(np.diag(M), 0.0)))
     d_form = 1.01 * _gamma(K) * float(np.linalg.norm(Mabs, "fro")) * (1 + n * n * U)
-    c = d_form + 1.01 * g / (1 - g) * tr + 3 * n * (2 * n + tr) * ETA + 2 * U * float(np.max(np.abs(np.diag(M))))
+    c = (d_form + 1.01 * g / (1 - g) * tr + 3 * n * (2 * n + tr) * ETA
+         + 2 * U * float(np.max(np.abs(np.diag(M)))))
     try:
         np.linalg.cholesky(M - c * np.eye(n))
         return True, f"Cholesky of M - c I with c = {c:.3g} (rounding bound)", False
@@ -524,7 +527,8 @@ class _Sympy:
         """``Q Z Q'`` exactly with Python ints (sympy's pure-Python path)."""
         n = len(Q)
         QZ = [[sum(Q[i][m] * Z[m][j] for m in range(i + 1) if Q[i][m]) for j in range(n)] for i in range(n)]
-        return [[sum(QZ[i][m] * Q[j][m] for m in range(j + 1) if Q[j][m]) for j in range(n)] for i in range(n)]
+        return [[sum(QZ[i][m] * Q[j][m] for m in range(j + 1) if Q[j][m]) for j in range(n)]
+                for i in range(n)]
 
     def T(self, M):
         return M.transpose()
@@ -548,7 +552,7 @@ def backend(name: str = "auto"):
         except ImportError:
             if name == "flint":
                 raise CertificateError("--exact with python-flint: python-flint is not installed",
-                                       hint="pip install 'lipdsl[exact]' (or use the sympy backend)") from None
+                                       hint="pip install 'lipdsl[exact]', or use the sympy backend") from None
     return _Sympy()
 
 
@@ -623,7 +627,7 @@ def congruence_check(be, rows: list[list]) -> tuple[bool, str]:
 def _exact_lmi(be, link: _Link, X_in, X_out):
     """The LMI ``M`` in exact rationals (module docstring)."""
     ss = link.sys.ss
-    nx, nu, ny = ss.nx, ss.nu, ss.ny
+    nx, nu = ss.nx, ss.nu
     AB = be.mat(np.hstack([ss.A, ss.B]))
     E = be.mat(np.hstack([ss.C, ss.D]))
     m = nx + nu
@@ -632,7 +636,10 @@ def _exact_lmi(be, link: _Link, X_in, X_out):
         P = be.mat(link.P)
         Pbig = be.block([[P, be.zeros(nx, nu)], [be.zeros(nu, nx), be.zeros(nu, nu)]])
         top = top + Pbig - be.T(AB) * P * AB
-    top = top + be.block([[be.zeros(nx, nx), be.zeros(nx, nu)], [be.zeros(nu, nx), X_in]]) if nx else top + X_in
+    if nx:
+        top = top + be.block([[be.zeros(nx, nx), be.zeros(nx, nu)], [be.zeros(nu, nx), X_in]])
+    else:
+        top = top + X_in
     if link.sys.slope is None:
         return top - be.T(E) * X_out * E
     a, b = link.slope
@@ -693,10 +700,11 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     for key in sorted(set(mine) | set(theirs)):
         if key not in theirs or key not in mine or not isinstance(theirs[key], dict) \
                 or theirs[key].get("sha256") != mine[key]["sha256"]:
+            ours = mine[key]["sha256"][:16] if key in mine else "absent"
+            entry = theirs.get(key)
+            certified = str(entry.get("sha256", "absent"))[:16] if isinstance(entry, dict) else "absent"
             raise _fail(f"weight tensor {key!r} of the spec does not match the certificate's (SHA-256 "
-                        f"{mine.get(key, {}).get('sha256', 'absent')[:16]} vs "
-                        f"{theirs.get(key, {}).get('sha256', 'absent')[:16] if isinstance(theirs.get(key), dict) else 'absent'})",
-                        hint="the certificate was written for other weights")
+                        f"{ours}... vs {certified}...)", hint="the certificate was written for other weights")
     opts = doc["options"]
     from .lower import lower
 
@@ -706,8 +714,8 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
         if (min_length is not None and not isinstance(min_length, int)) or lift < 1:
             raise ValueError
     except (TypeError, ValueError):
-        raise _fail(f"the certificate's options {opts!r} are not valid (min_length: an integer or null, lift: "
-                    "a positive integer)") from None
+        raise _fail(f"the certificate's options {opts!r} are not valid (min_length: an integer or null, "
+                    "lift: a positive integer)") from None
     low = lower(net, scale=False, min_length=min_length, lift=lift,
                 merge_linear=bool(opts.get("merge_linear", True)))
     _structure(doc, low)
@@ -726,22 +734,19 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     be = backend(backend_name) if exact else None
     rho_q = Fraction(rho)
 
-    def weight(w, exact_mode: bool, rho_value):
-        if w[0] == "rho":
+    def weight(w) -> np.ndarray | None:
+        """``X (x) I_r`` of a ``("X", name, r)`` weight; None for ``rho I``, ``I`` and ``W'W``."""
+        if w[0] != "X":
             return None
-        if w[0] == "X":
-            X = Xs[w[1]]
-            return np.kron(X, np.eye(w[2])) if w[2] > 1 else X
-        if w[0] == "I":
-            return None
-        return None
+        X = Xs[w[1]]
+        return np.kron(X, np.eye(w[2])) if w[2] > 1 else X
 
     for link in links:
         ss = link.sys.ss
         n = ss.nx + ss.nu + (ss.ny if link.sys.slope is not None else 0)
         name = f"LMI[{link.sys.name}]"
         where = f" (layers {', '.join(link.sys.layers)})"
-        X_in = weight(link.w_in, exact, rho)
+        X_in = weight(link.w_in)
         if link.w_out[0] == "WtW":
             Dl = systems[link.w_out[1]].ss.D
             X_out, X_out_abs = Dl.T @ Dl, np.abs(Dl).T @ np.abs(Dl)
@@ -749,7 +754,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             X_out = np.eye(ss.ny)
             X_out_abs = X_out
         else:
-            X_out = weight(link.w_out, exact, rho)
+            X_out = weight(link.w_out)
             X_out_abs = np.abs(X_out)
         inconclusive = False
         if not exact:
@@ -774,7 +779,8 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             checks.append(LmiVerdict(f"X[{name}] >= 0 (pooled)", Xs[name].shape[0], okx, dx, True))
     if eliminated is not None:
         checks.append(LmiVerdict(f"LMI[{eliminated}]", systems[eliminated].ss.nu, True,
-                                 "X := W'W: the LMI is 0 >= 0 exactly", _own_realization(systems[eliminated], net)))
+                                 "X := W'W: the LMI is 0 >= 0 exactly",
+                                 _own_realization(systems[eliminated], net)))
     bad = next((c for c in checks if not c.ok), None)
     rho_final = rho_q + rho_raise
     L2 = rho_final * gain2
@@ -815,8 +821,8 @@ def _exact_link(be, link: _Link, X_in, X_out, systems, rho_q: Fraction, allow_ra
         if ok:
             return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else ""), raise_by
     M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q)), Xo)
-    return False, _explain(be, M) + (" (also with rho raised by up to 2^-40 of itself)" if allow_raise else ""), \
-        Fraction(0)
+    also = " (also with rho raised by up to 2^-40 of itself)" if allow_raise else ""
+    return False, _explain(be, M) + also, Fraction(0)
 
 
 def _scaled_identity(be, n: int, r):
@@ -875,8 +881,3 @@ def _explain(be, M) -> str:
     w = np.linalg.eigvalsh(Mf)
     return (f"floating-point Cholesky breaks down at pivot {info - 1}; smallest eigenvalue about {w[0]:.6g}"
             if info > 0 else f"not proved (smallest eigenvalue about {w[0]:.6g})")
-
-
-def verify_path(spec: str | Path, certificate: str | Path, **kw) -> Verdict:
-    """``verify`` with paths (the CLI's entry)."""
-    return verify(spec, certificate, **kw)

@@ -121,5 +121,6 @@ def test_every_construct_writes_a_certificate_that_verifies(case):
     v = verify(net, doc)
     assert v.ok, v.reason
     # the verified bound is the certified one, rounded up to 10 digits
-    assert result.certificate.lipschitz * (1 - 1e-12) <= v.lipschitz <= result.certificate.lipschitz * (1 + 2e-9)
+    L = result.certificate.lipschitz
+    assert L * (1 - 1e-12) <= v.lipschitz <= L * (1 + 2e-9)
     assert {e["system"] for e in doc["lmis"]} <= {s.name for s in result.lowered.systems}

@@ -54,7 +54,8 @@ def test_solve_exact_reports_proved(tmp_path):
     first = res.stdout.splitlines()[0]
     assert "certified, proved: L <= 109.1229929 in exact arithmetic" in " ".join(res.stdout.split())
     assert "109.1229928" in first
-    res = run("solve", SPECS / "tcn_any_length.lip", "--exact", "--json", "--certificate", tmp_path / "t.json")
+    res = run("solve", SPECS / "tcn_any_length.lip", "--exact", "--json",
+              "--certificate", tmp_path / "t.json")
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["proof"]["ok"] is True and out["proof"]["mode"] == "exact"
@@ -98,8 +99,8 @@ def test_other_weights_exit_3(ecg_cert):
 
 def test_constant_network_cannot_be_exported(tmp_path):
     spec = tmp_path / "zero.lip"
-    spec.write_text("network zero\ninput 1 x 8\nconv1d c1: 1 -> 1, kernel 2, padding causal, weight [[[0, 0]]]\n"
-                    "relu\n")
+    spec.write_text("network zero\ninput 1 x 8\n"
+                    "conv1d c1: 1 -> 1, kernel 2, padding causal, weight [[[0, 0]]]\nrelu\n")
     res = run("solve", spec, "--certificate", tmp_path / "zero.json")
     assert res.exit_code == 3
     assert "cannot export a certificate for this closed-form bound yet" in res.stderr
