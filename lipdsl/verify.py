@@ -172,6 +172,28 @@ class _Link:
     exact_realization: bool
     slope: tuple[Fraction, Fraction] | None = None  # exact, outward: [a, b] contains the spec's slopes
     slope_float: tuple[float, float] | None = None  # doubles a' <= a, b' >= b
+    full_weight: np.ndarray | None = None  # a compressed dense first layer's own W (``compressed_weight``)
+
+
+def compressed_weight(sys: lowered.System, net: typed.Network, first: bool) -> np.ndarray | None:
+    """The spec's weight ``W`` of a dense first layer that ``lower`` compressed to ``U_r S_r`` (its SVD, in
+    floating point), when its LMI can be checked with ``W`` itself: activation slopes with ``ab = 0`` (else
+    None, and lower's realization is used).
+
+    With ``X_in = rho I`` and ``2ab = 0``, for ``rho > 0`` the LMI
+    ``[[rho I, -(a+b) W'L], [-(a+b) LW, 2L - X_out]] >= 0`` holds iff its Schur complement
+    ``2L - X_out - ((a+b)^2 / rho) L W W' L >= 0`` does (n_out rows); ``W W' = U_r S_r^2 U_r'`` is why the
+    compressed LMI is equivalent. Built from ``W W'``, exactly.
+    """
+    if not first or sys.kind != "dense" or sys.slope is None or sys.ss.nx != 0:
+        return None
+    layer = next((x for x in net.layers if x.name == sys.layers[0]), None)
+    if not isinstance(layer, typed.Dense) or len(sys.layers) != 2 or layer.n_in <= sys.ss.nu:
+        return None
+    a, b = sys.slope
+    if a * b != 0 or layer.weight.shape[0] != sys.ss.ny:
+        return None
+    return np.asarray(layer.weight, dtype=float)
 
 
 def slope_bounds(sys: lowered.System, net: typed.Network) -> tuple[tuple[Fraction, Fraction],
@@ -293,8 +315,12 @@ def _links(doc: dict, low: lowered.Network, net: typed.Network) -> tuple[list[_L
             w_out = ("X", sys.name, tied)
         needs = nx > 0 and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
         slopes = slope_bounds(sys, net)
-        links.append(_Link(sys, P, lam, w_in, w_out, needs, _own_realization(sys, net),
-                           None if slopes is None else slopes[0], None if slopes is None else slopes[1]))
+        full = compressed_weight(sys, net, j == 0)
+        if full is not None and slopes is not None and slopes[0][0] * slopes[0][1] != 0:
+            full = None  # (outward slopes with ab != 0: the Schur form does not apply)
+        links.append(_Link(sys, P, lam, w_in, w_out, needs, full is not None or _own_realization(sys, net),
+                           None if slopes is None else slopes[0], None if slopes is None else slopes[1],
+                           full))
     return links, eliminated
 
 
@@ -384,6 +410,19 @@ def _float_lmi(link: _Link, X_in: np.ndarray, X_out: np.ndarray, X_out_abs: np.n
     M = np.block([[top, cross], [cross.T, 2 * np.diag(lam) - X_out]])
     Mabs = np.block([[top_abs, np.abs(cross)], [np.abs(cross).T, 2 * np.diag(lam) + np.abs(X_out)]])
     return (M + M.T) / 2, Mabs
+
+
+def _float_schur(link: _Link, rho: float, X_out: np.ndarray, X_out_abs: np.ndarray):
+    """``(fl(S), |S|)`` of ``S = 2L - X_out - ((a+b)^2 / rho) L W W' L`` (``compressed_weight``)."""
+    W = link.full_weight
+    a, b = link.slope_float
+    c2 = (a + b) ** 2 / rho
+    lam = link.lam
+    LW = W * lam[:, None]
+    S = 2 * np.diag(lam) - X_out - c2 * (LW @ LW.T)
+    aLW = np.abs(W) * lam[:, None]
+    Sabs = 2 * np.diag(lam) + X_out_abs + c2 * (aLW @ aLW.T)
+    return (S + S.T) / 2, Sabs
 
 
 def _psd_float(M: np.ndarray, Mabs: np.ndarray, K: int) -> tuple[bool, str, bool]:
@@ -757,7 +796,16 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             X_out = weight(link.w_out)
             X_out_abs = np.abs(X_out)
         inconclusive = False
-        if not exact:
+        if link.full_weight is not None:
+            n = link.full_weight.shape[1] + ss.ny
+        if not exact and link.full_weight is not None:
+            if not rho > 0:
+                ok, detail, inconclusive = False, "rho must be > 0", False
+            else:
+                M, Mabs = _float_schur(link, rho, X_out, X_out_abs)
+                ok, detail, inconclusive = _psd_float(M, Mabs, 2 * link.full_weight.shape[1] + 2 * ss.ny + 16)
+                detail = "Schur complement with the full weight W: " + detail
+        elif not exact:
             Xi = rho * np.eye(ss.nu) if X_in is None else X_in
             M, Mabs = _float_lmi(link, Xi, X_out, X_out_abs)
             K = 2 * (ss.nx + ss.nu + ss.ny) + 16 + (ss.ny if link.w_out[0] == "WtW" else 0)
@@ -808,6 +856,25 @@ def _exact_link(be, link: _Link, X_in, X_out, systems, rho_q: Fraction, allow_ra
         Xo = be.T(Dq) * Dq
     else:
         Xo = be.mat(X_out)
+    if link.full_weight is not None:  # the Schur complement with the spec's W (``compressed_weight``)
+        W = be.mat(link.full_weight)
+        lam = be.mat(np.diag(link.lam))
+        a, b = link.slope
+        LWWL = lam * W * be.T(W) * lam
+        raise_by = Fraction(0)
+        for attempt in range(RHO_RAISE_STEPS + 1 if allow_raise else 1):
+            if attempt:
+                raise_by = max(rho_q, Fraction(1, 1 << 1000)) / (1 << (RHO_RAISE_STEPS + 40 - attempt))
+            r = rho_q + raise_by
+            if r <= 0:
+                return False, "rho must be > 0", Fraction(0)
+            S = lam * 2 - Xo - LWWL * be.q((a + b) ** 2 / r)
+            ok, how = _prove(be, S)
+            if ok:
+                n_in = link.full_weight.shape[1]
+                how = f"Schur complement on rho I with the full weight W ({n_in} inputs): {how}"
+                return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else ""), raise_by
+        return False, "Schur complement with the full weight W: " + _explain(be, S), Fraction(0)
     if link.w_in[0] != "rho":
         M = _exact_lmi(be, link, be.mat(X_in), Xo)
         ok, how = _prove(be, M)

@@ -67,6 +67,18 @@ def test_every_construct_verifies_exactly(case):
     assert all(c.ok for c in v.checks)
 
 
+def test_compressed_dense_first_layer_is_checked_with_its_own_weight():
+    # lower replaces MNIST's 784-input W by U_r S_r (an SVD in floating point); verify uses W itself
+    net, _, doc = solved("lipsdp_mnist.lip")
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert v.ok and v.realization_exact, v.reason
+        assert v.checks[0].size == 784 + 50 and "full weight W" in v.checks[0].detail
+    doc["lmis"][0]["lambda"][3] *= 1.5
+    v = verify(net, doc, exact=True)
+    assert not v.ok and "LMI[fc1+relu1]" in v.reason and "full weight W" in v.reason
+
+
 def test_realization_is_the_weights_for_plain_layers_only():
     assert verify(*solved("ecg.lip")[::2]).realization_exact
     v = verify(*solved("linear_merge.lip")[::2])  # merged maps: lower.py's rounded products
