@@ -264,6 +264,8 @@ def _links(doc: dict, low: lowered.Network, net: typed.Network) -> tuple[list[_L
     name of an eliminated last system (its LMI ``W'W - W'W = 0`` holds exactly), if any."""
     steps = list(low.steps)
     pos = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
+    if len({steps[i].name for i in pos}) != len(pos):  # (certificate.build refuses to write these)
+        raise _fail("the spec lowers to two systems of the same name: not checkable")
     entries = {e["system"]: e for e in doc["lmis"]}
     Xs = doc["X"]
     eliminated = None
