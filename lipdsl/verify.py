@@ -156,6 +156,185 @@ def _own_realization(sys: lowered.System, net: typed.Network) -> bool:
                for a, b in zip(own, (sys.ss.A, sys.ss.B, sys.ss.C, sys.ss.D)))
 
 
+# -- exact realizations of composed maps ----------------------------------------------------------------
+
+
+def _q_array(a) -> np.ndarray:
+    """A float array as an object array of exact ``Fraction``s."""
+    a = np.asarray(a, dtype=float)
+    out = np.empty(a.shape, dtype=object)
+    for idx, v in np.ndenumerate(a):
+        out[idx] = Fraction(v)
+    return out
+
+
+def _q_zeros(shape) -> np.ndarray:
+    out = np.empty(shape, dtype=object)
+    out.fill(Fraction(0))
+    return out
+
+
+def _qdot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The exact product of two object arrays of Fractions (python-flint's ``fmpq_mat`` when installed)."""
+    try:
+        import flint
+    except ImportError:  # pragma: no cover - flint is in the test extras
+        return A.dot(B)
+    m, k = A.shape
+    n = B.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        return _q_zeros((m, n))
+    fa = flint.fmpq_mat(m, k, [flint.fmpq(v.numerator, v.denominator) for v in A.ravel()])
+    fb = flint.fmpq_mat(k, n, [flint.fmpq(v.numerator, v.denominator) for v in B.ravel()])
+    out = np.empty((m, n), dtype=object)
+    for i, row in enumerate((fa * fb).tolist()):
+        out[i] = [Fraction(int(v.p), int(v.q)) for v in row]
+    return out
+
+
+def _exact_taps(layer) -> tuple[np.ndarray, int, int]:
+    """``(K, s, delta)``: ``y[t] = sum_m K_m u[s t + delta - m]`` of a conv (its weights) or average pool
+    (``I/k``), exactly (object arrays of Fractions; ``lower._causal_taps`` in floating point)."""
+    if isinstance(layer, typed.Conv1d):
+        W0 = _q_array(layer.weight)
+        c_out, c_in, k = W0.shape
+        ke = layer.dilation * (k - 1) + 1
+        W = _q_zeros((c_out, c_in, ke))
+        W[:, :, :: layer.dilation] = W0
+        return W[:, :, ::-1].transpose(2, 0, 1), layer.stride, ke - 1 - layer.pad_left
+    c = layer.in_shape.channels
+    K = _q_zeros((layer.kernel, c, c))
+    for m in range(layer.kernel):
+        for ch in range(c):
+            K[m, ch, ch] = Fraction(1, layer.kernel)
+    return K, layer.stride, layer.kernel - 1
+
+
+def _exact_compose(G: np.ndarray, S: int, delta: int, layer) -> tuple[np.ndarray, int, int]:
+    """``G'_q = sum_m K_m G_{q - S m}``, ``S' = S s``, ``delta' = S delta_2 + delta``
+    (``lower.compose_fir``, exactly)."""
+    K, s, d2 = _exact_taps(layer)
+    G2 = _q_zeros((S * (K.shape[0] - 1) + G.shape[0], K.shape[1], G.shape[2]))
+    for m in range(K.shape[0]):
+        for q in range(G.shape[0]):
+            G2[S * m + q] = G2[S * m + q] + np.dot(K[m], G[q])
+    return G2, S * s, S * d2 + delta
+
+
+def _exact_strided(G: np.ndarray, S: int, delay: int) -> tuple[np.ndarray, ...]:
+    """``(A, B, C, D)`` of ``lower.strided_fir`` for exact taps ``G`` (same arrangement, exact values)."""
+    q_count, c_out, c_in = G.shape
+    m0 = max(0, -(-(delay - S + 1) // S))
+    rel = delay - S * m0 - np.arange(q_count)
+    back, pos = -(rel // S), rel % S
+    nb = int(back.max()) + 1
+    W = _q_zeros((c_out, c_in * S, nb))
+    for q in range(q_count):
+        cols = np.arange(c_in) * S + pos[q]
+        W[:, cols, nb - 1 - back[q]] = W[:, cols, nb - 1 - back[q]] + G[q]
+    k = nb
+    ci = c_in * S
+    nx = (k - 1) * ci
+    A = np.eye(nx, k=ci) if nx else np.zeros((0, 0))
+    B = np.zeros((nx, ci))
+    if nx:
+        B[nx - ci :, :] = np.eye(ci)
+    C = W[:, :, : k - 1].transpose(0, 2, 1).reshape(c_out, (k - 1) * ci) if k > 1 else _q_zeros((c_out, 0))
+    return A, B, C, W[:, :, k - 1]
+
+
+def _exact_toeplitz(run: list) -> np.ndarray:
+    """The exact matrix (channel-major in and out) of linear convs / average pools applied in turn
+    (``lower._toeplitz``): ``y[o, t] = sum_{i, j} W[o, i, j] x[i, s t + d j - pad_left]``; a pool averages
+    its window."""
+    c, n = run[0].in_shape.channels, int(run[0].in_shape.length)
+    T = None
+    for layer in run:
+        n_out = int(layer.out_shape.length)
+        if isinstance(layer, typed.Conv1d):
+            W = _q_array(layer.weight)
+            c_out = W.shape[0]
+            L = _q_zeros((c_out * n_out, layer.c_in * n))
+            for o in range(c_out):
+                for t in range(n_out):
+                    for j in range(layer.kernel):
+                        src = layer.stride * t + layer.dilation * j - layer.pad_left
+                        if 0 <= src < n:
+                            for i in range(layer.c_in):
+                                L[o * n_out + t, i * n + src] += W[o, i, j]
+        else:
+            c_out = c
+            L = _q_zeros((c * n_out, c * n))
+            for ch in range(c):
+                for t in range(n_out):
+                    for j in range(layer.kernel):
+                        L[ch * n_out + t, ch * n + layer.stride * t + j] += Fraction(1, layer.kernel)
+        T = L if T is None else _qdot(L, T)
+        c, n = c_out, n_out
+    return T
+
+
+def exact_realization(sys: lowered.System, low: lowered.Network, net: typed.Network,
+                      index: int) -> tuple[np.ndarray, ...] | None:
+    """The exact ``(A, B, C, D)`` (object arrays of Fractions) of a map ``lower`` composed in floating
+    point, recomputed from the spec's weights with lower's formulas, or None for another kind of system.
+
+    Covers linear convs and average pools merged into one strided FIR (``linear_chain_system``,
+    ``conv_avgpool_fir``, ``avgpool_fir``), dense layers merged into one (``W_k ... W_1``) and a linear
+    conv/pool run folded into the dense layer after a flatten (``W T``). The caller checks that lower's
+    matrices agree with these to rounding (else they are not used).
+    """
+    layers = {layer.name: layer for layer in net.layers}
+    maps = [n for n in sys.layers if not isinstance(layers.get(n), typed.Activation)]
+    if sys.kind in ("conv", "pool") and maps and all(
+            isinstance(layers.get(n), (typed.Conv1d, typed.Pool)) for n in maps):
+        run = [layers[n] for n in maps]
+        if len(run) == 1 and isinstance(run[0], typed.Conv1d):
+            return None  # a plain conv: ``realize``
+        G, S, delta = _exact_taps(run[0])
+        for layer in run[1:]:
+            G, S, delta = _exact_compose(G, S, delta, layer)
+        if S != sys.block_in:
+            return None
+        return _exact_strided(G, S, delta)
+    if sys.kind != "dense" or len(maps) != 1:
+        return None
+    parts = maps[0].split("+")
+    if not all(isinstance(layers.get(n), typed.Dense) for n in parts):
+        return None
+    D = _q_array(layers[parts[0]].weight)
+    for n in parts[1:]:
+        D = _qdot(_q_array(layers[n].weight), D)
+    steps = list(low.steps)
+    before = []
+    for st in reversed(steps[:index]):
+        if isinstance(st, lowered.System):
+            break
+        before.append(st)
+    folded = [st for st in before if isinstance(st, lowered.Pool) and st.op == "merged"]
+    if folded:
+        names = folded[0].name.split("+")
+        if len(folded) != 1 or not all(n in layers for n in names):
+            return None
+        D = _qdot(D, _exact_toeplitz([layers[n] for n in names]))
+    ny, nu = D.shape
+    return np.zeros((0, 0)), np.zeros((0, nu)), _q_zeros((ny, 0)), D
+
+
+def _matches(exact: tuple[np.ndarray, ...], ss: lowered.StateSpace) -> bool:
+    """Whether lower's float matrices equal the exact ones to rounding (``1e-9`` of the largest entry)."""
+    for e, f in zip(exact, (ss.A, ss.B, ss.C, ss.D)):
+        if e.shape != f.shape:
+            return False
+        if e.size == 0:
+            continue
+        ef = np.array(e, dtype=float)
+        scale = max(float(np.max(np.abs(ef))), 1e-300)
+        if float(np.max(np.abs(ef - f))) > 1e-9 * scale:
+            return False
+    return True
+
+
 # -- the chain of LMIs ------------------------------------------------------------------------------------
 
 
@@ -173,6 +352,8 @@ class _Link:
     slope: tuple[Fraction, Fraction] | None = None  # exact, outward: [a, b] contains the spec's slopes
     slope_float: tuple[float, float] | None = None  # doubles a' <= a, b' >= b
     full_weight: np.ndarray | None = None  # a compressed dense first layer's own W (``compressed_weight``)
+    mats: tuple | None = None  # exact (A, B, C, D) recomputed from the weights (``exact_realization``)
+    out_D: np.ndarray | None = None  # exact D of an eliminated last layer (X_out = D'D), if recomputed
 
 
 def compressed_weight(sys: lowered.System, net: typed.Network, first: bool) -> np.ndarray | None:
@@ -259,9 +440,10 @@ def _structure(doc: dict, low: lowered.Network) -> None:
                         hint="the certificate was written for another network or other options")
 
 
-def _links(doc: dict, low: lowered.Network, net: typed.Network) -> tuple[list[_Link], str | None]:
-    """The LMIs the chain needs, from the lowering; values from the certificate. Returns the links and the
-    name of an eliminated last system (its LMI ``W'W - W'W = 0`` holds exactly), if any."""
+def _links(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1) -> tuple[list[_Link], tuple]:
+    """The LMIs the chain needs, from the lowering; values from the certificate. Returns the links and
+    ``(name, exact)`` of an eliminated last system (its LMI ``W'W - W'W = 0`` holds exactly; ``exact``: its
+    ``W`` is the weights or recomputed exactly), or ``(None, True)``."""
     steps = list(low.steps)
     pos = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
     if len({steps[i].name for i in pos}) != len(pos):  # (certificate.build refuses to write these)
@@ -275,6 +457,16 @@ def _links(doc: dict, low: lowered.Network, net: typed.Network) -> tuple[list[_L
         if (last.kind == "dense" and last.slope is None and last.ss.nx == 0
                 and all(isinstance(s, lowered.Pool) and s.op != "max" for s in between)):
             eliminated = last.name
+    out_D = None  # the eliminated layer's exact D when lower composed it (merged dense layers)
+    elim_exact = True
+    if eliminated is not None:
+        last = steps[pos[-1]]
+        if not _own_realization(last, net):
+            ex = exact_realization(last, low, net, pos[-1]) if lift == 1 else None
+            if ex is not None and _matches(ex, last.ss):
+                out_D = ex[3]
+            else:
+                elim_exact = False
     links = []
     for j, i in enumerate(pos):
         sys: lowered.System = steps[i]
@@ -320,10 +512,15 @@ def _links(doc: dict, low: lowered.Network, net: typed.Network) -> tuple[list[_L
         full = compressed_weight(sys, net, j == 0)
         if full is not None and slopes is not None and slopes[0][0] * slopes[0][1] != 0:
             full = None  # (outward slopes with ab != 0: the Schur form does not apply)
-        links.append(_Link(sys, P, lam, w_in, w_out, needs, full is not None or _own_realization(sys, net),
+        own = full is not None or _own_realization(sys, net)
+        mats = None
+        if not own and lift == 1:  # (lifted realizations keep lower's arrangement and values)
+            ex = exact_realization(sys, low, net, i)
+            mats = ex if ex is not None and _matches(ex, sys.ss) else None
+        links.append(_Link(sys, P, lam, w_in, w_out, needs, own or mats is not None,
                            None if slopes is None else slopes[0], None if slopes is None else slopes[1],
-                           full))
-    return links, eliminated
+                           full, mats, out_D if w_out[0] == "WtW" else None))
+    return links, (eliminated, elim_exact)
 
 
 def _pooled(low: lowered.Network) -> set[str]:
@@ -470,7 +667,7 @@ class _Flint:
         return self.flint.fmpq(n, d)
 
     def mat(self, a: np.ndarray):
-        a = np.asarray(a, dtype=float)
+        a = np.asarray(a, dtype=object if getattr(getattr(a, "dtype", None), "kind", "") == "O" else float)
         m, n = a.shape
         return self.flint.fmpq_mat(m, n, [self.q(v) for v in a.ravel()])
 
@@ -535,7 +732,7 @@ class _Sympy:
         return self.QQ(n, d)
 
     def mat(self, a):
-        a = np.asarray(a, dtype=float)
+        a = np.asarray(a, dtype=object if getattr(getattr(a, "dtype", None), "kind", "") == "O" else float)
         return self.DM([[self.q(v) for v in row] for row in a], a.shape, self.QQ)
 
     def zeros(self, m, n):
@@ -666,11 +863,13 @@ def congruence_check(be, rows: list[list]) -> tuple[bool, str]:
 
 
 def _exact_lmi(be, link: _Link, X_in, X_out):
-    """The LMI ``M`` in exact rationals (module docstring)."""
+    """The LMI ``M`` in exact rationals (module docstring), with the recomputed exact realization if any."""
     ss = link.sys.ss
     nx, nu = ss.nx, ss.nu
-    AB = be.mat(np.hstack([ss.A, ss.B]))
-    E = be.mat(np.hstack([ss.C, ss.D]))
+    A, B, C, D = link.mats if link.mats is not None else (ss.A, ss.B, ss.C, ss.D)
+    AB = be.mat(np.hstack([np.asarray(A, dtype=object), np.asarray(B, dtype=object)]) if link.mats
+                else np.hstack([A, B]))
+    E = be.mat(np.hstack([C, D]) if link.mats is None else np.hstack([np.asarray(C, dtype=object), D]))
     m = nx + nu
     top = be.zeros(m, m)
     if nx:
@@ -760,7 +959,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     low = lower(net, scale=False, min_length=min_length, lift=lift,
                 merge_linear=bool(opts.get("merge_linear", True)))
     _structure(doc, low)
-    links, eliminated = _links(doc, low, net)
+    links, (eliminated, elim_exact) = _links(doc, low, net, lift)
     pooled = _pooled(low)
     rho = float(doc["rho"])
     if not math.isfinite(rho) or rho < 0:
@@ -807,6 +1006,9 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                 M, Mabs = _float_schur(link, rho, X_out, X_out_abs)
                 ok, detail, inconclusive = _psd_float(M, Mabs, 2 * link.full_weight.shape[1] + 2 * ss.ny + 16)
                 detail = "Schur complement with the full weight W: " + detail
+        elif not exact and (link.mats is not None or link.out_D is not None):
+            inconclusive = True  # lower's composed map is rounded: this LMI with the exact one instead
+            detail = "composed map recomputed exactly from the weights"
         elif not exact:
             Xi = rho * np.eye(ss.nu) if X_in is None else X_in
             M, Mabs = _float_lmi(link, Xi, X_out, X_out_abs)
@@ -817,8 +1019,13 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             ok, how, raise_by = _exact_link(be, link, X_in, X_out, systems, rho_q, allow_raise=exact)
             if exact and link.w_in[0] == "rho":
                 rho_raise = raise_by
-            detail = how if exact else (f"floating point inconclusive ({detail}); exact: {how}" if ok else
-                                        f"{how} (floating point: {detail})")
+            if exact:
+                detail = how
+            elif link.mats is not None or link.out_D is not None:
+                detail = f"{detail}: {how}"
+            else:
+                detail = (f"floating point inconclusive ({detail}); exact: {how}" if ok else
+                          f"{how} (floating point: {detail})")
         checks.append(LmiVerdict(name + where, n, ok, detail, link.exact_realization))
         if link.needs_P_psd:
             okp, dp = _side_psd(be, link.P, exact, backend_name)
@@ -829,8 +1036,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             checks.append(LmiVerdict(f"X[{name}] >= 0 (pooled)", Xs[name].shape[0], okx, dx, True))
     if eliminated is not None:
         checks.append(LmiVerdict(f"LMI[{eliminated}]", systems[eliminated].ss.nu, True,
-                                 "X := W'W: the LMI is 0 >= 0 exactly",
-                                 _own_realization(systems[eliminated], net)))
+                                 "X := W'W: the LMI is 0 >= 0 exactly", elim_exact))
     bad = next((c for c in checks if not c.ok), None)
     rho_final = rho_q + rho_raise
     L2 = rho_final * gain2
@@ -854,7 +1060,7 @@ def _exact_link(be, link: _Link, X_in, X_out, systems, rho_q: Fraction, allow_ra
     ``rho`` raised by the least of ``2^-51 rho, ..., 2^-40 rho`` that makes it strictly feasible."""
     ss = link.sys.ss
     if link.w_out[0] == "WtW":
-        Dq = be.mat(systems[link.w_out[1]].ss.D)
+        Dq = be.mat(link.out_D if link.out_D is not None else systems[link.w_out[1]].ss.D)
         Xo = be.T(Dq) * Dq
     else:
         Xo = be.mat(X_out)

@@ -79,11 +79,47 @@ def test_compressed_dense_first_layer_is_checked_with_its_own_weight():
     assert not v.ok and "LMI[fc1+relu1]" in v.reason and "full weight W" in v.reason
 
 
-def test_realization_is_the_weights_for_plain_layers_only():
-    assert verify(*solved("ecg.lip")[::2]).realization_exact
-    v = verify(*solved("linear_merge.lip")[::2])  # merged maps: lower.py's rounded products
+def test_composed_maps_are_recomputed_exactly_and_lifted_ones_are_flagged():
+    v = verify(*solved("ecg.lip")[::2])
+    assert v.realization_exact
+    net, _, doc = solved("linear_merge.lip")  # merged convs, conv+conv+pool FIR, dense W2 W1
+    v = verify(net, doc)
+    assert v.ok and v.realization_exact, v.reason
+    assert sum("composed map recomputed exactly" in c.detail for c in v.checks) == 3
+    v = verify(*solved("ecg.lip", lift=2)[::2])  # lifted: lower's arrangement and values
     assert v.ok and not v.realization_exact
     assert any(not c.exact_realization for c in v.checks)
+
+
+@pytest.mark.parametrize("spec", ["linear_merge.lip", "avgpool_overlap.lip", "features.lip", "ecg.lip"])
+def test_exact_realization_agrees_with_lowers_floating_point_one(spec):
+    from lipdsl import lowered
+    from lipdsl.load import load_network
+    from lipdsl.lower import lower
+    from lipdsl.verify import exact_realization
+
+    _, net = load_network(SPECS / spec)
+    low = lower(net, scale=False)
+    seen = 0
+    for i, sys in enumerate(low.steps):
+        if not isinstance(sys, lowered.System):
+            continue
+        ex = exact_realization(sys, low, net, i)
+        if ex is None:
+            continue
+        seen += 1
+        for e, f in zip(ex, (sys.ss.A, sys.ss.B, sys.ss.C, sys.ss.D)):
+            assert e.shape == f.shape
+            np.testing.assert_allclose(np.array(e, dtype=float), f, rtol=1e-12, atol=1e-15)
+    assert seen >= 1
+
+
+def test_tampered_composed_map_multiplier_fails_in_float_mode_too():
+    net, _, doc = solved("linear_merge.lip")
+    entry = next(e for e in doc["lmis"] if e["system"] == "c3+c4+avgpool1+tanh1")
+    entry["lambda"][0] = _digit_changed(entry["lambda"][0]) / 10
+    v = verify(net, doc)
+    assert not v.ok and "LMI[c3+c4+avgpool1+tanh1]" in v.reason and "pivot" in v.reason
 
 
 # -- tampering -------------------------------------------------------------------------------------------
