@@ -821,7 +821,7 @@ def ldl_pivots(rows: list[list]) -> tuple[bool, int, object]:
 
 
 #: Up to this order an LMI is proved by the exact LDL' itself; above it by the rounded-LDL' congruence.
-EXACT_LDL_MAX = 48
+EXACT_LDL_MAX = 24
 
 
 def congruence_check(be, rows: list[list]) -> tuple[bool, str]:
