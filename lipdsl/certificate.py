@@ -113,8 +113,8 @@ def build(result, *, options: dict[str, Any] | None = None) -> dict:
     if links and cert.point is None:  # pragma: no cover - certify always attaches it to a certified point
         raise CertificateError("cannot export this certificate: certify kept no point")
     if len({s.name for s in systems}) != len(systems):
-        raise CertificateError("cannot export this certificate yet: two systems of the lowering share a name ("
-                               + ", ".join(s.name for s in systems) + ")",
+        raise CertificateError("cannot export this certificate yet: two systems of the lowering share a "
+                               "name (" + ", ".join(s.name for s in systems) + ")",
                                hint="the bound itself is certified; run without --certificate / --exact")
     scales = [s.scale for s in systems]
     # T_i = prod_{j > i} s_j^2, by position in the system list

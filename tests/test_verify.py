@@ -101,14 +101,14 @@ def test_exact_realization_agrees_with_lowers_floating_point_one(spec):
     _, net = load_network(SPECS / spec)
     low = lower(net, scale=False)
     seen = 0
-    for i, sys in enumerate(low.steps):
-        if not isinstance(sys, lowered.System):
+    for i, system in enumerate(low.steps):
+        if not isinstance(system, lowered.System):
             continue
-        ex = exact_realization(sys, low, net, i)
+        ex = exact_realization(system, low, net, i)
         if ex is None:
             continue
         seen += 1
-        for e, f in zip(ex, (sys.ss.A, sys.ss.B, sys.ss.C, sys.ss.D)):
+        for e, f in zip(ex, (system.ss.A, system.ss.B, system.ss.C, system.ss.D)):
             assert e.shape == f.shape
             np.testing.assert_allclose(np.array(e, dtype=float), f, rtol=1e-12, atol=1e-15)
     assert seen >= 1
