@@ -277,3 +277,13 @@ def test_float_mode_falls_back_to_exact_when_rounding_is_too_close_to_call(shrin
     assert "e-" in v.bound_text  # scientific notation when tiny
     assert float(v.bound_text) >= result.certificate.lipschitz
     assert verify(net, doc, exact=True).ok
+
+
+@pytest.mark.parametrize("spec", ["tcn_any_length.lip", "lipsdp_random.lip"])
+def test_sympy_backend_proves_the_same_bound(spec):
+    net, _, doc = solved(spec)
+    a = verify(net, doc, exact=True, backend_name="flint")
+    b = verify(net, doc, exact=True, backend_name="sympy")
+    assert a.ok and b.ok and b.backend == "sympy" and a.backend == "python-flint"
+    assert a.bound_text == b.bound_text
+    assert [c.detail for c in a.checks] == [c.detail for c in b.checks]
