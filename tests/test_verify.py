@@ -287,3 +287,25 @@ def test_sympy_backend_proves_the_same_bound(spec):
     assert a.ok and b.ok and b.backend == "sympy" and a.backend == "python-flint"
     assert a.bound_text == b.bound_text
     assert [c.detail for c in a.checks] == [c.detail for c in b.checks]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_cnns_verify_in_both_modes(seed):
+    # generated: 1-2 convs (random kernel, padding, stride, dilation), max / average / overlapping pools,
+    # flatten, dense layers; the chain the checker builds must accept every certified point
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from nets import random_cnn
+
+    from lipdsl import certificate
+    from lipdsl.api import solve_network
+
+    net = random_cnn(np.random.default_rng(1000 + seed), pool=["max", "avg", None][seed % 3])
+    result = solve_network(net)
+    assert result.certificate.verified
+    doc = certificate.build(result)
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert v.ok and v.realization_exact, v.reason
+        assert v.lipschitz >= result.certificate.lipschitz * (1 - 1e-12)
+    doc["rho"] *= 0.9  # and refuse a lower rho
+    assert not verify(net, doc, exact=True).ok
