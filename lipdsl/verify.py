@@ -669,6 +669,18 @@ class _Flint:
     def mat(self, a: np.ndarray):
         a = np.asarray(a, dtype=object if getattr(getattr(a, "dtype", None), "kind", "") == "O" else float)
         m, n = a.shape
+        if a.dtype.kind == "f" and a.size:
+            # doubles: one common power of two makes every entry an integer (exactly, when it stays finite)
+            nz = np.abs(a[a != 0])
+            if nz.size == 0:
+                return self.flint.fmpq_mat(m, n)
+            k = 52 - int(np.frexp(nz.min())[1])
+            if int(np.frexp(nz.max())[1]) + k < 1000:
+                scaled = np.ldexp(a, k)
+                if np.all(scaled == np.round(scaled)):
+                    Z = self.flint.fmpz_mat(m, n, [int(v) for v in scaled.ravel()])
+                    scale = self.flint.fmpq(1, 2**k) if k >= 0 else self.flint.fmpq(2 ** (-k))
+                    return self.flint.fmpq_mat(Z) * scale
         return self.flint.fmpq_mat(m, n, [self.q(v) for v in a.ravel()])
 
     def zeros(self, m, n):

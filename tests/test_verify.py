@@ -309,3 +309,15 @@ def test_random_cnns_verify_in_both_modes(seed):
         assert v.lipschitz >= result.certificate.lipschitz * (1 - 1e-12)
     doc["rho"] *= 0.9  # and refuse a lower rho
     assert not verify(net, doc, exact=True).ok
+
+
+def test_doubles_become_the_same_rationals():
+    from lipdsl.verify import backend
+
+    be = backend("flint")
+    rng = np.random.default_rng(5)
+    for a in (rng.standard_normal((4, 6)) * 1e-5, np.array([[1e-300, 3.0], [2.0**70, -0.0]]),
+              rng.standard_normal((3, 3)) * 1e200, np.array([[2.0**60, -(2.0**61)]]), np.zeros((2, 2))):
+        M = be.mat(a)
+        for (i, j), v in np.ndenumerate(a):
+            assert Fraction(int(M[i, j].p), int(M[i, j].q)) == Fraction(float(v))
