@@ -3,10 +3,13 @@
 The checker is independent of the solver side: it imports none of cvxopt, picos, ``lipdsl.sdp``,
 ``lipdsl.solve``, ``lipdsl.certify``, ``lipdsl.kyp``, ``lipdsl.hkm``, ``lipdsl.cones``. From the front end it
 uses the spec loader (parse, check, weights) and ``lipdsl.lower`` with ``scale=False`` for the chain of
-systems, pools and flattens and their numeric realizations ``(A, B, C, D)``; a plain conv or dense layer's
+systems, pools and flattens and their numeric realizations ``(A, B, C, D)``. A plain conv or dense layer's
 realization is rebuilt here too (``realize``) and must equal lower's entry for entry (then it is the
-weights themselves, exactly). Every LMI matrix is built here from ``(A, B, C, D)``, the slopes and the
-certificate's values (``docs/certificate.md``):
+weights themselves, exactly); maps lower composes in floating point (merged convs and pools, overlapping
+pools, folded Toeplitz maps, merged dense layers) are recomputed exactly (``exact_realization``) and their
+LMIs checked in exact arithmetic; a compressed dense first layer is checked with its own ``W``
+(``compressed_weight``); lifted realizations are lower's, flagged. Every LMI matrix is built here from
+``(A, B, C, D)``, the slopes and the certificate's values (``docs/certificate.md``):
 
     M = [[P - A'PA + 2ab C'LC,   -A'PB + 2ab C'LD,        -(a+b) C'L],
          [      .,               X_in - B'PB + 2ab D'LD,  -(a+b) D'L],
@@ -31,15 +34,17 @@ If the factorization runs to completion, ``fl(M) - cI + Delta = R'R`` with ``|De
 and ``||Delta||_2 <= gamma_{n+1} / (1 - gamma_{n+1}) tr(fl(M) - cI)`` (Demmel 1989; Higham, Thm. 10.3);
 so ``M >= 0``: the criterion of Rump's ``isspd`` (S. M. Rump, *Verification of positive definiteness*, BIT
 46 (2006) 433-452), with a factor 2 of safety for blocked LAPACK factorizations and ``eta`` the smallest
-subnormal for underflow.
+subnormal for underflow. A test that fails with the smallest eigenvalue within 4 rounding bounds of 0 is
+inconclusive: that LMI is then checked in exact arithmetic.
 
 Exact mode: the weights are binary fractions and so are the certificate's values (doubles): both are
 taken as exact rationals (``fmpq``), ``M`` is formed exactly and ``M > 0`` is proved by an exact LDL'
-factorization, as recursive Schur complements ``M = [[A, B], [B', C]] > 0 <=> A > 0 and C - B'A^-1 B > 0``
-down to 1 x 1 pivots (python-flint's ``fmpq_mat``, or sympy's ``DomainMatrix`` over QQ). If the first LMI
-(the only one ``rho`` enters) is not strictly feasible, ``rho`` is raised by the least dyadic amount found
-(doubling from 2^-40 rho) that makes it so (Peyrl and Parrilo, *Computing sum of squares decompositions
-with rational coefficients*, TCS 409 (2008) 269-281, round and project; here only rho moves).
+(``ldl_pivots``, up to ``EXACT_LDL_MAX`` rows), or for larger LMIs by the exact congruence of a rounded
+floating-point LDL' to a diagonally dominant remainder (``congruence_check``), with python-flint's
+``fmpq_mat``/``fmpz_mat`` or sympy's ``DomainMatrix`` over QQ. If the first LMI (the only one ``rho`` enters)
+is not strictly feasible, ``rho`` is raised by the least of ``2^-51 rho, ..., 2^-40 rho`` that makes it so
+(Peyrl and Parrilo, *Computing sum of squares decompositions with rational coefficients*, TCS 409 (2008)
+269-281: round, keep strict feasibility, prove exactly; here only rho moves).
 """
 
 from __future__ import annotations
