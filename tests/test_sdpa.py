@@ -17,7 +17,7 @@ from lipdsl.sdp import build_sdp
 from lipdsl.sdpa import BOUND_LINE, SdpaFormatError, read_sdpa, solve_sdpa_file, write_sdpa
 from lipdsl.solve import Solution
 from nets import Builder
-from test_sdp import ecg, mixed_net
+from nets import ecg, mixed_net
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 GOLDEN = Path(__file__).parent / "golden" / "tiny.dat-s"
