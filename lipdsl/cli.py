@@ -313,7 +313,7 @@ def _print_state_space(net, latex: bool) -> None:
 
 # -- solve (issue 3) --------------------------------------------------------------------------------------
 
-_METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")  # = compare.METHODS
+from .compare import METHODS as _METHODS  # noqa: E402  (the one method registry; no numpy at start-up)
 
 
 @cli.command("solve")
