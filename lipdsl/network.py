@@ -307,8 +307,9 @@ class Network:
         low = self.lower_bound(time_budget=time_budget, length=length) if lower else None
         return Comparison(self.name, tuple(bounds), low)
 
-    def export_sdpa(self, path: str | os.PathLike, *, length: int | None = None):
-        """Write the SDP of ``solve()`` in SDPA sparse format (.dat-s), as ``lipdsl export``.
+    def export_sdpa(self, path: str | os.PathLike, *, length: int | None = None, lift: int = 1):
+        """Write the SDP of ``solve(lift=lift)`` in SDPA sparse format (.dat-s), as ``lipdsl export``; the
+        same size limits as ``solve`` apply (``LimitError`` before anything is allocated).
 
         Returns
         -------
@@ -323,11 +324,11 @@ class Network:
         >>> size.m > 0
         True
         """
-        from .lower import lower
+        from .api import lower_within_limits
         from .sdp import build_sdp
         from .sdpa import write_sdpa
 
-        sdp = build_sdp(lower(self.typed, min_length=length))
+        sdp = build_sdp(lower_within_limits(self.typed, min_length=length, lift=lift))
         name = self.typed.source_path or self.name
         return write_sdpa(sdp, path, spec_name=name)
 

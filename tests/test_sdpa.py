@@ -216,3 +216,23 @@ def test_cli_export_lift_matches_solve_lift(tmp_path):
     ours = solve_network(net, lift=2, tol=1e-9)
     assert math.sqrt(solve_sdpa_file(out, tol=1e-9).objective) * d.factor == pytest.approx(
         ours.certificate.lipschitz, rel=1e-6)
+
+
+def test_export_has_solve_limits_and_lift(tmp_path, cli):
+    """Export goes through the same lowering entry as solve: the size limits refuse before allocating, and
+    the Python API's export takes ``lift`` as the CLI's does."""
+    import lipdsl
+    import lipdsl.api
+    from lipdsl.errors import LimitError
+
+    spec = SPECS / "ecg.lip"
+    net = lipdsl.load(str(spec))
+    plain = net.export_sdpa(tmp_path / "a.dat-s")
+    lifted = net.export_sdpa(tmp_path / "b.dat-s", lift=2)
+    res = cli("export", spec, "--lift", "2", "-o", tmp_path / "c.dat-s")
+    assert res.exit_code == 0
+    assert (tmp_path / "b.dat-s").read_text() == (tmp_path / "c.dat-s").read_text().replace(
+        f" from {spec}", f" from {net.typed.source_path}")
+    assert lifted.m > plain.m
+    with pytest.raises(LimitError, match="more than --max-lmi 10"):
+        lipdsl.api.lower_within_limits(net.typed, max_lmi=10)
