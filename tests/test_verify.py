@@ -209,6 +209,9 @@ def test_api_verify_and_certificate_keyword(tmp_path):
     v = lipdsl.verify(net, path, exact=True)
     assert v.ok and v.lipschitz >= bound.lipschitz * (1 - 1e-12)
     assert lipdsl.verify(SPECS / "ecg.lip", path).ok
+    with pytest.raises(lipdsl.errors.LipdslError, match="dissipative method only"):
+        net.solve("naive", certificate=tmp_path / "n.json")
+    assert not (tmp_path / "n.json").exists()
 
 
 # -- the exact arithmetic itself (generated cases) -------------------------------------------------------
