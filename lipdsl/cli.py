@@ -441,11 +441,16 @@ def solve_command(
         out = to_json(result)
         if proof is not None:
             out["proof"] = proof.to_json()
+        if certificate_path is not None and result.certificate.verified:
+            out["certificate_file"] = certificate_path
         click.echo(json.dumps(out))
     else:
         from rich.console import Console
 
         print_text(result, Console(), proof=proof)
+        if certificate_path is not None and result.certificate.verified:
+            click.echo(f"  certificate written to {certificate_path} (check it: lipdsl verify {spec} "
+                       f"{certificate_path} [--exact])")
     if not result.certificate.verified:
         sys.exit(3)
 

@@ -25,6 +25,7 @@ def ecg_cert(tmp_path_factory):
     res = run("solve", SPECS / "ecg.lip", "--certificate", path)
     assert res.exit_code == 0, res.stdout + res.stderr
     assert "(certified)" in res.stdout
+    assert f"certificate written to {path}" in " ".join(res.stdout.split())
     return path
 
 

@@ -1,6 +1,7 @@
 """The independent checker: (spec, certificate) -> Verdict, in floating point and exact arithmetic."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cert_cases import CONSTRUCTS, ECG_REFERENCE, SPECS, case_id, solved
 
 import lipdsl
@@ -348,3 +351,14 @@ def test_the_authors_ecg_models_are_proved_exactly():
         ref = reference.get(f.stem, {}).get("lipschitz_reference")
         if ref is not None:
             assert ref * (1 - 1e-9) <= v.lipschitz <= ref * (1 + 1e-6), f.stem
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fractions(min_value=Fraction(1, 10**30), max_value=Fraction(10**30)), st.integers(3, 15))
+def test_sqrt_up_is_an_upper_bound_with_the_digits_shown(x, digits):
+    from lipdsl.verify import _sqrt_up
+
+    d, text = _sqrt_up(x, digits)
+    assert d >= 0 and d * d >= x  # an upper bound on sqrt(x), exactly
+    assert Fraction(text) == d  # the text is that number
+    assert d <= Fraction(math.sqrt(float(x))) * (1 + Fraction(10) ** (1 - digits)) + Fraction(1, 10**40)
