@@ -90,6 +90,21 @@ def to_json(result: Result) -> dict:
     }
 
 
+def baseline_to_json(net, method: str, r) -> dict:
+    """``lipdsl solve --method <baseline> --json``: a ``compare.MethodResult`` as a JSON-ready dict."""
+    return {
+        "network": net.name,
+        "source": net.source_path,
+        "method": method,
+        "lipschitz": r.bound,
+        "status": r.status,
+        "note": r.note,
+        "length": r.length,
+        "lmi_rows": r.lmi_rows,
+        "seconds": r.seconds,
+    }
+
+
 def print_text(result: Result, console) -> None:
     """Human-readable report on a rich Console."""
     from rich.table import Table
@@ -148,3 +163,35 @@ def print_text(result: Result, console) -> None:
     console.print(table)
     for note in to_json(result)["notes"]:
         console.print(f"  note: {note}")
+
+
+def sweep_table(rows, *, lower: bool = False, title: str | None = None):
+    """A ``lipdsl sweep``'s rows (dicts, input order) as a rich Table: bound, status, iterations, time."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = ["item", "bound"] + (["lower"] if lower else []) + ["status", "iters", "time"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("item", "status") else "right", no_wrap=True)
+    for r in rows:
+        bound = r.get("lipschitz")
+        ok = bound is not None
+        status = r["status"] if ok else f"[red]{r['status']}[/]"
+        iters = r.get("iterations")
+        cells = [r["name"], "-" if bound is None else f"{bound:.10g}"]
+        if lower:
+            lb = r.get("lower_bound")
+            cells.append("-" if lb is None else f"{lb:.6g}")
+        cells += [status, "" if iters is None else str(iters), f"{r.get('item_seconds', 0.0):.2f} s"]
+        table.add_row(*cells)
+    return table
+
+
+def sweep_notes(rows) -> list[str]:
+    """One message per item without a bound: ``name: error`` (the error as rendered, caret and hint)."""
+    out = []
+    for r in rows:
+        if r.get("lipschitz") is None and r.get("error"):
+            text = str(r["error"]).replace("\n", "\n    ")
+            out.append(f"{r['name']} ({r['path']}): {text}")
+    return out
