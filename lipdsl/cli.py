@@ -912,7 +912,7 @@ def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, a
                                        dashboard_address=None)
                 client = Client(cluster)
             else:
-                client = Client(scheduler, timeout=30)
+                client = Client(scheduler, timeout=15)
         except (OSError, TimeoutError, ValueError) as exc:
             click.echo(f"error: cannot connect to the Dask scheduler {scheduler!r}: {exc}", err=True)
             sys.exit(1)
@@ -948,8 +948,9 @@ def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, a
     for row in result.rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    sys.stdout.flush()
     err.print(
-        f"{len(result)} items: {summary}; {result.solved} solved, {result.cached} from the cache; "
+        f"{len(result)} item{'s' if len(result) != 1 else ''}: {summary}; {result.solved} solved, {result.cached} from the cache; "
         f"{result.seconds:.1f} s" + ("; interrupted (Ctrl-C)" if result.interrupted else "")
         + (f"; wrote {plot}" if plot else ""),
         highlight=False,
