@@ -10,7 +10,8 @@ An *item* is one network to bound, carried as bytes so that a worker needs no sh
 
 A worker rebuilds the network with ``load.check_source(..., files=...)`` (the same checks as from disk:
 path rules, size caps, ``allow_pickle=False``, finite weights), runs the method and returns one row: the
-keys of ``lipdsl solve --json`` plus ``name``, ``path``, ``status`` and ``item_seconds``. Errors of one item
+keys of ``lipdsl solve --json`` plus ``name``, ``path``, ``status``, ``item_seconds`` (wall) and
+``item_cpu_seconds`` (the worker's CPU time). Errors of one item
 (unreadable file, refused layer, solver failure, a worker that died twice) are reported in its row.
 
 Cache: a finished row is stored under ``sha256(lipdsl version, kind, spec text, weight bytes, options)``
@@ -354,10 +355,11 @@ def run_item(item: Item, options: Options) -> dict:
     """
     from threadpoolctl import threadpool_limits
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with threadpool_limits(limits=1):  # items run side by side: one BLAS thread each
         row = _run_item(item, options)
-    row.update(name=item.name, path=item.path, item_seconds=time.perf_counter() - t0)
+    row.update(name=item.name, path=item.path, item_seconds=time.perf_counter() - t0,
+               item_cpu_seconds=time.process_time() - c0)
     row.setdefault("method", options.method)
     row.setdefault("lipschitz", None)
     return row
