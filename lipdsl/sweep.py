@@ -33,6 +33,7 @@ import json
 import os
 import posixpath
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
@@ -55,6 +56,8 @@ CSV_COLUMNS = ("name", "path", "method", "status", "lipschitz", "lower_bound", "
                "cached", "error")
 #: How often a local item is started again after its worker process died.
 RETRIES = 1
+#: Seconds an item may take beyond its solver's ``--timeout`` when it runs in a child process (Dask).
+CHILD_GRACE = 60.0
 
 
 @dataclass(frozen=True)
@@ -356,13 +359,52 @@ def run_item(item: Item, options: Options) -> dict:
     from threadpoolctl import threadpool_limits
 
     t0, c0 = time.perf_counter(), time.process_time()
-    with threadpool_limits(limits=1):  # items run side by side: one BLAS thread each
-        row = _run_item(item, options)
+    if options.timeout is not None and threading.current_thread() is not threading.main_thread():
+        row = _run_in_child(item, options)  # a Dask worker's thread: the solver's alarm needs a main thread
+    else:
+        with threadpool_limits(limits=1):  # items run side by side: one BLAS thread each
+            row = _run_item(item, options)
     row.update(name=item.name, path=item.path, item_seconds=time.perf_counter() - t0,
                item_cpu_seconds=time.process_time() - c0)
     row.setdefault("method", options.method)
     row.setdefault("lipschitz", None)
     return row
+
+
+def _run_in_child(item: Item, options: Options) -> dict:
+    """``_run_item`` in a child Python process (its main thread), for ``--timeout`` on a worker thread.
+
+    The child is killed if it outlives the solver's timeout by ``CHILD_GRACE`` seconds (start-up, lowering,
+    certification); its row then says so.
+    """
+    import pickle
+    import subprocess
+    import sys
+
+    code = "from lipdsl.sweep import _child_main; _child_main()"
+    try:
+        done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((item, options)),
+                              capture_output=True, timeout=options.timeout + CHILD_GRACE)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "error": f"the item did not finish within --timeout {options.timeout:g} s "
+                f"(+ {CHILD_GRACE:g} s for the rest of the pipeline)"}
+    if done.returncode != 0:
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return {"status": "crashed", "error": f"the item's process exited with code {done.returncode}: {tail[0]}"}
+    return pickle.loads(done.stdout)  # our own child's output
+
+
+def _child_main() -> None:
+    """Entry of ``_run_in_child``'s process: (item, options) pickled on stdin -> the row pickled on stdout."""
+    import pickle
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    item, options = pickle.loads(sys.stdin.buffer.read())
+    with threadpool_limits(limits=1):
+        row = _run_item(item, options)
+    sys.stdout.buffer.write(pickle.dumps(row))
 
 
 def _run_item(item: Item, options: Options) -> dict:

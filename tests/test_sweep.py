@@ -260,7 +260,7 @@ def test_a_local_worker_that_keeps_dying_is_reported(tmp_path, checkpoints, monk
 
 def test_dask_cluster_sweep_equals_the_local_one_and_survives_a_killed_worker(tmp_path, checkpoints, reference):
     distributed = pytest.importorskip("distributed")
-    many = checkpoints + ecg_checkpoints(tmp_path, 10, seed=5)[6:]  # 10 items
+    many = checkpoints + ecg_checkpoints(tmp_path, 8, seed=5)[6:]  # 8 items
     with DaskCluster(tmp_path, n_workers=2) as cluster:
         with distributed.Client(cluster.address, timeout=60) as client:
             res = sw.sweep(checkpoints, like=ECG_SPEC, client=client, cache=False)
@@ -281,3 +281,8 @@ def test_dask_cluster_sweep_equals_the_local_one_and_survives_a_killed_worker(tm
             assert [b for b, r in zip(res.bounds, res) if r["status"] == "certified"] == [
                 b for b, r in zip(local.bounds, res) if r["status"] == "certified"]
             assert sum(r["status"] == "certified" for r in res) == len(many)  # one worker left: rescheduled
+            # --timeout on a worker's thread: the item runs in a child process whose main thread has the alarm
+            timed = sw.sweep(checkpoints[:1], like=ECG_SPEC, client=client, cache=False, timeout=120)
+            assert timed.bounds == reference[:1]
+            short = sw.sweep(checkpoints[:1], like=ECG_SPEC, client=client, cache=False, timeout=1e-4)
+            assert short[0]["status"] == "failed" and "time limit" in short[0]["error"]
