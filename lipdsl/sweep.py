@@ -16,7 +16,7 @@ keys of ``lipdsl solve --json`` plus ``name``, ``path``, ``status``, ``item_seco
 
 Cache: a finished row is stored under ``sha256(lipdsl version, kind, spec text, weight bytes, options)``
 (``Item.key``), so a rerun solves only what changed; rows that depend on the machine's load (a solver
-``--timeout``, a lost worker) and items that could not be read are not stored.
+``--timeout``, a lost worker) and input errors are not stored.
 
 Executors: ``jobs`` local worker processes (``_LocalPool``: forkserver processes, SIGINT ignored, BLAS
 pinned to one thread with threadpoolctl; a worker that dies is replaced and its item retried once), the
@@ -464,8 +464,9 @@ def _baseline(net, options: Options) -> dict:
 
 
 def _cacheable(row: dict, options: Options) -> bool:
-    """Rows that the same content always gives: not those a timeout or a lost worker decided, nor crashes."""
-    if row["status"] in ("crashed", "lost", "not run"):
+    """Rows that the same content always gives: not those a timeout or a lost worker decided, nor crashes;
+    nor input errors (cheap to find again, and some depend on what is installed, e.g. torch or onnx)."""
+    if row["status"] in ("crashed", "lost", "not run", "error"):
         return False
     return not (row["status"] == "failed" and options.timeout is not None)
 
