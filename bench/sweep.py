@@ -4,12 +4,12 @@
 
 Each model is ``specs/ecg.lip``'s architecture with the model's ``.npz`` (keys ``conv1.weight`` ...
 ``fc2.bias``, as the spec names them), i.e. ``lipdsl sweep --like specs/ecg.lip cases/*.npz``. Prints the
-wall time of the whole sweep (``lipdsl.sweep.sweep``, no cache: worker start-up included) with one and with two
-worker processes, their ratio (target <= 0.6), the cores the items' CPU time amounts to (a loaded machine
+wall time of the whole sweep (``lipdsl.sweep.sweep``, no cache: worker start-up included) with one and with
+two worker processes, their ratio (target <= 0.6), the cores the items' CPU time amounts to (a loaded machine
 that shares CPU per session, Linux's autogroup, gives one session the same share however many processes it
-runs: then the ratio measures the machine, not the sweep), the certified count, and the largest relative difference of the
-swept bounds to ``solve_network`` on the same models in this process (target <= 1e-12). With ``--repeat R`` the
-two sweeps alternate R times and the medians are compared. Writes ``sweep.csv`` (one row per model).
+runs: then the ratio measures the machine, not the sweep), the certified count, and the largest relative
+difference of the swept bounds to ``solve_network`` on the same models in this process (target <= 1e-12).
+With ``--repeat R`` the two sweeps alternate R times and the medians are compared. Writes ``sweep.csv``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> int:
                   f"on average (load average {os.getloadavg()[0]:.1f})")
     t1, t2 = statistics.median(times[1]), statistics.median(times[2])
     worst = 0.0
-    for jobs, res in results.items():
+    for res in results.values():
         for b, ref in zip(res.bounds, reference):
             if b is None or ref is None:
                 worst = float("inf")
@@ -91,7 +91,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "solve", "sweep_jobs1", "sweep_jobs2", "item_seconds_jobs1", "item_seconds_jobs2"])
+        w.writerow(["model", "solve", "sweep_jobs1", "sweep_jobs2", "item_seconds_jobs1",
+                    "item_seconds_jobs2"])
         for f, ref, a, b in zip(files, reference, results[1], results[2]):
             w.writerow([f.stem, ref, a["lipschitz"], b["lipschitz"], a["item_seconds"], b["item_seconds"]])
     print(f"wrote {out / 'sweep.csv'}")

@@ -29,9 +29,9 @@ class _CallableModule(types.ModuleType):
 
 
 class _Package(types.ModuleType):
-    # NOTE: ``lipdsl.load``, ``lipdsl.parse`` and ``lipdsl.sweep`` name both modules and API functions. Importing
-    # submodule sets it as an attribute of the package, which would hide the function; instead the module
-    # is made callable, so ``lipdsl.load("net.lip")``, ``lipdsl.load.load_network`` and
+    # NOTE: ``lipdsl.load``, ``lipdsl.parse`` and ``lipdsl.sweep`` name both modules and API functions.
+    # Importing a submodule sets it as an attribute of the package, which would hide the function; instead
+    # the module is made callable, so ``lipdsl.load("net.lip")``, ``lipdsl.load.load_network`` and
     # ``import lipdsl.parse as p`` all keep working.
     def __setattr__(self, name, value):
         if name in _CALLABLE and isinstance(value, types.ModuleType):

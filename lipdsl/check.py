@@ -21,7 +21,8 @@ from .errors import ShapeError, SpecError, WeightError
 from .source import Source, Span
 from .typed import Shape
 
-__all__ = ["check", "memory_key", "weight_files", "conv1d_length", "pool_length", "conv1d_padding", "ACTIVATIONS"]
+__all__ = ["check", "memory_key", "weight_files", "conv1d_length", "pool_length", "conv1d_padding",
+           "ACTIVATIONS"]
 
 # Built-in activations: name -> (takes a parameter, its default, slope bounds as a function of it).
 # The bounds are the sector [alpha, beta] that (phi(a) - phi(b)) / (a - b) always lies in.
@@ -565,12 +566,13 @@ def _producer(prev: str | None) -> str:
 
 
 def memory_key(rel: str) -> str:
-    """Key of weight file ``rel`` (as the spec writes it) in ``check``'s ``files``: ``a/./b.npz`` -> ``a/b.npz``."""
+    """Key of weight file ``rel`` (as the spec writes it) in ``check``'s ``files``: ``a/./b.npz`` ->
+    ``a/b.npz``."""
     return posixpath.normpath(rel.replace(os.sep, "/"))
 
 
 def weight_files(net: ast.Network) -> tuple[str, ...]:
-    """Every weight file ``net`` names (``weights "f.npz"`` lines and ``"f.npz":key`` references), in order."""
+    """Every weight file ``net`` names (``weights "f.npz"`` lines, ``"f.npz":key`` references), in order."""
     names: list[str] = []
     for st in net.body:
         if isinstance(st, ast.Weights):

@@ -839,7 +839,8 @@ def import_command(
               help="Refuse (in the item's row) SDPs whose largest LMI has more rows than this.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop an item's solver after SECONDS (the item fails; the others go on).")
-@click.option("--frequencies", type=click.IntRange(min=3), default=None, help="As `lipdsl solve --frequencies`.")
+@click.option("--frequencies", type=click.IntRange(min=3), default=None,
+              help="As `lipdsl solve --frequencies`.")
 @click.option("--accept-unconverged", is_flag=True, help="As `lipdsl solve --accept-unconverged`.")
 @click.option("--force", is_flag=True, help="With --method lipsdp-*: run even LMIs above the size guard.")
 @click.option(
@@ -859,14 +860,16 @@ def import_command(
 @click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout instead of the table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Also write the bound per checkpoint as a PNG (needs matplotlib: 'lipdsl[plot]').")
-@click.option("--lower", is_flag=True, help="Also the empirical lower bound of each item (as `lipdsl lower`).")
+@click.option("--lower", is_flag=True,
+              help="Also the empirical lower bound of each item (as `lipdsl lower`).")
 @click.option("--lower-starts", default=16, show_default=True, type=click.IntRange(min=1),
               help="With --lower: random starts.")
 @click.option("--time-budget", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="With --lower: seconds per item.")
 @click.option("--seed", default=0, show_default=True, type=int, help="With --lower: seed of the starts.")
 @_ALLOW_OUTSIDE
-def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, as_csv, plot, **options) -> None:
+def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, as_csv, plot,
+                  **options) -> None:
     """Bound many networks in one run: .lip specs, .onnx models, or weight files with --like ARCH.lip.
 
     \b
@@ -889,7 +892,7 @@ def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, a
 
     from rich.console import Console
 
-    from .sweep import default_jobs, sweep
+    from .sweep import default_jobs
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv are exclusive")
@@ -897,7 +900,8 @@ def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, a
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            click.echo("error: --plot needs matplotlib; install it with: pip install 'lipdsl[plot]'", err=True)
+            click.echo("error: --plot needs matplotlib; install it with: pip install 'lipdsl[plot]'",
+                       err=True)
             sys.exit(1)
     client = cluster = None
     if scheduler is not None:
@@ -950,7 +954,8 @@ def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, a
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     sys.stdout.flush()
     err.print(
-        f"{len(result)} item{'s' if len(result) != 1 else ''}: {summary}; {result.solved} solved, {result.cached} from the cache; "
+        f"{len(result)} item{'s' if len(result) != 1 else ''}: {summary}; {result.solved} solved, "
+        f"{result.cached} from the cache; "
         f"{result.seconds:.1f} s" + ("; interrupted (Ctrl-C)" if result.interrupted else "")
         + (f"; wrote {plot}" if plot else ""),
         highlight=False,

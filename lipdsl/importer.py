@@ -1219,8 +1219,8 @@ def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = No
 
 
 def retarget_weights(text: str, tree, weights: str) -> str:
-    """The spec ``text`` (parsed: ``tree``) with every ``weights "..."`` line naming ``weights`` instead, or one
-    such line added before the first layer (``import_state_dict``, ``lipdsl sweep --like``)."""
+    """The spec ``text`` (parsed: ``tree``) with every ``weights "..."`` line naming ``weights`` instead, or
+    one such line added before the first layer (``import_state_dict``, ``lipdsl sweep --like``)."""
     from . import ast
 
     lines = text.splitlines()

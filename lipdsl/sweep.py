@@ -386,11 +386,12 @@ def _run_in_child(item: Item, options: Options) -> dict:
         done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((item, options)),
                               capture_output=True, timeout=options.timeout + CHILD_GRACE)
     except subprocess.TimeoutExpired:
-        return {"status": "failed", "error": f"the item did not finish within --timeout {options.timeout:g} s "
-                f"(+ {CHILD_GRACE:g} s for the rest of the pipeline)"}
+        return {"status": "failed", "error": f"the item did not finish within --timeout "
+                f"{options.timeout:g} s (+ {CHILD_GRACE:g} s for the rest of the pipeline)"}
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        return {"status": "crashed", "error": f"the item's process exited with code {done.returncode}: {tail[0]}"}
+        return {"status": "crashed",
+                "error": f"the item's process exited with code {done.returncode}: {tail[0]}"}
     return pickle.loads(done.stdout)  # our own child's output
 
 
@@ -471,7 +472,7 @@ def _cacheable(row: dict, options: Options) -> bool:
     return not (row["status"] == "failed" and options.timeout is not None)
 
 
-# -- cache ----------------------------------------------------------------------------------------------------
+# -- cache ---------------------------------------------------------------------------------------------------
 
 
 class _Cache:
@@ -500,7 +501,7 @@ class _Cache:
             pass  # a cache that cannot be written only costs a re-solve next time
 
 
-# -- executors ------------------------------------------------------------------------------------------------
+# -- executors -----------------------------------------------------------------------------------------------
 
 Task = tuple[int, Item, Options]
 
@@ -511,7 +512,7 @@ def _serial(tasks: Sequence[Task]) -> Iterator[tuple[int, dict]]:
 
 
 def _worker_main(conn) -> None:
-    """A local worker: SIGINT ignored (the parent stops it), one BLAS thread; runs items until told to stop."""
+    """A local worker: SIGINT ignored (the parent stops it), one BLAS thread; runs items until told so."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from threadpoolctl import threadpool_limits
 
@@ -590,8 +591,9 @@ class _LocalPool:
                         if tries[index] <= RETRIES:
                             pending.appendleft(w[2])
                         else:
-                            yield index, _lost_row(item, f"the worker process died (exit code {w[0].exitcode}) "
-                                                   f"{tries[index]} times while solving this item")
+                            why = (f"the worker process died (exit code {w[0].exitcode}) {tries[index]} "
+                                   "times while solving this item")
+                            yield index, _lost_row(item, why)
                         if pending:
                             self._start()
         finally:
@@ -640,7 +642,7 @@ def _dask(tasks: Sequence[Task], client, keys: dict[int, str]) -> Iterator[tuple
         client.cancel([f for f in futures if not f.done()])
 
 
-# -- the sweep ------------------------------------------------------------------------------------------------
+# -- the sweep -----------------------------------------------------------------------------------------------
 
 
 def sweep(

@@ -20,7 +20,7 @@ ECG_DIR = ROOT / "tests" / "data" / "ecg"
 
 def ecg_checkpoints(directory: Path, n: int, seed: int = 0) -> list[Path]:
     """``n`` ECG weight files in ``directory``: the three shipped trained models, then copies of them with
-    every tensor scaled entrywise by ``1 + 0.05 N(0, 1)`` (trained weights, slightly moved, as along a run)."""
+    every tensor scaled entrywise by ``1 + 0.05 N(0, 1)`` (trained weights, moved a little, as in a run)."""
     real = sorted(ECG_DIR.glob("*.npz"))
     rng = np.random.default_rng(seed)
     out = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -134,8 +133,9 @@ def _ecg_onnx(npz: Path, path: Path) -> Path:
         node("Relu", ["h"], ["i"]),
         node("Gemm", ["i", "fc2.weight", "fc2.bias"], ["y"], transB=1),
     ]
-    graph = helper.make_graph(nodes, "ecg", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 1, 128])],
-                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], inits)
+    x = helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 1, 128])
+    y = helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)
+    graph = helper.make_graph(nodes, "ecg", [x], [y], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -202,6 +202,7 @@ def test_scheduler_address_gives_the_local_results(tmp_path, ckpt):
 @pytest.mark.slow  # the connection attempt takes its 15 s timeout
 def test_scheduler_errors_are_clean(tmp_path, ckpt):
     pytest.importorskip("distributed")
-    res = lipdsl_process("sweep", "--like", ECG_SPEC, ckpt[0], "--scheduler", "tcp://127.0.0.1:9", timeout=120)
+    res = lipdsl_process("sweep", "--like", ECG_SPEC, ckpt[0], "--scheduler", "tcp://127.0.0.1:9",
+                         timeout=120)
     assert res.returncode == 1 and "cannot connect to the Dask scheduler" in res.stderr
     assert "Traceback" not in res.stderr
