@@ -288,3 +288,29 @@ def test_dask_sweep_equals_the_local_one_and_survives_a_killed_worker(tmp_path, 
             assert timed.bounds == reference[:1]
             short = sw.sweep(checkpoints[:1], like=ECG_SPEC, client=client, cache=False, timeout=1e-4)
             assert short[0]["status"] == "failed" and "time limit" in short[0]["error"]
+
+
+# -- PyTorch state_dicts ---------------------------------------------------------------------------------------
+
+
+def test_state_dict_items_are_read_on_the_worker(tmp_path, checkpoints, reference):
+    """``--like arch.lip ckpt.pt``: the .pt bytes go to the worker, which loads them with
+    ``torch.load(weights_only=True)``; without torch the row says what to install."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    pt = tmp_path / "ckpt.pt"
+    if torch is None:
+        pt.write_bytes(b"\x80\x02}q\x00.")  # an empty pickled dict; never unpickled without torch
+        res = sw.sweep([pt], like=ECG_SPEC, jobs=0, cache=False)
+        assert res[0]["status"] == "error" and "this needs PyTorch" in res[0]["error"]
+        assert "lipdsl[torch]" in res[0]["error"]
+        return
+    with np.load(checkpoints[3]) as z:
+        torch.save({k: torch.from_numpy(z[k]) for k in z.files}, pt)
+    pickled = tmp_path / "module.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)
+    res = sw.sweep([pt, pickled], like=ECG_SPEC, jobs=0, cache=False)
+    assert res[0]["status"] == "certified" and res[0]["lipschitz"] == reference[3]
+    assert res[1]["status"] == "error" and "weights_only=True" in res[1]["error"]
