@@ -977,9 +977,15 @@ def _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, ou
     from .sweep import sweep
 
     progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=err if not live else out, transient=True,
+                        TimeRemainingColumn(), TextColumn("{task.fields[running]}"),
+                        console=err if not live else out, transient=True,
                         disable=not (live or err.is_terminal))
-    task = progress.add_task("items", total=len(inputs))
+    task = progress.add_task("items", total=len(inputs), running="")
+    running: dict[str, int] = {}  # item -> its solver's iteration
+
+    def show_running():
+        shown = ", ".join(f"{name}: iteration {k}" for name, k in list(running.items())[:3])
+        progress.update(task, running=shown + (" ..." if len(running) > 3 else ""))
     done_rows: dict[str, dict] = {}
     order = {p: i for i, p in enumerate(inputs)}
 
@@ -992,12 +998,21 @@ def _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, ou
     with display if live else progress:
 
         def on_row(row, done, total):
+            running.pop(row["name"], None)
+            show_running()
             progress.update(task, completed=done, total=total)
             if live:
                 done_rows[f"{order.get(row['path'], 0)}"] = row
                 display.update(view(), refresh=True)
 
-        result = sweep(list(inputs), like, jobs=jobs, client=client, cache=cache, on_row=on_row, **options)
+        def on_progress(name, k):
+            running[name] = k
+            show_running()
+            if live:
+                display.update(view(), refresh=True)
+
+        result = sweep(list(inputs), like, jobs=jobs, client=client, cache=cache, on_row=on_row,
+                       on_progress=on_progress, **options)
         if live:
             display.update(sweep_table(result.rows, lower=options["lower"]), refresh=True)
     return result

@@ -506,15 +506,40 @@ class _Cache:
 Task = tuple[int, Item, Options]
 
 
-def _serial(tasks: Sequence[Task]) -> Iterator[tuple[int, dict]]:
+#: Seconds between two progress messages of a worker (the first iteration of an item is always sent).
+PROGRESS_EVERY = 0.5
+
+
+def _reporting(send):
+    """A ``solve.on_iteration`` hook that calls ``send(k)`` for iteration 1 and then at most every
+    ``PROGRESS_EVERY`` seconds."""
+    last = [-float("inf")]
+
+    def hook(k: int) -> None:
+        now = time.monotonic()
+        if k == 1 or now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            send(k)
+
+    return hook
+
+
+def _serial(tasks: Sequence[Task], on_progress=None) -> Iterator[tuple[int, dict]]:
+    from .solve import on_iteration
+
     for index, item, options in tasks:
-        yield index, run_item(item, options)
+        hook = None if on_progress is None else _reporting(lambda k, name=item.name: on_progress(name, k))
+        with on_iteration(hook):
+            row = run_item(item, options)
+        yield index, row
 
 
 def _worker_main(conn) -> None:
     """A local worker: SIGINT ignored (the parent stops it), one BLAS thread; runs items until told so."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from threadpoolctl import threadpool_limits
+
+    from .solve import on_iteration
 
     threadpool_limits(limits=1)
     while True:
@@ -525,7 +550,9 @@ def _worker_main(conn) -> None:
         if task is None:
             return
         index, item, options = task
-        conn.send((index, run_item(item, options)))
+        with on_iteration(_reporting(lambda k, name=item.name: conn.send(("iteration", name, k)))):
+            row = run_item(item, options)
+        conn.send(("done", index, row))
 
 
 def _lost_row(item: Item, why: str) -> dict:
@@ -536,13 +563,14 @@ class _LocalPool:
     """``jobs`` worker processes fed one item at a time over pipes; a worker that dies is replaced and its
     item started once more (``RETRIES``), then reported as ``lost``."""
 
-    def __init__(self, jobs: int) -> None:
+    def __init__(self, jobs: int, on_progress=None) -> None:
         import multiprocessing
 
         self.ctx = multiprocessing.get_context("forkserver")
         # the forkserver imports the pipeline once; each worker forked from it starts warm
         self.ctx.set_forkserver_preload(["lipdsl.sweep", "lipdsl.api", "lipdsl.report", "lipdsl.load"])
         self.jobs = jobs
+        self.on_progress = on_progress
         self.workers: list[list] = []  # [process, conn, task or None]
 
     def _start(self) -> list:
@@ -575,10 +603,14 @@ class _LocalPool:
                 for w in busy:
                     if w[1] in ready:
                         try:
-                            index, row = w[1].recv()
+                            kind, index, row = w[1].recv()
                         except (EOFError, OSError):
                             pass  # died: handled below with its sentinel
                         else:
+                            if kind == "iteration":  # (name, k) of the running item
+                                if self.on_progress is not None:
+                                    self.on_progress(index, row)
+                                continue
                             w[2] = None
                             yield index, row
                             continue
@@ -653,6 +685,7 @@ def sweep(
     client=None,
     cache: str | os.PathLike | bool | None = True,
     on_row: Callable[[dict, int, int], None] | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
     **options,
 ) -> SweepResult:
     """Bound every network in ``paths``: ``.lip`` specs, ``.onnx`` models, or weight files with ``like``.
@@ -671,6 +704,9 @@ def sweep(
         The cache directory; True: ``.lipdsl-cache`` beside the first input; False/None: no cache.
     on_row : callable, optional
         Called as ``on_row(row, done, total)`` whenever an item finishes (cached ones first).
+    on_progress : callable, optional
+        Called as ``on_progress(name, k)`` while item ``name`` is at CVXOPT iteration ``k`` (local and
+        in-process executors; at its first iteration, then at most every ``PROGRESS_EVERY`` seconds).
     **options
         ``Options`` fields: ``method``, ``solver``, ``tol``, ``max_iterations``, ``length``, ``lift``,
         ``max_lmi``, ``timeout`` (per item), ``frequencies``, ``accept_unconverged``, ``force``,
@@ -737,9 +773,9 @@ def sweep(
     if client is not None:
         results: Iterable[tuple[int, dict]] = _dask(tasks, client, keys)
     elif jobs == 0 or not tasks:
-        results = _serial(tasks)
+        results = _serial(tasks, on_progress)
     else:
-        results = _LocalPool(min(jobs or default_jobs(), len(tasks))).run(tasks)
+        results = _LocalPool(min(jobs or default_jobs(), len(tasks)), on_progress).run(tasks)
     solved = 0
     try:
         for index, row in results:

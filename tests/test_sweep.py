@@ -290,7 +290,7 @@ def test_dask_sweep_equals_the_local_one_and_survives_a_killed_worker(tmp_path, 
             assert short[0]["status"] == "failed" and "time limit" in short[0]["error"]
 
 
-# -- PyTorch state_dicts ---------------------------------------------------------------------------------------
+# -- PyTorch state_dicts --------------------------------------------------------------------------------------
 
 
 def test_state_dict_items_are_read_on_the_worker(tmp_path, checkpoints, reference):
@@ -314,3 +314,20 @@ def test_state_dict_items_are_read_on_the_worker(tmp_path, checkpoints, referenc
     res = sw.sweep([pt, pickled], like=ECG_SPEC, jobs=0, cache=False)
     assert res[0]["status"] == "certified" and res[0]["lipschitz"] == reference[3]
     assert res[1]["status"] == "error" and "weights_only=True" in res[1]["error"]
+
+
+def test_running_items_report_their_solver_iterations(checkpoints, reference):
+    seen: dict[str, list[int]] = {}
+    res = sw.sweep(checkpoints[:3], like=ECG_SPEC, jobs=2, cache=False,
+                   on_progress=lambda name, k: seen.setdefault(name, []).append(k))
+    assert res.bounds == reference[:3]
+    assert set(seen) == {p.stem for p in checkpoints[:3]}
+    for name, ks in seen.items():
+        row = res[[r["name"] for r in res].index(name)]
+        assert ks[0] == 1 and ks == sorted(ks) and ks[-1] <= row["iterations"] + 1
+    counted: list[int] = []
+    from lipdsl.solve import on_iteration
+
+    with on_iteration(counted.append):
+        solved = solve_network(load_network(ECG_SPEC)[1])
+    assert counted == list(range(1, solved.solution.iterations + 2))  # the start, then each iteration
