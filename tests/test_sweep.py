@@ -290,7 +290,7 @@ def test_dask_sweep_equals_the_local_one_and_survives_a_killed_worker(tmp_path, 
             assert short[0]["status"] == "failed" and "time limit" in short[0]["error"]
 
 
-# -- PyTorch state_dicts --------------------------------------------------------------------------------------
+# -- PyTorch state_dicts -------------------------------------------------------------------------------------
 
 
 def test_state_dict_items_are_read_on_the_worker(tmp_path, checkpoints, reference):
