@@ -313,7 +313,7 @@ def _print_state_space(net, latex: bool) -> None:
 
 # -- solve (issue 3) --------------------------------------------------------------------------------------
 
-_METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")  # = compare.METHODS
+from .compare import METHODS as _METHODS  # noqa: E402  (the one method registry; no numpy at start-up)
 
 
 @cli.command("solve")
@@ -445,12 +445,12 @@ def solve_command(
 def export_command(spec: str, output: str, min_length: int | None, lift: int, allow_outside: bool) -> None:
     """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
     source, net = load_or_fail(spec, allow_outside)
-    from .lower import lower
+    from .api import lower_within_limits
     from .sdp import build_sdp
     from .sdpa import write_sdpa
 
     try:
-        sdp = build_sdp(lower(net, min_length=min_length, lift=lift))
+        sdp = build_sdp(lower_within_limits(net, min_length=min_length, lift=lift))
     except LipdslError as err:
         fail(err, source)
     try:
