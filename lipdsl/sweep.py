@@ -414,10 +414,7 @@ def _run_item(item: Item, options: Options) -> dict:
     source = None
     try:
         source, net = _network(item, options)
-        if options.method == "dissipative":
-            row = _dissipative(net, options)
-        else:
-            row = _baseline(net, options)
+        row = _method(net, options, source)
         if options.lower and row.get("lipschitz") is not None:
             from .empirical import lower_bound
 
@@ -437,30 +434,31 @@ def _run_item(item: Item, options: Options) -> dict:
         return {"status": "crashed", "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _dissipative(net, options: Options) -> dict:
-    from .api import solve_network
-    from .report import to_json
+def _method(net, options: Options, source) -> dict:
+    """The row of ``options.method`` on ``net`` from ``compare.run_method`` (the one method dispatcher):
+    ``solve --json``'s keys for the dissipative method, ``solve --method M --json``'s for a baseline.
 
-    result = solve_network(
-        net, solver=options.solver, tol=options.tol, max_iterations=options.max_iterations,
-        min_length=options.length, lift=options.lift, max_lmi=options.max_lmi, timeout=options.timeout,
-        accept_unconverged=options.accept_unconverged, frequencies=options.frequencies,
-    )
-    row = to_json(result)
-    row["status"] = "certified" if result.certificate.verified else "not certified"
-    if not result.certificate.verified:
-        row["error"] = f"not certified: {result.certificate.reason}"
-    return row
-
-
-def _baseline(net, options: Options) -> dict:
+    Raises
+    ------
+    LipdslError
+        The error behind a failed method (``_run_item`` reports it), except a refusal: a row ``refused``.
+    """
     from .compare import run_method
-    from .report import baseline_to_json
+    from .report import baseline_to_json, to_json
 
-    r = run_method(net, options.method, length=options.length, force=options.force)
-    row = baseline_to_json(net, options.method, r)
+    r = run_method(
+        net, options.method, length=options.length, solver=options.solver, lift=options.lift,
+        force=options.force, timeout=options.timeout, tol=options.tol, max_iterations=options.max_iterations,
+        max_lmi=options.max_lmi, accept_unconverged=options.accept_unconverged,
+        frequencies=options.frequencies,
+    )
+    if r.error is not None and r.status != "refused":
+        raise r.error
+    dissipative = options.method == "dissipative" and r.result is not None
+    row = to_json(r.result) if dissipative else baseline_to_json(net, options.method, r)
+    row["status"] = r.status
     if not r.ok:
-        row["error"] = f"{r.status}: {r.note}"
+        row["error"] = r.error.render(source) if r.error is not None else f"{r.status}: {r.note}"
     return row
 
 
@@ -730,9 +728,10 @@ def sweep(
         raise TypeError(f"unknown sweep option(s): {', '.join(unknown)}; expected some of "
                         f"{', '.join(sorted(names))}")
     opts = Options(**options)
-    if opts.method not in ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf"):
-        raise LipdslError(f"unknown method {opts.method!r}",
-                          hint="one of dissipative, lipsdp-neuron, lipsdp-layer, naive, naive-hinf")
+    from .compare import METHODS
+
+    if opts.method not in METHODS:
+        raise LipdslError(f"unknown method {opts.method!r}", hint=f"one of {', '.join(METHODS)}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     items = expand(paths, like, allow_outside=opts.allow_outside)

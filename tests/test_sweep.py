@@ -14,7 +14,7 @@ import lipdsl
 import lipdsl.api
 from lipdsl import sweep as sw
 from lipdsl.api import solve_network
-from lipdsl.errors import WeightError
+from lipdsl.errors import LipdslError, WeightError
 from lipdsl.load import check_source, load_network
 from lipdsl.source import Source
 from sweeping import ECG_SPEC, DaskCluster, ecg_checkpoints
@@ -331,3 +331,15 @@ def test_running_items_report_their_solver_iterations(checkpoints, reference):
     with on_iteration(counted.append):
         solved = solve_network(load_network(ECG_SPEC)[1])
     assert counted == list(range(1, solved.solution.iterations + 2))  # the start, then each iteration
+
+
+def test_baseline_methods_go_through_the_method_dispatcher(checkpoints, reference):
+    from lipdsl.baselines import naive_hinf
+
+    res = sw.sweep(checkpoints[:2], like=ECG_SPEC, jobs=0, cache=False, method="naive-hinf")
+    assert [r["status"] for r in res] == ["exact norm", "exact norm"] and res.exit_code == 0
+    net = load_network(checkpoints[0].with_suffix(".lip"))[1]  # written by the reference fixture
+    assert res.bounds[0] == naive_hinf(net, None)
+    assert res[0]["method"] == "naive-hinf" and res[0]["note"]
+    with pytest.raises(LipdslError, match="unknown method 'lipsdp'"):
+        sw.sweep(checkpoints[:1], like=ECG_SPEC, jobs=0, cache=False, method="lipsdp")
