@@ -381,7 +381,7 @@ def _run_in_child(item: Item, options: Options) -> dict:
     import subprocess
     import sys
 
-    code = "from lipdsl.sweep import _child_main; _child_main()"
+    code = f"from {__name__} import _child_main; _child_main()"
     try:
         done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((item, options)),
                               capture_output=True, timeout=options.timeout + CHILD_GRACE)
@@ -566,7 +566,8 @@ class _LocalPool:
 
         self.ctx = multiprocessing.get_context("forkserver")
         # the forkserver imports the pipeline once; each worker forked from it starts warm
-        self.ctx.set_forkserver_preload(["lipdsl.sweep", "lipdsl.api", "lipdsl.report", "lipdsl.load"])
+        package = __name__.rpartition(".")[0]
+        self.ctx.set_forkserver_preload([__name__] + [f"{package}.{m}" for m in ("api", "report", "load")])
         self.jobs = jobs
         self.on_progress = on_progress
         self.workers: list[list] = []  # [process, conn, task or None]

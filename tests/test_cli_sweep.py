@@ -206,3 +206,12 @@ def test_scheduler_errors_are_clean(tmp_path, ckpt):
                          timeout=120)
     assert res.returncode == 1 and "cannot connect to the Dask scheduler" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow  # starts a LocalCluster of two worker processes
+def test_scheduler_local_starts_an_embedded_cluster(ckpt):
+    pytest.importorskip("distributed")
+    res = lipdsl_process("sweep", "--like", ECG_SPEC, *ckpt[:2], "--scheduler", "local", "--jobs", "2",
+                         "--no-cache", "--json")
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(line)["status"] for line in res.stdout.splitlines()] == ["certified"] * 2
