@@ -398,8 +398,8 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
 
     Parameters
     ----------
-    model : str, PathLike or onnx.ModelProto
-        The ``.onnx`` file or a loaded model.
+    model : str, PathLike, bytes or onnx.ModelProto
+        The ``.onnx`` file, its bytes, or a loaded model.
     name : str, optional
         The network's name (default: the file's stem, else the graph's name).
     length : int, optional
@@ -430,6 +430,13 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
                 hint="is it an .onnx file (e.g. from torch.onnx.export)?",
             ) from None
         stem = path.stem
+    elif isinstance(model, (bytes, bytearray)):
+        try:
+            proto = onnx.load_model_from_string(bytes(model))
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for bad bytes
+            raise ImportError_(f"cannot read {name or 'the model'!r} as an ONNX model: {exc}",
+                               hint="is it an .onnx file (e.g. from torch.onnx.export)?") from None
+        stem = None
     else:
         proto, stem = model, None
     graph = proto.graph

@@ -200,15 +200,15 @@ def default_jobs() -> int:
 
 def _read(path: Path, what: str) -> tuple[bytes | None, str | None]:
     """The bytes of ``path`` (at most ``check.MAX_WEIGHT_BYTES``), or None and why not."""
-    from .check import MAX_WEIGHT_BYTES, _bytes
+    from .check import MAX_WEIGHT_BYTES
 
     try:
         size = path.stat().st_size
         if not path.is_file():
             return None, f"{what} {str(path)!r} is not a file"
         if size > MAX_WEIGHT_BYTES:
-            return None, (f"{what} {str(path)!r} has {_bytes(size)}, more than lipdsl reads "
-                          f"({_bytes(MAX_WEIGHT_BYTES)})")
+            return None, (f"{what} {str(path)!r} has {size / 2**30:.1f} GiB, more than lipdsl reads "
+                          f"({MAX_WEIGHT_BYTES / 2**30:.0f} GiB)")
         return path.read_bytes(), None
     except OSError as exc:
         return None, f"cannot read {what} {str(path)!r}: {exc.strerror or exc}"
@@ -322,15 +322,9 @@ def _network(item: Item, options: Options):
     from .source import Source
 
     if item.kind == "onnx":
-        from .importer import ImportError_, _require_onnx, import_onnx
+        from .importer import import_onnx
 
-        onnx, _ = _require_onnx()
-        try:
-            proto = onnx.load_model_from_string(item.files[0][1])
-        except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for a bad file
-            raise ImportError_(f"cannot read {item.path!r} as an ONNX model: {exc}",
-                               hint="is it an .onnx file (e.g. from torch.onnx.export)?") from None
-        return None, import_onnx(proto, name=item.name).to_network()
+        return None, import_onnx(item.files[0][1], name=item.name).to_network()
     files = dict(item.files)
     if item.kind == "state_dict":
         import numpy as np

@@ -149,7 +149,7 @@ def test_sweep_of_specs_and_onnx(tmp_path, ckpt):
     res = lipdsl("sweep", *specs, model, broken, "--no-cache", "--json", "--length", "64")
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["status"] for r in rows] == ["certified", "certified", "certified", "error"], res.stdout
-    assert "cannot read" in rows[3]["error"] and "broken.onnx" in rows[3]["error"]
+    assert "cannot read 'broken' as an ONNX model" in rows[3]["error"] and rows[3]["path"] == str(broken)
     solo = json.loads(lipdsl("solve", "--json", "--length", "64", specs[1]).stdout)
     assert rows[1]["lipschitz"] == solo["lipschitz"]
     assert abs(rows[2]["lipschitz"] - rows[0]["lipschitz"]) <= 1e-9 * rows[0]["lipschitz"]  # same network
