@@ -56,6 +56,8 @@ CSV_COLUMNS = ("name", "path", "method", "status", "lipschitz", "lower_bound", "
                "cached", "error")
 #: How often a local item is started again after its worker process died.
 RETRIES = 1
+#: Items larger than this (bytes) are sent to a Dask cluster with ``Client.scatter`` before their task.
+SCATTER_BYTES = 1 << 20
 #: Seconds an item may take beyond its solver's ``--timeout`` when it runs in a child process (Dask).
 CHILD_GRACE = 60.0
 
@@ -652,7 +654,10 @@ def _dask(tasks: Sequence[Task], client, keys: dict[int, str]) -> Iterator[tuple
     run = uuid.uuid4().hex[:8]
     futures = {}
     for index, item, options in tasks:
-        fut = client.submit(run_item, item, options, key=f"lipdsl-{keys[index][:16]}-{run}-{index}",
+        # small items travel inside the task; large ones are scattered first (Dask warns of large graphs)
+        size = sum(len(data) for _, data in item.files) + len(item.text)
+        payload = item if size < SCATTER_BYTES else client.scatter(item, hash=False)
+        fut = client.submit(run_item, payload, options, key=f"lipdsl-{keys[index][:16]}-{run}-{index}",
                             pure=False, retries=RETRIES)
         futures[fut] = (index, item)
     try:

@@ -265,9 +265,12 @@ def test_dask_sweep_equals_the_local_one_and_survives_a_killed_worker(tmp_path, 
     many = checkpoints + ecg_checkpoints(tmp_path, 8, seed=5)[6:]  # 8 items
     with DaskCluster(tmp_path, n_workers=2) as cluster:
         with distributed.Client(cluster.address, timeout=60) as client:
-            res = sw.sweep(checkpoints, like=ECG_SPEC, client=client, cache=False)
-            assert [r["status"] for r in res] == ["certified"] * len(checkpoints)
-            assert res.bounds == reference  # identical to the local executor and to solve
+            big = tmp_path / "big.npz"  # 4 MB: scattered to the cluster rather than sent in the task
+            with np.load(checkpoints[0]) as z:
+                np.savez(big, unused=np.ones(2**19), **{k: z[k] for k in z.files})
+            res = sw.sweep(checkpoints + [big], like=ECG_SPEC, client=client, cache=False)
+            assert [r["status"] for r in res] == ["certified"] * (len(checkpoints) + 1)
+            assert res.bounds == reference + reference[:1]  # identical to the local executor and to solve
             killed = []
 
             def kill_one(row, done, total):
