@@ -117,7 +117,8 @@ class Item:
 class SweepResult:
     """The rows of a sweep in input order (dicts as ``lipdsl sweep --json``), and how they were obtained.
 
-    ``solved``: items run by an executor in this call; ``cached``: rows read from the cache;
+    ``solved``: items run by an executor in this call (items with the same content run once);
+    ``cached``: rows read from the cache;
     ``interrupted``: Ctrl-C stopped the sweep (rows of items not finished have status ``not run``).
     """
 
@@ -758,6 +759,8 @@ def sweep(
         if on_row is not None:
             on_row(row, done, len(items))
 
+    first: dict[str, int] = {}  # key -> the item that is run for it
+    copies: dict[int, list[int]] = {}  # that item -> the items with the same content
     for i, item in enumerate(items):
         hit = None if item.error is not None else store.get(keys[i])
         if hit is not None:
@@ -766,7 +769,10 @@ def sweep(
             finish(i, hit, True)
         elif item.error is not None:
             finish(i, run_item(item, opts))
+        elif keys[i] in first:  # the same content as an earlier item (a copy): solved once
+            copies.setdefault(first[keys[i]], []).append(i)
         else:
+            first[keys[i]] = i
             tasks.append((i, item, opts))
     interrupted = False
     if client is not None:
@@ -782,6 +788,8 @@ def sweep(
                 store.put(keys[index], row)
             solved += 1
             finish(index, row)
+            for j in copies.get(index, ()):
+                finish(j, {**row, "name": items[j].name, "path": items[j].path})
     except KeyboardInterrupt:
         interrupted = True
         close = getattr(results, "close", None)

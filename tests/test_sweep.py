@@ -212,6 +212,10 @@ def test_second_identical_sweep_solves_nothing(tmp_path, checkpoints, monkeypatc
     assert other.solved == 2 and len(calls) == len(checkpoints) + 2  # other options: other keys
     sw.sweep(checkpoints[:1], like=ECG_SPEC, jobs=0, cache=None)
     assert len(calls) == len(checkpoints) + 3
+    twice = sw.sweep([checkpoints[1], checkpoints[2], checkpoints[1]], like=ECG_SPEC, jobs=0, cache=None)
+    assert len(calls) == len(checkpoints) + 5 and twice.solved == 2  # the same content is solved once
+    assert [r["name"] for r in twice] == [str(checkpoints[1]), "ckpt_02", str(checkpoints[1])]
+    assert twice.bounds == [first.bounds[1], first.bounds[2], first.bounds[1]]
 
 
 def test_package_api_is_lazy_and_returns_a_table(checkpoints, reference, tmp_path):
