@@ -257,7 +257,7 @@ def expand(paths: Sequence[str | os.PathLike], like: str | os.PathLike | None = 
     for name, p in zip(names, paths):
         suffix = Path(p).suffix.lower()
         if like is not None:
-            items.append(_like_item(name, p, suffix, arch, tree))
+            items.append(_like_item(name, p, suffix, arch, tree, allow_outside))
         elif suffix in SPEC_SUFFIXES:
             items.append(_spec_item(name, p, allow_outside))
         elif suffix in ONNX_SUFFIXES:
@@ -273,7 +273,7 @@ def expand(paths: Sequence[str | os.PathLike], like: str | os.PathLike | None = 
     return items
 
 
-def _like_item(name: str, p: str, suffix: str, arch, tree) -> Item:
+def _like_item(name: str, p: str, suffix: str, arch, tree, allow_outside: bool) -> Item:
     if suffix not in NPZ_SUFFIXES + TORCH_SUFFIXES:
         return Item(name, p, "spec", error=f"{p!r}: with --like, inputs are .npz files or PyTorch "
                     f"state_dicts ({', '.join(TORCH_SUFFIXES)}), got {suffix or 'no suffix'!r}")
@@ -282,14 +282,20 @@ def _like_item(name: str, p: str, suffix: str, arch, tree) -> Item:
         return Item(name, p, "spec", error=why)
     from .importer import retarget_weights
 
+    from . import ast
+
     weights = Path(p).stem + ".npz"
     text = retarget_weights(arch.text, tree, weights)
     kind = "spec" if suffix in NPZ_SUFFIXES else "state_dict"
-    return Item(name, p, kind, text, arch.path, ((weights, data),))
+    # tensors the architecture takes from files of its own ("extra.npy", "f.npz":key) travel along
+    defaults = {st.path for st in tree.body if isinstance(st, ast.Weights)}
+    others, why = _weight_bytes(arch, tree, allow_outside, skip=defaults | {weights})
+    if why is not None:
+        return Item(name, p, kind, text, arch.path, error=why)
+    return Item(name, p, kind, text, arch.path, ((weights, data),) + others)
 
 
 def _spec_item(name: str, p: str, allow_outside: bool) -> Item:
-    from .check import memory_key, weight_files
     from .parse import parse
     from .source import Source
 
@@ -298,22 +304,34 @@ def _spec_item(name: str, p: str, allow_outside: bool) -> Item:
         return Item(name, p, "spec", error=why)
     source = Source(p, data.decode("utf-8", errors="replace"))
     try:
-        wanted = weight_files(parse(source))
+        tree = parse(source)
     except LipdslError:
-        wanted = ()  # the worker parses again and reports the error with its place
+        return Item(name, p, "spec", source.text, p)  # the worker parses again and reports the error
+    files, why = _weight_bytes(source, tree, allow_outside)
+    return Item(name, p, "spec", source.text, p, files, error=why)
+
+
+def _weight_bytes(source, tree, allow_outside: bool, skip=frozenset()):
+    """The bytes of the weight files the spec ``tree`` names (but ``skip``), by ``check.memory_key``, or
+    ``((), why)`` if one cannot be read. Files the worker's check refuses (outside the spec's directory
+    without ``allow_outside``) or will not find are left out: its message says why."""
+    from .check import memory_key, weight_files
+
     files = []
-    for rel in wanted:
+    for rel in weight_files(tree):
+        if rel in skip:
+            continue
         if not allow_outside and (os.path.isabs(rel) or rel.startswith("~")
                                   or posixpath.normpath(rel.replace(os.sep, "/")).split("/")[0] == ".."):
-            continue  # refused by the worker's check, with the usual message
+            continue
         target = source.directory / os.path.expanduser(rel)
         if not target.is_file():
-            continue  # "weight file ... not found", from the worker's check
+            continue
         blob, why = _read(target, "weight file")
         if blob is None:
-            return Item(name, p, "spec", source.text, p, error=why)
+            return (), why
         files.append((memory_key(rel), blob))
-    return Item(name, p, "spec", source.text, p, tuple(files))
+    return tuple(files), None
 
 
 # -- one item (runs on a worker) -----------------------------------------------------------------------------

@@ -122,6 +122,13 @@ def test_expand_reads_specs_with_their_weight_files_and_reports_unreadable_input
     like = sw.expand([tmp_path / "w" / "net.npz"], like=ECG_SPEC)[0]
     assert like.kind == "spec" and 'weights "net.npz"' in like.text and dict(like.files) == {
         "net.npz": (tmp_path / "w" / "net.npz").read_bytes()}
+    # an architecture's own tensor files travel with each checkpoint
+    np.savez(tmp_path / "ckpt.npz", **tensors)
+    own = sw.expand([tmp_path / "ckpt.npz"], like=tmp_path / "n.lip")[0]
+    assert 'weights "ckpt.npz"' in own.text and "w/net.npz" not in own.text
+    assert dict(own.files)["extra.npy"] == (tmp_path / "extra.npy").read_bytes() and len(own.files) == 2
+    res = sw.sweep([tmp_path / "ckpt.npz"], like=tmp_path / "n.lip", jobs=0, cache=False)
+    assert res.bounds == [solve_network(load_network(tmp_path / "n.lip")[1]).certificate.lipschitz]
 
 
 def test_names_are_stems_unless_they_clash(tmp_path):
