@@ -418,9 +418,10 @@ def _child_main() -> None:
     from threadpoolctl import threadpool_limits
 
     item, options = pickle.loads(sys.stdin.buffer.read())
+    out, sys.stdout = sys.stdout, sys.stderr  # anything printed while solving must not corrupt the row
     with threadpool_limits(limits=1):
         row = _run_item(item, options)
-    sys.stdout.buffer.write(pickle.dumps(row))
+    out.buffer.write(pickle.dumps(row))
 
 
 def _run_item(item: Item, options: Options) -> dict:
