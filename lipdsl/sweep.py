@@ -811,6 +811,7 @@ def sweep(
                 finish(j, {**row, "name": items[j].name, "path": items[j].path})
     except KeyboardInterrupt:
         interrupted = True
+    finally:
         close = getattr(results, "close", None)
         if close is not None:
             close()  # runs the executors' finally: workers stopped, cluster tasks cancelled
