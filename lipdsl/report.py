@@ -1,4 +1,4 @@
-"""Report results: api.Result -> text (rich) or a JSON-ready dict. The only module besides cli that prints."""
+"""Report results: api.Result or sweep rows -> rich text or JSON-ready dicts (with cli, the only printer)."""
 
 from __future__ import annotations
 
