@@ -665,20 +665,39 @@ class _LocalPool:
         self.workers = []
 
 
-def _dask(tasks: Sequence[Task], client, keys: dict[int, str]) -> Iterator[tuple[int, dict]]:
-    """Items as tasks on a Dask cluster (the scheduler reschedules the task of a worker that dies)."""
+def _dask_item(item: Item, options: Options, topic: str | None) -> dict:
+    """``run_item`` as a Dask task; with a ``topic``, the solver's iterations are logged as events on it."""
+    if topic is None:
+        return run_item(item, options)
+    from distributed import get_worker
+
+    from .solve import on_iteration
+
+    worker = get_worker()
+    with on_iteration(_reporting(lambda k: worker.log_event(topic, (item.name, k)))):
+        return run_item(item, options)
+
+
+def _dask(tasks: Sequence[Task], client, keys: dict[int, str],
+          on_progress=None) -> Iterator[tuple[int, dict]]:
+    """Items as tasks on a Dask cluster (the scheduler reschedules the task of a worker that dies); the
+    running items' iterations come back as events on a topic of this sweep's own."""
     import uuid
 
     from distributed import as_completed
 
     run = uuid.uuid4().hex[:8]
+    topic = None
+    if on_progress is not None:
+        topic = f"lipdsl-sweep-{run}"
+        client.subscribe_topic(topic, lambda event: on_progress(*event[1]))
     futures = {}
     for index, item, options in tasks:
         # small items travel inside the task; large ones are scattered first (Dask warns of large graphs)
         size = sum(len(data) for _, data in item.files) + len(item.text)
         payload = item if size < SCATTER_BYTES else client.scatter(item, hash=False)
-        fut = client.submit(run_item, payload, options, key=f"lipdsl-{keys[index][:16]}-{run}-{index}",
-                            pure=False, retries=RETRIES)
+        fut = client.submit(_dask_item, payload, options, topic,
+                            key=f"lipdsl-{keys[index][:16]}-{run}-{index}", pure=False, retries=RETRIES)
         futures[fut] = (index, item)
     try:
         for fut in as_completed(list(futures)):
@@ -690,6 +709,8 @@ def _dask(tasks: Sequence[Task], client, keys: dict[int, str]) -> Iterator[tuple
             yield index, row
     finally:
         client.cancel([f for f in futures if not f.done()])
+        if topic is not None:
+            client.unsubscribe_topic(topic)
 
 
 # -- the sweep -----------------------------------------------------------------------------------------------
@@ -723,8 +744,9 @@ def sweep(
     on_row : callable, optional
         Called as ``on_row(row, done, total)`` whenever an item finishes (cached ones first).
     on_progress : callable, optional
-        Called as ``on_progress(name, k)`` while item ``name`` is at CVXOPT iteration ``k`` (local and
-        in-process executors; at its first iteration, then at most every ``PROGRESS_EVERY`` seconds).
+        Called as ``on_progress(name, k)`` while item ``name`` is at CVXOPT iteration ``k`` (at its first
+        iteration, then at most every ``PROGRESS_EVERY`` seconds; on a Dask cluster from the client's
+        event thread, as the events arrive).
     **options
         ``Options`` fields: ``method``, ``solver``, ``tol``, ``max_iterations``, ``length``, ``lift``,
         ``max_lmi``, ``timeout`` (per item), ``frequencies``, ``accept_unconverged``, ``force``,
@@ -795,7 +817,7 @@ def sweep(
             tasks.append((i, item, opts))
     interrupted = False
     if client is not None:
-        results: Iterable[tuple[int, dict]] = _dask(tasks, client, keys)
+        results: Iterable[tuple[int, dict]] = _dask(tasks, client, keys, on_progress)
     elif jobs == 0 or not tasks:
         results = _serial(tasks, on_progress)
     else:

@@ -279,8 +279,11 @@ def test_dask_sweep_equals_the_local_one_and_survives_a_killed_worker(tmp_path, 
             big = tmp_path / "big.npz"  # 4 MB: scattered to the cluster rather than sent in the task
             with np.load(checkpoints[0]) as z:
                 np.savez(big, unused=np.ones(2**19), **{k: z[k] for k in z.files})
-            res = sw.sweep(checkpoints + [big], like=ECG_SPEC, client=client, cache=False)
+            seen = []
+            res = sw.sweep(checkpoints + [big], like=ECG_SPEC, client=client, cache=False,
+                           on_progress=lambda name, k: seen.append((name, k)))
             assert [r["status"] for r in res] == ["certified"] * (len(checkpoints) + 1)
+            assert seen and {n for n, _ in seen} <= set(res.names) and min(k for _, k in seen) == 1
             assert res.bounds == reference + reference[:1]  # identical to the local executor and to solve
             killed = []
 
