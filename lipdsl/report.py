@@ -1,4 +1,4 @@
-"""Report results: api.Result -> text (rich) or a JSON-ready dict. The only module besides cli that prints."""
+"""Report results: api.Result or sweep rows -> rich text or JSON-ready dicts (with cli, the only printer)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,21 @@ def to_json(result: Result) -> dict:
     }
 
 
+def baseline_to_json(net, method: str, r) -> dict:
+    """``lipdsl solve --method <baseline> --json``: a ``compare.MethodResult`` as a JSON-ready dict."""
+    return {
+        "network": net.name,
+        "source": net.source_path,
+        "method": method,
+        "lipschitz": r.bound,
+        "status": r.status,
+        "note": r.note,
+        "length": r.length,
+        "lmi_rows": r.lmi_rows,
+        "seconds": r.seconds,
+    }
+
+
 def print_text(result: Result, console, proof=None) -> None:
     """Human-readable report on a rich Console (``proof``: a ``lipdsl.verify.Verdict`` of ``--exact``)."""
     from rich.table import Table
@@ -176,3 +191,33 @@ def print_verdict(verdict, console, errors) -> None:
                       soft_wrap=True)
     backend = f", {verdict.backend}" if verdict.mode == "exact" else ""
     console.print(f"  time {verdict.seconds:.3f} s{backend}")
+def sweep_table(rows, *, lower: bool = False, title: str | None = None):
+    """A ``lipdsl sweep``'s rows (dicts, input order) as a rich Table: bound, status, iterations, time."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = ["item", "bound"] + (["lower"] if lower else []) + ["status", "iters", "time"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("item", "status") else "right", no_wrap=True)
+    for r in rows:
+        bound = r.get("lipschitz")
+        ok = bound is not None
+        status = r["status"] if ok else f"[red]{r['status']}[/]"
+        iters = r.get("iterations")
+        cells = [r["name"], "-" if bound is None else f"{bound:.10g}"]
+        if lower:
+            lb = r.get("lower_bound")
+            cells.append("-" if lb is None else f"{lb:.6g}")
+        cells += [status, "" if iters is None else str(iters), f"{r.get('item_seconds', 0.0):.2f} s"]
+        table.add_row(*cells)
+    return table
+
+
+def sweep_notes(rows) -> list[str]:
+    """One message per item without a bound: ``name: error`` (the error as rendered, caret and hint)."""
+    out = []
+    for r in rows:
+        if r.get("lipschitz") is None and r.get("error"):
+            text = str(r["error"]).replace("\n", "\n    ")
+            out.append(f"{r['name']} ({r['path']}): {text}")
+    return out

@@ -17,7 +17,7 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 from lipdsl.api import solve_network  # noqa: E402
 from lipdsl.cli import main  # noqa: E402
-from lipdsl.errors import UnsupportedError  # noqa: E402
+from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
 from lipdsl.forward import forward  # noqa: E402
 from lipdsl.importer import import_onnx, sanitize_key  # noqa: E402
 from lipdsl.load import load_network  # noqa: E402
@@ -157,6 +157,14 @@ def same_network(a, b):
             assert (u is None) == (v is None) and (u is None or np.array_equal(u, v))
         if hasattr(x, "alpha"):
             assert (x.function, x.alpha, x.beta, x.parameter) == (y.function, y.alpha, y.beta, y.parameter)
+
+
+@pytest.mark.parametrize("which", sorted(NETS))
+def test_model_bytes_import_as_the_file(tmp_path, which):
+    path = write(tmp_path, NETS[which]())
+    same_network(import_onnx(path.read_bytes(), name="model").to_network(), import_onnx(path).to_network())
+    with pytest.raises(LipdslError, match="cannot read 'x' as an ONNX model"):
+        import_onnx(b"\x08garbage", name="x")
 
 
 @pytest.mark.parametrize("which", sorted(NETS))
