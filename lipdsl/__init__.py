@@ -4,32 +4,38 @@ The Python API (``lipdsl.network``) is imported on first use, so ``import lipdsl
 
     net = lipdsl.load("specs/ecg.lip")       # or lipdsl.parse(text), lipdsl.from_torch(module, (1, 128)),
     net.solve().lipschitz                    #    lipdsl.from_onnx("model.onnx")
+    net.solve(certificate="ecg.cert.json"); lipdsl.verify("specs/ecg.lip", "ecg.cert.json", exact=True)
+    lipdsl.sweep(["a.npz", "b.npz"], like="arch.lip").bounds    # many checkpoints (lipdsl.sweep)
 """
 import sys
 import types
 
 __version__ = "0.1.0"
 
-_API = ("load", "parse", "from_torch", "from_onnx", "Network", "Bound", "LowerBound", "Comparison")
+_API = ("load", "parse", "verify", "sweep", "from_torch", "from_onnx", "Network", "Bound", "LowerBound", "Comparison")
+#: Submodules that are also API functions of the same name: the module that defines the function.
+_CALLABLE = {"load": "network", "parse": "network", "verify": "network", "sweep": "sweep"}
 __all__ = list(_API)
 
 
 class _CallableModule(types.ModuleType):
-    """The submodules ``lipdsl.load`` and ``lipdsl.parse``, callable as the API functions of the same name."""
+    """The submodules ``lipdsl.load``, ``lipdsl.parse`` and ``lipdsl.sweep``, callable as the API functions of
+    the same name."""
 
     def __call__(self, *args, **kwargs):
-        from . import network
+        import importlib
 
-        return getattr(network, self.__name__.rpartition(".")[2])(*args, **kwargs)
+        name = self.__name__.rpartition(".")[2]
+        return getattr(importlib.import_module(f"{__name__}.{_CALLABLE[name]}"), name)(*args, **kwargs)
 
 
 class _Package(types.ModuleType):
-    # NOTE: ``lipdsl.load`` and ``lipdsl.parse`` name both pipeline modules and API functions. Importing a
-    # submodule sets it as an attribute of the package, which would hide the function; instead the module
-    # is made callable, so ``lipdsl.load("net.lip")``, ``lipdsl.load.load_network`` and
+    # NOTE: ``lipdsl.load``, ``lipdsl.parse``, ``lipdsl.verify`` and ``lipdsl.sweep`` name both modules and API functions.
+    # Importing a submodule sets it as an attribute of the package, which would hide the function; instead
+    # the module is made callable, so ``lipdsl.load("net.lip")``, ``lipdsl.load.load_network`` and
     # ``import lipdsl.parse as p`` all keep working.
     def __setattr__(self, name, value):
-        if name in ("load", "parse") and isinstance(value, types.ModuleType):
+        if name in _CALLABLE and isinstance(value, types.ModuleType):
             value.__class__ = _CallableModule
         super().__setattr__(name, value)
 
@@ -38,7 +44,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):
-    if name in ("load", "parse"):
+    if name in _CALLABLE:
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

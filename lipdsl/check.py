@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import io
 import math
 import os
+import posixpath
 import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -19,7 +21,8 @@ from .errors import ShapeError, SpecError, WeightError
 from .source import Source, Span
 from .typed import Shape
 
-__all__ = ["check", "conv1d_length", "pool_length", "conv1d_padding", "ACTIVATIONS"]
+__all__ = ["check", "memory_key", "weight_files", "conv1d_length", "pool_length", "conv1d_padding",
+           "ACTIVATIONS"]
 
 # Built-in activations: name -> (takes a parameter, its default, slope bounds as a function of it).
 # The bounds are the sector [alpha, beta] that (phi(a) - phi(b)) / (a - b) always lies in.
@@ -102,6 +105,7 @@ class _Checker:
     weights: tuple[str, Span] | None = None  # current default weights file
     files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
     handles: list = field(default_factory=list)  # open files behind the NpzFiles
+    memory: Mapping[str, bytes] | None = None  # weight files in memory (memory_key(rel) -> bytes), no disk
 
     # -- expressions -------------------------------------------------------------------------------
     def value(self, e: ast.Expr, what: str) -> Any:
@@ -218,7 +222,8 @@ class _Checker:
         if key in self.files:
             return self.files[key]
         shown = self.display_path(rel)
-        if not path.is_file():
+        data = None if self.memory is None else self.memory.get(memory_key(rel))
+        if (data is None) if self.memory is not None else not path.is_file():
             raise WeightError(
                 f"weight file {shown!r} not found", span, hint="paths are relative to the spec's directory"
             )
@@ -228,7 +233,7 @@ class _Checker:
                 span,
                 hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
             )
-        size = path.stat().st_size
+        size = path.stat().st_size if data is None else len(data)
         if size > MAX_WEIGHT_BYTES:
             raise WeightError(
                 f"weight file {shown!r} has {_bytes(size)}, "
@@ -239,9 +244,10 @@ class _Checker:
             )
         try:
             if path.suffix.lower() == ".npy":
-                with open(path, "rb") as f:
+                with open(path, "rb") if data is None else io.BytesIO(data) as f:
                     _check_header(f, size, f"weight file {shown!r}", span)
-            handle = open(path, "rb")  # ours, not numpy's: numpy leaks its handle when a .npz is corrupt
+            # ours, not numpy's: numpy leaks its handle when a .npz is corrupt
+            handle = open(path, "rb") if data is None else io.BytesIO(data)
             try:
                 loaded = np.load(handle, allow_pickle=False)
             except BaseException:
@@ -576,7 +582,31 @@ def _producer(prev: str | None) -> str:
     return f"{prev!r} produces" if prev else "the input is"
 
 
-def check(net: ast.Network, source: Source, *, allow_outside: bool = False) -> typed.Network:
+def memory_key(rel: str) -> str:
+    """Key of weight file ``rel`` (as the spec writes it) in ``check``'s ``files``: ``a/./b.npz`` ->
+    ``a/b.npz``."""
+    return posixpath.normpath(rel.replace(os.sep, "/"))
+
+
+def weight_files(net: ast.Network) -> tuple[str, ...]:
+    """Every weight file ``net`` names (``weights "f.npz"`` lines, ``"f.npz":key`` references), in order."""
+    names: list[str] = []
+    for st in net.body:
+        if isinstance(st, ast.Weights):
+            names.append(st.path)
+        for opt in getattr(st, "options", ()) or ():
+            if isinstance(opt.value, ast.TensorRef) and opt.value.file is not None:
+                names.append(opt.value.file)
+    return tuple(dict.fromkeys(names))
+
+
+def check(
+    net: ast.Network,
+    source: Source,
+    *,
+    allow_outside: bool = False,
+    files: Mapping[str, bytes] | None = None,
+) -> typed.Network:
     """Infer and check every layer's shape, load the weights, and resolve activations' slopes.
 
     Shapes follow PyTorch: Conv1d ``L_out = floor((L + pl + pr - d*(k-1) - 1)/s) + 1``, pooling
@@ -590,6 +620,10 @@ def check(net: ast.Network, source: Source, *, allow_outside: bool = False) -> t
         Its text and path; weight paths are relative to ``source.directory``.
     allow_outside : bool
         Allow weight files given by absolute paths or outside the spec's directory (``..``).
+    files : mapping of str to bytes, optional
+        The weight files' contents in memory, keyed by ``memory_key`` of the names the spec writes
+        (``weight_files``): nothing is read from disk, with the same checks (path rules, size limits,
+        ``allow_pickle=False``, finite values); a name not in ``files`` is "not found".
 
     Returns
     -------
@@ -605,7 +639,7 @@ def check(net: ast.Network, source: Source, *, allow_outside: bool = False) -> t
     SpecError
         Unknown names, duplicate layer names, bad slopes or options.
     """
-    ck = _Checker(source, allow_outside)
+    ck = _Checker(source, allow_outside, memory=files)
     try:
         return _check(ck, net, source)
     finally:

@@ -338,7 +338,7 @@ def _print_state_space(net, latex: bool) -> None:
 
 # -- solve (issue 3) --------------------------------------------------------------------------------------
 
-_METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")  # = compare.METHODS
+from .compare import METHODS as _METHODS  # noqa: E402  (the one method registry; no numpy at start-up)
 
 
 @cli.command("solve")
@@ -393,6 +393,19 @@ _METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf
 @click.option(
     "--force", is_flag=True, help="With --method lipsdp-*: run even a LipSDP LMI above the size guard."
 )
+@click.option(
+    "--certificate",
+    "certificate_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the certified point to this JSON file (docs/certificate.md); check it with lipdsl verify.",
+)
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Also prove the bound in exact rational arithmetic (lipdsl verify --exact on the certificate): "
+    "reports 'proved'; exit 3 if the proof fails.",
+)
 @_ALLOW_OUTSIDE
 def solve_command(
     spec: str,
@@ -409,11 +422,15 @@ def solve_command(
     accept_unconverged: bool,
     method: str,
     force: bool,
+    certificate_path: str | None,
+    exact: bool,
     allow_outside: bool,
 ) -> None:
     """Certified Lipschitz upper bound of SPEC (exit 0 certified, 3 solver failed or not certified)."""
     import time
 
+    if method != "dissipative" and (certificate_path is not None or exact):
+        raise click.UsageError("--certificate and --exact apply to --method dissipative only")
     t0 = time.perf_counter()
     source, net = load_or_fail(spec, allow_outside)
     t1 = time.perf_counter()
@@ -440,15 +457,92 @@ def solve_command(
         )
     except LipdslError as err:
         fail(err, source)
+    proof = None
+    if result.certificate.verified and (certificate_path is not None or exact):
+        proof = _certify_file(result, net, certificate_path, exact, min_length, lift, frequencies, solver)
     if as_json:
         import json
 
-        click.echo(json.dumps(to_json(result)))
+        out = to_json(result)
+        if proof is not None:
+            out["proof"] = proof.to_json()
+        if certificate_path is not None and result.certificate.verified:
+            out["certificate_file"] = certificate_path
+        click.echo(json.dumps(out))
     else:
         from rich.console import Console
 
-        print_text(result, Console())
+        print_text(result, Console(), proof=proof)
+        if certificate_path is not None and result.certificate.verified:
+            click.echo(f"  certificate written to {certificate_path} (check it: lipdsl verify {spec} "
+                       f"{certificate_path} [--exact])")
     if not result.certificate.verified:
+        sys.exit(3)
+
+
+def _certify_file(result, net, path, exact, min_length, lift, frequencies, solver):
+    """Write the certificate (to ``path`` if given) and, with ``exact``, prove it: the Verdict, or exit 3
+    with the failing check (never a certificate file that does not verify)."""
+    from . import certificate
+    from .verify import verify
+
+    options = certificate.solve_options(min_length, lift, True, frequencies, solver)
+    try:
+        doc = certificate.build(result, options=options)
+        verdict = verify(net, doc, exact=exact)
+    except LipdslError as err:
+        fail(err, None)
+    if not verdict.ok:
+        click.echo(f"error: the certificate does not verify{' exactly' if exact else ''}: {verdict.reason}",
+                   err=True)
+        click.echo("  hint: please report this: the solver's point was certified but the independent check "
+                   "failed (no certificate written)", err=True)
+        sys.exit(3)
+    if path is not None:
+        import json
+        from pathlib import Path
+
+        Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    return verdict if exact else None
+
+
+# -- verify (issue 18) ------------------------------------------------------------------------------------
+
+
+@cli.command("verify")
+@click.argument("spec")
+@click.argument("certificate")
+@click.option("--exact", is_flag=True, help="Prove every LMI in exact rational arithmetic (python-flint).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "flint", "sympy"]),
+    default="auto",
+    show_default=True,
+    help="Exact arithmetic: python-flint (auto, if installed) or sympy.",
+)
+@_ALLOW_OUTSIDE
+def verify_command(spec: str, certificate: str, exact: bool, as_json: bool, backend: str,
+                   allow_outside: bool) -> None:
+    """Check CERTIFICATE (from lipdsl solve --certificate) against SPEC's weights, without the solver
+    (exit 0 verified, 1 unreadable input, 3 a check failed)."""
+    source, net = load_or_fail(spec, allow_outside)
+    from .report import print_verdict
+    from .verify import verify
+
+    try:
+        verdict = verify(net, certificate, exact=exact, backend_name=backend)
+    except LipdslError as err:
+        fail(err, None)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(verdict.to_json()))
+    else:
+        from rich.console import Console
+
+        print_verdict(verdict, Console(), Console(stderr=True))
+    if not verdict.ok:
         sys.exit(3)
 
 
@@ -470,12 +564,12 @@ def solve_command(
 def export_command(spec: str, output: str, min_length: int | None, lift: int, allow_outside: bool) -> None:
     """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
     source, net = load_or_fail(spec, allow_outside)
-    from .lower import lower
+    from .api import lower_within_limits
     from .sdp import build_sdp
     from .sdpa import write_sdpa
 
     try:
-        sdp = build_sdp(lower(net, min_length=min_length, lift=lift))
+        sdp = build_sdp(lower_within_limits(net, min_length=min_length, lift=lift))
     except LipdslError as err:
         fail(err, source)
     try:
@@ -602,21 +696,9 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
 
     r = run_method(net, method, length=length, force=force)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "network": net.name,
-                    "source": net.source_path,
-                    "method": method,
-                    "lipschitz": r.bound,
-                    "status": r.status,
-                    "note": r.note,
-                    "length": r.length,
-                    "lmi_rows": r.lmi_rows,
-                    "seconds": r.seconds,
-                }
-            )
-        )
+        from .report import baseline_to_json
+
+        click.echo(json.dumps(baseline_to_json(net, method, r)))
     elif r.ok:
         words = _STATUS_WORDS[r.status]
         click.echo(f"Lipschitz upper bound of {net.name} ({method}): {r.bound:.10g} ({words})")
@@ -848,6 +930,211 @@ def import_command(
         fail(err, err.source)
     click.echo(f"wrote {spec_path} and {weights_path}")
     click.echo(f"OK {_summary(net)}")
+
+
+# -- sweep (issue 21) -------------------------------------------------------------------------------------
+
+
+@cli.command("sweep")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--like",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Architecture spec for weight-file inputs (.npz, PyTorch state_dict .pt): its weight keys are "
+    "filled from each file.",
+)
+@click.option(
+    "--method", type=click.Choice(_METHODS), default="dissipative", show_default=True,
+    help="As in `lipdsl solve --method`.",
+)
+@click.option("--solver", default="cvxopt", show_default=True, help="As in `lipdsl solve`.")
+@click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
+@click.option("--max-iterations", default=100, show_default=True, type=int)
+@click.option("--length", "length", type=click.IntRange(min=1), default=None,
+              help="For 'input c x *' nets: the shortest input length to cover (as `solve --length`).")
+@_LIFT
+@click.option("--max-lmi", type=click.IntRange(min=1), default=4000, show_default=True,
+              help="Refuse (in the item's row) SDPs whose largest LMI has more rows than this.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop an item's solver after SECONDS (the item fails; the others go on).")
+@click.option("--frequencies", type=click.IntRange(min=3), default=None,
+              help="As `lipdsl solve --frequencies`.")
+@click.option("--accept-unconverged", is_flag=True, help="As `lipdsl solve --accept-unconverged`.")
+@click.option("--force", is_flag=True, help="With --method lipsdp-*: run even LMIs above the size guard.")
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), default=None,
+    help="Local worker processes (default: the CPUs this process may use).",
+)
+@click.option(
+    "--scheduler", default=None, metavar="ADDRESS",
+    help="Run the items on a Dask cluster: a scheduler address (tcp://host:8786), or 'local' for a "
+    "LocalCluster of --jobs workers (pip install 'lipdsl[dask]').",
+)
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Cache directory (default: .lipdsl-cache beside the first input).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per item and line (solve --json's keys plus name, path, status).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout instead of the table.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also write the bound per checkpoint as a PNG (needs matplotlib: 'lipdsl[plot]').")
+@click.option("--lower", is_flag=True,
+              help="Also the empirical lower bound of each item (as `lipdsl lower`).")
+@click.option("--lower-starts", default=16, show_default=True, type=click.IntRange(min=1),
+              help="With --lower: random starts.")
+@click.option("--time-budget", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --lower: seconds per item.")
+@click.option("--seed", default=0, show_default=True, type=int, help="With --lower: seed of the starts.")
+@_ALLOW_OUTSIDE
+def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, as_csv, plot,
+                  **options) -> None:
+    """Bound many networks in one run: .lip specs, .onnx models, or weight files with --like ARCH.lip.
+
+    \b
+      lipdsl sweep runs/*.lip
+      lipdsl sweep --like specs/ecg.lip ecg/*.npz --jobs 2 --plot bounds.png
+      lipdsl sweep --like arch.lip ckpt/*.pt --scheduler tcp://10.0.0.5:8786
+
+    Items run side by side in worker processes (or on a Dask cluster) and arrive as bytes: workers need no
+    shared filesystem. A bad item (unreadable file, refused layer, solver failure) is reported in its row
+    and never stops the others. Finished items are cached by content (spec text, weight bytes, options,
+    lipdsl version): a rerun solves only what changed. Ctrl-C stops and prints what finished.
+
+    \b
+    Exit code: 0 every item certified (or bounded, for a baseline --method);
+               1 some item's input is bad (unreadable, unsupported), whatever the others did;
+               3 otherwise, some item failed or is not certified;
+               2 usage error; 130 interrupted by Ctrl-C (finished items printed and cached).
+    """
+    import json
+
+    from rich.console import Console
+
+    from .sweep import default_jobs
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv are exclusive")
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            click.echo("error: --plot needs matplotlib; install it with: pip install 'lipdsl[plot]'",
+                       err=True)
+            sys.exit(1)
+    client = cluster = None
+    if scheduler is not None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            click.echo("error: --scheduler needs Dask; install it with: pip install 'lipdsl[dask]'", err=True)
+            sys.exit(1)
+        try:
+            if scheduler == "local":
+                cluster = LocalCluster(n_workers=jobs or default_jobs(), threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+                client = Client(cluster)
+            else:
+                client = Client(scheduler, timeout=15)
+        except (OSError, TimeoutError, ValueError) as exc:
+            click.echo(f"error: cannot connect to the Dask scheduler {scheduler!r}: {exc}", err=True)
+            sys.exit(1)
+    err = Console(stderr=True)
+    out = Console()
+    live = not (as_json or as_csv) and out.is_terminal
+    try:
+        result = _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, out, live)
+    except LipdslError as exc:
+        fail(exc, exc.source)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    from .report import sweep_notes, sweep_table
+
+    if as_json:
+        for row in result.rows:
+            click.echo(json.dumps(row))
+    elif as_csv:
+        click.echo(result.to_csv(), nl=False)
+    else:
+        if not live:
+            out.print(sweep_table(result.rows, lower=options["lower"]))
+        for note in sweep_notes(result.rows):
+            click.echo("  " + note)
+    if plot is not None:
+        from .plot import plot_sweep
+
+        plot_sweep(result.rows, plot)
+    counts: dict[str, int] = {}
+    for row in result.rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    sys.stdout.flush()
+    err.print(
+        f"{len(result)} item{'s' if len(result) != 1 else ''}: {summary}; {result.solved} solved, "
+        f"{result.cached} from the cache; "
+        f"{result.seconds:.1f} s" + ("; interrupted (Ctrl-C)" if result.interrupted else "")
+        + (f"; wrote {plot}" if plot else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.exit(result.exit_code)
+
+
+def _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, out, live):
+    """``sweep.sweep`` with progress (done/total, ETA) on a terminal and, on a terminal stdout, the table
+    growing as items finish."""
+    import contextlib
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .report import sweep_table
+    from .sweep import sweep
+
+    progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), TextColumn("{task.fields[running]}"),
+                        console=err if not live else out, transient=True,
+                        disable=not (live or err.is_terminal))
+    task = progress.add_task("items", total=len(inputs), running="")
+    running: dict[str, int] = {}  # item -> its solver's iteration
+
+    def show_running():
+        shown = ", ".join(f"{name}: iteration {k}" for name, k in list(running.items())[:3])
+        progress.update(task, running=shown + (" ..." if len(running) > 3 else ""))
+    done_rows: dict[str, dict] = {}
+    order = {p: i for i, p in enumerate(inputs)}
+
+    def view():
+        rows = sorted(done_rows.values(), key=lambda r: order.get(r["path"], 0))
+        return Group(sweep_table(rows, lower=options["lower"]), progress)
+
+    display = Live(view(), console=out, auto_refresh=False) if live else contextlib.nullcontext()
+    cache = False if no_cache else (cache_dir or True)
+    with display if live else progress:
+
+        def on_row(row, done, total):
+            running.pop(row["name"], None)
+            show_running()
+            progress.update(task, completed=done, total=total)
+            if live:
+                done_rows[f"{order.get(row['path'], 0)}"] = row
+                display.update(view(), refresh=True)
+
+        def on_progress(name, k):
+            running[name] = k
+            show_running()
+            if live:
+                display.update(view(), refresh=True)
+
+        result = sweep(list(inputs), like, jobs=jobs, client=client, cache=cache, on_row=on_row,
+                       on_progress=on_progress, **options)
+        if live:
+            display.update(sweep_table(result.rows, lower=options["lower"]), refresh=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

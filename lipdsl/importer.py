@@ -16,6 +16,7 @@ naming the node or module and its op: an importer that guessed would give a boun
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -30,7 +31,8 @@ from .check import AUTO_PREFIX, conv1d_length, conv1d_padding, pool_length
 from .errors import LipdslError, UnsupportedError
 from .typed import Shape
 
-__all__ = ["Layer", "Imported", "import_onnx", "import_torch", "import_state_dict", "sanitize_key"]
+__all__ = ["Layer", "Imported", "import_onnx", "import_torch", "import_state_dict", "sanitize_key",
+           "retarget_weights"]
 
 # Words the grammar reserves (docs/language.md) and names with a meaning in expressions: never layer names.
 _KEYWORDS = frozenset(
@@ -396,8 +398,8 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
 
     Parameters
     ----------
-    model : str, PathLike or onnx.ModelProto
-        The ``.onnx`` file or a loaded model.
+    model : str, PathLike, bytes or onnx.ModelProto
+        The ``.onnx`` file, its bytes, or a loaded model.
     name : str, optional
         The network's name (default: the file's stem, else the graph's name).
     length : int, optional
@@ -428,6 +430,13 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
                 hint="is it an .onnx file (e.g. from torch.onnx.export)?",
             ) from None
         stem = path.stem
+    elif isinstance(model, (bytes, bytearray)):
+        try:
+            proto = onnx.load_model_from_string(bytes(model))
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for bad bytes
+            raise ImportError_(f"cannot read {name or 'the model'!r} as an ONNX model: {exc}",
+                               hint="is it an .onnx file (e.g. from torch.onnx.export)?") from None
+        stem = None
     else:
         proto, stem = model, None
     graph = proto.graph
@@ -1173,8 +1182,11 @@ def _single(v: Any) -> int:
     return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = None) -> dict[str, np.ndarray]:
     """Tensors of a ``torch.save(model.state_dict(), path)`` file, read with ``weights_only=True`` -> float64.
+
+    ``path`` may also be the file's bytes in a ``BytesIO`` (``lipdsl sweep``'s workers); ``shown`` is the
+    name messages give it.
 
     Raises
     ------
@@ -1182,9 +1194,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         If the file holds anything but tensors (a whole pickled module is refused: unpickling runs code).
     """
     torch = _require_torch()
-    path = Path(path)
-    if not path.is_file():
-        raise ImportError_(f"model file {str(path)!r} not found")
+    if not isinstance(path, io.BytesIO):
+        path = Path(path)
+        if not path.is_file():
+            raise ImportError_(f"model file {str(path)!r} not found")
+    label = shown or (str(path) if isinstance(path, Path) else "<bytes>")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for refused files
@@ -1195,7 +1209,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         )
         raise ImportError_(
-            f"{str(path)!r} is not a state_dict that loads with torch.load(weights_only=True): {why}",
+            f"{label!r} is not a state_dict that loads with torch.load(weights_only=True): {why}",
             hint="save the weights with torch.save(model.state_dict(), path) (a whole pickled module is "
             "never "
             "loaded: unpickling can run any code), export to ONNX, or call lipdsl.from_torch(model, shape) "
@@ -1203,12 +1217,30 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ) from None
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ImportError_(
-            f"{str(path)!r} does not hold a state_dict (a mapping of names to tensors)",
+            f"{label!r} does not hold a state_dict (a mapping of names to tensors)",
             hint="save it with torch.save(model.state_dict(), path)",
         )
     return {
         str(k): v.detach().to(torch.float64).cpu().numpy() for k, v in obj.items() if v.is_floating_point()
     }
+
+
+def retarget_weights(text: str, tree, weights: str) -> str:
+    """The spec ``text`` (parsed: ``tree``) with every ``weights "..."`` line naming ``weights`` instead, or
+    one such line added before the first layer (``import_state_dict``, ``lipdsl sweep --like``)."""
+    from . import ast
+
+    lines = text.splitlines()
+    found = [st.span.line for st in tree.body if isinstance(st, ast.Weights)]
+    for ln in found:
+        lines[ln - 1] = f'weights "{weights}"'
+    if not found:
+        first = next(
+            (st.span.line for st in tree.body if not isinstance(st, (ast.Input, ast.Let, ast.Weights))),
+            len(lines) + 1,
+        )
+        lines.insert(first - 1, f'weights "{weights}"')
+    return "\n".join(lines) + "\n"
 
 
 def import_state_dict(
@@ -1231,7 +1263,6 @@ def import_state_dict(
     (Path, Path)
         The spec and the weights file written.
     """
-    from . import ast
     from .load import load_network
     from .parse import parse
     from .source import Source
@@ -1256,16 +1287,6 @@ def import_state_dict(
     spec_path = Path(spec_path)
     weights = spec_path.with_suffix(".npz") if weights_path is None else Path(weights_path)
     rel = os.path.relpath(weights.resolve(), spec_path.resolve().parent).replace(os.sep, "/")
-    lines = arch.text.splitlines()
-    weights_lines = [st.span.line for st in tree.body if isinstance(st, ast.Weights)]
-    for ln in weights_lines:
-        lines[ln - 1] = f'weights "{rel}"'
-    if not weights_lines:
-        first = next(
-            (st.span.line for st in tree.body if not isinstance(st, (ast.Input, ast.Let, ast.Weights))),
-            len(lines) + 1,
-        )
-        lines.insert(first - 1, f'weights "{rel}"')
     header = (
         f"# Weights from {Path(state).name if isinstance(state, (str, os.PathLike)) else 'a state_dict'}, "
         f"architecture from {Path(like).name}."
@@ -1274,7 +1295,7 @@ def import_state_dict(
         spec_path.parent.mkdir(parents=True, exist_ok=True)
         weights.parent.mkdir(parents=True, exist_ok=True)
         np.savez(weights, **keys)
-        spec_path.write_text(header + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
+        spec_path.write_text(header + "\n" + retarget_weights(arch.text, tree, rel), encoding="utf-8")
     except OSError as exc:
         raise LipdslError(f"cannot write {exc.filename or spec_path}: {exc.strerror or exc}") from None
     load_network(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 from . import typed
 from .check import check
@@ -13,8 +14,13 @@ from .source import Source
 __all__ = ["load_network", "check_source"]
 
 
-def check_source(source: Source, *, allow_outside: bool = False) -> typed.Network:
+def check_source(
+    source: Source, *, allow_outside: bool = False, files: Mapping[str, bytes] | None = None
+) -> typed.Network:
     """Parse and check a Source already in memory (e.g. ``Source("<string>", text)``).
+
+    ``files``: the weight files' bytes, keyed by the names the spec writes (``check.memory_key``); then
+    nothing is read from disk (see ``check.check``).
 
     Raises
     ------
@@ -22,7 +28,7 @@ def check_source(source: Source, *, allow_outside: bool = False) -> typed.Networ
         ParseError, ShapeError, WeightError or SpecError, with ``err.source`` set to ``source``.
     """
     try:
-        return check(parse(source), source, allow_outside=allow_outside)
+        return check(parse(source), source, allow_outside=allow_outside, files=files)
     except LipdslError as err:
         err.source = source
         raise

@@ -1,4 +1,4 @@
-"""Report results: api.Result -> text (rich) or a JSON-ready dict. The only module besides cli that prints."""
+"""Report results: api.Result or sweep rows -> rich text or JSON-ready dicts (with cli, the only printer)."""
 
 from __future__ import annotations
 
@@ -90,15 +90,31 @@ def to_json(result: Result) -> dict:
     }
 
 
-def print_text(result: Result, console) -> None:
-    """Human-readable report on a rich Console."""
+def baseline_to_json(net, method: str, r) -> dict:
+    """``lipdsl solve --method <baseline> --json``: a ``compare.MethodResult`` as a JSON-ready dict."""
+    return {
+        "network": net.name,
+        "source": net.source_path,
+        "method": method,
+        "lipschitz": r.bound,
+        "status": r.status,
+        "note": r.note,
+        "length": r.length,
+        "lmi_rows": r.lmi_rows,
+        "seconds": r.seconds,
+    }
+
+
+def print_text(result: Result, console, proof=None) -> None:
+    """Human-readable report on a rich Console (``proof``: a ``lipdsl.verify.Verdict`` of ``--exact``)."""
     from rich.table import Table
 
     cert, sol, net = result.certificate, result.solution, result.network
     if cert.verified:
+        proved = "" if proof is None else f", proved: L <= {proof.bound_text} in exact arithmetic"
         console.print(
             f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
-            f"(certified)"
+            f"(certified{proved})", soft_wrap=proof is not None
         )
         repaired = (
             "closed form, no SDP needed"
@@ -148,3 +164,60 @@ def print_text(result: Result, console) -> None:
     console.print(table)
     for note in to_json(result)["notes"]:
         console.print(f"  note: {note}")
+
+
+def print_verdict(verdict, console, errors) -> None:
+    """``lipdsl verify``: the proved bound and each check on ``console``; a failure on ``errors``."""
+    how = ("exact rational arithmetic" if verdict.mode == "exact"
+           else "floating point with rounding bounds")
+    if verdict.ok:
+        console.print(f"[bold]verified[/bold]: Lipschitz constant of {verdict.network} <= "
+                      f"[bold green]{verdict.bound_text}[/] ({how}; claimed {verdict.claimed:.10g})",
+                      soft_wrap=True)
+    else:
+        errors.print(f"error: the certificate of {verdict.network} does not verify ({how}): "
+                     f"{verdict.reason}", markup=False, highlight=False, soft_wrap=True)
+    for c in verdict.checks:
+        mark = "ok  " if c.ok else "FAIL"
+        real = "" if c.exact_realization else " [realization: lower.py's rounded products]"
+        console.print(f"  {mark} {c.name}, {c.size} rows: {c.detail}{real}", markup=False, highlight=False,
+                      soft_wrap=True)
+    if verdict.rho_raise:
+        console.print(f"  rho raised by {verdict.rho_raise:.3g} for strict feasibility in exact arithmetic",
+                      soft_wrap=True)
+    if not verdict.realization_exact:
+        console.print("  note: lifted maps are checked with lower.py's floating-point realization (its "
+                      "products of weights rounded to double are not covered)", markup=False, highlight=False,
+                      soft_wrap=True)
+    backend = f", {verdict.backend}" if verdict.mode == "exact" else ""
+    console.print(f"  time {verdict.seconds:.3f} s{backend}")
+def sweep_table(rows, *, lower: bool = False, title: str | None = None):
+    """A ``lipdsl sweep``'s rows (dicts, input order) as a rich Table: bound, status, iterations, time."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    columns = ["item", "bound"] + (["lower"] if lower else []) + ["status", "iters", "time"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("item", "status") else "right", no_wrap=True)
+    for r in rows:
+        bound = r.get("lipschitz")
+        ok = bound is not None
+        status = r["status"] if ok else f"[red]{r['status']}[/]"
+        iters = r.get("iterations")
+        cells = [r["name"], "-" if bound is None else f"{bound:.10g}"]
+        if lower:
+            lb = r.get("lower_bound")
+            cells.append("-" if lb is None else f"{lb:.6g}")
+        cells += [status, "" if iters is None else str(iters), f"{r.get('item_seconds', 0.0):.2f} s"]
+        table.add_row(*cells)
+    return table
+
+
+def sweep_notes(rows) -> list[str]:
+    """One message per item without a bound: ``name: error`` (the error as rendered, caret and hint)."""
+    out = []
+    for r in rows:
+        if r.get("lipschitz") is None and r.get("error"):
+            text = str(r["error"]).replace("\n", "\n    ")
+            out.append(f"{r['name']} ({r['path']}): {text}")
+    return out

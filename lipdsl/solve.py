@@ -19,6 +19,7 @@ status 'unknown' and handed to the certificate check, which either proves a boun
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import signal
@@ -568,6 +569,36 @@ def _operator(G_all: sp.csr_matrix, dims: dict):
     return G
 
 
+#: ``hook(k)`` for the k-th KKT factorisation of CVXOPT solves in this context (``on_iteration``).
+_ITERATION_HOOK: contextvars.ContextVar = contextvars.ContextVar("lipdsl_iteration_hook", default=None)
+
+
+@contextlib.contextmanager
+def on_iteration(hook):
+    """Call ``hook(k)`` at the k-th iteration of the CVXOPT solves run in this context (progress reports).
+
+    CVXOPT factors the KKT system once for its starting point and once per iteration, so ``k`` runs from 1 to
+    ``iterations + 1``; the hook runs on the solving thread and must be quick.
+    """
+    token = _ITERATION_HOOK.set(hook)
+    try:
+        yield
+    finally:
+        _ITERATION_HOOK.reset(token)
+
+
+def _counted(kkt, hook):
+    """The KKT solver ``kkt`` calling ``hook(k)`` before its k-th factorisation."""
+    calls = [0]
+
+    def factor(W):
+        calls[0] += 1
+        hook(calls[0])
+        return kkt(W)
+
+    return factor
+
+
 def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, structured: bool) -> Solution:
     import cvxopt
     import cvxopt.solvers
@@ -593,6 +624,8 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
         kkt = _gram_kkt(sdp, nonneg_idx)
     else:
         kkt = _structured_kkt(sdp, nonneg_idx)
+    if structured and _ITERATION_HOOK.get() is not None:
+        kkt = _counted(kkt, _ITERATION_HOOK.get())
     threads = _block_threads(dims["s"]) if structured else 1
     cone_ops = contextlib.nullcontext()
     if threads > 1:  # CVXOPT's per-block scaling work on the same threads (lipdsl.cones)
@@ -764,6 +797,7 @@ def _solve(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verbose: b
         return _solve_cvxopt(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose, structured=False)
     if solver == "sdpa":
         return _solve_sdpa(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose)
+    solver = solver.removeprefix("picos-")  # picos-cvxopt: CVXOPT through PICOS (the generic reference path)
     try:
         import picos
     except ImportError as exc:  # pragma: no cover - picos is a core dependency
