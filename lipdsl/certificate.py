@@ -105,6 +105,9 @@ def build(result, *, options: dict[str, Any] | None = None) -> dict:
                                hint="a certificate file is written only for a certified bound")
     low: lowered.Network = result.lowered
     systems = list(low.systems)
+    if any(s.internal for s in systems):  # the file format has one multiplier per system
+        raise CertificateError("cannot export a certificate for residual blocks yet",
+                               hint="the bound itself is certified; run without --certificate / --exact")
     links = list(result.sdp.links)
     if not links and systems:  # a closed-form bound of a constant network (zero weights, slope [0, 0])
         raise CertificateError(

@@ -402,3 +402,16 @@ def test_frequency_form_of_blocks(seed, tmp_path):
     exact = certified(net)
     gridded = certified(net, frequencies=33)
     assert exact * (1 - 1e-6) <= gridded <= exact * 1.05
+
+
+def test_certificate_file_refuses_blocks(tmp_path):
+    """The certificate file format has one multiplier per system: blocks are refused, not exported wrongly."""
+    from lipdsl.api import solve_network
+    from lipdsl.certificate import build
+    from lipdsl.errors import CertificateError
+
+    rng = np.random.default_rng(0)
+    result = solve_network(random_residual(rng, tmp_path))
+    assert result.certificate.verified
+    with pytest.raises(CertificateError, match="residual blocks"):
+        build(result)
