@@ -5,14 +5,15 @@ or why there is none (``refused``, ``failed``, ``skipped``); a refusal never com
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import typed
-from .errors import LipdslError, UnsupportedError
+from . import limits, typed
+from .errors import LipdslError, TimeLimitError, UnsupportedError
 
 #: The methods in table order; ``dissipative`` is the paper's (and lipdsl's) method.
 METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")
@@ -105,9 +106,22 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
         For ``dissipative``: passed to ``api.solve_network``.
     force, max_rows
         LipSDP is skipped when its LMI would have more than ``max_rows`` rows, unless ``force``.
+    timeout
+        Seconds for this method (any method; the caller's active deadline, ``limits.current()``, otherwise):
+        when they pass, the result is ``failed`` with the time limit as its note.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if timeout is not None:
+        deadline = limits.Deadline.after(timeout)
+        with limits.blas_threads(), deadline.active():
+            try:
+                return limits.run_within(
+                    lambda: run_method(net, method, length=length, solver=solver, lift=lift, force=force,
+                                       max_rows=max_rows), deadline, method)
+            except TimeLimitError as err:
+                return MethodResult(method, None, deadline.seconds, "failed", err.message,
+                                    length=_unroll_length(net, length))
     n = _unroll_length(net, length)
     t0 = time.perf_counter()
     try:
@@ -165,7 +179,8 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
 def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: int | None = None,
             lower_starts: int = 16, time_budget: float = 10.0, seed: int = 0, solver: str = "cvxopt",
             lift: int = 1, force: bool = False, max_rows: int = MAX_LIPSDP_ROWS,
-            progress: Callable[[str], None] | None = None, workers: int | None = None) -> Comparison:
+            progress: Callable[[str], None] | None = None, workers: int | None = None,
+            timeout: float | None = None) -> Comparison:
     """Run ``methods`` (see ``run_method``) and, unless ``lower_starts == 0``, the empirical lower bound.
 
     The LipSDP methods run in up to ``workers`` threads (default: 2 if the machine has 2 cores) while the
@@ -173,15 +188,33 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
     and -Layer share the cores (each with the BLAS threads it is given; the CLI pins one). The lower bound
     runs after them, alone, so that its time budget is not shared. ``progress(label)`` is called before each
     step (for a CLI status line; this module prints nothing).
+
+    ``timeout`` (seconds, else the caller's active deadline) bounds the whole comparison: methods still
+    running when it passes are reported as ``failed``, and the lower bound's search gets what is left (at
+    most ``time_budget``). BLAS runs on one thread meanwhile (``limits.blas_threads``).
     """
+    deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
+    with limits.blas_threads(), deadline.active():
+        return _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift, force, max_rows,
+                        progress, workers, deadline)
+
+
+def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift, force, max_rows, progress,
+             workers, deadline) -> Comparison:
+    """``compare`` inside its deadline."""
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, workers)
 
     def run(m):
-        return run_method(net, m, length=length, solver=solver, lift=lift, force=force, max_rows=max_rows)
+        try:
+            return limits.run_within(
+                lambda: run_method(net, m, length=length, solver=solver, lift=lift, force=force,
+                                   max_rows=max_rows), deadline, m)
+        except TimeLimitError as err:
+            return MethodResult(m, None, 0.0, "failed", err.message, length=_unroll_length(net, length))
 
     background = [m for m in methods if m.startswith("lipsdp")] if workers > 1 else []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {m: pool.submit(run, m) for m in background}
+        futures = {m: pool.submit(contextvars.copy_context().run, run, m) for m in background}
         done = {}
         for m in methods:
             if m in futures:
@@ -194,13 +227,16 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
         done.update({m: f.result() for m, f in futures.items()})
     results = [done[m] for m in methods]
     lower, detail = None, {}
-    if lower_starts > 0:
+    if lower_starts > 0 and deadline.expired:
+        detail = {"error": f"not run: the time limit of {deadline.seconds:g} s has passed"}
+    elif lower_starts > 0:
         from .empirical import lower_bound
 
         if progress is not None:
             progress("lower bound")
         try:
-            lb = lower_bound(net, starts=lower_starts, seed=seed, time_budget=time_budget,
+            lb = lower_bound(net, starts=lower_starts, seed=seed,
+                             time_budget=min(time_budget, deadline.remaining()),
                              length=_unroll_length(net, length))
             lower = lb.value
             detail = {"starts": lb.starts, "evaluations": lb.evaluations, "seconds": lb.seconds, "seed": seed,

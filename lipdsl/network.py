@@ -179,7 +179,8 @@ class Network:
         length : int, optional
             For ``input c x *`` nets: the (shortest) input length to cover.
         **options
-            Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``).
+            Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``);
+            ``timeout`` (seconds, finite and > 0) bounds every method (``TimeLimitError`` when it passes).
 
         Returns
         -------
@@ -196,12 +197,17 @@ class Network:
             from .errors import LipdslError
 
             raise LipdslError(f"unknown method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+        from . import limits
+
+        timeout = options.pop("timeout", None)
+        deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
         t0 = time.perf_counter()
         if method == "dissipative":
             from .api import solve_network
             from .report import to_json
 
-            result = solve_network(self.typed, solver=solver or "cvxopt", min_length=length, **options)
+            result = solve_network(self.typed, solver=solver or "cvxopt", min_length=length,
+                                   deadline=deadline, **options)
             cert = result.certificate
             return Bound(
                 self.name,
@@ -215,8 +221,12 @@ class Network:
             )
         from . import baselines
 
+        def bounded(fn):  # a baseline in the deadline, with BLAS on one thread (as the CLI)
+            with limits.blas_threads(), deadline.active():
+                return limits.run_within(fn, deadline, method)
+
         if method in ("naive", "naive_hinf"):
-            value = getattr(baselines, method)(self.typed, length)
+            value = bounded(lambda: getattr(baselines, method)(self.typed, length))
             return Bound(
                 self.name,
                 method,
@@ -229,7 +239,7 @@ class Network:
             )
         mode = "layer" if method == "lipsdp-layer" else "neuron"
         solver = solver or "hkm"
-        res = baselines.lipsdp(self.typed, mode=mode, length=length, solver=solver)
+        res = bounded(lambda: baselines.lipsdp(self.typed, mode=mode, length=length, solver=solver))
         return Bound(
             self.name,
             method,
