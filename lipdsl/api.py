@@ -296,10 +296,15 @@ def _check_limits(net: typed.Network, size: ProblemSize, max_lmi: int | None, ma
         )
     needed = size.memory(solver)
     if needed > limits.available_memory():
+        states = max((s[0] for s in size.systems), default=0)
+        lowering = limits.lowering_bytes(size.systems)
+        what = (f"the SDP ({size.variables} variables{merged}, largest LMI {size.largest_lmi} rows, "
+                f"{len(size.lmi_orders)} LMIs)")
+        if lowering > needed / 2:  # the state spaces themselves, not the solver
+            what = f"lowering (state spaces with up to {states} states) and solving {what}"
         limits.require_memory(
             needed,
-            f"the SDP ({size.variables} variables{merged}, largest LMI {size.largest_lmi} rows, "
-            f"{len(size.lmi_orders)} LMIs)",
+            what,
             hint=_smaller_hint(net, low, size, solver, lift, frequencies, max_lmi, max_variables),
             span=_span(net, system),
         )
@@ -337,9 +342,9 @@ def _smaller_hint(net, low, size: ProblemSize, solver: str, lift: int, frequenci
             continue
     if solver != "cvxopt" and _fits(size, "cvxopt", max_lmi, max_variables):
         return "use --solver cvxopt (lipdsl's structured KKT solver needs far less memory)"
-    return (f"this SDP needs about {limits.describe_bytes(size.memory(solver))} of memory and the solver "
-            f"time grows like variables^3; reduce the channels or kernel sizes of {size.largest_system!r}, "
-            "or raise the limit on a machine with the memory")
+    return (f"reduce the channels or kernel sizes of {size.largest_system!r} (a conv layer has "
+            "dilation*(kernel-1)*c_in states and (states)^2/2 storage variables), or run on a machine with "
+            f"about {limits.describe_bytes(size.memory(solver))} of memory")
 
 
 def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:

@@ -48,7 +48,7 @@ class Seconds(click.ParamType):
             self.fail(err.message, param, ctx)
 
 
-def within(deadline, what: str, work, source: Source | None = None):
+def within(deadline, what: str, work, source: Source | None = None, hint: str | None = None):
     """``work()`` for a command: BLAS pinned to one thread (``limits.blas_threads``, restored after), the
     command's ``deadline`` active for every ``checkpoint``, and the whole of it bounded by that deadline
     (``limits.run_within``: exit 3 once it passes, even inside one long C call)."""
@@ -56,7 +56,7 @@ def within(deadline, what: str, work, source: Source | None = None):
 
     try:
         with limits.blas_threads(), deadline.active():
-            return limits.run_within(work, deadline, what, grace=1.0)
+            return limits.run_within(work, deadline, what, grace=1.0, hint=hint)
     except LipdslError as err:
         fail(err, source)
 
@@ -600,7 +600,8 @@ def lower_command(
                 progress=lambda done, total, best: bar.update(task, completed=done, best=best),
             )
 
-    result = within(deadline, "the lower bound's search", search, source)
+    result = within(deadline, "the lower bound's search", search, source,
+                    hint="raise --time-budget, or give a shorter --length")
     if as_json:
         import json
 

@@ -97,15 +97,23 @@ def _ascent(net, u, steps, tau_range, deadline, record):
     """
     eta = 0.2
     prev = -np.inf
+
+    def stop() -> bool:  # (checked between the Jacobians of a step: each may take seconds on long inputs)
+        return time.perf_counter() > deadline or limits.current().expired
+
     for it in range(steps):
-        if time.perf_counter() > deadline or limits.current().expired:
+        if stop():
             return
         rel = tau_range[0] * (tau_range[1] / tau_range[0]) ** (it / max(steps - 1, 1))
         base = linearize(net, u)
         record(u, float(np.linalg.norm(base.matrix(), 2)))
+        if stop():
+            return
         taus = [rel * max(st.rms, 1e-12) for st in base.steps if isinstance(st.layer, typed.Activation)]
         lin = linearize(net, u, surrogate_tau=taus)
         s, v, w = _top_triple(lin.matrix())
+        if stop():
+            return
         if s < prev:
             eta /= 2
         prev = s
@@ -118,7 +126,8 @@ def _ascent(net, u, steps, tau_range, deadline, record):
         if not np.isfinite(gn) or gn == 0:
             return
         u = u + eta * norm_u * g / gn
-    record(u, _sigma(net, u))
+    if not stop():
+        record(u, _sigma(net, u))
 
 
 def lower_bound(
@@ -177,8 +186,9 @@ def lower_bound(
                             hint="give a shorter --length" if net.any_length else
                             "the input is too large for dense Jacobians; the upper-bound methods do not need "
                             "them (or give a larger --time-budget)")
-    # the search stops itself at its budget; an ascent that began before stops at the hard deadline
-    hard = limits.current().earlier(time_budget + limits.SEARCH_GRACE)
+    # the search stops itself at its budget, also inside the first ascent (the CLI's hard deadline is
+    # SEARCH_GRACE later: time for the step in progress)
+    hard = limits.current().earlier(time_budget)
     with hard.active():
         rng = np.random.default_rng(seed)
         deadline = t0 + time_budget

@@ -82,10 +82,12 @@ class Deadline:
         if self.expired:
             raise self.error(what)
 
-    def error(self, what: str) -> TimeLimitError:
+    def error(self, what: str, hint: str | None = None) -> TimeLimitError:
+        """The ``TimeLimitError`` saying that ``what`` ran out of time (with a hint for the solver's
+        options unless ``hint`` is given)."""
         return TimeLimitError(
             f"{what} did not finish within the time limit of {self.seconds:g} s",
-            hint="raise --timeout, lower --max-iterations, try another --solver, or make the problem "
+            hint=hint or "raise --timeout, lower --max-iterations, try another --solver, or make the problem "
             "smaller (--frequencies, fewer channels)",
         )
 
@@ -110,7 +112,7 @@ class Deadline:
 NEVER = Deadline(None, 0.0)
 #: A search command (``lower --time-budget``, ``compare --timeout``) stops its own work at its budget; the
 #: command's hard deadline is this much later (the search may be inside one Jacobian when the budget ends).
-SEARCH_GRACE = 2.0
+SEARCH_GRACE = 5.0
 _current: contextvars.ContextVar[Deadline] = contextvars.ContextVar("lipdsl_deadline", default=NEVER)
 
 
@@ -124,7 +126,8 @@ def checkpoint(what: str = "lipdsl") -> None:
     _current.get().check(what)
 
 
-def run_within(fn: Callable[[], object], deadline: Deadline | None, what: str, grace: float = 0.0):
+def run_within(fn: Callable[[], object], deadline: Deadline | None, what: str, grace: float = 0.0,
+               hint: str | None = None):
     """``fn()``, or ``TimeLimitError`` once ``deadline`` passes even if ``fn`` is inside one long C call.
 
     With a budget, ``fn`` runs on a daemon worker thread (in a copy of the caller's context, so it sees the
@@ -149,7 +152,7 @@ def run_within(fn: Callable[[], object], deadline: Deadline | None, what: str, g
     worker.start()
     worker.join(deadline.remaining() + grace)
     if worker.is_alive():
-        raise deadline.error(what)
+        raise deadline.error(what, hint)
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box.get("value")
