@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 #: Largest matrix dimension whose spectral norm is a dense SVD (exact); above it ``svds`` (iterative).
 DENSE_SVD_LIMIT = 5000
+#: Work allowed to ``svds``' restarts (``spectral_norm``) before it is given up as not converging.
+SVDS_FLOPS = 2e10
 #: LipSDP asks its (scaled) hidden block to be <= -HIDDEN_MARGIN * I; see ``lipsdp``.
 HIDDEN_MARGIN = 1e-7
 
@@ -208,13 +210,27 @@ def spectral_norm(M) -> float:
             # ||M|| = ||R|| for M = QR (or its transpose): SVD of a small square factor.
             D = scipy.linalg.qr(D if D.shape[0] > D.shape[1] else D.T, mode="r")[0][:min(D.shape)]
         return float(scipy.linalg.svdvals(D)[0])
-    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, svds
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, svds
 
+    A = sp.csr_matrix(M)
+    AT = A.T.tocsr()
+
+    def product(B, x):
+        limits.checkpoint("the iterative spectral norm")  # (ARPACK calls back for every product)
+        return B @ x
+
+    op = LinearOperator(A.shape, matvec=lambda x: product(A, x), rmatvec=lambda x: product(AT, x),
+                        matmat=lambda X: product(A, X), rmatmat=lambda X: product(AT, X), dtype=float)
+    # ARPACK's default allows 10 n restarts: hours on a long conv's clustered singular values. Each restart
+    # costs about 400 n flops (20 Lanczos vectors): allow ~SVDS_FLOPS of them, then fail cleanly.
+    restarts = int(min(1000, max(20, SVDS_FLOPS / (400.0 * max(A.shape)))))
     try:
-        return float(svds(sp.csr_matrix(M), k=1, tol=1e-12, return_singular_vectors=False)[0])
+        return float(svds(op, k=1, tol=1e-12, maxiter=restarts, return_singular_vectors=False)[0])
     except (ArpackError, ArpackNoConvergence) as exc:
-        raise SolveError(f"the iterative spectral norm of a {M.shape[0]} x {M.shape[1]} matrix failed: {exc}",
-                         hint="give a shorter --length, or use --method naive-hinf") from exc
+        raise SolveError(f"the iterative spectral norm of a {M.shape[0]} x {M.shape[1]} matrix did not "
+                         f"converge in {restarts} restarts ({type(exc).__name__})",
+                         hint="give a shorter --length, or use --method naive-hinf (length-independent)"
+                         ) from exc
 
 
 def _maxpool_gain(kernel: int, stride: int) -> float:

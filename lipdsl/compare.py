@@ -23,6 +23,8 @@ METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf"
 #: (every clique would hold its neurons). Larger LMIs are skipped (with a note) unless forced.
 MAX_LIPSDP_ROWS = 1000
 MAXPOOL_REFUSAL = "refused: max pooling is not slope-restricted"
+#: The order ``compare`` runs methods on the calling thread (the table keeps ``METHODS``' order).
+CHEAP_FIRST = ("naive-hinf", "dissipative", "naive")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,29 @@ def lipsdp_rows(net: typed.Network, length: int | None) -> int:
         return 0
     first = next(U for U in steps if U.slope is not None)
     return min(first.shape[1], first.shape[0]) + sum(hidden)
+
+
+def _lipsdp_rows_bound(net: typed.Network, length: int | None) -> int:
+    """An upper bound on ``lipsdp_rows`` from the layers' sizes alone: the input size plus every
+    activation's size at input length ``length``."""
+    shp = net.input_shape
+    c, n = shp.channels, (None if shp.flat else (shp.length or length or 1))
+    rows = c * (n or 1)
+    for L in net.layers:
+        if isinstance(L, typed.Conv1d):
+            n = (n + L.pad_left + L.pad_right - L.dilation * (L.kernel - 1) - 1) // L.stride + 1
+            c = L.c_out
+        elif isinstance(L, typed.Pool):
+            n = (n - L.kernel) // L.stride + 1
+        elif isinstance(L, typed.GlobalAvgPool):
+            n = None
+        elif isinstance(L, typed.Flatten):
+            c, n = c * (n or 1), None
+        elif isinstance(L, typed.Dense):
+            c, n = L.n_out, None
+        elif isinstance(L, typed.Activation):
+            rows += c * max(n or 1, 0)
+    return rows
 
 
 def _any_maxpool(net: typed.Network) -> bool:
@@ -158,6 +183,10 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
         if _any_maxpool(net):
             return MethodResult(method, None, 0.0, "refused", MAXPOOL_REFUSAL.removeprefix("refused: "),
                                 length=n)
+        bound = _lipsdp_rows_bound(net, n)  # (before unrolling: that alone can take minutes)
+        limits.require_memory(limits.lipsdp_bytes(bound), f"the LipSDP LMI of up to {bound} rows",
+                              hint="LipSDP unrolls the network: give a shorter --length, or use the dissipative "
+                              "method (its LMIs do not grow with the length)")
         rows = lipsdp_rows(net, n)
         if rows > max_rows and not force:
             return MethodResult(method, None, time.perf_counter() - t0, "skipped",
@@ -216,7 +245,8 @@ def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {m: pool.submit(contextvars.copy_context().run, run, m) for m in background}
         done = {}
-        for m in methods:
+        # the cheap, length-independent ones first: a time limit should cut the expensive ones
+        for m in sorted(methods, key=lambda m: CHEAP_FIRST.index(m) if m in CHEAP_FIRST else len(CHEAP_FIRST)):
             if m in futures:
                 continue
             if progress is not None:
@@ -228,7 +258,7 @@ def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift
     results = [done[m] for m in methods]
     lower, detail = None, {}
     if lower_starts > 0 and deadline.expired:
-        detail = {"error": f"not run: the time limit of {deadline.seconds:g} s has passed"}
+        detail = {"error": f"the time limit of {deadline.seconds:g} s has passed"}
     elif lower_starts > 0:
         from .empirical import lower_bound
 

@@ -174,10 +174,12 @@ def lower_bound(
     shape = _input_shape(net, length)
     memory, flops = search_cost(net, shape, starts, oversample)
     what = f"the lower bound's search on inputs of shape {' x '.join(map(str, shape))}"
+    fitting = [s for s in (16, 8, 4, 2, 1) if s < starts
+               and search_cost(net, shape, s, oversample)[0] <= limits.available_memory()]
     if net.any_length:
         hint = "give a shorter --length (each Jacobian is a dense outputs x inputs matrix)"
-    elif 8.0 * oversample * starts * np.prod(shape, dtype=float) > memory / 2:
-        hint = f"give fewer --starts ({oversample} random inputs are scored per start)"
+    elif fitting:
+        hint = f"give fewer --starts (e.g. --starts {fitting[0]}: {oversample} inputs are kept per start)"
     else:
         hint = "the input is too large for dense Jacobians; the upper-bound methods do not need them"
     limits.require_memory(memory, f"{what} ({starts} starts)", hint=hint, span=net.span)

@@ -165,7 +165,7 @@ GIB = 2**30
 MEMORY_MARGIN = 0.15
 MEMORY_MARGIN_BYTES = 0.5 * GIB
 #: Resident size of a process that has imported numpy, scipy, sympy and CVXOPT, before the problem.
-BASE_BYTES = 0.25 * GIB
+BASE_BYTES = 0.15 * GIB
 
 #: The fitted memory model of a CVXOPT solve with lipdsl's structured KKT solver (docs/performance.md):
 #: ``bytes = BASE + 8 (N2 n^2 + S2 sum_k m_k^2 + SN n sqrt(sum_k m_k^2))``, ``n`` variables, ``m_k`` the LMI
@@ -173,7 +173,7 @@ BASE_BYTES = 0.25 * GIB
 #: referenced by CVXOPT while the next is formed), the per-family blocks and the temporaries summed into H.
 #: ``m^2`` terms: CVXOPT's iterates and scalings (``s``, ``z``, ``W``'s ``r``/``rti``, steps, residuals), and
 #: our per-block ``R``, ``S`` and right-hand sides. Fitted with a safety factor (the model is an upper one).
-N2 = 5.0
+N2 = 5.5
 S2 = 60.0
 SN = 2.0
 
@@ -308,12 +308,15 @@ def solver_seconds_per_iteration(variables: int, lmi_orders) -> float:
 # -- threads -----------------------------------------------------------------------------------------------
 
 _users = 0
+_pinned = 0  # active ``blas_threads(1)`` contexts: while any is, BLAS is pinned (threadpoolctl is process-wide)
 _users_lock = threading.Lock()
 
 
 def blas_pinned() -> bool:
     """Whether every BLAS/OpenMP pool numpy and scipy use runs on one thread (threadpoolctl's view, which
     also sees limits set by ``blas_threads`` or by the application, not only environment variables)."""
+    if _pinned:
+        return True
     from threadpoolctl import threadpool_info
 
     pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
@@ -329,15 +332,18 @@ def blas_threads(limit: int | None = 1) -> Iterator[None]:
     was 3x slower with it on a loaded 2-core machine); lipdsl shares the cores out by LMI block instead.
     ``limit=None`` leaves the pools as they are.
     """
-    global _users
+    global _users, _pinned
     import numpy  # noqa: F401 - threadpoolctl limits the libraries loaded when it is entered
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     with _users_lock:
         _users += 1
+        nested = limit == 1 and _pinned > 0  # already pinned by an outer context: nothing to change
+        if limit == 1:
+            _pinned += 1
     try:
-        if limit is None:
+        if limit is None or nested:
             yield
         else:
             with threadpool_limits(limits=limit):
@@ -345,6 +351,8 @@ def blas_threads(limit: int | None = 1) -> Iterator[None]:
     finally:
         with _users_lock:
             _users -= 1
+            if limit == 1:
+                _pinned -= 1
             last = _users == 0
         if last:
             from .solve import shutdown_pools

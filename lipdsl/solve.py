@@ -742,7 +742,7 @@ def solve(
     """
     if deadline is None:
         deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
-    with deadline.active():
+    with limits.blas_threads(), deadline.active():  # (the KKT pools are shut down when the last user leaves)
         return limits.run_within(
             lambda: _solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose),
             deadline, solver)
