@@ -54,7 +54,8 @@ try:
 except LipdslError as err:
     status, iterations = "error: " + err.message[:60], None
 hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"peak": hwm, "variables": size.variables, "lmis": len(size.lmi_orders), "largest": size.largest_lmi,
+print(json.dumps({"peak": hwm, "variables": size.variables, "lmis": len(size.lmi_orders),
+                  "largest": size.largest_lmi,
                   "sum_m2": sum(m * m for m in size.lmi_orders), "model": size.memory(),
                   "seconds": time.perf_counter() - t0, "status": status, "iterations": iterations}))
 """
@@ -77,7 +78,8 @@ def write_net(folder: Path, channels: int, kernel: int, length: int = 32) -> Pat
 def measure(spec: Path, frequencies: int | None, iterations: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(spec), str(frequencies or "none"), str(iterations)],
+    args = [sys.executable, "-c", CHILD, str(spec), str(frequencies or "none"), str(iterations)]
+    proc = subprocess.Popen(args,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     with proc.stdout, proc.stderr:
         out = proc.stdout.read()
@@ -100,10 +102,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for c, k, f in CASES[args.cases]:
             spec = write_net(Path(tmp), c, k)
-            row = {"case": f"c{c} k{k}" + (f" --frequencies {f}" if f else ""), **measure(spec, f, args.iterations)}
+            case = f"c{c} k{k}" + (f" --frequencies {f}" if f else "")
+            row = {"case": case, **measure(spec, f, args.iterations)}
             row["ratio"] = row["model"] / row["peak"]
             rows.append(row)
-            print(f"{row['case']:>24}  n={row['variables']:>6}  LMIs={row['lmis']:>3} (largest {row['largest']:>4})  "
+            print(f"{row['case']:>24}  n={row['variables']:>6}  LMIs={row['lmis']:>3} "
+                  f"(largest {row['largest']:>4})  "
                   f"peak {row['peak'] / 2**20:8.0f} MiB  model {row['model'] / 2**20:8.0f} MiB  "
                   f"model/peak {row['ratio']:5.2f}  {row['seconds']:6.1f} s  {row['status']}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -185,8 +185,8 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
                                 length=n)
         bound = _lipsdp_rows_bound(net, n)  # (before unrolling: that alone can take minutes)
         limits.require_memory(limits.lipsdp_bytes(bound), f"the LipSDP LMI of up to {bound} rows",
-                              hint="LipSDP unrolls the network: give a shorter --length, or use the dissipative "
-                              "method (its LMIs do not grow with the length)")
+                              hint="LipSDP unrolls the network: give a shorter --length, or use the "
+                              "dissipative method (its LMIs do not grow with the length)")
         rows = lipsdp_rows(net, n)
         if rows > max_rows and not force:
             return MethodResult(method, None, time.perf_counter() - t0, "skipped",
@@ -246,7 +246,8 @@ def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift
         futures = {m: pool.submit(contextvars.copy_context().run, run, m) for m in background}
         done = {}
         # the cheap, length-independent ones first: a time limit should cut the expensive ones
-        for m in sorted(methods, key=lambda m: CHEAP_FIRST.index(m) if m in CHEAP_FIRST else len(CHEAP_FIRST)):
+        rank = {m: CHEAP_FIRST.index(m) if m in CHEAP_FIRST else len(CHEAP_FIRST) for m in methods}
+        for m in sorted(methods, key=rank.get):
             if m in futures:
                 continue
             if progress is not None:

@@ -308,7 +308,7 @@ def solver_seconds_per_iteration(variables: int, lmi_orders) -> float:
 # -- threads -----------------------------------------------------------------------------------------------
 
 _users = 0
-_pinned = 0  # active ``blas_threads(1)`` contexts: while any is, BLAS is pinned (threadpoolctl is process-wide)
+_pinned = 0  # active ``blas_threads(1)`` contexts: while any is, BLAS is pinned (threadpoolctl is global)
 _users_lock = threading.Lock()
 
 

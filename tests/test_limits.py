@@ -396,8 +396,9 @@ def test_timeout_applies_to_the_lipsdp_methods(tmp_path, method):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "f.npz", a=rng.normal(size=(8, 2, 5)) / 4, b=rng.normal(size=(8, 8, 5)) / 8,
              fc=rng.normal(size=(3, 8)))
-    spec = write(tmp_path, 'input 2 x 200\nweights "f.npz"\nconv1d a: 2 -> 8, kernel 5, padding causal, weight a\n'
-                           "relu\nconv1d b: 8 -> 8, kernel 5, padding causal, weight b\nrelu\nglobal_avgpool\n"
+    spec = write(tmp_path, 'input 2 x 200\nweights "f.npz"\n'
+                           "conv1d a: 2 -> 8, kernel 5, padding causal, weight a\nrelu\n"
+                           "conv1d b: 8 -> 8, kernel 5, padding causal, weight b\nrelu\nglobal_avgpool\n"
                            "dense fc: 8 -> 3, weight fc\n")  # LipSDP: an LMI of ~3,600 rows
     res, seconds = lipdsl_process("solve", "--method", method, "--force", "--timeout", "3", spec)
     assert res.returncode == 3 and "did not finish within the time limit of 3 s" in res.stdout + res.stderr
@@ -454,7 +455,8 @@ def test_the_model_grows_like_the_newton_matrix():
 
 def conv_spec(tmp_path, channels: int, kernel: int, length: int = 64) -> str:
     np.save(tmp_path / "w.npy", np.random.default_rng(0).normal(size=(channels, channels, kernel)) / kernel)
-    return write(tmp_path, f"input {channels} x {length}\nconv1d c: {channels} -> {channels}, kernel {kernel}, "
+    return write(tmp_path, f"input {channels} x {length}\n"
+                           f"conv1d c: {channels} -> {channels}, kernel {kernel}, "
                            'padding causal, weight "w.npy"\nrelu\n')
 
 
@@ -487,7 +489,8 @@ def test_memory_refusal_comes_before_allocating_with_a_true_hint(tmp_path, monke
 def test_variable_limit_hint_is_true(tmp_path, monkeypatch):
     """issue 22: the guard said "solve with --frequencies 33" even when --frequencies 33 was given."""
     np.save(tmp_path / "w.npy", np.zeros((64, 64, 9)))
-    spec = write(tmp_path, 'input 64 x 32\nconv1d c: 64 -> 64, kernel 9, padding causal, weight "w.npy"\nrelu\n')
+    spec = write(tmp_path, "input 64 x 32\n"
+                           'conv1d c: 64 -> 64, kernel 9, padding causal, weight "w.npy"\nrelu\n')
     res = run("solve", spec)
     assert res.exit_code == 3 and "more than 20000" in res.stderr
     assert "hint: solve with --frequencies 33" in res.stderr  # (true: its frequency form has 65 variables)
@@ -510,7 +513,8 @@ HUGE = [60_000, 1_000_000, 1_000_000_000]
 def huge_input(tmp_path, length: int) -> str:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "h.npz", conv=rng.normal(size=(4, 1, 5)), fc=rng.normal(size=(2, 4)))
-    return write(tmp_path, f'input 1 x {length}\nweights "h.npz"\nconv1d c: 1 -> 4, kernel 5, padding causal, '
+    return write(tmp_path, f'input 1 x {length}\nweights "h.npz"\n'
+                           "conv1d c: 1 -> 4, kernel 5, padding causal, "
                            "weight conv\nrelu\nglobal_avgpool\ndense d: 4 -> 2, weight fc\n")
 
 
