@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-# The LMIs are small (tens to hundreds of rows): multi-threaded BLAS only adds contention, and on a loaded
-# 2-core machine it made the ECG solve 3x slower. Users can still override this from the environment.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import click
 
-import click  # noqa: E402
-
-from .errors import LipdslError  # noqa: E402
-from .source import Source  # noqa: E402
+from .errors import LipdslError
+from .source import Source
 
 
 def fail(err: LipdslError, source: Source | None) -> None:
@@ -29,6 +23,42 @@ def read_source(path: str) -> Source:
     except OSError as exc:
         click.echo(f"{path}: error: cannot read spec: {exc.strerror or exc}", err=True)
         sys.exit(1)
+
+
+class Seconds(click.ParamType):
+    """A time budget in seconds: a finite number > 0 (>= 0 with ``allow_zero``); nan, inf and negative
+    values are usage errors (exit 2), never "no limit"."""
+
+    name = "seconds"
+
+    def __init__(self, allow_zero: bool = False):
+        self.allow_zero = allow_zero
+
+    def convert(self, value, param, ctx):
+        from .limits import check_seconds
+
+        if isinstance(value, float):
+            text = value
+        else:
+            text = str(value).strip()
+        try:
+            return check_seconds(text, param.opts[0] if param is not None else "seconds",
+                                 allow_zero=self.allow_zero)
+        except LipdslError as err:
+            self.fail(err.message, param, ctx)
+
+
+def within(deadline, what: str, work, source: Source | None = None, hint: str | None = None):
+    """``work()`` for a command: BLAS pinned to one thread (``limits.blas_threads``, restored after), the
+    command's ``deadline`` active for every ``checkpoint``, and the whole of it bounded by that deadline
+    (``limits.run_within``: exit 3 once it passes, even inside one long C call)."""
+    from . import limits
+
+    try:
+        with limits.blas_threads(), deadline.active():
+            return limits.run_within(work, deadline, what, grace=1.0, hint=hint)
+    except LipdslError as err:
+        fail(err, source)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,6 +191,7 @@ def show_command(
         _print_lowering(net, source, min_length, lift)
         return
     if state_space:
+        _check_state_space_size(net, source)
         _print_state_space(net, latex)
         return
     if as_json:
@@ -236,10 +267,19 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from . import lowered
+    from . import limits, lowered
+    from .api import problem_size
     from .lower import lower
 
     try:
+        size = problem_size(net, lift)
+        limits.require_memory(
+            limits.BASE_BYTES + limits.lowering_bytes(size.systems),
+            f"lowering (state spaces with up to {max((s[0] for s in size.systems), default=0)} states)",
+            hint="the realization of a conv layer has dilation*(kernel-1)*c_in states (times --lift): "
+            "a smaller --lift, or smaller kernels",
+            span=net.span,
+        )
         low = lower(net, min_length=min_length, lift=lift)
     except LipdslError as err:
         fail(err, source)
@@ -273,6 +313,25 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
                 "1",
             )
     Console().print(table)
+
+
+def _check_state_space_size(net, source) -> None:
+    """Exit 3 (``LimitError``) before printing a realization of more than ``limits.DISPLAY_MAX_BLOCKS``
+    state blocks: sympy would build and print a matrix of blocks^2 entries."""
+    from .errors import LimitError
+    from .limits import DISPLAY_MAX_BLOCKS
+
+    for layer in net.layers:
+        if layer.kind == "conv1d" and layer.dilation * (layer.kernel - 1) > DISPLAY_MAX_BLOCKS:
+            fail(LimitError(
+                f"conv1d {layer.name!r} has {layer.dilation * (layer.kernel - 1)} state blocks "
+                f"(dilation {layer.dilation} x (kernel {layer.kernel} - 1)); show --state-space prints at "
+                f"most {DISPLAY_MAX_BLOCKS}",
+                span=layer.span,
+                hint="its realization is a shift register: A shifts the past inputs by one block, "
+                "B = [0; ...; I], C = [W_{k-1} ... W_1] (with zero blocks between dilated taps), D = W_0; "
+                "`lipdsl show --lowering` gives the sizes",
+            ), source)
 
 
 def _print_state_space(net, latex: bool) -> None:
@@ -340,9 +399,10 @@ from .compare import METHODS as _METHODS  # noqa: E402  (the one method registry
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(),
     default=None,
-    help="Stop the solver after SECONDS (exit 3).",
+    help="Bound the whole command (lowering, solve, storage recovery; also --method lipsdp-*) to SECONDS "
+    "(exit 3 when they pass).",
 )
 @click.option(
     "--frequencies",
@@ -406,35 +466,44 @@ def solve_command(
 
     if method != "dissipative" and (certificate_path is not None or exact):
         raise click.UsageError("--certificate and --exact apply to --method dissipative only")
+    from .limits import Deadline
+
+    deadline = Deadline(timeout)  # the whole command's
     t0 = time.perf_counter()
     source, net = load_or_fail(spec, allow_outside)
     t1 = time.perf_counter()
     if method != "dissipative":
-        _solve_baseline(net, method, min_length, force, as_json)
+        within(deadline, f"--method {method}",
+               lambda: _solve_baseline(net, method, min_length, force, as_json), source)
         return
+    within(deadline, "lipdsl solve",
+           lambda: _solve_dissipative(net, source, t1 - t0, deadline, solver=solver, tol=tol,
+                                      max_iterations=max_iterations, verbose=verbose, min_length=min_length,
+                                      lift=lift, max_lmi=max_lmi, accept_unconverged=accept_unconverged,
+                                      frequencies=frequencies, as_json=as_json, spec=spec,
+                                      certificate_path=certificate_path, exact=exact), source)
+
+
+def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: bool, spec: str,
+                       certificate_path: str | None, exact: bool, **options) -> None:
+    """``lipdsl solve`` with the dissipative method: solve, print (with the certificate file and the exact
+    proof when asked), exit 3 unless certified."""
     from .api import solve_network
     from .report import print_text, to_json
 
     try:
         result = solve_network(
             net,
-            solver=solver,
-            tol=tol,
-            max_iterations=max_iterations,
-            verbose=verbose,
-            min_length=min_length,
-            lift=lift,
-            seconds={"parse+check": t1 - t0},
-            max_lmi=max_lmi,
-            timeout=timeout,
-            accept_unconverged=accept_unconverged,
-            frequencies=frequencies,
+            seconds={"parse+check": load_seconds},
+            deadline=deadline,
+            **options,
         )
     except LipdslError as err:
         fail(err, source)
     proof = None
     if result.certificate.verified and (certificate_path is not None or exact):
-        proof = _certify_file(result, net, certificate_path, exact, min_length, lift, frequencies, solver)
+        proof = _certify_file(result, net, certificate_path, exact, options["min_length"], options["lift"],
+                              options["frequencies"], options["solver"])
     if as_json:
         import json
 
@@ -577,8 +646,8 @@ def export_command(spec: str, output: str, min_length: int | None, lift: int, al
     "--time-budget",
     default=20.0,
     show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds after which no new start is begun.",
+    type=Seconds(allow_zero=True),
+    help="Seconds after which no new start is begun; the command ends within a few seconds more.",
 )
 @click.option(
     "--length",
@@ -602,10 +671,13 @@ def lower_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .empirical import lower_bound
+    from .limits import SEARCH_GRACE, Deadline
 
+    deadline = Deadline(time_budget + SEARCH_GRACE)
     source, net = load_or_fail(spec, allow_outside)
     err_console = Console(stderr=True)
-    try:
+
+    def search():
         with Progress(
             TextColumn("lower bound"),
             BarColumn(),
@@ -617,7 +689,7 @@ def lower_command(
             disable=as_json or not err_console.is_terminal,
         ) as bar:
             task = bar.add_task("starts", total=starts, best=0.0)
-            result = lower_bound(
+            return lower_bound(
                 net,
                 starts=starts,
                 seed=seed,
@@ -625,8 +697,9 @@ def lower_command(
                 length=length,
                 progress=lambda done, total, best: bar.update(task, completed=done, best=best),
             )
-    except LipdslError as err:
-        fail(err, source)
+
+    result = within(deadline, "the lower bound's search", search, source,
+                    hint="raise --time-budget, or give a shorter --length")
     if as_json:
         import json
 
@@ -760,8 +833,14 @@ def _print_comparison(c) -> None:
     "--time-budget",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Seconds(allow_zero=True),
     help="Seconds for the lower bound's search.",
+)
+@click.option(
+    "--timeout",
+    type=Seconds(),
+    default=None,
+    help="Bound the whole command to SECONDS: methods still running then are reported as failed.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the lower bound's starts.")
 @click.option("--solver", default="cvxopt", show_default=True, help="Solver of the dissipative SDP.")
@@ -786,6 +865,7 @@ def compare_command(
     solver: str,
     lift: int,
     force: bool,
+    timeout: float | None,
     allow_outside: bool,
 ) -> None:
     """Compare the dissipative bound of SPEC with naive products, LipSDP and an empirical lower bound."""
@@ -795,6 +875,9 @@ def compare_command(
     from rich.console import Console
 
     from .compare import as_dict, compare
+    from .limits import SEARCH_GRACE, Deadline
+
+    deadline = Deadline(None if timeout is None else timeout + SEARCH_GRACE)
 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in chosen if m not in _METHODS]
@@ -813,18 +896,19 @@ def compare_command(
             sys.exit(1)
     source, net = load_or_fail(spec, allow_outside)
     err_console = Console(stderr=True)
-    with (
-        err_console.status("", spinner="dots")
-        if (err_console.is_terminal and not as_json)
-        else contextlib.nullcontext() as st
-    ):
 
-        def progress(label):
-            if st is not None:
-                st.update(f"running {label} ...")
+    def run():
+        with (
+            err_console.status("", spinner="dots")
+            if (err_console.is_terminal and not as_json)
+            else contextlib.nullcontext() as st
+        ):
 
-        try:
-            c = compare(
+            def progress(label):
+                if st is not None:
+                    st.update(f"running {label} ...")
+
+            return compare(
                 net,
                 methods=chosen,
                 length=length,
@@ -835,9 +919,10 @@ def compare_command(
                 lift=lift,
                 force=force,
                 progress=progress,
+                timeout=timeout,
             )
-        except LipdslError as err:
-            fail(err, source)
+
+    c = within(deadline, "lipdsl compare", run, source)
     if plot is not None:
         from .plot import plot_comparison
 

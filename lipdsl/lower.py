@@ -29,7 +29,7 @@ from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 
-from . import lowered, typed
+from . import limits, lowered, typed
 from .errors import LoweringError
 
 
@@ -539,6 +539,7 @@ def lift_state_space(ss: lowered.StateSpace, b: int) -> lowered.StateSpace:
     nx, nu, ny = ss.nx, ss.nu, ss.ny
     powers = [np.eye(nx)]
     for _ in range(b):
+        limits.checkpoint("lowering")
         powers.append(A @ powers[-1])
     Bt = np.hstack([powers[b - 1 - j] @ B for j in range(b)]) if nx else np.zeros((0, nu * b))
     Ct = np.vstack([C @ powers[i] for i in range(b)]) if nx else np.zeros((ny * b, 0))
@@ -815,6 +816,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             width = premap.shape[1] if premap is not None else ch * bb
             Weff = np.zeros((W.shape[0], width * T))
             for tau in range(T):
+                limits.checkpoint("lowering")
                 sel = np.zeros((W.shape[0], ch * bb))
                 for j in range(bb):
                     t = tau * bb + j
@@ -941,6 +943,7 @@ def lower(
         layers, dense_notes = merge_dense_layers(layers)
     i = 0
     while i < len(layers):
+        limits.checkpoint("lowering")
         before = len(layers)
         folded = fold_linear_into_dense(layers, i) if merge_linear else None
         if folded is not None:  # a linear conv run folded into the dense layer after the flatten

@@ -182,7 +182,8 @@ class Network:
             Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``, ``lift``,
             ``frequencies``); ``certificate=path`` (dissipative only) writes the certificate file of a
             certified bound after checking it independently (``docs/certificate.md``; nothing is written
-            for an uncertified bound; re-check it with :func:`verify`).
+            for an uncertified bound; re-check it with :func:`verify`); ``timeout`` (seconds, finite and
+            > 0) bounds every method (``TimeLimitError`` when it passes).
 
         Returns
         -------
@@ -209,14 +210,17 @@ class Network:
         cert_path = options.pop("certificate", None)
         if cert_path is not None and method != "dissipative":
             raise LipdslError("certificate= applies to the dissipative method only")
-        r = run_method(
-            self.typed,
-            method,
-            length=length,
-            solver=solver or "cvxopt",
-            lipsdp_solver=solver or "hkm",
-            **options,
-        )
+        from . import limits
+
+        with limits.blas_threads():  # BLAS on one thread, as the CLI (the LMIs are small)
+            r = run_method(
+                self.typed,
+                method,
+                length=length,
+                solver=solver or "cvxopt",
+                lipsdp_solver=solver or "hkm",
+                **options,
+            )
         if r.status in ("refused", "failed"):
             raise r.error or UnsupportedError(f"{method}: {r.note}")
         if method == "dissipative":
