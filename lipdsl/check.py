@@ -165,6 +165,13 @@ class _Checker:
             raise SpecError(
                 f"{what} is not finite: {_short(v)}", span, hint="check for a division by zero or an overflow"
             )
+        if f == 0 and getattr(v, "is_zero", None) is False:
+            raise SpecError(
+                f"{what} underflows to 0 in float64: {_short(v)}",
+                span,
+                hint="values must be 0 or at least about 5e-324 in magnitude; rescale the weights (the "
+                "bound scales with them)",
+            )
         return f
 
     def integer(self, e: ast.Expr, what: str, minimum: int) -> int:

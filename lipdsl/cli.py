@@ -13,6 +13,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import click  # noqa: E402
 
 from .errors import LipdslError  # noqa: E402
+from .rigorous import format_up  # noqa: E402
 from .source import Source  # noqa: E402
 
 
@@ -563,7 +564,6 @@ def lower_command(
 
 _STATUS_WORDS = {
     "exact norm": "exact norm product",
-    "iterative norm": "iterative norm product (not a proof)",
     "verified LMI": "verified LMI",
     "certified": "certified",
 }
@@ -594,7 +594,7 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
         )
     elif r.ok:
         words = _STATUS_WORDS[r.status]
-        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {r.bound:.10g} ({words})")
+        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {format_up(r.bound)} ({words})")
         size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
         click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
     else:
@@ -636,7 +636,7 @@ def _print_comparison(c) -> None:
         status = r.status if r.ok else f"[red]{r.status}[/]"
         table.add_row(
             r.method,
-            _fmt(r.bound),
+            "-" if r.bound is None else format_up(r.bound, 6),
             _fmt(c.ratio_lower(r), ".3f"),
             _fmt(c.ratio_dissipative(r), ".3f"),
             "" if r.status == "refused" else f"{r.seconds:.2f} s",

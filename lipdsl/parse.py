@@ -458,6 +458,9 @@ class ToAst(Transformer_NonRecursive):
         text = str(kids[0])
         if any(c in text for c in ".eE"):
             value = float(text)  # inf when out of range: check reports it with the span
+            if value == 0 and _nonzero_digits(text):
+                raise ParseError(f"number {text} underflows to 0 in float64", Span.of(meta),
+                                 hint=UNDERFLOW_HINT)
         elif len(text) > 1000:  # beyond float64 (and Python's int(str) limit of 4300 digits)
             raise ParseError(
                 f"number with {len(text)} digits is too large",
@@ -523,6 +526,15 @@ class ToAst(Transformer_NonRecursive):
 _NUMBERS_PARTS = re.compile(r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)")
 
 
+#: A nonzero literal below float64's range would be read as 0 and the network bounded as another one.
+UNDERFLOW_HINT = "values must be 0 or at least about 5e-324 in magnitude; rescale the weights (the bound scales)"
+
+
+def _nonzero_digits(text: str) -> bool:
+    """True when the mantissa of a decimal literal has a nonzero digit (so its exact value is not 0)."""
+    return any(c in "123456789" for c in re.split("[eE]", text, maxsplit=1)[0])
+
+
 def _numbers(tok: Token) -> ast.Tensor:
     """An inline tensor of plain numbers lexed as one NUMBERS token: float64 values when it is regular (the
     fast path), else the same ``ast.Tensor`` of ``ast.Expr`` the grammar's ``tensor`` rule builds, with spans,
@@ -537,7 +549,10 @@ def _numbers(tok: Token) -> ast.Tensor:
             row = stack.pop()
             stack[-1].append(row)
         else:
-            stack[-1].append(float(m.group(1) + m.group(2)))
+            value = float(m.group(1) + m.group(2))
+            if value == 0 and _nonzero_digits(m.group(2)):
+                return _numbers_slow(tok)  # reports the entry with its span
+            stack[-1].append(value)
     (nested,) = stack[0]
     try:
         values = np.array(nested, dtype=np.float64)
@@ -570,6 +585,8 @@ def _numbers_slow(tok: Token) -> ast.Tensor:
             span = Span(*at(m.start(1) if sign else m.start(2)), *at(m.end()))
             if any(c in digits for c in ".eE"):
                 value = float(digits)
+                if value == 0 and _nonzero_digits(digits):
+                    raise ParseError(f"number {digits} underflows to 0 in float64", span, hint=UNDERFLOW_HINT)
             elif len(digits) > 1000:
                 raise ParseError(f"number with {len(digits)} digits is too large", span,
                                  hint="values must fit in float64 (about 1.8e308)")

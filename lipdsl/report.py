@@ -8,6 +8,7 @@ import numpy as np
 
 from .api import Result
 from .lowered import System
+from .rigorous import format_up
 
 
 def _system_rows(result: Result) -> list[dict]:
@@ -97,7 +98,7 @@ def print_text(result: Result, console) -> None:
     cert, sol, net = result.certificate, result.solution, result.network
     if cert.verified:
         console.print(
-            f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
+            f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{format_up(cert.lipschitz)}[/] "
             f"(certified)"
         )
         repaired = (
