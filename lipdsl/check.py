@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import math
 import os
 import tokenize
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import ast, typed
 from .errors import ShapeError, SpecError, WeightError
-from .source import Source, Span
+from .source import Source, Span, file_kind
 from .typed import Shape
 
 __all__ = ["check", "conv1d_length", "pool_length", "conv1d_padding", "ACTIVATIONS"]
@@ -212,11 +213,26 @@ class _Checker:
                     hint="copy the file next to the spec, or pass --allow-outside if you trust "
                     "this spec (it may read any file you can)",
                 )
-        return (
+        path = (
             self.source.directory / os.path.expanduser(rel)
             if rel.startswith("~")
             else self.source.directory / rel
         )
+        if not self.allow_outside:
+            # a symbolic link (the file or a folder on the way) may lead anywhere: check where it ends
+            try:
+                real = path.resolve()
+                inside = real.is_relative_to(self.source.directory.resolve())
+            except (OSError, RuntimeError, ValueError):  # a link loop, a name too long
+                inside = True  # reported by open() as what it is
+            if not inside:
+                raise WeightError(
+                    f"weight file {rel!r} is a symbolic link to a file outside the spec's directory",
+                    span,
+                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
+                    "this spec (it may read any file you can)",
+                )
+        return path
 
     def open(self, rel: str, span: Span) -> Any:
         path = self.resolve(rel, span)
@@ -224,10 +240,20 @@ class _Checker:
         if key in self.files:
             return self.files[key]
         shown = self.display_path(rel)
-        if not path.is_file():
-            raise WeightError(
-                f"weight file {shown!r} not found", span, hint="paths are relative to the spec's directory"
-            )
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise WeightError(f"weight file name {_short(shown)!r} is too long",
+                                  span, hint="check the path") from None
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise WeightError(f"weight file {shown!r} not found", span,
+                                  hint="paths are relative to the spec's directory") from None
+            raise WeightError(f"cannot read weight file {shown!r}: {exc.strerror or exc}", span) from None
+        kind = file_kind(st.st_mode)
+        if kind is not None:
+            raise WeightError(f"weight file {shown!r} is {kind}, not a file", span,
+                              hint="give the path of a .npz or .npy file")
         if path.suffix.lower() not in (".npz", ".npy"):
             raise WeightError(
                 f"weight file {shown!r} is neither .npz nor .npy",
@@ -244,11 +270,15 @@ class _Checker:
                 "check that this is the right file",
             )
         try:
-            if path.suffix.lower() == ".npy":
-                with open(path, "rb") as f:
-                    _check_header(f, size, f"weight file {shown!r}", span)
-            handle = open(path, "rb")  # ours, not numpy's: numpy leaks its handle when a .npz is corrupt
+            # O_NONBLOCK and fstat: the file read is the regular file checked above (not a FIFO swapped in)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            handle = os.fdopen(fd, "rb")  # ours, not numpy's: numpy leaks its handle when a .npz is corrupt
             try:
+                if file_kind(os.fstat(fd).st_mode) is not None:
+                    raise OSError(errno.EINVAL, "not a regular file")
+                if path.suffix.lower() == ".npy":
+                    _check_header(handle, size, f"weight file {shown!r}", span)
+                    handle.seek(0)
                 loaded = np.load(handle, allow_pickle=False)
             except BaseException:
                 handle.close()
@@ -258,7 +288,7 @@ class _Checker:
             else:
                 self.handles.append(handle)
         except _READ_ERRORS as exc:
-            raise WeightError(f"cannot read weight file {shown!r}: {exc}", span) from None
+            raise WeightError(f"cannot read weight file {shown!r}: {_reason(exc)}", span) from None
         self.files[key] = loaded
         return loaded
 
@@ -309,24 +339,33 @@ class _Checker:
                     hint=_did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
                 )
             try:
-                member = (
-                    data.zip.getinfo(src.key + ".npy") if src.key + ".npy" in data.zip.namelist() else None
-                )
-                if member is not None:
-                    if member.file_size > MAX_WEIGHT_BYTES:
+                # numpy maps KEY to the member KEY.npy or KEY (any name): read it ourselves, whatever its
+                # name, through the size cap and the header check (numpy would return a raw member's bytes)
+                names = data.zip.namelist()
+                member = data.zip.getinfo(src.key + ".npy" if src.key + ".npy" in names else src.key)
+                what = f"tensor {src.key!r} in {shown!r}"
+                if member.file_size > MAX_WEIGHT_BYTES:
+                    raise WeightError(
+                        f"{what} inflates to {_bytes(member.file_size)}, more than "
+                        f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                        src.span,
+                        hint="check that this is the right file (a compressed .npz can hide a huge tensor)",
+                    )
+                with data.zip.open(member) as f:
+                    if f.read(6) != b"\x93NUMPY":
                         raise WeightError(
-                            f"tensor {src.key!r} in {shown!r} inflates to {_bytes(member.file_size)}, "
-                            "more than "
-                            f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                            f"{what} is not a .npy array "
+                            f"(member {_short(member.filename)!r} holds other data)",
                             src.span,
-                            hint="check that this is the right file "
-                            "(a compressed .npz can hide a huge tensor)",
+                            hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
                         )
-                    with data.zip.open(member) as f:
-                        _check_header(f, member.file_size, f"tensor {src.key!r} in {shown!r}", src.span)
-                array = data[src.key]
+                with data.zip.open(member) as f:
+                    _check_header(f, member.file_size, what, src.span)
+                with data.zip.open(member) as f:
+                    array = np.lib.format.read_array(f, allow_pickle=False)
             except _READ_ERRORS as exc:
-                raise WeightError(f"cannot read {src.key!r} from {shown!r}: {exc}", src.span) from None
+                raise WeightError(f"cannot read {src.key!r} from {shown!r}: {_reason(exc)}",
+                                  src.span) from None
             label = f"{src.key!r} in {shown!r}"
         if (
             not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer))
@@ -442,8 +481,11 @@ def _check_header(f, available: int, what: str, span: Span) -> None:
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
     elif version == (2, 0):
         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    elif version == (3, 0):  # a UTF-8 header: numpy has no public reader for it
+        shape, dtype = _read_header_3_0(f, what, span)
     else:
-        return  # format 3.0 is for structured dtypes, refused after loading
+        raise WeightError(f"cannot read {what}: .npy format version {version[0]}.{version[1]} is unknown",
+                          span, hint="save it again with numpy.save")
     nbytes = math.prod(shape) * dtype.itemsize
     if dtype.hasobject:
         raise WeightError(
@@ -462,6 +504,39 @@ def _check_header(f, available: int, what: str, span: Span) -> None:
             span,
             hint="the file is truncated or not what it claims; save it again with numpy.save",
         )
+
+
+def _read_header_3_0(f, what: str, span: Span) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a format 3.0 .npy header: a uint32 length, then a UTF-8 dict literal (at most
+    64 KiB, as numpy reads it with ``max_header_size``)."""
+    import ast as pyast
+    import struct
+
+    raw = f.read(4)
+    (length,) = struct.unpack("<I", raw) if len(raw) == 4 else (None,)
+    if length is None or length > 65536:
+        raise WeightError(f"{what} has a malformed .npy 3.0 header", span,
+                          hint="save it again with numpy.save")
+    text = f.read(length).decode("utf-8", errors="replace")
+    try:
+        d = pyast.literal_eval(text)
+        shape = tuple(int(n) for n in d["shape"])
+        dtype = np.lib.format.descr_to_dtype(d["descr"])
+        if any(n < 0 for n in shape):
+            raise ValueError("negative dimension")
+    except Exception:  # whatever the dict holds: a clean error
+        raise WeightError(f"{what} has a malformed .npy 3.0 header", span,
+                          hint="save it again with numpy.save") from None
+    return shape, dtype
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a read failed, in words, without echoing the file's bytes (numpy's "expected b'\\x93NUMPY', got
+    b'...'" would show the first bytes of whatever file a link points to)."""
+    text = str(exc)
+    if "magic string" in text or "b'" in text or 'b"' in text:
+        return "not a NumPy .npy/.npz file"
+    return _short(text)
 
 
 def _bytes(n: int) -> str:

@@ -807,6 +807,7 @@ def import_command(
     from .load import load_network
 
     try:
+        _check_import_paths(model, output, weights)
         if like is not None:
             spec_path, weights_path = import_state_dict(model, like, output, weights)
         elif model.lower().endswith((".pt", ".pth", ".bin", ".ckpt")):
@@ -823,6 +824,26 @@ def import_command(
         fail(err, err.source)
     click.echo(f"wrote {spec_path} and {weights_path}")
     click.echo(f"OK {_summary(net)}")
+
+
+def _check_import_paths(model: str, output: str, weights: str | None) -> None:
+    """Refuse an ``import`` that would write the spec over the weights (``-o net.npz``) or over its input."""
+    from pathlib import Path
+
+    out = Path(output)
+    w = out.with_suffix(".npz") if weights is None else Path(weights)
+    if out.suffix.lower() in (".npz", ".npy", ".onnx", ".pt", ".pth"):
+        raise LipdslError(
+            f"-o {output!r} names the spec to write, a text file, but it has the suffix {out.suffix!r}",
+            hint=f"write the spec to {str(out.with_suffix('.lip'))!r}; the weights go beside it "
+            f"({str(out.with_suffix('.npz'))!r}) or to --weights",
+        )
+    resolved = {p.resolve() for p in (out, w)}
+    if len(resolved) < 2 or Path(model).resolve() in resolved:
+        raise LipdslError(
+            "the spec, its weights and the model must be three different files",
+            hint="choose another -o or --weights",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1256,7 +1256,9 @@ def import_state_dict(
     spec_path = Path(spec_path)
     weights = spec_path.with_suffix(".npz") if weights_path is None else Path(weights_path)
     rel = os.path.relpath(weights.resolve(), spec_path.resolve().parent).replace(os.sep, "/")
-    lines = arch.text.splitlines()
+    lines = arch.text.split("\n")  # Lark's lines: splitlines() would also split at U+2028, \x0c, \x85 ...
+    if lines and lines[-1] == "":
+        lines.pop()
     weights_lines = [st.span.line for st in tree.body if isinstance(st, ast.Weights)]
     for ln in weights_lines:
         lines[ln - 1] = f'weights "{rel}"'

@@ -497,7 +497,7 @@ class ToAst(Transformer_NonRecursive):
         f = builtin.get(str(fn)) or sympy.Function(str(fn))
         depth = _nested(meta, arg)
         try:
-            value = ast.bounded(f(ast.exact(arg)))
+            value = ast.call(f, ast.exact(arg))
         except ast.TooLarge as exc:
             raise _too_large(exc, meta) from None
         return ast.Expr(value, Span.of(meta), (ast.Name(str(fn), Span.of(fn), call=True),) + arg.names, depth)
@@ -527,7 +527,8 @@ _NUMBERS_PARTS = re.compile(r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(
 
 
 #: A nonzero literal below float64's range would be read as 0 and the network bounded as another one.
-UNDERFLOW_HINT = "values must be 0 or at least about 5e-324 in magnitude; rescale the weights (the bound scales)"
+UNDERFLOW_HINT = ("values must be 0 or at least about 5e-324 in magnitude; rescale the weights "
+                  "(the bound scales)")
 
 
 def _nonzero_digits(text: str) -> bool:
@@ -715,7 +716,7 @@ def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
 #: Most statements (lines starting with a word) a spec may have. Real 1D CNNs have tens of layers; the limit
 #: keeps a pathological spec (1 MB of 'relu' lines: ~30 s in Lark's pure-Python LALR) a fast, clear error.
 MAX_STATEMENTS = 2000
-_STATEMENT = re.compile(r"^[ \t]*[A-Za-z_]", re.MULTILINE)
+_STATEMENT = re.compile(r"^[ \t\f\r]*[A-Za-z_]", re.MULTILINE)  # the grammar ignores \f and \r too
 
 
 def _check_statement_count(source: Source) -> None:

@@ -226,3 +226,40 @@ def test_a_spec_of_too_many_statements_is_refused_fast():
     with pytest.raises(ParseError, match=f"more than {MAX_STATEMENTS} statements") as info:
         parse(Source("big.lip", text))
     assert info.value.span.line == MAX_STATEMENTS + 1
+
+
+# -- issue 17: parse/check time stays bounded -------------------------------------------------------------
+
+@pytest.mark.parametrize("lead", ["", " ", "\f", "\r", " \f\r\t"])
+def test_statement_limit_counts_lines_starting_with_any_ignored_whitespace(lead):
+    from lipdsl.parse import MAX_STATEMENTS
+
+    text = "input 2\n" + (lead + "relu\n") * (MAX_STATEMENTS + 5)
+    with pytest.raises(ParseError, match="more than .* statements"):
+        parse(Source("<string>", text))
+
+
+@pytest.mark.parametrize("expr", ["exp(-10^2000)", "exp(10^2000)", "tanh(10^500)", "sin(10^2000)",
+                                  "cos(-10^100)", "exp(exp(2000))", "exp(a)"])
+def test_let_bombs_are_refused_fast(expr):
+    """Functions of huge arguments are refused before sympy evaluates them (was 20 s for 8 uses)."""
+    import time
+
+    from lipdsl.load import check_source
+
+    uses = ", ".join(["b"] * 8)
+    text = f"let a = 10^3000\nlet b = {expr}\ninput 8\ndense d: 8 -> 1, weight [[{uses}]]\n"
+    t0 = time.perf_counter()
+    with pytest.raises(LipdslError):
+        check_source(Source("<string>", text))
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_functions_of_moderate_arguments_still_evaluate_exactly():
+    from lipdsl.load import check_source
+
+    net = check_source(Source("<string>", "input 2\ndense d: 2 -> 1, weight [[exp(-700), sin(10^5)]]\n"))
+    import math
+
+    assert net.layers[0].weight[0, 0] == pytest.approx(math.exp(-700), rel=1e-15)
+    assert net.layers[0].weight[0, 1] == pytest.approx(math.sin(1e5), rel=1e-12)
