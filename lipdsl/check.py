@@ -15,25 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from . import activations as _activation_table
 from . import ast, typed
 from .errors import ShapeError, SpecError, WeightError
+from .parse import LAYER_KEYWORDS, suggest_keyword
 from .source import Source, Span, file_kind
 from .typed import Shape
 
 __all__ = ["check", "conv1d_length", "pool_length", "conv1d_padding", "ACTIVATIONS"]
 
-# Built-in activations: name -> (takes a parameter, its default, slope bounds as a function of it).
-# The bounds are the sector [alpha, beta] that (phi(a) - phi(b)) / (a - b) always lies in.
-ACTIVATIONS: dict[str, tuple[str, Any]] = {
-    "relu": ("none", None),
-    "tanh": ("none", None),
-    "sigmoid": ("none", None),
-    "softplus": ("none", None),
-    "hardtanh": ("none", None),
-    "identity": ("none", None),
-    "leaky_relu": ("required", None),
-    "elu": ("optional", 1),
-}
+# Built-in activations (their names, parameters and slope bounds): lipdsl.activations, the one table.
+ACTIVATIONS = _activation_table.ACTIVATIONS
 #: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
 MAX_WEIGHT_BYTES = 1 << 30
 _FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
@@ -950,6 +942,29 @@ def _pool(ck: _Checker, st: ast.Pool, name: str, shape: Shape) -> typed.Pool:
     return typed.Pool(name, st.span, st.op, kernel, stride, shape, Shape(shape.channels, length))
 
 
+def _unknown_activation(fn: str, st: ast.Activation) -> SpecError:
+    """An unknown name in a layer's place: a misspelled or PyTorch-style layer keyword, or an activation."""
+    guess = suggest_keyword(fn)
+    if guess in LAYER_KEYWORDS:
+        return SpecError(
+            f"unknown layer {fn!r} -- did you mean {guess!r}?",
+            st.function_span,
+            hint=f"lipdsl's layers: {', '.join(LAYER_KEYWORDS)} (docs/language.md)",
+        )
+    if guess is not None:
+        return SpecError(
+            f"unknown activation {fn!r} -- did you mean {guess!r}?",
+            st.function_span,
+            hint=f"for another function, give the bounds of its slope: '{fn} slope [alpha, beta]'",
+        )
+    return SpecError(
+        f"unknown layer or activation {fn!r}",
+        st.function_span,
+        hint=f"layers: {', '.join(LAYER_KEYWORDS)}; for an activation lipdsl does not know, give the "
+        f"bounds of its slope: '{fn} slope [alpha, beta]'",
+    )
+
+
 def _expr_text(e: ast.Expr) -> str:
     return str(e.value)
 
@@ -961,15 +976,15 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
     parameter = None
     param_exact = None
     if st.parameter is not None:
-        if builtin is not None and builtin[0] == "none":
+        if builtin is not None and builtin.parameter == "none":
             raise SpecError(f"{fn} takes no parameter", st.parameter.span, hint=f"write '{fn}'")
         parameter, param_exact = ck.number(st.parameter, f"{fn} parameter")
-    elif builtin is not None and builtin[0] == "required":
+    elif builtin is not None and builtin.parameter == "required":
         raise SpecError(
             f"{fn} needs its parameter", st.function_span, hint=f"write '{fn}(0.01)' (for example)"
         )
-    elif builtin is not None and builtin[0] == "optional":
-        parameter = float(builtin[1])
+    elif builtin is not None and builtin.parameter == "optional":
+        parameter = float(builtin.default)
 
     alpha_expr = beta_expr = None
     if "slope" in opts:
@@ -983,34 +998,15 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
                 hint=f"swap them: slope [{beta:g}, {alpha:g}]",
             )
     elif builtin is None:
-        raise SpecError(
-            f"unknown activation {fn!r}",
-            st.function_span,
-            hint=_did_you_mean(fn, ACTIVATIONS) + f"for another function, give the bounds of its slope: "
-            f"'{fn} slope [alpha, beta]'",
-        )
-    elif fn == "leaky_relu":
-        alpha, beta = min(parameter, 1.0), max(parameter, 1.0)
-        if param_exact is not None:
-            import sympy
-
-            alpha_expr, beta_expr = sympy.Min(param_exact, 1), sympy.Max(param_exact, 1)
-    elif fn == "elu":
-        if parameter < 0:
+        raise _unknown_activation(fn, st)
+    else:
+        if fn == "elu" and parameter < 0:
             raise SpecError(
                 f"elu needs alpha >= 0, got {parameter:g}",
                 st.parameter.span,
                 hint="for a negative alpha give the slope: 'elu(a) slope [alpha, beta]'",
             )
-        alpha, beta = 0.0, max(1.0, parameter)
-        if param_exact is not None:
-            import sympy
-
-            alpha_expr, beta_expr = sympy.Integer(0), sympy.Max(param_exact, 1)
-    elif fn == "sigmoid":
-        alpha, beta = 0.0, 0.25
-    elif fn == "identity":
-        alpha, beta = 1.0, 1.0
-    else:  # relu, tanh, softplus, hardtanh
-        alpha, beta = 0.0, 1.0
+        alpha, beta = builtin.bounds(parameter)
+        if param_exact is not None and builtin.exact is not None:
+            alpha_expr, beta_expr = builtin.exact(param_exact)
     return typed.Activation(name, st.span, fn, alpha, beta, shape, shape, parameter, alpha_expr, beta_expr)

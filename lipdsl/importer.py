@@ -240,16 +240,10 @@ def _layer_text(L: Layer) -> str:
 
 
 def _slope(function: str, parameter: float | None) -> tuple[float, float]:
-    """Slope bounds of the activations an import can produce (the language's table, docs/language.md)."""
-    if function == "leaky_relu":
-        return min(parameter, 1.0), max(parameter, 1.0)
-    if function == "elu":
-        return 0.0, max(1.0, parameter)
-    if function == "sigmoid":
-        return 0.0, 0.25
-    if function == "identity":
-        return 1.0, 1.0
-    return 0.0, 1.0  # relu, tanh
+    """Slope bounds of the activations an import can produce (lipdsl.activations, the one table)."""
+    from .activations import slope
+
+    return slope(function, parameter)
 
 
 def _auto_names(layers: list[Layer]) -> list[str]:

@@ -685,8 +685,98 @@ def match_syntax_error(exc: UnexpectedInput) -> str | None:
     return (same_token or same_state or [None])[0]
 
 
+#: The language's layer keywords, and what PyTorch (or habit) calls them: a name close to one of these is a
+#: misspelled layer, not an activation known only by its slope.
+LAYER_KEYWORDS = ("conv1d", "dense", "avgpool", "maxpool", "global_avgpool", "flatten")
+_STATEMENT_KEYWORDS = ("network", "input", "weights", "let") + LAYER_KEYWORDS
+OPTION_WORDS = ("kernel", "stride", "dilation", "padding", "weight", "bias", "slope")
+PYTORCH_NAMES = {
+    "linear": "dense", "fc": "dense", "fully_connected": "dense", "conv": "conv1d", "convolution": "conv1d",
+    "avgpool1d": "avgpool", "avg_pool1d": "avgpool", "avg_pool": "avgpool", "averagepool": "avgpool",
+    "maxpool1d": "maxpool", "max_pool1d": "maxpool", "max_pool": "maxpool",
+    "adaptiveavgpool1d": "global_avgpool", "adaptive_avg_pool1d": "global_avgpool",
+    "globalaveragepool": "global_avgpool", "global_avg_pool": "global_avgpool",
+    "reshape": "flatten", "view": "flatten", "leakyrelu": "leaky_relu", "logistic": "sigmoid",
+    "hard_swish": "hardswish", "none": "identity",
+}
+PYTORCH_OPTIONS = {"kernel_size": "kernel", "ksize": "kernel", "strides": "stride", "dilations": "dilation",
+                   "pad": "padding", "pads": "padding", "weights": "weight", "biases": "bias"}
+
+
+def suggest_keyword(word: str) -> str | None:
+    """The layer keyword or activation ``word`` most likely means (``Conv1d`` -> ``conv1d``, ``linear`` ->
+    ``dense``, ``rleu`` -> ``relu`` by difflib), or None."""
+    import difflib
+
+    from .activations import ACTIVATIONS
+
+    low = word.lower()
+    if low in PYTORCH_NAMES:
+        return PYTORCH_NAMES[low]
+    if low != word and (low in LAYER_KEYWORDS or low in ACTIVATIONS):
+        return low
+    close = difflib.get_close_matches(low, LAYER_KEYWORDS + tuple(ACTIVATIONS), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _suggest_option(word: str) -> str | None:
+    import difflib
+
+    low = word.lower()
+    if low in PYTORCH_OPTIONS:
+        return PYTORCH_OPTIONS[low]
+    close = difflib.get_close_matches(low, OPTION_WORDS, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _keyword_error(exc: UnexpectedInput, source: Source, err: ParseError) -> ParseError:
+    """``err``, or a clearer one when the line starts with a misspelled / PyTorch-style layer keyword
+    (``Conv1d``, ``maxpool1d``, ``linear(...)``), calls a keyword (``flatten()``) or misspells an option
+    (``kernal 5``, ``kernel_size=3``)."""
+    line = getattr(exc, "line", None)
+    if not line or line < 1:
+        return err
+    text = source.line(line)
+    m = re.match(r"[ \t\f\r]*([A-Za-z_][A-Za-z0-9_]*)", text)
+    if m is None:
+        return err
+    word, span = m.group(1), Span(line, m.start(1) + 1, line, m.end(1) + 1)
+    if word not in _STATEMENT_KEYWORDS:
+        guess = suggest_keyword(word)
+        if guess in LAYER_KEYWORDS:
+            return ParseError(f"unknown layer {word!r} -- did you mean {guess!r}?", span,
+                              hint=f"lipdsl's layers: {', '.join(LAYER_KEYWORDS)} (docs/language.md)")
+    elif text[m.end(1):].lstrip(" \t").startswith("("):
+        return ParseError(f"{word} takes no arguments in parentheses", span,
+                          hint=f"write '{word}'" + (" and its options after it, as in 'conv1d c: 1 -> 4, "
+                                                    "kernel 3, weight KEY'" if word != "flatten" else ""))
+    col = getattr(exc, "column", None) or 1
+    before = [w for w in _WORD.finditer(text) if w.start() <= col - 1]
+    candidates = ([w for w in before if w.start() == col - 1] + before[-2:][::-1]) if before else []
+    for w in candidates:
+        if w.group() in OPTION_WORDS or w.group() in _STATEMENT_KEYWORDS:
+            continue
+        guess = _suggest_option(w.group())
+        if guess is not None:
+            wspan = Span(line, w.start() + 1, line, w.end() + 1)
+            value = " 3" if guess == "kernel" else " 1" if guess in ("stride", "dilation") else ""
+            hint = f"options are a keyword and a value, without '=': '{guess}{value}'"
+            if err.message.startswith("unknown option"):  # the table's message, with the suggestion
+                return ParseError(err.message, err.span, hint=f"did you mean {guess!r}? {hint}")
+            return ParseError(f"unknown option {w.group()!r} -- did you mean {guess!r}?", wspan, hint=hint)
+    return err
+
+
 def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
     """Translate a Lark error into a ParseError in plain words, located at the offending token."""
+    return _keyword_error(exc, source, _plain_syntax_error(exc, source))
+
+
+def _plain_syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
+    """The Lark error in plain words (the SYNTAX_ERRORS table, else the token and what was expected)."""
     label = match_syntax_error(exc)
     if isinstance(exc, UnexpectedCharacters):
         char = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else ""

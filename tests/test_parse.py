@@ -263,3 +263,64 @@ def test_functions_of_moderate_arguments_still_evaluate_exactly():
 
     assert net.layers[0].weight[0, 0] == pytest.approx(math.exp(-700), rel=1e-15)
     assert net.layers[0].weight[0, 1] == pytest.approx(math.sin(1e5), rel=1e-12)
+
+
+# -- issue 17: misspelled and PyTorch-style keywords ------------------------------------------------------
+
+def _typos(word: str, rng) -> list[str]:
+    """Swaps of neighbouring letters, deletions and doublings of one letter, and the capitalised word."""
+    out = {word.capitalize(), word.upper()}
+    for i in range(len(word) - 1):
+        out.add(word[:i] + word[i + 1] + word[i] + word[i + 2:])
+    for i in range(len(word)):
+        out.add(word[:i] + word[i + 1:])
+        out.add(word[:i] + word[i] + word[i:])
+    out.discard(word)
+    return sorted(out)
+
+
+LAYER_LINES = {"conv1d": " c: 2 -> 2, kernel 1, weight [[[1], [1]], [[1], [1]]]",
+               "dense": " d: 16 -> 1, weight [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]",
+               "avgpool": " 2", "maxpool": " 2", "global_avgpool": "", "flatten": ""}
+
+
+@pytest.mark.parametrize("keyword", sorted(LAYER_LINES))
+def test_misspelled_layer_keywords_are_named_with_a_suggestion(keyword):
+    """Every one-letter typo of a layer keyword (that is not itself a known word) is an error that names the
+    word and suggests a keyword or activation, never a traceback or a silent activation."""
+    import numpy as np
+
+    from lipdsl.activations import ACTIVATIONS
+    from lipdsl.load import check_source
+    from lipdsl.parse import LAYER_KEYWORDS
+
+    for typo in _typos(keyword, np.random.default_rng(0)):
+        if typo in ACTIVATIONS or typo in LAYER_KEYWORDS:
+            continue
+        text = f"input 2 x 8\n{typo}{LAYER_LINES[keyword]}\n"
+        with pytest.raises(LipdslError) as info:
+            check_source(Source("<string>", text))
+        msg = info.value.message + " " + (info.value.hint or "")
+        assert typo in msg, (typo, msg)
+        if len(keyword) >= 5:
+            assert "did you mean" in msg, (typo, msg)
+
+
+@pytest.mark.parametrize("word, keyword", [("linear", "dense"), ("Linear", "dense"), ("Conv1d", "conv1d"),
+                                           ("MaxPool1d", "maxpool"), ("AvgPool1d", "avgpool"),
+                                           ("AdaptiveAvgPool1d", "global_avgpool"), ("Flatten", "flatten")])
+def test_pytorch_layer_names_point_to_the_keyword(word, keyword):
+    from lipdsl.load import check_source
+
+    for rest in ("", "(4, 2)", " 2", " c: 1 -> 1"):
+        with pytest.raises(LipdslError, match=f"unknown layer '{word}' -- did you mean '{keyword}'"):
+            check_source(Source("<string>", f"input 2 x 8\n{word}{rest}\n"))
+
+
+@pytest.mark.parametrize("option, fix", [("kernal", "kernel"), ("kernel_size", "kernel"), ("strides", "stride"),
+                                         ("dilations", "dilation"), ("padd", "padding"), ("wieght", "weight")])
+def test_misspelled_options_suggest_the_option(option, fix):
+    for sep in (" ", "="):
+        with pytest.raises(ParseError) as info:
+            p(f"input 1 x 8\nconv1d c: 1 -> 1, {option}{sep}3, weight [[[1]]]\n")
+        assert f"did you mean '{fix}'" in info.value.message + (info.value.hint or ""), info.value.message
