@@ -17,6 +17,16 @@ from .rigorous import format_up  # noqa: E402
 from .source import Source  # noqa: E402
 
 
+def console(stderr: bool = False):
+    """A rich Console that does not wrap sentences: on a terminal its width; piped, ``$COLUMNS`` or 200
+    columns (rich would otherwise wrap at 80 mid-sentence)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, soft_wrap=True, width=wide)
+
+
 def fail(err: LipdslError, source: Source | None) -> None:
     """Print a rendered LipdslError to stderr and exit with its code (the one place errors are shown)."""
     click.echo(err.render(source), err=True)
@@ -157,6 +167,10 @@ def show_command(
     allow_outside: bool,
 ) -> None:
     """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
+    if latex and not state_space:
+        raise click.UsageError("--latex applies to --state-space only")
+    if (min_length is not None or lift != 1) and not lowering:
+        raise click.UsageError("--length and --lift apply to --lowering only")
     source, net = load_or_fail(spec, allow_outside)
     if lowering:
         _print_lowering(net, source, min_length, lift)
@@ -210,7 +224,6 @@ def show_command(
             )
         )
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{net.name}  ({net.source_path})")
@@ -228,13 +241,12 @@ def show_command(
             str(_params(layer) or ""),
             _details(layer),
         )
-    Console().print(table)
+    console().print(table)
     click.echo(_summary(net))
 
 
 def _print_lowering(net, source, min_length, lift=1) -> None:
     """One row per SDP step: the systems (one LMI each) and the pooling/flatten steps between them."""
-    from rich.console import Console
     from rich.table import Table
 
     from . import lowered
@@ -273,7 +285,7 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
                 "-",
                 "1",
             )
-    Console().print(table)
+    console().print(table)
 
 
 def _print_state_space(net, latex: bool) -> None:
@@ -317,19 +329,35 @@ def _print_state_space(net, latex: bool) -> None:
 _METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")  # = compare.METHODS
 
 
+#: Solver names ``--solver`` accepts (anything else is a usage error, exit 2); PICOS ones must be installed.
+SOLVERS = ("cvxopt", "cvxopt-generic", "sdpa", "qics", "smcp", "mosek", "mskfsn", "scs", "clarabel")
+
+
+def _solver_name(ctx, param, value: str) -> str:
+    if value not in SOLVERS:
+        import difflib
+
+        close = difflib.get_close_matches(value, SOLVERS, n=1)
+        mean = f" (did you mean {close[0]!r}?)" if close else ""
+        raise click.BadParameter(f"unknown solver {value!r}{mean}; use one of {', '.join(SOLVERS)}")
+    return value
+
+
 @cli.command("solve")
 @click.argument("spec")
 @click.option(
     "--solver",
     default="cvxopt",
     show_default=True,
+    callback=_solver_name,
     help="cvxopt (structured KKT), cvxopt-generic, sdpa (sdpa-python), or any PICOS solver installed "
     "(qics, smcp, mosek).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
 @click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
-@click.option("--verbose", is_flag=True, help="Show the solver's iterations.")
+@click.option("--verbose", is_flag=True, help="Show the solver's iterations (and the per-LMI table).")
+@click.option("-v", "--details", is_flag=True, help="Also print the per-LMI table of the certificate.")
 @_MIN_LENGTH
 @_LIFT
 @click.option(
@@ -377,6 +405,7 @@ def solve_command(
     tol: float,
     max_iterations: int,
     verbose: bool,
+    details: bool,
     min_length: int | None,
     lift: int,
     max_lmi: int,
@@ -393,6 +422,9 @@ def solve_command(
     t0 = time.perf_counter()
     source, net = load_or_fail(spec, allow_outside)
     t1 = time.perf_counter()
+    if min_length is not None and net.input_shape.length is not None and not as_json:
+        click.echo(f"note: --length {min_length} is ignored: {net.name} takes inputs of fixed shape "
+                   f"{net.input_shape}", err=True)
     if method != "dissipative":
         _solve_baseline(net, method, min_length, force, as_json)
         return
@@ -421,9 +453,8 @@ def solve_command(
 
         click.echo(json.dumps(to_json(result)))
     else:
-        from rich.console import Console
 
-        print_text(result, Console())
+        print_text(result, console(), verbose=bool(details or verbose))
     if not result.certificate.verified:
         sys.exit(3)
 
@@ -505,13 +536,12 @@ def lower_command(
     allow_outside: bool,
 ) -> None:
     """Empirical lower bound of SPEC's Lipschitz constant: max of ||J(u)||_2 over searched inputs u."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .empirical import lower_bound
 
     source, net = load_or_fail(spec, allow_outside)
-    err_console = Console(stderr=True)
+    err_console = console(stderr=True)
     try:
         with Progress(
             TextColumn("lower bound"),
@@ -609,7 +639,6 @@ def _fmt(x: float | None, spec: str = ".6g") -> str:
 
 def _print_comparison(c) -> None:
     """The comparison as a rich table (the lower bound first), then one note line per method."""
-    from rich.console import Console
     from rich.table import Table
 
     net = c.network
@@ -644,7 +673,7 @@ def _print_comparison(c) -> None:
         )
         size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
         notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
-    Console().print(table)
+    console().print(table)
     for line in notes:
         click.echo("  " + line)
 
@@ -682,7 +711,8 @@ def _print_comparison(c) -> None:
     help="Seconds for the lower bound's search.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the lower bound's starts.")
-@click.option("--solver", default="cvxopt", show_default=True, help="Solver of the dissipative SDP.")
+@click.option("--solver", default="cvxopt", show_default=True, callback=_solver_name,
+              help="Solver of the dissipative SDP.")
 @click.option(
     "--lift",
     type=click.IntRange(min=1),
@@ -710,7 +740,6 @@ def compare_command(
     import contextlib
     import json
 
-    from rich.console import Console
 
     from .compare import as_dict, compare
 
@@ -730,7 +759,7 @@ def compare_command(
             )
             sys.exit(1)
     source, net = load_or_fail(spec, allow_outside)
-    err_console = Console(stderr=True)
+    err_console = console(stderr=True)
     with (
         err_console.status("", spinner="dots")
         if (err_console.is_terminal and not as_json)

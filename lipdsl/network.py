@@ -192,10 +192,12 @@ class Network:
         >>> net.solve("naive_hinf").lipschitz >= net.solve("naive").lipschitz > 109.123
         True
         """
-        if method not in METHODS:
-            from .errors import LipdslError
+        from .arguments import SOLVE_OPTIONS, choice, integer
 
-            raise LipdslError(f"unknown method {method!r}", hint=f"use one of {', '.join(METHODS)}")
+        method = {"naive-hinf": "naive_hinf"}.get(method, method)  # the CLI's spelling too
+        choice("method", method, METHODS)
+        length = integer("length", length, 1, optional=True)
+        SOLVE_OPTIONS(options)
         t0 = time.perf_counter()
         if method == "dissipative":
             from .api import solve_network
@@ -253,8 +255,13 @@ class Network:
         >>> 0 < low.value <= 109.123
         True
         """
+        from .arguments import integer, real
         from .empirical import lower_bound
 
+        starts = integer("starts", starts, 1)
+        seed = integer("seed", seed, 0)
+        time_budget = real("time_budget", time_budget, minimum=0.0, strict=True)
+        length = integer("length", length, 1, optional=True)
         r = lower_bound(self.typed, starts=starts, seed=seed, time_budget=time_budget, length=length)
         return LowerBound(
             self.name, float(r.value), r.argmax_input, seed, r.starts, r.evaluations, r.seconds, r.length
@@ -286,8 +293,10 @@ class Network:
           naive_hinf ... s)
           lower bound ... s)
         """
+        from .arguments import integer
         from .errors import UnsupportedError
 
+        length = integer("length", length, 1, optional=True)
         bounds = []
         for method in methods:
             try:
@@ -313,10 +322,12 @@ class Network:
         >>> size.m > 0
         True
         """
+        from .arguments import integer
         from .lower import lower
         from .sdp import build_sdp
         from .sdpa import write_sdpa
 
+        length = integer("length", length, 1, optional=True)
         sdp = build_sdp(lower(self.typed, min_length=length))
         name = self.typed.source_path or self.name
         return write_sdpa(sdp, path, spec_name=name)

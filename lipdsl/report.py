@@ -91,8 +91,9 @@ def to_json(result: Result) -> dict:
     }
 
 
-def print_text(result: Result, console) -> None:
-    """Human-readable report on a rich Console."""
+def print_text(result: Result, console, verbose: bool = False) -> None:
+    """Human-readable report on a rich Console: the bound and its status first; the per-LMI table of the
+    certificate only when ``verbose`` (``lipdsl solve -v``)."""
     from rich.table import Table
 
     cert, sol, net = result.certificate, result.solution, result.network
@@ -119,7 +120,10 @@ def print_text(result: Result, console) -> None:
     console.print(f"  valid for {result.validity}")
     console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations")
     console.print("  time: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.seconds.items()))
-    if not result.sdp.links:  # a closed-form bound: no LMI to show
+    if not result.sdp.links or not verbose:  # a closed-form bound has no LMI to show
+        if result.sdp.links:
+            rows = ", ".join(str(c.size) for c in cert.checks if not c.name.startswith(("P[", "X")))
+            console.print(f"  {len(result.sdp.links)} LMIs checked ({rows} rows); -v for the per-LMI table")
         for note in to_json(result)["notes"]:
             console.print(f"  note: {note}")
         return
