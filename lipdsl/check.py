@@ -94,6 +94,7 @@ class _Checker:
     weights: tuple[str, Span] | None = None  # current default weights file
     files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
     handles: list = field(default_factory=list)  # open files behind the NpzFiles
+    cache: dict = field(default_factory=dict)  # bare-name tensor entry (sympy) -> (float, exact)
 
     # -- expressions -------------------------------------------------------------------------------
     def value(self, e: ast.Expr, what: str) -> Any:
@@ -411,7 +412,15 @@ class _Checker:
         walk(t)
         floats, exact = [], []
         for e in entries:
-            f, x = self.number(e, f"inline {role} entry")
+            # a bare name (or its negation) has one value for the whole spec (let names are defined once,
+            # before use): evaluated once, not once per entry (a 1 MB tensor of names)
+            bare = len(e.names) == 1 and not e.names[0].call and e.depth <= 2 and not e.is_number
+            if bare and e.value in self.cache:
+                f, x = self.cache[e.value]
+            else:
+                f, x = self.number(e, f"inline {role} entry")
+                if bare:
+                    self.cache[e.value] = (f, x)
             floats.append(f)
             exact.append(x)
         values = np.array(floats, dtype=np.float64).reshape(shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import importlib.resources
 import os
 import re
@@ -449,6 +450,9 @@ class ToAst(Transformer_NonRecursive):
     def tensor_numbers(self, meta, kids):
         return _numbers(kids[0])
 
+    def tensor_names(self, meta, kids):
+        return _numbers_slow(kids[0], names=True)
+
     def tensor(self, meta, kids):
         items = tuple(k for k in kids if k is not None)  # `[]` gives one placeholder
         return ast.Tensor(items, Span.of(meta))
@@ -526,6 +530,19 @@ class ToAst(Transformer_NonRecursive):
 _NUMBERS_PARTS = re.compile(r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)")
 
 
+def _name_entry(id_: str, sign: str, span: Span, name_span: Span, memo: dict) -> ast.Expr:
+    """A tensor entry that is a bare (possibly signed) name, as the ``name`` and ``neg`` rules build it
+    (``memo`` keeps one sympy value per name and sign: a 1 MB tensor repeats a few names)."""
+    value = memo.get((id_, sign))
+    if value is None:
+        import sympy
+
+        value = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
+        value = memo[(id_, sign)] = -value if sign == "-" else value
+    names = () if id_ in _CONSTANTS else (ast.Name(id_, name_span),)
+    return ast.Expr(value, span, names, 2) if sign == "-" else ast.Expr(value, span, names)
+
+
 #: A nonzero literal below float64's range would be read as 0 and the network bounded as another one.
 UNDERFLOW_HINT = ("values must be 0 or at least about 5e-324 in magnitude; rescale the weights "
                   "(the bound scales)")
@@ -565,16 +582,26 @@ def _numbers(tok: Token) -> ast.Tensor:
     return ast.Tensor((), Span.of(tok), values)
 
 
-def _numbers_slow(tok: Token) -> ast.Tensor:
+_NAMES_PARTS = re.compile(
+    r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def _numbers_slow(tok: Token, names: bool = False) -> ast.Tensor:
+    """The ``ast.Tensor`` of a NUMBERS (or, with ``names``, a NAMES) token, every entry an ``ast.Expr`` with
+    its span: what the ``tensor`` rule would build for the same text."""
     text = str(tok)
 
+    newlines = [i for i, c in enumerate(text) if c == "\n"] if "\n" in text else []
+
     def at(offset: int) -> tuple[int, int]:
-        nl = text.rfind("\n", 0, offset)
-        line = tok.line + text.count("\n", 0, offset)
-        return line, (offset - nl) if nl >= 0 else tok.column + offset
+        k = bisect.bisect_left(newlines, offset)  # line breaks before offset (O(log n), not a count)
+        nl = newlines[k - 1] if k else -1
+        return tok.line + k, (offset - nl) if nl >= 0 else tok.column + offset
 
     stack: list[tuple[int, list]] = [(0, [])]
-    for m in _NUMBERS_PARTS.finditer(text):
+    memo: dict = {}
+    for m in (_NAMES_PARTS if names else _NUMBERS_PARTS).finditer(text):
         part = m.group()
         if part == "[":
             stack.append((m.start(), []))
@@ -584,6 +611,10 @@ def _numbers_slow(tok: Token) -> ast.Tensor:
         else:
             sign, digits = m.group(1), m.group(2)
             span = Span(*at(m.start(1) if sign else m.start(2)), *at(m.end()))
+            if digits[0].isalpha() or digits[0] == "_":  # a bare name (NAMES only)
+                name_span = Span(*at(m.start(2)), span.end_line, span.end_col) if sign else span
+                stack[-1][1].append(_name_entry(digits, sign, span, name_span, memo))
+                continue
             if any(c in digits for c in ".eE"):
                 value = float(digits)
                 if value == 0 and _nonzero_digits(digits):
@@ -812,10 +843,16 @@ _STATEMENT = re.compile(r"^[ \t\f\r]*[A-Za-z_]", re.MULTILINE)  # the grammar ig
 def _check_statement_count(source: Source) -> None:
     """Refuse a spec of more than ``MAX_STATEMENTS`` statements before Lark sees it (a cheap regex count)."""
     count = 0
-    for match in _STATEMENT.finditer(source.text):
+    text = source.text
+    for match in _STATEMENT.finditer(text):
+        j = match.start() - 1
+        while j >= 0 and text[j] in " \t\f\r\n":
+            j -= 1
+        if j >= 0 and text[j] in ",[(":  # a continued tensor or expression (names on their own lines)
+            continue
         count += 1
         if count > MAX_STATEMENTS:
-            line = source.text.count("\n", 0, match.start()) + 1
+            line = text.count("\n", 0, match.start()) + 1
             raise ParseError(
                 f"the spec has more than {MAX_STATEMENTS} statements",
                 Span(line, 1, line, 2),

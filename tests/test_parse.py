@@ -324,3 +324,43 @@ def test_misspelled_options_suggest_the_option(option, fix):
         with pytest.raises(ParseError) as info:
             p(f"input 1 x 8\nconv1d c: 1 -> 1, {option}{sep}3, weight [[[1]]]\n")
         assert f"did you mean '{fix}'" in info.value.message + (info.value.hint or ""), info.value.message
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tensors_of_names_take_the_fast_path_and_mean_the_same(seed):
+    """Plain numbers and bare let names (signed, on several lines) are one NAMES token; the weights are those
+    of the same tensor written with operators (parsed by the tensor rule), and errors keep their spans."""
+    import numpy as np
+
+    from lipdsl.load import check_source
+
+    rng = np.random.default_rng(seed)
+    pool = ["a", "-a", "+b", "pi", "-e", "1", "-2.5", "1e-3", "b", "-pi"]
+    rows, cols = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+    entries = [[str(rng.choice(pool)) for _ in range(cols)] for _ in range(rows)]
+    sep = str(rng.choice([", ", ",\n  ", " ,\t"]))
+    fast = "[" + ",\n ".join("[" + sep.join(r) + "]" for r in entries) + "]"
+    slow = "[" + ", ".join("[" + ", ".join(f"({x})*1" for x in r) + "]" for r in entries) + "]"
+    head = f"let a = 1/3\nlet b = sqrt(2)\ninput {cols}\ndense d: {cols} -> {rows}, weight "
+    w_fast = check_source(Source("<s>", head + fast + "\n")).layers[0].weight
+    w_slow = check_source(Source("<s>", head + slow + "\n")).layers[0].weight
+    np.testing.assert_array_equal(w_fast, w_slow)
+    bad = fast.replace("b", "zz", 1) if "b" in fast else None
+    if bad:
+        with pytest.raises(LipdslError, match="unknown name 'zz'") as info:
+            check_source(Source("<s>", head + bad + "\n"))
+        line = (head + bad).split("\n")[info.value.span.line - 1]
+        assert line[info.value.span.col - 1:].startswith("zz")
+
+
+def test_one_mb_tensor_of_let_names_is_checked_in_seconds():
+    import time
+
+    from lipdsl.load import check_source
+
+    n = 1_000_000 // 3
+    text = f"let a = 1/3\ninput {n}\ndense d: {n} -> 1, weight [[" + ",\n".join(["a"] * n) + "]]\n"
+    t0 = time.perf_counter()
+    net = check_source(Source("<s>", text))
+    assert net.layers[0].weight.shape == (1, n)
+    assert time.perf_counter() - t0 < 15  # 78 s before the NAMES token; ~3 s idle
