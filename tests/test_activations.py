@@ -1,5 +1,5 @@
-"""The activation table (lipdsl.activations): slope bounds hold and are tight, functions and derivatives agree,
-every consumer (check, importer, forward) reads the same table."""
+"""The activation table (lipdsl.activations): slope bounds hold and are tight, functions and derivatives
+agree, every consumer (check, importer, forward) reads the same table."""
 
 import math
 

@@ -62,8 +62,9 @@ def _tiny():
                         "flatten\ndense d: 8 -> 1, weight [[1, 1, 1, 1, 1, 1, 1, 1]]\n")
 
 
-BAD_SOLVE = [{"lift": 0}, {"lift": -1}, {"lift": 2.5}, {"lift": True}, {"lift": "2"}, {"margin": float("nan")},
-             {"margin": -1.0}, {"margin": float("inf")}, {"tol": 0.0}, {"tol": float("nan")},
+BAD_SOLVE = [{"lift": 0}, {"lift": -1}, {"lift": 2.5}, {"lift": True}, {"lift": "2"},
+             {"margin": float("nan")}, {"margin": -1.0}, {"margin": float("inf")}, {"tol": 0.0},
+             {"tol": float("nan")},
              {"max_iterations": 0}, {"frequencies": 1}, {"frequencies": 2}, {"frequencies": 4.5},
              {"length": -1}, {"length": 0}, {"length": 2.5}, {"length": "8"}]
 

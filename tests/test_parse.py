@@ -317,8 +317,9 @@ def test_pytorch_layer_names_point_to_the_keyword(word, keyword):
             check_source(Source("<string>", f"input 2 x 8\n{word}{rest}\n"))
 
 
-@pytest.mark.parametrize("option, fix", [("kernal", "kernel"), ("kernel_size", "kernel"), ("strides", "stride"),
-                                         ("dilations", "dilation"), ("padd", "padding"), ("wieght", "weight")])
+@pytest.mark.parametrize("option, fix", [("kernal", "kernel"), ("kernel_size", "kernel"),
+                                         ("strides", "stride"), ("dilations", "dilation"),
+                                         ("padd", "padding"), ("wieght", "weight")])
 def test_misspelled_options_suggest_the_option(option, fix):
     for sep in (" ", "="):
         with pytest.raises(ParseError) as info:

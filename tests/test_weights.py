@@ -220,7 +220,8 @@ def _npy_bytes(shape, version=(1, 0), dtype="<f8", payload=None) -> bytes:
     fmt = "<H" if version == (1, 0) else "<I"
     pre = 10 if version == (1, 0) else 12
     pad = (-(pre + len(header) + 1)) % 64
-    head = b"\x93NUMPY" + bytes(version) + struct.pack(fmt, len(header) + pad + 1) + header + b" " * pad + b"\n"
+    size = struct.pack(fmt, len(header) + pad + 1)
+    head = b"\x93NUMPY" + bytes(version) + size + header + b" " * pad + b"\n"
     return head + (payload if payload is not None else b"\0" * 16)
 
 
@@ -237,7 +238,8 @@ def test_every_npz_member_is_capped_and_checked_whatever_its_name(tmp_path_facto
     with zipfile.ZipFile(d / "w.npz", "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as z:
         z.writestr(name, _npy_bytes((size,), version))
     key = name.removesuffix(".npy")
-    err = refused(d, f'dense a: 2 -> 1, weight "w.npz":{key}\n', "declares shape|inflates|not a .npy|no tensor")
+    err = refused(d, f'dense a: 2 -> 1, weight "w.npz":{key}\n',
+                  "declares shape|inflates|not a .npy|no tensor")
     assert "b'" not in err.message
 
 
