@@ -19,7 +19,7 @@ import numpy as np
 
 from . import limits, typed
 from .certify import Certificate, certify
-from .errors import LimitError, LipdslError, SolveError
+from .errors import LimitError, LipdslError, SolveError, UnsupportedError
 from .lower import lower
 from .lowered import Network as LoweredNetwork
 from .sdp import Sdp, Variable, build_sdp, in_frequency_form
@@ -377,12 +377,41 @@ def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:
     """
     for s in low.systems:
         if not (s.ss.C.any() or s.ss.D.any()):
-            return 0.0, f"layer {s.layers[0]!r} has all-zero weights: the network is constant"
+            zero = _zero_layer(low, s.layers)
+            if zero is not None:
+                return 0.0, f"layer {zero!r} has all-zero weights: the network is constant"
+            return _product_bound(low, s)
         if s.slope == (0.0, 0.0):
             return 0.0, f"{s.activation} {s.layers[-1]!r} has slope [0, 0]: the network is constant"
     if not low.systems:
         return float(low.factor), "no conv, dense or activation layer: the product of the pooling factors"
     return None
+
+
+def _zero_layer(low: LoweredNetwork, names) -> str | None:
+    """The first of the typed layers ``names`` whose weights are all zero (exactly, as given), or None."""
+    for layer in low.typed.layers:
+        if layer.name in names and getattr(layer, "weight", None) is not None and not np.any(layer.weight):
+            return layer.name
+    return None
+
+
+def _product_bound(low: LoweredNetwork, s) -> tuple[float, str]:
+    """A system that is zero in float64 although none of its layers is (a merged product that underflowed
+    or cancelled): never claim L = 0; bound by the product of the layers' gains, rounded up."""
+    from .baselines import naive_hinf
+
+    n = low.typed.input_shape.length
+    try:
+        gain = naive_hinf(low.typed, n)
+    except LipdslError:
+        raise UnsupportedError(
+            f"the merged map {s.name!r} is zero in float64 although its layers are not (underflow or "
+            "cancellation), and no closed-form bound applies",
+            hint="rescale the weights (the bound scales with them) or give an input length",
+        ) from None
+    return gain, (f"merged map {s.name!r} is zero in float64 but its layers are not: the product of the "
+                  "layers' gains (rounded up), not 0")
 
 
 def _exact_result(net, low, lipschitz: float, why: str, times, min_length) -> Result:

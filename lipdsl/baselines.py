@@ -16,7 +16,7 @@ from .errors import CertificateError, LipdslError, SolveError, UnsupportedError
 if TYPE_CHECKING:
     from .sdp import Lmi, Variable
 
-#: Largest matrix dimension whose spectral norm is a dense SVD (exact); above it ``svds`` (iterative).
+#: Largest matrix dimension whose spectral norm is a dense SVD (exact); above it a Cholesky certificate.
 DENSE_SVD_LIMIT = 5000
 #: Work allowed to ``svds``' restarts (``spectral_norm``) before it is given up as not converging.
 SVDS_FLOPS = 2e10
@@ -195,8 +195,9 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
 def spectral_norm(M) -> float:
     """``||M||_2`` by a dense SVD (exact up to rounding) when ``min(M.shape) <= DENSE_SVD_LIMIT``.
 
-    Larger matrices fall back to ``scipy.sparse.linalg.svds`` (iterative, converged to ~1e-10 relative, not a
-    guaranteed upper bound).
+    Larger matrices: :func:`lipdsl.rigorous.spectral_norm_upper`, a guaranteed upper bound within about 1e-9
+    relative (banded Cholesky certificates of ``t I - M'M``); when it cannot (bandwidth too large), a
+    CertificateError: no number that is not a proof.
     """
     if min(M.shape) == 0:
         return 0.0
@@ -210,27 +211,15 @@ def spectral_norm(M) -> float:
             # ||M|| = ||R|| for M = QR (or its transpose): SVD of a small square factor.
             D = scipy.linalg.qr(D if D.shape[0] > D.shape[1] else D.T, mode="r")[0][:min(D.shape)]
         return float(scipy.linalg.svdvals(D)[0])
-    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, svds
+    from .rigorous import NormNotCertified, spectral_norm_upper
 
-    A = sp.csr_matrix(M)
-    AT = A.T.tocsr()
-
-    def product(B, x):
-        limits.checkpoint("the iterative spectral norm")  # (ARPACK calls back for every product)
-        return B @ x
-
-    op = LinearOperator(A.shape, matvec=lambda x: product(A, x), rmatvec=lambda x: product(AT, x),
-                        matmat=lambda X: product(A, X), rmatmat=lambda X: product(AT, X), dtype=float)
-    # ARPACK's default allows 10 n restarts: hours on a long conv's clustered singular values. Each restart
-    # costs about 400 n flops (20 Lanczos vectors): allow ~SVDS_FLOPS of them, then fail cleanly.
-    restarts = int(min(1000, max(20, SVDS_FLOPS / (400.0 * max(A.shape)))))
     try:
-        return float(svds(op, k=1, tol=1e-12, maxiter=restarts, return_singular_vectors=False)[0])
-    except (ArpackError, ArpackNoConvergence) as exc:
-        raise SolveError(f"the iterative spectral norm of a {M.shape[0]} x {M.shape[1]} matrix did not "
-                         f"converge in {restarts} restarts ({type(exc).__name__})",
-                         hint="give a shorter --length, or use --method naive-hinf (length-independent)"
-                         ) from exc
+        return spectral_norm_upper(M)
+    except NormNotCertified as exc:
+        raise CertificateError(
+            f"the spectral norm of a {M.shape[0]}x{M.shape[1]} unrolled map could not be certified: {exc}",
+            hint="use --method naive-hinf (length-independent, guaranteed) or a shorter --length",
+        ) from None
 
 
 def _maxpool_gain(kernel: int, stride: int) -> float:
@@ -243,14 +232,16 @@ def naive(net: typed.Network, length: int | None = None) -> float:
 
     Depends on the input length: for short signals it can lie below :func:`naive_hinf`, never above it.
     """
+    from .rigorous import mul_up
+
     gain = 1.0
     for U in unroll(net, length):
         if U.maxpool is not None:
-            gain *= _maxpool_gain(*U.maxpool)
+            gain = mul_up(gain, _maxpool_gain(*U.maxpool))
             continue
-        gain *= spectral_norm(U.matrix)
+        gain = mul_up(gain, spectral_norm(U.matrix))
         if U.slope is not None:
-            gain *= max(abs(U.slope[0]), abs(U.slope[1]))
+            gain = mul_up(gain, max(abs(U.slope[0]), abs(U.slope[1])))
     return gain
 
 
@@ -340,20 +331,22 @@ def naive_hinf(net: typed.Network, length: int | None = None) -> float:
     UnsupportedError
         For a global average pool in a net of any length when ``length`` is not given.
     """
+    from .rigorous import mul_up
+
     gain = 1.0
     n = net.input_shape.length if net.input_shape.length is not None else length
     for L in net.layers:
         if isinstance(L, typed.Conv1d):
-            gain *= hinf_norm(L.weight)
+            gain = mul_up(gain, hinf_norm(L.weight))
             if n is not None:
                 n = (n + L.pad_left + L.pad_right - L.dilation * (L.kernel - 1) - 1) // L.stride + 1
         elif isinstance(L, typed.Dense):
-            gain *= spectral_norm(L.weight)
+            gain = mul_up(gain, spectral_norm(L.weight))
         elif isinstance(L, typed.Activation):
-            gain *= max(abs(L.alpha), abs(L.beta))
+            gain = mul_up(gain, max(abs(L.alpha), abs(L.beta)))
         elif isinstance(L, typed.Pool):
             q = math.ceil(L.kernel / L.stride)
-            gain *= math.sqrt(q / L.kernel) if L.op == "avg" else math.sqrt(q)
+            gain = mul_up(gain, math.sqrt(q / L.kernel) if L.op == "avg" else math.sqrt(q))
             if n is not None:
                 n = (n - L.kernel) // L.stride + 1
         elif isinstance(L, typed.GlobalAvgPool):
@@ -361,7 +354,7 @@ def naive_hinf(net: typed.Network, length: int | None = None) -> float:
                 raise UnsupportedError(
                     f"global average pool {L.name!r} scales by 1/sqrt(N), and this network takes any length",
                     span=L.span, hint="give an input length (e.g. --length 64)")
-            gain /= math.sqrt(n)
+            gain = mul_up(gain, math.nextafter(1 / math.sqrt(n), math.inf))
     return gain
 
 

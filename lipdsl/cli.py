@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from .errors import LipdslError
+from .rigorous import format_up
 from .source import Source
+
+
+def console(stderr: bool = False):
+    """A rich Console that does not wrap sentences: on a terminal its width; piped, ``$COLUMNS`` or 200
+    columns (rich would otherwise wrap at 80 mid-sentence)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, soft_wrap=True, width=wide)
 
 
 def fail(err: LipdslError, source: Source | None) -> None:
@@ -186,6 +198,10 @@ def show_command(
     allow_outside: bool,
 ) -> None:
     """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
+    if latex and not state_space:
+        raise click.UsageError("--latex applies to --state-space only")
+    if (min_length is not None or lift != 1) and not lowering:
+        raise click.UsageError("--length and --lift apply to --lowering only")
     source, net = load_or_fail(spec, allow_outside)
     if lowering:
         _print_lowering(net, source, min_length, lift)
@@ -240,7 +256,6 @@ def show_command(
             )
         )
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{net.name}  ({net.source_path})")
@@ -258,13 +273,12 @@ def show_command(
             str(_params(layer) or ""),
             _details(layer),
         )
-    Console().print(table)
+    console().print(table)
     click.echo(_summary(net))
 
 
 def _print_lowering(net, source, min_length, lift=1) -> None:
     """One row per SDP step: the systems (one LMI each) and the pooling/flatten steps between them."""
-    from rich.console import Console
     from rich.table import Table
 
     from . import limits, lowered
@@ -312,7 +326,7 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
                 "-",
                 "1",
             )
-    Console().print(table)
+    console().print(table)
 
 
 def _check_state_space_size(net, source) -> None:
@@ -375,19 +389,35 @@ def _print_state_space(net, latex: bool) -> None:
 from .compare import METHODS as _METHODS  # noqa: E402  (the one method registry; no numpy at start-up)
 
 
+#: Solver names ``--solver`` accepts (anything else is a usage error, exit 2); PICOS ones must be installed.
+SOLVERS = ("cvxopt", "cvxopt-generic", "sdpa", "qics", "smcp", "mosek", "mskfsn", "scs", "clarabel")
+
+
+def _solver_name(ctx, param, value: str) -> str:
+    if value not in SOLVERS:
+        import difflib
+
+        close = difflib.get_close_matches(value, SOLVERS, n=1)
+        mean = f" (did you mean {close[0]!r}?)" if close else ""
+        raise click.BadParameter(f"unknown solver {value!r}{mean}; use one of {', '.join(SOLVERS)}")
+    return value
+
+
 @cli.command("solve")
 @click.argument("spec")
 @click.option(
     "--solver",
     default="cvxopt",
     show_default=True,
+    callback=_solver_name,
     help="cvxopt (structured KKT), cvxopt-generic, sdpa (sdpa-python), or any PICOS solver installed "
     "(qics, smcp, mosek).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
 @click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
-@click.option("--verbose", is_flag=True, help="Show the solver's iterations.")
+@click.option("--verbose", is_flag=True, help="Show the solver's iterations (and the per-LMI table).")
+@click.option("-v", "--details", is_flag=True, help="Also print the per-LMI table of the certificate.")
 @_MIN_LENGTH
 @_LIFT
 @click.option(
@@ -449,6 +479,7 @@ def solve_command(
     tol: float,
     max_iterations: int,
     verbose: bool,
+    details: bool,
     min_length: int | None,
     lift: int,
     max_lmi: int,
@@ -472,6 +503,9 @@ def solve_command(
     t0 = time.perf_counter()
     source, net = load_or_fail(spec, allow_outside)
     t1 = time.perf_counter()
+    if min_length is not None and net.input_shape.length is not None and not as_json:
+        click.echo(f"note: --length {min_length} is ignored: {net.name} takes inputs of fixed shape "
+                   f"{net.input_shape}", err=True)
     if method != "dissipative":
         within(deadline, f"--method {method}",
                lambda: _solve_baseline(net, method, min_length, force, as_json), source)
@@ -481,11 +515,12 @@ def solve_command(
                                       max_iterations=max_iterations, verbose=verbose, min_length=min_length,
                                       lift=lift, max_lmi=max_lmi, accept_unconverged=accept_unconverged,
                                       frequencies=frequencies, as_json=as_json, spec=spec,
-                                      certificate_path=certificate_path, exact=exact), source)
+                                      certificate_path=certificate_path, exact=exact,
+                                      details=details), source)
 
 
 def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: bool, spec: str,
-                       certificate_path: str | None, exact: bool, **options) -> None:
+                       certificate_path: str | None, exact: bool, details: bool, **options) -> None:
     """``lipdsl solve`` with the dissipative method: solve, print (with the certificate file and the exact
     proof when asked), exit 3 unless certified."""
     from .api import solve_network
@@ -514,9 +549,8 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
             out["certificate_file"] = certificate_path
         click.echo(json.dumps(out))
     else:
-        from rich.console import Console
 
-        print_text(result, Console(), proof=proof)
+        print_text(result, console(), proof=proof, verbose=bool(details or options["verbose"]))
         if certificate_path is not None and result.certificate.verified:
             click.echo(f"  certificate written to {certificate_path} (check it: lipdsl verify {spec} "
                        f"{certificate_path} [--exact])")
@@ -667,7 +701,6 @@ def lower_command(
     allow_outside: bool,
 ) -> None:
     """Empirical lower bound of SPEC's Lipschitz constant: max of ||J(u)||_2 over searched inputs u."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .empirical import lower_bound
@@ -675,7 +708,7 @@ def lower_command(
 
     deadline = Deadline(time_budget + SEARCH_GRACE)
     source, net = load_or_fail(spec, allow_outside)
-    err_console = Console(stderr=True)
+    err_console = console(stderr=True)
 
     def search():
         with Progress(
@@ -730,7 +763,6 @@ def lower_command(
 
 _STATUS_WORDS = {
     "exact norm": "exact norm product",
-    "iterative norm": "iterative norm product (not a proof)",
     "verified LMI": "verified LMI",
     "certified": "certified",
 }
@@ -749,7 +781,7 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
         click.echo(json.dumps(baseline_to_json(net, method, r)))
     elif r.ok:
         words = _STATUS_WORDS[r.status]
-        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {r.bound:.10g} ({words})")
+        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {format_up(r.bound)} ({words})")
         size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
         click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
     else:
@@ -764,7 +796,6 @@ def _fmt(x: float | None, spec: str = ".6g") -> str:
 
 def _print_comparison(c) -> None:
     """The comparison as a rich table (the lower bound first), then one note line per method."""
-    from rich.console import Console
     from rich.table import Table
 
     net = c.network
@@ -791,7 +822,7 @@ def _print_comparison(c) -> None:
         status = r.status if r.ok else f"[red]{r.status}[/]"
         table.add_row(
             r.method,
-            _fmt(r.bound),
+            "-" if r.bound is None else format_up(r.bound, 6),
             _fmt(c.ratio_lower(r), ".3f"),
             _fmt(c.ratio_dissipative(r), ".3f"),
             "" if r.status == "refused" else f"{r.seconds:.2f} s",
@@ -799,7 +830,7 @@ def _print_comparison(c) -> None:
         )
         size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
         notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
-    Console().print(table)
+    console().print(table)
     for line in notes:
         click.echo("  " + line)
 
@@ -843,7 +874,8 @@ def _print_comparison(c) -> None:
     help="Bound the whole command to SECONDS: methods still running then are reported as failed.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the lower bound's starts.")
-@click.option("--solver", default="cvxopt", show_default=True, help="Solver of the dissipative SDP.")
+@click.option("--solver", default="cvxopt", show_default=True, callback=_solver_name,
+              help="Solver of the dissipative SDP.")
 @click.option(
     "--lift",
     type=click.IntRange(min=1),
@@ -872,7 +904,6 @@ def compare_command(
     import contextlib
     import json
 
-    from rich.console import Console
 
     from .compare import as_dict, compare
     from .limits import SEARCH_GRACE, Deadline
@@ -895,7 +926,7 @@ def compare_command(
             )
             sys.exit(1)
     source, net = load_or_fail(spec, allow_outside)
-    err_console = Console(stderr=True)
+    err_console = console(stderr=True)
 
     def run():
         with (
@@ -974,6 +1005,7 @@ def import_command(
     from .load import load_network
 
     try:
+        _check_import_paths(model, output, weights)
         if like is not None:
             spec_path, weights_path = import_state_dict(model, like, output, weights)
         elif model.lower().endswith((".pt", ".pth", ".bin", ".ckpt")):
@@ -1195,6 +1227,26 @@ def _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, ou
         if live:
             display.update(sweep_table(result.rows, lower=options["lower"]), refresh=True)
     return result
+
+
+def _check_import_paths(model: str, output: str, weights: str | None) -> None:
+    """Refuse an ``import`` that would write the spec over the weights (``-o net.npz``) or over its input."""
+    from pathlib import Path
+
+    out = Path(output)
+    w = out.with_suffix(".npz") if weights is None else Path(weights)
+    if out.suffix.lower() in (".npz", ".npy", ".onnx", ".pt", ".pth"):
+        raise LipdslError(
+            f"-o {output!r} names the spec to write, a text file, but it has the suffix {out.suffix!r}",
+            hint=f"write the spec to {str(out.with_suffix('.lip'))!r}; the weights go beside it "
+            f"({str(out.with_suffix('.npz'))!r}) or to --weights",
+        )
+    resolved = {p.resolve() for p in (out, w)}
+    if len(resolved) < 2 or Path(model).resolve() in resolved:
+        raise LipdslError(
+            "the spec, its weights and the model must be three different files",
+            hint="choose another -o or --weights",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

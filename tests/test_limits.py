@@ -182,7 +182,7 @@ def test_solver_not_installed(monkeypatch):
         ["--max-iterations", "8"],
         ["--tol", "1e-2"],
         [],
-        ["--solver", "no-such"],
+        ["--solver", "mosek"],  # known, not installed: exit 3 (an unknown name is a usage error, 2)
         ["--max-lmi", "10"],
         ["--timeout", "0.001"],
     ],
