@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import typed
+from . import limits, typed
 from .certify import Certificate, certify
-from .errors import LimitError, SolveError
+from .errors import LimitError, LipdslError, SolveError, UnsupportedError
 from .lower import lower
 from .lowered import Network as LoweredNetwork
 from .sdp import Sdp, Variable, build_sdp, in_frequency_form
@@ -48,11 +48,24 @@ class ProblemSize:
     largest_system: str
     detail: str  # e.g. "2048 states + 256 inputs + 16 outputs"
     variables: int
+    #: the orders of all LMIs the solver sees (a frequency-form system: one per frequency)
+    lmi_orders: tuple[int, ...] = ()
+    #: ``(nx, nu, ny)`` of every system (for the lowering's and the frequency responses' memory)
+    systems: tuple[tuple[int, int, int], ...] = ()
+    frequencies: int | None = None
+
+    def memory(self, solver: str = "cvxopt") -> float:
+        """Estimated peak bytes of lowering, building and solving this SDP (``limits``' fitted model)."""
+        orders = self.lmi_orders or (self.largest_lmi,)
+        total = limits.solver_bytes(self.variables, orders, solver) + limits.lowering_bytes(self.systems)
+        if self.frequencies is not None:
+            total += limits.frequency_bytes(self.systems, self.frequencies)
+        return total
 
     @property
     def gib(self) -> float:
-        """Rough memory of the solver: the largest LMI and the n x n Newton matrix, as doubles, in GiB."""
-        return 8.0 * (3 * self.largest_lmi**2 + self.variables**2) / 2**30
+        """Estimated peak memory of the solve (``memory``) in GiB."""
+        return self.memory() / limits.GIB
 
 
 def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = None) -> ProblemSize:
@@ -104,20 +117,25 @@ def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
     best = (0, "", "")
     variables = 1
     outputs = []
+    orders = []
+    shapes = tuple((nx, nu, ny) for _, nx, nu, ny, _ in systems)
     for name, nx, nu, ny, slope in systems:
         act = slope is not None
         size = nx + nu + (ny if act else 0)
         detail = f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else "")
+        copies = 1
         if frequencies is not None and in_frequency_form(nx, nu, ny, slope):
             size = 2 * (nu + (ny if act else 0))
             detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
             nx = 0
+            copies = frequencies
         if size > best[0]:
             best = (size, name, detail)
+        orders += [size] * copies
         variables += nx * (nx + 1) // 2 + (ny if act else 0)
         outputs.append(ny)
     variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
-    return ProblemSize(best[0], best[1], best[2], variables)
+    return ProblemSize(best[0], best[1], best[2], variables, tuple(orders), shapes, frequencies)
 
 
 @dataclass(frozen=True)
@@ -159,6 +177,7 @@ def solve_network(
     accept_unconverged: bool = False,
     frequencies: int | None = None,
     merge_linear: bool = True,
+    deadline: limits.Deadline | None = None,
 ) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
@@ -171,8 +190,11 @@ def solve_network(
     uncertified point is *not* an exception: see ``result.certificate.verified``.
 
     Limits: ``max_lmi`` (order of the largest LMI) and ``max_variables`` are checked before anything is
-    lowered or allocated, and again on the lowered systems before the SDP is built (``LimitError``);
-    ``timeout`` (seconds) stops the solver (``SolveError``). A bound
+    lowered or allocated, and again on the lowered systems before the SDP is built (``LimitError``), and so
+    is the estimated peak memory (``ProblemSize.memory``) against ``limits.available_memory()``;
+    ``timeout`` (seconds, finite and > 0) or the command's ``deadline`` bounds the whole call, lowering,
+    solve and storage recovery (``TimeLimitError``, a ``SolveError``). BLAS runs on one thread meanwhile
+    (``limits.blas_threads``; restored on return). A bound
     certified from a solver that did not converge is sound but may be loose: unless ``accept_unconverged``,
     it raises ``SolveError`` (with the Result in ``err.result``) when the repair raised the solver's value
     by more than ``UNCONVERGED_INFLATION``.
@@ -181,18 +203,36 @@ def solve_network(
     recover their storage matrices P afterwards (``lipdsl.kyp``): far fewer variables for wide layers, a
     bound slightly above the exact SDP's (still certified the same way).
     """
+    if deadline is None:
+        deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
+    options = dict(solver=solver, lift=lift, frequencies=frequencies)
+    # refused on the calling thread, before anything is lowered or allocated (again after lowering, inside)
+    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
+    with limits.blas_threads(), deadline.active():
+        return limits.run_within(
+            lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
+                                   seconds, max_lmi, max_variables, accept_unconverged, frequencies,
+                                   merge_linear, deadline, options),
+            deadline, "lipdsl solve", grace=0.5)
+
+
+def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
+                   max_variables, accept_unconverged, frequencies, merge_linear, deadline, options) -> Result:
+    """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
-    low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies,
+    low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies, solver=solver,
                               merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables)
     t1 = time.perf_counter()
+    limits.checkpoint("lowering")
     exact = _exact_bound(low)
     if exact is not None:
         times.update({"lower": t1 - t0})
         return _exact_result(net, low, *exact, times, min_length)
     sdp = build_sdp(low, frequencies=frequencies)
     t2 = time.perf_counter()
-    sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, timeout=timeout)
+    limits.checkpoint("building the SDP")
+    sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
     t3 = time.perf_counter()
     stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
     if sdp.storage:  # P of the frequency-domain layers, from Riccati equations
@@ -201,6 +241,7 @@ def solve_network(
         sol = recover_storage(sdp, sol)
         stages["storage"] = time.perf_counter() - t3
         t3 = time.perf_counter()
+    limits.checkpoint("storage recovery")
     cert = certify(sdp, sol, margin=margin)
     t4 = time.perf_counter()
     times.update({**stages, "certify": t4 - t3})
@@ -233,19 +274,23 @@ def lower_within_limits(
     merge_linear: bool = True,
     max_lmi: int | None = MAX_LMI,
     max_variables: int | None = MAX_VARIABLES,
+    solver: str = "cvxopt",
 ) -> LoweredNetwork:
     """``lower(net)``, refused (``LimitError``) before anything is allocated when the SDP it leads to would
-    exceed the limits, and again on the lowered systems (merges and folds can outgrow the estimate). The one
-    way into the SDP for ``solve_network`` and the SDPA export."""
-    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables)
+    exceed the limits or the machine's memory (for ``solver``), and again on the lowered systems (merges and
+    folds can outgrow the estimate). The one way into the SDP for ``solve_network`` and the SDPA export."""
+    options = dict(solver=solver, lift=lift, frequencies=frequencies)
+    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
     low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
-    _check_limits(net, lowered_size(low, frequencies), max_lmi, max_variables, low)
+    _check_limits(net, lowered_size(low, frequencies), max_lmi, max_variables, low, **options)
     return low
 
 
 def _check_limits(net: typed.Network, size: ProblemSize, max_lmi: int | None, max_variables: int | None,
-                  low: LoweredNetwork | None = None) -> None:
-    """``LimitError`` when ``size`` (``problem_size``, or ``lowered_size`` of ``low``) exceeds a limit."""
+                  low: LoweredNetwork | None = None, *, solver: str = "cvxopt", lift: int = 1,
+                  frequencies: int | None = None) -> None:
+    """``LimitError`` when ``size`` (``problem_size``, or ``lowered_size`` of ``low``) exceeds a limit or its
+    estimated memory (``ProblemSize.memory``) exceeds the machine's (``limits.available_memory``)."""
     merged = "" if low is None else " after merging linear layers"
     system = size.largest_system
     if low is not None:  # a system (e.g. "c1+c2+relu3"): its first layer for the position
@@ -254,7 +299,8 @@ def _check_limits(net: typed.Network, size: ProblemSize, max_lmi: int | None, ma
         raise LimitError(
             f"the LMI of {'layer ' if low is None else ''}{size.largest_system!r} would have "
             f"{size.largest_lmi} rows ({size.detail}){merged}, more than --max-lmi {max_lmi}; the SDP would "
-            f"have {size.variables} variables (about {size.gib:.3g} GiB for the solver)",
+            f"have {size.variables} variables (about {limits.describe_bytes(size.memory(solver))} for the "
+            "solver)",
             span=_span(net, system),
             hint="raise --max-lmi if the machine has the memory and time; a conv layer costs "
             "(dilation*(kernel-1)+1)*c_in rows (times --lift)" if low is None else
@@ -264,12 +310,62 @@ def _check_limits(net: typed.Network, size: ProblemSize, max_lmi: int | None, ma
     if max_variables is not None and size.variables > max_variables:
         raise LimitError(
             f"the SDP would have {size.variables} variables{merged}, more than {max_variables} (about "
-            f"{size.gib:.3g} GiB for the solver's Newton matrix); its largest LMI has {size.largest_lmi} "
-            "rows",
+            f"{limits.describe_bytes(size.memory(solver))} for the solver); its largest LMI has "
+            f"{size.largest_lmi} rows",
             span=None,
-            hint="wide conv layers need (states)^2/2 variables each: solve with --frequencies 33 (P "
-            "eliminated by the KYP lemma, recovered afterwards), or raise the limit only with the memory",
+            hint=_smaller_hint(net, low, size, solver, lift, frequencies, max_lmi, max_variables),
         )
+    needed = size.memory(solver)
+    if needed > limits.available_memory():
+        states = max((s[0] for s in size.systems), default=0)
+        lowering = limits.lowering_bytes(size.systems)
+        what = (f"the SDP ({size.variables} variables{merged}, largest LMI {size.largest_lmi} rows, "
+                f"{len(size.lmi_orders)} LMIs)")
+        if lowering > needed / 2:  # the state spaces themselves, not the solver
+            what = f"lowering (state spaces with up to {states} states) and solving {what}"
+        limits.require_memory(
+            needed,
+            what,
+            hint=_smaller_hint(net, low, size, solver, lift, frequencies, max_lmi, max_variables),
+            span=_span(net, system),
+        )
+
+
+def _fits(size: ProblemSize, solver: str, max_lmi: int | None, max_variables: int | None) -> bool:
+    return ((max_lmi is None or size.largest_lmi <= max_lmi)
+            and (max_variables is None or size.variables <= max_variables)
+            and size.memory(solver) <= limits.available_memory())
+
+
+def _smaller_hint(net, low, size: ProblemSize, solver: str, lift: int, frequencies: int | None,
+                  max_lmi: int | None, max_variables: int | None) -> str:
+    """A hint that is true: the first of the options lipdsl has (frequency form, a smaller lift, the
+    structured CVXOPT solver) whose problem would pass every limit, else what the machine would need."""
+    def size_of(lift_, freq):
+        if low is not None and lift_ == lift:
+            return lowered_size(low, freq)
+        return problem_size(net, lift_, freq)
+
+    tries = []
+    if frequencies is None:
+        tries.append((lift, 33, "solve with --frequencies 33 (P eliminated by the KYP lemma, recovered "
+                                "afterwards)"))
+    elif frequencies > 9:
+        tries.append((lift, 9, f"use fewer frequencies (--frequencies 9 instead of {frequencies})"))
+    for smaller in sorted({1, lift // 2} - {lift}, reverse=True):
+        if 0 < smaller < lift:
+            tries.append((smaller, frequencies, f"use a smaller lift (--lift {smaller} instead of {lift})"))
+    for lift_, freq, words in tries:
+        try:
+            if _fits(size_of(lift_, freq), solver, max_lmi, max_variables):
+                return words
+        except LipdslError:  # pragma: no cover - a size computation that cannot be done
+            continue
+    if solver != "cvxopt" and _fits(size, "cvxopt", max_lmi, max_variables):
+        return "use --solver cvxopt (lipdsl's structured KKT solver needs far less memory)"
+    return (f"reduce the channels or kernel sizes of {size.largest_system!r} (a conv layer has "
+            "dilation*(kernel-1)*c_in states and (states)^2/2 storage variables), or run on a machine with "
+            f"about {limits.describe_bytes(size.memory(solver))} of memory")
 
 
 def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:
@@ -281,12 +377,41 @@ def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:
     """
     for s in low.systems:
         if not (s.ss.C.any() or s.ss.D.any()):
-            return 0.0, f"layer {s.layers[0]!r} has all-zero weights: the network is constant"
+            zero = _zero_layer(low, s.layers)
+            if zero is not None:
+                return 0.0, f"layer {zero!r} has all-zero weights: the network is constant"
+            return _product_bound(low, s)
         if s.slope == (0.0, 0.0):
             return 0.0, f"{s.activation} {s.layers[-1]!r} has slope [0, 0]: the network is constant"
     if not low.systems:
         return float(low.factor), "no conv, dense or activation layer: the product of the pooling factors"
     return None
+
+
+def _zero_layer(low: LoweredNetwork, names) -> str | None:
+    """The first of the typed layers ``names`` whose weights are all zero (exactly, as given), or None."""
+    for layer in low.typed.layers:
+        if layer.name in names and getattr(layer, "weight", None) is not None and not np.any(layer.weight):
+            return layer.name
+    return None
+
+
+def _product_bound(low: LoweredNetwork, s) -> tuple[float, str]:
+    """A system that is zero in float64 although none of its layers is (a merged product that underflowed
+    or cancelled): never claim L = 0; bound by the product of the layers' gains, rounded up."""
+    from .baselines import naive_hinf
+
+    n = low.typed.input_shape.length
+    try:
+        gain = naive_hinf(low.typed, n)
+    except LipdslError:
+        raise UnsupportedError(
+            f"the merged map {s.name!r} is zero in float64 although its layers are not (underflow or "
+            "cancellation), and no closed-form bound applies",
+            hint="rescale the weights (the bound scales with them) or give an input length",
+        ) from None
+    return gain, (f"merged map {s.name!r} is zero in float64 but its layers are not: the product of the "
+                  "layers' gains (rounded up), not 0")
 
 
 def _exact_result(net, low, lipschitz: float, why: str, times, min_length) -> Result:

@@ -7,6 +7,7 @@ expression whose free symbols are the ``let`` names it uses, listed with their s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -99,6 +100,31 @@ def power(base, exponent):
     return bounded(sympy.Pow(base, exponent))
 
 
+#: Largest |argument| of exp/tanh (exp(709) is float64's limit; beyond 1000 sympy's exact evaluation of
+#: exp(-10^2000) takes seconds) and of sin/cos/tan (range reduction needs as many digits of pi as the
+#: argument has).
+MAX_EXP_ARGUMENT = 1000
+MAX_TRIG_ARGUMENT = 10**6
+
+
+def call(func, arg):
+    """``func(arg)`` (sympy), refusing arguments whose exact evaluation would be slow and whose value cannot
+    be a float64 weight anyway (``exp(-10^2000)``), before sympy evaluates anything."""
+    import sympy
+
+    limit = {sympy.exp: MAX_EXP_ARGUMENT, sympy.tanh: MAX_EXP_ARGUMENT, sympy.sin: MAX_TRIG_ARGUMENT,
+             sympy.cos: MAX_TRIG_ARGUMENT, sympy.tan: MAX_TRIG_ARGUMENT}.get(func)
+    if limit is not None and getattr(arg, "is_number", False) and not arg.free_symbols:
+        try:
+            magnitude = abs(complex(arg.evalf(15)))
+        except (TypeError, ValueError, OverflowError):
+            magnitude = math.inf
+        if not magnitude <= limit:
+            raise TooLarge(f"the argument of {func.__name__} is beyond +-{limit:g} "
+                           f"(its value would not fit float64, or take long to compute exactly)")
+    return bounded(func(arg))
+
+
 def substitute(value, subs: dict):
     """``value`` with symbols replaced by ``subs``, rebuilt bottom up (no recursion) with ``power``'s limits.
 
@@ -126,6 +152,8 @@ def substitute(value, subs: dict):
             new = args[0]
             for a in args[1:]:
                 new = bounded(new + a if isinstance(node, sympy.Add) else new * a)
+        elif len(args) == 1 and isinstance(node, sympy.Function):
+            new = call(node.func, args[0])
         else:
             new = bounded(node.func(*args))
         done[node] = new

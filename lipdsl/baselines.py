@@ -10,14 +10,16 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from . import typed
+from . import limits, typed
 from .errors import CertificateError, LipdslError, SolveError, UnsupportedError
 
 if TYPE_CHECKING:
     from .sdp import Lmi, Variable
 
-#: Largest matrix dimension whose spectral norm is a dense SVD (exact); above it ``svds`` (iterative).
+#: Largest matrix dimension whose spectral norm is a dense SVD (exact); above it a Cholesky certificate.
 DENSE_SVD_LIMIT = 5000
+#: Work allowed to ``svds``' restarts (``spectral_norm``) before it is given up as not converging.
+SVDS_FLOPS = 2e10
 #: LipSDP asks its (scaled) hidden block to be <= -HIDDEN_MARGIN * I; see ``lipsdp``.
 HIDDEN_MARGIN = 1e-7
 
@@ -59,10 +61,24 @@ class BaselineResult:
 # --------------------------------------------------------------------------- unrolling
 
 
+#: Bytes per stored entry while a sparse unrolled matrix is built (index grids, values, CSR conversion).
+ENTRY_BYTES = 96
+
+
+def _require_entries(entries: float, what: str, span=None) -> None:
+    """Refuse (``LimitError``) before building ``what`` of ``entries`` sparse entries beyond the memory."""
+    limits.require_memory(limits.BASE_BYTES + ENTRY_BYTES * float(entries), what,
+                          hint="the unrolled baselines grow with the input length: give a shorter --length, "
+                          "or use the length-independent methods (dissipative, naive-hinf)", span=span)
+
+
 def _conv_matrix(L: typed.Conv1d, n: int) -> sp.csr_matrix:
     """Toeplitz matrix of a conv1d on ``c_in x n``: ``M[o*n_out + t, i*n + s*t + d*j - p_l] = W[o,i,j]``."""
     c_out, c_in, k = L.weight.shape
     n_out = (n + L.pad_left + L.pad_right - L.dilation * (k - 1) - 1) // L.stride + 1
+    _require_entries(float(c_out) * c_in * k * max(n_out, 0), f"the unrolled matrix of conv1d {L.name!r}",
+                     L.span)
+    limits.checkpoint("unrolling")
     o, i, j, t = np.meshgrid(np.arange(c_out), np.arange(c_in), np.arange(k), np.arange(n_out), indexing="ij")
     pos = L.stride * t + L.dilation * j - L.pad_left
     keep = (pos >= 0) & (pos < n)  # taps that land on padding contribute nothing
@@ -132,14 +148,22 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
 
     def push(M):
         nonlocal pending
+        if pending is not None:  # nnz(M P) <= sum_j nnz(M[:, j]) nnz(P[j, :])
+            per_col = np.bincount(M.indices, minlength=M.shape[1]).astype(float)
+            _require_entries(per_col @ np.diff(pending.indptr).astype(float),
+                             f"the product of the unrolled linear maps up to {names[-1]!r}")
         pending = M if pending is None else (M @ pending).tocsr()
 
     def close(slope):
         nonlocal pending, names
+        if pending is None:
+            _require_entries(size, "the unrolled identity map")
         M = pending if pending is not None else sp.identity(size, format="csr")
         out.append(UnrolledLayer(M, slope, "+".join(names) or "identity"))
         pending, names = None, []
 
+    if size is not None and not net.input_shape.flat:
+        _require_entries(size, f"the unrolled input ({net.input_shape.channels} x {n})", net.span)
     for L in net.layers:
         if isinstance(L, typed.Conv1d):
             M = _conv_matrix(L, n)
@@ -184,19 +208,31 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
 def spectral_norm(M) -> float:
     """``||M||_2`` by a dense SVD (exact up to rounding) when ``min(M.shape) <= DENSE_SVD_LIMIT``.
 
-    Larger matrices fall back to ``scipy.sparse.linalg.svds`` (iterative, converged to ~1e-10 relative, not a
-    guaranteed upper bound).
+    Larger matrices: :func:`lipdsl.rigorous.spectral_norm_upper`, a guaranteed upper bound within about 1e-9
+    relative (banded Cholesky certificates of ``t I - M'M``); when it cannot (bandwidth too large), a
+    CertificateError: no number that is not a proof.
     """
     if min(M.shape) == 0:
         return 0.0
+    limits.checkpoint("spectral norm")
     if min(M.shape) <= DENSE_SVD_LIMIT:
+        limits.require_memory(limits.BASE_BYTES + 8.0 * 3 * M.shape[0] * M.shape[1],
+                              f"a dense {M.shape[0]} x {M.shape[1]} matrix for its spectral norm",
+                              hint="give a shorter --length, or use --method naive-hinf (length-independent)")
         D = M.toarray() if sp.issparse(M) else np.asarray(M)
         if D.shape[0] > 2 * D.shape[1] or D.shape[1] > 2 * D.shape[0]:
             # ||M|| = ||R|| for M = QR (or its transpose): SVD of a small square factor.
             D = scipy.linalg.qr(D if D.shape[0] > D.shape[1] else D.T, mode="r")[0][:min(D.shape)]
         return float(scipy.linalg.svdvals(D)[0])
-    from scipy.sparse.linalg import svds
-    return float(svds(sp.csr_matrix(M), k=1, tol=1e-12, return_singular_vectors=False)[0])
+    from .rigorous import NormNotCertified, spectral_norm_upper
+
+    try:
+        return spectral_norm_upper(M)
+    except NormNotCertified as exc:
+        raise CertificateError(
+            f"the spectral norm of a {M.shape[0]}x{M.shape[1]} unrolled map could not be certified: {exc}",
+            hint="use --method naive-hinf (length-independent, guaranteed) or a shorter --length",
+        ) from None
 
 
 def _maxpool_gain(kernel: int, stride: int) -> float:
@@ -212,14 +248,16 @@ def naive(net: typed.Network, length: int | None = None) -> float:
     """
     if net.residual:
         return _residual_product(net, length, naive)
+    from .rigorous import mul_up
+
     gain = 1.0
     for U in unroll(net, length):
         if U.maxpool is not None:
-            gain *= _maxpool_gain(*U.maxpool)
+            gain = mul_up(gain, _maxpool_gain(*U.maxpool))
             continue
-        gain *= spectral_norm(U.matrix)
+        gain = mul_up(gain, spectral_norm(U.matrix))
         if U.slope is not None:
-            gain *= max(abs(U.slope[0]), abs(U.slope[1]))
+            gain = mul_up(gain, max(abs(U.slope[0]), abs(U.slope[1])))
     return gain
 
 
@@ -239,12 +277,18 @@ def hinf_norm(weight: np.ndarray, rtol: float = 1e-9, max_intervals: int = 1 << 
     all intervals is returned, so the result is an upper bound whatever the tolerance.
     """
     W = np.asarray(weight, dtype=float)
-    tap_norms = np.array([np.linalg.norm(W[:, :, j], 2) for j in range(W.shape[2])])
-    nz = np.flatnonzero(tap_norms)
+    nz = np.flatnonzero(np.any(W != 0, axis=(0, 1)))
     if nz.size == 0:
         return 0.0
-    W, tap_norms = W[:, :, nz[0]:nz[-1] + 1], tap_norms[nz[0]:nz[-1] + 1]
+    W = W[:, :, nz[0]:nz[-1] + 1]
     k = W.shape[2]
+    if k > 1:
+        limits.require_time(64.0 * k * k * W.shape[0] * W.shape[1] * 16.0,
+                            f"the H-infinity norm of a {W.shape[0]} x {W.shape[1]} filter of {k} taps",
+                            hint="it evaluates the filter on 64 x (taps) frequencies: use shorter kernels, "
+                            "or the dissipative method")
+    # every tap's spectral norm at once (a batched SVD; one call per tap costs ~0.1 ms each)
+    tap_norms = np.linalg.norm(np.moveaxis(W, 2, 0), ord=2, axis=(1, 2))
     if k == 1:
         return float(tap_norms[0])
     lag = np.arange(k) - (k - 1) / 2
@@ -256,12 +300,22 @@ def hinf_norm(weight: np.ndarray, rtol: float = 1e-9, max_intervals: int = 1 << 
             return np.linalg.norm(G.reshape(G.shape[0], -1), axis=1)
         return np.linalg.svd(G, compute_uv=False)[:, 0]
 
-    def evaluate(w, h):
+    def evaluate_chunk(w, h):
         E = np.exp(-1j * np.outer(w, lag))
         H = np.einsum("mj,jab->mab", E, Wt)
         dH = np.einsum("mj,jab->mab", -1j * lag * E, Wt)
         ub = np.maximum(norms(H + dH * (h / 2)), norms(H - dH * (h / 2))) + L2 * h * h / 8
         return norms(H), ub
+
+    # frequencies in chunks of ~2^22 complex entries of E and H (a long filter would need m x k at once)
+    chunk = max(1, (1 << 22) // max(k, W.shape[0] * W.shape[1]))
+
+    def evaluate(w, h):
+        parts = []
+        for i in range(0, len(w), chunk):
+            limits.checkpoint("H-infinity norm")
+            parts.append(evaluate_chunk(w[i:i + chunk], h))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     m = 64 * k
     h = math.pi / m
@@ -298,20 +352,22 @@ def naive_hinf(net: typed.Network, length: int | None = None) -> float:
     """
     if net.residual or any(isinstance(L, typed.BatchNorm) for L in net.layers):
         return _residual_product(net, length, naive_hinf)
+    from .rigorous import mul_up
+
     gain = 1.0
     n = net.input_shape.length if net.input_shape.length is not None else length
     for L in net.layers:
         if isinstance(L, typed.Conv1d):
-            gain *= hinf_norm(L.weight)
+            gain = mul_up(gain, hinf_norm(L.weight))
             if n is not None:
                 n = (n + L.pad_left + L.pad_right - L.dilation * (L.kernel - 1) - 1) // L.stride + 1
         elif isinstance(L, typed.Dense):
-            gain *= spectral_norm(L.weight)
+            gain = mul_up(gain, spectral_norm(L.weight))
         elif isinstance(L, typed.Activation):
-            gain *= max(abs(L.alpha), abs(L.beta))
+            gain = mul_up(gain, max(abs(L.alpha), abs(L.beta)))
         elif isinstance(L, typed.Pool):
             q = math.ceil(L.kernel / L.stride)
-            gain *= math.sqrt(q / L.kernel) if L.op == "avg" else math.sqrt(q)
+            gain = mul_up(gain, math.sqrt(q / L.kernel) if L.op == "avg" else math.sqrt(q))
             if n is not None:
                 n = (n - L.kernel) // L.stride + 1
         elif isinstance(L, typed.GlobalAvgPool):
@@ -319,7 +375,7 @@ def naive_hinf(net: typed.Network, length: int | None = None) -> float:
                 raise UnsupportedError(
                     f"global average pool {L.name!r} scales by 1/sqrt(N), and this network takes any length",
                     span=L.span, hint="give an input length (e.g. --length 64)")
-            gain /= math.sqrt(n)
+            gain = mul_up(gain, math.nextafter(1 / math.sqrt(n), math.inf))
     return gain
 
 
@@ -342,15 +398,18 @@ def _residual_product(net: typed.Network, length: int | None, fn) -> float:
             shape = typed.Shape(shape.channels, lens[i])
         return fn(typed.Network(net.name, shape, tuple(ls), net.span, net.source_path), lens[i])
 
+    from .rigorous import mul_up
+
     gain, start = 1.0, 0
     for i, L in enumerate(layers):
         if isinstance(L, typed.Residual):
             if start < i:
-                gain *= run(layers[start:i], start)
-            gain *= run(list(L.main), i) + (run(list(L.shortcut), i) if L.shortcut else 1.0)
+                gain = mul_up(gain, run(layers[start:i], start))
+            total = run(list(L.main), i) + (run(list(L.shortcut), i) if L.shortcut else 1.0)
+            gain = mul_up(gain, math.nextafter(total, math.inf))  # (the sum rounded up)
             start = i + 1
     if start < len(layers):
-        gain *= run(layers[start:], start)
+        gain = mul_up(gain, run(layers[start:], start))
     return gain
 
 
@@ -655,6 +714,11 @@ def lipsdp(net: typed.Network, mode: str = "neuron", length: int | None = None, 
     """
     t0 = time.perf_counter()
     mats, slopes, out, scale = _lipsdp_data(net, length)
+    if mats:  # the LMI's order (after the input reduction) and the solver's dense work arrays
+        rows = min(mats[0].shape) + sum(M.shape[0] for M in mats)
+        limits.require_memory(limits.lipsdp_bytes(rows, mats[0].shape), f"the LipSDP LMI of {rows} rows",
+                              hint="LipSDP unrolls the network: give a shorter --length, or use the "
+                              "dissipative method (its LMIs do not grow with the length)")
     if scale == 0.0:
         return BaselineResult(0.0, time.perf_counter() - t0, "exact", 0.0)
     if not mats:  # a linear network: the bound is exactly ||M_out||

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import lowered
+from .rigorous import mul_up, sqrt_up
 from .sdp import Link, Sdp, Weight
 from .solve import Solution
 
@@ -418,7 +419,7 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
         )
     # lambda >= 0 and diagonal X >= 0 hold by construction (clipped, then only increased).
     rho = point.rho
-    lip = math.sqrt(rho) * factor
+    lip = mul_up(sqrt_up(rho), factor)  # rounded up: never below the certified value, never 0 for rho > 0
     if not math.isfinite(lip):
         ok_all = False
     reason = "" if ok_all else "an LMI is not positive semidefinite at the repaired point"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import io
 import math
 import os
@@ -16,26 +17,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import activations as _activation_table
 from . import ast, typed
 from .errors import ShapeError, SpecError, WeightError
-from .source import Source, Span
+from .parse import LAYER_KEYWORDS, suggest_keyword
+from .source import Source, Span, file_kind
 from .typed import Shape
 
 __all__ = ["check", "memory_key", "weight_files", "conv1d_length", "pool_length", "conv1d_padding",
            "ACTIVATIONS"]
 
-# Built-in activations: name -> (takes a parameter, its default, slope bounds as a function of it).
-# The bounds are the sector [alpha, beta] that (phi(a) - phi(b)) / (a - b) always lies in.
-ACTIVATIONS: dict[str, tuple[str, Any]] = {
-    "relu": ("none", None),
-    "tanh": ("none", None),
-    "sigmoid": ("none", None),
-    "softplus": ("none", None),
-    "hardtanh": ("none", None),
-    "identity": ("none", None),
-    "leaky_relu": ("required", None),
-    "elu": ("optional", 1),
-}
+# Built-in activations (their names, parameters and slope bounds): lipdsl.activations, the one table.
+ACTIVATIONS = _activation_table.ACTIVATIONS
 #: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
 MAX_WEIGHT_BYTES = 1 << 30
 _FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
@@ -106,6 +99,7 @@ class _Checker:
     files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
     handles: list = field(default_factory=list)  # open files behind the NpzFiles
     memory: Mapping[str, bytes] | None = None  # weight files in memory (memory_key(rel) -> bytes), no disk
+    cache: dict = field(default_factory=dict)  # bare-name tensor entry (sympy) -> (float, exact)
 
     # -- expressions -------------------------------------------------------------------------------
     def value(self, e: ast.Expr, what: str) -> Any:
@@ -170,6 +164,13 @@ class _Checker:
             raise SpecError(
                 f"{what} is not finite: {_short(v)}", span, hint="check for a division by zero or an overflow"
             )
+        if f == 0 and getattr(v, "is_zero", None) is False:
+            raise SpecError(
+                f"{what} underflows to 0 in float64: {_short(v)}",
+                span,
+                hint="values must be 0 or at least about 5e-324 in magnitude; rescale the weights (the "
+                "bound scales with them)",
+            )
         return f
 
     def integer(self, e: ast.Expr, what: str, minimum: int) -> int:
@@ -210,11 +211,26 @@ class _Checker:
                     hint="copy the file next to the spec, or pass --allow-outside if you trust "
                     "this spec (it may read any file you can)",
                 )
-        return (
+        path = (
             self.source.directory / os.path.expanduser(rel)
             if rel.startswith("~")
             else self.source.directory / rel
         )
+        if not self.allow_outside:
+            # a symbolic link (the file or a folder on the way) may lead anywhere: check where it ends
+            try:
+                real = path.resolve()
+                inside = real.is_relative_to(self.source.directory.resolve())
+            except (OSError, RuntimeError, ValueError):  # a link loop, a name too long
+                inside = True  # reported by open() as what it is
+            if not inside:
+                raise WeightError(
+                    f"weight file {rel!r} is a symbolic link to a file outside the spec's directory",
+                    span,
+                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
+                    "this spec (it may read any file you can)",
+                )
+        return path
 
     def open(self, rel: str, span: Span) -> Any:
         path = self.resolve(rel, span)
@@ -223,10 +239,25 @@ class _Checker:
             return self.files[key]
         shown = self.display_path(rel)
         data = None if self.memory is None else self.memory.get(memory_key(rel))
-        if (data is None) if self.memory is not None else not path.is_file():
+        if self.memory is not None and data is None:
             raise WeightError(
                 f"weight file {shown!r} not found", span, hint="paths are relative to the spec's directory"
             )
+        if data is None:  # on disk: what the path names, before anything is opened
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:
+                    raise WeightError(f"weight file name {_short(shown)!r} is too long",
+                                      span, hint="check the path") from None
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    raise WeightError(f"weight file {shown!r} not found", span,
+                                      hint="paths are relative to the spec's directory") from None
+                raise WeightError(f"cannot read weight file {shown!r}: {exc.strerror or exc}", span) from None
+            kind = file_kind(st.st_mode)
+            if kind is not None:
+                raise WeightError(f"weight file {shown!r} is {kind}, not a file", span,
+                                  hint="give the path of a .npz or .npy file")
         if path.suffix.lower() not in (".npz", ".npy"):
             raise WeightError(
                 f"weight file {shown!r} is neither .npz nor .npy",
@@ -243,12 +274,18 @@ class _Checker:
                 "check that this is the right file",
             )
         try:
-            if path.suffix.lower() == ".npy":
-                with open(path, "rb") if data is None else io.BytesIO(data) as f:
-                    _check_header(f, size, f"weight file {shown!r}", span)
-            # ours, not numpy's: numpy leaks its handle when a .npz is corrupt
-            handle = open(path, "rb") if data is None else io.BytesIO(data)
+            if data is None:
+                # O_NONBLOCK and fstat: the file read is the regular file checked above (no FIFO swapped in)
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+                handle = os.fdopen(fd, "rb")  # ours, not numpy's: numpy leaks its handle on a corrupt .npz
+            else:
+                handle = io.BytesIO(data)
             try:
+                if data is None and file_kind(os.fstat(handle.fileno()).st_mode) is not None:
+                    raise OSError(errno.EINVAL, "not a regular file")
+                if path.suffix.lower() == ".npy":
+                    _check_header(handle, size, f"weight file {shown!r}", span)
+                    handle.seek(0)
                 loaded = np.load(handle, allow_pickle=False)
             except BaseException:
                 handle.close()
@@ -258,7 +295,7 @@ class _Checker:
             else:
                 self.handles.append(handle)
         except _READ_ERRORS as exc:
-            raise WeightError(f"cannot read weight file {shown!r}: {exc}", span) from None
+            raise WeightError(f"cannot read weight file {shown!r}: {_reason(exc)}", span) from None
         self.files[key] = loaded
         return loaded
 
@@ -309,24 +346,33 @@ class _Checker:
                     hint=_did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
                 )
             try:
-                member = (
-                    data.zip.getinfo(src.key + ".npy") if src.key + ".npy" in data.zip.namelist() else None
-                )
-                if member is not None:
-                    if member.file_size > MAX_WEIGHT_BYTES:
+                # numpy maps KEY to the member KEY.npy or KEY (any name): read it ourselves, whatever its
+                # name, through the size cap and the header check (numpy would return a raw member's bytes)
+                names = data.zip.namelist()
+                member = data.zip.getinfo(src.key + ".npy" if src.key + ".npy" in names else src.key)
+                what = f"tensor {src.key!r} in {shown!r}"
+                if member.file_size > MAX_WEIGHT_BYTES:
+                    raise WeightError(
+                        f"{what} inflates to {_bytes(member.file_size)}, more than "
+                        f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                        src.span,
+                        hint="check that this is the right file (a compressed .npz can hide a huge tensor)",
+                    )
+                with data.zip.open(member) as f:
+                    if f.read(6) != b"\x93NUMPY":
                         raise WeightError(
-                            f"tensor {src.key!r} in {shown!r} inflates to {_bytes(member.file_size)}, "
-                            "more than "
-                            f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                            f"{what} is not a .npy array "
+                            f"(member {_short(member.filename)!r} holds other data)",
                             src.span,
-                            hint="check that this is the right file "
-                            "(a compressed .npz can hide a huge tensor)",
+                            hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
                         )
-                    with data.zip.open(member) as f:
-                        _check_header(f, member.file_size, f"tensor {src.key!r} in {shown!r}", src.span)
-                array = data[src.key]
+                with data.zip.open(member) as f:
+                    _check_header(f, member.file_size, what, src.span)
+                with data.zip.open(member) as f:
+                    array = np.lib.format.read_array(f, allow_pickle=False)
             except _READ_ERRORS as exc:
-                raise WeightError(f"cannot read {src.key!r} from {shown!r}: {exc}", src.span) from None
+                raise WeightError(f"cannot read {src.key!r} from {shown!r}: {_reason(exc)}",
+                                  src.span) from None
             label = f"{src.key!r} in {shown!r}"
         if (
             not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer))
@@ -380,7 +426,15 @@ class _Checker:
         walk(t)
         floats, exact = [], []
         for e in entries:
-            f, x = self.number(e, f"inline {role} entry")
+            # a bare name (or its negation) has one value for the whole spec (let names are defined once,
+            # before use): evaluated once, not once per entry (a 1 MB tensor of names)
+            bare = len(e.names) == 1 and not e.names[0].call and e.depth <= 2 and not e.is_number
+            if bare and e.value in self.cache:
+                f, x = self.cache[e.value]
+            else:
+                f, x = self.number(e, f"inline {role} entry")
+                if bare:
+                    self.cache[e.value] = (f, x)
             floats.append(f)
             exact.append(x)
         values = np.array(floats, dtype=np.float64).reshape(shape)
@@ -442,8 +496,11 @@ def _check_header(f, available: int, what: str, span: Span) -> None:
         shape, _, dtype = np.lib.format.read_array_header_1_0(f)
     elif version == (2, 0):
         shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    elif version == (3, 0):  # a UTF-8 header: numpy has no public reader for it
+        shape, dtype = _read_header_3_0(f, what, span)
     else:
-        return  # format 3.0 is for structured dtypes, refused after loading
+        raise WeightError(f"cannot read {what}: .npy format version {version[0]}.{version[1]} is unknown",
+                          span, hint="save it again with numpy.save")
     nbytes = math.prod(shape) * dtype.itemsize
     if dtype.hasobject:
         raise WeightError(
@@ -462,6 +519,39 @@ def _check_header(f, available: int, what: str, span: Span) -> None:
             span,
             hint="the file is truncated or not what it claims; save it again with numpy.save",
         )
+
+
+def _read_header_3_0(f, what: str, span: Span) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a format 3.0 .npy header: a uint32 length, then a UTF-8 dict literal (at most
+    64 KiB, as numpy reads it with ``max_header_size``)."""
+    import ast as pyast
+    import struct
+
+    raw = f.read(4)
+    (length,) = struct.unpack("<I", raw) if len(raw) == 4 else (None,)
+    if length is None or length > 65536:
+        raise WeightError(f"{what} has a malformed .npy 3.0 header", span,
+                          hint="save it again with numpy.save")
+    text = f.read(length).decode("utf-8", errors="replace")
+    try:
+        d = pyast.literal_eval(text)
+        shape = tuple(int(n) for n in d["shape"])
+        dtype = np.lib.format.descr_to_dtype(d["descr"])
+        if any(n < 0 for n in shape):
+            raise ValueError("negative dimension")
+    except Exception:  # whatever the dict holds: a clean error
+        raise WeightError(f"{what} has a malformed .npy 3.0 header", span,
+                          hint="save it again with numpy.save") from None
+    return shape, dtype
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a read failed, in words, without echoing the file's bytes (numpy's "expected b'\\x93NUMPY', got
+    b'...'" would show the first bytes of whatever file a link points to)."""
+    text = str(exc)
+    if "magic string" in text or "b'" in text or 'b"' in text:
+        return "not a NumPy .npy/.npz file"
+    return _short(text)
 
 
 def _bytes(n: int) -> str:
@@ -1016,6 +1106,29 @@ def _pool(ck: _Checker, st: ast.Pool, name: str, shape: Shape) -> typed.Pool:
     return typed.Pool(name, st.span, st.op, kernel, stride, shape, Shape(shape.channels, length))
 
 
+def _unknown_activation(fn: str, st: ast.Activation) -> SpecError:
+    """An unknown name in a layer's place: a misspelled or PyTorch-style layer keyword, or an activation."""
+    guess = suggest_keyword(fn)
+    if guess in LAYER_KEYWORDS:
+        return SpecError(
+            f"unknown layer {fn!r} -- did you mean {guess!r}?",
+            st.function_span,
+            hint=f"lipdsl's layers: {', '.join(LAYER_KEYWORDS)} (docs/language.md)",
+        )
+    if guess is not None:
+        return SpecError(
+            f"unknown activation {fn!r} -- did you mean {guess!r}?",
+            st.function_span,
+            hint=f"for another function, give the bounds of its slope: '{fn} slope [alpha, beta]'",
+        )
+    return SpecError(
+        f"unknown layer or activation {fn!r}",
+        st.function_span,
+        hint=f"layers: {', '.join(LAYER_KEYWORDS)}; for an activation lipdsl does not know, give the "
+        f"bounds of its slope: '{fn} slope [alpha, beta]'",
+    )
+
+
 def _expr_text(e: ast.Expr) -> str:
     return str(e.value)
 
@@ -1027,15 +1140,15 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
     parameter = None
     param_exact = None
     if st.parameter is not None:
-        if builtin is not None and builtin[0] == "none":
+        if builtin is not None and builtin.parameter == "none":
             raise SpecError(f"{fn} takes no parameter", st.parameter.span, hint=f"write '{fn}'")
         parameter, param_exact = ck.number(st.parameter, f"{fn} parameter")
-    elif builtin is not None and builtin[0] == "required":
+    elif builtin is not None and builtin.parameter == "required":
         raise SpecError(
             f"{fn} needs its parameter", st.function_span, hint=f"write '{fn}(0.01)' (for example)"
         )
-    elif builtin is not None and builtin[0] == "optional":
-        parameter = float(builtin[1])
+    elif builtin is not None and builtin.parameter == "optional":
+        parameter = float(builtin.default)
 
     alpha_expr = beta_expr = None
     if "slope" in opts:
@@ -1049,34 +1162,15 @@ def _activation(ck: _Checker, st: ast.Activation, name: str, shape: Shape) -> ty
                 hint=f"swap them: slope [{beta:g}, {alpha:g}]",
             )
     elif builtin is None:
-        raise SpecError(
-            f"unknown activation {fn!r}",
-            st.function_span,
-            hint=_did_you_mean(fn, ACTIVATIONS) + f"for another function, give the bounds of its slope: "
-            f"'{fn} slope [alpha, beta]'",
-        )
-    elif fn == "leaky_relu":
-        alpha, beta = min(parameter, 1.0), max(parameter, 1.0)
-        if param_exact is not None:
-            import sympy
-
-            alpha_expr, beta_expr = sympy.Min(param_exact, 1), sympy.Max(param_exact, 1)
-    elif fn == "elu":
-        if parameter < 0:
+        raise _unknown_activation(fn, st)
+    else:
+        if fn == "elu" and parameter < 0:
             raise SpecError(
                 f"elu needs alpha >= 0, got {parameter:g}",
                 st.parameter.span,
                 hint="for a negative alpha give the slope: 'elu(a) slope [alpha, beta]'",
             )
-        alpha, beta = 0.0, max(1.0, parameter)
-        if param_exact is not None:
-            import sympy
-
-            alpha_expr, beta_expr = sympy.Integer(0), sympy.Max(param_exact, 1)
-    elif fn == "sigmoid":
-        alpha, beta = 0.0, 0.25
-    elif fn == "identity":
-        alpha, beta = 1.0, 1.0
-    else:  # relu, tanh, softplus, hardtanh
-        alpha, beta = 0.0, 1.0
+        alpha, beta = builtin.bounds(parameter)
+        if param_exact is not None and builtin.exact is not None:
+            alpha_expr, beta_expr = builtin.exact(param_exact)
     return typed.Activation(name, st.span, fn, alpha, beta, shape, shape, parameter, alpha_expr, beta_expr)

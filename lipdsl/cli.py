@@ -5,15 +5,21 @@ from __future__ import annotations
 import os
 import sys
 
-# The LMIs are small (tens to hundreds of rows): multi-threaded BLAS only adds contention, and on a loaded
-# 2-core machine it made the ECG solve 3x slower. Users can still override this from the environment.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import click
 
-import click  # noqa: E402
+from .errors import LipdslError
+from .rigorous import format_up
+from .source import Source
 
-from .errors import LipdslError  # noqa: E402
-from .source import Source  # noqa: E402
+
+def console(stderr: bool = False):
+    """A rich Console that does not wrap sentences: on a terminal its width; piped, ``$COLUMNS`` or 200
+    columns (rich would otherwise wrap at 80 mid-sentence)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, soft_wrap=True, width=wide)
 
 
 def fail(err: LipdslError, source: Source | None) -> None:
@@ -29,6 +35,42 @@ def read_source(path: str) -> Source:
     except OSError as exc:
         click.echo(f"{path}: error: cannot read spec: {exc.strerror or exc}", err=True)
         sys.exit(1)
+
+
+class Seconds(click.ParamType):
+    """A time budget in seconds: a finite number > 0 (>= 0 with ``allow_zero``); nan, inf and negative
+    values are usage errors (exit 2), never "no limit"."""
+
+    name = "seconds"
+
+    def __init__(self, allow_zero: bool = False):
+        self.allow_zero = allow_zero
+
+    def convert(self, value, param, ctx):
+        from .limits import check_seconds
+
+        if isinstance(value, float):
+            text = value
+        else:
+            text = str(value).strip()
+        try:
+            return check_seconds(text, param.opts[0] if param is not None else "seconds",
+                                 allow_zero=self.allow_zero)
+        except LipdslError as err:
+            self.fail(err.message, param, ctx)
+
+
+def within(deadline, what: str, work, source: Source | None = None, hint: str | None = None):
+    """``work()`` for a command: BLAS pinned to one thread (``limits.blas_threads``, restored after), the
+    command's ``deadline`` active for every ``checkpoint``, and the whole of it bounded by that deadline
+    (``limits.run_within``: exit 3 once it passes, even inside one long C call)."""
+    from . import limits
+
+    try:
+        with limits.blas_threads(), deadline.active():
+            return limits.run_within(work, deadline, what, grace=1.0, hint=hint)
+    except LipdslError as err:
+        fail(err, source)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -184,11 +226,16 @@ def show_command(
     allow_outside: bool,
 ) -> None:
     """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
+    if latex and not state_space:
+        raise click.UsageError("--latex applies to --state-space only")
+    if (min_length is not None or lift != 1) and not lowering:
+        raise click.UsageError("--length and --lift apply to --lowering only")
     source, net = load_or_fail(spec, allow_outside)
     if lowering:
         _print_lowering(net, source, min_length, lift)
         return
     if state_space:
+        _check_state_space_size(net, source)
         _print_state_space(net, latex)
         return
     if as_json:
@@ -230,7 +277,6 @@ def show_command(
             )
         )
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{net.name}  ({net.source_path})")
@@ -248,19 +294,27 @@ def show_command(
                     rows(layer.shortcut, f"{prefix}{i}.s", indent + "  shortcut ")
 
     rows(net.layers, "", "")
-    Console().print(table)
+    console().print(table)
     click.echo(_summary(net))
 
 
 def _print_lowering(net, source, min_length, lift=1) -> None:
     """One row per SDP step: the systems (one LMI each) and the pooling/flatten steps between them."""
-    from rich.console import Console
     from rich.table import Table
 
-    from . import lowered
+    from . import limits, lowered
+    from .api import problem_size
     from .lower import lower
 
     try:
+        size = problem_size(net, lift)
+        limits.require_memory(
+            limits.BASE_BYTES + limits.lowering_bytes(size.systems),
+            f"lowering (state spaces with up to {max((s[0] for s in size.systems), default=0)} states)",
+            hint="the realization of a conv layer has dilation*(kernel-1)*c_in states (times --lift): "
+            "a smaller --lift, or smaller kernels",
+            span=net.span,
+        )
         low = lower(net, min_length=min_length, lift=lift)
     except LipdslError as err:
         fail(err, source)
@@ -297,7 +351,26 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
                 "-",
                 "1",
             )
-    Console().print(table)
+    console().print(table)
+
+
+def _check_state_space_size(net, source) -> None:
+    """Exit 3 (``LimitError``) before printing a realization of more than ``limits.DISPLAY_MAX_BLOCKS``
+    state blocks: sympy would build and print a matrix of blocks^2 entries."""
+    from .errors import LimitError
+    from .limits import DISPLAY_MAX_BLOCKS
+
+    for layer in net.layers:
+        if layer.kind == "conv1d" and layer.dilation * (layer.kernel - 1) > DISPLAY_MAX_BLOCKS:
+            fail(LimitError(
+                f"conv1d {layer.name!r} has {layer.dilation * (layer.kernel - 1)} state blocks "
+                f"(dilation {layer.dilation} x (kernel {layer.kernel} - 1)); show --state-space prints at "
+                f"most {DISPLAY_MAX_BLOCKS}",
+                span=layer.span,
+                hint="its realization is a shift register: A shifts the past inputs by one block, "
+                "B = [0; ...; I], C = [W_{k-1} ... W_1] (with zero blocks between dilated taps), D = W_0; "
+                "`lipdsl show --lowering` gives the sizes",
+            ), source)
 
 
 def _print_state_space(net, latex: bool) -> None:
@@ -341,19 +414,35 @@ def _print_state_space(net, latex: bool) -> None:
 from .compare import METHODS as _METHODS  # noqa: E402  (the one method registry; no numpy at start-up)
 
 
+#: Solver names ``--solver`` accepts (anything else is a usage error, exit 2); PICOS ones must be installed.
+SOLVERS = ("cvxopt", "cvxopt-generic", "sdpa", "qics", "smcp", "mosek", "mskfsn", "scs", "clarabel")
+
+
+def _solver_name(ctx, param, value: str) -> str:
+    if value not in SOLVERS:
+        import difflib
+
+        close = difflib.get_close_matches(value, SOLVERS, n=1)
+        mean = f" (did you mean {close[0]!r}?)" if close else ""
+        raise click.BadParameter(f"unknown solver {value!r}{mean}; use one of {', '.join(SOLVERS)}")
+    return value
+
+
 @cli.command("solve")
 @click.argument("spec")
 @click.option(
     "--solver",
     default="cvxopt",
     show_default=True,
+    callback=_solver_name,
     help="cvxopt (structured KKT), cvxopt-generic, sdpa (sdpa-python), or any PICOS solver installed "
     "(qics, smcp, mosek).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
 @click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
-@click.option("--verbose", is_flag=True, help="Show the solver's iterations.")
+@click.option("--verbose", is_flag=True, help="Show the solver's iterations (and the per-LMI table).")
+@click.option("-v", "--details", is_flag=True, help="Also print the per-LMI table of the certificate.")
 @_MIN_LENGTH
 @_LIFT
 @click.option(
@@ -365,9 +454,10 @@ from .compare import METHODS as _METHODS  # noqa: E402  (the one method registry
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(),
     default=None,
-    help="Stop the solver after SECONDS (exit 3).",
+    help="Bound the whole command (lowering, solve, storage recovery; also --method lipsdp-*) to SECONDS "
+    "(exit 3 when they pass).",
 )
 @click.option(
     "--frequencies",
@@ -414,6 +504,7 @@ def solve_command(
     tol: float,
     max_iterations: int,
     verbose: bool,
+    details: bool,
     min_length: int | None,
     lift: int,
     max_lmi: int,
@@ -431,35 +522,48 @@ def solve_command(
 
     if method != "dissipative" and (certificate_path is not None or exact):
         raise click.UsageError("--certificate and --exact apply to --method dissipative only")
+    from .limits import Deadline
+
+    deadline = Deadline(timeout)  # the whole command's
     t0 = time.perf_counter()
     source, net = load_or_fail(spec, allow_outside)
     t1 = time.perf_counter()
+    if min_length is not None and net.input_shape.length is not None and not as_json:
+        click.echo(f"note: --length {min_length} is ignored: {net.name} takes inputs of fixed shape "
+                   f"{net.input_shape}", err=True)
     if method != "dissipative":
-        _solve_baseline(net, method, min_length, force, as_json)
+        within(deadline, f"--method {method}",
+               lambda: _solve_baseline(net, method, min_length, force, as_json), source)
         return
+    within(deadline, "lipdsl solve",
+           lambda: _solve_dissipative(net, source, t1 - t0, deadline, solver=solver, tol=tol,
+                                      max_iterations=max_iterations, verbose=verbose, min_length=min_length,
+                                      lift=lift, max_lmi=max_lmi, accept_unconverged=accept_unconverged,
+                                      frequencies=frequencies, as_json=as_json, spec=spec,
+                                      certificate_path=certificate_path, exact=exact,
+                                      details=details), source)
+
+
+def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: bool, spec: str,
+                       certificate_path: str | None, exact: bool, details: bool, **options) -> None:
+    """``lipdsl solve`` with the dissipative method: solve, print (with the certificate file and the exact
+    proof when asked), exit 3 unless certified."""
     from .api import solve_network
     from .report import print_text, to_json
 
     try:
         result = solve_network(
             net,
-            solver=solver,
-            tol=tol,
-            max_iterations=max_iterations,
-            verbose=verbose,
-            min_length=min_length,
-            lift=lift,
-            seconds={"parse+check": t1 - t0},
-            max_lmi=max_lmi,
-            timeout=timeout,
-            accept_unconverged=accept_unconverged,
-            frequencies=frequencies,
+            seconds={"parse+check": load_seconds},
+            deadline=deadline,
+            **options,
         )
     except LipdslError as err:
         fail(err, source)
     proof = None
     if result.certificate.verified and (certificate_path is not None or exact):
-        proof = _certify_file(result, net, certificate_path, exact, min_length, lift, frequencies, solver)
+        proof = _certify_file(result, net, certificate_path, exact, options["min_length"], options["lift"],
+                              options["frequencies"], options["solver"])
     if as_json:
         import json
 
@@ -470,9 +574,8 @@ def solve_command(
             out["certificate_file"] = certificate_path
         click.echo(json.dumps(out))
     else:
-        from rich.console import Console
 
-        print_text(result, Console(), proof=proof)
+        print_text(result, console(), proof=proof, verbose=bool(details or options["verbose"]))
         if certificate_path is not None and result.certificate.verified:
             click.echo(f"  certificate written to {certificate_path} (check it: lipdsl verify {spec} "
                        f"{certificate_path} [--exact])")
@@ -602,8 +705,8 @@ def export_command(spec: str, output: str, min_length: int | None, lift: int, al
     "--time-budget",
     default=20.0,
     show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds after which no new start is begun.",
+    type=Seconds(allow_zero=True),
+    help="Seconds after which no new start is begun; the command ends within a few seconds more.",
 )
 @click.option(
     "--length",
@@ -623,14 +726,16 @@ def lower_command(
     allow_outside: bool,
 ) -> None:
     """Empirical lower bound of SPEC's Lipschitz constant: max of ||J(u)||_2 over searched inputs u."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .empirical import lower_bound
+    from .limits import SEARCH_GRACE, Deadline
 
+    deadline = Deadline(time_budget + SEARCH_GRACE)
     source, net = load_or_fail(spec, allow_outside)
-    err_console = Console(stderr=True)
-    try:
+    err_console = console(stderr=True)
+
+    def search():
         with Progress(
             TextColumn("lower bound"),
             BarColumn(),
@@ -642,7 +747,7 @@ def lower_command(
             disable=as_json or not err_console.is_terminal,
         ) as bar:
             task = bar.add_task("starts", total=starts, best=0.0)
-            result = lower_bound(
+            return lower_bound(
                 net,
                 starts=starts,
                 seed=seed,
@@ -650,8 +755,9 @@ def lower_command(
                 length=length,
                 progress=lambda done, total, best: bar.update(task, completed=done, best=best),
             )
-    except LipdslError as err:
-        fail(err, source)
+
+    result = within(deadline, "the lower bound's search", search, source,
+                    hint="raise --time-budget, or give a shorter --length")
     if as_json:
         import json
 
@@ -682,7 +788,6 @@ def lower_command(
 
 _STATUS_WORDS = {
     "exact norm": "exact norm product",
-    "iterative norm": "iterative norm product (not a proof)",
     "verified LMI": "verified LMI",
     "certified": "certified",
 }
@@ -701,7 +806,7 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
         click.echo(json.dumps(baseline_to_json(net, method, r)))
     elif r.ok:
         words = _STATUS_WORDS[r.status]
-        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {r.bound:.10g} ({words})")
+        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {format_up(r.bound)} ({words})")
         size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
         click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
     else:
@@ -716,7 +821,6 @@ def _fmt(x: float | None, spec: str = ".6g") -> str:
 
 def _print_comparison(c) -> None:
     """The comparison as a rich table (the lower bound first), then one note line per method."""
-    from rich.console import Console
     from rich.table import Table
 
     net = c.network
@@ -743,7 +847,7 @@ def _print_comparison(c) -> None:
         status = r.status if r.ok else f"[red]{r.status}[/]"
         table.add_row(
             r.method,
-            _fmt(r.bound),
+            "-" if r.bound is None else format_up(r.bound, 6),
             _fmt(c.ratio_lower(r), ".3f"),
             _fmt(c.ratio_dissipative(r), ".3f"),
             "" if r.status == "refused" else f"{r.seconds:.2f} s",
@@ -751,7 +855,7 @@ def _print_comparison(c) -> None:
         )
         size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
         notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
-    Console().print(table)
+    console().print(table)
     for line in notes:
         click.echo("  " + line)
 
@@ -785,11 +889,18 @@ def _print_comparison(c) -> None:
     "--time-budget",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=Seconds(allow_zero=True),
     help="Seconds for the lower bound's search.",
 )
+@click.option(
+    "--timeout",
+    type=Seconds(),
+    default=None,
+    help="Bound the whole command to SECONDS: methods still running then are reported as failed.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the lower bound's starts.")
-@click.option("--solver", default="cvxopt", show_default=True, help="Solver of the dissipative SDP.")
+@click.option("--solver", default="cvxopt", show_default=True, callback=_solver_name,
+              help="Solver of the dissipative SDP.")
 @click.option(
     "--lift",
     type=click.IntRange(min=1),
@@ -811,15 +922,18 @@ def compare_command(
     solver: str,
     lift: int,
     force: bool,
+    timeout: float | None,
     allow_outside: bool,
 ) -> None:
     """Compare the dissipative bound of SPEC with naive products, LipSDP and an empirical lower bound."""
     import contextlib
     import json
 
-    from rich.console import Console
 
     from .compare import as_dict, compare
+    from .limits import SEARCH_GRACE, Deadline
+
+    deadline = Deadline(None if timeout is None else timeout + SEARCH_GRACE)
 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in chosen if m not in _METHODS]
@@ -837,19 +951,20 @@ def compare_command(
             )
             sys.exit(1)
     source, net = load_or_fail(spec, allow_outside)
-    err_console = Console(stderr=True)
-    with (
-        err_console.status("", spinner="dots")
-        if (err_console.is_terminal and not as_json)
-        else contextlib.nullcontext() as st
-    ):
+    err_console = console(stderr=True)
 
-        def progress(label):
-            if st is not None:
-                st.update(f"running {label} ...")
+    def run():
+        with (
+            err_console.status("", spinner="dots")
+            if (err_console.is_terminal and not as_json)
+            else contextlib.nullcontext() as st
+        ):
 
-        try:
-            c = compare(
+            def progress(label):
+                if st is not None:
+                    st.update(f"running {label} ...")
+
+            return compare(
                 net,
                 methods=chosen,
                 length=length,
@@ -860,9 +975,10 @@ def compare_command(
                 lift=lift,
                 force=force,
                 progress=progress,
+                timeout=timeout,
             )
-        except LipdslError as err:
-            fail(err, source)
+
+    c = within(deadline, "lipdsl compare", run, source)
     if plot is not None:
         from .plot import plot_comparison
 
@@ -914,6 +1030,7 @@ def import_command(
     from .load import load_network
 
     try:
+        _check_import_paths(model, output, weights)
         if like is not None:
             spec_path, weights_path = import_state_dict(model, like, output, weights)
         elif model.lower().endswith((".pt", ".pth", ".bin", ".ckpt")):
@@ -1135,6 +1252,26 @@ def _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, ou
         if live:
             display.update(sweep_table(result.rows, lower=options["lower"]), refresh=True)
     return result
+
+
+def _check_import_paths(model: str, output: str, weights: str | None) -> None:
+    """Refuse an ``import`` that would write the spec over the weights (``-o net.npz``) or over its input."""
+    from pathlib import Path
+
+    out = Path(output)
+    w = out.with_suffix(".npz") if weights is None else Path(weights)
+    if out.suffix.lower() in (".npz", ".npy", ".onnx", ".pt", ".pth"):
+        raise LipdslError(
+            f"-o {output!r} names the spec to write, a text file, but it has the suffix {out.suffix!r}",
+            hint=f"write the spec to {str(out.with_suffix('.lip'))!r}; the weights go beside it "
+            f"({str(out.with_suffix('.npz'))!r}) or to --weights",
+        )
+    resolved = {p.resolve() for p in (out, w)}
+    if len(resolved) < 2 or Path(model).resolve() in resolved:
+        raise LipdslError(
+            "the spec, its weights and the model must be three different files",
+            hint="choose another -o or --weights",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,13 +5,15 @@ or why there is none (``refused``, ``failed``, ``skipped``); a refusal never com
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import LipdslError, UnsupportedError
+from . import limits
+from .errors import LipdslError, TimeLimitError, UnsupportedError
 
 if TYPE_CHECKING:  # typed imports numpy: the CLI reads METHODS at start-up without it
     from . import typed
@@ -32,6 +34,8 @@ METHODS = tuple(METHOD_HELP)
 #: (every clique would hold its neurons). Larger LMIs are skipped (with a note) unless forced.
 MAX_LIPSDP_ROWS = 1000
 MAXPOOL_REFUSAL = "refused: max pooling is not slope-restricted"
+#: The order ``compare`` runs methods on the calling thread (the table keeps ``METHODS``' order).
+CHEAP_FIRST = ("naive-hinf", "dissipative", "naive")
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,31 @@ def lipsdp_rows(net: typed.Network, length: int | None) -> int:
     return min(first.shape[1], first.shape[0]) + sum(hidden)
 
 
+def _lipsdp_rows_bound(net: typed.Network, length: int | None) -> int:
+    """An upper bound on ``lipsdp_rows`` from the layers' sizes alone: the input size plus every
+    activation's size at input length ``length``."""
+    from . import typed
+
+    shp = net.input_shape
+    c, n = shp.channels, (None if shp.flat else (shp.length or length or 1))
+    rows = c * (n or 1)
+    for L in net.layers:
+        if isinstance(L, typed.Conv1d):
+            n = (n + L.pad_left + L.pad_right - L.dilation * (L.kernel - 1) - 1) // L.stride + 1
+            c = L.c_out
+        elif isinstance(L, typed.Pool):
+            n = (n - L.kernel) // L.stride + 1
+        elif isinstance(L, typed.GlobalAvgPool):
+            n = None
+        elif isinstance(L, typed.Flatten):
+            c, n = c * (n or 1), None
+        elif isinstance(L, typed.Dense):
+            c, n = L.n_out, None
+        elif isinstance(L, typed.Activation):
+            rows += c * max(n or 1, 0)
+    return rows
+
+
 def _any_maxpool(net: typed.Network) -> bool:
     from . import typed
 
@@ -124,9 +153,23 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
         For ``lipsdp-*``: the solver of the unrolled LMI (``hkm``, lipdsl's own; ``cvxopt``, ``sdpa``, ...).
     force, max_rows
         LipSDP is skipped when its LMI would have more than ``max_rows`` rows, unless ``force``.
+    timeout
+        Seconds for this method (any method; the caller's active deadline, ``limits.current()``, otherwise):
+        when they pass, the result is ``failed`` with the time limit as its note.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if timeout is not None:
+        deadline = limits.Deadline.after(timeout)
+        with limits.blas_threads(), deadline.active():
+            try:
+                return limits.run_within(
+                    lambda: run_method(net, method, length=length, solver=solver, lift=lift, force=force,
+                                       max_rows=max_rows, lipsdp_solver=lipsdp_solver, **options),
+                    deadline, method)
+            except TimeLimitError as err:
+                return MethodResult(method, None, deadline.seconds, "failed", err.message,
+                                    length=_unroll_length(net, length), error=err)
     n = _unroll_length(net, length)
     t0 = time.perf_counter()
     try:
@@ -151,19 +194,20 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
             return MethodResult(method, bound, time.perf_counter() - t0, "exact norm",
                                 "product of the layers' length-independent gains (conv: H-inf norm)")
         if method == "naive":
-            from .baselines import DENSE_SVD_LIMIT, naive, unroll
+            from .baselines import naive
 
-            bound = naive(net, n)
-            big = not net.residual and any(U.matrix is not None and min(U.shape) > DENSE_SVD_LIMIT
-                                           for U in unroll(net, n))
-            return MethodResult(method, bound, time.perf_counter() - t0,
-                                "iterative norm" if big else "exact norm",
+            bound = naive(net, n)  # large maps: a certified upper bound, or CertificateError (no number)
+            return MethodResult(method, bound, time.perf_counter() - t0, "exact norm",
                                 "product of the unrolled maps' spectral norms" + (f", N = {n}" if n else ""),
                                 length=n)
         # LipSDP
         if _any_maxpool(net):
             return MethodResult(method, None, 0.0, "refused", MAXPOOL_REFUSAL.removeprefix("refused: "),
                                 length=n)
+        bound = _lipsdp_rows_bound(net, n)  # (before unrolling: that alone can take minutes)
+        limits.require_memory(limits.lipsdp_bytes(bound), f"the LipSDP LMI of up to {bound} rows",
+                              hint="LipSDP unrolls the network: give a shorter --length, or use the "
+                              "dissipative method (its LMIs do not grow with the length)")
         rows = lipsdp_rows(net, n)
         if rows > max_rows and not force:
             return MethodResult(method, None, time.perf_counter() - t0, "skipped",
@@ -187,7 +231,8 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
 def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: int | None = None,
             lower_starts: int = 16, time_budget: float = 10.0, seed: int = 0, solver: str = "cvxopt",
             lift: int = 1, force: bool = False, max_rows: int = MAX_LIPSDP_ROWS,
-            progress: Callable[[str], None] | None = None, workers: int | None = None) -> Comparison:
+            progress: Callable[[str], None] | None = None, workers: int | None = None,
+            timeout: float | None = None) -> Comparison:
     """Run ``methods`` (see ``run_method``) and, unless ``lower_starts == 0``, the empirical lower bound.
 
     The LipSDP methods run in up to ``workers`` threads (default: 2 if the machine has 2 cores) while the
@@ -195,17 +240,37 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
     and -Layer share the cores (each with the BLAS threads it is given; the CLI pins one). The lower bound
     runs after them, alone, so that its time budget is not shared. ``progress(label)`` is called before each
     step (for a CLI status line; this module prints nothing).
+
+    ``timeout`` (seconds, else the caller's active deadline) bounds the whole comparison: methods still
+    running when it passes are reported as ``failed``, and the lower bound's search gets what is left (at
+    most ``time_budget``). BLAS runs on one thread meanwhile (``limits.blas_threads``).
     """
+    deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
+    with limits.blas_threads(), deadline.active():
+        return _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift, force, max_rows,
+                        progress, workers, deadline)
+
+
+def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift, force, max_rows, progress,
+             workers, deadline) -> Comparison:
+    """``compare`` inside its deadline."""
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, workers)
 
     def run(m):
-        return run_method(net, m, length=length, solver=solver, lift=lift, force=force, max_rows=max_rows)
+        try:
+            return limits.run_within(
+                lambda: run_method(net, m, length=length, solver=solver, lift=lift, force=force,
+                                   max_rows=max_rows), deadline, m)
+        except TimeLimitError as err:
+            return MethodResult(m, None, 0.0, "failed", err.message, length=_unroll_length(net, length))
 
     background = [m for m in methods if m.startswith("lipsdp")] if workers > 1 else []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {m: pool.submit(run, m) for m in background}
+        futures = {m: pool.submit(contextvars.copy_context().run, run, m) for m in background}
         done = {}
-        for m in methods:
+        # the cheap, length-independent ones first: a time limit should cut the expensive ones
+        rank = {m: CHEAP_FIRST.index(m) if m in CHEAP_FIRST else len(CHEAP_FIRST) for m in methods}
+        for m in sorted(methods, key=rank.get):
             if m in futures:
                 continue
             if progress is not None:
@@ -216,13 +281,16 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
         done.update({m: f.result() for m, f in futures.items()})
     results = [done[m] for m in methods]
     lower, detail = None, {}
-    if lower_starts > 0:
+    if lower_starts > 0 and deadline.expired:
+        detail = {"error": f"the time limit of {deadline.seconds:g} s has passed"}
+    elif lower_starts > 0:
         from .empirical import lower_bound
 
         if progress is not None:
             progress("lower bound")
         try:
-            lb = lower_bound(net, starts=lower_starts, seed=seed, time_budget=time_budget,
+            lb = lower_bound(net, starts=lower_starts, seed=seed,
+                             time_budget=min(time_budget, deadline.remaining()),
                              length=_unroll_length(net, length))
             lower = lb.value
             detail = {"starts": lb.starts, "evaluations": lb.evaluations, "seconds": lb.seconds, "seed": seed,

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import typed
+from . import limits, typed
 from .errors import LipdslError
 from .forward import _activation_functions, linearize
 
@@ -41,6 +41,40 @@ def _input_shape(net: typed.Network, length: int | None) -> tuple[int, ...]:
     return (shp.channels, int(length or DEFAULT_LENGTH))
 
 
+def search_cost(net: typed.Network, shape: tuple[int, ...], starts: int,
+                oversample: int) -> tuple[float, float]:
+    """Peak bytes of ``lower_bound`` at input ``shape``, and the floating-point operations of one Jacobian.
+
+    Bytes: the scored inputs (``oversample * starts`` of ``n_in``), the tangents pushed through the widest
+    layer to form a Jacobian (``min(n_in, n_out)`` of them, forward and backward), and the dense Jacobian
+    with its SVD (``n_out x n_in``, a few copies). Operations: ``min(n_in, n_out)`` tangents through every
+    conv (``2 c_out c_in k N_out`` each) and dense layer, and the SVD."""
+    n_in = int(np.prod(shape, dtype=float))
+    c, n = (shape[0], None) if len(shape) == 1 else shape
+    widest = float(n_in)
+    per_tangent = 0.0
+    for L in net.layers:
+        if isinstance(L, typed.Conv1d):
+            n = (n + L.pad_left + L.pad_right - L.dilation * (L.kernel - 1) - 1) // L.stride + 1
+            c = L.c_out
+            per_tangent += 2.0 * L.c_out * L.c_in * L.kernel * max(n, 0)
+        elif isinstance(L, typed.Pool):
+            n = (n - L.kernel) // L.stride + 1
+        elif isinstance(L, typed.GlobalAvgPool):
+            n = None
+        elif isinstance(L, typed.Flatten):
+            c, n = c * (n or 1), None
+        elif isinstance(L, typed.Dense):
+            c, n = L.n_out, None
+            per_tangent += 2.0 * L.n_in * L.n_out
+        widest = max(widest, float(c) * (n or 1))
+    n_out = float(c) * (n or 1)
+    batch = min(n_in, n_out)
+    memory = limits.BASE_BYTES + 8.0 * (oversample * starts * n_in + 4.0 * batch * widest
+                                        + 4.0 * n_in * n_out)
+    return memory, batch * per_tangent + 4.0 * n_in * n_out * batch
+
+
 def _top_triple(J: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """``(sigma, v, w)`` with ``J w = sigma v``, the largest singular value and its unit vectors."""
     U, S, Vt = np.linalg.svd(J, full_matrices=False)
@@ -63,15 +97,23 @@ def _ascent(net, u, steps, tau_range, deadline, record):
     """
     eta = 0.2
     prev = -np.inf
+
+    def stop() -> bool:  # (checked between the Jacobians of a step: each may take seconds on long inputs)
+        return time.perf_counter() > deadline or limits.current().expired
+
     for it in range(steps):
-        if time.perf_counter() > deadline:
+        if stop():
             return
         rel = tau_range[0] * (tau_range[1] / tau_range[0]) ** (it / max(steps - 1, 1))
         base = linearize(net, u)
         record(u, float(np.linalg.norm(base.matrix(), 2)))
+        if stop():
+            return
         taus = [rel * max(st.rms, 1e-12) for st in base.activation_steps]
         lin = linearize(net, u, surrogate_tau=taus)
         s, v, w = _top_triple(lin.matrix())
+        if stop():
+            return
         if s < prev:
             eta /= 2
         prev = s
@@ -84,7 +126,8 @@ def _ascent(net, u, steps, tau_range, deadline, record):
         if not np.isfinite(gn) or gn == 0:
             return
         u = u + eta * norm_u * g / gn
-    record(u, _sigma(net, u))
+    if not stop():
+        record(u, _sigma(net, u))
 
 
 def lower_bound(
@@ -129,40 +172,61 @@ def lower_bound(
         if isinstance(L, typed.Activation):
             _activation_functions(L)  # raises for activations known only by their slope
     shape = _input_shape(net, length)
-    rng = np.random.default_rng(seed)
-    deadline = t0 + time_budget
-    best = {"value": -1.0, "u": None, "n": 0}
+    memory, flops = search_cost(net, shape, starts, oversample)
+    what = f"the lower bound's search on inputs of shape {' x '.join(map(str, shape))}"
+    fitting = [s for s in (16, 8, 4, 2, 1) if s < starts
+               and search_cost(net, shape, s, oversample)[0] <= limits.available_memory()]
+    if net.any_length:
+        hint = "give a shorter --length (each Jacobian is a dense outputs x inputs matrix)"
+    elif fitting:
+        hint = f"give fewer --starts (e.g. --starts {fitting[0]}: {oversample} inputs are kept per start)"
+    else:
+        hint = "the input is too large for dense Jacobians; the upper-bound methods do not need them"
+    limits.require_memory(memory, f"{what} ({starts} starts)", hint=hint, span=net.span)
+    with limits.current().earlier(time_budget + limits.SEARCH_GRACE).active():
+        limits.require_time(flops, f"one Jacobian in {what}", span=net.span,
+                            hint="give a shorter --length" if net.any_length else
+                            "the input is too large for dense Jacobians; the upper-bound methods do not need "
+                            "them (or give a larger --time-budget)")
+    # the search stops itself at its budget, also inside the first ascent (the CLI's hard deadline is
+    # SEARCH_GRACE later: time for the step in progress)
+    hard = limits.current().earlier(time_budget)
+    with hard.active():
+        rng = np.random.default_rng(seed)
+        deadline = t0 + time_budget
+        best = {"value": -1.0, "u": None, "n": 0}
 
-    def record(u, s):
-        best["n"] += 1
-        if s > best["value"]:
-            best["value"], best["u"] = s, u.copy()
+        def record(u, s):
+            best["n"] += 1
+            if s > best["value"]:
+                best["value"], best["u"] = s, u.copy()
 
-    # Phase 1: score `oversample * starts` random inputs (Gaussian, log-uniform scale in [0.1, 10]).
-    n_in = int(np.prod(shape))
-    pool, scores = [], []
-    for j in range(oversample * starts):
-        if j > 0 and time.perf_counter() > t0 + time_budget / 4:
-            break
-        u = 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(n_in)
-        pool.append(u)
-        scores.append(_sigma(net, u))
-        record(u, scores[-1])
-    order = np.argsort(scores)[::-1]
-    # Phase 2: ascend from the best of them.
-    done = 0
-    for i in range(starts):
-        if i > 0 and time.perf_counter() > deadline:
-            break
-        _ascent(net, pool[order[i % len(order)]], steps, (0.5, 0.005), deadline if i > 0 else np.inf, record)
-        done += 1
-        if progress is not None:
-            progress(done, starts, best["value"])
-    return LowerBound(
-        best["value"],
-        best["u"].reshape(shape),
-        best["n"],
-        time.perf_counter() - t0,
-        done,
-        None if net.input_shape.flat else shape[-1],
-    )
+        # Phase 1: score `oversample * starts` random inputs (Gaussian, log-uniform scale in [0.1, 10]).
+        n_in = int(np.prod(shape))
+        pool, scores = [], []
+        for j in range(oversample * starts):
+            if j > 0 and (time.perf_counter() > t0 + time_budget / 4 or hard.expired):
+                break
+            u = 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(n_in)
+            pool.append(u)
+            scores.append(_sigma(net, u))
+            record(u, scores[-1])
+        order = np.argsort(scores)[::-1]
+        # Phase 2: ascend from the best of them.
+        done = 0
+        for i in range(starts):
+            if i > 0 and time.perf_counter() > deadline:
+                break
+            _ascent(net, pool[order[i % len(order)]], steps, (0.5, 0.005), deadline if i > 0 else np.inf,
+                    record)
+            done += 1
+            if progress is not None:
+                progress(done, starts, best["value"])
+        return LowerBound(
+            best["value"],
+            best["u"].reshape(shape),
+            best["n"],
+            time.perf_counter() - t0,
+            done,
+            None if net.input_shape.flat else shape[-1],
+        )

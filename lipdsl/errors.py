@@ -86,3 +86,8 @@ class LimitError(LipdslError):
     """The problem exceeds a resource limit (``--max-lmi``); refused before anything large is allocated."""
 
     exit_code = 3
+
+
+class TimeLimitError(SolveError):
+    """The command's time limit (``--timeout``) passed; no bound is reported. Deliberately not an
+    ArithmeticError or ValueError, which solvers catch and retry on."""

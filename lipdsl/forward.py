@@ -7,10 +7,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import typed
+from .activations import ACTIVATIONS, functions
 from .errors import LipdslError
 
 #: Activations whose function (not only its slope bound) is known; ``forward`` refuses any other name.
-KNOWN_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "elu", "softplus", "hardtanh", "identity")
+KNOWN_ACTIVATIONS = tuple(ACTIVATIONS)
 
 
 # --------------------------------------------------------------------------- layer maps on a batch
@@ -80,34 +81,17 @@ def _pool_windows(n: int, kernel: int, stride: int) -> np.ndarray:
 
 
 def _activation_functions(layer: typed.Activation) -> tuple[Callable, Callable]:
-    """``(phi, dphi)`` of a known activation; a name with only a slope restriction has no function."""
-    fn, a = layer.function, layer.parameter
-    if fn == "relu":
-        return (lambda z: np.maximum(z, 0.0)), (lambda z: (z > 0).astype(float))
-    if fn == "leaky_relu":
-        a = 0.01 if a is None else float(a)  # PyTorch's default negative slope
-        return (lambda z: np.where(z > 0, z, a * z)), (lambda z: np.where(z > 0, 1.0, a))
-    if fn == "tanh":
-        return np.tanh, (lambda z: 1.0 - np.tanh(z) ** 2)
-    if fn == "sigmoid":
-        def sig(z):
-            return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic function
-        return sig, (lambda z: sig(z) * (1.0 - sig(z)))
-    if fn == "elu":
-        a = 1.0 if a is None else float(a)
-        return ((lambda z: np.where(z > 0, z, a * np.expm1(np.minimum(z, 0.0)))),
-                (lambda z: np.where(z > 0, 1.0, a * np.exp(np.minimum(z, 0.0)))))
-    if fn == "softplus":
-        return (lambda z: np.logaddexp(0.0, z)), (lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)))
-    if fn == "hardtanh":
-        return (lambda z: np.clip(z, -1.0, 1.0)), (lambda z: ((z > -1.0) & (z < 1.0)).astype(float))
-    if fn in ("identity", "linear"):
-        return (lambda z: z), (lambda z: np.ones_like(z))
+    """``(phi, dphi)`` of a known activation (lipdsl.activations); a name with only a slope has none."""
+    fn = layer.function
+    if fn == "linear":
+        fn = "identity"
+    if fn in ACTIVATIONS:
+        return functions(fn, layer.parameter)
     raise LipdslError(
         f"activation {layer.name!r} ('{fn}') is known only by its slope bound "
         f"[{layer.alpha:g}, {layer.beta:g}]; the empirical lower bound needs a known function",
         span=layer.span,
-        hint=f"use one of {', '.join(KNOWN_ACTIVATIONS[:-1])}, or compute only upper bounds")
+        hint=f"use one of {', '.join(KNOWN_ACTIVATIONS)}, or compute only upper bounds")
 
 
 def _surrogate_functions(layer: typed.Activation, tau: float) -> tuple[Callable, Callable] | None:

@@ -34,6 +34,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from scipy.linalg import lapack
 
+from . import limits
 from .errors import SolveError
 from .solve import Solution, dense_variables
 
@@ -208,6 +209,7 @@ def solve_hkm(sdp, *, tol: float = 1e-8, max_iterations: int = 100, verbose: boo
     best = (np.inf, x, np.inf, np.inf, 0)  # (merit, x, gap, residual, iteration)
     log: list[str] = []
     for it in range(max_iterations + 1):
+        limits.checkpoint("hkm")  # the command's deadline, once per iteration
         mu = _inner(S, sl, Z, zl) / m_total
         pobj = float(c @ x)
         dobj = -sum(float(np.sum(b.F0 * Zi)) for b, Zi in zip(blocks, Z))

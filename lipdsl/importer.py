@@ -242,16 +242,10 @@ def _layer_text(L: Layer) -> str:
 
 
 def _slope(function: str, parameter: float | None) -> tuple[float, float]:
-    """Slope bounds of the activations an import can produce (the language's table, docs/language.md)."""
-    if function == "leaky_relu":
-        return min(parameter, 1.0), max(parameter, 1.0)
-    if function == "elu":
-        return 0.0, max(1.0, parameter)
-    if function == "sigmoid":
-        return 0.0, 0.25
-    if function == "identity":
-        return 1.0, 1.0
-    return 0.0, 1.0  # relu, tanh
+    """Slope bounds of the activations an import can produce (lipdsl.activations, the one table)."""
+    from .activations import slope
+
+    return slope(function, parameter)
 
 
 def _auto_names(layers: list[Layer]) -> list[str]:
@@ -1230,7 +1224,9 @@ def retarget_weights(text: str, tree, weights: str) -> str:
     one such line added before the first layer (``import_state_dict``, ``lipdsl sweep --like``)."""
     from . import ast
 
-    lines = text.splitlines()
+    lines = text.split("\n")  # Lark's lines: splitlines() would also split at U+2028, \x0c, \x85 ...
+    if lines and lines[-1] == "":
+        lines.pop()
     found = [st.span.line for st in tree.body if isinstance(st, ast.Weights)]
     for ln in found:
         lines[ln - 1] = f'weights "{weights}"'

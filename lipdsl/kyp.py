@@ -44,6 +44,7 @@ from functools import partial
 import numpy as np
 import scipy.linalg
 
+from . import limits
 from .certify import _Point, system_matrix
 from .sdp import Sdp, frequency_grid, frequency_response
 from .solve import Solution, kkt_threads, thread_map
@@ -149,6 +150,7 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
     best, best_change, stalled = Hj, np.inf, 0
     threads = min(2, kkt_threads())
     for _ in range(DOUBLING_STEPS):
+        limits.checkpoint("storage recovery")
         Wj = eye + Gj @ Hj
         if not np.all(np.isfinite(Wj)):
             raise np.linalg.LinAlgError("the doubling iteration diverged")
@@ -235,6 +237,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
         e = 0.0
         P = None
         for attempt in range(6):
+            limits.checkpoint("storage recovery")
             X_in = point.weight(link.w_in)
             scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
             tiny = margin * scale * 10.0**attempt

@@ -58,7 +58,8 @@ def load_network(path: str | Path, allow_outside: bool = False) -> tuple[Source,
     try:
         source = Source.read(path)
     except OSError as exc:
-        err = LipdslError(f"cannot read spec {str(path)!r}: {exc.strerror or exc}")
+        shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:56]}...{str(path)[-56:]}"
+        err = LipdslError(f"cannot read spec {shown!r}: {exc.strerror or exc}")
         err.source = None
         raise err from None
     return source, check_source(source, allow_outside=allow_outside)

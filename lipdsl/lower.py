@@ -29,8 +29,9 @@ from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 
-from . import lowered, typed
+from . import limits, lowered, typed
 from .errors import LoweringError
+from .rigorous import mul_up
 
 
 def shift_structure(c_in: int, taps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -539,6 +540,7 @@ def lift_state_space(ss: lowered.StateSpace, b: int) -> lowered.StateSpace:
     nx, nu, ny = ss.nx, ss.nu, ss.ny
     powers = [np.eye(nx)]
     for _ in range(b):
+        limits.checkpoint("lowering")
         powers.append(A @ powers[-1])
     Bt = np.hstack([powers[b - 1 - j] @ B for j in range(b)]) if nx else np.zeros((0, nu * b))
     Ct = np.vstack([C @ powers[i] for i in range(b)]) if nx else np.zeros((ny * b, 0))
@@ -665,7 +667,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             return
         ss = dense_state_space(premap)
         sc = _scale_of(ss) if scale else 1.0
-        factor *= sc
+        factor = mul_up(factor, sc)
         steps.append(
             lowered.System(
                 "avgpool-map",
@@ -693,7 +695,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             flush()
             new, consumed, c = chain
             steps += new
-            factor *= new[0].scale
+            factor = mul_up(factor, new[0].scale)
             i += consumed
             continue
         fir = (avgpool_systems(layers, i, scale)
@@ -702,7 +704,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             flush()
             new, consumed, c = fir
             steps += new
-            factor *= new[0].scale if isinstance(new[0], lowered.System) else new[0].gain
+            factor = mul_up(factor, new[0].scale if isinstance(new[0], lowered.System) else new[0].gain)
             i += consumed
             continue
         if (
@@ -739,7 +741,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             if act is nxt and act is not None:
                 i += 1
             steps.append(make_system(layer, act, ss, kind, note, scale))
-            factor *= steps[-1].scale
+            factor = mul_up(factor, steps[-1].scale)
             c = c_out
         elif (
             isinstance(layer, typed.Pool)
@@ -768,7 +770,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
                 steps.append(global_pool_step(layer.name, layer.in_shape.length))
             else:
                 steps.append(pool_step(layer))
-            factor *= steps[-1].gain
+            factor = mul_up(factor, steps[-1].gain)
         elif isinstance(layer, typed.GlobalAvgPool):
             n = layer.in_shape.length
             if n is None or n % b:
@@ -778,7 +780,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             premap = G if premap is None else G @ premap
             steps.append(global_pool_step(layer.name, n, f"; blocks of {b}: (1/sqrt({b})) [I ... I] merged "
                                           "into the next layer"))
-            factor *= steps[-1].gain
+            factor = mul_up(factor, steps[-1].gain)
             b = 1
         elif (isinstance(layer, typed.Pool) and layer.op == "max" and layer.kernel == layer.stride
               and b % layer.kernel == 0):
@@ -815,6 +817,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             width = premap.shape[1] if premap is not None else ch * bb
             Weff = np.zeros((W.shape[0], width * T))
             for tau in range(T):
+                limits.checkpoint("lowering")
                 sel = np.zeros((W.shape[0], ch * bb))
                 for j in range(bb):
                     t = tau * bb + j
@@ -831,8 +834,20 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             steps.append(
                 make_system(layer, act, ss, "dense", "columns in lifted order, pooling folded in", scale)
             )
-            factor *= steps[-1].scale
+            factor = mul_up(factor, steps[-1].scale)
             c = layer.n_out
+        elif isinstance(layer, typed.Activation) and flat_from is not None and flat_from[0] >= 0:
+            # an activation on the flattened lifted signal, in its kron order (q T + tau): elementwise, so the
+            # order is the Flatten step's; pending average pools act per block, D = premap (x) I_T. The
+            # trailing samples t >= n of the last block pass through and meet zero columns of the next dense.
+            ch, n, bb, T = flat_from
+            D = np.kron(premap, np.eye(T)) if premap is not None else np.eye(ch * bb * T)
+            premap = None
+            ss = dense_state_space(D)
+            steps.append(make_system(layer, layer, ss, "activation",
+                                     f"on the flattened signal in lifted order ({T} blocks of {bb})", scale))
+            factor = mul_up(factor, steps[-1].scale)
+            c = ch * bb * T
         elif isinstance(layer, (typed.Dense, typed.Activation)):  # on a vector: the plain static maps
             if isinstance(layer, typed.Dense):
                 ss, kind, width = dense_state_space(layer.weight), "dense", layer.n_out
@@ -847,7 +862,7 @@ def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = T
             if act is nxt and act is not None:
                 i += 1
             steps.append(make_system(layer, act, ss, kind, note, scale))
-            factor *= steps[-1].scale
+            factor = mul_up(factor, steps[-1].scale)
             c = width
         else:  # pragma: no cover - every typed layer is handled above
             refuse(layer, "not supported with lifting")
@@ -958,6 +973,7 @@ def lower(
         layers, dense_notes = merge_dense_layers(layers)
     i = 0
     while i < len(layers):
+        limits.checkpoint("lowering")
         before = len(layers)
         folded = fold_linear_into_dense(layers, i) if merge_linear else None
         if folded is not None:  # a linear conv run folded into the dense layer after the flatten
@@ -969,14 +985,14 @@ def lower(
         if chain is not None:  # adjacent linear convs (and pools): one FIR, exact
             new, consumed, _ = chain
             steps += new
-            factor *= new[0].scale
+            factor = mul_up(factor, new[0].scale)
             i += consumed
             continue
         fir = avgpool_systems(layers, i, scale) if pool_fir else None
         if fir is not None:  # an overlapping average pool (with the conv before it): exact, no factor
             new, consumed, _ = fir
             steps += new
-            factor *= new[0].scale if isinstance(new[0], lowered.System) else new[0].gain
+            factor = mul_up(factor, new[0].scale if isinstance(new[0], lowered.System) else new[0].gain)
             i += consumed
             continue
         if isinstance(layer, typed.Residual):  # one system with internal activations (and the one after it)
@@ -1008,10 +1024,10 @@ def lower(
                 act = nxt
                 i += 1
             steps.append(make_system(layer, act, ss, kind, note, scale))
-            factor *= steps[-1].scale
+            factor = mul_up(factor, steps[-1].scale)
         elif isinstance(layer, typed.Pool):
             steps.append(pool_step(layer))
-            factor *= steps[-1].gain
+            factor = mul_up(factor, steps[-1].gain)
         elif isinstance(layer, typed.GlobalAvgPool):
             n = lengths[i]
             if n is None:
@@ -1023,7 +1039,7 @@ def lower(
                 )
             longer = f" (input length >= {min_length}: the bound holds for every longer input too)"
             steps.append(global_pool_step(layer.name, n, longer if net.any_length else ""))
-            factor *= steps[-1].gain
+            factor = mul_up(factor, steps[-1].gain)
         elif isinstance(layer, typed.Flatten):
             if layer.in_shape.flat:
                 pass  # flattening a vector is the identity

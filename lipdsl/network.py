@@ -182,7 +182,8 @@ class Network:
             Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``, ``lift``,
             ``frequencies``); ``certificate=path`` (dissipative only) writes the certificate file of a
             certified bound after checking it independently (``docs/certificate.md``; nothing is written
-            for an uncertified bound; re-check it with :func:`verify`).
+            for an uncertified bound; re-check it with :func:`verify`); ``timeout`` (seconds, finite and
+            > 0) bounds every method (``TimeLimitError`` when it passes).
 
         Returns
         -------
@@ -209,14 +210,21 @@ class Network:
         cert_path = options.pop("certificate", None)
         if cert_path is not None and method != "dissipative":
             raise LipdslError("certificate= applies to the dissipative method only")
-        r = run_method(
-            self.typed,
-            method,
-            length=length,
-            solver=solver or "cvxopt",
-            lipsdp_solver=solver or "hkm",
-            **options,
-        )
+        from . import limits
+        from .arguments import SOLVE_OPTIONS, integer
+
+        length = integer("length", length, 1, optional=True)
+        SOLVE_OPTIONS(options)
+
+        with limits.blas_threads():  # BLAS on one thread, as the CLI (the LMIs are small)
+            r = run_method(
+                self.typed,
+                method,
+                length=length,
+                solver=solver or "cvxopt",
+                lipsdp_solver=solver or "hkm",
+                **options,
+            )
         if r.status in ("refused", "failed"):
             raise r.error or UnsupportedError(f"{method}: {r.note}")
         if method == "dissipative":
@@ -276,8 +284,13 @@ class Network:
         >>> 0 < low.value <= 109.123
         True
         """
+        from .arguments import integer, real
         from .empirical import lower_bound
 
+        starts = integer("starts", starts, 1)
+        seed = integer("seed", seed, 0)
+        time_budget = real("time_budget", time_budget, minimum=0.0, strict=True)
+        length = integer("length", length, 1, optional=True)
         r = lower_bound(self.typed, starts=starts, seed=seed, time_budget=time_budget, length=length)
         return LowerBound(
             self.name, float(r.value), r.argmax_input, seed, r.starts, r.evaluations, r.seconds, r.length
@@ -309,8 +322,10 @@ class Network:
           naive-hinf ... s)
           lower bound ... s)
         """
+        from .arguments import integer
         from .errors import UnsupportedError
 
+        length = integer("length", length, 1, optional=True)
         bounds = []
         for method in methods:
             try:
@@ -338,9 +353,12 @@ class Network:
         True
         """
         from .api import lower_within_limits
+        from .arguments import integer
         from .sdp import build_sdp
         from .sdpa import write_sdpa
 
+        length = integer("length", length, 1, optional=True)
+        lift = integer("lift", lift, 1)
         sdp = build_sdp(lower_within_limits(self.typed, min_length=length, lift=lift))
         name = self.typed.source_path or self.name
         return write_sdpa(sdp, path, spec_name=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import importlib.resources
 import os
 import re
@@ -524,6 +525,9 @@ class ToAst(Transformer_NonRecursive):
     def tensor_numbers(self, meta, kids):
         return _numbers(kids[0])
 
+    def tensor_names(self, meta, kids):
+        return _numbers_slow(kids[0], names=True)
+
     def tensor(self, meta, kids):
         items = tuple(k for k in kids if k is not None)  # `[]` gives one placeholder
         return ast.Tensor(items, Span.of(meta))
@@ -533,6 +537,9 @@ class ToAst(Transformer_NonRecursive):
         text = str(kids[0])
         if any(c in text for c in ".eE"):
             value = float(text)  # inf when out of range: check reports it with the span
+            if value == 0 and _nonzero_digits(text):
+                raise ParseError(f"number {text} underflows to 0 in float64", Span.of(meta),
+                                 hint=UNDERFLOW_HINT)
         elif len(text) > 1000:  # beyond float64 (and Python's int(str) limit of 4300 digits)
             raise ParseError(
                 f"number with {len(text)} digits is too large",
@@ -569,7 +576,7 @@ class ToAst(Transformer_NonRecursive):
         f = builtin.get(str(fn)) or sympy.Function(str(fn))
         depth = _nested(meta, arg)
         try:
-            value = ast.bounded(f(ast.exact(arg)))
+            value = ast.call(f, ast.exact(arg))
         except ast.TooLarge as exc:
             raise _too_large(exc, meta) from None
         return ast.Expr(value, Span.of(meta), (ast.Name(str(fn), Span.of(fn), call=True),) + arg.names, depth)
@@ -598,6 +605,29 @@ class ToAst(Transformer_NonRecursive):
 _NUMBERS_PARTS = re.compile(r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)")
 
 
+def _name_entry(id_: str, sign: str, span: Span, name_span: Span, memo: dict) -> ast.Expr:
+    """A tensor entry that is a bare (possibly signed) name, as the ``name`` and ``neg`` rules build it
+    (``memo`` keeps one sympy value per name and sign: a 1 MB tensor repeats a few names)."""
+    value = memo.get((id_, sign))
+    if value is None:
+        import sympy
+
+        value = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
+        value = memo[(id_, sign)] = -value if sign == "-" else value
+    names = () if id_ in _CONSTANTS else (ast.Name(id_, name_span),)
+    return ast.Expr(value, span, names, 2) if sign == "-" else ast.Expr(value, span, names)
+
+
+#: A nonzero literal below float64's range would be read as 0 and the network bounded as another one.
+UNDERFLOW_HINT = ("values must be 0 or at least about 5e-324 in magnitude; rescale the weights "
+                  "(the bound scales)")
+
+
+def _nonzero_digits(text: str) -> bool:
+    """True when the mantissa of a decimal literal has a nonzero digit (so its exact value is not 0)."""
+    return any(c in "123456789" for c in re.split("[eE]", text, maxsplit=1)[0])
+
+
 def _numbers(tok: Token) -> ast.Tensor:
     """An inline tensor of plain numbers lexed as one NUMBERS token: float64 values when it is regular (the
     fast path), else the same ``ast.Tensor`` of ``ast.Expr`` the grammar's ``tensor`` rule builds, with spans,
@@ -612,7 +642,10 @@ def _numbers(tok: Token) -> ast.Tensor:
             row = stack.pop()
             stack[-1].append(row)
         else:
-            stack[-1].append(float(m.group(1) + m.group(2)))
+            value = float(m.group(1) + m.group(2))
+            if value == 0 and _nonzero_digits(m.group(2)):
+                return _numbers_slow(tok)  # reports the entry with its span
+            stack[-1].append(value)
     (nested,) = stack[0]
     try:
         values = np.array(nested, dtype=np.float64)
@@ -624,16 +657,26 @@ def _numbers(tok: Token) -> ast.Tensor:
     return ast.Tensor((), Span.of(tok), values)
 
 
-def _numbers_slow(tok: Token) -> ast.Tensor:
+_NAMES_PARTS = re.compile(
+    r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def _numbers_slow(tok: Token, names: bool = False) -> ast.Tensor:
+    """The ``ast.Tensor`` of a NUMBERS (or, with ``names``, a NAMES) token, every entry an ``ast.Expr`` with
+    its span: what the ``tensor`` rule would build for the same text."""
     text = str(tok)
 
+    newlines = [i for i, c in enumerate(text) if c == "\n"] if "\n" in text else []
+
     def at(offset: int) -> tuple[int, int]:
-        nl = text.rfind("\n", 0, offset)
-        line = tok.line + text.count("\n", 0, offset)
-        return line, (offset - nl) if nl >= 0 else tok.column + offset
+        k = bisect.bisect_left(newlines, offset)  # line breaks before offset (O(log n), not a count)
+        nl = newlines[k - 1] if k else -1
+        return tok.line + k, (offset - nl) if nl >= 0 else tok.column + offset
 
     stack: list[tuple[int, list]] = [(0, [])]
-    for m in _NUMBERS_PARTS.finditer(text):
+    memo: dict = {}
+    for m in (_NAMES_PARTS if names else _NUMBERS_PARTS).finditer(text):
         part = m.group()
         if part == "[":
             stack.append((m.start(), []))
@@ -643,8 +686,14 @@ def _numbers_slow(tok: Token) -> ast.Tensor:
         else:
             sign, digits = m.group(1), m.group(2)
             span = Span(*at(m.start(1) if sign else m.start(2)), *at(m.end()))
+            if digits[0].isalpha() or digits[0] == "_":  # a bare name (NAMES only)
+                name_span = Span(*at(m.start(2)), span.end_line, span.end_col) if sign else span
+                stack[-1][1].append(_name_entry(digits, sign, span, name_span, memo))
+                continue
             if any(c in digits for c in ".eE"):
                 value = float(digits)
+                if value == 0 and _nonzero_digits(digits):
+                    raise ParseError(f"number {digits} underflows to 0 in float64", span, hint=UNDERFLOW_HINT)
             elif len(digits) > 1000:
                 raise ParseError(f"number with {len(digits)} digits is too large", span,
                                  hint="values must fit in float64 (about 1.8e308)")
@@ -742,8 +791,98 @@ def match_syntax_error(exc: UnexpectedInput) -> str | None:
     return (same_token or same_state or [None])[0]
 
 
+#: The language's layer keywords, and what PyTorch (or habit) calls them: a name close to one of these is a
+#: misspelled layer, not an activation known only by its slope.
+LAYER_KEYWORDS = ("conv1d", "dense", "avgpool", "maxpool", "global_avgpool", "flatten")
+_STATEMENT_KEYWORDS = ("network", "input", "weights", "let") + LAYER_KEYWORDS
+OPTION_WORDS = ("kernel", "stride", "dilation", "padding", "weight", "bias", "slope")
+PYTORCH_NAMES = {
+    "linear": "dense", "fc": "dense", "fully_connected": "dense", "conv": "conv1d", "convolution": "conv1d",
+    "avgpool1d": "avgpool", "avg_pool1d": "avgpool", "avg_pool": "avgpool", "averagepool": "avgpool",
+    "maxpool1d": "maxpool", "max_pool1d": "maxpool", "max_pool": "maxpool",
+    "adaptiveavgpool1d": "global_avgpool", "adaptive_avg_pool1d": "global_avgpool",
+    "globalaveragepool": "global_avgpool", "global_avg_pool": "global_avgpool",
+    "reshape": "flatten", "view": "flatten", "leakyrelu": "leaky_relu", "logistic": "sigmoid",
+    "hard_swish": "hardswish", "none": "identity",
+}
+PYTORCH_OPTIONS = {"kernel_size": "kernel", "ksize": "kernel", "strides": "stride", "dilations": "dilation",
+                   "pad": "padding", "pads": "padding", "weights": "weight", "biases": "bias"}
+
+
+def suggest_keyword(word: str) -> str | None:
+    """The layer keyword or activation ``word`` most likely means (``Conv1d`` -> ``conv1d``, ``linear`` ->
+    ``dense``, ``rleu`` -> ``relu`` by difflib), or None."""
+    import difflib
+
+    from .activations import ACTIVATIONS
+
+    low = word.lower()
+    if low in PYTORCH_NAMES:
+        return PYTORCH_NAMES[low]
+    if low != word and (low in LAYER_KEYWORDS or low in ACTIVATIONS):
+        return low
+    close = difflib.get_close_matches(low, LAYER_KEYWORDS + tuple(ACTIVATIONS), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _suggest_option(word: str) -> str | None:
+    import difflib
+
+    low = word.lower()
+    if low in PYTORCH_OPTIONS:
+        return PYTORCH_OPTIONS[low]
+    close = difflib.get_close_matches(low, OPTION_WORDS, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _keyword_error(exc: UnexpectedInput, source: Source, err: ParseError) -> ParseError:
+    """``err``, or a clearer one when the line starts with a misspelled / PyTorch-style layer keyword
+    (``Conv1d``, ``maxpool1d``, ``linear(...)``), calls a keyword (``flatten()``) or misspells an option
+    (``kernal 5``, ``kernel_size=3``)."""
+    line = getattr(exc, "line", None)
+    if not line or line < 1:
+        return err
+    text = source.line(line)
+    m = re.match(r"[ \t\f\r]*([A-Za-z_][A-Za-z0-9_]*)", text)
+    if m is None:
+        return err
+    word, span = m.group(1), Span(line, m.start(1) + 1, line, m.end(1) + 1)
+    if word not in _STATEMENT_KEYWORDS:
+        guess = suggest_keyword(word)
+        if guess in LAYER_KEYWORDS:
+            return ParseError(f"unknown layer {word!r} -- did you mean {guess!r}?", span,
+                              hint=f"lipdsl's layers: {', '.join(LAYER_KEYWORDS)} (docs/language.md)")
+    elif text[m.end(1):].lstrip(" \t").startswith("("):
+        return ParseError(f"{word} takes no arguments in parentheses", span,
+                          hint=f"write '{word}'" + (" and its options after it, as in 'conv1d c: 1 -> 4, "
+                                                    "kernel 3, weight KEY'" if word != "flatten" else ""))
+    col = getattr(exc, "column", None) or 1
+    before = [w for w in _WORD.finditer(text) if w.start() <= col - 1]
+    candidates = ([w for w in before if w.start() == col - 1] + before[-2:][::-1]) if before else []
+    for w in candidates:
+        if w.group() in OPTION_WORDS or w.group() in _STATEMENT_KEYWORDS:
+            continue
+        guess = _suggest_option(w.group())
+        if guess is not None:
+            wspan = Span(line, w.start() + 1, line, w.end() + 1)
+            value = " 3" if guess == "kernel" else " 1" if guess in ("stride", "dilation") else ""
+            hint = f"options are a keyword and a value, without '=': '{guess}{value}'"
+            if err.message.startswith("unknown option"):  # the table's message, with the suggestion
+                return ParseError(err.message, err.span, hint=f"did you mean {guess!r}? {hint}")
+            return ParseError(f"unknown option {w.group()!r} -- did you mean {guess!r}?", wspan, hint=hint)
+    return err
+
+
 def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
     """Translate a Lark error into a ParseError in plain words, located at the offending token."""
+    return _keyword_error(exc, source, _plain_syntax_error(exc, source))
+
+
+def _plain_syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
+    """The Lark error in plain words (the SYNTAX_ERRORS table, else the token and what was expected)."""
     label = match_syntax_error(exc)
     if isinstance(exc, UnexpectedCharacters):
         char = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else ""
@@ -773,16 +912,22 @@ def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
 #: Most statements (lines starting with a word) a spec may have. Real 1D CNNs have tens of layers; the limit
 #: keeps a pathological spec (1 MB of 'relu' lines: ~30 s in Lark's pure-Python LALR) a fast, clear error.
 MAX_STATEMENTS = 2000
-_STATEMENT = re.compile(r"^[ \t]*[A-Za-z_]", re.MULTILINE)
+_STATEMENT = re.compile(r"^[ \t\f\r]*[A-Za-z_]", re.MULTILINE)  # the grammar ignores \f and \r too
 
 
 def _check_statement_count(source: Source) -> None:
     """Refuse a spec of more than ``MAX_STATEMENTS`` statements before Lark sees it (a cheap regex count)."""
     count = 0
-    for match in _STATEMENT.finditer(source.text):
+    text = source.text
+    for match in _STATEMENT.finditer(text):
+        j = match.start() - 1
+        while j >= 0 and text[j] in " \t\f\r\n":
+            j -= 1
+        if j >= 0 and text[j] in ",[(":  # a continued tensor or expression (names on their own lines)
+            continue
         count += 1
         if count > MAX_STATEMENTS:
-            line = source.text.count("\n", 0, match.start()) + 1
+            line = text.count("\n", 0, match.start()) + 1
             raise ParseError(
                 f"the spec has more than {MAX_STATEMENTS} statements",
                 Span(line, 1, line, 2),

@@ -8,6 +8,7 @@ import numpy as np
 
 from .api import Result
 from .lowered import System
+from .rigorous import format_up
 
 
 def _system_rows(result: Result) -> list[dict]:
@@ -105,15 +106,17 @@ def baseline_to_json(net, method: str, r) -> dict:
     }
 
 
-def print_text(result: Result, console, proof=None) -> None:
-    """Human-readable report on a rich Console (``proof``: a ``lipdsl.verify.Verdict`` of ``--exact``)."""
+def print_text(result: Result, console, proof=None, verbose: bool = False) -> None:
+    """Human-readable report on a rich Console: the bound and its status first (``proof``: a
+    ``lipdsl.verify.Verdict`` of ``--exact``); the per-LMI table of the certificate only when ``verbose``
+    (``lipdsl solve -v``)."""
     from rich.table import Table
 
     cert, sol, net = result.certificate, result.solution, result.network
     if cert.verified:
         proved = "" if proof is None else f", proved: L <= {proof.bound_text} in exact arithmetic"
         console.print(
-            f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
+            f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{format_up(cert.lipschitz)}[/] "
             f"(certified{proved})", soft_wrap=proof is not None
         )
         repaired = (
@@ -134,7 +137,10 @@ def print_text(result: Result, console, proof=None) -> None:
     console.print(f"  valid for {result.validity}")
     console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations")
     console.print("  time: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.seconds.items()))
-    if not result.sdp.links:  # a closed-form bound: no LMI to show
+    if not result.sdp.links or not verbose:  # a closed-form bound has no LMI to show
+        if result.sdp.links:
+            rows = ", ".join(str(c.size) for c in cert.checks if not c.name.startswith(("P[", "X")))
+            console.print(f"  {len(result.sdp.links)} LMIs checked ({rows} rows); -v for the per-LMI table")
         for note in to_json(result)["notes"]:
             console.print(f"  note: {note}")
         return

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from . import lowered
+from . import limits, lowered
 from .errors import UnsupportedError
 
 
@@ -425,9 +425,14 @@ def system_lmi_terms(
 
 def frequency_response(ss: lowered.StateSpace, omegas: np.ndarray) -> np.ndarray:
     """``H(e^{iw}) = D + sum_j C A^j B e^{-iw(j+1)}`` at each ``w`` (``A`` nilpotent: a finite sum)."""
+    limits.require_time(2.0 * ss.nx**3 * max(ss.nu, 1) + 8.0 * len(omegas) * ss.nx * ss.nu * ss.ny,
+                        f"the frequency response of a system with {ss.nx} states",
+                        hint="the frequency form needs the filter's taps C A^j B: use smaller kernels or "
+                        "dilations (states = dilation*(kernel-1)*c_in)")
     taps = [ss.D]
     AjB = ss.B
     for _ in range(ss.nx):
+        limits.checkpoint("frequency response")
         if not AjB.any():
             break
         taps.append(ss.C @ AjB)
@@ -687,6 +692,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             else:  # the frequency-domain LMIs; the link keeps the empty ``b`` as a stand-in of its LMI
                 H = frequency_response(sys.ss, omegas)
                 for w, Hw in zip(omegas, H):
+                    limits.checkpoint("building the SDP")
                     real = w == 0 or w == np.pi
                     r = 1 if real else 2
                     fblocks = [(lbl, r * s) for lbl, s in blocks[1:]]  # (input, output, Y rows) x r

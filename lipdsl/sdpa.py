@@ -17,11 +17,14 @@ values in Python's shortest round-trip form (``repr``), sorted by matrix, block,
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -387,34 +390,105 @@ def solve_sdpa_file(path: str | os.PathLike, *, tol: float = 1e-9, max_iteration
     return SdpaResult(objective, x, str(info["phasevalue"]), int(sdpainfo["iteration"]), seconds)
 
 
+_fd1_lock = threading.Lock()
+
+
 class _stdout_to_stderr:
-    """Send the C library's stdout (e.g. SDPA's "Strange behavior" notes) to stderr while active."""
+    """Send the C library's stdout (e.g. SDPA's "Strange behavior" notes) to stderr while active.
+
+    fd 1 is the process's: concurrent users are serialized by a lock (one redirection at a time, each
+    restored on every path). ``solve_with_sdpa`` avoids it altogether by solving in a child process.
+    """
 
     def __init__(self, active: bool):
         self.active = active
 
     def __enter__(self):
         if self.active:
-            sys.stdout.flush()
-            self.saved = os.dup(1)
-            os.dup2(2, 1)
+            _fd1_lock.acquire()
+            try:
+                sys.stdout.flush()
+                self.saved = os.dup(1)
+                os.dup2(2, 1)
+            except BaseException:
+                _fd1_lock.release()
+                raise
         return self
 
     def __exit__(self, *exc):
         if self.active:
-            sys.stdout.flush()
-            os.dup2(self.saved, 1)
-            os.close(self.saved)
+            try:
+                sys.stdout.flush()
+                os.dup2(self.saved, 1)
+                os.close(self.saved)
+            finally:
+                _fd1_lock.release()
         return False
 
 
-def solve_with_sdpa(sdp: Sdp, **options) -> SdpaResult:
-    """Write ``sdp`` to a temporary .dat-s file and solve it with ``solve_sdpa_file``; ``x`` is lipdsl's x."""
+def solve_with_sdpa(sdp: Sdp, *, tol: float = 1e-9, max_iterations: int = 100,
+                    verbose: bool = False) -> SdpaResult:
+    """Write ``sdp`` to a temporary .dat-s file and solve it with ``solve_sdpa_file`` in a child process;
+    ``x`` is lipdsl's x.
+
+    The child (``python -m lipdsl.sdpa``) owns its stdout: SDPA's C++ messages never reach the caller's
+    terminal (with ``verbose`` they go to stderr), the caller's fd 1 is never redirected (so concurrent
+    calls from threads are safe), and the child is killed when the active deadline (``limits.current()``)
+    passes (``TimeLimitError``).
+    """
+    from . import limits
+
+    try:
+        import sdpap  # noqa: F401 - the parent reports a missing solver as the in-process path did
+    except ImportError as exc:
+        raise SolveError("sdpa-python is not installed", hint="pip install sdpa-python") from exc
+    deadline = limits.current()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "problem.dat-s"
+        out = Path(tmp) / "result.npz"
         write_sdpa(sdp, path)
-        return solve_sdpa_file(path, **options)
+        deadline.check("sdpa")
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        args = [sys.executable, "-m", "lipdsl.sdpa", str(path), str(out), repr(float(tol)),
+                str(int(max_iterations)), "1" if verbose else "0"]
+        timeout = None if deadline.seconds is None else max(deadline.remaining(), 0.01)
+        try:
+            proc = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=2 if verbose else subprocess.PIPE,
+                                  stderr=2 if verbose else subprocess.PIPE, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise deadline.error("sdpa") from None
+        if not out.exists():
+            text = "" if verbose else (proc.stderr or b"").decode(errors="replace")
+            detail = text.strip().splitlines()[-1:]
+            raise SolveError(f"sdpa-python's process ended with code {proc.returncode} without an answer"
+                             + (f": {detail[0]}" if detail else ""), hint="try --solver cvxopt")
+        with np.load(out) as data:
+            meta = json.loads(str(data["meta"]))
+            if "error" in meta:
+                raise SolveError(meta["error"], hint=meta.get("hint"))
+            return SdpaResult(float(meta["objective"]), np.array(data["x"]), meta["status"],
+                              int(meta["iterations"]), float(meta["seconds"]))
+
+
+def _child(argv: list[str]) -> int:
+    """``python -m lipdsl.sdpa PROBLEM.dat-s RESULT.npz TOL MAX_ITERATIONS VERBOSE`` (``solve_with_sdpa``)."""
+    path, out, tol, max_iterations, verbose = argv
+    try:
+        res = solve_sdpa_file(path, tol=float(tol), max_iterations=int(max_iterations),
+                              verbose=verbose == "1")
+        meta = {"objective": res.objective, "status": res.status, "iterations": res.iterations,
+                "seconds": res.seconds}
+        x = res.x
+    except LipdslError as err:
+        meta, x = {"error": err.message, "hint": err.hint}, np.zeros(0)
+    np.savez(out, x=x, meta=np.array(json.dumps(meta)))
+    return 0
 
 
 __all__ = ["write_sdpa", "read_sdpa", "solve_sdpa_file", "solve_with_sdpa", "sdpa_entries", "SdpaData",
            "SdpaSize", "SdpaResult", "SdpaFormatError", "BOUND_LINE"]
+
+if __name__ == "__main__":  # the child process of ``solve_with_sdpa``
+    sys.exit(_child(sys.argv[1:]))

@@ -22,7 +22,6 @@ import contextlib
 import contextvars
 import functools
 import os
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +31,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from .errors import SolveError
+from . import limits
+from .errors import SolveError, TimeLimitError
 from .sdp import Sdp
 
 
@@ -65,7 +65,8 @@ UNIT_MIN = 64
 #: when the blocks hold at least ``THREAD_MIN_ENTRIES`` entries in all (e.g. 52 frequency LMIs of 128 rows);
 #: 1 runs everything inline. Each thread sums its own share, and the shares are added in a fixed order,
 #: so the result does not depend on the scheduling. None: two (at most the cores) when BLAS is pinned to
-#: one thread (``OPENBLAS_NUM_THREADS=1``, as the CLI does), else 1 -- a multi-threaded BLAS already uses
+#: one thread (threadpoolctl's view: ``limits.blas_threads``, as ``solve_network`` does), else 1 -- a
+#: multi-threaded BLAS already uses
 #: the cores (at 32 channels the whole solve takes the same time either way), and both together
 #: oversubscribe them (KKT solves 0.11 -> 0.19 s).
 KKT_THREADS: int | None = None
@@ -73,13 +74,14 @@ THREAD_MIN_ENTRIES = 1 << 18
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
 def kkt_threads() -> int:
     """``KKT_THREADS``, or its default rule (above) when it is None."""
     if KKT_THREADS is not None:
         return KKT_THREADS
-    pinned = any(os.environ.get(var) == "1" for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"))
+    pinned = limits.blas_pinned()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(2, cores) if pinned else 1
 
@@ -100,10 +102,21 @@ def thread_map(fn, items: list, threads: int) -> list:
     """``[fn(item) for item in items]``, on ``threads`` worker threads when more than one."""
     if threads <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
-    pool = _pools.get(threads)
-    if pool is None:
-        pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lipdsl-kkt")
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lipdsl-kkt")
     return list(pool.map(fn, items))
+
+
+def shutdown_pools() -> None:
+    """Shut the worker pools of ``thread_map`` down (``limits.blas_threads`` does when its last user leaves;
+    a later ``thread_map`` starts new ones)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.shutdown(wait=False)
 
 
 def _split(costs: np.ndarray, parts: int) -> list[np.ndarray]:
@@ -329,6 +342,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     starts = n_l + np.concatenate([[0], np.cumsum(sizes**2)]).astype(int)  # each block in CVXOPT's z
 
     def factor(W):
+        limits.checkpoint("cvxopt")  # once per interior-point iteration
         di = np.asarray(W["di"]).ravel()
         H = np.zeros((n, n))
         H[nonneg_idx, nonneg_idx] += di**2  # (distinct indices)
@@ -484,6 +498,7 @@ def _gram_kkt(sdp, nonneg_idx: np.ndarray):
         blocks.append((lmi.size, f.U.tocsc(), f.V.tocsc(), f.coef, f.col, agg, lmi.G.tocsr()))
 
     def factor(W):
+        limits.checkpoint("cvxopt")  # once per interior-point iteration
         di = np.asarray(W["di"]).ravel()
         H = np.zeros((n, n))
         np.add.at(H, (nonneg_idx, nonneg_idx), di**2)
@@ -618,8 +633,12 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
         "feastol": tol,
         "maxiters": max_iterations,
     }
-    if not structured:
-        kkt = "chol"
+    if not structured:  # CVXOPT's own 'chol', with the deadline checked once per iteration
+        chol = cvxopt.misc.kkt_chol(G, dims, cvxopt.spmatrix([], [], [], (0, sdp.n)))
+
+        def kkt(W):
+            limits.checkpoint("cvxopt")
+            return chol(W)
     elif getattr(sdp, "kkt", None) == "gram":  # the LipSDP baseline's problems (baselines.LipsdpProblem)
         kkt = _gram_kkt(sdp, nonneg_idx)
     else:
@@ -679,7 +698,7 @@ def _solve_picos(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verb
         sol = problem.solve()
     except picos.SolutionFailure as exc:
         raise SolveError(f"{solver} failed: {exc}", hint="try --solver cvxopt") from exc
-    except _Timeout:
+    except TimeLimitError:
         raise
     except Exception as exc:  # noqa: BLE001 - solver back-ends raise anything; report it, do not trace back
         raise SolveError(f"{solver} failed: {type(exc).__name__}: {exc}") from exc
@@ -731,44 +750,6 @@ def converged(status: str) -> bool:
     return status in ("optimal", "pdOPT", "closed-form") or status.startswith("optimal/")
 
 
-class _Timeout(Exception):
-    """Raised by the alarm inside the solver; deliberately not an ArithmeticError/ValueError, which solvers
-    catch and retry on."""
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float | None, solver: str):
-    """Stop the solve after ``seconds`` (SIGALRM on the main thread) with a SolveError.
-
-    CVXOPT and our KKT solver run Python between their BLAS calls, so the alarm lands within one linear
-    solve. A solver that stays in C for long (sdpa-python) is stopped when it returns to Python.
-    """
-    if seconds is None:
-        yield
-        return
-    if threading.current_thread() is not threading.main_thread():
-        raise SolveError(
-            "a solver timeout needs the main thread (it uses SIGALRM)",
-            hint="call solve() from the main thread, or pass timeout=None",
-        )
-
-    def ring(signum, frame):
-        raise _Timeout()
-
-    previous = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    except _Timeout:
-        raise SolveError(
-            f"{solver} did not finish within the time limit of {seconds:g} s",
-            hint="raise --timeout, lower --max-iterations, or try another --solver",
-        ) from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def solve(
     sdp: Sdp,
     solver: str = "cvxopt",
@@ -777,17 +758,27 @@ def solve(
     max_iterations: int = 100,
     verbose: bool = False,
     timeout: float | None = None,
+    deadline: limits.Deadline | None = None,
 ) -> Solution:
     """Solve ``min rho`` over the SDP with ``solver``; ``certify`` judges the point it returns.
+
+    The time limit is ``deadline`` (the command's, ``limits.Deadline``), else ``timeout`` seconds from now,
+    else the caller's active deadline (``limits.current()``). With one, the solver runs on a worker thread
+    (``limits.run_within``): CVXOPT checks it once per iteration (in the KKT solver) and stops; a solver
+    that stays in C (a PICOS back-end) is abandoned when it passes. Any thread may call this.
 
     Raises
     ------
     SolveError
         The solver is not installed, failed without returning any point, reports the SDP infeasible or
-        unbounded, or did not finish within ``timeout`` seconds.
+        unbounded, or did not finish within the time limit (``TimeLimitError``).
     """
-    with _deadline(timeout, solver):
-        return _solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose)
+    if deadline is None:
+        deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
+    with limits.blas_threads(), deadline.active():  # (the KKT pools are shut down when the last user leaves)
+        return limits.run_within(
+            lambda: _solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose),
+            deadline, solver)
 
 
 def _solve(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verbose: bool) -> Solution:

@@ -1,8 +1,64 @@
 """Read spec text: path -> Source(path, text); Span locates a piece of it (1-based, end exclusive)."""
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+#: Largest spec read (a 1D CNN's spec with inline weights is kilobytes; weights belong in .npz files).
+MAX_SPEC_BYTES = 4 << 20
+
+
+def file_kind(mode: int) -> str | None:
+    """What a non-regular file is in words ('a directory', 'a named pipe (FIFO)', ...); None if regular."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_regular(path: str | Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, else OSError with a plain-words strerror.
+
+    Opened with ``O_NONBLOCK`` and checked with ``fstat`` before anything is read: a FIFO never blocks, a
+    device such as /dev/zero is never read, and the file checked is the one read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise OSError(exc.errno, "the file name is too long") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        kind = file_kind(st.st_mode)
+        if kind is not None:
+            raise OSError(errno.EINVAL, f"it is {kind}, not a file")
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"the {what} has {st.st_size:,} bytes, more than lipdsl reads "
+                          f"({limit:,})")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise OSError(errno.EFBIG, f"the {what} has more than {limit:,} bytes (lipdsl's limit)")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +85,20 @@ class Source:
 
     @classmethod
     def read(cls, path: str | Path) -> "Source":
-        """Read a spec file as UTF-8; undecodable bytes become U+FFFD so the parser can point at them."""
-        data = Path(path).read_bytes()
+        """Read a spec file as UTF-8; undecodable bytes become U+FFFD so the parser can point at them.
+
+        Raises
+        ------
+        OSError
+            With a plain-words ``strerror``: not a regular file (directory, named pipe, device, socket: never
+            read, and a FIFO never blocks), more than ``MAX_SPEC_BYTES``, or binary data (a NUL byte, e.g. an
+            ``.npz`` of weights given as the spec).
+        """
+        data = read_regular(path, MAX_SPEC_BYTES, "spec")
+        if b"\0" in data:
+            kind = ("a zip archive (NumPy .npz weights?)" if data.startswith(b"PK")
+                    else "a NumPy .npy array" if data.startswith(b"\x93NUMPY") else "a binary file")
+            raise OSError(errno.EINVAL, f"it is {kind}, not a lipdsl spec (a text file such as net.lip)")
         return cls(str(path), data.decode("utf-8", errors="replace"))
 
     @property

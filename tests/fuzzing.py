@@ -295,3 +295,241 @@ def run_case(data: bytes, directory: Path) -> Outcome:
         positioned = re.match(re.escape(path) + r":\d+:\d+: error: ", detail) is not None
         kind = "error" if positioned else "error-no-position"
     return Outcome(kind, time.perf_counter() - t0, detail)
+
+
+# -- issue 17: hostile classes beyond the spec text ----------------------------------------------------------
+# Each generator draws a case description; ``run_class_case`` builds it in a fresh directory and classifies
+# the outcome as ``run_case`` does ("ok", "error", "error-no-position"; anything else propagates as a bug).
+
+def _npy_header(shape, version, descr="<f8") -> bytes:
+    import struct
+
+    header = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)}).encode()
+    fmt, pre = ("<H", 10) if version == (1, 0) else ("<I", 12)
+    pad = (-(pre + len(header) + 1)) % 64
+    size = struct.pack(fmt, len(header) + pad + 1)
+    return b"\x93NUMPY" + bytes(version) + size + header + b" " * pad + b"\n"
+
+
+@st.composite
+def weight_file_cases(draw) -> dict:
+    """An .npz or .npy with members of any name, header version, claimed shape, dtype and payload."""
+    members = []
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(["w", "w.npy", "w.bin", "w.npy.npy", "b.npy", "W", "w.NPY"]))
+        kind = draw(st.integers(0, 5))
+        if kind == 0:
+            payload = draw(st.binary(max_size=64))
+        elif kind == 1:  # a header claiming a huge shape over a tiny payload
+            version = draw(st.sampled_from([(1, 0), (2, 0), (3, 0)]))
+            payload = _npy_header((draw(st.integers(1, 10**15)),), version)
+        elif kind == 2:  # a valid tensor, maybe the wrong shape or dtype
+            shape = draw(st.sampled_from([(1, 2), (2,), (2, 2), (1, 2, 1), ()]))
+            descr = draw(st.sampled_from(["<f8", "<f4", "<i8", "|b1", "<c16", "|O", "<U3"]))
+            n = int(np.prod(shape))
+            size = {"<f8": 8, "<f4": 4, "<i8": 8, "|b1": 1, "<c16": 16, "|O": 8, "<U3": 12}[descr] * n
+            payload = _npy_header(shape, draw(st.sampled_from([(1, 0), (2, 0), (3, 0)])), descr) + bytes(size)
+        elif kind == 3:  # a bad header dict or version
+            payload = b"\x93NUMPY" + bytes([draw(st.integers(0, 9)), 0]) + draw(st.binary(max_size=40))
+        elif kind == 4:  # zeros that deflate to almost nothing
+            payload = b"\0" * draw(st.sampled_from([1 << 10, 1 << 20, 8 << 20]))
+        else:  # NaN / inf entries
+            payload = _npy_header((1, 2), (1, 0)) + np.array([np.nan, np.inf]).tobytes()
+        members.append((name, payload))
+    npy = draw(st.booleans())
+    compressed = draw(st.booleans())
+    key = draw(st.sampled_from(["w", "W", "b", "x"]))
+    return {"class": "weight files", "npy": npy, "members": members, "compressed": compressed, "key": key}
+
+
+@st.composite
+def path_cases(draw) -> dict:
+    """Weight paths and spec paths that are links, FIFOs, directories, devices, long or absent."""
+    target = draw(st.sampled_from(["link-in", "link-out", "link-dir-out", "link-loop", "fifo", "dir", "dev",
+                                   "long", "missing", "dotdot", "abs"]))
+    role = draw(st.sampled_from(["weights", "spec"]))
+    suffix = draw(st.sampled_from([".npz", ".npy", ".lip", ""]))
+    return {"class": "paths", "target": target, "role": role, "suffix": suffix}
+
+
+LET_BOMBS = ["exp(-10^2000)", "exp(10^2000)", "exp(exp(exp(10)))", "sin(10^3000)", "tanh(10^2000)",
+             "cos(9^9^9)", "2^2^2^2^2", "10^8000", "(1/3)^5000", "sqrt(2)^5000", "log(0)", "1/0",
+             "atan(10^4000)",
+             "exp(710)", "exp(-750)", "tan(pi/2)", "a^a^a", "e^e^e^e", "(10^300)^2", "10^-400", "1e-400",
+             "abs(-10^3000)", "exp(a)*exp(-a)"]
+
+
+@st.composite
+def let_cases(draw) -> str:
+    """``let`` expressions that explode (powers, functions of huge arguments) used several times."""
+    expr = draw(st.sampled_from(LET_BOMBS))
+    uses = draw(st.integers(1, 16))
+    entries = ", ".join(["b"] * uses)
+    return (f"let a = {draw(st.sampled_from(['2', '10^300', '10^2000', '1/3']))}\nlet b = {expr}\n"
+            f"input {uses}\ndense d: {uses} -> 1, weight [[{entries}]]\n")
+
+
+LAYER_TEMPLATES = {"conv1d": "{kw} c: 2 -> 2, kernel 1, weight [[[1], [1]], [[1], [1]]]",
+                   "dense": "{kw} d: 16 -> 1, weight [[" + ", ".join(["1"] * 16) + "]]",
+                   "avgpool": "{kw} 2", "maxpool": "{kw} 2", "global_avgpool": "{kw}", "flatten": "{kw}"}
+PYTORCH_WORDS = ["linear", "Linear", "Conv1d", "conv1D", "MaxPool1d", "maxpool1d", "AvgPool1d", "avg_pool1d",
+                 "AdaptiveAvgPool1d", "Flatten", "flatten()", "nn.ReLU()", "ReLU", "GELU", "SiLU", "Dense",
+                 "BatchNorm1d", "Dropout(0.5)", "kernel_size=3", "kernal 5", "stride=2", "padding='same'"]
+
+
+@st.composite
+def keyword_cases(draw) -> str:
+    """Layer lines with misspelled or PyTorch-style keywords and options."""
+    kw = draw(st.sampled_from(sorted(LAYER_TEMPLATES)))
+    line = LAYER_TEMPLATES[kw]
+    how = draw(st.integers(0, 3))
+    if how == 0:
+        i = draw(st.integers(0, len(kw) - 1))
+        word = kw[:i] + kw[i + 1:]
+    elif how == 1 and len(kw) > 1:
+        i = draw(st.integers(0, len(kw) - 2))
+        word = kw[:i] + kw[i + 1] + kw[i] + kw[i + 2:]
+    elif how == 2:
+        word = draw(st.sampled_from(PYTORCH_WORDS))
+    else:
+        word = kw
+        line = line + ", " + draw(st.sampled_from(["kernal 3", "kernel_size=3", "strides 1", "wieght w",
+                                                     "padd 1", "bias=b", "dilations 2"]))
+    return "input 2 x 8\n" + line.format(kw=word) + "\n"
+
+
+API_VALUES = [0, -1, 1, 2, 2.5, 3.0, True, None, "2", float("nan"), float("inf"), -float("inf"), 1e300, -0.0,
+              10**30, 1e-30]
+
+
+@st.composite
+def api_cases(draw) -> dict:
+    """Keyword arguments of ``Network.solve`` / ``lower_bound`` / ``compare`` drawn from odd values."""
+    fn = draw(st.sampled_from(["solve", "lower_bound", "compare", "export_sdpa"]))
+    keys = {"solve": ["lift", "margin", "tol", "max_iterations", "frequencies", "length", "max_lmi"],
+            "lower_bound": ["starts", "seed", "time_budget", "length"],
+            "compare": ["length"], "export_sdpa": ["length"]}[fn]
+    kw = {k: draw(st.sampled_from(API_VALUES)) for k in draw(st.lists(st.sampled_from(keys), min_size=1,
+                                                                       max_size=3, unique=True))}
+    method = draw(st.sampled_from(["naive", "naive-hinf", "naive_hinf", "dissipative", "lipsdp", "bogus"]))
+    return {"class": "API arguments", "fn": fn, "kw": kw, "method": method}
+
+
+def _build_weight_files(case: dict, d: Path) -> str:
+    import zipfile
+
+    if case["npy"]:
+        (d / "w.npy").write_bytes(case["members"][0][1])
+        return 'input 2\ndense a: 2 -> 1, weight "w.npy"\n'
+    mode = zipfile.ZIP_DEFLATED if case["compressed"] else zipfile.ZIP_STORED
+    with zipfile.ZipFile(d / "w.npz", "w", mode) as z:
+        seen = set()
+        for name, payload in case["members"]:
+            if name not in seen:
+                seen.add(name)
+                z.writestr(name, payload)
+    return f'input 2\ndense a: 2 -> 1, weight "w.npz":{case["key"]}\n'
+
+
+def _build_path(case: dict, d: Path) -> Path:
+    """The spec to check: for role 'weights' a spec naming the odd path; for 'spec' the odd path itself."""
+    import os
+
+    inside, outside = d / "in", d / "out"
+    inside.mkdir()
+    outside.mkdir()
+    np.save(outside / "w.npy", np.ones((1, 2)))
+    (outside / "secret.lip").write_text("input 2\nrelu\n")
+    name = "x" + case["suffix"]
+    p = inside / name
+    t = case["target"]
+    if t == "link-in":
+        np.save(inside / "real.npy", np.ones((1, 2)))
+        (inside / "real.lip").write_text("input 2\nrelu\n")
+        p.symlink_to(inside / ("real.lip" if case["role"] == "spec" else "real.npy"))
+    elif t == "link-out":
+        p.symlink_to(outside / ("secret.lip" if case["role"] == "spec" else "w.npy"))
+    elif t == "link-dir-out":
+        (inside / "sub").symlink_to(outside, target_is_directory=True)
+        name = "sub/" + ("secret.lip" if case["role"] == "spec" else "w.npy")
+        p = inside / name
+    elif t == "link-loop":
+        p.symlink_to(p)
+    elif t == "fifo":
+        os.mkfifo(p)
+    elif t == "dir":
+        p.mkdir()
+    elif t == "dev":
+        p.symlink_to("/dev/zero")
+    elif t == "long":
+        name = "y" * 300 + case["suffix"]
+        p = inside / name
+    elif t == "dotdot":
+        name = "../out/w.npy"
+        p = inside / name
+    elif t == "abs":
+        name = str(outside / "w.npy")
+        p = Path(name)
+    if case["role"] == "spec":
+        return p
+    spec = inside / "spec.lip"
+    spec.write_text(f'input 2\ndense a: 2 -> 1, weight "{name}"\n')
+    return spec
+
+
+def run_class_case(case, directory: Path) -> Outcome:
+    """Run one case of the classes above (a dict, or spec text) in a fresh folder below ``directory``."""
+    import tempfile
+
+    from lipdsl.load import load_network
+
+    d = Path(tempfile.mkdtemp(dir=directory))
+    t0 = time.perf_counter()
+    try:
+        if isinstance(case, str):
+            path = d / "fuzz.lip"
+            path.write_text(case, encoding="utf-8")
+            load_network(path)
+        elif case["class"] == "weight files":
+            path = d / "fuzz.lip"
+            path.write_text(_build_weight_files(case, d))
+            load_network(path)
+        elif case["class"] == "paths":
+            path = _build_path(case, d)
+            load_network(path)
+        else:
+            import lipdsl
+
+            net = lipdsl.parse("input 1 x 8\nconv1d c: 1 -> 1, kernel 2, padding causal, weight [[[1, -1]]]\n"
+                               "relu\nflatten\ndense d: 8 -> 1, weight [[1, 1, 1, 1, 1, 1, 1, 1]]\n")
+            kw = dict(case["kw"])
+            if case["fn"] == "solve":
+                net.solve(case["method"] if case["method"] in ("naive", "naive-hinf", "naive_hinf", "bogus")
+                          else "naive", **kw)
+            elif case["fn"] == "lower_bound":
+                kw.setdefault("time_budget", 0.05)
+                if isinstance(kw["time_budget"], (int, float)) and kw["time_budget"] > 0.05:
+                    kw["time_budget"] = 0.05
+                net.lower_bound(**kw)
+            elif case["fn"] == "compare":
+                net.compare(methods=("naive",), lower=False, **kw)
+            else:
+                net.export_sdpa(d / "x.dat-s", **kw)
+        kind, detail = "ok", ""
+    except LipdslError as err:
+        text = err.render(err.source)
+        detail = text.splitlines()[0]
+        assert "Traceback" not in text
+        positioned = re.match(r".*:\d+:\d+: error: ", detail) or err.span is None
+        kind = "error" if positioned else "error-no-position"
+    return Outcome(kind, time.perf_counter() - t0, detail)
+
+
+#: The generator of each class (spec text ones are run by ``run_class_case`` as files).
+CLASSES = {
+    "weight files": weight_file_cases,
+    "paths": path_cases,
+    "let bombs": let_cases,
+    "keyword typos": keyword_cases,
+    "API arguments": api_cases,
+}

@@ -6,13 +6,12 @@ from pathlib import Path
 import numpy as np
 
 from lipdsl import typed
+from lipdsl.activations import slope as activation_slope
 from lipdsl.typed import Shape
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "cases"
 SPECS_WEIGHTS = Path(__file__).resolve().parents[1] / "specs" / "weights"
 
-SLOPES = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "sigmoid": (0.0, 0.25), "identity": (1.0, 1.0),
-          "softplus": (0.0, 1.0), "hardtanh": (0.0, 1.0)}
 
 
 def case_file(*parts: str) -> Path | None:
@@ -61,14 +60,9 @@ class Builder:
 
     def act(self, function="relu", parameter=None, slope=None) -> "Builder":
         if slope is None:
-            if function == "leaky_relu":
-                a = 0.01 if parameter is None else parameter
-                slope = (min(a, 1.0), max(a, 1.0))
-            elif function == "elu":
-                a = 1.0 if parameter is None else parameter
-                slope = (0.0, max(1.0, a))
-            else:
-                slope = SLOPES[function]
+            if function == "leaky_relu" and parameter is None:
+                parameter = 0.01  # PyTorch's default
+            slope = activation_slope(function, parameter)
         self.layers.append(typed.Activation(self._name(function), None, function, float(slope[0]),
                                             float(slope[1]), self.shape, self.shape, parameter))
         return self

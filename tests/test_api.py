@@ -68,3 +68,68 @@ def test_one_method_registry_and_spelling():
     with pytest.raises(lipdsl_errors.LipdslError, match="unknown method 'naive_hinf'") as info:
         net.solve("naive_hinf")
     assert "did you mean 'naive-hinf'" in info.value.hint
+# -- issue 17: argument validation ---------------------------------------------------------------------------
+
+def _tiny():
+    import lipdsl
+
+    return lipdsl.parse("input 1 x 8\nconv1d c: 1 -> 1, kernel 2, padding causal, weight [[[1, -1]]]\nrelu\n"
+                        "flatten\ndense d: 8 -> 1, weight [[1, 1, 1, 1, 1, 1, 1, 1]]\n")
+
+
+BAD_SOLVE = [{"lift": 0}, {"lift": -1}, {"lift": 2.5}, {"lift": True}, {"lift": "2"},
+             {"margin": float("nan")}, {"margin": -1.0}, {"margin": float("inf")}, {"tol": 0.0},
+             {"tol": float("nan")},
+             {"max_iterations": 0}, {"frequencies": 1}, {"frequencies": 2}, {"frequencies": 4.5},
+             {"length": -1}, {"length": 0}, {"length": 2.5}, {"length": "8"}]
+
+
+@pytest.mark.parametrize("kw", BAD_SOLVE, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_bad_solve_arguments_are_lipdsl_errors(kw):
+    from lipdsl.errors import LipdslError
+
+    name = next(iter(kw))
+    with pytest.raises(LipdslError, match=name):
+        _tiny().solve(**kw)
+
+
+@pytest.mark.parametrize("kw", [{"starts": 0}, {"starts": -3}, {"starts": 1.5}, {"seed": -1},
+                                {"time_budget": float("nan")}, {"time_budget": 0}, {"length": -1}])
+def test_bad_lower_bound_arguments_are_lipdsl_errors(kw):
+    from lipdsl.errors import LipdslError
+
+    with pytest.raises(LipdslError, match=next(iter(kw))):
+        _tiny().lower_bound(**kw)
+
+
+def test_integral_floats_are_accepted():
+    assert _tiny().solve(lift=2.0).verified
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["solve", "specs/ecg.lip", "--solver", "foo"], 2),
+    (["solve", "specs/ecg.lip", "--solver", "cvxop"], 2),
+    (["compare", "specs/ecg.lip", "--solver", "nope"], 2),
+    (["show", "specs/ecg.lip", "--latex"], 2),
+    (["show", "specs/ecg.lip", "--length", "5"], 2),
+    (["show", "specs/ecg.lip", "--lift", "2"], 2),
+])
+def test_usage_errors_exit_2(argv, code, capsys):
+    from lipdsl.cli import main
+
+    assert main(argv) == code
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_default_solve_output_puts_the_bound_first_and_the_table_behind_v(capsys):
+    from lipdsl.cli import main
+
+    assert main(["solve", "specs/ecg.lip"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("Lipschitz upper bound of ecg: ") and lines[0].endswith("(certified)")
+    assert "min eig" not in out and "-v for the per-LMI table" in out
+    assert all(len(line) <= 200 for line in lines)
+    assert any(len(line) > 80 for line in lines)  # piped: not wrapped at 80 columns mid-sentence
+    assert main(["solve", "specs/ecg.lip", "-v"]) == 0
+    assert "min eig" in capsys.readouterr().out

@@ -198,8 +198,8 @@ def test_activation_slopes(line, slope):
 
 
 def test_activation_errors():
-    with pytest.raises(SpecError, match="unknown activation 'swish'"):
-        net_of("input 3\nswish\n")
+    with pytest.raises(SpecError, match="unknown layer or activation 'squash'"):
+        net_of("input 3\nsquash\n")
     with pytest.raises(SpecError, match="alpha <= beta"):
         net_of("input 3\nrelu slope [1, 0]\n")
     with pytest.raises(SpecError, match="takes no parameter"):

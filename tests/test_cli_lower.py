@@ -40,7 +40,16 @@ def test_lower_any_length_uses_the_given_length():
     assert json.loads(res.output)["length"] == 16
 
 
-def test_lower_refuses_activation_without_function():
-    res = run("lower", str(SPECS / "features.lip"))
+def test_lower_refuses_activation_without_function(tmp_path):
+    spec = tmp_path / "squash.lip"
+    spec.write_text("input 2 x 8\nconv1d c: 2 -> 2, kernel 1, weight [[[1], [0]], [[0], [1]]]\n"
+                    "squash slope [-0.1, 1.1]\n")
+    res = run("lower", str(spec))
     assert res.exit_code == 1
-    assert "features.lip:22:1: error:" in res.output and "needs a known function" in res.output
+    assert "squash.lip:3:1: error:" in res.output and "needs a known function" in res.output
+
+
+def test_lower_evaluates_swish_now_in_the_table():
+    res = run("lower", str(SPECS / "features.lip"), "--starts", "2", "--time-budget", "2")
+    assert res.exit_code == 0, res.output
+    assert "lipschitz >=" in res.output

@@ -22,8 +22,10 @@ def test_solve_ecg_text_report():
     res = run("solve", str(SPECS / "ecg.lip"))
     assert res.exit_code == 0, res.output
     assert "109.12299" in res.output and "(certified)" in res.output
-    assert "LMI" in res.output and "c1+relu1" in res.output
+    assert "LMIs checked" in res.output and "c1+relu1" not in res.output  # the table is behind -v
     assert "time:" in res.output
+    res = run("solve", "-v", str(SPECS / "ecg.lip"))
+    assert "LMI" in res.output and "c1+relu1" in res.output
 
 
 def test_solve_json_is_one_object_with_the_certificate():
@@ -55,7 +57,18 @@ def test_global_average_pool_over_any_length_needs_a_length():
 
 
 def test_missing_solver_exits_3_without_a_bound():
+    """An unknown solver name is a usage error (2); a known one that is not installed exits 3."""
+    import picos
+
+    from lipdsl.cli import SOLVERS
+
     res = run("solve", "--solver", "no-such-solver", str(SPECS / "lipsdp_random.lip"))
+    assert res.exit_code == 2 and "unknown solver" in res.output
+    installed = picos.available_solvers()
+    missing = [s for s in SOLVERS if s not in installed and not s.startswith(("cvxopt", "sdpa"))]
+    if not missing:
+        pytest.skip("every known solver is installed")
+    res = run("solve", "--solver", missing[0], str(SPECS / "lipsdp_random.lip"))
     assert res.exit_code == 3
     assert "not installed" in res.output and "certified" not in res.output
 

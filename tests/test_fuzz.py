@@ -9,7 +9,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzzing import fixture_dir, hostile_specs, run_case, valid_specs
+from fuzzing import CLASSES, fixture_dir, hostile_specs, run_case, run_class_case, valid_specs
 
 pytestmark = pytest.mark.fuzz
 SETTINGS = dict(deadline=None, database=None, derandomize=True,
@@ -32,3 +32,20 @@ def test_mutated_specs_never_trace_back(data, tmp_path_factory):
     out = run_case(data, directory)
     assert out.kind in ("ok", "error") or (out.kind == "error-no-position" and not data.strip()), out.detail
     assert time.perf_counter() - t0 < 10, "a mutated spec took over 10 s"
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_hostile_classes_never_trace_back(name, tmp_path_factory):
+    """Issue 17's classes (weight-file members, paths and file types, let bombs, keyword typos, API
+    arguments): 40 cases each end in success or a LipdslError, each within 10 s."""
+    directory = tmp_path_factory.mktemp("classes")
+
+    @settings(max_examples=40, **SETTINGS)
+    @given(case=CLASSES[name]())
+    def run(case):
+        t0 = time.perf_counter()
+        out = run_class_case(case, directory)
+        assert out.kind in ("ok", "error", "error-no-position"), out.detail
+        assert time.perf_counter() - t0 < 10, f"{name}: a case took over 10 s: {case!r}"
+
+    run()

@@ -438,3 +438,33 @@ def test_ecg_onnx_gives_the_hand_written_bound(tmp_path, ecg_spec_bound):
     bound = solve_network(net).certificate
     assert bound.verified
     assert abs(bound.lipschitz - ecg_spec_bound) <= 1e-9 * ecg_spec_bound
+
+
+# -- issue 17: import --like keeps Lark's lines; -o never overwrites the weights ----------------------------
+
+@pytest.mark.parametrize("odd", ["\u2028", "\x0c", "\x85", "\u2029", "\x1c"])
+def test_like_template_with_odd_line_breaks_in_comments_keeps_every_layer(tmp_path, odd):
+    from lipdsl.importer import import_state_dict
+    from lipdsl.load import load_network
+
+    arch = tmp_path / "arch.lip"
+    arch.write_text(f"input 2\n# a comment{odd}with an odd break\nweights \"old.npz\"\n"
+                    "dense a: 2 -> 3, weight fc1.weight\nrelu\n"
+                    f"# again{odd}\ndense b: 3 -> 1, weight fc2.weight\n", encoding="utf-8")
+    rng = np.random.default_rng(0)
+    state = {"fc1.weight": rng.normal(size=(3, 2)), "fc2.weight": rng.normal(size=(1, 3))}
+    spec, _ = import_state_dict(state, arch, tmp_path / "out" / "net.lip")
+    _, net = load_network(spec)
+    assert [layer.name for layer in net.layers] == ["a", "relu1", "b"]
+
+
+@pytest.mark.parametrize("output", ["net.npz", "net.npy", "net.onnx"])
+def test_import_output_must_be_a_spec_path(tmp_path, capsys, output):
+    from lipdsl.cli import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not read")
+    (tmp_path / "net.npz").write_bytes(b"precious weights")
+    assert main(["import", str(model), "-o", str(tmp_path / output)]) == 1
+    assert "names the spec to write" in capsys.readouterr().err
+    assert (tmp_path / "net.npz").read_bytes() == b"precious weights"

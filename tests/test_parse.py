@@ -264,3 +264,142 @@ def test_residual_block_errors(text, message, line):
     with pytest.raises(ParseError) as err:
         p(text)
     assert message in err.value.message and err.value.span.line == line and err.value.hint
+
+
+# -- issue 17: parse/check time stays bounded -------------------------------------------------------------
+
+@pytest.mark.parametrize("lead", ["", " ", "\f", "\r", " \f\r\t"])
+def test_statement_limit_counts_lines_starting_with_any_ignored_whitespace(lead):
+    from lipdsl.parse import MAX_STATEMENTS
+
+    text = "input 2\n" + (lead + "relu\n") * (MAX_STATEMENTS + 5)
+    with pytest.raises(ParseError, match="more than .* statements"):
+        parse(Source("<string>", text))
+
+
+@pytest.mark.parametrize("expr", ["exp(-10^2000)", "exp(10^2000)", "tanh(10^500)", "sin(10^2000)",
+                                  "cos(-10^100)", "exp(exp(2000))", "exp(a)"])
+def test_let_bombs_are_refused_fast(expr):
+    """Functions of huge arguments are refused before sympy evaluates them (was 20 s for 8 uses)."""
+    import time
+
+    from lipdsl.load import check_source
+
+    uses = ", ".join(["b"] * 8)
+    text = f"let a = 10^3000\nlet b = {expr}\ninput 8\ndense d: 8 -> 1, weight [[{uses}]]\n"
+    t0 = time.perf_counter()
+    with pytest.raises(LipdslError):
+        check_source(Source("<string>", text))
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_functions_of_moderate_arguments_still_evaluate_exactly():
+    from lipdsl.load import check_source
+
+    net = check_source(Source("<string>", "input 2\ndense d: 2 -> 1, weight [[exp(-700), sin(10^5)]]\n"))
+    import math
+
+    assert net.layers[0].weight[0, 0] == pytest.approx(math.exp(-700), rel=1e-15)
+    assert net.layers[0].weight[0, 1] == pytest.approx(math.sin(1e5), rel=1e-12)
+
+
+# -- issue 17: misspelled and PyTorch-style keywords ------------------------------------------------------
+
+def _typos(word: str, rng) -> list[str]:
+    """Swaps of neighbouring letters, deletions and doublings of one letter, and the capitalised word."""
+    out = {word.capitalize(), word.upper()}
+    for i in range(len(word) - 1):
+        out.add(word[:i] + word[i + 1] + word[i] + word[i + 2:])
+    for i in range(len(word)):
+        out.add(word[:i] + word[i + 1:])
+        out.add(word[:i] + word[i] + word[i:])
+    out.discard(word)
+    return sorted(out)
+
+
+LAYER_LINES = {"conv1d": " c: 2 -> 2, kernel 1, weight [[[1], [1]], [[1], [1]]]",
+               "dense": " d: 16 -> 1, weight [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]",
+               "avgpool": " 2", "maxpool": " 2", "global_avgpool": "", "flatten": ""}
+
+
+@pytest.mark.parametrize("keyword", sorted(LAYER_LINES))
+def test_misspelled_layer_keywords_are_named_with_a_suggestion(keyword):
+    """Every one-letter typo of a layer keyword (that is not itself a known word) is an error that names the
+    word and suggests a keyword or activation, never a traceback or a silent activation."""
+    import numpy as np
+
+    from lipdsl.activations import ACTIVATIONS
+    from lipdsl.load import check_source
+    from lipdsl.parse import LAYER_KEYWORDS
+
+    for typo in _typos(keyword, np.random.default_rng(0)):
+        if typo in ACTIVATIONS or typo in LAYER_KEYWORDS:
+            continue
+        text = f"input 2 x 8\n{typo}{LAYER_LINES[keyword]}\n"
+        with pytest.raises(LipdslError) as info:
+            check_source(Source("<string>", text))
+        msg = info.value.message + " " + (info.value.hint or "")
+        assert typo in msg, (typo, msg)
+        if len(keyword) >= 5:
+            assert "did you mean" in msg, (typo, msg)
+
+
+@pytest.mark.parametrize("word, keyword", [("linear", "dense"), ("Linear", "dense"), ("Conv1d", "conv1d"),
+                                           ("MaxPool1d", "maxpool"), ("AvgPool1d", "avgpool"),
+                                           ("AdaptiveAvgPool1d", "global_avgpool"), ("Flatten", "flatten")])
+def test_pytorch_layer_names_point_to_the_keyword(word, keyword):
+    from lipdsl.load import check_source
+
+    for rest in ("", "(4, 2)", " 2", " c: 1 -> 1"):
+        with pytest.raises(LipdslError, match=f"unknown layer '{word}' -- did you mean '{keyword}'"):
+            check_source(Source("<string>", f"input 2 x 8\n{word}{rest}\n"))
+
+
+@pytest.mark.parametrize("option, fix", [("kernal", "kernel"), ("kernel_size", "kernel"),
+                                         ("strides", "stride"), ("dilations", "dilation"),
+                                         ("padd", "padding"), ("wieght", "weight")])
+def test_misspelled_options_suggest_the_option(option, fix):
+    for sep in (" ", "="):
+        with pytest.raises(ParseError) as info:
+            p(f"input 1 x 8\nconv1d c: 1 -> 1, {option}{sep}3, weight [[[1]]]\n")
+        assert f"did you mean '{fix}'" in info.value.message + (info.value.hint or ""), info.value.message
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tensors_of_names_take_the_fast_path_and_mean_the_same(seed):
+    """Plain numbers and bare let names (signed, on several lines) are one NAMES token; the weights are those
+    of the same tensor written with operators (parsed by the tensor rule), and errors keep their spans."""
+    import numpy as np
+
+    from lipdsl.load import check_source
+
+    rng = np.random.default_rng(seed)
+    pool = ["a", "-a", "+b", "pi", "-e", "1", "-2.5", "1e-3", "b", "-pi"]
+    rows, cols = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+    entries = [[str(rng.choice(pool)) for _ in range(cols)] for _ in range(rows)]
+    sep = str(rng.choice([", ", ",\n  ", " ,\t"]))
+    fast = "[" + ",\n ".join("[" + sep.join(r) + "]" for r in entries) + "]"
+    slow = "[" + ", ".join("[" + ", ".join(f"({x})*1" for x in r) + "]" for r in entries) + "]"
+    head = f"let a = 1/3\nlet b = sqrt(2)\ninput {cols}\ndense d: {cols} -> {rows}, weight "
+    w_fast = check_source(Source("<s>", head + fast + "\n")).layers[0].weight
+    w_slow = check_source(Source("<s>", head + slow + "\n")).layers[0].weight
+    np.testing.assert_array_equal(w_fast, w_slow)
+    bad = fast.replace("b", "zz", 1) if "b" in fast else None
+    if bad:
+        with pytest.raises(LipdslError, match="unknown name 'zz'") as info:
+            check_source(Source("<s>", head + bad + "\n"))
+        line = (head + bad).split("\n")[info.value.span.line - 1]
+        assert line[info.value.span.col - 1:].startswith("zz")
+
+
+def test_one_mb_tensor_of_let_names_is_checked_in_seconds():
+    import time
+
+    from lipdsl.load import check_source
+
+    n = 1_000_000 // 3
+    text = f"let a = 1/3\ninput {n}\ndense d: {n} -> 1, weight [[" + ",\n".join(["a"] * n) + "]]\n"
+    t0 = time.perf_counter()
+    net = check_source(Source("<s>", text))
+    assert net.layers[0].weight.shape == (1, n)
+    assert time.perf_counter() - t0 < 15  # 78 s before the NAMES token; ~3 s idle

@@ -365,17 +365,23 @@ def test_cone_ops_leave_other_cones_to_cvxopt_and_restore_its_functions():
 
 def test_kkt_threads_only_when_blas_is_pinned_to_one_thread(monkeypatch):
     """Two KKT threads on top of a multi-threaded BLAS oversubscribe the cores: by default the block loops
-    run on threads only when BLAS is pinned to one thread (the CLI pins it)."""
+    run on threads only when BLAS is pinned to one thread (``limits.blas_threads``, as ``solve_network`` and
+    the CLI do), as threadpoolctl sees it -- whatever the environment variables say."""
+    from threadpoolctl import threadpool_limits
+
     import lipdsl.solve as solve_mod
+    from lipdsl.limits import blas_threads
 
     monkeypatch.setattr(solve_mod, "KKT_THREADS", None)
     monkeypatch.setattr(solve_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        monkeypatch.delenv(var, raising=False)
-    assert solve_mod.kkt_threads() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # ignored: only the libraries' own setting counts
+    with threadpool_limits(limits=4, user_api="blas"):
+        assert solve_mod.kkt_threads() == 1
+        with blas_threads():
+            assert solve_mod.kkt_threads() == 2
+        assert solve_mod.kkt_threads() == 1
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
-    assert solve_mod.kkt_threads() == 1
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    assert solve_mod.kkt_threads() == 2
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert solve_mod.kkt_threads() == 2
     monkeypatch.setattr(solve_mod, "KKT_THREADS", 3)
     assert solve_mod.kkt_threads() == 3

@@ -214,3 +214,114 @@ def test_corrupted_weight_files_load_or_give_a_weight_error(tmp_path_factory, na
         net_of(f"input 2\ndense 2 -> 1, weight {ref}\n", directory)
     except (WeightError, ShapeError) as err:
         assert err.span is not None and err.span.line == 2  # the dense layer that names the file
+
+
+# -- issue 17: every member checked, file types, links, caps -----------------------------------------------
+
+def _npy_bytes(shape, version=(1, 0), dtype="<f8", payload=None) -> bytes:
+    header = repr({"descr": dtype, "fortran_order": False, "shape": tuple(shape)}).encode()
+    fmt = "<H" if version == (1, 0) else "<I"
+    pre = 10 if version == (1, 0) else 12
+    pad = (-(pre + len(header) + 1)) % 64
+    size = struct.pack(fmt, len(header) + pad + 1)
+    head = b"\x93NUMPY" + bytes(version) + size + header + b" " * pad + b"\n"
+    return head + (payload if payload is not None else b"\0" * 16)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["w", "w.npy", "w.bin", "w.npy.npy"]),
+       version=st.sampled_from([(1, 0), (2, 0), (3, 0)]),
+       size=st.integers(min_value=10**6, max_value=10**15),
+       compressed=st.booleans())
+def test_every_npz_member_is_capped_and_checked_whatever_its_name(tmp_path_factory, name, version, size,
+                                                                  compressed):
+    """A member named with or without .npy, any header version, claiming a huge shape: refused before numpy
+    allocates it (the file holds 16 bytes of data)."""
+    d = tmp_path_factory.mktemp("m")
+    with zipfile.ZipFile(d / "w.npz", "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as z:
+        z.writestr(name, _npy_bytes((size,), version))
+    key = name.removesuffix(".npy")
+    err = refused(d, f'dense a: 2 -> 1, weight "w.npz":{key}\n',
+                  "declares shape|inflates|not a .npy|no tensor")
+    assert "b'" not in err.message
+
+
+@pytest.mark.parametrize("data", [b"\0" * 4096, b"raw bytes, not an array", b"PK\x03\x04junk"])
+def test_raw_npz_member_is_refused_not_returned_as_bytes(tmp_path, data):
+    with zipfile.ZipFile(tmp_path / "w.npz", "w") as z:
+        z.writestr("a", data)
+    refused(tmp_path, 'dense a: 2 -> 1, weight "w.npz":a\n', "is not a .npy array")
+
+
+def test_npy_format_3_header_is_checked_and_read(tmp_path):
+    (tmp_path / "big.npy").write_bytes(_npy_bytes((10**11,), (3, 0)))
+    refused(tmp_path, 'dense a: 2 -> 1, weight "big.npy"\n', "declares shape")
+    (tmp_path / "ok.npy").write_bytes(_npy_bytes((1, 2), (3, 0), payload=np.ones(2).tobytes()))
+    net = net_of('input 2\ndense a: 2 -> 1, weight "ok.npy"\n', tmp_path)
+    assert net.layers[0].weight.tolist() == [[1.0, 1.0]]
+
+
+def test_symlink_out_of_the_spec_folder_is_refused_and_never_echoed(tmp_path):
+    outside = tmp_path / "outside"
+    inside = tmp_path / "spec"
+    outside.mkdir()
+    inside.mkdir()
+    secret = outside / "secret.npy"
+    secret.write_bytes(b"root:x:0:0:SECRET-BYTES\n")
+    (inside / "w.npy").symlink_to(secret)
+    (inside / "sub").symlink_to(outside, target_is_directory=True)
+    for ref in ('"w.npy"', '"sub/secret.npy"'):
+        err = refused(inside, f"dense a: 2 -> 1, weight {ref}\n", "symbolic link to a file outside")
+        assert "SECRET" not in err.message + (err.hint or "")
+    with pytest.raises(WeightError) as info:  # allowed: read, but its bytes are not echoed
+        net_of('input 2\ndense a: 2 -> 1, weight "w.npy"\n', inside, allow_outside=True)
+    assert "SECRET" not in info.value.message and "root" not in info.value.message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_special_files_are_named_as_what_they_are_and_never_read(tmp_path, kind):
+    import os
+
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "w.npz")
+        target, words = '"w.npz":a', "named pipe"
+    elif kind == "directory":
+        (tmp_path / "w.npz").mkdir()
+        target, words = '"w.npz":a', "directory"
+    else:
+        (tmp_path / "w.npy").symlink_to("/dev/zero")
+        target, words = '"w.npy"', "device|outside"
+    refused(tmp_path, f"dense a: 2 -> 1, weight {target}\n", words)
+
+
+def test_long_weight_names_are_a_clean_error(tmp_path):
+    refused(tmp_path, f'dense a: 2 -> 1, weight "{"x" * 300}.npz":a\n', "too long")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "npz", "npy", "long", "binary"])
+def test_spec_file_types_are_refused_without_reading(tmp_path, capsys, kind):
+    import os
+
+    path = tmp_path / "net.lip"
+    if kind == "fifo":
+        os.mkfifo(path)  # a FIFO with no writer: open(O_NONBLOCK) returns at once, it is never read
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "device":
+        path = Path("/dev/zero")
+    elif kind == "npz":
+        path = tmp_path / "w.npz"
+        np.savez(path, a=np.ones(3))
+    elif kind == "npy":
+        path = tmp_path / "w.npy"
+        np.save(path, np.ones(3))
+    elif kind == "binary":
+        path.write_bytes(b"input 2\n\0\0\0")
+    else:
+        path = tmp_path / ("n" * 300 + ".lip")
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    words = {"fifo": "named pipe", "directory": "directory", "device": "device", "npz": "not a lipdsl spec",
+             "npy": "not a lipdsl spec", "long": "too long", "binary": "binary"}[kind]
+    assert words in err and "Traceback" not in err
+    assert "\0" not in err and "PK" not in err.split("error:")[1]
