@@ -11,6 +11,8 @@ from lipdsl.load import load_network
 pytestmark = pytest.mark.solver
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 LENGTH = {"gap": 64}  # any-length specs with global average pooling: the length their header assumes
+# specs too wide for the exact SDP (over the variable limit): solved in frequency mode, minutes on 2 cores
+FREQUENCIES = {"tcn_plain": 33}
 
 
 def header_bracket(text: str) -> tuple[float, float]:
@@ -25,11 +27,17 @@ def header_bracket(text: str) -> tuple[float, float]:
     return value * (1 - 1e-5), value * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("spec", sorted(p.stem for p in SPECS.glob("*.lip") if p.stem != "lipsdp_mnist"))
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(stem, marks=pytest.mark.slow) if stem in FREQUENCIES else stem
+        for stem in sorted(p.stem for p in SPECS.glob("*.lip") if p.stem != "lipsdp_mnist")
+    ],
+)
 def test_spec_certifies_inside_its_bracket(spec):
     path = SPECS / f"{spec}.lip"
     lo, hi = header_bracket(path.read_text())
     _, net = load_network(path)
-    cert = solve_network(net, min_length=LENGTH.get(spec)).certificate
+    cert = solve_network(net, min_length=LENGTH.get(spec), frequencies=FREQUENCIES.get(spec)).certificate
     assert cert.verified
     assert lo <= cert.lipschitz <= hi * (1 + 1e-9), (lo, cert.lipschitz, hi)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg
 
 from lipdsl import sdp as sdp_module
 from lipdsl.api import solve_network
@@ -119,3 +120,39 @@ def test_trained_plain_tcn_certifies_in_frequency_mode(frequencies):
     result = solve_network(net, frequencies=frequencies)  # raises SolveError if it stops short
     assert result.certificate.verified
     assert result.solution.claimed_status == "optimal"
+
+
+def test_newton_factor_regular_matrix_is_plain_cholesky():
+    from lipdsl.solve import _newton_factor
+
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((30, 30))
+    H = A @ A.T + 30 * np.eye(30)
+    b = rng.standard_normal(30)
+    np.testing.assert_allclose(_newton_factor(H)(b), np.linalg.solve(H, b), rtol=1e-12)
+
+
+def test_newton_factor_solves_a_matrix_singular_to_rounding_on_its_range():
+    """Badly scaled and rank-deficient (a direction no constraint determines): Cholesky fails, the shifted
+    factorisation solves H x = b for b in the range of H to the shift's accuracy."""
+    from lipdsl.solve import _newton_factor
+
+    rng = np.random.default_rng(2)
+    n = 40
+    V = rng.standard_normal((n, n - 3))
+    D = np.diag(10.0 ** rng.uniform(-2, 8, n))  # the diagonal spread of the FCN's Newton matrices
+    H = D @ (V @ V.T) @ D
+    with pytest.raises(np.linalg.LinAlgError):
+        scipy.linalg.cho_factor(H, lower=True)  # what CVXOPT's run used to end on
+    b = H @ rng.standard_normal(n)
+    x = _newton_factor(H)(b)
+    assert np.linalg.norm(H @ x - b) <= 1e-6 * np.linalg.norm(b)
+
+
+def test_newton_factor_refuses_a_non_finite_diagonal():
+    from lipdsl.solve import _newton_factor
+
+    H = np.eye(3)
+    H[1, 1] = np.nan
+    with pytest.raises(ArithmeticError, match="singular KKT"):
+        _newton_factor(H)
