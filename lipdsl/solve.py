@@ -398,7 +398,10 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             fam.gram(acc[fam.local.tobytes()][1], [S_of[i] for i in fam.members], threads)
         for local, Hl in acc.values():
             _add_at(H, local, local, Hl)
-        newton = _newton_factor(H)
+        try:
+            cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            raise ArithmeticError("singular KKT matrix") from exc
 
         def solve(x, y, z):
             # bt = W^-T bz (lower triangles meaningful in each 's' block); z is overwritten below anyway
@@ -429,7 +432,7 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                 rhs += part
             if not np.all(np.isfinite(rhs)):
                 raise ValueError("non-finite right-hand side in the KKT system")
-            ux = newton(rhs)
+            ux = scipy.linalg.cho_solve(cho, rhs, check_finite=False)  # (cho was checked when formed)
             _write(x, ux)
             # W uz = W^-T (G ux - bz) = W^-T G ux - bt
             out = -bt
@@ -457,45 +460,6 @@ def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         return solve
 
     return factor
-
-
-#: Shifts tried, in turn, on the unit-diagonal Newton matrix when it is singular to rounding (_newton_factor).
-NEWTON_SHIFTS = (1e-13, 1e-11)
-
-
-def _newton_factor(H: np.ndarray):
-    """Factor the Newton (Schur complement) matrix ``H``; return ``rhs -> H^-1 rhs``.
-
-    Close to the optimum of a frequency-form SDP ``H`` can be singular to rounding even with the trace term
-    of ``Sdp.solver_objective`` (trained FCN 32/64/32 at K = 17: two of 36 factorisations): the diagonal
-    spans 1e1..1e10 and the unit-diagonal ``D^-1 H D^-1`` (``D = diag(H)^1/2``) has eigenvalues ~1e-16
-    next to ~1e2. The plain Cholesky factorisation then fails and CVXOPT would end with "singular KKT
-    matrix" (status 'unknown'). Instead the scaled matrix is shifted, ``D (D^-1 H D^-1 + delta I) D`` with
-    the smallest ``delta`` in :data:`NEWTON_SHIFTS` that factors: the directions the data does not determine
-    stay nearly still, the others are solved to ~delta relative accuracy, and CVXOPT's iterative refinement
-    (with the exact operator) and its residual checks follow; the certificate checks the final point as
-    always. ``ArithmeticError`` (CVXOPT's "singular KKT matrix") when even the largest shift fails or ``H``
-    has a non-positive or non-finite diagonal.
-    """
-    try:
-        cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
-        return lambda rhs: scipy.linalg.cho_solve(cho, rhs, check_finite=False)  # (cho checked when formed)
-    except (np.linalg.LinAlgError, ValueError) as exc:
-        first = exc
-    d = np.diag(H).copy()
-    if not (np.all(np.isfinite(d)) and np.all(d > 0)):
-        raise ArithmeticError("singular KKT matrix") from first
-    d = np.sqrt(d)
-    Hs = H / d[:, None] / d[None, :]
-    diag = np.arange(len(d))
-    for delta in NEWTON_SHIFTS:
-        Hs[diag, diag] = 1.0 + delta
-        try:
-            cho = scipy.linalg.cho_factor(Hs, lower=True, check_finite=True)
-        except (np.linalg.LinAlgError, ValueError):
-            continue
-        return lambda rhs, cho=cho: scipy.linalg.cho_solve(cho, rhs / d, check_finite=False) / d
-    raise ArithmeticError("singular KKT matrix") from first
 
 
 def _gram_kkt(sdp, nonneg_idx: np.ndarray):
