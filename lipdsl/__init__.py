@@ -4,13 +4,14 @@ The Python API (``lipdsl.network``) is imported on first use, so ``import lipdsl
 
     net = lipdsl.load("specs/ecg.lip")       # or lipdsl.parse(text), lipdsl.from_torch(module, (1, 128)),
     net.solve().lipschitz                    #    lipdsl.from_onnx("model.onnx")
+    net.solve(certificate="ecg.cert.json"); lipdsl.verify("specs/ecg.lip", "ecg.cert.json", exact=True)
 """
 import sys
 import types
 
 __version__ = "0.1.0"
 
-_API = ("load", "parse", "from_torch", "from_onnx", "Network", "Bound", "LowerBound", "Comparison")
+_API = ("load", "parse", "verify", "from_torch", "from_onnx", "Network", "Bound", "LowerBound", "Comparison")
 __all__ = list(_API)
 
 
@@ -24,12 +25,12 @@ class _CallableModule(types.ModuleType):
 
 
 class _Package(types.ModuleType):
-    # NOTE: ``lipdsl.load`` and ``lipdsl.parse`` name both pipeline modules and API functions. Importing a
-    # submodule sets it as an attribute of the package, which would hide the function; instead the module
-    # is made callable, so ``lipdsl.load("net.lip")``, ``lipdsl.load.load_network`` and
-    # ``import lipdsl.parse as p`` all keep working.
+    # NOTE: ``lipdsl.load``, ``lipdsl.parse`` and ``lipdsl.verify`` name both pipeline modules and API
+    # functions. Importing a submodule sets it as an attribute of the package, which would hide the
+    # function; instead the module is made callable, so ``lipdsl.load("net.lip")``,
+    # ``lipdsl.load.load_network`` and ``import lipdsl.parse as p`` all keep working.
     def __setattr__(self, name, value):
-        if name in ("load", "parse") and isinstance(value, types.ModuleType):
+        if name in ("load", "parse", "verify") and isinstance(value, types.ModuleType):
             value.__class__ = _CallableModule
         super().__setattr__(name, value)
 
@@ -38,7 +39,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):
-    if name in ("load", "parse"):
+    if name in ("load", "parse", "verify"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

@@ -181,13 +181,11 @@ def solve_network(
     recover their storage matrices P afterwards (``lipdsl.kyp``): far fewer variables for wide layers, a
     bound slightly above the exact SDP's (still certified the same way).
     """
-    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables)
     times = dict(seconds or {})
     t0 = time.perf_counter()
-    low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
+    low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies,
+                              merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables)
     t1 = time.perf_counter()
-    # merges and folds can outgrow the estimate above: the same limits on the lowered systems
-    _check_limits(net, lowered_size(low, frequencies), max_lmi, max_variables, low)
     exact = _exact_bound(low)
     if exact is not None:
         times.update({"lower": t1 - t0})
@@ -224,6 +222,25 @@ def solve_network(
         err.result = result
         raise err
     return result
+
+
+def lower_within_limits(
+    net: typed.Network,
+    *,
+    min_length: int | None = None,
+    lift: int = 1,
+    frequencies: int | None = None,
+    merge_linear: bool = True,
+    max_lmi: int | None = MAX_LMI,
+    max_variables: int | None = MAX_VARIABLES,
+) -> LoweredNetwork:
+    """``lower(net)``, refused (``LimitError``) before anything is allocated when the SDP it leads to would
+    exceed the limits, and again on the lowered systems (merges and folds can outgrow the estimate). The one
+    way into the SDP for ``solve_network`` and the SDPA export."""
+    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables)
+    low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
+    _check_limits(net, lowered_size(low, frequencies), max_lmi, max_variables, low)
+    return low
 
 
 def _check_limits(net: typed.Network, size: ProblemSize, max_lmi: int | None, max_variables: int | None,

@@ -596,9 +596,10 @@ def lipsdp(net: typed.Network, mode: str = "neuron", length: int | None = None, 
     ``chordal``: ``None`` lets the cost model decide) and solves it with lipdsl's HKM interior-point method
     (``hkm.solve_hkm``: no SVD per iteration, the Schur complement from sparse Gram products); ``cvxopt`` is
     the same problem through lipdsl's CVXOPT driver and its sparse Gram KKT solver (NT scaling: 4-7x slower
-    at 500-650 rows); ``picos-cvxopt`` is the LMI, unsplit, through PICOS with CVXOPT's generic KKT solver
-    (the reference), and any other name is a PICOS solver. Either way the returned multipliers are
-    judged by ``_certify`` on the full, unsplit LMI rebuilt in numpy.
+    at 500-650 rows); any other name goes to ``solve.solve`` with the LMI unsplit (``picos-cvxopt``: through
+    PICOS with CVXOPT's generic KKT solver, the reference; ``cvxopt-generic``; a PICOS solver) -- the one
+    driver of every backend (not SDPA: its writer documents the dissipative SDP). Either way the returned
+    multipliers are judged by ``_certify`` on the full, unsplit LMI rebuilt in numpy.
     """
     t0 = time.perf_counter()
     mats, slopes, out, scale = _lipsdp_data(net, length)
@@ -610,37 +611,7 @@ def lipsdp(net: typed.Network, mode: str = "neuron", length: int | None = None, 
         U, S, _ = np.linalg.svd(mats[0].toarray(), full_matrices=False)
         mats[0] = sp.csr_matrix(U * S)
     C, E0, F, N, n0 = _lmi_coefficients(mats, slopes, out, mode)
-    if solver in ("hkm", "cvxopt"):
-        return _lipsdp_structured(mats, slopes, out, mode, scale, chordal, (C, E0, F, N, n0), t0, solver)
-    import picos
-
-    solver = solver.removeprefix("picos-")
-    picos.settings.NONFREE_SOLVERS = False  # NOTE: never try an unlicensed MOSEK
-    prob = picos.Problem()
-    rho = picos.RealVariable("rho", lower=0)
-    lam = picos.RealVariable("lam", F.shape[1], lower=0)
-    # NOTE: the hidden block is asked to be <= -HIDDEN_MARGIN I so that it stays negative definite despite the
-    # solver's feasibility tolerance; _certify then recomputes the least rho for the multipliers exactly.
-    idx = np.arange(n0, N)
-    margin = sp.csr_matrix((np.full(idx.size, HIDDEN_MARGIN), (idx + idx * N, np.zeros(idx.size, int))),
-                           shape=(N * N, 1))
-    lmi = picos.expressions.AffineExpression(
-        "LMI", (N, N), {rho: _to_cvxopt(-E0), lam: _to_cvxopt(F), (): _to_cvxopt(C + margin)})
-    prob.add_constraint(lmi << 0)
-    prob.set_objective("min", rho)
-    prob.options.solver = solver
-    prob.options.verbosity = 0
-    try:
-        sol = prob.solve()
-    except picos.SolutionFailure as exc:
-        raise SolveError(f"LipSDP-{mode}: {solver} failed: {exc}") from exc
-    if rho.value is None or lam.value is None:
-        raise SolveError(f"LipSDP-{mode}: {solver} returned no point ({sol.claimedStatus})")
-    lam_v = np.maximum(np.array(lam.value, dtype=float).ravel(), 0.0)
-    rho_v, ev = _certify(C, E0, F, N, n0, lam_v, float(rho.value))
-    bound = scale * math.sqrt(rho_v)
-    return BaselineResult(bound, time.perf_counter() - t0, "verified", bound ** 2,
-                          claimed_status=str(sol.claimedStatus), max_eig=ev, lmi_size=N)
+    return _lipsdp_structured(mats, slopes, out, mode, scale, chordal, (C, E0, F, N, n0), t0, solver)
 
 
 #: Relative tolerance of the structured LipSDP solve (CVXOPT's reltol/feastol; abstol 1e-2 of it). At 1e-9
@@ -652,16 +623,25 @@ LIPSDP_HKM_TOL = 1e-7
 
 
 def _lipsdp_structured(mats, slopes, out, mode, scale, chordal, full, t0, solver: str) -> BaselineResult:
-    """Solve ``lipsdp_problem`` with ``hkm.solve_hkm`` or ``solve.solve`` (CVXOPT, Gram KKT) and certify on
-    the full LMI."""
+    """Solve ``lipsdp_problem`` with ``hkm.solve_hkm`` or ``solve.solve`` (CVXOPT with the Gram KKT, or any
+    other backend but SDPA on the unsplit LMI) and certify on the full LMI."""
     from .hkm import solve_hkm
     from .solve import solve
 
+    if solver == "sdpa":  # the SDPA writer documents the dissipative SDP's variables, not LipSDP's
+        raise SolveError(f"LipSDP-{mode}: solver 'sdpa' is not available for LipSDP",
+                         hint="use hkm (the default), cvxopt, cvxopt-generic or a PICOS solver "
+                              "(picos-cvxopt)")
+    if solver not in ("hkm", "cvxopt"):
+        chordal = False  # the structured split is for lipdsl's own solvers; the others get the one LMI
     problem = lipsdp_problem(mats, slopes, out, mode, chordal)
     if solver == "hkm":
         sol = solve_hkm(problem, tol=LIPSDP_HKM_TOL)
     else:
-        sol = solve(problem, "cvxopt", tol=LIPSDP_TOL)
+        try:
+            sol = solve(problem, solver, tol=LIPSDP_TOL)
+        except SolveError as exc:
+            raise SolveError(f"LipSDP-{mode}: {exc.message}", hint=exc.hint) from exc
     if sol.x is None or sol.rho is None:
         raise SolveError(f"LipSDP-{mode}: {solver} returned no point ({sol.claimed_status})")
     lam_v = np.maximum(sol.x[problem.lam.slice], 0.0)

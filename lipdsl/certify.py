@@ -85,6 +85,9 @@ class Certificate:
     factor: float
     checks: tuple[LmiCheck, ...] = field(default=())
     reason: str = ""
+    #: the certified point in the LMIs' original form (``"rho"`` and each variable's name -> its value:
+    #: ``X`` and ``Lambda`` mapped back from ``Y = X^-1``, ``M = Lambda^-1``), for ``lipdsl.certificate``
+    point: dict | None = field(default=None, repr=False)
 
     @property
     def inflation(self) -> float | None:
@@ -316,4 +319,5 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
         factor,
         tuple(checks),
         reason,
+        {"rho": rho, **point.vars} if ok_all else None,
     )

@@ -313,7 +313,7 @@ def _print_state_space(net, latex: bool) -> None:
 
 # -- solve (issue 3) --------------------------------------------------------------------------------------
 
-_METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")  # = compare.METHODS
+from .compare import METHODS as _METHODS  # noqa: E402  (the one method registry; no numpy at start-up)
 
 
 @cli.command("solve")
@@ -368,6 +368,19 @@ _METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf
 @click.option(
     "--force", is_flag=True, help="With --method lipsdp-*: run even a LipSDP LMI above the size guard."
 )
+@click.option(
+    "--certificate",
+    "certificate_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the certified point to this JSON file (docs/certificate.md); check it with lipdsl verify.",
+)
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Also prove the bound in exact rational arithmetic (lipdsl verify --exact on the certificate): "
+    "reports 'proved'; exit 3 if the proof fails.",
+)
 @_ALLOW_OUTSIDE
 def solve_command(
     spec: str,
@@ -384,11 +397,15 @@ def solve_command(
     accept_unconverged: bool,
     method: str,
     force: bool,
+    certificate_path: str | None,
+    exact: bool,
     allow_outside: bool,
 ) -> None:
     """Certified Lipschitz upper bound of SPEC (exit 0 certified, 3 solver failed or not certified)."""
     import time
 
+    if method != "dissipative" and (certificate_path is not None or exact):
+        raise click.UsageError("--certificate and --exact apply to --method dissipative only")
     t0 = time.perf_counter()
     source, net = load_or_fail(spec, allow_outside)
     t1 = time.perf_counter()
@@ -415,15 +432,92 @@ def solve_command(
         )
     except LipdslError as err:
         fail(err, source)
+    proof = None
+    if result.certificate.verified and (certificate_path is not None or exact):
+        proof = _certify_file(result, net, certificate_path, exact, min_length, lift, frequencies, solver)
     if as_json:
         import json
 
-        click.echo(json.dumps(to_json(result)))
+        out = to_json(result)
+        if proof is not None:
+            out["proof"] = proof.to_json()
+        if certificate_path is not None and result.certificate.verified:
+            out["certificate_file"] = certificate_path
+        click.echo(json.dumps(out))
     else:
         from rich.console import Console
 
-        print_text(result, Console())
+        print_text(result, Console(), proof=proof)
+        if certificate_path is not None and result.certificate.verified:
+            click.echo(f"  certificate written to {certificate_path} (check it: lipdsl verify {spec} "
+                       f"{certificate_path} [--exact])")
     if not result.certificate.verified:
+        sys.exit(3)
+
+
+def _certify_file(result, net, path, exact, min_length, lift, frequencies, solver):
+    """Write the certificate (to ``path`` if given) and, with ``exact``, prove it: the Verdict, or exit 3
+    with the failing check (never a certificate file that does not verify)."""
+    from . import certificate
+    from .verify import verify
+
+    options = certificate.solve_options(min_length, lift, True, frequencies, solver)
+    try:
+        doc = certificate.build(result, options=options)
+        verdict = verify(net, doc, exact=exact)
+    except LipdslError as err:
+        fail(err, None)
+    if not verdict.ok:
+        click.echo(f"error: the certificate does not verify{' exactly' if exact else ''}: {verdict.reason}",
+                   err=True)
+        click.echo("  hint: please report this: the solver's point was certified but the independent check "
+                   "failed (no certificate written)", err=True)
+        sys.exit(3)
+    if path is not None:
+        import json
+        from pathlib import Path
+
+        Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    return verdict if exact else None
+
+
+# -- verify (issue 18) ------------------------------------------------------------------------------------
+
+
+@cli.command("verify")
+@click.argument("spec")
+@click.argument("certificate")
+@click.option("--exact", is_flag=True, help="Prove every LMI in exact rational arithmetic (python-flint).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "flint", "sympy"]),
+    default="auto",
+    show_default=True,
+    help="Exact arithmetic: python-flint (auto, if installed) or sympy.",
+)
+@_ALLOW_OUTSIDE
+def verify_command(spec: str, certificate: str, exact: bool, as_json: bool, backend: str,
+                   allow_outside: bool) -> None:
+    """Check CERTIFICATE (from lipdsl solve --certificate) against SPEC's weights, without the solver
+    (exit 0 verified, 1 unreadable input, 3 a check failed)."""
+    source, net = load_or_fail(spec, allow_outside)
+    from .report import print_verdict
+    from .verify import verify
+
+    try:
+        verdict = verify(net, certificate, exact=exact, backend_name=backend)
+    except LipdslError as err:
+        fail(err, None)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(verdict.to_json()))
+    else:
+        from rich.console import Console
+
+        print_verdict(verdict, Console(), Console(stderr=True))
+    if not verdict.ok:
         sys.exit(3)
 
 
@@ -445,12 +539,12 @@ def solve_command(
 def export_command(spec: str, output: str, min_length: int | None, lift: int, allow_outside: bool) -> None:
     """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
     source, net = load_or_fail(spec, allow_outside)
-    from .lower import lower
+    from .api import lower_within_limits
     from .sdp import build_sdp
     from .sdpa import write_sdpa
 
     try:
-        sdp = build_sdp(lower(net, min_length=min_length, lift=lift))
+        sdp = build_sdp(lower_within_limits(net, min_length=min_length, lift=lift))
     except LipdslError as err:
         fail(err, source)
     try:

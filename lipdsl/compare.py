@@ -9,13 +9,23 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from . import typed
 from .errors import LipdslError, UnsupportedError
 
-#: The methods in table order; ``dissipative`` is the paper's (and lipdsl's) method.
-METHODS = ("dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf")
+if TYPE_CHECKING:  # typed imports numpy: the CLI reads METHODS at start-up without it
+    from . import typed
+
+#: The one method registry: name -> what it bounds, in table order. The CLI's ``--method``/``--methods``
+#: choices, ``compare`` and the Python API's ``Network.solve(method)`` all take these names, spelled so.
+METHOD_HELP = {
+    "dissipative": "the paper's layer-wise dissipativity LMIs, certified (lipdsl's method)",
+    "lipsdp-neuron": "LipSDP-Neuron on the unrolled network (one multiplier per neuron), verified LMI",
+    "lipsdp-layer": "LipSDP-Layer on the unrolled network (one multiplier per layer), verified LMI",
+    "naive": "product of the unrolled maps' spectral norms at the input length",
+    "naive-hinf": "product of the layers' length-independent gains (conv: H-infinity norm)",
+}
+METHODS = tuple(METHOD_HELP)
 #: LipSDP on the unrolled network is one LMI of n_0 + sum(hidden) rows. lipdsl's HKM method (chordal split of
 #: time-banded nets into clique LMIs) costs ~0.5-0.8 s per interior-point iteration on one core for an
 #: unsplit 640-row block (ECG: ~30 iterations), growing like rows^3; a net with a dense layer does not split
@@ -35,6 +45,10 @@ class MethodResult:
     note: str = ""
     length: int | None = None  # input length the bound is for; None: the spec's shape, or any length
     lmi_rows: int | None = None
+    #: the method's own result (dissipative: the pipeline's ``Result``; LipSDP: ``BaselineResult``)
+    result: Any = field(default=None, compare=False, repr=False)
+    #: the user-level error behind a "refused"/"failed" status (the Python API re-raises it)
+    error: LipdslError | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +93,8 @@ def lipsdp_rows(net: typed.Network, length: int | None) -> int:
 
 
 def _any_maxpool(net: typed.Network) -> bool:
+    from . import typed
+
     return any(isinstance(L, typed.Pool) and L.op == "max" for L in net.layers)
 
 
@@ -93,16 +109,19 @@ def _unroll_length(net: typed.Network, length: int | None) -> int | None:
 
 def run_method(net: typed.Network, method: str, *, length: int | None = None, solver: str = "cvxopt",
                lift: int = 1, force: bool = False, max_rows: int = MAX_LIPSDP_ROWS,
-               timeout: float | None = None) -> MethodResult:
-    """One method's bound on ``net``; user-level failures become a ``MethodResult`` without a bound.
+               timeout: float | None = None, lipsdp_solver: str = "hkm", **options: Any) -> MethodResult:
+    """One method's bound on ``net`` (the one dispatcher over ``METHODS``); user-level failures become a
+    ``MethodResult`` without a bound, carrying the error.
 
     Parameters
     ----------
     length : int, optional
         Input length for nets declared ``input c x *`` (the N-dependent baselines unroll for it; the
         dissipative bound holds for every length, or for ``N >= length`` with a global average pool).
-    solver, lift, timeout
-        For ``dissipative``: passed to ``api.solve_network``.
+    solver, lift, timeout, **options
+        For ``dissipative``: passed to ``api.solve_network`` (``tol``, ``max_iterations``, ``margin``, ...).
+    lipsdp_solver
+        For ``lipsdp-*``: the solver of the unrolled LMI (``hkm``, lipdsl's own; ``cvxopt``, ``sdpa``, ...).
     force, max_rows
         LipSDP is skipped when its LMI would have more than ``max_rows`` rows, unless ``force``.
     """
@@ -115,16 +134,16 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
             from .api import solve_network
 
             res = solve_network(net, solver=solver, min_length=length if net.any_length else None, lift=lift,
-                                timeout=timeout)
+                                timeout=timeout, **options)
             cert = res.certificate
             note = f"valid for {res.validity}"
             if lift > 1:
                 note += f"; lifted by {lift}"
             if not cert.verified:
                 return MethodResult(method, None, time.perf_counter() - t0, "not certified",
-                                    cert.reason or "")
+                                    cert.reason or "", result=res)
             return MethodResult(method, cert.lipschitz, time.perf_counter() - t0, "certified", note,
-                                lmi_rows=max(c.size for c in cert.checks))
+                                lmi_rows=max(c.size for c in cert.checks), result=res)
         if method == "naive-hinf":
             from .baselines import naive_hinf
 
@@ -151,15 +170,17 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
                                 length=n, lmi_rows=rows)
         from .baselines import lipsdp
 
-        b = lipsdp(net, mode=method.removeprefix("lipsdp-"), length=n)
+        b = lipsdp(net, mode=method.removeprefix("lipsdp-"), length=n, solver=lipsdp_solver)
         return MethodResult(method, b.bound, time.perf_counter() - t0, "verified LMI",
                             "unrolled network" + (f", N = {n}" if n else "")
                             + (f"; solver claimed '{b.claimed_status}'" if b.claimed_status else ""),
-                            length=n, lmi_rows=b.lmi_size)
+                            length=n, lmi_rows=b.lmi_size, result=b)
     except UnsupportedError as err:
-        return MethodResult(method, None, time.perf_counter() - t0, "refused", err.message, length=n)
+        return MethodResult(method, None, time.perf_counter() - t0, "refused", err.message, length=n,
+                            error=err)
     except LipdslError as err:
-        return MethodResult(method, None, time.perf_counter() - t0, "failed", err.message, length=n)
+        return MethodResult(method, None, time.perf_counter() - t0, "failed", err.message, length=n,
+                            error=err)
 
 
 def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: int | None = None,

@@ -27,7 +27,6 @@ A PyTorch ``nn.Sequential`` converts without files (``lipdsl.from_torch``); see 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +36,9 @@ import numpy as np
 from . import typed
 from .source import Source
 
-__all__ = ["Network", "Bound", "LowerBound", "Comparison", "load", "parse", "from_torch", "from_onnx"]
+__all__ = ["Network", "Bound", "LowerBound", "Comparison", "load", "parse", "verify", "from_torch",
+           "from_onnx"]
 
-METHODS = ("dissipative", "naive", "naive_hinf", "lipsdp", "lipsdp-neuron", "lipsdp-layer")
 
 
 @dataclass(frozen=True)
@@ -171,15 +170,19 @@ class Network:
         ----------
         method : str
             ``dissipative`` (the paper's layer-wise SDP, as ``lipdsl solve``), ``naive`` (product of the
-            layers' norms at this input length), ``naive_hinf`` (product of the filters' H-infinity norms),
-            ``lipsdp``/``lipsdp-neuron`` or ``lipsdp-layer`` (one SDP on the unrolled network).
+            layers' norms at this input length), ``naive-hinf`` (product of the filters' H-infinity norms),
+            ``lipsdp-neuron`` or ``lipsdp-layer`` (one SDP on the unrolled network): ``compare.METHODS``,
+            the names ``lipdsl solve --method`` takes.
         solver : str, optional
             For the SDP methods: ``cvxopt`` (dissipative's default) and the others ``lipdsl solve --solver``
             knows; for LipSDP also ``hkm`` (its default, lipdsl's HKM interior-point method).
         length : int, optional
             For ``input c x *`` nets: the (shortest) input length to cover.
         **options
-            Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``).
+            Passed to :func:`lipdsl.api.solve_network` (``tol``, ``max_iterations``, ``margin``, ``lift``,
+            ``frequencies``); ``certificate=path`` (dissipative only) writes the certificate file of a
+            certified bound after checking it independently (``docs/certificate.md``; nothing is written
+            for an uncertified bound; re-check it with :func:`verify`).
 
         Returns
         -------
@@ -189,56 +192,76 @@ class Network:
         Examples
         --------
         >>> net = load("specs/ecg.lip")
-        >>> net.solve("naive_hinf").lipschitz >= net.solve("naive").lipschitz > 109.123
+        >>> net.solve("naive-hinf").lipschitz >= net.solve("naive").lipschitz > 109.123
         True
         """
-        if method not in METHODS:
-            from .errors import LipdslError
+        from .compare import METHODS, run_method
+        from .errors import LipdslError, UnsupportedError
 
-            raise LipdslError(f"unknown method {method!r}", hint=f"use one of {', '.join(METHODS)}")
-        t0 = time.perf_counter()
+        if method not in METHODS:
+            import difflib
+
+            close = difflib.get_close_matches(method.replace("_", "-"), METHODS, n=1)
+            raise LipdslError(
+                f"unknown method {method!r}",
+                hint=(f"did you mean {close[0]!r}? " if close else "") + f"use one of {', '.join(METHODS)}",
+            )
+        cert_path = options.pop("certificate", None)
+        if cert_path is not None and method != "dissipative":
+            raise LipdslError("certificate= applies to the dissipative method only")
+        r = run_method(
+            self.typed,
+            method,
+            length=length,
+            solver=solver or "cvxopt",
+            lipsdp_solver=solver or "hkm",
+            **options,
+        )
+        if r.status in ("refused", "failed"):
+            raise r.error or UnsupportedError(f"{method}: {r.note}")
         if method == "dissipative":
-            from .api import solve_network
             from .report import to_json
 
-            result = solve_network(self.typed, solver=solver or "cvxopt", min_length=length, **options)
+            result = r.result
             cert = result.certificate
+            if cert_path is not None and cert.verified:
+                from . import certificate
+
+                certificate.write(result, cert_path, options=certificate.solve_options(
+                    length if self.typed.any_length else None, options.get("lift", 1),
+                    options.get("merge_linear", True), options.get("frequencies"), solver or "cvxopt"))
             return Bound(
                 self.name,
                 method,
                 cert.lipschitz if cert.verified else None,
                 bool(cert.verified),
-                time.perf_counter() - t0,
+                r.seconds,
                 result.solution.solver,
                 result.solution.claimed_status,
                 to_json(result),
             )
-        from . import baselines
-
-        if method in ("naive", "naive_hinf"):
-            value = getattr(baselines, method)(self.typed, length)
+        if method.startswith("lipsdp"):
+            res = r.result
             return Bound(
                 self.name,
                 method,
-                float(value),
-                True,
-                time.perf_counter() - t0,
-                None,
-                "exact",
-                {"kind": "product of layer gains"},
+                float(res.bound),
+                res.status in ("verified", "exact"),
+                r.seconds,
+                solver or "hkm",
+                res.claimed_status,
+                {"status": res.status, "rho": res.rho, "max_eig": res.max_eig, "lmi_size": res.lmi_size},
             )
-        mode = "layer" if method == "lipsdp-layer" else "neuron"
-        solver = solver or "hkm"
-        res = baselines.lipsdp(self.typed, mode=mode, length=length, solver=solver)
+        proven = r.status == "exact norm"  # an iterative norm estimate is not a proof
         return Bound(
             self.name,
             method,
-            float(res.bound),
-            res.status in ("verified", "exact"),
-            res.seconds,
-            solver,
-            res.claimed_status,
-            {"status": res.status, "rho": res.rho, "max_eig": res.max_eig, "lmi_size": res.lmi_size},
+            r.bound if proven else None,
+            proven,
+            r.seconds,
+            None,
+            "exact" if proven else r.status,
+            {"kind": r.note, "status": r.status},
         )
 
     def lower_bound(
@@ -264,7 +287,7 @@ class Network:
         self,
         solver: str = "cvxopt",
         *,
-        methods: tuple[str, ...] = ("dissipative", "lipsdp", "naive", "naive_hinf"),
+        methods: tuple[str, ...] = ("dissipative", "lipsdp-neuron", "naive", "naive-hinf"),
         length: int | None = None,
         lower: bool = True,
         time_budget: float = 5.0,
@@ -275,15 +298,15 @@ class Network:
 
         Examples
         --------
-        >>> cmp = load("specs/ecg.lip").compare(methods=("naive", "naive_hinf"), time_budget=1)
+        >>> cmp = load("specs/ecg.lip").compare(methods=("naive", "naive-hinf"), time_budget=1)
         >>> [b.method for b in cmp.bounds]
-        ['naive', 'naive_hinf']
+        ['naive', 'naive-hinf']
         >>> cmp.lower.value <= cmp.bounds[0].lipschitz <= cmp.bounds[1].lipschitz
         True
         >>> print(cmp)                                                    # doctest: +NORMALIZE_WHITESPACE
         ecg:
           naive ... s)
-          naive_hinf ... s)
+          naive-hinf ... s)
           lower bound ... s)
         """
         from .errors import UnsupportedError
@@ -297,8 +320,9 @@ class Network:
         low = self.lower_bound(time_budget=time_budget, length=length) if lower else None
         return Comparison(self.name, tuple(bounds), low)
 
-    def export_sdpa(self, path: str | os.PathLike, *, length: int | None = None):
-        """Write the SDP of ``solve()`` in SDPA sparse format (.dat-s), as ``lipdsl export``.
+    def export_sdpa(self, path: str | os.PathLike, *, length: int | None = None, lift: int = 1):
+        """Write the SDP of ``solve(lift=lift)`` in SDPA sparse format (.dat-s), as ``lipdsl export``; the
+        same size limits as ``solve`` apply (``LimitError`` before anything is allocated).
 
         Returns
         -------
@@ -313,11 +337,11 @@ class Network:
         >>> size.m > 0
         True
         """
-        from .lower import lower
+        from .api import lower_within_limits
         from .sdp import build_sdp
         from .sdpa import write_sdpa
 
-        sdp = build_sdp(lower(self.typed, min_length=length))
+        sdp = build_sdp(lower_within_limits(self.typed, min_length=length, lift=lift))
         name = self.typed.source_path or self.name
         return write_sdpa(sdp, path, spec_name=name)
 
@@ -375,6 +399,21 @@ def parse(text: str, *, path: str = "<string>", allow_outside: bool = False) -> 
 
     source = Source(path, text)
     return Network(check_source(source, allow_outside=allow_outside), source)
+
+
+def verify(spec: "str | os.PathLike | Network", certificate: "str | os.PathLike | dict", *,
+           exact: bool = False, backend: str = "auto", allow_outside: bool = False):
+    """Check a certificate file against a spec, independently of the solver -> ``lipdsl.verify.Verdict``.
+
+    ``verdict.ok`` is True when every LMI holds (rigorous floating point, or ``exact=True``: rational
+    arithmetic); ``verdict.lipschitz`` is then a proved upper bound (``verdict.bound_text`` rounded up).
+    Raises ``LipdslError`` for an unreadable spec or certificate, another schema or lipdsl version, or a
+    certificate written for other weights or another network (``docs/certificate.md``).
+    """
+    from .verify import verify as check
+
+    target = spec.typed if isinstance(spec, Network) else spec
+    return check(target, certificate, exact=exact, backend_name=backend, allow_outside=allow_outside)
 
 
 def from_torch(module: Any, input_shape: Any, *, name: str | None = None) -> Network:

@@ -90,15 +90,16 @@ def to_json(result: Result) -> dict:
     }
 
 
-def print_text(result: Result, console) -> None:
-    """Human-readable report on a rich Console."""
+def print_text(result: Result, console, proof=None) -> None:
+    """Human-readable report on a rich Console (``proof``: a ``lipdsl.verify.Verdict`` of ``--exact``)."""
     from rich.table import Table
 
     cert, sol, net = result.certificate, result.solution, result.network
     if cert.verified:
+        proved = "" if proof is None else f", proved: L <= {proof.bound_text} in exact arithmetic"
         console.print(
             f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{cert.lipschitz:.10g}[/] "
-            f"(certified)"
+            f"(certified{proved})", soft_wrap=proof is not None
         )
         repaired = (
             "closed form, no SDP needed"
@@ -148,3 +149,30 @@ def print_text(result: Result, console) -> None:
     console.print(table)
     for note in to_json(result)["notes"]:
         console.print(f"  note: {note}")
+
+
+def print_verdict(verdict, console, errors) -> None:
+    """``lipdsl verify``: the proved bound and each check on ``console``; a failure on ``errors``."""
+    how = ("exact rational arithmetic" if verdict.mode == "exact"
+           else "floating point with rounding bounds")
+    if verdict.ok:
+        console.print(f"[bold]verified[/bold]: Lipschitz constant of {verdict.network} <= "
+                      f"[bold green]{verdict.bound_text}[/] ({how}; claimed {verdict.claimed:.10g})",
+                      soft_wrap=True)
+    else:
+        errors.print(f"error: the certificate of {verdict.network} does not verify ({how}): "
+                     f"{verdict.reason}", markup=False, highlight=False, soft_wrap=True)
+    for c in verdict.checks:
+        mark = "ok  " if c.ok else "FAIL"
+        real = "" if c.exact_realization else " [realization: lower.py's rounded products]"
+        console.print(f"  {mark} {c.name}, {c.size} rows: {c.detail}{real}", markup=False, highlight=False,
+                      soft_wrap=True)
+    if verdict.rho_raise:
+        console.print(f"  rho raised by {verdict.rho_raise:.3g} for strict feasibility in exact arithmetic",
+                      soft_wrap=True)
+    if not verdict.realization_exact:
+        console.print("  note: lifted maps are checked with lower.py's floating-point realization (its "
+                      "products of weights rounded to double are not covered)", markup=False, highlight=False,
+                      soft_wrap=True)
+    backend = f", {verdict.backend}" if verdict.mode == "exact" else ""
+    console.print(f"  time {verdict.seconds:.3f} s{backend}")

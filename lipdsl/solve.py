@@ -766,6 +766,7 @@ def _solve(sdp: Sdp, solver: str, *, tol: float, max_iterations: int, verbose: b
         return _solve_cvxopt(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose, structured=False)
     if solver == "sdpa":
         return _solve_sdpa(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose)
+    solver = solver.removeprefix("picos-")  # picos-cvxopt: CVXOPT through PICOS (the generic reference path)
     try:
         import picos
     except ImportError as exc:  # pragma: no cover - picos is a core dependency

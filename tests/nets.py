@@ -199,3 +199,30 @@ def random_cnn(rng: np.random.Generator, *, activation: str | None = None, lengt
     m = int(rng.integers(1, 4))
     b.dense(rng.standard_normal((m, b.shape.channels)) / np.sqrt(b.shape.channels))
     return b.build()
+
+
+#: Small reference files copied into the repository (a user's clone has no ../shared).
+DATA = Path(__file__).parent / "data"
+
+
+def ecg(name="CNN_23_03_08_11_52"):
+    """One of the three reference ECG models copied into tests/data (biases left out: they do not matter)."""
+    return ecg_from_npz(DATA / "ecg" / f"{name}.npz", biases=False)
+
+
+def mixed_net(seed):
+    rng = np.random.default_rng(seed)
+    return (
+        Builder(2, 12)
+        .conv(rng.normal(size=(3, 2, 3)), padding="same")
+        .act("leaky_relu", 0.1)
+        .pool("max", 2)
+        .conv(rng.normal(size=(2, 3, 2)), padding="valid")
+        .act("sigmoid")
+        .pool("avg", 3, 2)
+        .flatten()
+        .dense(rng.normal(size=(4, 4)))
+        .act("tanh")
+        .dense(rng.normal(size=(3, 4)))
+        .build()
+    )

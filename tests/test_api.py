@@ -12,6 +12,7 @@ import pytest
 import lipdsl
 import lipdsl.importer
 import lipdsl.network
+from lipdsl import errors as lipdsl_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +52,19 @@ def test_result_to_json_without_solver():
     assert bound.to_json()["lipschitz"] == pytest.approx(4.0)
     with pytest.raises(lipdsl.errors.LipdslError, match="unknown method"):
         lipdsl.parse("input 2\nrelu\n").solve("magic")
+
+
+def test_one_method_registry_and_spelling():
+    """The API, `solve --method` and `compare --methods` take the same names, and only those."""
+    import click
+
+    from lipdsl.cli import cli
+    from lipdsl.compare import METHODS
+
+    solve_choices = next(p for p in cli.commands["solve"].params if p.name == "method").type
+    assert isinstance(solve_choices, click.Choice) and tuple(solve_choices.choices) == METHODS
+    net = lipdsl.parse("input 2\ndense d: 2 -> 2, weight [[3, 0], [0, 4]]\n")
+    assert net.solve("naive-hinf").lipschitz == pytest.approx(4.0)
+    with pytest.raises(lipdsl_errors.LipdslError, match="unknown method 'naive_hinf'") as info:
+        net.solve("naive_hinf")
+    assert "did you mean 'naive-hinf'" in info.value.hint

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from lipdsl.baselines import hinf_norm, lipsdp, naive, naive_hinf, spectral_norm, unroll
 from lipdsl.empirical import lower_bound
-from lipdsl.errors import UnsupportedError
+from lipdsl.errors import SolveError, UnsupportedError
 from lipdsl.forward import jacobian
 
 from nets import Builder, dense_net, ecg_network, lipsdp_net, random_cnn
@@ -242,3 +242,14 @@ def test_chordal_split_is_exact_algebra():
     for rows, F0k, tk in blocks:
         total[np.ix_(rows, rows)] += value(F0k, tk, len(rows))
     np.testing.assert_allclose(total, value(F0, terms, N), atol=1e-12)
+
+
+@pytest.mark.solver
+def test_lipsdp_goes_through_the_one_solver_driver():
+    """Every backend of ``solve.solve`` gives LipSDP's optimum (PICOS by name, CVXOPT's generic KKT)."""
+    net = random_cnn(np.random.default_rng(77), activation="relu")
+    ref = lipsdp(net, "neuron").bound
+    for solver in ("cvxopt", "cvxopt-generic", "picos-cvxopt"):
+        assert lipsdp(net, "neuron", solver=solver).bound == pytest.approx(ref, rel=1e-6), solver
+    with pytest.raises(SolveError, match="not available for LipSDP"):
+        lipsdp(net, "neuron", solver="sdpa")

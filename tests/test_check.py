@@ -271,7 +271,11 @@ def test_activation_errors():
 def test_check_errors(body, error, match):
     with pytest.raises(error, match=match) as info:
         net_of(body)
+    # every error points at the statement at fault: the last one, but for these three
+    line = {"input 0 x 8\nrelu\n": 1, "input 2\nlet a = 1\nlet a = 2\nrelu\n": 3,
+            "input 2\nlet pi = 3\nrelu\n": 2}.get(body, len(body.splitlines()))
     assert info.value.span is not None
+    assert info.value.span.line == line and info.value.span.col >= 1
 
 
 def test_lets_are_substituted_in_order_and_sizes_can_be_expressions():
@@ -350,7 +354,8 @@ def test_weight_sources(wdir):
 def test_weight_errors(wdir, body, match):
     with pytest.raises(WeightError, match=match) as info:
         net_of("input 2\n" + body, wdir)
-    assert info.value.span is not None
+    # the layer naming the file: the last line
+    assert info.value.span is not None and info.value.span.line == len(("input 2\n" + body).splitlines())
 
 
 def test_allow_outside(wdir):

@@ -4,9 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from lipdsl.cli import cli
 from lipdsl.compare import MAXPOOL_REFUSAL, METHODS, check_ordering, compare, run_method
 from lipdsl.load import load_network
 
@@ -14,10 +11,6 @@ from nets import Builder
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 RANDOM = str(SPECS / "lipsdp_random.lip")
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +81,12 @@ def test_size_guard_skips_large_lipsdp():
     assert r.status == "skipped" and r.bound is None and r.lmi_rows == 1350 and "--force" in r.note
 
 
+@pytest.mark.slow
 @pytest.mark.solver
-def test_compare_ecg_json_has_lipsdp_bounds():
+def test_compare_ecg_json_has_lipsdp_bounds(cli):
     """ECG (a 641-row LipSDP LMI, unsplit: its dense layer joins every clique): both LipSDP bounds, certified
     and ordered, and LipSDP-Neuron at its optimum (about half a minute on one core with the HKM method)."""
-    res = run("compare", "--json", "--lower-starts", "2", "--time-budget", "3", str(SPECS / "ecg.lip"))
+    res = cli("compare", "--json", "--lower-starts", "2", "--time-budget", "3", str(SPECS / "ecg.lip"))
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     b = {m["method"]: m for m in data["methods"]}
@@ -103,8 +97,8 @@ def test_compare_ecg_json_has_lipsdp_bounds():
     assert b["lipsdp-layer"]["bound"] == pytest.approx(112.96692, rel=1e-6)
 
 
-def test_compare_cli_text_refusal_and_table():
-    res = run("compare", "--lower-starts", "0", "--methods", "naive,lipsdp-neuron,naive-hinf",
+def test_compare_cli_text_refusal_and_table(cli):
+    res = cli("compare", "--lower-starts", "0", "--methods", "naive,lipsdp-neuron,naive-hinf",
               str(SPECS / "features.lip"))
     assert res.exit_code == 0, res.output
     assert "lipsdp-neuron: refused: max pooling is not slope-restricted" in res.output
@@ -112,8 +106,8 @@ def test_compare_cli_text_refusal_and_table():
 
 
 @pytest.mark.solver
-def test_compare_cli_json_shape():
-    res = run("compare", "--json", "--lower-starts", "2", "--time-budget", "3", RANDOM)
+def test_compare_cli_json_shape(cli):
+    res = cli("compare", "--json", "--lower-starts", "2", "--time-budget", "3", RANDOM)
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["network"] == "lipsdp_random" and data["ordering_violations"] == []
@@ -125,8 +119,8 @@ def test_compare_cli_json_shape():
     assert data["lower_bound"]["value"] == pytest.approx(36.4822, rel=1e-4)
 
 
-def test_compare_cli_unknown_method_is_a_usage_error():
-    res = run("compare", "--methods", "naive,lipsdp-network", RANDOM)
+def test_compare_cli_unknown_method_is_a_usage_error(cli):
+    res = cli("compare", "--methods", "naive,lipsdp-network", RANDOM)
     assert res.exit_code == 2 and "lipsdp-network" in res.output
 
 
@@ -137,22 +131,22 @@ def test_compare_cli_unknown_method_is_a_usage_error():
     ("lipsdp-layer", 0, "39.8386"),
     ("lipsdp-neuron", 0, "(verified LMI)"),
 ])
-def test_solve_method_exit_codes(method, code, text):
-    res = run("solve", "--method", method, RANDOM)
+def test_solve_method_exit_codes(method, code, text, cli):
+    res = cli("solve", "--method", method, RANDOM)
     assert res.exit_code == code, res.output
     assert text in res.output
 
 
-def test_solve_method_refused_exits_3_without_a_number():
-    res = run("solve", "--method", "lipsdp-neuron", "--json", str(SPECS / "features.lip"))
+def test_solve_method_refused_exits_3_without_a_number(cli):
+    res = cli("solve", "--method", "lipsdp-neuron", "--json", str(SPECS / "features.lip"))
     assert res.exit_code == 3
     data = json.loads(res.output)
     assert data["lipschitz"] is None and data["status"] == "refused"
 
 
-def test_plot_writes_a_png(tmp_path):
+def test_plot_writes_a_png(tmp_path, cli):
     pytest.importorskip("matplotlib")
     out = tmp_path / "c.png"
-    res = run("compare", "--lower-starts", "0", "--methods", "naive,naive-hinf", "--plot", str(out), RANDOM)
+    res = cli("compare", "--lower-starts", "0", "--methods", "naive,naive-hinf", "--plot", str(out), RANDOM)
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ from lipdsl.empirical import lower_bound
 from lipdsl.errors import UnsupportedError
 from lipdsl.lower import conv_state_space, lift_state_space, lower
 from nets import Builder
-from test_sdp import ecg
+from nets import ecg
 
 
 @pytest.mark.parametrize("b", [1, 2, 3, 5])

@@ -149,7 +149,10 @@ def test_syntax_error_table(label, example):
     with pytest.raises(ParseError) as err:
         p(example)
     assert err.value.message.startswith(label) or err.value.message.startswith("unexpected character")
-    assert err.value.span is not None
+    # the span is Lark's position of the offending token, inside the example's text
+    span = err.value.span
+    assert span is not None and 1 <= span.line <= example.count("\n") + 1 and span.col >= 1
+    assert (span.line, span.col) == (info.value.line, info.value.column)
 
 
 def test_unmatched_syntax_error_lists_what_was_expected():

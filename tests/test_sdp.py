@@ -1,6 +1,5 @@
 """sdp: LMIs are symmetric, have the expected sizes, and the sparse assembly equals the closed-form blocks."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,33 +7,7 @@ import pytest
 from lipdsl.certify import _Point
 from lipdsl.lower import lower
 from lipdsl.sdp import build_sdp
-from nets import Builder, ecg_from_npz, random_head
-
-DATA = Path(__file__).parent / "data"
-
-
-def ecg(name="CNN_23_03_08_11_52"):
-    """One of the three reference ECG models copied into tests/data (biases left out: they do not matter)."""
-    return ecg_from_npz(DATA / "ecg" / f"{name}.npz", biases=False)
-
-
-def mixed_net(seed):
-    rng = np.random.default_rng(seed)
-    return (
-        Builder(2, 12)
-        .conv(rng.normal(size=(3, 2, 3)), padding="same")
-        .act("leaky_relu", 0.1)
-        .pool("max", 2)
-        .conv(rng.normal(size=(2, 3, 2)), padding="valid")
-        .act("sigmoid")
-        .pool("avg", 3, 2)
-        .flatten()
-        .dense(rng.normal(size=(4, 4)))
-        .act("tanh")
-        .dense(rng.normal(size=(3, 4)))
-        .build()
-    )
-
+from nets import Builder, ecg, mixed_net, random_head
 
 def test_ecg_lmi_sizes_and_variables():
     sdp = build_sdp(lower(ecg()), inverse=False)

@@ -17,7 +17,7 @@ from lipdsl.sdp import build_sdp
 from lipdsl.sdpa import BOUND_LINE, SdpaFormatError, read_sdpa, solve_sdpa_file, write_sdpa
 from lipdsl.solve import Solution
 from nets import Builder
-from test_sdp import ecg, mixed_net
+from nets import ecg, mixed_net
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 GOLDEN = Path(__file__).parent / "golden" / "tiny.dat-s"
@@ -216,3 +216,23 @@ def test_cli_export_lift_matches_solve_lift(tmp_path):
     ours = solve_network(net, lift=2, tol=1e-9)
     assert math.sqrt(solve_sdpa_file(out, tol=1e-9).objective) * d.factor == pytest.approx(
         ours.certificate.lipschitz, rel=1e-6)
+
+
+def test_export_has_solve_limits_and_lift(tmp_path, cli):
+    """Export goes through the same lowering entry as solve: the size limits refuse before allocating, and
+    the Python API's export takes ``lift`` as the CLI's does."""
+    import lipdsl
+    import lipdsl.api
+    from lipdsl.errors import LimitError
+
+    spec = SPECS / "ecg.lip"
+    net = lipdsl.load(str(spec))
+    plain = net.export_sdpa(tmp_path / "a.dat-s")
+    lifted = net.export_sdpa(tmp_path / "b.dat-s", lift=2)
+    res = cli("export", spec, "--lift", "2", "-o", tmp_path / "c.dat-s")
+    assert res.exit_code == 0
+    assert (tmp_path / "b.dat-s").read_text() == (tmp_path / "c.dat-s").read_text().replace(
+        f" from {spec}", f" from {net.typed.source_path}")
+    assert lifted.m > plain.m
+    with pytest.raises(LimitError, match="more than --max-lmi 10"):
+        lipdsl.api.lower_within_limits(net.typed, max_lmi=10)

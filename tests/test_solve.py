@@ -12,7 +12,7 @@ from lipdsl.baselines import lipsdp, naive_hinf
 from lipdsl.empirical import lower_bound
 from lipdsl.load import load_network
 from nets import Builder, dense_net, ecg_from_npz, random_head
-from test_sdp import DATA, ecg
+from nets import DATA, ecg
 
 pytestmark = pytest.mark.solver
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from lipdsl import check as check_module
 from lipdsl.check import check
 from lipdsl.cli import main
-from lipdsl.errors import ShapeError, WeightError
+from lipdsl.errors import ShapeError, SpecError, WeightError
 from lipdsl.parse import parse
 from lipdsl.source import Source
 
@@ -38,7 +38,10 @@ def net_of(text: str, directory: Path, **kw):
 def refused(directory: Path, text: str, match: str) -> WeightError:
     with pytest.raises(WeightError, match=match) as info:
         net_of("input 2\n" + text, directory)
-    assert info.value.span is not None
+    # the error points at the statement that names the tensor: the last layer line of the spec
+    lines = ("input 2\n" + text).splitlines()
+    layer_line = max(i for i, line in enumerate(lines, 1) if line.strip())
+    assert info.value.span is not None and info.value.span.line == layer_line
     return info.value
 
 
@@ -94,7 +97,7 @@ def test_non_finite_entries_name_the_tensor_and_index(tmp_path, value, word):
 
 
 def test_inline_infinity_is_refused_with_its_position(tmp_path):
-    with pytest.raises(Exception, match="too large for float64") as info:
+    with pytest.raises(SpecError, match="too large for float64") as info:
         net_of("input 2\ndense 2 -> 1, weight [[1, 1e400]]\n", tmp_path)
     assert (info.value.span.line, info.value.span.col) == (2, 27)
 
@@ -210,4 +213,4 @@ def test_corrupted_weight_files_load_or_give_a_weight_error(tmp_path_factory, na
     try:
         net_of(f"input 2\ndense 2 -> 1, weight {ref}\n", directory)
     except (WeightError, ShapeError) as err:
-        assert err.span is not None
+        assert err.span is not None and err.span.line == 2  # the dense layer that names the file
