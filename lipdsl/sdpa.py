@@ -451,7 +451,7 @@ def solve_with_sdpa(sdp: Sdp, **options) -> SdpaResult:
     """Write ``sdp`` to a temporary .dat-s file and solve it with ``solve_sdpa_file``; ``x`` is lipdsl's x."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "problem.dat-s"
-        write_sdpa(sdp, path, objective=sdp.solver_objective())
+        write_sdpa(sdp, path, objective=sdp.solver_objective() if hasattr(sdp, "solver_objective") else None)
         return solve_sdpa_file(path, **options)
 
 
