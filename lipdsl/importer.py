@@ -84,6 +84,7 @@ class Imported:
     notes: list[str] = field(
         default_factory=list
     )  # what the import changed (transposed weights, folded adds)
+    outputs: list[str] = field(default_factory=list)  # per layer, the model's tensor it computes (ONNX)
 
     def spec_text(self, weights_file: str) -> str:
         """The ``.lip`` text, with tensors taken by key from ``weights_file`` (relative to the spec)."""
@@ -411,18 +412,12 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
     LipdslError
         An unreadable file, or a graph that is not a single chain with one input and one output.
     """
+    from .onnx_graph import check_against_reference, load_model, simplify
+
     onnx, numpy_helper = _require_onnx()
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        try:
-            proto = onnx.load(str(path))
-        except FileNotFoundError:
-            raise ImportError_(f"model file {str(path)!r} not found") from None
-        except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for a bad file
-            raise ImportError_(
-                f"cannot read {str(path)!r} as an ONNX model: {exc}",
-                hint="is it an .onnx file (e.g. from torch.onnx.export)?",
-            ) from None
+        proto = load_model(path)  # size, file type and tensor checks before anything is allocated
         stem = path.stem
     elif isinstance(model, (bytes, bytearray)):
         try:
@@ -441,9 +436,13 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
         + (f" (producer {producer}" if producer else " (")
         + f"{', ' if producer else ''}opset {opset})"
     )
-    return _OnnxReader(graph, numpy_helper, onnx, opset).read(
+    simple = simplify(proto, length)  # constants evaluated; pads, chomps and batch norm folded (exactly)
+    imported = _OnnxReader(simple.model.graph, numpy_helper, onnx, opset).read(
         name or _net_name(stem or graph.name or "imported"), length, origin
     )
+    imported.notes[:0] = simple.notes
+    check_against_reference(proto, imported)  # the original model vs the import, layer by layer
+    return imported
 
 
 class _OnnxReader:
@@ -458,6 +457,7 @@ class _OnnxReader:
         self.layers: list[Layer] = []
         self.taken: set[str] = set()
         self.notes: list[str] = []
+        self.outputs: dict[int, str] = {}
 
     def attrs(self, node) -> dict[str, Any]:
         return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -533,6 +533,8 @@ class _OnnxReader:
             else:
                 shape = self.node(node, shape, pending_pad)
                 pending_pad = None
+                if self.layers:  # the tensor the last layer's output equals (Identity & co. pass it on)
+                    self.outputs[len(self.layers) - 1] = node.output[0]
             current = node.output[0]
             for extra in node.output[1:]:
                 if extra and consumers.get(extra) or extra in {o.name for o in graph.output}:
@@ -547,7 +549,8 @@ class _OnnxReader:
             )
         if not self.layers:
             raise UnsupportedError("the graph has no layer lipdsl can bound")
-        return Imported(name, start, self.layers, self.keys.tensors, origin, self.notes)
+        outputs = [self.outputs[i] for i in range(len(self.layers))]
+        return Imported(name, start, self.layers, self.keys.tensors, origin, self.notes, outputs)
 
     def fold(self, node) -> None:
         """Evaluate a node whose inputs are all constants (onnx's numpy reference evaluator)."""
@@ -754,9 +757,10 @@ class _OnnxReader:
                         hint="pass --length",
                     )
                 total = reach
-            else:
-                n_out = -(-shape.length // stride)
-                total = max(0, (n_out - 1) * stride + reach + 1 - shape.length)
+            else:  # on the length after a Pad node before the conv, as ONNX computes it
+                padded = shape.length + pad[0] + pad[1]
+                n_out = -(-padded // stride)
+                total = max(0, (n_out - 1) * stride + reach + 1 - padded)
             small, big = total // 2, total - total // 2
             pl, pr = (small, big) if auto == "SAME_UPPER" else (big, small)
         elif auto == "VALID":
@@ -898,13 +902,13 @@ class _OnnxReader:
         squeezed = (
             c.reshape(-1) if c.size == n else (np.full(n, float(c.reshape(-1)[0])) if c.size == 1 else None)
         )
-        layout_ok = (last.kind == "dense" and (c.ndim <= 1 or c.shape[:-1] == (1,) * (c.ndim - 1))) or (
-            last.kind == "conv1d" and (c.size == 1 or (c.ndim >= 2 and c.shape[-1] == 1))
-        )
+        layout_ok = _bias_layout(c.shape, n, signal=last.kind == "conv1d")
         if squeezed is None or not layout_ok:
             raise UnsupportedError(
                 f"{where} adds a constant of shape {c.shape}, not a per-channel bias of the "
                 f"{n} outputs before it"
+                + (" (it broadcasts over the batch axis)" if c.ndim > (3 if last.kind == "conv1d" else 2)
+                   or (c.ndim == (3 if last.kind == "conv1d" else 2) and c.shape[0] != 1) else "")
             )
         old = last.options.get("bias")
         total = squeezed if old is None else self.keys.tensors[old] + squeezed
@@ -915,6 +919,20 @@ class _OnnxReader:
             last.kind, last.name, {**last.options, "bias": key}, last.origin + f" + {origin}"
         )
         return shape
+
+
+def _bias_layout(shape: tuple[int, ...], n: int, signal: bool) -> bool:
+    """Whether a constant of ``shape`` added to (batch, n[, time]) outputs is a per-channel bias.
+
+    Broadcasting aligns shapes on the right: the constant, padded with leading 1s to the output's rank, must
+    be 1 on the batch axis (else it adds a batch axis of its own: another network), 1 or n on the channel
+    axis, and 1 on the time axis (else it is not constant over time).
+    """
+    rank = 3 if signal else 2
+    if len(shape) > rank:
+        return False
+    full = (1,) * (rank - len(shape)) + tuple(shape)
+    return full[0] == 1 and full[1] in (1, n) and (not signal or full[2] == 1)
 
 
 def _auto_pad(attrs: Mapping[str, Any]) -> str:
@@ -988,6 +1006,8 @@ def import_torch(module: Any, input_shape: Any, *, name: str | None = None) -> I
     import torch.nn as nn
 
     shape = start = _as_input_shape(input_shape)
+    if _needs_export(module):
+        return _import_torch_via_onnx(module, shape, name)
     keys, layers, taken = _Keys(), [], set()
     squeeze = False
     pending = (0, 0)  # zeros (left, right) of ConstantPad1d modules waiting for their Conv1d
@@ -1170,6 +1190,67 @@ def import_torch(module: Any, input_shape: Any, *, name: str | None = None) -> I
     net_name = name or _net_name(re.sub(r"(?<!^)(?=[A-Z])", "_", type(module).__name__).lower())
     origin = f"torch module {type(module).__name__} (torch {torch.__version__})"
     return Imported(net_name, start, layers, keys.tensors, origin)
+
+
+def _needs_export(module: Any) -> bool:
+    """Whether ``module`` goes through ONNX: not an ``nn.Sequential``, or holding batch norm or a module of
+    the user's own (``Chomp1d``, a residual block...), which only its ``forward`` defines."""
+    import torch.nn as nn
+
+    if not isinstance(module, nn.Sequential):
+        return not type(module).__module__.startswith("torch.nn")
+    for _, m in _modules(module):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or not type(m).__module__.startswith("torch.nn"):
+            return True
+    return False
+
+
+def _import_torch_via_onnx(module: Any, shape: Shape, name: str | None) -> Imported:
+    """Export ``module`` (a copy, in eval mode) to ONNX in memory and import that: batch norm folded, chomps
+    (``x[:, :, :-p]``) as causal padding, weight norm evaluated, every layer checked against the model.
+
+    TorchScript exporter, ``do_constant_folding=False`` so that the parameters keep their names; a symbolic
+    time axis when ``shape`` has no length (traced at 64 samples).
+    """
+    import copy
+    import io
+    import warnings
+
+    torch = _require_torch()
+    onnx, _ = _require_onnx()
+    model = copy.deepcopy(module).eval()
+    try:
+        dtype = next(model.parameters()).dtype
+    except StopIteration:
+        dtype = torch.float32
+    dims = (1, shape.channels) if shape.flat else (1, shape.channels, shape.length or 64)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's DeprecationWarning
+            torch.onnx.export(
+                model,
+                (torch.zeros(dims, dtype=dtype),),
+                buf,
+                dynamo=False,
+                do_constant_folding=False,
+                training=torch.onnx.TrainingMode.PRESERVE,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes=None if shape.flat or shape.length else {"x": {2: "length"}},
+            )
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types for modules it cannot trace
+        raise UnsupportedError(
+            f"{type(module).__name__} could not be exported to ONNX: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            hint="lipdsl reads modules other than a plain nn.Sequential through torch.onnx.export",
+        ) from None
+    proto = onnx.load_from_string(buf.getvalue())
+    net_name = name or _net_name(re.sub(r"(?<!^)(?=[A-Z])", "_", type(module).__name__).lower())
+    imported = import_onnx(proto, name=net_name)
+    imported.origin = f"torch module {type(module).__name__} (torch {torch.__version__}, through ONNX)"
+    if module.training:
+        imported.notes.insert(0, "the module was in training mode; it was read in eval mode (model.eval())")
+    return imported
 
 
 def _single(v: Any) -> int:

@@ -46,6 +46,10 @@ from . import limits, lowered
 from .errors import UnsupportedError
 
 
+#: Weight of the trace term that makes the frequency-form SDP's optimum unique (Sdp.solver_objective).
+FREQUENCY_TRACE = 1e-3
+
+
 @dataclass(frozen=True)
 class Variable:
     """A block of the decision vector ``x``: ``rho``, a system's ``P``, ``lambda`` or an output weight ``X``.
@@ -177,6 +181,32 @@ class Sdp:
     def objective(self) -> np.ndarray:
         c = np.zeros(self.n)
         c[self.rho.offset] = 1.0
+        return c
+
+    def solver_objective(self) -> np.ndarray:
+        """What the solvers minimise: ``rho``, plus ``eps * sum_l tr(X_l)`` in frequency mode.
+
+        In the frequency form the weights ``X`` between layers are not unique at the optimum (a face of
+        optimal points: the directions of ``X`` that no active frequency LMI pins down), the Newton matrix
+        becomes singular to rounding near it, and interior-point solvers stop short ("singular KKT matrix",
+        SDPA's stalls; docs/method.md §3). The small trace term selects one point of that face, which makes
+        the Newton system regular again. ``eps = FREQUENCY_TRACE / sum_l n_l`` (``n_l`` the order of ``X_l``):
+        ``eps * sum tr(X)`` is ``FREQUENCY_TRACE`` times the mean diagonal entry of the ``X_l``. Any feasible
+        point is certified the same way, so this can only raise ``rho`` (by at most ``eps sum tr(X*)``),
+        never make the bound unsound. Measured on the trained GunPoint FCN/TCN (docs/method.md §3): 1e-3
+        makes CVXOPT converge where it stopped 'unknown'; an absolute ``eps`` of 1e-6 was too small.
+        The exact SDP (no ``storage``) keeps ``rho`` alone; the SDPA export always writes ``rho`` alone.
+        """
+        c = self.objective()
+        weights = [v for v in self.variables if v.role == "X" and v.offset < self.n]
+        if not self.storage or not weights:
+            return c
+        eps = FREQUENCY_TRACE / sum(v.n for v in weights)
+        for v in weights:
+            if v.structure == "symmetric":  # the diagonal of the upper triangle, row by row
+                c[[v.offset + i * v.n - i * (i - 1) // 2 for i in range(v.n)]] += eps
+            else:
+                c[v.offset : v.offset + v.dim] += eps
         return c
 
 

@@ -193,7 +193,7 @@ def sdpa_entries(sdp: Sdp) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
 
 
 def write_sdpa(sdp: Sdp, path_or_file: str | os.PathLike | IO[str], *, spec_name: str | None = None,
-               method: str = "dissipative") -> SdpaSize:
+               method: str = "dissipative", objective: np.ndarray | None = None) -> SdpaSize:
     """Write ``sdp`` as an SDPA sparse (.dat-s) file: ``min rho  s.t.  sum_k F_k x_k - (-F0) >= 0``.
 
     Parameters
@@ -240,7 +240,8 @@ def write_sdpa(sdp: Sdp, path_or_file: str | os.PathLike | IO[str], *, spec_name
     out.write(f"{sdp.n} = mDIM\n")
     out.write(f"{len(blocks)} = nBLOCK\n")
     out.write(" ".join(str(b) for b in blocks) + " = bLOCKsTRUCT\n")
-    out.write(" ".join(repr(float(v)) for v in sdp.objective()) + "\n")
+    c = sdp.objective() if objective is None else objective  # (the solver's own: Sdp.solver_objective)
+    out.write(" ".join(repr(float(v)) for v in c) + "\n")
     for (k, b, i, j), v in zip(E.tolist(), V.tolist()):
         out.write(f"{k} {b} {i} {j} {v!r}\n")
     text = out.getvalue()
@@ -373,7 +374,7 @@ def solve_sdpa_file(path: str | os.PathLike, *, tol: float = 1e-9, max_iteration
               "epsilonStar": float(tol), "epsilonDash": float(tol),
               "lowerBound": -1.0e30, "upperBound": 1.0e30}
     t0 = time.perf_counter()
-    with warnings.catch_warnings(), _stdout_to_stderr(not verbose):
+    with warnings.catch_warnings(), _quiet_fds(not verbose):
         # sdpa-python recomputes feasibility errors with scipy eigs and warns on small blocks; the point is
         # judged by lipdsl's certificate, not by these diagnostics.
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -390,40 +391,62 @@ def solve_sdpa_file(path: str | os.PathLike, *, tol: float = 1e-9, max_iteration
     return SdpaResult(objective, x, str(info["phasevalue"]), int(sdpainfo["iteration"]), seconds)
 
 
-_fd1_lock = threading.Lock()
+_FDS_LOCK = threading.Lock()
 
 
-class _stdout_to_stderr:
-    """Send the C library's stdout (e.g. SDPA's "Strange behavior" notes) to stderr while active.
-
-    fd 1 is the process's: concurrent users are serialized by a lock (one redirection at a time, each
-    restored on every path). ``solve_with_sdpa`` avoids it altogether by solving in a child process.
+class _quiet_fds:
+    """Send what C, C++ and Fortran code writes to fds 1 and 2 (SDPA's "Strange behavior" notes, ARPACK's
+    messages from sdpa-python's eigenvalue checks) to a temporary file while active: a solver's chatter never
+    reaches the user's terminal (the CLI prints the solver's status and lipdsl's own diagnostics). The text
+    is kept in ``self.text``. One redirection at a time (a lock: the descriptors are the process's), and the
+    C library's buffers are flushed before the descriptors are restored, so nothing leaks out later.
     """
 
     def __init__(self, active: bool):
         self.active = active
+        self.text = ""
 
     def __enter__(self):
         if self.active:
-            _fd1_lock.acquire()
+            _FDS_LOCK.acquire()
             try:
                 sys.stdout.flush()
-                self.saved = os.dup(1)
-                os.dup2(2, 1)
+                sys.stderr.flush()
+                self.sink = tempfile.TemporaryFile()
+                self.saved = (os.dup(1), os.dup(2))
+                os.dup2(self.sink.fileno(), 1)
+                os.dup2(self.sink.fileno(), 2)
             except BaseException:
-                _fd1_lock.release()
+                _FDS_LOCK.release()
                 raise
         return self
 
     def __exit__(self, *exc):
         if self.active:
             try:
+                _flush_c_stdio()
                 sys.stdout.flush()
-                os.dup2(self.saved, 1)
-                os.close(self.saved)
+                sys.stderr.flush()
+                os.dup2(self.saved[0], 1)
+                os.dup2(self.saved[1], 2)
+                for fd in self.saved:
+                    os.close(fd)
+                self.sink.seek(0)
+                self.text = self.sink.read().decode(errors="replace")
+                self.sink.close()
             finally:
-                _fd1_lock.release()
+                _FDS_LOCK.release()
         return False
+
+
+def _flush_c_stdio() -> None:
+    """``fflush(NULL)``: the C library's buffered output goes to the redirected descriptors now."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # pragma: no cover - no C library to flush
+        pass
 
 
 def solve_with_sdpa(sdp: Sdp, *, tol: float = 1e-9, max_iterations: int = 100,
@@ -446,7 +469,8 @@ def solve_with_sdpa(sdp: Sdp, *, tol: float = 1e-9, max_iterations: int = 100,
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "problem.dat-s"
         out = Path(tmp) / "result.npz"
-        write_sdpa(sdp, path)
+        objective = sdp.solver_objective() if hasattr(sdp, "solver_objective") else None
+        write_sdpa(sdp, path, objective=objective)
         deadline.check("sdpa")
         root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",

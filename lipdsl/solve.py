@@ -556,7 +556,13 @@ def cone_data(sdp: Sdp):
     G_all = sp.vstack([Gl] + [-lmi.G for lmi in sdp.lmis], format="csr")
     h = np.concatenate([np.zeros(n_l)] + [lmi.F0.reshape(-1, order="F") for lmi in sdp.lmis])
     dims = {"l": n_l, "q": [], "s": [lmi.size for lmi in sdp.lmis]}
-    return sdp.objective(), G_all, h, dims, nonneg_idx
+    return _objective(sdp), G_all, h, dims, nonneg_idx
+
+
+def _objective(sdp) -> np.ndarray:
+    """What the solver minimises: ``Sdp.solver_objective`` (``rho``, plus the frequency-mode trace term),
+    or the problem's own ``objective`` (the LipSDP baselines' problems)."""
+    return (sdp.solver_objective if hasattr(sdp, "solver_objective") else sdp.objective)()
 
 
 def _operator(G_all: sp.csr_matrix, dims: dict):
@@ -738,7 +744,9 @@ def to_picos(sdp: Sdp):
         problem.add_constraint(expr >> 0)
     idx = [int(i) for v in sdp.nonneg for i in range(v.offset, v.offset + v.dim)]
     problem.add_constraint(x[idx] >= 0)
-    problem.set_objective("min", x[sdp.rho.offset])
+    c = _objective(sdp)
+    nz = np.flatnonzero(c)
+    problem.set_objective("min", sum(float(c[i]) * x[int(i)] for i in nz))  # rho (+ the frequency trace)
     return problem
 
 

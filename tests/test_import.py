@@ -243,10 +243,12 @@ def test_sanitized_keys_parse(name):
 
 
 def _bn():
+    """A batch norm with no conv or dense layer next to it (those are folded: tests/test_import_onnx.py)."""
     return model(
         [
             helper.make_node("Conv", ["x", "k"], ["a"]),
-            helper.make_node("BatchNormalization", ["a", "s", "b", "m", "v"], ["y"], name="bn1"),
+            helper.make_node("Relu", ["a"], ["r"]),
+            helper.make_node("BatchNormalization", ["r", "s", "b", "m", "v"], ["y"], name="bn1"),
         ],
         {"k": w(2, 1, 3), "s": np.ones(2), "b": np.zeros(2), "m": np.zeros(2), "v": np.ones(2)},
         [1, 1, 8],

@@ -113,10 +113,6 @@ def test_from_torch_save_writes_a_checked_spec(tmp_path):
 @pytest.mark.parametrize(
     "module, words",
     [
-        (
-            nn.Sequential(nn.Conv1d(1, 2, 3), nn.BatchNorm1d(2)),
-            ["module '1' (BatchNorm1d)", "fuse_conv_bn_eval"],
-        ),
         (nn.Sequential(nn.Conv1d(1, 2, 3), nn.GELU()), ["module '1' (GELU)"]),
         (nn.Sequential(nn.Conv1d(2, 2, 3, groups=2)), ["groups=2"]),
         (nn.Sequential(nn.Conv1d(1, 2, 3, padding=1, padding_mode="circular")), ["'circular'"]),
@@ -217,3 +213,142 @@ def test_pickled_module_is_never_unpickled(tmp_path):
         import_state_dict(tmp_path / "whole.pt", ECG_SPEC, tmp_path / "x.lip")
     assert "weights_only=True" in str(info.value) and "Sequential" in str(info.value)
     assert not (tmp_path / "x.lip").exists() and not buf.getvalue()
+
+
+# -- batch norm, chomps, weight norm, custom modules (through ONNX) --------------------------------------------
+
+
+def _random_bn(model):
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g, dtype=m.running_mean.dtype))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g, dtype=m.running_var.dtype))
+            m.weight.data.copy_(1 + 0.5 * torch.randn(n, generator=g, dtype=m.weight.dtype))
+            m.bias.data.copy_(torch.randn(n, generator=g, dtype=m.bias.dtype))
+    return model
+
+
+class Chomp(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return x[:, :, : -self.p].contiguous()
+
+
+class Tcn(nn.Module):
+    """Bai et al.'s causal convs: weight_norm(Conv1d(padding=(k-1)d)) + Chomp1d, ReLU; GAP + linear."""
+
+    def __init__(self):
+        super().__init__()
+        from torch.nn.utils.parametrizations import weight_norm
+
+        layers, c = [], 1
+        for d in (1, 2, 4):
+            layers += [weight_norm(nn.Conv1d(c, 4, 3, padding=2 * d, dilation=d)), Chomp(2 * d), nn.ReLU()]
+            c = 4
+        self.net = nn.Sequential(*layers)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.net(x).mean(dim=2))
+
+
+class Fcn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv1d(1, 3, 8, padding="same"), nn.BatchNorm1d(3)
+        self.conv2, self.bn2 = nn.Conv1d(3, 4, 5, padding="same"), nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=2))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
+def _matches(module, shape, net, rtol):
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        u = rng.standard_normal(shape)
+        with torch.no_grad():
+            ref = module(torch.from_numpy(u[None]).to(next(module.parameters()).dtype)).double().numpy()[0]
+        np.testing.assert_allclose(net.forward(u), ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def test_from_torch_folds_batchnorm_in_a_sequential():
+    torch.manual_seed(3)
+    module = _random_bn(
+        nn.Sequential(
+            nn.Conv1d(2, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 3, 3), nn.BatchNorm1d(3),
+            nn.Tanh(), nn.Flatten(), nn.Linear(3 * 10, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2),
+        ).double().eval()
+    )
+    net = lipdsl.from_torch(module, (2, 12))
+    assert [type(L).__name__ for L in net.typed.layers].count("Conv1d") == 2
+    _matches(module, (2, 12), net, 1e-9)
+
+
+def test_from_torch_custom_modules_chomp_and_weight_norm(tmp_path):
+    torch.manual_seed(4)
+    module = Tcn().eval()
+    net = lipdsl.from_torch(module, (1, 20))
+    text = net.save(tmp_path / "tcn.lip")[0].read_text()
+    assert text.count("padding causal") == 3 and "dilation 4" in text and "net.0.weight" in text
+    _matches(module, (1, 20), net, 1e-4)  # a float32 module
+    any_length = lipdsl.from_torch(module, (1, None))
+    assert any_length.typed.any_length
+    u = np.random.default_rng(1).standard_normal((1, 33))
+    with torch.no_grad():
+        ref = module(torch.from_numpy(u[None]).float()).double().numpy()[0]
+    np.testing.assert_allclose(any_length.forward(u), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_from_torch_custom_module_with_batchnorm(tmp_path):
+    torch.manual_seed(5)
+    module = _random_bn(Fcn()).train()  # read in eval mode, and said so
+    net = lipdsl.from_torch(module, (1, 16))
+    assert module.training  # the user's module is left as it was
+    assert "# note: the module was in training mode" in net.save(tmp_path / "fcn.lip")[0].read_text()
+    _matches(module.eval(), (1, 16), net, 1e-4)
+
+
+def test_from_torch_residual_module_is_refused():
+    with pytest.raises(UnsupportedError, match="branches"):
+        lipdsl.from_torch(Residual().eval(), (2, 8))
+
+
+TRAINED = ROOT / "specs" / "weights" / "trained"
+
+
+@pytest.mark.parametrize("name", ["fcn_8_16_8", "tcn_plain16"])
+def test_trained_models_from_torch_equal_their_onnx_import(name):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "specs" / "train"))
+    try:
+        import train_ucr
+    finally:
+        sys.path.pop(0)
+    model = train_ucr.MODELS[name][0]()
+    model.load_state_dict(torch.load(TRAINED / f"{name}.pt", weights_only=True))
+    net = lipdsl.from_torch(model.eval(), (1, 150))
+    ref = lipdsl.from_onnx(TRAINED / f"{name}.torchscript.onnx")
+    for a, b in zip(net.typed.layers, ref.typed.layers):
+        assert type(a) is type(b)
+        for attr in ("weight", "bias"):
+            x, y = getattr(a, attr, None), getattr(b, attr, None)
+            if x is not None:
+                np.testing.assert_allclose(x, y, rtol=0, atol=2e-16)

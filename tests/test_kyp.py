@@ -235,9 +235,11 @@ def test_storage_falls_back_to_qz_when_the_doubling_does_not_converge(monkeypatc
 
     monkeypatch.setattr(kyp.scipy.linalg, "solve_discrete_are", spy)
     cert = certify(gridded, recover_storage(gridded, sol))
-    assert calls and cert.verified and reference.verified
-    assert cert.lipschitz == pytest.approx(qz_too.lipschitz, rel=1e-12)  # (small systems: QZ won before)
-    assert cert.lipschitz == pytest.approx(reference.lipschitz, rel=1e-4)  # Riccati accuracy
+    assert len(calls) >= len(gridded.storage)  # every gridded system went to QZ
+    assert cert.verified and reference.verified and qz_too.verified
+    # (the default keeps, per small system, whichever of doubling and QZ has the smaller residual)
+    assert cert.lipschitz == pytest.approx(qz_too.lipschitz, rel=1e-4)  # Riccati accuracy
+    assert cert.lipschitz == pytest.approx(reference.lipschitz, rel=1e-4)
 
 
 @pytest.mark.solver

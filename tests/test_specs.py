@@ -13,7 +13,7 @@ SPECS = Path(__file__).resolve().parents[1] / "specs"
 LENGTH = {"gap": 64}  # any-length specs with global average pooling: the length their header assumes
 #: specs too wide for the exact LMIs, solved as their header says (frequency-domain form, a sound bound also
 #: when CVXOPT stops 'unknown'; slow: 0.5-2.5 min of CPU each)
-FREQUENCIES = {"resnet1d": 17, "tcn": 17}
+FREQUENCIES = {"resnet1d": 17, "tcn": 17, "tcn_plain": 33}
 
 
 def header_bracket(text: str) -> tuple[float, float]:
