@@ -654,13 +654,15 @@ def test_concurrent_sdpa_solves_leave_fd_1_alone():
     assert process_state() == before
 
 
-def test_fd_1_redirection_of_in_process_sdpa_is_serialized_and_restored():
-    from lipdsl.sdpa import _stdout_to_stderr
+def test_fd_redirection_of_in_process_sdpa_is_restored_on_failure():
+    """The in-process SDPA path (the child of solve_with_sdpa) sends fds 1 and 2 to a temporary file and
+    restores both on every path."""
+    from lipdsl.sdpa import _quiet_fds
 
-    before = os.fstat(1)
+    before = (os.fstat(1), os.fstat(2))
     with pytest.raises(RuntimeError):
-        with _stdout_to_stderr(True):
-            assert os.fstat(1).st_ino == os.fstat(2).st_ino
+        with _quiet_fds(True):
+            assert os.fstat(1).st_ino == os.fstat(2).st_ino != before[0].st_ino
             raise RuntimeError("a failing solve")
-    after = os.fstat(1)
-    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    after = (os.fstat(1), os.fstat(2))
+    assert [(a.st_dev, a.st_ino) for a in after] == [(b.st_dev, b.st_ino) for b in before]
