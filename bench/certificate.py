@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from lipdsl import certificate  # noqa: E402
-from lipdsl.api import solve_network  # noqa: E402
-from lipdsl.verify import verify  # noqa: E402
+from lipdsl.certify import certificate  # noqa: E402
+from lipdsl.pipeline import solve_network  # noqa: E402
+from lipdsl.certify.verify import verify  # noqa: E402
 from nets import ecg_from_npz  # noqa: E402
 
 

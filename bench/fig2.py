@@ -8,7 +8,8 @@ dense 5, channels [2,4], [4,8], ..., [12,24] (random weights, seed 0): bounds an
 dissipative method's.
 
 LipSDP is one LMI of n0 + sum(hidden) rows on the unrolled net, solved by lipdsl's HKM interior-point method
-(lipdsl/hkm.py) after an exact chordal split into clique LMIs where the net is banded in time (the fully conv
+(lipdsl/solvers/hkm.py) after an exact chordal split into clique LMIs where the net is banded in time
+(the fully conv
 net: 540 rows at N = 60 -> four blocks of <= 158 rows; the deep CNNs' dense output layer is lifted into 5 rows
 shared by every clique). Each LipSDP solve is predicted from the ones measured before it (t = a rows^p, fitted
 per mode) and skipped with a printed note when the prediction exceeds --cap seconds or the remaining --budget.
@@ -33,9 +34,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from lipdsl.compare import lipsdp_rows, run_method  # noqa: E402
-from lipdsl.empirical import lower_bound  # noqa: E402
-from lipdsl.load import load_network  # noqa: E402
+from lipdsl.methods import lipsdp_rows, run_method  # noqa: E402
+from lipdsl.baselines.empirical import lower_bound  # noqa: E402
+from lipdsl.lang.load import load_network  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"

@@ -166,9 +166,9 @@ def main() -> int:
 
     if not args.skip_1mb:
         from lipdsl.errors import LipdslError
-        from lipdsl.load import check_source
-        from lipdsl.parse import parse
-        from lipdsl.source import Source
+        from lipdsl.lang.load import check_source
+        from lipdsl.lang.parse import parse
+        from lipdsl.lang.source import Source
 
         print(f"\nparse + check of 1 MB specs (best of {args.repeat}):")
         for label, text in one_mb_specs().items():

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from lipdsl import baselines  # noqa: E402
-from lipdsl.hkm import solve_hkm  # noqa: E402
-from lipdsl.network import load  # noqa: E402
-from lipdsl.solve import solve  # noqa: E402
+from lipdsl.baselines import unrolled as baselines  # noqa: E402
+from lipdsl.solvers.hkm import solve_hkm  # noqa: E402
+from lipdsl.app.api import load  # noqa: E402
+from lipdsl.solvers.solve import solve  # noqa: E402
 from nets import lipsdp_net  # noqa: E402
 
 

@@ -38,8 +38,8 @@ CHILD = r"""
 import json, sys, time
 from lipdsl import limits
 limits.available_memory = lambda: 1 << 62   # measure, do not refuse
-from lipdsl.load import load_network
-from lipdsl.api import solve_network, problem_size
+from lipdsl.lang.load import load_network
+from lipdsl.pipeline import solve_network, problem_size
 from lipdsl.errors import LipdslError
 _, net = load_network(sys.argv[1])
 freq = None if sys.argv[2] == "none" else int(sys.argv[2])

@@ -4,7 +4,7 @@
 
 Each model is ``specs/ecg.lip``'s architecture with the model's ``.npz`` (keys ``conv1.weight`` ...
 ``fc2.bias``, as the spec names them), i.e. ``lipdsl sweep --like specs/ecg.lip cases/*.npz``. Prints the
-wall time of the whole sweep (``lipdsl.sweep.sweep``, no cache: worker start-up included, the forkserver
+wall time of the whole sweep (``lipdsl.app.sweep.sweep``, no cache: worker start-up included, the forkserver
 warm) with one and with two worker processes, their ratio (target <= 0.6), the cores the items' CPU time
 amounts to (a loaded machine that shares CPU per session, Linux's autogroup, gives one session the same
 share however many processes it runs: then the ratio measures the machine, not the sweep), the certified
@@ -32,11 +32,11 @@ SPEC = ROOT / "specs" / "ecg.lip"
 
 def per_model(files: list[Path]) -> list[float | None]:
     """``solve_network`` of each model, from the spec text retargeted at its file (as a sweep item)."""
-    from lipdsl.api import solve_network
-    from lipdsl.importer import retarget_weights
-    from lipdsl.load import check_source
-    from lipdsl.parse import parse
-    from lipdsl.source import Source
+    from lipdsl.pipeline import solve_network
+    from lipdsl.importers.importer import retarget_weights
+    from lipdsl.lang.load import check_source
+    from lipdsl.lang.parse import parse
+    from lipdsl.lang.source import Source
 
     arch = Source.read(SPEC)
     out = []
@@ -49,7 +49,7 @@ def per_model(files: list[Path]) -> list[float | None]:
 
 
 def main() -> int:
-    from lipdsl.sweep import sweep
+    from lipdsl.app.sweep import sweep
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=str(ROOT.parent / "shared" / "cases" / "ecg"))

@@ -1,57 +1,30 @@
 """lipdsl: certified Lipschitz bounds for 1D CNNs described in a small text spec.
 
-The Python API (``lipdsl.network``) is imported on first use, so ``import lipdsl`` stays cheap::
+The Python API (``lipdsl.app.api``, ``lipdsl.app.sweep``) is imported on first use, so ``import lipdsl`` stays
+cheap and has no side effects::
 
     net = lipdsl.load("specs/ecg.lip")       # or lipdsl.parse(text), lipdsl.from_torch(module, (1, 128)),
     net.solve().lipschitz                    #    lipdsl.from_onnx("model.onnx")
     net.solve(certificate="ecg.cert.json"); lipdsl.verify("specs/ecg.lip", "ecg.cert.json", exact=True)
-    lipdsl.sweep(["a.npz", "b.npz"], like="arch.lip").bounds    # many checkpoints (lipdsl.sweep)
+    lipdsl.sweep(["a.npz", "b.npz"], like="arch.lip").bounds    # many checkpoints
 """
-import sys
-import types
 
 __version__ = "0.1.0"
 
-_API = ("load", "parse", "verify", "sweep", "from_torch", "from_onnx", "Network", "Bound", "LowerBound", "Comparison")
-#: Submodules that are also API functions of the same name: the module that defines the function.
-_CALLABLE = {"load": "network", "parse": "network", "verify": "network", "sweep": "sweep"}
+#: The public API: name -> the module that defines it (imported on first use).
+_API = {
+    name: "lipdsl.app.api"
+    for name in ("load", "parse", "verify", "from_torch", "from_onnx", "Network", "Bound", "LowerBound",
+                 "Comparison")
+} | {"sweep": "lipdsl.app.sweep"}
 __all__ = list(_API)
 
 
-class _CallableModule(types.ModuleType):
-    """The submodules ``lipdsl.load``, ``lipdsl.parse`` and ``lipdsl.sweep``, callable as the API functions of
-    the same name."""
-
-    def __call__(self, *args, **kwargs):
-        import importlib
-
-        name = self.__name__.rpartition(".")[2]
-        return getattr(importlib.import_module(f"{__name__}.{_CALLABLE[name]}"), name)(*args, **kwargs)
-
-
-class _Package(types.ModuleType):
-    # NOTE: ``lipdsl.load``, ``lipdsl.parse``, ``lipdsl.verify`` and ``lipdsl.sweep`` name both modules and API functions.
-    # Importing a submodule sets it as an attribute of the package, which would hide the function; instead
-    # the module is made callable, so ``lipdsl.load("net.lip")``, ``lipdsl.load.load_network`` and
-    # ``import lipdsl.parse as p`` all keep working.
-    def __setattr__(self, name, value):
-        if name in _CALLABLE and isinstance(value, types.ModuleType):
-            value.__class__ = _CallableModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 def __getattr__(name):
-    if name in _CALLABLE:
+    if name in _API:
         import importlib
 
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _API:
-        from . import network
-
-        return getattr(network, name)
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,6 +1,6 @@
 """``python -m lipdsl`` = the ``lipdsl`` command."""
 import sys
 
-from .cli import main
+from lipdsl.app.cli import main
 
 sys.exit(main())

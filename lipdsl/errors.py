@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .source import Source, Span
+from lipdsl.lang.source import Source, Span
 
 
 class LipdslError(Exception):
     """A user-facing error. Raised with a Span where one exists; rendered once, by the CLI."""
 
     exit_code = 1
-    source: Source | None = None  # set by lipdsl.load.load_network so callers can render(err.source)
+    source: Source | None = None  # set by lipdsl.lang.load.load_network so callers can render(err.source)
 
     def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
         super().__init__(message)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import LimitError, LipdslError, TimeLimitError
+from lipdsl.errors import LimitError, LipdslError, TimeLimitError
 
 # -- the deadline ------------------------------------------------------------------------------------------
 
@@ -222,7 +222,7 @@ def lowering_bytes(systems) -> float:
 def frequency_bytes(systems, frequencies: int) -> float:
     """Bytes of the frequency responses ``H(e^{iw})`` (complex ``ny x nu`` per frequency and per tap) on
     the solver's grid and on storage recovery's fine grid (``kyp.FINE_GRID``)."""
-    from .kyp import FINE_GRID
+    from lipdsl.certify.storage import FINE_GRID
 
     grid = max(frequencies, FINE_GRID)
     return 16.0 * sum((grid + nx // max(nu, 1) + 1) * nu * ny * 2.0 for nx, nu, ny in systems)
@@ -355,6 +355,6 @@ def blas_threads(limit: int | None = 1) -> Iterator[None]:
                 _pinned -= 1
             last = _users == 0
         if last:
-            from .solve import shutdown_pools
+            from lipdsl.solvers.solve import shutdown_pools
 
             shutdown_pools()

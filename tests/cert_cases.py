@@ -6,9 +6,9 @@ import copy
 import functools
 from pathlib import Path
 
-from lipdsl import certificate
-from lipdsl.api import solve_network
-from lipdsl.load import load_network
+from lipdsl.certify import certificate
+from lipdsl.pipeline import solve_network
+from lipdsl.lang.load import load_network
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 ECG_REFERENCE = 109.12299234900972  # the authors' MOSEK bound for CNN_23_03_08_11_52

@@ -23,8 +23,8 @@ def specs() -> Path:
 @pytest.fixture(scope="session")
 def ecg_spec_bound() -> float:
     """The certified bound of ``specs/ecg.lip`` as the pipeline gives it (imports are compared against it)."""
-    from lipdsl.api import solve_network
-    from lipdsl.load import load_network
+    from lipdsl.pipeline import solve_network
+    from lipdsl.lang.load import load_network
 
     _, net = load_network(SPECS / "ecg.lip")
     cert = solve_network(net).certificate
@@ -37,7 +37,7 @@ def cli():
     """Run the ``lipdsl`` command in-process: ``cli("solve", path, "--json")`` -> click's Result."""
     from click.testing import CliRunner
 
-    from lipdsl.cli import cli as command
+    from lipdsl.app.cli import cli as command
 
     def run(*args: str, env: dict | None = None):
         return CliRunner(env=env).invoke(command, [str(a) for a in args], catch_exceptions=False)

@@ -20,8 +20,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from lipdsl.errors import LipdslError
-from lipdsl.load import check_source
-from lipdsl.source import Source
+from lipdsl.lang.load import check_source
+from lipdsl.lang.source import Source
 
 ACTIVATIONS = [
     "relu",
@@ -481,7 +481,7 @@ def run_class_case(case, directory: Path) -> Outcome:
     """Run one case of the classes above (a dict, or spec text) in a fresh folder below ``directory``."""
     import tempfile
 
-    from lipdsl.load import load_network
+    from lipdsl.lang.load import load_network
 
     d = Path(tempfile.mkdtemp(dir=directory))
     t0 = time.perf_counter()

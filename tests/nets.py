@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lipdsl import typed
-from lipdsl.activations import slope as activation_slope
-from lipdsl.typed import Shape
+from lipdsl.lang import typed
+from lipdsl.lang.activations import slope as activation_slope
+from lipdsl.lang.typed import Shape
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "cases"
 SPECS_WEIGHTS = Path(__file__).resolve().parents[1] / "specs" / "weights"

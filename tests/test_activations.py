@@ -1,4 +1,4 @@
-"""The activation table (lipdsl.activations): slope bounds hold and are tight, functions and derivatives
+"""The activation table (lipdsl.lang.activations): slope bounds hold and are tight, functions and derivatives
 agree, every consumer (check, importer, forward) reads the same table."""
 
 import math
@@ -7,8 +7,8 @@ import mpmath as mp
 import numpy as np
 import pytest
 
-from lipdsl import activations
-from lipdsl.activations import ACTIVATIONS, functions, slope
+from lipdsl.lang import activations
+from lipdsl.lang.activations import ACTIVATIONS, functions, slope
 
 PARAMS = {"leaky_relu": 0.1, "elu": 1.5}
 # step 1e-5 where the extreme slopes of the smooth functions lie, coarser out to +-60 (where the sectors of
@@ -86,9 +86,9 @@ def test_gelu_closed_form_is_the_table_value():
 
 
 def test_aliases_and_consumers_share_the_table():
-    from lipdsl.importer import _slope
-    from lipdsl.load import check_source
-    from lipdsl.source import Source
+    from lipdsl.importers.importer import _slope
+    from lipdsl.lang.load import check_source
+    from lipdsl.lang.source import Source
 
     assert ACTIVATIONS["swish"] is ACTIVATIONS["silu"]
     for name in ("relu", "sigmoid", "silu", "gelu", "mish", "hardswish", "swish"):
@@ -103,9 +103,9 @@ def test_aliases_and_consumers_share_the_table():
 def test_new_activations_are_solved_and_sandwiched(name):
     """A small conv net with each new activation: certified, above the empirical lower bound (which needs
     the function), below the naive product."""
-    from lipdsl.api import solve_network
-    from lipdsl.baselines import naive
-    from lipdsl.empirical import lower_bound
+    from lipdsl.pipeline import solve_network
+    from lipdsl.baselines.unrolled import naive
+    from lipdsl.baselines.empirical import lower_bound
     from nets import Builder
 
     rng = np.random.default_rng(1)

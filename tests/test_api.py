@@ -1,4 +1,4 @@
-"""Python API (lipdsl.network): doctests on the shipped specs, cheap `import lipdsl`, load/parse names."""
+"""Python API (lipdsl.app.api): doctests on the shipped specs, cheap `import lipdsl`, load/parse names."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 import lipdsl
-import lipdsl.importer
-import lipdsl.network
+import lipdsl.importers.importer
+import lipdsl.app.api
 from lipdsl import errors as lipdsl_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.solver
-@pytest.mark.parametrize("module", [lipdsl.network, lipdsl.importer], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [lipdsl.app.api, lipdsl.importers.importer], ids=lambda m: m.__name__)
 def test_doctests(module, monkeypatch):
     monkeypatch.chdir(ROOT)  # the examples use the shipped specs/
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, raise_on_error=False, report=True)
@@ -37,10 +37,10 @@ def test_import_lipdsl_is_cheap():
 def test_load_and_parse_are_functions_and_modules():
     net = lipdsl.load(ROOT / "specs" / "ecg.lip")
     assert isinstance(net, lipdsl.Network) and net.name == "ecg"
-    from lipdsl.load import load_network  # the pipeline module is still there
+    from lipdsl.lang.load import load_network  # the pipeline module is still there
 
     assert load_network(ROOT / "specs" / "ecg.lip")[1].name == "ecg"
-    import lipdsl.parse as parse_module
+    import lipdsl.lang.parse as parse_module
 
     assert parse_module.__file__.endswith("parse.py")
     assert lipdsl.parse("input 2\nrelu\n").typed.output_shape.channels == 2
@@ -58,8 +58,8 @@ def test_one_method_registry_and_spelling():
     """The API, `solve --method` and `compare --methods` take the same names, and only those."""
     import click
 
-    from lipdsl.cli import cli
-    from lipdsl.compare import METHODS
+    from lipdsl.app.cli import cli
+    from lipdsl.methods import METHODS
 
     solve_choices = next(p for p in cli.commands["solve"].params if p.name == "method").type
     assert isinstance(solve_choices, click.Choice) and tuple(solve_choices.choices) == METHODS
@@ -115,14 +115,14 @@ def test_integral_floats_are_accepted():
     (["show", "specs/ecg.lip", "--lift", "2"], 2),
 ])
 def test_usage_errors_exit_2(argv, code, capsys):
-    from lipdsl.cli import main
+    from lipdsl.app.cli import main
 
     assert main(argv) == code
     assert "Traceback" not in capsys.readouterr().err
 
 
 def test_default_solve_output_puts_the_bound_first_and_the_table_behind_v(capsys):
-    from lipdsl.cli import main
+    from lipdsl.app.cli import main
 
     assert main(["solve", "specs/ecg.lip"]) == 0
     out = capsys.readouterr().out

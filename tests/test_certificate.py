@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lipdsl
-from lipdsl import certificate
+from lipdsl.certify import certificate
 from lipdsl.errors import CertificateError, LipdslError
-from lipdsl.verify import verify
+from lipdsl.certify.verify import verify
 
 pytestmark = pytest.mark.solver
 

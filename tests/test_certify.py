@@ -6,10 +6,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from lipdsl.certify import _Point, certify
-from lipdsl.lower import lower
-from lipdsl.sdp import build_sdp
-from lipdsl.solve import Solution, solve
+from lipdsl.certify.recheck import Point, certify
+from lipdsl.model.lower import lower
+from lipdsl.sdp.build import build_sdp
+from lipdsl.solvers.solve import Solution, solve
 from nets import ecg, mixed_net
 
 pytestmark = pytest.mark.solver
@@ -33,7 +33,7 @@ def test_lowered_rho_is_not_accepted_as_is(solved):
     sdp, sol = solved
     x = sol.x.copy()
     x[sdp.rho.offset] *= 1 - 1e-3
-    point = _Point(sdp, x)
+    point = Point(sdp, x)
     assert np.linalg.eigvalsh(point.matrix(sdp.links[0]))[0] < 0  # the LMI fails at the lowered rho
     cert = certify(sdp, replace(sol, x=x, rho=float(x[sdp.rho.offset])))
     # the repair may only raise rho: the certified bound stays at or above the optimum

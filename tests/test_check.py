@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
-from lipdsl.check import check
+from lipdsl.lang.check import check
 from lipdsl.errors import ShapeError, SpecError, WeightError
-from lipdsl.load import check_source, load_network
-from lipdsl.parse import parse
-from lipdsl.source import Source
+from lipdsl.lang.load import check_source, load_network
+from lipdsl.lang.parse import parse
+from lipdsl.lang.source import Source
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -154,7 +154,7 @@ def test_every_spec_checks(spec):
 
 def test_ecg_check_does_not_import_sympy():
     code = (
-        "import sys; from lipdsl.load import load_network; load_network(sys.argv[1]); "
+        "import sys; from lipdsl.lang.load import load_network; load_network(sys.argv[1]); "
         "assert 'sympy' not in sys.modules, 'sympy imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(SPECS / "ecg.lip")], check=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lipdsl.cli import main
+from lipdsl.app.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = sorted((ROOT / "specs").glob("*.lip"))

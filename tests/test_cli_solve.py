@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import lipdsl.api
-from lipdsl.cli import cli
+import lipdsl.pipeline
+from lipdsl.app.cli import cli
 
 pytestmark = pytest.mark.solver
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -60,7 +60,7 @@ def test_missing_solver_exits_3_without_a_bound():
     """An unknown solver name is a usage error (2); a known one that is not installed exits 3."""
     import picos
 
-    from lipdsl.cli import SOLVERS
+    from lipdsl.app.cli import SOLVERS
 
     res = run("solve", "--solver", "no-such-solver", str(SPECS / "lipsdp_random.lip"))
     assert res.exit_code == 2 and "unknown solver" in res.output
@@ -74,13 +74,13 @@ def test_missing_solver_exits_3_without_a_bound():
 
 
 def test_uncertified_point_exits_3_and_prints_no_bound(monkeypatch):
-    real = lipdsl.api.certify
+    real = lipdsl.pipeline.certify
 
     def refuse(sdp, solution, **kw):
         cert = real(sdp, solution, **kw)
         return replace(cert, verified=False, lipschitz=None, rho=None, reason="forced failure (test)")
 
-    monkeypatch.setattr(lipdsl.api, "certify", refuse)
+    monkeypatch.setattr(lipdsl.pipeline, "certify", refuse)
     res = run("solve", "--json", str(SPECS / "lipsdp_random.lip"))
     assert res.exit_code == 3
     out = json.loads(res.output)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lipdsl.cli import cli
+from lipdsl.app.cli import cli
 
 from sweeping import ECG_SPEC, ROOT, DaskCluster, _env, ecg_checkpoints
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lipdsl.cli import cli
+from lipdsl.app.cli import cli
 
 pytestmark = pytest.mark.solver
 SPECS = Path(__file__).resolve().parents[1] / "specs"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lipdsl.compare import MAXPOOL_REFUSAL, METHODS, check_ordering, compare, run_method
-from lipdsl.load import load_network
+from lipdsl.methods import MAXPOOL_REFUSAL, METHODS, check_ordering, compare, run_method
+from lipdsl.lang.load import load_network
 
 from nets import Builder
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lipdsl.api import solve_network
-from lipdsl.cli import cli
-from lipdsl.empirical import lower_bound
+from lipdsl.pipeline import solve_network
+from lipdsl.app.cli import cli
+from lipdsl.baselines.empirical import lower_bound
 from nets import Builder, case_file, ecg_network
 
 pytestmark = pytest.mark.solver

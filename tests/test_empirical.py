@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from lipdsl.baselines import naive
-from lipdsl.empirical import lower_bound
+from lipdsl.baselines.unrolled import naive
+from lipdsl.baselines.empirical import lower_bound
 from lipdsl.errors import LipdslError
-from lipdsl.forward import jacobian
+from lipdsl.model.forward import jacobian
 
 from nets import Builder, lipsdp_net, random_cnn
 
@@ -61,7 +61,7 @@ def test_custom_activation_refused():
 
 def test_surrogates_follow_the_true_derivative():
     """The smoothed ReLU / leaky ReLU / hardtanh tend to the true function and derivative as tau -> 0."""
-    from lipdsl.forward import _activation_functions, _surrogate_functions
+    from lipdsl.model.forward import _activation_functions, _surrogate_functions
 
     z = np.array([-2.0, -0.5, 0.3, 0.9, 1.7])
     for fn, p in [("relu", None), ("leaky_relu", 0.2), ("hardtanh", None)]:

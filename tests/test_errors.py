@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lipdsl.cli import main
+from lipdsl.app.cli import main
 from lipdsl.errors import LipdslError
-from lipdsl.source import Source, Span
+from lipdsl.lang.source import Source, Span
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "specs" / "bad").glob("*.lip"))
@@ -44,7 +44,7 @@ def test_render_format():
 def test_caret_line_counts_newlines_as_lark_does():
     """A form feed or U+2028 inside a line must not shift the quoted source line (Lark counts only \\n)."""
     from lipdsl.errors import LipdslError
-    from lipdsl.source import Source, Span
+    from lipdsl.lang.source import Source, Span
 
     src = Source("x.lip", "network a\x0c# comment\u2028more\ninput 1 x 4\nbogus line\n")
     text = LipdslError("bad", Span(3, 1, 3, 6)).render(src)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from lipdsl import typed
+from lipdsl.lang import typed
 from lipdsl.errors import LipdslError
-from lipdsl.forward import conv1d, conv1d_transpose, forward, jacobian, linearize
+from lipdsl.model.forward import conv1d, conv1d_transpose, forward, jacobian, linearize
 
 from nets import Builder, dense_net, ecg_network, random_cnn
 

@@ -1,10 +1,11 @@
-"""The HKM interior-point method (lipdsl.hkm): the same optima as CVXOPT on LipSDP problems; honest status."""
+"""The HKM interior-point method (lipdsl.solvers.hkm): the same optima as CVXOPT on LipSDP problems; honest
+status."""
 import numpy as np
 import pytest
 
-from lipdsl import baselines
-from lipdsl.hkm import _Block, _max_step, solve_hkm
-from lipdsl.solve import solve
+from lipdsl.baselines import unrolled as baselines
+from lipdsl.solvers.hkm import _Block, _max_step, solve_hkm
+from lipdsl.solvers.solve import solve
 
 from nets import Builder, dense_net, lipsdp_net, random_cnn
 
@@ -41,7 +42,7 @@ def test_gram_in_chunks_equals_whole(monkeypatch):
     m = block.m
     Z, T = np.eye(m) + 0.1 * np.ones((m, m)), np.diag(np.arange(1.0, m + 1))
     whole = block.gram(Z, T)
-    monkeypatch.setattr("lipdsl.hkm.GRAM_CHUNK_ENTRIES", 7 * block.agg.shape[1])
+    monkeypatch.setattr("lipdsl.solvers.hkm.GRAM_CHUNK_ENTRIES", 7 * block.agg.shape[1])
     np.testing.assert_allclose(block.gram(Z, T), whole, rtol=1e-12, atol=1e-12)
 
 

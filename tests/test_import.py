@@ -15,14 +15,14 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from lipdsl.api import solve_network  # noqa: E402
-from lipdsl.cli import main  # noqa: E402
+from lipdsl.pipeline import solve_network  # noqa: E402
+from lipdsl.app.cli import main  # noqa: E402
 from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
-from lipdsl.forward import forward  # noqa: E402
-from lipdsl.importer import import_onnx, sanitize_key  # noqa: E402
-from lipdsl.load import load_network  # noqa: E402
-from lipdsl.parse import parse  # noqa: E402
-from lipdsl.source import Source  # noqa: E402
+from lipdsl.model.forward import forward  # noqa: E402
+from lipdsl.importers.importer import import_onnx, sanitize_key  # noqa: E402
+from lipdsl.lang.load import load_network  # noqa: E402
+from lipdsl.lang.parse import parse  # noqa: E402
+from lipdsl.lang.source import Source  # noqa: E402
 
 RNG = np.random.default_rng(7)
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +186,7 @@ def test_roundtrip_forward_matches_onnx_reference(tmp_path, which):
 @pytest.mark.solver
 @pytest.mark.parametrize("which", ["pads_pools", "stride_gap"])
 def test_imported_bound_above_empirical_lower_bound(tmp_path, which):
-    from lipdsl.empirical import lower_bound
+    from lipdsl.baselines.empirical import lower_bound
 
     net = import_onnx(write(tmp_path, NETS[which]())).to_network()
     result = solve_network(net)
@@ -446,8 +446,8 @@ def test_ecg_onnx_gives_the_hand_written_bound(tmp_path, ecg_spec_bound):
 
 @pytest.mark.parametrize("odd", ["\u2028", "\x0c", "\x85", "\u2029", "\x1c"])
 def test_like_template_with_odd_line_breaks_in_comments_keeps_every_layer(tmp_path, odd):
-    from lipdsl.importer import import_state_dict
-    from lipdsl.load import load_network
+    from lipdsl.importers.importer import import_state_dict
+    from lipdsl.lang.load import load_network
 
     arch = tmp_path / "arch.lip"
     arch.write_text(f"input 2\n# a comment{odd}with an odd break\nweights \"old.npz\"\n"
@@ -462,7 +462,7 @@ def test_like_template_with_odd_line_breaks_in_comments_keeps_every_layer(tmp_pa
 
 @pytest.mark.parametrize("output", ["net.npz", "net.npy", "net.onnx"])
 def test_import_output_must_be_a_spec_path(tmp_path, capsys, output):
-    from lipdsl.cli import main
+    from lipdsl.app.cli import main
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"not read")

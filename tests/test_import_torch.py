@@ -13,12 +13,12 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 import lipdsl  # noqa: E402
-from lipdsl.api import solve_network  # noqa: E402
-from lipdsl.cli import main  # noqa: E402
+from lipdsl.pipeline import solve_network  # noqa: E402
+from lipdsl.app.cli import main  # noqa: E402
 from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
-from lipdsl.forward import forward  # noqa: E402
-from lipdsl.importer import import_state_dict  # noqa: E402
-from lipdsl.load import load_network  # noqa: E402
+from lipdsl.model.forward import forward  # noqa: E402
+from lipdsl.importers.importer import import_state_dict  # noqa: E402
+from lipdsl.lang.load import load_network  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ECG_SPEC = ROOT / "specs" / "ecg.lip"
@@ -215,7 +215,7 @@ def test_pickled_module_is_never_unpickled(tmp_path):
     assert not (tmp_path / "x.lip").exists() and not buf.getvalue()
 
 
-# -- batch norm, chomps, weight norm, custom modules (through ONNX) --------------------------------------------
+# -- batch norm, chomps, weight norm, custom modules (through ONNX) ------------------------------------------
 
 
 def _random_bn(model):

@@ -7,16 +7,16 @@ import pytest
 from click.testing import CliRunner
 from nets import Builder, random_cnn
 
-from lipdsl.api import problem_size, solve_network
-from lipdsl.certify import _Point, certify
-from lipdsl.cli import cli
+from lipdsl.pipeline import problem_size, solve_network
+from lipdsl.certify.recheck import Point, certify
+from lipdsl.app.cli import cli
 import scipy.linalg
 
-from lipdsl import kyp
-from lipdsl.kyp import phi_min_eigenvalue, recover_storage, riccati_doubling, riccati_residual
-from lipdsl.lower import lower
-from lipdsl.sdp import build_sdp, frequency_grid, frequency_response
-from lipdsl.solve import solve
+from lipdsl.certify import storage as kyp
+from lipdsl.certify.storage import phi_min_eigenvalue, recover_storage, riccati_doubling, riccati_residual
+from lipdsl.model.lower import lower
+from lipdsl.sdp.build import build_sdp, frequency_grid, frequency_response
+from lipdsl.solvers.solve import solve
 
 
 def conv_net(seed, *, channels=3, kernel=4, act="relu", linear_middle=False, head="gap", padding="same"):
@@ -79,7 +79,7 @@ def test_frequency_form_is_certified_and_close_to_the_exact_sdp(kwargs):
 @pytest.mark.solver
 def test_riccati_storage_makes_every_conv_lmi_psd_before_the_certificate_repair():
     _, _, gridded, _, full, cert = _solve_both(conv_net(2), 33)
-    point = _Point(gridded, full.x)
+    point = Point(gridded, full.x)
     for link in gridded.links:
         if link.P not in gridded.storage:  # (an exact LMI upstream: certify repairs its raised X_out)
             continue
@@ -97,7 +97,7 @@ def test_recovery_closes_the_gaps_between_the_grid_frequencies():
     low = lower(net)
     gridded = build_sdp(low, frequencies=5)
     sol = solve(gridded)
-    point = _Point(gridded, np.concatenate([sol.x, np.zeros(gridded.n_total - gridded.n)]))
+    point = Point(gridded, np.concatenate([sol.x, np.zeros(gridded.n_total - gridded.n)]))
     fine = frequency_grid(512)
     link = next(lk for lk in gridded.links if lk.P in gridded.storage)
     lam = point.vars[link.lam.name]
@@ -112,7 +112,7 @@ def test_recovery_closes_the_gaps_between_the_grid_frequencies():
 def test_recovery_on_two_threads_is_the_inline_recovery(monkeypatch):
     """Step 2's eigenvalue checks split over the frequencies on two threads give the same point, bit for
     bit (each part's minimum is exact; the parts are combined with min/max)."""
-    import lipdsl.solve as solve_mod
+    import lipdsl.solvers.solve as solve_mod
 
     gridded = build_sdp(lower(conv_net(4, channels=4, kernel=5)), frequencies=9)
     sol = solve(gridded)
@@ -166,7 +166,7 @@ def test_cli_solve_with_frequencies(tmp_path):
 
 
 def test_near_optimal_is_judged_by_gap_and_residuals():
-    from lipdsl.solve import Solution
+    from lipdsl.solvers.solve import Solution
 
     base = dict(claimed_status="unknown", rho=1.0, x=None, solver="cvxopt", seconds=0.0)
     assert Solution(**base, relative_gap=3e-7, residual=6e-8).near_optimal(1e-6)
@@ -186,7 +186,7 @@ def test_singular_kkt_ending_at_tolerance_is_not_refused_in_frequency_form():
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    from lipdsl.load import load_network
+    from lipdsl.lang.load import load_network
 
     exact = solve_network(load_network(spec)[1]).certificate.lipschitz
     assert out["certified"] and out["lipschitz"] >= exact * (1 - 1e-7)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from lipdsl.api import solve_network
-from lipdsl.baselines import lipsdp, naive_hinf
-from lipdsl.empirical import lower_bound
+from lipdsl.pipeline import solve_network
+from lipdsl.baselines.unrolled import lipsdp, naive_hinf
+from lipdsl.baselines.empirical import lower_bound
 from lipdsl.errors import UnsupportedError
-from lipdsl.lower import conv_state_space, lift_state_space, lower
+from lipdsl.model.lower import conv_state_space, lift_state_space, lower
 from nets import Builder
 from nets import ecg
 
@@ -147,8 +147,8 @@ def test_mixed_nets_every_lift_is_sandwiched(seed):
 def test_causal_conv_runs_merge_exactly(seed):
     """merge_causal_convs: the composed causal conv is the two convs in turn; with biases the difference is
     an offset that does not depend on the input (the Lipschitz constant is the same)."""
-    from lipdsl.forward import conv1d
-    from lipdsl.lower import merge_causal_convs
+    from lipdsl.model.forward import conv1d
+    from lipdsl.model.lower import merge_causal_convs
 
     rng = np.random.default_rng(seed)
     b = Builder(2, 20)
@@ -175,8 +175,8 @@ def test_causal_conv_runs_merge_exactly(seed):
 @pytest.mark.parametrize("seed", range(12))
 def test_padded_conv_on_blocks_is_the_network_layer_delayed(seed):
     """delayed_lifted_conv: output blocks from m0 on are the PyTorch conv (any padding, stride dividing b)."""
-    from lipdsl.forward import conv1d
-    from lipdsl.lower import delayed_lifted_conv
+    from lipdsl.model.forward import conv1d
+    from lipdsl.model.lower import delayed_lifted_conv
 
     rng = np.random.default_rng(seed)
     b = int(rng.choice([2, 4]))

@@ -15,12 +15,12 @@ import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
 
-import lipdsl.api
-from lipdsl.api import problem_size, solve_network
-from lipdsl.cli import cli
+import lipdsl.pipeline
+from lipdsl.pipeline import problem_size, solve_network
+from lipdsl.app.cli import cli
 from lipdsl.errors import LimitError
-from lipdsl.load import load_network
-from lipdsl.sdp import Factored, Lmi
+from lipdsl.lang.load import load_network
+from lipdsl.sdp.build import Factored, Lmi
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 ECG = str(SPECS / "ecg.lip")
@@ -41,8 +41,8 @@ def write(tmp_path, text: str) -> str:
 
 
 def test_problem_size_matches_the_built_sdp():
-    from lipdsl.lower import lower
-    from lipdsl.sdp import build_sdp
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp
 
     _, net = load_network(ECG)
     size = problem_size(net)
@@ -128,7 +128,7 @@ def test_max_iterations_exits_3_unless_the_loose_bound_is_accepted():
 
 @pytest.mark.solver
 def test_impossible_lmi_is_reported_infeasible(monkeypatch):
-    real = lipdsl.api.build_sdp
+    real = lipdsl.pipeline.build_sdp
 
     def impossible(low, **options):
         sdp = real(low, **options)
@@ -143,7 +143,7 @@ def test_impossible_lmi_is_reported_infeasible(monkeypatch):
         )
         return replace(sdp, lmis=sdp.lmis + (lmi,))
 
-    monkeypatch.setattr(lipdsl.api, "build_sdp", impossible)
+    monkeypatch.setattr(lipdsl.pipeline, "build_sdp", impossible)
     res = run("solve", str(SPECS / "lipsdp_random.lip"))
     assert res.exit_code == 3 and res.stdout == ""
     assert "CVXOPT reports the SDP primal infeasible (no multipliers satisfy the LMIs)" in res.stderr
@@ -221,8 +221,8 @@ def test_max_lmi_counts_the_lmis_after_merging_linear_layers(tmp_path):
 def test_variable_limit_counts_the_merged_storage(tmp_path):
     """Two linear causal convs merged into one FIR: its P has (2 (k-1) c)^2/2 variables, about twice the two
     separate P together; the variable limit is checked on the lowered systems too."""
-    from lipdsl.api import lowered_size
-    from lipdsl.lower import lower
+    from lipdsl.pipeline import lowered_size
+    from lipdsl.model.lower import lower
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "w.npz", a=rng.normal(size=(4, 4, 5)), b=rng.normal(size=(4, 4, 5)))
@@ -469,7 +469,7 @@ def test_memory_refusal_comes_before_allocating_with_a_true_hint(tmp_path, monke
     assert freq.memory() < exact.memory()
     monkeypatch.setattr(limits, "available_memory", lambda: int((exact.memory() + freq.memory()) / 2))
     allocated = []
-    monkeypatch.setattr(lipdsl.api, "lower", lambda *a, **k: allocated.append(1))
+    monkeypatch.setattr(lipdsl.pipeline, "lower", lambda *a, **k: allocated.append(1))
     with pytest.raises(LimitError) as info:
         solve_network(net)
     assert not allocated
@@ -597,7 +597,8 @@ def current_lipdsl_threads() -> frozenset:
 
 
 def test_importing_the_cli_leaves_the_environment_alone():
-    code = ("import os, sys; before = dict(os.environ); import lipdsl.cli, lipdsl.limits, lipdsl.solve; "
+    code = ("import os, sys; before = dict(os.environ); "
+            "import lipdsl.app.cli, lipdsl.limits, lipdsl.solvers.solve; "
             "sys.exit(0 if dict(os.environ) == before else 1)")
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     env["PYTHONPATH"] = str(ROOT)
@@ -609,7 +610,7 @@ def test_solves_leave_the_process_as_they_found_it(monkeypatch):
     import picos
     from threadpoolctl import threadpool_limits
 
-    import lipdsl.solve
+    import lipdsl.solvers.solve
 
     existing = current_lipdsl_threads()
     with threadpool_limits(limits=2, user_api="blas"):  # an application that wants two BLAS threads
@@ -618,11 +619,12 @@ def test_solves_leave_the_process_as_they_found_it(monkeypatch):
         assert net.solve().verified
         assert process_state() == before and not lipdsl_threads(existing)
         # the threaded path: CVXOPT's cone functions replaced during the solve, KKT worker pools
-        monkeypatch.setattr(lipdsl.solve, "THREAD_MIN_ENTRIES", 0)
-        monkeypatch.setattr(lipdsl.solve, "KKT_THREADS", 2)
+        monkeypatch.setattr(lipdsl.solvers.solve, "THREAD_MIN_ENTRIES", 0)
+        monkeypatch.setattr(lipdsl.solvers.solve, "KKT_THREADS", 2)
         seen = []
-        real = lipdsl.solve.thread_map
-        monkeypatch.setattr(lipdsl.solve, "thread_map", lambda *a, **k: seen.append(1) or real(*a, **k))
+        real = lipdsl.solvers.solve.thread_map
+        monkeypatch.setattr(lipdsl.solvers.solve, "thread_map",
+                            lambda *a, **k: seen.append(1) or real(*a, **k))
         assert net.solve(timeout=300).verified and seen
         assert process_state() == before and not lipdsl_threads(existing)
         # sdpa in its child process; PICOS' settings around a PICOS back-end
@@ -657,7 +659,7 @@ def test_concurrent_sdpa_solves_leave_fd_1_alone():
 def test_fd_redirection_of_in_process_sdpa_is_restored_on_failure():
     """The in-process SDPA path (the child of solve_with_sdpa) sends fds 1 and 2 to a temporary file and
     restores both on every path."""
-    from lipdsl.sdpa import _quiet_fds
+    from lipdsl.solvers.sdpa import _quiet_fds
 
     before = (os.fstat(1), os.fstat(2))
     with pytest.raises(RuntimeError):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lipdsl.forward import conv1d, forward
-from lipdsl.lower import (
+from lipdsl.model.forward import conv1d, forward
+from lipdsl.model.lower import (
     avgpool_fir,
     conv_avgpool_fir,
     conv_state_space,
@@ -221,7 +221,7 @@ def test_linear_conv_chains_merge_into_one_exact_fir():
     """Adjacent linear convs / average pools: the merged system's outputs, from some m0 on, are the network's
     (PyTorch semantics, paddings included); chains whose padding zeros the composition cannot reproduce
     (e.g. 'same' after 'same') are not merged."""
-    from lipdsl.lower import linear_chain_system
+    from lipdsl.model.lower import linear_chain_system
 
     merged = refused = 0
     for seed in range(120):
@@ -247,7 +247,7 @@ def test_linear_conv_chains_merge_into_one_exact_fir():
 def test_linear_runs_fold_into_the_dense_and_dense_layers_merge():
     """conv (same) -> avgpool -> flatten -> dense: one dense W T on the unconvolved signal; two linear dense
     layers: W2 W1; both exact on random inputs, and named by show --lowering's notes."""
-    from lipdsl.lower import fold_linear_into_dense, merge_dense_layers
+    from lipdsl.model.lower import fold_linear_into_dense, merge_dense_layers
 
     rng = np.random.default_rng(5)
     net = (Builder(2, 10).conv(rng.normal(size=(3, 2, 3)), padding="same").pool("avg", 2).flatten()
@@ -269,7 +269,7 @@ def test_linear_runs_fold_into_the_dense_and_dense_layers_merge():
 def test_conv_conv_merge_is_named_and_capped():
     """causal conv -> causal conv -> relu: one system; a wide conv into a 1-channel one keeps two systems when
     the merged LMI would exceed MERGE_GROWTH times the separate ones."""
-    from lipdsl.lower import MERGE_GROWTH
+    from lipdsl.model.lower import MERGE_GROWTH
 
     rng = np.random.default_rng(6)
     net = (Builder(1, 16).conv(rng.normal(size=(4, 1, 3)), padding="causal")

@@ -1,4 +1,4 @@
-"""ONNX graph normalisation (lipdsl/onnx_graph.py) and the import of real exports, without torch.
+"""ONNX graph normalisation (lipdsl/importers/onnx_graph.py) and the import of real exports, without torch.
 
 The exported files are in tests/data/onnx (tiny models, written once by tests/data/onnx/make_onnx.py) and
 specs/weights/trained (the GunPoint models of specs/train/train_ucr.py); corner cases are built with
@@ -17,13 +17,13 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from lipdsl import onnx_graph  # noqa: E402
-from lipdsl.api import solve_network  # noqa: E402
+from lipdsl.importers import onnx_graph  # noqa: E402
+from lipdsl.pipeline import solve_network  # noqa: E402
 from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
-from lipdsl.forward import forward  # noqa: E402
-from lipdsl.importer import import_onnx  # noqa: E402
-from lipdsl.load import load_network  # noqa: E402
-from lipdsl.onnx_graph import check_against_reference  # noqa: E402
+from lipdsl.model.forward import forward  # noqa: E402
+from lipdsl.importers.importer import import_onnx  # noqa: E402
+from lipdsl.lang.load import load_network  # noqa: E402
+from lipdsl.importers.onnx_graph import check_against_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "onnx"
@@ -59,7 +59,7 @@ def w(*shape):
     return RNG.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
 
 
-# -- real exports: batch norm, weight norm, chomps, both exporters --------------------------------------------
+# -- real exports: batch norm, weight norm, chomps, both exporters -------------------------------------------
 
 ACCEPTED = [
     DATA / "fcn.ts.onnx",
@@ -89,7 +89,9 @@ def test_exported_models_import_and_match_the_onnx_reference(path):
         u = 2 * RNG.standard_normal((shape.channels,) if shape.flat else (shape.channels, shape.length))
         ref = reference(path, u)
         mine = forward(net, u)
-        np.testing.assert_allclose(mine.reshape(-1), ref.reshape(-1), rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+        np.testing.assert_allclose(
+            mine.reshape(-1), ref.reshape(-1), rtol=1e-4, atol=1e-4 * np.abs(ref).max()
+        )
 
 
 @pytest.mark.parametrize(
@@ -112,7 +114,9 @@ def test_exports_lipdsl_cannot_express_are_refused_naming_the_node(path, words):
 
 def _fold(d, conv, bn, eps=1e-5):
     s = d[f"{bn}.weight"] / np.sqrt(d[f"{bn}.running_var"] + eps)
-    return d[f"{conv}.weight"] * s[:, None, None], (d[f"{conv}.bias"] - d[f"{bn}.running_mean"]) * s + d[f"{bn}.bias"]
+    return d[f"{conv}.weight"] * s[:, None, None], (d[f"{conv}.bias"] - d[f"{bn}.running_mean"]) * s + d[
+        f"{bn}.bias"
+    ]
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
@@ -139,7 +143,9 @@ def test_weight_norm_is_evaluated_in_float64_and_named_after_the_parameter(expor
     assert [L.options["dilation"] for L in convs] == [1, 2, 4, 1, 2, 4]
     assert all(L.options["padding"] == "causal" for L in convs)  # Conv pads (2d, 2d) + Slice [:-2d]
     for L in convs:
-        np.testing.assert_allclose(imported.tensors[L.options["weight"]], d[L.options["weight"]], rtol=0, atol=2e-16)
+        np.testing.assert_allclose(
+            imported.tensors[L.options["weight"]], d[L.options["weight"]], rtol=0, atol=2e-16
+        )
     old = import_onnx(DATA / "old_weight_norm.ts.onnx")  # torch.nn.utils.weight_norm: weight_g, weight_v
     assert old.layers[0].options["weight"] == "conv.weight" and old.layers[0].options["padding"] == "causal"
 
@@ -230,7 +236,9 @@ def test_every_constant_form_is_evaluated():
 
 def test_sparse_constant_is_refused_clearly():
     sparse = helper.make_sparse_tensor(
-        numpy_helper.from_array(np.array([1.0]), "v"), numpy_helper.from_array(np.array([0], np.int64), "i"), [3]
+        numpy_helper.from_array(np.array([1.0]), "v"),
+        numpy_helper.from_array(np.array([0], np.int64), "i"),
+        [3],
     )
     node = helper.make_node("Constant", [], ["c"], name="sp", sparse_value=sparse)
     m = model([node, helper.make_node("Add", ["x", "c"], ["y"])], {}, [1, 3])
@@ -244,14 +252,25 @@ def test_sparse_constant_is_refused_clearly():
 @pytest.mark.parametrize(
     "shape, ok",
     [
-        ((3, 1), True), ((1, 3, 1), True), ((1, 1, 1), True), ((1,), True), ((), True),
+        ((3, 1), True),
+        ((1, 3, 1), True),
+        ((1, 1, 1), True),
+        ((1,), True),
+        ((), True),
         ((3, 1, 1), False),  # issue 17: broadcasts a batch axis of 3 (the unsound import)
-        ((2, 3, 1), False), ((1, 1, 3, 1), False), ((8,), False), ((1, 3, 8), False), ((3,), False),
+        ((2, 3, 1), False),
+        ((1, 1, 3, 1), False),
+        ((8,), False),
+        ((1, 3, 8), False),
+        ((3,), False),
     ],
 )
 def test_conv_add_is_folded_only_when_it_is_a_per_channel_bias(shape, ok):
     length = 8 if shape != (3,) else 3  # (3,) on a length-3 signal: a per-sample bias
-    nodes = [helper.make_node("Conv", ["x", "k"], ["a"], pads=[1, 1]), helper.make_node("Add", ["a", "c"], ["y"], name="add")]
+    nodes = [
+        helper.make_node("Conv", ["x", "k"], ["a"], pads=[1, 1]),
+        helper.make_node("Add", ["a", "c"], ["y"], name="add"),
+    ]
     m = model(nodes, {"k": w(3, 1, 3), "c": RNG.standard_normal(shape)}, [1, 1, length])
     if not ok:
         with pytest.raises(UnsupportedError, match="'add' .*not a per-channel bias"):
@@ -263,7 +282,10 @@ def test_conv_add_is_folded_only_when_it_is_a_per_channel_bias(shape, ok):
 
 
 def test_batch_broadcast_is_named():
-    nodes = [helper.make_node("Conv", ["x", "k"], ["a"]), helper.make_node("Add", ["a", "c"], ["y"], name="add")]
+    nodes = [
+        helper.make_node("Conv", ["x", "k"], ["a"]),
+        helper.make_node("Add", ["a", "c"], ["y"], name="add"),
+    ]
     m = model(nodes, {"k": w(3, 1, 3), "c": np.ones((3, 1, 1))}, [1, 1, 8])
     with pytest.raises(UnsupportedError, match="batch axis"):
         import_onnx(m)
@@ -376,20 +398,34 @@ def _bn_model(before=None, after=None, training=0, pads=(0, 0)):
         nodes.append(helper.make_node("Conv", ["x", "k"], ["a"], pads=list(pads)))
         x = "a"
     nodes.append(
-        helper.make_node("BatchNormalization", [x, "s", "b", "m", "v"], ["n"], name="bn", epsilon=1e-3,
-                         training_mode=training)
+        helper.make_node(
+            "BatchNormalization",
+            [x, "s", "b", "m", "v"],
+            ["n"],
+            name="bn",
+            epsilon=1e-3,
+            training_mode=training,
+        )
     )
     out = "n"
     if after == "conv":
         nodes.append(helper.make_node("Conv", ["n", "k2"], ["c"], pads=list(pads)))
         out = "c"
     nodes.append(helper.make_node("Tanh", [out], ["y"]))
-    inits = {"k": w(2, 2, 3), "k2": w(3, 2, 3), "s": RNG.uniform(0.5, 2, 2), "b": RNG.standard_normal(2),
-             "m": RNG.standard_normal(2), "v": RNG.uniform(0.5, 2, 2)}
+    inits = {
+        "k": w(2, 2, 3),
+        "k2": w(3, 2, 3),
+        "s": RNG.uniform(0.5, 2, 2),
+        "b": RNG.standard_normal(2),
+        "m": RNG.standard_normal(2),
+        "v": RNG.uniform(0.5, 2, 2),
+    }
     return model(nodes, inits, [1, 2, 9])
 
 
-@pytest.mark.parametrize("before, after, pads", [("conv", None, (1, 1)), (None, "conv", (0, 0)), ("conv", "conv", (1, 1))])
+@pytest.mark.parametrize(
+    "before, after, pads", [("conv", None, (1, 1)), (None, "conv", (0, 0)), ("conv", "conv", (1, 1))]
+)
 def test_batchnorm_folds_before_or_after_and_matches_reference(before, after, pads):
     m = _bn_model(before, after, pads=pads)
     net = import_onnx(m).to_network()
@@ -418,7 +454,10 @@ def test_batchnorm_that_cannot_be_folded_is_refused(kwargs, words):
 
 @pytest.mark.parametrize("ratio, training, ok", [(0.5, False, True), (0.5, True, False), (0.0, True, True)])
 def test_dropout_in_training_mode_is_refused(ratio, training, ok):
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Dropout", ["a", "r", "t"], ["y"], name="drop")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Dropout", ["a", "r", "t"], ["y"], name="drop"),
+    ]
     m = model(nodes, {"r": np.array(ratio), "t": np.array(training)}, [1, 1, 4])
     if ok:
         assert [L.kind for L in import_onnx(m).layers] == ["activation"]
@@ -428,7 +467,10 @@ def test_dropout_in_training_mode_is_refused(ratio, training, ok):
 
 
 def test_dropout_mode_from_a_graph_input_is_refused():
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Dropout", ["a", "", "t"], ["y"], name="drop")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Dropout", ["a", "", "t"], ["y"], name="drop"),
+    ]
     m = model(nodes, {}, [1, 1, 4], extra_inputs=[helper.make_tensor_value_info("t", TensorProto.BOOL, [])])
     with pytest.raises(UnsupportedError, match="training_mode is an input"):
         import_onnx(m)
@@ -499,7 +541,7 @@ def test_huge_input_is_not_evaluated():
         import_onnx(m)
 
 
-# -- the reference check --------------------------------------------------------------------------------------
+# -- the reference check -------------------------------------------------------------------------------------
 
 
 def test_reference_check_names_the_first_output_that_differs():

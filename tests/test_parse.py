@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from lark.exceptions import UnexpectedInput
 
-from lipdsl import ast
+from lipdsl.lang import ast
 from lipdsl.errors import LipdslError, ParseError
-from lipdsl.parse import SYNTAX_ERRORS, _parser, match_syntax_error, parse
-from lipdsl.source import Source, Span
+from lipdsl.lang.parse import SYNTAX_ERRORS, _parser, match_syntax_error, parse
+from lipdsl.lang.source import Source, Span
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = sorted((ROOT / "specs").glob("*.lip"))
@@ -170,7 +170,7 @@ def test_unclosed_bracket_points_at_the_bracket():
 
 
 def test_grammar_loads_from_package_or_repo():
-    from lipdsl.parse import grammar_text
+    from lipdsl.lang.parse import grammar_text
 
     assert grammar_text() == (ROOT / "grammar" / "lipdsl.lark").read_text(encoding="utf-8")
 
@@ -186,7 +186,7 @@ def test_numeric_tensors_parse_like_the_general_rule(text):
     to the general AST (with spans), which check refuses as before."""
     import numpy as np
 
-    from lipdsl.check import _Checker
+    from lipdsl.lang.check import _Checker
 
     fast = parse(Source("<t>", f"input 1\ndense d: 1 -> 1, weight {text}\n")).body[1].options[0].value
     ck = _Checker(Source("<t>", ""), False)
@@ -205,7 +205,7 @@ def test_one_megabyte_of_inline_weights_parses_and_checks_quickly():
 
     import numpy as np
 
-    from lipdsl.load import check_source
+    from lipdsl.lang.load import check_source
 
     rng = np.random.default_rng(0)
     rows = ",\n ".join(
@@ -222,8 +222,8 @@ def test_one_megabyte_of_inline_weights_parses_and_checks_quickly():
 def test_a_spec_of_too_many_statements_is_refused_fast():
     """1 MB of 'relu' lines took ~30 s in Lark; a cheap count refuses it first, with a place and a hint."""
     from lipdsl.errors import ParseError
-    from lipdsl.parse import MAX_STATEMENTS, parse
-    from lipdsl.source import Source
+    from lipdsl.lang.parse import MAX_STATEMENTS, parse
+    from lipdsl.lang.source import Source
 
     text = "network big\ninput 1 x 8\n" + "relu\n" * 200_000
     with pytest.raises(ParseError, match=f"more than {MAX_STATEMENTS} statements") as info:
@@ -270,7 +270,7 @@ def test_residual_block_errors(text, message, line):
 
 @pytest.mark.parametrize("lead", ["", " ", "\f", "\r", " \f\r\t"])
 def test_statement_limit_counts_lines_starting_with_any_ignored_whitespace(lead):
-    from lipdsl.parse import MAX_STATEMENTS
+    from lipdsl.lang.parse import MAX_STATEMENTS
 
     text = "input 2\n" + (lead + "relu\n") * (MAX_STATEMENTS + 5)
     with pytest.raises(ParseError, match="more than .* statements"):
@@ -283,7 +283,7 @@ def test_let_bombs_are_refused_fast(expr):
     """Functions of huge arguments are refused before sympy evaluates them (was 20 s for 8 uses)."""
     import time
 
-    from lipdsl.load import check_source
+    from lipdsl.lang.load import check_source
 
     uses = ", ".join(["b"] * 8)
     text = f"let a = 10^3000\nlet b = {expr}\ninput 8\ndense d: 8 -> 1, weight [[{uses}]]\n"
@@ -294,7 +294,7 @@ def test_let_bombs_are_refused_fast(expr):
 
 
 def test_functions_of_moderate_arguments_still_evaluate_exactly():
-    from lipdsl.load import check_source
+    from lipdsl.lang.load import check_source
 
     net = check_source(Source("<string>", "input 2\ndense d: 2 -> 1, weight [[exp(-700), sin(10^5)]]\n"))
     import math
@@ -328,9 +328,9 @@ def test_misspelled_layer_keywords_are_named_with_a_suggestion(keyword):
     word and suggests a keyword or activation, never a traceback or a silent activation."""
     import numpy as np
 
-    from lipdsl.activations import ACTIVATIONS
-    from lipdsl.load import check_source
-    from lipdsl.parse import LAYER_KEYWORDS
+    from lipdsl.lang.activations import ACTIVATIONS
+    from lipdsl.lang.load import check_source
+    from lipdsl.lang.parse import LAYER_KEYWORDS
 
     for typo in _typos(keyword, np.random.default_rng(0)):
         if typo in ACTIVATIONS or typo in LAYER_KEYWORDS:
@@ -348,7 +348,7 @@ def test_misspelled_layer_keywords_are_named_with_a_suggestion(keyword):
                                            ("MaxPool1d", "maxpool"), ("AvgPool1d", "avgpool"),
                                            ("AdaptiveAvgPool1d", "global_avgpool"), ("Flatten", "flatten")])
 def test_pytorch_layer_names_point_to_the_keyword(word, keyword):
-    from lipdsl.load import check_source
+    from lipdsl.lang.load import check_source
 
     for rest in ("", "(4, 2)", " 2", " c: 1 -> 1"):
         with pytest.raises(LipdslError, match=f"unknown layer '{word}' -- did you mean '{keyword}'"):
@@ -371,7 +371,7 @@ def test_tensors_of_names_take_the_fast_path_and_mean_the_same(seed):
     of the same tensor written with operators (parsed by the tensor rule), and errors keep their spans."""
     import numpy as np
 
-    from lipdsl.load import check_source
+    from lipdsl.lang.load import check_source
 
     rng = np.random.default_rng(seed)
     pool = ["a", "-a", "+b", "pi", "-e", "1", "-2.5", "1e-3", "b", "-pi"]
@@ -395,7 +395,7 @@ def test_tensors_of_names_take_the_fast_path_and_mean_the_same(seed):
 def test_one_mb_tensor_of_let_names_is_checked_in_seconds():
     import time
 
-    from lipdsl.load import check_source
+    from lipdsl.lang.load import check_source
 
     n = 1_000_000 // 3
     text = f"let a = 1/3\ninput {n}\ndense d: {n} -> 1, weight [[" + ",\n".join(["a"] * n) + "]]\n"

@@ -13,17 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipdsl import typed
-from lipdsl.baselines import hinf_norm, naive, naive_hinf
-from lipdsl.certify import certify
+from lipdsl.lang import typed
+from lipdsl.baselines.unrolled import hinf_norm, naive, naive_hinf
+from lipdsl.certify.recheck import certify
 from lipdsl.errors import LoweringError, ShapeError, UnsupportedError
-from lipdsl.kyp import recover_storage
-from lipdsl.forward import forward, jacobian
-from lipdsl.load import check_source
-from lipdsl.lower import fold_batchnorm, lower
-from lipdsl.sdp import build_sdp
-from lipdsl.solve import solve
-from lipdsl.source import Source
+from lipdsl.certify.storage import recover_storage
+from lipdsl.model.forward import forward, jacobian
+from lipdsl.lang.load import check_source
+from lipdsl.model.lower import fold_batchnorm, lower
+from lipdsl.sdp.build import build_sdp
+from lipdsl.solvers.solve import solve
+from lipdsl.lang.source import Source
 
 ACTS = ("relu", "tanh", "leaky_relu(0.1)")
 
@@ -377,7 +377,7 @@ def test_refusals_name_the_layer(tmp_path):
     with pytest.raises(LoweringError):
         lower(net, lift=2)
     with pytest.raises(UnsupportedError):
-        from lipdsl.baselines import unroll
+        from lipdsl.baselines.unrolled import unroll
 
         unroll(net)
 
@@ -406,8 +406,8 @@ def test_frequency_form_of_blocks(seed, tmp_path):
 
 def test_certificate_file_refuses_blocks(tmp_path):
     """The certificate file format has one multiplier per system: blocks are refused, not exported wrongly."""
-    from lipdsl.api import solve_network
-    from lipdsl.certificate import build
+    from lipdsl.pipeline import solve_network
+    from lipdsl.certify.certificate import build
     from lipdsl.errors import CertificateError
 
     rng = np.random.default_rng(0)

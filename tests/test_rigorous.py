@@ -118,7 +118,7 @@ def test_literals_that_underflow_to_zero_are_refused(tmp_path, literal):
 def test_naive_on_large_unrolled_maps_is_a_guaranteed_bound():
     """Above DENSE_SVD_LIMIT the naive product is certified (no more "not a proof"): T_N is a submatrix of
     T_2N, so the bound at 2N is at least the dense SVD's at N; and at most the H-inf product."""
-    from lipdsl.baselines import DENSE_SVD_LIMIT, naive, naive_hinf
+    from lipdsl.baselines.unrolled import DENSE_SVD_LIMIT, naive, naive_hinf
     from nets import Builder
 
     rng = np.random.default_rng(3)

@@ -4,9 +4,9 @@
 import numpy as np
 import pytest
 
-from lipdsl.certify import _Point
-from lipdsl.lower import lower
-from lipdsl.sdp import build_sdp
+from lipdsl.certify.recheck import Point
+from lipdsl.model.lower import lower
+from lipdsl.sdp.build import build_sdp
 from nets import Builder, ecg, mixed_net, random_head
 
 def test_ecg_lmi_sizes_and_variables():
@@ -33,10 +33,10 @@ def test_assembly_equals_closed_form(build):
     sdp = build_sdp(lower(build()), inverse=False)  # (the inverse forms are other matrices: tested below)
     rng = np.random.default_rng(0)
     x = rng.normal(size=sdp.n)
-    point = _Point(sdp, x)
-    for v in sdp.nonneg:  # _Point clips these at zero: compare at a point where that is a no-op
+    point = Point(sdp, x)
+    for v in sdp.nonneg:  # Point clips these at zero: compare at a point where that is a no-op
         x[v.slice] = np.abs(x[v.slice])
-    point = _Point(sdp, x)
+    point = Point(sdp, x)
     for link in sdp.links:
         F = link.lmi.value(x)
         raw = link.lmi.F0 + (link.lmi.G @ x).reshape(link.lmi.size, link.lmi.size, order="F")
@@ -89,8 +89,8 @@ def activation_head_net(seed, pool="avg", final=True, slope=None):
 def test_inverse_multiplier_form_of_the_activation_head_is_exact(seed, pool, final, slope):
     """[[X (x) I, -bW'L], [-bLW, 2L - F'F]] >= 0 solved as [[2M - b^2 W (Y (x) I) W', M F'], [F M, I]] >= 0:
     smaller, and the same certified bound as the direct form; certify maps Y, M back to X, L."""
-    from lipdsl.certify import certify
-    from lipdsl.solve import solve
+    from lipdsl.certify.recheck import certify
+    from lipdsl.solvers.solve import solve
 
     low = lower(activation_head_net(seed, pool, final, slope))
     small, big = build_sdp(low), build_sdp(low, inverse=False)
@@ -111,8 +111,8 @@ def test_inverse_multiplier_form_needs_a_zero_lower_slope():
 @pytest.mark.parametrize("seed, pool", [(0, "avg"), (1, "max"), (2, "avg")])
 def test_inverse_weight_form_is_exact_and_small(seed, pool):
     """flatten -> linear dense solved in Y = X^-1: a 2-row LMI instead of 24, the same certified bound."""
-    from lipdsl.certify import certify
-    from lipdsl.solve import solve
+    from lipdsl.certify.recheck import certify
+    from lipdsl.solvers.solve import solve
 
     net = flatten_head_net(seed, pool)
     low = lower(net)
@@ -129,8 +129,8 @@ def test_inverse_weight_form_is_exact_and_small(seed, pool):
 def test_linear_conv_feeding_a_flatten(seed):
     """conv -> ReLU -> conv (no activation) -> flatten -> dense: the linear layer's output weight is
     X (x) I_N, written as sum_t T_t' X T_t; the bound lies between LipSDP-Neuron and the H-inf product."""
-    from lipdsl.api import solve_network
-    from lipdsl.baselines import lipsdp, naive_hinf
+    from lipdsl.pipeline import solve_network
+    from lipdsl.baselines.unrolled import lipsdp, naive_hinf
 
     rng = np.random.default_rng(seed)
     b = Builder(1, 12).conv(rng.normal(size=(3, 1, 3)), padding="causal").act("relu")
@@ -168,7 +168,7 @@ def test_overlapping_pool_systems_see_x_kron_identity(seed):
     x = rng.normal(size=sdp.n)
     for v in sdp.nonneg:
         x[v.slice] = np.abs(x[v.slice])
-    point = _Point(sdp, x)
+    point = Point(sdp, x)
     for link in sdp.links:
         assert np.allclose(link.lmi.value(x), point.matrix(link), atol=1e-10)
 
@@ -198,8 +198,8 @@ def random_overlap_cnn(rng):
 
 
 def _bound(net, **options):
-    from lipdsl.certify import certify
-    from lipdsl.solve import solve
+    from lipdsl.certify.recheck import certify
+    from lipdsl.solvers.solve import solve
 
     sdp = build_sdp(lower(net, **options))
     cert = certify(sdp, solve(sdp))
@@ -216,8 +216,8 @@ def test_fir_pooling_is_sandwiched_and_never_looser_than_the_factor(seed):
 
 def _assert_sandwiched(net, seed, **looser):
     """lower <= LipSDP-Neuron <= the default bound <= the bound with ``looser`` options (1e-6) <= H-inf."""
-    from lipdsl.baselines import lipsdp, naive_hinf
-    from lipdsl.empirical import lower_bound
+    from lipdsl.baselines.unrolled import lipsdp, naive_hinf
+    from lipdsl.baselines.empirical import lower_bound
 
     new, old = _bound(net), _bound(net, **looser)
     assert new <= old * (1 + 1e-6), (new, old)
@@ -264,11 +264,11 @@ def test_merged_linear_layers_are_sandwiched_and_never_looser(seed):
 @pytest.mark.parametrize("structure", ["symmetric", "diagonal", "rho"])
 @pytest.mark.parametrize("kron", [1, 3])
 def test_weight_blocks_are_x_kron_identity_at_their_offset(structure, kron):
-    """``_LmiBuilder.weight`` adds ``coef * (X (x) I_N)`` on the diagonal block at ``offset`` (channel-major
+    """``LmiBuilder.weight`` adds ``coef * (X (x) I_N)`` on the diagonal block at ``offset`` (channel-major
     rows ``ch * N + t``), for every variable structure, as the dense matrix built from the values."""
     import scipy.sparse as sp
 
-    from lipdsl.sdp import Variable, Weight, _LmiBuilder
+    from lipdsl.sdp.build import Variable, Weight, LmiBuilder
 
     rng = np.random.default_rng(0)
     c, offset, m, var_offset = 4, 5, 20, 7
@@ -288,7 +288,7 @@ def test_weight_blocks_are_x_kron_identity_at_their_offset(structure, kron):
             X = X + np.triu(X, 1).T
         X = np.kron(X, np.eye(kron))
         w = Weight("var", c * kron, var, kron=kron)
-    b = _LmiBuilder(m, [var_offset + var.dim])
+    b = LmiBuilder(m, [var_offset + var.dim])
     b.weight(w, offset, -2.0)
     lmi = b.build("test", None, [])
     x = np.zeros(var_offset + var.dim)

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lipdsl.api import solve_network
-from lipdsl.certify import certify
-from lipdsl.cli import cli
-from lipdsl.load import load_network
-from lipdsl.lower import lower
-from lipdsl.sdp import build_sdp
-from lipdsl.sdpa import BOUND_LINE, SdpaFormatError, read_sdpa, solve_sdpa_file, write_sdpa
-from lipdsl.solve import Solution
+from lipdsl.pipeline import solve_network
+from lipdsl.certify.recheck import certify
+from lipdsl.app.cli import cli
+from lipdsl.lang.load import load_network
+from lipdsl.model.lower import lower
+from lipdsl.sdp.build import build_sdp
+from lipdsl.solvers.sdpa import BOUND_LINE, SdpaFormatError, read_sdpa, solve_sdpa_file, write_sdpa
+from lipdsl.solvers.solve import Solution
 from nets import Builder
 from nets import ecg, mixed_net
 
@@ -222,7 +222,7 @@ def test_export_has_solve_limits_and_lift(tmp_path, cli):
     """Export goes through the same lowering entry as solve: the size limits refuse before allocating, and
     the Python API's export takes ``lift`` as the CLI's does."""
     import lipdsl
-    import lipdsl.api
+    import lipdsl.pipeline
     from lipdsl.errors import LimitError
 
     spec = SPECS / "ecg.lip"
@@ -235,4 +235,4 @@ def test_export_has_solve_limits_and_lift(tmp_path, cli):
         f" from {spec}", f" from {net.typed.source_path}")
     assert lifted.m > plain.m
     with pytest.raises(LimitError, match="more than --max-lmi 10"):
-        lipdsl.api.lower_within_limits(net.typed, max_lmi=10)
+        lipdsl.pipeline.lower_within_limits(net.typed, max_lmi=10)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipdsl.api import solve_network
-from lipdsl.baselines import lipsdp, naive_hinf
-from lipdsl.empirical import lower_bound
-from lipdsl.load import load_network
+from lipdsl.pipeline import solve_network
+from lipdsl.baselines.unrolled import lipsdp, naive_hinf
+from lipdsl.baselines.empirical import lower_bound
+from lipdsl.lang.load import load_network
 from nets import Builder, dense_net, ecg_from_npz, random_head
 from nets import DATA, ecg
 
@@ -130,10 +130,10 @@ def test_lipsdp_mnist_with_input_compression():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_input_compression_is_exact(seed):
-    from lipdsl.certify import certify
-    from lipdsl.lower import lower
-    from lipdsl.sdp import build_sdp
-    from lipdsl.solve import solve
+    from lipdsl.certify.recheck import certify
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp
+    from lipdsl.solvers.solve import solve
 
     rng = np.random.default_rng(seed)
     W1 = rng.normal(size=(3, 9)) if seed != 2 else np.outer(rng.normal(size=3), rng.normal(size=9))  # rank 1
@@ -169,8 +169,8 @@ def test_lipsdp_neuron_on_the_unrolled_net_is_at_most_ours(seed):
 def _kkt_nets():
     """A --frequencies net (8 channels: each frequency LMI has >= UNIT_MIN unit terms), a small random
     CNN whose flatten LMI has 79 unit terms, the ECG net."""
-    from lipdsl.lower import lower
-    from lipdsl.sdp import build_sdp
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp
 
     rng = np.random.default_rng(7)
     b = Builder(1, 16)
@@ -194,7 +194,7 @@ def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
     compared.)"""
     import cvxopt
 
-    import lipdsl.solve as solve_mod
+    import lipdsl.solvers.solve as solve_mod
 
     if unit_min is not None:
         monkeypatch.setattr(solve_mod, "UNIT_MIN", unit_min)
@@ -241,7 +241,7 @@ def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
     """The structured KKT solver's block loops on two threads (forced here; by default only for large
     problems): the same iterations and optimum as inline, and bit for bit the same point on every run
     (each thread sums its own share of the blocks, and the shares are added in a fixed order)."""
-    import lipdsl.solve as solve_mod
+    import lipdsl.solvers.solve as solve_mod
 
     sdp = _kkt_nets()[case]
     monkeypatch.setattr(solve_mod, "KKT_THREADS", 1)
@@ -269,8 +269,8 @@ def _cone_point(rng, dims):
 def _cone_ops(threads=2):
     from cvxopt import misc
 
-    import lipdsl.solve as solve_mod
-    from lipdsl.cones import REPLACED, ConeOps
+    import lipdsl.solvers.solve as solve_mod
+    from lipdsl.solvers.cvxopt_cones import REPLACED, ConeOps
 
     return ConeOps({name: getattr(misc, name) for name in REPLACED},
                    lambda fn, items: solve_mod.thread_map(fn, items, threads),
@@ -279,7 +279,8 @@ def _cone_ops(threads=2):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_cone_ops_equal_cvxopts(threads):
-    """lipdsl.cones' scale, max_step and update_scaling (blocks shared among threads) against CVXOPT's own
+    """lipdsl.solvers.cvxopt_cones' scale, max_step and update_scaling (blocks shared among threads) against
+    CVXOPT's own
     on a point with an 'l' part and 's' blocks of orders 1-7: the same step, eigenvalues, eigenvectors (up to
     sign), and the same scaling (``r`` up to the signs of its columns, which the SVD leaves free)."""
     import cvxopt
@@ -339,7 +340,7 @@ def test_cone_ops_leave_other_cones_to_cvxopt_and_restore_its_functions():
     import cvxopt
     from cvxopt import misc
 
-    from lipdsl.cones import installed
+    from lipdsl.solvers.cvxopt_cones import installed
 
     originals = (misc.scale, misc.max_step, misc.update_scaling)
     calls = []
@@ -369,7 +370,7 @@ def test_kkt_threads_only_when_blas_is_pinned_to_one_thread(monkeypatch):
     the CLI do), as threadpoolctl sees it -- whatever the environment variables say."""
     from threadpoolctl import threadpool_limits
 
-    import lipdsl.solve as solve_mod
+    import lipdsl.solvers.solve as solve_mod
     from lipdsl.limits import blas_threads
 
     monkeypatch.setattr(solve_mod, "KKT_THREADS", None)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from lipdsl.api import solve_network
-from lipdsl.load import load_network
+from lipdsl.pipeline import solve_network
+from lipdsl.lang.load import load_network
 
 pytestmark = pytest.mark.solver
 SPECS = Path(__file__).resolve().parents[1] / "specs"

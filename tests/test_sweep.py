@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import lipdsl
-import lipdsl.api
-from lipdsl import sweep as sw
-from lipdsl.api import solve_network
+import lipdsl.pipeline
+from lipdsl.app import sweep as sw
+from lipdsl.pipeline import solve_network
 from lipdsl.errors import LipdslError, WeightError
-from lipdsl.load import check_source, load_network
-from lipdsl.source import Source
+from lipdsl.lang.load import check_source, load_network
+from lipdsl.lang.source import Source
 from sweeping import ECG_SPEC, DaskCluster, ecg_checkpoints
 
 pytestmark = pytest.mark.solver
@@ -201,13 +201,13 @@ def test_bad_items_are_reported_in_their_rows_and_do_not_stop_the_others(tmp_pat
 
 def test_second_identical_sweep_solves_nothing(tmp_path, checkpoints, monkeypatch):
     calls = []
-    real = lipdsl.api.solve_network
+    real = lipdsl.pipeline.solve_network
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lipdsl.api, "solve_network", counting)
+    monkeypatch.setattr(lipdsl.pipeline, "solve_network", counting)
     first = sw.sweep(checkpoints, like=ECG_SPEC, jobs=0, cache=tmp_path / "cache")
     assert len(calls) == len(checkpoints) and first.solved == len(checkpoints) and first.cached == 0
     again = sw.sweep(checkpoints, like=ECG_SPEC, jobs=0, cache=tmp_path / "cache")
@@ -343,7 +343,7 @@ def test_running_items_report_their_solver_iterations(checkpoints, reference):
         row = res[[r["name"] for r in res].index(name)]
         assert ks[0] == 1 and ks == sorted(ks) and ks[-1] <= row["iterations"] + 1
     counted: list[int] = []
-    from lipdsl.solve import on_iteration
+    from lipdsl.solvers.solve import on_iteration
 
     with on_iteration(counted.append):
         solved = solve_network(load_network(ECG_SPEC)[1])
@@ -351,7 +351,7 @@ def test_running_items_report_their_solver_iterations(checkpoints, reference):
 
 
 def test_baseline_methods_go_through_the_method_dispatcher(checkpoints, reference):
-    from lipdsl.baselines import naive_hinf
+    from lipdsl.baselines.unrolled import naive_hinf
 
     res = sw.sweep(checkpoints[:2], like=ECG_SPEC, jobs=0, cache=False, method="naive-hinf")
     assert [r["status"] for r in res] == ["exact norm", "exact norm"] and res.exit_code == 0

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipdsl import sdp as sdp_module
-from lipdsl.api import solve_network
-from lipdsl.check import check
-from lipdsl.load import load_network
-from lipdsl.lower import lower
-from lipdsl.parse import parse
-from lipdsl.sdp import FREQUENCY_TRACE, build_sdp
-from lipdsl.sdpa import _quiet_fds, read_sdpa, write_sdpa
-from lipdsl.source import Source
+from lipdsl.sdp import build as sdp_module
+from lipdsl.pipeline import solve_network
+from lipdsl.lang.check import check
+from lipdsl.lang.load import load_network
+from lipdsl.model.lower import lower
+from lipdsl.lang.parse import parse
+from lipdsl.sdp.build import FREQUENCY_TRACE, build_sdp
+from lipdsl.solvers.sdpa import _quiet_fds, read_sdpa, write_sdpa
+from lipdsl.lang.source import Source
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -30,12 +30,15 @@ def _net(channels=6, kernel=5, depth=3, seed=0):
     rng = np.random.default_rng(seed)
     lines = ["input 1 x 32"]
     c = 1
-    for i in range(depth):
+    for _ in range(depth):
         w = rng.standard_normal((channels, c, kernel)) / np.sqrt(c * kernel)
         lines.append(f"conv1d {c} -> {channels}, kernel {kernel}, padding causal, weight {w.tolist()}")
         lines.append("relu")
         c = channels
-    lines += ["global_avgpool", f"dense {channels} -> 2, weight {rng.standard_normal((2, channels)).tolist()}"]
+    lines += [
+        "global_avgpool",
+        f"dense {channels} -> 2, weight {rng.standard_normal((2, channels)).tolist()}",
+    ]
     source = Source("net.lip", "\n".join(lines) + "\n")
     return check(parse(source), source)
 
@@ -109,21 +112,23 @@ def test_quiet_fds_from_threads_restores_the_descriptors(capfd):
     assert capfd.readouterr() == ("", "")
 
 
-# -- issue 22's real-model cases: certified without --accept-unconverged (minutes each on 2 cores) -------------
+# -- issue 22's real-model cases: certified without --accept-unconverged (minutes each on 2 cores) -----------
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("frequencies", [17, 33])
 def test_trained_plain_tcn_certifies_in_frequency_mode(frequencies):
     _, net = load_network(SPECS / "tcn_plain.lip")
-    result = solve_network(net, frequencies=frequencies)  # SolveError if it stops short (no accept_unconverged)
+    result = solve_network(
+        net, frequencies=frequencies
+    )  # SolveError if it stops short (no accept_unconverged)
     assert result.certificate.verified
 
 
 @pytest.mark.slow
 def test_trained_fcn_32_64_32_certifies_in_frequency_mode():
     pytest.importorskip("onnx")
-    from lipdsl.importer import import_onnx
+    from lipdsl.importers.importer import import_onnx
 
     net = import_onnx(SPECS / "weights" / "trained" / "fcn_32_64_32.torchscript.onnx").to_network()
     result = solve_network(net, frequencies=17)  # SolveError if it stops short (no accept_unconverged)

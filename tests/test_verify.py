@@ -18,7 +18,7 @@ from cert_cases import CONSTRUCTS, ECG_REFERENCE, SPECS, case_id, solved
 
 import lipdsl
 from lipdsl.errors import CertificateError
-from lipdsl.verify import congruence_check, ldl_pivots, verify
+from lipdsl.certify.verify import congruence_check, ldl_pivots, verify
 
 pytestmark = pytest.mark.solver
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_verify_imports_no_solver_code():
     code = (
-        "import sys, lipdsl.verify, lipdsl.certificate, lipdsl.load\n"
-        "from lipdsl.verify import verify\n"
+        "import sys, lipdsl.certify.verify, lipdsl.certify.certificate, lipdsl.lang.load\n"
+        "from lipdsl.certify.verify import verify\n"
         f"v = verify({str(SPECS / 'haar_exact.lip')!r}, sys.argv[1], exact=True)\n"
         "assert v.ok, v.reason\n"
-        "bad = [m for m in ('cvxopt', 'picos', 'lipdsl.solve', 'lipdsl.sdp', 'lipdsl.certify',\n"
-        "                   'lipdsl.kyp', 'lipdsl.hkm', 'lipdsl.cones', 'lipdsl.api') if m in sys.modules]\n"
+        "bad = [m for m in ('cvxopt', 'picos', 'lipdsl.solvers.solve', 'lipdsl.sdp.build',\n"
+        "                   'lipdsl.certify.recheck', 'lipdsl.certify.storage', 'lipdsl.solvers.hkm',\n"
+        "                   'lipdsl.solvers.cvxopt_cones', 'lipdsl.pipeline') if m in sys.modules]\n"
         "print('loaded:', bad)\n"
         "assert not bad, bad\n"
     )
@@ -96,10 +97,10 @@ def test_composed_maps_are_recomputed_exactly_and_lifted_ones_are_flagged():
 
 @pytest.mark.parametrize("spec", ["linear_merge.lip", "avgpool_overlap.lip", "features.lip", "ecg.lip"])
 def test_exact_realization_agrees_with_lowers_floating_point_one(spec):
-    from lipdsl import lowered
-    from lipdsl.load import load_network
-    from lipdsl.lower import lower
-    from lipdsl.verify import exact_realization
+    from lipdsl.model import lowered
+    from lipdsl.lang.load import load_network
+    from lipdsl.model.lower import lower
+    from lipdsl.certify.verify import exact_realization
 
     _, net = load_network(SPECS / spec)
     low = lower(net, scale=False)
@@ -245,7 +246,7 @@ def test_ldl_pivots_match_leading_minors(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_congruence_check_proves_definite_and_refuses_indefinite(seed):
-    from lipdsl.verify import backend
+    from lipdsl.certify.verify import backend
 
     be = backend("flint")
     rng = np.random.default_rng(100 + seed)
@@ -267,8 +268,8 @@ def test_float_mode_falls_back_to_exact_when_rounding_is_too_close_to_call(shrin
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from nets import Builder
 
-    from lipdsl import certificate
-    from lipdsl.api import solve_network
+    from lipdsl.certify import certificate
+    from lipdsl.pipeline import solve_network
 
     d = np.load(Path(__file__).resolve().parent / "data" / "ecg" / "CNN_L2_23_03_08_04_10.npz")
     net = (Builder(1, 128, name="tiny").conv(d["conv1.weight"] * shrink, padding="causal").act("relu")
@@ -302,8 +303,8 @@ def test_random_cnns_verify_in_both_modes(seed):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from nets import random_cnn
 
-    from lipdsl import certificate
-    from lipdsl.api import solve_network
+    from lipdsl.certify import certificate
+    from lipdsl.pipeline import solve_network
 
     net = random_cnn(np.random.default_rng(1000 + seed), pool=["max", "avg", None][seed % 3])
     result = solve_network(net)
@@ -318,7 +319,7 @@ def test_random_cnns_verify_in_both_modes(seed):
 
 
 def test_doubles_become_the_same_rationals():
-    from lipdsl.verify import backend
+    from lipdsl.certify.verify import backend
 
     be = backend("flint")
     rng = np.random.default_rng(5)
@@ -336,8 +337,8 @@ def test_the_authors_ecg_models_are_proved_exactly():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from nets import SHARED, ecg_from_npz
 
-    from lipdsl import certificate
-    from lipdsl.api import solve_network
+    from lipdsl.certify import certificate
+    from lipdsl.pipeline import solve_network
 
     data = Path(__file__).resolve().parent / "data" / "ecg"
     reference = json.loads((data / "reference.json").read_text())
@@ -356,7 +357,7 @@ def test_the_authors_ecg_models_are_proved_exactly():
 @settings(max_examples=200, deadline=None)
 @given(st.fractions(min_value=Fraction(1, 10**30), max_value=Fraction(10**30)), st.integers(3, 15))
 def test_sqrt_up_is_an_upper_bound_with_the_digits_shown(x, digits):
-    from lipdsl.verify import _sqrt_up
+    from lipdsl.certify.verify import _sqrt_up
 
     d, text = _sqrt_up(x, digits)
     assert d >= 0 and d * d >= x  # an upper bound on sqrt(x), exactly

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipdsl import check as check_module
-from lipdsl.check import check
-from lipdsl.cli import main
+from lipdsl.lang import check as check_module
+from lipdsl.lang.check import check
+from lipdsl.app.cli import main
 from lipdsl.errors import ShapeError, SpecError, WeightError
-from lipdsl.parse import parse
-from lipdsl.source import Source
+from lipdsl.lang.parse import parse
+from lipdsl.lang.source import Source
 
 MARKER = Path("/tmp/lipdsl-unpickled-marker")
 

@@ -68,7 +68,7 @@ def test_installed_wheel_checks_specs_outside_the_repo(wheel, tmp_path):
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("OK network")
     where = subprocess.run(
-        [str(bindir / "python"), "-c", "import lipdsl.parse as p; print(p.__file__)"],
+        [str(bindir / "python"), "-c", "import lipdsl.lang.parse as p; print(p.__file__)"],
         cwd=work,
         env=env,
         capture_output=True,

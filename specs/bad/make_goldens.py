@@ -7,7 +7,7 @@ import io
 import sys
 from pathlib import Path
 
-from lipdsl.cli import main
+from lipdsl.app.cli import main
 
 for spec in sorted(Path("specs/bad").glob("*.lip")):
     err = io.StringIO()

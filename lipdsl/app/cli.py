@@ -1,0 +1,1290 @@
+"""Command line: argv -> exit code (0 certified/ok, 1 input error, 2 usage, 3 failed or not certified)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from lipdsl.errors import LipdslError
+from lipdsl.rigorous import format_up
+from lipdsl.lang.source import Source
+
+
+def console(stderr: bool = False):
+    """A rich Console that does not wrap sentences: on a terminal its width; piped, ``$COLUMNS`` or 200
+    columns (rich would otherwise wrap at 80 mid-sentence)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, soft_wrap=True, width=wide)
+
+
+def fail(err: LipdslError, source: Source | None) -> None:
+    """Print a rendered LipdslError to stderr and exit with its code (the one place errors are shown)."""
+    click.echo(err.render(source), err=True)
+    sys.exit(err.exit_code)
+
+
+def read_source(path: str) -> Source:
+    """Read a spec, turning I/O problems into a clean usage-level error."""
+    try:
+        return Source.read(path)
+    except OSError as exc:
+        click.echo(f"{path}: error: cannot read spec: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+
+
+class Seconds(click.ParamType):
+    """A time budget in seconds: a finite number > 0 (>= 0 with ``allow_zero``); nan, inf and negative
+    values are usage errors (exit 2), never "no limit"."""
+
+    name = "seconds"
+
+    def __init__(self, allow_zero: bool = False):
+        self.allow_zero = allow_zero
+
+    def convert(self, value, param, ctx):
+        from lipdsl.limits import check_seconds
+
+        if isinstance(value, float):
+            text = value
+        else:
+            text = str(value).strip()
+        try:
+            return check_seconds(text, param.opts[0] if param is not None else "seconds",
+                                 allow_zero=self.allow_zero)
+        except LipdslError as err:
+            self.fail(err.message, param, ctx)
+
+
+def within(deadline, what: str, work, source: Source | None = None, hint: str | None = None):
+    """``work()`` for a command: BLAS pinned to one thread (``limits.blas_threads``, restored after), the
+    command's ``deadline`` active for every ``checkpoint``, and the whole of it bounded by that deadline
+    (``limits.run_within``: exit 3 once it passes, even inside one long C call)."""
+    from lipdsl import limits
+
+    try:
+        with limits.blas_threads(), deadline.active():
+            return limits.run_within(work, deadline, what, grace=1.0, hint=hint)
+    except LipdslError as err:
+        fail(err, source)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lipdsl")
+def cli() -> None:
+    """lipdsl: certified Lipschitz bounds for 1D convolutional neural networks."""
+
+
+# -- front end: check / show (issue 2) -------------------------------------------------------------------
+
+
+def load_or_fail(path: str, allow_outside: bool = False):
+    """``lipdsl.lang.load.load_network`` for commands: (Source, typed.Network), or print the error and
+    exit 1."""
+    from lipdsl.lang.load import load_network
+
+    try:
+        return load_network(path, allow_outside=allow_outside)
+    except LipdslError as err:
+        fail(err, err.source)
+
+
+# Options that solve and export share: both build the same SDP.
+_MIN_LENGTH = click.option(
+    "--length",
+    "min_length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="For 'input c x *' nets with global average pooling: the shortest input length to cover.",
+)
+_LIFT = click.option(
+    "--lift",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Realize conv layers on blocks of L samples: tighter (towards LipSDP-Neuron), larger LMIs.",
+)
+_ALLOW_OUTSIDE = click.option(
+    "--allow-outside",
+    is_flag=True,
+    help="Allow weight files outside the spec's directory (absolute paths, '..').",
+)
+
+
+def _params(layer) -> int:
+    if layer.kind == "residual":
+        return sum(_params(sub) for sub in layer.main + layer.shortcut)
+    if layer.kind == "batchnorm":
+        return 2 * layer.channels  # the folded scale and shift (PyTorch: weight, bias + running mean, var)
+    weight = getattr(layer, "weight", None)
+    bias = getattr(layer, "bias", None)
+    return (0 if weight is None else int(weight.size)) + (0 if bias is None else int(bias.size))
+
+
+def _details(layer) -> str:
+    exact = " (exact)" if getattr(layer, "weight_expr", None) is not None else ""
+    if layer.kind == "conv1d":
+        pads = layer.padding
+        if not pads.isdigit():
+            pads += f" ({layer.pad_left},{layer.pad_right})"
+        bias = "" if layer.bias is not None else ", no bias"
+        return f"k={layer.kernel} s={layer.stride} d={layer.dilation} pad={pads}{bias}{exact}"
+    if layer.kind == "dense":
+        return ("bias" if layer.bias is not None else "no bias") + exact
+    if layer.kind == "pool":
+        return f"{layer.op}, kernel {layer.kernel}, stride {layer.stride}"
+    if layer.kind == "activation":
+        fn = layer.function if layer.parameter is None else f"{layer.function}({layer.parameter:g})"
+        return f"{fn}, slope [{layer.alpha:g}, {layer.beta:g}]"
+    if layer.kind == "batchnorm":
+        scale = abs(layer.scale)
+        return f"eval mode, eps {layer.eps:g}, |scale| in [{scale.min():.3g}, {scale.max():.3g}]"
+    if layer.kind == "residual":
+        main = " -> ".join(sub.name for sub in layer.main)
+        short = " -> ".join(sub.name for sub in layer.shortcut) or "identity"
+        return f"y = main(x) + shortcut(x); main: {main}; shortcut: {short}"
+    return ""
+
+
+def _layer_json(layer) -> dict:
+    entry = {
+        "name": layer.name,
+        "kind": layer.kind,
+        "in": _shape_json(layer.in_shape),
+        "out": _shape_json(layer.out_shape),
+        "params": _params(layer),
+        "line": layer.span.line if layer.span else None,
+    }
+    if layer.kind == "residual":
+        entry.update(main=[_layer_json(sub) for sub in layer.main],
+                     shortcut=[_layer_json(sub) for sub in layer.shortcut])
+    elif layer.kind == "batchnorm":
+        entry.update(channels=layer.channels, eps=layer.eps)
+    return entry
+
+
+def _shape_json(shape) -> list:
+    return [shape.channels] if shape.flat else [shape.channels, shape.length]
+
+
+def _summary(net) -> str:
+    counts: dict[str, int] = {}
+    for layer in net.layers:
+        counts[layer.kind] = counts.get(layer.kind, 0) + 1
+    kinds = ", ".join(f"{n} {k}" for k, n in counts.items())
+    params = sum(_params(layer) for layer in net.layers)
+    return (
+        f"network {net.name!r}: {net.input_shape} -> {net.output_shape}, {len(net.layers)} layers "
+        f"({kinds}), {params} parameters"
+    )
+
+
+@cli.command("check")
+@click.argument("spec")
+@_ALLOW_OUTSIDE
+def check_command(spec: str, allow_outside: bool) -> None:
+    """Parse and check SPEC: print OK and a summary, or the errors (exit 1)."""
+    _, net = load_or_fail(spec, allow_outside)
+    click.echo(f"OK {_summary(net)}")
+
+
+@cli.command("show")
+@click.argument("spec")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option(
+    "--state-space",
+    "state_space",
+    is_flag=True,
+    help="Print each conv layer's causal realization (A, B, C, D), symbolically.",
+)
+@click.option("--latex", is_flag=True, help="With --state-space: LaTeX instead of pretty-printed matrices.")
+@click.option(
+    "--lowering", is_flag=True, help="Show how each layer enters the SDP (which construct, and why)."
+)
+@click.option(
+    "--length",
+    "min_length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --lowering, for 'input c x *' nets with global average pooling: the shortest length.",
+)
+@click.option(
+    "--lift", type=click.IntRange(min=1), default=1, help="With --lowering: as `lipdsl solve --lift`."
+)
+@_ALLOW_OUTSIDE
+def show_command(
+    spec: str,
+    as_json: bool,
+    state_space: bool,
+    latex: bool,
+    lowering: bool,
+    min_length: int | None,
+    lift: int,
+    allow_outside: bool,
+) -> None:
+    """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
+    if latex and not state_space:
+        raise click.UsageError("--latex applies to --state-space only")
+    if (min_length is not None or lift != 1) and not lowering:
+        raise click.UsageError("--length and --lift apply to --lowering only")
+    source, net = load_or_fail(spec, allow_outside)
+    if lowering:
+        _print_lowering(net, source, min_length, lift)
+        return
+    if state_space:
+        _check_state_space_size(net, source)
+        _print_state_space(net, latex)
+        return
+    if as_json:
+        import json
+
+        layers = []
+        for layer in net.layers:
+            entry = _layer_json(layer)
+            if layer.kind == "conv1d":
+                entry.update(
+                    kernel=layer.kernel,
+                    stride=layer.stride,
+                    dilation=layer.dilation,
+                    padding=layer.padding,
+                    pad_left=layer.pad_left,
+                    pad_right=layer.pad_right,
+                    bias=layer.bias is not None,
+                )
+            elif layer.kind == "dense":
+                entry.update(bias=layer.bias is not None)
+            elif layer.kind == "pool":
+                entry.update(op=layer.op, kernel=layer.kernel, stride=layer.stride)
+            elif layer.kind == "activation":
+                entry.update(
+                    function=layer.function, parameter=layer.parameter, slope=[layer.alpha, layer.beta]
+                )
+            layers.append(entry)
+        click.echo(
+            json.dumps(
+                {
+                    "name": net.name,
+                    "source": net.source_path,
+                    "input": _shape_json(net.input_shape),
+                    "output": _shape_json(net.output_shape),
+                    "any_length": net.any_length,
+                    "params": sum(e["params"] for e in layers),
+                    "layers": layers,
+                }
+            )
+        )
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{net.name}  ({net.source_path})")
+    for col in ("#", "name", "kind", "in", "out", "params", "details"):
+        table.add_column(col, justify="right" if col in ("#", "params") else "left")
+    table.add_row("", "input", "", "", str(net.input_shape), "", "")
+    def rows(layers, prefix: str, indent: str) -> None:
+        for i, layer in enumerate(layers, 1):
+            kind = layer.function if layer.kind == "activation" else layer.kind
+            table.add_row(f"{prefix}{i}", indent + layer.name, kind, str(layer.in_shape),
+                          str(layer.out_shape), str(_params(layer) or ""), _details(layer))
+            if layer.kind == "residual":  # the block's structure: its main path, then its shortcut
+                rows(layer.main, f"{prefix}{i}.", indent + "  main ")
+                if layer.shortcut:
+                    rows(layer.shortcut, f"{prefix}{i}.s", indent + "  shortcut ")
+
+    rows(net.layers, "", "")
+    console().print(table)
+    click.echo(_summary(net))
+
+
+def _print_lowering(net, source, min_length, lift=1) -> None:
+    """One row per SDP step: the systems (one LMI each) and the pooling/flatten steps between them."""
+    from rich.table import Table
+
+    from lipdsl import limits
+
+    from lipdsl.model import lowered
+    from lipdsl.pipeline import problem_size
+    from lipdsl.model.lower import lower
+
+    try:
+        size = problem_size(net, lift)
+        limits.require_memory(
+            limits.BASE_BYTES + limits.lowering_bytes(size.systems),
+            f"lowering (state spaces with up to {max((s[0] for s in size.systems), default=0)} states)",
+            hint="the realization of a conv layer has dilation*(kernel-1)*c_in states (times --lift): "
+            "a smaller --lift, or smaller kernels",
+            span=net.span,
+        )
+        low = lower(net, min_length=min_length, lift=lift)
+    except LipdslError as err:
+        fail(err, source)
+    table = Table(title=f"{net.name}: how each layer enters the SDP (bound = sqrt(rho) x {low.factor:.6g})")
+    for col in ("step", "layers", "construct", "LMI rows (state+in+out)", "scale / factor"):
+        table.add_column(col)
+    for st in low.steps:
+        if isinstance(st, lowered.System):
+            ss = st.ss
+            slope = (
+                "linear" if st.slope is None else f"{st.activation} slope [{st.slope[0]:g}, {st.slope[1]:g}]"
+            )
+            what = {"conv": "causal FIR state space", "dense": "static map", "activation": "identity map",
+                    "pool": "causal FIR state space", "block": "residual block, one LTI system"}[st.kind]
+            if st.internal:
+                what += " with internal " + ", ".join(f"{a.name} [{a.alpha:g}, {a.beta:g}]"
+                                                      for a in st.internal)
+            n_out = st.n_out if st.slope is not None else 0
+            rows = ss.nx + ss.nu + n_out
+            table.add_row(
+                st.name,
+                ", ".join(st.layers),
+                f"{what} + {slope}" + (f"; {st.note}" if st.note else ""),
+                f"{rows} ({ss.nx}+{ss.nu}+{n_out})",
+                f"{st.scale:.4g}",
+            )
+        elif isinstance(st, lowered.Pool):
+            table.add_row(st.name, st.name, st.note, "-", f"{st.gain:.4g}")
+        else:
+            table.add_row(
+                st.name,
+                st.name,
+                f"flatten {st.channels}x{st.length}: next input weight X (x) I_{st.length}",
+                "-",
+                "1",
+            )
+    console().print(table)
+
+
+def _check_state_space_size(net, source) -> None:
+    """Exit 3 (``LimitError``) before printing a realization of more than ``limits.DISPLAY_MAX_BLOCKS``
+    state blocks: sympy would build and print a matrix of blocks^2 entries."""
+    from lipdsl.errors import LimitError
+    from lipdsl.limits import DISPLAY_MAX_BLOCKS
+
+    for layer in net.layers:
+        if layer.kind == "conv1d" and layer.dilation * (layer.kernel - 1) > DISPLAY_MAX_BLOCKS:
+            fail(LimitError(
+                f"conv1d {layer.name!r} has {layer.dilation * (layer.kernel - 1)} state blocks "
+                f"(dilation {layer.dilation} x (kernel {layer.kernel} - 1)); show --state-space prints at "
+                f"most {DISPLAY_MAX_BLOCKS}",
+                span=layer.span,
+                hint="its realization is a shift register: A shifts the past inputs by one block, "
+                "B = [0; ...; I], C = [W_{k-1} ... W_1] (with zero blocks between dilated taps), D = W_0; "
+                "`lipdsl show --lowering` gives the sizes",
+            ), source)
+
+
+def _print_state_space(net, latex: bool) -> None:
+    """Each conv layer's (A, B, C, D): entry by entry when small, else in block form with taps W_j."""
+    import sympy
+
+    from lipdsl.model.lower import symbolic_block_state_space, symbolic_state_space
+
+    convs = [layer for layer in net.layers if layer.kind == "conv1d"]
+    if not convs:
+        click.echo(f"network {net.name!r} has no conv1d layer (dense layers are static: v = W u)")
+    for layer in convs:
+        ke = layer.dilation * (layer.kernel - 1) + 1
+        nx = (ke - 1) * layer.c_in
+        click.echo(
+            f"conv1d {layer.name}: {layer.c_in} -> {layer.c_out}, kernel {layer.kernel}"
+            f"{f', dilation {layer.dilation}' if layer.dilation > 1 else ''}: causal realization, "
+            f"{nx} states (independent of the signal length)"
+        )
+        state = {0: "no state: v[t] = D u[t]", 1: "x[t] = u[t-1]"}.get(
+            ke - 1, f"x[t] = [u[t-{ke - 1}]; ...; u[t-1]]"
+        )
+        click.echo(f"  x[t+1] = A x[t] + B u[t],  v[t] = C x[t] + D u[t],  {state}")
+        small = nx + layer.c_in <= 16 and layer.c_out <= 16
+        mats = symbolic_state_space(layer) if small else symbolic_block_state_space(layer)
+        if not small:
+            click.echo("  (block form: W_j = W[:, :, j] is c_out x c_in in PyTorch layout)")
+        for label, M in zip("ABCD", mats):
+            if M is None or 0 in M.shape:
+                click.echo(f"  {label}: empty (no state)")
+                continue
+            if latex:
+                click.echo(f"  {label} = {sympy.latex(M)}")
+            else:
+                text = sympy.pretty(M, use_unicode=True)
+                click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
+
+
+# -- solve (issue 3) --------------------------------------------------------------------------------------
+
+from lipdsl.methods import METHODS as _METHODS  # noqa: E402  (the one method registry; no numpy at start-up)
+
+
+#: Solver names ``--solver`` accepts (anything else is a usage error, exit 2); PICOS ones must be installed.
+SOLVERS = ("cvxopt", "cvxopt-generic", "sdpa", "qics", "smcp", "mosek", "mskfsn", "scs", "clarabel")
+
+
+def _solver_name(ctx, param, value: str) -> str:
+    if value not in SOLVERS:
+        import difflib
+
+        close = difflib.get_close_matches(value, SOLVERS, n=1)
+        mean = f" (did you mean {close[0]!r}?)" if close else ""
+        raise click.BadParameter(f"unknown solver {value!r}{mean}; use one of {', '.join(SOLVERS)}")
+    return value
+
+
+@cli.command("solve")
+@click.argument("spec")
+@click.option(
+    "--solver",
+    default="cvxopt",
+    show_default=True,
+    callback=_solver_name,
+    help="cvxopt (structured KKT), cvxopt-generic, sdpa (sdpa-python), or any PICOS solver installed "
+    "(qics, smcp, mosek).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
+@click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
+@click.option("--max-iterations", default=100, show_default=True, type=int)
+@click.option("--verbose", is_flag=True, help="Show the solver's iterations (and the per-LMI table).")
+@click.option("-v", "--details", is_flag=True, help="Also print the per-LMI table of the certificate.")
+@_MIN_LENGTH
+@_LIFT
+@click.option(
+    "--max-lmi",
+    type=click.IntRange(min=1),
+    default=4000,
+    show_default=True,
+    help="Refuse (exit 3, before allocating) SDPs whose largest LMI has more rows than this.",
+)
+@click.option(
+    "--timeout",
+    type=Seconds(),
+    default=None,
+    help="Bound the whole command (lowering, solve, storage recovery; also --method lipsdp-*) to SECONDS "
+    "(exit 3 when they pass).",
+)
+@click.option(
+    "--frequencies",
+    type=click.IntRange(min=3),
+    default=None,
+    help="Solve conv layers' LMIs in the frequency domain on K frequencies and recover their storage "
+    "matrices afterwards (KYP lemma + Riccati): for wide conv layers; certified the same way, slightly "
+    "looser.",
+)
+@click.option(
+    "--accept-unconverged",
+    is_flag=True,
+    help="Report a bound certified from a solver that did not converge (sound, possibly loose).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(_METHODS),
+    default="dissipative",
+    show_default=True,
+    help="dissipative (the paper's LMIs, certified), or a baseline: naive (unrolled norm product), "
+    "naive-hinf (length-independent), lipsdp-neuron / lipsdp-layer (LipSDP on the unrolled net).",
+)
+@click.option(
+    "--force", is_flag=True, help="With --method lipsdp-*: run even a LipSDP LMI above the size guard."
+)
+@click.option(
+    "--certificate",
+    "certificate_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the certified point to this JSON file (docs/certificate.md); check it with lipdsl verify.",
+)
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Also prove the bound in exact rational arithmetic (lipdsl verify --exact on the certificate): "
+    "reports 'proved'; exit 3 if the proof fails.",
+)
+@_ALLOW_OUTSIDE
+def solve_command(
+    spec: str,
+    solver: str,
+    as_json: bool,
+    tol: float,
+    max_iterations: int,
+    verbose: bool,
+    details: bool,
+    min_length: int | None,
+    lift: int,
+    max_lmi: int,
+    timeout: float | None,
+    frequencies: int | None,
+    accept_unconverged: bool,
+    method: str,
+    force: bool,
+    certificate_path: str | None,
+    exact: bool,
+    allow_outside: bool,
+) -> None:
+    """Certified Lipschitz upper bound of SPEC (exit 0 certified, 3 solver failed or not certified)."""
+    import time
+
+    if method != "dissipative" and (certificate_path is not None or exact):
+        raise click.UsageError("--certificate and --exact apply to --method dissipative only")
+    from lipdsl.limits import Deadline
+
+    deadline = Deadline(timeout)  # the whole command's
+    t0 = time.perf_counter()
+    source, net = load_or_fail(spec, allow_outside)
+    t1 = time.perf_counter()
+    if min_length is not None and net.input_shape.length is not None and not as_json:
+        click.echo(f"note: --length {min_length} is ignored: {net.name} takes inputs of fixed shape "
+                   f"{net.input_shape}", err=True)
+    if method != "dissipative":
+        within(deadline, f"--method {method}",
+               lambda: _solve_baseline(net, method, min_length, force, as_json), source)
+        return
+    within(deadline, "lipdsl solve",
+           lambda: _solve_dissipative(net, source, t1 - t0, deadline, solver=solver, tol=tol,
+                                      max_iterations=max_iterations, verbose=verbose, min_length=min_length,
+                                      lift=lift, max_lmi=max_lmi, accept_unconverged=accept_unconverged,
+                                      frequencies=frequencies, as_json=as_json, spec=spec,
+                                      certificate_path=certificate_path, exact=exact,
+                                      details=details), source)
+
+
+def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: bool, spec: str,
+                       certificate_path: str | None, exact: bool, details: bool, **options) -> None:
+    """``lipdsl solve`` with the dissipative method: solve, print (with the certificate file and the exact
+    proof when asked), exit 3 unless certified."""
+    from lipdsl.pipeline import solve_network
+    from lipdsl.app.report import print_text, to_json
+
+    try:
+        result = solve_network(
+            net,
+            seconds={"parse+check": load_seconds},
+            deadline=deadline,
+            **options,
+        )
+    except LipdslError as err:
+        fail(err, source)
+    proof = None
+    if result.certificate.verified and (certificate_path is not None or exact):
+        proof = _certify_file(result, net, certificate_path, exact, options["min_length"], options["lift"],
+                              options["frequencies"], options["solver"])
+    if as_json:
+        import json
+
+        out = to_json(result)
+        if proof is not None:
+            out["proof"] = proof.to_json()
+        if certificate_path is not None and result.certificate.verified:
+            out["certificate_file"] = certificate_path
+        click.echo(json.dumps(out))
+    else:
+
+        print_text(result, console(), proof=proof, verbose=bool(details or options["verbose"]))
+        if certificate_path is not None and result.certificate.verified:
+            click.echo(f"  certificate written to {certificate_path} (check it: lipdsl verify {spec} "
+                       f"{certificate_path} [--exact])")
+    if not result.certificate.verified:
+        sys.exit(3)
+
+
+def _certify_file(result, net, path, exact, min_length, lift, frequencies, solver):
+    """Write the certificate (to ``path`` if given) and, with ``exact``, prove it: the Verdict, or exit 3
+    with the failing check (never a certificate file that does not verify)."""
+    from lipdsl.certify import certificate
+    from lipdsl.certify.verify import verify
+
+    options = certificate.solve_options(min_length, lift, True, frequencies, solver)
+    try:
+        doc = certificate.build(result, options=options)
+        verdict = verify(net, doc, exact=exact)
+    except LipdslError as err:
+        fail(err, None)
+    if not verdict.ok:
+        click.echo(f"error: the certificate does not verify{' exactly' if exact else ''}: {verdict.reason}",
+                   err=True)
+        click.echo("  hint: please report this: the solver's point was certified but the independent check "
+                   "failed (no certificate written)", err=True)
+        sys.exit(3)
+    if path is not None:
+        import json
+        from pathlib import Path
+
+        Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    return verdict if exact else None
+
+
+# -- verify (issue 18) ------------------------------------------------------------------------------------
+
+
+@cli.command("verify")
+@click.argument("spec")
+@click.argument("certificate")
+@click.option("--exact", is_flag=True, help="Prove every LMI in exact rational arithmetic (python-flint).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "flint", "sympy"]),
+    default="auto",
+    show_default=True,
+    help="Exact arithmetic: python-flint (auto, if installed) or sympy.",
+)
+@_ALLOW_OUTSIDE
+def verify_command(spec: str, certificate: str, exact: bool, as_json: bool, backend: str,
+                   allow_outside: bool) -> None:
+    """Check CERTIFICATE (from lipdsl solve --certificate) against SPEC's weights, without the solver
+    (exit 0 verified, 1 unreadable input, 3 a check failed)."""
+    source, net = load_or_fail(spec, allow_outside)
+    from lipdsl.app.report import print_verdict
+    from lipdsl.certify.verify import verify
+
+    try:
+        verdict = verify(net, certificate, exact=exact, backend_name=backend)
+    except LipdslError as err:
+        fail(err, None)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(verdict.to_json()))
+    else:
+        from rich.console import Console
+
+        print_verdict(verdict, Console(), Console(stderr=True))
+    if not verdict.ok:
+        sys.exit(3)
+
+
+# -- export (issue 5) -------------------------------------------------------------------------------------
+
+
+@cli.command("export")
+@click.argument("spec")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The .dat-s file to write (SDPA sparse format).",
+)
+@_MIN_LENGTH
+@_LIFT
+@_ALLOW_OUTSIDE
+def export_command(spec: str, output: str, min_length: int | None, lift: int, allow_outside: bool) -> None:
+    """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
+    source, net = load_or_fail(spec, allow_outside)
+    from lipdsl.pipeline import lower_within_limits
+    from lipdsl.sdp.build import build_sdp
+    from lipdsl.solvers.sdpa import write_sdpa
+
+    try:
+        sdp = build_sdp(lower_within_limits(net, min_length=min_length, lift=lift))
+    except LipdslError as err:
+        fail(err, source)
+    try:
+        size = write_sdpa(sdp, output, spec_name=spec)
+    except OSError as exc:
+        click.echo(f"{output}: error: cannot write: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    blocks = " ".join(str(b) for b in size.blocks)
+    click.echo(
+        f"wrote {output}: SDPA sparse, m = {size.m} variables, {len(size.blocks)} blocks ({blocks}), "
+        f"{size.nonzeros} nonzeros, {size.bytes} bytes"
+    )
+    click.echo(f"bound = sqrt(objective) * {float(sdp.factor)!r}")
+
+
+# -- lower (issue 4) --------------------------------------------------------------------------------------
+
+
+@cli.command("lower")
+@click.argument("spec")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random starts.")
+@click.option(
+    "--starts",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Random starts to ascend from.",
+)
+@click.option(
+    "--time-budget",
+    default=20.0,
+    show_default=True,
+    type=Seconds(allow_zero=True),
+    help="Seconds after which no new start is begun; the command ends within a few seconds more.",
+)
+@click.option(
+    "--length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Input length for 'input c x *' nets (default 64).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
+@_ALLOW_OUTSIDE
+def lower_command(
+    spec: str,
+    seed: int,
+    starts: int,
+    time_budget: float,
+    length: int | None,
+    as_json: bool,
+    allow_outside: bool,
+) -> None:
+    """Empirical lower bound of SPEC's Lipschitz constant: max of ||J(u)||_2 over searched inputs u."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lipdsl.baselines.empirical import lower_bound
+    from lipdsl.limits import SEARCH_GRACE, Deadline
+
+    deadline = Deadline(time_budget + SEARCH_GRACE)
+    source, net = load_or_fail(spec, allow_outside)
+    err_console = console(stderr=True)
+
+    def search():
+        with Progress(
+            TextColumn("lower bound"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]:.6g}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=as_json or not err_console.is_terminal,
+        ) as bar:
+            task = bar.add_task("starts", total=starts, best=0.0)
+            return lower_bound(
+                net,
+                starts=starts,
+                seed=seed,
+                time_budget=time_budget,
+                length=length,
+                progress=lambda done, total, best: bar.update(task, completed=done, best=best),
+            )
+
+    result = within(deadline, "the lower bound's search", search, source,
+                    hint="raise --time-budget, or give a shorter --length")
+    if as_json:
+        import json
+
+        click.echo(
+            json.dumps(
+                {
+                    "spec": spec,
+                    "network": net.name,
+                    "lower_bound": result.value,
+                    "seed": seed,
+                    "starts": result.starts,
+                    "evaluations": result.evaluations,
+                    "length": result.length,
+                    "seconds": result.seconds,
+                    "argmax_input": result.argmax_input.tolist(),
+                }
+            )
+        )
+        return
+    where = f", input length {result.length}" if net.any_length else ""
+    click.echo(
+        f"{net.name}: lipschitz >= {result.value:.10g}  (empirical: max ||J(u)||_2 over {result.starts} "
+        f"starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)"
+    )
+
+
+# -- compare and solve --method (issue 4) ----------------------------------------------------------------
+
+_STATUS_WORDS = {
+    "exact norm": "exact norm product",
+    "verified LMI": "verified LMI",
+    "certified": "certified",
+}
+
+
+def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: bool) -> None:
+    """``lipdsl solve --method <baseline>``: the bound with how it is known; exit 3 when refused or failed."""
+    import json
+
+    from lipdsl.methods import run_method
+
+    r = run_method(net, method, length=length, force=force)
+    if as_json:
+        from lipdsl.app.report import baseline_to_json
+
+        click.echo(json.dumps(baseline_to_json(net, method, r)))
+    elif r.ok:
+        words = _STATUS_WORDS[r.status]
+        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {format_up(r.bound)} ({words})")
+        size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
+        click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
+    else:
+        click.echo(f"no bound for {net.name} ({method}): {r.status}: {r.note}")
+    if not r.ok:
+        sys.exit(3)
+
+
+def _fmt(x: float | None, spec: str = ".6g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _print_comparison(c) -> None:
+    """The comparison as a rich table (the lower bound first), then one note line per method."""
+    from rich.table import Table
+
+    net = c.network
+    where = f", unrolled for N = {c.length}" if c.length else ""
+    table = Table(title=f"{net.name}: Lipschitz bounds ({net.input_shape} -> {net.output_shape}{where})")
+    for col in ("method", "bound", "/ lower", "/ dissip.", "time", "status"):
+        table.add_column(col, justify="left" if col in ("method", "status") else "right", no_wrap=True)
+    d = c.lower_detail
+    notes = []
+    if c.lower is not None:
+        table.add_row(
+            "lower (empirical)",
+            f"{c.lower:.6g}",
+            "1",
+            _fmt(c.ratio_dissipative(c.lower), ".3f"),
+            f"{d['seconds']:.2f} s",
+            "witnessed",
+        )
+        notes.append(f"lower: max ||J(u)||_2 over {d['starts']} starts, seed {d['seed']}")
+    elif "error" in d:
+        table.add_row("lower (empirical)", "-", "", "", "", "[red]not run[/]")
+        notes.append(f"lower: not run: {d['error']}")
+    for r in c.results:
+        status = r.status if r.ok else f"[red]{r.status}[/]"
+        table.add_row(
+            r.method,
+            "-" if r.bound is None else format_up(r.bound, 6),
+            _fmt(c.ratio_lower(r), ".3f"),
+            _fmt(c.ratio_dissipative(r), ".3f"),
+            "" if r.status == "refused" else f"{r.seconds:.2f} s",
+            status,
+        )
+        size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
+        notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
+    console().print(table)
+    for line in notes:
+        click.echo("  " + line)
+
+
+@cli.command("compare")
+@click.argument("spec")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a bar chart of bounds and times (PNG; needs the 'plot' extra: matplotlib).",
+)
+@click.option(
+    "--methods", default=",".join(_METHODS), show_default=True, help="Comma-separated methods to run."
+)
+@click.option(
+    "--length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Input length for 'input c x *' nets (the N-dependent baselines and the lower bound; default 64).",
+)
+@click.option(
+    "--lower-starts",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Random starts of the empirical lower bound (0: skip it).",
+)
+@click.option(
+    "--time-budget",
+    default=10.0,
+    show_default=True,
+    type=Seconds(allow_zero=True),
+    help="Seconds for the lower bound's search.",
+)
+@click.option(
+    "--timeout",
+    type=Seconds(),
+    default=None,
+    help="Bound the whole command to SECONDS: methods still running then are reported as failed.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the lower bound's starts.")
+@click.option("--solver", default="cvxopt", show_default=True, callback=_solver_name,
+              help="Solver of the dissipative SDP.")
+@click.option(
+    "--lift",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Lift of the dissipative method (see solve --lift).",
+)
+@click.option("--force", is_flag=True, help="Run LipSDP even when its LMI exceeds the size guard (minutes).")
+@_ALLOW_OUTSIDE
+def compare_command(
+    spec: str,
+    as_json: bool,
+    plot: str | None,
+    methods: str,
+    length: int | None,
+    lower_starts: int,
+    time_budget: float,
+    seed: int,
+    solver: str,
+    lift: int,
+    force: bool,
+    timeout: float | None,
+    allow_outside: bool,
+) -> None:
+    """Compare the dissipative bound of SPEC with naive products, LipSDP and an empirical lower bound."""
+    import contextlib
+    import json
+
+
+    from lipdsl.methods import as_dict, compare
+    from lipdsl.limits import SEARCH_GRACE, Deadline
+
+    deadline = Deadline(None if timeout is None else timeout + SEARCH_GRACE)
+
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = [m for m in chosen if m not in _METHODS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown method(s) {', '.join(unknown)}; expected some of {', '.join(_METHODS)}",
+            param_hint="--methods",
+        )
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            click.echo(
+                "error: --plot needs matplotlib; install it with: pip install 'lipdsl[plot]'", err=True
+            )
+            sys.exit(1)
+    source, net = load_or_fail(spec, allow_outside)
+    err_console = console(stderr=True)
+
+    def run():
+        with (
+            err_console.status("", spinner="dots")
+            if (err_console.is_terminal and not as_json)
+            else contextlib.nullcontext() as st
+        ):
+
+            def progress(label):
+                if st is not None:
+                    st.update(f"running {label} ...")
+
+            return compare(
+                net,
+                methods=chosen,
+                length=length,
+                lower_starts=lower_starts,
+                time_budget=time_budget,
+                seed=seed,
+                solver=solver,
+                lift=lift,
+                force=force,
+                progress=progress,
+                timeout=timeout,
+            )
+
+    c = within(deadline, "lipdsl compare", run, source)
+    if plot is not None:
+        from lipdsl.app.plot import plot_comparison
+
+        plot_comparison(c, plot)
+    if as_json:
+        click.echo(json.dumps(as_dict(c)))
+    else:
+        _print_comparison(c)
+        if plot is not None:
+            click.echo(f"wrote {plot}")
+
+
+# -- import (issue 7) -------------------------------------------------------------------------------------
+
+
+@cli.command("import")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .lip spec to write."
+)
+@click.option(
+    "-w",
+    "--weights",
+    "weights",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The .npz to write the tensors to (default: the spec's path with .npz).",
+)
+@click.option(
+    "--like",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="For a PyTorch state_dict (.pt/.pth): the .lip spec giving the architecture; its weight "
+    "keys are filled from the state_dict.",
+)
+@click.option(
+    "--length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="ONNX: input length when the model's time axis is symbolic.",
+)
+@click.option("--name", default=None, help="The network's name (default: the model file's stem).")
+def import_command(
+    model: str, output: str, weights: str | None, like: str | None, length: int | None, name: str | None
+) -> None:
+    """Write a .lip spec and an .npz of weights from MODEL: an ONNX graph (.onnx) or, with --like, a
+    PyTorch state_dict (loaded with torch.load(weights_only=True); pickled modules are refused)."""
+    from lipdsl.importers.importer import import_onnx, import_state_dict
+    from lipdsl.lang.load import load_network
+
+    try:
+        _check_import_paths(model, output, weights)
+        if like is not None:
+            spec_path, weights_path = import_state_dict(model, like, output, weights)
+        elif model.lower().endswith((".pt", ".pth", ".bin", ".ckpt")):
+            raise LipdslError(
+                f"{model!r} looks like a PyTorch file; its architecture is not in it",
+                hint="pass --like ARCH.lip (a spec whose weight keys name the state_dict's "
+                "tensors), export the model to ONNX, or use lipdsl.from_torch in Python",
+            )
+        else:
+            imported = import_onnx(model, name=name, length=length)
+            spec_path, weights_path = imported.write(output, weights)
+        _, net = load_network(spec_path)
+    except LipdslError as err:
+        fail(err, err.source)
+    click.echo(f"wrote {spec_path} and {weights_path}")
+    click.echo(f"OK {_summary(net)}")
+
+
+# -- sweep (issue 21) -------------------------------------------------------------------------------------
+
+
+@cli.command("sweep")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--like",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Architecture spec for weight-file inputs (.npz, PyTorch state_dict .pt): its weight keys are "
+    "filled from each file.",
+)
+@click.option(
+    "--method", type=click.Choice(_METHODS), default="dissipative", show_default=True,
+    help="As in `lipdsl solve --method`.",
+)
+@click.option("--solver", default="cvxopt", show_default=True, help="As in `lipdsl solve`.")
+@click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
+@click.option("--max-iterations", default=100, show_default=True, type=int)
+@click.option("--length", "length", type=click.IntRange(min=1), default=None,
+              help="For 'input c x *' nets: the shortest input length to cover (as `solve --length`).")
+@_LIFT
+@click.option("--max-lmi", type=click.IntRange(min=1), default=4000, show_default=True,
+              help="Refuse (in the item's row) SDPs whose largest LMI has more rows than this.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop an item's solver after SECONDS (the item fails; the others go on).")
+@click.option("--frequencies", type=click.IntRange(min=3), default=None,
+              help="As `lipdsl solve --frequencies`.")
+@click.option("--accept-unconverged", is_flag=True, help="As `lipdsl solve --accept-unconverged`.")
+@click.option("--force", is_flag=True, help="With --method lipsdp-*: run even LMIs above the size guard.")
+@click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), default=None,
+    help="Local worker processes (default: the CPUs this process may use).",
+)
+@click.option(
+    "--scheduler", default=None, metavar="ADDRESS",
+    help="Run the items on a Dask cluster: a scheduler address (tcp://host:8786), or 'local' for a "
+    "LocalCluster of --jobs workers (pip install 'lipdsl[dask]').",
+)
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Cache directory (default: .lipdsl-cache beside the first input).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the cache.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per item and line (solve --json's keys plus name, path, status).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout instead of the table.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also write the bound per checkpoint as a PNG (needs matplotlib: 'lipdsl[plot]').")
+@click.option("--lower", is_flag=True,
+              help="Also the empirical lower bound of each item (as `lipdsl lower`).")
+@click.option("--lower-starts", default=16, show_default=True, type=click.IntRange(min=1),
+              help="With --lower: random starts.")
+@click.option("--time-budget", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --lower: seconds per item.")
+@click.option("--seed", default=0, show_default=True, type=int, help="With --lower: seed of the starts.")
+@_ALLOW_OUTSIDE
+def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, as_csv, plot,
+                  **options) -> None:
+    """Bound many networks in one run: .lip specs, .onnx models, or weight files with --like ARCH.lip.
+
+    \b
+      lipdsl sweep runs/*.lip
+      lipdsl sweep --like specs/ecg.lip ecg/*.npz --jobs 2 --plot bounds.png
+      lipdsl sweep --like arch.lip ckpt/*.pt --scheduler tcp://10.0.0.5:8786
+
+    Items run side by side in worker processes (or on a Dask cluster) and arrive as bytes: workers need no
+    shared filesystem. A bad item (unreadable file, refused layer, solver failure) is reported in its row
+    and never stops the others. Finished items are cached by content (spec text, weight bytes, options,
+    lipdsl version): a rerun solves only what changed. Ctrl-C stops and prints what finished.
+
+    \b
+    Exit code: 0 every item certified (or bounded, for a baseline --method);
+               1 some item's input is bad (unreadable, unsupported), whatever the others did;
+               3 otherwise, some item failed or is not certified;
+               2 usage error; 130 interrupted by Ctrl-C (finished items printed and cached).
+    """
+    import json
+
+    from rich.console import Console
+
+    from lipdsl.app.sweep import default_jobs
+
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv are exclusive")
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            click.echo("error: --plot needs matplotlib; install it with: pip install 'lipdsl[plot]'",
+                       err=True)
+            sys.exit(1)
+    client = cluster = None
+    if scheduler is not None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            click.echo("error: --scheduler needs Dask; install it with: pip install 'lipdsl[dask]'", err=True)
+            sys.exit(1)
+        try:
+            if scheduler == "local":
+                cluster = LocalCluster(n_workers=jobs or default_jobs(), threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+                client = Client(cluster)
+            else:
+                client = Client(scheduler, timeout=15)
+        except (OSError, TimeoutError, ValueError) as exc:
+            click.echo(f"error: cannot connect to the Dask scheduler {scheduler!r}: {exc}", err=True)
+            sys.exit(1)
+    err = Console(stderr=True)
+    out = Console()
+    live = not (as_json or as_csv) and out.is_terminal
+    try:
+        result = _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, out, live)
+    except LipdslError as exc:
+        fail(exc, exc.source)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    from lipdsl.app.report import sweep_notes, sweep_table
+
+    if as_json:
+        for row in result.rows:
+            click.echo(json.dumps(row))
+    elif as_csv:
+        click.echo(result.to_csv(), nl=False)
+    else:
+        if not live:
+            out.print(sweep_table(result.rows, lower=options["lower"]))
+        for note in sweep_notes(result.rows):
+            click.echo("  " + note)
+    if plot is not None:
+        from lipdsl.app.plot import plot_sweep
+
+        plot_sweep(result.rows, plot)
+    counts: dict[str, int] = {}
+    for row in result.rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    sys.stdout.flush()
+    err.print(
+        f"{len(result)} item{'s' if len(result) != 1 else ''}: {summary}; {result.solved} solved, "
+        f"{result.cached} from the cache; "
+        f"{result.seconds:.1f} s" + ("; interrupted (Ctrl-C)" if result.interrupted else "")
+        + (f"; wrote {plot}" if plot else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.exit(result.exit_code)
+
+
+def _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, out, live):
+    """``sweep.sweep`` with progress (done/total, ETA) on a terminal and, on a terminal stdout, the table
+    growing as items finish."""
+    import contextlib
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lipdsl.app.report import sweep_table
+    from lipdsl.app.sweep import sweep
+
+    progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), TextColumn("{task.fields[running]}"),
+                        console=err if not live else out, transient=True,
+                        disable=not (live or err.is_terminal))
+    task = progress.add_task("items", total=len(inputs), running="")
+    running: dict[str, int] = {}  # item -> its solver's iteration
+
+    def show_running():
+        shown = ", ".join(f"{name}: iteration {k}" for name, k in list(running.items())[:3])
+        progress.update(task, running=shown + (" ..." if len(running) > 3 else ""))
+    done_rows: dict[str, dict] = {}
+    order = {p: i for i, p in enumerate(inputs)}
+
+    def view():
+        rows = sorted(done_rows.values(), key=lambda r: order.get(r["path"], 0))
+        return Group(sweep_table(rows, lower=options["lower"]), progress)
+
+    display = Live(view(), console=out, auto_refresh=False) if live else contextlib.nullcontext()
+    cache = False if no_cache else (cache_dir or True)
+    with display if live else progress:
+
+        def on_row(row, done, total):
+            running.pop(row["name"], None)
+            show_running()
+            progress.update(task, completed=done, total=total)
+            if live:
+                done_rows[f"{order.get(row['path'], 0)}"] = row
+                display.update(view(), refresh=True)
+
+        def on_progress(name, k):
+            running[name] = k
+            show_running()
+            if live:
+                display.update(view(), refresh=True)
+
+        result = sweep(list(inputs), like, jobs=jobs, client=client, cache=cache, on_row=on_row,
+                       on_progress=on_progress, **options)
+        if live:
+            display.update(sweep_table(result.rows, lower=options["lower"]), refresh=True)
+    return result
+
+
+def _check_import_paths(model: str, output: str, weights: str | None) -> None:
+    """Refuse an ``import`` that would write the spec over the weights (``-o net.npz``) or over its input."""
+    from pathlib import Path
+
+    out = Path(output)
+    w = out.with_suffix(".npz") if weights is None else Path(weights)
+    if out.suffix.lower() in (".npz", ".npy", ".onnx", ".pt", ".pth"):
+        raise LipdslError(
+            f"-o {output!r} names the spec to write, a text file, but it has the suffix {out.suffix!r}",
+            hint=f"write the spec to {str(out.with_suffix('.lip'))!r}; the weights go beside it "
+            f"({str(out.with_suffix('.npz'))!r}) or to --weights",
+        )
+    resolved = {p.resolve() for p in (out, w)}
+    if len(resolved) < 2 or Path(model).resolve() in resolved:
+        raise LipdslError(
+            "the spec, its weights and the model must be three different files",
+            hint="choose another -o or --weights",
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lipdsl`` console script."""
+    try:
+        cli.main(args=argv, prog_name="lipdsl", standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Certification: (Sdp, Solution) -> Certificate (point mapped back, every LMI re-checked)."""

@@ -1,0 +1,258 @@
+"""Certificate file: api.Result (certified point) -> JSON document; read and validate its schema.
+
+The document (``docs/certificate.md``) holds the certified point of every LMI in its original form and for
+the *unscaled* weights, so that a checker can rebuild each LMI from the spec's weights alone. ``lower``
+divides each system's map by ``s_i = ||[C D]||_2``; with ``T_i = prod_{j > i} s_j^2`` (over the systems
+after system i, the eliminated last dense layer included) the congruence ``diag(s_i I, s_i I, I)`` and the
+factor ``T_i`` turn system i's scaled LMI into the unscaled one with
+
+    rho^ = rho prod_j s_j^2,   P^_i = T_{i-1} P_i,   Lambda^_i = T_i Lambda_i,   X^_i = T_i X_i,
+
+(``T_{i-1} = T_i s_i^2``) so that the chain ``X_in = rho^ I``, ..., ``X_out = I`` is kept and the bound is
+``L = sqrt(rho^) * prod(pooling gains)``. Weights are identified by the SHA-256 of their bytes
+(``weight_digest``), not stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lipdsl.model import lowered
+
+from lipdsl.lang import typed
+from lipdsl.errors import CertificateError, LipdslError
+
+SCHEMA = "lipdsl-certificate/1"
+
+
+def version() -> str:
+    """The running lipdsl's version (written into, and required of, every certificate)."""
+    from lipdsl import __version__
+
+    return __version__
+
+
+def weight_digest(array: np.ndarray) -> str:
+    """SHA-256 of ``dtype.str``, the shape and the C-order bytes of ``array`` (hex)."""
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256()
+    h.update(a.dtype.str.encode())
+    h.update(repr(tuple(int(n) for n in a.shape)).encode())
+    h.update(a.tobytes(order="C"))
+    return h.hexdigest()
+
+
+def weight_digests(net: typed.Network) -> dict[str, dict]:
+    """``{"<layer>.weight": {"sha256", "dtype", "shape"}}`` of every conv and dense layer (biases do not
+    enter the bound)."""
+    out = {}
+    for layer in net.layers:
+        if isinstance(layer, (typed.Conv1d, typed.Dense)):
+            w = np.asarray(layer.weight)
+            out[f"{layer.name}.weight"] = {"sha256": weight_digest(w), "dtype": w.dtype.str,
+                                          "shape": list(w.shape)}
+    return out
+
+
+def describe_steps(low: lowered.Network) -> list[dict]:
+    """The lowered steps as the certificate records them (what identifies how each LMI is built)."""
+    out: list[dict] = []
+    for st in low.steps:
+        if isinstance(st, lowered.System):
+            out.append({"type": "system", "name": st.name, "layers": list(st.layers), "kind": st.kind,
+                        "nx": st.ss.nx, "nu": st.ss.nu, "ny": st.ss.ny,
+                        "slope": None if st.slope is None else list(st.slope),
+                        "activation": st.activation, "block_in": st.block_in, "scale": st.scale,
+                        "note": st.note})
+        elif isinstance(st, lowered.Pool):
+            out.append({"type": "pool", "name": st.name, "op": st.op, "gain": st.gain,
+                        "diagonal": st.diagonal, "tied": st.tied, "note": st.note})
+        else:
+            out.append({"type": "flatten", "name": st.name, "channels": st.channels, "length": st.length})
+    return out
+
+
+def solve_options(min_length, lift, merge_linear, frequencies, solver) -> dict:
+    """The options a certificate records: those that change the lowering (``min_length``, ``lift``,
+    ``merge_linear``: the verifier lowers with them) and, for the record, ``frequencies`` and the solver."""
+    return {"min_length": min_length, "lift": int(lift), "merge_linear": bool(merge_linear),
+            "frequencies": frequencies, "solver": solver}
+
+
+def _matrix(a: np.ndarray) -> list:
+    """A symmetric matrix as nested lists (``(a + a')/2``: an inverse ``X = Y^-1`` is symmetric only to
+    rounding, which the repair's margin covers)."""
+    a = np.asarray(a, dtype=float)
+    return ((a + a.T) / 2).tolist()
+
+
+def build(result, *, options: dict[str, Any] | None = None) -> dict:
+    """The certificate document of a certified ``api.Result`` (``Result.certificate.verified``).
+
+    Raises
+    ------
+    CertificateError
+        When the result is not certified, or its point cannot be exported.
+    """
+    cert = result.certificate
+    if not cert.verified or cert.lipschitz is None:
+        raise CertificateError("no certified point to write: the bound is not certified",
+                               hint="a certificate file is written only for a certified bound")
+    low: lowered.Network = result.lowered
+    systems = list(low.systems)
+    if any(s.internal for s in systems):  # the file format has one multiplier per system
+        raise CertificateError("cannot export a certificate for residual blocks yet",
+                               hint="the bound itself is certified; run without --certificate / --exact")
+    links = list(result.sdp.links)
+    if not links and systems:  # a closed-form bound of a constant network (zero weights, slope [0, 0])
+        raise CertificateError(
+            "cannot export a certificate for this closed-form bound yet: " + " ".join(result.sdp.notes),
+            hint="the bound needs no SDP; lipdsl solve prints it without --certificate / --exact")
+    if links and cert.point is None:  # pragma: no cover - certify always attaches it to a certified point
+        raise CertificateError("cannot export this certificate: certify kept no point")
+    if len({s.name for s in systems}) != len(systems):
+        raise CertificateError("cannot export this certificate yet: two systems of the lowering share a "
+                               "name (" + ", ".join(s.name for s in systems) + ")",
+                               hint="the bound itself is certified; run without --certificate / --exact")
+    scales = [s.scale for s in systems]
+    # T_i = prod_{j > i} s_j^2, by position in the system list
+    tail = [1.0] * (len(systems) + 1)
+    for i in range(len(systems) - 1, -1, -1):
+        tail[i] = tail[i + 1] * scales[i] ** 2
+    index = {s.name: i for i, s in enumerate(systems)}
+    point = cert.point or {}
+    rho_hat = float(point.get("rho", cert.rho or 0.0)) * tail[0]
+    lmis = []
+    X_values: dict[str, dict] = {}
+    for link in links:
+        sys = link.system
+        i = index[sys.name]
+        entry: dict[str, Any] = {"name": f"LMI[{sys.name}]", "system": sys.name, "layers": list(sys.layers)}
+        if link.P is not None:
+            entry["P"] = _matrix(point[link.P.name] * tail[i])  # T_{i-1} = T_i s_i^2 ... tail[i] = T_{i-1}
+        else:
+            entry["P"] = None
+        if link.lam is not None:
+            entry["lambda"] = np.asarray(point[link.lam.name] * tail[i + 1], dtype=float).ravel().tolist()
+        else:
+            entry["lambda"] = None
+        w = link.w_out
+        if w.kind == "var":
+            X = point[w.variable.name] * tail[i + 1]
+            X_values[sys.name] = {"diagonal": w.variable.structure == "diagonal", "matrix": _matrix(X)}
+            entry["output_weight"] = "X"
+        elif i == len(systems) - 1:
+            entry["output_weight"] = "identity"
+        else:
+            entry["output_weight"] = "eliminated"  # X := W'W of the last dense layer
+        entry["input_weight"] = "rho" if link.w_in.kind == "rho" else (
+            "X" if link.w_in.kind == "var" else "eliminated")
+        lmis.append(entry)
+    squared_gain = math.prod(st.gain**2 for st in low.steps if isinstance(st, lowered.Pool))
+    return {
+        "schema": SCHEMA,
+        "lipdsl_version": version(),
+        "network": low.name,
+        "input_shape": [result.network.input_shape.channels, result.network.input_shape.length],
+        "options": dict(options or {}),
+        "lipschitz": float(cert.lipschitz),
+        "rho": rho_hat,
+        "pool_gain_squared": squared_gain,
+        "weights": weight_digests(result.network),
+        "steps": describe_steps(low),
+        "lmis": lmis,
+        "X": X_values,
+        "solver": {"name": result.solution.solver, "claimed_status": result.solution.claimed_status},
+    }
+
+
+def write(result, path: str | Path, *, options: dict[str, Any] | None = None, check: bool = True) -> dict:
+    """``build`` the document, check it with ``lipdsl.verify`` (floating point) and write it to ``path``
+    (JSON, floats written exactly by ``repr``). A document that does not verify is never written.
+
+    Raises
+    ------
+    CertificateError
+        Not certified, not exportable, or (``check``) the independent check fails.
+    """
+    doc = build(result, options=options)
+    if check:
+        from lipdsl.certify.verify import verify
+
+        verdict = verify(result.network, doc)
+        if not verdict.ok:
+            raise CertificateError(f"the certificate does not verify: {verdict.reason}",
+                                   hint="nothing was written; please report this (certified by "
+                                   "lipdsl.certify.recheck but not by the independent check)")
+    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+class CertificateFileError(LipdslError):
+    """An unreadable certificate file, or one of another schema or lipdsl version (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """A read certificate: its path and the validated JSON object."""
+
+    path: str
+    data: dict
+
+
+_REQUIRED = {"schema": str, "lipdsl_version": str, "network": str, "options": dict, "lipschitz": float,
+             "rho": float, "weights": dict, "steps": list, "lmis": list, "X": dict}
+
+
+def read(path: str | Path) -> Document:
+    """Read and validate a certificate file (schema name and version, lipdsl version, field types).
+
+    Raises
+    ------
+    CertificateError
+        Unreadable file, invalid JSON, another schema or lipdsl version, or a missing/mistyped field.
+    """
+    p = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CertificateFileError(f"cannot read certificate {p!r}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CertificateFileError(f"{p}: not a JSON certificate: {exc.msg} at line {exc.lineno} column "
+                               f"{exc.colno}") from None
+    return Document(p, validate(data, p))
+
+
+def validate(data: Any, where: str = "<certificate>") -> dict:
+    """Check the schema of a certificate object (``read``); returns it."""
+    if not isinstance(data, dict) or "schema" not in data:
+        raise CertificateFileError(f"{where}: not a lipdsl certificate (no 'schema' field)",
+                               hint=f"expected a JSON object with \"schema\": \"{SCHEMA}\"")
+    if data["schema"] != SCHEMA:
+        raise CertificateFileError(f"{where}: certificate schema {data['schema']!r} is not supported; this "
+                               f"lipdsl reads {SCHEMA!r}", hint="re-create the certificate with this lipdsl: "
+                               "lipdsl solve SPEC --certificate FILE")
+    if data.get("lipdsl_version") != version():
+        raise CertificateFileError(f"{where}: certificate written by lipdsl {data.get('lipdsl_version')!r}, "
+                               f"this is lipdsl {version()!r}",
+                               hint="verify with the lipdsl version that wrote it, or re-create it with "
+                               "this one (the lowering may differ between versions)")
+    for key, kind in _REQUIRED.items():
+        value = data.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
+            isinstance(value, kind)
+        if not ok:
+            raise CertificateFileError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+    for j, entry in enumerate(data["lmis"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("system"), str):
+            raise CertificateFileError(f"{where}: lmis[{j}] has no 'system' name")
+    return data

@@ -1,0 +1,1 @@
+"""Trained models in: ONNX graphs, torch modules and state_dicts -> a .lip spec and tensors."""

@@ -1,0 +1,1382 @@
+"""Import trained models: ONNX graph, torch state_dict or nn.Sequential -> Imported (a .lip spec + tensors).
+
+Three entry points, one result:
+
+- :func:`import_onnx` reads a sequential 1D CNN from an ONNX graph (package ``onnx``, the optional extra).
+- :func:`import_state_dict` fills the weight keys of an existing spec from a PyTorch ``state_dict`` file,
+  loaded with ``torch.load(weights_only=True)`` (never an unpickled module).
+- :func:`import_torch` converts an in-memory ``nn.Sequential`` (torch, the optional extra).
+
+An :class:`Imported` writes a readable ``.lip`` spec plus an ``.npz`` of its tensors (``Imported.write``), or
+builds the checked ``typed.Network`` directly (``Imported.to_network``), without files. Anything that has no
+exact counterpart in the language (batch normalisation not folded, residual adds, concatenation, grouped
+convolutions, padding that is neither symmetric, ``same`` nor ``causal``...) raises ``UnsupportedError``
+naming the node or module and its op: an importer that guessed would give a bound of some other network.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from lipdsl.lang import typed
+from lipdsl.lang.check import AUTO_PREFIX, conv1d_length, conv1d_padding, pool_length
+from lipdsl.errors import LipdslError, UnsupportedError
+from lipdsl.lang.typed import Shape
+
+__all__ = ["Layer", "Imported", "import_onnx", "import_torch", "import_state_dict", "sanitize_key",
+           "retarget_weights"]
+
+# Words the grammar reserves (docs/language.md) and names with a meaning in expressions: never layer names.
+_KEYWORDS = frozenset(
+    "network input weights let conv1d dense avgpool maxpool global_avgpool flatten kernel stride "
+    "dilation padding valid same causal weight bias slope x".split()
+)
+_RESERVED = frozenset(
+    "pi e sqrt exp log sin cos tan tanh atan abs relu sigmoid softplus hardtanh identity "
+    "leaky_relu elu".split()
+)
+_ONNX_SUPPORTED = (
+    "Conv (1-D), Relu, Tanh, Sigmoid, LeakyRelu, Elu, AveragePool, MaxPool, GlobalAveragePool, "
+    "ReduceMean over time, Flatten, Reshape (as a flatten), Squeeze (after a global pool), "
+    "Gemm, MatMul + Add, Pad (zeros, before a Conv), Identity, Dropout"
+)
+
+
+class ImportError_(LipdslError):  # noqa: N801  (not the builtin ImportError)
+    """The model file cannot be read, or is not a model of the expected kind."""
+
+
+# -- the result ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer line of the spec: ``kind`` as in the language, its options, and where it came from.
+
+    ``options`` per kind: conv1d ``c_in, c_out, kernel, stride, dilation, padding, weight, bias`` (tensor
+    keys); dense ``n_in, n_out, weight, bias``; activation ``function, parameter``; avgpool/maxpool
+    ``kernel, stride``.
+    """
+
+    kind: str  # conv1d, dense, activation, avgpool, maxpool, global_avgpool, flatten
+    name: str | None
+    options: dict[str, Any]
+    origin: str = ""  # e.g. "node '/0/Conv' (Conv)"
+
+
+@dataclass
+class Imported:
+    """A network read from a model: input shape, layers in order, and the named tensors they refer to."""
+
+    name: str
+    input_shape: Shape
+    layers: list[Layer]
+    tensors: dict[str, np.ndarray]
+    origin: str  # one line saying what was read, for the spec's header
+    notes: list[str] = field(
+        default_factory=list
+    )  # what the import changed (transposed weights, folded adds)
+    outputs: list[str] = field(default_factory=list)  # per layer, the model's tensor it computes (ONNX)
+
+    def spec_text(self, weights_file: str) -> str:
+        """The ``.lip`` text, with tensors taken by key from ``weights_file`` (relative to the spec)."""
+        from lipdsl import __version__
+
+        lines = [
+            f"# Imported by lipdsl {__version__} from {self.origin}.",
+            "# Tensor keys are named after the model's parameters (sanitized to the spec's key syntax).",
+        ]
+        lines += [f"# note: {n}" for n in self.notes]
+        shp = self.input_shape
+        dims = (
+            str(shp.channels) if shp.flat else f"{shp.channels} x {'*' if shp.length is None else shp.length}"
+        )
+        lines += [f"network {self.name}", f"input {dims}", f'weights "{weights_file}"', ""]
+        body = [(_layer_text(L), L.origin) for L in self.layers]
+        width = min(max((len(t) for t, _ in body), default=0), 90)
+        lines += [f"{t:<{width}}  # {o}" if o else t for t, o in body]
+        return "\n".join(lines) + "\n"
+
+    def write(
+        self, spec_path: str | os.PathLike, weights_path: str | os.PathLike | None = None
+    ) -> tuple[Path, Path]:
+        """Write the spec and an ``.npz`` of its tensors (default: beside the spec, same stem).
+
+        Returns
+        -------
+        (Path, Path)
+            The spec and the weights file written.
+
+        Raises
+        ------
+        LipdslError
+            If the weights file would lie outside the spec's directory (the spec could not name it without
+            ``--allow-outside``), or a file cannot be written.
+        """
+        spec_path = Path(spec_path)
+        weights = spec_path.with_suffix(".npz") if weights_path is None else Path(weights_path)
+        rel = os.path.relpath(weights.resolve(), spec_path.resolve().parent)
+        if rel.split(os.sep)[0] == "..":
+            raise LipdslError(
+                f"weights file {str(weights)!r} is outside the spec's directory",
+                hint="write the weights next to the spec or in a folder below it",
+            )
+        try:
+            spec_path.parent.mkdir(parents=True, exist_ok=True)
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(weights, **self.tensors)
+            spec_path.write_text(self.spec_text(rel.replace(os.sep, "/")), encoding="utf-8")
+        except OSError as exc:
+            raise LipdslError(f"cannot write {exc.filename or spec_path}: {exc.strerror or exc}") from None
+        return spec_path, weights
+
+    def to_network(self) -> typed.Network:
+        """The checked network, built from the tensors in memory (the same as checking the spec)."""
+        names = _auto_names(self.layers)
+        shape = self.input_shape
+        out: list[typed.Layer] = []
+        for L, name in zip(self.layers, names):
+            o = L.options
+            if L.kind == "conv1d":
+                pl, pr = conv1d_padding(o["padding"], o["kernel"], o["dilation"])
+                n = (
+                    None
+                    if shape.length is None
+                    else conv1d_length(shape.length, o["kernel"], o["stride"], o["dilation"], pl, pr)
+                )
+                new = Shape(o["c_out"], n)
+                out.append(
+                    typed.Conv1d(
+                        name,
+                        None,
+                        o["c_in"],
+                        o["c_out"],
+                        o["kernel"],
+                        o["stride"],
+                        o["dilation"],
+                        pl,
+                        pr,
+                        str(o["padding"]),
+                        self._tensor(o["weight"]),
+                        self._tensor(o.get("bias")),
+                        shape,
+                        new,
+                    )
+                )
+            elif L.kind == "dense":
+                new = Shape(o["n_out"], flat=True)
+                out.append(
+                    typed.Dense(
+                        name,
+                        None,
+                        o["n_in"],
+                        o["n_out"],
+                        self._tensor(o["weight"]),
+                        self._tensor(o.get("bias")),
+                        shape,
+                        new,
+                    )
+                )
+            elif L.kind == "activation":
+                new = shape
+                alpha, beta = _slope(o["function"], o.get("parameter"))
+                out.append(
+                    typed.Activation(name, None, o["function"], alpha, beta, shape, shape, o.get("parameter"))
+                )
+            elif L.kind in ("avgpool", "maxpool"):
+                n = None if shape.length is None else pool_length(shape.length, o["kernel"], o["stride"])
+                new = Shape(shape.channels, n)
+                out.append(typed.Pool(name, None, L.kind[:3], o["kernel"], o["stride"], shape, new))
+            elif L.kind == "global_avgpool":
+                new = Shape(shape.channels, flat=True)
+                out.append(typed.GlobalAvgPool(name, None, shape, new))
+            elif L.kind == "flatten":
+                new = Shape(shape.size, flat=True)
+                out.append(typed.Flatten(name, None, shape, new))
+            else:  # pragma: no cover
+                raise AssertionError(L.kind)
+            shape = new
+        return typed.Network(self.name, self.input_shape, tuple(out), None, None)
+
+    def _tensor(self, key: str | None) -> np.ndarray | None:
+        if key is None:
+            return None
+        values = np.array(self.tensors[key], dtype=np.float64)
+        values.setflags(write=False)
+        return values
+
+
+def _layer_text(L: Layer) -> str:
+    o = L.options
+    label = f" {L.name}" if L.name else ""
+    sized = f" {L.name}:" if L.name else ""  # a name before sizes takes a colon
+    if L.kind == "conv1d":
+        parts = [f"conv1d{sized} {o['c_in']} -> {o['c_out']}", f"kernel {o['kernel']}"]
+        if o["stride"] != 1:
+            parts.append(f"stride {o['stride']}")
+        if o["dilation"] != 1:
+            parts.append(f"dilation {o['dilation']}")
+        if o["padding"] not in (0, "valid"):
+            parts.append(f"padding {o['padding']}")
+        parts.append(f"weight {o['weight']}")
+        if o.get("bias"):
+            parts.append(f"bias {o['bias']}")
+        return ", ".join(parts)
+    if L.kind == "dense":
+        text = f"dense{sized} {o['n_in']} -> {o['n_out']}, weight {o['weight']}"
+        return text + (f", bias {o['bias']}" if o.get("bias") else "")
+    if L.kind == "activation":
+        p = o.get("parameter")
+        return o["function"] + ("" if p is None else f"({p!r})") + label
+    if L.kind in ("avgpool", "maxpool"):
+        stride = "" if o["stride"] == o["kernel"] else f", stride {o['stride']}"
+        return f"{L.kind}{sized} {o['kernel']}{stride}"
+    return L.kind + label
+
+
+def _slope(function: str, parameter: float | None) -> tuple[float, float]:
+    """Slope bounds of the activations an import can produce (lipdsl.lang.activations, the one table)."""
+    from lipdsl.lang.activations import slope
+
+    return slope(function, parameter)
+
+
+def _auto_names(layers: list[Layer]) -> list[str]:
+    """Names as ``check`` gives them: as written, else ``<kind><n>`` skipping names already taken."""
+    taken = {L.name for L in layers if L.name}
+    counts: dict[str, int] = {}
+    names = []
+    for L in layers:
+        kind = L.options["function"] if L.kind == "activation" else L.kind
+        prefix = AUTO_PREFIX.get(kind, kind)
+        counts[prefix] = counts.get(prefix, 0) + 1
+        if L.name:
+            names.append(L.name)
+            continue
+        n = counts[prefix]
+        while f"{prefix}{n}" in taken:
+            n += 1
+        taken.add(f"{prefix}{n}")
+        names.append(f"{prefix}{n}")
+    return names
+
+
+# -- names ---------------------------------------------------------------------------------------------------
+
+
+def sanitize_key(name: str) -> str:
+    """A tensor name in the spec's key syntax ``[A-Za-z_][A-Za-z0-9_]*(.[A-Za-z0-9_]+)*``.
+
+    Characters other than letters, digits, ``_`` and ``.`` become ``_``; empty dot-segments are dropped; a key
+    starting with a digit gets a leading ``_`` (``0.weight`` -> ``_0.weight``, ``onnx::Conv_7`` ->
+    ``onnx__Conv_7``, ``/0/Conv.bias`` -> ``_0_Conv.bias``).
+
+    >>> sanitize_key("0.weight"), sanitize_key("features.3.bias"), sanitize_key("onnx::Gemm_12")
+    ('_0.weight', 'features.3.bias', 'onnx__Gemm_12')
+    """
+    text = re.sub(r"[^A-Za-z0-9_.]", "_", name)
+    text = ".".join(seg for seg in text.split(".") if seg) or "t"
+    if not re.match(r"[A-Za-z_]", text):
+        text = "_" + text
+    if text in _KEYWORDS:
+        text += "_"
+    return text
+
+
+class _Keys:
+    """Sanitized, unique tensor keys for the model's names, and the tensors stored under them."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, np.ndarray] = {}
+        self.by_name: dict[str, str] = {}
+
+    def add(self, name: str, values: np.ndarray) -> str:
+        key = self.by_name.get(name)
+        if key is not None and np.array_equal(self.tensors[key], values):
+            return key
+        base = sanitize_key(name)
+        key, n = base, 2
+        while key in self.tensors:
+            key, n = f"{base}_{n}", n + 1
+        self.tensors[key] = np.ascontiguousarray(values, dtype=np.float64)
+        self.by_name.setdefault(name, key)
+        return key
+
+
+def _layer_name(weight_name: str, taken: set[str]) -> str | None:
+    """``conv1.weight`` -> ``conv1``, ``features.0.weight`` -> ``features_0``; None if no readable name."""
+    stem = weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_")
+    if not stem or not re.match(r"[A-Za-z][A-Za-z0-9_]*$", stem) or stem in _KEYWORDS or stem in _RESERVED:
+        return None
+    if stem in taken:
+        return None
+    taken.add(stem)
+    return stem
+
+
+def _net_name(name: str) -> str:
+    text = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "imported"
+    if not re.match(r"[A-Za-z_]", text):
+        text = "net_" + text
+    return text + "_" if text in _KEYWORDS else text
+
+
+def _padding_form(
+    pl: int, pr: int, kernel: int, stride: int, dilation: int, length: int | None, where: str
+) -> str | int:
+    """The spec's padding for zeros ``(pl, pr)``: an int (both sides), ``causal``, ``same``, or refused.
+
+    Right zeros that no output window reads (stride flooring) may be dropped: with the same left padding and
+    the same number of outputs, every output reads the same samples.
+    """
+    reach = dilation * (kernel - 1)
+    candidates: list[tuple[str | int, tuple[int, int]]] = [(pl, (pl, pl)), ("causal", (reach, 0))]
+    if stride == 1:
+        candidates.append(("same", (reach // 2, reach - reach // 2)))
+    for form, (cl, cr) in candidates:
+        if (cl, cr) == (pl, pr):
+            return form
+    if length is not None:
+        want = conv1d_length(length, kernel, stride, dilation, pl, pr)
+        for form, (cl, cr) in candidates:
+            if cl == pl and conv1d_length(length, kernel, stride, dilation, cl, cr) == want:
+                return form
+    raise UnsupportedError(
+        f"{where} pads {pl} zeros on the left and {pr} on the right; the spec can express symmetric padding, "
+        f"'causal' ({reach}, 0) and 'same' ({reach // 2}, {reach - reach // 2}) only",
+        hint="pad symmetrically or causally in the model, or crop with an explicit layer lipdsl supports",
+    )
+
+
+def _pool_options(
+    kind: str, kernel: int, stride: int, length: int | None, ceil_mode: bool, where: str
+) -> dict:
+    if ceil_mode:
+        floor_n = None if length is None else pool_length(length, kernel, stride)
+        ceil_n = None if length is None else (math.ceil((length - kernel) / stride) + 1)
+        if length is None or floor_n != ceil_n:
+            raise UnsupportedError(
+                f"{where} uses ceil_mode, which here takes a partial last window; lipdsl pools in floor mode",
+                hint="use ceil_mode=False (or an input length where the windows tile the signal exactly)",
+            )
+    return {"kernel": kernel, "stride": stride}
+
+
+# -- ONNX ----------------------------------------------------------------------------------------------------
+
+
+def _require_onnx():
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ModuleNotFoundError:
+        raise LipdslError(
+            "importing ONNX models needs the package 'onnx'", hint="pip install 'lipdsl[onnx]'"
+        ) from None
+    return onnx, numpy_helper
+
+
+def import_onnx(model: Any, *, name: str | None = None, length: int | None = None) -> Imported:
+    """Read a sequential 1D CNN from an ONNX model: path or ``onnx.ModelProto`` -> Imported.
+
+    The graph must be one chain: each node takes the previous node's output (plus constants) and the last one
+    gives the only graph output. Weights must be initializers or ``Constant`` nodes.
+
+    Parameters
+    ----------
+    model : str, PathLike, bytes or onnx.ModelProto
+        The ``.onnx`` file, its bytes, or a loaded model.
+    name : str, optional
+        The network's name (default: the file's stem, else the graph's name).
+    length : int, optional
+        Input length when the graph's time axis is symbolic; without it such a model becomes ``input C x *``
+        (fine for fully convolutional nets and global average pooling).
+
+    Returns
+    -------
+    Imported
+
+    Raises
+    ------
+    UnsupportedError
+        A node whose op (or attributes) the language cannot express, naming the node and its op.
+    LipdslError
+        An unreadable file, or a graph that is not a single chain with one input and one output.
+    """
+    from lipdsl.importers.onnx_graph import check_against_reference, load_model, simplify
+
+    onnx, numpy_helper = _require_onnx()
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        proto = load_model(path)  # size, file type and tensor checks before anything is allocated
+        stem = path.stem
+    elif isinstance(model, (bytes, bytearray)):
+        try:
+            proto = onnx.load_model_from_string(bytes(model))
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for bad bytes
+            raise ImportError_(f"cannot read {name or 'the model'!r} as an ONNX model: {exc}",
+                               hint="is it an .onnx file (e.g. from torch.onnx.export)?") from None
+        stem = None
+    else:
+        proto, stem = model, None
+    graph = proto.graph
+    producer = f"{proto.producer_name} {proto.producer_version}".strip()
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    origin = (
+        f"ONNX {stem + '.onnx' if stem else 'model'}"
+        + (f" (producer {producer}" if producer else " (")
+        + f"{', ' if producer else ''}opset {opset})"
+    )
+    simple = simplify(proto, length)  # constants evaluated; pads, chomps and batch norm folded (exactly)
+    imported = _OnnxReader(simple.model.graph, numpy_helper, onnx, opset).read(
+        name or _net_name(stem or graph.name or "imported"), length, origin
+    )
+    imported.notes[:0] = simple.notes
+    check_against_reference(proto, imported)  # the original model vs the import, layer by layer
+    return imported
+
+
+class _OnnxReader:
+    """Walks a topologically sorted ONNX graph, keeping the current tensor's shape (batch axis dropped)."""
+
+    def __init__(self, graph, numpy_helper, onnx, opset: int) -> None:
+        self.graph, self.nh, self.onnx, self.opset = graph, numpy_helper, onnx, opset
+        self.consts: dict[str, tuple[np.ndarray, str]] = {
+            t.name: (self.nh.to_array(t), t.name) for t in graph.initializer
+        }
+        self.keys = _Keys()
+        self.layers: list[Layer] = []
+        self.taken: set[str] = set()
+        self.notes: list[str] = []
+        self.outputs: dict[int, str] = {}
+
+    def attrs(self, node) -> dict[str, Any]:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def const(self, node, index: int, what: str) -> np.ndarray:
+        if index >= len(node.input) or node.input[index] not in self.consts:
+            raise UnsupportedError(
+                f"{self.where(node)}: its {what} is not a constant (initializer)",
+                hint="export with constant folding (torch.onnx.export(..., do_constant_folding=True))",
+            )
+        return self.consts[node.input[index]][0]
+
+    @staticmethod
+    def where(node) -> str:
+        return f"node {node.name or node.output[0]!r} ({node.op_type})"
+
+    def read(self, name: str, length: int | None, origin: str) -> Imported:
+        graph = self.graph
+        inputs = [i for i in graph.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise ImportError_(
+                f"the graph has {len(inputs)} data inputs ({', '.join(i.name for i in inputs)}); "
+                "lipdsl imports networks with one input"
+            )
+        if len(graph.output) != 1:
+            raise UnsupportedError(
+                f"the graph has {len(graph.output)} outputs; lipdsl bounds a network with one output",
+                hint="export only the output to bound (e.g. the logits)",
+            )
+        shape, self.squeeze = self.input_shape(inputs[0], length), False
+        start = shape
+        current = inputs[0].name
+        consumers: dict[str, list] = {}
+        for node in graph.node:
+            for i in node.input:
+                consumers.setdefault(i, []).append(node)
+        pending_pad: tuple[int, int] | None = None
+        for node in graph.node:
+            if node.op_type == "Constant":
+                attrs = self.attrs(node)
+                if "value" not in attrs:
+                    raise UnsupportedError(f"{self.where(node)}: only 'value' constants are supported")
+                self.consts[node.output[0]] = (self.nh.to_array(attrs["value"]), node.output[0])
+                continue
+            data = [i for i in node.input if i and i not in self.consts]
+            if not data:  # shape arithmetic on constants (e.g. torch's Pad export): evaluate it, no layer
+                self.fold(node)
+                continue
+            if data != [current]:
+                if len(data) > 1:
+                    raise UnsupportedError(
+                        f"{self.where(node)} combines {len(data)} tensors ({', '.join(map(repr, data))}): "
+                        "branches, residual connections and concatenation are not sequential networks",
+                        hint="lipdsl bounds sequential 1D CNNs only",
+                    )
+                raise UnsupportedError(
+                    f"{self.where(node)} reads {data[0]!r}, not the output of the previous "
+                    "layer: the graph is not a single chain"
+                )
+            users = consumers.get(current, [])
+            if len(users) > 1:
+                raise UnsupportedError(
+                    f"the output {current!r} feeds {len(users)} nodes "
+                    f"({', '.join(self.where(n) for n in users)}): the graph branches",
+                    hint="lipdsl bounds sequential 1D CNNs only",
+                )
+            if pending_pad is not None and node.op_type != "Conv":
+                raise UnsupportedError(
+                    f"{self.where(node)} follows a Pad; lipdsl folds zero padding into the next Conv only"
+                )
+            if node.op_type == "Pad":
+                pending_pad = self.pad(node, shape)
+            else:
+                shape = self.node(node, shape, pending_pad)
+                pending_pad = None
+                if self.layers:  # the tensor the last layer's output equals (Identity & co. pass it on)
+                    self.outputs[len(self.layers) - 1] = node.output[0]
+            current = node.output[0]
+            for extra in node.output[1:]:
+                if extra and consumers.get(extra) or extra in {o.name for o in graph.output}:
+                    raise UnsupportedError(
+                        f"{self.where(node)}: its output {extra!r} is used; only the first output can be"
+                    )
+        if pending_pad is not None:
+            raise UnsupportedError("the graph ends with a Pad")
+        if current != graph.output[0].name:
+            raise UnsupportedError(
+                f"the graph's output {graph.output[0].name!r} is not the end of the chain ({current!r})"
+            )
+        if not self.layers:
+            raise UnsupportedError("the graph has no layer lipdsl can bound")
+        outputs = [self.outputs[i] for i in range(len(self.layers))]
+        return Imported(name, start, self.layers, self.keys.tensors, origin, self.notes, outputs)
+
+    def fold(self, node) -> None:
+        """Evaluate a node whose inputs are all constants (onnx's numpy reference evaluator)."""
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = {i: self.consts[i][0] for i in node.input if i}
+        try:
+            values = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - the evaluator raises whatever the op raises
+            raise UnsupportedError(
+                f"{self.where(node)} computes on constants, and evaluating it failed: {exc}",
+                hint="export with constant folding (do_constant_folding=True)",
+            ) from None
+        for name, value in zip(node.output, values):
+            self.consts[name] = (np.asarray(value), name)
+
+    def input_shape(self, value_info, length: int | None) -> Shape:
+        ttype = value_info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim]
+        if ttype.elem_type not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+            raise ImportError_(f"the input {value_info.name!r} is not a floating-point tensor")
+        if len(dims) == 3:
+            if dims[1] is None:
+                raise ImportError_(
+                    f"the input {value_info.name!r} has a symbolic channel count",
+                    hint="export with a fixed number of channels",
+                )
+            n = dims[2] if dims[2] is not None else length
+            if length is not None and dims[2] is not None and dims[2] != length:
+                raise ImportError_(
+                    f"the input {value_info.name!r} has length {dims[2]}, got --length {length}"
+                )
+            return Shape(dims[1], n)
+        if len(dims) == 2 and dims[1] is not None:
+            return Shape(dims[1], flat=True)
+        raise ImportError_(
+            f"the input {value_info.name!r} has shape {['?' if d is None else d for d in dims]}; "
+            "expected (batch, channels, length) or (batch, features)"
+        )
+
+    def pad(self, node, shape: Shape) -> tuple[int, int]:
+        attrs = self.attrs(node)
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pads = attrs.get("pads")
+        if pads is None:
+            pads = [int(p) for p in self.const(node, 1, "pads")]
+        value = 0.0
+        if len(node.input) > 2 and node.input[2]:
+            value = float(np.asarray(self.const(node, 2, "constant value")).reshape(-1)[0])
+        if len(node.input) > 3 and node.input[3]:
+            raise UnsupportedError(f"{self.where(node)}: pads with 'axes' are not supported")
+        if (
+            mode != "constant"
+            or value != 0.0
+            or shape.flat
+            or len(pads) != 6
+            or any(pads[i] for i in (0, 1, 3, 4))
+        ):
+            raise UnsupportedError(
+                f"{self.where(node)}: only zero padding of the time axis is supported "
+                f"(got mode {mode!r}, value {value:g}, pads {list(pads)})"
+            )
+        return int(pads[2]), int(pads[5])
+
+    def node(self, node, shape: Shape, pad: tuple[int, int] | None) -> Shape:
+        op, attrs, where = node.op_type, self.attrs(node), self.where(node)
+        origin = f"node {node.name!r} ({op})" if node.name else op
+        if op in ("Identity",):
+            return shape
+        if op == "Dropout":
+            self.notes.append(f"{where} is dropped (inference: the identity)")
+            return shape
+        if op in ("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Elu"):
+            fn = {
+                "Relu": "relu",
+                "Tanh": "tanh",
+                "Sigmoid": "sigmoid",
+                "LeakyRelu": "leaky_relu",
+                "Elu": "elu",
+            }[op]
+            parameter = None
+            if op == "LeakyRelu":
+                parameter = float(attrs.get("alpha", 0.01))
+            elif op == "Elu":
+                parameter = float(attrs.get("alpha", 1.0))
+                if parameter < 0:
+                    raise UnsupportedError(
+                        f"{where} has alpha {parameter:g} < 0", hint="lipdsl's elu needs alpha >= 0"
+                    )
+            self.layers.append(Layer("activation", None, {"function": fn, "parameter": parameter}, origin))
+            return shape
+        if op == "Conv":
+            return self.conv(node, attrs, shape, pad or (0, 0), origin)
+        if op in ("AveragePool", "MaxPool"):
+            if shape.flat or self.squeeze:
+                raise UnsupportedError(f"{where} pools a vector; lipdsl pools signals (channels x length)")
+            kernel = [int(k) for k in attrs["kernel_shape"]]
+            if len(kernel) != 1:
+                raise UnsupportedError(f"{where} has a {len(kernel)}-D kernel {kernel}; lipdsl pools in 1-D")
+            strides = [int(s) for s in attrs.get("strides", [1])]
+            if any(attrs.get("pads", [0, 0])) or _auto_pad(attrs) not in ("NOTSET", "VALID"):
+                raise UnsupportedError(
+                    f"{where} pads its input; lipdsl pools without padding",
+                    hint="use padding=0 in the pooling layer",
+                )
+            if any(d != 1 for d in attrs.get("dilations", [1])):
+                raise UnsupportedError(f"{where} is dilated; lipdsl pools contiguous windows")
+            kind = "avgpool" if op == "AveragePool" else "maxpool"
+            options = _pool_options(
+                kind, kernel[0], strides[0], shape.length, bool(attrs.get("ceil_mode", 0)), where
+            )
+            self.layers.append(Layer(kind, None, options, origin))
+            n = None if shape.length is None else pool_length(shape.length, kernel[0], strides[0])
+            if n is not None and n < 1:
+                raise UnsupportedError(f"{where} has a kernel longer than its input ({shape.length})")
+            return Shape(shape.channels, n)
+        if op in ("GlobalAveragePool", "ReduceMean"):
+            if shape.flat:
+                raise UnsupportedError(f"{where} averages a vector; lipdsl averages signals over time")
+            if op == "ReduceMean":
+                axes = attrs.get("axes")
+                if axes is None and len(node.input) > 1 and node.input[1]:
+                    axes = [int(a) for a in self.const(node, 1, "axes")]
+                if axes is None or sorted(a % 3 for a in axes) != [2]:
+                    raise UnsupportedError(
+                        f"{where} averages over axes {axes}; lipdsl supports the mean over "
+                        "time (axis 2 or -1) only"
+                    )
+                self.squeeze = bool(attrs.get("keepdims", 1))
+            else:
+                self.squeeze = True
+            self.layers.append(Layer("global_avgpool", None, {}, origin))
+            return Shape(shape.channels, flat=True)
+        if op in ("Flatten", "Reshape", "Squeeze"):
+            return self.flatten(node, attrs, shape, origin)
+        if op == "Gemm":
+            return self.gemm(node, attrs, shape, origin)
+        if op == "MatMul":
+            if not shape.flat or self.squeeze:
+                raise UnsupportedError(
+                    f"{where} multiplies a signal; lipdsl's dense layers take a vector", hint="flatten first"
+                )
+            B = self.const(node, 1, "right factor")
+            if B.ndim != 2 or B.shape[0] != shape.channels:
+                raise UnsupportedError(
+                    f"{where}: expected a ({shape.channels}, n) matrix, got shape {B.shape}"
+                )
+            key = self.keys.add(node.input[1], B.T)
+            self.notes.append(
+                f"{key} is the transpose of the MatMul factor {node.input[1]!r} (PyTorch layout (out, in))"
+            )
+            self.layers.append(
+                Layer(
+                    "dense",
+                    _layer_name(node.input[1], self.taken),
+                    {"n_in": B.shape[0], "n_out": B.shape[1], "weight": key, "bias": None},
+                    origin,
+                )
+            )
+            return Shape(B.shape[1], flat=True)
+        if op == "Add":
+            return self.add(node, shape, origin)
+        if op == "BatchNormalization":
+            raise UnsupportedError(
+                f"{where} is a batch normalisation that was not folded into the convolution before it",
+                hint="export in eval mode with do_constant_folding=True, or fold "
+                "it first (torch.nn.utils.fusion.fuse_conv_bn_eval)",
+            )
+        raise UnsupportedError(f"{where} is not supported", hint=f"lipdsl imports {_ONNX_SUPPORTED}")
+
+    def conv(self, node, attrs, shape: Shape, pad: tuple[int, int], origin: str) -> Shape:
+        where = self.where(node)
+        if shape.flat or self.squeeze:
+            raise UnsupportedError(f"{where} convolves a vector; expected a signal (channels x length)")
+        W = self.const(node, 1, "weight")
+        if W.ndim != 3:
+            raise UnsupportedError(
+                f"{where} has a weight of shape {W.shape}; lipdsl supports 1-D convolutions "
+                "(weight (c_out, c_in, k))"
+            )
+        if int(attrs.get("group", 1)) != 1:
+            raise UnsupportedError(
+                f"{where} is a grouped convolution (group={attrs['group']})",
+                hint="lipdsl supports group=1 (dense channel mixing) only",
+            )
+        c_out, c_in, k = W.shape
+        if c_in != shape.channels:
+            raise UnsupportedError(f"{where} expects {c_in} input channels, got {shape.channels}")
+        if list(attrs.get("kernel_shape", [k])) != [k]:
+            raise UnsupportedError(
+                f"{where} has kernel_shape {attrs['kernel_shape']} but a weight of length {k}"
+            )
+        stride = int(attrs.get("strides", [1])[0])
+        dilation = int(attrs.get("dilations", [1])[0])
+        auto = _auto_pad(attrs)
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            reach = dilation * (k - 1)
+            if shape.length is None:
+                if stride != 1:
+                    raise UnsupportedError(
+                        f"{where}: auto_pad {auto} with stride {stride} depends on the input "
+                        "length, which is symbolic",
+                        hint="pass --length",
+                    )
+                total = reach
+            else:  # on the length after a Pad node before the conv, as ONNX computes it
+                padded = shape.length + pad[0] + pad[1]
+                n_out = -(-padded // stride)
+                total = max(0, (n_out - 1) * stride + reach + 1 - padded)
+            small, big = total // 2, total - total // 2
+            pl, pr = (small, big) if auto == "SAME_UPPER" else (big, small)
+        elif auto == "VALID":
+            pl, pr = 0, 0
+        else:
+            pads = [int(p) for p in attrs.get("pads", [0, 0])]
+            pl, pr = pads[0], pads[1]
+        pl, pr = pl + pad[0], pr + pad[1]
+        padding = _padding_form(pl, pr, k, stride, dilation, shape.length, where)
+        if padding == 0:
+            padding = "valid"
+        bias_key = None
+        if len(node.input) > 2 and node.input[2]:
+            b = self.const(node, 2, "bias")
+            bias_key = self.keys.add(node.input[2], b.reshape(-1))
+        key = self.keys.add(node.input[1], W)
+        self.layers.append(
+            Layer(
+                "conv1d",
+                _layer_name(node.input[1], self.taken),
+                {
+                    "c_in": c_in,
+                    "c_out": c_out,
+                    "kernel": k,
+                    "stride": stride,
+                    "dilation": dilation,
+                    "padding": padding,
+                    "weight": key,
+                    "bias": bias_key,
+                },
+                origin,
+            )
+        )
+        pl_s, pr_s = conv1d_padding(padding, k, dilation)
+        n = None if shape.length is None else conv1d_length(shape.length, k, stride, dilation, pl_s, pr_s)
+        if n is not None and n < 1:
+            raise UnsupportedError(f"{where} has no output for an input of length {shape.length}")
+        return Shape(c_out, n)
+
+    def flatten(self, node, attrs, shape: Shape, origin: str) -> Shape:
+        where, op = self.where(node), node.op_type
+        if op == "Squeeze":
+            axes = attrs.get("axes")
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                axes = [int(a) for a in self.const(node, 1, "axes")]
+            if self.squeeze and axes is not None and [a % 3 for a in axes] == [2]:
+                self.squeeze = False
+                return shape
+            raise UnsupportedError(
+                f"{where} squeezes axes {axes}; supported only to drop the time axis left by a "
+                "global average pool"
+            )
+        if op == "Flatten" and int(attrs.get("axis", 1)) != 1:
+            raise UnsupportedError(
+                f"{where} flattens from axis {attrs['axis']}; lipdsl flattens from axis 1 "
+                "(keeping the batch axis)"
+            )
+        size = shape.channels if (shape.flat or self.squeeze) else shape.size
+        if op == "Reshape":
+            target = [int(t) for t in self.const(node, 1, "shape")]
+            ok = (
+                len(target) == 2
+                and (target[1] == size or (target[1] == -1 and target[0] in (0, 1)))
+                and target[0] in (0, -1, 1)
+            )
+            if not ok or (shape.length is None and not shape.flat and not self.squeeze):
+                raise UnsupportedError(
+                    f"{where} reshapes to {target}, which is not a flatten of the {shape} signal",
+                    hint="lipdsl supports reshape to (batch, -1) only",
+                )
+        if shape.flat or self.squeeze:
+            self.squeeze = False
+            return Shape(size, flat=True)
+        if shape.length is None:
+            raise UnsupportedError(
+                f"{where} flattens a signal of unknown length",
+                hint="pass --length, or use a global average pool before the dense part",
+            )
+        self.layers.append(Layer("flatten", None, {}, origin))
+        return Shape(size, flat=True)
+
+    def gemm(self, node, attrs, shape: Shape, origin: str) -> Shape:
+        where = self.where(node)
+        if not shape.flat or self.squeeze:
+            raise UnsupportedError(
+                f"{where} multiplies a {shape} signal; lipdsl's dense layers take a vector",
+                hint="flatten first",
+            )
+        if int(attrs.get("transA", 0)):
+            raise UnsupportedError(f"{where} has transA=1; the input must be (batch, features)")
+        B = self.const(node, 1, "weight")
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        trans = bool(attrs.get("transB", 0))
+        W = alpha * (B if trans else B.T)
+        if W.ndim != 2 or W.shape[1] != shape.channels:
+            raise UnsupportedError(
+                f"{where}: a weight for {shape.channels} inputs was expected, got B of shape "
+                f"{B.shape} (transB={int(trans)})"
+            )
+        n_out = W.shape[0]
+        key = self.keys.add(node.input[1], W)
+        if not trans or alpha != 1.0:
+            self.notes.append(
+                f"{key} is {'alpha * ' if alpha != 1.0 else ''}"
+                f"{'B' if trans else 'the transpose of B'} of {where} (PyTorch layout (out, in))"
+            )
+        bias_key = None
+        if len(node.input) > 2 and node.input[2]:
+            C = beta * np.asarray(self.const(node, 2, "bias"), dtype=np.float64)
+            if C.size not in (1, n_out) or C.ndim > 2 or (C.ndim == 2 and C.shape[0] != 1):
+                raise UnsupportedError(f"{where}: bias of shape {C.shape} is not a per-output bias")
+            bias_key = self.keys.add(node.input[2], np.broadcast_to(C.reshape(-1), (n_out,)))
+            if beta != 1.0 or C.size == 1:
+                self.notes.append(f"{bias_key} is beta * C of {where}, broadcast to ({n_out},)")
+        self.layers.append(
+            Layer(
+                "dense",
+                _layer_name(node.input[1], self.taken),
+                {"n_in": W.shape[1], "n_out": n_out, "weight": key, "bias": bias_key},
+                origin,
+            )
+        )
+        return Shape(n_out, flat=True)
+
+    def add(self, node, shape: Shape, origin: str) -> Shape:
+        """``x + c`` right after a dense or conv layer: folded into that layer's bias."""
+        where = self.where(node)
+        const_index = 1 if node.input[1] in self.consts else 0
+        c = np.asarray(self.consts[node.input[const_index]][0], dtype=np.float64)
+        # Only value-changing nodes append layers (Identity, Dropout, no-op reshapes do not), so a dense or
+        # conv last layer means this Add acts directly on that layer's output.
+        last = self.layers[-1] if self.layers else None
+        if last is None or last.kind not in ("dense", "conv1d"):
+            raise UnsupportedError(
+                f"{where} adds a constant that is not the bias of a dense or conv layer",
+                hint="lipdsl folds Add into the bias of the MatMul/Conv right before it",
+            )
+        n = last.options["n_out"] if last.kind == "dense" else last.options["c_out"]
+        squeezed = (
+            c.reshape(-1) if c.size == n else (np.full(n, float(c.reshape(-1)[0])) if c.size == 1 else None)
+        )
+        layout_ok = _bias_layout(c.shape, n, signal=last.kind == "conv1d")
+        if squeezed is None or not layout_ok:
+            raise UnsupportedError(
+                f"{where} adds a constant of shape {c.shape}, not a per-channel bias of the "
+                f"{n} outputs before it"
+                + (" (it broadcasts over the batch axis)" if c.ndim > (3 if last.kind == "conv1d" else 2)
+                   or (c.ndim == (3 if last.kind == "conv1d" else 2) and c.shape[0] != 1) else "")
+            )
+        old = last.options.get("bias")
+        total = squeezed if old is None else self.keys.tensors[old] + squeezed
+        key = self.keys.add(node.input[const_index], total)
+        if old is not None:
+            self.notes.append(f"{key} is the sum of {old} and the constant added by {where}")
+        self.layers[-1] = Layer(
+            last.kind, last.name, {**last.options, "bias": key}, last.origin + f" + {origin}"
+        )
+        return shape
+
+
+def _bias_layout(shape: tuple[int, ...], n: int, signal: bool) -> bool:
+    """Whether a constant of ``shape`` added to (batch, n[, time]) outputs is a per-channel bias.
+
+    Broadcasting aligns shapes on the right: the constant, padded with leading 1s to the output's rank, must
+    be 1 on the batch axis (else it adds a batch axis of its own: another network), 1 or n on the channel
+    axis, and 1 on the time axis (else it is not constant over time).
+    """
+    rank = 3 if signal else 2
+    if len(shape) > rank:
+        return False
+    full = (1,) * (rank - len(shape)) + tuple(shape)
+    return full[0] == 1 and full[1] in (1, n) and (not signal or full[2] == 1)
+
+
+def _auto_pad(attrs: Mapping[str, Any]) -> str:
+    value = attrs.get("auto_pad", b"NOTSET")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- PyTorch -------------------------------------------------------------------------------------------------
+
+
+def _require_torch():
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise LipdslError("this needs PyTorch", hint="pip install 'lipdsl[torch]'") from None
+    return torch
+
+
+def _as_input_shape(input_shape: Any) -> Shape:
+    dims = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    if dims and dims[0] is None and len(dims) >= 2:  # a leading batch axis given as None
+        dims = dims[1:]
+    if len(dims) == 1 and isinstance(dims[0], int) and dims[0] > 0:
+        return Shape(dims[0], flat=True)
+    if (
+        len(dims) == 2
+        and isinstance(dims[0], int)
+        and dims[0] > 0
+        and (dims[1] is None or (isinstance(dims[1], int) and dims[1] > 0))
+    ):
+        return Shape(dims[0], dims[1])
+    raise LipdslError(
+        f"input_shape must be (channels, length), (channels, None) or (features,), got {input_shape!r}"
+    )
+
+
+def _modules(module, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    import torch.nn as nn
+
+    if isinstance(module, nn.Sequential):
+        for child_name, child in module.named_children():
+            yield from _modules(child, f"{prefix}{child_name}.")
+    else:
+        yield prefix.rstrip("."), module
+
+
+def import_torch(module: Any, input_shape: Any, *, name: str | None = None) -> Imported:
+    """Convert an in-memory ``torch.nn.Sequential`` (nested ones are flattened) -> Imported.
+
+    Supported modules: ``Conv1d`` (groups 1, zero padding; a ``ConstantPad1d``/``ZeroPad1d`` of zeros just
+    before it is folded into its padding, e.g. ``ZeroPad1d((k - 1, 0))`` for a causal conv), ``ReLU``,
+    ``Tanh``, ``Sigmoid``, ``LeakyReLU``, ``ELU`` (alpha >= 0), ``AvgPool1d``/``MaxPool1d`` (no padding,
+    floor mode), ``AdaptiveAvgPool1d(1)`` (global
+    average pooling), ``Flatten``, ``Linear``, and ``Identity``/``Dropout`` (dropped: the inference map).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        An ``nn.Sequential``, or a single supported module.
+    input_shape : tuple
+        ``(channels, length)``, ``(channels, None)`` for any length, or ``(features,)``; no batch axis.
+    name : str, optional
+        The network's name (default ``module``'s class name in snake case).
+
+    Raises
+    ------
+    UnsupportedError
+        A module the language cannot express, named by its path in the Sequential (``features.3``) and type.
+    """
+    torch = _require_torch()
+    import torch.nn as nn
+
+    shape = start = _as_input_shape(input_shape)
+    if _needs_export(module):
+        return _import_torch_via_onnx(module, shape, name)
+    keys, layers, taken = _Keys(), [], set()
+    squeeze = False
+    pending = (0, 0)  # zeros (left, right) of ConstantPad1d modules waiting for their Conv1d
+    for path, m in _modules(module):
+        where = f"module {path or '<root>'!r} ({type(m).__name__})"
+        origin = f"{path or 'module'}: {type(m).__name__}"
+
+        def param(attr: str, m=m, path=path):  # bound now: called within this iteration only
+            t = getattr(m, attr)
+            if t is None:
+                return None
+            return keys.add(f"{path}.{attr}" if path else attr, t.detach().to(torch.float64).cpu().numpy())
+
+        if isinstance(m, (nn.Identity, nn.Dropout)):
+            continue
+        if isinstance(m, nn.ConstantPad1d):  # ZeroPad1d too: folded into the next Conv1d's padding
+            if float(m.value) != 0.0 or shape.flat:
+                raise UnsupportedError(
+                    f"{where} pads with {m.value!r}; lipdsl folds zero padding of a signal "
+                    "into the next Conv1d only"
+                )
+            pending = (pending[0] + int(m.padding[0]), pending[1] + int(m.padding[1]))
+            continue
+        if pending != (0, 0) and not isinstance(m, nn.Conv1d):
+            raise UnsupportedError(
+                f"{where} follows a padding module; lipdsl folds zero padding into the next Conv1d only"
+            )
+        if isinstance(m, nn.Conv1d):
+            if shape.flat:
+                raise UnsupportedError(f"{where} convolves a vector; expected a signal")
+            if m.groups != 1 or m.padding_mode != "zeros" or m.in_channels != shape.channels:
+                raise UnsupportedError(
+                    f"{where}: lipdsl supports groups=1, zero padding and {shape.channels} "
+                    f"input channels (got groups={m.groups}, padding_mode={m.padding_mode!r}, "
+                    f"in_channels={m.in_channels})"
+                )
+            k, s, d = m.kernel_size[0], m.stride[0], m.dilation[0]
+            if isinstance(m.padding, str):
+                padding: str | int = "valid" if m.padding == "valid" else "same"
+            else:
+                padding = int(m.padding[0]) or "valid"
+            if pending != (0, 0):
+                pl, pr = conv1d_padding(padding, k, d)
+                padding = (
+                    _padding_form(pl + pending[0], pr + pending[1], k, s, d, shape.length, where) or "valid"
+                )
+                pending = (0, 0)
+            layers.append(
+                Layer(
+                    "conv1d",
+                    _layer_name(f"{path}.weight", taken),
+                    {
+                        "c_in": m.in_channels,
+                        "c_out": m.out_channels,
+                        "kernel": k,
+                        "stride": s,
+                        "dilation": d,
+                        "padding": padding,
+                        "weight": param("weight"),
+                        "bias": param("bias"),
+                    },
+                    origin,
+                )
+            )
+            pl, pr = conv1d_padding(padding, k, d)
+            n = None if shape.length is None else conv1d_length(shape.length, k, s, d, pl, pr)
+            if n is not None and n < 1:
+                raise UnsupportedError(f"{where} has no output for an input of length {shape.length}")
+            shape = Shape(m.out_channels, n)
+        elif isinstance(m, nn.Linear):
+            if not shape.flat or m.in_features != shape.channels:
+                raise UnsupportedError(
+                    f"{where} takes {m.in_features} features, but gets a {shape} "
+                    f"{'vector' if shape.flat else 'signal'}",
+                    hint=None if shape.flat else "put nn.Flatten() before it",
+                )
+            layers.append(
+                Layer(
+                    "dense",
+                    _layer_name(f"{path}.weight", taken),
+                    {
+                        "n_in": m.in_features,
+                        "n_out": m.out_features,
+                        "weight": param("weight"),
+                        "bias": param("bias"),
+                    },
+                    origin,
+                )
+            )
+            shape = Shape(m.out_features, flat=True)
+        elif isinstance(m, (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU)):
+            fn = {
+                nn.ReLU: "relu",
+                nn.Tanh: "tanh",
+                nn.Sigmoid: "sigmoid",
+                nn.LeakyReLU: "leaky_relu",
+                nn.ELU: "elu",
+            }[type(m)]
+            parameter = {
+                "leaky_relu": getattr(m, "negative_slope", None),
+                "elu": getattr(m, "alpha", None),
+            }.get(fn)
+            if fn == "elu" and parameter < 0:
+                raise UnsupportedError(
+                    f"{where} has alpha {parameter:g} < 0", hint="lipdsl's elu needs alpha >= 0"
+                )
+            layers.append(
+                Layer(
+                    "activation",
+                    None,
+                    {"function": fn, "parameter": None if parameter is None else float(parameter)},
+                    origin,
+                )
+            )
+        elif isinstance(m, (nn.AvgPool1d, nn.MaxPool1d)):
+            k = _single(m.kernel_size)
+            s = _single(m.stride) if m.stride is not None else k
+            if shape.flat:
+                raise UnsupportedError(f"{where} pools a vector; expected a signal")
+            if _single(m.padding) != 0 or (
+                isinstance(m, nn.MaxPool1d) and (_single(m.dilation) != 1 or m.return_indices)
+            ):
+                raise UnsupportedError(
+                    f"{where}: lipdsl pools without padding or dilation", hint="use padding=0"
+                )
+            kind = "avgpool" if isinstance(m, nn.AvgPool1d) else "maxpool"
+            layers.append(
+                Layer(kind, None, _pool_options(kind, k, s, shape.length, m.ceil_mode, where), origin)
+            )
+            n = None if shape.length is None else pool_length(shape.length, k, s)
+            if n is not None and n < 1:
+                raise UnsupportedError(f"{where} has a kernel longer than its input ({shape.length})")
+            shape = Shape(shape.channels, n)
+        elif isinstance(m, nn.AdaptiveAvgPool1d):
+            size = _single(m.output_size)
+            if shape.flat or size != 1:
+                raise UnsupportedError(
+                    f"{where}: lipdsl supports AdaptiveAvgPool1d(1) (global average pooling) only",
+                    hint="use AvgPool1d with a fixed kernel",
+                )
+            layers.append(Layer("global_avgpool", None, {}, origin))
+            shape, squeeze = Shape(shape.channels, flat=True), True
+        elif isinstance(m, nn.Flatten):
+            if m.start_dim != 1 or m.end_dim != -1:
+                raise UnsupportedError(
+                    f"{where} flattens dims {m.start_dim}..{m.end_dim}; lipdsl supports Flatten(1, -1) only"
+                )
+            if squeeze or shape.flat:
+                squeeze = False
+                continue
+            if shape.length is None:
+                raise UnsupportedError(
+                    f"{where} flattens a signal of unknown length",
+                    hint="give the input length, or use AdaptiveAvgPool1d(1) before the dense part",
+                )
+            layers.append(Layer("flatten", None, {}, origin))
+            shape = Shape(shape.size, flat=True)
+        else:
+            hint = (
+                "fold it into the convolution before it (torch.nn.utils.fusion.fuse_conv_bn_eval)"
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                else "lipdsl converts nn.Sequential of Conv1d, ReLU, Tanh, Sigmoid, LeakyReLU, ELU, "
+                "AvgPool1d, "
+                "MaxPool1d, AdaptiveAvgPool1d(1), Flatten, Linear, Identity, Dropout"
+            )
+            raise UnsupportedError(f"{where} is not supported", hint=hint)
+        if squeeze and not isinstance(m, nn.AdaptiveAvgPool1d):
+            if not isinstance(m, nn.Linear):
+                raise UnsupportedError(
+                    f"{where} follows AdaptiveAvgPool1d(1); put nn.Flatten() after the pool"
+                )
+            raise UnsupportedError(
+                f"{where} gets the (channels, 1) output of AdaptiveAvgPool1d(1)",
+                hint="put nn.Flatten() between them",
+            )
+    if pending != (0, 0):
+        raise UnsupportedError("the module ends with a padding module")
+    if not layers:
+        raise UnsupportedError("the module has no layer lipdsl can bound")
+    net_name = name or _net_name(re.sub(r"(?<!^)(?=[A-Z])", "_", type(module).__name__).lower())
+    origin = f"torch module {type(module).__name__} (torch {torch.__version__})"
+    return Imported(net_name, start, layers, keys.tensors, origin)
+
+
+def _needs_export(module: Any) -> bool:
+    """Whether ``module`` goes through ONNX: not an ``nn.Sequential``, or holding batch norm or a module of
+    the user's own (``Chomp1d``, a residual block...), which only its ``forward`` defines."""
+    import torch.nn as nn
+
+    if not isinstance(module, nn.Sequential):
+        return not type(module).__module__.startswith("torch.nn")
+    for _, m in _modules(module):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or not type(m).__module__.startswith("torch.nn"):
+            return True
+    return False
+
+
+def _import_torch_via_onnx(module: Any, shape: Shape, name: str | None) -> Imported:
+    """Export ``module`` (a copy, in eval mode) to ONNX in memory and import that: batch norm folded, chomps
+    (``x[:, :, :-p]``) as causal padding, weight norm evaluated, every layer checked against the model.
+
+    TorchScript exporter, ``do_constant_folding=False`` so that the parameters keep their names; a symbolic
+    time axis when ``shape`` has no length (traced at 64 samples).
+    """
+    import copy
+    import io
+    import warnings
+
+    torch = _require_torch()
+    onnx, _ = _require_onnx()
+    model = copy.deepcopy(module).eval()
+    try:
+        dtype = next(model.parameters()).dtype
+    except StopIteration:
+        dtype = torch.float32
+    dims = (1, shape.channels) if shape.flat else (1, shape.channels, shape.length or 64)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's DeprecationWarning
+            torch.onnx.export(
+                model,
+                (torch.zeros(dims, dtype=dtype),),
+                buf,
+                dynamo=False,
+                do_constant_folding=False,
+                training=torch.onnx.TrainingMode.PRESERVE,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes=None if shape.flat or shape.length else {"x": {2: "length"}},
+            )
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types for modules it cannot trace
+        raise UnsupportedError(
+            f"{type(module).__name__} could not be exported to ONNX: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            hint="lipdsl reads modules other than a plain nn.Sequential through torch.onnx.export",
+        ) from None
+    proto = onnx.load_from_string(buf.getvalue())
+    net_name = name or _net_name(re.sub(r"(?<!^)(?=[A-Z])", "_", type(module).__name__).lower())
+    imported = import_onnx(proto, name=net_name)
+    imported.origin = f"torch module {type(module).__name__} (torch {torch.__version__}, through ONNX)"
+    if module.training:
+        imported.notes.insert(0, "the module was in training mode; it was read in eval mode (model.eval())")
+    return imported
+
+
+def _single(v: Any) -> int:
+    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
+
+
+def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = None) -> dict[str, np.ndarray]:
+    """Tensors of a ``torch.save(model.state_dict(), path)`` file, read with ``weights_only=True`` -> float64.
+
+    ``path`` may also be the file's bytes in a ``BytesIO`` (``lipdsl sweep``'s workers); ``shown`` is the
+    name messages give it.
+
+    Raises
+    ------
+    LipdslError
+        If the file holds anything but tensors (a whole pickled module is refused: unpickling runs code).
+    """
+    torch = _require_torch()
+    if not isinstance(path, io.BytesIO):
+        path = Path(path)
+        if not path.is_file():
+            raise ImportError_(f"model file {str(path)!r} not found")
+    label = shown or (str(path) if isinstance(path, Path) else "<bytes>")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for refused files
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        why = (
+            f"it holds a pickled {found.group(1)}"
+            if found
+            else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        )
+        raise ImportError_(
+            f"{label!r} is not a state_dict that loads with torch.load(weights_only=True): {why}",
+            hint="save the weights with torch.save(model.state_dict(), path) (a whole pickled module is "
+            "never "
+            "loaded: unpickling can run any code), export to ONNX, or call lipdsl.from_torch(model, shape) "
+            "in Python",
+        ) from None
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ImportError_(
+            f"{label!r} does not hold a state_dict (a mapping of names to tensors)",
+            hint="save it with torch.save(model.state_dict(), path)",
+        )
+    return {
+        str(k): v.detach().to(torch.float64).cpu().numpy() for k, v in obj.items() if v.is_floating_point()
+    }
+
+
+def retarget_weights(text: str, tree, weights: str) -> str:
+    """The spec ``text`` (parsed: ``tree``) with every ``weights "..."`` line naming ``weights`` instead, or
+    one such line added before the first layer (``import_state_dict``, ``lipdsl sweep --like``)."""
+    from lipdsl.lang import ast
+
+    lines = text.split("\n")  # Lark's lines: splitlines() would also split at U+2028, \x0c, \x85 ...
+    if lines and lines[-1] == "":
+        lines.pop()
+    found = [st.span.line for st in tree.body if isinstance(st, ast.Weights)]
+    for ln in found:
+        lines[ln - 1] = f'weights "{weights}"'
+    if not found:
+        first = next(
+            (st.span.line for st in tree.body if not isinstance(st, (ast.Input, ast.Let, ast.Weights))),
+            len(lines) + 1,
+        )
+        lines.insert(first - 1, f'weights "{weights}"')
+    return "\n".join(lines) + "\n"
+
+
+def import_state_dict(
+    state: str | os.PathLike | Mapping[str, np.ndarray],
+    like: str | os.PathLike,
+    spec_path: str | os.PathLike,
+    weights_path: str | os.PathLike | None = None,
+    *,
+    allow_outside: bool = False,
+) -> tuple[Path, Path]:
+    """Fill the tensor keys of the architecture spec ``like`` from a state_dict: a new spec and ``.npz``.
+
+    The new spec is ``like``'s text with its ``weights "..."`` lines pointing to the new ``.npz`` (one is
+    added before the first layer if there is none). Keys in ``like`` are the state_dict's names in the spec's
+    key syntax (:func:`sanitize_key`: ``0.weight`` is written ``_0.weight``). The result is checked, so a
+    missing key or a wrong shape is reported against the new spec.
+
+    Returns
+    -------
+    (Path, Path)
+        The spec and the weights file written.
+    """
+    from lipdsl.lang.load import load_network
+    from lipdsl.lang.parse import parse
+    from lipdsl.lang.source import Source
+
+    tensors = (
+        load_state_dict(state)
+        if isinstance(state, (str, os.PathLike))
+        else {str(k): np.asarray(v, dtype=np.float64) for k, v in state.items()}
+    )
+    try:
+        arch = Source.read(like)
+    except OSError as exc:
+        raise ImportError_(f"cannot read architecture spec {str(like)!r}: {exc.strerror or exc}") from None
+    try:
+        tree = parse(arch)
+    except LipdslError as err:
+        err.source = arch
+        raise
+    keys: dict[str, np.ndarray] = {}
+    for k, v in tensors.items():
+        keys.setdefault(sanitize_key(k), v)
+    spec_path = Path(spec_path)
+    weights = spec_path.with_suffix(".npz") if weights_path is None else Path(weights_path)
+    rel = os.path.relpath(weights.resolve(), spec_path.resolve().parent).replace(os.sep, "/")
+    header = (
+        f"# Weights from {Path(state).name if isinstance(state, (str, os.PathLike)) else 'a state_dict'}, "
+        f"architecture from {Path(like).name}."
+    )
+    try:
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(weights, **keys)
+        spec_path.write_text(header + "\n" + retarget_weights(arch.text, tree, rel), encoding="utf-8")
+    except OSError as exc:
+        raise LipdslError(f"cannot write {exc.filename or spec_path}: {exc.strerror or exc}") from None
+    load_network(
+        spec_path, allow_outside=allow_outside
+    )  # raises, with the new spec as source, if keys don't fit
+    return spec_path, weights

@@ -1,0 +1,1 @@
+"""The language: spec text -> typed.Network (source, grammar, syntax tree, parse, check, weights)."""

@@ -1,0 +1,342 @@
+"""Syntax tree of a spec: what the text says, unchecked (built by parse, read by check).
+
+Every node is a frozen, slotted dataclass carrying the ``Span`` it was written at. Numbers stay plain Python
+``int``/``float`` (so a spec without arithmetic never imports sympy); any other expression holds a sympy
+expression whose free symbols are the ``let`` names it uses, listed with their spans in ``Expr.names``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+from lipdsl.lang.source import Span
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    """A name used inside an expression: a ``let`` constant, or a function when ``call`` is true."""
+
+    id: str
+    span: Span
+    call: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Expr:
+    """An arithmetic expression as written: ``value`` is an int/float literal or a sympy expression."""
+
+    value: Any  # int | float | sympy.Expr
+    span: Span
+    names: tuple[Name, ...] = ()
+    depth: int = 1  # nesting of operators and calls; parse refuses more than MAX_DEPTH
+
+    @property
+    def is_number(self) -> bool:
+        """True for a plain literal (possibly negated): no sympy involved."""
+        return isinstance(self.value, (int, float))
+
+
+def exact(e: "Expr | int | float"):
+    """The exact sympy value of an Expr or a plain number: decimals become the rationals they spell."""
+    import sympy
+
+    value = e.value if isinstance(e, Expr) else e
+    if isinstance(value, int):
+        return sympy.Integer(value)
+    if isinstance(value, float):
+        finite = value == value and abs(value) != float("inf")
+        # repr() is the shortest text that reads back as this float, i.e. what the user wrote.
+        return sympy.Rational(repr(value)) if finite else sympy.Float(value)
+    return value
+
+
+#: Deepest expression (operators and calls, as a tree) the parser accepts: sympy walks expressions
+#: recursively, and a spec has no use for a chain of hundreds of operators.
+MAX_DEPTH = 100
+#: Deepest bracket nesting, ``(`` and ``[`` together: weights need three levels.
+MAX_NESTING = 32
+
+#: Largest exact number an expression may reach: numerators and denominators of at most this many bits
+#: (2**8192 ~ 1e2466, far beyond float64). Larger values would be computed digit by digit (10^10^10 takes
+#: hours), and keeping them unevaluated lets evalf lose every digit to cancellation (10^400 - 10^400).
+MAX_BITS = 8192
+#: Largest exponent of an irrational base (sqrt(2)^n is expanded exactly by sympy).
+MAX_EXPONENT = 4096
+
+
+class TooLarge(ArithmeticError):
+    """An exact value would exceed ``MAX_BITS``; the caller raises a LipdslError with the span."""
+
+
+def _bits(value) -> int:
+    """Bits of the numerator/denominator of a rational value, 0 for anything else."""
+    if getattr(value, "is_Rational", False):
+        return max(int(value.p).bit_length(), int(value.q).bit_length())
+    return 0
+
+
+def bounded(value):
+    """``value`` if its exact size is within ``MAX_BITS``, else raise TooLarge."""
+    if _bits(value) > MAX_BITS:
+        raise TooLarge("the exact value has more than %d bits" % MAX_BITS)
+    return value
+
+
+def power(base, exponent):
+    """``base ** exponent`` (sympy), refusing results beyond ``MAX_BITS`` before computing them."""
+    import sympy
+
+    if exponent.is_Number and base.is_number:
+        e = abs(exponent)
+        if base.is_Rational:
+            if base not in (0, 1, -1) and e * _bits(base) > MAX_BITS:
+                raise TooLarge(
+                    f"the power would have about {float(e) * _bits(base):.3g} bits (at most {MAX_BITS})"
+                )
+        elif e > MAX_EXPONENT:
+            raise TooLarge(f"the exponent exceeds {MAX_EXPONENT}")
+    return bounded(sympy.Pow(base, exponent))
+
+
+#: Largest |argument| of exp/tanh (exp(709) is float64's limit; beyond 1000 sympy's exact evaluation of
+#: exp(-10^2000) takes seconds) and of sin/cos/tan (range reduction needs as many digits of pi as the
+#: argument has).
+MAX_EXP_ARGUMENT = 1000
+MAX_TRIG_ARGUMENT = 10**6
+
+
+def call(func, arg):
+    """``func(arg)`` (sympy), refusing arguments whose exact evaluation would be slow and whose value cannot
+    be a float64 weight anyway (``exp(-10^2000)``), before sympy evaluates anything."""
+    import sympy
+
+    limit = {sympy.exp: MAX_EXP_ARGUMENT, sympy.tanh: MAX_EXP_ARGUMENT, sympy.sin: MAX_TRIG_ARGUMENT,
+             sympy.cos: MAX_TRIG_ARGUMENT, sympy.tan: MAX_TRIG_ARGUMENT}.get(func)
+    if limit is not None and getattr(arg, "is_number", False) and not arg.free_symbols:
+        try:
+            magnitude = abs(complex(arg.evalf(15)))
+        except (TypeError, ValueError, OverflowError):
+            magnitude = math.inf
+        if not magnitude <= limit:
+            raise TooLarge(f"the argument of {func.__name__} is beyond +-{limit:g} "
+                           f"(its value would not fit float64, or take long to compute exactly)")
+    return bounded(func(arg))
+
+
+def substitute(value, subs: dict):
+    """``value`` with symbols replaced by ``subs``, rebuilt bottom up (no recursion) with ``power``'s limits.
+
+    sympy's own ``xreplace`` would evaluate ``a^a^a`` with ``a = 2`` without bounds.
+    """
+    import sympy
+
+    post: list = []
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        post.append(node)
+        stack.extend(node.args)
+    done: dict = {}
+    for node in reversed(post):
+        if node in done:
+            continue
+        if not node.args:
+            done[node] = subs.get(node, node)
+            continue
+        args = [done[a] for a in node.args]
+        if isinstance(node, sympy.Pow):
+            new = power(args[0], args[1])
+        elif isinstance(node, (sympy.Add, sympy.Mul)):
+            new = args[0]
+            for a in args[1:]:
+                new = bounded(new + a if isinstance(node, sympy.Add) else new * a)
+        elif len(args) == 1 and isinstance(node, sympy.Function):
+            new = call(node.func, args[0])
+        else:
+            new = bounded(node.func(*args))
+        done[node] = new
+    return done[value]
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; items are Tensors or Exprs.
+
+    A regular tensor of plain numbers (the parser's fast path) has no items but ``values`` (float64,
+    its shape).
+    """
+
+    items: tuple[Union["Tensor", Expr], ...]
+    span: Span
+    values: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """A stored tensor: ``key`` in the current ``weights`` file, ``"file.npz":key``, or a ``"file.npy"``."""
+
+    file: str | None
+    key: str | None
+    span: Span
+
+
+TensorSource = Union[Tensor, TensorRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """``kernel 3``, ``padding causal``, ``weight conv1.weight``, ``slope [0, 1]``... written after a layer.
+
+    ``value`` is an Expr, a padding mode string, a TensorSource, or a pair of Exprs for ``slope``.
+    """
+
+    key: str
+    value: Any
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """``input 1 x 128`` (a signal), ``input 3 x *`` (``any_length``) or ``input 784`` (a vector)."""
+
+    channels: Expr
+    length: Expr | None
+    any_length: bool
+    span: Span
+
+    @property
+    def flat(self) -> bool:
+        return self.length is None and not self.any_length
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """``weights "file.npz"``: default source of keyed tensors for the layers that follow."""
+
+    path: str
+    span: Span
+    path_span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Let:
+    """``let name = expr``: a constant usable in later expressions."""
+
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Conv1d:
+    """``conv1d [name:] c_in -> c_out, kernel k[, stride s][, dilation d][, padding p], weight W[, bias b]``.
+
+    Options are kept as written (checked in check.py).
+    """
+
+    name: str | None
+    c_in: Expr
+    c_out: Expr
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Dense:
+    """``dense [name:] n_in -> n_out, weight W[, bias b]``."""
+
+    name: str | None
+    n_in: Expr
+    n_out: Expr
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """``avgpool [name:] k[, stride s]`` or ``maxpool ...``; ``op`` is "avg" or "max"."""
+
+    op: str
+    name: str | None
+    kernel: Expr | None
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalAvgPool:
+    """``global_avgpool [name]``: mean over time of each channel."""
+
+    name: str | None
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Flatten:
+    """``flatten [name]``: channel-major, as torch.flatten."""
+
+    name: str | None
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """``relu``, ``leaky_relu(0.01)``, ``tanh t1, slope [0, 1]``, ``swish slope [-0.1, 1.1]``..."""
+
+    function: str
+    parameter: Expr | None
+    name: str | None
+    options: tuple[Option, ...]
+    span: Span
+    function_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class BatchNorm:
+    """``batchnorm [name:] C, weights PREFIX[, eps E]``, or ``weight/bias/running_mean/running_var`` keys."""
+
+    name: str | None
+    channels: Expr
+    options: tuple[Option, ...]
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Residual:
+    """``residual [name]`` ... [``shortcut`` ...] ``end``: ``y = main(x) + shortcut(x)``.
+
+    ``shortcut`` is None for an identity shortcut; ``span`` covers the ``residual`` line only (the block's
+    header, where messages about the whole block point).
+    """
+
+    name: str | None
+    main: tuple["Layer", ...]
+    shortcut: tuple["Layer", ...] | None
+    span: Span
+    shortcut_span: Span | None = None
+    end_span: Span | None = None
+    options: tuple[Option, ...] = ()
+
+
+Layer = Union[Conv1d, Dense, Pool, GlobalAvgPool, Flatten, Activation, BatchNorm, Residual]
+Statement = Union[Input, Let, Weights, Layer]
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """A whole spec: its name, its input, and every statement in order (``input`` too, not ``network``)."""
+
+    name: str | None
+    input: Input
+    body: tuple[Statement, ...]
+    span: Span
+    name_span: Span | None = None
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return tuple(s for s in self.body if not isinstance(s, (Input, Let, Weights)))

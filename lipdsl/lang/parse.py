@@ -1,0 +1,1025 @@
+"""Parse spec text: Source -> ast.Network (Lark LALR, grammar/lipdsl.lark)."""
+
+from __future__ import annotations
+
+import bisect
+import importlib.resources
+import os
+import re
+from copy import copy
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from lark import Lark, Token, Transformer_NonRecursive, v_args
+from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken,
+                             VisitError)
+from lark.lexer import PatternStr
+from lark.lark import PostLex
+from lark.parsers.lalr_parser_state import ParserState
+
+from lipdsl.lang import ast
+from lipdsl.errors import LipdslError, ParseError
+from lipdsl.lang.source import Source, Span
+
+__all__ = ["parse", "grammar_text", "match_syntax_error", "SYNTAX_ERRORS"]
+
+# Plain-word messages for syntax errors, each with bad examples that reach the same parser state
+# (Lark's own grammar loader does this with GRAMMAR_ERRORS). tests/test_parse.py checks that every
+# example fails and is matched back to its own message.
+SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
+    (
+        "a line must start with network, input, weights, let, a layer kind (conv1d, dense, avgpool, maxpool, "
+        "global_avgpool, flatten, batchnorm, residual) or an activation name",
+        ["1 -> 2\n", "-> 2\n", '"ecg.npz"\n', "[1]\n", "(relu)\n"],
+    ),
+    (
+        "write the layer kind first and then its name, as in 'conv1d c1: 1 -> 2'",
+        ["c1: conv1d 1 -> 2\n", "f1: dense 3 -> 4\n"],
+    ),
+    ("'network' needs a name, as in 'network ecg'", ["network\n", 'network "ecg"\n', "network 3\n"]),
+    (
+        "expected 'input C x N', 'input C x *' or 'input N'",
+        ["input\n", "input 1 x\n", "input 1 128\n", "input 1 x 128 x 2\n", "input x 128\n"],
+    ),
+    (
+        "'weights' needs a file name in double quotes, as in 'weights \"net.npz\"'",
+        ["weights ecg.npz\n", "weights\n", "weights ecg\n", 'weights "a.npz" "b.npz"\n'],
+    ),
+    ("a file name needs a closing '\"'", ['weights "ecg.npz\n', 'dense 1 -> 1, weight "w.npy\n']),
+    (
+        "expected 'let NAME = VALUE', as in 'let a = 1/8'",
+        ["let a 3\n", "let = 3\n", "let 3 = a\n", "let a = 1 = 2\n", "let a := 2\n"],
+    ),
+    ("missing value after '='", ["let a =\n"]),
+    (
+        "incomplete expression: an operator needs a value after it",
+        [
+            "let a = 1 +\n",
+            "let a = 2 * * 3\n",
+            "let a = 2 ^\n",
+            "let a = -\n",
+            "let a = 1 /\n",
+            "let a = 1 -\n",
+            "let a = 2 **\n",
+        ],
+    ),
+    ("two values in a row: is an operator missing?", ["let a = 2 3\n", "let a = 2 b\n", "let a = (1) 2\n"]),
+    ("a function takes its argument in parentheses, as in sqrt(2)", ["let a = sqrt 2\n"]),
+    ("missing ')'", ["let a = sqrt(2 3)\n", "let a = (1 + 2 3)\n", "let a = (1 relu\n"]),
+    ("this '(' is never closed", ["let a = sqrt(2\n", "let a = (1 + 2\n", "let a = (\n", "leaky_relu(0.1\n"]),
+    (
+        "a layer name must be followed by ':', as in 'conv1d c1: 1 -> 2'",
+        ["conv1d c1 1 -> 2\n", "dense d1 3 -> 4\n"],
+    ),
+    (
+        "expected 'IN -> OUT' sizes after the layer kind, as in 'conv1d c1: 1 -> 2'",
+        [
+            "conv1d\n",
+            "conv1d c1:\n",
+            "conv1d c1: -> 2\n",
+            "dense\n",
+            "dense d1:\n",
+            "dense d1: -> 4\n",
+            "conv1d c1: , kernel 3\n",
+            "dense d: , weight w\n",
+        ],
+    ),
+    (
+        "missing '->' between the input and output sizes",
+        [
+            "conv1d c1: 1 2\n",
+            "dense d1: 96 60\n",
+            "conv1d c1: 1, 2\n",
+            "dense 1\n",
+            "conv1d 1\n",
+            "conv1d c1: 1 => 2\n",
+        ],
+    ),
+    ("missing output size after '->'", ["conv1d c1: 1 ->\n", "dense 3 -> , weight w\n"]),
+    (
+        "options are written as a keyword and a value without '=', as in 'kernel 3'",
+        [
+            "conv1d c: 1 -> 2, kernel=3\n",
+            "conv1d c: 1 -> 2, stride=2\n",
+            "conv1d c: 1 -> 2, dilation=2\n",
+            "conv1d c: 1 -> 2, padding=1\n",
+            "dense d: 1 -> 2, weight=w\n",
+            "dense d: 1 -> 2, bias=b\n",
+            "relu slope=[0, 1]\n",
+            "conv1d c: 1 -> 2, kernel: 3\n",
+            "dense d: 1 -> 2, weight: w\n",
+        ],
+    ),
+    (
+        "unknown option: a layer takes kernel, stride, dilation, padding, weight, bias or slope",
+        [
+            "conv1d c: 1 -> 2, kernal 3\n",
+            "conv1d c: 1 -> 2 kernal 3\n",
+            "dense d: 1 -> 2, wieght w\n",
+            "relu, alpha 0\n",
+            "conv1d c: 1 -> 2, 3\n",
+            "relu r1 r2\n",
+            "flatten f1 f2\n",
+            "conv1d c: 1 -> 2,,\n",
+            "avgpool 2, 2\n",
+            "avgpool 2 2\n",
+            "conv1d c: 1 -> 2, kernel 3, relu\n",
+            "conv1d c: 1 -> 2, kernel 3 relu\n",
+        ],
+    ),
+    (
+        "missing value after the option's keyword",
+        [
+            "conv1d c: 1 -> 2, kernel\n",
+            "conv1d c: 1 -> 2, stride\n",
+            "conv1d c: 1 -> 2, dilation\n",
+            "conv1d c: 1 -> 2, kernel, stride 1\n",
+            "conv1d c: 1 -> 2, padding\n",
+        ],
+    ),
+    (
+        'expected a tensor: a key of the weights file, "file.npz":key, "file.npy" or inline [nested, lists]',
+        [
+            "dense d: 1 -> 1, weight\n",
+            "dense d: 1 -> 1, weight 3\n",
+            "dense d: 1 -> 1, bias\n",
+            "dense d: 1 -> 1, bias 0\n",
+            "dense d: 1 -> 1, weight -1\n",
+        ],
+    ),
+    (
+        "expected a key after ':', as in \"file.npz\":conv1.weight",
+        ['dense d: 1 -> 1, weight "w.npz":\n', 'dense d: 1 -> 1, weight "w.npz": "k"\n'],
+    ),
+    (
+        "missing ',' or ']' in an inline tensor",
+        [
+            "dense d: 2 -> 1, weight [[1 2]]\n",
+            "dense d: 2 -> 1, weight [[1, 2] [3, 4]]\n",
+            "dense d: 2 -> 1, weight [[1, 2]\nrelu\n",
+            "dense d: 2 -> 1, weight [[1, a b]]\n",
+            "dense d: 2 -> 1, weight [[1, 2)]\n",
+        ],
+    ),
+    (
+        "this '[' is never closed",
+        [
+            "dense d: 2 -> 1, weight [[1, 2]\n",
+            "dense d: 2 -> 1, weight [[1, 2\n",
+            "dense d: 2 -> 1, weight [\n",
+            "dense d: 2 -> 1, weight [[1, 2],\n",
+            "relu slope [0, 1\n",
+            "relu slope [\n",
+            "relu slope [0,\n",
+        ],
+    ),
+    ("expected a value in the inline tensor", ["dense d: 1 -> 1, weight [,]\n"]),
+    (
+        "'slope' needs two bounds in brackets, as in 'slope [0, 1]'",
+        [
+            "relu slope 0, 1\n",
+            "relu slope [0]\n",
+            "relu slope [0, 1, 2]\n",
+            "relu slope\n",
+            "relu slope []\n",
+            "relu slope [0 1]\n",
+        ],
+    ),
+    (
+        "activation parameters go in parentheses, as in 'leaky_relu(0.01)'",
+        ["leaky_relu 0.01\n", "elu 1\n", "leaky_relu -0.1\n"],
+    ),
+    ("an activation takes one parameter, as in 'leaky_relu(0.01)'", ["leaky_relu(0.1, 2)\n", "elu()\n"]),
+    ("'padding' takes a number, valid, same or causal", ['conv1d c: 1 -> 2, padding "same"\n']),
+    (
+        "unexpected character",
+        ["let a = 1 @ 2\n", "relu $\n", "let a = 1 % 2\n", "conv1d c: 1 -> 2; kernel 3\n"],
+    ),
+]
+
+_FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
+_CONSTANTS = ("pi", "e")
+
+# How terminals are named in "expected ..." lists when no example matches.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "KEY": "a tensor key",
+    "NUMBER": "a number",
+    "STRING": "a quoted file name",
+    "_NL": "the end of the line",
+    "_TIMES": "'x'",
+    "_POW": "'^'",
+    "NUMBERS": "an inline tensor",
+    "$END": "the end of the file",
+}
+_OPENERS = {"LSQB": "RSQB", "LPAR": "RPAR"}
+
+
+class _Continuation(PostLex):
+    """Join continued lines: drop line breaks inside brackets and after a comma; end the text with one.
+
+    At the end of a text with an unclosed bracket, the final line break is placed at that bracket, so the
+    syntax error points at it.
+    """
+
+    always_accept = ("_NL",)
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        open_brackets: list[Token] = []
+        last: Token | None = None
+        for tok in stream:
+            if tok.type == "_NL":
+                if last is None or last.type in ("_NL", "COMMA") or open_brackets:
+                    continue
+            elif tok.type in _OPENERS:
+                open_brackets.append(tok)
+                if len(open_brackets) > ast.MAX_NESTING:
+                    raise ParseError(
+                        f"brackets nested more than {ast.MAX_NESTING} deep",
+                        Span(tok.line, tok.column, tok.end_line, tok.end_column),
+                        hint="weights need at most three levels: [[[...]]] for conv1d (c_out, c_in, kernel)",
+                    )
+            elif tok.type in ("RSQB", "RPAR") and open_brackets:
+                open_brackets.pop()
+            last = tok
+            yield tok
+        if last is not None and last.type != "_NL":
+            at = open_brackets[-1] if open_brackets else None
+            if at is not None:
+                yield Token(
+                    "_NL", "", at.start_pos, at.line, at.column, at.end_line, at.end_column, at.end_pos
+                )
+            else:
+                yield Token(
+                    "_NL",
+                    "",
+                    last.end_pos,
+                    last.end_line,
+                    last.end_column,
+                    last.end_line,
+                    last.end_column,
+                    last.end_pos,
+                )
+
+
+def grammar_text() -> str:
+    """The text of lipdsl.lark: from the installed package, else from the repository (editable installs).
+
+    Hatchling's editable install puts the repository on ``sys.path`` and copies force-included files as a
+    snapshot that the import system never sees, so ``lipdsl/grammar/`` is absent and ``grammar/`` is used.
+    """
+    packaged = importlib.resources.files("lipdsl").joinpath("grammar").joinpath("lipdsl.lark")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[2] / "grammar" / "lipdsl.lark").read_text(encoding="utf-8")
+
+
+def _cache_path() -> str | bool:
+    """A per-user file for Lark's pickled parser tables (building them costs ~0.1 s); False to not cache.
+
+    Not Lark's ``cache=True``, which loads a pickle from the shared temporary directory.
+    """
+    if os.environ.get("LIPDSL_NO_CACHE"):
+        return False
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "lipdsl")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError:
+        return False
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    return os.path.join(folder, "grammar-py%d%d.lark-cache" % sys.version_info[:2])
+
+
+_PARSER: Lark | None = None
+
+
+def _parser() -> Lark:
+    """The Lark parser, built once per process (lazily)."""
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = Lark(
+            grammar_text(),
+            parser="lalr",
+            lexer="contextual",
+            propagate_positions=True,
+            maybe_placeholders=True,
+            postlex=_Continuation(),
+            cache=_cache_path(),
+        )
+    return _PARSER
+
+
+def _nested(meta, *kids: ast.Expr) -> int:
+    """Depth of an expression node over ``kids``; refuses more than ``ast.MAX_DEPTH``."""
+    depth = 1 + max(k.depth for k in kids)
+    if depth > ast.MAX_DEPTH:
+        raise ParseError(
+            f"expression nested more than {ast.MAX_DEPTH} levels deep",
+            Span.of(meta),
+            hint="split it into 'let' constants",
+        )
+    return depth
+
+
+def _too_large(exc: ast.TooLarge, meta) -> ParseError:
+    return ParseError(
+        f"number too large to compute exactly: {exc}",
+        Span.of(meta),
+        hint="values must fit in float64 (about 1.8e308); lipdsl computes expressions exactly first",
+    )
+
+
+def _operator(fn_name: str, meta, left: ast.Expr, right: ast.Expr) -> ast.Expr:
+    depth = _nested(meta, left, right)
+    a, b = ast.exact(left), ast.exact(right)
+    try:
+        if fn_name == "add":
+            value = ast.bounded(a + b)
+        elif fn_name == "sub":
+            value = ast.bounded(a - b)
+        elif fn_name == "mul":
+            value = ast.bounded(a * b)
+        elif fn_name == "div":
+            value = ast.bounded(a / b)
+        else:
+            value = ast.power(a, b)
+    except ast.TooLarge as exc:
+        raise _too_large(exc, meta) from None
+    return ast.Expr(value, Span.of(meta), left.names + right.names, depth)
+
+
+class _Marker:
+    """A ``residual``, ``shortcut`` or ``end`` line, before ``_group_blocks`` turns them into ast.Residual."""
+
+    __slots__ = ("word", "name", "span")
+
+    def __init__(self, word: str, name: str | None, span: Span):
+        self.word, self.name, self.span = word, name, span
+
+
+def _group_blocks(statements: list) -> list:
+    """Replace each ``residual ... [shortcut ...] end`` run of statements by one ``ast.Residual``.
+
+    Raises ParseError for a ``shortcut``/``end`` outside a block, a nested block, a second ``shortcut``,
+    a block with no ``end`` or no layers, and header statements (``input``, ``weights``, ...) inside one.
+    """
+    out: list = []
+    block: _Marker | None = None
+    main: list = []
+    short: list | None = None
+    short_span: Span | None = None
+    for st in statements:
+        if isinstance(st, _Marker):
+            if st.word == "residual":
+                if block is not None:
+                    raise ParseError("residual blocks do not nest", st.span,
+                                     hint=f"close the block of line {block.span.line} with 'end' first")
+                block, main, short, short_span = st, [], None, None
+            elif block is None:
+                raise ParseError(f"'{st.word}' outside a residual block", st.span,
+                                 hint="a block is 'residual NAME:', its layers, optionally 'shortcut' "
+                                 "and the shortcut's layers, then 'end'")
+            elif st.word == "shortcut":
+                if short is not None:
+                    raise ParseError("a residual block has one 'shortcut'", st.span,
+                                     hint=f"the shortcut already starts at line {short_span.line}")
+                short, short_span = [], st.span
+            else:
+                if not main:
+                    raise ParseError("a residual block needs at least one layer on its main path", block.span,
+                                     hint="write the main path's layers between 'residual' and "
+                                     "'shortcut'/'end'")
+                out.append(ast.Residual(block.name, tuple(main), None if short is None else tuple(short),
+                                        block.span, short_span, st.span))
+                block = None
+            continue
+        if block is None:
+            out.append(st)
+        elif isinstance(st, (tuple, ast.Input, ast.Let, ast.Weights)):
+            raise ParseError("only layers go inside a residual block", st.span if not isinstance(st, tuple)
+                             else st[3], hint=f"move this line before the block of line {block.span.line}")
+        else:
+            (main if short is None else short).append(st)
+    if block is not None:
+        raise ParseError("this residual block has no 'end'", block.span,
+                         hint="close it with a line 'end' after its last layer")
+    return out
+
+
+@v_args(meta=True)
+class ToAst(Transformer_NonRecursive):
+    """Parse tree -> ast nodes; builds nodes and nothing else (checks belong to check.py).
+
+    Non-recursive, so that long operator chains (``1+1+...+1``) cannot exhaust Python's stack; depth and
+    number size limits are enforced while building (``_nested``, ``ast.power``).
+    """
+
+    def start(self, meta, kids):
+        return list(kids)
+
+    # -- statements --------------------------------------------------------------------------------
+    def network(self, meta, kids):
+        (name,) = kids
+        return ("network", str(name), Span.of(name), Span.of(meta))
+
+    def input_flat(self, meta, kids):
+        return ast.Input(kids[0], None, False, Span.of(meta))
+
+    def input_signal(self, meta, kids):
+        return ast.Input(kids[0], kids[1], False, Span.of(meta))
+
+    def input_any(self, meta, kids):
+        return ast.Input(kids[0], None, True, Span.of(meta))
+
+    def weights(self, meta, kids):
+        return ast.Weights(str(kids[0])[1:-1], Span.of(meta), Span.of(kids[0]))
+
+    def let(self, meta, kids):
+        name, value = kids
+        return ast.Let(str(name), value, Span.of(meta), Span.of(name))
+
+    def conv1d(self, meta, kids):
+        name, c_in, c_out, *options = kids
+        return ast.Conv1d(name, c_in, c_out, tuple(options), Span.of(meta))
+
+    def dense(self, meta, kids):
+        name, n_in, n_out, *options = kids
+        return ast.Dense(name, n_in, n_out, tuple(options), Span.of(meta))
+
+    def avgpool(self, meta, kids):
+        name, kernel, *options = kids
+        return ast.Pool("avg", name, kernel, tuple(options), Span.of(meta))
+
+    def maxpool(self, meta, kids):
+        name, kernel, *options = kids
+        return ast.Pool("max", name, kernel, tuple(options), Span.of(meta))
+
+    def global_avgpool(self, meta, kids):
+        name, *options = kids
+        return ast.GlobalAvgPool(name, tuple(options), Span.of(meta))
+
+    def flatten(self, meta, kids):
+        name, *options = kids
+        return ast.Flatten(name, tuple(options), Span.of(meta))
+
+    def activation(self, meta, kids):
+        function, parameter, name, *options = kids
+        return ast.Activation(
+            str(function), parameter, name, tuple(options), Span.of(meta), Span.of(function)
+        )
+
+    def batchnorm(self, meta, kids):
+        name, channels, *options = kids
+        return ast.BatchNorm(name, channels, tuple(options), Span.of(meta))
+
+    def residual(self, meta, kids):
+        return _Marker("residual", kids[0], Span.of(meta))
+
+    def shortcut(self, meta, kids):
+        return _Marker("shortcut", None, Span.of(meta))
+
+    def end(self, meta, kids):
+        return _Marker("end", None, Span.of(meta))
+
+    def layer_name(self, meta, kids):
+        return str(kids[0])
+
+    label = layer_name
+
+    # -- options -----------------------------------------------------------------------------------
+    def _option(key):
+        def build(self, meta, kids):
+            return ast.Option(key, kids[0], Span.of(meta))
+
+        return build
+
+    kernel = _option("kernel")
+    stride = _option("stride")
+    dilation = _option("dilation")
+    padding = _option("padding")
+    weight = _option("weight")
+    bias = _option("bias")
+    prefix = _option("weights")
+    running_mean = _option("running_mean")
+    running_var = _option("running_var")
+    eps = _option("eps")
+    del _option
+
+    def slope(self, meta, kids):
+        return ast.Option("slope", (kids[0], kids[1]), Span.of(meta))
+
+    def pad_mode(self, meta, kids):
+        return str(kids[0])
+
+    def tensor_key(self, meta, kids):
+        return ast.TensorRef(None, str(kids[0]), Span.of(meta))
+
+    def tensor_file(self, meta, kids):
+        path, key = kids
+        return ast.TensorRef(str(path)[1:-1], None if key is None else str(key), Span.of(meta))
+
+    def tensor_numbers(self, meta, kids):
+        return _numbers(kids[0])
+
+    def tensor_names(self, meta, kids):
+        return _numbers_slow(kids[0], names=True)
+
+    def tensor(self, meta, kids):
+        items = tuple(k for k in kids if k is not None)  # `[]` gives one placeholder
+        return ast.Tensor(items, Span.of(meta))
+
+    # -- expressions -------------------------------------------------------------------------------
+    def number(self, meta, kids):
+        text = str(kids[0])
+        if any(c in text for c in ".eE"):
+            value = float(text)  # inf when out of range: check reports it with the span
+            if value == 0 and _nonzero_digits(text):
+                raise ParseError(f"number {text} underflows to 0 in float64", Span.of(meta),
+                                 hint=UNDERFLOW_HINT)
+        elif len(text) > 1000:  # beyond float64 (and Python's int(str) limit of 4300 digits)
+            raise ParseError(
+                f"number with {len(text)} digits is too large",
+                Span.of(meta),
+                hint="values must fit in float64 (about 1.8e308)",
+            )
+        else:
+            value = int(text)
+        return ast.Expr(value, Span.of(meta))
+
+    def name(self, meta, kids):
+        import sympy
+
+        id_ = str(kids[0])
+        value = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
+        names = () if id_ in _CONSTANTS else (ast.Name(id_, Span.of(meta)),)
+        return ast.Expr(value, Span.of(meta), names)
+
+    def call(self, meta, kids):
+        import sympy
+
+        fn, arg = kids
+        builtin = {
+            "sqrt": sympy.sqrt,
+            "exp": sympy.exp,
+            "log": sympy.log,
+            "sin": sympy.sin,
+            "cos": sympy.cos,
+            "tan": sympy.tan,
+            "tanh": sympy.tanh,
+            "atan": sympy.atan,
+            "abs": sympy.Abs,
+        }
+        f = builtin.get(str(fn)) or sympy.Function(str(fn))
+        depth = _nested(meta, arg)
+        try:
+            value = ast.call(f, ast.exact(arg))
+        except ast.TooLarge as exc:
+            raise _too_large(exc, meta) from None
+        return ast.Expr(value, Span.of(meta), (ast.Name(str(fn), Span.of(fn), call=True),) + arg.names, depth)
+
+    def neg(self, meta, kids):
+        (arg,) = kids
+        value = -arg.value if arg.is_number else -ast.exact(arg)
+        return ast.Expr(value, Span.of(meta), arg.names, arg.depth if arg.is_number else _nested(meta, arg))
+
+    def add(self, meta, kids):
+        return _operator("add", meta, *kids)
+
+    def sub(self, meta, kids):
+        return _operator("sub", meta, *kids)
+
+    def mul(self, meta, kids):
+        return _operator("mul", meta, *kids)
+
+    def div(self, meta, kids):
+        return _operator("div", meta, *kids)
+
+    def pow(self, meta, kids):
+        return _operator("pow", meta, *kids)
+
+
+_NUMBERS_PARTS = re.compile(r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)")
+
+
+def _name_entry(id_: str, sign: str, span: Span, name_span: Span, memo: dict) -> ast.Expr:
+    """A tensor entry that is a bare (possibly signed) name, as the ``name`` and ``neg`` rules build it
+    (``memo`` keeps one sympy value per name and sign: a 1 MB tensor repeats a few names)."""
+    value = memo.get((id_, sign))
+    if value is None:
+        import sympy
+
+        value = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
+        value = memo[(id_, sign)] = -value if sign == "-" else value
+    names = () if id_ in _CONSTANTS else (ast.Name(id_, name_span),)
+    return ast.Expr(value, span, names, 2) if sign == "-" else ast.Expr(value, span, names)
+
+
+#: A nonzero literal below float64's range would be read as 0 and the network bounded as another one.
+UNDERFLOW_HINT = ("values must be 0 or at least about 5e-324 in magnitude; rescale the weights "
+                  "(the bound scales)")
+
+
+def _nonzero_digits(text: str) -> bool:
+    """True when the mantissa of a decimal literal has a nonzero digit (so its exact value is not 0)."""
+    return any(c in "123456789" for c in re.split("[eE]", text, maxsplit=1)[0])
+
+
+def _numbers(tok: Token) -> ast.Tensor:
+    """An inline tensor of plain numbers lexed as one NUMBERS token: float64 values when it is regular (the
+    fast path), else the same ``ast.Tensor`` of ``ast.Expr`` the grammar's ``tensor`` rule builds, with spans,
+    so that check reports ragged rows exactly as for any tensor."""
+    text = str(tok)
+    stack: list[list] = [[]]
+    for m in _NUMBERS_PARTS.finditer(text):
+        part = m.group()
+        if part == "[":
+            stack.append([])
+        elif part == "]":
+            row = stack.pop()
+            stack[-1].append(row)
+        else:
+            value = float(m.group(1) + m.group(2))
+            if value == 0 and _nonzero_digits(m.group(2)):
+                return _numbers_slow(tok)  # reports the entry with its span
+            stack[-1].append(value)
+    (nested,) = stack[0]
+    try:
+        values = np.array(nested, dtype=np.float64)
+    except ValueError:  # ragged or mixed depth
+        return _numbers_slow(tok)
+    if not np.isfinite(values).all():  # 1e400: let check point at the entry itself
+        return _numbers_slow(tok)
+    values.setflags(write=False)
+    return ast.Tensor((), Span.of(tok), values)
+
+
+_NAMES_PARTS = re.compile(
+    r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def _numbers_slow(tok: Token, names: bool = False) -> ast.Tensor:
+    """The ``ast.Tensor`` of a NUMBERS (or, with ``names``, a NAMES) token, every entry an ``ast.Expr`` with
+    its span: what the ``tensor`` rule would build for the same text."""
+    text = str(tok)
+
+    newlines = [i for i, c in enumerate(text) if c == "\n"] if "\n" in text else []
+
+    def at(offset: int) -> tuple[int, int]:
+        k = bisect.bisect_left(newlines, offset)  # line breaks before offset (O(log n), not a count)
+        nl = newlines[k - 1] if k else -1
+        return tok.line + k, (offset - nl) if nl >= 0 else tok.column + offset
+
+    stack: list[tuple[int, list]] = [(0, [])]
+    memo: dict = {}
+    for m in (_NAMES_PARTS if names else _NUMBERS_PARTS).finditer(text):
+        part = m.group()
+        if part == "[":
+            stack.append((m.start(), []))
+        elif part == "]":
+            start, items = stack.pop()
+            stack[-1][1].append(ast.Tensor(tuple(items), Span(*at(start), *at(m.end()))))
+        else:
+            sign, digits = m.group(1), m.group(2)
+            span = Span(*at(m.start(1) if sign else m.start(2)), *at(m.end()))
+            if digits[0].isalpha() or digits[0] == "_":  # a bare name (NAMES only)
+                name_span = Span(*at(m.start(2)), span.end_line, span.end_col) if sign else span
+                stack[-1][1].append(_name_entry(digits, sign, span, name_span, memo))
+                continue
+            if any(c in digits for c in ".eE"):
+                value = float(digits)
+                if value == 0 and _nonzero_digits(digits):
+                    raise ParseError(f"number {digits} underflows to 0 in float64", span, hint=UNDERFLOW_HINT)
+            elif len(digits) > 1000:
+                raise ParseError(f"number with {len(digits)} digits is too large", span,
+                                 hint="values must fit in float64 (about 1.8e308)")
+            else:
+                value = int(digits)
+            stack[-1][1].append(ast.Expr(-value if sign == "-" else value, span))
+    return stack[0][1][0]
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "_NL":
+        return "the end of the file" if tok.value == "" else "the end of the line"
+    if tok.type == "$END":
+        return "the end of the file"
+    return repr(str(tok))
+
+
+def _expected_words(names) -> str:
+    parser = _parser()
+    words = set()
+    for n in names:
+        if n in _TERMINAL_WORDS:
+            words.add(_TERMINAL_WORDS[n])
+            continue
+        try:
+            pattern = parser.get_terminal(n).pattern
+        except KeyError:
+            continue
+        words.add(repr(pattern.value) if isinstance(pattern, PatternStr) else n.lower())
+    listed = sorted(words)
+    if len(listed) > 8:
+        listed = listed[:8] + ["..."]
+    return ", ".join(listed)
+
+
+def _accepts(state: ParserState) -> frozenset[str]:
+    """Terminals that the parser in ``state`` would accept next (Lark's InteractiveParser.accepts)."""
+    conf = copy(state.parse_conf)
+    conf.callbacks = {}
+    accepted = set()
+    for t in state.parse_conf.parse_table.states[state.position]:
+        if t.isupper():
+            trial = state.copy(deepcopy_values=False)
+            trial.parse_conf = conf
+            try:
+                trial.feed_token(Token(t, ""), is_end=(t == "$END"))
+            except UnexpectedInput:
+                continue
+            accepted.add(t)
+    return frozenset(accepted)
+
+
+def _signature(exc: UnexpectedInput) -> tuple | None:
+    """(parser state, accepted terminals, offending terminal) of a syntax error, or None if unknown.
+
+    Written out instead of Lark's ``UnexpectedInput.match_examples``, which in Lark 1.3 formats the
+    ParserState it compares with ``%d`` and raises TypeError whenever two examples' accepts differ.
+    """
+    state = getattr(exc, "state", None)
+    if not isinstance(state, ParserState):
+        return None
+    token_type = exc.token.type if isinstance(exc, UnexpectedToken) else None
+    return state.position, _accepts(state), token_type
+
+
+_EXAMPLE_SIGNATURES: list[tuple[str, tuple]] | None = None
+
+
+def _example_signatures() -> list[tuple[str, tuple]]:
+    global _EXAMPLE_SIGNATURES
+    if _EXAMPLE_SIGNATURES is None:
+        found = []
+        for label, examples in SYNTAX_ERRORS:
+            for text in examples:
+                try:
+                    _parser().parse(text)
+                except UnexpectedInput as exc:
+                    sig = _signature(exc)
+                    if sig is not None:
+                        found.append((label, sig))
+        _EXAMPLE_SIGNATURES = found
+    return _EXAMPLE_SIGNATURES
+
+
+def match_syntax_error(exc: UnexpectedInput) -> str | None:
+    """The SYNTAX_ERRORS message whose examples fail like ``exc`` (same state and accepts), or None.
+
+    Among examples failing in the same state, one failing on the same kind of token is preferred.
+    """
+    sig = _signature(exc)
+    if sig is None:
+        return None
+    same_state = [label for label, s in _example_signatures() if s[:2] == sig[:2]]
+    same_token = [label for label, s in _example_signatures() if s == sig]
+    return (same_token or same_state or [None])[0]
+
+
+#: The language's layer keywords, and what PyTorch (or habit) calls them: a name close to one of these is a
+#: misspelled layer, not an activation known only by its slope.
+LAYER_KEYWORDS = ("conv1d", "dense", "avgpool", "maxpool", "global_avgpool", "flatten")
+_STATEMENT_KEYWORDS = ("network", "input", "weights", "let") + LAYER_KEYWORDS
+OPTION_WORDS = ("kernel", "stride", "dilation", "padding", "weight", "bias", "slope")
+PYTORCH_NAMES = {
+    "linear": "dense", "fc": "dense", "fully_connected": "dense", "conv": "conv1d", "convolution": "conv1d",
+    "avgpool1d": "avgpool", "avg_pool1d": "avgpool", "avg_pool": "avgpool", "averagepool": "avgpool",
+    "maxpool1d": "maxpool", "max_pool1d": "maxpool", "max_pool": "maxpool",
+    "adaptiveavgpool1d": "global_avgpool", "adaptive_avg_pool1d": "global_avgpool",
+    "globalaveragepool": "global_avgpool", "global_avg_pool": "global_avgpool",
+    "reshape": "flatten", "view": "flatten", "leakyrelu": "leaky_relu", "logistic": "sigmoid",
+    "hard_swish": "hardswish", "none": "identity",
+}
+PYTORCH_OPTIONS = {"kernel_size": "kernel", "ksize": "kernel", "strides": "stride", "dilations": "dilation",
+                   "pad": "padding", "pads": "padding", "weights": "weight", "biases": "bias"}
+
+
+def suggest_keyword(word: str) -> str | None:
+    """The layer keyword or activation ``word`` most likely means (``Conv1d`` -> ``conv1d``, ``linear`` ->
+    ``dense``, ``rleu`` -> ``relu`` by difflib), or None."""
+    import difflib
+
+    from lipdsl.lang.activations import ACTIVATIONS
+
+    low = word.lower()
+    if low in PYTORCH_NAMES:
+        return PYTORCH_NAMES[low]
+    if low != word and (low in LAYER_KEYWORDS or low in ACTIVATIONS):
+        return low
+    close = difflib.get_close_matches(low, LAYER_KEYWORDS + tuple(ACTIVATIONS), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _suggest_option(word: str) -> str | None:
+    import difflib
+
+    low = word.lower()
+    if low in PYTORCH_OPTIONS:
+        return PYTORCH_OPTIONS[low]
+    close = difflib.get_close_matches(low, OPTION_WORDS, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _keyword_error(exc: UnexpectedInput, source: Source, err: ParseError) -> ParseError:
+    """``err``, or a clearer one when the line starts with a misspelled / PyTorch-style layer keyword
+    (``Conv1d``, ``maxpool1d``, ``linear(...)``), calls a keyword (``flatten()``) or misspells an option
+    (``kernal 5``, ``kernel_size=3``)."""
+    line = getattr(exc, "line", None)
+    if not line or line < 1:
+        return err
+    text = source.line(line)
+    m = re.match(r"[ \t\f\r]*([A-Za-z_][A-Za-z0-9_]*)", text)
+    if m is None:
+        return err
+    word, span = m.group(1), Span(line, m.start(1) + 1, line, m.end(1) + 1)
+    if word not in _STATEMENT_KEYWORDS:
+        guess = suggest_keyword(word)
+        if guess in LAYER_KEYWORDS:
+            return ParseError(f"unknown layer {word!r} -- did you mean {guess!r}?", span,
+                              hint=f"lipdsl's layers: {', '.join(LAYER_KEYWORDS)} (docs/language.md)")
+    elif text[m.end(1):].lstrip(" \t").startswith("("):
+        return ParseError(f"{word} takes no arguments in parentheses", span,
+                          hint=f"write '{word}'" + (" and its options after it, as in 'conv1d c: 1 -> 4, "
+                                                    "kernel 3, weight KEY'" if word != "flatten" else ""))
+    col = getattr(exc, "column", None) or 1
+    before = [w for w in _WORD.finditer(text) if w.start() <= col - 1]
+    candidates = ([w for w in before if w.start() == col - 1] + before[-2:][::-1]) if before else []
+    for w in candidates:
+        if w.group() in OPTION_WORDS or w.group() in _STATEMENT_KEYWORDS:
+            continue
+        guess = _suggest_option(w.group())
+        if guess is not None:
+            wspan = Span(line, w.start() + 1, line, w.end() + 1)
+            value = " 3" if guess == "kernel" else " 1" if guess in ("stride", "dilation") else ""
+            hint = f"options are a keyword and a value, without '=': '{guess}{value}'"
+            if err.message.startswith("unknown option"):  # the table's message, with the suggestion
+                return ParseError(err.message, err.span, hint=f"did you mean {guess!r}? {hint}")
+            return ParseError(f"unknown option {w.group()!r} -- did you mean {guess!r}?", wspan, hint=hint)
+    return err
+
+
+def _syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
+    """Translate a Lark error into a ParseError in plain words, located at the offending token."""
+    return _keyword_error(exc, source, _plain_syntax_error(exc, source))
+
+
+def _plain_syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
+    """The Lark error in plain words (the SYNTAX_ERRORS table, else the token and what was expected)."""
+    label = match_syntax_error(exc)
+    if isinstance(exc, UnexpectedCharacters):
+        char = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else ""
+        span = Span(exc.line, exc.column, exc.line, exc.column + 1)
+        found = f"unexpected character {char!r}"
+        message = f"{label}: {found}" if label and label != "unexpected character" else found
+        return ParseError(message, span)
+    if isinstance(exc, UnexpectedToken):
+        tok = exc.token
+        line, col = tok.line or 1, tok.column or 1
+        end_col = (tok.end_column or col + 1) if tok.value else col + 1
+        span = Span(line, col, tok.end_line or line, max(end_col, col + 1))
+        found = _describe(tok)
+        if label:
+            return ParseError(f"{label} (found {found})", span)
+        expected = _expected_words(
+            _accepts(exc.state) if isinstance(exc.state, ParserState) else exc.expected
+        )
+        return ParseError(
+            f"unexpected {found}", span, hint=f"expected one of: {expected}" if expected else None
+        )
+    if isinstance(exc, UnexpectedEOF):  # pragma: no cover - the post-lexer always ends with a line break
+        return ParseError("unexpected end of file", None)
+    return ParseError(str(exc).strip().splitlines()[0], None)  # pragma: no cover
+
+
+#: Most statements (lines starting with a word) a spec may have. Real 1D CNNs have tens of layers; the limit
+#: keeps a pathological spec (1 MB of 'relu' lines: ~30 s in Lark's pure-Python LALR) a fast, clear error.
+MAX_STATEMENTS = 2000
+_STATEMENT = re.compile(r"^[ \t\f\r]*[A-Za-z_]", re.MULTILINE)  # the grammar ignores \f and \r too
+
+
+def _check_statement_count(source: Source) -> None:
+    """Refuse a spec of more than ``MAX_STATEMENTS`` statements before Lark sees it (a cheap regex count)."""
+    count = 0
+    text = source.text
+    for match in _STATEMENT.finditer(text):
+        j = match.start() - 1
+        while j >= 0 and text[j] in " \t\f\r\n":
+            j -= 1
+        if j >= 0 and text[j] in ",[(":  # a continued tensor or expression (names on their own lines)
+            continue
+        count += 1
+        if count > MAX_STATEMENTS:
+            line = text.count("\n", 0, match.start()) + 1
+            raise ParseError(
+                f"the spec has more than {MAX_STATEMENTS} statements",
+                Span(line, 1, line, 2),
+                hint="lipdsl describes networks of up to a few thousand layers; is this file really a spec?",
+            )
+
+
+def parse(source: Source) -> ast.Network:
+    """Parse the text of a spec into an ``ast.Network``.
+
+    Parameters
+    ----------
+    source : Source
+        The spec text and the path that messages name.
+
+    Returns
+    -------
+    ast.Network
+        Unchecked syntax tree; every node carries its span.
+
+    Raises
+    ------
+    ParseError
+        On a syntax error (message in plain words, located at the offending token), or when the spec has no
+        ``input`` line, or more than one ``network``/``input`` line, or a layer before the ``input`` line.
+    """
+    _check_statement_count(source)
+    try:
+        tree = _parser().parse(source.text)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, source) from None
+    try:
+        statements = ToAst().transform(tree)
+    except VisitError as exc:  # Lark wraps what the callbacks raise; ours are LipdslErrors with a span
+        if isinstance(exc.orig_exc, LipdslError):
+            raise exc.orig_exc from None
+        raise
+    statements = _group_blocks(statements)
+
+    name = name_span = None
+    network_span = None
+    inputs: list[ast.Input] = []
+    body: list = []
+    for st in statements:
+        if isinstance(st, tuple):  # ("network", name, name_span, span)
+            if name is not None:
+                raise ParseError(
+                    "a spec has one 'network' line",
+                    st[3],
+                    hint=f"the network is already named {name!r} at line {network_span.line}",
+                )
+            _, name, name_span, network_span = st
+            continue
+        if isinstance(st, ast.Input):
+            if inputs:
+                raise ParseError(
+                    "a spec has one 'input' line",
+                    st.span,
+                    hint=f"the input is already declared at line {inputs[0].span.line}",
+                )
+            inputs.append(st)
+        elif not isinstance(st, (ast.Let, ast.Weights)) and not inputs:
+            raise ParseError(
+                f"{_kind_word(st)} before the 'input' line",
+                st.span,
+                hint="declare the input first, as in 'input 1 x 128'",
+            )
+        body.append(st)
+    if not inputs:
+        last = max(1, len(source.text.splitlines()))
+        raise ParseError(
+            "the spec has no 'input' line",
+            Span(1, 1, 1, 2),  # even for an empty file: every error has a place
+            hint="declare the input's shape, as in 'input 1 x 128' (channels x samples)" if last else None,
+        )
+    end = source.text.count("\n") + 1
+    span = Span(1, 1, end, 1)
+    return ast.Network(name, inputs[0], tuple(body), span, name_span)
+
+
+def _kind_word(layer) -> str:
+    if isinstance(layer, ast.Activation):
+        return f"activation {layer.function!r}"
+    if isinstance(layer, ast.Pool):
+        return f"'{layer.op}pool'"
+    if isinstance(layer, ast.Residual):
+        return "'residual'"
+    if isinstance(layer, ast.BatchNorm):
+        return "'batchnorm'"
+    return {
+        "Conv1d": "'conv1d'",
+        "Dense": "'dense'",
+        "GlobalAvgPool": "'global_avgpool'",
+        "Flatten": "'flatten'",
+    }[type(layer).__name__]

@@ -1,0 +1,431 @@
+"""Run the pipeline: typed.Network -> Result (lower, build the SDP, solve, certify), with stage times.
+
+The Python API the CLI uses::
+
+    >>> from lipdsl.lang.load import load_network
+    >>> from lipdsl.pipeline import solve_network
+    >>> _, net = load_network("specs/ecg.lip")            # doctest: +SKIP
+    >>> result = solve_network(net)                        # doctest: +SKIP
+    >>> result.certificate.verified, round(result.certificate.lipschitz, 4)   # doctest: +SKIP
+    (True, 109.123)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lipdsl import limits
+
+from lipdsl.lang import typed
+from lipdsl.certify.recheck import Certificate, certify
+from lipdsl.errors import LimitError, LipdslError, SolveError, UnsupportedError
+from lipdsl.model.lower import lower
+from lipdsl.model.lowered import Network as LoweredNetwork
+from lipdsl.sdp.build import Sdp, Variable, build_sdp, in_frequency_form
+from lipdsl.solvers.solve import Solution, converged, solve
+
+#: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
+#: O(m^2) memory per LMI and O(n^2) for the Newton system; one 1000-row LMI takes ~80 s (method.md §9).
+MAX_LMI = 4000
+#: Default limit on the number of scalar decision variables: the Newton (KKT) matrix is n x n doubles.
+MAX_VARIABLES = 20000
+#: A certified bound from a solver that did not converge is reported only if the repair raised it by at
+#: most this much relative to the solver's own value (a nearly feasible point; e.g. CVXOPT ending on a
+#: singular KKT matrix after reaching its tolerance), or with ``accept_unconverged``.
+UNCONVERGED_INFLATION = 1e-3
+#: ... or if the solver stopped with relative gap and residuals within this many times ``tol`` (the point is
+#: then as good as an 'optimal' one; with ``--frequencies`` the repair also pays for the frequency grid, so
+#: the inflation test alone would reject converged solves).
+NEAR_OPTIMAL = 10.0
+
+
+@dataclass(frozen=True)
+class ProblemSize:
+    """Sizes of the SDP that ``build_sdp`` would build, computed from the typed network without lowering."""
+
+    largest_lmi: int
+    largest_system: str
+    detail: str  # e.g. "2048 states + 256 inputs + 16 outputs"
+    variables: int
+    #: the orders of all LMIs the solver sees (a frequency-form system: one per frequency)
+    lmi_orders: tuple[int, ...] = ()
+    #: ``(nx, nu, ny)`` of every system (for the lowering's and the frequency responses' memory)
+    systems: tuple[tuple[int, int, int], ...] = ()
+    frequencies: int | None = None
+
+    def memory(self, solver: str = "cvxopt") -> float:
+        """Estimated peak bytes of lowering, building and solving this SDP (``limits``' fitted model)."""
+        orders = self.lmi_orders or (self.largest_lmi,)
+        total = limits.solver_bytes(self.variables, orders, solver) + limits.lowering_bytes(self.systems)
+        if self.frequencies is not None:
+            total += limits.frequency_bytes(self.systems, self.frequencies)
+        return total
+
+    @property
+    def gib(self) -> float:
+        """Estimated peak memory of the solve (``memory``) in GiB."""
+        return self.memory() / limits.GIB
+
+
+def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = None) -> ProblemSize:
+    """Orders of the LMIs and the variable count, mirroring ``lower``'s grouping (map + activation).
+
+    A conv layer (c_in -> c_out, kernel k, dilation d) has ``nx = d (k-1) c_in`` states; its LMI has
+    ``nx + c_in`` rows plus ``c_out`` when an activation follows; a dense layer ``n_in + n_out``. Variables:
+    ``nx (nx+1)/2`` per P, one lambda per activated output, an output weight X (``ny (ny+1)/2``) between
+    layers. With ``lift = b`` signals carry ``b`` samples per step (an upper estimate: strides shrink b).
+    These are the direct forms; the inverse forms of ``sdp`` (a flatten head) can only be smaller. With
+    ``frequencies`` the P of conv layers with ``nx >= n_u + n_y`` (and no ``P >= 0`` constraint) are not
+    solver variables and their LMIs are the frequency-domain ones (``2 (n_u + n_y)`` rows), as in ``sdp``.
+    """
+    layers = list(net.layers)
+    systems = []  # (name, nx, nu, ny, slope or None) of each map + activation
+    b = lift if not net.input_shape.flat else 1
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if isinstance(layer, (typed.Flatten, typed.GlobalAvgPool)):
+            b = 1
+        if isinstance(layer, (typed.Conv1d, typed.Dense, typed.Activation)):
+            if isinstance(layer, typed.Conv1d):
+                reach = layer.dilation * (layer.kernel - 1)
+                nx, nu, ny = -(-reach // b) * b * layer.c_in, layer.c_in * b, layer.c_out * b
+            elif isinstance(layer, typed.Dense):
+                nx, nu, ny = 0, layer.n_in, layer.n_out
+            else:
+                c = layer.in_shape.channels * (1 if layer.in_shape.flat else b)
+                nx, nu, ny = 0, c, c
+            act = isinstance(layer, typed.Activation)
+            if not act and i + 1 < len(layers) and isinstance(layers[i + 1], typed.Activation):
+                act, i = True, i + 1
+            systems.append((layer.name, nx, nu, ny, (layers[i].alpha, layers[i].beta) if act else None))
+        i += 1
+    return _size(systems, frequencies)
+
+
+def lowered_size(low: LoweredNetwork, frequencies: int | None = None) -> ProblemSize:
+    """``problem_size`` counted on the lowered systems: after ``lower``'s merges and folds (a linear conv
+    composed with the next conv or pool, an overlapping pool folded into the dense layer after a flatten),
+    which can make an LMI up to ``MERGE_GROWTH`` times the separate rows and its ``P`` up to four times the
+    variables -- ``problem_size`` does not model them. The same direct forms and variables as there."""
+    return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope) for s in low.systems], frequencies)
+
+
+def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
+    """The largest LMI and the variable count of ``(name, nx, nu, ny, slope)`` systems (``problem_size``)."""
+    best = (0, "", "")
+    variables = 1
+    outputs = []
+    orders = []
+    shapes = tuple((nx, nu, ny) for _, nx, nu, ny, _ in systems)
+    for name, nx, nu, ny, slope in systems:
+        act = slope is not None
+        size = nx + nu + (ny if act else 0)
+        detail = f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else "")
+        copies = 1
+        if frequencies is not None and in_frequency_form(nx, nu, ny, slope):
+            size = 2 * (nu + (ny if act else 0))
+            detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
+            nx = 0
+            copies = frequencies
+        if size > best[0]:
+            best = (size, name, detail)
+        orders += [size] * copies
+        variables += nx * (nx + 1) // 2 + (ny if act else 0)
+        outputs.append(ny)
+    variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
+    return ProblemSize(best[0], best[1], best[2], variables, tuple(orders), shapes, frequencies)
+
+
+@dataclass(frozen=True)
+class Result:
+    """Everything a report needs: the certificate (the proof), the solver's claim, and how it was built."""
+
+    network: typed.Network
+    lowered: LoweredNetwork
+    sdp: Sdp
+    solution: Solution
+    certificate: Certificate
+    seconds: dict[str, float] = field(default_factory=dict)
+    min_length: int | None = None
+
+    @property
+    def validity(self) -> str:
+        """For which input lengths the bound holds, in words."""
+        if not self.network.any_length:
+            return f"inputs of shape {self.network.input_shape}"
+        if any(s.op == "global_avg" for s in self.lowered.steps if hasattr(s, "op")):
+            return f"every input length N >= {self.min_length}"
+        return "every input length N (fully convolutional)"
+
+
+def solve_network(
+    net: typed.Network,
+    *,
+    solver: str = "cvxopt",
+    tol: float = 1e-7,
+    max_iterations: int = 100,
+    margin: float = 1e-11,
+    verbose: bool = False,
+    min_length: int | None = None,
+    lift: int = 1,
+    seconds: dict[str, float] | None = None,
+    max_lmi: int | None = MAX_LMI,
+    max_variables: int | None = MAX_VARIABLES,
+    timeout: float | None = None,
+    accept_unconverged: bool = False,
+    frequencies: int | None = None,
+    merge_linear: bool = True,
+    deadline: limits.Deadline | None = None,
+) -> Result:
+    """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
+
+    ``min_length``: for any-length inputs, the shortest input length the bound must cover (needed only by a
+    global average pool). ``lift``: realize conv layers on blocks of ``lift`` samples (tighter, larger
+    LMIs; see ``lipdsl.model.lower.lower``). ``merge_linear=False``: one linear LMI per linear layer instead
+    of
+    merged maps (for comparison; never tighter). ``seconds`` may carry earlier stage times
+    (e.g. ``{"parse+check": ...}``); the stages run here are added.
+    Raises ``LipdslError`` subclasses for unsupported networks or a solver that fails without a point; an
+    uncertified point is *not* an exception: see ``result.certificate.verified``.
+
+    Limits: ``max_lmi`` (order of the largest LMI) and ``max_variables`` are checked before anything is
+    lowered or allocated, and again on the lowered systems before the SDP is built (``LimitError``), and so
+    is the estimated peak memory (``ProblemSize.memory``) against ``limits.available_memory()``;
+    ``timeout`` (seconds, finite and > 0) or the command's ``deadline`` bounds the whole call, lowering,
+    solve and storage recovery (``TimeLimitError``, a ``SolveError``). BLAS runs on one thread meanwhile
+    (``limits.blas_threads``; restored on return). A bound
+    certified from a solver that did not converge is sound but may be loose: unless ``accept_unconverged``,
+    it raises ``SolveError`` (with the Result in ``err.result``) when the repair raised the solver's value
+    by more than ``UNCONVERGED_INFLATION``.
+
+    ``frequencies``: solve the conv layers' LMIs in the frequency domain on that many frequencies and
+    recover their storage matrices P afterwards (``lipdsl.kyp``): far fewer variables for wide layers, a
+    bound slightly above the exact SDP's (still certified the same way).
+    """
+    if deadline is None:
+        deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
+    options = dict(solver=solver, lift=lift, frequencies=frequencies)
+    # refused on the calling thread, before anything is lowered or allocated (again after lowering, inside)
+    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
+    with limits.blas_threads(), deadline.active():
+        return limits.run_within(
+            lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
+                                   seconds, max_lmi, max_variables, accept_unconverged, frequencies,
+                                   merge_linear, deadline, options),
+            deadline, "lipdsl solve", grace=0.5)
+
+
+def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
+                   max_variables, accept_unconverged, frequencies, merge_linear, deadline, options) -> Result:
+    """``solve_network`` inside its deadline and thread limits."""
+    times = dict(seconds or {})
+    t0 = time.perf_counter()
+    low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies, solver=solver,
+                              merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables)
+    t1 = time.perf_counter()
+    limits.checkpoint("lowering")
+    exact = _exact_bound(low)
+    if exact is not None:
+        times.update({"lower": t1 - t0})
+        return _exact_result(net, low, *exact, times, min_length)
+    sdp = build_sdp(low, frequencies=frequencies)
+    t2 = time.perf_counter()
+    limits.checkpoint("building the SDP")
+    sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
+    t3 = time.perf_counter()
+    stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
+    if sdp.storage:  # P of the frequency-domain layers, from Riccati equations
+        from lipdsl.certify.storage import recover_storage
+
+        sol = recover_storage(sdp, sol)
+        stages["storage"] = time.perf_counter() - t3
+        t3 = time.perf_counter()
+    limits.checkpoint("storage recovery")
+    cert = certify(sdp, sol, margin=margin)
+    t4 = time.perf_counter()
+    times.update({**stages, "certify": t4 - t3})
+    result = Result(net, low, sdp, sol, cert, times, min_length)
+    if (
+        cert.verified
+        and not accept_unconverged
+        and not converged(sol.claimed_status)
+        and not sol.near_optimal(NEAR_OPTIMAL * tol)
+        and not (cert.inflation is not None and cert.inflation <= UNCONVERGED_INFLATION)
+    ):
+        err = SolveError(
+            f"{sol.solver} stopped after {sol.iterations} iterations without converging (status "
+            f"{sol.claimed_status!r}); the bound certified from its last point, {cert.lipschitz:.6g}, is "
+            f"{1 + cert.inflation:.4g} times the solver's value {cert.lipschitz_solver:.6g} and may be loose",
+            hint="raise --max-iterations, try another --solver, or pass --accept-unconverged to report this "
+            "(sound) bound",
+        )
+        err.result = result
+        raise err
+    return result
+
+
+def lower_within_limits(
+    net: typed.Network,
+    *,
+    min_length: int | None = None,
+    lift: int = 1,
+    frequencies: int | None = None,
+    merge_linear: bool = True,
+    max_lmi: int | None = MAX_LMI,
+    max_variables: int | None = MAX_VARIABLES,
+    solver: str = "cvxopt",
+) -> LoweredNetwork:
+    """``lower(net)``, refused (``LimitError``) before anything is allocated when the SDP it leads to would
+    exceed the limits or the machine's memory (for ``solver``), and again on the lowered systems (merges and
+    folds can outgrow the estimate). The one way into the SDP for ``solve_network`` and the SDPA export."""
+    options = dict(solver=solver, lift=lift, frequencies=frequencies)
+    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
+    low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
+    _check_limits(net, lowered_size(low, frequencies), max_lmi, max_variables, low, **options)
+    return low
+
+
+def _check_limits(net: typed.Network, size: ProblemSize, max_lmi: int | None, max_variables: int | None,
+                  low: LoweredNetwork | None = None, *, solver: str = "cvxopt", lift: int = 1,
+                  frequencies: int | None = None) -> None:
+    """``LimitError`` when ``size`` (``problem_size``, or ``lowered_size`` of ``low``) exceeds a limit or its
+    estimated memory (``ProblemSize.memory``) exceeds the machine's (``limits.available_memory``)."""
+    merged = "" if low is None else " after merging linear layers"
+    system = size.largest_system
+    if low is not None:  # a system (e.g. "c1+c2+relu3"): its first layer for the position
+        system = next((s.layers[0] for s in low.systems if s.name == system), system)
+    if max_lmi is not None and size.largest_lmi > max_lmi:
+        raise LimitError(
+            f"the LMI of {'layer ' if low is None else ''}{size.largest_system!r} would have "
+            f"{size.largest_lmi} rows ({size.detail}){merged}, more than --max-lmi {max_lmi}; the SDP would "
+            f"have {size.variables} variables (about {limits.describe_bytes(size.memory(solver))} for the "
+            "solver)",
+            span=_span(net, system),
+            hint="raise --max-lmi if the machine has the memory and time; a conv layer costs "
+            "(dilation*(kernel-1)+1)*c_in rows (times --lift)" if low is None else
+            "raise --max-lmi if the machine has the memory and time (the merged map is exact and its bound "
+            "tighter than one LMI per layer)",
+        )
+    if max_variables is not None and size.variables > max_variables:
+        raise LimitError(
+            f"the SDP would have {size.variables} variables{merged}, more than {max_variables} (about "
+            f"{limits.describe_bytes(size.memory(solver))} for the solver); its largest LMI has "
+            f"{size.largest_lmi} rows",
+            span=None,
+            hint=_smaller_hint(net, low, size, solver, lift, frequencies, max_lmi, max_variables),
+        )
+    needed = size.memory(solver)
+    if needed > limits.available_memory():
+        states = max((s[0] for s in size.systems), default=0)
+        lowering = limits.lowering_bytes(size.systems)
+        what = (f"the SDP ({size.variables} variables{merged}, largest LMI {size.largest_lmi} rows, "
+                f"{len(size.lmi_orders)} LMIs)")
+        if lowering > needed / 2:  # the state spaces themselves, not the solver
+            what = f"lowering (state spaces with up to {states} states) and solving {what}"
+        limits.require_memory(
+            needed,
+            what,
+            hint=_smaller_hint(net, low, size, solver, lift, frequencies, max_lmi, max_variables),
+            span=_span(net, system),
+        )
+
+
+def _fits(size: ProblemSize, solver: str, max_lmi: int | None, max_variables: int | None) -> bool:
+    return ((max_lmi is None or size.largest_lmi <= max_lmi)
+            and (max_variables is None or size.variables <= max_variables)
+            and size.memory(solver) <= limits.available_memory())
+
+
+def _smaller_hint(net, low, size: ProblemSize, solver: str, lift: int, frequencies: int | None,
+                  max_lmi: int | None, max_variables: int | None) -> str:
+    """A hint that is true: the first of the options lipdsl has (frequency form, a smaller lift, the
+    structured CVXOPT solver) whose problem would pass every limit, else what the machine would need."""
+    def size_of(lift_, freq):
+        if low is not None and lift_ == lift:
+            return lowered_size(low, freq)
+        return problem_size(net, lift_, freq)
+
+    tries = []
+    if frequencies is None:
+        tries.append((lift, 33, "solve with --frequencies 33 (P eliminated by the KYP lemma, recovered "
+                                "afterwards)"))
+    elif frequencies > 9:
+        tries.append((lift, 9, f"use fewer frequencies (--frequencies 9 instead of {frequencies})"))
+    for smaller in sorted({1, lift // 2} - {lift}, reverse=True):
+        if 0 < smaller < lift:
+            tries.append((smaller, frequencies, f"use a smaller lift (--lift {smaller} instead of {lift})"))
+    for lift_, freq, words in tries:
+        try:
+            if _fits(size_of(lift_, freq), solver, max_lmi, max_variables):
+                return words
+        except LipdslError:  # pragma: no cover - a size computation that cannot be done
+            continue
+    if solver != "cvxopt" and _fits(size, "cvxopt", max_lmi, max_variables):
+        return "use --solver cvxopt (lipdsl's structured KKT solver needs far less memory)"
+    return (f"reduce the channels or kernel sizes of {size.largest_system!r} (a conv layer has "
+            "dilation*(kernel-1)*c_in states and (states)^2/2 storage variables), or run on a machine with "
+            f"about {limits.describe_bytes(size.memory(solver))} of memory")
+
+
+def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:
+    """A bound that needs no SDP, with the reason, or None.
+
+    A layer that maps everything to zero (all-zero weights) or an activation with slope [0, 0] makes the
+    network constant: L = 0. A network with no conv, dense or activation layer (pooling and flattening only)
+    is bounded by the product of the pooling factors, which ``lower`` already multiplied into ``factor``.
+    """
+    for s in low.systems:
+        if not (s.ss.C.any() or s.ss.D.any()):
+            zero = _zero_layer(low, s.layers)
+            if zero is not None:
+                return 0.0, f"layer {zero!r} has all-zero weights: the network is constant"
+            return _product_bound(low, s)
+        if s.slope == (0.0, 0.0):
+            return 0.0, f"{s.activation} {s.layers[-1]!r} has slope [0, 0]: the network is constant"
+    if not low.systems:
+        return float(low.factor), "no conv, dense or activation layer: the product of the pooling factors"
+    return None
+
+
+def _zero_layer(low: LoweredNetwork, names) -> str | None:
+    """The first of the typed layers ``names`` whose weights are all zero (exactly, as given), or None."""
+    for layer in low.typed.layers:
+        if layer.name in names and getattr(layer, "weight", None) is not None and not np.any(layer.weight):
+            return layer.name
+    return None
+
+
+def _product_bound(low: LoweredNetwork, s) -> tuple[float, str]:
+    """A system that is zero in float64 although none of its layers is (a merged product that underflowed
+    or cancelled): never claim L = 0; bound by the product of the layers' gains, rounded up."""
+    from lipdsl.baselines.unrolled import naive_hinf
+
+    n = low.typed.input_shape.length
+    try:
+        gain = naive_hinf(low.typed, n)
+    except LipdslError:
+        raise UnsupportedError(
+            f"the merged map {s.name!r} is zero in float64 although its layers are not (underflow or "
+            "cancellation), and no closed-form bound applies",
+            hint="rescale the weights (the bound scales with them) or give an input length",
+        ) from None
+    return gain, (f"merged map {s.name!r} is zero in float64 but its layers are not: the product of the "
+                  "layers' gains (rounded up), not 0")
+
+
+def _exact_result(net, low, lipschitz: float, why: str, times, min_length) -> Result:
+    """A Result whose certificate needs no solver: an empty SDP, status 'closed-form'."""
+    rho_var = Variable("rho", "rho", None, 1, "scalar", 0)
+    rho = (lipschitz / low.factor) ** 2 if low.factor else 0.0
+    sdp = Sdp(low, (rho_var,), (), (rho_var,), rho_var, low.factor, (), (), (f"closed form, no SDP: {why}",))
+    sol = Solution("closed-form", rho, np.array([rho]), "none", 0.0, 0)
+    cert = Certificate(True, lipschitz, rho, lipschitz, rho, "closed-form", low.factor)
+    return Result(net, low, sdp, sol, cert, times, min_length)
+
+
+def _span(net: typed.Network, name: str):
+    return next((layer.span for layer in net.layers if layer.name == name), None)

@@ -1,0 +1,1 @@
+"""Solvers: Sdp -> Solution (what a solver claims), one module per backend."""
