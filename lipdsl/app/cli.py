@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
+from lipdsl.app.render import (
+    STATUS_WORDS,
+    console,
+    layer_details,
+    layer_json,
+    parameter_count,
+    print_comparison,
+    print_state_space,
+    shape_json,
+    summary,
+)
 from lipdsl.errors import LipdslError
-from lipdsl.rigorous import format_up
 from lipdsl.lang.source import Source
-
-
-def console(stderr: bool = False):
-    """A rich Console that does not wrap sentences: on a terminal its width; piped, ``$COLUMNS`` or 200
-    columns (rich would otherwise wrap at 80 mid-sentence)."""
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 200
-    return Console(stderr=stderr, soft_wrap=True, width=wide)
+from lipdsl.methods import METHODS as _METHODS  # the one method registry (no numpy at start-up)
+from lipdsl.rigorous import format_up
 
 
 def fail(err: LipdslError, source: Source | None) -> None:
@@ -115,81 +116,13 @@ _ALLOW_OUTSIDE = click.option(
 )
 
 
-def _params(layer) -> int:
-    if layer.kind == "residual":
-        return sum(_params(sub) for sub in layer.main + layer.shortcut)
-    if layer.kind == "batchnorm":
-        return 2 * layer.channels  # the folded scale and shift (PyTorch: weight, bias + running mean, var)
-    weight = getattr(layer, "weight", None)
-    bias = getattr(layer, "bias", None)
-    return (0 if weight is None else int(weight.size)) + (0 if bias is None else int(bias.size))
-
-
-def _details(layer) -> str:
-    exact = " (exact)" if getattr(layer, "weight_expr", None) is not None else ""
-    if layer.kind == "conv1d":
-        pads = layer.padding
-        if not pads.isdigit():
-            pads += f" ({layer.pad_left},{layer.pad_right})"
-        bias = "" if layer.bias is not None else ", no bias"
-        return f"k={layer.kernel} s={layer.stride} d={layer.dilation} pad={pads}{bias}{exact}"
-    if layer.kind == "dense":
-        return ("bias" if layer.bias is not None else "no bias") + exact
-    if layer.kind == "pool":
-        return f"{layer.op}, kernel {layer.kernel}, stride {layer.stride}"
-    if layer.kind == "activation":
-        fn = layer.function if layer.parameter is None else f"{layer.function}({layer.parameter:g})"
-        return f"{fn}, slope [{layer.alpha:g}, {layer.beta:g}]"
-    if layer.kind == "batchnorm":
-        scale = abs(layer.scale)
-        return f"eval mode, eps {layer.eps:g}, |scale| in [{scale.min():.3g}, {scale.max():.3g}]"
-    if layer.kind == "residual":
-        main = " -> ".join(sub.name for sub in layer.main)
-        short = " -> ".join(sub.name for sub in layer.shortcut) or "identity"
-        return f"y = main(x) + shortcut(x); main: {main}; shortcut: {short}"
-    return ""
-
-
-def _layer_json(layer) -> dict:
-    entry = {
-        "name": layer.name,
-        "kind": layer.kind,
-        "in": _shape_json(layer.in_shape),
-        "out": _shape_json(layer.out_shape),
-        "params": _params(layer),
-        "line": layer.span.line if layer.span else None,
-    }
-    if layer.kind == "residual":
-        entry.update(main=[_layer_json(sub) for sub in layer.main],
-                     shortcut=[_layer_json(sub) for sub in layer.shortcut])
-    elif layer.kind == "batchnorm":
-        entry.update(channels=layer.channels, eps=layer.eps)
-    return entry
-
-
-def _shape_json(shape) -> list:
-    return [shape.channels] if shape.flat else [shape.channels, shape.length]
-
-
-def _summary(net) -> str:
-    counts: dict[str, int] = {}
-    for layer in net.layers:
-        counts[layer.kind] = counts.get(layer.kind, 0) + 1
-    kinds = ", ".join(f"{n} {k}" for k, n in counts.items())
-    params = sum(_params(layer) for layer in net.layers)
-    return (
-        f"network {net.name!r}: {net.input_shape} -> {net.output_shape}, {len(net.layers)} layers "
-        f"({kinds}), {params} parameters"
-    )
-
-
 @cli.command("check")
 @click.argument("spec")
 @_ALLOW_OUTSIDE
 def check_command(spec: str, allow_outside: bool) -> None:
     """Parse and check SPEC: print OK and a summary, or the errors (exit 1)."""
     _, net = load_or_fail(spec, allow_outside)
-    click.echo(f"OK {_summary(net)}")
+    click.echo(f"OK {summary(net)}")
 
 
 @cli.command("show")
@@ -237,14 +170,14 @@ def show_command(
         return
     if state_space:
         _check_state_space_size(net, source)
-        _print_state_space(net, latex)
+        print_state_space(net, latex)
         return
     if as_json:
         import json
 
         layers = []
         for layer in net.layers:
-            entry = _layer_json(layer)
+            entry = layer_json(layer)
             if layer.kind == "conv1d":
                 entry.update(
                     kernel=layer.kernel,
@@ -269,8 +202,8 @@ def show_command(
                 {
                     "name": net.name,
                     "source": net.source_path,
-                    "input": _shape_json(net.input_shape),
-                    "output": _shape_json(net.output_shape),
+                    "input": shape_json(net.input_shape),
+                    "output": shape_json(net.output_shape),
                     "any_length": net.any_length,
                     "params": sum(e["params"] for e in layers),
                     "layers": layers,
@@ -288,7 +221,7 @@ def show_command(
         for i, layer in enumerate(layers, 1):
             kind = layer.function if layer.kind == "activation" else layer.kind
             table.add_row(f"{prefix}{i}", indent + layer.name, kind, str(layer.in_shape),
-                          str(layer.out_shape), str(_params(layer) or ""), _details(layer))
+                          str(layer.out_shape), str(parameter_count(layer) or ""), layer_details(layer))
             if layer.kind == "residual":  # the block's structure: its main path, then its shortcut
                 rows(layer.main, f"{prefix}{i}.", indent + "  main ")
                 if layer.shortcut:
@@ -296,7 +229,7 @@ def show_command(
 
     rows(net.layers, "", "")
     console().print(table)
-    click.echo(_summary(net))
+    click.echo(summary(net))
 
 
 def _print_lowering(net, source, min_length, lift=1) -> None:
@@ -304,10 +237,9 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
     from rich.table import Table
 
     from lipdsl import limits
-
     from lipdsl.model import lowered
-    from lipdsl.pipeline import problem_size
     from lipdsl.model.lower import lower
+    from lipdsl.pipeline import problem_size
 
     try:
         size = problem_size(net, lift)
@@ -376,45 +308,7 @@ def _check_state_space_size(net, source) -> None:
             ), source)
 
 
-def _print_state_space(net, latex: bool) -> None:
-    """Each conv layer's (A, B, C, D): entry by entry when small, else in block form with taps W_j."""
-    import sympy
-
-    from lipdsl.model.lower import symbolic_block_state_space, symbolic_state_space
-
-    convs = [layer for layer in net.layers if layer.kind == "conv1d"]
-    if not convs:
-        click.echo(f"network {net.name!r} has no conv1d layer (dense layers are static: v = W u)")
-    for layer in convs:
-        ke = layer.dilation * (layer.kernel - 1) + 1
-        nx = (ke - 1) * layer.c_in
-        click.echo(
-            f"conv1d {layer.name}: {layer.c_in} -> {layer.c_out}, kernel {layer.kernel}"
-            f"{f', dilation {layer.dilation}' if layer.dilation > 1 else ''}: causal realization, "
-            f"{nx} states (independent of the signal length)"
-        )
-        state = {0: "no state: v[t] = D u[t]", 1: "x[t] = u[t-1]"}.get(
-            ke - 1, f"x[t] = [u[t-{ke - 1}]; ...; u[t-1]]"
-        )
-        click.echo(f"  x[t+1] = A x[t] + B u[t],  v[t] = C x[t] + D u[t],  {state}")
-        small = nx + layer.c_in <= 16 and layer.c_out <= 16
-        mats = symbolic_state_space(layer) if small else symbolic_block_state_space(layer)
-        if not small:
-            click.echo("  (block form: W_j = W[:, :, j] is c_out x c_in in PyTorch layout)")
-        for label, M in zip("ABCD", mats):
-            if M is None or 0 in M.shape:
-                click.echo(f"  {label}: empty (no state)")
-                continue
-            if latex:
-                click.echo(f"  {label} = {sympy.latex(M)}")
-            else:
-                text = sympy.pretty(M, use_unicode=True)
-                click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
-
-
 # -- solve (issue 3) --------------------------------------------------------------------------------------
-
-from lipdsl.methods import METHODS as _METHODS  # noqa: E402  (the one method registry; no numpy at start-up)
 
 
 #: Solver names ``--solver`` accepts (anything else is a usage error, exit 2); PICOS ones must be installed.
@@ -551,8 +445,8 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
                        certificate_path: str | None, exact: bool, details: bool, **options) -> None:
     """``lipdsl solve`` with the dissipative method: solve, print (with the certificate file and the exact
     proof when asked), exit 3 unless certified."""
-    from lipdsl.pipeline import solve_network
     from lipdsl.app.report import print_text, to_json
+    from lipdsl.pipeline import solve_network
 
     try:
         result = solve_network(
@@ -789,12 +683,6 @@ def lower_command(
 
 # -- compare and solve --method (issue 4) ----------------------------------------------------------------
 
-_STATUS_WORDS = {
-    "exact norm": "exact norm product",
-    "verified LMI": "verified LMI",
-    "certified": "certified",
-}
-
 
 def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: bool) -> None:
     """``lipdsl solve --method <baseline>``: the bound with how it is known; exit 3 when refused or failed."""
@@ -808,7 +696,7 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
 
         click.echo(json.dumps(baseline_to_json(net, method, r)))
     elif r.ok:
-        words = _STATUS_WORDS[r.status]
+        words = STATUS_WORDS[r.status]
         click.echo(f"Lipschitz upper bound of {net.name} ({method}): {format_up(r.bound)} ({words})")
         size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
         click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
@@ -816,51 +704,6 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
         click.echo(f"no bound for {net.name} ({method}): {r.status}: {r.note}")
     if not r.ok:
         sys.exit(3)
-
-
-def _fmt(x: float | None, spec: str = ".6g") -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def _print_comparison(c) -> None:
-    """The comparison as a rich table (the lower bound first), then one note line per method."""
-    from rich.table import Table
-
-    net = c.network
-    where = f", unrolled for N = {c.length}" if c.length else ""
-    table = Table(title=f"{net.name}: Lipschitz bounds ({net.input_shape} -> {net.output_shape}{where})")
-    for col in ("method", "bound", "/ lower", "/ dissip.", "time", "status"):
-        table.add_column(col, justify="left" if col in ("method", "status") else "right", no_wrap=True)
-    d = c.lower_detail
-    notes = []
-    if c.lower is not None:
-        table.add_row(
-            "lower (empirical)",
-            f"{c.lower:.6g}",
-            "1",
-            _fmt(c.ratio_dissipative(c.lower), ".3f"),
-            f"{d['seconds']:.2f} s",
-            "witnessed",
-        )
-        notes.append(f"lower: max ||J(u)||_2 over {d['starts']} starts, seed {d['seed']}")
-    elif "error" in d:
-        table.add_row("lower (empirical)", "-", "", "", "", "[red]not run[/]")
-        notes.append(f"lower: not run: {d['error']}")
-    for r in c.results:
-        status = r.status if r.ok else f"[red]{r.status}[/]"
-        table.add_row(
-            r.method,
-            "-" if r.bound is None else format_up(r.bound, 6),
-            _fmt(c.ratio_lower(r), ".3f"),
-            _fmt(c.ratio_dissipative(r), ".3f"),
-            "" if r.status == "refused" else f"{r.seconds:.2f} s",
-            status,
-        )
-        size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
-        notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
-    console().print(table)
-    for line in notes:
-        click.echo("  " + line)
 
 
 @cli.command("compare")
@@ -932,9 +775,8 @@ def compare_command(
     import contextlib
     import json
 
-
-    from lipdsl.methods import as_dict, compare
     from lipdsl.limits import SEARCH_GRACE, Deadline
+    from lipdsl.methods import as_dict, compare
 
     deadline = Deadline(None if timeout is None else timeout + SEARCH_GRACE)
 
@@ -989,7 +831,7 @@ def compare_command(
     if as_json:
         click.echo(json.dumps(as_dict(c)))
     else:
-        _print_comparison(c)
+        print_comparison(c)
         if plot is not None:
             click.echo(f"wrote {plot}")
 
@@ -1049,7 +891,7 @@ def import_command(
     except LipdslError as err:
         fail(err, err.source)
     click.echo(f"wrote {spec_path} and {weights_path}")
-    click.echo(f"OK {_summary(net)}")
+    click.echo(f"OK {summary(net)}")
 
 
 # -- sweep (issue 21) -------------------------------------------------------------------------------------

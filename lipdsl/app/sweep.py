@@ -582,7 +582,8 @@ class _LocalPool:
 
         self.ctx = multiprocessing.get_context("forkserver")
         # the forkserver imports the pipeline once; each worker forked from it starts warm
-        self.ctx.set_forkserver_preload([__name__, "lipdsl.pipeline", "lipdsl.app.report", "lipdsl.lang.load"])
+        preload = ["lipdsl.pipeline", "lipdsl.app.report", "lipdsl.lang.load"]
+        self.ctx.set_forkserver_preload([__name__, *preload])
         self.jobs = jobs
         self.on_progress = on_progress
         self.workers: list[list] = []  # [process, conn, task or None]

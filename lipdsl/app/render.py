@@ -1,0 +1,176 @@
+"""Render for the terminal: typed networks, state spaces and comparisons -> text (rich tables, click echo)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from lipdsl.rigorous import format_up
+
+
+def console(stderr: bool = False):
+    """A rich Console that does not wrap sentences: on a terminal its width; piped, ``$COLUMNS`` or 200
+    columns (rich would otherwise wrap at 80 mid-sentence)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(stderr=stderr, soft_wrap=True, width=wide)
+
+
+def parameter_count(layer) -> int:
+    if layer.kind == "residual":
+        return sum(parameter_count(sub) for sub in layer.main + layer.shortcut)
+    if layer.kind == "batchnorm":
+        return 2 * layer.channels  # the folded scale and shift (PyTorch: weight, bias + running mean, var)
+    weight = getattr(layer, "weight", None)
+    bias = getattr(layer, "bias", None)
+    return (0 if weight is None else int(weight.size)) + (0 if bias is None else int(bias.size))
+
+
+def layer_details(layer) -> str:
+    exact = " (exact)" if getattr(layer, "weight_expr", None) is not None else ""
+    if layer.kind == "conv1d":
+        pads = layer.padding
+        if not pads.isdigit():
+            pads += f" ({layer.pad_left},{layer.pad_right})"
+        bias = "" if layer.bias is not None else ", no bias"
+        return f"k={layer.kernel} s={layer.stride} d={layer.dilation} pad={pads}{bias}{exact}"
+    if layer.kind == "dense":
+        return ("bias" if layer.bias is not None else "no bias") + exact
+    if layer.kind == "pool":
+        return f"{layer.op}, kernel {layer.kernel}, stride {layer.stride}"
+    if layer.kind == "activation":
+        fn = layer.function if layer.parameter is None else f"{layer.function}({layer.parameter:g})"
+        return f"{fn}, slope [{layer.alpha:g}, {layer.beta:g}]"
+    if layer.kind == "batchnorm":
+        scale = abs(layer.scale)
+        return f"eval mode, eps {layer.eps:g}, |scale| in [{scale.min():.3g}, {scale.max():.3g}]"
+    if layer.kind == "residual":
+        main = " -> ".join(sub.name for sub in layer.main)
+        short = " -> ".join(sub.name for sub in layer.shortcut) or "identity"
+        return f"y = main(x) + shortcut(x); main: {main}; shortcut: {short}"
+    return ""
+
+
+def layer_json(layer) -> dict:
+    entry = {
+        "name": layer.name,
+        "kind": layer.kind,
+        "in": shape_json(layer.in_shape),
+        "out": shape_json(layer.out_shape),
+        "params": parameter_count(layer),
+        "line": layer.span.line if layer.span else None,
+    }
+    if layer.kind == "residual":
+        entry.update(main=[layer_json(sub) for sub in layer.main],
+                     shortcut=[layer_json(sub) for sub in layer.shortcut])
+    elif layer.kind == "batchnorm":
+        entry.update(channels=layer.channels, eps=layer.eps)
+    return entry
+
+
+def shape_json(shape) -> list:
+    return [shape.channels] if shape.flat else [shape.channels, shape.length]
+
+
+def summary(net) -> str:
+    counts: dict[str, int] = {}
+    for layer in net.layers:
+        counts[layer.kind] = counts.get(layer.kind, 0) + 1
+    kinds = ", ".join(f"{n} {k}" for k, n in counts.items())
+    params = sum(parameter_count(layer) for layer in net.layers)
+    return (
+        f"network {net.name!r}: {net.input_shape} -> {net.output_shape}, {len(net.layers)} layers "
+        f"({kinds}), {params} parameters"
+    )
+
+
+def print_state_space(net, latex: bool) -> None:
+    """Each conv layer's (A, B, C, D): entry by entry when small, else in block form with taps W_j."""
+    import sympy
+
+    from lipdsl.model.lower import symbolic_block_state_space, symbolic_state_space
+
+    convs = [layer for layer in net.layers if layer.kind == "conv1d"]
+    if not convs:
+        click.echo(f"network {net.name!r} has no conv1d layer (dense layers are static: v = W u)")
+    for layer in convs:
+        ke = layer.dilation * (layer.kernel - 1) + 1
+        nx = (ke - 1) * layer.c_in
+        click.echo(
+            f"conv1d {layer.name}: {layer.c_in} -> {layer.c_out}, kernel {layer.kernel}"
+            f"{f', dilation {layer.dilation}' if layer.dilation > 1 else ''}: causal realization, "
+            f"{nx} states (independent of the signal length)"
+        )
+        state = {0: "no state: v[t] = D u[t]", 1: "x[t] = u[t-1]"}.get(
+            ke - 1, f"x[t] = [u[t-{ke - 1}]; ...; u[t-1]]"
+        )
+        click.echo(f"  x[t+1] = A x[t] + B u[t],  v[t] = C x[t] + D u[t],  {state}")
+        small = nx + layer.c_in <= 16 and layer.c_out <= 16
+        mats = symbolic_state_space(layer) if small else symbolic_block_state_space(layer)
+        if not small:
+            click.echo("  (block form: W_j = W[:, :, j] is c_out x c_in in PyTorch layout)")
+        for label, M in zip("ABCD", mats):
+            if M is None or 0 in M.shape:
+                click.echo(f"  {label}: empty (no state)")
+                continue
+            if latex:
+                click.echo(f"  {label} = {sympy.latex(M)}")
+            else:
+                text = sympy.pretty(M, use_unicode=True)
+                click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
+
+
+STATUS_WORDS = {
+    "exact norm": "exact norm product",
+    "verified LMI": "verified LMI",
+    "certified": "certified",
+}
+
+
+def format_seconds(x: float | None, spec: str = ".6g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_comparison(c) -> None:
+    """The comparison as a rich table (the lower bound first), then one note line per method."""
+    from rich.table import Table
+
+    net = c.network
+    where = f", unrolled for N = {c.length}" if c.length else ""
+    table = Table(title=f"{net.name}: Lipschitz bounds ({net.input_shape} -> {net.output_shape}{where})")
+    for col in ("method", "bound", "/ lower", "/ dissip.", "time", "status"):
+        table.add_column(col, justify="left" if col in ("method", "status") else "right", no_wrap=True)
+    d = c.lower_detail
+    notes = []
+    if c.lower is not None:
+        table.add_row(
+            "lower (empirical)",
+            f"{c.lower:.6g}",
+            "1",
+            format_seconds(c.ratio_dissipative(c.lower), ".3f"),
+            f"{d['seconds']:.2f} s",
+            "witnessed",
+        )
+        notes.append(f"lower: max ||J(u)||_2 over {d['starts']} starts, seed {d['seed']}")
+    elif "error" in d:
+        table.add_row("lower (empirical)", "-", "", "", "", "[red]not run[/]")
+        notes.append(f"lower: not run: {d['error']}")
+    for r in c.results:
+        status = r.status if r.ok else f"[red]{r.status}[/]"
+        table.add_row(
+            r.method,
+            "-" if r.bound is None else format_up(r.bound, 6),
+            format_seconds(c.ratio_lower(r), ".3f"),
+            format_seconds(c.ratio_dissipative(r), ".3f"),
+            "" if r.status == "refused" else f"{r.seconds:.2f} s",
+            status,
+        )
+        size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
+        notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
+    console().print(table)
+    for line in notes:
+        click.echo("  " + line)
