@@ -9,7 +9,8 @@ from lark.exceptions import UnexpectedInput
 
 from lipdsl.lang import ast
 from lipdsl.errors import LipdslError, ParseError
-from lipdsl.lang.parse import SYNTAX_ERRORS, _parser, match_syntax_error, parse
+from lipdsl.lang.parse import _parser, parse
+from lipdsl.lang.syntax_errors import SYNTAX_ERRORS, match_syntax_error
 from lipdsl.lang.source import Source, Span
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,7 +331,7 @@ def test_misspelled_layer_keywords_are_named_with_a_suggestion(keyword):
 
     from lipdsl.lang.activations import ACTIVATIONS
     from lipdsl.lang.load import check_source
-    from lipdsl.lang.parse import LAYER_KEYWORDS
+    from lipdsl.lang.syntax_errors import LAYER_KEYWORDS
 
     for typo in _typos(keyword, np.random.default_rng(0)):
         if typo in ACTIVATIONS or typo in LAYER_KEYWORDS:

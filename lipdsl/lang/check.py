@@ -20,7 +20,7 @@ import numpy as np
 from lipdsl.lang import activations as _activation_table
 from lipdsl.lang import ast, typed
 from lipdsl.errors import ShapeError, SpecError, WeightError
-from lipdsl.lang.parse import LAYER_KEYWORDS, suggest_keyword
+from lipdsl.lang.syntax_errors import LAYER_KEYWORDS, suggest_keyword
 from lipdsl.lang.source import Source, Span, file_kind
 from lipdsl.lang.typed import Shape
 
