@@ -100,23 +100,12 @@ def _lipsdp_rows_bound(net: typed.Network, length: int | None) -> int:
     """An upper bound on ``lipsdp_rows`` from the layers' sizes alone: the input size plus every
     activation's size at input length ``length``."""
     from lipdsl.lang import typed
+    from lipdsl.lang.check import shapes_at
 
     shp = net.input_shape
-    c, n = shp.channels, (None if shp.flat else (shp.length or length or 1))
-    rows = c * (n or 1)
-    for L in net.layers:
-        if isinstance(L, typed.Conv1d):
-            n = (n + L.pad_left + L.pad_right - L.dilation * (L.kernel - 1) - 1) // L.stride + 1
-            c = L.c_out
-        elif isinstance(L, typed.Pool):
-            n = (n - L.kernel) // L.stride + 1
-        elif isinstance(L, typed.GlobalAvgPool):
-            n = None
-        elif isinstance(L, typed.Flatten):
-            c, n = c * (n or 1), None
-        elif isinstance(L, typed.Dense):
-            c, n = L.n_out, None
-        elif isinstance(L, typed.Activation):
+    rows = shp.channels * (1 if shp.flat else (shp.length or length or 1))
+    for L, c, n in shapes_at(net, length):
+        if isinstance(L, typed.Activation):
             rows += c * max(n or 1, 0)
     return rows
 

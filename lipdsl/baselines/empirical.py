@@ -11,6 +11,7 @@ import numpy as np
 from lipdsl import limits
 
 from lipdsl.lang import typed
+from lipdsl.lang.check import shapes_at
 from lipdsl.errors import LipdslError
 from lipdsl.model.forward import _activation_functions, linearize
 
@@ -52,22 +53,13 @@ def search_cost(net: typed.Network, shape: tuple[int, ...], starts: int,
     with its SVD (``n_out x n_in``, a few copies). Operations: ``min(n_in, n_out)`` tangents through every
     conv (``2 c_out c_in k N_out`` each) and dense layer, and the SVD."""
     n_in = int(np.prod(shape, dtype=float))
-    c, n = (shape[0], None) if len(shape) == 1 else shape
+    length = None if len(shape) == 1 else shape[1]
     widest = float(n_in)
     per_tangent = 0.0
-    for L in net.layers:
+    for L, c, n in shapes_at(net, length):
         if isinstance(L, typed.Conv1d):
-            n = (n + L.pad_left + L.pad_right - L.dilation * (L.kernel - 1) - 1) // L.stride + 1
-            c = L.c_out
             per_tangent += 2.0 * L.c_out * L.c_in * L.kernel * max(n, 0)
-        elif isinstance(L, typed.Pool):
-            n = (n - L.kernel) // L.stride + 1
-        elif isinstance(L, typed.GlobalAvgPool):
-            n = None
-        elif isinstance(L, typed.Flatten):
-            c, n = c * (n or 1), None
         elif isinstance(L, typed.Dense):
-            c, n = L.n_out, None
             per_tangent += 2.0 * L.n_in * L.n_out
         widest = max(widest, float(c) * (n or 1))
     n_out = float(c) * (n or 1)

@@ -70,6 +70,27 @@ def pool_length(length: int, kernel: int, stride: int) -> int:
     return (length - kernel) // stride + 1
 
 
+def shapes_at(net: typed.Network, length: int | None):
+    """``(layer, channels, samples)`` after each layer of ``net`` for inputs of ``length`` samples (the spec's
+    own length if it has one; ``samples`` is None once the signal is a vector: after a flatten, a global
+    average pool or a dense layer). For size estimates made before anything is lowered or allocated."""
+    shp = net.input_shape
+    c, n = shp.channels, (None if shp.flat else (shp.length or length or 1))
+    for L in net.layers:
+        if isinstance(L, typed.Conv1d):
+            n = conv1d_length(n, L.kernel, L.stride, L.dilation, L.pad_left, L.pad_right)
+            c = L.c_out
+        elif isinstance(L, typed.Pool):
+            n = pool_length(n, L.kernel, L.stride)
+        elif isinstance(L, typed.GlobalAvgPool):
+            n = None
+        elif isinstance(L, typed.Flatten):
+            c, n = c * (n or 1), None
+        elif isinstance(L, typed.Dense):
+            c, n = L.n_out, None
+        yield L, c, n
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
