@@ -355,6 +355,6 @@ def blas_threads(limit: int | None = 1) -> Iterator[None]:
                 _pinned -= 1
             last = _users == 0
         if last:
-            from lipdsl.solvers.solve import shutdown_pools
+            from lipdsl.solvers.cvxopt_kkt import shutdown_pools
 
             shutdown_pools()

@@ -112,7 +112,7 @@ def test_recovery_closes_the_gaps_between_the_grid_frequencies():
 def test_recovery_on_two_threads_is_the_inline_recovery(monkeypatch):
     """Step 2's eigenvalue checks split over the frequencies on two threads give the same point, bit for
     bit (each part's minimum is exact; the parts are combined with min/max)."""
-    import lipdsl.solvers.solve as solve_mod
+    import lipdsl.solvers.cvxopt_kkt as solve_mod
 
     gridded = build_sdp(lower(conv_net(4, channels=4, kernel=5)), frequencies=9)
     sol = solve(gridded)

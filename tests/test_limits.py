@@ -619,10 +619,10 @@ def test_solves_leave_the_process_as_they_found_it(monkeypatch):
         assert net.solve().verified
         assert process_state() == before and not lipdsl_threads(existing)
         # the threaded path: CVXOPT's cone functions replaced during the solve, KKT worker pools
-        monkeypatch.setattr(lipdsl.solvers.solve, "THREAD_MIN_ENTRIES", 0)
-        monkeypatch.setattr(lipdsl.solvers.solve, "KKT_THREADS", 2)
+        monkeypatch.setattr(lipdsl.solvers.cvxopt_kkt, "THREAD_MIN_ENTRIES", 0)
+        monkeypatch.setattr(lipdsl.solvers.cvxopt_kkt, "KKT_THREADS", 2)
         seen = []
-        real = lipdsl.solvers.solve.thread_map
+        real = lipdsl.solvers.cvxopt_kkt.thread_map
         monkeypatch.setattr(lipdsl.solvers.solve, "thread_map",
                             lambda *a, **k: seen.append(1) or real(*a, **k))
         assert net.solve(timeout=300).verified and seen

@@ -194,12 +194,13 @@ def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
     compared.)"""
     import cvxopt
 
+    import lipdsl.solvers.cvxopt_kkt as kkt_mod
     import lipdsl.solvers.solve as solve_mod
 
     if unit_min is not None:
-        monkeypatch.setattr(solve_mod, "UNIT_MIN", unit_min)
+        monkeypatch.setattr(kkt_mod, "UNIT_MIN", unit_min)
     sdp = _kkt_nets()[case]
-    reference = solve_mod._structured_kkt
+    reference = solve_mod.structured_kkt
     worst, calls = [0.0], [0]
 
     def both(sdp_, nonneg_idx):
@@ -221,14 +222,14 @@ def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
 
         return factor
 
-    monkeypatch.setattr(solve_mod, "_structured_kkt", both)
+    monkeypatch.setattr(solve_mod, "structured_kkt", both)
     solve_mod.solve(sdp, max_iterations=6)
     assert calls[0] > 6 and worst[0] <= 1e-9, worst
     if case == "flatten":
         return
-    monkeypatch.setattr(solve_mod, "_structured_kkt", reference)
+    monkeypatch.setattr(solve_mod, "structured_kkt", reference)
     new = solve_mod.solve(sdp)
-    monkeypatch.setattr(solve_mod, "_structured_kkt", lambda s, i: reference(s, i, unit_terms=False))
+    monkeypatch.setattr(solve_mod, "structured_kkt", lambda s, i: reference(s, i, unit_terms=False))
     old = solve_mod.solve(sdp)
     assert new.claimed_status == old.claimed_status
     if new.claimed_status == "optimal":  # (where CVXOPT gives up on a singular KKT matrix is rounding's call)
@@ -241,13 +242,14 @@ def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
     """The structured KKT solver's block loops on two threads (forced here; by default only for large
     problems): the same iterations and optimum as inline, and bit for bit the same point on every run
     (each thread sums its own share of the blocks, and the shares are added in a fixed order)."""
+    import lipdsl.solvers.cvxopt_kkt as kkt_mod
     import lipdsl.solvers.solve as solve_mod
 
     sdp = _kkt_nets()[case]
-    monkeypatch.setattr(solve_mod, "KKT_THREADS", 1)
+    monkeypatch.setattr(kkt_mod, "KKT_THREADS", 1)
     inline = solve_mod.solve(sdp)
-    monkeypatch.setattr(solve_mod, "KKT_THREADS", 2)
-    monkeypatch.setattr(solve_mod, "THREAD_MIN_ENTRIES", 0)
+    monkeypatch.setattr(kkt_mod, "KKT_THREADS", 2)
+    monkeypatch.setattr(kkt_mod, "THREAD_MIN_ENTRIES", 0)
     first, second = solve_mod.solve(sdp), solve_mod.solve(sdp)
     assert np.array_equal(first.x, second.x)
     assert first.claimed_status == inline.claimed_status
@@ -269,12 +271,12 @@ def _cone_point(rng, dims):
 def _cone_ops(threads=2):
     from cvxopt import misc
 
-    import lipdsl.solvers.solve as solve_mod
+    import lipdsl.solvers.cvxopt_kkt as kkt_mod
     from lipdsl.solvers.cvxopt_cones import REPLACED, ConeOps
 
     return ConeOps({name: getattr(misc, name) for name in REPLACED},
-                   lambda fn, items: solve_mod.thread_map(fn, items, threads),
-                   lambda sizes: solve_mod._split(np.asarray(sizes, dtype=float) ** 3, threads))
+                   lambda fn, items: kkt_mod.thread_map(fn, items, threads),
+                   lambda sizes: kkt_mod.split_by_cost(np.asarray(sizes, dtype=float) ** 3, threads))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -370,7 +372,7 @@ def test_kkt_threads_only_when_blas_is_pinned_to_one_thread(monkeypatch):
     the CLI do), as threadpoolctl sees it -- whatever the environment variables say."""
     from threadpoolctl import threadpool_limits
 
-    import lipdsl.solvers.solve as solve_mod
+    import lipdsl.solvers.cvxopt_kkt as solve_mod
     from lipdsl.limits import blas_threads
 
     monkeypatch.setattr(solve_mod, "KKT_THREADS", None)

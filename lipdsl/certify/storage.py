@@ -30,7 +30,7 @@ the first:
 
 The multiplier shift of step 2 is chosen on a coarse grid (``COARSE_GRID``, every 8th fine frequency); only
 the chosen one is checked on the fine grid. These eigenvalue checks run on the solver's KKT threads
-(``solve.kkt_threads``), the frequencies split in parts.
+(``cvxopt_kkt.kkt_threads``), the frequencies split in parts.
 
 Nothing here is trusted: ``certify`` rebuilds every LMI with these ``P``, repairs what rounding or the
 grid left negative, and checks the minimum eigenvalues as for any other solve.
@@ -47,7 +47,8 @@ import scipy.linalg
 from lipdsl import limits
 from lipdsl.certify.recheck import Point, system_matrix
 from lipdsl.sdp.build import Sdp, frequency_grid, frequency_response
-from lipdsl.solvers.solve import Solution, kkt_threads, thread_map
+from lipdsl.solvers.solve import Solution
+from lipdsl.solvers.cvxopt_kkt import kkt_threads, thread_map
 
 #: Frequencies of the check in step 2 (the entries of ``Phi`` are trigonometric polynomials of degree
 #: ``2 (k-1)``, far below this).

@@ -36,7 +36,8 @@ from scipy.linalg import lapack
 
 from lipdsl import limits
 from lipdsl.errors import SolveError
-from lipdsl.solvers.solve import Solution, dense_variables
+from lipdsl.solvers.solve import Solution
+from lipdsl.solvers.cvxopt_kkt import dense_variables
 
 
 def _sym(M: np.ndarray) -> np.ndarray:

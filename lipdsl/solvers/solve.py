@@ -21,19 +21,23 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 
 from lipdsl import limits
 from lipdsl.errors import SolveError, TimeLimitError
 from lipdsl.sdp.build import Sdp
+from lipdsl.solvers.cvxopt_kkt import (
+    block_threads,
+    gram_kkt,
+    split_by_cost,
+    structured_kkt,
+    write_into,
+    thread_map,
+)
 
 
 @dataclass(frozen=True)
@@ -56,497 +60,6 @@ class Solution:
         relative gap and the residuals: as good as converged, whatever the status says."""
         return (self.relative_gap is not None and self.residual is not None
                 and abs(self.relative_gap) <= tol and self.residual <= tol)
-
-
-#: A block keeps all its factored terms on the general path below this many unit terms (``e_a e_b'``):
-#: the unit path's bookkeeping does not pay on small LMIs.
-UNIT_MIN = 64
-#: Threads for the structured KKT solver's loops over LMI blocks (numpy's BLAS calls release the GIL), used
-#: when the blocks hold at least ``THREAD_MIN_ENTRIES`` entries in all (e.g. 52 frequency LMIs of 128 rows);
-#: 1 runs everything inline. Each thread sums its own share, and the shares are added in a fixed order,
-#: so the result does not depend on the scheduling. None: two (at most the cores) when BLAS is pinned to
-#: one thread (threadpoolctl's view: ``limits.blas_threads``, as ``solve_network`` does), else 1 -- a
-#: multi-threaded BLAS already uses
-#: the cores (at 32 channels the whole solve takes the same time either way), and both together
-#: oversubscribe them (KKT solves 0.11 -> 0.19 s).
-KKT_THREADS: int | None = None
-THREAD_MIN_ENTRIES = 1 << 18
-
-
-_pools: dict[int, ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def kkt_threads() -> int:
-    """``KKT_THREADS``, or its default rule (above) when it is None."""
-    if KKT_THREADS is not None:
-        return KKT_THREADS
-    pinned = limits.blas_pinned()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(2, cores) if pinned else 1
-
-
-def _write(target, values: np.ndarray) -> None:
-    """``target[:] = values`` for a one-column ``cvxopt.matrix``, through a numpy view of its buffer (CVXOPT's
-    own slice assignment from an array costs ~15 ns an entry: 12 ms for a 32-channel net's ``z``)."""
-    np.copyto(np.asarray(target)[:, 0], values)
-
-
-def _block_threads(sizes) -> int:
-    """Threads for work shared out by LMI block (the KKT solver's loops, CVXOPT's cone operations): those of
-    ``kkt_threads`` when the blocks of orders ``sizes`` hold at least ``THREAD_MIN_ENTRIES`` entries."""
-    return kkt_threads() if np.sum(np.square(np.asarray(sizes, dtype=float))) >= THREAD_MIN_ENTRIES else 1
-
-
-def thread_map(fn, items: list, threads: int) -> list:
-    """``[fn(item) for item in items]``, on ``threads`` worker threads when more than one."""
-    if threads <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    with _pools_lock:
-        pool = _pools.get(threads)
-        if pool is None:
-            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="lipdsl-kkt")
-    return list(pool.map(fn, items))
-
-
-def shutdown_pools() -> None:
-    """Shut the worker pools of ``thread_map`` down (``limits.blas_threads`` does when its last user leaves;
-    a later ``thread_map`` starts new ones)."""
-    with _pools_lock:
-        pools = list(_pools.values())
-        _pools.clear()
-    for pool in pools:
-        pool.shutdown(wait=False)
-
-
-def _split(costs: np.ndarray, parts: int) -> list[np.ndarray]:
-    """Indices ``0 .. len(costs)-1`` in at most ``parts`` contiguous runs of about equal total cost."""
-    if parts <= 1 or len(costs) <= 1:
-        return [np.arange(len(costs))]
-    edges = np.searchsorted(np.cumsum(costs), np.sum(costs) * np.arange(1, parts) / parts)
-    return [run for run in np.split(np.arange(len(costs)), edges) if len(run)]
-
-
-def _block(rows: np.ndarray, cols: np.ndarray):
-    """The index of the submatrix ``[rows, cols]``: slices where both are contiguous ranges (an in-place
-    update through slices is much cheaper than through ``np.ix_``)."""
-    if np.all(np.diff(rows) == 1) and np.all(np.diff(cols) == 1):
-        return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-    return np.ix_(rows, cols)
-
-
-def _runs(index: np.ndarray) -> list[tuple[slice, slice]]:
-    """The sorted ``index`` as runs of consecutive values: ``(positions in index, values)`` slice pairs."""
-    breaks = np.flatnonzero(np.diff(index) != 1) + 1
-    starts, ends = np.r_[0, breaks], np.r_[breaks, len(index)]
-    return [(slice(int(a), int(b)), slice(int(index[a]), int(index[b - 1]) + 1))
-            for a, b in zip(starts, ends)]
-
-
-def _add_at(H: np.ndarray, rows: np.ndarray, cols: np.ndarray, X: np.ndarray) -> None:
-    """``H[np.ix_(rows, cols)] += X`` for sorted ``rows``, ``cols``, one slice per pair of runs (far cheaper
-    than the fancy-indexed update when they are a few ranges, e.g. a frequency LMI's weights and
-    multipliers)."""
-    for pr, hr in _runs(rows):
-        for pc, hc in _runs(cols):
-            H[hr, hc] += X[pr, pc]
-
-
-@dataclass
-class _UnitFamily:
-    """The unit terms ``c_r (e_a e_b' + e_b e_a')`` shared by LMI blocks of identical structure (e.g. one
-    layer's frequency LMIs), and how ``H`` is formed from them (``_structured_kkt``).
-
-    Terms are sorted by variable; ``local`` indexes the blocks' factored variables. ``rows``: per number
-    ``T`` of unit terms of a variable, (local rows, ``a``, ``b``, ``c`` as ``(vars, T)`` arrays).
-    ``cols``: groups of terms (one variable, its ``t``-th term each) whose rows and columns fall in a small
-    index set ``D`` (``|D|^2 <= 4 * terms``: e.g. ``X (x) I_2``), with each term's position in ``D x D``.
-    ``rest``: the other terms (sorted-term indices), formed entry by entry.
-    """
-
-    a: np.ndarray
-    b: np.ndarray
-    c: np.ndarray
-    loc: np.ndarray  # position of each term's variable in ``local``
-    agg: sp.csr_matrix  # (variables x terms) with the coefficients c
-    rows: list
-    cols: list
-    rest: np.ndarray
-    rest_agg: sp.csr_matrix  # (variables x rest terms)
-    members: list = field(default_factory=list)  # the blocks (indices into ``sdp.lmis``)
-    local: np.ndarray | None = None
-
-    @classmethod
-    def plan(cls, a, b, c, loc, var_of, nloc):
-        order = np.lexsort((np.arange(len(loc)), loc))
-        a, b, c, loc, var_of = a[order], b[order], c[order], loc[order], var_of[order]
-        first = np.r_[0, np.flatnonzero(np.diff(loc)) + 1]
-        count = np.diff(np.r_[first, len(loc)])
-        occ = np.arange(len(loc)) - np.repeat(first, count)
-        per_term = np.repeat(count, count)
-        rows = []
-        for T in np.unique(count):
-            sel = np.flatnonzero(per_term == T).reshape(-1, T)
-            rows.append((loc[sel[:, 0]], a[sel], b[sel], c[sel]))
-        cols, rest = [], []
-        key = var_of * (occ.max() + 1) + occ
-        for k in np.unique(key):
-            sel = np.flatnonzero(key == k)
-            D = np.unique(np.r_[a[sel], b[sel]])
-            if len(sel) >= 16 and len(D) ** 2 <= 64 * len(sel):
-                flat = np.searchsorted(D, a[sel]) * len(D) + np.searchsorted(D, b[sel])
-                cols.append((D, flat, 2.0 * c[sel], loc[sel]))
-            else:
-                rest.append(sel)
-        rest = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
-        agg = sp.csr_matrix((c, (loc, np.arange(len(loc)))), shape=(nloc, len(loc)))
-        return cls(a, b, c, loc, agg, rows, cols, rest, agg[:, rest].tocsr())
-
-    def gram(self, Hl: np.ndarray, S: list[np.ndarray], threads: int = 1):
-        """Add the unit-unit part of ``H`` (every member block, ``S = rti rti'`` each) to ``Hl``.
-
-        ``H_kl = 2 sum_{s in l} c_s (Y_k + Y_k')[a_s, b_s]``, ``Y_k = sum_{r in k} c_r S e_{a_r} e_{b_r}' S``,
-        summed over the blocks: for a column group only ``Y_k`` on ``D x D`` is needed, a batched product
-        with inner dimension (blocks x terms of k), then two gathers. With ``threads > 1`` the rows of each
-        group are shared out (each thread writes its own rows of ``Hl``).
-        """
-        St = np.stack(S)
-        B = len(S)
-        for D, flat, cg, lg in self.cols:
-            d = len(D)
-            Z = np.ascontiguousarray(St[:, :, D].transpose(1, 0, 2))  # Z[a, b] = S_b[a, D]
-            flat_t = (flat % d) * d + flat // d  # (Y + Y')[a, b] = Y[a, b] + Y[b, a]
-            cols = _block(lg[:1], lg)[1]
-            for row_group in self.rows:
-                step = max(1, 2**15 // (d * B * row_group[1].shape[1]))  # rows per batch: stay in cache
-                batch = functools.partial(_gram_rows, Hl, Z, (flat, flat_t, cg, lg, cols), row_group, step)
-                thread_map(batch, _split(np.ones(len(row_group[0])), threads), threads)
-        if len(self.rest):
-            ar, br = self.a[self.rest], self.b[self.rest]
-            for Sb in S:
-                Sa, Sbb = Sb[:, ar], Sb[:, br]  # T_rs = S[a_r, a_s] S[b_r, b_s] + S[a_r, b_s] S[b_r, a_s]
-                T = Sa[self.a] * Sbb[self.b]
-                T += Sbb[self.a] * Sa[self.b]
-                Z = np.asarray(self.agg @ T)  # (variables x rest terms)
-                Hl += 2.0 * np.asarray(self.rest_agg @ Z.T).T
-
-
-def _gram_rows(Hl, Z, column_group, row_group, step: int, share: np.ndarray):
-    """``_UnitFamily.gram`` for the rows ``share`` of one row group against one column group, ``step``
-    rows per batched product (a thread writes only its own rows of ``Hl``)."""
-    flat, flat_t, cg, lg, cols = column_group
-    lr, A, Bi, C = row_group
-    T, B, d = A.shape[1], Z.shape[1], Z.shape[2]
-    whole = _block(lr, lg[:1])[0]
-    for i in range(share[0], share[-1] + 1, step):
-        sl = slice(i, min(i + step, share[-1] + 1))
-        nr = len(lr[sl])
-        if isinstance(whole, slice) and isinstance(cols, slice):
-            where = slice(whole.start + i, whole.start + i + nr), cols
-        else:
-            where = np.ix_(lr[sl], lg)
-        P = Z[A[sl]]  # (rows, T, B, d)
-        P *= C[sl][:, :, None, None]
-        Q = Z[Bi[sl]].reshape(nr, T * B, d)
-        Y = np.matmul(P.reshape(nr, T * B, d).transpose(0, 2, 1), Q).reshape(nr, d * d)
-        G = np.take(Y, flat, axis=1)
-        G += np.take(Y, flat_t, axis=1)
-        G *= cg
-        Hl[where] += G
-
-
-@functools.cache
-def _lower(m: int) -> np.ndarray:
-    """``True`` on and below the diagonal of an ``m x m`` matrix."""
-    return np.tri(m, dtype=bool)
-
-
-def dense_variables(lmi, n: int) -> np.ndarray:
-    """The variables of ``lmi`` cheaper in ``H`` as one (dense or sparse) ``F_k`` than as their ``R_k``
-    rank-two terms: ``O(m^3)`` against ``O(m^2 R_k + m R_k R)`` for ``R`` terms in the block, i.e.
-    ``2 m^2 < R_k (2 m + R)`` (an entry of ``Y`` in the head's inverse form, ``rho`` on a wide input)."""
-    m, col = lmi.size, lmi.factored.col
-    return np.flatnonzero(2 * m * m < np.bincount(col, minlength=n) * (2 * m + len(col)))
-
-
-def _structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
-    """A CVXOPT ``kktsolver`` for ``[[0, G'], [G, -W'W]]`` using the factored LMIs (module docstring).
-
-    Works with the scaled factors ``u~ = rti' u``, ``v~ = rti' v`` (so that ``rti' F_k rti`` is the sum of
-    ``c (u~ v~' + v~ u~')``), exactly the quantities CVXOPT's own 'chol' solver forms column by column.
-    A variable with many terms in one LMI (e.g. an entry of ``Y`` in ``I - sum_t W_t Y W_t'``: N terms) is
-    cheaper the classic way, scaling its dense ``F_k`` (``O(m^3)`` against ``O(m^2 R_k + m R_k R)``): within
-    each block every variable takes the cheaper of the two, and the mixed entries of ``H`` are
-    ``H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r`` (``k`` dense, ``l`` factored).
-
-    Unit terms ``c (e_a e_b' + e_b e_a')`` (the weights ``X (x) I``, ``rho I``, multipliers on output rows:
-    almost all terms of a frequency LMI) need no ``rti' u``: their products are entries of ``S = rti rti'``
-    (``_UnitFamily``), formed once for all blocks of the same structure; right-hand sides use
-    ``rti B rti'`` and ``rti' F rti``. ``unit_terms=False`` treats every term as general (the reference).
-    """
-    from cvxopt import misc
-
-    n = sdp.n
-    n_l = len(nonneg_idx)
-    offsets = np.array(sorted(v.offset for v in sdp.variables))
-    blocks = []
-    families: dict[bytes, _UnitFamily] = {}
-    for lmi in sdp.lmis:
-        f = lmi.factored
-        m = lmi.size
-        dense_cols = dense_variables(lmi, n)
-        is_dense = np.isin(f.col, dense_cols)
-        F = None
-        if len(dense_cols):
-            F = np.asarray(lmi.G[:, dense_cols].todense()).T.reshape(len(dense_cols), m, m)
-            F = (np.transpose(F, (0, 2, 1)) + F) / 2
-        keep = np.flatnonzero(~is_dense)
-        U, V = f.U.tocsc()[:, keep], f.V.tocsc()[:, keep]
-        coef, col = f.coef[keep], f.col[keep]
-        local = np.unique(col)
-        loc = np.searchsorted(local, col)
-        unit = np.zeros(len(keep), dtype=bool)
-        if unit_terms:
-            unit = (np.diff(U.indptr) == 1) & (np.diff(V.indptr) == 1)
-            if unit.sum() < UNIT_MIN:
-                unit[:] = False
-        fam = units = None
-        if unit.any():
-            u = np.flatnonzero(unit)
-            a, b = U.indices[U.indptr[u]], V.indices[V.indptr[u]]
-            c = coef[u] * U.data[U.indptr[u]] * V.data[V.indptr[u]]
-            key = b"".join(x.tobytes() for x in (np.array([m]), local, a, b, c, col[u]))
-            fam = families.get(key)
-            if fam is None:
-                var_of = np.searchsorted(offsets, col[u], side="right")
-                fam = families[key] = _UnitFamily.plan(a, b, c, loc[u], var_of, len(local))
-                fam.local = local
-            fam.members.append(len(blocks))
-            units = (a, b, c, col[u])
-        g = np.flatnonzero(~unit)
-        gen = None
-        if len(g):
-            gl = np.unique(loc[g])  # the general terms' variables, among ``local``
-            agg = sp.csr_matrix((coef[g], (np.searchsorted(gl, loc[g]), np.arange(len(g)))),
-                                shape=(len(gl), len(g)))
-            # where the general-general part goes: H itself, or the local block of a unit family
-            where = np.ix_(gl, gl) if fam is not None else np.ix_(local[gl], local[gl])
-            gen = (U[:, g], V[:, g], coef[g], col[g], gl, agg, where)
-        cross = None
-        if F is not None and len(keep):  # mixed dense/factored entries need rti' u for every term
-            cross = (U, V, sp.csr_matrix((coef, (loc, np.arange(len(keep)))), shape=(len(local), len(keep))))
-        blocks.append((m, dense_cols, F, local, gen, units, fam, cross))
-    sizes = np.array([b[0] for b in blocks], dtype=float)
-    threads = _block_threads(sizes)
-    shares = _split(sizes**3, threads)  # the solve's blocks per thread
-    starts = n_l + np.concatenate([[0], np.cumsum(sizes**2)]).astype(int)  # each block in CVXOPT's z
-
-    def factor(W):
-        limits.checkpoint("cvxopt")  # once per interior-point iteration
-        di = np.asarray(W["di"]).ravel()
-        H = np.zeros((n, n))
-        H[nonneg_idx, nonneg_idx] += di**2  # (distinct indices)
-        acc: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # local variables -> their block of H
-        S_of: dict[int, np.ndarray] = {}
-        mixed: dict[tuple[bytes, bytes], list] = {}  # unit x general parts of the local blocks
-        scaled = []
-
-        def scale_block(bi: int):
-            """Block ``bi``'s scaled factors and its parts of ``H`` (on a worker thread: nothing shared is
-            written here; the parts are added below in block order, so the sums do not depend on threads)."""
-            m, cols, F, local, gen, units, fam, cross = blocks[bi]
-            R = np.asarray(W["rti"][bi])
-            Ft = Ut = Vt = S = mix = None
-            parts = []  # (into the local block of its family?, index, value)
-            if F is not None:
-                Ft = R.T @ F @ R  # rti' F_k rti for every dense k (stacked matmul)
-                Fv = Ft.reshape(len(cols), -1)
-                parts.append((False, np.ix_(cols, cols), Fv @ Fv.T))
-            if gen is not None:
-                Ug, Vg, _, _, gl, agg, where = gen
-                Ut = np.asarray((Ug.T @ R).T)  # rti' U  (m x R)
-                Vt = np.asarray((Vg.T @ R).T)
-                AB = Ut.T @ Vt
-                T = 2.0 * ((Ut.T @ Ut) * (Vt.T @ Vt) + AB * AB.T)
-                parts.append((fam is not None, where, agg @ (agg @ T).T))  # (T is symmetric)
-            if fam is not None:
-                S = R @ R.T
-                if gen is not None:  # unit x general: u_r'S u_s = (S u_s)[a_r] etc.
-                    SU, SV = R @ Ut, R @ Vt
-                    a, b = fam.a, fam.b
-                    T = 2.0 * (SU[a] * SV[b] + SV[a] * SU[b])  # (unit terms x general terms)
-                    mix = (gl, np.asarray(agg @ np.asarray(fam.agg @ T).T))  # (general vars x local vars)
-            if cross is not None:  # H_kl = sum_{r in l} 2 c_r u~_r' F~_k v~_r
-                U, V, agg_all = cross
-                if fam is None:  # every term general: the same rti' U as above
-                    Uc, Vc = Ut, Vt
-                else:
-                    Uc, Vc = np.asarray((U.T @ R).T), np.asarray((V.T @ R).T)
-                Q = np.einsum("ir,kir->kr", Uc, Ft @ Vc)
-                X = 2.0 * np.asarray((agg_all @ Q.T).T)  # (dense cols) x local
-                parts += [(False, np.ix_(cols, local), X), (False, np.ix_(local, cols), X.T)]
-            fac = None if gen is None else (Ut, Vt, gen[2], gen[3])
-            return (m, R, cols, Ft, fac, units), parts, S, mix
-
-        prepared = thread_map(lambda share: [scale_block(bi) for bi in share], shares, threads)
-        for bi, (block_scaled, parts, S, mix) in enumerate(r for share in prepared for r in share):
-            fam, local = blocks[bi][6], blocks[bi][3]
-            if fam is not None:
-                k = local.tobytes()
-                if k not in acc:
-                    acc[k] = (local, np.zeros((len(local), len(local))))
-                Hl = acc[k][1]
-                S_of[bi] = S
-            for into_local, where, value in parts:
-                (Hl if into_local else H)[where] += value
-            if mix is not None:
-                key = (k, mix[0].tobytes())  # summed over the family, added to rows and columns below
-                if key in mixed:
-                    mixed[key][2] += mix[1]
-                else:
-                    mixed[key] = [Hl, *mix]
-            scaled.append(block_scaled)
-        for Hl, gl, X in mixed.values():
-            Hl[gl, :] += X
-            Hl[:, gl] += X.T
-        for fam in families.values():
-            fam.gram(acc[fam.local.tobytes()][1], [S_of[i] for i in fam.members], threads)
-        for local, Hl in acc.values():
-            _add_at(H, local, local, Hl)
-        try:
-            cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
-        except (np.linalg.LinAlgError, ValueError) as exc:
-            raise ArithmeticError("singular KKT matrix") from exc
-
-        def solve(x, y, z):
-            # bt = W^-T bz (lower triangles meaningful in each 's' block); z is overwritten below anyway
-            # (lipdsl.solvers.cvxopt_cones' threaded version for large SDPs)
-            misc.scale(z, W, trans="T", inverse="I")
-            bt = np.array(z).ravel()
-            rhs = np.array(x).ravel()
-            rhs[nonneg_idx] -= di * bt[:n_l]  # G_l = -selection, W^-T = di on 'l'
-
-            def rhs_share(share):  # this share's part of -sum_blocks <rti' F_k rti, B>, and its B
-                part = np.zeros(n)
-                for i in share:
-                    m, R, cols, Ft, fac, units = scaled[i]
-                    B = bt[starts[i] : starts[i] + m * m].reshape(m, m, order="F")
-                    B = np.where(_lower(m), B, B.T)  # (its lower triangle)
-                    bt[starts[i] : starts[i] + m * m] = B.ravel()
-                    if Ft is not None:  # <rti' F_k rti, B>; G = -F on 's' blocks
-                        part[cols] -= np.einsum("kij,ij->k", Ft, B)
-                    if fac is not None:  # <rti' F_k rti, B> = sum_r 2 c_r u~_r' B v~_r
-                        Ut, Vt, coef, col = fac
-                        part -= np.bincount(col, 2.0 * coef * np.einsum("ir,ir->r", Ut, B @ Vt), minlength=n)
-                    if units is not None:  # u~' B v~ = (rti B rti')[a, b]
-                        a, b, c, col = units
-                        C = R @ B @ R.T
-                        part -= np.bincount(col, 2.0 * c * C[a, b], minlength=n)
-                return part
-
-            for part in thread_map(rhs_share, shares, threads):  # (in a fixed order)
-                rhs += part
-            if not np.all(np.isfinite(rhs)):
-                raise ValueError("non-finite right-hand side in the KKT system")
-            ux = scipy.linalg.cho_solve(cho, rhs, check_finite=False)  # (cho was checked when formed)
-            _write(x, ux)
-            # W uz = W^-T (G ux - bz) = W^-T G ux - bt
-            out = -bt
-            out[:n_l] -= di * ux[nonneg_idx]
-
-            def out_share(share):  # each block's own slice of out
-                for i in share:
-                    m, R, cols, Ft, fac, units = scaled[i]
-                    M = np.zeros((m, m))
-                    if fac is not None:
-                        Ut, Vt, coef, col = fac
-                        M = (Ut * (coef * ux[col])) @ Vt.T
-                        M = M + M.T
-                    if units is not None:  # rti' (sum_r c_r x_r (e_a e_b' + e_b e_a')) rti
-                        a, b, c, col = units
-                        E = np.bincount(a * m + b, c * ux[col], minlength=m * m).reshape(m, m)
-                        M += R.T @ (E + E.T) @ R
-                    if Ft is not None:
-                        M += np.einsum("k,kij->ji", ux[cols], Ft)
-                    out[starts[i] : starts[i] + m * m] -= M.reshape(-1, order="F")
-
-            thread_map(out_share, shares, threads)
-            _write(z, out)
-
-        return solve
-
-    return factor
-
-
-def _gram_kkt(sdp, nonneg_idx: np.ndarray):
-    """A CVXOPT ``kktsolver`` for LMIs of many very sparse rank-two terms (the LipSDP baseline).
-
-    With ``S = rti rti'`` formed once per block (``O(m^3)``), the entries of ``H`` (module docstring) need
-    only the Gram matrices ``U'SU``, ``V'SV`` and ``U'SV``, which sparse products give in
-    ``O(m nnz(U) + R nnz(U))``, instead of the dense ``m x R`` factors ``rti' U`` (``O(m^2 R + m R^2)``).
-    Right-hand sides use ``<rti' F_k rti, B> = <F_k, rti B rti'>`` and ``rti' (sum_k x_k F_k) rti``.
-    Chosen by ``solve`` for a problem whose ``kkt`` attribute is ``"gram"``.
-    """
-    import cvxopt
-    from cvxopt import misc
-
-    n = sdp.n
-    n_l = len(nonneg_idx)
-    blocks = []
-    for lmi in sdp.lmis:
-        f = lmi.factored
-        agg = sp.csr_matrix((f.coef, (f.col, np.arange(len(f.col)))), shape=(n, len(f.col)))
-        blocks.append((lmi.size, f.U.tocsc(), f.V.tocsc(), f.coef, f.col, agg, lmi.G.tocsr()))
-
-    def factor(W):
-        limits.checkpoint("cvxopt")  # once per interior-point iteration
-        di = np.asarray(W["di"]).ravel()
-        H = np.zeros((n, n))
-        np.add.at(H, (nonneg_idx, nonneg_idx), di**2)
-        scaled = []
-        for (m, U, V, coef, col, agg, G), rti in zip(blocks, W["rti"]):
-            R = np.asarray(rti)
-            S = R @ R.T
-            SU, SV = np.asarray(U.T @ S).T, np.asarray(V.T @ S).T
-            UV = np.asarray(U.T @ SV)
-            T = 2.0 * (np.asarray(U.T @ SU) * np.asarray(V.T @ SV) + UV * UV.T)
-            H += np.asarray(agg @ (agg @ T.T).T)
-            scaled.append((m, R, U, V, coef, col, G))
-        try:
-            cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
-        except (np.linalg.LinAlgError, ValueError) as exc:
-            # Free variables (a chordal split's separators) make H singular to rounding near the optimum:
-            # CVXOPT then ends with 'singular KKT matrix' and its last iterate goes to the certificate check.
-            raise ArithmeticError("singular KKT matrix") from exc
-
-        def solve(x, y, z):
-            w = cvxopt.matrix(z)
-            misc.scale(w, W, trans="T", inverse="I")
-            bt = np.asarray(w).ravel()
-            rhs = np.asarray(x).ravel().copy()
-            rhs[nonneg_idx] -= di * bt[:n_l]
-            at = n_l
-            for m, R, U, V, coef, col, _ in scaled:
-                B = bt[at : at + m * m].reshape(m, m, order="F")
-                B = np.tril(B) + np.tril(B, -1).T
-                BV = np.asarray(V.T @ (R @ B @ R.T)).T  # <rti' F_k rti, B> = sum 2 c_r u_r' (rti B rti') v_r
-                np.subtract.at(rhs, col, 2.0 * coef * np.asarray(U.multiply(BV).sum(axis=0)).ravel())
-                at += m * m
-            if not np.all(np.isfinite(rhs)):
-                raise ValueError("non-finite right-hand side in the KKT system")
-            ux = scipy.linalg.cho_solve(cho, rhs, check_finite=False)  # (cho was checked when formed)
-            _write(x, ux)
-            out = np.asarray(w).ravel() * -1.0
-            out[:n_l] -= di * ux[nonneg_idx]
-            at = n_l
-            for m, R, _, _, _, _, G in scaled:
-                out[at : at + m * m] -= (R.T @ (G @ ux).reshape(m, m, order="F") @ R).reshape(-1, order="F")
-                at += m * m
-            _write(z, out)
-
-        return solve
-
-    return factor
 
 
 def cone_data(sdp: Sdp):
@@ -586,7 +99,7 @@ def _operator(G_all: sp.csr_matrix, dims: dict):
             out = alpha * (GT @ (lower * np.asarray(x).ravel()))
         if beta != 0.0:
             out += beta * np.asarray(y).ravel()
-        _write(y, out)
+        write_into(y, out)
 
     return G
 
@@ -647,18 +160,18 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
             limits.checkpoint("cvxopt")
             return chol(W)
     elif getattr(sdp, "kkt", None) == "gram":  # the LipSDP baseline's problems (baselines.LipsdpProblem)
-        kkt = _gram_kkt(sdp, nonneg_idx)
+        kkt = gram_kkt(sdp, nonneg_idx)
     else:
-        kkt = _structured_kkt(sdp, nonneg_idx)
+        kkt = structured_kkt(sdp, nonneg_idx)
     if structured and _ITERATION_HOOK.get() is not None:
         kkt = _counted(kkt, _ITERATION_HOOK.get())
-    threads = _block_threads(dims["s"]) if structured else 1
+    threads = block_threads(dims["s"]) if structured else 1
     cone_ops = contextlib.nullcontext()
     if threads > 1:  # CVXOPT's per-block scaling work on the same threads (lipdsl.solvers.cvxopt_cones)
         from lipdsl.solvers.cvxopt_cones import installed
 
         cone_ops = installed(functools.partial(thread_map, threads=threads),
-                             lambda sizes: _split(np.asarray(sizes, dtype=float) ** 3, threads))
+                             lambda sizes: split_by_cost(np.asarray(sizes, dtype=float) ** 3, threads))
     t0 = time.perf_counter()
     try:
         with cone_ops:
