@@ -7,7 +7,8 @@ from lipdsl.pipeline import solve_network
 from lipdsl.baselines.unrolled import lipsdp, naive_hinf
 from lipdsl.baselines.empirical import lower_bound
 from lipdsl.errors import UnsupportedError
-from lipdsl.model.lower import conv_state_space, lift_state_space, lower
+from lipdsl.model.lower import conv_state_space, lower
+from lipdsl.model.lift import lift_state_space
 from nets import Builder
 from nets import ecg
 
@@ -176,7 +177,7 @@ def test_causal_conv_runs_merge_exactly(seed):
 def test_padded_conv_on_blocks_is_the_network_layer_delayed(seed):
     """delayed_lifted_conv: output blocks from m0 on are the PyTorch conv (any padding, stride dividing b)."""
     from lipdsl.model.forward import conv1d
-    from lipdsl.model.lower import delayed_lifted_conv
+    from lipdsl.model.lift import delayed_lifted_conv
 
     rng = np.random.default_rng(seed)
     b = int(rng.choice([2, 4]))

@@ -20,7 +20,8 @@ from lipdsl.errors import LoweringError, ShapeError, UnsupportedError
 from lipdsl.certify.storage import recover_storage
 from lipdsl.model.forward import forward, jacobian
 from lipdsl.lang.load import check_source
-from lipdsl.model.lower import fold_batchnorm, lower
+from lipdsl.model.lower import lower
+from lipdsl.model.residual import fold_batchnorm
 from lipdsl.sdp.build import build_sdp
 from lipdsl.solvers.solve import solve
 from lipdsl.lang.source import Source

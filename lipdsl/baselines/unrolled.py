@@ -138,7 +138,7 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
             span=block.span,
             hint="the dissipative bound, naive-hinf and the lower bound handle residual blocks")
     if any(isinstance(L, typed.BatchNorm) for L in net.layers):
-        from lipdsl.model.lower import fold_batchnorm
+        from lipdsl.model.residual import fold_batchnorm
 
         net = typed.Network(net.name, net.input_shape, tuple(fold_batchnorm(net.layers)), net.span,
                             net.source_path)
@@ -385,7 +385,8 @@ def _residual_product(net: typed.Network, length: int | None, fn) -> float:
     """``fn`` (a naive product) of a net with residual blocks or batch norm: batch norm folded
     (``lower.fold_batchnorm``), then the product over the sequential runs between blocks of ``fn(run)``,
     times ``fn(main) + fn(shortcut)`` per block (``||f + g|| <= ||f|| + ||g||``; identity shortcut: 1)."""
-    from lipdsl.model.lower import _lengths, fold_batchnorm
+    from lipdsl.model.lower import _lengths
+    from lipdsl.model.residual import fold_batchnorm
 
     layers = fold_batchnorm(net.layers)
     flat = typed.Network(net.name, net.input_shape, tuple(layers), net.span, net.source_path)

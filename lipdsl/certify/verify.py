@@ -201,7 +201,7 @@ def _qdot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def _exact_taps(layer) -> tuple[np.ndarray, int, int]:
     """``(K, s, delta)``: ``y[t] = sum_m K_m u[s t + delta - m]`` of a conv (its weights) or average pool
-    (``I/k``), exactly (object arrays of Fractions; ``lower._causal_taps`` in floating point)."""
+    (``I/k``), exactly (object arrays of Fractions; ``lower.causal_taps`` in floating point)."""
     if isinstance(layer, typed.Conv1d):
         W0 = _q_array(layer.weight)
         c_out, c_in, k = W0.shape

@@ -30,11 +30,9 @@ from dataclasses import replace as dataclasses_replace
 import numpy as np
 
 from lipdsl import limits
-
-from lipdsl.model import lowered
-
-from lipdsl.lang import typed
 from lipdsl.errors import LoweringError
+from lipdsl.lang import typed
+from lipdsl.model import lowered
 from lipdsl.rigorous import mul_up
 
 
@@ -133,13 +131,13 @@ def symbolic_block_state_space(conv: typed.Conv1d):
     return A, B, C, D
 
 
-def _scale_of(ss: lowered.StateSpace) -> float:
+def scale_of(ss: lowered.StateSpace) -> float:
     """``||[C D]||_2``, the factor divided out of a layer's weights; 1 for an all-zero map."""
     s = float(np.linalg.norm(np.hstack([ss.C, ss.D]), 2)) if ss.ny and (ss.nx + ss.nu) else 0.0
     return s if s > 0 and math.isfinite(s) else 1.0
 
 
-def _scaled(ss: lowered.StateSpace, s: float) -> lowered.StateSpace:
+def scaled(ss: lowered.StateSpace, s: float) -> lowered.StateSpace:
     return lowered.StateSpace(ss.A, ss.B, ss.C / s, ss.D / s)
 
 
@@ -308,7 +306,7 @@ def avgpool_systems(layers: list, i: int, scale: bool):
 
 
 # --------------------------------------------------------------------------- linear layers merged
-def _causal_taps(layer) -> tuple[np.ndarray, int, int]:
+def causal_taps(layer) -> tuple[np.ndarray, int, int]:
     """``(K, s, delta)`` of a conv or average pool: ``y[t] = sum_m K_m u[s t + delta - m]`` (module
     docstring; ``K``: (taps, c_out, c_in), ``delta = k_e - 1 - pad_left``; a pool: taps ``I/k``)."""
     if isinstance(layer, typed.Conv1d):
@@ -323,7 +321,7 @@ def compose_fir(G: np.ndarray, S: int, delta: int, layer, n0: int | None):
     """A strided filter ``y[j] = sum_q G_q u[S j + delta - q]`` followed by ``layer`` (a conv or an average
     pool, no activation between) as one strided filter, or None where that is not exact.
 
-    With the layer's taps ``K_m``, stride ``s`` and ``delta_2`` (``_causal_taps``),
+    With the layer's taps ``K_m``, stride ``s`` and ``delta_2`` (``causal_taps``),
 
         y2[t] = sum_m K_m y[s t + delta_2 - m] = sum_q' G'_q' u[S' t + delta' - q'],
         S' = S s,  delta' = S delta_2 + delta,  G'_q' = sum_m K_m G_{q' - S m}.
@@ -334,7 +332,7 @@ def compose_fir(G: np.ndarray, S: int, delta: int, layer, n0: int | None):
     ``S N_1 + delta - (Q - 1) >= N_0`` (every tap reads past the input's end; needs the input length
     ``n0``, else refused).
     """
-    K, s, d2 = _causal_taps(layer)
+    K, s, d2 = causal_taps(layer)
     pl = layer.pad_left if isinstance(layer, typed.Conv1d) else 0
     pr = layer.pad_right if isinstance(layer, typed.Conv1d) else 0
     if pl > 0 and delta >= S:
@@ -381,7 +379,7 @@ def linear_chain_system(layers: list, i: int, scale: bool):
         return None
     if i + 1 < len(layers) and isinstance(layers[i + 1], typed.Activation):
         return None
-    G, S, delta = _causal_taps(first)
+    G, S, delta = causal_taps(first)
     n0 = first.in_shape.length
     chain, separate, best = [first], _separate_rows(first), None
     j = i + 1
@@ -494,7 +492,7 @@ def merge_causal_convs(layers: list) -> tuple[list, dict[str, str]]:
         if (isinstance(layer, typed.Conv1d) and isinstance(prev, typed.Conv1d)
                 and layer.padding == prev.padding == "causal" and layer.stride == prev.stride == 1
                 and linear_chain_system([prev, layer], 0, False) is not None):
-            G, _, _ = compose_fir(*_causal_taps(prev), layer, prev.in_shape.length)  # (causal: delta 0)
+            G, _, _ = compose_fir(*causal_taps(prev), layer, prev.in_shape.length)  # (causal: delta 0)
             W = np.ascontiguousarray(G[::-1].transpose(1, 2, 0))  # taps G_q on u[t - q]: a conv kernel
             span = W.shape[2] - 1
             name = f"{prev.name}+{layer.name}"
@@ -521,358 +519,15 @@ def make_system(layer, act, ss: lowered.StateSpace, kind: str, note: str, scale:
     ``scale``: divide the map by ``||[C D]||_2`` (recorded in ``System.scale``); an identity "activation"
     (slope [1, 1]) makes the system linear. ``block_in``: samples per input step (``System.block_in``).
     """
-    s = _scale_of(ss) if scale else 1.0
+    s = scale_of(ss) if scale else 1.0
     names = (layer.name,) if act is None or act is layer else (layer.name, act.name)
     slope = None if act is None else (float(act.alpha), float(act.beta))
     if slope == (1.0, 1.0):
         slope = None
     return lowered.System(
-        "+".join(names), names, kind, _scaled(ss, s), s, slope, None if act is None else act.function, note,
+        "+".join(names), names, kind, scaled(ss, s), s, slope, None if act is None else act.function, note,
         block_in,
     )
-
-
-def lift_state_space(ss: lowered.StateSpace, b: int) -> lowered.StateSpace:
-    """The system on blocks of ``b`` samples: ``u~[tau] = [u[tau b]; ...; u[tau b + b-1]]`` (sample-major).
-
-        A~ = A^b,  B~ = [A^(b-1) B, ..., A B, B],  C~ = [C; C A; ...; C A^(b-1)],
-        D~[i, j] = D (i = j),  C A^(i-1-j) B (i > j),  0 (i < j),
-
-    the same input-output map (x~[tau] = x[tau b]); the state dimension does not grow.
-    """
-    A, B, C, D = ss.A, ss.B, ss.C, ss.D
-    nx, nu, ny = ss.nx, ss.nu, ss.ny
-    powers = [np.eye(nx)]
-    for _ in range(b):
-        limits.checkpoint("lowering")
-        powers.append(A @ powers[-1])
-    Bt = np.hstack([powers[b - 1 - j] @ B for j in range(b)]) if nx else np.zeros((0, nu * b))
-    Ct = np.vstack([C @ powers[i] for i in range(b)]) if nx else np.zeros((ny * b, 0))
-    Dt = np.zeros((ny * b, nu * b))
-    for i in range(b):
-        Dt[i * ny : (i + 1) * ny, i * nu : (i + 1) * nu] = D
-        for j in range(i):
-            if nx:
-                Dt[i * ny : (i + 1) * ny, j * nu : (j + 1) * nu] = C @ powers[i - 1 - j] @ B
-    return lowered.StateSpace(powers[b] if nx else A, Bt, Ct, Dt)
-
-
-def _avgpool_block(c: int, b: int, s: int) -> np.ndarray:
-    """Average pooling (kernel = stride = s) of one block of ``b`` samples, sample-major: (c b/s) x (c b)."""
-    P = np.zeros((c * (b // s), c * b))
-    for j in range(b // s):
-        for m in range(s):
-            P[j * c : (j + 1) * c, (j * s + m) * c : (j * s + m + 1) * c] = np.eye(c) / s
-    return P
-
-
-def delayed_lifted_conv(layer: typed.Conv1d, b: int) -> tuple[lowered.StateSpace, int, int]:
-    """A conv with any padding on blocks of ``b`` samples; returns ``(system, m0, D)``.
-
-    The layer is ``y[t] = z[s t + delta]`` (``z`` its causal filter, ``delta = k_e - 1 - pad_left``; the
-    zeros of the padding are the input's zeros before ``0`` and after its end). With
-    ``m0 = max(0, ceil(delta / b))`` and ``D = b m0 - delta >= 0``, let ``zbar[n] = z[n - D]`` (the causal
-    filter with ``D`` more zero taps, still causal): then ``y[t] = zbar[s t + b m0]``, so output sample ``j``
-    of block ``tau`` is ``y[(tau - m0) b/s + j] = zbar[b tau + s j]`` -- the causal lifted system
-    (``lift_state_space``) of the delayed filter, keeping samples ``0, s, 2s, ...`` of each block. Its
-    output blocks ``tau < m0`` are not computed by the network (partial windows before the signal); dropping
-    them keeps the chain sound since the output weight is ``>= 0`` (``lower`` docstring). The right padding's
-    zeros are the input's zeros after its end only if the system is fed exactly the network's signal, which
-    ends on a block boundary when ``b | N`` (checked by the caller). Never looser than the undelayed
-    realization: with ``V`` a storage of it, ``V(x[n - D]) + sum_{n-D <= m < n} |u[m]|^2_X`` is one of the
-    delayed system (whose state holds ``u[n - D - k_e + 1 .. n - 1]``).
-    """
-    W = dilated_kernel(np.asarray(layer.weight, dtype=float), layer.dilation)
-    delta = W.shape[2] - 1 - layer.pad_left
-    m0 = max(0, -(-delta // b))
-    D = b * m0 - delta
-    if D:
-        W = np.concatenate([W, np.zeros(W.shape[:2] + (D,))], axis=2)  # K'_m = K_{m-D}: D zero taps first
-    ss = lift_state_space(conv_state_space(W), b)
-    if layer.stride > 1:  # keep samples 0, s, 2s, ... of each block (sample-major)
-        keep = np.concatenate([np.arange(j * layer.c_out, (j + 1) * layer.c_out)
-                               for j in range(0, b, layer.stride)])
-        ss = lowered.StateSpace(ss.A, ss.B, ss.C[keep], ss.D[keep])
-    return ss, m0, D
-
-
-def global_pool_lifted(c: int, b: int) -> np.ndarray:
-    """The static map ``(1/sqrt(b)) [I_c, ..., I_c]`` (c x cb, sample-major) of a global average pool over
-    ``N = T b`` samples on blocks of ``b``, whose factor stays ``1/sqrt(N)``.
-
-    ``g = (1/N) sum_{tau < T} S y~[tau]`` with ``S = [I ... I]``. For ``X >= 0`` Jensen gives
-    ``T |v|_X^2 <= sum_tau |y~[tau]|_X^2`` for the block mean ``v``, and ``g = (1/b) S v
-    = (1/sqrt(N)) (1/sqrt(b)) S (sqrt(T) v)``. The lift-1 weight is feasible: with ``X (x) I_b`` on the
-    block, ``|(1/sqrt(b)) S w|_X^2 <= |w|_{X (x) I_b}^2`` (Jensen again), so lifting never loosens it.
-    """
-    return np.tile(np.eye(c), (1, b)) / math.sqrt(b)
-
-
-def _window_major(c: int, b: int, k: int) -> np.ndarray:
-    """Row order ``(window j, channel ch, sample m)`` of a block of ``b`` samples (sample-major rows
-    ``(j k + m) c + ch``): after it, the weight ``diag(x) (x) I_k`` is equal on the k samples of a window.
-
-    A max pool (kernel = stride = k) with ``X_out = diag(x) (x) I_k`` and next input weight ``diag(x)``:
-    ``x |max_m a_m - max_m b_m|^2 <= x max_m |a_m - b_m|^2 <= sum_m x |a_m - b_m|^2`` per channel and window.
-    The lift-1 certificate (one ``x`` per channel) has this form, so lifting never loosens it.
-    """
-    return np.array([(j * k + m) * c + ch for j in range(b // k) for ch in range(c) for m in range(k)])
-
-
-def _lower_lifted(net: typed.Network, lift: int, scale: bool, pool_fir: bool = True,
-                  merge_linear: bool = True) -> lowered.Network:
-    """``lower`` on blocks of ``lift`` samples (see ``lower``); average pools become exact linear maps.
-
-    While a block holds ``b > 1`` samples, besides causal convs and average pools with kernel = stride:
-
-    - a conv with any padding (``delayed_lifted_conv``): a causal conv with ``D`` more zero taps, read
-      ``m0`` blocks late; the ``m0`` leading output blocks are extra, and right padding needs ``b | N``;
-    - a global average pool over ``N`` samples, ``b | N`` (``global_pool_lifted``): factor ``1/sqrt(N)`` and
-      the static map ``(1/sqrt(b)) [I ... I]`` merged into the next system;
-    - a max pool with kernel = stride ``k`` dividing ``b``: the previous system's outputs reordered so that
-      its output weight is ``diag(x) (x) I_k`` (``lowered.Pool.tied``), equal on the k samples of a window.
-
-    Each interface passes the *network's* signal to the next system; dropping whole blocks of a system's
-    output (leading extra blocks, trailing ones) only lowers the left side of its dissipation inequality
-    because every output weight is ``>= 0`` (docs/method.md, "Lifting").
-    """
-    from lipdsl.errors import UnsupportedError
-
-    def refuse(layer, why):
-        raise UnsupportedError(
-            f"--lift {lift}: {why} ({layer.kind} {layer.name!r})",
-            span=layer.span,
-            hint="use --lift 1 (the paper's realization), which supports every layer",
-        )
-
-    steps: list[lowered.Step] = []
-    factor = 1.0
-    b = lift  # samples per block of the current signal
-    c = net.input_shape.channels
-    premap: np.ndarray | None = None  # a static map (average pools) waiting to be merged into the next system
-    flat_from: tuple[int, int, int, int] | None = None  # (channels, length, block, blocks) at a flatten
-    layers = list(net.layers)
-    dense_notes: dict[str, str] = {}
-    if merge_linear:
-        layers, dense_notes = merge_dense_layers(layers)
-        layers, conv_notes = merge_causal_convs(layers)
-        dense_notes.update(conv_notes)
-    i = 0
-
-    def merge(ss: lowered.StateSpace) -> lowered.StateSpace:
-        if premap is None:
-            return ss
-        return lowered.StateSpace(ss.A, ss.B @ premap, ss.C, ss.D @ premap)
-
-    def flush() -> None:
-        """Turn pending average pools into a linear static system of their own (exact)."""
-        nonlocal premap, factor
-        if premap is None:
-            return
-        ss = dense_state_space(premap)
-        sc = _scale_of(ss) if scale else 1.0
-        factor = mul_up(factor, sc)
-        steps.append(
-            lowered.System(
-                "avgpool-map",
-                ("avgpool",),
-                "dense",
-                _scaled(ss, sc),
-                sc,
-                None,
-                None,
-                "average pooling as an exact linear map",
-            )
-        )
-        premap = None
-
-    while i < len(layers):
-        if merge_linear and flat_from is None and not layers[i].in_shape.flat:
-            folded = fold_linear_into_dense(layers, i)
-            if folded is not None:  # a linear conv run folded into the dense layer after the flatten
-                steps.append(lowered.Pool(*folded))
-        layer = layers[i]
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
-        chain = (linear_chain_system(layers, i, scale)
-                 if merge_linear and b == 1 and flat_from is None and not layer.in_shape.flat else None)
-        if chain is not None:  # one sample per block: adjacent linear convs as at lift 1
-            flush()
-            new, consumed, c = chain
-            steps += new
-            factor = mul_up(factor, new[0].scale)
-            i += consumed
-            continue
-        fir = (avgpool_systems(layers, i, scale)
-               if pool_fir and b == 1 and flat_from is None and not layer.in_shape.flat else None)
-        if fir is not None:  # one sample per block again: overlapping average pools as at lift 1
-            flush()
-            new, consumed, c = fir
-            steps += new
-            factor = mul_up(factor, new[0].scale if isinstance(new[0], lowered.System) else new[0].gain)
-            i += consumed
-            continue
-        if (
-            isinstance(layer, (typed.Conv1d, typed.Activation))
-            and flat_from is None
-            and not layer.in_shape.flat
-        ):
-            if isinstance(layer, typed.Conv1d) and b == 1:
-                # one sample per block: the plain realization, any padding and stride (sample selection)
-                ss, kind, c_out = conv_state_space(layer.weight, layer.dilation), "conv", layer.c_out
-                note = f"FIR k={layer.kernel}" + (
-                    f", stride {layer.stride} as sub-sampling" if layer.stride > 1 else ""
-                )
-            elif isinstance(layer, typed.Conv1d):
-                n_in = layer.in_shape.length
-                if layer.pad_right and (n_in is None or n_in % b):
-                    refuse(layer, f"right padding needs an input length that the block of {b} samples "
-                           f"divides (got {'any length' if n_in is None else n_in})")
-                if b % layer.stride:
-                    refuse(layer, f"stride {layer.stride} does not divide the block of {b} samples")
-                ss, m0, delay = delayed_lifted_conv(layer, b)  # (samples 0, s, 2s, ... of each block kept)
-                b //= layer.stride
-                kind, c_out = "conv", layer.c_out
-                note = f"FIR k={layer.kernel} lifted by {b * layer.stride}" + (
-                    f"; padding {layer.padding}: {delay} delay taps, output {m0} block(s) late"
-                    if delay or m0 else "")
-            else:
-                ss, kind, c_out, note = dense_state_space(np.eye(c * b)), "activation", c, f"lifted by {b}"
-            if layer.name in dense_notes:  # a run of linear causal convs merged (merge_causal_convs)
-                note = f"{dense_notes[layer.name]}; {note}"
-            ss = merge(ss)
-            premap = None
-            act = layer if kind == "activation" else (nxt if isinstance(nxt, typed.Activation) else None)
-            if act is nxt and act is not None:
-                i += 1
-            steps.append(make_system(layer, act, ss, kind, note, scale))
-            factor = mul_up(factor, steps[-1].scale)
-            c = c_out
-        elif (
-            isinstance(layer, typed.Pool)
-            and layer.op == "avg"
-            and layer.kernel == layer.stride
-            and b > 1
-            and b % layer.stride == 0
-        ):
-            P = _avgpool_block(c, b, layer.stride)
-            premap = P if premap is None else P @ premap
-            b //= layer.stride
-            steps.append(
-                lowered.Pool(
-                    layer.name,
-                    "merged",
-                    1.0,
-                    False,
-                    f"avg pool k{layer.kernel}: exact linear map merged into the next layer",
-                )
-            )
-        elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)) and b == 1:
-            flush()
-            if isinstance(layer, typed.GlobalAvgPool):
-                if layer.in_shape.length is None:
-                    refuse(layer, "a global average pool over any length needs --lift 1 and --length")
-                steps.append(global_pool_step(layer.name, layer.in_shape.length))
-            else:
-                steps.append(pool_step(layer))
-            factor = mul_up(factor, steps[-1].gain)
-        elif isinstance(layer, typed.GlobalAvgPool):
-            n = layer.in_shape.length
-            if n is None or n % b:
-                refuse(layer, f"a global average pool needs a length that the block of {b} samples divides "
-                       f"(got {'any length' if n is None else n})")
-            G = global_pool_lifted(c, b)
-            premap = G if premap is None else G @ premap
-            steps.append(global_pool_step(layer.name, n, f"; blocks of {b}: (1/sqrt({b})) [I ... I] merged "
-                                          "into the next layer"))
-            factor = mul_up(factor, steps[-1].gain)
-            b = 1
-        elif (isinstance(layer, typed.Pool) and layer.op == "max" and layer.kernel == layer.stride
-              and b % layer.kernel == 0):
-            flush()
-            if not steps or not isinstance(steps[-1], lowered.System):
-                refuse(layer, "a lifted max pool needs a conv, dense or activation layer right before it")
-            k = layer.kernel
-            sys = steps[-1]
-            perm = _window_major(c, b, k)
-            steps[-1] = dataclasses_replace(sys, ss=lowered.StateSpace(sys.ss.A, sys.ss.B, sys.ss.C[perm],
-                                                                       sys.ss.D[perm]))
-            b //= k
-            steps.append(lowered.Pool(layer.name, "max", 1.0, True,
-                                      f"max pool k{k} on blocks: exact per window with diagonal X equal on "
-                                      f"its {k} samples (X (x) I_{k} before, X after)", tied=k))
-        elif isinstance(layer, (typed.Pool, typed.GlobalAvgPool)):
-            refuse(
-                layer,
-                f"only pooling with kernel = stride dividing the block of {b} is exact when lifted",
-            )
-        elif isinstance(layer, typed.Flatten) and layer.in_shape.flat:
-            pass  # flattening a vector (after a global average pool) is the identity
-        elif isinstance(layer, typed.Flatten):
-            n = int(layer.in_shape.length)
-            blocks = -(-n // b)
-            flat_from = (c, n, b, blocks)
-            width = premap.shape[1] if premap is not None else c * b  # lifted channels of the last system
-            steps.append(lowered.Flatten(layer.name, width, blocks))
-        elif isinstance(layer, typed.Dense) and flat_from is not None and flat_from[0] >= 0:
-            # dense on the flattened signal: columns reordered from channel-major (ch N + t) to the lifted
-            # kron order (q T + tau), and the pending average pools folded in
-            ch, n, bb, T = flat_from
-            W = np.asarray(layer.weight, dtype=float)
-            width = premap.shape[1] if premap is not None else ch * bb
-            Weff = np.zeros((W.shape[0], width * T))
-            for tau in range(T):
-                limits.checkpoint("lowering")
-                sel = np.zeros((W.shape[0], ch * bb))
-                for j in range(bb):
-                    t = tau * bb + j
-                    if t < n:
-                        sel[:, j * ch : (j + 1) * ch] = W[:, np.arange(ch) * n + t]
-                blk = sel @ premap if premap is not None else sel
-                Weff[:, np.arange(width) * T + tau] = blk
-            premap = None
-            flat_from = (-1, 0, 0, 0)
-            ss = dense_state_space(Weff)
-            act = nxt if isinstance(nxt, typed.Activation) else None
-            if act is not None:
-                i += 1
-            steps.append(
-                make_system(layer, act, ss, "dense", "columns in lifted order, pooling folded in", scale)
-            )
-            factor = mul_up(factor, steps[-1].scale)
-            c = layer.n_out
-        elif isinstance(layer, typed.Activation) and flat_from is not None and flat_from[0] >= 0:
-            # an activation on the flattened lifted signal, in its kron order (q T + tau): elementwise, so the
-            # order is the Flatten step's; pending average pools act per block, D = premap (x) I_T. The
-            # trailing samples t >= n of the last block pass through and meet zero columns of the next dense.
-            ch, n, bb, T = flat_from
-            D = np.kron(premap, np.eye(T)) if premap is not None else np.eye(ch * bb * T)
-            premap = None
-            ss = dense_state_space(D)
-            steps.append(make_system(layer, layer, ss, "activation",
-                                     f"on the flattened signal in lifted order ({T} blocks of {bb})", scale))
-            factor = mul_up(factor, steps[-1].scale)
-            c = ch * bb * T
-        elif isinstance(layer, (typed.Dense, typed.Activation)):  # on a vector: the plain static maps
-            if isinstance(layer, typed.Dense):
-                ss, kind, width = dense_state_space(layer.weight), "dense", layer.n_out
-            else:
-                ss, kind, width = dense_state_space(np.eye(layer.in_shape.channels)), "activation", c
-            note = "; ".join(filter(None, [dense_notes.get(layer.name),
-                                           "global average pool's block map merged in" if premap is not None
-                                           else None]))
-            ss = merge(ss)  # (a pending global average pool's block map)
-            premap = None
-            act = layer if kind == "activation" else (nxt if isinstance(nxt, typed.Activation) else None)
-            if act is nxt and act is not None:
-                i += 1
-            steps.append(make_system(layer, act, ss, kind, note, scale))
-            factor = mul_up(factor, steps[-1].scale)
-            c = width
-        else:  # pragma: no cover - every typed layer is handled above
-            refuse(layer, "not supported with lifting")
-        i += 1
-    flush()  # a network ending in average pooling: a final linear map
-    return lowered.Network(net.name, tuple(steps), factor, net)
 
 
 def _lengths(net: typed.Network, min_length: int | None) -> list[int | None]:
@@ -936,11 +591,11 @@ def lower(
 
     ``scale``: divide each map by ``||[C D]||_2`` (a congruence of the SDP; the factor is moved into
     ``lowered.Network.factor``) so that the SDP is well conditioned.
-    ``lift``: realize conv layers on blocks of ``lift`` samples (``lift_state_space``): ``c lift`` channels
-    with a multiplier each, average pools (kernel = stride) become exact linear maps merged into the next
+    ``lift``: realize conv layers on blocks of ``lift`` samples (``lift.lift_state_space``): ``c lift``
+    channels with a multiplier each, average pools (kernel = stride) become exact linear maps merged into the next
     layer, and the bound tightens towards LipSDP-Neuron as ``lift`` grows. Needs strides and pools (kernel =
     stride, average or max) that divide the block, and lengths the block divides for right padding and a
-    global average pool (``_lower_lifted``); other layers are refused with a hint to use ``lift = 1``.
+    global average pool (``lower_lifted``); other layers are refused with a hint to use ``lift = 1``.
     ``pool_fir``: realize average pools with stride < kernel as linear FIR systems at the pooled rate,
     merged with a conv before them or folded into a dense layer after a flatten (``avgpool_systems``);
     False keeps the factor ``sqrt(ceil(k/s)/k)`` (``pool_step``), which is never tighter.
@@ -958,6 +613,10 @@ def lower(
     LoweringError
         For a global average pool over a signal of unspecified length (the factor 1/sqrt(N) needs N).
     """
+    # (lift and residual import this module: loaded here)
+    from lipdsl.model.lift import lower_lifted
+    from lipdsl.model.residual import fold_batchnorm, residual_system
+
     typed_net = net
     if any(isinstance(layer, (typed.Residual, typed.BatchNorm)) for layer in net.layers):
         if lift > 1:
@@ -967,7 +626,7 @@ def lower(
                                 span=first.span, hint="use --lift 1 (the default)")
         net = dataclasses_replace(net, layers=tuple(fold_batchnorm(net.layers)))
     if lift > 1 and not net.input_shape.flat:
-        return _lower_lifted(net, lift, scale, pool_fir, merge_linear)
+        return lower_lifted(net, lift, scale, pool_fir, merge_linear)
     steps: list[lowered.Step] = []
     factor = 1.0
     layers = list(net.layers)
@@ -1055,216 +714,3 @@ def lower(
     return lowered.Network(net.name, tuple(steps), factor, typed_net)
 
 
-# --------------------------------------------------------------------------- batch norm and residual blocks
-def _diag_layer(bn: typed.BatchNorm):
-    """A batch norm with no conv or dense layer next to it, as the linear layer ``diag(scale)``."""
-    c, shape = bn.channels, bn.in_shape
-    if shape.flat:
-        return typed.Dense(bn.name, bn.span, c, c, np.diag(bn.scale), bn.shift, shape, shape)
-    return typed.Conv1d(bn.name, bn.span, c, c, 1, 1, 1, 0, 0, "0", np.diag(bn.scale)[:, :, None], bn.shift,
-                        shape, shape)
-
-
-def fold_batchnorm(layers) -> list:
-    """Batch norms folded into the conv or dense layer before them, else after them, else kept as the
-    diagonal linear layer ``diag(scale)`` (a kernel-1 conv, or a dense layer on a vector); recursively
-    inside residual blocks. ``y = scale * x + shift`` after ``W``: ``W' = diag(scale) W`` (bias
-    ``scale * b + shift``), exact. Before ``W``: ``W' = W diag(scale)``
-    (``W'[:, i, :] = scale_i W[:, i, :]``), exact for the Jacobian (zero padding stays zero); the bias is
-    not used by the bound and is dropped.
-    """
-    out: list = []
-    pending: typed.BatchNorm | None = None  # a batch norm waiting for the conv/dense after it
-    for layer in layers:
-        if isinstance(layer, typed.Residual):
-            layer = dataclasses_replace(layer, main=tuple(fold_batchnorm(layer.main)),
-                                        shortcut=tuple(fold_batchnorm(layer.shortcut)))
-        if pending is not None:
-            if isinstance(layer, typed.Conv1d):
-                s = pending.scale
-                layer = dataclasses_replace(layer, name=f"{pending.name}+{layer.name}",
-                                            in_shape=pending.in_shape, weight=layer.weight * s[None, :, None],
-                                            bias=None, weight_expr=None)
-            elif isinstance(layer, typed.Dense) and layer.in_shape == pending.out_shape:
-                layer = dataclasses_replace(layer, name=f"{pending.name}+{layer.name}",
-                                            in_shape=pending.in_shape, bias=None, weight_expr=None,
-                                            weight=layer.weight * pending.scale[None, :])
-            else:
-                out.append(_diag_layer(pending))
-            pending = None
-        if isinstance(layer, typed.BatchNorm):
-            prev = out[-1] if out else None
-            s, t = layer.scale, layer.shift
-            if isinstance(prev, typed.Conv1d):
-                b = s * (prev.bias if prev.bias is not None else 0.0) + t
-                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}",
-                                              weight=prev.weight * s[:, None, None], bias=b, weight_expr=None)
-            elif isinstance(prev, typed.Dense):
-                b = s * (prev.bias if prev.bias is not None else 0.0) + t
-                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}",
-                                              weight=prev.weight * s[:, None], bias=b, weight_expr=None)
-            else:
-                pending = layer
-            continue
-        out.append(layer)
-    if pending is not None:
-        out.append(_diag_layer(pending))
-    return out
-
-
-def _branch_segments(block: typed.Residual, branch, masked: bool) -> tuple[list, int]:
-    """A branch of a residual block as ``[(K, act), ..., (K_r, None)]``: causal FIR taps ``K`` (taps, c_out,
-    c_in; ``K_m`` multiplies ``u[n - m]``) each followed by an activation (slope ``[alpha, beta]``), the
-    last one linear; and the branch's delay (sum over its convs of ``k_e - 1 - pad_left``).
-
-    ``masked``: the block has a non-causal conv, so the causal realization of a conv after the first one
-    sees the previous signal outside its window where the network sees zero padding. Multiplying by the
-    window (1 inside, 0 outside) is a time-varying gain with slope in ``{0} u [alpha, beta]``: the
-    activation before the conv gets the sector ``[min(alpha, 0), max(beta, 0)]``, and a conv right after
-    a conv gets a window "activation" with slope ``[0, 1]`` between them (docs/method.md, residual blocks).
-    """
-    c = block.in_shape.channels
-    K = np.eye(c)[None]  # identity: one tap
-    segments, delay, seen_conv = [], 0, False
-    for layer in branch:
-        if isinstance(layer, typed.Activation):
-            if (layer.alpha, layer.beta) != (1.0, 1.0):  # (an identity is linear: nothing to split at)
-                segments.append((K, (layer.name, float(layer.alpha), float(layer.beta))))
-                K = np.eye(K.shape[1])[None]
-            continue
-        if not isinstance(layer, typed.Conv1d):
-            raise LoweringError(
-                f"residual block {block.name!r}: {layer.kind} {layer.name!r} inside a block is not supported",
-                span=layer.span, hint="a block's branches take conv1d, batchnorm and activations; put "
-                "pooling, flatten and dense layers after the block")
-        if layer.stride != 1:
-            raise LoweringError(
-                f"residual block {block.name!r}: conv1d {layer.name!r} has stride {layer.stride}; strided "
-                "convolutions inside a block are not supported yet", span=layer.span,
-                hint="stride the signal outside the block (a strided conv or a pool before it)")
-        Kc, _, d = _causal_taps(layer)
-        if d < 0:
-            raise LoweringError(
-                f"residual block {block.name!r}: conv1d {layer.name!r} pads more than its kernel reaches "
-                f"({layer.pad_left} zeros on the left)", span=layer.span,
-                hint="use padding same or causal inside residual blocks")
-        if seen_conv and masked:
-            if segments and segments[-1][1] is not None and K.shape[0] == 1 and \
-                    np.array_equal(K[0], np.eye(K.shape[1])):  # right after an activation: widen its sector
-                Kp, (name, a, b) = segments[-1]
-                segments[-1] = (Kp, (name, min(a, 0.0), max(b, 0.0)))
-            else:  # after a conv: a window "activation" with slope [0, 1]
-                segments.append((K, (f"{layer.name}.window", 0.0, 1.0)))
-                K = np.eye(K.shape[1])[None]
-        G = np.zeros((K.shape[0] + Kc.shape[0] - 1, Kc.shape[1], K.shape[2]))
-        for m in range(Kc.shape[0]):
-            G[m : m + K.shape[0]] += np.einsum("ab,qbc->qac", Kc[m], K)
-        K, delay, seen_conv = G, delay + d, True
-    segments.append((K, None))
-    return segments, delay
-
-
-def _fir_system(K: np.ndarray) -> lowered.StateSpace:
-    """The shift realization (``conv_state_space``) of causal taps ``K`` (taps, c_out, c_in)."""
-    return conv_state_space(K[::-1].transpose(1, 2, 0))
-
-
-def residual_system(block: typed.Residual, act: typed.Activation | None, scale: bool) -> lowered.System:
-    """A residual block (and the activation after it, if any) as one system with internal activations.
-
-    Each branch is causal FIR maps ``F_0, F_1, ..., F_r`` with activations ``phi_1 .. phi_r`` between them
-    (``_branch_segments``; convolutions with no activation between are composed into one filter); the
-    branch with the smaller delay gets zero taps in front of its last map so both branches are aligned.
-    The system stacks every map's shift state, ``x = [x_F; ...]``, and reads ``(u, w_1, ..., w_q)``:
-
-        x+ = A x + B_u u + B_w w,   v_j = C_j x + D_j (u, w),   y = C_y x + D_y (u, w),
-
-    with ``A = blkdiag(A_F)``, ``w_j = phi_j(v_j)`` (``v_j`` depends on ``w_i``, ``i < j``, only), and
-    ``y = F_r(main) + F_r'(shortcut)``; an identity shortcut is the one-tap filter ``I``. Maps reading the
-    same signal share one shift register (the first conv of the main path and a delayed shortcut both
-    read ``u``). With ``scale``
-    each internal signal is divided by the norm of its rows of ``[C D]`` (a congruence: every activation
-    class is closed under ``phi(s v) / s``; the register of ``w_j`` holds the scaled signal, a similarity)
-    and ``y`` by ``||[C_y D_y]||`` (``System.scale``).
-    """
-    branches = [fold_batchnorm(block.main), fold_batchnorm(block.shortcut)]
-    masked = any(isinstance(layer, typed.Conv1d)
-                 and not (layer.pad_left == layer.dilation * (layer.kernel - 1) and layer.pad_right == 0)
-                 for branch in branches for layer in branch)
-    parts = [_branch_segments(block, branch, masked) for branch in branches]
-    delay = max(d for _, d in parts)
-    maps = []  # (taps, input index: -1 = u, else internal activation j; output: internal j or None = y)
-    internal: list[lowered.Internal] = []
-    for segments, d in parts:
-        src = -1
-        for K, a in segments:
-            if a is None and d < delay:  # the last map of the branch with the smaller delay: delayed
-                K = np.concatenate([np.zeros((delay - d,) + K.shape[1:]), K])
-            if a is None:
-                maps.append((K, src, None))
-            else:
-                maps.append((K, src, len(internal)))
-                internal.append(lowered.Internal(a[0], K.shape[1], a[1], a[2]))
-                src = len(internal) - 1
-    c_in, c_out = block.in_shape.channels, block.out_shape.channels
-    widths = [a.n for a in internal]
-    in_off = np.concatenate([[c_in], c_in + np.cumsum(widths)]).astype(int)  # input offsets of w_j
-    out_off = np.concatenate([[0], np.cumsum(widths)]).astype(int)  # output offsets of v_j; y after them
-    nu, ny = c_in + sum(widths), sum(widths) + c_out
-    # the maps that read the same signal share one shift register (e.g. the first conv of the main path and
-    # the delayed shortcut both read u): one FIR per source, its outputs stacked
-    sources: dict[int, list] = {}
-    for K, src, dst in maps:
-        sources.setdefault(src, []).append((K, dst))
-    systems = []
-    for src, group in sources.items():
-        taps = max(K.shape[0] for K, _ in group)
-        stacked = np.concatenate([np.concatenate([K, np.zeros((taps - K.shape[0],) + K.shape[1:])])
-                                  for K, _ in group], axis=1)
-        systems.append((_fir_system(stacked), src, [dst for _, dst in group], [K.shape[1] for K, _ in group]))
-    nx = sum(ss.nx for ss, *_ in systems)
-    A, B, C, D = np.zeros((nx, nx)), np.zeros((nx, nu)), np.zeros((ny, nx)), np.zeros((ny, nu))
-    x0 = 0
-    registers: dict[int, slice] = {}  # the states that hold past values of each signal
-    for ss, src, dsts, sizes in systems:
-        xs = slice(x0, x0 + ss.nx)
-        registers[src] = xs
-        cols = slice(0, c_in) if src < 0 else slice(in_off[src], in_off[src] + widths[src])
-        A[xs, xs] = ss.A
-        B[xs, cols] = ss.B
-        r0 = 0
-        for dst, size in zip(dsts, sizes):
-            rows = slice(out_off[-1], ny) if dst is None else slice(out_off[dst], out_off[dst] + widths[dst])
-            C[rows, xs] += ss.C[r0 : r0 + size]
-            D[rows, cols] += ss.D[r0 : r0 + size]
-            r0 += size
-        x0 += ss.nx
-    if scale:  # internal signals in feedforward order, then the output
-        for j, a in enumerate(internal):
-            rows = slice(out_off[j], out_off[j] + a.n)
-            s = float(np.linalg.norm(np.hstack([C[rows], D[rows]]), 2))
-            if s > 0 and math.isfinite(s):
-                C[rows] /= s
-                D[rows] /= s
-                # w_j = s w'_j: its register keeps holding w'_j (B stays a 0/1 shift, so that certify's
-                # G - A'GA = I repair costs (k-1) on w'_j), what reads w_j or its register is scaled
-                D[:, in_off[j] : in_off[j] + a.n] *= s
-                if j in registers:
-                    C[:, registers[j]] *= s
-    ss = lowered.StateSpace(A, B, C, D)
-    s_out = 1.0
-    if scale:
-        rows = slice(out_off[-1], ny)
-        s_out = _scale_of(lowered.StateSpace(A, B, C[rows], D[rows]))
-        C[rows] /= s_out
-        D[rows] /= s_out
-    names = tuple(layer.name for layer in typed.flat_layers(block.main) + typed.flat_layers(block.shortcut))
-    names = (block.name,) + names + ((act.name,) if act is not None else ())
-    slope = None if act is None else (float(act.alpha), float(act.beta))
-    if slope == (1.0, 1.0):
-        slope = None
-    note = (f"residual block: {len(internal)} internal activation layer(s), {nx} states"
-            + (f", branches aligned by a delay of {delay}" if any(d != delay for _, d in parts) else "")
-            + ("; windows of non-causal paddings as slope [0, 1] gains" if masked and len(internal) else ""))
-    return lowered.System(block.name + (f"+{act.name}" if act is not None else ""), names, "block", ss, s_out,
-                          slope, None if act is None else act.function, note, 1, tuple(internal))
