@@ -593,9 +593,9 @@ def lower(
     ``lowered.Network.factor``) so that the SDP is well conditioned.
     ``lift``: realize conv layers on blocks of ``lift`` samples (``lift.lift_state_space``): ``c lift``
     channels with a multiplier each, average pools (kernel = stride) become exact linear maps merged into the
-    next layer, and the bound tightens towards LipSDP-Neuron as ``lift`` grows. Needs strides and pools (kernel =
-    stride, average or max) that divide the block, and lengths the block divides for right padding and a
-    global average pool (``lower_lifted``); other layers are refused with a hint to use ``lift = 1``.
+    next layer, and the bound tightens towards LipSDP-Neuron as ``lift`` grows. Needs strides and pools
+    (kernel = stride, average or max) that divide the block, and lengths the block divides for right padding
+    and a global average pool (``lift.lower_lifted``); other layers are refused with a hint (``lift = 1``).
     ``pool_fir``: realize average pools with stride < kernel as linear FIR systems at the pooled rate,
     merged with a conv before them or folded into a dense layer after a flatten (``avgpool_systems``);
     False keeps the factor ``sqrt(ceil(k/s)/k)`` (``pool_step``), which is never tighter.
