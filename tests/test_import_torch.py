@@ -292,7 +292,8 @@ def test_from_torch_folds_batchnorm_in_a_sequential():
     torch.manual_seed(3)
     module = _random_bn(
         nn.Sequential(
-            nn.Conv1d(2, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 3, 3), nn.BatchNorm1d(3),
+            nn.Conv1d(2, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 3, 3),
+            nn.BatchNorm1d(3),
             nn.Tanh(), nn.Flatten(), nn.Linear(3 * 10, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2),
         ).double().eval()
     )

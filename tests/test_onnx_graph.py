@@ -295,7 +295,8 @@ def test_batch_broadcast_is_named():
 
 
 def test_pad_then_same_upper_stride_2_has_the_right_length():
-    """issue 17: Pad (1, 0) + Conv(auto_pad=SAME_UPPER, stride 2) on 9 samples: ONNX pads the padded length."""
+    """issue 17: Pad (1, 0) + Conv(auto_pad=SAME_UPPER, stride 2) on 9 samples: ONNX pads the padded
+    length."""
     nodes = [
         helper.make_node("Pad", ["x", "pads"], ["p"]),
         helper.make_node("Conv", ["p", "k"], ["y"], auto_pad="SAME_UPPER", strides=[2]),

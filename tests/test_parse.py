@@ -187,10 +187,10 @@ def test_numeric_tensors_parse_like_the_general_rule(text):
     to the general AST (with spans), which check refuses as before."""
     import numpy as np
 
-    from lipdsl.lang.check import _Checker
+    from lipdsl.lang.check import Checker
 
     fast = parse(Source("<t>", f"input 1\ndense d: 1 -> 1, weight {text}\n")).body[1].options[0].value
-    ck = _Checker(Source("<t>", ""), False)
+    ck = Checker(Source("<t>", ""), False)
     if fast.values is not None:
         assert fast.values.dtype == np.float64 and not fast.values.flags.writeable
         expected = np.array(eval(text.replace("\n", " ")), dtype=float)  # plain Python literals here
