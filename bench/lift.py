@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from lipdsl.pipeline import solve_network  # noqa: E402
-from lipdsl.baselines.unrolled import lipsdp  # noqa: E402
+from lipdsl.baselines.lipsdp import lipsdp  # noqa: E402
 from nets import Builder  # noqa: E402
 from test_sdp import ecg  # noqa: E402
 

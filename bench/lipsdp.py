@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from lipdsl.baselines import unrolled as baselines  # noqa: E402
+from lipdsl.baselines import lipsdp as baselines  # noqa: E402
 from lipdsl.solvers.hkm import solve_hkm  # noqa: E402
 from lipdsl.app.api import load  # noqa: E402
 from lipdsl.solvers.solve import solve  # noqa: E402

@@ -202,7 +202,7 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
             return MethodResult(method, None, time.perf_counter() - t0, "skipped",
                                 f"LMI of {rows} rows > {max_rows}: likely many minutes (use --force to run)",
                                 length=n, lmi_rows=rows)
-        from lipdsl.baselines.unrolled import lipsdp
+        from lipdsl.baselines.lipsdp import lipsdp
 
         b = lipsdp(net, mode=method.removeprefix("lipsdp-"), length=n, solver=lipsdp_solver)
         return MethodResult(method, b.bound, time.perf_counter() - t0, "verified LMI",

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lipdsl.baselines.unrolled import hinf_norm, lipsdp, naive, naive_hinf, spectral_norm, unroll
+from lipdsl.baselines.unrolled import hinf_norm, naive, naive_hinf, spectral_norm, unroll
+
+from lipdsl.baselines.lipsdp import lipsdp
 from lipdsl.baselines.empirical import lower_bound
 from lipdsl.errors import SolveError, UnsupportedError
 from lipdsl.model.forward import jacobian
@@ -214,7 +216,7 @@ def test_chordal_split_of_a_fully_conv_net():
 def test_chordal_split_is_exact_algebra():
     """sum_k P_k' A_k(x) P_k = A(x) for any x (the separators' Z cancel), and every clique is in the chain."""
     from lipdsl.sdp import chordal
-    from lipdsl.baselines.unrolled import _lipsdp_data, _lipsdp_terms
+    from lipdsl.baselines.lipsdp import _lipsdp_data, _lipsdp_terms
 
     rng = np.random.default_rng(5)
     b = Builder(2, 20).conv(rng.standard_normal((3, 2, 3)), padding="causal").act("relu")

@@ -3,7 +3,7 @@ status."""
 import numpy as np
 import pytest
 
-from lipdsl.baselines import unrolled as baselines
+from lipdsl.baselines import lipsdp as baselines
 from lipdsl.solvers.hkm import _Block, _max_step, solve_hkm
 from lipdsl.solvers.solve import solve
 

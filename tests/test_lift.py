@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from lipdsl.pipeline import solve_network
-from lipdsl.baselines.unrolled import lipsdp, naive_hinf
+from lipdsl.baselines.unrolled import naive_hinf
+from lipdsl.baselines.lipsdp import lipsdp
 from lipdsl.baselines.empirical import lower_bound
 from lipdsl.errors import UnsupportedError
 from lipdsl.model.lower import conv_state_space, lower

@@ -130,7 +130,8 @@ def test_linear_conv_feeding_a_flatten(seed):
     """conv -> ReLU -> conv (no activation) -> flatten -> dense: the linear layer's output weight is
     X (x) I_N, written as sum_t T_t' X T_t; the bound lies between LipSDP-Neuron and the H-inf product."""
     from lipdsl.pipeline import solve_network
-    from lipdsl.baselines.unrolled import lipsdp, naive_hinf
+    from lipdsl.baselines.unrolled import naive_hinf
+    from lipdsl.baselines.lipsdp import lipsdp
 
     rng = np.random.default_rng(seed)
     b = Builder(1, 12).conv(rng.normal(size=(3, 1, 3)), padding="causal").act("relu")
@@ -216,7 +217,8 @@ def test_fir_pooling_is_sandwiched_and_never_looser_than_the_factor(seed):
 
 def _assert_sandwiched(net, seed, **looser):
     """lower <= LipSDP-Neuron <= the default bound <= the bound with ``looser`` options (1e-6) <= H-inf."""
-    from lipdsl.baselines.unrolled import lipsdp, naive_hinf
+    from lipdsl.baselines.unrolled import naive_hinf
+    from lipdsl.baselines.lipsdp import lipsdp
     from lipdsl.baselines.empirical import lower_bound
 
     new, old = _bound(net), _bound(net, **looser)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lipdsl.pipeline import solve_network
-from lipdsl.baselines.unrolled import lipsdp, naive_hinf
+from lipdsl.baselines.unrolled import naive_hinf
+from lipdsl.baselines.lipsdp import lipsdp
 from lipdsl.baselines.empirical import lower_bound
 from lipdsl.lang.load import load_network
 from nets import Builder, dense_net, ecg_from_npz, random_head
