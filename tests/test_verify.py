@@ -18,7 +18,8 @@ from cert_cases import CONSTRUCTS, ECG_REFERENCE, SPECS, case_id, solved
 
 import lipdsl
 from lipdsl.errors import CertificateError
-from lipdsl.certify.verify import congruence_check, ldl_pivots, verify
+from lipdsl.certify.verify import verify
+from lipdsl.certify.exact import congruence_check, ldl_pivots
 
 pytestmark = pytest.mark.solver
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +101,7 @@ def test_exact_realization_agrees_with_lowers_floating_point_one(spec):
     from lipdsl.model import lowered
     from lipdsl.lang.load import load_network
     from lipdsl.model.lower import lower
-    from lipdsl.certify.verify import exact_realization
+    from lipdsl.certify.realization import exact_realization
 
     _, net = load_network(SPECS / spec)
     low = lower(net, scale=False)
@@ -246,7 +247,7 @@ def test_ldl_pivots_match_leading_minors(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_congruence_check_proves_definite_and_refuses_indefinite(seed):
-    from lipdsl.certify.verify import backend
+    from lipdsl.certify.exact import backend
 
     be = backend("flint")
     rng = np.random.default_rng(100 + seed)
@@ -319,7 +320,7 @@ def test_random_cnns_verify_in_both_modes(seed):
 
 
 def test_doubles_become_the_same_rationals():
-    from lipdsl.certify.verify import backend
+    from lipdsl.certify.exact import backend
 
     be = backend("flint")
     rng = np.random.default_rng(5)
