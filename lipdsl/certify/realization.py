@@ -1,5 +1,5 @@
-"""Realizations for the checker: a spec's layers -> (A, B, C, D) rebuilt from the weights, in floating point and
-exactly (Fractions)."""
+"""Realizations for the checker: a spec's layers -> (A, B, C, D) rebuilt from the weights, in floating point
+and exactly (Fractions)."""
 
 from __future__ import annotations
 
