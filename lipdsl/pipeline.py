@@ -24,7 +24,8 @@ from lipdsl.certify.recheck import Certificate, certify
 from lipdsl.errors import LimitError, LipdslError, SolveError, UnsupportedError
 from lipdsl.model.lower import lower
 from lipdsl.model.lowered import Network as LoweredNetwork
-from lipdsl.sdp.build import Sdp, Variable, build_sdp, in_frequency_form
+from lipdsl.sdp.build import build_sdp, in_frequency_form
+from lipdsl.sdp.problem import Sdp, Variable
 from lipdsl.solvers.solve import Solution, converged, solve
 
 #: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need

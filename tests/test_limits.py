@@ -20,7 +20,7 @@ from lipdsl.pipeline import problem_size, solve_network
 from lipdsl.app.cli import cli
 from lipdsl.errors import LimitError
 from lipdsl.lang.load import load_network
-from lipdsl.sdp.build import Factored, Lmi
+from lipdsl.sdp.problem import Factored, Lmi
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 ECG = str(SPECS / "ecg.lip")

@@ -270,7 +270,7 @@ def test_weight_blocks_are_x_kron_identity_at_their_offset(structure, kron):
     rows ``ch * N + t``), for every variable structure, as the dense matrix built from the values."""
     import scipy.sparse as sp
 
-    from lipdsl.sdp.build import Variable, Weight, LmiBuilder
+    from lipdsl.sdp.problem import Variable, Weight, LmiBuilder
 
     rng = np.random.default_rng(0)
     c, offset, m, var_offset = 4, 5, 20, 7

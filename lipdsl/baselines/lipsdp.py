@@ -23,7 +23,7 @@ from lipdsl.errors import CertificateError, SolveError, UnsupportedError
 from lipdsl.lang import typed
 
 if TYPE_CHECKING:
-    from lipdsl.sdp.build import Lmi, Variable
+    from lipdsl.sdp.problem import Lmi, Variable
 
 #: LipSDP asks its (scaled) hidden block to be <= -HIDDEN_MARGIN * I; see ``lipsdp``.
 HIDDEN_MARGIN = 1e-7
@@ -264,7 +264,7 @@ def lipsdp_problem(mats, slopes, out, mode: str, chordal: bool | None = None) ->
     the cost model says so (``chordal=None``), always (``True``: the cheapest split with at least two cliques
     if there is one) or never (``False``)."""
     from lipdsl.sdp import chordal as ch
-    from lipdsl.sdp.build import LmiBuilder, Variable
+    from lipdsl.sdp.problem import LmiBuilder, Variable
 
     N, F0, terms, n_vars, lifted = _lipsdp_terms(mats, slopes, out, mode)
     chain = None

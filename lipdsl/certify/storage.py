@@ -46,7 +46,8 @@ import scipy.linalg
 
 from lipdsl import limits
 from lipdsl.certify.recheck import Point, system_matrix
-from lipdsl.sdp.build import Sdp, frequency_grid, frequency_response
+from lipdsl.sdp.build import frequency_grid, frequency_response
+from lipdsl.sdp.problem import Sdp
 from lipdsl.solvers.solve import Solution
 from lipdsl.solvers.cvxopt_kkt import kkt_threads, thread_map
 

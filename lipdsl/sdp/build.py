@@ -37,359 +37,14 @@ block when ``A`` is nilpotent and ``alpha*beta <= 0``, so it is added only when 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import scipy.sparse as sp
 
 from lipdsl import limits
-
-from lipdsl.model import lowered
 from lipdsl.errors import UnsupportedError
+from lipdsl.model import lowered
+from lipdsl.sdp.problem import Link, Lmi, LmiBuilder, Sdp, Variable, Weight, place_block, selector
 
-
-#: Weight of the trace term that makes the frequency-form SDP's optimum unique (Sdp.solver_objective).
-FREQUENCY_TRACE = 1e-3
-
-
-@dataclass(frozen=True)
-class Variable:
-    """A block of the decision vector ``x``: ``rho``, a system's ``P``, ``lambda`` or an output weight ``X``.
-
-    ``structure``: ``scalar`` (1 entry), ``symmetric`` (upper triangle, row by row: n(n+1)/2 entries),
-    ``diagonal`` or ``vector`` (n entries).
-    """
-
-    name: str
-    role: str
-    system: str | None
-    n: int
-    structure: str
-    offset: int
-
-    @property
-    def dim(self) -> int:
-        return {"scalar": 1, "symmetric": self.n * (self.n + 1) // 2}.get(self.structure, self.n)
-
-    @property
-    def slice(self) -> slice:
-        return slice(self.offset, self.offset + self.dim)
-
-    def value(self, x: np.ndarray):
-        """The variable's value at ``x``: float, vector, or (diagonal / symmetric) matrix."""
-        v = np.asarray(x[self.slice], dtype=float)
-        if self.structure == "scalar":
-            return float(v[0])
-        if self.structure == "vector":
-            return v
-        if self.structure == "diagonal":
-            return np.diag(v)
-        M = np.zeros((self.n, self.n))
-        iu = np.triu_indices(self.n)
-        M[iu] = v
-        return M + np.triu(M, 1).T
-
-    def pack(self, value) -> np.ndarray:
-        """The entries of ``x[self.slice]`` that ``value`` returns ``value`` for (its inverse)."""
-        if self.structure == "scalar":
-            return np.array([float(value)])
-        if self.structure == "vector":
-            return np.asarray(value, dtype=float)
-        if self.structure == "diagonal":
-            return np.diag(value).astype(float)
-        return np.asarray(value, dtype=float)[np.triu_indices(self.n)]
-
-
-@dataclass(frozen=True)
-class Weight:
-    """A supply weight: ``rho * I``, a variable ``X`` (times ``I_N`` after a flatten), or a constant."""
-
-    kind: str  # "rho", "var" or "const"
-    n: int  # order of the matrix the LMI sees
-    variable: Variable | None = None
-    kron: int = 1
-    constant: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Factored:
-    """``F_k = sum_{r: col_r = k} coef_r (u_r v_r' + v_r u_r')`` with ``u_r``, ``v_r`` the columns of U, V."""
-
-    U: sp.csc_matrix
-    V: sp.csc_matrix
-    coef: np.ndarray
-    col: np.ndarray
-
-
-@dataclass(frozen=True)
-class Lmi:
-    """``F(x) = F0 + sum_k x_k F_k >= 0`` with ``vec(F(x)) = vec(F0) + G x`` (column-major vec, m^2 rows)."""
-
-    name: str
-    system: str | None
-    blocks: tuple[tuple[str, int], ...]  # (label, size) of the diagonal blocks, in order
-    F0: np.ndarray
-    G: sp.csc_matrix
-    factored: Factored
-
-    @property
-    def size(self) -> int:
-        return self.F0.shape[0]
-
-    def value(self, x: np.ndarray) -> np.ndarray:
-        m = self.size
-        F = self.F0 + (self.G @ x).reshape(m, m, order="F")
-        return (F + F.T) / 2
-
-
-@dataclass(frozen=True)
-class Link:
-    """One system's LMI with its variables, as ``certify`` needs them to rebuild and repair it."""
-
-    system: lowered.System
-    lmi: Lmi
-    P: Variable | None
-    lam: Variable | None
-    w_in: Weight
-    w_out: Weight
-    needs_P_psd: bool
-    inner: tuple[Variable, ...] = ()  # multipliers of a residual block's internal activations, in order
-
-
-@dataclass(frozen=True)
-class Sdp:
-    """minimize rho over x subject to every LMI and ``x[nonneg] >= 0``; ``L = sqrt(rho) * factor``."""
-
-    network: lowered.Network
-    variables: tuple[Variable, ...]
-    lmis: tuple[Lmi, ...]
-    nonneg: tuple[Variable, ...]
-    rho: Variable
-    factor: float
-    links: tuple[Link, ...]
-    psd_weights: tuple[Variable, ...]  # X that must be >= 0 (pooled), with an explicit LMI in ``lmis``
-    notes: tuple[str, ...] = field(default=())
-    storage: tuple[Variable, ...] = field(default=())  # P left to ``kyp`` (frequency-domain LMIs instead)
-
-    @property
-    def n(self) -> int:
-        """The solver's variables (the storage P of gridded systems, which come last, excluded)."""
-        return sum(v.dim for v in self.variables) - sum(v.dim for v in self.storage)
-
-    @property
-    def n_total(self) -> int:
-        return sum(v.dim for v in self.variables)
-
-    def objective(self) -> np.ndarray:
-        c = np.zeros(self.n)
-        c[self.rho.offset] = 1.0
-        return c
-
-    def solver_objective(self) -> np.ndarray:
-        """What the solvers minimise: ``rho``, plus ``eps * sum_l tr(X_l)`` in frequency mode.
-
-        In the frequency form the weights ``X`` between layers are not unique at the optimum (a face of
-        optimal points: the directions of ``X`` that no active frequency LMI pins down), the Newton matrix
-        becomes singular to rounding near it, and interior-point solvers stop short ("singular KKT matrix",
-        SDPA's stalls; docs/method.md §3). The small trace term selects one point of that face, which makes
-        the Newton system regular again. ``eps = FREQUENCY_TRACE / sum_l n_l`` (``n_l`` the order of ``X_l``):
-        ``eps * sum tr(X)`` is ``FREQUENCY_TRACE`` times the mean diagonal entry of the ``X_l``. Any feasible
-        point is certified the same way, so this can only raise ``rho`` (by at most ``eps sum tr(X*)``),
-        never make the bound unsound. Measured on the trained GunPoint FCN/TCN (docs/method.md §3): 1e-3
-        makes CVXOPT converge where it stopped 'unknown'; an absolute ``eps`` of 1e-6 was too small.
-        The exact SDP (no ``storage``) keeps ``rho`` alone; the SDPA export always writes ``rho`` alone.
-        """
-        c = self.objective()
-        weights = [v for v in self.variables if v.role == "X" and v.offset < self.n]
-        if not self.storage or not weights:
-            return c
-        eps = FREQUENCY_TRACE / sum(v.n for v in weights)
-        for v in weights:
-            if v.structure == "symmetric":  # the diagonal of the upper triangle, row by row
-                c[[v.offset + i * v.n - i * (i - 1) // 2 for i in range(v.n)]] += eps
-            else:
-                c[v.offset : v.offset + v.dim] += eps
-        return c
-
-
-class LmiBuilder:
-    """Accumulates ``F(x) = F0 + sum_r x_{col_r} c_r (a_r b_r' + b_r a_r')``: every term symmetric, low rank.
-
-    The factored terms give both ``G`` (``vec F_k`` as columns) and the structure the KKT solver uses.
-    """
-
-    def __init__(self, size: int, n_vars_ref: list[int]):
-        self.m = size
-        self.F0 = np.zeros((size, size))
-        self.terms: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = []
-        self._n = n_vars_ref
-
-    def _outer(self, col: int, a_idx, a_val, b_idx, b_val, coef: float):
-        """Add ``coef * (a b' + b a')`` (a, b sparse m-vectors) to ``F_col``."""
-        if len(a_idx) == 0 or len(b_idx) == 0 or coef == 0:
-            return
-        self.terms.append(
-            (
-                col,
-                np.asarray(a_idx, dtype=np.int64),
-                np.asarray(a_val, dtype=float),
-                np.asarray(b_idx, dtype=np.int64),
-                np.asarray(b_val, dtype=float),
-                float(coef),
-            )
-        )
-
-    def _units(self, cols, i, j, coef):
-        """Add ``coef_r (e_{i_r} e_{j_r}' + e_{j_r} e_{i_r}')`` to ``F_{cols_r}`` for every ``r`` (arrays, or
-        scalars broadcast): one entry of ``terms`` for the whole batch (``_UnitBatch``)."""
-        cols, i, j, coef = np.broadcast_arrays(np.asarray(cols, np.int64), np.asarray(i, np.int64),
-                                               np.asarray(j, np.int64), np.asarray(coef, float))
-        if cols.size:
-            self.terms.append(_UnitBatch(cols.ravel(), i.ravel(), j.ravel(), coef.ravel()))
-
-    def congruence(self, var: Variable, T: sp.csr_matrix, coef: float):
-        """Add ``coef * T' V T`` for a symmetric, diagonal or scalar*I variable ``V`` (``T``: n x m)."""
-        T = sp.csr_matrix(T)
-        rows = [
-            (T.indices[T.indptr[i] : T.indptr[i + 1]], T.data[T.indptr[i] : T.indptr[i + 1]])
-            for i in range(T.shape[0])
-        ]
-        if var.structure == "scalar":
-            for a_idx, a_val in rows:
-                self._outer(var.offset, a_idx, a_val, a_idx, a_val, coef / 2)
-            return
-        if var.structure in ("diagonal", "vector"):
-            for i, (a_idx, a_val) in enumerate(rows):
-                self._outer(var.offset + i, a_idx, a_val, a_idx, a_val, coef / 2)
-            return
-        k = var.offset
-        for i in range(var.n):
-            for j in range(i, var.n):
-                a_idx, a_val = rows[i]
-                b_idx, b_val = rows[j]
-                # V = sum_{i<=j} v_ij (E_ij + E_ji) for i < j, v_ii E_ii:  T'E_ijT = t_i t_j'
-                self._outer(k, a_idx, a_val, b_idx, b_val, coef if i != j else coef / 2)
-                k += 1
-
-    def diag_bilinear(self, var: Variable, L: sp.csr_matrix, R: sp.csr_matrix, coef: float, repeat: int = 1):
-        """Add ``coef * (L' diag(v (x) 1_repeat) R + R' diag(v (x) 1_repeat) L)`` (``L``, ``R``: n x m)."""
-        L, R = sp.csr_matrix(L), sp.csr_matrix(R)
-        for i in range(var.n * repeat):
-            a = slice(L.indptr[i], L.indptr[i + 1])
-            b = slice(R.indptr[i], R.indptr[i + 1])
-            self._outer(var.offset + i // repeat, L.indices[a], L.data[a], R.indices[b], R.data[b], coef)
-
-    def weight(self, w: Weight, offset: int, coef: float):
-        """Add ``coef * W`` on the diagonal block at ``offset`` (``W`` = rho I, X, X (x) I_N or const)."""
-        if w.kind == "const":
-            self.F0[offset : offset + w.n, offset : offset + w.n] += coef * w.constant
-            return
-        var, N = w.variable, w.kron
-        if w.kind == "rho":
-            idx = offset + np.arange(w.n)
-            self._units(var.offset, idx, idx, coef / 2)
-            return
-        if var.structure == "diagonal":  # v_i on rows i*N + t
-            idx = offset + np.arange(var.n * N)
-            self._units(var.offset + (idx - offset) // N, idx, idx, coef / 2)
-            return
-        # the upper triangle i <= j row by row (the variable's order), each pair on its N rows
-        iu, ju = np.triu_indices(var.n)
-        t = np.tile(np.arange(N), len(iu))  # channel-major: index ch*N + t
-        iu, ju, k = np.repeat(iu, N), np.repeat(ju, N), np.repeat(var.offset + np.arange(len(iu)), N)
-        self._units(k, offset + iu * N + t, offset + ju * N + t, np.where(iu != ju, coef, coef / 2))
-
-    def build(self, name, system, blocks) -> Lmi:
-        n, m = self._n[0], self.m
-        # every term as (column, a, b, coefficient) in the order added; unit batches stay arrays
-        parts = []  # (columns, nnz of a, a rows, a values, nnz of b, b rows, b values, coefficients)
-        for t in self.terms:
-            if isinstance(t, _UnitBatch):
-                one, ones = np.ones(len(t.cols), np.int64), np.ones(len(t.cols))
-                parts.append((t.cols, one, t.i, ones, one, t.j, ones, t.coef))
-            else:
-                k, ai, av, bi, bv, c = t
-                parts.append(([k], [len(ai)], ai, av, [len(bi)], bi, bv, [c]))
-        if parts:
-            cols, nnz_a, a_idx, a_val, nnz_b, b_idx, b_val, coef = (np.concatenate([p[f] for p in parts])
-                                                                    for f in range(8))
-            cols, coef = cols.astype(np.int64), coef.astype(float)
-            U, V = _columns(nnz_a, a_idx, a_val, m), _columns(nnz_b, b_idx, b_val, m)
-        else:
-            cols, coef = np.zeros(0, dtype=np.int64), np.zeros(0)
-            U = V = sp.csc_matrix((m, 0))
-        R = len(cols)
-        rows_, cols_, vals_ = [], [], []
-        # columns made of many terms (a congruence through a flatten): F_k = U_k C V_k' + V_k C U_k' as one
-        # sparse product, which merges the duplicate entries far faster than a sort of all of them
-        counts = np.bincount(cols, minlength=n) if R else np.zeros(n, dtype=np.int64)
-        many = counts >= 8
-        for k in np.flatnonzero(many):
-            sel = np.flatnonzero(cols == k)
-            Fk = (U[:, sel] @ sp.diags(coef[sel]) @ V[:, sel].T).tocoo()
-            Fk = (Fk + Fk.T).tocoo()
-            rows_.append(Fk.col.astype(np.int64) * m + Fk.row)
-            vals_.append(Fk.data)
-            cols_.append(np.full(Fk.data.shape, k))
-        for t in self.terms:
-            if isinstance(t, _UnitBatch):  # vec(e_i e_j') = e_{j m + i}, plus the transpose
-                keep = ~many[t.cols]
-                i, j, c, k = t.i[keep], t.j[keep], t.coef[keep], t.cols[keep]
-                rows_ += [j * m + i, i * m + j]
-                vals_ += [c, c]
-                cols_ += [k, k]
-                continue
-            k, ai, av, bi, bv, c = t
-            if many[k]:
-                continue
-            # vec(a b') = kron(b, a), plus its transpose
-            rows_ += [(bi[:, None] * m + ai[None, :]).ravel(), (ai[:, None] * m + bi[None, :]).ravel()]
-            v = (bv[:, None] * av[None, :]).ravel() * c
-            vals_ += [v, (av[:, None] * bv[None, :]).ravel() * c]
-            cols_ += [np.full(v.shape, k), np.full(v.shape, k)]
-        if rows_:
-            G = sp.coo_matrix(
-                (np.concatenate(vals_), (np.concatenate(rows_), np.concatenate(cols_))), shape=(m * m, n)
-            ).tocsc()
-            G.sum_duplicates()
-        else:
-            G = sp.csc_matrix((m * m, n))
-        return Lmi(name, system, tuple(blocks), self.F0, G, Factored(U, V, coef, cols))
-
-
-@dataclass(frozen=True)
-class _UnitBatch:
-    """Unit terms ``coef_r (e_{i_r} e_{j_r}' + e_{j_r} e_{i_r}')`` of ``F_{cols_r}``, one batch."""
-
-    cols: np.ndarray
-    i: np.ndarray
-    j: np.ndarray
-    coef: np.ndarray
-
-
-def _columns(nnz: np.ndarray, idx: np.ndarray, val: np.ndarray, m: int) -> sp.csc_matrix:
-    """Sparse m x R matrix whose column r has the next ``nnz[r]`` entries of ``val`` at rows of ``idx``."""
-    indptr = np.concatenate([[0], np.cumsum(nnz)])
-    return sp.csc_matrix((np.asarray(val, float), np.asarray(idx, np.int64), indptr), shape=(m, len(nnz)))
-
-
-def _sel(n: int, offset: int, m: int) -> sp.csr_matrix:
-    """Selection ``[0 I 0]`` (n x m) picking coordinates ``offset .. offset+n-1``."""
-    return sp.csr_matrix((np.ones(n), (np.arange(n), offset + np.arange(n))), shape=(n, m))
-
-
-def _place(M: np.ndarray, col_offset: int, m: int) -> sp.csr_matrix:
-    """``[0 M 0]``: the matrix ``M`` (r x c) placed at columns ``col_offset..`` of an r x m matrix."""
-    M = sp.csr_matrix(M)
-    out = sp.hstack(
-        [
-            sp.csr_matrix((M.shape[0], col_offset)),
-            M,
-            sp.csr_matrix((M.shape[0], m - col_offset - M.shape[1])),
-        ],
-        format="csr",
-    )
-    return out
 
 
 def system_lmi_terms(
@@ -411,24 +66,24 @@ def system_lmi_terms(
     m = b.m
     xs, us, ws = 0, nx, nx + nu
     if nx:
-        E2 = _place(np.hstack([ss.A, ss.B]), 0, m)  # x+ = [A B](x,u)
-        b.congruence(P, _sel(nx, xs, m), +1.0)
+        E2 = place_block(np.hstack([ss.A, ss.B]), 0, m)  # x+ = [A B](x,u)
+        b.congruence(P, selector(nx, xs, m), +1.0)
         b.congruence(P, E2, -1.0)
     b.weight(w_in, us, +1.0)
     CD = np.hstack([ss.C, ss.D])
     r = 0  # a residual block's internal activations: w_j = phi_j(v_j), v_j = rows r.. of [C D] (feedforward)
     for act, lam_j in zip(sys.internal, inner):
-        Pv, Pw = _place(CD[r : r + act.n], 0, m), _sel(act.n, nx + sys.n_in + r, m)
+        Pv, Pw = place_block(CD[r : r + act.n], 0, m), selector(act.n, nx + sys.n_in + r, m)
         if act.alpha * act.beta != 0:
             b.diag_bilinear(lam_j, Pv, Pv, act.alpha * act.beta, repeat)
         b.diag_bilinear(lam_j, Pv, Pw, -(act.alpha + act.beta), repeat)
         b.diag_bilinear(lam_j, Pw, Pw, 1.0, repeat)
         r += act.n
     CD = CD[r:]
-    Psi_v = _place(CD, 0, m)  # v = C x + D u (the system's output rows)
+    Psi_v = place_block(CD, 0, m)  # v = C x + D u (the system's output rows)
     if sys.slope is not None:
         alpha, beta = sys.slope
-        Psi_w = _sel(ny, ws, m)
+        Psi_w = selector(ny, ws, m)
         if alpha * beta != 0:
             b.diag_bilinear(lam, Psi_v, Psi_v, alpha * beta, repeat)  # 2ab C'LC etc. (symmetrised)
         b.diag_bilinear(lam, Psi_v, Psi_w, -(alpha + beta), repeat)
@@ -543,13 +198,13 @@ def final_inverse_activation_terms(b: LmiBuilder, sys: lowered.System, w_in: Wei
     ny, m = W.shape[0], b.m
     beta = sys.slope[1]
     c, N = w_in.variable.n, w_in.kron
-    out = _sel(ny, 0, m)
+    out = selector(ny, 0, m)
     b.diag_bilinear(mu, out, out, 1.0)  # 2M
-    b.diag_bilinear(mu, out, _place(F.T, ny, m), 1.0)  # M F' and F M
+    b.diag_bilinear(mu, out, place_block(F.T, ny, m), 1.0)  # M F' and F M
     b.F0[ny + np.arange(F.shape[0]), ny + np.arange(F.shape[0])] += 1.0
     for t in range(N):
         Wt = W[:, np.arange(c) * N + t]  # channel-major: column ch*N + t
-        b.congruence(w_in.variable, _place(Wt.T, 0, m), -(beta**2))
+        b.congruence(w_in.variable, place_block(Wt.T, 0, m), -(beta**2))
 
 
 def _factor(E: np.ndarray) -> np.ndarray:
@@ -740,11 +395,11 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
                                 link.inner))
         if link.needs_P_psd:
             bp = LmiBuilder(nx, n_ref)
-            bp.congruence(link.P, _sel(nx, 0, nx), 1.0)
+            bp.congruence(link.P, selector(nx, 0, nx), 1.0)
             lmis.append(bp.build(f"P[{sys.name}]>=0", sys.name, [("state", nx)]))
     for X in psd_weights:
         bx = LmiBuilder(X.n, n_ref)
-        bx.congruence(X, _sel(X.n, 0, X.n), 1.0)
+        bx.congruence(X, selector(X.n, 0, X.n), 1.0)
         lmis.append(bx.build(f"{X.name}>=0", X.system, [("weight", X.n)]))
     return Sdp(
         net,

@@ -14,7 +14,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from lipdsl import limits
-from lipdsl.sdp.build import Sdp
+from lipdsl.sdp.problem import Sdp
 
 #: A block keeps all its factored terms on the general path below this many unit terms (``e_a e_b'``):
 #: the unit path's bookkeeping does not pay on small LMIs.

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from lipdsl.errors import LipdslError, SolveError
-from lipdsl.sdp.build import Lmi, Sdp, Variable
+from lipdsl.sdp.problem import Lmi, Sdp, Variable
 
 BOUND_LINE = re.compile(r"^\* bound = sqrt\(objective\) \* (\S+)\s*$")
 

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from lipdsl import limits
 from lipdsl.errors import SolveError, TimeLimitError
-from lipdsl.sdp.build import Sdp
+from lipdsl.sdp.problem import Sdp
 from lipdsl.solvers.cvxopt_kkt import (
     block_threads,
     gram_kkt,
