@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipdsl.sdp import build as sdp_module
+from lipdsl.sdp import problem as sdp_module
 from lipdsl.pipeline import solve_network
 from lipdsl.lang.check import check
 from lipdsl.lang.load import load_network
 from lipdsl.model.lower import lower
 from lipdsl.lang.parse import parse
-from lipdsl.sdp.build import FREQUENCY_TRACE, build_sdp
+from lipdsl.sdp.build import build_sdp
+from lipdsl.sdp.problem import FREQUENCY_TRACE
 from lipdsl.solvers.sdpa import _quiet_fds, read_sdpa, write_sdpa
 from lipdsl.lang.source import Source
 
