@@ -253,3 +253,21 @@ def test_refitting_the_first_system_lowers_the_certified_bound(monkeypatch):
     assert cert.verified and without.verified
     assert cert.lipschitz < without.lipschitz * (1 - 1e-4)
     assert cert.lipschitz >= c_exact.lipschitz * (1 - 1e-7)
+
+
+@pytest.mark.parametrize("act,slope", [("leaky_relu", "[0.01, 1]"), ("relu", None)])
+def test_frequencies_say_which_layers_kept_their_exact_lmi(act, slope):
+    """--frequencies cannot grid a layer whose slope has alpha * beta > 0 (it needs P >= 0): a note says
+    which layer, why, and what helps (a looser slope [0, beta] claim); nothing is said when all are gridded."""
+    sdp = build_sdp(lower(conv_net(4, act=act)), frequencies=9)
+    kept = [n for n in sdp.notes if "kept its exact LMI" in n]
+    if slope is None:
+        assert not kept and sdp.storage
+        return
+    gridable = [link.system for link in sdp.links
+                if link.system.ss.nx and link.system.ss.nx >= link.system.ss.nu + link.system.ss.ny]
+    assert gridable and len(kept) == len(gridable)
+    for sys, note in zip(gridable, kept):
+        assert note.startswith(sys.name) and f"slope {slope}" in note and "P >= 0" in note
+        assert "'slope [0, 1]' after leaky_relu" in note
+    assert not any("kept its exact LMI" in n for n in build_sdp(lower(conv_net(4, act=act))).notes)
