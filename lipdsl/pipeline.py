@@ -152,6 +152,9 @@ class Result:
     certificate: Certificate
     seconds: dict[str, float] = field(default_factory=dict)
     min_length: int | None = None
+    #: with ``--frequencies``: the product of the layers' H-infinity gains (``baselines.unrolled.naive_hinf``,
+    #: a cheap certified bound); the report flags a frequency-form bound above it. None otherwise.
+    hinf_product: float | None = None
 
     @property
     def validity(self) -> str:
@@ -249,7 +252,8 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     cert = certify(sdp, sol, margin=margin)
     t4 = time.perf_counter()
     times.update({**stages, "certify": t4 - t3})
-    result = Result(net, low, sdp, sol, cert, times, min_length)
+    product = _hinf_product(net, min_length) if sdp.storage else None
+    result = Result(net, low, sdp, sol, cert, times, min_length, product)
     if (
         cert.verified
         and not accept_unconverged
@@ -267,6 +271,17 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
         err.result = result
         raise err
     return result
+
+
+def _hinf_product(net: typed.Network, min_length: int | None) -> float | None:
+    """``naive_hinf(net)`` to compare a frequency-form bound with, or None if it is not available (a
+    network it does not cover, or beyond its time estimate)."""
+    from lipdsl.baselines.unrolled import naive_hinf
+
+    try:
+        return naive_hinf(net, min_length)
+    except LipdslError:
+        return None
 
 
 def lower_within_limits(
