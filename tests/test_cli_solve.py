@@ -103,6 +103,25 @@ def test_show_state_space_pretty_and_latex():
     assert res.exit_code == 0 and r"\frac{1}{2}" in res.output  # the spec's own expressions, kept exact
 
 
+@pytest.mark.solver
+def test_show_lowering_gives_the_rows_the_solver_sees():
+    """ECG: c2's direct LMI has 9 rows, the solver's 12 (Y = X_out^-1 appended), f1's 156 -> 65 (inverse
+    head), f2 eliminated; the solver column is exactly `solve --json`'s sdp.lmi_sizes, in order."""
+    import re
+
+    res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", str(SPECS / "ecg.lip")])
+    assert res.exit_code == 0, res.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
+            for line in res.output.splitlines() if line.startswith("│")}
+    assert rows["c2+relu2"][3] == "9 (4+2+3)" and rows["c2+relu2"][4] == "12 (4+2+3+3Y)"
+    assert rows["f1+relu3"][3].startswith("156") and rows["f1+relu3"][4] == "65 (60+5F)"
+    assert rows["f2"][4] == "none (eliminated)" and rows["avgpool1"][4] == "-"
+    shown = [int(m.group(1)) for r in rows.values() if (m := re.match(r"(\d+) \(", r[4]))]
+    solved = json.loads(CliRunner().invoke(cli, ["solve", "--json", str(SPECS / "ecg.lip")]).output)
+    assert shown == solved["sdp"]["lmi_sizes"] == [5, 12, 65]
+    assert "note: f2: X_(l-1) := W'W substituted" in res.output
+
+
 def test_show_lowering_names_each_construct():
     res = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["show", "--lowering", str(SPECS / "features.lip")])
     assert res.exit_code == 0
