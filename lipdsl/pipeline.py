@@ -184,6 +184,7 @@ def solve_network(
     frequencies: int | None = None,
     merge_linear: bool = True,
     deadline: limits.Deadline | None = None,
+    progress=None,
 ) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
@@ -209,6 +210,9 @@ def solve_network(
     ``frequencies``: solve the conv layers' LMIs in the frequency domain on that many frequencies and
     recover their storage matrices P afterwards (``lipdsl.kyp``): far fewer variables for wide layers, a
     bound slightly above the exact SDP's (still certified the same way).
+
+    ``progress``: called as ``progress(stage)`` when a stage starts ("lowering", "building the SDP",
+    "solving", "recovering P (Riccati)", "certifying"; on the working thread; for a progress display).
     """
     if deadline is None:
         deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
@@ -219,15 +223,17 @@ def solve_network(
         return limits.run_within(
             lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
                                    seconds, max_lmi, max_variables, accept_unconverged, frequencies,
-                                   merge_linear, deadline, options),
+                                   merge_linear, deadline, options, progress or (lambda stage: None)),
             deadline, "lipdsl solve", grace=0.5)
 
 
 def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
-                   max_variables, accept_unconverged, frequencies, merge_linear, deadline, options) -> Result:
+                   max_variables, accept_unconverged, frequencies, merge_linear, deadline, options,
+                   progress) -> Result:
     """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
+    progress("lowering")
     low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies, solver=solver,
                               merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables)
     t1 = time.perf_counter()
@@ -236,8 +242,10 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     if exact is not None:
         times.update({"lower": t1 - t0})
         return _exact_result(net, low, *exact, times, min_length)
+    progress("building the SDP")
     sdp = build_sdp(low, frequencies=frequencies)
     t2 = time.perf_counter()
+    progress("solving")
     limits.checkpoint("building the SDP")
     sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
     t3 = time.perf_counter()
@@ -245,10 +253,12 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     if sdp.storage:  # P of the frequency-domain layers, from Riccati equations
         from lipdsl.certify.storage import recover_storage
 
+        progress("recovering P (Riccati)")
         sol = recover_storage(sdp, sol)
         stages["storage"] = time.perf_counter() - t3
         t3 = time.perf_counter()
     limits.checkpoint("storage recovery")
+    progress("certifying")
     cert = certify(sdp, sol, margin=margin)
     t4 = time.perf_counter()
     times.update({**stages, "certify": t4 - t3})

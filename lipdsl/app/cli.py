@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -485,12 +486,14 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
     from lipdsl.pipeline import solve_network
 
     try:
-        result = solve_network(
-            net,
-            seconds={"parse+check": load_seconds},
-            deadline=deadline,
-            **options,
-        )
+        with _solve_progress(options["solver"], quiet=as_json) as progress:
+            result = solve_network(
+                net,
+                seconds={"parse+check": load_seconds},
+                deadline=deadline,
+                progress=progress,
+                **options,
+            )
     except LipdslError as err:
         fail(err, source)
     proof = None
@@ -514,6 +517,31 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
                        f"{certificate_path} [--exact])")
     if not result.certificate.verified:
         sys.exit(3)
+
+
+@contextlib.contextmanager
+def _solve_progress(solver: str, quiet: bool):
+    """On a terminal (stderr), a one-line status while ``solve`` works: the stage, and the solver's
+    iteration (``solvers.solve.on_iteration``); yields the pipeline's ``progress(stage)`` callback, or None
+    (and shows nothing) when stderr is not a terminal or with ``--json``."""
+    import time
+
+    from lipdsl.solvers.solve import on_iteration
+
+    err_console = console(stderr=True)
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    start = time.monotonic()
+    with err_console.status("lipdsl solve: starting", spinner="dots") as status:
+        def show(text):
+            status.update(f"lipdsl solve: {text} ({time.monotonic() - start:.0f} s)")
+
+        def stage(name):
+            show(f"{name} ({solver})" if name == "solving" else name)
+
+        with on_iteration(lambda k: show(f"solving ({solver}): iteration {k}")):
+            yield stage
 
 
 def _certify_file(result, net, path, exact, min_length, lift, frequencies, solver):
