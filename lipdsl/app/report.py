@@ -259,10 +259,13 @@ def sweep_table(rows, *, lower: bool = False, title: str | None = None):
 
 
 def sweep_notes(rows) -> list[str]:
-    """One message per item without a bound: ``name: error`` (the error as rendered, caret and hint)."""
+    """One message per item without a bound: ``name: error`` (the error as rendered, caret and hint); one per
+    warning of a bound (``warnings``: a large frequency-grid repair, a bound above the H-infinity product)."""
     out = []
     for r in rows:
         if r.get("lipschitz") is None and r.get("error"):
             text = str(r["error"]).replace("\n", "\n    ")
             out.append(f"{r['name']} ({r['path']}): {text}")
+        elif r.get("lipschitz") is not None:
+            out.extend(f"{r['name']} ({r['path']}): warning: {w}" for w in r.get("warnings") or ())
     return out
