@@ -152,6 +152,9 @@ class Result:
     certificate: Certificate
     seconds: dict[str, float] = field(default_factory=dict)
     min_length: int | None = None
+    #: with ``--frequencies``: the product of the layers' H-infinity gains (``baselines.unrolled.naive_hinf``,
+    #: a cheap certified bound); the report flags a frequency-form bound above it. None otherwise.
+    hinf_product: float | None = None
 
     @property
     def validity(self) -> str:
@@ -181,6 +184,7 @@ def solve_network(
     frequencies: int | None = None,
     merge_linear: bool = True,
     deadline: limits.Deadline | None = None,
+    progress=None,
 ) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
@@ -206,6 +210,9 @@ def solve_network(
     ``frequencies``: solve the conv layers' LMIs in the frequency domain on that many frequencies and
     recover their storage matrices P afterwards (``lipdsl.kyp``): far fewer variables for wide layers, a
     bound slightly above the exact SDP's (still certified the same way).
+
+    ``progress``: called as ``progress(stage)`` when a stage starts ("lowering", "building the SDP",
+    "solving", "recovering P (Riccati)", "certifying"; on the working thread; for a progress display).
     """
     if deadline is None:
         deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
@@ -216,15 +223,17 @@ def solve_network(
         return limits.run_within(
             lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
                                    seconds, max_lmi, max_variables, accept_unconverged, frequencies,
-                                   merge_linear, deadline, options),
+                                   merge_linear, deadline, options, progress or (lambda stage: None)),
             deadline, "lipdsl solve", grace=0.5)
 
 
 def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
-                   max_variables, accept_unconverged, frequencies, merge_linear, deadline, options) -> Result:
+                   max_variables, accept_unconverged, frequencies, merge_linear, deadline, options,
+                   progress) -> Result:
     """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
+    progress("lowering")
     low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies, solver=solver,
                               merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables)
     t1 = time.perf_counter()
@@ -233,8 +242,10 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     if exact is not None:
         times.update({"lower": t1 - t0})
         return _exact_result(net, low, *exact, times, min_length)
+    progress("building the SDP")
     sdp = build_sdp(low, frequencies=frequencies)
     t2 = time.perf_counter()
+    progress("solving")
     limits.checkpoint("building the SDP")
     sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
     t3 = time.perf_counter()
@@ -242,14 +253,17 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     if sdp.storage:  # P of the frequency-domain layers, from Riccati equations
         from lipdsl.certify.storage import recover_storage
 
+        progress("recovering P (Riccati)")
         sol = recover_storage(sdp, sol)
         stages["storage"] = time.perf_counter() - t3
         t3 = time.perf_counter()
     limits.checkpoint("storage recovery")
+    progress("certifying")
     cert = certify(sdp, sol, margin=margin)
     t4 = time.perf_counter()
     times.update({**stages, "certify": t4 - t3})
-    result = Result(net, low, sdp, sol, cert, times, min_length)
+    product = _hinf_product(net, min_length) if sdp.storage else None
+    result = Result(net, low, sdp, sol, cert, times, min_length, product)
     if (
         cert.verified
         and not accept_unconverged
@@ -267,6 +281,17 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
         err.result = result
         raise err
     return result
+
+
+def _hinf_product(net: typed.Network, min_length: int | None) -> float | None:
+    """``naive_hinf(net)`` to compare a frequency-form bound with, or None if it is not available (a
+    network it does not cover, or beyond its time estimate)."""
+    from lipdsl.baselines.unrolled import naive_hinf
+
+    try:
+        return naive_hinf(net, min_length)
+    except LipdslError:
+        return None
 
 
 def lower_within_limits(

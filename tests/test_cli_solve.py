@@ -103,6 +103,25 @@ def test_show_state_space_pretty_and_latex():
     assert res.exit_code == 0 and r"\frac{1}{2}" in res.output  # the spec's own expressions, kept exact
 
 
+@pytest.mark.solver
+def test_show_lowering_gives_the_rows_the_solver_sees():
+    """ECG: c2's direct LMI has 9 rows, the solver's 12 (Y = X_out^-1 appended), f1's 156 -> 65 (inverse
+    head), f2 eliminated; the solver column is exactly `solve --json`'s sdp.lmi_sizes, in order."""
+    import re
+
+    res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", str(SPECS / "ecg.lip")])
+    assert res.exit_code == 0, res.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
+            for line in res.output.splitlines() if line.startswith("│")}
+    assert rows["c2+relu2"][3] == "9 (4+2+3)" and rows["c2+relu2"][4] == "12 (4+2+3+3Y)"
+    assert rows["f1+relu3"][3].startswith("156") and rows["f1+relu3"][4] == "65 (60+5F)"
+    assert rows["f2"][4] == "none (eliminated)" and rows["avgpool1"][4] == "-"
+    shown = [int(m.group(1)) for r in rows.values() if (m := re.match(r"(\d+) \(", r[4]))]
+    solved = json.loads(CliRunner().invoke(cli, ["solve", "--json", str(SPECS / "ecg.lip")]).output)
+    assert shown == solved["sdp"]["lmi_sizes"] == [5, 12, 65]
+    assert "note: f2: X_(l-1) := W'W substituted" in res.output
+
+
 def test_show_lowering_names_each_construct():
     res = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["show", "--lowering", str(SPECS / "features.lip")])
     assert res.exit_code == 0
@@ -114,3 +133,46 @@ def test_show_lowering_names_each_construct():
         "swish slope [-0.1, 1.1]",
     ):
         assert words in res.output
+
+
+def test_solve_progress_goes_to_a_terminal_only(monkeypatch):
+    """Piped (CliRunner: no terminal), solve prints exactly the report, nothing on stderr; with stderr on a
+    terminal a status line names the stages and the solver's iterations there, and stdout is the same
+    report (times aside)."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    import lipdsl.app.cli as cli_module
+    from lipdsl.pipeline import solve_network
+    from lipdsl.lang.load import load_network
+
+    def report(text):  # the report without its timings
+        return [line for line in text.splitlines() if not line.strip().startswith("time:")]
+
+    piped = CliRunner().invoke(cli, ["solve", str(SPECS / "ecg.lip")], catch_exceptions=False)
+    assert piped.exit_code == 0 and piped.stderr == "" and piped.output.startswith("Lipschitz upper bound")
+    assert "lipdsl solve:" not in piped.output
+
+    tty = io.StringIO()
+    real = cli_module.console
+
+    def fake(stderr=False):
+        return Console(file=tty, force_terminal=True, width=120) if stderr else real(stderr)
+
+    monkeypatch.setattr(cli_module, "console", fake)
+    shown = CliRunner().invoke(cli, ["solve", str(SPECS / "ecg.lip")], catch_exceptions=False)
+    assert shown.exit_code == 0 and report(shown.output) == report(piped.output)
+    assert "lipdsl solve:" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.getvalue())
+    tty.truncate(0)
+    as_json = CliRunner().invoke(cli, ["solve", "--json", str(SPECS / "ecg.lip")], catch_exceptions=False)
+    assert json.loads(as_json.output)["certified"] and tty.getvalue() == ""  # --json: no display
+
+    stages, iterations = [], []
+    from lipdsl.solvers.solve import on_iteration
+
+    with on_iteration(iterations.append):
+        solve_network(load_network(SPECS / "ecg.lip")[1], progress=stages.append)
+    assert stages == ["lowering", "building the SDP", "solving", "certifying"]
+    assert iterations[:3] == [1, 2, 3]

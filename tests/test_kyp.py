@@ -253,3 +253,80 @@ def test_refitting_the_first_system_lowers_the_certified_bound(monkeypatch):
     assert cert.verified and without.verified
     assert cert.lipschitz < without.lipschitz * (1 - 1e-4)
     assert cert.lipschitz >= c_exact.lipschitz * (1 - 1e-7)
+
+
+@pytest.mark.parametrize("act,slope", [("leaky_relu", "[0.01, 1]"), ("relu", None)])
+def test_frequencies_say_which_layers_kept_their_exact_lmi(act, slope):
+    """--frequencies cannot grid a layer whose slope has alpha * beta > 0 (it needs P >= 0): a note says
+    which layer, why, and what helps (a looser slope [0, beta] claim); nothing is said when all are gridded."""
+    sdp = build_sdp(lower(conv_net(4, act=act)), frequencies=9)
+    kept = [n for n in sdp.notes if "kept its exact LMI" in n]
+    if slope is None:
+        assert not kept and sdp.storage
+        return
+    gridable = [link.system for link in sdp.links
+                if link.system.ss.nx and link.system.ss.nx >= link.system.ss.nu + link.system.ss.ny]
+    assert gridable and len(kept) == len(gridable)
+    for sys, note in zip(gridable, kept):
+        assert note.startswith(sys.name) and f"slope {slope}" in note and "P >= 0" in note
+        assert "'slope [0, 1]' after leaky_relu" in note
+    assert not any("kept its exact LMI" in n for n in build_sdp(lower(conv_net(4, act=act))).notes)
+
+
+def _deep_tcn(seed, ch=8, k=3, depth=5):
+    rng = np.random.default_rng(seed)
+    b = Builder(1, 64)
+    b.conv(rng.normal(size=(ch, 1, k)) / 2, padding="causal").act("relu")
+    for d in range(depth):
+        b.conv(rng.normal(size=(ch, ch, k)) / np.sqrt(ch * k) * 1.5, padding="causal", dilation=2 ** d)
+        b.act("relu")
+    b.gap()
+    b.dense(rng.normal(size=(2, ch)))
+    return b.build()
+
+
+def _text(result):
+    from rich.console import Console
+
+    from lipdsl.app.report import print_text
+
+    import io
+
+    buf = io.StringIO()
+    print_text(result, Console(file=buf, width=400, color_system=None))
+    return buf.getvalue().splitlines()
+
+
+@pytest.mark.solver
+def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_product_first():
+    """A deep dilated net on 3 frequencies: the grid misses the tight frequencies, the repair is ~10x and the
+    certified bound lands above the product of H-infinity gains; both are said on the lines after the bound,
+    and in the JSON (hinf_product, above_hinf_product, warnings)."""
+    import dataclasses
+
+    from lipdsl.app.report import to_json
+    from lipdsl.baselines.unrolled import naive_hinf
+
+    net = _deep_tcn(1)
+    result = solve_network(net, frequencies=3)
+    cert = result.certificate
+    assert cert.verified and cert.inflation > 1.0
+    assert result.hinf_product == naive_hinf(net)
+    out = to_json(result)
+    assert out["frequencies"] == 3 and out["hinf_product"] == result.hinf_product
+    assert out["above_hinf_product"] is (cert.lipschitz > result.hinf_product) is True
+    assert len(out["warnings"]) == 2 and "repair" in out["warnings"][0]
+    assert "--frequencies 5" in out["warnings"][0]
+    assert "naive-hinf" in out["warnings"][1]
+    lines = _text(result)
+    assert lines[0].startswith("Lipschitz upper bound") and "(certified)" in lines[0]
+    assert lines[1].startswith("  warning: the certificate repair") and f"{cert.inflation:.1%}" in lines[1]
+    assert lines[2].startswith("  warning: this bound is above") and "--method naive-hinf" in lines[2]
+    # a small repair below the product: no warning at all, and the exact SDP never gets the fields
+    quiet = dataclasses.replace(result, hinf_product=10 * cert.lipschitz,
+                                certificate=dataclasses.replace(cert, lipschitz_solver=cert.lipschitz / 1.005))
+    assert to_json(quiet)["warnings"] == [] and to_json(quiet)["above_hinf_product"] is False
+    assert not any("warning" in line for line in _text(quiet))
+    exact = solve_network(conv_net(4))
+    assert exact.hinf_product is None and to_json(exact)["warnings"] == []
+    assert to_json(exact)["frequencies"] is None and to_json(exact)["above_hinf_product"] is None

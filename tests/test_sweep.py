@@ -360,3 +360,16 @@ def test_baseline_methods_go_through_the_method_dispatcher(checkpoints, referenc
     assert res[0]["method"] == "naive-hinf" and res[0]["note"]
     with pytest.raises(LipdslError, match="unknown method 'lipsdp'"):
         sw.sweep(checkpoints[:1], like=ECG_SPEC, jobs=0, cache=False, method="lipsdp")
+
+
+def test_sweep_notes_carry_the_warnings_of_a_bound():
+    """A bound with warnings (frequency form: large repair, above the H-infinity product) is never listed
+    without them; an error row keeps its message, a quiet bound adds nothing."""
+    from lipdsl.app.report import sweep_notes
+
+    rows = [{"name": "a", "path": "a.lip", "lipschitz": 3.0, "warnings": ["the certificate repair raised"]},
+            {"name": "b", "path": "b.lip", "lipschitz": 2.0, "warnings": []},
+            {"name": "c", "path": "c.lip", "lipschitz": 1.0},
+            {"name": "d", "path": "d.lip", "lipschitz": None, "error": "d.lip:1:1: error: x"}]
+    assert sweep_notes(rows) == ["a (a.lip): warning: the certificate repair raised",
+                                 "d (d.lip): d.lip:1:1: error: x"]

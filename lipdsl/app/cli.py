@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -253,8 +254,10 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
         low = lower(net, min_length=min_length, lift=lift)
     except LipdslError as err:
         fail(err, source)
+    solver_rows, notes = _solver_lmis(low, size)
     table = Table(title=f"{net.name}: how each layer enters the SDP (bound = sqrt(rho) x {low.factor:.6g})")
-    for col in ("step", "layers", "construct", "LMI rows (state+in+out)", "scale / factor"):
+    for col in ("step", "layers", "construct", "direct LMI rows (state+in+out)", "solver rows",
+                "scale / factor"):
         table.add_column(col)
     for st in low.steps:
         if isinstance(st, lowered.System):
@@ -274,19 +277,53 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
                 ", ".join(st.layers),
                 f"{what} + {slope}" + (f"; {st.note}" if st.note else ""),
                 f"{rows} ({ss.nx}+{ss.nu}+{n_out})",
+                solver_rows.get(st.name, "-"),
                 f"{st.scale:.4g}",
             )
         elif isinstance(st, lowered.Pool):
-            table.add_row(st.name, st.name, st.note, "-", f"{st.gain:.4g}")
+            table.add_row(st.name, st.name, st.note, "-", "-", f"{st.gain:.4g}")
         else:
             table.add_row(
                 st.name,
                 st.name,
                 f"flatten {st.channels}x{st.length}: next input weight X (x) I_{st.length}",
                 "-",
+                "-",
                 "1",
             )
     console().print(table)
+    click.echo("direct: the layer's LMI as certify re-checks it (an eliminated layer has none); solver: the "
+               "LMI the solver sees (Y: rows of Y = X_out^-1, F: the inverse head's F rows), as in "
+               "`lipdsl solve --json`'s sdp.lmi_sizes")
+    for note in notes:
+        click.echo(f"  note: {note}")
+
+
+def _solver_lmis(low, size) -> tuple[dict[str, str], list[str]]:
+    """Per system name, the rows of the LMIs ``build_sdp`` gives the solver (``"none"`` for an eliminated
+    system), and the SDP's notes; nothing (and a note) when the SDP is beyond ``solve``'s default limits."""
+    from lipdsl.pipeline import MAX_LMI, MAX_VARIABLES
+    from lipdsl.sdp.build import build_sdp
+
+    if size.largest_lmi > MAX_LMI or size.variables > MAX_VARIABLES:
+        return {}, ["solver LMI rows not shown: the SDP is beyond `lipdsl solve`'s default --max-lmi / "
+                    "--max-variables"]
+    try:
+        sdp = build_sdp(low)
+    except LipdslError as err:
+        return {}, [f"solver LMI rows not shown: {err.message}"]
+    rows: dict[str, str] = {}
+    for lmi in sdp.lmis:
+        if lmi.system is None or lmi.name != f"LMI[{lmi.system}]":  # P >= 0, X >= 0: listed in the notes
+            continue
+        short = {"Y = X_out^-1": "Y", "F rows": "F"}  # the blocks the inverse forms add
+        rows[lmi.system] = f"{lmi.size} (" + "+".join(
+            f"{n}{short.get(label, '')}" for label, n in lmi.blocks) + ")"
+    for st in low.systems:
+        rows.setdefault(st.name, "none (eliminated)")
+    extra = [lmi.name for lmi in sdp.lmis if lmi.name.startswith(("P[", "X[", "Y["))]
+    notes = list(sdp.notes) + ([f"also {', '.join(extra)}"] if extra else [])
+    return rows, notes
 
 
 def _check_state_space_size(net, source) -> None:
@@ -449,12 +486,14 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
     from lipdsl.pipeline import solve_network
 
     try:
-        result = solve_network(
-            net,
-            seconds={"parse+check": load_seconds},
-            deadline=deadline,
-            **options,
-        )
+        with _solve_progress(options["solver"], quiet=as_json) as progress:
+            result = solve_network(
+                net,
+                seconds={"parse+check": load_seconds},
+                deadline=deadline,
+                progress=progress,
+                **options,
+            )
     except LipdslError as err:
         fail(err, source)
     proof = None
@@ -478,6 +517,31 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
                        f"{certificate_path} [--exact])")
     if not result.certificate.verified:
         sys.exit(3)
+
+
+@contextlib.contextmanager
+def _solve_progress(solver: str, quiet: bool):
+    """On a terminal (stderr), a one-line status while ``solve`` works: the stage, and the solver's
+    iteration (``solvers.solve.on_iteration``); yields the pipeline's ``progress(stage)`` callback, or None
+    (and shows nothing) when stderr is not a terminal or with ``--json``."""
+    import time
+
+    from lipdsl.solvers.solve import on_iteration
+
+    err_console = console(stderr=True)
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    start = time.monotonic()
+    with err_console.status("lipdsl solve: starting", spinner="dots") as status:
+        def show(text):
+            status.update(f"lipdsl solve: {text} ({time.monotonic() - start:.0f} s)")
+
+        def stage(name):
+            show(f"{name} ({solver})" if name == "solving" else name)
+
+        with on_iteration(lambda k: show(f"solving ({solver}): iteration {k}")):
+            yield stage
 
 
 def _certify_file(result, net, path, exact, min_length, lift, frequencies, solver):

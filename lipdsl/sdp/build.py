@@ -172,6 +172,20 @@ def in_frequency_form(nx: int, nu: int, ny: int, slope: tuple[float, float] | No
     return nx > 0 and nx >= nu + ny and not (slope is not None and slope[0] * slope[1] > 0)
 
 
+def exact_lmi_note(sys: lowered.System) -> str:
+    """Why ``--frequencies`` left a system's LMI exact (``P`` among the solver's variables): a slope with
+    ``alpha * beta > 0`` needs ``P >= 0``, which the frequency-domain form does not impose; and what helps."""
+    slopes = ([(sys.activation or "activation", sys.slope)] if sys.slope is not None
+              and sys.slope[0] * sys.slope[1] > 0 else [])
+    slopes += [(a.name, (a.alpha, a.beta)) for a in sys.internal if a.alpha * a.beta > 0]
+    which = ", ".join(f"{name} slope [{a:g}, {b:g}]" for name, (a, b) in slopes)
+    fix = ", ".join(f"'slope [0, {b:g}]' after {name}" if a > 0 else f"'slope [{a:g}, 0]' after {name}"
+                    for name, (a, b) in slopes)
+    return (f"{sys.name} kept its exact LMI ({sys.ss.nx} states, P in the SDP) under --frequencies: "
+            f"alpha*beta > 0 ({which}) needs P >= 0, which has no frequency-domain form here; hint: "
+            f"{fix} in the spec (a sound, looser claim) lets --frequencies grid it, or drop --frequencies")
+
+
 def frequency_grid(count: int) -> np.ndarray:
     """``count`` frequencies ``pi j / (count - 1)``, ``j = 0 .. count-1`` (both ends included)."""
     return np.pi * np.arange(count) / max(count - 1, 1)
@@ -323,6 +337,9 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
                                          or any(a.alpha * a.beta > 0 for a in sys.internal))
         gridded = (frequencies is not None and in_frequency_form(sys.ss.nx, sys.ss.nu, sys.ss.ny, sys.slope)
                    and not any(a.alpha * a.beta > 0 for a in sys.internal))
+        if (frequencies is not None and not gridded and sys.ss.nx >= sys.ss.nu + sys.ss.ny > 0 and sys.ss.nx
+                and needs_P_psd):
+            notes.append(exact_lmi_note(sys))
         P = None
         if sys.ss.nx and not gridded:
             P = new_var(f"P[{sys.name}]", "P", sys.name, sys.ss.nx, "symmetric")
