@@ -258,7 +258,8 @@ def test_refitting_the_first_system_lowers_the_certified_bound(monkeypatch):
 @pytest.mark.parametrize("act,slope", [("leaky_relu", "[0.01, 1]"), ("relu", None)])
 def test_frequencies_say_which_layers_kept_their_exact_lmi(act, slope):
     """--frequencies cannot grid a layer whose slope has alpha * beta > 0 (it needs P >= 0): a note says
-    which layer, why, and what helps (a looser slope [0, beta] claim); nothing is said when all are gridded."""
+    which layer, why, and what helps (a looser slope [0, beta] claim); nothing is said when all are
+    gridded."""
     sdp = build_sdp(lower(conv_net(4, act=act)), frequencies=9)
     kept = [n for n in sdp.notes if "kept its exact LMI" in n]
     if slope is None:
@@ -323,8 +324,8 @@ def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_produc
     assert lines[1].startswith("  warning: the certificate repair") and f"{cert.inflation:.1%}" in lines[1]
     assert lines[2].startswith("  warning: this bound is above") and "--method naive-hinf" in lines[2]
     # a small repair below the product: no warning at all, and the exact SDP never gets the fields
-    quiet = dataclasses.replace(result, hinf_product=10 * cert.lipschitz,
-                                certificate=dataclasses.replace(cert, lipschitz_solver=cert.lipschitz / 1.005))
+    small = dataclasses.replace(cert, lipschitz_solver=cert.lipschitz / 1.005)
+    quiet = dataclasses.replace(result, hinf_product=10 * cert.lipschitz, certificate=small)
     assert to_json(quiet)["warnings"] == [] and to_json(quiet)["above_hinf_product"] is False
     assert not any("warning" in line for line in _text(quiet))
     exact = solve_network(conv_net(4))
