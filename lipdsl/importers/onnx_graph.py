@@ -846,7 +846,13 @@ def _test_length(imported, proto_input) -> int | None:
         ok, m = True, n
         for L in imported.layers:
             o = L.options
-            if L.kind == "conv1d":
+            if L.kind == "residual":  # both branches keep the length alike (checked at the import)
+                for M in o["main"]:
+                    if M.kind == "conv1d":
+                        pl, pr = conv1d_padding(M.options["padding"], M.options["kernel"], M.options["dilation"])
+                        m = conv1d_length(m, M.options["kernel"], M.options["stride"], M.options["dilation"],
+                                          pl, pr)
+            elif L.kind == "conv1d":
                 pl, pr = conv1d_padding(o["padding"], o["kernel"], o["dilation"])
                 m = conv1d_length(m, o["kernel"], o["stride"], o["dilation"], pl, pr)
             elif L.kind in ("avgpool", "maxpool"):
