@@ -187,7 +187,8 @@ def test_trained_fcn_exports_give_the_hand_written_bound(tmp_path):
         _, net = load_network(spec)
         cert = solve_network(net).certificate
         assert cert.verified
-        assert abs(cert.lipschitz - expected.lipschitz) <= 1e-9 * expected.lipschitz
+        assert abs(cert.lipschitz_solver - expected.lipschitz_solver) <= 1e-9 * expected.lipschitz_solver
+        assert abs(cert.lipschitz - expected.lipschitz) <= 1e-5 * expected.lipschitz
 
 
 def test_trained_tcn_exports_equal_the_hand_written_spec():
@@ -712,3 +713,25 @@ def test_outputs_name_one_tensor_per_layer():
     assert len(imported.outputs) == len(imported.layers)
     names = {v for n in onnx.load(str(DATA / "tcn.dynamo.onnx")).graph.node for v in n.output}
     assert set(imported.outputs) <= names
+
+
+@pytest.mark.slow
+@pytest.mark.solver
+def test_trained_tcn_residual_exports_give_the_hand_written_bound(tmp_path):
+    """specs/tcn.lip and its two exports, imported: the same certified bound at --frequencies 17 (1e-9).
+
+    CVXOPT stops 'unknown' on this SDP (31 iterations, any --tol); the bound certified from that last point
+    (sound, 1.061 x the solver's value) amplifies the 1e-16 differences between the weight-norm tensors (the
+    exporters' float32 graphs evaluated in float64 vs the training script's) to ~6e-6 relative, so the solver's
+    values are compared at 1e-9 and the certified bounds at 1e-5.
+    """
+    _, ref = load_network(ROOT / "specs" / "tcn.lip")
+    expected = solve_network(ref, frequencies=17, accept_unconverged=True).certificate
+    assert expected.verified
+    for exporter in ("torchscript", "dynamo"):
+        spec, _ = import_onnx(TRAINED / f"tcn_res16.{exporter}.onnx").write(tmp_path / f"{exporter}.lip")
+        _, net = load_network(spec)
+        cert = solve_network(net, frequencies=17, accept_unconverged=True).certificate
+        assert cert.verified
+        assert abs(cert.lipschitz_solver - expected.lipschitz_solver) <= 1e-9 * expected.lipschitz_solver
+        assert abs(cert.lipschitz - expected.lipschitz) <= 1e-5 * expected.lipschitz
