@@ -363,7 +363,8 @@ def test_residual_add_of_two_branches_is_a_block(tmp_path):
     imported = import_onnx(m)  # both branches hold an activation: the first is the main path
     (block,) = imported.layers
     assert block.kind == "residual" and block.origin == "node 'res' (Add)"
-    assert [L.options["function"] for L in block.options["main"] + block.options["shortcut"]] == ["relu", "tanh"]
+    functions = [L.options["function"] for L in block.options["main"] + block.options["shortcut"]]
+    assert functions == ["relu", "tanh"]
 
 
 def test_ceil_mode_accepted_when_windows_tile(tmp_path):

@@ -722,8 +722,8 @@ def test_trained_tcn_residual_exports_give_the_hand_written_bound(tmp_path):
 
     CVXOPT stops 'unknown' on this SDP (31 iterations, any --tol); the bound certified from that last point
     (sound, 1.061 x the solver's value) amplifies the 1e-16 differences between the weight-norm tensors (the
-    exporters' float32 graphs evaluated in float64 vs the training script's) to ~6e-6 relative, so the solver's
-    values are compared at 1e-9 and the certified bounds at 1e-5.
+    exporters' float32 graphs evaluated in float64 vs the training script's) to ~6e-6 relative, so the
+    solver's values are compared at 1e-9 and the certified bounds at 1e-5.
     """
     _, ref = load_network(ROOT / "specs" / "tcn.lip")
     expected = solve_network(ref, frequencies=17, accept_unconverged=True).certificate

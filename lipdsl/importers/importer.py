@@ -252,7 +252,7 @@ def _layer_text(L: Layer) -> str:
 
 
 def _body_lines(layers: list[Layer]) -> list[tuple[str, str]]:
-    """(text, origin) per spec line; a residual block as ``residual NAME:`` / its layers / ``shortcut`` / ``end``."""
+    """(text, origin) per spec line; a block as ``residual NAME:``, its layers, ``shortcut``, ``end``."""
     body: list[tuple[str, str]] = []
     for L in layers:
         if L.kind != "residual":
@@ -556,7 +556,7 @@ class _OnnxReader:
         return [i for i in node.input if i and i not in self.consts]
 
     def walk(self, current: str, shape: Shape, first, *, top: bool) -> tuple[str, Shape, Any]:
-        """Follow the chain from tensor ``current`` (starting with node ``first`` when given), appending layers.
+        """Follow the chain from tensor ``current`` (first node ``first`` when given), appending layers.
 
         At the top level a tensor that feeds two nodes opens a residual block (:meth:`residual`); inside a
         branch the walk stops before the node that joins two tensors and returns it. Returns the last
@@ -578,7 +578,7 @@ class _OnnxReader:
                             hint="lipdsl imports residual blocks that do not nest",
                         )
                     if pending_pad is not None:
-                        raise UnsupportedError("a Pad feeds a residual block; lipdsl folds Pad into a Conv only")
+                        raise UnsupportedError("a Pad feeds a residual block; lipdsl folds a Pad into a Conv")
                     current, shape = self.residual(current, shape, users)
                     continue
                 node = users[0]
@@ -628,7 +628,7 @@ class _OnnxReader:
         return current, shape, None
 
     def residual(self, x: str, shape: Shape, users) -> tuple[str, Shape]:
-        """``x`` feeds two nodes: two branches joined by one ``Add`` -> a ``residual`` layer (main + shortcut)."""
+        """``x`` feeds two nodes: two branches joined by one ``Add`` -> a ``residual`` layer."""
         where_all = ", ".join(self.where(n) for n in users)
         if len(users) != 2 or self.squeeze or shape.flat:
             raise UnsupportedError(

@@ -848,10 +848,10 @@ def _test_length(imported, proto_input) -> int | None:
             o = L.options
             if L.kind == "residual":  # both branches keep the length alike (checked at the import)
                 for M in o["main"]:
+                    q = M.options
                     if M.kind == "conv1d":
-                        pl, pr = conv1d_padding(M.options["padding"], M.options["kernel"], M.options["dilation"])
-                        m = conv1d_length(m, M.options["kernel"], M.options["stride"], M.options["dilation"],
-                                          pl, pr)
+                        pl, pr = conv1d_padding(q["padding"], q["kernel"], q["dilation"])
+                        m = conv1d_length(m, q["kernel"], q["stride"], q["dilation"], pl, pr)
             elif L.kind == "conv1d":
                 pl, pr = conv1d_padding(o["padding"], o["kernel"], o["dilation"])
                 m = conv1d_length(m, o["kernel"], o["stride"], o["dilation"], pl, pr)
