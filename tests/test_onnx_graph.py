@@ -318,8 +318,10 @@ def test_a_wrong_block_output_is_caught_by_the_reference_check():
     imported = import_onnx(_residual_model("conv"))
     short = imported.layers[0].options["shortcut"][0]
     imported.tensors[short.options["weight"]] = imported.tensors[short.options["weight"]] * 1.01
-    with pytest.raises(UnsupportedError, match="'s' of layer 1"):
+    with pytest.raises(UnsupportedError, match="'q' of layer 1 .*'down'"):  # the shortcut's conv + BN
         check_against_reference(_residual_model("conv"), imported)
+    names = [n for n in imported.layers[0].options["outputs"]["main"]]
+    assert names == ["a", "b", "m"]  # every branch layer is compared with its ONNX tensor, then the block (s)
 
 
 def _graph(nodes, inits, c=1, n=8):

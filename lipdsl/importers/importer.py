@@ -669,11 +669,17 @@ class _OnnxReader:
         def rank(layers):
             return (any(L.kind == "activation" for L in layers), len(layers))
 
-        main, short = (la, lb) if rank(la) >= rank(lb) else (lb, la)
+        (main, om), (short, os_) = ((la, oa), (lb, ob)) if rank(la) >= rank(lb) else ((lb, ob), (la, oa))
         if not main:
             raise UnsupportedError(f"{self.where(add)} adds a tensor to itself; not a residual block")
         origin = f"node {add.name!r} (Add)" if add.name else "Add"
-        self.layers.append(Layer("residual", None, {"main": tuple(main), "shortcut": tuple(short)}, origin))
+        inner = {  # the ONNX tensor each branch layer's output equals, for the reference check
+            "main": [om[i] for i in range(len(main))],
+            "shortcut": [os_[i] for i in range(len(short))],
+        }
+        self.layers.append(
+            Layer("residual", None, {"main": tuple(main), "shortcut": tuple(short), "outputs": inner}, origin)
+        )
         self.outputs[len(self.layers) - 1] = add.output[0]
         return add.output[0], sa
 
