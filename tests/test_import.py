@@ -260,7 +260,7 @@ def _residual():
         [
             helper.make_node("Conv", ["x", "k"], ["a"], pads=[1, 1]),
             helper.make_node("Relu", ["a"], ["b"]),
-            helper.make_node("Add", ["a", "b"], ["y"], name="skip"),
+            helper.make_node("Mul", ["a", "b"], ["y"], name="skip"),  # a residual Add is imported (a block)
         ],
         {"k": w(1, 1, 3)},
         [1, 1, 8],
@@ -332,7 +332,7 @@ def _reshape_not_flatten():
     "build, words",
     [
         (_bn, ["'bn1' (BatchNormalization)", "fold"]),
-        (_residual, ["feeds 2 nodes", "branches"]),
+        (_residual, ["'skip' (Mul)", "combines 2 tensors", "residual Add"]),
         (_concat, ["'cat' (Concat)"]),
         (_grouped, ["'dw' (Conv)", "grouped"]),
         (_asymmetric, ["'asym' (Conv)", "1 zeros on the left and 2 on the right"]),
@@ -350,7 +350,7 @@ def test_unsupported_ops_name_the_node_and_op(build, words):
         assert word in str(info.value)
 
 
-def test_residual_add_of_two_branches(tmp_path):
+def test_residual_add_of_two_branches_is_a_block(tmp_path):
     m = model(
         [
             helper.make_node("Relu", ["x"], ["a"]),
@@ -360,8 +360,11 @@ def test_residual_add_of_two_branches(tmp_path):
         {},
         [1, 1, 8],
     )
-    with pytest.raises(UnsupportedError, match="feeds 2 nodes"):
-        import_onnx(m)
+    imported = import_onnx(m)  # both branches hold an activation: the first is the main path
+    (block,) = imported.layers
+    assert block.kind == "residual" and block.origin == "node 'res' (Add)"
+    functions = [L.options["function"] for L in block.options["main"] + block.options["shortcut"]]
+    assert functions == ["relu", "tanh"]
 
 
 def test_ceil_mode_accepted_when_windows_tile(tmp_path):

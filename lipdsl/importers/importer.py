@@ -46,7 +46,8 @@ _RESERVED = frozenset(
 _ONNX_SUPPORTED = (
     "Conv (1-D), Relu, Tanh, Sigmoid, LeakyRelu, Elu, AveragePool, MaxPool, GlobalAveragePool, "
     "ReduceMean over time, Flatten, Reshape (as a flatten), Squeeze (after a global pool), "
-    "Gemm, MatMul + Add, Pad (zeros, before a Conv), Identity, Dropout"
+    "Gemm, MatMul + Add, Pad (zeros, before a Conv), Identity, Dropout, "
+    "Add of two branches from one signal (a residual block)"
 )
 
 
@@ -100,7 +101,7 @@ class Imported:
             str(shp.channels) if shp.flat else f"{shp.channels} x {'*' if shp.length is None else shp.length}"
         )
         lines += [f"network {self.name}", f"input {dims}", f'weights "{weights_file}"', ""]
-        body = [(_layer_text(L), L.origin) for L in self.layers]
+        body = _body_lines(self.layers)
         width = min(max((len(t) for t, _ in body), default=0), 90)
         lines += [f"{t:<{width}}  # {o}" if o else t for t, o in body]
         return "\n".join(lines) + "\n"
@@ -140,12 +141,20 @@ class Imported:
 
     def to_network(self) -> typed.Network:
         """The checked network, built from the tensors in memory (the same as checking the spec)."""
-        names = _auto_names(self.layers)
-        shape = self.input_shape
+        names = iter(_auto_names(_flat_order(self.layers)))
+        out, _ = self._build(self.layers, names, self.input_shape)
+        return typed.Network(self.name, self.input_shape, tuple(out), None, None)
+
+    def _build(self, layers, names, shape: Shape) -> tuple[list, Shape]:
         out: list[typed.Layer] = []
-        for L, name in zip(self.layers, names):
+        for L in layers:
+            name = next(names)
             o = L.options
-            if L.kind == "conv1d":
+            if L.kind == "residual":
+                main, new = self._build(o["main"], names, shape)
+                short, _ = self._build(o["shortcut"], names, shape)
+                out.append(typed.Residual(name, None, tuple(main), tuple(short), shape, new))
+            elif L.kind == "conv1d":
                 pl, pr = conv1d_padding(o["padding"], o["kernel"], o["dilation"])
                 n = (
                     None
@@ -204,7 +213,7 @@ class Imported:
             else:  # pragma: no cover
                 raise AssertionError(L.kind)
             shape = new
-        return typed.Network(self.name, self.input_shape, tuple(out), None, None)
+        return out, shape
 
     def _tensor(self, key: str | None) -> np.ndarray | None:
         if key is None:
@@ -240,6 +249,32 @@ def _layer_text(L: Layer) -> str:
         stride = "" if o["stride"] == o["kernel"] else f", stride {o['stride']}"
         return f"{L.kind}{sized} {o['kernel']}{stride}"
     return L.kind + label
+
+
+def _body_lines(layers: list[Layer]) -> list[tuple[str, str]]:
+    """(text, origin) per spec line; a block as ``residual NAME:``, its layers, ``shortcut``, ``end``."""
+    body: list[tuple[str, str]] = []
+    for L in layers:
+        if L.kind != "residual":
+            body.append((_layer_text(L), L.origin))
+            continue
+        body.append((f"residual{' ' + L.name + ':' if L.name else ''}", L.origin))
+        body += [("  " + _layer_text(M), M.origin) for M in L.options["main"]]
+        if L.options["shortcut"]:
+            body.append(("shortcut", ""))
+            body += [("  " + _layer_text(M), M.origin) for M in L.options["shortcut"]]
+        body.append(("end", ""))
+    return body
+
+
+def _flat_order(layers) -> list[Layer]:
+    """Layers in the order ``check`` names them: a block, then its main path, then its shortcut."""
+    out: list[Layer] = []
+    for L in layers:
+        out.append(L)
+        if L.kind == "residual":
+            out += _flat_order(L.options["main"]) + _flat_order(L.options["shortcut"])
+    return out
 
 
 def _slope(function: str, parameter: float | None) -> tuple[float, float]:
@@ -313,7 +348,8 @@ class _Keys:
 
 def _layer_name(weight_name: str, taken: set[str]) -> str | None:
     """``conv1.weight`` -> ``conv1``, ``features.0.weight`` -> ``features_0``; None if no readable name."""
-    stem = weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
+    folded = re.match(r"(.+)\.weight_", weight_name)  # a weight with batch norm folded in: conv1.weight_bn1
+    stem = folded.group(1) if folded else weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
     stem = re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_")
     if not stem or not re.match(r"[A-Za-z][A-Za-z0-9_]*$", stem) or stem in _KEYWORDS or stem in _RESERVED:
         return None
@@ -489,40 +525,79 @@ class _OnnxReader:
             )
         shape, self.squeeze = self.input_shape(inputs[0], length), False
         start = shape
-        current = inputs[0].name
-        consumers: dict[str, list] = {}
-        for node in graph.node:
-            for i in node.input:
-                consumers.setdefault(i, []).append(node)
-        pending_pad: tuple[int, int] | None = None
-        for node in graph.node:
+        data_nodes = []
+        for node in graph.node:  # constants first (topological order: they depend on constants only)
             if node.op_type == "Constant":
                 attrs = self.attrs(node)
                 if "value" not in attrs:
                     raise UnsupportedError(f"{self.where(node)}: only 'value' constants are supported")
                 self.consts[node.output[0]] = (self.nh.to_array(attrs["value"]), node.output[0])
-                continue
-            data = [i for i in node.input if i and i not in self.consts]
-            if not data:  # shape arithmetic on constants (e.g. torch's Pad export): evaluate it, no layer
-                self.fold(node)
-                continue
-            if data != [current]:
+            elif not [i for i in node.input if i and i not in self.consts]:
+                self.fold(node)  # shape arithmetic on constants (e.g. torch's Pad export): no layer
+            else:
+                data_nodes.append(node)
+        self.consumers: dict[str, list] = {}
+        for node in data_nodes:
+            for i in dict.fromkeys(node.input):
+                if i and i not in self.consts:
+                    self.consumers.setdefault(i, []).append(node)
+        self.graph_outputs = {o.name for o in graph.output}
+        current, shape, join = self.walk(inputs[0].name, shape, None, top=True)
+        if current != graph.output[0].name:
+            raise UnsupportedError(
+                f"the graph's output {graph.output[0].name!r} is not the end of the chain ({current!r})"
+            )
+        if not self.layers:
+            raise UnsupportedError("the graph has no layer lipdsl can bound")
+        outputs = [self.outputs[i] for i in range(len(self.layers))]
+        return Imported(name, start, self.layers, self.keys.tensors, origin, self.notes, outputs)
+
+    def data_inputs(self, node) -> list[str]:
+        return [i for i in node.input if i and i not in self.consts]
+
+    def walk(self, current: str, shape: Shape, first, *, top: bool) -> tuple[str, Shape, Any]:
+        """Follow the chain from tensor ``current`` (first node ``first`` when given), appending layers.
+
+        At the top level a tensor that feeds two nodes opens a residual block (:meth:`residual`); inside a
+        branch the walk stops before the node that joins two tensors and returns it. Returns the last
+        tensor, its shape and the joining node (None at the top level).
+        """
+        pending_pad: tuple[int, int] | None = None
+        while True:
+            if first is not None:
+                node, first = first, None
+            else:
+                users = self.consumers.get(current, [])
+                if not users:
+                    break
+                if len(users) > 1:
+                    if not top:
+                        raise UnsupportedError(
+                            f"the output {current!r} feeds {len(users)} nodes "
+                            f"({', '.join(self.where(n) for n in users)}) inside a residual branch",
+                            hint="lipdsl imports residual blocks that do not nest",
+                        )
+                    if pending_pad is not None:
+                        raise UnsupportedError("a Pad feeds a residual block; lipdsl folds a Pad into a Conv")
+                    current, shape = self.residual(current, shape, users)
+                    continue
+                node = users[0]
+            data = self.data_inputs(node)
+            if len(data) > 1 or (data and data[0] != current):
+                if not top and node.op_type == "Add":
+                    if pending_pad is not None:
+                        raise UnsupportedError(f"{self.where(node)} follows a Pad")
+                    return current, shape, node
                 if len(data) > 1:
                     raise UnsupportedError(
                         f"{self.where(node)} combines {len(data)} tensors ({', '.join(map(repr, data))}): "
-                        "branches, residual connections and concatenation are not sequential networks",
-                        hint="lipdsl bounds sequential 1D CNNs only",
+                        "lipdsl imports residual Add of two branches from one tensor only; other "
+                        "branches and concatenation are not supported",
+                        hint="lipdsl bounds sequential 1D CNNs and residual blocks",
                     )
                 raise UnsupportedError(
                     f"{self.where(node)} reads {data[0]!r}, not the output of the previous "
                     "layer: the graph is not a single chain"
-                )
-            users = consumers.get(current, [])
-            if len(users) > 1:
-                raise UnsupportedError(
-                    f"the output {current!r} feeds {len(users)} nodes "
-                    f"({', '.join(self.where(n) for n in users)}): the graph branches",
-                    hint="lipdsl bounds sequential 1D CNNs only",
                 )
             if pending_pad is not None and node.op_type != "Conv":
                 raise UnsupportedError(
@@ -537,20 +612,76 @@ class _OnnxReader:
                     self.outputs[len(self.layers) - 1] = node.output[0]
             current = node.output[0]
             for extra in node.output[1:]:
-                if extra and consumers.get(extra) or extra in {o.name for o in graph.output}:
+                if extra and self.consumers.get(extra) or extra in self.graph_outputs:
                     raise UnsupportedError(
                         f"{self.where(node)}: its output {extra!r} is used; only the first output can be"
                     )
+            if not top and current in self.graph_outputs:
+                break
         if pending_pad is not None:
             raise UnsupportedError("the graph ends with a Pad")
-        if current != graph.output[0].name:
+        if not top:
             raise UnsupportedError(
-                f"the graph's output {graph.output[0].name!r} is not the end of the chain ({current!r})"
+                f"a branch from the residual block's input ends at {current!r} without joining the other",
+                hint="lipdsl imports residual blocks main(x) + shortcut(x) joined by an Add",
             )
-        if not self.layers:
-            raise UnsupportedError("the graph has no layer lipdsl can bound")
-        outputs = [self.outputs[i] for i in range(len(self.layers))]
-        return Imported(name, start, self.layers, self.keys.tensors, origin, self.notes, outputs)
+        return current, shape, None
+
+    def residual(self, x: str, shape: Shape, users) -> tuple[str, Shape]:
+        """``x`` feeds two nodes: two branches joined by one ``Add`` -> a ``residual`` layer."""
+        where_all = ", ".join(self.where(n) for n in users)
+        if len(users) != 2 or self.squeeze or shape.flat:
+            raise UnsupportedError(
+                f"the output {x!r} feeds {len(users)} nodes ({where_all}): the graph branches"
+                + ("" if len(users) != 2 else " on a vector; lipdsl's residual blocks take signals"),
+                hint="lipdsl imports residual blocks (two branches from one signal, summed by an Add)",
+            )
+        saved_layers, saved_outputs = self.layers, self.outputs
+        branches = []
+        for user in users:
+            self.layers, self.outputs = [], {}
+            if user.op_type == "Add" and x in self.data_inputs(user) and len(self.data_inputs(user)) == 2:
+                end, out_shape, join = x, shape, user  # the identity shortcut
+            else:
+                end, out_shape, join = self.walk(x, shape, user, top=False)
+            branches.append((self.layers, self.outputs, end, out_shape, join))
+        self.layers, self.outputs = saved_layers, saved_outputs
+        (la, oa, ea, sa, ja), (lb, ob, eb, sb, jb) = branches
+        if ja is not jb or sorted(self.data_inputs(ja)) != sorted([ea, eb]):
+            raise UnsupportedError(
+                f"the output {x!r} feeds two branches that end in different nodes "
+                f"({self.where(ja)}, {self.where(jb)}): not a residual block",
+                hint="lipdsl imports residual blocks main(x) + shortcut(x) joined by one Add",
+            )
+        add = ja
+        if len(add.input) != 2 or sa != sb:
+            raise UnsupportedError(
+                f"{self.where(add)} adds {sa} and {sb}: the branches of a residual block must have one shape"
+            )
+        for branch in (la, lb):
+            bad = [L for L in branch if L.kind not in ("conv1d", "activation")]
+            if bad:
+                raise UnsupportedError(
+                    f"the residual branch ending at {self.where(add)} holds a {bad[0].kind} "
+                    f"({bad[0].origin}); lipdsl's residual blocks hold convolutions and activations",
+                )
+        # the main path: the branch with activations, else the longer one; the other is the shortcut
+        def rank(layers):
+            return (any(L.kind == "activation" for L in layers), len(layers))
+
+        (main, om), (short, os_) = ((la, oa), (lb, ob)) if rank(la) >= rank(lb) else ((lb, ob), (la, oa))
+        if not main:
+            raise UnsupportedError(f"{self.where(add)} adds a tensor to itself; not a residual block")
+        origin = f"node {add.name!r} (Add)" if add.name else "Add"
+        inner = {  # the ONNX tensor each branch layer's output equals, for the reference check
+            "main": [om[i] for i in range(len(main))],
+            "shortcut": [os_[i] for i in range(len(short))],
+        }
+        self.layers.append(
+            Layer("residual", None, {"main": tuple(main), "shortcut": tuple(short), "outputs": inner}, origin)
+        )
+        self.outputs[len(self.layers) - 1] = add.output[0]
+        return add.output[0], sa
 
     def fold(self, node) -> None:
         """Evaluate a node whose inputs are all constants (onnx's numpy reference evaluator)."""

@@ -846,7 +846,13 @@ def _test_length(imported, proto_input) -> int | None:
         ok, m = True, n
         for L in imported.layers:
             o = L.options
-            if L.kind == "conv1d":
+            if L.kind == "residual":  # both branches keep the length alike (checked at the import)
+                for M in o["main"]:
+                    q = M.options
+                    if M.kind == "conv1d":
+                        pl, pr = conv1d_padding(q["padding"], q["kernel"], q["dilation"])
+                        m = conv1d_length(m, q["kernel"], q["stride"], q["dilation"], pl, pr)
+            elif L.kind == "conv1d":
                 pl, pr = conv1d_padding(o["padding"], o["kernel"], o["dilation"])
                 m = conv1d_length(m, o["kernel"], o["stride"], o["dilation"], pl, pr)
             elif L.kind in ("avgpool", "maxpool"):
@@ -907,7 +913,15 @@ def check_against_reference(proto, imported, *, samples: int = 3, seed: int = 0)
             f"onnx's reference evaluator cannot run the model to check the import: {exc}"
         ) from None
     ref: dict[str, list[np.ndarray]] = {}
-    names = [o for o in imported.outputs]
+    checks = []  # (index, layer, the layers computing its output, the ONNX tensor): a block's branches first
+    for j, (layer, name) in enumerate(zip(imported.layers, imported.outputs)):
+        if layer.kind == "residual":
+            block, inner = net.layers[j], layer.options["outputs"]
+            for branch, typed_branch in (("main", block.main), ("shortcut", block.shortcut)):
+                for i, tensor in enumerate(inner[branch]):
+                    checks.append((j, layer.options[branch][i], net.layers[:j] + typed_branch[: i + 1], tensor))
+        checks.append((j, layer, net.layers[: j + 1], name))
+    names = list(dict.fromkeys(name for *_, name in checks))
     for i in range(samples):
         x = u[i * batch : (i + 1) * batch].astype(dtype)
         try:
@@ -922,8 +936,8 @@ def check_against_reference(proto, imported, *, samples: int = 3, seed: int = 0)
                     f"the ONNX tensor {name!r} was not computed by the reference evaluator"
                 )
             ref.setdefault(name, []).append(np.asarray(results[name], dtype=np.float64))
-    for j, (layer, name) in enumerate(zip(imported.layers, names)):
-        prefix = replace(net, layers=net.layers[: j + 1])
+    for j, layer, layers, name in checks:
+        prefix = replace(net, layers=tuple(layers))
         mine = linearize(prefix, u.astype(dtype).astype(np.float64), batch=True).output
         theirs = np.concatenate(ref[name], axis=0)
         if mine.size != theirs.size:
