@@ -209,7 +209,7 @@ def test_trained_tcn_exports_equal_the_hand_written_spec():
                     np.testing.assert_allclose(x, y, rtol=0, atol=2e-16)
 
 
-# -- residual blocks ------------------------------------------------------------------------------------------
+# -- residual blocks --------------------------------------------------------------------------------------
 
 
 def _same_tensor(x, y):
@@ -269,7 +269,8 @@ def _residual_model(shortcut: str, act="Relu"):
     rng = np.random.default_rng(5)
     c_in, c = (2, 2) if shortcut == "identity" else (2, 3)
     inits = {"w1": rng.standard_normal((c, c_in, 3)), "b1": rng.standard_normal(c),
-             "w2": rng.standard_normal((c, c, 3)), "fw": rng.standard_normal((2, c)), "fb": rng.standard_normal(2)}
+             "w2": rng.standard_normal((c, c, 3)), "fw": rng.standard_normal((2, c)),
+             "fb": rng.standard_normal(2)}
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1], name="c1"),
         helper.make_node(act, ["a"], ["b"], name="r1"),
@@ -278,7 +279,8 @@ def _residual_model(shortcut: str, act="Relu"):
     if shortcut == "identity":
         nodes.append(helper.make_node("Add", ["m", "x"], ["s"], name="skip"))
     else:
-        inits.update(ws=rng.standard_normal((c, c_in, 1)), g=rng.uniform(0.5, 2, c), be=rng.standard_normal(c),
+        inits.update(ws=rng.standard_normal((c, c_in, 1)), g=rng.uniform(0.5, 2, c),
+                     be=rng.standard_normal(c),
                      mu=rng.standard_normal(c), var=rng.uniform(0.5, 2, c))
         nodes += [helper.make_node("Conv", ["x", "ws"], ["p"], name="down"),
                   helper.make_node("BatchNormalization", ["p", "g", "be", "mu", "var"], ["q"], name="bn"),

@@ -6,8 +6,8 @@ What exporters write around the layers of a 1D CNN is rewritten here, exactly, b
 - **Constants.** ``Constant`` nodes in every attribute form (``value``, ``value_float(s)``, ``value_int(s)``,
   ``value_string(s)``; ``sparse_value`` is refused) and every node whose inputs are all constants (torch's
   shape arithmetic, the weight-norm subgraph ``w = g * v / ||v||`` of ``ReduceL2``/``Div``/``Mul``, the dynamo
-  exporter's ``Cast``/``Reshape`` of parameters) are evaluated with ``onnx.reference`` **in float64** (floating
-  inputs are widened first and float casts keep float64), after an output-size estimate.
+  exporter's ``Cast``/``Reshape`` of parameters) are evaluated with ``onnx.reference`` **in float64**
+  (floating inputs are widened first and float casts keep float64), after an output-size estimate.
 - **Zero ``Pad`` before a ``Conv``** (dynamo's ``'same'`` with an even kernel) is merged into the conv's pads,
   and ``auto_pad`` ``SAME_UPPER``/``SAME_LOWER`` is resolved on the padded length:
   ``total = max(0, (ceil(N'/s) - 1) s + d (k - 1) + 1 - N')`` with ``N' = N + pad_left + pad_right``.
@@ -16,9 +16,9 @@ What exporters write around the layers of a 1D CNN is rewritten here, exactly, b
   ``(p_l - s a, p_r - s b)`` (both must stay >= 0; for ``s > 1`` the output count is checked): ``Conv(pads=
   ((k-1)d, (k-1)d))`` + chomp ``(k-1)d`` is the causal conv ``((k-1)d, 0)``.
 - **Batch normalisation** in inference form, ``y = s (x - mean) + beta`` with ``s = gamma / sqrt(var + eps)``,
-  is folded into the ``Conv`` or ``Gemm`` before it (``W' = diag(s) W``, ``b' = s (b - mean) + beta``), or into
-  the one after it (``W' = W diag(s)``, ``b' = b + W t`` with ``t = beta - s mean``; for a conv only without
-  zero padding, since the padded zeros are not normalised). Anything else is refused with a hint.
+  is folded into the ``Conv`` or ``Gemm`` before it (``W' = diag(s) W``, ``b' = s (b - mean) + beta``), or
+  into the one after it (``W' = W diag(s)``, ``b' = b + W t`` with ``t = beta - s mean``; for a conv only
+  without zero padding, since the padded zeros are not normalised). Anything else is refused with a hint.
 - ``Dropout`` in training mode is refused (it is random, not the identity).
 
 Guards, before anything is allocated: the file size, external data (refused), every tensor's ``dims``
@@ -149,11 +149,13 @@ def _tensor_values(t) -> tuple[int, int]:
 
 
 def check_tensor(t, what: str) -> None:
-    """Refuse a TensorProto with external data, negative or huge ``dims``, or fewer stored values than dims say."""
+    """Refuse a TensorProto with external data, negative or huge ``dims``, or fewer stored values than dims
+    say."""
     if t.data_location == 1:  # TensorProto.EXTERNAL
         raise UnsupportedError(
             f"{what} keeps its data in an external file; lipdsl reads self-contained ONNX files only",
-            hint="save the model with its tensors inside: onnx.save(model, path, save_as_external_data=False)",
+            hint="save the model with its tensors inside: "
+            "onnx.save(model, path, save_as_external_data=False)",
         )
     if any(int(d) < 0 for d in t.dims):
         raise UnsupportedError(f"{what} has negative dims {list(t.dims)}")
@@ -185,7 +187,8 @@ def check_tensors(proto) -> None:
                 check_tensor(t, f"{_where(node)}, attribute {a.name!r}")
             if a.HasField("sparse_tensor"):
                 raise UnsupportedError(
-                    f"{_where(node)}: its attribute {a.name!r} is a sparse tensor, which lipdsl does not read",
+                    f"{_where(node)}: its attribute {a.name!r} is a sparse tensor, "
+                    "which lipdsl does not read",
                     hint="export with dense constants",
                 )
 
@@ -444,7 +447,8 @@ class _Graph:
     def resolve_padding(
         self, conv, length: int | None, extra: tuple[int, int] = (0, 0)
     ) -> tuple[int, int] | None:
-        """The conv's explicit (left, right) zeros, ``extra`` added, ``auto_pad`` resolved; None if unknown."""
+        """The conv's explicit (left, right) zeros, ``extra`` added, ``auto_pad`` resolved; None if
+        unknown."""
         a = self.attrs(conv)
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else str(auto)
@@ -693,7 +697,8 @@ class _Graph:
             pads = self.resolve_padding(nxt, self.lengths.get(nxt.input[0]))
             if pads != (0, 0):
                 raise UnsupportedError(
-                    f"{_where(bn)} comes before {_where(nxt)}, which pads with zeros: the padded zeros are not "
+                    f"{_where(bn)} comes before {_where(nxt)}, which pads with zeros: "
+                    "the padded zeros are not "
                     "normalised, so folding would change the network at its borders",
                     hint="fold it in the model, or normalise after the conv",
                 )
@@ -710,11 +715,13 @@ class _Graph:
         self.replace_node(nxt, new)
         self.nodes.remove(bn)
         self.notes.append(
-            f"{_where(bn)} is folded into {_where(nxt)} after it: {wname} = W diag(s), s = gamma / sqrt(var + eps)"
+            f"{_where(bn)} is folded into {_where(nxt)} after it: {wname} = W diag(s), "
+            "s = gamma / sqrt(var + eps)"
         )
 
     def to_model(self):
-        """The rewritten graph: data nodes, the constants they use as float64 initializers, same input/output."""
+        """The rewritten graph: data nodes, the constants they use as float64 initializers, same
+        input/output."""
         from onnx import numpy_helper
 
         used = {i for n in self.nodes for i in n.input if i in self.consts}
@@ -805,7 +812,8 @@ class Simplified:
 
 
 def simplify(proto, length: int | None = None) -> Simplified:
-    """Rewrite an ONNX model into a chain of layer nodes: constants evaluated, pads, chomps and batch norm folded.
+    """Rewrite an ONNX model into a chain of layer nodes: constants evaluated, pads, chomps and batch
+    norm folded.
 
     Parameters
     ----------
@@ -836,7 +844,8 @@ def simplify(proto, length: int | None = None) -> Simplified:
 
 
 def _test_length(imported, proto_input) -> int | None:
-    """The input length to test on: the graph's, or for a symbolic one the shortest of 64, 128, ... that fits."""
+    """The input length to test on: the graph's, or for a symbolic one the shortest of 64, 128, ... that
+    fits."""
     from lipdsl.lang.check import conv1d_padding, conv1d_length, pool_length
 
     shape = imported.input_shape
@@ -919,7 +928,8 @@ def check_against_reference(proto, imported, *, samples: int = 3, seed: int = 0)
             block, inner = net.layers[j], layer.options["outputs"]
             for branch, typed_branch in (("main", block.main), ("shortcut", block.shortcut)):
                 for i, tensor in enumerate(inner[branch]):
-                    checks.append((j, layer.options[branch][i], net.layers[:j] + typed_branch[: i + 1], tensor))
+                    prefix = net.layers[:j] + typed_branch[: i + 1]
+                    checks.append((j, layer.options[branch][i], prefix, tensor))
         checks.append((j, layer, net.layers[: j + 1], name))
     names = list(dict.fromkeys(name for *_, name in checks))
     for i in range(samples):
@@ -942,7 +952,8 @@ def check_against_reference(proto, imported, *, samples: int = 3, seed: int = 0)
         theirs = np.concatenate(ref[name], axis=0)
         if mine.size != theirs.size:
             raise UnsupportedError(
-                f"the imported layer {j + 1} ({layer.origin}) gives {mine.shape[1:]} values per input, but the "
+                f"the imported layer {j + 1} ({layer.origin}) gives {mine.shape[1:]} values per input, "
+                "but the "
                 f"ONNX tensor {name!r} has shape {theirs.shape[1:]}: lipdsl would bound another network",
             )
         diff = float(np.max(np.abs(mine.reshape(-1) - theirs.reshape(-1)), initial=0.0))
