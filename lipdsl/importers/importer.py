@@ -411,13 +411,12 @@ def _pool_options(
 
 
 def _require_onnx():
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ModuleNotFoundError:
-        raise LipdslError(
-            "importing ONNX models needs the package 'onnx'", hint="pip install 'lipdsl[onnx]'"
-        ) from None
+    """``onnx`` and its ``numpy_helper``, or the install hint (``onnx_graph.require_onnx``)."""
+    from lipdsl.importers.onnx_graph import require_onnx
+
+    onnx = require_onnx()
+    from onnx import numpy_helper
+
     return onnx, numpy_helper
 
 

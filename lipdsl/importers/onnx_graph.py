@@ -69,7 +69,7 @@ _NOT_LARGER = frozenset(
 _FLOAT_TYPES = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
-def _require_onnx():
+def require_onnx():
     try:
         import onnx
     except ModuleNotFoundError:
@@ -95,7 +95,7 @@ def load_model(path: str | os.PathLike):
         Not a regular file, larger than :data:`MAX_FILE_BYTES`, not an ONNX model, or with tensors
         :func:`check_tensors` refuses.
     """
-    onnx = _require_onnx()
+    onnx = require_onnx()
     path = Path(path)
     try:
         st = path.stat()
@@ -125,7 +125,7 @@ def load_model(path: str | os.PathLike):
 
 def _tensor_values(t) -> tuple[int, int]:
     """(values ``dims`` announce, values the tensor stores): read from the proto, nothing allocated."""
-    onnx = _require_onnx()
+    onnx = require_onnx()
     announced = 1
     for d in t.dims:
         announced *= int(d)
@@ -198,7 +198,7 @@ def check_tensors(proto) -> None:
 
 def constant_value(node) -> np.ndarray:
     """The value of a ``Constant`` node, for every attribute form of the ONNX spec (sparse ones refused)."""
-    onnx = _require_onnx()
+    onnx = require_onnx()
     from onnx import numpy_helper
 
     if len(node.attribute) != 1:
@@ -270,7 +270,7 @@ class _Graph:
     """The graph being rewritten: constant values by name, the remaining (data) nodes, and notes."""
 
     def __init__(self, proto, length: int | None) -> None:
-        onnx = _require_onnx()
+        onnx = require_onnx()
         from onnx import numpy_helper
 
         self.onnx, self.proto, self.graph = onnx, proto, proto.graph
