@@ -17,7 +17,7 @@ from lipdsl.pipeline import solve_network  # noqa: E402
 from lipdsl.app.cli import main  # noqa: E402
 from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
 from lipdsl.model.forward import forward  # noqa: E402
-from lipdsl.importers.importer import import_state_dict  # noqa: E402
+from lipdsl.importers.pytorch import import_state_dict  # noqa: E402
 from lipdsl.lang.load import load_network  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,9 +326,15 @@ def test_from_torch_custom_module_with_batchnorm(tmp_path):
     _matches(module.eval(), (1, 16), net, 1e-4)
 
 
-def test_from_torch_residual_module_is_refused():
-    with pytest.raises(UnsupportedError, match="branches"):
-        lipdsl.from_torch(Residual().eval(), (2, 8))
+def test_from_torch_residual_module_is_a_residual_block():
+    """relu(conv(x) + x): through ONNX, one residual block (identity shortcut) then the relu, computing what
+    torch computes."""
+    from lipdsl.lang import typed
+
+    module = Residual().double().eval()
+    net = lipdsl.from_torch(module, (2, 8))
+    assert isinstance(net.typed.layers[0], typed.Residual)
+    _matches(module, (2, 8), net, 1e-12)
 
 
 TRAINED = ROOT / "specs" / "weights" / "trained"
