@@ -33,7 +33,7 @@ SPEC = ROOT / "specs" / "ecg.lip"
 def per_model(files: list[Path]) -> list[float | None]:
     """``solve_network`` of each model, from the spec text retargeted at its file (as a sweep item)."""
     from lipdsl.pipeline import solve_network
-    from lipdsl.importers.importer import retarget_weights
+    from lipdsl.importers.pytorch import retarget_weights
     from lipdsl.lang.load import check_source
     from lipdsl.lang.parse import parse
     from lipdsl.lang.source import Source

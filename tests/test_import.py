@@ -449,7 +449,7 @@ def test_ecg_onnx_gives_the_hand_written_bound(tmp_path, ecg_spec_bound):
 
 @pytest.mark.parametrize("odd", ["\u2028", "\x0c", "\x85", "\u2029", "\x1c"])
 def test_like_template_with_odd_line_breaks_in_comments_keeps_every_layer(tmp_path, odd):
-    from lipdsl.importers.importer import import_state_dict
+    from lipdsl.importers.pytorch import import_state_dict
     from lipdsl.lang.load import load_network
 
     arch = tmp_path / "arch.lip"

@@ -461,7 +461,7 @@ def from_torch(module: Any, input_shape: Any, *, name: str | None = None) -> Net
     >>> net.solve().verified                                           # doctest: +SKIP
     True
     """
-    from lipdsl.importers.importer import import_torch
+    from lipdsl.importers.pytorch import import_torch
 
     imported = import_torch(module, input_shape, name=name)
     return Network(imported.to_network(), None, imported)

@@ -935,7 +935,8 @@ def import_command(
 ) -> None:
     """Write a .lip spec and an .npz of weights from MODEL: an ONNX graph (.onnx) or, with --like, a
     PyTorch state_dict (loaded with torch.load(weights_only=True); pickled modules are refused)."""
-    from lipdsl.importers.importer import import_onnx, import_state_dict
+    from lipdsl.importers.importer import import_onnx
+    from lipdsl.importers.pytorch import import_state_dict
     from lipdsl.lang.load import load_network
 
     try:

@@ -280,7 +280,7 @@ def _like_item(name: str, p: str, suffix: str, arch, tree, allow_outside: bool) 
     data, why = _read(Path(p), "weight file")
     if data is None:
         return Item(name, p, "spec", error=why)
-    from lipdsl.importers.importer import retarget_weights
+    from lipdsl.importers.pytorch import retarget_weights
 
     from lipdsl.lang import ast
 
@@ -350,7 +350,9 @@ def _network(item: Item, options: Options):
     if item.kind == "state_dict":
         import numpy as np
 
-        from lipdsl.importers.importer import load_state_dict, sanitize_key
+        from lipdsl.importers.importer import sanitize_key
+
+        from lipdsl.importers.pytorch import load_state_dict
 
         (weights, blob), = item.files
         tensors = load_state_dict(io.BytesIO(blob), shown=item.path)

@@ -3,9 +3,9 @@
 Three entry points, one result:
 
 - :func:`import_onnx` reads a sequential 1D CNN from an ONNX graph (package ``onnx``, the optional extra).
-- :func:`import_state_dict` fills the weight keys of an existing spec from a PyTorch ``state_dict`` file,
-  loaded with ``torch.load(weights_only=True)`` (never an unpickled module).
-- :func:`import_torch` converts an in-memory ``nn.Sequential`` (torch, the optional extra).
+- :func:`lipdsl.importers.pytorch.import_state_dict` fills the weight keys of an existing spec from a
+  PyTorch ``state_dict`` file, loaded with ``torch.load(weights_only=True)`` (never an unpickled module).
+- :func:`lipdsl.importers.pytorch.import_torch` converts an in-memory module (torch, the optional extra).
 
 An :class:`Imported` writes a readable ``.lip`` spec plus an ``.npz`` of its tensors (``Imported.write``), or
 builds the checked ``typed.Network`` directly (``Imported.to_network``), without files. Anything that has no
@@ -16,23 +16,21 @@ naming the node or module and its op: an importer that guessed would give a boun
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from lipdsl.errors import LipdslError, UnsupportedError
 from lipdsl.lang import typed
 from lipdsl.lang.check import AUTO_PREFIX, conv1d_length, conv1d_padding, pool_length
-from lipdsl.errors import LipdslError, UnsupportedError
 from lipdsl.lang.typed import Shape
 
-__all__ = ["Layer", "Imported", "import_onnx", "import_torch", "import_state_dict", "sanitize_key",
-           "retarget_weights"]
+__all__ = ["Layer", "Imported", "import_onnx", "sanitize_key"]
 
 # Words the grammar reserves (docs/language.md) and names with a meaning in expressions: never layer names.
 _KEYWORDS = frozenset(
@@ -326,7 +324,7 @@ def sanitize_key(name: str) -> str:
     return text
 
 
-class _Keys:
+class Keys:
     """Sanitized, unique tensor keys for the model's names, and the tensors stored under them."""
 
     def __init__(self) -> None:
@@ -346,7 +344,7 @@ class _Keys:
         return key
 
 
-def _layer_name(weight_name: str, taken: set[str]) -> str | None:
+def layer_name(weight_name: str, taken: set[str]) -> str | None:
     """``conv1.weight`` -> ``conv1``, ``features.0.weight`` -> ``features_0``; None if no readable name."""
     folded = re.match(r"(.+)\.weight_", weight_name)  # a weight with batch norm folded in: conv1.weight_bn1
     stem = folded.group(1) if folded else weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
@@ -359,14 +357,14 @@ def _layer_name(weight_name: str, taken: set[str]) -> str | None:
     return stem
 
 
-def _net_name(name: str) -> str:
+def network_name(name: str) -> str:
     text = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "imported"
     if not re.match(r"[A-Za-z_]", text):
         text = "net_" + text
     return text + "_" if text in _KEYWORDS else text
 
 
-def _padding_form(
+def padding_form(
     pl: int, pr: int, kernel: int, stride: int, dilation: int, length: int | None, where: str
 ) -> str | int:
     """The spec's padding for zeros ``(pl, pr)``: an int (both sides), ``causal``, ``same``, or refused.
@@ -393,7 +391,7 @@ def _padding_form(
     )
 
 
-def _pool_options(
+def pool_options(
     kind: str, kernel: int, stride: int, length: int | None, ceil_mode: bool, where: str
 ) -> dict:
     if ceil_mode:
@@ -473,7 +471,7 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
     )
     simple = simplify(proto, length)  # constants evaluated; pads, chomps and batch norm folded (exactly)
     imported = _OnnxReader(simple.model.graph, numpy_helper, onnx, opset).read(
-        name or _net_name(stem or graph.name or "imported"), length, origin
+        name or network_name(stem or graph.name or "imported"), length, origin
     )
     imported.notes[:0] = simple.notes
     check_against_reference(proto, imported)  # the original model vs the import, layer by layer
@@ -488,7 +486,7 @@ class _OnnxReader:
         self.consts: dict[str, tuple[np.ndarray, str]] = {
             t.name: (self.nh.to_array(t), t.name) for t in graph.initializer
         }
-        self.keys = _Keys()
+        self.keys = Keys()
         self.layers: list[Layer] = []
         self.taken: set[str] = set()
         self.notes: list[str] = []
@@ -790,7 +788,7 @@ class _OnnxReader:
             if any(d != 1 for d in attrs.get("dilations", [1])):
                 raise UnsupportedError(f"{where} is dilated; lipdsl pools contiguous windows")
             kind = "avgpool" if op == "AveragePool" else "maxpool"
-            options = _pool_options(
+            options = pool_options(
                 kind, kernel[0], strides[0], shape.length, bool(attrs.get("ceil_mode", 0)), where
             )
             self.layers.append(Layer(kind, None, options, origin))
@@ -836,7 +834,7 @@ class _OnnxReader:
             self.layers.append(
                 Layer(
                     "dense",
-                    _layer_name(node.input[1], self.taken),
+                    layer_name(node.input[1], self.taken),
                     {"n_in": B.shape[0], "n_out": B.shape[1], "weight": key, "bias": None},
                     origin,
                 )
@@ -899,7 +897,7 @@ class _OnnxReader:
             pads = [int(p) for p in attrs.get("pads", [0, 0])]
             pl, pr = pads[0], pads[1]
         pl, pr = pl + pad[0], pr + pad[1]
-        padding = _padding_form(pl, pr, k, stride, dilation, shape.length, where)
+        padding = padding_form(pl, pr, k, stride, dilation, shape.length, where)
         if padding == 0:
             padding = "valid"
         bias_key = None
@@ -910,7 +908,7 @@ class _OnnxReader:
         self.layers.append(
             Layer(
                 "conv1d",
-                _layer_name(node.input[1], self.taken),
+                layer_name(node.input[1], self.taken),
                 {
                     "c_in": c_in,
                     "c_out": c_out,
@@ -1008,7 +1006,7 @@ class _OnnxReader:
         self.layers.append(
             Layer(
                 "dense",
-                _layer_name(node.input[1], self.taken),
+                layer_name(node.input[1], self.taken),
                 {"n_in": W.shape[1], "n_out": n_out, "weight": key, "bias": bias_key},
                 origin,
             )
@@ -1073,440 +1071,3 @@ def _auto_pad(attrs: Mapping[str, Any]) -> str:
 # -- PyTorch -------------------------------------------------------------------------------------------------
 
 
-def _require_torch():
-    try:
-        import torch
-    except ModuleNotFoundError:
-        raise LipdslError("this needs PyTorch", hint="pip install 'lipdsl[torch]'") from None
-    return torch
-
-
-def _as_input_shape(input_shape: Any) -> Shape:
-    dims = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
-    if dims and dims[0] is None and len(dims) >= 2:  # a leading batch axis given as None
-        dims = dims[1:]
-    if len(dims) == 1 and isinstance(dims[0], int) and dims[0] > 0:
-        return Shape(dims[0], flat=True)
-    if (
-        len(dims) == 2
-        and isinstance(dims[0], int)
-        and dims[0] > 0
-        and (dims[1] is None or (isinstance(dims[1], int) and dims[1] > 0))
-    ):
-        return Shape(dims[0], dims[1])
-    raise LipdslError(
-        f"input_shape must be (channels, length), (channels, None) or (features,), got {input_shape!r}"
-    )
-
-
-def _modules(module, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    import torch.nn as nn
-
-    if isinstance(module, nn.Sequential):
-        for child_name, child in module.named_children():
-            yield from _modules(child, f"{prefix}{child_name}.")
-    else:
-        yield prefix.rstrip("."), module
-
-
-def import_torch(module: Any, input_shape: Any, *, name: str | None = None) -> Imported:
-    """Convert an in-memory ``torch.nn.Sequential`` (nested ones are flattened) -> Imported.
-
-    Supported modules: ``Conv1d`` (groups 1, zero padding; a ``ConstantPad1d``/``ZeroPad1d`` of zeros just
-    before it is folded into its padding, e.g. ``ZeroPad1d((k - 1, 0))`` for a causal conv), ``ReLU``,
-    ``Tanh``, ``Sigmoid``, ``LeakyReLU``, ``ELU`` (alpha >= 0), ``AvgPool1d``/``MaxPool1d`` (no padding,
-    floor mode), ``AdaptiveAvgPool1d(1)`` (global
-    average pooling), ``Flatten``, ``Linear``, and ``Identity``/``Dropout`` (dropped: the inference map).
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        An ``nn.Sequential``, or a single supported module.
-    input_shape : tuple
-        ``(channels, length)``, ``(channels, None)`` for any length, or ``(features,)``; no batch axis.
-    name : str, optional
-        The network's name (default ``module``'s class name in snake case).
-
-    Raises
-    ------
-    UnsupportedError
-        A module the language cannot express, named by its path in the Sequential (``features.3``) and type.
-    """
-    torch = _require_torch()
-    import torch.nn as nn
-
-    shape = start = _as_input_shape(input_shape)
-    if _needs_export(module):
-        return _import_torch_via_onnx(module, shape, name)
-    keys, layers, taken = _Keys(), [], set()
-    squeeze = False
-    pending = (0, 0)  # zeros (left, right) of ConstantPad1d modules waiting for their Conv1d
-    for path, m in _modules(module):
-        where = f"module {path or '<root>'!r} ({type(m).__name__})"
-        origin = f"{path or 'module'}: {type(m).__name__}"
-
-        def param(attr: str, m=m, path=path):  # bound now: called within this iteration only
-            t = getattr(m, attr)
-            if t is None:
-                return None
-            return keys.add(f"{path}.{attr}" if path else attr, t.detach().to(torch.float64).cpu().numpy())
-
-        if isinstance(m, (nn.Identity, nn.Dropout)):
-            continue
-        if isinstance(m, nn.ConstantPad1d):  # ZeroPad1d too: folded into the next Conv1d's padding
-            if float(m.value) != 0.0 or shape.flat:
-                raise UnsupportedError(
-                    f"{where} pads with {m.value!r}; lipdsl folds zero padding of a signal "
-                    "into the next Conv1d only"
-                )
-            pending = (pending[0] + int(m.padding[0]), pending[1] + int(m.padding[1]))
-            continue
-        if pending != (0, 0) and not isinstance(m, nn.Conv1d):
-            raise UnsupportedError(
-                f"{where} follows a padding module; lipdsl folds zero padding into the next Conv1d only"
-            )
-        if isinstance(m, nn.Conv1d):
-            if shape.flat:
-                raise UnsupportedError(f"{where} convolves a vector; expected a signal")
-            if m.groups != 1 or m.padding_mode != "zeros" or m.in_channels != shape.channels:
-                raise UnsupportedError(
-                    f"{where}: lipdsl supports groups=1, zero padding and {shape.channels} "
-                    f"input channels (got groups={m.groups}, padding_mode={m.padding_mode!r}, "
-                    f"in_channels={m.in_channels})"
-                )
-            k, s, d = m.kernel_size[0], m.stride[0], m.dilation[0]
-            if isinstance(m.padding, str):
-                padding: str | int = "valid" if m.padding == "valid" else "same"
-            else:
-                padding = int(m.padding[0]) or "valid"
-            if pending != (0, 0):
-                pl, pr = conv1d_padding(padding, k, d)
-                padding = (
-                    _padding_form(pl + pending[0], pr + pending[1], k, s, d, shape.length, where) or "valid"
-                )
-                pending = (0, 0)
-            layers.append(
-                Layer(
-                    "conv1d",
-                    _layer_name(f"{path}.weight", taken),
-                    {
-                        "c_in": m.in_channels,
-                        "c_out": m.out_channels,
-                        "kernel": k,
-                        "stride": s,
-                        "dilation": d,
-                        "padding": padding,
-                        "weight": param("weight"),
-                        "bias": param("bias"),
-                    },
-                    origin,
-                )
-            )
-            pl, pr = conv1d_padding(padding, k, d)
-            n = None if shape.length is None else conv1d_length(shape.length, k, s, d, pl, pr)
-            if n is not None and n < 1:
-                raise UnsupportedError(f"{where} has no output for an input of length {shape.length}")
-            shape = Shape(m.out_channels, n)
-        elif isinstance(m, nn.Linear):
-            if not shape.flat or m.in_features != shape.channels:
-                raise UnsupportedError(
-                    f"{where} takes {m.in_features} features, but gets a {shape} "
-                    f"{'vector' if shape.flat else 'signal'}",
-                    hint=None if shape.flat else "put nn.Flatten() before it",
-                )
-            layers.append(
-                Layer(
-                    "dense",
-                    _layer_name(f"{path}.weight", taken),
-                    {
-                        "n_in": m.in_features,
-                        "n_out": m.out_features,
-                        "weight": param("weight"),
-                        "bias": param("bias"),
-                    },
-                    origin,
-                )
-            )
-            shape = Shape(m.out_features, flat=True)
-        elif isinstance(m, (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU)):
-            fn = {
-                nn.ReLU: "relu",
-                nn.Tanh: "tanh",
-                nn.Sigmoid: "sigmoid",
-                nn.LeakyReLU: "leaky_relu",
-                nn.ELU: "elu",
-            }[type(m)]
-            parameter = {
-                "leaky_relu": getattr(m, "negative_slope", None),
-                "elu": getattr(m, "alpha", None),
-            }.get(fn)
-            if fn == "elu" and parameter < 0:
-                raise UnsupportedError(
-                    f"{where} has alpha {parameter:g} < 0", hint="lipdsl's elu needs alpha >= 0"
-                )
-            layers.append(
-                Layer(
-                    "activation",
-                    None,
-                    {"function": fn, "parameter": None if parameter is None else float(parameter)},
-                    origin,
-                )
-            )
-        elif isinstance(m, (nn.AvgPool1d, nn.MaxPool1d)):
-            k = _single(m.kernel_size)
-            s = _single(m.stride) if m.stride is not None else k
-            if shape.flat:
-                raise UnsupportedError(f"{where} pools a vector; expected a signal")
-            if _single(m.padding) != 0 or (
-                isinstance(m, nn.MaxPool1d) and (_single(m.dilation) != 1 or m.return_indices)
-            ):
-                raise UnsupportedError(
-                    f"{where}: lipdsl pools without padding or dilation", hint="use padding=0"
-                )
-            kind = "avgpool" if isinstance(m, nn.AvgPool1d) else "maxpool"
-            layers.append(
-                Layer(kind, None, _pool_options(kind, k, s, shape.length, m.ceil_mode, where), origin)
-            )
-            n = None if shape.length is None else pool_length(shape.length, k, s)
-            if n is not None and n < 1:
-                raise UnsupportedError(f"{where} has a kernel longer than its input ({shape.length})")
-            shape = Shape(shape.channels, n)
-        elif isinstance(m, nn.AdaptiveAvgPool1d):
-            size = _single(m.output_size)
-            if shape.flat or size != 1:
-                raise UnsupportedError(
-                    f"{where}: lipdsl supports AdaptiveAvgPool1d(1) (global average pooling) only",
-                    hint="use AvgPool1d with a fixed kernel",
-                )
-            layers.append(Layer("global_avgpool", None, {}, origin))
-            shape, squeeze = Shape(shape.channels, flat=True), True
-        elif isinstance(m, nn.Flatten):
-            if m.start_dim != 1 or m.end_dim != -1:
-                raise UnsupportedError(
-                    f"{where} flattens dims {m.start_dim}..{m.end_dim}; lipdsl supports Flatten(1, -1) only"
-                )
-            if squeeze or shape.flat:
-                squeeze = False
-                continue
-            if shape.length is None:
-                raise UnsupportedError(
-                    f"{where} flattens a signal of unknown length",
-                    hint="give the input length, or use AdaptiveAvgPool1d(1) before the dense part",
-                )
-            layers.append(Layer("flatten", None, {}, origin))
-            shape = Shape(shape.size, flat=True)
-        else:
-            hint = (
-                "fold it into the convolution before it (torch.nn.utils.fusion.fuse_conv_bn_eval)"
-                if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                else "lipdsl converts nn.Sequential of Conv1d, ReLU, Tanh, Sigmoid, LeakyReLU, ELU, "
-                "AvgPool1d, "
-                "MaxPool1d, AdaptiveAvgPool1d(1), Flatten, Linear, Identity, Dropout"
-            )
-            raise UnsupportedError(f"{where} is not supported", hint=hint)
-        if squeeze and not isinstance(m, nn.AdaptiveAvgPool1d):
-            if not isinstance(m, nn.Linear):
-                raise UnsupportedError(
-                    f"{where} follows AdaptiveAvgPool1d(1); put nn.Flatten() after the pool"
-                )
-            raise UnsupportedError(
-                f"{where} gets the (channels, 1) output of AdaptiveAvgPool1d(1)",
-                hint="put nn.Flatten() between them",
-            )
-    if pending != (0, 0):
-        raise UnsupportedError("the module ends with a padding module")
-    if not layers:
-        raise UnsupportedError("the module has no layer lipdsl can bound")
-    net_name = name or _net_name(re.sub(r"(?<!^)(?=[A-Z])", "_", type(module).__name__).lower())
-    origin = f"torch module {type(module).__name__} (torch {torch.__version__})"
-    return Imported(net_name, start, layers, keys.tensors, origin)
-
-
-def _needs_export(module: Any) -> bool:
-    """Whether ``module`` goes through ONNX: not an ``nn.Sequential``, or holding batch norm or a module of
-    the user's own (``Chomp1d``, a residual block...), which only its ``forward`` defines."""
-    import torch.nn as nn
-
-    if not isinstance(module, nn.Sequential):
-        return not type(module).__module__.startswith("torch.nn")
-    for _, m in _modules(module):
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or not type(m).__module__.startswith("torch.nn"):
-            return True
-    return False
-
-
-def _import_torch_via_onnx(module: Any, shape: Shape, name: str | None) -> Imported:
-    """Export ``module`` (a copy, in eval mode) to ONNX in memory and import that: batch norm folded, chomps
-    (``x[:, :, :-p]``) as causal padding, weight norm evaluated, every layer checked against the model.
-
-    TorchScript exporter, ``do_constant_folding=False`` so that the parameters keep their names; a symbolic
-    time axis when ``shape`` has no length (traced at 64 samples).
-    """
-    import copy
-    import io
-    import warnings
-
-    torch = _require_torch()
-    onnx, _ = _require_onnx()
-    model = copy.deepcopy(module).eval()
-    try:
-        dtype = next(model.parameters()).dtype
-    except StopIteration:
-        dtype = torch.float32
-    dims = (1, shape.channels) if shape.flat else (1, shape.channels, shape.length or 64)
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's DeprecationWarning
-            torch.onnx.export(
-                model,
-                (torch.zeros(dims, dtype=dtype),),
-                buf,
-                dynamo=False,
-                do_constant_folding=False,
-                training=torch.onnx.TrainingMode.PRESERVE,
-                input_names=["x"],
-                output_names=["y"],
-                dynamic_axes=None if shape.flat or shape.length else {"x": {2: "length"}},
-            )
-    except Exception as exc:  # noqa: BLE001 - the exporter raises many types for modules it cannot trace
-        raise UnsupportedError(
-            f"{type(module).__name__} could not be exported to ONNX: "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-            hint="lipdsl reads modules other than a plain nn.Sequential through torch.onnx.export",
-        ) from None
-    proto = onnx.load_from_string(buf.getvalue())
-    net_name = name or _net_name(re.sub(r"(?<!^)(?=[A-Z])", "_", type(module).__name__).lower())
-    imported = import_onnx(proto, name=net_name)
-    imported.origin = f"torch module {type(module).__name__} (torch {torch.__version__}, through ONNX)"
-    if module.training:
-        imported.notes.insert(0, "the module was in training mode; it was read in eval mode (model.eval())")
-    return imported
-
-
-def _single(v: Any) -> int:
-    return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
-
-
-def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = None) -> dict[str, np.ndarray]:
-    """Tensors of a ``torch.save(model.state_dict(), path)`` file, read with ``weights_only=True`` -> float64.
-
-    ``path`` may also be the file's bytes in a ``BytesIO`` (``lipdsl sweep``'s workers); ``shown`` is the
-    name messages give it.
-
-    Raises
-    ------
-    LipdslError
-        If the file holds anything but tensors (a whole pickled module is refused: unpickling runs code).
-    """
-    torch = _require_torch()
-    if not isinstance(path, io.BytesIO):
-        path = Path(path)
-        if not path.is_file():
-            raise ImportError_(f"model file {str(path)!r} not found")
-    label = shown or (str(path) if isinstance(path, Path) else "<bytes>")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, ... for refused files
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        why = (
-            f"it holds a pickled {found.group(1)}"
-            if found
-            else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        )
-        raise ImportError_(
-            f"{label!r} is not a state_dict that loads with torch.load(weights_only=True): {why}",
-            hint="save the weights with torch.save(model.state_dict(), path) (a whole pickled module is "
-            "never "
-            "loaded: unpickling can run any code), export to ONNX, or call lipdsl.from_torch(model, shape) "
-            "in Python",
-        ) from None
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ImportError_(
-            f"{label!r} does not hold a state_dict (a mapping of names to tensors)",
-            hint="save it with torch.save(model.state_dict(), path)",
-        )
-    return {
-        str(k): v.detach().to(torch.float64).cpu().numpy() for k, v in obj.items() if v.is_floating_point()
-    }
-
-
-def retarget_weights(text: str, tree, weights: str) -> str:
-    """The spec ``text`` (parsed: ``tree``) with every ``weights "..."`` line naming ``weights`` instead, or
-    one such line added before the first layer (``import_state_dict``, ``lipdsl sweep --like``)."""
-    from lipdsl.lang import ast
-
-    lines = text.split("\n")  # Lark's lines: splitlines() would also split at U+2028, \x0c, \x85 ...
-    if lines and lines[-1] == "":
-        lines.pop()
-    found = [st.span.line for st in tree.body if isinstance(st, ast.Weights)]
-    for ln in found:
-        lines[ln - 1] = f'weights "{weights}"'
-    if not found:
-        first = next(
-            (st.span.line for st in tree.body if not isinstance(st, (ast.Input, ast.Let, ast.Weights))),
-            len(lines) + 1,
-        )
-        lines.insert(first - 1, f'weights "{weights}"')
-    return "\n".join(lines) + "\n"
-
-
-def import_state_dict(
-    state: str | os.PathLike | Mapping[str, np.ndarray],
-    like: str | os.PathLike,
-    spec_path: str | os.PathLike,
-    weights_path: str | os.PathLike | None = None,
-    *,
-    allow_outside: bool = False,
-) -> tuple[Path, Path]:
-    """Fill the tensor keys of the architecture spec ``like`` from a state_dict: a new spec and ``.npz``.
-
-    The new spec is ``like``'s text with its ``weights "..."`` lines pointing to the new ``.npz`` (one is
-    added before the first layer if there is none). Keys in ``like`` are the state_dict's names in the spec's
-    key syntax (:func:`sanitize_key`: ``0.weight`` is written ``_0.weight``). The result is checked, so a
-    missing key or a wrong shape is reported against the new spec.
-
-    Returns
-    -------
-    (Path, Path)
-        The spec and the weights file written.
-    """
-    from lipdsl.lang.load import load_network
-    from lipdsl.lang.parse import parse
-    from lipdsl.lang.source import Source
-
-    tensors = (
-        load_state_dict(state)
-        if isinstance(state, (str, os.PathLike))
-        else {str(k): np.asarray(v, dtype=np.float64) for k, v in state.items()}
-    )
-    try:
-        arch = Source.read(like)
-    except OSError as exc:
-        raise ImportError_(f"cannot read architecture spec {str(like)!r}: {exc.strerror or exc}") from None
-    try:
-        tree = parse(arch)
-    except LipdslError as err:
-        err.source = arch
-        raise
-    keys: dict[str, np.ndarray] = {}
-    for k, v in tensors.items():
-        keys.setdefault(sanitize_key(k), v)
-    spec_path = Path(spec_path)
-    weights = spec_path.with_suffix(".npz") if weights_path is None else Path(weights_path)
-    rel = os.path.relpath(weights.resolve(), spec_path.resolve().parent).replace(os.sep, "/")
-    header = (
-        f"# Weights from {Path(state).name if isinstance(state, (str, os.PathLike)) else 'a state_dict'}, "
-        f"architecture from {Path(like).name}."
-    )
-    try:
-        spec_path.parent.mkdir(parents=True, exist_ok=True)
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(weights, **keys)
-        spec_path.write_text(header + "\n" + retarget_weights(arch.text, tree, rel), encoding="utf-8")
-    except OSError as exc:
-        raise LipdslError(f"cannot write {exc.filename or spec_path}: {exc.strerror or exc}") from None
-    load_network(
-        spec_path, allow_outside=allow_outside
-    )  # raises, with the new spec as source, if keys don't fit
-    return spec_path, weights
