@@ -5,14 +5,8 @@ from lipdsl.methods import Comparison
 from lipdsl.errors import LipdslError
 
 
-def plot_comparison(c: Comparison, path: str) -> None:
-    """Bounds (bars, with the empirical lower bound as a dashed line) and times (log scale) per method.
-
-    Raises
-    ------
-    LipdslError
-        matplotlib is not installed (``pip install 'lipdsl[plot]'``).
-    """
+def _pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or the install hint."""
     try:
         import matplotlib
 
@@ -21,6 +15,18 @@ def plot_comparison(c: Comparison, path: str) -> None:
     except ImportError as exc:
         raise LipdslError("plotting needs matplotlib, which is not installed",
                           hint="pip install 'lipdsl[plot]'") from exc
+    return plt
+
+
+def plot_comparison(c: Comparison, path: str) -> None:
+    """Bounds (bars, with the empirical lower bound as a dashed line) and times (log scale) per method.
+
+    Raises
+    ------
+    LipdslError
+        matplotlib is not installed (``pip install 'lipdsl[plot]'``).
+    """
+    plt = _pyplot()
     done = [r for r in c.results if r.ok]
     names = [r.method for r in done]
     fig, (ax_b, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
@@ -51,14 +57,7 @@ def plot_sweep(rows, path: str, title: str | None = None) -> None:
     LipdslError
         matplotlib is not installed (``pip install 'lipdsl[plot]'``).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise LipdslError("plotting needs matplotlib, which is not installed",
-                          hint="pip install 'lipdsl[plot]'") from exc
+    plt = _pyplot()
     rows = list(rows)
     x = list(range(len(rows)))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(rows) + 2), 4))
