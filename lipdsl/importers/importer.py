@@ -529,9 +529,7 @@ class _OnnxReader:
                 if "value" not in attrs:
                     raise UnsupportedError(f"{self.where(node)}: only 'value' constants are supported")
                 self.consts[node.output[0]] = (self.nh.to_array(attrs["value"]), node.output[0])
-            elif not [i for i in node.input if i and i not in self.consts]:
-                self.fold(node)  # shape arithmetic on constants (e.g. torch's Pad export): no layer
-            else:
+            else:  # (constant subgraphs were evaluated by onnx_graph.simplify, in float64, before this)
                 data_nodes.append(node)
         self.consumers: dict[str, list] = {}
         for node in data_nodes:
@@ -680,20 +678,6 @@ class _OnnxReader:
         self.outputs[len(self.layers) - 1] = add.output[0]
         return add.output[0], sa
 
-    def fold(self, node) -> None:
-        """Evaluate a node whose inputs are all constants (onnx's numpy reference evaluator)."""
-        from onnx.reference import ReferenceEvaluator
-
-        feeds = {i: self.consts[i][0] for i in node.input if i}
-        try:
-            values = ReferenceEvaluator(node, opsets={"": self.opset}).run(None, feeds)
-        except Exception as exc:  # noqa: BLE001 - the evaluator raises whatever the op raises
-            raise UnsupportedError(
-                f"{self.where(node)} computes on constants, and evaluating it failed: {exc}",
-                hint="export with constant folding (do_constant_folding=True)",
-            ) from None
-        for name, value in zip(node.output, values):
-            self.consts[name] = (np.asarray(value), name)
 
     def input_shape(self, value_info, length: int | None) -> Shape:
         ttype = value_info.type.tensor_type
