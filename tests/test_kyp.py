@@ -245,7 +245,9 @@ def test_storage_falls_back_to_qz_when_the_doubling_does_not_converge(monkeypatc
 @pytest.mark.solver
 def test_refitting_the_first_system_lowers_the_certified_bound(monkeypatch):
     """The first conv layer (one input channel: its exact LMI) re-solved for the repaired downstream
-    weights: a smaller rho, certified, and still above the exact SDP's bound."""
+    weights: a smaller rho, certified, and still above the exact SDP's bound. (With isotropic raises only,
+    where the first system's input shift is large enough for the refit to matter.)"""
+    monkeypatch.setattr(kyp, "RAISE_DIRECTIONS", (None,))
     exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, channels=4, kernel=5), 9)
     assert gridded.links[0].P not in gridded.storage  # (the first system keeps its exact LMI)
     monkeypatch.setattr(kyp, "refit_first_system", lambda sdp, point: False)
@@ -253,6 +255,51 @@ def test_refitting_the_first_system_lowers_the_certified_bound(monkeypatch):
     assert cert.verified and without.verified
     assert cert.lipschitz < without.lipschitz * (1 - 1e-4)
     assert cert.lipschitz >= c_exact.lipschitz * (1 - 1e-7)
+
+
+def _dilated_net(seed, channels=3, layers=3):
+    """Causal convs with dilations 1, 2, 4: the frequency responses the grid misses most."""
+    rng = np.random.default_rng(seed)
+    b = Builder(channels, 32)
+    for j in range(layers):
+        b.conv(rng.normal(size=(channels, channels, 3)) / np.sqrt(3 * channels), padding="causal",
+               dilation=2**j).act("relu")
+    b.gap()
+    b.dense(rng.normal(size=(2, channels)))
+    return b.build()
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(3))
+def test_relative_raises_are_never_looser_than_isotropic_ones(seed, monkeypatch):
+    """Step 2's raise direction (``X += e (X + delta ||X|| I)``, chosen per chain) against the isotropic
+    ``X += e I`` alone: certified both ways, never looser, and above the exact SDP's bound."""
+    exact, c_exact, gridded, sol, full, cert = _solve_both(_dilated_net(seed), 9)
+    monkeypatch.setattr(kyp, "RAISE_DIRECTIONS", (None,))
+    isotropic = certify(gridded, recover_storage(gridded, sol))
+    assert cert.verified and isotropic.verified
+    assert cert.lipschitz <= isotropic.lipschitz * (1 + 1e-6)
+    assert cert.lipschitz >= c_exact.lipschitz * (1 - 1e-7)
+
+
+@pytest.mark.solver
+def test_a_storage_that_leaves_the_lmi_short_is_recomputed_with_a_larger_margin(monkeypatch):
+    """A Riccati solution whose LMI is short by more than a tenth of the margin (a stalled doubling near a
+    singular Phi) is recomputed with ten times the margin; certify then has almost nothing to repair."""
+    exact, c_exact, gridded, sol, full, cert = _solve_both(_dilated_net(0), 9)
+    margins = []
+    real = kyp.storage_matrix
+
+    def spy(sys, lam, X_in, X_out, inner=()):
+        margins.append(np.linalg.norm(X_in, 2))
+        P = real(sys, lam, X_in, X_out, inner)
+        return P if len(margins) > 1 else P + 1e-3 * np.linalg.norm(P, 2) * np.eye(len(P))  # spoil the first
+
+    monkeypatch.setattr(kyp, "storage_matrix", spy)
+    spoiled = certify(gridded, recover_storage(gridded, sol))
+    assert len(margins) > len(gridded.storage)  # the spoiled one was recomputed
+    assert spoiled.verified
+    assert spoiled.lipschitz <= cert.lipschitz * (1 + 1e-3)
 
 
 @pytest.mark.parametrize("act,slope", [("leaky_relu", "[0.01, 1]"), ("relu", None)])

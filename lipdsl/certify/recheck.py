@@ -193,6 +193,14 @@ class Point:
         inner = [self.vars[v.name] for v in link.inner]
         return system_matrix(link.system, P, lam, self.weight(link.w_in), self.weight(link.w_out), inner)
 
+    def scale_weight(self, w: Weight, f: float) -> None:
+        if f == 1 or w.kind == "const":
+            return
+        if w.kind == "rho":
+            self.rho *= f
+        else:
+            self.vars[w.variable.name] = self.vars[w.variable.name] * f
+
     def shift_weight(self, w: Weight, t: float) -> None:
         if t == 0 or w.kind == "const":
             return

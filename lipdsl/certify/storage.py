@@ -38,6 +38,7 @@ grid left negative, and checks the minimum eigenvalues as for any other solve.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from functools import partial
 
@@ -45,7 +46,7 @@ import numpy as np
 import scipy.linalg
 
 from lipdsl import limits
-from lipdsl.certify.recheck import Point, system_matrix
+from lipdsl.certify.recheck import Point, _min_eig, system_matrix
 from lipdsl.sdp.build import frequency_grid, frequency_response
 from lipdsl.sdp.problem import Sdp
 from lipdsl.solvers.solve import Solution
@@ -91,10 +92,13 @@ def phi_min_eigenvalue(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndar
     return float(np.linalg.eigvalsh(Phi).min())
 
 
-def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> float:
+def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
+                whiten: np.ndarray | None = None) -> float:
     """The least ``e >= 0`` with ``Phi(w) + diag(e I, 0) >= 0`` at the frequencies of ``H`` (``inf`` when
     ``2L - X_out`` is not positive definite): by a Schur complement on that block,
-    ``e = max(0, -min_w lambda_min(X_in + 2ab H*LH - (a+b)^2 H*L (2L - X_out)^-1 LH))``."""
+    ``e = max(0, -min_w lambda_min(X_in + 2ab H*LH - (a+b)^2 H*L (2L - X_out)^-1 LH))``.
+    ``whiten = R^-1`` for ``D = R R'``: the least ``e`` with ``Phi + diag(e D, 0) >= 0`` instead (the
+    eigenvalues of ``R^-1 schur R^-T``)."""
     if sys.slope is None:
         schur = X_in[None] - _h(H) @ X_out @ H
     else:
@@ -112,6 +116,8 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) ->
         schur = X_in[None] - (a + b) ** 2 * (_h(G) @ G)
         if a * b != 0:
             schur = schur + 2 * a * b * (_h(H) @ LH)
+    if whiten is not None:
+        schur = whiten @ schur @ whiten.T
     return max(0.0, -float(np.linalg.eigvalsh(schur).min()))
 
 
@@ -203,46 +209,102 @@ def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=()) -> n
     return -(X + X.T) / 2
 
 
-def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> Solution:
+#: How step 2 raises an input weight ``X``: ``X += e D`` with ``D = X + delta ||X|| I`` for each ``delta``
+#: here (``None``: ``D = I``), the one whose whole chain ends with the least ``rho`` is kept (module docstring).
+RAISE_DIRECTIONS = (None, 1.0, 0.1, 0.01)
+
+
+@dataclasses.dataclass
+class _Raise:
+    """How much an output weight was raised above the value the multipliers cover:
+    ``X_new = (1 + relative) X_old + absolute I``."""
+
+    relative: float = 0.0
+    absolute: float = 0.0
+
+    def scaled(self, f: float) -> "_Raise":
+        return _Raise((1 + self.relative) * f - 1, self.absolute * f)
+
+    def plus(self, t: float) -> "_Raise":
+        return _Raise(self.relative, self.absolute + t)
+
+
+def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> Solution:
     """The solver's point with every storage ``P`` filled in (and ``rho``, ``L``, ``X`` raised as needed).
 
     Every system is treated the same way, from the last to the first (module docstring): the exact LMIs
     too (a dense layer's ``Phi`` is its LMI, at one "frequency"; a conv layer solved with its P gets P
     from the Riccati equation as well), so a raised output weight costs the least input shift everywhere.
-    Systems that need ``P >= 0`` are left to ``certify``. ``solution.rho`` stays the solver's value, so the
-    certificate's inflation shows the whole cost.
+    The raise direction of step 2 is chosen among ``RAISE_DIRECTIONS`` by running the chain of shifts
+    (without the Riccati equations) once per direction. Systems that need ``P >= 0`` are left to
+    ``certify``. ``solution.rho`` stays the solver's value, so the certificate's inflation shows the whole
+    cost.
     """
     if not sdp.storage or solution.x is None:
         return solution
     x = np.zeros(sdp.n_total)
     x[: sdp.n] = solution.x
-    point = Point(sdp, x)
-    threads = kkt_threads()
+    start = Point(sdp, x)
     fine = frequency_grid(FINE_GRID)
+    responses = {}
+    best = None
+    for delta in RAISE_DIRECTIONS:
+        trial = copy.deepcopy(start)
+        _raise_chain(sdp, trial, fine, responses, margin, delta, storage=False)
+        if best is None or trial.rho < best[0]:
+            best = (trial.rho, delta)
+    point = copy.deepcopy(start)
+    _raise_chain(sdp, point, fine, responses, margin, best[1], storage=True)
+    refit_first_system(sdp, point)
+    return dataclasses.replace(solution, x=point.vector(sdp))
+
+
+def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, margin: float,
+                 delta: float | None, *, storage: bool) -> None:
+    """Steps 1-3 of the module docstring on ``point``, from the last system to the first; step 2 raises each
+    input weight along ``D = X + delta ||X|| I`` (``D = I`` for ``delta = None``); ``storage``: also solve
+    the Riccati equations for ``P`` (else only the weights and multipliers are raised)."""
+    threads = kkt_threads()
     every = (FINE_GRID - 1) // (COARSE_GRID - 1)
-    t_next = 0.0
+    raised = _Raise()
     for link in reversed(sdp.links):
         if link.needs_P_psd or (link.system.internal and link.P not in sdp.storage):
-            t_next = 0.0  # (its raised output weight is repaired by certify)
+            raised = _Raise()  # (its raised output weight is repaired by certify)
             continue
-        if link.system.internal:  # a residual block in the frequency domain
-            t_next = _recover_block(point, link, t_next, fine, margin)
+        if link.system.internal:  # a residual block in the frequency domain: isotropic raises only
+            X_out = point.weight(link.w_out)
+            t = raised.relative * np.linalg.norm(X_out, 2) / (1 + raised.relative) + raised.absolute
+            raised = _Raise(0.0, _recover_block(point, link, t, fine, margin, storage))
             continue
         sys = link.system
         lam = None
-        if link.lam is not None:
-            point.vars[link.lam.name] = point.vars[link.lam.name] + t_next / 2
+        if link.lam is not None:  # step 1: (1 + s) L + t/2 covers (1 + s) X_out + t I
+            point.vars[link.lam.name] = (1 + raised.relative) * point.vars[link.lam.name] + raised.absolute / 2
             lam = point.vars[link.lam.name]
         X_out = point.weight(link.w_out)
-        H = frequency_response(sys.ss, fine if sys.ss.nx else np.zeros(1))
+        key = id(link)
+        if key not in responses:
+            responses[key] = frequency_response(sys.ss, fine if sys.ss.nx else np.zeros(1))
+        H = responses[key]
         H_coarse = H[::every] if sys.ss.nx else H
-        e = 0.0
+        up = _Raise()
+        if raised.relative and link.w_in.kind != "const":  # the scaled part is exact: (1 + s) Phi
+            point.scale_weight(link.w_in, 1 + raised.relative)
+            up = up.scaled(1 + raised.relative)
         P = None
         for attempt in range(6):
             limits.checkpoint("storage recovery")
             X_in = point.weight(link.w_in)
             scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
             tiny = margin * scale * 10.0**attempt
+            whiten = None
+            if delta is not None and link.w_in.kind == "var":
+                D = X_in + delta * np.linalg.norm(X_in, 2) * np.eye(len(X_in))
+                try:
+                    whiten = scipy.linalg.solve_triangular(np.linalg.cholesky((D + D.T) / 2), np.eye(len(D)),
+                                                           lower=True)
+                except np.linalg.LinAlgError:
+                    whiten = None
             # the multiplier shift eta that needs the least input shift (only the latter costs bound),
             # chosen on the coarse grid; the input shift it needs is then taken on the fine one
             if lam is not None:
@@ -250,27 +312,37 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-8) -> So
                                             threads, min)
                 v = max(0.0, -phi_min) + tiny
                 etas = [0.0] + [v * 4.0**j for j in range(6)]
-                shifts = [_over_frequencies(partial(input_shift, sys, lam + eta, X_in, X_out), H_coarse,
-                                            threads, max) for eta in etas]
+                shifts = [_over_frequencies(partial(input_shift, sys, lam + eta, X_in, X_out, whiten=whiten),
+                                            H_coarse, threads, max) for eta in etas]
                 point.vars[link.lam.name] = point.vars[link.lam.name] + etas[int(np.argmin(shifts))]
                 lam = point.vars[link.lam.name]
-            shift = _over_frequencies(partial(input_shift, sys, lam, X_in, X_out), H, threads, max) + tiny
-            point.shift_weight(link.w_in, shift)
-            e += shift
-            if not sys.ss.nx:
+            shift = _over_frequencies(partial(input_shift, sys, lam, X_in, X_out, whiten=whiten), H, threads,
+                                      max)
+            if whiten is None:  # X_in += e I
+                shift += tiny
+                point.shift_weight(link.w_in, shift)
+                up = up.plus(shift)
+            else:  # X_in += e (X_in + delta ||X_in|| I)
+                iso = shift * delta * np.linalg.norm(X_in, 2) + tiny
+                point.scale_weight(link.w_in, 1 + shift)
+                point.shift_weight(link.w_in, iso)
+                up = up.scaled(1 + shift).plus(iso)
+            if not sys.ss.nx or not storage:
                 break
             try:
                 P = storage_matrix(sys, lam, point.weight(link.w_in), X_out)
             except (np.linalg.LinAlgError, ValueError):
                 P = None
                 continue
-            if np.all(np.isfinite(P)):
+            # a P that leaves the LMI short by more than a tenth of the margin just added would cost more
+            # in certify's repair than a larger margin here (the doubling stalls when Phi is nearly
+            # singular): try again with ten times the margin
+            if np.all(np.isfinite(P)) and (attempt == 5 or _min_eig(
+                    system_matrix(sys, P, lam, point.weight(link.w_in), X_out)) >= -0.1 * tiny):
                 break
-        if sys.ss.nx:
+        if sys.ss.nx and storage:
             point.vars[link.P.name] = P if P is not None else np.zeros((sys.ss.nx, sys.ss.nx))
-        t_next = e
-    refit_first_system(sdp, point)
-    return dataclasses.replace(solution, x=point.vector(sdp))
+        raised = up
 
 
 def block_phi(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> np.ndarray:
@@ -329,7 +401,7 @@ def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: n
     return max(0.0, -float(np.linalg.eigvalsh((schur + _h(schur)) / 2).min()))
 
 
-def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float) -> float:
+def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float, storage: bool = True) -> float:
     """Steps 1-3 of the module docstring for a residual block; returns the raise of its input weight.
 
     Step 1: the output multiplier gets ``t/2``. Step 2: every multiplier of the block gets ``eta`` (one of
@@ -375,6 +447,8 @@ def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float
     if not np.isfinite(shift):  # (no multiplier shift made the block's other coordinates definite)
         shift = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, lam, inner, X_in, X_out, H)).min())) + tiny
     point.shift_weight(link.w_in, shift)
+    if not storage:
+        return shift
     try:
         P = storage_matrix(sys, lam, point.weight(link.w_in), X_out, inner)
     except (np.linalg.LinAlgError, ValueError):
