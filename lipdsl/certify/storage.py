@@ -210,7 +210,7 @@ def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=()) -> n
 
 
 #: How step 2 raises an input weight ``X``: ``X += e D`` with ``D = X + delta ||X|| I`` for each ``delta``
-#: here (``None``: ``D = I``), the one whose whole chain ends with the least ``rho`` is kept (module docstring).
+#: here (``None``: ``D = I``); the one whose whole chain ends with the least ``rho`` is kept.
 RAISE_DIRECTIONS = (None, 1.0, 0.1, 0.01)
 
 
@@ -279,7 +279,8 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
         sys = link.system
         lam = None
         if link.lam is not None:  # step 1: (1 + s) L + t/2 covers (1 + s) X_out + t I
-            point.vars[link.lam.name] = (1 + raised.relative) * point.vars[link.lam.name] + raised.absolute / 2
+            lam0 = point.vars[link.lam.name]
+            point.vars[link.lam.name] = (1 + raised.relative) * lam0 + raised.absolute / 2
             lam = point.vars[link.lam.name]
         X_out = point.weight(link.w_out)
         key = id(link)
@@ -401,7 +402,8 @@ def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: n
     return max(0.0, -float(np.linalg.eigvalsh((schur + _h(schur)) / 2).min()))
 
 
-def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float, storage: bool = True) -> float:
+def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float,
+                   storage: bool = True) -> float:
     """Steps 1-3 of the module docstring for a residual block; returns the raise of its input weight.
 
     Step 1: the output multiplier gets ``t/2``. Step 2: every multiplier of the block gets ``eta`` (one of
