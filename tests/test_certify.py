@@ -80,3 +80,23 @@ def test_mixed_constructs_certify():
     sdp = build_sdp(lower(mixed_net(4)))
     cert = certify(sdp, solve(sdp))
     assert cert.verified
+
+
+def _certified_point(sdp, sol, cert) -> np.ndarray:
+    """The certificate's repaired values as a decision vector of ``sdp``."""
+    point = Point(sdp, sol.x)
+    point.rho = cert.rho
+    point.vars.update({k: v for k, v in cert.point.items() if k != "rho"})
+    return point.vector(sdp)
+
+
+def test_certify_leaves_a_point_that_holds_with_its_margin_alone(solved):
+    """Certifying the certified point again changes nothing: an LMI that holds with the repair's margin
+    (its raised output weight included) is not repaired again. Repairing every LMI anyway added
+    ``margin * ||M||`` per layer and, through the input weights, amplified it layer by layer upstream
+    (a 16-layer, 32-channel conv net: solver 2606.8, certified 1.3e6 before; 2628.1 now)."""
+    sdp, sol = solved
+    cert = certify(sdp, sol)
+    x = _certified_point(sdp, sol, cert)
+    again = certify(sdp, replace(sol, x=x, rho=cert.rho))
+    assert again.verified and again.rho == cert.rho and again.lipschitz == cert.lipschitz

@@ -284,15 +284,15 @@ def test_relative_raises_are_never_looser_than_isotropic_ones(seed, monkeypatch)
 
 @pytest.mark.solver
 def test_a_storage_that_leaves_the_lmi_short_is_recomputed_with_a_larger_margin(monkeypatch):
-    """A Riccati solution whose LMI is short by more than a tenth of the margin (a stalled doubling near a
-    singular Phi) is recomputed with ten times the margin; certify then has almost nothing to repair."""
+    """A Riccati solution whose LMI is not strictly positive (a stalled doubling near a singular Phi) is
+    recomputed with ten times the margin; certify then has almost nothing to repair."""
     exact, c_exact, gridded, sol, full, cert = _solve_both(_dilated_net(0), 9)
     margins = []
     real = kyp.storage_matrix
 
-    def spy(sys, lam, X_in, X_out, inner=()):
+    def spy(sys, lam, X_in, X_out, inner=(), shrink=0.0):
         margins.append(np.linalg.norm(X_in, 2))
-        P = real(sys, lam, X_in, X_out, inner)
+        P = real(sys, lam, X_in, X_out, inner, shrink)
         return P if len(margins) > 1 else P + 1e-3 * np.linalg.norm(P, 2) * np.eye(len(P))  # spoil the first
 
     monkeypatch.setattr(kyp, "storage_matrix", spy)

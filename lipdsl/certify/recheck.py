@@ -231,6 +231,20 @@ def _term_scale(point: "Point", link: Link) -> float:
     return total
 
 
+def _psd_short(point: "Point", link: Link, psd_names: set, margin: float) -> bool:
+    """Whether ``P >= 0`` (where the link needs it) or its input weight ``X >= 0`` (where pooling needs it)
+    lacks the eigenvalue margin the repair aims for."""
+    if link.needs_P_psd:
+        P = point.vars[link.P.name]
+        if _min_eig(P) < _margin(P, margin):
+            return True
+    if link.w_in.kind == "var" and link.w_in.variable.name in psd_names:
+        X = point.vars[link.w_in.variable.name]
+        if _min_eig(X) < _margin(X, margin):
+            return True
+    return False
+
+
 def _margin(M: np.ndarray, rel: float) -> float:
     """Eigenvalue margin: the rounding bound ``16 m eps ||M||`` times 4, plus ``rel * ||M||``."""
     nrm = max(_norm(M), 1e-300)
@@ -357,7 +371,12 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
         sys = link.system
         point.shift_weight(link.w_out, t_next)
         M = point.matrix(link)
-        e = max(-_min_eig(M), 0.0) + _margin(M, margin) + 64 * M.shape[0] * EPS * _term_scale(point, link)
+        required = _margin(M, margin) + 64 * M.shape[0] * EPS * _term_scale(point, link)
+        lo = _min_eig(M)
+        if lo >= required and not _psd_short(point, link, psd_names, margin):
+            t_next = 0.0  # (holds with its margin, the raised output weight included: nothing to repair)
+            continue
+        e = max(required - lo, 0.0)
         if sys.internal:  # a residual block: the repair by groups of coordinates (_repair_block)
             t_in = _repair_block(point, link, t_next, e, margin)
             if link.w_in.kind == "var" and link.w_in.variable.name in psd_names:

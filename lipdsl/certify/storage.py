@@ -186,12 +186,16 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
     return best
 
 
-def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=()) -> np.ndarray:
+def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(), shrink: float = 0.0) -> np.ndarray:
     """``P`` from the stabilizing solution of the Riccati equation (module docstring, step 3): by doubling,
     and by QZ too for small systems or when the doubling's residual is above ``RICCATI_RESIDUAL`` (the
-    smaller residual wins). ``inner``: a residual block's internal multipliers."""
+    smaller residual wins). ``inner``: a residual block's internal multipliers. ``shrink``: solve it for
+    ``M(P) - shrink I`` instead, so that ``M(P) >= shrink I`` (a strictly feasible LMI whose rounding
+    ``certify`` need not repair; it exists when ``Phi`` has a margin of about ``k shrink``)."""
     nx = sys.ss.nx
     M0 = system_matrix(sys, np.zeros((nx, nx)), lam, X_in, X_out, inner)
+    if shrink:
+        M0 = M0 - shrink * np.eye(len(M0))
     Q, S, R = M0[:nx, :nx], M0[:nx, nx:], M0[nx:, nx:]
     B_ = np.zeros((nx, R.shape[0]))
     B_[:, : sys.ss.nu] = sys.ss.B
@@ -317,8 +321,9 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
                                             H_coarse, threads, max) for eta in etas]
                 point.vars[link.lam.name] = point.vars[link.lam.name] + etas[int(np.argmin(shifts))]
                 lam = point.vars[link.lam.name]
-            shift = _over_frequencies(partial(input_shift, sys, lam, X_in, X_out, whiten=whiten), H, threads,
-                                      max)
+            # (the passes that only choose the direction take it on the coarse grid too)
+            shift = _over_frequencies(partial(input_shift, sys, lam, X_in, X_out, whiten=whiten),
+                                      H if storage else H_coarse, threads, max)
             if whiten is None:  # X_in += e I
                 shift += tiny
                 point.shift_weight(link.w_in, shift)
@@ -331,15 +336,15 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
             if not sys.ss.nx or not storage:
                 break
             try:
-                P = storage_matrix(sys, lam, point.weight(link.w_in), X_out)
+                P = storage_matrix(sys, lam, point.weight(link.w_in), X_out, shrink=tiny / (4 * sys.ss.nx))
             except (np.linalg.LinAlgError, ValueError):
                 P = None
                 continue
-            # a P that leaves the LMI short by more than a tenth of the margin just added would cost more
-            # in certify's repair than a larger margin here (the doubling stalls when Phi is nearly
-            # singular): try again with ten times the margin
+            # the LMI must come out strictly positive: a rounding deficit of 1e-16 left to certify is
+            # repaired there by isotropic raises that grow with every layer upstream (x31 over 16 layers);
+            # a stalled doubling (Phi nearly singular) gets ten times the margin
             if np.all(np.isfinite(P)) and (attempt == 5 or _min_eig(
-                    system_matrix(sys, P, lam, point.weight(link.w_in), X_out)) >= -0.1 * tiny):
+                    system_matrix(sys, P, lam, point.weight(link.w_in), X_out)) > 0):
                 break
         if sys.ss.nx and storage:
             point.vars[link.P.name] = P if P is not None else np.zeros((sys.ss.nx, sys.ss.nx))
