@@ -186,7 +186,8 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
     return best
 
 
-def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(), shrink: float = 0.0) -> np.ndarray:
+def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(),
+                   shrink: float = 0.0) -> np.ndarray:
     """``P`` from the stabilizing solution of the Riccati equation (module docstring, step 3): by doubling,
     and by QZ too for small systems or when the doubling's residual is above ``RICCATI_RESIDUAL`` (the
     smaller residual wins). ``inner``: a residual block's internal multipliers. ``shrink``: solve it for
