@@ -43,6 +43,13 @@ UNCONVERGED_INFLATION = 1e-3
 NEAR_OPTIMAL = 10.0
 
 
+#: ``frequencies="auto"`` (``lipdsl solve``'s default): the exact LMIs unless they would have more than this
+#: many variables (a Newton matrix of 128 MB: a few seconds per iteration) and the frequency form on
+#: ``AUTO_FREQUENCIES`` frequencies has fewer.
+AUTO_VARIABLES = 4000
+AUTO_FREQUENCIES = 17
+
+
 @dataclass(frozen=True)
 class ProblemSize:
     """Sizes of the SDP that ``build_sdp`` would build, computed from the typed network without lowering."""
@@ -100,6 +107,8 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
                 c = layer.in_shape.channels * (1 if layer.in_shape.flat else b)
                 nx, nu, ny = 0, c, c
             act = isinstance(layer, typed.Activation)
+            while not act and i + 1 < len(layers) and isinstance(layers[i + 1], typed.BatchNorm):
+                i += 1  # (folded into the conv or dense layer before it)
             if not act and i + 1 < len(layers) and isinstance(layers[i + 1], typed.Activation):
                 act, i = True, i + 1
             systems.append((layer.name, nx, nu, ny, (layers[i].alpha, layers[i].beta) if act else None))
@@ -141,6 +150,30 @@ def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
     return ProblemSize(best[0], best[1], best[2], variables, tuple(orders), shapes, frequencies)
 
 
+def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None = "auto"
+                ) -> tuple[int | None, str]:
+    """The number of frequencies to solve ``net`` with (None: the exact LMIs) and a sentence saying which
+    form that is and why. ``frequencies``: a number (kept), None or ``"none"`` (the exact LMIs), or
+    ``"auto"``: the exact LMIs unless they have more than ``AUTO_VARIABLES`` variables and the frequency
+    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering)."""
+    if frequencies is None or frequencies == "none":
+        return None, "exact LMIs (the storage P of every conv layer a solver variable)"
+    if frequencies != "auto":
+        k = int(frequencies)
+        return k, f"frequency-domain LMIs for the wide conv layers on {k} frequencies (--frequencies {k})"
+    exact = problem_size(net, lift)
+    if exact.variables <= AUTO_VARIABLES:
+        return None, (f"exact LMIs ({exact.variables:,} variables; chosen automatically, at most "
+                      f"{AUTO_VARIABLES:,})")
+    gridded = problem_size(net, lift, AUTO_FREQUENCIES)
+    if gridded.variables >= exact.variables:
+        return None, (f"exact LMIs ({exact.variables:,} variables; the frequency form would not have fewer)")
+    return AUTO_FREQUENCIES, (
+        f"frequency-domain LMIs for the wide conv layers on {AUTO_FREQUENCIES} frequencies, chosen "
+        f"automatically: {gridded.variables:,} variables instead of the exact LMIs' {exact.variables:,} "
+        f"(--frequencies none keeps the exact ones, --frequencies K sets K)")
+
+
 @dataclass(frozen=True)
 class Result:
     """Everything a report needs: the certificate (the proof), the solver's claim, and how it was built."""
@@ -155,6 +188,8 @@ class Result:
     #: with ``--frequencies``: the product of the layers' H-infinity gains (``baselines.unrolled.naive_hinf``,
     #: a cheap certified bound); the report flags a frequency-form bound above it. None otherwise.
     hinf_product: float | None = None
+    #: which LMIs were solved and why (``choose_form``)
+    form: str = ""
 
     @property
     def validity(self) -> str:
@@ -181,7 +216,7 @@ def solve_network(
     max_variables: int | None = MAX_VARIABLES,
     timeout: float | None = None,
     accept_unconverged: bool = False,
-    frequencies: int | None = None,
+    frequencies: int | str | None = None,
     merge_linear: bool = True,
     deadline: limits.Deadline | None = None,
     progress=None,
@@ -208,14 +243,17 @@ def solve_network(
     by more than ``UNCONVERGED_INFLATION``.
 
     ``frequencies``: solve the conv layers' LMIs in the frequency domain on that many frequencies and
-    recover their storage matrices P afterwards (``lipdsl.kyp``): far fewer variables for wide layers, a
-    bound slightly above the exact SDP's (still certified the same way).
+    recover their storage matrices P afterwards (``lipdsl.certify.storage``): far fewer variables for wide
+    layers, a bound slightly above the exact SDP's (still certified the same way); ``"auto"``: that on
+    ``AUTO_FREQUENCIES`` frequencies when the exact LMIs would be large (``choose_form``; ``result.form``
+    says which).
 
     ``progress``: called as ``progress(stage)`` when a stage starts ("lowering", "building the SDP",
     "solving", "recovering P (Riccati)", "certifying"; on the working thread; for a progress display).
     """
     if deadline is None:
         deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
+    frequencies, form = choose_form(net, lift, frequencies)
     options = dict(solver=solver, lift=lift, frequencies=frequencies)
     # refused on the calling thread, before anything is lowered or allocated (again after lowering, inside)
     _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
@@ -223,13 +261,13 @@ def solve_network(
         return limits.run_within(
             lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
                                    seconds, max_lmi, max_variables, accept_unconverged, frequencies,
-                                   merge_linear, deadline, options, progress or (lambda stage: None)),
+                                   merge_linear, deadline, options, progress or (lambda stage: None), form),
             deadline, "lipdsl solve", grace=0.5)
 
 
 def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
                    max_variables, accept_unconverged, frequencies, merge_linear, deadline, options,
-                   progress) -> Result:
+                   progress, form) -> Result:
     """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
@@ -263,7 +301,7 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     t4 = time.perf_counter()
     times.update({**stages, "certify": t4 - t3})
     product = _hinf_product(net, min_length) if sdp.storage else None
-    result = Result(net, low, sdp, sol, cert, times, min_length, product)
+    result = Result(net, low, sdp, sol, cert, times, min_length, product, form)
     if (
         cert.verified
         and not accept_unconverged

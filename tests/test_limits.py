@@ -31,8 +31,8 @@ def run(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-def write(tmp_path, text: str) -> str:
-    path = tmp_path / "net.lip"
+def write(tmp_path, text: str, name: str = "net.lip") -> str:
+    path = tmp_path / name
     path.write_text(text)
     return str(path)
 
@@ -60,7 +60,7 @@ def test_max_lmi_refuses_before_allocating(tmp_path):
         "input 1 x 4\nconv1d c: 1 -> 1, kernel 2, dilation 10^12, padding causal, weight [[[1, 1]]]\nrelu\n",
     )
     t0 = time.perf_counter()
-    res = run("solve", spec)
+    res = run("solve", "--frequencies", "none", spec)
     assert time.perf_counter() - t0 < 5
     assert res.exit_code == 3 and res.stdout == ""
     assert (
@@ -68,6 +68,10 @@ def test_max_lmi_refuses_before_allocating(tmp_path):
         "--max-lmi 4000" in res.stderr
     )
     assert "net.lip:2:1: error:" in res.stderr and "hint: raise --max-lmi" in res.stderr
+    res = run("solve", spec)  # (the automatic form: frequency-domain, but the lowering alone is too big)
+    assert time.perf_counter() - t0 < 10
+    assert res.exit_code == 3 and res.stdout == "" and "net.lip:2:1: error:" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_max_lmi_option_and_variable_limit(tmp_path):
@@ -75,9 +79,9 @@ def test_max_lmi_option_and_variable_limit(tmp_path):
     spec = write(
         tmp_path, 'input 64 x 32\nconv1d c: 64 -> 64, kernel 9, padding causal, weight "w.npy"\nrelu\n'
     )
-    res = run("solve", "--max-lmi", "100", spec)
+    res = run("solve", "--max-lmi", "100", "--frequencies", "none", spec)
     assert res.exit_code == 3 and "would have 640 rows (512 states + 64 inputs + 64 outputs)" in res.stderr
-    res = run("solve", spec)  # 640 rows pass --max-lmi, but P alone has 512*513/2 variables
+    res = run("solve", "--frequencies", "none", spec)  # 640 rows pass, but P alone has 512*513/2 variables
     assert res.exit_code == 3 and "the SDP would have 131393 variables, more than 20000" in res.stderr
     with pytest.raises(LimitError):
         solve_network(load_network(spec)[1], max_variables=1000)
@@ -491,7 +495,7 @@ def test_variable_limit_hint_is_true(tmp_path, monkeypatch):
     np.save(tmp_path / "w.npy", np.zeros((64, 64, 9)))
     spec = write(tmp_path, "input 64 x 32\n"
                            'conv1d c: 64 -> 64, kernel 9, padding causal, weight "w.npy"\nrelu\n')
-    res = run("solve", spec)
+    res = run("solve", "--frequencies", "none", spec)
     assert res.exit_code == 3 and "more than 20000" in res.stderr
     assert "hint: solve with --frequencies 33" in res.stderr  # (true: its frequency form has 65 variables)
     _, net = load_network(spec)
@@ -668,3 +672,24 @@ def test_fd_redirection_of_in_process_sdpa_is_restored_on_failure():
             raise RuntimeError("a failing solve")
     after = (os.fstat(1), os.fstat(2))
     assert [(a.st_dev, a.st_ino) for a in after] == [(b.st_dev, b.st_ino) for b in before]
+
+
+@pytest.mark.solver
+def test_solve_picks_the_frequency_form_by_itself_when_the_exact_lmis_are_large(tmp_path):
+    """issue 20: the default ``--frequencies auto`` solves a wide conv layer (exact LMIs: 131,393
+    variables, refused) in the frequency domain, says so, and keeps the exact LMIs of a small net."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "w.npy", rng.normal(size=(64, 64, 9)) / 24)
+    spec = write(tmp_path, 'input 64 x 32\nconv1d c: 64 -> 64, kernel 9, padding causal, weight "w.npy"\n'
+                           "relu\n")
+    res = run("solve", "--json", spec)
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["certified"] and out["frequencies"] == lipdsl.pipeline.AUTO_FREQUENCIES
+    assert "chosen automatically" in out["form"] and "131,393" in out["form"]
+    text = run("solve", spec).stdout
+    assert "form: frequency-domain LMIs" in text and "--frequencies none" in text
+    small = write(tmp_path, "input 1 x 8\nconv1d c: 1 -> 2, kernel 3, padding causal, "
+                            "weight [[[1, 2, 1]], [[1, -1, 0]]]\nrelu\n", name="small.lip")
+    out = json.loads(run("solve", "--json", small).stdout)
+    assert out["frequencies"] is None and out["form"].startswith("exact LMIs")

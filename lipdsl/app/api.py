@@ -181,7 +181,8 @@ class Network:
         **options
             Passed to :func:`lipdsl.pipeline.solve_network` (``tol``, ``max_iterations``, ``margin``,
             ``lift``,
-            ``frequencies``); ``certificate=path`` (dissipative only) writes the certificate file of a
+            ``frequencies``: ``"auto"`` by default, as ``lipdsl solve``; ``None`` or ``"none"`` for the exact
+            LMIs, or a number); ``certificate=path`` (dissipative only) writes the certificate file of a
             certified bound after checking it independently (``docs/certificate.md``; nothing is written
             for an uncertified bound; re-check it with :func:`verify`); ``timeout`` (seconds, finite and
             > 0) bounds every method (``TimeLimitError`` when it passes).
@@ -236,9 +237,11 @@ class Network:
             if cert_path is not None and cert.verified:
                 from lipdsl.certify import certificate
 
+                from lipdsl.app.report import frequency_count
+
                 certificate.write(result, cert_path, options=certificate.solve_options(
                     length if self.typed.any_length else None, options.get("lift", 1),
-                    options.get("merge_linear", True), options.get("frequencies"), solver or "cvxopt"))
+                    options.get("merge_linear", True), frequency_count(result), solver or "cvxopt"))
             return Bound(
                 self.name,
                 method,

@@ -62,6 +62,28 @@ class Seconds(click.ParamType):
             self.fail(err.message, param, ctx)
 
 
+class Frequencies(click.ParamType):
+    """``--frequencies``: ``auto`` (the frequency form when the exact LMIs are large), ``none`` (the exact
+    LMIs) or a number of frequencies >= 3."""
+
+    name = "auto|none|K"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            text = value
+        else:
+            text = str(value).strip().lower()
+        if text in ("auto", "none", None):
+            return text
+        try:
+            k = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is not 'auto', 'none' or a whole number of frequencies", param, ctx)
+        if k < 3:
+            self.fail(f"{k} is too few frequencies (at least 3: 0, pi/2, pi)", param, ctx)
+        return k
+
+
 def within(deadline, what: str, work, source: Source | None = None, hint: str | None = None):
     """``work()`` for a command: BLAS pinned to one thread (``limits.blas_threads``, restored after), the
     command's ``deadline`` active for every ``checkpoint``, and the whole of it bounded by that deadline
@@ -395,11 +417,12 @@ def _solver_name(ctx, param, value: str) -> str:
 )
 @click.option(
     "--frequencies",
-    type=click.IntRange(min=3),
-    default=None,
+    type=Frequencies(),
+    default="auto",
+    show_default=True,
     help="Solve conv layers' LMIs in the frequency domain on K frequencies and recover their storage "
     "matrices afterwards (KYP lemma + Riccati): for wide conv layers; certified the same way, slightly "
-    "looser.",
+    "looser. auto: K = 17 when the exact LMIs would have more than 4000 variables; none: the exact LMIs.",
 )
 @click.option(
     "--accept-unconverged",
@@ -443,7 +466,7 @@ def solve_command(
     lift: int,
     max_lmi: int,
     timeout: float | None,
-    frequencies: int | None,
+    frequencies: int | str | None,
     accept_unconverged: bool,
     method: str,
     force: bool,
@@ -498,8 +521,10 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
         fail(err, source)
     proof = None
     if result.certificate.verified and (certificate_path is not None or exact):
+        from lipdsl.app.report import frequency_count
+
         proof = _certify_file(result, net, certificate_path, exact, options["min_length"], options["lift"],
-                              options["frequencies"], options["solver"])
+                              frequency_count(result), options["solver"])
     if as_json:
         import json
 
@@ -985,7 +1010,7 @@ def import_command(
               help="Refuse (in the item's row) SDPs whose largest LMI has more rows than this.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop an item's solver after SECONDS (the item fails; the others go on).")
-@click.option("--frequencies", type=click.IntRange(min=3), default=None,
+@click.option("--frequencies", type=Frequencies(), default="auto", show_default=True,
               help="As `lipdsl solve --frequencies`.")
 @click.option("--accept-unconverged", is_flag=True, help="As `lipdsl solve --accept-unconverged`.")
 @click.option("--force", is_flag=True, help="With --method lipsdp-*: run even LMIs above the size guard.")

@@ -69,8 +69,8 @@ def warnings(result: Result) -> list[str]:
     if cert.inflation is not None and cert.inflation > REPAIR_WARNING:
         out.append(f"the certificate repair raised the solver value {cert.lipschitz_solver:.6g} by "
                    f"{cert.inflation:.1%} (x{1 + cert.inflation:.3g}): the {k}-frequency grid misses where "
-                   f"the LMIs are tight; more frequencies (--frequencies {2 * k - 1}) or the exact SDP (no "
-                   "--frequencies) give a tighter bound")
+                   f"the LMIs are tight; more frequencies (--frequencies {2 * k - 1}) or the exact SDP "
+                   "(--frequencies none) give a tighter bound")
     if result.hinf_product is not None and cert.lipschitz > result.hinf_product:
         out.append(f"this bound is above the product of the layers' H-infinity gains, "
                    f"{format_up(result.hinf_product)} (also certified: lipdsl solve --method naive-hinf)")
@@ -118,6 +118,7 @@ def to_json(result: Result) -> dict:
         "sdp": {"variables": result.sdp.n, "lmi_sizes": [lmi.size for lmi in result.sdp.lmis]},
         "systems": _system_rows(result),
         "frequencies": frequency_count(result),
+        "form": result.form or None,
         "hinf_product": result.hinf_product,
         "above_hinf_product": (None if result.hinf_product is None or not cert.verified
                                else bool(cert.lipschitz > result.hinf_product)),
@@ -175,6 +176,8 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
         console.print(f"[bold red]no certified bound[/] for {net.name}: {cert.reason}")
     console.print(f"  valid for {result.validity}")
     console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations")
+    if result.sdp.storage and result.form:
+        console.print(f"  form: {result.form}")
     console.print("  time: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.seconds.items()))
     if not result.sdp.links or not verbose:  # a closed-form bound has no LMI to show
         if result.sdp.links:

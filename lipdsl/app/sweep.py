@@ -74,7 +74,7 @@ class Options:
     lift: int = 1
     max_lmi: int | None = 4000
     timeout: float | None = None
-    frequencies: int | None = None
+    frequencies: int | str | None = "auto"
     accept_unconverged: bool = False
     force: bool = False
     allow_outside: bool = False
