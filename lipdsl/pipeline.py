@@ -97,6 +97,15 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
         layer = layers[i]
         if isinstance(layer, (typed.Flatten, typed.GlobalAvgPool)):
             b = 1
+        if isinstance(layer, typed.Residual):
+            act = i + 1 < len(layers) and isinstance(layers[i + 1], typed.Activation)
+            nx, n_internal = _block_states(layer)
+            c_out = layer.out_shape.channels
+            slope = (layers[i + 1].alpha, layers[i + 1].beta) if act else None
+            systems.append((layer.name, nx, layer.in_shape.channels + n_internal, n_internal + c_out, slope,
+                            c_out))
+            i += 2 if act else 1
+            continue
         if isinstance(layer, (typed.Conv1d, typed.Dense, typed.Activation)):
             if isinstance(layer, typed.Conv1d):
                 reach = layer.dilation * (layer.kernel - 1)
@@ -116,36 +125,61 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     return _size(systems, frequencies)
 
 
+def _block_states(block: typed.Residual) -> tuple[int, int]:
+    """States and internal activation channels of a residual block's stacked realization
+    (``lower.residual_system``), estimated: each conv's ``d (k-1) c_in`` shift states; one multiplier per
+    channel of each internal activation and of each window "activation" before a conv with a non-causal
+    padding that follows a conv (method.md §3, residual blocks). Not modelled: convs composed into one
+    filter and the taps that align the branches (a few states; ``lowered_size`` counts them exactly)."""
+    states = internal = 0
+    for layers in (block.main, block.shortcut):
+        previous = None
+        for layer in layers:
+            if isinstance(layer, typed.Conv1d):
+                states += layer.dilation * (layer.kernel - 1) * layer.c_in
+                if isinstance(previous, typed.Conv1d) and layer.padding != "causal":
+                    internal += layer.c_in
+            elif isinstance(layer, typed.Activation):
+                internal += layer.in_shape.channels
+            if not isinstance(layer, typed.BatchNorm):
+                previous = layer
+    return states, internal
+
+
 def lowered_size(low: LoweredNetwork, frequencies: int | None = None) -> ProblemSize:
     """``problem_size`` counted on the lowered systems: after ``lower``'s merges and folds (a linear conv
     composed with the next conv or pool, an overlapping pool folded into the dense layer after a flatten),
     which can make an LMI up to ``MERGE_GROWTH`` times the separate rows and its ``P`` up to four times the
     variables -- ``problem_size`` does not model them. The same direct forms and variables as there."""
-    return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope) for s in low.systems], frequencies)
+    return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope, s.n_out) for s in low.systems], frequencies)
 
 
 def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
-    """The largest LMI and the variable count of ``(name, nx, nu, ny, slope)`` systems (``problem_size``)."""
+    """The largest LMI and the variable count of ``(name, nx, nu, ny, slope[, n_out])`` systems
+    (``problem_size``; ``n_out``: the outputs that leave a residual block, ``ny`` less its internal
+    activations' signals, which always carry a multiplier)."""
     best = (0, "", "")
     variables = 1
     outputs = []
     orders = []
-    shapes = tuple((nx, nu, ny) for _, nx, nu, ny, _ in systems)
-    for name, nx, nu, ny, slope in systems:
+    shapes = tuple((nx, nu, ny) for _, nx, nu, ny, *_ in systems)
+    for name, nx, nu, ny, slope, *rest in systems:
+        n_out = rest[0] if rest else ny
+        internal = ny - n_out
         act = slope is not None
-        size = nx + nu + (ny if act else 0)
-        detail = f"{nx} states + {nu} inputs" + (f" + {ny} outputs" if act else "")
+        size = nx + nu + (n_out if act else 0)
+        detail = f"{nx} states + {nu} inputs" + (f" + {n_out} outputs" if act else "")
         copies = 1
         if frequencies is not None and in_frequency_form(nx, nu, ny, slope):
-            size = 2 * (nu + (ny if act else 0))
-            detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {ny} outputs)" if act else ")")
+            size = 2 * (nu + (n_out if act else 0))
+            detail = f"frequency LMI: 2 x ({nu} inputs" + (f" + {n_out} outputs)" if act else ")")
             nx = 0
             copies = frequencies
         if size > best[0]:
             best = (size, name, detail)
         orders += [size] * copies
-        variables += nx * (nx + 1) // 2 + (ny if act else 0)
-        outputs.append(ny)
+        variables += nx * (nx + 1) // 2 + internal + (n_out if act else 0)
+        outputs.append(n_out)
     variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
     return ProblemSize(best[0], best[1], best[2], variables, tuple(orders), shapes, frequencies)
 

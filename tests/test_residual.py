@@ -416,3 +416,30 @@ def test_certificate_file_refuses_blocks(tmp_path):
     assert result.certificate.verified
     with pytest.raises(CertificateError, match="residual blocks"):
         build(result)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_problem_size_counts_a_block_as_lowered(seed, tmp_path):
+    """The size model counts a residual block's stacked states and internal multipliers, close to the
+    lowered count (it is what the limits and ``--frequencies auto`` decide on before lowering; it counted no
+    block at all), and exactly on the shipped ResNet and TCN."""
+    from lipdsl.pipeline import lowered_size, problem_size
+
+    net = random_residual(np.random.default_rng(seed), tmp_path)
+    low = lower(net)
+    for k in (None, 9):
+        estimate, lowered = problem_size(net, frequencies=k).variables, lowered_size(low, k).variables
+        assert 0.7 * lowered <= estimate <= 1.3 * lowered
+
+
+@pytest.mark.parametrize("spec,exact,gridded", [("resnet1d", 139885, 1433), ("tcn", 42300, 1148)])
+def test_problem_size_of_the_shipped_residual_specs(spec, exact, gridded):
+    from pathlib import Path
+
+    from lipdsl.lang.load import load_network
+    from lipdsl.pipeline import lowered_size, problem_size
+
+    _, net = load_network(Path(__file__).resolve().parents[1] / "specs" / f"{spec}.lip")
+    low = lower(net)
+    assert problem_size(net).variables == lowered_size(low).variables == exact
+    assert problem_size(net, frequencies=17).variables == lowered_size(low, 17).variables == gridded

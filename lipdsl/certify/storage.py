@@ -457,8 +457,8 @@ def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float
     point.shift_weight(link.w_in, shift)
     if not storage:
         return shift
-    try:
-        P = storage_matrix(sys, lam, point.weight(link.w_in), X_out, inner)
+    try:  # (strictly positive, as in _raise_chain)
+        P = storage_matrix(sys, lam, point.weight(link.w_in), X_out, inner, shrink=tiny / (4 * sys.ss.nx))
     except (np.linalg.LinAlgError, ValueError):
         P = np.zeros((sys.ss.nx, sys.ss.nx))
     point.vars[link.P.name] = P if np.all(np.isfinite(P)) else np.zeros((sys.ss.nx, sys.ss.nx))
