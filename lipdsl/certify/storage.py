@@ -15,15 +15,24 @@ and ``B_ = [B 0]`` (the activation's output does not drive the state),
 the first:
 
 1. the output weight was raised by ``t`` (by the system after it): ``L += t/2`` restores ``2L - X_out``;
-2. on a fine grid (``FINE_GRID`` frequencies), ``L += eta`` and ``X_in += e I`` with ``e`` the least
+   When the output weight was raised as ``(1 + s) X_out + t I``, ``L`` becomes ``(1 + s) L + t/2`` and
+   ``X_in`` ``(1 + s) X_in`` first (``Phi`` is linear: the scaled part is exact);
+2. on a fine grid (``FINE_GRID`` frequencies), ``L += eta`` and ``X_in += e D`` with ``e`` the least
    shift that makes ``Phi >= 0`` there (``input_shift``, a Schur complement on ``2L - X_out``), ``eta``
    the one of a few multiplier shifts (0, ``v``, ``4v``, ...; ``v = -min lambda_min(Phi)``) that needs the
-   least ``e``, plus a margin; ``X_in`` is the previous system's output weight (or ``rho``);
+   least ``e``, plus a margin; ``X_in`` is the previous system's output weight (or ``rho``). The direction
+   ``D = X_in + delta ||X_in|| I`` (``D = I`` for ``delta = None``) is one of ``RAISE_DIRECTIONS``, the one
+   whose whole chain of shifts ends with the least ``rho`` (an isotropic ``e I`` is cheap for the layer
+   but the layers upstream pay for it in the directions where their ``X`` is small, layer after layer; a
+   raise along ``X`` itself passes upstream as an exact scaling);
 3. ``P`` = minus the stabilizing solution of the Riccati equation
-   ``A'XA - X - (A'XB_ + S)(R + B_'XB_)^-1 (B_'XA + S') + Q = 0``, which makes the Schur complement of
-   ``M(P)`` zero: ``M(P) >= 0``. It is found by the structured doubling algorithm (``riccati_doubling``:
+   ``A'XA - X - (A'XB_ + S)(R + B_'XB_)^-1 (B_'XA + S') + Q = 0`` for the LMI less ``shrink I``
+   (``shrink`` a fraction of the margin of step 2), which makes ``M(P) >= shrink I``: strictly positive,
+   so ``certify`` finds nothing to repair (a rounding deficit left to it was repaired by raises that grew
+   with every layer upstream). It is found by the structured doubling algorithm (``riccati_doubling``:
    matrix products of order ``nx``, about 20 ms a step at 256 states against 5.5 s for the QZ method of
-   ``scipy.linalg.solve_discrete_are``, which remains the fallback).
+   ``scipy.linalg.solve_discrete_are``, which remains the fallback); a ``P`` whose LMI is not positive
+   (a stalled doubling) is recomputed with ten times the margin.
 
 4. if the first system kept its exact LMI (its ``P`` a solver variable), its ``P``, ``Lambda`` and ``rho``
    are re-solved for the repaired output weight (``refit_first_system``): the least ``rho`` it allows.
