@@ -228,7 +228,8 @@ def _factor(E: np.ndarray) -> np.ndarray:
     return (V[:, keep] * np.sqrt(w[keep])).T
 
 
-def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | None = None) -> Sdp:
+def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | None = None,
+              weights: str = "full") -> Sdp:
     """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs).
 
     ``frequencies``: replace the LMI of each conv system with at least as many states as inputs and
@@ -321,9 +322,9 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             # a lifted max pool: X (x) I_tied on the system's outputs, X on the next system's inputs
             tied = max((s.tied for s in after if isinstance(s, lowered.Pool)), default=1)
             X = new_var(f"{'Y' if inverted else 'X'}[{sys.name}]", "Xinv" if inverted else "X", sys.name,
-                        ny // tied, "diagonal" if diagonal else "symmetric")
+                        ny // tied, "diagonal" if diagonal or weights == "diagonal" else "symmetric")
             w_out = Weight("var", ny, X, kron=tied)
-            if diagonal:
+            if diagonal or weights == "diagonal":
                 nonneg.append(X)
             consumer: lowered.System = steps[systems[pos + 1]]
             implied = inverted or (consumer.slope is not None and consumer.slope[0] * consumer.slope[1] <= 0)

@@ -233,8 +233,9 @@ BANDED_RATIO = 3
 
 
 def newton_bandwidth(variables_of_blocks) -> int:
-    """The bandwidth of ``H = sum_blocks [tr(F_k S F_l S)]``: ``H_kl`` can be nonzero only when ``k`` and ``l``
-    occur in the same LMI (or ``k = l``), so it is the largest spread ``max - min`` of one LMI's variables.
+    """The bandwidth of ``H = sum_blocks [tr(F_k S F_l S)]``: ``H_kl`` can be nonzero only when ``k`` and
+    ``l`` occur in the same LMI (or ``k = l``), so it is the largest spread ``max - min`` of one LMI's
+    variables.
     ``build_sdp`` numbers the variables along the chain (each layer's output weight, storage and
     multipliers after the previous layer's), so a deep chain has a band of about two layers' variables."""
     return max((int(v.max() - v.min()) for v in variables_of_blocks if len(v)), default=0)
