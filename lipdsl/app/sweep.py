@@ -350,7 +350,7 @@ def _network(item: Item, options: Options):
     if item.kind == "state_dict":
         import numpy as np
 
-        from lipdsl.importers.importer import sanitize_key
+        from lipdsl.importers.spec import sanitize_key
 
         from lipdsl.importers.pytorch import load_state_dict
 
