@@ -296,7 +296,7 @@ def _kind(layer) -> str:
     return layer.function
 
 
-#: Prefix of auto-generated layer names (``conv1``, ``gap1``, ...); the importer writes the same names.
+#: Prefix of auto-generated layer names (``conv1``, ``gap1``, ...); importers/spec.py gives the same names.
 AUTO_PREFIX = {
     "conv1d": "conv",
     "dense": "dense",
