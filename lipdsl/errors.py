@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Any
+
 from lipdsl.lang.source import Source, Span
 
 
@@ -91,3 +94,15 @@ class LimitError(LipdslError):
 class TimeLimitError(SolveError):
     """The command's time limit (``--timeout``) passed; no bound is reported. Deliberately not an
     ArithmeticError or ValueError, which solvers catch and retry on."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """``"did you mean 'x'? "`` for the choice closest to ``word`` (difflib), else ``""``: a hint's start."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def shorten(v: Any) -> str:
+    """``str(v)``, shortened for messages (an exact value may have thousands of digits)."""
+    text = str(v)
+    return text if len(text) <= 60 else f"{text[:28]}...{text[-28:]} ({len(text)} characters)"

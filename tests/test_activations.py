@@ -86,7 +86,7 @@ def test_gelu_closed_form_is_the_table_value():
 
 
 def test_aliases_and_consumers_share_the_table():
-    from lipdsl.importers.importer import _slope
+    from lipdsl.importers.spec import _slope
     from lipdsl.lang.load import check_source
     from lipdsl.lang.source import Source
 

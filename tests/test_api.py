@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import lipdsl
-import lipdsl.importers.importer
+import lipdsl.importers.spec
 import lipdsl.app.api
 from lipdsl import errors as lipdsl_errors
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.solver
-@pytest.mark.parametrize("module", [lipdsl.app.api, lipdsl.importers.importer], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [lipdsl.app.api, lipdsl.importers.spec], ids=lambda m: m.__name__)
 def test_doctests(module, monkeypatch):
     monkeypatch.chdir(ROOT)  # the examples use the shipped specs/
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, raise_on_error=False, report=True)

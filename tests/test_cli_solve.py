@@ -144,7 +144,7 @@ def test_solve_progress_goes_to_a_terminal_only(monkeypatch):
 
     from rich.console import Console
 
-    import lipdsl.app.cli as cli_module
+    import lipdsl.app.progress as progress_module
     from lipdsl.pipeline import solve_network
     from lipdsl.lang.load import load_network
 
@@ -156,12 +156,12 @@ def test_solve_progress_goes_to_a_terminal_only(monkeypatch):
     assert "lipdsl solve:" not in piped.output
 
     tty = io.StringIO()
-    real = cli_module.console
+    real = progress_module.console
 
     def fake(stderr=False):
         return Console(file=tty, force_terminal=True, width=120) if stderr else real(stderr)
 
-    monkeypatch.setattr(cli_module, "console", fake)
+    monkeypatch.setattr(progress_module, "console", fake)
     shown = CliRunner().invoke(cli, ["solve", str(SPECS / "ecg.lip")], catch_exceptions=False)
     assert shown.exit_code == 0 and report(shown.output) == report(piped.output)
     assert "lipdsl solve:" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.getvalue())

@@ -19,7 +19,8 @@ from lipdsl.pipeline import solve_network  # noqa: E402
 from lipdsl.app.cli import main  # noqa: E402
 from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
 from lipdsl.model.forward import forward  # noqa: E402
-from lipdsl.importers.importer import import_onnx, sanitize_key  # noqa: E402
+from lipdsl.importers.importer import import_onnx  # noqa: E402
+from lipdsl.importers.spec import sanitize_key  # noqa: E402
 from lipdsl.lang.load import load_network  # noqa: E402
 from lipdsl.lang.parse import parse  # noqa: E402
 from lipdsl.lang.source import Source  # noqa: E402

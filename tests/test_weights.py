@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipdsl.lang import check as check_module
+from lipdsl.lang import weights as weights_module
 from lipdsl.lang.check import check
 from lipdsl.app.cli import main
 from lipdsl.errors import ShapeError, SpecError, WeightError
@@ -105,7 +105,7 @@ def test_inline_infinity_is_refused_with_its_position(tmp_path):
 def test_file_size_limit(tmp_path, monkeypatch):
     np.savez(tmp_path / "w.npz", w=np.ones((1, 2)))
     np.save(tmp_path / "w.npy", np.ones((1, 2)))
-    monkeypatch.setattr(check_module, "MAX_WEIGHT_BYTES", 64)
+    monkeypatch.setattr(weights_module, "MAX_WEIGHT_BYTES", 64)
     refused(
         tmp_path,
         'dense 2 -> 1, weight "w.npy"\n',
@@ -116,7 +116,7 @@ def test_file_size_limit(tmp_path, monkeypatch):
 
 def test_compressed_tensor_that_inflates_is_refused_before_reading(tmp_path, monkeypatch):
     np.savez_compressed(tmp_path / "w.npz", w=np.zeros((1, 2)), big=np.zeros(100_000))
-    monkeypatch.setattr(check_module, "MAX_WEIGHT_BYTES", 10_000)
+    monkeypatch.setattr(weights_module, "MAX_WEIGHT_BYTES", 10_000)
     net_of('input 2\ndense 2 -> 1, weight "w.npz":w\n', tmp_path)  # the small tensor still loads
     refused(tmp_path, 'dense 2 -> 1, weight "w.npz":big\n', "tensor 'big' in 'w.npz' inflates to 781.4 KiB")
 

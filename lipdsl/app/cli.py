@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import click
 
+from lipdsl.app.progress import run_sweep, solve_progress
 from lipdsl.app.render import (
-    STATUS_WORDS,
     console,
-    layer_details,
-    layer_json,
-    parameter_count,
+    lower_bound_json,
+    lower_bound_text,
+    print_baseline,
     print_comparison,
+    print_layers,
+    print_lowering,
     print_state_space,
-    shape_json,
+    show_json,
     summary,
 )
 from lipdsl.errors import LipdslError
 from lipdsl.lang.source import Source
 from lipdsl.methods import METHODS as _METHODS  # the one method registry (no numpy at start-up)
-from lipdsl.rigorous import format_up
 
 
 def fail(err: LipdslError, source: Source | None) -> None:
@@ -189,7 +189,7 @@ def show_command(
         raise click.UsageError("--length and --lift apply to --lowering only")
     source, net = load_or_fail(spec, allow_outside)
     if lowering:
-        _print_lowering(net, source, min_length, lift)
+        print_lowering(net, *_lower_or_fail(net, source, min_length, lift))
         return
     if state_space:
         _check_state_space_size(net, source)
@@ -198,69 +198,15 @@ def show_command(
     if as_json:
         import json
 
-        layers = []
-        for layer in net.layers:
-            entry = layer_json(layer)
-            if layer.kind == "conv1d":
-                entry.update(
-                    kernel=layer.kernel,
-                    stride=layer.stride,
-                    dilation=layer.dilation,
-                    padding=layer.padding,
-                    pad_left=layer.pad_left,
-                    pad_right=layer.pad_right,
-                    bias=layer.bias is not None,
-                )
-            elif layer.kind == "dense":
-                entry.update(bias=layer.bias is not None)
-            elif layer.kind == "pool":
-                entry.update(op=layer.op, kernel=layer.kernel, stride=layer.stride)
-            elif layer.kind == "activation":
-                entry.update(
-                    function=layer.function, parameter=layer.parameter, slope=[layer.alpha, layer.beta]
-                )
-            layers.append(entry)
-        click.echo(
-            json.dumps(
-                {
-                    "name": net.name,
-                    "source": net.source_path,
-                    "input": shape_json(net.input_shape),
-                    "output": shape_json(net.output_shape),
-                    "any_length": net.any_length,
-                    "params": sum(e["params"] for e in layers),
-                    "layers": layers,
-                }
-            )
-        )
+        click.echo(json.dumps(show_json(net)))
         return
-    from rich.table import Table
-
-    table = Table(title=f"{net.name}  ({net.source_path})")
-    for col in ("#", "name", "kind", "in", "out", "params", "details"):
-        table.add_column(col, justify="right" if col in ("#", "params") else "left")
-    table.add_row("", "input", "", "", str(net.input_shape), "", "")
-    def rows(layers, prefix: str, indent: str) -> None:
-        for i, layer in enumerate(layers, 1):
-            kind = layer.function if layer.kind == "activation" else layer.kind
-            table.add_row(f"{prefix}{i}", indent + layer.name, kind, str(layer.in_shape),
-                          str(layer.out_shape), str(parameter_count(layer) or ""), layer_details(layer))
-            if layer.kind == "residual":  # the block's structure: its main path, then its shortcut
-                rows(layer.main, f"{prefix}{i}.", indent + "  main ")
-                if layer.shortcut:
-                    rows(layer.shortcut, f"{prefix}{i}.s", indent + "  shortcut ")
-
-    rows(net.layers, "", "")
-    console().print(table)
-    click.echo(summary(net))
+    print_layers(net)
 
 
-def _print_lowering(net, source, min_length, lift=1) -> None:
-    """One row per SDP step: the systems (one LMI each) and the pooling/flatten steps between them."""
-    from rich.table import Table
-
+def _lower_or_fail(net, source, min_length, lift):
+    """``show --lowering``: the lowered network and the problem's size, within the memory model (else
+    the error and its exit code)."""
     from lipdsl import limits
-    from lipdsl.model import lowered
     from lipdsl.model.lower import lower
     from lipdsl.pipeline import problem_size
 
@@ -276,76 +222,7 @@ def _print_lowering(net, source, min_length, lift=1) -> None:
         low = lower(net, min_length=min_length, lift=lift)
     except LipdslError as err:
         fail(err, source)
-    solver_rows, notes = _solver_lmis(low, size)
-    table = Table(title=f"{net.name}: how each layer enters the SDP (bound = sqrt(rho) x {low.factor:.6g})")
-    for col in ("step", "layers", "construct", "direct LMI rows (state+in+out)", "solver rows",
-                "scale / factor"):
-        table.add_column(col)
-    for st in low.steps:
-        if isinstance(st, lowered.System):
-            ss = st.ss
-            slope = (
-                "linear" if st.slope is None else f"{st.activation} slope [{st.slope[0]:g}, {st.slope[1]:g}]"
-            )
-            what = {"conv": "causal FIR state space", "dense": "static map", "activation": "identity map",
-                    "pool": "causal FIR state space", "block": "residual block, one LTI system"}[st.kind]
-            if st.internal:
-                what += " with internal " + ", ".join(f"{a.name} [{a.alpha:g}, {a.beta:g}]"
-                                                      for a in st.internal)
-            n_out = st.n_out if st.slope is not None else 0
-            rows = ss.nx + ss.nu + n_out
-            table.add_row(
-                st.name,
-                ", ".join(st.layers),
-                f"{what} + {slope}" + (f"; {st.note}" if st.note else ""),
-                f"{rows} ({ss.nx}+{ss.nu}+{n_out})",
-                solver_rows.get(st.name, "-"),
-                f"{st.scale:.4g}",
-            )
-        elif isinstance(st, lowered.Pool):
-            table.add_row(st.name, st.name, st.note, "-", "-", f"{st.gain:.4g}")
-        else:
-            table.add_row(
-                st.name,
-                st.name,
-                f"flatten {st.channels}x{st.length}: next input weight X (x) I_{st.length}",
-                "-",
-                "-",
-                "1",
-            )
-    console().print(table)
-    click.echo("direct: the layer's LMI as certify re-checks it (an eliminated layer has none); solver: the "
-               "LMI the solver sees (Y: rows of Y = X_out^-1, F: the inverse head's F rows), as in "
-               "`lipdsl solve --json`'s sdp.lmi_sizes")
-    for note in notes:
-        click.echo(f"  note: {note}")
-
-
-def _solver_lmis(low, size) -> tuple[dict[str, str], list[str]]:
-    """Per system name, the rows of the LMIs ``build_sdp`` gives the solver (``"none"`` for an eliminated
-    system), and the SDP's notes; nothing (and a note) when the SDP is beyond ``solve``'s default limits."""
-    from lipdsl.pipeline import MAX_LMI, MAX_VARIABLES
-    from lipdsl.sdp.build import build_sdp
-
-    if size.largest_lmi > MAX_LMI or size.variables > MAX_VARIABLES:
-        return {}, ["solver LMI rows not shown: the SDP is beyond `lipdsl solve`'s default --max-lmi / "
-                    "--max-variables"]
-    try:
-        sdp = build_sdp(low)
-    except LipdslError as err:
-        return {}, [f"solver LMI rows not shown: {err.message}"]
-    rows: dict[str, str] = {}
-    for lmi in sdp.lmis:
-        if lmi.system is None or lmi.name != f"LMI[{lmi.system}]":  # P >= 0, X >= 0: listed in the notes
-            continue
-        short = {"Y = X_out^-1": "Y", "F rows": "F"}  # the blocks the inverse forms add
-        rows[lmi.system] = f"{lmi.size} (" + "+".join(
-            f"{n}{short.get(label, '')}" for label, n in lmi.blocks) + ")"
-    for st in low.systems:
-        rows.setdefault(st.name, "none (eliminated)")
-    extra = [lmi.name for lmi in sdp.lmis if lmi.name.startswith(("P[", "X[", "Y["))]
-    notes = list(sdp.notes) + ([f"also {', '.join(extra)}"] if extra else [])
-    return rows, notes
+    return low, size
 
 
 def _check_state_space_size(net, source) -> None:
@@ -509,7 +386,7 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
     from lipdsl.pipeline import solve_network
 
     try:
-        with _solve_progress(options["solver"], quiet=as_json) as progress:
+        with solve_progress(options["solver"], quiet=as_json) as progress:
             result = solve_network(
                 net,
                 seconds={"parse+check": load_seconds},
@@ -542,31 +419,6 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
                        f"{certificate_path} [--exact])")
     if not result.certificate.verified:
         sys.exit(3)
-
-
-@contextlib.contextmanager
-def _solve_progress(solver: str, quiet: bool):
-    """On a terminal (stderr), a one-line status while ``solve`` works: the stage, and the solver's
-    iteration (``solvers.solve.on_iteration``); yields the pipeline's ``progress(stage)`` callback, or None
-    (and shows nothing) when stderr is not a terminal or with ``--json``."""
-    import time
-
-    from lipdsl.solvers.solve import on_iteration
-
-    err_console = console(stderr=True)
-    if quiet or not err_console.is_terminal:
-        yield None
-        return
-    start = time.monotonic()
-    with err_console.status("lipdsl solve: starting", spinner="dots") as status:
-        def show(text):
-            status.update(f"lipdsl solve: {text} ({time.monotonic() - start:.0f} s)")
-
-        def stage(name):
-            show(f"{name} ({solver})" if name == "solving" else name)
-
-        with on_iteration(lambda k: show(f"solving ({solver}): iteration {k}")):
-            yield stage
 
 
 def _certify_file(result, net, path, exact, min_length, lift, frequencies, solver):
@@ -747,27 +599,9 @@ def lower_command(
     if as_json:
         import json
 
-        click.echo(
-            json.dumps(
-                {
-                    "spec": spec,
-                    "network": net.name,
-                    "lower_bound": result.value,
-                    "seed": seed,
-                    "starts": result.starts,
-                    "evaluations": result.evaluations,
-                    "length": result.length,
-                    "seconds": result.seconds,
-                    "argmax_input": result.argmax_input.tolist(),
-                }
-            )
-        )
+        click.echo(json.dumps(lower_bound_json(spec, net, result, seed)))
         return
-    where = f", input length {result.length}" if net.any_length else ""
-    click.echo(
-        f"{net.name}: lipschitz >= {result.value:.10g}  (empirical: max ||J(u)||_2 over {result.starts} "
-        f"starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)"
-    )
+    click.echo(lower_bound_text(net, result, seed))
 
 
 # -- compare and solve --method (issue 4) ----------------------------------------------------------------
@@ -784,13 +618,8 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
         from lipdsl.app.report import baseline_to_json
 
         click.echo(json.dumps(baseline_to_json(net, method, r)))
-    elif r.ok:
-        words = STATUS_WORDS[r.status]
-        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {format_up(r.bound)} ({words})")
-        size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
-        click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
     else:
-        click.echo(f"no bound for {net.name} ({method}): {r.status}: {r.note}")
+        print_baseline(net, method, r)
     if not r.ok:
         sys.exit(3)
 
@@ -1095,7 +924,7 @@ def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, a
     out = Console()
     live = not (as_json or as_csv) and out.is_terminal
     try:
-        result = _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, out, live)
+        result = run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, out, live)
     except LipdslError as exc:
         fail(exc, exc.source)
     finally:
@@ -1133,60 +962,6 @@ def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, a
         soft_wrap=True,
     )
     sys.exit(result.exit_code)
-
-
-def _run_sweep(inputs, like, jobs, client, cache_dir, no_cache, options, err, out, live):
-    """``sweep.sweep`` with progress (done/total, ETA) on a terminal and, on a terminal stdout, the table
-    growing as items finish."""
-    import contextlib
-
-    from rich.console import Group
-    from rich.live import Live
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from lipdsl.app.report import sweep_table
-    from lipdsl.app.sweep import sweep
-
-    progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), TextColumn("{task.fields[running]}"),
-                        console=err if not live else out, transient=True,
-                        disable=not (live or err.is_terminal))
-    task = progress.add_task("items", total=len(inputs), running="")
-    running: dict[str, int] = {}  # item -> its solver's iteration
-
-    def show_running():
-        shown = ", ".join(f"{name}: iteration {k}" for name, k in list(running.items())[:3])
-        progress.update(task, running=shown + (" ..." if len(running) > 3 else ""))
-    done_rows: dict[str, dict] = {}
-    order = {p: i for i, p in enumerate(inputs)}
-
-    def view():
-        rows = sorted(done_rows.values(), key=lambda r: order.get(r["path"], 0))
-        return Group(sweep_table(rows, lower=options["lower"]), progress)
-
-    display = Live(view(), console=out, auto_refresh=False) if live else contextlib.nullcontext()
-    cache = False if no_cache else (cache_dir or True)
-    with display if live else progress:
-
-        def on_row(row, done, total):
-            running.pop(row["name"], None)
-            show_running()
-            progress.update(task, completed=done, total=total)
-            if live:
-                done_rows[f"{order.get(row['path'], 0)}"] = row
-                display.update(view(), refresh=True)
-
-        def on_progress(name, k):
-            running[name] = k
-            show_running()
-            if live:
-                display.update(view(), refresh=True)
-
-        result = sweep(list(inputs), like, jobs=jobs, client=client, cache=cache, on_row=on_row,
-                       on_progress=on_progress, **options)
-        if live:
-            display.update(sweep_table(result.rows, lower=options["lower"]), refresh=True)
-    return result
 
 
 def _check_import_paths(model: str, output: str, weights: str | None) -> None:

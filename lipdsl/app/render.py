@@ -1,4 +1,4 @@
-"""Render for the terminal: typed networks, state spaces and comparisons -> text (rich tables, click echo)."""
+"""Render for the terminal: typed networks, lowerings, state spaces, bounds, comparisons -> text (rich)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from lipdsl.errors import LipdslError
 from lipdsl.rigorous import format_up
 
 
@@ -88,6 +89,65 @@ def summary(net) -> str:
     )
 
 
+def show_json(net) -> dict:
+    """``lipdsl show --json``: the network, its shapes and every layer's options, parameters and slopes."""
+    layers = []
+    for layer in net.layers:
+        entry = layer_json(layer)
+        if layer.kind == "conv1d":
+            entry.update(
+                kernel=layer.kernel,
+                stride=layer.stride,
+                dilation=layer.dilation,
+                padding=layer.padding,
+                pad_left=layer.pad_left,
+                pad_right=layer.pad_right,
+                bias=layer.bias is not None,
+            )
+        elif layer.kind == "dense":
+            entry.update(bias=layer.bias is not None)
+        elif layer.kind == "pool":
+            entry.update(op=layer.op, kernel=layer.kernel, stride=layer.stride)
+        elif layer.kind == "activation":
+            entry.update(
+                function=layer.function, parameter=layer.parameter, slope=[layer.alpha, layer.beta]
+            )
+        layers.append(entry)
+    return {
+        "name": net.name,
+        "source": net.source_path,
+        "input": shape_json(net.input_shape),
+        "output": shape_json(net.output_shape),
+        "any_length": net.any_length,
+        "params": sum(e["params"] for e in layers),
+        "layers": layers,
+    }
+
+
+def print_layers(net) -> None:
+    """``lipdsl show``: one table row per layer (a residual block's main path and shortcut below it), then
+    the summary line."""
+    from rich.table import Table
+
+    table = Table(title=f"{net.name}  ({net.source_path})")
+    for col in ("#", "name", "kind", "in", "out", "params", "details"):
+        table.add_column(col, justify="right" if col in ("#", "params") else "left")
+    table.add_row("", "input", "", "", str(net.input_shape), "", "")
+    def rows(layers, prefix: str, indent: str) -> None:
+        for i, layer in enumerate(layers, 1):
+            kind = layer.function if layer.kind == "activation" else layer.kind
+            table.add_row(f"{prefix}{i}", indent + layer.name, kind, str(layer.in_shape),
+                          str(layer.out_shape), str(parameter_count(layer) or ""), layer_details(layer))
+            if layer.kind == "residual":  # the block's structure: its main path, then its shortcut
+                rows(layer.main, f"{prefix}{i}.", indent + "  main ")
+                if layer.shortcut:
+                    rows(layer.shortcut, f"{prefix}{i}.s", indent + "  shortcut ")
+
+    rows(net.layers, "", "")
+    console().print(table)
+    click.echo(summary(net))
+
+
 def print_state_space(net, latex: bool) -> None:
     """Each conv layer's (A, B, C, D): entry by entry when small, else in block form with taps W_j."""
     import sympy
@@ -122,6 +182,85 @@ def print_state_space(net, latex: bool) -> None:
             else:
                 text = sympy.pretty(M, use_unicode=True)
                 click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
+
+
+def print_lowering(net, low, size) -> None:
+    """``lipdsl show --lowering``: one row per SDP step of ``low`` (the lowered ``net``; ``size``: its
+    ``pipeline.problem_size``): the systems (one LMI each) and the pooling/flatten steps between them."""
+    from rich.table import Table
+
+    from lipdsl.model import lowered
+
+    solver_rows, notes = solver_lmis(low, size)
+    table = Table(title=f"{net.name}: how each layer enters the SDP (bound = sqrt(rho) x {low.factor:.6g})")
+    for col in ("step", "layers", "construct", "direct LMI rows (state+in+out)", "solver rows",
+                "scale / factor"):
+        table.add_column(col)
+    for st in low.steps:
+        if isinstance(st, lowered.System):
+            ss = st.ss
+            slope = (
+                "linear" if st.slope is None else f"{st.activation} slope [{st.slope[0]:g}, {st.slope[1]:g}]"
+            )
+            what = {"conv": "causal FIR state space", "dense": "static map", "activation": "identity map",
+                    "pool": "causal FIR state space", "block": "residual block, one LTI system"}[st.kind]
+            if st.internal:
+                what += " with internal " + ", ".join(f"{a.name} [{a.alpha:g}, {a.beta:g}]"
+                                                      for a in st.internal)
+            n_out = st.n_out if st.slope is not None else 0
+            rows = ss.nx + ss.nu + n_out
+            table.add_row(
+                st.name,
+                ", ".join(st.layers),
+                f"{what} + {slope}" + (f"; {st.note}" if st.note else ""),
+                f"{rows} ({ss.nx}+{ss.nu}+{n_out})",
+                solver_rows.get(st.name, "-"),
+                f"{st.scale:.4g}",
+            )
+        elif isinstance(st, lowered.Pool):
+            table.add_row(st.name, st.name, st.note, "-", "-", f"{st.gain:.4g}")
+        else:
+            table.add_row(
+                st.name,
+                st.name,
+                f"flatten {st.channels}x{st.length}: next input weight X (x) I_{st.length}",
+                "-",
+                "-",
+                "1",
+            )
+    console().print(table)
+    click.echo("direct: the layer's LMI as certify re-checks it (an eliminated layer has none); solver: the "
+               "LMI the solver sees (Y: rows of Y = X_out^-1, F: the inverse head's F rows), as in "
+               "`lipdsl solve --json`'s sdp.lmi_sizes")
+    for note in notes:
+        click.echo(f"  note: {note}")
+
+
+def solver_lmis(low, size) -> tuple[dict[str, str], list[str]]:
+    """Per system name, the rows of the LMIs ``build_sdp`` gives the solver (``"none"`` for an eliminated
+    system), and the SDP's notes; nothing (and a note) when the SDP is beyond ``solve``'s default limits."""
+    from lipdsl.pipeline import MAX_LMI, MAX_VARIABLES
+    from lipdsl.sdp.build import build_sdp
+
+    if size.largest_lmi > MAX_LMI or size.variables > MAX_VARIABLES:
+        return {}, ["solver LMI rows not shown: the SDP is beyond `lipdsl solve`'s default --max-lmi / "
+                    "--max-variables"]
+    try:
+        sdp = build_sdp(low)
+    except LipdslError as err:
+        return {}, [f"solver LMI rows not shown: {err.message}"]
+    rows: dict[str, str] = {}
+    for lmi in sdp.lmis:
+        if lmi.system is None or lmi.name != f"LMI[{lmi.system}]":  # P >= 0, X >= 0: listed in the notes
+            continue
+        short = {"Y = X_out^-1": "Y", "F rows": "F"}  # the blocks the inverse forms add
+        rows[lmi.system] = f"{lmi.size} (" + "+".join(
+            f"{n}{short.get(label, '')}" for label, n in lmi.blocks) + ")"
+    for st in low.systems:
+        rows.setdefault(st.name, "none (eliminated)")
+    extra = [lmi.name for lmi in sdp.lmis if lmi.name.startswith(("P[", "X[", "Y["))]
+    notes = list(sdp.notes) + ([f"also {', '.join(extra)}"] if extra else [])
+    return rows, notes
 
 
 STATUS_WORDS = {
@@ -174,3 +313,38 @@ def print_comparison(c) -> None:
     console().print(table)
     for line in notes:
         click.echo("  " + line)
+
+
+def print_baseline(net, method: str, r) -> None:
+    """``lipdsl solve --method <baseline>``: the bound with how it is known, or why there is none."""
+    if r.ok:
+        words = STATUS_WORDS[r.status]
+        click.echo(f"Lipschitz upper bound of {net.name} ({method}): {format_up(r.bound)} ({words})")
+        size = f", LMI {r.lmi_rows} rows" if r.lmi_rows else ""
+        click.echo(f"  {r.note}{size}; time {r.seconds:.3f} s")
+    else:
+        click.echo(f"no bound for {net.name} ({method}): {r.status}: {r.note}")
+
+
+def lower_bound_json(spec: str, net, result, seed: int) -> dict:
+    """``lipdsl lower --json``: the empirical lower bound, how it was searched, and its maximizing input."""
+    return {
+        "spec": spec,
+        "network": net.name,
+        "lower_bound": result.value,
+        "seed": seed,
+        "starts": result.starts,
+        "evaluations": result.evaluations,
+        "length": result.length,
+        "seconds": result.seconds,
+        "argmax_input": result.argmax_input.tolist(),
+    }
+
+
+def lower_bound_text(net, result, seed: int) -> str:
+    """``lipdsl lower``: the empirical lower bound in one line."""
+    where = f", input length {result.length}" if net.any_length else ""
+    return (
+        f"{net.name}: lipschitz >= {result.value:.10g}  (empirical: max ||J(u)||_2 over {result.starts} "
+        f"starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)"
+    )

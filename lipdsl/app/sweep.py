@@ -2,7 +2,7 @@
 
 An *item* is one network to bound, carried as bytes so that a worker needs no shared filesystem:
 
-- a ``.lip`` spec: its text and the bytes of every weight file it names (``check.weight_files``);
+- a ``.lip`` spec: its text and the bytes of every weight file it names (``weights.weight_files``);
 - ``--like arch.lip`` + a weight file: the architecture's text with its ``weights "..."`` lines pointing at
   the file, and the file's bytes (an ``.npz``, or a PyTorch ``state_dict`` read with
   ``torch.load(weights_only=True)`` on the worker);
@@ -88,7 +88,7 @@ class Options:
 class Item:
     """One network of a sweep, in bytes.
 
-    ``kind``: ``spec`` (``text`` with ``files``: weight files by ``check.memory_key``), ``state_dict``
+    ``kind``: ``spec`` (``text`` with ``files``: weight files by ``weights.memory_key``), ``state_dict``
     (``text`` is the architecture retargeted at ``files[0]``'s name, an ``.npz`` once converted), ``onnx``
     (``files[0]`` is the model). ``error``: why the item could not be read (it is then not run).
     """
@@ -202,8 +202,8 @@ def default_jobs() -> int:
 
 
 def _read(path: Path, what: str) -> tuple[bytes | None, str | None]:
-    """The bytes of ``path`` (at most ``check.MAX_WEIGHT_BYTES``), or None and why not."""
-    from lipdsl.lang.check import MAX_WEIGHT_BYTES
+    """The bytes of ``path`` (at most ``weights.MAX_WEIGHT_BYTES``), or None and why not."""
+    from lipdsl.lang.weights import MAX_WEIGHT_BYTES
 
     try:
         size = path.stat().st_size
@@ -312,10 +312,10 @@ def _spec_item(name: str, p: str, allow_outside: bool) -> Item:
 
 
 def _weight_bytes(source, tree, allow_outside: bool, skip=frozenset()):
-    """The bytes of the weight files the spec ``tree`` names (but ``skip``), by ``check.memory_key``, or
+    """The bytes of the weight files the spec ``tree`` names (but ``skip``), by ``weights.memory_key``, or
     ``((), why)`` if one cannot be read. Files the worker's check refuses (outside the spec's directory
     without ``allow_outside``) or will not find are left out: its message says why."""
-    from lipdsl.lang.check import memory_key, weight_files
+    from lipdsl.lang.weights import memory_key, weight_files
 
     files = []
     for rel in weight_files(tree):
@@ -350,7 +350,7 @@ def _network(item: Item, options: Options):
     if item.kind == "state_dict":
         import numpy as np
 
-        from lipdsl.importers.importer import sanitize_key
+        from lipdsl.importers.spec import sanitize_key
 
         from lipdsl.importers.pytorch import load_state_dict
 

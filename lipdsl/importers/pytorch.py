@@ -12,16 +12,15 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from lipdsl.errors import LipdslError, UnsupportedError
-from lipdsl.importers.importer import (
+from lipdsl.importers.importer import ImportError_, import_onnx
+from lipdsl.importers.spec import (
     Imported,
-    ImportError_,
-    Layer,
     Keys,
+    Layer,
     layer_name,
     network_name,
     padding_form,
     pool_options,
-    import_onnx,
     sanitize_key,
 )
 from lipdsl.importers.onnx_graph import require_onnx

@@ -1,6 +1,6 @@
 """The activation table: name -> slope bounds [alpha, beta], numpy function and derivative, ONNX/torch names.
 
-The one place an activation is described; ``check`` (slopes), ``importer`` (slopes of imported ops),
+The one place an activation is described; ``check`` (slopes), ``importers.spec`` (slopes of imported ops),
 ``forward`` (functions for the lower bound) and the tests read it.
 
 Slope bounds are the sector every difference quotient ``(phi(a) - phi(b)) / (a - b)`` lies in. For a

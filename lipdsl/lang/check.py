@@ -1,35 +1,25 @@
-"""Check shapes and load weights: ast.Network -> typed.Network (PyTorch's shape rules, float64 weights)."""
+"""Check shapes and load weights: ast.Network -> typed.Network (PyTorch's shape rules; files: weights.py)."""
 
 from __future__ import annotations
 
-import difflib
-import errno
-import io
 import math
-import os
-import posixpath
-import tokenize
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from lipdsl.errors import ShapeError, SpecError, WeightError
+from lipdsl.errors import ShapeError, SpecError, did_you_mean, shorten
 from lipdsl.lang import activations as _activation_table
 from lipdsl.lang import ast, typed
-from lipdsl.lang.source import Source, Span, file_kind
+from lipdsl.lang.source import Source, Span
 from lipdsl.lang.typed import Shape
+from lipdsl.lang.weights import WeightFiles
 
-__all__ = ["check", "memory_key", "weight_files", "conv1d_length", "pool_length", "conv1d_padding",
-           "ACTIVATIONS"]
+__all__ = ["check", "conv1d_length", "pool_length", "conv1d_padding", "ACTIVATIONS"]
 
 # Built-in activations (their names, parameters and slope bounds): lipdsl.lang.activations, the one table.
 ACTIVATIONS = _activation_table.ACTIVATIONS
-#: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
-MAX_WEIGHT_BYTES = 1 << 30
 _FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
 _RESERVED = ("pi", "e") + _FUNCTIONS
 _OPTIONS = {
@@ -94,11 +84,6 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 @dataclass
 class Loaded:
     """A tensor ready for a layer: float64 values, exact values if written with expressions, a label."""
@@ -116,10 +101,12 @@ class Checker:
     env: dict[str, Any] = field(default_factory=dict)  # let name -> int | float | sympy
     env_lines: dict[str, int] = field(default_factory=dict)
     weights: tuple[str, Span] | None = None  # current default weights file
-    files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
-    handles: list = field(default_factory=list)  # open files behind the NpzFiles
     memory: Mapping[str, bytes] | None = None  # weight files in memory (memory_key(rel) -> bytes), no disk
     cache: dict = field(default_factory=dict)  # bare-name tensor entry (sympy) -> (float, exact)
+    files: WeightFiles = field(init=False)  # the weight files, read safely (lipdsl.lang.weights)
+
+    def __post_init__(self) -> None:
+        self.files = WeightFiles(self.source, self.allow_outside, self.memory)
 
     # -- expressions -------------------------------------------------------------------------------
     def value(self, e: ast.Expr, what: str) -> Any:
@@ -173,20 +160,21 @@ class Checker:
             # strict: raise rather than return digits lost to cancellation
             f = float(v.evalf(20, strict=True) if hasattr(v, "evalf") else v)
         except (TypeError, ValueError, OverflowError):
-            raise SpecError(f"{what} is not a real number: {_short(v)}", span) from None
+            raise SpecError(f"{what} is not a real number: {shorten(v)}", span) from None
         except PrecisionExhausted:
             raise SpecError(
-                f"{what} cannot be evaluated to 20 significant digits: {_short(v)}",
+                f"{what} cannot be evaluated to 20 significant digits: {shorten(v)}",
                 span,
                 hint="write it in a simpler form (it may be an exact zero sympy cannot recognise)",
             ) from None
         if not math.isfinite(f):
             raise SpecError(
-                f"{what} is not finite: {_short(v)}", span, hint="check for a division by zero or an overflow"
+                f"{what} is not finite: {shorten(v)}", span,
+                hint="check for a division by zero or an overflow",
             )
         if f == 0 and getattr(v, "is_zero", None) is False:
             raise SpecError(
-                f"{what} underflows to 0 in float64: {_short(v)}",
+                f"{what} underflows to 0 in float64: {shorten(v)}",
                 span,
                 hint="values must be 0 or at least about 5e-324 in magnitude; rescale the weights (the "
                 "bound scales with them)",
@@ -209,218 +197,11 @@ class Checker:
         return v
 
     # -- tensors -----------------------------------------------------------------------------------
-    @staticmethod
-    def display_path(rel: str) -> str:
-        """Paths are shown as the spec writes them (relative to the spec), whatever the working directory."""
-        return rel
-
-    def resolve(self, rel: str, span: Span) -> Path:
-        """The file ``rel`` names, relative to the spec's directory, refusing escapes unless allowed."""
-        if not self.allow_outside:
-            if os.path.isabs(rel) or rel.startswith("~"):
-                raise WeightError(
-                    f"weight file {rel!r} is an absolute path",
-                    span,
-                    hint="give paths relative to the spec, or pass --allow-outside if you trust "
-                    "this spec (it may read any file you can)",
-                )
-            if os.path.normpath(rel).split(os.sep)[0] == "..":
-                raise WeightError(
-                    f"weight file {rel!r} is outside the spec's directory",
-                    span,
-                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
-                    "this spec (it may read any file you can)",
-                )
-        path = (
-            self.source.directory / os.path.expanduser(rel)
-            if rel.startswith("~")
-            else self.source.directory / rel
-        )
-        if not self.allow_outside:
-            # a symbolic link (the file or a folder on the way) may lead anywhere: check where it ends
-            try:
-                real = path.resolve()
-                inside = real.is_relative_to(self.source.directory.resolve())
-            except (OSError, RuntimeError, ValueError):  # a link loop, a name too long
-                inside = True  # reported by open() as what it is
-            if not inside:
-                raise WeightError(
-                    f"weight file {rel!r} is a symbolic link to a file outside the spec's directory",
-                    span,
-                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
-                    "this spec (it may read any file you can)",
-                )
-        return path
-
-    def open(self, rel: str, span: Span) -> Any:
-        path = self.resolve(rel, span)
-        key = str(path)
-        if key in self.files:
-            return self.files[key]
-        shown = self.display_path(rel)
-        data = None if self.memory is None else self.memory.get(memory_key(rel))
-        if self.memory is not None and data is None:
-            raise WeightError(
-                f"weight file {shown!r} not found", span, hint="paths are relative to the spec's directory"
-            )
-        if data is None:  # on disk: what the path names, before anything is opened
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                if exc.errno == errno.ENAMETOOLONG:
-                    raise WeightError(f"weight file name {_short(shown)!r} is too long",
-                                      span, hint="check the path") from None
-                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    raise WeightError(f"weight file {shown!r} not found", span,
-                                      hint="paths are relative to the spec's directory") from None
-                raise WeightError(f"cannot read weight file {shown!r}: {exc.strerror or exc}", span) from None
-            kind = file_kind(st.st_mode)
-            if kind is not None:
-                raise WeightError(f"weight file {shown!r} is {kind}, not a file", span,
-                                  hint="give the path of a .npz or .npy file")
-        if path.suffix.lower() not in (".npz", ".npy"):
-            raise WeightError(
-                f"weight file {shown!r} is neither .npz nor .npy",
-                span,
-                hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
-            )
-        size = path.stat().st_size if data is None else len(data)
-        if size > MAX_WEIGHT_BYTES:
-            raise WeightError(
-                f"weight file {shown!r} has {_bytes(size)}, "
-                f"more than lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
-                span,
-                hint="a network this large is beyond the SDP solvers anyway; "
-                "check that this is the right file",
-            )
-        try:
-            if data is None:
-                # O_NONBLOCK and fstat: the file read is the regular file checked above (no FIFO swapped in)
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-                handle = os.fdopen(fd, "rb")  # ours, not numpy's: numpy leaks its handle on a corrupt .npz
-            else:
-                handle = io.BytesIO(data)
-            try:
-                if data is None and file_kind(os.fstat(handle.fileno()).st_mode) is not None:
-                    raise OSError(errno.EINVAL, "not a regular file")
-                if path.suffix.lower() == ".npy":
-                    _check_header(handle, size, f"weight file {shown!r}", span)
-                    handle.seek(0)
-                loaded = np.load(handle, allow_pickle=False)
-            except BaseException:
-                handle.close()
-                raise
-            if isinstance(loaded, np.ndarray):
-                handle.close()
-            else:
-                self.handles.append(handle)
-        except _READ_ERRORS as exc:
-            raise WeightError(f"cannot read weight file {shown!r}: {_reason(exc)}", span) from None
-        self.files[key] = loaded
-        return loaded
-
-    def close(self) -> None:
-        for f in self.files.values():
-            if hasattr(f, "close"):
-                f.close()
-        for handle in self.handles:
-            handle.close()
-
     def tensor(self, src: ast.TensorSource, role: str) -> Loaded:
         """Load a weight or bias: from a file (by key) or inline; float64, finite."""
         if isinstance(src, ast.Tensor):
             return self.inline(src, role)
-        if src.file is None:
-            if self.weights is None:
-                raise WeightError(
-                    f"no weights file to take {src.key!r} from",
-                    src.span,
-                    hint="declare one before this layer, as in 'weights \"net.npz\"', "
-                    f'or write "net.npz":{src.key}',
-                )
-            rel = self.weights[0]
-            data = self.open(rel, self.weights[1])
-        else:
-            rel = src.file
-            data = self.open(rel, src.span)
-        shown = self.display_path(rel)
-        if isinstance(data, np.ndarray):
-            if src.key is not None:
-                raise WeightError(
-                    f"{shown!r} is a .npy file holding one tensor; it has no key {src.key!r}",
-                    src.span,
-                    hint=f'write "{rel}" alone',
-                )
-            array, label = data, repr(shown)
-        else:
-            if src.key is None:
-                raise WeightError(
-                    f"{shown!r} holds several tensors; say which one",
-                    src.span,
-                    hint=f'write "{rel}":KEY with KEY one of: ' + _listing(data.files),
-                )
-            if src.key not in data.files:
-                raise WeightError(
-                    f"no tensor {src.key!r} in {shown!r}",
-                    src.span,
-                    hint=did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
-                )
-            try:
-                # numpy maps KEY to the member KEY.npy or KEY (any name): read it ourselves, whatever its
-                # name, through the size cap and the header check (numpy would return a raw member's bytes)
-                names = data.zip.namelist()
-                member = data.zip.getinfo(src.key + ".npy" if src.key + ".npy" in names else src.key)
-                what = f"tensor {src.key!r} in {shown!r}"
-                if member.file_size > MAX_WEIGHT_BYTES:
-                    raise WeightError(
-                        f"{what} inflates to {_bytes(member.file_size)}, more than "
-                        f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
-                        src.span,
-                        hint="check that this is the right file (a compressed .npz can hide a huge tensor)",
-                    )
-                with data.zip.open(member) as f:
-                    if f.read(6) != b"\x93NUMPY":
-                        raise WeightError(
-                            f"{what} is not a .npy array "
-                            f"(member {_short(member.filename)!r} holds other data)",
-                            src.span,
-                            hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
-                        )
-                with data.zip.open(member) as f:
-                    _check_header(f, member.file_size, what, src.span)
-                with data.zip.open(member) as f:
-                    array = np.lib.format.read_array(f, allow_pickle=False)
-            except _READ_ERRORS as exc:
-                raise WeightError(f"cannot read {src.key!r} from {shown!r}: {_reason(exc)}",
-                                  src.span) from None
-            label = f"{src.key!r} in {shown!r}"
-        if (
-            not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer))
-            or array.dtype == np.bool_
-        ):
-            raise WeightError(
-                f"{label} has dtype {array.dtype}; weights must be real numbers",
-                src.span,
-                hint="save it as float64, e.g. numpy.asarray(w, dtype=numpy.float64)",
-            )
-        if np.issubdtype(array.dtype, np.integer):
-            raise WeightError(
-                f"{label} has integer dtype {array.dtype}; weights must be floating point",
-                src.span,
-                hint="save it as float64, e.g. w.astype(numpy.float64)",
-            )
-        values = np.array(array, dtype=np.float64)
-        bad = np.argwhere(~np.isfinite(values))
-        if bad.size:
-            where = tuple(int(i) for i in bad[0])
-            what = "NaN" if np.isnan(values[where]) else "Inf"
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise WeightError(
-                f"{label} holds {what} at index {where}{more}",
-                src.span,
-                hint="lipdsl bounds finite weights only; check how the tensor was saved",
-            )
-        values.setflags(write=False)
+        values, label = self.files.read(src, self.weights)
         return Loaded(values, None, label, src.span)
 
     def inline(self, t: ast.Tensor, role: str) -> Loaded:
@@ -492,109 +273,9 @@ class Checker:
         return (len(t.items),) + first
 
 
-# What numpy/zipfile raise on a corrupt or hostile file (zlib.error: a broken deflate stream;
-# NotImplementedError: an unsupported zip compression method; SyntaxError and TokenError: numpy parses
-# the .npy header, a Python dict literal, with ast.literal_eval after tokenizing it).
-_READ_ERRORS = (
-    OSError,
-    ValueError,
-    EOFError,
-    zipfile.BadZipFile,
-    zlib.error,
-    NotImplementedError,
-    SyntaxError,
-    tokenize.TokenError,
-)
-
-
-def _check_header(f, available: int, what: str, span: Span) -> None:
-    """Read a .npy header and refuse, before numpy allocates it, a tensor that is not real or is too large.
-
-    numpy allocates ``prod(shape) * itemsize`` bytes as the header says, whatever the file really holds.
-    """
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    elif version == (3, 0):  # a UTF-8 header: numpy has no public reader for it
-        shape, dtype = _read_header_3_0(f, what, span)
-    else:
-        raise WeightError(f"cannot read {what}: .npy format version {version[0]}.{version[1]} is unknown",
-                          span, hint="save it again with numpy.save")
-    nbytes = math.prod(shape) * dtype.itemsize
-    if dtype.hasobject:
-        raise WeightError(
-            f"{what} holds Python objects (dtype {dtype}); lipdsl does not unpickle weights",
-            span,
-            hint="save a float array: numpy.save(path, numpy.asarray(w, dtype=numpy.float64))",
-        )
-    if nbytes > available or nbytes > MAX_WEIGHT_BYTES:
-        raise WeightError(
-            f"{what} declares shape {tuple(shape)} of {dtype} ({_bytes(nbytes)}), but "
-            + (
-                "the file holds less"
-                if nbytes > available
-                else f"lipdsl reads at most {_bytes(MAX_WEIGHT_BYTES)}"
-            ),
-            span,
-            hint="the file is truncated or not what it claims; save it again with numpy.save",
-        )
-
-
-def _read_header_3_0(f, what: str, span: Span) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a format 3.0 .npy header: a uint32 length, then a UTF-8 dict literal (at most
-    64 KiB, as numpy reads it with ``max_header_size``)."""
-    import ast as pyast
-    import struct
-
-    raw = f.read(4)
-    (length,) = struct.unpack("<I", raw) if len(raw) == 4 else (None,)
-    if length is None or length > 65536:
-        raise WeightError(f"{what} has a malformed .npy 3.0 header", span,
-                          hint="save it again with numpy.save")
-    text = f.read(length).decode("utf-8", errors="replace")
-    try:
-        d = pyast.literal_eval(text)
-        shape = tuple(int(n) for n in d["shape"])
-        dtype = np.lib.format.descr_to_dtype(d["descr"])
-        if any(n < 0 for n in shape):
-            raise ValueError("negative dimension")
-    except Exception:  # whatever the dict holds: a clean error
-        raise WeightError(f"{what} has a malformed .npy 3.0 header", span,
-                          hint="save it again with numpy.save") from None
-    return shape, dtype
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a read failed, in words, without echoing the file's bytes (numpy's "expected b'\\x93NUMPY', got
-    b'...'" would show the first bytes of whatever file a link points to)."""
-    text = str(exc)
-    if "magic string" in text or "b'" in text or 'b"' in text:
-        return "not a NumPy .npy/.npz file"
-    return _short(text)
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
-
-
-def _short(v: Any) -> str:
-    """``str(v)``, shortened for messages (an exact value may have thousands of digits)."""
-    text = str(v)
-    return text if len(text) <= 60 else f"{text[:28]}...{text[-28:]} ({len(text)} characters)"
-
-
 def format_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
-
-def _listing(names) -> str:
-    names = sorted(names)
-    return ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
 
 
 def _kind(layer) -> str:
@@ -615,7 +296,7 @@ def _kind(layer) -> str:
     return layer.function
 
 
-#: Prefix of auto-generated layer names (``conv1``, ``gap1``, ...); the importer writes the same names.
+#: Prefix of auto-generated layer names (``conv1``, ``gap1``, ...); importers/spec.py gives the same names.
 AUTO_PREFIX = {
     "conv1d": "conv",
     "dense": "dense",
@@ -693,23 +374,6 @@ def producer(prev: str | None) -> str:
     return f"{prev!r} produces" if prev else "the input is"
 
 
-def memory_key(rel: str) -> str:
-    """Key of weight file ``rel`` (as the spec writes it) in ``check``'s ``files``: ``a/./b.npz`` ->
-    ``a/b.npz``."""
-    return posixpath.normpath(rel.replace(os.sep, "/"))
-
-
-def weight_files(net: ast.Network) -> tuple[str, ...]:
-    """Every weight file ``net`` names (``weights "f.npz"`` lines, ``"f.npz":key`` references), in order."""
-    names: list[str] = []
-    for st in net.body:
-        if isinstance(st, ast.Weights):
-            names.append(st.path)
-        for opt in getattr(st, "options", ()) or ():
-            if isinstance(opt.value, ast.TensorRef) and opt.value.file is not None:
-                names.append(opt.value.file)
-    return tuple(dict.fromkeys(names))
-
 
 def check(
     net: ast.Network,
@@ -754,7 +418,7 @@ def check(
     try:
         return _check(ck, net, source)
     finally:
-        ck.close()
+        ck.files.close()
 
 
 def _check(ck: Checker, net: ast.Network, source: Source) -> typed.Network:
@@ -788,7 +452,7 @@ def _check(ck: Checker, net: ast.Network, source: Source) -> typed.Network:
             continue
         if isinstance(st, ast.Weights):
             ck.weights = (st.path, st.path_span or st.span)
-            ck.open(st.path, st.path_span or st.span)  # report a missing file where it is declared
+            ck.files.open(st.path, st.path_span or st.span)  # report a missing file where it is declared
             continue
         if isinstance(st, ast.Input):
             channels = ck.integer(st.channels, "input size" if st.flat else "input channels", 1)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from lipdsl.errors import ShapeError, SpecError, WeightError
+from lipdsl.errors import ShapeError, SpecError, WeightError, did_you_mean
 from lipdsl.lang import ast, typed
 from lipdsl.lang.check import (
     ACTIVATIONS,
     Checker,
-    did_you_mean,
     format_shape,
     Loaded,
     layer_options,

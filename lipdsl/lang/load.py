@@ -19,7 +19,7 @@ def check_source(
 ) -> typed.Network:
     """Parse and check a Source already in memory (e.g. ``Source("<string>", text)``).
 
-    ``files``: the weight files' bytes, keyed by the names the spec writes (``check.memory_key``); then
+    ``files``: the weight files' bytes, keyed by the names the spec writes (``weights.memory_key``); then
     nothing is read from disk (see ``check.check``).
 
     Raises

@@ -1,0 +1,398 @@
+"""The imported spec: Imported (layers + named tensors) -> .lip text and .npz, or the checked typed.Network.
+
+What both readers (``importer.import_onnx``, ``pytorch``) produce and share: the :class:`Layer` records and
+:class:`Imported`, which writes a readable ``.lip`` spec plus an ``.npz`` of its tensors (``Imported.write``)
+or builds the checked ``typed.Network`` directly (``Imported.to_network``), without files; the spec's names
+(tensor keys, layer and network names, as ``check`` gives them) and the forms the spec can express (padding,
+pooling), refusing the others with ``UnsupportedError``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lipdsl.errors import LipdslError, UnsupportedError
+from lipdsl.lang import typed
+from lipdsl.lang.check import AUTO_PREFIX, conv1d_length, conv1d_padding, pool_length
+from lipdsl.lang.typed import Shape
+
+__all__ = [
+    "Layer",
+    "Imported",
+    "Keys",
+    "sanitize_key",
+    "layer_name",
+    "network_name",
+    "padding_form",
+    "pool_options",
+]
+
+
+# Words the grammar reserves (docs/language.md) and names with a meaning in expressions: never layer names.
+_KEYWORDS = frozenset(
+    "network input weights let conv1d dense avgpool maxpool global_avgpool flatten kernel stride "
+    "dilation padding valid same causal weight bias slope x".split()
+)
+_RESERVED = frozenset(
+    "pi e sqrt exp log sin cos tan tanh atan abs relu sigmoid softplus hardtanh identity "
+    "leaky_relu elu".split()
+)
+
+
+# -- the result ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer line of the spec: ``kind`` as in the language, its options, and where it came from.
+
+    ``options`` per kind: conv1d ``c_in, c_out, kernel, stride, dilation, padding, weight, bias`` (tensor
+    keys); dense ``n_in, n_out, weight, bias``; activation ``function, parameter``; avgpool/maxpool
+    ``kernel, stride``.
+    """
+
+    kind: str  # conv1d, dense, activation, avgpool, maxpool, global_avgpool, flatten
+    name: str | None
+    options: dict[str, Any]
+    origin: str = ""  # e.g. "node '/0/Conv' (Conv)"
+
+
+@dataclass
+class Imported:
+    """A network read from a model: input shape, layers in order, and the named tensors they refer to."""
+
+    name: str
+    input_shape: Shape
+    layers: list[Layer]
+    tensors: dict[str, np.ndarray]
+    origin: str  # one line saying what was read, for the spec's header
+    notes: list[str] = field(
+        default_factory=list
+    )  # what the import changed (transposed weights, folded adds)
+    outputs: list[str] = field(default_factory=list)  # per layer, the model's tensor it computes (ONNX)
+
+    def spec_text(self, weights_file: str) -> str:
+        """The ``.lip`` text, with tensors taken by key from ``weights_file`` (relative to the spec)."""
+        from lipdsl import __version__
+
+        lines = [
+            f"# Imported by lipdsl {__version__} from {self.origin}.",
+            "# Tensor keys are named after the model's parameters (sanitized to the spec's key syntax).",
+        ]
+        lines += [f"# note: {n}" for n in self.notes]
+        shp = self.input_shape
+        dims = (
+            str(shp.channels) if shp.flat else f"{shp.channels} x {'*' if shp.length is None else shp.length}"
+        )
+        lines += [f"network {self.name}", f"input {dims}", f'weights "{weights_file}"', ""]
+        body = _body_lines(self.layers)
+        width = min(max((len(t) for t, _ in body), default=0), 90)
+        lines += [f"{t:<{width}}  # {o}" if o else t for t, o in body]
+        return "\n".join(lines) + "\n"
+
+    def write(
+        self, spec_path: str | os.PathLike, weights_path: str | os.PathLike | None = None
+    ) -> tuple[Path, Path]:
+        """Write the spec and an ``.npz`` of its tensors (default: beside the spec, same stem).
+
+        Returns
+        -------
+        (Path, Path)
+            The spec and the weights file written.
+
+        Raises
+        ------
+        LipdslError
+            If the weights file would lie outside the spec's directory (the spec could not name it without
+            ``--allow-outside``), or a file cannot be written.
+        """
+        spec_path = Path(spec_path)
+        weights = spec_path.with_suffix(".npz") if weights_path is None else Path(weights_path)
+        rel = os.path.relpath(weights.resolve(), spec_path.resolve().parent)
+        if rel.split(os.sep)[0] == "..":
+            raise LipdslError(
+                f"weights file {str(weights)!r} is outside the spec's directory",
+                hint="write the weights next to the spec or in a folder below it",
+            )
+        try:
+            spec_path.parent.mkdir(parents=True, exist_ok=True)
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(weights, **self.tensors)
+            spec_path.write_text(self.spec_text(rel.replace(os.sep, "/")), encoding="utf-8")
+        except OSError as exc:
+            raise LipdslError(f"cannot write {exc.filename or spec_path}: {exc.strerror or exc}") from None
+        return spec_path, weights
+
+    def to_network(self) -> typed.Network:
+        """The checked network, built from the tensors in memory (the same as checking the spec)."""
+        names = iter(_auto_names(_flat_order(self.layers)))
+        out, _ = self._build(self.layers, names, self.input_shape)
+        return typed.Network(self.name, self.input_shape, tuple(out), None, None)
+
+    def _build(self, layers, names, shape: Shape) -> tuple[list, Shape]:
+        out: list[typed.Layer] = []
+        for L in layers:
+            name = next(names)
+            o = L.options
+            if L.kind == "residual":
+                main, new = self._build(o["main"], names, shape)
+                short, _ = self._build(o["shortcut"], names, shape)
+                out.append(typed.Residual(name, None, tuple(main), tuple(short), shape, new))
+            elif L.kind == "conv1d":
+                pl, pr = conv1d_padding(o["padding"], o["kernel"], o["dilation"])
+                n = (
+                    None
+                    if shape.length is None
+                    else conv1d_length(shape.length, o["kernel"], o["stride"], o["dilation"], pl, pr)
+                )
+                new = Shape(o["c_out"], n)
+                out.append(
+                    typed.Conv1d(
+                        name,
+                        None,
+                        o["c_in"],
+                        o["c_out"],
+                        o["kernel"],
+                        o["stride"],
+                        o["dilation"],
+                        pl,
+                        pr,
+                        str(o["padding"]),
+                        self._tensor(o["weight"]),
+                        self._tensor(o.get("bias")),
+                        shape,
+                        new,
+                    )
+                )
+            elif L.kind == "dense":
+                new = Shape(o["n_out"], flat=True)
+                out.append(
+                    typed.Dense(
+                        name,
+                        None,
+                        o["n_in"],
+                        o["n_out"],
+                        self._tensor(o["weight"]),
+                        self._tensor(o.get("bias")),
+                        shape,
+                        new,
+                    )
+                )
+            elif L.kind == "activation":
+                new = shape
+                alpha, beta = _slope(o["function"], o.get("parameter"))
+                out.append(
+                    typed.Activation(name, None, o["function"], alpha, beta, shape, shape, o.get("parameter"))
+                )
+            elif L.kind in ("avgpool", "maxpool"):
+                n = None if shape.length is None else pool_length(shape.length, o["kernel"], o["stride"])
+                new = Shape(shape.channels, n)
+                out.append(typed.Pool(name, None, L.kind[:3], o["kernel"], o["stride"], shape, new))
+            elif L.kind == "global_avgpool":
+                new = Shape(shape.channels, flat=True)
+                out.append(typed.GlobalAvgPool(name, None, shape, new))
+            elif L.kind == "flatten":
+                new = Shape(shape.size, flat=True)
+                out.append(typed.Flatten(name, None, shape, new))
+            else:  # pragma: no cover
+                raise AssertionError(L.kind)
+            shape = new
+        return out, shape
+
+    def _tensor(self, key: str | None) -> np.ndarray | None:
+        if key is None:
+            return None
+        values = np.array(self.tensors[key], dtype=np.float64)
+        values.setflags(write=False)
+        return values
+
+
+def _layer_text(L: Layer) -> str:
+    o = L.options
+    label = f" {L.name}" if L.name else ""
+    sized = f" {L.name}:" if L.name else ""  # a name before sizes takes a colon
+    if L.kind == "conv1d":
+        parts = [f"conv1d{sized} {o['c_in']} -> {o['c_out']}", f"kernel {o['kernel']}"]
+        if o["stride"] != 1:
+            parts.append(f"stride {o['stride']}")
+        if o["dilation"] != 1:
+            parts.append(f"dilation {o['dilation']}")
+        if o["padding"] not in (0, "valid"):
+            parts.append(f"padding {o['padding']}")
+        parts.append(f"weight {o['weight']}")
+        if o.get("bias"):
+            parts.append(f"bias {o['bias']}")
+        return ", ".join(parts)
+    if L.kind == "dense":
+        text = f"dense{sized} {o['n_in']} -> {o['n_out']}, weight {o['weight']}"
+        return text + (f", bias {o['bias']}" if o.get("bias") else "")
+    if L.kind == "activation":
+        p = o.get("parameter")
+        return o["function"] + ("" if p is None else f"({p!r})") + label
+    if L.kind in ("avgpool", "maxpool"):
+        stride = "" if o["stride"] == o["kernel"] else f", stride {o['stride']}"
+        return f"{L.kind}{sized} {o['kernel']}{stride}"
+    return L.kind + label
+
+
+def _body_lines(layers: list[Layer]) -> list[tuple[str, str]]:
+    """(text, origin) per spec line; a block as ``residual NAME:``, its layers, ``shortcut``, ``end``."""
+    body: list[tuple[str, str]] = []
+    for L in layers:
+        if L.kind != "residual":
+            body.append((_layer_text(L), L.origin))
+            continue
+        body.append((f"residual{' ' + L.name + ':' if L.name else ''}", L.origin))
+        body += [("  " + _layer_text(M), M.origin) for M in L.options["main"]]
+        if L.options["shortcut"]:
+            body.append(("shortcut", ""))
+            body += [("  " + _layer_text(M), M.origin) for M in L.options["shortcut"]]
+        body.append(("end", ""))
+    return body
+
+
+def _flat_order(layers) -> list[Layer]:
+    """Layers in the order ``check`` names them: a block, then its main path, then its shortcut."""
+    out: list[Layer] = []
+    for L in layers:
+        out.append(L)
+        if L.kind == "residual":
+            out += _flat_order(L.options["main"]) + _flat_order(L.options["shortcut"])
+    return out
+
+
+def _slope(function: str, parameter: float | None) -> tuple[float, float]:
+    """Slope bounds of the activations an import can produce (lipdsl.lang.activations, the one table)."""
+    from lipdsl.lang.activations import slope
+
+    return slope(function, parameter)
+
+
+def _auto_names(layers: list[Layer]) -> list[str]:
+    """Names as ``check`` gives them: as written, else ``<kind><n>`` skipping names already taken."""
+    taken = {L.name for L in layers if L.name}
+    counts: dict[str, int] = {}
+    names = []
+    for L in layers:
+        kind = L.options["function"] if L.kind == "activation" else L.kind
+        prefix = AUTO_PREFIX.get(kind, kind)
+        counts[prefix] = counts.get(prefix, 0) + 1
+        if L.name:
+            names.append(L.name)
+            continue
+        n = counts[prefix]
+        while f"{prefix}{n}" in taken:
+            n += 1
+        taken.add(f"{prefix}{n}")
+        names.append(f"{prefix}{n}")
+    return names
+
+
+# -- names ---------------------------------------------------------------------------------------------------
+
+
+def sanitize_key(name: str) -> str:
+    """A tensor name in the spec's key syntax ``[A-Za-z_][A-Za-z0-9_]*(.[A-Za-z0-9_]+)*``.
+
+    Characters other than letters, digits, ``_`` and ``.`` become ``_``; empty dot-segments are dropped; a key
+    starting with a digit gets a leading ``_`` (``0.weight`` -> ``_0.weight``, ``onnx::Conv_7`` ->
+    ``onnx__Conv_7``, ``/0/Conv.bias`` -> ``_0_Conv.bias``).
+
+    >>> sanitize_key("0.weight"), sanitize_key("features.3.bias"), sanitize_key("onnx::Gemm_12")
+    ('_0.weight', 'features.3.bias', 'onnx__Gemm_12')
+    """
+    text = re.sub(r"[^A-Za-z0-9_.]", "_", name)
+    text = ".".join(seg for seg in text.split(".") if seg) or "t"
+    if not re.match(r"[A-Za-z_]", text):
+        text = "_" + text
+    if text in _KEYWORDS:
+        text += "_"
+    return text
+
+
+class Keys:
+    """Sanitized, unique tensor keys for the model's names, and the tensors stored under them."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, np.ndarray] = {}
+        self.by_name: dict[str, str] = {}
+
+    def add(self, name: str, values: np.ndarray) -> str:
+        key = self.by_name.get(name)
+        if key is not None and np.array_equal(self.tensors[key], values):
+            return key
+        base = sanitize_key(name)
+        key, n = base, 2
+        while key in self.tensors:
+            key, n = f"{base}_{n}", n + 1
+        self.tensors[key] = np.ascontiguousarray(values, dtype=np.float64)
+        self.by_name.setdefault(name, key)
+        return key
+
+
+def layer_name(weight_name: str, taken: set[str]) -> str | None:
+    """``conv1.weight`` -> ``conv1``, ``features.0.weight`` -> ``features_0``; None if no readable name."""
+    folded = re.match(r"(.+)\.weight_", weight_name)  # a weight with batch norm folded in: conv1.weight_bn1
+    stem = folded.group(1) if folded else weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_")
+    if not stem or not re.match(r"[A-Za-z][A-Za-z0-9_]*$", stem) or stem in _KEYWORDS or stem in _RESERVED:
+        return None
+    if stem in taken:
+        return None
+    taken.add(stem)
+    return stem
+
+
+def network_name(name: str) -> str:
+    text = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "imported"
+    if not re.match(r"[A-Za-z_]", text):
+        text = "net_" + text
+    return text + "_" if text in _KEYWORDS else text
+
+
+def padding_form(
+    pl: int, pr: int, kernel: int, stride: int, dilation: int, length: int | None, where: str
+) -> str | int:
+    """The spec's padding for zeros ``(pl, pr)``: an int (both sides), ``causal``, ``same``, or refused.
+
+    Right zeros that no output window reads (stride flooring) may be dropped: with the same left padding and
+    the same number of outputs, every output reads the same samples.
+    """
+    reach = dilation * (kernel - 1)
+    candidates: list[tuple[str | int, tuple[int, int]]] = [(pl, (pl, pl)), ("causal", (reach, 0))]
+    if stride == 1:
+        candidates.append(("same", (reach // 2, reach - reach // 2)))
+    for form, (cl, cr) in candidates:
+        if (cl, cr) == (pl, pr):
+            return form
+    if length is not None:
+        want = conv1d_length(length, kernel, stride, dilation, pl, pr)
+        for form, (cl, cr) in candidates:
+            if cl == pl and conv1d_length(length, kernel, stride, dilation, cl, cr) == want:
+                return form
+    raise UnsupportedError(
+        f"{where} pads {pl} zeros on the left and {pr} on the right; the spec can express symmetric padding, "
+        f"'causal' ({reach}, 0) and 'same' ({reach // 2}, {reach - reach // 2}) only",
+        hint="pad symmetrically or causally in the model, or crop with an explicit layer lipdsl supports",
+    )
+
+
+def pool_options(
+    kind: str, kernel: int, stride: int, length: int | None, ceil_mode: bool, where: str
+) -> dict:
+    if ceil_mode:
+        floor_n = None if length is None else pool_length(length, kernel, stride)
+        ceil_n = None if length is None else (math.ceil((length - kernel) / stride) + 1)
+        if length is None or floor_n != ceil_n:
+            raise UnsupportedError(
+                f"{where} uses ceil_mode, which here takes a partial last window; lipdsl pools in floor mode",
+                hint="use ceil_mode=False (or an input length where the windows tile the signal exactly)",
+            )
+    return {"kernel": kernel, "stride": stride}

@@ -1,0 +1,373 @@
+"""Read weight files safely: a spec's reference to a file tensor -> a finite, read-only float64 array.
+
+What a spec's weight file may do is bounded here: paths stay inside the spec's directory (symbolic links
+followed) unless ``allow_outside``; only regular ``.npz``/``.npy`` files are opened, of at most
+``MAX_WEIGHT_BYTES``, from disk or from memory (``memory_key`` of the names the spec writes,
+``weight_files``); nothing is unpickled (``allow_pickle=False``, object dtypes refused); a ``.npy`` header is
+read and its declared size checked before numpy allocates it, and an ``.npz`` member before it is inflated;
+non-real dtypes and NaN/Inf entries are refused, naming the tensor and the index.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import math
+import os
+import posixpath
+import tokenize
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from lipdsl.errors import WeightError, did_you_mean, shorten
+from lipdsl.lang import ast
+from lipdsl.lang.source import Source, Span, file_kind
+
+__all__ = ["WeightFiles", "memory_key", "weight_files", "MAX_WEIGHT_BYTES"]
+
+#: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
+MAX_WEIGHT_BYTES = 1 << 30
+
+
+def memory_key(rel: str) -> str:
+    """Key of weight file ``rel`` (as the spec writes it) in ``check``'s ``files``: ``a/./b.npz`` ->
+    ``a/b.npz``."""
+    return posixpath.normpath(rel.replace(os.sep, "/"))
+
+
+def weight_files(net: ast.Network) -> tuple[str, ...]:
+    """Every weight file ``net`` names (``weights "f.npz"`` lines, ``"f.npz":key`` references), in order."""
+    names: list[str] = []
+    for st in net.body:
+        if isinstance(st, ast.Weights):
+            names.append(st.path)
+        for opt in getattr(st, "options", ()) or ():
+            if isinstance(opt.value, ast.TensorRef) and opt.value.file is not None:
+                names.append(opt.value.file)
+    return tuple(dict.fromkeys(names))
+
+
+@dataclass
+class WeightFiles:
+    """The weight files of one spec, each opened once: from disk (relative to ``source.directory``) or from
+    ``memory``; ``close`` closes them all."""
+
+    source: Source
+    allow_outside: bool
+    memory: Mapping[str, bytes] | None = None  # weight files in memory (memory_key(rel) -> bytes), no disk
+    files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
+    handles: list = field(default_factory=list)  # open files behind the NpzFiles
+
+    @staticmethod
+    def display_path(rel: str) -> str:
+        """Paths are shown as the spec writes them (relative to the spec), whatever the working directory."""
+        return rel
+
+    def resolve(self, rel: str, span: Span) -> Path:
+        """The file ``rel`` names, relative to the spec's directory, refusing escapes unless allowed."""
+        if not self.allow_outside:
+            if os.path.isabs(rel) or rel.startswith("~"):
+                raise WeightError(
+                    f"weight file {rel!r} is an absolute path",
+                    span,
+                    hint="give paths relative to the spec, or pass --allow-outside if you trust "
+                    "this spec (it may read any file you can)",
+                )
+            if os.path.normpath(rel).split(os.sep)[0] == "..":
+                raise WeightError(
+                    f"weight file {rel!r} is outside the spec's directory",
+                    span,
+                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
+                    "this spec (it may read any file you can)",
+                )
+        path = (
+            self.source.directory / os.path.expanduser(rel)
+            if rel.startswith("~")
+            else self.source.directory / rel
+        )
+        if not self.allow_outside:
+            # a symbolic link (the file or a folder on the way) may lead anywhere: check where it ends
+            try:
+                real = path.resolve()
+                inside = real.is_relative_to(self.source.directory.resolve())
+            except (OSError, RuntimeError, ValueError):  # a link loop, a name too long
+                inside = True  # reported by open() as what it is
+            if not inside:
+                raise WeightError(
+                    f"weight file {rel!r} is a symbolic link to a file outside the spec's directory",
+                    span,
+                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
+                    "this spec (it may read any file you can)",
+                )
+        return path
+
+    def open(self, rel: str, span: Span) -> Any:
+        path = self.resolve(rel, span)
+        key = str(path)
+        if key in self.files:
+            return self.files[key]
+        shown = self.display_path(rel)
+        data = None if self.memory is None else self.memory.get(memory_key(rel))
+        if self.memory is not None and data is None:
+            raise WeightError(
+                f"weight file {shown!r} not found", span, hint="paths are relative to the spec's directory"
+            )
+        if data is None:  # on disk: what the path names, before anything is opened
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:
+                    raise WeightError(f"weight file name {shorten(shown)!r} is too long",
+                                      span, hint="check the path") from None
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    raise WeightError(f"weight file {shown!r} not found", span,
+                                      hint="paths are relative to the spec's directory") from None
+                raise WeightError(f"cannot read weight file {shown!r}: {exc.strerror or exc}", span) from None
+            kind = file_kind(st.st_mode)
+            if kind is not None:
+                raise WeightError(f"weight file {shown!r} is {kind}, not a file", span,
+                                  hint="give the path of a .npz or .npy file")
+        if path.suffix.lower() not in (".npz", ".npy"):
+            raise WeightError(
+                f"weight file {shown!r} is neither .npz nor .npy",
+                span,
+                hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
+            )
+        size = path.stat().st_size if data is None else len(data)
+        if size > MAX_WEIGHT_BYTES:
+            raise WeightError(
+                f"weight file {shown!r} has {_bytes(size)}, "
+                f"more than lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                span,
+                hint="a network this large is beyond the SDP solvers anyway; "
+                "check that this is the right file",
+            )
+        try:
+            if data is None:
+                # O_NONBLOCK and fstat: the file read is the regular file checked above (no FIFO swapped in)
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+                handle = os.fdopen(fd, "rb")  # ours, not numpy's: numpy leaks its handle on a corrupt .npz
+            else:
+                handle = io.BytesIO(data)
+            try:
+                if data is None and file_kind(os.fstat(handle.fileno()).st_mode) is not None:
+                    raise OSError(errno.EINVAL, "not a regular file")
+                if path.suffix.lower() == ".npy":
+                    _check_header(handle, size, f"weight file {shown!r}", span)
+                    handle.seek(0)
+                loaded = np.load(handle, allow_pickle=False)
+            except BaseException:
+                handle.close()
+                raise
+            if isinstance(loaded, np.ndarray):
+                handle.close()
+            else:
+                self.handles.append(handle)
+        except _READ_ERRORS as exc:
+            raise WeightError(f"cannot read weight file {shown!r}: {_reason(exc)}", span) from None
+        self.files[key] = loaded
+        return loaded
+
+    def close(self) -> None:
+        for f in self.files.values():
+            if hasattr(f, "close"):
+                f.close()
+        for handle in self.handles:
+            handle.close()
+
+    def read(self, src: ast.TensorRef, default: tuple[str, Span] | None) -> tuple[np.ndarray, str]:
+        """A tensor from a file, by key (``default``: the current ``weights`` file and where it is declared)
+        -> (finite, read-only float64 values; a label naming the tensor in messages)."""
+        if src.file is None:
+            if default is None:
+                raise WeightError(
+                    f"no weights file to take {src.key!r} from",
+                    src.span,
+                    hint="declare one before this layer, as in 'weights \"net.npz\"', "
+                    f'or write "net.npz":{src.key}',
+                )
+            rel = default[0]
+            data = self.open(rel, default[1])
+        else:
+            rel = src.file
+            data = self.open(rel, src.span)
+        shown = self.display_path(rel)
+        if isinstance(data, np.ndarray):
+            if src.key is not None:
+                raise WeightError(
+                    f"{shown!r} is a .npy file holding one tensor; it has no key {src.key!r}",
+                    src.span,
+                    hint=f'write "{rel}" alone',
+                )
+            array, label = data, repr(shown)
+        else:
+            if src.key is None:
+                raise WeightError(
+                    f"{shown!r} holds several tensors; say which one",
+                    src.span,
+                    hint=f'write "{rel}":KEY with KEY one of: ' + _listing(data.files),
+                )
+            if src.key not in data.files:
+                raise WeightError(
+                    f"no tensor {src.key!r} in {shown!r}",
+                    src.span,
+                    hint=did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
+                )
+            try:
+                # numpy maps KEY to the member KEY.npy or KEY (any name): read it ourselves, whatever its
+                # name, through the size cap and the header check (numpy would return a raw member's bytes)
+                names = data.zip.namelist()
+                member = data.zip.getinfo(src.key + ".npy" if src.key + ".npy" in names else src.key)
+                what = f"tensor {src.key!r} in {shown!r}"
+                if member.file_size > MAX_WEIGHT_BYTES:
+                    raise WeightError(
+                        f"{what} inflates to {_bytes(member.file_size)}, more than "
+                        f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                        src.span,
+                        hint="check that this is the right file (a compressed .npz can hide a huge tensor)",
+                    )
+                with data.zip.open(member) as f:
+                    if f.read(6) != b"\x93NUMPY":
+                        raise WeightError(
+                            f"{what} is not a .npy array "
+                            f"(member {shorten(member.filename)!r} holds other data)",
+                            src.span,
+                            hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
+                        )
+                with data.zip.open(member) as f:
+                    _check_header(f, member.file_size, what, src.span)
+                with data.zip.open(member) as f:
+                    array = np.lib.format.read_array(f, allow_pickle=False)
+            except _READ_ERRORS as exc:
+                raise WeightError(f"cannot read {src.key!r} from {shown!r}: {_reason(exc)}",
+                                  src.span) from None
+            label = f"{src.key!r} in {shown!r}"
+        if (
+            not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer))
+            or array.dtype == np.bool_
+        ):
+            raise WeightError(
+                f"{label} has dtype {array.dtype}; weights must be real numbers",
+                src.span,
+                hint="save it as float64, e.g. numpy.asarray(w, dtype=numpy.float64)",
+            )
+        if np.issubdtype(array.dtype, np.integer):
+            raise WeightError(
+                f"{label} has integer dtype {array.dtype}; weights must be floating point",
+                src.span,
+                hint="save it as float64, e.g. w.astype(numpy.float64)",
+            )
+        values = np.array(array, dtype=np.float64)
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            where = tuple(int(i) for i in bad[0])
+            what = "NaN" if np.isnan(values[where]) else "Inf"
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise WeightError(
+                f"{label} holds {what} at index {where}{more}",
+                src.span,
+                hint="lipdsl bounds finite weights only; check how the tensor was saved",
+            )
+        values.setflags(write=False)
+        return values, label
+
+
+# What numpy/zipfile raise on a corrupt or hostile file (zlib.error: a broken deflate stream;
+# NotImplementedError: an unsupported zip compression method; SyntaxError and TokenError: numpy parses
+# the .npy header, a Python dict literal, with ast.literal_eval after tokenizing it).
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    SyntaxError,
+    tokenize.TokenError,
+)
+
+
+def _check_header(f, available: int, what: str, span: Span) -> None:
+    """Read a .npy header and refuse, before numpy allocates it, a tensor that is not real or is too large.
+
+    numpy allocates ``prod(shape) * itemsize`` bytes as the header says, whatever the file really holds.
+    """
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    elif version == (3, 0):  # a UTF-8 header: numpy has no public reader for it
+        shape, dtype = _read_header_3_0(f, what, span)
+    else:
+        raise WeightError(f"cannot read {what}: .npy format version {version[0]}.{version[1]} is unknown",
+                          span, hint="save it again with numpy.save")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if dtype.hasobject:
+        raise WeightError(
+            f"{what} holds Python objects (dtype {dtype}); lipdsl does not unpickle weights",
+            span,
+            hint="save a float array: numpy.save(path, numpy.asarray(w, dtype=numpy.float64))",
+        )
+    if nbytes > available or nbytes > MAX_WEIGHT_BYTES:
+        raise WeightError(
+            f"{what} declares shape {tuple(shape)} of {dtype} ({_bytes(nbytes)}), but "
+            + (
+                "the file holds less"
+                if nbytes > available
+                else f"lipdsl reads at most {_bytes(MAX_WEIGHT_BYTES)}"
+            ),
+            span,
+            hint="the file is truncated or not what it claims; save it again with numpy.save",
+        )
+
+
+def _read_header_3_0(f, what: str, span: Span) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a format 3.0 .npy header: a uint32 length, then a UTF-8 dict literal (at most
+    64 KiB, as numpy reads it with ``max_header_size``)."""
+    import ast as pyast
+    import struct
+
+    raw = f.read(4)
+    (length,) = struct.unpack("<I", raw) if len(raw) == 4 else (None,)
+    if length is None or length > 65536:
+        raise WeightError(f"{what} has a malformed .npy 3.0 header", span,
+                          hint="save it again with numpy.save")
+    text = f.read(length).decode("utf-8", errors="replace")
+    try:
+        d = pyast.literal_eval(text)
+        shape = tuple(int(n) for n in d["shape"])
+        dtype = np.lib.format.descr_to_dtype(d["descr"])
+        if any(n < 0 for n in shape):
+            raise ValueError("negative dimension")
+    except Exception:  # whatever the dict holds: a clean error
+        raise WeightError(f"{what} has a malformed .npy 3.0 header", span,
+                          hint="save it again with numpy.save") from None
+    return shape, dtype
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a read failed, in words, without echoing the file's bytes (numpy's "expected b'\\x93NUMPY', got
+    b'...'" would show the first bytes of whatever file a link points to)."""
+    text = str(exc)
+    if "magic string" in text or "b'" in text or 'b"' in text:
+        return "not a NumPy .npy/.npz file"
+    return shorten(text)
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+
+def _listing(names) -> str:
+    names = sorted(names)
+    return ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
