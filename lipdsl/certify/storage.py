@@ -265,6 +265,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
     for delta in RAISE_DIRECTIONS:
         trial = copy.deepcopy(start)
         _raise_chain(sdp, trial, fine, responses, margin, delta, storage=False)
+        refit_first_system(sdp, trial)  # (a first system with its exact LMI pays its raise here)
         if best is None or trial.rho < best[0]:
             best = (trial.rho, delta)
     point = copy.deepcopy(start)
@@ -285,10 +286,8 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
         if link.needs_P_psd or (link.system.internal and link.P not in sdp.storage):
             raised = _Raise()  # (its raised output weight is repaired by certify)
             continue
-        if link.system.internal:  # a residual block in the frequency domain: isotropic raises only
-            X_out = point.weight(link.w_out)
-            t = raised.relative * np.linalg.norm(X_out, 2) / (1 + raised.relative) + raised.absolute
-            raised = _Raise(0.0, _recover_block(point, link, t, fine, margin, storage))
+        if link.system.internal:  # a residual block in the frequency domain
+            raised = _recover_block(point, link, raised, fine, margin, delta, storage)
             continue
         sys = link.system
         lam = None
@@ -312,14 +311,7 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
             X_in = point.weight(link.w_in)
             scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
             tiny = margin * scale * 10.0**attempt
-            whiten = None
-            if delta is not None and link.w_in.kind == "var":
-                D = X_in + delta * np.linalg.norm(X_in, 2) * np.eye(len(X_in))
-                try:
-                    whiten = scipy.linalg.solve_triangular(np.linalg.cholesky((D + D.T) / 2), np.eye(len(D)),
-                                                           lower=True)
-                except np.linalg.LinAlgError:
-                    whiten = None
+            whiten = _whitening(X_in, delta) if link.w_in.kind == "var" else None
             # the multiplier shift eta that needs the least input shift (only the latter costs bound),
             # chosen on the coarse grid; the input shift it needs is then taken on the fine one
             if lam is not None:
@@ -399,14 +391,17 @@ def block_phi(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarra
     return (Phi + _h(Phi)) / 2
 
 
-def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> float:
+def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
+                      whiten: np.ndarray | None = None) -> float:
     """The least ``e >= 0`` with ``block_phi + diag(e I, 0) >= 0`` at the frequencies of ``H``: a Schur
     complement on the coordinates other than ``u`` (``inf`` where that block is not positive definite), as
-    ``input_shift`` does for a single activation."""
+    ``input_shift`` does for a single activation (``whiten``: ``e D`` instead of ``e I``, as there)."""
     Phi = block_phi(sys, lam, inner, X_in, X_out, H)
     n = sys.n_in
     R = Phi[:, n:, n:]
     if R.shape[1] == 0:
+        if whiten is not None:
+            Phi = whiten @ Phi @ whiten.T
         return max(0.0, -float(np.linalg.eigvalsh(Phi).min()))
     try:
         chol = np.linalg.cholesky(R)
@@ -414,23 +409,45 @@ def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: n
         return float("inf")
     G = np.linalg.solve(chol, _h(Phi[:, :n, n:]))  # chol^-1 S*, so that S R^-1 S* = G*G
     schur = Phi[:, :n, :n] - _h(G) @ G
+    if whiten is not None:
+        schur = whiten @ schur @ whiten.T
     return max(0.0, -float(np.linalg.eigvalsh((schur + _h(schur)) / 2).min()))
 
 
-def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float,
-                   storage: bool = True) -> float:
+def _whitening(X: np.ndarray, delta: float | None) -> np.ndarray | None:
+    """``R^-1`` for ``D = X + delta ||X|| I = R R'`` (None: ``D = I``, or ``D`` not positive definite)."""
+    if delta is None:
+        return None
+    D = X + delta * np.linalg.norm(X, 2) * np.eye(len(X))
+    try:
+        return scipy.linalg.solve_triangular(np.linalg.cholesky((D + D.T) / 2), np.eye(len(D)), lower=True)
+    except np.linalg.LinAlgError:
+        return None
+
+
+def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin: float,
+                   delta: float | None = None, storage: bool = True) -> _Raise:
     """Steps 1-3 of the module docstring for a residual block; returns the raise of its input weight.
 
-    Step 1: the output multiplier gets ``t/2``. Step 2: every multiplier of the block gets ``eta`` (one of
-    ``0, v, 4v, ..., 4^5 v``, ``v`` the deficit of the frequency-domain LMI ``block_phi``, chosen on the
-    coarse grid for the least input shift), then each multiplier alone a further ``v/4 .. 16 v`` where that
-    lowers the input shift (two passes), then ``X_in`` the least shift that makes ``block_phi >= 0`` on the
-    fine grid (``block_input_shift``) plus a margin. Step 3: ``P`` from the Riccati equation.
+    Step 1: every multiplier of the block and its input weight are scaled by ``1 + s`` and the output
+    multiplier gets ``t/2`` (the output weight was raised as ``(1 + s) X_out + t I``). Step 2: every
+    multiplier of the block gets ``eta`` (one of ``0, v, 4v, ..., 4^5 v``, ``v`` the deficit of the
+    frequency-domain LMI ``block_phi``, chosen on the coarse grid for the least input shift), then (only
+    when ``storage``, i.e. not while the raise direction is being chosen) each multiplier alone a further
+    ``v/4 .. 16 v`` where that lowers the input shift (two passes), then ``X_in`` the least raise along
+    ``D`` (``_raise_chain``) that makes ``block_phi >= 0`` on the fine grid (``block_input_shift``) plus a
+    margin. Step 3: ``P`` from the Riccati equation.
     """
     sys = link.system
-    if link.lam is not None:
-        point.vars[link.lam.name] = point.vars[link.lam.name] + t / 2
     names = ([link.lam.name] if link.lam is not None else []) + [v.name for v in link.inner]
+    for name in names:
+        point.vars[name] = (1 + raised.relative) * point.vars[name]
+    if link.lam is not None:
+        point.vars[link.lam.name] = point.vars[link.lam.name] + raised.absolute / 2
+    up = _Raise()
+    if raised.relative and link.w_in.kind != "const":
+        point.scale_weight(link.w_in, 1 + raised.relative)
+        up = up.scaled(1 + raised.relative)
 
     def multipliers(eta: float):
         lam = point.vars[link.lam.name] + eta if link.lam is not None else None
@@ -438,6 +455,7 @@ def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float
 
     X_out = point.weight(link.w_out)
     X_in = point.weight(link.w_in)
+    whiten = _whitening(X_in, delta) if link.w_in.kind == "var" else None
     H = frequency_response(sys.ss, fine)
     every = (FINE_GRID - 1) // (COARSE_GRID - 1)
     Hc = H[::every]
@@ -445,33 +463,42 @@ def _recover_block(point: Point, link, t: float, fine: np.ndarray, margin: float
     tiny = margin * scale
     v = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, *multipliers(0.0), X_in, X_out, Hc)).min())) + tiny
     etas = [0.0] + [v * 4.0**j for j in range(6)]
-    shifts = [block_input_shift(sys, *multipliers(eta), X_in, X_out, Hc) for eta in etas]
+    shifts = [block_input_shift(sys, *multipliers(eta), X_in, X_out, Hc, whiten) for eta in etas]
     eta = etas[int(np.argmin(shifts))]
     for name in names:
         point.vars[name] = point.vars[name] + eta
     best = float(np.min(shifts))
-    for _ in range(2):  # then one multiplier at a time: a further shift where it lowers the input shift
+    for _ in range(2 if storage else 0):  # then one multiplier at a time, where it lowers the input shift
         for name in names:
             base = point.vars[name]
             for extra in (v / 4, v, 4 * v, 16 * v):
                 point.vars[name] = base + extra
-                trial = block_input_shift(sys, *multipliers(0.0), X_in, X_out, Hc)
+                trial = block_input_shift(sys, *multipliers(0.0), X_in, X_out, Hc, whiten)
                 if trial < best:
                     best, base = trial, base + extra
             point.vars[name] = base
     lam, inner = multipliers(0.0)
-    shift = block_input_shift(sys, lam, inner, X_in, X_out, H) + tiny
+    shift = block_input_shift(sys, lam, inner, X_in, X_out, H if storage else Hc, whiten)
     if not np.isfinite(shift):  # (no multiplier shift made the block's other coordinates definite)
-        shift = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, lam, inner, X_in, X_out, H)).min())) + tiny
-    point.shift_weight(link.w_in, shift)
+        whiten = None
+        shift = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, lam, inner, X_in, X_out, H)).min()))
+    if whiten is None:
+        shift += tiny
+        point.shift_weight(link.w_in, shift)
+        up = up.plus(shift)
+    else:
+        iso = shift * delta * np.linalg.norm(X_in, 2) + tiny
+        point.scale_weight(link.w_in, 1 + shift)
+        point.shift_weight(link.w_in, iso)
+        up = up.scaled(1 + shift).plus(iso)
     if not storage:
-        return shift
+        return up
     try:  # (strictly positive, as in _raise_chain)
         P = storage_matrix(sys, lam, point.weight(link.w_in), X_out, inner, shrink=tiny / (4 * sys.ss.nx))
     except (np.linalg.LinAlgError, ValueError):
         P = np.zeros((sys.ss.nx, sys.ss.nx))
     point.vars[link.P.name] = P if np.all(np.isfinite(P)) else np.zeros((sys.ss.nx, sys.ss.nx))
-    return shift
+    return up
 
 
 #: ``refit_first_system`` runs when its small SDP has at most this many variables.
@@ -492,11 +519,15 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
     """
     link = sdp.links[0]
     sys = link.system
-    if (sys.internal or link.w_in.kind != "rho" or link.P is None or link.P in sdp.storage or not sys.ss.nx
+    if (link.w_in.kind != "rho" or link.P is None or link.P in sdp.storage or not sys.ss.nx
             or (link.lam is not None and link.lam.role != "lambda")):
         return False
-    nx, nu = sys.ss.nx, sys.ss.nu
-    n_lam = 0 if link.lam is None else len(point.vars[link.lam.name])
+    nx, nu = sys.ss.nx, sys.n_in
+    # the multipliers: the output activation's, then (a residual block) each internal activation's
+    sizes = ([len(point.vars[link.lam.name])] if link.lam is not None else []) + [
+        len(point.vars[v.name]) for v in link.inner]
+    n_lam = sum(sizes)
+    bounds = np.cumsum([1] + sizes)
     iu = np.triu_indices(nx)
     n = 1 + n_lam + len(iu[0])
     if n > REFIT_MAX_VARIABLES:
@@ -508,8 +539,13 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
         P[iu] = z[1 + n_lam :]
         return P + np.triu(P, 1).T
 
+    def multipliers(z: np.ndarray) -> list:
+        return [z[bounds[j] : bounds[j + 1]] for j in range(len(sizes))]
+
     def lmi(z: np.ndarray) -> np.ndarray:
-        return system_matrix(sys, storage(z), z[1 : 1 + n_lam] if n_lam else None, z[0] * np.eye(nu), X_out)
+        parts = multipliers(z)
+        lam = parts.pop(0) if link.lam is not None else None
+        return system_matrix(sys, storage(z), lam, z[0] * np.eye(nu), X_out, parts)
 
     M0 = lmi(np.zeros(n))
     F = np.stack([lmi(e) - M0 for e in np.eye(n)], axis=-1).reshape(-1, n)  # column k: vec F_k
@@ -535,10 +571,13 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
     if res["x"] is None or res["status"] != "optimal":
         return False
     z = np.asarray(res["x"]).ravel()
-    if not z[0] < point.rho:
+    # (kept if it lowers rho, or if the first LMI does not hold at the point: a system the chain of
+    # shifts skipped, whose output weight was raised by the systems after it)
+    if not (z[0] < point.rho or _min_eig(point.matrix(link)) < 0):
         return False
     point.rho = float(z[0])
-    if n_lam:
-        point.vars[link.lam.name] = np.maximum(z[1 : 1 + n_lam], 0.0)
+    names = ([link.lam.name] if link.lam is not None else []) + [v.name for v in link.inner]
+    for name, value in zip(names, multipliers(z)):
+        point.vars[name] = np.maximum(value, 0.0)
     point.vars[link.P.name] = storage(z)
     return True
