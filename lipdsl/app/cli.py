@@ -818,6 +818,13 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
     show_default=True,
     help="Lift of the dissipative method (see solve --lift).",
 )
+@click.option(
+    "--frequencies",
+    type=click.IntRange(min=3),
+    default=None,
+    help="The dissipative method in frequency form on K frequencies (see solve --frequencies); its warnings "
+    "(a large repair, a bound above the H-infinity product) are printed as solve prints them.",
+)
 @click.option("--force", is_flag=True, help="Run LipSDP even when its LMI exceeds the size guard (minutes).")
 @_ALLOW_OUTSIDE
 def compare_command(
@@ -831,6 +838,7 @@ def compare_command(
     seed: int,
     solver: str,
     lift: int,
+    frequencies: int | None,
     force: bool,
     timeout: float | None,
     allow_outside: bool,
@@ -885,6 +893,7 @@ def compare_command(
                 force=force,
                 progress=progress,
                 timeout=timeout,
+                frequencies=frequencies,
             )
 
     c = within(deadline, "lipdsl compare", run, source)
