@@ -404,3 +404,92 @@ def test_one_mb_tensor_of_let_names_is_checked_in_seconds():
     net = check_source(Source("<s>", text))
     assert net.layers[0].weight.shape == (1, n)
     assert time.perf_counter() - t0 < 15  # 78 s before the NAMES token; ~3 s idle
+
+
+# -- NAMES fast path: a NameTable per tensor, no Expr or sympy value per entry (issue 17) ------------------
+_LETS = ("let a = 0.1\nlet b = -2\nlet c = 1/3\nlet d = 3.5e-7\nlet big = " + "9" * 40 + "\nlet z = -0.0\n"
+         "let s = sqrt(2)\n")
+
+
+def _checked_both_ways(text, monkeypatch):
+    """check_source of ``text`` through the NAMES fast path and through the per-entry AST it replaced
+    (``_numbers_slow``): each gives (weight, exact values) or the error's (type, message, span, hint)."""
+    from lipdsl.lang import parse as parse_module
+    from lipdsl.lang.load import check_source
+
+    def run():
+        try:
+            layer = check_source(Source("<s>", text)).layers[0]
+        except LipdslError as err:
+            return type(err), err.message, err.span, err.hint
+        return layer.weight, layer.weight_expr
+
+    fast = run()
+    with monkeypatch.context() as m:
+        m.setattr(parse_module, "_names", lambda tok: parse_module._numbers_slow(tok, names=True))
+        slow = run()
+    return fast, slow
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_names_fast_path_gives_the_values_and_errors_of_the_entry_by_entry_path(seed, monkeypatch):
+    """Random tensors of plain numbers and (signed) names bound to plain numbers, exact values (1/3,
+    sqrt(2)), a 40-digit integer, -0.0, constants, unknown names, 1e400, 1e-400, long integers and ragged
+    rows: the same float64 weights (bit for bit, signs of zero included), the same exact values, or the same
+    error at the same place."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pool = ["a", "-a", "+a", "b", "-b", "c", "-c", "d", "z", "-z", "pi", "-e", "1", "-2.5", "1e-3", "-0",
+            "0.0", "-0.0", "12345678901234567890", "7"]
+    bad = ["zz", "big", "-big", "1e400", "1e-400", "s"]
+    rows, cols = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+    entries = [[str(rng.choice(pool)) for _ in range(cols)] for _ in range(rows)]
+    if seed % 3 == 1:
+        entries[int(rng.integers(rows))][int(rng.integers(cols))] = bad[seed // 3 % len(bad)]
+    elif seed % 5 == 4 and cols > 1:
+        entries[-1].pop()  # ragged
+    tensor = "[" + ",\n ".join("[" + ", ".join(r) + "]" for r in entries) + "]"
+    text = _LETS + f"input {cols}\ndense d: {cols} -> {rows}, weight {tensor}\n"
+    fast, slow = _checked_both_ways(text, monkeypatch)
+    if isinstance(slow[0], type):  # an error: the same one, at the same place
+        assert fast == slow
+        return
+    assert fast[0].dtype == slow[0].dtype and fast[0].tobytes() == slow[0].tobytes()
+    assert not fast[0].flags.writeable
+    if slow[1] is None:  # numbers only: the NUMBERS token, no exact values
+        assert fast[1] is None
+        return
+    assert fast[1].shape == slow[1].shape and fast[1] == slow[1] and repr(fast[1]) == repr(slow[1])
+
+
+def test_names_fast_path_table_and_lazy_items():
+    """A NAMES tensor keeps each distinct signed name once (first-use spans); its items, for anything that
+    walks the tree, are the entry-by-entry AST; names bound to plain numbers import no sympy."""
+    import subprocess
+    import sys
+
+    t = parse(Source("<s>", "let a = 1\ninput 3\ndense d: 3 -> 2, weight [[a, -a, 2],\n [ -a, b, a]]\n"))
+    t = t.layers[0].options[0].value
+    assert t.table.symbols == (("a", False), ("a", True), ("b", False)) and t.table.shape == (2, 3)
+    assert t.table.first[1] == (Span(3, 30, 3, 32), Span(3, 31, 3, 32))  # '-a', then its name
+    assert t.table.first[2][0] == Span(4, 8, 4, 9)
+    assert t.table.exact_numbers == (2,) and t.table.codes.tolist() == [[0, 1, -1], [1, 2, 0]]
+    assert len(t.items) == 2 and t.items[1].items[1].names[0].id == "b"
+    code = ("import sys; from lipdsl.lang.load import check_source; from lipdsl.lang.source import Source; "
+            "t = 'let a = 0.5\\nlet b = 2\\ninput 2\\ndense d: 2 -> 1, weight [[a, -b]]\\n'; "
+            "w = check_source(Source('<s>', t)).layers[0]; assert 'sympy' not in sys.modules; "
+            "assert str(w.weight_expr) == '[[1/2, -2]]' and 'sympy' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_names_bound_to_decimals_keep_the_decimals_float64():
+    """A name bound to a plain decimal has that decimal's float64, as the same decimal written in the tensor
+    (the entry-by-entry path rounded the exact decimal through 20 significant digits, which near the
+    subnormal range gave 1.1739999999999997e-308 for 1.174e-308)."""
+    from lipdsl.lang.load import check_source
+
+    for x in ("1.174e-308", "1.9913316e-308", "0.1", "-3.25e17"):
+        text = f"let a = {x}\ninput 2\ndense d: 2 -> 1, weight [[a, {x}]]\n"
+        w = check_source(Source("<s>", text)).layers[0].weight
+        assert w[0, 0] == w[0, 1] == float(x)

@@ -8,6 +8,7 @@ expression whose free symbols are the ``let`` names it uses, listed with their s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -160,17 +161,136 @@ def substitute(value, subs: dict):
     return done[value]
 
 
+def bare_name(id_: str, sign: str, span: Span, name_span: Span, symbol=None) -> Expr:
+    """The Expr of a tensor entry that is a bare, possibly signed name (``a``, ``-a``, ``+pi``), as the
+    ``name`` and ``neg`` rules build it; ``symbol``: its sympy value if known already."""
+    if symbol is None:
+        import sympy
+
+        symbol = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
+        symbol = -symbol if sign == "-" else symbol
+    names = () if id_ in ("pi", "e") else (Name(id_, name_span),)
+    return Expr(symbol, span, names, 2) if sign == "-" else Expr(symbol, span, names)
+
+
+class LazyItems(Sequence):
+    """The items of a ``Tensor`` built on first use (by ``build()``): a tensor read through the parser's fast
+    path (``NameTable``) is checked without them; anything that walks the tree still sees them."""
+
+    __slots__ = ("_build", "_items")
+
+    def __init__(self, build):
+        self._build, self._items = build, None
+
+    def _get(self) -> tuple:
+        if self._items is None:
+            self._items = tuple(self._build())
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __getitem__(self, i):
+        return self._get()[i]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __eq__(self, other) -> bool:
+        return self._get() == (tuple(other) if isinstance(other, (LazyItems, tuple)) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
+@dataclass(frozen=True, slots=True)
+class NameTable:
+    """A regular inline tensor of plain numbers and bare (signed) names, as the parser's NAMES fast path
+    reads it: entry ``i`` (row-major) is the number ``numbers.flat[i]`` when ``codes.flat[i] < 0``, else the
+    name ``symbols[codes.flat[i]]``, an ``(id, negated)`` pair. ``first[k]``: the spans (entry, name) where
+    symbol ``k`` first appears (what an error about it points at); ``exact_numbers``: the numbers as written
+    (int or float), for the exact value of the tensor."""
+
+    symbols: tuple[tuple[str, bool], ...]
+    codes: Any  # np.ndarray of int, the tensor's shape
+    numbers: Any  # np.ndarray of float64, the tensor's shape (0 where a name is)
+    exact_numbers: tuple  # the number entries in order, as parsed (int | float)
+    first: tuple[tuple[Span, Span], ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+
+class ExactArray:
+    """The exact values of an inline tensor of names (a sympy ``ImmutableDenseNDimArray``), built on first
+    use: ``check`` keeps the parts (``NameTable``, each symbol's exact value) and indexing, ``==``, ``repr``
+    and any other attribute go to the sympy array, computed then, once."""
+
+    __slots__ = ("shape", "_parts", "_array")
+
+    def __init__(self, shape: tuple[int, ...], codes, symbols: tuple, numbers: tuple):
+        self.shape = tuple(shape)
+        self._parts = (codes, symbols, numbers)
+        self._array = None
+
+    def sympy(self):
+        """The sympy array (every entry ``exact``: a decimal is the rational it spells)."""
+        if self._array is None:
+            import sympy
+
+            codes, symbols, numbers = self._parts
+            sym = [exact(v) if isinstance(v, (int, float)) else v for v in symbols]
+            num = iter(numbers)
+            flat = [sym[c] if c >= 0 else exact(next(num)) for c in codes.ravel().tolist()]
+            self._array = sympy.ImmutableDenseNDimArray(flat, self.shape)
+        return self._array
+
+    def __getitem__(self, index):
+        return self.sympy()[index]
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.sympy(), name)
+
+    def __eq__(self, other) -> bool:
+        return self.sympy() == (other.sympy() if isinstance(other, ExactArray) else other)
+
+    __hash__ = None
+
+    def __len__(self) -> int:
+        return len(self.sympy())
+
+    def __iter__(self):
+        return iter(self.sympy())
+
+    def __repr__(self) -> str:
+        return repr(self.sympy())
+
+    def __str__(self) -> str:
+        return str(self.sympy())
+
+    def __reduce__(self):
+        return (ExactArray, (self.shape, *self._parts))
+
+
 @dataclass(frozen=True, slots=True)
 class Tensor:
     """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; items are Tensors or Exprs.
 
     A regular tensor of plain numbers (the parser's fast path) has no items but ``values`` (float64,
-    its shape).
+    its shape). A regular tensor of plain numbers and bare names (the NAMES fast path) has ``table``, a
+    ``NameTable``, and its items are built only when something reads them (``LazyItems``).
     """
 
     items: tuple[Union["Tensor", Expr], ...]
     span: Span
     values: Any = None
+    table: NameTable | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import importlib.resources
+import math
 import os
 import re
 import sys
@@ -337,7 +338,7 @@ class ToAst(Transformer_NonRecursive):
         return _numbers(kids[0])
 
     def tensor_names(self, meta, kids):
-        return _numbers_slow(kids[0], names=True)
+        return _names(kids[0])
 
     def tensor(self, meta, kids):
         items = tuple(k for k in kids if k is not None)  # `[]` gives one placeholder
@@ -419,14 +420,9 @@ _NUMBERS_PARTS = re.compile(r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(
 def _name_entry(id_: str, sign: str, span: Span, name_span: Span, memo: dict) -> ast.Expr:
     """A tensor entry that is a bare (possibly signed) name, as the ``name`` and ``neg`` rules build it
     (``memo`` keeps one sympy value per name and sign: a 1 MB tensor repeats a few names)."""
-    value = memo.get((id_, sign))
-    if value is None:
-        import sympy
-
-        value = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
-        value = memo[(id_, sign)] = -value if sign == "-" else value
-    names = () if id_ in _CONSTANTS else (ast.Name(id_, name_span),)
-    return ast.Expr(value, span, names, 2) if sign == "-" else ast.Expr(value, span, names)
+    e = ast.bare_name(id_, sign, span, name_span, memo.get((id_, sign)))
+    memo[(id_, sign)] = e.value
+    return e
 
 
 #: A nonzero literal below float64's range would be read as 0 and the network bounded as another one.
@@ -473,18 +469,78 @@ _NAMES_PARTS = re.compile(
 )
 
 
-def _numbers_slow(tok: Token, names: bool = False) -> ast.Tensor:
-    """The ``ast.Tensor`` of a NUMBERS (or, with ``names``, a NAMES) token, every entry an ``ast.Expr`` with
-    its span: what the ``tensor`` rule would build for the same text."""
+def _names(tok: Token) -> ast.Tensor:
+    """An inline tensor of plain numbers and bare names lexed as one NAMES token: when it is regular, an
+    ``ast.Tensor`` with a ``NameTable`` (each distinct name once, with the spans of its first use; no Expr or
+    sympy value per entry) whose items are built only if read; else (ragged, a number that is not a finite
+    float64 or an integer float64 cannot hold exactly) what ``_numbers_slow`` builds, errors and all."""
     text = str(tok)
+    index: dict[tuple[str, bool], int] = {}
+    first: list[tuple[int, int, int]] = []  # per symbol: offsets of its first entry, of its name, its end
+    numbers: list[float] = []
+    exact: list = []
+    stack: list[list] = [[]]
+    for m in _NAMES_PARTS.finditer(text):
+        part = m.group()
+        if part == "[":
+            stack.append([])
+        elif part == "]":
+            row = stack.pop()
+            stack[-1].append(row)
+        else:
+            sign, word = m.group(1), m.group(2)
+            if word[0].isalpha() or word[0] == "_":
+                key = (word, sign == "-")
+                code = index.get(key)
+                if code is None:
+                    code = index[key] = len(first)
+                    first.append((m.start(1) if sign else m.start(2), m.start(2), m.end()))
+                stack[-1].append(code)
+                continue
+            if any(c in word for c in ".eE"):
+                value = float(word)
+                if not math.isfinite(value) or (value == 0 and _nonzero_digits(word)):
+                    return _numbers_slow(tok, names=True)  # check (or here, underflow) reports it
+            elif len(word) > 15:  # not exactly a float64 (and maybe beyond it): the general path
+                return _numbers_slow(tok, names=True)
+            else:
+                value = int(word)
+            value = -value if sign == "-" else value
+            stack[-1].append(-1 - len(numbers))
+            numbers.append(float(value))
+            exact.append(value)
+    (nested,) = stack[0]
+    try:
+        codes = np.array(nested, dtype=np.int64)
+    except ValueError:  # ragged or mixed depth
+        return _numbers_slow(tok, names=True)
+    values = np.zeros(codes.shape)
+    is_number = codes < 0
+    values[is_number] = np.asarray(numbers, dtype=np.float64)[-1 - codes[is_number]]
+    codes[is_number] = -1
+    at = _positions(tok, text)
+    spans = tuple((Span(*at(a), *at(c)), Span(*at(b), *at(c))) for a, b, c in first)
+    table = ast.NameTable(tuple(index), codes, values, tuple(exact), spans)
+    return ast.Tensor(ast.LazyItems(lambda: _numbers_slow(tok, names=True).items), Span.of(tok), None, table)
 
-    newlines = [i for i, c in enumerate(text) if c == "\n"] if "\n" in text else []
+
+def _positions(tok: Token, text: str):
+    """``at(offset) -> (line, column)`` of an offset into the text of ``tok`` (1-based, as Lark's)."""
+    newlines = [m.start() for m in re.finditer("\n", text)]
 
     def at(offset: int) -> tuple[int, int]:
         k = bisect.bisect_left(newlines, offset)  # line breaks before offset (O(log n), not a count)
         nl = newlines[k - 1] if k else -1
         return tok.line + k, (offset - nl) if nl >= 0 else tok.column + offset
 
+    return at
+
+
+def _numbers_slow(tok: Token, names: bool = False) -> ast.Tensor:
+    """The ``ast.Tensor`` of a NUMBERS (or, with ``names``, a NAMES) token, every entry an ``ast.Expr`` with
+    its span: what the ``tensor`` rule would build for the same text."""
+    text = str(tok)
+    at = _positions(tok, text)
     stack: list[tuple[int, list]] = [(0, [])]
     memo: dict = {}
     for m in (_NAMES_PARTS if names else _NUMBERS_PARTS).finditer(text):
