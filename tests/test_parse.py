@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lark.exceptions import UnexpectedInput
+from lark.exceptions import UnexpectedInput, VisitError
 
 from lipdsl.lang import ast
 from lipdsl.errors import LipdslError, ParseError
@@ -493,3 +493,91 @@ def test_names_bound_to_decimals_keep_the_decimals_float64():
         text = f"let a = {x}\ninput 2\ndense d: 2 -> 1, weight [[a, {x}]]\n"
         w = check_source(Source("<s>", text)).layers[0].weight
         assert w[0, 0] == w[0, 1] == float(x)
+
+
+# -- `let` lines of plain arithmetic read without Lark (issue 17) ---------------------------------------
+def _parsed_both_ways(text, monkeypatch):
+    """parse(text) with the fast `let` reader and with Lark alone: each gives every statement's kind, spans
+    and (for a let) its value, type, span, depth and names, or the error's (type, message, span, hint)."""
+    from lipdsl.lang import parse as parse_module
+
+    def run():
+        try:
+            net = parse(Source("<s>", text))
+        except LipdslError as err:
+            return type(err).__name__, err.message, err.span, err.hint
+        out = []
+        for st in net.body:
+            row = (type(st).__name__, st.span, getattr(st, "name_span", None))
+            if isinstance(st, ast.Let):
+                v = st.value
+                row += (repr(v.value), type(v.value).__name__, v.span, v.depth, v.names)
+            out.append(row)
+        return out
+
+    fast = run()
+    with monkeypatch.context() as m:
+        m.setattr(parse_module, "_fast_lets", lambda text: (text, []))
+        slow = run()
+    return fast, slow
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fast_let_lines_parse_as_lark_does(seed, monkeypatch):
+    """Random `let` lines of numbers, operators and parentheses (with names, calls, 1e400, 1e-400, 1/0 and
+    continued or bracketed neighbours, which the fast reader leaves to Lark), among other statements: the
+    same statements, values (exact rationals), spans and depths, or the same error at the same place."""
+    import random
+
+    from lipdsl.lang import parse as parse_module
+
+    rng = random.Random(seed)
+    atoms = ["1", "2", "0", "0.1", "3.5e-2", "7.", ".5", "10", "123456789012345678901234567890", "1e400",
+             "1e-400", "x", "pi", "sqrt(2)"]
+
+    def gen(depth=0):
+        r = rng.random()
+        if depth > 4 or r < 0.3:
+            return rng.choice(atoms)
+        if r < 0.45:
+            return rng.choice(["-", "+", "- "]) + gen(depth + 1)
+        if r < 0.6:
+            return "(" + gen(depth + 1) + ")"
+        return gen(depth + 1) + rng.choice([" ", ""]) + rng.choice("+-*/^") + rng.choice([" ", ""]) + \
+            gen(depth + 1)
+
+    fast_lines = 0
+    for _ in range(20):
+        lines = [f"{rng.choice(['', '  ', chr(9)])}let a{k} = {gen()}{rng.choice(['', ' ', ' # c', chr(13)])}"
+                 for k in range(rng.randint(1, 4))]
+        extra = rng.choice(["", "dense d: 1 -> 1, weight [[1],\n", "conv1d c: 1 -> 1, kernel 1, weight w,\n",
+                            "residual r:\n", "relu\n", "let q = (1 +\n", ")\n", "shortcut\n", "end\n"])
+        at = rng.randint(0, len(lines))
+        text = "input 1\n" + "".join(f"{line}\n" for line in lines[:at]) + extra + \
+            "".join(f"{line}\n" for line in lines[at:]) + "relu\n"
+        fast_lines += len(parse_module._fast_lets(text)[1])
+        try:
+            fast, slow = _parsed_both_ways(text, monkeypatch)
+        except VisitError as exc:  # sympy's NaN comparison in ast.power (both ways): see its own test
+            assert "NaN" in str(exc)
+            continue
+        assert fast == slow, text
+    assert fast_lines > 0
+
+
+def test_fast_let_lines_make_no_sympy_for_plain_numbers_and_keep_lark_errors(monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys; from lipdsl.lang.parse import parse; from lipdsl.lang.source import Source; "
+            "net = parse(Source('<s>', 'let a = 0.5\\nlet b = -(2)\\ninput 1\\nrelu\\n')); "
+            "assert 'sympy' not in sys.modules and [s.value.value for s in net.body[:2]] == [0.5, -2]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for text in ("let a = 1 +\nlet b = 2\ninput 1\n", "let a = 2\nlet b = (1\ninput 1\n",
+                 "input 1\nresidual r:\nlet a = 1/3\nrelu\nend\n", "let a = 2\n)\ninput 1\n",
+                 "let a = 2^" + "1" * 5000 + "\ninput 1\n", "let a = (" * 40 + "1" + ")" * 40 + "\ninput 1\n",
+                 "let a = " + "-(" * 120 + "1" + ")" * 120 + "\ninput 1\n",
+                 "let a = " + "1+" * 150 + "1\ninput 1\n",
+                 "let a = 1.5e-400 * 2\ninput 1\n"):
+        fast, slow = _parsed_both_ways(text, monkeypatch)
+        assert fast == slow and isinstance(fast, tuple), (text, fast)

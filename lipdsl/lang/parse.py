@@ -8,6 +8,7 @@ import math
 import os
 import re
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -596,6 +597,223 @@ def _check_statement_count(source: Source) -> None:
             )
 
 
+# -- `let` lines of plain arithmetic, without Lark -----------------------------------------------------------
+# Lark's pure-Python LALR parser takes ~4.5 s for 1 MB of `let a = 0.1 + 0.2 + ...` lines, and sympy ~3 s
+# for their exact arithmetic. A `let` line whose value is numbers, + - * / ^ ** and parentheses only, standing
+# alone (not inside brackets or after a comma: no continuation), is read here instead: the same ast.Let
+# (value, spans, depth) with rationals computed as Python Fractions (sympy Rationals only at the end).
+# Anything else (names, calls, a syntax or size error, a line that may continue another) is left to Lark.
+
+_LET_LINE = re.compile(r"([ \t]*)let[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=([ \t0-9.eE+\-*/^()]*?)[ \t]*"
+                       r"(?:#[^\n]*)?\r?")
+_LET_TOKEN = re.compile(r"[ \t]*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(\*\*|[-+*/^()]))")
+_KEYWORDS = frozenset(("avgpool batchnorm bias causal conv1d dense dilation end eps flatten global_avgpool "
+                       "input kernel let maxpool network padding residual running_mean running_var same "
+                       "shortcut slope stride valid weight weights x").split())
+_NOT_A_STATEMENT_END = re.compile(r'"[^"\n]*"|#[^\n]*')
+
+
+class _NotFast(Exception):
+    """The fast `let` reader gives up: Lark reads the line (and reports what is wrong with it)."""
+
+
+class _LetReader:
+    """Recursive descent over the grammar's ``expr`` rules for numbers only; each node is ``(value, depth,
+    start, end)`` with its span's offsets in the line, and ``parse`` returns it with the offsets of its first
+    and last token (parentheses and a leading '+' included, as Lark's spans of the rule around it are)."""
+
+    def __init__(self, text: str, offset: int):
+        toks = self.toks = []
+        pos, nesting = offset, 0
+        for m in _LET_TOKEN.finditer(text, offset):
+            if m.start() != pos:
+                raise _NotFast
+            number, op = m.groups()
+            end = pos = m.end()
+            toks.append(("num", number, end - len(number), end) if number else (op, op, end - len(op), end))
+            if op == "(":
+                nesting += 1
+                if nesting > ast.MAX_NESTING:  # _Continuation's refusal, through Lark
+                    raise _NotFast
+            elif op == ")":
+                nesting -= 1
+        if text[pos:].strip(" \t"):
+            raise _NotFast
+        toks.append((None, "", pos, pos))  # the end
+        self.i = 0
+
+    def peek(self):
+        return self.toks[self.i][0]
+
+    def take(self):
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def parse(self):
+        node, first, last = self.sum()
+        if self.i != len(self.toks) - 1:
+            raise _NotFast
+        return node, first, last
+
+    def sum(self):
+        node, first, last = self.product()
+        while self.peek() in ("+", "-"):
+            op = self.take()[0]
+            right, _, last = self.product()
+            node = _fast_operator("add" if op == "+" else "sub", node, right, first, last)
+        return node, first, last
+
+    def product(self):
+        node, first, last = self.unary()
+        while self.peek() in ("*", "/"):
+            op = self.take()[0]
+            right, _, last = self.unary()
+            node = _fast_operator("mul" if op == "*" else "div", node, right, first, last)
+        return node, first, last
+
+    def unary(self):
+        kind = self.peek()
+        if kind == "-":
+            start = self.take()[2]
+            arg, _, last = self.unary()
+            value, depth = arg[0], arg[1]
+            if isinstance(value, Fraction):
+                value, depth = -value, depth + 1
+                if depth > ast.MAX_DEPTH:
+                    raise _NotFast
+            else:
+                value = -value
+            return (value, depth, start, last), start, last
+        if kind == "+":
+            start = self.take()[2]
+            node, _, last = self.unary()
+            return node, start, last
+        return self.power()
+
+    def power(self):
+        base, first, last = self.atom()
+        if self.peek() in ("^", "**"):
+            self.take()
+            exponent, _, last = self.unary()
+            base = _fast_operator("pow", base, exponent, first, last)
+        return base, first, last
+
+    def atom(self):
+        if self.peek() == "num":
+            _, text, start, end = self.take()
+            if any(c in text for c in ".eE"):
+                value = float(text)
+                if value == 0 and _nonzero_digits(text):
+                    raise _NotFast
+            elif len(text) > 1000:
+                raise _NotFast
+            else:
+                value = int(text)
+            return (value, 1, start, end), start, end
+        if self.peek() == "(":
+            start = self.take()[2]
+            node, _, _ = self.sum()
+            if self.peek() != ")":
+                raise _NotFast
+            return node, start, self.take()[3]
+        raise _NotFast
+
+
+def _fraction(value) -> Fraction:
+    """The exact value of a number or Fraction (``ast.exact``'s: a decimal is the rational it spells)."""
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _NotFast
+        text = repr(value)
+        if "e" in text:
+            return Fraction(text)
+        whole, _, decimals = text.partition(".")  # (Fraction(text) does the same, 2x slower)
+        return Fraction(int(whole + decimals), 10 ** len(decimals))
+    return Fraction(value)
+
+
+def _fast_operator(op: str, left, right, start: int, end: int):
+    """``_operator`` on Fractions: the same value (sympy's rational arithmetic is exact too), depth and size
+    limits; a division by zero or a non-integer power is left to sympy (through Lark)."""
+    depth = 1 + max(left[1], right[1])
+    if depth > ast.MAX_DEPTH:
+        raise _NotFast
+    a, b = _fraction(left[0]), _fraction(right[0])
+    try:
+        if op == "add":
+            value = a + b
+        elif op == "sub":
+            value = a - b
+        elif op == "mul":
+            value = a * b
+        elif op == "div":
+            value = a / b
+        else:
+            if b.denominator != 1:
+                raise _NotFast
+            bits = max(a.numerator.bit_length(), a.denominator.bit_length())
+            if a not in (0, 1, -1) and abs(b.numerator) * bits > ast.MAX_BITS:
+                raise _NotFast
+            value = a ** b.numerator
+    except ZeroDivisionError:
+        raise _NotFast from None
+    if max(value.numerator.bit_length(), value.denominator.bit_length()) > ast.MAX_BITS:
+        raise _NotFast
+    return (value, depth, start, end)
+
+
+def _fast_lets(text: str) -> tuple[str, list[ast.Let]]:
+    """``(text, lets)``: the ``let`` lines read without Lark, blanked in the text (same length, so every
+    position Lark reports is unchanged), and their ast.Let nodes; ``text`` as given when there are none."""
+    if "let" not in text:
+        return text, []
+    lines = text.split("\n")
+    lets: list[ast.Let] = []
+    depth = 0  # open brackets at the start of a line
+    continued = False  # the previous statement line ended with ',' (its line break is dropped)
+    for n, line in enumerate(lines):
+        if depth == 0 and not continued and "let" in line:
+            m = _LET_LINE.fullmatch(line)
+            if m is not None and m.group(2) not in _KEYWORDS:
+                let = _fast_let(line, m, n + 1)
+                if let is not None:
+                    lets.append(let)
+                    lines[n] = " " * len(line)
+                    continue
+        code = _NOT_A_STATEMENT_END.sub("", line)
+        if '"' in code:  # an unterminated string: Lark reports it; nothing more here
+            return text, []
+        depth += code.count("[") + code.count("(") - code.count("]") - code.count(")")
+        if depth < 0:
+            return text, []
+        stripped = code.rstrip(" \t\f\r")
+        if stripped:
+            continued = stripped[-1] == ","
+    if not lets:
+        return text, []
+    return "\n".join(lines), lets
+
+
+def _fast_let(line: str, m: re.Match, number: int) -> ast.Let | None:
+    """The ast.Let of one matched line (1-based ``number``), or None to leave it to Lark."""
+    try:
+        node, _, last = _LetReader(line[:m.end(3)], m.start(3)).parse()
+    except (_NotFast, RecursionError):
+        return None
+    value, depth, start, end = node
+    if isinstance(value, Fraction):
+        import sympy
+
+        value = sympy.Rational(value.numerator, value.denominator)
+    expr = ast.Expr(value, Span(number, start + 1, number, end + 1), (), depth)
+    head = m.end(1)
+    return ast.Let(m.group(2), expr, Span(number, head + 1, number, last + 1),
+                   Span(number, m.start(2) + 1, number, m.end(2) + 1))
+
+
 def parse(source: Source) -> ast.Network:
     """Parse the text of a spec into an ``ast.Network``.
 
@@ -616,8 +834,9 @@ def parse(source: Source) -> ast.Network:
         ``input`` line, or more than one ``network``/``input`` line, or a layer before the ``input`` line.
     """
     _check_statement_count(source)
+    text, lets = _fast_lets(source.text)
     try:
-        tree = _parser().parse(source.text)
+        tree = _parser().parse(text)
     except UnexpectedInput as exc:
         from lipdsl.lang.syntax_errors import syntax_error  # (the error path only: its tables load late)
 
@@ -628,6 +847,8 @@ def parse(source: Source) -> ast.Network:
         if isinstance(exc.orig_exc, LipdslError):
             raise exc.orig_exc from None
         raise
+    if lets:  # in the order of the text, as Lark would have given them
+        statements = sorted(statements + lets, key=_line_of)
     statements = _group_blocks(statements)
 
     name = name_span = None
@@ -669,6 +890,11 @@ def parse(source: Source) -> ast.Network:
     end = source.text.count("\n") + 1
     span = Span(1, 1, end, 1)
     return ast.Network(name, inputs[0], tuple(body), span, name_span)
+
+
+def _line_of(statement) -> tuple[int, int]:
+    span = statement[3] if isinstance(statement, tuple) else statement.span
+    return span.line, span.col
 
 
 def _kind_word(layer) -> str:
