@@ -374,3 +374,15 @@ def test_errors_carry_their_source():
         check_source(src)
     assert info.value.source is src
     assert info.value.render(src).startswith("<string>:2:1: error: unknown activation 'rleu'")
+
+
+@pytest.mark.parametrize("expr", ["2^(0*(1/0))", "sqrt(2)^(0*(1/0))", "(1/2)^(0*(1/0))"])
+def test_a_power_to_nan_is_refused_as_not_finite(expr):
+    """An exponent that is NaN (0 * (1/0)) met ast.power's size check ('Invalid NaN comparison' traceback);
+    the power is NaN, refused by check as any other non-finite let."""
+    from lipdsl.errors import SpecError
+    from lipdsl.lang.load import check_source
+    from lipdsl.lang.source import Source
+
+    with pytest.raises(SpecError, match="let a is not finite: nan"):
+        check_source(Source("<s>", f"let a = {expr}\ninput 1\nrelu\n"))

@@ -89,7 +89,7 @@ def power(base, exponent):
     """``base ** exponent`` (sympy), refusing results beyond ``MAX_BITS`` before computing them."""
     import sympy
 
-    if exponent.is_Number and base.is_number:
+    if exponent.is_Number and base.is_number and exponent is not sympy.nan:  # (nan: no size to compare)
         e = abs(exponent)
         if base.is_Rational:
             if base not in (0, 1, -1) and e * _bits(base) > MAX_BITS:
