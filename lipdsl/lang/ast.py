@@ -65,6 +65,9 @@ MAX_NESTING = 32
 MAX_BITS = 8192
 #: Largest exponent of an irrational base (sqrt(2)^n is expanded exactly by sympy).
 MAX_EXPONENT = 4096
+#: Highest tower of powers with an irrational or symbolic exponent, ``2^(2^(... ^ sqrt(2)))``: sympy's
+#: assumptions evaluate each level again (2^-2^-...^2, 20 levels: 2 s; 30: minutes).
+MAX_TOWER = 6
 
 
 class TooLarge(ArithmeticError):
@@ -85,6 +88,14 @@ def bounded(value):
     return value
 
 
+def _tower(value) -> int:
+    """Height of the highest tower of powers in a sympy expression (``2^(3^x)``: 2; no power: 0)."""
+    import sympy
+
+    pows = value.atoms(sympy.Pow) if isinstance(value, sympy.Basic) else ()
+    return max((1 + _tower(p.exp) for p in pows), default=0)
+
+
 def power(base, exponent):
     """``base ** exponent`` (sympy), refusing results beyond ``MAX_BITS`` before computing them."""
     import sympy
@@ -98,6 +109,8 @@ def power(base, exponent):
                 )
         elif e > MAX_EXPONENT:
             raise TooLarge(f"the exponent exceeds {MAX_EXPONENT}")
+    elif not exponent.is_Number and max(_tower(base), 1 + _tower(exponent)) > MAX_TOWER:
+        raise TooLarge(f"powers are nested more than {MAX_TOWER} deep with irrational exponents")
     return bounded(sympy.Pow(base, exponent))
 
 
