@@ -12,7 +12,9 @@ Each case is one generated spec of about ``--size`` bytes:
 - ``let-one``: ``let a = 1/3`` and a tensor of 333,333 ``a`` (``bench/fuzz.py``'s case);
 - ``mixed``: a tensor alternating plain numbers and names bound to plain numbers;
 - ``let-long``: about 1 MB of ``let`` lines (1,900 lets, each a long sum of decimals, exact) and a small
-  tensor of them.
+  tensor of them;
+- ``let-names``: about 1 MB of ``let`` lines that use earlier names (``let a7 = a3 * 0.25 + a1 * 0.5 + ...``;
+  read by Lark and sympy, the general path).
 
 Prints, per case, the in-process parse + check time (best of ``--repeat``) and its ratio to ``numbers``; with
 ``--cli`` also the whole ``python -m lipdsl check FILE`` process (start-up included: what a user waits for,
@@ -76,6 +78,11 @@ def specs(size: int = 1_000_000) -> dict[str, str]:
     lets = "".join(f"let a{k} = " + " + ".join(f"{v:.4f}" for v in rng.uniform(0, 1, terms)) + "\n"
                    for k in range(LETS))
     out["let-long"] = lets + _dense([f"a{k}" for k in range(LETS)])
+    named = "let a0 = 0.5\n" + "".join(
+        f"let a{k} = " + " + ".join(f"a{j} * {v:.3f}" for j, v in zip(rng.integers(0, k, terms // 2),
+                                                                    rng.uniform(0, 1, terms // 2))) + "\n"
+        for k in range(1, LETS))
+    out["let-names"] = named + _dense([f"a{k}" for k in range(LETS)])
     return out
 
 
