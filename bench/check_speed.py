@@ -13,8 +13,8 @@ Each case is one generated spec of about ``--size`` bytes:
 - ``mixed``: a tensor alternating plain numbers and names bound to plain numbers;
 - ``let-long``: about 1 MB of ``let`` lines (1,900 lets, each a long sum of decimals, exact) and a small
   tensor of them;
-- ``let-names``: about 1 MB of ``let`` lines that use earlier names (``let a7 = a3 * 0.25 + a1 * 0.5 + ...``;
-  read by Lark and sympy, the general path).
+- ``let-names``: about 1 MB of ``let`` lines that use earlier names (``let a7 = a3 * 0.25 + a1 * 0.5 + ...``:
+  ast.Deferred values, evaluated by check with Fractions).
 
 Prints, per case, the in-process parse + check time (best of ``--repeat``) and its ratio to ``numbers``; with
 ``--cli`` also the whole ``python -m lipdsl check FILE`` process (start-up included: what a user waits for,

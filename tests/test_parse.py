@@ -511,7 +511,8 @@ def _parsed_both_ways(text, monkeypatch):
             row = (type(st).__name__, st.span, getattr(st, "name_span", None))
             if isinstance(st, ast.Let):
                 v = st.value
-                row += (repr(v.value), type(v.value).__name__, v.span, v.depth, v.names)
+                value = v.value.sympy() if isinstance(v.value, ast.Deferred) else v.value
+                row += (value, type(value).__name__, v.span, v.depth, v.names)
             out.append(row)
         return out
 
@@ -533,7 +534,7 @@ def test_fast_let_lines_parse_as_lark_does(seed, monkeypatch):
 
     rng = random.Random(seed)
     atoms = ["1", "2", "0", "0.1", "3.5e-2", "7.", ".5", "10", "123456789012345678901234567890", "1e400",
-             "1e-400", "x", "pi", "sqrt(2)"]
+             "1e-400", "x", "pi", "sqrt(2)", "b", "b", "c_1", "e"]
 
     def gen(depth=0):
         r = rng.random()
@@ -577,3 +578,45 @@ def test_fast_let_lines_make_no_sympy_for_plain_numbers_and_keep_lark_errors(mon
                  "let a = 1.5e-400 * 2\ninput 1\n"):
         fast, slow = _parsed_both_ways(text, monkeypatch)
         assert fast == slow and isinstance(fast, tuple), (text, fast)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_let_lines_with_names_check_as_sympy_does(seed, monkeypatch):
+    """`let` lines of numbers and earlier names under + - * / (kept as ast.Deferred, evaluated with
+    Fractions by check when every name is rational) give the values, weights and errors of the general path
+    (Lark, sympy): names bound to decimals, rationals, sqrt(2), zero divisors, unknown names."""
+    import random
+
+    from lipdsl.lang import parse as parse_module
+    from lipdsl.lang.load import check_source
+
+    rng = random.Random(seed)
+    lets = ["let a0 = 0.25", "let a1 = 1/3", "let a2 = sqrt(2)", "let a3 = 0", "let a4 = -7"]
+    for k in range(5, 12):
+        names = [f"a{j}" for j in range(k)] + (["zz"] if seed % 4 == 3 and k == 11 else [])
+
+        def gen(names, depth=0):
+            r = rng.random()
+            if depth > 3 or r < 0.35:
+                return rng.choice(names + ["2", "0.5", "1e-3", "0"])
+            if r < 0.45:
+                return "-" + gen(names, depth + 1)
+            if r < 0.55:
+                return "(" + gen(names, depth + 1) + ")"
+            return gen(names, depth + 1) + rng.choice([" +", " -", " *", " /"]) + " " + gen(names, depth + 1)
+
+        lets.append(f"let a{k} = {gen(names)}")
+    text = "\n".join(lets) + "\ninput 3\ndense d: 3 -> 1, weight [[a9, a10, a11]]\n"
+
+    def run():
+        try:
+            layer = check_source(Source("<s>", text)).layers[0]
+        except LipdslError as err:
+            return type(err).__name__, err.message, err.span, err.hint
+        return layer.weight.tobytes(), repr(layer.weight_expr)
+
+    fast = run()
+    with monkeypatch.context() as m:
+        m.setattr(parse_module, "_fast_lets", lambda text: (text, []))
+        slow = run()
+    assert fast == slow, text

@@ -121,6 +121,7 @@ class Checker:
     memory: Mapping[str, bytes] | None = None  # weight files in memory (memory_key(rel) -> bytes), no disk
     cache: dict = field(default_factory=dict)  # bare-name tensor entry (sympy) -> (float, exact)
     bare: dict = field(default_factory=dict)  # (name, negated) of a NameTable entry -> (float, exact)
+    fractions: dict = field(default_factory=dict)  # let name -> its rational value as a Fraction
 
     # -- expressions -------------------------------------------------------------------------------
     def value(self, e: ast.Expr, what: str) -> Any:
@@ -142,11 +143,17 @@ class Checker:
             elif n.id not in self.env:
                 hint = did_you_mean(n.id, self.env) + f"define it first, as in 'let {n.id} = 1/8'"
                 raise SpecError(f"unknown name {n.id!r}", n.span, hint=hint)
+        value = e.value
+        if isinstance(value, ast.Deferred):  # + - * / of numbers and names (the parser's fast let reader)
+            fast = value.rational(self.env, self.fractions)
+            if fast is not None:
+                return fast
+            value = value.sympy()
         subs = {sympy.Symbol(n.id): ast.exact(self.env[n.id]) for n in e.names if not n.call}
         if not subs:
-            return e.value
+            return value
         try:
-            return ast.substitute(e.value, subs)
+            return ast.substitute(value, subs)
         except ast.TooLarge as exc:
             raise SpecError(
                 f"{what}: number too large to compute exactly: {exc}",

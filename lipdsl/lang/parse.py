@@ -604,9 +604,10 @@ def _check_statement_count(source: Source) -> None:
 # (value, spans, depth) with rationals computed as Python Fractions (sympy Rationals only at the end).
 # Anything else (names, calls, a syntax or size error, a line that may continue another) is left to Lark.
 
-_LET_LINE = re.compile(r"([ \t]*)let[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=([ \t0-9.eE+\-*/^()]*?)[ \t]*"
+_LET_LINE = re.compile(r"([ \t]*)let[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=([ \t0-9A-Za-z_.+\-*/^()]*?)[ \t]*"
                        r"(?:#[^\n]*)?\r?")
-_LET_TOKEN = re.compile(r"[ \t]*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(\*\*|[-+*/^()]))")
+_LET_TOKEN = re.compile(r"[ \t]*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(\*\*|[-+*/^()])"
+                        r"|([A-Za-z_][A-Za-z0-9_]*))")
 _KEYWORDS = frozenset(("avgpool batchnorm bias causal conv1d dense dilation end eps flatten global_avgpool "
                        "input kernel let maxpool network padding residual running_mean running_var same "
                        "shortcut slope stride valid weight weights x").split())
@@ -622,15 +623,21 @@ class _LetReader:
     start, end)`` with its span's offsets in the line, and ``parse`` returns it with the offsets of its first
     and last token (parentheses and a leading '+' included, as Lark's spans of the rule around it are)."""
 
-    def __init__(self, text: str, offset: int):
+    def __init__(self, text: str, offset: int, line: int):
         toks = self.toks = []
+        self.line, self.names = line, []
         pos, nesting = offset, 0
         for m in _LET_TOKEN.finditer(text, offset):
             if m.start() != pos:
                 raise _NotFast
-            number, op = m.groups()
+            number, op, name = m.groups()
             end = pos = m.end()
-            toks.append(("num", number, end - len(number), end) if number else (op, op, end - len(op), end))
+            if number:
+                toks.append(("num", number, end - len(number), end))
+            elif name:
+                toks.append(("name", name, end - len(name), end))
+            else:
+                toks.append((op, op, end - len(op), end))
             if op == "(":
                 nesting += 1
                 if nesting > ast.MAX_NESTING:  # _Continuation's refusal, through Lark
@@ -678,7 +685,11 @@ class _LetReader:
             start = self.take()[2]
             arg, _, last = self.unary()
             value, depth = arg[0], arg[1]
-            if isinstance(value, Fraction):
+            if isinstance(value, tuple):  # names: ast.Deferred's tree
+                value, depth = ("neg", value), depth + 1
+                if depth > ast.MAX_DEPTH:
+                    raise _NotFast
+            elif isinstance(value, Fraction):
                 value, depth = -value, depth + 1
                 if depth > ast.MAX_DEPTH:
                     raise _NotFast
@@ -711,6 +722,12 @@ class _LetReader:
             else:
                 value = int(text)
             return (value, 1, start, end), start, end
+        if self.peek() == "name":
+            _, name, start, end = self.take()
+            if name in ("pi", "e") or name in _KEYWORDS or self.peek() == "(":  # constants, calls: Lark
+                raise _NotFast
+            self.names.append(ast.Name(name, Span(self.line, start + 1, self.line, end + 1)))
+            return (("name", name), 1, start, end), start, end
         if self.peek() == "(":
             start = self.take()[2]
             node, _, _ = self.sum()
@@ -722,17 +739,10 @@ class _LetReader:
 
 def _fraction(value) -> Fraction:
     """The exact value of a number or Fraction (``ast.exact``'s: a decimal is the rational it spells)."""
-    if isinstance(value, Fraction):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise _NotFast
-        text = repr(value)
-        if "e" in text:
-            return Fraction(text)
-        whole, _, decimals = text.partition(".")  # (Fraction(text) does the same, 2x slower)
-        return Fraction(int(whole + decimals), 10 ** len(decimals))
-    return Fraction(value)
+    try:
+        return ast.fraction(value)
+    except ValueError:  # inf: sympy's
+        raise _NotFast from None
 
 
 def _fast_operator(op: str, left, right, start: int, end: int):
@@ -741,6 +751,10 @@ def _fast_operator(op: str, left, right, start: int, end: int):
     depth = 1 + max(left[1], right[1])
     if depth > ast.MAX_DEPTH:
         raise _NotFast
+    if isinstance(left[0], tuple) or isinstance(right[0], tuple):  # names: evaluated by check
+        if op == "pow":
+            raise _NotFast
+        return (("op", op, left[0], right[0]), depth, start, end)
     a, b = _fraction(left[0]), _fraction(right[0])
     try:
         if op == "add":
@@ -800,15 +814,18 @@ def _fast_lets(text: str) -> tuple[str, list[ast.Let]]:
 def _fast_let(line: str, m: re.Match, number: int) -> ast.Let | None:
     """The ast.Let of one matched line (1-based ``number``), or None to leave it to Lark."""
     try:
-        node, _, last = _LetReader(line[:m.end(3)], m.start(3)).parse()
+        reader = _LetReader(line[:m.end(3)], m.start(3), number)
+        node, _, last = reader.parse()
     except (_NotFast, RecursionError):
         return None
     value, depth, start, end = node
-    if isinstance(value, Fraction):
+    if isinstance(value, tuple):
+        value = ast.Deferred(value)
+    elif isinstance(value, Fraction):
         import sympy
 
         value = sympy.Rational(value.numerator, value.denominator)
-    expr = ast.Expr(value, Span(number, start + 1, number, end + 1), (), depth)
+    expr = ast.Expr(value, Span(number, start + 1, number, end + 1), tuple(reader.names), depth)
     head = m.end(1)
     return ast.Let(m.group(2), expr, Span(number, head + 1, number, last + 1),
                    Span(number, m.start(2) + 1, number, m.end(2) + 1))
