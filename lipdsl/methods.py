@@ -58,6 +58,13 @@ class MethodResult:
     def ok(self) -> bool:
         return self.bound is not None
 
+    def frequency_report(self) -> dict:
+        """The frequency-mode fields of the dissipative method's result (``pipeline.Result.frequency_report``:
+        ``frequencies``, ``hinf_product``, ``above_hinf_product``, ``warnings``); empty ones otherwise."""
+        if self.method == "dissipative" and self.result is not None:
+            return self.result.frequency_report()
+        return {"frequencies": None, "hinf_product": None, "above_hinf_product": None, "warnings": []}
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -172,6 +179,8 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
             note = f"valid for {res.validity}"
             if lift > 1:
                 note += f"; lifted by {lift}"
+            if res.frequencies:
+                note += f"; frequency form on {res.frequencies} frequencies"
             if not cert.verified:
                 return MethodResult(method, None, time.perf_counter() - t0, "not certified",
                                     cert.reason or "", result=res)
@@ -222,7 +231,7 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
             lower_starts: int = 16, time_budget: float = 10.0, seed: int = 0, solver: str = "cvxopt",
             lift: int = 1, force: bool = False, max_rows: int = MAX_LIPSDP_ROWS,
             progress: Callable[[str], None] | None = None, workers: int | None = None,
-            timeout: float | None = None) -> Comparison:
+            timeout: float | None = None, frequencies: int | str | None = "auto") -> Comparison:
     """Run ``methods`` (see ``run_method``) and, unless ``lower_starts == 0``, the empirical lower bound.
 
     The LipSDP methods run in up to ``workers`` threads (default: 2 if the machine has 2 cores) while the
@@ -234,23 +243,27 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
     ``timeout`` (seconds, else the caller's active deadline) bounds the whole comparison: methods still
     running when it passes are reported as ``failed``, and the lower bound's search gets what is left (at
     most ``time_budget``). BLAS runs on one thread meanwhile (``limits.blas_threads``).
+
+    ``frequencies``: the dissipative method in frequency form (``solve_network(frequencies=...)``); its row
+    then carries the frequency-mode warnings (``MethodResult.frequency_report``).
     """
     deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
     with limits.blas_threads(), deadline.active():
         return _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift, force, max_rows,
-                        progress, workers, deadline)
+                        progress, workers, deadline, frequencies)
 
 
 def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift, force, max_rows, progress,
-             workers, deadline) -> Comparison:
+             workers, deadline, frequencies) -> Comparison:
     """``compare`` inside its deadline."""
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, workers)
 
     def run(m):
+        options = {"frequencies": frequencies} if m == "dissipative" else {}
         try:
             return limits.run_within(
                 lambda: run_method(net, m, length=length, solver=solver, lift=lift, force=force,
-                                   max_rows=max_rows), deadline, m)
+                                   max_rows=max_rows, **options), deadline, m)
         except TimeLimitError as err:
             return MethodResult(m, None, 0.0, "failed", err.message, length=_unroll_length(net, length))
 
@@ -313,7 +326,10 @@ def check_ordering(c: Comparison, rtol: float = 1e-6) -> list[str]:
 
 
 def as_dict(c: Comparison) -> dict:
-    """The comparison as one JSON-ready dict (``bound`` is null for refused, failed or skipped methods)."""
+    """The comparison as one JSON-ready dict (``bound`` is null for refused, failed or skipped methods; each
+    method's row has the frequency-mode fields of ``lipdsl solve --json``: ``frequencies``, ``hinf_product``,
+    ``above_hinf_product``, ``warnings``, null or empty unless the dissipative method ran in frequency
+    form)."""
     net = c.network
     return {
         "network": net.name,
@@ -325,6 +341,7 @@ def as_dict(c: Comparison) -> dict:
         "lower_bound_error": c.lower_detail.get("error") if c.lower is None else None,
         "methods": [{"method": r.method, "bound": r.bound, "status": r.status, "note": r.note,
                      "ratio_lower": c.ratio_lower(r), "ratio_dissipative": c.ratio_dissipative(r),
-                     "seconds": r.seconds, "length": r.length, "lmi_rows": r.lmi_rows} for r in c.results],
+                     "seconds": r.seconds, "length": r.length, "lmi_rows": r.lmi_rows, **r.frequency_report()}
+                    for r in c.results],
         "ordering_violations": check_ordering(c),
     }

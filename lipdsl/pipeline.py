@@ -41,6 +41,8 @@ UNCONVERGED_INFLATION = 1e-3
 #: then as good as an 'optimal' one; with ``--frequencies`` the repair also pays for the frequency grid, so
 #: the inflation test alone would reject converged solves).
 NEAR_OPTIMAL = 10.0
+#: In frequency mode a repair above this (relative) is reported first, as a warning.
+REPAIR_WARNING = 0.01
 
 
 #: ``frequencies="auto"`` (``lipdsl solve``'s default): the exact LMIs unless they would have more than this
@@ -224,6 +226,54 @@ class Result:
     hinf_product: float | None = None
     #: which LMIs were solved and why (``choose_form``)
     form: str = ""
+
+    @property
+    def frequencies(self) -> int | None:
+        """How many frequencies the frequency-domain LMIs were imposed on (None: no gridded layer)."""
+        if not self.sdp.storage:
+            return None
+        name = f"LMI[{self.sdp.storage[0].system}](w="
+        return sum(lmi.name.startswith(name) for lmi in self.sdp.lmis)
+
+    @property
+    def above_hinf_product(self) -> bool | None:
+        """Whether the certified bound is above ``hinf_product`` (None: no certified bound or no product)."""
+        if self.hinf_product is None or not self.certificate.verified:
+            return None
+        return bool(self.certificate.lipschitz > self.hinf_product)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a reader of a frequency-form bound must see first: a large repair (the grid missed the worst
+        frequencies) and a bound above the cheap product of H-infinity gains (``--method naive-hinf``).
+        The one place these are decided: ``lipdsl solve``, ``compare``, ``sweep`` and the Python API's
+        ``Bound`` all report this list."""
+        from lipdsl.rigorous import format_up
+
+        cert = self.certificate
+        if not cert.verified or not self.sdp.storage:
+            return []
+        out = []
+        k = self.frequencies
+        if cert.inflation is not None and cert.inflation > REPAIR_WARNING:
+            out.append(f"the certificate repair raised the solver value {cert.lipschitz_solver:.6g} by "
+                       f"{cert.inflation:.1%} (x{1 + cert.inflation:.3g}): the {k}-frequency grid misses "
+                       f"where the LMIs are tight; more frequencies (--frequencies {2 * k - 1}) or the exact "
+                       "SDP (--frequencies none) give a tighter bound")
+        if self.above_hinf_product:
+            out.append(f"this bound is above the product of the layers' H-infinity gains, "
+                       f"{format_up(self.hinf_product)} (also certified: lipdsl solve --method naive-hinf)")
+        return out
+
+    def frequency_report(self) -> dict:
+        """The frequency-mode fields of every report (``solve --json``, ``compare --json``, the API's
+        ``Bound``): ``frequencies``, ``hinf_product``, ``above_hinf_product``, ``warnings``."""
+        return {
+            "frequencies": self.frequencies,
+            "hinf_product": self.hinf_product,
+            "above_hinf_product": self.above_hinf_product,
+            "warnings": self.warnings,
+        }
 
     @property
     def validity(self) -> str:

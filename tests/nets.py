@@ -220,3 +220,24 @@ def mixed_net(seed):
         .dense(rng.normal(size=(3, 4)))
         .build()
     )
+
+
+def deep_tcn_spec(folder: Path, seed: int = 1, ch: int = 8, k: int = 3, depth: int = 5) -> Path:
+    """A deep dilated causal TCN (1x64; conv 1 -> ch, then ``depth`` convs of dilation 1, 2, 4, ...; ReLU;
+    global average pooling; dense ch -> 2) written as ``folder/deep_tcn.lip`` + ``deep_tcn.npz``: on 3
+    frequencies its frequency-form bound (seed 1) needs a ~10x repair and lands above the H-infinity
+    product, so it draws both frequency-mode warnings (the weights are drawn as test_kyp's ``_deep_tcn``)."""
+    rng = np.random.default_rng(seed)
+    weights = {"c0": rng.normal(size=(ch, 1, k)) / 2}
+    lines = ["network deep_tcn", "input 1 x 64", 'weights "deep_tcn.npz"',
+             f"conv1d 1 -> {ch}, kernel {k}, padding causal, weight c0", "relu"]
+    for d in range(depth):
+        weights[f"c{d + 1}"] = rng.normal(size=(ch, ch, k)) / np.sqrt(ch * k) * 1.5
+        lines += [f"conv1d {ch} -> {ch}, kernel {k}, dilation {2 ** d}, padding causal, weight c{d + 1}",
+                  "relu"]
+    weights["fc"] = rng.normal(size=(2, ch))
+    lines += ["global_avgpool", f"dense {ch} -> 2, weight fc"]
+    np.savez(folder / "deep_tcn.npz", **weights)
+    spec = folder / "deep_tcn.lip"
+    spec.write_text("\n".join(lines) + "\n")
+    return spec

@@ -133,3 +133,29 @@ def test_default_solve_output_puts_the_bound_first_and_the_table_behind_v(capsys
     assert any(len(line) > 80 for line in lines)  # piped: not wrapped at 80 columns mid-sentence
     assert main(["solve", "specs/ecg.lip", "-v"]) == 0
     assert "min eig" in capsys.readouterr().out
+
+
+@pytest.mark.solver
+def test_bound_carries_the_frequency_mode_fields_and_warnings(tmp_path):
+    """`load(spec).solve(frequencies=3)` on a deep dilated TCN: the Bound has solve --json's frequencies,
+    hinf_product, above_hinf_product and warnings (a ~10x repair, a bound above the H-infinity product) as
+    fields, in to_json, repr and str; Network.compare(frequencies=3) prints them; an exact solve has none."""
+    from nets import deep_tcn_spec
+
+    net = lipdsl.load(deep_tcn_spec(tmp_path))
+    b = net.solve(frequencies=3)
+    assert b.verified and b.frequencies == 3 and b.above_hinf_product is True
+    assert b.hinf_product == net.solve("naive-hinf").lipschitz < b.lipschitz
+    assert len(b.warnings) == 2 and "repair" in b.warnings[0] and "--frequencies 5" in b.warnings[0]
+    assert "naive-hinf" in b.warnings[1]
+    for key in ("frequencies", "hinf_product", "above_hinf_product"):  # the one place: solve --json's fields
+        assert b.to_json()[key] == b.details[key] == getattr(b, key)
+    assert b.to_json()["warnings"] == b.details["warnings"] == list(b.warnings)
+    assert "frequencies=3" in repr(b) and repr(b.warnings) in repr(b)
+    assert str(b).splitlines()[1:] == [f"  warning: {w}" for w in b.warnings]
+    cmp = net.compare(methods=("dissipative", "naive-hinf"), lower=False, frequencies=3)
+    assert cmp.bounds[0].warnings == b.warnings and cmp.bounds[1].warnings == ()
+    assert sum("warning:" in line for line in str(cmp).splitlines()) == 2
+    exact = lipdsl.parse("input 2\ndense d: 2 -> 2, weight [[3, 0], [0, 1]]\nrelu\n").solve()
+    assert exact.frequencies is None and exact.warnings == () and exact.above_hinf_product is None
+    assert "frequencies" not in repr(exact) and "warning" not in str(exact)

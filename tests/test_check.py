@@ -374,3 +374,37 @@ def test_errors_carry_their_source():
         check_source(src)
     assert info.value.source is src
     assert info.value.render(src).startswith("<string>:2:1: error: unknown activation 'rleu'")
+
+
+@pytest.mark.parametrize("expr", ["2^(0*(1/0))", "sqrt(2)^(0*(1/0))", "(1/2)^(0*(1/0))"])
+def test_a_power_to_nan_is_refused_as_not_finite(expr):
+    """An exponent that is NaN (0 * (1/0)) met ast.power's size check ('Invalid NaN comparison' traceback);
+    the power is NaN, refused by check as any other non-finite let."""
+    from lipdsl.errors import SpecError
+    from lipdsl.lang.load import check_source
+    from lipdsl.lang.source import Source
+
+    with pytest.raises(SpecError, match="let a is not finite: nan"):
+        check_source(Source("<s>", f"let a = {expr}\ninput 1\nrelu\n"))
+
+
+@pytest.mark.parametrize("levels", [30, 200])
+def test_a_tower_of_irrational_powers_is_refused_fast(levels):
+    """`let a = -2^-2^...^2`: from the third level the exponents are irrational and sympy's assumptions
+    evaluate the whole tower again at each level (20 levels: 2 s, 30: minutes); ast.MAX_TOWER refuses it at
+    once, with its place; lower towers are still computed exactly."""
+    import time
+
+    import sympy
+
+    from lipdsl.errors import LipdslError
+    from lipdsl.lang import ast
+    from lipdsl.lang.load import check_source
+    from lipdsl.lang.source import Source
+
+    t0 = time.perf_counter()
+    with pytest.raises(LipdslError, match=f"powers are nested more than {ast.MAX_TOWER} deep") as info:
+        check_source(Source("<s>", "let a = " + "-2^" * levels + "2\ninput 1\nrelu\n"))
+    assert time.perf_counter() - t0 < 5 and info.value.span.line == 1
+    low = check_source(Source("<s>", "let a = 2^(2^sqrt(2))\ninput 1\ndense d: 1 -> 1, weight [[a]]\n"))
+    assert low.layers[0].weight_expr[0, 0] == sympy.Integer(2) ** (2 ** sympy.sqrt(2))

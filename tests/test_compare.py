@@ -7,7 +7,7 @@ import pytest
 from lipdsl.methods import MAXPOOL_REFUSAL, METHODS, check_ordering, compare, run_method
 from lipdsl.lang.load import load_network
 
-from nets import Builder
+from nets import Builder, deep_tcn_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 RANDOM = str(SPECS / "lipsdp_random.lip")
@@ -114,7 +114,9 @@ def test_compare_cli_json_shape(cli):
     assert [m["method"] for m in data["methods"]] == \
         ["dissipative", "lipsdp-neuron", "lipsdp-layer", "naive", "naive-hinf"]
     assert set(data["methods"][0]) == {"method", "bound", "status", "note", "ratio_lower",
-                                       "ratio_dissipative", "seconds", "length", "lmi_rows"}
+                                       "ratio_dissipative", "seconds", "length", "lmi_rows", "frequencies",
+                                       "hinf_product", "above_hinf_product", "warnings"}
+    assert all(m["frequencies"] is None and m["warnings"] == [] for m in data["methods"])  # exact SDP
     assert data["methods"][0]["ratio_dissipative"] == 1.0
     assert data["lower_bound"]["value"] == pytest.approx(36.4822, rel=1e-4)
 
@@ -150,3 +152,30 @@ def test_plot_writes_a_png(tmp_path, cli):
     res = cli("compare", "--lower-starts", "0", "--methods", "naive,naive-hinf", "--plot", str(out), RANDOM)
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.solver
+def test_compare_frequencies_reports_solves_fields_and_warnings(cli, tmp_path):
+    """`compare --frequencies 3` on a deep dilated TCN: the dissipative row carries what `solve
+    --frequencies 3 --json` reports (frequencies, hinf_product, above_hinf_product, the same warnings: a
+    ~10x repair and a bound above the H-infinity product), in the JSON and as warning lines of the text
+    report."""
+    spec = deep_tcn_spec(tmp_path)
+    args = ("--frequencies", "3", "--methods", "dissipative,naive-hinf", "--lower-starts", "0", str(spec))
+    res = cli("compare", "--json", *args)
+    assert res.exit_code == 0, res.output
+    rows = {m["method"]: m for m in json.loads(res.output)["methods"]}
+    d, hinf = rows["dissipative"], rows["naive-hinf"]
+    solved = json.loads(cli("solve", "--json", "--frequencies", "3", str(spec)).output)
+    assert d["frequencies"] == solved["frequencies"] == 3
+    assert d["bound"] == solved["lipschitz"] and d["hinf_product"] == solved["hinf_product"] == hinf["bound"]
+    assert d["above_hinf_product"] is solved["above_hinf_product"] is True
+    assert d["warnings"] == solved["warnings"] and len(d["warnings"]) == 2
+    assert "repair" in d["warnings"][0] and "--frequencies 5" in d["warnings"][0]
+    assert "naive-hinf" in d["warnings"][1] and "frequency form on 3 frequencies" in d["note"]
+    assert hinf["frequencies"] is None and hinf["warnings"] == [] and hinf["above_hinf_product"] is None
+    text = cli("compare", *args)
+    assert text.exit_code == 0, text.output
+    lines = [line.strip() for line in text.output.splitlines()]
+    warned = [line for line in lines if "warning:" in line]
+    assert warned == [f"dissipative: warning: {w}" for w in d["warnings"]]

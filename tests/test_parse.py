@@ -404,3 +404,219 @@ def test_one_mb_tensor_of_let_names_is_checked_in_seconds():
     net = check_source(Source("<s>", text))
     assert net.layers[0].weight.shape == (1, n)
     assert time.perf_counter() - t0 < 15  # 78 s before the NAMES token; ~3 s idle
+
+
+# -- NAMES fast path: a NameTable per tensor, no Expr or sympy value per entry (issue 17) ------------------
+_LETS = ("let a = 0.1\nlet b = -2\nlet c = 1/3\nlet d = 3.5e-7\nlet big = " + "9" * 40 + "\nlet z = -0.0\n"
+         "let s = sqrt(2)\n")
+
+
+def _checked_both_ways(text, monkeypatch):
+    """check_source of ``text`` through the NAMES fast path and through the per-entry AST it replaced
+    (``_numbers_slow``): each gives (weight, exact values) or the error's (type, message, span, hint)."""
+    from lipdsl.lang import parse as parse_module
+    from lipdsl.lang.load import check_source
+
+    def run():
+        try:
+            layer = check_source(Source("<s>", text)).layers[0]
+        except LipdslError as err:
+            return type(err), err.message, err.span, err.hint
+        return layer.weight, layer.weight_expr
+
+    fast = run()
+    with monkeypatch.context() as m:
+        m.setattr(parse_module, "_names", lambda tok: parse_module._numbers_slow(tok, names=True))
+        slow = run()
+    return fast, slow
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_names_fast_path_gives_the_values_and_errors_of_the_entry_by_entry_path(seed, monkeypatch):
+    """Random tensors of plain numbers and (signed) names bound to plain numbers, exact values (1/3,
+    sqrt(2)), a 40-digit integer, -0.0, constants, unknown names, 1e400, 1e-400, long integers and ragged
+    rows: the same float64 weights (bit for bit, signs of zero included), the same exact values, or the same
+    error at the same place."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pool = ["a", "-a", "+a", "b", "-b", "c", "-c", "d", "z", "-z", "pi", "-e", "1", "-2.5", "1e-3", "-0",
+            "0.0", "-0.0", "12345678901234567890", "7"]
+    bad = ["zz", "big", "-big", "1e400", "1e-400", "s"]
+    rows, cols = int(rng.integers(1, 4)), int(rng.integers(1, 6))
+    entries = [[str(rng.choice(pool)) for _ in range(cols)] for _ in range(rows)]
+    if seed % 3 == 1:
+        entries[int(rng.integers(rows))][int(rng.integers(cols))] = bad[seed // 3 % len(bad)]
+    elif seed % 5 == 4 and cols > 1:
+        entries[-1].pop()  # ragged
+    tensor = "[" + ",\n ".join("[" + ", ".join(r) + "]" for r in entries) + "]"
+    text = _LETS + f"input {cols}\ndense d: {cols} -> {rows}, weight {tensor}\n"
+    fast, slow = _checked_both_ways(text, monkeypatch)
+    if isinstance(slow[0], type):  # an error: the same one, at the same place
+        assert fast == slow
+        return
+    assert fast[0].dtype == slow[0].dtype and fast[0].tobytes() == slow[0].tobytes()
+    assert not fast[0].flags.writeable
+    if slow[1] is None:  # numbers only: the NUMBERS token, no exact values
+        assert fast[1] is None
+        return
+    assert fast[1].shape == slow[1].shape and fast[1] == slow[1] and repr(fast[1]) == repr(slow[1])
+
+
+def test_names_fast_path_table_and_lazy_items():
+    """A NAMES tensor keeps each distinct signed name once (first-use spans); its items, for anything that
+    walks the tree, are the entry-by-entry AST; names bound to plain numbers import no sympy."""
+    import subprocess
+    import sys
+
+    t = parse(Source("<s>", "let a = 1\ninput 3\ndense d: 3 -> 2, weight [[a, -a, 2],\n [ -a, b, a]]\n"))
+    t = t.layers[0].options[0].value
+    assert t.table.symbols == (("a", False), ("a", True), ("b", False)) and t.table.shape == (2, 3)
+    assert t.table.first[1] == (Span(3, 30, 3, 32), Span(3, 31, 3, 32))  # '-a', then its name
+    assert t.table.first[2][0] == Span(4, 8, 4, 9)
+    assert t.table.exact_numbers == (2,) and t.table.codes.tolist() == [[0, 1, -1], [1, 2, 0]]
+    assert len(t.items) == 2 and t.items[1].items[1].names[0].id == "b"
+    code = ("import sys; from lipdsl.lang.load import check_source; from lipdsl.lang.source import Source; "
+            "t = 'let a = 0.5\\nlet b = 2\\ninput 2\\ndense d: 2 -> 1, weight [[a, -b]]\\n'; "
+            "w = check_source(Source('<s>', t)).layers[0]; assert 'sympy' not in sys.modules; "
+            "assert str(w.weight_expr) == '[[1/2, -2]]' and 'sympy' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_names_bound_to_decimals_keep_the_decimals_float64():
+    """A name bound to a plain decimal has that decimal's float64, as the same decimal written in the tensor
+    (the entry-by-entry path rounded the exact decimal through 20 significant digits, which near the
+    subnormal range gave 1.1739999999999997e-308 for 1.174e-308)."""
+    from lipdsl.lang.load import check_source
+
+    for x in ("1.174e-308", "1.9913316e-308", "0.1", "-3.25e17"):
+        text = f"let a = {x}\ninput 2\ndense d: 2 -> 1, weight [[a, {x}]]\n"
+        w = check_source(Source("<s>", text)).layers[0].weight
+        assert w[0, 0] == w[0, 1] == float(x)
+
+
+# -- `let` lines of plain arithmetic read without Lark (issue 17) ---------------------------------------
+def _parsed_both_ways(text, monkeypatch):
+    """parse(text) with the fast `let` reader and with Lark alone: each gives every statement's kind, spans
+    and (for a let) its value, type, span, depth and names, or the error's (type, message, span, hint)."""
+    from lipdsl.lang import parse as parse_module
+
+    def run():
+        try:
+            net = parse(Source("<s>", text))
+        except LipdslError as err:
+            return type(err).__name__, err.message, err.span, err.hint
+        out = []
+        for st in net.body:
+            row = (type(st).__name__, st.span, getattr(st, "name_span", None))
+            if isinstance(st, ast.Let):
+                v = st.value
+                value = v.value.sympy() if isinstance(v.value, ast.Deferred) else v.value
+                row += (value, type(value).__name__, v.span, v.depth, v.names)
+            out.append(row)
+        return out
+
+    fast = run()
+    with monkeypatch.context() as m:
+        m.setattr(parse_module, "_fast_lets", lambda text: (text, []))
+        slow = run()
+    return fast, slow
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_fast_let_lines_parse_as_lark_does(seed, monkeypatch):
+    """Random `let` lines of numbers, operators and parentheses (with names, calls, 1e400, 1e-400, 1/0 and
+    continued or bracketed neighbours, which the fast reader leaves to Lark), among other statements: the
+    same statements, values (exact rationals), spans and depths, or the same error at the same place."""
+    import random
+
+    from lipdsl.lang import parse as parse_module
+
+    rng = random.Random(seed)
+    atoms = ["1", "2", "0", "0.1", "3.5e-2", "7.", ".5", "10", "123456789012345678901234567890", "1e400",
+             "1e-400", "x", "pi", "sqrt(2)", "b", "b", "c_1", "e"]
+
+    def gen(depth=0):
+        r = rng.random()
+        if depth > 4 or r < 0.3:
+            return rng.choice(atoms)
+        if r < 0.45:
+            return rng.choice(["-", "+", "- "]) + gen(depth + 1)
+        if r < 0.6:
+            return "(" + gen(depth + 1) + ")"
+        return gen(depth + 1) + rng.choice([" ", ""]) + rng.choice("+-*/^") + rng.choice([" ", ""]) + \
+            gen(depth + 1)
+
+    fast_lines = 0
+    for _ in range(20):
+        lines = [f"{rng.choice(['', '  ', chr(9)])}let a{k} = {gen()}{rng.choice(['', ' ', ' # c', chr(13)])}"
+                 for k in range(rng.randint(1, 4))]
+        extra = rng.choice(["", "dense d: 1 -> 1, weight [[1],\n", "conv1d c: 1 -> 1, kernel 1, weight w,\n",
+                            "residual r:\n", "relu\n", "let q = (1 +\n", ")\n", "shortcut\n", "end\n"])
+        at = rng.randint(0, len(lines))
+        text = "input 1\n" + "".join(f"{line}\n" for line in lines[:at]) + extra + \
+            "".join(f"{line}\n" for line in lines[at:]) + "relu\n"
+        fast_lines += len(parse_module._fast_lets(text)[1])
+        fast, slow = _parsed_both_ways(text, monkeypatch)
+        assert fast == slow, text
+    assert fast_lines > 0
+
+
+def test_fast_let_lines_make_no_sympy_for_plain_numbers_and_keep_lark_errors(monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys; from lipdsl.lang.parse import parse; from lipdsl.lang.source import Source; "
+            "net = parse(Source('<s>', 'let a = 0.5\\nlet b = -(2)\\ninput 1\\nrelu\\n')); "
+            "assert 'sympy' not in sys.modules and [s.value.value for s in net.body[:2]] == [0.5, -2]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for text in ("let a = 1 +\nlet b = 2\ninput 1\n", "let a = 2\nlet b = (1\ninput 1\n",
+                 "input 1\nresidual r:\nlet a = 1/3\nrelu\nend\n", "let a = 2\n)\ninput 1\n",
+                 "let a = 2^" + "1" * 5000 + "\ninput 1\n", "let a = (" * 40 + "1" + ")" * 40 + "\ninput 1\n",
+                 "let a = " + "-(" * 120 + "1" + ")" * 120 + "\ninput 1\n",
+                 "let a = " + "1+" * 150 + "1\ninput 1\n",
+                 "let a = 1.5e-400 * 2\ninput 1\n"):
+        fast, slow = _parsed_both_ways(text, monkeypatch)
+        assert fast == slow and isinstance(fast, tuple), (text, fast)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_let_lines_with_names_check_as_sympy_does(seed, monkeypatch):
+    """`let` lines of numbers and earlier names under + - * / (kept as ast.Deferred, evaluated with
+    Fractions by check when every name is rational) give the values, weights and errors of the general path
+    (Lark, sympy): names bound to decimals, rationals, sqrt(2), zero divisors, unknown names."""
+    import random
+
+    from lipdsl.lang import parse as parse_module
+    from lipdsl.lang.load import check_source
+
+    rng = random.Random(seed)
+    lets = ["let a0 = 0.25", "let a1 = 1/3", "let a2 = sqrt(2)", "let a3 = 0", "let a4 = -7"]
+    for k in range(5, 12):
+        names = [f"a{j}" for j in range(k)] + (["zz"] if seed % 4 == 3 and k == 11 else [])
+
+        def gen(names, depth=0):
+            r = rng.random()
+            if depth > 3 or r < 0.35:
+                return rng.choice(names + ["2", "0.5", "1e-3", "0"])
+            if r < 0.45:
+                return "-" + gen(names, depth + 1)
+            if r < 0.55:
+                return "(" + gen(names, depth + 1) + ")"
+            return gen(names, depth + 1) + rng.choice([" +", " -", " *", " /"]) + " " + gen(names, depth + 1)
+
+        lets.append(f"let a{k} = {gen(names)}")
+    text = "\n".join(lets) + "\ninput 3\ndense d: 3 -> 1, weight [[a9, a10, a11]]\n"
+
+    def run():
+        try:
+            layer = check_source(Source("<s>", text)).layers[0]
+        except LipdslError as err:
+            return type(err).__name__, err.message, err.span, err.hint
+        return layer.weight.tobytes(), repr(layer.weight_expr)
+
+    fast = run()
+    with monkeypatch.context() as m:
+        m.setattr(parse_module, "_fast_lets", lambda text: (text, []))
+        slow = run()
+    assert fast == slow, text

@@ -46,6 +46,10 @@ class Bound:
     """An upper bound on the ℓ2 Lipschitz constant, by one method; ``lipschitz`` is None unless ``verified``.
 
     ``details`` holds the method's report (for ``dissipative``: the dict ``lipdsl solve --json`` prints).
+    In frequency form (``solve(frequencies=K)``) the fields of ``lipdsl solve --frequencies K``:
+    ``frequencies`` (K), ``hinf_product`` (the product of the layers' H-infinity gains, a cheap certified
+    bound), ``above_hinf_product`` and ``warnings`` (a repair above 1 %, a bound above that product); the
+    repr and ``str()`` show them.
     """
 
     network: str
@@ -56,6 +60,27 @@ class Bound:
     solver: str | None = None
     claimed_status: str | None = None
     details: dict = field(default_factory=dict, repr=False)
+    frequencies: int | None = None
+    hinf_product: float | None = None
+    above_hinf_product: bool | None = None
+    warnings: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        fields = ["network", "method", "lipschitz", "verified", "seconds", "solver", "claimed_status"]
+        if self.frequencies is not None or self.warnings:
+            fields += ["frequencies", "hinf_product", "above_hinf_product", "warnings"]
+        return f"Bound({', '.join(f'{k}={getattr(self, k)!r}' for k in fields)})"
+
+    def __str__(self) -> str:
+        from lipdsl.rigorous import format_up
+
+        if self.lipschitz is None:
+            head = f"{self.network} ({self.method}): no certified bound ({self.claimed_status})"
+        else:
+            head = f"{self.network} ({self.method}): L <= {format_up(self.lipschitz)}"
+        form = f", {self.frequencies} frequencies" if self.frequencies is not None else ""
+        lines = [f"{head} ({self.seconds:.2f} s{form})"] + [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
     def to_json(self) -> dict:
         """A JSON-ready dict of every field."""
@@ -67,6 +92,10 @@ class Bound:
             "seconds": self.seconds,
             "solver": self.solver,
             "claimed_status": self.claimed_status,
+            "frequencies": self.frequencies,
+            "hinf_product": self.hinf_product,
+            "above_hinf_product": self.above_hinf_product,
+            "warnings": list(self.warnings),
             "details": self.details,
         }
 
@@ -119,6 +148,7 @@ class Comparison:
         for b in self.bounds:
             value = f"{b.lipschitz:.10g}" if b.lipschitz is not None else "not certified"
             rows.append(f"  {b.method:<14} {value:>16}  ({b.seconds:.2f} s)")
+            rows.extend(f"    warning: {w}" for w in b.warnings)
         if self.lower is not None:
             rows.append(f"  {'lower bound':<14} {self.lower.value:>16.10g}  ({self.lower.seconds:.2f} s)")
         return "\n".join(rows)
@@ -237,11 +267,10 @@ class Network:
             if cert_path is not None and cert.verified:
                 from lipdsl.certify import certificate
 
-                from lipdsl.app.report import frequency_count
-
                 certificate.write(result, cert_path, options=certificate.solve_options(
                     length if self.typed.any_length else None, options.get("lift", 1),
-                    options.get("merge_linear", True), frequency_count(result), solver or "cvxopt"))
+                    options.get("merge_linear", True), result.frequencies, solver or "cvxopt"))
+            freq = r.frequency_report()  # the same fields and warnings as `lipdsl solve --json`
             return Bound(
                 self.name,
                 method,
@@ -251,6 +280,10 @@ class Network:
                 result.solution.solver,
                 result.solution.claimed_status,
                 to_json(result),
+                freq["frequencies"],
+                freq["hinf_product"],
+                freq["above_hinf_product"],
+                tuple(freq["warnings"]),
             )
         if method.startswith("lipsdp"):
             res = r.result
@@ -308,10 +341,13 @@ class Network:
         length: int | None = None,
         lower: bool = True,
         time_budget: float = 5.0,
+        frequencies: int | str | None = "auto",
     ) -> Comparison:
         """Bounds by several methods and an empirical lower bound (``lower=False`` skips it).
 
         A method that does not apply to this network (LipSDP with max pooling, say) is left out.
+        ``frequencies``: the dissipative bound's form (as ``solve(frequencies=...)``: ``"auto"``, None or
+        K; a frequency-form ``Bound`` carries the warnings, and ``str()`` prints them).
 
         Examples
         --------
@@ -332,8 +368,9 @@ class Network:
         length = integer("length", length, 1, optional=True)
         bounds = []
         for method in methods:
+            options = {"frequencies": frequencies} if method == "dissipative" else {}
             try:
-                bounds.append(self.solve(method, solver, length=length))
+                bounds.append(self.solve(method, solver, length=length, **options))
             except UnsupportedError:
                 continue
         low = self.lower_bound(time_budget=time_budget, length=length) if lower else None

@@ -398,10 +398,8 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
         fail(err, source)
     proof = None
     if result.certificate.verified and (certificate_path is not None or exact):
-        from lipdsl.app.report import frequency_count
-
         proof = _certify_file(result, net, certificate_path, exact, options["min_length"], options["lift"],
-                              frequency_count(result), options["solver"])
+                              result.frequencies, options["solver"])
     if as_json:
         import json
 
@@ -672,6 +670,14 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
     show_default=True,
     help="Lift of the dissipative method (see solve --lift).",
 )
+@click.option(
+    "--frequencies",
+    type=Frequencies(),
+    default="auto",
+    show_default=True,
+    help="The dissipative method's form, as solve --frequencies (auto, none or K); its warnings "
+    "(a large repair, a bound above the H-infinity product) are printed as solve prints them.",
+)
 @click.option("--force", is_flag=True, help="Run LipSDP even when its LMI exceeds the size guard (minutes).")
 @_ALLOW_OUTSIDE
 def compare_command(
@@ -685,6 +691,7 @@ def compare_command(
     seed: int,
     solver: str,
     lift: int,
+    frequencies: int | str | None,
     force: bool,
     timeout: float | None,
     allow_outside: bool,
@@ -739,6 +746,7 @@ def compare_command(
                 force=force,
                 progress=progress,
                 timeout=timeout,
+                frequencies=frequencies,
             )
 
     c = within(deadline, "lipdsl compare", run, source)

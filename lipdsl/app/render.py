@@ -275,7 +275,8 @@ def format_seconds(x: float | None, spec: str = ".6g") -> str:
 
 
 def print_comparison(c) -> None:
-    """The comparison as a rich table (the lower bound first), then one note line per method."""
+    """The comparison as a rich table (the lower bound first), then the warnings of a frequency-form bound
+    (``lipdsl compare --frequencies K``: as ``lipdsl solve`` prints them), then one note line per method."""
     from rich.table import Table
 
     net = c.network
@@ -284,7 +285,7 @@ def print_comparison(c) -> None:
     for col in ("method", "bound", "/ lower", "/ dissip.", "time", "status"):
         table.add_column(col, justify="left" if col in ("method", "status") else "right", no_wrap=True)
     d = c.lower_detail
-    notes = []
+    notes, warnings = [], []
     if c.lower is not None:
         table.add_row(
             "lower (empirical)",
@@ -310,7 +311,11 @@ def print_comparison(c) -> None:
         )
         size = f" (LMI {r.lmi_rows} rows)" if r.lmi_rows and r.ok else ""
         notes.append(f"{r.method}: {r.note}{size}" if r.ok else f"{r.method}: {r.status}: {r.note}")
+        # a frequency-form bound's warnings (a large repair, a bound above the H-infinity product), as solve's
+        warnings.extend(f"{r.method}: warning: {w}" for w in r.frequency_report()["warnings"])
     console().print(table)
+    for line in warnings:
+        click.echo("  " + line)
     for line in notes:
         click.echo("  " + line)
 

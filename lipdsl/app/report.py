@@ -46,37 +46,6 @@ def _system_rows(result: Result) -> list[dict]:
     return rows
 
 
-#: In frequency mode a repair above this (relative) is reported first, as a warning.
-REPAIR_WARNING = 0.01
-
-
-def frequency_count(result: Result) -> int | None:
-    """How many frequencies the frequency-domain LMIs were imposed on (None: no gridded layer)."""
-    if not result.sdp.storage:
-        return None
-    name = f"LMI[{result.sdp.storage[0].system}](w="
-    return sum(lmi.name.startswith(name) for lmi in result.sdp.lmis)
-
-
-def warnings(result: Result) -> list[str]:
-    """What a reader of a frequency-form bound must see first: a large repair (the grid missed the worst
-    frequencies) and a bound above the cheap product of H-infinity gains (``--method naive-hinf``)."""
-    cert = result.certificate
-    if not cert.verified or not result.sdp.storage:
-        return []
-    out = []
-    k = frequency_count(result)
-    if cert.inflation is not None and cert.inflation > REPAIR_WARNING:
-        out.append(f"the certificate repair raised the solver value {cert.lipschitz_solver:.6g} by "
-                   f"{cert.inflation:.1%} (x{1 + cert.inflation:.3g}): the {k}-frequency grid misses where "
-                   f"the LMIs are tight; more frequencies (--frequencies {2 * k - 1}) or the exact SDP "
-                   "(--frequencies none) give a tighter bound")
-    if result.hinf_product is not None and cert.lipschitz > result.hinf_product:
-        out.append(f"this bound is above the product of the layers' H-infinity gains, "
-                   f"{format_up(result.hinf_product)} (also certified: lipdsl solve --method naive-hinf)")
-    return out
-
-
 def to_json(result: Result) -> dict:
     """The whole result as one JSON-ready dict (``lipschitz`` is null unless certified)."""
     cert, sol, net = result.certificate, result.solution, result.network
@@ -117,12 +86,8 @@ def to_json(result: Result) -> dict:
         # LMIs are solved smaller than they are checked)
         "sdp": {"variables": result.sdp.n, "lmi_sizes": [lmi.size for lmi in result.sdp.lmis]},
         "systems": _system_rows(result),
-        "frequencies": frequency_count(result),
+        **result.frequency_report(),
         "form": result.form or None,
-        "hinf_product": result.hinf_product,
-        "above_hinf_product": (None if result.hinf_product is None or not cert.verified
-                               else bool(cert.lipschitz > result.hinf_product)),
-        "warnings": warnings(result),
         "notes": list(result.sdp.notes)
         + [s.note for s in result.lowered.steps if getattr(s, "note", "") and not isinstance(s, System)],
     }
@@ -157,7 +122,7 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
             f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{format_up(cert.lipschitz)}[/] "
             f"(certified{proved})", soft_wrap=proof is not None
         )
-        for warning in warnings(result):
+        for warning in result.warnings:
             console.print(f"  [bold yellow]warning:[/] {warning}")
         repaired = (
             "closed form, no SDP needed"

@@ -8,7 +8,9 @@ expression whose free symbols are the ``let`` names it uses, listed with their s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Union
 
 from lipdsl.lang.source import Span
@@ -38,6 +40,102 @@ class Expr:
         return isinstance(self.value, (int, float))
 
 
+class Deferred:
+    """A ``let`` value of numbers and names under + - * / and negation, as the parser's fast ``let`` reader
+    keeps it (sympy's symbolic arithmetic on 1 MB of such lines takes ~20 s): a tree of ``("op", "add" |
+    "sub" | "mul" | "div", left, right)``, ``("neg", x)``, ``("name", id)`` and numbers (int, float,
+    ``Fraction``). ``rational(env)`` evaluates it exactly with Fractions when every name is bound to a
+    rational; ``sympy()`` is the expression the general parser builds, for anything else."""
+
+    __slots__ = ("tree", "_sympy")
+
+    def __init__(self, tree):
+        self.tree, self._sympy = tree, None
+
+    def sympy(self):
+        """The sympy expression, built as parse's ``_operator`` and ``neg`` build it."""
+        if self._sympy is None:
+            import sympy
+
+            def build(node):
+                if isinstance(node, Fraction):
+                    return sympy.Rational(node.numerator, node.denominator)
+                if not isinstance(node, tuple):
+                    return node  # int or float: `exact` below, as the parser's operands
+                if node[0] == "name":
+                    return sympy.Symbol(node[1])
+                if node[0] == "neg":
+                    return -exact(build(node[1]))
+                a, b = exact(build(node[2])), exact(build(node[3]))
+                op = node[1]
+                return bounded(a + b if op == "add" else a - b if op == "sub" else a * b if op == "mul"
+                               else a / b)
+
+            self._sympy = build(self.tree)
+        return self._sympy
+
+    def rational(self, env: dict, fractions: dict | None = None):
+        """The exact value (a sympy Rational) with names from ``env``, or None when a name is not bound to a
+        rational, or a division by zero or a value beyond ``MAX_BITS`` needs sympy's own handling.
+        ``fractions``: name -> Fraction of its ``env`` value, filled as names are met (bound once)."""
+        fractions = {} if fractions is None else fractions
+
+        def value(node):
+            if isinstance(node, tuple):
+                if node[0] == "name":
+                    f = fractions.get(node[1])
+                    if f is None:
+                        f = fractions[node[1]] = fraction(env[node[1]])
+                    return f
+                if node[0] == "neg":
+                    return -value(node[1])
+                a, b = value(node[2]), value(node[3])
+                op = node[1]
+                v = a + b if op == "add" else a - b if op == "sub" else a * b if op == "mul" else a / b
+            else:
+                v = fraction(node)
+            if max(v.numerator.bit_length(), v.denominator.bit_length()) > MAX_BITS:
+                raise ZeroDivisionError  # (leave it to sympy)
+            return v
+
+        try:
+            v = value(self.tree)
+        except (ZeroDivisionError, TypeError, ValueError):
+            return None
+        import sympy
+
+        return sympy.Rational(v.numerator, v.denominator)
+
+    def __eq__(self, other) -> bool:
+        return self.sympy() == (other.sympy() if isinstance(other, Deferred) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.sympy())
+
+    def __repr__(self) -> str:
+        return repr(self.sympy())
+
+
+def fraction(v) -> Fraction:
+    """``exact(v)`` as a Fraction, for a number, a Fraction or a sympy Rational (TypeError otherwise; a
+    non-finite float: ValueError)."""
+    if isinstance(v, Fraction):
+        return v
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(v)
+        text = repr(v)
+        if "e" in text:
+            return Fraction(text)
+        whole, _, decimals = text.partition(".")  # (Fraction(text) does the same, 2x slower)
+        return Fraction(int(whole + decimals), 10 ** len(decimals))
+    if isinstance(v, int):
+        return Fraction(v)
+    if getattr(v, "is_Rational", False):
+        return Fraction(int(v.p), int(v.q))
+    raise TypeError(type(v).__name__)
+
+
 def exact(e: "Expr | int | float"):
     """The exact sympy value of an Expr or a plain number: decimals become the rationals they spell."""
     import sympy
@@ -64,6 +162,9 @@ MAX_NESTING = 32
 MAX_BITS = 8192
 #: Largest exponent of an irrational base (sqrt(2)^n is expanded exactly by sympy).
 MAX_EXPONENT = 4096
+#: Highest tower of powers with an irrational or symbolic exponent, ``2^(2^(... ^ sqrt(2)))``: sympy's
+#: assumptions evaluate each level again (2^-2^-...^2, 20 levels: 2 s; 30: minutes).
+MAX_TOWER = 6
 
 
 class TooLarge(ArithmeticError):
@@ -84,11 +185,19 @@ def bounded(value):
     return value
 
 
+def _tower(value) -> int:
+    """Height of the highest tower of powers in a sympy expression (``2^(3^x)``: 2; no power: 0)."""
+    import sympy
+
+    pows = value.atoms(sympy.Pow) if isinstance(value, sympy.Basic) else ()
+    return max((1 + _tower(p.exp) for p in pows), default=0)
+
+
 def power(base, exponent):
     """``base ** exponent`` (sympy), refusing results beyond ``MAX_BITS`` before computing them."""
     import sympy
 
-    if exponent.is_Number and base.is_number:
+    if exponent.is_Number and base.is_number and exponent is not sympy.nan:  # (nan: no size to compare)
         e = abs(exponent)
         if base.is_Rational:
             if base not in (0, 1, -1) and e * _bits(base) > MAX_BITS:
@@ -97,6 +206,8 @@ def power(base, exponent):
                 )
         elif e > MAX_EXPONENT:
             raise TooLarge(f"the exponent exceeds {MAX_EXPONENT}")
+    elif not exponent.is_Number and max(_tower(base), 1 + _tower(exponent)) > MAX_TOWER:
+        raise TooLarge(f"powers are nested more than {MAX_TOWER} deep with irrational exponents")
     return bounded(sympy.Pow(base, exponent))
 
 
@@ -160,17 +271,136 @@ def substitute(value, subs: dict):
     return done[value]
 
 
+def bare_name(id_: str, sign: str, span: Span, name_span: Span, symbol=None) -> Expr:
+    """The Expr of a tensor entry that is a bare, possibly signed name (``a``, ``-a``, ``+pi``), as the
+    ``name`` and ``neg`` rules build it; ``symbol``: its sympy value if known already."""
+    if symbol is None:
+        import sympy
+
+        symbol = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
+        symbol = -symbol if sign == "-" else symbol
+    names = () if id_ in ("pi", "e") else (Name(id_, name_span),)
+    return Expr(symbol, span, names, 2) if sign == "-" else Expr(symbol, span, names)
+
+
+class LazyItems(Sequence):
+    """The items of a ``Tensor`` built on first use (by ``build()``): a tensor read through the parser's fast
+    path (``NameTable``) is checked without them; anything that walks the tree still sees them."""
+
+    __slots__ = ("_build", "_items")
+
+    def __init__(self, build):
+        self._build, self._items = build, None
+
+    def _get(self) -> tuple:
+        if self._items is None:
+            self._items = tuple(self._build())
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __getitem__(self, i):
+        return self._get()[i]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __eq__(self, other) -> bool:
+        return self._get() == (tuple(other) if isinstance(other, (LazyItems, tuple)) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
+@dataclass(frozen=True, slots=True)
+class NameTable:
+    """A regular inline tensor of plain numbers and bare (signed) names, as the parser's NAMES fast path
+    reads it: entry ``i`` (row-major) is the number ``numbers.flat[i]`` when ``codes.flat[i] < 0``, else the
+    name ``symbols[codes.flat[i]]``, an ``(id, negated)`` pair. ``first[k]``: the spans (entry, name) where
+    symbol ``k`` first appears (what an error about it points at); ``exact_numbers``: the numbers as written
+    (int or float), for the exact value of the tensor."""
+
+    symbols: tuple[tuple[str, bool], ...]
+    codes: Any  # np.ndarray of int, the tensor's shape
+    numbers: Any  # np.ndarray of float64, the tensor's shape (0 where a name is)
+    exact_numbers: tuple  # the number entries in order, as parsed (int | float)
+    first: tuple[tuple[Span, Span], ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.codes.shape
+
+
+class ExactArray:
+    """The exact values of an inline tensor of names (a sympy ``ImmutableDenseNDimArray``), built on first
+    use: ``check`` keeps the parts (``NameTable``, each symbol's exact value) and indexing, ``==``, ``repr``
+    and any other attribute go to the sympy array, computed then, once."""
+
+    __slots__ = ("shape", "_parts", "_array")
+
+    def __init__(self, shape: tuple[int, ...], codes, symbols: tuple, numbers: tuple):
+        self.shape = tuple(shape)
+        self._parts = (codes, symbols, numbers)
+        self._array = None
+
+    def sympy(self):
+        """The sympy array (every entry ``exact``: a decimal is the rational it spells)."""
+        if self._array is None:
+            import sympy
+
+            codes, symbols, numbers = self._parts
+            sym = [exact(v) if isinstance(v, (int, float)) else v for v in symbols]
+            num = iter(numbers)
+            flat = [sym[c] if c >= 0 else exact(next(num)) for c in codes.ravel().tolist()]
+            self._array = sympy.ImmutableDenseNDimArray(flat, self.shape)
+        return self._array
+
+    def __getitem__(self, index):
+        return self.sympy()[index]
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.sympy(), name)
+
+    def __eq__(self, other) -> bool:
+        return self.sympy() == (other.sympy() if isinstance(other, ExactArray) else other)
+
+    __hash__ = None
+
+    def __len__(self) -> int:
+        return len(self.sympy())
+
+    def __iter__(self):
+        return iter(self.sympy())
+
+    def __repr__(self) -> str:
+        return repr(self.sympy())
+
+    def __str__(self) -> str:
+        return str(self.sympy())
+
+    def __reduce__(self):
+        return (ExactArray, (self.shape, *self._parts))
+
+
 @dataclass(frozen=True, slots=True)
 class Tensor:
     """Inline nested lists of expressions, e.g. ``[[1, -a], [0, sqrt(2)]]``; items are Tensors or Exprs.
 
     A regular tensor of plain numbers (the parser's fast path) has no items but ``values`` (float64,
-    its shape).
+    its shape). A regular tensor of plain numbers and bare names (the NAMES fast path) has ``table``, a
+    ``NameTable``, and its items are built only when something reads them (``LazyItems``).
     """
 
     items: tuple[Union["Tensor", Expr], ...]
     span: Span
     values: Any = None
+    table: NameTable | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,8 @@ class Checker:
 
     def __post_init__(self) -> None:
         self.files = WeightFiles(self.source, self.allow_outside, self.memory)
+    bare: dict = field(default_factory=dict)  # (name, negated) of a NameTable entry -> (float, exact)
+    fractions: dict = field(default_factory=dict)  # let name -> its rational value as a Fraction
 
     # -- expressions -------------------------------------------------------------------------------
     def value(self, e: ast.Expr, what: str) -> Any:
@@ -128,11 +130,17 @@ class Checker:
             elif n.id not in self.env:
                 hint = did_you_mean(n.id, self.env) + f"define it first, as in 'let {n.id} = 1/8'"
                 raise SpecError(f"unknown name {n.id!r}", n.span, hint=hint)
+        value = e.value
+        if isinstance(value, ast.Deferred):  # + - * / of numbers and names (the parser's fast let reader)
+            fast = value.rational(self.env, self.fractions)
+            if fast is not None:
+                return fast
+            value = value.sympy()
         subs = {sympy.Symbol(n.id): ast.exact(self.env[n.id]) for n in e.names if not n.call}
         if not subs:
-            return e.value
+            return value
         try:
-            return ast.substitute(e.value, subs)
+            return ast.substitute(value, subs)
         except ast.TooLarge as exc:
             raise SpecError(
                 f"{what}: number too large to compute exactly: {exc}",
@@ -214,6 +222,8 @@ class Checker:
                     t.span,
                 )
             return Loaded(t.values, None, f"the inline {role}", t.span)
+        if t.table is not None:  # plain numbers and bare names (the parser's NAMES fast path)
+            return self.inline_names(t, role)
         shape = self.inline_shape(t)
         entries: list[ast.Expr] = []
 
@@ -247,6 +257,44 @@ class Checker:
             flat = [ast.exact(e) if x is None else x for e, x in zip(entries, exact, strict=True)]
             expr = sympy.ImmutableDenseNDimArray(flat, shape)
         return Loaded(values, expr, f"the inline {role}", t.span)
+
+    def inline_names(self, t: ast.Tensor, role: str) -> Loaded:
+        """``inline`` of a ``NameTable`` tensor: each distinct (signed) name is evaluated once, in the order
+        of first use (so the first failing entry is the one reported, as entry by entry), and the entries
+        are filled in with numpy; the exact values (``ExactArray``) are built only if read."""
+        table = t.table
+        floats, exact = [], []
+        for (id_, negated), (span, name_span) in zip(table.symbols, table.first, strict=True):
+            f, x = self.bare_name(id_, negated, span, name_span, f"inline {role} entry")
+            floats.append(f)
+            exact.append(x)
+        values = table.numbers.copy()
+        named = table.codes >= 0
+        values[named] = np.asarray(floats, dtype=np.float64)[table.codes[named]]
+        values.setflags(write=False)
+        expr = ast.ExactArray(table.shape, table.codes, tuple(exact), table.exact_numbers)
+        return Loaded(values, expr, f"the inline {role}", t.span)
+
+    def bare_name(self, id_: str, negated: bool, span: Span, name_span: Span, what: str) -> tuple[float, Any]:
+        """(float value, exact value) of a tensor entry that is a bare name, negated or not (cached per spec).
+
+        A name bound to a plain number (``let a = 0.1``; an integer float64 holds exactly) needs no sympy:
+        its float is the number, its exact value the number as written (``ast.exact``, built on demand);
+        anything else (``let a = 1/3``, ``pi``, an unknown name) is evaluated as ``number`` does, with its
+        errors at the name's first use."""
+        key = (id_, negated)
+        hit = self.bare.get(key)
+        if hit is not None:
+            return hit
+        v = None if id_ in ("pi", "e") else self.env.get(id_)
+        if type(v) is float or (type(v) is int and abs(v) <= 2**53):
+            v = -v if negated else v
+            hit = (float(v) or 0.0, v)  # (a zero is +0.0, as its exact value, 0, evaluates)
+        else:
+            f, x = self.number(ast.bare_name(id_, "-" if negated else "", span, name_span), what)
+            hit = (f, f if x is None else x)
+        self.bare[key] = hit
+        return hit
 
     def inline_shape(self, t: ast.Tensor) -> tuple[int, ...]:
         if not t.items:

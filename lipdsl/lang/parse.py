@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import bisect
 import importlib.resources
+import math
 import os
 import re
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -337,7 +339,7 @@ class ToAst(Transformer_NonRecursive):
         return _numbers(kids[0])
 
     def tensor_names(self, meta, kids):
-        return _numbers_slow(kids[0], names=True)
+        return _names(kids[0])
 
     def tensor(self, meta, kids):
         items = tuple(k for k in kids if k is not None)  # `[]` gives one placeholder
@@ -419,14 +421,9 @@ _NUMBERS_PARTS = re.compile(r"\[|\]|([+-]?)[ \t\f\r\n]*((?:\d+(?:\.\d*)?|\.\d+)(
 def _name_entry(id_: str, sign: str, span: Span, name_span: Span, memo: dict) -> ast.Expr:
     """A tensor entry that is a bare (possibly signed) name, as the ``name`` and ``neg`` rules build it
     (``memo`` keeps one sympy value per name and sign: a 1 MB tensor repeats a few names)."""
-    value = memo.get((id_, sign))
-    if value is None:
-        import sympy
-
-        value = {"pi": sympy.pi, "e": sympy.E}.get(id_) or sympy.Symbol(id_)
-        value = memo[(id_, sign)] = -value if sign == "-" else value
-    names = () if id_ in _CONSTANTS else (ast.Name(id_, name_span),)
-    return ast.Expr(value, span, names, 2) if sign == "-" else ast.Expr(value, span, names)
+    e = ast.bare_name(id_, sign, span, name_span, memo.get((id_, sign)))
+    memo[(id_, sign)] = e.value
+    return e
 
 
 #: A nonzero literal below float64's range would be read as 0 and the network bounded as another one.
@@ -473,18 +470,78 @@ _NAMES_PARTS = re.compile(
 )
 
 
-def _numbers_slow(tok: Token, names: bool = False) -> ast.Tensor:
-    """The ``ast.Tensor`` of a NUMBERS (or, with ``names``, a NAMES) token, every entry an ``ast.Expr`` with
-    its span: what the ``tensor`` rule would build for the same text."""
+def _names(tok: Token) -> ast.Tensor:
+    """An inline tensor of plain numbers and bare names lexed as one NAMES token: when it is regular, an
+    ``ast.Tensor`` with a ``NameTable`` (each distinct name once, with the spans of its first use; no Expr or
+    sympy value per entry) whose items are built only if read; else (ragged, a number that is not a finite
+    float64 or an integer float64 cannot hold exactly) what ``_numbers_slow`` builds, errors and all."""
     text = str(tok)
+    index: dict[tuple[str, bool], int] = {}
+    first: list[tuple[int, int, int]] = []  # per symbol: offsets of its first entry, of its name, its end
+    numbers: list[float] = []
+    exact: list = []
+    stack: list[list] = [[]]
+    for m in _NAMES_PARTS.finditer(text):
+        part = m.group()
+        if part == "[":
+            stack.append([])
+        elif part == "]":
+            row = stack.pop()
+            stack[-1].append(row)
+        else:
+            sign, word = m.group(1), m.group(2)
+            if word[0].isalpha() or word[0] == "_":
+                key = (word, sign == "-")
+                code = index.get(key)
+                if code is None:
+                    code = index[key] = len(first)
+                    first.append((m.start(1) if sign else m.start(2), m.start(2), m.end()))
+                stack[-1].append(code)
+                continue
+            if any(c in word for c in ".eE"):
+                value = float(word)
+                if not math.isfinite(value) or (value == 0 and _nonzero_digits(word)):
+                    return _numbers_slow(tok, names=True)  # check (or here, underflow) reports it
+            elif len(word) > 15:  # not exactly a float64 (and maybe beyond it): the general path
+                return _numbers_slow(tok, names=True)
+            else:
+                value = int(word)
+            value = -value if sign == "-" else value
+            stack[-1].append(-1 - len(numbers))
+            numbers.append(float(value))
+            exact.append(value)
+    (nested,) = stack[0]
+    try:
+        codes = np.array(nested, dtype=np.int64)
+    except ValueError:  # ragged or mixed depth
+        return _numbers_slow(tok, names=True)
+    values = np.zeros(codes.shape)
+    is_number = codes < 0
+    values[is_number] = np.asarray(numbers, dtype=np.float64)[-1 - codes[is_number]]
+    codes[is_number] = -1
+    at = _positions(tok, text)
+    spans = tuple((Span(*at(a), *at(c)), Span(*at(b), *at(c))) for a, b, c in first)
+    table = ast.NameTable(tuple(index), codes, values, tuple(exact), spans)
+    return ast.Tensor(ast.LazyItems(lambda: _numbers_slow(tok, names=True).items), Span.of(tok), None, table)
 
-    newlines = [i for i, c in enumerate(text) if c == "\n"] if "\n" in text else []
+
+def _positions(tok: Token, text: str):
+    """``at(offset) -> (line, column)`` of an offset into the text of ``tok`` (1-based, as Lark's)."""
+    newlines = [m.start() for m in re.finditer("\n", text)]
 
     def at(offset: int) -> tuple[int, int]:
         k = bisect.bisect_left(newlines, offset)  # line breaks before offset (O(log n), not a count)
         nl = newlines[k - 1] if k else -1
         return tok.line + k, (offset - nl) if nl >= 0 else tok.column + offset
 
+    return at
+
+
+def _numbers_slow(tok: Token, names: bool = False) -> ast.Tensor:
+    """The ``ast.Tensor`` of a NUMBERS (or, with ``names``, a NAMES) token, every entry an ``ast.Expr`` with
+    its span: what the ``tensor`` rule would build for the same text."""
+    text = str(tok)
+    at = _positions(tok, text)
     stack: list[tuple[int, list]] = [(0, [])]
     memo: dict = {}
     for m in (_NAMES_PARTS if names else _NUMBERS_PARTS).finditer(text):
@@ -540,6 +597,240 @@ def _check_statement_count(source: Source) -> None:
             )
 
 
+# -- `let` lines of plain arithmetic, without Lark -----------------------------------------------------------
+# Lark's pure-Python LALR parser takes ~4.5 s for 1 MB of `let a = 0.1 + 0.2 + ...` lines, and sympy ~3 s
+# for their exact arithmetic. A `let` line whose value is numbers, + - * / ^ ** and parentheses only, standing
+# alone (not inside brackets or after a comma: no continuation), is read here instead: the same ast.Let
+# (value, spans, depth) with rationals computed as Python Fractions (sympy Rationals only at the end).
+# Anything else (names, calls, a syntax or size error, a line that may continue another) is left to Lark.
+
+_LET_LINE = re.compile(r"([ \t]*)let[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=([ \t0-9A-Za-z_.+\-*/^()]*?)[ \t]*"
+                       r"(?:#[^\n]*)?\r?")
+_LET_TOKEN = re.compile(r"[ \t]*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(\*\*|[-+*/^()])"
+                        r"|([A-Za-z_][A-Za-z0-9_]*))")
+_KEYWORDS = frozenset(("avgpool batchnorm bias causal conv1d dense dilation end eps flatten global_avgpool "
+                       "input kernel let maxpool network padding residual running_mean running_var same "
+                       "shortcut slope stride valid weight weights x").split())
+_NOT_A_STATEMENT_END = re.compile(r'"[^"\n]*"|#[^\n]*')
+
+
+class _NotFast(Exception):
+    """The fast `let` reader gives up: Lark reads the line (and reports what is wrong with it)."""
+
+
+class _LetReader:
+    """Recursive descent over the grammar's ``expr`` rules for numbers only; each node is ``(value, depth,
+    start, end)`` with its span's offsets in the line, and ``parse`` returns it with the offsets of its first
+    and last token (parentheses and a leading '+' included, as Lark's spans of the rule around it are)."""
+
+    def __init__(self, text: str, offset: int, line: int):
+        toks = self.toks = []
+        self.line, self.names = line, []
+        pos, nesting = offset, 0
+        for m in _LET_TOKEN.finditer(text, offset):
+            if m.start() != pos:
+                raise _NotFast
+            number, op, name = m.groups()
+            end = pos = m.end()
+            if number:
+                toks.append(("num", number, end - len(number), end))
+            elif name:
+                toks.append(("name", name, end - len(name), end))
+            else:
+                toks.append((op, op, end - len(op), end))
+            if op == "(":
+                nesting += 1
+                if nesting > ast.MAX_NESTING:  # _Continuation's refusal, through Lark
+                    raise _NotFast
+            elif op == ")":
+                nesting -= 1
+        if text[pos:].strip(" \t"):
+            raise _NotFast
+        toks.append((None, "", pos, pos))  # the end
+        self.i = 0
+
+    def peek(self):
+        return self.toks[self.i][0]
+
+    def take(self):
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def parse(self):
+        node, first, last = self.sum()
+        if self.i != len(self.toks) - 1:
+            raise _NotFast
+        return node, first, last
+
+    def sum(self):
+        node, first, last = self.product()
+        while self.peek() in ("+", "-"):
+            op = self.take()[0]
+            right, _, last = self.product()
+            node = _fast_operator("add" if op == "+" else "sub", node, right, first, last)
+        return node, first, last
+
+    def product(self):
+        node, first, last = self.unary()
+        while self.peek() in ("*", "/"):
+            op = self.take()[0]
+            right, _, last = self.unary()
+            node = _fast_operator("mul" if op == "*" else "div", node, right, first, last)
+        return node, first, last
+
+    def unary(self):
+        kind = self.peek()
+        if kind == "-":
+            start = self.take()[2]
+            arg, _, last = self.unary()
+            value, depth = arg[0], arg[1]
+            if isinstance(value, tuple):  # names: ast.Deferred's tree
+                value, depth = ("neg", value), depth + 1
+                if depth > ast.MAX_DEPTH:
+                    raise _NotFast
+            elif isinstance(value, Fraction):
+                value, depth = -value, depth + 1
+                if depth > ast.MAX_DEPTH:
+                    raise _NotFast
+            else:
+                value = -value
+            return (value, depth, start, last), start, last
+        if kind == "+":
+            start = self.take()[2]
+            node, _, last = self.unary()
+            return node, start, last
+        return self.power()
+
+    def power(self):
+        base, first, last = self.atom()
+        if self.peek() in ("^", "**"):
+            self.take()
+            exponent, _, last = self.unary()
+            base = _fast_operator("pow", base, exponent, first, last)
+        return base, first, last
+
+    def atom(self):
+        if self.peek() == "num":
+            _, text, start, end = self.take()
+            if any(c in text for c in ".eE"):
+                value = float(text)
+                if value == 0 and _nonzero_digits(text):
+                    raise _NotFast
+            elif len(text) > 1000:
+                raise _NotFast
+            else:
+                value = int(text)
+            return (value, 1, start, end), start, end
+        if self.peek() == "name":
+            _, name, start, end = self.take()
+            if name in ("pi", "e") or name in _KEYWORDS or self.peek() == "(":  # constants, calls: Lark
+                raise _NotFast
+            self.names.append(ast.Name(name, Span(self.line, start + 1, self.line, end + 1)))
+            return (("name", name), 1, start, end), start, end
+        if self.peek() == "(":
+            start = self.take()[2]
+            node, _, _ = self.sum()
+            if self.peek() != ")":
+                raise _NotFast
+            return node, start, self.take()[3]
+        raise _NotFast
+
+
+def _fraction(value) -> Fraction:
+    """The exact value of a number or Fraction (``ast.exact``'s: a decimal is the rational it spells)."""
+    try:
+        return ast.fraction(value)
+    except ValueError:  # inf: sympy's
+        raise _NotFast from None
+
+
+def _fast_operator(op: str, left, right, start: int, end: int):
+    """``_operator`` on Fractions: the same value (sympy's rational arithmetic is exact too), depth and size
+    limits; a division by zero or a non-integer power is left to sympy (through Lark)."""
+    depth = 1 + max(left[1], right[1])
+    if depth > ast.MAX_DEPTH:
+        raise _NotFast
+    if isinstance(left[0], tuple) or isinstance(right[0], tuple):  # names: evaluated by check
+        if op == "pow":
+            raise _NotFast
+        return (("op", op, left[0], right[0]), depth, start, end)
+    a, b = _fraction(left[0]), _fraction(right[0])
+    try:
+        if op == "add":
+            value = a + b
+        elif op == "sub":
+            value = a - b
+        elif op == "mul":
+            value = a * b
+        elif op == "div":
+            value = a / b
+        else:
+            if b.denominator != 1:
+                raise _NotFast
+            bits = max(a.numerator.bit_length(), a.denominator.bit_length())
+            if a not in (0, 1, -1) and abs(b.numerator) * bits > ast.MAX_BITS:
+                raise _NotFast
+            value = a ** b.numerator
+    except ZeroDivisionError:
+        raise _NotFast from None
+    if max(value.numerator.bit_length(), value.denominator.bit_length()) > ast.MAX_BITS:
+        raise _NotFast
+    return (value, depth, start, end)
+
+
+def _fast_lets(text: str) -> tuple[str, list[ast.Let]]:
+    """``(text, lets)``: the ``let`` lines read without Lark, blanked in the text (same length, so every
+    position Lark reports is unchanged), and their ast.Let nodes; ``text`` as given when there are none."""
+    if "let" not in text:
+        return text, []
+    lines = text.split("\n")
+    lets: list[ast.Let] = []
+    depth = 0  # open brackets at the start of a line
+    continued = False  # the previous statement line ended with ',' (its line break is dropped)
+    for n, line in enumerate(lines):
+        if depth == 0 and not continued and "let" in line:
+            m = _LET_LINE.fullmatch(line)
+            if m is not None and m.group(2) not in _KEYWORDS:
+                let = _fast_let(line, m, n + 1)
+                if let is not None:
+                    lets.append(let)
+                    lines[n] = " " * len(line)
+                    continue
+        code = _NOT_A_STATEMENT_END.sub("", line)
+        if '"' in code:  # an unterminated string: Lark reports it; nothing more here
+            return text, []
+        depth += code.count("[") + code.count("(") - code.count("]") - code.count(")")
+        if depth < 0:
+            return text, []
+        stripped = code.rstrip(" \t\f\r")
+        if stripped:
+            continued = stripped[-1] == ","
+    if not lets:
+        return text, []
+    return "\n".join(lines), lets
+
+
+def _fast_let(line: str, m: re.Match, number: int) -> ast.Let | None:
+    """The ast.Let of one matched line (1-based ``number``), or None to leave it to Lark."""
+    try:
+        reader = _LetReader(line[:m.end(3)], m.start(3), number)
+        node, _, last = reader.parse()
+    except (_NotFast, RecursionError):
+        return None
+    value, depth, start, end = node
+    if isinstance(value, tuple):
+        value = ast.Deferred(value)
+    elif isinstance(value, Fraction):
+        import sympy
+
+        value = sympy.Rational(value.numerator, value.denominator)
+    expr = ast.Expr(value, Span(number, start + 1, number, end + 1), tuple(reader.names), depth)
+    head = m.end(1)
+    return ast.Let(m.group(2), expr, Span(number, head + 1, number, last + 1),
+                   Span(number, m.start(2) + 1, number, m.end(2) + 1))
+
+
 def parse(source: Source) -> ast.Network:
     """Parse the text of a spec into an ``ast.Network``.
 
@@ -560,8 +851,9 @@ def parse(source: Source) -> ast.Network:
         ``input`` line, or more than one ``network``/``input`` line, or a layer before the ``input`` line.
     """
     _check_statement_count(source)
+    text, lets = _fast_lets(source.text)
     try:
-        tree = _parser().parse(source.text)
+        tree = _parser().parse(text)
     except UnexpectedInput as exc:
         from lipdsl.lang.syntax_errors import syntax_error  # (the error path only: its tables load late)
 
@@ -572,6 +864,8 @@ def parse(source: Source) -> ast.Network:
         if isinstance(exc.orig_exc, LipdslError):
             raise exc.orig_exc from None
         raise
+    if lets:  # in the order of the text, as Lark would have given them
+        statements = sorted(statements + lets, key=_line_of)
     statements = _group_blocks(statements)
 
     name = name_span = None
@@ -613,6 +907,11 @@ def parse(source: Source) -> ast.Network:
     end = source.text.count("\n") + 1
     span = Span(1, 1, end, 1)
     return ast.Network(name, inputs[0], tuple(body), span, name_span)
+
+
+def _line_of(statement) -> tuple[int, int]:
+    span = statement[3] if isinstance(statement, tuple) else statement.span
+    return span.line, span.col
 
 
 def _kind_word(layer) -> str:
