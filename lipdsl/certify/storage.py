@@ -225,7 +225,7 @@ def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(),
 
 #: How step 2 raises an input weight ``X``: ``X += e D`` with ``D = X + delta ||X|| I`` for each ``delta``
 #: here (``None``: ``D = I``); the one whose whole chain ends with the least ``rho`` is kept.
-RAISE_DIRECTIONS = (None, 1.0, 0.1, 0.01)
+RAISE_DIRECTIONS = (None, 1.0, 0.1)
 
 
 @dataclasses.dataclass
@@ -300,7 +300,8 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
         if key not in responses:
             responses[key] = frequency_response(sys.ss, fine if sys.ss.nx else np.zeros(1))
         H = responses[key]
-        H_coarse = H[::every] if sys.ss.nx else H
+        # (the passes that only choose the raise direction work on a quarter of the coarse grid)
+        H_coarse = (H[::every] if storage else H[:: 4 * every]) if sys.ss.nx else H
         up = _Raise()
         if raised.relative and link.w_in.kind != "const":  # the scaled part is exact: (1 + s) Phi
             point.scale_weight(link.w_in, 1 + raised.relative)
