@@ -13,7 +13,7 @@ The Python API the CLI uses::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,6 +50,9 @@ REPAIR_WARNING = 0.01
 #: ``AUTO_FREQUENCIES`` frequencies has fewer.
 AUTO_VARIABLES = 4000
 AUTO_FREQUENCIES = 17
+#: Frequency mode: re-solves with the grid refined where the LMIs dip between its frequencies
+#: (``certify.storage.refined_grids``; none when they do not dip).
+REFINE_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -372,6 +375,11 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
     t3 = time.perf_counter()
     stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
+    if sdp.storage and REFINE_ROUNDS:
+        sdp, sol = _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline,
+                           progress)
+        stages["refine"] = time.perf_counter() - t3
+        t3 = time.perf_counter()
     if sdp.storage:  # P of the frequency-domain layers, from Riccati equations
         from lipdsl.certify.storage import recover_storage
 
@@ -403,6 +411,29 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
         err.result = result
         raise err
     return result
+
+
+def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress):
+    """Frequency mode: up to ``REFINE_ROUNDS`` re-solves with each system's grid refined where its ``Phi``
+    dips between the frequencies at the solver's point (``storage.refined_grids``); a note says so."""
+    from lipdsl.certify.storage import refined_grids
+
+    rounds = 0
+    while rounds < REFINE_ROUNDS and sol.x is not None:
+        grids = refined_grids(sdp, sol)
+        if grids is None:
+            break
+        progress("refining the frequency grid")
+        limits.checkpoint("refining the frequency grid")
+        sdp = build_sdp(low, frequencies=frequencies, grids=grids)
+        sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
+        rounds += 1
+    if rounds:
+        counts = ", ".join(f"{name} {len(grid)}" for name, grid in sdp.grids.items())
+        sdp = replace(sdp, notes=sdp.notes + (
+            f"frequency grid refined {rounds} time(s) where the LMIs dipped between the {frequencies} "
+            f"frequencies at the solver's point (solved again each time): {counts} frequencies",))
+    return sdp, sol
 
 
 def _hinf_product(net: typed.Network, min_length: int | None) -> float | None:

@@ -12,6 +12,7 @@ import pytest
 import lipdsl
 import lipdsl.importers.spec
 import lipdsl.app.api
+import lipdsl.pipeline
 from lipdsl import errors as lipdsl_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,12 +137,13 @@ def test_default_solve_output_puts_the_bound_first_and_the_table_behind_v(capsys
 
 
 @pytest.mark.solver
-def test_bound_carries_the_frequency_mode_fields_and_warnings(tmp_path):
+def test_bound_carries_the_frequency_mode_fields_and_warnings(tmp_path, monkeypatch):
     """`load(spec).solve(frequencies=3)` on a deep dilated TCN: the Bound has solve --json's frequencies,
     hinf_product, above_hinf_product and warnings (a ~10x repair, a bound above the H-infinity product) as
     fields, in to_json, repr and str; Network.compare(frequencies=3) prints them; an exact solve has none."""
     from nets import deep_tcn_spec
 
+    monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)  # (the grid as given: its repair shows)
     net = lipdsl.load(deep_tcn_spec(tmp_path))
     b = net.solve(frequencies=3)
     assert b.verified and b.frequencies == 3 and b.above_hinf_product is True

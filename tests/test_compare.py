@@ -155,11 +155,14 @@ def test_plot_writes_a_png(tmp_path, cli):
 
 
 @pytest.mark.solver
-def test_compare_frequencies_reports_solves_fields_and_warnings(cli, tmp_path):
+def test_compare_frequencies_reports_solves_fields_and_warnings(cli, tmp_path, monkeypatch):
     """`compare --frequencies 3` on a deep dilated TCN: the dissipative row carries what `solve
     --frequencies 3 --json` reports (frequencies, hinf_product, above_hinf_product, the same warnings: a
     ~10x repair and a bound above the H-infinity product), in the JSON and as warning lines of the text
     report."""
+    import lipdsl.pipeline
+
+    monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)  # (the grid as given: its repair shows)
     spec = deep_tcn_spec(tmp_path)
     args = ("--frequencies", "3", "--methods", "dissipative,naive-hinf", "--lower-starts", "0", str(spec))
     res = cli("compare", "--json", *args)

@@ -346,15 +346,17 @@ def _text(result):
 
 
 @pytest.mark.solver
-def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_product_first():
+def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_product_first(monkeypatch):
     """A deep dilated net on 3 frequencies: the grid misses the tight frequencies, the repair is ~10x and the
     certified bound lands above the product of H-infinity gains; both are said on the lines after the bound,
     and in the JSON (hinf_product, above_hinf_product, warnings)."""
     import dataclasses
 
+    import lipdsl.pipeline
     from lipdsl.app.report import to_json
     from lipdsl.baselines.unrolled import naive_hinf
 
+    monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)  # (the grid as given: its repair shows)
     net = _deep_tcn(1)
     result = solve_network(net, frequencies=3)
     cert = result.certificate
@@ -378,3 +380,21 @@ def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_produc
     exact = solve_network(conv_net(4))
     assert exact.hinf_product is None and to_json(exact)["warnings"] == []
     assert to_json(exact)["frequencies"] is None and to_json(exact)["above_hinf_product"] is None
+
+
+@pytest.mark.solver
+def test_the_grid_is_refined_where_the_lmis_dip_between_its_frequencies(monkeypatch):
+    """Frequency mode on a coarse grid (5 frequencies, dilations 1, 2, 4): the recovery would cost more than
+    1 %, so each system's grid gets the frequencies where its Phi dips at the solver's point and the SDP is
+    solved again; the bound drops, stays above the exact SDP's, and a note says so."""
+    import lipdsl.pipeline
+
+    net = _dilated_net(1)
+    exact = solve_network(net, frequencies=None).certificate.lipschitz
+    refined = solve_network(net, frequencies=5)
+    assert refined.certificate.verified and any("grid refined" in n for n in refined.sdp.notes)
+    assert any(len(g) > 5 for g in refined.sdp.grids.values())
+    monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)
+    plain = solve_network(net, frequencies=5)
+    assert plain.certificate.verified and not any("grid refined" in n for n in plain.sdp.notes)
+    assert exact * (1 - 1e-6) <= refined.certificate.lipschitz < plain.certificate.lipschitz

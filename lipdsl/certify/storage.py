@@ -86,6 +86,11 @@ def _h(H: np.ndarray) -> np.ndarray:
 
 def phi_min_eigenvalue(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> float:
     """``min_w lambda_min(Phi(w))`` over the frequencies of ``H`` (``frequency_response``; module doc)."""
+    return float(np.linalg.eigvalsh(phi_matrices(sys, lam, X_in, X_out, H)).min())
+
+
+def phi_matrices(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """``Phi(w)`` at each frequency of ``H`` (stacked; module docstring)."""
     if sys.slope is None:
         Phi = X_in[None] - _h(H) @ X_out @ H
     else:
@@ -98,7 +103,7 @@ def phi_min_eigenvalue(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndar
         bottom = np.broadcast_to(2 * L - X_out, (len(H),) + L.shape)
         Phi = np.concatenate([np.concatenate([top, cross], axis=2),
                               np.concatenate([_h(cross), bottom], axis=2)], axis=1)
-    return float(np.linalg.eigvalsh(Phi).min())
+    return Phi
 
 
 def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
@@ -221,6 +226,70 @@ def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(),
     candidates = [c for c in candidates if np.isfinite(c[0])] or candidates
     X = min(candidates, key=lambda c: (c[0], c[1]))[2]
     return -(X + X.T) / 2
+
+
+#: ``refined_grids``: a gridded system gets up to ``REFINE_ADD`` more frequencies per round where its
+#: ``Phi`` at the solver's point dips below ``-REFINE_THRESHOLD`` times the size of its terms.
+REFINE_ADD = 8
+REFINE_THRESHOLD = 1e-3
+#: ... and only when the recovery would raise the bound by more than this (relative; the report's warning
+#: threshold): a re-solve costs as much as the first solve.
+REFINE_REPAIR = 0.01
+
+
+def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
+                  threshold: float = REFINE_THRESHOLD) -> dict | None:
+    """Each gridded system's frequencies plus those where its frequency-domain LMI fails most between them
+    at the solver's point, or None when no system's ``Phi`` dips below ``-threshold`` (relative) there.
+
+    The solver enforces ``Phi(w) >= 0`` only on the grid, and the recovery pays for the dips between
+    (step 2 of the module docstring): for dilated layers (taps ``d`` samples apart, ``Phi`` varying ``d``
+    times faster) that is most of the repair. Per system the local minima of ``lambda_min(Phi(w))`` on the
+    fine grid below ``-threshold * scale`` (``scale`` the largest of ``||X_in||``, ``||X_out||``,
+    ``max L``), the ``add`` deepest, join its grid; ``build_sdp(grids=...)`` then imposes them too.
+    """
+    if not sdp.storage or solution.x is None:
+        return None
+    x = np.zeros(sdp.n_total)
+    x[: sdp.n] = solution.x
+    point = Point(sdp, x)
+    fine = frequency_grid(FINE_GRID)
+    step = fine[1] - fine[0]
+    trial = copy.deepcopy(point)  # what the recovery would cost (its cheap pass): refine only if it is large
+    _raise_chain(sdp, trial, fine, {}, 1e-6, 0.1, storage=False)
+    refit_first_system(sdp, trial)
+    if not trial.rho > point.rho * (1 + REFINE_REPAIR) ** 2:
+        return None
+    grids, changed = {}, False
+    for link in sdp.links:
+        if link.P not in sdp.storage:
+            continue
+        sys = link.system
+        grid = np.asarray(sdp.grids.get(sys.name, ()), dtype=float)
+        X_in, X_out = point.weight(link.w_in), point.weight(link.w_out)
+        lam = point.vars[link.lam.name] if link.lam is not None else None
+        H = frequency_response(sys.ss, fine)
+        if sys.internal:
+            Phi = block_phi(sys, lam, [point.vars[v.name] for v in link.inner], X_in, X_out, H)
+        else:
+            Phi = phi_matrices(sys, lam, X_in, X_out, H)
+        limits.checkpoint("refining the frequency grid")
+        low = np.linalg.eigvalsh((Phi + _h(Phi)) / 2)[:, 0]
+        scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2),
+                    float(np.max(lam, initial=0.0)) if lam is not None else 0.0, 1e-300)
+        depth = -low / scale
+        inner = (depth[1:-1] >= depth[:-2]) & (depth[1:-1] >= depth[2:])
+        peaks = np.concatenate([[depth[0] > depth[1]], inner, [depth[-1] > depth[-2]]])
+        candidates = np.flatnonzero(peaks & (depth > threshold))
+        if len(grid):
+            far = np.min(np.abs(fine[candidates, None] - grid[None, :]), axis=1) > step / 2
+            candidates = candidates[far]
+        chosen = candidates[np.argsort(-depth[candidates])][:add]
+        if len(chosen):
+            changed = True
+            grid = np.unique(np.concatenate([grid, fine[chosen]]))
+        grids[sys.name] = grid
+    return grids if changed else None
 
 
 #: How step 2 raises an input weight ``X``: ``X += e D`` with ``D = X + delta ||X|| I`` for each ``delta``

@@ -229,12 +229,14 @@ def _factor(E: np.ndarray) -> np.ndarray:
 
 
 def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | None = None,
-              weights: str = "full") -> Sdp:
+              weights: str = "full", grids: dict | None = None) -> Sdp:
     """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs).
 
     ``frequencies``: replace the LMI of each conv system with at least as many states as inputs and
     outputs together by its frequency-domain form on that many frequencies (no ``P`` among the solver's
-    variables; ``P`` is recovered afterwards, see ``lipdsl.kyp``).
+    variables; ``P`` is recovered afterwards, see ``lipdsl.certify.storage``). ``grids``: system name ->
+    its own frequencies instead (``storage.refined_grids``). ``weights="diagonal"``: every weight ``X``
+    between systems diagonal (an experiment: fewer variables, a looser bound).
     """
     steps = list(net.steps)
     systems = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
@@ -372,6 +374,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
                      f"{frequencies} frequencies (KYP lemma); P from a Riccati equation afterwards, then "
                      "certified")
     final_links = []
+    used_grids: dict[str, np.ndarray] = {}
     for link in links:
         sys = link.system
         nx, nu, ny = sys.ss.nx, sys.ss.nu, sys.n_out
@@ -395,8 +398,10 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
                 system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out,
                                  inner=link.inner)
             else:  # the frequency-domain LMIs; the link keeps the empty ``b`` as a stand-in of its LMI
-                H = frequency_response(sys.ss, omegas)
-                for w, Hw in zip(omegas, H):
+                grid = np.asarray((grids or {}).get(sys.name, omegas), dtype=float)
+                used_grids[sys.name] = grid
+                H = frequency_response(sys.ss, grid)
+                for w, Hw in zip(grid, H):
                     limits.checkpoint("building the SDP")
                     real = w == 0 or w == np.pi
                     r = 1 if real else 2
@@ -430,4 +435,5 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         tuple(psd_weights),
         tuple(notes),
         tuple(storage),
+        used_grids,
     )

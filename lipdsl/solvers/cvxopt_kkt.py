@@ -323,10 +323,13 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     shares = split_by_cost(sizes**3, threads)  # the solve's blocks per thread
     starts = n_l + np.concatenate([[0], np.cumsum(sizes**2)]).astype(int)  # each block in CVXOPT's z
 
+    newton_buffer = [np.zeros((n, n))]
+
     def factor(W):
         limits.checkpoint("cvxopt")  # once per interior-point iteration
         di = np.asarray(W["di"]).ravel()
-        H = np.zeros((n, n))
+        H = newton_buffer[0]  # (one n x n buffer for all iterations: no fresh pages to fault in each time)
+        H.fill(0.0)
         H[nonneg_idx, nonneg_idx] += di**2  # (distinct indices)
         acc: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # local variables -> their block of H
         S_of: dict[int, np.ndarray] = {}
