@@ -36,8 +36,8 @@ from scipy.linalg import lapack
 
 from lipdsl import limits
 from lipdsl.errors import SolveError
-from lipdsl.solvers.solve import Solution
 from lipdsl.solvers.cvxopt_kkt import dense_variables
+from lipdsl.solvers.solution import Solution, iteration_hook, objective
 
 
 def _sym(M: np.ndarray) -> np.ndarray:
@@ -188,11 +188,12 @@ def solve_hkm(sdp, *, tol: float = 1e-8, max_iterations: int = 100, verbose: boo
     ``|r_d| / (1 + |c|)`` are below ``tol`` (status 'optimal'). Otherwise (``max_iterations``, no progress
     for 5 iterations, a failed factorisation, vanishing steps) it returns the iterate with the smallest
     ``max(gap, residuals)`` with status 'unknown'. ``verbose`` prints one line per iteration (also in
-    ``Solution.log``).
+    ``Solution.log``). The objective is ``Sdp.solver_objective`` where the problem has one (the frequency
+    form's trace term), else ``objective()``.
     """
     t0 = time.perf_counter()
     n = sdp.n
-    c = sdp.objective()
+    c = objective(sdp)  # rho (+ the frequency form's trace term, Sdp.solver_objective) or LipSDP's
     blocks = [_Block(lmi, n) for lmi in sdp.lmis]
     nn = (np.concatenate([np.arange(v.offset, v.offset + v.dim) for v in sdp.nonneg]) if sdp.nonneg
           else np.zeros(0, dtype=int))
@@ -209,8 +210,11 @@ def solve_hkm(sdp, *, tol: float = 1e-8, max_iterations: int = 100, verbose: boo
     status = "unknown"
     best = (np.inf, x, np.inf, np.inf, 0)  # (merit, x, gap, residual, iteration)
     log: list[str] = []
+    hook = iteration_hook()
     for it in range(max_iterations + 1):
         limits.checkpoint("hkm")  # the command's deadline, once per iteration
+        if hook is not None:
+            hook(it + 1)
         mu = _inner(S, sl, Z, zl) / m_total
         pobj = float(c @ x)
         dobj = -sum(float(np.sum(b.F0 * Zi)) for b, Zi in zip(blocks, Z))
@@ -260,6 +264,15 @@ def solve_hkm(sdp, *, tol: float = 1e-8, max_iterations: int = 100, verbose: boo
         raise SolveError("the HKM interior-point method diverged (non-finite iterate)")
     return Solution(status, float(x[sdp.rho.offset]), x, "hkm", time.perf_counter() - t0, iterations,
                     tuple(log), relative_gap=float(gap), residual=float(res))
+
+
+def solve_sdp(sdp, *, tol: float, max_iterations: int, verbose: bool) -> Solution:
+    """``--solver hkm``: the dissipative SDP (or any problem with ``lmis``, ``nonneg``, ``rho``) by
+    ``solve_hkm``, minimising ``Sdp.solver_objective``. Its LMIs ``F0 + sum_k x_k F_k >= 0`` and ``x[nonneg]
+    >= 0`` are the method's primal form as they are (no mapping): ``x`` is lipdsl's x. Status 'optimal' when
+    the relative gap and residuals are within ``tol``, else 'unknown' with the best iterate (the pipeline
+    accepts it if within ``10 tol`` or if the certificate's repair is small); ``certify`` checks either."""
+    return solve_hkm(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose)
 
 
 def _lp_steps(s: np.ndarray, ds: np.ndarray) -> list[float]:
