@@ -80,12 +80,27 @@ class _Block:
         # A variable with many terms (rho on a wide input, a weight row cut into pieces by a chordal split)
         # is cheaper as one sparse F_k: its column of H is A(Z F_k S^-1) (the structured KKT's rule).
         self.dense = dense_variables(lmi, n)
-        self.factored = np.setdiff1d(np.arange(n), self.dense)
+        # H is formed on the variables with a term in this block (``vars``: a frequency LMI has about a
+        # third of them), then added into the whole H: the other entries of this block's H are zero
+        self.vars = np.unique(np.concatenate([f.col, self.dense])).astype(np.int64)
+        local = np.full(n, -1, dtype=np.int64)
+        local[self.vars] = np.arange(len(self.vars))
+        self.GT_vars = self.GT[self.vars]
+        self.dense_local = local[self.dense]
+        self.factored_local = local[np.setdiff1d(self.vars, self.dense)]
         Gc = sp.csc_matrix(lmi.G)
         self.F_dense = [sp.csr_matrix(Gc[:, k].toarray().reshape(m, m, order="F")) for k in self.dense]
         keep = np.flatnonzero(~np.isin(f.col, self.dense))
+        keep = keep[np.argsort(f.col[keep], kind="stable")]  # terms grouped by variable
         self.UT, self.VT = sp.csr_matrix(f.U.T)[keep], sp.csr_matrix(f.V.T)[keep]
-        self.agg = sp.csr_matrix((f.coef[keep], (f.col[keep], np.arange(len(keep)))), shape=(n, len(keep)))
+        cols = f.col[keep]
+        first = np.r_[True, cols[1:] != cols[:-1]] if len(cols) else np.zeros(0, dtype=bool)
+        self.starts = np.flatnonzero(first)  # each variable's first term (np.add.reduceat)
+        self.groups = local[cols[self.starts]]  # the local index of each group's variable
+        self.coef = f.coef[keep]
+        # (group, term) -> coef: sums a chunk's rows of the term matrix by variable
+        self.agg = sp.csr_matrix((self.coef, (np.cumsum(first) - 1, np.arange(len(keep)))),
+                                 shape=(len(self.starts), len(keep)))
 
     def adjoint(self, x: np.ndarray) -> np.ndarray:
         """``sum_k x_k F_k`` (dense, symmetric)."""
@@ -96,20 +111,21 @@ class _Block:
         return self.GT @ np.ascontiguousarray(M).reshape(-1)
 
     def gram(self, Z: np.ndarray, T: np.ndarray) -> np.ndarray:
-        """This block's ``H`` (module docstring): the dense variables' columns ``A(Z F_k S^-1)``, the others'
-        entries in row chunks of the ``R x R`` term matrix."""
-        n, R = self.agg.shape
-        H = np.zeros((n, n))
-        for k, Fk in zip(self.dense, self.F_dense):
-            col = self.apply(Z @ np.asarray(Fk @ T))
+        """This block's ``H`` on its variables ``vars`` (module docstring): the dense variables' columns
+        ``A(Z F_k S^-1)``, the others' entries in row chunks of the ``R x R`` term matrix."""
+        nv, R = len(self.vars), len(self.coef)
+        H = np.zeros((nv, nv))
+        for k, Fk in zip(self.dense_local, self.F_dense):
+            col = self.GT_vars @ np.ascontiguousarray(Z @ np.asarray(Fk @ T)).reshape(-1)
             H[:, k] = col
-            H[k, self.factored] = col[self.factored]
+            H[k, self.factored_local] = col[self.factored_local]
         if R == 0:
             return H
         # m x R: Z u_r, Z v_r, ... (C order: scipy's sparse @ dense would copy a transposed view per product)
         ZU, ZV = np.ascontiguousarray((self.UT @ Z).T), np.ascontiguousarray((self.VT @ Z).T)
         TU, TV = np.ascontiguousarray((self.UT @ T).T), np.ascontiguousarray((self.VT @ T).T)
         step = max(1, min(R, GRAM_CHUNK_ENTRIES // max(R, 1)))
+        Hg = np.zeros((len(self.groups), len(self.groups)))
         for lo in range(0, R, step):
             hi = min(R, lo + step)
             u, v = self.UT[lo:hi], self.VT[lo:hi]
@@ -117,7 +133,10 @@ class _Block:
             ZUU, ZUV, ZVU, ZVV = u @ ZU, u @ ZV, v @ ZU, v @ ZV
             TUU, TUV, TVU, TVV = u @ TU, u @ TV, v @ TU, v @ TV
             W = ZUU * TVV + ZUV * TVU + ZVU * TUV + ZVV * TUU
-            H += np.asarray(self.agg[:, lo:hi] @ (self.agg @ np.ascontiguousarray(W.T)).T)
+            W *= self.coef
+            # sum the columns by variable (terms are sorted by variable), then the rows
+            Hg += self.agg[:, lo:hi] @ np.add.reduceat(W, self.starts, axis=1)
+        H[np.ix_(self.groups, self.groups)] += Hg
         return H
 
 
@@ -138,7 +157,9 @@ class _Newton:
             raise np.linalg.LinAlgError("an iterate left the cone")
         self.T = [_inverse(L) for L in self.LS]
         self.tl = 1.0 / sl
-        H = sum((b.gram(Zi, Ti) for b, Zi, Ti in zip(blocks, Z, self.T)), np.zeros((len(c), len(c))))
+        H = np.zeros((len(c), len(c)))
+        for b, Zi, Ti in zip(blocks, Z, self.T):
+            H[np.ix_(b.vars, b.vars)] += b.gram(Zi, Ti)
         H[nn, nn] += zl * self.tl  # (distinct indices)
         self.cho = scipy.linalg.cho_factor(_sym(H), lower=True, check_finite=True)
         # after a full primal step r_p is rounding only, and Z r_p S^-1 two products for nothing
