@@ -200,14 +200,17 @@ def available_memory() -> int:
 def solver_bytes(variables: int, lmi_orders, solver: str = "cvxopt") -> float:
     """Peak resident bytes of solving an SDP of ``variables`` unknowns and LMIs of ``lmi_orders`` rows.
 
-    lipdsl's CVXOPT driver (``solver="cvxopt"``): the fitted model above. CVXOPT's generic 'chol' KKT solver
+    lipdsl's CVXOPT driver (``solver="cvxopt"``): the fitted model above; lipdsl's HKM method (``hkm``: about
+    20 ``m^2`` doubles per block, H and its factor) stays within it. CVXOPT's generic 'chol' KKT solver
     (``cvxopt-generic``) and the PICOS back-ends also hold ``G`` scaled column by column, a dense
-    ``(sum_k m_k^2) x n`` matrix.
+    ``(sum_k m_k^2) x n`` matrix: the registry's ``Backend.structured`` says which solver does not.
     """
+    from lipdsl.solvers.registry import structured
+
     n = float(variables)
     s2 = float(sum(float(m) ** 2 for m in lmi_orders))
     words = N2 * n * n + S2 * s2 + SN * n * math.sqrt(s2)
-    if solver != "cvxopt":
+    if not structured(solver):
         words += 2.0 * n * s2
     return BASE_BYTES + 8.0 * words
 

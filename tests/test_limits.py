@@ -614,7 +614,7 @@ def test_solves_leave_the_process_as_they_found_it(monkeypatch):
     import picos
     from threadpoolctl import threadpool_limits
 
-    import lipdsl.solvers.solve
+    import lipdsl.solvers.cvxopt_conelp
 
     existing = current_lipdsl_threads()
     with threadpool_limits(limits=2, user_api="blas"):  # an application that wants two BLAS threads
@@ -627,7 +627,7 @@ def test_solves_leave_the_process_as_they_found_it(monkeypatch):
         monkeypatch.setattr(lipdsl.solvers.cvxopt_kkt, "KKT_THREADS", 2)
         seen = []
         real = lipdsl.solvers.cvxopt_kkt.thread_map
-        monkeypatch.setattr(lipdsl.solvers.solve, "thread_map",
+        monkeypatch.setattr(lipdsl.solvers.cvxopt_conelp, "thread_map",
                             lambda *a, **k: seen.append(1) or real(*a, **k))
         assert net.solve(timeout=300).verified and seen
         assert process_state() == before and not lipdsl_threads(existing)

@@ -196,12 +196,13 @@ def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
     import cvxopt
 
     import lipdsl.solvers.cvxopt_kkt as kkt_mod
+    import lipdsl.solvers.cvxopt_conelp as conelp
     import lipdsl.solvers.solve as solve_mod
 
     if unit_min is not None:
         monkeypatch.setattr(kkt_mod, "UNIT_MIN", unit_min)
     sdp = _kkt_nets()[case]
-    reference = solve_mod.structured_kkt
+    reference = conelp.structured_kkt
     worst, calls = [0.0], [0]
 
     def both(sdp_, nonneg_idx):
@@ -223,14 +224,14 @@ def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
 
         return factor
 
-    monkeypatch.setattr(solve_mod, "structured_kkt", both)
+    monkeypatch.setattr(conelp, "structured_kkt", both)
     solve_mod.solve(sdp, max_iterations=6)
     assert calls[0] > 6 and worst[0] <= 1e-9, worst
     if case == "flatten":
         return
-    monkeypatch.setattr(solve_mod, "structured_kkt", reference)
+    monkeypatch.setattr(conelp, "structured_kkt", reference)
     new = solve_mod.solve(sdp)
-    monkeypatch.setattr(solve_mod, "structured_kkt", lambda s, i: reference(s, i, unit_terms=False))
+    monkeypatch.setattr(conelp, "structured_kkt", lambda s, i: reference(s, i, unit_terms=False))
     old = solve_mod.solve(sdp)
     assert new.claimed_status == old.claimed_status
     if new.claimed_status == "optimal":  # (where CVXOPT gives up on a singular KKT matrix is rounding's call)

@@ -204,8 +204,9 @@ class Network:
             ``lipsdp-neuron`` or ``lipsdp-layer`` (one SDP on the unrolled network): ``compare.METHODS``,
             the names ``lipdsl solve --method`` takes.
         solver : str, optional
-            For the SDP methods: ``cvxopt`` (dissipative's default) and the others ``lipdsl solve --solver``
-            knows; for LipSDP also ``hkm`` (its default, lipdsl's HKM interior-point method).
+            For the SDP methods: a name of the solver registry (``lipdsl.solvers.registry.SOLVERS``, the
+            names ``lipdsl solve --solver`` takes) or ``picos-NAME``: ``cvxopt`` is dissipative's default,
+            ``hkm`` (lipdsl's HKM interior-point method) LipSDP's.
         length : int, optional
             For ``input c x *`` nets: the (shortest) input length to cover.
         **options
@@ -247,6 +248,10 @@ class Network:
 
         length = integer("length", length, 1, optional=True)
         SOLVE_OPTIONS(options)
+        if solver is not None:  # the solver registry: an unknown name is refused with a did-you-mean
+            from lipdsl.solvers.registry import lookup
+
+            lookup(solver)
 
         with limits.blas_threads():  # BLAS on one thread, as the CLI (the LMIs are small)
             r = run_method(
@@ -365,7 +370,10 @@ class Network:
         from lipdsl.app.arguments import integer
         from lipdsl.errors import UnsupportedError
 
+        from lipdsl.solvers.registry import lookup
+
         length = integer("length", length, 1, optional=True)
+        lookup(solver)
         bounds = []
         for method in methods:
             options = {"frequencies": frequencies} if method == "dissipative" else {}

@@ -22,6 +22,7 @@ from lipdsl.app.render import (
 from lipdsl.errors import LipdslError
 from lipdsl.lang.source import Source
 from lipdsl.methods import METHODS as _METHODS  # the one method registry (no numpy at start-up)
+from lipdsl.solvers import registry  # the one solver registry (imports no solver)
 
 
 def fail(err: LipdslError, source: Source | None) -> None:
@@ -247,18 +248,21 @@ def _check_state_space_size(net, source) -> None:
 # -- solve (issue 3) --------------------------------------------------------------------------------------
 
 
-#: Solver names ``--solver`` accepts (anything else is a usage error, exit 2); PICOS ones must be installed.
-SOLVERS = ("cvxopt", "cvxopt-generic", "sdpa", "qics", "smcp", "mosek", "mskfsn", "scs", "clarabel")
+#: Solver names ``--solver`` accepts: the solver registry's (anything else is a usage error, exit 2; a PICOS
+#: back-end that is not installed exits 3).
+SOLVERS = registry.names()
 
 
 def _solver_name(ctx, param, value: str) -> str:
     if value not in SOLVERS:
-        import difflib
-
-        close = difflib.get_close_matches(value, SOLVERS, n=1)
-        mean = f" (did you mean {close[0]!r}?)" if close else ""
-        raise click.BadParameter(f"unknown solver {value!r}{mean}; use one of {', '.join(SOLVERS)}")
+        message, hint = registry.unknown_message(value)
+        raise click.BadParameter(f"{message}; {hint.removesuffix(' (or picos-NAME)')}")
     return value
+
+
+def _solver_help(lead: str) -> str:
+    """``--solver``'s help from the registry: every name and its one-line summary."""
+    return lead + " " + "; ".join(f"{b.name}: {b.summary}" for b in registry.SOLVERS.values()) + "."
 
 
 @cli.command("solve")
@@ -268,8 +272,7 @@ def _solver_name(ctx, param, value: str) -> str:
     default="cvxopt",
     show_default=True,
     callback=_solver_name,
-    help="cvxopt (structured KKT), cvxopt-generic, sdpa (sdpa-python), or any PICOS solver installed "
-    "(qics, smcp, mosek).",
+    help=_solver_help("The SDP solver (PICOS ones must be installed)."),
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
 @click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
@@ -662,7 +665,7 @@ def _solve_baseline(net, method: str, length: int | None, force: bool, as_json: 
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the lower bound's starts.")
 @click.option("--solver", default="cvxopt", show_default=True, callback=_solver_name,
-              help="Solver of the dissipative SDP.")
+              help=_solver_help("Solver of the dissipative SDP:"))
 @click.option(
     "--lift",
     type=click.IntRange(min=1),

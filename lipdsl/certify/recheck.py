@@ -32,7 +32,7 @@ import numpy as np
 from lipdsl.model import lowered
 from lipdsl.rigorous import mul_up, sqrt_up
 from lipdsl.sdp.problem import Link, Sdp, Weight
-from lipdsl.solvers.solve import Solution
+from lipdsl.solvers.solution import Solution
 
 EPS = np.finfo(float).eps
 

@@ -496,6 +496,15 @@ def solve_with_sdpa(sdp: Sdp, *, tol: float = 1e-9, max_iterations: int = 100,
                               int(meta["iterations"]), float(meta["seconds"]))
 
 
+def solve_sdp(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool):
+    """``--solver sdpa``: ``solve_with_sdpa`` -> Solution. SDPA's LMI form ``sum_k F_k x_k - F_0 >= 0`` has
+    our ``x`` as its primal vector, so no mapping is needed."""
+    from lipdsl.solvers.solution import Solution
+
+    res = solve_with_sdpa(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose)
+    return Solution(res.status, float(res.x[sdp.rho.offset]), res.x, "sdpa", res.seconds, res.iterations)
+
+
 def _child(argv: list[str]) -> int:
     """``python -m lipdsl.solvers.sdpa PROBLEM.dat-s RESULT.npz TOL MAX_ITERATIONS VERBOSE``
     (``solve_with_sdpa``)."""
