@@ -75,7 +75,8 @@ def cases(folder: Path) -> dict[str, Path]:
     if weights.exists():  # (not in git: 5 MB; specs/train/train_ucr.py makes it)
         text = out["fcn_32_64_32"].read_text()
         for a, b in (("32", "128"), ("64", "256")):
-            text = text.replace(f" {a},", f" {b},").replace(f"-> {a},", f"-> {b},").replace(f"{a} ->", f"{b} ->")
+            for old, new in ((f" {a},", f" {b},"), (f"-> {a},", f"-> {b},"), (f"{a} ->", f"{b} ->")):
+                text = text.replace(old, new)
         text = text.replace('"weights/trained/fcn_32_64_32.npz"', f'"{weights}"')
         (folder / "fcn_128_256_128.lip").write_text(text)
         out["fcn_128_256_128"] = folder / "fcn_128_256_128.lip"

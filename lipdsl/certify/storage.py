@@ -237,6 +237,13 @@ REFINE_THRESHOLD = 1e-3
 REFINE_REPAIR = 0.01
 
 
+def _solver_point(sdp: Sdp, solution: Solution) -> Point:
+    """The solver's point, with the storage ``P`` of the gridded systems (not solver variables) at zero."""
+    x = np.zeros(sdp.n_total)
+    x[: sdp.n] = solution.x
+    return Point(sdp, x)
+
+
 def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
                   threshold: float = REFINE_THRESHOLD) -> dict | None:
     """Each gridded system's frequencies plus those where its frequency-domain LMI fails most between them
@@ -250,9 +257,7 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     """
     if not sdp.storage or solution.x is None:
         return None
-    x = np.zeros(sdp.n_total)
-    x[: sdp.n] = solution.x
-    point = Point(sdp, x)
+    point = _solver_point(sdp, solution)
     fine = frequency_grid(FINE_GRID)
     step = fine[1] - fine[0]
     trial = copy.deepcopy(point)  # what the recovery would cost (its cheap pass): refine only if it is large
@@ -325,9 +330,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
     """
     if not sdp.storage or solution.x is None:
         return solution
-    x = np.zeros(sdp.n_total)
-    x[: sdp.n] = solution.x
-    start = Point(sdp, x)
+    start = _solver_point(sdp, solution)
     fine = frequency_grid(FINE_GRID)
     responses = {}
     best = None

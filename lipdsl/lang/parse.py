@@ -663,21 +663,20 @@ class _LetReader:
             raise _NotFast
         return node, first, last
 
-    def sum(self):
-        node, first, last = self.product()
-        while self.peek() in ("+", "-"):
+    def _left_assoc(self, operand, ops: dict):
+        """``operand (op operand)*`` for the operators ``ops`` (symbol -> name), folded from the left."""
+        node, first, last = operand()
+        while self.peek() in ops:
             op = self.take()[0]
-            right, _, last = self.product()
-            node = _fast_operator("add" if op == "+" else "sub", node, right, first, last)
+            right, _, last = operand()
+            node = _fast_operator(ops[op], node, right, first, last)
         return node, first, last
 
+    def sum(self):
+        return self._left_assoc(self.product, {"+": "add", "-": "sub"})
+
     def product(self):
-        node, first, last = self.unary()
-        while self.peek() in ("*", "/"):
-            op = self.take()[0]
-            right, _, last = self.unary()
-            node = _fast_operator("mul" if op == "*" else "div", node, right, first, last)
-        return node, first, last
+        return self._left_assoc(self.unary, {"*": "mul", "/": "div"})
 
     def unary(self):
         kind = self.peek()
