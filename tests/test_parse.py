@@ -620,3 +620,54 @@ def test_fast_let_lines_with_names_check_as_sympy_does(seed, monkeypatch):
         m.setattr(parse_module, "_fast_lets", lambda text: (text, []))
         slow = run()
     assert fast == slow, text
+
+
+def test_decimal_arithmetic_of_lets_equals_the_fraction_arithmetic():
+    """``ast._decimal_value`` (sums and products of decimals as ``m / 10^e``, no gcd per operation) gives
+    exactly the Fraction arithmetic's value on 3000 random trees of names, decimals and decimal fractions,
+    and leaves divisions and non-decimal values to the Fraction path."""
+    import random
+    from fractions import Fraction
+
+    import sympy
+
+    from lipdsl.lang import ast as lang_ast
+
+    rng = random.Random(0)
+    env = {"a": sympy.Rational(3, 8), "b": sympy.Rational(-7, 1250), "c": sympy.Integer(5)}
+
+    def tree(depth):
+        if depth == 0 or rng.random() < 0.3:
+            r = rng.random()
+            if r < 0.3:
+                return ("name", rng.choice("abc"))
+            if r < 0.6:
+                return rng.choice([0.5, 1.25, 3.0, -0.001, 1e-5, 2.5e10, 7])
+            return Fraction(rng.randint(-50, 50), rng.choice([1, 2, 4, 5, 8, 10, 20, 25, 125, 1000]))
+        if rng.random() < 0.2:
+            return ("neg", tree(depth - 1))
+        return ("op", rng.choice(["add", "sub", "mul"]), tree(depth - 1), tree(depth - 1))
+
+    def reference(node):
+        if isinstance(node, tuple):
+            if node[0] == "name":
+                return lang_ast.fraction(env[node[1]])
+            if node[0] == "neg":
+                return -reference(node[1])
+            a, b = reference(node[2]), reference(node[3])
+            return a + b if node[1] == "add" else a - b if node[1] == "sub" else a * b
+        return lang_ast.fraction(node)
+
+    checked = 0
+    for _ in range(3000):
+        t = tree(6)
+        try:
+            value = lang_ast._decimal_value(t, env, {})
+        except lang_ast._NotDecimal:
+            continue
+        checked += 1
+        assert value == reference(t)
+    assert checked > 2000
+    for odd in [("op", "div", 1.5, 0.5), ("name", "d"), Fraction(1, 3)]:
+        with pytest.raises(lang_ast._NotDecimal):
+            lang_ast._decimal_value(odd, {"d": sympy.Rational(1, 3)}, {})
