@@ -190,7 +190,7 @@ def show_command(
         raise click.UsageError("--length and --lift apply to --lowering only")
     source, net = load_or_fail(spec, allow_outside)
     if lowering:
-        print_lowering(net, *_lower_or_fail(net, source, min_length, lift))
+        print_lowering(net, *_lower_or_fail(net, source, min_length, lift), lift=lift)
         return
     if state_space:
         _check_state_space_size(net, source)

@@ -184,9 +184,10 @@ def print_state_space(net, latex: bool) -> None:
                 click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
 
 
-def print_lowering(net, low, size) -> None:
+def print_lowering(net, low, size, lift: int = 1) -> None:
     """``lipdsl show --lowering``: one row per SDP step of ``low`` (the lowered ``net``; ``size``: its
-    ``pipeline.problem_size``): the systems (one LMI each) and the pooling/flatten steps between them."""
+    ``pipeline.problem_size``): the systems (one LMI each) and the pooling/flatten steps between them, then
+    the form ``lipdsl solve`` picks by default (``pipeline.choose_form``)."""
     from rich.table import Table
 
     from lipdsl.model import lowered
@@ -234,6 +235,9 @@ def print_lowering(net, low, size) -> None:
                "`lipdsl solve --json`'s sdp.lmi_sizes")
     for note in notes:
         click.echo(f"  note: {note}")
+    from lipdsl.pipeline import choose_form
+
+    click.echo(f"lipdsl solve's form (--frequencies auto): {choose_form(net, lift)[1]}")
 
 
 def solver_lmis(low, size) -> tuple[dict[str, str], list[str]]:
