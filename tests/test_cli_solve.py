@@ -129,7 +129,8 @@ def test_show_lowering_gives_the_rows_the_solver_sees():
 def test_show_lowering_names_the_form_solve_picks():
     """issue 20: a net whose exact LMIs are large is solved in the frequency form by default, and
     `show --lowering` says so in the words `solve` uses."""
-    res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", str(SPECS / "tcn_plain.lip")])
+    spec = str(SPECS / "tcn_plain.lip")
+    res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", spec])
     assert res.exit_code == 0, res.output
     assert ("lipdsl solve's form (--frequencies auto): frequency-domain LMIs for the wide conv layers on 17 "
             "frequencies, chosen automatically: 916 variables instead of the exact LMIs' 22,116") in res.output
