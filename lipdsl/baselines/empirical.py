@@ -134,6 +134,8 @@ PAIR_SEP = 0.1
 PAIR_ITERATIONS = 100
 #: Inputs per batch (scoring and pair ascent).
 CHUNK = 16
+#: Refine rounds after the starts (``None``: ``max(1, starts // 4)``).
+REFINE_ROUNDS = None
 
 
 def _pair_ascent(net, X: np.ndarray, steps: int, rng, stop, record, lr=PAIR_LR, sep: float = PAIR_SEP,
@@ -264,7 +266,8 @@ def lower_bound(
        piecewise-linear nets ``||J||`` is locally constant, the quotient is not: it smooths over the
        activation patterns between the two points, and a pair whose quotient is ``q`` has a region of
        Jacobian norm ``>= q`` on its segment. Each batch ends after ``100 * steps`` iterations or when it
-       stops improving; then once more from the best ``CHUNK`` inputs found (``pair-refine``).
+       stops improving; then ``max(1, starts // 4)`` rounds from the best ``CHUNK`` inputs found so far, each
+       with new partners and step sizes and an equal share of the time left (``pair-refine``).
     3. If the best quotient beats every Jacobian norm, the Jacobian on 33 points of its segment; then the
        smoothed ascent of ``sigma_max(J(u))`` (``_ascent``, ``steps`` steps) from the best input.
 
@@ -362,14 +365,19 @@ def lower_bound(
             if progress is not None:
                 for i in range(done - size, done):
                     progress(i + 1, starts, best())
-        # Phase 2b: once more from the best `chunk` inputs of those ascents, with new partners and step sizes.
+        # Phase 2b: rounds from the best `chunk` inputs of the ascents so far (new partners and step sizes).
         search[0] = "pair-refine"
-        if done == starts and time.perf_counter() < pair_end:
+        rounds = max(1, starts // 4) if REFINE_ROUNDS is None else REFINE_ROUNDS
+        for r in range(rounds):
+            if done < starts or time.perf_counter() >= pair_end:
+                break
             values = np.concatenate([e[0] for e in ends])
             xs = np.concatenate([e[1] for e in ends])
             top = np.argsort(values, kind="stable")[::-1][:chunk]
-            _pair_ascent(net, xs[top], PAIR_ITERATIONS * steps, rng, stop_at(pair_end), record, PAIR_LR,
-                         PAIR_SEP)
+            now = time.perf_counter()
+            until = stop_at(now + (pair_end - now) / (rounds - r))
+            ends.append(_pair_ascent(net, xs[top], PAIR_ITERATIONS * steps, rng, until, record, PAIR_LR,
+                                     PAIR_SEP))
         # Phase 3: where the best quotient beats every Jacobian found, a region on its segment has a larger
         # Jacobian (f(y) - f(x) is the integral of J along it): sample the segment; then ascend the Jacobian
         # norm itself from the best input (the smoothed ascent; exact for smooth activations).
