@@ -133,7 +133,7 @@ PAIR_LR = (0.02, 0.1)
 PAIR_SEP = 0.1
 PAIR_ITERATIONS = 100
 #: Inputs per batch (scoring and pair ascent).
-CHUNK = 16
+CHUNK = 32
 #: Refine rounds after the starts (``None``: ``max(1, starts // 4)``).
 REFINE_ROUNDS = None
 
