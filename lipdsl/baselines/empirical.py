@@ -53,11 +53,13 @@ def search_cost(net: typed.Network, shape: tuple[int, ...], starts: int,
 
     Bytes: the scored inputs (``oversample * starts`` of ``n_in``), the tangents pushed through the widest
     layer to form a Jacobian (``min(n_in, n_out)`` of them, forward and backward), and the dense Jacobian
-    with its SVD (``n_out x n_in``, a few copies). Operations: ``min(n_in, n_out)`` tangents through every
-    conv (``2 c_out c_in k N_out`` each) and dense layer, and the SVD."""
+    with its SVD (``n_out x n_in``, a few copies); the batched passes of ``2 CHUNK`` inputs (every layer's
+    output recorded, a few copies for the products) and their Jacobians (at most ``JACOBIAN_ENTRIES``
+    entries at once). Operations: ``min(n_in, n_out)`` tangents through every conv (``2 c_out c_in k N_out``
+    each) and dense layer, and the SVD."""
     n_in = int(np.prod(shape, dtype=float))
     length = None if len(shape) == 1 else shape[1]
-    widest = float(n_in)
+    widest = stored = float(n_in)
     per_tangent = 0.0
     for L, c, n in shapes_at(net, length):
         if isinstance(L, typed.Conv1d):
@@ -65,10 +67,12 @@ def search_cost(net: typed.Network, shape: tuple[int, ...], starts: int,
         elif isinstance(L, typed.Dense):
             per_tangent += 2.0 * L.n_in * L.n_out
         widest = max(widest, float(c) * (n or 1))
+        stored += float(c) * (n or 1)
     n_out = float(c) * (n or 1)
     batch = min(n_in, n_out)
     memory = limits.BASE_BYTES + 8.0 * (oversample * starts * n_in + 4.0 * batch * widest
-                                        + 4.0 * n_in * n_out)
+                                        + 4.0 * n_in * n_out + 2 * CHUNK * 3.0 * stored
+                                        + 2.0 * min(JACOBIAN_ENTRIES, 2 * CHUNK * n_in * n_out))
     return memory, batch * per_tangent + 4.0 * n_in * n_out * batch
 
 
@@ -84,8 +88,12 @@ def _sigma(net, u) -> float:
 
 
 def _sigmas(net, U: np.ndarray) -> np.ndarray:
-    """``||J(u_b)||_2`` for a batch ``U`` (B, n_in) of inputs: one batched forward pass and
-    ``min(n_in, n_out)`` batched products with the basis vectors."""
+    """``||J(u_b)||_2`` for a batch ``U`` (B, n_in) of inputs: batched forward passes and ``min(n_in, n_out)``
+    batched products with the basis vectors (sub-batches of at most ``JACOBIAN_ENTRIES`` Jacobian entries)."""
+    lin = linearize(net, U[:1], batch=True)
+    size = max(1, int(JACOBIAN_ENTRIES // (lin.n_in * lin.n_out)))
+    if U.shape[0] > size:
+        return np.concatenate([_sigmas(net, U[i:i + size]) for i in range(0, U.shape[0], size)])
     lin = linearize(net, U, batch=True)
     B, m, n = U.shape[0], lin.n_out, lin.n_in
     if m <= n:
@@ -134,6 +142,8 @@ PAIR_SEP = 0.1
 PAIR_ITERATIONS = 100
 #: Inputs per batch (scoring and pair ascent).
 CHUNK = 32
+#: Largest number of Jacobian entries held at once by the batched norms.
+JACOBIAN_ENTRIES = 2e7
 #: Refine rounds after the starts (``None``: ``max(1, starts // 4)``).
 REFINE_ROUNDS = None
 
