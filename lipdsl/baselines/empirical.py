@@ -29,7 +29,7 @@ class LowerBound:
     seconds: float
     starts: int  # starts completed (fewer than asked if the time budget ran out)
     length: int | None = None
-    search: str = "random"  # what found it: "random", "pair-ascent", "segment" or "jacobian-ascent"
+    search: str = "random"  # found by: "random", "pair-ascent", "pair-refine", "segment", "jacobian-ascent"
     witness: str = "jacobian"  # "jacobian": value = ||J(argmax_input)||_2; "difference": the quotient below
     second_input: np.ndarray | None = None  # with "difference": value = ||f(u) - f(v)|| / ||u - v||, v this
 
