@@ -271,7 +271,8 @@ def lower_bound(
 
     1. Scoring (at most a tenth of the budget): ``oversample * starts`` inputs of four families (white noise,
        random walks, sinusoids, smoothed noise; RMS log-uniform in ``[0.1, 10]``), exact Jacobian norms.
-    2. Pair ascent (until 85 % of the budget, an equal share per batch of ``CHUNK`` starts): from the best
+    2. Pair ascent (until 85 % of the budget, an equal share per batch of ``CHUNK`` starts, at least a
+       twentieth of the phase, so that a batch is not begun for a few iterations): from the best
        ``starts`` inputs, Adam ascent of the difference quotient over both points (``_pair_ascent``). For
        piecewise-linear nets ``||J||`` is locally constant, the quotient is not: it smooths over the
        activation patterns between the two points, and a pair whose quotient is ``q`` has a region of
@@ -360,14 +361,14 @@ def lower_bound(
         search[0] = "pair-ascent"
         done = 0
         ends = []
-        pair_end = t0 + 0.85 * time_budget
+        pair_start, pair_end = time.perf_counter(), t0 + 0.85 * time_budget
         while done < starts:
             if done > 0 and time.perf_counter() > pair_end:
                 break
             size = min(chunk, starts - done)
             X = np.stack([pool[order[(done + b) % len(order)]] for b in range(size)])
-            now = time.perf_counter()  # each batch gets an equal share of the time left
-            share = now + (pair_end - now) / -(-(starts - done) // chunk)
+            now = time.perf_counter()  # each batch gets an equal share of the time left, at least 1/20 of
+            share = now + max((pair_end - now) / -(-(starts - done) // chunk), (pair_end - pair_start) / 20)
             got = _pair_ascent(net, X, PAIR_ITERATIONS * steps, rng, stop_at(share), record, PAIR_LR,
                                PAIR_SEP)
             ends.append(got)
