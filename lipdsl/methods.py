@@ -297,7 +297,7 @@ def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift
                              length=_unroll_length(net, length))
             lower = lb.value
             detail = {"starts": lb.starts, "evaluations": lb.evaluations, "seconds": lb.seconds, "seed": seed,
-                      "length": lb.length}
+                      "length": lb.length, "search": lb.search, "witness": lb.witness}
         except LipdslError as err:  # e.g. an activation known only by its slope
             detail = {"error": err.message}
     return Comparison(net, tuple(results), lower, detail, _unroll_length(net, length))

@@ -6,7 +6,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from lipdsl.app.cli import cli
-from lipdsl.model.forward import jacobian
+from lipdsl.model.forward import forward, jacobian
 from lipdsl.lang.load import load_network
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -29,7 +29,13 @@ def test_lower_json_witness_is_checkable():
     _, net = load_network(str(SPECS / "ecg.lip"))
     u = np.array(data["argmax_input"])
     assert u.shape == (1, 128) and data["seed"] == 5 and data["starts"] == 3
-    assert data["lower_bound"] == np.linalg.norm(jacobian(net, u), 2)
+    if data["witness"] == "jacobian":
+        assert data["second_input"] is None and data["lower_bound"] == np.linalg.norm(jacobian(net, u), 2)
+    else:  # a difference quotient at two inputs
+        v = np.array(data["second_input"])
+        quotient = np.linalg.norm(forward(net, u) - forward(net, v)) / np.linalg.norm(u - v)
+        assert data["lower_bound"] == quotient
+    assert data["search"] in ("random", "pair-ascent", "segment", "jacobian-ascent")
     again = json.loads(run("lower", "--json", "--starts", "3", "--seed", "5", str(SPECS / "ecg.lip")).output)
     assert again["lower_bound"] == data["lower_bound"]
 

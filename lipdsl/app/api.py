@@ -102,7 +102,9 @@ class Bound:
 
 @dataclass(frozen=True)
 class LowerBound:
-    """``value = ||J(u)||_2 <= L`` at the input ``argmax_input``: an empirical lower bound (no proof of L)."""
+    """``value = ||J(u)||_2 <= L`` at the input ``u = argmax_input`` (``witness == "jacobian"``), or
+    ``value = ||f(u) - f(v)||_2 / ||u - v||_2 <= L`` with ``v = second_input`` (``witness == "difference"``):
+    an empirical lower bound (no proof of L); ``search`` names the search that found it."""
 
     network: str
     value: float
@@ -112,6 +114,9 @@ class LowerBound:
     evaluations: int
     seconds: float
     length: int | None = None
+    search: str = "random"
+    witness: str = "jacobian"
+    second_input: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         """A JSON-ready dict, as ``lipdsl lower --json`` prints it."""
@@ -124,6 +129,9 @@ class LowerBound:
             "length": self.length,
             "seconds": self.seconds,
             "argmax_input": self.argmax_input.tolist(),
+            "search": self.search,
+            "witness": self.witness,
+            "second_input": None if self.second_input is None else self.second_input.tolist(),
         }
 
 
@@ -335,7 +343,8 @@ class Network:
         length = integer("length", length, 1, optional=True)
         r = lower_bound(self.typed, starts=starts, seed=seed, time_budget=time_budget, length=length)
         return LowerBound(
-            self.name, float(r.value), r.argmax_input, seed, r.starts, r.evaluations, r.seconds, r.length
+            self.name, float(r.value), r.argmax_input, seed, r.starts, r.evaluations, r.seconds, r.length,
+            r.search, r.witness, r.second_input
         )
 
     def compare(

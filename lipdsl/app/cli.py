@@ -564,7 +564,8 @@ def lower_command(
     as_json: bool,
     allow_outside: bool,
 ) -> None:
-    """Empirical lower bound of SPEC's Lipschitz constant: max of ||J(u)||_2 over searched inputs u."""
+    """Empirical lower bound of SPEC's Lipschitz constant: the largest ||J(u)||_2 or
+    ||f(u) - f(v)|| / ||u - v|| found (a pair ascent over inputs u, v)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lipdsl.baselines.empirical import lower_bound

@@ -347,13 +347,17 @@ def lower_bound_json(spec: str, net, result, seed: int) -> dict:
         "length": result.length,
         "seconds": result.seconds,
         "argmax_input": result.argmax_input.tolist(),
+        "search": result.search,
+        "witness": result.witness,
+        "second_input": None if result.second_input is None else result.second_input.tolist(),
     }
 
 
 def lower_bound_text(net, result, seed: int) -> str:
     """``lipdsl lower``: the empirical lower bound in one line."""
     where = f", input length {result.length}" if net.any_length else ""
+    what = "||J(u)||_2" if result.witness == "jacobian" else "||f(u) - f(v)||_2 / ||u - v||_2"
     return (
-        f"{net.name}: lipschitz >= {result.value:.10g}  (empirical: max ||J(u)||_2 over {result.starts} "
-        f"starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)"
+        f"{net.name}: lipschitz >= {result.value:.10g}  (empirical: {what} found by {result.search}, "
+        f"{result.starts} starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)"
     )

@@ -13,7 +13,7 @@ from lipdsl import limits
 from lipdsl.lang import typed
 from lipdsl.lang.check import shapes_at
 from lipdsl.errors import LipdslError
-from lipdsl.model.forward import _activation_functions, linearize
+from lipdsl.model.forward import _activation_functions, jacobian, linearize
 
 #: Input length used for nets declared ``input c x *`` when no ``length`` is given.
 DEFAULT_LENGTH = 64
@@ -29,6 +29,9 @@ class LowerBound:
     seconds: float
     starts: int  # starts completed (fewer than asked if the time budget ran out)
     length: int | None = None
+    search: str = "random"  # found by: "random", "pair-ascent", "pair-refine", "segment", "jacobian-ascent"
+    witness: str = "jacobian"  # "jacobian": value = ||J(argmax_input)||_2; "difference": the quotient below
+    second_input: np.ndarray | None = None  # with "difference": value = ||f(u) - f(v)|| / ||u - v||, v this
 
 
 def _input_shape(net: typed.Network, length: int | None) -> tuple[int, ...]:
@@ -50,11 +53,13 @@ def search_cost(net: typed.Network, shape: tuple[int, ...], starts: int,
 
     Bytes: the scored inputs (``oversample * starts`` of ``n_in``), the tangents pushed through the widest
     layer to form a Jacobian (``min(n_in, n_out)`` of them, forward and backward), and the dense Jacobian
-    with its SVD (``n_out x n_in``, a few copies). Operations: ``min(n_in, n_out)`` tangents through every
-    conv (``2 c_out c_in k N_out`` each) and dense layer, and the SVD."""
+    with its SVD (``n_out x n_in``, a few copies); the batched passes of ``2 CHUNK`` inputs (every layer's
+    output recorded, a few copies for the products) and their Jacobians (at most ``JACOBIAN_ENTRIES``
+    entries at once). Operations: ``min(n_in, n_out)`` tangents through every conv (``2 c_out c_in k N_out``
+    each) and dense layer, and the SVD."""
     n_in = int(np.prod(shape, dtype=float))
     length = None if len(shape) == 1 else shape[1]
-    widest = float(n_in)
+    widest = stored = float(n_in)
     per_tangent = 0.0
     for L, c, n in shapes_at(net, length):
         if isinstance(L, typed.Conv1d):
@@ -62,10 +67,12 @@ def search_cost(net: typed.Network, shape: tuple[int, ...], starts: int,
         elif isinstance(L, typed.Dense):
             per_tangent += 2.0 * L.n_in * L.n_out
         widest = max(widest, float(c) * (n or 1))
+        stored += float(c) * (n or 1)
     n_out = float(c) * (n or 1)
     batch = min(n_in, n_out)
     memory = limits.BASE_BYTES + 8.0 * (oversample * starts * n_in + 4.0 * batch * widest
-                                        + 4.0 * n_in * n_out)
+                                        + 4.0 * n_in * n_out + 2 * CHUNK * 3.0 * stored
+                                        + 2.0 * min(JACOBIAN_ENTRIES, 2 * CHUNK * n_in * n_out))
     return memory, batch * per_tangent + 4.0 * n_in * n_out * batch
 
 
@@ -78,6 +85,129 @@ def _top_triple(J: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
 def _sigma(net, u) -> float:
     """Exact ``||J(u)||_2`` of the true network."""
     return float(np.linalg.norm(linearize(net, u).matrix(), 2))
+
+
+def _sigmas(net, U: np.ndarray) -> np.ndarray:
+    """``||J(u_b)||_2`` for a batch ``U`` (B, n_in) of inputs: batched forward passes and ``min(n_in, n_out)``
+    batched products with the basis vectors (sub-batches of at most ``JACOBIAN_ENTRIES`` Jacobian entries)."""
+    lin = linearize(net, U[:1], batch=True)
+    size = max(1, int(JACOBIAN_ENTRIES // (lin.n_in * lin.n_out)))
+    if U.shape[0] > size:
+        return np.concatenate([_sigmas(net, U[i:i + size]) for i in range(0, U.shape[0], size)])
+    lin = linearize(net, U, batch=True)
+    B, m, n = U.shape[0], lin.n_out, lin.n_in
+    if m <= n:
+        J = np.stack([lin.vjp(np.repeat(np.eye(m)[k:k + 1], B, axis=0)) for k in range(m)], axis=1)
+    else:
+        J = np.stack([lin.jvp(np.repeat(np.eye(n)[k:k + 1], B, axis=0)) for k in range(n)], axis=2)
+    return np.linalg.norm(J, 2, axis=(1, 2))
+
+
+def _quotient(net, x: np.ndarray, y: np.ndarray) -> float:
+    """``||f(x) - f(y)||_2 / ||x - y||_2`` from two single-input forward passes (0 if ``x == y``)."""
+    d = float(np.linalg.norm(x - y))
+    if d == 0.0:
+        return 0.0
+    return float(np.linalg.norm(linearize(net, x).output - linearize(net, y).output)) / d
+
+
+def _candidates(net, shape, count: int, rng) -> np.ndarray:
+    """``count`` starting inputs (rows, channel-major), a quarter of each family: white Gaussian noise, random
+    walks (low frequencies, like recorded signals), sinusoids of random frequency and phase per channel, and
+    smoothed noise; each scaled to a log-uniform RMS in ``[0.1, 10]`` (biases matter at small scales, the
+    net is nearly positively homogeneous at large ones). Flat inputs are Gaussian."""
+    n = int(np.prod(shape))
+    U = rng.standard_normal((count, n))
+    if len(shape) == 2:
+        c, N = shape
+        fam = np.arange(count) % 4
+        walks = np.cumsum(rng.standard_normal((count, c, N)), axis=2)
+        t = np.arange(N)
+        freq = rng.uniform(0.0, 0.5, (count, c, 1))
+        phase = rng.uniform(0.0, 2 * np.pi, (count, c, 1))
+        sines = np.cos(2 * np.pi * freq * t + phase)
+        kernel = np.ones(min(5, N)) / min(5, N)
+        smooth = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 2,
+                                     rng.standard_normal((count, c, N)))
+        for k, arr in ((1, walks), (2, sines), (3, smooth)):
+            U[fam == k] = arr.reshape(count, n)[fam == k]
+    rms = np.sqrt(np.mean(U * U, axis=1, keepdims=True)) + 1e-300
+    return U / rms * 10.0 ** rng.uniform(-1, 1, (count, 1))
+
+
+#: The pair ascent: Adam step sizes (per pair, log-uniform in this range, times the input's RMS), the first
+#: separation ``||y - x|| / ||x||``, and its iterations per ``steps``.
+PAIR_LR = (0.02, 0.1)
+PAIR_SEP = 0.1
+PAIR_ITERATIONS = 100
+#: Inputs per batch (scoring and pair ascent).
+CHUNK = 32
+#: Largest number of Jacobian entries held at once by the batched norms.
+JACOBIAN_ENTRIES = 2e7
+#: Refine rounds after the starts (``None``: ``max(1, starts // 4)``).
+REFINE_ROUNDS = None
+
+
+def _pair_ascent(net, X: np.ndarray, steps: int, rng, stop, record, lr=PAIR_LR, sep: float = PAIR_SEP,
+                 patience: int = 50):
+    """Adam ascent of ``R(x, y) = ||f(x) - f(y)|| / ||x - y||`` on a batch of pairs ``(x, y = x + d)``.
+
+    ``R <= L`` for every pair, and unlike ``||J(x)||`` (piecewise constant for ReLU nets) it changes with both
+    points: ``dR/dx = (J(y) - J(x))^T g / ||d||`` and ``dR/dd = J(y)^T g / ||d|| - R d / ||d||^2`` with
+    ``g = (f(y) - f(x)) / ||f(y) - f(x)||``, from one batched forward pass and one VJP over the ``2B``
+    points. Steps are ``lr`` times the input's RMS per entry; ``||d||`` is kept above ``1e-4 (||x|| + 1)`` so
+    that the quotient is not rounding noise. ``record(kind, x, y, value)`` gets every pair's quotient, and the
+    exact Jacobian norms at both ends every 10 steps and at the end. The ascent ends after ``steps``
+    iterations, when ``stop()``, or when the pairs' mean best quotient has grown less than 0.1 % in the last
+    ``patience`` iterations.
+    """
+    B, n = X.shape
+    X = X.copy()
+    lr = 10.0 ** rng.uniform(np.log10(lr[0]), np.log10(lr[1]), (B, 1))
+    D = rng.standard_normal((B, n))
+    D *= sep * np.linalg.norm(X, axis=1, keepdims=True) / np.linalg.norm(D, axis=1, keepdims=True)
+    moments = [np.zeros_like(X) for _ in range(4)]
+    b1, b2 = 0.9, 0.999
+
+    def ends():
+        for u, s in zip(np.concatenate([X, X + D]), _sigmas(net, np.concatenate([X, X + D]))):
+            record("jacobian", u, None, float(s))
+
+    pair_best, best_x = np.zeros(B), X.copy()
+    history = []
+    for it in range(steps):
+        if stop() or (it >= patience and history[-1] <= history[-patience] * (1 + 1e-3)):
+            break
+        lin = linearize(net, np.concatenate([X, X + D]), batch=True)
+        F = lin.output.reshape(2 * B, -1)
+        r = F[B:] - F[:B]
+        nr = np.linalg.norm(r, axis=1, keepdims=True)
+        nd = np.linalg.norm(D, axis=1, keepdims=True)
+        R = nr[:, 0] / nd[:, 0]
+        for b in range(B):
+            record("difference", X[b], X[b] + D[b], float(R[b]))
+        up = np.isfinite(R) & (R > pair_best)
+        pair_best[up], best_x[up] = R[up], X[up]
+        history.append(float(pair_best.mean()))
+        g = r / np.maximum(nr, 1e-300)
+        G = lin.vjp(np.concatenate([g, g]))
+        grads = ((G[B:] - G[:B]) / nd, G[B:] / nd - R[:, None] * D / nd ** 2)
+        scale = lr * np.sqrt(np.mean(X * X, axis=1, keepdims=True)) + 1e-12
+        for k, (P, gr) in enumerate(zip((X, D), grads)):
+            m, v = moments[2 * k], moments[2 * k + 1]
+            m *= b1
+            m += (1 - b1) * gr
+            v *= b2
+            v += (1 - b2) * gr * gr
+            P += scale * (m / (1 - b1 ** (it + 1))) / (np.sqrt(v / (1 - b2 ** (it + 1))) + 1e-300)
+        floor = 1e-4 * (np.linalg.norm(X, axis=1, keepdims=True) + 1.0)
+        nd = np.linalg.norm(D, axis=1, keepdims=True)
+        D *= np.maximum(1.0, floor / np.maximum(nd, 1e-300))
+        if it % 10 == 9 and not stop():
+            ends()
+    if not stop():
+        ends()
+    return pair_best, best_x
 
 
 def _ascent(net, u, steps, tau_range, deadline, record):
@@ -135,14 +265,26 @@ def lower_bound(
     oversample: int = 8,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> LowerBound:
-    """``max_u ||J(u)||_2`` over random starts followed by gradient ascent: a lower bound on the ℓ2 Lipschitz
-    constant (``||J(u)||_2 <= L`` wherever ``f`` is differentiable).
+    """A lower bound on the ℓ2 Lipschitz constant ``L``: the largest of ``||J(u)||_2`` (``<= L`` wherever
+    ``f`` is differentiable) and ``||f(x) - f(y)||_2 / ||x - y||_2`` (``<= L`` always) over the inputs
+    searched.
 
-    ``oversample * starts`` Gaussian inputs at log-uniform scales in ``[0.1, 10]`` are scored, and the best
-    ``starts`` of them are ascended (at most a quarter of the budget goes to scoring). The ascent follows
-    ``sigma_max(J(u))``; for piecewise-linear activations (whose Jacobian is locally constant) it follows a
-    smoothed surrogate ``phi_tau`` instead and anneals ``tau -> 0``, so it moves towards activation patterns
-    with a larger gain; every iterate is scored with the exact Jacobian of the true network.
+    1. Scoring (at most a tenth of the budget): ``oversample * starts`` inputs of four families (white noise,
+       random walks, sinusoids, smoothed noise; RMS log-uniform in ``[0.1, 10]``), exact Jacobian norms.
+    2. Pair ascent (until 85 % of the budget, an equal share per batch of ``CHUNK`` starts, at least a
+       twentieth of the phase, so that a batch is not begun for a few iterations): from the best
+       ``starts`` inputs, Adam ascent of the difference quotient over both points (``_pair_ascent``). For
+       piecewise-linear nets ``||J||`` is locally constant, the quotient is not: it smooths over the
+       activation patterns between the two points, and a pair whose quotient is ``q`` has a region of
+       Jacobian norm ``>= q`` on its segment. Each batch ends after ``100 * steps`` iterations or when it
+       stops improving; then ``max(1, starts // 4)`` rounds from the best ``CHUNK`` inputs found so far, each
+       with new partners and step sizes and an equal share of the time left (``pair-refine``).
+    3. If the best quotient beats every Jacobian norm, the Jacobian on 33 points of its segment; then the
+       smoothed ascent of ``sigma_max(J(u))`` (``_ascent``, ``steps`` steps) from the best input.
+
+    Every Jacobian norm found is exact at its input; the reported value is recomputed at the end from
+    single-input passes (``jacobian`` and its LAPACK norm, or two forward passes) and is the Jacobian norm
+    unless the quotient is larger (then ``witness == "difference"`` and ``second_input`` is ``y``).
 
     Parameters
     ----------
@@ -188,39 +330,96 @@ def lower_bound(
     with hard.active():
         rng = np.random.default_rng(seed)
         deadline = t0 + time_budget
-        best = {"value": -1.0, "u": None, "n": 0}
+        found = {"jacobian": None, "difference": None}  # kind -> (value, x, y, search)
+        count = [0]
+        search = ["random"]
 
-        def record(u, s):
-            best["n"] += 1
-            if s > best["value"]:
-                best["value"], best["u"] = s, u.copy()
+        def record(kind, x, y, value):
+            count[0] += kind == "jacobian"
+            if np.isfinite(value) and (found[kind] is None or value > found[kind][0]):
+                found[kind] = (value, x.copy(), None if y is None else y.copy(), search[0])
 
-        # Phase 1: score `oversample * starts` random inputs (Gaussian, log-uniform scale in [0.1, 10]).
-        n_in = int(np.prod(shape))
+        def best() -> float:
+            return max((v[0] for v in found.values() if v is not None), default=0.0)
+
+        def stop_at(when):
+            return lambda: time.perf_counter() > when or hard.expired
+
+        # Phase 1 (at most a tenth of the budget): score `oversample * starts` inputs of several families.
         pool, scores = [], []
-        for j in range(oversample * starts):
-            if j > 0 and (time.perf_counter() > t0 + time_budget / 4 or hard.expired):
+        chunk = CHUNK
+        for j in range(0, oversample * starts, chunk):
+            if j > 0 and (time.perf_counter() > t0 + time_budget / 10 or hard.expired):
                 break
-            u = 10.0 ** rng.uniform(-1, 1) * rng.standard_normal(n_in)
-            pool.append(u)
-            scores.append(_sigma(net, u))
-            record(u, scores[-1])
-        order = np.argsort(scores)[::-1]
-        # Phase 2: ascend from the best of them.
+            U = _candidates(net, shape, min(chunk, oversample * starts - j), rng)
+            for u, s in zip(U, _sigmas(net, U)):
+                pool.append(u)
+                scores.append(float(s))
+                record("jacobian", u, None, float(s))
+        order = np.argsort(scores, kind="stable")[::-1]
+        # Phase 2 (until 85 % of the budget): ascend the difference quotient from the best inputs, in batches.
+        search[0] = "pair-ascent"
         done = 0
-        for i in range(starts):
-            if i > 0 and time.perf_counter() > deadline:
+        ends = []
+        pair_start, pair_end = time.perf_counter(), t0 + 0.85 * time_budget
+        while done < starts:
+            if done > 0 and time.perf_counter() > pair_end:
                 break
-            _ascent(net, pool[order[i % len(order)]], steps, (0.5, 0.005), deadline if i > 0 else np.inf,
-                    record)
-            done += 1
+            size = min(chunk, starts - done)
+            X = np.stack([pool[order[(done + b) % len(order)]] for b in range(size)])
+            now = time.perf_counter()  # each batch gets an equal share of the time left, at least 1/20 of
+            share = now + max((pair_end - now) / -(-(starts - done) // chunk), (pair_end - pair_start) / 20)
+            got = _pair_ascent(net, X, PAIR_ITERATIONS * steps, rng, stop_at(share), record, PAIR_LR,
+                               PAIR_SEP)
+            ends.append(got)
+            done += size
             if progress is not None:
-                progress(done, starts, best["value"])
+                for i in range(done - size, done):
+                    progress(i + 1, starts, best())
+        # Phase 2b: rounds from the best `chunk` inputs of the ascents so far (new partners and step sizes).
+        search[0] = "pair-refine"
+        rounds = max(1, starts // 4) if REFINE_ROUNDS is None else REFINE_ROUNDS
+        for r in range(rounds):
+            if done < starts or time.perf_counter() >= pair_end:
+                break
+            values = np.concatenate([e[0] for e in ends])
+            xs = np.concatenate([e[1] for e in ends])
+            top = np.argsort(values, kind="stable")[::-1][:chunk]
+            now = time.perf_counter()
+            until = stop_at(now + (pair_end - now) / (rounds - r))
+            ends.append(_pair_ascent(net, xs[top], PAIR_ITERATIONS * steps, rng, until, record, PAIR_LR,
+                                     PAIR_SEP))
+        # Phase 3: where the best quotient beats every Jacobian found, a region on its segment has a larger
+        # Jacobian (f(y) - f(x) is the integral of J along it): sample the segment; then ascend the Jacobian
+        # norm itself from the best input (the smoothed ascent; exact for smooth activations).
+        search[0] = "segment"
+        if found["difference"] is not None and found["difference"][0] > found["jacobian"][0] \
+                and time.perf_counter() < deadline:
+            _, x, y, _ = found["difference"]
+            ts = np.linspace(0.0, 1.0, 33)[:, None]
+            for u, s in zip(x + ts * (y - x), _sigmas(net, x + ts * (y - x))):
+                record("jacobian", u, None, float(s))
+        search[0] = "jacobian-ascent"
+        _ascent(net, found["jacobian"][1], steps, (0.05, 0.0005), deadline,
+                lambda u, s: record("jacobian", u, None, s))
+        # The report: both witnesses recomputed independently (single-input passes, dense Jacobian, LAPACK
+        # norm); the Jacobian is preferred unless the quotient is larger.
+        value, x, _, how = found["jacobian"]
+        value = float(np.linalg.norm(jacobian(net, x), 2))
+        y = None
+        if found["difference"] is not None:
+            q, xd, yd, how_d = found["difference"]
+            q = _quotient(net, xd, yd)
+            if q > value:
+                value, x, y, how = q, xd, yd, how_d
         return LowerBound(
-            best["value"],
-            best["u"].reshape(shape),
-            best["n"],
+            value,
+            x.reshape(shape),
+            count[0],
             time.perf_counter() - t0,
             done,
             None if net.input_shape.flat else shape[-1],
+            search=how,
+            witness="jacobian" if y is None else "difference",
+            second_input=None if y is None else y.reshape(shape),
         )

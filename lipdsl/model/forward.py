@@ -43,7 +43,7 @@ def conv1d(x: np.ndarray, weight: np.ndarray, stride: int = 1, dilation: int = 1
     for j in range(k):
         start = dilation * j
         window = xp[:, :, start:start + stride * (n_out - 1) + 1:stride]  # (B, c_in, n_out)
-        y += np.einsum("oi,bit->bot", weight[:, :, j], window)
+        y += np.matmul(weight[:, :, j], window)  # (c_out, c_in) @ (B, c_in, n_out): batched BLAS
     return y
 
 
@@ -67,7 +67,7 @@ def conv1d_transpose(g: np.ndarray, weight: np.ndarray, n_in: int, stride: int =
     for j in range(k):
         start = dilation * j
         stop = start + stride * (n_out - 1) + 1
-        gp[:, :, start:stop:stride] += np.einsum("oi,bot->bit", weight[:, :, j], g)
+        gp[:, :, start:stop:stride] += np.matmul(weight[:, :, j].T, g)
     return gp[:, :, pad_left:pad_left + n_in]
 
 
