@@ -157,7 +157,7 @@ def test_sweep_of_specs_and_onnx(tmp_path, ckpt):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path):
-    inputs = ecg_checkpoints(tmp_path, 10, seed=3)
+    inputs = ecg_checkpoints(tmp_path, 24, seed=3)  # (enough that the sweep is still running at the signal)
     cache = tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, "-m", "lipdsl", "sweep", "--like", str(ECG_SPEC),
                              *map(str, inputs), "--jobs", "1", "--cache", str(cache), "--json"],
