@@ -351,6 +351,41 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
     return dataclasses.replace(solution, x=point.vector(sdp))
 
 
+def _multiplier_names(link) -> list[str]:
+    """The link's multiplier variables: its activation's, then (a residual block) each internal one's."""
+    return ([link.lam.name] if link.lam is not None else []) + [v.name for v in link.inner]
+
+
+def _cover_raised_output(point: Point, link, raised: _Raise) -> _Raise:
+    """Step 1 for an output weight raised to ``(1 + s) X_out + t I``: every multiplier of the link (its
+    activation's and a block's internal ones) times ``1 + s``, the output multiplier ``+ t/2``, and the input
+    weight times ``1 + s`` (``Phi`` is linear in all of them: the scaled part is exact). Returns the raise
+    of the input weight so far."""
+    names = _multiplier_names(link)
+    for name in names:
+        point.vars[name] = (1 + raised.relative) * point.vars[name]
+    if link.lam is not None:
+        point.vars[link.lam.name] = point.vars[link.lam.name] + raised.absolute / 2
+    up = _Raise()
+    if raised.relative and link.w_in.kind != "const":
+        point.scale_weight(link.w_in, 1 + raised.relative)
+        up = up.scaled(1 + raised.relative)
+    return up
+
+
+def _raise_input(point: Point, link, up: _Raise, shift: float, whiten, delta: float | None,
+                 tiny: float) -> _Raise:
+    """Step 2's raise of the input weight by ``shift`` along ``D`` plus the margin ``tiny I``: ``X_in +=
+    e I`` (``whiten`` None) or ``X_in += e (X_in + delta ||X_in|| I)``; returns ``up`` with it added."""
+    if whiten is None:
+        point.shift_weight(link.w_in, shift + tiny)
+        return up.plus(shift + tiny)
+    iso = shift * delta * np.linalg.norm(point.weight(link.w_in), 2) + tiny
+    point.scale_weight(link.w_in, 1 + shift)
+    point.shift_weight(link.w_in, iso)
+    return up.scaled(1 + shift).plus(iso)
+
+
 def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, margin: float,
                  delta: float | None, *, storage: bool) -> None:
     """Steps 1-3 of the module docstring on ``point``, from the last system to the first; step 2 raises each
@@ -367,11 +402,8 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
             raised = _recover_block(point, link, raised, fine, margin, delta, storage)
             continue
         sys = link.system
-        lam = None
-        if link.lam is not None:  # step 1: (1 + s) L + t/2 covers (1 + s) X_out + t I
-            lam0 = point.vars[link.lam.name]
-            point.vars[link.lam.name] = (1 + raised.relative) * lam0 + raised.absolute / 2
-            lam = point.vars[link.lam.name]
+        up = _cover_raised_output(point, link, raised)
+        lam = point.vars[link.lam.name] if link.lam is not None else None
         X_out = point.weight(link.w_out)
         key = id(link)
         if key not in responses:
@@ -379,10 +411,6 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
         H = responses[key]
         # (the passes that only choose the raise direction work on a quarter of the coarse grid)
         H_coarse = (H[::every] if storage else H[:: 4 * every]) if sys.ss.nx else H
-        up = _Raise()
-        if raised.relative and link.w_in.kind != "const":  # the scaled part is exact: (1 + s) Phi
-            point.scale_weight(link.w_in, 1 + raised.relative)
-            up = up.scaled(1 + raised.relative)
         P = None
         for attempt in range(6):
             limits.checkpoint("storage recovery")
@@ -404,15 +432,7 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
             # (the passes that only choose the direction take it on the coarse grid too)
             shift = _over_frequencies(partial(input_shift, sys, lam, X_in, X_out, whiten=whiten),
                                       H if storage else H_coarse, threads, max)
-            if whiten is None:  # X_in += e I
-                shift += tiny
-                point.shift_weight(link.w_in, shift)
-                up = up.plus(shift)
-            else:  # X_in += e (X_in + delta ||X_in|| I)
-                iso = shift * delta * np.linalg.norm(X_in, 2) + tiny
-                point.scale_weight(link.w_in, 1 + shift)
-                point.shift_weight(link.w_in, iso)
-                up = up.scaled(1 + shift).plus(iso)
+            up = _raise_input(point, link, up, shift, whiten, delta, tiny)
             if not sys.ss.nx or not storage:
                 break
             try:
@@ -517,15 +537,8 @@ def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin:
     margin. Step 3: ``P`` from the Riccati equation.
     """
     sys = link.system
-    names = ([link.lam.name] if link.lam is not None else []) + [v.name for v in link.inner]
-    for name in names:
-        point.vars[name] = (1 + raised.relative) * point.vars[name]
-    if link.lam is not None:
-        point.vars[link.lam.name] = point.vars[link.lam.name] + raised.absolute / 2
-    up = _Raise()
-    if raised.relative and link.w_in.kind != "const":
-        point.scale_weight(link.w_in, 1 + raised.relative)
-        up = up.scaled(1 + raised.relative)
+    names = _multiplier_names(link)
+    up = _cover_raised_output(point, link, raised)
 
     def multipliers(eta: float):
         lam = point.vars[link.lam.name] + eta if link.lam is not None else None
@@ -560,15 +573,7 @@ def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin:
     if not np.isfinite(shift):  # (no multiplier shift made the block's other coordinates definite)
         whiten = None
         shift = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, lam, inner, X_in, X_out, H)).min()))
-    if whiten is None:
-        shift += tiny
-        point.shift_weight(link.w_in, shift)
-        up = up.plus(shift)
-    else:
-        iso = shift * delta * np.linalg.norm(X_in, 2) + tiny
-        point.scale_weight(link.w_in, 1 + shift)
-        point.shift_weight(link.w_in, iso)
-        up = up.scaled(1 + shift).plus(iso)
+    up = _raise_input(point, link, up, shift, whiten, delta, tiny)
     if not storage:
         return up
     try:  # (strictly positive, as in _raise_chain)
@@ -654,7 +659,7 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
     if not (z[0] < point.rho or _min_eig(point.matrix(link)) < 0):
         return False
     point.rho = float(z[0])
-    names = ([link.lam.name] if link.lam is not None else []) + [v.name for v in link.inner]
+    names = _multiplier_names(link)
     for name, value in zip(names, multipliers(z)):
         point.vars[name] = np.maximum(value, 0.0)
     point.vars[link.P.name] = storage(z)
