@@ -24,7 +24,7 @@ from lipdsl.certify.recheck import Certificate, certify
 from lipdsl.errors import LimitError, LipdslError, SolveError, UnsupportedError
 from lipdsl.model.lower import lower
 from lipdsl.model.lowered import Network as LoweredNetwork
-from lipdsl.sdp.build import build_sdp, in_frequency_form
+from lipdsl.sdp.build import build_sdp, in_frequency_form, weight_bases
 from lipdsl.sdp.problem import Sdp, Variable
 from lipdsl.solvers.solve import Solution, converged, solve
 
@@ -55,6 +55,12 @@ AUTO_FREQUENCIES = 17
 REFINE_ROUNDS = 2
 
 
+#: ``weight_rank="auto"``: the weights X between layers on a subspace of this rank (``diag(d) + V S V'``,
+#: ``sdp.build.weight_bases``) when the chosen form with full X would have more than ``AUTO_VARIABLES``
+#: variables (wide layers: a full X of 256 channels alone is 32,896 variables).
+AUTO_WEIGHT_RANK = 16
+
+
 @dataclass(frozen=True)
 class ProblemSize:
     """Sizes of the SDP that ``build_sdp`` would build, computed from the typed network without lowering."""
@@ -83,7 +89,8 @@ class ProblemSize:
         return self.memory() / limits.GIB
 
 
-def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = None) -> ProblemSize:
+def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = None,
+                 weight_rank: int | None = None) -> ProblemSize:
     """Orders of the LMIs and the variable count, mirroring ``lower``'s grouping (map + activation).
 
     A conv layer (c_in -> c_out, kernel k, dilation d) has ``nx = d (k-1) c_in`` states; its LMI has
@@ -93,6 +100,7 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     These are the direct forms; the inverse forms of ``sdp`` (a flatten head) can only be smaller. With
     ``frequencies`` the P of conv layers with ``nx >= n_u + n_y`` (and no ``P >= 0`` constraint) are not
     solver variables and their LMIs are the frequency-domain ones (``2 (n_u + n_y)`` rows), as in ``sdp``.
+    ``weight_rank`` r: each X of order n >= 2r is ``diag(d) + V S V'`` (``n + r(r+1)/2`` variables).
     """
     layers = list(net.layers)
     systems = []  # (name, nx, nu, ny, slope or None) of each map + activation
@@ -127,7 +135,7 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
                 act, i = True, i + 1
             systems.append((layer.name, nx, nu, ny, (layers[i].alpha, layers[i].beta) if act else None))
         i += 1
-    return _size(systems, frequencies)
+    return _size(systems, frequencies, weight_rank)
 
 
 def _block_states(block: typed.Residual) -> tuple[int, int]:
@@ -151,15 +159,17 @@ def _block_states(block: typed.Residual) -> tuple[int, int]:
     return states, internal
 
 
-def lowered_size(low: LoweredNetwork, frequencies: int | None = None) -> ProblemSize:
+def lowered_size(low: LoweredNetwork, frequencies: int | None = None, weight_rank: int | None = None
+                 ) -> ProblemSize:
     """``problem_size`` counted on the lowered systems: after ``lower``'s merges and folds (a linear conv
     composed with the next conv or pool, an overlapping pool folded into the dense layer after a flatten),
     which can make an LMI up to ``MERGE_GROWTH`` times the separate rows and its ``P`` up to four times the
     variables -- ``problem_size`` does not model them. The same direct forms and variables as there."""
-    return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope, s.n_out) for s in low.systems], frequencies)
+    return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope, s.n_out) for s in low.systems], frequencies,
+                 weight_rank)
 
 
-def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
+def _size(systems: list[tuple], frequencies: int | None, weight_rank: int | None = None) -> ProblemSize:
     """The largest LMI and the variable count of ``(name, nx, nu, ny, slope[, n_out])`` systems
     (``problem_size``; ``n_out``: the outputs that leave a residual block, ``ny`` less its internal
     activations' signals, which always carry a multiplier)."""
@@ -185,7 +195,9 @@ def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
         orders += [size] * copies
         variables += nx * (nx + 1) // 2 + internal + (n_out if act else 0)
         outputs.append(n_out)
-    variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
+    r = weight_rank
+    variables += sum(ny + r * (r + 1) // 2 if r is not None and 2 * r <= ny else ny * (ny + 1) // 2
+                     for ny in outputs[:-1])
     return ProblemSize(best[0], best[1], best[2], variables, tuple(orders), shapes, frequencies)
 
 
@@ -211,6 +223,29 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
         f"frequency-domain LMIs for the wide conv layers on {AUTO_FREQUENCIES} frequencies, chosen "
         f"automatically: {gridded.variables:,} variables instead of the exact LMIs' {exact.variables:,} "
         f"(--frequencies none keeps the exact ones, --frequencies K sets K)")
+
+
+def choose_weights(net: typed.Network, lift: int, frequencies: int | None, weight_rank: int | str | None = "auto"
+                   ) -> tuple[int | None, str]:
+    """The rank of the subspace weights (None: full X) and a sentence saying why. ``weight_rank``: a number
+    (kept), None or ``"full"`` (full X), or ``"auto"``: ``AUTO_WEIGHT_RANK`` when the form being solved
+    (``frequencies``) would have more than ``AUTO_VARIABLES`` variables with full X and fewer with the
+    subspace weights (docs/method.md, "Weights on a subspace")."""
+    if weight_rank is None or weight_rank == "full":
+        return None, ""
+    if weight_rank != "auto":
+        r = int(weight_rank)
+        return r, f"weights X = diag + rank-{r} subspace (--weight-rank {r})"
+    full = problem_size(net, lift, frequencies)
+    if full.variables <= AUTO_VARIABLES:
+        return None, ""
+    reduced = problem_size(net, lift, frequencies, AUTO_WEIGHT_RANK)
+    if reduced.variables >= full.variables:
+        return None, ""
+    return AUTO_WEIGHT_RANK, (
+        f"weights X between layers = diag + rank-{AUTO_WEIGHT_RANK} subspace, chosen automatically: "
+        f"{reduced.variables:,} variables instead of {full.variables:,} with full X (--weight-rank full "
+        f"keeps them full, --weight-rank R sets R)")
 
 
 @dataclass(frozen=True)
@@ -307,6 +342,7 @@ def solve_network(
     merge_linear: bool = True,
     deadline: limits.Deadline | None = None,
     progress=None,
+    weight_rank: int | str | None = None,
 ) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
@@ -341,26 +377,30 @@ def solve_network(
     if deadline is None:
         deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
     frequencies, form = choose_form(net, lift, frequencies)
+    weight_rank, weights_form = choose_weights(net, lift, frequencies, weight_rank)
+    form = f"{form}; {weights_form}" if weights_form else form
     options = dict(solver=solver, lift=lift, frequencies=frequencies)
     # refused on the calling thread, before anything is lowered or allocated (again after lowering, inside)
-    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
+    _check_limits(net, problem_size(net, lift, frequencies, weight_rank), max_lmi, max_variables, **options)
     with limits.blas_threads(), deadline.active():
         return limits.run_within(
             lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
                                    seconds, max_lmi, max_variables, accept_unconverged, frequencies,
-                                   merge_linear, deadline, options, progress or (lambda stage: None), form),
+                                   merge_linear, deadline, options, progress or (lambda stage: None), form,
+                                   weight_rank),
             deadline, "lipdsl solve", grace=0.5)
 
 
 def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
                    max_variables, accept_unconverged, frequencies, merge_linear, deadline, options,
-                   progress, form) -> Result:
+                   progress, form, weight_rank=None) -> Result:
     """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
     progress("lowering")
     low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies, solver=solver,
-                              merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables)
+                              merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables,
+                              weight_rank=weight_rank)
     t1 = time.perf_counter()
     limits.checkpoint("lowering")
     exact = _exact_bound(low)
@@ -368,7 +408,8 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
         times.update({"lower": t1 - t0})
         return _exact_result(net, low, *exact, times, min_length)
     progress("building the SDP")
-    sdp = build_sdp(low, frequencies=frequencies)
+    weights = {} if weight_rank is None else dict(weights="subspace", bases=weight_bases(low, weight_rank))
+    sdp = build_sdp(low, frequencies=frequencies, **weights)
     t2 = time.perf_counter()
     progress("solving")
     limits.checkpoint("building the SDP")
@@ -377,7 +418,7 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
     if sdp.storage and REFINE_ROUNDS:
         sdp, sol = _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline,
-                           progress)
+                           progress, weights)
         stages["refine"] = time.perf_counter() - t3
         t3 = time.perf_counter()
     if sdp.storage:  # P of the frequency-domain layers, from Riccati equations
@@ -413,7 +454,7 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     return result
 
 
-def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress):
+def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress, weights):
     """Frequency mode: up to ``REFINE_ROUNDS`` re-solves with each system's grid refined where its ``Phi``
     dips between the frequencies at the solver's point (``storage.refined_grids``); a note says so."""
     from lipdsl.certify.storage import refined_grids
@@ -425,7 +466,7 @@ def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, de
             break
         progress("refining the frequency grid")
         limits.checkpoint("refining the frequency grid")
-        sdp = build_sdp(low, frequencies=frequencies, grids=grids)
+        sdp = build_sdp(low, frequencies=frequencies, grids=grids, **weights)
         sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
         rounds += 1
     if rounds:
@@ -457,14 +498,15 @@ def lower_within_limits(
     max_lmi: int | None = MAX_LMI,
     max_variables: int | None = MAX_VARIABLES,
     solver: str = "cvxopt",
+    weight_rank: int | None = None,
 ) -> LoweredNetwork:
     """``lower(net)``, refused (``LimitError``) before anything is allocated when the SDP it leads to would
     exceed the limits or the machine's memory (for ``solver``), and again on the lowered systems (merges and
     folds can outgrow the estimate). The one way into the SDP for ``solve_network`` and the SDPA export."""
     options = dict(solver=solver, lift=lift, frequencies=frequencies)
-    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
+    _check_limits(net, problem_size(net, lift, frequencies, weight_rank), max_lmi, max_variables, **options)
     low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
-    _check_limits(net, lowered_size(low, frequencies), max_lmi, max_variables, low, **options)
+    _check_limits(net, lowered_size(low, frequencies, weight_rank), max_lmi, max_variables, low, **options)
     return low
 
 

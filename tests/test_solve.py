@@ -426,3 +426,45 @@ def test_banded_newton_matrix_gives_the_dense_solution(seed, monkeypatch):
     assert factored  # (the band path ran)
     assert banded.iterations == dense.iterations
     assert banded.rho == pytest.approx(dense.rho, rel=1e-9)
+
+
+def test_subspace_weights_solve_the_same_with_the_operator_and_with_g():
+    """The default backend applies a subspace weight's dense ``F_k`` as products (``LowRank``), CVXOPT's
+    generic one multiplies the whole ``G``: the same SDP, the same optimum."""
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp, weight_bases
+    from lipdsl.solvers.solve import solve
+    from nets import wide_gap_net
+
+    low = lower(wide_gap_net(4, channels=8))
+    sdp = build_sdp(low, frequencies=9, weights="subspace", bases=weight_bases(low, 2))
+    assert any(lmi.lowrank for lmi in sdp.lmis)
+    a, b = solve(sdp, "cvxopt", tol=1e-8), solve(sdp, "cvxopt-generic", tol=1e-8)
+    assert a.rho == pytest.approx(b.rho, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_subspace_weights_are_certified_between_full_weights_and_diagonal(seed):
+    """``weight_rank=r``: certified, never below the full-X bound of the same form (a restriction of its
+    SDP) nor the empirical lower bound, and at most the diagonal-X bound (r = 0 is diagonal X) up to the
+    storage recovery's repair."""
+    from lipdsl.certify.recheck import certify
+    from lipdsl.certify.storage import recover_storage
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp
+    from lipdsl.solvers.solve import solve
+    from nets import wide_gap_net
+
+    net = wide_gap_net(seed, channels=8)
+    full = solve_network(net, frequencies=9, weight_rank=None)
+    sub = solve_network(net, frequencies=9, weight_rank=2)
+    assert full.certificate.verified and sub.certificate.verified
+    assert "rank-2 subspace" in sub.form
+    assert sub.sdp.n < full.sdp.n
+    assert sub.certificate.lipschitz_solver >= full.certificate.lipschitz_solver * (1 - 1e-6)
+    low = lower(net)
+    diag_sdp = build_sdp(low, frequencies=9, weights="diagonal")
+    diag = certify(diag_sdp, recover_storage(diag_sdp, solve(diag_sdp, "cvxopt")))
+    assert diag.verified
+    assert sub.certificate.lipschitz_solver <= diag.lipschitz_solver * (1 + 1e-6)
+    assert sub.certificate.lipschitz >= lower_bound(net, starts=8, seed=seed, time_budget=5.0).value
