@@ -225,8 +225,8 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
         f"(--frequencies none keeps the exact ones, --frequencies K sets K)")
 
 
-def choose_weights(net: typed.Network, lift: int, frequencies: int | None, weight_rank: int | str | None = "auto"
-                   ) -> tuple[int | None, str]:
+def choose_weights(net: typed.Network, lift: int, frequencies: int | None,
+                   weight_rank: int | str | None = "auto") -> tuple[int | None, str]:
     """The rank of the subspace weights (None: full X) and a sentence saying why. ``weight_rank``: a number
     (kept), None or ``"full"`` (full X), or ``"auto"``: ``AUTO_WEIGHT_RANK`` when the form being solved
     (``frequencies``) would have more than ``AUTO_VARIABLES`` variables with full X and fewer with the

@@ -357,7 +357,7 @@ def test_weight_bases_are_the_next_layers_loudest_input_directions():
     bases = weight_bases(low, 2)
     systems = low.systems
     assert bases, "an 8-channel conv layer followed by another gets a basis"
-    for name, V in bases.items():
+    for V in bases.values():
         assert V.shape[1] == 2 and np.allclose(V.T @ V, np.eye(2))
     assert not weight_bases(low, 5)  # 2 * 5 > 8 channels: full X instead
     for producer, consumer in zip(systems, systems[1:]):

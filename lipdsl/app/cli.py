@@ -86,7 +86,7 @@ class Frequencies(click.ParamType):
 
 
 class WeightRank(click.ParamType):
-    """``--weight-rank``: ``auto`` (subspace weights when full ones would be large), ``full`` or a rank >= 1."""
+    """``--weight-rank``: ``auto`` (subspace weights when full ones would be large), ``full`` or a rank."""
 
     name = "auto|full|R"
 

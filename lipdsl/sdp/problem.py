@@ -123,7 +123,8 @@ class Factored:
 class LowRank:
     """``coef * U S U'``: the ``S`` block of a ``subspace`` variable in an LMI (``U``: m x r, its basis
     placed on the LMI's rows). Its ``F_k`` are dense, so ``Lmi.G_rest`` leaves them out and the solvers
-    apply them as products (``apply``, ``adjoint``): ``O(m^2 r)`` instead of ``O(m^2 r^2)`` entries of ``G``."""
+    apply them as products (``apply``, ``adjoint``): ``O(m^2 r)`` work instead of ``O(m^2 r^2)`` entries
+    of ``G``."""
 
     variable: Variable
     U: np.ndarray
