@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import functools
-from pathlib import Path
 
 from lipdsl.certify import certificate
 from lipdsl.pipeline import solve_network
 from lipdsl.lang.load import load_network
+from repo_paths import SPECS
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
 ECG_REFERENCE = 109.12299234900972  # the authors' MOSEK bound for CNN_23_03_08_11_52
 
 #: (spec, options) covering every construct: pooling (avg, max), overlapping pools as FIR, merges,

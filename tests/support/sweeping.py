@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from repo_paths import DATA, ROOT
+
 ECG_SPEC = ROOT / "specs" / "ecg.lip"
-ECG_DIR = ROOT / "tests" / "data" / "ecg"
+ECG_DIR = DATA / "ecg"
 
 
 def ecg_checkpoints(directory: Path, n: int, seed: int = 0) -> list[Path]:

@@ -5,7 +5,7 @@ expressions, ``let`` constants, comments and continued lines included); ``hostil
 (tokens deleted, duplicated or swapped, random and non-UTF-8 bytes, huge numbers, deep nesting, very long
 lines, truncation). ``run_case`` reads the bytes as ``Source.read`` does and runs parse + check: the only
 acceptable outcomes are a typed network or a ``LipdslError`` that renders as ``path:line:col: error: ...``.
-Used by tests/test_fuzz.py (a few hundred cases) and bench/fuzz.py (>= 10,000).
+Used by tests/lang/test_fuzz.py (a few hundred cases) and bench/fuzz.py (>= 10,000).
 """
 
 from __future__ import annotations

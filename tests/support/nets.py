@@ -8,9 +8,12 @@ import numpy as np
 from lipdsl.lang import typed
 from lipdsl.lang.activations import slope as activation_slope
 from lipdsl.lang.typed import Shape
+from repo_paths import DATA
+from repo_paths import SHARED as _SHARED
+from repo_paths import SPECS
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "cases"
-SPECS_WEIGHTS = Path(__file__).resolve().parents[1] / "specs" / "weights"
+SHARED = _SHARED / "cases"
+SPECS_WEIGHTS = SPECS / "weights"
 
 
 
@@ -195,8 +198,8 @@ def random_cnn(rng: np.random.Generator, *, activation: str | None = None, lengt
     return b.build()
 
 
-#: Small reference files copied into the repository (a user's clone has no ../shared).
-DATA = Path(__file__).parent / "data"
+#: Small reference files copied into the repository (a user's clone has no ../shared): ``DATA``
+#: (tests/data, from repo_paths).
 
 
 def ecg(name="CNN_23_03_08_11_52"):
