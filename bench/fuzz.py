@@ -7,7 +7,8 @@ Every case must end in success or a LipdslError rendered as ``path:line:col: err
 bombs, keyword typos, Python API arguments: ``tests/support/fuzzing.CLASSES``), counted per class. Prints
 the counts (ok / LipdslError with a position / LipdslError without one / traceback / hang), the slowest
 case, the first few tracebacks in full, and the parse+check time of 1 MB specs. A hang is a case still
-running after ``--timeout`` seconds (SIGALRM). Writes the failing inputs to bench/out/fuzz-failures/ for replay.
+running after ``--timeout`` seconds (SIGALRM). Writes the failing inputs to bench/out/fuzz-failures/ for
+replay.
 """
 
 from __future__ import annotations
