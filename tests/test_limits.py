@@ -21,8 +21,8 @@ from lipdsl.app.cli import cli
 from lipdsl.errors import LimitError
 from lipdsl.lang.load import load_network
 from lipdsl.sdp.problem import Factored, Lmi
+from repo_paths import ROOT, SPECS
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
 ECG = str(SPECS / "ecg.lip")
 REFERENCE = 109.12299234900972
 
@@ -253,8 +253,6 @@ import threading  # noqa: E402
 
 from lipdsl import limits  # noqa: E402
 from lipdsl.errors import LipdslError, TimeLimitError  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def lipdsl_process(*args, timeout: float = 120):

@@ -244,3 +244,31 @@ def deep_tcn_spec(folder: Path, seed: int = 1, ch: int = 8, k: int = 3, depth: i
     spec = folder / "deep_tcn.lip"
     spec.write_text("\n".join(lines) + "\n")
     return spec
+
+
+def random_small_cnn(rng: np.random.Generator):
+    """conv/pool/dense nets with ReLU or tanh: strides, dilation, paddings, avg/max pools, flatten or GAP."""
+    act = str(rng.choice(["relu", "tanh"]))
+    b = Builder(int(rng.integers(1, 3)), int(rng.integers(8, 16)))
+    for _ in range(int(rng.integers(1, 3))):
+        k = int(rng.integers(1, 4))
+        padding = str(rng.choice(["valid", "causal", "same", "1"]))
+        stride = 1 if padding == "same" else int(rng.choice([1, 1, 2]))
+        dilation = int(rng.choice([1, 2]))
+        span = dilation * (k - 1)
+        extra = {"valid": 0, "causal": span, "same": span, "1": 2}[padding]
+        if b.shape.length + extra - span < 2:
+            continue
+        c_out = int(rng.integers(1, 4))
+        b.conv(
+            rng.normal(size=(c_out, b.shape.channels, k)),
+            stride=stride,
+            dilation=dilation,
+            padding=padding if padding != "1" else 1,
+        )
+        b.act(act)
+        if b.shape.length >= 4 and rng.random() < 0.6:
+            op = str(rng.choice(["avg", "max"]))
+            kernel = int(rng.integers(2, 4))
+            b.pool(op, kernel, int(rng.integers(1, kernel + 1)))
+    return random_head(b, rng, act, p_gap=0.3, max_outputs=4)

@@ -20,9 +20,9 @@ import lipdsl
 from lipdsl.errors import CertificateError
 from lipdsl.certify.verify import verify
 from lipdsl.certify.exact import congruence_check, ldl_pivots
+from repo_paths import DATA, ROOT
 
 pytestmark = pytest.mark.solver
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_verify_imports_no_solver_code():
@@ -267,13 +267,12 @@ def test_congruence_check_proves_definite_and_refuses_indefinite(seed):
 def test_float_mode_falls_back_to_exact_when_rounding_is_too_close_to_call(shrink):
     # like 14 of the authors' L2-regularized ECG models (bounds 1e-20 ... 1e-33): a first layer with tiny
     # weights makes the first LMI's smallest eigenvalue fall inside the floating-point rounding bound
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from nets import Builder
 
     from lipdsl.certify import certificate
     from lipdsl.pipeline import solve_network
 
-    d = np.load(Path(__file__).resolve().parent / "data" / "ecg" / "CNN_L2_23_03_08_04_10.npz")
+    d = np.load(DATA / "ecg" / "CNN_L2_23_03_08_04_10.npz")
     net = (Builder(1, 128, name="tiny").conv(d["conv1.weight"] * shrink, padding="causal").act("relu")
            .pool("avg", 2).conv(d["conv2.weight"], padding="causal").act("relu").pool("avg", 2)
            .flatten().dense(d["fc1.weight"]).act("relu").dense(d["fc2.weight"]).build())
@@ -302,7 +301,6 @@ def test_sympy_backend_proves_the_same_bound(spec):
 def test_random_cnns_verify_in_both_modes(seed):
     # generated: 1-2 convs (random kernel, padding, stride, dilation), max / average / overlapping pools,
     # flatten, dense layers; the chain the checker builds must accept every certified point
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from nets import random_cnn
 
     from lipdsl.certify import certificate
@@ -336,13 +334,12 @@ def test_doubles_become_the_same_rationals():
 def test_the_authors_ecg_models_are_proved_exactly():
     # the three models with the authors' MOSEK values (tests/data/ecg): proved within 1e-6 relative, never
     # below; with the shared cases present, all 59 models must be proved (bench/certificate.py times them)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from nets import SHARED, ecg_from_npz
 
     from lipdsl.certify import certificate
     from lipdsl.pipeline import solve_network
 
-    data = Path(__file__).resolve().parent / "data" / "ecg"
+    data = DATA / "ecg"
     reference = json.loads((data / "reference.json").read_text())
     folder = SHARED / "ecg" if (SHARED / "ecg").is_dir() else data
     files = sorted(folder.glob("*.npz"))

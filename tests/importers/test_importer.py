@@ -1,12 +1,11 @@
 """lipdsl import: ONNX graphs (onnx.helper) -> spec + npz; forward pass vs onnx's numpy reference evaluator.
 
-Torch-based tests are in tests/test_import_torch.py (skipped without torch).
+Torch-based tests are in tests/importers/test_pytorch.py (skipped without torch).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,9 +23,9 @@ from lipdsl.importers.spec import sanitize_key  # noqa: E402
 from lipdsl.lang.load import load_network  # noqa: E402
 from lipdsl.lang.parse import parse  # noqa: E402
 from lipdsl.lang.source import Source  # noqa: E402
+from repo_paths import ROOT  # noqa: E402
 
 RNG = np.random.default_rng(7)
-ROOT = Path(__file__).resolve().parent.parent
 ECG_SPEC = ROOT / "specs" / "ecg.lip"
 
 
@@ -244,7 +243,7 @@ def test_sanitized_keys_parse(name):
 
 
 def _bn():
-    """A batch norm with no conv or dense layer next to it (those are folded: tests/test_import_onnx.py)."""
+    """A batch norm with no conv or dense layer next to it (those are folded: test_onnx_graph.py)."""
     return model(
         [
             helper.make_node("Conv", ["x", "k"], ["a"]),

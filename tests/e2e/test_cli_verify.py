@@ -8,10 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from lipdsl.app.cli import cli
+from repo_paths import GOLDEN, SPECS
 
 pytestmark = pytest.mark.solver
-SPECS = Path(__file__).resolve().parents[1] / "specs"
-GOLDEN = Path(__file__).resolve().parent / "golden"
 ECG_REFERENCE = 109.12299234900972
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from lipdsl.app.cli import main
 from lipdsl.errors import LipdslError
 from lipdsl.lang.source import Source, Span
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "specs" / "bad").glob("*.lip"))
 
 

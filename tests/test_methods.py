@@ -1,6 +1,5 @@
 """`lipdsl compare`, `solve --method`: known optima (LipSDP's random net), orderings, refusals, JSON."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +7,8 @@ from lipdsl.methods import MAXPOOL_REFUSAL, METHODS, check_ordering, compare, ru
 from lipdsl.lang.load import load_network
 
 from nets import Builder, deep_tcn_spec
+from repo_paths import SPECS
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
 RANDOM = str(SPECS / "lipsdp_random.lip")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,8 @@ from lipdsl.sdp.build import build_sdp
 from lipdsl.sdp.problem import FREQUENCY_TRACE
 from lipdsl.solvers.sdpa import _quiet_fds, read_sdpa, write_sdpa
 from lipdsl.lang.source import Source
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
 

@@ -25,6 +25,7 @@ from lipdsl.model.residual import fold_batchnorm
 from lipdsl.sdp.build import build_sdp
 from lipdsl.solvers.solve import solve
 from lipdsl.lang.source import Source
+from repo_paths import SPECS
 
 ACTS = ("relu", "tanh", "leaky_relu(0.1)")
 
@@ -434,12 +435,11 @@ def test_problem_size_counts_a_block_as_lowered(seed, tmp_path):
 
 @pytest.mark.parametrize("spec,exact,gridded", [("resnet1d", 139885, 1433), ("tcn", 42300, 1148)])
 def test_problem_size_of_the_shipped_residual_specs(spec, exact, gridded):
-    from pathlib import Path
 
     from lipdsl.lang.load import load_network
     from lipdsl.pipeline import lowered_size, problem_size
 
-    _, net = load_network(Path(__file__).resolve().parents[1] / "specs" / f"{spec}.lip")
+    _, net = load_network(SPECS / f"{spec}.lip")
     low = lower(net)
     assert problem_size(net).variables == lowered_size(low).variables == exact
     assert problem_size(net, frequencies=17).variables == lowered_size(low, 17).variables == gridded

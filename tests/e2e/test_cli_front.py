@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lipdsl.app.cli import main
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 GOOD = sorted((ROOT / "specs").glob("*.lip"))
 
 

@@ -1,6 +1,5 @@
 """`lipdsl lower` end to end: text and JSON output, seed reproducibility, errors through fail()."""
 import json
-from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
@@ -8,8 +7,8 @@ from click.testing import CliRunner
 from lipdsl.app.cli import cli
 from lipdsl.model.forward import forward, jacobian
 from lipdsl.lang.load import load_network
+from repo_paths import SPECS
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
 
 
 def run(*args):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from lark.exceptions import UnexpectedInput
@@ -12,8 +11,8 @@ from lipdsl.errors import LipdslError, ParseError
 from lipdsl.lang.parse import _parser, parse
 from lipdsl.lang.syntax_errors import SYNTAX_ERRORS, match_syntax_error
 from lipdsl.lang.source import Source, Span
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 GOOD = sorted((ROOT / "specs").glob("*.lip"))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,8 @@ from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
 from lipdsl.model.forward import forward  # noqa: E402
 from lipdsl.importers.pytorch import import_state_dict  # noqa: E402
 from lipdsl.lang.load import load_network  # noqa: E402
+from repo_paths import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ECG_SPEC = ROOT / "specs" / "ecg.lip"
 ECG_WEIGHTS = ROOT / "specs" / "weights" / "ecg_CNN_23_03_08_11_52.npz"
 

@@ -1,15 +1,14 @@
 """Every shipped spec solves, certifies, and lands inside the bracket its header comment promises."""
 
 import re
-from pathlib import Path
 
 import pytest
 
 from lipdsl.pipeline import solve_network
 from lipdsl.lang.load import load_network
+from repo_paths import SPECS
 
 pytestmark = pytest.mark.solver
-SPECS = Path(__file__).resolve().parents[1] / "specs"
 LENGTH = {"gap": 64}  # any-length specs with global average pooling: the length their header assumes
 #: specs too wide for the exact LMIs, solved as their header says (frequency-domain form, a sound bound also
 #: when CVXOPT stops 'unknown'; slow: 0.5-2.5 min of CPU each)

@@ -17,6 +17,7 @@ from lipdsl.certify.storage import phi_min_eigenvalue, recover_storage, riccati_
 from lipdsl.model.lower import lower
 from lipdsl.sdp.build import build_sdp, frequency_grid, frequency_response
 from lipdsl.solvers.solve import solve
+from repo_paths import SPECS
 
 
 def conv_net(seed, *, channels=3, kernel=4, act="relu", linear_middle=False, head="gap", padding="same"):
@@ -179,9 +180,8 @@ def test_near_optimal_is_judged_by_gap_and_residuals():
 def test_singular_kkt_ending_at_tolerance_is_not_refused_in_frequency_form():
     """CVXOPT ends features.lip (K = 9) on a singular KKT matrix at relative gap ~3e-7: the bound is
     reported although the frequency-grid repair raises it by more than the unconverged-inflation limit."""
-    from pathlib import Path
 
-    spec = Path(__file__).resolve().parents[1] / "specs" / "features.lip"
+    spec = SPECS / "features.lip"
     args = ["solve", "--json", "--frequencies", "9", str(spec)]
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output

@@ -2,7 +2,6 @@
 import io
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +17,10 @@ from lipdsl.solvers.sdpa import BOUND_LINE, SdpaFormatError, read_sdpa, solve_sd
 from lipdsl.solvers.solve import Solution
 from nets import Builder
 from nets import ecg, mixed_net
+from repo_paths import GOLDEN as GOLDEN_DIR
+from repo_paths import SPECS
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
-GOLDEN = Path(__file__).parent / "golden" / "tiny.dat-s"
+GOLDEN = GOLDEN_DIR / "tiny.dat-s"
 # every good spec but the 784-50-10 MNIST net (slow); gap.lip is any-length with a global average pool
 ROUND_TRIP = ["ecg", "lipsdp_random", "haar_exact", "tcn_any_length", "features", "gap", "avgpool_overlap"]
 LENGTH = {"gap": 64}
@@ -48,10 +48,10 @@ def export(sdp, tmp_path, name="net"):
 def test_golden_tiny(tmp_path):
     """The tiny net's file equals tests/golden/tiny.dat-s (text exactly, values to 1e-12 across BLAS builds).
 
-    Regenerate with ``LIPDSL_UPDATE_GOLDEN=1 pytest tests/test_sdpa.py -k golden``.
+    Regenerate with ``LIPDSL_UPDATE_GOLDEN=1 pytest tests/solvers/test_sdpa.py -k golden``.
     """
     out = io.StringIO()
-    write_sdpa(build_sdp(lower(tiny_net())), out, spec_name="tests/test_sdpa.py::tiny_net")
+    write_sdpa(build_sdp(lower(tiny_net())), out, spec_name="tests/solvers/test_sdpa.py::tiny_net")
     text = out.getvalue()
     if os.environ.get("LIPDSL_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)

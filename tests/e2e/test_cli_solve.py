@@ -2,16 +2,15 @@
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import lipdsl.pipeline
 from lipdsl.app.cli import cli
+from repo_paths import SPECS
 
 pytestmark = pytest.mark.solver
-SPECS = Path(__file__).resolve().parents[1] / "specs"
 
 
 def run(*args):

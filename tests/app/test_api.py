@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,8 @@ import lipdsl.importers.spec
 import lipdsl.app.api
 import lipdsl.pipeline
 from lipdsl import errors as lipdsl_errors
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.solver

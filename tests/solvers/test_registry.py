@@ -2,7 +2,6 @@
 certified bounds as CVXOPT, the CLI's and the API's solver names from the one registry."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from lipdsl.solvers import registry
 from lipdsl.solvers.solution import on_iteration
 from lipdsl.solvers.solve import solve
 from nets import Builder, random_cnn
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ECG = ROOT / "specs" / "ecg.lip"
 ECG_REFERENCE = 109.12299234900972
 

@@ -17,8 +17,8 @@ from lipdsl.errors import ShapeError, SpecError, WeightError
 from lipdsl.lang.load import check_source, load_network
 from lipdsl.lang.parse import parse
 from lipdsl.lang.source import Source
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
 

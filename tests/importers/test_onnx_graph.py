@@ -24,8 +24,8 @@ from lipdsl.model.forward import forward  # noqa: E402
 from lipdsl.importers.importer import import_onnx  # noqa: E402
 from lipdsl.lang.load import load_network  # noqa: E402
 from lipdsl.importers.onnx_graph import check_against_reference  # noqa: E402
+from repo_paths import ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "onnx"
 TRAINED = ROOT / "specs" / "weights" / "trained"
 RNG = np.random.default_rng(11)
@@ -193,7 +193,7 @@ def test_trained_fcn_exports_give_the_hand_written_bound(tmp_path):
 
 def test_trained_tcn_exports_equal_the_hand_written_spec():
     """specs/tcn_plain.lip (weights by key from the npz) and both exports are the same network, tensor for
-    tensor (so the SDPs, hence the bounds, are the same; the bound itself: tests/test_specs.py)."""
+    tensor (so the SDPs, hence the bounds, are the same; the bound itself: tests/e2e/test_specs.py)."""
     _, ref = load_network(ROOT / "specs" / "tcn_plain.lip")
     for exporter in ("torchscript", "dynamo"):
         net = import_onnx(TRAINED / f"tcn_plain16.{exporter}.onnx").to_network()
