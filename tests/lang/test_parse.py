@@ -7,7 +7,7 @@ import pytest
 from lark.exceptions import UnexpectedInput
 
 from lipdsl.lang import ast
-from lipdsl.errors import LipdslError, ParseError
+from lipdsl.errors import LipdslError, ParseError, ShapeError, SpecError
 from lipdsl.lang.parse import _parser, parse
 from lipdsl.lang.syntax_errors import SYNTAX_ERRORS, match_syntax_error
 from lipdsl.lang.source import Source, Span
@@ -196,8 +196,18 @@ def test_numeric_tensors_parse_like_the_general_rule(text):
         assert fast.values.shape == expected.shape and np.array_equal(fast.values, expected)
     else:  # ragged, mixed or non-finite: the general AST with spans, judged by check as before
         assert fast.items
-        with pytest.raises(LipdslError):
+        error, match = FALLBACK_ERRORS[text]
+        with pytest.raises(error, match=match) as info:
             ck.inline(fast, "weight")
+        assert info.value.span.line == 2
+
+
+# the tensors of the test above that the fast path leaves to check, and check's error for each
+FALLBACK_ERRORS = {
+    "[[1, 2], [3]]": (ShapeError, r"ragged inline tensor: this row has shape \(1,\), the first has \(2,\)"),
+    "[[1], 2]": (ShapeError, "mixes numbers and lists at the same depth"),
+    "[1, 1e400]": (SpecError, "too large for float64"),
+}
 
 
 def test_one_megabyte_of_inline_weights_parses_and_checks_quickly():
@@ -277,20 +287,30 @@ def test_statement_limit_counts_lines_starting_with_any_ignored_whitespace(lead)
         parse(Source("<string>", text))
 
 
-@pytest.mark.parametrize("expr", ["exp(-10^2000)", "exp(10^2000)", "tanh(10^500)", "sin(10^2000)",
-                                  "cos(-10^100)", "exp(exp(2000))", "exp(a)"])
-def test_let_bombs_are_refused_fast(expr):
-    """Functions of huge arguments are refused before sympy evaluates them (was 20 s for 8 uses)."""
+@pytest.mark.parametrize("expr, function, limit", [
+    ("exp(-10^2000)", "exp", "1000"), ("exp(10^2000)", "exp", "1000"), ("tanh(10^500)", "tanh", "1000"),
+    ("sin(10^2000)", "sin", "1e+06"), ("cos(-10^100)", "cos", "1e+06"), ("exp(exp(2000))", "exp", "1000"),
+    ("exp(a)", "exp", "1000"),
+])
+def test_let_bombs_are_refused_fast(expr, function, limit):
+    """Functions of huge arguments are refused before sympy evaluates them (was 20 s for 8 uses): the error
+    is the function's argument bound, at ``let b`` (line 2), not at ``let a`` (10^300 is a fine constant; a
+    ``let a = 10^3000`` here used to be refused itself by the 8192-bit power cap, so ``b`` was never read)."""
     import time
 
     from lipdsl.lang.load import check_source
 
     uses = ", ".join(["b"] * 8)
-    text = f"let a = 10^3000\nlet b = {expr}\ninput 8\ndense d: 8 -> 1, weight [[{uses}]]\n"
+    text = f"let a = 10^300\nlet b = {expr}\ninput 8\ndense d: 8 -> 1, weight [[{uses}]]\n"
     t0 = time.perf_counter()
-    with pytest.raises(LipdslError):
+    with pytest.raises((ParseError, SpecError)) as info:
         check_source(Source("<string>", text))
     assert time.perf_counter() - t0 < 2.0
+    assert f"the argument of {function} is beyond +-{limit}" in info.value.message
+    # the span points at the refused call inside b's expression (the inner exp of exp(exp(2000)))
+    line, col = info.value.span.line, info.value.span.col
+    assert line == 2 and col > len("let b = ")
+    assert text.splitlines()[1][col - 1:].startswith(f"{function}(")
 
 
 def test_functions_of_moderate_arguments_still_evaluate_exactly():
