@@ -271,11 +271,49 @@ def test_activation_errors():
 def test_check_errors(body, error, match):
     with pytest.raises(error, match=match) as info:
         net_of(body)
-    # every error points at the statement at fault: the last one, but for these three
+    # every error points at the statement at fault (the last one, but for these three), and there at the
+    # text that is wrong: a size, an option's value, a name, the whole statement when it is the statement
     line = {"input 0 x 8\nrelu\n": 1, "input 2\nlet a = 1\nlet a = 2\nrelu\n": 3,
             "input 2\nlet pi = 3\nrelu\n": 2}.get(body, len(body.splitlines()))
-    assert info.value.span is not None
-    assert info.value.span.line == line and info.value.span.col >= 1
+    span = info.value.span
+    assert span.line == span.end_line == line
+    statement = body.splitlines()[line - 1]
+    assert statement[span.col - 1:span.end_col - 1] == (CHECK_ERROR_SPANS[body] or statement)
+
+
+#: the text under the span of each error of test_check_errors (None: the whole statement)
+CHECK_ERROR_SPANS = {
+    "input 1 x 8\nconv1d 2 -> 1, kernel 1, weight [[[1], [1]]]\n": "2",
+    "input 1 x 8\nconv1d 1 -> 1, kernel 3, weight [[[1, 1]]]\n": "[[[1, 1]]]",
+    "input 2 x 8\ndense 16 -> 1, weight [[1]]\n": None,
+    "input 2 x 8\nflatten\ndense 15 -> 1, weight [[1]]\n": "15",
+    "input 2 x *\nflatten\n": None,
+    "input 2\nflatten\n": None,
+    "input 4\nconv1d 4 -> 1, kernel 1, weight [[[1], [1], [1], [1]]]\n": None,
+    "input 2\nglobal_avgpool\n": None,
+    "input 2 x 8\nmaxpool 9\n": None,
+    "input 1 x 8\nconv1d 1 -> 1, kernel 3, stride 2, padding same, weight [[[1, 1, 1]]]\n": "padding same",
+    "input 0 x 8\nrelu\n": "0",
+    "input 2 x 8\navgpool 0\n": "0",
+    "input 2 x 8\navgpool 3/2\n": "3/2",
+    "input 1 x 8\nconv1d 1 -> 1, kernel 1, padding full, weight [[[1]]]\n": "full",
+    "input 1 x 8\nconv1d 1 -> 1, kernel 1, padding -1, weight [[[1]]]\n": "-1",
+    "input 1 x 8\nconv1d 1 -> 1, weight [[[1]]]\n": None,
+    "input 1 x 8\nconv1d 1 -> 1, kernel 1\n": None,
+    "input 1 x 8\nconv1d 1 -> 1, kernel 1, kernel 1, weight [[[1]]]\n": "kernel 1",
+    "input 2\ndense 2 -> 1, weight [[1, 2], [3]]\n": "[3]",
+    "input 2\ndense 2 -> 1, weight [[1, [2]]]\n": "[1, [2]]",
+    "input 2\ndense 2 -> 1, weight [[1, 1]], bias [1, 2]\n": "[1, 2]",
+    "input 2\nlet a = 1\nlet a = 2\nrelu\n": "a",
+    "input 2\nlet pi = 3\nrelu\n": "pi",
+    "input 2\ndense 2 -> 1, weight [[b, 1]]\n": "b",
+    "input 2\ndense 2 -> 1, weight [[foo(1), 1]]\n": "foo",
+    "input 2\ndense 2 -> 1, weight [[1/0, 1]]\n": "1/0",
+    "input 2\ndense 2 -> 1, weight [[sqrt(-1), 1]]\n": "sqrt(-1)",
+    "input 2\ndense 2 -> 1, weight [[1e999, 1]]\n": "1e999",
+    "input 2\nrelu r\nrelu r\n": None,
+    "input 2\n": None,
+}
 
 
 def test_lets_are_substituted_in_order_and_sizes_can_be_expressions():
