@@ -83,7 +83,7 @@ def test_max_lmi_option_and_variable_limit(tmp_path):
     assert res.exit_code == 3 and "would have 640 rows (512 states + 64 inputs + 64 outputs)" in res.stderr
     res = run("solve", "--frequencies", "none", spec)  # 640 rows pass, but P alone has 512*513/2 variables
     assert res.exit_code == 3 and "the SDP would have 131393 variables, more than 20000" in res.stderr
-    with pytest.raises(LimitError):
+    with pytest.raises(LimitError, match="variables, more than 1000"):
         solve_network(load_network(spec)[1], max_variables=1000)
 
 

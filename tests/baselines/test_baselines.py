@@ -56,10 +56,12 @@ def test_unroll_steps_and_maxpool_marker():
 
 def test_any_length_needs_length():
     net = Builder(1, None).conv(np.ones((2, 1, 3)), padding="causal").act("relu").gap().build()
-    with pytest.raises(UnsupportedError):
+    with pytest.raises(UnsupportedError, match="takes inputs of any length") as err:
         unroll(net)
-    with pytest.raises(UnsupportedError):
+    assert "--length" in err.value.hint
+    with pytest.raises(UnsupportedError, match=r"global average pool 'gap3' scales by 1/sqrt\(N\)") as err:
         naive_hinf(net)
+    assert "--length" in err.value.hint
     assert unroll(net, length=8)[0].shape == (16, 8)
     assert naive_hinf(net, length=16) == pytest.approx(hinf_norm(np.ones((2, 1, 3))) / 4)
 

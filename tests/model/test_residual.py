@@ -376,12 +376,14 @@ def test_refusals_name_the_layer(tmp_path):
     with pytest.raises(LoweringError) as err:
         lower(net)
     assert "stride 2" in err.value.message and err.value.span.line == 4
-    with pytest.raises(LoweringError):
+    with pytest.raises(LoweringError, match="--lift 2 is not supported with residual blocks") as err:
         lower(net, lift=2)
-    with pytest.raises(UnsupportedError):
-        from lipdsl.baselines.unrolled import unroll
+    assert err.value.span.line == 3  # the block's 'residual b:' line
+    from lipdsl.baselines.unrolled import unroll
 
+    with pytest.raises(UnsupportedError, match="residual block 'b': the unrolled network is a graph") as err:
         unroll(net)
+    assert err.value.span.line == 3 and "LipSDP" in err.value.message
 
 
 @pytest.mark.parametrize("seed", range(4))
