@@ -4,10 +4,11 @@
 
 Every case must end in success or a LipdslError rendered as ``path:line:col: error: ...``. Then
 ``--class-cases`` cases of each hostile class of issue 17 (weight-file members, paths and file types, ``let``
-bombs, keyword typos, Python API arguments: ``tests/fuzzing.CLASSES``), counted per class. Prints the counts
-(ok / LipdslError with a position / LipdslError without one / traceback / hang), the slowest case, the first
-few tracebacks in full, and the parse+check time of 1 MB specs. A hang is a case still running after
-``--timeout`` seconds (SIGALRM). Writes the failing inputs to bench/out/fuzz-failures/ for replay.
+bombs, keyword typos, Python API arguments: ``tests/support/fuzzing.CLASSES``), counted per class. Prints
+the counts (ok / LipdslError with a position / LipdslError without one / traceback / hang), the slowest
+case, the first few tracebacks in full, and the parse+check time of 1 MB specs. A hang is a case still
+running after ``--timeout`` seconds (SIGALRM). Writes the failing inputs to bench/out/fuzz-failures/ for
+replay.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402

@@ -24,12 +24,11 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from lipdsl.pipeline import solve_network  # noqa: E402
 from lipdsl.baselines.lipsdp import lipsdp  # noqa: E402
-from nets import Builder  # noqa: E402
-from test_sdp import ecg  # noqa: E402
+from nets import Builder, ecg  # noqa: E402
 
 
 def deep_cnn(c1: int, c2: int, seed: int = 0):

@@ -1,7 +1,14 @@
-"""Shared test set-up: single-threaded BLAS (as the CLI runs), the repository's paths, and fixtures that
-several stages' tests use (the ECG spec's certified bound, a CLI runner)."""
+"""Shared test set-up: single-threaded BLAS (as the CLI runs), the helper modules of ``tests/support`` on
+``sys.path``, and fixtures that several stages' tests use (the specs folder, the ECG spec's certified bound,
+a CLI runner).
+
+The tests sit in one folder per room of the package (``tests/lang``, ``tests/model``, ...), end-to-end
+tests in ``tests/e2e``; pytest imports them with ``--import-mode=importlib`` (pyproject.toml), so two
+folders may hold files of the same name, and test modules cannot import each other.
+"""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +17,12 @@ import pytest
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-SPECS = ROOT / "specs"
+# The shared helpers (nets, cert_cases, fuzzing, sweeping, repo_paths) are imported by their own names.
+_SUPPORT = str(Path(__file__).resolve().parent / "support")
+if _SUPPORT not in sys.path:
+    sys.path.insert(0, _SUPPORT)
+
+from repo_paths import SPECS  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ from lipdsl.app.cli import cli
 from lipdsl.errors import LimitError
 from lipdsl.lang.load import load_network
 from lipdsl.sdp.problem import Factored, Lmi
+from repo_paths import ROOT, SPECS
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
 ECG = str(SPECS / "ecg.lip")
 REFERENCE = 109.12299234900972
 
@@ -83,7 +83,7 @@ def test_max_lmi_option_and_variable_limit(tmp_path):
     assert res.exit_code == 3 and "would have 640 rows (512 states + 64 inputs + 64 outputs)" in res.stderr
     res = run("solve", "--frequencies", "none", spec)  # 640 rows pass, but P alone has 512*513/2 variables
     assert res.exit_code == 3 and "the SDP would have 131393 variables, more than 20000" in res.stderr
-    with pytest.raises(LimitError):
+    with pytest.raises(LimitError, match="variables, more than 1000"):
         solve_network(load_network(spec)[1], max_variables=1000)
 
 
@@ -253,8 +253,6 @@ import threading  # noqa: E402
 
 from lipdsl import limits  # noqa: E402
 from lipdsl.errors import LipdslError, TimeLimitError  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def lipdsl_process(*args, timeout: float = 120):

@@ -22,7 +22,7 @@ points approach ``phi'``), found where ``phi'' = 0``:
 - ``hardswish``: ``phi(x) = x relu6(x + 3) / 6``; ``phi' = (2x + 3)/6`` on ``[-3, 3]``, 0 below, 1 above:
   ``[-1/2, 3/2]``, exact.
 
-Constants not in closed form are computed at 50 digits (tests/test_activations.py recomputes them with
+Constants not in closed form are computed at 50 digits (tests/lang/test_activations.py recomputes them with
 mpmath) and rounded outward by one float, so the bounds are never tighter than the truth and tight to 1e-15.
 """
 

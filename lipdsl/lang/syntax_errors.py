@@ -30,7 +30,7 @@ _TERMINAL_WORDS = {
 
 
 # Plain-word messages for syntax errors, each with bad examples that reach the same parser state
-# (Lark's own grammar loader does this with GRAMMAR_ERRORS). tests/test_parse.py checks that every
+# (Lark's own grammar loader does this with GRAMMAR_ERRORS). tests/lang/test_parse.py checks that every
 # example fails and is matched back to its own message.
 SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
     (

@@ -1,4 +1,5 @@
-"""Write the small ONNX files of tests/test_onnx_graph.py (run once, with torch + onnxscript; CI has neither).
+"""Write the small ONNX files of tests/importers/test_onnx_graph.py (run once, with torch + onnxscript;
+CI has neither).
 
     python tests/data/onnx/make_onnx.py
 

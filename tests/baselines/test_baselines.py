@@ -1,0 +1,259 @@
+"""Baselines against known optima (LipSDP's example nets), oracles (forward Jacobian) and each other."""
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from lipdsl.baselines.unrolled import hinf_norm, naive, naive_hinf, spectral_norm, unroll
+
+from lipdsl.baselines.lipsdp import lipsdp
+from lipdsl.baselines.empirical import lower_bound
+from lipdsl.errors import SolveError, UnsupportedError
+from lipdsl.model.forward import jacobian
+
+from nets import Builder, dense_net, ecg_network, lipsdp_net, random_cnn
+
+RANDOM_WEIGHTS_EXACT = 36.48222959637795
+
+
+def need(net):
+    if net is None:
+        pytest.skip("shared reference cases (../shared/cases) not available")
+    return net
+
+
+def test_unroll_linear_net_equals_jacobian():
+    """A net without activations unrolls to one matrix: the forward pass's Jacobian (independent oracle)."""
+    rng = np.random.default_rng(0)
+    for padding, stride, dilation in [("causal", 1, 1), ("same", 1, 2), (1, 2, 1), ("valid", 3, 2)]:
+        net = (Builder(2, 13)
+               .conv(rng.standard_normal((3, 2, 3)), padding=padding, stride=stride, dilation=dilation)
+               .pool("avg", 3, 2).conv(rng.standard_normal((2, 3, 2)), padding="causal").flatten()
+               .dense(rng.standard_normal((4, net_len(2, 13, padding, stride, dilation)))).build())
+        steps = unroll(net)
+        assert len(steps) == 1 and steps[0].slope is None
+        J = jacobian(net, rng.standard_normal(26))
+        np.testing.assert_allclose(steps[0].matrix.toarray(), J, atol=1e-12)
+
+
+def net_len(c, n, padding, stride, dilation):
+    b = Builder(c, n).conv(np.ones((3, c, 3)), padding=padding, stride=stride, dilation=dilation)
+    b.pool("avg", 3, 2)
+    return 2 * b.conv(np.ones((2, 3, 2)), padding="causal").shape.length
+
+
+def test_unroll_steps_and_maxpool_marker():
+    rng = np.random.default_rng(1)
+    net = (Builder(1, 10).conv(rng.standard_normal((2, 1, 3)), padding="same").act("relu").pool("max", 2)
+           .act("tanh").gap().dense(rng.standard_normal((3, 2))).build())
+    steps = unroll(net)
+    assert [s.maxpool for s in steps] == [None, (2, 2), None, None]
+    assert steps[0].shape == (20, 10) and steps[0].slope == (0.0, 1.0)
+    assert steps[2].shape == (10, 10) and abs(steps[2].matrix - sp.identity(10)).sum() == 0  # act after pool
+    assert steps[3].shape == (3, 10) and steps[3].slope is None
+
+
+def test_any_length_needs_length():
+    net = Builder(1, None).conv(np.ones((2, 1, 3)), padding="causal").act("relu").gap().build()
+    with pytest.raises(UnsupportedError, match="takes inputs of any length") as err:
+        unroll(net)
+    assert "--length" in err.value.hint
+    with pytest.raises(UnsupportedError, match=r"global average pool 'gap3' scales by 1/sqrt\(N\)") as err:
+        naive_hinf(net)
+    assert "--length" in err.value.hint
+    assert unroll(net, length=8)[0].shape == (16, 8)
+    assert naive_hinf(net, length=16) == pytest.approx(hinf_norm(np.ones((2, 1, 3))) / 4)
+
+
+def test_hinf_norm_is_a_tight_upper_bound():
+    rng = np.random.default_rng(2)
+    w = np.linspace(0, np.pi, 100001)
+    for shape in [(1, 1, 4), (3, 2, 5), (4, 4, 2), (2, 3, 7)]:
+        W = rng.standard_normal(shape)
+        G = np.einsum("mj,jab->mab", np.exp(-1j * np.outer(w, np.arange(shape[2]))), np.moveaxis(W, 2, 0))
+        grid = np.linalg.svd(G, compute_uv=False)[:, 0].max()
+        h = hinf_norm(W)
+        assert grid <= h <= grid * (1 + 1e-7)
+        # dilation and delays do not change the H-infinity norm
+        Wd = np.zeros(shape[:2] + (2 * shape[2] + 1,))
+        Wd[:, :, 1::2] = W
+        assert hinf_norm(Wd) == pytest.approx(h, rel=1e-8)
+    W = np.zeros((2, 2, 3))
+    W[:, :, 2] = [[3.0, 0.0], [0.0, 1.0]]  # a pure delay
+    assert hinf_norm(W) == 3.0
+
+
+def test_spectral_norm_dense_and_sparse():
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((40, 7))
+    ref = np.linalg.svd(A, compute_uv=False)[0]
+    assert spectral_norm(A) == pytest.approx(ref, rel=1e-13)
+    assert spectral_norm(sp.csr_matrix(A.T)) == pytest.approx(ref, rel=1e-13)
+
+
+def test_maxpool_and_pool_factors():
+    net = Builder(1, 9).pool("max", 3, 2).flatten().build()
+    assert naive(net) == pytest.approx(math.sqrt(2))
+    assert naive_hinf(net) == pytest.approx(math.sqrt(2))
+    net = Builder(1, 9).pool("avg", 3, 2).flatten().build()
+    assert naive(net) <= naive_hinf(net) == pytest.approx(math.sqrt(2 / 3))
+    net = Builder(2, 8).gap().build()
+    assert naive(net) == pytest.approx(naive_hinf(net)) == pytest.approx(1 / math.sqrt(8))
+
+
+def test_lipsdp_refuses_maxpool():
+    net = Builder(1, 8).conv(np.ones((2, 1, 3)), padding="same").act("relu").pool("max", 2).flatten() \
+        .dense(np.ones((1, 8))).build()
+    with pytest.raises(UnsupportedError, match="max pool"):
+        lipsdp(net)
+
+
+@pytest.mark.solver
+def test_single_dense_layer_all_equal():
+    W = np.random.default_rng(4).standard_normal((3, 5))
+    net = dense_net([W])
+    ref = np.linalg.norm(W, 2)
+    for value in [naive(net), naive_hinf(net), lipsdp(net).bound, lipsdp(net, "layer").bound,
+                  lower_bound(net, starts=2, steps=3).value]:
+        assert value == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.solver
+def test_random_weights_reference():
+    net = need(lipsdp_net("random_weights"))
+    neuron, layer = lipsdp(net, "neuron"), lipsdp(net, "layer")
+    assert neuron.status == "verified" and neuron.max_eig <= 0 and neuron.claimed_status == "optimal"
+    assert RANDOM_WEIGHTS_EXACT <= neuron.bound <= RANDOM_WEIGHTS_EXACT * (1 + 1e-5)
+    assert layer.bound == pytest.approx(39.839, rel=1e-4)
+    assert naive(net) == pytest.approx(43.3056, rel=1e-5)
+    assert naive_hinf(net) == pytest.approx(43.3056, rel=1e-5)
+
+
+@pytest.mark.solver
+def test_mnist_reference():
+    net = need(lipsdp_net("mnist_weights"))
+    assert naive(net) == pytest.approx(31.5035, rel=1e-5)
+    neuron = lipsdp(net, "neuron")  # 100x100 after the exact input reduction (834x834 without)
+    assert neuron.lmi_size == 100
+    assert neuron.bound == pytest.approx(24.3663, rel=1e-4)
+    assert lipsdp(net, "layer").bound == pytest.approx(26.2560, rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.solver
+def test_mnist_neuron_unreduced():
+    """The full 834x834 LMI (LipSDP's own form) gives the same optimum as the reduced one."""
+    net = need(lipsdp_net("mnist_weights"))
+    assert lipsdp(net, "neuron", reduce_input=False).bound == pytest.approx(24.3663, rel=1e-4)
+
+
+@pytest.mark.solver
+def test_general_slopes_exact_on_positive_weights():
+    """Leaky ReLU / ELU with non-negative weights: the all-active region is reachable, L = ||W3 W2 W1||."""
+    rng = np.random.default_rng(5)
+    W = [np.abs(rng.standard_normal(s)) for s in [(6, 3), (5, 6), (2, 5)]]
+    exact = np.linalg.norm(W[2] @ W[1] @ W[0], 2)
+    net = dense_net(W, activation="leaky_relu")
+    bound = lipsdp(net).bound
+    assert exact <= bound <= exact * (1 + 1e-6)
+    assert lower_bound(net, starts=4, steps=5).value == pytest.approx(exact, rel=1e-9)
+    b = Builder(3, flat=True).dense(W[0]).act("sigmoid").dense(W[1]).act("elu", 0.5).dense(W[2]).build()
+    lo, ne = lower_bound(b, starts=4, steps=10).value, lipsdp(b).bound
+    la, nv = lipsdp(b, "layer").bound, naive(b)
+    assert lo <= ne <= la * (1 + 1e-7) and la <= nv * (1 + 1e-7)
+
+
+@pytest.mark.solver
+def test_ordering_on_random_cnns():
+    """lower <= LipSDP-Neuron <= LipSDP-Layer <= naive <= naive-hinf on 20 random small CNNs."""
+    rng = np.random.default_rng(2024)
+    for i in range(20):
+        net = random_cnn(rng)
+        lo = lower_bound(net, starts=4, steps=15, seed=i).value
+        ne = lipsdp(net, "neuron")
+        la = lipsdp(net, "layer")
+        nv, nh = naive(net), naive_hinf(net)
+        assert ne.max_eig <= 0 and la.max_eig <= 0
+        assert lo <= ne.bound, i
+        assert ne.bound <= la.bound * (1 + 1e-7), i
+        assert la.bound <= nv * (1 + 1e-7), i
+        assert nv <= nh * (1 + 1e-9), i
+
+
+def test_ecg_naive():
+    net = need(ecg_network(biases=False))
+    nv, nh = naive(net), naive_hinf(net)
+    assert nv <= nh * (1 + 1e-9)
+    assert nh < 1.01 * nv  # N = 128 is long: the Toeplitz norms are close to the H-infinity norms
+
+
+@pytest.mark.solver
+def test_structured_path_equals_picos_on_random_cnns():
+    """The default path (lipdsl's CVXOPT driver, Gram KKT, chordal split if forced) gives PICOS's optimum."""
+    rng = np.random.default_rng(77)
+    for i in range(4):
+        net = random_cnn(rng, activation="relu")
+        for mode in ("neuron", "layer"):
+            ref = lipsdp(net, mode, solver="picos-cvxopt")
+            for chordal in (False, True):
+                fast = lipsdp(net, mode, chordal=chordal)
+                assert fast.status == "verified" and fast.max_eig <= 0, (i, mode, chordal)
+                assert fast.bound == pytest.approx(ref.bound, rel=1e-6), (i, mode, chordal)
+
+
+@pytest.mark.solver
+def test_chordal_split_of_a_fully_conv_net():
+    """A fully convolutional net splits into several clique LMIs; the certified bound is the unsplit one's."""
+    rng = np.random.default_rng(3)
+    b = Builder(1, 24)
+    for c_in, c_out in [(1, 3), (3, 4)]:
+        b.conv(rng.standard_normal((c_out, c_in, 3)), padding="causal").act("relu")
+    net = b.conv(rng.standard_normal((2, 4, 3)), padding="causal").build()
+    split, whole = lipsdp(net, chordal=True), lipsdp(net, chordal=False)
+    assert len(split.blocks) >= 2 and max(split.blocks) < split.lmi_size and whole.blocks == (whole.lmi_size,)
+    assert split.bound == pytest.approx(whole.bound, rel=1e-6)
+
+
+def test_chordal_split_is_exact_algebra():
+    """sum_k P_k' A_k(x) P_k = A(x) for any x (the separators' Z cancel), and every clique is in the chain."""
+    from lipdsl.sdp import chordal
+    from lipdsl.baselines.lipsdp import _lipsdp_data, _lipsdp_terms
+
+    rng = np.random.default_rng(5)
+    b = Builder(2, 20).conv(rng.standard_normal((3, 2, 3)), padding="causal").act("relu")
+    net = b.conv(rng.standard_normal((2, 3, 2)), padding="causal").act("relu").flatten() \
+        .dense(rng.standard_normal((3, 40))).build()
+    mats, slopes, out, _ = _lipsdp_data(net, None)
+    N, F0, terms, n_vars, lifted = _lipsdp_terms(mats, slopes, out, "neuron")
+    assert lifted  # 3 x 40 output map: lifted into 3 rows
+    A = chordal.pattern(N, F0, terms)
+    chain = chordal.chain_cliques(A, n_vars, widths=[20])
+    chain, blocks, n_total = chordal.decompose(N, F0, terms, n_vars, chain)
+    assert len(blocks) >= 2 and n_total == n_vars + chain.overlap_variables()
+    x = rng.standard_normal(n_total)
+
+    def value(F0, terms, size):
+        M = F0.copy()
+        for col, ai, av, bi, bv, c in terms:
+            u, v = np.zeros(size), np.zeros(size)
+            np.add.at(u, ai, av)
+            np.add.at(v, bi, bv)
+            M += x[col] * c * (np.outer(u, v) + np.outer(v, u))
+        return M
+
+    total = np.zeros((N, N))
+    for rows, F0k, tk in blocks:
+        total[np.ix_(rows, rows)] += value(F0k, tk, len(rows))
+    np.testing.assert_allclose(total, value(F0, terms, N), atol=1e-12)
+
+
+@pytest.mark.solver
+def test_lipsdp_goes_through_the_one_solver_driver():
+    """Every backend of ``solve.solve`` gives LipSDP's optimum (PICOS by name, CVXOPT's generic KKT)."""
+    net = random_cnn(np.random.default_rng(77), activation="relu")
+    ref = lipsdp(net, "neuron").bound
+    for solver in ("cvxopt", "cvxopt-generic", "picos-cvxopt"):
+        assert lipsdp(net, "neuron", solver=solver).bound == pytest.approx(ref, rel=1e-6), solver
+    with pytest.raises(SolveError, match="not available for LipSDP"):
+        lipsdp(net, "neuron", solver="sdpa")

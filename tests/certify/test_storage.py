@@ -1,0 +1,400 @@
+"""kyp: frequency-domain LMIs for conv layers, storage matrices P from Riccati equations, then certify."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from nets import Builder, random_cnn
+
+from lipdsl.pipeline import problem_size, solve_network
+from lipdsl.certify.recheck import Point, certify
+from lipdsl.app.cli import cli
+import scipy.linalg
+
+from lipdsl.certify import storage as kyp
+from lipdsl.certify.storage import phi_min_eigenvalue, recover_storage, riccati_doubling, riccati_residual
+from lipdsl.model.lower import lower
+from lipdsl.sdp.build import build_sdp, frequency_grid, frequency_response
+from lipdsl.solvers.solve import solve
+from repo_paths import SPECS
+
+
+def conv_net(seed, *, channels=3, kernel=4, act="relu", linear_middle=False, head="gap", padding="same"):
+    rng = np.random.default_rng(seed)
+    b = Builder(1, 16)
+    b.conv(rng.normal(size=(channels, 1, kernel)) / 2, padding="causal").act(act)
+    b.conv(rng.normal(size=(channels, channels, kernel)) / channels, padding=padding, dilation=2)
+    if not linear_middle:
+        b.act(act)
+    b.conv(rng.normal(size=(channels, channels, kernel)) / channels, padding="causal").act(act)
+    if head == "gap":
+        b.gap()
+        b.dense(rng.normal(size=(2, channels)))
+    else:
+        b.pool("avg", 2).flatten()
+        b.dense(rng.normal(size=(5, b.shape.size))).act("relu").dense(rng.normal(size=(2, 5)))
+    return b.build()
+
+
+@pytest.mark.parametrize("lift", [1, 2])
+def test_frequency_response_is_the_dft_of_the_impulse_response(lift):
+    net = conv_net(0, padding="causal", head="flatten")  # (lifting: causal padding, no GAP)
+    for sys in lower(net, lift=lift).systems:
+        if not sys.ss.nx:
+            continue
+        T = 64
+        impulses = []
+        for j in range(sys.ss.nu):
+            u = np.zeros((sys.ss.nu, T))
+            u[j, 0] = 1.0
+            impulses.append(sys.ss.simulate(u))  # (ny, T)
+        h = np.stack(impulses, axis=1)  # (ny, nu, T): the impulse response dies within nx + 1 steps
+        omegas = frequency_grid(9)
+        dft = np.einsum("abt,kt->kab", h, np.exp(-1j * np.outer(omegas, np.arange(T))))
+        assert np.allclose(frequency_response(sys.ss, omegas), dft, atol=1e-12)
+
+
+def _solve_both(net, frequencies):
+    low = lower(net)
+    exact = build_sdp(low)
+    c_exact = certify(exact, solve(exact))
+    gridded = build_sdp(low, frequencies=frequencies)
+    sol = solve(gridded)
+    full = recover_storage(gridded, sol)
+    return exact, c_exact, gridded, sol, full, certify(gridded, full)
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("kwargs", [{}, {"act": "tanh"}, {"linear_middle": True}, {"head": "flatten"}])
+def test_frequency_form_is_certified_and_close_to_the_exact_sdp(kwargs):
+    """The gridded solve is a relaxation (its value <= the exact optimum); after the Riccati recovery the
+    certified bound is >= the exact one and within 1 % of it on 65 frequencies."""
+    exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, **kwargs), 65)
+    assert gridded.storage and gridded.n < exact.n
+    assert c_exact.verified and cert.verified
+    assert cert.lipschitz_solver <= c_exact.lipschitz * (1 + 1e-6)
+    assert c_exact.lipschitz * (1 - 1e-7) <= cert.lipschitz <= 1.01 * c_exact.lipschitz
+
+
+@pytest.mark.solver
+def test_riccati_storage_makes_every_conv_lmi_psd_before_the_certificate_repair():
+    _, _, gridded, _, full, cert = _solve_both(conv_net(2), 33)
+    point = Point(gridded, full.x)
+    for link in gridded.links:
+        if link.P not in gridded.storage:  # (an exact LMI upstream: certify repairs its raised X_out)
+            continue
+        M = point.matrix(link)
+        assert np.linalg.eigvalsh(M)[0] >= -1e-5 * np.linalg.norm(M, 2), link.lmi.name  # Riccati accuracy
+    rho_recovered = full.x[gridded.rho.offset]
+    assert cert.verified and cert.rho - rho_recovered <= 1e-4 * rho_recovered  # certify: Riccati accuracy
+
+
+@pytest.mark.solver
+def test_recovery_closes_the_gaps_between_the_grid_frequencies():
+    """On few frequencies Phi dips below zero between them; the recovery raises X_in until it holds on
+    the fine grid (so the certificate costs more, but still holds)."""
+    net = conv_net(3, kernel=5)
+    low = lower(net)
+    gridded = build_sdp(low, frequencies=5)
+    sol = solve(gridded)
+    point = Point(gridded, np.concatenate([sol.x, np.zeros(gridded.n_total - gridded.n)]))
+    fine = frequency_grid(512)
+    link = next(lk for lk in gridded.links if lk.P in gridded.storage)
+    lam = point.vars[link.lam.name]
+    H = frequency_response(link.system.ss, fine)
+    before = phi_min_eigenvalue(link.system, lam, point.weight(link.w_in), point.weight(link.w_out), H)
+    assert before < 0
+    cert = certify(gridded, recover_storage(gridded, sol))
+    assert cert.verified and cert.lipschitz > cert.lipschitz_solver
+
+
+@pytest.mark.solver
+def test_recovery_on_two_threads_is_the_inline_recovery(monkeypatch):
+    """Step 2's eigenvalue checks split over the frequencies on two threads give the same point, bit for
+    bit (each part's minimum is exact; the parts are combined with min/max)."""
+    import lipdsl.solvers.cvxopt_kkt as solve_mod
+
+    gridded = build_sdp(lower(conv_net(4, channels=4, kernel=5)), frequencies=9)
+    sol = solve(gridded)
+    points = []
+    for threads in (1, 2):
+        monkeypatch.setattr(solve_mod, "KKT_THREADS", threads)
+        points.append(recover_storage(gridded, sol).x)
+    assert np.array_equal(points[0], points[1])
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(6))
+def test_random_cnns_in_frequency_form_stay_above_the_exact_bound(seed):
+    net = random_cnn(np.random.default_rng(100 + seed))
+    exact = solve_network(net)
+    freq = solve_network(net, frequencies=33)
+    assert exact.certificate.verified and freq.certificate.verified
+    assert freq.certificate.lipschitz >= exact.certificate.lipschitz * (1 - 1e-7)
+
+
+def test_layers_needing_p_psd_keep_the_exact_lmi():
+    """leaky ReLU (alpha * beta > 0) needs P >= 0, which the Riccati solution does not promise."""
+    sdp = build_sdp(lower(conv_net(4, act="leaky_relu")), frequencies=9)
+    assert not sdp.storage and all(link.P is not None for link in sdp.links if link.system.ss.nx)
+
+
+def test_problem_size_counts_no_storage_in_frequency_form():
+    net = conv_net(5, channels=16, kernel=9)
+    exact, freq = problem_size(net), problem_size(net, frequencies=17)
+    assert freq.variables < exact.variables / 10
+    assert freq.largest_lmi == 2 * (16 + 16) and "frequency" in freq.detail
+
+
+@pytest.mark.solver
+def test_cli_solve_with_frequencies(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "w.npz", c1=rng.normal(size=(4, 1, 5)) / 3, c2=rng.normal(size=(4, 4, 5)) / 4,
+             fc=rng.normal(size=(2, 4)))
+    spec = tmp_path / "net.lip"
+    spec.write_text('input 1 x 32\nweights "w.npz"\nconv1d c1: 1 -> 4, kernel 5, padding causal, weight c1\n'
+                    "relu\nconv1d c2: 4 -> 4, kernel 5, padding causal, weight c2\nrelu\nglobal_avgpool\n"
+                    "dense fc: 4 -> 2, weight fc\n")
+    args = ["solve", "--json", "--frequencies", "33", str(spec)]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    exact = json.loads(CliRunner().invoke(cli, ["solve", "--json", str(spec)]).output)
+    assert out["certified"] and "storage" in out["seconds"]
+    assert exact["lipschitz"] * (1 - 1e-7) <= out["lipschitz"] <= 1.02 * exact["lipschitz"]
+    assert any("frequency domain" in note for note in out["notes"])
+
+
+def test_near_optimal_is_judged_by_gap_and_residuals():
+    from lipdsl.solvers.solve import Solution
+
+    base = dict(claimed_status="unknown", rho=1.0, x=None, solver="cvxopt", seconds=0.0)
+    assert Solution(**base, relative_gap=3e-7, residual=6e-8).near_optimal(1e-6)
+    assert not Solution(**base, relative_gap=3e-5, residual=6e-8).near_optimal(1e-6)
+    assert not Solution(**base, relative_gap=3e-7, residual=2e-6).near_optimal(1e-6)
+    assert not Solution(**base).near_optimal(1e-6)  # a solver that reports neither
+
+
+@pytest.mark.solver
+def test_singular_kkt_ending_at_tolerance_is_not_refused_in_frequency_form():
+    """CVXOPT ends features.lip (K = 9) on a singular KKT matrix at relative gap ~3e-7: the bound is
+    reported although the frequency-grid repair raises it by more than the unconverged-inflation limit."""
+
+    spec = SPECS / "features.lip"
+    args = ["solve", "--json", "--frequencies", "9", str(spec)]
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    from lipdsl.lang.load import load_network
+
+    exact = solve_network(load_network(spec)[1]).certificate.lipschitz
+    assert out["certified"] and out["lipschitz"] >= exact * (1 - 1e-7)
+
+
+def _fir_riccati_data(rng, c=3, taps=4):
+    """A DARE of the FIR kind (block shift A, input into the first block) with a cross term, well posed."""
+    nx = c * (taps - 1)
+    A = np.eye(nx, k=-c)
+    B = np.zeros((nx, 2 * c))
+    B[:c, :c] = np.eye(c)
+    G = rng.normal(size=(nx + 2 * c, nx + 2 * c))
+    M = G @ G.T + np.eye(nx + 2 * c)
+    return A, B, M[:nx, :nx], M[nx:, nx:], M[:nx, nx:]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_riccati_doubling_matches_the_qz_solution(seed):
+    A, B, Q, R, S = _fir_riccati_data(np.random.default_rng(seed))
+    X = riccati_doubling(A, B, Q, R, S)
+    X_qz = scipy.linalg.solve_discrete_are(A, B, Q, R, s=S)
+    assert np.allclose(X, X_qz, rtol=1e-9, atol=1e-9 * np.abs(X_qz).max())
+    assert riccati_residual(A, B, Q, R, S, X) < 1e-12
+    K = np.linalg.solve(R + B.T @ X @ B, B.T @ X @ A + S.T)  # the stabilizing solution: closed loop stable
+    assert np.abs(np.linalg.eigvals(A - B @ K)).max() < 1
+
+
+@pytest.mark.solver
+def test_storage_falls_back_to_qz_when_the_doubling_does_not_converge(monkeypatch):
+    """With no doubling step its 'solution' is the first iterate, far from the Riccati solution: the residual
+    check sends every system to QZ, and the certificate is the default one (these systems are small, so
+    QZ ran there too) and within Riccati accuracy of doubling alone."""
+    net = conv_net(2)
+    gridded = build_sdp(lower(net), frequencies=33)
+    sol = solve(gridded)
+    qz_too = certify(gridded, recover_storage(gridded, sol))
+    calls = []
+    qz = scipy.linalg.solve_discrete_are
+    monkeypatch.setattr(kyp, "QZ_STATES", 0)
+    reference = certify(gridded, recover_storage(gridded, sol))  # doubling only (residual ~1e-7 here)
+    monkeypatch.setattr(kyp, "DOUBLING_STEPS", 0)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return qz(*args, **kwargs)
+
+    monkeypatch.setattr(kyp.scipy.linalg, "solve_discrete_are", spy)
+    cert = certify(gridded, recover_storage(gridded, sol))
+    assert len(calls) >= len(gridded.storage)  # every gridded system went to QZ
+    assert cert.verified and reference.verified and qz_too.verified
+    # (the default keeps, per small system, whichever of doubling and QZ has the smaller residual)
+    assert cert.lipschitz == pytest.approx(qz_too.lipschitz, rel=1e-4)  # Riccati accuracy
+    assert cert.lipschitz == pytest.approx(reference.lipschitz, rel=1e-4)
+
+
+@pytest.mark.solver
+def test_refitting_the_first_system_lowers_the_certified_bound(monkeypatch):
+    """The first conv layer (one input channel: its exact LMI) re-solved for the repaired downstream
+    weights: a smaller rho, certified, and still above the exact SDP's bound. (With isotropic raises only,
+    where the first system's input shift is large enough for the refit to matter.)"""
+    monkeypatch.setattr(kyp, "RAISE_DIRECTIONS", (None,))
+    exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, channels=4, kernel=5), 9)
+    assert gridded.links[0].P not in gridded.storage  # (the first system keeps its exact LMI)
+    monkeypatch.setattr(kyp, "refit_first_system", lambda sdp, point: False)
+    without = certify(gridded, recover_storage(gridded, sol))
+    assert cert.verified and without.verified
+    assert cert.lipschitz < without.lipschitz * (1 - 1e-4)
+    assert cert.lipschitz >= c_exact.lipschitz * (1 - 1e-7)
+
+
+def _dilated_net(seed, channels=3, layers=3):
+    """Causal convs with dilations 1, 2, 4: the frequency responses the grid misses most."""
+    rng = np.random.default_rng(seed)
+    b = Builder(channels, 32)
+    for j in range(layers):
+        b.conv(rng.normal(size=(channels, channels, 3)) / np.sqrt(3 * channels), padding="causal",
+               dilation=2**j).act("relu")
+    b.gap()
+    b.dense(rng.normal(size=(2, channels)))
+    return b.build()
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(3))
+def test_relative_raises_are_never_looser_than_isotropic_ones(seed, monkeypatch):
+    """Step 2's raise direction (``X += e (X + delta ||X|| I)``, chosen per chain) against the isotropic
+    ``X += e I`` alone: certified both ways, never looser, and above the exact SDP's bound."""
+    exact, c_exact, gridded, sol, full, cert = _solve_both(_dilated_net(seed), 9)
+    monkeypatch.setattr(kyp, "RAISE_DIRECTIONS", (None,))
+    isotropic = certify(gridded, recover_storage(gridded, sol))
+    assert cert.verified and isotropic.verified
+    assert cert.lipschitz <= isotropic.lipschitz * (1 + 1e-6)
+    assert cert.lipschitz >= c_exact.lipschitz * (1 - 1e-7)
+
+
+@pytest.mark.solver
+def test_a_storage_that_leaves_the_lmi_short_is_recomputed_with_a_larger_margin(monkeypatch):
+    """A Riccati solution whose LMI is not strictly positive (a stalled doubling near a singular Phi) is
+    recomputed with ten times the margin; certify then has almost nothing to repair."""
+    exact, c_exact, gridded, sol, full, cert = _solve_both(_dilated_net(0), 9)
+    margins = []
+    real = kyp.storage_matrix
+
+    def spy(sys, lam, X_in, X_out, inner=(), shrink=0.0):
+        margins.append(np.linalg.norm(X_in, 2))
+        P = real(sys, lam, X_in, X_out, inner, shrink)
+        return P if len(margins) > 1 else P + 1e-3 * np.linalg.norm(P, 2) * np.eye(len(P))  # spoil the first
+
+    monkeypatch.setattr(kyp, "storage_matrix", spy)
+    spoiled = certify(gridded, recover_storage(gridded, sol))
+    assert len(margins) > len(gridded.storage)  # the spoiled one was recomputed
+    assert spoiled.verified
+    assert spoiled.lipschitz <= cert.lipschitz * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("act,slope", [("leaky_relu", "[0.01, 1]"), ("relu", None)])
+def test_frequencies_say_which_layers_kept_their_exact_lmi(act, slope):
+    """--frequencies cannot grid a layer whose slope has alpha * beta > 0 (it needs P >= 0): a note says
+    which layer, why, and what helps (a looser slope [0, beta] claim); nothing is said when all are
+    gridded."""
+    sdp = build_sdp(lower(conv_net(4, act=act)), frequencies=9)
+    kept = [n for n in sdp.notes if "kept its exact LMI" in n]
+    if slope is None:
+        assert not kept and sdp.storage
+        return
+    gridable = [link.system for link in sdp.links
+                if link.system.ss.nx and link.system.ss.nx >= link.system.ss.nu + link.system.ss.ny]
+    assert gridable and len(kept) == len(gridable)
+    for sys, note in zip(gridable, kept):
+        assert note.startswith(sys.name) and f"slope {slope}" in note and "P >= 0" in note
+        assert "'slope [0, 1]' after leaky_relu" in note
+    assert not any("kept its exact LMI" in n for n in build_sdp(lower(conv_net(4, act=act))).notes)
+
+
+def _deep_tcn(seed, ch=8, k=3, depth=5):
+    rng = np.random.default_rng(seed)
+    b = Builder(1, 64)
+    b.conv(rng.normal(size=(ch, 1, k)) / 2, padding="causal").act("relu")
+    for d in range(depth):
+        b.conv(rng.normal(size=(ch, ch, k)) / np.sqrt(ch * k) * 1.5, padding="causal", dilation=2 ** d)
+        b.act("relu")
+    b.gap()
+    b.dense(rng.normal(size=(2, ch)))
+    return b.build()
+
+
+def _text(result):
+    from rich.console import Console
+
+    from lipdsl.app.report import print_text
+
+    import io
+
+    buf = io.StringIO()
+    print_text(result, Console(file=buf, width=400, color_system=None))
+    return buf.getvalue().splitlines()
+
+
+@pytest.mark.solver
+def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_product_first(monkeypatch):
+    """A deep dilated net on 3 frequencies: the grid misses the tight frequencies, the repair is ~10x and the
+    certified bound lands above the product of H-infinity gains; both are said on the lines after the bound,
+    and in the JSON (hinf_product, above_hinf_product, warnings)."""
+    import dataclasses
+
+    import lipdsl.pipeline
+    from lipdsl.app.report import to_json
+    from lipdsl.baselines.unrolled import naive_hinf
+
+    monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)  # (the grid as given: its repair shows)
+    net = _deep_tcn(1)
+    result = solve_network(net, frequencies=3)
+    cert = result.certificate
+    assert cert.verified and cert.inflation > 1.0
+    assert result.hinf_product == naive_hinf(net)
+    out = to_json(result)
+    assert out["frequencies"] == 3 and out["hinf_product"] == result.hinf_product
+    assert out["above_hinf_product"] is (cert.lipschitz > result.hinf_product) is True
+    assert len(out["warnings"]) == 2 and "repair" in out["warnings"][0]
+    assert "--frequencies 5" in out["warnings"][0]
+    assert "naive-hinf" in out["warnings"][1]
+    lines = _text(result)
+    assert lines[0].startswith("Lipschitz upper bound") and "(certified)" in lines[0]
+    assert lines[1].startswith("  warning: the certificate repair") and f"{cert.inflation:.1%}" in lines[1]
+    assert lines[2].startswith("  warning: this bound is above") and "--method naive-hinf" in lines[2]
+    # a small repair below the product: no warning at all, and the exact SDP never gets the fields
+    small = dataclasses.replace(cert, lipschitz_solver=cert.lipschitz / 1.005)
+    quiet = dataclasses.replace(result, hinf_product=10 * cert.lipschitz, certificate=small)
+    assert to_json(quiet)["warnings"] == [] and to_json(quiet)["above_hinf_product"] is False
+    assert not any("warning" in line for line in _text(quiet))
+    exact = solve_network(conv_net(4))
+    assert exact.hinf_product is None and to_json(exact)["warnings"] == []
+    assert to_json(exact)["frequencies"] is None and to_json(exact)["above_hinf_product"] is None
+
+
+@pytest.mark.solver
+def test_the_grid_is_refined_where_the_lmis_dip_between_its_frequencies(monkeypatch):
+    """Frequency mode on a coarse grid (5 frequencies, dilations 1, 2, 4): the recovery would cost more than
+    1 %, so each system's grid gets the frequencies where its Phi dips at the solver's point and the SDP is
+    solved again; the bound drops, stays above the exact SDP's, and a note says so."""
+    import lipdsl.pipeline
+
+    net = _dilated_net(1)
+    exact = solve_network(net, frequencies=None).certificate.lipschitz
+    refined = solve_network(net, frequencies=5)
+    assert refined.certificate.verified and any("grid refined" in n for n in refined.sdp.notes)
+    assert any(len(g) > 5 for g in refined.sdp.grids.values())
+    monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)
+    plain = solve_network(net, frequencies=5)
+    assert plain.certificate.verified and not any("grid refined" in n for n in plain.sdp.notes)
+    assert exact * (1 - 1e-6) <= refined.certificate.lipschitz < plain.certificate.lipschitz

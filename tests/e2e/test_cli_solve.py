@@ -1,0 +1,192 @@
+"""`lipdsl solve` end to end: report, JSON, exit codes (0 certified, 1 input error, 3 failed/uncertified)."""
+
+import json
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+import lipdsl.pipeline
+from lipdsl.app.cli import cli
+from repo_paths import SPECS
+
+pytestmark = pytest.mark.solver
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_solve_ecg_text_report():
+    res = run("solve", str(SPECS / "ecg.lip"))
+    assert res.exit_code == 0, res.output
+    assert "109.12299" in res.output and "(certified)" in res.output
+    assert "LMIs checked" in res.output and "c1+relu1" not in res.output  # the table is behind -v
+    assert "time:" in res.output
+    res = run("solve", "-v", str(SPECS / "ecg.lip"))
+    assert "LMI" in res.output and "c1+relu1" in res.output
+
+
+def test_solve_json_is_one_object_with_the_certificate():
+    res = run("solve", "--json", str(SPECS / "ecg.lip"))
+    assert res.exit_code == 0
+    out = json.loads(res.output)
+    assert out["certified"] is True
+    assert abs(out["lipschitz"] - 109.12299234900972) / 109.12299234900972 <= 1e-6
+    assert out["lipschitz"] >= out["lipschitz_solver"]
+    assert [lmi["size"] for lmi in out["lmis"]] == [5, 9, 156]
+    assert out["sdp"]["lmi_sizes"] == [5, 12, 65]  # solved with the head in Y = X^-1, M = Lambda^-1
+    assert set(out["seconds"]) == {"parse+check", "lower", "sdp", "solve", "certify"}
+    assert all(lmi["ok"] for lmi in out["lmis"])
+
+
+def test_fully_convolutional_bound_holds_for_every_length():
+    res = run("solve", "--json", str(SPECS / "tcn_any_length.lip"))
+    assert res.exit_code == 0
+    assert json.loads(res.output)["valid_for"].startswith("every input length N")
+
+
+def test_global_average_pool_over_any_length_needs_a_length():
+    res = run("solve", str(SPECS / "gap.lip"))
+    assert res.exit_code == 1
+    assert "gap.lip:" in res.output and "--length" in res.output and "Traceback" not in res.output
+    res = run("solve", "--json", "--length", "64", str(SPECS / "gap.lip"))
+    assert res.exit_code == 0
+    assert json.loads(res.output)["valid_for"] == "every input length N >= 64"
+
+
+def test_missing_solver_exits_3_without_a_bound():
+    """An unknown solver name is a usage error (2); a known one that is not installed exits 3."""
+    import picos
+
+    from lipdsl.app.cli import SOLVERS
+    from lipdsl.solvers.registry import SOLVERS as REGISTRY
+
+    assert SOLVERS == tuple(REGISTRY)  # the CLI takes the registry's names
+    res = run("solve", "--solver", "no-such-solver", str(SPECS / "lipsdp_random.lip"))
+    assert res.exit_code == 2 and "unknown solver" in res.output
+    installed = picos.available_solvers()
+    missing = [s for s in SOLVERS if REGISTRY[s].picos and s not in installed]
+    if not missing:
+        pytest.skip("every known solver is installed")
+    res = run("solve", "--solver", missing[0], str(SPECS / "lipsdp_random.lip"))
+    assert res.exit_code == 3
+    assert "not installed" in res.output and "certified" not in res.output
+
+
+def test_uncertified_point_exits_3_and_prints_no_bound(monkeypatch):
+    real = lipdsl.pipeline.certify
+
+    def refuse(sdp, solution, **kw):
+        cert = real(sdp, solution, **kw)
+        return replace(cert, verified=False, lipschitz=None, rho=None, reason="forced failure (test)")
+
+    monkeypatch.setattr(lipdsl.pipeline, "certify", refuse)
+    res = run("solve", "--json", str(SPECS / "lipsdp_random.lip"))
+    assert res.exit_code == 3
+    out = json.loads(res.output)
+    assert out["lipschitz"] is None and out["certified"] is False
+    res = run("solve", str(SPECS / "lipsdp_random.lip"))
+    assert res.exit_code == 3 and "no certified bound" in res.output and "36.48" not in res.output
+
+
+def test_bad_spec_is_an_input_error():
+    res = run("solve", str(SPECS / "bad" / "channels.lip"))
+    assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
+
+
+def test_show_state_space_pretty_and_latex():
+    res = run("show", "--state-space", str(SPECS / "ecg.lip"))
+    assert res.exit_code == 0
+    assert "conv1d c1: 1 -> 2, kernel 3: causal realization, 2 states" in res.output
+    assert "w_{0,0,2}" in res.output  # D = W[:, :, k-1]
+    res = run("show", "--state-space", "--latex", str(SPECS / "haar_exact.lip"))
+    assert res.exit_code == 0 and r"\frac{1}{2}" in res.output  # the spec's own expressions, kept exact
+
+
+@pytest.mark.solver
+def test_show_lowering_gives_the_rows_the_solver_sees():
+    """ECG: c2's direct LMI has 9 rows, the solver's 12 (Y = X_out^-1 appended), f1's 156 -> 65 (inverse
+    head), f2 eliminated; the solver column is exactly `solve --json`'s sdp.lmi_sizes, in order."""
+    import re
+
+    res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", str(SPECS / "ecg.lip")])
+    assert res.exit_code == 0, res.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[1:-1]]
+            for line in res.output.splitlines() if line.startswith("│")}
+    assert rows["c2+relu2"][3] == "9 (4+2+3)" and rows["c2+relu2"][4] == "12 (4+2+3+3Y)"
+    assert rows["f1+relu3"][3].startswith("156") and rows["f1+relu3"][4] == "65 (60+5F)"
+    assert rows["f2"][4] == "none (eliminated)" and rows["avgpool1"][4] == "-"
+    shown = [int(m.group(1)) for r in rows.values() if (m := re.match(r"(\d+) \(", r[4]))]
+    solved = json.loads(CliRunner().invoke(cli, ["solve", "--json", str(SPECS / "ecg.lip")]).output)
+    assert shown == solved["sdp"]["lmi_sizes"] == [5, 12, 65]
+    assert "note: f2: X_(l-1) := W'W substituted" in res.output
+    assert "lipdsl solve's form (--frequencies auto): exact LMIs" in res.output and solved["form"].startswith(
+        "exact LMIs")
+
+
+def test_show_lowering_names_the_form_solve_picks():
+    """issue 20: a net whose exact LMIs are large is solved in the frequency form by default, and
+    `show --lowering` says so in the words `solve` uses."""
+    spec = str(SPECS / "tcn_plain.lip")
+    res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", spec])
+    assert res.exit_code == 0, res.output
+    expected = ("lipdsl solve's form (--frequencies auto): frequency-domain LMIs for the wide conv layers "
+                "on 17 frequencies, chosen automatically: 916 variables instead of the exact LMIs' 22,116")
+    assert expected in res.output
+
+
+def test_show_lowering_names_each_construct():
+    res = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["show", "--lowering", str(SPECS / "features.lip")])
+    assert res.exit_code == 0
+    for words in (
+        "max pool k2 s2: factor sqrt(1), diagonal X",
+        "FIR k=3 and avg pool k4 s2 merged: one FIR on blocks of 2 samples",
+        "stride 2 as sub-sampling",
+        "flatten 3x6",
+        "swish slope [-0.1, 1.1]",
+    ):
+        assert words in res.output
+
+
+def test_solve_progress_goes_to_a_terminal_only(monkeypatch):
+    """Piped (CliRunner: no terminal), solve prints exactly the report, nothing on stderr; with stderr on a
+    terminal a status line names the stages and the solver's iterations there, and stdout is the same
+    report (times aside)."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    import lipdsl.app.progress as progress_module
+    from lipdsl.pipeline import solve_network
+    from lipdsl.lang.load import load_network
+
+    def report(text):  # the report without its timings
+        return [line for line in text.splitlines() if not line.strip().startswith("time:")]
+
+    piped = CliRunner().invoke(cli, ["solve", str(SPECS / "ecg.lip")], catch_exceptions=False)
+    assert piped.exit_code == 0 and piped.stderr == "" and piped.output.startswith("Lipschitz upper bound")
+    assert "lipdsl solve:" not in piped.output
+
+    tty = io.StringIO()
+    real = progress_module.console
+
+    def fake(stderr=False):
+        return Console(file=tty, force_terminal=True, width=120) if stderr else real(stderr)
+
+    monkeypatch.setattr(progress_module, "console", fake)
+    shown = CliRunner().invoke(cli, ["solve", str(SPECS / "ecg.lip")], catch_exceptions=False)
+    assert shown.exit_code == 0 and report(shown.output) == report(piped.output)
+    assert "lipdsl solve:" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.getvalue())
+    tty.truncate(0)
+    as_json = CliRunner().invoke(cli, ["solve", "--json", str(SPECS / "ecg.lip")], catch_exceptions=False)
+    assert json.loads(as_json.output)["certified"] and tty.getvalue() == ""  # --json: no display
+
+    stages, iterations = [], []
+    from lipdsl.solvers.solve import on_iteration
+
+    with on_iteration(iterations.append):
+        solve_network(load_network(SPECS / "ecg.lip")[1], progress=stages.append)
+    assert stages == ["lowering", "building the SDP", "solving", "certifying"]
+    assert iterations[:3] == [1, 2, 3]

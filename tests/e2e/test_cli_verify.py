@@ -1,0 +1,125 @@
+"""`lipdsl solve --certificate / --exact` and `lipdsl verify` end to end: files, reports, exit codes."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lipdsl.app.cli import cli
+from repo_paths import GOLDEN, SPECS
+
+pytestmark = pytest.mark.solver
+ECG_REFERENCE = 109.12299234900972
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def ecg_cert(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cert") / "ecg.cert.json"
+    res = run("solve", SPECS / "ecg.lip", "--certificate", path)
+    assert res.exit_code == 0, res.stdout + res.stderr
+    assert "(certified)" in res.stdout
+    assert f"certificate written to {path}" in " ".join(res.stdout.split())
+    return path
+
+
+def test_solve_writes_a_certificate_that_verifies(ecg_cert):
+    doc = json.loads(ecg_cert.read_text())
+    assert doc["schema"] == "lipdsl-certificate/1"
+    res = run("verify", SPECS / "ecg.lip", ecg_cert)
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.startswith("verified: Lipschitz constant of ecg <= 109.1229929")
+    assert "floating point with rounding bounds" in res.stdout
+    assert res.stdout.count("ok   ") == 6 and "FAIL" not in res.stdout
+
+
+def test_verify_exact_json(ecg_cert):
+    res = run("verify", SPECS / "ecg.lip", ecg_cert, "--exact", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] is True and out["mode"] == "exact" and out["realization_exact"] is True
+    assert abs(out["lipschitz"] - ECG_REFERENCE) <= 1e-6 and out["lipschitz"] >= ECG_REFERENCE
+    assert out["bound"] == "109.1229929"
+    assert [c["size"] for c in out["checks"]][:3] == [5, 9, 156]
+
+
+def test_solve_exact_reports_proved(tmp_path):
+    res = run("solve", SPECS / "ecg.lip", "--exact")
+    assert res.exit_code == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    assert "certified, proved: L <= 109.1229929 in exact arithmetic" in " ".join(res.stdout.split())
+    assert "109.1229929 (certified" in first  # rounded up, as every printed bound
+    res = run("solve", SPECS / "tcn_any_length.lip", "--exact", "--json",
+              "--certificate", tmp_path / "t.json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["proof"]["ok"] is True and out["proof"]["mode"] == "exact"
+    assert (tmp_path / "t.json").exists()
+
+
+def test_tampered_multiplier_exits_3_naming_the_lmi(ecg_cert, tmp_path):
+    doc = json.loads(ecg_cert.read_text())
+    lam = doc["lmis"][1]["lambda"]
+    lam[2] = float(repr(lam[2]).replace(repr(lam[2])[0], str((int(repr(lam[2])[0]) + 1) % 10), 1))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    for extra in ([], ["--exact"]):
+        res = run("verify", SPECS / "ecg.lip", bad, *extra)
+        assert res.exit_code == 3
+        assert "error: the certificate of ecg does not verify" in res.stderr
+        assert "LMI[c2+relu2] (layers c2, relu2) fails" in res.stderr
+        assert "FAIL LMI[c2+relu2]" in res.stdout
+
+
+def test_wrong_schema_is_an_input_error_with_golden_text(ecg_cert, tmp_path):
+    doc = json.loads(ecg_cert.read_text())
+    doc["schema"] = "lipdsl-certificate/0"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        Path("old.json").write_text(json.dumps(doc))
+        res = run("verify", SPECS / "ecg.lip", "old.json")
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 1
+    assert res.stdout == ""
+    assert res.stderr == (GOLDEN / "verify_schema.err").read_text()
+
+
+def test_other_weights_exit_3(ecg_cert):
+    res = run("verify", SPECS / "tcn_any_length.lip", ecg_cert)
+    assert res.exit_code == 3
+    assert "does not match the certificate's" in res.stderr and "hint:" in res.stderr
+
+
+def test_constant_network_cannot_be_exported(tmp_path):
+    spec = tmp_path / "zero.lip"
+    spec.write_text("network zero\ninput 1 x 8\n"
+                    "conv1d c1: 1 -> 1, kernel 2, padding causal, weight [[[0, 0]]]\nrelu\n")
+    res = run("solve", spec, "--certificate", tmp_path / "zero.json")
+    assert res.exit_code == 3
+    assert "cannot export a certificate for this closed-form bound yet" in res.stderr
+    assert "hint:" in res.stderr
+    assert not (tmp_path / "zero.json").exists()
+    assert res.stdout == ""
+
+
+def test_certificate_options_need_the_dissipative_method():
+    res = run("solve", SPECS / "ecg.lip", "--method", "naive", "--exact")
+    assert res.exit_code == 2
+    assert "--certificate and --exact apply to --method dissipative only" in res.stderr
+
+
+def test_pooling_only_network_has_a_certificate_too(tmp_path):
+    spec = tmp_path / "pool.lip"
+    spec.write_text("network pool\ninput 2 x 8\navgpool 2\nflatten\n")
+    res = run("solve", spec, "--exact", "--certificate", tmp_path / "pool.json")
+    assert res.exit_code == 0, res.stderr
+    assert "proved: L <= 0.7071067812" in res.stdout
+    res = run("verify", spec, tmp_path / "pool.json", "--exact")
+    assert res.exit_code == 0 and "<= 0.7071067812" in res.stdout

@@ -1,0 +1,360 @@
+"""PyTorch -> lipdsl: from_torch, state_dict --like, torch.onnx.export -> import (skipped without torch)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import lipdsl  # noqa: E402
+from lipdsl.pipeline import solve_network  # noqa: E402
+from lipdsl.app.cli import main  # noqa: E402
+from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
+from lipdsl.model.forward import forward  # noqa: E402
+from lipdsl.importers.pytorch import import_state_dict  # noqa: E402
+from lipdsl.lang.load import load_network  # noqa: E402
+from repo_paths import ROOT  # noqa: E402
+
+ECG_SPEC = ROOT / "specs" / "ecg.lip"
+ECG_WEIGHTS = ROOT / "specs" / "weights" / "ecg_CNN_23_03_08_11_52.npz"
+
+
+def torch_forward(module, u: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return module(torch.from_numpy(u[None])).numpy()[0]
+
+
+def every_module_net():
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(
+            nn.ZeroPad1d((4, 0)),
+            nn.Conv1d(2, 4, 3, dilation=2),
+            nn.LeakyReLU(0.2),
+            nn.Sequential(nn.Conv1d(4, 4, 3, stride=2, padding=1), nn.Tanh()),
+            nn.MaxPool1d(2),
+            nn.Conv1d(4, 3, 5, padding="same"),
+            nn.ELU(0.7),
+            nn.AvgPool1d(3, stride=1),
+            nn.Dropout(0.5),
+            nn.Flatten(),
+            nn.Linear(3 * 4, 8),
+            nn.Sigmoid(),
+            nn.Identity(),
+            nn.Linear(8, 3),
+        )
+        .double()
+        .eval()
+    )
+
+
+def gap_net():
+    torch.manual_seed(1)
+    return (
+        nn.Sequential(
+            nn.Conv1d(1, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(3, 2)
+        )
+        .double()
+        .eval()
+    )
+
+
+def export(module, shape, path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # the TorchScript exporter's DeprecationWarning; the dynamo one needs onnxscript
+        torch.onnx.export(
+            module, (torch.randn(1, *shape, dtype=torch.float64),), str(path), dynamo=False, **kw
+        )
+
+
+@pytest.mark.parametrize("build, shape", [(every_module_net, (2, 24)), (gap_net, (1, 17))])
+def test_from_torch_forward_matches_torch(build, shape):
+    module = build()
+    net = lipdsl.from_torch(module, shape)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        u = 2 * rng.standard_normal(shape)
+        np.testing.assert_allclose(net.forward(u), torch_forward(module, u), rtol=1e-6, atol=1e-9)
+
+
+def test_from_torch_any_length_with_global_pool():
+    module = gap_net()
+    net = lipdsl.from_torch(module, (1, None))
+    assert net.typed.any_length
+    u = np.random.default_rng(4).standard_normal((1, 40))
+    np.testing.assert_allclose(net.forward(u), torch_forward(module, u), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.solver
+def test_from_torch_bound_above_lower_bound():
+    net = lipdsl.from_torch(every_module_net(), (2, 24))
+    bound = net.solve()
+    assert bound.verified
+    assert net.lower_bound(starts=4, time_budget=3).value <= bound.lipschitz
+
+
+def test_from_torch_save_writes_a_checked_spec(tmp_path):
+    module = every_module_net()
+    spec, _ = lipdsl.from_torch(module, (2, 24), name="demo").save(tmp_path / "demo.lip")
+    _, net = load_network(spec)
+    u = np.random.default_rng(5).standard_normal((2, 24))
+    np.testing.assert_allclose(forward(net, u), torch_forward(module, u), rtol=1e-6, atol=1e-9)
+    assert "padding causal" in spec.read_text()  # ZeroPad1d((4, 0)) + dilation-2 conv of kernel 3
+
+
+@pytest.mark.parametrize(
+    "module, words",
+    [
+        (nn.Sequential(nn.Conv1d(1, 2, 3), nn.GELU()), ["module '1' (GELU)"]),
+        (nn.Sequential(nn.Conv1d(2, 2, 3, groups=2)), ["groups=2"]),
+        (nn.Sequential(nn.Conv1d(1, 2, 3, padding=1, padding_mode="circular")), ["'circular'"]),
+        (nn.Sequential(nn.Conv1d(1, 2, 3), nn.AdaptiveAvgPool1d(2)), ["AdaptiveAvgPool1d(1)"]),
+        (nn.Sequential(nn.Conv1d(1, 2, 3), nn.Linear(6, 2)), ["nn.Flatten()"]),
+        (nn.Sequential(nn.ConstantPad1d((1, 0), 1.0), nn.Conv1d(1, 2, 3)), ["pads with 1.0"]),
+    ],
+)
+def test_from_torch_refuses_naming_the_module(module, words):
+    with pytest.raises(UnsupportedError) as info:
+        lipdsl.from_torch(module, (module[0].in_channels if hasattr(module[0], "in_channels") else 1, 8))
+    for word in words:
+        assert word in f"{info.value} {info.value.hint}"
+
+
+def ecg_torch():
+    """The ECG classifier in PyTorch: causal convs as ZeroPad1d((2, 0)) + Conv1d, as method.md section 10."""
+    d = np.load(ECG_WEIGHTS)
+    model = (
+        nn.Sequential(
+            nn.ZeroPad1d((2, 0)),
+            nn.Conv1d(1, 2, 3),
+            nn.ReLU(),
+            nn.AvgPool1d(2),
+            nn.ZeroPad1d((2, 0)),
+            nn.Conv1d(2, 3, 3),
+            nn.ReLU(),
+            nn.AvgPool1d(2),
+            nn.Flatten(),
+            nn.Linear(96, 60),
+            nn.ReLU(),
+            nn.Linear(60, 5),
+        )
+        .double()
+        .eval()
+    )
+    idx = {"conv1": 1, "conv2": 5, "fc1": 9, "fc2": 11}
+    model.load_state_dict(
+        {f"{idx[k.split('.')[0]]}.{k.split('.')[1]}": torch.from_numpy(d[k]) for k in d.files}
+    )
+    return model
+
+
+@pytest.mark.solver
+def test_ecg_torch_onnx_export_import_gives_the_hand_written_bound(tmp_path, ecg_spec_bound):
+    model = ecg_torch()
+    export(model, (1, 128), tmp_path / "ecg.onnx")
+    assert main(["import", str(tmp_path / "ecg.onnx"), "-o", str(tmp_path / "ecg.lip")]) == 0
+    _, net = load_network(tmp_path / "ecg.lip")
+    u = np.random.default_rng(6).standard_normal((1, 128))
+    np.testing.assert_allclose(forward(net, u), torch_forward(model, u), rtol=1e-6, atol=1e-9)
+    cert = solve_network(net).certificate
+    assert cert.verified
+    assert abs(cert.lipschitz - ecg_spec_bound) <= 1e-9 * ecg_spec_bound
+
+
+def test_torch_onnx_export_roundtrip(tmp_path):
+    module = every_module_net()
+    export(module, (2, 24), tmp_path / "m.onnx")
+    net = lipdsl.from_onnx(tmp_path / "m.onnx")
+    u = np.random.default_rng(8).standard_normal((2, 24))
+    np.testing.assert_allclose(net.forward(u), torch_forward(module, u), rtol=1e-6, atol=1e-9)
+
+
+def test_state_dict_like_architecture(tmp_path, capsys):
+    d = np.load(ECG_WEIGHTS)
+    torch.save({k: torch.from_numpy(d[k]) for k in d.files}, tmp_path / "state.pt")
+    assert (
+        main(
+            [
+                "import",
+                str(tmp_path / "state.pt"),
+                "--like",
+                str(ECG_SPEC),
+                "-o",
+                str(tmp_path / "out" / "ecg.lip"),
+            ]
+        )
+        == 0
+    )
+    _, net = load_network(tmp_path / "out" / "ecg.lip")
+    _, ref = load_network(ECG_SPEC)
+    for a, b in zip(net.layers, ref.layers):
+        assert np.array_equal(getattr(a, "weight", 0), getattr(b, "weight", 0))
+    assert 'weights "ecg.npz"' in (tmp_path / "out" / "ecg.lip").read_text()
+
+
+def test_state_dict_missing_key_reported_against_new_spec(tmp_path):
+    torch.save({"conv1.weight": torch.zeros(2, 1, 3, dtype=torch.float64)}, tmp_path / "part.pt")
+    with pytest.raises(LipdslError, match="no tensor 'conv1.bias'"):
+        import_state_dict(tmp_path / "part.pt", ECG_SPEC, tmp_path / "x.lip")
+
+
+def test_pickled_module_is_never_unpickled(tmp_path):
+    torch.save(nn.Sequential(nn.Linear(2, 2)), tmp_path / "whole.pt")
+    buf = io.StringIO()
+    with pytest.raises(LipdslError) as info:
+        import_state_dict(tmp_path / "whole.pt", ECG_SPEC, tmp_path / "x.lip")
+    assert "weights_only=True" in str(info.value) and "Sequential" in str(info.value)
+    assert not (tmp_path / "x.lip").exists() and not buf.getvalue()
+
+
+# -- batch norm, chomps, weight norm, custom modules (through ONNX) ------------------------------------------
+
+
+def _random_bn(model):
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g, dtype=m.running_mean.dtype))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g, dtype=m.running_var.dtype))
+            m.weight.data.copy_(1 + 0.5 * torch.randn(n, generator=g, dtype=m.weight.dtype))
+            m.bias.data.copy_(torch.randn(n, generator=g, dtype=m.bias.dtype))
+    return model
+
+
+class Chomp(nn.Module):
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return x[:, :, : -self.p].contiguous()
+
+
+class Tcn(nn.Module):
+    """Bai et al.'s causal convs: weight_norm(Conv1d(padding=(k-1)d)) + Chomp1d, ReLU; GAP + linear."""
+
+    def __init__(self):
+        super().__init__()
+        from torch.nn.utils.parametrizations import weight_norm
+
+        layers, c = [], 1
+        for d in (1, 2, 4):
+            layers += [weight_norm(nn.Conv1d(c, 4, 3, padding=2 * d, dilation=d)), Chomp(2 * d), nn.ReLU()]
+            c = 4
+        self.net = nn.Sequential(*layers)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.net(x).mean(dim=2))
+
+
+class Fcn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv1d(1, 3, 8, padding="same"), nn.BatchNorm1d(3)
+        self.conv2, self.bn2 = nn.Conv1d(3, 4, 5, padding="same"), nn.BatchNorm1d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=2))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
+def _matches(module, shape, net, rtol):
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        u = rng.standard_normal(shape)
+        with torch.no_grad():
+            ref = module(torch.from_numpy(u[None]).to(next(module.parameters()).dtype)).double().numpy()[0]
+        np.testing.assert_allclose(net.forward(u), ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+
+
+def test_from_torch_folds_batchnorm_in_a_sequential():
+    torch.manual_seed(3)
+    module = _random_bn(
+        nn.Sequential(
+            nn.Conv1d(2, 4, 3, padding=1), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 3, 3),
+            nn.BatchNorm1d(3),
+            nn.Tanh(), nn.Flatten(), nn.Linear(3 * 10, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2),
+        ).double().eval()
+    )
+    net = lipdsl.from_torch(module, (2, 12))
+    assert [type(L).__name__ for L in net.typed.layers].count("Conv1d") == 2
+    _matches(module, (2, 12), net, 1e-9)
+
+
+def test_from_torch_custom_modules_chomp_and_weight_norm(tmp_path):
+    torch.manual_seed(4)
+    module = Tcn().eval()
+    net = lipdsl.from_torch(module, (1, 20))
+    text = net.save(tmp_path / "tcn.lip")[0].read_text()
+    assert text.count("padding causal") == 3 and "dilation 4" in text and "net.0.weight" in text
+    _matches(module, (1, 20), net, 1e-4)  # a float32 module
+    any_length = lipdsl.from_torch(module, (1, None))
+    assert any_length.typed.any_length
+    u = np.random.default_rng(1).standard_normal((1, 33))
+    with torch.no_grad():
+        ref = module(torch.from_numpy(u[None]).float()).double().numpy()[0]
+    np.testing.assert_allclose(any_length.forward(u), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_from_torch_custom_module_with_batchnorm(tmp_path):
+    torch.manual_seed(5)
+    module = _random_bn(Fcn()).train()  # read in eval mode, and said so
+    net = lipdsl.from_torch(module, (1, 16))
+    assert module.training  # the user's module is left as it was
+    assert "# note: the module was in training mode" in net.save(tmp_path / "fcn.lip")[0].read_text()
+    _matches(module.eval(), (1, 16), net, 1e-4)
+
+
+def test_from_torch_residual_module_is_a_residual_block():
+    """relu(conv(x) + x): through ONNX, one residual block (identity shortcut) then the relu, computing what
+    torch computes."""
+    from lipdsl.lang import typed
+
+    module = Residual().double().eval()
+    net = lipdsl.from_torch(module, (2, 8))
+    assert isinstance(net.typed.layers[0], typed.Residual)
+    _matches(module, (2, 8), net, 1e-12)
+
+
+TRAINED = ROOT / "specs" / "weights" / "trained"
+
+
+@pytest.mark.parametrize("name", ["fcn_8_16_8", "tcn_plain16"])
+def test_trained_models_from_torch_equal_their_onnx_import(name):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "specs" / "train"))
+    try:
+        import train_ucr
+    finally:
+        sys.path.pop(0)
+    model = train_ucr.MODELS[name][0]()
+    model.load_state_dict(torch.load(TRAINED / f"{name}.pt", weights_only=True))
+    net = lipdsl.from_torch(model.eval(), (1, 150))
+    ref = lipdsl.from_onnx(TRAINED / f"{name}.torchscript.onnx")
+    for a, b in zip(net.typed.layers, ref.typed.layers):
+        assert type(a) is type(b)
+        for attr in ("weight", "bias"):
+            x, y = getattr(a, attr, None), getattr(b, attr, None)
+            if x is not None:
+                np.testing.assert_allclose(x, y, rtol=0, atol=2e-16)

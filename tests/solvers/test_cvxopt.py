@@ -1,0 +1,287 @@
+"""The CVXOPT backend's structured KKT solver and cone operations (lipdsl.solvers.cvxopt_kkt,
+cvxopt_cones): the same Newton steps and bounds as CVXOPT's general path, threads only when BLAS is pinned,
+CVXOPT's own functions restored."""
+
+import numpy as np
+import pytest
+
+from nets import Builder, ecg, random_small_cnn
+
+pytestmark = pytest.mark.solver
+
+
+def _kkt_nets():
+    """A --frequencies net (8 channels: each frequency LMI has >= UNIT_MIN unit terms), a small random
+    CNN whose flatten LMI has 79 unit terms, the ECG net."""
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp
+
+    rng = np.random.default_rng(7)
+    b = Builder(1, 16)
+    b.conv(rng.normal(size=(8, 1, 3)) / 2, padding="causal").act("relu")
+    b.conv(rng.normal(size=(8, 8, 5)) / 8, padding="causal").act("relu")
+    b.conv(rng.normal(size=(8, 8, 5)) / 8, padding="causal").act("tanh").gap()
+    b.dense(rng.normal(size=(3, 8)))
+    freq = build_sdp(lower(b.build()), frequencies=9)
+    flat = build_sdp(lower(random_small_cnn(np.random.default_rng(1006))))
+    return {"frequencies": freq, "flatten": flat, "ecg": build_sdp(lower(ecg("CNN_23_03_08_11_52")))}
+
+
+@pytest.mark.parametrize("unit_min", [None, 1])
+@pytest.mark.parametrize("case", ["frequencies", "flatten", "ecg"])
+def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
+    """The unit-term path of the structured KKT solver (entries of S = rti rti', blocks of one structure
+    formed together) solves the same Newton systems as the general factored path to rounding, and the
+    whole solve takes the same iterations to the same bound. ``unit_min=1`` puts every block's unit terms
+    on the new path (dense columns, mixed and single-term groups included). (Small random CNNs mostly end on
+    CVXOPT's singular KKT matrix, where rounding decides the last iterations: their final points are not
+    compared.)"""
+    import cvxopt
+
+    import lipdsl.solvers.cvxopt_kkt as kkt_mod
+    import lipdsl.solvers.cvxopt_conelp as conelp
+    import lipdsl.solvers.solve as solve_mod
+
+    if unit_min is not None:
+        monkeypatch.setattr(kkt_mod, "UNIT_MIN", unit_min)
+    sdp = _kkt_nets()[case]
+    reference = conelp.structured_kkt
+    worst, calls = [0.0], [0]
+
+    def both(sdp_, nonneg_idx):
+        new, old = reference(sdp_, nonneg_idx), reference(sdp_, nonneg_idx, unit_terms=False)
+
+        def factor(W):
+            s_new, s_old = new(W), old(W)
+
+            def solve(x, y, z):
+                xo, yo, zo = cvxopt.matrix(x), cvxopt.matrix(y), cvxopt.matrix(z)
+                s_old(xo, yo, zo)
+                s_new(x, y, z)
+                for a, b in ((x, xo), (z, zo)):
+                    a, b = np.array(a), np.array(b)
+                    worst[0] = max(worst[0], np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
+                calls[0] += 1
+
+            return solve
+
+        return factor
+
+    monkeypatch.setattr(conelp, "structured_kkt", both)
+    solve_mod.solve(sdp, max_iterations=6)
+    assert calls[0] > 6 and worst[0] <= 1e-9, worst
+    if case == "flatten":
+        return
+    monkeypatch.setattr(conelp, "structured_kkt", reference)
+    new = solve_mod.solve(sdp)
+    monkeypatch.setattr(conelp, "structured_kkt", lambda s, i: reference(s, i, unit_terms=False))
+    old = solve_mod.solve(sdp)
+    assert new.claimed_status == old.claimed_status
+    if new.claimed_status == "optimal":  # (where CVXOPT gives up on a singular KKT matrix is rounding's call)
+        assert abs(new.iterations - old.iterations) <= 1
+    assert abs(new.rho - old.rho) <= 1e-9 * abs(old.rho)
+
+
+@pytest.mark.parametrize("case", ["frequencies", "ecg"])
+def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
+    """The structured KKT solver's block loops on two threads (forced here; by default only for large
+    problems): the same iterations and optimum as inline, and bit for bit the same point on every run
+    (each thread sums its own share of the blocks, and the shares are added in a fixed order)."""
+    import lipdsl.solvers.cvxopt_kkt as kkt_mod
+    import lipdsl.solvers.solve as solve_mod
+
+    sdp = _kkt_nets()[case]
+    monkeypatch.setattr(kkt_mod, "KKT_THREADS", 1)
+    inline = solve_mod.solve(sdp)
+    monkeypatch.setattr(kkt_mod, "KKT_THREADS", 2)
+    monkeypatch.setattr(kkt_mod, "THREAD_MIN_ENTRIES", 0)
+    first, second = solve_mod.solve(sdp), solve_mod.solve(sdp)
+    assert np.array_equal(first.x, second.x)
+    assert first.claimed_status == inline.claimed_status
+    if inline.claimed_status == "optimal":  # (where CVXOPT gives up on a singular KKT matrix: rounding)
+        assert abs(first.iterations - inline.iterations) <= 1
+    assert abs(first.rho - inline.rho) <= 1e-9 * abs(inline.rho)
+
+
+def _cone_point(rng, dims):
+    """A random interior point of R+^l x S+^m1 x ... in CVXOPT's storage, and a random direction."""
+    def block(m):
+        A = rng.normal(size=(m, m))
+        return (A @ A.T + m * np.eye(m)).ravel(order="F")
+
+    point = np.concatenate([rng.random(dims["l"]) + 0.5] + [block(m) for m in dims["s"]])
+    return point, rng.normal(size=len(point))
+
+
+def _cone_ops(threads=2):
+    from cvxopt import misc
+
+    import lipdsl.solvers.cvxopt_kkt as kkt_mod
+    from lipdsl.solvers.cvxopt_cones import REPLACED, ConeOps
+
+    return ConeOps({name: getattr(misc, name) for name in REPLACED},
+                   lambda fn, items: kkt_mod.thread_map(fn, items, threads),
+                   lambda sizes: kkt_mod.split_by_cost(np.asarray(sizes, dtype=float) ** 3, threads))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cone_ops_equal_cvxopts(threads):
+    """lipdsl.solvers.cvxopt_cones' scale, max_step and update_scaling (blocks shared among threads) against
+    CVXOPT's own
+    on a point with an 'l' part and 's' blocks of orders 1-7: the same step, eigenvalues, eigenvectors (up to
+    sign), and the same scaling (``r`` up to the signs of its columns, which the SVD leaves free)."""
+    import cvxopt
+    from cvxopt import misc
+
+    rng = np.random.default_rng(3)
+    dims = {"l": 3, "q": [], "s": [4, 7, 7, 1, 5]}
+    ops = _cone_ops(threads)
+    s, z = (cvxopt.matrix(_cone_point(rng, dims)[0]) for _ in range(2))
+    lmbda = cvxopt.matrix(0.0, (dims["l"] + sum(dims["s"]) + 1, 1))
+    W = misc.compute_scaling(s, z, lmbda, dims, mnl=0)  # (as conelp: with an empty 'dnl')
+    for trans in "NT":
+        for inverse in "NI":
+            x = _cone_point(rng, dims)[1]
+            a, b = cvxopt.matrix(x), cvxopt.matrix(x)
+            misc.scale(a, W, trans=trans, inverse=inverse)
+            ops.scale(b, W, trans=trans, inverse=inverse)
+            assert np.allclose(np.array(a), np.array(b), rtol=0, atol=1e-12)  # (upper triangles included)
+    for with_sigma in (False, True):
+        x = _cone_point(rng, dims)[1]
+        a, b = cvxopt.matrix(x), cvxopt.matrix(x)
+        if with_sigma:
+            sa, sb = (cvxopt.matrix(0.0, (sum(dims["s"]), 1)) for _ in range(2))
+            ta, tb = misc.max_step(a, dims, 0, sigma=sa), ops.max_step(b, dims, 0, sigma=sb)
+            assert np.allclose(np.array(sa), np.array(sb), rtol=0, atol=1e-12)
+            assert np.allclose(np.abs(np.array(a)), np.abs(np.array(b)), rtol=0, atol=1e-10)
+        else:
+            ta, tb = misc.max_step(a, dims), ops.max_step(b, dims)
+        assert abs(ta - tb) <= 1e-12 * max(1.0, abs(ta))
+
+    def lower_triangular_factors():
+        return np.concatenate([rng.random(dims["l"]) + 0.5]
+                              + [(np.tril(rng.normal(size=(m, m))) + 3 * np.eye(m)).ravel(order="F")
+                                 for m in dims["s"]])
+
+    ls, lz = lower_triangular_factors(), lower_triangular_factors()
+    ours = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in W.items()}
+    theirs = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in W.items()}
+    la, lb = +lmbda, +lmbda
+    sa, za, sb, zb = cvxopt.matrix(ls), cvxopt.matrix(lz), cvxopt.matrix(ls), cvxopt.matrix(lz)
+    misc.update_scaling(theirs, la, sa, za)
+    ops.update_scaling(ours, lb, sb, zb)
+    assert np.allclose(np.array(la), np.array(lb), rtol=1e-13, atol=0)
+    for key in ("d", "di"):
+        assert np.allclose(np.array(theirs[key]), np.array(ours[key]), rtol=1e-14, atol=0)
+    for r_a, r_b, rti_b in zip(theirs["r"], ours["r"], ours["rti"]):
+        r_a, r_b = np.array(r_a), np.array(r_b)
+        signs = np.linalg.solve(r_a, r_b)
+        assert np.allclose(np.abs(signs), np.eye(len(r_a)), atol=1e-10)
+        assert np.allclose(np.array(rti_b), np.linalg.inv(r_b).T, atol=1e-10)
+    assert np.allclose(np.abs(np.array(sa)), np.abs(np.array(sb)), atol=1e-10)  # U, left in s
+
+
+def test_cone_ops_leave_other_cones_to_cvxopt_and_restore_its_functions():
+    """A second-order cone or several columns go to CVXOPT's own functions; ``installed`` puts CVXOPT's back
+    when the last (nested) solve ends."""
+    import cvxopt
+    from cvxopt import misc
+
+    from lipdsl.solvers.cvxopt_cones import installed
+
+    originals = (misc.scale, misc.max_step, misc.update_scaling)
+    calls = []
+    ops = _cone_ops()
+    def recorder(name):
+        return lambda *args, **kwargs: calls.append(name) or 0.0
+
+    ops.originals = {name: recorder(name) for name in ("scale", "max_step", "update_scaling")}
+    x = cvxopt.matrix(np.ones(7))
+    with_q = {"d": x, "di": x, "v": [x], "beta": [1.0], "r": [], "rti": []}
+    ops.max_step(x, {"l": 3, "q": [4], "s": []})
+    ops.max_step(cvxopt.matrix(np.ones((4, 2))), {"l": 4, "q": [], "s": []})
+    ops.update_scaling(with_q, x, x, x)
+    ops.scale(x, with_q)
+    ops.scale(cvxopt.matrix(np.ones((4, 2))), {**with_q, "v": []})
+    assert calls == ["max_step", "max_step", "update_scaling", "scale", "scale"]
+    with installed(ops.run, ops.shares):
+        with installed(ops.run, ops.shares):
+            assert misc.max_step is not originals[0]
+        assert misc.update_scaling is not originals[1]
+    assert (misc.scale, misc.max_step, misc.update_scaling) == originals
+
+
+def test_kkt_threads_only_when_blas_is_pinned_to_one_thread(monkeypatch):
+    """Two KKT threads on top of a multi-threaded BLAS oversubscribe the cores: by default the block loops
+    run on threads only when BLAS is pinned to one thread (``limits.blas_threads``, as ``solve_network`` and
+    the CLI do), as threadpoolctl sees it -- whatever the environment variables say."""
+    from threadpoolctl import threadpool_limits
+
+    import lipdsl.solvers.cvxopt_kkt as solve_mod
+    from lipdsl.limits import blas_threads
+
+    monkeypatch.setattr(solve_mod, "KKT_THREADS", None)
+    monkeypatch.setattr(solve_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # ignored: only the libraries' own setting counts
+    with threadpool_limits(limits=4, user_api="blas"):
+        assert solve_mod.kkt_threads() == 1
+        with blas_threads():
+            assert solve_mod.kkt_threads() == 2
+        assert solve_mod.kkt_threads() == 1
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert solve_mod.kkt_threads() == 2
+    monkeypatch.setattr(solve_mod, "KKT_THREADS", 3)
+    assert solve_mod.kkt_threads() == 3
+
+
+def _deep_chain(seed: int, layers: int = 8, channels: int = 4):
+    rng = np.random.default_rng(seed)
+    b = Builder(channels, 16)
+    for _ in range(layers):
+        b.conv(rng.normal(size=(channels, channels, 3)) / np.sqrt(3 * channels), padding="causal").act("relu")
+    b.gap()
+    b.dense(rng.normal(size=(2, channels)))
+    return b.build()
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_banded_newton_matrix_gives_the_dense_solution(seed, monkeypatch):
+    """A deep chain's Newton matrix is banded (each LMI holds two layers' variables); its band Cholesky
+    gives the same iterates as the dense one, and the bandwidth is what the LMIs' variables span."""
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp
+    from lipdsl.solvers import cvxopt_kkt
+    from lipdsl.solvers.solve import solve
+
+    sdp = build_sdp(lower(_deep_chain(seed)))
+    spans = [np.unique(lmi.factored.col) for lmi in sdp.lmis]
+    bandwidth = cvxopt_kkt.newton_bandwidth(spans)
+    assert bandwidth == max(int(s.max() - s.min()) for s in spans) and 3 * bandwidth < sdp.n
+    monkeypatch.setattr(cvxopt_kkt, "BANDED_MIN", 10**9)
+    dense = solve(sdp)
+    monkeypatch.setattr(cvxopt_kkt, "BANDED_MIN", 1)
+    factored = []
+    real = cvxopt_kkt.scipy.linalg.cholesky_banded
+    monkeypatch.setattr(cvxopt_kkt.scipy.linalg, "cholesky_banded",
+                        lambda *a, **k: factored.append(1) or real(*a, **k))
+    banded = solve(sdp)
+    assert factored  # (the band path ran)
+    assert banded.iterations == dense.iterations
+    assert banded.rho == pytest.approx(dense.rho, rel=1e-9)
+
+
+def test_subspace_weights_solve_the_same_with_the_operator_and_with_g():
+    """The default backend applies a subspace weight's dense ``F_k`` as products (``LowRank``), CVXOPT's
+    generic one multiplies the whole ``G``: the same SDP, the same optimum."""
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp, weight_bases
+    from lipdsl.solvers.solve import solve
+    from nets import wide_gap_net
+
+    low = lower(wide_gap_net(4, channels=8))
+    sdp = build_sdp(low, frequencies=9, weights="subspace", bases=weight_bases(low, 2))
+    assert any(lmi.lowrank for lmi in sdp.lmis)
+    a, b = solve(sdp, "cvxopt", tol=1e-8), solve(sdp, "cvxopt-generic", tol=1e-8)
+    assert a.rho == pytest.approx(b.rho, rel=1e-6)
+
