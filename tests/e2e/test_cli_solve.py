@@ -131,7 +131,8 @@ def test_show_lowering_names_the_form_solve_picks():
     spec = str(SPECS / "tcn_plain.lip")
     res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", spec])
     assert res.exit_code == 0, res.output
-    expected = ("lipdsl solve's form (--frequencies auto, --weight-rank auto): frequency-domain LMIs for the "
+    expected = ("lipdsl solve's form (--frequencies auto, --weight-rank auto): frequency-domain LMIs for "
+                "the "
                 "wide conv layers on 17 frequencies, chosen automatically: 916 variables instead of the exact "
                 "LMIs' 22,116")
     assert expected in res.output
@@ -140,7 +141,7 @@ def test_show_lowering_names_the_form_solve_picks():
 
 def test_show_lowering_and_solve_name_the_subspace_weights_of_a_wide_net():
     """issue 20: FCN 64/128/64 (trained) has 12,000+ variables even in frequency form with full X: `show
-    --lowering` says solve would use rank-16 subspace weights; `--weight-rank` refuses a bad value (exit 2)."""
+    --lowering` says solve would use rank-16 subspace weights; `--weight-rank` refuses bad values (exit 2)."""
     spec = str(SPECS / "fcn_64_128_64.lip")
     res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", spec])
     assert res.exit_code == 0, res.output
