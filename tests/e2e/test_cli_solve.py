@@ -132,9 +132,8 @@ def test_show_lowering_names_the_form_solve_picks():
     res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", spec])
     assert res.exit_code == 0, res.output
     expected = ("lipdsl solve's form (--frequencies auto, --weight-rank auto): frequency-domain LMIs for "
-                "the "
-                "wide conv layers on 17 frequencies, chosen automatically: 916 variables instead of the exact "
-                "LMIs' 22,116")
+                "the wide conv layers on 17 frequencies, chosen automatically: 916 variables instead of the "
+                "exact LMIs' 22,116")
     assert expected in res.output
     assert "subspace" not in res.output  # (916 variables: full weights X)
 
