@@ -224,7 +224,8 @@ class Network:
             LMIs, or a number; ``weight_rank``: ``"auto"`` by default, ``"full"`` or a rank R, as
             ``lipdsl solve --weight-rank``); ``certificate=path`` (dissipative only) writes the certificate
             file of a certified bound after checking it independently (``docs/certificate.md``; nothing is
-            written for an uncertified bound; re-check it with :func:`verify`); ``timeout`` (seconds, finite and
+            written for an uncertified bound; re-check it with :func:`verify`); ``timeout`` (seconds, finite
+            and
             > 0) bounds every method (``TimeLimitError`` when it passes).
 
         Returns
