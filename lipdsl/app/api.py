@@ -225,8 +225,7 @@ class Network:
             ``lipdsl solve --weight-rank``); ``certificate=path`` (dissipative only) writes the certificate
             file of a certified bound after checking it independently (``docs/certificate.md``; nothing is
             written for an uncertified bound; re-check it with :func:`verify`); ``timeout`` (seconds, finite
-            and
-            > 0) bounds every method (``TimeLimitError`` when it passes).
+            and > 0) bounds every method (``TimeLimitError`` when it passes).
 
         Returns
         -------
