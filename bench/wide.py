@@ -4,10 +4,10 @@ the issue sets targets for, with peak memory and the cheap certified baseline be
     python bench/wide.py [--cases NAME ...] [--timeout 900] [--out bench/out]
 
 Every case runs in a fresh process, `lipdsl solve --json SPEC` (no form flags: `--frequencies auto` picks the
-form, `--weight-rank auto` the weights), then `lipdsl solve --method naive-hinf --json SPEC` (the product of the layers' H-infinity gains, the
-bound any SDP result should beat). Times are wall clock from the parent (start-up included, as a user sees
-them); peak memory is the child's maximum resident set size. The ECG spec is solved first in the same run
-as the baseline for the time ratios. Cases:
+form, `--weight-rank auto` the weights), then `lipdsl solve --method naive-hinf --json SPEC` (the product of
+the layers' H-infinity gains, the bound any SDP result should beat). Times are wall clock from the parent
+(start-up included, as a user sees them); peak memory is the child's maximum resident set size. The ECG spec
+is solved first in the same run as the baseline for the time ratios. Cases:
 
 - trained GunPoint FCNs of Wang, Yan & Oates (specs/fcn_32_64_32.lip, fcn_64_128_64.lip; fcn_128_256_128
   when its weights were made with specs/train/train_ucr.py, they are not in git);
