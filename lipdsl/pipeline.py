@@ -50,6 +50,10 @@ REPAIR_WARNING = 0.01
 #: ``AUTO_FREQUENCIES`` frequencies has fewer.
 AUTO_VARIABLES = 4000
 AUTO_FREQUENCIES = 17
+#: ... on ``2 s + 1`` frequencies for the widest FIR span ``s = dilation (kernel - 1)`` (summed along a
+#: residual block's branch), between these two: the frequency LMIs' entries are trigonometric polynomials of
+#: degree ``s``, so short filters need fewer points, and the refinement adds them where the LMIs still dip.
+AUTO_MIN_FREQUENCIES = 9
 #: Frequency mode: re-solves with the grid refined where the LMIs dip between its frequencies
 #: (``certify.storage.refined_grids``; none when they do not dip).
 REFINE_ROUNDS = 2
@@ -59,6 +63,21 @@ REFINE_ROUNDS = 2
 #: ``sdp.build.weight_bases``) when the chosen form with full X would have more than ``AUTO_VARIABLES``
 #: variables (wide layers: a full X of 256 channels alone is 32,896 variables).
 AUTO_WEIGHT_RANK = 16
+#: ... for the weights of at least this many channels (a full X of 64 channels: 2,080 variables); narrower
+#: ones stay full (a deep chain of narrow layers has a banded Newton matrix: full X is cheap there).
+AUTO_WEIGHT_MIN_ORDER = 64
+
+
+@dataclass(frozen=True)
+class SubspaceWeights:
+    """``X = diag(d) + V S V'`` with ``rank`` columns in ``V`` for every weight X of order at least
+    ``max(min_order, 2 rank)``; the others full (``choose_weights``, ``sdp.build.weight_bases``)."""
+
+    rank: int
+    min_order: int = 0
+
+    def applies(self, order: int) -> bool:
+        return order >= max(self.min_order, 2 * self.rank)
 
 
 @dataclass(frozen=True)
@@ -90,7 +109,7 @@ class ProblemSize:
 
 
 def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = None,
-                 weight_rank: int | None = None) -> ProblemSize:
+                 weights: SubspaceWeights | None = None) -> ProblemSize:
     """Orders of the LMIs and the variable count, mirroring ``lower``'s grouping (map + activation).
 
     A conv layer (c_in -> c_out, kernel k, dilation d) has ``nx = d (k-1) c_in`` states; its LMI has
@@ -100,7 +119,7 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     These are the direct forms; the inverse forms of ``sdp`` (a flatten head) can only be smaller. With
     ``frequencies`` the P of conv layers with ``nx >= n_u + n_y`` (and no ``P >= 0`` constraint) are not
     solver variables and their LMIs are the frequency-domain ones (``2 (n_u + n_y)`` rows), as in ``sdp``.
-    ``weight_rank`` r: each X of order n >= 2r is ``diag(d) + V S V'`` (``n + r(r+1)/2`` variables).
+    ``weights``: each X it applies to is ``diag(d) + V S V'`` (``n + r(r+1)/2`` variables).
     """
     layers = list(net.layers)
     systems = []  # (name, nx, nu, ny, slope or None) of each map + activation
@@ -135,7 +154,7 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
                 act, i = True, i + 1
             systems.append((layer.name, nx, nu, ny, (layers[i].alpha, layers[i].beta) if act else None))
         i += 1
-    return _size(systems, frequencies, weight_rank)
+    return _size(systems, frequencies, weights)
 
 
 def _block_states(block: typed.Residual) -> tuple[int, int]:
@@ -159,17 +178,18 @@ def _block_states(block: typed.Residual) -> tuple[int, int]:
     return states, internal
 
 
-def lowered_size(low: LoweredNetwork, frequencies: int | None = None, weight_rank: int | None = None
-                 ) -> ProblemSize:
+def lowered_size(low: LoweredNetwork, frequencies: int | None = None,
+                 weights: SubspaceWeights | None = None) -> ProblemSize:
     """``problem_size`` counted on the lowered systems: after ``lower``'s merges and folds (a linear conv
     composed with the next conv or pool, an overlapping pool folded into the dense layer after a flatten),
     which can make an LMI up to ``MERGE_GROWTH`` times the separate rows and its ``P`` up to four times the
     variables -- ``problem_size`` does not model them. The same direct forms and variables as there."""
     return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope, s.n_out) for s in low.systems], frequencies,
-                 weight_rank)
+                 weights)
 
 
-def _size(systems: list[tuple], frequencies: int | None, weight_rank: int | None = None) -> ProblemSize:
+def _size(systems: list[tuple], frequencies: int | None, weights: SubspaceWeights | None = None
+          ) -> ProblemSize:
     """The largest LMI and the variable count of ``(name, nx, nu, ny, slope[, n_out])`` systems
     (``problem_size``; ``n_out``: the outputs that leave a residual block, ``ny`` less its internal
     activations' signals, which always carry a multiplier)."""
@@ -195,9 +215,8 @@ def _size(systems: list[tuple], frequencies: int | None, weight_rank: int | None
         orders += [size] * copies
         variables += nx * (nx + 1) // 2 + internal + (n_out if act else 0)
         outputs.append(n_out)
-    r = weight_rank
-    variables += sum(ny + r * (r + 1) // 2 if r is not None and 2 * r <= ny else ny * (ny + 1) // 2
-                     for ny in outputs[:-1])
+    variables += sum(ny + weights.rank * (weights.rank + 1) // 2 if weights and weights.applies(ny)
+                     else ny * (ny + 1) // 2 for ny in outputs[:-1])
     return ProblemSize(best[0], best[1], best[2], variables, tuple(orders), shapes, frequencies)
 
 
@@ -206,7 +225,9 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     """The number of frequencies to solve ``net`` with (None: the exact LMIs) and a sentence saying which
     form that is and why. ``frequencies``: a number (kept), None or ``"none"`` (the exact LMIs), or
     ``"auto"``: the exact LMIs unless they have more than ``AUTO_VARIABLES`` variables and the frequency
-    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering)."""
+    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering); that form
+    then on ``2 s + 1`` frequencies for the widest FIR span ``s`` (``_fir_span``), at least
+    ``AUTO_MIN_FREQUENCIES`` and at most ``AUTO_FREQUENCIES``."""
     if frequencies is None or frequencies == "none":
         return None, "exact LMIs (the storage P of every conv layer a solver variable)"
     if frequencies != "auto":
@@ -219,14 +240,36 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     gridded = problem_size(net, lift, AUTO_FREQUENCIES)
     if gridded.variables >= exact.variables:
         return None, (f"exact LMIs ({exact.variables:,} variables; the frequency form would not have fewer)")
-    return AUTO_FREQUENCIES, (
-        f"frequency-domain LMIs for the wide conv layers on {AUTO_FREQUENCIES} frequencies, chosen "
+    span = _fir_span(net.layers)
+    k = min(AUTO_FREQUENCIES, max(AUTO_MIN_FREQUENCIES, 2 * -(-span // lift) + 1))  # (blocks of lift samples)
+    return k, (
+        f"frequency-domain LMIs for the wide conv layers on {k} frequencies, chosen "
         f"automatically: {gridded.variables:,} variables instead of the exact LMIs' {exact.variables:,} "
         f"(--frequencies none keeps the exact ones, --frequencies K sets K)")
 
 
+def _fir_span(layers) -> int:
+    """The widest FIR span ``dilation (kernel - 1)`` among ``layers``' convs that the frequency form grids
+    (at least as many states as inputs and outputs: ``in_frequency_form``), a residual block's branch
+    counting the sum of its convs' spans (their composition's degree)."""
+    span = 0
+    for layer in layers:
+        if isinstance(layer, typed.Conv1d):
+            s = layer.dilation * (layer.kernel - 1)
+            if s * layer.c_in >= layer.c_in + layer.c_out:
+                span = max(span, s)
+        elif isinstance(layer, typed.Residual):
+            nx, internal = _block_states(layer)
+            if nx < layer.in_shape.channels + internal + layer.out_shape.channels:
+                continue
+            for branch in (layer.main, layer.shortcut):
+                convs = [c for c in branch if isinstance(c, typed.Conv1d)]
+                span = max(span, sum(c.dilation * (c.kernel - 1) for c in convs))
+    return span
+
+
 def choose_weights(net: typed.Network, lift: int, frequencies: int | None,
-                   weight_rank: int | str | None = "auto") -> tuple[int | None, str]:
+                   weight_rank: int | str | None = "auto") -> tuple[SubspaceWeights | None, str]:
     """The rank of the subspace weights (None: full X) and a sentence saying why. ``weight_rank``: a number
     (kept), None or ``"full"`` (full X), or ``"auto"``: ``AUTO_WEIGHT_RANK`` when the form being solved
     (``frequencies``) would have more than ``AUTO_VARIABLES`` variables with full X and fewer with the
@@ -235,17 +278,18 @@ def choose_weights(net: typed.Network, lift: int, frequencies: int | None,
         return None, ""
     if weight_rank != "auto":
         r = int(weight_rank)
-        return r, f"weights X = diag + rank-{r} subspace (--weight-rank {r})"
+        return SubspaceWeights(r), f"weights X = diag + rank-{r} subspace (--weight-rank {r})"
     full = problem_size(net, lift, frequencies)
     if full.variables <= AUTO_VARIABLES:
         return None, ""
-    reduced = problem_size(net, lift, frequencies, AUTO_WEIGHT_RANK)
+    auto = SubspaceWeights(AUTO_WEIGHT_RANK, AUTO_WEIGHT_MIN_ORDER)
+    reduced = problem_size(net, lift, frequencies, auto)
     if reduced.variables >= full.variables:
         return None, ""
-    return AUTO_WEIGHT_RANK, (
-        f"weights X between layers = diag + rank-{AUTO_WEIGHT_RANK} subspace, chosen automatically: "
-        f"{reduced.variables:,} variables instead of {full.variables:,} with full X (--weight-rank full "
-        f"keeps them full, --weight-rank R sets R)")
+    return auto, (
+        f"weights X of {AUTO_WEIGHT_MIN_ORDER}+ channels = diag + rank-{AUTO_WEIGHT_RANK} subspace, chosen "
+        f"automatically: {reduced.variables:,} variables instead of {full.variables:,} with full X "
+        f"(--weight-rank full keeps them full, --weight-rank R sets R)")
 
 
 @dataclass(frozen=True)
@@ -377,30 +421,30 @@ def solve_network(
     if deadline is None:
         deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
     frequencies, form = choose_form(net, lift, frequencies)
-    weight_rank, weights_form = choose_weights(net, lift, frequencies, weight_rank)
+    weights, weights_form = choose_weights(net, lift, frequencies, weight_rank)
     form = f"{form}; {weights_form}" if weights_form else form
     options = dict(solver=solver, lift=lift, frequencies=frequencies)
     # refused on the calling thread, before anything is lowered or allocated (again after lowering, inside)
-    _check_limits(net, problem_size(net, lift, frequencies, weight_rank), max_lmi, max_variables, **options)
+    _check_limits(net, problem_size(net, lift, frequencies, weights), max_lmi, max_variables, **options)
     with limits.blas_threads(), deadline.active():
         return limits.run_within(
             lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
                                    seconds, max_lmi, max_variables, accept_unconverged, frequencies,
                                    merge_linear, deadline, options, progress or (lambda stage: None), form,
-                                   weight_rank),
+                                   weights),
             deadline, "lipdsl solve", grace=0.5)
 
 
 def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
                    max_variables, accept_unconverged, frequencies, merge_linear, deadline, options,
-                   progress, form, weight_rank=None) -> Result:
+                   progress, form, weights=None) -> Result:
     """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
     progress("lowering")
     low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies, solver=solver,
                               merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables,
-                              weight_rank=weight_rank)
+                              weights=weights)
     t1 = time.perf_counter()
     limits.checkpoint("lowering")
     exact = _exact_bound(low)
@@ -408,7 +452,8 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
         times.update({"lower": t1 - t0})
         return _exact_result(net, low, *exact, times, min_length)
     progress("building the SDP")
-    weights = {} if weight_rank is None else dict(weights="subspace", bases=weight_bases(low, weight_rank))
+    weights = {} if weights is None else dict(
+        weights="subspace", bases=weight_bases(low, weights.rank, weights.min_order))
     sdp = build_sdp(low, frequencies=frequencies, **weights)
     t2 = time.perf_counter()
     progress("solving")
@@ -498,15 +543,15 @@ def lower_within_limits(
     max_lmi: int | None = MAX_LMI,
     max_variables: int | None = MAX_VARIABLES,
     solver: str = "cvxopt",
-    weight_rank: int | None = None,
+    weights: SubspaceWeights | None = None,
 ) -> LoweredNetwork:
     """``lower(net)``, refused (``LimitError``) before anything is allocated when the SDP it leads to would
     exceed the limits or the machine's memory (for ``solver``), and again on the lowered systems (merges and
     folds can outgrow the estimate). The one way into the SDP for ``solve_network`` and the SDPA export."""
     options = dict(solver=solver, lift=lift, frequencies=frequencies)
-    _check_limits(net, problem_size(net, lift, frequencies, weight_rank), max_lmi, max_variables, **options)
+    _check_limits(net, problem_size(net, lift, frequencies, weights), max_lmi, max_variables, **options)
     low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
-    _check_limits(net, lowered_size(low, frequencies, weight_rank), max_lmi, max_variables, low, **options)
+    _check_limits(net, lowered_size(low, frequencies, weights), max_lmi, max_variables, low, **options)
     return low
 
 

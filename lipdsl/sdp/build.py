@@ -186,20 +186,21 @@ def exact_lmi_note(sys: lowered.System) -> str:
             f"{fix} in the spec (a sound, looser claim) lets --frequencies grid it, or drop --frequencies")
 
 
-def weight_bases(net: lowered.Network, rank: int) -> dict[str, np.ndarray]:
+def weight_bases(net: lowered.Network, rank: int, min_order: int = 0) -> dict[str, np.ndarray]:
     """For ``build_sdp(weights="subspace")``: for each system whose output feeds the next system directly,
     an orthonormal basis ``V`` (n x ``rank``) of the directions its output weight ``X = diag(d) + V S V'``
     may couple: the top eigenvectors of the next system's tap Gram ``sum_j T_j' T_j`` (``T_0 = D``,
     ``T_j = C A^(j-1) B`` on its first n inputs), i.e. of ``(1/pi) int_0^pi H(e^iw)' H(e^iw) dw`` -- the
     input directions that the next layer amplifies most, where a diagonal ``X`` is loosest.
-    Systems with a pool or flatten in between, or with ``2 rank > n``, get none (a full ``X``)."""
+    Systems with a pool or flatten in between, with ``2 rank > n`` or ``n < min_order``, get none (a full
+    ``X``)."""
     steps = list(net.steps)
     systems = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
     bases = {}
     for i, j in zip(systems, systems[1:]):
         producer, consumer = steps[i], steps[j]
         n = producer.n_out
-        if j != i + 1 or 2 * rank > n or consumer.ss.nu < n:
+        if j != i + 1 or 2 * rank > n or n < min_order or consumer.ss.nu < n:
             continue
         ss = consumer.ss
         T, gram = ss.B, ss.D[:, :n].T @ ss.D[:, :n]

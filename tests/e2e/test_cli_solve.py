@@ -144,7 +144,7 @@ def test_show_lowering_and_solve_name_the_subspace_weights_of_a_wide_net():
     spec = str(SPECS / "fcn_64_128_64.lip")
     res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", spec])
     assert res.exit_code == 0, res.output
-    assert "weights X between layers = diag + rank-16 subspace, chosen automatically" in res.output
+    assert "weights X of 64+ channels = diag + rank-16 subspace, chosen automatically" in res.output
     for bad in ("0", "-2", "lots"):
         res = CliRunner().invoke(cli, ["solve", spec, "--weight-rank", bad])
         assert res.exit_code == 2 and "--weight-rank" in res.output, res.output
