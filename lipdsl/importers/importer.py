@@ -38,8 +38,8 @@ class ImportError_(LipdslError):  # noqa: N801  (not the builtin ImportError)
 
 
 def _require_onnx():
-    """``onnx`` and its ``numpy_helper``, or the install hint (``onnx_graph.require_onnx``)."""
-    from lipdsl.importers.onnx_graph import require_onnx
+    """``onnx`` and its ``numpy_helper``, or the install hint (``onnx_tensors.require_onnx``)."""
+    from lipdsl.importers.onnx_tensors import require_onnx
 
     onnx = require_onnx()
     from onnx import numpy_helper
@@ -74,7 +74,8 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
     LipdslError
         An unreadable file, or a graph that is not a single chain with one input and one output.
     """
-    from lipdsl.importers.onnx_graph import check_against_reference, load_model, simplify
+    from lipdsl.importers.onnx_check import check_against_reference
+    from lipdsl.importers.onnx_graph import load_model, simplify
 
     onnx, numpy_helper = _require_onnx()
     if isinstance(model, (str, os.PathLike)):
