@@ -15,18 +15,19 @@ What exporters write around the layers of a 1D CNN is rewritten here, exactly, b
   outputs at the start and ``b`` at the end of a stride-``s`` conv is the conv with pads
   ``(p_l - s a, p_r - s b)`` (both must stay >= 0; for ``s > 1`` the output count is checked): ``Conv(pads=
   ((k-1)d, (k-1)d))`` + chomp ``(k-1)d`` is the causal conv ``((k-1)d, 0)``.
-- **Batch normalisation** (``onnx_batchnorm``) in inference form, ``y = s (x - mean) + beta`` with ``s = gamma / sqrt(var + eps)``,
-  is folded into the ``Conv`` or ``Gemm`` before it (``W' = diag(s) W``, ``b' = s (b - mean) + beta``), or
-  into the one after it (``W' = W diag(s)``, ``b' = b + W t`` with ``t = beta - s mean``; for a conv only
-  without zero padding, since the padded zeros are not normalised). Anything else is refused with a hint.
+- **Batch normalisation** (``onnx_batchnorm``) in inference form, ``y = s (x - mean) + beta`` with
+  ``s = gamma / sqrt(var + eps)``, is folded into the ``Conv`` or ``Gemm`` before it (``W' = diag(s) W``,
+  ``b' = s (b - mean) + beta``), or into the one after it (``W' = W diag(s)``, ``b' = b + W t`` with
+  ``t = beta - s mean``; for a conv only without zero padding, since the padded zeros are not normalised).
+  Anything else is refused with a hint.
 - ``Dropout`` in training mode is refused (it is random, not the identity).
 
 Guards, before anything is allocated: the file size, external data (refused), every tensor's ``dims``
 against its stored data and against :data:`MAX_TENSOR_VALUES`, and the output size of each constant node.
 
-``onnx_check.check_against_reference`` runs the original model with ``onnx.reference.ReferenceEvaluator`` and the
-imported network with lipdsl's forward pass on random inputs, and refuses the import at the first layer whose
-output differs (naming the ONNX tensor and node).
+``onnx_check.check_against_reference`` runs the original model with ``onnx.reference.ReferenceEvaluator``
+and the imported network with lipdsl's forward pass on random inputs, and refuses the import at the first
+layer whose output differs (naming the ONNX tensor and node).
 """
 
 from __future__ import annotations
