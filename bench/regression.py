@@ -1,6 +1,6 @@
 """Record and compare certified bounds: every shipped spec (several option sets) and the 59 ECG models.
 
-    python bench/regression.py record out.json [--cases ../shared/cases/ecg] [--skip lipsdp_mnist.lip ...] [--slow]
+    python bench/regression.py record out.json [--cases ../shared/cases/ecg] [--skip SPEC.lip ...] [--slow]
     python bench/regression.py compare before.json after.json [--rtol 1e-9]
 
 Each case is one whole `lipdsl solve --json` process, so the CLI's options, exit codes and JSON keys are
@@ -72,6 +72,10 @@ def _run(spec: Path, options: list[str]) -> dict:
     }
 
 
+def _show(name: str, r: dict) -> None:
+    print(f"{name:45} exit {r['exit']}  {r['lipschitz']!r}  {r['seconds']} s", flush=True)
+
+
 def record(out: Path, cases_dir: Path, skip: set[str] = frozenset(), slow: bool = False) -> None:
     results: dict[str, dict] = {}
     for spec, options in SPEC_CASES + (SLOW_CASES if slow else []):
@@ -79,7 +83,7 @@ def record(out: Path, cases_dir: Path, skip: set[str] = frozenset(), slow: bool 
             continue
         name = " ".join([spec, *options])
         results[name] = _run(ROOT / "specs" / spec, options)
-        print(f"{name:45} exit {results[name]['exit']}  {results[name]['lipschitz']!r}  {results[name]['seconds']} s", flush=True)
+        _show(name, results[name])
     template = (ROOT / "specs" / "ecg.lip").read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as tmp:
         for npz in sorted(cases_dir.glob("*.npz")):
@@ -90,7 +94,7 @@ def record(out: Path, cases_dir: Path, skip: set[str] = frozenset(), slow: bool 
             )
             name = f"ecg/{npz.stem}"
             results[name] = _run(spec, [])
-            print(f"{name:45} exit {results[name]['exit']}  {results[name]['lipschitz']!r}  {results[name]['seconds']} s", flush=True)
+            _show(name, results[name])
     out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
 
