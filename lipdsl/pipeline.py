@@ -20,6 +20,7 @@ import numpy as np
 from lipdsl import limits
 
 from lipdsl.lang import typed
+from lipdsl.certify import reductions
 from lipdsl.certify.recheck import Certificate, certify
 from lipdsl.errors import LimitError, LipdslError, SolveError, UnsupportedError
 from lipdsl.model.lower import lower
@@ -380,16 +381,21 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
                            progress)
         stages["refine"] = time.perf_counter() - t3
         t3 = time.perf_counter()
-    if sdp.storage:  # P of the frequency-domain layers, from Riccati equations
-        from lipdsl.certify.storage import recover_storage
-
-        progress("recovering P (Riccati)")
-        sol = recover_storage(sdp, sol)
-        stages["storage"] = time.perf_counter() - t3
+    # the solver's point mapped back to the LMIs' original form by the reductions build_sdp applied (inverse
+    # forms; the storage P of frequency-domain layers, from Riccati equations): certify sees only that point
+    chain = reductions.chain(sdp)
+    point = None
+    if sol.x is not None and np.all(np.isfinite(sol.x)):
+        try:
+            point = chain.invert(sol, progress=progress, seconds=stages)
+        except reductions.NotInvertible:
+            point = None  # certify says so
+        if chain.storage is not None and point is not None:
+            sol = replace(sol, x=chain.solved_form(point))  # the report shows the recovered P
         t3 = time.perf_counter()
     limits.checkpoint("storage recovery")
     progress("certifying")
-    cert = certify(sdp, sol, margin=margin)
+    cert = certify(sdp, sol, margin=margin, point=point)
     t4 = time.perf_counter()
     times.update({**stages, "certify": t4 - t3})
     product = _hinf_product(net, min_length) if sdp.storage else None
