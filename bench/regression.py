@@ -1,6 +1,6 @@
 """Record and compare certified bounds: every shipped spec (several option sets) and the 59 ECG models.
 
-    python bench/regression.py record out.json [--cases ../shared/cases/ecg]
+    python bench/regression.py record out.json [--cases ../shared/cases/ecg] [--skip SPEC.lip ...] [--slow]
     python bench/regression.py compare before.json after.json [--rtol 1e-9]
 
 Each case is one whole `lipdsl solve --json` process, so the CLI's options, exit codes and JSON keys are
@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ SPEC_CASES = [
     ("ecg.lip", ["--method", "naive-hinf"]),
     ("ecg.lip", ["--method", "lipsdp-layer"]),
     ("avgpool_overlap.lip", []),
+    ("fcn.lip", []),
     ("features.lip", []),
     ("gap.lip", []),
     ("gap.lip", ["--length", "64"]),
@@ -43,10 +45,21 @@ SPEC_CASES = [
     ("tcn_any_length.lip", ["--frequencies", "9"]),
 ]
 
+# The wide trained specs, solved as tests/test_specs.py solves them (frequency form; minutes each on a loaded
+# machine): only with --slow.
+SLOW_CASES = [
+    ("fcn_32_64_32.lip", ["--frequencies", "17", "--accept-unconverged"]),
+    ("resnet1d.lip", ["--frequencies", "17", "--accept-unconverged"]),
+    ("tcn.lip", ["--frequencies", "17", "--accept-unconverged"]),
+    ("tcn_plain.lip", ["--frequencies", "33", "--accept-unconverged"]),
+]
+
 
 def _run(spec: Path, options: list[str]) -> dict:
     cmd = [sys.executable, "-m", "lipdsl", "solve", "--json", str(spec), *options]
+    start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - start
     try:
         report = json.loads(done.stdout) if done.stdout.strip() else {}
     except json.JSONDecodeError:
@@ -55,15 +68,22 @@ def _run(spec: Path, options: list[str]) -> dict:
         "exit": done.returncode,
         "lipschitz": report.get("lipschitz"),
         "keys": sorted(report),
+        "seconds": round(seconds, 1),
     }
 
 
-def record(out: Path, cases_dir: Path) -> None:
+def _show(name: str, r: dict) -> None:
+    print(f"{name:45} exit {r['exit']}  {r['lipschitz']!r}  {r['seconds']} s", flush=True)
+
+
+def record(out: Path, cases_dir: Path, skip: set[str] = frozenset(), slow: bool = False) -> None:
     results: dict[str, dict] = {}
-    for spec, options in SPEC_CASES:
+    for spec, options in SPEC_CASES + (SLOW_CASES if slow else []):
+        if spec in skip:
+            continue
         name = " ".join([spec, *options])
         results[name] = _run(ROOT / "specs" / spec, options)
-        print(f"{name:45} exit {results[name]['exit']}  {results[name]['lipschitz']}", flush=True)
+        _show(name, results[name])
     template = (ROOT / "specs" / "ecg.lip").read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as tmp:
         for npz in sorted(cases_dir.glob("*.npz")):
@@ -74,7 +94,7 @@ def record(out: Path, cases_dir: Path) -> None:
             )
             name = f"ecg/{npz.stem}"
             results[name] = _run(spec, [])
-            print(f"{name:45} exit {results[name]['exit']}  {results[name]['lipschitz']}", flush=True)
+            _show(name, results[name])
     out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
 
@@ -103,19 +123,22 @@ def compare(before: Path, after: Path, rtol: float) -> int:
 
 
 def main() -> int:
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record")
     rec.add_argument("out", type=Path)
     rec.add_argument("--cases", type=Path, default=ROOT.parent / "shared" / "cases" / "ecg")
+    rec.add_argument("--skip", nargs="*", default=[], help="spec files to leave out (e.g. lipsdp_mnist.lip)")
+    rec.add_argument("--slow", action="store_true", help="also the wide trained specs (SLOW_CASES)")
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("before", type=Path)
     cmp_.add_argument("after", type=Path)
     cmp_.add_argument("--rtol", type=float, default=1e-9)
     args = ap.parse_args()
     if args.command == "record":
-        record(args.out, args.cases)
+        record(args.out, args.cases, set(args.skip), args.slow)
         return 0
     return compare(args.before, args.after, args.rtol)
 

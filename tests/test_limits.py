@@ -607,6 +607,25 @@ def test_importing_the_cli_leaves_the_environment_alone():
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
 
+def test_importing_the_cli_leaves_cvxopt_and_picos_alone():
+    """Importing every lipdsl module a command loads (the CLI, the solver registry and backends, certify)
+    changes neither CVXOPT's cone functions nor PICOS' settings (only a running solve may, and restores)."""
+    code = (
+        "import sys, cvxopt.misc, picos\n"
+        "names = ('scale', 'max_step', 'update_scaling')\n"
+        "misc = {n: getattr(cvxopt.misc, n) for n in names}\n"
+        "settings = {k: getattr(picos.settings, k) for k in dir(picos.settings) if k.isupper()}\n"
+        "import lipdsl.app.cli, lipdsl.app.api, lipdsl.pipeline, lipdsl.solvers.solve\n"
+        "import lipdsl.solvers.cvxopt_conelp, lipdsl.solvers.cvxopt_cones, lipdsl.solvers.picos_backend\n"
+        "import lipdsl.certify.recheck, lipdsl.certify.reductions, lipdsl.certify.storage\n"
+        "same = misc == {n: getattr(cvxopt.misc, n) for n in names} and settings == "
+        "{k: getattr(picos.settings, k) for k in dir(picos.settings) if k.isupper()}\n"
+        "sys.exit(0 if same else 1)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
 @pytest.mark.solver
 def test_solves_leave_the_process_as_they_found_it(monkeypatch):
     import picos

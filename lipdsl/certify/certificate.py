@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lipdsl.certify.reductions import Scaling
 from lipdsl.model import lowered
 
 from lipdsl.lang import typed
@@ -121,11 +122,7 @@ def build(result, *, options: dict[str, Any] | None = None) -> dict:
         raise CertificateError("cannot export this certificate yet: two systems of the lowering share a "
                                "name (" + ", ".join(s.name for s in systems) + ")",
                                hint="the bound itself is certified; run without --certificate / --exact")
-    scales = [s.scale for s in systems]
-    # T_i = prod_{j > i} s_j^2, by position in the system list
-    tail = [1.0] * (len(systems) + 1)
-    for i in range(len(systems) - 1, -1, -1):
-        tail[i] = tail[i + 1] * scales[i] ** 2
+    tail = Scaling.of(low).tails()  # T_i = prod_{j > i} s_j^2, by position in the system list
     index = {s.name: i for i, s in enumerate(systems)}
     point = cert.point or {}
     rho_hat = float(point.get("rho", cert.rho or 0.0)) * tail[0]

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lipdsl.certify.reductions import INVERSE_ROLES, Inverse, NotInvertible, chain, solver_values
 from lipdsl.model import lowered
-from lipdsl.rigorous import mul_up, sqrt_up
 from lipdsl.sdp.problem import Link, Sdp, Weight
 from lipdsl.solvers.solution import Solution
 
@@ -135,49 +135,41 @@ def _stein_gramian(A: np.ndarray) -> np.ndarray:
     raise ValueError("the state matrix is not nilpotent")  # pragma: no cover - FIR realizations are
 
 
-class _NotInvertible(ValueError):
-    """The solver's ``Y`` is not positive definite, so ``X = Y^-1`` does not exist."""
-
-
 class Point:
-    """Mutable multiplier values of every link, so the repair can shift them."""
+    """Mutable multiplier values of every link in the LMIs' original form, so the repair can shift them.
+
+    ``Point(sdp, x)``: a decision vector of ``sdp`` mapped back through ``reductions.Inverse`` (``Y = X^-1``,
+    ``M = Lambda^-1`` undone; raises ``reductions.NotInvertible``); ``Point.of``: values already in the
+    original form (``reductions.Chain.invert``). Either way ``rho``, ``lambda`` and diagonal ``X`` are
+    clipped to their sign constraints.
+    """
 
     def __init__(self, sdp: Sdp, x: np.ndarray):
-        self.rho = max(float(x[sdp.rho.offset]), 0.0)
+        rho, values = solver_values(sdp, x)
+        self._set(rho, Inverse.of(sdp).invert(values), sdp)
+
+    @classmethod
+    def of(cls, rho: float, values: dict[str, np.ndarray], sdp: Sdp) -> "Point":
+        point = cls.__new__(cls)
+        point._set(rho, values, sdp)
+        return point
+
+    def _set(self, rho: float, values: dict[str, np.ndarray], sdp: Sdp) -> None:
+        self.rho = max(float(rho), 0.0)
         self.vars = {}
         for v in sdp.variables:
             if v.role == "rho":
                 continue
-            val = v.value(x)
+            val = values[v.name]
             if v.role == "lambda":
                 val = np.maximum(val, 0.0)
-            elif v.role == "lambdainv":  # solved in M = Lambda^-1 (sdp module docstring): back to Lambda
-                # M_i = 0 only for a neuron with no input (its Lambda_i is free): any large value serves
-                floor = max(float(val.max(initial=0.0)), 1e-300) * 1e-12
-                val = 1.0 / np.maximum(val, floor)
-            elif v.role == "Xinv":  # the SDP was solved in Y = X^-1 (sdp module docstring): back to X
-                w, V = np.linalg.eigh((val + val.T) / 2)
-                if w.size and w[0] <= 0:
-                    raise _NotInvertible(v.name)
-                val = (V / w) @ V.T
-            elif v.structure == "diagonal":
+            elif v.role not in INVERSE_ROLES and v.structure == "diagonal":
                 val = np.diag(np.maximum(np.diag(val), 0.0))
             self.vars[v.name] = np.array(val, dtype=float)
 
     def vector(self, sdp: Sdp) -> np.ndarray:
         """The point as a decision vector of ``sdp`` (``Y = X^-1`` and ``M = Lambda^-1`` mapped back)."""
-        x = np.zeros(sdp.n_total)
-        for v in sdp.variables:
-            if v.role == "rho":
-                x[v.slice] = self.rho
-                continue
-            val = self.vars[v.name]
-            if v.role == "Xinv":
-                val = np.linalg.inv(val)
-            elif v.role == "lambdainv":
-                val = 1.0 / val
-            x[v.slice] = v.pack(val)
-        return x
+        return chain(sdp, storage=False).solved_form(self)
 
     def weight(self, w: Weight) -> np.ndarray:
         if w.kind == "const":
@@ -336,11 +328,15 @@ def _repair_block(point: "Point", link: Link, t: float, e: float, margin: float)
     return e + need[len(groups)]
 
 
-def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certificate:
+def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11,
+            point: Point | None = None) -> Certificate:
     """Repair the solver's point until every LMI provably holds, then verify (module docstring).
 
-    ``margin`` is the relative eigenvalue margin (times ``||M||``) the repair aims for.
+    ``margin`` is the relative eigenvalue margin (times ``||M||``) the repair aims for. ``point``: the
+    solution already mapped back to the original form (``reductions.Chain.invert``, e.g. with its storage
+    ``P`` recovered); by default ``solution`` is mapped back here (inverse forms only).
     """
+    scaling = chain(sdp, storage=False).scaling
     factor = sdp.factor
     if solution.x is None or solution.rho is None or not np.all(np.isfinite(solution.x)):
         return Certificate(
@@ -353,14 +349,14 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
             factor,
             reason="the solver returned no point",
         )
-    x = solution.x
     rho_solver = float(solution.rho)
     L_solver = math.sqrt(max(rho_solver, 0.0)) * factor
-    try:
-        point = Point(sdp, x)
-    except _NotInvertible as exc:
-        return Certificate(False, None, None, L_solver, rho_solver, solution.claimed_status, factor,
-                           reason=f"{exc.args[0]} = X^-1 is not positive definite at the solver's point")
+    if point is None:
+        try:
+            point = chain(sdp, storage=False).invert(solution)
+        except NotInvertible as exc:
+            return Certificate(False, None, None, L_solver, rho_solver, solution.claimed_status, factor,
+                               reason=f"{exc.args[0]} = X^-1 is not positive definite at the solver's point")
     before = {
         link.lmi.name: _min_eig(point.matrix(link)) / max(_norm(point.matrix(link)), 1e-300)
         for link in sdp.links
@@ -446,7 +442,7 @@ def certify(sdp: Sdp, solution: Solution, *, margin: float = 1e-11) -> Certifica
         )
     # lambda >= 0 and diagonal X >= 0 hold by construction (clipped, then only increased).
     rho = point.rho
-    lip = mul_up(sqrt_up(rho), factor)  # rounded up: never below the certified value, never 0 for rho > 0
+    lip = scaling.bound(rho)  # rounded up: never below the certified value, never 0 for rho > 0
     if not math.isfinite(lip):
         ok_all = False
     reason = "" if ok_all else "an LMI is not positive semidefinite at the repaired point"

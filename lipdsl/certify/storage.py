@@ -335,7 +335,12 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
     """
     if not sdp.storage or solution.x is None:
         return solution
-    start = _solver_point(sdp, solution)
+    point = recover_point(sdp, _solver_point(sdp, solution), margin=margin)
+    return dataclasses.replace(solution, x=point.vector(sdp))
+
+
+def recover_point(sdp: Sdp, start: Point, *, margin: float = 1e-6) -> Point:
+    """``recover_storage`` on a point in the original form (``reductions.StorageRecovery``): a new point."""
     fine = frequency_grid(FINE_GRID)
     responses = {}
     best = None
@@ -348,7 +353,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
     point = copy.deepcopy(start)
     _raise_chain(sdp, point, fine, responses, margin, best[1], storage=True)
     refit_first_system(sdp, point)
-    return dataclasses.replace(solution, x=point.vector(sdp))
+    return point
 
 
 def _multiplier_names(link) -> list[str]:

@@ -23,7 +23,7 @@ from lipdsl.importers.spec import (
     pool_options,
     sanitize_key,
 )
-from lipdsl.importers.onnx_graph import require_onnx
+from lipdsl.importers.onnx_tensors import require_onnx
 from lipdsl.lang.check import conv1d_length, conv1d_padding, pool_length
 from lipdsl.lang.typed import Shape
 

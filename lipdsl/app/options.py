@@ -1,0 +1,194 @@
+"""Command-line plumbing the commands share: errors -> exit codes (`fail`), spec paths -> checked networks,
+option types and options, the solver names, a command's work -> run within its deadline (`within`)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lipdsl.errors import LipdslError
+from lipdsl.lang.source import Source
+from lipdsl.solvers import registry  # the one solver registry (imports no solver)
+
+
+def fail(err: LipdslError, source: Source | None) -> None:
+    """Print a rendered LipdslError to stderr and exit with its code (the one place errors are shown)."""
+    click.echo(err.render(source), err=True)
+    sys.exit(err.exit_code)
+
+
+def read_source(path: str) -> Source:
+    """Read a spec, turning I/O problems into a clean usage-level error."""
+    try:
+        return Source.read(path)
+    except OSError as exc:
+        click.echo(f"{path}: error: cannot read spec: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+
+
+class Seconds(click.ParamType):
+    """A time budget in seconds: a finite number > 0 (>= 0 with ``allow_zero``); nan, inf and negative
+    values are usage errors (exit 2), never "no limit"."""
+
+    name = "seconds"
+
+    def __init__(self, allow_zero: bool = False):
+        self.allow_zero = allow_zero
+
+    def convert(self, value, param, ctx):
+        from lipdsl.limits import check_seconds
+
+        if isinstance(value, float):
+            text = value
+        else:
+            text = str(value).strip()
+        try:
+            return check_seconds(text, param.opts[0] if param is not None else "seconds",
+                                 allow_zero=self.allow_zero)
+        except LipdslError as err:
+            self.fail(err.message, param, ctx)
+
+
+class Frequencies(click.ParamType):
+    """``--frequencies``: ``auto`` (the frequency form when the exact LMIs are large), ``none`` (the exact
+    LMIs) or a number of frequencies >= 3."""
+
+    name = "auto|none|K"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            text = value
+        else:
+            text = str(value).strip().lower()
+        if text in ("auto", "none", None):
+            return text
+        try:
+            k = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is not 'auto', 'none' or a whole number of frequencies", param, ctx)
+        if k < 3:
+            self.fail(f"{k} is too few frequencies (at least 3: 0, pi/2, pi)", param, ctx)
+        return k
+
+
+class WeightRank(click.ParamType):
+    """``--weight-rank``: ``auto`` (subspace weights when full ones would be large), ``full`` or a rank."""
+
+    name = "auto|full|R"
+
+    def convert(self, value, param, ctx):
+        text = value if value is None or isinstance(value, int) else str(value).strip().lower()
+        if text in ("auto", "full", None):
+            return text
+        try:
+            r = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is not 'auto', 'full' or a whole number (the subspace's rank)", param, ctx)
+        if r < 1:
+            self.fail(f"{r} is not a rank (at least 1; 'full' for full weights)", param, ctx)
+        return r
+
+
+def within(deadline, what: str, work, source: Source | None = None, hint: str | None = None):
+    """``work()`` for a command: BLAS pinned to one thread (``limits.blas_threads``, restored after), the
+    command's ``deadline`` active for every ``checkpoint``, and the whole of it bounded by that deadline
+    (``limits.run_within``: exit 3 once it passes, even inside one long C call)."""
+    from lipdsl import limits
+
+    try:
+        with limits.blas_threads(), deadline.active():
+            return limits.run_within(work, deadline, what, grace=1.0, hint=hint)
+    except LipdslError as err:
+        fail(err, source)
+
+
+def load_or_fail(path: str, allow_outside: bool = False):
+    """``lipdsl.lang.load.load_network`` for commands: (Source, typed.Network), or print the error and
+    exit 1."""
+    from lipdsl.lang.load import load_network
+
+    try:
+        return load_network(path, allow_outside=allow_outside)
+    except LipdslError as err:
+        fail(err, err.source)
+
+
+# Options that solve and export share: both build the same SDP.
+MIN_LENGTH = click.option(
+    "--length",
+    "min_length",
+    type=click.IntRange(min=1),
+    default=None,
+    help="For 'input c x *' nets with global average pooling: the shortest input length to cover.",
+)
+LIFT = click.option(
+    "--lift",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Realize conv layers on blocks of L samples: tighter (towards LipSDP-Neuron), larger LMIs.",
+)
+ALLOW_OUTSIDE = click.option(
+    "--allow-outside",
+    is_flag=True,
+    help="Allow weight files outside the spec's directory (absolute paths, '..').",
+)
+
+
+def lower_or_fail(net, source, min_length, lift):
+    """``show --lowering``: the lowered network and the problem's size, within the memory model (else
+    the error and its exit code)."""
+    from lipdsl import limits
+    from lipdsl.model.lower import lower
+    from lipdsl.pipeline import problem_size
+
+    try:
+        size = problem_size(net, lift)
+        limits.require_memory(
+            limits.BASE_BYTES + limits.lowering_bytes(size.systems),
+            f"lowering (state spaces with up to {max((s[0] for s in size.systems), default=0)} states)",
+            hint="the realization of a conv layer has dilation*(kernel-1)*c_in states (times --lift): "
+            "a smaller --lift, or smaller kernels",
+            span=net.span,
+        )
+        low = lower(net, min_length=min_length, lift=lift)
+    except LipdslError as err:
+        fail(err, source)
+    return low, size
+
+
+def check_state_space_size(net, source) -> None:
+    """Exit 3 (``LimitError``) before printing a realization of more than ``limits.DISPLAY_MAX_BLOCKS``
+    state blocks: sympy would build and print a matrix of blocks^2 entries."""
+    from lipdsl.errors import LimitError
+    from lipdsl.limits import DISPLAY_MAX_BLOCKS
+
+    for layer in net.layers:
+        if layer.kind == "conv1d" and layer.dilation * (layer.kernel - 1) > DISPLAY_MAX_BLOCKS:
+            fail(LimitError(
+                f"conv1d {layer.name!r} has {layer.dilation * (layer.kernel - 1)} state blocks "
+                f"(dilation {layer.dilation} x (kernel {layer.kernel} - 1)); show --state-space prints at "
+                f"most {DISPLAY_MAX_BLOCKS}",
+                span=layer.span,
+                hint="its realization is a shift register: A shifts the past inputs by one block, "
+                "B = [0; ...; I], C = [W_{k-1} ... W_1] (with zero blocks between dilated taps), D = W_0; "
+                "`lipdsl show --lowering` gives the sizes",
+            ), source)
+
+
+#: Solver names ``--solver`` accepts: the solver registry's (anything else is a usage error, exit 2; a PICOS
+#: back-end that is not installed exits 3).
+SOLVERS = registry.names()
+
+
+def solver_name(ctx, param, value: str) -> str:
+    if value not in SOLVERS:
+        message, hint = registry.unknown_message(value)
+        raise click.BadParameter(f"{message}; {hint.removesuffix(' (or picos-NAME)')}")
+    return value
+
+
+def solver_help(lead: str) -> str:
+    """``--solver``'s help from the registry: every name and its one-line summary."""
+    return lead + " " + "; ".join(f"{b.name}: {b.summary}" for b in registry.SOLVERS.values()) + "."
