@@ -4,10 +4,10 @@ the issue sets targets for, with peak memory and the cheap certified baseline be
     python bench/wide.py [--cases NAME ...] [--timeout 900] [--out bench/out]
 
 Every case runs in a fresh process, `lipdsl solve --json SPEC` (no form flags: `--frequencies auto` picks the
-form), then `lipdsl solve --method naive-hinf --json SPEC` (the product of the layers' H-infinity gains, the
-bound any SDP result should beat). Times are wall clock from the parent (start-up included, as a user sees
-them); peak memory is the child's maximum resident set size. The ECG spec is solved first in the same run
-as the baseline for the time ratios. Cases:
+form, `--weight-rank auto` the weights), then `lipdsl solve --method naive-hinf --json SPEC` (the product of
+the layers' H-infinity gains, the bound any SDP result should beat). Times are wall clock from the parent
+(start-up included, as a user sees them); peak memory is the child's maximum resident set size. The ECG spec
+is solved first in the same run as the baseline for the time ratios. Cases:
 
 - trained GunPoint FCNs of Wang, Yan & Oates (specs/fcn_32_64_32.lip, fcn_64_128_64.lip; fcn_128_256_128
   when its weights were made with specs/train/train_ucr.py, they are not in git);
@@ -144,6 +144,8 @@ def main() -> int:
                 "peak_gib": r.get("peak_gib"), "solve_seconds": (d.get("seconds") or {}).get("solve"),
                 "storage_seconds": (d.get("seconds") or {}).get("storage"),
                 "iterations": d.get("iterations"), "target_seconds": target[0] if target else None,
+                "form": d.get("form"),
+                "weights": "subspace" if "subspace" in (d.get("form") or "") else "full",
                 "met": (target is not None and r["status"] == "ok" and r["seconds"] <= target[0]
                         and (target[1] is None or (r.get("peak_gib") or 0) <= target[1])),
                 "stderr": r.get("stderr"),
@@ -152,7 +154,7 @@ def main() -> int:
             fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
             print(f"{name:20s} {row['status']:10s} bound {fmt(bound, '.6g'):>10s} "
                   f"(solver {fmt(row['solver_value'], '.6g')}, repair {fmt(row['repair'], '.2%')}, "
-                  f"K {row['frequencies']}) naive-hinf {fmt(hinf, '.6g')} "
+                  f"K {row['frequencies']}, X {row['weights']}) naive-hinf {fmt(hinf, '.6g')} "
                   f"ratio {fmt(row['bound_over_naive_hinf'], '.3f')}  {row['seconds']:.1f} s "
                   f"(x{fmt(row['time_over_ecg'], '.1f')} ECG; solve {fmt(row['solve_seconds'], '.1f')} s, "
                   f"storage {fmt(row['storage_seconds'], '.1f')} s, {row['iterations']} it.) "

@@ -173,6 +173,7 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
             from lipdsl.pipeline import solve_network
 
             options.setdefault("frequencies", "auto")  # (as lipdsl solve: the frequency form for wide nets)
+            options.setdefault("weight_rank", "auto")  # (and subspace weights for very wide ones)
             res = solve_network(net, solver=solver, min_length=length if net.any_length else None, lift=lift,
                                 timeout=timeout, **options)
             cert = res.certificate

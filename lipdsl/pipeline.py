@@ -25,9 +25,10 @@ from lipdsl.certify.recheck import Certificate, certify
 from lipdsl.errors import LimitError, LipdslError, SolveError, UnsupportedError
 from lipdsl.model.lower import lower
 from lipdsl.model.lowered import Network as LoweredNetwork
-from lipdsl.sdp.build import build_sdp
+from lipdsl.sdp.build import build_sdp, weight_bases
 from lipdsl.sdp.problem import Sdp, Variable
-from lipdsl.sizes import ProblemSize, lowered_size, problem_size  # noqa: F401 (imported from here too)
+from lipdsl.sizes import (  # noqa: F401 (imported from here too)
+    ProblemSize, SubspaceWeights, _block_states, lowered_size, problem_size)
 from lipdsl.solvers.solve import Solution, converged, solve
 
 #: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
@@ -52,9 +53,22 @@ REPAIR_WARNING = 0.01
 #: ``AUTO_FREQUENCIES`` frequencies has fewer.
 AUTO_VARIABLES = 4000
 AUTO_FREQUENCIES = 17
+#: ... on ``2 s + 1`` frequencies for the widest FIR span ``s = dilation (kernel - 1)`` (summed along a
+#: residual block's branch), between these two: the frequency LMIs' entries are trigonometric polynomials of
+#: degree ``s``, so short filters need fewer points, and the refinement adds them where the LMIs still dip.
+AUTO_MIN_FREQUENCIES = 9
 #: Frequency mode: re-solves with the grid refined where the LMIs dip between its frequencies
 #: (``certify.storage.refined_grids``; none when they do not dip).
 REFINE_ROUNDS = 2
+
+
+#: ``weight_rank="auto"``: the weights X between layers on a subspace of this rank (``diag(d) + V S V'``,
+#: ``sdp.build.weight_bases``) when the chosen form with full X would have more than ``AUTO_VARIABLES``
+#: variables (wide layers: a full X of 256 channels alone is 32,896 variables).
+AUTO_WEIGHT_RANK = 16
+#: ... for the weights of at least this many channels (a full X of 64 channels: 2,080 variables); narrower
+#: ones stay full (a deep chain of narrow layers has a banded Newton matrix: full X is cheap there).
+AUTO_WEIGHT_MIN_ORDER = 64
 
 
 def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None = "auto"
@@ -62,7 +76,9 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     """The number of frequencies to solve ``net`` with (None: the exact LMIs) and a sentence saying which
     form that is and why. ``frequencies``: a number (kept), None or ``"none"`` (the exact LMIs), or
     ``"auto"``: the exact LMIs unless they have more than ``AUTO_VARIABLES`` variables and the frequency
-    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering)."""
+    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering); that form
+    then on ``2 s + 1`` frequencies for the widest FIR span ``s`` (``_fir_span``), at least
+    ``AUTO_MIN_FREQUENCIES`` and at most ``AUTO_FREQUENCIES``."""
     if frequencies is None or frequencies == "none":
         return None, "exact LMIs (the storage P of every conv layer a solver variable)"
     if frequencies != "auto":
@@ -75,10 +91,56 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     gridded = problem_size(net, lift, AUTO_FREQUENCIES)
     if gridded.variables >= exact.variables:
         return None, (f"exact LMIs ({exact.variables:,} variables; the frequency form would not have fewer)")
-    return AUTO_FREQUENCIES, (
-        f"frequency-domain LMIs for the wide conv layers on {AUTO_FREQUENCIES} frequencies, chosen "
+    span = _fir_span(net.layers)
+    k = min(AUTO_FREQUENCIES, max(AUTO_MIN_FREQUENCIES, 2 * -(-span // lift) + 1))  # (blocks of lift samples)
+    return k, (
+        f"frequency-domain LMIs for the wide conv layers on {k} frequencies, chosen "
         f"automatically: {gridded.variables:,} variables instead of the exact LMIs' {exact.variables:,} "
         f"(--frequencies none keeps the exact ones, --frequencies K sets K)")
+
+
+def _fir_span(layers) -> int:
+    """The widest FIR span ``dilation (kernel - 1)`` among ``layers``' convs that the frequency form grids
+    (at least as many states as inputs and outputs: ``in_frequency_form``), a residual block's branch
+    counting the sum of its convs' spans (their composition's degree)."""
+    span = 0
+    for layer in layers:
+        if isinstance(layer, typed.Conv1d):
+            s = layer.dilation * (layer.kernel - 1)
+            if s * layer.c_in >= layer.c_in + layer.c_out:
+                span = max(span, s)
+        elif isinstance(layer, typed.Residual):
+            nx, internal = _block_states(layer)
+            if nx < layer.in_shape.channels + internal + layer.out_shape.channels:
+                continue
+            for branch in (layer.main, layer.shortcut):
+                convs = [c for c in branch if isinstance(c, typed.Conv1d)]
+                span = max(span, sum(c.dilation * (c.kernel - 1) for c in convs))
+    return span
+
+
+def choose_weights(net: typed.Network, lift: int, frequencies: int | None,
+                   weight_rank: int | str | None = "auto") -> tuple[SubspaceWeights | None, str]:
+    """The rank of the subspace weights (None: full X) and a sentence saying why. ``weight_rank``: a number
+    (kept), None or ``"full"`` (full X), or ``"auto"``: ``AUTO_WEIGHT_RANK`` when the form being solved
+    (``frequencies``) would have more than ``AUTO_VARIABLES`` variables with full X and fewer with the
+    subspace weights (docs/method.md, "Weights on a subspace")."""
+    if weight_rank is None or weight_rank == "full":
+        return None, ""
+    if weight_rank != "auto":
+        r = int(weight_rank)
+        return SubspaceWeights(r), f"weights X = diag + rank-{r} subspace (--weight-rank {r})"
+    full = problem_size(net, lift, frequencies)
+    if full.variables <= AUTO_VARIABLES:
+        return None, ""
+    auto = SubspaceWeights(AUTO_WEIGHT_RANK, AUTO_WEIGHT_MIN_ORDER)
+    reduced = problem_size(net, lift, frequencies, auto)
+    if reduced.variables >= full.variables:
+        return None, ""
+    return auto, (
+        f"weights X of {AUTO_WEIGHT_MIN_ORDER}+ channels = diag + rank-{AUTO_WEIGHT_RANK} subspace, chosen "
+        f"automatically: {reduced.variables:,} variables instead of {full.variables:,} with full X "
+        f"(--weight-rank full keeps them full, --weight-rank R sets R)")
 
 
 @dataclass(frozen=True)
@@ -175,6 +237,7 @@ def solve_network(
     merge_linear: bool = True,
     deadline: limits.Deadline | None = None,
     progress=None,
+    weight_rank: int | str | None = None,
 ) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
@@ -209,26 +272,30 @@ def solve_network(
     if deadline is None:
         deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
     frequencies, form = choose_form(net, lift, frequencies)
+    weights, weights_form = choose_weights(net, lift, frequencies, weight_rank)
+    form = f"{form}; {weights_form}" if weights_form else form
     options = dict(solver=solver, lift=lift, frequencies=frequencies)
     # refused on the calling thread, before anything is lowered or allocated (again after lowering, inside)
-    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
+    _check_limits(net, problem_size(net, lift, frequencies, weights), max_lmi, max_variables, **options)
     with limits.blas_threads(), deadline.active():
         return limits.run_within(
             lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
                                    seconds, max_lmi, max_variables, accept_unconverged, frequencies,
-                                   merge_linear, deadline, options, progress or (lambda stage: None), form),
+                                   merge_linear, deadline, options, progress or (lambda stage: None), form,
+                                   weights),
             deadline, "lipdsl solve", grace=0.5)
 
 
 def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
                    max_variables, accept_unconverged, frequencies, merge_linear, deadline, options,
-                   progress, form) -> Result:
+                   progress, form, weights=None) -> Result:
     """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
     progress("lowering")
     low = lower_within_limits(net, min_length=min_length, lift=lift, frequencies=frequencies, solver=solver,
-                              merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables)
+                              merge_linear=merge_linear, max_lmi=max_lmi, max_variables=max_variables,
+                              weights=weights)
     t1 = time.perf_counter()
     limits.checkpoint("lowering")
     exact = _exact_bound(low)
@@ -236,7 +303,9 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
         times.update({"lower": t1 - t0})
         return _exact_result(net, low, *exact, times, min_length)
     progress("building the SDP")
-    sdp = build_sdp(low, frequencies=frequencies)
+    weights = {} if weights is None else dict(
+        weights="subspace", bases=weight_bases(low, weights.rank, weights.min_order))
+    sdp = build_sdp(low, frequencies=frequencies, **weights)
     t2 = time.perf_counter()
     progress("solving")
     limits.checkpoint("building the SDP")
@@ -245,7 +314,7 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
     if sdp.storage and REFINE_ROUNDS:
         sdp, sol = _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline,
-                           progress)
+                           progress, weights)
         stages["refine"] = time.perf_counter() - t3
         t3 = time.perf_counter()
     # the solver's point mapped back to the LMIs' original form by the reductions build_sdp applied (inverse
@@ -286,7 +355,7 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     return result
 
 
-def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress):
+def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress, weights):
     """Frequency mode: up to ``REFINE_ROUNDS`` re-solves with each system's grid refined where its ``Phi``
     dips between the frequencies at the solver's point (``storage.refined_grids``); a note says so."""
     from lipdsl.certify.storage import refined_grids
@@ -298,7 +367,7 @@ def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, de
             break
         progress("refining the frequency grid")
         limits.checkpoint("refining the frequency grid")
-        sdp = build_sdp(low, frequencies=frequencies, grids=grids)
+        sdp = build_sdp(low, frequencies=frequencies, grids=grids, **weights)
         sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
         rounds += 1
     if rounds:
@@ -330,14 +399,15 @@ def lower_within_limits(
     max_lmi: int | None = MAX_LMI,
     max_variables: int | None = MAX_VARIABLES,
     solver: str = "cvxopt",
+    weights: SubspaceWeights | None = None,
 ) -> LoweredNetwork:
     """``lower(net)``, refused (``LimitError``) before anything is allocated when the SDP it leads to would
     exceed the limits or the machine's memory (for ``solver``), and again on the lowered systems (merges and
     folds can outgrow the estimate). The one way into the SDP for ``solve_network`` and the SDPA export."""
     options = dict(solver=solver, lift=lift, frequencies=frequencies)
-    _check_limits(net, problem_size(net, lift, frequencies), max_lmi, max_variables, **options)
+    _check_limits(net, problem_size(net, lift, frequencies, weights), max_lmi, max_variables, **options)
     low = lower(net, min_length=min_length, lift=lift, merge_linear=merge_linear)
-    _check_limits(net, lowered_size(low, frequencies), max_lmi, max_variables, low, **options)
+    _check_limits(net, lowered_size(low, frequencies, weights), max_lmi, max_variables, low, **options)
     return low
 
 

@@ -13,6 +13,18 @@ from lipdsl.sdp.build import in_frequency_form
 
 
 @dataclass(frozen=True)
+class SubspaceWeights:
+    """``X = diag(d) + V S V'`` with ``rank`` columns in ``V`` for every weight X of order at least
+    ``max(min_order, 2 rank)``; the others full (``choose_weights``, ``sdp.build.weight_bases``)."""
+
+    rank: int
+    min_order: int = 0
+
+    def applies(self, order: int) -> bool:
+        return order >= max(self.min_order, 2 * self.rank)
+
+
+@dataclass(frozen=True)
 class ProblemSize:
     """Sizes of the SDP that ``build_sdp`` would build, computed from the typed network without lowering."""
 
@@ -40,7 +52,8 @@ class ProblemSize:
         return self.memory() / limits.GIB
 
 
-def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = None) -> ProblemSize:
+def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = None,
+                 weights: SubspaceWeights | None = None) -> ProblemSize:
     """Orders of the LMIs and the variable count, mirroring ``lower``'s grouping (map + activation).
 
     A conv layer (c_in -> c_out, kernel k, dilation d) has ``nx = d (k-1) c_in`` states; its LMI has
@@ -50,6 +63,7 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     These are the direct forms; the inverse forms of ``sdp`` (a flatten head) can only be smaller. With
     ``frequencies`` the P of conv layers with ``nx >= n_u + n_y`` (and no ``P >= 0`` constraint) are not
     solver variables and their LMIs are the frequency-domain ones (``2 (n_u + n_y)`` rows), as in ``sdp``.
+    ``weights``: each weight X it applies to is ``diag(d) + V S V'`` (``n + r(r+1)/2`` variables).
     """
     layers = list(net.layers)
     systems = []  # (name, nx, nu, ny, slope or None) of each map + activation
@@ -84,7 +98,7 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
                 act, i = True, i + 1
             systems.append((layer.name, nx, nu, ny, (layers[i].alpha, layers[i].beta) if act else None))
         i += 1
-    return _size(systems, frequencies)
+    return _size(systems, frequencies, weights)
 
 
 def _block_states(block: typed.Residual) -> tuple[int, int]:
@@ -108,15 +122,18 @@ def _block_states(block: typed.Residual) -> tuple[int, int]:
     return states, internal
 
 
-def lowered_size(low: LoweredNetwork, frequencies: int | None = None) -> ProblemSize:
+def lowered_size(low: LoweredNetwork, frequencies: int | None = None,
+                 weights: SubspaceWeights | None = None) -> ProblemSize:
     """``problem_size`` counted on the lowered systems: after ``lower``'s merges and folds (a linear conv
     composed with the next conv or pool, an overlapping pool folded into the dense layer after a flatten),
     which can make an LMI up to ``MERGE_GROWTH`` times the separate rows and its ``P`` up to four times the
     variables -- ``problem_size`` does not model them. The same direct forms and variables as there."""
-    return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope, s.n_out) for s in low.systems], frequencies)
+    return _size([(s.name, s.ss.nx, s.ss.nu, s.ss.ny, s.slope, s.n_out) for s in low.systems], frequencies,
+                 weights)
 
 
-def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
+def _size(systems: list[tuple], frequencies: int | None, weights: SubspaceWeights | None = None
+          ) -> ProblemSize:
     """The largest LMI and the variable count of ``(name, nx, nu, ny, slope[, n_out])`` systems
     (``problem_size``; ``n_out``: the outputs that leave a residual block, ``ny`` less its internal
     activations' signals, which always carry a multiplier)."""
@@ -142,5 +159,6 @@ def _size(systems: list[tuple], frequencies: int | None) -> ProblemSize:
         orders += [size] * copies
         variables += nx * (nx + 1) // 2 + internal + (n_out if act else 0)
         outputs.append(n_out)
-    variables += sum(ny * (ny + 1) // 2 for ny in outputs[:-1])
+    variables += sum(ny + weights.rank * (weights.rank + 1) // 2 if weights and weights.applies(ny)
+                     else ny * (ny + 1) // 2 for ny in outputs[:-1])
     return ProblemSize(best[0], best[1], best[2], variables, tuple(orders), shapes, frequencies)

@@ -136,3 +136,56 @@ def test_lipsdp_neuron_on_the_unrolled_net_is_at_most_ours(seed):
     ours = solve_network(net).certificate.lipschitz
     theirs = lipsdp(net, "neuron").bound
     assert theirs <= ours * (1 + 1e-6), (theirs, ours)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_subspace_weights_are_certified_between_full_weights_and_diagonal(seed):
+    """``weight_rank=r``: certified, never below the full-X bound of the same form (a restriction of its
+    SDP) nor the empirical lower bound, and at most the diagonal-X bound (r = 0 is diagonal X) up to the
+    storage recovery's repair."""
+    from lipdsl.certify.recheck import certify
+    from lipdsl.certify.storage import recover_storage
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp
+    from lipdsl.solvers.solve import solve
+    from nets import wide_gap_net
+
+    net = wide_gap_net(seed, channels=8)
+    full = solve_network(net, frequencies=9, weight_rank=None)
+    sub = solve_network(net, frequencies=9, weight_rank=2)
+    assert full.certificate.verified and sub.certificate.verified
+    assert "rank-2 subspace" in sub.form
+    assert sub.sdp.n < full.sdp.n
+    assert sub.certificate.lipschitz_solver >= full.certificate.lipschitz_solver * (1 - 1e-6)
+    low = lower(net)
+    diag_sdp = build_sdp(low, frequencies=9, weights="diagonal")
+    diag = certify(diag_sdp, recover_storage(diag_sdp, solve(diag_sdp, "cvxopt")))
+    assert diag.verified
+    assert sub.certificate.lipschitz_solver <= diag.lipschitz_solver * (1 + 1e-6)
+    assert sub.certificate.lipschitz >= lower_bound(net, starts=8, seed=seed, time_budget=5.0).value
+
+
+@pytest.mark.parametrize("spec, expected", [("fcn_32_64_32", 9), ("fcn_64_128_64", 9), ("tcn_plain", 17),
+                                            ("tcn", 17), ("resnet1d", 17)])
+def test_auto_frequencies_follow_the_widest_gridded_filter_span(spec, expected):
+    """issue 20: ``--frequencies auto`` grids on ``2 s + 1`` frequencies for the widest span ``s`` among the
+    layers it grids (FCN: k5 and k3 gridded, the exact first k8 layer not counted; TCN: k3 with dilation 4;
+    ResNet: a block's k8 + k5 + k3), within [9, 17]."""
+    from lipdsl.pipeline import choose_form
+
+    _, net = load_network(ROOT / "specs" / f"{spec}.lip")
+    k, form = choose_form(net)
+    assert k == expected and f"on {k} frequencies" in form
+
+
+def test_auto_frequencies_of_one_wide_conv_layer():
+    """``2 s + 1`` between the bounds: a gridded 64-channel conv of span 5 on 11 frequencies, span 2 on 9
+    (the floor), span 12 on 17 (the cap)."""
+    from lipdsl.pipeline import choose_form
+    from nets import Builder
+
+    for kernel, dilation, expected in ((6, 1, 11), (3, 1, 9), (7, 2, 17)):
+        b = Builder(64, 64)
+        b.conv(np.zeros((64, 64, kernel)), dilation=dilation, padding="causal")
+        b.act("relu")
+        assert choose_form(b.build())[0] == expected

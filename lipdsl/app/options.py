@@ -72,6 +72,24 @@ class Frequencies(click.ParamType):
         return k
 
 
+class WeightRank(click.ParamType):
+    """``--weight-rank``: ``auto`` (subspace weights when full ones would be large), ``full`` or a rank."""
+
+    name = "auto|full|R"
+
+    def convert(self, value, param, ctx):
+        text = value if value is None or isinstance(value, int) else str(value).strip().lower()
+        if text in ("auto", "full", None):
+            return text
+        try:
+            r = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is not 'auto', 'full' or a whole number (the subspace's rank)", param, ctx)
+        if r < 1:
+            self.fail(f"{r} is not a rank (at least 1; 'full' for full weights)", param, ctx)
+        return r
+
+
 def within(deadline, what: str, work, source: Source | None = None, hint: str | None = None):
     """``work()`` for a command: BLAS pinned to one thread (``limits.blas_threads``, restored after), the
     command's ``deadline`` active for every ``checkpoint``, and the whole of it bounded by that deadline

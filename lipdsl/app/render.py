@@ -235,9 +235,12 @@ def print_lowering(net, low, size, lift: int = 1) -> None:
                "`lipdsl solve --json`'s sdp.lmi_sizes")
     for note in notes:
         click.echo(f"  note: {note}")
-    from lipdsl.pipeline import choose_form
+    from lipdsl.pipeline import choose_form, choose_weights
 
-    click.echo(f"lipdsl solve's form (--frequencies auto): {choose_form(net, lift)[1]}")
+    frequencies, form = choose_form(net, lift)
+    weights = choose_weights(net, lift, frequencies)[1]
+    click.echo(f"lipdsl solve's form (--frequencies auto, --weight-rank auto): {form}"
+               + (f"; {weights}" if weights else ""))
 
 
 def solver_lmis(low, size) -> tuple[dict[str, str], list[str]]:

@@ -15,6 +15,15 @@ def _system_rows(result: Result) -> list[dict]:
     """Per system: spec layers, LMI size, multiplier summary (at the solver's point)."""
     rows = []
     x = result.solution.x
+    values = {}
+    if x is not None:  # the solver's point in the LMIs' original form (Y -> X, M -> Lambda: one place)
+        from lipdsl.certify.reductions import Inverse, NotInvertible, solver_values
+
+        _, values = solver_values(result.sdp, x)
+        try:
+            values = Inverse.of(result.sdp).invert(values)
+        except NotInvertible:  # (a Y that is not positive definite: shown as solved)
+            pass
     for link in result.sdp.links:
         sys: System = link.system
         entry = {
@@ -28,12 +37,10 @@ def _system_rows(result: Result) -> list[dict]:
             "note": sys.note,
         }
         if x is not None and link.lam is not None:
-            lam = link.lam.value(x)
-            if link.lam.role == "lambdainv":  # solved in M = Lambda^-1
-                lam = 1.0 / np.maximum(lam, 1e-300)
+            lam = values[link.lam.name]
             entry["lambda"] = {"min": float(lam.min()), "max": float(lam.max()), "count": int(lam.size)}
         if x is not None and link.w_out.kind == "var":
-            X = link.w_out.variable.value(x)
+            X = values[link.w_out.variable.name]
             ev = np.linalg.eigvalsh(X)
             entry["X_out"] = {
                 "structure": link.w_out.variable.structure,

@@ -56,6 +56,9 @@ import scipy.linalg
 
 from lipdsl import limits
 from lipdsl.certify.recheck import Point, _min_eig, system_matrix
+from lipdsl.certify.riccati import (  # noqa: F401 (imported from here too)
+    DOUBLING_STALL, DOUBLING_STEPS, QZ_MAX_STATES, QZ_STATES, RICCATI_RESIDUAL, riccati_doubling,
+    riccati_residual, storage_matrix)
 from lipdsl.sdp.build import frequency_grid, frequency_response
 from lipdsl.sdp.problem import Sdp
 from lipdsl.solvers.solve import Solution
@@ -66,23 +69,6 @@ from lipdsl.solvers.cvxopt_kkt import kkt_threads, thread_map
 FINE_GRID = 2049
 #: Frequencies on which the multiplier shift of step 2 is chosen (every 8th of the fine grid).
 COARSE_GRID = 257
-#: Doubling steps: the iteration converges quadratically when ``Phi > 0`` by a clear margin; at the
-#: solver's optimum ``Phi`` is singular at some frequencies, the symplectic pencil has eigenvalues next to
-#: the unit circle and the steps stall at a rounding floor (``~1e-4`` relative at 32 channels): the
-#: doubling stops after ``DOUBLING_STALL`` steps without progress and keeps its best iterate.
-DOUBLING_STEPS = 60
-DOUBLING_STALL = 3
-#: A doubling solution whose relative Riccati residual exceeds this goes to the QZ method as well, and so
-#: does every system with at most ``QZ_STATES`` states (QZ is cheap there, and near the unit circle its
-#: residual is a few times smaller); the solution with the smaller residual is kept.
-RICCATI_RESIDUAL = 1e-6
-QZ_STATES = 64
-#: ... but never for more states than this: QZ is O(nx^3) with a large constant (5.5 s at 256 states, about
-#: 100 s at 1024: a dilation-16 layer of 32 channels); there a poor doubling solution is retried with a larger
-#: margin instead (``_raise_chain``), which the doubling solves better.
-QZ_MAX_STATES = 256
-
-
 def _h(H: np.ndarray) -> np.ndarray:
     """Conjugate transpose of each matrix in a stack."""
     return np.conj(np.transpose(H, (0, 2, 1)))
@@ -145,92 +131,6 @@ def _over_frequencies(fn, H: np.ndarray, threads: int, combine):
     if threads <= 1 or len(H) < 8 * threads:
         return fn(H)
     return combine(thread_map(fn, np.array_split(H, threads), threads))
-
-
-def riccati_residual(A, B, Q, R, S, X) -> float:
-    """``|A'XA - X - (A'XB + S)(R + B'XB)^-1 (B'XA + S') + Q|_F / max(|Q|_F, |X|_F)``."""
-    K = A.T @ X @ B + S
-    E = A.T @ X @ A - X - K @ np.linalg.solve(R + B.T @ X @ B, K.T) + Q
-    return float(np.linalg.norm(E) / max(np.linalg.norm(Q), np.linalg.norm(X), 1e-300))
-
-
-def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
-    """The stabilizing solution of ``A'XA - X - (A'XB + S)(R + B'XB)^-1 (B'XA + S') + Q = 0`` by the
-    structured doubling algorithm (Chu, Fan, Lin 2005), ``R`` invertible.
-
-    With the cross term eliminated (``A0 = A - B R^-1 S'``, ``H0 = Q - S R^-1 S'``, ``G0 = B R^-1 B'``) the
-    equation is ``X = A0' X (I + G0 X)^-1 A0 + H0``, and with ``W_j = I + G_j H_j``
-
-        A_{j+1} = A_j W_j^-1 A_j,  G_{j+1} = G_j + A_j W_j^-1 G_j A_j',  H_{j+1} = H_j + A_j' H_j W_j^-1 A_j,
-
-    ``H_j -> X`` quadratically (the closed loop's eigenvalues squared each step). Stops when ``H`` changes by
-    less than 1e-14 relative, or (eigenvalues at the unit circle: no progress) after ``DOUBLING_STALL``
-    steps without a smaller change; returns the ``H`` after the smallest change.
-    """
-    RS = np.linalg.solve(R, S.T)
-    Aj = A - B @ RS
-    Hj = Q - S @ RS
-    Gj = B @ np.linalg.solve(R, B.T)
-    Hj, Gj = (Hj + Hj.T) / 2, (Gj + Gj.T) / 2
-    eye = np.eye(len(A))
-    best, best_change, stalled = Hj, np.inf, 0
-    threads = min(2, kkt_threads())
-    for _ in range(DOUBLING_STEPS):
-        limits.checkpoint("storage recovery")
-        Wj = eye + Gj @ Hj
-        if not np.all(np.isfinite(Wj)):
-            raise np.linalg.LinAlgError("the doubling iteration diverged")
-
-        def next_g(Aj=Aj, Gj=Gj, Wj=Wj):  # G_{j+1} = G_j + A_j W_j^-1 G_j A_j'
-            return Gj + Aj @ np.linalg.solve(Wj, Gj) @ Aj.T
-
-        def next_a_h(Aj=Aj, Hj=Hj, Wj=Wj):  # A_{j+1} = A_j W_j^-1 A_j,  H_{j+1} = H_j + A_j' H_j W_j^-1 A_j
-            WA = np.linalg.solve(Wj, Aj)
-            return Aj @ WA, Hj + Aj.T @ (Hj @ WA)
-
-        # the two chains on two threads (numpy releases the GIL); the same operations either way
-        G_next, (Aj, H_next) = thread_map(lambda step: step(), [next_g, next_a_h], threads)
-        G_next, H_next = (G_next + G_next.T) / 2, (H_next + H_next.T) / 2
-        change = float(np.linalg.norm(H_next - Hj) / max(np.linalg.norm(H_next), 1e-300))
-        Hj, Gj = H_next, G_next
-        if not np.isfinite(change):
-            raise np.linalg.LinAlgError("the doubling iteration diverged")
-        if change < best_change:
-            best, best_change, stalled = Hj, change, 0
-        else:
-            stalled += 1
-        if change < 1e-14 or stalled >= DOUBLING_STALL:
-            break
-    return best
-
-
-def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(),
-                   shrink: float = 0.0) -> np.ndarray:
-    """``P`` from the stabilizing solution of the Riccati equation (module docstring, step 3): by doubling,
-    and by QZ too for small systems or when the doubling's residual is above ``RICCATI_RESIDUAL`` (the
-    smaller residual wins). ``inner``: a residual block's internal multipliers. ``shrink``: solve it for
-    ``M(P) - shrink I`` instead, so that ``M(P) >= shrink I`` (a strictly feasible LMI whose rounding
-    ``certify`` need not repair; it exists when ``Phi`` has a margin of about ``k shrink``)."""
-    nx = sys.ss.nx
-    M0 = system_matrix(sys, np.zeros((nx, nx)), lam, X_in, X_out, inner)
-    if shrink:
-        M0 = M0 - shrink * np.eye(len(M0))
-    Q, S, R = M0[:nx, :nx], M0[:nx, nx:], M0[nx:, nx:]
-    B_ = np.zeros((nx, R.shape[0]))
-    B_[:, : sys.ss.nu] = sys.ss.B
-    candidates = []
-    try:
-        X = riccati_doubling(sys.ss.A, B_, Q, R, S)
-        candidates.append((riccati_residual(sys.ss.A, B_, Q, R, S, X), 0, X))
-    except (np.linalg.LinAlgError, ValueError):
-        pass
-    poor = not candidates or not candidates[0][0] <= RICCATI_RESIDUAL
-    if nx <= QZ_STATES or (nx <= QZ_MAX_STATES and poor):
-        X = scipy.linalg.solve_discrete_are(sys.ss.A, B_, Q, R, s=S)
-        candidates.append((riccati_residual(sys.ss.A, B_, Q, R, S, X), 1, X))
-    candidates = [c for c in candidates if np.isfinite(c[0])] or candidates
-    X = min(candidates, key=lambda c: (c[0], c[1]))[2]
-    return -(X + X.T) / 2
 
 
 #: ``refined_grids``: a gridded system gets up to ``REFINE_ADD`` more frequencies per round where its

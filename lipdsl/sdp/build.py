@@ -186,6 +186,35 @@ def exact_lmi_note(sys: lowered.System) -> str:
             f"{fix} in the spec (a sound, looser claim) lets --frequencies grid it, or drop --frequencies")
 
 
+def weight_bases(net: lowered.Network, rank: int, min_order: int = 0) -> dict[str, np.ndarray]:
+    """For ``build_sdp(weights="subspace")``: for each system whose output feeds the next system directly,
+    an orthonormal basis ``V`` (n x ``rank``) of the directions its output weight ``X = diag(d) + V S V'``
+    may couple: the top eigenvectors of the next system's tap Gram ``sum_j T_j' T_j`` (``T_0 = D``,
+    ``T_j = C A^(j-1) B`` on its first n inputs), i.e. of ``(1/pi) int_0^pi H(e^iw)' H(e^iw) dw`` -- the
+    input directions that the next layer amplifies most, where a diagonal ``X`` is loosest.
+    Systems with a pool or flatten in between, with ``2 rank > n`` or ``n < min_order``, get none (a full
+    ``X``)."""
+    steps = list(net.steps)
+    systems = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
+    bases = {}
+    for i, j in zip(systems, systems[1:]):
+        producer, consumer = steps[i], steps[j]
+        n = producer.n_out
+        if j != i + 1 or 2 * rank > n or n < min_order or consumer.ss.nu < n:
+            continue
+        ss = consumer.ss
+        T, gram = ss.B, ss.D[:, :n].T @ ss.D[:, :n]
+        for _ in range(ss.nx):
+            if not T.any():
+                break
+            CT = (ss.C @ T)[:, :n]
+            gram += CT.T @ CT
+            T = ss.A @ T
+        w, V = np.linalg.eigh(gram)
+        bases[producer.name] = V[:, ::-1][:, :rank].copy()
+    return bases
+
+
 def frequency_grid(count: int) -> np.ndarray:
     """``count`` frequencies ``pi j / (count - 1)``, ``j = 0 .. count-1`` (both ends included)."""
     return np.pi * np.arange(count) / max(count - 1, 1)
@@ -229,14 +258,16 @@ def _factor(E: np.ndarray) -> np.ndarray:
 
 
 def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | None = None,
-              weights: str = "full", grids: dict | None = None) -> Sdp:
+              weights: str = "full", grids: dict | None = None, bases: dict | None = None) -> Sdp:
     """The layer-wise dissipativity SDP of ``net`` (see the module docstring for the LMIs).
 
     ``frequencies``: replace the LMI of each conv system with at least as many states as inputs and
     outputs together by its frequency-domain form on that many frequencies (no ``P`` among the solver's
     variables; ``P`` is recovered afterwards, see ``lipdsl.certify.storage``). ``grids``: system name ->
     its own frequencies instead (``storage.refined_grids``). ``weights="diagonal"``: every weight ``X``
-    between systems diagonal (an experiment: fewer variables, a looser bound).
+    between systems diagonal (an experiment: fewer variables, a looser bound). ``weights="subspace"``: every
+    such ``X`` is ``diag(d) + V S V'`` with ``V = bases[system name]`` (n x r, orthonormal columns; a system
+    missing from ``bases`` keeps a full ``X``).
     """
     steps = list(net.steps)
     systems = [i for i, s in enumerate(steps) if isinstance(s, lowered.System)]
@@ -245,8 +276,8 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
     variables: list[Variable] = []
     count = [0]
 
-    def new_var(name, role, system, n, structure) -> Variable:
-        v = Variable(name, role, system, n, structure, count[0])
+    def new_var(name, role, system, n, structure, basis=None) -> Variable:
+        v = Variable(name, role, system, n, structure, count[0], basis)
         count[0] += v.dim
         variables.append(v)
         return v
@@ -323,8 +354,15 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
             inverted = pos == invert_at
             # a lifted max pool: X (x) I_tied on the system's outputs, X on the next system's inputs
             tied = max((s.tied for s in after if isinstance(s, lowered.Pool)), default=1)
+            basis = (bases or {}).get(sys.name) if weights == "subspace" and not inverted else None
+            if diagonal or weights == "diagonal":
+                structure = "diagonal"
+            elif basis is not None and 2 * basis.shape[1] <= ny // tied:  # (else diag + V S V' is redundant)
+                structure = "subspace"
+            else:
+                structure, basis = "symmetric", None
             X = new_var(f"{'Y' if inverted else 'X'}[{sys.name}]", "Xinv" if inverted else "X", sys.name,
-                        ny // tied, "diagonal" if diagonal or weights == "diagonal" else "symmetric")
+                        ny // tied, structure, basis)
             w_out = Weight("var", ny, X, kron=tied)
             if diagonal or weights == "diagonal":
                 nonneg.append(X)

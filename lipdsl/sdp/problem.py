@@ -3,6 +3,7 @@ LmiBuilder) and the Sdp itself, with the objective its solvers minimise."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,9 @@ class Variable:
     """A block of the decision vector ``x``: ``rho``, a system's ``P``, ``lambda`` or an output weight ``X``.
 
     ``structure``: ``scalar`` (1 entry), ``symmetric`` (upper triangle, row by row: n(n+1)/2 entries),
-    ``diagonal`` or ``vector`` (n entries).
+    ``diagonal`` or ``vector`` (n entries), or ``subspace``: ``X = diag(d) + V S V'`` with a fixed basis
+    ``V`` (``basis``, n x r, orthonormal columns): the n entries of ``d``, then the upper triangle of the
+    r x r ``S`` row by row (``n + r(r+1)/2`` entries; docs/method.md, "Weights on a subspace").
     """
 
     name: str
@@ -28,9 +31,17 @@ class Variable:
     n: int
     structure: str
     offset: int
+    basis: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def rank(self) -> int:
+        """Columns of the ``subspace`` basis (0 for the other structures)."""
+        return 0 if self.basis is None else self.basis.shape[1]
 
     @property
     def dim(self) -> int:
+        if self.structure == "subspace":
+            return self.n + self.rank * (self.rank + 1) // 2
         return {"scalar": 1, "symmetric": self.n * (self.n + 1) // 2}.get(self.structure, self.n)
 
     @property
@@ -46,6 +57,12 @@ class Variable:
             return v
         if self.structure == "diagonal":
             return np.diag(v)
+        if self.structure == "subspace":
+            V, r = self.basis, self.rank
+            S = np.zeros((r, r))
+            S[np.triu_indices(r)] = v[self.n :]
+            S = S + np.triu(S, 1).T
+            return np.diag(v[: self.n]) + V @ S @ V.T
         M = np.zeros((self.n, self.n))
         iu = np.triu_indices(self.n)
         M[iu] = v
@@ -59,7 +76,26 @@ class Variable:
             return np.asarray(value, dtype=float)
         if self.structure == "diagonal":
             return np.diag(value).astype(float)
+        if self.structure == "subspace":
+            return _subspace_fit(np.asarray(value, dtype=float), self.basis)
         return np.asarray(value, dtype=float)[np.triu_indices(self.n)]
+
+
+def _subspace_fit(X: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """``(d, S)`` (packed) with ``diag(d) + V S V'`` closest to ``X`` in the Frobenius norm (exact when ``X``
+    has that form, e.g. a subspace weight scaled and raised along ``X + t I`` by the storage recovery).
+
+    With ``V'V = I`` and ``Q = V V'``: for a given ``d``, ``S = V'(X - diag d)V``; asking the diagonal of the
+    remainder ``(X - diag d) - Q (X - diag d) Q`` to vanish gives ``(I - Q∘Q) d = diag(X) - diag(Q X Q)``
+    (``diag(Q diag(d) Q) = (Q∘Q) d``), solved by least squares (singular where ``V`` contains a unit
+    vector ``e_i``: then ``d_i`` and ``S`` trade off, and either choice reproduces ``X``).
+    """
+    r = V.shape[1]
+    X = (X + X.T) / 2
+    Q = V @ V.T
+    d = np.linalg.lstsq(np.eye(len(X)) - Q * Q, np.diag(X) - np.diag(Q @ X @ Q), rcond=None)[0]
+    S = V.T @ (X - np.diag(d)) @ V
+    return np.concatenate([d, S[np.triu_indices(r)]])
 
 
 @dataclass(frozen=True)
@@ -84,23 +120,86 @@ class Factored:
 
 
 @dataclass(frozen=True)
+class LowRank:
+    """``coef * U S U'``: the ``S`` block of a ``subspace`` variable in an LMI (``U``: m x r, its basis
+    placed on the LMI's rows). Its ``F_k`` are dense, so ``Lmi.G_rest`` leaves them out and the solvers
+    apply them as products (``apply``, ``adjoint``): ``O(m^2 r)`` work instead of ``O(m^2 r^2)`` entries
+    of ``G``."""
+
+    variable: Variable
+    U: np.ndarray
+    coef: float
+
+    def S(self, x: np.ndarray) -> np.ndarray:
+        r = self.variable.rank
+        S = np.zeros((r, r))
+        S[np.triu_indices(r)] = x[self.variable.offset + self.variable.n : self.variable.slice.stop]
+        return S + np.triu(S, 1).T
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``sum_{a<=b} s_ab F_ab`` at ``x`` (m x m)."""
+        return self.coef * (self.U @ self.S(x) @ self.U.T)
+
+    def adjoint(self, Z: np.ndarray) -> np.ndarray:
+        """``<F_ab, Z>`` for the upper triangle ``a <= b`` (row by row) of ``S``, ``Z`` symmetric."""
+        M = self.U.T @ Z @ self.U
+        M = (M + M.T) - np.diag(np.diag(M))  # F_ab = U_a U_b' + U_b U_a' (a < b), U_a U_a' (a = b)
+        return self.coef * M[np.triu_indices(self.variable.rank)]
+
+    @property
+    def columns(self) -> np.ndarray:
+        """The decision-vector indices of the ``S`` entries."""
+        v = self.variable
+        return np.arange(v.offset + v.n, v.slice.stop)
+
+
+@dataclass(frozen=True)
 class Lmi:
-    """``F(x) = F0 + sum_k x_k F_k >= 0`` with ``vec(F(x)) = vec(F0) + G x`` (column-major vec, m^2 rows)."""
+    """``F(x) = F0 + sum_k x_k F_k >= 0`` with ``vec(F(x)) = vec(F0) + G x`` (column-major vec, m^2 rows).
+
+    ``G = G_rest + `` the dense columns of the ``lowrank`` terms (subspace weights), formed only when asked
+    for (``G``); the CVXOPT backend uses ``G_rest`` and applies ``lowrank`` as products.
+    """
 
     name: str
     system: str | None
     blocks: tuple[tuple[str, int], ...]  # (label, size) of the diagonal blocks, in order
     F0: np.ndarray
-    G: sp.csc_matrix
+    G_rest: sp.csc_matrix
     factored: Factored
+    lowrank: tuple[LowRank, ...] = ()
 
     @property
     def size(self) -> int:
         return self.F0.shape[0]
 
-    def value(self, x: np.ndarray) -> np.ndarray:
+    @functools.cached_property
+    def G(self) -> sp.csc_matrix:
+        """All of ``vec F_k`` as columns (the low-rank terms' dense columns included)."""
+        if not self.lowrank:
+            return self.G_rest
+        r_, c_, v_ = [], [], []
+        for term in self.lowrank:
+            U, a, b = term.U, *np.triu_indices(term.variable.rank)
+            for k, i, j in zip(term.columns, a, b):
+                F = np.outer(U[:, i], U[:, j])
+                F = term.coef * (F + F.T if i != j else F).reshape(-1, order="F")
+                nz = np.flatnonzero(F)
+                r_.append(nz), c_.append(np.full(len(nz), k)), v_.append(F[nz])
+        extra = sp.csc_matrix((np.concatenate(v_), (np.concatenate(r_), np.concatenate(c_))),
+                              shape=self.G_rest.shape)
+        return (self.G_rest + extra).tocsc()
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """``sum_k x_k F_k`` (m x m, not symmetrised)."""
         m = self.size
-        F = self.F0 + (self.G @ x).reshape(m, m, order="F")
+        F = (self.G_rest @ x).reshape(m, m, order="F")
+        for term in self.lowrank:
+            F = F + term.apply(x)
+        return F
+
+    def value(self, x: np.ndarray) -> np.ndarray:
+        F = self.F0 + self.apply(x)
         return (F + F.T) / 2
 
 
@@ -171,6 +270,10 @@ class Sdp:
         for v in weights:
             if v.structure == "symmetric":  # the diagonal of the upper triangle, row by row
                 c[[v.offset + i * v.n - i * (i - 1) // 2 for i in range(v.n)]] += eps
+            elif v.structure == "subspace":  # tr(diag d + V S V') = sum d + tr S (V'V = I)
+                r = v.rank
+                c[v.offset : v.offset + v.n] += eps
+                c[[v.offset + v.n + i * r - i * (i - 1) // 2 for i in range(r)]] += eps
             else:
                 c[v.offset : v.offset + v.dim] += eps
         return c
@@ -186,6 +289,8 @@ class LmiBuilder:
         self.m = size
         self.F0 = np.zeros((size, size))
         self.terms: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = []
+        self.lowrank: list[LowRank] = []
+        self.lowrank_terms: set[int] = set()  # indices into ``terms`` that ``lowrank`` stands for in G
         self._n = n_vars_ref
 
     def _outer(self, col: int, a_idx, a_val, b_idx, b_val, coef: float):
@@ -222,9 +327,11 @@ class LmiBuilder:
             for a_idx, a_val in rows:
                 self._outer(var.offset, a_idx, a_val, a_idx, a_val, coef / 2)
             return
-        if var.structure in ("diagonal", "vector"):
+        if var.structure in ("diagonal", "vector", "subspace"):
             for i, (a_idx, a_val) in enumerate(rows):
                 self._outer(var.offset + i, a_idx, a_val, a_idx, a_val, coef / 2)
+            if var.structure == "subspace":  # T'(V S V')T = sum_{a<=b} s_ab (u_a u_b' + u_b u_a'), u = T'V
+                self._subspace_terms(var, np.asarray(T.T @ var.basis), coef)
             return
         k = var.offset
         for i in range(var.n):
@@ -234,6 +341,19 @@ class LmiBuilder:
                 # V = sum_{i<=j} v_ij (E_ij + E_ji) for i < j, v_ii E_ii:  T'E_ijT = t_i t_j'
                 self._outer(k, a_idx, a_val, b_idx, b_val, coef if i != j else coef / 2)
                 k += 1
+
+    def _subspace_terms(self, var: Variable, U: np.ndarray, coef: float):
+        """Add ``coef * U S U'`` for the ``S`` block of a ``subspace`` variable (``U``: m x r, dense): its
+        rank-two terms for the KKT solver, and one ``LowRank`` in place of their dense columns of ``G``."""
+        k = var.offset + var.n
+        nz = [np.flatnonzero(U[:, a]) for a in range(var.rank)]
+        first = len(self.terms)
+        for a in range(var.rank):
+            for b in range(a, var.rank):
+                self._outer(k, nz[a], U[nz[a], a], nz[b], U[nz[b], b], coef if a != b else coef / 2)
+                k += 1
+        self.lowrank_terms.update(range(first, len(self.terms)))
+        self.lowrank.append(LowRank(var, U, coef))
 
     def diag_bilinear(self, var: Variable, L: sp.csr_matrix, R: sp.csr_matrix, coef: float, repeat: int = 1):
         """Add ``coef * (L' diag(v (x) 1_repeat) R + R' diag(v (x) 1_repeat) L)`` (``L``, ``R``: n x m)."""
@@ -253,9 +373,14 @@ class LmiBuilder:
             idx = offset + np.arange(w.n)
             self._units(var.offset, idx, idx, coef / 2)
             return
-        if var.structure == "diagonal":  # v_i on rows i*N + t
+        if var.structure in ("diagonal", "subspace"):  # v_i on rows i*N + t
             idx = offset + np.arange(var.n * N)
             self._units(var.offset + (idx - offset) // N, idx, idx, coef / 2)
+            if var.structure == "subspace":  # V S V' (x) I_N: the basis on the rows i*N + t, for each t
+                for t in range(N):
+                    U = np.zeros((self.m, var.rank))
+                    U[offset + np.arange(var.n) * N + t] = var.basis
+                    self._subspace_terms(var, U, coef)
             return
         # the upper triangle i <= j row by row (the variable's order), each pair on its N rows
         iu, ju = np.triu_indices(var.n)
@@ -288,6 +413,8 @@ class LmiBuilder:
         # sparse product, which merges the duplicate entries far faster than a sort of all of them
         counts = np.bincount(cols, minlength=n) if R else np.zeros(n, dtype=np.int64)
         many = counts >= 8
+        for term in self.lowrank:  # (their columns of G are not formed: see LowRank)
+            many[term.columns] = False
         for k in np.flatnonzero(many):
             sel = np.flatnonzero(cols == k)
             Fk = (U[:, sel] @ sp.diags(coef[sel]) @ V[:, sel].T).tocoo()
@@ -295,7 +422,9 @@ class LmiBuilder:
             rows_.append(Fk.col.astype(np.int64) * m + Fk.row)
             vals_.append(Fk.data)
             cols_.append(np.full(Fk.data.shape, k))
-        for t in self.terms:
+        for index, t in enumerate(self.terms):
+            if index in self.lowrank_terms:
+                continue
             if isinstance(t, _UnitBatch):  # vec(e_i e_j') = e_{j m + i}, plus the transpose
                 keep = ~many[t.cols]
                 i, j, c, k = t.i[keep], t.j[keep], t.coef[keep], t.cols[keep]
@@ -318,7 +447,7 @@ class LmiBuilder:
             G.sum_duplicates()
         else:
             G = sp.csc_matrix((m * m, n))
-        return Lmi(name, system, tuple(blocks), self.F0, G, Factored(U, V, coef, cols))
+        return Lmi(name, system, tuple(blocks), self.F0, G, Factored(U, V, coef, cols), tuple(self.lowrank))
 
 
 @dataclass(frozen=True)

@@ -49,23 +49,32 @@ def solve_generic(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool) -
     return _solve_cvxopt(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose, structured=False)
 
 
-def cone_data(sdp: Sdp):
-    """CVXOPT's ``(c, G, h, dims)`` for ``min c'x  s.t.  G x + s = h,  s in R+^l x S+^m1 x ...``."""
+def cone_data(sdp: Sdp, rest: bool = False):
+    """CVXOPT's ``(c, G, h, dims)`` for ``min c'x  s.t.  G x + s = h,  s in R+^l x S+^m1 x ...``.
+
+    ``rest``: each LMI's ``G_rest`` (its low-rank terms left to ``_operator``) instead of the whole ``G``."""
     nonneg_idx = np.concatenate([np.arange(v.offset, v.offset + v.dim) for v in sdp.nonneg])
     n_l = len(nonneg_idx)
     Gl = sp.csr_matrix((-np.ones(n_l), (np.arange(n_l), nonneg_idx)), shape=(n_l, sdp.n))
-    G_all = sp.vstack([Gl] + [-lmi.G for lmi in sdp.lmis], format="csr")
+    G_all = sp.vstack([Gl] + [-(lmi.G_rest if rest else lmi.G) for lmi in sdp.lmis], format="csr")
     h = np.concatenate([np.zeros(n_l)] + [lmi.F0.reshape(-1, order="F") for lmi in sdp.lmis])
     dims = {"l": n_l, "q": [], "s": [lmi.size for lmi in sdp.lmis]}
     return objective(sdp), G_all, h, dims, nonneg_idx
 
 
-def _operator(G_all: sp.csr_matrix, dims: dict):
+def _operator(G_all: sp.csr_matrix, dims: dict, lmis=()):
     """``G`` for CVXOPT as the function ``y := alpha op(G) x + beta y`` (``op`` = ``G`` or ``G'``).
 
     As in ``cvxopt.misc.sgemv``, the 's' blocks of ``x`` in ``G'x`` are in lower-triangular storage:
-    the strictly lower entries count twice and the upper ones not at all.
+    the strictly lower entries count twice and the upper ones not at all. ``lmis``: the LMIs whose
+    ``lowrank`` terms ``G_all`` leaves out (``cone_data(rest=True)``), applied here as products.
     """
+    lowrank = []  # (offset of the block in z, m, its LowRank terms)
+    at = dims["l"]
+    for lmi, m in zip(lmis, dims["s"]):
+        if lmi.lowrank:
+            lowrank.append((at, m, lmi.lowrank))
+        at += m * m
     lower = [np.ones(dims["l"])]
     for m in dims["s"]:
         i, j = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")  # vec index j*m + i (column-major)
@@ -74,10 +83,20 @@ def _operator(G_all: sp.csr_matrix, dims: dict):
     GT = G_all.T.tocsr()
 
     def G(x, y, alpha=1.0, beta=0.0, trans="N"):
+        x = np.asarray(x).ravel()
         if trans == "N":
-            out = alpha * (G_all @ np.asarray(x).ravel())
+            out = G_all @ x
+            for at, m, terms in lowrank:  # the block is -F(x): minus the low-rank terms
+                out[at : at + m * m] -= sum(t.apply(x) for t in terms).reshape(-1, order="F")
+            out *= alpha
         else:
-            out = alpha * (GT @ (lower * np.asarray(x).ravel()))
+            out = GT @ (lower * x)
+            for at, m, terms in lowrank:
+                Z = x[at : at + m * m].reshape(m, m, order="F")
+                Z = np.tril(Z) + np.tril(Z, -1).T
+                for t in terms:
+                    out[t.columns] -= t.adjoint(Z)
+            out *= alpha
         if beta != 0.0:
             out += beta * np.asarray(y).ravel()
         write_into(y, out)
@@ -101,11 +120,11 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
     import cvxopt
     import cvxopt.solvers
 
-    c, G_all, h, dims, nonneg_idx = cone_data(sdp)
+    c, G_all, h, dims, nonneg_idx = cone_data(sdp, rest=structured)
     if not (np.all(np.isfinite(G_all.data)) and np.all(np.isfinite(h))):
         raise SolveError("the SDP has non-finite coefficients", hint="check the weights for overflow")
     if structured:  # G as an operator (scipy products): building a cvxopt.spmatrix costs ~1.6 us per entry
-        G = _operator(G_all, dims)
+        G = _operator(G_all, dims, sdp.lmis if hasattr(sdp, "lmis") else ())
     else:
         Gc = G_all.tocoo()
         G = cvxopt.spmatrix(Gc.data, Gc.row.astype(int).tolist(), Gc.col.astype(int).tolist(), G_all.shape)

@@ -246,7 +246,10 @@ def dense_variables(lmi, n: int) -> np.ndarray:
     rank-two terms: ``O(m^3)`` against ``O(m^2 R_k + m R_k R)`` for ``R`` terms in the block, i.e.
     ``2 m^2 < R_k (2 m + R)`` (an entry of ``Y`` in the head's inverse form, ``rho`` on a wide input)."""
     m, col = lmi.size, lmi.factored.col
-    return np.flatnonzero(2 * m * m < np.bincount(col, minlength=n) * (2 * m + len(col)))
+    dense = np.flatnonzero(2 * m * m < np.bincount(col, minlength=n) * (2 * m + len(col)))
+    for term in lmi.lowrank:  # (a subspace weight's S entries: two terms each, and no column in G_rest)
+        dense = np.setdiff1d(dense, term.columns)
+    return dense
 
 
 def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
@@ -278,7 +281,7 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         is_dense = np.isin(f.col, dense_cols)
         F = None
         if len(dense_cols):
-            F = np.asarray(lmi.G[:, dense_cols].todense()).T.reshape(len(dense_cols), m, m)
+            F = np.asarray(lmi.G_rest[:, dense_cols].todense()).T.reshape(len(dense_cols), m, m)
             F = (np.transpose(F, (0, 2, 1)) + F) / 2
         keep = np.flatnonzero(~is_dense)
         U, V = f.U.tocsc()[:, keep], f.V.tocsc()[:, keep]

@@ -121,8 +121,8 @@ def test_show_lowering_gives_the_rows_the_solver_sees():
     solved = json.loads(CliRunner().invoke(cli, ["solve", "--json", str(SPECS / "ecg.lip")]).output)
     assert shown == solved["sdp"]["lmi_sizes"] == [5, 12, 65]
     assert "note: f2: X_(l-1) := W'W substituted" in res.output
-    assert "lipdsl solve's form (--frequencies auto): exact LMIs" in res.output and solved["form"].startswith(
-        "exact LMIs")
+    assert "lipdsl solve's form (--frequencies auto, --weight-rank auto): exact LMIs" in res.output
+    assert solved["form"].startswith("exact LMIs")
 
 
 def test_show_lowering_names_the_form_solve_picks():
@@ -131,9 +131,23 @@ def test_show_lowering_names_the_form_solve_picks():
     spec = str(SPECS / "tcn_plain.lip")
     res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", spec])
     assert res.exit_code == 0, res.output
-    expected = ("lipdsl solve's form (--frequencies auto): frequency-domain LMIs for the wide conv layers "
-                "on 17 frequencies, chosen automatically: 916 variables instead of the exact LMIs' 22,116")
+    expected = ("lipdsl solve's form (--frequencies auto, --weight-rank auto): frequency-domain LMIs for "
+                "the wide conv layers on 17 frequencies, chosen automatically: 916 variables instead of the "
+                "exact LMIs' 22,116")
     assert expected in res.output
+    assert "subspace" not in res.output  # (916 variables: full weights X)
+
+
+def test_show_lowering_and_solve_name_the_subspace_weights_of_a_wide_net():
+    """issue 20: FCN 64/128/64 (trained) has 12,000+ variables even in frequency form with full X: `show
+    --lowering` says solve would use rank-16 subspace weights; `--weight-rank` refuses bad values (exit 2)."""
+    spec = str(SPECS / "fcn_64_128_64.lip")
+    res = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["show", "--lowering", spec])
+    assert res.exit_code == 0, res.output
+    assert "weights X of 64+ channels = diag + rank-16 subspace, chosen automatically" in res.output
+    for bad in ("0", "-2", "lots"):
+        res = CliRunner().invoke(cli, ["solve", spec, "--weight-rank", bad])
+        assert res.exit_code == 2 and "--weight-rank" in res.output, res.output
 
 
 def test_show_lowering_names_each_construct():

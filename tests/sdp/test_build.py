@@ -7,7 +7,7 @@ import pytest
 from lipdsl.certify.recheck import Point
 from lipdsl.model.lower import lower
 from lipdsl.sdp.build import build_sdp
-from nets import Builder, ecg, mixed_net, random_head
+from nets import Builder, ecg, mixed_net, random_head, wide_gap_net
 
 def test_ecg_lmi_sizes_and_variables():
     sdp = build_sdp(lower(ecg()), inverse=False)
@@ -299,3 +299,74 @@ def test_weight_blocks_are_x_kron_identity_at_their_offset(structure, kron):
     expected = np.zeros((m, m))
     expected[offset : offset + c * kron, offset : offset + c * kron] = -2.0 * X
     assert np.allclose(F, expected, atol=1e-14)
+
+
+def _orthonormal(rng, n, r):
+    return np.linalg.qr(rng.normal(size=(n, r)))[0]
+
+
+@pytest.mark.parametrize("kron", [1, 2])
+def test_subspace_weight_is_diag_plus_v_s_vt_and_packs_back(kron):
+    """A ``subspace`` variable is ``diag(d) + V S V'``: ``LmiBuilder.weight`` and ``congruence`` add exactly
+    that (kron'ed) through ``G_rest`` plus its ``LowRank`` term; ``Lmi.G`` (formed on demand) agrees with
+    ``Lmi.apply``; ``pack`` inverts ``value``, also after the storage recovery's raise ``a X + t I``."""
+    import scipy.sparse as sp
+
+    from lipdsl.sdp.problem import LmiBuilder, Variable, Weight
+
+    rng = np.random.default_rng(1)
+    c, r, offset, m, var_offset = 6, 2, 3, 20, 4
+    var = Variable("X", "X", None, c, "subspace", var_offset, _orthonormal(rng, c, r))
+    assert var.dim == c + r * (r + 1) // 2
+    values = rng.normal(size=var.dim)
+    x = np.zeros(var_offset + var.dim)
+    x[var_offset:] = values
+    X = var.value(x)
+    d, S = values[:c], np.zeros((r, r))
+    S[np.triu_indices(r)] = values[c:]
+    S = S + np.triu(S, 1).T
+    assert np.allclose(X, np.diag(d) + var.basis @ S @ var.basis.T)
+    assert np.allclose(var.pack(X), values)
+    assert np.allclose(var.value(np.concatenate([np.zeros(var_offset), var.pack(3 * X + 0.5 * np.eye(c))])),
+                       3 * X + 0.5 * np.eye(c))
+
+    b = LmiBuilder(m, [len(x)])
+    b.weight(Weight("var", c * kron, var, kron=kron), offset, -2.0)
+    T = sp.csr_matrix(rng.normal(size=(c, m)) * (rng.random((c, m)) < 0.3))
+    b.congruence(var, T, 0.5)
+    lmi = b.build("test", None, [])
+    expected = np.zeros((m, m))
+    expected[offset : offset + c * kron, offset : offset + c * kron] = -2.0 * np.kron(X, np.eye(kron))
+    expected += 0.5 * T.T @ X @ T
+    assert np.allclose(lmi.apply(x), expected)
+    assert np.allclose((lmi.G @ x).reshape(m, m, order="F"), expected)
+    assert lmi.lowrank and not lmi.G_rest[:, lmi.lowrank[0].columns].nnz  # (dense columns left out)
+    Z = rng.normal(size=(m, m))
+    Z = Z + Z.T
+    for term in lmi.lowrank:  # <F_k, Z> from the adjoint = from the dense columns
+        dense = np.asarray(term.U.shape[0] and (lmi.G[:, term.columns].T @ Z.reshape(-1, order="F"))).ravel()
+        assert np.allclose(sum(t.adjoint(Z) for t in lmi.lowrank if t.variable is term.variable), dense)
+
+
+def test_weight_bases_are_the_next_layers_loudest_input_directions():
+    """``weight_bases``: orthonormal, of the asked rank, spanning the top eigenvectors of the next system's
+    tap Gram; none where a rank-r part would not be smaller than a full X."""
+    from lipdsl.sdp.build import weight_bases
+
+    low = lower(wide_gap_net(3, channels=8))
+    bases = weight_bases(low, 2)
+    systems = low.systems
+    assert bases, "an 8-channel conv layer followed by another gets a basis"
+    for V in bases.values():
+        assert V.shape[1] == 2 and np.allclose(V.T @ V, np.eye(2))
+    assert not weight_bases(low, 5)  # 2 * 5 > 8 channels: full X instead
+    for producer, consumer in zip(systems, systems[1:]):
+        if producer.name not in bases:
+            continue
+        ss = consumer.ss  # the top eigenvector of sum_j T_j'T_j lies in the span of the basis
+        taps = [ss.D] + [ss.C @ np.linalg.matrix_power(ss.A, j) @ ss.B for j in range(ss.nx)]
+        gram = sum(t.T @ t for t in taps)
+        top = np.linalg.eigh(gram)[1][:, -1]
+        V = bases[producer.name]
+        assert np.linalg.norm(V @ (V.T @ top)) == pytest.approx(1.0, abs=1e-9)
+

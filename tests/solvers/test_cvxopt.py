@@ -269,3 +269,19 @@ def test_banded_newton_matrix_gives_the_dense_solution(seed, monkeypatch):
     assert factored  # (the band path ran)
     assert banded.iterations == dense.iterations
     assert banded.rho == pytest.approx(dense.rho, rel=1e-9)
+
+
+def test_subspace_weights_solve_the_same_with_the_operator_and_with_g():
+    """The default backend applies a subspace weight's dense ``F_k`` as products (``LowRank``), CVXOPT's
+    generic one multiplies the whole ``G``: the same SDP, the same optimum."""
+    from lipdsl.model.lower import lower
+    from lipdsl.sdp.build import build_sdp, weight_bases
+    from lipdsl.solvers.solve import solve
+    from nets import wide_gap_net
+
+    low = lower(wide_gap_net(4, channels=8))
+    sdp = build_sdp(low, frequencies=9, weights="subspace", bases=weight_bases(low, 2))
+    assert any(lmi.lowrank for lmi in sdp.lmis)
+    a, b = solve(sdp, "cvxopt", tol=1e-8), solve(sdp, "cvxopt-generic", tol=1e-8)
+    assert a.rho == pytest.approx(b.rho, rel=1e-6)
+

@@ -246,6 +246,20 @@ def deep_tcn_spec(folder: Path, seed: int = 1, ch: int = 8, k: int = 3, depth: i
     return spec
 
 
+def wide_gap_net(seed: int, channels: int = 8, length: int = 16):
+    """conv 1 -> c (k3) -> relu -> conv c -> c (k3) -> relu -> conv c -> c (k3) -> relu -> GAP -> dense 2."""
+    rng = np.random.default_rng(seed)
+    b = Builder(1, length)
+    c_in = 1
+    for _ in range(3):
+        b.conv(rng.normal(size=(channels, c_in, 3)) / np.sqrt(3 * c_in), padding="same")
+        b.act("relu")
+        c_in = channels
+    b.gap()
+    b.dense(rng.normal(size=(2, channels)))
+    return b.build()
+
+
 def random_small_cnn(rng: np.random.Generator):
     """conv/pool/dense nets with ReLU or tanh: strides, dilation, paddings, avg/max pools, flatten or GAP."""
     act = str(rng.choice(["relu", "tanh"]))
