@@ -109,6 +109,38 @@ def test_naive_products_of_tiny_weights_stay_above_the_jacobian():
     assert naive_hinf(net) >= J and naive(net) >= J
 
 
+def _scaled_net(scale: float, extra: float | None = None):
+    b = Builder(1, 2).conv(np.array([[[2.041]], [[-2.556]], [[0.418]]]), padding="causal") \
+        .act("leaky_relu", 0.1).pool("avg", 2).flatten().dense(np.array([[1.0, 0.5, -0.3]]) * scale)
+    if extra is not None:
+        b = b.dense(np.array([[extra]]))
+    return b.build()
+
+
+@pytest.mark.parametrize("scale", [1e-320, 1e-200, 1e300])
+def test_lipsdp_of_tiny_and_huge_weights(scale):
+    """Issue 17 (fuzzed soundness corners): an output layer of 1e-320 made LipSDP divide by a subnormal norm
+    (inf entries, then a LinAlgError traceback), one of 1e300 overflowed ``bound ** 2`` (OverflowError)."""
+    ref = lipsdp(_scaled_net(1.0)).bound
+    got = lipsdp(_scaled_net(scale)).bound
+    assert got >= ref * scale * (1 - 1e-9) or scale < 1e-300
+    assert got == pytest.approx(ref * scale, rel=1e-6 if scale > 1e-300 else 1e-2)
+
+
+def test_products_that_overflow_are_refused_not_printed_as_inf():
+    """Two layers of 1e300: the merged map overflows. naive gave a ValueError traceback, LipSDP too, and
+    naive-hinf printed 'inf (exact norm product)' with exit 0; now each fails with a message (exit 3)."""
+    from lipdsl.errors import CertificateError
+    from lipdsl.methods import run_method
+
+    net = _scaled_net(1e300, 1e300)
+    for method in ("naive", "naive-hinf", "lipsdp-neuron"):
+        r = run_method(net, method)
+        assert r.bound is None and "overflows float64" in r.note, (method, r)
+    with pytest.raises(CertificateError):
+        lipsdp(net)
+
+
 def test_spectral_norm_dense_and_sparse():
     rng = np.random.default_rng(3)
     A = rng.standard_normal((40, 7))

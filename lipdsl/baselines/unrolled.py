@@ -212,17 +212,29 @@ def spectral_norm(M) -> float:
     M, e = _unit_scaled(M)  # (entries of 1e-200 square to 0: the norm is taken of M / 2^e, exactly scaled)
     if e is None:
         return 0.0
+    if e == math.inf:  # a merged map that overflowed float64 (weights of 1e300 times 1e300)
+        return math.inf
     return _times_power_of_two_up(_spectral_norm(M), e)
+
+
+def unit_scaled_divide(M, s: float):
+    """``M / s`` for a positive ``s`` (a norm of ``M``) without overflowing ``1 / s`` when ``s`` is subnormal
+    (scipy divides a sparse matrix by multiplying with ``1 / s``: 1e-320 gave inf entries)."""
+    M2, e = _unit_scaled(M)
+    if e is None or e == math.inf:
+        return M / s
+    return M2 / math.ldexp(s, -e)
 
 
 def _unit_scaled(M):
     """``(M / 2^e, e)`` with the largest entry of ``M / 2^e`` in ``[1/2, 1)`` (an exact scaling), so that the
     norms below neither underflow (entries of 1e-200: their squares are 0) nor overflow (1e200); ``(M,
-    None)`` for a zero matrix. A sparse matrix stays sparse."""
+    None)`` for a zero matrix, ``(M, inf)`` for one with an infinite or NaN entry. A sparse matrix stays
+    sparse."""
     data = M.data if sp.issparse(M) else np.asarray(M)
     top = float(np.max(np.abs(data))) if data.size else 0.0
     if top == 0 or not math.isfinite(top):
-        return M, (None if top == 0 else 0)
+        return M, (None if top == 0 else math.inf)
     e = math.frexp(top)[1]
     if sp.issparse(M):
         M = M.copy()
