@@ -394,7 +394,8 @@ def _lipsdp_structured(mats, slopes, out, mode, scale, chordal, full, t0, solver
     rho_v, ev = _certify(C, E0, F, N, n0, lam_v, float(sol.rho))
     bound = mul_up(scale, sqrt_up(rho_v))
     if not math.isfinite(bound):
-        raise CertificateError(f"LipSDP-{mode}: the bound overflows float64 ({scale:.3g} x {math.sqrt(rho_v):.3g})",
+        raise CertificateError(f"LipSDP-{mode}: the bound overflows float64 "
+                               f"({scale:.3g} x {math.sqrt(rho_v):.3g})",
                                hint="rescale the weights (the bound scales with them)")
     return BaselineResult(bound, time.perf_counter() - t0, "verified", bound * bound,
                           claimed_status=str(sol.claimed_status), max_eig=ev, lmi_size=N,
