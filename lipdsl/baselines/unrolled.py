@@ -227,15 +227,17 @@ def unit_scaled_divide(M, s: float):
 
 
 def _unit_scaled(M):
-    """``(M / 2^e, e)`` with the largest entry of ``M / 2^e`` in ``[1/2, 1)`` (an exact scaling), so that the
-    norms below neither underflow (entries of 1e-200: their squares are 0) nor overflow (1e200); ``(M,
-    None)`` for a zero matrix, ``(M, inf)`` for one with an infinite or NaN entry. A sparse matrix stays
-    sparse."""
+    """``(M / 2^e, e)`` with the largest entry of ``M / 2^e`` in ``[1/2, 1)`` (an exact scaling; ``(M, 0)``
+    when the largest entry is between 2^-300 and 2^300 already), so that the norms below neither underflow
+    (entries of 1e-200: their squares are 0) nor overflow (1e200); ``(M, None)`` for a zero matrix, ``(M,
+    inf)`` for one with an infinite or NaN entry. A sparse matrix stays sparse."""
     data = M.data if sp.issparse(M) else np.asarray(M)
-    top = float(np.max(np.abs(data))) if data.size else 0.0
+    top = max(float(np.max(data)), -float(np.min(data))) if data.size else 0.0  # (no |data| temporary)
     if top == 0 or not math.isfinite(top):
         return M, (None if top == 0 else math.inf)
     e = math.frexp(top)[1]
+    if -300 < e < 300:  # squares and their sums stay normal: no copy (an unrolled map can take GBs)
+        return M, 0
     if sp.issparse(M):
         M = M.copy()
         M.data = np.ldexp(M.data, -e)
