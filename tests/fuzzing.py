@@ -316,7 +316,8 @@ def weight_file_cases(draw) -> dict:
     """An .npz or .npy with members of any name, header version, claimed shape, dtype and payload."""
     members = []
     for _ in range(draw(st.integers(1, 3))):
-        name = draw(st.sampled_from(["w", "w.npy", "w.bin", "w.npy.npy", "b.npy", "W", "w.NPY"]))
+        name = draw(st.sampled_from(["w", "w.npy", "w.bin", "w.npy.npy", "b.npy", "W", "w.NPY", "w" * 300 + ".npy",
+                                     "\u2028.npy", "../w.npy", "/w.npy", "w\x00.npy"]))
         kind = draw(st.integers(0, 5))
         if kind == 0:
             payload = draw(st.binary(max_size=64))
@@ -338,7 +339,7 @@ def weight_file_cases(draw) -> dict:
         members.append((name, payload))
     npy = draw(st.booleans())
     compressed = draw(st.booleans())
-    key = draw(st.sampled_from(["w", "W", "b", "x"]))
+    key = draw(st.sampled_from(["w", "W", "b", "x", "w" * 300, "w" * 70_000]))
     return {"class": "weight files", "npy": npy, "members": members, "compressed": compressed, "key": key}
 
 
