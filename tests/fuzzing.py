@@ -316,8 +316,8 @@ def weight_file_cases(draw) -> dict:
     """An .npz or .npy with members of any name, header version, claimed shape, dtype and payload."""
     members = []
     for _ in range(draw(st.integers(1, 3))):
-        name = draw(st.sampled_from(["w", "w.npy", "w.bin", "w.npy.npy", "b.npy", "W", "w.NPY", "w" * 300 + ".npy",
-                                     "\u2028.npy", "../w.npy", "/w.npy", "w\x00.npy"]))
+        name = draw(st.sampled_from(["w", "w.npy", "w.bin", "w.npy.npy", "b.npy", "W", "w.NPY",
+                                     "w" * 300 + ".npy", "\u2028.npy", "../w.npy", "/w.npy", "w\x00.npy"]))
         kind = draw(st.integers(0, 5))
         if kind == 0:
             payload = draw(st.binary(max_size=64))
