@@ -804,20 +804,18 @@ def like_cases(draw) -> dict:
             layers.append("relu")
         else:
             layers.append(f"dense d{i}: 8 -> 8, weight l{i}.weight")
-    lines = ["input 2 x 4" if layers[0].startswith(("conv", "relu")) else "input 8"]
-    # dense layers only on a flat input: keep the conv layers before a flatten
+    # dense layers only on a flat input: the conv layers first, then a flatten (2 x 4 = 8 features)
     convs = [x for x in layers if not x.startswith("dense")]
     denses = [x for x in layers if x.startswith("dense")]
     body = convs + (["flatten"] if denses and convs else []) + denses
-    if denses and not convs:
-        lines = ["input 8"]
+    lines = ["input 2 x 4" if convs else "input 8"]
     for line in body:
         if draw(st.booleans()):
             sep = draw(st.sampled_from(SEPARATORS))
             lines.append(draw(st.sampled_from([f"# note{sep} more", f"#{sep}", f"# a{sep}b{sep}c"])))
         lines.append(line)
-    if draw(st.booleans()):
-        lines.insert(draw(st.integers(0, len(lines))), 'weights "old.npz"')
+    if draw(st.booleans()):  # (before the first layer: layers above a weights line would have no file)
+        lines.insert(draw(st.integers(0, 1)), 'weights "old.npz"')
     return {"class": "import --like", "text": "\n".join(lines) + "\n", "layers": len(body)}
 
 
