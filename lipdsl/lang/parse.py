@@ -605,7 +605,9 @@ def _check_statement_count(source: Source) -> None:
 # (value, spans, depth) with rationals computed as Python Fractions (sympy Rationals only at the end).
 # Anything else (names, calls, a syntax or size error, a line that may continue another) is left to Lark.
 
-_LET_LINE = re.compile(r"([ \t]*)let[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=([ \t0-9A-Za-z_.+\-*/^()]*?)[ \t]*"
+# (group 3 is greedy and keeps trailing blanks, which _fast_let strips: a lazy group tried the tail at every
+# character, 70 ms for 1 MB of lets)
+_LET_LINE = re.compile(r"([ \t]*)let[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=([ \t0-9A-Za-z_.+\-*/^()]*)"
                        r"(?:#[^\n]*)?\r?")
 _LET_TOKEN = re.compile(r"[ \t]*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(\*\*|[-+*/^()])"
                         r"|([A-Za-z_][A-Za-z0-9_]*))")
@@ -813,12 +815,13 @@ def _fast_lets(text: str) -> tuple[str, list[ast.Let]]:
 
 def _fast_let(line: str, m: re.Match, number: int) -> ast.Let | None:
     """The ast.Let of one matched line (1-based ``number``), or None to leave it to Lark."""
-    flat = read_flat(line[:m.end(3)], m.start(3), number)  # a flat sum of products: one loop
+    text = line[:m.start(3) + len(m.group(3).rstrip(" \t"))]  # the expression, without trailing blanks
+    flat = read_flat(text, m.start(3), number)  # a flat sum of products: one loop
     if flat is not None:
         node, last, names, terms = flat
     else:
         try:
-            reader = _LetReader(line[:m.end(3)], m.start(3), number)
+            reader = _LetReader(text, m.start(3), number)
             node, _, last = reader.parse()
         except (_NotFast, RecursionError):
             return None
