@@ -532,10 +532,13 @@ def small_nets(draw, flat_then_activation: bool = False) -> tuple[str, int]:
 
 @st.composite
 def soundness_cases(draw) -> dict:
-    """A small net whose last layer is scaled by 10^-E .. 10^E (tiny gains must not print as 0 or fall
-    below the Jacobian's norm), and a method."""
+    """A small net whose last layer (or an extra first conv layer) is scaled by 10^-E .. 10^E: the bound is
+    10^-E .. 10^E times the unscaled net's (f_s(x) = s f(x), or f(s x): any activation), so it must not print
+    as 0 or fall below 10^E times the unscaled Jacobian's norm; and a method."""
     text, f = draw(small_nets())
     return {"class": "soundness", "text": text, "features": f,
+            "where": draw(st.sampled_from(["last", "first"])),
+            "kernel": draw(st.integers(1, 3)),
             "exponent": draw(st.sampled_from([0, -20, -150, -200, -300, -320, -330, 150, 200, 300])),
             "method": draw(st.sampled_from(["dissipative", "naive", "naive-hinf", "lipsdp-neuron",
                                             "lipsdp-layer"])), "seed": draw(st.integers(0, 1000))}
@@ -559,11 +562,21 @@ def _bound_of(res) -> float | None:
 def _run_soundness(case: dict, d: Path) -> tuple[str, str]:
     e = case["exponent"]
     scale = f"10^{e}" if e >= 0 else f"10^({e})"
+    rng = np.random.default_rng(case["seed"])
+    first = case.get("where") == "first"
+    factor = "" if first else "s*"
     last = f"dense out: {case['features']} -> 1, weight [[" + ", ".join(
-        f"s*{v}" for v in np.round(np.random.default_rng(case["seed"]).standard_normal(case["features"]), 3))
-    last += "]]"
-    text = f"let s = {scale}\n{case['text']}\n{last}\n"
-    unscaled = f"let s = 1\n{case['text']}\n{last}\n"
+        f"{factor}{v}" for v in np.round(rng.standard_normal(case["features"]), 3)) + "]]"
+    body = case["text"]
+    if first:  # an extra first layer, conv1d c -> c of s * W: f_s(x) = f(s x)
+        head, _, rest = body.partition("\n")
+        c = int(head.split()[1])
+        w = [[[f"s*{v}" for v in np.round(rng.standard_normal(case["kernel"]), 3)] for _ in range(c)]
+             for _ in range(c)]
+        body = (f"{head}\nconv1d sc: {c} -> {c}, kernel {case['kernel']}, padding causal, weight "
+                f"{str(w).replace(chr(39), '')}\n{rest}")
+    text = f"let s = {scale}\n{body}\n{last}\n"
+    unscaled = f"let s = 1\n{body}\n{last}\n"
     (d / "net.lip").write_text(text)
     res = _cli(["solve", "--method", case["method"], "--timeout", "20", d / "net.lip"])
     out = res.stdout + res.stderr
