@@ -6,6 +6,7 @@ or why there is none (``refused``, ``failed``, ``skipped``); a refusal never com
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -190,13 +191,13 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
         if method == "naive-hinf":
             from lipdsl.baselines.unrolled import naive_hinf
 
-            bound = naive_hinf(net, length)
+            bound = _finite(naive_hinf(net, length), method)
             return MethodResult(method, bound, time.perf_counter() - t0, "exact norm",
                                 "product of the layers' length-independent gains (conv: H-inf norm)")
         if method == "naive":
             from lipdsl.baselines.unrolled import naive
 
-            bound = naive(net, n)  # large maps: a certified upper bound, or CertificateError (no number)
+            bound = _finite(naive(net, n), method)  # large maps: a certified bound, or CertificateError
             return MethodResult(method, bound, time.perf_counter() - t0, "exact norm",
                                 "product of the unrolled maps' spectral norms" + (f", N = {n}" if n else ""),
                                 length=n)
@@ -226,6 +227,16 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
     except LipdslError as err:
         return MethodResult(method, None, time.perf_counter() - t0, "failed", err.message, length=n,
                             error=err)
+
+
+def _finite(bound: float, method: str) -> float:
+    """``bound``, or a CertificateError when the product overflowed float64 (inf is no useful bound)."""
+    if not math.isfinite(bound):
+        from lipdsl.errors import CertificateError
+
+        raise CertificateError(f"the norm product of {method} overflows float64 (beyond 1.8e308)",
+                               hint="rescale the weights (the bound scales with them)")
+    return bound
 
 
 def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: int | None = None,

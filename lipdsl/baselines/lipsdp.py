@@ -17,10 +17,12 @@ from lipdsl.baselines.unrolled import (
     BaselineResult,
     UnrolledLayer,
     spectral_norm,
+    unit_scaled_divide,
     unroll,
 )
 from lipdsl.errors import CertificateError, SolveError, UnsupportedError
 from lipdsl.lang import typed
+from lipdsl.rigorous import mul_up, sqrt_up
 
 if TYPE_CHECKING:
     from lipdsl.sdp.problem import Lmi, Variable
@@ -69,19 +71,28 @@ def _lipsdp_data(net: typed.Network, length: int | None):
     out = hidden_mats[-1]
     mats, slopes, scale = [], [], 1.0
     for U in hidden:
-        s = spectral_norm(U.matrix)
+        s = _finite_norm(U.matrix, U.name)
         m = max(abs(U.slope[0]), abs(U.slope[1]))
         if s == 0 or m == 0:
             return None, None, None, 0.0  # the network is constant
         # NOTE: phi(s M^ x) with slope [a, b] = S_k psi(M^ x / S_{k-1}) with psi of slope [a/m, b/m]; the
         # LipSDP optimum is unchanged by this change of variables, and all matrices have unit norm.
-        mats.append(U.matrix / s)
+        mats.append(unit_scaled_divide(U.matrix, s))
         slopes.append((U.slope[0] / m, U.slope[1] / m))
-        scale *= s * m
-    s_out = spectral_norm(out)
+        scale = mul_up(scale, mul_up(s, m))  # (rounded up: the bound is scale * sqrt(rho))
+    s_out = _finite_norm(out, "the output")
     if s_out == 0:
         return None, None, None, 0.0
-    return mats, slopes, out / s_out, scale * s_out
+    return mats, slopes, unit_scaled_divide(out, s_out), mul_up(scale, s_out)
+
+
+def _finite_norm(M, name: str) -> float:
+    """``spectral_norm(M)``, or a CertificateError when the merged map overflowed float64."""
+    s = spectral_norm(M)
+    if not math.isfinite(s):
+        raise CertificateError(f"LipSDP: the map before {name!r} overflows float64 (norm beyond 1.8e308)",
+                               hint="rescale the weights (the bound scales with them)")
+    return s
 
 
 def _layout(mats) -> tuple[list[int], np.ndarray]:
@@ -165,7 +176,10 @@ def _certify(C, E0, F, N, n0, lam, rho_claimed, margin=1e-9):
     E[:n0] = 1.0
 
     def max_eig(rho):
-        return float(np.linalg.eigvalsh(M0 - rho * np.diag(E))[-1])
+        try:
+            return float(np.linalg.eigvalsh(M0 - rho * np.diag(E))[-1])
+        except (np.linalg.LinAlgError, ValueError):  # (NaN from a solver that failed: no bound)
+            return math.inf
 
     candidates = []
     P, Q, R = M0[:n0, :n0], M0[:n0, n0:], M0[n0:, n0:]
@@ -335,7 +349,7 @@ def lipsdp(net: typed.Network, mode: str = "neuron", length: int | None = None, 
     if scale == 0.0:
         return BaselineResult(0.0, time.perf_counter() - t0, "exact", 0.0)
     if not mats:  # a linear network: the bound is exactly ||M_out||
-        return BaselineResult(scale, time.perf_counter() - t0, "exact", scale ** 2)
+        return BaselineResult(scale, time.perf_counter() - t0, "exact", scale * scale)
     if reduce_input and mats[0].shape[1] > mats[0].shape[0]:
         U, S, _ = np.linalg.svd(mats[0].toarray(), full_matrices=False)
         mats[0] = sp.csr_matrix(U * S)
@@ -378,7 +392,11 @@ def _lipsdp_structured(mats, slopes, out, mode, scale, chordal, full, t0, solver
     lam_v = np.maximum(sol.x[problem.lam.slice], 0.0)
     C, E0, F, N, n0 = full
     rho_v, ev = _certify(C, E0, F, N, n0, lam_v, float(sol.rho))
-    bound = scale * math.sqrt(rho_v)
-    return BaselineResult(bound, time.perf_counter() - t0, "verified", bound ** 2,
+    bound = mul_up(scale, sqrt_up(rho_v))
+    if not math.isfinite(bound):
+        raise CertificateError(f"LipSDP-{mode}: the bound overflows float64 "
+                               f"({scale:.3g} x {math.sqrt(rho_v):.3g})",
+                               hint="rescale the weights (the bound scales with them)")
+    return BaselineResult(bound, time.perf_counter() - t0, "verified", bound * bound,
                           claimed_status=str(sol.claimed_status), max_eig=ev, lmi_size=N,
                           blocks=tuple(len(c) for c in problem.cliques), iterations=sol.iterations)

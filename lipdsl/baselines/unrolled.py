@@ -209,6 +209,56 @@ def spectral_norm(M) -> float:
     if min(M.shape) == 0:
         return 0.0
     limits.checkpoint("spectral norm")
+    M, e = _unit_scaled(M)  # (entries of 1e-200 square to 0: the norm is taken of M / 2^e, exactly scaled)
+    if e is None:
+        return 0.0
+    if e == math.inf:  # a merged map that overflowed float64 (weights of 1e300 times 1e300)
+        return math.inf
+    return _times_power_of_two_up(_spectral_norm(M), e)
+
+
+def unit_scaled_divide(M, s: float):
+    """``M / s`` for a positive ``s`` (a norm of ``M``) without overflowing ``1 / s`` when ``s`` is subnormal
+    (scipy divides a sparse matrix by multiplying with ``1 / s``: 1e-320 gave inf entries)."""
+    M2, e = _unit_scaled(M)
+    if e is None or e == math.inf:
+        return M / s
+    return M2 / math.ldexp(s, -e)
+
+
+def _unit_scaled(M):
+    """``(M / 2^e, e)`` with the largest entry of ``M / 2^e`` in ``[1/2, 1)`` (an exact scaling; ``(M, 0)``
+    when the largest entry is between 2^-300 and 2^300 already), so that the norms below neither underflow
+    (entries of 1e-200: their squares are 0) nor overflow (1e200); ``(M, None)`` for a zero matrix, ``(M,
+    inf)`` for one with an infinite or NaN entry. A sparse matrix stays sparse."""
+    data = M.data if sp.issparse(M) else np.asarray(M)
+    top = max(float(np.max(data)), -float(np.min(data))) if data.size else 0.0  # (no |data| temporary)
+    if top == 0 or not math.isfinite(top):
+        return M, (None if top == 0 else math.inf)
+    e = math.frexp(top)[1]
+    if -300 < e < 300:  # squares and their sums stay normal: no copy (an unrolled map can take GBs)
+        return M, 0
+    if sp.issparse(M):
+        M = M.copy()
+        M.data = np.ldexp(M.data, -e)
+        return M, e
+    return np.ldexp(np.asarray(M, dtype=float), -e), e
+
+
+def _times_power_of_two_up(x: float, e: int) -> float:
+    """An upper bound on ``x 2^e`` (exact unless the product is subnormal; inf past float64's range)."""
+    from fractions import Fraction
+
+    try:
+        out = math.ldexp(x, e)
+    except OverflowError:
+        return math.inf
+    if math.isfinite(out) and Fraction(out) < Fraction(x) * Fraction(2) ** e:
+        out = math.nextafter(out, math.inf)
+    return out
+
+
+def _spectral_norm(M) -> float:
     if min(M.shape) <= DENSE_SVD_LIMIT:
         limits.require_memory(limits.BASE_BYTES + 8.0 * 3 * M.shape[0] * M.shape[1],
                               f"a dense {M.shape[0]} x {M.shape[1]} matrix for its spectral norm",
@@ -274,7 +324,12 @@ def hinf_norm(weight: np.ndarray, rtol: float = 1e-9, max_intervals: int = 1 << 
     nz = np.flatnonzero(np.any(W != 0, axis=(0, 1)))
     if nz.size == 0:
         return 0.0
-    W = W[:, :, nz[0]:nz[-1] + 1]
+    W, e = _unit_scaled(W[:, :, nz[0]:nz[-1] + 1])  # (taps of 1e-200 gave 1e-210: their squares underflow)
+    return _times_power_of_two_up(_hinf_norm(W, rtol, max_intervals), e)
+
+
+def _hinf_norm(W: np.ndarray, rtol: float, max_intervals: int) -> float:
+    """:func:`hinf_norm` of a filter with nonzero first and last taps and entries of order 1."""
     k = W.shape[2]
     if k > 1:
         limits.require_time(64.0 * k * k * W.shape[0] * W.shape[1] * 16.0,

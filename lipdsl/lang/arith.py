@@ -31,10 +31,12 @@ class Deferred:
     ``Fraction``). ``rational(env)`` evaluates it exactly with Fractions when every name is bound to a
     rational; ``sympy()`` is the expression the general parser builds, for anything else."""
 
-    __slots__ = ("tree", "_sympy")
+    __slots__ = ("tree", "_sympy", "terms")
 
-    def __init__(self, tree):
-        self.tree, self._sympy = tree, None
+    def __init__(self, tree, terms=None):
+        #: the line as ``(negative, factors)`` terms when it is a flat sum of products (``let_flat``):
+        #: factors in order, names as str and numbers as exact ``(m, e)`` decimals (``m / 10^e``)
+        self.tree, self._sympy, self.terms = tree, None, terms
 
     def sympy(self):
         """The sympy expression, built as parse's ``_operator`` and ``neg`` build it."""
@@ -83,12 +85,17 @@ class Deferred:
             return v
 
         try:
-            v = _decimal_value(self.tree, env, fractions)
+            if self.terms is None:
+                raise _NotDecimal
+            v = _terms_value(self.terms, env, fractions)
         except _NotDecimal:
             try:
-                v = value(self.tree)
-            except (ZeroDivisionError, TypeError, ValueError):
-                return None
+                v = _decimal_value(self.tree, env, fractions)
+            except _NotDecimal:
+                try:
+                    v = value(self.tree)
+                except (ZeroDivisionError, TypeError, ValueError):
+                    return None
         import sympy
 
         return sympy.Rational(v.numerator, v.denominator)
@@ -108,39 +115,76 @@ class _NotDecimal(Exception):
     value past ``MAX_BITS``): the Fraction path takes it."""
 
 
+def _scaled(f: Fraction) -> tuple[int, int]:
+    """``(m, e)`` with ``f == m / 10^e``, or ``_NotDecimal`` when ``f``'s denominator is not ``2^a 5^b``."""
+    d = f.denominator
+    twos = (d & -d).bit_length() - 1
+    d >>= twos
+    fives = round((d.bit_length() - 1) / 2.321928094887362) if d > 1 else 0  # log2(5)
+    for b in (fives - 1, fives, fives + 1):  # (the estimate is off by at most one)
+        if b >= 0 and 5**b == d:
+            break
+    else:
+        raise _NotDecimal
+    e = max(twos, b)
+    return f.numerator * (10**e // f.denominator), e
+
+
+def _name_decimal(name: str, env: dict, fractions: dict) -> tuple[int, int]:
+    """The let name's value as ``(m, e)``, cached in ``fractions`` next to its Fraction."""
+    key = (name, "decimal")
+    found = fractions.get(key)
+    if found is None:
+        f = fractions.get(name)
+        try:
+            if f is None:
+                f = fractions[name] = fraction(env[name])
+        except (TypeError, ValueError, KeyError):
+            raise _NotDecimal from None
+        found = fractions[key] = _scaled(f)
+    return found
+
+
+def _terms_value(terms, env: dict, fractions: dict) -> Fraction:
+    """The exact value of ``Deferred.terms`` (a flat sum of products, ``let_flat``): each term's factors
+    multiplied in order, the terms added in order, as ``m / 10^e``; every partial product and partial sum
+    (which include the tree's) is kept within ``MAX_BITS`` unreduced, else ``_NotDecimal`` (the tree's
+    evaluation decides). The value is the tree's: exact arithmetic does not depend on the grouping."""
+    total_m = total_e = 0
+    max_bits = MAX_BITS
+    for negative, factors in terms:
+        m, e = 1, 0
+        for f in factors:
+            fm, fe = _name_decimal(f, env, fractions) if f.__class__ is str else f
+            m *= fm
+            e += fe
+            if e > MAX_DECIMAL_EXPONENT or m.bit_length() > max_bits:
+                raise _NotDecimal
+        if negative:
+            m = -m
+        if e > total_e:
+            total_m *= 10 ** (e - total_e)
+            total_e = e
+        elif e < total_e:
+            m *= 10 ** (total_e - e)
+        total_m += m
+        if total_m.bit_length() > max_bits:
+            raise _NotDecimal
+    return Fraction(total_m, 10**total_e)
+
+
 def _decimal_value(tree, env: dict, fractions: dict) -> Fraction:
     """The exact value of a tree of ``add``/``sub``/``mul``/``neg`` over decimals, as ``m / 10^e`` integer
     pairs: the same value as the Fraction arithmetic without a gcd at every operation (lets of decimals
     and earlier names: 1 MB of them spent most of ``check`` normalising fractions). Raises ``_NotDecimal``
     for anything else."""
-    def scaled(f: Fraction) -> tuple[int, int]:
-        d = f.denominator
-        twos = (d & -d).bit_length() - 1
-        d >>= twos
-        fives = round((d.bit_length() - 1) / 2.321928094887362) if d > 1 else 0  # log2(5)
-        for b in (fives - 1, fives, fives + 1):  # (the estimate is off by at most one)
-            if b >= 0 and 5**b == d:
-                break
-        else:
-            raise _NotDecimal
-        e = max(twos, b)
-        return f.numerator * (10**e // f.denominator), e
+    scaled = _scaled
 
     def value(node) -> tuple[int, int]:
         if isinstance(node, tuple):
             kind = node[0]
             if kind == "name":
-                key = (node[1], "decimal")  # (the name's m / 10^e, next to its Fraction)
-                found = fractions.get(key)
-                if found is None:
-                    f = fractions.get(node[1])
-                    try:
-                        if f is None:
-                            f = fractions[node[1]] = fraction(env[node[1]])
-                    except (TypeError, ValueError, KeyError):
-                        raise _NotDecimal from None
-                    found = fractions[key] = scaled(f)
-                return found
+                return _name_decimal(node[1], env, fractions)
             if kind == "neg":
                 m, e = value(node[1])
                 return -m, e
@@ -200,6 +244,8 @@ MAX_NESTING = 32
 #: (2**8192 ~ 1e2466, far beyond float64). Larger values would be computed digit by digit (10^10^10 takes
 #: hours), and keeping them unevaluated lets evalf lose every digit to cancellation (10^400 - 10^400).
 MAX_BITS = 8192
+#: Largest decimal exponent ``e`` with ``10^e`` within ``MAX_BITS`` bits (a denominator of ``m / 10^e``).
+MAX_DECIMAL_EXPONENT = int(MAX_BITS / math.log2(10)) - 1
 #: Largest exponent of an irrational base (sqrt(2)^n is expanded exactly by sympy).
 MAX_EXPONENT = 4096
 #: Highest tower of powers with an irrational or symbolic exponent, ``2^(2^(... ^ sqrt(2)))``: sympy's

@@ -21,6 +21,7 @@ from lipdsl.lang.arith import (  # noqa: F401 (the exact arithmetic, part of the
     Deferred,
     fraction,
     MAX_BITS,
+    MAX_DECIMAL_EXPONENT,
     MAX_DEPTH,
     MAX_EXP_ARGUMENT,
     MAX_EXPONENT,

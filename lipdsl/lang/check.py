@@ -109,6 +109,7 @@ class Checker:
         self.files = WeightFiles(self.source, self.allow_outside, self.memory)
     bare: dict = field(default_factory=dict)  # (name, negated) of a NameTable entry -> (float, exact)
     fractions: dict = field(default_factory=dict)  # let name -> its rational value as a Fraction
+    let_floats: dict = field(default_factory=dict)  # let name (sympy value) -> its float, from the let
 
     # -- expressions -------------------------------------------------------------------------------
     def value(self, e: ast.Expr, what: str) -> Any:
@@ -290,6 +291,11 @@ class Checker:
         if type(v) is float or (type(v) is int and abs(v) <= 2**53):
             v = -v if negated else v
             hit = (float(v) or 0.0, v)  # (a zero is +0.0, as its exact value, 0, evaluates)
+        elif id_ in self.let_floats and getattr(v, "is_Rational", False):
+            # the let's own evaluation (rounding to nearest is symmetric: -v rounds to -f); an exact zero
+            # is +0.0, as ``number`` gives it
+            f = self.let_floats[id_]
+            hit = ((-f if negated else f) or 0.0, -v if negated else v)
         else:
             f, x = self.number(ast.bare_name(id_, "-" if negated else "", span, name_span), what)
             hit = (f, f if x is None else x)
@@ -493,8 +499,8 @@ def _check(ck: Checker, net: ast.Network, source: Source) -> typed.Network:
                     hint=f"it was defined at line {ck.env_lines[st.name]}; pick another name",
                 )
             v = ck.value(st.value, f"let {st.name}")
-            if not isinstance(v, (int, float)):
-                ck.to_float(v, st.value.span, f"let {st.name}")  # refuse complex/infinite values early
+            if not isinstance(v, (int, float)):  # refuse complex/infinite values early
+                ck.let_floats[st.name] = ck.to_float(v, st.value.span, f"let {st.name}")
             ck.env[st.name] = v
             ck.env_lines[st.name] = st.span.line
             continue

@@ -39,19 +39,43 @@ def lift_state_space(ss: lowered.StateSpace, b: int) -> lowered.StateSpace:
     """
     A, B, C, D = ss.A, ss.B, ss.C, ss.D
     nx, nu, ny = ss.nx, ss.nu, ss.ny
-    powers = [np.eye(nx)]
-    for _ in range(b):
-        limits.checkpoint("lowering")
-        powers.append(A @ powers[-1])
-    Bt = np.hstack([powers[b - 1 - j] @ B for j in range(b)]) if nx else np.zeros((0, nu * b))
-    Ct = np.vstack([C @ powers[i] for i in range(b)]) if nx else np.zeros((ny * b, 0))
+    what = f"lifting a system of {nx} states by {b} samples"
+    hint = "use a smaller --lift, or shorter kernels or fewer channels"
+    limits.require_memory(limits.BASE_BYTES + 8.0 * (2 * nx * nx + 2 * nx * (nu + ny) * b + ny * nu * b * b),
+                          what, hint=hint)
+    sparse = nx > 64 and np.count_nonzero(A) <= 0.05 * A.size  # (a conv's A is a shift: nx - c entries)
+    if sparse:  # powers of a sparse A stay sparse: no dense nx^3 products (k 3000, 2 channels: 155 s)
+        import scipy.sparse as sp
+
+        As = sp.csr_matrix(A)
+        limits.require_time(2.0 * b * nx * (nx + nu + ny), what, hint=hint)
+        P = sp.identity(nx, format="csr")
+        CP, PB = [], []  # C A^i and A^i B, i = 0 .. b-1
+        for _ in range(b):
+            limits.checkpoint("lowering")
+            CP.append(np.asarray((P.T @ C.T).T))
+            PB.append(np.asarray(P @ B))
+            P = As @ P
+        Ab = P.toarray()
+    else:
+        limits.require_time(2.0 * b * float(nx) ** 3 + 4.0 * b * nx * nx * (nu + ny), what, hint=hint)
+        powers = [np.eye(nx)]
+        for _ in range(b):
+            limits.checkpoint("lowering")
+            powers.append(A @ powers[-1])
+        CP = [C @ powers[i] for i in range(b)]
+        PB = [powers[i] @ B for i in range(b)]
+        Ab = powers[b]
+    Bt = np.hstack([PB[b - 1 - j] for j in range(b)]) if nx else np.zeros((0, nu * b))
+    Ct = np.vstack(CP) if nx else np.zeros((ny * b, 0))
     Dt = np.zeros((ny * b, nu * b))
+    CAB = [CP[m] @ B for m in range(b - 1)] if nx else []  # C A^m B
     for i in range(b):
         Dt[i * ny : (i + 1) * ny, i * nu : (i + 1) * nu] = D
         for j in range(i):
             if nx:
-                Dt[i * ny : (i + 1) * ny, j * nu : (j + 1) * nu] = C @ powers[i - 1 - j] @ B
-    return lowered.StateSpace(powers[b] if nx else A, Bt, Ct, Dt)
+                Dt[i * ny : (i + 1) * ny, j * nu : (j + 1) * nu] = CAB[i - 1 - j]
+    return lowered.StateSpace(Ab if nx else A, Bt, Ct, Dt)
 
 
 def _avgpool_block(c: int, b: int, s: int) -> np.ndarray:

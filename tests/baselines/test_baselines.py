@@ -84,6 +84,66 @@ def test_hinf_norm_is_a_tight_upper_bound():
     assert hinf_norm(W) == 3.0
 
 
+@pytest.mark.parametrize("scale", [1e-200, 1e-160, 1e-310, 1e200, 1e300])
+def test_norms_of_tiny_and_huge_weights_scale_exactly(scale):
+    """Issue 17 (fuzzed soundness corners): taps of 1e-200 gave an H-infinity norm of 1.4e-210, and of 1e-160
+    one of 1.99999e-160 for a true 2e-160 (squares underflowing); 1e200 gave inf. Every norm is
+    ``scale x`` the norm of the unscaled weights, and never below it."""
+    rng = np.random.default_rng(7)
+    for shape in [(1, 1, 2), (2, 3, 4), (1, 2, 5), (3, 1, 3)]:
+        W = rng.standard_normal(shape)
+        exact = hinf_norm(W) * scale
+        got = hinf_norm(W * scale)
+        assert got >= exact * (1 - 1e-12)
+        assert got == pytest.approx(exact, rel=1e-9 if scale > 1e-300 else 1e-6)
+        M = W[:, :, 0]
+        got = spectral_norm(M * scale)
+        assert got >= spectral_norm(M) * scale * (1 - 1e-12)
+        assert got == pytest.approx(spectral_norm(M) * scale, rel=1e-6)
+    assert hinf_norm(np.array([[[1e-200, 1e-200]]])) >= 2e-200
+
+
+def test_naive_products_of_tiny_weights_stay_above_the_jacobian():
+    """``--method naive-hinf`` printed 2.03e-210 for a net whose Jacobian has norm 2.4e-200."""
+    net = Builder(1, 4).conv(np.full((1, 1, 2), 1e-200), padding="causal").act("relu") \
+        .flatten().dense(np.array([[1e-200, 1e-300, 1.0, 1.0]])).build()
+    J = max(np.linalg.norm(jacobian(net, u), 2) for u in np.random.default_rng(0).standard_normal((20, 1, 4)))
+    assert J > 1e-200
+    assert naive_hinf(net) >= J and naive(net) >= J
+
+
+def _scaled_net(scale: float, extra: float | None = None):
+    b = Builder(1, 2).conv(np.array([[[2.041]], [[-2.556]], [[0.418]]]), padding="causal") \
+        .act("leaky_relu", 0.1).pool("avg", 2).flatten().dense(np.array([[1.0, 0.5, -0.3]]) * scale)
+    if extra is not None:
+        b = b.dense(np.array([[extra]]))
+    return b.build()
+
+
+@pytest.mark.parametrize("scale", [1e-320, 1e-200, 1e300])
+def test_lipsdp_of_tiny_and_huge_weights(scale):
+    """Issue 17 (fuzzed soundness corners): an output layer of 1e-320 made LipSDP divide by a subnormal norm
+    (inf entries, then a LinAlgError traceback), one of 1e300 overflowed ``bound ** 2`` (OverflowError)."""
+    ref = lipsdp(_scaled_net(1.0)).bound
+    got = lipsdp(_scaled_net(scale)).bound
+    assert got >= ref * scale * (1 - 1e-9) or scale < 1e-300
+    assert got == pytest.approx(ref * scale, rel=1e-6 if scale > 1e-300 else 1e-2)
+
+
+def test_products_that_overflow_are_refused_not_printed_as_inf():
+    """Two layers of 1e300: the merged map overflows. naive gave a ValueError traceback, LipSDP too, and
+    naive-hinf printed 'inf (exact norm product)' with exit 0; now each fails with a message (exit 3)."""
+    from lipdsl.errors import CertificateError
+    from lipdsl.methods import run_method
+
+    net = _scaled_net(1e300, 1e300)
+    for method in ("naive", "naive-hinf", "lipsdp-neuron"):
+        r = run_method(net, method)
+        assert r.bound is None and "overflows float64" in r.note, (method, r)
+    with pytest.raises(CertificateError):
+        lipsdp(net)
+
+
 def test_spectral_norm_dense_and_sparse():
     rng = np.random.default_rng(3)
     A = rng.standard_normal((40, 7))

@@ -9,7 +9,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzzing import CLASSES, fixture_dir, hostile_specs, run_case, run_class_case, valid_specs
+from fuzzing import CLASSES, SLOW_CLASSES, fixture_dir, hostile_specs, run_case, run_class_case, valid_specs
 
 pytestmark = pytest.mark.fuzz
 SETTINGS = dict(deadline=None, database=None, derandomize=True,
@@ -37,15 +37,21 @@ def test_mutated_specs_never_trace_back(data, tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_hostile_classes_never_trace_back(name, tmp_path_factory):
     """Issue 17's classes (weight-file members, paths and file types, let bombs, keyword typos, API
-    arguments): 40 cases each end in success or a LipdslError, each within 10 s."""
+    arguments, statement bombs, import --like templates; and, 8 cases each, the classes that run commands:
+    sizes beyond the machine, soundness corners, --lift, ONNX graphs): each case ends in success or a
+    LipdslError, never "wrong" (a broken promise: see
+    tests/support/fuzzing.py), within 10 s (30 s for those)."""
+    if name == "onnx":
+        pytest.importorskip("onnx")
     directory = tmp_path_factory.mktemp("classes")
+    slow = name in SLOW_CLASSES
 
-    @settings(max_examples=40, **SETTINGS)
+    @settings(max_examples=8 if slow else 40, **SETTINGS)
     @given(case=CLASSES[name]())
     def run(case):
         t0 = time.perf_counter()
         out = run_class_case(case, directory)
         assert out.kind in ("ok", "error", "error-no-position"), out.detail
-        assert time.perf_counter() - t0 < 10, f"{name}: a case took over 10 s: {case!r}"
+        assert time.perf_counter() - t0 < (30 if slow else 10), f"{name}: a case took too long: {case!r}"
 
     run()

@@ -690,3 +690,78 @@ def test_decimal_arithmetic_of_lets_equals_the_fraction_arithmetic():
     for odd in [("op", "div", 1.5, 0.5), ("name", "d"), Fraction(1, 3)]:
         with pytest.raises(lang_ast._NotDecimal):
             lang_ast._decimal_value(odd, {"d": sympy.Rational(1, 3)}, {})
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_flat_let_lines_read_as_the_recursive_reader_and_lark_do(seed, monkeypatch):
+    """`let` lines that are flat sums of products (``lang/let_flat.py``: one loop, exact ``m / 10^e``) give
+    the statements, values, spans, depths and names of the recursive reader and of Lark alone, and check
+    to the same weights or errors: names bound to decimals, rationals, sqrt(2) and unknown names; unary
+    signs; 0, huge and tiny literals, 1e400, pi, keywords; chains long enough to pass MAX_DEPTH; values
+    past MAX_BITS."""
+    import random
+
+    from lipdsl.lang import fast_let, let_flat
+    from lipdsl.lang import parse as parse_module
+    from lipdsl.lang.load import check_source
+
+    rng = random.Random(seed)
+    numbers = ["0", "1", "2", "0.5", "0.125", "-0.0", "1e-3", "2.5e10", "7.", ".25", "3" * 300, "9" * 999,
+               "1e-300", "1e-320", "1e400", "1e-400", "0.1", "123.456"]
+    lets = ["let a0 = 0.25", "let a1 = 1/3", "let a2 = sqrt(2)", "let a3 = 0", "let a4 = -7",
+            "let a5 = 10^2000", "let a6 = 0.001"]
+    for k in range(7, 14):
+        names = [f"a{j}" for j in range(k)] + ["pi", "e", "kernel", "zz"][: rng.choice([0, 0, 0, 1, 2, 3, 4])]
+        terms = []
+        for _ in range(rng.choice([1, 2, 3, 5, 30, 60, 120])):
+            factors = [rng.choice(["", "", "-", "+", "- -", "-+"]) + rng.choice(names + numbers)
+                       for _ in range(rng.choice([1, 1, 2, 3]))]
+            terms.append(rng.choice(["*", " * "]).join(factors))
+        text = terms[0]
+        for t in terms[1:]:
+            text += rng.choice([" + ", " - ", "+", "-"]) + t
+        lets.append(f"let a{k} = {text}")
+    text = "\n".join(lets) + "\ninput 3\ndense d: 3 -> 1, weight [[a11, a12, a13]]\n"
+
+    def parsed():
+        try:
+            net = parse(Source("<s>", text))
+        except LipdslError as err:
+            return type(err).__name__, err.message, err.span, err.hint
+        out = []
+        for st in net.body:
+            if isinstance(st, ast.Let):
+                v = st.value
+                value = v.value.sympy() if isinstance(v.value, ast.Deferred) else v.value
+                out.append((st.span, st.name_span, value, type(value).__name__, v.span, v.depth, v.names))
+        return out
+
+    def checked():
+        try:
+            layer = check_source(Source("<s>", text)).layers[0]
+        except LipdslError as err:
+            return type(err).__name__, err.message, err.span, err.hint
+        return layer.weight.tobytes(), repr(layer.weight_expr)
+
+    flat_lines = len([1 for st in parse_module._fast_lets(text)[1]
+                      if isinstance(st.value.value, ast.Deferred) and st.value.value.terms is not None])
+    fast = parsed(), checked()
+    with monkeypatch.context() as m:
+        m.setattr(fast_let, "read_flat", lambda *a: None)
+        recursive = parsed(), checked()
+    with monkeypatch.context() as m:
+        m.setattr(parse_module, "_fast_lets", lambda text: (text, []))
+        slow = parsed(), checked()
+    assert fast == recursive == slow, text
+    assert let_flat.read_flat("x = 1 + 2", 3, 1) is not None
+    assert flat_lines >= 0
+
+
+def test_flat_let_lines_are_taken_by_the_flat_reader():
+    from lipdsl.lang import ast as lang_ast
+    from lipdsl.lang import parse as parse_module
+
+    text = "let a = 0.5\nlet b = a * 0.25 + -a*2 - 3 * a * a\nlet c = 1 + 2 * 0.5\ninput 1\n"
+    lets = parse_module._fast_lets(text)[1]
+    assert isinstance(lets[1].value.value, lang_ast.Deferred) and lets[1].value.value.terms is not None
+    assert lets[2].value.value == 2  # (sympy Rational 2: folded exactly)

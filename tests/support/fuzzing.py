@@ -316,7 +316,8 @@ def weight_file_cases(draw) -> dict:
     """An .npz or .npy with members of any name, header version, claimed shape, dtype and payload."""
     members = []
     for _ in range(draw(st.integers(1, 3))):
-        name = draw(st.sampled_from(["w", "w.npy", "w.bin", "w.npy.npy", "b.npy", "W", "w.NPY"]))
+        name = draw(st.sampled_from(["w", "w.npy", "w.bin", "w.npy.npy", "b.npy", "W", "w.NPY",
+                                     "w" * 300 + ".npy", "\u2028.npy", "../w.npy", "/w.npy", "w\x00.npy"]))
         kind = draw(st.integers(0, 5))
         if kind == 0:
             payload = draw(st.binary(max_size=64))
@@ -338,7 +339,7 @@ def weight_file_cases(draw) -> dict:
         members.append((name, payload))
     npy = draw(st.booleans())
     compressed = draw(st.booleans())
-    key = draw(st.sampled_from(["w", "W", "b", "x"]))
+    key = draw(st.sampled_from(["w", "W", "b", "x", "w" * 300, "w" * 70_000]))
     return {"class": "weight files", "npy": npy, "members": members, "compressed": compressed, "key": key}
 
 
@@ -413,6 +414,534 @@ def api_cases(draw) -> dict:
                                                                        max_size=3, unique=True))}
     method = draw(st.sampled_from(["naive", "naive-hinf", "naive_hinf", "dissipative", "lipsdp", "bogus"]))
     return {"class": "API arguments", "fn": fn, "kw": kw, "method": method}
+
+
+# -- issue 17, round 3: commands on sizes beyond the machine, soundness corners, --lift, ONNX graphs,
+# import --like templates, statement-count bombs. Each case runs a command (in-process, click's runner) or an
+# importer; "wrong" marks an outcome that is not a traceback but breaks a promise (exit 0 without a bound, a
+# bound below the Jacobian's norm, a spurious "infeasible", a dropped layer, an import that computes another
+# function, a command past its time budget).
+
+SIZE_COMMANDS = [["lower", "--time-budget", "2"], ["solve", "--method", "naive", "--timeout", "3"],
+                 ["solve", "--method", "naive-hinf", "--timeout", "3"],
+                 ["solve", "--method", "lipsdp-neuron", "--timeout", "3"],
+                 ["solve", "--method", "lipsdp-layer", "--force", "--timeout", "3"],
+                 ["solve", "--timeout", "3"], ["solve", "--frequencies", "9", "--timeout", "3"],
+                 ["solve", "--frequencies", "none", "--timeout", "3"],
+                 ["compare", "--methods", "naive,naive-hinf", "--lower-starts", "0", "--timeout", "3"],
+                 ["compare", "--timeout", "3", "--time-budget", "1"],
+                 ["show", "--state-space"], ["show", "--lowering"], ["show"], ["export", "-o", "{d}/x.dat-s"]]
+#: seconds a command may run past its budget (3 s or 2 s above; `show` and `export` have none: 10 s)
+SIZE_GRACE = 7.0
+
+
+@st.composite
+def size_cases(draw) -> dict:
+    """A conv net with a kernel or input length far beyond the machine (or just within it), and a command."""
+    kernel = draw(st.sampled_from([2, 9, 3000, 30_000, 300_000, 1_000_000]))
+    channels = draw(st.sampled_from([1, 2, 4, 32]))
+    while channels * channels * kernel > 4_000_000:
+        channels //= 2
+    length = draw(st.sampled_from([None, kernel, 2 * kernel, 60_000, 10**6, 10**9, "*"]))
+    if isinstance(length, int) and length < kernel:
+        length = kernel
+    return {"class": "sizes", "kernel": kernel, "channels": channels, "length": length,
+            "dilation": draw(st.sampled_from([1, 1, 16])), "gap": draw(st.booleans()),
+            "command": draw(st.sampled_from(SIZE_COMMANDS)), "extra": draw(st.sampled_from(
+                [[], [], ["--length", "100000"], ["--length", "1000000000"], ["--lift", "4"]]))}
+
+
+def _size_spec(case: dict, d: Path) -> Path:
+    c, k = case["channels"], case["kernel"]
+    key = f"k{c}_{k}.npy"
+    np.save(d / key, np.random.default_rng(k).standard_normal((c, c, k)) / np.sqrt(c * k))
+    length = case["length"]
+    shape = f"{c} x {length if length is not None else 1 + case['dilation'] * (k - 1)}"
+    ones = ", ".join(["1"] * c)
+    head = f"global_avgpool\ndense d: {c} -> 1, weight [[{ones}]]\n" if case["gap"] or length == "*" else ""
+    text = (f"input {shape}\nconv1d c: {c} -> {c}, kernel {k}, dilation {case['dilation']}, padding causal, "
+            f'weight "{key}"\nrelu\n{head}')
+    (d / "net.lip").write_text(text)
+    return d / "net.lip"
+
+
+_BOUND = re.compile(r"Lipschitz upper bound of .*?: (\S+)")
+
+
+def _cli(args: list[str]):
+    from click.testing import CliRunner
+
+    from lipdsl.app.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _run_sizes(case: dict, d: Path) -> tuple[str, str]:
+    spec = _size_spec(case, d)
+    command = [a.replace("{d}", str(d)) for a in case["command"]]
+    extra = case["extra"]  # (where a command has no such option: a usage error, exit 2)
+    t0 = time.monotonic()
+    res = _cli(command[:1] + extra + command[1:] + [spec])
+    dt = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    budget = next((float(command[i + 1]) for i, a in enumerate(command)
+                   if a in ("--timeout", "--time-budget")), 10.0)
+    if dt > budget + SIZE_GRACE:
+        return "wrong", f"{command} ran {dt:.1f} s (budget {budget} s)"
+    if "Traceback" in out:
+        return "wrong", "a traceback in the output"
+    if res.exit_code not in (0, 1, 2, 3):
+        return "wrong", f"exit {res.exit_code}"
+    if command[0] == "solve" and res.exit_code == 0 and not _BOUND.search(res.stdout):
+        return "wrong", "exit 0 without a bound"
+    if command[0] == "solve" and res.exit_code != 0 and _BOUND.search(res.stdout):
+        return "wrong", f"exit {res.exit_code} with a bound printed"
+    return ("ok" if res.exit_code == 0 else "error"), out.strip().splitlines()[-1] if out.strip() else ""
+
+
+@st.composite
+def small_nets(draw, flat_then_activation: bool = False) -> tuple[str, int]:
+    """A small conv net's spec text (inline weights) and its input length."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    c = draw(st.integers(1, 3))
+    n = draw(st.integers(2, 9))
+    lines = [f"input {c} x {n}"]
+    for i in range(draw(st.integers(1, 2))):
+        co, k = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+        w = np.round(rng.standard_normal((co, c, k)), 3).tolist()
+        stride = draw(st.sampled_from([1, 1, 2]))
+        lines.append(f"conv1d c{i}: {c} -> {co}, kernel {k}, padding causal, stride {stride}, weight {w}")
+        n = (n - 1) // stride + 1
+        c = co
+        lines.append(draw(st.sampled_from(["relu", "tanh", "leaky_relu(0.1)", "sigmoid"])))
+    pool = draw(st.sampled_from(["", "avgpool 2", "maxpool 2"]))
+    if pool and n >= 2:
+        lines.append(pool)
+        n = (n - 2) // 2 + 1
+    lines.append("flatten")
+    f = c * n
+    if flat_then_activation or draw(st.booleans()):
+        lines.append(draw(st.sampled_from(["relu", "tanh", "leaky_relu(0.2)"])))
+    if draw(st.booleans()):
+        h = draw(st.integers(1, 4))
+        lines.append(f"dense h: {f} -> {h}, weight {np.round(rng.standard_normal((h, f)), 3).tolist()}")
+        lines.append(draw(st.sampled_from(["relu", "tanh"])))
+        f = h
+    return "\n".join(lines), f
+
+
+@st.composite
+def soundness_cases(draw) -> dict:
+    """A small net whose last layer (or an extra first conv layer) is scaled by 10^-E .. 10^E: the bound is
+    10^-E .. 10^E times the unscaled net's (f_s(x) = s f(x), or f(s x): any activation), so it must not print
+    as 0 or fall below 10^E times the unscaled Jacobian's norm; and a method."""
+    text, f = draw(small_nets())
+    return {"class": "soundness", "text": text, "features": f,
+            "where": draw(st.sampled_from(["last", "first"])),
+            "kernel": draw(st.integers(1, 3)),
+            "exponent": draw(st.sampled_from([0, -20, -150, -200, -300, -320, -330, 150, 200, 300])),
+            "method": draw(st.sampled_from(["dissipative", "naive", "naive-hinf", "lipsdp-neuron",
+                                            "lipsdp-layer"])), "seed": draw(st.integers(0, 1000))}
+
+
+def _jacobian_norm(text: str, seed: int, points: int = 8) -> float:
+    from lipdsl.lang.load import check_source
+    from lipdsl.model.forward import jacobian
+
+    net = check_source(Source("<jac>", text))
+    rng = np.random.default_rng(seed)
+    shape = (net.input_shape.channels, net.input_shape.length)
+    return max(float(np.linalg.norm(jacobian(net, u), 2)) for u in rng.standard_normal((points,) + shape))
+
+
+def _bound_of(res) -> float | None:
+    m = _BOUND.search(res.stdout)
+    return None if m is None else float(m.group(1))
+
+
+def _run_soundness(case: dict, d: Path) -> tuple[str, str]:
+    e = case["exponent"]
+    scale = f"10^{e}" if e >= 0 else f"10^({e})"
+    rng = np.random.default_rng(case["seed"])
+    first = case.get("where") == "first"
+    factor = "" if first else "s*"
+    last = f"dense out: {case['features']} -> 1, weight [[" + ", ".join(
+        f"{factor}{v}" for v in np.round(rng.standard_normal(case["features"]), 3)) + "]]"
+    body = case["text"]
+    if first:  # an extra first layer, conv1d c -> c of s * W: f_s(x) = f(s x)
+        head, _, rest = body.partition("\n")
+        c = int(head.split()[1])
+        w = [[[f"s*{v}" for v in np.round(rng.standard_normal(case["kernel"]), 3)] for _ in range(c)]
+             for _ in range(c)]
+        body = (f"{head}\nconv1d sc: {c} -> {c}, kernel {case['kernel']}, padding causal, weight "
+                f"{str(w).replace(chr(39), '')}\n{rest}")
+    text = f"let s = {scale}\n{body}\n{last}\n"
+    unscaled = f"let s = 1\n{body}\n{last}\n"
+    (d / "net.lip").write_text(text)
+    res = _cli(["solve", "--method", case["method"], "--timeout", "20", d / "net.lip"])
+    out = res.stdout + res.stderr
+    if res.exit_code not in (0, 1, 3) or "Traceback" in out:
+        return "wrong", f"exit {res.exit_code}: {out[-300:]}"
+    bound = _bound_of(res)
+    if res.exit_code == 0 and bound is None:
+        return "wrong", "exit 0 without a bound"
+    if res.exit_code != 0:
+        return "error", out.strip().splitlines()[-1]
+    low = _jacobian_norm(unscaled, case["seed"])
+    lower = low * 10.0 ** e if -308 <= e <= 308 else None
+    if lower is not None and low > 0 and bound < lower * (1 - 1e-9):
+        return "wrong", f"{case['method']}: {bound} < Jacobian norm {lower}"
+    if bound == 0 and low > 0:
+        return "wrong", f"{case['method']}: 0 printed for a nonzero map"
+    return "ok", ""
+
+
+@st.composite
+def lift_cases(draw) -> dict:
+    """A conv net with flatten -> activation, solved with --lift L."""
+    text, f = draw(small_nets(flat_then_activation=True))
+    w = np.round(np.random.default_rng(draw(st.integers(0, 1000))).standard_normal(f), 3).tolist()
+    return {"class": "lift", "text": f"{text}\ndense out: {f} -> 1, weight [{w}]\n",
+            "lift": draw(st.integers(1, 5)), "seed": draw(st.integers(0, 1000))}
+
+
+def _run_lift(case: dict, d: Path) -> tuple[str, str]:
+    (d / "net.lip").write_text(case["text"])
+    res = _cli(["solve", "--lift", case["lift"], "--timeout", "20", d / "net.lip"])
+    out = res.stdout + res.stderr
+    if res.exit_code not in (0, 1, 3) or "Traceback" in out:
+        return "wrong", f"exit {res.exit_code}: {out[-300:]}"
+    if "infeasible" in out:
+        return "wrong", "a spurious 'infeasible': " + out.strip().splitlines()[-1]
+    if res.exit_code != 0:
+        return "error", out.strip().splitlines()[-1]
+    bound = _bound_of(res)
+    low = _jacobian_norm(case["text"], case["seed"])
+    if bound is None or bound < low * (1 - 1e-7):
+        return "wrong", f"--lift {case['lift']}: bound {bound} below the Jacobian norm {low}"
+    return "ok", ""
+
+
+@st.composite
+def onnx_cases(draw) -> dict:
+    """A small ONNX chain: Conv (pads or auto_pad, strides, dilations), Add of constants of any broadcast
+    shape, Pad, Dropout (training mode or not), activations, pools, Flatten + Gemm, batch norm; sometimes a
+    huge declared shape or external data."""
+    c = draw(st.integers(1, 3))
+    n = draw(st.integers(4, 12))
+    ops = []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["conv", "conv", "add", "mul", "pad", "dropout", "act", "pool", "bn"]))
+        op = {"kind": kind}
+        if kind == "conv":
+            op.update(out=draw(st.integers(1, 3)), k=draw(st.integers(1, 4)),
+                      stride=draw(st.sampled_from([1, 1, 2])),
+                      dilation=draw(st.sampled_from([1, 1, 2])), bias=draw(st.booleans()),
+                      pad=draw(st.sampled_from(["none", "pads", "SAME_UPPER", "SAME_LOWER", "VALID"])),
+                      pads=(draw(st.integers(0, 3)), draw(st.integers(0, 3))))
+        elif kind in ("add", "mul"):
+            op.update(shape=draw(st.sampled_from(["c11", "1c1", "c1", "1", "n", "1cn", "311", "11n",
+                                                  "scalar"])),
+                      left=draw(st.booleans()))
+        elif kind == "pad":
+            op.update(pads=(draw(st.integers(0, 2)), draw(st.integers(0, 2))),
+                      mode=draw(st.sampled_from(["constant", "constant", "reflect", "edge"])),
+                      value=draw(st.sampled_from([0.0, 0.0, 1.0])))
+        elif kind == "dropout":
+            op.update(training=draw(st.sampled_from([None, False, True])),
+                      ratio=draw(st.sampled_from([0.0, 0.5])))
+        elif kind == "act":
+            op.update(name=draw(st.sampled_from(["Relu", "Tanh", "Sigmoid", "LeakyRelu", "Elu", "Softplus",
+                                                 "Abs", "Exp"])))
+        elif kind == "pool":
+            op.update(name=draw(st.sampled_from(["MaxPool", "AveragePool", "GlobalAveragePool"])),
+                      k=draw(st.integers(1, 3)), stride=draw(st.integers(1, 3)))
+        ops.append(op)
+    head = draw(st.sampled_from(["none", "gemm", "matmul"]))
+    hostile = draw(st.sampled_from([None] * 6 + ["huge-dims", "external-missing", "external-huge",
+                                                 "raw-short", "batch-2"]))
+    return {"class": "onnx", "c": c, "n": n, "ops": ops, "head": head, "hostile": hostile,
+            "seed": draw(st.integers(0, 1000))}
+
+
+def _onnx_model(case: dict, d: Path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(case["seed"])
+    c, n = case["c"], case["n"]
+    nodes, inits = [], []
+    x = "x"
+    count = 0
+
+    def fresh(prefix):
+        nonlocal count
+        count += 1
+        return f"{prefix}{count}"
+
+    def const(values, name=None):
+        name = name or fresh("k")
+        inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.float32), name))
+        return name
+
+    for op in case["ops"]:
+        y = fresh("t")
+        kind = op["kind"]
+        if kind == "conv":
+            w = const(rng.standard_normal((op["out"], c, op["k"])))
+            ins = [x, w] + ([const(rng.standard_normal(op["out"]))] if op["bias"] else [])
+            attrs = {"kernel_shape": [op["k"]], "strides": [op["stride"]], "dilations": [op["dilation"]]}
+            if op["pad"] == "pads":
+                attrs["pads"] = list(op["pads"])
+            elif op["pad"] != "none":
+                attrs["auto_pad"] = op["pad"]
+            nodes.append(helper.make_node("Conv", ins, [y], **attrs))
+            c = op["out"]
+        elif kind in ("add", "mul"):
+            shape = {"c11": (c, 1, 1), "1c1": (1, c, 1), "c1": (c, 1), "1": (1,), "n": (n,), "1cn": (1, c, n),
+                     "311": (3, 1, 1), "11n": (1, 1, n), "scalar": ()}[op["shape"]]
+            k = const(rng.standard_normal(shape))
+            nodes.append(helper.make_node("Add" if kind == "add" else "Mul",
+                                          [k, x] if op["left"] else [x, k], [y]))
+        elif kind == "pad":
+            pads = fresh("p")
+            widths = np.array([0, 0, op["pads"][0], 0, 0, op["pads"][1]], np.int64)
+            inits.append(numpy_helper.from_array(widths, pads))
+            ins = [x, pads]
+            if op["value"]:
+                ins.append(const(np.array(op["value"])))
+            nodes.append(helper.make_node("Pad", ins, [y], mode=op["mode"]))
+        elif kind == "dropout":
+            ins = [x]
+            if op["training"] is not None:
+                r = const(np.array(op["ratio"]))
+                t = fresh("tm")
+                inits.append(numpy_helper.from_array(np.array(op["training"]), t))
+                ins += [r, t]
+            nodes.append(helper.make_node("Dropout", ins, [y]))
+        elif kind == "act":
+            nodes.append(helper.make_node(op["name"], [x], [y]))
+        elif kind == "pool":
+            if op["name"] == "GlobalAveragePool":
+                nodes.append(helper.make_node(op["name"], [x], [y]))
+            else:
+                nodes.append(helper.make_node(op["name"], [x], [y], kernel_shape=[op["k"]],
+                                              strides=[op["stride"]]))
+        else:  # bn
+            ins = [x] + [const(v) for v in (rng.uniform(0.5, 2, c), rng.standard_normal(c),
+                                           rng.standard_normal(c), rng.uniform(0.5, 2, c))]
+            nodes.append(helper.make_node("BatchNormalization", ins, [y], epsilon=1e-5))
+        x = y
+    if case["head"] != "none":  # global average pool (c features), flatten, a dense layer
+        g, f = fresh("g"), fresh("f")
+        nodes.append(helper.make_node("GlobalAveragePool", [x], [g]))
+        nodes.append(helper.make_node("Flatten", [g], [f], axis=1))
+        y = fresh("t")
+        if case["head"] == "gemm":
+            nodes.append(helper.make_node("Gemm", [f, const(rng.standard_normal((2, c)))], [y], transB=1))
+        else:
+            nodes.append(helper.make_node("MatMul", [f, const(rng.standard_normal((c, 2)))], [y]))
+        x = y
+    h = case["hostile"] if inits else None  # (a graph without initializers has nothing to spoil)
+    if h == "huge-dims" and inits:
+        t = inits[0]
+        t.dims[:] = [10**6, 10**6, 10**3][:len(t.dims)] or [10**12]
+    elif h in ("external-missing", "external-huge") and inits:
+        t = inits[0]
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        t.data_location = TensorProto.EXTERNAL
+        loc = "w.bin"
+        if h == "external-huge":
+            with open(d / loc, "wb") as fh:
+                fh.truncate(2 << 30)  # sparse: 2 GB of zeros that take no disk
+            t.dims[:] = [1 << 28]
+        t.external_data.add(key="location", value=loc)
+    elif h == "raw-short" and inits:
+        inits[0].raw_data = inits[0].raw_data[:3]
+    batch = 2 if h == "batch-2" else 1
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, case["c"], case["n"]])
+    graph = helper.make_graph(nodes, "fuzz", [x_info],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = d / "m.onnx"
+    onnx.save(model, str(path))
+    return path, h
+
+
+def _run_onnx(case: dict, d: Path) -> tuple[str, str]:
+    from lipdsl.importers.importer import import_onnx
+
+    path, hostile = _onnx_model(case, d)
+    imported = import_onnx(path)  # LipdslError: refused (caught by the caller)
+    net = imported.to_network()
+    if hostile in ("huge-dims", "external-missing", "external-huge", "raw-short"):
+        return "wrong", f"a {case['hostile']} model was accepted"
+    try:
+        import onnx.reference
+    except ImportError:
+        return "ok", ""
+    from lipdsl.model.forward import forward
+
+    try:
+        ref = onnx.reference.ReferenceEvaluator(str(path))
+    except Exception:  # noqa: BLE001 - the reference itself cannot run the model: nothing to compare
+        return "ok", ""
+    rng = np.random.default_rng(case["seed"] + 1)
+    for _ in range(3):
+        u = rng.standard_normal((case["c"], case["n"]))
+        try:
+            want = np.asarray(ref.run(None, {"x": u[None].astype(np.float32)})[0], dtype=float)
+        except Exception:  # noqa: BLE001
+            return "ok", ""
+        got = np.asarray(forward(net, u), dtype=float)
+        if want.size != got.size or not np.allclose(want.ravel(), got.ravel(), rtol=1e-3, atol=1e-3):
+            return "wrong", f"imported net computes another function: {got.ravel()[:4]} vs {want.ravel()[:4]}"
+    return "ok", ""
+
+
+SEPARATORS = ["\u2028", "\u2029", "\x0c", "\x0b", "\x85", "\x1c", "\x1d", "\x1e", "\r"]
+
+
+@st.composite
+def like_cases(draw) -> dict:
+    """``import --like`` templates with odd line separators in comments (Lark splits lines at '\n' only)."""
+    layers = []
+    c = 2
+    for i in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["conv", "act", "dense"]))
+        if kind == "conv":
+            layers.append(f"conv1d c{i}: {c} -> 2, kernel 2, padding causal, weight l{i}.weight")
+        elif kind == "act":
+            layers.append("relu")
+        else:
+            layers.append(f"dense d{i}: 8 -> 8, weight l{i}.weight")
+    # dense layers only on a flat input: the conv layers first, then a flatten (2 x 4 = 8 features)
+    convs = [x for x in layers if not x.startswith("dense")]
+    denses = [x for x in layers if x.startswith("dense")]
+    body = convs + (["flatten"] if denses and convs else []) + denses
+    lines = ["input 2 x 4" if convs else "input 8"]
+    for line in body:
+        if draw(st.booleans()):
+            sep = draw(st.sampled_from(SEPARATORS))
+            lines.append(draw(st.sampled_from([f"# note{sep} more", f"#{sep}", f"# a{sep}b{sep}c"])))
+        lines.append(line)
+    if draw(st.booleans()):  # (before the first layer: layers above a weights line would have no file)
+        lines.insert(draw(st.integers(0, 1)), 'weights "old.npz"')
+    return {"class": "import --like", "text": "\n".join(lines) + "\n", "layers": len(body)}
+
+
+def _run_like(case: dict, d: Path) -> tuple[str, str]:
+    from lipdsl.importers.pytorch import import_state_dict
+
+    (d / "arch.lip").write_text(case["text"], encoding="utf-8")
+    rng = np.random.default_rng(0)
+    state = {}
+    for m in re.finditer(r"(conv1d|dense) (\w+): (\d+) -> (\d+)(?:, kernel (\d+))?.*?weight (l\d+)\.weight",
+                         case["text"]):
+        shape = (int(m.group(4)), int(m.group(3))) + ((int(m.group(5)),) if m.group(5) else ())
+        state[f"{m.group(6)}.weight"] = rng.standard_normal(shape)
+    spec, _ = import_state_dict(state, d / "arch.lip", d / "out.lip")
+    from lipdsl.lang.load import load_network
+
+    _, net = load_network(spec)
+    if len(net.layers) != case["layers"]:
+        return "wrong", f"{len(net.layers)} layers imported from a template of {case['layers']}"
+    return "ok", ""
+
+
+@st.composite
+def statement_cases(draw) -> dict:
+    """Many short statements behind line starts that are not '\n' (\f, \r, \v, U+2028 ...), or many lets."""
+    sep = draw(st.sampled_from(["\n", "\n\x0c", "\n\r", "\r", "\x0c", "\n\x0b", "\u2028", "\n\u2028", "\n\t",
+                                "\n \x0c", "\r\n"]))
+    stmt = draw(st.sampled_from(["relu", "identity", "let a = 1", "# c", "tanh", "avgpool 1"]))
+    count = draw(st.sampled_from([10, 1000, 2500, 50_000, 150_000]))
+    return {"class": "statement bombs", "text": "input 2 x 8" + sep + sep.join([stmt] * count) + "\n"}
+
+
+def _run_statements(case: dict, d: Path) -> tuple[str, str]:
+    """The statement limit holds whatever separates the statements, and parse + check stays under 2 s."""
+    from lipdsl.lang import parse as parse_module
+    from lipdsl.lang.load import load_network
+
+    (d / "fuzz.lip").write_text(case["text"], encoding="utf-8", newline="")
+    t0 = time.process_time()
+    try:
+        _, net = load_network(d / "fuzz.lip")
+    except LipdslError as err:
+        net, error = None, err
+    seconds = time.process_time() - t0
+    if seconds > 2.0:
+        return "wrong", f"parse + check took {seconds:.2f} s of CPU"
+    if net is None:
+        raise error
+    if len(net.layers) > parse_module.MAX_STATEMENTS:
+        return "wrong", f"{len(net.layers)} layers accepted past the statement limit"
+    return "ok", ""
+
+
+#: what a "sizes" child may use: lipdsl is told the machine has CHILD_MEMORY bytes (so it refuses above
+#: that) and the child's address space is capped a few GiB above it (Python, numpy and BLAS map ~1.5 GiB):
+#: a MemoryError there is an allocation beyond what the command announced.
+CHILD_MEMORY = 3 << 30
+CHILD_ADDRESS_SPACE = 7 << 30
+
+
+def _in_child(fn, case: dict, d: Path) -> tuple[str, str]:
+    """``fn(case, d)`` in a forked child (its memory is returned to the machine when it ends); a traceback
+    in the child is raised here as a RuntimeError with the child's text."""
+    import json
+    import os
+    import resource
+    import signal
+    import traceback
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(r)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
+            from lipdsl import limits
+
+            limits.available_memory = lambda: CHILD_MEMORY
+            try:
+                out = list(fn(case, d))
+            except LipdslError as err:
+                out = ["error", err.message]
+        except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+            out = ["traceback", traceback.format_exc()]
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.waitpid(pid, 0)
+    except BaseException:  # (the harness's alarm: a hang) the child goes with it
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(r)
+    if not chunks:
+        raise RuntimeError(f"the child died without an answer on {case!r}")
+    kind, detail = json.loads(b"".join(chunks))
+    if kind == "traceback":
+        raise RuntimeError(f"in the child, on {case!r}:\n{detail}")
+    return kind, detail
+
+
+CASE_RUNNERS = {"sizes": _run_sizes, "soundness": _run_soundness, "lift": _run_lift, "onnx": _run_onnx,
+                "import --like": _run_like, "statement bombs": _run_statements}
 
 
 def _build_weight_files(case: dict, d: Path) -> str:
@@ -497,6 +1026,12 @@ def run_class_case(case, directory: Path) -> Outcome:
         elif case["class"] == "paths":
             path = _build_path(case, d)
             load_network(path)
+        elif case["class"] == "sizes":  # in a child process with a memory cap (the machine is shared)
+            kind, detail = _in_child(_run_sizes, case, d)
+            return Outcome(kind, time.perf_counter() - t0, detail)
+        elif case["class"] in CASE_RUNNERS:
+            kind, detail = CASE_RUNNERS[case["class"]](case, d)
+            return Outcome(kind, time.perf_counter() - t0, detail)
         else:
             import lipdsl
 
@@ -532,4 +1067,12 @@ CLASSES = {
     "let bombs": let_cases,
     "keyword typos": keyword_cases,
     "API arguments": api_cases,
+    "sizes": size_cases,
+    "soundness": soundness_cases,
+    "lift": lift_cases,
+    "onnx": onnx_cases,
+    "import --like": like_cases,
+    "statement bombs": statement_cases,
 }
+#: classes that run commands or solvers (seconds per case): fewer cases in bench/fuzz.py and tests
+SLOW_CLASSES = ("sizes", "soundness", "lift", "onnx")
