@@ -20,7 +20,7 @@ import numpy as np
 
 from lipdsl.errors import LipdslError, UnsupportedError
 from lipdsl.lang import typed
-from lipdsl.lang.check import AUTO_PREFIX, conv1d_length, conv1d_padding, pool_length
+from lipdsl.lang.check import conv1d_length, pool_length
 from lipdsl.lang.typed import Shape
 
 __all__ = [
@@ -131,87 +131,19 @@ class Imported:
         return spec_path, weights
 
     def to_network(self) -> typed.Network:
-        """The checked network, built from the tensors in memory (the same as checking the spec)."""
-        names = iter(_auto_names(_flat_order(self.layers)))
-        out, _ = self._build(self.layers, names, self.input_shape)
-        return typed.Network(self.name, self.input_shape, tuple(out), None, None)
+        """The checked network: the spec this import writes (``write``), read back through the front end
+        (``lang.load``: parse and ``check``, the one type checker), in a temporary folder. The network is
+        the same as the written spec's; its spans point into that spec, which is gone (``source_path`` and
+        ``span`` are cleared)."""
+        import dataclasses
+        import tempfile
 
-    def _build(self, layers, names, shape: Shape) -> tuple[list, Shape]:
-        out: list[typed.Layer] = []
-        for L in layers:
-            name = next(names)
-            o = L.options
-            if L.kind == "residual":
-                main, new = self._build(o["main"], names, shape)
-                short, _ = self._build(o["shortcut"], names, shape)
-                out.append(typed.Residual(name, None, tuple(main), tuple(short), shape, new))
-            elif L.kind == "conv1d":
-                pl, pr = conv1d_padding(o["padding"], o["kernel"], o["dilation"])
-                n = (
-                    None
-                    if shape.length is None
-                    else conv1d_length(shape.length, o["kernel"], o["stride"], o["dilation"], pl, pr)
-                )
-                new = Shape(o["c_out"], n)
-                out.append(
-                    typed.Conv1d(
-                        name,
-                        None,
-                        o["c_in"],
-                        o["c_out"],
-                        o["kernel"],
-                        o["stride"],
-                        o["dilation"],
-                        pl,
-                        pr,
-                        str(o["padding"]),
-                        self._tensor(o["weight"]),
-                        self._tensor(o.get("bias")),
-                        shape,
-                        new,
-                    )
-                )
-            elif L.kind == "dense":
-                new = Shape(o["n_out"], flat=True)
-                out.append(
-                    typed.Dense(
-                        name,
-                        None,
-                        o["n_in"],
-                        o["n_out"],
-                        self._tensor(o["weight"]),
-                        self._tensor(o.get("bias")),
-                        shape,
-                        new,
-                    )
-                )
-            elif L.kind == "activation":
-                new = shape
-                alpha, beta = _slope(o["function"], o.get("parameter"))
-                out.append(
-                    typed.Activation(name, None, o["function"], alpha, beta, shape, shape, o.get("parameter"))
-                )
-            elif L.kind in ("avgpool", "maxpool"):
-                n = None if shape.length is None else pool_length(shape.length, o["kernel"], o["stride"])
-                new = Shape(shape.channels, n)
-                out.append(typed.Pool(name, None, L.kind[:3], o["kernel"], o["stride"], shape, new))
-            elif L.kind == "global_avgpool":
-                new = Shape(shape.channels, flat=True)
-                out.append(typed.GlobalAvgPool(name, None, shape, new))
-            elif L.kind == "flatten":
-                new = Shape(shape.size, flat=True)
-                out.append(typed.Flatten(name, None, shape, new))
-            else:  # pragma: no cover
-                raise AssertionError(L.kind)
-            shape = new
-        return out, shape
+        from lipdsl.lang.load import load_network
 
-    def _tensor(self, key: str | None) -> np.ndarray | None:
-        if key is None:
-            return None
-        values = np.array(self.tensors[key], dtype=np.float64)
-        values.setflags(write=False)
-        return values
+        with tempfile.TemporaryDirectory(prefix="lipdsl-import-") as folder:
+            spec, _ = self.write(Path(folder) / "imported.lip")
+            _, net = load_network(spec)
+        return dataclasses.replace(net, span=None, source_path=None)
 
 
 def _layer_text(L: Layer) -> str:
@@ -273,29 +205,6 @@ def _slope(function: str, parameter: float | None) -> tuple[float, float]:
     from lipdsl.lang.activations import slope
 
     return slope(function, parameter)
-
-
-def _auto_names(layers: list[Layer]) -> list[str]:
-    """Names as ``check`` gives them: as written, else ``<kind><n>`` skipping names already taken."""
-    taken = {L.name for L in layers if L.name}
-    counts: dict[str, int] = {}
-    names = []
-    for L in layers:
-        kind = L.options["function"] if L.kind == "activation" else L.kind
-        prefix = AUTO_PREFIX.get(kind, kind)
-        counts[prefix] = counts.get(prefix, 0) + 1
-        if L.name:
-            names.append(L.name)
-            continue
-        n = counts[prefix]
-        while f"{prefix}{n}" in taken:
-            n += 1
-        taken.add(f"{prefix}{n}")
-        names.append(f"{prefix}{n}")
-    return names
-
-
-# -- names ---------------------------------------------------------------------------------------------------
 
 
 def sanitize_key(name: str) -> str:
