@@ -386,3 +386,25 @@ def test_lipsdp_of_a_linear_residual_net_is_its_norm(seed, tmp_path):
     exact = np.linalg.norm(jacobian(net, rng.normal(size=(2, 10))).reshape(-1, 20), 2)
     for mode in ("neuron", "layer"):
         assert lipsdp(net, mode).bound == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.solver
+def test_a_stalled_hkm_run_is_solved_again_by_cvxopt(monkeypatch):
+    """An HKM run that stops far from the optimum (relative gap > HKM_STALLED_GAP) is redone by CVXOPT."""
+    import dataclasses
+
+    from lipdsl.baselines import lipsdp as baselines
+    from lipdsl.solvers import hkm
+
+    net = random_cnn(np.random.default_rng(77), activation="relu")
+    ref = lipsdp(net, "neuron", solver="cvxopt").bound
+    real = hkm.solve_hkm
+
+    def stalled(problem, **kw):  # the starting point, as if no step had been taken
+        sol = real(problem, **kw)
+        return dataclasses.replace(sol, claimed_status="unknown", relative_gap=1.9,
+                                   x=np.full_like(sol.x, 1.0), rho=1e3)
+
+    monkeypatch.setattr(hkm, "solve_hkm", stalled)
+    got = baselines.lipsdp(net, "neuron")
+    assert got.bound == pytest.approx(ref, rel=1e-6) and got.claimed_status == "optimal"
