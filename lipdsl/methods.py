@@ -94,8 +94,14 @@ class Comparison:
 def lipsdp_rows(net: typed.Network, length: int | None) -> int:
     """Rows of the LipSDP LMI: input size (at most the first hidden size, by the input reduction) plus every
     hidden layer's size (an upper estimate: constant or unused neurons are pruned later)."""
-    from lipdsl.baselines.unrolled import unroll
+    from lipdsl.baselines.unrolled import unroll, unroll_graph
 
+    if net.residual:  # the unrolled graph: the input (at most what reads it) and every activation
+        g = unroll_graph(net, length)
+        if not g.hidden:
+            return 0
+        readers = sum(U.matrix.shape[0] for U in g.hidden if U.matrix[:, :g.n0].nnz) + g.out.shape[0]
+        return min(g.n0, readers) + sum(U.matrix.shape[0] for U in g.hidden)
     steps = unroll(net, length)
     hidden = [U.shape[0] for U in steps if U.slope is not None]
     if not hidden:
@@ -115,6 +121,9 @@ def _lipsdp_rows_bound(net: typed.Network, length: int | None) -> int:
     for L, c, n in shapes_at(net, length):
         if isinstance(L, typed.Activation):
             rows += c * max(n or 1, 0)
+        elif isinstance(L, typed.Residual):  # (no strides or pools inside a block: its length is n)
+            rows += sum(A.out_shape.channels * max(n or 1, 0) for A in typed.flat_layers([L])
+                        if isinstance(A, typed.Activation))
     return rows
 
 

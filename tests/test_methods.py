@@ -181,3 +181,34 @@ def test_compare_frequencies_reports_solves_fields_and_warnings(cli, tmp_path, m
     lines = [line.strip() for line in text.output.splitlines()]
     warned = [line for line in lines if "warning:" in line]
     assert warned == [f"dissipative: warning: {w}" for w in d["warnings"]]
+
+
+@pytest.mark.solver
+def test_compare_residual_net_has_lipsdp_on_the_unrolled_graph(cli, tmp_path):
+    """A residual net (1x1 conv shortcut, batch norm, identity shortcut): LipSDP-Neuron/-Layer run on the
+    unrolled graph, verified, and every ordering of ``check_ordering`` holds; the size guard counts the
+    graph's rows (the input and every activation)."""
+    from nets import Spec
+
+    rng = np.random.default_rng(11)
+    s = Spec(1, 12)
+    s.lines.append("residual b0:")
+    s.conv(rng, 1, 3, 3, padding="same", indent="  ")
+    s.bn(rng, 3, indent="  ")
+    s.lines.append("  relu")
+    s.conv(rng, 3, 3, 3, padding="same", indent="  ")
+    s.lines.append("shortcut")
+    s.conv(rng, 1, 3, 1, padding=0, indent="  ")
+    s.lines += ["end", "relu", "residual b1:"]
+    s.conv(rng, 3, 3, 3, padding="causal", indent="  ")
+    s.lines += ["  tanh", "end", "global_avgpool", f"dense 3 -> 2, weight {s.key(rng.normal(size=(2, 3)))}"]
+    net = s.load(tmp_path)
+    res = cli("compare", "--json", "--lower-starts", "2", "--time-budget", "3", str(tmp_path / "net.lip"))
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    b = {m["method"]: m for m in data["methods"]}
+    assert all(b[m]["status"] == "verified LMI" for m in ("lipsdp-neuron", "lipsdp-layer"))
+    assert data["ordering_violations"] == []
+    assert b["lipsdp-neuron"]["lmi_rows"] == 12 + 36 + 36 + 36  # the input, two relus and a tanh of 3 x 12
+    r = run_method(net, "lipsdp-neuron", max_rows=100)
+    assert r.status == "skipped" and "120 rows" in r.note

@@ -19,6 +19,7 @@ from lipdsl.baselines.unrolled import (
     spectral_norm,
     unit_scaled_divide,
     unroll,
+    unroll_graph,
 )
 from lipdsl.errors import CertificateError, SolveError, UnsupportedError
 from lipdsl.lang import typed
@@ -50,8 +51,110 @@ def _prune(mats: list[sp.csr_matrix]) -> list[sp.csr_matrix] | None:
     return mats
 
 
+def _graph_data(net: typed.Network, length: int | None):
+    """``_lipsdp_data`` for a network with residual blocks: the unrolled graph (``unroll_graph``) in graph
+    form (``_as_graph``), pruned and scaled.
+
+    Pruning as ``_prune``: a neuron whose row of ``M_k`` is zero (constant output) or whose column is zero
+    in every later ``M_j`` and in ``M_out`` (unused) is dropped, repeatedly.
+
+    Scaling: with ``w_k = g_k w~_k``, ``w~_k = psi_k(v_k / c_k)``, ``psi_k(s) = phi_k(c_k s) / g_k`` and
+    ``g_k = c_k m_k`` (``m_k = max |slope|``), ``psi_k`` has the slope ``[alpha_k, beta_k] / m_k`` and
+    the scaled net reads ``M~_k = M_k diag(1, g_1, ..., g_(k-1)) / c_k``, with ``c_k`` such that
+    ``||M~_k|| = 1``; ``M~_out = M_out diag(1, g) / s``, ``s = ||M_out diag(1, g)||`` the scale. The LMI's
+    congruence by ``diag(1, g)``, divided by ``s^2``, is the scaled net's LMI with ``rho~ = rho / s^2`` and
+    ``lam~_q = lam_q g_k^2 / s^2``: the optimum is unchanged; on a chain this is ``_lipsdp_data``'s scaling
+    (``g_k = prod_j s_j m_j``).
+    """
+    g = unroll_graph(net, length)
+    n0 = g.n0
+    if not g.hidden:
+        return [], [], g.out, _finite_norm(g.out, "the output")
+    sizes = [n0] + [U.matrix.shape[0] for U in g.hidden]
+    offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    N = int(offs[-1])
+    # one matrix over z for every neuron's pre-activation (rows offs[1]..N) and the outputs (rows N..)
+    rows = [sp.csr_matrix((n0, N))]
+    for U in g.hidden:
+        m = max(abs(U.slope[0]), abs(U.slope[1]))
+        M = U.matrix if m != 0 else U.matrix * 0.0  # a constant activation: its neurons are dead
+        rows.append(sp.csr_matrix((M.data, M.indices, M.indptr), shape=(M.shape[0], N)))
+    G = sp.vstack(rows + [g.out], format="csr")
+    G.eliminate_zeros()
+    live = np.ones(N, bool)
+    while True:
+        nz_row = np.diff((G[:, np.flatnonzero(live)]).tocsr().indptr) != 0  # a neuron reading something
+        reader = np.concatenate([live, np.ones(G.shape[0] - N, bool)])  # rows still in the graph
+        used = np.asarray(abs(G[np.flatnonzero(reader)]).sum(axis=0)).ravel() != 0
+        new = live.copy()
+        new[n0:] &= nz_row[n0:N] & used[n0:]
+        if (new == live).all():
+            break
+        live = new
+    keep_blocks = [k for k in range(1, len(sizes)) if live[offs[k]:offs[k + 1]].any()]
+    idx = np.flatnonzero(live)
+    Gl = G[:, idx].tocsr()
+    new_sizes = [n0] + [int(live[offs[k]:offs[k + 1]].sum()) for k in keep_blocks]
+    new_offs = np.concatenate([[0], np.cumsum(new_sizes)]).astype(int)
+    gain = np.ones(len(idx))  # g of each live column of z (1 on the input)
+    mats, slopes = [], []
+    for j, k in enumerate(keep_blocks):
+        U = g.hidden[k - 1]
+        r = offs[k] + np.flatnonzero(live[offs[k]:offs[k + 1]])
+        width = int(new_offs[j + 1])
+        M = Gl[r][:, :width] @ sp.diags(gain[:width])
+        c = _finite_norm(M, U.name)
+        m = max(abs(U.slope[0]), abs(U.slope[1]))
+        mats.append(sp.csr_matrix(unit_scaled_divide(M, c)))
+        slopes.append((U.slope[0] / m, U.slope[1] / m))
+        gain[new_offs[j + 1]:new_offs[j + 2]] = c * m
+    out = Gl[N:] @ sp.diags(gain)
+    s_out = _finite_norm(out, "the output")
+    if s_out == 0:
+        return None, None, None, 0.0
+    return mats, slopes, sp.csr_matrix(unit_scaled_divide(out, s_out)), s_out
+
+
+def _as_graph(mats, out):
+    """``(mats, out)`` in graph form: ``M_k`` over all of ``z``'s blocks before its own (``offs[k+1]``
+    columns, ``_layout``), ``M_out`` over all of ``z``. A chain (``M_k`` over block ``k`` only, ``M_out``
+    over the last block: what ``_lipsdp_data`` returns for a sequential net) is padded with zero columns;
+    a graph is returned as it is. The two are told apart by the widths (a chain's ``M_out`` has ``n_l``
+    columns, a graph's ``n_0 + ... + n_l``)."""
+    sizes, offs = _layout(mats)
+    if all(M.shape[1] == offs[k + 1] for k, M in enumerate(mats)) and out.shape[1] == offs[-1]:
+        return [sp.csr_matrix(M) for M in mats], sp.csr_matrix(out)
+    if not (all(M.shape[1] == sizes[k] for k, M in enumerate(mats)) and out.shape[1] == sizes[-1]):
+        raise ValueError("LipSDP data: the matrices' widths fit neither a chain nor a graph")
+    full = [sp.hstack([sp.csr_matrix((M.shape[0], int(offs[k]))), sp.csr_matrix(M)], format="csr")
+            for k, M in enumerate(mats)]
+    out = sp.hstack([sp.csr_matrix((out.shape[0], int(offs[-2]))), sp.csr_matrix(out)], format="csr")
+    return full, out
+
+
+def _reduce_graph_input(mats, out):
+    """The input reduction of ``lipsdp`` in graph form: the LMI depends on ``x_0`` only through
+    ``K x_0`` (``K`` the input columns of every ``M_k`` and of ``M_out``) and ``-rho |x_0|^2``; with
+    ``K = U S V^T`` (thin SVD, ``r`` rows < ``n_0``) the input columns become ``U S`` (``r`` of them): the
+    directions ``V_perp`` only add ``-rho I`` (an equivalent, smaller LMI)."""
+    n0 = mats[0].shape[1]
+    K = sp.vstack([M[:, :n0] for M in mats] + [out[:, :n0]], format="csr")
+    if K.shape[0] >= n0:
+        return mats, out
+    U, S, _ = np.linalg.svd(K.toarray(), full_matrices=False)
+    R = sp.csr_matrix(U * S)
+    pieces, at = [], 0
+    for M in mats + [out]:
+        pieces.append(sp.hstack([R[at:at + M.shape[0]], M[:, n0:]], format="csr"))
+        at += M.shape[0]
+    return pieces[:-1], pieces[-1]
+
+
 def _lipsdp_data(net: typed.Network, length: int | None):
-    """Unrolled, scaled data of the LipSDP LMI: hidden matrices, slopes, output matrix and the scale."""
+    """Unrolled, scaled data of the LipSDP LMI: hidden matrices, slopes, output matrix and the scale
+    (a chain for a sequential net, graph form (``_graph_data``) for a net with residual blocks)."""
+    if net.residual:
+        return _graph_data(net, length)
     steps = unroll(net, length)
     for U in steps:
         if U.maxpool is not None:
@@ -103,15 +206,15 @@ def _layout(mats) -> tuple[list[int], np.ndarray]:
 
 def _neurons(mats, slopes, offs):
     """Every hidden neuron in order: ``(q, k, alpha, beta, idx, v, e)`` with ``q`` its running index, ``k``
-    its layer, ``a_q`` (row ``q`` of ``M_k`` on block ``k - 1``) as indices ``idx`` and values ``v``, and
-    ``e`` the index of its output on block ``k`` (the LipSDP LMI of ``_lmi_coefficients`` and
-    ``_lipsdp_terms``)."""
+    its layer, ``a_q`` (its row of ``M_k`` in graph form, ``_as_graph``: over the blocks before its own) as
+    indices ``idx`` and values ``v``, and ``e`` the index of its output on block ``k + 1`` (the LipSDP LMI of
+    ``_lmi_coefficients`` and ``_lipsdp_terms``)."""
     q = 0
     for k, (M, (a, b)) in enumerate(zip(mats, slopes)):
         M = sp.csr_matrix(M)
         for r in range(M.shape[0]):
             lo, hi = M.indptr[r], M.indptr[r + 1]
-            yield q, k, a, b, M.indices[lo:hi] + offs[k], M.data[lo:hi], int(offs[k + 1] + r)
+            yield q, k, a, b, M.indices[lo:hi], M.data[lo:hi], int(offs[k + 1] + r)
             q += 1
 
 
@@ -123,7 +226,10 @@ def _lmi_coefficients(mats, slopes, out, mode):
     ``F_q = -2 alpha beta a_q a_q^T + (alpha + beta)(a_q e_q^T + e_q a_q^T) - 2 e_q e_q^T``,
     ``E0 = diag(I_{n_0}, 0)``, ``C = diag(0, ..., 0, M_out^T M_out)``. Layer mode sums the ``F_q`` of a layer.
     Returns ``(C, E0, Fcoef, N)`` with columns ``vec(F)`` (column-major, ``vec(F)[r + c*N] = F[r, c]``).
+    In graph form (``_as_graph``; a chain is converted) ``a_q`` may read any earlier block and
+    ``C = M_out^T M_out`` any block.
     """
+    mats, out = _as_graph(mats, out)
     sizes, offs = _layout(mats)
     N = int(offs[-1])
     rows, cols, vals, var = [], [], [], []
@@ -147,8 +253,7 @@ def _lmi_coefficients(mats, slopes, out, mode):
     elif mode != "neuron":
         raise ValueError(f"mode must be 'neuron' or 'layer', got {mode!r}")
     OtO = (out.T @ out).tocoo()
-    C = sp.csr_matrix((OtO.data, ((OtO.row + offs[-2]) + (OtO.col + offs[-2]) * N, np.zeros(OtO.nnz, int))),
-                      shape=(N * N, 1))
+    C = sp.csr_matrix((OtO.data, (OtO.row + OtO.col * N, np.zeros(OtO.nnz, int))), shape=(N * N, 1))
     i0 = np.arange(sizes[0])
     E0 = sp.csr_matrix((np.ones(sizes[0]), (i0 + i0 * N, np.zeros(sizes[0], int))), shape=(N * N, 1))
     return C, E0, F, N, sizes[0]
@@ -240,11 +345,11 @@ def _lipsdp_terms(mats, slopes, out, mode):
     When ``M_out`` has fewer rows ``p`` than columns and ``M_out' M_out`` is denser than ``M_out``, the last
     term is lifted exactly into ``p`` more rows, ``[[F0 + M_out' M_out, M_out'], [M_out, I_p]]`` (Schur
     complement), which keeps the pattern sparse for the chordal split.
-    Returns ``(N, F0, terms, n_vars, lifted)``.
+    Returns ``(N, F0, terms, n_vars, lifted)``. Graph form as in ``_lmi_coefficients``.
     """
+    mats, out = _as_graph(mats, out)
     sizes, offs = _layout(mats)
     N0 = int(offs[-1])
-    out = sp.csr_matrix(out)
     OtO = (out.T @ out).tocsr()
     lifted = out.shape[0] < out.shape[1] and OtO.nnz > 4 * out.nnz
     N = N0 + (out.shape[0] if lifted else 0)
@@ -253,11 +358,11 @@ def _lipsdp_terms(mats, slopes, out, mode):
     F0[hidden, hidden] -= HIDDEN_MARGIN
     if lifted:
         p = out.shape[0]
-        F0[offs[-2]:N0, N0:] = out.T.toarray()
-        F0[N0:, offs[-2]:N0] = out.toarray()
+        F0[:N0, N0:] = out.T.toarray()
+        F0[N0:, :N0] = out.toarray()
         F0[N0 + np.arange(p), N0 + np.arange(p)] = 1.0
     else:
-        F0[offs[-2]:N0, offs[-2]:N0] -= OtO.toarray()
+        F0[:N0, :N0] -= OtO.toarray()
     one = np.ones(1)
     terms = [(0, np.array([i]), one, np.array([i]), one, 0.5) for i in range(sizes[0])]
     for q, k, a, b, idx, v, e in _neurons(mats, slopes, offs):
@@ -311,6 +416,11 @@ def lipsdp(net: typed.Network, mode: str = "neuron", length: int | None = None, 
            reduce_input: bool = True, chordal: bool | None = None) -> BaselineResult:
     """LipSDP-Neuron/-Layer (Fazlyab et al. 2019) on the unrolled network, as one LMI, verified with numpy.
 
+    Residual networks: the unrolled graph (``unroll_graph``, ``_graph_data``), ``z = [x; w]``,
+    ``v = A_x x + A_w w`` (``A_w`` strictly lower block-triangular), ``y = C_x x + C_w w``, and the same LMI
+    with ``[A; B] = [[A_x, A_w], [0, I]]`` and ``diag(-rho I, 0) + [C_x, C_w]^T [C_x, C_w]`` (a chain is the
+    case ``A_w = blkdiag(M_2, ..., M_l)`` below the diagonal, ``C_x = 0``, ``C_w = [0, ..., M_out]``).
+
     For ``x_k = phi_k(M_k x_{k-1})`` (``k = 1..l``), ``y = M_out x_l``, each ``phi_k`` slope-restricted to
     ``[alpha_k, beta_k]`` and ``T = diag(lam) >= 0`` (one entry per neuron, or one per layer for "layer"):
 
@@ -350,7 +460,10 @@ def lipsdp(net: typed.Network, mode: str = "neuron", length: int | None = None, 
         return BaselineResult(0.0, time.perf_counter() - t0, "exact", 0.0)
     if not mats:  # a linear network: the bound is exactly ||M_out||
         return BaselineResult(scale, time.perf_counter() - t0, "exact", scale * scale)
-    if reduce_input and mats[0].shape[1] > mats[0].shape[0]:
+    if net.residual:  # graph form: the input may feed several layers and the output
+        if reduce_input:
+            mats, out = _reduce_graph_input(mats, out)
+    elif reduce_input and mats[0].shape[1] > mats[0].shape[0]:
         U, S, _ = np.linalg.svd(mats[0].toarray(), full_matrices=False)
         mats[0] = sp.csr_matrix(U * S)
     C, E0, F, N, n0 = _lmi_coefficients(mats, slopes, out, mode)
@@ -360,6 +473,10 @@ def lipsdp(net: typed.Network, mode: str = "neuron", length: int | None = None, 
 #: Relative tolerance of the structured LipSDP solve (CVXOPT's reltol/feastol; abstol 1e-2 of it). At 1e-9
 #: CVXOPT stalls on the LipSDP-Layer nets; ``_certify`` recomputes the least rho for the multipliers anyway.
 LIPSDP_TOL = 1e-8
+
+
+#: An HKM run that stops with a relative gap above this is solved again by CVXOPT (``_lipsdp_structured``).
+HKM_STALLED_GAP = 1e-3
 
 
 #: The HKM method's (relative gap and residuals). Its dual residual carries the rounding of ``Z dS S^-1``,
@@ -382,6 +499,13 @@ def _lipsdp_structured(mats, slopes, out, mode, scale, chordal, full, t0, solver
     problem = lipsdp_problem(mats, slopes, out, mode, chordal)
     if solver == "hkm":
         sol = solve_hkm(problem, tol=LIPSDP_HKM_TOL)
+        if sol.relative_gap is None or not sol.relative_gap <= HKM_STALLED_GAP:
+            # HKM stalled far from the optimum (seen on the graph LMI of a trained residual TCN: gap 1.9 after
+            # 5 iterations, a verified but 15x loose bound); CVXOPT's NT steps reach it (45 iterations)
+            try:
+                sol = solve(problem, "cvxopt", tol=LIPSDP_TOL)
+            except SolveError:
+                pass  # keep HKM's point: _certify still judges it
     else:
         try:
             sol = solve(problem, solver, tol=LIPSDP_TOL)

@@ -108,6 +108,22 @@ def _length_of(net: typed.Network, length: int | None) -> int | None:
     return int(length)
 
 
+def _linear_step(L, c: int, n: int | None):
+    """``(M, c, n)`` for a linear layer (conv, dense, average pool, global average pool) on ``c x n``, else
+    None: its unrolled matrix (channel-major indices) and the channels and samples after it."""
+    if isinstance(L, typed.Conv1d):
+        M = _conv_matrix(L, n)
+        return M, L.c_out, M.shape[0] // L.c_out
+    if isinstance(L, typed.Dense):
+        return sp.csr_matrix(L.weight), L.n_out, None
+    if isinstance(L, typed.Pool) and L.op == "avg":
+        M = _avgpool_matrix(c, n, L.kernel, L.stride)
+        return M, c, M.shape[0] // c
+    if isinstance(L, typed.GlobalAvgPool):
+        return sp.kron(sp.identity(c), np.full((1, n), 1.0 / n), format="csr"), c, None
+    return None
+
+
 def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]:
     """The network as ``x_{k+1} = phi_k(M_k x_k)`` with explicit sparse matrices for one input length.
 
@@ -125,10 +141,9 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
         block = next(L for L in net.layers if isinstance(L, typed.Residual))
         raise UnsupportedError(
             f"residual block {block.name!r}: the unrolled network is a graph, not a chain x_(k+1) = "
-            "phi_k(M_k x_k); LipSDP and the unrolled naive product are not available for residual "
-            "networks yet",
+            "phi_k(M_k x_k)",
             span=block.span,
-            hint="the dissipative bound, naive-hinf and the lower bound handle residual blocks")
+            hint="unroll_graph unrolls it as a graph (LipSDP uses that); naive multiplies per block")
     if any(isinstance(L, typed.BatchNorm) for L in net.layers):
         from lipdsl.model.residual import fold_batchnorm
 
@@ -159,18 +174,9 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
     if size is not None and not net.input_shape.flat:
         _require_entries(size, f"the unrolled input ({net.input_shape.channels} x {n})", net.span)
     for L in net.layers:
-        if isinstance(L, typed.Conv1d):
-            M = _conv_matrix(L, n)
-            c, n = L.c_out, M.shape[0] // L.c_out
-        elif isinstance(L, typed.Dense):
-            M = sp.csr_matrix(L.weight)
-            c, n = L.n_out, None
-        elif isinstance(L, typed.Pool) and L.op == "avg":
-            M = _avgpool_matrix(c, n, L.kernel, L.stride)
-            n = M.shape[0] // c
-        elif isinstance(L, typed.GlobalAvgPool):
-            M = sp.kron(sp.identity(c), np.full((1, n), 1.0 / n), format="csr")
-            n = None
+        step = _linear_step(L, c, n)
+        if step is not None:
+            M, c, n = step
         elif isinstance(L, typed.Flatten):
             c, n = size, None
             continue
@@ -194,6 +200,91 @@ def unroll(net: typed.Network, length: int | None = None) -> list[UnrolledLayer]
     if pending is not None:
         close(None)
     return out
+
+
+@dataclass(frozen=True)
+class UnrolledGraph:
+    """The unrolled network as a feedforward graph on ``z = [x_0; w_1; ...; w_l]`` (``x_0`` the input, ``w_k``
+    the outputs of the k-th activation, in the order they are computed):
+
+        w_k = phi_k(v_k),  v_k = M_k z_(<k),   y = M_out z,
+
+    ``M_k`` (``hidden[k].matrix``) reads only the blocks before ``w_k`` (``n_0 + n_1 + ... + n_(k-1)``
+    columns: strictly lower block-triangular), ``M_out`` (``out``) reads all of ``z``. A chain has ``M_k``
+    nonzero on the block ``k - 1`` only; a residual block adds the shortcut's map of its input's block to
+    the sum's consumers.
+    """
+
+    n0: int
+    hidden: tuple[UnrolledLayer, ...]
+    out: sp.csr_matrix
+
+
+def unroll_graph(net: typed.Network, length: int | None = None) -> UnrolledGraph:
+    """The network (residual blocks allowed) as an :class:`UnrolledGraph` for one input length.
+
+    Every signal is kept as a sparse matrix ``E`` with ``signal = E z`` over the neurons created so far: a
+    linear layer multiplies it (``M E``), an activation appends its ``E`` as the next ``M_k`` and becomes the
+    selection of its own block, a residual block is ``E_main + E_shortcut`` of its two branches run from the
+    same ``E`` (``E`` itself for an identity shortcut). Batch norm is folded first (``fold_batchnorm``);
+    biases are dropped.
+
+    Raises
+    ------
+    UnsupportedError
+        A max pool (not slope-restricted), or a net of any input length when ``length`` is not given.
+    """
+    from lipdsl.model.residual import fold_batchnorm
+
+    n = _length_of(net, length)
+    c = net.input_shape.channels
+    size = c if net.input_shape.flat else c * n
+    if not net.input_shape.flat:
+        _require_entries(size, f"the unrolled input ({net.input_shape.channels} x {n})", net.span)
+    hidden: list[UnrolledLayer] = []
+    total = size  # columns of z so far
+
+    def widen(E):
+        E = sp.csr_matrix(E)
+        return sp.csr_matrix((E.data, E.indices, E.indptr), shape=(E.shape[0], total))
+
+    def run(layers, E, c, n):
+        nonlocal total
+        for L in layers:
+            limits.checkpoint("unrolling")
+            if isinstance(L, typed.Residual):
+                Em, cm, nm = run(L.main, E, c, n)
+                Es, cs, ns = run(L.shortcut, E, c, n) if L.shortcut else (E, c, n)
+                assert (cm, nm) == (cs, ns), (L.name, (cm, nm), (cs, ns))
+                E, c, n = (widen(Em) + widen(Es)).tocsr(), cm, nm
+                continue
+            if isinstance(L, typed.Activation):
+                k = E.shape[0]
+                hidden.append(UnrolledLayer(widen(E), (L.alpha, L.beta), L.name))
+                _require_entries(total + k, f"the unrolled graph up to {L.name!r}", L.span)
+                E = sp.csr_matrix((np.ones(k), (np.arange(k), total + np.arange(k))), shape=(k, total + k))
+                total += k
+                continue
+            if isinstance(L, typed.Flatten):
+                c, n = c * (n or 1), None
+                continue
+            if isinstance(L, typed.Pool) and L.op == "max":
+                raise UnsupportedError(
+                    f"LipSDP needs slope-restricted activations, but max pool {L.name!r} is not one "
+                    "(it is a maximum over a window, not an elementwise map)", span=L.span,
+                    hint="use the naive bound or the dissipative method, which handle max pooling")
+            step = _linear_step(L, c, n)
+            if step is None:
+                raise UnsupportedError(f"cannot unroll layer {L.name!r} of kind {L.kind!r}", span=L.span)
+            M, c, n = step
+            per_col = np.bincount(M.indices, minlength=M.shape[1]).astype(float)
+            _require_entries(per_col @ np.diff(E.indptr).astype(float),
+                             f"the unrolled linear maps up to {L.name!r}", L.span)
+            E = (M @ E).tocsr()
+        return E, c, n
+
+    E, _, _ = run(fold_batchnorm(net.layers), sp.identity(size, format="csr"), c, n)
+    return UnrolledGraph(size, tuple(hidden), widen(E))
 
 
 # --------------------------------------------------------------------------- naive products

@@ -77,6 +77,8 @@ def shapes_at(net: typed.Network, length: int | None):
             c, n = c * (n or 1), None
         elif isinstance(L, typed.Dense):
             c, n = L.n_out, None
+        elif isinstance(L, typed.Residual):  # (no strides or pools inside a block)
+            c = L.out_shape.channels
         yield L, c, n
 
 

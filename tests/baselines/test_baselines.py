@@ -5,14 +5,17 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lipdsl.baselines.unrolled import hinf_norm, naive, naive_hinf, spectral_norm, unroll
+from lipdsl.baselines.unrolled import hinf_norm, naive, naive_hinf, spectral_norm, unroll, unroll_graph
 
 from lipdsl.baselines.lipsdp import lipsdp
 from lipdsl.baselines.empirical import lower_bound
 from lipdsl.errors import SolveError, UnsupportedError
-from lipdsl.model.forward import jacobian
+from lipdsl.model.forward import forward, jacobian
 
-from nets import Builder, dense_net, ecg_network, lipsdp_net, random_cnn
+from lipdsl.lang import activations, typed
+from lipdsl.pipeline import solve_network
+
+from nets import Builder, Spec, dense_net, ecg_network, lipsdp_net, random_cnn, random_residual
 
 RANDOM_WEIGHTS_EXACT = 36.48222959637795
 
@@ -317,3 +320,153 @@ def test_lipsdp_goes_through_the_one_solver_driver():
         assert lipsdp(net, "neuron", solver=solver).bound == pytest.approx(ref, rel=1e-6), solver
     with pytest.raises(SolveError, match="not available for LipSDP"):
         lipsdp(net, "neuron", solver="sdpa")
+
+
+# --------------------------------------------------------------------------- residual nets (unrolled graph)
+def _bias_free_residual(rng, tmp_path, *, act="tanh", linear=False, head="gap"):
+    """A residual net without biases or batch norm shifts: a stem conv (+ activation), a block with an
+    identity shortcut, a block with a 1x1 conv shortcut (channels change), then a head; no activations
+    at all when ``linear``."""
+    s = Spec(2, 9)
+    s.conv(rng, 2, 3, 3, padding="causal")
+    if not linear:
+        s.lines.append(act)
+    for b, (c_in, c_out, pad) in enumerate([(3, 3, "same"), (3, 4, "causal")]):
+        s.lines.append(f"residual blk{b}:")
+        s.conv(rng, c_in, c_out, 3, padding=pad, indent="  ")
+        if not linear:
+            s.lines.append(f"  {act}")
+        s.conv(rng, c_out, c_out, 2, padding="causal", dilation=2, indent="  ")
+        if c_out != c_in:
+            s.lines.append("shortcut")
+            s.conv(rng, c_in, c_out, 1, padding=0, indent="  ")
+        s.lines.append("end")
+        if not linear:
+            s.lines.append(act)
+    if head == "gap":
+        s.lines += ["global_avgpool", f"dense 4 -> 2, weight {s.key(rng.normal(size=(2, 4)))}"]
+    else:
+        s.lines += ["flatten", f"dense 36 -> 2, weight {s.key(rng.normal(size=(2, 36)) / 6)}"]
+    return s.load(tmp_path)
+
+
+def _graph_forward(net, g, x):
+    """The network evaluated through its unrolled graph: ``w_k = phi_k(M_k z)``, ``y = M_out z``."""
+    acts = {L.name: L for L in typed.flat_layers(net.layers) if isinstance(L, typed.Activation)}
+    z = x.ravel()
+    for U in g.hidden:
+        A = acts[U.name]
+        phi, _ = activations.functions(A.function, A.parameter)
+        z = np.concatenate([z, phi(U.matrix @ z)])
+    return g.out @ z
+
+
+@pytest.mark.parametrize("act,head", [("tanh", "gap"), ("relu", "flatten"), ("leaky_relu(0.1)", "gap")])
+def test_unrolled_graph_reproduces_residual_nets(act, head, tmp_path):
+    """The graph (identity and 1x1 conv shortcuts, same and causal padding, dilation) is the network: its
+    forward pass equals lipdsl's (PyTorch semantics) on random inputs; M_k reads only earlier blocks."""
+    rng = np.random.default_rng(3)
+    net = _bias_free_residual(rng, tmp_path, act=act, head=head)
+    g = unroll_graph(net)
+    width = g.n0
+    for U in g.hidden:
+        assert U.matrix.shape[1] == width  # strictly lower block-triangular
+        width += U.matrix.shape[0]
+    assert g.out.shape[1] == width
+    for _ in range(3):
+        x = rng.normal(size=(2, 9))
+        np.testing.assert_allclose(_graph_forward(net, g, x), forward(net, x), rtol=1e-12, atol=1e-12)
+
+
+def test_unrolled_graph_of_a_chain_is_the_chain():
+    """On a sequential net the graph's matrices are ``unroll``'s, each on the block before it."""
+    net = random_cnn(np.random.default_rng(5), activation="tanh")
+    if any(isinstance(L, typed.Pool) and L.op == "max" for L in net.layers):
+        pytest.skip("max pool")
+    g, steps = unroll_graph(net), unroll(net)
+    for U, S in zip(g.hidden, steps):
+        at = U.matrix.shape[1] - S.matrix.shape[1]  # the offset of the block before it
+        assert U.slope == S.slope
+        np.testing.assert_allclose(U.matrix[:, at:].toarray(), S.matrix.toarray(), atol=1e-14)
+        assert abs(U.matrix[:, :at]).sum() == 0
+    last = steps[-1].matrix if steps[-1].slope is None else sp.identity(g.out.shape[0])
+    at = g.out.shape[1] - last.shape[1]
+    np.testing.assert_allclose(g.out[:, at:].toarray(), last.toarray(), atol=1e-14)
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(6))
+def test_lipsdp_on_residual_nets_ordering(seed, tmp_path):
+    """On random residual nets (identity, batch-norm-only and 1x1 conv (+ batch norm) shortcuts, batch norm,
+    ReLU/tanh/leaky ReLU): lower <= LipSDP-Neuron <= LipSDP-Layer, Neuron <= naive, and Neuron <= the
+    dissipative bound (its certificate, summed over time and blocks, is a LipSDP-Neuron certificate with
+    multipliers shared over time), as for the sequential nets (tests/test_solve.py); the LMI holds at the
+    verified point."""
+    rng = np.random.default_rng(seed)
+    net = random_residual(rng, tmp_path)
+    lo = lower_bound(net, starts=4, steps=15, seed=seed).value
+    ne, la = lipsdp(net, "neuron"), lipsdp(net, "layer")
+    assert ne.status == la.status == "verified" and ne.max_eig <= 0 and la.max_eig <= 0
+    ours = solve_network(net).certificate.lipschitz
+    assert lo <= ne.bound * (1 + 1e-9), (lo, ne.bound)
+    assert ne.bound <= la.bound * (1 + 1e-7), (ne.bound, la.bound)
+    assert ne.bound <= naive(net) * (1 + 1e-7)
+    assert ne.bound <= ours * (1 + 1e-6), (ne.bound, ours)
+
+
+@pytest.mark.solver
+def test_lipsdp_residual_split_and_solvers_agree(tmp_path):
+    """The graph LMI split into cliques (chordal), unsplit, and through PICOS: one optimum."""
+    net = _bias_free_residual(np.random.default_rng(8), tmp_path, act="relu")
+    for mode in ("neuron", "layer"):
+        ref = lipsdp(net, mode, solver="picos-cvxopt").bound
+        for chordal in (False, True):
+            assert lipsdp(net, mode, chordal=chordal).bound == pytest.approx(ref, rel=1e-6), (mode, chordal)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lipsdp_of_a_linear_residual_net_is_its_norm(seed, tmp_path):
+    """No activation anywhere (identity and conv shortcuts, batch norm): LipSDP is the exact norm of the
+    network's (constant) Jacobian, computed by the forward-mode Jacobian."""
+    rng = np.random.default_rng(40 + seed)
+    s = Spec(2, 10)
+    s.conv(rng, 2, 3, 3, padding="same")
+    s.lines.append("residual b0:")
+    s.conv(rng, 3, 3, 3, padding="causal", indent="  ")
+    s.bn(rng, 3, indent="  ")
+    s.conv(rng, 3, 3, 3, padding="same", dilation=2, indent="  ")
+    s.lines.append("end")
+    s.lines.append("residual b1:")
+    s.conv(rng, 3, 4, 3, padding="same", indent="  ")
+    s.lines.append("shortcut")
+    s.conv(rng, 3, 4, 1, padding=0, indent="  ")
+    s.bn(rng, 4, indent="  ")
+    s.lines.append("end")
+    if seed % 2:
+        s.lines += ["global_avgpool", f"dense 4 -> 3, weight {s.key(rng.normal(size=(3, 4)))}"]
+    net = s.load(tmp_path)
+    exact = np.linalg.norm(jacobian(net, rng.normal(size=(2, 10))).reshape(-1, 20), 2)
+    for mode in ("neuron", "layer"):
+        assert lipsdp(net, mode).bound == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.solver
+def test_a_stalled_hkm_run_is_solved_again_by_cvxopt(monkeypatch):
+    """An HKM run that stops far from the optimum (relative gap > HKM_STALLED_GAP) is redone by CVXOPT."""
+    import dataclasses
+
+    from lipdsl.baselines import lipsdp as baselines
+    from lipdsl.solvers import hkm
+
+    net = random_cnn(np.random.default_rng(77), activation="relu")
+    ref = lipsdp(net, "neuron", solver="cvxopt").bound
+    real = hkm.solve_hkm
+
+    def stalled(problem, **kw):  # the starting point, as if no step had been taken
+        sol = real(problem, **kw)
+        return dataclasses.replace(sol, claimed_status="unknown", relative_gap=1.9,
+                                   x=np.full_like(sol.x, 1.0), rho=1e3)
+
+    monkeypatch.setattr(hkm, "solve_hkm", stalled)
+    got = baselines.lipsdp(net, "neuron")
+    assert got.bound == pytest.approx(ref, rel=1e-6) and got.claimed_status == "optimal"

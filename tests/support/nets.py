@@ -7,6 +7,7 @@ import numpy as np
 
 from lipdsl.lang import typed
 from lipdsl.lang.activations import slope as activation_slope
+from lipdsl.lang.source import Source
 from lipdsl.lang.typed import Shape
 from repo_paths import DATA
 from repo_paths import SHARED as _SHARED
@@ -286,3 +287,89 @@ def random_small_cnn(rng: np.random.Generator):
             kernel = int(rng.integers(2, 4))
             b.pool(op, kernel, int(rng.integers(1, kernel + 1)))
     return random_head(b, rng, act, p_gap=0.3, max_outputs=4)
+
+
+# --------------------------------------------------------------------------- residual nets (spec text)
+ACTS = ("relu", "tanh", "leaky_relu(0.1)")
+
+
+def _check_source(source):
+    from lipdsl.lang.load import check_source
+
+    return check_source(source)
+
+
+class Spec:
+    """Spec text and its weights, written into ``tmp_path`` and checked."""
+
+    def __init__(self, c: int, n: int | None):
+        self.lines = [f"input {c} x {'*' if n is None else n}", 'weights "w.npz"']
+        self.w: dict[str, np.ndarray] = {}
+        self.k = 0
+
+    def key(self, value: np.ndarray) -> str:
+        self.k += 1
+        self.w[f"t{self.k}"] = value
+        return f"t{self.k}"
+
+    def conv(self, rng, c_in, c_out, k, *, padding="same", dilation=1, stride=1, indent="") -> None:
+        w = self.key(rng.normal(size=(c_out, c_in, k)) / np.sqrt(c_in * k))
+        self.lines.append(f"{indent}conv1d {c_in} -> {c_out}, kernel {k}, dilation {dilation}, "
+                          f"stride {stride}, padding {padding}, weight {w}")
+
+    def bn(self, rng, c, indent="") -> None:
+        self.k += 1
+        p = f"bn{self.k}"
+        self.w.update({f"{p}.weight": rng.uniform(0.5, 1.5, c), f"{p}.bias": rng.normal(size=c),
+                       f"{p}.running_mean": rng.normal(size=c), f"{p}.running_var": rng.uniform(0.3, 2.0, c)})
+        self.lines.append(f"{indent}batchnorm {c}, weights {p}")
+
+    def load(self, tmp_path) -> typed.Network:
+        np.savez(tmp_path / "w.npz", **self.w)
+        path = tmp_path / "net.lip"
+        path.write_text("\n".join(self.lines) + "\n")
+        return _check_source(Source(str(path), path.read_text()))
+
+
+def random_residual(rng: np.random.Generator, tmp_path, *, n: int | None = 14) -> typed.Network:
+    """A random residual net: a stem conv (strided sometimes), one or two blocks (identity, batch-norm-only or
+    1x1 conv (+ batch norm) shortcut; dilations, causal/same/int paddings, batch norm), an activation after
+    a block sometimes, and a head (global average pool, or flatten, then dense) unless ``n`` is None."""
+    c0 = int(rng.integers(1, 3))
+    s = Spec(c0, n)
+    act = ACTS[int(rng.integers(len(ACTS)))]
+    c = int(rng.integers(2, 4))
+    stride = int(rng.integers(1, 3)) if n is not None else 1
+    s.conv(rng, c0, c, int(rng.integers(1, 4)), padding="causal", stride=stride)
+    causal = rng.random() < 0.5
+    for b in range(int(rng.integers(1, 3))):
+        c_in = c
+        c_out = c if rng.random() < 0.5 else c + 1
+        s.lines.append(f"residual blk{b}:")
+        for _ in range(int(rng.integers(1, 3))):
+            pad = "causal" if causal else ["same", 1][int(rng.integers(2))]
+            k, d = (3, 1) if pad == 1 else (int(rng.integers(1, 4)), int(rng.integers(1, 3)))
+            s.conv(rng, c, c_out, k, padding=pad, dilation=d, indent="  ")
+            if rng.random() < 0.5:
+                s.bn(rng, c_out, indent="  ")
+            if rng.random() < 0.7:
+                s.lines.append(f"  {act}")
+            c = c_out
+        if c_out != c_in:
+            s.lines.append("shortcut")
+            s.conv(rng, c_in, c_out, 1, padding=0, indent="  ")
+            if rng.random() < 0.5:
+                s.bn(rng, c_out, indent="  ")
+        elif rng.random() < 0.3:
+            s.lines.append("shortcut")
+            s.bn(rng, c_out, indent="  ")
+        s.lines.append("end")
+        if rng.random() < 0.7:
+            s.lines.append(act)
+    if n is not None and rng.random() < 0.5:
+        s.lines += ["global_avgpool", f"dense {c} -> 2, weight {s.key(rng.normal(size=(2, c)))}"]
+    elif n is not None:
+        size = s.load(tmp_path).output_shape.size  # the flattened size, known once checked
+        w = s.key(rng.normal(size=(2, size)) / np.sqrt(size))
+        s.lines += ["flatten", f"dense {size} -> 2, weight {w}"]
+    return s.load(tmp_path)
