@@ -28,7 +28,7 @@ from lipdsl.model.lowered import Network as LoweredNetwork
 from lipdsl.sdp.build import build_sdp, weight_bases
 from lipdsl.sdp.problem import Sdp, Variable
 from lipdsl.sizes import (  # noqa: F401 (imported from here too)
-    ProblemSize, SubspaceWeights, _block_states, lowered_size, problem_size)
+    ProblemSize, SubspaceWeights, lowered_size, problem_size)
 from lipdsl.solvers.solve import Solution, converged, solve
 
 #: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
@@ -53,10 +53,6 @@ REPAIR_WARNING = 0.01
 #: ``AUTO_FREQUENCIES`` frequencies has fewer.
 AUTO_VARIABLES = 4000
 AUTO_FREQUENCIES = 17
-#: ... on ``2 s + 1`` frequencies for the widest FIR span ``s = dilation (kernel - 1)`` (summed along a
-#: residual block's branch), between these two: the frequency LMIs' entries are trigonometric polynomials of
-#: degree ``s``, so short filters need fewer points, and the refinement adds them where the LMIs still dip.
-AUTO_MIN_FREQUENCIES = 9
 #: Frequency mode: re-solves with the grid refined where the LMIs dip between its frequencies
 #: (``certify.storage.refined_grids``; none when they do not dip).
 REFINE_ROUNDS = 2
@@ -76,9 +72,7 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     """The number of frequencies to solve ``net`` with (None: the exact LMIs) and a sentence saying which
     form that is and why. ``frequencies``: a number (kept), None or ``"none"`` (the exact LMIs), or
     ``"auto"``: the exact LMIs unless they have more than ``AUTO_VARIABLES`` variables and the frequency
-    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering); that form
-    then on ``2 s + 1`` frequencies for the widest FIR span ``s`` (``_fir_span``), at least
-    ``AUTO_MIN_FREQUENCIES`` and at most ``AUTO_FREQUENCIES``."""
+    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering)."""
     if frequencies is None or frequencies == "none":
         return None, "exact LMIs (the storage P of every conv layer a solver variable)"
     if frequencies != "auto":
@@ -91,32 +85,11 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     gridded = problem_size(net, lift, AUTO_FREQUENCIES)
     if gridded.variables >= exact.variables:
         return None, (f"exact LMIs ({exact.variables:,} variables; the frequency form would not have fewer)")
-    span = _fir_span(net.layers)
-    k = min(AUTO_FREQUENCIES, max(AUTO_MIN_FREQUENCIES, 2 * -(-span // lift) + 1))  # (blocks of lift samples)
+    k = AUTO_FREQUENCIES
     return k, (
         f"frequency-domain LMIs for the wide conv layers on {k} frequencies, chosen "
         f"automatically: {gridded.variables:,} variables instead of the exact LMIs' {exact.variables:,} "
         f"(--frequencies none keeps the exact ones, --frequencies K sets K)")
-
-
-def _fir_span(layers) -> int:
-    """The widest FIR span ``dilation (kernel - 1)`` among ``layers``' convs that the frequency form grids
-    (at least as many states as inputs and outputs: ``in_frequency_form``), a residual block's branch
-    counting the sum of its convs' spans (their composition's degree)."""
-    span = 0
-    for layer in layers:
-        if isinstance(layer, typed.Conv1d):
-            s = layer.dilation * (layer.kernel - 1)
-            if s * layer.c_in >= layer.c_in + layer.c_out:
-                span = max(span, s)
-        elif isinstance(layer, typed.Residual):
-            nx, internal = _block_states(layer)
-            if nx < layer.in_shape.channels + internal + layer.out_shape.channels:
-                continue
-            for branch in (layer.main, layer.shortcut):
-                convs = [c for c in branch if isinstance(c, typed.Conv1d)]
-                span = max(span, sum(c.dilation * (c.kernel - 1) for c in convs))
-    return span
 
 
 def choose_weights(net: typed.Network, lift: int, frequencies: int | None,

@@ -164,28 +164,3 @@ def test_subspace_weights_are_certified_between_full_weights_and_diagonal(seed):
     assert sub.certificate.lipschitz_solver <= diag.lipschitz_solver * (1 + 1e-6)
     assert sub.certificate.lipschitz >= lower_bound(net, starts=8, seed=seed, time_budget=5.0).value
 
-
-@pytest.mark.parametrize("spec, expected", [("fcn_32_64_32", 9), ("fcn_64_128_64", 9), ("tcn_plain", 17),
-                                            ("tcn", 17), ("resnet1d", 17)])
-def test_auto_frequencies_follow_the_widest_gridded_filter_span(spec, expected):
-    """issue 20: ``--frequencies auto`` grids on ``2 s + 1`` frequencies for the widest span ``s`` among the
-    layers it grids (FCN: k5 and k3 gridded, the exact first k8 layer not counted; TCN: k3 with dilation 4;
-    ResNet: a block's k8 + k5 + k3), within [9, 17]."""
-    from lipdsl.pipeline import choose_form
-
-    _, net = load_network(ROOT / "specs" / f"{spec}.lip")
-    k, form = choose_form(net)
-    assert k == expected and f"on {k} frequencies" in form
-
-
-def test_auto_frequencies_of_one_wide_conv_layer():
-    """``2 s + 1`` between the bounds: a gridded 64-channel conv of span 5 on 11 frequencies, span 2 on 9
-    (the floor), span 12 on 17 (the cap)."""
-    from lipdsl.pipeline import choose_form
-    from nets import Builder
-
-    for kernel, dilation, expected in ((6, 1, 11), (3, 1, 9), (7, 2, 17)):
-        b = Builder(64, 64)
-        b.conv(np.zeros((64, 64, kernel)), dilation=dilation, padding="causal")
-        b.act("relu")
-        assert choose_form(b.build())[0] == expected

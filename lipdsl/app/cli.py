@@ -152,8 +152,7 @@ def show_command(
     show_default=True,
     help="Solve conv layers' LMIs in the frequency domain on K frequencies and recover their storage "
     "matrices afterwards (KYP lemma + Riccati): for wide conv layers; certified the same way, slightly "
-    "looser. auto: K = 2s+1 (9..17, s the widest filter span) when the exact LMIs would have more than 4000 "
-    "variables; none: the exact LMIs.",
+    "looser. auto: K = 17 when the exact LMIs would have more than 4000 variables; none: the exact LMIs.",
 )
 @click.option(
     "--weight-rank",
