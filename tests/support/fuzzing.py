@@ -954,8 +954,9 @@ def _build_weight_files(case: dict, d: Path) -> str:
     with zipfile.ZipFile(d / "w.npz", "w", mode) as z:
         seen = set()
         for name, payload in case["members"]:
-            if name not in seen:
-                seen.add(name)
+            stored = zipfile.ZipInfo(name).filename  # (what the archive keeps: cut at a NUL, '/' for os.sep)
+            if stored not in seen:
+                seen.add(stored)
                 z.writestr(name, payload)
     return f'input 2\ndense a: 2 -> 1, weight "w.npz":{case["key"]}\n'
 
