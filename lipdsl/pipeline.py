@@ -318,8 +318,10 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     ):
         err = SolveError(
             f"{sol.solver} stopped after {sol.iterations} iterations without converging (status "
-            f"{sol.claimed_status!r}); the bound certified from its last point, {cert.lipschitz:.6g}, is "
-            f"{1 + cert.inflation:.4g} times the solver's value {cert.lipschitz_solver:.6g} and may be loose",
+            f"{sol.claimed_status!r}); the bound certified from its last point, {cert.lipschitz:.6g}, "
+            + (f"is {1 + cert.inflation:.4g} times the solver's value {cert.lipschitz_solver:.6g} and "
+               if cert.inflation is not None else f"(the solver's value: {cert.lipschitz_solver}) ")
+            + "may be loose",
             hint="raise --max-iterations, try another --solver, or pass --accept-unconverged to report this "
             "(sound) bound",
         )

@@ -211,8 +211,28 @@ def weight_bases(net: lowered.Network, rank: int, min_order: int = 0) -> dict[st
             gram += CT.T @ CT
             T = ss.A @ T
         w, V = np.linalg.eigh(gram)
-        bases[producer.name] = V[:, ::-1][:, :rank].copy()
+        V = V[:, ::-1][:, :rank].copy()
+        if not _redundant(V):
+            bases[producer.name] = V
     return bases
+
+
+def _redundant(V: np.ndarray) -> bool:
+    """Whether ``diag(d) + V S V'`` has more parameters than matrices: some ``S != 0`` makes ``V S V'``
+    diagonal (e.g. a column of ``V`` that is a unit vector ``e_i``, as a next layer that does not mix
+    channels gives), which leaves the SDP's Newton system singular. Tested as a kernel of
+    ``S -> offdiag(V S V')`` (its matrix: ``n(n-1)/2 x r(r+1)/2``)."""
+    n, r = V.shape
+    iu = np.triu_indices(n, 1)
+    cols = []
+    for a, b in zip(*np.triu_indices(r)):
+        F = np.outer(V[:, a], V[:, b])
+        cols.append((F + F.T)[iu])
+    M = np.array(cols).T
+    if M.size == 0:
+        return True
+    s = np.linalg.svd(M, compute_uv=False)
+    return bool(s[-1] <= 1e-8 * max(s[0], 1e-300)) or M.shape[0] < M.shape[1]
 
 
 def frequency_grid(count: int) -> np.ndarray:

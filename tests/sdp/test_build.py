@@ -370,3 +370,36 @@ def test_weight_bases_are_the_next_layers_loudest_input_directions():
         V = bases[producer.name]
         assert np.linalg.norm(V @ (V.T @ top)) == pytest.approx(1.0, abs=1e-9)
 
+
+
+def test_weight_bases_skip_a_redundant_subspace():
+    """A next layer that does not mix channels has a diagonal tap Gram: its eigenvectors are unit vectors
+    ``e_i``, and ``diag(d) + V S V'`` would count ``X_ii`` twice (a singular Newton system: CVXOPT stopped
+    unconverged on specs/haar_exact.lip with --weight-rank 1). Such a weight keeps a full X."""
+    from lipdsl.sdp.build import _redundant, weight_bases
+
+    b = Builder(1, 16)
+    b.conv(np.ones((4, 1, 3)) / 3, padding="same")
+    b.act("relu")
+    weight = np.zeros((4, 4, 3))
+    for i in range(4):
+        weight[i, i] = [1.0, -2.0 * (i + 1), 0.5]  # channel i reads channel i only
+    b.conv(weight, padding="same")
+    b.act("relu")
+    b.gap()
+    b.dense(np.ones((1, 4)))
+    assert not weight_bases(lower(b.build()), 1)
+    rng = np.random.default_rng(0)
+    assert not _redundant(np.linalg.qr(rng.normal(size=(6, 2)))[0])
+    assert _redundant(np.eye(6)[:, :2])
+
+
+def test_solve_with_a_weight_rank_on_a_net_that_does_not_mix_channels(specs):
+    """End to end: specs/haar_exact.lip with ``weight_rank=1`` certifies its exact constant (it raised a
+    TypeError building the 'stopped without converging' message before)."""
+    from lipdsl.lang.load import load_network
+    from lipdsl.pipeline import solve_network
+
+    _, net = load_network(specs / "haar_exact.lip")
+    cert = solve_network(net, weight_rank=1).certificate
+    assert cert.verified and cert.lipschitz == pytest.approx(1.0, rel=1e-6)
