@@ -418,6 +418,13 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         links.append(Link(sys, None, P, lam, w_in, w_out, needs_P_psd, tuple(inner)))  # lmi filled below
         prev_out = w_out
 
+    if weights == "subspace":  # the weights that took the subspace form (not: a redundant basis, a pool)
+        weight_vars = [v for v in variables if v.role in ("X", "Xinv")]
+        sub = [f"after {v.system} ({v.n} ch, rank {v.rank})" for v in weight_vars
+               if v.structure == "subspace"]
+        full = [f"after {v.system} ({v.n} ch)" for v in weight_vars if v.structure != "subspace"]
+        notes.append("weights X = diag + V S V' on a subspace: " + (", ".join(sub) or "none")
+                     + ("; full or diagonal X: " + ", ".join(full) if full else ""))
     n_ref = [count[0]]  # the solver's variables; the storage P of gridded systems come after them
     storage: list[Variable] = []
     for j, link in enumerate(links):

@@ -403,3 +403,17 @@ def test_solve_with_a_weight_rank_on_a_net_that_does_not_mix_channels(specs):
     _, net = load_network(specs / "haar_exact.lip")
     cert = solve_network(net, weight_rank=1).certificate
     assert cert.verified and cert.lipschitz == pytest.approx(1.0, rel=1e-6)
+
+
+def test_subspace_note_names_the_weights_that_took_it():
+    """The SDP's notes say which weights are on a subspace and which stayed full (the form line only says
+    what was asked)."""
+    from lipdsl.sdp.build import weight_bases
+
+    low = lower(wide_gap_net(3, channels=8))
+    sdp = build_sdp(low, frequencies=5, weights="subspace", bases=weight_bases(low, 2))
+    note = next(n for n in sdp.notes if n.startswith("weights X = diag + V S V' on a subspace"))
+    assert note.count("rank 2") == 2 and "full" not in note
+    sdp = build_sdp(low, frequencies=5, weights="subspace", bases={})
+    note = next(n for n in sdp.notes if n.startswith("weights X = diag + V S V' on a subspace"))
+    assert "subspace: none; full or diagonal X:" in note
