@@ -190,23 +190,6 @@ def _body_lines(layers: list[Layer]) -> list[tuple[str, str]]:
     return body
 
 
-def _flat_order(layers) -> list[Layer]:
-    """Layers in the order ``check`` names them: a block, then its main path, then its shortcut."""
-    out: list[Layer] = []
-    for L in layers:
-        out.append(L)
-        if L.kind == "residual":
-            out += _flat_order(L.options["main"]) + _flat_order(L.options["shortcut"])
-    return out
-
-
-def _slope(function: str, parameter: float | None) -> tuple[float, float]:
-    """Slope bounds of the activations an import can produce (lipdsl.lang.activations, the one table)."""
-    from lipdsl.lang.activations import slope
-
-    return slope(function, parameter)
-
-
 def sanitize_key(name: str) -> str:
     """A tensor name in the spec's key syntax ``[A-Za-z_][A-Za-z0-9_]*(.[A-Za-z0-9_]+)*``.
 
