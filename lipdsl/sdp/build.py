@@ -110,23 +110,28 @@ def system_lmi_terms(
                 b.congruence(w_out.variable, Psi_v[t::k], -1.0)
 
 
+def fir_taps(ss: lowered.StateSpace) -> list[np.ndarray]:
+    """The impulse response ``[D, C B, C A B, ...]`` of a system with a nilpotent ``A`` (every tap)."""
+    taps = [ss.D]
+    AjB = ss.B
+    for _ in range(ss.nx):
+        limits.checkpoint("frequency response")
+        if not AjB.any():
+            return taps
+        taps.append(ss.C @ AjB)
+        AjB = ss.A @ AjB
+    if AjB.any():
+        raise ValueError("the state matrix is not nilpotent")  # pragma: no cover - FIR realizations are
+    return taps
+
+
 def frequency_response(ss: lowered.StateSpace, omegas: np.ndarray) -> np.ndarray:
     """``H(e^{iw}) = D + sum_j C A^j B e^{-iw(j+1)}`` at each ``w`` (``A`` nilpotent: a finite sum)."""
     limits.require_time(2.0 * ss.nx**3 * max(ss.nu, 1) + 8.0 * len(omegas) * ss.nx * ss.nu * ss.ny,
                         f"the frequency response of a system with {ss.nx} states",
                         hint="the frequency form needs the filter's taps C A^j B: use smaller kernels or "
                         "dilations (states = dilation*(kernel-1)*c_in)")
-    taps = [ss.D]
-    AjB = ss.B
-    for _ in range(ss.nx):
-        limits.checkpoint("frequency response")
-        if not AjB.any():
-            break
-        taps.append(ss.C @ AjB)
-        AjB = ss.A @ AjB
-    else:
-        if AjB.any():
-            raise ValueError("the state matrix is not nilpotent")  # pragma: no cover - FIR realizations are
+    taps = fir_taps(ss)
     phase = np.exp(-1j * np.outer(omegas, np.arange(len(taps))))  # (K, J)
     taps = np.array(taps, dtype=complex)
     return (phase @ taps.reshape(len(taps), -1)).reshape((len(omegas),) + taps.shape[1:])  # one product
@@ -202,16 +207,8 @@ def weight_bases(net: lowered.Network, rank: int, min_order: int = 0) -> dict[st
         n = producer.n_out
         if j != i + 1 or 2 * rank > n or n < min_order or consumer.ss.nu < n:
             continue
-        ss = consumer.ss
-        T, gram = ss.B, ss.D[:, :n].T @ ss.D[:, :n]
-        for _ in range(ss.nx):
-            if not T.any():
-                break
-            CT = (ss.C @ T)[:, :n]
-            gram += CT.T @ CT
-            T = ss.A @ T
-        w, V = np.linalg.eigh(gram)
-        V = V[:, ::-1][:, :rank].copy()
+        gram = sum(tap[:, :n].T @ tap[:, :n] for tap in fir_taps(consumer.ss))
+        V = np.linalg.eigh(gram)[1][:, ::-1][:, :rank].copy()
         if not _redundant(V):
             bases[producer.name] = V
     return bases
