@@ -60,7 +60,7 @@ from lipdsl.certify.riccati import (  # noqa: F401 (imported from here too)
     DOUBLING_STALL, DOUBLING_STEPS, QZ_MAX_STATES, QZ_STATES, RICCATI_RESIDUAL, riccati_doubling,
     riccati_residual, storage_matrix)
 from lipdsl.sdp.build import frequency_grid, frequency_response
-from lipdsl.sdp.problem import Sdp
+from lipdsl.sdp.problem import Sdp, from_upper
 from lipdsl.solvers.solve import Solution
 from lipdsl.solvers.cvxopt_kkt import kkt_threads, thread_map
 
@@ -523,9 +523,7 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
     X_out = point.weight(link.w_out)
 
     def storage(z: np.ndarray) -> np.ndarray:  # P from its upper triangle, row by row
-        P = np.zeros((nx, nx))
-        P[iu] = z[1 + n_lam :]
-        return P + np.triu(P, 1).T
+        return from_upper(z[1 + n_lam :], nx)
 
     def multipliers(z: np.ndarray) -> list:
         return [z[bounds[j] : bounds[j + 1]] for j in range(len(sizes))]

@@ -58,15 +58,8 @@ class Variable:
         if self.structure == "diagonal":
             return np.diag(v)
         if self.structure == "subspace":
-            V, r = self.basis, self.rank
-            S = np.zeros((r, r))
-            S[np.triu_indices(r)] = v[self.n :]
-            S = S + np.triu(S, 1).T
-            return np.diag(v[: self.n]) + V @ S @ V.T
-        M = np.zeros((self.n, self.n))
-        iu = np.triu_indices(self.n)
-        M[iu] = v
-        return M + np.triu(M, 1).T
+            return np.diag(v[: self.n]) + self.basis @ from_upper(v[self.n :], self.rank) @ self.basis.T
+        return from_upper(v, self.n)
 
     def pack(self, value) -> np.ndarray:
         """The entries of ``x[self.slice]`` that ``value`` returns ``value`` for (its inverse)."""
@@ -96,6 +89,19 @@ def _subspace_fit(X: np.ndarray, V: np.ndarray) -> np.ndarray:
     d = np.linalg.lstsq(np.eye(len(X)) - Q * Q, np.diag(X) - np.diag(Q @ X @ Q), rcond=None)[0]
     S = V.T @ (X - np.diag(d)) @ V
     return np.concatenate([d, S[np.triu_indices(r)]])
+
+
+def from_upper(v: np.ndarray, n: int) -> np.ndarray:
+    """The symmetric n x n matrix whose upper triangle, row by row, is ``v`` (``Variable``'s packing)."""
+    M = np.zeros((n, n))
+    M[np.triu_indices(n)] = v
+    return M + np.triu(M, 1).T
+
+
+def upper_diagonal(n: int) -> np.ndarray:
+    """The positions of the diagonal entries in an n x n upper triangle packed row by row."""
+    i = np.arange(n)
+    return i * n - i * (i - 1) // 2
 
 
 @dataclass(frozen=True)
@@ -130,15 +136,9 @@ class LowRank:
     U: np.ndarray
     coef: float
 
-    def S(self, x: np.ndarray) -> np.ndarray:
-        r = self.variable.rank
-        S = np.zeros((r, r))
-        S[np.triu_indices(r)] = x[self.variable.offset + self.variable.n : self.variable.slice.stop]
-        return S + np.triu(S, 1).T
-
     def apply(self, x: np.ndarray) -> np.ndarray:
         """``sum_{a<=b} s_ab F_ab`` at ``x`` (m x m)."""
-        return self.coef * (self.U @ self.S(x) @ self.U.T)
+        return self.coef * (self.U @ from_upper(x[self.columns], self.variable.rank) @ self.U.T)
 
     def adjoint(self, Z: np.ndarray) -> np.ndarray:
         """``<F_ab, Z>`` for the upper triangle ``a <= b`` (row by row) of ``S``, ``Z`` symmetric."""
@@ -269,11 +269,10 @@ class Sdp:
         eps = FREQUENCY_TRACE / sum(v.n for v in weights)
         for v in weights:
             if v.structure == "symmetric":  # the diagonal of the upper triangle, row by row
-                c[[v.offset + i * v.n - i * (i - 1) // 2 for i in range(v.n)]] += eps
+                c[v.offset + upper_diagonal(v.n)] += eps
             elif v.structure == "subspace":  # tr(diag d + V S V') = sum d + tr S (V'V = I)
-                r = v.rank
                 c[v.offset : v.offset + v.n] += eps
-                c[[v.offset + v.n + i * r - i * (i - 1) // 2 for i in range(r)]] += eps
+                c[v.offset + v.n + upper_diagonal(v.rank)] += eps
             else:
                 c[v.offset : v.offset + v.dim] += eps
         return c
