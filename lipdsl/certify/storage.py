@@ -125,12 +125,23 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
     return max(0.0, -float(np.linalg.eigvalsh(schur).min()))
 
 
+#: ``_over_frequencies`` hands ``fn`` at most this many bytes of ``Phi`` at a time (a block LMI of order 128
+#: on the fine grid is 540 MB; chunks stay in cache-sized buffers instead of fresh pages on every call).
+CHUNK_BYTES = 1 << 23
+
+
 def _over_frequencies(fn, H: np.ndarray, threads: int, combine):
-    """``combine`` of ``fn`` on ``threads`` parts of the frequencies of ``H`` (e.g. ``max`` of
-    ``input_shift``: the same value as on all of them at once; batched numpy releases the GIL)."""
-    if threads <= 1 or len(H) < 8 * threads:
+    """``combine`` of ``fn`` on parts of the frequencies of ``H`` (e.g. ``max`` of ``input_shift``: the same
+    value as on all of them at once), on ``threads`` threads (batched numpy releases the GIL), each part's
+    ``Phi`` (order about ``ny + nu`` for ``H`` of ``ny x nu``) of at most ``CHUNK_BYTES``."""
+    order = H.shape[1] + H.shape[2] if H.ndim == 3 else 1
+    parts = max(threads if len(H) >= 8 * threads else 1, -(-len(H) * order * order * 16 // CHUNK_BYTES))
+    parts = min(parts, len(H))
+    if parts <= 1:
         return fn(H)
-    return combine(thread_map(fn, np.array_split(H, threads), threads))
+    chunks = np.array_split(H, parts)
+    values = thread_map(fn, chunks, threads) if threads > 1 else [fn(c) for c in chunks]
+    return combine(values)
 
 
 #: ``refined_grids``: a gridded system gets up to ``REFINE_ADD`` more frequencies per round where its
@@ -171,6 +182,7 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     if not trial.rho > point.rho * (1 + REFINE_REPAIR) ** 2:
         return None
     grids, changed = {}, False
+    threads = kkt_threads()
     for link in sdp.links:
         if link.P not in sdp.storage:
             continue
@@ -179,12 +191,15 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
         X_in, X_out = point.weight(link.w_in), point.weight(link.w_out)
         lam = point.vars[link.lam.name] if link.lam is not None else None
         H = frequency_response(sys.ss, fine)
-        if sys.internal:
-            Phi = block_phi(sys, lam, [point.vars[v.name] for v in link.inner], X_in, X_out, H)
-        else:
-            Phi = phi_matrices(sys, lam, X_in, X_out, H)
+        inner = [point.vars[v.name] for v in link.inner]
+
+        def lowest(part, sys=sys, lam=lam, inner=inner, X_in=X_in, X_out=X_out):  # per frequency
+            Phi = (block_phi(sys, lam, inner, X_in, X_out, part) if sys.internal
+                   else phi_matrices(sys, lam, X_in, X_out, part))
+            return np.linalg.eigvalsh((Phi + _h(Phi)) / 2)[:, 0]
+
+        low = _over_frequencies(lowest, H, threads, np.concatenate)
         limits.checkpoint("refining the frequency grid")
-        low = np.linalg.eigvalsh((Phi + _h(Phi)) / 2)[:, 0]
         scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2),
                     float(np.max(lam, initial=0.0)) if lam is not None else 0.0, 1e-300)
         depth = -low / scale
@@ -359,39 +374,53 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
 def block_phi(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -> np.ndarray:
     """A residual block's frequency-domain LMI at each frequency of ``H`` (``frequency_response``: rows
     ``(v_1 .. v_q, y)``, columns ``(u, w_1 .. w_q)``), over ``xi = (u, w, w_out)``: the block's LMI
-    (``certify.system_matrix``) with ``H`` in place of ``[C D]`` and no state."""
+    (``certify.system_matrix``) with ``H`` in place of ``[C D]`` and no state.
+
+    With ``q_r = 2 a b l_r``, ``c_r = -(a + b) l_r`` and ``l_r`` the multiplier of row ``r`` of ``H`` (the
+    activations', then the output's when it has a slope), ``Phi`` is
+
+        [ X_in (+) 0 + H* Q H    H* diag(c) ]          Q = diag(q)  (and -X_out on the output rows
+        [ diag(c) H              2 diag(l)  ]  - (0 (+) X_out)       when the output has no slope)
+
+    where ``H* diag(c)`` fills the columns of the multipliered rows (the activations' outputs ``w``, then
+    ``w_out``): one batched product for the quadratic part, none where ``a b = 0`` (ReLU-like slopes).
+    """
     K, ny, nu = H.shape
     n_in, n_out = sys.n_in, sys.n_out
     m = nu + (n_out if sys.slope is not None else 0)
-    Phi = np.zeros((K, m, m), dtype=complex)
-    Phi[:, :n_in, :n_in] += X_in
-    E = np.zeros((K, ny, m), dtype=complex)
-    E[:, :, :nu] = H
-    r = 0
-    pairs = [(a.alpha, a.beta, lj, r0) for a, lj, r0 in zip(
-        sys.internal, inner, np.cumsum([0] + [a.n for a in sys.internal])[:-1])]
-    for a, b, lj, r0 in pairs:
-        n = len(lj)
-        Ej = E[:, r0 : r0 + n]
-        col = n_in + r0
-        Phi += 2 * a * b * (_h(Ej) * lj) @ Ej
-        cross = -(a + b) * (_h(Ej) * lj)
-        Phi[:, :, col : col + n] += cross
-        Phi[:, col : col + n, :] += _h(cross)
-        Phi[:, col + np.arange(n), col + np.arange(n)] += 2 * lj
-        r = r0 + n
-    Ey = E[:, r:]
+    slopes = [(a.alpha, a.beta, np.asarray(lj, dtype=float)) for a, lj in zip(sys.internal, inner)]
+    if sys.slope is not None:
+        slopes.append((sys.slope[0], sys.slope[1], np.asarray(lam, dtype=float)))
+    quad = np.concatenate([2 * a * b * lj for a, b, lj in slopes] + [np.zeros(0)])
+    cross = np.concatenate([-(a + b) * lj for a, b, lj in slopes] + [np.zeros(0)])
+    nc = len(cross)  # the rows of H with a multiplier
+    Hh = _h(H)
+    top = np.zeros((K, nu, nu), dtype=complex)
+    rows = np.flatnonzero(quad)
+    if len(rows):
+        top += (Hh[:, :, rows] * quad[rows]) @ H[:, rows]
     if sys.slope is None:
-        Phi -= _h(Ey) @ X_out @ Ey
-    else:
-        a, b = sys.slope
-        col = nu
-        Phi += 2 * a * b * (_h(Ey) * lam) @ Ey
-        cross = -(a + b) * (_h(Ey) * lam)
-        Phi[:, :, col:] += cross
-        Phi[:, col:, :] += _h(cross)
-        Phi[:, col:, col:] += 2 * np.diag(lam) - X_out
-    return (Phi + _h(Phi)) / 2
+        top -= Hh[:, :, nc:] @ X_out.astype(complex) @ H[:, nc:]
+    top = (top + _h(top)) / 2
+    top[:, :n_in, :n_in] += X_in
+    Phi = np.zeros((K, m, m), dtype=complex)
+    Phi[:, :nu, :nu] = top
+    C = Hh[:, :, :nc] * cross
+    Phi[:, :nu, n_in : n_in + nc] += C
+    Phi[:, n_in : n_in + nc, :nu] += _h(C)
+    at = n_in + np.arange(nc)
+    Phi[:, at, at] += 2 * np.concatenate([lj for _, _, lj in slopes] + [np.zeros(0)])
+    if sys.slope is not None:
+        Phi[:, nu:, nu:] -= X_out
+    return Phi
+
+
+def _block_min_eigenvalue(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
+                          threads: int) -> float:
+    """``min_w lambda_min(block_phi(w))`` over the frequencies of ``H``, in parts (``_over_frequencies``)."""
+    return _over_frequencies(
+        lambda part: float(np.linalg.eigvalsh(block_phi(sys, lam, inner, X_in, X_out, part)).min()),
+        H, threads, min)
 
 
 def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
@@ -437,7 +466,8 @@ def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin:
     multiplier of the block gets ``eta`` (one of ``0, v, 4v, ..., 4^5 v``, ``v`` the deficit of the
     frequency-domain LMI ``block_phi``, chosen on the coarse grid for the least input shift), then (only
     when ``storage``, i.e. not while the raise direction is being chosen) each multiplier alone a further
-    ``v/4 .. 16 v`` where that lowers the input shift (two passes), then ``X_in`` the least raise along
+    ``v/4 .. 16 v`` where that lowers the input shift (two passes; each trial on a quarter of the coarse
+    grid, as are all the choices while the raise direction is being chosen), then ``X_in`` the least raise along
     ``D`` (``_raise_chain``) that makes ``block_phi >= 0`` on the fine grid (``block_input_shift``) plus a
     margin. Step 3: ``P`` from the Riccati equation.
     """
@@ -454,30 +484,39 @@ def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin:
     whiten = _whitening(X_in, delta) if link.w_in.kind == "var" else None
     H = frequency_response(sys.ss, fine)
     every = (FINE_GRID - 1) // (COARSE_GRID - 1)
-    Hc = H[::every]
+    # (the passes that only choose the raise direction work on a quarter of the coarse grid, as in _raise_chain)
+    Hc = H[::every] if storage else H[:: 4 * every]
     scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
     tiny = margin * scale
-    v = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, *multipliers(0.0), X_in, X_out, Hc)).min())) + tiny
+    threads = kkt_threads()
+
+    def shift_at(lam, inner, H, whiten=whiten):  # block_input_shift, the frequencies in parts
+        return _over_frequencies(partial(block_input_shift, sys, lam, inner, X_in, X_out, whiten=whiten), H,
+                                 threads, max)
+
+    v = max(0.0, -_block_min_eigenvalue(sys, *multipliers(0.0), X_in, X_out, Hc, threads)) + tiny
     etas = [0.0] + [v * 4.0**j for j in range(6)]
-    shifts = [block_input_shift(sys, *multipliers(eta), X_in, X_out, Hc, whiten) for eta in etas]
+    shifts = [shift_at(*multipliers(eta), Hc) for eta in etas]
     eta = etas[int(np.argmin(shifts))]
     for name in names:
         point.vars[name] = point.vars[name] + eta
-    best = float(np.min(shifts))
-    for _ in range(2 if storage else 0):  # then one multiplier at a time, where it lowers the input shift
+    # then one multiplier at a time, where it lowers the input shift (the trials on a quarter of the grid:
+    # they choose the multipliers; the shift itself is taken on the fine grid below)
+    best = shift_at(*multipliers(0.0), Hc[::4]) if storage else None
+    for _ in range(2 if storage else 0):
         for name in names:
             base = point.vars[name]
             for extra in (v / 4, v, 4 * v, 16 * v):
                 point.vars[name] = base + extra
-                trial = block_input_shift(sys, *multipliers(0.0), X_in, X_out, Hc, whiten)
+                trial = shift_at(*multipliers(0.0), Hc[::4])
                 if trial < best:
                     best, base = trial, base + extra
             point.vars[name] = base
     lam, inner = multipliers(0.0)
-    shift = block_input_shift(sys, lam, inner, X_in, X_out, H if storage else Hc, whiten)
+    shift = shift_at(lam, inner, H if storage else Hc)
     if not np.isfinite(shift):  # (no multiplier shift made the block's other coordinates definite)
         whiten = None
-        shift = max(0.0, -float(np.linalg.eigvalsh(block_phi(sys, lam, inner, X_in, X_out, H)).min()))
+        shift = max(0.0, -_block_min_eigenvalue(sys, lam, inner, X_in, X_out, H, threads))
     up = _raise_input(point, link, up, shift, whiten, delta, tiny)
     if not storage:
         return up
