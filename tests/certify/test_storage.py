@@ -398,3 +398,50 @@ def test_the_grid_is_refined_where_the_lmis_dip_between_its_frequencies(monkeypa
     plain = solve_network(net, frequencies=5)
     assert plain.certificate.verified and not any("grid refined" in n for n in plain.sdp.notes)
     assert exact * (1 - 1e-6) <= refined.certificate.lipschitz < plain.certificate.lipschitz
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_block_phi_is_the_blocks_supply_in_the_frequency_domain(seed, tmp_path):
+    """``xi* Phi(w) xi`` for ``xi = (u, w_1 .. w_q[, w_out])`` is, by definition, ``u* X_in u`` minus the
+    output weight minus each activation's slope supply ``2 Re (b v - w)* L (w - a v)`` (>= 0 on its
+    graph), ``v = H(w) (u, w_1 .. w_q)``:
+    the batched ``block_phi`` against that sum, written out term by term (every slope, random multipliers)."""
+    import dataclasses
+
+    from nets import random_residual
+
+    rng = np.random.default_rng(seed)
+    blocks = []
+    while not blocks:  # (a block with no activation inside lowers to a plain linear system)
+        blocks = [s for s in lower(random_residual(rng, tmp_path, n=None)).systems if s.internal]
+    for sys in blocks:
+        for slope in (None, (0.0, 1.0), (-0.5, 2.0)):
+            s = dataclasses.replace(sys, slope=slope, internal=tuple(
+                dataclasses.replace(a, alpha=-0.3, beta=1.5) for a in sys.internal))
+            inner = [rng.uniform(0.1, 2, a.n) for a in s.internal]
+            lam = rng.uniform(0.1, 2, s.n_out) if slope else None
+            A, B = rng.normal(size=(2, s.n_in, s.n_in)), rng.normal(size=(s.n_out, s.n_out))
+            X_in, X_out = A[0] @ A[0].T, B @ B.T
+            H = frequency_response(s.ss, frequency_grid(5))
+            Phi = kyp.block_phi(s, lam, inner, X_in, X_out, H)
+            for Hw, Pw in zip(H, Phi):
+                assert np.allclose(Pw, Pw.conj().T, atol=1e-12)
+                xi = rng.normal(size=len(Pw)) + 1j * rng.normal(size=len(Pw))
+                u, rest = xi[: s.n_in], xi[s.n_in:]
+                w = rest[: s.n_internal]
+                v = Hw @ np.concatenate([u, w])
+                value = u.conj() @ X_in @ u
+                pairs = [(a.alpha, a.beta, lj) for a, lj in zip(s.internal, inner)]
+                at = 0
+                for a, b, lj in pairs:
+                    vj, wj = v[at : at + len(lj)], w[at : at + len(lj)]
+                    value -= 2 * ((b * vj - wj).conj() @ (lj * (wj - a * vj))).real
+                    at += len(lj)
+                y = v[at:]
+                if slope is None:
+                    value -= y.conj() @ X_out @ y
+                else:
+                    w_out = rest[s.n_internal:]
+                    value -= 2 * ((slope[1] * y - w_out).conj() @ (lam * (w_out - slope[0] * y))).real
+                    value -= w_out.conj() @ X_out @ w_out
+                assert np.isclose(xi.conj() @ Pw @ xi, value, rtol=1e-10, atol=1e-9)
