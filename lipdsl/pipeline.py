@@ -211,6 +211,7 @@ def solve_network(
     deadline: limits.Deadline | None = None,
     progress=None,
     weight_rank: int | str | None = None,
+    refine_rounds: int | None = None,
 ) -> Result:
     """Certified Lipschitz upper bound of ``net`` by the layer-wise dissipativity SDP.
 
@@ -239,6 +240,10 @@ def solve_network(
     ``AUTO_FREQUENCIES`` frequencies when the exact LMIs would be large (``choose_form``; ``result.form``
     says which).
 
+    ``refine_rounds``: in the frequency domain, at most that many re-solves with the grid refined where the
+    LMIs dip between its frequencies (None: ``REFINE_ROUNDS``; 0: none, the fastest; each costs about one
+    solve and lowers the repair).
+
     ``progress``: called as ``progress(stage)`` when a stage starts ("lowering", "building the SDP",
     "solving", "recovering P (Riccati)", "certifying"; on the working thread; for a progress display).
     """
@@ -255,13 +260,13 @@ def solve_network(
             lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
                                    seconds, max_lmi, max_variables, accept_unconverged, frequencies,
                                    merge_linear, deadline, options, progress or (lambda stage: None), form,
-                                   weights),
+                                   weights, REFINE_ROUNDS if refine_rounds is None else refine_rounds),
             deadline, "lipdsl solve", grace=0.5)
 
 
 def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
                    max_variables, accept_unconverged, frequencies, merge_linear, deadline, options,
-                   progress, form, weights=None) -> Result:
+                   progress, form, weights=None, refine_rounds=REFINE_ROUNDS) -> Result:
     """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
@@ -285,9 +290,9 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
     t3 = time.perf_counter()
     stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
-    if sdp.storage and REFINE_ROUNDS:
+    if sdp.storage and refine_rounds:
         sdp, sol = _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline,
-                           progress, weights)
+                           progress, weights, refine_rounds)
         stages["refine"] = time.perf_counter() - t3
         t3 = time.perf_counter()
     # the solver's point mapped back to the LMIs' original form by the reductions build_sdp applied (inverse
@@ -330,13 +335,14 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     return result
 
 
-def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress, weights):
-    """Frequency mode: up to ``REFINE_ROUNDS`` re-solves with each system's grid refined where its ``Phi``
+def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress, weights,
+            max_rounds):
+    """Frequency mode: up to ``max_rounds`` re-solves with each system's grid refined where its ``Phi``
     dips between the frequencies at the solver's point (``storage.refined_grids``); a note says so."""
     from lipdsl.certify.storage import refined_grids
 
     rounds = 0
-    while rounds < REFINE_ROUNDS and sol.x is not None:
+    while rounds < max_rounds and sol.x is not None:
         grids = refined_grids(sdp, sol)
         if grids is None:
             break

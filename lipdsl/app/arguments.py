@@ -64,6 +64,7 @@ def _check_solve_options(options: dict) -> dict:
         "max_iterations": lambda v: integer("max_iterations", v, 1),
         "frequencies": lambda v: v if v in ("auto", "none") else integer("frequencies", v, 3, optional=True),
         "weight_rank": lambda v: v if v in ("auto", "full") else integer("weight_rank", v, 1, optional=True),
+        "refine_rounds": lambda v: integer("refine_rounds", v, 0, optional=True),
         "max_lmi": lambda v: integer("max_lmi", v, 1, optional=True),
         "max_variables": lambda v: integer("max_variables", v, 1, optional=True),
     }

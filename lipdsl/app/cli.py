@@ -164,6 +164,13 @@ def show_command(
     "when full X would give more than 4000 variables; full: full X.",
 )
 @click.option(
+    "--refine-rounds",
+    type=click.IntRange(0, 10),
+    default=None,
+    help="In the frequency domain: at most N re-solves with the grid refined where the LMIs dip between its "
+    "frequencies (default 2; each costs about one solve and lowers the certificate's repair; 0 is fastest).",
+)
+@click.option(
     "--accept-unconverged",
     is_flag=True,
     help="Report a bound certified from a solver that did not converge (sound, possibly loose).",
@@ -207,6 +214,7 @@ def solve_command(
     timeout: float | None,
     frequencies: int | str | None,
     weight_rank: int | str | None,
+    refine_rounds: int | None,
     accept_unconverged: bool,
     method: str,
     force: bool,
@@ -237,6 +245,7 @@ def solve_command(
                                       max_iterations=max_iterations, verbose=verbose, min_length=min_length,
                                       lift=lift, max_lmi=max_lmi, accept_unconverged=accept_unconverged,
                                       frequencies=frequencies, weight_rank=weight_rank, as_json=as_json,
+                                      refine_rounds=refine_rounds,
                                       spec=spec,
                                       certificate_path=certificate_path, exact=exact,
                                       details=details), source)

@@ -467,9 +467,9 @@ def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin:
     frequency-domain LMI ``block_phi``, chosen on the coarse grid for the least input shift), then (only
     when ``storage``, i.e. not while the raise direction is being chosen) each multiplier alone a further
     ``v/4 .. 16 v`` where that lowers the input shift (two passes; each trial on a quarter of the coarse
-    grid, as are all the choices while the raise direction is being chosen), then ``X_in`` the least raise along
-    ``D`` (``_raise_chain``) that makes ``block_phi >= 0`` on the fine grid (``block_input_shift``) plus a
-    margin. Step 3: ``P`` from the Riccati equation.
+    grid, as are all the choices while the raise direction is being chosen), then ``X_in`` the least raise
+    along ``D`` (``_raise_chain``) that makes ``block_phi >= 0`` on the fine grid (``block_input_shift``)
+    plus a margin. Step 3: ``P`` from the Riccati equation.
     """
     sys = link.system
     names = _multiplier_names(link)
@@ -484,7 +484,7 @@ def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin:
     whiten = _whitening(X_in, delta) if link.w_in.kind == "var" else None
     H = frequency_response(sys.ss, fine)
     every = (FINE_GRID - 1) // (COARSE_GRID - 1)
-    # (the passes that only choose the raise direction work on a quarter of the coarse grid, as in _raise_chain)
+    # (the passes that only choose the raise direction: a quarter of the coarse grid, as in _raise_chain)
     Hc = H[::every] if storage else H[:: 4 * every]
     scale = max(np.linalg.norm(X_in, 2), np.linalg.norm(X_out, 2), 1e-300)
     tiny = margin * scale

@@ -383,21 +383,34 @@ def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_produc
 
 
 @pytest.mark.solver
-def test_the_grid_is_refined_where_the_lmis_dip_between_its_frequencies(monkeypatch):
+def test_the_grid_is_refined_where_the_lmis_dip_between_its_frequencies():
     """Frequency mode on a coarse grid (5 frequencies, dilations 1, 2, 4): the recovery would cost more than
     1 %, so each system's grid gets the frequencies where its Phi dips at the solver's point and the SDP is
-    solved again; the bound drops, stays above the exact SDP's, and a note says so."""
-    import lipdsl.pipeline
-
+    solved again; the bound drops, stays above the exact SDP's, and a note says so. ``refine_rounds=0``
+    (``--refine-rounds 0``) skips it; 1 stops after one round."""
     net = _dilated_net(1)
     exact = solve_network(net, frequencies=None).certificate.lipschitz
     refined = solve_network(net, frequencies=5)
-    assert refined.certificate.verified and any("grid refined" in n for n in refined.sdp.notes)
+    assert refined.certificate.verified and any("grid refined 2 time(s)" in n for n in refined.sdp.notes)
     assert any(len(g) > 5 for g in refined.sdp.grids.values())
-    monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)
-    plain = solve_network(net, frequencies=5)
+    once = solve_network(net, frequencies=5, refine_rounds=1)
+    assert once.certificate.verified and any("grid refined 1 time(s)" in n for n in once.sdp.notes)
+    plain = solve_network(net, frequencies=5, refine_rounds=0)
     assert plain.certificate.verified and not any("grid refined" in n for n in plain.sdp.notes)
     assert exact * (1 - 1e-6) <= refined.certificate.lipschitz < plain.certificate.lipschitz
+    assert once.certificate.lipschitz < plain.certificate.lipschitz
+
+
+def test_refine_rounds_is_checked(tmp_path):
+    """``--refine-rounds`` takes 0..10 (exit 2 otherwise); the API refuses a negative or non-integer value."""
+    import lipdsl
+    from lipdsl.errors import LipdslError
+
+    bad = CliRunner().invoke(cli, ["solve", str(SPECS / "ecg.lip"), "--refine-rounds", "-1"])
+    assert bad.exit_code == 2 and "--refine-rounds" in bad.output
+    for value in (-1, 1.5, "two"):
+        with pytest.raises(LipdslError, match="refine_rounds must be an integer >= 0"):
+            lipdsl.load(SPECS / "ecg.lip").solve(refine_rounds=value)
 
 
 @pytest.mark.parametrize("seed", range(6))
