@@ -276,8 +276,8 @@ def test_problem_size_of_strided_blocks(tmp_path):
 
 
 def test_frequency_form_of_a_strided_block(tmp_path):
-    """``--frequencies``: a lifted block is an LTI system like any other; the gridded bound is certified and
-    within 5 % of the exact SDP's."""
+    """``--frequencies``: a lifted block is an LTI system like any other (40 states, 12 lifted inputs): gridded,
+    the bound certified and within 5 % of the exact SDP's."""
     rng = np.random.default_rng(9)
     s = Spec(2, 24)
     s.conv(rng, 2, 4, 3, padding="causal")
@@ -290,6 +290,7 @@ def test_frequency_form_of_a_strided_block(tmp_path):
     s.lines += ["end", "relu", "global_avgpool", f"dense 4 -> 2, weight {s.key(rng.normal(size=(2, 4)))}"]
     net = s.load(tmp_path)
     sdp = build_sdp(lower(net), frequencies=33)
+    assert [v.system for v in sdp.storage] == ["b+relu3"]  # the lifted block: gridded, its P recovered
     exact = certified(net)
     gridded = certified(net, frequencies=33)
     assert exact * (1 - 1e-6) <= gridded <= exact * 1.05, (exact, gridded, [v.system for v in sdp.storage])
