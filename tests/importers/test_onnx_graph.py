@@ -338,7 +338,6 @@ def _graph(nodes, inits, c=1, n=8):
     ("three", ["feeds 3 nodes", "branches"]),
     ("mul", ["(Mul)", "not supported"]),
     ("two_joins", ["feeds 2 nodes", "inside a residual branch"]),
-    ("pool", ["holds a avgpool"]),
 ])
 def test_branches_that_are_not_residual_blocks_are_refused(case, words):
     k = {"k": np.ones((1, 1, 3))}
@@ -348,17 +347,22 @@ def test_branches_that_are_not_residual_blocks_are_refused(case, words):
                  helper.make_node("Add", ["d", "c"], ["y"])]
     elif case == "mul":
         nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mul", ["a", "x"], ["y"], name="m")]
-    elif case == "two_joins":
+    else:
         nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Tanh", ["a"], ["b"]),
                  helper.make_node("Sigmoid", ["a"], ["c"]), helper.make_node("Add", ["b", "c"], ["d"]),
                  helper.make_node("Add", ["d", "x"], ["y"])]
-    else:
-        nodes = [helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[1]),
-                 helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Add", ["b", "x"], ["y"])]
     with pytest.raises(UnsupportedError) as info:
         import_onnx(_graph(nodes, k))
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_pool_inside_a_branch_is_part_of_the_block():
+    """Pools may sit in a residual branch (a downsampling block's shortcut, tests/importers/test_importer.py)."""
+    nodes = [helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[1]),
+             helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Add", ["b", "x"], ["y"])]
+    (block,) = import_onnx(_graph(nodes, {})).layers
+    assert block.kind == "residual" and [L.kind for L in block.options["main"]] == ["avgpool", "activation"]
 
 
 # -- Constant nodes, every attribute form ------------------------------------------------------------------
