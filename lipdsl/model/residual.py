@@ -1,5 +1,6 @@
 """Residual blocks and batch norm as systems: a typed residual block -> one lowered.System (branches aligned,
-activations inside, one multiplier each); batch norm folded into its neighbour or kept as a diagonal layer."""
+activations inside, one multiplier each; a strided block in lifted time); batch norm folded into its
+neighbour or kept as a diagonal layer."""
 
 from __future__ import annotations
 
@@ -185,7 +186,8 @@ def _branch_maps(block: typed.Residual, branch, masked: bool, lift: int, interna
             if seen and masked:
                 if _is_identity(signal) and last_act in signal:  # right after an activation: widen it
                     a = internal[last_act]
-                    internal[last_act] = dataclasses_replace(a, alpha=min(a.alpha, 0.0), beta=max(a.beta, 0.0))
+                    internal[last_act] = dataclasses_replace(a, alpha=min(a.alpha, 0.0),
+                                                             beta=max(a.beta, 0.0))
                 else:  # after a linear layer: a window "activation" with slope [0, 1]
                     signal = activation(signal, f"{layer.name}.window", 0.0, 1.0)
             T, e2 = lifted_taps(K, s, d, b, e)
@@ -220,8 +222,11 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
     """A residual block (and the activation after it, if any) as one system with internal activations.
 
     Each branch is causal FIR maps ``F_0, F_1, ..., F_r`` with activations ``phi_1 .. phi_r`` between them
-    (``_branch_segments``; convolutions with no activation between are composed into one filter); the
+    (``_branch_maps``; convolutions and pools with no activation between are composed into one filter); the
     branch with the smaller delay gets zero taps in front of its last map so both branches are aligned.
+    Branches that downsample by ``L`` (the product of their strides) are realized in lifted time: the
+    block reads ``u`` in blocks of ``L`` samples, channel-major (``System.block_in = L``, input weight
+    ``X (x) I_L``), and gives one output sample per step (``lifted_taps``; docs/method.md, strided blocks).
     The system stacks every map's shift state, ``x = [x_F; ...]``, and reads ``(u, w_1, ..., w_q)``:
 
         x+ = A x + B_u u + B_w w,   v_j = C_j x + D_j (u, w),   y = C_y x + D_y (u, w),

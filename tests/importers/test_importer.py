@@ -507,7 +507,8 @@ def test_strided_residual_block_imports_and_matches_the_reference(shortcut, tmp_
     ref = ReferenceEvaluator(m)
     for _ in range(3):
         u = RNG.standard_normal((2, 16))
-        np.testing.assert_allclose(forward(net, u), ref.run(None, {"x": u[None]})[0][0], rtol=1e-9, atol=1e-12)
+        want = ref.run(None, {"x": u[None]})[0][0]
+        np.testing.assert_allclose(forward(net, u), want, rtol=1e-9, atol=1e-12)
     result = solve_network(net)
     assert result.certificate.verified
     assert lower_bound(net, starts=2, time_budget=1.0).value <= result.certificate.lipschitz

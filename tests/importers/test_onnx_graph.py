@@ -358,7 +358,7 @@ def test_branches_that_are_not_residual_blocks_are_refused(case, words):
 
 
 def test_a_pool_inside_a_branch_is_part_of_the_block():
-    """Pools may sit in a residual branch (a downsampling block's shortcut, tests/importers/test_importer.py)."""
+    """Pools may sit in a residual branch (a downsampling block's shortcut: test_importer.py)."""
     nodes = [helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[1]),
              helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Add", ["b", "x"], ["y"])]
     (block,) = import_onnx(_graph(nodes, {})).layers

@@ -83,7 +83,8 @@ def random_strided_residual(rng: np.random.Generator, tmp_path, *, n: int = 16, 
         s.lines += ["global_avgpool", f"dense {c} -> 2, weight {s.key(rng.normal(size=(2, c)))}"]
     else:
         size = c * length
-        s.lines += ["flatten", f"dense {size} -> 2, weight {s.key(rng.normal(size=(2, size)) / np.sqrt(size))}"]
+        w = s.key(rng.normal(size=(2, size)) / np.sqrt(size))
+        s.lines += ["flatten", f"dense {size} -> 2, weight {w}"]
     return s.load(tmp_path)
 
 
@@ -112,7 +113,8 @@ def _closed_loop(sys, u: np.ndarray) -> np.ndarray:
 BLOCKS = {  # block lines (after "residual b:"), input channels, input length
     "conv k3 p1 s2 + 1x1 s2": (["conv 2 3 3 1 2", "shortcut", "conv 2 3 1 0 2"], 2, 16),
     "conv k5 p2 s2 + k3 p1 s2": (["conv 2 3 5 2 2", "shortcut", "conv 2 3 3 1 2"], 2, 16),
-    "causal s1, s2 dilated, s2 + 1x1 s4": (["conv 2 3 3 causal 1", "conv 3 3 3 causal 2 2", "conv 3 3 2 causal 2",
+    "causal s1, s2 dilated, s2 + 1x1 s4": (["conv 2 3 3 causal 1", "conv 3 3 3 causal 2 2",
+                                            "conv 3 3 2 causal 2",
                                             "shortcut", "conv 2 3 1 0 4"], 2, 16),
     "conv + avgpool 2": (["conv 2 2 3 1 2", "shortcut", "avgpool 2"], 2, 16),
     "conv + avgpool 3 s2": (["conv 2 2 3 0 2", "shortcut", "avgpool 3, stride 2"], 2, 17),
@@ -128,8 +130,8 @@ def _spec_block(rng, lines, c, n) -> Spec:
     for line in lines:
         if line.startswith("conv "):
             _, ci, co, k, pad, stride, *d = line.split()
-            s.conv(rng, int(ci), int(co), int(k), padding=pad, stride=int(stride), dilation=int(d[0]) if d else 1,
-                   indent="  ")
+            s.conv(rng, int(ci), int(co), int(k), padding=pad, stride=int(stride),
+                   dilation=int(d[0]) if d else 1, indent="  ")
         else:
             s.lines.append(line if line == "shortcut" else "  " + line)
     s.lines.append("end")
@@ -149,7 +151,7 @@ def test_lifted_block_system_reproduces_the_block(name, tmp_path):
     T = -(-n // L) + 4
     padded = np.zeros((c, T * L))
     padded[:, :n] = x
-    u = padded.reshape(c, T, L).transpose(0, 2, 1).reshape(c * L, T)  # channel-major blocks: row ch L + r is sample L tau + r
+    u = padded.reshape(c, T, L).transpose(0, 2, 1).reshape(c * L, T)  # row ch L + r: sample L tau + r
     got = _closed_loop(sys, u) if sys.internal else sys.ss.simulate(u)
     m = want.shape[1]
     delays = [d for d in range(T - m + 1) if np.allclose(got[:, d : d + m], want, atol=1e-10)]
@@ -270,14 +272,15 @@ def test_problem_size_of_strided_blocks(tmp_path):
     from lipdsl.pipeline import lowered_size, problem_size
 
     for seed in range(6):
-        net = random_strided_residual(np.random.default_rng(seed), tmp_path, pool=(None, "avg", "max")[seed % 3])
+        pool = (None, "avg", "max")[seed % 3]
+        net = random_strided_residual(np.random.default_rng(seed), tmp_path, pool=pool)
         estimate, lowered = problem_size(net).variables, lowered_size(lower(net)).variables
         assert 0.5 * lowered <= estimate <= 2 * lowered, (seed, estimate, lowered)
 
 
 def test_frequency_form_of_a_strided_block(tmp_path):
-    """``--frequencies``: a lifted block is an LTI system like any other (40 states, 12 lifted inputs): gridded,
-    the bound certified and within 5 % of the exact SDP's."""
+    """``--frequencies``: a lifted block is an LTI system like any other (40 states, 12 lifted inputs):
+    gridded, the bound certified and within 5 % of the exact SDP's."""
     rng = np.random.default_rng(9)
     s = Spec(2, 24)
     s.conv(rng, 2, 4, 3, padding="causal")
