@@ -79,6 +79,8 @@ ACCEPTED = [
     TRAINED / "resnet1d_16_32_32.dynamo.onnx",
     TRAINED / "tcn_res16.torchscript.onnx",
     TRAINED / "tcn_res16.dynamo.onnx",
+    TRAINED / "resnet1d_strided_8_8_16.torchscript.onnx",
+    TRAINED / "resnet1d_strided_8_8_16.dynamo.onnx",
 ]
 
 
@@ -262,6 +264,26 @@ def test_trained_residual_exports_equal_the_hand_written_spec(stem, spec, export
     u = RNG.standard_normal((1, 150))
     np.testing.assert_allclose(forward(net, u), reference(TRAINED / f"{stem}.{exporter}.onnx", u),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_trained_strided_resnet_exports_equal_the_hand_written_spec(exporter):
+    """Downsampling blocks (conv stride 2; max pool and 1x1 stride-2 conv + BN shortcuts): the import is the
+    hand-written spec (batch norms folded), whose forward pass is onnx.reference's; the dynamo export's zero
+    bias of a bias-free conv (a CastLike of a constant) is a constant."""
+    import dataclasses
+
+    from lipdsl.model.residual import fold_batchnorm
+
+    _, ref = load_network(ROOT / "specs" / "resnet1d_strided.lip")
+    path = TRAINED / f"resnet1d_strided_8_8_16.{exporter}.onnx"
+    imported = import_onnx(path)
+    assert [L.kind for L in imported.layers] == ["conv1d", "activation", "residual", "activation", "residual",
+                                                  "activation", "global_avgpool", "dense"]
+    folded = dataclasses.replace(ref, layers=tuple(fold_batchnorm(ref.layers)))  # (the stem's batch norm)
+    _assert_same_network(imported.to_network(), folded)
+    u = RNG.standard_normal((1, 150))
+    np.testing.assert_allclose(forward(ref, u), reference(path, u), rtol=1e-4, atol=1e-4)
 
 
 def _residual_model(shortcut: str, act="Relu"):
