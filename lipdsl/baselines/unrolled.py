@@ -270,7 +270,7 @@ def unroll_graph(net: typed.Network, length: int | None = None) -> UnrolledGraph
             if isinstance(L, typed.Flatten):
                 c, n = c * (n or 1), None
                 continue
-            if isinstance(L, typed.Pool) and L.op == "max":  # exact with ReLUs (docs/method.md, strided blocks)
+            if isinstance(L, typed.Pool) and L.op == "max":  # exact as ReLUs (maxpool_relus)
                 E, n = maxpool_relus(L, E, c, n)
                 continue
             step = _linear_step(L, c, n)
