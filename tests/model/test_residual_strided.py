@@ -313,3 +313,23 @@ def test_frequency_form_of_a_strided_block(tmp_path):
     exact = certified(net)
     gridded = certified(net, frequencies=33)
     assert exact * (1 - 1e-6) <= gridded <= exact * 1.05, (exact, gridded, [v.system for v in sdp.storage])
+
+
+def test_certificate_of_a_linear_strided_block_verifies(tmp_path):
+    """A strided block without internal activations exports a certificate, and the independent checker
+    proves it (float and exact): its input weight is X (x) I_2 (System.block_in), as in the solve."""
+    from lipdsl.app.cli import main
+
+    rng = np.random.default_rng(2)
+    s = Spec(2, 16)
+    s.conv(rng, 2, 3, 3, padding="causal")
+    s.lines += ["relu", "residual b:"]
+    s.conv(rng, 3, 3, 3, padding=1, stride=2, indent="  ")
+    s.lines.append("shortcut")
+    s.conv(rng, 3, 3, 1, padding=0, stride=2, indent="  ")
+    s.lines += ["end", "relu", "flatten", f"dense 24 -> 2, weight {s.key(rng.normal(size=(2, 24)))}"]
+    s.load(tmp_path)
+    spec, cert = str(tmp_path / "net.lip"), str(tmp_path / "cert.json")
+    assert main(["solve", spec, "--certificate", cert]) == 0
+    assert main(["verify", spec, cert]) == 0
+    assert main(["verify", spec, cert, "--exact"]) == 0
