@@ -4,6 +4,7 @@ the decision variables, the state-space sizes), for the limits, the automatic ch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lipdsl import limits
@@ -75,11 +76,11 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
             b = 1
         if isinstance(layer, typed.Residual):
             act = i + 1 < len(layers) and isinstance(layers[i + 1], typed.Activation)
-            nx, n_internal = _block_states(layer)
+            nx, n_internal, block_lift = _block_states(layer)
             c_out = layer.out_shape.channels
             slope = (layers[i + 1].alpha, layers[i + 1].beta) if act else None
-            systems.append((layer.name, nx, layer.in_shape.channels + n_internal, n_internal + c_out, slope,
-                            c_out))
+            systems.append((layer.name, nx, block_lift * layer.in_shape.channels + n_internal,
+                            n_internal + c_out, slope, c_out))
             i += 2 if act else 1
             continue
         if isinstance(layer, (typed.Conv1d, typed.Dense, typed.Activation)):
@@ -101,25 +102,36 @@ def problem_size(net: typed.Network, lift: int = 1, frequencies: int | None = No
     return _size(systems, frequencies, weights)
 
 
-def _block_states(block: typed.Residual) -> tuple[int, int]:
-    """States and internal activation channels of a residual block's stacked realization
-    (``lower.residual_system``), estimated: each conv's ``d (k-1) c_in`` shift states; one multiplier per
-    channel of each internal activation and of each window "activation" before a conv with a non-causal
-    padding that follows a conv (method.md §3, residual blocks). Not modelled: convs composed into one
-    filter and the taps that align the branches (a few states; ``lowered_size`` counts them exactly)."""
+def _block_states(block: typed.Residual) -> tuple[int, int, int]:
+    """States, internal activation channels and lift of a residual block's stacked realization
+    (``lower.residual_system``), estimated: each conv's ``d (k-1) c_in`` shift states (rounded up to whole
+    blocks of ``b`` samples while its input carries ``b`` samples per step); one multiplier per channel and
+    sample of each internal activation, of each window "activation" before a conv with a non-causal padding
+    that follows a conv, and of the ``k - 1`` ReLUs of a max pool (method.md §3, residual blocks; a strided
+    block is lifted by the product of its strides, ``L``). Not modelled: convs composed into one filter and
+    the taps that align the branches (a few states; ``lowered_size`` counts them exactly)."""
+    lift = math.prod(layer.stride for layer in block.main if isinstance(layer, (typed.Conv1d, typed.Pool)))
     states = internal = 0
     for layers in (block.main, block.shortcut):
-        previous = None
+        previous, b = None, lift
         for layer in layers:
             if isinstance(layer, typed.Conv1d):
-                states += layer.dilation * (layer.kernel - 1) * layer.c_in
+                states += -(-layer.dilation * (layer.kernel - 1) // b) * b * layer.c_in
                 if isinstance(previous, typed.Conv1d) and layer.padding != "causal":
-                    internal += layer.c_in
+                    internal += b * layer.c_in
+                b = max(b // layer.stride, 1)
+            elif isinstance(layer, typed.Pool):
+                c = layer.in_shape.channels
+                states += -(-(layer.kernel - 1) // b) * b * c
+                b = max(b // layer.stride, 1)
+                if layer.op == "max":  # (their outputs: usually one block late to align with the main path)
+                    internal += (layer.kernel - 1) * b * c
+                    states += (layer.kernel - 1) * b * c
             elif isinstance(layer, typed.Activation):
-                internal += layer.in_shape.channels
+                internal += b * layer.in_shape.channels
             if not isinstance(layer, typed.BatchNorm):
                 previous = layer
-    return states, internal
+    return states, internal, lift
 
 
 def lowered_size(low: LoweredNetwork, frequencies: int | None = None,

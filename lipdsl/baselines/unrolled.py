@@ -229,10 +229,12 @@ def unroll_graph(net: typed.Network, length: int | None = None) -> UnrolledGraph
     same ``E`` (``E`` itself for an identity shortcut). Batch norm is folded first (``fold_batchnorm``);
     biases are dropped.
 
+    A max pool is exact with ReLUs (``maxpool_relus``): its ``k - 1`` layers are named ``NAME.maxJ``.
+
     Raises
     ------
     UnsupportedError
-        A max pool (not slope-restricted), or a net of any input length when ``length`` is not given.
+        A net of any input length when ``length`` is not given.
     """
     from lipdsl.model.residual import fold_batchnorm
 
@@ -268,11 +270,9 @@ def unroll_graph(net: typed.Network, length: int | None = None) -> UnrolledGraph
             if isinstance(L, typed.Flatten):
                 c, n = c * (n or 1), None
                 continue
-            if isinstance(L, typed.Pool) and L.op == "max":
-                raise UnsupportedError(
-                    f"LipSDP needs slope-restricted activations, but max pool {L.name!r} is not one "
-                    "(it is a maximum over a window, not an elementwise map)", span=L.span,
-                    hint="use the naive bound or the dissipative method, which handle max pooling")
+            if isinstance(L, typed.Pool) and L.op == "max":  # exact as ReLUs (maxpool_relus)
+                E, n = maxpool_relus(L, E, c, n)
+                continue
             step = _linear_step(L, c, n)
             if step is None:
                 raise UnsupportedError(f"cannot unroll layer {L.name!r} of kind {L.kind!r}", span=L.span)
@@ -282,6 +282,29 @@ def unroll_graph(net: typed.Network, length: int | None = None) -> UnrolledGraph
                              f"the unrolled linear maps up to {L.name!r}", L.span)
             E = (M @ E).tocsr()
         return E, c, n
+
+    def maxpool_relus(L, E, c, n):
+        """``max_{j<k} x_j = m_(k-1)``, ``m_0 = x_0``, ``m_j = m_(j-1) + relu(x_j - m_(j-1))``: k - 1 ReLU
+        layers (slope [0, 1]) per window and channel, exact."""
+        nonlocal total
+        n_out = (n - L.kernel) // L.stride + 1
+        ch, t = np.meshgrid(np.arange(c), np.arange(n_out), indexing="ij")
+        rows = (ch * n_out + t).ravel()
+
+        def pick(j):  # x_j: sample stride t + j of each window
+            cols = (ch * n + L.stride * t + j).ravel()
+            return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(c * n_out, c * n))
+
+        m = (pick(0) @ E).tocsr()
+        for j in range(1, L.kernel):
+            v = (widen(pick(j) @ E) - widen(m)).tocsr()
+            k = v.shape[0]
+            hidden.append(UnrolledLayer(v, (0.0, 1.0), f"{L.name}.max{j}"))
+            _require_entries(total + k, f"the unrolled graph up to {L.name!r}", L.span)
+            w = sp.csr_matrix((np.ones(k), (np.arange(k), total + np.arange(k))), shape=(k, total + k))
+            total += k
+            m = (widen(m) + w).tocsr()
+        return m, n_out
 
     E, _, _ = run(fold_batchnorm(net.layers), sp.identity(size, format="csr"), c, n)
     return UnrolledGraph(size, tuple(hidden), widen(E))

@@ -276,11 +276,11 @@ class _OnnxReader(OnnxNodes):
                 f"{self.where(add)} adds {sa} and {sb}: the branches of a residual block must have one shape"
             )
         for branch in (la, lb):
-            bad = [L for L in branch if L.kind not in ("conv1d", "activation")]
+            bad = [L for L in branch if L.kind not in ("conv1d", "activation", "avgpool", "maxpool")]
             if bad:
                 raise UnsupportedError(
                     f"the residual branch ending at {self.where(add)} holds a {bad[0].kind} "
-                    f"({bad[0].origin}); lipdsl's residual blocks hold convolutions and activations",
+                    f"({bad[0].origin}); lipdsl's residual blocks hold convolutions, pooling and activations",
                 )
         # the main path: the branch with activations, else the longer one; the other is the shortcut
         def rank(layers):

@@ -158,6 +158,13 @@ class _Graph:
                 continue
             if node.op_type == "Dropout":
                 self.check_dropout(node)
+            if (node.op_type == "CastLike" and node.input[0] in self.consts
+                    and self.consts[node.input[0]].dtype.kind == "f"):
+                # a float constant cast to the data path's float type (the dynamo exporter's zero bias of a
+                # bias-free conv): its value, kept in float64 as every weight is
+                self.set_const(node.output[0], self.consts[node.input[0]])
+                self.roots[node.output[0]] = self.roots.get(node.input[0], frozenset())
+                continue
             inputs = [i for i in node.input if i]
             if (
                 node.op_type not in RANDOM_OPS

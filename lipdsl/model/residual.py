@@ -1,5 +1,6 @@
 """Residual blocks and batch norm as systems: a typed residual block -> one lowered.System (branches aligned,
-activations inside, one multiplier each); batch norm folded into its neighbour or kept as a diagonal layer."""
+activations inside, one multiplier each; a strided block in lifted time); batch norm folded into its
+neighbour or kept as a diagonal layer."""
 
 from __future__ import annotations
 
@@ -71,56 +72,145 @@ def fold_batchnorm(layers) -> list:
     return out
 
 
-def _branch_segments(block: typed.Residual, branch, masked: bool) -> tuple[list, int]:
-    """A branch of a residual block as ``[(K, act), ..., (K_r, None)]``: causal FIR taps ``K`` (taps, c_out,
-    c_in; ``K_m`` multiplies ``u[n - m]``) each followed by an activation (slope ``[alpha, beta]``), the
-    last one linear; and the branch's delay (sum over its convs of ``k_e - 1 - pad_left``).
+def _branch_stride(branch) -> int:
+    """The product of the strides of a branch's convs and pools: how much the branch downsamples."""
+    return math.prod(layer.stride for layer in branch if isinstance(layer, (typed.Conv1d, typed.Pool)))
 
-    ``masked``: the block has a non-causal conv, so the causal realization of a conv after the first one
-    sees the previous signal outside its window where the network sees zero padding. Multiplying by the
-    window (1 inside, 0 outside) is a time-varying gain with slope in ``{0} u [alpha, beta]``: the
-    activation before the conv gets the sector ``[min(alpha, 0), max(beta, 0)]``, and a conv right after
-    a conv gets a window "activation" with slope ``[0, 1]`` between them (docs/method.md, residual blocks).
+
+def lifted_taps(K: np.ndarray, s: int, delta: int, b: int, e: int) -> tuple[np.ndarray, int]:
+    """``y[t] = sum_m K_m x[s t + delta - m]`` (``causal_taps``) between lifted signals; returns
+    ``(T, e')``: causal block taps ``T_q`` ((b/s) c_out x b c_in) and the output's offset ``e'``.
+
+    A signal ``x`` at ``b`` samples per step with offset ``e`` is ``x^[tau]_j = x[b tau + j - e]``
+    (sample-major: entry ``j c + ch``). With ``b' = b/s`` and ``e' = floor((delta + e) / s)``,
+
+        y^[tau]_j' = y[b' tau + j' - e'] = sum_m K_m x[b tau + n - e],   n = s j' - s e' + delta + e - m,
+
+    which is ``x^[tau + floor(n/b)]`` at entry ``n mod b``; ``n <= s (b'-1) - s e' + delta + e < b``, so
+    ``floor(n/b) <= 0``: causal, tap ``q = -floor(n/b)``. At ``b = s = 1`` this is ``T_q = K_q``,
+    ``e' = e + delta``.
     """
-    c = block.in_shape.channels
-    K = np.eye(c)[None]  # identity: one tap
-    segments, delay, seen_conv = [], 0, False
+    q_count, c_out, c_in = K.shape
+    bo, e2 = b // s, (delta + e) // s
+    entries = []
+    for j in range(bo):
+        for m in range(q_count):
+            n = s * j - s * e2 + delta + e - m
+            entries.append((j, m, -(n // b), n % b))
+    T = np.zeros((max(q for _, _, q, _ in entries) + 1, bo * c_out, b * c_in))
+    for j, m, q, jp in entries:
+        T[q, j * c_out : (j + 1) * c_out, jp * c_in : (jp + 1) * c_in] += K[m]
+    return T, e2
+
+
+def _compose(T: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """The FIR ``T`` after the FIR ``K`` (block taps): ``G_q = sum_m T_m K_(q-m)``."""
+    G = np.zeros((T.shape[0] + K.shape[0] - 1, T.shape[1], K.shape[2]))
+    for m in range(T.shape[0]):
+        G[m : m + K.shape[0]] += np.einsum("ab,qbc->qac", T[m], K)
+    return G
+
+
+def _plus(a: dict, b: dict, sign: float = 1.0) -> dict:
+    """``a + sign b`` of signals written as sums of FIRs of sources (``{source: taps}``)."""
+    out = dict(a)
+    for src, K in b.items():
+        if src in out:
+            A = out[src]
+            q = max(A.shape[0], K.shape[0])
+            S = np.zeros((q,) + A.shape[1:])
+            S[: A.shape[0]] += A
+            S[: K.shape[0]] += sign * K
+            out[src] = S
+        else:
+            out[src] = sign * K
+    return out
+
+
+def _is_identity(signal: dict) -> bool:
+    """Whether the signal is one source's output itself (one tap, the identity)."""
+    if len(signal) != 1:
+        return False
+    (K,) = signal.values()
+    return K.shape[0] == 1 and K.shape[1] == K.shape[2] and np.array_equal(K[0], np.eye(K.shape[1]))
+
+
+def _branch_maps(block: typed.Residual, branch, masked: bool, lift: int, internal: list,
+                 maps: list) -> tuple[dict, int]:
+    """A branch of a residual block in lifted time: appends its activations to ``internal`` and the maps
+    that feed them to ``maps`` (``(taps, source, internal index)``; source ``-1`` is the block input, on
+    blocks of ``lift`` samples, sample-major); returns its output ``{source: taps}`` and its offset.
+
+    The signal after each layer is a sum of causal FIRs (``lifted_taps``, block taps) of the block input
+    and of earlier activations' outputs, at ``b`` samples per step (``lift`` divided by the strides so
+    far; one at the branch's end), offset ``e`` (``lifted_taps``): convolutions and average pools with no
+    activation between are composed into one filter. An activation on a signal of ``b`` samples per step
+    is ``b c`` scalar activations, one multiplier each. A max pool (kernel ``k``) is exact with ReLUs:
+    ``m_0 = x_0``, ``m_j = m_(j-1) + relu(x_j - m_(j-1))``, ``max = m_(k-1)``.
+
+    ``masked``: the block has a non-causal conv or a pool, so the causal realization of a conv after the
+    first layer sees the previous signal outside its window where the network sees zero padding.
+    Multiplying by the window (1 inside, 0 outside) is a time-varying gain with slope in
+    ``{0} u [alpha, beta]``: the activation before the conv gets the sector ``[min(alpha, 0), max(beta, 0)]``,
+    and a conv right after a linear layer gets a window "activation" with slope ``[0, 1]`` between them
+    (docs/method.md, residual blocks). Pools read no padding: they need no window.
+    """
+    c, b, e = block.in_shape.channels, lift, 0
+    signal = {-1: np.eye(lift * c)[None]}
+    seen, last_act = False, None  # a layer read already; the internal index of the last activation
+
+    def activation(signal: dict, name: str, alpha: float, beta: float) -> dict:
+        n = next(iter(signal.values())).shape[1]
+        internal.append(lowered.Internal(name, n, alpha, beta))
+        maps.extend((K, src, len(internal) - 1) for src, K in signal.items())
+        return {len(internal) - 1: np.eye(n)[None]}
+
     for layer in branch:
         if isinstance(layer, typed.Activation):
             if (layer.alpha, layer.beta) != (1.0, 1.0):  # (an identity is linear: nothing to split at)
-                segments.append((K, (layer.name, float(layer.alpha), float(layer.beta))))
-                K = np.eye(K.shape[1])[None]
+                signal = activation(signal, layer.name, float(layer.alpha), float(layer.beta))
+                last_act = len(internal) - 1
             continue
-        if not isinstance(layer, typed.Conv1d):
+        if not isinstance(layer, (typed.Conv1d, typed.Pool)):
             raise LoweringError(
                 f"residual block {block.name!r}: {layer.kind} {layer.name!r} inside a block is not supported",
-                span=layer.span, hint="a block's branches take conv1d, batchnorm and activations; put "
-                "pooling, flatten and dense layers after the block")
-        if layer.stride != 1:
-            raise LoweringError(
-                f"residual block {block.name!r}: conv1d {layer.name!r} has stride {layer.stride}; strided "
-                "convolutions inside a block are not supported yet", span=layer.span,
-                hint="stride the signal outside the block (a strided conv or a pool before it)")
-        Kc, _, d = causal_taps(layer)
-        if d < 0:
-            raise LoweringError(
-                f"residual block {block.name!r}: conv1d {layer.name!r} pads more than its kernel reaches "
-                f"({layer.pad_left} zeros on the left)", span=layer.span,
-                hint="use padding same or causal inside residual blocks")
-        if seen_conv and masked:
-            if segments and segments[-1][1] is not None and K.shape[0] == 1 and \
-                    np.array_equal(K[0], np.eye(K.shape[1])):  # right after an activation: widen its sector
-                Kp, (name, a, b) = segments[-1]
-                segments[-1] = (Kp, (name, min(a, 0.0), max(b, 0.0)))
-            else:  # after a conv: a window "activation" with slope [0, 1]
-                segments.append((K, (f"{layer.name}.window", 0.0, 1.0)))
-                K = np.eye(K.shape[1])[None]
-        G = np.zeros((K.shape[0] + Kc.shape[0] - 1, Kc.shape[1], K.shape[2]))
-        for m in range(Kc.shape[0]):
-            G[m : m + K.shape[0]] += np.einsum("ab,qbc->qac", Kc[m], K)
-        K, delay, seen_conv = G, delay + d, True
-    segments.append((K, None))
-    return segments, delay
+                span=layer.span, hint="a block's branches take conv1d, batchnorm, pooling and activations; "
+                "put flatten and dense layers after the block")
+        if isinstance(layer, typed.Conv1d):
+            K, s, d = causal_taps(layer)
+            if d < 0:
+                raise LoweringError(
+                    f"residual block {block.name!r}: conv1d {layer.name!r} pads more than its kernel reaches "
+                    f"({layer.pad_left} zeros on the left)", span=layer.span,
+                    hint="use padding same or causal inside residual blocks")
+            if seen and masked:
+                if _is_identity(signal) and last_act in signal:  # right after an activation: widen it
+                    a = internal[last_act]
+                    internal[last_act] = dataclasses_replace(a, alpha=min(a.alpha, 0.0),
+                                                             beta=max(a.beta, 0.0))
+                else:  # after a linear layer: a window "activation" with slope [0, 1]
+                    signal = activation(signal, f"{layer.name}.window", 0.0, 1.0)
+            T, e2 = lifted_taps(K, s, d, b, e)
+            signal = {src: _compose(T, G) for src, G in signal.items()}
+        elif layer.op == "avg":
+            K, s, d = causal_taps(layer)
+            T, e2 = lifted_taps(K, s, d, b, e)
+            signal = {src: _compose(T, G) for src, G in signal.items()}
+        else:  # max pool: x_j = x[s t + j] is the conv with taps K_m = I at m = k - 1 - j only
+            k, s = layer.kernel, layer.stride
+            picks = []
+            for j in range(k):
+                E = np.zeros((k, c, c))
+                E[k - 1 - j] = np.eye(c)
+                T, e2 = lifted_taps(E, s, k - 1, b, e)
+                picks.append({src: _compose(T, G) for src, G in signal.items()})
+            signal = picks[0]
+            for j in range(1, k):  # m_j = m_(j-1) + relu(x_j - m_(j-1))
+                relu = activation(_plus(picks[j], signal, -1.0), f"{layer.name}.max{j}", 0.0, 1.0)
+                signal = _plus(signal, relu)
+        b, e, seen = b // s, e2, True
+        c = layer.c_out if isinstance(layer, typed.Conv1d) else c
+    return signal, e
 
 
 def _fir_system(K: np.ndarray) -> lowered.StateSpace:
@@ -132,8 +222,11 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
     """A residual block (and the activation after it, if any) as one system with internal activations.
 
     Each branch is causal FIR maps ``F_0, F_1, ..., F_r`` with activations ``phi_1 .. phi_r`` between them
-    (``_branch_segments``; convolutions with no activation between are composed into one filter); the
+    (``_branch_maps``; convolutions and pools with no activation between are composed into one filter); the
     branch with the smaller delay gets zero taps in front of its last map so both branches are aligned.
+    Branches that downsample by ``L`` (the product of their strides) are realized in lifted time: the
+    block reads ``u`` in blocks of ``L`` samples, channel-major (``System.block_in = L``, input weight
+    ``X (x) I_L``), and gives one output sample per step (``lifted_taps``; docs/method.md, strided blocks).
     The system stacks every map's shift state, ``x = [x_F; ...]``, and reads ``(u, w_1, ..., w_q)``:
 
         x+ = A x + B_u u + B_w w,   v_j = C_j x + D_j (u, w),   y = C_y x + D_y (u, w),
@@ -147,25 +240,29 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
     and ``y`` by ``||[C_y D_y]||`` (``System.scale``).
     """
     branches = [fold_batchnorm(block.main), fold_batchnorm(block.shortcut)]
-    masked = any(isinstance(layer, typed.Conv1d)
-                 and not (layer.pad_left == layer.dilation * (layer.kernel - 1) and layer.pad_right == 0)
+    masked = any((isinstance(layer, typed.Conv1d)
+                  and not (layer.pad_left == layer.dilation * (layer.kernel - 1) and layer.pad_right == 0))
+                 or (isinstance(layer, typed.Pool) and layer.kernel > 1)
                  for branch in branches for layer in branch)
-    parts = [_branch_segments(block, branch, masked) for branch in branches]
-    delay = max(d for _, d in parts)
+    lifts = [_branch_stride(branch) for branch in branches]
+    if lifts[0] != lifts[1]:
+        raise LoweringError(
+            f"residual block {block.name!r}: the main path downsamples by {lifts[0]} and the shortcut by "
+            f"{lifts[1]}", span=block.span, hint="give both branches the same product of strides")
+    lift = lifts[0]
     maps = []  # (taps, input index: -1 = u, else internal activation j; output: internal j or None = y)
     internal: list[lowered.Internal] = []
-    for segments, d in parts:
-        src = -1
-        for K, a in segments:
-            if a is None and d < delay:  # the last map of the branch with the smaller delay: delayed
-                K = np.concatenate([np.zeros((delay - d,) + K.shape[1:]), K])
-            if a is None:
-                maps.append((K, src, None))
-            else:
-                maps.append((K, src, len(internal)))
-                internal.append(lowered.Internal(a[0], K.shape[1], a[1], a[2]))
-                src = len(internal) - 1
-    c_in, c_out = block.in_shape.channels, block.out_shape.channels
+    outputs = [_branch_maps(block, branch, masked, lift, internal, maps) for branch in branches]
+    delay = max(e for _, e in outputs)
+    for signal, e in outputs:  # the branch with the smaller offset: its output delayed by the difference
+        for src, K in signal.items():
+            maps.append((np.concatenate([np.zeros((delay - e,) + K.shape[1:]), K]), src, None))
+    c_in = lift * block.in_shape.channels  # the block input on blocks of ``lift`` samples
+    if lift > 1:  # its columns channel-major (``System.block_in``): column ch lift + r is entry r c + ch
+        c = block.in_shape.channels
+        perm = np.array([r * c + ch for ch in range(c) for r in range(lift)])
+        maps = [(K[:, :, perm] if src < 0 else K, src, dst) for K, src, dst in maps]
+    c_out = block.out_shape.channels
     widths = [a.n for a in internal]
     in_off = np.concatenate([[c_in], c_in + np.cumsum(widths)]).astype(int)  # input offsets of w_j
     out_off = np.concatenate([[0], np.cumsum(widths)]).astype(int)  # output offsets of v_j; y after them
@@ -223,7 +320,9 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
     if slope == (1.0, 1.0):
         slope = None
     note = (f"residual block: {len(internal)} internal activation layer(s), {nx} states"
-            + (f", branches aligned by a delay of {delay}" if any(d != delay for _, d in parts) else "")
+            + (f", branches aligned by a delay of {delay}" if any(e != delay for _, e in outputs) else "")
+            + (f"; lifted: input on blocks of {lift} samples (weight X (x) I_{lift}), "
+               f"activations at {lift} or fewer samples per step, one multiplier each" if lift > 1 else "")
             + ("; windows of non-causal paddings as slope [0, 1] gains" if masked and len(internal) else ""))
     return lowered.System(block.name + (f"+{act.name}" if act is not None else ""), names, "block", ss, s_out,
-                          slope, None if act is None else act.function, note, 1, tuple(internal))
+                          slope, None if act is None else act.function, note, lift, tuple(internal))

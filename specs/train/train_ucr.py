@@ -22,6 +22,9 @@ Architectures (all end in global average pooling over time and one ``nn.Linear``
 - ``TCN(16, dilations 1, 2, 4)`` (Bai, Kolter & Koltun 2018, their ``TemporalBlock``): per block two
   weight-normalised causal convs (``Conv1d(padding=(k-1)d)`` + ``Chomp1d``), ReLU and dropout after each,
   a 1x1 conv shortcut where channels change, ``relu(out + res)``.
+- ``StridedResNet1D(8, 8, 16)`` (ResNet-18-style downsampling, as in Hannun et al. 2019 / Ribeiro et al.
+  2020, narrowed): a stem conv k7 + BN + ReLU, then two blocks conv k3 stride 2 -> BN -> ReLU -> conv k3 ->
+  BN, the shortcut a 2-wide max pool (same channels) or a 1x1 stride-2 conv + BN, summed, then ReLU.
 - ``PlainTCN(16)``: the same causal weight-normalised convs (1 -> 16, then 5 x 16 -> 16; dilations 1, 2, 4,
   1, 2, 4), each followed by ReLU, no residual connections.
 
@@ -109,6 +112,45 @@ class ResNet1D(nn.Module):
         return self.fc(x.mean(dim=2))
 
 
+class DownBlock(nn.Module):
+    """A downsampling block (ResNet-18 style, 1D): conv k3 stride 2 -> BN -> ReLU -> conv k3 -> BN, plus a
+    shortcut that halves the length too (a 2-wide max pool where the channels stay, else a 1x1 stride-2
+    conv + BN), summed, then ReLU."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv1 = nn.Conv1d(c_in, c_out, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm1d(c_out)
+        self.conv2 = nn.Conv1d(c_out, c_out, 3, padding="same", bias=False)
+        self.bn2 = nn.BatchNorm1d(c_out)
+        if c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=2, bias=False), nn.BatchNorm1d(c_out))
+        else:
+            self.shortcut = nn.MaxPool1d(2, ceil_mode=False)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+class StridedResNet1D(nn.Module):
+    """A stem conv (k7, BN, ReLU) and two DownBlocks (150 -> 75 -> 38 samples), then GAP + linear."""
+
+    def __init__(self, channels=(8, 8, 16), n_classes=2, c_in=1):
+        super().__init__()
+        c0, c1, c2 = channels
+        self.stem = nn.Conv1d(c_in, c0, 7, padding="same", bias=False)
+        self.bn = nn.BatchNorm1d(c0)
+        self.down1 = DownBlock(c0, c1)
+        self.down2 = DownBlock(c1, c2)
+        self.fc = nn.Linear(c2, n_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        return self.fc(self.down2(self.down1(x)).mean(dim=2))
+
+
 class Chomp1d(nn.Module):
     """Drop the last ``chomp`` samples (Bai et al.'s causal padding: pad both sides, cut the right)."""
 
@@ -186,6 +228,7 @@ MODELS = {
     "resnet1d_16_32_32": (lambda: ResNet1D((16, 32, 32)), 300),
     "tcn_res16": (lambda: TCN(16, (1, 2, 4)), 800),
     "tcn_plain16": (lambda: PlainTCN(16, (1, 2, 4, 1, 2, 4)), 300),
+    "resnet1d_strided_8_8_16": (lambda: StridedResNet1D((8, 8, 16)), 300),
 }
 
 

@@ -473,3 +473,42 @@ def test_import_output_must_be_a_spec_path(tmp_path, capsys, output):
     assert main(["import", str(model), "-o", str(tmp_path / output)]) == 1
     assert "names the spec to write" in capsys.readouterr().err
     assert (tmp_path / "net.npz").read_bytes() == b"precious weights"
+
+
+@pytest.mark.parametrize("shortcut", ["conv", "maxpool", "avgpool"])
+def test_strided_residual_block_imports_and_matches_the_reference(shortcut, tmp_path):
+    """A downsampling block (ResNet-style): relu(conv s2 -> relu -> conv + shortcut), the shortcut a 1x1
+    stride-2 conv, or a 2-wide max or average pool; imported as one block, its forward pass equal to onnx's
+    reference evaluator, its bound certified and above the empirical lower bound."""
+    from lipdsl.baselines.empirical import lower_bound
+
+    c2 = 3 if shortcut == "conv" else 2
+    short = {
+        "conv": [helper.make_node("Conv", ["x", "s.weight"], ["s"], kernel_shape=[1], strides=[2], name="s")],
+        "maxpool": [helper.make_node("MaxPool", ["x"], ["s"], kernel_shape=[2], strides=[2], name="s")],
+        "avgpool": [helper.make_node("AveragePool", ["x"], ["s"], kernel_shape=[2], strides=[2], name="s")],
+    }[shortcut]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1.weight"], ["a"], kernel_shape=[3], strides=[2], pads=[1, 1],
+                         name="c1"),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("Conv", ["b", "c2.weight"], ["c"], kernel_shape=[3], pads=[1, 1], name="c2"),
+        *short,
+        helper.make_node("Add", ["c", "s"], ["d"], name="res"),
+        helper.make_node("Relu", ["d"], ["y"]),
+    ]
+    inits = {"c1.weight": w(c2, 2, 3), "c2.weight": w(c2, c2, 3)}
+    if shortcut == "conv":
+        inits["s.weight"] = w(c2, 2, 1)
+    m = model(nodes, inits, [1, 2, 16])
+    imported = import_onnx(write(tmp_path, m))
+    net = imported.to_network()
+    assert [L.kind for L in net.layers] == ["residual", "activation"]
+    ref = ReferenceEvaluator(m)
+    for _ in range(3):
+        u = RNG.standard_normal((2, 16))
+        want = ref.run(None, {"x": u[None]})[0][0]
+        np.testing.assert_allclose(forward(net, u), want, rtol=1e-9, atol=1e-12)
+    result = solve_network(net)
+    assert result.certificate.verified
+    assert lower_bound(net, starts=2, time_budget=1.0).value <= result.certificate.lipschitz

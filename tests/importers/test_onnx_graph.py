@@ -79,6 +79,8 @@ ACCEPTED = [
     TRAINED / "resnet1d_16_32_32.dynamo.onnx",
     TRAINED / "tcn_res16.torchscript.onnx",
     TRAINED / "tcn_res16.dynamo.onnx",
+    TRAINED / "resnet1d_strided_8_8_16.torchscript.onnx",
+    TRAINED / "resnet1d_strided_8_8_16.dynamo.onnx",
 ]
 
 
@@ -264,6 +266,26 @@ def test_trained_residual_exports_equal_the_hand_written_spec(stem, spec, export
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_trained_strided_resnet_exports_equal_the_hand_written_spec(exporter):
+    """Downsampling blocks (conv stride 2; max pool and 1x1 stride-2 conv + BN shortcuts): the import is the
+    hand-written spec (batch norms folded), whose forward pass is onnx.reference's; the dynamo export's zero
+    bias of a bias-free conv (a CastLike of a constant) is a constant."""
+    import dataclasses
+
+    from lipdsl.model.residual import fold_batchnorm
+
+    _, ref = load_network(ROOT / "specs" / "resnet1d_strided.lip")
+    path = TRAINED / f"resnet1d_strided_8_8_16.{exporter}.onnx"
+    imported = import_onnx(path)
+    assert [L.kind for L in imported.layers] == ["conv1d", "activation", "residual", "activation", "residual",
+                                                  "activation", "global_avgpool", "dense"]
+    folded = dataclasses.replace(ref, layers=tuple(fold_batchnorm(ref.layers)))  # (the stem's batch norm)
+    _assert_same_network(imported.to_network(), folded)
+    u = RNG.standard_normal((1, 150))
+    np.testing.assert_allclose(forward(ref, u), reference(path, u), rtol=1e-4, atol=1e-4)
+
+
 def _residual_model(shortcut: str, act="Relu"):
     """x -> conv(k3, same) -> act -> conv(k3, same) [+ x | + conv1x1(x) with BN] -> act -> GAP -> dense."""
     rng = np.random.default_rng(5)
@@ -338,7 +360,6 @@ def _graph(nodes, inits, c=1, n=8):
     ("three", ["feeds 3 nodes", "branches"]),
     ("mul", ["(Mul)", "not supported"]),
     ("two_joins", ["feeds 2 nodes", "inside a residual branch"]),
-    ("pool", ["holds a avgpool"]),
 ])
 def test_branches_that_are_not_residual_blocks_are_refused(case, words):
     k = {"k": np.ones((1, 1, 3))}
@@ -348,17 +369,22 @@ def test_branches_that_are_not_residual_blocks_are_refused(case, words):
                  helper.make_node("Add", ["d", "c"], ["y"])]
     elif case == "mul":
         nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Mul", ["a", "x"], ["y"], name="m")]
-    elif case == "two_joins":
+    else:
         nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Tanh", ["a"], ["b"]),
                  helper.make_node("Sigmoid", ["a"], ["c"]), helper.make_node("Add", ["b", "c"], ["d"]),
                  helper.make_node("Add", ["d", "x"], ["y"])]
-    else:
-        nodes = [helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[1]),
-                 helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Add", ["b", "x"], ["y"])]
     with pytest.raises(UnsupportedError) as info:
         import_onnx(_graph(nodes, k))
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_pool_inside_a_branch_is_part_of_the_block():
+    """Pools may sit in a residual branch (a downsampling block's shortcut: test_importer.py)."""
+    nodes = [helper.make_node("AveragePool", ["x"], ["a"], kernel_shape=[1]),
+             helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Add", ["b", "x"], ["y"])]
+    (block,) = import_onnx(_graph(nodes, {})).layers
+    assert block.kind == "residual" and [L.kind for L in block.options["main"]] == ["avgpool", "activation"]
 
 
 # -- Constant nodes, every attribute form ------------------------------------------------------------------

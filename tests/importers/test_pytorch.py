@@ -336,6 +336,40 @@ def test_from_torch_residual_module_is_a_residual_block():
     _matches(module, (2, 8), net, 1e-12)
 
 
+class Down(nn.Module):
+    """A ResNet-style downsampling block: conv s2 -> bn -> relu -> conv -> bn, plus a 1x1 stride-2 conv with
+    batch norm (or a 2-wide max pool) on the shortcut, then relu."""
+
+    def __init__(self, pool: bool):
+        super().__init__()
+        c = 2 if pool else 3
+        self.conv1, self.bn1 = nn.Conv1d(2, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm1d(c)
+        self.conv2, self.bn2 = nn.Conv1d(c, c, 3, padding=1, bias=False), nn.BatchNorm1d(c)
+        self.short = nn.MaxPool1d(2) if pool else nn.Sequential(nn.Conv1d(2, c, 1, stride=2, bias=False),
+                                                                nn.BatchNorm1d(c))
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + self.short(x))
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_from_torch_downsampling_block(pool):
+    """A strided residual block through ONNX: one block (batch norms folded), torch's outputs, a certified
+    bound above the empirical lower bound."""
+    from lipdsl.baselines.empirical import lower_bound
+    from lipdsl.lang import typed
+
+    torch.manual_seed(6)
+    module = _random_bn(Down(pool)).double().eval()
+    net = lipdsl.from_torch(module, (2, 16))
+    assert isinstance(net.typed.layers[0], typed.Residual)
+    _matches(module, (2, 16), net, 1e-9)
+    result = solve_network(net.typed)
+    assert result.certificate.verified
+    assert lower_bound(net.typed, starts=2, time_budget=1.0).value <= result.certificate.lipschitz
+
+
 TRAINED = ROOT / "specs" / "weights" / "trained"
 
 
