@@ -59,6 +59,7 @@ import numpy as np
 
 from lipdsl.certify.certificate import Document, read, validate, weight_digests
 from lipdsl.certify.exact import backend
+from lipdsl.certify.verify_block import float_block_lmi, rounding_terms
 from lipdsl.certify.verify_exact import exact_link, side_psd
 from lipdsl.certify.verify_float import ETA, U, float_lmi, float_schur, psd_float  # noqa: F401
 from lipdsl.certify.verify_links import invalid, gain_squared, lmi_chain, pooled_steps, structure
@@ -198,9 +199,6 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                     "lift: a positive integer)") from None
     low = lower(net, scale=False, min_length=min_length, lift=lift,
                 merge_linear=bool(opts.get("merge_linear", True)))
-    if any(s.internal for s in low.systems):  # (their LMIs have one multiplier per internal activation)
-        raise invalid("residual blocks are not supported by the certificate checker yet",
-                    hint="lipdsl solve certifies residual networks itself (without --certificate)")
     structure(doc, low)
     links, (eliminated, elim_exact) = lmi_chain(doc, low, net, lift)
     pooled = pooled_steps(low)
@@ -226,7 +224,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
 
     for link in links:
         ss = link.sys.ss
-        n = ss.nx + ss.nu + (ss.ny if link.sys.slope is not None else 0)
+        n = ss.nx + ss.nu + (link.sys.n_out if link.sys.slope is not None else 0)
         name = f"LMI[{link.sys.name}]"
         where = f" (layers {', '.join(link.sys.layers)})"
         X_in = weight(link.w_in)
@@ -234,7 +232,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             Dl = systems[link.w_out[1]].ss.D
             X_out, X_out_abs = Dl.T @ Dl, np.abs(Dl).T @ np.abs(Dl)
         elif link.w_out[0] == "I":
-            X_out = np.eye(ss.ny)
+            X_out = np.eye(link.sys.n_out)
             X_out_abs = X_out
         else:
             X_out = weight(link.w_out)
@@ -252,6 +250,10 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
         elif not exact and (link.mats is not None or link.out_D is not None):
             inconclusive = True  # lower's composed map is rounded: this LMI with the exact one instead
             detail = "composed map recomputed exactly from the weights"
+        elif not exact and link.sys.internal:  # a residual block (verify_block)
+            Xi = rho * np.eye(link.sys.n_in) if X_in is None else X_in
+            M, Mabs = float_block_lmi(link, Xi, X_out, X_out_abs)
+            ok, detail, inconclusive = psd_float(M, Mabs, rounding_terms(link))
         elif not exact:
             Xi = rho * np.eye(ss.nu) if X_in is None else X_in
             M, Mabs = float_lmi(link, Xi, X_out, X_out_abs)

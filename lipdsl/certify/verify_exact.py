@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 
 from lipdsl.certify.exact import EXACT_LDL_MAX, backend, congruence_check, ldl_pivots
+from lipdsl.certify.verify_block import exact_block_lmi
 from lipdsl.certify.verify_float import psd_float
 from lipdsl.certify.verify_links import Link
 
@@ -17,6 +18,8 @@ from lipdsl.certify.verify_links import Link
 
 def _exact_lmi(be, link: Link, X_in, X_out):
     """The LMI ``M`` in exact rationals (module docstring), with the recomputed exact realization if any."""
+    if link.sys.internal:  # a residual block (verify_block)
+        return exact_block_lmi(be, link, X_in, X_out)
     ss = link.sys.ss
     nx, nu = ss.nx, ss.nu
     A, B, C, D = link.mats if link.mats is not None else (ss.A, ss.B, ss.C, ss.D)
@@ -80,11 +83,11 @@ def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_rais
     for attempt in range(RHO_RAISE_STEPS + 1 if allow_raise else 1):
         if attempt:
             raise_by = max(rho_q, Fraction(1, 1 << 1000)) / (1 << (RHO_RAISE_STEPS + 40 - attempt))
-        M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q + raise_by)), Xo)
+        M = _exact_lmi(be, link, _scaled_identity(be, link.sys.n_in, be.q(rho_q + raise_by)), Xo)
         ok, how = _prove(be, M)
         if ok:
             return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else ""), raise_by
-    M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q)), Xo)
+    M = _exact_lmi(be, link, _scaled_identity(be, link.sys.n_in, be.q(rho_q)), Xo)
     also = " (also with rho raised by up to 2^-40 of itself)" if allow_raise else ""
     return False, _explain(be, M) + also, Fraction(0)
 
