@@ -247,13 +247,15 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                 M, Mabs = float_schur(link, rho, X_out, X_out_abs)
                 ok, detail, inconclusive = psd_float(M, Mabs, 2 * link.full_weight.shape[1] + 2 * ss.ny + 16)
                 detail = "Schur complement with the full weight W: " + detail
-        elif not exact and (link.mats is not None or link.out_D is not None):
-            inconclusive = True  # lower's composed map is rounded: this LMI with the exact one instead
-            detail = "composed map recomputed exactly from the weights"
-        elif not exact and link.sys.internal:  # a residual block (verify_block)
+        elif not exact and link.sys.kind == "block" and link.out_D is None:  # a residual block (verify_block)
             Xi = rho * np.eye(link.sys.n_in) if X_in is None else X_in
             M, Mabs = float_block_lmi(link, Xi, X_out, X_out_abs)
             ok, detail, inconclusive = psd_float(M, Mabs, rounding_terms(link))
+            if link.mats is not None:
+                detail = "block realization recomputed exactly from the weights; " + detail
+        elif not exact and (link.mats is not None or link.out_D is not None):
+            inconclusive = True  # lower's composed map is rounded: this LMI with the exact one instead
+            detail = "composed map recomputed exactly from the weights"
         elif not exact:
             Xi = rho * np.eye(ss.nu) if X_in is None else X_in
             M, Mabs = float_lmi(link, Xi, X_out, X_out_abs)
@@ -266,7 +268,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                 rho_raise = raise_by
             if exact:
                 detail = how
-            elif link.mats is not None or link.out_D is not None:
+            elif (link.mats is not None and link.sys.kind != "block") or link.out_D is not None:
                 detail = f"{detail}: {how}"
             else:
                 detail = (f"floating point inconclusive ({detail}); exact: {how}" if ok else

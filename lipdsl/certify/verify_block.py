@@ -21,17 +21,22 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pieces(link, with_out: bool):
+def _pieces(link, with_out: bool, exact: bool):
     """``(n, AB, terms, y_rows)``: the order of ``M``, ``[A B 0]`` padded to ``xi``, and per activation
     ``(E, w_cols, lam, (a, b) exact, (a, b) float)`` (internal ones, then the output's if ``with_out``);
-    ``y_rows``: the rows of ``[C D]`` giving ``y``, padded."""
+    ``y_rows``: the rows of ``[C D]`` giving ``y``, padded. With ``link.mats`` (the realization recomputed
+    exactly, ``realization_block``) ``C`` and ``D`` are its Fractions (``exact``) or their doubles rounded
+    to nearest (else), otherwise lower's doubles."""
     sys = link.sys
     ss = sys.ss
     nx, nu = ss.nx, ss.nu
     n = nx + nu + (sys.n_out if with_out else 0)
-    E = np.zeros((ss.ny, n))
-    E[:, :nx] = ss.C
-    E[:, nx : nx + nu] = ss.D
+    C, D = (ss.C, ss.D) if link.mats is None else link.mats[2:]
+    E = np.zeros((ss.ny, n), dtype=object if exact and link.mats is not None else float)
+    if E.dtype == object:
+        E.fill(0)
+    E[:, :nx] = C
+    E[:, nx : nx + nu] = D
     AB = np.zeros((nx, n))
     AB[:, :nx] = ss.A
     AB[:, nx : nx + nu] = ss.B
@@ -52,7 +57,7 @@ def float_block_lmi(link, X_in: np.ndarray, X_out: np.ndarray, X_out_abs: np.nda
     sys = link.sys
     nx, n_in = sys.ss.nx, sys.n_in
     with_out = sys.slope is not None
-    n, AB, terms, Ey = _pieces(link, with_out)
+    n, AB, terms, Ey = _pieces(link, with_out, exact=False)
     M = np.zeros((n, n))
     Mabs = np.zeros((n, n))
     if nx:
@@ -83,9 +88,12 @@ def float_block_lmi(link, X_in: np.ndarray, X_out: np.ndarray, X_out_abs: np.nda
 
 
 def rounding_terms(link) -> int:
-    """``K`` of ``gamma_K`` for ``float_block_lmi``: the longest chain of products and sums in an entry."""
+    """``K`` of ``gamma_K`` for ``float_block_lmi``: the longest chain of products and sums in an entry,
+    plus 4 for a recomputed realization rounded to nearest (each product has at most two of its entries,
+    each within ``u`` relative of the exact one: two more factors ``(1 + delta)`` in its chain)."""
     sys = link.sys
-    return 2 * (sys.ss.nx + sys.ss.nu + sys.ss.ny) + 16 + 6 * (len(sys.internal) + 1)
+    return (2 * (sys.ss.nx + sys.ss.nu + sys.ss.ny) + 16 + 6 * (len(sys.internal) + 1)
+            + (4 if link.mats is not None else 0))
 
 
 def exact_block_lmi(be, link, X_in, X_out):
@@ -94,7 +102,7 @@ def exact_block_lmi(be, link, X_in, X_out):
     sys = link.sys
     nx, n_in, nu = sys.ss.nx, sys.n_in, sys.ss.nu
     with_out = sys.slope is not None
-    n, AB, terms, Ey = _pieces(link, with_out)
+    n, AB, terms, Ey = _pieces(link, with_out, exact=True)
 
     def select(c0: int, c1: int):
         S = np.zeros((c1 - c0, n))

@@ -18,7 +18,7 @@ from lipdsl.certify.verify_links import Link
 
 def _exact_lmi(be, link: Link, X_in, X_out):
     """The LMI ``M`` in exact rationals (module docstring), with the recomputed exact realization if any."""
-    if link.sys.internal:  # a residual block (verify_block)
+    if link.sys.kind == "block":  # a residual block (verify_block)
         return exact_block_lmi(be, link, X_in, X_out)
     ss = link.sys.ss
     nx, nu = ss.nx, ss.nu

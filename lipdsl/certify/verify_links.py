@@ -13,6 +13,7 @@ import numpy as np
 
 from lipdsl.certify.certificate import describe_steps
 from lipdsl.certify.realization import exact_realization, own_realization, realizations_match
+from lipdsl.certify.realization_block import exact_block_realization
 from lipdsl.errors import CertificateError
 from lipdsl.lang import typed
 from lipdsl.model import lowered
@@ -286,7 +287,9 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
             full = None  # (outward slopes with ab != 0: the Schur form does not apply)
         own = full is not None or own_realization(sys, net)
         mats = None
-        if not own and lift == 1:  # (lifted realizations keep lower's arrangement and values)
+        if not own and lift == 1 and sys.kind == "block":  # a residual block: its taps recomputed exactly
+            mats = exact_block_realization(sys, net)
+        elif not own and lift == 1:  # (lifted realizations keep lower's arrangement and values)
             ex = exact_realization(sys, low, net, i)
             mats = ex if ex is not None and realizations_match(ex, sys.ss) else None
         links.append(Link(sys, P, lam, w_in, w_out, needs, own or mats is not None,
