@@ -1,5 +1,5 @@
-"""The checker's residual-block realization: a spec's residual block and lower's (A, B, C, D) of it -> the same
-shift-register arrangement with C and D recomputed exactly (Fractions) from the weights, or None.
+"""The checker's residual-block realization: a spec's residual block and lower's (A, B, C, D) of it -> the
+same shift-register arrangement with C and D recomputed exactly (Fractions) from the weights, or None.
 
 The block's map from ``(u, w_1, ..., w_q)`` to ``(v_1, ..., v_q, y)`` is an FIR with taps ``h_m``
 (``h_0 = D``, ``h_m = C A^(m-1) B``), computed here from the weights with exact arithmetic as
@@ -15,6 +15,7 @@ agree with it to 1e-9 (a check that both follow the same formulas). Imports no s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -81,8 +82,10 @@ def _causal_padding(layer) -> bool:
     return layer is None or (layer.pad_left == layer.dilation * (layer.kernel - 1) and layer.pad_right == 0)
 
 
-def _segments(items: list, c: int, masked: bool):
-    """``([(K, name or None), ...], delay)`` of a branch (module docstring); None if not realizable."""
+def _segments(items: list, c: int, masked: bool, widened: set):
+    """``([(K, name or None), ...], delay)`` of a branch (module docstring); None if not realizable. An
+    activation right before a masked conv is added to ``widened`` (its sector becomes ``[min(a, 0),
+    max(b, 0)]``: ``m_t phi(v)`` with the window ``m_t`` in ``{0, 1}``)."""
     K = _eye(c)
     segments, delay, seen_conv = [], 0, False
     for item in items:
@@ -101,7 +104,9 @@ def _segments(items: list, c: int, masked: bool):
         if seen_conv and masked:
             identity = K.shape[0] == 1 and K.shape[1] == K.shape[2] and all(K[0, i, j] == (1 if i == j else 0)
                                                for i in range(K.shape[1]) for j in range(K.shape[2]))
-            if not (segments and segments[-1][1] is not None and identity):
+            if segments and segments[-1][1] is not None and identity:
+                widened.add(segments[-1][1])
+            else:
                 segments.append((K, ".window"))
                 K = _eye(K.shape[1])
         G = _q_zeros((K.shape[0] + Kc.shape[0] - 1, Kc.shape[1], K.shape[2]))
@@ -113,14 +118,24 @@ def _segments(items: list, c: int, masked: bool):
     return segments, delay
 
 
-def block_taps(block: typed.Residual, sys: lowered.System) -> list[np.ndarray] | None:
+@dataclass(frozen=True)
+class BlockRealization:
+    """A block's realization rebuilt by the checker: ``mats = (A, B, C, D)`` (``A``, ``B`` lower's 0/1
+    shifts; ``C``, ``D`` exact Fractions) and the internal activations whose sector a masked conv after
+    them widens to ``[min(a, 0), max(b, 0)]`` (``widened``)."""
+
+    mats: tuple[np.ndarray, ...]
+    widened: frozenset[str]
+
+
+def block_taps(block: typed.Residual, sys: lowered.System, widened: set) -> list[np.ndarray] | None:
     """The exact taps ``h_m`` (ny x nu, object arrays) of the block's map ``(u, w) -> (v, y)``, in the
     order of ``sys``'s internal activations, or None when the block is not one this checker rebuilds."""
     branches = [_folded(block.main), _folded(block.shortcut)]
     if any(b is None for b in branches):
         return None
     masked = any(item[0] == "conv" and not _causal_padding(item[2]) for b in branches for item in b)
-    parts = [_segments(b, block.in_shape.channels, masked) for b in branches]
+    parts = [_segments(b, block.in_shape.channels, masked, widened) for b in branches]
     if any(p is None for p in parts):
         return None
     delay = max(d for _, d in parts)
@@ -157,13 +172,14 @@ def block_taps(block: typed.Residual, sys: lowered.System) -> list[np.ndarray] |
     return h
 
 
-def exact_block_realization(sys: lowered.System, net: typed.Network) -> tuple[np.ndarray, ...] | None:
+def exact_block_realization(sys: lowered.System, net: typed.Network) -> BlockRealization | None:
     """lower's ``(A, B)`` and ``(C, D)`` recomputed exactly from the weights (module docstring), or None."""
     block = next((layer for layer in net.layers
                   if isinstance(layer, typed.Residual) and layer.name == sys.layers[0]), None)
     if block is None or sys.block_in != 1:
         return None
-    h = block_taps(block, sys)
+    widened: set = set()
+    h = block_taps(block, sys, widened)
     if h is None:
         return None
     A, B = sys.ss.A, sys.ss.B
@@ -189,4 +205,4 @@ def exact_block_realization(sys: lowered.System, net: typed.Network) -> tuple[np
     if M.any() or not seen.all():  # (A nilpotent on reachable states only)
         return None
     ex = (A, B, C, h[0])
-    return ex if realizations_match(ex, sys.ss) else None
+    return BlockRealization(ex, frozenset(widened)) if realizations_match(ex, sys.ss) else None

@@ -50,7 +50,6 @@ def _exact_lmi(be, link: Link, X_in, X_out):
 def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_raise: bool):
     """One LMI in exact arithmetic: (ok, detail, raise of rho). The first LMI (``X_in = rho I``) may get
     ``rho`` raised by the least of ``2^-51 rho, ..., 2^-40 rho`` that makes it strictly feasible."""
-    ss = link.sys.ss
     if link.w_out[0] == "WtW":
         Dq = be.mat(link.out_D if link.out_D is not None else systems[link.w_out[1]].ss.D)
         Xo = be.T(Dq) * Dq

@@ -112,12 +112,14 @@ def _outward(values: list[Fraction], low: bool) -> tuple[Fraction, float]:
     return q, f
 
 
-def internal_slopes(sys: lowered.System, net: typed.Network) -> tuple[tuple, tuple]:
+def internal_slopes(sys: lowered.System, net: typed.Network,
+                    widened: frozenset | None) -> tuple[tuple, tuple]:
     """The slope intervals of a residual block's internal activations, exact and as doubles, outward.
 
     Each covers lower's interval (the double and its shortest decimal: lower widens the sector of an
-    activation before a masked conv to ``[min(a, 0), max(b, 0)]`` and gives a window ``[0, 1]``) and the
-    spec's activation (its rational expression, when it has one), as ``slope_bounds`` does.
+    activation before a masked conv to ``[min(a, 0), max(b, 0)]`` and gives a window ``[0, 1]``), the
+    spec's activation (its rational expression, when it has one), as ``slope_bounds`` does, and 0 for the
+    activations the checker's own realization found before a masked conv (``widened``; None: not rebuilt).
     """
     acts = {}
     for layer in net.layers:
@@ -127,7 +129,8 @@ def internal_slopes(sys: lowered.System, net: typed.Network) -> tuple[tuple, tup
                     acts[inner.name] = inner
     exact, floats = [], []
     for act in sys.internal:
-        lo, hi = [Fraction(act.alpha), Fraction(repr(act.alpha))], [Fraction(act.beta), Fraction(repr(act.beta))]
+        lo = [Fraction(act.alpha), Fraction(repr(act.alpha))]
+        hi = [Fraction(act.beta), Fraction(repr(act.beta))]
         spec = acts.get(act.name)
         for expr, out in ((getattr(spec, "alpha_expr", None), lo), (getattr(spec, "beta_expr", None), hi)):
             try:
@@ -135,6 +138,11 @@ def internal_slopes(sys: lowered.System, net: typed.Network) -> tuple[tuple, tup
                     out.append(Fraction(int(expr.p), int(expr.q)))
             except (TypeError, ValueError):  # pragma: no cover - sympy Rationals have p and q
                 pass
+        if act.name.endswith(".window") or (widened is not None and act.name in widened):
+            lo.append(Fraction(0))
+            hi.append(Fraction(0))
+        if act.name.endswith(".window"):
+            hi.append(Fraction(1))
         (a, af), (b, bf) = _outward(lo, True), _outward(hi, False)
         exact.append((a, b))
         floats.append((af, bf))
@@ -257,9 +265,10 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         elif sys.slope is not None:  # a block's activation after it: one multiplier per output
             lam = _multipliers(e.get("lambda"), sys.n_out, f"lambda of LMI[{sys.name}]")
         inner, inner_q, inner_f = (), (), ()
+        rebuilt = exact_block_realization(sys, net) if sys.kind == "block" and lift == 1 else None
         if sys.internal:
             inner = block_multipliers(sys, e)
-            inner_q, inner_f = internal_slopes(sys, net)
+            inner_q, inner_f = internal_slopes(sys, net, None if rebuilt is None else rebuilt.widened)
         before = steps[(pos[j - 1] + 1) if j else 0 : i]
         after = steps[i + 1 : pos[j + 1]] if j + 1 < len(pos) else steps[i + 1 :]
         kron = sys.block_in * math.prod(s.length for s in before if isinstance(s, lowered.Flatten))
@@ -288,7 +297,7 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         own = full is not None or own_realization(sys, net)
         mats = None
         if not own and lift == 1 and sys.kind == "block":  # a residual block: its taps recomputed exactly
-            mats = exact_block_realization(sys, net)
+            mats = None if rebuilt is None else rebuilt.mats
         elif not own and lift == 1:  # (lifted realizations keep lower's arrangement and values)
             ex = exact_realization(sys, low, net, i)
             mats = ex if ex is not None and realizations_match(ex, sys.ss) else None
