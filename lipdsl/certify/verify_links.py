@@ -159,7 +159,7 @@ def _multipliers(value, n: int, what: str) -> np.ndarray:
         raise invalid(f"{what}: expected {n} finite numbers")
     if np.any(lam < 0):
         k = int(np.argmax(lam < 0))
-        raise invalid(f"{what}: multiplier lambda[{k}] = {lam[k]!r} is negative")
+        raise invalid(f"{what}: multiplier lambda[{k}] = {float(lam[k])!r} is negative")
     return lam
 
 
@@ -261,7 +261,7 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
                 raise invalid(f"lambda of LMI[{sys.name}]: expected {ny} finite numbers")
             if np.any(lam < 0):
                 k = int(np.argmax(lam < 0))
-                raise invalid(f"LMI[{sys.name}]: multiplier lambda[{k}] = {lam[k]!r} is negative")
+                raise invalid(f"LMI[{sys.name}]: multiplier lambda[{k}] = {float(lam[k])!r} is negative")
         elif sys.slope is not None:  # a block's activation after it: one multiplier per output
             lam = _multipliers(e.get("lambda"), sys.n_out, f"lambda of LMI[{sys.name}]")
         inner, inner_q, inner_f = (), (), ()
