@@ -189,7 +189,9 @@ def exact_block_realization(sys: lowered.System, net: typed.Network) -> BlockRea
     C = _q_zeros((sys.ss.ny, nx))
     seen = np.zeros(nx, dtype=bool)
     M = B.copy()
-    for m in range(1, max(nx, len(h) - 1) + 1):  # M = A^(m-1) B: state s holds input c delayed by m
+    for m in range(1, nx + len(h) + 1):  # M = A^(m-1) B: state s holds input c delayed by m
+        if m >= len(h) and not M.any():
+            break
         for c in range(nu):
             rows = np.flatnonzero(M[:, c])
             tap = h[m][:, c] if m < len(h) else None
