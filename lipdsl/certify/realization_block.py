@@ -20,7 +20,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lipdsl.certify.realization import _q_array, _q_zeros, realizations_match
+from lipdsl.certify.realization import _q_array, _q_zeros, _qdot, realizations_match
 from lipdsl.lang import typed
 from lipdsl.model import lowered
 
@@ -78,6 +78,12 @@ def _causal(W: np.ndarray, layer) -> tuple[np.ndarray, int]:
     return We[:, :, ::-1].transpose(2, 0, 1), ke - 1 - layer.pad_left
 
 
+def _identity(K: np.ndarray) -> bool:
+    """Whether taps ``K`` are the one tap ``I``."""
+    return K.shape[0] == 1 and K.shape[1] == K.shape[2] and all(
+        K[0, i, j] == (1 if i == j else 0) for i in range(K.shape[1]) for j in range(K.shape[2]))
+
+
 def _causal_padding(layer) -> bool:
     return layer is None or (layer.pad_left == layer.dilation * (layer.kernel - 1) and layer.pad_right == 0)
 
@@ -102,17 +108,18 @@ def _segments(items: list, c: int, masked: bool, widened: set):
         if d < 0:
             return None
         if seen_conv and masked:
-            identity = K.shape[0] == 1 and K.shape[1] == K.shape[2] and all(K[0, i, j] == (1 if i == j else 0)
-                                               for i in range(K.shape[1]) for j in range(K.shape[2]))
-            if segments and segments[-1][1] is not None and identity:
+            if segments and segments[-1][1] is not None and _identity(K):
                 widened.add(segments[-1][1])
             else:
                 segments.append((K, ".window"))
                 K = _eye(K.shape[1])
-        G = _q_zeros((K.shape[0] + Kc.shape[0] - 1, Kc.shape[1], K.shape[2]))
-        for m in range(Kc.shape[0]):
-            for q in range(K.shape[0]):
-                G[m + q] = G[m + q] + np.dot(Kc[m], K[q])
+        if _identity(K):  # (the first conv after an activation or the block's input: G = K_c)
+            G = Kc
+        else:
+            G = _q_zeros((K.shape[0] + Kc.shape[0] - 1, Kc.shape[1], K.shape[2]))
+            for m in range(Kc.shape[0]):
+                for q in range(K.shape[0]):
+                    G[m + q] = G[m + q] + _qdot(Kc[m], K[q])
         K, delay, seen_conv = G, delay + d, True
     segments.append((K, None))
     return segments, delay
