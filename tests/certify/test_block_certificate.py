@@ -193,3 +193,20 @@ def test_old_files_without_blocks_still_read(solved_blocks):
     assert doc["schema"] == "lipdsl-certificate/1"
     assert all("internal" not in s for s in doc["steps"] if s.get("kind") != "block")
     assert all("internal" not in e for e in doc["lmis"] if not e["system"].startswith("b"))
+
+
+@pytest.mark.slow
+def test_trained_tcn_certificate_round_trip():
+    # specs/tcn.lip: three TemporalBlocks (conv shortcut, causal, dilations 1, 2, 4); ~1.5 CPU min to solve
+    from lipdsl.lang.load import load_network
+    from repo_paths import SPECS
+
+    _, net = load_network(SPECS / "tcn.lip")
+    result = solve_network(net)
+    assert result.certificate.verified
+    doc = certificate.build(result, options=certificate.solve_options(None, 1, True, result.frequencies,
+                                                                      "cvxopt"))
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert v.ok and v.realization_exact, v.reason
+        assert [c.size for c in v.checks][:3] == [83, 192, 320]
