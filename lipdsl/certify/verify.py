@@ -20,7 +20,9 @@ LMIs checked in exact arithmetic; a compressed dense first layer is checked with
 length times the flattened lengths between), ``X_out = X (x) I_tied``, ``I`` for the last system, or
 ``W'W`` of a last linear dense layer (whose own LMI ``W'W - W'W = 0`` then holds exactly). Side conditions:
 ``lambda >= 0``, ``X`` diagonal before a max pool, ``X >= 0`` before any other pool, ``P >= 0`` where
-``alpha beta > 0``. The bound is ``L = sqrt(rho) * prod(pooling gains)``, printed rounded up.
+``alpha beta > 0``. The bound is ``L = sqrt(rho) * prod(pooling gains)``, printed rounded up. A residual
+block's LMI, with one multiplier vector per activation inside it, is built by ``verify_block`` from the
+realization ``realization_block`` rebuilds from the weights (lower's shift registers, exact ``C``, ``D``).
 
 Floating-point mode (default): ``M`` is computed in double precision together with ``|M|``, the sum of
 the terms' absolute products, so that ``|M - fl(M)| <= gamma_K |M|`` entrywise (Higham, *Accuracy and
