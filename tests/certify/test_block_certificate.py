@@ -210,3 +210,9 @@ def test_trained_tcn_certificate_round_trip():
         v = verify(net, doc, exact=exact)
         assert v.ok and v.realization_exact, v.reason
         assert [c.size for c in v.checks][:3] == [83, 192, 320]
+
+
+def test_block_exact_with_sympy_backend(solved_blocks):
+    net, _, doc = solved_blocks["batchnorm"]
+    v = verify(net, doc, exact=True, backend_name="sympy")
+    assert v.ok and v.backend == "sympy", v.reason
