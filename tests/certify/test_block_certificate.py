@@ -202,7 +202,8 @@ def test_trained_tcn_certificate_round_trip():
     from repo_paths import SPECS
 
     _, net = load_network(SPECS / "tcn.lip")
-    result = solve_network(net, frequencies="auto")  # (lipdsl solve's default: the frequency form here)
+    # (lipdsl solve's default form; CVXOPT stops short of converging here, its point is certified anyway)
+    result = solve_network(net, frequencies="auto", accept_unconverged=True)
     assert result.certificate.verified
     doc = certificate.build(result, options=certificate.solve_options(None, 1, True, result.frequencies,
                                                                       "cvxopt"))
