@@ -253,7 +253,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             Xi = rho * np.eye(link.sys.n_in) if X_in is None else X_in
             M, Mabs = float_block_lmi(link, Xi, X_out, X_out_abs)
             ok, detail, inconclusive = psd_float(M, Mabs, rounding_terms(link))
-            if link.mats is not None:
+            if link.mats is not None and ok:
                 detail = "block realization recomputed exactly from the weights; " + detail
         elif not exact and (link.mats is not None or link.out_D is not None):
             inconclusive = True  # lower's composed map is rounded: this LMI with the exact one instead
