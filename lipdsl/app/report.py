@@ -206,9 +206,9 @@ def print_verdict(verdict, console, errors) -> None:
         console.print(f"  rho raised by {verdict.rho_raise:.3g} for strict feasibility in exact arithmetic",
                       soft_wrap=True)
     if not verdict.realization_exact:
-        console.print("  note: lifted maps are checked with lower.py's floating-point realization (its "
-                      "products of weights rounded to double are not covered)", markup=False, highlight=False,
-                      soft_wrap=True)
+        console.print("  note: lifted maps (and residual blocks the checker does not rebuild) are checked "
+                      "with lower.py's floating-point realization (its products of weights rounded to double "
+                      "are not covered)", markup=False, highlight=False, soft_wrap=True)
     backend = f", {verdict.backend}" if verdict.mode == "exact" else ""
     console.print(f"  time {verdict.seconds:.3f} s{backend}")
 def sweep_table(rows, *, lower: bool = False, title: str | None = None):

@@ -72,12 +72,39 @@ def describe_steps(low: lowered.Network) -> list[dict]:
                         "slope": None if st.slope is None else list(st.slope),
                         "activation": st.activation, "block_in": st.block_in, "scale": st.scale,
                         "note": st.note})
+            if st.internal:  # a residual block: its activations, in the order of its inputs w_j
+                out[-1]["internal"] = [{"name": a.name, "n": a.n, "slope": [a.alpha, a.beta]}
+                                       for a in st.internal]
         elif isinstance(st, lowered.Pool):
             out.append({"type": "pool", "name": st.name, "op": st.op, "gain": st.gain,
                         "diagonal": st.diagonal, "tied": st.tied, "note": st.note})
         else:
             out.append({"type": "flatten", "name": st.name, "channels": st.channels, "length": st.length})
     return out
+
+
+def _unscaled_storage(sys: lowered.System, P: np.ndarray) -> np.ndarray:
+    """A residual block's ``P`` for its unscaled realization: ``lower`` divides internal signal ``w_j`` by
+    ``s_j`` and the shift register fed by ``w_j`` holds the scaled samples (``A``, ``B`` unchanged), so the
+    scaled state is ``x' = S x`` with ``S = diag(1 / s_j on the states driven by w_j, 1 elsewhere)`` and
+    ``x'^T P x' = x^T (S P S) x``. Other systems: ``P`` itself."""
+    if not sys.internal:
+        return P
+    ss = sys.ss
+    d = np.ones(ss.nx)
+    col = sys.n_in
+    for act in sys.internal:
+        reach = np.zeros(ss.nx, dtype=bool)  # the states driven by the columns of w_j (its register)
+        M = ss.B[:, col : col + act.n]
+        for _ in range(ss.nx + 1):
+            hit = np.abs(M).sum(axis=1) > 0
+            if not (hit & ~reach).any():
+                break
+            reach |= hit
+            M = ss.A @ M
+        d[reach] /= act.scale
+        col += act.n
+    return P * d[:, None] * d[None, :]
 
 
 def solve_options(min_length, lift, merge_linear, frequencies, solver) -> dict:
@@ -108,9 +135,6 @@ def build(result, *, options: dict[str, Any] | None = None) -> dict:
                                hint="a certificate file is written only for a certified bound")
     low: lowered.Network = result.lowered
     systems = list(low.systems)
-    if any(s.internal for s in systems):  # the file format has one multiplier per system
-        raise CertificateError("cannot export a certificate for residual blocks yet",
-                               hint="the bound itself is certified; run without --certificate / --exact")
     links = list(result.sdp.links)
     if not links and systems:  # a closed-form bound of a constant network (zero weights, slope [0, 0])
         raise CertificateError(
@@ -132,10 +156,15 @@ def build(result, *, options: dict[str, Any] | None = None) -> dict:
         sys = link.system
         i = index[sys.name]
         entry: dict[str, Any] = {"name": f"LMI[{sys.name}]", "system": sys.name, "layers": list(sys.layers)}
-        if link.P is not None:
-            entry["P"] = _matrix(point[link.P.name] * tail[i])  # T_{i-1} = T_i s_i^2 ... tail[i] = T_{i-1}
+        if link.P is not None:  # T_{i-1} = T_i s_i^2 ... tail[i] = T_{i-1}
+            entry["P"] = _matrix(_unscaled_storage(sys, point[link.P.name]) * tail[i])
         else:
             entry["P"] = None
+        if sys.internal:  # a residual block: Lambda^_j = T_{i-1} Lambda_j / s_j^2 per internal activation
+            entry["internal"] = [
+                {"activation": act.name, "lambda": (np.asarray(point[v.name], dtype=float).ravel()
+                                                    * (tail[i] / act.scale**2)).tolist()}
+                for act, v in zip(sys.internal, link.inner)]
         if link.lam is not None:
             entry["lambda"] = np.asarray(point[link.lam.name] * tail[i + 1], dtype=float).ravel().tolist()
         else:

@@ -20,7 +20,9 @@ LMIs checked in exact arithmetic; a compressed dense first layer is checked with
 length times the flattened lengths between), ``X_out = X (x) I_tied``, ``I`` for the last system, or
 ``W'W`` of a last linear dense layer (whose own LMI ``W'W - W'W = 0`` then holds exactly). Side conditions:
 ``lambda >= 0``, ``X`` diagonal before a max pool, ``X >= 0`` before any other pool, ``P >= 0`` where
-``alpha beta > 0``. The bound is ``L = sqrt(rho) * prod(pooling gains)``, printed rounded up.
+``alpha beta > 0``. The bound is ``L = sqrt(rho) * prod(pooling gains)``, printed rounded up. A residual
+block's LMI, with one multiplier vector per activation inside it, is built by ``verify_block`` from the
+realization ``realization_block`` rebuilds from the weights (lower's shift registers, exact ``C``, ``D``).
 
 Floating-point mode (default): ``M`` is computed in double precision together with ``|M|``, the sum of
 the terms' absolute products, so that ``|M - fl(M)| <= gamma_K |M|`` entrywise (Higham, *Accuracy and
@@ -59,6 +61,7 @@ import numpy as np
 
 from lipdsl.certify.certificate import Document, read, validate, weight_digests
 from lipdsl.certify.exact import backend
+from lipdsl.certify.verify_block import float_block_lmi, rounding_terms
 from lipdsl.certify.verify_exact import exact_link, side_psd
 from lipdsl.certify.verify_float import ETA, U, float_lmi, float_schur, psd_float  # noqa: F401
 from lipdsl.certify.verify_links import invalid, gain_squared, lmi_chain, pooled_steps, structure
@@ -198,9 +201,6 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                     "lift: a positive integer)") from None
     low = lower(net, scale=False, min_length=min_length, lift=lift,
                 merge_linear=bool(opts.get("merge_linear", True)))
-    if any(s.internal for s in low.systems):  # (their LMIs have one multiplier per internal activation)
-        raise invalid("residual blocks are not supported by the certificate checker yet",
-                    hint="lipdsl solve certifies residual networks itself (without --certificate)")
     structure(doc, low)
     links, (eliminated, elim_exact) = lmi_chain(doc, low, net, lift)
     pooled = pooled_steps(low)
@@ -226,7 +226,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
 
     for link in links:
         ss = link.sys.ss
-        n = ss.nx + ss.nu + (ss.ny if link.sys.slope is not None else 0)
+        n = ss.nx + ss.nu + (link.sys.n_out if link.sys.slope is not None else 0)
         name = f"LMI[{link.sys.name}]"
         where = f" (layers {', '.join(link.sys.layers)})"
         X_in = weight(link.w_in)
@@ -234,7 +234,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             Dl = systems[link.w_out[1]].ss.D
             X_out, X_out_abs = Dl.T @ Dl, np.abs(Dl).T @ np.abs(Dl)
         elif link.w_out[0] == "I":
-            X_out = np.eye(ss.ny)
+            X_out = np.eye(link.sys.n_out)
             X_out_abs = X_out
         else:
             X_out = weight(link.w_out)
@@ -249,6 +249,12 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                 M, Mabs = float_schur(link, rho, X_out, X_out_abs)
                 ok, detail, inconclusive = psd_float(M, Mabs, 2 * link.full_weight.shape[1] + 2 * ss.ny + 16)
                 detail = "Schur complement with the full weight W: " + detail
+        elif not exact and link.sys.kind == "block" and link.out_D is None:  # a residual block (verify_block)
+            Xi = rho * np.eye(link.sys.n_in) if X_in is None else X_in
+            M, Mabs = float_block_lmi(link, Xi, X_out, X_out_abs)
+            ok, detail, inconclusive = psd_float(M, Mabs, rounding_terms(link))
+            if link.mats is not None and ok:
+                detail = "block realization recomputed exactly from the weights; " + detail
         elif not exact and (link.mats is not None or link.out_D is not None):
             inconclusive = True  # lower's composed map is rounded: this LMI with the exact one instead
             detail = "composed map recomputed exactly from the weights"
@@ -264,7 +270,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                 rho_raise = raise_by
             if exact:
                 detail = how
-            elif link.mats is not None or link.out_D is not None:
+            elif (link.mats is not None and link.sys.kind != "block") or link.out_D is not None:
                 detail = f"{detail}: {how}"
             else:
                 detail = (f"floating point inconclusive ({detail}); exact: {how}" if ok else

@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 
 from lipdsl.certify.exact import EXACT_LDL_MAX, backend, congruence_check, ldl_pivots
+from lipdsl.certify.verify_block import exact_block_lmi
 from lipdsl.certify.verify_float import psd_float
 from lipdsl.certify.verify_links import Link
 
@@ -17,6 +18,8 @@ from lipdsl.certify.verify_links import Link
 
 def _exact_lmi(be, link: Link, X_in, X_out):
     """The LMI ``M`` in exact rationals (module docstring), with the recomputed exact realization if any."""
+    if link.sys.kind == "block":  # a residual block (verify_block)
+        return exact_block_lmi(be, link, X_in, X_out)
     ss = link.sys.ss
     nx, nu = ss.nx, ss.nu
     A, B, C, D = link.mats if link.mats is not None else (ss.A, ss.B, ss.C, ss.D)
@@ -47,7 +50,6 @@ def _exact_lmi(be, link: Link, X_in, X_out):
 def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_raise: bool):
     """One LMI in exact arithmetic: (ok, detail, raise of rho). The first LMI (``X_in = rho I``) may get
     ``rho`` raised by the least of ``2^-51 rho, ..., 2^-40 rho`` that makes it strictly feasible."""
-    ss = link.sys.ss
     if link.w_out[0] == "WtW":
         Dq = be.mat(link.out_D if link.out_D is not None else systems[link.w_out[1]].ss.D)
         Xo = be.T(Dq) * Dq
@@ -80,11 +82,11 @@ def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_rais
     for attempt in range(RHO_RAISE_STEPS + 1 if allow_raise else 1):
         if attempt:
             raise_by = max(rho_q, Fraction(1, 1 << 1000)) / (1 << (RHO_RAISE_STEPS + 40 - attempt))
-        M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q + raise_by)), Xo)
+        M = _exact_lmi(be, link, _scaled_identity(be, link.sys.n_in, be.q(rho_q + raise_by)), Xo)
         ok, how = _prove(be, M)
         if ok:
             return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else ""), raise_by
-    M = _exact_lmi(be, link, _scaled_identity(be, ss.nu, be.q(rho_q)), Xo)
+    M = _exact_lmi(be, link, _scaled_identity(be, link.sys.n_in, be.q(rho_q)), Xo)
     also = " (also with rho raised by up to 2^-40 of itself)" if allow_raise else ""
     return False, _explain(be, M) + also, Fraction(0)
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from lipdsl.certify.certificate import describe_steps
 from lipdsl.certify.realization import exact_realization, own_realization, realizations_match
+from lipdsl.certify.realization_block import exact_block_realization
 from lipdsl.errors import CertificateError
 from lipdsl.lang import typed
 from lipdsl.model import lowered
@@ -43,6 +44,10 @@ class Link:
     full_weight: np.ndarray | None = None  # a compressed dense first layer's own W (``compressed_weight``)
     mats: tuple | None = None  # exact (A, B, C, D) recomputed from the weights (``exact_realization``)
     out_D: np.ndarray | None = None  # exact D of an eliminated last layer (X_out = D'D), if recomputed
+    #: a residual block: the multipliers of its internal activations and their slopes (exact, float), outward
+    inner: tuple[np.ndarray, ...] = ()
+    inner_slopes: tuple[tuple[Fraction, Fraction], ...] = ()
+    inner_slopes_float: tuple[tuple[float, float], ...] = ()
 
 
 def compressed_weight(sys: lowered.System, net: typed.Network, first: bool) -> np.ndarray | None:
@@ -96,6 +101,86 @@ def slope_bounds(sys: lowered.System, net: typed.Network) -> tuple[tuple[Fractio
     return (a, b), (af, bf)
 
 
+def _outward(values: list[Fraction], low: bool) -> tuple[Fraction, float]:
+    """The least (``low``) or greatest of exact candidates for a slope bound, and a double beyond it."""
+    q = min(values) if low else max(values)
+    f = float(q)
+    if low and Fraction(f) > q:
+        f = math.nextafter(f, -math.inf)
+    elif not low and Fraction(f) < q:
+        f = math.nextafter(f, math.inf)
+    return q, f
+
+
+def internal_slopes(sys: lowered.System, net: typed.Network,
+                    widened: frozenset | None) -> tuple[tuple, tuple]:
+    """The slope intervals of a residual block's internal activations, exact and as doubles, outward.
+
+    Each covers lower's interval (the double and its shortest decimal: lower widens the sector of an
+    activation before a masked conv to ``[min(a, 0), max(b, 0)]`` and gives a window ``[0, 1]``), the
+    spec's activation (its rational expression, when it has one), as ``slope_bounds`` does, and 0 for the
+    activations the checker's own realization found before a masked conv (``widened``; None: not rebuilt).
+    """
+    acts = {}
+    for layer in net.layers:
+        if isinstance(layer, typed.Residual):
+            for inner in typed.flat_layers(layer.main) + typed.flat_layers(layer.shortcut):
+                if isinstance(inner, typed.Activation):
+                    acts[inner.name] = inner
+    exact, floats = [], []
+    for act in sys.internal:
+        lo = [Fraction(act.alpha), Fraction(repr(act.alpha))]
+        hi = [Fraction(act.beta), Fraction(repr(act.beta))]
+        spec = acts.get(act.name)
+        for expr, out in ((getattr(spec, "alpha_expr", None), lo), (getattr(spec, "beta_expr", None), hi)):
+            try:
+                if expr is not None and getattr(expr, "is_Rational", False):
+                    out.append(Fraction(int(expr.p), int(expr.q)))
+            except (TypeError, ValueError):  # pragma: no cover - sympy Rationals have p and q
+                pass
+        if act.name.endswith(".window") or (widened is not None and act.name in widened):
+            lo.append(Fraction(0))
+            hi.append(Fraction(0))
+        if act.name.endswith(".window"):
+            hi.append(Fraction(1))
+        (a, af), (b, bf) = _outward(lo, True), _outward(hi, False)
+        exact.append((a, b))
+        floats.append((af, bf))
+    return tuple(exact), tuple(floats)
+
+
+def _multipliers(value, n: int, what: str) -> np.ndarray:
+    """A multiplier vector from the certificate: ``n`` finite numbers ``>= 0``."""
+    try:
+        lam = np.array(value, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise invalid(f"{what}: not a vector of numbers") from None
+    if lam.shape != (n,) or not np.all(np.isfinite(lam)):
+        raise invalid(f"{what}: expected {n} finite numbers")
+    if np.any(lam < 0):
+        k = int(np.argmax(lam < 0))
+        raise invalid(f"{what}: multiplier lambda[{k}] = {float(lam[k])!r} is negative")
+    return lam
+
+
+def block_multipliers(sys: lowered.System, entry: dict) -> tuple[np.ndarray, ...]:
+    """A residual block's internal multipliers from its certificate entry (``"internal"``: one
+    ``{"activation", "lambda"}`` per internal activation, in the block's order)."""
+    listed = entry.get("internal")
+    if not isinstance(listed, list) or len(listed) != len(sys.internal):
+        raise invalid(f"LMI[{sys.name}] is a residual block with {len(sys.internal)} internal activation(s) "
+                      f"({', '.join(a.name for a in sys.internal)}); the certificate lists "
+                      f"{len(listed) if isinstance(listed, list) else 'no'} multiplier(s) for them",
+                      hint="the certificate was written for another network or by another lipdsl")
+    out = []
+    for act, item in zip(sys.internal, listed):
+        if not isinstance(item, dict) or item.get("activation") != act.name:
+            raise invalid(f"LMI[{sys.name}]: expected the multipliers of {act.name!r}, got "
+                          f"{item.get('activation') if isinstance(item, dict) else item!r}")
+        out.append(_multipliers(item.get("lambda"), act.n, f"lambda of {act.name!r} in LMI[{sys.name}]"))
+    return tuple(out)
+
+
 def invalid(message: str, hint: str | None = None) -> CertificateError:
     return CertificateError(message, hint=hint)
 
@@ -116,14 +201,14 @@ def structure(doc: dict, low: lowered.Network) -> None:
     """The certificate's steps must be the lowering of the spec (names, sizes, slopes, pools, flattens)."""
     mine = describe_steps(low)
     theirs = doc["steps"]
-    keys = {"system": ("name", "layers", "kind", "nx", "nu", "ny", "slope", "block_in"),
+    keys = {"system": ("name", "layers", "kind", "nx", "nu", "ny", "slope", "block_in", "internal"),
             "pool": ("name", "op", "diagonal", "tied"), "flatten": ("name", "channels", "length")}
     if len(mine) != len(theirs):
         raise invalid(f"the certificate has {len(theirs)} steps, the spec lowers to {len(mine)}",
                     hint="the certificate was written for another network or other options")
     for a, b in zip(mine, theirs):
         if not isinstance(b, dict) or b.get("type") != a["type"] or any(
-                b.get(k) != a[k] for k in keys[a["type"]]):
+                b.get(k) != a.get(k) for k in keys[a["type"]]):
             raise invalid(f"step {a['name']!r} of the spec ({a['type']}) does not match the certificate's "
                         f"{b.get('name') if isinstance(b, dict) else b!r}",
                         hint="the certificate was written for another network or other options")
@@ -167,7 +252,7 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         nx, ny = sys.ss.nx, sys.ss.ny
         P = _matrix(e.get("P"), (nx, nx), f"P of LMI[{sys.name}]") if nx else None
         lam = None
-        if sys.slope is not None:
+        if sys.slope is not None and not sys.internal:
             try:
                 lam = np.array(e.get("lambda"), dtype=float).ravel()
             except (TypeError, ValueError):
@@ -176,7 +261,14 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
                 raise invalid(f"lambda of LMI[{sys.name}]: expected {ny} finite numbers")
             if np.any(lam < 0):
                 k = int(np.argmax(lam < 0))
-                raise invalid(f"LMI[{sys.name}]: multiplier lambda[{k}] = {lam[k]!r} is negative")
+                raise invalid(f"LMI[{sys.name}]: multiplier lambda[{k}] = {float(lam[k])!r} is negative")
+        elif sys.slope is not None:  # a block's activation after it: one multiplier per output
+            lam = _multipliers(e.get("lambda"), sys.n_out, f"lambda of LMI[{sys.name}]")
+        inner, inner_q, inner_f = (), (), ()
+        rebuilt = exact_block_realization(sys, net) if sys.kind == "block" and lift == 1 else None
+        if sys.internal:
+            inner = block_multipliers(sys, e)
+            inner_q, inner_f = internal_slopes(sys, net, None if rebuilt is None else rebuilt.widened)
         before = steps[(pos[j - 1] + 1) if j else 0 : i]
         after = steps[i + 1 : pos[j + 1]] if j + 1 < len(pos) else steps[i + 1 :]
         kron = sys.block_in * math.prod(s.length for s in before if isinstance(s, lowered.Flatten))
@@ -189,26 +281,29 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
             tied = max((s.tied for s in after if isinstance(s, lowered.Pool)), default=1)
             if sys.name not in Xs:
                 raise invalid(f"the certificate has no output weight X for {sys.name!r}")
-            n = ny // tied
+            n = sys.n_out // tied
             X = _matrix(Xs[sys.name].get("matrix") if isinstance(Xs[sys.name], dict) else None, (n, n),
                         f"X[{sys.name}]")
             max_pooled = any(isinstance(s, lowered.Pool) and s.diagonal for s in after)
             if max_pooled and np.any(X - np.diag(np.diag(X))):
                 raise invalid(f"X[{sys.name}] must be diagonal (max pooling follows)")
             w_out = ("X", sys.name, tied)
-        needs = nx > 0 and sys.slope is not None and sys.slope[0] * sys.slope[1] > 0
         slopes = slope_bounds(sys, net)
+        products = [q[0] * q[1] for q in inner_q] + ([] if slopes is None else [slopes[0][0] * slopes[0][1]])
+        needs = nx > 0 and any(p > 0 for p in products)  # (alpha beta <= 0: implied by the (x, x) block)
         full = compressed_weight(sys, net, j == 0)
         if full is not None and slopes is not None and slopes[0][0] * slopes[0][1] != 0:
             full = None  # (outward slopes with ab != 0: the Schur form does not apply)
         own = full is not None or own_realization(sys, net)
         mats = None
-        if not own and lift == 1:  # (lifted realizations keep lower's arrangement and values)
+        if not own and lift == 1 and sys.kind == "block":  # a residual block: its taps recomputed exactly
+            mats = None if rebuilt is None else rebuilt.mats
+        elif not own and lift == 1:  # (lifted realizations keep lower's arrangement and values)
             ex = exact_realization(sys, low, net, i)
             mats = ex if ex is not None and realizations_match(ex, sys.ss) else None
         links.append(Link(sys, P, lam, w_in, w_out, needs, own or mats is not None,
                            None if slopes is None else slopes[0], None if slopes is None else slopes[1],
-                           full, mats, out_D if w_out[0] == "WtW" else None))
+                           full, mats, out_D if w_out[0] == "WtW" else None, inner, inner_q, inner_f))
     return links, (eliminated, elim_exact)
 
 

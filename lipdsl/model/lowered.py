@@ -47,12 +47,15 @@ class StateSpace:
 @dataclass(frozen=True, slots=True)
 class Internal:
     """An activation inside a residual block: ``n`` outputs ``v`` of the block's system feed it, and its
-    ``n`` outputs ``w = phi(v)``, slope in ``[alpha, beta]``, are inputs of the same system (feedforward)."""
+    ``n`` outputs ``w = phi(v)``, slope in ``[alpha, beta]``, are inputs of the same system (feedforward).
+    ``scale``: ``lower`` divided ``v`` and ``w`` by it (``residual_system``; 1 when unscaled), which the
+    certificate file undoes (``Lambda^ = Lambda / scale^2``, its register's rows and columns of ``P`` too)."""
 
     name: str
     n: int
     alpha: float
     beta: float
+    scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

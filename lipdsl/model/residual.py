@@ -307,6 +307,7 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
                 D[:, in_off[j] : in_off[j] + a.n] *= s
                 if j in registers:
                     C[:, registers[j]] *= s
+                internal[j] = dataclasses_replace(a, scale=s)  # (certificate.build undoes it)
     ss = lowered.StateSpace(A, B, C, D)
     s_out = 1.0
     if scale:

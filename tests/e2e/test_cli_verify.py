@@ -123,3 +123,46 @@ def test_pooling_only_network_has_a_certificate_too(tmp_path):
     assert "proved: L <= 0.7071067812" in res.stdout
     res = run("verify", spec, tmp_path / "pool.json", "--exact")
     assert res.exit_code == 0 and "<= 0.7071067812" in res.stdout
+
+
+RESIDUAL = (
+    "network res\ninput 2 x 16\n"
+    "conv1d c1: 2 -> 3, kernel 2, padding causal, weight [[[0.5, -0.25], [0.75, 0.5]], [[-0.5, 0.25], "
+    "[0.125, 1]], [[0.25, 0.5], [-0.75, 0.25]]]\n"
+    "residual blk:\n"
+    "  conv1d c2: 3 -> 3, kernel 3, padding same, weight [[[0.3, -0.2, 0.1], [0.2, 0.1, -0.1], "
+    "[0.0, 0.2, 0.1]], [[0.1, 0.2, -0.3], [-0.2, 0.1, 0.3], [0.1, 0.0, 0.2]], "
+    "[[0.2, 0.1, 0.0], [0.1, -0.3, 0.2], [0.3, 0.1, -0.1]]]\n"
+    "  batchnorm bn: 3, running_mean [0.1, -0.2, 0.3], running_var [0.5, 2, 1.5], weight [1.5, 0.75, 1.25]\n"
+    "  leaky_relu(1/10)\n"
+    "  conv1d c3: 3 -> 3, kernel 1, weight [[[0.5], [0.25], [-0.5]], [[0.25], [-0.75], [0.5]], "
+    "[[0.125], [0.5], [0.25]]]\n"
+    "end\nrelu\nglobal_avgpool\n"
+    "dense f: 3 -> 2, weight [[1, -0.5, 0.25], [0.5, 0.75, -1]]\n"
+)
+
+
+def test_residual_network_certificate_round_trip_and_tampering(tmp_path):
+    spec = tmp_path / "res.lip"
+    spec.write_text(RESIDUAL)
+    cert = tmp_path / "res.json"
+    res = run("solve", spec, "--exact", "--certificate", cert)
+    assert res.exit_code == 0, res.stderr
+    assert "proved: L <=" in " ".join(res.stdout.split())
+    doc = json.loads(cert.read_text())
+    block = next(e for e in doc["lmis"] if e["system"] == "blk+relu1")
+    assert [i["activation"] for i in block["internal"]] == ["leaky_relu1"]
+    for extra in ([], ["--exact"]):
+        res = run("verify", spec, cert, *extra)
+        assert res.exit_code == 0, res.stderr
+        assert res.stdout.startswith("verified: Lipschitz constant of res <= ")
+        assert "ok   LMI[blk+relu1] (layers blk, c2+bn, leaky_relu1, c3, relu1)" in res.stdout
+        assert "[realization:" not in res.stdout  # the block's realization is the weights' exact map
+    block["internal"][0]["lambda"][1] *= 0.25
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    for extra in ([], ["--exact"]):
+        res = run("verify", spec, bad, *extra)
+        assert res.exit_code == 3
+        assert "error: the certificate of res does not verify" in res.stderr
+        assert "LMI[blk+relu1] (layers blk, c2+bn, leaky_relu1, c3, relu1) fails" in res.stderr

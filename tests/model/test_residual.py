@@ -333,19 +333,6 @@ def test_frequency_form_of_blocks(seed, tmp_path):
     assert exact * (1 - 1e-6) <= gridded <= exact * 1.05
 
 
-def test_certificate_file_refuses_blocks(tmp_path):
-    """The certificate file format has one multiplier per system: blocks are refused, not exported wrongly."""
-    from lipdsl.pipeline import solve_network
-    from lipdsl.certify.certificate import build
-    from lipdsl.errors import CertificateError
-
-    rng = np.random.default_rng(0)
-    result = solve_network(random_residual(rng, tmp_path))
-    assert result.certificate.verified
-    with pytest.raises(CertificateError, match="residual blocks"):
-        build(result)
-
-
 @pytest.mark.parametrize("seed", range(12))
 def test_problem_size_counts_a_block_as_lowered(seed, tmp_path):
     """The size model counts a residual block's stacked states and internal multipliers, close to the

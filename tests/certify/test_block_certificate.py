@@ -1,0 +1,219 @@
+"""Certificates of residual networks: solve -> certificate (internal multipliers, unscaled P) -> verify, in
+floating point and exactly; tampering named; the checker's own block realization."""
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from nets import Spec, random_residual
+
+from lipdsl.certify import certificate
+from lipdsl.certify.realization_block import exact_block_realization
+from lipdsl.certify.verify import verify
+from lipdsl.errors import CertificateError
+from lipdsl.model import lowered
+from lipdsl.model.lower import lower
+from lipdsl.pipeline import solve_network
+
+pytestmark = pytest.mark.solver
+
+
+def _doc(net, min_length=None):
+    result = solve_network(net, min_length=min_length)
+    assert result.certificate.verified, result.certificate.reason
+    doc = certificate.build(result, options=certificate.solve_options(min_length, 1, True, None, "cvxopt"))
+    return result, doc
+
+
+def _net(tmp_path, body: list[str], c_out: int, *, c=2, n=12, seed=0):
+    """A net from spec lines (``conv c_in c_out k [padding]``, ``bn c``, or spec text), then a global
+    average pool and a dense layer on ``c_out`` channels."""
+    rng = np.random.default_rng(seed)
+    s = Spec(c, n)
+    for line in body:
+        word = line.split()
+        indent = "  " if line.startswith("  ") else ""
+        if word[0] == "conv":
+            padding = word[4] if len(word) > 4 else "causal"
+            s.conv(rng, int(word[1]), int(word[2]), int(word[3]), padding=padding, indent=indent)
+        elif word[0] == "bn":
+            s.bn(rng, int(word[1]), indent=indent)
+        else:
+            s.lines.append(line)
+    s.lines += ["global_avgpool", f"dense {c_out} -> 2, weight {s.key(rng.normal(size=(2, c_out)))}"]
+    return s.load(tmp_path)
+
+
+# identity and conv shortcuts, batch norm in blocks, masked paddings, a linear block, an activation inside
+BLOCKS = {
+    "identity": (["conv 2 3 2", "residual b:", "  conv 3 3 3", "  relu", "  conv 3 3 2", "end", "relu"], 3),
+    "conv_shortcut": (["residual b:", "  conv 2 3 3", "  tanh", "  conv 3 3 1", "shortcut", "  conv 2 3 1 0",
+                       "end", "tanh"], 3),
+    "batchnorm": (["residual b:", "  conv 2 3 3", "  bn 3", "  relu", "  conv 3 3 3", "  bn 3", "shortcut",
+                   "  conv 2 3 1 0", "  bn 3", "end", "relu"], 3),
+    "bn_shortcut": (["conv 2 3 1", "residual b:", "  conv 3 3 2", "  leaky_relu(1/10)", "shortcut", "  bn 3",
+                     "end", "leaky_relu(1/10)"], 3),
+    "same_padding": (["residual b:", "  conv 2 2 3 same", "  leaky_relu(0.1)", "  conv 2 2 3 same",
+                      "  conv 2 2 3 same", "end", "relu"], 2),
+    "linear_block": (["residual b:", "  conv 2 2 3", "  conv 2 2 2", "end", "relu"], 2),
+    "two_blocks": (["residual b1:", "  conv 2 2 2", "  relu", "  conv 2 2 2", "end", "relu", "residual b2:",
+                    "  conv 2 3 2", "  relu", "shortcut", "  conv 2 3 1 0", "end"], 3),
+}
+
+
+@pytest.fixture(scope="module")
+def solved_blocks(tmp_path_factory):
+    out = {}
+    for name, (body, c_out) in BLOCKS.items():
+        net = _net(tmp_path_factory.mktemp(name), body, c_out)
+        out[name] = (net, *_doc(net))
+    return out
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_block_certificate_round_trip(solved_blocks, name):
+    net, result, doc = solved_blocks[name]
+    blocks = [s for s in result.lowered.systems if s.kind == "block"]
+    assert blocks
+    for exact in (False, True):
+        v = verify(net, copy.deepcopy(doc), exact=exact)
+        assert v.ok, v.reason
+        assert v.realization_exact  # every block's C, D recomputed exactly from the weights
+        assert v.lipschitz >= result.certificate.lipschitz * (1 - 1e-9)
+        assert v.lipschitz <= result.certificate.lipschitz * (1 + 1e-8)
+        names = [c.name for c in v.checks]
+        assert all(any(n.startswith(f"LMI[{b.name}]") for n in names) for b in blocks)
+    for b in blocks:
+        entry = next(e for e in doc["lmis"] if e["system"] == b.name)
+        assert [i["activation"] for i in entry.get("internal", [])] == [a.name for a in b.internal]
+        assert len(entry["P"]) == b.ss.nx
+
+
+def test_masked_padding_widens_and_windows(solved_blocks):
+    _, result, doc = solved_blocks["same_padding"]
+    block = next(s for s in result.lowered.systems if s.kind == "block")
+    kinds = [(a.name, a.alpha, a.beta) for a in block.internal]
+    assert kinds[0] == ("leaky_relu1", 0.0, 1.0)  # leaky ReLU before a masked conv: [0, 1]
+    assert kinds[1][0].endswith(".window") and kinds[1][1:] == (0.0, 1.0)
+    step = next(s for s in doc["steps"] if s.get("name") == block.name)
+    assert [i["slope"] for i in step["internal"]] == [[0.0, 1.0], [0.0, 1.0]]
+
+
+def test_scaled_internal_signals_are_mapped_back(solved_blocks):
+    # lower divides each internal signal by s_j != 1; the file holds the unscaled multipliers and P
+    _, result, doc = solved_blocks["batchnorm"]
+    block = next(s for s in result.lowered.systems if s.kind == "block")
+    assert any(abs(a.scale - 1) > 1e-3 for a in block.internal)
+    unscaled = next(s for s in lower(result.network, scale=False).systems if s.kind == "block")
+    assert all(a.scale == 1.0 for a in unscaled.internal)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_residual_nets_round_trip(tmp_path, seed):
+    net = random_residual(np.random.default_rng(100 + seed), tmp_path, n=None if seed == 5 else 14)
+    result, doc = _doc(net, min_length=8 if seed == 5 else None)
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert v.ok, v.reason
+        assert v.realization_exact
+
+
+def _entry(doc, name):
+    return next(e for e in doc["lmis"] if e["system"].startswith(name))
+
+
+def test_tampered_internal_multiplier_is_named(solved_blocks):
+    net, _, doc = solved_blocks["batchnorm"]
+    bad = copy.deepcopy(doc)
+    lam = _entry(bad, "b")["internal"][0]["lambda"]
+    k = int(np.argmax(lam))
+    lam[k] *= 0.5
+    for exact in (False, True):
+        v = verify(net, bad, exact=exact)
+        assert not v.ok
+        assert v.reason.startswith("LMI[b+relu2] (layers b, ") and " fails: " in v.reason
+        assert ("exact LDL': pivot" if exact else "smallest eigenvalue") in v.reason
+
+
+def test_tampered_storage_and_weight_are_refused(solved_blocks):
+    net, _, doc = solved_blocks["two_blocks"]
+    bad = copy.deepcopy(doc)
+    P = np.array(_entry(bad, "b1")["P"])
+    P[0, 0] *= 0.5
+    _entry(bad, "b1")["P"] = P.tolist()
+    v = verify(net, bad)
+    assert not v.ok and v.reason.startswith("LMI[b1+relu")
+    bad = copy.deepcopy(doc)
+    X = np.array(bad["X"][_entry(bad, "b1")["system"]]["matrix"])
+    bad["X"][_entry(bad, "b1")["system"]]["matrix"] = (X * 2).tolist()  # the output weight of b1
+    v = verify(net, bad)  # b1's output weight: one of the two LMIs that read it fails, and is named
+    assert not v.ok and v.reason.startswith(("LMI[b1+relu", "LMI[b2] (layers b2, "))
+
+
+def test_malformed_internal_multipliers_are_refused(solved_blocks):
+    net, _, doc = solved_blocks["identity"]
+    bad = copy.deepcopy(doc)
+    _entry(bad, "b")["internal"][0]["lambda"][0] = -1.0
+    with pytest.raises(CertificateError, match=r"'relu1' in LMI\[b\+relu2\]: multiplier lambda\[0\] = -1.0"):
+        verify(net, bad)
+    bad = copy.deepcopy(doc)
+    del _entry(bad, "b")["internal"]
+    with pytest.raises(CertificateError, match=r"LMI\[b\+relu2\] is a residual block with 1 internal"):
+        verify(net, bad)
+    bad = copy.deepcopy(doc)
+    _entry(bad, "b")["internal"][0]["activation"] = "relu9"
+    with pytest.raises(CertificateError, match="expected the multipliers of 'relu1', got 'relu9'"):
+        verify(net, bad)
+    bad = copy.deepcopy(doc)
+    step = next(s for s in bad["steps"] if s.get("name") == "b+relu2")
+    step["internal"][0]["slope"] = [0.0, 0.5]
+    with pytest.raises(CertificateError, match="step 'b\\+relu2' of the spec"):
+        verify(net, bad)
+
+
+def test_checker_rebuilds_the_block_realization(solved_blocks):
+    # lower's realization of each block is rebuilt from the weights; a wrong entry is not accepted as exact
+    for name, (net, _, _) in solved_blocks.items():
+        for sys in lower(net, scale=False).systems:
+            if sys.kind != "block":
+                continue
+            rebuilt = exact_block_realization(sys, net)
+            assert rebuilt is not None, name
+            C = sys.ss.C.copy()
+            if C.size:
+                C[np.unravel_index(np.argmax(np.abs(C)), C.shape)] *= 1 + 1e-6
+                wrong = replace(sys, ss=lowered.StateSpace(sys.ss.A, sys.ss.B, C, sys.ss.D))
+                assert exact_block_realization(wrong, net) is None, name
+
+
+def test_old_files_without_blocks_still_read(solved_blocks):
+    # (the schema only gained optional keys: a certificate without blocks has none of them)
+    net, _, doc = solved_blocks["identity"]
+    assert doc["schema"] == "lipdsl-certificate/1"
+    assert all("internal" not in s for s in doc["steps"] if s.get("kind") != "block")
+    assert all("internal" not in e for e in doc["lmis"] if not e["system"].startswith("b"))
+
+
+@pytest.mark.slow
+def test_trained_tcn_certificate_round_trip():
+    # specs/tcn.lip: three TemporalBlocks (conv shortcut, causal, dilations 1, 2, 4); ~1.5 CPU min to solve
+    from lipdsl.lang.load import load_network
+    from repo_paths import SPECS
+
+    _, net = load_network(SPECS / "tcn.lip")
+    # (lipdsl solve's default form; CVXOPT stops short of converging here, its point is certified anyway)
+    result = solve_network(net, frequencies="auto", accept_unconverged=True)
+    assert result.certificate.verified
+    doc = certificate.build(result, options=certificate.solve_options(None, 1, True, result.frequencies,
+                                                                      "cvxopt"))
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert v.ok and v.realization_exact, v.reason
+        assert [c.size for c in v.checks][:3] == [83, 192, 320]
+
+
+def test_block_exact_with_sympy_backend(solved_blocks):
+    net, _, doc = solved_blocks["batchnorm"]
+    v = verify(net, doc, exact=True, backend_name="sympy")
+    assert v.ok and v.backend == "sympy", v.reason
