@@ -44,6 +44,16 @@ UNCONVERGED_INFLATION = 1e-3
 #: then as good as an 'optimal' one; with ``--frequencies`` the repair also pays for the frequency grid, so
 #: the inflation test alone would reject converged solves).
 NEAR_OPTIMAL = 10.0
+#: ... or if it stopped (CVXOPT's singular-KKT ending near the optimum, e.g. on the residual TCN) with
+#: relative gap and residuals at most this: its value is then within this of the SDP's optimum, and what
+#: infeasibility remains is paid by the repair, which the certified bound includes (the report shows the gap).
+STOPPED_NEAR_OPTIMAL = 1e-4
+
+
+def solved(sol: Solution, tol: float) -> bool:
+    """Whether ``sol`` converged, or stopped as near the optimum as ``NEAR_OPTIMAL`` and
+    ``STOPPED_NEAR_OPTIMAL`` ask (``Solution.near_optimal``)."""
+    return converged(sol.claimed_status) or sol.near_optimal(max(NEAR_OPTIMAL * tol, STOPPED_NEAR_OPTIMAL))
 #: In frequency mode a repair above this (relative) is reported first, as a warning.
 REPAIR_WARNING = 0.01
 
@@ -317,8 +327,7 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     if (
         cert.verified
         and not accept_unconverged
-        and not converged(sol.claimed_status)
-        and not sol.near_optimal(NEAR_OPTIMAL * tol)
+        and not solved(sol, tol)
         and not (cert.inflation is not None and cert.inflation <= UNCONVERGED_INFLATION)
     ):
         err = SolveError(
@@ -338,25 +347,38 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
 def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress, weights,
             max_rounds):
     """Frequency mode: up to ``max_rounds`` re-solves with each system's grid refined where its ``Phi``
-    dips between the frequencies at the solver's point (``storage.refined_grids``); a note says so."""
+    dips between the frequencies at the solver's point (``storage.refined_grids``); a note says so.
+
+    A re-solve that stops short of its tolerance (neither converged nor ``near_optimal``; e.g. CVXOPT's
+    singular-KKT ending on a denser grid) is dropped for the last one that did, so refining never turns a
+    converged solve into an unconverged one."""
     from lipdsl.certify.storage import refined_grids
 
-    rounds = 0
+    rounds, dropped = 0, None
     while rounds < max_rounds and sol.x is not None:
         grids = refined_grids(sdp, sol)
         if grids is None:
             break
         progress("refining the frequency grid")
         limits.checkpoint("refining the frequency grid")
-        sdp = build_sdp(low, frequencies=frequencies, grids=grids, **weights)
-        sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
+        refined = build_sdp(low, frequencies=frequencies, grids=grids, **weights)
+        again = solve(refined, solver, tol=tol, max_iterations=max_iterations, verbose=verbose,
+                      deadline=deadline)
+        if solved(sol, tol) and not solved(again, tol):
+            dropped = again
+            break
+        sdp, sol = refined, again
         rounds += 1
+    notes = ()
     if rounds:
         counts = ", ".join(f"{name} {len(grid)}" for name, grid in sdp.grids.items())
-        sdp = replace(sdp, notes=sdp.notes + (
-            f"frequency grid refined {rounds} time(s) where the LMIs dipped between the {frequencies} "
-            f"frequencies at the solver's point (solved again each time): {counts} frequencies",))
-    return sdp, sol
+        notes += (f"frequency grid refined {rounds} time(s) where the LMIs dipped between the {frequencies} "
+                  f"frequencies at the solver's point (solved again each time): {counts} frequencies",)
+    if dropped is not None:
+        notes += (f"a re-solve on a further refined grid stopped without converging ({dropped.solver} "
+                  f"{dropped.claimed_status!r} after {dropped.iterations} iterations); the last converged "
+                  "solve is certified",)
+    return (replace(sdp, notes=sdp.notes + notes) if notes else sdp), sol
 
 
 def _hinf_product(net: typed.Network, min_length: int | None) -> float | None:

@@ -9,6 +9,7 @@ import numpy as np
 from lipdsl.pipeline import Result
 from lipdsl.model.lowered import System
 from lipdsl.rigorous import format_up
+from lipdsl.solvers.solution import converged
 
 
 def _system_rows(result: Result) -> list[dict]:
@@ -147,7 +148,11 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
     else:
         console.print(f"[bold red]no certified bound[/] for {net.name}: {cert.reason}")
     console.print(f"  valid for {result.validity}")
-    console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations")
+    stopped = "" if converged(sol.claimed_status) or sol.relative_gap is None else (
+        f", stopped at relative gap {sol.relative_gap:.2g}"
+        + ("" if sol.residual is None else f" and residual {sol.residual:.2g}"))
+    console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations"
+                  f"{stopped}")
     if result.sdp.storage and result.form:
         console.print(f"  form: {result.form}")
     console.print("  time: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.seconds.items()))

@@ -458,3 +458,41 @@ def test_block_phi_is_the_blocks_supply_in_the_frequency_domain(seed, tmp_path):
                     value -= 2 * ((slope[1] * y - w_out).conj() @ (lam * (w_out - slope[0] * y))).real
                     value -= w_out.conj() @ X_out @ w_out
                 assert np.isclose(xi.conj() @ Pw @ xi, value, rtol=1e-10, atol=1e-9)
+
+
+def test_a_stopped_solve_counts_as_solved_only_near_the_optimum():
+    """``pipeline.solved``: converged, or stopped (CVXOPT's singular-KKT ending) with relative gap and
+    residuals <= 1e-4; a solve stopped farther off is not."""
+    from lipdsl.pipeline import solved
+    from lipdsl.solvers.solution import Solution
+
+    base = dict(rho=1.0, x=np.zeros(1), solver="cvxopt", seconds=0.0, iterations=31)
+    assert solved(Solution("optimal", **base), 1e-7)
+    assert solved(Solution("unknown", **base, relative_gap=2.8e-5, residual=2.2e-5), 1e-7)
+    assert not solved(Solution("unknown", **base, relative_gap=2e-3, residual=2.2e-5), 1e-7)
+    assert not solved(Solution("unknown", **base, relative_gap=2e-5, residual=3e-4), 1e-7)
+    assert not solved(Solution("unknown", **base), 1e-7)
+
+
+def test_a_refined_re_solve_that_stops_short_is_dropped(monkeypatch):
+    """When the re-solve on the refined grid stops far from its optimum while the first solve converged,
+    ``_refine`` keeps the first solve (and its grid), certifies it, and a note says why."""
+    import lipdsl.pipeline as pipeline
+    from dataclasses import replace
+
+    real = pipeline.solve
+    calls = []
+
+    def second_stops_short(sdp, *args, **kwargs):
+        sol = real(sdp, *args, **kwargs)
+        calls.append(sol)
+        return sol if len(calls) == 1 else replace(sol, claimed_status="unknown", relative_gap=1e-2)
+
+    monkeypatch.setattr(pipeline, "solve", second_stops_short)
+    result = solve_network(_dilated_net(1), frequencies=5)
+    assert len(calls) == 2 and result.certificate.verified
+    assert result.solution.claimed_status == "optimal"
+    assert all(len(g) == 5 for g in result.sdp.grids.values())
+    assert not any("grid refined" in n for n in result.sdp.notes)
+    assert any("stopped without converging" in n and "the last converged solve" in n
+               for n in result.sdp.notes)
