@@ -200,3 +200,12 @@ def test_first_order_memory_model_has_no_newton_matrix():
     scs_bytes = limits.solver_bytes(50_000, orders, "scs")
     assert scs_bytes < limits.solver_bytes(50_000, orders, "cvxopt") / 10
     assert scs_bytes < 2 * limits.GIB
+
+
+def test_missing_scs_exits_3_with_the_install_hint(monkeypatch, cli):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scs", None)  # (import scs raises ImportError)
+    res = cli("solve", ECG, "--solver", "scs")
+    assert res.exit_code == 3
+    assert "not installed" in res.output and "pip install scs" in res.output and "certified" not in res.output
