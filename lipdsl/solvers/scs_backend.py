@@ -158,9 +158,11 @@ def cone_data(sdp, complex_cones: bool = True) -> ConeData:
     return ConeData(A, b, np.asarray(objective(sdp), dtype=float), cone, tuple(kinds))
 
 
-#: SCS's status -> the claimed status lipdsl reports ('optimal' is what ``solution.converged`` accepts).
-STATUS = {"solved": "optimal", "solved_inaccurate": "solved_inaccurate"}
-INFEASIBLE = ("infeasible", "infeasible_inaccurate", "unbounded", "unbounded_inaccurate")
+#: SCS's ``status_val`` -> the claimed status lipdsl reports ('optimal' is what ``solution.converged``
+#: accepts; SCS's own words, e.g. "solved (inaccurate - reached time_limit_secs)", go to the log).
+STATUS = {1: "optimal", 2: "solved_inaccurate"}
+#: ``status_val`` of infeasible (-2), unbounded (-1) and their inaccurate forms (-7, -6): no point to certify.
+INFEASIBLE = {-2: "infeasible", -7: "infeasible", -1: "unbounded", -6: "unbounded"}
 
 
 def settings(tol: float, max_iterations: int, verbose: bool, **overrides) -> dict:
@@ -202,9 +204,9 @@ def solve_sdp(sdp, *, tol: float, max_iterations: int, verbose: bool, complex_co
         raise SolveError(f"SCS failed before its first iterate: {exc}", hint="try --solver cvxopt") from exc
     seconds = time.perf_counter() - t0
     info = out["info"]
-    status = str(info["status"])
-    if status in INFEASIBLE:
-        meaning = "no multipliers satisfy the LMIs" if status.startswith("infeasible") else "unbounded"
+    status, value = str(info["status"]), int(info["status_val"])
+    if value in INFEASIBLE:
+        meaning = "no multipliers satisfy the LMIs" if INFEASIBLE[value] == "infeasible" else "unbounded"
         raise SolveError(f"SCS reports the SDP {status} ({meaning}) after {info['iter']} iterations",
                          hint="try --solver cvxopt, or check the weights' scale")
     x = np.asarray(out["x"], dtype=float).ravel()
@@ -218,5 +220,5 @@ def solve_sdp(sdp, *, tol: float, max_iterations: int, verbose: bool, complex_co
            f"{max(data.cone['cs'], default=0)}); A {data.A.shape[0]} x {data.A.shape[1]}, {data.A.nnz} nnz; "
            f"setup {info['setup_time'] / 1e3:.2f} s, cones {info['cone_time'] / 1e3:.2f} s, linear systems "
            f"{info['lin_sys_time'] / 1e3:.2f} s; status {status}",)
-    return Solution(STATUS.get(status, status), float(x[sdp.rho.offset]), x, "scs", seconds,
+    return Solution(STATUS.get(value, status), float(x[sdp.rho.offset]), x, "scs", seconds,
                     int(info["iter"]), log, relative_gap=gap, residual=residual)

@@ -165,7 +165,7 @@ def test_cli_prints_no_bound_and_exits_3_when_scs_says_infeasible(monkeypatch, c
             pass
 
         def solve(self):
-            return {"x": None, "info": {"status": "infeasible", "iter": 40}}
+            return {"x": None, "info": {"status": "infeasible (inaccurate)", "status_val": -7, "iter": 40}}
 
     monkeypatch.setattr(scs, "SCS", Infeasible)
     res = cli("solve", ECG, "--solver", "scs")
@@ -209,3 +209,15 @@ def test_missing_scs_exits_3_with_the_install_hint(monkeypatch, cli):
     res = cli("solve", ECG, "--solver", "scs")
     assert res.exit_code == 3
     assert "not installed" in res.output and "pip install scs" in res.output and "certified" not in res.output
+
+
+def test_stopped_at_max_iters_is_not_claimed_optimal():
+    """SCS stopped by its iteration limit says "solved (inaccurate - reached max_iters)": claimed
+    'solved_inaccurate', which the pipeline does not count as converged."""
+    from lipdsl.solvers.solution import converged
+
+    sdp = build_sdp(lower(_frequency_net()), frequencies=9)
+    sol = scs_backend.solve_sdp(sdp, tol=1e-9, max_iterations=1, verbose=False, max_iters=5)
+    assert sol.claimed_status == "solved_inaccurate" and sol.iterations == 5
+    assert not converged(sol.claimed_status)
+    assert "reached max_iters" in sol.log[0]
