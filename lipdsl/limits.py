@@ -176,9 +176,11 @@ BASE_BYTES = 0.15 * GIB
 N2 = 5.5
 S2 = 60.0
 SN = 2.0
-#: A first-order solver (SCS): ``bytes = BASE + 8 (S2 sum_k m_k^2 + N n)``, no ``n^2`` term (an upper model:
-#: ``A`` holds about one entry per LMI entry, ADMM ~ 15 vectors of that length with its acceleration history).
-FIRST_ORDER_S2 = 20.0
+#: A first-order solver (SCS): ``bytes = BASE + 8 (S2 sum_k m_k^2 + N n)``, no ``n^2`` term: the LMIs' ``G``,
+#: SCS's ``A`` and its factorisation, ADMM's iterates with their acceleration history. Fitted to the SCS phase
+#: of FCN 64/128/64 (1.46 GB, full X) and 128/256/128 (5.5 GB; docs/performance.md, "SCS"); storage recovery
+#: after it is not counted (it peaked at 11.3 GB there).
+FIRST_ORDER_S2 = 40.0
 FIRST_ORDER_N = 100.0
 
 
