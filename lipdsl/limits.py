@@ -176,6 +176,12 @@ BASE_BYTES = 0.15 * GIB
 N2 = 5.5
 S2 = 60.0
 SN = 2.0
+#: A first-order solver (SCS): ``bytes = BASE + 8 (S2 sum_k m_k^2 + N n)``, no ``n^2`` term: the LMIs' ``G``,
+#: SCS's ``A`` and its factorisation, ADMM's iterates with their acceleration history. Fitted to the SCS phase
+#: of FCN 64/128/64 (1.46 GB, full X) and 128/256/128 (5.5 GB; docs/performance.md, "SCS"); storage recovery
+#: after it is not counted (it peaked at 11.3 GB there).
+FIRST_ORDER_S2 = 40.0
+FIRST_ORDER_N = 100.0
 
 
 def available_memory() -> int:
@@ -205,10 +211,12 @@ def solver_bytes(variables: int, lmi_orders, solver: str = "cvxopt") -> float:
     (``cvxopt-generic``) and the PICOS back-ends also hold ``G`` scaled column by column, a dense
     ``(sum_k m_k^2) x n`` matrix: the registry's ``Backend.structured`` says which solver does not.
     """
-    from lipdsl.solvers.registry import structured
+    from lipdsl.solvers.registry import first_order, structured
 
     n = float(variables)
     s2 = float(sum(float(m) ** 2 for m in lmi_orders))
+    if first_order(solver):  # SCS: A, its factorisation and ADMM's iterates (with Anderson's history)
+        return BASE_BYTES + 8.0 * (FIRST_ORDER_S2 * s2 + FIRST_ORDER_N * n)
     words = N2 * n * n + S2 * s2 + SN * n * math.sqrt(s2)
     if not structured(solver):
         words += 2.0 * n * s2

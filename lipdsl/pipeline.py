@@ -29,6 +29,7 @@ from lipdsl.sdp.build import build_sdp, weight_bases
 from lipdsl.sdp.problem import Sdp, Variable
 from lipdsl.sizes import (  # noqa: F401 (imported from here too)
     ProblemSize, SubspaceWeights, lowered_size, problem_size)
+from lipdsl.solvers.registry import first_order
 from lipdsl.solvers.solve import Solution, converged, solve
 
 #: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
@@ -435,7 +436,8 @@ def _check_limits(net: typed.Network, size: ProblemSize, max_lmi: int | None, ma
             "raise --max-lmi if the machine has the memory and time (the merged map is exact and its bound "
             "tighter than one LMI per layer)",
         )
-    if max_variables is not None and size.variables > max_variables:
+    if max_variables is not None and size.variables > max_variables and not first_order(solver):
+        # (the limit stands for the n x n Newton matrix, which a first-order solver does not form)
         raise LimitError(
             f"the SDP would have {size.variables} variables{merged}, more than {max_variables} (about "
             f"{limits.describe_bytes(size.memory(solver))} for the solver); its largest LMI has "

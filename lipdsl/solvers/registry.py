@@ -28,6 +28,9 @@ class Backend:
     install: str
     #: Solves without CVXOPT's dense scaled copy of ``G`` (``(sum m_k^2) x n``): ``limits.solver_bytes``.
     structured: bool = False
+    #: A first-order method (SCS): no Newton matrix, so neither the ``n^2`` memory of ``limits.solver_bytes``
+    #: nor the variable limit ``--max-variables`` that stands for it applies.
+    first_order: bool = False
     #: PICOS's name for the solver (PICOS back-ends only).
     picos: str | None = None
 
@@ -57,7 +60,10 @@ SOLVERS: dict[str, Backend] = {b.name: b for b in (
     _picos("smcp", "SMCP", "pip install smcp"),
     _picos("mosek", "MOSEK", "pip install mosek (and a MOSEK licence)"),
     _picos("mskfsn", "MOSEK's Fusion API", "pip install mosek (and a MOSEK licence)"),
-    _picos("scs", "SCS", "pip install scs"),
+    Backend("scs", "scs_backend:solve_sdp",
+            "SCS's ADMM, called directly; frequency LMIs as complex PSD cones (first-order: looser, no "
+            "Newton matrix; SCS through PICOS is picos-scs)", "pip install scs (or lipdsl[solvers])",
+            first_order=True),
     _picos("clarabel", "Clarabel", "pip install clarabel"),
 )}
 
@@ -96,6 +102,12 @@ def lookup(name: str) -> Backend:
                        "see PICOS's documentation", picos=inner)
     message, hint = unknown_message(name)
     raise LipdslError(message, hint=hint)
+
+
+def first_order(name: str) -> bool:
+    """Whether ``name``'s backend is a first-order method (no Newton matrix; ``Backend.first_order``)."""
+    backend = SOLVERS.get(name)
+    return backend is not None and backend.first_order
 
 
 def structured(name: str) -> bool:
