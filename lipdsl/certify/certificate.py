@@ -90,20 +90,11 @@ def _unscaled_storage(sys: lowered.System, P: np.ndarray) -> np.ndarray:
     ``x'^T P x' = x^T (S P S) x``. Other systems: ``P`` itself."""
     if not sys.internal:
         return P
-    ss = sys.ss
-    d = np.ones(ss.nx)
-    col = sys.n_in
-    for act in sys.internal:
-        reach = np.zeros(ss.nx, dtype=bool)  # the states driven by the columns of w_j (its register)
-        M = ss.B[:, col : col + act.n]
-        for _ in range(ss.nx + 1):
-            hit = np.abs(M).sum(axis=1) > 0
-            if not (hit & ~reach).any():
-                break
-            reach |= hit
-            M = ss.A @ M
-        d[reach] /= act.scale
-        col += act.n
+    from lipdsl.certify.recheck import state_groups
+
+    d = np.ones(sys.ss.nx)
+    for (states, _), act in zip(state_groups(sys)[1:], sys.internal):  # (the first group is u's)
+        d[states] /= act.scale
     return P * d[:, None] * d[None, :]
 
 

@@ -243,7 +243,7 @@ def _margin(M: np.ndarray, rel: float) -> float:
     return 64 * M.shape[0] * EPS * nrm + rel * nrm
 
 
-def _state_groups(sys: lowered.System) -> list[tuple[np.ndarray, slice]]:
+def state_groups(sys: lowered.System) -> list[tuple[np.ndarray, slice]]:
     """The states of a block driven by each input group (``u``, then each internal activation): the
     ``(state indices, input columns)`` of the shift registers fed by that group (``residual_system``)."""
     ss = sys.ss
@@ -280,7 +280,7 @@ def _repair_block(point: "Point", link: Link, t: float, e: float, margin: float)
     ss = sys.ss
     nx = ss.nx
     E = np.hstack([ss.C, ss.D])
-    groups = _state_groups(sys)
+    groups = state_groups(sys)
     # coordinate -> group: states by driving group, then u, then each w_j
     owner = np.full(nx + ss.nu, -1)
     for g, (idx, cols) in enumerate(groups):

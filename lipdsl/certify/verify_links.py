@@ -252,18 +252,9 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         nx, ny = sys.ss.nx, sys.ss.ny
         P = _matrix(e.get("P"), (nx, nx), f"P of LMI[{sys.name}]") if nx else None
         lam = None
-        if sys.slope is not None and not sys.internal:
-            try:
-                lam = np.array(e.get("lambda"), dtype=float).ravel()
-            except (TypeError, ValueError):
-                raise invalid(f"lambda of LMI[{sys.name}]: not a vector of numbers") from None
-            if lam.shape != (ny,) or not np.all(np.isfinite(lam)):
-                raise invalid(f"lambda of LMI[{sys.name}]: expected {ny} finite numbers")
-            if np.any(lam < 0):
-                k = int(np.argmax(lam < 0))
-                raise invalid(f"LMI[{sys.name}]: multiplier lambda[{k}] = {float(lam[k])!r} is negative")
-        elif sys.slope is not None:  # a block's activation after it: one multiplier per output
-            lam = _multipliers(e.get("lambda"), sys.n_out, f"lambda of LMI[{sys.name}]")
+        if sys.slope is not None:  # (a block's activation after it: one multiplier per output, n_out)
+            lam = _multipliers(e.get("lambda"), sys.n_out if sys.internal else ny,
+                               f"lambda of LMI[{sys.name}]")
         inner, inner_q, inner_f = (), (), ()
         rebuilt = exact_block_realization(sys, net) if sys.kind == "block" and lift == 1 else None
         if sys.internal:

@@ -27,23 +27,8 @@ from lipdsl.solvers.solve import solve
 from lipdsl.lang.source import Source
 from repo_paths import SPECS
 
+from bounds import certified, jacobian_lower
 from nets import Spec, random_residual
-
-def certified(net: typed.Network, **kw) -> float:
-    sdp = build_sdp(lower(net), **kw)
-    sol = solve(sdp)
-    if sdp.storage:
-        sol = recover_storage(sdp, sol)
-    cert = certify(sdp, sol)
-    assert cert.verified, cert.reason
-    return cert.lipschitz
-
-
-def jacobian_lower(net: typed.Network, rng, count: int = 12) -> float:
-    shape = (net.input_shape.channels, net.input_shape.length)
-    return max(np.linalg.norm(jacobian(net, rng.normal(size=shape) * rng.uniform(0.1, 3)), 2)
-               for _ in range(count))
-
 
 # ------------------------------------------------------------------------------------------- language
 def test_parse_and_check_block_structure(tmp_path):

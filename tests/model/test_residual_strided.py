@@ -18,28 +18,10 @@ from lipdsl.baselines.unrolled import hinf_norm, naive, naive_hinf, spectral_nor
 from lipdsl.lang import typed
 from lipdsl.model.forward import forward, jacobian
 from lipdsl.model.lower import lower
-from lipdsl.certify.recheck import certify
-from lipdsl.certify.storage import recover_storage
 from lipdsl.sdp.build import build_sdp
-from lipdsl.solvers.solve import solve
 
+from bounds import certified, jacobian_lower
 from nets import ACTS, Spec
-
-
-def certified(net: typed.Network, **kw) -> float:
-    sdp = build_sdp(lower(net), **kw)
-    sol = solve(sdp)
-    if sdp.storage:
-        sol = recover_storage(sdp, sol)
-    cert = certify(sdp, sol)
-    assert cert.verified, cert.reason
-    return cert.lipschitz
-
-
-def jacobian_lower(net: typed.Network, rng, count: int = 12) -> float:
-    shape = (net.input_shape.channels, net.input_shape.length)
-    return max(np.linalg.norm(jacobian(net, rng.normal(size=shape) * rng.uniform(0.1, 3)), 2)
-               for _ in range(count))
 
 
 def random_strided_residual(rng: np.random.Generator, tmp_path, *, n: int = 16, act: str | None = None,
