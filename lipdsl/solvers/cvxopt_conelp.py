@@ -36,7 +36,7 @@ from lipdsl.solvers.cvxopt_kkt import (
     write_into,
     thread_map,
 )
-from lipdsl.solvers.solution import Solution, iteration_hook, objective
+from lipdsl.solvers.solution import Solution, iteration_hook, nonneg_indices, objective
 
 
 def solve_structured(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool) -> Solution:
@@ -53,7 +53,7 @@ def cone_data(sdp: Sdp, rest: bool = False):
     """CVXOPT's ``(c, G, h, dims)`` for ``min c'x  s.t.  G x + s = h,  s in R+^l x S+^m1 x ...``.
 
     ``rest``: each LMI's ``G_rest`` (its low-rank terms left to ``_operator``) instead of the whole ``G``."""
-    nonneg_idx = np.concatenate([np.arange(v.offset, v.offset + v.dim) for v in sdp.nonneg])
+    nonneg_idx = nonneg_indices(sdp)
     n_l = len(nonneg_idx)
     Gl = sp.csr_matrix((-np.ones(n_l), (np.arange(n_l), nonneg_idx)), shape=(n_l, sdp.n))
     G_all = sp.vstack([Gl] + [-(lmi.G_rest if rest else lmi.G) for lmi in sdp.lmis], format="csr")

@@ -37,7 +37,7 @@ from scipy.linalg import lapack
 from lipdsl import limits
 from lipdsl.errors import SolveError
 from lipdsl.solvers.cvxopt_kkt import dense_variables
-from lipdsl.solvers.solution import Solution, iteration_hook, objective
+from lipdsl.solvers.solution import Solution, iteration_hook, nonneg_indices, objective
 
 
 def _sym(M: np.ndarray) -> np.ndarray:
@@ -220,8 +220,7 @@ def solve_hkm(sdp, *, tol: float = 1e-8, max_iterations: int = 100, verbose: boo
     n = sdp.n
     c = objective(sdp)  # rho (+ the frequency form's trace term, Sdp.solver_objective) or LipSDP's
     blocks = [_Block(lmi, n) for lmi in sdp.lmis]
-    nn = (np.concatenate([np.arange(v.offset, v.offset + v.dim) for v in sdp.nonneg]) if sdp.nonneg
-          else np.zeros(0, dtype=int))
+    nn = nonneg_indices(sdp)
     m_total = sum(b.m for b in blocks) + len(nn)
     # Starting point (as SDPT3's): S, Z multiples of I, large against the data.
     norm_F = max([1.0] + [float(np.linalg.norm(b.F0)) for b in blocks])

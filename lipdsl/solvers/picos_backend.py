@@ -9,7 +9,7 @@ import numpy as np
 
 from lipdsl.errors import SolveError, TimeLimitError
 from lipdsl.sdp.problem import Sdp
-from lipdsl.solvers.solution import Solution, objective
+from lipdsl.solvers.solution import Solution, nonneg_indices, objective
 
 
 def solve_picos(sdp: Sdp, *, solver: str, tol: float, max_iterations: int, verbose: bool) -> Solution:
@@ -75,7 +75,7 @@ def to_picos(sdp: Sdp):
             lmi.name, (m, m), {x: coef, (): cvxopt.matrix(lmi.F0.reshape(-1, order="F"))}
         )
         problem.add_constraint(expr >> 0)
-    idx = [int(i) for v in sdp.nonneg for i in range(v.offset, v.offset + v.dim)]
+    idx = nonneg_indices(sdp).tolist()
     problem.add_constraint(x[idx] >= 0)
     c = objective(sdp)
     nz = np.flatnonzero(c)

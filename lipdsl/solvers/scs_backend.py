@@ -37,7 +37,7 @@ import scipy.sparse as sp
 
 from lipdsl import limits
 from lipdsl.errors import SolveError
-from lipdsl.solvers.solution import Solution, objective
+from lipdsl.solvers.solution import Solution, nonneg_indices, objective
 
 #: SCS's ``eps_abs = eps_rel = TOL_FACTOR * tol``: ``--tol`` is an interior-point tolerance (default 1e-7),
 #: beyond what ADMM reaches in useful time; 1e-4 at the default (FCN 32/64/32: 1,300 iterations, a 0.4 %
@@ -137,7 +137,7 @@ def cone_data(sdp, complex_cones: bool = True) -> ConeData:
     """SCS's ``(A, b, c, cone)`` for ``sdp`` (module docstring); ``complex_cones=False`` keeps every LMI a
     real ``'s'`` cone (the real embedding of the frequency LMIs, for comparison)."""
     n = sdp.n
-    idx = np.concatenate([np.arange(v.offset, v.offset + v.dim) for v in sdp.nonneg])
+    idx = nonneg_indices(sdp)
     blocks_A = [sp.csr_matrix((-np.ones(len(idx)), (np.arange(len(idx)), idx)), shape=(len(idx), n))]
     blocks_b = [np.zeros(len(idx))]
     real_A, real_b, cplx_A, cplx_b, s, cs, kinds = [], [], [], [], [], [], []

@@ -36,6 +36,7 @@ import scipy.sparse as sp
 
 from lipdsl.errors import LipdslError, SolveError
 from lipdsl.sdp.problem import Lmi, Sdp, Variable
+from lipdsl.solvers.solution import nonneg_indices
 
 BOUND_LINE = re.compile(r"^\* bound = sqrt\(objective\) \* (\S+)\s*$")
 
@@ -179,7 +180,7 @@ def sdpa_entries(sdp: Sdp) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
         k, i, j, v = _upper(F0, m)
         rows.append(np.column_stack([np.zeros_like(k), np.full_like(k, b), i + 1, j + 1]))
         vals.append(v)
-    nonneg = np.concatenate([np.arange(v.offset, v.offset + v.dim) for v in sdp.nonneg])
+    nonneg = nonneg_indices(sdp)
     if len(nonneg):
         b = len(blocks) + 1
         blocks.append(-len(nonneg))

@@ -39,6 +39,13 @@ def objective(sdp) -> np.ndarray:
     return (sdp.solver_objective if hasattr(sdp, "solver_objective") else sdp.objective)()
 
 
+def nonneg_indices(sdp) -> np.ndarray:
+    """The indices of ``x`` constrained ``>= 0`` (``sdp.nonneg``'s variables, in order): every backend's
+    ``'l'`` cone or bound rows."""
+    return np.concatenate([np.arange(v.offset, v.offset + v.dim) for v in sdp.nonneg]
+                          + [np.zeros(0, dtype=int)]).astype(int)
+
+
 def converged(status: str) -> bool:
     """Whether a solver's claimed status says it reached its optimality tolerance (CVXOPT, HKM, SDPA,
     PICOS)."""
