@@ -92,16 +92,22 @@ def _qdot(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return out
 
 
+def conv_taps(W0: np.ndarray, layer: typed.Conv1d) -> tuple[np.ndarray, int]:
+    """``(K, delta)`` of conv ``layer`` with the exact weights ``W0`` (c_out x c_in x k: its own, or with a
+    batch norm folded in): taps ``K_m`` (m, c_out, c_in) multiplying ``u[s t + delta - m]``, dilated."""
+    c_out, c_in, k = W0.shape
+    ke = layer.dilation * (k - 1) + 1
+    W = _q_zeros((c_out, c_in, ke))
+    W[:, :, :: layer.dilation] = W0
+    return W[:, :, ::-1].transpose(2, 0, 1), ke - 1 - layer.pad_left
+
+
 def _exact_taps(layer) -> tuple[np.ndarray, int, int]:
     """``(K, s, delta)``: ``y[t] = sum_m K_m u[s t + delta - m]`` of a conv (its weights) or average pool
     (``I/k``), exactly (object arrays of Fractions; ``lower.causal_taps`` in floating point)."""
     if isinstance(layer, typed.Conv1d):
-        W0 = _q_array(layer.weight)
-        c_out, c_in, k = W0.shape
-        ke = layer.dilation * (k - 1) + 1
-        W = _q_zeros((c_out, c_in, ke))
-        W[:, :, :: layer.dilation] = W0
-        return W[:, :, ::-1].transpose(2, 0, 1), layer.stride, ke - 1 - layer.pad_left
+        K, delta = conv_taps(_q_array(layer.weight), layer)
+        return K, layer.stride, delta
     c = layer.in_shape.channels
     K = _q_zeros((layer.kernel, c, c))
     for m in range(layer.kernel):

@@ -20,7 +20,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lipdsl.certify.realization import _q_array, _q_zeros, _qdot, realizations_match
+from lipdsl.certify.realization import _q_array, _q_zeros, _qdot, conv_taps, realizations_match
 from lipdsl.lang import typed
 from lipdsl.model import lowered
 
@@ -71,11 +71,7 @@ def _causal(W: np.ndarray, layer) -> tuple[np.ndarray, int]:
     pad_left`` of a conv (``layer`` None: the kernel-1 batch-norm conv)."""
     if layer is None:
         return W.transpose(2, 0, 1), 0
-    c_out, c_in, k = W.shape
-    ke = layer.dilation * (k - 1) + 1
-    We = _q_zeros((c_out, c_in, ke))
-    We[:, :, :: layer.dilation] = W
-    return We[:, :, ::-1].transpose(2, 0, 1), ke - 1 - layer.pad_left
+    return conv_taps(W, layer)
 
 
 def _identity(K: np.ndarray) -> bool:

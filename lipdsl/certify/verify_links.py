@@ -86,19 +86,22 @@ def slope_bounds(sys: lowered.System, net: typed.Network) -> tuple[tuple[Fractio
     alpha, beta = sys.slope
 
     def exact(value: float, expr, low: bool) -> Fraction:
-        try:
-            if expr is not None and getattr(expr, "is_Rational", False):
-                return Fraction(int(expr.p), int(expr.q))
-        except (TypeError, ValueError):  # pragma: no cover - sympy Rationals have p and q
-            pass
-        pair = (Fraction(value), Fraction(repr(value)))
-        return min(pair) if low else max(pair)
+        q = _rational(expr)
+        return q if q is not None else _outward([Fraction(value), Fraction(repr(value))], low)[0]
 
-    a = exact(alpha, getattr(act, "alpha_expr", None), True)
-    b = exact(beta, getattr(act, "beta_expr", None), False)
-    af = float(a) if Fraction(float(a)) <= a else math.nextafter(float(a), -math.inf)
-    bf = float(b) if Fraction(float(b)) >= b else math.nextafter(float(b), math.inf)
+    (a, af) = _outward([exact(alpha, getattr(act, "alpha_expr", None), True)], True)
+    (b, bf) = _outward([exact(beta, getattr(act, "beta_expr", None), False)], False)
     return (a, b), (af, bf)
+
+
+def _rational(expr) -> Fraction | None:
+    """A spec's slope expression as an exact rational (``leaky_relu(1/10)``), or None if it is not one."""
+    try:
+        if expr is not None and getattr(expr, "is_Rational", False):
+            return Fraction(int(expr.p), int(expr.q))
+    except (TypeError, ValueError):  # pragma: no cover - sympy Rationals have p and q
+        pass
+    return None
 
 
 def _outward(values: list[Fraction], low: bool) -> tuple[Fraction, float]:
@@ -133,11 +136,8 @@ def internal_slopes(sys: lowered.System, net: typed.Network,
         hi = [Fraction(act.beta), Fraction(repr(act.beta))]
         spec = acts.get(act.name)
         for expr, out in ((getattr(spec, "alpha_expr", None), lo), (getattr(spec, "beta_expr", None), hi)):
-            try:
-                if expr is not None and getattr(expr, "is_Rational", False):
-                    out.append(Fraction(int(expr.p), int(expr.q)))
-            except (TypeError, ValueError):  # pragma: no cover - sympy Rationals have p and q
-                pass
+            if _rational(expr) is not None:
+                out.append(_rational(expr))
         if act.name.endswith(".window") or (widened is not None and act.name in widened):
             lo.append(Fraction(0))
             hi.append(Fraction(0))
@@ -249,12 +249,11 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         e = entries.get(sys.name)
         if e is None:
             raise invalid(f"the certificate has no LMI for {sys.name!r} (layers {', '.join(sys.layers)})")
-        nx, ny = sys.ss.nx, sys.ss.ny
+        nx = sys.ss.nx
         P = _matrix(e.get("P"), (nx, nx), f"P of LMI[{sys.name}]") if nx else None
         lam = None
-        if sys.slope is not None:  # (a block's activation after it: one multiplier per output, n_out)
-            lam = _multipliers(e.get("lambda"), sys.n_out if sys.internal else ny,
-                               f"lambda of LMI[{sys.name}]")
+        if sys.slope is not None:  # one multiplier per output (a block's: its n_out outputs, not ny)
+            lam = _multipliers(e.get("lambda"), sys.n_out, f"lambda of LMI[{sys.name}]")
         inner, inner_q, inner_f = (), (), ()
         rebuilt = exact_block_realization(sys, net) if sys.kind == "block" and lift == 1 else None
         if sys.internal:
