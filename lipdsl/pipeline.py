@@ -49,12 +49,6 @@ NEAR_OPTIMAL = 10.0
 #: relative gap and residuals at most this: its value is then within this of the SDP's optimum, and what
 #: infeasibility remains is paid by the repair, which the certified bound includes (the report shows the gap).
 STOPPED_NEAR_OPTIMAL = 1e-4
-
-
-def solved(sol: Solution, tol: float) -> bool:
-    """Whether ``sol`` converged, or stopped as near the optimum as ``NEAR_OPTIMAL`` and
-    ``STOPPED_NEAR_OPTIMAL`` ask (``Solution.near_optimal``)."""
-    return converged(sol.claimed_status) or sol.near_optimal(max(NEAR_OPTIMAL * tol, STOPPED_NEAR_OPTIMAL))
 #: In frequency mode a repair above this (relative) is reported first, as a warning.
 REPAIR_WARNING = 0.01
 
@@ -76,6 +70,12 @@ AUTO_WEIGHT_RANK = 16
 #: ... for the weights of at least this many channels (a full X of 64 channels: 2,080 variables); narrower
 #: ones stay full (a deep chain of narrow layers has a banded Newton matrix: full X is cheap there).
 AUTO_WEIGHT_MIN_ORDER = 64
+
+
+def solved(sol: Solution, tol: float) -> bool:
+    """Whether ``sol`` converged, or stopped as near the optimum as ``NEAR_OPTIMAL`` and
+    ``STOPPED_NEAR_OPTIMAL`` ask (``Solution.near_optimal``)."""
+    return converged(sol.claimed_status) or sol.near_optimal(max(NEAR_OPTIMAL * tol, STOPPED_NEAR_OPTIMAL))
 
 
 def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None = "auto"

@@ -139,9 +139,7 @@ def _over_frequencies(fn, H: np.ndarray, threads: int, combine):
     parts = min(parts, len(H))
     if parts <= 1:
         return fn(H)
-    chunks = np.array_split(H, parts)
-    values = thread_map(fn, chunks, threads) if threads > 1 else [fn(c) for c in chunks]
-    return combine(values)
+    return combine(thread_map(fn, np.array_split(H, parts), threads))
 
 
 #: ``refined_grids``: a gridded system gets up to ``REFINE_ADD`` more frequencies per round where its
