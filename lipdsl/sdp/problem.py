@@ -153,6 +153,40 @@ class LowRank:
         return np.arange(v.offset + v.n, v.slice.stop)
 
 
+#: Relative tolerance of the Hermitian-embedding test (the two copies of each entry are computed alike).
+HERMITIAN_TOL = 1e-12
+
+
+def embedded_hermitian(F0: np.ndarray, G: sp.spmatrix) -> bool:
+    """Whether ``F0`` and every ``F_k`` (the columns of ``G``, column-major ``vec``) are real embeddings
+    ``[[Re M, -Im M], [Im M, Re M]]`` (interleaved) of Hermitian matrices: ``E[2i,2j] = E[2i+1,2j+1]`` and
+    ``E[2i+1,2j] = -E[2i,2j+1]`` for all ``i, j``."""
+    m = F0.shape[0]
+    if m % 2 or m == 0:
+        return False
+    h = m // 2
+    i, j = (a.ravel() for a in np.meshgrid(np.arange(h), np.arange(h), indexing="ij"))
+
+    def at(r, c):
+        return c * m + r
+
+    rows = np.r_[np.arange(h * h), np.arange(h * h)]
+    ones = np.r_[np.ones(h * h), -np.ones(h * h)]
+    D = sp.csr_matrix((ones, (rows, np.r_[at(2 * i, 2 * j), at(2 * i + 1, 2 * j + 1)])),
+                      shape=(h * h, m * m))  # Re copies: E[2i,2j] - E[2i+1,2j+1]
+    S = sp.csr_matrix((np.abs(ones), (rows, np.r_[at(2 * i + 1, 2 * j), at(2 * i, 2 * j + 1)])),
+                      shape=(h * h, m * m))  # Im copies: E[2i+1,2j] + E[2i,2j+1]
+    f0 = F0.reshape(-1, order="F")
+    scale = max(np.abs(f0).max(initial=0.0), np.abs(G.data).max(initial=0.0) if G.nnz else 0.0, 1e-300)
+    for T in (D, S):
+        if np.abs(T @ f0).max(initial=0.0) > HERMITIAN_TOL * scale:
+            return False
+        R = T @ G
+        if R.nnz and np.abs(R.data).max() > HERMITIAN_TOL * scale:
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Lmi:
     """``F(x) = F0 + sum_k x_k F_k >= 0`` with ``vec(F(x)) = vec(F0) + G x`` (column-major vec, m^2 rows).
@@ -189,6 +223,22 @@ class Lmi:
         extra = sp.csc_matrix((np.concatenate(v_), (np.concatenate(r_), np.concatenate(c_))),
                               shape=self.G_rest.shape)
         return (self.G_rest + extra).tocsc()
+
+    @functools.cached_property
+    def hermitian(self) -> bool:
+        """Whether ``F0`` and every ``F_k`` are real embeddings of Hermitian matrices (``embedded_hermitian``:
+        the frequency-domain LMIs), so that a solver may work on the Hermitian ``M`` of order ``m/2``. The
+        ``lowrank`` terms (a subspace weight ``(V S V') (x) I_2`` is two of them, one per parity) are tested
+        together at one random ``S``: their sum is an embedding for every ``S`` or else for almost none."""
+        if not embedded_hermitian(self.F0, self.G_rest):
+            return False
+        if not self.lowrank:
+            return True
+        x = np.zeros(max(int(t.columns.max()) for t in self.lowrank) + 1)
+        for t in self.lowrank:
+            x[t.columns] = np.random.default_rng(len(t.columns)).normal(size=len(t.columns))
+        F = sum(t.apply(x) for t in self.lowrank)
+        return embedded_hermitian(F, sp.csc_matrix((F.size, 0)))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """``sum_k x_k F_k`` (m x m, not symmetrised)."""

@@ -148,15 +148,19 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
     if structured and iteration_hook() is not None:
         kkt = _counted(kkt, iteration_hook())
     threads = block_threads(dims["s"]) if structured else 1
-    cone_ops = contextlib.nullcontext()
-    if threads > 1:  # CVXOPT's per-block scaling work on the same threads (lipdsl.solvers.cvxopt_cones)
-        from lipdsl.solvers.cvxopt_cones import installed
+    hermitian = [structured and lmi.hermitian for lmi in getattr(sdp, "lmis", ())]
+    cone_ops, marks = contextlib.nullcontext(), contextlib.nullcontext()
+    if threads > 1 or any(hermitian):
+        # CVXOPT's per-block scaling work on the KKT solver's threads, and on the frequency LMIs' Hermitian
+        # matrices of half the order (lipdsl.solvers.cvxopt_cones)
+        from lipdsl.solvers.cvxopt_cones import hermitian_blocks, installed
 
         cone_ops = installed(functools.partial(thread_map, threads=threads),
                              lambda sizes: split_by_cost(np.asarray(sizes, dtype=float) ** 3, threads))
+        marks = hermitian_blocks(hermitian)
     t0 = time.perf_counter()
     try:
-        with cone_ops:
+        with cone_ops, marks:
             res = cvxopt.solvers.conelp(cvxopt.matrix(c), G, cvxopt.matrix(h), dims, kktsolver=kkt,
                                         options=opts)
     except (ArithmeticError, ValueError) as exc:

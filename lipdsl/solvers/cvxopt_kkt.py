@@ -15,6 +15,7 @@ import scipy.sparse as sp
 
 from lipdsl import limits
 from lipdsl.sdp.problem import Sdp
+from lipdsl.solvers.cvxopt_cones import project
 
 #: A block keeps all its factored terms on the general path below this many unit terms (``e_a e_b'``):
 #: the unit path's bookkeeping does not pay on small LMIs.
@@ -273,6 +274,7 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
     n_l = len(nonneg_idx)
     offsets = np.array(sorted(v.offset for v in sdp.variables))
     blocks = []
+    hermitian: list[bool] = []  # blocks whose solutions are projected onto embeddings (``cvxopt_cones``)
     families: dict[bytes, _UnitFamily] = {}
     for lmi in sdp.lmis:
         f = lmi.factored
@@ -319,6 +321,7 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         if F is not None and len(keep):  # mixed dense/factored entries need rti' u for every term
             cross = (U, V, sp.csr_matrix((coef, (loc, np.arange(len(keep)))), shape=(len(local), len(keep))))
         blocks.append((m, dense_cols, F, local, gen, units, fam, cross))
+        hermitian.append(bool(lmi.hermitian))
     bandwidth = newton_bandwidth([np.concatenate([b[1], b[3]]) for b in blocks])
     banded = n >= BANDED_MIN and bandwidth * BANDED_RATIO < n
     sizes = np.array([b[0] for b in blocks], dtype=float)
@@ -465,7 +468,10 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                         M += R.T @ (E + E.T) @ R
                     if Ft is not None:
                         M += np.einsum("k,kij->ji", ux[cols], Ft)
-                    out[starts[i] : starts[i] + m * m] -= M.reshape(-1, order="F")
+                    block = out[starts[i] : starts[i] + m * m].reshape(m, m, order="F")
+                    block -= M
+                    if hermitian[i]:  # (cvxopt_cones.project: keep the iterates embeddings)
+                        project(block)
 
             thread_map(out_share, shares, threads)
             write_into(z, out)

@@ -37,6 +37,7 @@ import scipy.sparse as sp
 
 from lipdsl import limits
 from lipdsl.errors import SolveError
+from lipdsl.sdp.problem import embedded_hermitian
 from lipdsl.solvers.solution import Solution, nonneg_indices, objective
 
 #: SCS's ``eps_abs = eps_rel = TOL_FACTOR * tol``: ``--tol`` is an interior-point tolerance (default 1e-7),
@@ -49,8 +50,6 @@ TOL_FACTOR = 1e3
 ADMM_PER_ITERATION = 500
 #: Of the command's remaining time, what SCS may spend (the rest: storage recovery and certify).
 TIME_SHARE = 0.8
-#: Relative tolerance of the Hermitian-embedding test (the two copies of each entry are computed alike).
-HERMITIAN_TOL = 1e-12
 
 
 @dataclass(frozen=True)
@@ -102,35 +101,6 @@ def hvec_map(h: int) -> sp.csr_matrix:
                 k += 1
     return sp.csr_matrix((vals, (rows, cols)), shape=(k, m * m))
 
-
-def embedded_hermitian(F0: np.ndarray, G: sp.spmatrix) -> bool:
-    """Whether ``F0`` and every ``F_k`` (the columns of ``G``, column-major ``vec``) are real embeddings
-    ``[[Re M, -Im M], [Im M, Re M]]`` (interleaved) of Hermitian matrices: ``E[2i,2j] = E[2i+1,2j+1]`` and
-    ``E[2i+1,2j] = -E[2i,2j+1]`` for all ``i, j``."""
-    m = F0.shape[0]
-    if m % 2 or m == 0:
-        return False
-    h = m // 2
-    i, j = (a.ravel() for a in np.meshgrid(np.arange(h), np.arange(h), indexing="ij"))
-
-    def at(r, c):
-        return c * m + r
-
-    rows = np.r_[np.arange(h * h), np.arange(h * h)]
-    ones = np.r_[np.ones(h * h), -np.ones(h * h)]
-    D = sp.csr_matrix((ones, (rows, np.r_[at(2 * i, 2 * j), at(2 * i + 1, 2 * j + 1)])),
-                      shape=(h * h, m * m))  # Re copies: E[2i,2j] - E[2i+1,2j+1]
-    S = sp.csr_matrix((np.abs(ones), (rows, np.r_[at(2 * i + 1, 2 * j), at(2 * i, 2 * j + 1)])),
-                      shape=(h * h, m * m))  # Im copies: E[2i+1,2j] + E[2i,2j+1]
-    f0 = F0.reshape(-1, order="F")
-    scale = max(np.abs(f0).max(initial=0.0), np.abs(G.data).max(initial=0.0) if G.nnz else 0.0, 1e-300)
-    for T in (D, S):
-        if np.abs(T @ f0).max(initial=0.0) > HERMITIAN_TOL * scale:
-            return False
-        R = T @ G
-        if R.nnz and np.abs(R.data).max() > HERMITIAN_TOL * scale:
-            return False
-    return True
 
 
 def cone_data(sdp, complex_cones: bool = True) -> ConeData:

@@ -417,3 +417,29 @@ def test_subspace_note_names_the_weights_that_took_it():
     sdp = build_sdp(low, frequencies=5, weights="subspace", bases={})
     note = next(n for n in sdp.notes if n.startswith("weights X = diag + V S V' on a subspace"))
     assert "subspace: none; full or diagonal X:" in note
+
+
+def test_frequency_lmis_are_marked_hermitian_with_subspace_weights_too():
+    """``Lmi.hermitian`` (the solvers work on such LMIs in complex arithmetic): the LMIs at the inner
+    frequencies are real embeddings of Hermitian matrices, with full or subspace weights (whose ``V S V'``
+    terms, one per parity, are tested together); at w = 0 and pi they are real LMIs of half the order, and
+    an LMI with one entry off the embedding is not marked."""
+    import dataclasses
+
+    from lipdsl.sdp.build import weight_bases
+
+    low = lower(wide_gap_net(3, channels=8))
+    for bases in ({}, weight_bases(low, 2)):
+        sdp = build_sdp(low, frequencies=5, weights="subspace", bases=bases)
+        gridded = [lmi for lmi in sdp.lmis if "(w=" in lmi.name]
+        assert any(lmi.lowrank for lmi in gridded) == bool(bases)
+        for lmi in gridded:
+            inner = not (lmi.name.endswith("(w=0)") or lmi.name.endswith("(w=3.142)"))
+            assert lmi.hermitian == inner, lmi.name
+        lmi = next(lmi for lmi in gridded if lmi.hermitian)
+        F0 = lmi.F0.copy()
+        F0[0, 3] += 1e-3
+        F0[3, 0] += 1e-3
+        assert not dataclasses.replace(lmi, F0=F0).hermitian
+        if bases:  # a subspace term alone (one parity's rows) is not an embedding
+            assert not dataclasses.replace(lmi, lowrank=lmi.lowrank[:1]).hermitian

@@ -181,6 +181,151 @@ def test_cone_ops_equal_cvxopts(threads):
     assert np.allclose(np.abs(np.array(sa)), np.abs(np.array(sb)), atol=1e-10)  # U, left in s
 
 
+def _embedded(M):
+    from lipdsl.solvers.cvxopt_cones import embed
+
+    E = np.zeros((2 * M.shape[0], 2 * M.shape[1]))
+    embed(M, E)
+    return E
+
+
+def _hermitian_point(rng, dims, hermitian):
+    """``_cone_point`` with the marked 's' blocks real embeddings of random Hermitian positive definite
+    matrices (and the direction's marked blocks embeddings of Hermitian matrices)."""
+    def block(m, definite):
+        A = rng.normal(size=(m // 2, m // 2)) + 1j * rng.normal(size=(m // 2, m // 2))
+        M = A @ A.conj().T + m * np.eye(m // 2) if definite else A + A.conj().T
+        return _embedded(M).ravel(order="F")
+
+    point, direction = _cone_point(rng, dims)
+    at = dims["l"]
+    for m, marked in zip(dims["s"], hermitian):
+        if marked:
+            point[at : at + m * m], direction[at : at + m * m] = block(m, True), block(m, False)
+        at += m * m
+    return point, direction
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_hermitian_cone_ops_equal_cvxopts_on_embeddings(threads, monkeypatch):
+    """On 's' blocks that are real embeddings of Hermitian matrices, the complex-arithmetic operations
+    (``hermitian_blocks``) give CVXOPT's results: the same lambda and scaling ``W`` (as ``r r'``, which the
+    SVD's free rotations of a doubled singular value leave unchanged), with ``r`` an embedding; the same
+    scaled blocks, steps and eigenvalues, eigenvectors that diagonalise the block; an unmarked block beside
+    them as before."""
+    import cvxopt
+    from cvxopt import misc
+
+    from lipdsl.solvers import cvxopt_cones
+    from lipdsl.solvers.cvxopt_cones import hermitian_blocks, to_complex
+
+    monkeypatch.setattr(cvxopt_cones, "HERMITIAN_SCALE_MIN_ORDER", 6)  # (the blocks of order 6 and 8)
+    rng = np.random.default_rng(5)
+    dims = {"l": 2, "q": [], "s": [6, 5, 8, 2]}
+    marks = [True, False, True, True]
+    ops = _cone_ops(threads)
+
+    def lower(v):  # each 's' block's lower triangle (what CVXOPT's storage defines)
+        v, out, at = np.asarray(v).ravel(), [np.asarray(v).ravel()[: dims["l"]]], dims["l"]
+        for m in dims["s"]:
+            out.append(np.tril(v[at : at + m * m].reshape(m, m, order="F")).ravel())
+            at += m * m
+        return np.concatenate(out)
+
+    def embedding(E):
+        return np.allclose(_embedded(to_complex(E)), E, rtol=0, atol=1e-12)
+
+    s, z = (cvxopt.matrix(_hermitian_point(rng, dims, marks)[0]) for _ in range(2))
+    la, lb = (cvxopt.matrix(0.0, (dims["l"] + sum(dims["s"]) + 1, 1)) for _ in range(2))
+    theirs = misc.compute_scaling(s, z, la, dims, mnl=0)
+    with hermitian_blocks(marks):
+        ours = ops.compute_scaling(s, z, lb, dims, mnl=0)
+    np.testing.assert_allclose(np.array(lb), np.array(la), rtol=1e-12)
+    for k, marked in enumerate(marks):
+        r_a, r_b = np.array(theirs["r"][k]), np.array(ours["r"][k])
+        np.testing.assert_allclose(r_b @ r_b.T, r_a @ r_a.T, rtol=0, atol=1e-10 * np.abs(r_a @ r_a.T).max())
+        np.testing.assert_allclose(np.array(ours["rti"][k]), np.linalg.inv(r_b).T, atol=1e-10)
+        assert not marked or embedding(r_b)
+    for trans in "NT":
+        for inverse in "NI":
+            x = _hermitian_point(rng, dims, marks)[1]
+            a, b = cvxopt.matrix(x), cvxopt.matrix(x)
+            misc.scale(a, ours, trans=trans, inverse=inverse)  # CVXOPT's, with the same W
+            with hermitian_blocks(marks):
+                ops.scale(b, ours, trans=trans, inverse=inverse)
+            np.testing.assert_allclose(lower(b), lower(a), rtol=0, atol=1e-10)
+    for with_sigma in (False, True):
+        x = _hermitian_point(rng, dims, marks)[1]
+        a, b = cvxopt.matrix(x), cvxopt.matrix(x)
+        if with_sigma:
+            sa, sb = (cvxopt.matrix(0.0, (sum(dims["s"]), 1)) for _ in range(2))
+            ta = misc.max_step(a, dims, 0, sigma=sa)
+            with hermitian_blocks(marks):
+                tb = ops.max_step(b, dims, 0, sigma=sb)
+            np.testing.assert_allclose(np.array(sb), np.array(sa), rtol=0, atol=1e-10)
+            at, at_eig = dims["l"], 0
+            for m in dims["s"]:  # Q diag(w) Q' is the block again, Q orthogonal
+                X = np.asarray(x)[at : at + m * m].reshape(m, m, order="F")
+                Q = np.array(b)[at : at + m * m, 0].reshape(m, m, order="F")
+                w = np.array(sb)[at_eig : at_eig + m, 0]
+                np.testing.assert_allclose(Q @ np.diag(w) @ Q.T, np.tril(X) + np.tril(X, -1).T, atol=1e-10)
+                np.testing.assert_allclose(Q.T @ Q, np.eye(m), atol=1e-12)
+                at, at_eig = at + m * m, at_eig + m
+        else:
+            ta = misc.max_step(a, dims)
+            with hermitian_blocks(marks):
+                tb = ops.max_step(b, dims)
+        assert abs(ta - tb) <= 1e-12 * max(1.0, abs(ta))
+
+    def factors():  # as conelp hands them over: embeddings on the marked blocks, generic elsewhere
+        out = [rng.random(dims["l"]) + 0.5]
+        for m, marked in zip(dims["s"], marks):
+            if marked:
+                h = m // 2
+                A = rng.normal(size=(h, h)) + 1j * rng.normal(size=(h, h))
+                out.append(_embedded(A + 3 * np.eye(h)).ravel(order="F"))
+            else:
+                out.append((rng.normal(size=(m, m)) + 3 * np.eye(m)).ravel(order="F"))
+        return np.concatenate(out)
+
+    ls, lz = factors(), factors()
+    W_a = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in ours.items()}
+    W_b = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in ours.items()}
+    la, lb = +lb, +lb
+    sa, za, sb, zb = cvxopt.matrix(ls), cvxopt.matrix(lz), cvxopt.matrix(ls), cvxopt.matrix(lz)
+    misc.update_scaling(W_a, la, sa, za)
+    with hermitian_blocks(marks):
+        ops.update_scaling(W_b, lb, sb, zb)
+    np.testing.assert_allclose(np.array(lb), np.array(la), rtol=1e-12)
+    for k, marked in enumerate(marks):
+        r_a, r_b = np.array(W_a["r"][k]), np.array(W_b["r"][k])
+        np.testing.assert_allclose(r_b @ r_b.T, r_a @ r_a.T, rtol=0, atol=1e-10 * np.abs(r_a @ r_a.T).max())
+        np.testing.assert_allclose(np.array(W_b["rti"][k]), np.linalg.inv(r_b).T, atol=1e-9)
+        assert not marked or embedding(r_b)
+
+
+def test_a_frequency_sdp_solves_the_same_with_hermitian_cone_ops(monkeypatch):
+    """The frequency-form net of ``_kkt_nets`` (9 frequencies): the LMIs at the 7 inner frequencies of its
+    two gridded layers are marked Hermitian (at w = 0 and pi ``H`` is real, and the first layer's LMI is
+    exact), and the solve with the cone operations in complex arithmetic (the scaling too, at every order)
+    ends where the real one does, in as many iterations."""
+    from lipdsl.sdp import problem
+    from lipdsl.solvers.solve import solve
+
+    from lipdsl.solvers import cvxopt_cones
+
+    sdp = _kkt_nets()["frequencies"]
+    marked = [lmi.hermitian for lmi in sdp.lmis]
+    assert marked == [lmi.size == 32 for lmi in sdp.lmis] and sum(marked) == 14
+    monkeypatch.setattr(cvxopt_cones, "HERMITIAN_SCALE_MIN_ORDER", 0)
+    herm = solve(sdp, "cvxopt", tol=1e-7, max_iterations=100, verbose=False)
+    monkeypatch.setattr(problem.Lmi, "hermitian", property(lambda self: False))
+    real = solve(sdp, "cvxopt", tol=1e-7, max_iterations=100, verbose=False)
+    assert herm.claimed_status == real.claimed_status == "optimal"
+    assert herm.iterations == real.iterations
+    assert abs(herm.rho - real.rho) <= 1e-8 * abs(real.rho)
+
+
 def test_cone_ops_leave_other_cones_to_cvxopt_and_restore_its_functions():
     """A second-order cone or several columns go to CVXOPT's own functions; ``installed`` puts CVXOPT's back
     when the last (nested) solve ends."""
