@@ -195,8 +195,10 @@ def weight_bases(net: lowered.Network, rank: int, min_order: int = 0) -> dict[st
     """For ``build_sdp(weights="subspace")``: for each system whose output feeds the next system directly,
     an orthonormal basis ``V`` (n x ``rank``) of the directions its output weight ``X = diag(d) + V S V'``
     may couple: the top eigenvectors of the next system's tap Gram ``sum_j T_j' T_j`` (``T_0 = D``,
-    ``T_j = C A^(j-1) B`` on its first n inputs), i.e. of ``(1/pi) int_0^pi H(e^iw)' H(e^iw) dw`` -- the
-    input directions that the next layer amplifies most, where a diagonal ``X`` is loosest.
+    ``T_j = C A^(j-1) B`` on its first n inputs; on its first ``n L`` inputs, summed over the ``L`` samples of
+    a block, for a system that reads blocks of ``L = block_in`` samples), i.e. of
+    ``(1/pi) int_0^pi H(e^iw)' H(e^iw) dw`` -- the input directions that the next layer amplifies most,
+    where a diagonal ``X`` is loosest.
     Systems with a pool or flatten in between, with ``2 rank > n`` or ``n < min_order``, get none (a full
     ``X``)."""
     steps = list(net.steps)
@@ -204,10 +206,13 @@ def weight_bases(net: lowered.Network, rank: int, min_order: int = 0) -> dict[st
     bases = {}
     for i, j in zip(systems, systems[1:]):
         producer, consumer = steps[i], steps[j]
-        n = producer.n_out
-        if j != i + 1 or 2 * rank > n or n < min_order or consumer.ss.nu < n:
+        n, L = producer.n_out, consumer.block_in
+        if j != i + 1 or 2 * rank > n or n < min_order or consumer.ss.nu < n * L:
             continue
-        gram = sum(tap[:, :n].T @ tap[:, :n] for tap in fir_taps(consumer.ss))
+        # a consumer reading blocks of L samples (input ch * L + r) sees X (x) I_L: the Gram of channel
+        # directions sums over the L samples of a block
+        gram = sum(np.einsum("oar,obr->ab", *2 * [tap[:, : n * L].reshape(-1, n, L)])
+                   for tap in fir_taps(consumer.ss))
         V = np.linalg.eigh(gram)[1][:, ::-1][:, :rank].copy()
         if not _redundant(V):
             bases[producer.name] = V

@@ -443,3 +443,38 @@ def test_frequency_lmis_are_marked_hermitian_with_subspace_weights_too():
         assert not dataclasses.replace(lmi, F0=F0).hermitian
         if bases:  # a subspace term alone (one parity's rows) is not an embedding
             assert not dataclasses.replace(lmi, lowrank=lmi.lowrank[:1]).hermitian
+
+
+def test_weight_bases_sum_the_gram_over_a_block_of_samples():
+    """A conv with an overlapping average pool after it (one system) reads blocks of ``L = 2`` samples
+    (input ``ch * L + r``) and its input weight is ``X (x) I_L``: the basis is the top eigenvectors of the
+    channel Gram summed over the ``L`` samples of a block, ``G_ab = sum_j sum_r T_j[:, a L + r]'
+    T_j[:, b L + r]`` (written out here as loops; the first ``n`` inputs alone, which it took before, are
+    other directions)."""
+    from lipdsl.model import lowered
+    from lipdsl.sdp.build import fir_taps, weight_bases
+
+    rng = np.random.default_rng(4)
+    c = 8
+    b = Builder(1, 32)
+    b.conv(rng.normal(size=(c, 1, 3)), padding="causal").act("relu")
+    b.conv(rng.normal(size=(c, c, 3)) * np.linspace(0.2, 2.0, c)[None, :, None], padding="causal")
+    b.pool("avg", kernel=3, stride=2).act("relu")  # one system with the conv before it: blocks of 2 samples
+    b.gap().dense(rng.normal(size=(2, c)))
+    low = lower(b.build())
+    systems = [s for s in low.steps if isinstance(s, lowered.System)]
+    producer, consumer = systems[0], systems[1]
+    L = consumer.block_in
+    assert L == 2
+    gram = np.zeros((c, c))
+    for T in fir_taps(consumer.ss):
+        for a in range(c):
+            for bb in range(c):
+                gram[a, bb] += sum(T[:, a * L + r] @ T[:, bb * L + r] for r in range(L))
+    top = np.linalg.eigh(gram)[1][:, ::-1][:, :2]
+    V = weight_bases(low, 2)[producer.name]
+    assert np.allclose(np.abs(V.T @ top), np.eye(2), atol=1e-8)  # the same directions (up to sign)
+    first = sum(T[:, :c].T @ T[:, :c] for T in fir_taps(consumer.ss))  # the first n inputs alone
+    assert not np.allclose(np.abs(np.linalg.eigh(first)[1][:, ::-1][:, :2].T @ top), np.eye(2), atol=1e-3)
+    sdp = build_sdp(low, frequencies=5, weights="subspace", bases=weight_bases(low, 2))
+    assert any(lmi.lowrank for lmi in sdp.lmis)
