@@ -305,8 +305,9 @@ def slow_net(tmp_path, channels: int = 4, kernel: int = 23) -> str:
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "abc"])
-def test_timeouts_that_are_not_finite_positive_are_usage_errors(value):
-    for args in (["solve", "--timeout", value], ["compare", "--timeout", value]):
+def test_timeouts_that_are_not_finite_positive_are_usage_errors(value, tmp_path):
+    for args in (["solve", "--timeout", value], ["compare", "--timeout", value], ["show", "--timeout", value],
+                 ["export", "-o", str(tmp_path / "x.dat-s"), "--timeout", value]):
         res = run(*args, ECG)
         assert res.exit_code == 2 and res.stdout == "", (args, res.output)
         assert "Invalid value for '--timeout'" in res.stderr

@@ -50,6 +50,17 @@ class Seconds(click.ParamType):
             self.fail(err.message, param, ctx)
 
 
+def timeout_option(covers: str):
+    """``--timeout SECONDS`` (``Seconds``): the command builds its ``limits.Deadline`` from it before reading
+    the spec and runs its work ``within`` it; ``covers`` says what that work is, for the help."""
+    return click.option(
+        "--timeout",
+        type=Seconds(),
+        default=None,
+        help=f"Bound the whole command ({covers}) to SECONDS (exit 3 when they pass).",
+    )
+
+
 class Frequencies(click.ParamType):
     """``--frequencies``: ``auto`` (the frequency form when the exact LMIs are large), ``none`` (the exact
     LMIs) or a number of frequencies >= 3."""
