@@ -25,7 +25,6 @@ from lipdsl.app.options import (  # noqa: F401 (fail, read_source, SOLVERS: impo
     SOLVERS,
     Frequencies,
     WeightRank,
-    Seconds,
     check_state_space_size,
     fail,
     load_or_fail,
@@ -33,6 +32,7 @@ from lipdsl.app.options import (  # noqa: F401 (fail, read_source, SOLVERS: impo
     read_source,
     solver_help,
     solver_name,
+    timeout_option,
     within,
 )
 from lipdsl.errors import LipdslError
@@ -80,6 +80,7 @@ def check_command(spec: str, allow_outside: bool) -> None:
 @click.option(
     "--lift", type=click.IntRange(min=1), default=1, help="With --lowering: as `lipdsl solve --lift`."
 )
+@timeout_option("the lowering of --lowering, the realizations of --state-space")
 @ALLOW_OUTSIDE
 def show_command(
     spec: str,
@@ -89,6 +90,7 @@ def show_command(
     lowering: bool,
     min_length: int | None,
     lift: int,
+    timeout: float | None,
     allow_outside: bool,
 ) -> None:
     """Show the layers of SPEC as lipdsl understood them: shapes, parameters, slopes."""
@@ -96,7 +98,17 @@ def show_command(
         raise click.UsageError("--latex applies to --state-space only")
     if (min_length is not None or lift != 1) and not lowering:
         raise click.UsageError("--length and --lift apply to --lowering only")
+    from lipdsl.limits import Deadline
+
+    deadline = Deadline(timeout)  # the whole command's, as solve's
     source, net = load_or_fail(spec, allow_outside)
+    within(deadline, "lipdsl show",
+           lambda: _show(net, source, as_json, state_space, latex, lowering, min_length, lift), source)
+
+
+def _show(net, source, as_json: bool, state_space: bool, latex: bool, lowering: bool, min_length: int | None,
+          lift: int) -> None:
+    """``lipdsl show`` after the spec is read: the lowering, the realizations, JSON or the table."""
     if lowering:
         print_lowering(net, *lower_or_fail(net, source, min_length, lift), lift=lift)
         return
@@ -138,13 +150,7 @@ def show_command(
     show_default=True,
     help="Refuse (exit 3, before allocating) SDPs whose largest LMI has more rows than this.",
 )
-@click.option(
-    "--timeout",
-    type=Seconds(),
-    default=None,
-    help="Bound the whole command (lowering, solve, storage recovery; also --method lipsdp-*) to SECONDS "
-    "(exit 3 when they pass).",
-)
+@timeout_option("lowering, solve, storage recovery; also --method lipsdp-*")
 @click.option(
     "--frequencies",
     type=Frequencies(),
@@ -372,10 +378,20 @@ def verify_command(spec: str, certificate: str, exact: bool, as_json: bool, back
 )
 @MIN_LENGTH
 @LIFT
+@timeout_option("lowering, building the SDP, writing it")
 @ALLOW_OUTSIDE
-def export_command(spec: str, output: str, min_length: int | None, lift: int, allow_outside: bool) -> None:
+def export_command(spec: str, output: str, min_length: int | None, lift: int, timeout: float | None,
+                   allow_outside: bool) -> None:
     """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
+    from lipdsl.limits import Deadline
+
+    deadline = Deadline(timeout)  # the whole command's, as solve's
     source, net = load_or_fail(spec, allow_outside)
+    within(deadline, "lipdsl export", lambda: _export(net, source, spec, output, min_length, lift), source)
+
+
+def _export(net, source, spec: str, output: str, min_length: int | None, lift: int) -> None:
+    """``lipdsl export`` after the spec is read: lower, build the SDP, write it."""
     from lipdsl.pipeline import lower_within_limits
     from lipdsl.sdp.build import build_sdp
     from lipdsl.solvers.sdpa import write_sdpa

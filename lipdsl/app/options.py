@@ -50,44 +50,55 @@ class Seconds(click.ParamType):
             self.fail(err.message, param, ctx)
 
 
-class Frequencies(click.ParamType):
-    """``--frequencies``: ``auto`` (the frequency form when the exact LMIs are large), ``none`` (the exact
-    LMIs) or a number of frequencies >= 3."""
-
-    name = "auto|none|K"
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int):
-            text = value
-        else:
-            text = str(value).strip().lower()
-        if text in ("auto", "none", None):
-            return text
-        try:
-            k = int(text)
-        except ValueError:
-            self.fail(f"{value!r} is not 'auto', 'none' or a whole number of frequencies", param, ctx)
-        if k < 3:
-            self.fail(f"{k} is too few frequencies (at least 3: 0, pi/2, pi)", param, ctx)
-        return k
+def timeout_option(covers: str):
+    """``--timeout SECONDS`` (``Seconds``): the command builds its ``limits.Deadline`` from it before reading
+    the spec and runs its work ``within`` it; ``covers`` says what that work is, for the help."""
+    return click.option(
+        "--timeout",
+        type=Seconds(),
+        default=None,
+        help=f"Bound the whole command ({covers}) to SECONDS (exit 3 when they pass).",
+    )
 
 
-class WeightRank(click.ParamType):
-    """``--weight-rank``: ``auto`` (subspace weights when full ones would be large), ``full`` or a rank."""
+class KeywordOrNumber(click.ParamType):
+    """A few keywords or a whole number from ``least`` on (``--frequencies``, ``--weight-rank``): the keyword
+    (stripped, lower case), the int, or None. Its name, shown as the metavar, is ``keywords|letter``; a word
+    that is neither is refused as "'x' is not 'a', 'b' or <number>", a number below ``least`` with
+    ``too_small`` (formatted with ``n``)."""
 
-    name = "auto|full|R"
+    def __init__(self, keywords: tuple[str, ...], letter: str, least: int, number: str, too_small: str):
+        self.keywords = keywords
+        self.name = "|".join((*keywords, letter))
+        self.least = least
+        self.number = number
+        self.too_small = too_small
 
     def convert(self, value, param, ctx):
         text = value if value is None or isinstance(value, int) else str(value).strip().lower()
-        if text in ("auto", "full", None):
+        if text is None or text in self.keywords:
             return text
         try:
-            r = int(text)
+            n = int(text)
         except ValueError:
-            self.fail(f"{value!r} is not 'auto', 'full' or a whole number (the subspace's rank)", param, ctx)
-        if r < 1:
-            self.fail(f"{r} is not a rank (at least 1; 'full' for full weights)", param, ctx)
-        return r
+            words = ", ".join(repr(k) for k in self.keywords)
+            self.fail(f"{value!r} is not {words} or {self.number}", param, ctx)
+        if n < self.least:
+            self.fail(self.too_small.format(n=n), param, ctx)
+        return n
+
+
+def Frequencies() -> KeywordOrNumber:  # (capitalised: used as the type was, type=Frequencies())
+    """``--frequencies``: ``auto`` (the frequency form when the exact LMIs are large), ``none`` (the exact
+    LMIs) or a number of frequencies >= 3."""
+    return KeywordOrNumber(("auto", "none"), "K", 3, "a whole number of frequencies",
+                           "{n} is too few frequencies (at least 3: 0, pi/2, pi)")
+
+
+def WeightRank() -> KeywordOrNumber:
+    """``--weight-rank``: ``auto`` (subspace weights when full ones would be large), ``full`` or a rank."""
+    return KeywordOrNumber(("auto", "full"), "R", 1, "a whole number (the subspace's rank)",
+                           "{n} is not a rank (at least 1; 'full' for full weights)")
 
 
 def within(deadline, what: str, work, source: Source | None = None, hint: str | None = None):

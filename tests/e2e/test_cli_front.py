@@ -114,3 +114,44 @@ def test_show_draws_residual_blocks(capsys):
     assert data["params"] == 32306  # as PyTorch counts them (batch norm: weight and bias)
     code, out, _ = run(["show", str(ROOT / "specs" / "resnet1d.lip")], capsys)
     assert code == 0 and "block3" in out and "shortcut" in out
+
+
+@pytest.mark.parametrize("command", ["show", "export"])
+def test_show_and_export_stop_at_their_timeout(command, tmp_path, capsys, monkeypatch):
+    """``--timeout`` bounds show and export as it bounds solve: a lowering that outlasts it is abandoned,
+    exit 3 with the time-limit message and its hint, nothing printed or written."""
+    import threading
+    import time
+
+    import lipdsl.model.lower
+    import lipdsl.pipeline
+
+    release = threading.Event()
+
+    def stuck(*args, **kwargs):  # a lowering far longer than the budget; ends (unused) once the test is done
+        release.wait(60)
+        raise RuntimeError("abandoned")
+
+    monkeypatch.setattr(lipdsl.model.lower, "lower", stuck)  # show --lowering
+    monkeypatch.setattr(lipdsl.pipeline, "lower", stuck)  # export (pipeline.lower_within_limits)
+    written = tmp_path / "ecg.dat-s"
+    argv = ["show", "--lowering"] if command == "show" else ["export", "-o", str(written)]
+    t0 = time.monotonic()
+    try:
+        code, out, err = run([*argv, "--timeout", "0.5", str(ROOT / "specs" / "ecg.lip")], capsys)
+        assert code == 3 and out == "" and not written.exists(), err
+        assert f"lipdsl {command} did not finish within the time limit of 0.5 s" in err and "hint:" in err
+        assert time.monotonic() - t0 < 30  # (0.5 s and the spec's parse; the lowering would take 60 s)
+    finally:
+        release.set()
+
+
+def test_show_and_export_under_a_timeout_print_what_they_print_without_one(tmp_path, capsys):
+    spec = str(ROOT / "specs" / "ecg.lip")
+    for argv in (["show"], ["show", "--json"], ["show", "--lowering"], ["show", "--state-space"]):
+        plain = run([*argv, spec], capsys)
+        assert plain[0] == 0 and run([*argv, "--timeout", "60", spec], capsys) == plain, argv
+    code, out, _ = run(["export", "-o", str(tmp_path / "a.dat-s"), spec], capsys)
+    timed = run(["export", "-o", str(tmp_path / "b.dat-s"), "--timeout", "60", spec], capsys)
+    assert code == 0 and timed == (0, out.replace("a.dat-s", "b.dat-s"), "")
+    assert (tmp_path / "a.dat-s").read_text() == (tmp_path / "b.dat-s").read_text()
