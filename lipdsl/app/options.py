@@ -50,15 +50,13 @@ class Seconds(click.ParamType):
             self.fail(err.message, param, ctx)
 
 
-def timeout_option(covers: str):
+def timeout_option(covers: str | None = None, help: str | None = None):
     """``--timeout SECONDS`` (``Seconds``): the command builds its ``limits.Deadline`` from it before reading
-    the spec and runs its work ``within`` it; ``covers`` says what that work is, for the help."""
-    return click.option(
-        "--timeout",
-        type=Seconds(),
-        default=None,
-        help=f"Bound the whole command ({covers}) to SECONDS (exit 3 when they pass).",
-    )
+    the spec and runs its work ``within`` it; ``covers`` says what that work is, for the help, or ``help`` is
+    the whole help (``compare``: what happens when the time passes differs)."""
+    if help is None:
+        help = f"Bound the whole command ({covers}) to SECONDS (exit 3 when they pass)."
+    return click.option("--timeout", type=Seconds(), default=None, help=help)
 
 
 class KeywordOrNumber(click.ParamType):

@@ -60,9 +60,10 @@ _ITERATION_HOOK: contextvars.ContextVar = contextvars.ContextVar("lipdsl_iterati
 def on_iteration(hook):
     """Call ``hook(k)`` at the k-th iteration of the solves run in this context (progress reports).
 
-    CVXOPT factors the KKT system once for its starting point and once per iteration, so ``k`` runs from 1 to
-    ``iterations + 1``; lipdsl's HKM method calls it once per iteration. The hook runs on the solving thread
-    and must be quick.
+    CVXOPT factors the KKT system once for its starting point and once per iteration, and ``hook(k)`` comes
+    before the k-th factorisation, so ``k`` runs from 1 to ``iterations + 1``, or ``iterations + 2`` when the
+    solve ends on a singular KKT matrix (the factorisation that failed is counted too); lipdsl's HKM method
+    calls it once per iteration. The hook runs on the solving thread and must be quick.
     """
     token = _ITERATION_HOOK.set(hook)
     try:

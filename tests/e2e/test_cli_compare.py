@@ -1,0 +1,108 @@
+"""`lipdsl compare --timeout T` and `lipdsl lower --time-budget T`: one clock per command.
+
+The methods' budget (compare) or the search's (lower) and the command's hard deadline (``within``: the budget
++ ``limits.SEARCH_GRACE`` + 1 s, exit 3 with no table) start together when the command starts, so time spent
+reading the spec counts against the budget and the budget always ends ``SEARCH_GRACE`` before the hard
+deadline. (They used to be two clocks: the budget started after the spec was parsed, and a slow parse pushed
+its end past the hard deadline, which killed the command: exit 3, no table.)
+
+The slow steps are made slow deterministically (a sleep in ``load_network``, a method that runs until its
+deadline), not by loading the machine, and ``SEARCH_GRACE`` is shortened to keep the tests short: a parse
+longer than ``SEARCH_GRACE + 1`` s is what exposed the two clocks.
+"""
+
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import lipdsl.baselines.empirical
+import lipdsl.lang.load
+import lipdsl.methods
+from lipdsl import limits
+from lipdsl.app.cli import cli
+from repo_paths import SPECS
+
+ECG = str(SPECS / "ecg.lip")
+TIMEOUT = 3.0  # --timeout / --time-budget
+PARSE = 2.0  # seconds reading the spec takes
+GRACE = 0.5  # limits.SEARCH_GRACE: the hard deadline, at TIMEOUT + GRACE + 1 s, is before TIMEOUT + PARSE
+
+
+@pytest.fixture
+def slow_parse(monkeypatch):
+    """Reading the spec takes ``PARSE`` s; the hard deadline comes ``GRACE`` s after the budget."""
+    monkeypatch.setattr(limits, "SEARCH_GRACE", GRACE)
+    real = lipdsl.lang.load.load_network
+
+    def load_network(*args, **kwargs):
+        time.sleep(PARSE)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lipdsl.lang.load, "load_network", load_network)
+
+
+def run(*args):
+    t0 = time.monotonic()
+    res = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return res, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_compare_budget_counts_the_parse_and_the_table_is_printed(slow_parse, monkeypatch, as_json):
+    """naive-hinf (cheap, run first) finishes in the second left after the parse; lipsdp-neuron (here: a
+    method that runs until its deadline, in the background pool on two cores) is reported as failed at T s
+    from the command's start, the lower bound as not run, and the table comes before the hard deadline."""
+    real = lipdsl.methods.run_method
+    seen = []
+
+    def run_method(net, method, **kwargs):
+        if method != "lipsdp-neuron":
+            return real(net, method, **kwargs)
+        seen.append(limits.current())
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            limits.checkpoint(method)
+            time.sleep(0.02)
+        raise AssertionError("no deadline reached the slow method")
+
+    monkeypatch.setattr(lipdsl.methods, "run_method", run_method)
+    t0 = time.monotonic()
+    res, seconds = run("compare", "--methods", "naive-hinf,lipsdp-neuron", "--lower-starts", "2",
+                       "--timeout", str(TIMEOUT), *(["--json"] if as_json else []), ECG)
+    assert res.exit_code == 0, res.output  # (before: exit 3 at T + GRACE + 1 s, "lipdsl compare did not ...")
+    assert seconds < TIMEOUT + GRACE + 1  # (the documented bound is T + SEARCH_GRACE)
+    budget = seen[0]  # the deadline the methods ran under: T s from the command's start, not the parse's end
+    assert budget.seconds == TIMEOUT and budget.started - t0 < PARSE / 2
+    note = f"did not finish within the time limit of {TIMEOUT:g} s"
+    if as_json:
+        out = json.loads(res.stdout)
+        by = {m["method"]: m for m in out["methods"]}
+        assert by["naive-hinf"]["status"] == "exact norm" and by["naive-hinf"]["bound"] > 0
+        assert by["lipsdp-neuron"]["status"] == "failed" and by["lipsdp-neuron"]["bound"] is None
+        assert note in by["lipsdp-neuron"]["note"]
+        assert f"the time limit of {TIMEOUT:g} s has passed" in out["lower_bound_error"]
+    else:
+        assert "Lipschitz bounds" in res.stdout and "exact norm" in res.stdout
+        assert f"lipsdp-neuron: failed: lipsdp-neuron {note}" in res.stdout
+        assert "lower: not run" in res.stdout
+
+
+def test_lower_budget_counts_the_parse(slow_parse, monkeypatch):
+    """The search is given what is left of --time-budget after the parse (here it uses all of it), and the
+    report comes before the hard deadline."""
+    real = lipdsl.baselines.empirical.lower_bound
+    given = []
+
+    def lower_bound(net, *, time_budget, **kwargs):
+        given.append(time_budget)
+        time.sleep(time_budget)  # a search that uses its whole budget
+        return real(net, time_budget=0.0, **kwargs)  # (then one start: a real result to report)
+
+    monkeypatch.setattr(lipdsl.baselines.empirical, "lower_bound", lower_bound)
+    res, seconds = run("lower", "--time-budget", str(TIMEOUT), "--starts", "2", "--json", ECG)
+    assert res.exit_code == 0, res.output  # (before: exit 3, "the lower bound's search did not finish ...")
+    assert json.loads(res.stdout)["lower_bound"] > 0
+    assert given and TIMEOUT - PARSE - 0.5 < given[0] <= TIMEOUT - PARSE
+    assert seconds < TIMEOUT + GRACE + 1
