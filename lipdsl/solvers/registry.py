@@ -31,6 +31,9 @@ class Backend:
     #: A first-order method (SCS): no Newton matrix, so neither the ``n^2`` memory of ``limits.solver_bytes``
     #: nor the variable limit ``--max-variables`` that stands for it applies.
     first_order: bool = False
+    #: Accepts ``warm=`` (a solution of the same variables under fewer LMIs) to start from: the frequency
+    #: grid's refined re-solves (``pipeline._refine``).
+    warm_start: bool = False
     #: PICOS's name for the solver (PICOS back-ends only).
     picos: str | None = None
 
@@ -49,7 +52,7 @@ def _picos(name: str, what: str, install: str) -> Backend:
 SOLVERS: dict[str, Backend] = {b.name: b for b in (
     Backend("cvxopt", "cvxopt_conelp:solve_structured",
             "CVXOPT's conelp with lipdsl's structured KKT solver (the default)",
-            "pip install cvxopt (a dependency of lipdsl)", structured=True),
+            "pip install cvxopt (a dependency of lipdsl)", structured=True, warm_start=True),
     Backend("cvxopt-generic", "cvxopt_conelp:solve_generic", "CVXOPT's conelp with its own 'chol' KKT solver",
             "pip install cvxopt (a dependency of lipdsl)"),
     Backend("hkm", "hkm:solve_sdp", "lipdsl's HKM interior-point method (numpy/scipy, no SVD)",

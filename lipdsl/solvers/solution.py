@@ -25,6 +25,9 @@ class Solution:
     #: HKM)
     relative_gap: float | None = None
     residual: float | None = None
+    #: the dual point by LMI name (CVXOPT: each 's' block of ``z``, and the 'l' part under ``None``), for a
+    #: warm start of a re-solve with more LMIs (``cvxopt_conelp.warm_start``)
+    duals: dict | None = field(default=None, compare=False, repr=False)
 
     def near_optimal(self, tol: float) -> bool:
         """Stopped without claiming optimality (e.g. CVXOPT's singular KKT ending) but within ``tol`` on the

@@ -25,13 +25,16 @@ def solve(
     verbose: bool = False,
     timeout: float | None = None,
     deadline: limits.Deadline | None = None,
+    warm: Solution | None = None,
 ) -> Solution:
     """Solve ``min rho`` over the SDP with ``solver``; ``certify`` judges the point it returns.
 
     The time limit is ``deadline`` (the command's, ``limits.Deadline``), else ``timeout`` seconds from now,
     else the caller's active deadline (``limits.current()``). With one, the solver runs on a worker thread
     (``limits.run_within``): CVXOPT and HKM check it once per iteration and stop; a solver that stays in C
-    (a PICOS back-end) is abandoned when it passes. Any thread may call this.
+    (a PICOS back-end) is abandoned when it passes. Any thread may call this. ``warm``: a solution of the
+    same variables under fewer LMIs to start from, for the backends that take one (``Backend.warm_start``;
+    the others ignore it).
 
     Raises
     ------
@@ -46,5 +49,6 @@ def solve(
         deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
     with limits.blas_threads(), deadline.active():  # (the KKT pools are shut down when the last user leaves)
         return limits.run_within(
-            lambda: backend.function()(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose),
+            lambda: backend.function()(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose,
+                                       **({"warm": warm} if warm is not None and backend.warm_start else {})),
             deadline, solver)

@@ -496,3 +496,30 @@ def test_a_refined_re_solve_that_stops_short_is_dropped(monkeypatch):
     assert not any("grid refined" in n for n in result.sdp.notes)
     assert any("stopped without converging" in n and "the last converged solve" in n
                for n in result.sdp.notes)
+
+
+@pytest.mark.solver
+def test_refined_re_solves_start_from_the_last_point(monkeypatch):
+    """``_refine`` hands each re-solve the last solution (CVXOPT: ``Backend.warm_start``), and the refined
+    bound is the one a cold re-solve certifies (1e-6), in fewer iterations."""
+    import dataclasses
+
+    import lipdsl.pipeline as pipeline
+    import lipdsl.solvers.registry as registry
+
+    real, warms = pipeline.solve, []
+
+    def recording(sdp, *args, **kwargs):
+        warms.append(kwargs.get("warm"))
+        return real(sdp, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "solve", recording)
+    net = _dilated_net(1)
+    warm = solve_network(net, frequencies=5)
+    assert warms[0] is None and all(w is not None and w.x is not None for w in warms[1:]) and len(warms) == 3
+    monkeypatch.setitem(registry.SOLVERS, "cvxopt",
+                        dataclasses.replace(registry.SOLVERS["cvxopt"], warm_start=False))
+    cold = solve_network(net, frequencies=5)
+    assert warm.certificate.verified and cold.certificate.verified
+    assert warm.certificate.lipschitz == pytest.approx(cold.certificate.lipschitz, rel=1e-6)
+    assert warm.solution.iterations < cold.solution.iterations
