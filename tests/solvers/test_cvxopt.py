@@ -235,17 +235,21 @@ def test_hermitian_cone_ops_equal_cvxopts_on_embeddings(threads, monkeypatch):
     def embedding(E):
         return np.allclose(_embedded(to_complex(E)), E, rtol=0, atol=1e-12)
 
+    def same_scaling(W_a, lambda_a, W_b, lambda_b):  # CVXOPT's (a) and ours (b)
+        np.testing.assert_allclose(np.array(lambda_b), np.array(lambda_a), rtol=1e-12)
+        for k, marked in enumerate(marks):
+            r_a, r_b = np.array(W_a["r"][k]), np.array(W_b["r"][k])
+            np.testing.assert_allclose(r_b @ r_b.T, r_a @ r_a.T, rtol=0,
+                                       atol=1e-10 * np.abs(r_a @ r_a.T).max())
+            np.testing.assert_allclose(np.array(W_b["rti"][k]), np.linalg.inv(r_b).T, atol=1e-9)
+            assert not marked or embedding(r_b)
+
     s, z = (cvxopt.matrix(_hermitian_point(rng, dims, marks)[0]) for _ in range(2))
     la, lb = (cvxopt.matrix(0.0, (dims["l"] + sum(dims["s"]) + 1, 1)) for _ in range(2))
     theirs = misc.compute_scaling(s, z, la, dims, mnl=0)
     with hermitian_blocks(marks):
         ours = ops.compute_scaling(s, z, lb, dims, mnl=0)
-    np.testing.assert_allclose(np.array(lb), np.array(la), rtol=1e-12)
-    for k, marked in enumerate(marks):
-        r_a, r_b = np.array(theirs["r"][k]), np.array(ours["r"][k])
-        np.testing.assert_allclose(r_b @ r_b.T, r_a @ r_a.T, rtol=0, atol=1e-10 * np.abs(r_a @ r_a.T).max())
-        np.testing.assert_allclose(np.array(ours["rti"][k]), np.linalg.inv(r_b).T, atol=1e-10)
-        assert not marked or embedding(r_b)
+    same_scaling(theirs, la, ours, lb)
     for trans in "NT":
         for inverse in "NI":
             x = _hermitian_point(rng, dims, marks)[1]
@@ -296,12 +300,7 @@ def test_hermitian_cone_ops_equal_cvxopts_on_embeddings(threads, monkeypatch):
     misc.update_scaling(W_a, la, sa, za)
     with hermitian_blocks(marks):
         ops.update_scaling(W_b, lb, sb, zb)
-    np.testing.assert_allclose(np.array(lb), np.array(la), rtol=1e-12)
-    for k, marked in enumerate(marks):
-        r_a, r_b = np.array(W_a["r"][k]), np.array(W_b["r"][k])
-        np.testing.assert_allclose(r_b @ r_b.T, r_a @ r_a.T, rtol=0, atol=1e-10 * np.abs(r_a @ r_a.T).max())
-        np.testing.assert_allclose(np.array(W_b["rti"][k]), np.linalg.inv(r_b).T, atol=1e-9)
-        assert not marked or embedding(r_b)
+    same_scaling(W_a, la, W_b, lb)
 
 
 def test_a_frequency_sdp_solves_the_same_with_hermitian_cone_ops(monkeypatch):
