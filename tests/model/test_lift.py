@@ -266,10 +266,11 @@ def flatten_activation_cnn(rng):
 
 
 @pytest.mark.solver
-@pytest.mark.parametrize("chunk", range(4))
+@pytest.mark.parametrize("chunk", [0] + [pytest.param(c, marks=pytest.mark.slow) for c in range(1, 4)])
 def test_flatten_then_activation_lifts_soundly(chunk):
-    """100 generated nets with flatten -> activation: --lift 2/4 certified, never above --lift 1, never below
-    the empirical lower bound (the lifted activation acts on the flattened signal in block order)."""
+    """100 generated nets with flatten -> activation (25 in the default suite, the other 75 ``slow``: 8 s per
+    25): --lift 2/4 certified, never above --lift 1, never below the empirical lower bound (the lifted
+    activation acts on the flattened signal in block order)."""
     for seed in range(25 * chunk, 25 * chunk + 25):
         rng = np.random.default_rng(9000 + seed)
         net = flatten_activation_cnn(rng)
