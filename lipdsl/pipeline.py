@@ -252,8 +252,8 @@ def solve_network(
     says which).
 
     ``refine_rounds``: in the frequency domain, at most that many re-solves with the grid refined where the
-    LMIs dip between its frequencies (None: ``REFINE_ROUNDS``; 0: none, the fastest; each costs about one
-    solve and lowers the repair).
+    LMIs dip between its frequencies (None: ``REFINE_ROUNDS``; 0: none, the fastest; each, started from the
+    last point, costs about half a solve and lowers the repair).
 
     ``progress``: called as ``progress(stage)`` when a stage starts ("lowering", "building the SDP",
     "solving", "recovering P (Riccati)", "certifying"; on the working thread; for a progress display).

@@ -174,7 +174,8 @@ def _show(net, source, as_json: bool, state_space: bool, latex: bool, lowering: 
     type=click.IntRange(0, 10),
     default=None,
     help="In the frequency domain: at most N re-solves with the grid refined where the LMIs dip between its "
-    "frequencies (default 2; each costs about one solve and lowers the certificate's repair; 0 is fastest).",
+    "frequencies (default 2; each starts from the last point, costs about half a solve and lowers the "
+    "certificate's repair; 0 is fastest).",
 )
 @click.option(
     "--accept-unconverged",
