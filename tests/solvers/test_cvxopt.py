@@ -124,6 +124,21 @@ def _cone_ops(threads=2):
                    lambda sizes: kkt_mod.split_by_cost(np.asarray(sizes, dtype=float) ** 3, threads))
 
 
+def _both_update_scaling(ops, W, lmbda, ls: np.ndarray, lz: np.ndarray):
+    """CVXOPT's ``update_scaling`` and ``ops``' on copies of ``W``, ``lmbda`` and the factors ``ls``, ``lz``:
+    ``(W, lambda, s)`` after each (CVXOPT's first)."""
+    import cvxopt
+    from cvxopt import misc
+
+    out = []
+    for update in (misc.update_scaling, ops.update_scaling):
+        W_copy = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in W.items()}
+        lam, s, z = +lmbda, cvxopt.matrix(ls), cvxopt.matrix(lz)
+        update(W_copy, lam, s, z)
+        out += [W_copy, lam, s]
+    return tuple(out)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_cone_ops_equal_cvxopts(threads):
     """lipdsl.solvers.cvxopt_cones' scale, max_step and update_scaling (blocks shared among threads) against
@@ -163,13 +178,8 @@ def test_cone_ops_equal_cvxopts(threads):
                               + [(np.tril(rng.normal(size=(m, m))) + 3 * np.eye(m)).ravel(order="F")
                                  for m in dims["s"]])
 
-    ls, lz = lower_triangular_factors(), lower_triangular_factors()
-    ours = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in W.items()}
-    theirs = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in W.items()}
-    la, lb = +lmbda, +lmbda
-    sa, za, sb, zb = cvxopt.matrix(ls), cvxopt.matrix(lz), cvxopt.matrix(ls), cvxopt.matrix(lz)
-    misc.update_scaling(theirs, la, sa, za)
-    ops.update_scaling(ours, lb, sb, zb)
+    theirs, la, sa, ours, lb, sb = _both_update_scaling(ops, W, lmbda, lower_triangular_factors(),
+                                                        lower_triangular_factors())
     assert np.allclose(np.array(la), np.array(lb), rtol=1e-13, atol=0)
     for key in ("d", "di"):
         assert np.allclose(np.array(theirs[key]), np.array(ours[key]), rtol=1e-14, atol=0)
@@ -292,14 +302,8 @@ def test_hermitian_cone_ops_equal_cvxopts_on_embeddings(threads, monkeypatch):
                 out.append((rng.normal(size=(m, m)) + 3 * np.eye(m)).ravel(order="F"))
         return np.concatenate(out)
 
-    ls, lz = factors(), factors()
-    W_a = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in ours.items()}
-    W_b = {key: [+m for m in v] if isinstance(v, list) else +v for key, v in ours.items()}
-    la, lb = +lb, +lb
-    sa, za, sb, zb = cvxopt.matrix(ls), cvxopt.matrix(lz), cvxopt.matrix(ls), cvxopt.matrix(lz)
-    misc.update_scaling(W_a, la, sa, za)
     with hermitian_blocks(marks):
-        ops.update_scaling(W_b, lb, sb, zb)
+        W_a, la, _, W_b, lb, _ = _both_update_scaling(ops, ours, lb, factors(), factors())
     same_scaling(W_a, la, W_b, lb)
 
 
