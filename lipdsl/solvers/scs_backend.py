@@ -17,7 +17,7 @@ per iteration (an eigendecomposition of each LMI). Here ``K = R+^l x S+^(m_1) x 
 
       hvec(M) = (M_11, sqrt2 Re M_21, sqrt2 Im M_21, ..., sqrt2 Re M_h1, sqrt2 Im M_h1, M_22, ..., M_hh).
 
-  An LMI is mapped to ``'cs'`` when its coefficient matrices have that structure (``embedded_hermitian``),
+  An LMI is mapped to ``'cs'`` when its coefficient matrices have that structure (``Lmi.hermitian``),
   whatever its name; the projection then costs an ``h x h`` complex eigendecomposition instead of a
   ``2h x 2h`` real one (about half the flops).
 
@@ -37,7 +37,6 @@ import scipy.sparse as sp
 
 from lipdsl import limits
 from lipdsl.errors import SolveError
-from lipdsl.sdp.problem import embedded_hermitian
 from lipdsl.solvers.solution import Solution, nonneg_indices, objective
 
 #: SCS's ``eps_abs = eps_rel = TOL_FACTOR * tol``: ``--tol`` is an interior-point tolerance (default 1e-7),
@@ -116,7 +115,7 @@ def cone_data(sdp, complex_cones: bool = True) -> ConeData:
         limits.checkpoint("scs: cone data")
         G = lmi.G
         f0 = lmi.F0.reshape(-1, order="F")
-        if complex_cones and embedded_hermitian(lmi.F0, G):
+        if complex_cones and lmi.hermitian:
             T = hvec_map(lmi.size // 2)
             cplx_A.append(-(T @ G)), cplx_b.append(T @ f0), cs.append(lmi.size // 2), kinds.append("cs")
         else:
