@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from cvxopt import blas, lapack, matrix
@@ -92,12 +93,10 @@ def project(E: np.ndarray) -> None:
     two copies), in place. A KKT solution of a Hermitian block is an embedding in exact arithmetic; rounding
     leaves a part outside that subspace which the complex operations above would silently drop, and CVXOPT's
     iterates then drift from ours (measured: the part grew tenfold per iteration, to 5e-2 of the block)."""
-    re = (E[0::2, 0::2] + E[1::2, 1::2]) / 2
-    im = (E[1::2, 0::2] - E[0::2, 1::2]) / 2
-    E[0::2, 0::2] = re
-    E[1::2, 1::2] = re
-    E[1::2, 0::2] = im
-    E[0::2, 1::2] = -im
+    M = np.empty((E.shape[0] // 2, E.shape[1] // 2), dtype=complex)
+    M.real = (E[0::2, 0::2] + E[1::2, 1::2]) / 2
+    M.imag = (E[1::2, 0::2] - E[0::2, 1::2]) / 2
+    embed(M, E)
 
 
 def embedding(M: np.ndarray) -> np.ndarray:
@@ -114,6 +113,25 @@ def embed(M: np.ndarray, out: np.ndarray) -> None:
     out[1::2, 1::2] = re
     out[1::2, 0::2] = im
     out[0::2, 1::2] = -im
+
+
+def _assign(M: np.ndarray, out: np.ndarray) -> None:
+    out[...] = M
+
+
+class _Algebra(NamedTuple):
+    """How a block's matrices are worked on: ``read`` a block into the working matrix, ``write`` one back,
+    its ``adjoint``, and how many times each eigen- or singular value occurs in the block."""
+
+    read: Callable
+    write: Callable
+    adjoint: Callable
+    copies: int
+
+
+_REAL = _Algebra(lambda A: A, _assign, lambda A: A.T, 1)
+#: A Hermitian block: its complex ``M`` (module docstring), each value twice in ``E(M)``.
+_COMPLEX = _Algebra(to_complex, embed, lambda A: A.conj().T, 2)
 
 
 def _column(x) -> np.ndarray:
@@ -269,28 +287,20 @@ class ConeOps:
         _column(W["di"])[:] = 1.0 / d
         lv[:ml] = sv[:ml] * zv[:ml]
 
-        hermitian = [_marked(k) for k in range(len(W["r"]))]
+        algebras = [_COMPLEX if _marked(k) else _REAL for k in range(len(W["r"]))]
 
         def one(k, m, at, at_eig):
             Ls, Lz = _block(sv, at, m), _block(zv, at, m)
             r, rti = np.asarray(W["r"][k]), np.asarray(W["rti"][k])
-            if hermitian[k]:  # the same in complex arithmetic: Ls, Lz, r, rti are embeddings
-                Lsc, Lzc = to_complex(Ls), to_complex(Lz)
-                U, lam, Vh = np.linalg.svd(Lzc.conj().T @ Lsc)
-                scaling = 1.0 / np.sqrt(lam)
-                embed(((to_complex(r) @ Lsc) @ Vh.conj().T) * scaling, r)
-                embed(((to_complex(rti) @ Lzc) @ U) * scaling, rti)
-                lv[at_eig : at_eig + m] = np.repeat(lam, 2)
-                embed(U, Ls)
-                embed(Vh, Lz)
-                return
-            U, lam, Vt = np.linalg.svd(Lz.T @ Ls)
+            read, write, adjoint, copies = algebras[k]  # (a Hermitian block: Ls, Lz, r, rti are embeddings)
+            Ls_, Lz_ = read(Ls), read(Lz)
+            U, lam, Vh = np.linalg.svd(adjoint(Lz_) @ Ls_)
             scaling = 1.0 / np.sqrt(lam)
-            r[...] = ((r @ Ls) @ Vt.T) * scaling
-            rti[...] = ((rti @ Lz) @ U) * scaling
-            lv[at_eig : at_eig + m] = lam
-            Ls[...] = U
-            Lz[...] = Vt
+            write(((read(r) @ Ls_) @ adjoint(Vh)) * scaling, r)
+            write(((read(rti) @ Lz_) @ U) * scaling, rti)
+            lv[at_eig : at_eig + m] = np.repeat(lam, copies)
+            write(U, Ls)
+            write(Vh, Lz)
 
         self._each_block([r.size[0] for r in W["r"]], ml, ml, one)
 
