@@ -236,6 +236,7 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
         gap = float(res["gap"]) / abs(rho)
     residuals = [res.get("primal infeasibility"), res.get("dual infeasibility")]
     residual = None if any(r is None for r in residuals) else float(max(residuals))
-    duals = None if res.get("z") is None or not hasattr(sdp, "lmis") else _duals(sdp, res["z"], dims)
+    # (only the frequency form is solved again, on a refined grid: other solves keep no copy of z)
+    duals = _duals(sdp, res["z"], dims) if getattr(sdp, "storage", ()) and res.get("z") is not None else None
     return Solution(res["status"], rho, x, "cvxopt", seconds, res.get("iterations"),
                     relative_gap=None if gap is None else float(gap), residual=residual, duals=duals)

@@ -26,7 +26,8 @@ class Solution:
     relative_gap: float | None = None
     residual: float | None = None
     #: the dual point by LMI name (CVXOPT: each 's' block of ``z``, and the 'l' part under ``None``), for a
-    #: warm start of a re-solve with more LMIs (``cvxopt_conelp.warm_start``)
+    #: warm start of a re-solve with more LMIs (``cvxopt_conelp.warm_start``; kept for frequency-form SDPs,
+    #: the ones the grid refinement solves again)
     duals: dict | None = field(default=None, compare=False, repr=False)
 
     def near_optimal(self, tol: float) -> bool:
