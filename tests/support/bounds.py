@@ -1,6 +1,6 @@
 """Bounds the residual tests compare: the certified dissipative bound of a typed network (build, solve,
-recover the storage of a frequency-form solve, certify) and an empirical lower bound (largest Jacobian
-norm over random inputs)."""
+recover the storage of a frequency-form solve, certify), an empirical lower bound (largest Jacobian
+norm over random inputs), and the check that the first is between the second and a naive product."""
 
 from __future__ import annotations
 
@@ -31,3 +31,12 @@ def jacobian_lower(net: typed.Network, rng, count: int = 12) -> float:
     shape = (net.input_shape.channels, net.input_shape.length)
     return max(np.linalg.norm(jacobian(net, rng.normal(size=shape) * rng.uniform(0.1, 3)), 2)
                for _ in range(count))
+
+
+def sandwiched(net: typed.Network, rng, naive_bound: float, label) -> tuple[float, float, float]:
+    """``(lower, certified, naive_bound)`` of ``net``, asserting ``jacobian_lower <= certified <=
+    naive_bound`` (relative slack 1e-9 below, 1e-6 above; ``label`` names the case in a failure)."""
+    lo, up = jacobian_lower(net, rng), certified(net)
+    assert lo <= up * (1 + 1e-9), (label, lo, up)
+    assert up <= naive_bound * (1 + 1e-6), (label, up, naive_bound)
+    return lo, up, naive_bound
