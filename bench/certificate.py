@@ -7,7 +7,6 @@ bench/out/certificate.csv. Usage: python bench/certificate.py [--backend flint|s
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -21,6 +20,7 @@ from lipdsl.certify import certificate  # noqa: E402
 from lipdsl.pipeline import solve_network  # noqa: E402
 from lipdsl.certify.verify import verify  # noqa: E402
 from nets import ecg_from_npz  # noqa: E402
+from _table import all_keys, write_csv  # noqa: E402
 
 
 def main() -> int:
@@ -59,10 +59,7 @@ def main() -> int:
               flush=True)
     out = ROOT / "bench" / "out"
     out.mkdir(exist_ok=True)
-    with open(out / "certificate.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=sorted({k for r in rows for k in r}))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "certificate.csv", all_keys(rows), rows)
     proved = [r for r in rows if r.get("exact_ok")]
     ex = [r["exact_s"] for r in rows if "exact_s" in r]
     print(f"{len(proved)}/{len(rows)} proved exactly; exact verify median {statistics.median(ex):.3f} s, "

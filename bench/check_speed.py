@@ -24,7 +24,6 @@ best of ``--repeat``) against the 2 s target. Writes bench/out/check_speed.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _table import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 2.0
@@ -144,10 +145,7 @@ def main() -> int:
             rows.append(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "check_speed.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[-1]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "check_speed.csv", list(rows[-1]), rows)
     return 0
 
 

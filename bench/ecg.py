@@ -11,7 +11,6 @@ CVXOPT's generic one ('chol'), run in this same process on the same SDPs (the ba
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from lipdsl.pipeline import solve_network  # noqa: E402
 from nets import ecg_from_npz as ecg_net  # noqa: E402
+from _table import write_csv  # noqa: E402
 
 
 def main() -> int:
@@ -79,10 +79,7 @@ def main() -> int:
             f"{'yes' if c.verified else 'NO':>5} {'' if err is None else f'{err:.1e}':>17} "
             f"{r.solution.iterations:5d} {r.seconds['solve']:8.3f} {total:8.3f}"
         )
-    with open(out / "ecg_models.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "ecg_models.csv", list(rows[0]), rows)
     solve_times = [row["solve_s"] for row in rows]
     max_err = max((r["rel_error"] for r in rows if r["rel_error"] is not None), default=0.0)
     print(
@@ -123,11 +120,8 @@ def main() -> int:
         f"targets: whole process <= 1.5 s -> ratio {med / 1.5:.2f}; solver stage <= 0.3 s -> ratio "
         f"{stage_med['solve'] / 0.3:.2f}"
     )
-    with open(out / "ecg_cli.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["run", "wall_s"] + list(stages[0]))
-        for i, (wall, s) in enumerate(zip(walls, stages)):
-            w.writerow([i, wall] + list(s.values()))
+    write_csv(out / "ecg_cli.csv", ["run", "wall_s"] + list(stages[0]),
+              [{"run": i, "wall_s": wall, **s} for i, (wall, s) in enumerate(zip(walls, stages))])
     return 0
 
 

@@ -22,7 +22,6 @@ Figures are copied to docs/fig2_left.png and docs/fig2_right.png (shown in the R
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import sys
@@ -37,6 +36,7 @@ import numpy as np  # noqa: E402
 from lipdsl.methods import lipsdp_rows, run_method  # noqa: E402
 from lipdsl.baselines.empirical import lower_bound  # noqa: E402
 from lipdsl.lang.load import load_network  # noqa: E402
+from _table import write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -322,11 +322,7 @@ def main(argv=None) -> int:
 
     fields = ["panel", "N", "channels", "lift", "solver", "method", "bound", "seconds", "status", "rows",
               "note"]
-    with open(OUT / "fig2.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
+    write_csv(OUT / "fig2.csv", fields, rows, extrasaction="ignore")
     plot_left(left, info["dissipative"], OUT / "fig2_left.png")
     plot_right(right, channels, OUT / "fig2_right.png")
     if not args.no_docs:

@@ -14,10 +14,11 @@ Without SPECs: specs/tcn.lip and specs/resnet1d.lip (about 2.5 minutes on 2 core
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
+
+from _table import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,10 +74,7 @@ def main(argv=None) -> int:
                      **{f"complex_{k}": v for k, v in herm.items()}})
     out = ROOT / "bench" / "out" / "hermitian.csv"
     out.parent.mkdir(exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out, list(rows[0]), rows)
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

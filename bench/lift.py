@@ -12,7 +12,6 @@ approaches; writes a CSV and, if matplotlib is installed, bench/out/lift.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 from lipdsl.pipeline import solve_network  # noqa: E402
 from lipdsl.baselines.lipsdp import lipsdp  # noqa: E402
 from nets import Builder, ecg  # noqa: E402
+from _table import write_csv  # noqa: E402
 
 
 def deep_cnn(c1: int, c2: int, seed: int = 0):
@@ -88,10 +88,7 @@ def main() -> int:
                 f"{sec / base[1]:8.2f} {'' if neuron is None else f'{c.lipschitz / neuron:8.4f}':>8} "
                 f"{rows[-1]['lmi_rows']:>14}"
             )
-    with open(out / "lift.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "lift.csv", list(rows[0]), rows)
     try:
         import matplotlib
 

@@ -14,7 +14,6 @@ ECG CVXOPT solves (about 2 and 4.5 minutes).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 import sys
@@ -36,6 +35,7 @@ from lipdsl.solvers.hkm import solve_hkm  # noqa: E402
 from lipdsl.app.api import load  # noqa: E402
 from lipdsl.solvers.solve import solve  # noqa: E402
 from nets import lipsdp_net  # noqa: E402
+from _table import all_keys, write_csv  # noqa: E402
 
 
 def cases():
@@ -98,11 +98,7 @@ def main() -> int:
                   f"{row['ratio']:10.2f}") if "cvxopt_bound" in row else f"{'skipped':>13}"
             print(f"{name:26} {mode:6} {row['rows']:5d} {row['blocks']:6d} {bh:12.7g} {th:7.2f} {cv}",
                   flush=True)
-    with open(out / "lipsdp.csv", "w", newline="") as fh:
-        keys = sorted({k for r in rows for k in r})
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "lipsdp.csv", all_keys(rows), rows)
     print(f"wrote {out / 'lipsdp.csv'}")
     return 0
 

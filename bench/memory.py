@@ -14,7 +14,6 @@ Cases in the frequency domain (``--frequencies``) exercise the many-LMI part of 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _table import write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,10 +112,7 @@ def main(argv=None) -> int:
                   f"peak {row['peak'] / 2**20:8.0f} MiB  model {row['model'] / 2**20:8.0f} MiB  "
                   f"model/peak {row['ratio']:5.2f}  {row['seconds']:6.1f} s  {row['status']}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, list(rows[0]), rows)
     return 0
 
 

@@ -16,7 +16,6 @@ the same session.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -27,6 +26,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from _table import all_keys, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,11 +159,7 @@ def main() -> int:
                 f"{solve:>8} {row['peak_mb']:8.0f} {row['ratio_to_ecg']:6.1f} {over:>7}  "
                 f"{lmis or row.get('error', '')}"
             )
-    with open(out / "scale.csv", "w", newline="") as fh:
-        keys = sorted({k for r in rows for k in r})
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "scale.csv", all_keys(rows), rows)
     return 0
 
 

@@ -16,12 +16,13 @@ With ``--repeat R`` the two sweeps alternate R times and the medians are compare
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _table import write_csv
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -93,12 +94,10 @@ def main() -> int:
           "(target <= 1e-12)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "sweep.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["model", "solve", "sweep_jobs1", "sweep_jobs2", "item_seconds_jobs1",
-                    "item_seconds_jobs2"])
-        for f, ref, a, b in zip(files, reference, results[1], results[2]):
-            w.writerow([f.stem, ref, a["lipschitz"], b["lipschitz"], a["item_seconds"], b["item_seconds"]])
+    fields = ["model", "solve", "sweep_jobs1", "sweep_jobs2", "item_seconds_jobs1", "item_seconds_jobs2"]
+    values = [[f.stem, ref, a["lipschitz"], b["lipschitz"], a["item_seconds"], b["item_seconds"]]
+              for f, ref, a, b in zip(files, reference, results[1], results[2])]
+    write_csv(out / "sweep.csv", fields, [dict(zip(fields, v)) for v in values])
     print(f"wrote {out / 'sweep.csv'}")
     return 0 if certified and worst <= 1e-12 and t2 / t1 <= 0.6 else 1
 
