@@ -28,6 +28,7 @@ from lipdsl.app.options import (  # noqa: F401 (fail, read_source, SOLVERS: impo
     check_state_space_size,
     fail,
     load_or_fail,
+    load_with_deadline,
     lower_or_fail,
     read_source,
     solver_help,
@@ -98,10 +99,7 @@ def show_command(
         raise click.UsageError("--latex applies to --state-space only")
     if (min_length is not None or lift != 1) and not lowering:
         raise click.UsageError("--length and --lift apply to --lowering only")
-    from lipdsl.limits import Deadline
-
-    deadline = Deadline(timeout)  # the whole command's, as solve's
-    source, net = load_or_fail(spec, allow_outside)
+    deadline, source, net = load_with_deadline(spec, allow_outside, timeout)
     within(deadline, "lipdsl show",
            lambda: _show(net, source, as_json, state_space, latex, lowering, min_length, lift), source)
 
@@ -234,11 +232,8 @@ def solve_command(
 
     if method != "dissipative" and (certificate_path is not None or exact):
         raise click.UsageError("--certificate and --exact apply to --method dissipative only")
-    from lipdsl.limits import Deadline
-
-    deadline = Deadline(timeout)  # the whole command's
     t0 = time.perf_counter()
-    source, net = load_or_fail(spec, allow_outside)
+    deadline, source, net = load_with_deadline(spec, allow_outside, timeout)
     t1 = time.perf_counter()
     if min_length is not None and net.input_shape.length is not None and not as_json:
         click.echo(f"note: --length {min_length} is ignored: {net.name} takes inputs of fixed shape "
@@ -384,10 +379,7 @@ def verify_command(spec: str, certificate: str, exact: bool, as_json: bool, back
 def export_command(spec: str, output: str, min_length: int | None, lift: int, timeout: float | None,
                    allow_outside: bool) -> None:
     """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
-    from lipdsl.limits import Deadline
-
-    deadline = Deadline(timeout)  # the whole command's, as solve's
-    source, net = load_or_fail(spec, allow_outside)
+    deadline, source, net = load_with_deadline(spec, allow_outside, timeout)
     within(deadline, "lipdsl export", lambda: _export(net, source, spec, output, min_length, lift), source)
 
 

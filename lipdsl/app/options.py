@@ -52,8 +52,8 @@ class Seconds(click.ParamType):
 
 def timeout_option(covers: str | None = None, help: str | None = None):
     """``--timeout SECONDS`` (``Seconds``): the command builds its ``limits.Deadline`` from it before reading
-    the spec and runs its work ``within`` it; ``covers`` says what that work is, for the help, or ``help`` is
-    the whole help (``compare``: what happens when the time passes differs)."""
+    the spec (``load_with_deadline``) and runs its work ``within`` it; ``covers`` says what that work is, for
+    the help, or ``help`` is the whole help (``compare``: what happens when the time passes differs)."""
     if help is None:
         help = f"Bound the whole command ({covers}) to SECONDS (exit 3 when they pass)."
     return click.option("--timeout", type=Seconds(), default=None, help=help)
@@ -121,6 +121,16 @@ def load_or_fail(path: str, allow_outside: bool = False):
         return load_network(path, allow_outside=allow_outside)
     except LipdslError as err:
         fail(err, err.source)
+
+
+def load_with_deadline(path: str, allow_outside: bool, timeout: float | None):
+    """(deadline, Source, typed.Network) for a command with ``timeout_option``: the whole command's
+    ``limits.Deadline`` from ``--timeout``, its clock started before the spec is read (reading it counts),
+    then ``load_or_fail`` (which exits on an error)."""
+    from lipdsl.limits import Deadline
+
+    deadline = Deadline(timeout)
+    return (deadline, *load_or_fail(path, allow_outside))
 
 
 # Options that solve and export share: both build the same SDP.
