@@ -13,6 +13,7 @@ from lipdsl.app.options import (
     Frequencies,
     Seconds,
     load_or_fail,
+    search_deadlines,
     solver_help,
     solver_name,
     timeout_option,
@@ -63,10 +64,8 @@ def lower_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lipdsl.baselines.empirical import lower_bound
-    from lipdsl.limits import SEARCH_GRACE, Deadline
 
-    budget = Deadline(time_budget)  # (one clock from here: reading the spec counts against the budget)
-    deadline = Deadline(time_budget + SEARCH_GRACE, started=budget.started)
+    budget, deadline = search_deadlines(time_budget)  # (reading the spec counts against the budget)
     source, net = load_or_fail(spec, allow_outside)
     err_console = console(stderr=True)
 
@@ -175,14 +174,12 @@ def compare_command(
     import contextlib
     import json
 
-    from lipdsl.limits import SEARCH_GRACE, Deadline
     from lipdsl.methods import as_dict, compare
 
     # One clock, started before the spec is read: the methods' budget (``--timeout``: reading the spec counts
     # against it; methods still running when it ends are reported as failed) and, SEARCH_GRACE later, the
     # command's hard deadline (``within``: exit 3, no table), which only a call stuck past the budget meets.
-    budget = Deadline(timeout)
-    deadline = Deadline(None if timeout is None else timeout + SEARCH_GRACE, started=budget.started)
+    budget, deadline = search_deadlines(timeout)
 
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in chosen if m not in _METHODS]

@@ -133,6 +133,16 @@ def load_with_deadline(path: str, allow_outside: bool, timeout: float | None):
     return (deadline, *load_or_fail(path, allow_outside))
 
 
+def search_deadlines(seconds: float | None):
+    """(budget, deadline) for a search command (``lower --time-budget``, ``compare --timeout``), one clock
+    started now: the search stops its own work at the ``budget`` of ``seconds``; the command's hard
+    ``deadline`` (``within``) is ``limits.SEARCH_GRACE`` later. With None neither ends."""
+    from lipdsl.limits import SEARCH_GRACE, Deadline
+
+    budget = Deadline(seconds)
+    return budget, Deadline(None if seconds is None else seconds + SEARCH_GRACE, started=budget.started)
+
+
 # Options that solve and export share: both build the same SDP.
 MIN_LENGTH = click.option(
     "--length",
