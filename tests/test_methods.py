@@ -160,8 +160,11 @@ def test_compare_frequencies_reports_solves_fields_and_warnings(cli, tmp_path, m
     ~10x repair and a bound above the H-infinity product), in the JSON and as warning lines of the text
     report."""
     import lipdsl.pipeline
+    import lipdsl.sdp.build
 
     monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)  # (the grid as given: its repair shows)
+    # (its dilated layers' 3 frequencies spread over [0, pi], as before they were gridded on their own period)
+    monkeypatch.setattr(lipdsl.sdp.build, "tap_spacing", lambda taps: 1)
     spec = deep_tcn_spec(tmp_path)
     args = ("--frequencies", "3", "--methods", "dissipative,naive-hinf", "--lower-starts", "0", str(spec))
     res = cli("compare", "--json", *args)

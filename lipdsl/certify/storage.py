@@ -151,6 +151,13 @@ REFINE_THRESHOLD = 1e-3
 REFINE_REPAIR = 0.01
 
 
+def system_grid(sdp: Sdp, sys, grid: np.ndarray) -> np.ndarray:
+    """``grid`` (frequencies in ``[0, pi]``) on a system's own period: ``grid / g`` for its tap spacing
+    ``g`` (``Sdp.spacings``; ``build.tap_spacing``: its ``Phi`` takes on ``[0, pi / g]`` every value it
+    takes on ``[0, pi]``)."""
+    return grid / sdp.spacings.get(sys.name, 1)
+
+
 def _solver_point(sdp: Sdp, solution: Solution) -> Point:
     """The solver's point, with the storage ``P`` of the gridded systems (not solver variables) at zero."""
     x = np.zeros(sdp.n_total)
@@ -164,8 +171,8 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     at the solver's point, or None when no system's ``Phi`` dips below ``-threshold`` (relative) there.
 
     The solver enforces ``Phi(w) >= 0`` only on the grid, and the recovery pays for the dips between
-    (step 2 of the module docstring): for dilated layers (taps ``d`` samples apart, ``Phi`` varying ``d``
-    times faster) that is most of the repair. Per system the local minima of ``lambda_min(Phi(w))`` on the
+    (step 2 of the module docstring). Per system (on its own period, ``system_grid``: a dilated layer's
+    ``Phi`` repeats every ``2 pi / d``) the local minima of ``lambda_min(Phi(w))`` on the
     fine grid below ``-threshold * scale`` (``scale`` the largest of ``||X_in||``, ``||X_out||``,
     ``max L``), the ``add`` deepest, join its grid; ``build_sdp(grids=...)`` then imposes them too.
     """
@@ -173,7 +180,6 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
         return None
     point = _solver_point(sdp, solution)
     fine = frequency_grid(FINE_GRID)
-    step = fine[1] - fine[0]
     trial = copy.deepcopy(point)  # what the recovery would cost (its cheap pass): refine only if it is large
     _raise_chain(sdp, trial, fine, {}, 1e-6, 0.1, storage=False)
     refit_first_system(sdp, trial)
@@ -188,7 +194,8 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
         grid = np.asarray(sdp.grids.get(sys.name, ()), dtype=float)
         X_in, X_out = point.weight(link.w_in), point.weight(link.w_out)
         lam = point.vars[link.lam.name] if link.lam is not None else None
-        H = frequency_response(sys.ss, fine)
+        own = system_grid(sdp, sys, fine)
+        H = frequency_response(sys.ss, own)
         inner = [point.vars[v.name] for v in link.inner]
 
         def lowest(part, sys=sys, lam=lam, inner=inner, X_in=X_in, X_out=X_out):  # per frequency
@@ -205,12 +212,12 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
         peaks = np.concatenate([[depth[0] > depth[1]], inner, [depth[-1] > depth[-2]]])
         candidates = np.flatnonzero(peaks & (depth > threshold))
         if len(grid):
-            far = np.min(np.abs(fine[candidates, None] - grid[None, :]), axis=1) > step / 2
+            far = np.min(np.abs(own[candidates, None] - grid[None, :]), axis=1) > (own[1] - own[0]) / 2
             candidates = candidates[far]
         chosen = candidates[np.argsort(-depth[candidates])][:add]
         if len(chosen):
             changed = True
-            grid = np.unique(np.concatenate([grid, fine[chosen]]))
+            grid = np.unique(np.concatenate([grid, own[chosen]]))
         grids[sys.name] = grid
     return grids if changed else None
 
@@ -317,7 +324,8 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
             raised = _Raise()  # (its raised output weight is repaired by certify)
             continue
         if link.system.internal:  # a residual block in the frequency domain
-            raised = _recover_block(point, link, raised, fine, margin, delta, storage)
+            raised = _recover_block(point, link, raised, system_grid(sdp, link.system, fine), margin, delta,
+                                    storage)
             continue
         sys = link.system
         up = _cover_raised_output(point, link, raised)
@@ -325,7 +333,8 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
         X_out = point.weight(link.w_out)
         key = id(link)
         if key not in responses:
-            responses[key] = frequency_response(sys.ss, fine if sys.ss.nx else np.zeros(1))
+            own = system_grid(sdp, sys, fine) if sys.ss.nx else np.zeros(1)
+            responses[key] = frequency_response(sys.ss, own)
         H = responses[key]
         # (the passes that only choose the raise direction work on a quarter of the coarse grid)
         H_coarse = (H[::every] if storage else H[:: 4 * every]) if sys.ss.nx else H

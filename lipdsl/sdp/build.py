@@ -37,6 +37,8 @@ block when ``A`` is nilpotent and ``alpha*beta <= 0``, so it is added only when 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -125,13 +127,30 @@ def fir_taps(ss: lowered.StateSpace) -> list[np.ndarray]:
     return taps
 
 
-def frequency_response(ss: lowered.StateSpace, omegas: np.ndarray) -> np.ndarray:
-    """``H(e^{iw}) = D + sum_j C A^j B e^{-iw(j+1)}`` at each ``w`` (``A`` nilpotent: a finite sum)."""
+def tap_spacing(taps: list[np.ndarray]) -> int:
+    """The largest ``g`` dividing every ``m`` with ``h_m != 0`` (1 when only ``h_0`` is nonzero).
+
+    Then ``H(e^{iw}) = sum_j h_(gj) e^{-igwj} = H~(e^{igw})`` is ``2 pi / g``-periodic, and so is every
+    frequency-domain LMI of the system, which depends on ``w`` only through ``H``: ``Phi(w) >= 0`` for all
+    ``w`` iff ``Phi~(theta) >= 0`` for ``theta = g w`` in ``[0, pi]`` (``H~`` has real taps: ``Phi~(-theta)``
+    is the conjugate of ``Phi~(theta)``). A conv with dilation ``d`` and a causal padding (a TCN's layers and
+    residual blocks) has ``g = d``: its frequencies belong in ``[0, pi / d]``, where ``[0, pi]`` would repeat
+    ``Phi`` ``d`` times and leave ``d`` times wider gaps between the distinct values."""
+    g = 0
+    for m, tap in enumerate(taps):
+        if m and np.any(tap):
+            g = math.gcd(g, m)
+    return max(g, 1)
+
+
+def frequency_response(ss: lowered.StateSpace, omegas: np.ndarray, taps: list | None = None) -> np.ndarray:
+    """``H(e^{iw}) = D + sum_j C A^j B e^{-iw(j+1)}`` at each ``w`` (``A`` nilpotent: a finite sum);
+    ``taps``: ``fir_taps(ss)`` when the caller has them."""
     limits.require_time(2.0 * ss.nx**3 * max(ss.nu, 1) + 8.0 * len(omegas) * ss.nx * ss.nu * ss.ny,
                         f"the frequency response of a system with {ss.nx} states",
                         hint="the frequency form needs the filter's taps C A^j B: use smaller kernels or "
                         "dilations (states = dilation*(kernel-1)*c_in)")
-    taps = fir_taps(ss)
+    taps = fir_taps(ss) if taps is None else taps
     phase = np.exp(-1j * np.outer(omegas, np.arange(len(taps))))  # (K, J)
     taps = np.array(taps, dtype=complex)
     return (phase @ taps.reshape(len(taps), -1)).reshape((len(omegas),) + taps.shape[1:])  # one product
@@ -442,6 +461,7 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
                      "certified")
     final_links = []
     used_grids: dict[str, np.ndarray] = {}
+    spacings: dict[str, int] = {}
     for link in links:
         sys = link.system
         nx, nu, ny = sys.ss.nx, sys.ss.nu, sys.n_out
@@ -465,12 +485,14 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
                 system_lmi_terms(b, sys, link.P, link.lam, link.w_in, link.w_out, inverse_out,
                                  inner=link.inner)
             else:  # the frequency-domain LMIs; the link keeps the empty ``b`` as a stand-in of its LMI
-                grid = np.asarray((grids or {}).get(sys.name, omegas), dtype=float)
+                taps = fir_taps(sys.ss)
+                g = spacings[sys.name] = tap_spacing(taps)  # a dilated system: its grid on [0, pi/g]
+                grid = np.asarray((grids or {}).get(sys.name, omegas / g), dtype=float)
                 used_grids[sys.name] = grid
-                H = frequency_response(sys.ss, grid)
+                H = frequency_response(sys.ss, grid, taps)
                 for w, Hw in zip(grid, H):
                     limits.checkpoint("building the SDP")
-                    real = w == 0 or w == np.pi
+                    real = w == 0 or abs(g * w - np.pi) <= 1e-12 * np.pi  # H real there (up to rounding)
                     r = 1 if real else 2
                     fblocks = [(lbl, r * s) for lbl, s in blocks[1:]]  # (input, output, Y rows) x r
                     fb = LmiBuilder(sum(size for _, size in fblocks), n_ref)
@@ -503,4 +525,5 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         tuple(notes),
         tuple(storage),
         used_grids,
+        spacings,
     )

@@ -281,8 +281,10 @@ class Sdp:
     psd_weights: tuple[Variable, ...]  # X that must be >= 0 (pooled), with an explicit LMI in ``lmis``
     notes: tuple[str, ...] = field(default=())
     storage: tuple[Variable, ...] = field(default=())  # P left to ``kyp`` (frequency-domain LMIs instead)
-    #: the frequencies of each gridded system's LMIs (system name -> omegas in [0, pi], ascending)
+    #: the frequencies of each gridded system's LMIs (system name -> omegas in [0, pi / g], ascending)
     grids: dict = field(default_factory=dict)
+    #: each gridded system's tap spacing ``g`` (``build.tap_spacing``: its LMIs are ``2 pi / g``-periodic)
+    spacings: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:

@@ -12,6 +12,7 @@ import lipdsl
 import lipdsl.importers.spec
 import lipdsl.app.api
 import lipdsl.pipeline
+import lipdsl.sdp.build
 from lipdsl import errors as lipdsl_errors
 from repo_paths import ROOT
 
@@ -143,6 +144,8 @@ def test_bound_carries_the_frequency_mode_fields_and_warnings(tmp_path, monkeypa
     from nets import deep_tcn_spec
 
     monkeypatch.setattr(lipdsl.pipeline, "REFINE_ROUNDS", 0)  # (the grid as given: its repair shows)
+    # (its dilated layers' 3 frequencies spread over [0, pi], as before they were gridded on their own period)
+    monkeypatch.setattr(lipdsl.sdp.build, "tap_spacing", lambda taps: 1)
     net = lipdsl.load(deep_tcn_spec(tmp_path))
     b = net.solve(frequencies=3)
     assert b.verified and b.frequencies == 3 and b.above_hinf_product is True

@@ -478,3 +478,44 @@ def test_weight_bases_sum_the_gram_over_a_block_of_samples():
     assert not np.allclose(np.abs(np.linalg.eigh(first)[1][:, ::-1][:, :2].T @ top), np.eye(2), atol=1e-3)
     sdp = build_sdp(low, frequencies=5, weights="subspace", bases=weight_bases(low, 2))
     assert any(lmi.lowrank for lmi in sdp.lmis)
+
+
+@pytest.mark.parametrize("dilation,padding", [(1, "causal"), (2, "causal"), (4, "causal"), (3, "same")])
+def test_a_dilated_conv_is_gridded_on_its_own_period(dilation, padding):
+    """A conv with dilation d has taps at multiples of d only (``tap_spacing`` = d, 'same' padding too): its
+    response repeats every 2 pi / d, so its K frequencies are ``pi j / ((K - 1) d)``; at the last one, pi / d,
+    H is real (up to rounding) and its LMI is not doubled by the real embedding."""
+    from lipdsl.sdp.build import fir_taps, frequency_grid, frequency_response, tap_spacing
+
+    rng = np.random.default_rng(dilation)
+    b = Builder(3, 32)
+    b.conv(rng.normal(size=(3, 3, 3)), padding="causal").act("relu")
+    b.conv(rng.normal(size=(3, 3, 3)), padding=padding, dilation=dilation).act("relu")
+    b.gap()
+    b.dense(rng.normal(size=(2, 3)))
+    low = lower(b.build())
+    sdp = build_sdp(low, frequencies=5)
+    sys = low.systems[1]
+    assert tap_spacing(fir_taps(sys.ss)) == dilation == sdp.spacings[sys.name]
+    assert np.allclose(sdp.grids[sys.name], frequency_grid(5) / dilation)
+    w = np.linspace(0, np.pi, 7)
+    H, shifted = frequency_response(sys.ss, w), frequency_response(sys.ss, w + 2 * np.pi / dilation)
+    assert np.allclose(H, shifted, atol=1e-12)
+    last = [lmi for lmi in sdp.lmis if lmi.name.startswith(f"LMI[{sys.name}](w=")][-1]
+    assert last.size == sys.ss.nu + sys.n_out  # real there: one copy
+    assert tap_spacing([np.ones((2, 2))]) == 1 and tap_spacing([np.ones(1), np.zeros(1), np.ones(1)]) == 2
+
+
+def test_a_residual_tcn_blocks_spacing_is_its_dilation():
+    """``specs/tcn.lip``: residual blocks of two causal convs with dilation d and a 1x1 (or identity)
+    shortcut, every path's taps at multiples of d: each gridded block is on [0, pi / d] (dilations 2, 4; the
+    first block, one input channel, keeps its exact LMI)."""
+    import lipdsl
+    from repo_paths import SPECS
+
+    low = lower(lipdsl.load(SPECS / "tcn.lip").typed)
+    sdp = build_sdp(low, frequencies=5)
+    blocks = [s for s in low.systems if s.internal and s.name in sdp.grids]  # (the first keeps its P)
+    assert [sdp.spacings[s.name] for s in blocks] == [2, 4]
+    for s in blocks:
+        assert sdp.grids[s.name][-1] == pytest.approx(np.pi / sdp.spacings[s.name])
