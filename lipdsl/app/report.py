@@ -210,6 +210,8 @@ def print_verdict(verdict, console, errors) -> None:
     if verdict.rho_raise:
         console.print(f"  rho raised by {verdict.rho_raise:.3g} for strict feasibility in exact arithmetic",
                       soft_wrap=True)
+    for note in verdict.notes:
+        console.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
     if not verdict.realization_exact:
         console.print("  note: lifted maps (and residual blocks the checker does not rebuild) are checked "
                       "with lower.py's floating-point realization (its products of weights rounded to double "
