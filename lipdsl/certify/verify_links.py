@@ -240,8 +240,9 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         last = steps[pos[-1]]
         if not own_realization(last, net):
             ex = exact_realization(last, low, net, pos[-1]) if lift == 1 else None
-            if ex is not None and realizations_match(ex, last.ss):
-                out_D = ex[3]
+            # (a batch norm folded into it would move X_out = D'D: lower's D, flagged, as before)
+            if ex is not None and ex[1] is None and realizations_match(ex[0], last.ss):
+                out_D = ex[0][3]
             else:
                 elim_exact = False
     links = []
@@ -293,7 +294,8 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
             mats, cover = (None, None) if rebuilt is None else (rebuilt.mats, rebuilt.cover)
         elif not own and lift == 1:  # (lifted realizations keep lower's arrangement and values)
             ex = exact_realization(sys, low, net, i)
-            mats = ex if ex is not None and realizations_match(ex, sys.ss) else None
+            if ex is not None and realizations_match(ex[0], sys.ss):
+                mats, cover = ex
         links.append(Link(sys, P, lam, w_in, w_out, needs, own or mats is not None,
                            None if slopes is None else slopes[0], None if slopes is None else slopes[1],
                            full, mats, out_D if w_out[0] == "WtW" else None, inner, inner_q, inner_f, cover))
