@@ -132,6 +132,8 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
         )
         for warning in result.warnings:
             console.print(f"  [bold yellow]warning:[/] {warning}")
+        for note in () if proof is None else proof.notes:  # (batch-norm scales covered in the proof)
+            console.print(f"  proof note: {note}", markup=False, highlight=False, soft_wrap=True)
         repaired = (
             "closed form, no SDP needed"
             if sol.claimed_status == "closed-form"

@@ -97,6 +97,62 @@ def test_composed_maps_are_recomputed_exactly_and_lifted_ones_are_flagged():
     assert any(not c.exact_realization for c in v.checks)
 
 
+def _bn_sequential(tmp_path, last_linear: bool = False):
+    """Batch norm folded every way lower folds it: after a conv, around one (merged with the next linear
+    conv), alone, after and before a dense layer; the last dense layer eliminated if ``last_linear``."""
+    from nets import Spec
+
+    rng = np.random.default_rng(0)
+    s = Spec(2, 10)
+    s.conv(rng, 2, 3, 3, padding="causal")
+    s.bn(rng, 3)
+    s.lines.append("relu")
+    s.bn(rng, 3)
+    s.conv(rng, 3, 3, 2, padding="causal")
+    s.bn(rng, 3)
+    s.conv(rng, 3, 3, 1, padding="causal")
+    s.lines += ["tanh"]
+    s.bn(rng, 3)
+    s.lines += ["relu", "flatten", f"dense 30 -> 4, weight {s.key(rng.normal(size=(4, 30)) / 5)}"]
+    s.bn(rng, 4)
+    s.lines.append("relu")
+    s.bn(rng, 4)
+    s.lines.append(f"dense 4 -> 2, weight {s.key(rng.normal(size=(2, 4)))}")
+    if not last_linear:
+        s.lines.append("leaky_relu(1/10)")
+    return s.load(tmp_path)
+
+
+@pytest.mark.parametrize("last_linear", [False, True])
+def test_sequential_batch_norm_realization_is_exact_and_its_scales_covered(tmp_path, last_linear):
+    from lipdsl.certify import certificate
+    from lipdsl.pipeline import solve_network
+
+    net = _bn_sequential(tmp_path, last_linear)
+    result = solve_network(net)
+    doc = certificate.build(result, options=certificate.solve_options(None, 1, True, None, "cvxopt"))
+    folded = ["conv1+bn1+relu1", "bn2+conv2+bn3+conv3+tanh1", "bn4+relu2", "dense1+bn5+relu3"]
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert v.ok, v.reason
+        assert v.lipschitz >= result.certificate.lipschitz * (1 - 1e-12)
+        for name in folded + ([] if last_linear else ["bn6+dense2+leaky_relu1"]):
+            check = next(c for c in v.checks if c.name.startswith(f"LMI[{name}]"))
+            assert check.exact_realization and "covered to relative 2^-50 (tau = " in check.detail
+        assert len(v.notes) == len(folded) + (0 if last_linear else 1)
+        # an eliminated last layer with batch norm folded in: X_out = W'W of lower's rounded product, flagged
+        assert v.realization_exact is not last_linear
+
+
+def test_nets_without_batch_norm_have_no_notes():
+    for spec in ("ecg.lip", "linear_merge.lip"):
+        net, _, doc = solved(spec)
+        for exact in (False, True):
+            v = verify(net, doc, exact=exact)
+            assert v.ok and v.notes == () and "notes" not in v.to_json()
+            assert not any("batch norm" in c.detail or "tau" in c.detail for c in v.checks)
+
+
 @pytest.mark.parametrize("spec", ["linear_merge.lip", "avgpool_overlap.lip", "features.lip", "ecg.lip"])
 def test_exact_realization_agrees_with_lowers_floating_point_one(spec):
     from lipdsl.model import lowered
