@@ -6,8 +6,10 @@ uses the spec loader (parse, check, weights) and ``lipdsl.lower`` with ``scale=F
 systems, pools and flattens and their numeric realizations ``(A, B, C, D)``. A plain conv or dense layer's
 realization is rebuilt here too (``realize``) and must equal lower's entry for entry (then it is the
 weights themselves, exactly); maps lower composes in floating point (merged convs and pools, overlapping
-pools, folded Toeplitz maps, merged dense layers) are recomputed exactly (``exact_realization``) and their
-LMIs checked in exact arithmetic; a compressed dense first layer is checked with its own ``W``
+pools, folded Toeplitz maps, merged dense layers, folded batch norms) are recomputed exactly
+(``exact_realization``) and their LMIs checked in exact arithmetic; a batch norm's double scales ``s`` are
+within a proved ``2^-50`` of ``w / sqrt(v + eps)``, and ``M - tau I > 0`` is checked instead of ``M > 0``
+where one moves ``C``, ``D`` (``batchnorm``); a compressed dense first layer is checked with its own ``W``
 (``compressed_weight``); lifted realizations are lower's, flagged. Every LMI matrix is built here from
 ``(A, B, C, D)``, the slopes and the certificate's values (``docs/certificate.md``):
 
