@@ -122,14 +122,15 @@ def _float_up(d: Fraction) -> float:
 
 
 def tau_bound(cover: ScaleCover, E_abs: np.ndarray, acts: list, X_out_abs: np.ndarray | None,
-              exact: bool) -> float:
+              exact: bool, be=None) -> float:
     """``tau >= max_i (B 1)_i`` (module docstring) as a double rounded up.
 
     ``E_abs``: ``|[C D]|abs`` padded to the LMI's columns (``n``); ``acts``: per activation term
     ``(rows, (c0, c1), lam, (a, b))`` with ``rows`` a slice of ``E_abs``'s rows and ``(c0, c1)`` the columns
     of its output ``w_j``; ``X_out_abs``: ``|X_out|`` for a linear output term on the last rows ``E_y``
-    (None: none). ``exact``: in Fractions; else in doubles, every value nonnegative, so the exact sum is at
-    most the computed one times ``1 + 2^-20`` (the factor applied).
+    (None: none). ``exact``: in rationals (the matrix-vector products with the exact backend ``be`` if
+    given, else with Fractions); else in doubles, every value nonnegative, so the exact sum is at most the
+    computed one times ``1 + 2^-20`` (the factor applied).
     """
     eps = cover.relative
     if eps == 0:
@@ -146,24 +147,50 @@ def tau_bound(cover: ScaleCover, E_abs: np.ndarray, acts: list, X_out_abs: np.nd
         total = np.zeros(n)
         conv = float
         eps, two = _float_up(eps), _float_up(two)
-    ones = np.ones(n, dtype=int)
+    dot, tdot = _products(E, exact, be)
+    ones = np.ones(n, dtype=object if exact else float)
+    if exact:
+        ones.fill(Fraction(1))
     for rows, (c0, c1), lam, (a, b) in acts:
-        Ej = E[rows]
         lam_q = np.array([conv(v) for v in lam], dtype=object if exact else float)
-        u = lam_q * Ej.dot(ones)  # L |E_j| 1
+        u = lam_q * dot(rows, ones)  # L |E_j| 1
         ab, apb = abs(Fraction(a) * Fraction(b) * 2), abs(Fraction(a) + Fraction(b))
         if not exact:
             ab, apb = _float_up(ab), _float_up(apb)
-        total = total + Ej.T.dot(u) * (two * ab) + Ej.T.dot(lam_q) * (eps * apb)
+        total = total + tdot(rows, u) * (two * ab) + tdot(rows, lam_q) * (eps * apb)
         total[c0:c1] = total[c0:c1] + u * (eps * apb)
     if X_out_abs is not None and X_out_abs.size:
         k = X_out_abs.shape[0]
-        Ey = E[E.shape[0] - k :]
+        y = slice(E.shape[0] - k, E.shape[0])
         Xa = np.array([[conv(v) for v in row] for row in X_out_abs], dtype=object if exact else float)
-        total = total + Ey.T.dot(Xa.dot(Ey.dot(ones))) * two
+        total = total + tdot(y, Xa.dot(dot(y, ones))) * two
     top = max(total) if len(total) else 0
     if exact:
         return _float_up(Fraction(top))
     # every rounding (of |E| to doubles, of each product and sum, of |X_out|) is relative u = 2^-53 on a
     # nonnegative value; fewer than 2^31 of them in a chain stay below 2^-21 in all
     return math.nextafter(float(top) * (1 + 2.0**-20), math.inf)
+
+
+def _products(E: np.ndarray, exact: bool, be):
+    """``(dot, tdot)``: ``E[rows] v`` and ``E[rows]' v`` (numpy, or ``be``'s exact matrices: one conversion
+    of ``E``, products in C)."""
+    if not (exact and be is not None):
+        return (lambda rows, v: E[rows].dot(v)), (lambda rows, v: E[rows].T.dot(v))
+    Eq = be.mat(E)
+    n = E.shape[1]
+
+    def column(v) -> object:
+        return be.mat(np.asarray(v, dtype=object).reshape(-1, 1))
+
+    def part(rows: slice):
+        r0, r1, _ = rows.indices(E.shape[0])
+        return be.sub(Eq, r0, r1, 0, n)
+
+    def dot(rows, v):
+        return be.fractions(part(rows) * column(v)).ravel()
+
+    def tdot(rows, v):
+        return be.fractions(be.T(part(rows)) * column(v)).ravel()
+
+    return dot, tdot

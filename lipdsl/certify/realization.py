@@ -217,7 +217,8 @@ def _map(name: str, layers: dict) -> _Map | None:
             W[(i, i) + (0,) * (W.ndim - 2)] = v
         return _Map(layer, W, abs(W), norms)
     layer = maps[0]
-    W, W_abs = _q_array(layer.weight), abs(_q_array(layer.weight))
+    W = _q_array(layer.weight)
+    W_abs = abs(W)
     at = parts.index(layer)
     for k, bn in enumerate(parts):
         if bn is layer:
@@ -243,7 +244,8 @@ def exact_realization(sys: lowered.System, low: lowered.Network, net: typed.Netw
     layers = {layer.name: layer for layer in net.layers}
     names = [n for n in sys.layers if not isinstance(layers.get(n), typed.Activation)]
     maps = {n: _map(n, layers) for n in names}
-    norms = tuple(bn for m in maps.values() if m is not None for bn in m.norms)
+    norms = tuple(layers[p] for n in names for p in n.split("+")  # (every batch norm folded in)
+                  if isinstance(layers.get(p), typed.BatchNorm))
     found = covers(norms)
     if found is None:
         return None

@@ -136,11 +136,12 @@ def exact_block_lmi(be, link, X_in, X_out):
     return M
 
 
-def scale_tau(link, X_out_abs, exact: bool) -> float:
+def scale_tau(link, X_out_abs, exact: bool, be=None) -> float:
     """``tau`` (``batchnorm.tau_bound``) for the LMI of ``link`` (a block, or a plain system: no internal
     activations) whose ``C``, ``D`` move with batch-norm scales (``link.cover``); 0.0 without. Its terms are
     the module docstring's: ``E_j`` the rows of ``|[C D]|abs`` per activation (slopes exact or, ``exact``
-    False, the doubles the floating-point LMI uses), ``E_y`` with ``|X_out|`` for a linear output."""
+    False, the doubles the floating-point LMI uses), ``E_y`` with ``|X_out|`` for a linear output; ``be``: the
+    exact backend for its products (``exact``)."""
     cover = link.cover
     if cover is None:
         return 0.0
@@ -160,4 +161,4 @@ def scale_tau(link, X_out_abs, exact: bool) -> float:
         col += act.n
     if with_out:
         acts.append((slice(r, ss.ny), (nx + nu, n), link.lam, link.slope if exact else link.slope_float))
-    return tau_bound(cover, E, acts, None if with_out else X_out_abs, exact)
+    return tau_bound(cover, E, acts, None if with_out else X_out_abs, exact, be)

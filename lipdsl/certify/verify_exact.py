@@ -77,7 +77,7 @@ def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_rais
                 how = f"Schur complement on rho I with the full weight W ({n_in} inputs): {how}"
                 return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else ""), raise_by
         return False, "Schur complement with the full weight W: " + _explain(be, S), Fraction(0)
-    tau = scale_tau(link, abs(be.fractions(Xo)), exact=True) if link.cover is not None else 0.0
+    tau = scale_tau(link, abs(be.fractions(Xo)), exact=True, be=be) if link.cover is not None else 0.0
 
     def lmi(X):
         """The LMI, minus ``tau I`` when batch-norm scales move ``C``, ``D`` (``batchnorm``)."""

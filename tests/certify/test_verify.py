@@ -99,7 +99,8 @@ def test_composed_maps_are_recomputed_exactly_and_lifted_ones_are_flagged():
 
 def _bn_sequential(tmp_path, last_linear: bool = False):
     """Batch norm folded every way lower folds it: after a conv, around one (merged with the next linear
-    conv), alone, after and before a dense layer; the last dense layer eliminated if ``last_linear``."""
+    conv), alone, after and before a dense layer, inside merged dense layers; the last (merged) dense layer
+    eliminated if ``last_linear``."""
     from nets import Spec
 
     rng = np.random.default_rng(0)
@@ -117,6 +118,8 @@ def _bn_sequential(tmp_path, last_linear: bool = False):
     s.bn(rng, 4)
     s.lines.append("relu")
     s.bn(rng, 4)
+    s.lines.append(f"dense 4 -> 4, weight {s.key(rng.normal(size=(4, 4)))}")
+    s.bn(rng, 4)  # (the next dense layer is merged into this one: bn6+dense2+bn7+dense3)
     s.lines.append(f"dense 4 -> 2, weight {s.key(rng.normal(size=(2, 4)))}")
     if not last_linear:
         s.lines.append("leaky_relu(1/10)")
@@ -136,7 +139,7 @@ def test_sequential_batch_norm_realization_is_exact_and_its_scales_covered(tmp_p
         v = verify(net, doc, exact=exact)
         assert v.ok, v.reason
         assert v.lipschitz >= result.certificate.lipschitz * (1 - 1e-12)
-        for name in folded + ([] if last_linear else ["bn6+dense2+leaky_relu1"]):
+        for name in folded + ([] if last_linear else ["bn6+dense2+bn7+dense3+leaky_relu1"]):
             check = next(c for c in v.checks if c.name.startswith(f"LMI[{name}]"))
             assert check.exact_realization and "covered to relative 2^-50 (tau = " in check.detail
         assert len(v.notes) == len(folded) + (0 if last_linear else 1)
