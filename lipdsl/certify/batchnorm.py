@@ -81,7 +81,7 @@ class ScaleCover:
 
     layers: tuple[str, ...]  # the batch norms folded in
     delta: Fraction  # per scale, proved (``scale_delta``)
-    count: int  # the most batch norms on one path through the map
+    count: int  # at least the most batch norms on one path through the map (the checker: all of them)
     C_abs: np.ndarray  # object arrays of nonnegative Fractions
     D_abs: np.ndarray
 

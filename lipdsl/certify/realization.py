@@ -188,13 +188,18 @@ def _exact_toeplitz(run: list) -> np.ndarray:
 class _Map:
     """A conv or dense map of a lowered system's layer name (``"c"``, or batch norms folded in as lower's
     ``fold_batchnorm`` names them: ``"c+bn"``, ``"bn+c"``, ``"bn"`` alone): its geometry ``layer``, its
-    exact weights ``W`` (batch norm folded with its double scales) and ``W_abs`` (with ``|W|``, ``|s|``), and
-    the batch norms folded in."""
+    exact weights ``W`` (batch norm folded with its double scales) and ``W_abs`` (with ``|W|``, ``|s|``; None
+    without batch norm: ``|W|``), and the batch norms folded in."""
 
     layer: object
     W: np.ndarray
-    W_abs: np.ndarray
+    W_abs: np.ndarray | None
     norms: tuple
+
+    def weights(self, absolute: bool) -> np.ndarray:
+        if not absolute:
+            return self.W
+        return self.W_abs if self.W_abs is not None else abs(self.W)
 
 
 def _map(name: str, layers: dict) -> _Map | None:
@@ -218,10 +223,12 @@ def _map(name: str, layers: dict) -> _Map | None:
         return _Map(layer, W, abs(W), norms)
     layer = maps[0]
     W = _q_array(layer.weight)
+    if not norms:
+        return _Map(layer, W, None, ())
     W_abs = abs(W)
-    at = parts.index(layer)
+    at = next(k for k, p in enumerate(parts) if p is layer)
     for k, bn in enumerate(parts):
-        if bn is layer:
+        if k == at:
             continue
         shape = (-1, 1) + (1,) * (W.ndim - 2) if k > at else (1, -1) + (1,) * (W.ndim - 2)
         s = _q_array(bn.scale).reshape(shape)  # after the map: diag(s) W; before it: W diag(s)
@@ -265,7 +272,7 @@ def exact_realization(sys: lowered.System, low: lowered.Network, net: typed.Netw
             def one(item):
                 if not isinstance(item, _Map):
                     return item, None
-                return item.layer, item.W_abs if absolute else item.W
+                return item.layer, item.weights(absolute)
 
             G, S, delta = _exact_taps(*one(run[0]))
             for item in run[1:]:
