@@ -85,12 +85,13 @@ def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_rais
         return M - _scaled_identity(be, be.size(M), be.q(tau)) if tau else M
 
     note = f"; {link.cover.note(tau)}" if link.cover is not None else ""
+    of = "M - tau I: " if tau else ""  # (what a failing pivot belongs to)
     if note and notes is not None:
         notes.append(f"LMI[{link.sys.name}]: {link.cover.note(tau)}")
     if link.w_in[0] != "rho":
         M = lmi(be.mat(X_in))
         ok, how = _prove(be, M)
-        return ok, (how if ok else _explain(be, M)) + note, Fraction(0)
+        return ok, (how if ok else of + _explain(be, M)) + note, Fraction(0)
     raise_by = Fraction(0)
     for attempt in range(RHO_RAISE_STEPS + 1 if allow_raise else 1):
         if attempt:
@@ -101,7 +102,7 @@ def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_rais
             return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else "") + note, raise_by
     M = lmi(_scaled_identity(be, link.sys.n_in, be.q(rho_q)))
     also = " (also with rho raised by up to 2^-40 of itself)" if allow_raise else ""
-    return False, _explain(be, M) + also + note, Fraction(0)
+    return False, of + _explain(be, M) + also + note, Fraction(0)
 
 
 def _scaled_identity(be, n: int, r):

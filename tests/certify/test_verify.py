@@ -147,6 +147,51 @@ def test_sequential_batch_norm_realization_is_exact_and_its_scales_covered(tmp_p
         assert v.realization_exact is not last_linear
 
 
+def test_an_lmi_whose_margin_is_below_tau_is_not_proved(tmp_path):
+    # raise X_out of the lone batch norm's LMI (bn4+relu2; not the first LMI, so rho is never raised there)
+    # until its smallest eigenvalue is positive but below tau: proved without tau, refused with it
+    from lipdsl.certify import certificate
+    from lipdsl.certify.exact import backend
+    from lipdsl.certify.verify_block import scale_tau
+    from lipdsl.certify.verify_exact import _exact_lmi, _prove, _scaled_identity
+    from lipdsl.certify.verify_links import lmi_chain
+    from lipdsl.model.lower import lower
+    from lipdsl.pipeline import solve_network
+
+    net = _bn_sequential(tmp_path)
+    options = certificate.solve_options(None, 1, True, None, "cvxopt")
+    doc = certificate.build(solve_network(net), options=options)
+    links, _ = lmi_chain(doc, lower(net, scale=False), net)
+    name = "bn4+relu2"
+    link = next(lk for lk in links if lk.sys.name == name)
+    assert link.cover is not None and link.w_in[0] == "X" and link.w_out == ("X", name, 1)
+    be = backend("flint")
+    X_in = be.mat(np.kron(np.array(doc["X"][link.w_in[1]]["matrix"]), np.eye(link.w_in[2])))
+    X = np.array(doc["X"][name]["matrix"])
+    tau = scale_tau(link, np.abs(X), exact=True)
+
+    def lmi(t: float):
+        Xt = X + t * np.eye(len(X))  # (doubles, as the file holds them; nondecreasing in t)
+        return Xt, _exact_lmi(be, link, X_in, be.mat(Xt))
+
+    def proved(t: float, shift: float) -> bool:
+        M = lmi(t)[1]
+        return _prove(be, M - _scaled_identity(be, be.size(M), be.q(shift)))[0]
+
+    lo, hi = 0.0, 1.0
+    assert proved(lo, tau) and not proved(hi, 0.0)
+    for _ in range(200):  # the largest t (to a double) with M(t) - (tau / 2) I > 0
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if proved(mid, tau / 2) else (lo, mid)
+    assert proved(lo, 0.0) and not proved(lo, tau)  # 0 < lambda_min(M) < tau
+    doc["X"][name]["matrix"] = lmi(lo)[0].tolist()
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert not v.ok and v.reason.startswith(f"LMI[{name}] (layers ") and "tau" in v.reason, v.reason
+
+
 def test_nets_without_batch_norm_have_no_notes():
     for spec in ("ecg.lip", "linear_merge.lip"):
         net, _, doc = solved(spec)
