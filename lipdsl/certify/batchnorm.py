@@ -33,8 +33,9 @@ import numpy as np
 
 from lipdsl.lang import typed
 
-#: The relative bounds tried for a batch norm's scales, tightest first (a double quotient is within
-#: ``(1 + 2^-53)^3 - 1`` of the exact one: ``2^-50`` holds with room to spare).
+#: The relative bounds tried for a batch norm's scales, tightest first (a double quotient is within about
+#: ``2.5 * 2^-53`` of the exact one: three roundings, the first halved by the square root; ``2^-50`` holds
+#: with room to spare).
 DELTAS = tuple(Fraction(1, 1 << k) for k in (50, 45, 40, 35, 30, 25, 20))
 
 
