@@ -132,6 +132,8 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
         )
         for warning in result.warnings:
             console.print(f"  [bold yellow]warning:[/] {warning}")
+        for note in () if proof is None else proof.notes:  # (batch-norm scales covered in the proof)
+            console.print(f"  proof note: {note}", markup=False, highlight=False, soft_wrap=True)
         repaired = (
             "closed form, no SDP needed"
             if sol.claimed_status == "closed-form"
@@ -210,6 +212,8 @@ def print_verdict(verdict, console, errors) -> None:
     if verdict.rho_raise:
         console.print(f"  rho raised by {verdict.rho_raise:.3g} for strict feasibility in exact arithmetic",
                       soft_wrap=True)
+    for note in verdict.notes:
+        console.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
     if not verdict.realization_exact:
         console.print("  note: lifted maps (and residual blocks the checker does not rebuild) are checked "
                       "with lower.py's floating-point realization (its products of weights rounded to double "

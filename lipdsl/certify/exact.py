@@ -71,6 +71,10 @@ class _Flint:
     def rows(self, M):
         return M.tolist()
 
+    def fractions(self, M) -> np.ndarray:
+        """``M`` as an object array of ``Fraction``s."""
+        return np.array([[Fraction(int(v.p), int(v.q)) for v in row] for row in M.tolist()], dtype=object)
+
     def integer_matrix(self, rows):
         """``(Z, q)``: the integer matrix ``q M`` (fmpz_mat) and the common denominator ``q > 0``."""
         n = len(rows)
@@ -125,6 +129,11 @@ class _Sympy:
 
     def rows(self, M):
         return M.to_list()
+
+    def fractions(self, M) -> np.ndarray:
+        """``M`` as an object array of ``Fraction``s."""
+        return np.array([[Fraction(int(self.QQ.numer(v)), int(self.QQ.denom(v))) for v in row]
+                         for row in M.to_list()], dtype=object)
 
     def integer_matrix(self, rows):
         """``(Z, q)``: ``q M`` as rows of Python ints and the common denominator ``q > 0``."""

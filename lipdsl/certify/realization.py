@@ -3,10 +3,12 @@ and exactly (Fractions)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
+from lipdsl.certify.batchnorm import ScaleCover, covers
 from lipdsl.lang import typed
 from lipdsl.model import lowered
 
@@ -102,11 +104,12 @@ def conv_taps(W0: np.ndarray, layer: typed.Conv1d) -> tuple[np.ndarray, int]:
     return W[:, :, ::-1].transpose(2, 0, 1), ke - 1 - layer.pad_left
 
 
-def _exact_taps(layer) -> tuple[np.ndarray, int, int]:
-    """``(K, s, delta)``: ``y[t] = sum_m K_m u[s t + delta - m]`` of a conv (its weights) or average pool
-    (``I/k``), exactly (object arrays of Fractions; ``lower.causal_taps`` in floating point)."""
+def _exact_taps(layer, W: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
+    """``(K, s, delta)``: ``y[t] = sum_m K_m u[s t + delta - m]`` of a conv (its weights, or the exact ``W``
+    given) or average pool (``I/k``), exactly (object arrays of Fractions; ``lower.causal_taps`` in
+    floating point)."""
     if isinstance(layer, typed.Conv1d):
-        K, delta = conv_taps(_q_array(layer.weight), layer)
+        K, delta = conv_taps(_q_array(layer.weight) if W is None else W, layer)
         return K, layer.stride, delta
     c = layer.in_shape.channels
     K = _q_zeros((layer.kernel, c, c))
@@ -116,10 +119,11 @@ def _exact_taps(layer) -> tuple[np.ndarray, int, int]:
     return K, layer.stride, layer.kernel - 1
 
 
-def _exact_compose(G: np.ndarray, S: int, delta: int, layer) -> tuple[np.ndarray, int, int]:
+def _exact_compose(G: np.ndarray, S: int, delta: int, layer,
+                   W: np.ndarray | None = None) -> tuple[np.ndarray, int, int]:
     """``G'_q = sum_m K_m G_{q - S m}``, ``S' = S s``, ``delta' = S delta_2 + delta``
-    (``lower.compose_fir``, exactly)."""
-    K, s, d2 = _exact_taps(layer)
+    (``lower.compose_fir``, exactly; ``W``: the conv's exact weights if not its own)."""
+    K, s, d2 = _exact_taps(layer, W)
     G2 = _q_zeros((S * (K.shape[0] - 1) + G.shape[0], K.shape[1], G.shape[2]))
     for m in range(K.shape[0]):
         for q in range(G.shape[0]):
@@ -180,37 +184,131 @@ def _exact_toeplitz(run: list) -> np.ndarray:
     return T
 
 
+@dataclass(frozen=True)
+class _Map:
+    """A conv or dense map of a lowered system's layer name (``"c"``, or batch norms folded in as lower's
+    ``fold_batchnorm`` names them: ``"c+bn"``, ``"bn+c"``, ``"bn"`` alone): its geometry ``layer``, its
+    exact weights ``W`` (batch norm folded with its double scales) and ``W_abs`` (with ``|W|``, ``|s|``; None
+    without batch norm: ``|W|``), and the batch norms folded in."""
+
+    layer: object
+    W: np.ndarray
+    W_abs: np.ndarray | None
+    norms: tuple
+
+    def weights(self, absolute: bool) -> np.ndarray:
+        if not absolute:
+            return self.W
+        return self.W_abs if self.W_abs is not None else abs(self.W)
+
+
+def _map(name: str, layers: dict) -> _Map | None:
+    """The conv or dense map named ``name`` (``_Map``), or None (a pool, an unknown name)."""
+    parts = [layers.get(n) for n in name.split("+")]
+    if any(p is None for p in parts):
+        return None
+    norms = tuple(p for p in parts if isinstance(p, typed.BatchNorm))
+    maps = [p for p in parts if not isinstance(p, typed.BatchNorm)]
+    if len(maps) > 1 or (maps and not isinstance(maps[0], (typed.Conv1d, typed.Dense))):
+        return None
+    if not maps:  # a lone batch norm: lower's diagonal layer diag(s)
+        if len(norms) != 1:
+            return None
+        from lipdsl.model.residual import _diag_layer
+
+        layer = _diag_layer(norms[0])
+        W = _q_zeros(layer.weight.shape)
+        for i, v in enumerate(_q_array(norms[0].scale)):
+            W[(i, i) + (0,) * (W.ndim - 2)] = v
+        return _Map(layer, W, abs(W), norms)
+    layer = maps[0]
+    W = _q_array(layer.weight)
+    if not norms:
+        return _Map(layer, W, None, ())
+    W_abs = abs(W)
+    at = next(k for k, p in enumerate(parts) if p is layer)
+    for k, bn in enumerate(parts):
+        if k == at:
+            continue
+        shape = (-1, 1) + (1,) * (W.ndim - 2) if k > at else (1, -1) + (1,) * (W.ndim - 2)
+        s = _q_array(bn.scale).reshape(shape)  # after the map: diag(s) W; before it: W diag(s)
+        W, W_abs = W * s, W_abs * abs(s)
+    return _Map(layer, W, W_abs, norms)
+
+
 def exact_realization(sys: lowered.System, low: lowered.Network, net: typed.Network,
-                      index: int) -> tuple[np.ndarray, ...] | None:
+                      index: int) -> tuple[tuple[np.ndarray, ...], ScaleCover | None] | None:
     """The exact ``(A, B, C, D)`` (object arrays of Fractions) of a map ``lower`` composed in floating
-    point, recomputed from the spec's weights with lower's formulas, or None for another kind of system.
+    point, recomputed from the spec's weights with lower's formulas, and its ``batchnorm.ScaleCover`` when
+    batch norms are folded in (else None); None for another kind of system.
 
     Covers linear convs and average pools merged into one strided FIR (``linear_chain_system``,
-    ``conv_avgpool_fir``, ``avgpool_fir``), dense layers merged into one (``W_k ... W_1``) and a linear
-    conv/pool run folded into the dense layer after a flatten (``W T``). The caller checks that lower's
-    matrices agree with these to rounding (else they are not used).
+    ``conv_avgpool_fir``, ``avgpool_fir``), dense layers merged into one (``W_k ... W_1``), a linear
+    conv/pool run folded into the dense layer after a flatten (``W T``), and batch norms folded into a
+    conv or dense layer (``diag(s) W``, ``W diag(s)``) or alone (``diag(s)``). The caller checks that
+    lower's matrices agree with these to rounding (else they are not used).
     """
     layers = {layer.name: layer for layer in net.layers}
-    maps = [n for n in sys.layers if not isinstance(layers.get(n), typed.Activation)]
-    if sys.kind in ("conv", "pool") and maps and all(
-            isinstance(layers.get(n), (typed.Conv1d, typed.Pool)) for n in maps):
-        run = [layers[n] for n in maps]
-        if len(run) == 1 and isinstance(run[0], typed.Conv1d):
+    names = [n for n in sys.layers if not isinstance(layers.get(n), typed.Activation)]
+    maps = {n: _map(n, layers) for n in names}
+    norms = tuple(layers[p] for n in names for p in n.split("+")  # (every batch norm folded in)
+                  if isinstance(layers.get(p), typed.BatchNorm))
+    found = covers(norms)
+    if found is None:
+        return None
+
+    def cover(C_abs, D_abs) -> ScaleCover | None:
+        return ScaleCover(found[0], found[1], len(norms), C_abs, D_abs) if found[0] else None
+
+    if sys.kind in ("conv", "pool") and names and all(
+            maps[n] is not None and isinstance(maps[n].layer, typed.Conv1d)
+            or isinstance(layers.get(n), typed.Pool) for n in names):
+        run = [maps[n] or layers[n] for n in names]
+        if len(run) == 1 and isinstance(run[0], _Map) and not run[0].norms:
             return None  # a plain conv: ``realize``
-        G, S, delta = _exact_taps(run[0])
-        for layer in run[1:]:
-            G, S, delta = _exact_compose(G, S, delta, layer)
+
+        def taps(absolute: bool):
+            """The run's taps composed, with ``|W|``, ``|s|`` when ``absolute``."""
+            def one(item):
+                if not isinstance(item, _Map):
+                    return item, None
+                return item.layer, item.weights(absolute)
+
+            G, S, delta = _exact_taps(*one(run[0]))
+            for item in run[1:]:
+                G, S, delta = _exact_compose(G, S, delta, *one(item))
+            return G, S, delta
+
+        G, S, delta = taps(False)
         if S != sys.block_in:
             return None
-        return _exact_strided(G, S, delta)
-    if sys.kind != "dense" or len(maps) != 1:
+        mats = _exact_strided(G, S, delta)
+        if not norms:
+            return mats, None
+        abs_mats = _exact_strided(taps(True)[0], S, delta)
+        return mats, cover(abs_mats[2], abs_mats[3])
+    if sys.kind != "dense" or len(names) != 1:
         return None
-    parts = maps[0].split("+")
-    if not all(isinstance(layers.get(n), typed.Dense) for n in parts):
+    parts = names[0].split("+")
+    if not all(isinstance(layers.get(n), (typed.Dense, typed.BatchNorm)) for n in parts):
         return None
-    D = _q_array(layers[parts[0]].weight)
-    for n in parts[1:]:
-        D = _qdot(_q_array(layers[n].weight), D)
+    D = D_abs = None
+    for n in parts:  # the layers in turn: y = W x (dense), y = diag(s) x (batch norm)
+        layer = layers[n]
+        if isinstance(layer, typed.Dense):
+            W = _q_array(layer.weight)
+            D = W if D is None else _qdot(W, D)
+            if norms:
+                D_abs = abs(W) if D_abs is None else _qdot(abs(W), D_abs)
+        else:
+            s = _q_array(layer.scale)
+            if D is None:
+                D = _q_zeros((len(s), len(s)))
+                for i, v in enumerate(s):
+                    D[i, i] = v
+                D_abs = abs(D)
+            else:
+                D, D_abs = D * s[:, None], D_abs * abs(s)[:, None]
     steps = list(low.steps)
     before = []
     for st in reversed(steps[:index]):
@@ -222,9 +320,11 @@ def exact_realization(sys: lowered.System, low: lowered.Network, net: typed.Netw
         names = folded[0].name.split("+")
         if len(folded) != 1 or not all(n in layers for n in names):
             return None
-        D = _qdot(D, _exact_toeplitz([layers[n] for n in names]))
+        T = _exact_toeplitz([layers[n] for n in names])
+        D, D_abs = _qdot(D, T), (_qdot(D_abs, abs(T)) if norms else None)
     ny, nu = D.shape
-    return np.zeros((0, 0)), np.zeros((0, nu)), _q_zeros((ny, 0)), D
+    z = _q_zeros((ny, 0))
+    return (np.zeros((0, 0)), np.zeros((0, nu)), z, D), (cover(z, D_abs) if norms else None)
 
 
 def realizations_match(exact: tuple[np.ndarray, ...], ss: lowered.StateSpace) -> bool:

@@ -20,6 +20,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from lipdsl.certify.batchnorm import ScaleCover, covers
 from lipdsl.certify.realization import _q_array, _q_zeros, _qdot, conv_taps, realizations_match
 from lipdsl.lang import typed
 from lipdsl.model import lowered
@@ -32,13 +33,15 @@ def _eye(n: int) -> np.ndarray:
     return out
 
 
-def _folded(branch) -> list | None:
-    """The branch as ``("conv", W, layer)`` (W exact, batch norm folded in) and ``("act", layer)`` items."""
+def _folded(branch, absolute: bool = False) -> list | None:
+    """The branch as ``("conv", W, layer)`` (W exact, batch norm folded in) and ``("act", layer)`` items
+    (``absolute``: with ``|W|`` and ``|s|``, for the bound of ``batchnorm.ScaleCover``)."""
     out: list = []
     pending = None  # an exact scale vector of a batch norm waiting for the conv after it
+    q = (lambda a: abs(_q_array(a))) if absolute else _q_array
     for layer in branch:
         if isinstance(layer, typed.BatchNorm):
-            s = _q_array(layer.scale)
+            s = q(layer.scale)
             if out and out[-1][0] == "conv" and pending is None:
                 W = out[-1][1] * s[:, None, None]
                 out[-1] = ("conv", W, out[-1][2])
@@ -48,7 +51,7 @@ def _folded(branch) -> list | None:
                 return None
             continue
         if isinstance(layer, typed.Conv1d):
-            W = _q_array(layer.weight)
+            W = q(layer.weight)
             if pending is not None:
                 W = W * pending[None, :, None]
                 pending = None
@@ -124,17 +127,21 @@ def _segments(items: list, c: int, masked: bool, widened: set):
 @dataclass(frozen=True)
 class BlockRealization:
     """A block's realization rebuilt by the checker: ``mats = (A, B, C, D)`` (``A``, ``B`` lower's 0/1
-    shifts; ``C``, ``D`` exact Fractions) and the internal activations whose sector a masked conv after
-    them widens to ``[min(a, 0), max(b, 0)]`` (``widened``)."""
+    shifts; ``C``, ``D`` exact Fractions, batch norm folded with its double scales), the internal activations
+    whose sector a masked conv after them widens to ``[min(a, 0), max(b, 0)]`` (``widened``) and how far
+    ``C``, ``D`` may move with the scales' exact values (``cover``)."""
 
     mats: tuple[np.ndarray, ...]
     widened: frozenset[str]
+    cover: ScaleCover | None = None  # the batch norms' true scales (``batchnorm``), if any
 
 
-def block_taps(block: typed.Residual, sys: lowered.System, widened: set) -> list[np.ndarray] | None:
+def block_taps(block: typed.Residual, sys: lowered.System, widened: set,
+               absolute: bool = False) -> list[np.ndarray] | None:
     """The exact taps ``h_m`` (ny x nu, object arrays) of the block's map ``(u, w) -> (v, y)``, in the
-    order of ``sys``'s internal activations, or None when the block is not one this checker rebuilds."""
-    branches = [_folded(block.main), _folded(block.shortcut)]
+    order of ``sys``'s internal activations, or None when the block is not one this checker rebuilds
+    (``absolute``: each tap's sum of the absolute values of its products of weights and scales)."""
+    branches = [_folded(block.main, absolute), _folded(block.shortcut, absolute)]
     if any(b is None for b in branches):
         return None
     masked = any(item[0] == "conv" and not _causal_padding(item[2]) for b in branches for item in b)
@@ -175,21 +182,12 @@ def block_taps(block: typed.Residual, sys: lowered.System, widened: set) -> list
     return h
 
 
-def exact_block_realization(sys: lowered.System, net: typed.Network) -> BlockRealization | None:
-    """lower's ``(A, B)`` and ``(C, D)`` recomputed exactly from the weights (module docstring), or None."""
-    block = next((layer for layer in net.layers
-                  if isinstance(layer, typed.Residual) and layer.name == sys.layers[0]), None)
-    if block is None or sys.block_in != 1:
-        return None
-    widened: set = set()
-    h = block_taps(block, sys, widened)
-    if h is None:
-        return None
-    A, B = sys.ss.A, sys.ss.B
+def _registers(h: list, A: np.ndarray, B: np.ndarray, ny: int) -> np.ndarray | None:
+    """``C`` with ``C[:, state] = h_m[:, c]`` for the state that holds input ``c`` delayed by ``m``
+    (``A^(m-1) B e_c = e_state``), or None when lower's ``A``, ``B`` are not such shift registers or a
+    nonzero tap has no state."""
     nx, nu = B.shape
-    if not (np.isin(A, (0.0, 1.0)).all() and np.isin(B, (0.0, 1.0)).all()):
-        return None
-    C = _q_zeros((sys.ss.ny, nx))
+    C = _q_zeros((ny, nx))
     seen = np.zeros(nx, dtype=bool)
     M = B.copy()
     for m in range(1, nx + len(h) + 1):  # M = A^(m-1) B: state s holds input c delayed by m
@@ -205,9 +203,53 @@ def exact_block_realization(sys: lowered.System, net: typed.Network) -> BlockRea
             if len(rows) != 1 or M[rows[0], c] != 1 or seen[rows[0]]:
                 return None
             seen[rows[0]] = True
-            C[:, rows[0]] = tap if tap is not None else _q_zeros(sys.ss.ny)
+            C[:, rows[0]] = tap if tap is not None else _q_zeros(ny)
         M = A @ M
     if M.any() or not seen.all():  # (A nilpotent on reachable states only)
         return None
+    return C
+
+
+def _cover(block: typed.Residual, sys: lowered.System, A, B, widened: set) -> ScaleCover | None | bool:
+    """The block's ``batchnorm.ScaleCover`` (``C``, ``D`` of the taps with absolute values), None when it
+    has no batch norm with raw parameters, False when one's scale is not bounded or the absolute taps do
+    not take lower's arrangement."""
+    bns = [x for x in typed.flat_layers(block.main) + typed.flat_layers(block.shortcut)
+           if isinstance(x, typed.BatchNorm)]
+    found = covers(bns)
+    if found is None:
+        return False
+    names, delta = found
+    if not names:
+        return None
+    same: set = set()
+    h_abs = block_taps(block, sys, same, absolute=True)
+    C_abs = None if h_abs is None or same != widened else _registers(h_abs, A, B, sys.ss.ny)
+    if C_abs is None:
+        return False
+    return ScaleCover(names, delta, len(bns), C_abs, h_abs[0])
+
+
+def exact_block_realization(sys: lowered.System, net: typed.Network) -> BlockRealization | None:
+    """lower's ``(A, B)`` and ``(C, D)`` recomputed exactly from the weights (module docstring), or None."""
+    block = next((layer for layer in net.layers
+                  if isinstance(layer, typed.Residual) and layer.name == sys.layers[0]), None)
+    if block is None or sys.block_in != 1:
+        return None
+    widened: set = set()
+    h = block_taps(block, sys, widened)
+    if h is None:
+        return None
+    A, B = sys.ss.A, sys.ss.B
+    if not (np.isin(A, (0.0, 1.0)).all() and np.isin(B, (0.0, 1.0)).all()):
+        return None
+    C = _registers(h, A, B, sys.ss.ny)
+    if C is None:
+        return None
     ex = (A, B, C, h[0])
-    return BlockRealization(ex, frozenset(widened)) if realizations_match(ex, sys.ss) else None
+    if not realizations_match(ex, sys.ss):
+        return None
+    cover = _cover(block, sys, A, B, widened)
+    if cover is False:
+        return None
+    return BlockRealization(ex, frozenset(widened), cover)

@@ -6,8 +6,10 @@ uses the spec loader (parse, check, weights) and ``lipdsl.lower`` with ``scale=F
 systems, pools and flattens and their numeric realizations ``(A, B, C, D)``. A plain conv or dense layer's
 realization is rebuilt here too (``realize``) and must equal lower's entry for entry (then it is the
 weights themselves, exactly); maps lower composes in floating point (merged convs and pools, overlapping
-pools, folded Toeplitz maps, merged dense layers) are recomputed exactly (``exact_realization``) and their
-LMIs checked in exact arithmetic; a compressed dense first layer is checked with its own ``W``
+pools, folded Toeplitz maps, merged dense layers, folded batch norms) are recomputed exactly
+(``exact_realization``) and their LMIs checked in exact arithmetic; a batch norm's double scales ``s`` are
+within a proved ``2^-50`` of ``w / sqrt(v + eps)``, and ``M - tau I > 0`` is checked instead of ``M > 0``
+where one moves ``C``, ``D`` (``batchnorm``); a compressed dense first layer is checked with its own ``W``
 (``compressed_weight``); lifted realizations are lower's, flagged. Every LMI matrix is built here from
 ``(A, B, C, D)``, the slopes and the certificate's values (``docs/certificate.md``):
 
@@ -61,7 +63,7 @@ import numpy as np
 
 from lipdsl.certify.certificate import Document, read, validate, weight_digests
 from lipdsl.certify.exact import backend
-from lipdsl.certify.verify_block import float_block_lmi, rounding_terms
+from lipdsl.certify.verify_block import float_block_lmi, rounding_terms, scale_tau
 from lipdsl.certify.verify_exact import exact_link, side_psd
 from lipdsl.certify.verify_float import ETA, U, float_lmi, float_schur, psd_float  # noqa: F401
 from lipdsl.certify.verify_links import invalid, gain_squared, lmi_chain, pooled_steps, structure
@@ -95,6 +97,7 @@ class Verdict:
     rho_raise: float = 0.0
     seconds: float = 0.0
     backend: str = ""
+    notes: tuple[str, ...] = ()  # batch-norm scales covered: per LMI, the relative bound and its tau
 
     @property
     def realization_exact(self) -> bool:
@@ -110,7 +113,7 @@ class Verdict:
             "realization_exact": self.realization_exact,
             "checks": [{"name": c.name, "size": c.size, "ok": c.ok, "detail": c.detail,
                         "exact_realization": c.exact_realization} for c in self.checks],
-        }
+        } | ({"notes": list(self.notes)} if self.notes else {})
 
 
 def _sqrt_up(x: Fraction, digits: int = 10) -> tuple[Fraction, str]:
@@ -213,6 +216,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     Xs = {name: np.array(v["matrix"], dtype=float) for name, v in doc["X"].items()
           if any(lk.w_out[:2] == ("X", name) for lk in links)}
     checks: list[LmiVerdict] = []
+    notes: list[str] = []  # batch-norm scales covered (``batchnorm``)
     rho_raise = Fraction(0)
     be = backend(backend_name) if exact else None
     rho_q = Fraction(rho)
@@ -252,9 +256,13 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
         elif not exact and link.sys.kind == "block" and link.out_D is None:  # a residual block (verify_block)
             Xi = rho * np.eye(link.sys.n_in) if X_in is None else X_in
             M, Mabs = float_block_lmi(link, Xi, X_out, X_out_abs)
-            ok, detail, inconclusive = psd_float(M, Mabs, rounding_terms(link))
+            tau = scale_tau(link, X_out_abs, exact=False)
+            ok, detail, inconclusive = psd_float(M, Mabs, rounding_terms(link), shift=tau)
             if link.mats is not None and ok:
                 detail = "block realization recomputed exactly from the weights; " + detail
+            if link.cover is not None and ok:
+                detail += f"; {link.cover.note(tau)}"
+                notes.append(f"LMI[{link.sys.name}]: {link.cover.note(tau)}")
         elif not exact and (link.mats is not None or link.out_D is not None):
             inconclusive = True  # lower's composed map is rounded: this LMI with the exact one instead
             detail = "composed map recomputed exactly from the weights"
@@ -265,7 +273,8 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
             ok, detail, inconclusive = psd_float(M, Mabs, K)
         if exact or inconclusive:  # (floating point too close to call: this LMI in exact arithmetic)
             be = be if be is not None else backend(backend_name)
-            ok, how, raise_by = exact_link(be, link, X_in, X_out, systems, rho_q, allow_raise=exact)
+            ok, how, raise_by = exact_link(be, link, X_in, X_out, systems, rho_q, allow_raise=exact,
+                                           notes=notes)
             if exact and link.w_in[0] == "rho":
                 rho_raise = raise_by
             if exact:
@@ -295,12 +304,13 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     bname = "numpy" if not exact else be.name
     if bad is not None:
         return Verdict(False, mode, doc["network"], None, None, claimed, tuple(checks),
-                       f"{bad.name} fails: {bad.detail}", float(rho_raise), seconds, bname)
+                       f"{bad.name} fails: {bad.detail}", float(rho_raise), seconds, bname, tuple(notes))
     if Fraction(claimed) < d * (1 - Fraction(1, 10**9)):
         return Verdict(False, mode, doc["network"], None, None, claimed, tuple(checks),
                        f"the claimed bound {claimed!r} is below what the certificate proves, "
-                       f"sqrt(rho * prod(pool gains^2)) <= {text}", float(rho_raise), seconds, bname)
+                       f"sqrt(rho * prod(pool gains^2)) <= {text}", float(rho_raise), seconds, bname,
+                       tuple(notes))
     return Verdict(True, mode, doc["network"], _float_up(d), text, claimed, tuple(checks), "",
-                   float(rho_raise), seconds, bname)
+                   float(rho_raise), seconds, bname, tuple(notes))
 
 

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from lipdsl.certify.batchnorm import tau_bound
+from lipdsl.certify.realization import _q_zeros
+
 
 def _pieces(link, with_out: bool, exact: bool):
     """``(n, AB, terms, y_rows)``: the order of ``M``, ``[A B 0]`` padded to ``xi``, and per activation
@@ -131,3 +134,31 @@ def exact_block_lmi(be, link, X_in, X_out):
         Eyq = be.mat(Ey)
         M = M - be.T(Eyq) * X_out * Eyq
     return M
+
+
+def scale_tau(link, X_out_abs, exact: bool, be=None) -> float:
+    """``tau`` (``batchnorm.tau_bound``) for the LMI of ``link`` (a block, or a plain system: no internal
+    activations) whose ``C``, ``D`` move with batch-norm scales (``link.cover``); 0.0 without. Its terms are
+    the module docstring's: ``E_j`` the rows of ``|[C D]|abs`` per activation (slopes exact or, ``exact``
+    False, the doubles the floating-point LMI uses), ``E_y`` with ``|X_out|`` for a linear output; ``be``: the
+    exact backend for its products (``exact``)."""
+    cover = link.cover
+    if cover is None:
+        return 0.0
+    sys = link.sys
+    ss = sys.ss
+    nx, nu = ss.nx, ss.nu
+    with_out = sys.slope is not None
+    n = nx + nu + (sys.n_out if with_out else 0)
+    E = _q_zeros((ss.ny, n))
+    E[:, :nx] = cover.C_abs
+    E[:, nx : nx + nu] = cover.D_abs
+    acts = []
+    r, col = 0, nx + sys.n_in
+    for act, lam, qs, fs in zip(sys.internal, link.inner, link.inner_slopes, link.inner_slopes_float):
+        acts.append((slice(r, r + act.n), (col, col + act.n), lam, qs if exact else fs))
+        r += act.n
+        col += act.n
+    if with_out:
+        acts.append((slice(r, ss.ny), (nx + nu, n), link.lam, link.slope if exact else link.slope_float))
+    return tau_bound(cover, E, acts, None if with_out else X_out_abs, exact, be)

@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 
 from lipdsl.certify.exact import EXACT_LDL_MAX, backend, congruence_check, ldl_pivots
-from lipdsl.certify.verify_block import exact_block_lmi
+from lipdsl.certify.verify_block import exact_block_lmi, scale_tau
 from lipdsl.certify.verify_float import psd_float
 from lipdsl.certify.verify_links import Link
 
@@ -47,9 +47,12 @@ def _exact_lmi(be, link: Link, X_in, X_out):
     return be.block([[top, cross], [be.T(cross), lam * 2 - X_out]])
 
 
-def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_raise: bool):
+def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_raise: bool,
+               notes: list | None = None):
     """One LMI in exact arithmetic: (ok, detail, raise of rho). The first LMI (``X_in = rho I``) may get
-    ``rho`` raised by the least of ``2^-51 rho, ..., 2^-40 rho`` that makes it strictly feasible."""
+    ``rho`` raised by the least of ``2^-51 rho, ..., 2^-40 rho`` that makes it strictly feasible. With
+    batch norm in its map (``link.cover``), ``M - tau I > 0`` is proved instead (``batchnorm``), and the
+    note saying so is appended to ``notes``."""
     if link.w_out[0] == "WtW":
         Dq = be.mat(link.out_D if link.out_D is not None else systems[link.w_out[1]].ss.D)
         Xo = be.T(Dq) * Dq
@@ -74,21 +77,32 @@ def exact_link(be, link: Link, X_in, X_out, systems, rho_q: Fraction, allow_rais
                 how = f"Schur complement on rho I with the full weight W ({n_in} inputs): {how}"
                 return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else ""), raise_by
         return False, "Schur complement with the full weight W: " + _explain(be, S), Fraction(0)
+    tau = scale_tau(link, abs(be.fractions(Xo)), exact=True, be=be) if link.cover is not None else 0.0
+
+    def lmi(X):
+        """The LMI, minus ``tau I`` when batch-norm scales move ``C``, ``D`` (``batchnorm``)."""
+        M = _exact_lmi(be, link, X, Xo)
+        return M - _scaled_identity(be, be.size(M), be.q(tau)) if tau else M
+
+    note = f"; {link.cover.note(tau)}" if link.cover is not None else ""
+    of = "M - tau I: " if tau else ""  # (what a failing pivot belongs to)
+    if note and notes is not None:
+        notes.append(f"LMI[{link.sys.name}]: {link.cover.note(tau)}")
     if link.w_in[0] != "rho":
-        M = _exact_lmi(be, link, be.mat(X_in), Xo)
+        M = lmi(be.mat(X_in))
         ok, how = _prove(be, M)
-        return ok, how if ok else _explain(be, M), Fraction(0)
+        return ok, (how if ok else of + _explain(be, M)) + note, Fraction(0)
     raise_by = Fraction(0)
     for attempt in range(RHO_RAISE_STEPS + 1 if allow_raise else 1):
         if attempt:
             raise_by = max(rho_q, Fraction(1, 1 << 1000)) / (1 << (RHO_RAISE_STEPS + 40 - attempt))
-        M = _exact_lmi(be, link, _scaled_identity(be, link.sys.n_in, be.q(rho_q + raise_by)), Xo)
+        M = lmi(_scaled_identity(be, link.sys.n_in, be.q(rho_q + raise_by)))
         ok, how = _prove(be, M)
         if ok:
-            return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else ""), raise_by
-    M = _exact_lmi(be, link, _scaled_identity(be, link.sys.n_in, be.q(rho_q)), Xo)
+            return True, how + (f"; rho raised by {float(raise_by):.3g}" if raise_by else "") + note, raise_by
+    M = lmi(_scaled_identity(be, link.sys.n_in, be.q(rho_q)))
     also = " (also with rho raised by up to 2^-40 of itself)" if allow_raise else ""
-    return False, _explain(be, M) + also, Fraction(0)
+    return False, of + _explain(be, M) + also + note, Fraction(0)
 
 
 def _scaled_identity(be, n: int, r):

@@ -62,11 +62,11 @@ def float_schur(link: Link, rho: float, X_out: np.ndarray, X_out_abs: np.ndarray
     return (S + S.T) / 2, Sabs
 
 
-def psd_float(M: np.ndarray, Mabs: np.ndarray, K: int) -> tuple[bool, str, bool]:
+def psd_float(M: np.ndarray, Mabs: np.ndarray, K: int, shift: float = 0.0) -> tuple[bool, str, bool]:
     """Rump's criterion (module docstring): True if the exact ``M`` (within ``gamma_K |M|`` of ``fl(M)``)
-    is positive semidefinite; the detail names the smallest eigenvalue when not. The third value: the
-    test was inconclusive (the smallest eigenvalue is within 4 rounding bounds of 0, so exact arithmetic
-    may still prove ``M >= 0``)."""
+    minus ``shift I`` is positive semidefinite (``shift``: a ``tau`` of ``batchnorm``, added to ``c``); the
+    detail names the smallest eigenvalue when not. The third value: the test was inconclusive (the
+    smallest eigenvalue is within 4 rounding bounds of ``shift``, so exact arithmetic may still prove it)."""
     n = M.shape[0]
     if n == 0:
         return True, "empty", False
@@ -75,11 +75,17 @@ def psd_float(M: np.ndarray, Mabs: np.ndarray, K: int) -> tuple[bool, str, bool]
     d_form = 1.01 * _gamma(K) * float(np.linalg.norm(Mabs, "fro")) * (1 + n * n * U)
     c = (d_form + 1.01 * g / (1 - g) * tr + 3 * n * (2 * n + tr) * ETA
          + 2 * U * float(np.max(np.abs(np.diag(M)))))
+    if shift:
+        c_round = c
+        c = c + shift
+        c = c + 2 * U * c  # (the sum rounded up)
     try:
         np.linalg.cholesky(M - c * np.eye(n))
-        return True, f"Cholesky of M - c I with c = {c:.3g} (rounding bound)", False
+        what = "rounding bound" if not shift else f"rounding bound {c_round:.3g} + tau {shift:.3g}"
+        return True, f"Cholesky of M - c I with c = {c:.3g} ({what})", False
     except np.linalg.LinAlgError:
         w, V = np.linalg.eigh(M)
         k = int(np.argmax(np.abs(V[:, 0])))
+        what = "rounding bound" if not shift else "rounding bound plus tau"
         return False, (f"smallest eigenvalue {w[0]:.6g} (largest component at row {k}) is below the "
-                       f"rounding bound {c:.3g}"), bool(w[0] >= -4 * c)
+                       f"{what} {c:.3g}"), bool(w[0] >= shift - 4 * (c - shift))

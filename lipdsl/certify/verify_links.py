@@ -11,6 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from lipdsl.certify.batchnorm import ScaleCover
 from lipdsl.certify.certificate import describe_steps
 from lipdsl.certify.realization import exact_realization, own_realization, realizations_match
 from lipdsl.certify.realization_block import exact_block_realization
@@ -48,6 +49,8 @@ class Link:
     inner: tuple[np.ndarray, ...] = ()
     inner_slopes: tuple[tuple[Fraction, Fraction], ...] = ()
     inner_slopes_float: tuple[tuple[float, float], ...] = ()
+    #: how far ``mats``' C, D may move with the batch norms' exact scales (``batchnorm.ScaleCover``)
+    cover: ScaleCover | None = None
 
 
 def compressed_weight(sys: lowered.System, net: typed.Network, first: bool) -> np.ndarray | None:
@@ -237,8 +240,9 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         last = steps[pos[-1]]
         if not own_realization(last, net):
             ex = exact_realization(last, low, net, pos[-1]) if lift == 1 else None
-            if ex is not None and realizations_match(ex, last.ss):
-                out_D = ex[3]
+            # (a batch norm folded into it would move X_out = D'D: lower's D, flagged, as before)
+            if ex is not None and ex[1] is None and realizations_match(ex[0], last.ss):
+                out_D = ex[0][3]
             else:
                 elim_exact = False
     links = []
@@ -285,15 +289,16 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         if full is not None and slopes is not None and slopes[0][0] * slopes[0][1] != 0:
             full = None  # (outward slopes with ab != 0: the Schur form does not apply)
         own = full is not None or own_realization(sys, net)
-        mats = None
+        mats, cover = None, None
         if not own and lift == 1 and sys.kind == "block":  # a residual block: its taps recomputed exactly
-            mats = None if rebuilt is None else rebuilt.mats
+            mats, cover = (None, None) if rebuilt is None else (rebuilt.mats, rebuilt.cover)
         elif not own and lift == 1:  # (lifted realizations keep lower's arrangement and values)
             ex = exact_realization(sys, low, net, i)
-            mats = ex if ex is not None and realizations_match(ex, sys.ss) else None
+            if ex is not None and realizations_match(ex[0], sys.ss):
+                mats, cover = ex
         links.append(Link(sys, P, lam, w_in, w_out, needs, own or mats is not None,
                            None if slopes is None else slopes[0], None if slopes is None else slopes[1],
-                           full, mats, out_D if w_out[0] == "WtW" else None, inner, inner_q, inner_f))
+                           full, mats, out_D if w_out[0] == "WtW" else None, inner, inner_q, inner_f, cover))
     return links, (eliminated, elim_exact)
 
 

@@ -144,9 +144,9 @@ def _batchnorm(ck: Checker, st: ast.BatchNorm, name: str, shape: Shape, prev: st
         i = int(np.flatnonzero(var + eps <= 0)[0])
         raise WeightError(f"batchnorm {name!r}: running_var + eps must be positive, got {var[i] + eps:g} at "
                           f"channel {i}", (opts.get("running_var") or prefix or opts.get("eps")).span)
-    scale = tensors["weight"] / np.sqrt(var + eps)
+    scale = typed.batchnorm_scale(tensors["weight"], var, eps)
     shift = tensors["bias"] - scale * tensors["running_mean"]
-    return typed.BatchNorm(name, st.span, c, scale, shift, float(eps), shape, shape)
+    return typed.BatchNorm(name, st.span, c, scale, shift, float(eps), shape, shape, tensors["weight"], var)
 
 
 def _need_signal(shape: Shape, kind: str, name: str, span: Span, prev: str | None) -> None:

@@ -133,6 +133,10 @@ class BatchNorm:
     """Eval-mode batch norm per channel: ``y = scale * x + shift`` (PyTorch BatchNorm1d with running stats),
 
         scale = weight / sqrt(running_var + eps),   shift = bias - scale * running_mean.
+
+    ``scale`` is that quotient rounded in floating point (``batchnorm_scale``); ``weight`` and
+    ``running_var`` are the spec's own values (None: ``scale`` itself defines the layer), which the
+    certificate checker uses to bound the rounding (``lipdsl.certify.batchnorm``).
     """
 
     name: str
@@ -143,6 +147,8 @@ class BatchNorm:
     eps: float
     in_shape: Shape
     out_shape: Shape
+    weight: np.ndarray | None = None  # (channels,) the spec's weight (gamma)
+    running_var: np.ndarray | None = None  # (channels,)
     kind: str = field(default="batchnorm", init=False)
 
 
@@ -163,6 +169,12 @@ class Residual:
 
 
 Layer = Union[Conv1d, Dense, Activation, Pool, GlobalAvgPool, Flatten, BatchNorm, Residual]
+
+
+def batchnorm_scale(weight: np.ndarray, running_var: np.ndarray, eps: float) -> np.ndarray:
+    """``weight / sqrt(running_var + eps)`` in floating point (``BatchNorm.scale``; the exact value is
+    irrational in general: ``lipdsl.certify.batchnorm`` bounds the difference)."""
+    return weight / np.sqrt(running_var + eps)
 
 
 def flat_layers(layers) -> list:

@@ -217,3 +217,69 @@ def test_block_exact_with_sympy_backend(solved_blocks):
     net, _, doc = solved_blocks["batchnorm"]
     v = verify(net, doc, exact=True, backend_name="sympy")
     assert v.ok and v.backend == "sympy", v.reason
+
+
+# --------------------------------------------------------------------------- batch norm's exact scales
+def test_batch_norm_scales_are_covered_with_tau(solved_blocks):
+    net, _, doc = solved_blocks["batchnorm"]
+    for exact in (False, True):
+        v = verify(net, copy.deepcopy(doc), exact=exact)
+        assert v.ok and v.realization_exact, v.reason
+        block = next(c for c in v.checks if c.name.startswith("LMI[b+relu2]"))
+        note = "batch norm scale w/sqrt(v+eps) of bn1, bn2, bn3 covered to relative 2^-50 (tau = "
+        assert note in block.detail
+        assert ("tau" in block.detail.split("Cholesky")[1]) if not exact else "exact LDL'" in block.detail
+        assert v.notes == (block.detail[block.detail.index("batch norm"):].join(["LMI[b+relu2]: ", ""]),)
+        assert v.to_json()["notes"] == list(v.notes)
+
+
+@pytest.mark.parametrize("name", [n for n in BLOCKS if "bn" not in " ".join(BLOCKS[n][0])])
+def test_nets_without_batch_norm_have_no_tau(solved_blocks, name):
+    net, _, doc = solved_blocks[name]
+    for exact in (False, True):
+        v = verify(net, copy.deepcopy(doc), exact=exact)
+        assert v.ok and v.notes == () and "notes" not in v.to_json()
+        assert not any("batch norm" in c.detail or "tau" in c.detail for c in v.checks)
+
+
+def _block_margin(net, doc):
+    """The block LMI's smallest eigenvalue at the certificate's point and its tau at delta = 2^-50."""
+    from lipdsl.certify.exact import backend
+    from lipdsl.certify.verify_block import scale_tau
+    from lipdsl.certify.verify_exact import _exact_lmi, _scaled_identity
+    from lipdsl.certify.verify_links import lmi_chain
+
+    low = lower(net, scale=False)
+    links, _ = lmi_chain(doc, low, net)
+    link = links[0]
+    assert link.sys.kind == "block" and link.w_in == ("rho",) and link.cover is not None
+    assert link.w_out[0] == "WtW"  # (the dense layer after it is eliminated: X_out = W'W)
+    be = backend("flint")
+    D = be.mat(next(s for s in low.systems if s.name == link.w_out[1]).ss.D)
+    X_out = be.T(D) * D
+    M = _exact_lmi(be, link, _scaled_identity(be, link.sys.n_in, be.q(doc["rho"])), X_out)
+    low_eig = np.linalg.eigvalsh(np.array([[float(v) for v in row] for row in be.rows(M)]))[0]
+    return low_eig, scale_tau(link, abs(be.fractions(X_out)), exact=True)
+
+
+def test_tau_is_used_a_margin_below_it_is_not_proved(solved_blocks, monkeypatch):
+    # (the block is the first LMI, where exact mode may raise rho by up to 2^-40 of itself; a larger delta
+    # moves tau past the margin without that raise's help, which shrinking rho would not)
+    from fractions import Fraction
+
+    from lipdsl.certify import batchnorm
+
+    net, _, doc = solved_blocks["batchnorm"]
+    low_eig, tau50 = _block_margin(net, doc)
+    assert 0 < tau50 < low_eig  # the LMI's own margin holds tau at 2^-50
+    # tau grows like delta: a delta whose tau is 1/16 of the margin proves, one 64 times it does not
+    k = int(np.floor(np.log2(low_eig / tau50)))
+    ok_delta, bad_delta = Fraction(1, 2 ** (50 - k + 4)), Fraction(1, 2 ** (50 - k - 6))
+    for delta, proved in ((ok_delta, True), (bad_delta, False)):
+        monkeypatch.setattr(batchnorm, "DELTAS", (delta,))
+        for exact in (False, True):
+            v = verify(net, copy.deepcopy(doc), exact=exact)
+            assert v.ok is proved, (delta, exact, v.reason)
+            if not proved:
+                assert v.reason.startswith("LMI[b+relu2] (layers b, ") and " fails: " in v.reason
+                assert "tau" in v.reason

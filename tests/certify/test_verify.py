@@ -97,6 +97,110 @@ def test_composed_maps_are_recomputed_exactly_and_lifted_ones_are_flagged():
     assert any(not c.exact_realization for c in v.checks)
 
 
+def _bn_sequential(tmp_path, last_linear: bool = False):
+    """Batch norm folded every way lower folds it: after a conv, around one (merged with the next linear
+    conv), alone, after and before a dense layer, inside merged dense layers; the last (merged) dense layer
+    eliminated if ``last_linear``."""
+    from nets import Spec
+
+    rng = np.random.default_rng(0)
+    s = Spec(2, 10)
+    s.conv(rng, 2, 3, 3, padding="causal")
+    s.bn(rng, 3)
+    s.lines.append("relu")
+    s.bn(rng, 3)
+    s.conv(rng, 3, 3, 2, padding="causal")
+    s.bn(rng, 3)
+    s.conv(rng, 3, 3, 1, padding="causal")
+    s.lines += ["tanh"]
+    s.bn(rng, 3)
+    s.lines += ["relu", "flatten", f"dense 30 -> 4, weight {s.key(rng.normal(size=(4, 30)) / 5)}"]
+    s.bn(rng, 4)
+    s.lines.append("relu")
+    s.bn(rng, 4)
+    s.lines.append(f"dense 4 -> 4, weight {s.key(rng.normal(size=(4, 4)))}")
+    s.bn(rng, 4)  # (the next dense layer is merged into this one: bn6+dense2+bn7+dense3)
+    s.lines.append(f"dense 4 -> 2, weight {s.key(rng.normal(size=(2, 4)))}")
+    if not last_linear:
+        s.lines.append("leaky_relu(1/10)")
+    return s.load(tmp_path)
+
+
+@pytest.mark.parametrize("last_linear", [False, True])
+def test_sequential_batch_norm_realization_is_exact_and_its_scales_covered(tmp_path, last_linear):
+    from lipdsl.certify import certificate
+    from lipdsl.pipeline import solve_network
+
+    net = _bn_sequential(tmp_path, last_linear)
+    result = solve_network(net)
+    doc = certificate.build(result, options=certificate.solve_options(None, 1, True, None, "cvxopt"))
+    folded = ["conv1+bn1+relu1", "bn2+conv2+bn3+conv3+tanh1", "bn4+relu2", "dense1+bn5+relu3"]
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert v.ok, v.reason
+        assert v.lipschitz >= result.certificate.lipschitz * (1 - 1e-12)
+        for name in folded + ([] if last_linear else ["bn6+dense2+bn7+dense3+leaky_relu1"]):
+            check = next(c for c in v.checks if c.name.startswith(f"LMI[{name}]"))
+            assert check.exact_realization and "covered to relative 2^-50 (tau = " in check.detail
+        assert len(v.notes) == len(folded) + (0 if last_linear else 1)
+        # an eliminated last layer with batch norm folded in: X_out = W'W of lower's rounded product, flagged
+        assert v.realization_exact is not last_linear
+
+
+def test_an_lmi_whose_margin_is_below_tau_is_not_proved(tmp_path):
+    # raise X_out of the lone batch norm's LMI (bn4+relu2; not the first LMI, so rho is never raised there)
+    # until its smallest eigenvalue is positive but below tau: proved without tau, refused with it
+    from lipdsl.certify import certificate
+    from lipdsl.certify.exact import backend
+    from lipdsl.certify.verify_block import scale_tau
+    from lipdsl.certify.verify_exact import _exact_lmi, _prove, _scaled_identity
+    from lipdsl.certify.verify_links import lmi_chain
+    from lipdsl.model.lower import lower
+    from lipdsl.pipeline import solve_network
+
+    net = _bn_sequential(tmp_path)
+    options = certificate.solve_options(None, 1, True, None, "cvxopt")
+    doc = certificate.build(solve_network(net), options=options)
+    links, _ = lmi_chain(doc, lower(net, scale=False), net)
+    name = "bn4+relu2"
+    link = next(lk for lk in links if lk.sys.name == name)
+    assert link.cover is not None and link.w_in[0] == "X" and link.w_out == ("X", name, 1)
+    be = backend("flint")
+    X_in = be.mat(np.kron(np.array(doc["X"][link.w_in[1]]["matrix"]), np.eye(link.w_in[2])))
+    X = np.array(doc["X"][name]["matrix"])
+    tau = scale_tau(link, np.abs(X), exact=True)
+
+    def lmi(t: float):
+        Xt = X + t * np.eye(len(X))  # (doubles, as the file holds them; nondecreasing in t)
+        return Xt, _exact_lmi(be, link, X_in, be.mat(Xt))
+
+    def proved(t: float, shift: float) -> bool:
+        M = lmi(t)[1]
+        return _prove(be, M - _scaled_identity(be, be.size(M), be.q(shift)))[0]
+
+    lo, hi = 0.0, 1.0
+    assert proved(lo, tau) and not proved(hi, 0.0)
+    for _ in range(200):  # the largest t (to a double) with M(t) - (tau / 2) I > 0
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if proved(mid, tau / 2) else (lo, mid)
+    assert proved(lo, 0.0) and not proved(lo, tau)  # 0 < lambda_min(M) < tau
+    doc["X"][name]["matrix"] = lmi(lo)[0].tolist()
+    for exact in (False, True):
+        v = verify(net, doc, exact=exact)
+        assert not v.ok and v.reason.startswith(f"LMI[{name}] (layers ") and "tau" in v.reason, v.reason
+
+
+def test_nets_without_batch_norm_have_no_notes():
+    for spec in ("ecg.lip", "linear_merge.lip"):
+        net, _, doc = solved(spec)
+        for exact in (False, True):
+            v = verify(net, doc, exact=exact)
+            assert v.ok and v.notes == () and "notes" not in v.to_json()
+            assert not any("batch norm" in c.detail or "tau" in c.detail for c in v.checks)
+
+
 @pytest.mark.parametrize("spec", ["linear_merge.lip", "avgpool_overlap.lip", "features.lip", "ecg.lip"])
 def test_exact_realization_agrees_with_lowers_floating_point_one(spec):
     from lipdsl.model import lowered
@@ -113,8 +217,9 @@ def test_exact_realization_agrees_with_lowers_floating_point_one(spec):
         ex = exact_realization(system, low, net, i)
         if ex is None:
             continue
+        assert ex[1] is None  # (no batch norm)
         seen += 1
-        for e, f in zip(ex, (system.ss.A, system.ss.B, system.ss.C, system.ss.D)):
+        for e, f in zip(ex[0], (system.ss.A, system.ss.B, system.ss.C, system.ss.D)):
             assert e.shape == f.shape
             np.testing.assert_allclose(np.array(e, dtype=float), f, rtol=1e-12, atol=1e-15)
     assert seen >= 1

@@ -158,6 +158,14 @@ def test_residual_network_certificate_round_trip_and_tampering(tmp_path):
         assert res.stdout.startswith("verified: Lipschitz constant of res <= ")
         assert "ok   LMI[blk+relu1] (layers blk, c2+bn, leaky_relu1, c3, relu1)" in res.stdout
         assert "[realization:" not in res.stdout  # the block's realization is the weights' exact map
+        # the batch norm's exact scale w / sqrt(v + eps) (irrational) is covered by tau
+        assert ("note: LMI[blk+relu1]: batch norm scale w/sqrt(v+eps) of bn covered to relative 2^-50 (tau = "
+                in " ".join(res.stdout.split()))
+    res = run("verify", spec, cert, "--exact", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["realization_exact"] and len(out["notes"]) == 1
+    assert "covered to relative 2^-50" in out["notes"][0]
     block["internal"][0]["lambda"][1] *= 0.25
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
