@@ -58,6 +58,12 @@ REPAIR_WARNING = 0.01
 #: ``AUTO_FREQUENCIES`` frequencies has fewer.
 AUTO_VARIABLES = 4000
 AUTO_FREQUENCIES = 17
+#: ... and on ``AUTO_WIDE_FREQUENCIES`` when a frequency LMI would have at least ``AUTO_WIDE_ORDER`` rows
+#: (``2 (c_in + c_out)``: 64 -> 128 channels): each costs ``O(m^3)`` per interior-point iteration (FCN
+#: 64/128/64: 3 s an iteration at 9 frequencies), and the grid refinement adds frequencies where the repair
+#: would exceed ``storage.REFINE_REPAIR``.
+AUTO_WIDE_ORDER = 384
+AUTO_WIDE_FREQUENCIES = 9
 #: Frequency mode: re-solves with the grid refined where the LMIs dip between its frequencies
 #: (``certify.storage.refined_grids``; none when they do not dip).
 REFINE_ROUNDS = 2
@@ -83,7 +89,8 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     """The number of frequencies to solve ``net`` with (None: the exact LMIs) and a sentence saying which
     form that is and why. ``frequencies``: a number (kept), None or ``"none"`` (the exact LMIs), or
     ``"auto"``: the exact LMIs unless they have more than ``AUTO_VARIABLES`` variables and the frequency
-    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering)."""
+    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering); on
+    ``AUTO_WIDE_FREQUENCIES`` when its largest LMI has ``AUTO_WIDE_ORDER`` rows or more."""
     if frequencies is None or frequencies == "none":
         return None, "exact LMIs (the storage P of every conv layer a solver variable)"
     if frequencies != "auto":
@@ -96,11 +103,16 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     gridded = problem_size(net, lift, AUTO_FREQUENCIES)
     if gridded.variables >= exact.variables:
         return None, (f"exact LMIs ({exact.variables:,} variables; the frequency form would not have fewer)")
-    k = AUTO_FREQUENCIES
+    k, wide = AUTO_FREQUENCIES, ""
+    if gridded.largest_lmi >= AUTO_WIDE_ORDER:
+        k = AUTO_WIDE_FREQUENCIES
+        gridded = problem_size(net, lift, k)
+        wide = (f" ({k}, not {AUTO_FREQUENCIES}: LMIs of {gridded.largest_lmi:,} rows, each O(rows^3) an "
+                f"iteration)")
     return k, (
         f"frequency-domain LMIs for the wide conv layers on {k} frequencies, chosen "
-        f"automatically: {gridded.variables:,} variables instead of the exact LMIs' {exact.variables:,} "
-        f"(--frequencies none keeps the exact ones, --frequencies K sets K)")
+        f"automatically{wide}: {gridded.variables:,} variables instead of the exact LMIs' "
+        f"{exact.variables:,} (--frequencies none keeps the exact ones, --frequencies K sets K)")
 
 
 def choose_weights(net: typed.Network, lift: int, frequencies: int | None,

@@ -164,3 +164,19 @@ def test_subspace_weights_are_certified_between_full_weights_and_diagonal(seed):
     assert sub.certificate.lipschitz_solver <= diag.lipschitz_solver * (1 + 1e-6)
     assert sub.certificate.lipschitz >= lower_bound(net, starts=8, seed=seed, time_budget=5.0).value
 
+
+
+def test_the_default_form_takes_fewer_frequencies_for_wide_layers():
+    """``choose_form``: 17 frequencies while the frequency LMIs stay below AUTO_WIDE_ORDER rows (FCN
+    32/64/32: 192), 9 from there on (FCN 64/128/64: 384 rows, each O(rows^3) an iteration), and the sentence
+    says why; an explicit K is kept."""
+    import lipdsl
+    from lipdsl.pipeline import AUTO_WIDE_ORDER, choose_form, problem_size
+    from repo_paths import SPECS
+
+    narrow, wide = (lipdsl.load(SPECS / f"fcn_{size}.lip").typed for size in ("32_64_32", "64_128_64"))
+    assert problem_size(narrow, 1, 17).largest_lmi < AUTO_WIDE_ORDER <= problem_size(wide, 1, 17).largest_lmi
+    assert choose_form(narrow)[0] == 17 and "not 17" not in choose_form(narrow)[1]
+    k, why = choose_form(wide)
+    assert k == 9 and "on 9 frequencies, chosen automatically (9, not 17: LMIs of 384 rows" in why
+    assert choose_form(wide, frequencies=17)[0] == 17
