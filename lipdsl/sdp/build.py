@@ -513,6 +513,10 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         bx = LmiBuilder(X.n, n_ref)
         bx.congruence(X, selector(X.n, 0, X.n), 1.0)
         lmis.append(bx.build(f"{X.name}>=0", X.system, [("weight", X.n)]))
+    periodic = [f"{name} on [0, pi/{g}]" for name, g in spacings.items() if g > 1]
+    if periodic:
+        notes.append("frequencies of dilated systems on their response's period (every tap a multiple of d "
+                     "samples apart: H repeats every 2 pi/d): " + ", ".join(periodic))
     return Sdp(
         net,
         tuple(variables),

@@ -497,6 +497,7 @@ def test_a_dilated_conv_is_gridded_on_its_own_period(dilation, padding):
     sdp = build_sdp(low, frequencies=5)
     sys = low.systems[1]
     assert tap_spacing(fir_taps(sys.ss)) == dilation == sdp.spacings[sys.name]
+    assert any(f"{sys.name} on [0, pi/{dilation}]" in note for note in sdp.notes) == (dilation > 1)
     assert np.allclose(sdp.grids[sys.name], frequency_grid(5) / dilation)
     w = np.linspace(0, np.pi, 7)
     H, shifted = frequency_response(sys.ss, w), frequency_response(sys.ss, w + 2 * np.pi / dilation)
