@@ -35,7 +35,9 @@ the first:
    (a stalled doubling) is recomputed with ten times the margin.
 
 4. if the first system kept its exact LMI (its ``P`` a solver variable), its ``P``, ``Lambda`` and ``rho``
-   are re-solved for the repaired output weight (``refit_first_system``): the least ``rho`` it allows.
+   are re-solved for the repaired output weight (``refit_first_system``): the least ``rho`` it allows. The
+   refits of one recovery (one per raise direction tried, then the final one) share the LMI's coefficients
+   and start from the last refit's solution.
 
 The multiplier shift of step 2 is chosen on a coarse grid (``COARSE_GRID``, every 8th fine frequency); only
 the chosen one is checked on the fine grid. These eigenvalue checks run on the solver's KKT threads
@@ -262,17 +264,17 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
 def recover_point(sdp: Sdp, start: Point, *, margin: float = 1e-6) -> Point:
     """``recover_storage`` on a point in the original form (``reductions.StorageRecovery``): a new point."""
     fine = frequency_grid(FINE_GRID)
-    responses = {}
+    responses, warm = {}, {}  # (the refits of the first system start from the last one)
     best = None
     for delta in RAISE_DIRECTIONS:
         trial = copy.deepcopy(start)
         _raise_chain(sdp, trial, fine, responses, margin, delta, storage=False)
-        refit_first_system(sdp, trial)  # (a first system with its exact LMI pays its raise here)
+        refit_first_system(sdp, trial, warm)  # (a first system with its exact LMI pays its raise here)
         if best is None or trial.rho < best[0]:
             best = (trial.rho, delta)
     point = copy.deepcopy(start)
     _raise_chain(sdp, point, fine, responses, margin, best[1], storage=True)
-    refit_first_system(sdp, point)
+    refit_first_system(sdp, point, warm)
     return point
 
 
@@ -544,7 +546,36 @@ REFIT_KKT_SOLVERS = ("chol", None)
 REFIT_NEAR_OPTIMAL = 1e-6
 
 
-def refit_first_system(sdp: Sdp, point: Point) -> bool:
+def _refit_start(previous: dict, G: np.ndarray, h: np.ndarray, dims: dict) -> dict:
+    """CVXOPT's ``primalstart``/``dualstart`` for a refit from the last refit's ``(x, z)`` (same ``G``, a
+    new ``h``: another repaired output weight): ``x`` as it was, each slack ``h - G x`` and each dual
+    block shifted strictly inside its cone by ``WARM_SHIFT`` of its norm (``cvxopt_conelp.warm_start``)."""
+    import cvxopt
+
+    from lipdsl.solvers.cvxopt_conelp import WARM_SHIFT
+
+    def inside(v: np.ndarray, m: int | None) -> np.ndarray:
+        if m is None:  # the 'l' part
+            return np.maximum(v, 0) + WARM_SHIFT * max(1e-8, float(np.abs(v).max(initial=0.0)))
+        M = v.reshape(m, m, order="F")
+        M = np.tril(M) + np.tril(M, -1).T  # (CVXOPT's 's' blocks: the lower triangle)
+        lo = float(np.linalg.eigvalsh(M)[0])
+        shift = max(0.0, -lo) + WARM_SHIFT * max(float(np.linalg.norm(M, 2)), 1e-12)
+        return (M + shift * np.eye(m)).reshape(-1, order="F")
+
+    x, z = previous["x"], previous["z"]
+    s = h - G @ x
+    at = dims["l"]
+    parts_s, parts_z = [inside(s[:at], None)], [inside(z[:at], None)]
+    for m in dims["s"]:
+        parts_s.append(inside(s[at : at + m * m], m))
+        parts_z.append(inside(z[at : at + m * m], m))
+        at += m * m
+    return {"primalstart": {"x": cvxopt.matrix(x), "s": cvxopt.matrix(np.concatenate(parts_s))},
+            "dualstart": {"z": cvxopt.matrix(np.concatenate(parts_z))}}
+
+
+def refit_first_system(sdp: Sdp, point: Point, warm: dict | None = None) -> bool:
     """Re-solve the first system's own LMI, ``min rho`` over its ``P``, ``Lambda`` and ``rho`` with its output
     weight fixed at the repaired value (step 4 of the module docstring); keep it if ``rho`` drops.
 
@@ -554,7 +585,9 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
     system kept its exact LMI (its ``P`` is a solver variable, typically a first conv layer with one input
     channel), the least ``rho`` for the repaired downstream weights is a small SDP (``nx (nx+1)/2 + ny + 1``
     variables): CVXOPT with dense data (0.75 % off the bound at 32 channels: 2.8902 -> 2.8686). Returns
-    whether the point changed; ``certify`` checks it as always.
+    whether the point changed; ``certify`` checks it as always. ``warm``: a dict shared by the refits of one
+    recovery (the same ``G``, other output weights): each starts from the last one's solution
+    (``_refit_start``).
     """
     link = sdp.links[0]
     sys = link.system
@@ -585,7 +618,12 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
         return system_matrix(sys, storage(z), lam, z[0] * np.eye(nu), X_out, parts)
 
     M0 = lmi(np.zeros(n))
-    F = np.stack([lmi(e) - M0 for e in np.eye(n)], axis=-1).reshape(-1, n)  # column k: vec F_k
+    if warm is not None and warm.get("F") is not None and warm["F"].shape == (M0.size, n):
+        F = warm["F"]  # (the coefficients do not depend on the output weight, which is all M0 has new)
+    else:
+        F = np.stack([lmi(e) - M0 for e in np.eye(n)], axis=-1).reshape(-1, n)  # column k: vec F_k
+        if warm is not None:
+            warm.update(F=F)
     blocks = [(M0, F)]
     if link.needs_P_psd:  # P >= 0 as a second LMI
         E = np.zeros((nx * nx, n))
@@ -601,10 +639,12 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
     c[0] = 1.0
     dims = {"l": 1 + n_lam, "q": [], "s": [M.shape[0] for M, _ in blocks]}
     res = None
-    for kkt in REFIT_KKT_SOLVERS:
+    starts = ([_refit_start(warm, G, h, dims)] if warm and warm.get("G") is not None
+              and warm["G"].shape == G.shape and np.array_equal(warm["G"], G) else []) + [{}]
+    for kkt, start in ((k, st) for k in REFIT_KKT_SOLVERS for st in starts):
         try:
             trial = cvxopt.solvers.conelp(cvxopt.matrix(c), cvxopt.matrix(G), cvxopt.matrix(h), dims,
-                                          kktsolver=kkt, options={"show_progress": False})
+                                          kktsolver=kkt, options={"show_progress": False}, **start)
         except (ArithmeticError, ValueError):
             continue
         stopped_near = all(trial.get(key) is not None and trial[key] <= REFIT_NEAR_OPTIMAL for key in (
@@ -614,6 +654,8 @@ def refit_first_system(sdp: Sdp, point: Point) -> bool:
             break
     if res is None:
         return False
+    if warm is not None:
+        warm.update(G=G, x=np.asarray(res["x"]).ravel(), z=np.asarray(res["z"]).ravel())
     z = np.asarray(res["x"]).ravel()
     # (kept if it lowers rho, or if the first LMI does not hold at the point: a system the chain of
     # shifts skipped, whose output weight was raised by the systems after it)

@@ -251,7 +251,7 @@ def test_refitting_the_first_system_lowers_the_certified_bound(monkeypatch):
     monkeypatch.setattr(kyp, "RAISE_DIRECTIONS", (None,))
     exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, channels=4, kernel=5), 5)
     assert gridded.links[0].P not in gridded.storage  # (the first system keeps its exact LMI)
-    monkeypatch.setattr(kyp, "refit_first_system", lambda sdp, point: False)
+    monkeypatch.setattr(kyp, "refit_first_system", lambda sdp, point, warm=None: False)
     without = certify(gridded, recover_storage(gridded, sol))
     assert cert.verified and without.verified
     assert cert.lipschitz < without.lipschitz * (1 - 1e-4)
@@ -558,3 +558,28 @@ def test_dilated_layers_on_their_own_period_certify_near_the_exact_sdp(seed, mon
     assert exact.verified and own.verified and spread.verified
     assert exact.lipschitz * (1 - 1e-7) <= own.lipschitz <= exact.lipschitz * 1.035
     assert own.lipschitz < spread.lipschitz / 1.1
+
+
+@pytest.mark.solver
+def test_a_warm_refit_reaches_the_cold_refits_rho(monkeypatch):
+    """``refit_first_system(..., warm)``: the refits of one recovery share the coefficients of the first LMI
+    and start from the last refit's solution; for another output weight (raised by 5 %) the warm refit's
+    rho is the cold one's (1e-6) and CVXOPT is called with a start."""
+    import copy
+
+    import cvxopt.solvers
+
+    exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, channels=4, kernel=5), 5)
+    point = kyp._solver_point(gridded, sol)
+    warm = {}
+    assert kyp.refit_first_system(gridded, copy.deepcopy(point), warm) and warm["F"] is not None
+    raised = copy.deepcopy(point)
+    raised.scale_weight(gridded.links[0].w_out, 1.05)
+    cold = copy.deepcopy(raised)
+    kyp.refit_first_system(gridded, cold)
+    starts, real = [], cvxopt.solvers.conelp
+    monkeypatch.setattr(cvxopt.solvers, "conelp",
+                        lambda *a, **k: starts.append("primalstart" in k) or real(*a, **k))
+    again = copy.deepcopy(raised)
+    kyp.refit_first_system(gridded, again, warm)
+    assert starts[0] and again.rho == pytest.approx(cold.rho, rel=1e-6)
