@@ -21,7 +21,8 @@ import math
 from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
 
-__all__ = ["mul_up", "sqrt_up", "format_up", "prod_up", "spectral_norm_upper", "NormNotCertified"]
+__all__ = ["mul_up", "sqrt_up", "format_up", "prod_up", "fraction_up", "spectral_norm_upper",
+           "NormNotCertified"]
 
 EPS = 2.0**-53  # unit roundoff u of float64
 #: Largest banded factor (rows x (bandwidth + 1) entries) :func:`spectral_norm_upper` stores: 400 MB.
@@ -40,6 +41,12 @@ def mul_up(a: float, b: float) -> float:
     if math.isfinite(p) and Fraction(p) == Fraction(a) * Fraction(b):
         return p  # exact: nothing to round (0.5 * 3 stays 1.5)
     return math.nextafter(p, math.inf)
+
+
+def fraction_up(d: Fraction) -> float:
+    """The least double ``>= d`` (an exact rational, e.g. a bound proved in ``Fraction`` arithmetic)."""
+    f = float(d)
+    return f if Fraction(f) >= d else math.nextafter(f, math.inf)
 
 
 def prod_up(values) -> float:

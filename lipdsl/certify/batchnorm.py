@@ -32,6 +32,7 @@ from fractions import Fraction
 import numpy as np
 
 from lipdsl.lang import typed
+from lipdsl.rigorous import fraction_up
 
 #: The relative bounds tried for a batch norm's scales, tightest first (a double quotient is within about
 #: ``2.5 * 2^-53`` of the exact one: three roundings, the first halved by the square root; ``2^-50`` holds
@@ -117,11 +118,6 @@ def covers(layers) -> tuple[tuple[str, ...], Fraction] | None:
 # -- tau -----------------------------------------------------------------------------------------------
 
 
-def _float_up(d: Fraction) -> float:
-    f = float(d)
-    return f if Fraction(f) >= d else math.nextafter(f, math.inf)
-
-
 def tau_bound(cover: ScaleCover, E_abs: np.ndarray, acts: list, X_out_abs: np.ndarray | None,
               exact: bool, be=None) -> float:
     """``tau >= max_i (B 1)_i`` (module docstring) as a double rounded up.
@@ -147,7 +143,7 @@ def tau_bound(cover: ScaleCover, E_abs: np.ndarray, acts: list, X_out_abs: np.nd
         E = np.array(E_abs, dtype=float)
         total = np.zeros(n)
         conv = float
-        eps, two = _float_up(eps), _float_up(two)
+        eps, two = fraction_up(eps), fraction_up(two)
     dot, tdot = _products(E, exact, be)
     ones = np.ones(n, dtype=object if exact else float)
     if exact:
@@ -157,7 +153,7 @@ def tau_bound(cover: ScaleCover, E_abs: np.ndarray, acts: list, X_out_abs: np.nd
         u = lam_q * dot(rows, ones)  # L |E_j| 1
         ab, apb = abs(Fraction(a) * Fraction(b) * 2), abs(Fraction(a) + Fraction(b))
         if not exact:
-            ab, apb = _float_up(ab), _float_up(apb)
+            ab, apb = fraction_up(ab), fraction_up(apb)
         total = total + tdot(rows, u) * (two * ab) + tdot(rows, lam_q) * (eps * apb)
         total[c0:c1] = total[c0:c1] + u * (eps * apb)
     if X_out_abs is not None and X_out_abs.size:
@@ -167,7 +163,7 @@ def tau_bound(cover: ScaleCover, E_abs: np.ndarray, acts: list, X_out_abs: np.nd
         total = total + tdot(y, Xa.dot(dot(y, ones))) * two
     top = max(total) if len(total) else 0
     if exact:
-        return _float_up(Fraction(top))
+        return fraction_up(Fraction(top))
     # every rounding (of |E| to doubles, of each product and sum, of |X_out|) is relative u = 2^-53 on a
     # nonnegative value; fewer than 2^31 of them in a chain stay below 2^-21 in all
     return math.nextafter(float(top) * (1 + 2.0**-20), math.inf)

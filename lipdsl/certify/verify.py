@@ -68,6 +68,7 @@ from lipdsl.certify.verify_exact import exact_link, side_psd
 from lipdsl.certify.verify_float import ETA, U, float_lmi, float_schur, psd_float  # noqa: F401
 from lipdsl.certify.verify_links import invalid, gain_squared, lmi_chain, pooled_steps, structure
 from lipdsl.lang import typed
+from lipdsl.rigorous import fraction_up
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,6 @@ def _sqrt_up(x: Fraction, digits: int = 10) -> tuple[Fraction, str]:
     value = Decimal(n).scaleb(e)
     text = format(value, "f") if -6 <= value.adjusted() < 15 else format(value, "e")
     return Fraction(n) / scale, text
-
-
-def _float_up(d: Fraction) -> float:
-    """The least double ``>= d``."""
-    f = float(d)
-    return f if Fraction(f) >= d else math.nextafter(f, math.inf)
 
 
 # -- the checker -----------------------------------------------------------------------------------------
@@ -310,7 +305,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
                        f"the claimed bound {claimed!r} is below what the certificate proves, "
                        f"sqrt(rho * prod(pool gains^2)) <= {text}", float(rho_raise), seconds, bname,
                        tuple(notes))
-    return Verdict(True, mode, doc["network"], _float_up(d), text, claimed, tuple(checks), "",
+    return Verdict(True, mode, doc["network"], fraction_up(d), text, claimed, tuple(checks), "",
                    float(rho_raise), seconds, bname, tuple(notes))
 
 
