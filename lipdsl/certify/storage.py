@@ -549,27 +549,23 @@ REFIT_NEAR_OPTIMAL = 1e-6
 def _refit_start(previous: dict, G: np.ndarray, h: np.ndarray, dims: dict) -> dict:
     """CVXOPT's ``primalstart``/``dualstart`` for a refit from the last refit's ``(x, z)`` (same ``G``, a
     new ``h``: another repaired output weight): ``x`` as it was, each slack ``h - G x`` and each dual
-    block shifted strictly inside its cone by ``WARM_SHIFT`` of its norm (``cvxopt_conelp.warm_start``)."""
+    block shifted strictly inside its cone by ``WARM_SHIFT`` of its norm (as ``cvxopt_conelp.warm_start``)."""
     import cvxopt
 
-    from lipdsl.solvers.cvxopt_conelp import WARM_SHIFT
+    from lipdsl.solvers.cvxopt_conelp import into_cone, into_orthant
 
-    def inside(v: np.ndarray, m: int | None) -> np.ndarray:
-        if m is None:  # the 'l' part
-            return np.maximum(v, 0) + WARM_SHIFT * max(1e-8, float(np.abs(v).max(initial=0.0)))
+    def block(v: np.ndarray, m: int) -> np.ndarray:  # (CVXOPT's 's' blocks: the lower triangle)
         M = v.reshape(m, m, order="F")
-        M = np.tril(M) + np.tril(M, -1).T  # (CVXOPT's 's' blocks: the lower triangle)
-        lo = float(np.linalg.eigvalsh(M)[0])
-        shift = max(0.0, -lo) + WARM_SHIFT * max(float(np.linalg.norm(M, 2)), 1e-12)
-        return (M + shift * np.eye(m)).reshape(-1, order="F")
+        M = np.tril(M) + np.tril(M, -1).T
+        return into_cone(M, max(float(np.linalg.norm(M, 2)), 1e-12)).reshape(-1, order="F")
 
     x, z = previous["x"], previous["z"]
     s = h - G @ x
     at = dims["l"]
-    parts_s, parts_z = [inside(s[:at], None)], [inside(z[:at], None)]
+    parts_s, parts_z = [into_orthant(s[:at], 1e-8)], [into_orthant(z[:at], 1e-8)]
     for m in dims["s"]:
-        parts_s.append(inside(s[at : at + m * m], m))
-        parts_z.append(inside(z[at : at + m * m], m))
+        parts_s.append(block(s[at : at + m * m], m))
+        parts_z.append(block(z[at : at + m * m], m))
         at += m * m
     return {"primalstart": {"x": cvxopt.matrix(x), "s": cvxopt.matrix(np.concatenate(parts_s))},
             "dualstart": {"z": cvxopt.matrix(np.concatenate(parts_z))}}
@@ -618,7 +614,7 @@ def refit_first_system(sdp: Sdp, point: Point, warm: dict | None = None) -> bool
         return system_matrix(sys, storage(z), lam, z[0] * np.eye(nu), X_out, parts)
 
     M0 = lmi(np.zeros(n))
-    if warm is not None and warm.get("F") is not None and warm["F"].shape == (M0.size, n):
+    if warm is not None and "F" in warm:
         F = warm["F"]  # (the coefficients do not depend on the output weight, which is all M0 has new)
     else:
         F = np.stack([lmi(e) - M0 for e in np.eye(n)], axis=-1).reshape(-1, n)  # column k: vec F_k
@@ -639,8 +635,8 @@ def refit_first_system(sdp: Sdp, point: Point, warm: dict | None = None) -> bool
     c[0] = 1.0
     dims = {"l": 1 + n_lam, "q": [], "s": [M.shape[0] for M, _ in blocks]}
     res = None
-    starts = ([_refit_start(warm, G, h, dims)] if warm and warm.get("G") is not None
-              and warm["G"].shape == G.shape and np.array_equal(warm["G"], G) else []) + [{}]
+    # (the last refit's point: the same G, built from the same F; then the default start)
+    starts = ([_refit_start(warm, G, h, dims)] if warm is not None and "x" in warm else []) + [{}]
     for kkt, start in ((k, st) for k in REFIT_KKT_SOLVERS for st in starts):
         try:
             trial = cvxopt.solvers.conelp(cvxopt.matrix(c), cvxopt.matrix(G), cvxopt.matrix(h), dims,
@@ -655,7 +651,7 @@ def refit_first_system(sdp: Sdp, point: Point, warm: dict | None = None) -> bool
     if res is None:
         return False
     if warm is not None:
-        warm.update(G=G, x=np.asarray(res["x"]).ravel(), z=np.asarray(res["z"]).ravel())
+        warm.update(x=np.asarray(res["x"]).ravel(), z=np.asarray(res["z"]).ravel())
     z = np.asarray(res["x"]).ravel()
     # (kept if it lowers rho, or if the first LMI does not hold at the point: a system the chain of
     # shifts skipped, whose output weight was raised by the systems after it)

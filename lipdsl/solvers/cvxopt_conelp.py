@@ -62,26 +62,33 @@ def warm_start(sdp: Sdp, previous: Solution, nonneg_idx: np.ndarray) -> dict:
     point the solve returns."""
     import cvxopt
 
-    def inside(M: np.ndarray, scale: float) -> np.ndarray:
-        M = (M + M.T) / 2
-        lo = float(np.linalg.eigvalsh(M)[0]) if len(M) else 0.0
-        return M + (max(0.0, -lo) + WARM_SHIFT * scale) * np.eye(len(M))
-
     x = previous.x
     duals = previous.duals or {}
     z_scale = np.mean([np.linalg.norm(Z, 2) for key, Z in duals.items() if key is not None] or [1.0])
-    sl = x[nonneg_idx]
     zl = duals.get(None, np.zeros(len(nonneg_idx)))
-    s_parts = [np.maximum(sl, 0) + WARM_SHIFT * max(1.0, float(np.abs(sl).max(initial=0.0)))]
-    z_parts = [np.maximum(zl, 0) + WARM_SHIFT * max(1e-8, float(np.abs(zl).max(initial=0.0)))]
+    s_parts, z_parts = [into_orthant(x[nonneg_idx], 1.0)], [into_orthant(zl, 1e-8)]
     for lmi in sdp.lmis:
         S = lmi.value(x)
-        s_parts.append(inside(S, max(float(np.linalg.norm(S, 2)), 1e-12)).reshape(-1, order="F"))
+        s_parts.append(into_cone(S, max(float(np.linalg.norm(S, 2)), 1e-12)).reshape(-1, order="F"))
         Z = duals.get(lmi.name)
         Z = np.zeros_like(S) if Z is None else Z
-        z_parts.append(inside(Z, max(float(np.linalg.norm(Z, 2)), z_scale)).reshape(-1, order="F"))
+        z_parts.append(into_cone(Z, max(float(np.linalg.norm(Z, 2)), z_scale)).reshape(-1, order="F"))
     return {"primalstart": {"x": cvxopt.matrix(x), "s": cvxopt.matrix(np.concatenate(s_parts))},
             "dualstart": {"z": cvxopt.matrix(np.concatenate(z_parts))}}
+
+
+def into_cone(M: np.ndarray, scale: float) -> np.ndarray:
+    """A block of a warm start strictly inside the PSD cone: ``M`` (symmetrised) plus ``(max(0, -lambda_min)
+    + WARM_SHIFT scale) I``."""
+    M = (M + M.T) / 2
+    lo = float(np.linalg.eigvalsh(M)[0]) if len(M) else 0.0
+    return M + (max(0.0, -lo) + WARM_SHIFT * scale) * np.eye(len(M))
+
+
+def into_orthant(v: np.ndarray, floor: float) -> np.ndarray:
+    """The nonnegative part of a warm start strictly positive: ``max(v, 0) + WARM_SHIFT max(floor,
+    |v|_max)``."""
+    return np.maximum(v, 0) + WARM_SHIFT * max(floor, float(np.abs(v).max(initial=0.0)))
 
 
 def _duals(sdp, z, dims: dict) -> dict:
