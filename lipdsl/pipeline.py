@@ -313,14 +313,15 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     sol = solve(sdp, solver, tol=tol, max_iterations=max_iterations, verbose=verbose, deadline=deadline)
     t3 = time.perf_counter()
     stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
+    cache = None
     if sdp.storage and refine_rounds:
-        sdp, sol = _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline,
-                           progress, weights, refine_rounds)
+        sdp, sol, cache = _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline,
+                                  progress, weights, refine_rounds)
         stages["refine"] = time.perf_counter() - t3
         t3 = time.perf_counter()
     # the solver's point mapped back to the LMIs' original form by the reductions build_sdp applied (inverse
     # forms; the storage P of frequency-domain layers, from Riccati equations): certify sees only that point
-    chain = reductions.chain(sdp)
+    chain = reductions.chain(sdp, recovery_cache=cache)
     point = None
     if sol.x is not None and np.all(np.isfinite(sol.x)):
         try:
@@ -364,14 +365,18 @@ def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, de
 
     A re-solve that stops short of its tolerance (neither converged nor ``near_optimal``; e.g. CVXOPT's
     singular-KKT ending on a denser grid) is dropped for the last one that did, so refining never turns a
-    converged solve into an unconverged one."""
-    from lipdsl.certify.storage import refined_grids
+    converged solve into an unconverged one. Returns the SDP, its solution and, when the last check found
+    nothing to refine, what that check computed for the recovery of the same point
+    (``storage.RecoveryCache``; else None)."""
+    from lipdsl.certify.storage import RecoveryCache, refined_grids
 
-    rounds, dropped = 0, None
+    rounds, dropped, cache = 0, None, None
     while rounds < max_rounds and sol.x is not None:
-        grids = refined_grids(sdp, sol)
+        cache = RecoveryCache(sdp)
+        grids = refined_grids(sdp, sol, cache=cache)
         if grids is None:
             break
+        cache = None
         progress("refining the frequency grid")
         limits.checkpoint("refining the frequency grid")
         refined = build_sdp(low, frequencies=frequencies, grids=grids, **weights)
@@ -392,7 +397,10 @@ def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, de
         notes += (f"a re-solve on a further refined grid stopped without converging ({dropped.solver} "
                   f"{dropped.claimed_status!r} after {dropped.iterations} iterations); the last converged "
                   "solve is certified",)
-    return (replace(sdp, notes=sdp.notes + notes) if notes else sdp), sol
+    if notes:
+        sdp = replace(sdp, notes=sdp.notes + notes)  # (the same links and grids: the cache still applies)
+        cache = None if cache is None else replace(cache, sdp=sdp)
+    return sdp, sol, cache
 
 
 def _hinf_product(net: typed.Network, min_length: int | None) -> float | None:

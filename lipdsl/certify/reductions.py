@@ -89,12 +89,14 @@ class StorageRecovery:
     """A frequency-domain solve: the storage ``P`` of the gridded systems, recovered (Riccati equations)."""
 
     sdp: Sdp
+    #: what ``storage.refined_grids`` computed for the same solver point (``storage.RecoveryCache``), if any
+    cache: object = None
 
     def invert(self, point):
         """The point with every storage ``P`` filled in (``storage.recover_point``; a new ``Point``)."""
         from lipdsl.certify.storage import recover_point
 
-        return recover_point(self.sdp, point)
+        return recover_point(self.sdp, point, cache=self.cache)
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,9 @@ class Chain:
         return x
 
 
-def chain(sdp: Sdp, *, storage: bool = True) -> Chain:
+def chain(sdp: Sdp, *, storage: bool = True, recovery_cache=None) -> Chain:
     """The reductions ``build_sdp`` applied to get ``sdp`` (``storage=False``: the storage ``P`` are taken
-    from the solution as they are, e.g. a solution already through ``storage.recover_storage``)."""
-    return Chain(sdp, Inverse.of(sdp), StorageRecovery(sdp) if storage and sdp.storage else None,
+    from the solution as they are, e.g. a solution already through ``storage.recover_storage``;
+    ``recovery_cache``: a ``storage.RecoveryCache`` of the same point for the storage recovery)."""
+    return Chain(sdp, Inverse.of(sdp), StorageRecovery(sdp, recovery_cache) if storage and sdp.storage else None,
                  Scaling(float(sdp.factor), tuple(s.scale for s in sdp.network.systems)))

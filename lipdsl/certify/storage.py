@@ -167,8 +167,36 @@ def _solver_point(sdp: Sdp, solution: Solution) -> Point:
     return Point(sdp, x)
 
 
+@dataclasses.dataclass
+class RecoveryCache:
+    """What ``refined_grids``'s check and the recovery of the same solver point share (``recover_point``):
+    each system's response on the fine grid (by link) and the raise trials already made, by ``(delta,
+    margin)``, each with the point it started from (reused only from an equal point). Belongs to ``sdp``."""
+
+    sdp: Sdp
+    responses: dict = dataclasses.field(default_factory=dict)
+    trials: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, sdp: Sdp, cache: "RecoveryCache | None") -> "RecoveryCache":
+        """``cache`` if it belongs to ``sdp``, else an empty one."""
+        return cache if cache is not None and cache.sdp is sdp else cls(sdp)
+
+    def trial(self, start: Point, delta: float | None, margin: float) -> Point | None:
+        """The raised point of a trial from a point equal to ``start`` (a copy), or None."""
+        done = self.trials.get((delta, margin))
+        if done is None or not _equal_points(done[0], start):
+            return None
+        return copy.deepcopy(done[1])
+
+
+def _equal_points(a: Point, b: Point) -> bool:
+    return a.rho == b.rho and a.vars.keys() == b.vars.keys() and all(
+        np.array_equal(a.vars[k], b.vars[k]) for k in a.vars)
+
+
 def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
-                  threshold: float = REFINE_THRESHOLD) -> dict | None:
+                  threshold: float = REFINE_THRESHOLD, cache: RecoveryCache | None = None) -> dict | None:
     """Each gridded system's frequencies plus those where its frequency-domain LMI fails most between them
     at the solver's point, or None when no system's ``Phi`` dips below ``-threshold`` (relative) there.
 
@@ -182,9 +210,12 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
         return None
     point = _solver_point(sdp, solution)
     fine = frequency_grid(FINE_GRID)
+    cache = RecoveryCache.of(sdp, cache)  # (kept for the recovery of this point when nothing is refined)
+    responses = cache.responses
     trial = copy.deepcopy(point)  # what the recovery would cost (its cheap pass): refine only if it is large
-    _raise_chain(sdp, trial, fine, {}, 1e-6, 0.1, storage=False)
+    _raise_chain(sdp, trial, fine, responses, CHECK_MARGIN, CHECK_DELTA, storage=False)
     refit_first_system(sdp, trial)
+    cache.trials[CHECK_DELTA, CHECK_MARGIN] = (point, copy.deepcopy(trial))
     if not trial.rho > point.rho * (1 + REFINE_REPAIR) ** 2:
         return None
     grids, changed = {}, False
@@ -197,7 +228,7 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
         X_in, X_out = point.weight(link.w_in), point.weight(link.w_out)
         lam = point.vars[link.lam.name] if link.lam is not None else None
         own = system_grid(sdp, sys, fine)
-        H = frequency_response(sys.ss, own)
+        H = _response(sdp, link, fine, responses)
         inner = [point.vars[v.name] for v in link.inner]
 
         def lowest(part, sys=sys, lam=lam, inner=inner, X_in=X_in, X_out=X_out):  # per frequency
@@ -222,6 +253,12 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
             grid = np.unique(np.concatenate([grid, own[chosen]]))
         grids[sys.name] = grid
     return grids if changed else None
+
+
+#: ``refined_grids`` decides from the trial of this raise direction (``RAISE_DIRECTIONS``) at this margin:
+#: the recovery's own trial of it, which ``RecoveryCache`` lets the recovery reuse.
+CHECK_DELTA = 0.1
+CHECK_MARGIN = 1e-6
 
 
 #: How step 2 raises an input weight ``X``: ``X += e D`` with ``D = X + delta ||X|| I`` for each ``delta``
@@ -261,15 +298,20 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
     return dataclasses.replace(solution, x=point.vector(sdp))
 
 
-def recover_point(sdp: Sdp, start: Point, *, margin: float = 1e-6) -> Point:
-    """``recover_storage`` on a point in the original form (``reductions.StorageRecovery``): a new point."""
+def recover_point(sdp: Sdp, start: Point, *, margin: float = CHECK_MARGIN,
+                  cache: RecoveryCache | None = None) -> Point:
+    """``recover_storage`` on a point in the original form (``reductions.StorageRecovery``): a new point.
+    ``cache``: what ``refined_grids`` computed for this point (responses, its trial), else nothing."""
     fine = frequency_grid(FINE_GRID)
-    responses, warm = {}, {}  # (the refits of the first system start from the last one)
+    cache = RecoveryCache.of(sdp, cache)
+    responses, warm = cache.responses, {}  # (the refits of the first system start from the last one)
     best = None
     for delta in RAISE_DIRECTIONS:
-        trial = copy.deepcopy(start)
-        _raise_chain(sdp, trial, fine, responses, margin, delta, storage=False)
-        refit_first_system(sdp, trial, warm)  # (a first system with its exact LMI pays its raise here)
+        trial = cache.trial(start, delta, margin)
+        if trial is None:
+            trial = copy.deepcopy(start)
+            _raise_chain(sdp, trial, fine, responses, margin, delta, storage=False)
+            refit_first_system(sdp, trial, warm)  # (a first system with its exact LMI pays its raise here)
         if best is None or trial.rho < best[0]:
             best = (trial.rho, delta)
     point = copy.deepcopy(start)
@@ -313,6 +355,17 @@ def _raise_input(point: Point, link, up: _Raise, shift: float, whiten, delta: fl
     return up.scaled(1 + shift).plus(iso)
 
 
+def _response(sdp: Sdp, link, fine: np.ndarray, responses: dict) -> np.ndarray:
+    """``link``'s system's frequency response on ``fine`` mapped to its own period (``system_grid``; a
+    static system: its one matrix), computed once per ``responses`` cache (keyed by the link)."""
+    key = id(link)
+    if key not in responses:
+        sys = link.system
+        own = system_grid(sdp, sys, fine) if sys.ss.nx else np.zeros(1)
+        responses[key] = frequency_response(sys.ss, own)
+    return responses[key]
+
+
 def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, margin: float,
                  delta: float | None, *, storage: bool) -> None:
     """Steps 1-3 of the module docstring on ``point``, from the last system to the first; step 2 raises each
@@ -326,18 +379,14 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
             raised = _Raise()  # (its raised output weight is repaired by certify)
             continue
         if link.system.internal:  # a residual block in the frequency domain
-            raised = _recover_block(point, link, raised, system_grid(sdp, link.system, fine), margin, delta,
-                                    storage)
+            raised = _recover_block(point, link, raised, _response(sdp, link, fine, responses), margin,
+                                    delta, storage)
             continue
         sys = link.system
         up = _cover_raised_output(point, link, raised)
         lam = point.vars[link.lam.name] if link.lam is not None else None
         X_out = point.weight(link.w_out)
-        key = id(link)
-        if key not in responses:
-            own = system_grid(sdp, sys, fine) if sys.ss.nx else np.zeros(1)
-            responses[key] = frequency_response(sys.ss, own)
-        H = responses[key]
+        H = _response(sdp, link, fine, responses)
         # (the passes that only choose the raise direction work on a quarter of the coarse grid)
         H_coarse = (H[::every] if storage else H[:: 4 * every]) if sys.ss.nx else H
         P = None
@@ -466,9 +515,10 @@ def _whitening(X: np.ndarray, delta: float | None) -> np.ndarray | None:
         return None
 
 
-def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin: float,
+def _recover_block(point: Point, link, raised: _Raise, H: np.ndarray, margin: float,
                    delta: float | None = None, storage: bool = True) -> _Raise:
-    """Steps 1-3 of the module docstring for a residual block; returns the raise of its input weight.
+    """Steps 1-3 of the module docstring for a residual block (``H``: its frequency response on the fine
+    grid of its own period, ``_response``); returns the raise of its input weight.
 
     Step 1: every multiplier of the block and its input weight are scaled by ``1 + s`` and the output
     multiplier gets ``t/2`` (the output weight was raised as ``(1 + s) X_out + t I``). Step 2: every
@@ -491,7 +541,6 @@ def _recover_block(point: Point, link, raised: _Raise, fine: np.ndarray, margin:
     X_out = point.weight(link.w_out)
     X_in = point.weight(link.w_in)
     whiten = _whitening(X_in, delta) if link.w_in.kind == "var" else None
-    H = frequency_response(sys.ss, fine)
     every = (FINE_GRID - 1) // (COARSE_GRID - 1)
     # (the passes that only choose the raise direction: a quarter of the coarse grid, as in _raise_chain)
     Hc = H[::every] if storage else H[:: 4 * every]

@@ -583,3 +583,37 @@ def test_a_warm_refit_reaches_the_cold_refits_rho(monkeypatch):
     again = copy.deepcopy(raised)
     kyp.refit_first_system(gridded, again, warm)
     assert starts[0] and again.rho == pytest.approx(cold.rho, rel=1e-6)
+
+
+@pytest.mark.solver
+def test_the_recovery_reuses_what_the_refinement_check_computed(monkeypatch):
+    """When ``refined_grids`` finds nothing to refine, the recovery of the same point reuses its responses
+    and its trial of the raise direction ``CHECK_DELTA`` (``RecoveryCache``): one raise chain and one
+    frequency response per system fewer, the same certified bound (1e-7); a cache from another point is
+    not used."""
+    import copy
+
+    from lipdsl.certify import reductions
+
+    exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, channels=4, kernel=5), 9)
+    chains, responses = [], []
+    real_chain, real_response = kyp._raise_chain, kyp.frequency_response
+    monkeypatch.setattr(kyp, "_raise_chain", lambda *a, **k: chains.append(1) or real_chain(*a, **k))
+    monkeypatch.setattr(kyp, "frequency_response", lambda *a, **k: responses.append(1) or real_response(*a, **k))
+    start = reductions.chain(gridded, storage=False).invert(sol)
+
+    cold = kyp.recover_point(gridded, copy.deepcopy(start))
+    cold_counts = len(chains), len(responses)
+    cache = kyp.RecoveryCache(gridded)
+    assert kyp.refined_grids(gridded, sol, threshold=np.inf, cache=cache) is None  # (nothing refined)
+    chains.clear(), responses.clear()
+    warm = kyp.recover_point(gridded, copy.deepcopy(start), cache=cache)
+    assert (len(chains), len(responses)) == (cold_counts[0] - 1, 0)
+    assert certify(gridded, sol, point=warm).lipschitz == pytest.approx(
+        certify(gridded, sol, point=cold).lipschitz, rel=1e-7)
+
+    other = copy.deepcopy(start)
+    other.rho *= 1.01
+    chains.clear()
+    kyp.recover_point(gridded, other, cache=cache)
+    assert len(chains) == cold_counts[0]
