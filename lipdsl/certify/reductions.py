@@ -162,5 +162,6 @@ def chain(sdp: Sdp, *, storage: bool = True, recovery_cache=None) -> Chain:
     """The reductions ``build_sdp`` applied to get ``sdp`` (``storage=False``: the storage ``P`` are taken
     from the solution as they are, e.g. a solution already through ``storage.recover_storage``;
     ``recovery_cache``: a ``storage.RecoveryCache`` of the same point for the storage recovery)."""
-    return Chain(sdp, Inverse.of(sdp), StorageRecovery(sdp, recovery_cache) if storage and sdp.storage else None,
+    recovery = StorageRecovery(sdp, recovery_cache) if storage and sdp.storage else None
+    return Chain(sdp, Inverse.of(sdp), recovery,
                  Scaling(float(sdp.factor), tuple(s.scale for s in sdp.network.systems)))

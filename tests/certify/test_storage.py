@@ -599,7 +599,8 @@ def test_the_recovery_reuses_what_the_refinement_check_computed(monkeypatch):
     chains, responses = [], []
     real_chain, real_response = kyp._raise_chain, kyp.frequency_response
     monkeypatch.setattr(kyp, "_raise_chain", lambda *a, **k: chains.append(1) or real_chain(*a, **k))
-    monkeypatch.setattr(kyp, "frequency_response", lambda *a, **k: responses.append(1) or real_response(*a, **k))
+    monkeypatch.setattr(kyp, "frequency_response",
+                        lambda *a, **k: responses.append(1) or real_response(*a, **k))
     start = reductions.chain(gridded, storage=False).invert(sol)
 
     cold = kyp.recover_point(gridded, copy.deepcopy(start))
