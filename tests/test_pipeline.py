@@ -168,15 +168,18 @@ def test_subspace_weights_are_certified_between_full_weights_and_diagonal(seed):
 
 def test_the_default_form_takes_fewer_frequencies_for_wide_layers():
     """``choose_form``: 17 frequencies while the frequency LMIs stay below AUTO_WIDE_ORDER rows (FCN
-    32/64/32: 192), 9 from there on (FCN 64/128/64: 384 rows, each O(rows^3) an iteration), and the sentence
-    says why; an explicit K is kept."""
+    32/64/32: 192), 9 from there on (ResNet-1D's blocks: 256 rows; FCN 64/128/64: 384, each O(rows^3) an
+    iteration), and the sentence says why; an explicit K is kept."""
     import lipdsl
     from lipdsl.pipeline import AUTO_WIDE_ORDER, choose_form, problem_size
     from repo_paths import SPECS
 
-    narrow, wide = (lipdsl.load(SPECS / f"fcn_{size}.lip").typed for size in ("32_64_32", "64_128_64"))
-    assert problem_size(narrow, 1, 17).largest_lmi < AUTO_WIDE_ORDER <= problem_size(wide, 1, 17).largest_lmi
+    narrow, resnet, wide = (lipdsl.load(SPECS / f"{name}.lip").typed
+                            for name in ("fcn_32_64_32", "resnet1d", "fcn_64_128_64"))
+    assert problem_size(narrow, 1, 17).largest_lmi < AUTO_WIDE_ORDER == problem_size(resnet, 1, 17).largest_lmi
     assert choose_form(narrow)[0] == 17 and "not 17" not in choose_form(narrow)[1]
+    k, why = choose_form(resnet)
+    assert k == 9 and "on 9 frequencies, chosen automatically (9, not 17: LMIs of 256 rows" in why
     k, why = choose_form(wide)
     assert k == 9 and "on 9 frequencies, chosen automatically (9, not 17: LMIs of 384 rows" in why
     assert choose_form(wide, frequencies=17)[0] == 17

@@ -156,7 +156,7 @@ def _show(net, source, as_json: bool, state_space: bool, latex: bool, lowering: 
     show_default=True,
     help="Solve conv layers' LMIs in the frequency domain on K frequencies and recover their storage "
     "matrices afterwards (KYP lemma + Riccati): for wide conv layers; certified the same way, slightly "
-    "looser. auto: K = 17 (9 for LMIs of 384+ rows) when the exact LMIs would have more than 4000 "
+    "looser. auto: K = 17 (9 for LMIs of 256+ rows) when the exact LMIs would have more than 4000 "
     "variables; none: the exact LMIs.",
 )
 @click.option(
