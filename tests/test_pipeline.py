@@ -176,7 +176,8 @@ def test_the_default_form_takes_fewer_frequencies_for_wide_layers():
 
     narrow, resnet, wide = (lipdsl.load(SPECS / f"{name}.lip").typed
                             for name in ("fcn_32_64_32", "resnet1d", "fcn_64_128_64"))
-    assert problem_size(narrow, 1, 17).largest_lmi < AUTO_WIDE_ORDER == problem_size(resnet, 1, 17).largest_lmi
+    rows = [problem_size(net, 1, 17).largest_lmi for net in (narrow, resnet)]
+    assert rows[0] < AUTO_WIDE_ORDER == rows[1]
     assert choose_form(narrow)[0] == 17 and "not 17" not in choose_form(narrow)[1]
     k, why = choose_form(resnet)
     assert k == 9 and "on 9 frequencies, chosen automatically (9, not 17: LMIs of 256 rows" in why
