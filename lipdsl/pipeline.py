@@ -62,7 +62,7 @@ AUTO_FREQUENCIES = 17
 #: (``2 (c_in + c_out)``, or a residual block's stacked signals: ResNet-1D's 16 -> 32-channel block): each
 #: costs ``O(m^3)`` per interior-point iteration (FCN 64/128/64: 3 s an iteration at 9 frequencies), and the
 #: grid refinement adds frequencies where the repair would exceed ``storage.REFINE_REPAIR``: ResNet-1D
-#: certifies 2873.66 in 0.59x the time of 17 frequencies' 2877.22; FCN 32/64/32 (192 rows) is faster at 17.
+#: certifies 2873.66 in 0.63x the time of 17 frequencies' 2877.22; FCN 32/64/32 (192 rows) is faster at 17.
 AUTO_WIDE_ORDER = 256
 AUTO_WIDE_FREQUENCIES = 9
 #: Frequency mode: re-solves with the grid refined where the LMIs dip between its frequencies
