@@ -1,5 +1,5 @@
-"""Wide and deep nets (issue 20): the whole `lipdsl solve` CLI, in its default (automatic) form, on the cases
-the issue sets targets for, with peak memory and the cheap certified baseline beside each bound.
+"""Wide, deep and residual nets (issues 20 and 19): the whole `lipdsl solve` CLI, in its default (automatic)
+form, on the cases the issues set targets for, with peak memory and the cheap certified baseline beside each bound.
 
     python bench/wide.py [--cases NAME ...] [--timeout 900] [--out bench/out]
 
@@ -15,7 +15,9 @@ is solved first in the same run as the baseline for the time ratios. Cases:
   scale of GLipSDP's largest 2D net, in 1D);
 - `cnn_c32_k9_d4_gap`: bench/scale.py's generated 32-channel, kernel-9, depth-4 net;
 - the trained plain TCN (specs/tcn_plain.lip: 16 channels, dilations 1, 2, 4, 1, 2, 4) and `tcn32`: a
-  generated 32-channel causal TCN with dilations 1, 2, 4, 8, 16 on 256 samples, GAP, dense 5.
+  generated 32-channel causal TCN with dilations 1, 2, 4, 8, 16 on 256 samples, GAP, dense 5;
+- issue 19's trained residual nets: ResNet-1D 16/32/32 (specs/resnet1d.lip) and the residual TCN
+  (specs/tcn.lip), 60 s each.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ TARGETS = {
     "cnn_c32_k9_d4_gap": (10, None),
     "tcn_plain": (30, None),
     "tcn32": (120, None),
+    "resnet1d": (60, None),
+    "tcn": (60, None),
 }
 
 
@@ -84,6 +88,8 @@ def cases(folder: Path) -> dict[str, Path]:
     out["cnn_c32_k9_d4_gap"] = write_cnn(folder, 32, 9, 4, "gap")
     out["tcn_plain"] = ROOT / "specs" / "tcn_plain.lip"
     out["tcn32"] = write_stack(folder, "tcn32", 32, 5, 3, 256, [1, 2, 4, 8, 16], "causal", 5, c_in=1)
+    for name in ("resnet1d", "tcn"):
+        out[name] = ROOT / "specs" / f"{name}.lip"
     return out
 
 
