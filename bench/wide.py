@@ -1,5 +1,6 @@
 """Wide, deep and residual nets (issues 20 and 19): the whole `lipdsl solve` CLI, in its default (automatic)
-form, on the cases the issues set targets for, with peak memory and the cheap certified baseline beside each bound.
+form, on the cases the issues set targets for, with peak memory and the cheap certified baseline beside each
+bound.
 
     python bench/wide.py [--cases NAME ...] [--timeout 900] [--out bench/out]
 
