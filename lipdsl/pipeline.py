@@ -159,11 +159,9 @@ class Result:
 
     @property
     def frequencies(self) -> int | None:
-        """How many frequencies the frequency-domain LMIs were imposed on (None: no gridded layer)."""
-        if not self.sdp.storage:
-            return None
-        name = f"LMI[{self.sdp.storage[0].system}](w="
-        return sum(lmi.name.startswith(name) for lmi in self.sdp.lmis)
+        """How many frequencies the frequency-domain LMIs were asked for (``--frequencies K``; the grid
+        refinement may have added some to each system, ``sdp.grids``); None: no gridded layer."""
+        return self.sdp.frequencies if self.sdp.storage else None
 
     @property
     def above_hinf_product(self) -> bool | None:

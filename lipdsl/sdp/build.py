@@ -530,4 +530,5 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         tuple(storage),
         used_grids,
         spacings,
+        frequencies if storage else None,
     )

@@ -285,6 +285,9 @@ class Sdp:
     grids: dict = field(default_factory=dict)
     #: each gridded system's tap spacing ``g`` (``build.tap_spacing``: its LMIs are ``2 pi / g``-periodic)
     spacings: dict = field(default_factory=dict)
+    #: the number of frequencies asked for (``build_sdp(frequencies=K)``; a refined grid has more), None
+    #: when no system is gridded
+    frequencies: int | None = None
 
     @property
     def n(self) -> int:

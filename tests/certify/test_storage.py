@@ -417,6 +417,7 @@ def test_the_grid_is_refined_where_the_lmis_dip_between_its_frequencies():
     refined = solve_network(net, frequencies=5)
     assert refined.certificate.verified and any("grid refined 2 time(s)" in n for n in refined.sdp.notes)
     assert any(len(g) > 5 for g in refined.sdp.grids.values())
+    assert refined.frequencies == 5  # (the K asked for; the note and sdp.grids have the refined counts)
     once = solve_network(net, frequencies=5, refine_rounds=1)
     assert once.certificate.verified and any("grid refined 1 time(s)" in n for n in once.sdp.notes)
     plain = solve_network(net, frequencies=5, refine_rounds=0)
