@@ -184,14 +184,14 @@ class Result:
         out = []
         sizes = sorted({len(grid) for grid in self.sdp.grids.values()}) or [self.frequencies]
         if cert.inflation is not None and cert.inflation > REPAIR_WARNING:
-            lo, hi = sizes[0], sizes[-1]
+            lo, hi, k = sizes[0], sizes[-1], self.frequencies or sizes[0]
             # (grids of different sizes: the refinement added frequencies to some systems)
             grid = (f"the {lo}-frequency grid misses" if lo == hi else
                     f"the grids, refined to {lo}-{hi} frequencies, miss")
             more = "" if lo == hi else "more refinement rounds (--refine-rounds N), "
             out.append(f"the certificate repair raised the solver value {cert.lipschitz_solver:.6g} by "
                        f"{cert.inflation:.1%} (x{1 + cert.inflation:.3g}): {grid} where the LMIs are tight; "
-                       f"{more}more frequencies (--frequencies {2 * hi - 1}) or the exact "
+                       f"{more}more frequencies (--frequencies {2 * k - 1}) or the exact "
                        "SDP (--frequencies none) give a tighter bound")
         if self.above_hinf_product:
             out.append(f"this bound is above the product of the layers' H-infinity gains, "

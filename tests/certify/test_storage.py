@@ -400,7 +400,7 @@ def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_produc
     grids[first] = np.linspace(0, np.pi, 7)
     refined = dataclasses.replace(result, sdp=dataclasses.replace(result.sdp, grids=grids))
     assert ("the grids, refined to 3-7 frequencies, miss where the LMIs are tight; more refinement rounds "
-            "(--refine-rounds N), more frequencies (--frequencies 13)") in to_json(refined)["warnings"][0]
+            "(--refine-rounds N), more frequencies (--frequencies 5)") in to_json(refined)["warnings"][0]
     exact = solve_network(conv_net(4))
     assert exact.hinf_product is None and to_json(exact)["warnings"] == []
     assert to_json(exact)["frequencies"] is None and to_json(exact)["above_hinf_product"] is None
