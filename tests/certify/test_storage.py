@@ -596,9 +596,10 @@ def test_a_warm_refit_reaches_the_cold_refits_rho(monkeypatch):
 @pytest.mark.solver
 def test_the_recovery_reuses_what_the_refinement_check_computed(monkeypatch):
     """When ``refined_grids`` finds nothing to refine, the recovery of the same point reuses its responses
-    and its trial of the raise direction ``CHECK_DELTA`` (``RecoveryCache``): one raise chain and one
-    frequency response per system fewer, the same certified bound (1e-7); a cache from another point is
-    not used."""
+    and its trials (``RecoveryCache``): with one direction tried (its repair clearly on one side of
+    ``REFINE_REPAIR``) one raise chain fewer, with all of them (close to the line, within ``REFINE_SURE``)
+    only the final chain is left; no frequency response is recomputed and the certified bound is the same
+    (1e-7); a cache from another point is not used."""
     import copy
 
     from lipdsl.certify import reductions
@@ -610,19 +611,23 @@ def test_the_recovery_reuses_what_the_refinement_check_computed(monkeypatch):
     monkeypatch.setattr(kyp, "frequency_response",
                         lambda *a, **k: responses.append(1) or real_response(*a, **k))
     start = reductions.chain(gridded, storage=False).invert(sol)
-
     cold = kyp.recover_point(gridded, copy.deepcopy(start))
-    cold_counts = len(chains), len(responses)
-    cache = kyp.RecoveryCache(gridded)
-    assert kyp.refined_grids(gridded, sol, threshold=np.inf, cache=cache) is None  # (nothing refined)
-    chains.clear(), responses.clear()
-    warm = kyp.recover_point(gridded, copy.deepcopy(start), cache=cache)
-    assert (len(chains), len(responses)) == (cold_counts[0] - 1, 0)
-    assert certify(gridded, sol, point=warm).lipschitz == pytest.approx(
-        certify(gridded, sol, point=cold).lipschitz, rel=1e-7)
+    directions = len(kyp.RAISE_DIRECTIONS)
+    assert len(chains) == directions + 1
+    bound = certify(gridded, sol, point=cold).lipschitz
+
+    for repair, sure, left in ((1.0, 1.0, directions), (0.0, np.inf, 1)):
+        monkeypatch.setattr(kyp, "REFINE_REPAIR", repair)
+        monkeypatch.setattr(kyp, "REFINE_SURE", sure)
+        cache = kyp.RecoveryCache(gridded)
+        assert kyp.refined_grids(gridded, sol, threshold=np.inf, cache=cache) is None  # (nothing refined)
+        chains.clear(), responses.clear()
+        warm = kyp.recover_point(gridded, copy.deepcopy(start), cache=cache)
+        assert (len(chains), len(responses)) == (left, 0)
+        assert certify(gridded, sol, point=warm).lipschitz == pytest.approx(bound, rel=1e-7)
 
     other = copy.deepcopy(start)
     other.rho *= 1.01
     chains.clear()
     kyp.recover_point(gridded, other, cache=cache)
-    assert len(chains) == cold_counts[0]
+    assert len(chains) == directions + 1
