@@ -182,9 +182,10 @@ class Result:
         if not cert.verified or not self.sdp.storage:
             return []
         out = []
-        sizes = sorted({len(grid) for grid in self.sdp.grids.values()}) or [self.frequencies]
         if cert.inflation is not None and cert.inflation > REPAIR_WARNING:
-            lo, hi, k = sizes[0], sizes[-1], self.frequencies or sizes[0]
+            k = self.frequencies  # (every gridded system has its grid in sdp.grids, refined or K long)
+            sizes = sorted({len(grid) for grid in self.sdp.grids.values()})
+            lo, hi = sizes[0], sizes[-1]
             # (grids of different sizes: the refinement added frequencies to some systems)
             grid = (f"the {lo}-frequency grid misses" if lo == hi else
                     f"the grids, refined to {lo}-{hi} frequencies, miss")

@@ -30,6 +30,7 @@ from lipdsl.model import lowered
 from lipdsl.rigorous import mul_up, sqrt_up
 
 if TYPE_CHECKING:  # (the certificate checker imports Scaling: no sdp or solver module at run time)
+    from lipdsl.certify.storage import RecoveryCache
     from lipdsl.sdp.problem import Sdp, Variable
     from lipdsl.solvers.solution import Solution
 
@@ -89,8 +90,8 @@ class StorageRecovery:
     """A frequency-domain solve: the storage ``P`` of the gridded systems, recovered (Riccati equations)."""
 
     sdp: Sdp
-    #: what ``storage.refined_grids`` computed for the same solver point (``storage.RecoveryCache``), if any
-    cache: object = None
+    #: what ``storage.refined_grids`` computed for the same solver point, if any
+    cache: RecoveryCache | None = None
 
     def invert(self, point):
         """The point with every storage ``P`` filled in (``storage.recover_point``; a new ``Point``)."""
@@ -158,7 +159,7 @@ class Chain:
         return x
 
 
-def chain(sdp: Sdp, *, storage: bool = True, recovery_cache=None) -> Chain:
+def chain(sdp: Sdp, *, storage: bool = True, recovery_cache: RecoveryCache | None = None) -> Chain:
     """The reductions ``build_sdp`` applied to get ``sdp`` (``storage=False``: the storage ``P`` are taken
     from the solution as they are, e.g. a solution already through ``storage.recover_storage``;
     ``recovery_cache``: a ``storage.RecoveryCache`` of the same point for the storage recovery)."""

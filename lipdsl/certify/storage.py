@@ -186,12 +186,18 @@ class RecoveryCache:
         """``cache`` if it belongs to ``sdp``, else an empty one."""
         return cache if cache is not None and cache.sdp is sdp else cls(sdp)
 
-    def trial(self, start: Point, delta: float | None, margin: float) -> Point | None:
-        """The raised point of a trial from a point equal to ``start`` (a copy), or None."""
+    def trial(self, start: Point, delta: float | None, margin: float, warm: dict | None = None) -> Point:
+        """A copy of ``start`` through steps 1-3 along ``delta`` without the Riccati equations, then the first
+        system's refit (``warm``: ``refit_first_system``'s): the recovery's cheap pass, which decides the
+        raise direction. Made once and kept; a later call from an equal point gets a copy."""
         done = self.trials.get((delta, margin))
-        if done is None or not _equal_points(done[0], start):
-            return None
-        return copy.deepcopy(done[1])
+        if done is not None and _equal_points(done[0], start):
+            return copy.deepcopy(done[1])
+        trial = copy.deepcopy(start)
+        _raise_chain(self.sdp, trial, frequency_grid(FINE_GRID), self.responses, margin, delta, storage=False)
+        refit_first_system(self.sdp, trial, warm)  # (a first system with its exact LMI pays its raise here)
+        self.trials[delta, margin] = (start, copy.deepcopy(trial))
+        return trial
 
 
 def _equal_points(a: Point, b: Point) -> bool:
@@ -221,17 +227,10 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     fine = frequency_grid(FINE_GRID)
     cache = RecoveryCache.of(sdp, cache)  # (kept for the recovery of this point when nothing is refined)
     responses = cache.responses
-
-    def trial_rho(delta) -> float:  # what the recovery would cost along delta (its cheap pass)
-        trial = copy.deepcopy(point)
-        _raise_chain(sdp, trial, fine, responses, CHECK_MARGIN, delta, storage=False)
-        refit_first_system(sdp, trial)
-        cache.trials[delta, CHECK_MARGIN] = (point, copy.deepcopy(trial))
-        return trial.rho
-
-    least = trial_rho(CHECK_DELTA)
+    least = cache.trial(point, CHECK_DELTA, CHECK_MARGIN).rho  # what the recovery would cost
     if point.rho * (1 + REFINE_REPAIR) ** 2 < least <= point.rho * (1 + REFINE_SURE) ** 2:
-        least = min([least] + [trial_rho(d) for d in RAISE_DIRECTIONS if d != CHECK_DELTA])
+        least = min([least] + [cache.trial(point, d, CHECK_MARGIN).rho for d in RAISE_DIRECTIONS
+                               if d != CHECK_DELTA])
     if not least > point.rho * (1 + REFINE_REPAIR) ** 2:
         return None
     grids, changed = {}, False
@@ -317,21 +316,17 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
 def recover_point(sdp: Sdp, start: Point, *, margin: float = CHECK_MARGIN,
                   cache: RecoveryCache | None = None) -> Point:
     """``recover_storage`` on a point in the original form (``reductions.StorageRecovery``): a new point.
-    ``cache``: what ``refined_grids`` computed for this point (responses, its trial), else nothing."""
+    ``cache``: what ``refined_grids`` computed for this point (responses, trials), else nothing."""
     fine = frequency_grid(FINE_GRID)
     cache = RecoveryCache.of(sdp, cache)
-    responses, warm = cache.responses, {}  # (the refits of the first system start from the last one)
+    warm = {}  # (the refits of the first system start from the last one)
     best = None
     for delta in RAISE_DIRECTIONS:
-        trial = cache.trial(start, delta, margin)
-        if trial is None:
-            trial = copy.deepcopy(start)
-            _raise_chain(sdp, trial, fine, responses, margin, delta, storage=False)
-            refit_first_system(sdp, trial, warm)  # (a first system with its exact LMI pays its raise here)
+        trial = cache.trial(start, delta, margin, warm)
         if best is None or trial.rho < best[0]:
             best = (trial.rho, delta)
     point = copy.deepcopy(start)
-    _raise_chain(sdp, point, fine, responses, margin, best[1], storage=True)
+    _raise_chain(sdp, point, fine, cache.responses, margin, best[1], storage=True)
     refit_first_system(sdp, point, warm)
     return point
 
