@@ -227,9 +227,9 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     fine = frequency_grid(FINE_GRID)
     cache = RecoveryCache.of(sdp, cache)  # (kept for the recovery of this point when nothing is refined)
     responses = cache.responses
-    least = cache.trial(point, CHECK_DELTA, CHECK_MARGIN).rho  # what the recovery would cost
+    least = cache.trial(point, CHECK_DELTA, RECOVERY_MARGIN).rho  # what the recovery would cost
     if point.rho * (1 + REFINE_REPAIR) ** 2 < least <= point.rho * (1 + REFINE_SURE) ** 2:
-        least = min([least] + [cache.trial(point, d, CHECK_MARGIN).rho for d in RAISE_DIRECTIONS
+        least = min([least] + [cache.trial(point, d, RECOVERY_MARGIN).rho for d in RAISE_DIRECTIONS
                                if d != CHECK_DELTA])
     if not least > point.rho * (1 + REFINE_REPAIR) ** 2:
         return None
@@ -270,10 +270,11 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     return grids if changed else None
 
 
-#: ``refined_grids`` decides from the trial of this raise direction (``RAISE_DIRECTIONS``) at this margin:
-#: the recovery's own trial of it, which ``RecoveryCache`` lets the recovery reuse.
+#: ``refined_grids`` decides from the trial of this raise direction (``RAISE_DIRECTIONS``) at the
+#: recovery's margin: the recovery's own trial of it, which ``RecoveryCache`` lets the recovery reuse.
 CHECK_DELTA = 0.1
-CHECK_MARGIN = 1e-6
+#: The margin of the recovery's raises (``recover_storage``, ``recover_point``) and of the check's trials.
+RECOVERY_MARGIN = 1e-6
 
 
 #: How step 2 raises an input weight ``X``: ``X += e D`` with ``D = X + delta ||X|| I`` for each ``delta``
@@ -296,7 +297,7 @@ class _Raise:
         return _Raise(self.relative, self.absolute + t)
 
 
-def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> Solution:
+def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = RECOVERY_MARGIN) -> Solution:
     """The solver's point with every storage ``P`` filled in (and ``rho``, ``L``, ``X`` raised as needed).
 
     Every system is treated the same way, from the last to the first (module docstring): the exact LMIs
@@ -313,7 +314,7 @@ def recover_storage(sdp: Sdp, solution: Solution, *, margin: float = 1e-6) -> So
     return dataclasses.replace(solution, x=point.vector(sdp))
 
 
-def recover_point(sdp: Sdp, start: Point, *, margin: float = CHECK_MARGIN,
+def recover_point(sdp: Sdp, start: Point, *, margin: float = RECOVERY_MARGIN,
                   cache: RecoveryCache | None = None) -> Point:
     """``recover_storage`` on a point in the original form (``reductions.StorageRecovery``): a new point.
     ``cache``: what ``refined_grids`` computed for this point (responses, trials), else nothing."""
