@@ -58,22 +58,27 @@ REPAIR_WARNING = 0.01
 #: ``AUTO_FREQUENCIES`` frequencies has fewer.
 AUTO_VARIABLES = 4000
 AUTO_FREQUENCIES = 17
-#: ... and on ``AUTO_WIDE_FREQUENCIES`` when a frequency LMI would have at least ``AUTO_WIDE_ORDER`` rows
-#: (``2 (c_in + c_out)``, or a residual block's stacked signals: ResNet-1D's 16 -> 32-channel block): each
-#: costs ``O(m^3)`` per interior-point iteration (FCN 64/128/64: 3 s an iteration at 9 frequencies), and the
-#: grid refinement adds frequencies where the repair would exceed ``storage.REFINE_REPAIR``: ResNet-1D
-#: certifies 2873.66 in 0.63x the time of 17 frequencies' 2877.22; FCN 32/64/32 (192 rows) is faster at 17.
-AUTO_WIDE_ORDER = 256
-AUTO_WIDE_FREQUENCIES = 9
+#: ... and on fewer when its largest frequency LMI has many rows (``2 (c_in + c_out)``, or a residual
+#: block's stacked signals): each costs ``O(rows^3)`` per interior-point iteration, and the repair of a
+#: coarser grid costs less than those iterations. ``(rows, frequencies)``, the first that applies:
+#: FCN 32/64/32 (192 rows) 9, ResNet-1D (256) 9, FCN 64/128/64 (384) 7, FCN 128/256/128 (768) 5.
+AUTO_WIDE_FREQUENCIES = ((768, 5), (384, 7), (192, 9))
 #: Frequency mode: re-solves with the grid refined where the LMIs dip between its frequencies
-#: (``certify.storage.refined_grids``; none when they do not dip).
+#: (``certify.storage.refined_grids``; none when they do not dip): up to this many by default, ...
 REFINE_ROUNDS = 2
+#: ... and by default only when the recovery would raise the bound by more than this (relative): a round
+#: costs about a whole solve. An explicit ``refine_rounds`` (``--refine-rounds N``) refines above
+#: ``storage.REFINE_REPAIR`` (1 %, the report's warning threshold) instead.
+AUTO_REFINE_REPAIR = 0.05
 
 
 #: ``weight_rank="auto"``: the weights X between layers on a subspace of this rank (``diag(d) + V S V'``,
-#: ``sdp.build.weight_bases``) when the chosen form with full X would have more than ``AUTO_VARIABLES``
-#: variables (wide layers: a full X of 256 channels alone is 32,896 variables).
+#: ``sdp.build.weight_bases``) when the chosen form with full X would have more than
+#: ``AUTO_WEIGHT_VARIABLES`` variables (wide layers: a full X of 256 channels alone is 32,896 variables;
+#: FCN 32/64/32 on 9 frequencies: 2,765, where the dense Newton matrix's Cholesky and Gram products are half
+#: of each iteration).
 AUTO_WEIGHT_RANK = 16
+AUTO_WEIGHT_VARIABLES = 2000
 #: ... for the weights of at least this many channels (a full X of 64 channels: 2,080 variables); narrower
 #: ones stay full (a deep chain of narrow layers has a banded Newton matrix: full X is cheap there).
 AUTO_WEIGHT_MIN_ORDER = 64
@@ -90,8 +95,8 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     """The number of frequencies to solve ``net`` with (None: the exact LMIs) and a sentence saying which
     form that is and why. ``frequencies``: a number (kept), None or ``"none"`` (the exact LMIs), or
     ``"auto"``: the exact LMIs unless they have more than ``AUTO_VARIABLES`` variables and the frequency
-    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering); on
-    ``AUTO_WIDE_FREQUENCIES`` when its largest LMI has ``AUTO_WIDE_ORDER`` rows or more."""
+    form on ``AUTO_FREQUENCIES`` frequencies fewer (sizes from ``problem_size``, before lowering); on fewer
+    (``AUTO_WIDE_FREQUENCIES``) when its largest LMI has many rows."""
     if frequencies is None or frequencies == "none":
         return None, "exact LMIs (the storage P of every conv layer a solver variable)"
     if frequencies != "auto":
@@ -105,11 +110,13 @@ def choose_form(net: typed.Network, lift: int = 1, frequencies: int | str | None
     if gridded.variables >= exact.variables:
         return None, (f"exact LMIs ({exact.variables:,} variables; the frequency form would not have fewer)")
     k, wide = AUTO_FREQUENCIES, ""
-    if gridded.largest_lmi >= AUTO_WIDE_ORDER:
-        k = AUTO_WIDE_FREQUENCIES
-        gridded = problem_size(net, lift, k)
-        wide = (f" ({k}, not {AUTO_FREQUENCIES}: LMIs of {gridded.largest_lmi:,} rows, each O(rows^3) an "
-                f"iteration)")
+    for rows, fewer in AUTO_WIDE_FREQUENCIES:
+        if gridded.largest_lmi >= rows:
+            k = fewer
+            gridded = problem_size(net, lift, k)
+            wide = (f" ({k}, not {AUTO_FREQUENCIES}: LMIs of {gridded.largest_lmi:,} rows, each O(rows^3) an "
+                    f"iteration)")
+            break
     return k, (
         f"frequency-domain LMIs for the wide conv layers on {k} frequencies, chosen "
         f"automatically{wide}: {gridded.variables:,} variables instead of the exact LMIs' "
@@ -120,7 +127,7 @@ def choose_weights(net: typed.Network, lift: int, frequencies: int | None,
                    weight_rank: int | str | None = "auto") -> tuple[SubspaceWeights | None, str]:
     """The rank of the subspace weights (None: full X) and a sentence saying why. ``weight_rank``: a number
     (kept), None or ``"full"`` (full X), or ``"auto"``: ``AUTO_WEIGHT_RANK`` when the form being solved
-    (``frequencies``) would have more than ``AUTO_VARIABLES`` variables with full X and fewer with the
+    (``frequencies``) would have more than ``AUTO_WEIGHT_VARIABLES`` variables with full X and fewer with the
     subspace weights (docs/method.md, "Weights on a subspace")."""
     if weight_rank is None or weight_rank == "full":
         return None, ""
@@ -128,7 +135,7 @@ def choose_weights(net: typed.Network, lift: int, frequencies: int | None,
         r = int(weight_rank)
         return SubspaceWeights(r), f"weights X = diag + rank-{r} subspace (--weight-rank {r})"
     full = problem_size(net, lift, frequencies)
-    if full.variables <= AUTO_VARIABLES:
+    if full.variables <= AUTO_WEIGHT_VARIABLES:
         return None, ""
     auto = SubspaceWeights(AUTO_WEIGHT_RANK, AUTO_WEIGHT_MIN_ORDER)
     reduced = problem_size(net, lift, frequencies, auto)
@@ -156,6 +163,8 @@ class Result:
     hinf_product: float | None = None
     #: which LMIs were solved and why (``choose_form``)
     form: str = ""
+    #: the ``refine_rounds`` asked for (None: the default, ``AUTO_REFINE_REPAIR``)
+    refine_rounds: int | None = None
 
     @property
     def frequencies(self) -> int | None:
@@ -186,10 +195,15 @@ class Result:
             k = self.frequencies  # (every gridded system has its grid in sdp.grids, refined or K long)
             sizes = sorted({len(grid) for grid in self.sdp.grids.values()})
             lo, hi = sizes[0], sizes[-1]
-            # (grids of different sizes: the refinement added frequencies to some systems)
-            grid = (f"the {lo}-frequency grid misses" if lo == hi else
-                    f"the grids, refined to {lo}-{hi} frequencies, miss")
-            more = "" if lo == hi else "more refinement rounds (--refine-rounds N), "
+            refined = sizes != [k]  # (the refinement added frequencies to some systems, or to all alike)
+            grid = (f"the {k}-frequency grid misses" if not refined else
+                    f"the grids, refined to {lo}{'' if lo == hi else f'-{hi}'} frequencies, miss")
+            if refined:
+                more = "more refinement rounds (--refine-rounds N), "
+            elif not self.refine_rounds:  # (by default, grids are refined only above AUTO_REFINE_REPAIR)
+                more = f"the grid refined where they dip (--refine-rounds {max(REFINE_ROUNDS, 1)}), "
+            else:
+                more = ""
             out.append(f"the certificate repair raised the solver value {cert.lipschitz_solver:.6g} by "
                        f"{cert.inflation:.1%} (x{1 + cert.inflation:.3g}): {grid} where the LMIs are tight; "
                        f"{more}more frequencies (--frequencies {2 * k - 1}) or the exact "
@@ -269,8 +283,9 @@ def solve_network(
     says which).
 
     ``refine_rounds``: in the frequency domain, at most that many re-solves with the grid refined where the
-    LMIs dip between its frequencies (None: ``REFINE_ROUNDS``; 0: none, the fastest; each, started from the
-    last point, costs about half a solve and lowers the repair).
+    LMIs dip between its frequencies, when the certificate's repair would exceed ``storage.REFINE_REPAIR``
+    (0: none, the fastest; each, started from the last point, costs about a solve and lowers the repair);
+    None: up to ``REFINE_ROUNDS``, when the repair would exceed ``AUTO_REFINE_REPAIR``.
 
     ``progress``: called as ``progress(stage)`` when a stage starts ("lowering", "building the SDP",
     "solving", "recovering P (Riccati)", "certifying"; on the working thread; for a progress display).
@@ -288,13 +303,13 @@ def solve_network(
             lambda: _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift,
                                    seconds, max_lmi, max_variables, accept_unconverged, frequencies,
                                    merge_linear, deadline, options, progress or (lambda stage: None), form,
-                                   weights, REFINE_ROUNDS if refine_rounds is None else refine_rounds),
+                                   weights, refine_rounds),
             deadline, "lipdsl solve", grace=0.5)
 
 
 def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length, lift, seconds, max_lmi,
                    max_variables, accept_unconverged, frequencies, merge_linear, deadline, options,
-                   progress, form, weights=None, refine_rounds=REFINE_ROUNDS) -> Result:
+                   progress, form, weights=None, refine_rounds=None) -> Result:
     """``solve_network`` inside its deadline and thread limits."""
     times = dict(seconds or {})
     t0 = time.perf_counter()
@@ -319,9 +334,13 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     t3 = time.perf_counter()
     stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
     cache = None
-    if sdp.storage and refine_rounds:
+    from lipdsl.certify.storage import REFINE_REPAIR
+
+    rounds, repair = ((REFINE_ROUNDS, AUTO_REFINE_REPAIR) if refine_rounds is None
+                      else (refine_rounds, REFINE_REPAIR))
+    if sdp.storage and rounds:
         sdp, sol, cache = _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline,
-                                  progress, weights, refine_rounds)
+                                  progress, weights, rounds, repair)
         stages["refine"] = time.perf_counter() - t3
         t3 = time.perf_counter()
     # the solver's point mapped back to the LMIs' original form by the reductions build_sdp applied (inverse
@@ -342,7 +361,7 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     t4 = time.perf_counter()
     times.update({**stages, "certify": t4 - t3})
     product = _hinf_product(net, min_length) if sdp.storage else None
-    result = Result(net, low, sdp, sol, cert, times, min_length, product, form)
+    result = Result(net, low, sdp, sol, cert, times, min_length, product, form, refine_rounds)
     if (
         cert.verified
         and not accept_unconverged
@@ -364,9 +383,10 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
 
 
 def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress, weights,
-            max_rounds):
+            max_rounds, repair):
     """Frequency mode: up to ``max_rounds`` re-solves with each system's grid refined where its ``Phi``
-    dips between the frequencies at the solver's point (``storage.refined_grids``); a note says so.
+    dips between the frequencies at the solver's point, while the recovery would raise the bound by more
+    than ``repair`` (``storage.refined_grids``); a note says so.
 
     A re-solve that stops short of its tolerance (neither converged nor ``near_optimal``; e.g. CVXOPT's
     singular-KKT ending on a denser grid) is dropped for the last one that did, so refining never turns a
@@ -378,7 +398,7 @@ def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, de
     rounds, dropped, cache = 0, None, None
     while rounds < max_rounds and sol.x is not None:
         cache = RecoveryCache(sdp)
-        grids = refined_grids(sdp, sol, cache=cache)
+        grids = refined_grids(sdp, sol, repair=repair, cache=cache)
         if grids is None:
             break
         cache = None

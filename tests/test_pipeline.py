@@ -167,20 +167,22 @@ def test_subspace_weights_are_certified_between_full_weights_and_diagonal(seed):
 
 
 def test_the_default_form_takes_fewer_frequencies_for_wide_layers():
-    """``choose_form``: 17 frequencies while the frequency LMIs stay below AUTO_WIDE_ORDER rows (FCN
-    32/64/32: 192), 9 from there on (ResNet-1D's blocks: 256 rows; FCN 64/128/64: 384, each O(rows^3) an
-    iteration), and the sentence says why; an explicit K is kept."""
+    """``choose_form``: 17 frequencies while the frequency LMIs stay below 192 rows (the plain TCN: 64),
+    then fewer as they grow (``AUTO_WIDE_FREQUENCIES``, each LMI O(rows^3) an iteration): 9 from 192 rows
+    (FCN 32/64/32: 192; ResNet-1D's blocks: 256), 7 from 384 (FCN 64/128/64); the sentence says why; an
+    explicit K is kept."""
     import lipdsl
-    from lipdsl.pipeline import AUTO_WIDE_ORDER, choose_form, problem_size
+    from lipdsl.pipeline import AUTO_WIDE_FREQUENCIES, choose_form, problem_size
     from repo_paths import SPECS
 
-    narrow, resnet, wide = (lipdsl.load(SPECS / f"{name}.lip").typed
-                            for name in ("fcn_32_64_32", "resnet1d", "fcn_64_128_64"))
-    rows = [problem_size(net, 1, 17).largest_lmi for net in (narrow, resnet)]
-    assert rows[0] < AUTO_WIDE_ORDER == rows[1]
-    assert choose_form(narrow)[0] == 17 and "not 17" not in choose_form(narrow)[1]
-    k, why = choose_form(resnet)
-    assert k == 9 and "on 9 frequencies, chosen automatically (9, not 17: LMIs of 256 rows" in why
-    k, why = choose_form(wide)
-    assert k == 9 and "on 9 frequencies, chosen automatically (9, not 17: LMIs of 384 rows" in why
+    plain, narrow, resnet, wide = (lipdsl.load(SPECS / f"{name}.lip").typed
+                                   for name in ("tcn_plain", "fcn_32_64_32", "resnet1d", "fcn_64_128_64"))
+    rows = [problem_size(net, 1, 17).largest_lmi for net in (plain, narrow, resnet, wide)]
+    assert rows == [64, 192, 256, 384]
+    assert [step[0] for step in AUTO_WIDE_FREQUENCIES][-2:] == [384, 192]
+    assert choose_form(plain)[0] == 17 and "not 17" not in choose_form(plain)[1]
+    for net, k, m in ((narrow, 9, 192), (resnet, 9, 256), (wide, 7, 384)):
+        chosen, why = choose_form(net)
+        assert chosen == k
+        assert f"on {k} frequencies, chosen automatically ({k}, not 17: LMIs of {m} rows" in why
     assert choose_form(wide, frequencies=17)[0] == 17

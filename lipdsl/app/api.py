@@ -222,12 +222,12 @@ class Network:
             ``lift``,
             ``frequencies``: ``"auto"`` by default, as ``lipdsl solve``; ``None`` or ``"none"`` for the exact
             LMIs, or a number; ``weight_rank``: ``"auto"`` by default, ``"full"`` or a rank R, as
-            ``lipdsl solve --weight-rank``; ``refine_rounds``: re-solves on a refined frequency grid, 2 by
-            default, as ``lipdsl solve --refine-rounds``); ``certificate=path`` (dissipative only) writes
-            the certificate file of a certified bound after checking it independently
-            (``docs/certificate.md``; nothing is written for an uncertified bound; re-check it with
-            :func:`verify`); ``timeout`` (seconds, finite and > 0) bounds every method (``TimeLimitError``
-            when it passes).
+            ``lipdsl solve --weight-rank``; ``refine_rounds``: re-solves on a refined frequency grid, by
+            default up to 2 when the repair would exceed 5 %, as ``lipdsl solve --refine-rounds``);
+            ``certificate=path`` (dissipative only) writes the certificate file of a certified bound after
+            checking it independently (``docs/certificate.md``; nothing is written for an uncertified
+            bound; re-check it with :func:`verify`); ``timeout`` (seconds, finite and > 0) bounds every
+            method (``TimeLimitError`` when it passes).
 
         Returns
         -------

@@ -156,8 +156,8 @@ def _show(net, source, as_json: bool, state_space: bool, latex: bool, lowering: 
     show_default=True,
     help="Solve conv layers' LMIs in the frequency domain on K frequencies and recover their storage "
     "matrices afterwards (KYP lemma + Riccati): for wide conv layers; certified the same way, slightly "
-    "looser. auto: K = 17 (9 for LMIs of 256+ rows) when the exact LMIs would have more than 4000 "
-    "variables; none: the exact LMIs.",
+    "looser. auto: K = 17 (9 for LMIs of 192+ rows, 7 for 384+, 5 for 768+) when the exact LMIs would "
+    "have more than 4000 variables; none: the exact LMIs.",
 )
 @click.option(
     "--weight-rank",
@@ -166,15 +166,15 @@ def _show(net, source, as_json: bool, state_space: bool, latex: bool, lowering: 
     show_default=True,
     help="The weights X between layers as diag + a rank-R part on the directions the next layer amplifies "
     "most (far fewer variables for wide layers; certified the same way, slightly looser). auto: R = 16 "
-    "when full X would give more than 4000 variables; full: full X.",
+    "for weights of 64+ channels when full X would give more than 2000 variables; full: full X.",
 )
 @click.option(
     "--refine-rounds",
     type=click.IntRange(0, 10),
     default=None,
     help="In the frequency domain: at most N re-solves with the grid refined where the LMIs dip between its "
-    "frequencies (default 2; each starts from the last point, costs about half a solve and lowers the "
-    "certificate's repair; 0 is fastest).",
+    "frequencies, when the certificate's repair would exceed 1% (each starts from the last point, costs "
+    "about a solve and lowers the repair; 0 is fastest). Default: at most 2, when it would exceed 5%.",
 )
 @click.option(
     "--accept-unconverged",

@@ -149,12 +149,12 @@ def _over_frequencies(fn, H: np.ndarray, threads: int, combine):
 REFINE_ADD = 8
 REFINE_THRESHOLD = 1e-3
 #: ... and only when the recovery would raise the bound by more than this (relative; the report's warning
-#: threshold): a re-solve costs as much as the first solve.
+#: threshold; ``refined_grids(repair=)`` sets another): a re-solve costs as much as the first solve.
 REFINE_REPAIR = 0.01
-#: ... judged from one raise direction's trial when that one exceeds this, else from the least of all
-#: directions (FCN 128/256/128: one direction said just over 1 %, the recovery then repaired 0.96 %, and
-#: the refinement round it set off took 835 s).
-REFINE_SURE = 0.02
+#: ... judged from one raise direction's trial when that one exceeds this many times the threshold, else
+#: from the least of all directions (FCN 128/256/128: one direction said just over 1 %, the recovery then
+#: repaired 0.96 %, and the refinement round it set off took 835 s).
+REFINE_SURE = 2.0
 
 
 def system_grid(sdp: Sdp, sys, grid: np.ndarray) -> np.ndarray:
@@ -206,7 +206,8 @@ def _equal_points(a: Point, b: Point) -> bool:
 
 
 def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
-                  threshold: float = REFINE_THRESHOLD, cache: RecoveryCache | None = None) -> dict | None:
+                  threshold: float = REFINE_THRESHOLD, repair: float = REFINE_REPAIR,
+                  cache: RecoveryCache | None = None) -> dict | None:
     """Each gridded system's frequencies plus those where its frequency-domain LMI fails most between them
     at the solver's point, or None when no system's ``Phi`` dips below ``-threshold`` (relative) there.
 
@@ -216,10 +217,10 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     fine grid below ``-threshold * scale`` (``scale`` the largest of ``||X_in||``, ``||X_out||``,
     ``max L``), the ``add`` deepest, join its grid; ``build_sdp(grids=...)`` then imposes them too.
 
-    Nothing is refined when the recovery's repair stays within ``REFINE_REPAIR``: judged from its trial of
-    the raise direction ``CHECK_DELTA``, and, when that one is within ``REFINE_SURE`` (close to the line),
-    from the least of all ``RAISE_DIRECTIONS``, as the recovery itself chooses (the trials are left in
-    ``cache`` for it).
+    Nothing is refined when the recovery's repair stays within ``repair`` (relative): judged from its trial
+    of the raise direction ``CHECK_DELTA``, and, when that one is within ``REFINE_SURE`` times ``repair``
+    (close to the line), from the least of all ``RAISE_DIRECTIONS``, as the recovery itself chooses (the
+    trials are left in ``cache`` for it).
     """
     if not sdp.storage or solution.x is None:
         return None
@@ -228,10 +229,10 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     cache = RecoveryCache.of(sdp, cache)  # (kept for the recovery of this point when nothing is refined)
     responses = cache.responses
     least = cache.trial(point, CHECK_DELTA, RECOVERY_MARGIN).rho  # what the recovery would cost
-    if point.rho * (1 + REFINE_REPAIR) ** 2 < least <= point.rho * (1 + REFINE_SURE) ** 2:
+    if point.rho * (1 + repair) ** 2 < least <= point.rho * (1 + REFINE_SURE * repair) ** 2:
         least = min([least] + [cache.trial(point, d, RECOVERY_MARGIN).rho for d in RAISE_DIRECTIONS
                                if d != CHECK_DELTA])
-    if not least > point.rho * (1 + REFINE_REPAIR) ** 2:
+    if not least > point.rho * (1 + repair) ** 2:
         return None
     grids, changed = {}, False
     threads = kkt_threads()

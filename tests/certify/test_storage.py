@@ -384,6 +384,7 @@ def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_produc
     assert out["above_hinf_product"] is (cert.lipschitz > result.hinf_product) is True
     assert len(out["warnings"]) == 2 and "repair" in out["warnings"][0]
     assert "--frequencies 5" in out["warnings"][0]
+    assert "the grid refined where they dip (--refine-rounds" in out["warnings"][0]  # (none by default here)
     assert "naive-hinf" in out["warnings"][1]
     lines = _text(result)
     assert lines[0].startswith("Lipschitz upper bound") and "(certified)" in lines[0]
@@ -401,6 +402,10 @@ def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_produc
     refined = dataclasses.replace(result, sdp=dataclasses.replace(result.sdp, grids=grids))
     assert ("the grids, refined to 3-7 frequencies, miss where the LMIs are tight; more refinement rounds "
             "(--refine-rounds N), more frequencies (--frequencies 5)") in to_json(refined)["warnings"][0]
+    alike = dataclasses.replace(result, sdp=dataclasses.replace(
+        result.sdp, grids={name: np.linspace(0, np.pi, 7) for name in grids}))  # (every grid refined to 7)
+    assert "the grids, refined to 7 frequencies, miss where the LMIs are tight; more refinement rounds" in (
+        to_json(alike)["warnings"][0])
     exact = solve_network(conv_net(4))
     assert exact.hinf_product is None and to_json(exact)["warnings"] == []
     assert to_json(exact)["frequencies"] is None and to_json(exact)["above_hinf_product"] is None
@@ -408,13 +413,17 @@ def test_frequency_form_reports_a_large_repair_and_a_bound_above_the_hinf_produc
 
 @pytest.mark.solver
 def test_the_grid_is_refined_where_the_lmis_dip_between_its_frequencies():
-    """Frequency mode on a coarse grid (5 frequencies, kernels 9): the recovery would cost more than 1 %, so
-    each system's grid gets the frequencies where its Phi dips at the solver's point and the SDP is solved
-    again; the bound drops, stays above the exact SDP's, and a note says so. ``refine_rounds=0``
-    (``--refine-rounds 0``) skips it; 1 stops after one round."""
+    """Frequency mode on a coarse grid (kernels 9). ``refine_rounds=2`` (``--refine-rounds 2``) on 5
+    frequencies: the recovery would cost more than 1 % (``storage.REFINE_REPAIR``), so each system's grid
+    gets the frequencies where its Phi dips at the solver's point and the SDP is solved again; the bound
+    drops, stays above the exact SDP's, and a note says so; 1 stops after one round, 0 skips it. The default
+    refines only while the repair exceeds ``AUTO_REFINE_REPAIR`` (5 %): once (69 % on 5 frequencies, 1.5 %
+    after one round), and its warning names ``--refine-rounds N``."""
+    from lipdsl.pipeline import AUTO_REFINE_REPAIR
+
     net = _long_kernel_net(1)
     exact = solve_network(net, frequencies=None).certificate.lipschitz
-    refined = solve_network(net, frequencies=5)
+    refined = solve_network(net, frequencies=5, refine_rounds=2)
     assert refined.certificate.verified and any("grid refined 2 time(s)" in n for n in refined.sdp.notes)
     assert any(len(g) > 5 for g in refined.sdp.grids.values())
     assert refined.frequencies == 5  # (the K asked for; the note and sdp.grids have the refined counts)
@@ -424,6 +433,13 @@ def test_the_grid_is_refined_where_the_lmis_dip_between_its_frequencies():
     assert plain.certificate.verified and not any("grid refined" in n for n in plain.sdp.notes)
     assert exact * (1 - 1e-6) <= refined.certificate.lipschitz < plain.certificate.lipschitz
     assert once.certificate.lipschitz < plain.certificate.lipschitz
+
+    default = solve_network(net, frequencies=5)
+    assert any("grid refined 1 time(s)" in n for n in default.sdp.notes)
+    assert default.certificate.lipschitz == pytest.approx(once.certificate.lipschitz, rel=1e-9)
+    assert 0.01 < default.certificate.inflation <= AUTO_REFINE_REPAIR < plain.certificate.inflation
+    assert "more refinement rounds (--refine-rounds N)" in default.warnings[0]
+    assert refined.certificate.lipschitz < default.certificate.lipschitz
 
 
 def test_refine_rounds_is_checked(tmp_path):
@@ -540,11 +556,11 @@ def test_refined_re_solves_start_from_the_last_point(monkeypatch):
 
     monkeypatch.setattr(pipeline, "solve", recording)
     net = _long_kernel_net(1)
-    warm = solve_network(net, frequencies=5)
+    warm = solve_network(net, frequencies=5, refine_rounds=2)
     assert warms[0] is None and all(w is not None and w.x is not None for w in warms[1:]) and len(warms) == 3
     monkeypatch.setitem(registry.SOLVERS, "cvxopt",
                         dataclasses.replace(registry.SOLVERS["cvxopt"], warm_start=False))
-    cold = solve_network(net, frequencies=5)
+    cold = solve_network(net, frequencies=5, refine_rounds=2)
     assert warm.certificate.verified and cold.certificate.verified
     assert warm.certificate.lipschitz == pytest.approx(cold.certificate.lipschitz, rel=1e-6)
     assert warm.solution.iterations < cold.solution.iterations
@@ -597,7 +613,8 @@ def test_a_warm_refit_reaches_the_cold_refits_rho(monkeypatch):
 def test_the_recovery_reuses_what_the_refinement_check_computed(monkeypatch):
     """When ``refined_grids`` finds nothing to refine, the recovery of the same point reuses its responses
     and its trials (``RecoveryCache``): with one direction tried (its repair clearly on one side of
-    ``REFINE_REPAIR``) one raise chain fewer, with all of them (close to the line, within ``REFINE_SURE``)
+    ``REFINE_REPAIR``) one raise chain fewer, with all of them (close to the line, within ``REFINE_SURE``
+    times it)
     only the final chain is left; no frequency response is recomputed and the certified bound is the same
     (1e-7); a cache from another point is not used."""
     import copy
@@ -616,11 +633,10 @@ def test_the_recovery_reuses_what_the_refinement_check_computed(monkeypatch):
     assert len(chains) == directions + 1
     bound = certify(gridded, sol, point=cold).lipschitz
 
-    for repair, sure, left in ((1.0, 1.0, directions), (0.0, np.inf, 1)):
-        monkeypatch.setattr(kyp, "REFINE_REPAIR", repair)
+    for repair, sure, left in ((1.0, 1.0, directions), (1e-9, np.inf, 1)):
         monkeypatch.setattr(kyp, "REFINE_SURE", sure)
         cache = kyp.RecoveryCache(gridded)
-        assert kyp.refined_grids(gridded, sol, threshold=np.inf, cache=cache) is None  # (nothing refined)
+        assert kyp.refined_grids(gridded, sol, threshold=np.inf, repair=repair, cache=cache) is None
         chains.clear(), responses.clear()
         warm = kyp.recover_point(gridded, copy.deepcopy(start), cache=cache)
         assert (len(chains), len(responses)) == (left, 0)
