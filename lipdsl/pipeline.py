@@ -75,7 +75,7 @@ AUTO_REFINE_REPAIR = 0.05
 #: ``weight_rank="auto"``: the weights X between layers on a subspace of this rank (``diag(d) + V S V'``,
 #: ``sdp.build.weight_bases``) when the chosen form with full X would have more than
 #: ``AUTO_WEIGHT_VARIABLES`` variables (wide layers: a full X of 256 channels alone is 32,896 variables;
-#: FCN 32/64/32 on 9 frequencies: 2,765, where the dense Newton matrix's Cholesky and Gram products are half
+#: FCN 32/64/32 in frequency form: 3,293, where the dense Newton matrix's Cholesky and Gram products are half
 #: of each iteration).
 AUTO_WEIGHT_RANK = 16
 AUTO_WEIGHT_VARIABLES = 2000
