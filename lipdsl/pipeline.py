@@ -334,13 +334,9 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     t3 = time.perf_counter()
     stages = {"lower": t1 - t0, "sdp": t2 - t1, "solve": t3 - t2}
     cache = None
-    from lipdsl.certify.storage import REFINE_REPAIR
-
-    rounds, repair = ((REFINE_ROUNDS, AUTO_REFINE_REPAIR) if refine_rounds is None
-                      else (refine_rounds, REFINE_REPAIR))
-    if sdp.storage and rounds:
+    if sdp.storage and refine_rounds != 0:
         sdp, sol, cache = _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline,
-                                  progress, weights, rounds, repair)
+                                  progress, weights, refine_rounds)
         stages["refine"] = time.perf_counter() - t3
         t3 = time.perf_counter()
     # the solver's point mapped back to the LMIs' original form by the reductions build_sdp applied (inverse
@@ -383,18 +379,21 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
 
 
 def _refine(low, sdp, sol, frequencies, solver, tol, max_iterations, verbose, deadline, progress, weights,
-            max_rounds, repair):
-    """Frequency mode: up to ``max_rounds`` re-solves with each system's grid refined where its ``Phi``
+            refine_rounds):
+    """Frequency mode: up to ``refine_rounds`` re-solves with each system's grid refined where its ``Phi``
     dips between the frequencies at the solver's point, while the recovery would raise the bound by more
-    than ``repair`` (``storage.refined_grids``); a note says so.
+    than ``storage.REFINE_REPAIR`` (``storage.refined_grids``); ``refine_rounds=None``: up to
+    ``REFINE_ROUNDS``, while it would raise it by more than ``AUTO_REFINE_REPAIR``. A note says so.
 
     A re-solve that stops short of its tolerance (neither converged nor ``near_optimal``; e.g. CVXOPT's
     singular-KKT ending on a denser grid) is dropped for the last one that did, so refining never turns a
     converged solve into an unconverged one. Returns the SDP, its solution and, when the last check found
     nothing to refine, what that check computed for the recovery of the same point
     (``storage.RecoveryCache``; else None)."""
-    from lipdsl.certify.storage import RecoveryCache, refined_grids
+    from lipdsl.certify.storage import REFINE_REPAIR, RecoveryCache, refined_grids
 
+    max_rounds, repair = ((REFINE_ROUNDS, AUTO_REFINE_REPAIR) if refine_rounds is None
+                          else (refine_rounds, REFINE_REPAIR))
     rounds, dropped, cache = 0, None, None
     while rounds < max_rounds and sol.x is not None:
         cache = RecoveryCache(sdp)

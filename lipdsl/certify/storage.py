@@ -229,10 +229,11 @@ def refined_grids(sdp: Sdp, solution: Solution, *, add: int = REFINE_ADD,
     cache = RecoveryCache.of(sdp, cache)  # (kept for the recovery of this point when nothing is refined)
     responses = cache.responses
     least = cache.trial(point, CHECK_DELTA, RECOVERY_MARGIN).rho  # what the recovery would cost
-    if point.rho * (1 + repair) ** 2 < least <= point.rho * (1 + REFINE_SURE * repair) ** 2:
+    line = point.rho * (1 + repair) ** 2
+    if line < least <= point.rho * (1 + REFINE_SURE * repair) ** 2:
         least = min([least] + [cache.trial(point, d, RECOVERY_MARGIN).rho for d in RAISE_DIRECTIONS
                                if d != CHECK_DELTA])
-    if not least > point.rho * (1 + repair) ** 2:
+    if not least > line:
         return None
     grids, changed = {}, False
     threads = kkt_threads()

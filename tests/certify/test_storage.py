@@ -612,9 +612,8 @@ def test_a_warm_refit_reaches_the_cold_refits_rho(monkeypatch):
 @pytest.mark.solver
 def test_the_recovery_reuses_what_the_refinement_check_computed(monkeypatch):
     """When ``refined_grids`` finds nothing to refine, the recovery of the same point reuses its responses
-    and its trials (``RecoveryCache``): with one direction tried (its repair clearly on one side of
-    ``REFINE_REPAIR``) one raise chain fewer, with all of them (close to the line, within ``REFINE_SURE``
-    times it)
+    and its trials (``RecoveryCache``): with one direction tried (its repair clearly on one side of the
+    threshold) one raise chain fewer, with all of them (close to the line, within ``REFINE_SURE`` times it)
     only the final chain is left; no frequency response is recomputed and the certified bound is the same
     (1e-7); a cache from another point is not used."""
     import copy
