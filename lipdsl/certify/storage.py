@@ -40,7 +40,9 @@ the first:
    and start from the last refit's solution.
 
 The multiplier shift of step 2 is chosen on a coarse grid (``COARSE_GRID``, every 8th fine frequency); only
-the chosen one is checked on the fine grid. These eigenvalue checks run on the solver's KKT threads
+the chosen one is checked on the fine grid. Candidates are compared by ``PeakFirst``: one is evaluated
+first at the frequencies where the last full evaluation on the same grid peaked, and dropped when those
+alone need as much as the best so far (the same choices as full evaluations, at a fraction of the cost). These eigenvalue checks run on the solver's KKT threads
 (``cvxopt_kkt.kkt_threads``), the frequencies split in parts.
 
 Nothing here is trusted: ``certify`` rebuilds every LMI with these ``P``, repairs what rounding or the
@@ -105,6 +107,13 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
     ``e = max(0, -min_w lambda_min(X_in + 2ab H*LH - (a+b)^2 H*L (2L - X_out)^-1 LH))``.
     ``whiten = R^-1`` for ``D = R R'``: the least ``e`` with ``Phi + diag(e D, 0) >= 0`` instead (the
     eigenvalues of ``R^-1 schur R^-T``)."""
+    return max(0.0, float(input_shifts(sys, lam, X_in, X_out, H, whiten).max()))
+
+
+def input_shifts(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
+                 whiten: np.ndarray | None = None) -> np.ndarray:
+    """``input_shift`` at each frequency of ``H`` (before the clamp at 0; ``inf`` at every one when
+    ``2L - X_out`` is not positive definite)."""
     if sys.slope is None:
         schur = X_in[None] - _h(H) @ X_out @ H
     else:
@@ -114,7 +123,7 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
         try:
             chol = np.linalg.cholesky((bottom + bottom.T) / 2)
         except np.linalg.LinAlgError:
-            return float("inf")
+            return np.full(len(H), np.inf)
         # chol^-1 L H (one triangular solve for all frequencies), so that H*L bottom^-1 LH = G*G
         LH = L @ H
         G = scipy.linalg.solve_triangular(chol, LH.transpose(1, 0, 2).reshape(len(L), -1), lower=True)
@@ -124,7 +133,7 @@ def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
             schur = schur + 2 * a * b * (_h(H) @ LH)
     if whiten is not None:
         schur = whiten @ schur @ whiten.T
-    return max(0.0, -float(np.linalg.eigvalsh(schur).min()))
+    return -np.linalg.eigvalsh(schur)[:, 0]
 
 
 #: ``_over_frequencies`` hands ``fn`` at most this many bytes of ``Phi`` at a time (a block LMI of order 128
@@ -142,6 +151,45 @@ def _over_frequencies(fn, H: np.ndarray, threads: int, combine):
     if parts <= 1:
         return fn(H)
     return combine(thread_map(fn, np.array_split(H, parts), threads))
+
+
+#: ``PeakFirst``: how many of the frequencies where the last full evaluation on a grid peaked are tried
+#: first.
+PEAK_FREQUENCIES = 8
+
+
+class PeakFirst:
+    """The input shift ``max(0, max_w s(w))`` (``s``: ``input_shifts``, ``block_input_shifts``) of
+    candidate multipliers on a few fixed grids, for keeping the one that needs the least (step 2 of the
+    module docstring). With ``above`` (the least so far), a candidate is first evaluated at the
+    ``PEAK_FREQUENCIES`` frequencies where the last full evaluation on the same grid peaked, and when these
+    alone need ``above`` or more, that lower bound is returned: the caller drops the candidate all the same.
+    The peaks move little between candidates, so most are dropped after a few frequencies; the choices and
+    the values kept are those of full evaluations. Grids are told apart by their length."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.peaks: dict[int, np.ndarray] = {}
+
+    def __call__(self, shifts, H: np.ndarray, above: float = np.inf) -> float:
+        peaks = self.peaks.get(len(H))
+        if above < np.inf and peaks is not None:
+            probe = max(0.0, float(shifts(H[peaks]).max()))
+            if probe >= above:
+                return probe
+        values = _over_frequencies(shifts, H, self.threads, np.concatenate)
+        self.peaks[len(H)] = np.argsort(values)[-PEAK_FREQUENCIES:]
+        return max(0.0, float(values.max()))
+
+    def least(self, candidates: list, shifts: list, H: np.ndarray) -> float:
+        """The first of ``candidates`` whose per-frequency shifts (``shifts``, one function each) need the
+        least on ``H`` (as an argmin; the first candidate when none is finite)."""
+        best, needed = candidates[0], np.inf
+        for candidate, fn in zip(candidates, shifts):
+            value = self(fn, H, above=needed)
+            if value < needed:
+                best, needed = candidate, value
+        return best
 
 
 #: ``refined_grids``: a gridded system gets up to ``REFINE_ADD`` more frequencies per round where its
@@ -403,6 +451,7 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
         H = _response(sdp, link, fine, responses)
         # (the passes that only choose the raise direction work on a quarter of the coarse grid)
         H_coarse = (H[::every] if storage else H[:: 4 * every]) if sys.ss.nx else H
+        peak_first = PeakFirst(threads)
         P = None
         for attempt in range(6):
             limits.checkpoint("storage recovery")
@@ -417,13 +466,13 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
                                             threads, min)
                 v = max(0.0, -phi_min) + tiny
                 etas = [0.0] + [v * 4.0**j for j in range(6)]
-                shifts = [_over_frequencies(partial(input_shift, sys, lam + eta, X_in, X_out, whiten=whiten),
-                                            H_coarse, threads, max) for eta in etas]
-                point.vars[link.lam.name] = point.vars[link.lam.name] + etas[int(np.argmin(shifts))]
+                candidates = [partial(input_shifts, sys, lam + e, X_in, X_out, whiten=whiten) for e in etas]
+                eta = peak_first.least(etas, candidates, H_coarse)
+                point.vars[link.lam.name] = point.vars[link.lam.name] + eta
                 lam = point.vars[link.lam.name]
             # (the passes that only choose the direction take it on the coarse grid too)
-            shift = _over_frequencies(partial(input_shift, sys, lam, X_in, X_out, whiten=whiten),
-                                      H if storage else H_coarse, threads, max)
+            shift = peak_first(partial(input_shifts, sys, lam, X_in, X_out, whiten=whiten),
+                               H if storage else H_coarse)
             up = _raise_input(point, link, up, shift, whiten, delta, tiny)
             if not sys.ss.nx or not storage:
                 break
@@ -500,22 +549,31 @@ def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: n
     """The least ``e >= 0`` with ``block_phi + diag(e I, 0) >= 0`` at the frequencies of ``H``: a Schur
     complement on the coordinates other than ``u`` (``inf`` where that block is not positive definite), as
     ``input_shift`` does for a single activation (``whiten``: ``e D`` instead of ``e I``, as there)."""
+    return max(0.0, float(block_input_shifts(sys, lam, inner, X_in, X_out, H, whiten).max()))
+
+
+def block_input_shifts(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
+                       whiten: np.ndarray | None = None) -> np.ndarray:
+    """``block_input_shift`` at each frequency of ``H`` (before the clamp at 0): ``-lambda_min`` of the
+    Schur complement there, ``inf`` at every frequency when the other coordinates' block is not positive
+    definite at one of them."""
     Phi = block_phi(sys, lam, inner, X_in, X_out, H)
     n = sys.n_in
     R = Phi[:, n:, n:]
     if R.shape[1] == 0:
         if whiten is not None:
             Phi = whiten @ Phi @ whiten.T
-        return max(0.0, -float(np.linalg.eigvalsh(Phi).min()))
+        return -np.linalg.eigvalsh(Phi)[:, 0]
     try:
         chol = np.linalg.cholesky(R)
     except np.linalg.LinAlgError:
-        return float("inf")
+        return np.full(len(H), np.inf)
     G = np.linalg.solve(chol, _h(Phi[:, :n, n:]))  # chol^-1 S*, so that S R^-1 S* = G*G
     schur = Phi[:, :n, :n] - _h(G) @ G
     if whiten is not None:
         schur = whiten @ schur @ whiten.T
-    return max(0.0, -float(np.linalg.eigvalsh((schur + _h(schur)) / 2).min()))
+    return -np.linalg.eigvalsh((schur + _h(schur)) / 2)[:, 0]
+
 
 
 def _whitening(X: np.ndarray, delta: float | None) -> np.ndarray | None:
@@ -562,14 +620,17 @@ def _recover_block(point: Point, link, raised: _Raise, H: np.ndarray, margin: fl
     tiny = margin * scale
     threads = kkt_threads()
 
-    def shift_at(lam, inner, H, whiten=whiten):  # block_input_shift, the frequencies in parts
-        return _over_frequencies(partial(block_input_shift, sys, lam, inner, X_in, X_out, whiten=whiten), H,
-                                 threads, max)
+    peak_first = PeakFirst(threads)
+
+    def shifts(lam, inner):  # block_input_shifts at these multipliers
+        return partial(block_input_shifts, sys, lam, inner, X_in, X_out, whiten=whiten)
+
+    def shift_at(lam, inner, H, above=np.inf):  # block_input_shift (PeakFirst: or a bound above ``above``)
+        return peak_first(shifts(lam, inner), H, above)
 
     v = max(0.0, -_block_min_eigenvalue(sys, *multipliers(0.0), X_in, X_out, Hc, threads)) + tiny
     etas = [0.0] + [v * 4.0**j for j in range(6)]
-    shifts = [shift_at(*multipliers(eta), Hc) for eta in etas]
-    eta = etas[int(np.argmin(shifts))]
+    eta = peak_first.least(etas, [shifts(*multipliers(e)) for e in etas], Hc)
     for name in names:
         point.vars[name] = point.vars[name] + eta
     # then one multiplier at a time, where it lowers the input shift (the trials on a quarter of the grid:
@@ -580,7 +641,7 @@ def _recover_block(point: Point, link, raised: _Raise, H: np.ndarray, margin: fl
             base = point.vars[name]
             for extra in (v / 4, v, 4 * v, 16 * v):
                 point.vars[name] = base + extra
-                trial = shift_at(*multipliers(0.0), Hc[::4])
+                trial = shift_at(*multipliers(0.0), Hc[::4], above=best)
                 if trial < best:
                     best, base = trial, base + extra
             point.vars[name] = base

@@ -646,3 +646,40 @@ def test_the_recovery_reuses_what_the_refinement_check_computed(monkeypatch):
     chains.clear()
     kyp.recover_point(gridded, other, cache=cache)
     assert len(chains) == directions + 1
+
+
+def _residual_in_frequency_form(tmp_path):
+    """A random residual net whose block (with an activation inside) is gridded, its SDP and solution."""
+    from nets import random_residual
+
+    rng = np.random.default_rng(11)
+    while True:
+        gridded = build_sdp(lower(random_residual(rng, tmp_path)), frequencies=7)
+        if any(link.system.internal and link.P in gridded.storage for link in gridded.links):
+            return gridded, solve(gridded)
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("case", ["conv", "residual"])
+def test_trying_the_last_peaks_first_recovers_the_point_of_full_evaluations(case, tmp_path, monkeypatch):
+    """Step 2 keeps the multiplier shift that needs the least input shift (``PeakFirst``): a candidate whose
+    grid's last peaks alone need as much as the best so far is dropped without a full evaluation. The
+    recovered point is the one full evaluations of every candidate give, bit for bit, with fewer of them
+    (plain conv layers and a residual block)."""
+    if case == "conv":
+        gridded = build_sdp(lower(conv_net(2, channels=4, kernel=5)), frequencies=7)
+        sol = solve(gridded)
+    else:
+        gridded, sol = _residual_in_frequency_form(tmp_path)
+    full, real = [], kyp._over_frequencies
+    monkeypatch.setattr(kyp, "_over_frequencies", lambda *a: full.append(1) or real(*a))
+    fast = recover_storage(gridded, sol).x
+    with_peaks = len(full)
+
+    def every_frequency(self, shifts, H, above=np.inf):
+        return max(0.0, float(kyp._over_frequencies(shifts, H, self.threads, np.concatenate).max()))
+
+    monkeypatch.setattr(kyp.PeakFirst, "__call__", every_frequency)
+    full.clear()
+    assert np.array_equal(recover_storage(gridded, sol).x, fast)
+    assert with_peaks < len(full)
