@@ -40,11 +40,13 @@ from lipdsl.solvers.solution import Solution, iteration_hook, nonneg_indices, ob
 
 
 def solve_structured(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool,
-                     warm: Solution | None = None) -> Solution:
+                     warm: Solution | None = None, start: dict | None = None) -> Solution:
     """``--solver cvxopt``: CVXOPT's conelp with the structured (or, for LipSDP problems, Gram) KKT solver;
-    ``warm``: a solution of the same variables under fewer LMIs to start from (``warm_start``)."""
+    ``warm``: a solution of the same variables under fewer LMIs to start from (``warm_start``); ``start``:
+    CVXOPT's own ``primalstart``/``dualstart`` instead. With ``sdp.keep_duals``, ``Solution.duals`` holds
+    CVXOPT's ``z`` by LMI (as for the frequency form, whose re-solves start from it)."""
     return _solve_cvxopt(sdp, tol=tol, max_iterations=max_iterations, verbose=verbose, structured=True,
-                         warm=warm)
+                         warm=warm, start=start)
 
 
 #: ``warm_start``: how far into the cone the previous point's blocks are moved (relative to each block's
@@ -175,7 +177,7 @@ def _counted(kkt, hook):
 
 
 def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, structured: bool,
-                  warm: Solution | None = None) -> Solution:
+                  warm: Solution | None = None, start: dict | None = None) -> Solution:
     import cvxopt
     import cvxopt.solvers
 
@@ -220,7 +222,8 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
     t0 = time.perf_counter()
     try:
         with cone_ops, marks:
-            start = {} if warm is None or warm.x is None else warm_start(sdp, warm, nonneg_idx)
+            if start is None:
+                start = {} if warm is None or warm.x is None else warm_start(sdp, warm, nonneg_idx)
             res = cvxopt.solvers.conelp(cvxopt.matrix(c), G, cvxopt.matrix(h), dims, kktsolver=kkt,
                                         options=opts, **start)
     except (ArithmeticError, ValueError) as exc:
@@ -244,6 +247,7 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
     residuals = [res.get("primal infeasibility"), res.get("dual infeasibility")]
     residual = None if any(r is None for r in residuals) else float(max(residuals))
     # (only the frequency form is solved again, on a refined grid: other solves keep no copy of z)
-    duals = _duals(sdp, res["z"], dims) if getattr(sdp, "storage", ()) and res.get("z") is not None else None
+    keep = getattr(sdp, "storage", ()) or getattr(sdp, "keep_duals", False)
+    duals = _duals(sdp, res["z"], dims) if keep and res.get("z") is not None else None
     return Solution(res["status"], rho, x, "cvxopt", seconds, res.get("iterations"),
                     relative_gap=None if gap is None else float(gap), residual=residual, duals=duals)

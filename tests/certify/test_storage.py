@@ -585,14 +585,17 @@ def test_dilated_layers_on_their_own_period_certify_near_the_exact_sdp(seed, mon
 
 
 @pytest.mark.solver
-def test_a_warm_refit_reaches_the_cold_refits_rho(monkeypatch):
+@pytest.mark.parametrize("structured_min", [0, 10**9])
+def test_a_warm_refit_reaches_the_cold_refits_rho(structured_min, monkeypatch):
     """``refit_first_system(..., warm)``: the refits of one recovery share the coefficients of the first LMI
     and start from the last refit's solution; for another output weight (raised by 5 %) the warm refit's
-    rho is the cold one's (1e-6) and CVXOPT is called with a start."""
+    rho is the cold one's (1e-6) and CVXOPT is called with a start (with the structured KKT solver, and
+    with the dense fallback)."""
     import copy
 
     import cvxopt.solvers
 
+    monkeypatch.setattr(kyp, "REFIT_STRUCTURED_MIN", structured_min)
     exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, channels=4, kernel=5), 5)
     point = kyp._solver_point(gridded, sol)
     warm = {}
@@ -683,3 +686,30 @@ def test_trying_the_last_peaks_first_recovers_the_point_of_full_evaluations(case
     full.clear()
     assert np.array_equal(recover_storage(gridded, sol).x, fast)
     assert with_peaks < len(full)
+
+
+@pytest.mark.solver
+def test_the_structured_refit_is_the_dense_refit(monkeypatch):
+    """The first system's refit with lipdsl's structured KKT solver (``REFIT_STRUCTURED_MIN`` variables or
+    more: each coefficient a few entries, ``_factored``) reaches the dense CVXOPT refit's rho (1e-6), and the
+    recovered point certifies the same bound (1e-6); with the structured solve failing, the dense one
+    still runs."""
+    import copy
+
+    gridded = build_sdp(lower(conv_net(1, channels=4, kernel=5)), frequencies=5)
+    sol = solve(gridded)
+    point = kyp._solver_point(gridded, sol)
+    rhos, bounds = [], []
+    for structured_min in (0, 10**9):
+        monkeypatch.setattr(kyp, "REFIT_STRUCTURED_MIN", structured_min)
+        refit = copy.deepcopy(point)
+        assert kyp.refit_first_system(gridded, refit)
+        rhos.append(refit.rho)
+        bounds.append(certify(gridded, recover_storage(gridded, sol)).lipschitz)
+    assert rhos[0] == pytest.approx(rhos[1], rel=1e-6)
+    assert bounds[0] == pytest.approx(bounds[1], rel=1e-6)
+    monkeypatch.setattr(kyp, "REFIT_STRUCTURED_MIN", 0)
+    monkeypatch.setattr(kyp, "_refit_structured", lambda problem, starts: None)
+    fallback = copy.deepcopy(point)
+    assert kyp.refit_first_system(gridded, fallback)
+    assert fallback.rho == pytest.approx(rhos[1], rel=1e-9)
