@@ -1,4 +1,5 @@
-"""Rewrite the golden ``*.err`` next to every ``*.lip`` here: run from the repository root, then review the diff.
+"""Rewrite the golden ``*.err`` next to every ``*.lip`` here: run from the repository root, then review
+the diff.
 
     python specs/bad/make_goldens.py
 """

@@ -30,7 +30,8 @@ Architectures (all end in global average pooling over time and one ``nn.Linear``
 
 Exports per model NAME (in ``--out``): ``NAME.pt`` (the ``state_dict``), ``NAME.npz`` (every float tensor of
 the state_dict under its PyTorch key, float64; for weight-normalised convs also the effective ``...weight``
-``g * v / ||v||`` in float64, which the state_dict does not hold), ``NAME.torchscript.onnx`` (``dynamo=False``,
+``g * v / ||v||`` in float64, which the state_dict does not hold), ``NAME.torchscript.onnx``
+(``dynamo=False``,
 ``training=TrainingMode.PRESERVE`` and no constant folding: batch norm kept as ``BatchNormalization`` nodes),
 ``NAME.dynamo.onnx`` (the dynamo exporter, ``optimize=False``), and ``NAME.json`` (accuracies, seed, epochs).
 """
@@ -124,7 +125,8 @@ class DownBlock(nn.Module):
         self.conv2 = nn.Conv1d(c_out, c_out, 3, padding="same", bias=False)
         self.bn2 = nn.BatchNorm1d(c_out)
         if c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=2, bias=False), nn.BatchNorm1d(c_out))
+            self.shortcut = nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=2, bias=False),
+                                          nn.BatchNorm1d(c_out))
         else:
             self.shortcut = nn.MaxPool1d(2, ceil_mode=False)
 
@@ -329,7 +331,8 @@ def export(model, name, out, length=150):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "weights" / "trained")
+    ap.add_argument("--out", type=Path,
+                    default=Path(__file__).resolve().parent.parent / "weights" / "trained")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
