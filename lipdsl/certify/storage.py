@@ -576,7 +576,6 @@ def block_input_shifts(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: 
     return -np.linalg.eigvalsh((schur + _h(schur)) / 2)[:, 0]
 
 
-
 def _whitening(X: np.ndarray, delta: float | None) -> np.ndarray | None:
     """``R^-1`` for ``D = X + delta ||X|| I = R R'`` (None: ``D = I``, or ``D`` not positive definite)."""
     if delta is None:
@@ -671,7 +670,8 @@ REFIT_KKT_SOLVERS = ("chol", None)
 REFIT_NEAR_OPTIMAL = 1e-6
 #: A refit of at least ``REFIT_STRUCTURED_MIN`` variables is first solved with lipdsl's structured KKT
 #: solver (``_refit_structured``: its coefficients are a few entries each), to CVXOPT tolerance
-#: ``REFIT_TOL``; the dense solves above are the fallback, and the rule below it (their setup is cheaper).
+#: ``REFIT_TOL``; the dense solves (``REFIT_KKT_SOLVERS``) are its fallback, and the path for smaller refits
+#: (whose setup they do faster).
 #: The residual TCN's first block (644 variables, an 83-row LMI; four refits per recovery): 10.0-11.2 s
 #: dense, 3.3-4.4 s structured; the 32-channel k9 net's first layer (69 variables): 0.24-0.31 s dense,
 #: 0.40 s structured.
