@@ -18,7 +18,7 @@ the first:
    When the output weight was raised as ``(1 + s) X_out + t I``, ``L`` becomes ``(1 + s) L + t/2`` and
    ``X_in`` ``(1 + s) X_in`` first (``Phi`` is linear: the scaled part is exact);
 2. on a fine grid (``FINE_GRID`` frequencies), ``L += eta`` and ``X_in += e D`` with ``e`` the least
-   shift that makes ``Phi >= 0`` there (``input_shift``, a Schur complement on ``2L - X_out``), ``eta``
+   shift that makes ``Phi >= 0`` there (``input_shifts``, a Schur complement on ``2L - X_out``), ``eta``
    the one of a few multiplier shifts (0, ``v``, ``4v``, ...; ``v = -min lambda_min(Phi)``) that needs the
    least ``e``, plus a margin; ``X_in`` is the previous system's output weight (or ``rho``). The direction
    ``D = X_in + delta ||X_in|| I`` (``D = I`` for ``delta = None``) is one of ``RAISE_DIRECTIONS``, the one
@@ -101,20 +101,13 @@ def phi_matrices(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray) -
     return Phi
 
 
-def input_shift(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
-                whiten: np.ndarray | None = None) -> float:
-    """The least ``e >= 0`` with ``Phi(w) + diag(e I, 0) >= 0`` at the frequencies of ``H`` (``inf`` when
-    ``2L - X_out`` is not positive definite): by a Schur complement on that block,
-    ``e = max(0, -min_w lambda_min(X_in + 2ab H*LH - (a+b)^2 H*L (2L - X_out)^-1 LH))``.
-    ``whiten = R^-1`` for ``D = R R'``: the least ``e`` with ``Phi + diag(e D, 0) >= 0`` instead (the
-    eigenvalues of ``R^-1 schur R^-T``)."""
-    return max(0.0, float(input_shifts(sys, lam, X_in, X_out, H, whiten).max()))
-
-
 def input_shifts(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
                  whiten: np.ndarray | None = None) -> np.ndarray:
-    """``input_shift`` at each frequency of ``H`` (before the clamp at 0; ``inf`` at every one when
-    ``2L - X_out`` is not positive definite)."""
+    """At each frequency of ``H``, ``s(w) = -lambda_min(X_in + 2ab H*LH - (a+b)^2 H*L (2L - X_out)^-1 LH)``
+    (a Schur complement on ``2L - X_out``; ``inf`` at every frequency when that block is not positive
+    definite): the least ``e >= 0`` with ``Phi + diag(e I, 0) >= 0`` on ``H`` is ``max(0, max_w s(w))``
+    (``PeakFirst``). ``whiten = R^-1`` for ``D = R R'``: the same for ``Phi + diag(e D, 0)`` (the
+    eigenvalues of ``R^-1 schur R^-T``)."""
     if sys.slope is None:
         schur = X_in[None] - _h(H) @ X_out @ H
     else:
@@ -143,9 +136,10 @@ CHUNK_BYTES = 1 << 23
 
 
 def _over_frequencies(fn, H: np.ndarray, threads: int, combine):
-    """``combine`` of ``fn`` on parts of the frequencies of ``H`` (e.g. ``max`` of ``input_shift``: the same
-    value as on all of them at once), on ``threads`` threads (batched numpy releases the GIL), each part's
-    ``Phi`` (order about ``ny + nu`` for ``H`` of ``ny x nu``) of at most ``CHUNK_BYTES``."""
+    """``combine`` of ``fn`` on parts of the frequencies of ``H`` (e.g. ``min`` of minimum eigenvalues, or
+    ``np.concatenate`` of ``input_shifts``: the same as on all of them at once), on ``threads`` threads
+    (batched numpy releases the GIL), each part's ``Phi`` (order about ``ny + nu`` for ``H`` of ``ny x nu``)
+    of at most ``CHUNK_BYTES``."""
     order = H.shape[1] + H.shape[2] if H.ndim == 3 else 1
     parts = max(threads if len(H) >= 8 * threads else 1, -(-len(H) * order * order * 16 // CHUNK_BYTES))
     parts = min(parts, len(H))
@@ -545,19 +539,12 @@ def _block_min_eigenvalue(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, 
         H, threads, min)
 
 
-def block_input_shift(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
-                      whiten: np.ndarray | None = None) -> float:
-    """The least ``e >= 0`` with ``block_phi + diag(e I, 0) >= 0`` at the frequencies of ``H``: a Schur
-    complement on the coordinates other than ``u`` (``inf`` where that block is not positive definite), as
-    ``input_shift`` does for a single activation (``whiten``: ``e D`` instead of ``e I``, as there)."""
-    return max(0.0, float(block_input_shifts(sys, lam, inner, X_in, X_out, H, whiten).max()))
-
-
 def block_input_shifts(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
                        whiten: np.ndarray | None = None) -> np.ndarray:
-    """``block_input_shift`` at each frequency of ``H`` (before the clamp at 0): ``-lambda_min`` of the
-    Schur complement there, ``inf`` at every frequency when the other coordinates' block is not positive
-    definite at one of them."""
+    """``input_shifts`` for a residual block: at each frequency of ``H``, ``-lambda_min`` of the Schur
+    complement of ``block_phi`` on the coordinates other than ``u`` (``inf`` at every frequency when that
+    block is not positive definite at one of them); the least ``e >= 0`` with ``block_phi + diag(e I, 0) >=
+    0`` is the clamped maximum (``whiten``: ``e D`` instead of ``e I``, as there)."""
     Phi = block_phi(sys, lam, inner, X_in, X_out, H)
     n = sys.n_in
     R = Phi[:, n:, n:]
@@ -599,7 +586,7 @@ def _recover_block(point: Point, link, raised: _Raise, H: np.ndarray, margin: fl
     when ``storage``, i.e. not while the raise direction is being chosen) each multiplier alone a further
     ``v/4 .. 16 v`` where that lowers the input shift (two passes; each trial on a quarter of the coarse
     grid, as are all the choices while the raise direction is being chosen), then ``X_in`` the least raise
-    along ``D`` (``_raise_chain``) that makes ``block_phi >= 0`` on the fine grid (``block_input_shift``)
+    along ``D`` (``_raise_chain``) that makes ``block_phi >= 0`` on the fine grid (``block_input_shifts``)
     plus a margin. Step 3: ``P`` from the Riccati equation.
     """
     sys = link.system
@@ -625,7 +612,7 @@ def _recover_block(point: Point, link, raised: _Raise, H: np.ndarray, margin: fl
     def shifts(lam, inner):  # block_input_shifts at these multipliers
         return partial(block_input_shifts, sys, lam, inner, X_in, X_out, whiten=whiten)
 
-    def shift_at(lam, inner, H, above=np.inf):  # block_input_shift (PeakFirst: or a bound above ``above``)
+    def shift_at(lam, inner, H, above=np.inf):  # the clamped max of block_input_shifts (PeakFirst)
         return peak_first(shifts(lam, inner), H, above)
 
     v = max(0.0, -_block_min_eigenvalue(sys, *multipliers(0.0), X_in, X_out, Hc, threads)) + tiny
