@@ -65,7 +65,7 @@ from lipdsl.certify.riccati import (  # noqa: F401 (imported from here too)
     DOUBLING_STALL, DOUBLING_STEPS, QZ_MAX_STATES, QZ_STATES, RICCATI_RESIDUAL, riccati_doubling,
     riccati_residual, storage_matrix)
 from lipdsl.sdp.build import frequency_grid, frequency_response
-from lipdsl.sdp.problem import Factored, Lmi, Sdp, Variable, from_upper
+from lipdsl.sdp.problem import Lmi, LmiBuilder, Sdp, Variable, from_upper
 from lipdsl.solvers.solve import Solution
 from lipdsl.solvers.cvxopt_kkt import kkt_threads, thread_map
 
@@ -693,21 +693,19 @@ def _refit_start(previous: dict, G: np.ndarray, h: np.ndarray, dims: dict) -> di
 
 def _factored(M0: np.ndarray, F: np.ndarray, name: str) -> Lmi:
     """``M0 + sum_k z_k F_k >= 0`` (``F``: ``vec F_k`` as columns) as an ``Lmi`` for the structured KKT
-    solver: each entry ``(a, b)``, ``a <= b``, of each ``F_k`` one term ``c (e_a e_b' + e_b e_a')`` (``c``
-    half the entry on the diagonal). The refit's coefficients are a few entries each (``P - A'PA`` of a shift
-    register, ``rho I``), so ``H`` comes from entries of ``S = rti rti'`` instead of dense scalings."""
-    import scipy.sparse as sp
-
+    solver (``LmiBuilder``): each entry ``(a, b)``, ``a <= b``, of each ``F_k`` one unit term
+    ``c (e_a e_b' + e_b e_a')`` (``c`` half the entry on the diagonal). The refit's coefficients are a few
+    entries each (``P - A'PA`` of a shift register, ``rho I``), so ``H`` comes from entries of
+    ``S = rti rti'`` instead of dense scalings."""
     m, n = M0.shape[0], F.shape[1]
     upper = np.triu_indices(m)
     values = F.reshape(m, m, n)[upper]  # (upper entries, variables)
     entry, col = np.nonzero(values)
     a, b = upper[0][entry], upper[1][entry]
-    coef = values[entry, col] * np.where(a == b, 0.5, 1.0)
-    terms = np.arange(len(col))
-    U = sp.csc_matrix((np.ones(len(col)), (a, terms)), shape=(m, len(col)))
-    V = sp.csc_matrix((np.ones(len(col)), (b, terms)), shape=(m, len(col)))
-    return Lmi(name, None, ((name, m),), M0, sp.csc_matrix(F), Factored(U, V, coef, col))
+    builder = LmiBuilder(m, [n])
+    builder.F0 += M0
+    builder.units(col, a, b, values[entry, col] * np.where(a == b, 0.5, 1.0))
+    return builder.build(name, None, ((name, m),))
 
 
 @dataclasses.dataclass(frozen=True)

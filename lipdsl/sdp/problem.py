@@ -362,7 +362,7 @@ class LmiBuilder:
             )
         )
 
-    def _units(self, cols, i, j, coef):
+    def units(self, cols, i, j, coef):
         """Add ``coef_r (e_{i_r} e_{j_r}' + e_{j_r} e_{i_r}')`` to ``F_{cols_r}`` for every ``r`` (arrays, or
         scalars broadcast): one entry of ``terms`` for the whole batch (``_UnitBatch``)."""
         cols, i, j, coef = np.broadcast_arrays(np.asarray(cols, np.int64), np.asarray(i, np.int64),
@@ -425,11 +425,11 @@ class LmiBuilder:
         var, N = w.variable, w.kron
         if w.kind == "rho":
             idx = offset + np.arange(w.n)
-            self._units(var.offset, idx, idx, coef / 2)
+            self.units(var.offset, idx, idx, coef / 2)
             return
         if var.structure in ("diagonal", "subspace"):  # v_i on rows i*N + t
             idx = offset + np.arange(var.n * N)
-            self._units(var.offset + (idx - offset) // N, idx, idx, coef / 2)
+            self.units(var.offset + (idx - offset) // N, idx, idx, coef / 2)
             if var.structure == "subspace":  # V S V' (x) I_N: the basis on the rows i*N + t, for each t
                 for t in range(N):
                     U = np.zeros((self.m, var.rank))
@@ -440,7 +440,7 @@ class LmiBuilder:
         iu, ju = np.triu_indices(var.n)
         t = np.tile(np.arange(N), len(iu))  # channel-major: index ch*N + t
         iu, ju, k = np.repeat(iu, N), np.repeat(ju, N), np.repeat(var.offset + np.arange(len(iu)), N)
-        self._units(k, offset + iu * N + t, offset + ju * N + t, np.where(iu != ju, coef, coef / 2))
+        self.units(k, offset + iu * N + t, offset + ju * N + t, np.where(iu != ju, coef, coef / 2))
 
     def build(self, name, system, blocks) -> Lmi:
         n, m = self._n[0], self.m

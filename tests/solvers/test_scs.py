@@ -146,7 +146,7 @@ def _infeasible_sdp():
     """``[[x, 1], [1, -x]] >= 0``: ``-x^2 - 1 >= 0`` has no solution."""
     x = Variable("rho", "rho", None, 1, "scalar", 0)
     b = LmiBuilder(2, [1])
-    b._units(0, [0, 1], [0, 1], [0.5, -0.5])
+    b.units(0, [0, 1], [0, 1], [0.5, -0.5])
     b.F0[0, 1] = b.F0[1, 0] = 1.0
     lmi = b.build("LMI[bad]", None, [("x", 2)])
     return SimpleNamespace(n=1, lmis=(lmi,), nonneg=(x,), rho=x, objective=lambda: np.ones(1))
