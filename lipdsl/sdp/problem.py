@@ -266,6 +266,11 @@ class Link:
     needs_P_psd: bool
     inner: tuple[Variable, ...] = ()  # multipliers of a residual block's internal activations, in order
 
+    @property
+    def multiplier_names(self) -> list[str]:
+        """The link's multiplier variables: its activation's, then (a residual block) each internal one's."""
+        return ([self.lam.name] if self.lam is not None else []) + [v.name for v in self.inner]
+
 
 @dataclass(frozen=True)
 class Sdp:

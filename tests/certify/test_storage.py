@@ -12,6 +12,7 @@ from lipdsl.certify.recheck import Point, certify
 from lipdsl.app.cli import cli
 import scipy.linalg
 
+from lipdsl.certify import refit
 from lipdsl.certify import storage as kyp
 from lipdsl.certify.storage import phi_min_eigenvalue, recover_storage, riccati_doubling, riccati_residual
 from lipdsl.model.lower import lower
@@ -595,20 +596,20 @@ def test_a_warm_refit_reaches_the_cold_refits_rho(structured_min, monkeypatch):
 
     import cvxopt.solvers
 
-    monkeypatch.setattr(kyp, "REFIT_STRUCTURED_MIN", structured_min)
+    monkeypatch.setattr(refit, "REFIT_STRUCTURED_MIN", structured_min)
     exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, channels=4, kernel=5), 5)
     point = kyp._solver_point(gridded, sol)
     warm = {}
-    assert kyp.refit_first_system(gridded, copy.deepcopy(point), warm) and warm["F"] is not None
+    assert refit.refit_first_system(gridded, copy.deepcopy(point), warm) and warm["F"] is not None
     raised = copy.deepcopy(point)
     raised.scale_weight(gridded.links[0].w_out, 1.05)
     cold = copy.deepcopy(raised)
-    kyp.refit_first_system(gridded, cold)
+    refit.refit_first_system(gridded, cold)
     starts, real = [], cvxopt.solvers.conelp
     monkeypatch.setattr(cvxopt.solvers, "conelp",
                         lambda *a, **k: starts.append("primalstart" in k) or real(*a, **k))
     again = copy.deepcopy(raised)
-    kyp.refit_first_system(gridded, again, warm)
+    refit.refit_first_system(gridded, again, warm)
     assert starts[0] and again.rho == pytest.approx(cold.rho, rel=1e-6)
 
 
@@ -701,15 +702,15 @@ def test_the_structured_refit_is_the_dense_refit(monkeypatch):
     point = kyp._solver_point(gridded, sol)
     rhos, bounds = [], []
     for structured_min in (0, 10**9):
-        monkeypatch.setattr(kyp, "REFIT_STRUCTURED_MIN", structured_min)
-        refit = copy.deepcopy(point)
-        assert kyp.refit_first_system(gridded, refit)
-        rhos.append(refit.rho)
+        monkeypatch.setattr(refit, "REFIT_STRUCTURED_MIN", structured_min)
+        fitted = copy.deepcopy(point)
+        assert refit.refit_first_system(gridded, fitted)
+        rhos.append(fitted.rho)
         bounds.append(certify(gridded, recover_storage(gridded, sol)).lipschitz)
     assert rhos[0] == pytest.approx(rhos[1], rel=1e-6)
     assert bounds[0] == pytest.approx(bounds[1], rel=1e-6)
-    monkeypatch.setattr(kyp, "REFIT_STRUCTURED_MIN", 0)
-    monkeypatch.setattr(kyp, "_refit_structured", lambda problem, starts: None)
+    monkeypatch.setattr(refit, "REFIT_STRUCTURED_MIN", 0)
+    monkeypatch.setattr(refit, "_refit_structured", lambda problem, starts: None)
     fallback = copy.deepcopy(point)
-    assert kyp.refit_first_system(gridded, fallback)
+    assert refit.refit_first_system(gridded, fallback)
     assert fallback.rho == pytest.approx(rhos[1], rel=1e-9)
