@@ -432,7 +432,9 @@ def hinf_norm(weight: np.ndarray, rtol: float = 1e-9, max_intervals: int = 1 << 
 
     Where the mean value theorem's ``sigma_max(H(m)) + L1 h / 2`` (``L1 = sum_j |j - c| ||W_j||_2``) is
     already below the bisection's threshold, it is the interval's bound instead (one SVD, not three: most
-    intervals of the first grid). ``[0, pi]`` suffices (real weights: ``sigma(-w) = sigma(w)``). Intervals are bisected while this bound
+    intervals of the first grid).
+
+    ``[0, pi]`` suffices (real weights: ``sigma(-w) = sigma(w)``). Intervals are bisected while their bound
     exceeds the best point value times ``1 + rtol`` (at most ``max_intervals`` live); the largest bound over
     all intervals is returned, so the result is an upper bound whatever the tolerance.
     """

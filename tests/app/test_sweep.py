@@ -337,8 +337,9 @@ def test_state_dict_items_are_read_on_the_worker(tmp_path, checkpoints, referenc
 def test_running_items_report_their_solver_iterations(checkpoints, reference, monkeypatch):
     # In this process with the throttle off, every KKT factorisation is reported, in order: CVXOPT factors
     # once for its start and once per iteration, and once more when it stops on a singular KKT matrix
-    # (claimed 'unknown'). Which solve ends so is rounding's call (ckpt_01 did after 16 iterations with numpy
-    # 2.3, and does not with 2.4.6), so here ckpt_01's 18th factorisation fails as a singular one would.
+    # (claimed 'unknown'). Which solve ends so is rounding's call (ckpt_01 did after 16 iterations with the
+    # packages CI installed until 2026-12-05, and does not with numpy 2.4.6 / scipy 1.17.1), so here ckpt_01's
+    # 18th factorisation fails as a singular one would.
     import lipdsl.solvers.cvxopt_conelp as conelp
 
     structured_kkt, solves = conelp.structured_kkt, []
