@@ -3,7 +3,6 @@ structure (unit terms, Gram products), with the block work shared among threads.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
@@ -37,11 +36,6 @@ KKT_THREADS: int | None = None
 THREAD_MIN_ENTRIES = 1 << 18
 
 
-#: The Cholesky factorisation of a Newton matrix of at least this order runs on as many BLAS threads as the
-#: block loops (``block_threads``), which are idle meanwhile: at n = 2,277, 111 -> 72 ms on two threads.
-CHOLESKY_THREADS_MIN = 1000
-
-
 _pools: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -67,22 +61,6 @@ def block_threads(sizes) -> int:
     """Threads for work shared out by LMI block (the KKT solver's loops, CVXOPT's cone operations): those of
     ``kkt_threads`` when the blocks of orders ``sizes`` hold at least ``THREAD_MIN_ENTRIES`` entries."""
     return kkt_threads() if np.sum(np.square(np.asarray(sizes, dtype=float))) >= THREAD_MIN_ENTRIES else 1
-
-
-@functools.cache
-def _blas_pools():
-    """threadpoolctl's view of the BLAS libraries loaded (numpy's and scipy's), made once."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController().select(user_api="blas")
-
-
-def cholesky_threads(n: int, threads: int):
-    """A context running BLAS on ``threads`` threads for the Cholesky factorisation of an ``n x n`` Newton
-    matrix (from ``CHOLESKY_THREADS_MIN``; else BLAS stays as it is, pinned to one thread by the CLI)."""
-    if threads <= 1 or n < CHOLESKY_THREADS_MIN:
-        return contextlib.nullcontext()
-    return _blas_pools().limit(limits=threads)
 
 
 def thread_map(fn, items: list, threads: int) -> list:
@@ -433,8 +411,7 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                     band[d, : n - d] = np.diagonal(H, -d)
                 cho = scipy.linalg.cholesky_banded(band, lower=True, check_finite=True)
             else:
-                with cholesky_threads(n, threads):
-                    cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
+                cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
         except (np.linalg.LinAlgError, ValueError) as exc:
             raise ArithmeticError("singular KKT matrix") from exc
 

@@ -91,8 +91,7 @@ def test_unit_term_kkt_equals_the_general_path(case, unit_min, monkeypatch):
 def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
     """The structured KKT solver's block loops on two threads (forced here; by default only for large
     problems): the same iterations and optimum as inline, and bit for bit the same point on every run
-    (each thread sums its own share of the blocks, and the shares are added in a fixed order; OpenBLAS splits
-    the Cholesky factorisation the same way on every call)."""
+    (each thread sums its own share of the blocks, and the shares are added in a fixed order)."""
     import lipdsl.solvers.cvxopt_kkt as kkt_mod
     import lipdsl.solvers.solve as solve_mod
 
@@ -101,7 +100,6 @@ def test_threaded_kkt_blocks_give_the_sequential_solve(case, monkeypatch):
     inline = solve_mod.solve(sdp)
     monkeypatch.setattr(kkt_mod, "KKT_THREADS", 2)
     monkeypatch.setattr(kkt_mod, "THREAD_MIN_ENTRIES", 0)
-    monkeypatch.setattr(kkt_mod, "CHOLESKY_THREADS_MIN", 0)  # (and the Cholesky factor on two BLAS threads)
     first, second = solve_mod.solve(sdp), solve_mod.solve(sdp)
     assert np.array_equal(first.x, second.x)
     assert first.claimed_status == inline.claimed_status
