@@ -572,6 +572,7 @@ def refined(kkt, G, dims: dict, above: float = REFINE_ABOVE, log: list | None = 
     embedding's ``(c, h)``, which grows first) decides: above ``above``, every solve of that iteration is
     refined once; else none is checked again until the next factorisation. ``G``: the operator
     ``G(x, y, alpha, beta, trans)`` CVXOPT gets; ``log``: a list to append each checked residual to.
+    (lipdsl's cone programs have no equality constraints: ``y`` is empty, and so is its residual.)
     """
     import cvxopt
     from cvxopt import misc
@@ -586,19 +587,20 @@ def refined(kkt, G, dims: dict, above: float = REFINE_ABOVE, log: list | None = 
         state = {"first": True, "refine": False}
 
         def residual(bx, bz, x, z):
-            """``(rx, rz)`` of the solve ``(x, z)`` for ``(bx, bz)``, as CVXOPT vectors."""
-            uz = np.asarray(z).ravel()
-            wz = cvxopt.matrix(uz)
-            misc.scale(wz, W, trans="T")  # W' uz
-            gx = cvxopt.matrix(0.0, (len(uz), 1))
+            """``(rx, rz)`` of the solve ``(x, z)`` for ``(bx, bz)``: ``rx`` an array, ``rz`` a CVXOPT
+            vector."""
+            rz = cvxopt.matrix(z)
+            misc.scale(rz, W, trans="T")  # W' uz
+            gx = cvxopt.matrix(0.0, (len(bz), 1))
             G(x, gx)  # G ux
-            rz = bz - np.asarray(gx).ravel() + np.asarray(wz).ravel()
-            wz = cvxopt.matrix(uz)
+            r = np.asarray(rz)[:, 0]  # (a view: rz := bz - G ux + W' uz in place)
+            r -= np.asarray(gx)[:, 0]
+            r += bz
+            wz = cvxopt.matrix(z)
             misc.scale(wz, W, inverse="I")  # W^-1 uz
-            gtz = cvxopt.matrix(0.0, (len(x), 1))
+            gtz = cvxopt.matrix(0.0, (len(bx), 1))
             G(wz, gtz, trans="T")
-            rx = bx - np.asarray(gtz).ravel()
-            return rx, rz
+            return bx - np.asarray(gtz)[:, 0], rz
 
         def refined_solve(x, y, z):
             if not (state["first"] or state["refine"]):
@@ -607,16 +609,17 @@ def refined(kkt, G, dims: dict, above: float = REFINE_ABOVE, log: list | None = 
             solve(x, y, z)
             rx, rz = residual(bx, bz, x, z)
             if state["first"]:
-                size = np.sqrt(bx @ bx + lower @ (bz * bz))
-                error = np.sqrt(rx @ rx + lower @ (rz * rz)) / max(size, np.finfo(float).tiny)
+                r = np.asarray(rz)[:, 0]
+                size = np.sqrt(bx @ bx + np.einsum("i,i,i", lower, bz, bz))
+                error = np.sqrt(rx @ rx + np.einsum("i,i,i", lower, r, r)) / max(size, np.finfo(float).tiny)
                 if log is not None:
                     log.append(float(error))
                 state["first"], state["refine"] = False, bool(error > above)
             if state["refine"]:
-                dx, dz = cvxopt.matrix(rx), cvxopt.matrix(rz)
-                solve(dx, cvxopt.matrix(0.0, (0, 1)), dz)
-                write_into(x, np.asarray(x).ravel() + np.asarray(dx).ravel())
-                write_into(z, np.asarray(z).ravel() + np.asarray(dz).ravel())
+                dx = cvxopt.matrix(rx)
+                solve(dx, cvxopt.matrix(0.0, (0, 1)), rz)
+                write_into(x, np.asarray(x)[:, 0] + np.asarray(dx)[:, 0])
+                write_into(z, np.asarray(z)[:, 0] + np.asarray(rz)[:, 0])
 
         return refined_solve
 
