@@ -186,8 +186,7 @@ def _counted(kkt, hook):
 
 
 def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, structured: bool,
-                  warm: Solution | None = None, start: dict | None = None,
-                  residual_log: list | None = None) -> Solution:
+                  warm: Solution | None = None, start: dict | None = None) -> Solution:
     import cvxopt
     import cvxopt.solvers
 
@@ -217,7 +216,7 @@ def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, s
     else:
         kkt = structured_kkt(sdp, nonneg_idx)
     if structured and GATED_REFINEMENT:  # (refines where the solves need it, not every solve)
-        kkt = refined(kkt, G, dims, log=residual_log)
+        kkt = refined(kkt, G, dims)
         opts["refinement"] = 0
     if structured and iteration_hook() is not None:
         kkt = _counted(kkt, iteration_hook())
