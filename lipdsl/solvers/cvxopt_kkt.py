@@ -577,10 +577,8 @@ def refined(kkt, G, dims: dict, above: float = REFINE_ABOVE, log: list | None = 
     import cvxopt
     from cvxopt import misc
 
-    lower = [np.ones(dims["l"])]
-    for m in dims["s"]:
-        lower.append(np.tril(np.ones((m, m))).reshape(-1, order="F"))
-    lower = np.concatenate(lower)
+    lower = np.concatenate([np.ones(dims["l"])] + [_lower(m).ravel(order="F") for m in dims["s"]],
+                           dtype=float)  # (the entries that count: 'l', and each 's' block's lower triangle)
 
     def factor(W):
         solve = kkt(W)

@@ -342,15 +342,15 @@ def test_running_items_report_their_solver_iterations(checkpoints, reference, mo
     # 18th factorisation fails as a singular one would.
     import lipdsl.solvers.cvxopt_conelp as conelp
 
-    structured_kkt, solves = conelp.structured_kkt, []
+    structured_kkt, solves = conelp.structured_kkt, []  # factorisations so far, per solve
 
     def singular_in_the_second_solve(sdp, nonneg_idx):
-        kkt, solves[:] = structured_kkt(sdp, nonneg_idx), solves + [0]
-        this = len(solves)
+        kkt, this = structured_kkt(sdp, nonneg_idx), len(solves)
+        solves.append(0)
 
         def factor(W):
-            solves[this - 1] += 1
-            if this == 2 and solves[this - 1] == 18:
+            solves[this] += 1
+            if this == 1 and solves[this] == 18:
                 raise ArithmeticError("singular KKT matrix")
             return kkt(W)
 
