@@ -186,3 +186,34 @@ def test_the_default_form_takes_fewer_frequencies_for_wide_layers():
         assert chosen == k
         assert f"on {k} frequencies, chosen automatically ({k}, not 17: LMIs of {m} rows" in why
     assert choose_form(wide, frequencies=17)[0] == 17
+
+
+def test_the_frequency_form_solves_to_its_own_tolerance_by_default(monkeypatch):
+    """``tol=None`` (the default): ``FREQUENCY_TOL`` for an interior-point solve of the frequency form, said
+    in ``form``, in fewer iterations than 1e-7 and a certified bound at most that tolerance above 1e-7's (the
+    grid's repair is larger than what it gives up); the exact form, an explicit ``tol`` and a first-order
+    solver keep theirs."""
+    import lipdsl.pipeline as pipeline
+    from lipdsl.pipeline import EXACT_TOL, FREQUENCY_TOL, solve_tolerance
+    from nets import wide_gap_net
+
+    asked = []
+    real = pipeline.solve
+
+    def recording(sdp, solver, **kwargs):
+        asked.append(kwargs["tol"])
+        return real(sdp, solver, **kwargs)
+
+    monkeypatch.setattr(pipeline, "solve", recording)
+    net = wide_gap_net(0, channels=8)
+    default = solve_network(net, frequencies=9, refine_rounds=0)
+    fine = solve_network(net, frequencies=9, refine_rounds=0, tol=1e-7)
+    exact = solve_network(net, frequencies=None)
+    assert asked == [FREQUENCY_TOL, 1e-7, EXACT_TOL]
+    assert "solver tolerance 1e-4: the grid's repair is larger" in default.form
+    assert "tolerance" not in fine.form and "tolerance" not in exact.form
+    assert default.certificate.verified and fine.certificate.verified
+    assert default.solution.iterations < fine.solution.iterations
+    assert default.certificate.lipschitz <= fine.certificate.lipschitz * (1 + FREQUENCY_TOL)
+    assert solve_tolerance(default.sdp, "scs", None) == (EXACT_TOL, "")
+    assert solve_tolerance(default.sdp, "cvxopt", 1e-6) == (1e-6, "")

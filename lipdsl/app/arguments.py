@@ -60,7 +60,7 @@ def _check_solve_options(options: dict) -> dict:
     checks = {
         "lift": lambda v: integer("lift", v, 1),
         "margin": lambda v: real("margin", v, minimum=0.0),
-        "tol": lambda v: real("tol", v, minimum=0.0, strict=True),
+        "tol": lambda v: real("tol", v, minimum=0.0, strict=True, optional=True),
         "max_iterations": lambda v: integer("max_iterations", v, 1),
         "frequencies": lambda v: v if v in ("auto", "none") else integer("frequencies", v, 3, optional=True),
         "weight_rank": lambda v: v if v in ("auto", "full") else integer("weight_rank", v, 1, optional=True),

@@ -135,7 +135,9 @@ def _show(net, source, as_json: bool, state_space: bool, latex: bool, lowering: 
     help=solver_help("The SDP solver (PICOS ones must be installed)."),
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
-@click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
+@click.option("--tol", default=None, type=float,
+              help="Solver's relative tolerance. Default: 1e-7, or 1e-4 for an interior-point solve of the "
+              "frequency form (its grid repair is larger).")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
 @click.option("--verbose", is_flag=True, help="Show the solver's iterations (and the per-LMI table).")
 @click.option("-v", "--details", is_flag=True, help="Also print the per-LMI table of the certificate.")
@@ -210,7 +212,7 @@ def solve_command(
     spec: str,
     solver: str,
     as_json: bool,
-    tol: float,
+    tol: float | None,
     max_iterations: int,
     verbose: bool,
     details: bool,

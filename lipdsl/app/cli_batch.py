@@ -90,7 +90,7 @@ def import_command(
     help="As in `lipdsl solve --method`.",
 )
 @click.option("--solver", default="cvxopt", show_default=True, help="As in `lipdsl solve`.")
-@click.option("--tol", default=1e-7, show_default=True, type=float, help="Solver's relative tolerance.")
+@click.option("--tol", default=None, type=float, help="As in `lipdsl solve` (default: its default).")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
 @click.option("--length", "length", type=click.IntRange(min=1), default=None,
               help="For 'input c x *' nets: the shortest input length to cover (as `solve --length`).")

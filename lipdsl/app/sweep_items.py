@@ -35,7 +35,7 @@ class Options:
 
     method: str = "dissipative"
     solver: str = "cvxopt"
-    tol: float = 1e-7
+    tol: float | None = None  # (None: lipdsl solve's default for the form solved)
     max_iterations: int = 100
     length: int | None = None
     lift: int = 1

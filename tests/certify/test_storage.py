@@ -557,11 +557,12 @@ def test_refined_re_solves_start_from_the_last_point(monkeypatch):
 
     monkeypatch.setattr(pipeline, "solve", recording)
     net = _long_kernel_net(1)
-    warm = solve_network(net, frequencies=5, refine_rounds=2)
+    # (at the exact form's tolerance: the two must agree to 1e-6, beyond the frequency form's default 1e-4)
+    warm = solve_network(net, frequencies=5, refine_rounds=2, tol=1e-7)
     assert warms[0] is None and all(w is not None and w.x is not None for w in warms[1:]) and len(warms) == 3
     monkeypatch.setitem(registry.SOLVERS, "cvxopt",
                         dataclasses.replace(registry.SOLVERS["cvxopt"], warm_start=False))
-    cold = solve_network(net, frequencies=5, refine_rounds=2)
+    cold = solve_network(net, frequencies=5, refine_rounds=2, tol=1e-7)
     assert warm.certificate.verified and cold.certificate.verified
     assert warm.certificate.lipschitz == pytest.approx(cold.certificate.lipschitz, rel=1e-6)
     assert warm.solution.iterations < cold.solution.iterations
