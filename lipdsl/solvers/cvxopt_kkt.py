@@ -226,20 +226,94 @@ def _lower(m: int) -> np.ndarray:
     return np.tri(m, dtype=bool)
 
 
-#: The Newton matrix is factored as a band matrix when it has at least ``BANDED_MIN`` variables and its
-#: bandwidth times ``BANDED_RATIO`` is below their number (``newton_bandwidth``): the band Cholesky costs
-#: ``n b^2`` against ``n^3 / 3``, at a lower flop rate.
-BANDED_MIN = 1000
-BANDED_RATIO = 3
+#: The Newton matrix is factored by parts (``ChainCholesky``) only from this many variables: below, one
+#: dense Cholesky costs little, and small SDPs (the ECG net's 88 variables) keep their rounding.
+CHAIN_MIN = 1000
 
 
-def newton_bandwidth(variables_of_blocks) -> int:
-    """The bandwidth of ``H = sum_blocks [tr(F_k S F_l S)]``: ``H_kl`` can be nonzero only when ``k`` and
-    ``l`` occur in the same LMI (or ``k = l``), so it is the largest spread ``max - min`` of one LMI's
-    variables.
-    ``build_sdp`` numbers the variables along the chain (each layer's output weight, storage and
-    multipliers after the previous layer's), so a deep chain has a band of about two layers' variables."""
-    return max((int(v.max() - v.min()) for v in variables_of_blocks if len(v)), default=0)
+def newton_chain(variables_of_blocks, n: int) -> np.ndarray:
+    """Boundaries ``0 = p_0 < p_1 < ... < p_k = n`` of a partition of the variables in which the Newton
+    matrix ``H = sum_blocks [tr(F_k S F_l S)]`` is block tridiagonal (``ChainCholesky``).
+
+    ``H_kl`` can be nonzero only when ``k`` and ``l`` occur in the same LMI (or ``k = l``), so it suffices
+    that the span ``[lo, hi]`` of every LMI's variables holds at most one boundary in ``(lo, hi]``.
+    ``build_sdp`` numbers the variables along the chain (each layer's output weight and multipliers after
+    the previous layer's), so the LMIs' first variables are where the parts begin: each is kept, from the
+    left, unless some LMI would then hold two. A net whose LMIs all share variables gives one part, and so
+    does one of fewer than ``CHAIN_MIN`` variables."""
+    if n < CHAIN_MIN:
+        return np.array([0, n], dtype=np.int64)
+    spans = np.array([(int(v.min()), int(v.max())) for v in variables_of_blocks if len(v)], dtype=np.int64)
+    kept = [0]
+    if len(spans):
+        held = np.zeros(len(spans), dtype=np.int64)  # boundaries kept in each span's (lo, hi]
+        for t in np.unique(spans[:, 0]):
+            inside = (spans[:, 0] < t) & (t <= spans[:, 1])
+            if t > 0 and not held[inside].any():
+                held[inside] += 1
+                kept.append(int(t))
+    return np.array(kept + [n], dtype=np.int64)
+
+
+class ChainCholesky:
+    """The Cholesky factor of a symmetric positive definite ``H`` that is block tridiagonal in the parts
+    ``bounds`` (``newton_chain``), by blocks, from ``H``'s lower triangle (nothing outside the diagonal and
+    subdiagonal blocks is read):
+
+        L_00 L_00' = H_00,   L_i+1,i = H_i+1,i L_ii^-T,   L_i+1,i+1 L_i+1,i+1' = H_i+1,i+1 - L_i+1,i L_i+1,i'
+
+    ``O(sum_i s_i^3)`` flops for parts of ``s_i`` variables instead of ``O(n^3)`` (a deep chain of 32-channel
+    layers: parts of ~560, a block Cholesky and two products per layer) and no band copy.
+    Raises ``numpy.linalg.LinAlgError`` when ``H`` is not positive definite, ``ValueError`` when not finite.
+    """
+
+    def __init__(self, H: np.ndarray, bounds: np.ndarray):
+        self.bounds = bounds
+        self.diagonal: list[np.ndarray] = []  # L_ii
+        self.below: list[np.ndarray] = []  # L_i+1,i
+        self.dense = None
+        if len(bounds) == 2:  # one part: LAPACK's potrf/potrs as they are
+            self.dense = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
+            return
+        parts = list(zip(bounds[:-1], bounds[1:]))
+        carry = None  # L_i,i-1 L_i,i-1' (lower triangle), subtracted from the next diagonal block
+        for i, (a, b) in enumerate(parts):
+            D = H[a:b, a:b] if carry is None else H[a:b, a:b] - carry
+            L = scipy.linalg.cholesky(D, lower=True, check_finite=True)
+            self.diagonal.append(L)
+            if i + 1 < len(parts):
+                c = parts[i + 1][1]
+                X = scipy.linalg.solve_triangular(L, H[b:c, a:b].T, lower=True, check_finite=True).T
+                self.below.append(X)
+                carry = scipy.linalg.blas.dsyrk(1.0, X, lower=1)
+
+    def solve(self, r: np.ndarray) -> np.ndarray:
+        """``H^-1 r``: ``L y = r`` forward, then ``L' x = y`` backward, by parts."""
+        if self.dense is not None:
+            return scipy.linalg.cho_solve(self.dense, r, check_finite=False)  # (checked when factored)
+        bounds, x = self.bounds, np.array(r, dtype=float)
+        for i, L in enumerate(self.diagonal):
+            a, b = bounds[i], bounds[i + 1]
+            if i:
+                x[a:b] -= self.below[i - 1] @ x[bounds[i - 1] : a]
+            x[a:b] = scipy.linalg.solve_triangular(L, x[a:b], lower=True, check_finite=False)
+        for i in range(len(self.diagonal) - 1, -1, -1):
+            a, b = bounds[i], bounds[i + 1]
+            if i + 1 < len(self.diagonal):
+                x[a:b] -= self.below[i].T @ x[b : bounds[i + 2]]
+            x[a:b] = scipy.linalg.solve_triangular(self.diagonal[i], x[a:b], lower=True, trans="T",
+                                                   check_finite=False)
+        return x
+
+
+
+def chain_zero(H: np.ndarray, bounds: np.ndarray) -> None:
+    """Zero the blocks of ``H`` that a matrix block tridiagonal in ``bounds`` may fill (both triangles):
+    rows of part ``i``, columns of parts ``i - 1`` to ``i + 1``. Nothing is written outside them, so a buffer
+    made by ``np.zeros`` keeps the rest as zero pages never touched (a 16-layer chain: 120 of 570 MB)."""
+    k = len(bounds) - 1
+    for i in range(k):
+        H[bounds[i] : bounds[i + 1], bounds[max(i - 1, 0)] : bounds[min(i + 2, k)]] = 0.0
 
 
 def dense_variables(lmi, n: int) -> np.ndarray:
@@ -322,8 +396,7 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
             cross = (U, V, sp.csr_matrix((coef, (loc, np.arange(len(keep)))), shape=(len(local), len(keep))))
         blocks.append((m, dense_cols, F, local, gen, units, fam, cross))
         hermitian.append(bool(lmi.hermitian))
-    bandwidth = newton_bandwidth([np.concatenate([b[1], b[3]]) for b in blocks])
-    banded = n >= BANDED_MIN and bandwidth * BANDED_RATIO < n
+    chain = newton_chain([np.concatenate([b[1], b[3]]) for b in blocks], n)
     sizes = np.array([b[0] for b in blocks], dtype=float)
     threads = block_threads(sizes)
     shares = split_by_cost(sizes**3, threads)  # the solve's blocks per thread
@@ -335,7 +408,7 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         limits.checkpoint("cvxopt")  # once per interior-point iteration
         di = np.asarray(W["di"]).ravel()
         H = newton_buffer[0]  # (one n x n buffer for all iterations: no fresh pages to fault in each time)
-        H.fill(0.0)
+        chain_zero(H, chain)
         H[nonneg_idx, nonneg_idx] += di**2  # (distinct indices)
         acc: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # local variables -> their block of H
         S_of: dict[int, np.ndarray] = {}
@@ -405,13 +478,7 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
         for local, Hl in acc.values():
             _add_at(H, local, local, Hl)
         try:
-            if banded:  # H_kl = 0 for |k - l| > bandwidth: LAPACK's band Cholesky, O(n b^2) not O(n^3)
-                band = np.zeros((bandwidth + 1, n))
-                for d in range(bandwidth + 1):
-                    band[d, : n - d] = np.diagonal(H, -d)
-                cho = scipy.linalg.cholesky_banded(band, lower=True, check_finite=True)
-            else:
-                cho = scipy.linalg.cho_factor(H, lower=True, check_finite=True)
+            cho = ChainCholesky(H, chain)  # (one part: the dense Cholesky)
         except (np.linalg.LinAlgError, ValueError) as exc:
             raise ArithmeticError("singular KKT matrix") from exc
 
@@ -445,10 +512,7 @@ def structured_kkt(sdp: Sdp, nonneg_idx: np.ndarray, unit_terms: bool = True):
                 rhs += part
             if not np.all(np.isfinite(rhs)):
                 raise ValueError("non-finite right-hand side in the KKT system")
-            if banded:  # (cho was checked when formed)
-                ux = scipy.linalg.cho_solve_banded((cho, True), rhs, check_finite=False)
-            else:
-                ux = scipy.linalg.cho_solve(cho, rhs, check_finite=False)
+            ux = cho.solve(rhs)
             write_into(x, ux)
             # W uz = W^-T (G ux - bz) = W^-T G ux - bt
             out = -bt

@@ -399,9 +399,10 @@ def _deep_chain(seed: int, layers: int = 8, channels: int = 4):
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_banded_newton_matrix_gives_the_dense_solution(seed, monkeypatch):
-    """A deep chain's Newton matrix is banded (each LMI holds two layers' variables); its band Cholesky
-    gives the same iterates as the dense one, and the bandwidth is what the LMIs' variables span."""
+def test_chain_newton_matrix_gives_the_dense_solution(seed, monkeypatch):
+    """A deep chain's Newton matrix is block tridiagonal (each LMI holds two layers' variables): the
+    partition has a part per layer, no LMI's variables straddle two boundaries, and the factor by parts gives
+    the same iterates as the dense one (one part)."""
     from lipdsl.model.lower import lower
     from lipdsl.sdp.build import build_sdp
     from lipdsl.solvers import cvxopt_kkt
@@ -409,19 +410,48 @@ def test_banded_newton_matrix_gives_the_dense_solution(seed, monkeypatch):
 
     sdp = build_sdp(lower(_deep_chain(seed)))
     spans = [np.unique(lmi.factored.col) for lmi in sdp.lmis]
-    bandwidth = cvxopt_kkt.newton_bandwidth(spans)
-    assert bandwidth == max(int(s.max() - s.min()) for s in spans) and 3 * bandwidth < sdp.n
-    monkeypatch.setattr(cvxopt_kkt, "BANDED_MIN", 10**9)
+    assert cvxopt_kkt.newton_chain(spans, sdp.n).tolist() == [0, sdp.n]  # (small: below CHAIN_MIN)
+    monkeypatch.setattr(cvxopt_kkt, "CHAIN_MIN", 1)
+    bounds = cvxopt_kkt.newton_chain(spans, sdp.n)
+    assert bounds[0] == 0 and bounds[-1] == sdp.n and np.all(np.diff(bounds) > 0)
+    assert len(bounds) - 1 >= len(sdp.lmis) - 1  # (one part per layer)
+    for v in spans:
+        assert np.count_nonzero((v.min() < bounds) & (bounds <= v.max())) <= 1
+    real = cvxopt_kkt.newton_chain
+    monkeypatch.setattr(cvxopt_kkt, "newton_chain", lambda variables, n: np.array([0, n]))  # (dense)
     dense = solve(sdp)
-    monkeypatch.setattr(cvxopt_kkt, "BANDED_MIN", 1)
-    factored = []
-    real = cvxopt_kkt.scipy.linalg.cholesky_banded
-    monkeypatch.setattr(cvxopt_kkt.scipy.linalg, "cholesky_banded",
-                        lambda *a, **k: factored.append(1) or real(*a, **k))
-    banded = solve(sdp)
-    assert factored  # (the band path ran)
-    assert banded.iterations == dense.iterations
-    assert banded.rho == pytest.approx(dense.rho, rel=1e-9)
+    parts = []
+    monkeypatch.setattr(cvxopt_kkt, "newton_chain", lambda *a: parts.append(real(*a)) or parts[-1])
+    chained = solve(sdp)
+    assert len(parts[0]) == len(bounds)  # (the chain path ran)
+    assert chained.iterations == dense.iterations
+    assert chained.rho == pytest.approx(dense.rho, rel=1e-9)
+
+
+def test_chain_cholesky_solves_a_block_tridiagonal_system():
+    """``ChainCholesky`` on a random positive definite block-tridiagonal matrix (parts of 1, 7, 5, 9): its
+    solve is ``numpy.linalg.solve``'s to 1e-12 and it reads nothing outside the blocks (garbage there); an
+    indefinite matrix raises ``LinAlgError``, a NaN ``ValueError``."""
+    from lipdsl.solvers.cvxopt_kkt import ChainCholesky, chain_zero
+
+    rng = np.random.default_rng(0)
+    bounds = np.array([0, 1, 8, 13, 22])
+    n = bounds[-1]
+    part = np.searchsorted(bounds, np.arange(n), side="right") - 1
+    near = np.abs(part[:, None] - part[None, :]) <= 1
+    A = rng.normal(size=(n, n)) * near
+    H = A @ A.T * (np.abs(part[:, None] - part[None, :]) <= 1) + n * np.eye(n)
+    garbage = np.where(near, H, rng.normal(size=(n, n)))
+    r = rng.normal(size=n)
+    x = ChainCholesky(garbage, bounds).solve(r)
+    assert np.allclose(x, np.linalg.solve(H, r), rtol=1e-12, atol=1e-12)
+    chain_zero(garbage, bounds)
+    assert not garbage[near].any() and garbage[~near].all()  # (only the blocks zeroed)
+    with pytest.raises(np.linalg.LinAlgError):
+        ChainCholesky(H - 2 * n * np.eye(n), bounds)
+    H[9, 8] = np.nan
+    with pytest.raises(ValueError):
+        ChainCholesky(H, bounds)
 
 
 def test_subspace_weights_solve_the_same_with_the_operator_and_with_g():
