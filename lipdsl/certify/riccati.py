@@ -4,10 +4,14 @@ fallback). See ``lipdsl.certify.storage`` for where it is used and why ``M(P) >=
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import scipy.linalg
 
 from lipdsl import limits
+from lipdsl.model import lowered
 from lipdsl.certify.recheck import system_matrix
 from lipdsl.solvers.cvxopt_kkt import kkt_threads, thread_map
 
@@ -85,14 +89,69 @@ def riccati_doubling(A, B, Q, R, S) -> np.ndarray:
     return best
 
 
+def undilated(sys):
+    """``(system, stage, chain)`` when ``sys`` is a delay line of ``L = g s`` stages of its ``nu`` inputs
+    (``model.realize.shift_structure``: stage ``j`` holds the input of lag ``L - j``) whose taps are zero at
+    every lag that is not a multiple of ``g > 1`` (a dilated conv): the undilated system (``s`` stages, the
+    taps at lags ``g, 2g, .., L``), and for each stage of ``sys`` the stage of the undilated system and the
+    chain (lag mod ``g``) it belongs to. None otherwise (residual blocks included)."""
+    ss = sys.ss
+    nx, nu = ss.nx, ss.nu
+    if sys.internal or not nx or not nu or nx % nu:
+        return None
+    L = nx // nu
+    B = np.zeros((nx, nu))
+    B[nx - nu :] = np.eye(nu)
+    if not (np.array_equal(ss.A, np.eye(nx, k=nu)) and np.array_equal(ss.B, B)):
+        return None
+    lags = L - np.arange(L)  # of the stages
+    blocks = ss.C.reshape(len(ss.C), L, nu)
+    used = np.flatnonzero(np.any(blocks != 0, axis=(0, 2)))
+    g = math.gcd(L, *(int(a) for a in lags[used]))
+    if g <= 1:
+        return None
+    s = L // g
+    A0, B0 = np.eye(s * nu, k=nu), np.zeros((s * nu, nu))
+    B0[s * nu - nu :] = np.eye(nu)
+    C0 = blocks[:, ::g].reshape(len(ss.C), s * nu)  # stages 0, g, 2g, ..: lags L, L - g, .., g
+    small = dataclasses.replace(sys, ss=lowered.StateSpace(A0, B0, C0, ss.D))
+    chain = (lags - 1) % g
+    stage = s - (lags - 1 - chain) // g - 1  # lag chain + 1 + (m - 1) g is the undilated lag m, stage s - m
+    return small, stage, chain
+
+
+def spread_storage(P0: np.ndarray, stage: np.ndarray, chain: np.ndarray, nu: int) -> np.ndarray:
+    """The storage of the dilated system from the undilated one's ``P0`` (``undilated``): ``V(x) = sum_r
+    V0(x_r)`` over the ``g`` chains ``x_r`` (the inputs of lags ``r + 1, r + 1 + g, ..``), each read as the
+    undilated state. One step moves every chain into the next and only the chain of lags ``g, 2g, ..`` meets
+    the taps, so ``V(x) - V(x+)`` is the undilated ``V0(x_g) - V0(x_g+)``: the dilated LMI is the undilated
+    one on that chain's states and zero on the others."""
+    s = len(P0) // nu
+    blocks = P0.reshape(s, nu, s, nu)[stage][:, :, stage]  # (L, nu, L, nu)
+    blocks = blocks * (chain[:, None] == chain[None, :])[:, None, :, None]
+    return blocks.reshape(len(stage) * nu, len(stage) * nu)
+
+
 def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(),
                    shrink: float = 0.0) -> np.ndarray:
     """``P`` from the stabilizing solution of the Riccati equation (module docstring, step 3): by doubling,
     and by QZ too for small systems or when the doubling's residual is above ``RICCATI_RESIDUAL`` (the
     smaller residual wins). ``inner``: a residual block's internal multipliers. ``shrink``: solve it for
     ``M(P) - shrink I`` instead, so that ``M(P) >= shrink I`` (a strictly feasible LMI whose rounding
-    ``certify`` need not repair; it exists when ``Phi`` has a margin of about ``k shrink``)."""
+    ``certify`` need not repair; it exists when ``Phi`` has a margin of about ``k shrink``).
+
+    A dilated system (``undilated``: ``L = g s`` stages, taps every ``g``) is solved on its undilated
+    system (``s`` stages: g^3 times less work; a dilation-16 layer of 32 channels has 1,024 states, 64
+    undilated) and spread over its chains (``spread_storage``), plus ``shrink diag(1, 2, .., L) (x) I`` on
+    the stages: with ``E`` that diagonal, ``x'Ex - x+'Ex+ = shrink (|x|^2 - L |u|^2)``, so the undilated
+    LMI taken with ``(L + 1) shrink`` gives ``M(P) >= shrink I`` on every state, as the direct solution."""
     nx = sys.ss.nx
+    parts = undilated(sys) if not inner else None
+    if parts is not None:
+        small, stage, chain = parts
+        L, nu = len(stage), sys.ss.nu
+        P0 = storage_matrix(small, lam, X_in, X_out, shrink=(L + 1) * shrink)
+        return spread_storage(P0, stage, chain, nu) + np.diag(shrink * np.repeat(np.arange(1.0, L + 1), nu))
     M0 = system_matrix(sys, np.zeros((nx, nx)), lam, X_in, X_out, inner)
     if shrink:
         M0 = M0 - shrink * np.eye(len(M0))

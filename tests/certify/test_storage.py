@@ -715,3 +715,60 @@ def test_the_structured_refit_is_the_dense_refit(monkeypatch):
     fallback = copy.deepcopy(point)
     assert refit.refit_first_system(gridded, fallback)
     assert fallback.rho == pytest.approx(rhos[1], rel=1e-9)
+
+
+@pytest.mark.solver
+@pytest.mark.parametrize("seed", range(2))
+def test_dilated_storage_is_the_undilated_one_spread_over_its_chains(seed, monkeypatch):
+    """``storage_matrix`` on the dilated layers (dilations 2 and 4, 3 channels: 12 and 24 states) solves
+    their undilated systems (6 states each) and spreads them over the chains: each LMI is at least its
+    ``shrink`` (``M(P) >= shrink I``, the direct solution's promise, to 1e-6 of it) and the certified bound
+    is the one of the Riccati equation of the whole delay line (``undilated`` off) to 1e-9. (The two P differ
+    by ~2e-4 relative: near the optimum ``Phi`` is nearly singular and the Riccati solution sensitive.)"""
+    from lipdsl.certify import riccati
+    from lipdsl.certify.recheck import system_matrix
+
+    net = _dilated_net(seed)
+    real, solved = kyp.storage_matrix, []
+
+    def recording(sys, lam, X_in, X_out, inner=(), shrink=0.0):
+        P = real(sys, lam, X_in, X_out, inner, shrink)
+        solved.append((sys, lam, X_in, X_out, shrink, P, riccati.undilated(sys)))
+        return P
+
+    monkeypatch.setattr(kyp, "storage_matrix", recording)
+    spread = solve_network(net, frequencies=5, refine_rounds=0)
+    dilated = [call for call in solved if call[-1] is not None]
+    assert sorted({call[0].ss.nx for call in dilated}) == [12, 24]
+    assert all(call[-1][0].ss.nx == 6 for call in dilated)  # (the undilated systems: 2 stages of 3)
+    for sys, lam, X_in, X_out, shrink, P, _ in dilated:
+        assert np.linalg.eigvalsh(system_matrix(sys, P, lam, X_in, X_out)).min() >= shrink * (1 - 1e-6)
+    monkeypatch.setattr(riccati, "undilated", lambda sys: None)
+    whole = solve_network(net, frequencies=5, refine_rounds=0)
+    assert spread.certificate.verified and whole.certificate.verified
+    assert spread.certificate.lipschitz == pytest.approx(whole.certificate.lipschitz, rel=1e-9)
+
+
+def test_undilated_reads_the_delay_line_of_a_dilated_conv_only():
+    """``riccati.undilated``: a dilation-3 conv (k = 3: 6 stages of 2 inputs) has the undilated kernel's
+    realization (2 stages: taps at lags 3 and 6) with its chains (lag mod 3) and stages; an undilated conv, a
+    state space that is not a delay line and a residual block are left alone (None)."""
+    import dataclasses
+
+    from lipdsl.certify.riccati import undilated
+    from lipdsl.model import lowered
+    from lipdsl.model.realize import conv_state_space
+
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(4, 2, 3))
+    sys = lowered.System("c", ("c",), "conv", conv_state_space(W, dilation=3), 1.0, (0.0, 1.0), "relu")
+    small, stage, chain = undilated(sys)
+    plain = conv_state_space(W)
+    assert np.array_equal(small.ss.C, plain.C) and np.array_equal(small.ss.A, plain.A)
+    assert np.array_equal(small.ss.D, plain.D)
+    assert stage.tolist() == [0, 0, 0, 1, 1, 1] and chain.tolist() == [2, 1, 0, 2, 1, 0]  # lags 6, 5, .., 1
+    assert undilated(dataclasses.replace(sys, ss=plain)) is None
+    rotated = dataclasses.replace(sys.ss, A=sys.ss.A.T.copy())
+    assert undilated(dataclasses.replace(sys, ss=rotated)) is None
+    block = dataclasses.replace(sys, internal=(lowered.Internal("a", 2, 0.0, 1.0),))
+    assert undilated(block) is None
