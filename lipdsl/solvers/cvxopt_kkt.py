@@ -117,6 +117,13 @@ def _add_at(H: np.ndarray, rows: np.ndarray, cols: np.ndarray, X: np.ndarray) ->
             H[hr, hc] += X[pr, pc]
 
 
+#: ``_UnitFamily.gram``'s rows per batched product: its operands (rows x terms x blocks x d) and its ``Y``
+#: (rows x d x d) each within this many doubles (1 MB). Against the rule before, ``2^15 // (d blocks terms)``
+#: rows, the Gram products of a whole solve: the 32-channel k9 net 1.14-1.36 -> 1.01-1.11 s, glip16 6.7-6.9
+#: -> 5.3-5.7 s, FCN 32/64/32 (K = 9, full X) 4.3-4.6 -> 3.6-3.7 s; the same bounds to every digit.
+GRAM_BATCH = 2**17
+
+
 @dataclass
 class _UnitFamily:
     """The unit terms ``c_r (e_a e_b' + e_b e_a')`` shared by LMI blocks of identical structure (e.g. one
@@ -183,7 +190,8 @@ class _UnitFamily:
             flat_t = (flat % d) * d + flat // d  # (Y + Y')[a, b] = Y[a, b] + Y[b, a]
             cols = _block(lg[:1], lg)[1]
             for row_group in self.rows:
-                step = max(1, 2**15 // (d * B * row_group[1].shape[1]))  # rows per batch: stay in cache
+                # rows per batch: its products (rows x terms x blocks x d) and Y (rows x d x d) in cache
+                step = max(1, GRAM_BATCH // max(d * d, d * B * row_group[1].shape[1]))
                 batch = functools.partial(_gram_rows, Hl, Z, (flat, flat_t, cg, lg, cols), row_group, step)
                 thread_map(batch, split_by_cost(np.ones(len(row_group[0])), threads), threads)
         if len(self.rest):
