@@ -53,7 +53,7 @@ STOPPED_NEAR_OPTIMAL = 1e-4
 REPAIR_WARNING = 0.01
 #: The solver's relative tolerance when none is given (``solve_tolerance``): ``EXACT_TOL``, except for an
 #: interior-point solve of the frequency form, which stops at ``FREQUENCY_TOL``: its certificate repairs the
-#: grid by 0.2-4 % (docs/method.md §9), so the last iterations' precision never reaches the bound. Measured
+#: grid by 0.1-4 % (docs/method.md §9), so the last iterations' precision never reaches the bound. Measured
 #: on ``bench/wide.py``'s frequency-form nets (docs/performance.md): 2-7 fewer iterations each, 10-22 % less
 #: time, every bound within +1e-6 of 1e-7's or below it.
 EXACT_TOL = 1e-7

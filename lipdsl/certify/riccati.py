@@ -11,8 +11,8 @@ import numpy as np
 import scipy.linalg
 
 from lipdsl import limits
-from lipdsl.model import lowered
 from lipdsl.certify.recheck import system_matrix
+from lipdsl.model import lowered
 from lipdsl.solvers.cvxopt_kkt import kkt_threads, thread_map
 
 #: Doubling steps: the iteration converges quadratically when ``Phi > 0`` by a clear margin; at the
@@ -150,8 +150,13 @@ def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(),
     if parts is not None:
         small, stage, chain = parts
         L, nu = len(stage), sys.ss.nu
-        P0 = storage_matrix(small, lam, X_in, X_out, shrink=(L + 1) * shrink)
-        return spread_storage(P0, stage, chain, nu) + np.diag(shrink * np.repeat(np.arange(1.0, L + 1), nu))
+        try:
+            P0 = storage_matrix(small, lam, X_in, X_out, shrink=(L + 1) * shrink)
+        except (np.linalg.LinAlgError, ValueError):
+            P0 = None  # (the whole delay line's equation below)
+        if P0 is not None:
+            return spread_storage(P0, stage, chain, nu) + np.diag(
+                shrink * np.repeat(np.arange(1.0, L + 1), nu))
     M0 = system_matrix(sys, np.zeros((nx, nx)), lam, X_in, X_out, inner)
     if shrink:
         M0 = M0 - shrink * np.eye(len(M0))

@@ -271,7 +271,7 @@ class ChainCholesky:
         L_00 L_00' = H_00,   L_i+1,i = H_i+1,i L_ii^-T,   L_i+1,i+1 L_i+1,i+1' = H_i+1,i+1 - L_i+1,i L_i+1,i'
 
     ``O(sum_i s_i^3)`` flops for parts of ``s_i`` variables instead of ``O(n^3)`` (a deep chain of 32-channel
-    layers: parts of ~560, a block Cholesky and two products per layer) and no band copy.
+    layers: parts of ~560, a block Cholesky and two products per layer); ``H`` itself is left as it was.
     Raises ``numpy.linalg.LinAlgError`` when ``H`` is not positive definite, ``ValueError`` when not finite.
     """
 
@@ -314,11 +314,11 @@ class ChainCholesky:
         return x
 
 
-
 def chain_zero(H: np.ndarray, bounds: np.ndarray) -> None:
     """Zero the blocks of ``H`` that a matrix block tridiagonal in ``bounds`` may fill (both triangles):
     rows of part ``i``, columns of parts ``i - 1`` to ``i + 1``. Nothing is written outside them, so a buffer
-    made by ``np.zeros`` keeps the rest as zero pages never touched (a 16-layer chain: 120 of 570 MB)."""
+    made by ``np.zeros`` keeps the rest as zero pages never touched (16 layers of 32 channels: about 120 of
+    its 570 MB)."""
     k = len(bounds) - 1
     for i in range(k):
         H[bounds[i] : bounds[i + 1], bounds[max(i - 1, 0)] : bounds[min(i + 2, k)]] = 0.0
