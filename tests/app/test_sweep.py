@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -259,7 +260,8 @@ def test_a_local_worker_that_keeps_dying_is_reported(tmp_path, checkpoints, monk
     def kill_workers(row, done, total):
         for child in multiprocessing.active_children():
             if child.name == "lipdsl-sweep-worker":
-                os.kill(child.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # (it may have died since it was listed)
+                    os.kill(child.pid, signal.SIGKILL)
 
     res = sw.sweep(checkpoints, like=ECG_SPEC, jobs=2, cache=False, on_row=kill_workers)
     assert len(res) == len(checkpoints)
