@@ -146,8 +146,7 @@ def refit_first_system(sdp: Sdp, point: Point, warm: dict | None = None) -> bool
         return False
     nx, nu = sys.ss.nx, sys.n_in
     # the multipliers: the output activation's, then (a residual block) each internal activation's
-    sizes = ([len(point.vars[link.lam.name])] if link.lam is not None else []) + [
-        len(point.vars[v.name]) for v in link.inner]
+    sizes = [len(point.vars[name]) for name in link.multiplier_names]
     n_lam = sum(sizes)
     bounds = np.cumsum([1] + sizes)
     iu = np.triu_indices(nx)

@@ -13,6 +13,7 @@ import scipy.linalg
 from lipdsl import limits
 from lipdsl.certify.recheck import system_matrix
 from lipdsl.model import lowered
+from lipdsl.model.realize import shift_structure
 from lipdsl.solvers.cvxopt_kkt import kkt_threads, thread_map
 
 #: Doubling steps: the iteration converges quadratically when ``Phi > 0`` by a clear margin; at the
@@ -100,9 +101,8 @@ def undilated(sys):
     if sys.internal or not nx or not nu or nx % nu:
         return None
     L = nx // nu
-    B = np.zeros((nx, nu))
-    B[nx - nu :] = np.eye(nu)
-    if not (np.array_equal(ss.A, np.eye(nx, k=nu)) and np.array_equal(ss.B, B)):
+    A, B = shift_structure(nu, L + 1)
+    if not (np.array_equal(ss.A, A) and np.array_equal(ss.B, B)):
         return None
     lags = L - np.arange(L)  # of the stages
     blocks = ss.C.reshape(len(ss.C), L, nu)
@@ -111,8 +111,7 @@ def undilated(sys):
     if g <= 1:
         return None
     s = L // g
-    A0, B0 = np.eye(s * nu, k=nu), np.zeros((s * nu, nu))
-    B0[s * nu - nu :] = np.eye(nu)
+    A0, B0 = shift_structure(nu, s + 1)
     C0 = blocks[:, ::g].reshape(len(ss.C), s * nu)  # stages 0, g, 2g, ..: lags L, L - g, .., g
     small = dataclasses.replace(sys, ss=lowered.StateSpace(A0, B0, C0, ss.D))
     chain = (lags - 1) % g
@@ -146,7 +145,7 @@ def storage_matrix(sys, lam, X_in: np.ndarray, X_out: np.ndarray, inner=(),
     the stages: with ``E`` that diagonal, ``x'Ex - x+'Ex+ = shrink (|x|^2 - L |u|^2)``, so the undilated
     LMI taken with ``(L + 1) shrink`` gives ``M(P) >= shrink I`` on every state, as the direct solution."""
     nx = sys.ss.nx
-    parts = undilated(sys) if not inner else None
+    parts = undilated(sys)  # (None for a residual block, the only system with ``inner`` multipliers)
     if parts is not None:
         small, stage, chain = parts
         L, nu = len(stage), sys.ss.nu
