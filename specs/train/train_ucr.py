@@ -31,15 +31,18 @@ Architectures (all end in global average pooling over time and one ``nn.Linear``
 Exports per model NAME (in ``--out``): ``NAME.pt`` (the ``state_dict``), ``NAME.npz`` (every float tensor of
 the state_dict under its PyTorch key, float64; for weight-normalised convs also the effective ``...weight``
 ``g * v / ||v||`` in float64, which the state_dict does not hold), ``NAME.torchscript.onnx``
-(``dynamo=False``,
-``training=TrainingMode.PRESERVE`` and no constant folding: batch norm kept as ``BatchNormalization`` nodes),
-``NAME.dynamo.onnx`` (the dynamo exporter, ``optimize=False``), and ``NAME.json`` (accuracies, seed, epochs).
+(``dynamo=False``, ``training=TrainingMode.PRESERVE`` and no constant folding: batch norm kept as
+``BatchNormalization`` nodes), ``NAME.dynamo.onnx`` (the dynamo exporter, ``optimize=False``), and
+``NAME.json`` (accuracies, seed, epochs, the environment's versions, and the digests of the data, the initial
+weights and the written ``NAME.npz``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import platform
 import time
 from pathlib import Path
 
@@ -255,12 +258,34 @@ def accuracy(model, X, y):
         return float((model(X).argmax(dim=1) == y).float().mean())
 
 
+def digest(arrays: dict) -> str:
+    """SHA-256 (the first 16 hex digits) of named arrays: each numeric one's key and float64 values, in key
+    order. The same digest means the same data or weights, whatever the environment; for a weight file,
+    ``digest(numpy.load(path))`` is what the record's ``npz_sha256`` holds."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        value = np.asarray(arrays[key].detach() if torch.is_tensor(arrays[key]) else arrays[key])
+        if np.issubdtype(value.dtype, np.number):
+            h.update(key.encode() + np.ascontiguousarray(value, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def environment() -> dict:
+    """The versions a run's bits depend on (torch's kernels and RNG, numpy's and aeon's data loading)."""
+    import aeon
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "aeon": aeon.__version__, "machine": platform.machine(), "system": platform.system()}
+
+
 def train(name, data, batch=10, lr=1e-3):
-    """Train MODELS[name] with seed SEED; return the model in eval mode and its record."""
+    """Train MODELS[name] with seed SEED; return the model in eval mode and its record (with the digests of
+    the data, the initial and the final weights: where two runs part, section by section)."""
     Xtr, ytr, Xte, yte, n_classes = data
     torch.manual_seed(SEED)
     make, epochs = MODELS[name]
     model = make()
+    init = digest(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     lossf = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(SEED)
@@ -279,7 +304,9 @@ def train(name, data, batch=10, lr=1e-3):
     record = {"model": name, "dataset": DATASET, "seed": SEED, "epochs": epochs, "batch": batch, "lr": lr,
               "train_accuracy": accuracy(model, Xtr, ytr), "test_accuracy": accuracy(model, Xte, yte),
               "train_seconds": round(seconds, 1), "torch": torch.__version__,
-              "parameters": sum(p.numel() for p in model.parameters())}
+              "parameters": sum(p.numel() for p in model.parameters()),
+              "data_sha256": digest(dict(zip(("Xtr", "ytr", "Xte", "yte"), data[:4]))),
+              "init_sha256": init, "environment": environment()}
     return model, record
 
 
@@ -340,6 +367,8 @@ def main(argv=None):
     for name in args.models:
         model, record = train(name, data)
         record["exports"] = export(model, name, args.out)
+        with np.load(args.out / f"{name}.npz", allow_pickle=False) as saved:
+            record["npz_sha256"] = digest(dict(saved))
         (args.out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
         print(json.dumps(record), flush=True)
 
