@@ -29,7 +29,7 @@ from lipdsl.sdp.build import build_sdp, weight_bases
 from lipdsl.sdp.problem import Sdp, Variable
 from lipdsl.sizes import (  # noqa: F401 (imported from here too)
     ProblemSize, SubspaceWeights, lowered_size, problem_size)
-from lipdsl.solvers.registry import first_order
+from lipdsl.solvers.registry import EXACT_TOL, FREQUENCY_TOL, first_order, tolerance_text
 from lipdsl.solvers.solve import Solution, converged, solve
 
 #: Default limit on the order of the largest LMI (``lipdsl solve --max-lmi``). Interior-point solvers need
@@ -51,13 +51,6 @@ NEAR_OPTIMAL = 10.0
 STOPPED_NEAR_OPTIMAL = 1e-4
 #: In frequency mode a repair above this (relative) is reported first, as a warning.
 REPAIR_WARNING = 0.01
-#: The solver's relative tolerance when none is given (``solve_tolerance``): ``EXACT_TOL``, except for an
-#: interior-point solve of the frequency form, which stops at ``FREQUENCY_TOL``: its certificate repairs the
-#: grid by 0.1-4 % (docs/method.md §9), so the last iterations' precision never reaches the bound. Measured
-#: on ``bench/wide.py``'s frequency-form nets (docs/performance.md): 2-7 fewer iterations each, 10-22 % less
-#: time, every bound within +1e-6 of 1e-7's or below it.
-EXACT_TOL = 1e-7
-FREQUENCY_TOL = 1e-4
 
 
 #: ``frequencies="auto"`` (``lipdsl solve``'s default): the exact LMIs unless they would have more than this
@@ -105,8 +98,8 @@ def solve_tolerance(sdp: Sdp, solver: str, tol: float | None) -> tuple[float, st
     if tol is not None:
         return float(tol), ""
     if sdp.storage and not first_order(solver):
-        shown = f"{FREQUENCY_TOL:.0e}".replace("e-0", "e-")  # (1e-4, as --help writes it)
-        return FREQUENCY_TOL, f"solver tolerance {shown}: the grid's repair is larger (--tol sets it)"
+        return FREQUENCY_TOL, (f"solver tolerance {tolerance_text(FREQUENCY_TOL)}: the grid's repair is "
+                               "larger (--tol sets it)")
     return EXACT_TOL, ""
 
 

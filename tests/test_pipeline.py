@@ -194,7 +194,8 @@ def test_the_frequency_form_solves_to_its_own_tolerance_by_default(monkeypatch):
     grid's repair is larger than what it gives up); the exact form, an explicit ``tol`` and a first-order
     solver keep theirs."""
     import lipdsl.pipeline as pipeline
-    from lipdsl.pipeline import EXACT_TOL, FREQUENCY_TOL, solve_tolerance
+    from lipdsl.pipeline import solve_tolerance
+    from lipdsl.solvers.registry import EXACT_TOL, FREQUENCY_TOL
     from nets import wide_gap_net
 
     asked = []

@@ -38,6 +38,8 @@ from lipdsl.app.options import (  # noqa: F401 (fail, read_source, SOLVERS: impo
 )
 from lipdsl.errors import LipdslError
 from lipdsl.methods import METHODS as _METHODS  # the one method registry (no numpy at start-up)
+from lipdsl.solvers import registry  # (tolerances and solver names; imports no solver)
+from lipdsl.solvers.registry import tolerance_text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -136,8 +138,9 @@ def _show(net, source, as_json: bool, state_space: bool, latex: bool, lowering: 
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
 @click.option("--tol", default=None, type=float,
-              help="Solver's relative tolerance. Default: 1e-7, or 1e-4 for an interior-point solve of the "
-              "frequency form (its grid repair is larger).")
+              help=f"Solver's relative tolerance. Default: {tolerance_text(registry.EXACT_TOL)}, or "
+              f"{tolerance_text(registry.FREQUENCY_TOL)} for an interior-point solve of the frequency form "
+              "(its grid repair is larger).")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
 @click.option("--verbose", is_flag=True, help="Show the solver's iterations (and the per-LMI table).")
 @click.option("-v", "--details", is_flag=True, help="Also print the per-LMI table of the certificate.")
