@@ -144,8 +144,21 @@ def _batchnorm(ck: Checker, st: ast.BatchNorm, name: str, shape: Shape, prev: st
         i = int(np.flatnonzero(var + eps <= 0)[0])
         raise WeightError(f"batchnorm {name!r}: running_var + eps must be positive, got {var[i] + eps:g} at "
                           f"channel {i}", (opts.get("running_var") or prefix or opts.get("eps")).span)
-    scale = typed.batchnorm_scale(tensors["weight"], var, eps)
-    shift = tensors["bias"] - scale * tensors["running_mean"]
+    with np.errstate(all="ignore"):  # (judged below)
+        scale = typed.batchnorm_scale(tensors["weight"], var, eps)
+        shift = tensors["bias"] - scale * tensors["running_mean"]
+    w, b, mean = tensors["weight"], tensors["bias"], tensors["running_mean"]
+    tiny = np.finfo(float).tiny  # (a nonzero weight whose scale is 0 or subnormal: a nonzero map lost)
+    for values, bad, what in (
+            (scale, ~np.isfinite(scale) | ((w != 0) & (np.abs(scale) < tiny)),
+             lambda i: f"weight / sqrt(running_var + eps) = {w[i]:.3g} / sqrt({var[i]:.3g} + {eps:.3g})"),
+            (shift, ~np.isfinite(shift),
+             lambda i: f"bias - scale * running_mean = {b[i]:.3g} - {scale[i]:.3g} * {mean[i]:.3g}")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise WeightError(f"batchnorm {name!r}: {what(i)} is {values[i]:.3g} at channel {i}, out of "
+                              "float64's range", st.span,
+                              hint="rescale the layer's parameters (the bound scales with them)")
     return typed.BatchNorm(name, st.span, c, scale, shift, float(eps), shape, shape, tensors["weight"], var)
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 
-from lipdsl.errors import LoweringError
+from lipdsl.errors import LoweringError, WeightError
 from lipdsl.lang import typed
 from lipdsl.model import lowered
 from lipdsl.model.lower import causal_taps, scale_of, conv_state_space
@@ -23,6 +23,25 @@ def _diag_layer(bn: typed.BatchNorm):
         return typed.Dense(bn.name, bn.span, c, c, np.diag(bn.scale), bn.shift, shape, shape)
     return typed.Conv1d(bn.name, bn.span, c, c, 1, 1, 1, 0, 0, "0", np.diag(bn.scale)[:, :, None], bn.shift,
                         shape, shape)
+
+
+def _folded(bn: typed.BatchNorm, other, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``weight * factor`` (broadcast): a fold of ``bn`` with the layer ``other``, refused (``WeightError`` at
+    the batch norm) where a product of two nonzero entries leaves float64's normal range: 0 or a subnormal
+    in floats would turn a nonzero map into a (nearly) zero one, whose bound is then no bound of the spec's
+    network, and an overflow is no number."""
+    with np.errstate(all="ignore"):  # (judged below)
+        out = weight * factor
+    nonzero = (weight != 0) & (factor != 0)
+    bad = ~np.isfinite(out) | (nonzero & (np.abs(out) < np.finfo(float).tiny))
+    if bad.any():
+        i = np.unravel_index(int(np.flatnonzero(bad)[0]), out.shape)
+        w, f = np.broadcast_to(weight, out.shape)[i], np.broadcast_to(factor, out.shape)[i]
+        where = "not finite" if not np.isfinite(out[i]) else "below 2.2e-308"
+        raise WeightError(f"folding batchnorm {bn.name!r} into {other.kind} {other.name!r} leaves float64's "
+                          f"range: weight {w:.3g} times scale {f:.3g} is {where}", bn.span,
+                          hint="rescale the two layers' weights (the bound scales with them)")
+    return out
 
 
 def fold_batchnorm(layers) -> list:
@@ -43,26 +62,29 @@ def fold_batchnorm(layers) -> list:
             if isinstance(layer, typed.Conv1d):
                 s = pending.scale
                 layer = dataclasses_replace(layer, name=f"{pending.name}+{layer.name}",
-                                            in_shape=pending.in_shape, weight=layer.weight * s[None, :, None],
-                                            bias=None, weight_expr=None)
+                                            in_shape=pending.in_shape, bias=None, weight_expr=None,
+                                            weight=_folded(pending, layer, layer.weight, s[None, :, None]))
             elif isinstance(layer, typed.Dense) and layer.in_shape == pending.out_shape:
+                s = pending.scale
                 layer = dataclasses_replace(layer, name=f"{pending.name}+{layer.name}",
                                             in_shape=pending.in_shape, bias=None, weight_expr=None,
-                                            weight=layer.weight * pending.scale[None, :])
+                                            weight=_folded(pending, layer, layer.weight, s[None, :]))
             else:
                 out.append(_diag_layer(pending))
             pending = None
         if isinstance(layer, typed.BatchNorm):
             prev = out[-1] if out else None
             s, t = layer.scale, layer.shift
-            if isinstance(prev, typed.Conv1d):
+            if isinstance(prev, (typed.Conv1d, typed.Dense)):
                 b = s * (prev.bias if prev.bias is not None else 0.0) + t
-                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}",
-                                              weight=prev.weight * s[:, None, None], bias=b, weight_expr=None)
-            elif isinstance(prev, typed.Dense):
-                b = s * (prev.bias if prev.bias is not None else 0.0) + t
-                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}",
-                                              weight=prev.weight * s[:, None], bias=b, weight_expr=None)
+                if not np.all(np.isfinite(b)):  # (the bias only needs to be a number: a forward pass)
+                    raise WeightError(f"folding batchnorm {layer.name!r} into {prev.kind} {prev.name!r} "
+                                      "gives a bias that is not finite in float64", layer.span,
+                                      hint="rescale the two layers' weights and biases")
+                axes = (slice(None), None, None) if isinstance(prev, typed.Conv1d) else (slice(None), None)
+                out[-1] = dataclasses_replace(prev, name=f"{prev.name}+{layer.name}", bias=b,
+                                              weight=_folded(layer, prev, prev.weight, s[axes]),
+                                              weight_expr=None)
             else:
                 pending = layer
             continue

@@ -213,6 +213,14 @@ def test_activation_errors():
 # -- shape errors ------------------------------------------------------------------------------------------
 
 
+#: batch norms whose scale or shift leaves float64's range (a nonzero weight with a zero scale: underflow)
+BN_OVERFLOW = ("input 2 x 8\nbatchnorm 2, running_mean [0, 0], running_var [0, 0], weight [1e200, 1], "
+               "eps 1e-300\n")
+BN_UNDERFLOW = "input 2 x 8\nbatchnorm 2, running_mean [0, 0], running_var [1e300, 1], weight [1e-200, 1]\n"
+BN_SHIFT = ("input 2 x 8\nbatchnorm 2, running_mean [1e308, 0], running_var [1e-300, 1], weight [1e10, 1], "
+            "bias [1e308, 0]\n")
+
+
 @pytest.mark.parametrize(
     "body,error,match",
     [
@@ -266,6 +274,9 @@ def test_activation_errors():
         ("input 2\ndense 2 -> 1, weight [[1e999, 1]]\n", SpecError, "too large"),
         ("input 2\nrelu r\nrelu r\n", SpecError, "duplicate layer name 'r'"),
         ("input 2\n", SpecError, "no layers"),
+        (BN_OVERFLOW, WeightError, r"= 1e\+200 / sqrt\(0 \+ 1e-300\) is inf at channel 0, out of float64"),
+        (BN_UNDERFLOW, WeightError, r"= 1e-200 / sqrt\(1e\+300 \+ 1e-05\) is 0 at channel 0, out of float64"),
+        (BN_SHIFT, WeightError, r"bias - scale \* running_mean = 1e\+308 - 3.16e\+12 \* 1e\+308 is -inf"),
     ],
 )
 def test_check_errors(body, error, match):
@@ -313,6 +324,9 @@ CHECK_ERROR_SPANS = {
     "input 2\ndense 2 -> 1, weight [[1e999, 1]]\n": "1e999",
     "input 2\nrelu r\nrelu r\n": None,
     "input 2\n": None,
+    BN_OVERFLOW: None,
+    BN_UNDERFLOW: None,
+    BN_SHIFT: None,
 }
 
 

@@ -16,7 +16,7 @@ import pytest
 from lipdsl.lang import typed
 from lipdsl.baselines.unrolled import hinf_norm, naive, naive_hinf
 from lipdsl.certify.recheck import certify
-from lipdsl.errors import LoweringError, ShapeError, UnsupportedError
+from lipdsl.errors import LoweringError, ShapeError, UnsupportedError, WeightError
 from lipdsl.certify.storage import recover_storage
 from lipdsl.model.forward import forward, jacobian
 from lipdsl.lang.load import check_source
@@ -107,6 +107,36 @@ def test_fold_batchnorm_keeps_the_jacobian(tmp_path):
     assert not any(isinstance(L, typed.BatchNorm) for L in typed.flat_layers(folded.layers))
     u = rng.normal(size=(net.input_shape.channels, net.input_shape.length))
     assert np.allclose(jacobian(net, u), jacobian(folded, u), atol=1e-12)
+
+
+FOLD_RANGE = {  # layers around a batch norm whose fold leaves float64's range (weight, scale 1e-200 or 1e200)
+    "conv then bn": ("input 2 x 8", "conv1d 2 -> 2, kernel 1, weight [[[{w}],[0]],[[0],[{w}]]]", "BN"),
+    "dense then bn": ("input 2", "dense 2 -> 2, weight [[{w},0],[0,{w}]]", "BN"),
+    "bn then conv": ("input 2 x 4", "BN", "conv1d 2 -> 2, kernel 1, weight [[[{w}],[0]],[[0],[{w}]]]"),
+    "bn then bn": ("input 2 x 8", "BN", "BN"),
+}
+
+
+@pytest.mark.parametrize("size", ["1e-200", "1e200"])
+@pytest.mark.parametrize("case", FOLD_RANGE)
+def test_a_fold_that_leaves_the_float_range_is_refused_at_the_batch_norm(case, size):
+    """``fold_batchnorm`` multiplies a batch norm's scale into its neighbour; where a product of nonzero
+    weights underflows (to 0: the network would have bound 0, no bound of the spec's nonzero map) or
+    overflows, it refuses with a ``WeightError`` at the batch norm's line, naming both layers."""
+    head, first, second = FOLD_RANGE[case]
+    bn = f"batchnorm 2, running_mean [0,0], running_var [1,1], weight [{size}, {size}]"
+    lines = ["network t", head] + [bn if x == "BN" else x.format(w=size) for x in (first, second)]
+    net = check_source(Source("t.lip", "\n".join(lines) + "\n"))
+    with pytest.raises(WeightError) as err:
+        fold_batchnorm(net.layers)
+    assert err.value.span.line == (3 if case == "bn then conv" else 4)  # (the batch norm folded)
+    assert "leaves float64's range" in err.value.message
+    assert ("below 2.2e-308" if size == "1e-200" else "not finite") in err.value.message
+    with pytest.raises(WeightError):
+        lower(net)
+    half = [x.replace(size, "1e-100" if size == "1e-200" else "1e100") for x in lines]
+    kept = fold_batchnorm(check_source(Source("t.lip", "\n".join(half) + "\n")).layers)
+    assert all(np.all(np.abs(L.weight[L.weight != 0]) >= 1e-201) for L in kept)  # (1e-100 x 1e-100 is fine)
 
 
 # ------------------------------------------------------------------------------------------- lowering
