@@ -21,7 +21,7 @@ import math
 from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
 
-__all__ = ["mul_up", "sqrt_up", "format_up", "prod_up", "fraction_up", "spectral_norm_upper",
+__all__ = ["mul_up", "sqrt_up", "format_up", "prod_up", "fraction_up", "range_product", "spectral_norm_upper",
            "NormNotCertified"]
 
 EPS = 2.0**-53  # unit roundoff u of float64
@@ -41,6 +41,22 @@ def mul_up(a: float, b: float) -> float:
     if math.isfinite(p) and Fraction(p) == Fraction(a) * Fraction(b):
         return p  # exact: nothing to round (0.5 * 3 stays 1.5)
     return math.nextafter(p, math.inf)
+
+
+def range_product(a, b):
+    """``(a * b, bad)`` for arrays ``a``, ``b`` (broadcast): ``bad`` the first index (a tuple) where the
+    product of two nonzero entries is not finite or below the smallest normal double (0 or a subnormal:
+    a nonzero weight lost, or its relative precision), else None. For folds of scales into weights, where a
+    lost weight would make a nonzero map look zero."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        out = np.multiply(a, b)
+    nonzero = (np.asarray(a) != 0) & (np.asarray(b) != 0)
+    bad = ~np.isfinite(out) | (nonzero & (np.abs(out) < np.finfo(float).tiny))
+    if not bad.any():
+        return out, None
+    return out, np.unravel_index(int(np.flatnonzero(bad)[0]), out.shape)
 
 
 def fraction_up(d: Fraction) -> float:

@@ -13,6 +13,7 @@ import numpy as np
 
 from lipdsl.errors import UnsupportedError
 from lipdsl.importers.onnx_tensors import node_label
+from lipdsl.rigorous import range_product
 
 
 def fold_batchnorms(g) -> None:
@@ -111,13 +112,25 @@ def _rebuilt(g, node, W, b, stem: str, inputs0: str, output: str):
     ), wname
 
 
+def _folded(bn, node, W, s):
+    """``W * s`` (a fold), refused where a product of nonzero entries leaves float64's range
+    (``rigorous.range_product``: a lost weight would make a nonzero map look zero)."""
+    W2, bad = range_product(W, s)
+    if bad is not None:
+        raise UnsupportedError(
+            f"folding {node_label(bn)} into {node_label(node)} leaves float64's range: weight "
+            f"{np.broadcast_to(W, W2.shape)[bad]:.3g} times scale {np.broadcast_to(s, W2.shape)[bad]:.3g}",
+            hint="rescale the two layers' weights in the model (the bound scales with them)")
+    return W2
+
+
 def _fold_after(g, prev, bn, s, t, stem) -> None:
     W, b = _weight_bias(g, prev)
     if s.size != W.shape[0]:
         raise UnsupportedError(
             f"{node_label(bn)} normalises {s.size} channels, but {node_label(prev)} gives {W.shape[0]}"
         )
-    W2 = W * s.reshape((-1,) + (1,) * (W.ndim - 1))
+    W2 = _folded(bn, prev, W, s.reshape((-1,) + (1,) * (W.ndim - 1)))
     b2 = s * b + t
     new, wname = _rebuilt(g, prev, W2, b2, stem, prev.input[0], bn.output[0])
     g.replace_node(prev, new)
@@ -141,14 +154,14 @@ def _fold_before(g, bn, nxt, s, t, stem) -> None:
                 "normalised, so folding would change the network at its borders",
                 hint="fold it in the model, or normalise after the conv",
             )
-        W2 = W * s[None, :, None]
+        W2 = _folded(bn, nxt, W, s[None, :, None])
         b2 = b + np.einsum("oij,i->o", W, t)
     else:
         if s.size != W.shape[1]:
             raise UnsupportedError(
                 f"{node_label(bn)} normalises {s.size} features, {node_label(nxt)} takes {W.shape[1]}"
             )
-        W2 = W * s[None, :]
+        W2 = _folded(bn, nxt, W, s[None, :])
         b2 = b + W @ t
     new, wname = _rebuilt(g, nxt, W2, b2, stem, bn.input[0], nxt.output[0])
     g.replace_node(nxt, new)

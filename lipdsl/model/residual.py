@@ -12,6 +12,7 @@ import numpy as np
 from lipdsl.errors import LoweringError, WeightError
 from lipdsl.lang import typed
 from lipdsl.model import lowered
+from lipdsl.rigorous import range_product
 from lipdsl.model.lower import causal_taps, scale_of, conv_state_space
 
 
@@ -30,12 +31,8 @@ def _folded(bn: typed.BatchNorm, other, weight: np.ndarray, factor: np.ndarray) 
     the batch norm) where a product of two nonzero entries leaves float64's normal range: 0 or a subnormal
     in floats would turn a nonzero map into a (nearly) zero one, whose bound is then no bound of the spec's
     network, and an overflow is no number."""
-    with np.errstate(all="ignore"):  # (judged below)
-        out = weight * factor
-    nonzero = (weight != 0) & (factor != 0)
-    bad = ~np.isfinite(out) | (nonzero & (np.abs(out) < np.finfo(float).tiny))
-    if bad.any():
-        i = np.unravel_index(int(np.flatnonzero(bad)[0]), out.shape)
+    out, i = range_product(weight, factor)
+    if i is not None:
         w, f = np.broadcast_to(weight, out.shape)[i], np.broadcast_to(factor, out.shape)[i]
         where = "not finite" if not np.isfinite(out[i]) else "below 2.2e-308"
         raise WeightError(f"folding batchnorm {bn.name!r} into {other.kind} {other.name!r} leaves float64's "

@@ -574,7 +574,7 @@ def test_chomps_that_are_not_padding_are_refused(case, words):
 # -- batch norm corners -------------------------------------------------------------------------------------
 
 
-def _bn_model(before=None, after=None, training=0, pads=(0, 0)):
+def _bn_model(before=None, after=None, training=0, pads=(0, 0), size=1.0):
     nodes, x = [], "x"
     if before == "conv":
         nodes.append(helper.make_node("Conv", ["x", "k"], ["a"], pads=list(pads)))
@@ -594,10 +594,10 @@ def _bn_model(before=None, after=None, training=0, pads=(0, 0)):
         nodes.append(helper.make_node("Conv", ["n", "k2"], ["c"], pads=list(pads)))
         out = "c"
     nodes.append(helper.make_node("Tanh", [out], ["y"]))
-    inits = {
-        "k": w(2, 2, 3),
-        "k2": w(3, 2, 3),
-        "s": RNG.uniform(0.5, 2, 2),
+    inits = {  # (size: the conv weights' and the batch norm scale's order of magnitude)
+        "k": w(2, 2, 3) * size,
+        "k2": w(3, 2, 3) * size,
+        "s": RNG.uniform(0.5, 2, 2) * size,
         "b": RNG.standard_normal(2),
         "m": RNG.standard_normal(2),
         "v": RNG.uniform(0.5, 2, 2),
@@ -628,6 +628,16 @@ def test_batchnorm_folds_before_or_after_and_matches_reference(before, after, pa
 def test_batchnorm_that_cannot_be_folded_is_refused(kwargs, words):
     with pytest.raises(UnsupportedError, match=words) as info:
         import_onnx(_bn_model(**kwargs))
+    assert "'bn' (BatchNormalization)" in str(info.value)
+
+
+@pytest.mark.parametrize("before, after", [("conv", None), (None, "conv")])
+@pytest.mark.parametrize("size", [1e-200, 1e200])
+def test_batchnorm_fold_out_of_the_float_range_is_refused(before, after, size):
+    """Folding a batch norm of scale ~1e-200 into a conv of weights ~1e-200 would leave zero weights (a
+    nonzero network imported as a constant one, bound 0); 1e200 would overflow: both refused, named."""
+    with pytest.raises(UnsupportedError, match="leaves float64's range") as info:
+        import_onnx(_bn_model(before, after, size=size))
     assert "'bn' (BatchNormalization)" in str(info.value)
 
 
