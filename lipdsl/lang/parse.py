@@ -197,6 +197,7 @@ def _group_blocks(statements: list) -> list:
                                      hint=f"close the block of line {block.span.line} with 'end' first")
                 block, main, short, short_span = st, [], None, None
             elif block is None:
+                _misspelled("residual", out)  # ('residul r' parses as an activation named r)
                 raise ParseError(f"'{st.word}' outside a residual block", st.span,
                                  hint="a block is 'residual NAME:', its layers, optionally 'shortcut' "
                                  "and the shortcut's layers, then 'end'")
@@ -222,9 +223,24 @@ def _group_blocks(statements: list) -> list:
         else:
             (main if short is None else short).append(st)
     if block is not None:
+        _misspelled("end", main + (short or []))  # ('End' parses as an activation)
         raise ParseError("this residual block has no 'end'", block.span,
                          hint="close it with a line 'end' after its last layer")
     return out
+
+
+def _misspelled(keyword: str, statements: list) -> None:
+    """Raise a ParseError at the first activation among ``statements`` whose name most likely means the
+    block keyword ``keyword`` (``syntax_errors.suggest_keyword``, or the keyword in other letter case): the
+    block error it explains would point elsewhere (at a later ``end``, at the block's first line)."""
+    from lipdsl.lang.syntax_errors import suggest_keyword
+
+    for st in statements:
+        word = getattr(st, "function", None)
+        if isinstance(st, ast.Activation) and (word.lower() == keyword or suggest_keyword(word) == keyword):
+            raise ParseError(f"unknown keyword {word!r} -- did you mean {keyword!r}?", st.function_span,
+                             hint="keywords are lowercase; a block is 'residual NAME:', its layers, "
+                             "optionally 'shortcut' and the shortcut's layers, then 'end'")
 
 
 @v_args(meta=True)

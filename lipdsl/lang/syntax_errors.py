@@ -294,7 +294,8 @@ def match_syntax_error(exc: UnexpectedInput) -> str | None:
 
 #: The language's layer keywords, and what PyTorch (or habit) calls them: a name close to one of these is a
 #: misspelled layer, not an activation known only by its slope.
-LAYER_KEYWORDS = ("conv1d", "dense", "avgpool", "maxpool", "global_avgpool", "flatten")
+LAYER_KEYWORDS = ("conv1d", "dense", "avgpool", "maxpool", "global_avgpool", "flatten", "batchnorm",
+                  "residual")
 
 
 _STATEMENT_KEYWORDS = ("network", "input", "weights", "let") + LAYER_KEYWORDS
@@ -311,6 +312,8 @@ PYTORCH_NAMES = {
     "globalaveragepool": "global_avgpool", "global_avg_pool": "global_avgpool",
     "reshape": "flatten", "view": "flatten", "leakyrelu": "leaky_relu", "logistic": "sigmoid",
     "hard_swish": "hardswish", "none": "identity",
+    "batchnorm1d": "batchnorm", "batch_norm": "batchnorm", "batchnormalization": "batchnorm",
+    "bn": "batchnorm", "resblock": "residual", "residualblock": "residual", "basicblock": "residual",
 }
 
 

@@ -269,6 +269,10 @@ def test_batchnorm_options():
     ("input 1 x 8\nresidual a\n  relu\nshortcut\nshortcut\nend\n", "a residual block has one 'shortcut'", 5),
     ("input 1 x 8\nresidual a\nshortcut\n  relu\nend\n", "needs at least one layer on its main path", 2),
     ("input 1 x 8\nrelu\nend\n", "'end' outside a residual block", 3),
+    # a misspelled block keyword parses as an activation: the error points at it, not at the block's end
+    ("input 1 x 8\nresidul r\n  relu\nend\n", "unknown keyword 'residul' -- did you mean 'residual'?", 2),
+    ("input 1 x 8\nResidual r\n  relu\nend\n", "unknown keyword 'Residual' -- did you mean 'residual'?", 2),
+    ("input 1 x 8\nresidual r:\n  relu\nEnd\n", "unknown keyword 'End' -- did you mean 'end'?", 4),
 ])
 def test_residual_block_errors(text, message, line):
     with pytest.raises(ParseError) as err:
@@ -339,7 +343,8 @@ def _typos(word: str, rng) -> list[str]:
 
 LAYER_LINES = {"conv1d": " c: 2 -> 2, kernel 1, weight [[[1], [1]], [[1], [1]]]",
                "dense": " d: 16 -> 1, weight [[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]",
-               "avgpool": " 2", "maxpool": " 2", "global_avgpool": "", "flatten": ""}
+               "avgpool": " 2", "maxpool": " 2", "global_avgpool": "", "flatten": "",
+               "batchnorm": " 2, running_mean [0, 0], running_var [1, 1]", "residual": " r:\n relu\nend"}
 
 
 @pytest.mark.parametrize("keyword", sorted(LAYER_LINES))
@@ -366,7 +371,8 @@ def test_misspelled_layer_keywords_are_named_with_a_suggestion(keyword):
 
 @pytest.mark.parametrize("word, keyword", [("linear", "dense"), ("Linear", "dense"), ("Conv1d", "conv1d"),
                                            ("MaxPool1d", "maxpool"), ("AvgPool1d", "avgpool"),
-                                           ("AdaptiveAvgPool1d", "global_avgpool"), ("Flatten", "flatten")])
+                                           ("AdaptiveAvgPool1d", "global_avgpool"), ("Flatten", "flatten"),
+                                           ("BatchNorm1d", "batchnorm"), ("batch_norm", "batchnorm")])
 def test_pytorch_layer_names_point_to_the_keyword(word, keyword):
     from lipdsl.lang.load import check_source
 
