@@ -314,8 +314,9 @@ def _expect_shape(t: Loaded, want: tuple[int, ...], what: str, layout: str, axes
         hint = "; ".join(f"the {axes[i]} would be {got[i]}" for i in diffs) + " if the tensor is right"
     elif len(got) + 1 == len(want) or len(got) == len(want) + 1:
         hint = f"PyTorch layout is {layout}"
+    given = ", given inline," if t.label.startswith("the inline ") else f" {t.label}"  # (or: 'k' in 'f')
     raise ShapeError(
-        f"{what} {t.label} has shape {format_shape(got)}, "
+        f"{what}{given} has shape {format_shape(got)}, "
         f"but the layer declares {layout} = {format_shape(want)}",
         t.span,
         hint=hint,

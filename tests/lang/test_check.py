@@ -263,7 +263,7 @@ BN_SHIFT = ("input 2 x 8\nbatchnorm 2, running_mean [1e308, 0], running_var [1e-
         (
             "input 2\ndense 2 -> 1, weight [[1, 1]], bias [1, 2]\n",
             ShapeError,
-            r"bias the inline bias has shape \(2,\)",
+            r"dense 'dense1' bias, given inline, has shape \(2,\)",
         ),
         ("input 2\nlet a = 1\nlet a = 2\nrelu\n", SpecError, "already defined"),
         ("input 2\nlet pi = 3\nrelu\n", SpecError, "built-in name"),

@@ -325,3 +325,13 @@ def test_spec_file_types_are_refused_without_reading(tmp_path, capsys, kind):
              "npy": "not a lipdsl spec", "long": "too long", "binary": "binary"}[kind]
     assert words in err and "Traceback" not in err
     assert "\0" not in err and "PK" not in err.split("error:")[1]
+
+
+def test_a_long_missing_key_is_shortened_in_the_message(tmp_path):
+    """A key of thousands of characters is not echoed whole: its ends and its length (the source line under
+    the message, itself cut to the terminal, shows where it is)."""
+    np.savez(tmp_path / "w.npz", a=np.ones((1, 2)))
+    key = "layer." * 1000 + "weight"
+    err = refused(tmp_path, f'weights "w.npz"\ndense 2 -> 1, weight {key}\n', "no tensor")
+    assert len(err.message) < 200 and f"({len(key):,} characters)" in err.message
+    assert "'layer.layer." in err.message and "layer.weight'" in err.message
