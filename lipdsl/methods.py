@@ -195,8 +195,10 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
             if not cert.verified:
                 return MethodResult(method, None, time.perf_counter() - t0, "not certified",
                                     cert.reason or "", result=res)
+            if res.closed_form:  # no LMI: the pipeline's reason ("closed form, no SDP: ...") is the note
+                note = "; ".join((note, *res.sdp.notes))
             return MethodResult(method, cert.lipschitz, time.perf_counter() - t0, "certified", note,
-                                lmi_rows=max(c.size for c in cert.checks), result=res)
+                                lmi_rows=max((c.size for c in cert.checks), default=None), result=res)
         if method == "naive-hinf":
             from lipdsl.baselines.unrolled import naive_hinf
 

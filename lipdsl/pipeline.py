@@ -237,6 +237,12 @@ class Result:
         }
 
     @property
+    def closed_form(self) -> bool:
+        """Whether the bound needed no SDP (``_exact_bound``: zero weights, a slope [0, 0], a merged map that
+        is zero in float64, pooling only): no LMI was solved or checked, and ``sdp.notes`` says why."""
+        return self.solution.claimed_status == "closed-form"
+
+    @property
     def validity(self) -> str:
         """For which input lengths the bound holds, in words."""
         if not self.network.any_length:

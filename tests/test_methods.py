@@ -6,7 +6,7 @@ import pytest
 from lipdsl.methods import MAXPOOL_REFUSAL, METHODS, check_ordering, compare, run_method
 from lipdsl.lang.load import load_network
 
-from nets import Builder, deep_tcn_spec
+from nets import CLOSED_FORM_SPECS, Builder, closed_form_spec, deep_tcn_spec
 from repo_paths import SPECS
 
 RANDOM = str(SPECS / "lipsdp_random.lip")
@@ -78,6 +78,25 @@ def test_size_guard_skips_large_lipsdp():
            .dense(rng.standard_normal((2, 600))).build())
     r = run_method(net, "lipsdp-neuron")
     assert r.status == "skipped" and r.bound is None and r.lmi_rows == 1350 and "--force" in r.note
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORM_SPECS))
+def test_dissipative_closed_form_bound_is_solves_with_its_note(name, tmp_path):
+    """A bound that needs no SDP (zero weights, a zero merged map): the dissipative method's row is the
+    pipeline's bound, certified, with its closed-form reason in the note and no LMI rows (run_method took
+    the max of the certificate's LMI sizes: a ValueError on an empty list, which crashed compare and
+    sweep)."""
+    from lipdsl.pipeline import solve_network
+
+    _, net = load_network(closed_form_spec(tmp_path, name))
+    solved = solve_network(net)
+    (why,) = solved.sdp.notes
+    assert solved.closed_form and solved.certificate.verified and why.startswith("closed form, no SDP: ")
+    r = run_method(net, "dissipative")
+    assert (r.status, r.bound, r.lmi_rows) == ("certified", solved.certificate.lipschitz, None)
+    assert r.note == f"valid for inputs of shape 2x8; {why}" and r.result.closed_form
+    c = compare(net, methods=("dissipative", "naive-hinf"), lower_starts=0)
+    assert c.get("dissipative").bound == r.bound and check_ordering(c) == []
 
 
 @pytest.mark.slow

@@ -136,7 +136,7 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
             console.print(f"  proof note: {note}", markup=False, highlight=False, soft_wrap=True)
         repaired = (
             "closed form, no SDP needed"
-            if sol.claimed_status == "closed-form"
+            if result.closed_form
             else (
                 f"solver value {cert.lipschitz_solver:.10g}, repaired by {cert.inflation:.2e} relative"
                 if cert.inflation is not None
@@ -233,7 +233,7 @@ def sweep_table(rows, *, lower: bool = False, title: str | None = None):
         ok = bound is not None
         status = r["status"] if ok else f"[red]{r['status']}[/]"
         iters = r.get("iterations")
-        cells = [r["name"], "-" if bound is None else f"{bound:.10g}"]
+        cells = [r["name"], "-" if bound is None else format_up(bound)]  # (rounded up, as solve prints it)
         if lower:
             lb = r.get("lower_bound")
             cells.append("-" if lb is None else f"{lb:.6g}")

@@ -9,6 +9,8 @@ its end past the hard deadline, which killed the command: exit 3, no table.)
 The slow steps are made slow deterministically (a sleep in ``load_network``, a method that runs until its
 deadline), not by loading the machine, and ``SEARCH_GRACE`` is shortened to keep the tests short: a parse
 longer than ``SEARCH_GRACE + 1`` s is what exposed the two clocks.
+
+Also: `lipdsl compare` on networks whose bound needs no SDP reports the closed-form bound as `solve` does.
 """
 
 import json
@@ -22,6 +24,8 @@ import lipdsl.lang.load
 import lipdsl.methods
 from lipdsl import limits
 from lipdsl.app.cli import cli
+from lipdsl.rigorous import format_up
+from nets import CLOSED_FORM_SPECS, closed_form_spec
 from repo_paths import SPECS
 
 ECG = str(SPECS / "ecg.lip")
@@ -106,3 +110,26 @@ def test_lower_budget_counts_the_parse(slow_parse, monkeypatch):
     assert json.loads(res.stdout)["lower_bound"] > 0
     assert given and TIMEOUT - PARSE - 0.5 < given[0] <= TIMEOUT - PARSE
     assert seconds < TIMEOUT + GRACE + 1
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORM_SPECS))
+def test_compare_reports_a_closed_form_bound_as_solve_does(name, tmp_path):
+    """Zero weights, a batch norm of weight [0, 0], a residual block whose branches cancel: the dissipative
+    row is solve's bound, certified, with solve's closed-form note (it was a traceback, ``max() arg is an
+    empty sequence``), in the JSON and in the text report, and the other methods still run."""
+    spec = str(closed_form_spec(tmp_path, name))
+    solved = json.loads(run("solve", "--json", spec)[0].stdout)
+    (why,) = solved["notes"]
+    assert solved["claimed_status"] == "closed-form" and why.startswith("closed form, no SDP: ")
+    res, _ = run("compare", "--json", "--lower-starts", "0", spec)
+    assert res.exit_code == 0, res.output
+    rows = {m["method"]: m for m in json.loads(res.stdout)["methods"]}
+    d = rows["dissipative"]
+    assert (d["status"], d["bound"], d["lmi_rows"]) == ("certified", solved["lipschitz"], None)
+    assert d["note"] == f"valid for inputs of shape 2x8; {why}"
+    assert all(r["bound"] is not None for r in rows.values()), rows
+    text, _ = run("compare", "--lower-starts", "0", "--methods", "dissipative,naive-hinf", spec)
+    assert text.exit_code == 0, text.output
+    assert f"dissipative: valid for inputs of shape 2x8; {why}" in text.stdout
+    row = next(line for line in text.stdout.splitlines() if "│ dissipative " in line).split("│")
+    assert row[2].strip() == format_up(solved["lipschitz"], 6) and row[-2].strip() == "certified"

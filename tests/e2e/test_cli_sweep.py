@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from lipdsl.app.cli import cli
 
+from lipdsl.rigorous import format_up
+from nets import CLOSED_FORM_SPECS, closed_form_spec
 from sweeping import ECG_SPEC, ROOT, DaskCluster, _env, ecg_checkpoints
 
 pytestmark = pytest.mark.solver
@@ -111,6 +113,29 @@ def test_exit_codes_and_bad_rows(tmp_path, ckpt):
     assert lipdsl("sweep").returncode == 2
     arch = lipdsl("sweep", "--like", tmp_path / "nope.lip", ckpt[0])
     assert arch.returncode == 1 and "cannot read architecture spec" in arch.stderr
+
+
+def test_closed_form_bounds_are_rows_as_solve_gives_them(tmp_path):
+    """Zero weights, a batch norm of weight [0, 0], a residual block whose branches cancel: each row is
+    solve's closed-form bound and notes, certified (they were ``crashed``: ``max() arg is an empty
+    sequence``), and the table prints the bound rounded up, as solve does (2.0000000000000004, not 2)."""
+    specs = [closed_form_spec(tmp_path, name) for name in sorted(CLOSED_FORM_SPECS)]
+    res = lipdsl("sweep", *specs, "--jobs", "1", "--no-cache", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = {r["name"]: r for r in map(json.loads, res.stdout.splitlines())}
+    assert list(rows) == [p.stem for p in specs]
+    for spec in specs:
+        solved = json.loads(lipdsl("solve", "--json", spec).stdout)
+        row = rows[spec.stem]
+        assert (row["status"], row["lipschitz"], row["claimed_status"]) == \
+            ("certified", solved["lipschitz"], "closed-form")
+        assert row["notes"] == solved["notes"] and row["notes"][0].startswith("closed form, no SDP: ")
+    table = lipdsl("sweep", *specs, "--jobs", "1", "--no-cache")
+    assert table.returncode == 0 and "3 items: 3 certified" in table.stderr
+    cells = {line.split("│")[1].strip(): line.split("│")[2].strip()
+             for line in table.stdout.splitlines() if line.startswith("│")}
+    assert cells == {p.stem: format_up(rows[p.stem]["lipschitz"]) for p in specs}
+    assert cells["cancelling_residual"] == "2.000000001"
 
 
 def _ecg_onnx(npz: Path, path: Path) -> Path:

@@ -373,3 +373,25 @@ def random_residual(rng: np.random.Generator, tmp_path, *, n: int | None = 14) -
         w = s.key(rng.normal(size=(2, size)) / np.sqrt(size))
         s.lines += ["flatten", f"dense {size} -> 2, weight {w}"]
     return s.load(tmp_path)
+
+
+# --------------------------------------------------------------------------- closed-form bounds (no SDP)
+#: Specs whose dissipative bound needs no SDP (``pipeline._exact_bound``), by name: a conv with all-zero
+#: weights (L = 0), a batch norm of weight [0, 0] merged into the conv before it (a zero merged map: the
+#: product of the layers' gains, 0), and a residual block whose branches cancel in float64 (identity minus
+#: ``x / sqrt(1 + 2^-60)``: a zero merged map whose layers are not zero, bounded by their gains, 1 + 1).
+CLOSED_FORM_SPECS = {
+    "zero_conv": "input 2 x 8\nconv1d 2 -> 2, kernel 1, weight [[[0], [0]], [[0], [0]]]\nrelu\n",
+    "zero_batchnorm": "input 2 x 8\nconv1d 2 -> 2, kernel 1, weight [[[1], [0]], [[0], [1]]]\n"
+                      "batchnorm 2, running_mean [0, 0], running_var [1, 1], weight [0, 0]\n",
+    "cancelling_residual": "input 2 x 8\nresidual r:\n  identity\nshortcut\n"
+                           "  batchnorm 2, running_mean [0, 0], running_var [1, 1], weight [-1, -1], "
+                           "eps 0.5^60\nend\n",
+}
+
+
+def closed_form_spec(folder: Path, name: str) -> Path:
+    """``CLOSED_FORM_SPECS[name]`` written to ``folder/NAME.lip`` (its network is called ``name``)."""
+    path = folder / f"{name}.lip"
+    path.write_text(CLOSED_FORM_SPECS[name])
+    return path
