@@ -67,7 +67,8 @@ def check_command(spec: str, allow_outside: bool) -> None:
     "--state-space",
     "state_space",
     is_flag=True,
-    help="Print each conv layer's causal realization (A, B, C, D), symbolically.",
+    help="Print each conv layer's causal realization (A, B, C, D), symbolically, those in residual blocks "
+    "too.",
 )
 @click.option("--latex", is_flag=True, help="With --state-space: LaTeX instead of pretty-printed matrices.")
 @click.option(

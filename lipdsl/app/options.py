@@ -189,11 +189,13 @@ def lower_or_fail(net, source, min_length, lift):
 
 def check_state_space_size(net, source) -> None:
     """Exit 3 (``LimitError``) before printing a realization of more than ``limits.DISPLAY_MAX_BLOCKS``
-    state blocks: sympy would build and print a matrix of blocks^2 entries."""
+    state blocks (any conv, those of residual blocks too): sympy would build and print a matrix of blocks^2
+    entries."""
     from lipdsl.errors import LimitError
+    from lipdsl.lang.typed import flat_layers
     from lipdsl.limits import DISPLAY_MAX_BLOCKS
 
-    for layer in net.layers:
+    for layer in flat_layers(net.layers):
         if layer.kind == "conv1d" and layer.dilation * (layer.kernel - 1) > DISPLAY_MAX_BLOCKS:
             fail(LimitError(
                 f"conv1d {layer.name!r} has {layer.dilation * (layer.kernel - 1)} state blocks "

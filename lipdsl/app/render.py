@@ -149,19 +149,27 @@ def print_layers(net) -> None:
 
 
 def print_state_space(net, latex: bool) -> None:
-    """Each conv layer's (A, B, C, D): entry by entry when small, else in block form with taps W_j."""
+    """``lipdsl show --state-space``: each conv layer's (A, B, C, D), entry by entry when small, else in block
+    form with taps W_j. A residual block's convs too (its main path, then its shortcut, in ``show``'s
+    order), after a line naming the block, each header saying its block and branch."""
     import sympy
 
     from lipdsl.model.lower import symbolic_block_state_space, symbolic_state_space
 
-    convs = [layer for layer in net.layers if layer.kind == "conv1d"]
+    convs = list(_convs(net.layers))
     if not convs:
         click.echo(f"network {net.name!r} has no conv1d layer (dense layers are static: v = W u)")
-    for layer in convs:
+    shown = None  # the residual block whose line is printed
+    for block, branch, layer in convs:
+        if block is not None and block is not shown:
+            click.echo(f"residual {block.name} ({layer_details(block)}): its convs' realizations follow; "
+                       "the SDP takes the block as one system (lipdsl show --lowering)")
+            shown = block
+        where = "" if block is None else f" (residual {block.name!r}, {branch})"
         ke = layer.dilation * (layer.kernel - 1) + 1
         nx = (ke - 1) * layer.c_in
         click.echo(
-            f"conv1d {layer.name}: {layer.c_in} -> {layer.c_out}, kernel {layer.kernel}"
+            f"conv1d {layer.name}{where}: {layer.c_in} -> {layer.c_out}, kernel {layer.kernel}"
             f"{f', dilation {layer.dilation}' if layer.dilation > 1 else ''}: causal realization, "
             f"{nx} states (independent of the signal length)"
         )
@@ -182,6 +190,18 @@ def print_state_space(net, latex: bool) -> None:
             else:
                 text = sympy.pretty(M, use_unicode=True)
                 click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
+
+
+def _convs(layers, block=None, branch: str | None = None):
+    """``(block, branch, conv)`` for every conv1d layer of ``layers``, in order: ``block`` is the residual
+    block holding it (None at the top level), ``branch`` ``"main path"`` or ``"shortcut"`` (None at the top
+    level)."""
+    for layer in layers:
+        if layer.kind == "conv1d":
+            yield block, branch, layer
+        elif layer.kind == "residual":
+            yield from _convs(layer.main, layer, "main path")
+            yield from _convs(layer.shortcut, layer, "shortcut")
 
 
 def print_lowering(net, low, size, lift: int = 1) -> None:

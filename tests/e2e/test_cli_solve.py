@@ -104,6 +104,48 @@ def test_show_state_space_pretty_and_latex():
     assert res.exit_code == 0 and r"\frac{1}{2}" in res.output  # the spec's own expressions, kept exact
 
 
+def test_show_state_space_includes_the_convs_of_residual_blocks(tmp_path):
+    """The TCN's convs are all inside residual blocks: each block is named on a line of its own (its
+    structure as `show` gives it), then its convs' realizations, main path then shortcut, each header naming
+    the block and branch (it used to say the network has no conv1d layer); the display limit covers them."""
+    res = run("show", "--state-space", str(SPECS / "tcn.lip"))
+    assert res.exit_code == 0, res.output
+    assert "no conv1d layer" not in res.output
+    heads = [line for line in res.output.splitlines() if line.startswith(("residual ", "conv1d "))]
+    assert heads == [
+        "residual block0 (y = main(x) + shortcut(x); main: conv1 -> relu1 -> conv2 -> relu2; shortcut: "
+        "conv3): its convs' realizations follow; the SDP takes the block as one system (lipdsl show "
+        "--lowering)",
+        "conv1d conv1 (residual 'block0', main path): 1 -> 16, kernel 3: causal realization, 2 states "
+        "(independent of the signal length)",
+        "conv1d conv2 (residual 'block0', main path): 16 -> 16, kernel 3: causal realization, 32 states "
+        "(independent of the signal length)",
+        "conv1d conv3 (residual 'block0', shortcut): 1 -> 16, kernel 1: causal realization, 0 states "
+        "(independent of the signal length)",
+        "residual block1 (y = main(x) + shortcut(x); main: conv4 -> relu4 -> conv5 -> relu5; shortcut: "
+        "identity): its convs' realizations follow; the SDP takes the block as one system (lipdsl show "
+        "--lowering)",
+        "conv1d conv4 (residual 'block1', main path): 16 -> 16, kernel 3, dilation 2: causal realization, "
+        "64 states (independent of the signal length)",
+        "conv1d conv5 (residual 'block1', main path): 16 -> 16, kernel 3, dilation 2: causal realization, "
+        "64 states (independent of the signal length)",
+        "residual block2 (y = main(x) + shortcut(x); main: conv6 -> relu7 -> conv7 -> relu8; shortcut: "
+        "identity): its convs' realizations follow; the SDP takes the block as one system (lipdsl show "
+        "--lowering)",
+        "conv1d conv6 (residual 'block2', main path): 16 -> 16, kernel 3, dilation 4: causal realization, "
+        "128 states (independent of the signal length)",
+        "conv1d conv7 (residual 'block2', main path): 16 -> 16, kernel 3, dilation 4: causal realization, "
+        "128 states (independent of the signal length)",
+    ]
+    assert res.output.count("(block form: W_j = W[:, :, j]") == 5  # (conv1, conv3 small: entry by entry)
+    spec = tmp_path / "dilated.lip"  # a block's conv of 100 state blocks: refused, as a top-level one is
+    spec.write_text("input 1 x 300\nresidual r:\n  conv1d 1 -> 1, kernel 2, dilation 100, padding causal, "
+                    "weight [[[1, 2]]]\nend\n")
+    res = run("show", "--state-space", str(spec))
+    assert res.exit_code == 3 and "conv1d 'conv1' has 100 state blocks" in res.output
+    assert "dilated.lip:3:3: error:" in res.output
+
+
 @pytest.mark.solver
 def test_show_lowering_gives_the_rows_the_solver_sees():
     """ECG: c2's direct LMI has 9 rows, the solver's 12 (Y = X_out^-1 appended), f1's 156 -> 65 (inverse
