@@ -184,6 +184,15 @@ FIRST_ORDER_S2 = 40.0
 FIRST_ORDER_N = 100.0
 
 
+def as_float(count) -> float:
+    """``float(count)``, or ``inf`` for an integer beyond float64 (a size such as ``10^400`` samples of a
+    dilated conv's padding): a size model's arithmetic then refuses it instead of raising OverflowError."""
+    try:
+        return float(count)
+    except OverflowError:
+        return math.inf if count > 0 else -math.inf
+
+
 def available_memory() -> int:
     """Bytes a command may use: ``min(physical, cgroup limit)`` less ``MEMORY_MARGIN`` and a fixed margin."""
     limits = []
@@ -213,8 +222,8 @@ def solver_bytes(variables: int, lmi_orders, solver: str = "cvxopt") -> float:
     """
     from lipdsl.solvers.registry import first_order, structured
 
-    n = float(variables)
-    s2 = float(sum(float(m) ** 2 for m in lmi_orders))
+    n = as_float(variables)
+    s2 = sum(as_float(m) ** 2 for m in lmi_orders)
     if first_order(solver):  # SCS: A, its factorisation and ADMM's iterates (with Anderson's history)
         return BASE_BYTES + 8.0 * (FIRST_ORDER_S2 * s2 + FIRST_ORDER_N * n)
     words = N2 * n * n + S2 * s2 + SN * n * math.sqrt(s2)
@@ -227,7 +236,11 @@ def lowering_bytes(systems) -> float:
     """Bytes of the numeric state spaces of ``(nx, nu, ny)`` systems: dense ``A`` (``nx x nx``), ``B``, ``C``,
     ``D``, a few copies while merging, and the storage matrices ``P`` that certify builds (``nx x nx``
     each)."""
-    return 8.0 * sum(4.0 * nx * nx + 3.0 * nx * (nu + ny) + 3.0 * nu * ny for nx, nu, ny in systems)
+    total = 0.0
+    for nx, nu, ny in systems:
+        nx, nu, ny = as_float(nx), as_float(nu), as_float(ny)
+        total += 4.0 * nx * nx + 3.0 * nx * (nu + ny) + 3.0 * nu * ny
+    return 8.0 * total
 
 
 def frequency_bytes(systems, frequencies: int) -> float:
@@ -236,7 +249,8 @@ def frequency_bytes(systems, frequencies: int) -> float:
     from lipdsl.certify.storage import FINE_GRID
 
     grid = max(frequencies, FINE_GRID)
-    return 16.0 * sum((grid + nx // max(nu, 1) + 1) * nu * ny * 2.0 for nx, nu, ny in systems)
+    return 16.0 * sum((grid + as_float(nx // max(nu, 1)) + 1) * as_float(nu) * as_float(ny) * 2.0
+                      for nx, nu, ny in systems)
 
 
 def lipsdp_bytes(rows: int, first: tuple[int, int] = (0, 0)) -> float:
@@ -251,8 +265,15 @@ LIPSDP_WORDS = 40.0
 
 
 def describe_bytes(b: float) -> str:
-    """``b`` bytes in words: '1.2 GiB', '340 MiB'."""
+    """``b`` bytes in words: '1.2 GiB', '340 MiB' ('more than 1e+300 GiB' beyond float64)."""
+    if not math.isfinite(b):
+        return "more than 1e+300 GiB"
     return f"{b / GIB:.3g} GiB" if b >= 0.1 * GIB else f"{b / 2**20:.3g} MiB"
+
+
+def about_bytes(b: float) -> str:
+    """``'about 1.2 GiB'`` (``describe_bytes``), or ``'more than 1e+300 GiB'`` for a size beyond float64."""
+    return ("about " if math.isfinite(b) else "") + describe_bytes(b)
 
 
 def require_memory(needed: float, what: str, hint: str | None = None, span=None,
@@ -261,8 +282,7 @@ def require_memory(needed: float, what: str, hint: str | None = None, span=None,
     limit = available_memory() if available is None else available
     if needed > limit:
         raise LimitError(
-            f"{what} would need about {describe_bytes(needed)} of memory; {describe_bytes(limit)} are "
-            "available",
+            f"{what} would need {about_bytes(needed)} of memory; {describe_bytes(limit)} are available",
             span=span,
             hint=hint or "make the problem smaller, or run it on a machine with more memory",
         )

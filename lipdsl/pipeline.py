@@ -564,7 +564,7 @@ def _smaller_hint(net, low, size: ProblemSize, solver: str, lift: int, frequenci
         return "use --solver cvxopt (lipdsl's structured KKT solver needs far less memory)"
     return (f"reduce the channels or kernel sizes of {size.largest_system!r} (a conv layer has "
             "dilation*(kernel-1)*c_in states and (states)^2/2 storage variables), or run on a machine with "
-            f"about {limits.describe_bytes(size.memory(solver))} of memory")
+            f"{limits.about_bytes(size.memory(solver))} of memory")
 
 
 def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:

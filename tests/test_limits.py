@@ -754,3 +754,22 @@ def test_solve_picks_the_frequency_form_by_itself_when_the_exact_lmis_are_large(
                             "weight [[[1, 2, 1]], [[1, -1, 0]]]\nrelu\n", name="small.lip")
     out = json.loads(run("solve", "--json", small).stdout)
     assert out["frequencies"] is None and out["form"].startswith("exact LMIs")
+
+
+def test_sizes_beyond_float64_are_refused_not_overflowed(tmp_path):
+    """A dilation of 10^400 makes sizes no float holds: the memory model saturates at inf (``as_float``)
+    and solve refuses at the conv's line (it raised OverflowError in ``lowering_bytes``)."""
+    from lipdsl import limits
+
+    assert limits.as_float(10**400) == np.inf and limits.as_float(-(10**400)) == -np.inf
+    assert limits.as_float(7) == 7.0
+    assert limits.lowering_bytes([(10**400, 2, 2)]) == np.inf
+    assert limits.about_bytes(np.inf) == "more than 1e+300 GiB" and limits.about_bytes(2**30) == "about 1 GiB"
+    with pytest.raises(LimitError, match="would need more than 1e\\+300 GiB of memory"):
+        limits.require_memory(np.inf, "this")
+    spec = tmp_path / "dil.lip"
+    spec.write_text("network t\ninput 2 x 8\nconv1d c: 2 -> 2, kernel 3, dilation 10^400, padding causal, "
+                    "weight [[[0.5,0.2,-0.1],[0.1,-0.3,0.2]],[[0.0,0.4,0.1],[0.2,0.1,-0.5]]]\n")
+    res = CliRunner().invoke(cli, ["solve", str(spec)])
+    assert res.exit_code == 3 and isinstance(res.exception, SystemExit), res.output
+    assert "dil.lip:3:1: error:" in res.output and "more than 1e+300 GiB of memory" in res.output

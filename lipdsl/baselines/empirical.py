@@ -11,8 +11,8 @@ import numpy as np
 from lipdsl import limits
 
 from lipdsl.lang import typed
-from lipdsl.lang.check import shapes_at
-from lipdsl.errors import LipdslError
+from lipdsl.lang.check import conv1d_length, pool_length, shapes_at
+from lipdsl.errors import LipdslError, shorten
 from lipdsl.model.forward import _activation_functions, jacobian, linearize
 
 #: Input length used for nets declared ``input c x *`` when no ``length`` is given.
@@ -61,19 +61,70 @@ def search_cost(net: typed.Network, shape: tuple[int, ...], starts: int,
     length = None if len(shape) == 1 else shape[1]
     widest = stored = float(n_in)
     per_tangent = 0.0
+    c, n = shape[0], length
     for L, c, n in shapes_at(net, length):
         if isinstance(L, typed.Conv1d):
-            per_tangent += 2.0 * L.c_out * L.c_in * L.kernel * max(n, 0)
+            per_tangent += 2.0 * L.c_out * L.c_in * L.kernel * limits.as_float(max(n, 0))
         elif isinstance(L, typed.Dense):
             per_tangent += 2.0 * L.n_in * L.n_out
-        widest = max(widest, float(c) * (n or 1))
-        stored += float(c) * (n or 1)
-    n_out = float(c) * (n or 1)
+        widest = max(widest, float(c) * limits.as_float(n or 1))
+        stored += float(c) * limits.as_float(n or 1)
+    for L, samples in padded_inputs(net, length):  # (np.pad's copy in the forward pass, and its adjoint's)
+        padded = limits.as_float(L.c_in) * limits.as_float(samples)
+        widest = max(widest, padded)
+        stored += padded
+    n_out = float(c) * limits.as_float(n or 1)
     batch = min(n_in, n_out)
     memory = limits.BASE_BYTES + 8.0 * (oversample * starts * n_in + 4.0 * batch * widest
                                         + 4.0 * n_in * n_out + 2 * CHUNK * 3.0 * stored
                                         + 2.0 * min(JACOBIAN_ENTRIES, 2 * CHUNK * n_in * n_out))
     return memory, batch * per_tangent + 4.0 * n_in * n_out * batch
+
+
+def padded_inputs(net: typed.Network, length: int | None) -> list[tuple[typed.Conv1d, int]]:
+    """``(conv, samples)`` for every conv1d of ``net`` (residual blocks' included): the length of its padded
+    input, ``N_in + pad_left + pad_right``, at input length ``length`` (exact; it may exceed int64). The
+    forward pass builds that ``c_in x samples`` array (``forward.conv1d`` pads as PyTorch does: a dilation
+    ``d`` with causal or same padding adds ``d (k - 1)`` zeros) and its adjoint another."""
+    out = []
+
+    def walk(layers, n):
+        for L in layers:
+            if isinstance(L, typed.Residual):
+                walk(L.shortcut, n)
+                n = walk(L.main, n)
+            elif isinstance(L, typed.Conv1d):
+                out.append((L, (n or 0) + L.pad_left + L.pad_right))
+                n = None if n is None else conv1d_length(n, L.kernel, L.stride, L.dilation, L.pad_left,
+                                                          L.pad_right)
+            elif isinstance(L, typed.Pool):
+                n = None if n is None else pool_length(n, L.kernel, L.stride)
+            elif isinstance(L, (typed.Dense, typed.Flatten, typed.GlobalAvgPool)):
+                n = None
+        return n
+
+    shp = net.input_shape
+    walk(net.layers, None if shp.flat else (shp.length or length or 1))
+    return out
+
+
+def _require_padding(net: typed.Network, shape: tuple[int, ...], what: str) -> None:
+    """``LimitError`` at the conv1d whose padded input alone (``padded_inputs``; held for the
+    ``min(n_in, n_out)`` tangents of a Jacobian and the batched passes, as ``search_cost`` counts it) exceeds
+    the memory at input ``shape``: a huge dilation or padding, refused at its line before ``np.pad``
+    allocates it (``what``: the search, for the message)."""
+    length = None if len(shape) == 1 else shape[1]
+    *_, (_, c, n) = [(None, shape[0], length)] + list(shapes_at(net, length))
+    batch = min(float(np.prod(shape, dtype=float)), float(c) * limits.as_float(n or 1))
+    for L, samples in padded_inputs(net, length):
+        entries = limits.as_float(L.c_in) * limits.as_float(samples)
+        limits.require_memory(
+            limits.BASE_BYTES + 8.0 * (4.0 * batch + 2 * CHUNK * 3.0) * entries,
+            f"{what}: the padded input of conv1d {L.name!r} ({L.c_in} x {shorten(samples)} samples: padding "
+            f"{shorten(L.pad_left)} + {shorten(L.pad_right)} for dilation {shorten(L.dilation)}, kernel "
+            f"{L.kernel})",
+            hint=f"reduce the dilation or padding of {L.name!r} (the forward pass holds its padded input, as "
+            "PyTorch does)", span=L.span)
 
 
 def _top_triple(J: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -318,6 +369,7 @@ def lower_bound(
         hint = f"give fewer --starts (e.g. --starts {fitting[0]}: {oversample} inputs are kept per start)"
     else:
         hint = "the input is too large for dense Jacobians; the upper-bound methods do not need them"
+    _require_padding(net, shape, what)
     limits.require_memory(memory, f"{what} ({starts} starts)", hint=hint, span=net.span)
     with limits.current().earlier(time_budget + limits.SEARCH_GRACE).active():
         limits.require_time(flops, f"one Jacobian in {what}", span=net.span,

@@ -67,19 +67,42 @@ def _require_entries(entries: float, what: str, span=None) -> None:
 
 
 def _conv_matrix(L: typed.Conv1d, n: int) -> sp.csr_matrix:
-    """Toeplitz matrix of a conv1d on ``c_in x n``: ``M[o*n_out + t, i*n + s*t + d*j - p_l] = W[o,i,j]``."""
+    """Toeplitz matrix of a conv1d on ``c_in x n``: ``M[o*n_out + t, i*n + s*t + d*j - p_l] = W[o,i,j]``.
+
+    Only the taps that land on the input are built, tap by tap, with their times ``t`` found in Python
+    integers: a huge stride, dilation or padding (beyond int64) is exact, and taps on padding cost nothing."""
     c_out, c_in, k = L.weight.shape
     n_out = (n + L.pad_left + L.pad_right - L.dilation * (k - 1) - 1) // L.stride + 1
-    _require_entries(float(c_out) * c_in * k * max(n_out, 0), f"the unrolled matrix of conv1d {L.name!r}",
-                     L.span)
+    # entries: at most min(k, n) taps land at each time and min(n_out, n) times per tap; a row pointer per row
+    landing = min(k * min(n_out, n), n_out * min(k, n)) if n_out > 0 else 0
+    pointers = limits.as_float(max(n_out, 0))
+    _require_entries(limits.as_float(c_out) * (c_in * limits.as_float(landing) + pointers),
+                     f"the unrolled matrix of conv1d {L.name!r}", L.span)
     limits.checkpoint("unrolling")
-    o, i, j, t = np.meshgrid(np.arange(c_out), np.arange(c_in), np.arange(k), np.arange(n_out), indexing="ij")
-    pos = L.stride * t + L.dilation * j - L.pad_left
-    keep = (pos >= 0) & (pos < n)  # taps that land on padding contribute nothing
-    rows = (o * n_out + t)[keep]
-    cols = (i * n + pos)[keep]
-    vals = L.weight[o[keep], i[keep], j[keep]]
-    return sp.csr_matrix((vals, (rows, cols)), shape=(c_out * n_out, c_in * n))
+    o, i = np.meshgrid(np.arange(c_out), np.arange(c_in), indexing="ij")
+    rows, cols, vals = [], [], []
+    for j in range(k):
+        offset = L.dilation * j - L.pad_left  # input sample of tap j at time t: s*t + offset, kept in [0, n)
+        first = max(0, -(offset // L.stride))  # the first t >= 0 with s*t + offset >= 0
+        last = min(n_out - 1, (n - 1 - offset) // L.stride)
+        if first > last:
+            continue  # this tap only ever reads padding
+        count = last - first + 1  # (> 1 only if s*(count-1) < n: then s fits int64)
+        t = first + np.arange(count)
+        pos = (offset + L.stride * first) + (L.stride if count > 1 else 0) * np.arange(count)
+        rows.append((o[..., None] * n_out + t).ravel())
+        cols.append((i[..., None] * n + pos).ravel())
+        vals.append(np.broadcast_to(L.weight[:, :, j, None], (c_out, c_in, count)).ravel())
+    if not rows:
+        return sp.csr_matrix((c_out * n_out, c_in * n))
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(c_out * n_out, c_in * n))
+
+
+def _window_starts(n_out: int, stride: int) -> np.ndarray:
+    """``stride * t`` for ``t < n_out`` (the first sample of each pooling window): with one window the
+    stride is never multiplied, so a stride beyond int64 is no overflow."""
+    return (stride if n_out > 1 else 0) * np.arange(max(n_out, 0))
 
 
 def _avgpool_matrix(c: int, n: int, kernel: int, stride: int) -> sp.csr_matrix:
@@ -87,7 +110,7 @@ def _avgpool_matrix(c: int, n: int, kernel: int, stride: int) -> sp.csr_matrix:
     n_out = (n - kernel) // stride + 1
     ch, t, j = np.meshgrid(np.arange(c), np.arange(n_out), np.arange(kernel), indexing="ij")
     rows = (ch * n_out + t).ravel()
-    cols = (ch * n + stride * t + j).ravel()
+    cols = (ch * n + _window_starts(n_out, stride)[None, :, None] + j).ravel()
     return sp.csr_matrix((np.full(rows.size, 1.0 / kernel), (rows, cols)), shape=(c * n_out, c * n))
 
 
@@ -292,7 +315,7 @@ def unroll_graph(net: typed.Network, length: int | None = None) -> UnrolledGraph
         rows = (ch * n_out + t).ravel()
 
         def pick(j):  # x_j: sample stride t + j of each window
-            cols = (ch * n + L.stride * t + j).ravel()
+            cols = (ch * n + _window_starts(n_out, L.stride)[None, :] + j).ravel()
             return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(c * n_out, c * n))
 
         m = (pick(0) @ E).tocsr()

@@ -72,9 +72,10 @@ def conv1d_transpose(g: np.ndarray, weight: np.ndarray, n_in: int, stride: int =
 
 
 def _pool_windows(n: int, kernel: int, stride: int) -> np.ndarray:
-    """Index array ``idx[t, j] = stride*t + j`` of the floor-mode pooling windows (no padding)."""
+    """Index array ``idx[t, j] = stride*t + j`` of the floor-mode pooling windows (no padding); with one
+    window the stride is never multiplied (a stride beyond int64 is no overflow)."""
     n_out = (n - kernel) // stride + 1
-    return stride * np.arange(max(n_out, 0))[:, None] + np.arange(kernel)[None, :]
+    return (stride if n_out > 1 else 0) * np.arange(max(n_out, 0))[:, None] + np.arange(kernel)[None, :]
 
 
 # --------------------------------------------------------------------------- activations

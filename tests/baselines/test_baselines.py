@@ -40,6 +40,58 @@ def test_unroll_linear_net_equals_jacobian():
         np.testing.assert_allclose(steps[0].matrix.toarray(), J, atol=1e-12)
 
 
+@pytest.mark.parametrize("padding, stride, dilation", [
+    (5, 1, 1), (4, 3, 1), (0, 1, 4), ("causal", 2, 5), ("same", 1, 7), (9, 4, 6), (2, 20, 1), (30, 1, 1)])
+def test_unrolled_conv_matrix_is_the_jacobian_where_taps_land_on_padding(padding, stride, dilation):
+    """Paddings wider than the kernel, strides longer than the input and dilations whose taps mostly read
+    padding: the tap-by-tap unrolled matrix is the forward pass's Jacobian."""
+    rng = np.random.default_rng(3)
+    net = Builder(2, 9).conv(rng.standard_normal((3, 2, 3)), padding=padding, stride=stride,
+                             dilation=dilation).build()
+    (step,) = unroll(net)
+    J = jacobian(net, rng.standard_normal(18))
+    np.testing.assert_array_equal(step.matrix.toarray(), J)
+
+
+@pytest.mark.parametrize("stride, dilation",
+                         [(10**19, 1), (10**30, 1), (1, 10**19), (1, 10**30), (3, 10**25)])
+def test_huge_strides_and_dilations_unroll_exactly_without_overflow(stride, dilation):
+    """A stride or dilation beyond int64 (the fuzzer's stride 10^19, dilation 10^30: an OverflowError in
+    ``compare``) unrolls exactly: only the taps that land on the input are kept. Causal padding with a huge
+    dilation leaves the last tap alone (a 1x1 conv); a huge stride keeps the first output sample."""
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((3, 2, 3))
+    net = Builder(2, 8).conv(W, padding="causal" if dilation > 1 else "valid", stride=stride,
+                             dilation=dilation).build()
+    (step,) = unroll(net)
+    if dilation > 1:  # y[:, t] = W[:, :, 2] x[:, t] at every t < 8 that the stride keeps
+        ref = Builder(2, 8).conv(W[:, :, 2:], stride=stride).build()
+    else:  # one output sample: y[:, 0] = sum_j W[:, :, j] x[:, j]
+        ref = Builder(2, 8).conv(W).build()
+    expected = unroll(ref)[0].matrix.toarray()
+    if dilation == 1:
+        expected = expected[::6]  # (the first of the 6 valid samples of each output channel)
+    np.testing.assert_array_equal(step.matrix.toarray(), expected)
+    assert naive(net) == pytest.approx(np.linalg.norm(expected, 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("op", ["avg", "max"])
+def test_pools_with_a_stride_beyond_int64_unroll_and_evaluate(op):
+    """One pooling window (stride 10^19 on 8 samples): the unrolled map, the forward pass and the naive
+    bound, with no OverflowError."""
+    net = Builder(2, 8).pool(op, 2, 10**19).build()
+    u = np.arange(16.0)
+    y = forward(net, u)
+    assert y.shape == (2, 1)
+    np.testing.assert_array_equal(y[:, 0], [0.5, 8.5] if op == "avg" else [1.0, 9.0])
+    if op == "avg":
+        (step,) = unroll(net)
+        np.testing.assert_array_equal(step.matrix.toarray() @ u, y[:, 0])
+    else:
+        assert len(unroll_graph(net).hidden) == 1  # (its kernel - 1 ReLUs pick the window's samples)
+    assert naive(net) == pytest.approx(math.sqrt(0.5) if op == "avg" else 1.0)
+
+
 def net_len(c, n, padding, stride, dilation):
     b = Builder(c, n).conv(np.ones((3, c, 3)), padding=padding, stride=stride, dilation=dilation)
     b.pool("avg", 3, 2)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from lipdsl.baselines.unrolled import naive
-from lipdsl.baselines.empirical import lower_bound
-from lipdsl.errors import LipdslError
+from lipdsl.baselines.empirical import lower_bound, padded_inputs, search_cost
+from lipdsl.errors import LimitError, LipdslError
 from lipdsl.model.forward import jacobian
 
 from nets import Builder, lipsdp_net, random_cnn
@@ -154,3 +154,49 @@ def test_linear_dense_layer_is_exact():
     W = np.random.default_rng(2).standard_normal((3, 7))
     net = Builder(7, flat=True).dense(W).build()
     assert lower_bound(net, starts=2, steps=2).value == pytest.approx(np.linalg.norm(W, 2), rel=1e-12)
+
+
+def _dilated(tmp_path, dilation, residual=False, length="8"):
+    from lipdsl.lang.load import load_network
+
+    conv = ("conv1d c: 2 -> 2, kernel 3, dilation " + dilation + ", padding causal, "
+            "weight [[[0.5,0.2,-0.1],[0.1,-0.3,0.2]],[[0.0,0.4,0.1],[0.2,0.1,-0.5]]]\n")
+    body = f"residual r:\n{conv}relu\nend\n" if residual else conv
+    spec = tmp_path / "dil.lip"
+    spec.write_text(f"network t\ninput 2 x {length}\n{body}")
+    return load_network(str(spec))[1]
+
+
+@pytest.mark.parametrize("dilation", ["10^10", "10^18", "10^30", "10^400"])
+def test_a_dilation_whose_padding_exceeds_the_memory_is_refused_at_its_conv(tmp_path, dilation):
+    """The forward pass pads as PyTorch does (dilation * (kernel - 1) zeros): ``np.pad`` raised
+    MemoryError, 'array is too big' or a TypeError; now a LimitError at the conv's line, before allocating."""
+    net = _dilated(tmp_path, dilation)
+    padded = r"the padded input of conv1d 'c' \(2 x \d.* samples: padding"
+    with pytest.raises(LimitError, match=padded) as err:
+        lower_bound(net, starts=2, time_budget=2)
+    assert err.value.span.line == 3 and "reduce the dilation or padding of 'c'" in err.value.hint
+
+
+def test_padding_inside_a_residual_block_is_counted_at_the_given_length(tmp_path):
+    net = _dilated(tmp_path, "10^9", residual=True, length="*")
+    assert [(L.name, n) for L, n in padded_inputs(net, 16)] == [("c", 16 + 2 * 10**9)]
+    with pytest.raises(LimitError, match=r"inputs of shape 2 x 16: the padded input of conv1d 'c'") as err:
+        lower_bound(net, starts=2, length=16, time_budget=2)
+    assert err.value.span.line == 4
+
+
+def test_search_cost_counts_the_padding():
+    """Padding adds to the memory estimate: 40 zeros of causal padding per sample cost more than none."""
+    W = np.ones((2, 2, 3))
+    plain = Builder(2, 8).conv(W, padding=1).build()
+    dilated = Builder(2, 8).conv(W, padding="causal", dilation=20).build()
+    assert [n for _, n in padded_inputs(dilated, None)] == [48]
+    assert search_cost(dilated, (2, 8), 4, 8)[0] > search_cost(plain, (2, 8), 4, 8)[0]
+
+
+def test_a_moderate_dilation_still_gives_the_bound(tmp_path):
+    """Dilation 1000 (2000 zeros of padding): fits, and only the last tap reads the input (a 1x1 conv)."""
+    net = _dilated(tmp_path, "1000")
+    W = np.array([[-0.1, 0.2], [0.1, -0.5]])  # W[:, :, 2]
+    assert lower_bound(net, starts=2, time_budget=2).value == pytest.approx(np.linalg.norm(W, 2), rel=1e-9)

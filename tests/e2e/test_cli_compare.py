@@ -133,3 +133,33 @@ def test_compare_reports_a_closed_form_bound_as_solve_does(name, tmp_path):
     assert f"dissipative: valid for inputs of shape 2x8; {why}" in text.stdout
     row = next(line for line in text.stdout.splitlines() if "│ dissipative " in line).split("│")
     assert row[2].strip() == format_up(solved["lipschitz"], 6) and row[-2].strip() == "certified"
+
+
+CONV = ("network t\ninput 2 x 8\nconv1d c: 2 -> 2, kernel 3, {opt}, "
+        "weight [[[0.5,0.2,-0.1],[0.1,-0.3,0.2]],[[0.0,0.4,0.1],[0.2,0.1,-0.5]]]\n")
+
+
+@pytest.mark.parametrize("opt", ["dilation 10^10, padding causal", "dilation 10^30, padding causal",
+                                 "stride 10^19", "stride 10^30"])
+def test_compare_with_huge_dilations_and_strides_reports_each_row(tmp_path, opt):
+    """The fuzzer's tracebacks (the lower bound's np.pad; an OverflowError unrolling a stride or dilation
+    beyond int64): each method gets its row and a failing one says why, as solve would. The unrolled
+    baselines keep only the taps that land on the input, so they give the exact map's bounds."""
+    spec = tmp_path / "big.lip"
+    spec.write_text(CONV.format(opt=opt))
+    res = CliRunner().invoke(cli, ["compare", "--json", "--lower-starts", "2", "--time-budget", "2",
+                                   str(spec)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    rows = {m["method"]: m for m in out["methods"]}
+    assert rows["naive-hinf"]["status"] == "exact norm"
+    for m in ("naive", "lipsdp-neuron", "lipsdp-layer"):
+        assert rows[m]["bound"] is not None, rows[m]
+    if "dilation" in opt:
+        assert rows["dissipative"]["status"] == "failed" and "of memory" in rows["dissipative"]["note"]
+        assert out["lower_bound"] is None
+        assert "the padded input of conv1d 'c' (2 x 2" in out["lower_bound_error"]
+        assert rows["naive"]["bound"] == pytest.approx(0.5541381265149109, rel=1e-9)  # the last tap alone
+    else:
+        assert rows["dissipative"]["status"] == "certified" and out["lower_bound"]["value"] > 0
+        assert not out["ordering_violations"]

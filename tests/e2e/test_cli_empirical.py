@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from lipdsl.app.cli import cli
@@ -58,3 +59,30 @@ def test_lower_evaluates_swish_now_in_the_table():
     res = run("lower", str(SPECS / "features.lip"), "--starts", "2", "--time-budget", "2")
     assert res.exit_code == 0, res.output
     assert "lipschitz >=" in res.output
+
+
+DILATED = ("network t\ninput 2 x 8\nconv1d c: 2 -> 2, kernel 3, {opt}, "
+           "weight [[[0.5,0.2,-0.1],[0.1,-0.3,0.2]],[[0.0,0.4,0.1],[0.2,0.1,-0.5]]]\n")
+
+
+@pytest.mark.parametrize("dilation", ["10^10", "10^18", "10^30"])
+def test_lower_refuses_a_huge_dilation_at_its_line(tmp_path, dilation):
+    """The fuzzer's tracebacks (numpy's MemoryError, 'array is too big', a pad_width TypeError) are now the
+    memory error solve gives, at the conv's line with a caret, exit 3."""
+    spec = tmp_path / "dil.lip"
+    spec.write_text(DILATED.format(opt=f"dilation {dilation}, padding causal"))
+    res = CliRunner().invoke(cli, ["lower", "--starts", "2", "--time-budget", "2", str(spec)])
+    assert res.exit_code == 3 and isinstance(res.exception, SystemExit), res.output
+    assert "dil.lip:3:1: error: the lower bound's search on inputs of shape 2 x 8: the padded input of " \
+           "conv1d 'c' (2 x 2" in res.output
+    assert "would need about" in res.output and "\n      | ^~~~" in res.output
+    assert "hint: reduce the dilation or padding of 'c'" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_lower_with_a_stride_beyond_int64(tmp_path):
+    spec = tmp_path / "stride.lip"
+    spec.write_text(DILATED.format(opt="stride 10^19"))
+    res = run("lower", "--json", "--starts", "2", "--time-budget", "2", str(spec))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["lower_bound"] > 0
