@@ -244,12 +244,8 @@ class Result:
 
     @property
     def validity(self) -> str:
-        """For which input lengths the bound holds, in words."""
-        if not self.network.any_length:
-            return f"inputs of shape {self.network.input_shape}"
-        if any(s.op == "global_avg" for s in self.lowered.steps if hasattr(s, "op")):
-            return f"every input length N >= {self.min_length}"
-        return "every input length N (fully convolutional)"
+        """For which input lengths the bound holds, in words (``lowered.Network.validity``)."""
+        return self.lowered.validity(self.min_length)
 
 
 def solve_network(

@@ -201,6 +201,10 @@ def print_verdict(verdict, console, errors) -> None:
         console.print(f"[bold]verified[/bold]: Lipschitz constant of {verdict.network} <= "
                       f"[bold green]{verdict.bound_text}[/] ({how}; claimed {verdict.claimed:.10g})",
                       soft_wrap=True)
+        if verdict.valid_for:  # (as solve prints it; a global average pool's N from the certificate)
+            source = " (min_length from the certificate's options)" if verdict.length_bound else ""
+            console.print(f"  valid for {verdict.valid_for}{source}", markup=False, highlight=False,
+                          soft_wrap=True)
     else:
         errors.print(f"error: the certificate of {verdict.network} does not verify ({how}): "
                      f"{verdict.reason}", markup=False, highlight=False, soft_wrap=True)

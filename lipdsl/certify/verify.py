@@ -99,6 +99,12 @@ class Verdict:
     seconds: float = 0.0
     backend: str = ""
     notes: tuple[str, ...] = ()  # batch-norm scales covered: per LMI, the relative bound and its tau
+    #: for which inputs the bound holds, in ``solve``'s words (``lowered.Network.validity``)
+    valid_for: str = ""
+    #: the certificate's ``options.min_length`` (None: not given)
+    min_length: int | None = None
+    #: whether the bound holds only for inputs of at least ``min_length`` samples (a global average pool)
+    length_bound: bool = False
 
     @property
     def realization_exact(self) -> bool:
@@ -111,7 +117,8 @@ class Verdict:
             "network": self.network, "ok": self.ok, "mode": self.mode, "lipschitz": self.lipschitz,
             "bound": self.bound_text, "claimed": self.claimed, "reason": self.reason,
             "rho_raise": self.rho_raise, "seconds": self.seconds, "backend": self.backend,
-            "realization_exact": self.realization_exact,
+            "realization_exact": self.realization_exact, "valid_for": self.valid_for,
+            "min_length": self.min_length, "length_bound": self.length_bound,
             "checks": [{"name": c.name, "size": c.size, "ok": c.ok, "detail": c.detail,
                         "exact_realization": c.exact_realization} for c in self.checks],
         } | ({"notes": list(self.notes)} if self.notes else {})
@@ -297,15 +304,17 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     seconds = time.perf_counter() - t0
     mode = "exact" if exact else "float"
     bname = "numpy" if not exact else be.name
+    validity = dict(valid_for=low.validity(min_length), min_length=min_length, length_bound=low.length_bound)
     if bad is not None:
         return Verdict(False, mode, doc["network"], None, None, claimed, tuple(checks),
-                       f"{bad.name} fails: {bad.detail}", float(rho_raise), seconds, bname, tuple(notes))
+                       f"{bad.name} fails: {bad.detail}", float(rho_raise), seconds, bname, tuple(notes),
+                       **validity)
     if Fraction(claimed) < d * (1 - Fraction(1, 10**9)):
         return Verdict(False, mode, doc["network"], None, None, claimed, tuple(checks),
                        f"the claimed bound {claimed!r} is below what the certificate proves, "
                        f"sqrt(rho * prod(pool gains^2)) <= {text}", float(rho_raise), seconds, bname,
-                       tuple(notes))
+                       tuple(notes), **validity)
     return Verdict(True, mode, doc["network"], fraction_up(d), text, claimed, tuple(checks), "",
-                   float(rho_raise), seconds, bname, tuple(notes))
+                   float(rho_raise), seconds, bname, tuple(notes), **validity)
 
 

@@ -137,3 +137,19 @@ class Network:
     @property
     def systems(self) -> tuple[System, ...]:
         return tuple(s for s in self.steps if isinstance(s, System))
+
+    @property
+    def length_bound(self) -> bool:
+        """Whether the bound holds only for inputs of at least the lowering's ``min_length`` samples: an
+        any-length net with a global average pool (its factor ``1/sqrt(N)`` is taken at that length)."""
+        return self.typed.any_length and any(getattr(s, "op", None) == "global_avg" for s in self.steps)
+
+    def validity(self, min_length: int | None) -> str:
+        """For which inputs the bound holds, in words (the "valid for ..." of ``solve`` and ``verify``):
+        the spec's input shape, every length ``N >= min_length`` (``length_bound``; ``min_length`` as
+        lowered), or every length."""
+        if not self.typed.any_length:
+            return f"inputs of shape {self.typed.input_shape}"
+        if self.length_bound:
+            return f"every input length N >= {min_length}"
+        return "every input length N (fully convolutional)"

@@ -467,3 +467,25 @@ def test_sqrt_up_is_an_upper_bound_with_the_digits_shown(x, digits):
     assert d >= 0 and d * d >= x  # an upper bound on sqrt(x), exactly
     assert Fraction(text) == d  # the text is that number
     assert d <= Fraction(math.sqrt(float(x))) * (1 + Fraction(10) ** (1 - digits)) + Fraction(1, 10**40)
+
+
+def test_verdict_states_for_which_lengths_the_bound_holds():
+    """A global average pool's bound holds for N >= the certificate's min_length: the verdict says so (in
+    solve's words) and a certificate edited to a larger min_length proves a smaller bound for fewer inputs,
+    never silently; fixed-shape and fully convolutional nets keep their own conditions."""
+    net, result, doc = solved("gap.lip", min_length=32)
+    v = verify(net, doc)
+    assert v.ok and v.min_length == 32 and v.length_bound
+    assert v.valid_for == result.validity == "every input length N >= 32"
+    doc["options"]["min_length"] = 128
+    longer = verify(net, doc)
+    assert longer.ok and longer.lipschitz < v.lipschitz
+    out = longer.to_json()
+    assert (out["valid_for"], out["min_length"], out["length_bound"]) == ("every input length N >= 128", 128,
+                                                                          True)
+    net, result, doc = solved("ecg.lip")
+    v = verify(net, doc)
+    assert v.valid_for == result.validity == f"inputs of shape {net.input_shape}" and not v.length_bound
+    net, result, doc = solved("tcn_any_length.lip")
+    v = verify(net, doc)
+    assert v.valid_for == result.validity == "every input length N (fully convolutional)"

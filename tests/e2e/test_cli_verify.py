@@ -174,3 +174,35 @@ def test_residual_network_certificate_round_trip_and_tampering(tmp_path):
         assert res.exit_code == 3
         assert "error: the certificate of res does not verify" in res.stderr
         assert "LMI[blk+relu1] (layers blk, c2+bn, leaky_relu1, c3, relu1) fails" in res.stderr
+
+
+def test_verify_states_the_certificates_length_condition(tmp_path):
+    """An any-length net with a global average pool: verify prints and emits the condition N >= min_length
+    taken from the certificate, also when the certificate was edited to a larger min_length (a smaller bound
+    that holds for fewer inputs)."""
+    cert = tmp_path / "gap.json"
+    res = run("solve", SPECS / "gap.lip", "--length", "32", "--certificate", cert)
+    assert res.exit_code == 0, res.stderr
+    assert "valid for every input length N >= 32" in res.stdout
+    res = run("verify", SPECS / "gap.lip", cert)
+    assert res.exit_code == 0, res.stderr
+    assert ("  valid for every input length N >= 32 (min_length from the certificate's options)\n"
+            in res.stdout)
+    doc = json.loads(cert.read_text())
+    doc["options"]["min_length"] = 100
+    edited = tmp_path / "gap100.json"
+    edited.write_text(json.dumps(doc))
+    res = run("verify", SPECS / "gap.lip", edited)
+    assert res.exit_code == 0, res.stderr
+    assert "valid for every input length N >= 100 (min_length from the certificate's options)" in res.stdout
+    out = json.loads(run("verify", "--json", SPECS / "gap.lip", edited).stdout)
+    assert out["ok"] and out["valid_for"] == "every input length N >= 100" and out["min_length"] == 100
+
+
+def test_verify_of_a_fixed_shape_net_states_its_shape(ecg_cert):
+    res = run("verify", SPECS / "ecg.lip", ecg_cert)
+    assert res.exit_code == 0
+    assert "  valid for inputs of shape 1x128\n" in res.stdout
+    assert "from the certificate" not in res.stdout
+    assert json.loads(run("verify", "--json", SPECS / "ecg.lip", ecg_cert).stdout)["valid_for"] == \
+        "inputs of shape 1x128"
