@@ -11,7 +11,7 @@ import numpy as np
 from lipdsl import limits
 
 from lipdsl.lang import typed
-from lipdsl.lang.check import conv1d_length, pool_length, shapes_at
+from lipdsl.lang.check import length_after, shapes_at
 from lipdsl.errors import LipdslError, shorten
 from lipdsl.model.forward import _activation_functions, jacobian, linearize
 
@@ -92,16 +92,10 @@ def padded_inputs(net: typed.Network, length: int | None) -> list[tuple[typed.Co
         for L in layers:
             if isinstance(L, typed.Residual):
                 walk(L.shortcut, n)
-                n = walk(L.main, n)
+                walk(L.main, n)
             elif isinstance(L, typed.Conv1d):
                 out.append((L, (n or 0) + L.pad_left + L.pad_right))
-                n = None if n is None else conv1d_length(n, L.kernel, L.stride, L.dilation, L.pad_left,
-                                                          L.pad_right)
-            elif isinstance(L, typed.Pool):
-                n = None if n is None else pool_length(n, L.kernel, L.stride)
-            elif isinstance(L, (typed.Dense, typed.Flatten, typed.GlobalAvgPool)):
-                n = None
-        return n
+            n = length_after(L, n)
 
     shp = net.input_shape
     walk(net.layers, None if shp.flat else (shp.length or length or 1))

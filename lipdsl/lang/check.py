@@ -59,26 +59,35 @@ def pool_length(length: int, kernel: int, stride: int) -> int:
     return (length - kernel) // stride + 1
 
 
+def length_after(layer, n: int | None) -> int | None:
+    """Samples after ``layer`` for ``n`` samples in (None: a vector, before or after it): a conv or pool by
+    its PyTorch formula, a residual block through its main path (the shortcut has the same length: check),
+    None after a flatten, a global average pool or a dense layer; unchanged otherwise."""
+    if isinstance(layer, (typed.Flatten, typed.GlobalAvgPool, typed.Dense)) or n is None:
+        return None
+    if isinstance(layer, typed.Conv1d):
+        return conv1d_length(n, layer.kernel, layer.stride, layer.dilation, layer.pad_left, layer.pad_right)
+    if isinstance(layer, typed.Pool):
+        return pool_length(n, layer.kernel, layer.stride)
+    if isinstance(layer, typed.Residual):
+        for inner in layer.main:
+            n = length_after(inner, n)
+    return n
+
+
 def shapes_at(net: typed.Network, length: int | None):
     """``(layer, channels, samples)`` after each layer of ``net`` for inputs of ``length`` samples (the spec's
     own length if it has one; ``samples`` is None once the signal is a vector: after a flatten, a global
-    average pool or a dense layer). For size estimates made before anything is lowered or allocated."""
+    average pool or a dense layer; ``length_after``). For size estimates made before anything is lowered or
+    allocated."""
     shp = net.input_shape
     c, n = shp.channels, (None if shp.flat else (shp.length or length or 1))
     for L in net.layers:
-        if isinstance(L, typed.Conv1d):
-            n = conv1d_length(n, L.kernel, L.stride, L.dilation, L.pad_left, L.pad_right)
-            c = L.c_out
-        elif isinstance(L, typed.Pool):
-            n = pool_length(n, L.kernel, L.stride)
-        elif isinstance(L, typed.GlobalAvgPool):
-            n = None
-        elif isinstance(L, typed.Flatten):
-            c, n = c * (n or 1), None
-        elif isinstance(L, typed.Dense):
-            c, n = L.n_out, None
-        elif isinstance(L, typed.Residual):  # (no strides or pools inside a block)
+        if isinstance(L, typed.Flatten):
+            c = c * (n or 1)
+        elif isinstance(L, (typed.Conv1d, typed.Dense, typed.Residual)):
             c = L.out_shape.channels
+        n = length_after(L, n)
         yield L, c, n
 
 

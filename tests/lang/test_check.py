@@ -460,3 +460,20 @@ def test_a_tower_of_irrational_powers_is_refused_fast(levels):
     assert time.perf_counter() - t0 < 5 and info.value.span.line == 1
     low = check_source(Source("<s>", "let a = 2^(2^sqrt(2))\ninput 1\ndense d: 1 -> 1, weight [[a]]\n"))
     assert low.layers[0].weight_expr[0, 0] == sympy.Integer(2) ** (2 ** sympy.sqrt(2))
+
+
+@pytest.mark.parametrize("name", ["resnet1d_strided.lip", "tcn.lip", "fcn.lip", "tcn_any_length.lip"])
+def test_shapes_at_follows_every_layer_and_block(name):
+    """``shapes_at`` (size estimates before lowering) gives each layer's output shape as checked: the
+    layers' own ``out_shape`` where the spec has a length (a strided residual block halves it: 150 -> 75
+    -> 38), and the lengths the lowering computes (``model.lower._lengths``) where it has none."""
+    from lipdsl.lang.check import shapes_at
+    from lipdsl.model.lower import _lengths
+
+    _, net = load_network(SPECS / name)
+    if net.input_shape.length is not None:
+        for L, c, n in shapes_at(net, None):
+            assert (c, n) == (L.out_shape.channels, L.out_shape.length), L.name
+        return
+    lengths = [n for _, _, n in shapes_at(net, 40)]
+    assert lengths[:-1] == [n for n in _lengths(net, 40)[1:]]
