@@ -34,17 +34,6 @@ __all__ = ["WeightFiles", "memory_key", "weight_files", "MAX_WEIGHT_BYTES"]
 MAX_WEIGHT_BYTES = 1 << 30
 
 
-
-#: Keys longer than this are shortened in messages (the source line under them shows where they are).
-SHOWN_KEY = 80
-
-
-def shown_key(key: str) -> str:
-    """``key`` quoted for a message, its middle elided when it is longer than ``SHOWN_KEY`` characters."""
-    if len(key) <= SHOWN_KEY:
-        return repr(key)
-    return repr(key[: SHOWN_KEY // 2] + "..." + key[-SHOWN_KEY // 4:]) + f" ({len(key):,} characters)"
-
 def memory_key(rel: str) -> str:
     """Key of weight file ``rel`` (as the spec writes it) in ``check``'s ``files``: ``a/./b.npz`` ->
     ``a/b.npz``."""
@@ -197,7 +186,7 @@ class WeightFiles:
         if src.file is None:
             if default is None:
                 raise WeightError(
-                    f"no weights file to take {shown_key(src.key)} from",
+                    f"no weights file to take {shorten(src.key)!r} from",
                     src.span,
                     hint="declare one before this layer, as in 'weights \"net.npz\"', "
                     f'or write "net.npz":{src.key}',
@@ -211,7 +200,7 @@ class WeightFiles:
         if isinstance(data, np.ndarray):
             if src.key is not None:
                 raise WeightError(
-                    f"{shown!r} is a .npy file holding one tensor; it has no key {shown_key(src.key)}",
+                    f"{shown!r} is a .npy file holding one tensor; it has no key {shorten(src.key)!r}",
                     src.span,
                     hint=f'write "{rel}" alone',
                 )
@@ -225,7 +214,7 @@ class WeightFiles:
                 )
             if src.key not in data.files:
                 raise WeightError(
-                    f"no tensor {shown_key(src.key)} in {shown!r}",
+                    f"no tensor {shorten(src.key)!r} in {shown!r}",
                     src.span,
                     hint=did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
                 )

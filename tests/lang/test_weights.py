@@ -333,5 +333,5 @@ def test_a_long_missing_key_is_shortened_in_the_message(tmp_path):
     np.savez(tmp_path / "w.npz", a=np.ones((1, 2)))
     key = "layer." * 1000 + "weight"
     err = refused(tmp_path, f'weights "w.npz"\ndense 2 -> 1, weight {key}\n', "no tensor")
-    assert len(err.message) < 200 and f"({len(key):,} characters)" in err.message
-    assert "'layer.layer." in err.message and "layer.weight'" in err.message
+    assert len(err.message) < 200 and f"({len(key)} characters)" in err.message  # (errors.shorten)
+    assert "'layer.layer." in err.message and "layer.weight (" in err.message
