@@ -109,6 +109,13 @@ def input_shifts(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
     definite): the least ``e >= 0`` with ``Phi + diag(e I, 0) >= 0`` on ``H`` is ``max(0, max_w s(w))``
     (``PeakFirst``). ``whiten = R^-1`` for ``D = R R'``: the same for ``Phi + diag(e D, 0)`` (the
     eigenvalues of ``R^-1 schur R^-T``)."""
+    return _shifts(input_schur(sys, lam, X_in, X_out, H, whiten), len(H))
+
+
+def input_schur(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
+                whiten: np.ndarray | None = None) -> np.ndarray | None:
+    """The Schur complements whose ``-lambda_min`` are ``input_shifts`` (stacked; None when ``2L - X_out``
+    is not positive definite)."""
     if sys.slope is None:
         schur = X_in[None] - _h(H) @ X_out @ H
     else:
@@ -118,7 +125,7 @@ def input_shifts(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
         try:
             chol = np.linalg.cholesky((bottom + bottom.T) / 2)
         except np.linalg.LinAlgError:
-            return np.full(len(H), np.inf)
+            return None
         # chol^-1 L H (one triangular solve for all frequencies), so that H*L bottom^-1 LH = G*G
         LH = L @ H
         G = scipy.linalg.solve_triangular(chol, LH.transpose(1, 0, 2).reshape(len(L), -1), lower=True)
@@ -128,7 +135,42 @@ def input_shifts(sys, lam, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
             schur = schur + 2 * a * b * (_h(H) @ LH)
     if whiten is not None:
         schur = whiten @ schur @ whiten.T
-    return -np.linalg.eigvalsh(schur)[:, 0]
+    return schur
+
+
+def _shifts(schur: np.ndarray | None, count: int) -> np.ndarray:
+    """``-lambda_min`` of each Schur complement of a stack (from its lower triangle, as ``eigvalsh``);
+    ``inf`` at each of ``count`` frequencies for None (no complement: the other block is not definite)."""
+    return np.full(count, np.inf) if schur is None else -np.linalg.eigvalsh(schur)[:, 0]
+
+
+#: ``largest_shift``: frequencies per batched Cholesky test, and the stride of the sample whose eigenvalues
+#: set the first level tested.
+CHOLESKY_BATCH = 32
+SHIFT_SAMPLE = 8
+
+
+def largest_shift(schur: np.ndarray | None) -> float:
+    """``max(0, max_w s(w))`` for ``s = _shifts(schur)``, with eigenvalues only where they can raise it.
+
+    The level ``f`` starts at the clamped maximum over every ``SHIFT_SAMPLE``-th frequency; a batch of
+    ``CHOLESKY_BATCH`` frequencies whose ``schur + f I`` all have a Cholesky factor needs less than ``f``
+    (``lambda_min(schur) > -f``) and is done; the eigenvalues of a batch where one fails raise ``f`` to its
+    maximum. The shifts peak at a few frequencies, so most batches cost a Cholesky factorisation (a few
+    times cheaper than the eigenvalues at 32 rows). Both tests read the lower triangle, as ``eigvalsh``
+    does; the value is the full evaluation's up to rounding at a frequency whose ``s`` ties with ``f``
+    (and ``certify`` rechecks the recovered point in any case)."""
+    if schur is None:
+        return np.inf
+    level = max(0.0, float(_shifts(schur[::SHIFT_SAMPLE], 0).max()))
+    eye = np.eye(schur.shape[1])
+    for start in range(0, len(schur), CHOLESKY_BATCH):
+        part = schur[start : start + CHOLESKY_BATCH]
+        try:
+            np.linalg.cholesky(part + level * eye)
+        except np.linalg.LinAlgError:
+            level = max(level, float(_shifts(part, 0).max()))
+    return level
 
 
 #: ``_over_frequencies`` hands ``fn`` at most this many bytes of ``Phi`` at a time (a block LMI of order 128
@@ -176,6 +218,12 @@ class PeakFirst:
         values = _over_frequencies(shifts, H, self.threads, np.concatenate)
         self.peaks[len(H)] = np.argsort(values)[-PEAK_FREQUENCIES:]
         return max(0.0, float(values.max()))
+
+    def largest(self, schur, H: np.ndarray) -> float:
+        """The input shift ``max(0, max_w s(w))`` of one candidate, ``schur`` giving its Schur complements
+        (``input_schur``, ``block_schur``) on parts of ``H``: ``largest_shift`` on each part (the value a
+        full evaluation gives, without the per-frequency values: no peaks are recorded)."""
+        return _over_frequencies(lambda part: largest_shift(schur(part)), H, self.threads, max)
 
     def least(self, candidates: list, shifts: list, H: np.ndarray) -> float:
         """The first of ``candidates`` whose per-frequency shifts (``shifts``, one function each) need the
@@ -462,8 +510,8 @@ def _raise_chain(sdp: Sdp, point: Point, fine: np.ndarray, responses: dict, marg
                 point.vars[link.lam.name] = point.vars[link.lam.name] + eta
                 lam = point.vars[link.lam.name]
             # (the passes that only choose the direction take it on the coarse grid too)
-            shift = peak_first(partial(input_shifts, sys, lam, X_in, X_out, whiten=whiten),
-                               H if storage else H_coarse)
+            shift = peak_first.largest(partial(input_schur, sys, lam, X_in, X_out, whiten=whiten),
+                                       H if storage else H_coarse)
             up = _raise_input(point, link, up, shift, whiten, delta, tiny)
             if not sys.ss.nx or not storage:
                 break
@@ -541,22 +589,27 @@ def block_input_shifts(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: 
     complement of ``block_phi`` on the coordinates other than ``u`` (``inf`` at every frequency when that
     block is not positive definite at one of them); the least ``e >= 0`` with ``block_phi + diag(e I, 0) >=
     0`` is the clamped maximum (``whiten``: ``e D`` instead of ``e I``, as there)."""
+    return _shifts(block_schur(sys, lam, inner, X_in, X_out, H, whiten), len(H))
+
+
+def block_schur(sys, lam, inner, X_in: np.ndarray, X_out: np.ndarray, H: np.ndarray,
+                whiten: np.ndarray | None = None) -> np.ndarray | None:
+    """The Hermitian Schur complements whose ``-lambda_min`` are ``block_input_shifts`` (stacked; None when
+    the other coordinates' block is not positive definite at some frequency)."""
     Phi = block_phi(sys, lam, inner, X_in, X_out, H)
     n = sys.n_in
     R = Phi[:, n:, n:]
     if R.shape[1] == 0:
-        if whiten is not None:
-            Phi = whiten @ Phi @ whiten.T
-        return -np.linalg.eigvalsh(Phi)[:, 0]
+        return whiten @ Phi @ whiten.T if whiten is not None else Phi
     try:
         chol = np.linalg.cholesky(R)
     except np.linalg.LinAlgError:
-        return np.full(len(H), np.inf)
+        return None
     G = np.linalg.solve(chol, _h(Phi[:, :n, n:]))  # chol^-1 S*, so that S R^-1 S* = G*G
     schur = Phi[:, :n, :n] - _h(G) @ G
     if whiten is not None:
         schur = whiten @ schur @ whiten.T
-    return -np.linalg.eigvalsh((schur + _h(schur)) / 2)[:, 0]
+    return (schur + _h(schur)) / 2
 
 
 def _whitening(X: np.ndarray, delta: float | None) -> np.ndarray | None:
@@ -629,7 +682,8 @@ def _recover_block(point: Point, link, raised: _Raise, H: np.ndarray, margin: fl
                     best, base = trial, base + extra
             point.vars[name] = base
     lam, inner = multipliers(0.0)
-    shift = shift_at(lam, inner, H if storage else Hc)
+    shift = peak_first.largest(partial(block_schur, sys, lam, inner, X_in, X_out, whiten=whiten),
+                               H if storage else Hc)
     if not np.isfinite(shift):  # (no multiplier shift made the block's other coordinates definite)
         whiten = None
         shift = max(0.0, -_block_min_eigenvalue(sys, lam, inner, X_in, X_out, H, threads))
