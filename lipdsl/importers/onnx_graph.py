@@ -33,7 +33,6 @@ layer whose output differs (naming the ONNX tensor and node).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from lipdsl.importers.onnx_tensors import (  # noqa: F401 (check_tensor, require
     require_onnx,
     widen,
 )
+from lipdsl.importers.weight_norm import weight_norm_key
 
 __all__ = ["MAX_FILE_BYTES", "MAX_TENSOR_VALUES", "load_model", "simplify", "check_against_reference"]
 
@@ -234,18 +234,16 @@ class _Graph:
         """A tensor's name for the spec: evaluated parameters are named after the parameter they compute.
 
         torch's weight norm (``weight_norm``: ``X.parametrizations.weight.original0/1``, the older
-        ``X.weight_g``/``X.weight_v``) becomes ``X.weight``, PyTorch's name of the effective weight; other
-        constants keep their own name.
+        ``X.weight_g``/``X.weight_v``; ``weight_norm.weight_norm_key``) becomes ``X.weight``, PyTorch's name
+        of the effective weight; other constants keep their own name.
         """
         roots = self.roots.get(name, frozenset())
         if name in roots or not roots:
             return name
         stems = set()
         for r in roots:
-            m = re.fullmatch(r"(.+)\.parametrizations\.(\w+)\.original\d+", r) or re.fullmatch(
-                r"(.+)\.(\w+)_[gv]", r
-            )
-            stems.add(f"{m.group(1)}.{m.group(2)}" if m else None)
+            found = weight_norm_key(r)
+            stems.add(found[0] if found else None)
         return stems.pop() if len(stems) == 1 and None not in stems else name
 
     # -- the data path -----------------------------------------------------------------------------------
