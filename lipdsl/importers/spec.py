@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -32,6 +34,7 @@ __all__ = [
     "network_name",
     "padding_form",
     "pool_options",
+    "staged",
 ]
 
 
@@ -121,13 +124,10 @@ class Imported:
                 f"weights file {str(weights)!r} is outside the spec's directory",
                 hint="write the weights next to the spec or in a folder below it",
             )
-        try:
-            spec_path.parent.mkdir(parents=True, exist_ok=True)
-            weights.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(weights, **self.tensors)
-            spec_path.write_text(self.spec_text(rel.replace(os.sep, "/")), encoding="utf-8")
-        except OSError as exc:
-            raise LipdslError(f"cannot write {exc.filename or spec_path}: {exc.strerror or exc}") from None
+        with staged(weights, spec_path) as (tmp_weights, tmp_spec):
+            with open(tmp_weights, "wb") as f:
+                np.savez(f, **self.tensors)
+            tmp_spec.write_text(self.spec_text(rel.replace(os.sep, "/")), encoding="utf-8")
         return spec_path, weights
 
     def to_network(self) -> typed.Network:
@@ -144,6 +144,50 @@ class Imported:
             spec, _ = self.write(Path(folder) / "imported.lip")
             _, net = load_network(spec)
         return dataclasses.replace(net, span=None, source_path=None)
+
+
+@contextmanager
+def staged(*targets: Path) -> Iterator[tuple[Path, ...]]:
+    """Write files whole or not at all: yields a new temporary path beside each target (same suffix, so that
+    a spec can name it) for the block to write; when the block completes they are moved over the targets in
+    order (``os.replace``), and when it raises they are removed, with the folders made for them. A target that
+    existed keeps its content until it is replaced, and after a failure.
+
+    Raises
+    ------
+    LipdslError
+        A file cannot be written (named as the target, not as the temporary file).
+    """
+    temps: list[Path] = []
+    made: list[Path] = []  # folders created here, deepest last
+    done = False
+    try:
+        for t in targets:
+            for d in reversed((t.parent, *t.parent.parents)):
+                if not d.exists():
+                    try:
+                        d.mkdir()
+                    except FileExistsError:  # made meanwhile by someone else
+                        continue
+                    made.append(d)
+            temps.append(t.parent / f".{t.name}.{secrets.token_hex(4)}.part{t.suffix}")
+            temps[-1].open("xb").close()  # exclusive: never another process's file
+        yield tuple(temps)
+        for tmp, t in zip(temps, targets):
+            os.replace(tmp, t)
+        done = True
+    except OSError as exc:
+        named = {str(tmp): str(t) for tmp, t in zip(temps, targets)}
+        shown = named.get(str(exc.filename), exc.filename or str(targets[0]))
+        raise LipdslError(f"cannot write {shown}: {exc.strerror or exc}") from None
+    finally:
+        for tmp in temps:
+            with suppress(OSError):  # (a moved file is gone from here: only a failure leaves one)
+                tmp.unlink(missing_ok=True)
+        if not done:
+            for d in reversed(made):
+                with suppress(OSError):  # not empty: something else was put there meanwhile
+                    d.rmdir()
 
 
 def _layer_text(L: Layer) -> str:
