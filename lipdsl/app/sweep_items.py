@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from lipdsl.errors import LipdslError
 
@@ -240,15 +240,10 @@ def _network(item: Item, options: Options):
     if item.kind == "state_dict":
         import numpy as np
 
-        from lipdsl.importers.spec import sanitize_key
-
-        from lipdsl.importers.pytorch import load_state_dict
+        from lipdsl.importers.pytorch import load_state_dict, spec_tensors
 
         (weights, blob), = item.files
-        tensors = load_state_dict(io.BytesIO(blob), shown=item.path)
-        keys: dict[str, Any] = {}
-        for k, v in tensors.items():
-            keys.setdefault(sanitize_key(k), v)
+        keys = spec_tensors(load_state_dict(io.BytesIO(blob), shown=item.path))
         buf = io.BytesIO()
         np.savez(buf, **keys)
         files = {weights: buf.getvalue()}

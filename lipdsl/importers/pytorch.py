@@ -22,7 +22,9 @@ from lipdsl.importers.spec import (
     padding_form,
     pool_options,
     sanitize_key,
+    staged,
 )
+from lipdsl.importers.weight_norm import WeightNormError, with_weight_norm
 from lipdsl.importers.onnx_tensors import require_onnx
 from lipdsl.lang.check import conv1d_length, conv1d_padding, pool_length
 from lipdsl.lang.typed import Shape
@@ -386,9 +388,33 @@ def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = No
     }
 
 
+def spec_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A state_dict's float64 tensors -> the tensors a ``--like`` spec reads, by key: weight norm evaluated
+    (``X.weight`` from its g and v: :func:`weight_norm.with_weight_norm`), every name in the spec's key syntax
+    (:func:`sanitize_key`; of two names that read alike, the first).
+
+    Pure (no torch): ``load_state_dict`` reads the file, this maps its tensors.
+
+    Raises
+    ------
+    WeightNormError
+        A weight-norm pair that does not give a finite weight, or a weight given twice.
+    """
+    keys: dict[str, np.ndarray] = {}
+    for k, v in with_weight_norm(tensors).items():
+        keys.setdefault(sanitize_key(k), v)
+    return keys
+
+
 def retarget_weights(text: str, tree, weights: str) -> str:
     """The spec ``text`` (parsed: ``tree``) with every ``weights "..."`` line naming ``weights`` instead, or
     one such line added before the first layer (``import_state_dict``, ``lipdsl sweep --like``)."""
+    return _retarget(text, tree, weights)[0]
+
+
+def _retarget(text: str, tree, weights: str) -> tuple[str, int | None, frozenset[int]]:
+    """``retarget_weights``, the line of ``text`` the new ``weights`` line was put before (None if every
+    other line stays where it was), and the lines rewritten."""
     from lipdsl.lang import ast
 
     lines = text.split("\n")  # Lark's lines: splitlines() would also split at U+2028, \x0c, \x85 ...
@@ -397,13 +423,14 @@ def retarget_weights(text: str, tree, weights: str) -> str:
     found = [st.span.line for st in tree.body if isinstance(st, ast.Weights)]
     for ln in found:
         lines[ln - 1] = f'weights "{weights}"'
+    inserted = None
     if not found:
-        first = next(
+        inserted = next(
             (st.span.line for st in tree.body if not isinstance(st, (ast.Input, ast.Let, ast.Weights))),
             len(lines) + 1,
         )
-        lines.insert(first - 1, f'weights "{weights}"')
-    return "\n".join(lines) + "\n"
+        lines.insert(inserted - 1, f'weights "{weights}"')
+    return "\n".join(lines) + "\n", inserted, frozenset(found)
 
 
 def import_state_dict(
@@ -418,23 +445,40 @@ def import_state_dict(
 
     The new spec is ``like``'s text with its ``weights "..."`` lines pointing to the new ``.npz`` (one is
     added before the first layer if there is none). Keys in ``like`` are the state_dict's names in the spec's
-    key syntax (:func:`sanitize_key`: ``0.weight`` is written ``_0.weight``). The result is checked, so a
-    missing key or a wrong shape is reported against the new spec.
+    key syntax (:func:`sanitize_key`: ``0.weight`` is written ``_0.weight``); a weight-normalised parameter
+    (``X.parametrizations.weight.original0/1``, or ``X.weight_g``/``X.weight_v``) is read as its effective
+    weight ``X.weight`` (:mod:`lipdsl.importers.weight_norm`).
+
+    The result is checked before anything is written: a missing key or a wrong shape is reported against
+    ``like`` (its line, the checkpoint named), and nothing is written; an existing output keeps its content.
+    The outputs are written whole or not at all (:func:`spec.staged`).
 
     Returns
     -------
     (Path, Path)
         The spec and the weights file written.
+
+    Raises
+    ------
+    LipdslError
+        The state_dict cannot be read or holds a bad weight-norm pair; ``like`` cannot be read, parsed or
+        checked with these tensors (``err.source`` is ``like``); a file cannot be written.
     """
     from lipdsl.lang.load import load_network
     from lipdsl.lang.parse import parse
     from lipdsl.lang.source import Source
 
-    tensors = (
-        load_state_dict(state)
-        if isinstance(state, (str, os.PathLike))
-        else {str(k): np.asarray(v, dtype=np.float64) for k, v in state.items()}
-    )
+    if isinstance(state, (str, os.PathLike)):
+        tensors, checkpoint = load_state_dict(state), f"the checkpoint {Path(state).name!r}"
+    else:
+        tensors = {str(k): np.asarray(v, dtype=np.float64) for k, v in state.items()}
+        checkpoint = "the state_dict"
+    try:
+        keys = spec_tensors(tensors)
+    except WeightNormError as err:
+        err.message = f"{checkpoint}: {err.message}"
+        err.args = (err.message,)
+        raise
     try:
         arch = Source.read(like)
     except OSError as exc:
@@ -444,9 +488,6 @@ def import_state_dict(
     except LipdslError as err:
         err.source = arch
         raise
-    keys: dict[str, np.ndarray] = {}
-    for k, v in tensors.items():
-        keys.setdefault(sanitize_key(k), v)
     spec_path = Path(spec_path)
     weights = spec_path.with_suffix(".npz") if weights_path is None else Path(weights_path)
     rel = os.path.relpath(weights.resolve(), spec_path.resolve().parent).replace(os.sep, "/")
@@ -454,14 +495,61 @@ def import_state_dict(
         f"# Weights from {Path(state).name if isinstance(state, (str, os.PathLike)) else 'a state_dict'}, "
         f"architecture from {Path(like).name}."
     )
-    try:
-        spec_path.parent.mkdir(parents=True, exist_ok=True)
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(weights, **keys)
-        spec_path.write_text(header + "\n" + retarget_weights(arch.text, tree, rel), encoding="utf-8")
-    except OSError as exc:
-        raise LipdslError(f"cannot write {exc.filename or spec_path}: {exc.strerror or exc}") from None
-    load_network(
-        spec_path, allow_outside=allow_outside
-    )  # raises, with the new spec as source, if keys don't fit
+    with staged(weights, spec_path) as (tmp_weights, tmp_spec):
+        with open(tmp_weights, "wb") as f:
+            np.savez(f, **keys)
+        # the check reads the temporary files: the spec names the temporary .npz, in the same folder
+        tmp_rel = os.path.relpath(tmp_weights.resolve(), tmp_spec.resolve().parent).replace(os.sep, "/")
+        text, inserted, rewritten = _retarget(arch.text, tree, tmp_rel)
+        tmp_spec.write_text(header + "\n" + text, encoding="utf-8")
+        try:
+            load_network(tmp_spec, allow_outside=allow_outside)
+        except LipdslError as err:
+            raise _in_architecture(err, arch, inserted, rewritten, (tmp_rel, rel), checkpoint) from None
+        tmp_spec.write_text(header + "\n" + retarget_weights(arch.text, tree, rel), encoding="utf-8")
     return spec_path, weights
+
+
+def _in_architecture(
+    err: LipdslError,
+    arch,
+    inserted: int | None,
+    rewritten: frozenset[int],
+    renamed: tuple[str, str],
+    checkpoint: str,
+) -> LipdslError:
+    """``err``, raised by the check of the spec ``import_state_dict`` makes from ``arch`` (a header line, then
+    ``arch``'s lines, those in ``rewritten`` naming another file, with a ``weights`` line put before line
+    ``inserted``), pointed into ``arch`` instead, and with the temporary weight file's name in its text
+    replaced (``renamed``: that name and the written file's): a tensor ``in`` it is one of ``checkpoint``,
+    the file itself the one to be written."""
+    from lipdsl.lang.source import Span
+
+    def line(g: int) -> int | None:  # the line of arch that line g of the generated spec comes from
+        j = g - 1
+        if j < 1 or j == inserted:
+            return None
+        return j - 1 if inserted is not None and j > inserted else j
+
+    tmp, final = renamed
+
+    def text(s: str | None) -> str | None:
+        if s is None:
+            return None
+        return s.replace(f" in {tmp!r}", f" in {checkpoint}").replace(repr(tmp), repr(final))
+
+    span = err.span
+    if span is not None:
+        first, last = line(span.line), line(span.end_line)
+        if first is None:
+            span = None
+        elif first in rewritten:  # its columns are those of the rewritten line: take the whole line
+            span = Span(first, 1, first, len(arch.line(first)) + 1)
+        else:
+            span = Span(first, span.col, last or first, span.end_col if last else len(arch.line(first)) + 1)
+    err.message = text(err.message) or ""
+    err.args = (err.message,)
+    err.hint = text(err.hint)
+    err.span = span
+    err.source = arch
+    return err

@@ -199,10 +199,20 @@ def test_state_dict_like_architecture(tmp_path, capsys):
     assert 'weights "ecg.npz"' in (tmp_path / "out" / "ecg.lip").read_text()
 
 
-def test_state_dict_missing_key_reported_against_new_spec(tmp_path):
+def test_state_dict_missing_key_reported_against_the_like_spec(tmp_path, capsys):
     torch.save({"conv1.weight": torch.zeros(2, 1, 3, dtype=torch.float64)}, tmp_path / "part.pt")
-    with pytest.raises(LipdslError, match="no tensor 'conv1.bias'"):
+    with pytest.raises(LipdslError, match="no tensor 'conv1.bias' in the checkpoint 'part.pt'"):
         import_state_dict(tmp_path / "part.pt", ECG_SPEC, tmp_path / "x.lip")
+    out = tmp_path / "out" / "x.lip"
+    assert main(["import", str(tmp_path / "part.pt"), "--like", str(ECG_SPEC), "-o", str(out)]) == 1
+    lines = ECG_SPEC.read_text().split("\n")
+    line = next(i for i, t in enumerate(lines, 1) if "bias conv1.bias" in t)
+    col = lines[line - 1].index("conv1.bias") + 1
+    err = capsys.readouterr().err.split("\n")
+    assert err[0] == f"{ECG_SPEC}:{line}:{col}: error: no tensor 'conv1.bias' in the checkpoint 'part.pt'"
+    assert err[1] == f"{line:>5} | {lines[line - 1]}"
+    assert err[3].startswith("  hint: did you mean 'conv1.weight'? it holds: conv1.weight")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.pt"]  # neither x.lip nor out/
 
 
 def test_pickled_module_is_never_unpickled(tmp_path):
@@ -392,3 +402,48 @@ def test_trained_models_from_torch_equal_their_onnx_import(name):
             x, y = getattr(a, attr, None), getattr(b, attr, None)
             if x is not None:
                 np.testing.assert_allclose(x, y, rtol=0, atol=2e-16)
+
+
+# -- weight norm in a state_dict (import --like) ----------------------------------------------------------
+
+
+def test_trained_tcn_state_dict_imports_its_weight_norm(tmp_path, capsys):
+    """specs/weights/trained/tcn_res16.pt holds g and v (parametrizations.weight.original0/1); the import
+    computes g v / ||v|| as the baked tcn_res16.npz has it, so the spec is specs/tcn.lip's network."""
+    out = tmp_path / "imp_tcn.lip"
+    spec = ROOT / "specs" / "tcn.lip"
+    assert main(["import", "--like", str(spec), str(TRAINED / "tcn_res16.pt"), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {out} and {tmp_path / 'imp_tcn.npz'}")
+    baked, imported = np.load(TRAINED / "tcn_res16.npz"), np.load(tmp_path / "imp_tcn.npz")
+    assert set(baked.files) <= set(imported.files)
+    for k in baked.files:
+        np.testing.assert_allclose(imported[k], baked[k], rtol=1e-12, atol=0, err_msg=k)
+    _, net = load_network(out)
+    _, ref = load_network(spec)
+    u = np.random.default_rng(9).standard_normal((1, 150))
+    np.testing.assert_allclose(forward(net, u), forward(ref, u), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("api", ["parametrizations", "weight_norm"])
+@pytest.mark.parametrize("dim", [0, 1, 2, None])
+def test_state_dict_weight_norm_equals_torch(tmp_path, api, dim):
+    """torch's own effective weight (a float64 module's ``.weight`` after its forward pre-hook) for both
+    weight-norm APIs and every ``dim``, against the import of its state_dict."""
+    torch.manual_seed(3)
+    conv = nn.Conv1d(3, 4, 5).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm's deprecation
+        if api == "parametrizations":
+            conv = torch.nn.utils.parametrizations.weight_norm(conv, dim=dim)
+        else:
+            conv = torch.nn.utils.weight_norm(conv, dim=dim)
+    with torch.no_grad():  # move g away from ||v||, so that w is not just the initial weight
+        for name, t in conv.named_parameters():
+            if name.endswith(("original0", "weight_g")):
+                t.mul_(torch.rand(t.shape, dtype=t.dtype) + 0.5)
+        conv(torch.zeros(1, 3, 8, dtype=torch.float64))  # the old API computes .weight in a pre-hook
+        expected = conv.weight.detach().numpy().copy()
+    torch.save(nn.Sequential(conv).state_dict(), tmp_path / "conv.pt")  # keys 0.weight_g, ...
+    (tmp_path / "arch.lip").write_text("input 3 x 8\nconv1d c: 3 -> 4, kernel 5, weight _0.weight\n")
+    _, weights = import_state_dict(tmp_path / "conv.pt", tmp_path / "arch.lip", tmp_path / "net.lip")
+    np.testing.assert_allclose(np.load(weights)["_0.weight"], expected, rtol=1e-12, atol=0)
