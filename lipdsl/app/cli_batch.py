@@ -35,7 +35,7 @@ from lipdsl.methods import METHODS as _METHODS  # the one method registry (no nu
     type=click.Path(dir_okay=False),
     default=None,
     help="For a PyTorch state_dict (.pt/.pth): the .lip spec giving the architecture; its weight "
-    "keys are filled from the state_dict.",
+    "keys are filled from the state_dict (a weight-normalised X.weight from its g and v).",
 )
 @click.option(
     "--length",
