@@ -25,6 +25,7 @@ from lipdsl.certify.recheck import Certificate, certify
 from lipdsl.errors import LimitError, LipdslError, SolveError, UnsupportedError
 from lipdsl.model.lower import lower
 from lipdsl.model.lowered import Network as LoweredNetwork
+from lipdsl.rigorous import format_up
 from lipdsl.sdp.build import build_sdp, weight_bases
 from lipdsl.sdp.problem import Sdp, Variable
 from lipdsl.sizes import (  # noqa: F401 (imported from here too)
@@ -198,8 +199,6 @@ class Result:
         frequencies) and a bound above the cheap product of H-infinity gains (``--method naive-hinf``).
         The one place these are decided: ``lipdsl solve``, ``compare``, ``sweep`` and the Python API's
         ``Bound`` all report this list."""
-        from lipdsl.rigorous import format_up
-
         cert = self.certificate
         if not cert.verified or not self.sdp.storage:
             return []
@@ -386,7 +385,8 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     ):
         err = SolveError(
             f"{sol.solver} stopped after {sol.iterations} iterations without converging (status "
-            f"{sol.claimed_status!r}); the bound certified from its last point, {cert.lipschitz:.6g}, "
+            f"{sol.claimed_status!r}); the bound certified from its last point, "
+            f"{format_up(cert.lipschitz, 6)}, "
             + (f"is {1 + cert.inflation:.4g} times the solver's value {cert.lipschitz_solver:.6g} and "
                if cert.inflation is not None else f"(the solver's value: {cert.lipschitz_solver}) ")
             + "may be loose",

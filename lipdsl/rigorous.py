@@ -5,6 +5,10 @@ underflow to 0. For ``x = fl(op)`` with the exact result ``r >= 0``, ``r`` lies 
 other float, so ``r < nextafter(x, +inf)``: :func:`mul_up` and :func:`sqrt_up` return that float, which is
 never 0 for a nonzero exact result (at least the smallest subnormal, 5e-324).
 
+Printed bounds round the same way, in one pair of helpers: :func:`format_up` for every upper bound the
+commands print, :func:`format_down` for every lower bound (an empirical ``lipschitz >=``); JSON keeps the
+full floats.
+
 :func:`spectral_norm_upper` turns an iterative estimate ``s ~ ||M||_2`` of a large sparse matrix into a
 certificate: with ``G = M' M`` (computed in floats) and ``t = s^2 (1 + delta)``, a banded Cholesky
 factorization ``R' R = t I - G + E`` that runs to completion proves ``lambda_max(fl(G)) <= t + ||E||_2``,
@@ -18,11 +22,11 @@ longest column); both are bounded by ``||A||_1 ||A||_inf`` norms computed from t
 from __future__ import annotations
 
 import math
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from fractions import Fraction
 
-__all__ = ["mul_up", "sqrt_up", "format_up", "prod_up", "fraction_up", "range_product", "spectral_norm_upper",
-           "NormNotCertified"]
+__all__ = ["mul_up", "sqrt_up", "format_up", "format_down", "prod_up", "fraction_up", "range_product",
+           "spectral_norm_upper", "NormNotCertified"]
 
 EPS = 2.0**-53  # unit roundoff u of float64
 #: Largest banded factor (rows x (bandwidth + 1) entries) :func:`spectral_norm_upper` stores: 400 MB.
@@ -85,14 +89,26 @@ def sqrt_up(x: float) -> float:
 
 def format_up(x: float, digits: int = 10) -> str:
     """``x`` with ``digits`` significant digits, rounded up (``format(x, '.10g')`` rounds to nearest, which
-    could print a number below a certified bound), in ``%g`` style; ``'0'`` only for 0."""
+    could print a number below a certified bound), in ``%g`` style; ``'0'`` only for 0. For every printed
+    upper bound; :func:`format_down` is its twin for lower bounds."""
+    return _format_directed(x, digits, ROUND_CEILING)
+
+
+def format_down(x: float, digits: int = 10) -> str:
+    """``x`` with ``digits`` significant digits, rounded down (never above ``x``), in ``%g`` style: for every
+    printed lower bound (an empirical ``lipschitz >=``), which must not print above the value found."""
+    return _format_directed(x, digits, ROUND_FLOOR)
+
+
+def _format_directed(x: float, digits: int, rounding: str) -> str:
+    """``x`` (exact, as a Decimal) quantized to ``digits`` significant digits towards ``rounding``."""
     if not math.isfinite(x) or x == 0:
         return format(x, "g")
     d = Decimal(x)  # exact
     exp = d.adjusted() - digits + 1
-    q = d.quantize(Decimal(1).scaleb(exp), rounding=ROUND_CEILING)
-    if q.adjusted() != d.adjusted():  # 9.99..9 rounded up to 10: one digit less
-        q = d.quantize(Decimal(1).scaleb(exp + 1), rounding=ROUND_CEILING)
+    q = d.quantize(Decimal(1).scaleb(exp), rounding=rounding)
+    if q.adjusted() != d.adjusted():  # 9.99..9 rounded away from 0 to 10: one digit less
+        q = d.quantize(Decimal(1).scaleb(exp + 1), rounding=rounding)
     text = format(q, "g")
     if "E" in text or "e" in text or abs(d.adjusted()) >= digits or d.adjusted() < -4:
         mant, _, e = format(q.normalize(), ".%dE" % (digits - 1)).partition("E")

@@ -1,5 +1,5 @@
-"""Rounding up (lipdsl.rigorous): products, square roots and printed bounds never below the exact value;
-large spectral norms certified by banded Cholesky factorizations."""
+"""Rounding up (lipdsl.rigorous): products, square roots and printed bounds never below the exact value
+(printed lower bounds never above it); large spectral norms certified by banded Cholesky factorizations."""
 
 import math
 from decimal import Decimal
@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipdsl.rigorous import format_up, mul_up, prod_up, spectral_norm_upper, sqrt_up
+from lipdsl.rigorous import format_down, format_up, mul_up, prod_up, spectral_norm_upper, sqrt_up
 
 positive = st.floats(min_value=5e-324, max_value=1e300, allow_nan=False, allow_infinity=False)
 
@@ -46,6 +46,27 @@ def test_format_up_never_prints_below(x, digits):
     assert Decimal(text) >= Decimal(x)
     assert Decimal(text) <= Decimal(x) * (1 + Decimal(10) ** (1 - digits)) + Decimal("1e-330")
     assert text != "0"
+
+
+@settings(max_examples=300)
+@given(st.floats(min_value=1e-320, max_value=1e300), st.integers(min_value=3, max_value=15))
+def test_format_down_never_prints_above(x, digits):
+    text = format_down(x, digits)
+    assert Decimal(text) <= Decimal(x)
+    assert Decimal(text) >= Decimal(x) * (1 - Decimal(10) ** (1 - digits)) - Decimal("1e-330")
+    assert text != "0"
+
+
+def test_bounds_next_to_a_round_number_print_on_their_safe_side():
+    """An upper bound one ulp above 2 is not "2"; a lower bound just below 2 is not "2" either (``.10g``
+    printed both as 2); exact values print as they are, in ``%g`` style."""
+    assert format_up(2.0000000000000004) == "2.000000001"
+    assert format_down(1.99999999999) == "1.999999999"
+    assert format_down(1.99999999999, 6) == "1.99999"
+    assert format_up(1.99999999999) == format_down(2.0000000000000004) == format(2.0, "g") == "2"
+    assert format_down(109.12299234900972) == "109.1229923" and format_up(109.12299234900972) == "109.1229924"
+    assert format_down(9.9999999999999e-7, 4) == "9.999e-07" and format_up(9.9999999999999e-7, 4) == "1e-06"
+    assert format_down(0.0) == format_up(0.0) == "0"
 
 
 @pytest.mark.parametrize("seed", range(12))

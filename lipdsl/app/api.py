@@ -152,13 +152,16 @@ class Comparison:
         }
 
     def __str__(self) -> str:
+        from lipdsl.rigorous import format_down, format_up
+
         rows = [f"{self.network}:"]
-        for b in self.bounds:
-            value = f"{b.lipschitz:.10g}" if b.lipschitz is not None else "not certified"
+        for b in self.bounds:  # (upper bounds rounded up, the lower bound down: as the commands print them)
+            value = format_up(b.lipschitz) if b.lipschitz is not None else "not certified"
             rows.append(f"  {b.method:<14} {value:>16}  ({b.seconds:.2f} s)")
             rows.extend(f"    warning: {w}" for w in b.warnings)
         if self.lower is not None:
-            rows.append(f"  {'lower bound':<14} {self.lower.value:>16.10g}  ({self.lower.seconds:.2f} s)")
+            low = format_down(self.lower.value)
+            rows.append(f"  {'lower bound':<14} {low:>16}  ({self.lower.seconds:.2f} s)")
         return "\n".join(rows)
 
 

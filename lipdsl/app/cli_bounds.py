@@ -64,6 +64,7 @@ def lower_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lipdsl.baselines.empirical import lower_bound
+    from lipdsl.rigorous import format_down
 
     budget, deadline = search_deadlines(time_budget)  # (reading the spec counts against the budget)
     source, net = load_or_fail(spec, allow_outside)
@@ -74,20 +75,21 @@ def lower_command(
             TextColumn("lower bound"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("best {task.fields[best]:.6g}"),
+            TextColumn("best {task.fields[best]}"),  # (format_down: a lower bound never shows above)
             TimeElapsedColumn(),
             console=err_console,
             transient=True,
             disable=as_json or not err_console.is_terminal,
         ) as bar:
-            task = bar.add_task("starts", total=starts, best=0.0)
+            task = bar.add_task("starts", total=starts, best="0")
             return lower_bound(
                 net,
                 starts=starts,
                 seed=seed,
                 time_budget=budget.remaining(),
                 length=length,
-                progress=lambda done, total, best: bar.update(task, completed=done, best=best),
+                progress=lambda done, total, best: bar.update(task, completed=done,
+                                                              best=format_down(best, 6)),
             )
 
     result = within(deadline, "the lower bound's search", search, source,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from lipdsl.methods import Comparison
 from lipdsl.errors import LipdslError
+from lipdsl.rigorous import format_down
 
 
 def _pyplot():
@@ -32,7 +33,8 @@ def plot_comparison(c: Comparison, path: str) -> None:
     fig, (ax_b, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
     ax_b.bar(names, [r.bound for r in done], color="tab:blue")
     if c.lower is not None:
-        ax_b.axhline(c.lower, color="k", ls="--", lw=1, label=f"empirical lower bound {c.lower:.4g}")
+        ax_b.axhline(c.lower, color="k", ls="--", lw=1,
+                     label=f"empirical lower bound {format_down(c.lower, 4)}")
         ax_b.legend(loc="lower right")
     ax_b.set_ylabel("Lipschitz upper bound")
     ax_b.set_title(c.network.name + (f" (N = {c.length})" if c.length else ""))

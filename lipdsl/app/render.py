@@ -8,7 +8,7 @@ import sys
 import click
 
 from lipdsl.errors import LipdslError
-from lipdsl.rigorous import format_up
+from lipdsl.rigorous import format_down, format_up
 
 
 def console(stderr: bool = False):
@@ -213,7 +213,8 @@ def print_lowering(net, low, size, lift: int = 1) -> None:
     from lipdsl.model import lowered
 
     solver_rows, notes = solver_lmis(low, size)
-    table = Table(title=f"{net.name}: how each layer enters the SDP (bound = sqrt(rho) x {low.factor:.6g})")
+    factor = format_up(low.factor, 6)  # (a factor of the upper bound: rounded up, as the bound)
+    table = Table(title=f"{net.name}: how each layer enters the SDP (bound = sqrt(rho) x {factor})")
     for col in ("step", "layers", "construct", "direct LMI rows (state+in+out)", "solver rows",
                 "scale / factor"):
         table.add_column(col)
@@ -239,7 +240,7 @@ def print_lowering(net, low, size, lift: int = 1) -> None:
                 f"{st.scale:.4g}",
             )
         elif isinstance(st, lowered.Pool):
-            table.add_row(st.name, st.name, st.note, "-", "-", f"{st.gain:.4g}")
+            table.add_row(st.name, st.name, st.note, "-", "-", format_up(st.gain, 4))
         else:
             table.add_row(
                 st.name,
@@ -316,7 +317,7 @@ def print_comparison(c) -> None:
     if c.lower is not None:
         table.add_row(
             "lower (empirical)",
-            f"{c.lower:.6g}",
+            format_down(c.lower, 6),
             "1",
             format_seconds(c.ratio_dissipative(c.lower), ".3f"),
             f"{d['seconds']:.2f} s",
@@ -381,6 +382,6 @@ def lower_bound_text(net, result, seed: int) -> str:
     where = f", input length {result.length}" if net.any_length else ""
     what = "||J(u)||_2" if result.witness == "jacobian" else "||f(u) - f(v)||_2 / ||u - v||_2"
     return (
-        f"{net.name}: lipschitz >= {result.value:.10g}  (empirical: {what} found by {result.search}, "
+        f"{net.name}: lipschitz >= {format_down(result.value)}  (empirical: {what} found by {result.search}, "
         f"{result.starts} starts, {result.evaluations} Jacobians, seed {seed}{where}, {result.seconds:.2f} s)"
     )

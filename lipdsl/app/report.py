@@ -8,7 +8,7 @@ import numpy as np
 
 from lipdsl.pipeline import Result
 from lipdsl.model.lowered import System
-from lipdsl.rigorous import format_up
+from lipdsl.rigorous import format_down, format_up
 from lipdsl.solvers.solution import converged
 
 
@@ -199,7 +199,7 @@ def print_verdict(verdict, console, errors) -> None:
            else "floating point with rounding bounds")
     if verdict.ok:
         console.print(f"[bold]verified[/bold]: Lipschitz constant of {verdict.network} <= "
-                      f"[bold green]{verdict.bound_text}[/] ({how}; claimed {verdict.claimed:.10g})",
+                      f"[bold green]{verdict.bound_text}[/] ({how}; claimed {format_up(verdict.claimed)})",
                       soft_wrap=True)
         if verdict.valid_for:  # (as solve prints it; a global average pool's N from the certificate)
             source = " (min_length from the certificate's options)" if verdict.length_bound else ""
@@ -240,7 +240,7 @@ def sweep_table(rows, *, lower: bool = False, title: str | None = None):
         cells = [r["name"], "-" if bound is None else format_up(bound)]  # (rounded up, as solve prints it)
         if lower:
             lb = r.get("lower_bound")
-            cells.append("-" if lb is None else f"{lb:.6g}")
+            cells.append("-" if lb is None else format_down(lb, 6))  # (a lower bound: rounded down)
         cells += [status, "" if iters is None else str(iters), f"{r.get('item_seconds', 0.0):.2f} s"]
         table.add_row(*cells)
     return table
