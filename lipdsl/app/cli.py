@@ -346,7 +346,8 @@ def _certify_file(result, net, path, exact, min_length, lift, frequencies, solve
 def verify_command(spec: str, certificate: str, exact: bool, as_json: bool, backend: str,
                    allow_outside: bool) -> None:
     """Check CERTIFICATE (from lipdsl solve --certificate) against SPEC's weights, without the solver
-    (exit 0 verified, 1 unreadable input, 3 a check failed)."""
+    (exit 0 verified, 1 unreadable input, 3 a check failed, or the certificate belongs to another network,
+    other weights or options, or holds a malformed value)."""
     source, net = load_or_fail(spec, allow_outside)
     from lipdsl.app.report import print_verdict
     from lipdsl.certify.verify import verify

@@ -67,6 +67,7 @@ from lipdsl.certify.verify_block import float_block_lmi, rounding_terms, scale_t
 from lipdsl.certify.verify_exact import exact_link, side_psd
 from lipdsl.certify.verify_float import ETA, U, float_lmi, float_schur, psd_float  # noqa: F401
 from lipdsl.certify.verify_links import invalid, gain_squared, lmi_chain, pooled_steps, structure
+from lipdsl.errors import LipdslError, shorten
 from lipdsl.lang import typed
 from lipdsl.rigorous import fraction_up
 
@@ -122,6 +123,48 @@ class Verdict:
             "checks": [{"name": c.name, "size": c.size, "ok": c.ok, "detail": c.detail,
                         "exact_realization": c.exact_realization} for c in self.checks],
         } | ({"notes": list(self.notes)} if self.notes else {})
+
+
+def same_weights(net: typed.Network, doc: dict) -> None:
+    """Refuse a certificate written for another network or other weights, naming the tensors: the spec's
+    weight digests (``certificate.weight_digests``) must be the certificate's, key for key.
+
+    Raises
+    ------
+    CertificateError
+        Tensors on one side only (another network), or a tensor whose SHA-256 differs (other weights).
+    """
+    mine, theirs = weight_digests(net), doc["weights"]
+    spec_only, cert_only = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+    redo = "re-create it: lipdsl solve SPEC --certificate FILE"
+    named = f" ({shorten(doc['network'])!r}, the spec is {net.name!r})" if doc["network"] != net.name else ""
+    if spec_only or cert_only:
+        parts = [f"{side} weight tensor{'' if len(keys) == 1 else 's'} {_tensors(keys)} "
+                 f"{'is' if len(keys) == 1 else 'are'} not in the {other}"
+                 for side, keys, other in (("the spec's", spec_only, "certificate"),
+                                           ("the certificate's", cert_only, "spec")) if keys]
+        raise invalid(f"the certificate was made for a different network{named}: " + "; ".join(parts),
+                      hint=f"verify it against the spec it was written for, or {redo}")
+    differ = [k for k in sorted(mine) if not isinstance(theirs[k], dict)
+              or theirs[k].get("sha256") != mine[k]["sha256"]]
+    if differ:
+        key, entry = differ[0], theirs[differ[0]]
+        certified = str(entry.get("sha256", "absent"))[:16] if isinstance(entry, dict) else "absent"
+        more = "" if len(differ) == 1 else \
+            f"; {_tensors(differ[1:])} differ{'s' if len(differ) == 2 else ''} too"
+        raise invalid(f"the certificate was made for other weights{named}: weight tensor {key!r} of the spec "
+                      f"does not match the certificate's (SHA-256 {mine[key]['sha256'][:16]}... vs "
+                      f"{certified}...){more}",
+                      hint=f"verify it against the weights it was written for, or {redo}")
+
+
+def _tensors(keys: list[str], shown: int = 3) -> str:
+    """``'a', 'b' and 2 more``: the first ``shown`` keys of a list, each shortened."""
+    names = [repr(shorten(k)) for k in keys[:shown]]
+    rest = len(keys) - shown
+    if rest > 0:
+        return ", ".join(names) + f" and {rest} more"
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _sqrt_up(x: Fraction, digits: int = 10) -> tuple[Fraction, str]:
@@ -183,16 +226,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
         doc = validate(certificate)
     else:
         doc = read(certificate).data
-    mine = weight_digests(net)
-    theirs = doc["weights"]
-    for key in sorted(set(mine) | set(theirs)):
-        if key not in theirs or key not in mine or not isinstance(theirs[key], dict) \
-                or theirs[key].get("sha256") != mine[key]["sha256"]:
-            ours = mine[key]["sha256"][:16] if key in mine else "absent"
-            entry = theirs.get(key)
-            certified = str(entry.get("sha256", "absent"))[:16] if isinstance(entry, dict) else "absent"
-            raise invalid(f"weight tensor {key!r} of the spec does not match the certificate's (SHA-256 "
-                        f"{ours}... vs {certified}...)", hint="the certificate was written for other weights")
+    same_weights(net, doc)
     opts = doc["options"]
     from lipdsl.model.lower import lower
 
@@ -204,8 +238,19 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     except (TypeError, ValueError):
         raise invalid(f"the certificate's options {opts!r} are not valid (min_length: an integer or null, "
                     "lift: a positive integer)") from None
-    low = lower(net, scale=False, min_length=min_length, lift=lift,
-                merge_linear=bool(opts.get("merge_linear", True)))
+    try:
+        low = lower(net, scale=False, min_length=min_length, lift=lift,
+                    merge_linear=bool(opts.get("merge_linear", True)))
+    except LipdslError as err:
+        if lift == 1 or "--lift" not in err.message + (err.hint or ""):
+            raise
+        # (lower words it for solve's --lift option; verify has none: the lift is the certificate's)
+        raise invalid(f"the certificate's options.lift = {lift} (the lift comes from the certificate; verify "
+                      "has no --lift option) cannot be used with this spec: "
+                      + err.message.replace(f"--lift {lift}", f"lift {lift}"),
+                      hint="lipdsl solve writes no such certificate for this spec: verify the certificate "
+                      "against the spec it was written for, or re-create it: lipdsl solve SPEC --certificate "
+                      "FILE") from None
     structure(doc, low)
     links, (eliminated, elim_exact) = lmi_chain(doc, low, net, lift)
     pooled = pooled_steps(low)
@@ -213,6 +258,8 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     if not math.isfinite(rho) or rho < 0:
         raise invalid(f"rho = {rho!r} is not a nonnegative number")
     claimed = float(doc["lipschitz"])
+    if not math.isfinite(claimed):  # (NaN, Infinity: JSON reads them; a claim must be a number to compare)
+        raise invalid(f"the claimed bound lipschitz = {claimed!r} is not a finite number")
     gain2 = gain_squared(low)
     systems = {s.name: s for s in low.systems}
     Xs = {name: np.array(v["matrix"], dtype=float) for name, v in doc["X"].items()

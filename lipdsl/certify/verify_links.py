@@ -158,8 +158,9 @@ def _multipliers(value, n: int, what: str) -> np.ndarray:
         lam = np.array(value, dtype=float).ravel()
     except (TypeError, ValueError):
         raise invalid(f"{what}: not a vector of numbers") from None
-    if lam.shape != (n,) or not np.all(np.isfinite(lam)):
-        raise invalid(f"{what}: expected {n} finite numbers")
+    if lam.shape != (n,):
+        raise invalid(f"{what}: expected {n} numbers, got {lam.size}")
+    _finite(lam, what, "lambda")
     if np.any(lam < 0):
         k = int(np.argmax(lam < 0))
         raise invalid(f"{what}: multiplier lambda[{k}] = {float(lam[k])!r} is negative")
@@ -188,13 +189,26 @@ def invalid(message: str, hint: str | None = None) -> CertificateError:
     return CertificateError(message, hint=hint)
 
 
-def _matrix(value, shape: tuple[int, int], what: str) -> np.ndarray:
+def _finite(values: np.ndarray, what: str, symbol: str) -> None:
+    """Refuse a NaN or an infinity in a certificate's array, naming its first such entry (``P[2,3] is
+    nan``); the shape was checked before."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        at = np.unravel_index(int(np.flatnonzero(bad)[0]), values.shape)
+        raise invalid(f"{what}: {symbol}[{','.join(map(str, at))}] is {float(values[at])!r}, expected a "
+                      "finite number",
+                      hint="the certificate was edited or damaged; re-create it: "
+                      "lipdsl solve SPEC --certificate FILE")
+
+
+def _matrix(value, shape: tuple[int, int], what: str, symbol: str) -> np.ndarray:
     try:
         M = np.array(value, dtype=float)
     except (TypeError, ValueError):
         raise invalid(f"{what}: not a matrix of numbers") from None
-    if M.shape != shape or not np.all(np.isfinite(M)):
-        raise invalid(f"{what}: expected a finite {shape[0]} x {shape[1]} matrix, got shape {M.shape}")
+    if M.shape != shape:
+        raise invalid(f"{what}: expected a {shape[0]} x {shape[1]} matrix, got shape {M.shape}")
+    _finite(M, what, symbol)
     if not np.array_equal(M, M.T):
         raise invalid(f"{what}: not symmetric")
     return M
@@ -254,7 +268,7 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
         if e is None:
             raise invalid(f"the certificate has no LMI for {sys.name!r} (layers {', '.join(sys.layers)})")
         nx = sys.ss.nx
-        P = _matrix(e.get("P"), (nx, nx), f"P of LMI[{sys.name}]") if nx else None
+        P = _matrix(e.get("P"), (nx, nx), f"P of LMI[{sys.name}]", "P") if nx else None
         lam = None
         if sys.slope is not None:  # one multiplier per output (a block's: its n_out outputs, not ny)
             lam = _multipliers(e.get("lambda"), sys.n_out, f"lambda of LMI[{sys.name}]")
@@ -277,7 +291,7 @@ def lmi_chain(doc: dict, low: lowered.Network, net: typed.Network, lift: int = 1
                 raise invalid(f"the certificate has no output weight X for {sys.name!r}")
             n = sys.n_out // tied
             X = _matrix(Xs[sys.name].get("matrix") if isinstance(Xs[sys.name], dict) else None, (n, n),
-                        f"X[{sys.name}]")
+                        f"X[{sys.name}]", "X")
             max_pooled = any(isinstance(s, lowered.Pool) and s.diagonal for s in after)
             if max_pooled and np.any(X - np.diag(np.diag(X))):
                 raise invalid(f"X[{sys.name}] must be diagonal (max pooling follows)")

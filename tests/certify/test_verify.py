@@ -1,5 +1,6 @@
 """The independent checker: (spec, certificate) -> Verdict, in floating point and exact arithmetic."""
 
+import functools
 import json
 import math
 import os
@@ -287,7 +288,9 @@ def test_one_weight_in_the_npz(tmp_path):
     assert verify(spec_dir / "ecg.lip", doc).ok
     arrays["fc1.weight"][3, 7] = np.nextafter(arrays["fc1.weight"][3, 7], 1.0)
     np.savez(npz, **arrays)
-    with pytest.raises(CertificateError, match=r"weight tensor 'f1.weight' of the spec does not match"):
+    with pytest.raises(CertificateError, match=r"^the certificate was made for other weights: weight "
+                       r"tensor 'f1.weight' of the spec does not match the certificate's \(SHA-256 "
+                       r"[0-9a-f]{16}\.\.\. vs [0-9a-f]{16}\.\.\.\)$"):
         verify(spec_dir / "ecg.lip", doc)
 
 
@@ -299,6 +302,67 @@ def test_certificate_of_another_network_or_options():
     other, _, _ = solved("tcn_any_length.lip")
     with pytest.raises(CertificateError, match="weight tensor"):
         verify(other, solved("ecg.lip")[2])
+
+
+def test_certificate_of_another_network_names_the_tensors_on_each_side():
+    """Said plainly, naming both networks and the tensors only one side has (was: "weight tensor 'c1.weight'
+    ... (SHA-256 absent... vs ...)"); a CertificateError, exit code 3 (the CLI's "belongs to other
+    weights")."""
+    other, _, _ = solved("tcn_any_length.lip")
+    _, _, doc = solved("ecg.lip")
+    with pytest.raises(CertificateError) as info:
+        verify(other, doc)
+    assert info.value.message.startswith(f"the certificate was made for a different network ('ecg', the spec "
+                                         f"is {other.name!r}): the spec's weight tensors ")
+    assert "; the certificate's weight tensors 'c1.weight', 'c2.weight', 'f1.weight' and 1 more are not in " \
+           "the spec" in info.value.message
+    assert "absent" not in info.value.message and info.value.exit_code == 3
+    net, _, doc = solved("ecg.lip")
+    doc["weights"]["extra.weight"] = doc["weights"]["c1.weight"]
+    with pytest.raises(CertificateError, match=r"^the certificate was made for a different network: the "
+                       r"certificate's weight tensor 'extra.weight' is not in the spec$"):
+        verify(net, doc)
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("lmis", 1, "P", 2, 3), math.nan, r"P of LMI\[c2\+relu2\]: P\[2,3\] is nan"),
+    (("lmis", 2, "lambda", 5), math.inf, r"lambda of LMI\[f1\+relu3\]: lambda\[5\] is inf"),
+    (("X", "c1+relu1", "matrix", 0, 1), -math.inf, r"X\[c1\+relu1\]: X\[0,1\] is -inf"),
+])
+def test_a_non_finite_entry_is_named_not_blamed_on_the_shape(path, value, message):
+    """NaN and infinities (JSON reads NaN, Infinity) are named by their entry; the message said "expected a
+    finite 4 x 4 matrix, got shape (4, 4)"."""
+    net, _, doc = solved("ecg.lip")
+    functools.reduce(lambda o, k: o[k], path[:-1], doc)[path[-1]] = value
+    with pytest.raises(CertificateError, match=f"^{message}, expected a finite number$") as info:
+        verify(net, doc)
+    assert "shape" not in info.value.message and "re-create it" in info.value.hint
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_claimed_bound_is_refused(value):
+    net, _, doc = solved("ecg.lip")
+    doc["lipschitz"] = value  # (was a traceback: Fraction(nan))
+    with pytest.raises(CertificateError, match=f"^the claimed bound lipschitz = {value!r} is not a finite "
+                       "number$"):
+        verify(net, doc)
+
+
+def test_a_wrong_shape_is_a_shape_error():
+    net, _, doc = solved("ecg.lip")
+    doc["lmis"][1]["P"] = [[1.0]]
+    with pytest.raises(CertificateError, match=r"^P of LMI\[c2\+relu2\]: expected a \d+ x \d+ matrix, got "
+                       r"shape \(1, 1\)$"):
+        verify(net, doc)
+    doc["lmis"][1]["P"] = None
+    doc["lmis"][2]["lambda"] = [1.0, 2.0]
+    with pytest.raises(CertificateError, match=r"^P of LMI\[c2\+relu2\]: expected a \d+ x \d+ matrix, got "
+                       r"shape \(\)$"):
+        verify(net, doc)
+    net, _, doc = solved("ecg.lip")
+    doc["lmis"][2]["lambda"] = [1.0, 2.0]
+    with pytest.raises(CertificateError, match=r"^lambda of LMI\[f1\+relu3\]: expected 60 numbers, got 2$"):
+        verify(net, doc)
 
 
 def test_negative_multiplier_and_asymmetric_matrix_are_named():

@@ -92,9 +92,29 @@ def test_wrong_schema_is_an_input_error_with_golden_text(ecg_cert, tmp_path):
 
 
 def test_other_weights_exit_3(ecg_cert):
+    """Another network's certificate: said plainly, with the tensors each side lacks (was "weight tensor
+    'c1.weight' ... (SHA-256 absent... vs ...)"); exit 3 as documented ("belongs to other weights")."""
     res = run("verify", SPECS / "tcn_any_length.lip", ecg_cert)
-    assert res.exit_code == 3
-    assert "does not match the certificate's" in res.stderr and "hint:" in res.stderr
+    assert res.exit_code == 3 and res.stdout == ""
+    assert res.stderr.startswith(
+        "error: the certificate was made for a different network ('ecg', the spec is ")
+    assert ("the certificate's weight tensors 'c1.weight', 'c2.weight', 'f1.weight' and 1 more are not in "
+            "the spec") in res.stderr
+    assert "hint: verify it against the spec it was written for" in res.stderr
+
+
+def test_a_nan_in_the_certificate_file_is_named(ecg_cert, tmp_path):
+    """JSON's NaN read back from the file: the entry is named, the shape is not blamed (the message was
+    "expected a finite 4 x 4 matrix, got shape (4, 4)")."""
+    doc = json.loads(ecg_cert.read_text())
+    doc["lmis"][1]["P"][2][3] = float("nan")
+    bad = tmp_path / "nan.json"
+    bad.write_text(json.dumps(doc))
+    assert "NaN" in bad.read_text()
+    res = run("verify", SPECS / "ecg.lip", bad)
+    assert res.exit_code == 3 and res.stdout == ""
+    assert res.stderr.splitlines()[0] == "error: P of LMI[c2+relu2]: P[2,3] is nan, expected a finite number"
+    assert "shape" not in res.stderr
 
 
 def test_constant_network_cannot_be_exported(tmp_path):
@@ -174,6 +194,26 @@ def test_residual_network_certificate_round_trip_and_tampering(tmp_path):
         assert res.exit_code == 3
         assert "error: the certificate of res does not verify" in res.stderr
         assert "LMI[blk+relu1] (layers blk, c2+bn, leaky_relu1, c3, relu1) fails" in res.stderr
+
+
+def test_a_lift_from_the_certificates_options_is_not_blamed_on_the_command_line(tmp_path):
+    """``options.lift = 2`` edited into a residual net's certificate: the refusal says the lift comes from the
+    certificate (the message was "--lift 2 is not supported ...", an option the user never passed), exit 3 as
+    for any certificate that does not belong to the spec."""
+    spec = tmp_path / "res.lip"
+    spec.write_text(RESIDUAL)
+    cert = tmp_path / "res.json"
+    assert run("solve", spec, "--certificate", cert).exit_code == 0
+    doc = json.loads(cert.read_text())
+    doc["options"]["lift"] = 2
+    cert.write_text(json.dumps(doc))
+    res = run("verify", spec, cert)
+    assert res.exit_code == 3 and res.stdout == ""
+    assert res.stderr.splitlines()[0] == (
+        "error: the certificate's options.lift = 2 (the lift comes from the certificate; verify has no "
+        "--lift option) cannot be used with this spec: lift 2 is not supported with residual blocks or "
+        "batch norm yet")
+    assert "--lift 1" not in res.stderr and "hint: lipdsl solve writes no such certificate" in res.stderr
 
 
 def test_verify_states_the_certificates_length_condition(tmp_path):
