@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -151,7 +152,9 @@ def print_layers(net) -> None:
 def print_state_space(net, latex: bool) -> None:
     """``lipdsl show --state-space``: each conv layer's (A, B, C, D), entry by entry when small, else in block
     form with taps W_j. A residual block's convs too (its main path, then its shortcut, in ``show``'s
-    order), after a line naming the block, each header saying its block and branch."""
+    order), after a line naming the block (and, for a downsampling block, its lifted time), each header
+    saying its block and branch. A strided conv's header gives its stride, and a line says how the stride
+    enters the bound (``stride_note``): the realization shown is the stride-1 filter."""
     import sympy
 
     from lipdsl.model.lower import symbolic_block_state_space, symbolic_state_space
@@ -162,14 +165,18 @@ def print_state_space(net, latex: bool) -> None:
     shown = None  # the residual block whose line is printed
     for block, branch, layer in convs:
         if block is not None and block is not shown:
+            lifted = block_stride(block)
+            how = "" if lifted == 1 else f" in lifted time, reading its input {lifted} samples per step"
+            refs = ("docs/method.md, \"Strided blocks\"; " if lifted > 1 else "") + "lipdsl show --lowering"
             click.echo(f"residual {block.name} ({layer_details(block)}): its convs' realizations follow; "
-                       "the SDP takes the block as one system (lipdsl show --lowering)")
+                       f"the SDP takes the block as one system{how} ({refs})")
             shown = block
         where = "" if block is None else f" (residual {block.name!r}, {branch})"
         ke = layer.dilation * (layer.kernel - 1) + 1
         nx = (ke - 1) * layer.c_in
         click.echo(
             f"conv1d {layer.name}{where}: {layer.c_in} -> {layer.c_out}, kernel {layer.kernel}"
+            f"{f', stride {layer.stride}' if layer.stride > 1 else ''}"
             f"{f', dilation {layer.dilation}' if layer.dilation > 1 else ''}: causal realization, "
             f"{nx} states (independent of the signal length)"
         )
@@ -177,6 +184,8 @@ def print_state_space(net, latex: bool) -> None:
             ke - 1, f"x[t] = [u[t-{ke - 1}]; ...; u[t-1]]"
         )
         click.echo(f"  x[t+1] = A x[t] + B u[t],  v[t] = C x[t] + D u[t],  {state}")
+        if layer.stride > 1:
+            click.echo("  " + stride_note(layer, block))
         small = nx + layer.c_in <= 16 and layer.c_out <= 16
         mats = symbolic_state_space(layer) if small else symbolic_block_state_space(layer)
         if not small:
@@ -190,6 +199,37 @@ def print_state_space(net, latex: bool) -> None:
             else:
                 text = sympy.pretty(M, use_unicode=True)
                 click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
+
+
+def block_stride(block) -> int:
+    """How much a residual block downsamples: the product of its main path's conv and pool strides (both
+    branches must agree, ``check``), the samples per step of its lifted realization."""
+    return math.prod(layer.stride for layer in block.main if layer.kind in ("conv1d", "pool"))
+
+
+def stride_note(layer, block=None) -> str:
+    """How a strided conv's stride enters the bound (docs/method.md, "Lowering" and "Strided blocks").
+
+    At the top level the realization runs at the input rate and the layer keeps the samples
+    ``y[t] = v[s t + delta]``, ``delta = k_e - 1 - pad_left``: dropping samples only lowers the left side of
+    a dissipation inequality, so the bound stays valid. Inside a residual block, the block is realized in
+    lifted time and the stride is exact."""
+    s = layer.stride
+    delta = layer.dilation * (layer.kernel - 1) - layer.pad_left
+    at = f"{s}t" + ("" if delta == 0 else f" {'+' if delta > 0 else '-'} {abs(delta)}")
+    head = (f"stride {s}: this realization runs at the input's rate (as for stride 1); the layer's output is "
+            f"every {s}{_ordinal_suffix(s)} sample, y[t] = v[{at}]")
+    if block is not None:
+        return (f"{head}, which the lifted realization of residual {block.name!r} computes exactly (and no "
+                "sample in between)")
+    return (f"{head}. The SDP bounds all of v (dropping samples only lowers the left side of the dissipation "
+            "inequality, so the bound holds for y: docs/method.md, \"Lowering\"), unless a merge with linear "
+            f"neighbours or solve --lift L (L a multiple of {s}, \"Lifting\") keeps only y's samples (lipdsl "
+            "show --lowering)")
+
+
+def _ordinal_suffix(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def _convs(layers, block=None, branch: str | None = None):

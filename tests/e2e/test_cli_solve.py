@@ -146,6 +146,75 @@ def test_show_state_space_includes_the_convs_of_residual_blocks(tmp_path):
     assert "dilated.lip:3:3: error:" in res.output
 
 
+@pytest.mark.parametrize("kernel, stride, dilation, padding", [
+    (3, 2, 1, "1"), (3, 3, 2, "causal"), (2, 2, 1, "valid"), (1, 2, 1, "0"), (2, 3, 1, "4")])
+def test_show_state_space_gives_the_stride_and_the_samples_kept(tmp_path, kernel, stride, dilation, padding):
+    """A strided conv's header gives its stride, and a line says how it is handled (it showed the stride-1
+    realization with no note): the layer keeps y[t] = v[s t + delta] of the realization's output v, which
+    is checked here against a direct PyTorch-semantics convolution (the oracle)."""
+    import re
+
+    import numpy as np
+
+    rng = np.random.default_rng(kernel * 10 + stride)
+    w = rng.standard_normal(kernel).round(3)
+    n = 12
+    spec = tmp_path / "s.lip"
+    spec.write_text(f"network s\ninput 1 x {n}\nconv1d c1: 1 -> 1, kernel {kernel}, stride {stride}, "
+                    f"dilation {dilation}, padding {padding}, weight [[{w.tolist()}]]\nrelu\n")
+    res = run("show", "--state-space", str(spec))
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith(f"conv1d c1: 1 -> 1, kernel {kernel}, stride {stride}"
+                               f"{f', dilation {dilation}' if dilation > 1 else ''}: causal realization")
+    note = lines[2]
+    assert note.startswith(f"  stride {stride}: this realization runs at the input's rate (as for stride 1); "
+                           "the layer's output is every ")
+    assert "The SDP bounds all of v (dropping samples only lowers the left side" in note
+    found = re.search(r"y\[t\] = v\[(\d+)t(?: ([+-]) (\d+))?\]", note)
+    s, delta = int(found[1]), (int(found[3]) if found[3] else 0) * (-1 if found[2] == "-" else 1)
+    assert s == stride
+    u = rng.standard_normal(n)
+    ke = dilation * (kernel - 1) + 1
+    we = np.zeros(ke)
+    we[::dilation] = w
+
+    def v(m):  # the causal realization's output on u followed by zeros: sum_j W_e[j] u[m - (k_e - 1) + j]
+        return sum(we[j] * u[m - ke + 1 + j] for j in range(ke) if 0 <= m - ke + 1 + j < n)
+
+    pads = {"causal": (ke - 1, 0), "valid": (0, 0)}
+    left, right = pads[padding] if padding in pads else (int(padding),) * 2
+    x = np.concatenate([np.zeros(left), u, np.zeros(right)])
+    direct = [sum(w[j] * x[stride * t + dilation * j] for j in range(kernel))
+              for t in range((len(x) - ke) // stride + 1)]
+    assert np.allclose(direct, [v(stride * t + delta) for t in range(len(direct))])
+
+
+def test_show_state_space_says_a_strided_block_is_lifted():
+    """resnet1d_strided: each downsampling block's line says it is realized in lifted time, reading its input
+    2 samples per step (the lowering's block_in), and its strided convs' lines that the block computes the
+    kept samples exactly."""
+    from lipdsl.lang.load import load_network
+    from lipdsl.model.lower import lower
+
+    res = run("show", "--state-space", str(SPECS / "resnet1d_strided.lip"))
+    assert res.exit_code == 0, res.output
+    blocks = [line for line in res.output.splitlines() if line.startswith("residual ")]
+    _, net = load_network(SPECS / "resnet1d_strided.lip")
+    lifted = {st.block_in for st in lower(net).systems if st.kind == "block"}
+    assert lifted == {2} and len(blocks) == 2
+    assert all(line.endswith("the SDP takes the block as one system in lifted time, reading its input 2 "
+                             "samples per step (docs/method.md, \"Strided blocks\"; lipdsl show --lowering)")
+               for line in blocks)
+    assert ("conv1d conv2 (residual 'down1', main path): 8 -> 8, kernel 3, stride 2: causal realization, 16 "
+            "states (independent of the signal length)\n") in res.output
+    assert ("  stride 2: this realization runs at the input's rate (as for stride 1); the layer's output is "
+            "every 2nd sample, y[t] = v[2t + 1], which the lifted realization of residual 'down1' computes "
+            "exactly (and no sample in between)\n") in res.output
+    assert "y[t] = v[2t], which the lifted realization of residual 'down2'" in res.output  # conv6, 1x1
+    assert "conv1d conv3 (residual 'down1', main path): 8 -> 8, kernel 3: causal" in res.output  # stride 1
+
+
 @pytest.mark.solver
 def test_show_lowering_gives_the_rows_the_solver_sees():
     """ECG: c2's direct LMI has 9 rows, the solver's 12 (Y = X_out^-1 appended), f1's 156 -> 65 (inverse
