@@ -350,12 +350,16 @@ def verify_command(spec: str, certificate: str, exact: bool, as_json: bool, back
     other weights or options, or holds a malformed value)."""
     source, net = load_or_fail(spec, allow_outside)
     from lipdsl.app.report import print_verdict
+    from lipdsl.certify.certificate import CertificateFileError
     from lipdsl.certify.verify import verify
+    from lipdsl.lang.source import Source
 
     try:
         verdict = verify(net, certificate, exact=exact, backend_name=backend)
-    except LipdslError as err:
+    except CertificateFileError as err:  # (an unreadable file or schema: its message names the file)
         fail(err, None)
+    except LipdslError as err:  # the certificate's values (no span: "cert.json: error: ..."), or the spec's
+        fail(err, source if err.span is not None else Source(str(certificate), ""))
     if as_json:
         import json
 

@@ -96,8 +96,8 @@ def test_other_weights_exit_3(ecg_cert):
     'c1.weight' ... (SHA-256 absent... vs ...)"); exit 3 as documented ("belongs to other weights")."""
     res = run("verify", SPECS / "tcn_any_length.lip", ecg_cert)
     assert res.exit_code == 3 and res.stdout == ""
-    assert res.stderr.startswith(
-        "error: the certificate was made for a different network ('ecg', the spec is ")
+    assert res.stderr.startswith(  # (the certificate's error: its file first, as every error)
+        f"{ecg_cert}: error: the certificate was made for a different network ('ecg', the spec is ")
     assert ("the certificate's weight tensors 'c1.weight', 'c2.weight', 'f1.weight' and 1 more are not in "
             "the spec") in res.stderr
     assert "hint: verify it against the spec it was written for" in res.stderr
@@ -113,7 +113,8 @@ def test_a_nan_in_the_certificate_file_is_named(ecg_cert, tmp_path):
     assert "NaN" in bad.read_text()
     res = run("verify", SPECS / "ecg.lip", bad)
     assert res.exit_code == 3 and res.stdout == ""
-    assert res.stderr.splitlines()[0] == "error: P of LMI[c2+relu2]: P[2,3] is nan, expected a finite number"
+    assert res.stderr.splitlines()[0] == \
+        f"{bad}: error: P of LMI[c2+relu2]: P[2,3] is nan, expected a finite number"
     assert "shape" not in res.stderr
 
 
@@ -210,9 +211,9 @@ def test_a_lift_from_the_certificates_options_is_not_blamed_on_the_command_line(
     res = run("verify", spec, cert)
     assert res.exit_code == 3 and res.stdout == ""
     assert res.stderr.splitlines()[0] == (
-        "error: the certificate's options.lift = 2 (the lift comes from the certificate; verify has no "
-        "--lift option) cannot be used with this spec: lift 2 is not supported with residual blocks or "
-        "batch norm yet")
+        f"{cert}: error: the certificate's options.lift = 2 (the lift comes from the certificate; verify "
+        "has no --lift option) cannot be used with this spec: lift 2 is not supported with residual blocks "
+        "or batch norm yet")
     assert "--lift 1" not in res.stderr and "hint: lipdsl solve writes no such certificate" in res.stderr
 
 
