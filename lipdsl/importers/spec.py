@@ -23,6 +23,7 @@ import numpy as np
 from lipdsl.errors import LipdslError, UnsupportedError
 from lipdsl.lang import typed
 from lipdsl.lang.check import conv1d_length, pool_length
+from lipdsl.lang.parse import keywords
 from lipdsl.lang.typed import Shape
 
 __all__ = [
@@ -38,15 +39,16 @@ __all__ = [
 ]
 
 
-# Words the grammar reserves (docs/language.md) and names with a meaning in expressions: never layer names.
-_KEYWORDS = frozenset(
-    "network input weights let conv1d dense avgpool maxpool global_avgpool flatten kernel stride "
-    "dilation padding valid same causal weight bias slope x".split()
-)
+# Never layer names: the grammar's keywords and 'x', the input line's times sign (_keyword; the keywords are
+# lipdsl.lang.parse.keywords, the one list), and the names with a meaning in expressions or as activations.
 _RESERVED = frozenset(
     "pi e sqrt exp log sin cos tan tanh atan abs relu sigmoid softplus hardtanh identity "
     "leaky_relu elu".split()
 )
+
+
+def _keyword(word: str) -> bool:
+    return word == "x" or word in keywords()
 
 
 # -- the result ----------------------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def sanitize_key(name: str) -> str:
     text = ".".join(seg for seg in text.split(".") if seg) or "t"
     if not re.match(r"[A-Za-z_]", text):
         text = "_" + text
-    if text in _KEYWORDS:
+    if _keyword(text):
         text += "_"
     return text
 
@@ -278,7 +280,7 @@ def layer_name(weight_name: str, taken: set[str]) -> str | None:
     folded = re.match(r"(.+)\.weight_", weight_name)  # a weight with batch norm folded in: conv1.weight_bn1
     stem = folded.group(1) if folded else weight_name.rsplit(".", 1)[0] if "." in weight_name else ""
     stem = re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_")
-    if not stem or not re.match(r"[A-Za-z][A-Za-z0-9_]*$", stem) or stem in _KEYWORDS or stem in _RESERVED:
+    if not stem or not re.match(r"[A-Za-z][A-Za-z0-9_]*$", stem) or _keyword(stem) or stem in _RESERVED:
         return None
     if stem in taken:
         return None
@@ -290,7 +292,7 @@ def network_name(name: str) -> str:
     text = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_") or "imported"
     if not re.match(r"[A-Za-z_]", text):
         text = "net_" + text
-    return text + "_" if text in _KEYWORDS else text
+    return text + "_" if _keyword(text) else text
 
 
 def padding_form(

@@ -25,9 +25,6 @@ _LET_LINE = re.compile(r"([ \t]*)let[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=([ \t0-
                        r"(?:#[^\n]*)?\r?")
 _LET_TOKEN = re.compile(r"[ \t]*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(\*\*|[-+*/^()])"
                         r"|([A-Za-z_][A-Za-z0-9_]*))")
-_KEYWORDS = frozenset(("avgpool batchnorm bias causal conv1d dense dilation end eps flatten global_avgpool "
-                       "input kernel let maxpool network padding residual running_mean running_var same "
-                       "shortcut slope stride valid weight weights x").split())
 _NOT_A_STATEMENT_END = re.compile(r'"[^"\n]*"|#[^\n]*')
 
 
@@ -40,7 +37,8 @@ class _LetReader:
     start, end)`` with its span's offsets in the line, and ``parse`` returns it with the offsets of its first
     and last token (parentheses and a leading '+' included, as Lark's spans of the rule around it are)."""
 
-    def __init__(self, text: str, offset: int, line: int):
+    def __init__(self, text: str, offset: int, line: int, keywords: frozenset[str]):
+        self.keywords = keywords
         toks = self.toks = []
         self.line, self.names = line, []
         pos, nesting = offset, 0
@@ -140,7 +138,7 @@ class _LetReader:
             return (value, 1, start, end), start, end
         if self.peek() == "name":
             _, name, start, end = self.take()
-            if name in ("pi", "e") or name in _KEYWORDS or self.peek() == "(":  # constants, calls: Lark
+            if name in ("pi", "e") or name in self.keywords or self.peek() == "(":  # constants, calls: Lark
                 raise _NotFast
             self.names.append(ast.Name(name, Span(self.line, start + 1, self.line, end + 1)))
             return (("name", name), 1, start, end), start, end
@@ -200,6 +198,9 @@ def _fast_lets(text: str) -> tuple[str, list[ast.Let]]:
     position Lark reports is unchanged), and their ast.Let nodes; ``text`` as given when there are none."""
     if "let" not in text:
         return text, []
+    from lipdsl.lang.parse import keywords  # (parse imports this module)
+
+    reserved = keywords()  # a let named so is left to Lark, which refuses it
     lines = text.split("\n")
     lets: list[ast.Let] = []
     depth = 0  # open brackets at the start of a line
@@ -207,8 +208,8 @@ def _fast_lets(text: str) -> tuple[str, list[ast.Let]]:
     for n, line in enumerate(lines):
         if depth == 0 and not continued and "let" in line:
             m = _LET_LINE.fullmatch(line)
-            if m is not None and m.group(2) not in _KEYWORDS:
-                let = _fast_let(line, m, n + 1)
+            if m is not None and m.group(2) not in reserved:
+                let = _fast_let(line, m, n + 1, reserved)
                 if let is not None:
                     lets.append(let)
                     lines[n] = " " * len(line)
@@ -227,15 +228,15 @@ def _fast_lets(text: str) -> tuple[str, list[ast.Let]]:
     return "\n".join(lines), lets
 
 
-def _fast_let(line: str, m: re.Match, number: int) -> ast.Let | None:
+def _fast_let(line: str, m: re.Match, number: int, reserved: frozenset[str]) -> ast.Let | None:
     """The ast.Let of one matched line (1-based ``number``), or None to leave it to Lark."""
     text = line[:m.start(3) + len(m.group(3).rstrip(" \t"))]  # the expression, without trailing blanks
-    flat = read_flat(text, m.start(3), number)  # a flat sum of products: one loop
+    flat = read_flat(text, m.start(3), number, reserved)  # a flat sum of products: one loop
     if flat is not None:
         node, last, names, terms = flat
     else:
         try:
-            reader = _LetReader(text, m.start(3), number)
+            reader = _LetReader(text, m.start(3), number, reserved)
             node, _, last = reader.parse()
         except (_NotFast, RecursionError):
             return None

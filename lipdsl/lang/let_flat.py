@@ -62,18 +62,17 @@ def _literal(number: str):
     return raw, raw, 0
 
 
-def read_flat(text: str, offset: int, line: int):
+def read_flat(text: str, offset: int, line: int, reserved: frozenset[str] = frozenset()):
     """``(node, last, names, terms)`` for the expression ``text[offset:]`` (the parser's reader's ``node =
     (value, depth, start, end)``, ``last`` the end of the last token), or None: the recursive reader reads
-    it. ``terms`` is the line's ``Deferred.terms`` (None for a value without names).
+    it. ``terms`` is the line's ``Deferred.terms`` (None for a value without names). A name in ``reserved``
+    (the keywords, ``parse.keywords``) gives None as well.
 
     One pass over the tokens: a term is ``unary (* unary)*`` with ``unary = (+|-)* atom``, folded from the
     left as the reader folds it (two numbers: exactly, as ``m / 10^e``; anything with a name: a tree node,
     its numbers the literals or the folded Fractions), and the terms likewise under + and -."""
     if _NOT_FLAT.search(text, offset):
         return None
-    from lipdsl.lang.fast_let import _KEYWORDS  # (fast_let imports this module)
-
     toks = _TOKEN.findall(text, offset)
     max_depth, max_bits, max_e = ast.MAX_DEPTH, ast.MAX_BITS, ast.MAX_DECIMAL_EXPONENT
     literals = _LITERALS
@@ -148,7 +147,7 @@ def read_flat(text: str, offset: int, line: int):
             o_num, o_depth, o_tree, factor = True, 1, None, (m, e)
         else:
             end = pos = start + len(name)
-            if name in _KEYWORDS or name == "pi" or name == "e":
+            if name in reserved or name == "pi" or name == "e":
                 return None
             names.append(Name(name, Span_(line, start + 1, line, end + 1)))
             o_tree = ("name", name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 import re
@@ -12,6 +13,7 @@ from typing import Iterator
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedInput, VisitError
 from lark.lark import PostLex
+from lark.lexer import PatternStr
 
 from lipdsl.errors import LipdslError, ParseError
 from lipdsl.lang import ast
@@ -25,7 +27,7 @@ from lipdsl.lang.tensor_tokens import (  # noqa: F401 (ToAst's fast paths, looke
     _numbers_slow,
 )
 
-__all__ = ["parse", "grammar_text"]
+__all__ = ["parse", "grammar_text", "keywords"]
 
 
 _FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
@@ -128,6 +130,32 @@ def _parser() -> Lark:
             cache=_cache_path(),
         )
     return _PARSER
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@functools.cache
+def keywords() -> frozenset[str]:
+    """The language's keywords: the grammar's quoted words that are spelt like names (``network``, ``conv1d``,
+    ``kernel``, ``end``, ``eps``, ...; not ``x``, which is an ordinary name wherever a name may go).
+
+    They cannot be names. The contextual lexer reads a keyword as a NAME wherever the keyword itself cannot
+    come next (``residual end``, ``batchnorm eps: 2``), so ``ToAst`` refuses it where a name is defined.
+    """
+    return frozenset(t.pattern.value for t in _parser().terminals
+                     if isinstance(t.pattern, PatternStr) and _WORD.fullmatch(t.pattern.value))
+
+
+def _defined_name(token: Token | None, what: str) -> str | None:
+    """The name ``token`` defines (None when there is none); ParseError at it when it is a keyword."""
+    if token is None:
+        return None
+    word = str(token)
+    if word in keywords():
+        raise ParseError(f"{word!r} is a keyword and cannot name {what}", Span.of(token),
+                         hint=f"choose another name, such as '{word}1' (keywords: docs/language.md)")
+    return word
 
 
 def _nested(meta, *kids: ast.Expr) -> int:
@@ -257,7 +285,7 @@ class ToAst(Transformer_NonRecursive):
     # -- statements --------------------------------------------------------------------------------
     def network(self, meta, kids):
         (name,) = kids
-        return ("network", str(name), Span.of(name), Span.of(meta))
+        return ("network", _defined_name(name, "the network"), Span.of(name), Span.of(meta))
 
     def input_flat(self, meta, kids):
         return ast.Input(kids[0], None, False, Span.of(meta))
@@ -273,44 +301,45 @@ class ToAst(Transformer_NonRecursive):
 
     def let(self, meta, kids):
         name, value = kids
-        return ast.Let(str(name), value, Span.of(meta), Span.of(name))
+        return ast.Let(_defined_name(name, "a constant"), value, Span.of(meta), Span.of(name))
 
     def conv1d(self, meta, kids):
         name, c_in, c_out, *options = kids
-        return ast.Conv1d(name, c_in, c_out, tuple(options), Span.of(meta))
+        return ast.Conv1d(_defined_name(name, "a layer"), c_in, c_out, tuple(options), Span.of(meta))
 
     def dense(self, meta, kids):
         name, n_in, n_out, *options = kids
-        return ast.Dense(name, n_in, n_out, tuple(options), Span.of(meta))
+        return ast.Dense(_defined_name(name, "a layer"), n_in, n_out, tuple(options), Span.of(meta))
 
     def avgpool(self, meta, kids):
         name, kernel, *options = kids
-        return ast.Pool("avg", name, kernel, tuple(options), Span.of(meta))
+        return ast.Pool("avg", _defined_name(name, "a layer"), kernel, tuple(options), Span.of(meta))
 
     def maxpool(self, meta, kids):
         name, kernel, *options = kids
-        return ast.Pool("max", name, kernel, tuple(options), Span.of(meta))
+        return ast.Pool("max", _defined_name(name, "a layer"), kernel, tuple(options), Span.of(meta))
 
     def global_avgpool(self, meta, kids):
         name, *options = kids
-        return ast.GlobalAvgPool(name, tuple(options), Span.of(meta))
+        return ast.GlobalAvgPool(_defined_name(name, "a layer"), tuple(options), Span.of(meta))
 
     def flatten(self, meta, kids):
         name, *options = kids
-        return ast.Flatten(name, tuple(options), Span.of(meta))
+        return ast.Flatten(_defined_name(name, "a layer"), tuple(options), Span.of(meta))
 
     def activation(self, meta, kids):
         function, parameter, name, *options = kids
         return ast.Activation(
-            str(function), parameter, name, tuple(options), Span.of(meta), Span.of(function)
+            str(function), parameter, _defined_name(name, "a layer"), tuple(options), Span.of(meta),
+            Span.of(function),
         )
 
     def batchnorm(self, meta, kids):
         name, channels, *options = kids
-        return ast.BatchNorm(name, channels, tuple(options), Span.of(meta))
+        return ast.BatchNorm(_defined_name(name, "a layer"), channels, tuple(options), Span.of(meta))
 
     def residual(self, meta, kids):
-        return _Marker("residual", kids[0], Span.of(meta))
+        return _Marker("residual", _defined_name(kids[0], "a residual block"), Span.of(meta))
 
     def shortcut(self, meta, kids):
         return _Marker("shortcut", None, Span.of(meta))
@@ -319,7 +348,7 @@ class ToAst(Transformer_NonRecursive):
         return _Marker("end", None, Span.of(meta))
 
     def layer_name(self, meta, kids):
-        return str(kids[0])
+        return kids[0]  # the NAME token: the layer's rule checks it (_defined_name) and keeps its text
 
     label = layer_name
 

@@ -129,6 +129,49 @@ def test_keywords_are_not_names_but_x_is():
     assert net.body[1].name == "x"
 
 
+@pytest.mark.parametrize("text, what", [
+    ("input 2 x 8\nresidual end\n  relu\nend\n", "a residual block"),
+    ("input 2 x 8\nresidual shortcut:\n  relu\nend\n", "a residual block"),
+    ("input 2 x 8\nbatchnorm eps: 2, weights bn\n", "a layer"),
+    ("input 2 x 8\nconv1d kernel: 2 -> 2, kernel 1, weight w\n", "a layer"),
+    ("input 2 x 8\ndense weight: 2 -> 2, weight w\n", "a layer"),
+    ("input 2 x 8\navgpool valid: 2\n", "a layer"),
+    ("input 2 x 8\nmaxpool causal: 2\n", "a layer"),
+    ("input 2 x 8\nflatten valid\n", "a layer"),
+    ("input 2 x 8\nglobal_avgpool same\n", "a layer"),
+    ("input 2 x 8\nrelu end\n", "a layer"),
+    ("input 2 x 8\nswish input: slope [0, 1]\n", "a layer"),
+    ("input 2 x 8\nlet eps = 1e-3\n", "a constant"),  # the fast let reader leaves it to Lark
+    ("input 2 x 8\nlet end = sqrt(2)\n", "a constant"),
+    ("network end\ninput 2 x 8\nrelu\n", "the network"),
+])
+def test_keywords_cannot_name_anything(text, what):
+    """The contextual lexer reads a keyword as a NAME where the keyword cannot come next ('residual end'):
+    the error names the word and points at it."""
+    with pytest.raises(ParseError) as err:
+        p(text)
+    line = 1 if what == "the network" else 2
+    source_line = text.splitlines()[line - 1]
+    word = source_line.split()[1].rstrip(":")
+    assert err.value.message == f"{word!r} is a keyword and cannot name {what}"
+    assert err.value.span.line == line
+    assert source_line[err.value.span.col - 1:err.value.span.end_col - 1] == word
+    assert f"'{word}1'" in err.value.hint
+
+
+def test_keywords_are_the_grammars_quoted_words_and_the_documented_list():
+    from lipdsl.lang.parse import keywords
+    from lipdsl.lang.syntax_errors import LAYER_KEYWORDS, OPTION_WORDS
+
+    words = keywords()
+    assert {"network", "conv1d", "residual", "shortcut", "end", "kernel", "eps", "valid"} <= words
+    assert "x" not in words and "relu" not in words
+    assert set(LAYER_KEYWORDS) | set(OPTION_WORDS) <= words
+    documented = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    listed = documented.split("- Keywords (`", 1)[1].split("`)", 1)[0].split()
+    assert sorted(listed) == sorted(words)
+
+
 def test_structure_errors():
     with pytest.raises(ParseError, match="one 'input' line"):
         p("input 2\ninput 3\n")
