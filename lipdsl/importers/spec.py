@@ -25,6 +25,7 @@ from lipdsl.lang import typed
 from lipdsl.lang.check import conv1d_length, pool_length
 from lipdsl.lang.parse import keywords
 from lipdsl.lang.typed import Shape
+from lipdsl.lang.weights import spelt_key
 
 __all__ = [
     "Layer",
@@ -237,7 +238,8 @@ def _body_lines(layers: list[Layer]) -> list[tuple[str, str]]:
 
 
 def sanitize_key(name: str) -> str:
-    """A tensor name in the spec's key syntax ``[A-Za-z_][A-Za-z0-9_]*(.[A-Za-z0-9_]+)*``.
+    """A tensor name in the spec's key syntax ``[A-Za-z_][A-Za-z0-9_]*(.[A-Za-z0-9_]+)*``: the spelling a spec
+    reads the name by (``lipdsl.lang.weights.spelt_key``; a keyword is a key like any other).
 
     Characters other than letters, digits, ``_`` and ``.`` become ``_``; empty dot-segments are dropped; a key
     starting with a digit gets a leading ``_`` (``0.weight`` -> ``_0.weight``, ``onnx::Conv_7`` ->
@@ -246,13 +248,7 @@ def sanitize_key(name: str) -> str:
     >>> sanitize_key("0.weight"), sanitize_key("features.3.bias"), sanitize_key("onnx::Gemm_12")
     ('_0.weight', 'features.3.bias', 'onnx__Gemm_12')
     """
-    text = re.sub(r"[^A-Za-z0-9_.]", "_", name)
-    text = ".".join(seg for seg in text.split(".") if seg) or "t"
-    if not re.match(r"[A-Za-z_]", text):
-        text = "_" + text
-    if _keyword(text):
-        text += "_"
-    return text
+    return spelt_key(name)
 
 
 class Keys:

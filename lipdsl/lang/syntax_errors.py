@@ -388,9 +388,42 @@ def _keyword_error(exc: UnexpectedInput, source: Source, err: ParseError) -> Par
     return err
 
 
+_DIGIT_KEY = re.compile(r"\d[A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
+_PLAIN_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z0-9_.])")
+_AFTER_PREFIX = re.compile(r'\bweights[ \t]*(?:"[^"\n]*"[ \t]*:[ \t]*)?$')
+
+
+def _digit_key_error(exc: UnexpectedInput, source: Source, err: ParseError) -> ParseError:
+    """``err``, or a clearer one where a tensor key goes and the text starts with a digit: a key of a
+    top-level ``nn.Sequential`` (``0.weight``, the prefix ``1``) is written ``_0.weight``, ``_1``
+    (``weights.spelt_key``); a plain number there (``bias 0``) is told how to write a tensor."""
+    tok = getattr(exc, "token", None)
+    state = getattr(exc, "state", None)
+    if not isinstance(tok, Token) or tok.start_pos is None or not isinstance(state, ParserState) \
+            or "KEY" not in _accepts(state):
+        return err
+    m = _DIGIT_KEY.match(source.text, tok.start_pos)
+    if m is None:
+        return err
+    key = m.group()
+    prefix = _AFTER_PREFIX.search(source.line(tok.line)[:tok.column - 1]) is not None
+    number = _PLAIN_NUMBER.match(source.text, tok.start_pos)
+    if number and not prefix:
+        also = f"; a key that starts with a digit is written with '_' before it: _{key}"
+        return ParseError(err.message, err.span, hint=f"a tensor is written in brackets, as in "
+                          f"[{number.group()}]" + (also if number.group() == key else ""))
+    span = Span(tok.line, tok.column, tok.line, tok.column + len(key))
+    what = "key prefix" if prefix else "tensor key"
+    reads = (f"the file's {key}.weight, {key}.bias, {key}.running_mean and {key}.running_var" if prefix
+             else f"the file's {key!r}")
+    return ParseError(f"a {what} cannot start with a digit: write '_{key}'", span,
+                      hint=f"'_{key}' reads {reads}: a key that starts with a digit is written with '_' "
+                      "before it, as 'lipdsl import' writes it")
+
+
 def syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
     """Translate a Lark error into a ParseError in plain words, located at the offending token."""
-    return _keyword_error(exc, source, _plain_syntax_error(exc, source))
+    return _keyword_error(exc, source, _digit_key_error(exc, source, _plain_syntax_error(exc, source)))
 
 
 def _plain_syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:

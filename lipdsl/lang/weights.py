@@ -15,6 +15,7 @@ import io
 import math
 import os
 import posixpath
+import re
 import tokenize
 import zipfile
 import zlib
@@ -28,7 +29,7 @@ from lipdsl.errors import WeightError, did_you_mean, shorten
 from lipdsl.lang import ast
 from lipdsl.lang.source import Source, Span, file_kind
 
-__all__ = ["WeightFiles", "memory_key", "weight_files", "MAX_WEIGHT_BYTES"]
+__all__ = ["WeightFiles", "memory_key", "spelt_key", "weight_files", "MAX_WEIGHT_BYTES"]
 
 #: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
 MAX_WEIGHT_BYTES = 1 << 30
@@ -38,6 +39,22 @@ def memory_key(rel: str) -> str:
     """Key of weight file ``rel`` (as the spec writes it) in ``check``'s ``files``: ``a/./b.npz`` ->
     ``a/b.npz``."""
     return posixpath.normpath(rel.replace(os.sep, "/"))
+
+
+def spelt_key(name: str) -> str:
+    """How a spec writes the file key ``name``: ``name`` itself when the key syntax allows it, else with each
+    character other than letters, digits, ``_`` and ``.`` as ``_``, empty dot-segments dropped and a ``_``
+    before a leading digit (the grammar's KEY starts with a letter or ``_``).
+
+    A spec's key that a file does not hold names the file key spelt so (``WeightFiles.read``), and
+    ``lipdsl import`` writes keys so: one spelling everywhere.
+
+    >>> spelt_key("conv1.weight"), spelt_key("0.weight"), spelt_key("onnx::Conv_7"), spelt_key("/0/Conv.bias")
+    ('conv1.weight', '_0.weight', 'onnx__Conv_7', '_0_Conv.bias')
+    """
+    text = re.sub(r"[^A-Za-z0-9_.]", "_", name)
+    text = ".".join(seg for seg in text.split(".") if seg) or "t"
+    return text if re.match(r"[A-Za-z_]", text) else "_" + text
 
 
 def weight_files(net: ast.Network) -> tuple[str, ...]:
@@ -210,19 +227,14 @@ class WeightFiles:
                 raise WeightError(
                     f"{shown!r} holds several tensors; say which one",
                     src.span,
-                    hint=f'write "{rel}":KEY with KEY one of: ' + _listing(data.files),
+                    hint=f'write "{rel}":KEY with KEY one of: ' + _listing(set(map(spelt_key, data.files))),
                 )
-            if src.key not in data.files:
-                raise WeightError(
-                    f"no tensor {shorten(src.key)!r} in {shown!r}",
-                    src.span,
-                    hint=did_you_mean(src.key, data.files) + "it holds: " + _listing(data.files),
-                )
+            key = _file_key(src, data.files, shown)
             try:
                 # numpy maps KEY to the member KEY.npy or KEY (any name): read it ourselves, whatever its
                 # name, through the size cap and the header check (numpy would return a raw member's bytes)
                 names = data.zip.namelist()
-                member = data.zip.getinfo(src.key + ".npy" if src.key + ".npy" in names else src.key)
+                member = data.zip.getinfo(key + ".npy" if key + ".npy" in names else key)
                 what = f"tensor {src.key!r} in {shown!r}"
                 if member.file_size > MAX_WEIGHT_BYTES:
                     raise WeightError(
@@ -366,6 +378,33 @@ def _bytes(n: int) -> str:
             return f"{n / size:.1f} {unit}"
     return f"{n} bytes"
 
+
+
+def _file_key(src: ast.TensorRef, keys: list[str], shown: str) -> str:
+    """The key of the file holding ``src.key``: itself, else the one key spelt so (``spelt_key``: the file's
+    ``0.weight`` for ``_0.weight``); WeightError when there is none, or several."""
+    if src.key in keys:
+        return src.key
+    spelt = {k: spelt_key(k) for k in keys}
+    matches = sorted(k for k, written in spelt.items() if written == src.key)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise WeightError(
+            f"{shorten(src.key)!r} could mean any of the tensors " + ", ".join(map(repr, matches[:4]))
+            + (", ..." if len(matches) > 4 else "") + f" in {shown!r}",
+            src.span,
+            hint="their names differ only in characters a key cannot hold; save them under distinct names",
+        )
+    written = sorted(set(spelt.values()))
+    renamed = next((k for k in sorted(keys) if spelt[k] != k), None)
+    note = "" if renamed is None else \
+        f" (as a spec writes them: the file's {shorten(renamed)!r} is {shorten(spelt[renamed])!r})"
+    raise WeightError(
+        f"no tensor {shorten(src.key)!r} in {shown!r}",
+        src.span,
+        hint=did_you_mean(src.key, written) + "it holds: " + _listing(written) + note,
+    )
 
 
 def _listing(names) -> str:

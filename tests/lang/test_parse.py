@@ -800,3 +800,31 @@ def test_flat_let_lines_are_taken_by_the_flat_reader():
     lets = parse_module._fast_lets(text)[1]
     assert isinstance(lets[1].value.value, lang_ast.Deferred) and lets[1].value.value.terms is not None
     assert lets[2].value.value == 2  # (sympy Rational 2: folded exactly)
+
+
+@pytest.mark.parametrize("line, message, caret, hint", [
+    ("conv1d 2 -> 2, kernel 1, weight 0.weight", "a tensor key cannot start with a digit: write '_0.weight'",
+     "0.weight", "'_0.weight' reads the file's '0.weight'"),
+    ('conv1d 2 -> 2, kernel 1, weight "seq.npz":0.weight',
+     "a tensor key cannot start with a digit: write '_0.weight'", "0.weight", "'_0.weight' reads"),
+    ("batchnorm 2, weights 1", "a key prefix cannot start with a digit: write '_1'", "1",
+     "'_1' reads the file's 1.weight, 1.bias, 1.running_mean and 1.running_var"),
+    ('batchnorm 2, weights "seq.npz":12', "a key prefix cannot start with a digit: write '_12'", "12",
+     "'_12'"),
+    ("batchnorm 2, running_mean 1.running_mean", "write '_1.running_mean'", "1.running_mean", "'_1.running"),
+    # a plain number where a tensor goes: the table's message, and how to write either
+    ("dense 2 -> 2, bias 0", "expected a tensor", "0", "as in [0]; a key that starts with a digit is "
+     "written with '_' before it: _0"),
+    ("dense 2 -> 2, bias 1e-3", "expected a tensor", "1e-3", "a tensor is written in brackets, as in [1e-3]"),
+])
+def test_keys_starting_with_a_digit_are_told_the_spelling_that_parses(line, message, caret, hint):
+    """A top-level nn.Sequential's keys (0.weight, the batch norm prefix 1) are written _0.weight, _1:
+    the error says so, with the caret on the whole key; the spelling it suggests parses."""
+    text = f'input 2 x 4\nweights "seq.npz"\n{line}\n'
+    with pytest.raises(ParseError) as err:
+        p(text)
+    assert message in err.value.message and hint in err.value.hint
+    span = err.value.span
+    assert span.line == 3 and line[span.col - 1:span.end_col - 1] == caret
+    if "write '_" in message:
+        p(text.replace(caret, "_" + caret, 1))

@@ -335,3 +335,41 @@ def test_a_long_missing_key_is_shortened_in_the_message(tmp_path):
     err = refused(tmp_path, f'weights "w.npz"\ndense 2 -> 1, weight {key}\n', "no tensor")
     assert len(err.message) < 200 and f"({len(key)} characters)" in err.message  # (errors.shorten)
     assert "'layer.layer." in err.message and "layer.weight (" in err.message
+
+
+# -- keys the key syntax cannot spell (a top-level nn.Sequential's 0.weight) ---------------------------------
+def _sequential_npz(directory: Path) -> None:
+    np.savez(directory / "seq.npz", **{"0.weight": np.eye(2)[:, :, None], "1.weight": np.ones(2),
+                                       "1.bias": np.zeros(2), "1.running_mean": np.zeros(2),
+                                       "1.running_var": np.full(2, 4.0)})
+
+
+def test_digit_keys_are_read_by_the_spelling_import_writes(tmp_path):
+    """`_0.weight` reads the file's `0.weight` (from the current weights file, from "file.npz":, and as a
+    batch norm's prefix `_1`), as `lipdsl import` and `sweep --like` spell it."""
+    _sequential_npz(tmp_path)
+    net = net_of('input 2 x 4\nweights "seq.npz"\nconv1d 2 -> 2, kernel 1, weight _0.weight\n'
+                 'batchnorm 2, weights _1\nconv1d 2 -> 2, kernel 1, weight "seq.npz":_0.weight\n', tmp_path)
+    conv, bn, conv2 = net.layers
+    assert np.array_equal(conv.weight, np.eye(2)[:, :, None]) and np.array_equal(conv2.weight, conv.weight)
+    assert np.allclose(bn.scale, 1 / np.sqrt(4.0 + 1e-5))
+
+
+def test_an_exact_key_wins_and_a_spelling_of_two_keys_is_refused(tmp_path):
+    np.savez(tmp_path / "two.npz", **{"0.w": np.ones((1, 2)), "_0.w": np.full((1, 2), 2.0),
+                                      "a-b": np.ones((1, 2)), "a:b": np.ones((1, 2))})
+    net = net_of('input 2\nweights "two.npz"\ndense 2 -> 1, weight _0.w\n', tmp_path)
+    assert net.layers[0].weight[0, 0] == 2.0
+    err = refused(tmp_path, 'weights "two.npz"\ndense 2 -> 1, weight a_b\n', "could mean any of")
+    assert "'a-b', 'a:b'" in err.message
+
+
+def test_missing_digit_key_suggests_a_spelling_the_parser_accepts(tmp_path):
+    """The did-you-mean and the listing name keys as a spec writes them; the suggestion parses and reads."""
+    _sequential_npz(tmp_path)
+    err = refused(tmp_path, 'weights "seq.npz"\ndense 2 -> 2, weight _0.weigth\n', "no tensor '_0.weigth'")
+    assert err.hint.startswith("did you mean '_0.weight'? it holds: _0.weight, _1.bias,")
+    assert "the file's '0.weight' is '_0.weight'" in err.hint
+    err = refused(tmp_path, 'weights "seq.npz"\ndense 2 -> 2, weight "seq.npz"\n', "say which one")
+    assert err.hint.startswith('write "seq.npz":KEY with KEY one of: _0.weight, _1.bias')
+    net_of('input 2 x 4\nweights "seq.npz"\nconv1d 2 -> 2, kernel 1, weight _0.weight\n', tmp_path)
