@@ -558,9 +558,32 @@ def _smaller_hint(net, low, size: ProblemSize, solver: str, lift: int, frequenci
             continue
     if solver != "cvxopt" and _fits(size, "cvxopt", max_lmi, max_variables):
         return "use --solver cvxopt (lipdsl's structured KKT solver needs far less memory)"
-    return (f"reduce the channels or kernel sizes of {size.largest_system!r} (a conv layer has "
-            "dilation*(kernel-1)*c_in states and (states)^2/2 storage variables), or run on a machine with "
+    return (f"reduce {_what_to_reduce(net, low, size.largest_system)}, or run on a machine with "
             f"{limits.about_bytes(size.memory(solver))} of memory")
+
+
+def _what_to_reduce(net: typed.Network, low, system: str) -> str:
+    """What makes the system ``system`` (a layer, a block, or a merged run of ``low``) large, in words: the
+    channels and kernel sizes of its conv layers, and their dilation when that is the largest factor of a
+    conv's ``dilation*(kernel-1)*c_in`` states."""
+    names = {system}
+    if low is not None:
+        names.update(next((s.layers for s in low.systems if s.name == system), ()))
+    layers = [x for layer in net.layers
+              for x in ([layer] + (typed.flat_layers([layer]) if isinstance(layer, typed.Residual) else []))]
+    convs = [c for layer in layers if layer.name in names
+             for c in typed.flat_layers([layer]) if isinstance(c, typed.Conv1d)]
+    general = "(a conv layer has dilation*(kernel-1)*c_in states and (states)^2/2 storage variables)"
+    if not convs:
+        return f"the channels or kernel sizes of {system!r} {general}"
+    conv = max(convs, key=lambda c: c.dilation * (c.kernel - 1) * c.c_in)
+    d, k1, c_in = conv.dilation, conv.kernel - 1, conv.c_in
+    if d <= 1 or d < max(k1, c_in):
+        return f"the channels or kernel sizes of {system!r} {general}"
+    which = f"its conv {conv.name!r}" if conv.name != system else "it"
+    return (f"the dilation, channels or kernel sizes of {system!r} ({which} has dilation {d}: "
+            f"dilation*(kernel-1)*c_in = {d}*{k1}*{c_in} = {d * k1 * c_in:,} states, and (states)^2/2 "
+            "storage variables)")
 
 
 def _exact_bound(low: LoweredNetwork) -> tuple[float, str] | None:

@@ -530,6 +530,21 @@ def test_memory_refusal_comes_before_allocating_with_a_true_hint(tmp_path, monke
     assert "error:" in res.stderr and "hint:" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("block", [True, False])
+def test_memory_hint_names_the_dilation_when_it_makes_a_conv_large(tmp_path, block):
+    """A conv of dilation 10^6 inside a block: the hint said "reduce the channels or kernel sizes of 'r'"."""
+    conv = ("conv1d c1: 2 -> 2, kernel 3, dilation 1000000, padding causal, "
+            "weight [[[0.5, 0.2, -0.1], [0.1, -0.3, 0.2]], [[0.0, 0.4, 0.1], [0.2, 0.1, -0.5]]]\n")
+    spec = write(tmp_path, "input 2 x *\n" + ("residual r\n" + conv + "end\n" if block else conv))
+    _, net = load_network(spec)
+    with pytest.raises(LimitError) as info:  # (the frequency form: the memory of the state spaces)
+        solve_network(net, frequencies=33, max_lmi=None, max_variables=None)
+    assert "would need about" in info.value.message
+    where = "'r' (its conv 'c1' has" if block else "'c1' (it has"
+    assert f"reduce the dilation, channels or kernel sizes of {where} dilation 1000000: " \
+           "dilation*(kernel-1)*c_in = 1000000*2*2 = 4,000,000 states" in info.value.hint
+
+
 def test_variable_limit_hint_is_true(tmp_path, monkeypatch):
     """issue 22: the guard said "solve with --frequencies 33" even when --frequencies 33 was given."""
     np.save(tmp_path / "w.npy", np.zeros((64, 64, 9)))

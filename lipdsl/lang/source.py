@@ -83,9 +83,22 @@ class Source:
     path: str
     text: str
 
+    def __post_init__(self) -> None:
+        # The text as the parser and the error display both see it: a leading byte-order mark (Notepad's
+        # UTF-8) dropped, and every line ending, \r\n or an old Mac's lone \r, made \n (Python's universal
+        # newlines). Lark counts lines by \n only, so the line and column it reports are the line shown.
+        text = self.text
+        if text.startswith("\ufeff"):
+            text = text[1:]
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if text is not self.text:
+            object.__setattr__(self, "text", text)
+
     @classmethod
     def read(cls, path: str | Path) -> "Source":
-        """Read a spec file as UTF-8; undecodable bytes become U+FFFD so the parser can point at them.
+        """Read a spec file as UTF-8 (a leading byte-order mark dropped, line endings made \n); undecodable
+        bytes become U+FFFD so the parser can point at them.
 
         Raises
         ------
@@ -110,4 +123,4 @@ class Source:
         """Source line ``number`` (1-based) without its newline, or '' if out of range."""
         # Lark counts lines by "\n" only; str.splitlines() would also split on \x0c, \x85, \u2028, ...
         lines = self.text.split("\n")
-        return lines[number - 1].rstrip("\r") if 1 <= number <= len(lines) else ""
+        return lines[number - 1] if 1 <= number <= len(lines) else ""

@@ -198,6 +198,16 @@ SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
     ("an activation takes one parameter, as in 'leaky_relu(0.01)'", ["leaky_relu(0.1, 2)\n", "elu()\n"]),
     ("'padding' takes a number, valid, same or causal", ['conv1d c: 1 -> 2, padding "same"\n']),
     (
+        "a residual block opens with a line 'residual' or 'residual NAME:'",
+        ["residual:\n", "residual :\n", "residual r: 2\n", "residual r s\n"],
+    ),
+    ("'shortcut' and 'end' stand alone on their line", ["shortcut:\n", "end:\n", "shortcut s\n", "end r\n"]),
+    (
+        "after the layer kind come its name (then ':' if sizes follow), sizes or options, as in "
+        "'batchnorm bn1: 16', 'avgpool 2' or 'flatten f1'",
+        ["flatten:\n", "global_avgpool:\n", "batchnorm: 2\n", "avgpool: 2\n", "maxpool: 2\n"],
+    ),
+    (
         "unexpected character",
         ["let a = 1 @ 2\n", "relu $\n", "let a = 1 % 2\n", "conv1d c: 1 -> 2; kernel 3\n"],
     ),

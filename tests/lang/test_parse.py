@@ -124,6 +124,23 @@ def test_continuation_lines_comments_crlf_and_no_final_newline():
     assert [o.key for o in net.layers[0].options] == ["weight", "bias"]
 
 
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_line_endings_and_a_byte_order_mark_read_alike(ending, bom):
+    """Old Mac files (a lone \r) have lines as well, and a UTF-8 byte-order mark (Notepad) is not a character
+    of the spec: the same network, and an error at the same line and column, showing that line."""
+    good = ["network t", "input 2 x 8", "residual r", "  relu", "end"]
+    net = p(bom + ending.join(good) + ending)
+    assert net.name == "t" and net.name_span == Span(1, 9, 1, 10)
+    assert net.layers[0].end_span.line == 5
+    bad = ["network t", "input 2 x 8", "relu $"]
+    text = bom + ending.join(bad) + ending
+    with pytest.raises(ParseError) as err:
+        p(text)
+    assert (err.value.span.line, err.value.span.col) == (3, 6)
+    assert "    3 | relu $\n      |      ^" in err.value.render(Source("x.lip", text))
+
+
 def test_keywords_are_not_names_but_x_is():
     net = p("input 2\nlet x = 3\nrelu\n")
     assert net.body[1].name == "x"
