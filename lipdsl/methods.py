@@ -165,6 +165,9 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    from lipdsl.lang.check import require_length
+
+    require_length(net, length)  # (raised: a contradiction of the caller's, not this method's failure)
     if timeout is not None:
         deadline = limits.Deadline.after(timeout)
         with limits.blas_threads(), deadline.active():
@@ -270,6 +273,9 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
     ``frequencies``: the dissipative method in frequency form (``solve_network(frequencies=...)``); its row
     then carries the frequency-mode warnings (``MethodResult.frequency_report``).
     """
+    from lipdsl.lang.check import require_length
+
+    require_length(net, length)
     deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
     with limits.blas_threads(), deadline.active():
         return _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift, force, max_rows,

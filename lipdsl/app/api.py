@@ -418,11 +418,13 @@ class Network:
         """
         from lipdsl.pipeline import lower_within_limits
         from lipdsl.app.arguments import integer
+        from lipdsl.lang.check import require_length
         from lipdsl.sdp.build import build_sdp
         from lipdsl.solvers.sdpa import write_sdpa
 
         length = integer("length", length, 1, optional=True)
         lift = integer("lift", lift, 1)
+        require_length(self.typed, length)
         sdp = build_sdp(lower_within_limits(self.typed, min_length=length, lift=lift))
         name = self.typed.source_path or self.name
         return write_sdpa(sdp, path, spec_name=name)

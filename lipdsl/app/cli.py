@@ -25,6 +25,7 @@ from lipdsl.app.options import (  # noqa: F401 (fail, read_source, SOLVERS: impo
     SOLVERS,
     Frequencies,
     WeightRank,
+    check_length,
     check_state_space_size,
     fail,
     load_or_fail,
@@ -103,6 +104,7 @@ def show_command(
     if (min_length is not None or lift != 1) and not lowering:
         raise click.UsageError("--length and --lift apply to --lowering only")
     deadline, source, net = load_with_deadline(spec, allow_outside, timeout)
+    check_length(net, source, min_length)
     within(deadline, "lipdsl show",
            lambda: _show(net, source, as_json, state_space, latex, lowering, min_length, lift), source)
 
@@ -242,9 +244,7 @@ def solve_command(
     t0 = time.perf_counter()
     deadline, source, net = load_with_deadline(spec, allow_outside, timeout)
     t1 = time.perf_counter()
-    if min_length is not None and net.input_shape.length is not None and not as_json:
-        click.echo(f"note: --length {min_length} is ignored: {net.name} takes inputs of fixed shape "
-                   f"{net.input_shape}", err=True)
+    check_length(net, source, min_length)
     if method != "dissipative":
         within(deadline, f"--method {method}",
                lambda: _solve_baseline(net, method, min_length, force, as_json), source)
@@ -392,6 +392,7 @@ def export_command(spec: str, output: str, min_length: int | None, lift: int, ti
                    allow_outside: bool) -> None:
     """Write the SDP that `solve` builds for SPEC in SDPA sparse format (.dat-s), for any SDP solver."""
     deadline, source, net = load_with_deadline(spec, allow_outside, timeout)
+    check_length(net, source, min_length)
     within(deadline, "lipdsl export", lambda: _export(net, source, spec, output, min_length, lift), source)
 
 

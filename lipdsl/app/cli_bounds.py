@@ -12,6 +12,7 @@ from lipdsl.app.options import (
     ALLOW_OUTSIDE,
     Frequencies,
     Seconds,
+    check_length,
     load_or_fail,
     search_deadlines,
     solver_help,
@@ -68,6 +69,7 @@ def lower_command(
 
     budget, deadline = search_deadlines(time_budget)  # (reading the spec counts against the budget)
     source, net = load_or_fail(spec, allow_outside)
+    check_length(net, source, length)
     err_console = console(stderr=True)
 
     def search():
@@ -199,6 +201,7 @@ def compare_command(
             )
             sys.exit(1)
     source, net = load_or_fail(spec, allow_outside)
+    check_length(net, source, length)
     err_console = console(stderr=True)
 
     def run():

@@ -165,6 +165,17 @@ ALLOW_OUTSIDE = click.option(
 )
 
 
+def check_length(net, source, length: int | None) -> None:
+    """``--length`` against the spec (``check.require_length``): for a spec of fixed length, another length
+    is an error at its input line (exit 1) in every command that takes one; the spec's own length is fine."""
+    from lipdsl.lang.check import require_length
+
+    try:
+        require_length(net, length, "--length")
+    except LipdslError as err:
+        fail(err, source)
+
+
 def lower_or_fail(net, source, min_length, lift):
     """``show --lowering``: the lowered network and the problem's size, within the memory model (else
     the error and its exit code)."""

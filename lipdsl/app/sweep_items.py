@@ -316,7 +316,10 @@ def _run_item(item: Item, options: Options) -> dict:
         return {"status": "error", "error": item.error}
     source = None
     try:
+        from lipdsl.lang.check import require_length
+
         source, net = _network(item, options)
+        require_length(net, options.length, "--length")
         row = _method(net, options, source)
         if options.lower and row.get("lipschitz") is not None:
             from lipdsl.baselines.empirical import lower_bound

@@ -11,8 +11,8 @@ import numpy as np
 from lipdsl import limits
 
 from lipdsl.lang import typed
-from lipdsl.lang.check import length_after, shapes_at
-from lipdsl.errors import LipdslError, shorten
+from lipdsl.lang.check import length_after, require_length, shapes_at
+from lipdsl.errors import shorten
 from lipdsl.model.forward import _activation_functions, jacobian, linearize
 
 #: Input length used for nets declared ``input c x *`` when no ``length`` is given.
@@ -38,11 +38,8 @@ def _input_shape(net: typed.Network, length: int | None) -> tuple[int, ...]:
     shp = net.input_shape
     if shp.flat:
         return (shp.channels,)
+    require_length(net, length)
     if shp.length is not None:
-        if length is not None and length != shp.length:
-            raise LipdslError(
-                f"the network's input length is {shp.length}, got length={length}", span=net.span
-            )
         return (shp.channels, shp.length)
     return (shp.channels, int(length or DEFAULT_LENGTH))
 
@@ -346,7 +343,8 @@ def lower_bound(
     Raises
     ------
     LipdslError
-        If an activation has no known function (only a slope bound).
+        If an activation has no known function (only a slope bound), or the spec contradicts ``length``
+        (``check.require_length``).
     """
     t0 = time.perf_counter()
     for L in typed.flat_layers(net.layers):

@@ -9,8 +9,9 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from lipdsl import limits
-from lipdsl.errors import CertificateError, LipdslError, UnsupportedError
+from lipdsl.errors import CertificateError, UnsupportedError
 from lipdsl.lang import typed
+from lipdsl.lang.check import require_length
 
 #: Largest matrix dimension whose spectral norm is a dense SVD (exact); above it a Cholesky certificate.
 DENSE_SVD_LIMIT = 5000
@@ -116,13 +117,11 @@ def _avgpool_matrix(c: int, n: int, kernel: int, stride: int) -> sp.csr_matrix:
 
 def _length_of(net: typed.Network, length: int | None) -> int | None:
     """The input length to unroll for: the spec's, or ``length`` for a net declared ``input c x *``."""
+    require_length(net, length)
     shp = net.input_shape
     if shp.flat:
         return None
     if shp.length is not None:
-        if length is not None and length != shp.length:
-            raise LipdslError(f"the network's input length is {shp.length}, got length={length}",
-                              span=net.span)
         return shp.length
     if length is None:
         raise UnsupportedError(

@@ -238,6 +238,8 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     except (TypeError, ValueError):
         raise invalid(f"the certificate's options {opts!r} are not valid (min_length: an integer or null, "
                     "lift: a positive integer)") from None
+    if not net.any_length:  # (a certificate of a fixed-length spec may record the --length that solve
+        min_length = None   # used to ignore: only the spec's length enters its lowering and validity)
     try:
         low = lower(net, scale=False, min_length=min_length, lift=lift,
                     merge_linear=bool(opts.get("merge_linear", True)))

@@ -91,6 +91,29 @@ def shapes_at(net: typed.Network, length: int | None):
         yield L, c, n
 
 
+def require_length(net: typed.Network, length: int | None, given: str = "length") -> None:
+    """Refuse an input ``length`` (``--length``, ``length=``) that the spec contradicts: every command and
+    function that takes one treats it alike. Any length goes for ``input C x *``, and the spec's own length
+    for ``input C x N``.
+
+    Raises
+    ------
+    SpecError
+        At the ``input`` line, for another length than ``N``, or any length for a vector input
+        (``input N``).
+    """
+    shp = net.input_shape
+    if length is None or net.any_length or length == shp.length:
+        return
+    if shp.flat:
+        raise SpecError(f"{given} {length} does not apply to {net.name!r}: its input is a vector of "
+                        f"{shp.channels} values", net.input_span,
+                        hint=f"leave out {given} (it is for 'input C x *' nets)")
+    raise SpecError(f"{given} {length} contradicts the input line: {net.name!r} takes inputs of length "
+                    f"{shp.length}", net.input_span,
+                    hint=f"leave out {given}, or declare 'input {shp.channels} x *' for inputs of any length")
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -539,6 +562,7 @@ def _check(ck: Checker, net: ast.Network, source: Source) -> typed.Network:
     if not layers:
         raise SpecError("the network has no layers", net.input.span, hint="add layers after the input line")
     title = net.name or (Path(source.path).stem if source.path not in ("<string>", "<stdin>") else "network")
-    return typed.Network(title, input_shape, tuple(layers), net.span, source.path)
+    length_span = net.input.span if net.input.length is None else net.input.length.span
+    return typed.Network(title, input_shape, tuple(layers), net.span, source.path, length_span)
 
 

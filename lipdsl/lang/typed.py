@@ -197,6 +197,7 @@ class Network:
     layers: tuple[Layer, ...]
     span: Span | None = None
     source_path: str | None = None
+    input_span: Span | None = None  # the input's length in the 'input' line (the line for 'input N', 'C x *')
 
     @property
     def output_shape(self) -> Shape:

@@ -19,6 +19,7 @@ import numpy as np
 from lipdsl import limits
 from lipdsl.errors import LoweringError
 from lipdsl.lang import typed
+from lipdsl.lang.check import require_length
 from lipdsl.model import lowered
 from lipdsl.model.fir import (  # noqa: F401 (the FIR algebra, imported from here too)
     MERGE_GROWTH,
@@ -155,7 +156,10 @@ def lower(
     ------
     LoweringError
         For a global average pool over a signal of unspecified length (the factor 1/sqrt(N) needs N).
+    SpecError
+        For a ``min_length`` the spec contradicts (``check.require_length``).
     """
+    require_length(net, min_length, "min_length")
     # (lift and residual import this module: loaded here)
     from lipdsl.model.lift import lower_lifted
     from lipdsl.model.residual import fold_batchnorm, residual_system

@@ -155,3 +155,46 @@ def test_show_and_export_under_a_timeout_print_what_they_print_without_one(tmp_p
     timed = run(["export", "-o", str(tmp_path / "b.dat-s"), "--timeout", "60", spec], capsys)
     assert code == 0 and timed == (0, out.replace("a.dat-s", "b.dat-s"), "")
     assert (tmp_path / "a.dat-s").read_text() == (tmp_path / "b.dat-s").read_text()
+
+
+# -- --length on a spec of fixed length: the same in every command that takes it ---------------------------
+FIXED = ("network t\ninput 2 x 8\nconv1d c: 2 -> 2, kernel 2, stride 2, "
+         "weight [[[0.5, 0.2], [0.1, -0.3]], [[0.4, 0.1], [0.2, -0.5]]]\nrelu\n")
+
+
+@pytest.mark.parametrize("command", [
+    ["show", "--lowering"], ["solve"], ["solve", "--json"], ["solve", "--method", "naive"],
+    ["export", "-o", "x"], ["lower", "--starts", "1"],
+    ["compare", "--methods", "naive", "--lower-starts", "0"],
+], ids=lambda c: " ".join(c[:3]))
+def test_a_length_the_spec_contradicts_is_an_error_at_its_input_line(command, capsys, tmp_path, monkeypatch):
+    """issue B.7: `lower` refused it (caret on line 1), `solve` ignored it with a note, `show --lowering`
+    silently: now every command refuses it, before any work, at the length in the input line."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.lip").write_text(FIXED)
+    code, out, err = run([*command, "--length", "9", "t.lip"], capsys)
+    assert code == 1 and out == "" and not (tmp_path / "x").exists()
+    assert err == ("t.lip:2:11: error: --length 9 contradicts the input line: 't' takes inputs of length 8\n"
+                   "    2 | input 2 x 8\n      |           ^\n"
+                   "  hint: leave out --length, or declare 'input 2 x *' for inputs of any length\n")
+
+
+@pytest.mark.parametrize("command", [["show", "--lowering"], ["lower", "--starts", "1", "--json"]])
+def test_the_specs_own_length_is_fine_and_a_vector_input_takes_none(command, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.lip").write_text(FIXED)
+    code, _, err = run([*command, "--length", "8", "t.lip"], capsys)
+    assert code == 0, err
+    (tmp_path / "v.lip").write_text("input 2\ndense 2 -> 1, weight [[1, 1]]\n")
+    code, out, err = run([*command, "--length", "8", "v.lip"], capsys)
+    assert code == 1 and out == "" and err.startswith(
+        "v.lip:1:1: error: --length 8 does not apply to 'v': its input is a vector of 2 values")
+
+
+def test_sweep_rows_of_a_contradicted_length_are_errors(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.lip").write_text(FIXED)
+    code, out, _ = run(["sweep", "--no-cache", "--json", "--length", "9", "t.lip"], capsys)
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and row["status"] == "error"
+    assert row["error"].startswith("t.lip:2:11: error: --length 9 contradicts the input line")

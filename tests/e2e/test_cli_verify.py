@@ -247,3 +247,20 @@ def test_verify_of_a_fixed_shape_net_states_its_shape(ecg_cert):
     assert "from the certificate" not in res.stdout
     assert json.loads(run("verify", "--json", SPECS / "ecg.lip", ecg_cert).stdout)["valid_for"] == \
         "inputs of shape 1x128"
+
+
+def test_a_fixed_length_certificate_verifies_whatever_min_length_it_records(tmp_path):
+    """`solve --length` used to ignore a length on a fixed-length spec and record it in the certificate;
+    such certificates still verify (only the spec's length enters the lowering), for the spec's shape."""
+    spec = tmp_path / "t.lip"
+    spec.write_text("input 2 x 8\nconv1d c: 2 -> 2, kernel 2, weight [[[0.5, 0.2], [0.1, -0.3]], "
+                    "[[0.4, 0.1], [0.2, -0.5]]]\nrelu\n")
+    cert = tmp_path / "t.json"
+    res = run("solve", spec, "--length", "8", "--certificate", cert)
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(cert.read_text())
+    doc["options"]["min_length"] = 64
+    cert.write_text(json.dumps(doc))
+    res = run("verify", spec, cert)
+    assert res.exit_code == 0, res.stderr
+    assert "valid for inputs of shape 2x8" in res.stdout and "N >= 64" not in res.stdout

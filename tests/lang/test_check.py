@@ -477,3 +477,31 @@ def test_shapes_at_follows_every_layer_and_block(name):
         return
     lengths = [n for _, _, n in shapes_at(net, 40)]
     assert lengths[:-1] == [n for n in _lengths(net, 40)[1:]]
+
+
+def test_a_length_the_spec_contradicts_is_refused_by_every_function_that_takes_one():
+    """check.require_length, the one rule: the library's entry points that take a length (lower's
+    min_length, the lower bound, the unrolled baselines, run_method, compare) refuse another length than a
+    fixed spec's, at the input's length; the spec's own length and any length for 'input C x *' are fine."""
+    from lipdsl.baselines.empirical import lower_bound
+    from lipdsl.baselines.unrolled import unroll
+    from lipdsl.lang.check import require_length
+    from lipdsl.lang.source import Span
+    from lipdsl.methods import compare, run_method
+    from lipdsl.model.lower import lower
+
+    net = net_of("input 2 x 8\nconv1d c: 2 -> 2, kernel 1, weight [[[1], [0]], [[0], [1]]]\nrelu\n")
+    calls = [lambda: lower(net, min_length=9), lambda: lower_bound(net, starts=1, length=9),
+             lambda: unroll(net, length=9), lambda: run_method(net, "naive", length=9),
+             lambda: compare(net, methods=("naive",), length=9, lower_starts=0)]
+    for call in calls:
+        with pytest.raises(SpecError, match="length 9 contradicts the input line") as err:
+            call()
+        assert err.value.span == Span(1, 11, 1, 12)
+    require_length(net, 8)
+    assert unroll(net, length=8)[0].shape == (16, 16)
+    any_length = net_of("input 2 x *\nrelu\n")
+    require_length(any_length, 9)
+    with pytest.raises(SpecError, match="does not apply") as err:
+        require_length(net_of("input 3\nrelu\n"), 3, "--length")
+    assert err.value.span == Span(1, 1, 1, 8) and "leave out --length" in err.value.hint
