@@ -43,6 +43,8 @@ The multiplier shift of step 2 is chosen on a coarse grid (``COARSE_GRID``, ever
 the chosen one is checked on the fine grid. Candidates are compared by ``PeakFirst``: one is evaluated
 first at the frequencies where the last full evaluation on the same grid peaked, and dropped when those
 alone need as much as the best so far (the same choices as full evaluations, at a fraction of the cost).
+The chosen one's shift on the fine grid is ``largest_shift``: batched Cholesky tests of the Schur
+complements at the level found so far, eigenvalues only for the batches where one fails.
 These eigenvalue checks run on the solver's KKT threads (``cvxopt_kkt.kkt_threads``), the frequencies split
 in parts.
 
