@@ -772,3 +772,35 @@ def test_undilated_reads_the_delay_line_of_a_dilated_conv_only():
     assert undilated(dataclasses.replace(sys, ss=rotated)) is None
     block = dataclasses.replace(sys, internal=(lowered.Internal("a", 2, 0.0, 1.0),))
     assert undilated(block) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_largest_shift_is_the_clamped_maximum_of_the_shifts(seed):
+    """``largest_shift`` (Cholesky tests at the level so far, eigenvalues only where one fails) gives
+    ``max(0, max_w s(w))`` of the full evaluation (``_shifts``): Hermitian stacks whose shift peaks at one
+    frequency between the sampled ones, near the end, at several, nowhere (all definite: 0), and for a
+    missing complement ``inf``; fewer eigenvalue calls than batches."""
+    rng = np.random.default_rng(seed)
+    n, count = 6, 300
+    A = rng.normal(size=(count, n, n)) + 1j * rng.normal(size=(count, n, n))
+    schur = A @ np.conj(A.transpose(0, 2, 1)) / n + 0.5 * np.eye(n)  # definite: every s < 0
+    dips = {0: [], 1: [3], 2: [count - 2], 3: [17, 150, 151, 299], 4: [1, 8], 5: [101]}[seed]
+    for j, at in enumerate(dips):
+        schur[at] -= (2.0 + j) * np.eye(n)
+    full = max(0.0, float(kyp._shifts(schur, count).max()))
+    assert kyp.largest_shift(schur) == pytest.approx(full, rel=1e-12, abs=1e-15)
+    if not dips:
+        assert kyp.largest_shift(schur) == 0.0
+    assert kyp.largest_shift(None) == np.inf
+
+
+def test_largest_shift_takes_eigenvalues_only_where_a_batch_fails(monkeypatch):
+    """Of ten batches, only the one holding the peak needs eigenvalues (besides the sample that sets the
+    first level): the others pass their Cholesky test."""
+    n, count = 4, 10 * kyp.CHOLESKY_BATCH
+    schur = np.tile(np.eye(n, dtype=complex), (count, 1, 1))
+    schur[5 * kyp.CHOLESKY_BATCH + 3] -= 3 * np.eye(n)  # s = 2 there, -1 elsewhere; not a sampled frequency
+    calls, real = [], kyp._shifts
+    monkeypatch.setattr(kyp, "_shifts", lambda s, c: calls.append(len(s)) or real(s, c))
+    assert kyp.largest_shift(schur) == pytest.approx(2.0)
+    assert calls == [count // kyp.SHIFT_SAMPLE, kyp.CHOLESKY_BATCH]
