@@ -57,7 +57,13 @@ def cli() -> None:
 @ALLOW_OUTSIDE
 def check_command(spec: str, allow_outside: bool) -> None:
     """Parse and check SPEC: print OK and a summary, or the errors (exit 1)."""
-    _, net = load_or_fail(spec, allow_outside)
+    from lipdsl.model.residual import fold_batchnorm
+
+    source, net = load_or_fail(spec, allow_outside)
+    try:  # (a batch norm whose fold leaves float64's range is refused here as every command that lowers does)
+        fold_batchnorm(net.layers)
+    except LipdslError as err:
+        fail(err, source)
     click.echo(f"OK {summary(net)}")
 
 

@@ -28,6 +28,20 @@ def test_check_good_specs(spec, capsys):
     assert out.startswith("OK network ") and err == ""
 
 
+def test_check_refuses_a_batch_norm_fold_out_of_the_float_range(tmp_path, capsys):
+    """A conv of weight 1e-200 and a batch norm of scale 1e-200 fold to zero weights (a bound of 0 for a
+    nonzero map): ``check`` refuses the spec at the batch norm's line, as ``solve`` and ``lower`` do."""
+    spec = tmp_path / "t.lip"
+    spec.write_text("network t\ninput 2 x 8\n"
+                    "conv1d c: 2 -> 2, kernel 1, weight [[[1e-200],[0]],[[0],[1e-200]]]\n"
+                    "batchnorm bn: 2, running_mean [0,0], running_var [1,1], weight [1e-200, 1e-200]\n")
+    code, out, err = run(["check", str(spec)], capsys)
+    assert code == 1 and out == ""
+    assert f"{spec}:4:" in err and "leaves float64's range" in err and "^" in err
+    spec.write_text(spec.read_text().replace("1e-200", "1e-100"))
+    assert run(["check", str(spec)], capsys)[0] == 0
+
+
 def test_show_json_ecg(capsys):
     code, out, _ = run(["show", str(ROOT / "specs" / "ecg.lip"), "--json"], capsys)
     assert code == 0
