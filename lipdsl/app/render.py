@@ -232,16 +232,15 @@ def _ordinal_suffix(n: int) -> str:
     return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
-def _convs(layers, block=None, branch: str | None = None):
-    """``(block, branch, conv)`` for every conv1d layer of ``layers``, in order: ``block`` is the residual
-    block holding it (None at the top level), ``branch`` ``"main path"`` or ``"shortcut"`` (None at the top
-    level)."""
-    for layer in layers:
+def _convs(layers):
+    """``(block, branch, conv)`` for every conv1d layer of ``layers``, in order (``typed.walk``): ``block`` is
+    the residual block holding it (None at the top level), ``branch`` ``"main path"`` or ``"shortcut"``
+    (None at the top level)."""
+    from lipdsl.lang.typed import walk
+
+    for block, branch, layer in walk(layers):
         if layer.kind == "conv1d":
-            yield block, branch, layer
-        elif layer.kind == "residual":
-            yield from _convs(layer.main, layer, "main path")
-            yield from _convs(layer.shortcut, layer, "shortcut")
+            yield block, "main path" if branch == "main" else branch, layer
 
 
 def print_lowering(net, low, size, lift: int = 1) -> None:

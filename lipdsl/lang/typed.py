@@ -9,7 +9,7 @@ flatten is channel-major (index ``ch * N + t``). A ``Shape`` with ``length=None`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 
@@ -177,15 +177,22 @@ def batchnorm_scale(weight: np.ndarray, running_var: np.ndarray, eps: float) -> 
     return weight / np.sqrt(running_var + eps)
 
 
-def flat_layers(layers) -> list:
-    """Every layer, the layers of residual blocks included (main path, then shortcut), in order."""
-    out = []
+def walk(layers, block: Residual | None = None,
+         branch: str | None = None) -> Iterator[tuple[Residual | None, str | None, Layer]]:
+    """``(block, branch, layer)`` for every layer, the layers of residual blocks included (main path, then
+    shortcut), in order: ``block`` is the residual block holding ``layer`` and ``branch`` ``"main"`` or
+    ``"shortcut"`` (both None at the top level). The blocks themselves are not yielded."""
     for layer in layers:
         if isinstance(layer, Residual):
-            out += flat_layers(layer.main) + flat_layers(layer.shortcut)
+            yield from walk(layer.main, layer, "main")
+            yield from walk(layer.shortcut, layer, "shortcut")
         else:
-            out.append(layer)
-    return out
+            yield block, branch, layer
+
+
+def flat_layers(layers) -> list:
+    """Every layer, the layers of residual blocks included (main path, then shortcut), in order."""
+    return [layer for _, _, layer in walk(layers)]
 
 
 @dataclass(frozen=True, slots=True)
