@@ -9,8 +9,8 @@ factor ``T_i`` turn system i's scaled LMI into the unscaled one with
     rho^ = rho prod_j s_j^2,   P^_i = T_{i-1} P_i,   Lambda^_i = T_i Lambda_i,   X^_i = T_i X_i,
 
 (``T_{i-1} = T_i s_i^2``) so that the chain ``X_in = rho^ I``, ..., ``X_out = I`` is kept and the bound is
-``L = sqrt(rho^) * prod(pooling gains)``. Weights are identified by the SHA-256 of their bytes
-(``weight_digest``), not stored.
+``L = sqrt(rho^) * prod(pooling gains)``. The weights (every tensor the bound depends on,
+``weight_tensors``) are identified by the SHA-256 of their bytes (``weight_digest``), not stored.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from lipdsl.model import lowered
 from lipdsl.lang import typed
 from lipdsl.errors import CertificateError, LipdslError
 
-SCHEMA = "lipdsl-certificate/1"
+SCHEMA = "lipdsl-certificate/2"
+#: The schema before every tensor of the map was fingerprinted (``weights``: the top-level conv and dense
+#: layers' weights only, ``weight_tensors(..., top_level=True)``); still read, otherwise the same.
+SCHEMA_1 = "lipdsl-certificate/1"
 
 
 def version() -> str:
@@ -50,16 +53,39 @@ def weight_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def weight_digests(net: typed.Network) -> dict[str, dict]:
-    """``{"<layer>.weight": {"sha256", "dtype", "shape"}}`` of every conv and dense layer (biases do not
-    enter the bound)."""
-    out = {}
-    for layer in net.layers:
+def weight_tensors(net: typed.Network, *, top_level: bool = False) -> dict[str, np.ndarray]:
+    """Every tensor of the spec that the bound depends on, by its name in a certificate: ``<layer>.weight``
+    of each conv and dense layer and, of each batch norm, ``<layer>.weight``, ``.running_var`` and ``.eps``
+    (its scale ``weight / sqrt(running_var + eps)`` multiplies the map; ``.scale`` itself for a batch norm
+    built without them), residual blocks' layers included (``typed.walk``), named ``<block>/<branch>/<layer>``
+    as ``lipdsl show`` lists them (``down1/main/conv2.weight``, ``down2/shortcut/bn6.running_var``).
+
+    Biases, and a batch norm's ``bias`` and ``running_mean`` (its ``shift``), are left out: no LMI contains
+    them. A bias adds the same constant to a layer's output for every input, which the difference of two
+    signals does not see through a linear layer, and an activation keeps its slope bounds at any offset.
+    ``top_level``: only the top-level conv and dense weights (what schema ``lipdsl-certificate/1`` held).
+    """
+    out: dict[str, np.ndarray] = {}
+    for block, branch, layer in typed.walk(net.layers):
+        name = layer.name if block is None else f"{block.name}/{branch}/{layer.name}"
         if isinstance(layer, (typed.Conv1d, typed.Dense)):
-            w = np.asarray(layer.weight)
-            out[f"{layer.name}.weight"] = {"sha256": weight_digest(w), "dtype": w.dtype.str,
-                                          "shape": list(w.shape)}
+            if block is None or not top_level:
+                out[f"{name}.weight"] = np.asarray(layer.weight)
+        elif isinstance(layer, typed.BatchNorm) and not top_level:
+            if layer.weight is None or layer.running_var is None:  # (its scale defines it)
+                out[f"{name}.scale"] = np.asarray(layer.scale)
+            else:
+                out |= {f"{name}.weight": np.asarray(layer.weight),
+                        f"{name}.running_var": np.asarray(layer.running_var),
+                        f"{name}.eps": np.asarray(layer.eps, dtype=float)}
     return out
+
+
+def weight_digests(net: typed.Network, schema: str = SCHEMA) -> dict[str, dict]:
+    """``{"<tensor>": {"sha256", "dtype", "shape"}}`` of every tensor of ``weight_tensors`` (of the top-level
+    conv and dense weights only for ``schema`` ``lipdsl-certificate/1``)."""
+    return {key: {"sha256": weight_digest(a), "dtype": a.dtype.str, "shape": list(a.shape)}
+            for key, a in weight_tensors(net, top_level=schema == SCHEMA_1).items()}
 
 
 def describe_steps(low: lowered.Network) -> list[dict]:
@@ -254,10 +280,11 @@ def validate(data: Any, where: str = "<certificate>") -> dict:
     if not isinstance(data, dict) or "schema" not in data:
         raise CertificateFileError(f"{where}: not a lipdsl certificate (no 'schema' field)",
                                hint=f"expected a JSON object with \"schema\": \"{SCHEMA}\"")
-    if data["schema"] != SCHEMA:
+    if data["schema"] not in (SCHEMA, SCHEMA_1):
         raise CertificateFileError(f"{where}: certificate schema {data['schema']!r} is not supported; this "
-                               f"lipdsl reads {SCHEMA!r}", hint="re-create the certificate with this lipdsl: "
-                               "lipdsl solve SPEC --certificate FILE")
+                               f"lipdsl reads {SCHEMA!r} and {SCHEMA_1!r}",
+                               hint="re-create the certificate with this lipdsl: lipdsl solve SPEC "
+                               "--certificate FILE")
     if data.get("lipdsl_version") != version():
         raise CertificateFileError(f"{where}: certificate written by lipdsl {data.get('lipdsl_version')!r}, "
                                f"this is lipdsl {version()!r}",

@@ -127,15 +127,17 @@ class Verdict:
 
 def same_weights(net: typed.Network, doc: dict) -> None:
     """Refuse a certificate written for another network or other weights, naming the tensors: the spec's
-    weight digests (``certificate.weight_digests``) must be the certificate's, key for key.
+    weight digests (``certificate.weight_digests``: every tensor the bound depends on, or for a certificate
+    of schema ``lipdsl-certificate/1`` the top-level conv and dense weights it recorded) must be the
+    certificate's, key for key.
 
     Raises
     ------
     CertificateError
         Tensors on one side only (another network), or a tensor whose SHA-256 differs (other weights).
     """
-    mine, theirs = weight_digests(net), doc["weights"]
-    spec_only, cert_only = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+    mine, theirs = weight_digests(net, doc["schema"]), doc["weights"]
+    spec_only, cert_only = [k for k in mine if k not in theirs], sorted(set(theirs) - set(mine))
     redo = "re-create it: lipdsl solve SPEC --certificate FILE"
     named = f" ({shorten(doc['network'])!r}, the spec is {net.name!r})" if doc["network"] != net.name else ""
     if spec_only or cert_only:
@@ -145,7 +147,7 @@ def same_weights(net: typed.Network, doc: dict) -> None:
                                            ("the certificate's", cert_only, "spec")) if keys]
         raise invalid(f"the certificate was made for a different network{named}: " + "; ".join(parts),
                       hint=f"verify it against the spec it was written for, or {redo}")
-    differ = [k for k in sorted(mine) if not isinstance(theirs[k], dict)
+    differ = [k for k in mine if not isinstance(theirs[k], dict)  # (in the network's order)
               or theirs[k].get("sha256") != mine[k]["sha256"]]
     if differ:
         key, entry = differ[0], theirs[differ[0]]

@@ -2,7 +2,10 @@
 floating point and exactly; tampering named; the checker's own block realization."""
 
 import copy
+import re
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from lipdsl.certify import certificate
 from lipdsl.certify.realization_block import exact_block_realization
 from lipdsl.certify.verify import verify
 from lipdsl.errors import CertificateError
+from lipdsl.lang import typed
 from lipdsl.model import lowered
 from lipdsl.model.lower import lower
 from lipdsl.pipeline import solve_network
@@ -188,9 +192,9 @@ def test_checker_rebuilds_the_block_realization(solved_blocks):
 
 
 def test_old_files_without_blocks_still_read(solved_blocks):
-    # (the schema only gained optional keys: a certificate without blocks has none of them)
+    # (blocks only added optional keys: a certificate without blocks has none of them)
     net, _, doc = solved_blocks["identity"]
-    assert doc["schema"] == "lipdsl-certificate/1"
+    assert doc["schema"] == certificate.SCHEMA
     assert all("internal" not in s for s in doc["steps"] if s.get("kind") != "block")
     assert all("internal" not in e for e in doc["lmis"] if not e["system"].startswith("b"))
 
@@ -283,3 +287,80 @@ def test_tau_is_used_a_margin_below_it_is_not_proved(solved_blocks, monkeypatch)
             if not proved:
                 assert v.reason.startswith("LMI[b+relu2] (layers b, ") and " fails: " in v.reason
                 assert "tau" in v.reason
+
+
+def _no_lmi(*args, **kwargs):
+    raise AssertionError("an LMI was built: the fingerprints should have refused the certificate first")
+
+
+# a tensor of the "batchnorm" net's weights file -> its name in the certificate (lipdsl show's rows: the
+# block's main path conv1, bn1, conv2, bn2, shortcut conv3, bn3)
+CHANGED = [("t1", "b/main/conv1.weight"), ("bn4.running_var", "b/main/bn2.running_var"),
+           ("bn2.weight", "b/main/bn1.weight"), ("t5", "b/shortcut/conv3.weight"),
+           ("bn6.running_var", "b/shortcut/bn3.running_var")]
+
+
+@pytest.mark.parametrize("key, tensor", CHANGED)
+def test_block_and_batch_norm_tensors_are_fingerprinted(solved_blocks, tmp_path, monkeypatch, key, tensor):
+    """One ulp of one tensor inside a residual block (main path, batch norm, shortcut): the certificate is
+    refused as made for other weights, naming the tensor, before any LMI is built (was: only top-level conv
+    and dense weights were fingerprinted, and the LMI check had to find it)."""
+    net, _, doc = solved_blocks["batchnorm"]
+    for name in ("net.lip", "w.npz"):
+        shutil.copy(Path(net.source_path).parent / name, tmp_path / name)
+    assert verify(tmp_path / "net.lip", copy.deepcopy(doc)).ok
+    arrays = dict(np.load(tmp_path / "w.npz"))
+    arrays[key].flat[1] = np.nextafter(arrays[key].flat[1], np.inf)
+    np.savez(tmp_path / "w.npz", **arrays)
+    monkeypatch.setattr("lipdsl.model.lower.lower", _no_lmi)
+    monkeypatch.setattr("lipdsl.certify.verify.lmi_chain", _no_lmi)
+    with pytest.raises(CertificateError, match=rf"^the certificate was made for other weights: weight tensor "
+                       rf"'{re.escape(tensor)}' of the spec does not match the certificate's \(SHA-256 "
+                       r"[0-9a-f]{16}\.\.\. vs [0-9a-f]{16}\.\.\.\)$") as info:
+        verify(tmp_path / "net.lip", copy.deepcopy(doc))
+    assert info.value.exit_code == 3
+
+
+def test_every_tensor_of_the_map_is_in_the_certificate(solved_blocks):
+    net, _, doc = solved_blocks["batchnorm"]
+    bn = [f"b/{branch}/bn{i}.{t}" for branch, i in (("main", 1), ("main", 2), ("shortcut", 3))
+          for t in ("weight", "running_var", "eps")]
+    assert set(doc["weights"]) == {"b/main/conv1.weight", "b/main/conv2.weight", "b/shortcut/conv3.weight",
+                                   "dense1.weight", *bn}
+    layers = {layer.name: layer for layer in typed.flat_layers(net.layers)}
+    assert doc["weights"]["b/shortcut/conv3.weight"]["sha256"] == \
+        certificate.weight_digest(layers["conv3"].weight)
+    assert doc["weights"]["b/main/bn2.running_var"]["sha256"] == \
+        certificate.weight_digest(layers["bn2"].running_var)
+    assert doc["weights"]["b/main/bn2.eps"] == {"sha256": certificate.weight_digest(np.float64(1e-5)),
+                                                "dtype": "<f8", "shape": []}
+
+
+def test_a_tensor_missing_from_the_certificate_is_named(solved_blocks, monkeypatch):
+    net, _, doc = solved_blocks["batchnorm"]
+    monkeypatch.setattr("lipdsl.model.lower.lower", _no_lmi)
+    bad = copy.deepcopy(doc)
+    del bad["weights"]["b/shortcut/bn3.eps"]
+    with pytest.raises(CertificateError, match=r"^the certificate was made for a different network: the "
+                       r"spec's weight tensor 'b/shortcut/bn3.eps' is not in the certificate$"):
+        verify(net, bad)
+    bad["weights"] = {"dense1.weight": doc["weights"]["dense1.weight"]}  # schema /2 with /1's weights
+    with pytest.raises(CertificateError, match=r"the spec's weight tensors 'b/main/conv1.weight', "
+                       r"'b/main/bn1.weight', 'b/main/bn1.running_var' and 9 more are not in the "
+                       r"certificate$"):
+        verify(net, bad)
+
+
+def test_schema_1_certificates_still_verify(solved_blocks):
+    """A certificate of schema lipdsl-certificate/1 (top-level conv and dense weights fingerprinted, the
+    only difference) verifies as before: its block tensors are checked by the LMIs alone."""
+    net, _, doc = solved_blocks["batchnorm"]
+    old = copy.deepcopy(doc)
+    old["schema"] = "lipdsl-certificate/1"
+    old["weights"] = {"dense1.weight": doc["weights"]["dense1.weight"]}  # what the earlier lipdsl wrote
+    v = verify(net, old)
+    assert v.ok, v.reason
+    assert v.bound_text == verify(net, copy.deepcopy(doc)).bound_text
+    old["weights"]["dense1.weight"] = doc["weights"]["b/main/conv1.weight"]
+    with pytest.raises(CertificateError, match="other weights: weight tensor 'dense1.weight' of the spec"):
+        verify(net, old)

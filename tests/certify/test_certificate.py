@@ -13,13 +13,14 @@ import lipdsl
 from lipdsl.certify import certificate
 from lipdsl.errors import CertificateError, LipdslError
 from lipdsl.certify.verify import verify
+from lipdsl.lang import typed
 
 pytestmark = pytest.mark.solver
 
 
 def test_ecg_document_fields():
     net, result, doc = solved("ecg.lip")
-    assert doc["schema"] == "lipdsl-certificate/1" == certificate.SCHEMA
+    assert doc["schema"] == "lipdsl-certificate/2" == certificate.SCHEMA
     assert doc["lipdsl_version"] == lipdsl.__version__
     assert doc["network"] == "ecg"
     assert doc["options"]["lift"] == 1 and doc["options"]["min_length"] is None
@@ -75,8 +76,18 @@ def test_weight_digest_sees_data_dtype_and_shape(values, dtype):
     assert d != certificate.weight_digest(b)
 
 
+def test_a_batch_norm_built_without_its_statistics_is_fingerprinted_by_its_scale():
+    """(A batch norm built in Python from its scale alone: the scale defines the layer.)"""
+    shape = typed.Shape(2, 4)
+    bn = typed.BatchNorm("bn", None, 2, np.array([0.5, 2.0]), np.zeros(2), 1e-5, shape, shape)
+    net = typed.Network("n", shape, (typed.Residual("blk", None, (bn,), (), shape, shape),))
+    tensors = certificate.weight_tensors(net)
+    assert list(tensors) == ["blk/main/bn.scale"] and np.array_equal(tensors["blk/main/bn.scale"], bn.scale)
+    assert certificate.weight_tensors(net, top_level=True) == {}  # (schema lipdsl-certificate/1's)
+
+
 @pytest.mark.parametrize("mutate, message", [
-    (lambda d: d.update(schema="lipdsl-certificate/2"), "certificate schema 'lipdsl-certificate/2' is not "
+    (lambda d: d.update(schema="lipdsl-certificate/3"), "certificate schema 'lipdsl-certificate/3' is not "
                                                         "supported"),
     (lambda d: d.update(lipdsl_version="0.0.1"), "written by lipdsl '0.0.1'"),
     (lambda d: d.pop("schema"), "not a lipdsl certificate"),

@@ -30,7 +30,7 @@ def ecg_cert(tmp_path_factory):
 
 def test_solve_writes_a_certificate_that_verifies(ecg_cert):
     doc = json.loads(ecg_cert.read_text())
-    assert doc["schema"] == "lipdsl-certificate/1"
+    assert doc["schema"] == "lipdsl-certificate/2"
     res = run("verify", SPECS / "ecg.lip", ecg_cert)
     assert res.exit_code == 0, res.stderr
     assert res.stdout.startswith("verified: Lipschitz constant of ecg <= 109.1229929")
@@ -264,3 +264,102 @@ def test_a_fixed_length_certificate_verifies_whatever_min_length_it_records(tmp_
     res = run("verify", spec, cert)
     assert res.exit_code == 0, res.stderr
     assert "valid for inputs of shape 2x8" in res.stdout and "N >= 64" not in res.stdout
+
+
+SHORTCUT = (
+    "network sc\ninput 2 x 8\n"
+    "conv1d c1: 2 -> 3, kernel 2, padding causal, weight [[[0.5, -0.25], [0.75, 0.5]], [[-0.5, 0.25], "
+    "[0.125, 1]], [[0.25, 0.5], [-0.75, 0.25]]]\n"
+    "batchnorm bn0: 3, running_mean [0, 0.5, 0], running_var [1, 0.25, 4], weight [1, 2, 0.5], "
+    "bias [1, 2, 3]\n"
+    "relu\n"
+    "residual blk:\n"
+    "  conv1d c2: 3 -> 3, kernel 2, padding causal, weight [[[0.3, -0.2], [0.2, 0.1], [0.0, 0.2]], "
+    "[[0.1, 0.2], [-0.2, 0.1], [0.1, 0.0]], [[0.2, 0.1], [0.1, -0.3], [0.3, 0.1]]]\n"
+    "  batchnorm bn: 3, running_mean [0.1, -0.2, 0.3], running_var [0.5, 2, 1.5], weight [1.5, 0.75, 1.25]\n"
+    "  relu\n"
+    "shortcut\n"
+    "  conv1d s: 3 -> 3, kernel 1, weight [[[0.5], [0.25], [-0.5]], [[0.25], [-0.75], [0.5]], "
+    "[[0.125], [0.5], [0.25]]]\n"
+    "end\nrelu\nglobal_avgpool\n"
+    "dense f: 3 -> 2, weight [[1, -0.5, 0.25], [0.5, 0.75, -1]], bias [1, -1]\n"
+)
+
+
+@pytest.fixture(scope="module")
+def shortcut_cert(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shortcut")
+    (folder / "sc.lip").write_text(SHORTCUT)
+    res = run("solve", folder / "sc.lip", "--certificate", folder / "sc.json")
+    assert res.exit_code == 0, res.stderr
+    return folder / "sc.lip", folder / "sc.json"
+
+
+@pytest.mark.parametrize("old, new, tensor", [
+    ("[[[0.3, -0.2]", "[[[0.3, -0.25]", "blk/main/c2.weight"),
+    ("running_var [0.5, 2, 1.5]", "running_var [0.5, 2, 1.25]", "blk/main/bn.running_var"),
+    ("[[0.125], [0.5], [0.25]]]", "[[0.125], [0.5], [0.375]]]", "blk/shortcut/s.weight"),
+    ("weight [1, 2, 0.5]", "weight [1, 2, 0.75]", "bn0.weight"),
+    ("bias [1, 2, 3]", "bias [1, 2, 3], eps 0.001", "bn0.eps"),
+])
+def test_other_weights_inside_a_block_or_a_batch_norm_exit_3_naming_the_tensor(shortcut_cert, tmp_path,
+                                                                               monkeypatch, old, new, tensor):
+    """A block's conv, its shortcut's conv, a batch norm's running_var, weight or eps changed in the spec:
+    "made for other weights", naming the tensor, before any LMI is built (was: the LMI check's "does not
+    verify", or verified for the spec's weights without a word)."""
+    spec, cert = shortcut_cert
+    assert run("verify", spec, cert).exit_code == 0
+    other = tmp_path / "sc.lip"
+    assert SHORTCUT.count(old) == 1
+    other.write_text(SHORTCUT.replace(old, new))
+
+    def no_lmi(*args, **kwargs):
+        raise AssertionError("an LMI was built")
+
+    monkeypatch.setattr("lipdsl.model.lower.lower", no_lmi)
+    res = run("verify", other, cert)
+    assert res.exit_code == 3 and res.stdout == ""
+    assert res.stderr.startswith(f"{cert}: error: the certificate was made for other weights: weight tensor "
+                                 f"'{tensor}' of the spec does not match the certificate's (SHA-256 ")
+    assert "hint: verify it against the weights it was written for" in res.stderr
+
+
+def _verdict(spec, cert) -> dict:
+    """``lipdsl verify --json``'s verdict of a certificate that verifies, without its timing."""
+    res = run("verify", "--json", spec, cert)
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out.pop("ok") is True
+    out.pop("seconds")
+    return out
+
+
+def test_biases_are_not_fingerprinted(shortcut_cert, tmp_path):
+    """Biases, and a batch norm's bias and running_mean, only add a constant to a layer's output: no LMI
+    contains them and the certificate holds for any of them (docs/certificate.md, "Weight digests")."""
+    spec, cert = shortcut_cert
+    assert set(json.loads(cert.read_text())["weights"]) == {
+        "c1.weight", "bn0.weight", "bn0.running_var", "bn0.eps", "blk/main/c2.weight", "blk/main/bn.weight",
+        "blk/main/bn.running_var", "blk/main/bn.eps", "blk/shortcut/s.weight", "f.weight"}
+    other = tmp_path / "sc.lip"
+    other.write_text(SHORTCUT.replace("bias [1, 2, 3]", "bias [-1, 0, 5]")
+                     .replace("bias [1, -1]", "bias [7, 0]")
+                     .replace("running_mean [0.1, -0.2, 0.3]", "running_mean [2, 2, 2]"))
+    assert _verdict(other, cert) == _verdict(spec, cert)
+
+
+def test_a_schema_1_certificate_still_verifies(shortcut_cert, tmp_path):
+    """A certificate written before every tensor was fingerprinted (schema lipdsl-certificate/1: the top-level
+    conv and dense weights only) verifies as before; the same weights under schema /2 are refused."""
+    spec, cert = shortcut_cert
+    doc = json.loads(cert.read_text())
+    doc["weights"] = {k: doc["weights"][k] for k in ("c1.weight", "f.weight")}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    res = run("verify", spec, old)
+    assert res.exit_code == 3
+    assert ("error: the certificate was made for a different network: the spec's weight tensors "
+            "'bn0.weight', 'bn0.running_var', 'bn0.eps' and 5 more are not in the certificate") in res.stderr
+    doc["schema"] = "lipdsl-certificate/1"
+    old.write_text(json.dumps(doc))
+    assert _verdict(spec, old) == _verdict(spec, cert)
