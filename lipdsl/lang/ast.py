@@ -352,6 +352,17 @@ Layer = Union[Conv1d, Dense, Pool, GlobalAvgPool, Flatten, Activation, BatchNorm
 Statement = Union[Input, Let, Weights, Layer]
 
 
+def layer_nodes(layers) -> list:
+    """Every layer node in naming order: a residual block, then its main path, then its shortcut (the AST's
+    ``typed.flat_layers``, blocks kept: what walks a spec's layers, for names or tensor references)."""
+    out = []
+    for layer in layers:
+        out.append(layer)
+        if isinstance(layer, Residual):
+            out += layer_nodes(layer.main) + layer_nodes(layer.shortcut or ())
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Network:
     """A whole spec: its name, its input, and every statement in order (``input`` too, not ``network``)."""

@@ -397,16 +397,6 @@ AUTO_PREFIX = {
 }
 
 
-def _layer_nodes(layers) -> list:
-    """Layer nodes in naming order: a residual block, then its main path, then its shortcut."""
-    out = []
-    for layer in layers:
-        out.append(layer)
-        if isinstance(layer, ast.Residual):
-            out += _layer_nodes(layer.main) + _layer_nodes(layer.shortcut or ())
-    return out
-
-
 def _names(layers) -> list[str]:
     """Layer names: as written, else ``<kind><n>`` (conv1, dense2, relu1, avgpool1...) skipping taken ones.
 
@@ -512,8 +502,7 @@ def check(
 def _check(ck: Checker, net: ast.Network, source: Source) -> typed.Network:
     from lipdsl.lang.layers import check_layer, check_residual  # (layers builds on this module)
 
-    layer_nodes = [s for s in net.body if not isinstance(s, (ast.Input, ast.Let, ast.Weights))]
-    names = iter(_names(_layer_nodes(layer_nodes)))
+    names = iter(_names(ast.layer_nodes(net.layers)))
     shape: Shape | None = None
     input_shape: Shape | None = None
     prev: str | None = None

@@ -58,14 +58,16 @@ def spelt_key(name: str) -> str:
 
 
 def weight_files(net: ast.Network) -> tuple[str, ...]:
-    """Every weight file ``net`` names (``weights "f.npz"`` lines, ``"f.npz":key`` references), in order."""
+    """Every weight file ``net`` names (``weights "f.npz"`` lines, ``"f.npz":key`` references, those inside
+    residual blocks too), in order."""
     names: list[str] = []
     for st in net.body:
         if isinstance(st, ast.Weights):
             names.append(st.path)
-        for opt in getattr(st, "options", ()) or ():
-            if isinstance(opt.value, ast.TensorRef) and opt.value.file is not None:
-                names.append(opt.value.file)
+        elif not isinstance(st, (ast.Input, ast.Let)):  # a layer, or a residual block and its layers
+            for layer in ast.layer_nodes((st,)):
+                names += [opt.value.file for opt in layer.options
+                          if isinstance(opt.value, ast.TensorRef) and opt.value.file is not None]
     return tuple(dict.fromkeys(names))
 
 

@@ -133,6 +133,22 @@ def test_expand_reads_specs_with_their_weight_files_and_reports_unreadable_input
     assert res.bounds == [solve_network(load_network(tmp_path / "n.lip")[1]).certificate.lipschitz]
 
 
+def test_files_named_inside_residual_blocks_travel_with_the_item(tmp_path):
+    """A ``"file.npz":key`` used only inside a residual block (main path or shortcut) is shipped too: the
+    worker, which reads nothing from disk, finds it."""
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "net.npz", **{"c.weight": rng.standard_normal((2, 1, 3))})
+    np.savez(tmp_path / "blk.npz", m=rng.standard_normal((2, 2, 3)), s=rng.standard_normal((2, 2, 1)))
+    (tmp_path / "r.lip").write_text('input 1 x 8\nweights "net.npz"\nconv1d 1 -> 2, kernel 3, padding 1, '
+                                    'weight c.weight\nrelu\nresidual b1:\n  conv1d 2 -> 2, kernel 3, '
+                                    'padding 1, weight "blk.npz":m\n  relu\nshortcut\n  conv1d 2 -> 2, '
+                                    'kernel 1, weight "blk.npz":s\nend\n')
+    item, = sw.expand([tmp_path / "r.lip"])
+    assert [name for name, _ in item.files] == ["net.npz", "blk.npz"]
+    res = sw.sweep([tmp_path / "r.lip"], jobs=0, cache=False, method="naive")
+    assert res[0]["status"] == "exact norm", res[0].get("error")
+
+
 def test_names_are_stems_unless_they_clash(tmp_path):
     paths = [tmp_path / "a" / "m.npz", tmp_path / "b" / "m.npz", tmp_path / "c.npz"]
     assert sw._names([str(p) for p in paths]) == [str(paths[0]), str(paths[1]), "c"]

@@ -373,3 +373,18 @@ def test_missing_digit_key_suggests_a_spelling_the_parser_accepts(tmp_path):
     err = refused(tmp_path, 'weights "seq.npz"\ndense 2 -> 2, weight "seq.npz"\n', "say which one")
     assert err.hint.startswith('write "seq.npz":KEY with KEY one of: _0.weight, _1.bias')
     net_of('input 2 x 4\nweights "seq.npz"\nconv1d 2 -> 2, kernel 1, weight _0.weight\n', tmp_path)
+
+
+# -- the files a spec names (what sweep ships to its workers) ----------------------------------------------
+def test_weight_files_include_those_named_inside_residual_blocks():
+    """``weight_files`` walks blocks' main paths and shortcuts (batch norm prefixes too), in order, once
+    each."""
+    text = ('input 2 x 8\nweights "net.npz"\nconv1d 2 -> 2, kernel 1, weight c.weight, bias "b.npy"\n'
+            'residual b1:\n  conv1d 2 -> 2, kernel 1, weight "main.npz":m.weight\n'
+            '  batchnorm 2, weights "bn.npz":bn1\n  relu\n'
+            'shortcut\n  conv1d 2 -> 2, kernel 1, weight "short.npz":s.weight\nend\n'
+            'residual\n  conv1d 2 -> 2, kernel 1, weight "main.npz":m2.weight\nend\n'
+            'weights "tail.npz"\nconv1d 2 -> 2, kernel 1, weight t.weight\n')
+    tree = parse(Source("spec.lip", text))
+    assert weights_module.weight_files(tree) == ("net.npz", "b.npy", "main.npz", "bn.npz", "short.npz",
+                                                 "tail.npz")
