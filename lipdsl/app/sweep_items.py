@@ -56,8 +56,9 @@ class Item:
     """One network of a sweep, in bytes.
 
     ``kind``: ``spec`` (``text`` with ``files``: weight files by ``weights.memory_key``), ``state_dict``
-    (``text`` is the architecture retargeted at ``files[0]``'s name, an ``.npz`` once converted), ``onnx``
-    (``files[0]`` is the model). ``error``: why the item could not be read (it is then not run).
+    (``text`` is the architecture retargeted at ``files[0]``'s name, an ``.npz`` once converted; the other
+    ``files`` are those the architecture names itself), ``onnx`` (``files[0]`` is the model). ``error``: why
+    the item could not be read (it is then not run).
     """
 
     name: str
@@ -242,11 +243,13 @@ def _network(item: Item, options: Options):
 
         from lipdsl.importers.pytorch import load_state_dict, spec_tensors
 
-        (weights, blob), = item.files
+        # the state_dict fills the architecture's default weight keys (as import --like); files the
+        # architecture names itself ("extra.npy", "f.npz":key) come after it and keep their tensors
+        weights, blob = item.files[0]
         keys = spec_tensors(load_state_dict(io.BytesIO(blob), shown=item.path))
         buf = io.BytesIO()
         np.savez(buf, **keys)
-        files = {weights: buf.getvalue()}
+        files[weights] = buf.getvalue()
     source = Source(item.spec_path or item.path, item.text)
     return source, check_source(source, allow_outside=options.allow_outside, files=files)
 

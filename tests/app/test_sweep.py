@@ -352,6 +352,28 @@ def test_state_dict_items_are_read_on_the_worker(tmp_path, checkpoints, referenc
     assert res[1]["status"] == "error" and "weights_only=True" in res[1]["error"]
 
 
+def test_state_dict_items_keep_the_files_the_architecture_names(tmp_path, tensors, monkeypatch):
+    """``--like arch.lip ckpt.pt`` where arch.lip also takes a tensor from a file of its own (``bias
+    "extra.npy"``): the state_dict fills the default weight keys, the file keeps its tensor, as with
+    ``import --like`` (was a ValueError from unpacking the item's files)."""
+    import lipdsl.importers.pytorch as pytorch
+
+    # the worker's torch.load, without torch: the .pt here holds an .npz of the tensors
+    monkeypatch.setattr(pytorch, "load_state_dict", lambda f, shown=None: dict(np.load(f)))
+    (tmp_path / "w").mkdir()
+    np.savez(tmp_path / "w" / "net.npz", **tensors)
+    np.save(tmp_path / "extra.npy", np.arange(3.0))
+    (tmp_path / "n.lip").write_text(SPEC)
+    (tmp_path / "ckpt.pt").write_bytes(_npz(**{k: 2 * v for k, v in tensors.items()}))
+    item, = sw.expand([tmp_path / "ckpt.pt"], like=tmp_path / "n.lip")
+    assert item.kind == "state_dict" and [name for name, _ in item.files] == ["ckpt.npz", "extra.npy"]
+    res = sw.sweep([tmp_path / "ckpt.pt"], like=tmp_path / "n.lip", jobs=0, cache=False, method="naive")
+    np.savez(tmp_path / "w" / "net.npz", **{k: 2 * v for k, v in tensors.items()})
+    solo = sw.sweep([tmp_path / "n.lip"], jobs=0, cache=False, method="naive")
+    assert res[0]["status"] == "exact norm", res[0].get("error")
+    assert res.bounds == solo.bounds
+
+
 def test_running_items_report_their_solver_iterations(checkpoints, reference, monkeypatch):
     # In this process with the throttle off, every KKT factorisation is reported, in order: CVXOPT factors
     # once for its start and once per iteration, and once more when it stops on a singular KKT matrix
