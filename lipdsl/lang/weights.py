@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -33,6 +33,11 @@ __all__ = ["WeightFiles", "memory_key", "spelt_key", "weight_files", "MAX_WEIGHT
 
 #: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
 MAX_WEIGHT_BYTES = 1 << 30
+
+#: What a weight file may be: named tensors (``numpy.savez``) or one tensor (``numpy.save``).
+WEIGHT_SUFFIXES = (".npz", ".npy")
+#: Suffixes that make a quoted name a file, not a misquoted tensor key: weight files, checkpoints, models.
+_FILE_SUFFIXES = WEIGHT_SUFFIXES + (".pt", ".pth", ".bin", ".ckpt", ".onnx", ".h5", ".safetensors")
 
 
 def memory_key(rel: str) -> str:
@@ -125,17 +130,22 @@ class WeightFiles:
                 )
         return path
 
-    def open(self, rel: str, span: Span) -> Any:
+    def open(self, rel: str, span: Span, missing: Callable[[], str | None] | None = None) -> Any:
+        """The file ``rel`` names, opened once (an ``NpzFile`` or an ndarray); ``missing``: a hint for a file
+        that is not there, in place of the usual one (called only then)."""
         path = self.resolve(rel, span)
         key = str(path)
         if key in self.files:
             return self.files[key]
         shown = self.display_path(rel)
+
+        def not_found() -> WeightError:
+            return WeightError(f"weight file {shown!r} not found", span,
+                               hint=(missing and missing()) or "paths are relative to the spec's directory")
+
         data = None if self.memory is None else self.memory.get(memory_key(rel))
         if self.memory is not None and data is None:
-            raise WeightError(
-                f"weight file {shown!r} not found", span, hint="paths are relative to the spec's directory"
-            )
+            raise not_found()
         if data is None:  # on disk: what the path names, before anything is opened
             try:
                 st = os.stat(path)
@@ -144,14 +154,13 @@ class WeightFiles:
                     raise WeightError(f"weight file name {shorten(shown)!r} is too long",
                                       span, hint="check the path") from None
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    raise WeightError(f"weight file {shown!r} not found", span,
-                                      hint="paths are relative to the spec's directory") from None
+                    raise not_found() from None
                 raise WeightError(f"cannot read weight file {shown!r}: {exc.strerror or exc}", span) from None
             kind = file_kind(st.st_mode)
             if kind is not None:
                 raise WeightError(f"weight file {shown!r} is {kind}, not a file", span,
                                   hint="give the path of a .npz or .npy file")
-        if path.suffix.lower() not in (".npz", ".npy"):
+        if path.suffix.lower() not in WEIGHT_SUFFIXES:
             raise WeightError(
                 f"weight file {shown!r} is neither .npz nor .npy",
                 span,
@@ -214,7 +223,8 @@ class WeightFiles:
             data = self.open(rel, default[1])
         else:
             rel = src.file
-            data = self.open(rel, src.span)
+            data = self.open(rel, src.span,
+                             missing=None if src.key is not None else lambda: self._quoted_key(rel, default))
         shown = self.display_path(rel)
         if isinstance(data, np.ndarray):
             if src.key is not None:
@@ -289,6 +299,25 @@ class WeightFiles:
             )
         values.setflags(write=False)
         return values, label
+
+    def _quoted_key(self, rel: str, default: tuple[str, Span] | None) -> str | None:
+        """The hint for a quoted name that names no file but reads as a tensor key (``weight "0.weight"``:
+        no folder and no suffix of a tensor or model file, or a key of the current weights file), else
+        None."""
+        keys: set[str] = set()
+        if default is not None:
+            try:
+                data = self.open(*default)
+            except WeightError:  # reported where that file is declared
+                data = None
+            if data is not None and not isinstance(data, np.ndarray):
+                keys = set(data.files) | set(map(spelt_key, data.files))
+        named_file = "/" in rel or os.sep in rel or Path(rel).suffix.lower() in _FILE_SUFFIXES
+        if named_file and rel not in keys:
+            return None
+        written = spelt_key(rel)
+        return f"a quoted name is a weights file; the key {shorten(rel)!r} is written {shorten(written)}" + (
+            " (without quotes)" if written == rel else "")
 
 
 # What numpy/zipfile raise on a corrupt or hostile file (zlib.error: a broken deflate stream;

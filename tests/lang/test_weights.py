@@ -388,3 +388,23 @@ def test_weight_files_include_those_named_inside_residual_blocks():
     tree = parse(Source("spec.lip", text))
     assert weights_module.weight_files(tree) == ("net.npz", "b.npy", "main.npz", "bn.npz", "short.npz",
                                                  "tail.npz")
+
+
+def test_a_quoted_key_is_a_missing_file_with_a_hint_on_how_keys_are_written(tmp_path):
+    """``weight "0.weight"`` names a file; when there is none and the name reads as a key (no folder, no
+    suffix of a tensor or model file, or a key of the current weights file), the hint says how to write it."""
+    _sequential_npz(tmp_path)
+    np.savez(tmp_path / "odd.npz", **{"w.npy": np.ones((1, 2))})
+    for text, hint in [
+        ('dense 2 -> 2, weight "0.weight"\n',
+         "a quoted name is a weights file; the key '0.weight' is written _0.weight"),
+        ('weights "seq.npz"\ndense 2 -> 2, weight "fc.weight"\n', "the key 'fc.weight' is written fc.weight "
+                                                                 "(without quotes)"),
+        ('weights "odd.npz"\ndense 2 -> 1, weight "w.npy"\n', "the key 'w.npy' is written w.npy"),
+        ('dense 2 -> 2, weight "w.npy"\n', "paths are relative to the spec's directory"),
+        ('dense 2 -> 2, weight "sub/0.weight"\n', "paths are relative to the spec's directory"),
+        ('dense 2 -> 2, weight "net.pt"\n', "paths are relative to the spec's directory"),
+        ('dense 2 -> 2, weight "0.weight":w\n', "paths are relative to the spec's directory"),
+    ]:
+        err = refused(tmp_path, text, "weight file .* not found")
+        assert hint in err.hint, text
