@@ -65,6 +65,22 @@ class WeightError(LipdslError):
     """A weight file or tensor is missing, unsafe, or holds non-finite numbers."""
 
 
+class OutsideError(WeightError):
+    """A weight file outside the spec's directory, refused: the hint is ``remedy`` (a fix that needs no
+    permission), then the option that allows such files, as the caller spells it (``allow``)."""
+
+    def __init__(self, message: str, span: Span | None, remedy: str, option: str | None = "--allow-outside"):
+        super().__init__(message, span)
+        self.remedy = remedy
+        self.allow(option)
+
+    def allow(self, option: str | None) -> None:
+        """Name ``option`` in the hint as the way to allow the file; None for a caller without one (``lipdsl
+        import``): the hint is the remedy alone."""
+        self.hint = self.remedy if option is None else \
+            f"{self.remedy}, or pass {option} if you trust this spec (it may read any file you can)"
+
+
 class LoweringError(LipdslError):
     """A layer cannot be realized as a state-space system."""
 

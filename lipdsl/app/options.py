@@ -7,13 +7,19 @@ import sys
 
 import click
 
-from lipdsl.errors import LipdslError
+from lipdsl.errors import LipdslError, OutsideError
 from lipdsl.lang.source import Source
 from lipdsl.solvers import registry  # the one solver registry (imports no solver)
 
 
 def fail(err: LipdslError, source: Source | None) -> None:
-    """Print a rendered LipdslError to stderr and exit with its code (the one place errors are shown)."""
+    """Print a rendered LipdslError to stderr and exit with its code (the one place errors are shown).
+
+    A weight file refused as outside the spec's directory names the option that allows it only if the
+    running command has one (``lipdsl import`` has none)."""
+    ctx = click.get_current_context(silent=True)
+    if isinstance(err, OutsideError) and ctx is not None:
+        err.allow(next((p.opts[0] for p in ctx.command.params if p.name == "allow_outside"), None))
     click.echo(err.render(source), err=True)
     sys.exit(err.exit_code)
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lipdsl.errors import WeightError, did_you_mean, shorten
+from lipdsl.errors import OutsideError, WeightError, did_you_mean, shorten
 from lipdsl.lang import ast
 from lipdsl.lang.source import Source, Span, file_kind
 
@@ -96,19 +96,11 @@ class WeightFiles:
         """The file ``rel`` names, relative to the spec's directory, refusing escapes unless allowed."""
         if not self.allow_outside:
             if os.path.isabs(rel) or rel.startswith("~"):
-                raise WeightError(
-                    f"weight file {rel!r} is an absolute path",
-                    span,
-                    hint="give paths relative to the spec, or pass --allow-outside if you trust "
-                    "this spec (it may read any file you can)",
-                )
+                raise OutsideError(f"weight file {rel!r} is an absolute path", span,
+                                   remedy="give paths relative to the spec")
             if os.path.normpath(rel).split(os.sep)[0] == "..":
-                raise WeightError(
-                    f"weight file {rel!r} is outside the spec's directory",
-                    span,
-                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
-                    "this spec (it may read any file you can)",
-                )
+                raise OutsideError(f"weight file {rel!r} is outside the spec's directory", span,
+                                   remedy="copy the file next to the spec")
         path = (
             self.source.directory / os.path.expanduser(rel)
             if rel.startswith("~")
@@ -122,12 +114,8 @@ class WeightFiles:
             except (OSError, RuntimeError, ValueError):  # a link loop, a name too long
                 inside = True  # reported by open() as what it is
             if not inside:
-                raise WeightError(
-                    f"weight file {rel!r} is a symbolic link to a file outside the spec's directory",
-                    span,
-                    hint="copy the file next to the spec, or pass --allow-outside if you trust "
-                    "this spec (it may read any file you can)",
-                )
+                raise OutsideError(f"weight file {rel!r} is a symbolic link to a file outside the spec's "
+                                   "directory", span, remedy="copy the file next to the spec")
         return path
 
     def open(self, rel: str, span: Span, missing: Callable[[], str | None] | None = None) -> Any:

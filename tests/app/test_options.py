@@ -48,3 +48,31 @@ def test_metavars_in_the_help():  # (click prints a type's name in capitals)
         assert "--frequencies AUTO|NONE|K" in out, command
     with pytest.raises(click.BadParameter, match="2 is too few frequencies"):
         Frequencies().convert("2", None, None)
+
+
+def test_the_outside_hint_names_allow_outside_only_where_the_command_has_it(tmp_path, monkeypatch):
+    """A weight file outside the spec's directory: ``check`` (which has ``--allow-outside``) suggests it,
+    ``import`` (which has not) gives the remedy alone (was: ``--allow-outside`` there too, a usage error)."""
+    import numpy as np
+
+    import lipdsl.importers.pytorch as pytorch
+
+    # import --like's torch.load, without torch: the .pt here holds an .npz of the tensors
+    monkeypatch.setattr(pytorch, "load_state_dict", lambda f, shown=None: dict(np.load(f)))
+    (tmp_path / "sub").mkdir()
+    np.save(tmp_path / "b.npy", np.zeros(2))
+    np.savez(tmp_path / "sub" / "w.npz", **{"a.weight": np.eye(2)})
+    with open(tmp_path / "ck.pt", "wb") as f:
+        np.savez(f, **{"a.weight": np.eye(2)})
+    arch = tmp_path / "sub" / "arch.lip"
+    arch.write_text('input 2\nweights "w.npz"\ndense a: 2 -> 2, weight a.weight, bias "../b.npy"\n')
+    runner = CliRunner()
+    checked = runner.invoke(cli, ["check", str(arch)])
+    assert checked.exit_code == 1 and "outside the spec's directory" in checked.output
+    assert "hint: copy the file next to the spec, or pass --allow-outside if you trust" in checked.output
+    imported = runner.invoke(cli, ["import", str(tmp_path / "ck.pt"), "--like", str(arch),
+                                   "-o", str(tmp_path / "sub" / "out.lip")])
+    assert imported.exit_code == 1 and "outside the spec's directory" in imported.output
+    assert imported.output.rstrip().endswith("hint: copy the file next to the spec")
+    assert "--allow-outside" not in imported.output and "Traceback" not in imported.output
+    assert not (tmp_path / "sub" / "out.lip").exists()
