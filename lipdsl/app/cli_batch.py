@@ -93,7 +93,8 @@ def import_command(
 @click.option("--tol", default=None, type=float, help="As in `lipdsl solve` (default: its default).")
 @click.option("--max-iterations", default=100, show_default=True, type=int)
 @click.option("--length", "length", type=click.IntRange(min=1), default=None,
-              help="For 'input c x *' nets: the shortest input length to cover (as `solve --length`).")
+              help="For 'input c x *' nets: the shortest input length to cover (as `solve --length`); "
+              "an item of another fixed length is an error in its row.")
 @LIFT
 @click.option("--max-lmi", type=click.IntRange(min=1), default=4000, show_default=True,
               help="Refuse (in the item's row) SDPs whose largest LMI has more rows than this.")

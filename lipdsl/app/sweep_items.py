@@ -322,7 +322,12 @@ def _run_item(item: Item, options: Options) -> dict:
         from lipdsl.lang.check import require_length
 
         source, net = _network(item, options)
-        require_length(net, options.length, "--length")
+        try:
+            require_length(net, options.length, "--length")
+        except LipdslError as err:  # the rule of every command; in a sweep the length is every item's
+            err.hint = (f"{err.hint}; a sweep's --length applies to every item: sweep the specs of fixed "
+                        "length in a run without it")
+            raise
         row = _method(net, options, source)
         if options.lower and row.get("lipschitz") is not None:
             from lipdsl.baselines.empirical import lower_bound

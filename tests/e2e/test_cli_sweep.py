@@ -182,6 +182,23 @@ def test_sweep_of_specs_and_onnx(tmp_path, ckpt):
     assert res.returncode == 1
 
 
+def test_one_length_over_fixed_and_any_length_specs(tmp_path):
+    """``--length`` is every item's: a spec of another fixed length is an error row that names the spec, its
+    input line and why (the rule of every command), the any-length spec is bounded, the exit code is 1."""
+    anylen = tmp_path / "any.lip"
+    anylen.write_text("network any\ninput 1 x *\nconv1d 1 -> 1, kernel 2, weight [[[1, 1]]]\nrelu\n")
+    ecg = ROOT / "specs" / "ecg.lip"
+    res = lipdsl("sweep", ecg, anylen, "--length", "64", "--jobs", "1", "--no-cache", "--json")
+    fixed, free = (json.loads(line) for line in res.stdout.splitlines())
+    assert fixed["status"] == "error" and fixed["path"] == str(ecg) and fixed["lipschitz"] is None
+    assert fixed["error"].startswith(f"{ecg}:8:11: error: --length 64 contradicts the input line: 'ecg' "
+                                     "takes inputs of length 128\n    8 | input 1 x 128")
+    assert "a sweep's --length applies to every item" in fixed["error"]
+    assert free["status"] == "certified" and res.returncode == 1
+    table = lipdsl("sweep", ecg, anylen, "--length", "64", "--jobs", "1", "--no-cache")
+    assert f"ecg ({ecg}): {ecg}:8:11: error: --length 64 contradicts" in table.stdout + table.stderr
+
+
 def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path):
     inputs = ecg_checkpoints(tmp_path, 10, seed=3)
     cache = tmp_path / "cache"
