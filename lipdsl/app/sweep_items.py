@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import posixpath
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lipdsl.errors import LipdslError
+from lipdsl.importers.retarget import Retargeted
 
 
 #: Suffixes of the inputs a sweep understands.
@@ -57,8 +57,9 @@ class Item:
 
     ``kind``: ``spec`` (``text`` with ``files``: weight files by ``weights.memory_key``), ``state_dict``
     (``text`` is the architecture retargeted at ``files[0]``'s name, an ``.npz`` once converted; the other
-    ``files`` are those the architecture names itself), ``onnx`` (``files[0]`` is the model). ``error``: why
-    the item could not be read (it is then not run).
+    ``files`` are those the architecture names itself), ``onnx`` (``files[0]`` is the model). ``like``: for
+    an item of ``--like``, the architecture and how ``text`` was made from it (its errors are reported at
+    the architecture's lines). ``error``: why the item could not be read (it is then not run).
     """
 
     name: str
@@ -68,6 +69,7 @@ class Item:
     spec_path: str = ""
     files: tuple[tuple[str, bytes], ...] = ()
     error: str | None = None
+    like: Retargeted | None = None
 
     def key(self, options: Options) -> str:
         """sha256 of the content: lipdsl version, kind, spec text, weight files (name and bytes), options."""
@@ -171,19 +173,17 @@ def _like_item(name: str, p: str, suffix: str, arch, tree, allow_outside: bool) 
     data, why = _read(Path(p), "weight file")
     if data is None:
         return Item(name, p, "spec", error=why)
-    from lipdsl.importers.pytorch import retarget_weights
-
     from lipdsl.lang import ast
 
     weights = Path(p).stem + ".npz"
-    text = retarget_weights(arch.text, tree, weights)
+    like = Retargeted.of(arch, tree, weights)
     kind = "spec" if suffix in NPZ_SUFFIXES else "state_dict"
     # tensors the architecture takes from files of its own ("extra.npy", "f.npz":key) travel along
     defaults = {st.path for st in tree.body if isinstance(st, ast.Weights)}
     others, why = _weight_bytes(arch, tree, allow_outside, skip=defaults | {weights})
     if why is not None:
-        return Item(name, p, kind, text, arch.path, error=why)
-    return Item(name, p, kind, text, arch.path, ((weights, data),) + others)
+        return Item(name, p, kind, like.text, arch.path, error=why, like=like)
+    return Item(name, p, kind, like.text, arch.path, ((weights, data),) + others, like=like)
 
 
 def _spec_item(name: str, p: str, allow_outside: bool) -> Item:
@@ -206,14 +206,13 @@ def _weight_bytes(source, tree, allow_outside: bool, skip=frozenset()):
     """The bytes of the weight files the spec ``tree`` names (but ``skip``), by ``weights.memory_key``, or
     ``((), why)`` if one cannot be read. Files the worker's check refuses (outside the spec's directory
     without ``allow_outside``) or will not find are left out: its message says why."""
-    from lipdsl.lang.weights import memory_key, weight_files
+    from lipdsl.lang.weights import leaves_directory, memory_key, weight_files
 
     files = []
     for rel in weight_files(tree):
         if rel in skip:
             continue
-        if not allow_outside and (os.path.isabs(rel) or rel.startswith("~")
-                                  or posixpath.normpath(rel.replace(os.sep, "/")).split("/")[0] == ".."):
+        if not allow_outside and (os.path.isabs(rel) or rel.startswith("~") or leaves_directory(rel)):
             continue
         target = source.directory / os.path.expanduser(rel)
         if not target.is_file():
@@ -251,7 +250,14 @@ def _network(item: Item, options: Options):
         np.savez(buf, **keys)
         files[weights] = buf.getvalue()
     source = Source(item.spec_path or item.path, item.text)
-    return source, check_source(source, allow_outside=options.allow_outside, files=files)
+    try:
+        return source, check_source(source, allow_outside=options.allow_outside, files=files)
+    except LipdslError as err:
+        if item.like is None:
+            raise
+        # reported at the architecture's lines; a tensor of a .pt item's .npz is one of the checkpoint
+        checkpoint = f"the checkpoint {Path(item.path).name!r}" if item.kind == "state_dict" else None
+        raise item.like.locate(err, checkpoint=checkpoint) from None
 
 
 def run_item(item: Item, options: Options) -> dict:

@@ -26,6 +26,7 @@ from lipdsl.importers.spec import (
 )
 from lipdsl.importers.weight_norm import WeightNormError, with_weight_norm
 from lipdsl.importers.onnx_tensors import require_onnx
+from lipdsl.importers.retarget import Retargeted
 from lipdsl.lang.check import conv1d_length, conv1d_padding, pool_length
 from lipdsl.lang.typed import Shape
 
@@ -406,33 +407,6 @@ def spec_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return keys
 
 
-def retarget_weights(text: str, tree, weights: str) -> str:
-    """The spec ``text`` (parsed: ``tree``) with every ``weights "..."`` line naming ``weights`` instead, or
-    one such line added before the first layer (``import_state_dict``, ``lipdsl sweep --like``)."""
-    return _retarget(text, tree, weights)[0]
-
-
-def _retarget(text: str, tree, weights: str) -> tuple[str, int | None, frozenset[int]]:
-    """``retarget_weights``, the line of ``text`` the new ``weights`` line was put before (None if every
-    other line stays where it was), and the lines rewritten."""
-    from lipdsl.lang import ast
-
-    lines = text.split("\n")  # Lark's lines: splitlines() would also split at U+2028, \x0c, \x85 ...
-    if lines and lines[-1] == "":
-        lines.pop()
-    found = [st.span.line for st in tree.body if isinstance(st, ast.Weights)]
-    for ln in found:
-        lines[ln - 1] = f'weights "{weights}"'
-    inserted = None
-    if not found:
-        inserted = next(
-            (st.span.line for st in tree.body if not isinstance(st, (ast.Input, ast.Let, ast.Weights))),
-            len(lines) + 1,
-        )
-        lines.insert(inserted - 1, f'weights "{weights}"')
-    return "\n".join(lines) + "\n", inserted, frozenset(found)
-
-
 def import_state_dict(
     state: str | os.PathLike | Mapping[str, np.ndarray],
     like: str | os.PathLike,
@@ -493,63 +467,18 @@ def import_state_dict(
     rel = os.path.relpath(weights.resolve(), spec_path.resolve().parent).replace(os.sep, "/")
     header = (
         f"# Weights from {Path(state).name if isinstance(state, (str, os.PathLike)) else 'a state_dict'}, "
-        f"architecture from {Path(like).name}."
+        f"architecture from {Path(like).name}.",
     )
+    spec = Retargeted.of(arch, tree, rel, header=header)
     with staged(weights, spec_path) as (tmp_weights, tmp_spec):
         with open(tmp_weights, "wb") as f:
             np.savez(f, **keys)
         # the check reads the temporary files: the spec names the temporary .npz, in the same folder
         tmp_rel = os.path.relpath(tmp_weights.resolve(), tmp_spec.resolve().parent).replace(os.sep, "/")
-        text, inserted, rewritten = _retarget(arch.text, tree, tmp_rel)
-        tmp_spec.write_text(header + "\n" + text, encoding="utf-8")
+        tmp_spec.write_text(spec.renamed(tmp_rel).text, encoding="utf-8")
         try:
             load_network(tmp_spec, allow_outside=allow_outside)
         except LipdslError as err:
-            raise _in_architecture(err, arch, inserted, rewritten, (tmp_rel, rel), checkpoint) from None
-        tmp_spec.write_text(header + "\n" + retarget_weights(arch.text, tree, rel), encoding="utf-8")
+            raise spec.renamed(tmp_rel).locate(err, checkpoint=checkpoint, written=rel) from None
+        tmp_spec.write_text(spec.text, encoding="utf-8")
     return spec_path, weights
-
-
-def _in_architecture(
-    err: LipdslError,
-    arch,
-    inserted: int | None,
-    rewritten: frozenset[int],
-    renamed: tuple[str, str],
-    checkpoint: str,
-) -> LipdslError:
-    """``err``, raised by the check of the spec ``import_state_dict`` makes from ``arch`` (a header line, then
-    ``arch``'s lines, those in ``rewritten`` naming another file, with a ``weights`` line put before line
-    ``inserted``), pointed into ``arch`` instead, and with the temporary weight file's name in its text
-    replaced (``renamed``: that name and the written file's): a tensor ``in`` it is one of ``checkpoint``,
-    the file itself the one to be written."""
-    from lipdsl.lang.source import Span
-
-    def line(g: int) -> int | None:  # the line of arch that line g of the generated spec comes from
-        j = g - 1
-        if j < 1 or j == inserted:
-            return None
-        return j - 1 if inserted is not None and j > inserted else j
-
-    tmp, final = renamed
-
-    def text(s: str | None) -> str | None:
-        if s is None:
-            return None
-        return s.replace(f" in {tmp!r}", f" in {checkpoint}").replace(repr(tmp), repr(final))
-
-    span = err.span
-    if span is not None:
-        first, last = line(span.line), line(span.end_line)
-        if first is None:
-            span = None
-        elif first in rewritten:  # its columns are those of the rewritten line: take the whole line
-            span = Span(first, 1, first, len(arch.line(first)) + 1)
-        else:
-            span = Span(first, span.col, last or first, span.end_col if last else len(arch.line(first)) + 1)
-    err.message = text(err.message) or ""
-    err.args = (err.message,)
-    err.hint = text(err.hint)
-    err.span = span
-    err.source = arch
-    return err

@@ -29,7 +29,7 @@ from lipdsl.errors import OutsideError, WeightError, did_you_mean, shorten
 from lipdsl.lang import ast
 from lipdsl.lang.source import Source, Span, file_kind
 
-__all__ = ["WeightFiles", "memory_key", "spelt_key", "weight_files", "MAX_WEIGHT_BYTES"]
+__all__ = ["WeightFiles", "leaves_directory", "memory_key", "spelt_key", "weight_files", "MAX_WEIGHT_BYTES"]
 
 #: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
 MAX_WEIGHT_BYTES = 1 << 30
@@ -60,6 +60,12 @@ def spelt_key(name: str) -> str:
     text = re.sub(r"[^A-Za-z0-9_.]", "_", name)
     text = ".".join(seg for seg in text.split(".") if seg) or "t"
     return text if re.match(r"[A-Za-z_]", text) else "_" + text
+
+
+def leaves_directory(rel: str) -> bool:
+    """Whether the relative name ``rel`` leads out of the spec's directory (``../w.npz``, ``a/../../w.npz``),
+    as written (symbolic links aside)."""
+    return posixpath.normpath(rel.replace(os.sep, "/")).split("/")[0] == ".."
 
 
 def weight_files(net: ast.Network) -> tuple[str, ...]:
@@ -98,7 +104,7 @@ class WeightFiles:
             if os.path.isabs(rel) or rel.startswith("~"):
                 raise OutsideError(f"weight file {rel!r} is an absolute path", span,
                                    remedy="give paths relative to the spec")
-            if os.path.normpath(rel).split(os.sep)[0] == "..":
+            if leaves_directory(rel):
                 raise OutsideError(f"weight file {rel!r} is outside the spec's directory", span,
                                    remedy="copy the file next to the spec")
         path = (

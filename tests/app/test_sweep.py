@@ -374,6 +374,47 @@ def test_state_dict_items_keep_the_files_the_architecture_names(tmp_path, tensor
     assert res.bounds == solo.bounds
 
 
+ARCH = """input 2
+dense a: 2 -> 2, weight a.weight, bias a.bias, weight a.weight
+"""
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt"])
+def test_like_errors_point_at_the_architectures_own_lines(tmp_path, suffix, monkeypatch):
+    """An architecture with no ``weights`` line (one is added before its first layer): an error is reported
+    at the architecture's line, as ``import --like`` reports it (was: arch.lip:3:48 in a two-line file, the
+    line of the text with the added line)."""
+    import lipdsl.importers.pytorch as pytorch
+
+    monkeypatch.setattr(pytorch, "load_state_dict", lambda f, shown=None: dict(np.load(f)))
+    (tmp_path / "arch.lip").write_text(ARCH)
+    (tmp_path / f"w{suffix}").write_bytes(_npz(**{"a.weight": np.eye(2), "a.bias": np.zeros(2)}))
+    res = sw.sweep([tmp_path / f"w{suffix}"], like=tmp_path / "arch.lip", jobs=0, cache=False)
+    assert res[0]["status"] == "error"
+    assert res[0]["error"].split("\n")[:3] == [
+        f"{tmp_path / 'arch.lip'}:2:48: error: option 'weight' given twice",
+        "    2 | dense a: 2 -> 2, weight a.weight, bias a.bias, weight a.weight",
+        "      | " + " " * 47 + "^" + "~" * 14,
+    ]
+
+
+def test_like_errors_in_the_weights_name_its_item(tmp_path, monkeypatch):
+    """A key the item lacks: the architecture's line, the layer's column, the item named (a .pt item's
+    tensors are the checkpoint's, not those of the .npz it becomes on the worker)."""
+    import lipdsl.importers.pytorch as pytorch
+
+    monkeypatch.setattr(pytorch, "load_state_dict", lambda f, shown=None: dict(np.load(f)))
+    (tmp_path / "arch.lip").write_text('# two layers\ninput 2\ndense a: 2 -> 2, weight a.weight\n'
+                                       'dense b: 2 -> 1, weight b.weight\n')
+    for suffix in (".npz", ".pt"):
+        (tmp_path / f"w{suffix}").write_bytes(_npz(**{"a.weight": np.eye(2)}))
+    npz, pt = sw.sweep([tmp_path / "w.npz", tmp_path / "w.pt"], like=tmp_path / "arch.lip", jobs=0,
+                       cache=False)
+    head = f"{tmp_path / 'arch.lip'}:4:25: error: no tensor 'b.weight' in "
+    assert npz["error"].startswith(head + "'w.npz'\n    4 | dense b: 2 -> 1, weight b.weight\n")
+    assert pt["error"].startswith(head + "the checkpoint 'w.pt'\n    4 | dense b: 2 -> 1, weight b.weight\n")
+
+
 def test_running_items_report_their_solver_iterations(checkpoints, reference, monkeypatch):
     # In this process with the throttle off, every KKT factorisation is reported, in order: CVXOPT factors
     # once for its start and once per iteration, and once more when it stops on a singular KKT matrix
