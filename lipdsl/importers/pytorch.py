@@ -469,7 +469,12 @@ def import_state_dict(
         f"# Weights from {Path(state).name if isinstance(state, (str, os.PathLike)) else 'a state_dict'}, "
         f"architecture from {Path(like).name}.",
     )
-    spec = Retargeted.of(arch, tree, rel, header=header)
+    try:  # the architecture's own files are beside it: named from the spec's folder in the spec
+        spec = Retargeted.of(arch, tree, rel, folder=spec_path.resolve().parent, allow_outside=allow_outside,
+                             header=header)
+    except LipdslError as err:
+        err.source = arch
+        raise
     with staged(weights, spec_path) as (tmp_weights, tmp_spec):
         with open(tmp_weights, "wb") as f:
             np.savez(f, **keys)

@@ -29,7 +29,8 @@ from lipdsl.errors import OutsideError, WeightError, did_you_mean, shorten
 from lipdsl.lang import ast
 from lipdsl.lang.source import Source, Span, file_kind
 
-__all__ = ["WeightFiles", "leaves_directory", "memory_key", "spelt_key", "weight_files", "MAX_WEIGHT_BYTES"]
+__all__ = ["WeightFiles", "leaves_directory", "memory_key", "spelt_key", "tensor_refs", "weight_files",
+           "MAX_WEIGHT_BYTES"]
 
 #: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
 MAX_WEIGHT_BYTES = 1 << 30
@@ -68,6 +69,12 @@ def leaves_directory(rel: str) -> bool:
     return posixpath.normpath(rel.replace(os.sep, "/")).split("/")[0] == ".."
 
 
+def tensor_refs(net: ast.Network) -> tuple[ast.TensorRef, ...]:
+    """Every layer option naming a stored tensor (``weight conv1.weight``, ``bias "extra.npy"``,
+    ``"f.npz":key``; inside residual blocks too), in order."""
+    return tuple(ref for st in net.body for ref in _refs(st))
+
+
 def weight_files(net: ast.Network) -> tuple[str, ...]:
     """Every weight file ``net`` names (``weights "f.npz"`` lines, ``"f.npz":key`` references, those inside
     residual blocks too), in order."""
@@ -75,11 +82,16 @@ def weight_files(net: ast.Network) -> tuple[str, ...]:
     for st in net.body:
         if isinstance(st, ast.Weights):
             names.append(st.path)
-        elif not isinstance(st, (ast.Input, ast.Let)):  # a layer, or a residual block and its layers
-            for layer in ast.layer_nodes((st,)):
-                names += [opt.value.file for opt in layer.options
-                          if isinstance(opt.value, ast.TensorRef) and opt.value.file is not None]
+        names += [ref.file for ref in _refs(st) if ref.file is not None]
     return tuple(dict.fromkeys(names))
+
+
+def _refs(st: ast.Statement) -> list[ast.TensorRef]:
+    """The tensor references of statement ``st``: a layer, or a residual block and its layers."""
+    if isinstance(st, (ast.Input, ast.Let, ast.Weights)):
+        return []
+    return [opt.value for layer in ast.layer_nodes((st,)) for opt in layer.options
+            if isinstance(opt.value, ast.TensorRef)]
 
 
 @dataclass

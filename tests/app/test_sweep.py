@@ -15,6 +15,7 @@ import pytest
 import lipdsl
 import lipdsl.pipeline
 from lipdsl.app import sweep as sw
+from lipdsl.app import sweep_items
 from lipdsl.pipeline import solve_network
 from lipdsl.errors import LipdslError, WeightError
 from lipdsl.lang.load import check_source, load_network
@@ -413,6 +414,25 @@ def test_like_errors_in_the_weights_name_its_item(tmp_path, monkeypatch):
     head = f"{tmp_path / 'arch.lip'}:4:25: error: no tensor 'b.weight' in "
     assert npz["error"].startswith(head + "'w.npz'\n    4 | dense b: 2 -> 1, weight b.weight\n")
     assert pt["error"].startswith(head + "the checkpoint 'w.pt'\n    4 | dense b: 2 -> 1, weight b.weight\n")
+
+
+def test_import_and_sweep_read_the_architectures_own_files_beside_it(tmp_path, monkeypatch):
+    """``bias "extra.npy"`` in ``arch/arch.lip`` is ``arch/extra.npy`` for both ``import --like`` (whose
+    written spec, in another folder, names it from there) and ``sweep --like`` (was: import read the
+    ``extra.npy`` beside the spec it writes)."""
+    from lipdsl.importers.pytorch import import_state_dict
+
+    (tmp_path / "arch").mkdir()
+    arch = tmp_path / "arch" / "arch.lip"
+    arch.write_text('input 2\ndense a: 2 -> 2, weight a.weight, bias "extra.npy"\n')
+    np.save(tmp_path / "arch" / "extra.npy", np.array([1.0, 2.0]))
+    np.save(tmp_path / "extra.npy", np.array([9.0, 9.0]))  # beside the spec written: not the one meant
+    np.savez(tmp_path / "ckpt.npz", **{"a.weight": np.eye(2)})
+    spec, _ = import_state_dict({"a.weight": np.eye(2)}, arch, tmp_path / "net.lip")
+    assert 'bias "arch/extra.npy"' in spec.read_text()
+    item, = sw.expand([tmp_path / "ckpt.npz"], like=arch)
+    _, swept = sweep_items._network(item, sw.Options())
+    assert list(load_network(spec)[1].layers[0].bias) == list(swept.layers[0].bias) == [1.0, 2.0]
 
 
 def test_running_items_report_their_solver_iterations(checkpoints, reference, monkeypatch):

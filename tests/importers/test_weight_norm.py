@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+import lipdsl.importers.pytorch as pytorch
+from lipdsl.app.cli import cli
 from lipdsl.errors import LipdslError, ShapeError, WeightError
 from lipdsl.importers.pytorch import import_state_dict, spec_tensors
 from lipdsl.importers.spec import staged
@@ -253,6 +256,60 @@ def test_wrong_shape_points_into_the_like_spec(tmp_path, weights):
         "      | " + " " * 25 + "^~~~~~~~",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["arch.lip"]  # out/ was made, and removed
+
+
+OWN = 'input 2\ndense a: 2 -> 2, weight a.weight, bias "extra.npy"\n'
+
+
+def test_the_architectures_own_files_stay_inside_the_written_specs_folder(tmp_path):
+    """``bias "extra.npy"`` beside ``arch/arch.lip``, imported to ``out/net.lip``: it would be
+    ``../arch/extra.npy`` there, outside the written spec's directory: refused at the architecture's line,
+    nothing written; with ``allow_outside`` the spec names it so, and reads it."""
+    (tmp_path / "arch").mkdir()
+    arch = tmp_path / "arch" / "arch.lip"
+    arch.write_text(OWN)
+    np.save(tmp_path / "arch" / "extra.npy", np.array([1.0, 2.0]))
+    with pytest.raises(WeightError) as info:
+        import_state_dict({"a.weight": np.eye(2)}, arch, tmp_path / "out" / "net.lip")
+    err = info.value
+    assert err.render(err.source).split("\n")[:3] == [
+        f"{arch}:2:40: error: weight file 'extra.npy' (beside the architecture spec) would be "
+        "'../arch/extra.npy' from the spec to write, outside that spec's directory",
+        "    2 | dense a: 2 -> 2, weight a.weight, bias \"extra.npy\"",
+        "      | " + " " * 39 + "^~~~~~~~~~~",
+    ]
+    assert "write the spec into the architecture spec's folder" in err.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arch"]
+    with pytest.MonkeyPatch.context() as mp:  # import --like's torch.load, without torch: an .npz here
+        mp.setattr(pytorch, "load_state_dict", lambda f, shown=None: dict(np.load(f)))
+        with open(tmp_path / "arch" / "ck.pt", "wb") as f:
+            np.savez(f, **{"a.weight": np.eye(2)})
+        out = CliRunner().invoke(cli, ["import", str(tmp_path / "arch" / "ck.pt"), "--like", str(arch), "-o",
+                                       str(tmp_path / "out" / "net.lip")])
+    assert out.exit_code == 1 and "would be '../arch/extra.npy'" in out.output
+    assert "--allow-outside" not in out.output and "Traceback" not in out.output  # import has no such option
+    assert not (tmp_path / "out").exists()
+    spec, _ = import_state_dict({"a.weight": np.eye(2)}, arch, tmp_path / "out" / "net.lip",
+                                allow_outside=True)
+    assert 'bias "../arch/extra.npy"' in spec.read_text()
+    assert list(load_network(spec, allow_outside=True)[1].layers[0].bias) == [1.0, 2.0]
+
+
+def test_errors_at_a_moved_file_name_it_as_the_architecture_does(tmp_path):
+    """A file the architecture names, moved to its name from the written spec's folder: an error there
+    names it as the architecture writes it, at its line."""
+    (tmp_path / "arch").mkdir()
+    arch = tmp_path / "arch" / "arch.lip"
+    arch.write_text(OWN)
+    np.save(tmp_path / "arch" / "extra.npy", np.array([1.0, np.nan]))
+    with pytest.raises(WeightError) as info:
+        import_state_dict({"a.weight": np.eye(2)}, arch, tmp_path / "net.lip")
+    err = info.value
+    assert err.render(err.source).split("\n")[:3] == [
+        f"{arch}:2:40: error: 'extra.npy' holds NaN at index (1,)",
+        "    2 | dense a: 2 -> 2, weight a.weight, bias \"extra.npy\"",
+        "      | " + " " * 39 + "^~~~~~~~~~~",
+    ]
 
 
 def test_failed_import_keeps_existing_outputs(tmp_path):
