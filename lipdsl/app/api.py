@@ -26,13 +26,15 @@ A PyTorch ``nn.Sequential`` converts without files (``lipdsl.from_torch``); see 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from lipdsl.errors import OutsideError
 from lipdsl.lang import typed
 from lipdsl.lang.source import Source
 
@@ -452,6 +454,21 @@ class Network:
         return self._imported.write(spec_path, weights_path)
 
 
+#: How the API allows weight files outside the spec's directory (the CLI's ``--allow-outside``).
+ALLOW_OUTSIDE = "allow_outside=True"
+
+
+@contextlib.contextmanager
+def _allow_outside_hint() -> Iterator[None]:
+    """A weight file refused as outside the spec's directory: the hint names the API's parameter
+    (``allow_outside=True``), not the CLI's option."""
+    try:
+        yield
+    except OutsideError as err:
+        err.allow(ALLOW_OUTSIDE)
+        raise
+
+
 def load(path: str | os.PathLike, *, allow_outside: bool = False) -> Network:
     """Read, parse and check the spec at ``path`` -> Network (``lipdsl check``).
 
@@ -467,7 +484,8 @@ def load(path: str | os.PathLike, *, allow_outside: bool = False) -> Network:
     """
     from lipdsl.lang.load import load_network
 
-    source, net = load_network(path, allow_outside=allow_outside)
+    with _allow_outside_hint():
+        source, net = load_network(path, allow_outside=allow_outside)
     return Network(net, source)
 
 
@@ -482,7 +500,8 @@ def parse(text: str, *, path: str = "<string>", allow_outside: bool = False) -> 
     from lipdsl.lang.load import check_source
 
     source = Source(path, text)
-    return Network(check_source(source, allow_outside=allow_outside), source)
+    with _allow_outside_hint():
+        return Network(check_source(source, allow_outside=allow_outside), source)
 
 
 def verify(spec: "str | os.PathLike | Network", certificate: "str | os.PathLike | dict", *,
@@ -498,7 +517,8 @@ def verify(spec: "str | os.PathLike | Network", certificate: "str | os.PathLike 
     from lipdsl.certify.verify import verify as check
 
     target = spec.typed if isinstance(spec, Network) else spec
-    return check(target, certificate, exact=exact, backend_name=backend, allow_outside=allow_outside)
+    with _allow_outside_hint():
+        return check(target, certificate, exact=exact, backend_name=backend, allow_outside=allow_outside)
 
 
 def from_torch(module: Any, input_shape: Any, *, name: str | None = None) -> Network:

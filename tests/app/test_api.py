@@ -163,3 +163,23 @@ def test_bound_carries_the_frequency_mode_fields_and_warnings(tmp_path, monkeypa
     exact = lipdsl.parse("input 2\ndense d: 2 -> 2, weight [[3, 0], [0, 1]]\nrelu\n").solve()
     assert exact.frequencies is None and exact.warnings == () and exact.above_hinf_product is None
     assert "frequencies" not in repr(exact) and "warning" not in str(exact)
+
+
+def test_the_outside_hint_names_the_api_parameter(tmp_path):
+    """A weight file outside the spec's directory, from Python: the hint names ``allow_outside=True`` (was:
+    the CLI's ``--allow-outside``, which Python has not)."""
+    import numpy as np
+
+    (tmp_path / "sub").mkdir()
+    np.save(tmp_path / "w.npy", np.eye(2))
+    text = 'input 2\ndense a: 2 -> 2, weight "../w.npy"\n'
+    (tmp_path / "sub" / "n.lip").write_text(text)
+    calls = [lambda: lipdsl.load(tmp_path / "sub" / "n.lip"),
+             lambda: lipdsl.parse(text, path=str(tmp_path / "sub" / "n.lip")),
+             lambda: lipdsl.verify(tmp_path / "sub" / "n.lip", tmp_path / "no.cert.json")]
+    for call in calls:
+        with pytest.raises(lipdsl_errors.OutsideError) as info:
+            call()
+        assert info.value.hint == ("copy the file next to the spec, or pass allow_outside=True if you trust "
+                                   "this spec (it may read any file you can)")
+    assert lipdsl.load(tmp_path / "sub" / "n.lip", allow_outside=True).typed.layers[0].weight.shape == (2, 2)
