@@ -141,10 +141,10 @@ def same_weights(net: typed.Network, doc: dict) -> None:
     redo = "re-create it: lipdsl solve SPEC --certificate FILE"
     named = f" ({shorten(doc['network'])!r}, the spec is {net.name!r})" if doc["network"] != net.name else ""
     if spec_only or cert_only:
-        parts = [f"{side} weight tensor{'' if len(keys) == 1 else 's'} {_tensors(keys)} "
-                 f"{'is' if len(keys) == 1 else 'are'} not in the {other}"
-                 for side, keys, other in (("the spec's", spec_only, "certificate"),
-                                           ("the certificate's", cert_only, "spec")) if keys]
+        parts = [f"{side} {_kind(keys, entries)} {_tensors(keys)} {'is' if len(keys) == 1 else 'are'} not in "
+                 f"the {other}"
+                 for side, keys, entries, other in (("the spec's", spec_only, mine, "certificate"),
+                                                    ("the certificate's", cert_only, theirs, "spec")) if keys]
         raise invalid(f"the certificate was made for a different network{named}: " + "; ".join(parts),
                       hint=f"verify it against the spec it was written for, or {redo}")
     differ = [k for k in mine if not isinstance(theirs[k], dict)  # (in the network's order)
@@ -154,10 +154,20 @@ def same_weights(net: typed.Network, doc: dict) -> None:
         certified = str(entry.get("sha256", "absent"))[:16] if isinstance(entry, dict) else "absent"
         more = "" if len(differ) == 1 else \
             f"; {_tensors(differ[1:])} differ{'s' if len(differ) == 2 else ''} too"
-        raise invalid(f"the certificate was made for other weights{named}: weight tensor {key!r} of the spec "
-                      f"does not match the certificate's (SHA-256 {mine[key]['sha256'][:16]}... vs "
+        raise invalid(f"the certificate was made for other weights{named}: {_kind([key], mine)} {key!r} of "
+                      f"the spec does not match the certificate's (SHA-256 {mine[key]['sha256'][:16]}... vs "
                       f"{certified}...){more}",
                       hint=f"verify it against the weights it was written for, or {redo}")
+
+
+def _kind(keys: list[str], entries: dict) -> str:
+    """What ``keys`` name, by their digest ``entries``: ``weight tensor(s)``, or ``value(s)`` for numbers
+    (shape ``[]``: a batch norm's ``eps``), or ``weight tensors and values`` for both."""
+    numbers = [isinstance(entries.get(k), dict) and entries[k].get("shape") == [] for k in keys]
+    one = len(keys) == 1
+    if all(numbers):
+        return "value" if one else "values"
+    return ("weight tensor" if one else "weight tensors") if not any(numbers) else "weight tensors and values"
 
 
 def _tensors(keys: list[str], shown: int = 3) -> str:

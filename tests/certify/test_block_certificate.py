@@ -321,6 +321,22 @@ def test_block_and_batch_norm_tensors_are_fingerprinted(solved_blocks, tmp_path,
     assert info.value.exit_code == 3
 
 
+def test_a_batch_norms_eps_is_named_a_value(solved_blocks, monkeypatch):
+    """A certificate whose digest of a batch norm's eps differs: refused as made for other weights, the eps
+    named a value, not a weight tensor (it is a number of the spec)."""
+    net, _, doc = solved_blocks["batchnorm"]
+    monkeypatch.setattr("lipdsl.model.lower.lower", _no_lmi)
+    bad = copy.deepcopy(doc)
+    bad["weights"]["b/main/bn2.eps"]["sha256"] = certificate.weight_digest(np.float64(1e-3))
+    with pytest.raises(CertificateError, match=r"^the certificate was made for other weights: value "
+                       r"'b/main/bn2.eps' of the spec does not match the certificate's \(SHA-256 "):
+        verify(net, bad)
+    del bad["weights"]["b/main/bn2.eps"], bad["weights"]["b/main/bn2.weight"]
+    with pytest.raises(CertificateError, match=r"the spec's weight tensors and values 'b/main/bn2.weight' "
+                       r"and 'b/main/bn2.eps' are not in the certificate$"):
+        verify(net, bad)
+
+
 def test_every_tensor_of_the_map_is_in_the_certificate(solved_blocks):
     net, _, doc = solved_blocks["batchnorm"]
     bn = [f"b/{branch}/bn{i}.{t}" for branch, i in (("main", 1), ("main", 2), ("shortcut", 3))
@@ -342,10 +358,10 @@ def test_a_tensor_missing_from_the_certificate_is_named(solved_blocks, monkeypat
     bad = copy.deepcopy(doc)
     del bad["weights"]["b/shortcut/bn3.eps"]
     with pytest.raises(CertificateError, match=r"^the certificate was made for a different network: the "
-                       r"spec's weight tensor 'b/shortcut/bn3.eps' is not in the certificate$"):
+                       r"spec's value 'b/shortcut/bn3.eps' is not in the certificate$"):
         verify(net, bad)
     bad["weights"] = {"dense1.weight": doc["weights"]["dense1.weight"]}  # schema /2 with /1's weights
-    with pytest.raises(CertificateError, match=r"the spec's weight tensors 'b/main/conv1.weight', "
+    with pytest.raises(CertificateError, match=r"the spec's weight tensors and values 'b/main/conv1.weight', "
                        r"'b/main/bn1.weight', 'b/main/bn1.running_var' and 9 more are not in the "
                        r"certificate$"):
         verify(net, bad)

@@ -319,7 +319,8 @@ def test_other_weights_inside_a_block_or_a_batch_norm_exit_3_naming_the_tensor(s
     monkeypatch.setattr("lipdsl.model.lower.lower", no_lmi)
     res = run("verify", other, cert)
     assert res.exit_code == 3 and res.stdout == ""
-    assert res.stderr.startswith(f"{cert}: error: the certificate was made for other weights: weight tensor "
+    what = "value" if tensor.endswith(".eps") else "weight tensor"  # (eps is a number)
+    assert res.stderr.startswith(f"{cert}: error: the certificate was made for other weights: {what} "
                                  f"'{tensor}' of the spec does not match the certificate's (SHA-256 ")
     assert "hint: verify it against the weights it was written for" in res.stderr
 
@@ -358,7 +359,7 @@ def test_a_schema_1_certificate_still_verifies(shortcut_cert, tmp_path):
     old.write_text(json.dumps(doc))
     res = run("verify", spec, old)
     assert res.exit_code == 3
-    assert ("error: the certificate was made for a different network: the spec's weight tensors "
+    assert ("error: the certificate was made for a different network: the spec's weight tensors and values "
             "'bn0.weight', 'bn0.running_var', 'bn0.eps' and 5 more are not in the certificate") in res.stderr
     doc["schema"] = "lipdsl-certificate/1"
     old.write_text(json.dumps(doc))
