@@ -3,6 +3,7 @@ integer congruence), with python-flint or sympy."""
 
 from __future__ import annotations
 
+import decimal
 import math
 from fractions import Fraction
 
@@ -206,6 +207,22 @@ def ldl_pivots(rows: list[list]) -> tuple[bool, int, object]:
 EXACT_LDL_MAX = 24
 
 
+def to_double(v) -> float:
+    """An exact number as a double, ``+-inf`` beyond the range of doubles (``float`` raises there)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def exact_text(v, digits: int = 6) -> str:
+    """An exact rational (fmpq, QQ, Fraction) as ``format(v, '.6g')`` would print its exact value, at any
+    magnitude (a double overflows beyond 1.8e308 and shows 0 below 4.9e-324)."""
+    context = decimal.Context(prec=digits)
+    q = context.divide(decimal.Decimal(int(v.numerator)), decimal.Decimal(int(v.denominator)))
+    return format(q, f".{digits}g")
+
+
 def congruence_check(be, rows: list[list]) -> tuple[bool, str]:
     """Prove ``M > 0`` (exact rationals) by an LDL' rounded to integers: True only if proved.
 
@@ -219,7 +236,7 @@ def congruence_check(be, rows: list[list]) -> tuple[bool, str]:
     """
     n = len(rows)
     Z, _ = be.integer_matrix(rows)
-    Zf = np.array([[float(v) for v in row] for row in rows])
+    Zf = np.array([[to_double(v) for v in row] for row in rows])
     d = np.diag(Zf)
     if np.any(~(d > 0)) or not np.all(np.isfinite(Zf)):
         return False, "nonpositive diagonal"

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lipdsl.certify.exact import EXACT_LDL_MAX, backend, congruence_check, ldl_pivots
+from lipdsl.certify.exact import EXACT_LDL_MAX, backend, congruence_check, exact_text, ldl_pivots, to_double
 from lipdsl.certify.verify_block import exact_block_lmi, scale_tau
 from lipdsl.certify.verify_float import psd_float
 from lipdsl.certify.verify_links import Link
@@ -152,11 +152,13 @@ def _explain(be, M) -> str:
     if len(rows) <= EXPLAIN_LDL_MAX:
         ok, at, v = ldl_pivots(rows)
         if not ok:
-            return f"exact LDL': pivot {at} is {float(v):.6g} <= 0"
+            return f"exact LDL': pivot {at} is {exact_text(v)} <= 0"
         return "exact LDL': every pivot > 0, but the congruence test failed"  # pragma: no cover
     from scipy.linalg import lapack
 
-    Mf = np.array([[float(v) for v in row] for row in rows])
+    Mf = np.array([[to_double(v) for v in row] for row in rows])
+    if not np.all(np.isfinite(Mf)):
+        return "not proved (entries beyond the range of doubles)"
     _, info = lapack.dpotrf(Mf, lower=1)
     w = np.linalg.eigvalsh(Mf)
     return (f"floating-point Cholesky breaks down at pivot {info - 1}; smallest eigenvalue about {w[0]:.6g}"

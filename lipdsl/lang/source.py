@@ -61,6 +61,15 @@ def read_regular(path: str | Path, limit: int, what: str) -> bytes:
         os.close(fd)
 
 
+def binary_kind(data: bytes) -> str | None:
+    """What binary data is in words ('a zip archive (NumPy .npz weights?)', ...): data with a NUL byte,
+    which no text file lipdsl reads (a spec, a certificate) holds; None for anything else."""
+    if b"\0" not in data:
+        return None
+    return ("a zip archive (NumPy .npz weights?)" if data.startswith(b"PK")
+            else "a NumPy .npy array" if data.startswith(b"\x93NUMPY") else "a binary file")
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """A region of a source file: 1-based line/column, end exclusive (Lark's convention)."""
@@ -108,9 +117,8 @@ class Source:
             ``.npz`` of weights given as the spec).
         """
         data = read_regular(path, MAX_SPEC_BYTES, "spec")
-        if b"\0" in data:
-            kind = ("a zip archive (NumPy .npz weights?)" if data.startswith(b"PK")
-                    else "a NumPy .npy array" if data.startswith(b"\x93NUMPY") else "a binary file")
+        kind = binary_kind(data)
+        if kind is not None:
             raise OSError(errno.EINVAL, f"it is {kind}, not a lipdsl spec (a text file such as net.lip)")
         return cls(str(path), data.decode("utf-8", errors="replace"))
 
