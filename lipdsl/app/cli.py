@@ -326,10 +326,13 @@ def _certify_file(result, net, path, exact, min_length, lift, frequencies, solve
                    "failed (no certificate written)", err=True)
         sys.exit(3)
     if path is not None:
-        import json
         from pathlib import Path
 
-        Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+        try:
+            text = certificate.encode(doc)
+        except LipdslError as err:
+            fail(err, None)
+        Path(path).write_text(text)
     return verdict if exact else None
 
 
@@ -356,16 +359,12 @@ def verify_command(spec: str, certificate: str, exact: bool, as_json: bool, back
     other weights or options, or holds a malformed value)."""
     source, net = load_or_fail(spec, allow_outside)
     from lipdsl.app.report import print_verdict
-    from lipdsl.certify.certificate import CertificateFileError
     from lipdsl.certify.verify import verify
-    from lipdsl.lang.source import Source
 
     try:
         verdict = verify(net, certificate, exact=exact, backend_name=backend)
-    except CertificateFileError as err:  # (an unreadable file or schema: its message names the file)
-        fail(err, None)
-    except LipdslError as err:  # the certificate's values (no span: "cert.json: error: ..."), or the spec's
-        fail(err, source if err.span is not None else Source(str(certificate), ""))
+    except LipdslError as err:  # the certificate's (no span: "cert.json: error: ..."), or the spec's
+        fail(err, source if err.span is not None else err.source)
     if as_json:
         import json
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from lipdsl.certify.reductions import Scaling
 from lipdsl.model import lowered
 
 from lipdsl.lang import typed
-from lipdsl.errors import CertificateError, LipdslError
+from lipdsl.lang.source import binary_kind, read_regular
+from lipdsl.errors import CertificateError, LipdslError, shorten
 
 SCHEMA = "lipdsl-certificate/2"
 #: The schema before every tensor of the map was fingerprinted (``weights``: the top-level conv and dense
@@ -138,6 +140,33 @@ def _matrix(a: np.ndarray) -> list:
     return ((a + a.T) / 2).tolist()
 
 
+def _require_double_range(scaling: Scaling, rho: float) -> None:
+    """Refuse a point whose unscaled values leave the normal range of doubles: ``rho^ = rho T_{-1}``, and
+    ``P^_i``, ``Lambda^_i``, ``X^_i`` scale with ``T_{i-1}``, ``T_i`` (module docstring). A net whose layers'
+    gains ``s_i`` are tiny or huge (two convs of weight ``1e-300``: ``rho^`` about ``1e-1200``) has a
+    certified bound (the solver and ``certify`` work with the scaled point), but its certificate would hold
+    zeros, infinities or subnormal doubles (too few bits), and no such file verifies.
+
+    Raises
+    ------
+    CertificateError
+        Naming the first value out of range and its size (a power of ten, from logarithms).
+    """
+    logs = [2 * math.log2(s) for s in scaling.scales if s > 0]
+    tails = [sum(logs[i:]) for i in range(len(logs) + 1)]  # log2 T_{-1}, log2 T_0, ..., log2 T_{n-1} = 0
+    named = ([("rho^ = rho * prod s_i^2", math.log2(rho) + tails[0])] if rho > 0 else []) + \
+        [(f"the factor T = prod s_j^2 of the systems after system {i}", t) for i, t in enumerate(tails[1:])]
+    low, high = math.log2(sys.float_info.min), math.log2(sys.float_info.max)
+    bad = next(((what, t) for what, t in named if not low <= t <= high), None)
+    if bad is not None:
+        raise CertificateError(
+            "cannot write a certificate for this bound: a certificate holds the point for the unscaled "
+            f"weights (docs/certificate.md), and {bad[0]} is about 1e{bad[1] * math.log10(2):+.0f}, outside "
+            "the normal range of doubles (2.2e-308 to 1.8e308): the layers' gains s_i = ||[C D]||_2 are too "
+            "small or too large",
+            hint="the bound itself is certified; run without --certificate / --exact")
+
+
 def build(result, *, options: dict[str, Any] | None = None) -> dict:
     """The certificate document of a certified ``api.Result`` (``Result.certificate.verified``).
 
@@ -163,10 +192,13 @@ def build(result, *, options: dict[str, Any] | None = None) -> dict:
         raise CertificateError("cannot export this certificate yet: two systems of the lowering share a "
                                "name (" + ", ".join(s.name for s in systems) + ")",
                                hint="the bound itself is certified; run without --certificate / --exact")
-    tail = Scaling.of(low).tails()  # T_i = prod_{j > i} s_j^2, by position in the system list
+    scaling = Scaling.of(low)
+    tail = scaling.tails()  # T_i = prod_{j > i} s_j^2, by position in the system list
     index = {s.name: i for i, s in enumerate(systems)}
     point = cert.point or {}
-    rho_hat = float(point.get("rho", cert.rho or 0.0)) * tail[0]
+    rho = float(point.get("rho", cert.rho or 0.0))
+    _require_double_range(scaling, rho)
+    rho_hat = rho * tail[0]
     lmis = []
     X_values: dict[str, dict] = {}
     for link in links:
@@ -234,12 +266,14 @@ def write(result, path: str | Path, *, options: dict[str, Any] | None = None, ch
             raise CertificateError(f"the certificate does not verify: {verdict.reason}",
                                    hint="nothing was written; please report this (certified by "
                                    "lipdsl.certify.recheck but not by the independent check)")
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+    Path(path).write_text(encode(doc))
     return doc
 
 
 class CertificateFileError(LipdslError):
-    """An unreadable certificate file, or one of another schema or lipdsl version (exit code 1)."""
+    """An unreadable certificate file, not JSON, or one of another schema or lipdsl version (exit code 1).
+    A readable certificate of this schema with a missing, mistyped or malformed field is a
+    ``CertificateError`` (exit code 3)."""
 
 
 @dataclass(frozen=True)
@@ -250,53 +284,118 @@ class Document:
     data: dict
 
 
+#: Largest certificate read or written, in bytes. Its ``P`` matrices dominate it, about 28 bytes per entry
+#: as ``write`` lays them out (``specs/resnet1d.lip``'s, blocks of 152, 416 and 544 rows: 14 MB); reading
+#: one takes about twice its size in memory.
+MAX_CERTIFICATE_BYTES = 256 << 20
+
+#: The hint of a certificate that cannot be used as it is.
+REDO = "the certificate was edited or damaged; re-create it: lipdsl solve SPEC --certificate FILE"
+#: A JSON integer beyond the range of a double (``10^400``) in words, for the messages that refuse one.
+BEYOND_DOUBLE = "an integer beyond the range of a double (about 1.8e308)"
+
 _REQUIRED = {"schema": str, "lipdsl_version": str, "network": str, "options": dict, "lipschitz": float,
              "rho": float, "weights": dict, "steps": list, "lmis": list, "X": dict}
+_KIND = {str: "a string", dict: "an object", float: "a number", list: "a list"}
 
 
-def read(path: str | Path) -> Document:
-    """Read and validate a certificate file (schema name and version, lipdsl version, field types).
+def encode(doc: dict) -> str:
+    """The text of a certificate file (JSON, floats written exactly by ``repr``).
 
     Raises
     ------
     CertificateError
-        Unreadable file, invalid JSON, another schema or lipdsl version, or a missing/mistyped field.
+        When the text would exceed ``MAX_CERTIFICATE_BYTES`` (``read`` would refuse it).
+    """
+    text = json.dumps(doc, indent=1) + "\n"
+    if len(text) > MAX_CERTIFICATE_BYTES:
+        raise CertificateError(f"the certificate would have {len(text):,} bytes, more than lipdsl reads "
+                               f"({MAX_CERTIFICATE_BYTES:,})",
+                               hint="the bound itself is certified; run without --certificate / --exact")
+    return text
+
+
+def read(path: str | Path) -> Document:
+    """Read and validate a certificate file: at most ``MAX_CERTIFICATE_BYTES``, UTF-8 (a leading byte-order
+    mark dropped, as for specs), JSON; then ``validate``.
+
+    Raises
+    ------
+    CertificateFileError
+        Unreadable or too large file, not UTF-8 text, not JSON (or nested too deeply to parse), another
+        schema or lipdsl version.
+    CertificateError
+        A missing or mistyped field (``validate``), or an integer too long to read.
     """
     p = str(path)
     try:
-        text = Path(path).read_text()
+        data = read_regular(path, MAX_CERTIFICATE_BYTES, "certificate")
     except OSError as exc:
-        raise CertificateFileError(f"cannot read certificate {p!r}: {exc.strerror or exc}") from None
+        raise CertificateFileError(f"cannot read certificate: {exc.strerror or exc}") from None
+    expected = "a certificate is a JSON file written by lipdsl solve --certificate"
+    kind = binary_kind(data)
+    if kind is not None:
+        raise CertificateFileError(f"not a JSON certificate: it is {kind}", hint=expected)
     try:
-        data = json.loads(text)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        utf16 = " (UTF-16?)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise CertificateFileError(f"not a JSON certificate: not UTF-8 text{utf16}: byte "
+                                   f"0x{data[exc.start]:02x} at offset {exc.start}", hint=expected) from None
+    del data
+    try:
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CertificateFileError(f"{p}: not a JSON certificate: {exc.msg} at line {exc.lineno} column "
-                               f"{exc.colno}") from None
-    return Document(p, validate(data, p))
+        raise CertificateFileError(f"not a JSON certificate: {exc.msg} at line {exc.lineno} column "
+                                   f"{exc.colno}") from None
+    except RecursionError:  # (a certificate nests 4 levels deep; the JSON parser recurses per level)
+        raise CertificateFileError("not a JSON certificate: arrays or objects nested too deeply to read",
+                                   hint=expected) from None
+    except ValueError:  # (Python converts integers of at most sys.get_int_max_str_digits() digits)
+        raise CertificateError(f"it holds {BEYOND_DOUBLE}: one of more than {sys.get_int_max_str_digits()} "
+                               "digits", hint=REDO) from None
+    return Document(p, validate(doc))
 
 
-def validate(data: Any, where: str = "<certificate>") -> dict:
-    """Check the schema of a certificate object (``read``); returns it."""
+def validate(data: Any) -> dict:
+    """Check the schema of a certificate object (``read``); returns it.
+
+    Raises
+    ------
+    CertificateFileError
+        Not a JSON object with a ``schema`` field, another schema or another lipdsl version.
+    CertificateError
+        A required field missing or of another type (``true`` is not a number).
+    """
     if not isinstance(data, dict) or "schema" not in data:
-        raise CertificateFileError(f"{where}: not a lipdsl certificate (no 'schema' field)",
-                               hint=f"expected a JSON object with \"schema\": \"{SCHEMA}\"")
+        raise CertificateFileError("not a lipdsl certificate (no 'schema' field)",
+                                   hint=f"expected a JSON object with \"schema\": \"{SCHEMA}\"")
     if data["schema"] not in (SCHEMA, SCHEMA_1):
-        raise CertificateFileError(f"{where}: certificate schema {data['schema']!r} is not supported; this "
-                               f"lipdsl reads {SCHEMA!r} and {SCHEMA_1!r}",
-                               hint="re-create the certificate with this lipdsl: lipdsl solve SPEC "
-                               "--certificate FILE")
+        raise CertificateFileError(f"certificate schema {shorten(data['schema'])!r} is not supported; this "
+                                   f"lipdsl reads {SCHEMA!r} and {SCHEMA_1!r}",
+                                   hint="re-create the certificate with this lipdsl: lipdsl solve SPEC "
+                                   "--certificate FILE")
     if data.get("lipdsl_version") != version():
-        raise CertificateFileError(f"{where}: certificate written by lipdsl {data.get('lipdsl_version')!r}, "
-                               f"this is lipdsl {version()!r}",
-                               hint="verify with the lipdsl version that wrote it, or re-create it with "
-                               "this one (the lowering may differ between versions)")
+        raise CertificateFileError(f"certificate written by lipdsl {shorten(data.get('lipdsl_version'))!r}, "
+                                   f"this is lipdsl {version()!r}",
+                                   hint="verify with the lipdsl version that wrote it, or re-create it with "
+                                   "this one (the lowering may differ between versions)")
     for key, kind in _REQUIRED.items():
         value = data.get(key)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
             isinstance(value, kind)
         if not ok:
-            raise CertificateFileError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+            got = "is missing" if key not in data else f"is {_json_kind(value)}"
+            raise CertificateError(f"field {key!r} {got}, expected {_KIND[kind]}", hint=REDO)
     for j, entry in enumerate(data["lmis"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("system"), str):
-            raise CertificateFileError(f"{where}: lmis[{j}] has no 'system' name")
+            raise CertificateError(f"lmis[{j}] has no 'system' name", hint=REDO)
     return data
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value's type in words: ``true``, ``null``, ``a string``, ``a list``, ..."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return next((words for kind, words in _KIND.items() if isinstance(value, kind)),
+                "a number" if isinstance(value, (int, float)) else type(value).__name__)

@@ -53,7 +53,9 @@ is not strictly feasible, ``rho`` is raised by the least of ``2^-51 rho, ..., 2^
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -61,14 +63,16 @@ from fractions import Fraction
 
 import numpy as np
 
-from lipdsl.certify.certificate import Document, read, validate, weight_digests
+from lipdsl.certify.certificate import (REDO, SCHEMA_1, Document, read, validate, weight_digests,
+                                       weight_tensors)
 from lipdsl.certify.exact import backend
 from lipdsl.certify.verify_block import float_block_lmi, rounding_terms, scale_tau
 from lipdsl.certify.verify_exact import exact_link, side_psd
 from lipdsl.certify.verify_float import ETA, U, float_lmi, float_schur, psd_float  # noqa: F401
-from lipdsl.certify.verify_links import invalid, gain_squared, lmi_chain, pooled_steps, structure
+from lipdsl.certify.verify_links import invalid, gain_squared, lmi_chain, number, pooled_steps, structure
 from lipdsl.errors import LipdslError, shorten
 from lipdsl.lang import typed
+from lipdsl.lang.source import Source
 from lipdsl.rigorous import fraction_up
 
 
@@ -99,7 +103,9 @@ class Verdict:
     rho_raise: float = 0.0
     seconds: float = 0.0
     backend: str = ""
-    notes: tuple[str, ...] = ()  # batch-norm scales covered: per LMI, the relative bound and its tau
+    #: the certificate file's (``certificate_notes``), then the batch-norm scales covered: per LMI, the
+    #: relative bound and its tau
+    notes: tuple[str, ...] = ()
     #: for which inputs the bound holds, in ``solve``'s words (``lowered.Network.validity``)
     valid_for: str = ""
     #: the certificate's ``options.min_length`` (None: not given)
@@ -158,6 +164,27 @@ def same_weights(net: typed.Network, doc: dict) -> None:
                       f"the spec does not match the certificate's (SHA-256 {mine[key]['sha256'][:16]}... vs "
                       f"{certified}...){more}",
                       hint=f"verify it against the weights it was written for, or {redo}")
+
+
+def certificate_notes(net: typed.Network, doc: dict) -> list[str]:
+    """What a verdict must add about the certificate file itself: another network name than the spec's
+    (the spec is what is verified; its weights matched), and for a ``lipdsl-certificate/1`` file of a net
+    with residual blocks or batch norms, the tensors it does not fingerprint (``same_weights`` compared the
+    top-level conv and dense weights only: the bound verified is the one of the spec's values of those)."""
+    notes = []
+    if doc["network"] != net.name:
+        notes.append(f"the certificate names the network {shorten(doc['network'])!r}; the spec verified is "
+                     f"{net.name!r} (its weights and lowering match the certificate)")
+    if doc["schema"] == SCHEMA_1:
+        tensors = weight_tensors(net)
+        loose = [k for k in tensors if k not in weight_tensors(net, top_level=True)]
+        if loose:
+            shapes = {k: {"shape": list(np.shape(tensors[k]))} for k in loose}
+            notes.append(f"this {SCHEMA_1} file fingerprints the top-level conv and dense weights only: "
+                         f"{_kind(loose, shapes)} {_tensors(loose)} of the residual blocks and "
+                         "batch norms are not pinned by it; the bound verified holds for the spec's values "
+                         "(re-create the certificate to pin them: lipdsl solve SPEC --certificate FILE)")
+    return notes
 
 
 def _kind(keys: list[str], entries: dict) -> str:
@@ -221,9 +248,12 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     Raises
     ------
     LipdslError
-        An unreadable spec, or a certificate file that is not valid JSON or has another schema or lipdsl
-        version (``CertificateFileError``, exit code 1); ``CertificateError`` (exit code 3) when the
-        certificate does not belong to the spec (weights, structure) or a value is malformed.
+        An unreadable spec, or a certificate file that cannot be read (too large, not UTF-8, not JSON) or
+        has another schema or lipdsl version (``CertificateFileError``, exit code 1); ``CertificateError``
+        (exit code 3) when the certificate does not belong to the spec (weights, structure, options) or a
+        field is missing, mistyped or malformed (an integer beyond the range of a double). Errors about a
+        certificate file carry ``err.source`` (its path), so ``err.render(err.source)`` gives ``cert.json:
+        error: ...``.
     """
     t0 = time.perf_counter()
     if isinstance(spec, typed.Network):
@@ -232,6 +262,51 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
         from lipdsl.lang.load import load_network
 
         _, net = load_network(spec, allow_outside=allow_outside)
+    try:
+        return _verify(net, certificate, exact, backend_name, t0)
+    except LipdslError as err:  # (the certificate's errors render as "cert.json: error: ...")
+        if err.span is None and err.source is None and isinstance(certificate, (str, os.PathLike)):
+            err.source = Source(str(certificate), "")
+        raise
+
+
+def lowering_options(opts: dict) -> tuple[int | None, int, bool]:
+    """The certificate's ``options`` that change the lowering: ``min_length`` (an integer >= 1 or null),
+    ``lift`` (an integer >= 1, default 1), ``merge_linear`` (true or false, default true); ``true`` is not
+    an integer here, nor ``"2"``.
+
+    Raises
+    ------
+    CertificateError
+        For any other value, naming it.
+    """
+    min_length, lift, merge = opts.get("min_length"), opts.get("lift", 1), opts.get("merge_linear", True)
+    for key, value, ok, expected in (
+            ("min_length", min_length, value_is_int(min_length, 1) or min_length is None,
+             "an integer >= 1 or null (solve's --length)"),
+            ("lift", lift, value_is_int(lift, 1), "an integer >= 1 (solve's --lift)"),
+            ("merge_linear", merge, isinstance(merge, bool), "true or false")):
+        if not ok:
+            raise invalid(f"the certificate's options.{key} = {json_text(value)} is not valid: expected "
+                          f"{expected}", hint=REDO)
+    return min_length, lift, merge
+
+
+def value_is_int(value, least: int) -> bool:
+    """Whether a JSON value is an integer (not ``true``/``false``) of at least ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def json_text(value) -> str:
+    """A certificate's value as its JSON text, shortened (``true``, ``"2"``, ``-5``)."""
+    try:
+        return shorten(json.dumps(value))
+    except (TypeError, ValueError):  # (not JSON: a Python object given in the dict; a 10^5000 integer)
+        return type(value).__name__
+
+
+def _verify(net: typed.Network, certificate, exact: bool, backend_name: str, t0: float) -> Verdict:
+    """``verify`` after the spec is loaded."""
     if isinstance(certificate, Document):
         doc = certificate.data
     elif isinstance(certificate, dict):
@@ -239,39 +314,36 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     else:
         doc = read(certificate).data
     same_weights(net, doc)
-    opts = doc["options"]
+    file_notes = certificate_notes(net, doc)
+    min_length, lift, merge_linear = lowering_options(doc["options"])
+    if not net.any_length:  # (a certificate of a fixed-length spec may record the --length that solve
+        min_length = None   # used to ignore: only the spec's length enters its lowering and validity)
     from lipdsl.model.lower import lower
 
     try:
-        min_length = opts.get("min_length")
-        lift = int(opts.get("lift", 1))
-        if (min_length is not None and not isinstance(min_length, int)) or lift < 1:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise invalid(f"the certificate's options {opts!r} are not valid (min_length: an integer or null, "
-                    "lift: a positive integer)") from None
-    if not net.any_length:  # (a certificate of a fixed-length spec may record the --length that solve
-        min_length = None   # used to ignore: only the spec's length enters its lowering and validity)
-    try:
-        low = lower(net, scale=False, min_length=min_length, lift=lift,
-                    merge_linear=bool(opts.get("merge_linear", True)))
+        low = lower(net, scale=False, min_length=min_length, lift=lift, merge_linear=merge_linear)
     except LipdslError as err:
-        if lift == 1 or "--lift" not in err.message + (err.hint or ""):
+        # (lower words its errors for solve's options; verify has none: the lowering's are the certificate's)
+        given = {"--lift": ("lift", lift) if lift != 1 else None,
+                 "--length": ("min_length", min_length) if min_length is not None else None}
+        words = err.message + (err.hint or "")
+        flag = next((f for f, option in given.items() if option and f in words), None)
+        if flag is None:
             raise
-        # (lower words it for solve's --lift option; verify has none: the lift is the certificate's)
-        raise invalid(f"the certificate's options.lift = {lift} (the lift comes from the certificate; verify "
-                      "has no --lift option) cannot be used with this spec: "
-                      + err.message.replace(f"--lift {lift}", f"lift {lift}"),
+        key, value = given[flag]
+        raise invalid(f"the certificate's options.{key} = {value} (the {key} comes from the certificate; "
+                      f"verify has no {flag} option) cannot be used with this spec: "
+                      + err.message.replace(f"{flag} {value}", f"{key} {value}"),
                       hint="lipdsl solve writes no such certificate for this spec: verify the certificate "
                       "against the spec it was written for, or re-create it: lipdsl solve SPEC --certificate "
                       "FILE") from None
     structure(doc, low)
     links, (eliminated, elim_exact) = lmi_chain(doc, low, net, lift)
     pooled = pooled_steps(low)
-    rho = float(doc["rho"])
+    rho = number(doc["rho"], "rho")
     if not math.isfinite(rho) or rho < 0:
         raise invalid(f"rho = {rho!r} is not a nonnegative number")
-    claimed = float(doc["lipschitz"])
+    claimed = number(doc["lipschitz"], "the claimed bound lipschitz")
     if not math.isfinite(claimed):  # (NaN, Infinity: JSON reads them; a claim must be a number to compare)
         raise invalid(f"the claimed bound lipschitz = {claimed!r} is not a finite number")
     gain2 = gain_squared(low)
@@ -358,6 +430,7 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     if eliminated is not None:
         checks.append(LmiVerdict(f"LMI[{eliminated}]", systems[eliminated].ss.nu, True,
                                  "X := W'W: the LMI is 0 >= 0 exactly", elim_exact))
+    notes = file_notes + notes
     bad = next((c for c in checks if not c.ok), None)
     rho_final = rho_q + rho_raise
     L2 = rho_final * gain2
@@ -367,15 +440,15 @@ def verify(spec, certificate, *, exact: bool = False, backend_name: str = "auto"
     bname = "numpy" if not exact else be.name
     validity = dict(valid_for=low.validity(min_length), min_length=min_length, length_bound=low.length_bound)
     if bad is not None:
-        return Verdict(False, mode, doc["network"], None, None, claimed, tuple(checks),
+        return Verdict(False, mode, net.name, None, None, claimed, tuple(checks),
                        f"{bad.name} fails: {bad.detail}", float(rho_raise), seconds, bname, tuple(notes),
                        **validity)
     if Fraction(claimed) < d * (1 - Fraction(1, 10**9)):
-        return Verdict(False, mode, doc["network"], None, None, claimed, tuple(checks),
+        return Verdict(False, mode, net.name, None, None, claimed, tuple(checks),
                        f"the claimed bound {claimed!r} is below what the certificate proves, "
                        f"sqrt(rho * prod(pool gains^2)) <= {text}", float(rho_raise), seconds, bname,
                        tuple(notes), **validity)
-    return Verdict(True, mode, doc["network"], fraction_up(d), text, claimed, tuple(checks), "",
+    return Verdict(True, mode, net.name, fraction_up(d), text, claimed, tuple(checks), "",
                    float(rho_raise), seconds, bname, tuple(notes), **validity)
 
 

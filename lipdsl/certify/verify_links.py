@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 
 from lipdsl.certify.batchnorm import ScaleCover
-from lipdsl.certify.certificate import describe_steps
+from lipdsl.certify.certificate import BEYOND_DOUBLE, REDO, describe_steps
 from lipdsl.certify.realization import exact_realization, own_realization, realizations_match
 from lipdsl.certify.realization_block import exact_block_realization
 from lipdsl.errors import CertificateError
@@ -152,12 +152,28 @@ def internal_slopes(sys: lowered.System, net: typed.Network,
     return tuple(exact), tuple(floats)
 
 
+def number(value, what: str) -> float:
+    """A certificate's number as a double (its type was checked by ``certificate.validate``); a JSON
+    integer beyond the range of a double is refused, naming ``what``."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise invalid(f"{what} is {BEYOND_DOUBLE}", hint=REDO) from None
+
+
+def _floats(value, what: str, shape: str) -> np.ndarray:
+    """A certificate's array of numbers as doubles (``shape``: 'vector' or 'matrix', for the message)."""
+    try:
+        return np.array(value, dtype=float)
+    except OverflowError:
+        raise invalid(f"{what}: an entry is {BEYOND_DOUBLE}", hint=REDO) from None
+    except (TypeError, ValueError):
+        raise invalid(f"{what}: not a {shape} of numbers") from None
+
+
 def _multipliers(value, n: int, what: str) -> np.ndarray:
     """A multiplier vector from the certificate: ``n`` finite numbers ``>= 0``."""
-    try:
-        lam = np.array(value, dtype=float).ravel()
-    except (TypeError, ValueError):
-        raise invalid(f"{what}: not a vector of numbers") from None
+    lam = _floats(value, what, "vector").ravel()
     if lam.shape != (n,):
         raise invalid(f"{what}: expected {n} numbers, got {lam.size}")
     _finite(lam, what, "lambda")
@@ -196,16 +212,11 @@ def _finite(values: np.ndarray, what: str, symbol: str) -> None:
     if bad.any():
         at = np.unravel_index(int(np.flatnonzero(bad)[0]), values.shape)
         raise invalid(f"{what}: {symbol}[{','.join(map(str, at))}] is {float(values[at])!r}, expected a "
-                      "finite number",
-                      hint="the certificate was edited or damaged; re-create it: "
-                      "lipdsl solve SPEC --certificate FILE")
+                      "finite number", hint=REDO)
 
 
 def _matrix(value, shape: tuple[int, int], what: str, symbol: str) -> np.ndarray:
-    try:
-        M = np.array(value, dtype=float)
-    except (TypeError, ValueError):
-        raise invalid(f"{what}: not a matrix of numbers") from None
+    M = _floats(value, what, "matrix")
     if M.shape != shape:
         raise invalid(f"{what}: expected a {shape[0]} x {shape[1]} matrix, got shape {M.shape}")
     _finite(M, what, symbol)

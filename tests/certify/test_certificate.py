@@ -91,8 +91,6 @@ def test_a_batch_norm_built_without_its_statistics_is_fingerprinted_by_its_scale
                                                         "supported"),
     (lambda d: d.update(lipdsl_version="0.0.1"), "written by lipdsl '0.0.1'"),
     (lambda d: d.pop("schema"), "not a lipdsl certificate"),
-    (lambda d: d.pop("rho"), "field 'rho' is missing"),
-    (lambda d: d.update(lmis="none"), "field 'lmis' is missing or not a list"),
 ])
 def test_wrong_schema_or_version_is_a_clear_input_error(tmp_path, mutate, message):
     _, _, doc = solved("ecg.lip")
@@ -103,6 +101,22 @@ def test_wrong_schema_or_version_is_a_clear_input_error(tmp_path, mutate, messag
         certificate.read(path)
     assert message in str(info.value)
     assert info.value.exit_code == 1
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.pop("rho"), "field 'rho' is missing, expected a number"),
+    (lambda d: d.update(lmis="none"), "field 'lmis' is a string, expected a list"),
+    (lambda d: d.update(lipschitz=False), "field 'lipschitz' is false, expected a number"),
+])
+def test_a_missing_or_mistyped_field_is_a_malformed_certificate(tmp_path, mutate, message):
+    """(Were CertificateFileError, exit 1: docs/certificate.md lists malformed values under exit 3.)"""
+    _, _, doc = solved("ecg.lip")
+    mutate(doc)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CertificateError) as info:
+        certificate.read(path)
+    assert str(info.value) == message and info.value.exit_code == 3
 
 
 def test_not_json_is_a_clear_error(tmp_path):
