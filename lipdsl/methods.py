@@ -146,7 +146,9 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
                lift: int = 1, force: bool = False, max_rows: int = MAX_LIPSDP_ROWS,
                timeout: float | None = None, lipsdp_solver: str = "hkm", **options: Any) -> MethodResult:
     """One method's bound on ``net`` (the one dispatcher over ``METHODS``); user-level failures become a
-    ``MethodResult`` without a bound, carrying the error.
+    ``MethodResult`` without a bound, carrying the error. Input errors every method shares are raised, for
+    every method alike: a spec contradicting ``length`` (``check.require_length``), a batch norm whose fold
+    leaves float64's range (``WeightError`` at its line, ``residual.require_foldable``).
 
     Parameters
     ----------
@@ -167,7 +169,10 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     from lipdsl.lang.check import require_length
 
+    from lipdsl.model.residual import require_foldable
+
     require_length(net, length)  # (raised: a contradiction of the caller's, not this method's failure)
+    require_foldable(net)  # (raised too: an input error at the batch norm's line, as the dissipative method's)
     if timeout is not None:
         deadline = limits.Deadline.after(timeout)
         with limits.blas_threads(), deadline.active():
@@ -274,8 +279,10 @@ def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: i
     then carries the frequency-mode warnings (``MethodResult.frequency_report``).
     """
     from lipdsl.lang.check import require_length
+    from lipdsl.model.residual import require_foldable
 
     require_length(net, length)
+    require_foldable(net)  # (before any method or search: refused as check and solve refuse it)
     deadline = limits.current() if timeout is None else limits.Deadline.after(timeout)
     with limits.blas_threads(), deadline.active():
         return _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift, force, max_rows,

@@ -57,11 +57,11 @@ def cli() -> None:
 @ALLOW_OUTSIDE
 def check_command(spec: str, allow_outside: bool) -> None:
     """Parse and check SPEC: print OK and a summary, or the errors (exit 1)."""
-    from lipdsl.model.residual import fold_batchnorm
+    from lipdsl.model.residual import require_foldable
 
     source, net = load_or_fail(spec, allow_outside)
     try:  # (a batch norm whose fold leaves float64's range is refused here as every command that lowers does)
-        fold_batchnorm(net.layers)
+        require_foldable(net)
     except LipdslError as err:
         fail(err, source)
     click.echo(f"OK {summary(net)}")

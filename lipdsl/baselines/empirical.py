@@ -12,7 +12,7 @@ from lipdsl import limits
 
 from lipdsl.lang import typed
 from lipdsl.lang.check import length_after, require_length, shapes_at
-from lipdsl.errors import shorten
+from lipdsl.errors import CertificateError, shorten
 from lipdsl.model.forward import _activation_functions, jacobian, linearize
 
 #: Input length used for nets declared ``input c x *`` when no ``length`` is given.
@@ -118,15 +118,26 @@ def _require_padding(net: typed.Network, shape: tuple[int, ...], what: str) -> N
             "PyTorch does)", span=L.span)
 
 
+def _finite(J: np.ndarray) -> np.ndarray:
+    """``J`` (Jacobians), or a CertificateError when one overflowed float64: the network's gain at that input
+    is beyond 1.8e308 (e.g. two layers of weight 1e300), and no norm of it is a number."""
+    if not np.isfinite(J).all():
+        raise CertificateError(
+            "the network's Jacobian overflows float64 (entries beyond 1.8e308) at the inputs searched: "
+            "no finite lower bound can be computed",
+            hint="rescale the weights (the Lipschitz constant scales with them)")
+    return J
+
+
 def _top_triple(J: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """``(sigma, v, w)`` with ``J w = sigma v``, the largest singular value and its unit vectors."""
-    U, S, Vt = np.linalg.svd(J, full_matrices=False)
+    U, S, Vt = np.linalg.svd(_finite(J), full_matrices=False)
     return float(S[0]), U[:, 0], Vt[0]
 
 
 def _sigma(net, u) -> float:
     """Exact ``||J(u)||_2`` of the true network."""
-    return float(np.linalg.norm(linearize(net, u).matrix(), 2))
+    return float(np.linalg.norm(_finite(linearize(net, u).matrix()), 2))
 
 
 def _sigmas(net, U: np.ndarray) -> np.ndarray:
@@ -142,7 +153,7 @@ def _sigmas(net, U: np.ndarray) -> np.ndarray:
         J = np.stack([lin.vjp(np.repeat(np.eye(m)[k:k + 1], B, axis=0)) for k in range(m)], axis=1)
     else:
         J = np.stack([lin.jvp(np.repeat(np.eye(n)[k:k + 1], B, axis=0)) for k in range(n)], axis=2)
-    return np.linalg.norm(J, 2, axis=(1, 2))
+    return np.linalg.norm(_finite(J), 2, axis=(1, 2))
 
 
 def _quotient(net, x: np.ndarray, y: np.ndarray) -> float:
@@ -344,9 +355,14 @@ def lower_bound(
     ------
     LipdslError
         If an activation has no known function (only a slope bound), or the spec contradicts ``length``
-        (``check.require_length``).
+        (``check.require_length``); ``WeightError`` at the batch norm's line if its fold leaves float64's
+        range (``residual.require_foldable``, as ``check`` and ``solve``); ``CertificateError`` if a Jacobian
+        overflows float64.
     """
+    from lipdsl.model.residual import require_foldable
+
     t0 = time.perf_counter()
+    require_foldable(net)  # (refused before any search, as check and solve refuse it)
     for L in typed.flat_layers(net.layers):
         if isinstance(L, typed.Activation):
             _activation_functions(L)  # raises for activations known only by their slope
@@ -371,7 +387,8 @@ def lower_bound(
     # the search stops itself at its budget, also inside the first ascent (the CLI's hard deadline is
     # SEARCH_GRACE later: time for the step in progress)
     hard = limits.current().earlier(time_budget)
-    with hard.active():
+    # (an overflow is no warning here: Jacobians are checked to be finite, quotients that are not are ignored)
+    with hard.active(), np.errstate(over="ignore", invalid="ignore"):
         rng = np.random.default_rng(seed)
         deadline = t0 + time_budget
         found = {"jacobian": None, "difference": None}  # kind -> (value, x, y, search)
@@ -449,7 +466,7 @@ def lower_bound(
         # The report: both witnesses recomputed independently (single-input passes, dense Jacobian, LAPACK
         # norm); the Jacobian is preferred unless the quotient is larger.
         value, x, _, how = found["jacobian"]
-        value = float(np.linalg.norm(jacobian(net, x), 2))
+        value = float(np.linalg.norm(_finite(jacobian(net, x)), 2))
         y = None
         if found["difference"] is not None:
             q, xd, yd, how_d = found["difference"]

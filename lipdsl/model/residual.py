@@ -41,6 +41,13 @@ def _folded(bn: typed.BatchNorm, other, weight: np.ndarray, factor: np.ndarray) 
     return out
 
 
+def require_foldable(net: typed.Network) -> None:
+    """Refuse ``net`` when a batch norm's fold leaves float64's range (``WeightError`` at the batch norm's
+    line, from ``fold_batchnorm``): the one check that ``check``, ``solve`` (every method), ``lower``,
+    ``compare`` and the Python API make before any work, so that they refuse the same specs."""
+    fold_batchnorm(net.layers)
+
+
 def fold_batchnorm(layers) -> list:
     """Batch norms folded into the conv or dense layer before them, else after them, else kept as the
     diagonal linear layer ``diag(scale)`` (a kernel-1 conv, or a dense layer on a vector); recursively

@@ -86,3 +86,51 @@ def test_lower_with_a_stride_beyond_int64(tmp_path):
     res = run("lower", "--json", "--starts", "2", "--time-budget", "2", str(spec))
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["lower_bound"] > 0
+
+
+FOLD_OUT_OF_RANGE = {  # a conv and a batch norm whose fold leaves float64's range; check refuses them at line 3
+    "over": "network t\ninput 1 x 4\nconv1d 1 -> 1, kernel 1, weight [[[1e200]]]\n"
+            "batchnorm 1, running_mean [0], running_var [1], weight [1e200]\nrelu\n",
+    "under": "network t\ninput 1 x 4\nconv1d 1 -> 1, kernel 1, weight [[[1e-200]]]\n"
+             "batchnorm 1, running_mean [0], running_var [1], weight [1e-200]\nrelu\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FOLD_OUT_OF_RANGE))
+@pytest.mark.parametrize("command", [("lower", "--time-budget", "1"),
+                                     ("compare", "--time-budget", "1", "--methods", "naive"),
+                                     ("solve", "--method", "naive"), ("solve", "--method", "naive-hinf"),
+                                     ("solve", "--method", "lipsdp-neuron"), ("solve",)])
+def test_a_fold_out_of_range_is_refused_by_every_command_at_its_line(tmp_path, kind, command):
+    """lower, compare and every solve method refuse what check refuses (exit 1 at the batch norm's line),
+    before any search (was: an SVD traceback, 'lipschitz >= 0', or exit 3 without a place)."""
+    spec = tmp_path / "t.lip"
+    spec.write_text(FOLD_OUT_OF_RANGE[kind])
+    res = run(*command, str(spec))
+    assert res.exit_code == 1, res.output
+    assert f"{spec}:4:1: error: folding batchnorm" in res.output and "^~~" in res.output
+    assert "lipschitz >=" not in res.output and "Traceback" not in res.output
+
+
+def test_the_api_refuses_a_fold_out_of_range(tmp_path):
+    import lipdsl
+    from lipdsl.errors import WeightError
+
+    spec = tmp_path / "t.lip"
+    spec.write_text(FOLD_OUT_OF_RANGE["over"])
+    net = lipdsl.load(str(spec))
+    for call in (lambda: net.lower_bound(starts=1, time_budget=1), lambda: net.compare(methods=("naive",)),
+                 lambda: net.solve("naive")):
+        with pytest.raises(WeightError, match="folding batchnorm") as info:
+            call()
+        assert info.value.span.line == 4
+
+
+def test_lower_of_an_overflowing_network_is_a_clear_error(tmp_path):
+    """Two convs of weight 1e300: every Jacobian overflows; the error says so (was: SVD did not converge)."""
+    spec = tmp_path / "t.lip"
+    spec.write_text("network t\ninput 1 x 4\nconv1d 1 -> 1, kernel 1, weight [[[1e300]]]\nrelu\n"
+                    "conv1d 1 -> 1, kernel 1, weight [[[1e300]]]\nrelu\n")
+    res = run("lower", "--time-budget", "1", str(spec))
+    assert res.exit_code == 3, res.output
+    assert "error: the network's Jacobian overflows float64" in res.output and "Traceback" not in res.output
