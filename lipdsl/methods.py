@@ -172,7 +172,7 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
     from lipdsl.model.residual import require_foldable
 
     require_length(net, length)  # (raised: a contradiction of the caller's, not this method's failure)
-    require_foldable(net)  # (raised too: an input error at the batch norm's line, as the dissipative method's)
+    require_foldable(net)  # (raised too: an input error at the batch norm's line, for every method)
     if timeout is not None:
         deadline = limits.Deadline.after(timeout)
         with limits.blas_threads(), deadline.active():

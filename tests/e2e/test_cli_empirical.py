@@ -88,7 +88,7 @@ def test_lower_with_a_stride_beyond_int64(tmp_path):
     assert json.loads(res.output)["lower_bound"] > 0
 
 
-FOLD_OUT_OF_RANGE = {  # a conv and a batch norm whose fold leaves float64's range; check refuses them at line 3
+FOLD_OUT_OF_RANGE = {  # a conv and a batch norm whose fold leaves float64's range (check: refused at line 4)
     "over": "network t\ninput 1 x 4\nconv1d 1 -> 1, kernel 1, weight [[[1e200]]]\n"
             "batchnorm 1, running_mean [0], running_var [1], weight [1e200]\nrelu\n",
     "under": "network t\ninput 1 x 4\nconv1d 1 -> 1, kernel 1, weight [[[1e-200]]]\n"
