@@ -104,9 +104,10 @@ class Bound:
 
 @dataclass(frozen=True)
 class LowerBound:
-    """``value = ||J(u)||_2 <= L`` at the input ``u = argmax_input`` (``witness == "jacobian"``), or
-    ``value = ||f(u) - f(v)||_2 / ||u - v||_2 <= L`` with ``v = second_input`` (``witness == "difference"``):
-    an empirical lower bound (no proof of L); ``search`` names the search that found it."""
+    """``value <= ||J(u)||_2 <= L`` at the input ``u = argmax_input`` (``witness == "jacobian"``), or
+    ``value <= ||f(u) - f(v)||_2 / ||u - v||_2 <= L`` with ``v = second_input`` (``witness == "difference"``):
+    an empirical lower bound (no proof of L), the witness's computed value less its rounding margin
+    (``baselines.empirical.lower_bound``); ``search`` names the search that found it."""
 
     network: str
     value: float

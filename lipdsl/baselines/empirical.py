@@ -21,7 +21,8 @@ DEFAULT_LENGTH = 64
 
 @dataclass(frozen=True)
 class LowerBound:
-    """``value = ||J(argmax_input)||_2 <= L``: a Lipschitz lower bound witnessed by one input."""
+    """``value <= ||J(argmax_input)||_2 <= L``: a Lipschitz lower bound witnessed by one input (the computed
+    norm less its rounding margin, ``lower_bound``)."""
 
     value: float
     argmax_input: np.ndarray  # (c, N) or flat, as the network takes it
@@ -31,7 +32,7 @@ class LowerBound:
     length: int | None = None
     search: str = "random"  # found by: "random", "pair-ascent", "pair-refine", "segment", "jacobian-ascent"
     witness: str = "jacobian"  # "jacobian": value = ||J(argmax_input)||_2; "difference": the quotient below
-    second_input: np.ndarray | None = None  # with "difference": value = ||f(u) - f(v)|| / ||u - v||, v this
+    second_input: np.ndarray | None = None  # with "difference": value <= ||f(u) - f(v)|| / ||u - v||, v this
 
 
 def _input_shape(net: typed.Network, length: int | None) -> tuple[int, ...]:
@@ -162,6 +163,40 @@ def _quotient(net, x: np.ndarray, y: np.ndarray) -> float:
     if d == 0.0:
         return 0.0
     return float(np.linalg.norm(linearize(net, x).output - linearize(net, y).output)) / d
+
+
+def _depth(net: typed.Network) -> int:
+    """Layers a forward pass goes through, those of residual blocks too: the rounding steps of one pass."""
+    return len(typed.flat_layers(net.layers))
+
+
+def _jacobian_margin(net: typed.Network) -> float:
+    """Relative rounding allowance of ``||J(u)||_2`` as computed (``jacobian`` then LAPACK's norm): each
+    layer's product rounds once per entry (about ``eps`` relative each, accumulated over the ``depth``
+    layers), and the norm's SVD is backward stable to a few ``eps``: ``8 (depth + 2) eps``."""
+    return 8.0 * (_depth(net) + 2) * float(np.finfo(np.float64).eps)
+
+
+def _quotient_margin(net: typed.Network, fx: np.ndarray, fy: np.ndarray) -> float:
+    """Relative rounding allowance of ``||f(x) - f(y)||_2 / ||x - y||_2`` as computed: each forward pass is
+    off by about ``eps`` relative per layer (``4 (depth + 1) eps`` allowed), and the difference of two
+    close outputs amplifies that by its cancellation ``(||f(x)|| + ||f(y)||) / ||f(x) - f(y)||``; a few
+    ``eps`` more for the two norms and the division."""
+    eps = float(np.finfo(np.float64).eps)
+    diff = float(np.linalg.norm(fx - fy))
+    if diff == 0.0:
+        return 0.0  # a quotient of 0 is reported as 0 (no margin below it)
+    cancellation = (float(np.linalg.norm(fx)) + float(np.linalg.norm(fy))) / diff
+    return 4.0 * (_depth(net) + 1) * eps * cancellation + 4.0 * eps
+
+
+def _rounded_down(value: float, margin: float) -> float:
+    """``value (1 - margin)`` rounded towards zero: a computed witness less its rounding allowance, so that
+    it is not above ``L`` because of rounding (``value`` exact ``L`` on a linear net, e.g.)."""
+    if not value > 0.0:
+        return value
+    low = value - value * margin
+    return max(0.0, float(np.nextafter(low, 0.0)))
 
 
 def _candidates(net, shape, count: int, rng) -> np.ndarray:
@@ -336,8 +371,13 @@ def lower_bound(
        smoothed ascent of ``sigma_max(J(u))`` (``_ascent``, ``steps`` steps) from the best input.
 
     Every Jacobian norm found is exact at its input; the reported value is recomputed at the end from
-    single-input passes (``jacobian`` and its LAPACK norm, or two forward passes) and is the Jacobian norm
-    unless the quotient is larger (then ``witness == "difference"`` and ``second_input`` is ``y``).
+    single-input passes (``jacobian`` and its LAPACK norm, or two forward passes), less a rounding margin
+    and rounded down, so that rounding does not put it above ``L``: ``||J(u)||_2 (1 - 8 (depth + 2) eps)``
+    (``_jacobian_margin``), or for the quotient ``q (1 - 4 (depth + 1) eps c - 4 eps)`` with ``c = (||f(x)||
+    + ||f(y)||) / ||f(x) - f(y)||`` the cancellation of the difference (``_quotient_margin``: two close
+    points lose digits). It is the Jacobian witness unless the quotient so reduced is larger (then
+    ``witness == "difference"`` and ``second_input`` is ``y``). The inputs are reported, so the witness's
+    value can be recomputed; it is the reported value within that margin.
 
     Parameters
     ----------
@@ -464,15 +504,17 @@ def lower_bound(
         _ascent(net, found["jacobian"][1], steps, (0.05, 0.0005), deadline,
                 lambda u, s: record("jacobian", u, None, s))
         # The report: both witnesses recomputed independently (single-input passes, dense Jacobian, LAPACK
-        # norm); the Jacobian is preferred unless the quotient is larger.
-        value, x, _, how = found["jacobian"]
-        value = float(np.linalg.norm(_finite(jacobian(net, x)), 2))
+        # norm), each less its rounding margin; the Jacobian is preferred unless the quotient beats it so.
+        _, x, _, how = found["jacobian"]
+        value = _rounded_down(float(np.linalg.norm(_finite(jacobian(net, x)), 2)), _jacobian_margin(net))
         y = None
         if found["difference"] is not None:
-            q, xd, yd, how_d = found["difference"]
+            _, xd, yd, how_d = found["difference"]
+            fx, fy = linearize(net, xd).output, linearize(net, yd).output
             q = _quotient(net, xd, yd)
-            if q > value:
-                value, x, y, how = q, xd, yd, how_d
+            q_down = _rounded_down(q, _quotient_margin(net, fx, fy))
+            if q_down > value:
+                value, x, y, how = q_down, xd, yd, how_d
         return LowerBound(
             value,
             x.reshape(shape),

@@ -30,11 +30,13 @@ def test_lower_json_witness_is_checkable():
     u = np.array(data["argmax_input"])
     assert u.shape == (1, 128) and data["seed"] == 5 and data["starts"] == 3
     if data["witness"] == "jacobian":
-        assert data["second_input"] is None and data["lower_bound"] == np.linalg.norm(jacobian(net, u), 2)
+        witnessed = np.linalg.norm(jacobian(net, u), 2)
+        assert data["second_input"] is None
     else:  # a difference quotient at two inputs
         v = np.array(data["second_input"])
-        quotient = np.linalg.norm(forward(net, u) - forward(net, v)) / np.linalg.norm(u - v)
-        assert data["lower_bound"] == quotient
+        witnessed = np.linalg.norm(forward(net, u) - forward(net, v)) / np.linalg.norm(u - v)
+    # the witness's value less its rounding margin (a few eps per layer; more for a quotient's cancellation)
+    assert data["lower_bound"] <= witnessed and data["lower_bound"] == pytest.approx(witnessed, rel=1e-9)
     assert data["search"] in ("random", "pair-ascent", "segment", "jacobian-ascent")
     again = json.loads(run("lower", "--json", "--starts", "3", "--seed", "5", str(SPECS / "ecg.lip")).output)
     assert again["lower_bound"] == data["lower_bound"]
@@ -134,3 +136,48 @@ def test_lower_of_an_overflowing_network_is_a_clear_error(tmp_path):
     res = run("lower", "--time-budget", "1", str(spec))
     assert res.exit_code == 3, res.output
     assert "error: the network's Jacobian overflows float64" in res.output and "Traceback" not in res.output
+
+
+EXACT = {  # linear (or ReLU on a positive path) nets whose Lipschitz constant is a float, exactly
+    "dense [[1.2345649]]; relu; dense [[1]]": ("input 1\ndense 1 -> 1, weight [[1.2345649]]\nrelu\n"
+                                                "dense 1 -> 1, weight [[1]]\n", 1.2345649),
+    "dense [[1.23456789012345]]": ("input 1\ndense 1 -> 1, weight [[1.23456789012345]]\nrelu\n"
+                                   "dense 1 -> 1, weight [[1]]\n", 1.23456789012345),
+    "dense [[3, 4]]": ("input 2\ndense 2 -> 1, weight [[3, 4]]\n", 5.0),
+    "two denses, norm 0.1 * 5": ("input 2\ndense 2 -> 2, weight [[0.1, 0], [0, 0.1]]\n"
+                                 "dense 2 -> 1, weight [[3, 4]]\n", 0.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_the_reported_lower_bound_is_not_above_an_exact_lipschitz_constant(tmp_path, name):
+    """lower --json, compare --json and the API report a value <= L (as floats), within 1e-9 of it (was:
+    1.2345649000009795 for L = 1.2345649, a difference quotient of two close points, rounded up)."""
+    import lipdsl
+
+    text, L = EXACT[name]
+    spec = tmp_path / "t.lip"
+    spec.write_text("network t\n" + text)
+    got = [json.loads(run("lower", "--json", "--time-budget", "2", str(spec)).output)["lower_bound"],
+           json.loads(run("compare", "--json", "--methods", "naive", "--time-budget", "2",
+                          str(spec)).output)["lower_bound"]["value"],
+           lipdsl.load(str(spec)).lower_bound(starts=4, time_budget=2).value]
+    for value in got:
+        assert value <= L and value == pytest.approx(L, rel=1e-9)
+
+
+def test_a_difference_quotient_with_cancellation_is_reported_below_it():
+    """The UA's two close points on ``dense [[1.2345649]]; relu; dense [[1]]``: their quotient rounds to
+    1.2345649000009795 > L; less its cancellation margin it is <= L, and within 1e-9 of it."""
+    from lipdsl.baselines.empirical import _quotient, _quotient_margin, _rounded_down
+    from lipdsl.lang.load import check_source
+    from lipdsl.lang.source import Source
+    from lipdsl.model.forward import linearize
+
+    L = 1.2345649
+    net = check_source(Source("b.lip", "network b\n" + EXACT["dense [[1.2345649]]; relu; dense [[1]]"][0]))
+    x, y = np.array([0.9247340023353766]), np.array([0.9249264757356102])
+    q = _quotient(net, x, y)
+    assert q > L  # the rounding the margin is for
+    down = _rounded_down(q, _quotient_margin(net, linearize(net, x).output, linearize(net, y).output))
+    assert down <= L and down == pytest.approx(L, rel=1e-9)
