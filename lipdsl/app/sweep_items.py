@@ -126,7 +126,8 @@ def expand(paths: Sequence[str | os.PathLike], like: str | os.PathLike | None = 
     Raises
     ------
     LipdslError
-        The architecture spec ``like`` cannot be read or parsed (``err.source`` set): no item could run.
+        The architecture spec ``like`` cannot be read or parsed, or names two weights files (``err.source``
+        set): no item could run.
     """
     from lipdsl.lang.parse import parse
     from lipdsl.lang.source import Source
@@ -143,6 +144,7 @@ def expand(paths: Sequence[str | os.PathLike], like: str | os.PathLike | None = 
             raise err from None
         try:
             tree = parse(arch)
+            Retargeted.of(arch, tree, "x.npz")  # (refuses an architecture no checkpoint can be put in)
         except LipdslError as err:
             err.source = arch
             raise
@@ -241,11 +243,20 @@ def _network(item: Item, options: Options):
         import numpy as np
 
         from lipdsl.importers.pytorch import load_state_dict, spec_tensors
+        from lipdsl.lang.parse import parse
+        from lipdsl.lang.weights import tensor_refs
 
         # the state_dict fills the architecture's default weight keys (as import --like); files the
         # architecture names itself ("extra.npy", "f.npz":key) come after it and keep their tensors
         weights, blob = item.files[0]
-        keys = spec_tensors(load_state_dict(io.BytesIO(blob), shown=item.path))
+        checkpoint = f"the checkpoint {Path(item.path).name!r}"
+        try:  # (the tensors the architecture reads: a weight-norm pair it does not read is not refused)
+            keys = spec_tensors(load_state_dict(io.BytesIO(blob), shown=item.path),
+                                tensor_refs(parse(item.like.arch)), checkpoint)
+        except LipdslError as err:
+            if err.span is not None:  # (a place in the architecture spec)
+                err.source = item.like.arch
+            raise
         buf = io.BytesIO()
         np.savez(buf, **keys)
         files[weights] = buf.getvalue()

@@ -24,11 +24,13 @@ from lipdsl.importers.spec import (
     sanitize_key,
     staged,
 )
-from lipdsl.importers.weight_norm import WeightNormError, with_weight_norm
+from lipdsl.importers.weight_norm import WeightNormError, weight_norm_pairs, with_weight_norm
 from lipdsl.importers.onnx_tensors import require_onnx
 from lipdsl.importers.retarget import Retargeted
+from lipdsl.lang.ast import TensorRef
 from lipdsl.lang.check import conv1d_length, conv1d_padding, pool_length
 from lipdsl.lang.typed import Shape
+from lipdsl.lang.weights import key_matches, spelt_tensors, tensor_refs
 
 
 def _require_torch():
@@ -347,7 +349,8 @@ def _single(v: Any) -> int:
 
 
 def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = None) -> dict[str, np.ndarray]:
-    """Tensors of a ``torch.save(model.state_dict(), path)`` file, read with ``weights_only=True`` -> float64.
+    """Tensors of a ``torch.save(model.state_dict(), path)`` file, read with ``weights_only=True`` -> float64
+    (floating-point tensors; others keep their dtype, integers refused if a spec reads them).
 
     ``path`` may also be the file's bytes in a ``BytesIO`` (``lipdsl sweep``'s workers); ``shown`` is the
     name messages give it.
@@ -384,27 +387,67 @@ def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = No
             f"{label!r} does not hold a state_dict (a mapping of names to tensors)",
             hint="save it with torch.save(model.state_dict(), path)",
         )
-    return {
-        str(k): v.detach().to(torch.float64).cpu().numpy() for k, v in obj.items() if v.is_floating_point()
-    }
+    out = {}
+    for k, v in obj.items():
+        v = v.detach().cpu()
+        if v.is_floating_point():
+            out[str(k)] = v.to(torch.float64).numpy()
+        else:  # (integers: a batch norm's num_batches_tracked; refused as in an .npz, if a spec reads one)
+            try:
+                out[str(k)] = v.numpy()
+            except (TypeError, RuntimeError):  # a dtype numpy has not (quantized...): as if not there
+                continue
+    return out
 
 
-def spec_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A state_dict's float64 tensors -> the tensors a ``--like`` spec reads, by key: weight norm evaluated
-    (``X.weight`` from its g and v: :func:`weight_norm.with_weight_norm`), every name in the spec's key syntax
-    (:func:`sanitize_key`; of two names that read alike, the first).
+def spec_tensors(tensors: Mapping[str, np.ndarray], refs: Iterable[TensorRef] = (),
+                 checkpoint: str = "the state_dict") -> dict[str, np.ndarray]:
+    """A state_dict's tensors (float64, or integers) -> the tensors a ``--like`` spec reads, under the
+    state_dict's names: the weight of each weight-norm pair a reference ``refs`` reads evaluated (``X.weight``
+    from its g and v: :func:`weight_norm.with_weight_norm`); other pairs are neither evaluated nor refused.
 
-    Pure (no torch): ``load_state_dict`` reads the file, this maps its tensors.
+    Saved to an ``.npz``, they are read as any ``.npz`` is (``weights.key_matches``: a key held as written
+    wins, ``_0.weight`` reads ``0.weight``, an ambiguous key is refused naming both tensors); ``import``
+    writes them under the keys a spec writes (``weights.spelt_tensors``). Pure (no torch).
+
+    Parameters
+    ----------
+    refs
+        The references of the ``--like`` spec to its (retargeted) weights file: the tensors it reads.
+    checkpoint
+        How messages name the state_dict (``"the checkpoint 'a.pt'"``).
 
     Raises
     ------
     WeightNormError
-        A weight-norm pair that does not give a finite weight, or a weight given twice.
+        At the reference's place: a pair it reads does not give a finite weight or also has a plain tensor
+        of its name; or it reads a pair of which the state_dict holds only one tensor.
     """
-    keys: dict[str, np.ndarray] = {}
-    for k, v in with_weight_norm(tensors).items():
-        keys.setdefault(sanitize_key(k), v)
-    return keys
+    pairs = weight_norm_pairs(tensors)
+    names = [*tensors, *(name for (name, _), pair in pairs.items() if len(pair) == 2)]
+    wanted: dict[str, TensorRef] = {}
+    for ref in refs:
+        if ref.file is not None or ref.key is None:
+            continue
+        matches = key_matches(ref.key, names)
+        for name in matches:
+            wanted.setdefault(name, ref)
+        half = next((p for (name, _), p in pairs.items() if len(p) == 1 and sanitize_key(name) == ref.key),
+                    None)
+        if not matches and half is not None:
+            (role, key), = half.items()
+            missing = "g (the norm)" if role == "v" else "v (the direction)"
+            raise WeightNormError(
+                f"{checkpoint} holds {key!r} of a weight-norm pair for {ref.key!r}, but not its {missing}",
+                ref.span, hint="save the whole state_dict (both tensors of the pair), or the weight itself")
+    try:
+        return with_weight_norm(tensors, wanted.__contains__)
+    except WeightNormError as err:
+        err.message = f"{checkpoint}: {err.message}"
+        err.args = (err.message,)
+        if err.weight in wanted:
+            err.span = wanted[err.weight].span
+        raise
 
 
 def import_state_dict(
@@ -419,7 +462,9 @@ def import_state_dict(
 
     The new spec is ``like``'s text with its ``weights "..."`` lines pointing to the new ``.npz`` (one is
     added before the first layer if there is none). Keys in ``like`` are the state_dict's names in the spec's
-    key syntax (:func:`sanitize_key`: ``0.weight`` is written ``_0.weight``); a weight-normalised parameter
+    key syntax (:func:`sanitize_key`: ``0.weight`` is written ``_0.weight``; a name held as written wins over
+    another spelt alike, and a key that could mean two names is refused naming both); a weight-normalised
+    parameter
     (``X.parametrizations.weight.original0/1``, or ``X.weight_g``/``X.weight_v``) is read as its effective
     weight ``X.weight`` (:mod:`lipdsl.importers.weight_norm`).
 
@@ -448,17 +493,12 @@ def import_state_dict(
         tensors = {str(k): np.asarray(v, dtype=np.float64) for k, v in state.items()}
         checkpoint = "the state_dict"
     try:
-        keys = spec_tensors(tensors)
-    except WeightNormError as err:
-        err.message = f"{checkpoint}: {err.message}"
-        err.args = (err.message,)
-        raise
-    try:
         arch = Source.read(like)
     except OSError as exc:
         raise ImportError_(f"cannot read architecture spec {str(like)!r}: {exc.strerror or exc}") from None
     try:
         tree = parse(arch)
+        keys = spec_tensors(tensors, tensor_refs(tree), checkpoint)
     except LipdslError as err:
         err.source = arch
         raise
@@ -477,7 +517,7 @@ def import_state_dict(
         raise
     with staged(weights, spec_path) as (tmp_weights, tmp_spec):
         with open(tmp_weights, "wb") as f:
-            np.savez(f, **keys)
+            np.savez(f, **keys)  # (the state_dict's names: read as an .npz of them is, weights.key_matches)
         # the check reads the temporary files: the spec names the temporary .npz, in the same folder
         tmp_rel = os.path.relpath(tmp_weights.resolve(), tmp_spec.resolve().parent).replace(os.sep, "/")
         tmp_spec.write_text(spec.renamed(tmp_rel).text, encoding="utf-8")
@@ -485,5 +525,7 @@ def import_state_dict(
             load_network(tmp_spec, allow_outside=allow_outside)
         except LipdslError as err:
             raise spec.renamed(tmp_rel).locate(err, checkpoint=checkpoint, written=rel) from None
+        with open(tmp_weights, "wb") as f:  # under the keys the spec writes: each the tensor it read
+            np.savez(f, **spelt_tensors(keys))
         tmp_spec.write_text(spec.text, encoding="utf-8")
     return spec_path, weights

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lipdsl.errors import LipdslError, OutsideError
+from lipdsl.errors import LipdslError, OutsideError, SpecError
 from lipdsl.lang import ast
 from lipdsl.lang.source import Source, Span
 from lipdsl.lang.weights import leaves_directory, tensor_refs
@@ -42,11 +42,24 @@ class Retargeted:
 
         Raises
         ------
+        SpecError
+            ``arch`` has ``weights`` lines naming two different files: which of them the checkpoint replaces
+            would be a guess (every line naming the first file is retargeted).
         OutsideError
             Such a name would leave ``folder`` (without ``allow_outside``), e.g. ``extra.npy`` beside
             ``arch/arch.lip`` read from a spec in ``out/``: ``../arch/extra.npy``.
         """
-        found = tuple(st.span.line for st in tree.body if isinstance(st, ast.Weights))
+        lines = [st for st in tree.body if isinstance(st, ast.Weights)]
+        other = next((st for st in lines if st.path != lines[0].path), None)
+        if other is not None:  # (retargeting it would silently replace that file's tensors too)
+            raise SpecError(
+                f"the architecture spec names a second weights file {other.path!r} (its first is "
+                f"{lines[0].path!r}): --like puts the checkpoint in place of one weights file, and which "
+                "one is ambiguous",
+                other.span,
+                hint=f'write "{other.path}":KEY for the tensors that file keeps, or remove this line to take '
+                "them from the checkpoint")
+        found = tuple(st.span.line for st in lines)
         first = next((st.span.line for st in tree.body
                       if not isinstance(st, (ast.Input, ast.Let, ast.Weights))), len(_lines(arch.text)) + 1)
         moved = []

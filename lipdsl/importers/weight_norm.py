@@ -16,20 +16,23 @@ same formula from the exported graph's own nodes and names the result with :func
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from lipdsl.errors import LipdslError
 
-__all__ = ["WeightNormError", "weight_norm_key", "weight_norm", "with_weight_norm"]
+__all__ = ["WeightNormError", "weight_norm_key", "weight_norm", "weight_norm_pairs", "with_weight_norm"]
 
 _PARAMETRIZED = re.compile(r"(?:(.+)\.)?parametrizations\.(\w+)\.original([01])")
 _OLD = re.compile(r"(?:(.+)\.)?(\w+)_([gv])")
 
 
 class WeightNormError(LipdslError):
-    """A weight-norm pair (g, v) that does not give a finite weight: the message names the tensor."""
+    """A weight-norm pair (g, v) that does not give a finite weight: the message names the tensor, ``weight``
+    the effective weight (``X.weight``) when known."""
+
+    weight: str | None = None
 
 
 def weight_norm_key(key: str) -> tuple[str, str] | None:
@@ -128,22 +131,32 @@ def weight_norm(g: np.ndarray, v: np.ndarray, g_key: str = "g", v_key: str = "v"
     return w
 
 
-def with_weight_norm(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``tensors`` and, for each complete weight-norm pair in it, the effective weight under its own name
-    (``X.weight``; :func:`weight_norm_key`), placed right after the pair's second tensor.
+def weight_norm_pairs(names: Iterable[str]) -> dict[tuple[str, str], dict[str, str]]:
+    """The weight-norm tensors among ``names``, by pair: (effective name, form of the names) -> {"g": key,
+    "v": key}; a pair missing one of its tensors has one entry."""
+    pairs: dict[tuple[str, str], dict[str, str]] = {}
+    for key in names:
+        found = _parts(key)
+        if found is not None:
+            pairs.setdefault((found[0], found[2]), {})[found[1]] = key
+    return pairs
+
+
+def with_weight_norm(tensors: Mapping[str, np.ndarray],
+                     wanted: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+    """``tensors`` and, for each complete weight-norm pair in it (of those whose effective weight is
+    ``wanted``, default all), the effective weight under its own name (``X.weight``; :func:`weight_norm_key`),
+    placed right after the pair's second tensor. A pair not wanted is neither evaluated nor refused.
 
     Raises
     ------
     WeightNormError
         A pair does not give a finite weight (:func:`weight_norm`), or ``tensors`` also holds a tensor under
-        the effective weight's name (which of the two the spec means is unknown).
+        the effective weight's name (which of the two the spec means is unknown); its ``weight`` is that
+        name.
     """
     order = {key: i for i, key in enumerate(tensors)}
-    pairs: dict[tuple[str, str], dict[str, str]] = {}  # (effective name, form) -> {"g": key, "v": key}
-    for key in tensors:
-        found = _parts(key)
-        if found is not None:
-            pairs.setdefault((found[0], found[2]), {})[found[1]] = key
+    pairs = weight_norm_pairs(tensors)
     complete = {named: pair for named, pair in pairs.items() if set(pair) == {"g", "v"}}
     out: dict[str, np.ndarray] = {}
     for key, value in tensors.items():
@@ -153,13 +166,24 @@ def with_weight_norm(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
         if pair is None or key != max(pair.values(), key=order.__getitem__):
             continue  # an incomplete pair stays as it is; a complete one is evaluated at its second tensor
         name = found[0]
-        other = next((p for (n, form), p in complete.items() if n == name and form != found[2]), None)
-        if name in tensors or other is not None:
-            given = repr(name) if name in tensors else f"the pair {other['g']!r}, {other['v']!r}"
-            raise WeightNormError(
-                f"the state_dict holds both {given} and the weight-norm pair {pair['g']!r}, {pair['v']!r}, "
-                f"two definitions of {name!r}",
-                hint="keep one of them",
-            )
-        out[name] = weight_norm(tensors[pair["g"]], tensors[pair["v"]], pair["g"], pair["v"])
+        if wanted is not None and not wanted(name):
+            continue
+        try:
+            out[name] = _evaluated(tensors, complete, pair, name, found[2])
+        except WeightNormError as err:
+            err.weight = name
+            raise
     return out
+
+
+def _evaluated(tensors, complete, pair: dict[str, str], name: str, form: str) -> np.ndarray:
+    """The effective weight ``name`` of ``pair``, refused if ``tensors`` defines it otherwise too."""
+    other = next((p for (n, f), p in complete.items() if n == name and f != form), None)
+    if name in tensors or other is not None:
+        given = repr(name) if name in tensors else f"the pair {other['g']!r}, {other['v']!r}"
+        raise WeightNormError(
+            f"the state_dict holds both {given} and the weight-norm pair {pair['g']!r}, {pair['v']!r}, "
+            f"two definitions of {name!r}",
+            hint="keep one of them",
+        )
+    return weight_norm(tensors[pair["g"]], tensors[pair["v"]], pair["g"], pair["v"])

@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -29,8 +29,8 @@ from lipdsl.errors import OutsideError, WeightError, did_you_mean, shorten
 from lipdsl.lang import ast
 from lipdsl.lang.source import Source, Span, file_kind
 
-__all__ = ["WeightFiles", "leaves_directory", "memory_key", "spelt_key", "tensor_refs", "weight_files",
-           "MAX_WEIGHT_BYTES"]
+__all__ = ["WeightFiles", "key_matches", "leaves_directory", "memory_key", "spelt_key", "spelt_tensors",
+           "tensor_refs", "weight_files", "MAX_WEIGHT_BYTES"]
 
 #: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
 MAX_WEIGHT_BYTES = 1 << 30
@@ -417,15 +417,40 @@ def _bytes(n: int) -> str:
 
 
 
+def key_matches(key: str, keys: Iterable[str]) -> tuple[str, ...]:
+    """The file keys a spec's ``key`` may read among ``keys``: ``(key,)`` when the file holds it as written
+    (it always wins), else every key spelt so (``spelt_key``: the file's ``0.weight`` for ``_0.weight``),
+    sorted; one is the key read, several are ambiguous (refused), none is a missing tensor.
+
+    The one lookup of file keys: ``WeightFiles.read`` (an ``.npz``), ``spelt_tensors`` and the PyTorch
+    importer's (a state_dict) use it.
+    """
+    keys = tuple(keys)
+    if key in keys:
+        return (key,)
+    return tuple(sorted(k for k in keys if spelt_key(k) == key))
+
+
+def spelt_tensors(tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """``tensors`` under the keys a spec writes (``spelt_key``), each the tensor a spec's key reads from a
+    file holding ``tensors`` (``key_matches``): a key held as written wins over others spelt alike; keys
+    that are ambiguous (several spelt alike, none as written) are left out (a spec reading one is refused).
+    """
+    out: dict[str, Any] = {}
+    for written in dict.fromkeys(map(spelt_key, tensors)):
+        matches = key_matches(written, tensors)
+        if len(matches) == 1:
+            out[written] = tensors[matches[0]]
+    return out
+
+
 def _file_key(src: ast.TensorRef, keys: list[str], shown: str) -> str:
-    """The key of the file holding ``src.key``: itself, else the one key spelt so (``spelt_key``: the file's
-    ``0.weight`` for ``_0.weight``); WeightError when there is none, or several."""
-    if src.key in keys:
-        return src.key
-    spelt = {k: spelt_key(k) for k in keys}
-    matches = sorted(k for k, written in spelt.items() if written == src.key)
+    """The key of the file holding ``src.key`` (``key_matches``); WeightError when there is none, or
+    several."""
+    matches = list(key_matches(src.key, keys))
     if len(matches) == 1:
         return matches[0]
+    spelt = {k: spelt_key(k) for k in keys}
     if matches:
         raise WeightError(
             f"{shorten(src.key)!r} could mean any of the tensors " + ", ".join(map(repr, matches[:4]))

@@ -447,3 +447,110 @@ def test_state_dict_weight_norm_equals_torch(tmp_path, api, dim):
     (tmp_path / "arch.lip").write_text("input 3 x 8\nconv1d c: 3 -> 4, kernel 5, weight _0.weight\n")
     _, weights = import_state_dict(tmp_path / "conv.pt", tmp_path / "arch.lip", tmp_path / "net.lip")
     np.testing.assert_allclose(np.load(weights)["_0.weight"], expected, rtol=1e-12, atol=0)
+
+
+SEQ_ARCH = ("network seq\ninput 2 x 8\nweights \"w.npz\"\n"
+            "conv1d 2 -> 3, kernel 3, padding 1, weight _0.weight, bias _0.bias\nrelu\n"
+            "conv1d 3 -> 4, kernel 3, padding 1, weight _2.weight, bias _2.bias\nrelu\nflatten\n"
+            "dense 32 -> 2, weight _5.weight, bias _5.bias\n")
+
+
+def seq_state(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    shapes = {"0.weight": (3, 2, 3), "0.bias": (3,), "2.weight": (4, 3, 3), "2.bias": (4,),
+              "5.weight": (2, 32), "5.bias": (2,)}
+    return {k: torch.from_numpy(rng.standard_normal(s)) for k, s in shapes.items()}
+
+
+def import_seq(tmp_path, state: dict, capsys, arch: str = SEQ_ARCH):
+    (tmp_path / "arch.lip").write_text(arch)
+    torch.save(state, tmp_path / "c.pt")
+    code = main(["import", str(tmp_path / "c.pt"), "--like", str(tmp_path / "arch.lip"),
+                 "-o", str(tmp_path / "o.lip")])
+    return code, capsys.readouterr().err
+
+
+def test_state_dict_key_held_as_written_wins_as_in_an_npz(tmp_path, capsys):
+    """A .pt holding '0.weight' and '_0.weight': the spec's _0.weight reads the literal one, as from an .npz
+    (was: '0.weight', the literal dropped silently); import and sweep read the same network."""
+    from lipdsl.app.sweep_items import Options, _network, expand
+
+    state = seq_state()
+    state["_0.weight"] = state["0.weight"] * 10
+    code, err = import_seq(tmp_path, state, capsys)
+    assert code == 0, err
+    written = np.load(tmp_path / "o.npz")
+    assert np.array_equal(written["_0.weight"], state["_0.weight"].numpy())
+    np.savez(tmp_path / "c.npz", **{k: v.numpy() for k, v in state.items()})
+    nets = [_network(item, Options())[1] for item in
+            expand([tmp_path / "c.pt", tmp_path / "c.npz"], like=tmp_path / "arch.lip")]
+    for net in nets:
+        assert np.array_equal(net.layers[0].weight, state["_0.weight"].numpy())
+
+
+def test_state_dict_ambiguous_keys_are_refused_naming_both(tmp_path, capsys):
+    state = seq_state()
+    state["0:weight"] = state.pop("0.weight")
+    state["0-weight"] = state["0:weight"]
+    state["_0.weight"] = state.pop("0:weight")  # held as written: wins, no ambiguity
+    assert import_seq(tmp_path, state, capsys)[0] == 0
+    state = seq_state()
+    state["0_weight"] = state["0.weight"]  # (spelt '_0_weight': another key)
+    state["x:b"], state["x-b"] = state["0.bias"], state["0.bias"]
+    arch = SEQ_ARCH.replace("bias _0.bias", "bias x_b")
+    code, err = import_seq(tmp_path, state, capsys, arch)
+    assert code == 1
+    assert f"{tmp_path / 'arch.lip'}:4:60: error: 'x_b' could mean any of the tensors 'x-b', 'x:b'" in err
+
+
+def test_state_dict_integer_tensor_read_is_refused_naming_it(tmp_path, capsys):
+    """An int64 bias: refused at the spec's reference, naming it (was: 'no tensor', did you mean another);
+    an int64 tensor no layer reads (a batch norm's num_batches_tracked) is no error."""
+    state = seq_state()
+    state["0.bias"] = torch.tensor([1, 2, 3])
+    code, err = import_seq(tmp_path, state, capsys)
+    assert code == 1
+    assert err.startswith(f"{tmp_path / 'arch.lip'}:4:60: error: '_0.bias' in the checkpoint 'c.pt' has "
+                          "integer dtype int64")
+    state = seq_state()
+    state["bn.num_batches_tracked"] = torch.tensor(7)
+    assert import_seq(tmp_path, state, capsys)[0] == 0
+
+
+def test_state_dict_weight_norm_errors_are_at_the_reading_layer_and_only_if_read(tmp_path, capsys):
+    """A pair missing its g says so; a degenerate pair no layer reads is no error; one a layer reads is
+    refused at that layer's reference (was: no place)."""
+    state = seq_state()
+    v = state.pop("2.weight")
+    state["2.parametrizations.weight.original1"] = v
+    code, err = import_seq(tmp_path, state, capsys)
+    assert code == 1
+    assert err.startswith(f"{tmp_path / 'arch.lip'}:6:44: error: the checkpoint 'c.pt' holds "
+                          "'2.parametrizations.weight.original1' of a weight-norm pair for '_2.weight', but "
+                          "not its g")
+    state = seq_state()
+    state["9.weight_g"], state["9.weight_v"] = torch.ones(3, 1, 1), torch.zeros(3, 2, 3)  # unused, zero norm
+    assert import_seq(tmp_path, state, capsys)[0] == 0
+    state = seq_state()
+    state.pop("2.weight")
+    state["2.weight_g"], state["2.weight_v"] = torch.ones(4, 1, 1), torch.zeros(4, 3, 3)
+    code, err = import_seq(tmp_path, state, capsys)
+    assert code == 1 and err.startswith(f"{tmp_path / 'arch.lip'}:6:44: error: the checkpoint 'c.pt': "
+                                        "weight-norm tensor '2.weight_v' (v) has norm 0")
+
+
+def test_a_second_weights_file_in_the_architecture_is_refused_by_import_and_sweep(tmp_path, capsys):
+    """import --like and sweep --like agree: an architecture with weights lines naming two files is refused
+    at the second (was: both retargeted at the checkpoint without a word)."""
+    from lipdsl.app.sweep_items import expand
+
+    arch = SEQ_ARCH.replace("dense 32", 'weights "fc.npz"\ndense 32')
+    code, err = import_seq(tmp_path, seq_state(), capsys, arch)
+    assert code == 1
+    assert err.startswith(f"{tmp_path / 'arch.lip'}:9:1: error: the architecture spec names a second weights "
+                          "file 'fc.npz'")
+    with pytest.raises(LipdslError, match="second weights file 'fc.npz'") as info:
+        expand([tmp_path / "c.pt"], like=tmp_path / "arch.lip")
+    assert info.value.span.line == 9
+    same = SEQ_ARCH.replace("dense 32", 'weights "w.npz"\ndense 32')  # the same file again: retargeted
+    assert import_seq(tmp_path, seq_state(), capsys, same)[0] == 0

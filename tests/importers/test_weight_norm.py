@@ -164,9 +164,18 @@ def test_spec_tensors_adds_the_effective_weight(form, dim):
         if form == "parametrizations"
         else ("0.weight_g", "0.weight_v")
     )
-    keys = spec_tensors({names[0]: g, names[1]: v, "0.bias": np.zeros(4)})
-    np.testing.assert_allclose(keys["_0.weight"], reference(g, v, dim), rtol=1e-14)
-    assert {"_0.bias", "_0." + names[0][2:], "_0." + names[1][2:]} < set(keys)  # the rest is kept
+    keys = spec_tensors({names[0]: g, names[1]: v, "0.bias": np.zeros(4)}, refs("_0.weight"))
+    np.testing.assert_allclose(keys["0.weight"], reference(g, v, dim), rtol=1e-14)
+    assert {"0.bias", *names} < set(keys)  # the rest is kept, under the state_dict's names
+    assert set(spec_tensors({names[0]: g, names[1]: v})) == set(names)  # a pair no spec reads: left alone
+
+
+def refs(*keys: str) -> tuple:
+    """References of a spec to these keys of its weights file."""
+    from lipdsl.lang.ast import TensorRef
+    from lipdsl.lang.source import Span
+
+    return tuple(TensorRef(None, key, Span(1, 1, 1, 2)) for key in keys)
 
 
 def test_spec_tensors_leaves_an_incomplete_pair_alone():
@@ -182,7 +191,8 @@ def test_spec_tensors_refuses_a_weight_given_twice(extra):
     state = {"c.parametrizations.weight.original0": np.ones((2, 1, 1)),
              "c.parametrizations.weight.original1": np.ones((2, 1, 3)), **extra}
     with pytest.raises(WeightNormError, match="two definitions of 'c.weight'"):
-        spec_tensors(state)
+        spec_tensors(state, refs("c.weight"))
+    spec_tensors(state)  # (not read: no error)
 
 
 @pytest.mark.parametrize("form", ["parametrizations", "weight_norm"])
@@ -208,7 +218,7 @@ def test_trained_tcn_imports_like_its_baked_weights(tmp_path, form):
 def test_missing_key_points_into_the_like_spec(tmp_path):
     state = tcn_checkpoint()
     del state["network.1.conv2.parametrizations.weight.original0"]  # no g: no network.1.conv2.weight
-    with pytest.raises(WeightError) as info:
+    with pytest.raises(WeightNormError) as info:
         import_state_dict(state, TCN_SPEC, tmp_path / "imp_tcn.lip")
     err = info.value
     lines = TCN_SPEC.read_text().split("\n")
@@ -216,10 +226,12 @@ def test_missing_key_points_into_the_like_spec(tmp_path):
     col = lines[line - 1].index("network.1.conv2.weight") + 1
     assert err.source.path == str(TCN_SPEC)
     head, shown, caret, hint = err.render(err.source).split("\n")
-    assert head == f"{TCN_SPEC}:{line}:{col}: error: no tensor 'network.1.conv2.weight' in the state_dict"
+    assert head == (f"{TCN_SPEC}:{line}:{col}: error: the state_dict holds "
+                    "'network.1.conv2.parametrizations.weight.original1' of a weight-norm pair for "
+                    "'network.1.conv2.weight', but not its g (the norm)")
     assert shown == f"{line:>5} | {lines[line - 1]}"
     assert caret == "      | " + " " * (col - 1) + "^" + "~" * (len("network.1.conv2.weight") - 1)
-    assert hint.startswith("  hint: did you mean 'network.2.conv2.weight'? it holds: fc.bias, ")
+    assert hint.startswith("  hint: save the whole state_dict")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -408,3 +408,14 @@ def test_a_quoted_key_is_a_missing_file_with_a_hint_on_how_keys_are_written(tmp_
     ]:
         err = refused(tmp_path, text, "weight file .* not found")
         assert hint in err.hint, text
+
+
+def test_key_matches_a_key_held_as_written_wins_else_the_keys_spelt_so():
+    """The one lookup of file keys (.npz and state_dict alike): as written wins; else those spelt so."""
+    km = weights_module.key_matches
+    assert km("_0.weight", ["0.weight", "_0.weight"]) == ("_0.weight",)
+    assert km("_0.weight", ["0.weight"]) == ("0.weight",)
+    assert km("a_b", ["a-b", "a:b"]) == ("a-b", "a:b")  # ambiguous: refused by the reader
+    assert km("x", ["y"]) == ()
+    spelt = weights_module.spelt_tensors({"0.weight": 1, "_0.weight": 2, "a-b": 3, "a:b": 4, "c": 5})
+    assert spelt == {"_0.weight": 2, "c": 5}  # (a_b: ambiguous, left out)
