@@ -53,6 +53,9 @@ def import_command(
     from lipdsl.importers.pytorch import import_state_dict
     from lipdsl.lang.load import load_network
 
+    if weights is not None and not weights.lower().endswith(".npz"):  # (a usage error, not the spec's)
+        raise click.BadParameter(f"the weights file to write must be an .npz, got {weights!r}",
+                                 param_hint="-w/--weights")
     try:
         _check_import_paths(model, output, weights)
         if like is not None:

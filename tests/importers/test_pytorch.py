@@ -554,3 +554,13 @@ def test_a_second_weights_file_in_the_architecture_is_refused_by_import_and_swee
     assert info.value.span.line == 9
     same = SEQ_ARCH.replace("dense 32", 'weights "w.npz"\ndense 32')  # the same file again: retargeted
     assert import_seq(tmp_path, seq_state(), capsys, same)[0] == 0
+
+
+def test_import_weights_option_not_npz_is_a_usage_error(tmp_path, capsys):
+    """-w o4.txt: a usage error about -w (exit 2; was: an error at the --like spec's weights line)."""
+    (tmp_path / "arch.lip").write_text(SEQ_ARCH)
+    torch.save(seq_state(), tmp_path / "c.pt")
+    code = main(["import", str(tmp_path / "c.pt"), "--like", str(tmp_path / "arch.lip"),
+                 "-o", str(tmp_path / "o.lip"), "-w", str(tmp_path / "o4.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "-w/--weights" in err and "must be an .npz" in err and "arch.lip:" not in err
