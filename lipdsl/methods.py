@@ -168,7 +168,6 @@ def run_method(net: typed.Network, method: str, *, length: int | None = None, so
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     from lipdsl.lang.check import require_length
-
     from lipdsl.model.residual import require_foldable
 
     require_length(net, length)  # (raised: a contradiction of the caller's, not this method's failure)
