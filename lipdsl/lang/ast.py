@@ -222,6 +222,18 @@ class Option:
     span: Span
 
 
+#: The options each layer family takes (``pool``: avgpool and maxpool; ``activation``: any activation name).
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "conv1d": ("kernel", "stride", "dilation", "padding", "weight", "bias"),
+    "dense": ("weight", "bias"),
+    "pool": ("kernel", "stride"),
+    "global_avgpool": (),
+    "flatten": (),
+    "activation": ("slope",),
+    "batchnorm": ("weights", "weight", "bias", "running_mean", "running_var", "eps"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Input:
     """``input 1 x 128`` (a signal), ``input 3 x *`` (``any_length``) or ``input 784`` (a vector)."""

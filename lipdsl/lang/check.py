@@ -22,15 +22,6 @@ __all__ = ["check", "conv1d_length", "pool_length", "conv1d_padding", "ACTIVATIO
 ACTIVATIONS = _activation_table.ACTIVATIONS
 _FUNCTIONS = ("sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "atan", "abs")
 _RESERVED = ("pi", "e") + _FUNCTIONS
-_OPTIONS = {
-    "conv1d": ("kernel", "stride", "dilation", "padding", "weight", "bias"),
-    "dense": ("weight", "bias"),
-    "pool": ("kernel", "stride"),
-    "global_avgpool": (),
-    "flatten": (),
-    "activation": ("slope",),
-    "batchnorm": ("weights", "weight", "bias", "running_mean", "running_var", "eps"),
-}
 
 
 def conv1d_padding(mode: str | int, kernel: int, dilation: int) -> tuple[int, int]:
@@ -433,7 +424,7 @@ def _names(layers) -> list[str]:
 
 def layer_options(layer, kind: str, family: str) -> dict[str, ast.Option]:
     got: dict[str, ast.Option] = {}
-    allowed = _OPTIONS[family]
+    allowed = ast.OPTIONS[family]
     for opt in layer.options:
         if opt.key not in allowed:
             takes = ("takes " + ", ".join(allowed)) if allowed else "takes no options"

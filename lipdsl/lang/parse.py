@@ -153,9 +153,14 @@ def _defined_name(token: Token | None, what: str) -> str | None:
         return None
     word = str(token)
     if word in keywords():
-        raise ParseError(f"{word!r} is a keyword and cannot name {what}", Span.of(token),
-                         hint=f"choose another name, such as '{word}1' (keywords: docs/language.md)")
+        raise keyword_name_error(word, Span.of(token), what)
     return word
+
+
+def keyword_name_error(word: str, span: Span, what: str) -> ParseError:
+    """The error for the keyword ``word`` written as the name of ``what`` ('a layer', 'a constant', ...)."""
+    return ParseError(f"{word!r} is a keyword and cannot name {what}", span,
+                      hint=f"choose another name, such as '{word}1' (keywords: docs/language.md)")
 
 
 def _nested(meta, *kids: ast.Expr) -> int:

@@ -12,7 +12,8 @@ from lark.lexer import PatternStr
 from lark.parsers.lalr_parser_state import ParserState
 
 from lipdsl.errors import ParseError
-from lipdsl.lang.parse import _parser
+from lipdsl.lang.ast import OPTIONS
+from lipdsl.lang.parse import _parser, keyword_name_error, keywords
 from lipdsl.lang.source import Source, Span
 
 # How terminals are named in "expected ..." lists when no example matches.
@@ -99,9 +100,11 @@ SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
             "dense 1\n",
             "conv1d 1\n",
             "conv1d c1: 1 => 2\n",
+            "dense f1: 96\n",
+            "conv1d c1: 1\n",
         ],
     ),
-    ("missing output size after '->'", ["conv1d c1: 1 ->\n", "dense 3 -> , weight w\n"]),
+    ("missing output size after '->'", ["conv1d c1: 1 ->\n", "dense 3 -> , weight w\n", "dense f1: 96 ->\n"]),
     (
         "options are written as a keyword and a value without '=', as in 'kernel 3'",
         [
@@ -141,6 +144,7 @@ SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
             "conv1d c: 1 -> 2, dilation\n",
             "conv1d c: 1 -> 2, kernel, stride 1\n",
             "conv1d c: 1 -> 2, padding\n",
+            "batchnorm 2, eps\n",
         ],
     ),
     (
@@ -151,6 +155,9 @@ SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
             "dense d: 1 -> 1, bias\n",
             "dense d: 1 -> 1, bias 0\n",
             "dense d: 1 -> 1, weight -1\n",
+            "batchnorm 2, weights\n",
+            "batchnorm 2, running_mean\n",
+            "batchnorm 2, running_var\n",
         ],
     ),
     (
@@ -207,6 +214,7 @@ SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
         "'batchnorm bn1: 16', 'avgpool 2' or 'flatten f1'",
         ["flatten:\n", "global_avgpool:\n", "batchnorm: 2\n", "avgpool: 2\n", "maxpool: 2\n"],
     ),
+    ("expected the channel count after the name, as in 'batchnorm bn1: 16'", ["batchnorm bn1:\n"]),
     (
         "unexpected character",
         ["let a = 1 @ 2\n", "relu $\n", "let a = 1 % 2\n", "conv1d c: 1 -> 2; kernel 3\n"],
@@ -292,12 +300,16 @@ def _example_signatures() -> list[tuple[str, tuple]]:
 def match_syntax_error(exc: UnexpectedInput) -> str | None:
     """The SYNTAX_ERRORS message whose examples fail like ``exc`` (same state and accepts), or None.
 
-    Among examples failing in the same state, one failing on the same kind of token is preferred.
+    Among examples failing in the same state, one failing on the same kind of token is preferred. A bad
+    character is not matched to examples that fail at the end of the line or file: their messages ("this '['
+    is never closed") say what is missing at the end, which a character in the middle does not show.
     """
     sig = _signature(exc)
     if sig is None:
         return None
-    same_state = [label for label, s in _example_signatures() if s[:2] == sig[:2]]
+    ends = ("_NL", "$END")
+    same_state = [label for label, s in _example_signatures()
+                  if s[:2] == sig[:2] and not (sig[2] is None and s[2] in ends)]
     same_token = [label for label, s in _example_signatures() if s == sig]
     return (same_token or same_state or [None])[0]
 
@@ -431,9 +443,38 @@ def _digit_key_error(exc: UnexpectedInput, source: Source, err: ParseError) -> P
                       "before it, as 'lipdsl import' writes it")
 
 
+_HEAD = re.compile(r"[ \t\f]*([A-Za-z_][A-Za-z0-9_]*)(?:[ \t\f]*\([^()\n]*\))?[ \t\f]+$")
+
+
+def _keyword_name_error(exc: UnexpectedInput, source: Source, err: ParseError) -> ParseError:
+    """``err``, or "'eps' is a keyword and cannot name a layer" at the keyword when a layer's kind is followed
+    by an option keyword that ends the line or is followed by ':' (``relu eps``, ``flatten weights``,
+    ``avgpool kernel:``): the lexer read the would-be name as the option. An option the layer takes, left
+    without its value (``relu slope``, ``avgpool stride``), keeps the table's message."""
+    tok, state = getattr(exc, "token", None), getattr(exc, "state", None)
+    if not isinstance(exc, UnexpectedToken) or not isinstance(state, ParserState) or not state.value_stack \
+            or tok.type not in ("_NL", "$END", "COLON"):
+        return err
+    word = state.value_stack[-1]
+    if not isinstance(word, Token) or word.type == "NAME" or str(word) not in keywords() or word.line is None:
+        return err
+    head = _HEAD.fullmatch(source.line(word.line)[:word.column - 1])
+    if head is None:
+        return err
+    kind = head.group(1)
+    if kind in ("network", "input", "weights", "let", "residual", "shortcut", "end"):
+        return err
+    family = {"avgpool": "pool", "maxpool": "pool"}.get(kind, kind)
+    takes = OPTIONS.get(family, OPTIONS["activation"])
+    if tok.type != "COLON" and str(word) in takes:
+        return err
+    return keyword_name_error(str(word), Span.of(word), "a layer")
+
+
 def syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
     """Translate a Lark error into a ParseError in plain words, located at the offending token."""
-    return _keyword_error(exc, source, _digit_key_error(exc, source, _plain_syntax_error(exc, source)))
+    err = _keyword_error(exc, source, _digit_key_error(exc, source, _plain_syntax_error(exc, source)))
+    return _keyword_name_error(exc, source, err)
 
 
 def _plain_syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
@@ -456,8 +497,9 @@ def _plain_syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
         expected = _expected_words(
             _accepts(exc.state) if isinstance(exc.state, ParserState) else exc.expected
         )
-        return ParseError(
-            f"unexpected {found}", span, hint=f"expected one of: {expected}" if expected else None
+        return ParseError(  # "unexpected end of the line", "unexpected ':'"
+            f"unexpected {found.removeprefix('the ')}", span,
+            hint=f"expected one of: {expected}" if expected else None,
         )
     if isinstance(exc, UnexpectedEOF):  # pragma: no cover - the post-lexer always ends with a line break
         return ParseError("unexpected end of file", None)

@@ -161,6 +161,16 @@ def test_keywords_are_not_names_but_x_is():
     ("input 2 x 8\nlet eps = 1e-3\n", "a constant"),  # the fast let reader leaves it to Lark
     ("input 2 x 8\nlet end = sqrt(2)\n", "a constant"),
     ("network end\ninput 2 x 8\nrelu\n", "the network"),
+    # an option keyword after the kind is lexed as the option: refused as a name when nothing follows it
+    ("input 2\nrelu eps\n", "a layer"),
+    ("input 2\nrelu eps:\n", "a layer"),
+    ("input 2\ntanh running_var\n", "a layer"),
+    ("input 2\nrelu kernel\n", "a layer"),
+    ("input 2\nleaky_relu(0.1) weights\n", "a layer"),
+    ("input 2 x 8\nflatten weights\n", "a layer"),
+    ("input 2 x 8\navgpool eps\n", "a layer"),
+    ("input 2 x 8\navgpool kernel:\n", "a layer"),
+    ("input 2 x 8\nglobal_avgpool bias", "a layer"),
 ])
 def test_keywords_cannot_name_anything(text, what):
     """The contextual lexer reads a keyword as a NAME where the keyword cannot come next ('residual end'):
@@ -174,6 +184,38 @@ def test_keywords_cannot_name_anything(text, what):
     assert err.value.span.line == line
     assert source_line[err.value.span.col - 1:err.value.span.end_col - 1] == word
     assert f"'{word}1'" in err.value.hint
+
+
+@pytest.mark.parametrize("text, message", [
+    ("input 2\nrelu slope\n", "'slope' needs two bounds"),
+    ("input 2 x 8\navgpool stride\n", "missing value after the option's keyword"),
+    ("input 2\nrelu r1 eps\n", "missing value after the option's keyword"),
+    ("input 2\nbatchnorm 2, eps\n", "missing value after the option's keyword"),
+    ("input 2\nbatchnorm 2, weights\n", "expected a tensor"),
+])
+def test_an_option_without_its_value_is_not_taken_for_a_name(text, message):
+    """An option the layer takes, or one after its name or sizes, is an option left without its value."""
+    with pytest.raises(ParseError) as err:
+        p(text)
+    assert err.value.message.startswith(message)
+
+
+def test_unmatched_errors_read_unexpected_end_of_the_line(monkeypatch):
+    """The generic message is 'unexpected end of the line', not 'unexpected the end of the line'."""
+    from lipdsl.lang import syntax_errors
+
+    monkeypatch.setattr(syntax_errors, "match_syntax_error", lambda exc: None)  # no message in the table
+    with pytest.raises(ParseError) as err:
+        p("input 2\nconv1d c: 1 -> 2, kernel 3 +\n")
+    assert err.value.message == "unexpected end of the line"
+    assert err.value.hint.startswith("expected one of: ")
+
+
+def test_a_bad_character_inside_closed_brackets_is_named_not_an_unclosed_bracket():
+    with pytest.raises(ParseError) as err:
+        p("input 2\ndense d: 2 -> 2,\n    weight [[1, 0],\n            [0, $]]\n")
+    assert err.value.message == "unexpected character '$'"
+    assert (err.value.span.line, err.value.span.col) == (4, 17)
 
 
 def test_keywords_are_the_grammars_quoted_words_and_the_documented_list():
