@@ -266,12 +266,19 @@ def linear_chain_system(layers: list, i: int, scale: bool):
     names = tuple(layer.name for layer in chain)
     note = (f"linear layers {', '.join(names)} merged: one FIR with {G.shape[0]} taps"
             + (f" on blocks of {S} samples (input weight X (x) I_{S})" if S > 1 else "")
-            + f", {ss.nx + ss.nu} rows instead of {separate} (exact composition, no intermediate X)")
+            + f", {_rows_against(ss.nx + ss.nu, separate)} (exact composition, no intermediate X)")
     sys = make_system(first, act, ss, "conv", note, scale, block_in=S)
     names += (act.name,) if act is not None else ()
     sys = dataclasses_replace(sys, name="+".join(names), layers=names)
     c_out = chain[-1].c_out if isinstance(chain[-1], typed.Conv1d) else chain[-1].in_shape.channels
     return [sys], len(chain) + (act is not None), c_out
+
+
+def _rows_against(merged: int, separate: int) -> str:
+    """"14 rows instead of 34" ("4 rows, as many as separately" when the merge saves none)."""
+    if merged == separate:
+        return f"{merged} rows, as many as separately"
+    return f"{merged} rows instead of {separate}"
 
 
 def _toeplitz(run: list) -> np.ndarray:

@@ -284,3 +284,12 @@ def test_conv_conv_merge_is_named_and_capped():
     low = lower(wide)
     assert len(low.systems) == 2  # merged: 8 channels x 4-sample blocks x 5 blocks > MERGE_GROWTH x (40 + 5)
     assert MERGE_GROWTH == 2
+
+
+def test_a_merge_saving_no_rows_does_not_say_n_rows_instead_of_n():
+    """c (k3, s2) then d (k1): the merged FIR has as many rows as the two separate LMIs."""
+    net = (Builder(1, 9).conv(np.array([[[1.0, 2.0, 3.0]]]), stride=2, padding=1)
+           .conv(np.array([[[2.0]]])).act("relu").build())
+    note = lower(net).steps[0].note
+    assert "merged" in note and "4 rows, as many as separately" in note
+    assert "4 rows instead of 4" not in note
