@@ -149,12 +149,18 @@ def print_layers(net) -> None:
     click.echo(summary(net))
 
 
+#: ``show --state-space`` writes a conv's matrices entry by entry up to this many columns (``nx + c_in``; an
+#: entry ``w_{o,i,j}`` takes about 12 characters, so wider matrices wrap), else in block form with taps W_j.
+ENTRY_COLUMNS = 6
+
+
 def print_state_space(net, latex: bool) -> None:
     """``lipdsl show --state-space``: each conv layer's (A, B, C, D), entry by entry when small, else in block
-    form with taps W_j. A residual block's convs too (its main path, then its shortcut, in ``show``'s
-    order), after a line naming the block (and, for a downsampling block, its lifted time), each header
-    saying its block and branch. A strided conv's header gives its stride, and a line says how the stride
-    enters the bound (``stride_note``): the realization shown is the stride-1 filter."""
+    form with taps W_j; a kernel-1 conv has no state and shows D only. A residual block's convs too (its
+    main path, then its shortcut, in ``show``'s order), after a line naming the block (and, for a
+    downsampling block, its lifted time), each header saying its block and branch. A strided conv's header
+    gives its stride, and a line says how the stride enters the bound (``stride_note``): the realization
+    shown is the stride-1 filter."""
     import sympy
 
     from lipdsl.model.lower import symbolic_block_state_space, symbolic_state_space
@@ -180,17 +186,23 @@ def print_state_space(net, latex: bool) -> None:
             f"{f', dilation {layer.dilation}' if layer.dilation > 1 else ''}: causal realization, "
             f"{nx} states (independent of the signal length)"
         )
-        state = {0: "no state: v[t] = D u[t]", 1: "x[t] = u[t-1]"}.get(
-            ke - 1, f"x[t] = [u[t-{ke - 1}]; ...; u[t-1]]"
-        )
-        click.echo(f"  x[t+1] = A x[t] + B u[t],  v[t] = C x[t] + D u[t],  {state}")
+        if ke == 1:  # a kernel-1 conv is static: D only (entry by entry when small)
+            click.echo(f"  no state (kernel 1): v[t] = D u[t] with D = W[:, :, 0] ({layer.c_out} x "
+                       f"{layer.c_in}, PyTorch layout); A, B and C are empty")
+        else:
+            state = "x[t] = u[t-1]" if ke == 2 else f"x[t] = [u[t-{ke - 1}]; ...; u[t-1]]"
+            click.echo(f"  x[t+1] = A x[t] + B u[t],  v[t] = C x[t] + D u[t],  {state}")
         if layer.stride > 1:
             click.echo("  " + stride_note(layer, block))
-        small = nx + layer.c_in <= 16 and layer.c_out <= 16
+        small = nx + layer.c_in <= ENTRY_COLUMNS and layer.c_out <= 16
         mats = symbolic_state_space(layer) if small else symbolic_block_state_space(layer)
+        if ke == 1 and not small:
+            continue
         if not small:
             click.echo("  (block form: W_j = W[:, :, j] is c_out x c_in in PyTorch layout)")
         for label, M in zip("ABCD", mats):
+            if ke == 1 and label != "D":
+                continue
             if M is None or 0 in M.shape:
                 click.echo(f"  {label}: empty (no state)")
                 continue

@@ -146,6 +146,35 @@ def test_show_state_space_includes_the_convs_of_residual_blocks(tmp_path):
     assert "dilated.lip:3:3: error:" in res.output
 
 
+def test_show_state_space_gives_a_kernel_1_conv_as_d_only(tmp_path):
+    """A kernel-1 conv has no state: one line says so and only D is shown, entry by entry when narrow, else
+    named by its taps (it was a 16 x 8 matrix of w_{o,i,0} that wrapped, after three 'empty' lines); a conv
+    wider than ENTRY_COLUMNS columns is in block form."""
+    import numpy as np
+
+    from lipdsl.app.render import ENTRY_COLUMNS
+
+    np.save(tmp_path / "w.npy", np.arange(128.0).reshape(16, 8, 1))
+    spec = tmp_path / "k1.lip"
+    spec.write_text('input 8 x 6\nconv1d wide: 8 -> 16, kernel 1, weight "w.npy"\n')
+    res = run("show", "--state-space", str(spec))
+    assert res.exit_code == 0, res.output
+    no_state = "  no state (kernel 1): v[t] = D u[t] with D = W[:, :, 0] (16 x 8, PyTorch layout); "
+    assert res.output.splitlines()[1:] == [no_state + "A, B and C are empty"]
+    spec.write_text("input 2 x 6\nconv1d narrow: 2 -> 2, kernel 1, weight [[[1], [2]], [[3], [sqrt(2)]]]\n"
+                    "conv1d c3: 2 -> 2, kernel 3, weight [[[1, 2, 3], [0, 1, 0]], [[1, 0, 0], [0, 0, 1]]]\n"
+                    "conv1d c4: 2 -> 1, kernel 4, weight [[[1, 2, 3, 4], [0, 1, 0, 1]]]\n")
+    res = run("show", "--state-space", str(spec))
+    assert res.exit_code == 0, res.output
+    narrow = res.output.split("conv1d c3", 1)[0].splitlines()
+    assert narrow[1].startswith("  no state (kernel 1): v[t] = D u[t] with D = W[:, :, 0] (2 x 2,")
+    assert narrow[2] == "  D =" and "√2" in narrow[-1] and len(narrow) == 3 + 3  # D's three pretty lines
+    c3 = res.output.split("conv1d c3", 1)[1].split("conv1d c4", 1)[0]
+    assert 4 + 2 <= ENTRY_COLUMNS and "block form" not in c3  # 4 states + 2 inputs: entry by entry
+    c4 = res.output.split("conv1d c4", 1)[1]
+    assert "(block form: W_j = W[:, :, j]" in c4  # 6 states + 2 inputs = 8 columns
+
+
 @pytest.mark.parametrize("kernel, stride, dilation, padding", [
     (3, 2, 1, "1"), (3, 3, 2, "causal"), (2, 2, 1, "valid"), (1, 2, 1, "0"), (2, 3, 1, "4")])
 def test_show_state_space_gives_the_stride_and_the_samples_kept(tmp_path, kernel, stride, dilation, padding):
