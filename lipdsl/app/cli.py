@@ -284,54 +284,62 @@ def _solve_dissipative(net, source, load_seconds: float, deadline, *, as_json: b
             )
     except LipdslError as err:
         fail(err, source)
-    proof = None
+    proof, refused = None, None
     if result.certificate.verified and (certificate_path is not None or exact):
-        proof = _certify_file(result, net, certificate_path, exact, options["min_length"], options["lift"],
-                              result.frequencies, options["solver"])
+        try:
+            proof = _certify_file(result, net, certificate_path, exact, options["min_length"],
+                                  options["lift"], result.frequencies, options["solver"])
+        except LipdslError as err:  # shown after the bound, which is certified all the same
+            refused = err
+    written = certificate_path is not None and result.certificate.verified and refused is None
     if as_json:
         import json
 
         out = to_json(result)
         if proof is not None:
             out["proof"] = proof.to_json()
-        if certificate_path is not None and result.certificate.verified:
+        if written:
             out["certificate_file"] = certificate_path
+        if refused is not None:
+            out["certificate_error"] = refused.message
         click.echo(json.dumps(out))
     else:
 
         print_text(result, console(), proof=proof, verbose=bool(details or options["verbose"]))
-        if certificate_path is not None and result.certificate.verified:
+        if written:
             click.echo(f"  certificate written to {certificate_path} (check it: lipdsl verify {spec} "
                        f"{certificate_path} [--exact])")
+    if refused is not None:
+        fail(refused, None)
     if not result.certificate.verified:
         sys.exit(3)
 
 
 def _certify_file(result, net, path, exact, min_length, lift, frequencies, solver):
-    """Write the certificate (to ``path`` if given) and, with ``exact``, prove it: the Verdict, or exit 3
-    with the failing check (never a certificate file that does not verify)."""
+    """Write the certificate (to ``path`` if given) and, with ``exact``, prove it: the Verdict (None
+    without ``exact``). Never writes a certificate file that does not verify.
+
+    Raises
+    ------
+    LipdslError
+        The certificate cannot be built, written or proved (``solve`` shows it after the certified bound).
+    """
     from lipdsl.certify import certificate
     from lipdsl.certify.verify import verify
+    from lipdsl.errors import CertificateError
 
     options = certificate.solve_options(min_length, lift, True, frequencies, solver)
-    try:
-        doc = certificate.build(result, options=options)
-        verdict = verify(net, doc, exact=exact)
-    except LipdslError as err:
-        fail(err, None)
+    doc = certificate.build(result, options=options)
+    verdict = verify(net, doc, exact=exact)
     if not verdict.ok:
-        click.echo(f"error: the certificate does not verify{' exactly' if exact else ''}: {verdict.reason}",
-                   err=True)
-        click.echo("  hint: please report this: the solver's point was certified but the independent check "
-                   "failed (no certificate written)", err=True)
-        sys.exit(3)
+        how = " exactly" if exact else ""
+        raise CertificateError(f"the certificate does not verify{how}: {verdict.reason}",
+                               hint="please report this: the solver's point was certified but the "
+                               "independent check failed (no certificate written)")
     if path is not None:
         from pathlib import Path
 
-        try:
-            text = certificate.encode(doc)
-        except LipdslError as err:
-            fail(err, None)
+        text = certificate.encode(doc)
         Path(path).write_text(text)
     return verdict if exact else None
 

@@ -60,6 +60,7 @@ def test_solve_exact_reports_proved(tmp_path):
     out = json.loads(res.stdout)
     assert out["proof"]["ok"] is True and out["proof"]["mode"] == "exact"
     assert (tmp_path / "t.json").exists()
+    assert out["certificate_file"] == str(tmp_path / "t.json") and "certificate_error" not in out
 
 
 def test_tampered_multiplier_exits_3_naming_the_lmi(ecg_cert, tmp_path):
@@ -127,7 +128,7 @@ def test_constant_network_cannot_be_exported(tmp_path):
     assert "cannot export a certificate for this closed-form bound yet" in res.stderr
     assert "hint:" in res.stderr
     assert not (tmp_path / "zero.json").exists()
-    assert res.stdout == ""
+    assert res.stdout.startswith("Lipschitz upper bound of zero: 0 (certified)\n")  # then the error
 
 
 def test_certificate_options_need_the_dissipative_method():
@@ -527,3 +528,26 @@ def test_a_certificate_of_a_tiny_net_is_refused_with_the_reason(tmp_path):
         "weights (docs/certificate.md), and rho^ = rho * prod s_i^2 is about 1e-1200, outside the normal "
         "range of doubles")
     assert "please report" not in res.stderr and not (tmp_path / "small.json").exists()
+
+
+def test_a_refused_certificate_comes_after_the_certified_bound(tmp_path):
+    """solve --certificate prints the bound it certified (as plain solve does), then the certificate's error
+    on stderr, exit 3 (it exited 3 with the error alone); --json prints the result, without
+    certificate_file, with certificate_error, and the error on stderr."""
+    spec = tmp_path / "small.lip"
+    spec.write_text("input 1 x 4\nconv1d 1 -> 1, kernel 1, weight [[[1e-300]]]\nrelu\n"
+                    "conv1d 1 -> 1, kernel 1, weight [[[1e-300]]]\nrelu\n")
+    plain = run("solve", spec)
+    assert plain.exit_code == 0
+    res = run("solve", spec, "--certificate", tmp_path / "small.json")
+    assert res.exit_code == 3 and not (tmp_path / "small.json").exists()
+    bound = plain.stdout.splitlines()[0]
+    assert bound.startswith("Lipschitz upper bound of small: ") and bound.endswith("(certified)")
+    assert res.stdout.splitlines()[0] == bound and "certificate written" not in res.stdout
+    assert res.stderr.startswith("error: cannot write a certificate for this bound")
+    out = json.loads(run("solve", "--json", spec).stdout)
+    res = run("solve", "--json", spec, "--certificate", tmp_path / "small.json")
+    assert res.exit_code == 3 and res.stderr.startswith("error: cannot write a certificate for this bound")
+    got = json.loads(res.stdout)
+    assert got["lipschitz"] == out["lipschitz"] and "certificate_file" not in got
+    assert got["certificate_error"].startswith("cannot write a certificate for this bound")
