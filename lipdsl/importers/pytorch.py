@@ -450,6 +450,10 @@ def spec_tensors(tensors: Mapping[str, np.ndarray], refs: Iterable[TensorRef] = 
         raise
 
 
+#: A '#' outside double quotes: a comment, which the generated spec keeps as the architecture wrote it.
+_COMMENT = re.compile(r'^[^"#\n]*(?:"[^"\n]*"[^"#\n]*)*#', re.M)
+
+
 def import_state_dict(
     state: str | os.PathLike | Mapping[str, np.ndarray],
     like: str | os.PathLike,
@@ -508,7 +512,8 @@ def import_state_dict(
     header = (
         f"# Weights from {Path(state).name if isinstance(state, (str, os.PathLike)) else 'a state_dict'}, "
         f"architecture from {Path(like).name}.",
-    )
+    ) + ((f"# The comments below are {Path(like).name}'s (its weights are replaced by these).",)
+         if _COMMENT.search(arch.text) else ())
     try:  # the architecture's own files are beside it: named from the spec's folder in the spec
         spec = Retargeted.of(arch, tree, rel, folder=spec_path.resolve().parent, allow_outside=allow_outside,
                              header=header)

@@ -463,6 +463,26 @@ def test_like_template_with_odd_line_breaks_in_comments_keeps_every_layer(tmp_pa
     assert [layer.name for layer in net.layers] == ["a", "relu1", "b"]
 
 
+def test_like_spec_header_comes_first_and_says_whose_comments_follow(tmp_path):
+    """The generated spec opens with where its weights and architecture come from, then says the comments
+    below are the architecture's (they may name its old weights); no such line when it has no comment."""
+    from lipdsl.importers.pytorch import import_state_dict
+
+    arch = tmp_path / "arch.lip"
+    arch.write_text('# arch.lip -- a tiny net\n# Weights: old.npz (stale once imported)\ninput 2\n'
+                    'weights "old#1.npz"\ndense a: 2 -> 1, weight fc.weight  # the head\n', encoding="utf-8")
+    state = {"fc.weight": np.ones((1, 2))}
+    spec, _ = import_state_dict(state, arch, tmp_path / "net.lip")
+    lines = spec.read_text(encoding="utf-8").splitlines()
+    assert lines[:4] == ["# Weights from a state_dict, architecture from arch.lip.",
+                         "# The comments below are arch.lip's (its weights are replaced by these).",
+                         "# arch.lip -- a tiny net", "# Weights: old.npz (stale once imported)"]
+    arch.write_text('input 2\nweights "old#1.npz"\ndense a: 2 -> 1, weight fc.weight\n', encoding="utf-8")
+    spec, _ = import_state_dict(state, arch, tmp_path / "net2.lip")
+    lines = spec.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "# Weights from a state_dict, architecture from arch.lip." and lines[1] == "input 2"
+
+
 @pytest.mark.parametrize("output", ["net.npz", "net.npy", "net.onnx"])
 def test_import_output_must_be_a_spec_path(tmp_path, capsys, output):
     from lipdsl.app.cli import main
