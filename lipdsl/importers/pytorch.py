@@ -30,7 +30,7 @@ from lipdsl.importers.retarget import Retargeted
 from lipdsl.lang.ast import TensorRef
 from lipdsl.lang.check import conv1d_length, conv1d_padding, pool_length
 from lipdsl.lang.typed import Shape
-from lipdsl.lang.weights import key_matches, spelt_tensors, tensor_refs
+from lipdsl.lang.weights import KeyIndex, key_matches, spelt_tensors, tensor_refs
 
 
 def _require_torch():
@@ -425,11 +425,12 @@ def spec_tensors(tensors: Mapping[str, np.ndarray], refs: Iterable[TensorRef] = 
     """
     pairs = weight_norm_pairs(tensors)
     names = [*tensors, *(name for (name, _), pair in pairs.items() if len(pair) == 2)]
+    index = KeyIndex(names)
     wanted: dict[str, TensorRef] = {}
     for ref in refs:
         if ref.file is not None or ref.key is None:
             continue
-        matches = key_matches(ref.key, names)
+        matches = key_matches(ref.key, index)
         for name in matches:
             wanted.setdefault(name, ref)
         half = next((p for (name, _), p in pairs.items() if len(p) == 1 and sanitize_key(name) == ref.key),

@@ -29,8 +29,8 @@ from lipdsl.errors import OutsideError, WeightError, did_you_mean, shorten
 from lipdsl.lang import ast
 from lipdsl.lang.source import Source, Span, file_kind
 
-__all__ = ["WeightFiles", "key_matches", "leaves_directory", "memory_key", "spelt_key", "spelt_tensors",
-           "tensor_refs", "weight_files", "MAX_WEIGHT_BYTES"]
+__all__ = ["KeyIndex", "WeightFiles", "key_matches", "leaves_directory", "memory_key", "spelt_key",
+           "spelt_tensors", "tensor_refs", "weight_files", "MAX_WEIGHT_BYTES"]
 
 #: Largest weight file, and largest uncompressed tensor inside an .npz (a small zip can inflate to any size).
 MAX_WEIGHT_BYTES = 1 << 30
@@ -104,6 +104,15 @@ class WeightFiles:
     memory: Mapping[str, bytes] | None = None  # weight files in memory (memory_key(rel) -> bytes), no disk
     files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
     handles: list = field(default_factory=list)  # open files behind the NpzFiles
+    indexes: dict[int, KeyIndex] = field(default_factory=dict)  # id of an NpzFile in files -> its keys
+
+    def key_index(self, data: Any) -> KeyIndex:
+        """The ``KeyIndex`` of the ``NpzFile`` ``data`` (one of ``files``, which keeps it, and its id, alive),
+        built on its first lookup."""
+        index = self.indexes.get(id(data))
+        if index is None:
+            index = self.indexes[id(data)] = KeyIndex(data.files)
+        return index
 
     @staticmethod
     def display_path(rel: str) -> str:
@@ -247,7 +256,7 @@ class WeightFiles:
                     src.span,
                     hint=f'write "{rel}":KEY with KEY one of: ' + _listing(set(map(spelt_key, data.files))),
                 )
-            key = _file_key(src, data.files, shown)
+            key = _file_key(src, self.key_index(data), shown)
             try:
                 # numpy maps KEY to the member KEY.npy or KEY (any name): read it ourselves, whatever its
                 # name, through the size cap and the header check (numpy would return a raw member's bytes)
@@ -417,18 +426,33 @@ def _bytes(n: int) -> str:
 
 
 
-def key_matches(key: str, keys: Iterable[str]) -> tuple[str, ...]:
+class KeyIndex:
+    """The keys of one file (or state_dict) for ``key_matches``: the keys held and, built in one pass, the
+    keys under each spelling (``spelt_key``), so that a lookup is a dict access, not a scan of every key."""
+
+    __slots__ = ("held", "spelt")
+
+    def __init__(self, keys: Iterable[str]):
+        keys = tuple(keys)  # (a key listed twice stays twice: ambiguous, as the scan over the keys had it)
+        self.held = frozenset(keys)
+        spelt: dict[str, list[str]] = {}
+        for k in keys:
+            spelt.setdefault(spelt_key(k), []).append(k)
+        self.spelt = {written: tuple(sorted(ks)) for written, ks in spelt.items()}
+
+
+def key_matches(key: str, keys: Iterable[str] | KeyIndex) -> tuple[str, ...]:
     """The file keys a spec's ``key`` may read among ``keys``: ``(key,)`` when the file holds it as written
     (it always wins), else every key spelt so (``spelt_key``: the file's ``0.weight`` for ``_0.weight``),
     sorted; one is the key read, several are ambiguous (refused), none is a missing tensor.
 
     The one lookup of file keys: ``WeightFiles.read`` (an ``.npz``), ``spelt_tensors`` and the PyTorch
-    importer's (a state_dict) use it.
+    importer's (a state_dict) use it. Pass a ``KeyIndex`` of the keys to look up many keys in one file.
     """
-    keys = tuple(keys)
-    if key in keys:
+    index = keys if isinstance(keys, KeyIndex) else KeyIndex(keys)
+    if key in index.held:
         return (key,)
-    return tuple(sorted(k for k in keys if spelt_key(k) == key))
+    return index.spelt.get(key, ())
 
 
 def spelt_tensors(tensors: Mapping[str, Any]) -> dict[str, Any]:
@@ -436,20 +460,22 @@ def spelt_tensors(tensors: Mapping[str, Any]) -> dict[str, Any]:
     file holding ``tensors`` (``key_matches``): a key held as written wins over others spelt alike; keys
     that are ambiguous (several spelt alike, none as written) are left out (a spec reading one is refused).
     """
+    index = KeyIndex(tensors)
     out: dict[str, Any] = {}
     for written in dict.fromkeys(map(spelt_key, tensors)):
-        matches = key_matches(written, tensors)
+        matches = key_matches(written, index)
         if len(matches) == 1:
             out[written] = tensors[matches[0]]
     return out
 
 
-def _file_key(src: ast.TensorRef, keys: list[str], shown: str) -> str:
+def _file_key(src: ast.TensorRef, index: KeyIndex, shown: str) -> str:
     """The key of the file holding ``src.key`` (``key_matches``); WeightError when there is none, or
     several."""
-    matches = list(key_matches(src.key, keys))
+    matches = list(key_matches(src.key, index))
     if len(matches) == 1:
         return matches[0]
+    keys = index.held
     spelt = {k: spelt_key(k) for k in keys}
     if matches:
         raise WeightError(

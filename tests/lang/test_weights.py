@@ -419,3 +419,30 @@ def test_key_matches_a_key_held_as_written_wins_else_the_keys_spelt_so():
     assert km("x", ["y"]) == ()
     spelt = weights_module.spelt_tensors({"0.weight": 1, "_0.weight": 2, "a-b": 3, "a:b": 4, "c": 5})
     assert spelt == {"_0.weight": 2, "c": 5}  # (a_b: ambiguous, left out)
+
+
+def test_key_matches_with_an_index_equals_the_scan_over_every_key():
+    """The index built once per file answers as the definition does (a scan with spelt_key per key), on
+    random keys with many spelt alike (0.w / _0.w / 0-w / 0:w ...) and keys not held at all."""
+    import random
+
+    rng = random.Random(7)
+    alphabet = ["0", "a", "_", ".", "-", ":", "/", "b1"]
+
+    def scan(key, keys):  # the definition: a key held as written wins; else every key spelt so, sorted
+        return (key,) if key in keys else tuple(sorted(k for k in keys if weights_module.spelt_key(k) == key))
+
+    for _ in range(60):
+        keys = list({"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(40)})
+        index = weights_module.KeyIndex(keys)
+        asked = keys + [weights_module.spelt_key(k) for k in keys] + ["zz", "_0", "a_b", "t"]
+        for key in asked:
+            assert weights_module.key_matches(key, index) == scan(key, keys), (key, keys)
+            assert weights_module.key_matches(key, keys) == scan(key, keys)
+        tensors = {k: i for i, k in enumerate(keys)}
+        expected = {}
+        for written in dict.fromkeys(map(weights_module.spelt_key, keys)):
+            if len(scan(written, keys)) == 1:
+                expected[written] = tensors[scan(written, keys)[0]]
+        assert weights_module.spelt_tensors(tensors) == expected
+    assert weights_module.key_matches("_0.w", ["0.w", "0.w"]) == ("0.w", "0.w")  # listed twice: ambiguous
