@@ -483,6 +483,14 @@ def _plain_syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
     if isinstance(exc, UnexpectedCharacters):
         char = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else ""
         span = Span(exc.line, exc.column, exc.line, exc.column + 1)
+        if char == "'" and "STRING" in exc.allowed:  # (the table's "needs a closing '\"'" would mislead)
+            quoted = re.match(r"'([^'\n]*)'", source.text[exc.pos_in_stream:])
+            name = quoted.group(1) if quoted else "net.npz"
+            if source.line(exc.line)[:exc.column - 1].strip() == "weights":
+                return ParseError("file names are written in double quotes, as in "
+                                  f"'weights \"{name}\"'", span)
+            return ParseError(f'file names are written in double quotes, as in "{name}"', span,
+                              hint="a key of the weights file is written without quotes")
         found = f"unexpected character {char!r}"
         message = f"{label}: {found}" if label and label != "unexpected character" else found
         return ParseError(message, span)

@@ -218,6 +218,19 @@ def test_a_bad_character_inside_closed_brackets_is_named_not_an_unclosed_bracket
     assert (err.value.span.line, err.value.span.col) == (4, 17)
 
 
+@pytest.mark.parametrize("text, message, col", [
+    ("input 2\nweights 'a.npz'\n", "file names are written in double quotes, as in 'weights \"a.npz\"'", 9),
+    ("input 2\ndense 2 -> 2, weight 'w.npy'\n", 'file names are written in double quotes, as in "w.npy"', 22),
+    ("input 2\nweights 'a.npz\n", "file names are written in double quotes, as in 'weights \"net.npz\"'", 9),
+])
+def test_a_file_name_in_single_quotes_is_told_to_use_double_quotes(text, message, col):
+    """(Was "a file name needs a closing '\"'", as if a double quote had been opened.)"""
+    with pytest.raises(ParseError) as err:
+        p(text)
+    assert err.value.message == message
+    assert (err.value.span.line, err.value.span.col, err.value.span.end_col) == (2, col, col + 1)
+
+
 def test_keywords_are_the_grammars_quoted_words_and_the_documented_list():
     from lipdsl.lang.parse import keywords
     from lipdsl.lang.syntax_errors import LAYER_KEYWORDS, OPTION_WORDS
