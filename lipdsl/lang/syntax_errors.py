@@ -16,6 +16,9 @@ from lipdsl.lang.ast import OPTIONS
 from lipdsl.lang.parse import _parser, keyword_name_error, keywords
 from lipdsl.lang.source import Source, Span
 
+#: Every layer option's keyword, from ast.OPTIONS (which options each layer kind takes), in its order.
+OPTION_WORDS = tuple(dict.fromkeys(word for words in OPTIONS.values() for word in words))
+
 # How terminals are named in "expected ..." lists when no example matches.
 _TERMINAL_WORDS = {
     "NAME": "a name",
@@ -120,7 +123,7 @@ SYNTAX_ERRORS: list[tuple[str, list[str]]] = [
         ],
     ),
     (
-        "unknown option: a layer takes kernel, stride, dilation, padding, weight, bias or slope",
+        "unknown option: a layer takes " + ", ".join(OPTION_WORDS[:-1]) + " or " + OPTION_WORDS[-1],
         [
             "conv1d c: 1 -> 2, kernal 3\n",
             "conv1d c: 1 -> 2 kernal 3\n",
@@ -315,15 +318,17 @@ def match_syntax_error(exc: UnexpectedInput) -> str | None:
 
 
 #: The language's layer keywords, and what PyTorch (or habit) calls them: a name close to one of these is a
-#: misspelled layer, not an activation known only by its slope.
+#: misspelled layer, not an activation known only by its slope. Kept here, not derived from parse.keywords():
+#: the grammar does not say which of its words start a layer (as opposed to a header line, an option, a
+#: padding mode or a block's 'shortcut'/'end'), and this order is the one messages list them in.
 LAYER_KEYWORDS = ("conv1d", "dense", "avgpool", "maxpool", "global_avgpool", "flatten", "batchnorm",
                   "residual")
 
 
+#: The words a line can start with other than an activation's name (header lines, then layers).
 _STATEMENT_KEYWORDS = ("network", "input", "weights", "let") + LAYER_KEYWORDS
 
 
-OPTION_WORDS = ("kernel", "stride", "dilation", "padding", "weight", "bias", "slope")
 
 
 PYTORCH_NAMES = {

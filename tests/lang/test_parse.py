@@ -231,6 +231,16 @@ def test_a_file_name_in_single_quotes_is_told_to_use_double_quotes(text, message
     assert (err.value.span.line, err.value.span.col, err.value.span.end_col) == (2, col, col + 1)
 
 
+def test_option_words_are_every_option_of_ast_options_and_batchnorms_are_suggested():
+    from lipdsl.lang.syntax_errors import OPTION_WORDS
+
+    assert set(OPTION_WORDS) == {word for words in ast.OPTIONS.values() for word in words}
+    with pytest.raises(ParseError) as err:
+        p("input 2\nbatchnorm 2, runing_mean bn.running_mean\n")
+    assert "running_var or eps" in err.value.message
+    assert err.value.hint.startswith("did you mean 'running_mean'?")
+
+
 def test_keywords_are_the_grammars_quoted_words_and_the_documented_list():
     from lipdsl.lang.parse import keywords
     from lipdsl.lang.syntax_errors import LAYER_KEYWORDS, OPTION_WORDS
