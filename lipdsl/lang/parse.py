@@ -163,6 +163,36 @@ def keyword_name_error(word: str, span: Span, what: str) -> ParseError:
                       hint=f"choose another name, such as '{word}1' (keywords: docs/language.md)")
 
 
+#: How each layer kind's line starts, and an example value of each option: for "as in ..." in messages.
+_EXAMPLE_HEADS = {"conv1d": "conv1d c1: 1 -> 2", "dense": "dense f1: 96 -> 60", "pool": "avgpool 2",
+                  "global_avgpool": "global_avgpool", "flatten": "flatten", "activation": "swish",
+                  "batchnorm": "batchnorm 16"}
+_EXAMPLE_VALUES = {"kernel": "3", "stride": "2", "dilation": "2", "padding": "same", "slope": "[0, 1]",
+                   "eps": "1e-5", "weights": "bn1"}
+
+
+def option_keyword_error(word: str, span: Span, family: str) -> ParseError:
+    """The error for the option keyword ``word`` of the layer family ``family`` (an ``ast.OPTIONS`` key)
+    written where a name or a size goes (``batchnorm eps``, ``conv1d kernel``): the lexer read a name."""
+    tensor = {"conv1d": "conv1", "dense": "fc1", "batchnorm": "bn1"}.get(family, "t")
+    value = _EXAMPLE_VALUES.get(word, f"{tensor}.{word}")
+    sep = " " if family == "activation" else ", "
+    kind = "an activation" if family == "activation" else "avgpool/maxpool" if family == "pool" else family
+    return ParseError(f"{word!r} is an option of {kind} and needs a value, as in "
+                      f"'{_EXAMPLE_HEADS[family]}{sep}{word} {value}'", span,
+                      hint="options come after the layer's sizes; a keyword cannot be a name or a value "
+                      "(keywords: docs/language.md)")
+
+
+def _sizes(family: str, *sizes: ast.Expr | None) -> None:
+    """ParseError at a layer's size that is an option keyword alone (``batchnorm eps``, ``avgpool kernel``):
+    a keyword is never a name, so it cannot be a ``let`` constant either."""
+    for size in sizes:
+        if size is not None and len(size.names) == 1 and size.names[0].span == size.span \
+                and size.names[0].id in ast.OPTIONS[family]:
+            raise option_keyword_error(size.names[0].id, size.span, family)
+
+
 def _nested(meta, *kids: ast.Expr) -> int:
     """Depth of an expression node over ``kids``; refuses more than ``ast.MAX_DEPTH``."""
     depth = 1 + max(k.depth for k in kids)
@@ -310,18 +340,22 @@ class ToAst(Transformer_NonRecursive):
 
     def conv1d(self, meta, kids):
         name, c_in, c_out, *options = kids
+        _sizes("conv1d", c_in, c_out)
         return ast.Conv1d(_defined_name(name, "a layer"), c_in, c_out, tuple(options), Span.of(meta))
 
     def dense(self, meta, kids):
         name, n_in, n_out, *options = kids
+        _sizes("dense", n_in, n_out)
         return ast.Dense(_defined_name(name, "a layer"), n_in, n_out, tuple(options), Span.of(meta))
 
     def avgpool(self, meta, kids):
         name, kernel, *options = kids
+        _sizes("pool", kernel)
         return ast.Pool("avg", _defined_name(name, "a layer"), kernel, tuple(options), Span.of(meta))
 
     def maxpool(self, meta, kids):
         name, kernel, *options = kids
+        _sizes("pool", kernel)
         return ast.Pool("max", _defined_name(name, "a layer"), kernel, tuple(options), Span.of(meta))
 
     def global_avgpool(self, meta, kids):
@@ -341,6 +375,7 @@ class ToAst(Transformer_NonRecursive):
 
     def batchnorm(self, meta, kids):
         name, channels, *options = kids
+        _sizes("batchnorm", channels)
         return ast.BatchNorm(_defined_name(name, "a layer"), channels, tuple(options), Span.of(meta))
 
     def residual(self, meta, kids):

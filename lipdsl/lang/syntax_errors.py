@@ -13,7 +13,7 @@ from lark.parsers.lalr_parser_state import ParserState
 
 from lipdsl.errors import ParseError
 from lipdsl.lang.ast import OPTIONS
-from lipdsl.lang.parse import _parser, keyword_name_error, keywords
+from lipdsl.lang.parse import _parser, keyword_name_error, keywords, option_keyword_error
 from lipdsl.lang.source import Source, Span
 
 #: Every layer option's keyword, from ast.OPTIONS (which options each layer kind takes), in its order.
@@ -448,6 +448,8 @@ def _digit_key_error(exc: UnexpectedInput, source: Source, err: ParseError) -> P
                       "before it, as 'lipdsl import' writes it")
 
 
+# Line-starting keywords that are not a layer kind (header lines, block markers): no layer options follow.
+_NOT_LAYERS = ("network", "input", "weights", "let", "residual", "shortcut", "end")
 _HEAD = re.compile(r"[ \t\f]*([A-Za-z_][A-Za-z0-9_]*)(?:[ \t\f]*\([^()\n]*\))?[ \t\f]+$")
 
 
@@ -467,7 +469,7 @@ def _keyword_name_error(exc: UnexpectedInput, source: Source, err: ParseError) -
     if head is None:
         return err
     kind = head.group(1)
-    if kind in ("network", "input", "weights", "let", "residual", "shortcut", "end"):
+    if kind in _NOT_LAYERS:
         return err
     family = {"avgpool": "pool", "maxpool": "pool"}.get(kind, kind)
     takes = OPTIONS.get(family, OPTIONS["activation"])
@@ -476,10 +478,40 @@ def _keyword_name_error(exc: UnexpectedInput, source: Source, err: ParseError) -
     return keyword_name_error(str(word), Span.of(word), "a layer")
 
 
+_HEAD_WORD = re.compile(r"[ \t\f]*([A-Za-z_][A-Za-z0-9_]*)(?:[ \t\f]*\([^()\n]*\))?[ \t\f]+"
+                        r"([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _option_as_name_error(exc: UnexpectedInput, source: Source, err: ParseError) -> ParseError:
+    """``err``, or an error at the keyword right after a layer's kind when the line fails after it: an option
+    of that kind where its sizes go (``conv1d kernel 3``, ``batchnorm eps 1e-5``: the lexer read a name), or a
+    keyword that is not its option (``swish eps slope [0, 1]``: refused as the layer's name)."""
+    line, col = getattr(exc, "line", None), getattr(exc, "column", None)
+    if not line or not col or line < 1:
+        return err
+    m = _HEAD_WORD.match(source.line(line))
+    if m is None or m.end(2) >= col or m.group(2) not in keywords():
+        return err
+    kind, word = m.group(1), m.group(2)
+    if kind in _NOT_LAYERS:
+        return err
+    family = {"avgpool": "pool", "maxpool": "pool"}.get(kind, kind if kind in OPTIONS else "activation")
+    span = Span(line, m.start(2) + 1, line, m.end(2) + 1)
+    if word not in OPTIONS[family]:
+        named = keyword_name_error(word, span, "a layer")
+        takes = ", ".join(OPTIONS[family]) or "none"
+        what = "an activation" if family == "activation" else kind
+        return ParseError(named.message, span, hint=f"{named.hint}; {word!r} is not an option of {what} "
+                          f"(its options: {takes})")
+    if family in ("conv1d", "dense", "batchnorm"):  # sizes come first: the keyword was read as a name
+        return option_keyword_error(word, span, family)
+    return err  # an option these layers take right after the kind ('avgpool kernel', 'relu slope')
+
+
 def syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:
     """Translate a Lark error into a ParseError in plain words, located at the offending token."""
     err = _keyword_error(exc, source, _digit_key_error(exc, source, _plain_syntax_error(exc, source)))
-    return _keyword_name_error(exc, source, err)
+    return _option_as_name_error(exc, source, _keyword_name_error(exc, source, err))
 
 
 def _plain_syntax_error(exc: UnexpectedInput, source: Source) -> ParseError:

@@ -200,6 +200,42 @@ def test_an_option_without_its_value_is_not_taken_for_a_name(text, message):
     assert err.value.message.startswith(message)
 
 
+@pytest.mark.parametrize("text, example", [
+    ("batchnorm eps\n", "batchnorm 16, eps 1e-5"),  # (was: unknown name 'eps', from check)
+    ("batchnorm running_mean\n", "batchnorm 16, running_mean bn1.running_mean"),
+    ("batchnorm weights\n", "batchnorm 16, weights bn1"),
+    ("batchnorm eps 1e-5\n", "batchnorm 16, eps 1e-5"),
+    ("conv1d kernel\n", "conv1d c1: 1 -> 2, kernel 3"),
+    ("conv1d kernel 3\n", "conv1d c1: 1 -> 2, kernel 3"),
+    ("conv1d kernel -> 2\n", "conv1d c1: 1 -> 2, kernel 3"),
+    ("dense weight w\n", "dense f1: 96 -> 60, weight fc1.weight"),
+    ("dense bias\n", "dense f1: 96 -> 60, bias fc1.bias"),
+])
+def test_an_option_where_a_layers_sizes_go_is_an_option_that_needs_a_value(text, example):
+    with pytest.raises(ParseError) as err:
+        p("input 2 x 8\n" + text)
+    word = text.split()[1]
+    assert err.value.message.startswith(f"{word!r} is an option of ")
+    assert err.value.message.endswith(f"and needs a value, as in '{example}'")
+    col = text.index(word) + 1
+    assert (err.value.span.line, err.value.span.col, err.value.span.end_col) == (2, col, col + len(word))
+
+
+@pytest.mark.parametrize("text, takes", [
+    ("swish eps slope [0, 1]\n", "an activation (its options: slope)"),  # (was: unexpected '[0,1]')
+    ("swish weight slope [0, 1]\n", "an activation (its options: slope)"),
+    ("dense slope\n", "dense (its options: weight, bias)"),
+    ("conv1d eps 1 -> 2\n", "conv1d (its options: kernel"),
+])
+def test_a_keyword_that_is_not_the_layers_option_after_its_kind_is_refused_as_its_name(text, takes):
+    with pytest.raises(ParseError) as err:
+        p("input 2 x 8\n" + text)
+    word = text.split()[1]
+    assert err.value.message == f"{word!r} is a keyword and cannot name a layer"
+    assert err.value.span.col == text.index(word) + 1
+    assert f"{word!r} is not an option of {takes}" in err.value.hint
+
+
 def test_unmatched_errors_read_unexpected_end_of_the_line(monkeypatch):
     """The generic message is 'unexpected end of the line', not 'unexpected the end of the line'."""
     from lipdsl.lang import syntax_errors
