@@ -154,6 +154,12 @@ class Checker:
                         hint=did_you_mean(n.id, _FUNCTIONS) + "functions: " + ", ".join(_FUNCTIONS),
                     )
             elif n.id not in self.env:
+                from lipdsl.lang.parse import keywords
+
+                if n.id in keywords():  # (no let can define it: keywords cannot be names)
+                    raise SpecError(f"{n.id!r} is a keyword, not a value", n.span,
+                                    hint="a value is a number, a let name or an expression of them, as in "
+                                    "'let k = 3'")
                 hint = did_you_mean(n.id, self.env) + f"define it first, as in 'let {n.id} = 1/8'"
                 raise SpecError(f"unknown name {n.id!r}", n.span, hint=hint)
         value = e.value
