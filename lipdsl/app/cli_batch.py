@@ -59,7 +59,8 @@ def import_command(
     try:
         _check_import_paths(model, output, weights)
         if like is not None:
-            spec_path, weights_path = import_state_dict(model, like, output, weights)
+            spec_path, weights_path = import_state_dict(
+                model, like, output, weights, on_warning=lambda m: click.echo(f"warning: {m}", err=True))
         elif model.lower().endswith((".pt", ".pth", ".bin", ".ckpt")):
             raise LipdslError(
                 f"{model!r} looks like a PyTorch file; its architecture is not in it",

@@ -230,14 +230,15 @@ def _weight_bytes(source, tree, allow_outside: bool, skip=frozenset()):
 
 
 def _network(item: Item, options: Options):
-    """(Source or None, typed.Network) of ``item``, from its bytes only."""
+    """(Source or None, typed.Network, warnings) of ``item``, from its bytes only; the warnings: a --like
+    checkpoint's tensors the architecture never reads (``_unread``)."""
     from lipdsl.lang.load import check_source
     from lipdsl.lang.source import Source
 
     if item.kind == "onnx":
         from lipdsl.importers.importer import import_onnx
 
-        return None, import_onnx(item.files[0][1], name=item.name).to_network()
+        return None, import_onnx(item.files[0][1], name=item.name).to_network(), []
     files = dict(item.files)
     if item.kind == "state_dict":
         import numpy as np
@@ -262,13 +263,30 @@ def _network(item: Item, options: Options):
         files[weights] = buf.getvalue()
     source = Source(item.spec_path or item.path, item.text)
     try:
-        return source, check_source(source, allow_outside=options.allow_outside, files=files)
+        net = check_source(source, allow_outside=options.allow_outside, files=files)
     except LipdslError as err:
         if item.like is None:
             raise
         # reported at the architecture's lines; a tensor of a .pt item's .npz is one of the checkpoint
         checkpoint = f"the checkpoint {Path(item.path).name!r}" if item.kind == "state_dict" else None
         raise item.like.locate(err, checkpoint=checkpoint) from None
+    return source, net, _unread(item, net, files)
+
+
+def _unread(item: Item, net, files: dict) -> list[str]:
+    """The warning (a list of one, or empty) when a ``--like`` item's checkpoint holds tensors the
+    architecture never reads (``pytorch.unread_tensors``, as ``import --like`` warns)."""
+    if item.like is None:
+        return []
+    import numpy as np
+
+    from lipdsl.importers.pytorch import unread_tensors, unread_warning
+
+    weights = item.files[0][0]
+    with np.load(io.BytesIO(files[weights]), allow_pickle=False) as data:
+        tensors = {k: data[k] for k in data.files}
+    unread = unread_tensors(net, weights, tensors)
+    return [unread_warning(unread, f"the checkpoint {Path(item.path).name!r}")] if unread else []
 
 
 def run_item(item: Item, options: Options) -> dict:
@@ -338,7 +356,7 @@ def _run_item(item: Item, options: Options) -> dict:
     try:
         from lipdsl.lang.check import require_length
 
-        source, net = _network(item, options)
+        source, net, unread = _network(item, options)
         try:
             require_length(net, options.length, "--length")
         except LipdslError as err:  # the rule of every command; in a sweep the length is every item's
@@ -346,6 +364,8 @@ def _run_item(item: Item, options: Options) -> dict:
                         "length in a run without it")
             raise
         row = _method(net, options, source)
+        if unread:
+            row["warnings"] = unread + list(row.get("warnings") or [])
         if options.lower and row.get("lipschitz") is not None:
             from lipdsl.baselines.empirical import lower_bound
 

@@ -7,7 +7,7 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -24,11 +24,11 @@ from lipdsl.importers.spec import (
     sanitize_key,
     staged,
 )
-from lipdsl.importers.weight_norm import WeightNormError, weight_norm_pairs, with_weight_norm
+from lipdsl.importers.weight_norm import WeightNormError, weight_norm_key, weight_norm_pairs, with_weight_norm
 from lipdsl.importers.onnx_tensors import require_onnx
 from lipdsl.importers.retarget import Retargeted
 from lipdsl.lang.ast import TensorRef
-from lipdsl.lang.check import conv1d_length, conv1d_padding, pool_length
+from lipdsl.lang.check import conv1d_length, conv1d_padding, plural, pool_length
 from lipdsl.lang.typed import Shape
 from lipdsl.lang.weights import KeyIndex, key_matches, spelt_tensors, tensor_refs
 
@@ -451,6 +451,46 @@ def spec_tensors(tensors: Mapping[str, np.ndarray], refs: Iterable[TensorRef] = 
         raise
 
 
+#: The last part of a checkpoint tensor's name that a ``--like`` spec may leave unread without a warning:
+#: these do not change the network's Lipschitz constant (a bias, a batch norm's running mean: shifts only;
+#: its step counter).
+UNREAD_ALLOWED = ("bias", "running_mean", "num_batches_tracked")
+
+
+def unread_tensors(net, weights: str, tensors: Mapping[str, np.ndarray]) -> list[str]:
+    """The tensors of a checkpoint (``tensors``, saved as the ``--like`` spec's file ``weights``) that the
+    checked spec ``net`` does not read (``typed.Network.tensors_read``): a layer of the model left out of the
+    spec, whose bound would then be of another network. Not counted: names ending in ``UNREAD_ALLOWED``, a
+    weight-norm pair whose effective weight is read, and a tensor equal to one that is read (a parameter
+    registered twice, as the TCN's ``conv1`` and ``net.0``)."""
+    read = {key for file, key in net.tensors_read if file == weights}
+    for name in list(tensors):
+        pair = weight_norm_key(name)
+        if pair is not None and pair[0] in read:
+            read.add(name)
+    by_shape: dict[tuple, list[np.ndarray]] = {}
+    for name in read:
+        if name in tensors:
+            by_shape.setdefault(np.shape(tensors[name]), []).append(np.asarray(tensors[name]))
+    unread = []
+    for name, value in tensors.items():
+        if name in read or name.rsplit(".", 1)[-1] in UNREAD_ALLOWED:
+            continue
+        if any(np.array_equal(value, other) for other in by_shape.get(np.shape(value), ())):
+            continue
+        unread.append(name)
+    return unread
+
+
+def unread_warning(unread: list[str], checkpoint: str) -> str:
+    """The warning for ``unread_tensors``: which, and what it means."""
+    more = f" and {len(unread) - 6} more" if len(unread) > 6 else ""
+    shown = ", ".join(repr(k) for k in unread[:6]) + more
+    return (f"{checkpoint} holds {plural(len(unread), 'tensor')} that the architecture spec never reads "
+            f"({shown}): if they belong to layers of the model, the spec leaves those layers out and its "
+            "bound is of another network (add them, e.g. 'batchnorm C, weights PREFIX')")
+
+
 #: A '#' outside double quotes: a comment, which the generated spec keeps as the architecture wrote it.
 _COMMENT = re.compile(r'^[^"#\n]*(?:"[^"\n]*"[^"#\n]*)*#', re.M)
 
@@ -462,6 +502,7 @@ def import_state_dict(
     weights_path: str | os.PathLike | None = None,
     *,
     allow_outside: bool = False,
+    on_warning: Callable[[str], None] | None = None,
 ) -> tuple[Path, Path]:
     """Fill the tensor keys of the architecture spec ``like`` from a state_dict: a new spec and ``.npz``.
 
@@ -528,9 +569,18 @@ def import_state_dict(
         tmp_rel = os.path.relpath(tmp_weights.resolve(), tmp_spec.resolve().parent).replace(os.sep, "/")
         tmp_spec.write_text(spec.renamed(tmp_rel).text, encoding="utf-8")
         try:
-            load_network(tmp_spec, allow_outside=allow_outside)
+            _, net = load_network(tmp_spec, allow_outside=allow_outside)
         except LipdslError as err:
             raise spec.renamed(tmp_rel).locate(err, checkpoint=checkpoint, written=rel) from None
+        unread = unread_tensors(net, tmp_rel, keys)
+        if unread:  # (``on_warning``, or Python's warnings)
+            message = unread_warning(unread, checkpoint)
+            if on_warning is not None:
+                on_warning(message)
+            else:
+                import warnings
+
+                warnings.warn(message, stacklevel=2)
         with open(tmp_weights, "wb") as f:  # under the keys the spec writes: each the tensor it read
             np.savez(f, **spelt_tensors(keys))
         tmp_spec.write_text(spec.text, encoding="utf-8")

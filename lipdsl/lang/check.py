@@ -549,6 +549,7 @@ def _check(ck: Checker, net: ast.Network, source: Source) -> typed.Network:
         raise SpecError("the network has no layers", net.input.span, hint="add layers after the input line")
     title = net.name or (Path(source.path).stem if source.path not in ("<string>", "<stdin>") else "network")
     length_span = net.input.span if net.input.length is None else net.input.length.span
-    return typed.Network(title, input_shape, tuple(layers), net.span, source.path, length_span)
+    return typed.Network(title, input_shape, tuple(layers), net.span, source.path, length_span,
+                         tuple(ck.files.read_keys))
 
 

@@ -205,6 +205,8 @@ class Network:
     span: Span | None = None
     source_path: str | None = None
     input_span: Span | None = None  # the input's length in the 'input' line (the line for 'input N', 'C x *')
+    #: the stored tensors the layers read: (weight file as the spec names it, key in that file), in order
+    tensors_read: tuple[tuple[str, str], ...] = ()
 
     @property
     def output_shape(self) -> Shape:

@@ -105,6 +105,7 @@ class WeightFiles:
     files: dict[str, Any] = field(default_factory=dict)  # resolved path -> NpzFile or ndarray
     handles: list = field(default_factory=list)  # open files behind the NpzFiles
     indexes: dict[int, KeyIndex] = field(default_factory=dict)  # id of an NpzFile in files -> its keys
+    read_keys: dict[tuple[str, str], None] = field(default_factory=dict)  # (file as named, key) read, ordered
 
     def key_index(self, data: Any) -> KeyIndex:
         """The ``KeyIndex`` of the ``NpzFile`` ``data`` (one of ``files``, which keeps it, and its id, alive),
@@ -257,6 +258,7 @@ class WeightFiles:
                     hint=f'write "{rel}":KEY with KEY one of: ' + _listing(set(map(spelt_key, data.files))),
                 )
             key = _file_key(src, self.key_index(data), shown)
+            self.read_keys[(rel, key)] = None
             try:
                 # numpy maps KEY to the member KEY.npy or KEY (any name): read it ourselves, whatever its
                 # name, through the size cap and the header check (numpy would return a raw member's bytes)

@@ -431,7 +431,7 @@ def test_import_and_sweep_read_the_architectures_own_files_beside_it(tmp_path, m
     spec, _ = import_state_dict({"a.weight": np.eye(2)}, arch, tmp_path / "net.lip")
     assert 'bias "arch/extra.npy"' in spec.read_text()
     item, = sw.expand([tmp_path / "ckpt.npz"], like=arch)
-    _, swept = sweep_items._network(item, sw.Options())
+    _, swept, _ = sweep_items._network(item, sw.Options())
     assert list(load_network(spec)[1].layers[0].bias) == list(swept.layers[0].bias) == [1.0, 2.0]
 
 

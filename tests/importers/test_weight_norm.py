@@ -375,3 +375,44 @@ def test_staged_names_the_target_it_cannot_write(tmp_path):
     with pytest.raises(LipdslError, match=f"cannot write {tmp_path / 'file' / 'x.lip'}"):
         with staged(tmp_path / "file" / "x.lip"):
             pass
+
+
+UNREAD_ARCH = ("network r\ninput 2 x 8\nweights \"w.npz\"\n"
+               "conv1d c: 2 -> 3, kernel 3, padding 1, weight c.weight, bias c.bias\nrelu\n"
+               "global_avgpool\ndense f: 3 -> 2, weight f.weight\n")
+
+
+def _unread_state(rng) -> dict:
+    """A conv + batch norm + dense checkpoint; UNREAD_ARCH leaves the batch norm out."""
+    return {"c.weight": rng.standard_normal((3, 2, 3)), "c.bias": rng.standard_normal(3),
+            "bn.weight": rng.uniform(0.5, 2, 3), "bn.bias": rng.standard_normal(3),
+            "bn.running_mean": rng.standard_normal(3), "bn.running_var": rng.uniform(0.5, 2, 3),
+            "f.weight": rng.standard_normal((2, 3)), "f.bias": rng.standard_normal(2)}
+
+
+def test_a_checkpoint_layer_the_spec_leaves_out_is_warned_of(tmp_path):
+    """import --like with an architecture that leaves out the model's batch norm: its bound would be of
+    another network, so the tensors no layer reads are named in a warning (biases, running means and a
+    tensor registered twice are not: they change no bound, or are read under the other name); the CLI
+    prints it, sweep puts it in the row's warnings."""
+    from lipdsl.app import sweep as sw
+
+    rng = np.random.default_rng(4)
+    state = _unread_state(rng)
+    state["net.0.weight"] = state["c.weight"].copy()  # (a parameter registered twice, as a TCN's net.0)
+    arch = tmp_path / "arch.lip"
+    arch.write_text(UNREAD_ARCH)
+    said = []
+    import_state_dict(state, arch, tmp_path / "o.lip", on_warning=said.append)
+    assert len(said) == 1
+    assert said[0].startswith("the state_dict holds 2 tensors that the architecture spec never reads "
+                              "('bn.weight', 'bn.running_var'): if they belong to layers of the model")
+    with pytest.warns(UserWarning, match="never reads"):
+        import_state_dict(state, arch, tmp_path / "o2.lip")
+    del state["bn.weight"], state["bn.running_var"]  # (what is left needs no warning)
+    said.clear()
+    import_state_dict(state, arch, tmp_path / "o3.lip", on_warning=said.append)
+    assert said == []
+    np.savez(tmp_path / "ck.npz", **_unread_state(rng))
+    row, = sw.sweep([tmp_path / "ck.npz"], like=arch, jobs=0, cache=False, method="naive")
+    assert row["status"] == "exact norm" and "'bn.weight', 'bn.running_var'" in row["warnings"][0]
