@@ -34,8 +34,9 @@ from lipdsl.methods import METHODS as _METHODS  # the one method registry (no nu
     "--like",
     type=click.Path(dir_okay=False),
     default=None,
-    help="For a PyTorch state_dict (.pt/.pth): the .lip spec giving the architecture; its weight "
-    "keys are filled from the state_dict (a weight-normalised X.weight from its g and v).",
+    help="For a PyTorch state_dict (.pt/.pth; needs torch) or an .npz of its tensors: the .lip spec giving "
+    "the architecture; its weight keys are filled from the checkpoint (a weight-normalised X.weight from "
+    "its g and v).",
 )
 @click.option(
     "--length",

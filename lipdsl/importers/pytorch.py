@@ -348,6 +348,26 @@ def _single(v: Any) -> int:
     return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
 
 
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of an ``.npz`` checkpoint (``numpy.savez``), read as the spec's weight files are: no
+    pickles, no member beyond ``weights.MAX_WEIGHT_BYTES`` uncompressed; floating point as float64."""
+    import zipfile
+
+    from lipdsl.lang.weights import MAX_WEIGHT_BYTES
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            big = next((m for m in z.infolist() if m.file_size > MAX_WEIGHT_BYTES), None)
+        if big is not None:
+            raise ImportError_(f"{str(path)!r}: member {big.filename!r} inflates to {big.file_size:,} bytes, "
+                               f"more than lipdsl reads ({MAX_WEIGHT_BYTES:,})")
+        with np.load(path, allow_pickle=False) as data:
+            tensors = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ImportError_(f"cannot read {str(path)!r} as an .npz of tensors: {exc}") from None
+    return {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v for k, v in tensors.items()}
+
+
 def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = None) -> dict[str, np.ndarray]:
     """Tensors of a ``torch.save(model.state_dict(), path)`` file, read with ``weights_only=True`` -> float64
     (floating-point tensors; others keep their dtype, integers refused if a spec reads them).
@@ -360,11 +380,13 @@ def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = No
     LipdslError
         If the file holds anything but tensors (a whole pickled module is refused: unpickling runs code).
     """
-    torch = _require_torch()
     if not isinstance(path, io.BytesIO):
         path = Path(path)
         if not path.is_file():
             raise ImportError_(f"model file {str(path)!r} not found")
+        if path.suffix.lower() == ".npz":  # (numpy.savez of the tensors: no torch needed, as in sweep --like)
+            return _load_npz(path)
+    torch = _require_torch()
     label = shown or (str(path) if isinstance(path, Path) else "<bytes>")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -416,3 +416,20 @@ def test_a_checkpoint_layer_the_spec_leaves_out_is_warned_of(tmp_path):
     np.savez(tmp_path / "ck.npz", **_unread_state(rng))
     row, = sw.sweep([tmp_path / "ck.npz"], like=arch, jobs=0, cache=False, method="naive")
     assert row["status"] == "exact norm" and "'bn.weight', 'bn.running_var'" in row["warnings"][0]
+
+
+def test_an_npz_checkpoint_imports_without_torch(tmp_path, monkeypatch):
+    """import --like with an .npz of a state_dict's tensors reads it with numpy (no pickles), as sweep
+    --like does: the same spec as from the dict (was: 'this needs PyTorch', or torch's zip error)."""
+    monkeypatch.setattr(pytorch, "_require_torch", lambda: pytest.fail("torch was asked for"))
+    state = _unread_state(np.random.default_rng(5))
+    np.savez(tmp_path / "ck.npz", **state)
+    arch = tmp_path / "arch.lip"
+    arch.write_text(UNREAD_ARCH.replace("relu\n", "batchnorm 3, weights bn\nrelu\n"))
+    res = CliRunner().invoke(cli, ["import", str(tmp_path / "ck.npz"), "--like", str(arch), "-o",
+                                   str(tmp_path / "a.lip")])
+    assert res.exit_code == 0, res.output
+    import_state_dict(state, arch, tmp_path / "b.lip")
+    _, a = load_network(tmp_path / "a.lip")
+    _, b = load_network(tmp_path / "b.lip")
+    assert all(np.array_equal(x.weight, y.weight) for x, y in zip(a.layers, b.layers) if hasattr(x, "weight"))
