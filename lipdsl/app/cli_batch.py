@@ -220,7 +220,7 @@ def sweep_command(inputs, like, jobs, scheduler, cache_dir, no_cache, as_json, a
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
     sys.stdout.flush()
     err.print(
-        f"{len(result)} item{'s' if len(result) != 1 else ''}: {summary}; {result.solved} solved, "
+        f"{len(result)} item{'s' if len(result) != 1 else ''}: {summary}; {result.solved} run, "
         f"{result.cached} from the cache; "
         f"{result.seconds:.1f} s" + ("; interrupted (Ctrl-C)" if result.interrupted else "")
         + (f"; wrote {plot}" if plot else ""),

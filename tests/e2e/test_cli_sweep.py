@@ -47,12 +47,12 @@ def test_table_then_rerun_from_the_cache_prints_the_same_table(tmp_path, ckpt):
     for p in ckpt:
         assert p.stem in first.stdout
     assert first.stdout.count("certified") == len(ckpt)
-    assert f"{len(ckpt)} items: {len(ckpt)} certified; {len(ckpt)} solved, 0 from the cache" in first.stderr
+    assert f"{len(ckpt)} items: {len(ckpt)} certified; {len(ckpt)} run, 0 from the cache" in first.stderr
     assert len(list(cache.glob("*.json"))) == len(ckpt)
     again = lipdsl("sweep", "--like", ECG_SPEC, *ckpt, "--jobs", "2", "--cache", cache)
     assert again.returncode == 0
     assert again.stdout == first.stdout
-    assert f"0 solved, {len(ckpt)} from the cache" in again.stderr
+    assert f"0 run, {len(ckpt)} from the cache" in again.stderr
     rows = [json.loads(line) for line in
             lipdsl("sweep", "--like", ECG_SPEC, *ckpt, "--cache", cache, "--json").stdout.splitlines()]
     assert [r["name"] for r in rows] == [p.stem for p in ckpt] and all(r["cached"] for r in rows)
@@ -63,7 +63,7 @@ def test_default_cache_is_beside_the_first_input_and_no_cache_ignores_it(tmp_pat
     res = lipdsl("sweep", "--like", ECG_SPEC, *inputs, "--jobs", "1")
     assert res.returncode == 0 and len(list((tmp_path / ".lipdsl-cache").glob("*.json"))) == 2
     res = lipdsl("sweep", "--like", ECG_SPEC, *inputs, "--no-cache", "--jobs", "1")
-    assert "2 solved, 0 from the cache" in res.stderr
+    assert "2 run, 0 from the cache" in res.stderr
 
 
 def test_json_has_solve_keys_plus_name_and_status(tmp_path, ckpt):
@@ -225,7 +225,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path):
     assert cached >= len(done)
     rerun = lipdsl_process("sweep", "--like", ECG_SPEC, *inputs, "--jobs", "2", "--cache", cache, "--json")
     assert rerun.returncode == 0
-    assert f"{len(inputs) - cached} solved, {cached} from the cache" in rerun.stderr
+    assert f"{len(inputs) - cached} run, {cached} from the cache" in rerun.stderr
     again = {r["name"]: r["lipschitz"] for r in map(json.loads, rerun.stdout.splitlines())}
     assert all(again[r["name"]] == r["lipschitz"] for r in done)
     assert not [p for p in cache.iterdir() if p.suffix == ".tmp"]
