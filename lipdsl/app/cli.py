@@ -37,6 +37,7 @@ from lipdsl.app.options import (  # noqa: F401 (fail, read_source, SOLVERS: impo
     timeout_option,
     within,
 )
+from lipdsl import __version__
 from lipdsl.errors import LipdslError
 from lipdsl.methods import METHODS as _METHODS  # the one method registry (no numpy at start-up)
 from lipdsl.solvers import registry  # (tolerances and solver names; imports no solver)
@@ -44,7 +45,7 @@ from lipdsl.solvers.registry import tolerance_text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="lipdsl")
+@click.version_option(version=__version__, package_name="lipdsl")  # (from the source: no metadata needed)
 def cli() -> None:
     """lipdsl: certified Lipschitz bounds for 1D convolutional neural networks."""
 
