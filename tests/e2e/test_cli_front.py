@@ -212,3 +212,17 @@ def test_sweep_rows_of_a_contradicted_length_are_errors(capsys, tmp_path, monkey
     (row,) = [json.loads(line) for line in out.splitlines()]
     assert code == 1 and row["status"] == "error"
     assert row["error"].startswith("t.lip:2:11: error: --length 9 contradicts the input line")
+
+
+def test_version_is_the_packages_one_place(capsys):
+    """``lipdsl --version`` prints ``lipdsl.__version__``, which pyproject reads too (hatch's dynamic
+    version): no package metadata needed, so it also works from a source checkout."""
+    import re
+
+    import lipdsl
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"lipdsl, version {lipdsl.__version__}"
+    project = (ROOT / "pyproject.toml").read_text().split("[project]", 1)[1].split("\n[", 1)[0]
+    assert re.search(r'^dynamic = \["version"\]', project, re.M)
+    assert not re.search(r"^version =", project, re.M)
