@@ -356,13 +356,13 @@ class _Graph:
             start, stop = self.slice_time(sl)
             a = self.attrs(conv)
             s = int(a.get("strides", [1])[0])
-            n_in = self.lengths.get(conv.input[0])
+            n_in = self.time_length(conv.input[0])
             pads = self.resolve_padding(conv, n_in)
             if pads is None:
                 raise UnsupportedError(
                     f"{where} crops a conv whose padding depends on the input length", hint="pass --length"
                 )
-            n_out = self.lengths.get(conv.output[0])
+            n_out = self.time_length(conv.output[0])
             lo, hi = _slice_bounds(start, stop, n_out)
             if lo is None:
                 raise UnsupportedError(
@@ -393,6 +393,37 @@ class _Graph:
                 f"{where} crops {lo} + {hi} outputs of {node_label(conv)}: "
                 f"folded into its padding ({pl}, {pr})"
             )
+
+    #: Ops whose output has the time length of their first input (elementwise on the signal).
+    SAME_LENGTH_OPS = frozenset(("Relu", "Tanh", "Sigmoid", "LeakyRelu", "Elu", "Identity", "Dropout",
+                                 "BatchNormalization", "Add", "Mul", "Sub", "Div", "Cast", "CastLike"))
+
+    def time_length(self, name: str) -> int | None:
+        """The time-axis length of tensor ``name``: shape inference's (``lengths``), else followed back
+        through elementwise ops and convs (``L_out = (L + pl + pr - d (k - 1) - 1) // s + 1``) to a length
+        known, e.g. a chomp folded before it (shape inference cannot see through a slice end computed from
+        ``x.shape``); None when unknown."""
+        seen = set()
+        while name not in self.lengths and name not in seen:
+            seen.add(name)
+            node = self.producer(name)
+            if node is None:
+                return None
+            if node.op_type in self.SAME_LENGTH_OPS:
+                name = node.input[0]
+                continue
+            if node.op_type == "Conv":
+                n_in = self.time_length(node.input[0])
+                pads = self.resolve_padding(node, n_in)
+                W = self.consts.get(node.input[1]) if len(node.input) > 1 else None
+                if n_in is None or pads is None or W is None:
+                    return None
+                a = self.attrs(node)
+                s, d = int(a.get("strides", [1])[0]), int(a.get("dilations", [1])[0])
+                out = (n_in + pads[0] + pads[1] - d * (W.shape[-1] - 1) - 1) // s + 1
+                return out if out > 0 else None
+            return None
+        return self.lengths.get(name)
 
     def slice_time(self, sl) -> tuple[int, int]:
         """(start, stop) of a step-1 Slice of the time axis (axis 2 / -1) only; others refused."""

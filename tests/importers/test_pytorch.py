@@ -326,6 +326,34 @@ def test_from_torch_custom_modules_chomp_and_weight_norm(tmp_path):
     np.testing.assert_allclose(any_length.forward(u), ref, rtol=1e-4, atol=1e-5)
 
 
+class _CropToInput(torch.nn.Module):
+    """Two causal convs, each cropped as ``x[..., :n]`` with ``n = x.shape[-1]`` (not ``x[..., :-p]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv1d(1, 4, 3, padding=2)
+        self.c2 = torch.nn.Conv1d(4, 4, 3, padding=4, dilation=2)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        n = x.shape[-1]
+        x = torch.relu(self.c1(x)[..., :n])
+        x = torch.relu(self.c2(x)[..., :n])
+        return self.fc(x.mean(-1))
+
+
+def test_from_torch_crops_to_the_input_length_at_a_fixed_length(tmp_path):
+    """A crop to the input's own length (``x[..., :x.shape[-1]]``) after each of two convs: the second
+    conv's output length is followed back through the relu and the first folded crop (ONNX shape inference
+    cannot see through the computed slice end), so both fold into causal padding (was: refused, 'depends on
+    the input length', with a --length hint from_torch has not)."""
+    torch.manual_seed(6)
+    module = _CropToInput().eval()
+    net = lipdsl.from_torch(module, (1, 32))
+    assert net.save(tmp_path / "crop.lip")[0].read_text().count("padding causal") == 2
+    _matches(module, (1, 32), net, 1e-4)
+
+
 def test_from_torch_custom_module_with_batchnorm(tmp_path):
     torch.manual_seed(5)
     module = _random_bn(Fcn()).train()  # read in eval mode, and said so
