@@ -166,7 +166,8 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
             console.print(f"  note: {note}")
         return
     table = Table(title="LMIs (one per layer group)")
-    for col in ("system", "layers", "LMI", "states", "slope", "multipliers", "min eig (solver -> cert.)"):
+    for col in ("system", "layers", "LMI rows (solver -> cert.)", "states", "slope", "multipliers",
+                "min eig (solver -> cert.)"):
         table.add_column(col)
     checks = {c.name: c for c in cert.checks}
     for row, link in zip(_system_rows(result), result.sdp.links):
@@ -179,10 +180,14 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
             mult += ("; " if mult else "") + f"X {row['X_out']['structure']}"
         slope = "linear" if row["slope"] is None else f"[{row['slope'][0]:g}, {row['slope'][1]:g}]"
         eig = "" if c is None else f"{c.min_eig_solver:.1e} -> {c.min_eig_certified:.1e}"
+        # (the solver may work on a smaller form: inverse variables, the frequency domain)
+        rows = str(row["lmi_size"])
+        if c is not None and c.size != row["lmi_size"]:
+            rows += f" -> {c.size}"
         table.add_row(
             row["system"],
             ", ".join(row["layers"]),
-            str(row["lmi_size"]),
+            rows,
             str(row["states"]),
             slope,
             mult,

@@ -25,6 +25,10 @@ def test_solve_ecg_text_report():
     assert "time:" in res.output
     res = run("solve", "-v", str(SPECS / "ecg.lip"))
     assert "LMI" in res.output and "c1+relu1" in res.output
+    # the table's rows: the solver's LMI and the certified one where they differ (the head's inverse form:
+    # 65 rows solved, the 156-row LMI certified), as the summary line without -v counts them
+    head = next(line for line in res.output.splitlines() if "f1+relu3" in line)
+    assert "65 -> 156" in head
 
 
 def test_solve_json_is_one_object_with_the_certificate():
