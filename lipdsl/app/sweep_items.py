@@ -240,6 +240,7 @@ def _network(item: Item, options: Options):
 
         return None, import_onnx(item.files[0][1], name=item.name).to_network(), []
     files = dict(item.files)
+    keys = None  # (a state_dict item's tensors, for _unread)
     if item.kind == "state_dict":
         import numpy as np
 
@@ -270,12 +271,13 @@ def _network(item: Item, options: Options):
         # reported at the architecture's lines; a tensor of a .pt item's .npz is one of the checkpoint
         checkpoint = f"the checkpoint {Path(item.path).name!r}" if item.kind == "state_dict" else None
         raise item.like.locate(err, checkpoint=checkpoint) from None
-    return source, net, _unread(item, net, files)
+    return source, net, _unread(item, net, files, keys)
 
 
-def _unread(item: Item, net, files: dict) -> list[str]:
+def _unread(item: Item, net, files: dict, tensors: dict | None) -> list[str]:
     """The warning (a list of one, or empty) when a ``--like`` item's checkpoint holds tensors the
-    architecture never reads (``pytorch.unread_tensors``, as ``import --like`` warns)."""
+    architecture never reads (``pytorch.unread_tensors``, as ``import --like`` warns); ``tensors``: a
+    state_dict item's, else the ``.npz`` is read lazily."""
     if item.like is None:
         return []
     import numpy as np
@@ -283,9 +285,11 @@ def _unread(item: Item, net, files: dict) -> list[str]:
     from lipdsl.importers.pytorch import unread_tensors, unread_warning
 
     weights = item.files[0][0]
-    with np.load(io.BytesIO(files[weights]), allow_pickle=False) as data:
-        tensors = {k: data[k] for k in data.files}
-    unread = unread_tensors(net, weights, tensors)
+    if tensors is not None:
+        unread = unread_tensors(net, weights, tensors)
+    else:
+        with np.load(io.BytesIO(files[weights]), allow_pickle=False) as data:
+            unread = unread_tensors(net, weights, data)
     return [unread_warning(unread, f"the checkpoint {Path(item.path).name!r}")] if unread else []
 
 

@@ -484,23 +484,23 @@ def unread_tensors(net, weights: str, tensors: Mapping[str, np.ndarray]) -> list
     checked spec ``net`` does not read (``typed.Network.tensors_read``): a layer of the model left out of the
     spec, whose bound would then be of another network. Not counted: names ending in ``UNREAD_ALLOWED``, a
     weight-norm pair whose effective weight is read, and a tensor equal to one that is read (a parameter
-    registered twice, as the TCN's ``conv1`` and ``net.0``)."""
+    registered twice, as the TCN's ``conv1`` and ``net.0``). ``tensors`` may be lazy (an ``NpzFile``): values
+    are loaded only when some tensor is left unread."""
     read = {key for file, key in net.tensors_read if file == weights}
-    for name in list(tensors):
-        pair = weight_norm_key(name)
-        if pair is not None and pair[0] in read:
-            read.add(name)
+    read |= {name for name in tensors if (pair := weight_norm_key(name)) is not None and pair[0] in read}
+    candidates = [name for name in tensors
+                  if name not in read and name.rsplit(".", 1)[-1] not in UNREAD_ALLOWED]
+    if not candidates:  # (the usual case: no tensor is loaded from a lazy mapping such as an NpzFile)
+        return []
     by_shape: dict[tuple, list[np.ndarray]] = {}
-    for name in read:
-        if name in tensors:
-            by_shape.setdefault(np.shape(tensors[name]), []).append(np.asarray(tensors[name]))
+    for name in read & set(tensors):
+        value = np.asarray(tensors[name])
+        by_shape.setdefault(value.shape, []).append(value)
     unread = []
-    for name, value in tensors.items():
-        if name in read or name.rsplit(".", 1)[-1] in UNREAD_ALLOWED:
-            continue
-        if any(np.array_equal(value, other) for other in by_shape.get(np.shape(value), ())):
-            continue
-        unread.append(name)
+    for name in candidates:
+        value = np.asarray(tensors[name])
+        if not any(np.array_equal(value, other) for other in by_shape.get(value.shape, ())):
+            unread.append(name)
     return unread
 
 
