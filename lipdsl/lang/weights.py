@@ -255,7 +255,7 @@ class WeightFiles:
                 raise WeightError(
                     f"{shown!r} holds several tensors; say which one",
                     src.span,
-                    hint=f'write "{rel}":KEY with KEY one of: ' + _listing(set(map(spelt_key, data.files))),
+                    hint=f'write "{rel}":KEY with KEY one of: ' + _listing(self.key_index(data).spelt),
                 )
             key = _file_key(src, self.key_index(data), shown)
             self.read_keys[(rel, key)] = None
@@ -477,8 +477,6 @@ def _file_key(src: ast.TensorRef, index: KeyIndex, shown: str) -> str:
     matches = list(key_matches(src.key, index))
     if len(matches) == 1:
         return matches[0]
-    keys = index.held
-    spelt = {k: spelt_key(k) for k in keys}
     if matches:
         raise WeightError(
             f"{shorten(src.key)!r} could mean any of the tensors " + ", ".join(map(repr, matches[:4]))
@@ -486,10 +484,10 @@ def _file_key(src: ast.TensorRef, index: KeyIndex, shown: str) -> str:
             src.span,
             hint="their names differ only in characters a key cannot hold; save them under distinct names",
         )
-    written = sorted(set(spelt.values()))
-    renamed = next((k for k in sorted(keys) if spelt[k] != k), None)
+    written = sorted(index.spelt)  # (the spellings of the file's keys)
+    renamed = min(((k, w) for w, ks in index.spelt.items() for k in ks if k != w), default=None)
     note = "" if renamed is None else \
-        f" (as a spec writes them: the file's {shorten(renamed)!r} is {shorten(spelt[renamed])!r})"
+        f" (as a spec writes them: the file's {shorten(renamed[0])!r} is {shorten(renamed[1])!r})"
     raise WeightError(
         f"no tensor {shorten(src.key)!r} in {shown!r}",
         src.span,
