@@ -24,7 +24,8 @@ the first:
    ``D = X_in + delta ||X_in|| I`` (``D = I`` for ``delta = None``) is one of ``RAISE_DIRECTIONS``, the one
    whose whole chain of shifts ends with the least ``rho`` (an isotropic ``e I`` is cheap for the layer
    but the layers upstream pay for it in the directions where their ``X`` is small, layer after layer; a
-   raise along ``X`` itself passes upstream as an exact scaling);
+   raise along ``X`` itself passes upstream as an exact scaling), or the first within ``DIRECTION_TIE`` of
+   it: the trials' refits are not exact enough to tell closer ones apart;
 3. ``P`` = minus the stabilizing solution of the Riccati equation
    ``A'XA - X - (A'XB_ + S)(R + B_'XB_)^-1 (B_'XA + S') + Q = 0`` for the LMI less ``shrink I``
    (``shrink`` a fraction of the margin of step 2), which makes ``M(P) >= shrink I``: strictly positive,
@@ -37,7 +38,8 @@ the first:
 4. if the first system kept its exact LMI (its ``P`` a solver variable), its ``P``, ``Lambda`` and ``rho``
    are re-solved for the repaired output weight (``refit.refit_first_system``): the least ``rho`` it
    allows. The refits of one recovery (one per raise direction tried, then the final one) share the LMI's
-   coefficients and start from the last refit's solution.
+   coefficients and start from the last refit's solution; the final one is solved to ``REFIT_FINAL_TOL``,
+   so the bound does not depend on where a looser solve stopped.
 
 The multiplier shift of step 2 is chosen on a coarse grid (``COARSE_GRID``, every 8th fine frequency); only
 the chosen one is checked on the fine grid. Candidates are compared by ``PeakFirst``: one is evaluated
@@ -376,6 +378,10 @@ RECOVERY_MARGIN = 1e-6
 #: How step 2 raises an input weight ``X``: ``X += e D`` with ``D = X + delta ||X|| I`` for each ``delta``
 #: here (``None``: ``D = I``); the one whose whole chain ends with the least ``rho`` is kept.
 RAISE_DIRECTIONS = (None, 1.0, 0.1)
+#: ... the first of them (in that order) whose chain ends within this (relative) of the least ``rho``: the
+#: trials' refits (``refit.REFIT_TOL``) stop at relative gaps up to ``refit.REFIT_NEAR_OPTIMAL``, so their
+#: ``rho`` tell apart only directions further apart than that.
+DIRECTION_TIE = 2e-6
 
 
 @dataclasses.dataclass
@@ -417,14 +423,14 @@ def recover_point(sdp: Sdp, start: Point, *, margin: float = RECOVERY_MARGIN,
     fine = frequency_grid(FINE_GRID)
     cache = RecoveryCache.of(sdp, cache)
     warm = {}  # (the refits of the first system start from the last one)
-    best = None
-    for delta in RAISE_DIRECTIONS:
-        trial = cache.trial(start, delta, margin, warm)
-        if best is None or trial.rho < best[0]:
-            best = (trial.rho, delta)
+    trials = [(cache.trial(start, delta, margin, warm).rho, delta) for delta in RAISE_DIRECTIONS]
+    least = min(rho for rho, _ in trials)
+    # the first direction within DIRECTION_TIE of the least: the trials' refits stop at relative gaps of
+    # about 1e-6, so closer ones are a toss-up that the last bits of the weights would decide
+    delta = next(delta for rho, delta in trials if rho <= least * (1 + DIRECTION_TIE))
     point = copy.deepcopy(start)
-    _raise_chain(sdp, point, fine, cache.responses, margin, best[1], storage=True)
-    refit_first_system(sdp, point, warm)
+    _raise_chain(sdp, point, fine, cache.responses, margin, delta, storage=True)
+    refit_first_system(sdp, point, warm, final=True)
     return point
 
 

@@ -718,6 +718,51 @@ def test_the_structured_refit_is_the_dense_refit(monkeypatch):
 
 
 @pytest.mark.solver
+def test_the_final_refit_does_not_depend_on_where_the_looser_refits_stopped(monkeypatch):
+    """The recovery's last refit, the one ``certify`` checks, is solved on to ``REFIT_FINAL_TOL`` by CVXOPT's
+    'qr' KKT solver from where the structured solve stopped (``refit._polish``): with every refit stopped
+    early (``REFIT_TOL`` 1e-2) the certified bound is the default one to 1e-9; without the polish it is not
+    (the early stop costs 1e-6 or more), and the residual TCN's bound moved by 1e-8 with the weights' last
+    bits."""
+    gridded = build_sdp(lower(conv_net(1, channels=4, kernel=5)), frequencies=5)
+    sol = solve(gridded)
+    monkeypatch.setattr(refit, "REFIT_STRUCTURED_MIN", 0)
+    default = certify(gridded, recover_storage(gridded, sol)).lipschitz
+    monkeypatch.setattr(refit, "REFIT_TOL", 1e-2)
+    monkeypatch.setattr(refit, "REFIT_NEAR_OPTIMAL", 1e-1)
+    early = certify(gridded, recover_storage(gridded, sol))
+    assert early.verified and early.lipschitz == pytest.approx(default, rel=1e-9)
+    monkeypatch.setattr(refit, "_polish", lambda *args: None)
+    unpolished = certify(gridded, recover_storage(gridded, sol)).lipschitz
+    assert unpolished > default * (1 + 1e-6)
+
+
+def test_raise_directions_within_the_tie_go_to_the_first(monkeypatch):
+    """``recover_point`` keeps the first of ``RAISE_DIRECTIONS`` whose trial ends within ``DIRECTION_TIE`` of
+    the least ``rho`` (closer trials are a toss-up: their refits stop at relative gaps up to 1e-6): a later
+    direction lower by less than that is not chosen, one lower by more is."""
+    import types
+
+    gridded = build_sdp(lower(conv_net(1, channels=4, kernel=5)), frequencies=5)
+    start = kyp._solver_point(gridded, solve(gridded))
+    first, later = kyp.RAISE_DIRECTIONS[0], kyp.RAISE_DIRECTIONS[-1]
+    chosen = []
+    monkeypatch.setattr(kyp, "_raise_chain", lambda sdp, point, fine, responses, margin, delta, storage:
+                        chosen.append(delta))
+    monkeypatch.setattr(kyp, "refit_first_system", lambda *args, **kwargs: False)
+    for lower_by, expected in ((0.5, first), (2.0, later)):
+        rhos = {d: 1.0 for d in kyp.RAISE_DIRECTIONS}
+        rhos[later] = 1.0 - lower_by * kyp.DIRECTION_TIE
+        def trial(self, start, delta, margin, warm=None, rhos=rhos):
+            return types.SimpleNamespace(rho=rhos[delta])
+
+        monkeypatch.setattr(kyp.RecoveryCache, "trial", trial)
+        chosen.clear()
+        kyp.recover_point(gridded, start)
+        assert chosen == [expected]
+
+
+@pytest.mark.solver
 @pytest.mark.parametrize("seed", range(2))
 def test_dilated_storage_is_the_undilated_one_spread_over_its_chains(seed, monkeypatch):
     """``storage_matrix`` on the dilated layers (dilations 2 and 4, 3 channels: 12 and 24 states) solves

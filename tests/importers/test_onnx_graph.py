@@ -760,12 +760,14 @@ def test_outputs_name_one_tensor_per_layer():
 @pytest.mark.solver
 def test_trained_tcn_residual_exports_give_the_hand_written_bound(tmp_path):
     """specs/tcn.lip and its two exports, imported: the same SDP (every LMI's data to 1e-14 relative) and
-    the same bound at --frequencies 17 (solver value 1e-9, certified bound 1e-6).
+    the same bound at --frequencies 17 (solver value and certified bound 1e-9).
 
     The solves are compared after 30 iterations. CVXOPT ends this SDP on a singular KKT matrix near the
     optimum (relative gap ~1e-5), and where exactly is chaotic: the dynamo export, whose SDP differs from
     the hand-written one by 1.7e-16, stopped after 34 iterations where the others took 35, its solver value
-    6e-8 and its certified bound 2.8e-4 away. After 30 iterations all three agree to 1e-15 and 6e-10.
+    6e-8 and its certified bound 2.8e-4 away. After 30 iterations all three agree to 1e-15 and 6e-10. (The
+    certified bounds agree to 1e-9 since the recovery's final refit is solved to ``REFIT_FINAL_TOL``: its
+    looser solve stopped where the weights' last bits decided, 1e-8 apart.)
     """
     from lipdsl.model.lower import lower
     from lipdsl.sdp.build import build_sdp
@@ -785,4 +787,4 @@ def test_trained_tcn_residual_exports_give_the_hand_written_bound(tmp_path):
         cert = solve_network(net, **options).certificate
         assert cert.verified
         assert abs(cert.lipschitz_solver - expected.lipschitz_solver) <= 1e-9 * expected.lipschitz_solver
-        assert abs(cert.lipschitz - expected.lipschitz) <= 1e-6 * expected.lipschitz
+        assert abs(cert.lipschitz - expected.lipschitz) <= 1e-9 * expected.lipschitz
