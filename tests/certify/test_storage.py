@@ -252,7 +252,7 @@ def test_refitting_the_first_system_lowers_the_certified_bound(monkeypatch):
     monkeypatch.setattr(kyp, "RAISE_DIRECTIONS", (None,))
     exact, c_exact, gridded, sol, full, cert = _solve_both(conv_net(1, channels=4, kernel=5), 5)
     assert gridded.links[0].P not in gridded.storage  # (the first system keeps its exact LMI)
-    monkeypatch.setattr(kyp, "refit_first_system", lambda sdp, point, warm=None: False)
+    monkeypatch.setattr(kyp, "refit_first_system", lambda sdp, point, warm=None, final=False: False)
     without = certify(gridded, recover_storage(gridded, sol))
     assert cert.verified and without.verified
     assert cert.lipschitz < without.lipschitz * (1 - 1e-4)

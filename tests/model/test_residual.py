@@ -404,11 +404,11 @@ def test_a_first_block_with_its_exact_lmi_is_refitted_for_its_raised_output(seed
     sol = solve(sdp)
     refits = []
     real = storage.refit_first_system
-    monkeypatch.setattr(storage, "refit_first_system",
-                        lambda s, p, w=None: refits.append(real(s, p, w)) or refits[-1])
+    monkeypatch.setattr(storage, "refit_first_system", lambda s, p, w=None, final=False:
+                        refits.append(real(s, p, w, final=final)) or refits[-1])
     cert = certify(sdp, recover_storage(sdp, sol))
     assert cert.verified and refits[-1]
-    monkeypatch.setattr(storage, "refit_first_system", lambda s, p, w=None: False)
+    monkeypatch.setattr(storage, "refit_first_system", lambda s, p, w=None, final=False: False)
     without = certify(sdp, recover_storage(sdp, sol))
     assert without.verified and cert.lipschitz < without.lipschitz * (1 - 1e-4)
     assert cert.lipschitz >= certified(net) * (1 - 1e-6)  # (the exact SDP's bound)
