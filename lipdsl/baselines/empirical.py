@@ -234,6 +234,13 @@ CHUNK = 32
 JACOBIAN_ENTRIES = 2e7
 #: Refine rounds after the starts (``None``: ``max(1, starts // 4)``).
 REFINE_ROUNDS = None
+#: The smoothed Jacobian ascent (``_ascent``) after the pair ascent: ``ASCENT_ITERATIONS * steps`` steps at
+#: most, from a step of ``ASCENT_ETA ||u||``, the surrogate's ``tau`` annealed over ``ASCENT_TAU``; it gets
+#: the budget after ``PAIR_SHARE`` of it.
+ASCENT_ITERATIONS = 30
+ASCENT_ETA = 0.002
+ASCENT_TAU = (0.2, 0.0005)
+PAIR_SHARE = 0.85
 
 
 def _pair_ascent(net, X: np.ndarray, steps: int, rng, stop, record, lr=PAIR_LR, sep: float = PAIR_SEP,
@@ -298,17 +305,25 @@ def _pair_ascent(net, X: np.ndarray, steps: int, rng, stop, record, lr=PAIR_LR, 
     return pair_best, best_x
 
 
-def _ascent(net, u, steps, tau_range, deadline, record):
+def _ascent(net, u, steps, tau_range, deadline, record, eta: float = None):
     """Ascend ``sigma_max(J_tau(u))`` of the smooth surrogate, recording the exact norm at every iterate.
 
     ``d sigma/du = grad_u (v^T J_tau(u) w) = (J_tau(u + h w)^T v - J_tau(u - h w)^T v) / (2h) + O(h^2)``
-    for the top singular pair ``(v, w)`` (exact derivative of a simple singular value). Steps are normalised
-    to a fraction ``eta`` of ``||u||``; ``eta`` halves when the surrogate value drops.
-    ``tau`` (relative to each
-    activation input's RMS) is annealed geometrically from ``tau_range[0]`` to ``tau_range[1]``.
+    for the top singular pair ``(v, w)`` (exact derivative of a simple singular value). Steps are a fraction
+    ``eta`` (default ``ASCENT_ETA``) of ``||u||``: times 1.1 after a step that raised the surrogate's value
+    (at most 0.2), halved after one that lowered it. ``tau`` (relative to each activation input's RMS) is
+    annealed geometrically from ``tau_range[0]`` to ``tau_range[1]`` over the ``steps`` steps, or, when the
+    steps so far project past ``deadline``, over the time to it where that is further along (the annealing
+    ends when time does; an ascent the deadline does not cut short is reproducible).
+
+    The ascent starts from the search's best input, a local refinement: steps of 0.2 ``||u||`` (the old
+    fixed start) left ResNet-1D's 207.4 where it was; 0.002 with this annealing reached 257-260 in 1,000
+    steps (docs/performance.md, "The Jacobian ascent").
     """
-    eta = 0.2
+    eta = ASCENT_ETA if eta is None else eta
     prev = -np.inf
+    t_start = time.perf_counter()
+    span = max(deadline - t_start, 1e-9)
 
     def stop() -> bool:  # (checked between the Jacobians of a step: each may take seconds on long inputs)
         return time.perf_counter() > deadline or limits.current().expired
@@ -316,7 +331,10 @@ def _ascent(net, u, steps, tau_range, deadline, record):
     for it in range(steps):
         if stop():
             return
-        rel = tau_range[0] * (tau_range[1] / tau_range[0]) ** (it / max(steps - 1, 1))
+        along, elapsed = it / max(steps - 1, 1), time.perf_counter() - t_start
+        if it and elapsed / it * steps > span:  # (the deadline comes first: anneal by the time instead)
+            along = min(1.0, max(along, elapsed / span))
+        rel = tau_range[0] * (tau_range[1] / tau_range[0]) ** along
         base = linearize(net, u)
         record(u, float(np.linalg.norm(base.matrix(), 2)))
         if stop():
@@ -326,8 +344,7 @@ def _ascent(net, u, steps, tau_range, deadline, record):
         s, v, w = _top_triple(lin.matrix())
         if stop():
             return
-        if s < prev:
-            eta /= 2
+        eta = eta / 2 if s < prev else min(eta * 1.1, 0.2)
         prev = s
         norm_u = np.linalg.norm(u) + 1e-12
         h = 1e-4 * rel * norm_u
@@ -462,7 +479,7 @@ def lower_bound(
         search[0] = "pair-ascent"
         done = 0
         ends = []
-        pair_start, pair_end = time.perf_counter(), t0 + 0.85 * time_budget
+        pair_start, pair_end = time.perf_counter(), t0 + PAIR_SHARE * time_budget
         while done < starts:
             if done > 0 and time.perf_counter() > pair_end:
                 break
@@ -501,7 +518,7 @@ def lower_bound(
             for u, s in zip(x + ts * (y - x), _sigmas(net, x + ts * (y - x))):
                 record("jacobian", u, None, float(s))
         search[0] = "jacobian-ascent"
-        _ascent(net, found["jacobian"][1], steps, (0.05, 0.0005), deadline,
+        _ascent(net, found["jacobian"][1], ASCENT_ITERATIONS * steps, ASCENT_TAU, deadline,
                 lambda u, s: record("jacobian", u, None, s))
         # The report: both witnesses recomputed independently (single-input passes, dense Jacobian, LAPACK
         # norm), each less its rounding margin; the Jacobian is preferred unless the quotient beats it so.

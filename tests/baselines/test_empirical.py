@@ -8,6 +8,7 @@ from lipdsl.errors import LimitError, LipdslError
 from lipdsl.model.forward import jacobian
 
 from nets import Builder, lipsdp_net, random_cnn
+from repo_paths import SPECS
 
 RANDOM_WEIGHTS_EXACT = 36.48222959637795
 
@@ -21,6 +22,29 @@ def test_value_is_the_jacobian_norm_at_the_witness_and_reproducible():
     assert a.argmax_input.shape == (net.input_shape.channels, net.input_shape.length)
     assert a.starts == 3 and a.evaluations > 3
     assert a.value <= naive(net)
+
+
+def test_the_jacobian_ascent_refines_the_pair_ascents_witness(monkeypatch):
+    """The smoothed Jacobian ascent after the pair ascent (``_ascent``: small steps from the best input,
+    ``tau`` annealed from 0.2 to 0.0005) raises the trained strided ResNet's lower bound by 8 % (311.33 ->
+    337.15 here); without it, or with the old large steps (0.2 ``||u||``), the pair ascent's witness stays
+    the best."""
+    from lipdsl.baselines import empirical
+    from lipdsl.lang.load import load_network
+
+    _, net = load_network(SPECS / "resnet1d_strided.lip")
+    default = (empirical.ASCENT_ITERATIONS, empirical.ASCENT_ETA, empirical.ASCENT_TAU)
+    found = {}
+    for label, setting in (("none", (0,) + default[1:]), ("old steps", (30, 0.2, (0.05, 5e-4))),
+                           ("default", default)):
+        for name, value in zip(("ASCENT_ITERATIONS", "ASCENT_ETA", "ASCENT_TAU"), setting):
+            monkeypatch.setattr(empirical, name, value)
+        found[label] = lower_bound(net, starts=4, steps=3, seed=0, time_budget=60)
+    assert found["none"].search != "jacobian-ascent" and found["old steps"].value == found["none"].value
+    assert found["default"].search == "jacobian-ascent"
+    assert found["default"].value >= 1.05 * found["none"].value
+    assert found["default"].value == pytest.approx(
+        np.linalg.norm(jacobian(net, found["default"].argmax_input), 2), rel=1e-12)
 
 
 def test_random_weights_finds_the_exact_constant():
