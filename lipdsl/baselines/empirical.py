@@ -317,8 +317,8 @@ def _ascent(net, u, steps, tau_range, deadline, record, eta: float = None):
     ends when time does; an ascent the deadline does not cut short is reproducible).
 
     The ascent starts from the search's best input, a local refinement: steps of 0.2 ``||u||`` (the old
-    fixed start) left ResNet-1D's 207.4 where it was; 0.002 with this annealing reached 257-260 in 1,000
-    steps (docs/performance.md, "The Jacobian ascent").
+    fixed start) left ResNet-1D's 207.4 where it was; 0.002 with this annealing reaches 257.6 in a 60 s
+    search (docs/method.md, the empirical lower bound).
     """
     eta = ASCENT_ETA if eta is None else eta
     prev = -np.inf
@@ -385,7 +385,8 @@ def lower_bound(
        stops improving; then ``max(1, starts // 4)`` rounds from the best ``CHUNK`` inputs found so far, each
        with new partners and step sizes and an equal share of the time left (``pair-refine``).
     3. If the best quotient beats every Jacobian norm, the Jacobian on 33 points of its segment; then the
-       smoothed ascent of ``sigma_max(J(u))`` (``_ascent``, ``steps`` steps) from the best input.
+       smoothed ascent of ``sigma_max(J(u))`` (``_ascent``, ``ASCENT_ITERATIONS * steps`` steps at most)
+       from the best input, with the rest of the budget.
 
     Every Jacobian norm found is exact at its input; the reported value is recomputed at the end from
     single-input passes (``jacobian`` and its LAPACK norm, or two forward passes), less a rounding margin
