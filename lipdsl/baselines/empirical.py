@@ -305,12 +305,12 @@ def _pair_ascent(net, X: np.ndarray, steps: int, rng, stop, record, lr=PAIR_LR, 
     return pair_best, best_x
 
 
-def _ascent(net, u, steps, tau_range, deadline, record, eta: float = None):
+def _ascent(net, u, steps, tau_range, deadline, record):
     """Ascend ``sigma_max(J_tau(u))`` of the smooth surrogate, recording the exact norm at every iterate.
 
     ``d sigma/du = grad_u (v^T J_tau(u) w) = (J_tau(u + h w)^T v - J_tau(u - h w)^T v) / (2h) + O(h^2)``
     for the top singular pair ``(v, w)`` (exact derivative of a simple singular value). Steps are a fraction
-    ``eta`` (default ``ASCENT_ETA``) of ``||u||``: times 1.1 after a step that raised the surrogate's value
+    ``eta`` (first ``ASCENT_ETA``) of ``||u||``: times 1.1 after a step that raised the surrogate's value
     (at most 0.2), halved after one that lowered it. ``tau`` (relative to each activation input's RMS) is
     annealed geometrically from ``tau_range[0]`` to ``tau_range[1]`` over the ``steps`` steps, or, when the
     steps so far project past ``deadline``, over the time to it where that is further along (the annealing
@@ -320,7 +320,7 @@ def _ascent(net, u, steps, tau_range, deadline, record, eta: float = None):
     fixed start) left ResNet-1D's 207.4 where it was; 0.002 with this annealing reaches 257.6 in a 60 s
     search (docs/method.md, the empirical lower bound).
     """
-    eta = ASCENT_ETA if eta is None else eta
+    eta = ASCENT_ETA
     prev = -np.inf
     t_start = time.perf_counter()
     span = max(deadline - t_start, 1e-9)

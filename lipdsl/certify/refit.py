@@ -140,14 +140,24 @@ def _polish(c: np.ndarray, G: np.ndarray, h: np.ndarray, dims: dict, res: dict) 
     """CVXOPT's result for ``min c'x`` s.t. ``G x + s = h``, ``s`` in the cones, solved to ``REFIT_FINAL_TOL``
     by its 'qr' KKT solver from ``res`` (a refit's ``x``, ``z``), or None when that does not end optimal."""
     import cvxopt
+    import cvxopt.misc
     import cvxopt.solvers
+
+    from lipdsl import limits
 
     start = _refit_start({"x": np.asarray(res["x"]).ravel(), "z": np.asarray(res["z"]).ravel()}, G, h, dims)
     options = {"show_progress": False, "abstol": REFIT_FINAL_TOL * 1e-2, "reltol": REFIT_FINAL_TOL,
                "feastol": REFIT_FINAL_TOL}
+    Gc = cvxopt.matrix(G)
+    qr = cvxopt.misc.kkt_qr(Gc, dims, cvxopt.spmatrix([], [], [], (0, G.shape[1])))
+
+    def kkt(W):  # (CVXOPT's 'qr', with the command's deadline checked once per iteration)
+        limits.checkpoint("storage recovery")
+        return qr(W)
+
     try:
-        trial = cvxopt.solvers.conelp(cvxopt.matrix(c), cvxopt.matrix(G), cvxopt.matrix(h), dims,
-                                      kktsolver=None, options=options, **start)
+        trial = cvxopt.solvers.conelp(cvxopt.matrix(c), Gc, cvxopt.matrix(h), dims, kktsolver=kkt,
+                                      options=options, **start)
     except (ArithmeticError, ValueError):
         return None
     return trial if trial["status"] == "optimal" and trial["x"] is not None else None
