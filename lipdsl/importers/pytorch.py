@@ -277,9 +277,17 @@ def import_torch(module: Any, input_shape: Any, *, name: str | None = None) -> I
         raise UnsupportedError("the module ends with a padding module")
     if not layers:
         raise UnsupportedError("the module has no layer lipdsl can bound")
-    net_name = name or network_name(re.sub(r"(?<!^)(?=[A-Z])", "_", type(module).__name__).lower())
+    net_name = name or module_network_name(module)
     origin = f"torch module {type(module).__name__} (torch {torch.__version__})"
     return Imported(net_name, start, layers, keys.tensors, origin)
+
+
+def module_network_name(module: Any) -> str:
+    """The spec's network name for a module: its class name in snake case (``ResNet1D`` -> ``res_net1d``,
+    ``TCN2`` -> ``tcn2``, ``MyHTTPNet`` -> ``my_http_net``): a word starts at a capital after a small letter,
+    or at the last capital of a run followed by a small letter."""
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", type(module).__name__)
+    return network_name(words.lower())
 
 
 def _needs_export(module: Any) -> bool:
@@ -336,7 +344,7 @@ def _import_torch_via_onnx(module: Any, shape: Shape, name: str | None) -> Impor
             hint="lipdsl reads modules other than a plain nn.Sequential through torch.onnx.export",
         ) from None
     proto = onnx.load_from_string(buf.getvalue())
-    net_name = name or network_name(re.sub(r"(?<!^)(?=[A-Z])", "_", type(module).__name__).lower())
+    net_name = name or module_network_name(module)
     imported = import_onnx(proto, name=net_name)
     imported.origin = f"torch module {type(module).__name__} (torch {torch.__version__}, through ONNX)"
     if module.training:

@@ -432,6 +432,15 @@ def test_trained_models_from_torch_equal_their_onnx_import(name):
                 np.testing.assert_allclose(x, y, rtol=0, atol=2e-16)
 
 
+@pytest.mark.parametrize("cls, expected", [("TCN2", "tcn2"), ("ResNet1D", "res_net1d"),
+                                           ("MyHTTPNet", "my_http_net"), ("PlainTCN", "plain_tcn")])
+def test_from_torch_names_the_network_after_its_class_in_snake_case(cls, expected):
+    """A run of capitals is one word (``TCN2`` was named ``t_c_n2``)."""
+    module = type(cls, (torch.nn.Module,), {"forward": lambda self, x: self.fc(x.flatten(1))})()
+    module.fc = torch.nn.Linear(4, 2)
+    assert lipdsl.from_torch(module.double().eval(), (1, 4)).name == expected
+
+
 # -- weight norm in a state_dict (import --like) ----------------------------------------------------------
 
 
