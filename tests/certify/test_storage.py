@@ -753,6 +753,7 @@ def test_raise_directions_within_the_tie_go_to_the_first(monkeypatch):
     for lower_by, expected in ((0.5, first), (2.0, later)):
         rhos = {d: 1.0 for d in kyp.RAISE_DIRECTIONS}
         rhos[later] = 1.0 - lower_by * kyp.DIRECTION_TIE
+
         def trial(self, start, delta, margin, warm=None, rhos=rhos):
             return types.SimpleNamespace(rho=rhos[delta])
 
