@@ -18,6 +18,25 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
+def _edited(cert: Path, folder: Path, name: str, edit) -> Path:
+    """A copy of certificate ``cert`` with ``edit(doc)`` applied, as ``folder/name``."""
+    doc = json.loads(cert.read_text())
+    edit(doc)
+    out = folder / name
+    out.write_text(json.dumps(doc))
+    return out
+
+
+def _set(path: tuple, value):
+    """An edit setting ``doc[path[0]][path[1]]... = value``."""
+    def edit(doc):
+        *head, last = path
+        for key in head:
+            doc = doc[key]
+        doc[last] = value
+    return edit
+
+
 @pytest.fixture(scope="module")
 def ecg_cert(tmp_path_factory):
     path = tmp_path_factory.mktemp("cert") / "ecg.cert.json"
@@ -206,13 +225,11 @@ def test_a_lift_from_the_certificates_options_is_not_blamed_on_the_command_line(
     spec.write_text(RESIDUAL)
     cert = tmp_path / "res.json"
     assert run("solve", spec, "--certificate", cert).exit_code == 0
-    doc = json.loads(cert.read_text())
-    doc["options"]["lift"] = 2
-    cert.write_text(json.dumps(doc))
-    res = run("verify", spec, cert)
+    bad = _edited(cert, tmp_path, "lift2.json", _set(("options", "lift"), 2))
+    res = run("verify", spec, bad)
     assert res.exit_code == 3 and res.stdout == ""
     assert res.stderr.splitlines()[0] == (
-        f"{cert}: error: the certificate's options.lift = 2 (the lift comes from the certificate; verify "
+        f"{bad}: error: the certificate's options.lift = 2 (the lift comes from the certificate; verify "
         "has no --lift option) cannot be used with this spec: lift 2 is not supported with residual blocks "
         "or batch norm yet")
     assert "--lift 1" not in res.stderr and "hint: lipdsl solve writes no such certificate" in res.stderr
@@ -259,10 +276,7 @@ def test_a_fixed_length_certificate_verifies_whatever_min_length_it_records(tmp_
     cert = tmp_path / "t.json"
     res = run("solve", spec, "--length", "8", "--certificate", cert)
     assert res.exit_code == 0, res.stderr
-    doc = json.loads(cert.read_text())
-    doc["options"]["min_length"] = 64
-    cert.write_text(json.dumps(doc))
-    res = run("verify", spec, cert)
+    res = run("verify", spec, _edited(cert, tmp_path, "t64.json", _set(("options", "min_length"), 64)))
     assert res.exit_code == 0, res.stderr
     assert "valid for inputs of shape 2x8" in res.stdout and "N >= 64" not in res.stdout
 
@@ -377,25 +391,6 @@ def test_a_schema_1_certificate_still_verifies(shortcut_cert, tmp_path):
     changed.write_text(SHORTCUT.replace("[[[0.3, -0.2]", "[[[0.3, -0.20000000000000004]"))
     res = run("verify", changed, old)
     assert res.exit_code == 0 and "note: this lipdsl-certificate/1 file fingerprints" in res.stdout
-
-
-def _edited(cert: Path, folder: Path, name: str, edit) -> Path:
-    """A copy of certificate ``cert`` with ``edit(doc)`` applied, as ``folder/name``."""
-    doc = json.loads(cert.read_text())
-    edit(doc)
-    out = folder / name
-    out.write_text(json.dumps(doc))
-    return out
-
-
-def _set(path: tuple, value):
-    """An edit setting ``doc[path[0]][path[1]]... = value``."""
-    def edit(doc):
-        *head, last = path
-        for key in head:
-            doc = doc[key]
-        doc[last] = value
-    return edit
 
 
 @pytest.mark.parametrize("edit, message", [
