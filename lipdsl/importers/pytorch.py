@@ -21,7 +21,6 @@ from lipdsl.importers.spec import (
     network_name,
     padding_form,
     pool_options,
-    sanitize_key,
     staged,
 )
 from lipdsl.importers.weight_norm import WeightNormError, weight_norm_key, weight_norm_pairs, with_weight_norm
@@ -30,7 +29,7 @@ from lipdsl.importers.retarget import Retargeted
 from lipdsl.lang.ast import TensorRef
 from lipdsl.lang.check import conv1d_length, conv1d_padding, plural, pool_length
 from lipdsl.lang.typed import Shape
-from lipdsl.lang.weights import KeyIndex, key_matches, spelt_tensors, tensor_refs
+from lipdsl.lang.weights import KeyIndex, key_matches, spelt_key, spelt_tensors, tensor_refs
 
 
 def _require_torch():
@@ -463,7 +462,7 @@ def spec_tensors(tensors: Mapping[str, np.ndarray], refs: Iterable[TensorRef] = 
         matches = key_matches(ref.key, index)
         for name in matches:
             wanted.setdefault(name, ref)
-        half = next((p for (name, _), p in pairs.items() if len(p) == 1 and sanitize_key(name) == ref.key),
+        half = next((p for (name, _), p in pairs.items() if len(p) == 1 and spelt_key(name) == ref.key),
                     None)
         if not matches and half is not None:
             (role, key), = half.items()
@@ -538,11 +537,10 @@ def import_state_dict(
 
     The new spec is ``like``'s text with its ``weights "..."`` lines pointing to the new ``.npz`` (one is
     added before the first layer if there is none). Keys in ``like`` are the state_dict's names in the spec's
-    key syntax (:func:`sanitize_key`: ``0.weight`` is written ``_0.weight``; a name held as written wins over
-    another spelt alike, and a key that could mean two names is refused naming both); a weight-normalised
-    parameter
-    (``X.parametrizations.weight.original0/1``, or ``X.weight_g``/``X.weight_v``) is read as its effective
-    weight ``X.weight`` (:mod:`lipdsl.importers.weight_norm`).
+    key syntax (:func:`weights.spelt_key`: ``0.weight`` is written ``_0.weight``; a name held as written
+    wins over another spelt alike, and a key that could mean two names is refused naming both); a
+    weight-normalised parameter (``X.parametrizations.weight.original0/1``, or ``X.weight_g``/``X.weight_v``)
+    is read as its effective weight ``X.weight`` (:mod:`lipdsl.importers.weight_norm`).
 
     The result is checked before anything is written: a missing key or a wrong shape is reported against
     ``like`` (its line, the checkpoint named), and nothing is written; an existing output keeps its content.

@@ -31,7 +31,6 @@ __all__ = [
     "Layer",
     "Imported",
     "Keys",
-    "sanitize_key",
     "layer_name",
     "network_name",
     "padding_form",
@@ -237,20 +236,6 @@ def _body_lines(layers: list[Layer]) -> list[tuple[str, str]]:
     return body
 
 
-def sanitize_key(name: str) -> str:
-    """A tensor name in the spec's key syntax ``[A-Za-z_][A-Za-z0-9_]*(.[A-Za-z0-9_]+)*``: the spelling a spec
-    reads the name by (``lipdsl.lang.weights.spelt_key``; a keyword is a key like any other).
-
-    Characters other than letters, digits, ``_`` and ``.`` become ``_``; empty dot-segments are dropped; a key
-    starting with a digit gets a leading ``_`` (``0.weight`` -> ``_0.weight``, ``onnx::Conv_7`` ->
-    ``onnx__Conv_7``, ``/0/Conv.bias`` -> ``_0_Conv.bias``).
-
-    >>> sanitize_key("0.weight"), sanitize_key("features.3.bias"), sanitize_key("onnx::Gemm_12")
-    ('_0.weight', 'features.3.bias', 'onnx__Gemm_12')
-    """
-    return spelt_key(name)
-
-
 class Keys:
     """Sanitized, unique tensor keys for the model's names, and the tensors stored under them."""
 
@@ -262,7 +247,7 @@ class Keys:
         key = self.by_name.get(name)
         if key is not None and np.array_equal(self.tensors[key], values):
             return key
-        base = sanitize_key(name)
+        base = spelt_key(name)
         key, n = base, 2
         while key in self.tensors:
             key, n = f"{base}_{n}", n + 1

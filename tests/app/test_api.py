@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import lipdsl
-import lipdsl.importers.spec
+import lipdsl.lang.weights
 import lipdsl.app.api
 import lipdsl.pipeline
 import lipdsl.sdp.build
@@ -19,7 +19,7 @@ from repo_paths import ROOT
 
 
 @pytest.mark.solver
-@pytest.mark.parametrize("module", [lipdsl.app.api, lipdsl.importers.spec], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [lipdsl.app.api, lipdsl.lang.weights], ids=lambda m: m.__name__)
 def test_doctests(module, monkeypatch):
     monkeypatch.chdir(ROOT)  # the examples use the shipped specs/
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, raise_on_error=False, report=True)

@@ -19,7 +19,7 @@ from lipdsl.app.cli import main  # noqa: E402
 from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
 from lipdsl.model.forward import forward  # noqa: E402
 from lipdsl.importers.importer import import_onnx  # noqa: E402
-from lipdsl.importers.spec import sanitize_key  # noqa: E402
+from lipdsl.lang.weights import spelt_key  # noqa: E402
 from lipdsl.lang.load import load_network  # noqa: E402
 from lipdsl.lang.parse import parse  # noqa: E402
 from lipdsl.lang.source import Source  # noqa: E402
@@ -235,7 +235,7 @@ def test_symbolic_length_gives_any_length_or_fixed(tmp_path):
 )
 def test_sanitized_keys_parse(name):
     """A sanitized key is read back as that key, whole (not split, not taken for a keyword)."""
-    key = sanitize_key(name)
+    key = spelt_key(name)
     assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key)
     net = parse(Source("k.lip", f'input 2\nweights "w.npz"\ndense d: 2 -> 2, weight {key}\n'))
     (option,) = net.layers[0].options
