@@ -198,6 +198,13 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
         console.print(f"  note: {note}")
 
 
+def _shown_in_checks(note: str, checks) -> bool:
+    """Whether ``note`` (``"LMI[name]: text"``, a batch-norm scale covered) is already in the detail of
+    that LMI's check line, as ``verify`` writes it when the check passes."""
+    lmi, sep, text = note.partition(": ")
+    return bool(sep) and any(c.name.startswith(lmi) and text in c.detail for c in checks)
+
+
 def print_verdict(verdict, console, errors) -> None:
     """``lipdsl verify``: the proved bound and each check on ``console``; a failure on ``errors``."""
     how = ("exact rational arithmetic" if verdict.mode == "exact"
@@ -222,7 +229,8 @@ def print_verdict(verdict, console, errors) -> None:
         console.print(f"  rho raised by {verdict.rho_raise:.3g} for strict feasibility in exact arithmetic",
                       soft_wrap=True)
     for note in verdict.notes:
-        console.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
+        if not _shown_in_checks(note, verdict.checks):
+            console.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
     if not verdict.realization_exact:
         console.print("  note: lifted maps (and residual blocks the checker does not rebuild) are checked "
                       "with lower.py's floating-point realization (its products of weights rounded to double "

@@ -199,9 +199,13 @@ def test_residual_network_certificate_round_trip_and_tampering(tmp_path):
         assert res.stdout.startswith("verified: Lipschitz constant of res <= ")
         assert "ok   LMI[blk+relu1] (layers blk, c2+bn, leaky_relu1, c3, relu1)" in res.stdout
         assert "[realization:" not in res.stdout  # the block's realization is the weights' exact map
-        # the batch norm's exact scale w / sqrt(v + eps) (irrational) is covered by tau
-        assert ("note: LMI[blk+relu1]: batch norm scale w/sqrt(v+eps) of bn covered to relative 2^-50 (tau = "
-                in " ".join(res.stdout.split()))
+        # the batch norm's exact scale w / sqrt(v + eps) (irrational) is covered by tau: said once, on the
+        # block's line, not again as a note
+        text = " ".join(res.stdout.split())
+        cover = "batch norm scale w/sqrt(v+eps) of bn covered to relative 2^-50 (tau = "
+        assert text.count(cover) == 1
+        assert text.index("ok LMI[blk+relu1]") < text.index(cover) < text.index("time ")
+        assert "note: LMI[blk+relu1]" not in text
     res = run("verify", spec, cert, "--exact", "--json")
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
