@@ -35,6 +35,10 @@ METHODS = tuple(METHOD_HELP)
 #: (every clique would hold its neurons). Larger LMIs are skipped (with a note) unless forced.
 MAX_LIPSDP_ROWS = 1000
 MAXPOOL_REFUSAL = "refused: max pooling is not slope-restricted"
+#: ``compare``'s empirical lower bound by default (``lipdsl compare`` and ``Network.compare`` alike): random
+#: starts and seconds of search.
+LOWER_STARTS = 16
+LOWER_SECONDS = 10.0
 #: The order ``compare`` runs methods on the calling thread (the table keeps ``METHODS``' order).
 CHEAP_FIRST = ("naive-hinf", "dissipative", "naive")
 
@@ -76,6 +80,8 @@ class Comparison:
     lower: float | None = None
     lower_detail: dict = field(default_factory=dict)
     length: int | None = None
+    #: the lower bound's search result (``baselines.empirical.LowerBound``: its witness inputs too)
+    lower_result: Any = field(default=None, compare=False, repr=False)
 
     def get(self, method: str) -> MethodResult | None:
         return next((r for r in self.results if r.method == method), None)
@@ -258,7 +264,8 @@ def _finite(bound: float, method: str) -> float:
 
 
 def compare(net: typed.Network, *, methods: tuple[str, ...] = METHODS, length: int | None = None,
-            lower_starts: int = 16, time_budget: float = 10.0, seed: int = 0, solver: str = "cvxopt",
+            lower_starts: int = LOWER_STARTS, time_budget: float = LOWER_SECONDS, seed: int = 0,
+            solver: str = "cvxopt",
             lift: int = 1, force: bool = False, max_rows: int = MAX_LIPSDP_ROWS,
             progress: Callable[[str], None] | None = None, workers: int | None = None,
             timeout: float | None = None, frequencies: int | str | None = "auto") -> Comparison:
@@ -318,7 +325,7 @@ def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift
             progress(", ".join(background))
         done.update({m: f.result() for m, f in futures.items()})
     results = [done[m] for m in methods]
-    lower, detail = None, {}
+    lower, detail, lb = None, {}, None
     if lower_starts > 0 and deadline.expired:
         detail = {"error": f"the time limit of {deadline.seconds:g} s has passed"}
     elif lower_starts > 0:
@@ -335,7 +342,7 @@ def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift
                       "length": lb.length, "search": lb.search, "witness": lb.witness}
         except LipdslError as err:  # e.g. an activation known only by its slope
             detail = {"error": err.message}
-    return Comparison(net, tuple(results), lower, detail, _unroll_length(net, length))
+    return Comparison(net, tuple(results), lower, detail, _unroll_length(net, length), lb)
 
 
 def check_ordering(c: Comparison, rtol: float = 1e-6) -> list[str]:

@@ -37,6 +37,7 @@ import numpy as np
 from lipdsl.errors import OutsideError
 from lipdsl.lang import typed
 from lipdsl.lang.source import Source
+from lipdsl.methods import LOWER_SECONDS, LOWER_STARTS, METHODS
 
 __all__ = ["Network", "Bound", "LowerBound", "Comparison", "load", "parse", "verify", "from_torch",
            "from_onnx"]
@@ -47,7 +48,9 @@ __all__ = ["Network", "Bound", "LowerBound", "Comparison", "load", "parse", "ver
 class Bound:
     """An upper bound on the ℓ2 Lipschitz constant, by one method; ``lipschitz`` is None unless ``verified``.
 
-    ``details`` holds the method's report (for ``dissipative``: the dict ``lipdsl solve --json`` prints).
+    ``details`` holds the method's report (for ``dissipative``: the dict ``lipdsl solve --json`` prints; for
+    LipSDP: its status, rho, max_eig and LMI size; otherwise ``status`` and ``note``, e.g. why a comparison's
+    method has no bound).
     In frequency form (``solve(frequencies=K)``) the fields of ``lipdsl solve --frequencies K``:
     ``frequencies`` (K), ``hinf_product`` (the product of the layers' H-infinity gains, a cheap certified
     bound), ``above_hinf_product`` and ``warnings`` (a repair above 1 %, a bound above that product); the
@@ -159,7 +162,8 @@ class Comparison:
 
         rows = [f"{self.network}:"]
         for b in self.bounds:  # (upper bounds rounded up, the lower bound down: as the commands print them)
-            value = format_up(b.lipschitz) if b.lipschitz is not None else "not certified"
+            value = (format_up(b.lipschitz) if b.lipschitz is not None
+                     else b.claimed_status or "not certified")
             rows.append(f"  {b.method:<14} {value:>16}  ({b.seconds:.2f} s)")
             rows.extend(f"    warning: {w}" for w in b.warnings)
         if self.lower is not None:
@@ -246,8 +250,8 @@ class Network:
         >>> net.solve("naive-hinf").lipschitz >= net.solve("naive").lipschitz > 109.123
         True
         """
-        from lipdsl.methods import METHODS, run_method
-        from lipdsl.errors import LipdslError, UnsupportedError
+        from lipdsl.methods import MAX_LIPSDP_ROWS, run_method
+        from lipdsl.errors import LimitError, LipdslError, UnsupportedError
 
         if method not in METHODS:
             import difflib
@@ -281,17 +285,28 @@ class Network:
             )
         if r.status in ("refused", "failed"):
             raise r.error or UnsupportedError(f"{method}: {r.note}")
-        if method == "dissipative":
+        if r.status == "skipped":  # LipSDP above the size guard
+            raise LimitError(f"{method}: the unrolled LMI has {r.lmi_rows} rows, more than "
+                             f"{options.get('max_rows', MAX_LIPSDP_ROWS)}: likely many minutes",
+                             hint="pass force=True to run it anyway")
+        if cert_path is not None and r.result.certificate.verified:
+            from lipdsl.certify import certificate
+
+            certificate.write(r.result, cert_path, options=certificate.solve_options(
+                length if self.typed.any_length else None, options.get("lift", 1),
+                options.get("merge_linear", True), r.result.frequencies, solver or "cvxopt"))
+        return self._bound(r, solver)
+
+    def _bound(self, r, solver: str | None) -> Bound:
+        """One method's ``lipdsl.methods.MethodResult`` as a :class:`Bound` (``solver``: the one asked for,
+        None for each method's default). A result without a bound (not certified, or ``failed``/``skipped``
+        in a comparison) has ``lipschitz`` None and its status in ``claimed_status``."""
+        method = r.method
+        if method == "dissipative" and r.result is not None:
             from lipdsl.app.report import to_json
 
             result = r.result
             cert = result.certificate
-            if cert_path is not None and cert.verified:
-                from lipdsl.certify import certificate
-
-                certificate.write(result, cert_path, options=certificate.solve_options(
-                    length if self.typed.any_length else None, options.get("lift", 1),
-                    options.get("merge_linear", True), result.frequencies, solver or "cvxopt"))
             freq = r.frequency_report()  # the same fields and warnings as `lipdsl solve --json`
             return Bound(
                 self.name,
@@ -307,7 +322,7 @@ class Network:
                 freq["above_hinf_product"],
                 tuple(freq["warnings"]),
             )
-        if method.startswith("lipsdp"):
+        if method.startswith("lipsdp") and r.result is not None:
             res = r.result
             return Bound(
                 self.name,
@@ -328,7 +343,7 @@ class Network:
             r.seconds,
             None,
             "exact" if proven else r.status,
-            {"kind": r.note, "status": r.status},
+            {"note": r.note, "status": r.status},
         )
 
     def lower_bound(
@@ -351,6 +366,10 @@ class Network:
         time_budget = real("time_budget", time_budget, minimum=0.0, strict=True)
         length = integer("length", length, 1, optional=True)
         r = lower_bound(self.typed, starts=starts, seed=seed, time_budget=time_budget, length=length)
+        return self._lower(r, seed)
+
+    def _lower(self, r, seed: int) -> LowerBound:
+        """The search's ``lipdsl.baselines.empirical.LowerBound`` as the API's :class:`LowerBound`."""
         return LowerBound(
             self.name, float(r.value), r.argmax_input, seed, r.starts, r.evaluations, r.seconds, r.length,
             r.search, r.witness, r.second_input
@@ -360,17 +379,27 @@ class Network:
         self,
         solver: str = "cvxopt",
         *,
-        methods: tuple[str, ...] = ("dissipative", "lipsdp-neuron", "naive", "naive-hinf"),
+        methods: tuple[str, ...] = METHODS,
         length: int | None = None,
         lower: bool = True,
-        time_budget: float = 5.0,
+        lower_starts: int = LOWER_STARTS,
+        time_budget: float = LOWER_SECONDS,
+        seed: int = 0,
         frequencies: int | str | None = "auto",
+        lift: int = 1,
+        force: bool = False,
+        timeout: float | None = None,
     ) -> Comparison:
-        """Bounds by several methods and an empirical lower bound (``lower=False`` skips it).
+        """Bounds by several methods and an empirical lower bound, as ``lipdsl compare`` (the same runner,
+        ``lipdsl.methods.compare``, and the same defaults: every method of ``lipdsl.methods.METHODS``, 16
+        starts and 10 s for the lower bound; ``lower=False`` skips it).
 
-        A method that does not apply to this network (LipSDP with max pooling, say) is left out.
-        ``frequencies``: the dissipative bound's form (as ``solve(frequencies=...)``: ``"auto"``, None or
-        K; a frequency-form ``Bound`` carries the warnings, and ``str()`` prints them).
+        A method that does not apply to this network (LipSDP with max pooling, say) is left out. One that
+        ran out of ``timeout`` (seconds for the whole comparison), was stopped by a size or memory guard
+        (LipSDP on a long unrolled net; ``force=True`` runs it past the row guard) or was not certified is
+        kept, with ``lipschitz`` None and why in ``claimed_status`` and ``details``. ``frequencies``: the
+        dissipative bound's form (as ``solve(frequencies=...)``: ``"auto"``, None or K; a frequency-form
+        ``Bound`` carries the warnings, and ``str()`` prints them); ``solver``: the dissipative SDP's.
 
         Examples
         --------
@@ -385,22 +414,28 @@ class Network:
           naive-hinf ... s)
           lower bound ... s)
         """
-        from lipdsl.app.arguments import integer
-        from lipdsl.errors import UnsupportedError
-
+        from lipdsl.app.arguments import SOLVE_OPTIONS, choice, integer, real
+        from lipdsl.methods import compare
         from lipdsl.solvers.registry import lookup
 
-        length = integer("length", length, 1, optional=True)
-        lookup(solver)
-        bounds = []
+        methods = tuple(methods)
         for method in methods:
-            options = {"frequencies": frequencies} if method == "dissipative" else {}
-            try:
-                bounds.append(self.solve(method, solver, length=length, **options))
-            except UnsupportedError:
-                continue
-        low = self.lower_bound(time_budget=time_budget, length=length) if lower else None
-        return Comparison(self.name, tuple(bounds), low)
+            choice("method", method, METHODS)
+        length = integer("length", length, 1, optional=True)
+        lower_starts = integer("lower_starts", lower_starts, 1)
+        seed = integer("seed", seed, 0)
+        time_budget = real("time_budget", time_budget, minimum=0.0, strict=True)
+        timeout = real("timeout", timeout, minimum=0.0, strict=True, optional=True)
+        checked = SOLVE_OPTIONS({"frequencies": frequencies, "lift": lift})
+        frequencies, lift = checked["frequencies"], checked["lift"]
+        lookup(solver)
+        c = compare(self.typed, methods=methods, length=length, lower_starts=lower_starts if lower else 0,
+                    time_budget=time_budget, seed=seed, solver=solver, lift=lift, force=force,
+                    timeout=timeout, frequencies=frequencies)
+        bounds = tuple(self._bound(r, solver if r.method == "dissipative" else None)
+                       for r in c.results if r.status != "refused")
+        low = None if c.lower_result is None else self._lower(c.lower_result, seed)
+        return Comparison(self.name, bounds, low)
 
     def export_sdpa(self, path: str | os.PathLike, *, length: int | None = None, lift: int = 1):
         """Write the SDP of ``solve(lift=lift)`` in SDPA sparse format (.dat-s), as ``lipdsl export``; the

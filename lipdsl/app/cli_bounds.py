@@ -20,6 +20,7 @@ from lipdsl.app.options import (
     timeout_option,
     within,
 )
+from lipdsl.methods import LOWER_SECONDS, LOWER_STARTS
 from lipdsl.methods import METHODS as _METHODS  # the one method registry (no numpy at start-up)
 
 
@@ -124,14 +125,14 @@ def lower_command(
 )
 @click.option(
     "--lower-starts",
-    default=16,
+    default=LOWER_STARTS,
     show_default=True,
     type=click.IntRange(min=0),
     help="Random starts of the empirical lower bound (0: skip it).",
 )
 @click.option(
     "--time-budget",
-    default=10.0,
+    default=LOWER_SECONDS,
     show_default=True,
     type=Seconds(allow_zero=True),
     help="Seconds for the lower bound's search.",

@@ -165,6 +165,39 @@ def test_bound_carries_the_frequency_mode_fields_and_warnings(tmp_path, monkeypa
     assert "frequencies" not in repr(exact) and "warning" not in str(exact)
 
 
+def test_compare_is_the_cli_comparison():
+    """``Network.compare`` runs ``lipdsl compare``'s runner with its defaults (every method; 16 starts, 10 s
+    of lower-bound search); a LipSDP above the row guard or the memory guard stays in the comparison without a
+    bound and with its reason, and ``solve`` on it is a LimitError naming ``force=True`` (it was an
+    AttributeError, and compare raised the memory guard's error)."""
+    import inspect
+
+    from lipdsl.app.cli import cli
+    from lipdsl.methods import METHODS
+
+    params = inspect.signature(lipdsl.Network.compare).parameters
+    options = {p.name: p.default for p in cli.commands["compare"].params}
+    assert params["methods"].default == METHODS and options["methods"] == ",".join(METHODS)
+    assert params["lower_starts"].default == options["lower_starts"] == 16
+    assert params["time_budget"].default == options["time_budget"] == 10.0
+    net = lipdsl.load("specs/fcn.lip")  # (LipSDP unrolls it to 4,950 rows > 1,000)
+    rows = "lipsdp-neuron: the unrolled LMI has 4950 rows"
+    with pytest.raises(lipdsl_errors.LimitError, match=rows) as info:
+        net.solve("lipsdp-neuron")
+    assert "force=True" in info.value.hint
+    cmp = net.compare(methods=("naive-hinf", "lipsdp-layer"), lower_starts=2, time_budget=0.5)
+    hinf, layer = cmp.bounds
+    assert hinf.verified and layer.lipschitz is None and not layer.verified
+    assert layer.claimed_status == layer.details["status"] == "skipped"
+    assert "4950 rows" in layer.details["note"]
+    assert "skipped" in str(cmp).splitlines()[2]
+    assert 0 < cmp.lower.value <= hinf.lipschitz and cmp.lower.argmax_input.shape == (1, 150)
+    assert cmp.lower.starts == 2
+    big = lipdsl.load("specs/tcn.lip").compare(methods=("lipsdp-neuron",), lower=False)
+    assert big.lower is None and big.bounds[0].claimed_status == "failed"
+    assert "GiB of memory" in big.bounds[0].details["note"]
+
+
 def test_the_outside_hint_names_the_api_parameter(tmp_path):
     """A weight file outside the spec's directory, from Python: the hint names ``allow_outside=True`` (was:
     the CLI's ``--allow-outside``, which Python has not)."""
