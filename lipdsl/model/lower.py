@@ -75,35 +75,32 @@ def global_pool_step(name: str, n: int, note: str = "") -> lowered.Pool:
 
 
 def _lengths(net: typed.Network, min_length: int | None) -> list[int | None]:
-    """Length of the signal entering each layer for an input of ``min_length`` samples (any-length nets)."""
-    from lipdsl.lang.check import conv1d_length, pool_length
+    """Length of the signal entering each layer for an input of ``min_length`` samples (any-length nets),
+    by ``check.length_after`` (a residual block through its main path); past a flatten, a global average
+    pool or a dense layer the last length is repeated (those layers have none)."""
+    from lipdsl.lang.check import length_after
 
-    n = net.input_shape.length if net.input_shape.length is not None else min_length
-    out = []
-    for layer in net.layers:
-        out.append(n)
-        if n is None:
-            continue
-        if isinstance(layer, typed.Residual):  # both branches have the same length (check.py)
-            n = _branch_length(net, layer, n)
-        elif isinstance(layer, typed.Conv1d):
-            n = conv1d_length(n, layer.kernel, layer.stride, layer.dilation, layer.pad_left, layer.pad_right)
-        elif isinstance(layer, typed.Pool):
-            n = pool_length(n, layer.kernel, layer.stride)
-        if n is not None and n < 1:
+    def after(layer: typed.Layer, n: int) -> int:
+        if isinstance(layer, typed.Residual):  # (layer by layer: a too-short input names the inner layer)
+            for inner in layer.main:
+                n = after(inner, n)
+            return n
+        m = length_after(layer, n)
+        if m is not None and m < 1:
             raise LoweringError(
                 f"an input of length {min_length} is too short for layer {layer.name!r}",
                 span=layer.span,
                 hint="give a larger --length",
             )
+        return n if m is None else m
+
+    n = net.input_shape.length if net.input_shape.length is not None else min_length
+    out = []
+    for layer in net.layers:
+        out.append(n)
+        if n is not None:
+            n = after(layer, n)
     return out
-
-
-def _branch_length(net: typed.Network, block: typed.Residual, n: int) -> int:
-    """Length of a residual block's output for an input of ``n`` samples (through its main path)."""
-    sub = dataclasses_replace(net, input_shape=typed.Shape(block.in_shape.channels, n), layers=block.main + (
-        typed.Flatten("probe", None, block.out_shape, block.out_shape),))
-    return _lengths(sub, n)[-1]
 
 
 def compress_input(ss: lowered.StateSpace) -> tuple[lowered.StateSpace, int]:

@@ -293,3 +293,21 @@ def test_a_merge_saving_no_rows_does_not_say_n_rows_instead_of_n():
     note = lower(net).steps[0].note
     assert "merged" in note and "4 rows, as many as separately" in note
     assert "4 rows instead of 4" not in note
+
+
+def test_a_too_short_input_names_the_layer_inside_a_residual_block():
+    """The lengths through a residual block come from ``check.length_after``, layer by layer: an input too
+    short for the block's second conv is refused at that conv's line."""
+    from lipdsl.app.api import parse
+    from lipdsl.errors import LoweringError
+
+    net = parse(
+        "network r\ninput 1 x *\nresidual blk:\n"
+        "  conv1d c1: 1 -> 1, kernel 3, weight [[[1, 0, 1]]]\n  relu\n"
+        "  conv1d c2: 1 -> 1, kernel 5, weight [[[1, 0, 0, 0, 1]]]\n"
+        "shortcut\n  conv1d s: 1 -> 1, kernel 7, weight [[[1, 0, 0, 0, 0, 0, 1]]]\nend\nglobal_avgpool\n"
+    ).typed
+    assert lower(net, min_length=7).steps
+    with pytest.raises(LoweringError, match="an input of length 5 is too short for layer 'c2'") as info:
+        lower(net, min_length=5)
+    assert info.value.span.line == 6
