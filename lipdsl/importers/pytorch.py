@@ -356,22 +356,25 @@ def _single(v: Any) -> int:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The tensors of an ``.npz`` checkpoint (``numpy.savez``), read as the spec's weight files are: no
-    pickles, no member beyond ``weights.MAX_WEIGHT_BYTES`` uncompressed; floating point as float64."""
+    """The tensors of an ``.npz`` checkpoint (``numpy.savez``), each read as the spec's weight files are
+    (``weights.read_npz_member``: no pickles, size caps, headers checked before numpy allocates);
+    floating point as float64."""
     import zipfile
 
-    from lipdsl.lang.weights import MAX_WEIGHT_BYTES
+    from lipdsl.errors import WeightError
+    from lipdsl.lang.weights import read_npz_member
 
+    shown = repr(str(path))
+    tensors = {}
     try:
-        with zipfile.ZipFile(path) as z:
-            big = next((m for m in z.infolist() if m.file_size > MAX_WEIGHT_BYTES), None)
-        if big is not None:
-            raise ImportError_(f"{str(path)!r}: member {big.filename!r} inflates to {big.file_size:,} bytes, "
-                               f"more than lipdsl reads ({MAX_WEIGHT_BYTES:,})")
         with np.load(path, allow_pickle=False) as data:
-            tensors = {k: data[k] for k in data.files}
+            for key in data.files:
+                tensors[key] = read_npz_member(data.zip, key, f"tensor {key!r} in {shown}", None,
+                                               failed=f"cannot read {key!r} from {shown}")
+    except WeightError as exc:
+        raise ImportError_(exc.message, hint=exc.hint) from None
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ImportError_(f"cannot read {str(path)!r} as an .npz of tensors: {exc}") from None
+        raise ImportError_(f"cannot read {shown} as an .npz of tensors: {exc}") from None
     return {k: v.astype(np.float64) if np.issubdtype(v.dtype, np.floating) else v for k, v in tensors.items()}
 
 

@@ -259,34 +259,8 @@ class WeightFiles:
                 )
             key = _file_key(src, self.key_index(data), shown)
             self.read_keys[(rel, key)] = None
-            try:
-                # numpy maps KEY to the member KEY.npy or KEY (any name): read it ourselves, whatever its
-                # name, through the size cap and the header check (numpy would return a raw member's bytes)
-                names = data.zip.namelist()
-                member = data.zip.getinfo(key + ".npy" if key + ".npy" in names else key)
-                what = f"tensor {src.key!r} in {shown!r}"
-                if member.file_size > MAX_WEIGHT_BYTES:
-                    raise WeightError(
-                        f"{what} inflates to {_bytes(member.file_size)}, more than "
-                        f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
-                        src.span,
-                        hint="check that this is the right file (a compressed .npz can hide a huge tensor)",
-                    )
-                with data.zip.open(member) as f:
-                    if f.read(6) != b"\x93NUMPY":
-                        raise WeightError(
-                            f"{what} is not a .npy array "
-                            f"(member {shorten(member.filename)!r} holds other data)",
-                            src.span,
-                            hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
-                        )
-                with data.zip.open(member) as f:
-                    _check_header(f, member.file_size, what, src.span)
-                with data.zip.open(member) as f:
-                    array = np.lib.format.read_array(f, allow_pickle=False)
-            except _READ_ERRORS as exc:
-                raise WeightError(f"cannot read {src.key!r} from {shown!r}: {_reason(exc)}",
-                                  src.span) from None
+            array = read_npz_member(data.zip, key, f"tensor {src.key!r} in {shown!r}", src.span,
+                                    failed=f"cannot read {src.key!r} from {shown!r}")
             label = f"{src.key!r} in {shown!r}"
         if (
             not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer))
@@ -350,6 +324,45 @@ _READ_ERRORS = (
     SyntaxError,
     tokenize.TokenError,
 )
+
+
+def read_npz_member(archive: zipfile.ZipFile, key: str, what: str, span: Span | None, *,
+                    failed: str) -> np.ndarray:
+    """The tensor ``key`` of an ``.npz`` archive, as stored (no pickles): the member ``KEY.npy`` or ``KEY``
+    (numpy maps a key to either, whatever the name; read here, since numpy would return a raw member's
+    bytes), refused beyond ``MAX_WEIGHT_BYTES`` inflated, when it is not a .npy array, or when its header
+    declares more than the member holds (``_check_header``, before numpy allocates it).
+
+    ``what`` names the tensor in messages, ``failed`` starts the message of an unreadable one.
+
+    Raises
+    ------
+    WeightError
+        At ``span``.
+    """
+    try:
+        names = archive.namelist()
+        member = archive.getinfo(key + ".npy" if key + ".npy" in names else key)
+        if member.file_size > MAX_WEIGHT_BYTES:
+            raise WeightError(
+                f"{what} inflates to {_bytes(member.file_size)}, more than "
+                f"lipdsl reads ({_bytes(MAX_WEIGHT_BYTES)})",
+                span,
+                hint="check that this is the right file (a compressed .npz can hide a huge tensor)",
+            )
+        with archive.open(member) as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise WeightError(
+                    f"{what} is not a .npy array (member {shorten(member.filename)!r} holds other data)",
+                    span,
+                    hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
+                )
+        with archive.open(member) as f:
+            _check_header(f, member.file_size, what, span)
+        with archive.open(member) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except _READ_ERRORS as exc:
+        raise WeightError(f"{failed}: {_reason(exc)}", span) from None
 
 
 def _check_header(f, available: int, what: str, span: Span) -> None:

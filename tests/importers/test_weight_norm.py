@@ -433,3 +433,32 @@ def test_an_npz_checkpoint_imports_without_torch(tmp_path, monkeypatch):
     _, a = load_network(tmp_path / "a.lip")
     _, b = load_network(tmp_path / "b.lip")
     assert all(np.array_equal(x.weight, y.weight) for x, y in zip(a.layers, b.layers) if hasattr(x, "weight"))
+
+
+def test_an_npz_checkpoint_is_read_as_weight_files_are(tmp_path):
+    """import --like reads an .npz checkpoint's tensors through the weight files' member reader: a header
+    claiming 1.5 TiB is refused before numpy allocates it (was: numpy's allocation error as a traceback), and
+    so is a member that is no .npy array; exit 1 with the reason."""
+    import io
+    import struct
+    import zipfile
+
+    def npy_claiming(shape):
+        header = repr({"descr": "<f8", "fortran_order": False, "shape": shape}).encode()
+        header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0" * 16
+
+    arch = tmp_path / "arch.lip"
+    arch.write_text("input 2\ndense fc: 2 -> 1, weight fc.weight\n")
+    for name, member, reason in [("liar", npy_claiming((200_000_000_000,)), "declares shape (200000000000,)"),
+                                 ("raw", b"not an array", "is not a .npy array")]:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("fc.weight.npy", member)
+        (tmp_path / f"{name}.npz").write_bytes(buf.getvalue())
+        res = CliRunner().invoke(cli, ["import", str(tmp_path / f"{name}.npz"), "--like", str(arch), "-o",
+                                       str(tmp_path / "out.lip")])
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        said = " ".join(res.output.split())
+        assert f"error: tensor 'fc.weight' in '{tmp_path / name}.npz' {reason}" in said
+        assert not (tmp_path / "out.lip").exists()
