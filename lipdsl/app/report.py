@@ -125,14 +125,16 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
 
     cert, sol, net = result.certificate, result.solution, result.network
     if cert.verified:
-        proved = "" if proof is None else f", proved: L <= {proof.bound_text} in exact arithmetic"
+        proved = "" if proof is None else f", proved: L <= {proof.bound_text} in exact arithmetic" + (
+            "" if proof.realization_exact else " on rounded realizations, see the proof note")
         console.print(
             f"[bold]Lipschitz upper bound[/bold] of {net.name}: [bold green]{format_up(cert.lipschitz)}[/] "
             f"(certified{proved})", soft_wrap=proof is not None
         )
         for warning in result.warnings:
             console.print(f"  [bold yellow]warning:[/] {warning}")
-        for note in () if proof is None else proof.notes:  # (batch-norm scales covered in the proof)
+        # (batch-norm scales covered in the proof; what it does not cover)
+        for note in () if proof is None else (*proof.notes, *filter(None, [proof.realization_note])):
             console.print(f"  proof note: {note}", markup=False, highlight=False, soft_wrap=True)
         repaired = (
             "closed form, no SDP needed"
@@ -231,10 +233,8 @@ def print_verdict(verdict, console, errors) -> None:
     for note in verdict.notes:
         if not _shown_in_checks(note, verdict.checks):
             console.print(f"  note: {note}", markup=False, highlight=False, soft_wrap=True)
-    if not verdict.realization_exact:
-        console.print("  note: lifted maps (and residual blocks the checker does not rebuild) are checked "
-                      "with lower.py's floating-point realization (its products of weights rounded to double "
-                      "are not covered)", markup=False, highlight=False, soft_wrap=True)
+    if verdict.realization_note is not None:
+        console.print(f"  note: {verdict.realization_note}", markup=False, highlight=False, soft_wrap=True)
     backend = f", {verdict.backend}" if verdict.mode == "exact" else ""
     console.print(f"  time {verdict.seconds:.3f} s{backend}")
 def sweep_table(rows, *, lower: bool = False, title: str | None = None):

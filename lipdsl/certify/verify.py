@@ -118,6 +118,17 @@ class Verdict:
         """Whether every system's ``(A, B, C, D)`` is the weights themselves (no rounded products)."""
         return all(c.exact_realization for c in self.checks)
 
+    @property
+    def realization_note(self) -> str | None:
+        """What a proof does not cover when some realization is ``lower.py``'s rounded one (None: all exact):
+        the LMIs concerned, named. ``verify`` and ``solve --exact`` print it alike."""
+        rounded = [c.name.split(" ")[0] for c in self.checks if not c.exact_realization]
+        if not rounded:
+            return None
+        return (f"{', '.join(rounded)}: checked with lower.py's floating-point realization (lifted maps, and "
+                "residual blocks the checker does not rebuild, e.g. strided ones): its products of weights "
+                "rounded to double are not covered")
+
     def to_json(self) -> dict:
         """A JSON-ready dict (``lipdsl verify --json``)."""
         return {

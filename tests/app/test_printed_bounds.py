@@ -58,7 +58,7 @@ def test_compare_table_rounds_bound_up_and_lower_down(capsys):
 def test_verify_prints_the_claimed_bound_rounded_up():
     verdict = SimpleNamespace(ok=True, mode="float", network="net", bound_text="2.000000001", claimed=UPPER,
                               valid_for="", length_bound=False, checks=(), rho_raise=0, notes=(),
-                              realization_exact=True, seconds=0.1)
+                              realization_note=None, seconds=0.1)
     out = Console(width=200, record=True, file=io.StringIO())
     report.print_verdict(verdict, out, out)
     assert "<= 2.000000001 (floating point with rounding bounds; claimed 2.000000001)" in out.export_text()

@@ -82,6 +82,23 @@ def test_solve_exact_reports_proved(tmp_path):
     assert out["certificate_file"] == str(tmp_path / "t.json") and "certificate_error" not in out
 
 
+def test_a_proof_on_rounded_realizations_says_so(tmp_path):
+    """resnet1d_strided's strided blocks are checked on lower.py's rounded realization: `solve --exact`
+    qualifies its "proved" and names those LMIs in a proof note, as `verify --exact` does in its note (solve
+    claimed a plain "proved ... in exact arithmetic"); the ECG net's proof has neither."""
+    cert = tmp_path / "s2.json"
+    res = run("solve", SPECS / "resnet1d_strided.lip", "--exact", "--certificate", cert)
+    assert res.exit_code == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "in exact arithmetic on rounded realizations, see the proof note)" in text
+    uncovered = ("LMI[down1+relu3], LMI[down2+relu5]: checked with lower.py's floating-point realization")
+    assert f"proof note: {uncovered}" in text and "rounded to double are not covered" in text
+    res = run("verify", SPECS / "resnet1d_strided.lip", cert, "--exact")
+    assert res.exit_code == 0 and f"note: {uncovered}" in " ".join(res.stdout.split())
+    res = run("solve", SPECS / "ecg.lip", "--exact")
+    assert "rounded realizations" not in res.stdout and "lower.py's floating-point" not in res.stdout
+
+
 def test_tampered_multiplier_exits_3_naming_the_lmi(ecg_cert, tmp_path):
     doc = json.loads(ecg_cert.read_text())
     lam = doc["lmis"][1]["lambda"]
