@@ -303,30 +303,32 @@ def _needs_export(module: Any) -> bool:
 
 
 def _import_torch_via_onnx(module: Any, shape: Shape, name: str | None) -> Imported:
-    """Export ``module`` (a copy, in eval mode) to ONNX in memory and import that: batch norm folded, chomps
-    (``x[:, :, :-p]``) as causal padding, weight norm evaluated, every layer checked against the model.
+    """Export ``module`` (in eval mode; each submodule's mode is restored afterwards) to ONNX in memory and
+    import that: batch norm folded, chomps (``x[:, :, :-p]``) as causal padding, weight norm evaluated, every
+    layer checked against the model.
 
     TorchScript exporter, ``do_constant_folding=False`` so that the parameters keep their names; a symbolic
-    time axis when ``shape`` has no length (traced at 64 samples).
+    time axis when ``shape`` has no length (traced at 64 samples). The module itself is exported, not a
+    copy: ``torch.nn.utils.weight_norm``'s computed weight cannot be deep-copied.
     """
-    import copy
     import io
     import warnings
 
     torch = _require_torch()
     onnx = require_onnx()
-    model = copy.deepcopy(module).eval()
     try:
-        dtype = next(model.parameters()).dtype
+        dtype = next(module.parameters()).dtype
     except StopIteration:
         dtype = torch.float32
     dims = (1, shape.channels) if shape.flat else (1, shape.channels, shape.length or 64)
     buf = io.BytesIO()
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's DeprecationWarning
             torch.onnx.export(
-                model,
+                module,
                 (torch.zeros(dims, dtype=dtype),),
                 buf,
                 dynamo=False,
@@ -342,6 +344,9 @@ def _import_torch_via_onnx(module: Any, shape: Shape, name: str | None) -> Impor
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
             hint="lipdsl reads modules other than a plain nn.Sequential through torch.onnx.export",
         ) from None
+    finally:
+        for m, training in modes:
+            m.training = training
     proto = onnx.load_from_string(buf.getvalue())
     net_name = name or module_network_name(module)
     imported = import_onnx(proto, name=net_name)

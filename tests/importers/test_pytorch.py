@@ -357,10 +357,34 @@ def test_from_torch_crops_to_the_input_length_at_a_fixed_length(tmp_path):
 def test_from_torch_custom_module_with_batchnorm(tmp_path):
     torch.manual_seed(5)
     module = _random_bn(Fcn()).train()  # read in eval mode, and said so
+    module.bn1.eval()  # (a submodule's own mode is restored too)
     net = lipdsl.from_torch(module, (1, 16))
-    assert module.training  # the user's module is left as it was
+    assert module.training and not module.bn1.training  # the user's module is left as it was
+    assert all(m.training for name, m in module.named_modules() if name != "bn1")
+    module.bn1.train()
     assert "# note: the module was in training mode" in net.save(tmp_path / "fcn.lip")[0].read_text()
     _matches(module.eval(), (1, 16), net, 1e-4)
+
+
+def test_from_torch_reads_the_old_weight_norm():
+    """``torch.nn.utils.weight_norm`` (the classic TCN's): its computed weight cannot be deep-copied, so the
+    module is exported itself, its modes restored (was: torch's deepcopy RuntimeError as a traceback)."""
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (its deprecation)
+                self.conv = torch.nn.utils.weight_norm(torch.nn.Conv1d(4, 4, 3, padding=1))
+
+        def forward(self, x):
+            return torch.relu(self.conv(x) + x)
+
+    torch.manual_seed(7)
+    module = Block().train()
+    net = lipdsl.from_torch(module, (4, 16))
+    assert module.training and module.conv.training
+    _matches(module.eval(), (4, 16), net, 1e-5)
+    assert net.solve().verified
 
 
 def test_from_torch_residual_module_is_a_residual_block():
