@@ -26,7 +26,7 @@ from lipdsl.errors import LimitError, LipdslError, SolveError, UnsupportedError
 from lipdsl.model.lower import lower
 from lipdsl.model.lowered import Network as LoweredNetwork
 from lipdsl.rigorous import format_up
-from lipdsl.sdp.build import build_sdp, weight_bases
+from lipdsl.sdp.build import NO_FREQUENCY_FORM, build_sdp, weight_bases
 from lipdsl.sdp.problem import Sdp, Variable
 from lipdsl.sizes import (  # noqa: F401 (imported from here too)
     ProblemSize, SubspaceWeights, lowered_size, problem_size)
@@ -344,6 +344,8 @@ def _solve_network(net, solver, tol, max_iterations, margin, verbose, min_length
     weights = {} if weights is None else dict(
         weights="subspace", bases=weight_bases(low, weights.rank, weights.min_order))
     sdp = build_sdp(low, frequencies=frequencies, **weights)
+    if frequencies is not None and not sdp.storage:  # (no system took the frequency form: build_sdp's note)
+        form = NO_FREQUENCY_FORM.format(k=frequencies)
     tol, tolerance = solve_tolerance(sdp, solver, tol)
     form = f"{form}; {tolerance}" if tolerance else form
     t2 = time.perf_counter()

@@ -189,6 +189,11 @@ def frequency_lmi_terms(b: LmiBuilder, sys: lowered.System, H: np.ndarray, lam, 
                      inner=inner)
 
 
+#: ``build_sdp(frequencies=K)`` on a net where no system takes the frequency form (``in_frequency_form``).
+NO_FREQUENCY_FORM = ("--frequencies {k}: every LMI is exact, as no system takes the frequency form (that "
+                     "needs a state, at least as many states as inputs and outputs together, and no P >= 0)")
+
+
 def in_frequency_form(nx: int, nu: int, ny: int, slope: tuple[float, float] | None) -> bool:
     """Whether ``build_sdp(frequencies=K)`` imposes a system's LMI in the frequency domain: it has a state,
     at least as many states as inputs and outputs together (a small P, e.g. of a first layer with one
@@ -459,6 +464,8 @@ def build_sdp(net: lowered.Network, *, inverse: bool = True, frequencies: int | 
         notes.append(f"{', '.join(v.system for v in storage)}: LMI imposed in the frequency domain on "
                      f"{frequencies} frequencies (KYP lemma); P from a Riccati equation afterwards, then "
                      "certified")
+    elif frequencies is not None:
+        notes.append(NO_FREQUENCY_FORM.format(k=frequencies))
     final_links = []
     used_grids: dict[str, np.ndarray] = {}
     spacings: dict[str, int] = {}

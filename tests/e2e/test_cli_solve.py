@@ -348,3 +348,18 @@ def test_solve_progress_goes_to_a_terminal_only(monkeypatch):
         solve_network(load_network(SPECS / "ecg.lip")[1], progress=stages.append)
     assert stages == ["lowering", "building the SDP", "solving", "certifying"]
     assert iterations[:3] == [1, 2, 3]
+
+
+def test_frequencies_on_a_net_without_a_gridded_system_says_every_lmi_is_exact():
+    """--frequencies 5 on resnet1d_strided (no system with at least as many states as inputs and outputs):
+    the text has a note and --json's form says the LMIs are exact (form claimed "frequency-domain LMIs ...
+    on 5 frequencies" with frequencies null); the bound is the exact LMIs'."""
+    from lipdsl.sdp.build import NO_FREQUENCY_FORM
+
+    spec = str(SPECS / "resnet1d_strided.lip")
+    said = NO_FREQUENCY_FORM.format(k=5)
+    res = run("solve", spec, "--frequencies", "5")
+    assert res.exit_code == 0 and f"note: {said}" in " ".join(res.output.split())
+    out = json.loads(run("solve", spec, "--frequencies", "5", "--json").output)
+    exact = json.loads(run("solve", spec, "--frequencies", "none", "--json").output)
+    assert out["form"] == said and out["frequencies"] is None and out["lipschitz"] == exact["lipschitz"]
