@@ -244,6 +244,10 @@ class Checker:
         values, label = self.files.read(src, self.weights)
         return Loaded(values, None, label, src.span)
 
+    def holds(self, ref: ast.TensorRef) -> bool:
+        """Whether the file ``ref`` names (or the current ``weights`` file) has its key."""
+        return self.files.holds(ref, self.weights)
+
     def inline(self, t: ast.Tensor, role: str) -> Loaded:
         if t.values is not None:  # plain numbers, already float64 (the parser's fast path)
             bad = np.argwhere(~np.isfinite(t.values))

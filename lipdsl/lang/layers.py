@@ -123,12 +123,18 @@ def _batchnorm(ck: Checker, st: ast.BatchNorm, name: str, shape: Shape, prev: st
                         "as in 'weights layer1.bn1'", prefix.span,
                         hint="or give running_mean, running_var, weight and bias one by one")
     tensors = {}
+
+    def prefixed(role: str) -> ast.TensorRef:
+        ref = prefix.value
+        return ast.TensorRef(ref.file, f"{ref.key}.{role}", ref.span)
+
+    # BatchNorm1d(affine=False) has neither weight nor bias in its state_dict: 1 and 0, as without a prefix
+    affine = prefix is None or any(r in opts or ck.holds(prefixed(r)) for r in ("weight", "bias"))
     for role, default in (("weight", 1.0), ("bias", 0.0), ("running_mean", None), ("running_var", None)):
         if role in opts:
             src = opts[role].value
-        elif prefix is not None:
-            ref = prefix.value
-            src = ast.TensorRef(ref.file, f"{ref.key}.{role}", ref.span)
+        elif prefix is not None and (affine or default is None):
+            src = prefixed(role)
         elif default is not None:
             tensors[role] = np.full(c, default)
             continue

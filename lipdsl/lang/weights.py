@@ -224,6 +224,15 @@ class WeightFiles:
         for handle in self.handles:
             handle.close()
 
+    def holds(self, src: ast.TensorRef, default: tuple[str, Span] | None) -> bool:
+        """Whether the ``.npz`` that ``src`` names (``default``: the current ``weights`` file) has a tensor
+        of key ``src.key`` (``key_matches``); False for a ``.npy`` or without a file. A file that cannot be
+        opened raises, as ``read`` would."""
+        if src.key is None or (src.file is None and default is None):
+            return False
+        data = self.open(*((src.file, src.span) if src.file is not None else default))
+        return not isinstance(data, np.ndarray) and bool(key_matches(src.key, self.key_index(data)))
+
     def read(self, src: ast.TensorRef, default: tuple[str, Span] | None) -> tuple[np.ndarray, str]:
         """A tensor from a file, by key (``default``: the current ``weights`` file and where it is declared)
         -> (finite, read-only float64 values; a label naming the tensor in messages)."""

@@ -446,3 +446,17 @@ def test_key_matches_with_an_index_equals_the_scan_over_every_key():
                 expected[written] = tensors[scan(written, keys)[0]]
         assert weights_module.spelt_tensors(tensors) == expected
     assert weights_module.key_matches("_0.w", ["0.w", "0.w"]) == ("0.w", "0.w")  # listed twice: ambiguous
+
+
+def test_a_batchnorm_prefix_without_weight_and_bias_is_affine_false(tmp_path):
+    """``BatchNorm1d(affine=False)`` saves only running_mean and running_var: ``weights PREFIX`` reads them
+    with weight 1 and bias 0 (was: "no tensor 'bn.weight'", with a did-you-mean of another tensor). One of
+    the two without the other is still missing."""
+    mean, var = np.array([0.5, -1.0]), np.array([4.0, 0.25])
+    np.savez(tmp_path / "w.npz", **{"bn.running_mean": mean, "bn.running_var": var})
+    net = net_of('input 2\nweights "w.npz"\nbatchnorm bn: 2, weights bn\n', tmp_path)
+    bn = net.layers[0]
+    np.testing.assert_allclose(bn.scale, 1 / np.sqrt(var + 1e-5), rtol=1e-15)
+    np.testing.assert_allclose(bn.shift, -mean / np.sqrt(var + 1e-5), rtol=1e-15)
+    np.savez(tmp_path / "w.npz", **{"bn.running_mean": mean, "bn.running_var": var, "bn.weight": 2 * mean})
+    refused(tmp_path, 'weights "w.npz"\nbatchnorm bn: 2, weights bn\n', "no tensor 'bn.bias' in 'w.npz'")
