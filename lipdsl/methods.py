@@ -302,12 +302,14 @@ def _compare(net, methods, length, lower_starts, time_budget, seed, solver, lift
 
     def run(m):
         options = {"frequencies": frequencies} if m == "dissipative" else {}
+        t0 = time.perf_counter()
         try:
             return limits.run_within(
                 lambda: run_method(net, m, length=length, solver=solver, lift=lift, force=force,
                                    max_rows=max_rows, **options), deadline, m)
-        except TimeLimitError as err:
-            return MethodResult(m, None, 0.0, "failed", err.message, length=_unroll_length(net, length))
+        except TimeLimitError as err:  # (the time it ran until the limit)
+            return MethodResult(m, None, time.perf_counter() - t0, "failed", err.message,
+                                length=_unroll_length(net, length), error=err)
 
     background = [m for m in methods if m.startswith("lipsdp")] if workers > 1 else []
     with ThreadPoolExecutor(max_workers=workers) as pool:

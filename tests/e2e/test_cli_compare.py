@@ -86,6 +86,8 @@ def test_compare_budget_counts_the_parse_and_the_table_is_printed(slow_parse, mo
         assert by["naive-hinf"]["status"] == "exact norm" and by["naive-hinf"]["bound"] > 0
         assert by["lipsdp-neuron"]["status"] == "failed" and by["lipsdp-neuron"]["bound"] is None
         assert note in by["lipsdp-neuron"]["note"]
+        # (its time is what it ran until the limit, after the parse: it was 0.0)
+        assert TIMEOUT - PARSE - 0.5 < by["lipsdp-neuron"]["seconds"] <= TIMEOUT
         assert f"the time limit of {TIMEOUT:g} s has passed" in out["lower_bound_error"]
     else:
         assert "Lipschitz bounds" in res.stdout and "exact norm" in res.stdout
