@@ -419,11 +419,7 @@ def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = No
             "loaded: unpickling can run any code), export to ONNX, or call lipdsl.from_torch(model, shape) "
             "in Python",
         ) from None
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ImportError_(
-            f"{label!r} does not hold a state_dict (a mapping of names to tensors)",
-            hint="save it with torch.save(model.state_dict(), path)",
-        )
+    obj = _the_state_dict(obj, label, torch)
     out = {}
     for k, v in obj.items():
         v = v.detach().cpu()
@@ -435,6 +431,31 @@ def load_state_dict(path: str | os.PathLike | io.BytesIO, shown: str | None = No
             except (TypeError, RuntimeError):  # a dtype numpy has not (quantized...): as if not there
                 continue
     return out
+
+
+def _the_state_dict(obj: Any, label: str, torch: Any) -> Mapping:
+    """The state_dict in what ``torch.load`` returned: ``obj`` itself (names -> tensors), or a training
+    checkpoint's one entry that is a state_dict (``{"model": sd, "optimizer": ..., "epoch": 3}``; an
+    optimizer's state_dict holds more than tensors)."""
+    def is_state_dict(x: Any) -> bool:
+        return isinstance(x, Mapping) and bool(x) and all(isinstance(v, torch.Tensor) for v in x.values())
+
+    if is_state_dict(obj):
+        return obj
+    inner = [k for k, v in obj.items() if is_state_dict(v)] if isinstance(obj, Mapping) else []
+    if len(inner) == 1:
+        return obj[inner[0]]
+    if isinstance(obj, Mapping) and obj:
+        held = f"; it holds a dict of {', '.join(repr(str(k)) for k in list(obj)[:8])}" + (
+            ", ..." if len(obj) > 8 else "")
+    else:
+        held = f"; it holds {'an empty ' if isinstance(obj, Mapping) else 'a '}{type(obj).__name__}"
+    several = f" ({', '.join(repr(str(k)) for k in inner)} are state_dicts: say which)" if inner else ""
+    raise ImportError_(
+        f"{label!r} does not hold a state_dict (a mapping of names to tensors){held}{several}",
+        hint="save it with torch.save(model.state_dict(), path)" + (
+            f", e.g. torch.save(checkpoint[{str(inner[0])!r}], path)" if inner else ""),
+    )
 
 
 def spec_tensors(tensors: Mapping[str, np.ndarray], refs: Iterable[TensorRef] = (),

@@ -224,6 +224,28 @@ def test_pickled_module_is_never_unpickled(tmp_path):
     assert not (tmp_path / "x.lip").exists() and not buf.getvalue()
 
 
+def test_a_training_checkpoint_gives_its_one_state_dict(tmp_path):
+    """``{"model": sd, "optimizer": ..., "epoch": 3}`` reads as ``sd`` (the one entry that is a state_dict);
+    two state_dicts, or none, are refused naming what the file holds (was: "does not hold a state_dict" with
+    no word of its keys)."""
+    from lipdsl.importers.pytorch import load_state_dict
+
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sd = model.state_dict()
+    torch.save({"model": sd, "optimizer": opt.state_dict(), "epoch": 3}, tmp_path / "ck.pt")
+    got = load_state_dict(tmp_path / "ck.pt")
+    assert sorted(got) == ["bias", "weight"] and np.array_equal(got["weight"], sd["weight"].double().numpy())
+    torch.save({"model": sd, "ema": sd, "epoch": 3}, tmp_path / "two.pt")
+    with pytest.raises(LipdslError, match="it holds a dict of 'model', 'ema', 'epoch' \\('model', 'ema' are "
+                       "state_dicts: say which\\)") as info:
+        load_state_dict(tmp_path / "two.pt")
+    assert "torch.save(checkpoint['model'], path)" in info.value.hint
+    torch.save({"epoch": 3}, tmp_path / "none.pt")
+    with pytest.raises(LipdslError, match="does not hold a state_dict .*; it holds a dict of 'epoch'$"):
+        load_state_dict(tmp_path / "none.pt")
+
+
 # -- batch norm, chomps, weight norm, custom modules (through ONNX) ------------------------------------------
 
 
