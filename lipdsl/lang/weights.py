@@ -177,10 +177,13 @@ class WeightFiles:
                 raise WeightError(f"weight file {shown!r} is {kind}, not a file", span,
                                   hint="give the path of a .npz or .npy file")
         if path.suffix.lower() not in WEIGHT_SUFFIXES:
+            like = f"--like {self.source.path} "  # (a state_dict fills this spec's weight keys)
+            importing = {".pt": like, ".pth": like, ".ckpt": like, ".onnx": ""}.get(path.suffix.lower())
             raise WeightError(
                 f"weight file {shown!r} is neither .npz nor .npy",
                 span,
-                hint="save tensors with numpy.savez (named) or numpy.save (one tensor)",
+                hint="save tensors with numpy.savez (named) or numpy.save (one tensor)" if importing is None
+                else f"a model file is read by 'lipdsl import {shown} {importing}-o net.lip' (spec + .npz)",
             )
         size = path.stat().st_size if data is None else len(data)
         if size > MAX_WEIGHT_BYTES:

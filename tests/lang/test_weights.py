@@ -460,3 +460,16 @@ def test_a_batchnorm_prefix_without_weight_and_bias_is_affine_false(tmp_path):
     np.testing.assert_allclose(bn.shift, -mean / np.sqrt(var + 1e-5), rtol=1e-15)
     np.savez(tmp_path / "w.npz", **{"bn.running_mean": mean, "bn.running_var": var, "bn.weight": 2 * mean})
     refused(tmp_path, 'weights "w.npz"\nbatchnorm bn: 2, weights bn\n', "no tensor 'bn.bias' in 'w.npz'")
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("x.pt", "a model file is read by 'lipdsl import x.pt --like {spec} -o net.lip' (spec + .npz)"),
+    ("x.onnx", "a model file is read by 'lipdsl import x.onnx -o net.lip' (spec + .npz)"),
+    ("x.txt", "save tensors with numpy.savez (named) or numpy.save (one tensor)"),
+])
+def test_a_model_file_as_weights_points_to_import(tmp_path, name, hint):
+    """A state_dict or ONNX file named as a weight file: the hint is the import command that reads it (it
+    was numpy.savez for every file that is not .npz or .npy)."""
+    (tmp_path / name).write_bytes(b"model bytes")
+    err = refused(tmp_path, f'dense 2 -> 1, weight "{name}"\n', f"'{name}' is neither .npz nor .npy")
+    assert err.hint == hint.format(spec=tmp_path / "spec.lip")
