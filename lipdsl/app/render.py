@@ -58,6 +58,11 @@ def layer_details(layer) -> str:
 
 
 def layer_json(layer) -> dict:
+    """``lipdsl show --json``'s entry of one typed layer: its name, kind, shapes, parameter count and line,
+    and the options of its kind (a conv's kernel, stride, dilation, padding and bias; a pool's op, kernel
+    and stride; an activation's function, parameter and slope; a batch norm's channels and eps); a residual
+    block's ``main`` and ``shortcut`` are lists of such entries (this function, recursively), so a layer
+    inside a block is described as at the top level."""
     entry = {
         "name": layer.name,
         "kind": layer.kind,
@@ -69,6 +74,15 @@ def layer_json(layer) -> dict:
     if layer.kind == "residual":
         entry.update(main=[layer_json(sub) for sub in layer.main],
                      shortcut=[layer_json(sub) for sub in layer.shortcut])
+    elif layer.kind == "conv1d":
+        entry.update(kernel=layer.kernel, stride=layer.stride, dilation=layer.dilation, padding=layer.padding,
+                     pad_left=layer.pad_left, pad_right=layer.pad_right, bias=layer.bias is not None)
+    elif layer.kind == "dense":
+        entry.update(bias=layer.bias is not None)
+    elif layer.kind == "pool":
+        entry.update(op=layer.op, kernel=layer.kernel, stride=layer.stride)
+    elif layer.kind == "activation":
+        entry.update(function=layer.function, parameter=layer.parameter, slope=[layer.alpha, layer.beta])
     elif layer.kind == "batchnorm":
         entry.update(channels=layer.channels, eps=layer.eps)
     return entry
@@ -91,29 +105,9 @@ def summary(net) -> str:
 
 
 def show_json(net) -> dict:
-    """``lipdsl show --json``: the network, its shapes and every layer's options, parameters and slopes."""
-    layers = []
-    for layer in net.layers:
-        entry = layer_json(layer)
-        if layer.kind == "conv1d":
-            entry.update(
-                kernel=layer.kernel,
-                stride=layer.stride,
-                dilation=layer.dilation,
-                padding=layer.padding,
-                pad_left=layer.pad_left,
-                pad_right=layer.pad_right,
-                bias=layer.bias is not None,
-            )
-        elif layer.kind == "dense":
-            entry.update(bias=layer.bias is not None)
-        elif layer.kind == "pool":
-            entry.update(op=layer.op, kernel=layer.kernel, stride=layer.stride)
-        elif layer.kind == "activation":
-            entry.update(
-                function=layer.function, parameter=layer.parameter, slope=[layer.alpha, layer.beta]
-            )
-        layers.append(entry)
+    """``lipdsl show --json``: the network, its shapes and every layer (``layer_json``: options, parameters,
+    slopes; the layers of residual blocks alike)."""
+    layers = [layer_json(layer) for layer in net.layers]
     return {
         "name": net.name,
         "source": net.source_path,

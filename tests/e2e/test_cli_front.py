@@ -125,9 +125,44 @@ def test_show_draws_residual_blocks(capsys):
                                                                                                   "batchnorm"]
     assert [x["kind"] for x in blocks[0]["shortcut"]] == ["conv1d", "batchnorm"]
     assert blocks[2]["shortcut"] == []
+    conv, relu, short = blocks[0]["main"][0], blocks[0]["main"][2], blocks[0]["shortcut"][0]
+    assert (conv["kernel"], conv["stride"], conv["dilation"], conv["padding"], conv["pad_left"],
+            conv["pad_right"], conv["bias"]) == (8, 1, 1, "same", 3, 4, True)
+    assert (short["kernel"], short["padding"], short["pad_left"], short["pad_right"]) == (1, "0", 0, 0)
+    assert (relu["function"], relu["parameter"], relu["slope"]) == ("relu", None, [0.0, 1.0])
     assert data["params"] == 32306  # as PyTorch counts them (batch norm: weight and bias)
     code, out, _ = run(["show", str(ROOT / "specs" / "resnet1d.lip")], capsys)
     assert code == 0 and "block3" in out and "shortcut" in out
+
+
+def test_show_json_describes_a_layer_in_a_block_as_at_the_top_level(tmp_path, capsys):
+    """``show --json``: a conv, an activation, a pool and a batch norm inside a residual block (main path and
+    shortcut) carry the same fields and values as the same layers at the top level (one serializer)."""
+    conv = ("conv1d {}: 2 -> 2, kernel 3, dilation 2, padding causal, weight [[[1, 0, 2], [0, 1, 0]], "
+            "[[0, 0, 1], [1, 1, 1]]], bias [1, -1]")
+    layers = [conv, "leaky_relu(1/10) {}", "batchnorm {}: 2, running_mean [0, 1], running_var [1, 4], "
+              "eps 0.01", "maxpool {}: 2, stride 2", "avgpool {}: 2"]
+    spec = tmp_path / "t.lip"
+    main = ["  " + x.format(f"in{i}") for i, x in enumerate(layers[:4])]  # (the avgpool: the shortcut)
+    spec.write_text("\n".join(["input 2 x 32"] + [x.format(f"top{i}") for i, x in enumerate(layers)]
+                              + ["residual b:"] + main + ["shortcut", "  " + layers[4].format("in4"), "end"])
+                    + "\n")
+    code, out, err = run(["show", str(spec), "--json"], capsys)
+    assert code == 0, err
+    top = json.loads(out)["layers"]
+    block = top.pop()
+    inner = block["main"] + block["shortcut"]
+    assert [x["kind"] for x in inner] == [x["kind"] for x in top] == ["conv1d", "activation", "batchnorm",
+                                                                     "pool", "pool"]
+
+    def fields(entry):  # (the name, line and shapes differ)
+        return {k: v for k, v in entry.items() if k not in ("name", "line", "in", "out")}
+
+    assert [fields(x) for x in inner] == [fields(x) for x in top]
+    assert fields(top[0]) == {"kind": "conv1d", "params": 14, "kernel": 3, "stride": 1, "dilation": 2,
+                              "padding": "causal", "pad_left": 4, "pad_right": 0, "bias": True}
+    assert fields(top[1])["function"] == "leaky_relu" and fields(top[1])["slope"] == [0.1, 1.0]
+    assert fields(top[2])["eps"] == 0.01 and fields(top[3])["op"] == "max" and fields(top[4])["stride"] == 2
 
 
 @pytest.mark.parametrize("command", ["show", "export"])
