@@ -3,6 +3,9 @@ shape rules, weights against the declared sizes, slopes from the activation tabl
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 
 from lipdsl.errors import ShapeError, SpecError, WeightError, did_you_mean
@@ -17,7 +20,9 @@ from lipdsl.lang.check import (
     producer,
     conv1d_length,
     conv1d_padding,
+    length_after,
     pool_length,
+    _kind,
 )
 from lipdsl.lang.source import Span
 from lipdsl.lang.syntax_errors import LAYER_KEYWORDS, suggest_keyword
@@ -57,53 +62,147 @@ def check_layer(ck: Checker, st, name: str, shape: Shape, prev: str | None) -> t
     return _activation(ck, st, name, shape)
 
 
-def _branch(ck: Checker, nodes, names, shape: Shape, prev: str | None) -> tuple[list, Shape, str | None]:
-    """Check one branch of a residual block: its layers in order, from ``shape``."""
+def _branch(ck: Checker, nodes, names, shape: Shape, prev: str | None,
+            block: str) -> tuple[list, Shape, str | None]:
+    """Check one branch of the residual block ``block``: its layers in order, from ``shape``; returns the
+    typed layers, the branch's output shape and its last layer's name (``prev`` for an empty branch).
+
+    Raises
+    ------
+    ShapeError
+        At a flatten, global_avgpool or dense layer: a block maps signals to signals.
+    """
     layers = []
     for st in nodes:
-        layer = check_layer(ck, st, next(names), shape, prev)
+        name = next(names)
+        if isinstance(st, (ast.Flatten, ast.GlobalAvgPool, ast.Dense)):
+            kind = _kind(st)
+            raise ShapeError(
+                f"{kind} {name!r} inside residual block {block!r}: a block maps signals (channels x samples) "
+                "to signals", st.span,
+                hint=f"a block's branches take conv1d, avgpool, maxpool, batchnorm and activations; put "
+                f"{kind} after the block's 'end'")
+        layer = check_layer(ck, st, name, shape, prev)
         layers.append(layer)
         shape, prev = layer.out_shape, layer.name
     return layers, shape, prev
 
 
 def check_residual(ck: Checker, st: ast.Residual, name: str, names, shape: Shape,
-              prev: str | None) -> typed.Residual:
-    """``main(x) + shortcut(x)``: both branches from ``shape``, to the same shape (else a ShapeError)."""
-    main, out, last = _branch(ck, st.main, names, shape, prev)
-    short, out_s, _ = _branch(ck, st.shortcut or (), names, shape, prev)
-    if out != out_s:
-        where = st.shortcut_span if st.shortcut else st.span
+                   prev: str | None) -> typed.Residual:
+    """``main(x) + shortcut(x)``: both branches from the signal ``shape`` to the same shape (for ``input C x
+    *``, the same length for every input length: probed at 64 and 65 samples); returns the typed block.
+
+    Raises
+    ------
+    ShapeError
+        At the block for a flat input; at a flatten, global_avgpool or dense layer inside it (``_branch``);
+        at the ``shortcut`` line (the block's line for the identity) when the branches end in other
+        channels or lengths, with a hint that fits the mismatch (``_mismatch_hint``).
+    """
+    if shape.flat:
+        raise ShapeError(f"residual block {name!r} needs signals (channels x samples), but {producer(prev)} "
+                         f"a flat vector of {shape.channels}", st.span,
+                         hint="put the block before flatten/global_avgpool")
+    main, out, last = _branch(ck, st.main, names, shape, prev, name)
+    short, out_s, _ = _branch(ck, st.shortcut or (), names, shape, prev, name)
+    inputs = (shape.length,) if shape.length is not None else (64, 65)  # (any length: two probes)
+    ends = [(n, _branch_length(main, n), _branch_length(short, n)) for n in inputs]
+    differ = next(((n, a, b) for n, a, b in ends if a != b), None)
+    if out.channels == out_s.channels and differ is None:
+        return typed.Residual(name, st.span, tuple(main), tuple(short), shape, out)
+    where = st.shortcut_span if st.shortcut else st.span
+    hint = _mismatch_hint(main, short, out, out_s, inputs if differ is not None else (), not st.shortcut)
+    if out.channels != out_s.channels or shape.length is not None:
         what = f"the shortcut produces {out_s}" if st.shortcut else f"the identity shortcut passes {out_s} on"
-        hint = (f"the shortcut needs a layer to {out.channels} channels, e.g. 'conv1d {out_s.channels} -> "
-                f"{out.channels}, kernel 1, weight KEY' in a 'shortcut' section"
-                if not st.shortcut else "both branches must end in the same channels x samples")
         raise ShapeError(f"residual block {name!r}: the main path produces {out} (after {last!r}), "
                          f"but {what}", where, hint=hint)
-    if shape.length is None and not shape.flat:  # any length: the branches must change it the same way
-        for n in (64, 65):
-            a, b = _probe_length(main, n), _probe_length(short, n)
-            if a != b:
-                raise ShapeError(
-                    f"residual block {name!r}: for an input of {n} samples the main path gives {a} and the "
-                    f"shortcut {b}", st.shortcut_span if st.shortcut else st.span,
-                    hint="both branches must keep the same length (e.g. padding same or causal in both)")
-    if out.flat or shape.flat:
-        raise ShapeError(f"residual block {name!r} needs signals (channels x samples), not flat vectors",
-                         st.span, hint="put the block before flatten/global_avgpool")
-    return typed.Residual(name, st.span, tuple(main), tuple(short), shape, out)
+    n, a, b = differ
+    raise ShapeError(f"residual block {name!r}: for an input of {n} samples the main path gives {a} and the "
+                     f"shortcut {b}", where, hint=hint)
 
 
-def _probe_length(layers, n: int | None) -> int | None:
-    """The length after ``layers`` for an input of ``n`` samples (None once a layer has no output)."""
+def _mismatch_hint(main: list, short: list, out: Shape, out_s: Shape, inputs: tuple[int, ...],
+                   identity: bool) -> str:
+    """The hint for a residual block whose branches ``main`` and ``short`` (``identity``: none written) end
+    in ``out`` and ``out_s``. Other channels: a 1x1 conv to the main path's channels. Other lengths for the
+    input lengths ``inputs`` (empty: the lengths agree): when the products of the branches' strides differ,
+    a shortcut that downsamples alike (the bound needs it: docs/language.md); else one conv's padding that
+    makes the lengths agree (``_padding_fix``); else how convs and pools change the length."""
+    parts = []
+    down = [math.prod(layer.stride for layer in branch if isinstance(layer, (typed.Conv1d, typed.Pool)))
+            for branch in (main, short)]
+    strided = bool(inputs) and down[0] != down[1] and down[0] % down[1] == 0  # (a shortcut example follows)
+    if inputs and down[0] != down[1]:
+        example = _stride_example(down, short, out_s, out, identity)
+        parts.append(f"the main path downsamples by {down[0]} and the shortcut by {down[1]} (the "
+                     f"products of their strides): both must downsample alike{example}")
+    elif inputs:
+        fix = _padding_fix(main, short, inputs)
+        if fix is not None:
+            conv, mode, n = fix
+            then = f"give {n} samples" if out.length is not None else "keep the same length"
+            parts.append(f"the lengths differ: with 'padding {mode}' on conv1d {conv.name!r} (line "
+                         f"{conv.span.line}) both branches {then}")
+        else:
+            parts.append("both branches must change the length alike: a stride-1 conv1d keeps it with "
+                         "'padding same' (or causal); a pool of kernel k, stride 1, takes k - 1 samples off")
+    convs = [layer for layer in short if isinstance(layer, typed.Conv1d)]
+    if out.channels != out_s.channels and convs:
+        parts.insert(0, f"both branches must end in the same channels, e.g. the shortcut's conv1d "
+                     f"{convs[-1].name!r} (line {convs[-1].span.line}) to {out.channels} channels")
+    elif out.channels != out_s.channels and not (identity and strided):  # (the example maps the channels)
+        parts.insert(0, f"the shortcut needs a layer to {out.channels} channels, e.g. 'conv1d "
+                     f"{out_s.channels} -> {out.channels}, kernel 1, weight KEY'"
+                     + (" in a 'shortcut' section" if identity else ""))
+    return "; ".join(parts)
+
+
+def _stride_example(down: list[int], short: list, out_s: Shape, out: Shape, identity: bool) -> str:
+    """``_mismatch_hint``'s example of a shortcut that downsamples as the main path (``down``: the products
+    of the main path's and the shortcut's strides), or "" when the shortcut downsamples more."""
+    if down[0] % down[1]:
+        return ""
+    r = down[0] // down[1]
+    if identity:
+        pool = f" (or 'avgpool {r}')" if out_s.channels == out.channels else ""
+        return (f", e.g. a 'shortcut' section with 'conv1d {out_s.channels} -> {out.channels}, kernel 1, "
+                f"stride {r}, weight KEY'{pool}")
+    convs = [layer for layer in short if isinstance(layer, typed.Conv1d)]
+    where = f" on conv1d {convs[0].name!r} (line {convs[0].span.line})" if convs else ""
+    return f", e.g. 'stride {r}'{where} in the shortcut, or an 'avgpool {r}' there"
+
+
+def _branch_length(layers, n: int | None) -> int | None:
+    """The samples after the branch ``layers`` for an input of ``n`` samples (``check.length_after``, the
+    one length rule), or None once a layer has no output."""
     for layer in layers:
-        if n is None or n < 1:
+        if n is None or n < 1 or (isinstance(layer, typed.Pool) and n < layer.kernel):
             return None
-        if isinstance(layer, typed.Conv1d):
-            n = conv1d_length(n, layer.kernel, layer.stride, layer.dilation, layer.pad_left, layer.pad_right)
-        elif isinstance(layer, typed.Pool):
-            n = pool_length(n, layer.kernel, layer.stride) if n >= layer.kernel else None
-    return n
+        n = length_after(layer, n)
+    return n if n is None or n >= 1 else None
+
+
+def _padding_fix(main: list, short: list, inputs: tuple[int, ...]) -> tuple[typed.Conv1d, str, int] | None:
+    """The first conv (main path, then shortcut) whose padding alone, made ``same`` (stride 1), an integer
+    up to ``dilation*(kernel-1)`` or ``causal``, gives both branches the same length for every input length
+    in ``inputs``: ``(conv, the padding as written, the branches' length for inputs[0])``, or None."""
+    for i, branch in enumerate((main, short)):
+        for j, layer in enumerate(branch):
+            if not isinstance(layer, typed.Conv1d):
+                continue
+            reach = layer.dilation * (layer.kernel - 1)
+            for mode in (["same"] if layer.stride == 1 else []) + list(range(reach + 1)) + ["causal"]:
+                left, right = conv1d_padding(mode, layer.kernel, layer.dilation)
+                if (left, right) == (layer.pad_left, layer.pad_right):
+                    continue
+                trial = list(branch)
+                trial[j] = dataclasses.replace(layer, pad_left=left, pad_right=right)
+                pair = (trial, short) if i == 0 else (main, trial)
+                ends = [(_branch_length(pair[0], n), _branch_length(pair[1], n)) for n in inputs]
+                if all(a == b and a is not None for a, b in ends):
+                    return layer, str(mode), ends[0][0]
+    return None
 
 
 def _batchnorm(ck: Checker, st: ast.BatchNorm, name: str, shape: Shape, prev: str | None) -> typed.BatchNorm:

@@ -509,3 +509,72 @@ def test_a_length_the_spec_contradicts_is_refused_by_every_function_that_takes_o
     with pytest.raises(SpecError, match="does not apply") as err:
         require_length(net_of("input 3\nrelu\n"), 3, "--length")
     assert err.value.span == Span(1, 1, 1, 8) and "leave out --length" in err.value.hint
+
+
+# -- residual blocks: a branch mismatch's hint fits the mismatch ------------------------------------------
+def _conv(c_in: int, c_out: int, kernel: int, options: str = "") -> str:
+    return f"conv1d {c_in} -> {c_out}, kernel {kernel}{options}, weight {zeros(c_out, c_in, kernel)}"
+
+
+@pytest.mark.parametrize("lines,message,hint", [
+    # lengths only: the padding that makes them agree (the identity shortcut, an any-length input, a
+    # strided conv whose shortcut is a strided 1x1 conv)
+    (["input 6 x 16", "residual", "  " + _conv(6, 6, 3), "end"], "the main path produces 6x14",
+     "with 'padding same' on conv1d 'conv1' (line 3) both branches give 16 samples"),
+    (["input 2 x *", "residual", "  " + _conv(2, 2, 3, ", dilation 2, padding 1"), "end"],
+     "for an input of 64 samples the main path gives 62 and the shortcut 64",
+     "with 'padding same' on conv1d 'conv1' (line 3) both branches keep the same length"),
+    (["input 2 x 16", "residual", "  " + _conv(2, 2, 3, ", stride 2"), "shortcut",
+      "  " + _conv(2, 2, 1, ", stride 2"), "end"], "main path produces 2x7",
+     "with 'padding 1' on conv1d 'conv1' (line 3) both branches give 8 samples"),
+    (["input 2 x 16", "residual", "  " + _conv(2, 2, 1), "shortcut", "  " + _conv(2, 2, 3, ", padding 3"),
+      "end"], "the shortcut produces 2x20", "with 'padding same' on conv1d 'conv2' (line 5)"),
+    # strides: the shortcut must downsample alike (an identity one: a strided 1x1 conv to the channels)
+    (["input 2 x 16", "residual", "  " + _conv(2, 4, 3, ", stride 2, padding 1"), "end"],
+     "identity shortcut passes 2x16 on", "both must downsample alike, e.g. a 'shortcut' section with "
+     "'conv1d 2 -> 4, kernel 1, stride 2, weight KEY'"),
+    (["input 2 x 16", "residual", "  " + _conv(2, 2, 3, ", stride 2, padding 1"), "shortcut",
+      "  " + _conv(2, 2, 1), "end"], "the shortcut produces 2x16",
+     "e.g. 'stride 2' on conv1d 'conv2' (line 5)"),
+    # channels: a 1x1 conv (lengths that agree are not mentioned)
+    (["input 2 x 16", "residual", "  " + _conv(2, 4, 3, ", padding same"), "end"], "passes 2x16 on",
+     "the shortcut needs a layer to 4 channels, e.g. 'conv1d 2 -> 4, kernel 1, weight KEY' in a 'shortcut'"),
+    (["input 2 x 16", "residual", "  " + _conv(2, 4, 3), "shortcut", "  " + _conv(2, 2, 1), "end"],
+     "the main path produces 4x14",
+     "the shortcut's conv1d 'conv2' (line 5) to 4 channels; the lengths differ: with 'padding same'"),
+    # no padding makes a pool's length agree: the rule
+    (["input 2 x 16", "residual", "  avgpool 3, stride 1", "end"], "the main path produces 2x14",
+     "both branches must change the length alike"),
+])
+def test_a_residual_mismatch_gets_a_hint_that_fits_it(lines, message, hint):
+    """A block whose branches end in other shapes is refused at its 'shortcut' line (the block's line for
+    the identity), with a hint for that mismatch; where lengths alone differ, the padding the hint names
+    makes the spec check."""
+    import re
+
+    text = "\n".join(lines) + "\n"
+    with pytest.raises(ShapeError) as err:
+        net_of(text)
+    assert message in err.value.message
+    assert hint in err.value.hint, err.value.hint
+    assert err.value.span.line == (lines.index("shortcut") + 1 if "shortcut" in lines else 2)
+    fix = re.search(r"with 'padding (\w+)' on conv1d '\w+' \(line (\d+)\)", err.value.hint)
+    if fix is not None and "channels" not in err.value.hint:
+        mode, line = fix.group(1), int(fix.group(2))
+        fixed = list(lines)
+        fixed[line - 1] = re.sub(r", padding \w+", "", fixed[line - 1]).replace(", weight",
+                                                                               f", padding {mode}, weight")
+        net_of("\n".join(fixed) + "\n")
+
+
+@pytest.mark.parametrize("layer", ["flatten", "global_avgpool", "dense 2 -> 2, weight [[1, 0], [0, 1]]"])
+def test_a_layer_that_leaves_signals_is_refused_inside_a_block_at_its_line(layer):
+    """flatten, global_avgpool and dense inside a residual block: refused at their line (a block maps
+    signals to signals), not as a channel mismatch of the branches."""
+    text = f"input 2 x 8\nresidual b:\n  relu\n  {layer}\nend\n"
+    if layer.startswith("dense"):
+        text = text.replace("  relu\n", "  global_avgpool\n")
+    with pytest.raises(ShapeError, match="inside residual block 'b': a block maps signals") as err:
+        net_of(text)
+    assert err.value.span.line == (3 if layer.startswith("dense") else 4)
+    assert "after the block's 'end'" in err.value.hint
