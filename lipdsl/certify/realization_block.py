@@ -104,8 +104,6 @@ def _segments(items: list, c: int, masked: bool, widened: set):
         if layer is not None and layer.stride != 1:
             return None
         Kc, d = _causal(W, layer)
-        if d < 0:
-            return None
         if seen_conv and masked:
             if segments and segments[-1][1] is not None and _identity(K):
                 widened.add(segments[-1][1])

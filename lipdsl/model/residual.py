@@ -169,7 +169,9 @@ def _branch_maps(block: typed.Residual, branch, masked: bool, lift: int, interna
 
     The signal after each layer is a sum of causal FIRs (``lifted_taps``, block taps) of the block input
     and of earlier activations' outputs, at ``b`` samples per step (``lift`` divided by the strides so
-    far; one at the branch's end), offset ``e`` (``lifted_taps``): convolutions and average pools with no
+    far; one at the branch's end), offset ``e`` (``lifted_taps``; negative after a conv padded beyond its
+    kernel's reach, ``delta < 0``: its first outputs read only padding and fall before time 0, where every
+    stream is at rest, docs/method.md "Alignment and padding"): convolutions and average pools with no
     activation between are composed into one filter. An activation on a signal of ``b`` samples per step
     is ``b c`` scalar activations, one multiplier each. A max pool (kernel ``k``) is exact with ReLUs:
     ``m_0 = x_0``, ``m_j = m_(j-1) + relu(x_j - m_(j-1))``, ``max = m_(k-1)``.
@@ -204,11 +206,6 @@ def _branch_maps(block: typed.Residual, branch, masked: bool, lift: int, interna
                 "put flatten and dense layers after the block")
         if isinstance(layer, typed.Conv1d):
             K, s, d = causal_taps(layer)
-            if d < 0:
-                raise LoweringError(
-                    f"residual block {block.name!r}: conv1d {layer.name!r} pads more than its kernel reaches "
-                    f"({layer.pad_left} zeros on the left)", span=layer.span,
-                    hint="use padding same or causal inside residual blocks")
             if seen and masked:
                 if _is_identity(signal) and last_act in signal:  # right after an activation: widen it
                     a = internal[last_act]

@@ -49,7 +49,8 @@ def _net(tmp_path, body: list[str], c_out: int, *, c=2, n=12, seed=0):
     return s.load(tmp_path)
 
 
-# identity and conv shortcuts, batch norm in blocks, masked paddings, a linear block, an activation inside
+# identity and conv shortcuts, batch norm in blocks, masked paddings (and paddings beyond the kernel), a
+# linear block, an activation inside
 BLOCKS = {
     "identity": (["conv 2 3 2", "residual b:", "  conv 3 3 3", "  relu", "  conv 3 3 2", "end", "relu"], 3),
     "conv_shortcut": (["residual b:", "  conv 2 3 3", "  tanh", "  conv 3 3 1", "shortcut", "  conv 2 3 1 0",
@@ -61,6 +62,9 @@ BLOCKS = {
     "same_padding": (["residual b:", "  conv 2 2 3 same", "  leaky_relu(0.1)", "  conv 2 2 3 same",
                       "  conv 2 2 3 same", "end", "relu"], 2),
     "linear_block": (["residual b:", "  conv 2 2 3", "  conv 2 2 2", "end", "relu"], 2),
+    # paddings beyond the kernel (both branches early, the shortcut most: a negative alignment delay)
+    "wide_padding": (["residual b:", "  conv 2 2 3 3", "  tanh", "  conv 2 2 3 4", "shortcut",
+                      "  conv 2 2 1 5", "end", "relu"], 2),
     "two_blocks": (["residual b1:", "  conv 2 2 2", "  relu", "  conv 2 2 2", "end", "relu", "residual b2:",
                     "  conv 2 3 2", "  relu", "shortcut", "  conv 2 3 1 0", "end"], 3),
 }

@@ -238,20 +238,63 @@ def test_linear_block_bound_is_its_hinf_norm(seed, tmp_path):
     assert got <= ref * (1 + 1e-6), (got, ref)
 
 
-@pytest.mark.parametrize("padding", ["same", "1"])
-def test_linear_same_padding_single_conv_branches_exact(padding, tmp_path):
-    """One non-causal conv per branch needs no window: the bound is the H-infinity norm too."""
+@pytest.mark.parametrize("padding,shortcut", [("same", 0), ("1", 0), ("3", 2)])
+def test_linear_same_padding_single_conv_branches_exact(padding, shortcut, tmp_path):
+    """One non-causal conv per branch needs no window: the bound is the H-infinity norm too, also for a
+    padding beyond the kernel's reach (3 > kernel - 1: both branches early, the shortcut by its padding)."""
     rng = np.random.default_rng(5)
     s = Spec(2, None)
     s.lines.append("residual b:")
     s.conv(rng, 2, 3, 3, padding=padding, indent="  ")
     s.lines.append("shortcut")
-    s.conv(rng, 2, 3, 1, padding=0, indent="  ")
+    s.conv(rng, 2, 3, 1, padding=shortcut, indent="  ")
     s.lines.append("end")
     net = s.load(tmp_path)
     ref = _block_hinf(net, 2)
     got = certified(net)
     assert ref * (1 - 1e-9) <= got <= ref * (1 + 1e-6)
+
+
+# a conv padded beyond its kernel's reach (its first outputs read only zeros), in a chain of convs (windows),
+# before stride-1 pools (the big_pad spec of a user trial), in a strided block (lifted), before an activation
+WIDE_PADDING = {
+    "chain": (2, ["  conv 2 2 3 3", "  conv 2 2 3 4", "shortcut", "  conv 2 2 1 5"]),
+    "pools": (1, ["  conv 1 1 3 3", "  avgpool 3, stride 1", "  avgpool 3, stride 1"]),
+    "strided": (2, ["  conv 2 2 3 3 2", "shortcut", "  conv 2 2 1 2 2"]),
+    "relu": (2, ["  conv 2 2 3 3", "  relu", "  conv 2 2 3 4", "shortcut", "  conv 2 2 1 5"]),
+}
+
+
+@pytest.mark.parametrize("case", list(WIDE_PADDING))
+def test_padding_beyond_the_kernel_inside_a_block(case, tmp_path):
+    """A conv whose padding exceeds ``dilation*(kernel-1)`` (docs/method.md, alignment: ``delta < 0``, the
+    branch early) is bounded inside a block as at the top level: the certified bound is at least the
+    exact norm of a linear block (the spectral norm of its map at the spec's length; its Jacobian) and at
+    least the largest Jacobian norm found with an activation; ``lipdsl check`` and the lowering agree."""
+    rng = np.random.default_rng(7)
+    c, body = WIDE_PADDING[case]
+    s = Spec(c, 12)
+    s.lines.append("residual b:")
+    for line in body:
+        word = line.split()
+        if word[0] != "conv":
+            s.lines.append(line)
+            continue
+        stride = int(word[5]) if len(word) > 5 else 1
+        s.conv(rng, int(word[1]), int(word[2]), int(word[3]), padding=word[4], stride=stride, indent="  ")
+    s.lines.append("end")
+    net = s.load(tmp_path)
+    assert any(layer.pad_left > layer.dilation * (layer.kernel - 1)
+               for layer in typed.flat_layers(net.layers) if isinstance(layer, typed.Conv1d))
+    got = certified(net)
+    x = rng.normal(size=(c, 12))
+    if case == "relu":
+        lo = max(np.linalg.norm(jacobian(net, rng.normal(size=(c, 12))), 2) for _ in range(12))
+        assert lo <= got * (1 + 1e-9), (lo, got)
+    else:
+        exact = np.linalg.norm(jacobian(net, x), 2)
+        assert exact <= got * (1 + 1e-9), (exact, got)
+        assert got <= exact * 1.1, (exact, got)  # (windows and a finite length: close, not equal)
 
 
 def test_zero_shortcut_at_least_as_tight_as_the_chain(tmp_path):
