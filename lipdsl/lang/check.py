@@ -367,7 +367,8 @@ def format_shape(shape: tuple[int, ...]) -> str:
 
 
 
-def _kind(layer) -> str:
+def layer_kind(layer) -> str:
+    """The keyword of an ``ast`` layer statement (``conv1d``, ``avgpool``, ...), as messages name it."""
     if isinstance(layer, ast.Conv1d):
         return "conv1d"
     if isinstance(layer, ast.Dense):
@@ -418,7 +419,7 @@ def _names(layers) -> list[str]:
     counts: dict[str, int] = {}
     out = []
     for layer in layers:
-        kind = _kind(layer)
+        kind = layer_kind(layer)
         prefix = AUTO_PREFIX.get(kind, kind)
         counts[prefix] = counts.get(prefix, 0) + 1
         if layer.name is not None:

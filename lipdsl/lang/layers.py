@@ -22,7 +22,7 @@ from lipdsl.lang.check import (
     conv1d_padding,
     length_after,
     pool_length,
-    _kind,
+    layer_kind,
 )
 from lipdsl.lang.source import Span
 from lipdsl.lang.syntax_errors import LAYER_KEYWORDS, suggest_keyword
@@ -76,7 +76,7 @@ def _branch(ck: Checker, nodes, names, shape: Shape, prev: str | None,
     for st in nodes:
         name = next(names)
         if isinstance(st, (ast.Flatten, ast.GlobalAvgPool, ast.Dense)):
-            kind = _kind(st)
+            kind = layer_kind(st)
             raise ShapeError(
                 f"{kind} {name!r} inside residual block {block!r}: a block maps signals (channels x samples) "
                 "to signals", st.span,
