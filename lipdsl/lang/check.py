@@ -366,7 +366,6 @@ def format_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
-
 def layer_kind(layer) -> str:
     """The keyword of an ``ast`` layer statement (``conv1d``, ``avgpool``, ...), as messages name it."""
     if isinstance(layer, ast.Conv1d):
