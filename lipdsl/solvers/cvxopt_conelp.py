@@ -188,6 +188,7 @@ def _counted(kkt, hook):
 def _solve_cvxopt(sdp: Sdp, *, tol: float, max_iterations: int, verbose: bool, structured: bool,
                   warm: Solution | None = None, start: dict | None = None) -> Solution:
     import cvxopt
+    import cvxopt.misc  # (not imported by cvxopt.solvers: kkt_chol below)
     import cvxopt.solvers
 
     c, G_all, h, dims, nonneg_idx = cone_data(sdp, rest=structured)

@@ -363,3 +363,17 @@ def test_frequencies_on_a_net_without_a_gridded_system_says_every_lmi_is_exact()
     out = json.loads(run("solve", spec, "--frequencies", "5", "--json").output)
     exact = json.loads(run("solve", spec, "--frequencies", "none", "--json").output)
     assert out["form"] == said and out["frequencies"] is None and out["lipschitz"] == exact["lipschitz"]
+
+
+@pytest.mark.parametrize("solver", ["cvxopt", "cvxopt-generic", "hkm"])
+def test_each_builtin_solver_runs_in_a_fresh_process(solver):
+    """`python -m lipdsl solve --solver S` in a new interpreter, where nothing else has imported a module the
+    solver needs (cvxopt-generic used cvxopt.misc without importing it: an AttributeError traceback from the
+    CLI on every spec, unseen in this process, where another test had imported it)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "lipdsl", "solve", str(SPECS / "ecg.lip"), "--solver", solver]
+    res = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("Lipschitz upper bound of ecg: 109.12299") and "(certified)" in res.stdout
