@@ -73,6 +73,7 @@ def to_json(result: Result) -> dict:
         "iterations": sol.iterations,
         "relative_gap": sol.relative_gap,
         "residual": sol.residual,
+        "solver_notes": list(sol.notes),  # (e.g. a stalled structured solve solved again with 'chol')
         "reason": cert.reason or None,
         "any_length": net.any_length,
         "valid_for": result.validity,
@@ -157,6 +158,8 @@ def print_text(result: Result, console, proof=None, verbose: bool = False) -> No
         + ("" if sol.residual is None else f" and residual {sol.residual:.2g}"))
     console.print(f"  solver {sol.solver}: claimed '{sol.claimed_status}' after {sol.iterations} iterations"
                   f"{stopped}")
+    for line in sol.notes:
+        console.print(f"  solver: {line}", markup=False, highlight=False, soft_wrap=True)
     if result.sdp.storage and result.form:
         console.print(f"  form: {result.form}")
     console.print("  time: " + ", ".join(f"{k} {v:.3f} s" for k, v in result.seconds.items()))

@@ -64,7 +64,7 @@ def _picos(name: str, what: str, install: str) -> Backend:
 
 #: name -> backend; the order is the order of ``--help``.
 SOLVERS: dict[str, Backend] = {b.name: b for b in (
-    Backend("cvxopt", "cvxopt_conelp:solve_structured",
+    Backend("cvxopt", "cvxopt_conelp:solve_cvxopt",
             "CVXOPT's conelp with lipdsl's structured KKT solver (the default)",
             "pip install cvxopt (a dependency of lipdsl)", structured=True, warm_start=True),
     Backend("cvxopt-generic", "cvxopt_conelp:solve_generic", "CVXOPT's conelp with its own 'chol' KKT solver",

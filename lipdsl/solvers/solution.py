@@ -20,7 +20,7 @@ class Solution:
     solver: str
     seconds: float
     iterations: int | None = None
-    log: tuple[str, ...] = field(default=())
+    log: tuple[str, ...] = field(default=())  # (an iteration log: HKM's)
     #: where the solver stopped: relative duality gap and the larger of the primal/dual residuals (CVXOPT,
     #: HKM)
     relative_gap: float | None = None
@@ -29,6 +29,8 @@ class Solution:
     #: warm start of a re-solve with more LMIs (``cvxopt_conelp.warm_start``; kept for frequency-form SDPs,
     #: the ones the grid refinement solves again)
     duals: dict | None = field(default=None, compare=False, repr=False)
+    #: what the backend did beyond one plain solve, in words (reports print them: ``solver: ...``)
+    notes: tuple[str, ...] = ()
 
     def near_optimal(self, tol: float) -> bool:
         """Stopped without claiming optimality (e.g. CVXOPT's singular KKT ending) but within ``tol`` on the

@@ -597,3 +597,34 @@ def test_gated_refinement_solves_as_cvxopts_refinement(case, monkeypatch):
     assert gated.claimed_status == "optimal" or every.claimed_status != "optimal"
     assert gated.iterations <= every.iterations + 1
     assert abs(gated.rho - every.rho) <= 1e-9 * abs(every.rho)
+
+
+STALLING = """input 3 x 16
+residual
+  conv1d 3 -> 3, kernel 1, stride 2, weight [[[1.207], [0.191], [0.614]], [[0.46], [0.178], [1.0]], [[0.136], [-0.804], [0.315]]]
+  conv1d 3 -> 3, kernel 1, weight [[[0.257], [1.358], [-1.424]], [[0.085], [-1.182], [-1.223]], [[0.918], [-2.492], [0.339]]]
+shortcut
+  conv1d 3 -> 3, kernel 1, stride 2, weight [[[-0.169], [-0.109], [0.289]], [[-1.66], [-0.378], [-0.911]], [[0.141], [-0.52], [1.436]]]
+end
+avgpool 2, stride 1
+global_avgpool
+dense 3 -> 2, weight [[-1.137, 2.302, -1.84], [-0.942, -1.065, 0.973]]
+"""  # noqa: E501  (a linear strided block of 1x1 convs, found by a fuzzer: the structured KKT solver stalls)
+
+
+def test_a_stalled_structured_solve_is_solved_again_with_chol(monkeypatch):
+    """On this small SDP the structured KKT solver ends on a singular KKT matrix at relative gap 2e-3 (the
+    certificate 1.003 times the solver's value: refused as unconverged); CVXOPT's 'chol' gets to 7e-5, and
+    that point is certified, with a solver note saying so. Without the retry it is the SolveError."""
+    import lipdsl
+    from lipdsl.errors import SolveError
+    from lipdsl.solvers import cvxopt_conelp
+
+    net = lipdsl.parse(STALLING)
+    bound = net.solve()
+    assert bound.verified and 3.405 < bound.lipschitz < 3.54  # (3.4052: the linear map's norm, from lower)
+    (note,) = bound.details["solver_notes"]
+    assert note.startswith("the structured KKT solver stalled after ") and "'chol'" in note
+    monkeypatch.setattr(cvxopt_conelp, "GENERIC_RETRY_WORK", 0)
+    with pytest.raises(SolveError, match="without converging"):
+        net.solve()
