@@ -8,7 +8,7 @@ An *item* is one network to bound, carried as bytes so that a worker needs no sh
 - ``--like arch.lip`` + a weight file: the architecture's text with its ``weights "..."`` lines pointing at
   the file, and the file's bytes (an ``.npz``, or a PyTorch ``state_dict`` read with
   ``torch.load(weights_only=True)`` on the worker);
-- an ``.onnx`` model: its bytes (``importer.import_onnx`` on the worker).
+- an ``.onnx`` model: its bytes, external data read in (``importer.import_onnx`` on the worker).
 
 A worker rebuilds the network with ``load.check_source(..., files=...)`` (the same checks as from disk:
 path rules, size caps, ``allow_pickle=False``, finite weights), runs the method and returns one row: the

@@ -57,7 +57,8 @@ class Item:
 
     ``kind``: ``spec`` (``text`` with ``files``: weight files by ``weights.memory_key``), ``state_dict``
     (``text`` is the architecture retargeted at ``files[0]``'s name, an ``.npz`` once converted; the other
-    ``files`` are those the architecture names itself), ``onnx`` (``files[0]`` is the model). ``like``: for
+    ``files`` are those the architecture names itself), ``onnx`` (``files[0]`` is the model, its external
+    data read in). ``like``: for
     an item of ``--like``, the architecture and how ``text`` was made from it (its errors are reported at
     the architecture's lines). ``error``: why the item could not be read (it is then not run).
     """
@@ -110,6 +111,17 @@ def _read(path: Path, what: str) -> tuple[bytes | None, str | None]:
         return None, f"cannot read {what} {str(path)!r}: {exc.strerror or exc}"
 
 
+def _model_bytes(path: Path) -> tuple[bytes | None, str | None]:
+    """An ONNX model's bytes, self-contained (its external data files read in from its folder, as ``lipdsl
+    import`` reads them: ``onnx_file.model_bytes``), or None and why not."""
+    from lipdsl.importers.onnx_file import model_bytes
+
+    try:
+        return model_bytes(path), None
+    except LipdslError as err:
+        return None, err.render()
+
+
 def _names(paths: Sequence[str]) -> list[str]:
     """Item names: file stems, or the paths themselves where two stems clash."""
     stems = [Path(p).stem for p in paths]
@@ -156,7 +168,7 @@ def expand(paths: Sequence[str | os.PathLike], like: str | os.PathLike | None = 
         elif suffix in SPEC_SUFFIXES:
             items.append(_spec_item(name, p, allow_outside))
         elif suffix in ONNX_SUFFIXES:
-            data, why = _read(Path(p), "model file")
+            data, why = _model_bytes(Path(p))
             items.append(Item(name, p, "onnx", files=((Path(p).name, data),) if data is not None else (),
                               error=why))
         elif suffix in NPZ_SUFFIXES + TORCH_SUFFIXES:

@@ -48,7 +48,8 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
     Parameters
     ----------
     model : str, PathLike, bytes or onnx.ModelProto
-        The ``.onnx`` file, its bytes, or a loaded model.
+        The ``.onnx`` file (external data read from its folder: ``onnx_file.load_model``), its bytes, or a
+        loaded model (both self-contained: external data is refused).
     name : str, optional
         The network's name (default: the file's stem, else the graph's name).
     length : int, optional
@@ -67,12 +68,13 @@ def import_onnx(model: Any, *, name: str | None = None, length: int | None = Non
         An unreadable file, or a graph that is not a single chain with one input and one output.
     """
     from lipdsl.importers.onnx_check import check_against_reference
-    from lipdsl.importers.onnx_graph import load_model, simplify
+    from lipdsl.importers.onnx_file import load_model
+    from lipdsl.importers.onnx_graph import simplify
 
     onnx, numpy_helper = _require_onnx()
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        proto = load_model(path)  # size, file type and tensor checks before anything is allocated
+        proto = load_model(path)  # size, file type, external data and tensor checks before allocating
         stem = path.stem
     elif isinstance(model, (bytes, bytearray)):
         try:

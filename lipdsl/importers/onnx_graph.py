@@ -22,8 +22,9 @@ What exporters write around the layers of a 1D CNN is rewritten here, exactly, b
   Anything else is refused with a hint.
 - ``Dropout`` in training mode is refused (it is random, not the identity).
 
-Guards, before anything is allocated: the file size, external data (refused), every tensor's ``dims``
-against its stored data and against :data:`MAX_TENSOR_VALUES`, and the output size of each constant node.
+Guards, before anything is allocated: the file size and its external data (``onnx_file``), every tensor's
+``dims`` against its stored data and against :data:`MAX_TENSOR_VALUES`, and the output size of each constant
+node.
 
 ``onnx_check.check_against_reference`` runs the original model with ``onnx.reference.ReferenceEvaluator``
 and the imported network with lipdsl's forward pass on random inputs, and refuses the import at the first
@@ -32,16 +33,15 @@ layer whose output differs (naming the ONNX tensor and node).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lipdsl.errors import LipdslError, UnsupportedError
+from lipdsl.errors import UnsupportedError
 from lipdsl.importers.onnx_batchnorm import fold_batchnorms
 from lipdsl.importers.onnx_check import check_against_reference
+from lipdsl.importers.onnx_file import MAX_FILE_BYTES, load_model  # noqa: F401 (importable from here too)
 from lipdsl.importers.onnx_tensors import (  # noqa: F401 (check_tensor, require_onnx: imported from here too)
     FLOAT_TYPES,
     MAX_TENSOR_VALUES,
@@ -57,49 +57,6 @@ from lipdsl.importers.onnx_tensors import (  # noqa: F401 (check_tensor, require
 from lipdsl.importers.weight_norm import weight_norm_key
 
 __all__ = ["MAX_FILE_BYTES", "MAX_TENSOR_VALUES", "load_model", "simplify", "check_against_reference"]
-
-#: Largest ``.onnx`` file read (a 1D CNN that lipdsl can bound is far smaller).
-MAX_FILE_BYTES = 512 * 2**20
-
-
-# -- reading -------------------------------------------------------------------------------------------------
-
-
-def load_model(path: str | os.PathLike):
-    """Read an ``.onnx`` file without external data, after checking its type and size -> ``onnx.ModelProto``.
-
-    Raises
-    ------
-    LipdslError
-        Not a regular file, larger than :data:`MAX_FILE_BYTES`, not an ONNX model, or with tensors
-        :func:`check_tensors` refuses.
-    """
-    onnx = require_onnx()
-    path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise LipdslError(f"model file {str(path)!r} not found") from None
-    except OSError as exc:
-        raise LipdslError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    import stat as _stat
-
-    if not _stat.S_ISREG(st.st_mode):
-        raise LipdslError(f"{str(path)!r} is not a regular file")
-    if st.st_size > MAX_FILE_BYTES:
-        raise LipdslError(
-            f"{str(path)!r} has {st.st_size:,} bytes; lipdsl reads ONNX files up to {MAX_FILE_BYTES:,} bytes",
-            hint="a 1D CNN whose Lipschitz bound lipdsl can compute is far smaller",
-        )
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types for a bad file
-        raise LipdslError(
-            f"cannot read {str(path)!r} as an ONNX model: {exc}",
-            hint="is it an .onnx file (e.g. from torch.onnx.export)?",
-        ) from None
-    check_tensors(proto)
-    return proto
 
 
 class _Graph:

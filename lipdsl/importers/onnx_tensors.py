@@ -48,9 +48,7 @@ def node_label(node) -> str:
 def _tensor_values(t) -> tuple[int, int]:
     """(values ``dims`` announce, values the tensor stores): read from the proto, nothing allocated."""
     onnx = require_onnx()
-    announced = 1
-    for d in t.dims:
-        announced *= int(d)
+    announced = math.prod(int(d) for d in t.dims)
     if t.raw_data:
         try:
             size = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
@@ -70,23 +68,34 @@ def _tensor_values(t) -> tuple[int, int]:
     return announced, stored
 
 
-def check_tensor(t, what: str) -> None:
-    """Refuse a TensorProto with external data, negative or huge ``dims``, or fewer stored values than dims
-    say."""
-    if t.data_location == 1:  # TensorProto.EXTERNAL
-        raise UnsupportedError(
-            f"{what} keeps its data in an external file; lipdsl reads self-contained ONNX files only",
-            hint="save the model with its tensors inside: "
-            "onnx.save(model, path, save_as_external_data=False)",
-        )
+def check_dims(t, what: str) -> int:
+    """The values a TensorProto's ``dims`` announce, refusing negative dims and more than
+    :data:`MAX_TENSOR_VALUES` (read from the proto: nothing allocated)."""
     if any(int(d) < 0 for d in t.dims):
         raise UnsupportedError(f"{what} has negative dims {list(t.dims)}")
-    announced, stored = _tensor_values(t)
+    announced = math.prod(int(d) for d in t.dims)
     if announced > MAX_TENSOR_VALUES:
         raise UnsupportedError(
             f"{what} has dims {list(t.dims)} ({announced:,} values); lipdsl refuses tensors above "
             f"{MAX_TENSOR_VALUES:,} values"
         )
+    return announced
+
+
+def check_tensor(t, what: str) -> None:
+    """Refuse a TensorProto with external data not read in (``onnx_file.load_model`` reads it for a model
+    given by its path), negative or huge ``dims``, or fewer stored values than dims say."""
+    if t.data_location == 1:  # TensorProto.EXTERNAL
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        raise UnsupportedError(
+            f"{what} keeps its data in the external file {location!r}, which lipdsl reads only for a model "
+            "given by its path (from the model's folder)",
+            hint="pass the .onnx file's path (lipdsl import, lipdsl.from_onnx), or save the tensors inside "
+            "the model: torch.onnx.export(..., external_data=False), "
+            "onnx.save(model, path, save_as_external_data=False)",
+        )
+    check_dims(t, what)
+    announced, stored = _tensor_values(t)
     if stored != announced and not (stored == 0 and announced == 0):
         raise UnsupportedError(
             f"{what} has dims {list(t.dims)} ({announced:,} values) but stores {stored:,}",
@@ -94,25 +103,32 @@ def check_tensor(t, what: str) -> None:
         )
 
 
-def check_tensors(proto) -> None:
-    """Run :func:`check_tensor` on every initializer and every tensor attribute of the main graph."""
+def model_tensors(proto):
+    """Every tensor of the main graph with a name for messages: initializers, then the tensor attributes
+    of the nodes (``Constant`` values); sparse ones are refused."""
     graph = proto.graph
     for t in graph.initializer:
-        check_tensor(t, f"initializer {t.name!r}")
+        yield t, f"initializer {t.name!r}"
     for t in graph.sparse_initializer:
         raise UnsupportedError(f"sparse initializer {t.values.name!r}: sparse tensors are not supported")
     for node in graph.node:
         for a in node.attribute:
             if a.HasField("t"):
-                check_tensor(a.t, f"{node_label(node)}, attribute {a.name!r}")
+                yield a.t, f"{node_label(node)}, attribute {a.name!r}"
             for t in a.tensors:
-                check_tensor(t, f"{node_label(node)}, attribute {a.name!r}")
+                yield t, f"{node_label(node)}, attribute {a.name!r}"
             if a.HasField("sparse_tensor"):
                 raise UnsupportedError(
                     f"{node_label(node)}: its attribute {a.name!r} is a sparse tensor, "
                     "which lipdsl does not read",
                     hint="export with dense constants",
                 )
+
+
+def check_tensors(proto) -> None:
+    """Run :func:`check_tensor` on every tensor of the main graph (:func:`model_tensors`)."""
+    for t, what in model_tensors(proto):
+        check_tensor(t, what)
 
 
 # -- constants -----------------------------------------------------------------------------------------------

@@ -150,6 +150,40 @@ def test_files_named_inside_residual_blocks_travel_with_the_item(tmp_path):
     assert res[0]["status"] == "exact norm", res[0].get("error")
 
 
+def test_onnx_items_carry_their_external_data(tmp_path):
+    """An ONNX model whose weights are in a data file beside it (torch.onnx.export's default) travels as one
+    self-contained model, bounded as the same model with its weights inside; a missing data file is the
+    item's error. (The checks of external data: tests/importers/test_onnx_file.py.)"""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "c.weight"], ["a"], pads=[1, 1], kernel_shape=[3]),
+         helper.make_node("Relu", ["a"], ["b"]), helper.make_node("Flatten", ["b"], ["f"]),
+         helper.make_node("Gemm", ["f", "d.weight"], ["y"], transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        [numpy_helper.from_array(rng.standard_normal((2, 1, 3)), "c.weight"),
+         numpy_helper.from_array(rng.standard_normal((2, 16)), "d.weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "inside.onnx"))
+    for folder, name in (("m", "ext"), ("gone", "nodata")):  # (onnx.save moves a model's tensors out)
+        (tmp_path / folder).mkdir()
+        copy = onnx.ModelProto.FromString(model.SerializeToString())
+        onnx.save(copy, str(tmp_path / folder / f"{name}.onnx"), save_as_external_data=True,
+                  location=f"{name}.onnx.data", size_threshold=0)
+    (tmp_path / "gone" / "nodata.onnx.data").unlink()
+    inside, ext, nodata = sw.expand([tmp_path / "inside.onnx", tmp_path / "m" / "ext.onnx",
+                                     tmp_path / "gone" / "nodata.onnx"])
+    assert inside.files == (("inside.onnx", (tmp_path / "inside.onnx").read_bytes()),)
+    assert ext.error is None and onnx.load_model_from_string(ext.files[0][1]).graph.initializer[0].raw_data
+    assert "'nodata.onnx.data', which is not in the model's folder" in nodata.error and not nodata.files
+    res = sw.sweep([tmp_path / "inside.onnx", tmp_path / "m" / "ext.onnx"], jobs=0, cache=False,
+                   method="naive")
+    assert [r["status"] for r in res] == ["exact norm"] * 2 and res.bounds[0] == res.bounds[1]
+
+
 def test_names_are_stems_unless_they_clash(tmp_path):
     paths = [tmp_path / "a" / "m.npz", tmp_path / "b" / "m.npz", tmp_path / "c.npz"]
     assert sw._names([str(p) for p in paths]) == [str(paths[0]), str(paths[1]), "c"]

@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 
-from lipdsl.importers import onnx_graph  # noqa: E402
+from lipdsl.importers import onnx_file  # noqa: E402
 from lipdsl.pipeline import solve_network  # noqa: E402
 from lipdsl.errors import LipdslError, UnsupportedError  # noqa: E402
 from lipdsl.model.forward import forward  # noqa: E402
@@ -698,16 +698,19 @@ def test_dims_that_do_not_match_the_data_are_refused():
         import_onnx(m)
 
 
-def test_external_data_is_refused(tmp_path):
+def test_external_data_is_refused_in_memory_and_missing_beside_the_file(tmp_path):
+    """(Data beside the file is read: tests/importers/test_onnx_file.py.)"""
     t = TensorProto(name="k", data_type=TensorProto.DOUBLE, dims=[1, 1, 3])
     t.data_location = TensorProto.EXTERNAL
     t.external_data.add(key="location", value="weights.bin")
     m = model([helper.make_node("Conv", ["x", "k"], ["y"])], {}, [1, 1, 8])
     m.graph.initializer.append(t)
+    with pytest.raises(UnsupportedError, match="external file 'weights.bin'") as info:
+        import_onnx(m)
+    assert "save_as_external_data=False" in info.value.hint and "external_data=False" in info.value.hint
     (tmp_path / "m.onnx").write_bytes(m.SerializeToString())
-    with pytest.raises(UnsupportedError, match="external file") as info:
+    with pytest.raises(LipdslError, match="'weights.bin', which is not in the model's folder"):
         import_onnx(tmp_path / "m.onnx")
-    assert "save_as_external_data=False" in info.value.hint
 
 
 def test_huge_constant_subgraph_is_refused():
@@ -722,7 +725,7 @@ def test_huge_constant_subgraph_is_refused():
 
 def test_oversized_file_is_refused(tmp_path, monkeypatch):
     path = DATA / "fcn.ts.onnx"
-    monkeypatch.setattr(onnx_graph, "MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr(onnx_file, "MAX_FILE_BYTES", 1000)
     with pytest.raises(LipdslError, match="bytes"):
         import_onnx(path)
 
