@@ -20,6 +20,8 @@ What exporters write around the layers of a 1D CNN is rewritten here, exactly, b
   ``b' = s (b - mean) + beta``), or into the one after it (``W' = W diag(s)``, ``b' = b + W t`` with
   ``t = beta - s mean``; for a conv only without zero padding, since the padded zeros are not normalised).
   Anything else is refused with a hint.
+- **Global average pools** written as ``Unsqueeze -> ReduceMean -> Squeeze`` (the dynamo exporter's
+  ``AdaptiveAvgPool1d(1)``; ``onnx_pooling``) become one ``ReduceMean`` over the time axis.
 - ``Dropout`` in training mode is refused (it is random, not the identity).
 
 Guards, before anything is allocated: the file size and its external data (``onnx_file``), every tensor's
@@ -42,6 +44,7 @@ from lipdsl.errors import UnsupportedError
 from lipdsl.importers.onnx_batchnorm import fold_batchnorms
 from lipdsl.importers.onnx_check import check_against_reference
 from lipdsl.importers.onnx_file import MAX_FILE_BYTES, load_model  # noqa: F401 (importable from here too)
+from lipdsl.importers.onnx_pooling import merge_unsqueezed_means
 from lipdsl.importers.onnx_tensors import (  # noqa: F401 (check_tensor, require_onnx: imported from here too)
     FLOAT_TYPES,
     MAX_TENSOR_VALUES,
@@ -76,7 +79,7 @@ class _Graph:
             self.roots[t.name] = frozenset([t.name])
         self.nodes: list[Any] = []
         self.notes: list[str] = []
-        self.lengths = self._lengths(length)
+        self.lengths, self.ranks = self._shapes(length)
 
     def set_const(self, name: str, value: np.ndarray) -> None:
         if name not in self.consts:
@@ -86,8 +89,9 @@ class _Graph:
     def attrs(self, node) -> dict[str, Any]:
         return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
 
-    def _lengths(self, length: int | None) -> dict[str, int]:
-        """Time-axis lengths of the tensors shape inference can tell (rank 3, static), by name."""
+    def _shapes(self, length: int | None) -> tuple[dict[str, int], dict[str, int]]:
+        """(time-axis lengths of the tensors shape inference can tell (rank 3, static), ranks of those whose
+        rank it can tell), by name."""
         proto = self.onnx.ModelProto()
         proto.CopyFrom(self.proto)
         if length is not None:
@@ -97,14 +101,17 @@ class _Graph:
                     dims[2].dim_value = length
         try:
             inferred = self.onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-        except Exception:  # noqa: BLE001 - lengths are an aid; without them some rewrites ask for --length
-            return {}
-        out = {}
+        except Exception:  # noqa: BLE001 - shapes are an aid; without them some rewrites ask for --length
+            return {}, {}
+        lengths, ranks = {}, {}
         for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-            dims = vi.type.tensor_type.shape.dim
-            if len(dims) == 3 and dims[2].HasField("dim_value"):
-                out[vi.name] = int(dims[2].dim_value)
-        return out
+            ttype = vi.type.tensor_type
+            if not ttype.HasField("shape"):
+                continue
+            ranks[vi.name] = len(ttype.shape.dim)
+            if len(ttype.shape.dim) == 3 and ttype.shape.dim[2].HasField("dim_value"):
+                lengths[vi.name] = int(ttype.shape.dim[2].dim_value)
+        return lengths, ranks
 
     # -- constant folding --------------------------------------------------------------------------------
 
@@ -225,11 +232,11 @@ class _Graph:
             raise UnsupportedError(f"{node_label(node)}: its {what} is not a constant")
         return self.consts[node.input[index]]
 
-    def new_const(self, base: str, value: np.ndarray) -> str:
+    def new_const(self, base: str, value: np.ndarray, dtype=np.float64) -> str:
         name, n = base, 2
         while name in self.consts or any(name in nd.output for nd in self.nodes):
             name, n = f"{base}_{n}", n + 1
-        self.set_const(name, np.asarray(value, dtype=np.float64))
+        self.set_const(name, np.asarray(value, dtype=dtype))
         return name
 
     def replace_node(self, old, new) -> None:
@@ -530,6 +537,7 @@ def simplify(proto, length: int | None = None) -> Simplified:
     g.fold_constants()
     g.merge_pads()
     g.fold_chomps()
+    merge_unsqueezed_means(g)
     fold_batchnorms(g)
     return Simplified(g.to_model(), tuple(g.notes))
 

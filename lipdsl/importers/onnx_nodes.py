@@ -15,7 +15,8 @@ from lipdsl.lang.typed import Shape
 
 _ONNX_SUPPORTED = (
     "Conv (1-D), Relu, Tanh, Sigmoid, LeakyRelu, Elu, AveragePool, MaxPool, GlobalAveragePool, "
-    "ReduceMean over time, Flatten, Reshape (as a flatten), Squeeze (after a global pool), "
+    "ReduceMean over time (also after an Unsqueeze, the dynamo exporter's AdaptiveAvgPool1d(1)), Flatten, "
+    "Reshape (as a flatten), Squeeze (after a global pool), "
     "Gemm, MatMul + Add, Pad (zeros, before a Conv), Identity, Dropout, "
     "Add of two branches from one signal (a residual block)"
 )
