@@ -2,11 +2,12 @@
 
 :func:`import_onnx` reads a 1D CNN from an ONNX graph (package ``onnx``, the optional extra): one chain of
 layer nodes, with residual blocks (two branches from one signal joined by an ``Add``), after
-``onnx_graph.simplify`` has evaluated constants and folded pads, chomps and batch norm. PyTorch models come
-in through :mod:`lipdsl.importers.pytorch`. Anything that has no exact counterpart in the language (batch
-normalisation not folded, concatenation, grouped convolutions, padding that is neither symmetric, ``same``
-nor ``causal``...) raises ``UnsupportedError`` naming the node and its op: an importer that guessed would
-give a bound of some other network.
+``onnx_graph.simplify`` has evaluated constants and folded pads, chomps and batch norm (a batch norm with no
+layer to fold into becomes a ``batchnorm`` layer). PyTorch models come in through
+:mod:`lipdsl.importers.pytorch`. Anything that has no exact counterpart in the language (concatenation,
+grouped convolutions, padding that is neither symmetric, ``same`` nor ``causal``, a batch norm of padded
+zeros...) raises ``UnsupportedError`` naming the node and its op: an importer that guessed would give a bound
+of some other network.
 """
 
 from __future__ import annotations
@@ -218,6 +219,14 @@ class _OnnxReader(OnnxNodes):
                     f"{self.where(node)} reads {data[0]!r}, not the output of the previous "
                     "layer: the graph is not a single chain"
                 )
+            if pending_pad is not None and node.op_type == "BatchNormalization":
+                raise UnsupportedError(
+                    f"{self.where(node)} normalises the zeros of the Pad before it (they become its shift "
+                    "beta - mean * scale), which a spec cannot express: lipdsl pads in convolutions only, "
+                    "after the batch norm",
+                    hint="pad after the batch norm (Conv1d(padding=...)), or fold the batch norm into the "
+                    "layer before the Pad (torch.nn.utils.fusion.fuse_conv_bn_eval)",
+                )
             if pending_pad is not None and node.op_type != "Conv":
                 raise UnsupportedError(
                     f"{self.where(node)} follows a Pad; lipdsl folds zero padding into the next Conv only"
@@ -278,11 +287,13 @@ class _OnnxReader(OnnxNodes):
                 f"{self.where(add)} adds {sa} and {sb}: the branches of a residual block must have one shape"
             )
         for branch in (la, lb):
-            bad = [L for L in branch if L.kind not in ("conv1d", "activation", "avgpool", "maxpool")]
+            bad = [L for L in branch
+                   if L.kind not in ("conv1d", "activation", "avgpool", "maxpool", "batchnorm")]
             if bad:
                 raise UnsupportedError(
                     f"the residual branch ending at {self.where(add)} holds a {bad[0].kind} "
-                    f"({bad[0].origin}); lipdsl's residual blocks hold convolutions, pooling and activations",
+                    f"({bad[0].origin}); lipdsl's residual blocks hold convolutions, pooling, batch norm "
+                    "and activations",
                 )
         # the main path: the branch with activations, else the longer one; the other is the shortcut
         def rank(layers):

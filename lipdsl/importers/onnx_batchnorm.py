@@ -1,10 +1,13 @@
 """Fold ONNX batch norm: a graph being rewritten (``onnx_graph._Graph``) -> the same graph with each
-``BatchNormalization`` folded into the ``Conv`` or ``Gemm`` before it (or the unpadded one after it).
+``BatchNormalization`` folded into the ``Conv`` or ``Gemm`` before it (or the unpadded one after it), the
+others left for the reader, which keeps them as ``batchnorm`` layers.
 
 ``y = s (x - mean) + beta`` with ``s = gamma / sqrt(var + eps)``: folded into the layer before it as
 ``W' = diag(s) W``, ``b' = s (b - mean) + beta``, or into the one after it as ``W' = W diag(s)``,
 ``b' = b + W t`` with ``t = beta - s mean`` (a conv only without zero padding: the padded zeros are not
-normalised).
+normalised). A batch norm with neither (pre-activation blocks ``bn -> relu -> conv``, a batch norm after an
+activation, on the input, after a residual ``Add``, or before a padded conv) is left in the graph: the
+language's ``batchnorm`` layer is exactly PyTorch's ``BatchNorm1d`` in eval mode, zeros padded after it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,16 @@ from lipdsl.importers.onnx_tensors import node_label
 from lipdsl.rigorous import range_product
 
 
+def epsilon(attrs) -> float:
+    """A ``BatchNormalization``'s ``epsilon``. ONNX stores it as a float32: the shortest decimal that rounds
+    to it (the 1e-5 the model was built with, not 9.99999974737875e-06), as the weights are evaluated in
+    float64."""
+    return float(str(np.float32(attrs.get("epsilon", 1e-5))))
+
+
 def fold_batchnorms(g) -> None:
-    """Fold every ``BatchNormalization`` of the graph ``g`` (module docstring)."""
+    """Fold every ``BatchNormalization`` of the graph ``g`` that has a layer to fold into (module
+    docstring)."""
     for bn in [n for n in g.nodes if n.op_type == "BatchNormalization"]:
         fold_batchnorm(g, bn)
 
@@ -38,9 +49,7 @@ def fold_batchnorm(g, bn) -> None:
     )
     if any(v is None for v in (gamma, beta, mean, var)):
         raise UnsupportedError(f"{where} lacks scale, bias, mean or variance")
-    # ONNX stores epsilon as a float32: take the shortest decimal that rounds to it (the 1e-5 the model
-    # was built with, not 9.99999974737875e-06), as the weights are evaluated in float64.
-    eps = float(str(np.float32(a.get("epsilon", 1e-5))))
+    eps = epsilon(a)
     if np.any(var + eps <= 0):
         raise UnsupportedError(f"{where} has variance + epsilon <= 0")
     s = gamma.reshape(-1) / np.sqrt(var.reshape(-1) + eps)
@@ -53,13 +62,7 @@ def fold_batchnorm(g, bn) -> None:
     nxt = g.single_user(bn.output[0])
     if nxt is not None and nxt.op_type in ("Conv", "Gemm") and nxt.input[0] == bn.output[0]:
         _fold_before(g, bn, nxt, s, t, stem)
-        return
-    raise UnsupportedError(
-        f"{where} is a batch normalisation with no Conv or Gemm right before it (or right after it, "
-        "unpadded) to fold it into",
-        hint="lipdsl folds batch norm into the adjacent conv or dense layer; fold it in the model first "
-        "(torch.nn.utils.fusion.fuse_conv_bn_eval)",
-    )
+    # else: no layer to fold into; the reader keeps it as a batchnorm layer
 
 
 def _weight_bias(g, node) -> tuple[np.ndarray, np.ndarray]:
@@ -144,16 +147,10 @@ def _fold_after(g, prev, bn, s, t, stem) -> None:
 
 
 def _fold_before(g, bn, nxt, s, t, stem) -> None:
+    if nxt.op_type == "Conv" and g.resolve_padding(nxt, g.lengths.get(nxt.input[0])) != (0, 0):
+        return  # the padded zeros are not normalised: the reader keeps the batch norm as a layer
     W, b = _weight_bias(g, nxt)
     if nxt.op_type == "Conv":
-        pads = g.resolve_padding(nxt, g.lengths.get(nxt.input[0]))
-        if pads != (0, 0):
-            raise UnsupportedError(
-                f"{node_label(bn)} comes before {node_label(nxt)}, which pads with zeros: "
-                "the padded zeros are not "
-                "normalised, so folding would change the network at its borders",
-                hint="fold it in the model, or normalise after the conv",
-            )
         W2 = _folded(bn, nxt, W, s[None, :, None])
         b2 = b + np.einsum("oij,i->o", W, t)
     else:

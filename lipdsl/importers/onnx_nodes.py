@@ -17,7 +17,7 @@ _ONNX_SUPPORTED = (
     "Conv (1-D), Relu, Tanh, Sigmoid, LeakyRelu, Elu, AveragePool, MaxPool, GlobalAveragePool, "
     "ReduceMean over time (also after an Unsqueeze, the dynamo exporter's AdaptiveAvgPool1d(1)), Flatten, "
     "Reshape (as a flatten), Squeeze (after a global pool), "
-    "Gemm, MatMul + Add, Pad (zeros, before a Conv), Identity, Dropout, "
+    "Gemm, MatMul + Add, BatchNormalization (inference), Pad (zeros, before a Conv), Identity, Dropout, "
     "Add of two branches from one signal (a residual block)"
 )
 
@@ -150,11 +150,7 @@ class OnnxNodes:
         if op == "Add":
             return self.add(node, shape, origin)
         if op == "BatchNormalization":
-            raise UnsupportedError(
-                f"{where} is a batch normalisation that was not folded into the convolution before it",
-                hint="export in eval mode with do_constant_folding=True, or fold "
-                "it first (torch.nn.utils.fusion.fuse_conv_bn_eval)",
-            )
+            return self.batchnorm(node, attrs, shape, origin)
         raise UnsupportedError(f"{where} is not supported", hint=f"lipdsl imports {_ONNX_SUPPORTED}")
 
     def conv(self, node, attrs, shape: Shape, pad: tuple[int, int], origin: str) -> Shape:
@@ -234,6 +230,30 @@ class OnnxNodes:
         if n is not None and n < 1:
             raise UnsupportedError(f"{where} has no output for an input of length {shape.length}")
         return Shape(c_out, n)
+
+    def batchnorm(self, node, attrs, shape: Shape, origin: str) -> Shape:
+        """A batch norm ``onnx_batchnorm`` could not fold -> a ``batchnorm`` layer (PyTorch's
+        ``BatchNorm1d`` in eval mode, on the signal or vector), its four tensors under their own names:
+        ``weights P`` when they are ``P.weight``, ``P.bias``, ``P.running_mean``, ``P.running_var`` (a
+        state_dict's names), else each named."""
+        from lipdsl.importers.onnx_batchnorm import epsilon
+
+        where = self.where(node)
+        c = shape.channels
+        keys = {}
+        for i, role in enumerate(("weight", "bias", "running_mean", "running_var"), 1):
+            v = np.asarray(self.const(node, i, role), dtype=np.float64)
+            if v.size != c:
+                raise UnsupportedError(f"{where}: its {role} has {v.size} values for {c} channels")
+            keys[role] = self.keys.add(node.input[i], v.reshape(-1))
+        stem = keys["weight"][: -len(".weight")] if keys["weight"].endswith(".weight") else None
+        prefix = stem if stem and all(k == f"{stem}.{role}" for role, k in keys.items()) else None
+        self.layers.append(
+            Layer("batchnorm", layer_name(node.input[1], self.taken),
+                  {"channels": c, "prefix": prefix, **keys, "eps": epsilon(attrs)}, origin)
+        )
+        self.notes.append(f"{where} has no conv or dense layer to fold into: kept as a batchnorm layer")
+        return shape
 
     def flatten(self, node, attrs, shape: Shape, origin: str) -> Shape:
         where, op = self.where(node), node.op_type

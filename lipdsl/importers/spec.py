@@ -60,10 +60,11 @@ class Layer:
 
     ``options`` per kind: conv1d ``c_in, c_out, kernel, stride, dilation, padding, weight, bias`` (tensor
     keys); dense ``n_in, n_out, weight, bias``; activation ``function, parameter``; avgpool/maxpool
-    ``kernel, stride``.
+    ``kernel, stride``; batchnorm ``channels, weight, bias, running_mean, running_var`` (tensor keys),
+    ``prefix`` (the keys' common ``P`` of ``P.weight``..., or None) and ``eps``.
     """
 
-    kind: str  # conv1d, dense, activation, avgpool, maxpool, global_avgpool, flatten
+    kind: str  # conv1d, dense, activation, avgpool, maxpool, global_avgpool, flatten, batchnorm, residual
     name: str | None
     options: dict[str, Any]
     origin: str = ""  # e.g. "node '/0/Conv' (Conv)"
@@ -217,6 +218,15 @@ def _layer_text(L: Layer) -> str:
     if L.kind in ("avgpool", "maxpool"):
         stride = "" if o["stride"] == o["kernel"] else f", stride {o['stride']}"
         return f"{L.kind}{sized} {o['kernel']}{stride}"
+    if L.kind == "batchnorm":
+        parts = [f"batchnorm{sized} {o['channels']}"]
+        if o.get("prefix"):
+            parts.append(f"weights {o['prefix']}")
+        else:
+            parts += [f"{role} {o[role]}" for role in ("running_mean", "running_var", "weight", "bias")]
+        if o["eps"] != 1e-5:  # (the language's default, as PyTorch's)
+            parts.append(f"eps {o['eps']!r}")
+        return ", ".join(parts)
     return L.kind + label
 
 

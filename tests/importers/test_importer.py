@@ -242,15 +242,18 @@ def test_sanitized_keys_parse(name):
     assert option.key == "weight" and option.value.key == key and option.value.file is None
 
 
-def _bn():
-    """A batch norm with no conv or dense layer next to it (those are folded: test_onnx_graph.py)."""
+def _bn_of_pad():
+    """A batch norm of zeros padded before it, with no conv after it to fold into (others are folded or
+    kept: test_onnx_batchnorm.py)."""
     return model(
         [
-            helper.make_node("Conv", ["x", "k"], ["a"]),
-            helper.make_node("Relu", ["a"], ["r"]),
-            helper.make_node("BatchNormalization", ["r", "s", "b", "m", "v"], ["y"], name="bn1"),
+            helper.make_node("Pad", ["x", "pads"], ["p"]),
+            helper.make_node("BatchNormalization", ["p", "s", "b", "m", "v"], ["n"], name="bn1"),
+            helper.make_node("Relu", ["n"], ["r"]),
+            helper.make_node("Conv", ["r", "k"], ["y"]),
         ],
-        {"k": w(2, 1, 3), "s": np.ones(2), "b": np.zeros(2), "m": np.zeros(2), "v": np.ones(2)},
+        {"pads": np.array([0, 0, 1, 0, 0, 1]), "k": w(2, 1, 3), "s": np.ones(1), "b": np.ones(1),
+         "m": np.zeros(1), "v": np.ones(1)},
         [1, 1, 8],
     )
 
@@ -331,7 +334,7 @@ def _reshape_not_flatten():
 @pytest.mark.parametrize(
     "build, words",
     [
-        (_bn, ["'bn1' (BatchNormalization)", "fold"]),
+        (_bn_of_pad, ["'bn1' (BatchNormalization)", "zeros of the Pad", "cannot express"]),
         (_residual, ["'skip' (Mul)", "combines 2 tensors", "residual Add"]),
         (_concat, ["'cat' (Concat)"]),
         (_grouped, ["'dw' (Conv)", "grouped"]),
@@ -387,7 +390,7 @@ def test_cli_import_then_check(tmp_path, capsys):
 
 
 def test_cli_import_unsupported_exits_1(tmp_path, capsys):
-    assert main(["import", str(write(tmp_path, _bn())), "-o", str(tmp_path / "x.lip")]) == 1
+    assert main(["import", str(write(tmp_path, _bn_of_pad())), "-o", str(tmp_path / "x.lip")]) == 1
     err = capsys.readouterr().err
     assert "error: node 'bn1' (BatchNormalization)" in err and "hint:" in err
     assert not (tmp_path / "x.lip").exists()  # never a wrong spec
