@@ -136,7 +136,7 @@ def read_external_data(proto, folder: Path, model_size: int) -> None:
             raise UnsupportedError(f"{shown}, {how}; lipdsl reads external data from the model's own folder "
                                    "only", hint=_KEEP_INSIDE)
         target = os.path.realpath(os.path.join(folder, location))
-        if os.path.commonpath([base, target]) != base:
+        if not _inside(base, target):
             raise UnsupportedError(f"{shown}, which leads out of the model's folder (a symbolic link); "
                                    "lipdsl reads external data from the model's own folder only",
                                    hint=_KEEP_INSIDE)
@@ -173,6 +173,13 @@ def read_external_data(proto, folder: Path, model_size: int) -> None:
         except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError, ValueError, OSError
             raise UnsupportedError(f"{what}: onnx refuses to read its external data: {exc}",
                                    hint=_KEEP_INSIDE) from None
+
+
+def _inside(base: str, target: str) -> bool:
+    try:
+        return os.path.commonpath([base, target]) == base
+    except ValueError:  # (two drives on Windows)
+        return False
 
 
 def _itemsize(t) -> int:

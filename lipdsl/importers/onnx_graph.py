@@ -19,7 +19,7 @@ What exporters write around the layers of a 1D CNN is rewritten here, exactly, b
   ``s = gamma / sqrt(var + eps)``, is folded into the ``Conv`` or ``Gemm`` before it (``W' = diag(s) W``,
   ``b' = s (b - mean) + beta``), or into the one after it (``W' = W diag(s)``, ``b' = b + W t`` with
   ``t = beta - s mean``; for a conv only without zero padding, since the padded zeros are not normalised).
-  Anything else is refused with a hint.
+  Any other is left in the graph: the reader keeps it as a ``batchnorm`` layer.
 - **Global average pools** written as ``Unsqueeze -> ReduceMean -> Squeeze`` (the dynamo exporter's
   ``AdaptiveAvgPool1d(1)``; ``onnx_pooling``) become one ``ReduceMean`` over the time axis.
 - ``Dropout`` in training mode is refused (it is random, not the identity).
