@@ -4,6 +4,7 @@ architecture spec -> Imported (a .lip spec and its tensors)."""
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import re
 from pathlib import Path
@@ -41,18 +42,20 @@ def _require_torch():
 
 
 def _as_input_shape(input_shape: Any) -> Shape:
-    dims = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    """``(channels, length)``, ``(channels, None)`` (any length) or ``(features,)``, a leading batch axis
+    ``None`` dropped, as a ``Shape``; sizes are positive integers of any integral type (``numpy.int64``
+    too, not ``True``)."""
+    def size(v: Any) -> int | None:
+        ok = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+        return int(v) if ok else None
+
+    dims = (input_shape,) if isinstance(input_shape, numbers.Integral) else tuple(input_shape)
     if dims and dims[0] is None and len(dims) >= 2:  # a leading batch axis given as None
         dims = dims[1:]
-    if len(dims) == 1 and isinstance(dims[0], int) and dims[0] > 0:
-        return Shape(dims[0], flat=True)
-    if (
-        len(dims) == 2
-        and isinstance(dims[0], int)
-        and dims[0] > 0
-        and (dims[1] is None or (isinstance(dims[1], int) and dims[1] > 0))
-    ):
-        return Shape(dims[0], dims[1])
+    if len(dims) == 1 and size(dims[0]) is not None:
+        return Shape(size(dims[0]), flat=True)
+    if len(dims) == 2 and size(dims[0]) is not None and (dims[1] is None or size(dims[1]) is not None):
+        return Shape(size(dims[0]), None if dims[1] is None else size(dims[1]))
     raise LipdslError(
         f"input_shape must be (channels, length), (channels, None) or (features,), got {input_shape!r}"
     )

@@ -662,3 +662,15 @@ def test_import_weights_option_not_npz_is_a_usage_error(tmp_path, capsys):
                  "-o", str(tmp_path / "o.lip"), "-w", str(tmp_path / "o4.txt")])
     err = capsys.readouterr().err
     assert code == 2 and "-w/--weights" in err and "must be an .npz" in err and "arch.lip:" not in err
+
+
+def test_input_shape_sizes_of_any_integral_type():
+    """``(numpy.int64(2), numpy.int64(16))`` is the shape ``(2, 16)`` (it was refused); a bool, a float, zero
+    or a string is refused with the accepted forms."""
+    module = nn.Sequential(nn.Conv1d(2, 2, 3), nn.ReLU())
+    net = lipdsl.from_torch(module, (np.int64(2), np.int64(16)))
+    assert net.typed.input_shape == lipdsl.from_torch(module, (2, 16)).typed.input_shape
+    assert str(net.typed.input_shape) == "2x16"
+    for bad in [(True, 16), (2, 0), (2.0, 16), "ab"]:
+        with pytest.raises(LipdslError, match=r"input_shape must be \(channels, length\)"):
+            lipdsl.from_torch(module, bad)
