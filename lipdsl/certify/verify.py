@@ -229,6 +229,8 @@ def _sqrt_up(x: Fraction, digits: int = 10) -> tuple[Fraction, str]:
         n += 1
     value = Decimal(n).scaleb(e)
     text = format(value, "f") if -6 <= value.adjusted() < 15 else format(value, "e")
+    if "." in text and "e" not in text:  # (trailing zeros dropped, as rigorous.format_up prints bounds)
+        text = text.rstrip("0").rstrip(".")
     return Fraction(n) / scale, text
 
 

@@ -553,3 +553,17 @@ def test_verdict_states_for_which_lengths_the_bound_holds():
     net, result, doc = solved("tcn_any_length.lip")
     v = verify(net, doc)
     assert v.valid_for == result.validity == "every input length N (fully convolutional)"
+
+
+def test_proved_bound_text_is_printed_as_bounds_are():
+    """``verify``'s bound text drops trailing zeros, as ``format_up`` prints the claimed bound beside it (it
+    printed "<= 1.110476140 ... claimed 1.11047614"), and is still exactly the decimal proved."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from lipdsl.certify.verify import _sqrt_up
+
+    for x, shown in [(Fraction(111047614, 10**8) ** 2, "1.11047614"), (Fraction(4), "2"),
+                     (Fraction(625, 100), "2.5"), (Fraction(2), "1.414213563")]:
+        d, text = _sqrt_up(x)
+        assert text == shown and Fraction(Decimal(text)) == d and d * d >= x
