@@ -323,6 +323,13 @@ def _import_torch_via_onnx(module: Any, shape: Shape, name: str | None) -> Impor
         dtype = next(module.parameters()).dtype
     except StopIteration:
         dtype = torch.float32
+    if dtype not in (torch.float32, torch.float64):  # (the layer-by-layer check would fail on rounding)
+        raise UnsupportedError(
+            f"{type(module).__name__} has {str(dtype).removeprefix('torch.')} parameters; lipdsl exports "
+            "float32 or float64 modules to ONNX",
+            hint="convert it first: lipdsl.from_torch(module.float(), shape) (float16 and bfloat16 widen to "
+            "float32 exactly: the same weights)",
+        )
     dims = (1, shape.channels) if shape.flat else (1, shape.channels, shape.length or 64)
     buf = io.BytesIO()
     modes = [(m, m.training) for m in module.modules()]
