@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lipdsl.errors import LipdslError, UnsupportedError
+from lipdsl.errors import LipdslError, UnsupportedError, shorten
 from lipdsl.importers.onnx_tensors import check_dims, check_tensors, model_tensors, require_onnx
 from lipdsl.lang.weights import leaves_directory
 
@@ -128,9 +128,12 @@ def read_external_data(proto, folder: Path, model_size: int) -> None:
         except ValueError as exc:
             raise UnsupportedError(f"{what}: its external data is malformed: {exc}") from None
         location = info.location
-        shown = f"{what} keeps its data in {location!r}"
+        shown = f"{what} keeps its data in {shorten(location)!r}"
         if not location:
             raise UnsupportedError(f"{what} keeps its data in an external file, but names none")
+        if "\0" in location:  # (no file name holds one; os.path would raise ValueError)
+            raise UnsupportedError(f"{shown}, a name with a NUL character, which no file has",
+                                   hint="the model file is damaged: export again")
         if os.path.isabs(location) or leaves_directory(location):
             how = "an absolute path" if os.path.isabs(location) else "a path out of the model's folder"
             raise UnsupportedError(f"{shown}, {how}; lipdsl reads external data from the model's own folder "
@@ -159,7 +162,8 @@ def read_external_data(proto, folder: Path, model_size: int) -> None:
         want = values * _itemsize(t)
         if length != want:
             raise UnsupportedError(
-                f"{what} has dims {list(t.dims)} ({want:,} bytes) but {length:,} bytes in {location!r}",
+                f"{what} has dims {list(t.dims)} ({want:,} bytes) but {length:,} bytes in "
+                f"{shorten(location)!r}",
                 hint="the data file does not belong to this model (or is damaged): export again")
         total += length
         if total > MAX_FILE_BYTES:

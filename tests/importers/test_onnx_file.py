@@ -146,3 +146,16 @@ def test_external_data_counts_towards_the_size_cap_before_it_is_read(tmp_path, m
     with pytest.raises(LipdslError, match="the model and its external data have more than"):
         import_onnx(path)
     assert read == []
+
+
+def test_a_location_with_a_nul_or_thousands_of_characters_is_an_error_not_a_traceback(tmp_path):
+    """A NUL in the location made os.path raise ValueError ('embedded null byte'), a traceback from
+    `lipdsl import` and `lipdsl sweep`; a location of 5,000 characters was printed whole."""
+    path = _save_external(tmp_path)
+    _relocate(path, "m.onnx\0.data")
+    with pytest.raises(UnsupportedError, match="a name with a NUL character, which no file has"):
+        onnx_file.load_model(path)
+    _relocate(path, "a" * 5000)
+    with pytest.raises(LipdslError, match=r"\(5000 characters\)") as info:
+        onnx_file.load_model(path)
+    assert len(info.value.message) < 300
