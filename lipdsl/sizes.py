@@ -4,7 +4,6 @@ the decision variables, the state-space sizes), for the limits, the automatic ch
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from lipdsl import limits
@@ -110,7 +109,7 @@ def _block_states(block: typed.Residual) -> tuple[int, int, int]:
     that follows a conv, and of the ``k - 1`` ReLUs of a max pool (method.md §3, residual blocks; a strided
     block is lifted by the product of its strides, ``L``). Not modelled: convs composed into one filter and
     the taps that align the branches (a few states; ``lowered_size`` counts them exactly)."""
-    lift = math.prod(layer.stride for layer in block.main if isinstance(layer, (typed.Conv1d, typed.Pool)))
+    lift = typed.branch_stride(block.main)
     states = internal = 0
     for layers in (block.main, block.shortcut):
         previous, b = None, lift

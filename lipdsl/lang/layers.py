@@ -4,7 +4,6 @@ shape rules, weights against the declared sizes, slopes from the activation tabl
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -109,10 +108,16 @@ def check_residual(ck: Checker, st: ast.Residual, name: str, names, shape: Shape
     inputs = (shape.length,) if shape.length is not None else (64, 65)  # (any length: two probes)
     ends = [(n, _branch_length(main, n), _branch_length(short, n)) for n in inputs]
     differ = next(((n, a, b) for n, a, b in ends if a != b), None)
-    if out.channels == out_s.channels and differ is None:
+    down = [typed.branch_stride(branch) for branch in (main, short)]
+    if out.channels == out_s.channels and differ is None and down[0] == down[1]:
         return typed.Residual(name, st.span, tuple(main), tuple(short), shape, out)
     where = st.shortcut_span if st.shortcut else st.span
-    hint = _mismatch_hint(main, short, out, out_s, inputs if differ is not None else (), not st.shortcut)
+    hint = _mismatch_hint(main, short, out, out_s, inputs if differ is not None or down[0] != down[1] else (),
+                          not st.shortcut)
+    if out.channels == out_s.channels and differ is None:  # (the same shape, downsampled otherwise)
+        raise ShapeError(f"residual block {name!r}: both branches give {out}, but they downsample by "
+                         "different factors, and the bound realizes a block in lifted time, one factor for "
+                         "both", where, hint=hint)
     if out.channels != out_s.channels or shape.length is not None:
         what = f"the shortcut produces {out_s}" if st.shortcut else f"the identity shortcut passes {out_s} on"
         raise ShapeError(f"residual block {name!r}: the main path produces {out} (after {last!r}), "
@@ -130,8 +135,7 @@ def _mismatch_hint(main: list, short: list, out: Shape, out_s: Shape, inputs: tu
     a shortcut that downsamples alike (the bound needs it: docs/language.md); else one conv's padding that
     makes the lengths agree (``_padding_fix``); else how convs and pools change the length."""
     parts = []
-    down = [math.prod(layer.stride for layer in branch if isinstance(layer, (typed.Conv1d, typed.Pool)))
-            for branch in (main, short)]
+    down = [typed.branch_stride(branch) for branch in (main, short)]
     strided = bool(inputs) and down[0] != down[1] and down[0] % down[1] == 0  # (a shortcut example follows)
     if inputs and down[0] != down[1]:
         example = _stride_example(down, short, out_s, out, identity)

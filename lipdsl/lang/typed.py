@@ -8,6 +8,7 @@ flatten is channel-major (index ``ch * N + t``). A ``Shape`` with ``length=None`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Union
 
@@ -169,6 +170,13 @@ class Residual:
 
 
 Layer = Union[Conv1d, Dense, Activation, Pool, GlobalAvgPool, Flatten, BatchNorm, Residual]
+
+
+def branch_stride(layers) -> int:
+    """How much a chain of layers (a residual block's branch) downsamples: the product of its convs' and
+    pools' strides. Both branches of a block must agree (``check``): the block is realized in lifted time,
+    that many samples per step."""
+    return math.prod(layer.stride for layer in layers if isinstance(layer, (Conv1d, Pool)))
 
 
 def batchnorm_scale(weight: np.ndarray, running_var: np.ndarray, eps: float) -> np.ndarray:

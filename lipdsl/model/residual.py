@@ -98,11 +98,6 @@ def fold_batchnorm(layers) -> list:
     return out
 
 
-def _branch_stride(branch) -> int:
-    """The product of the strides of a branch's convs and pools: how much the branch downsamples."""
-    return math.prod(layer.stride for layer in branch if isinstance(layer, (typed.Conv1d, typed.Pool)))
-
-
 def lifted_taps(K: np.ndarray, s: int, delta: int, b: int, e: int) -> tuple[np.ndarray, int]:
     """``y[t] = sum_m K_m x[s t + delta - m]`` (``causal_taps``) between lifted signals; returns
     ``(T, e')``: causal block taps ``T_q`` ((b/s) c_out x b c_in) and the output's offset ``e'``.
@@ -267,7 +262,7 @@ def residual_system(block: typed.Residual, act: typed.Activation | None, scale: 
                   and not (layer.pad_left == layer.dilation * (layer.kernel - 1) and layer.pad_right == 0))
                  or (isinstance(layer, typed.Pool) and layer.kernel > 1)
                  for branch in branches for layer in branch)
-    lifts = [_branch_stride(branch) for branch in branches]
+    lifts = [typed.branch_stride(branch) for branch in branches]
     if lifts[0] != lifts[1]:
         raise LoweringError(
             f"residual block {block.name!r}: the main path downsamples by {lifts[0]} and the shortcut by "

@@ -545,6 +545,11 @@ def _conv(c_in: int, c_out: int, kernel: int, options: str = "") -> str:
     # no padding makes a pool's length agree: the rule
     (["input 2 x 16", "residual", "  avgpool 3, stride 1", "end"], "the main path produces 2x14",
      "both branches must change the length alike"),
+    # the same shape, downsampled by 2 and 1 (a wide padding): refused here (check accepted it, solve
+    # refused it)
+    (["input 2 x 8", "residual", "  " + _conv(2, 2, 3, ", stride 2, padding 5"), "end"],
+     "both branches give 2x8, but they downsample by different factors",
+     "the main path downsamples by 2 and the shortcut by 1"),
 ])
 def test_a_residual_mismatch_gets_a_hint_that_fits_it(lines, message, hint):
     """A block whose branches end in other shapes is refused at its 'shortcut' line (the block's line for

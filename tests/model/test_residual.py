@@ -343,6 +343,11 @@ def test_naive_products_of_a_residual_block():
 
 # ------------------------------------------------------------------------------------------- refusals
 def test_refusals_name_the_layer(tmp_path):
+    """Branches of the same length that downsample by other factors (4 and 2) are refused by check, at the
+    shortcut line (check accepted them and solve refused them); --lift and the sequential unrolling refuse a
+    block at its line."""
+    from lipdsl.errors import ShapeError
+
     rng = np.random.default_rng(0)
     s = Spec(2, 16)
     s.lines.append("residual b:")
@@ -350,10 +355,16 @@ def test_refusals_name_the_layer(tmp_path):
     s.lines.append("shortcut")
     s.conv(rng, 2, 2, 9, padding=0, stride=2, indent="  ")
     s.lines.append("end")
+    with pytest.raises(ShapeError, match="both branches give 2x4, but they downsample by different") as err:
+        s.load(tmp_path)
+    assert err.value.span.line == 5 and "main path downsamples by 4 and the shortcut by 2" in err.value.hint
+    s = Spec(2, 16)  # (both branches downsample by 4)
+    s.lines.append("residual b:")
+    s.conv(rng, 2, 2, 1, padding=0, stride=4, indent="  ")
+    s.lines.append("shortcut")
+    s.conv(rng, 2, 2, 1, padding=0, stride=4, indent="  ")
+    s.lines.append("end")
     net = s.load(tmp_path)
-    with pytest.raises(LoweringError, match="main path downsamples by 4 and the shortcut by 2") as err:
-        lower(net)
-    assert err.value.span.line == 3
     with pytest.raises(LoweringError, match="--lift 2 is not supported with residual blocks") as err:
         lower(net, lift=2)
     assert err.value.span.line == 3  # the block's 'residual b:' line
