@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -157,6 +156,7 @@ def print_state_space(net, latex: bool) -> None:
     shown is the stride-1 filter."""
     import sympy
 
+    from lipdsl.lang.typed import branch_stride
     from lipdsl.model.lower import symbolic_block_state_space, symbolic_state_space
 
     convs = list(_convs(net.layers))
@@ -165,7 +165,7 @@ def print_state_space(net, latex: bool) -> None:
     shown = None  # the residual block whose line is printed
     for block, branch, layer in convs:
         if block is not None and block is not shown:
-            lifted = block_stride(block)
+            lifted = branch_stride(block.main)  # (the samples per step of its lifted realization)
             how = "" if lifted == 1 else f" in lifted time, reading its input {lifted} samples per step"
             refs = ("docs/method.md, \"Strided blocks\"; " if lifted > 1 else "") + "lipdsl show --lowering"
             click.echo(f"residual {block.name} ({layer_details(block)}): its convs' realizations follow; "
@@ -205,12 +205,6 @@ def print_state_space(net, latex: bool) -> None:
             else:
                 text = sympy.pretty(M, use_unicode=True)
                 click.echo(f"  {label} =\n" + "\n".join("    " + line for line in text.splitlines()))
-
-
-def block_stride(block) -> int:
-    """How much a residual block downsamples: the product of its main path's conv and pool strides (both
-    branches must agree, ``check``), the samples per step of its lifted realization."""
-    return math.prod(layer.stride for layer in block.main if layer.kind in ("conv1d", "pool"))
 
 
 def stride_note(layer, block=None) -> str:

@@ -58,6 +58,7 @@ from lipdsl.importers.onnx_tensors import (  # noqa: F401 (check_tensor, require
     widen,
 )
 from lipdsl.importers.weight_norm import weight_norm_key
+from lipdsl.lang.check import conv1d_length
 
 __all__ = ["MAX_FILE_BYTES", "MAX_TENSOR_VALUES", "load_model", "simplify", "check_against_reference"]
 
@@ -364,7 +365,7 @@ class _Graph:
 
     def time_length(self, name: str) -> int | None:
         """The time-axis length of tensor ``name``: shape inference's (``lengths``), else followed back
-        through elementwise ops and convs (``L_out = (L + pl + pr - d (k - 1) - 1) // s + 1``) to a length
+        through elementwise ops and convs (``check.conv1d_length``, PyTorch's formula) to a length
         known, e.g. a chomp folded before it (shape inference cannot see through a slice end computed from
         ``x.shape``); None when unknown."""
         seen = set()
@@ -384,7 +385,7 @@ class _Graph:
                     return None
                 a = self.attrs(node)
                 s, d = int(a.get("strides", [1])[0]), int(a.get("dilations", [1])[0])
-                out = (n_in + pads[0] + pads[1] - d * (W.shape[-1] - 1) - 1) // s + 1
+                out = conv1d_length(n_in, W.shape[-1], s, d, *pads)
                 return out if out > 0 else None
             return None
         return self.lengths.get(name)

@@ -113,7 +113,7 @@ def check_residual(ck: Checker, st: ast.Residual, name: str, names, shape: Shape
         return typed.Residual(name, st.span, tuple(main), tuple(short), shape, out)
     where = st.shortcut_span if st.shortcut else st.span
     hint = _mismatch_hint(main, short, out, out_s, inputs if differ is not None or down[0] != down[1] else (),
-                          not st.shortcut)
+                          not st.shortcut, down)
     if out.channels == out_s.channels and differ is None:  # (the same shape, downsampled otherwise)
         raise ShapeError(f"residual block {name!r}: both branches give {out}, but they downsample by "
                          "different factors, and the bound realizes a block in lifted time, one factor for "
@@ -128,14 +128,14 @@ def check_residual(ck: Checker, st: ast.Residual, name: str, names, shape: Shape
 
 
 def _mismatch_hint(main: list, short: list, out: Shape, out_s: Shape, inputs: tuple[int, ...],
-                   identity: bool) -> str:
+                   identity: bool, down: list[int]) -> str:
     """The hint for a residual block whose branches ``main`` and ``short`` (``identity``: none written) end
-    in ``out`` and ``out_s``. Other channels: a 1x1 conv to the main path's channels. Other lengths for the
-    input lengths ``inputs`` (empty: the lengths agree): when the products of the branches' strides differ,
-    a shortcut that downsamples alike (the bound needs it: docs/language.md); else one conv's padding that
-    makes the lengths agree (``_padding_fix``); else how convs and pools change the length."""
+    in ``out`` and ``out_s``, downsampling by ``down`` (``typed.branch_stride`` of each). Other channels: a
+    1x1 conv to the main path's channels. Other lengths for the input lengths ``inputs`` (empty: the
+    lengths agree): when the products of the branches' strides differ, a shortcut that downsamples alike
+    (the bound needs it: docs/language.md); else one conv's padding that makes the lengths agree
+    (``_padding_fix``); else how convs and pools change the length."""
     parts = []
-    down = [typed.branch_stride(branch) for branch in (main, short)]
     strided = bool(inputs) and down[0] != down[1] and down[0] % down[1] == 0  # (a shortcut example follows)
     if inputs and down[0] != down[1]:
         example = _stride_example(down, short, out_s, out, identity)
